@@ -1,0 +1,4 @@
+"""``python -m balsam`` runs the ``balsam`` command."""
+from balsam.cli.main import run
+
+run()

@@ -1,0 +1,89 @@
+"""Helpers shared by CLI commands: the active DB, Django-free connections, job lookup, prompts."""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Tuple
+
+from balsam.core import schema
+from balsam.errors import Ambiguous, BalsamError, NotFound
+
+
+def add_command(sub: Any, name: str, handler: Any, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add a sub-command whose ``args.handler`` is ``handler`` and ``args.command`` its name."""
+    parser = sub.add_parser(name, help=help, description=help, **kwargs)
+    parser.set_defaults(handler=handler, command=name)
+    return parser
+
+
+def db_path() -> str:
+    """The active DB directory (``BALSAM_DB_PATH``), checked."""
+    from balsam.db.serverinfo import active_db_path
+
+    return active_db_path()
+
+
+@contextmanager
+def transaction(path: Optional[str] = None) -> Iterator[Tuple[str, Any]]:
+    """(db_path, cursor) inside one transaction on a plain psycopg2 connection (no Django).
+
+    Commits on success, rolls back on any error: a failed command writes nothing.
+    """
+    from balsam.db.connect import connect
+
+    path = path or db_path()
+    conn = connect(path, application_name="balsam-cli")
+    try:
+        with conn.cursor() as cur:
+            yield path, cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def fetch_dicts(cur: Any) -> List[dict]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def find_job(cur: Any, text: str, columns: str = "*") -> dict:
+    """The one job whose id starts with ``text`` (hex, with or without dashes).
+
+    :class:`NotFound` if none, :class:`Ambiguous` if several.
+    """
+    prefix = text.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
+        raise BalsamError(f"{text!r} is not a job id or id prefix (hex digits)")
+    if len(prefix.replace("-", "")) == 32:
+        cur.execute(f"SELECT {columns} FROM {schema.JOB_TABLE} WHERE job_id = %s",
+                    [str(schema.parse_uuid(prefix))])
+    else:
+        cur.execute(f"SELECT {columns} FROM {schema.JOB_TABLE} WHERE job_id::text LIKE %s LIMIT 2",
+                    [prefix + "%"])
+    rows = fetch_dicts(cur)
+    if not rows:
+        raise NotFound(f"no job id starts with {text!r}")
+    if len(rows) > 1:
+        raise Ambiguous(f"job id prefix {text!r} matches more than one job: give more characters")
+    return rows[0]
+
+
+def confirm(question: str, assume_yes: bool) -> bool:
+    """Ask a y/n question on the terminal; ``assume_yes`` (``--yes``/``--force``) skips it.
+
+    Without a terminal on stdin the answer is no, so scripts must say ``--yes``.
+    """
+    if assume_yes:
+        return True
+    if not sys.stdin or not sys.stdin.isatty():
+        raise BalsamError(f"{question.rstrip('? ')}: confirmation needed; no terminal to ask, "
+                          "so pass --yes (or --force)")
+    try:
+        answer = input(f"{question} [y/n] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")

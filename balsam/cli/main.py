@@ -1,0 +1,79 @@
+"""Entry point of the ``balsam`` command: builds the parser and maps errors to exit codes.
+
+Every expected failure is a :class:`balsam.errors.BalsamError` (or an argparse usage error):
+it is printed as one line on stderr and the exit status is 2. ``--traceback`` shows the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+import balsam
+
+COMMANDS = [
+    "init", "app",
+]
+"""Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors on one line (with a pointer to --help), exit 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="balsam",
+        description=f"Balsam {balsam.__version__}: a database-backed HPC workflow engine",
+        epilog="Run `balsam COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"balsam {balsam.__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the full Python traceback")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
+    for name in COMMANDS:
+        importlib.import_module(f"balsam.cli.cmd_{name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    from balsam.errors import BalsamError
+
+    try:
+        return int(handler(args) or 0)
+    except BalsamError as exc:
+        if args.traceback:
+            raise
+        print(f"balsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if args.traceback:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"balsam {args.command}: internal error: {type(exc).__name__}: {message} "
+              "(run with --traceback and report it)", file=sys.stderr)
+        return 3
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

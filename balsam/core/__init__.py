@@ -1,0 +1,1 @@
+"""The data model: job states, models, the state writer, leases and analytics."""

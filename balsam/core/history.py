@@ -1,0 +1,38 @@
+"""The classic ``state_history`` text form and its parser (stdlib only).
+
+Each entry is ``"\\n[MM-DD-YYYY HH:MM:SS.ffffff STATE] message"``; as in classic Balsam the
+``"\\n[...] "`` head is right-justified to 46 characters. Times are UTC.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Dict, List, Optional
+
+TIME_FMT = "%m-%d-%Y %H:%M:%S.%f"
+STATE_TIME_PATTERN = re.compile(r"^\[(\d+-\d+-\d+) (\d+:\d+:\d+\.\d+) (\w+)\]", re.MULTILINE)
+
+
+def get_time_string(when: Optional[datetime.datetime] = None) -> str:
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.timezone.utc)
+    return when.strftime(TIME_FMT)
+
+
+def from_time_string(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, TIME_FMT).replace(tzinfo=datetime.timezone.utc)
+
+
+def history_line(state: str, message: str = "", when: Optional[datetime.datetime] = None) -> str:
+    head = f"\n[{get_time_string(when)} {state}] ".rjust(46)
+    return head + (message or "")
+
+
+def parse_history(text: str) -> List[tuple]:
+    """[(time, state)] of every entry in a history text."""
+    return [(from_time_string(f"{d} {t}"), s) for d, t, s in STATE_TIME_PATTERN.findall(text)]
+
+
+def state_times(text: str) -> Dict[str, datetime.datetime]:
+    return {state: when for when, state in parse_history(text)}

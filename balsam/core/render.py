@@ -1,0 +1,34 @@
+"""Text renderings of jobs shared by the ORM (``repr(job)``) and the Django-free CLI."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from balsam.core import schema
+
+REPR_FIELDS = [k for k in schema.JOB_DEFAULTS if k not in ("lock",)] + ["parents", "queued_launch_id"]
+
+
+def job_repr(job: Dict[str, Any], app: Optional[Dict[str, str]], workdir: Optional[str]) -> str:
+    """The classic verbose job listing: every field, then the command and working directory."""
+    width = max(len(k) for k in REPR_FIELDS)
+    lines = [f"BalsamJob {job['job_id']}", "-" * 50]
+    for key in REPR_FIELDS:
+        lines.append(f"{key:>{width}}: {job.get(key, '')}")
+    if app is None:
+        lines.append(f"  *** NO APPLICATION MATCHING {job.get('application')!r}")
+    else:
+        lines.append(f"  *** Executed command: {schema.app_command(app['executable'], job.get('args', ''))}")
+    if workdir:
+        lines.append(f"  *** Working directory: {workdir}")
+    return "\n".join(lines) + "\n"
+
+
+def table(rows: list, columns: list, headers: Optional[list] = None) -> str:
+    """A plain text table with a header rule; columns sized to their widest cell."""
+    headers = headers or columns
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    out.append("-" * len(out[0]))
+    out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(out)

@@ -1,0 +1,223 @@
+"""The job table described as plain data, for code paths that do not load Django.
+
+Django's ORM costs ~150 ms to import, so the latency-critical CLI commands (``balsam job``,
+``balsam ls``) and the bulk COPY path build their SQL from these descriptions instead. The Django
+models in :mod:`balsam.core.models` are the authority for the schema (they own the migrations);
+``tests/test_schema_sync.py`` fails if the two drift apart.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Dict, Mapping, Optional
+
+JOB_TABLE = "core_balsamjob"
+APP_TABLE = "core_applicationdefinition"
+EVENT_TABLE = "core_jobevent"
+DEP_TABLE = "core_jobdependency"
+QLAUNCH_TABLE = "core_queuedlaunch"
+
+# Settable job columns and their defaults, in table order (classic BalsamJob fields).
+JOB_DEFAULTS: Dict[str, Any] = {
+    "workflow": "",
+    "name": "",
+    "description": "",
+    "lock": "",
+    "input_files": "",
+    "stage_in_url": "",
+    "stage_out_files": "",
+    "stage_out_url": "",
+    "wall_time_minutes": 1,
+    "num_nodes": 1,
+    "coschedule_num_nodes": 0,
+    "ranks_per_node": 1,
+    "cpu_affinity": "none",
+    "threads_per_rank": 1,
+    "threads_per_core": 1,
+    "node_packing_count": 1,
+    "environ_vars": "",
+    "mpi_flags": "",
+    "application": "",
+    "args": "",
+    "user_workdir": "",
+    "wait_for_parents": True,
+    "post_error_handler": False,
+    "post_timeout_handler": False,
+    "auto_timeout_retry": True,
+    "state": "CREATED",
+    "data": {},
+}
+
+# Columns managed by Balsam, never given by a user when creating a job.
+JOB_SYSTEM_COLUMNS = ("job_id", "created_at", "tick", "queued_launch_id")
+
+INT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is int)
+BOOL_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is bool)
+TEXT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is str)
+
+POSITIVE_FIELDS = frozenset({
+    "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
+    "threads_per_core", "node_packing_count",
+})
+"""Integer fields that must be >= 1 (``coschedule_num_nodes`` may be 0)."""
+
+APP_DEFAULTS: Dict[str, str] = {
+    "name": "",
+    "description": "",
+    "executable": "",
+    "preprocess": "",
+    "envscript": "",
+    "postprocess": "",
+}
+
+
+class FieldError(ValueError):
+    """A job or app field that does not exist or has a value of the wrong kind."""
+
+
+def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAULTS) -> Any:
+    """Convert ``value`` (often a string from the command line) to the type of field ``name``.
+
+    Booleans accept true/false/yes/no/1/0/on/off; integers must be whole numbers (and >= 1 for
+    :data:`POSITIVE_FIELDS`); ``data`` accepts a dict or JSON text of an object.
+    """
+    import json
+
+    if name not in defaults:
+        raise FieldError(f"unknown field {name!r}")
+    kind = type(defaults[name])
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "t", "yes", "y", "1", "on"):
+            return True
+        if text in ("false", "f", "no", "n", "0", "off"):
+            return False
+        raise FieldError(f"{name} must be true or false, not {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise FieldError(f"{name} must be a whole number, not {value!r}")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise FieldError(f"{name} must be a whole number, not {value!r}")
+        low = 1 if name in POSITIVE_FIELDS else 0
+        if number < low:
+            raise FieldError(f"{name} must be >= {low}, not {number}")
+        if number > 2**31 - 1:
+            raise FieldError(f"{name} is too large: {number}")
+        return number
+    if kind is dict:
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except (TypeError, ValueError) as exc:
+            raise FieldError(f"{name} must be a JSON object: {exc}")
+        if not isinstance(parsed, dict):
+            raise FieldError(f"{name} must be a JSON object, not {type(parsed).__name__}")
+        return parsed
+    if value is None:
+        raise FieldError(f"{name} may not be empty (null)")
+    text = str(value)
+    if "\x00" in text:
+        raise FieldError(f"{name} may not contain a NUL character")
+    return text
+
+
+_KINDS = {k: type(v) for k, v in JOB_DEFAULTS.items()}
+_STATE_NAMES = frozenset(("CREATED", "AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED",
+                          "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED", "RUN_TIMEOUT",
+                          "RUN_ERROR", "RESTART_READY", "FAILED", "USER_KILLED"))
+_INT_MAX = 2**31 - 1
+
+
+def normalize_job_values(values: Dict[str, Any]) -> None:
+    """Check and convert, in place, every settable field of a job's values.
+
+    Values already of the right type are only range-checked (the common case costs a type test
+    per field), others go through :func:`coerce_field`. The state must be a valid state name.
+    """
+    for key, kind in _KINDS.items():
+        val = values[key]
+        if type(val) is kind:
+            if kind is int:
+                if val < (1 if key in POSITIVE_FIELDS else 0) or val > _INT_MAX:
+                    values[key] = coerce_field(key, val)
+            elif kind is str and "\x00" in val:
+                values[key] = coerce_field(key, val)
+        else:
+            values[key] = coerce_field(key, val)
+    if values["state"] not in _STATE_NAMES:
+        from balsam.core.states import validate_state
+
+        values["state"] = validate_state(values["state"]).value
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    """Parse a full job id, raising :class:`FieldError` with a readable message."""
+    try:
+        return uuid.UUID(str(text).strip())
+    except ValueError:
+        raise FieldError(f"{text!r} is not a valid job id (UUID)")
+
+
+def cute_id(name: str, job_id: Any) -> str:
+    """The classic short label ``[name | id8]`` (``[id8]`` for an unnamed job)."""
+    short = str(job_id)[:8]
+    return f"[{name} | {short}]" if name else f"[{short}]"
+
+
+def working_directory(
+    db_path: str, workflow: str, name: str, job_id: Any, user_workdir: str = ""
+) -> str:
+    """Where a job runs: ``user_workdir`` when set, else ``<db>/data/<workflow>/<name>_<id8>``.
+
+    Classic Balsam ignored ``user_workdir`` unless the directory already existed; here a given
+    ``user_workdir`` is always used (and created when the job is staged in).
+    """
+    if user_workdir:
+        return os.path.abspath(os.path.expanduser(user_workdir))
+    leaf = f"{name.replace(' ', '_')}_{str(job_id)[:8]}" if name else str(job_id)[:8]
+    parts = [db_path, "data"] + ([workflow.replace(os.sep, "_")] if workflow else []) + [leaf]
+    return os.path.join(*parts)
+
+
+def parse_envstring(text: str) -> Dict[str, str]:
+    """Parse the classic ``VAR1=v1:VAR2=v2`` form of ``environ_vars``.
+
+    Values may contain ``=``; ``:`` separates entries.
+    """
+    result: Dict[str, str] = {}
+    for entry in (text or "").split(":"):
+        if not entry.strip():
+            continue
+        key, sep, val = entry.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FieldError(f"environment entry {entry!r} is not of the form VAR=value")
+        result[key] = val
+    return result
+
+
+def app_command(executable: str, args: str) -> str:
+    """The classic ``app_cmd``: the app's executable and the job's args, ``~`` expanded."""
+    words = f"{executable} {args}".split()
+    return " ".join(os.path.expanduser(w) for w in words)
+
+
+def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -> Dict[str, Any]:
+    """A full row for a new job: defaults overlaid with ``values`` (each coerced and checked)."""
+    import datetime
+
+    unknown = set(values) - set(JOB_DEFAULTS)
+    if unknown:
+        raise FieldError(f"unknown job field(s): {', '.join(sorted(unknown))}")
+    row: Dict[str, Any] = dict(JOB_DEFAULTS)
+    row["data"] = {}
+    row.update(values)
+    normalize_job_values(row)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    row.update(job_id=job_id or uuid.uuid4(), created_at=now, tick=now, queued_launch_id=None)
+    return row

@@ -1,0 +1,60 @@
+"""Create a Balsam DB directory (``balsam init``) and apply the shipped migrations."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from balsam.db import cluster, dbsettings, index, serverinfo
+from balsam.errors import BalsamError
+
+SUBDIRS = ("data", "log", "qsubmit")
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def migrate(db_path: str) -> None:
+    """Apply the migrations shipped in ``balsam/core/migrations`` (never generated here)."""
+    from balsam.db.settings import ensure_django, use_database
+
+    ensure_django()
+    use_database(db_path)
+    try:
+        from django.core.management import call_command
+
+        call_command("migrate", "core", verbosity=0, interactive=False)
+    finally:
+        use_database(None)
+
+
+def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
+         say: Say = _quiet) -> str:
+    """Create the DB directory layout, the cluster and the schema; leave the server running.
+
+    An existing directory that already holds a Balsam DB is started and migrated instead.
+    """
+    db_path = os.path.abspath(os.path.expanduser(db_path))
+    if os.path.exists(db_path) and not os.path.isdir(db_path):
+        raise BalsamError(f"{db_path} exists and is not a directory")
+    if serverinfo.is_db_dir(db_path):
+        say(f"{db_path} is already a Balsam DB: starting it and applying migrations")
+    else:
+        if os.path.isdir(db_path) and os.path.exists(os.path.join(db_path, cluster.DATA_DIR)):
+            raise BalsamError(f"{db_path}/{cluster.DATA_DIR} exists but {db_path} has no server-info: "
+                              "a previous init failed; remove the directory and run init again")
+        os.makedirs(db_path, mode=0o755, exist_ok=True)
+        for sub in SUBDIRS:
+            os.makedirs(os.path.join(db_path, sub), exist_ok=True)
+        settings_file = os.path.join(db_path, dbsettings.FILENAME)
+        if not os.path.exists(settings_file):
+            with open(settings_file, "w") as fh:
+                fh.write(dbsettings.render_default(db_path, machine=machine))
+        cluster.initialize(db_path, pg_bin, say)
+    cluster.start(db_path, say)
+    cluster.create_database(db_path)
+    migrate(db_path)
+    index.register(db_path)
+    return db_path

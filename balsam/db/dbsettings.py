@@ -1,0 +1,89 @@
+"""The DB directory's ``settings.yml``: this site's machine profile, server options and tunables.
+
+``balsam init`` writes a commented file; every key has a default here, so a missing key or an
+older file still works. Unknown keys are kept (later features read them) but a value of the wrong
+kind is reported with the key's name.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Dict
+
+from balsam.errors import BalsamError
+
+FILENAME = "settings.yml"
+
+DEFAULTS: Dict[str, Any] = {
+    "machine": "local",          # machine profile name
+    "scheduler": "local",        # batch scheduler plug-in
+    "mpi": "mpich",              # MPI launch flavour
+    "cores_per_node": 0,         # 0: what this machine has
+    "gpus_per_node": 0,
+    "server": {
+        "port": 0,               # 0: pick a free port each time the server starts
+        "listen_addresses": "*",  # compute nodes must reach the server over TCP
+        "max_connections": 500,
+        "shared_buffers": "256MB",
+    },
+}
+
+TEMPLATE = """\
+# Balsam settings for this database ({path}).
+# Every key is optional; a missing key takes the default shown here.
+
+machine: {machine}        # machine profile
+scheduler: {scheduler}      # batch scheduler: local, slurm, pbs, cobalt, lsf
+mpi: {mpi}            # MPI launcher flavour: mpich, openmpi, srun, aprun, jsrun, direct
+cores_per_node: {cores_per_node}       # 0 = detect on the node
+gpus_per_node: {gpus_per_node}
+
+server:
+  port: {port}              # 0 = choose a free port each time the server starts
+  listen_addresses: '{listen}' # compute nodes connect over TCP (password auth only)
+  max_connections: {maxconn}
+  shared_buffers: {shared_buffers}
+"""
+
+
+def render_default(db_path: str, **overrides: Any) -> str:
+    values = copy.deepcopy(DEFAULTS)
+    values.update(overrides)
+    srv = values["server"]
+    return TEMPLATE.format(
+        path=db_path, machine=values["machine"], scheduler=values["scheduler"], mpi=values["mpi"],
+        cores_per_node=values["cores_per_node"], gpus_per_node=values["gpus_per_node"],
+        port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
+        shared_buffers=srv["shared_buffers"],
+    )
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any], where: str) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, val in extra.items():
+        if key in base and isinstance(base[key], dict):
+            if not isinstance(val, dict):
+                raise BalsamError(f"{where}: `{key}` must be a mapping")
+            out[key] = _merge(base[key], val, where)
+        elif key in base and base[key] is not None and not isinstance(val, type(base[key])):
+            raise BalsamError(f"{where}: `{key}` must be a {type(base[key]).__name__}, not {val!r}")
+        else:
+            out[key] = val
+    return out
+
+
+def load(db_path: str) -> Dict[str, Any]:
+    """Settings of ``db_path`` merged over :data:`DEFAULTS`."""
+    import yaml
+
+    path = os.path.join(db_path, FILENAME)
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raw = {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BalsamError(f"cannot read {path}: {str(exc).splitlines()[0]}")
+    if not isinstance(raw, dict):
+        raise BalsamError(f"{path} must be a mapping of settings")
+    return _merge(DEFAULTS, raw, path)

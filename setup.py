@@ -1,0 +1,9 @@
+"""Build script: the Cython extensions are compiled by every normal install (pip install .)."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension("balsam.core._copyfmt", ["balsam/core/_copyfmt.pyx"]),
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3, quiet=True))

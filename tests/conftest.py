@@ -1,0 +1,115 @@
+"""Shared fixtures: a real throwaway Balsam DB (real PostgreSQL) started with the project's own code.
+
+The session creates one DB directory with ``balsam.db.dbdir.init`` -- the same code `balsam init`
+runs -- and stops its server at the end. ``HOME`` points at a temporary directory so the DB index
+and saved credentials of the person running the tests are never touched. Tests that need an
+empty database use the ``db`` fixture, which truncates every table first.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Iterator, List, Optional
+
+import pytest
+
+from balsam.core import schema
+
+TABLES = [schema.EVENT_TABLE, schema.DEP_TABLE, schema.JOB_TABLE, schema.APP_TABLE,
+          schema.QLAUNCH_TABLE]
+
+
+def make_public_tmpdir(prefix: str) -> str:
+    """A temporary directory every account can traverse (the server account must, under root)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_home() -> Iterator[str]:
+    home = make_public_tmpdir("balsam-home-")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = home
+    yield home
+    if old is not None:
+        os.environ["HOME"] = old
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def balsam_db_path(test_home: str) -> Iterator[str]:
+    """Path of the session's Balsam DB; its server runs for the whole session."""
+    from balsam.db import cluster, dbdir
+
+    root = make_public_tmpdir("balsam-test-")
+    path = dbdir.init(os.path.join(root, "testdb"))
+    old = os.environ.get("BALSAM_DB_PATH")
+    os.environ["BALSAM_DB_PATH"] = path
+    yield path
+    if old is None:
+        os.environ.pop("BALSAM_DB_PATH", None)
+    else:
+        os.environ["BALSAM_DB_PATH"] = old
+    from balsam.db.settings import use_database
+
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: BLE001 - Django may never have been configured
+        pass
+    use_database(None)
+    cluster.stop(path)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def truncate_all(db_path: str) -> None:
+    from balsam.db.connect import connect
+
+    conn = connect(db_path, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db(balsam_db_path: str) -> str:
+    """An empty Balsam DB (all tables truncated); returns its path."""
+    truncate_all(balsam_db_path)
+    return balsam_db_path
+
+
+@pytest.fixture
+def cursor(db: str) -> Iterator:
+    """A psycopg2 cursor on the test DB in autocommit mode, for checking what commands wrote."""
+    from balsam.db.connect import connect
+
+    conn = connect(db, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
+def run_balsam(*args: str, input: Optional[str] = None, env: Optional[dict] = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real ``balsam`` command (``python -m balsam``) in a subprocess."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    argv: List[str] = [sys.executable, "-m", "balsam", *args]
+    return subprocess.run(argv, input=input, capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def balsam_cli(db: str):
+    """Run ``balsam ARGS`` in a subprocess against the empty test DB."""
+    return run_balsam
