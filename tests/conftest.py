@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 
@@ -104,7 +105,7 @@ def run_balsam(*args: str, input: Optional[str] = None, env: Optional[dict] = No
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    argv: List[str] = [sys.executable, "-m", "balsam", *args]
+    argv: list[str] = [sys.executable, "-m", "balsam", *args]
     return subprocess.run(argv, input=input, capture_output=True, text=True, env=full_env,
                           timeout=timeout)
 

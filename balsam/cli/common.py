@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Optional
 
 from balsam.core import schema
 from balsam.errors import Ambiguous, BalsamError, NotFound
@@ -25,7 +26,7 @@ def db_path() -> str:
 
 
 @contextmanager
-def transaction(path: Optional[str] = None) -> Iterator[Tuple[str, Any]]:
+def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Any]]:
     """(db_path, cursor) inside one transaction on a plain psycopg2 connection (no Django).
 
     Commits on success, rolls back on any error: a failed command writes nothing.
@@ -45,7 +46,7 @@ def transaction(path: Optional[str] = None) -> Iterator[Tuple[str, Any]]:
         conn.close()
 
 
-def fetch_dicts(cur: Any) -> List[dict]:
+def fetch_dicts(cur: Any) -> list[dict]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, List, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from balsam.core import schema
 from balsam.core.copyfmt import encode_rows
 
-COLUMNS: List[str] = ["job_id", "created_at", "tick", "queued_launch_id"] + list(schema.JOB_DEFAULTS)
+COLUMNS: list[str] = ["job_id", "created_at", "tick", "queued_launch_id"] + list(schema.JOB_DEFAULTS)
 CHUNK_ROWS = 20000
 """Rows encoded per COPY chunk: bounds memory for millions of jobs."""
 
@@ -16,7 +17,7 @@ CHUNK_ROWS = 20000
 _DATA = COLUMNS.index("data")
 
 
-def _row(job: Mapping[str, Any]) -> List[Any]:
+def _row(job: Mapping[str, Any]) -> list[Any]:
     # str() of the UUIDs and aware datetimes (done by the encoder) is valid COPY input.
     out = [job[c] for c in COLUMNS]
     data = out[_DATA]
@@ -44,7 +45,7 @@ def copy_jobs(cursor: Any, jobs: Sequence[Mapping[str, Any]]) -> int:
     return len(jobs)
 
 
-def insert_edges(cursor: Any, edges: Sequence[Tuple[Any, Any]]) -> None:
+def insert_edges(cursor: Any, edges: Sequence[tuple[Any, Any]]) -> None:
     """Insert dependency edges (parent, child) in one statement, without cycle checks: used for
     edges among jobs being created together, whose children are all new."""
     if not edges:

@@ -8,7 +8,8 @@ reference, and says so in :data:`KERNEL`, if the kernel was not built.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, List
+from collections.abc import Iterable
+from typing import Any, Callable
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -30,7 +31,7 @@ def encode_rows_py(rows: Iterable[Iterable[Any]]) -> str:
     return "".join("\t".join(encode_value(v) for v in row) + "\n" for row in rows)
 
 
-def _load_kernel() -> "tuple[Callable[[List[tuple]], str], str]":
+def _load_kernel() -> tuple[Callable[[list[tuple]], str], str]:
     try:
         from balsam.core import _copyfmt  # type: ignore[attr-defined]
     except ImportError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Dict, List, Optional
+from typing import Optional
 
 TIME_FMT = "%m-%d-%Y %H:%M:%S.%f"
 STATE_TIME_PATTERN = re.compile(r"^\[(\d+-\d+-\d+) (\d+:\d+:\d+\.\d+) (\w+)\]", re.MULTILINE)
@@ -29,10 +29,10 @@ def history_line(state: str, message: str = "", when: Optional[datetime.datetime
     return head + (message or "")
 
 
-def parse_history(text: str) -> List[tuple]:
+def parse_history(text: str) -> list[tuple]:
     """[(time, state)] of every entry in a history text."""
     return [(from_time_string(f"{d} {t}"), s) for d, t, s in STATE_TIME_PATTERN.findall(text)]
 
 
-def state_times(text: str) -> Dict[str, datetime.datetime]:
+def state_times(text: str) -> dict[str, datetime.datetime]:
     return {state: when for when, state in parse_history(text)}

@@ -11,7 +11,8 @@ cycles.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Mapping, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
 
 from balsam.core import schema
 from balsam.core.states import (
@@ -57,7 +58,7 @@ def transition(
     user: bool = False,
     force: bool = False,
     sources: Union[Sequence[str], None] = None,
-) -> List[Tuple[str, str]]:
+) -> list[tuple[str, str]]:
     """Move ``job_ids`` to ``new_state`` where allowed; return ``[(job_id, old_state)]`` of the
     jobs that moved.
 
@@ -102,7 +103,7 @@ def transition_one(
 
 
 def kill(cursor: Any, job_ids: Iterable[Any], recursive: bool = False,
-         message: str = "Killed by user") -> List[str]:
+         message: str = "Killed by user") -> list[str]:
     """Mark jobs (and with ``recursive`` all their descendants) USER_KILLED; return the ids killed.
 
     Jobs already in a final state are left as they are.

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any, Dict, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 from balsam.db.settings import ensure_django
 
@@ -106,8 +107,8 @@ class BalsamJobQuerySet(models.QuerySet):
             count = lifecycle.delete_jobs(cur, ids)
         return count, {"core.BalsamJob": count}
 
-    def bulk_create(self, objs: Iterable["BalsamJob"], batch_size: Optional[int] = None,
-                    **kwargs: Any) -> List["BalsamJob"]:
+    def bulk_create(self, objs: Iterable[BalsamJob], batch_size: Optional[int] = None,
+                    **kwargs: Any) -> list[BalsamJob]:
         """Insert many jobs at once through PostgreSQL COPY (several times faster than INSERT).
 
         Other keyword arguments (``ignore_conflicts`` ...) take Django's ordinary path.
@@ -184,12 +185,12 @@ class BalsamJob(models.Model):
         else:
             super().__init__(*args, **kwargs)
         self._loaded_state: Optional[str] = None if self._state.adding else self.state
-        self._pending_parents: Optional[List[str]] = None
+        self._pending_parents: Optional[list[str]] = None
         if parents is not None:
             self.parents = parents
 
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> "BalsamJob":
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> BalsamJob:
         obj = super().from_db(db, field_names, values)
         obj._loaded_state = obj.__dict__.get("state")
         return obj
@@ -199,7 +200,7 @@ class BalsamJob(models.Model):
     def _validated(self) -> None:
         schema.normalize_job_values(self.__dict__)
 
-    def _row_for_insert(self) -> Dict[str, Any]:
+    def _row_for_insert(self) -> dict[str, Any]:
         self._validated()
         return self.__dict__
 
@@ -269,9 +270,9 @@ class BalsamJob(models.Model):
     def get_recent_state_str(self) -> str:
         return self.state_history.rsplit("\n[", 1)[-1].join(["[", ""]) if self.pk else ""
 
-    def get_state_times(self) -> Dict[str, Any]:
+    def get_state_times(self) -> dict[str, Any]:
         """{state: time} of the latest arrival in each state."""
-        times: Dict[str, Any] = {State.CREATED.value: self.created_at}
+        times: dict[str, Any] = {State.CREATED.value: self.created_at}
         for to_state, ts in self.events.values_list("to_state", "timestamp"):
             times[to_state] = ts
         return times
@@ -295,7 +296,7 @@ class BalsamJob(models.Model):
         items = json.loads(value) if isinstance(value, str) else list(value)
         self._pending_parents = [str(getattr(p, "pk", p)) for p in items]
 
-    def get_parents_by_id(self) -> List[str]:
+    def get_parents_by_id(self) -> list[str]:
         if self._pending_parents is not None:
             return list(self._pending_parents)
         if self._state.adding:
@@ -319,11 +320,11 @@ class BalsamJob(models.Model):
     def get_children(self) -> models.QuerySet:
         return BalsamJob.objects.filter(parent_links__parent_id=self.pk)
 
-    def get_children_by_id(self) -> List[str]:
+    def get_children_by_id(self) -> list[str]:
         return [str(c) for c in JobDependency.objects.filter(parent_id=self.pk)
                 .values_list("child_id", flat=True)]
 
-    def get_child_by_name(self, name: str) -> "BalsamJob":
+    def get_child_by_name(self, name: str) -> BalsamJob:
         children = list(self.get_children().filter(name=name)[:2])
         if len(children) != 1:
             raise ValueError(f"{len(children) or 'no'} children named {name!r}")
@@ -383,10 +384,10 @@ class BalsamJob(models.Model):
             return fh.read()
 
     @staticmethod
-    def parse_envstring(text: str) -> Dict[str, str]:
+    def parse_envstring(text: str) -> dict[str, str]:
         return schema.parse_envstring(text)
 
-    def get_envs(self, timeout: bool = False, error: bool = False) -> Dict[str, str]:
+    def get_envs(self, timeout: bool = False, error: bool = False) -> dict[str, str]:
         """Environment variables a task or script of this job receives (on top of its own)."""
         from balsam.db.settings import active_path
 
@@ -403,7 +404,7 @@ class BalsamJob(models.Model):
 
     # ---- serialization ----------------------------------------------------------------------
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in schema.JOB_DEFAULTS}
         d.update(job_id=str(self.pk), parents=self.get_parents_by_id(),
                  created_at=self.created_at.isoformat() if self.created_at else None,
@@ -416,7 +417,7 @@ class BalsamJob(models.Model):
         return json.dumps(d)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "BalsamJob":
+    def from_dict(cls, d: dict[str, Any]) -> BalsamJob:
         job = cls(**{k: v for k, v in d.items() if k in schema.JOB_DEFAULTS})
         if d.get("job_id"):
             job.job_id = uuid.UUID(str(d["job_id"]))
@@ -425,7 +426,7 @@ class BalsamJob(models.Model):
         return job
 
     @classmethod
-    def deserialize(cls, text: str) -> "BalsamJob":
+    def deserialize(cls, text: str) -> BalsamJob:
         return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
@@ -435,7 +436,7 @@ class BalsamJob(models.Model):
 
     __str__ = __repr__
 
-    def _app_or_none(self) -> Optional[Dict[str, str]]:
+    def _app_or_none(self) -> Optional[dict[str, str]]:
         app = ApplicationDefinition.objects.filter(name=self.application).first()
         return {k: getattr(app, k) for k in schema.APP_DEFAULTS} if app else None
 

@@ -1,14 +1,14 @@
 """Text renderings of jobs shared by the ORM (``repr(job)``) and the Django-free CLI."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from balsam.core import schema
 
 REPR_FIELDS = [k for k in schema.JOB_DEFAULTS if k not in ("lock",)] + ["parents", "queued_launch_id"]
 
 
-def job_repr(job: Dict[str, Any], app: Optional[Dict[str, str]], workdir: Optional[str]) -> str:
+def job_repr(job: dict[str, Any], app: Optional[dict[str, str]], workdir: Optional[str]) -> str:
     """The classic verbose job listing: every field, then the command and working directory."""
     width = max(len(k) for k in REPR_FIELDS)
     lines = [f"BalsamJob {job['job_id']}", "-" * 50]

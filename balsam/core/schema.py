@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Dict, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 JOB_TABLE = "core_balsamjob"
 APP_TABLE = "core_applicationdefinition"
@@ -18,7 +19,7 @@ DEP_TABLE = "core_jobdependency"
 QLAUNCH_TABLE = "core_queuedlaunch"
 
 # Settable job columns and their defaults, in table order (classic BalsamJob fields).
-JOB_DEFAULTS: Dict[str, Any] = {
+JOB_DEFAULTS: dict[str, Any] = {
     "workflow": "",
     "name": "",
     "description": "",
@@ -61,7 +62,7 @@ POSITIVE_FIELDS = frozenset({
 })
 """Integer fields that must be >= 1 (``coschedule_num_nodes`` may be 0)."""
 
-APP_DEFAULTS: Dict[str, str] = {
+APP_DEFAULTS: dict[str, str] = {
     "name": "",
     "description": "",
     "executable": "",
@@ -133,7 +134,7 @@ _STATE_NAMES = frozenset(("CREATED", "AWAITING_PARENTS", "READY", "STAGED_IN", "
 _INT_MAX = 2**31 - 1
 
 
-def normalize_job_values(values: Dict[str, Any]) -> None:
+def normalize_job_values(values: dict[str, Any]) -> None:
     """Check and convert, in place, every settable field of a job's values.
 
     Values already of the right type are only range-checked (the common case costs a type test
@@ -184,12 +185,12 @@ def working_directory(
     return os.path.join(*parts)
 
 
-def parse_envstring(text: str) -> Dict[str, str]:
+def parse_envstring(text: str) -> dict[str, str]:
     """Parse the classic ``VAR1=v1:VAR2=v2`` form of ``environ_vars``.
 
     Values may contain ``=``; ``:`` separates entries.
     """
-    result: Dict[str, str] = {}
+    result: dict[str, str] = {}
     for entry in (text or "").split(":"):
         if not entry.strip():
             continue
@@ -207,14 +208,14 @@ def app_command(executable: str, args: str) -> str:
     return " ".join(os.path.expanduser(w) for w in words)
 
 
-def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -> Dict[str, Any]:
+def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -> dict[str, Any]:
     """A full row for a new job: defaults overlaid with ``values`` (each coerced and checked)."""
     import datetime
 
     unknown = set(values) - set(JOB_DEFAULTS)
     if unknown:
         raise FieldError(f"unknown job field(s): {', '.join(sorted(unknown))}")
-    row: Dict[str, Any] = dict(JOB_DEFAULTS)
+    row: dict[str, Any] = dict(JOB_DEFAULTS)
     row["data"] = {}
     row.update(values)
     normalize_job_values(row)

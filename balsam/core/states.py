@@ -8,7 +8,7 @@ The one writer of job states, :mod:`balsam.core.lifecycle`, checks every change 
 from __future__ import annotations
 
 import enum
-from typing import Dict, FrozenSet, Iterable
+from collections.abc import Iterable
 
 
 class State(str, enum.Enum):
@@ -73,7 +73,7 @@ WAITING_STATES: list[str] = ["CREATED", "AWAITING_PARENTS"]
 _groups = [PROCESSABLE_STATES, RUNNABLE_STATES, ACTIVE_STATES, END_STATES]
 assert sorted(sum(_groups, [])) == sorted(STATES), "state groups must partition STATES"
 
-_T = Dict[State, FrozenSet[State]]
+_T = dict[State, frozenset[State]]
 
 
 def _table(spec: dict[State, Iterable[State]]) -> _T:
@@ -99,7 +99,7 @@ ALLOWED: _T = _table({
 })
 """System transitions: what launchers, transition workers and handlers may do."""
 
-USER_TARGETS: FrozenSet[State] = frozenset(s for s in State if s is not S.RUNNING)
+USER_TARGETS: frozenset[State] = frozenset(s for s in State if s is not S.RUNNING)
 """States a user may set by hand (``balsam modify``, ``job.update_state``). Only a launcher's claim
 makes a job RUNNING, so that nothing pretends a job runs when no launcher holds it."""
 
@@ -116,7 +116,7 @@ def validate_state(name: str) -> State:
         raise InvalidStateError(f"invalid state {name!r}: expected one of {', '.join(STATES)}")
 
 
-def allowed_sources(target: State, *, user: bool = False, force: bool = False) -> FrozenSet[State]:
+def allowed_sources(target: State, *, user: bool = False, force: bool = False) -> frozenset[State]:
     """The states from which a job may move to ``target``.
 
     System actors follow :data:`ALLOWED`. A ``user`` request may move a job from any state to any

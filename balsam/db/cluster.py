@@ -12,9 +12,10 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from balsam.db import credentials, dbsettings, pgaccount, serverinfo
 from balsam.db.connect import local_hostnames, try_connect

@@ -7,7 +7,7 @@ that reconnects after the server restarted on another port or host finds it.
 from __future__ import annotations
 
 import socket
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from balsam.db import credentials, serverinfo
 from balsam.errors import DatabaseUnavailable
@@ -25,7 +25,7 @@ def local_hostnames() -> set:
     return names
 
 
-def connection_params(db_path: str, application_name: str = "balsam") -> Dict[str, Any]:
+def connection_params(db_path: str, application_name: str = "balsam") -> dict[str, Any]:
     """libpq keyword arguments for the server named in ``db_path``'s server-info."""
     info = serverinfo.read(db_path)
     host, port = info.get("host"), info.get("port")
@@ -36,7 +36,7 @@ def connection_params(db_path: str, application_name: str = "balsam") -> Dict[st
     if host in local_hostnames():
         host = "127.0.0.1"  # same machine: loopback works even where the hostname does not resolve
     role = credentials.client_role(db_path, info)
-    params: Dict[str, Any] = {
+    params: dict[str, Any] = {
         "host": host,
         "port": int(port),
         "dbname": info.get("database", serverinfo.DATABASE_NAME),
@@ -50,7 +50,7 @@ def connection_params(db_path: str, application_name: str = "balsam") -> Dict[st
     return params
 
 
-def explain_connect_error(db_path: str, params: Dict[str, Any], exc: Exception) -> str:
+def explain_connect_error(db_path: str, params: dict[str, Any], exc: Exception) -> str:
     """One line saying why a connection failed and what to do about it."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"{params.get('host')}:{params.get('port')}"

@@ -14,7 +14,7 @@ import json
 import os
 import pwd
 import secrets
-from typing import Dict, Optional
+from typing import Optional
 
 AUTH_DIR = ".auth"
 
@@ -67,7 +67,7 @@ def save_user_credential(db_path: str, role: str, password: str) -> str:
     return store
 
 
-def _read_user_store() -> Dict[str, Dict[str, str]]:
+def _read_user_store() -> dict[str, dict[str, str]]:
     try:
         with open(_user_store()) as fh:
             data = json.load(fh)
@@ -76,7 +76,7 @@ def _read_user_store() -> Dict[str, Dict[str, str]]:
         return {}
 
 
-def client_role(db_path: str, info: Dict) -> str:
+def client_role(db_path: str, info: dict) -> str:
     """The role to connect as: ``BALSAM_USER``, else a saved credential's user, else the owner's
     superuser role for the owner (and root), else the login name."""
     env = os.environ.get("BALSAM_USER", "").strip()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict
+from typing import Any
 
 from balsam.errors import BalsamError
 
 FILENAME = "settings.yml"
 
-DEFAULTS: Dict[str, Any] = {
+DEFAULTS: dict[str, Any] = {
     "machine": "local",          # machine profile name
     "scheduler": "local",        # batch scheduler plug-in
     "mpi": "mpich",              # MPI launch flavour
@@ -58,7 +58,7 @@ def render_default(db_path: str, **overrides: Any) -> str:
     )
 
 
-def _merge(base: Dict[str, Any], extra: Dict[str, Any], where: str) -> Dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, val in extra.items():
         if key in base and isinstance(base[key], dict):
@@ -72,7 +72,7 @@ def _merge(base: Dict[str, Any], extra: Dict[str, Any], where: str) -> Dict[str,
     return out
 
 
-def load(db_path: str) -> Dict[str, Any]:
+def load(db_path: str) -> dict[str, Any]:
     """Settings of ``db_path`` merged over :data:`DEFAULTS`."""
     import yaml
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
 
 from balsam.db import serverinfo
 from balsam.errors import Ambiguous, NotFound
@@ -16,7 +15,7 @@ def index_path() -> str:
     return os.path.join(os.path.expanduser("~"), ".balsam", "databases.json")
 
 
-def read() -> List[str]:
+def read() -> list[str]:
     try:
         with open(index_path()) as fh:
             paths = json.load(fh)
@@ -27,7 +26,7 @@ def read() -> List[str]:
     return [p for p in dict.fromkeys(str(p) for p in paths) if serverinfo.is_db_dir(p)]
 
 
-def _write(paths: List[str]) -> None:
+def _write(paths: list[str]) -> None:
     path = index_path()
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"

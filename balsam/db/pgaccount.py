@@ -14,8 +14,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional
 
 from balsam.errors import ServerError
 
@@ -117,7 +118,7 @@ def _create_account(name: str) -> pwd.struct_passwd:
 
 def run_as(
     account: Account, argv: Sequence[str], timeout: float, cwd: str = "/"
-) -> Tuple[int, str]:
+) -> tuple[int, str]:
     """Run ``argv`` as ``account`` with a timeout; returns (exit status, combined output).
 
     Output goes through a temporary file, not a pipe: ``pg_ctl start`` leaves the postmaster
@@ -195,7 +196,7 @@ def check_reachable(account: Account, bin_dir: str, directory: str) -> None:
         )
 
 
-def chown_tree(paths: List[str], account: Account) -> None:
+def chown_tree(paths: list[str], account: Account) -> None:
     if account.is_current:
         return
     for p in paths:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict
+from typing import Any
 
 from balsam.errors import NoActiveDatabase
 
@@ -21,7 +21,7 @@ def path_of(db_path: str) -> str:
     return os.path.join(db_path, FILENAME)
 
 
-def read(db_path: str) -> Dict[str, Any]:
+def read(db_path: str) -> dict[str, Any]:
     """Return the server-info dict of ``db_path``; :class:`NoActiveDatabase` if there is none."""
     try:
         with open(path_of(db_path)) as fh:
@@ -35,7 +35,7 @@ def read(db_path: str) -> Dict[str, Any]:
     return info
 
 
-def write(db_path: str, info: Dict[str, Any]) -> None:
+def write(db_path: str, info: dict[str, Any]) -> None:
     """Atomically replace server-info with ``info`` (mode 0644)."""
     fd, tmp = tempfile.mkstemp(prefix=".server-info.", dir=db_path)
     try:
@@ -50,7 +50,7 @@ def write(db_path: str, info: Dict[str, Any]) -> None:
         raise
 
 
-def update(db_path: str, **changes: Any) -> Dict[str, Any]:
+def update(db_path: str, **changes: Any) -> dict[str, Any]:
     """Read, apply ``changes`` and write back; returns the new dict."""
     info = read(db_path)
     info.update(changes)

@@ -7,7 +7,7 @@ database connection: the backend resolves the server when it first connects). Th
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 _explicit_path: Optional[str] = None
 
@@ -36,7 +36,7 @@ def active_path() -> str:
     return active_db_path()
 
 
-def django_settings() -> Dict[str, Any]:
+def django_settings() -> dict[str, Any]:
     return {
         "INSTALLED_APPS": ["balsam.core.apps.CoreConfig"],
         "DATABASES": {

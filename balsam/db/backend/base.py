@@ -6,7 +6,7 @@ that reconnects after the server moved to another port or node finds it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from django.db.backends.postgresql import base as pg
 from django.db.utils import OperationalError
@@ -22,7 +22,7 @@ class ServerUnavailable(DatabaseUnavailable, OperationalError):
 class DatabaseWrapper(pg.DatabaseWrapper):
     """PostgreSQL wrapper with Balsam's connection parameters."""
 
-    def get_connection_params(self) -> Dict[str, Any]:
+    def get_connection_params(self) -> dict[str, Any]:
         from balsam.db.settings import active_path
 
         params = super().get_connection_params()
@@ -36,7 +36,7 @@ class DatabaseWrapper(pg.DatabaseWrapper):
         self._balsam_params = (db_path, resolved)
         return params
 
-    def get_new_connection(self, conn_params: Dict[str, Any]) -> Any:
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         import psycopg2
 
         try:
