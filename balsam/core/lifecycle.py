@@ -49,6 +49,12 @@ SELECT job_id, from_state FROM upd
 """
 
 
+# The children of one node of a recursive walk. ``OFFSET 0`` keeps the planner from flattening
+# the subquery into a hash join that scans the whole edge table once per level (quadratic on a
+# long chain); this way every level is one index lookup.
+_CHILDREN_OF = f"LATERAL (SELECT child_id FROM {DEP} WHERE parent_id = {{node}}.job_id OFFSET 0)"
+
+
 def transition(
     cursor: Any,
     job_ids: Iterable[Any],
@@ -114,7 +120,7 @@ def kill(cursor: Any, job_ids: Iterable[Any], recursive: bool = False,
             WITH RECURSIVE tree(job_id) AS (
                 SELECT unnest(%s::uuid[])
                 UNION
-                SELECT d.child_id FROM {DEP} d JOIN tree t ON d.parent_id = t.job_id
+                SELECT d.child_id FROM tree, {_CHILDREN_OF.format(node="tree")} d
             ) SELECT job_id FROM tree""", [ids])
         ids = [str(r[0]) for r in cursor.fetchall()]
     moved = transition(cursor, ids, State.USER_KILLED, message,
@@ -142,18 +148,30 @@ def delete_jobs(cursor: Any, job_ids: Iterable[Any]) -> int:
     return int(cursor.rowcount)
 
 
+GRAPH_LOCK_KEY = 0x6A0B_5A11
+"""Transaction-level advisory lock taken by :func:`add_dependency`: edges between existing jobs
+are added one transaction at a time, so two concurrent additions can never close a cycle that
+neither saw. (A fixed number: Python's ``hash()`` of a string differs per process.)"""
+
+
 def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
     """Add the edge parent -> child.
 
-    Refuses self-edges, duplicates, edges that would close a cycle (one recursive query over the
-    parent's ancestors, so the cost follows the graph above the parent, not the table), and
-    children that are already past waiting on parents.
+    Refuses bad ids, self-edges, duplicates, edges that would close a cycle, and children that
+    are already past waiting on parents (:class:`BalsamError` naming the problem). The cycle check
+    is one recursive query over the child's descendants, so its cost follows the graph below the
+    child (usually nothing: a new job), not the size of the table or the depth above the parent.
+    Two round trips; holds :data:`GRAPH_LOCK_KEY` until the caller's transaction ends.
     """
-    parent, child = str(parent_id), str(child_id)
+    try:
+        parent, child = str(schema.parse_uuid(parent_id)), str(schema.parse_uuid(child_id))
+    except schema.FieldError as exc:
+        raise BalsamError(str(exc))
     if parent == child:
         raise BalsamError("a job cannot depend on itself")
-    cursor.execute(f"SELECT job_id, state FROM {JOB} WHERE job_id IN (%s, %s) FOR UPDATE",
-                   [parent, child])
+    cursor.execute(f"SELECT pg_advisory_xact_lock(%s); "
+                   f"SELECT job_id, state FROM {JOB} WHERE job_id IN (%s, %s) FOR UPDATE",
+                   [GRAPH_LOCK_KEY, parent, child])
     states = {str(r[0]): r[1] for r in cursor.fetchall()}
     for role, jid in (("parent", parent), ("child", child)):
         if jid not in states:
@@ -161,18 +179,85 @@ def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
     if states[child] not in WAITING_STATES:
         raise BalsamError(f"child job {child[:8]} is already {states[child]}: dependencies can only "
                           "be added to jobs that have not started")
-    cursor.execute(f"SELECT 1 FROM {DEP} WHERE parent_id = %s AND child_id = %s", [parent, child])
-    if cursor.fetchone():
-        raise BalsamError(f"job {child[:8]} already depends on {parent[:8]}")
+    # The edge closes a cycle iff the parent is already reachable from the child.
     cursor.execute(f"""
-        WITH RECURSIVE up(job_id) AS (
-            SELECT %s::uuid
+        WITH RECURSIVE down(job_id) AS (
+            SELECT %(child)s::uuid
             UNION
-            SELECT d.parent_id FROM {DEP} d JOIN up ON d.child_id = up.job_id
-        ) SELECT 1 FROM up WHERE job_id = %s::uuid LIMIT 1""", [parent, child])
-    if cursor.fetchone():
+            SELECT d.child_id FROM down, {_CHILDREN_OF.format(node="down")} d
+        ), flags AS (
+            SELECT EXISTS(SELECT 1 FROM {DEP} WHERE parent_id = %(parent)s AND child_id = %(child)s)
+                       AS duplicate,
+                   EXISTS(SELECT 1 FROM down WHERE job_id = %(parent)s::uuid) AS cycle
+        ), ins AS (
+            INSERT INTO {DEP} (parent_id, child_id)
+            SELECT %(parent)s, %(child)s FROM flags WHERE NOT duplicate AND NOT cycle
+        ) SELECT duplicate, cycle FROM flags""", {"parent": parent, "child": child})
+    duplicate, cycle = cursor.fetchone()
+    if duplicate:
+        raise BalsamError(f"job {child[:8]} already depends on {parent[:8]}")
+    if cycle:
         raise BalsamError(f"adding {parent[:8]} -> {child[:8]} would create a cycle")
-    cursor.execute(f"INSERT INTO {DEP} (parent_id, child_id) VALUES (%s, %s)", [parent, child])
+
+
+def record_created(cursor: Any, jobs: Iterable[tuple[Any, str]]) -> None:
+    """Record the ``CREATED -> state`` event of new jobs inserted directly in another state.
+
+    ``jobs`` are ``(job_id, state)`` pairs; those in CREATED get no event (a job's creation is its
+    ``created_at``).
+    """
+    moved = [(str(j), s) for j, s in jobs if s != State.CREATED.value]
+    if moved:
+        cursor.execute(
+            f"INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message) "
+            "SELECT id, clock_timestamp(), 'CREATED', st, 'created in this state' "
+            "FROM unnest(%s::uuid[], %s::text[]) AS t(id, st)",
+            [[j for j, _ in moved], [s for _, s in moved]])
+
+
+def check_new_edges(cursor: Any, edges: Sequence[tuple[Any, Any]],
+                    new_jobs: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Check the edges (parent, child) of jobs about to be inserted together; return them as
+    distinct string pairs.
+
+    ``new_jobs`` maps each new job id to its state. Every child must be new and waiting, every
+    parent new or existing, and the edges among new jobs must form no cycle (edges from existing
+    jobs to new ones cannot close a cycle). Raises :class:`BalsamError` naming the problem.
+    """
+    pairs = list(dict.fromkeys((str(schema.parse_uuid(p)), str(c)) for p, c in edges))
+    for parent, child in pairs:
+        if parent == child:
+            raise BalsamError(f"job {child[:8]} cannot depend on itself")
+        if new_jobs.get(child) not in WAITING_STATES:
+            raise BalsamError(f"child job {child[:8]} is {new_jobs.get(child, 'not new')}: "
+                              "dependencies can only be added to jobs that have not started")
+    outside = sorted({p for p, _ in pairs if p not in new_jobs})
+    if outside:
+        cursor.execute(f"SELECT job_id FROM {JOB} WHERE job_id = ANY(%s::uuid[]) FOR KEY SHARE",
+                       [outside])
+        missing = set(outside) - {str(r[0]) for r in cursor.fetchall()}
+        if missing:
+            raise BalsamError(f"parent job {min(missing)} does not exist")
+    inner = [(p, c) for p, c in pairs if p in new_jobs]
+    indegree = dict.fromkeys(new_jobs, 0)
+    children: dict[str, list[str]] = {}
+    for parent, child in inner:
+        indegree[child] += 1
+        children.setdefault(parent, []).append(child)
+    ready = [j for j, n in indegree.items() if n == 0]
+    seen = 0
+    while ready:
+        job = ready.pop()
+        seen += 1
+        for child in children.get(job, ()):
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                ready.append(child)
+    if seen != len(indegree):
+        stuck = min(j for j, n in indegree.items() if n)
+        raise BalsamError(f"the parents given to the new jobs would create a cycle (through job "
+                          f"{stuck[:8]})")
+    return pairs
 
 
 def set_parents(cursor: Any, child_id: Any, parent_ids: Iterable[Any]) -> None:

@@ -150,6 +150,8 @@ def normalize_job_values(values: dict[str, Any]) -> None:
                 values[key] = coerce_field(key, val)
         else:
             values[key] = coerce_field(key, val)
+    if values["environ_vars"]:
+        parse_envstring(values["environ_vars"])
     if values["state"] not in _STATE_NAMES:
         from balsam.core.states import validate_state
 
@@ -180,9 +182,17 @@ def working_directory(
     """
     if user_workdir:
         return os.path.abspath(os.path.expanduser(user_workdir))
-    leaf = f"{name.replace(' ', '_')}_{str(job_id)[:8]}" if name else str(job_id)[:8]
-    parts = [db_path, "data"] + ([workflow.replace(os.sep, "_")] if workflow else []) + [leaf]
+    short = str(job_id)[:8]
+    leaf = f"{name.replace(' ', '_').replace(os.sep, '_')}_{short}" if name else short
+    parts = [db_path, "data"] + ([_path_part(workflow)] if workflow else []) + [leaf]
     return os.path.join(*parts)
+
+
+def _path_part(text: str) -> str:
+    """One directory name from free text: no separators, and never ``.`` or ``..`` (a job's
+    directory stays inside ``<db>/data``)."""
+    part = text.replace(os.sep, "_")
+    return part.replace(".", "_") if part.strip(".") == "" else part
 
 
 def parse_envstring(text: str) -> dict[str, str]:
