@@ -7,7 +7,9 @@ from django.db import migrations, models
 
 
 # Django emulates ON DELETE in Python; Balsam also deletes and updates in plain SQL (the CLI,
-# lifecycle), so the database itself must cascade.
+# lifecycle), so the database itself must cascade. Django creates foreign keys at the very end of
+# a migration (the schema editor's deferred SQL), so the replacement is queued behind them there:
+# run earlier, it would find nothing to drop and leave Django's NO ACTION keys beside ours.
 _FK_ACTIONS = [
     ("core_jobdependency", "parent_id", "core_balsamjob", "job_id", "CASCADE"),
     ("core_jobdependency", "child_id", "core_balsamjob", "job_id", "CASCADE"),
@@ -25,12 +27,16 @@ BEGIN
            JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = ANY(con.conkey)
            WHERE con.contype = 'f' AND con.conrelid = '{table}'::regclass AND a.attname = '{column}'
   LOOP
-    EXECUTE format('ALTER TABLE {table} DROP CONSTRAINT %I', c);
+    EXECUTE 'ALTER TABLE {table} DROP CONSTRAINT ' || quote_ident(c);
   END LOOP;
 END $$;
 ALTER TABLE {table} ADD CONSTRAINT {table}_{column}_fk FOREIGN KEY ({column})
   REFERENCES {ref_table} ({ref_column}) ON DELETE {action} DEFERRABLE INITIALLY DEFERRED;
 """
+
+
+def _replace_foreign_keys(apps, schema_editor):
+    schema_editor.deferred_sql.extend(_fk_sql(*spec) for spec in _FK_ACTIONS)
 
 
 class Migration(migrations.Migration):
@@ -136,4 +142,5 @@ class Migration(migrations.Migration):
             model_name='balsamjob',
             index=models.Index(fields=['workflow', 'state'], name='job_wf_state'),
         ),
-        ] + [migrations.RunSQL(_fk_sql(*spec), migrations.RunSQL.noop) for spec in _FK_ACTIONS]
+        migrations.RunPython(_replace_foreign_keys, migrations.RunPython.noop),
+    ]
