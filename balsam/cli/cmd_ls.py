@@ -1,0 +1,140 @@
+"""``balsam ls [jobs|apps|wf|queues]``: list what is in the database (Django-free, fast)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from balsam.cli import jobquery as jq
+from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.core import schema
+from balsam.core.render import table
+from balsam.errors import BalsamError
+
+EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).
+Environment: BALSAM_LS_FIELDS=f1:f2 adds job columns to the table; BALSAM_LS_LIMIT=N (default
+5000) caps how many objects are shown."""
+QUEUE_COLUMNS = ["scheduler_id", "project", "queue", "nodes", "wall_minutes", "state", "job_mode",
+                 "command"]
+FLAGS = ("name", "id", "state", "wf", "verbose", "history", "tree", "by_states")
+ALLOWED = {"apps": {"name", "id", "verbose"}, "wf": {"wf"}, "queues": {"verbose"}}
+"""Flags each non-job listing understands (``ls wf --wf X`` of an existing X lists its jobs)."""
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "ls", run, "list jobs, applications, workflows or queued batch jobs",
+                    epilog=EPILOG)
+    p.add_argument("objects", nargs="?", default="jobs", choices=["jobs", "apps", "wf", "queues"],
+                   help="what to list (default: jobs)")
+    p.add_argument("--name", help="name contains this text (case-insensitive)")
+    p.add_argument("--id", help="job id (or part of one); for apps, the application's number")
+    p.add_argument("--state", help="jobs in exactly this state")
+    p.add_argument("--wf", help="workflow contains this text; `ls wf --wf X`: the jobs of workflow X")
+    p.add_argument("--verbose", action="store_true", help="every field of each object")
+    p.add_argument("--history", action="store_true", help="each job's state history")
+    p.add_argument("--tree", action="store_true", help="the dependency forest of the matching jobs")
+    p.add_argument("--by-states", action="store_true", help="how many matching jobs are in each state")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="json: a list of objects with all their fields, for scripts")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.format == "json" and (args.history or args.tree):
+        raise BalsamError("--format json lists objects or --by-states counts; it does not combine "
+                          "with --history or --tree")
+    with transaction() as (db_path, cur):
+        if args.objects == "jobs":
+            text = jobs_view(cur, db_path, args, args.wf)
+        elif args.objects == "wf" and args.wf is not None and workflow_exists(cur, args.wf):
+            text = jobs_view(cur, db_path, args, None, wf_exact=args.wf)
+        else:
+            flags = [f for f in FLAGS if getattr(args, f) not in (None, False)]
+            bad = [f"--{f.replace('_', '-')}" for f in flags if f not in ALLOWED[args.objects]]
+            if bad:
+                raise BalsamError(f"{', '.join(bad)} cannot be used with `balsam ls {args.objects}`")
+            text = {"apps": apps_view, "wf": wf_view, "queues": queues_view}[args.objects](cur, args)
+    jq.write_out(text)
+    return 0
+
+
+def workflow_exists(cur: Any, workflow: str) -> bool:
+    cur.execute(f"SELECT 1 FROM {jq.JOB} WHERE workflow = %s LIMIT 1", [workflow])
+    return cur.fetchone() is not None
+
+
+def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str],
+              wf_exact: Optional[str] = None) -> str:
+    where, params = jq.job_where(args.name, args.id, args.state, wf, wf_exact)
+    if args.by_states and not (args.history or args.tree):
+        counts = jq.state_counts(cur, where, params)
+        if args.format == "json":
+            return jq.dumps(counts)
+        return "\n".join(f"{s:>16} {n}" for s, n in counts.items()) or "No jobs found matching query"
+    limit = jq.ls_limit()
+    if args.history:
+        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "created_at"], limit)
+        hist = jq.histories(cur, rows)
+        text = "\n".join(f"Job {r['name']} [{r['job_id']}]\n{'-' * 60}{hist[str(r['job_id'])]}\n"
+                         for r in rows)
+    elif args.tree:
+        no_parents = f"NOT EXISTS (SELECT 1 FROM {jq.DEP} d WHERE d.child_id = job_id)"
+        where = f"{where} AND {no_parents}" if where else f" WHERE {no_parents}"
+        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "state"], limit)
+        if not rows:
+            return "No jobs without parents found matching query"
+        text = "\n".join(jq.tree_lines(cur, rows))
+    elif args.format == "json" or args.verbose:
+        rows, total = jq.fetch_jobs(cur, where, params, jq.LS_FIELDS, limit)
+        if args.format == "json":
+            jq.hidden_notice(total - len(rows), to_stderr=True)  # stdout stays valid JSON
+            return jq.dumps([jq.jsonable(r) for r in rows])
+        apps = jq.apps_by_name(cur)
+        text = "\n".join(jq.job_verbose(r, apps, db_path) for r in rows)
+    else:
+        columns = jq.ls_fields()
+        rows, total = jq.fetch_jobs(cur, where, params, columns, limit)
+        for r in rows:
+            if "parents" in r:
+                r["parents"] = ",".join(p[:8] for p in r["parents"])
+        text = table(rows, columns)
+    if not rows:
+        return "No jobs found matching query"
+    return text + jq.hidden_notice(total - len(rows))
+
+
+def apps_view(cur: Any, args: argparse.Namespace) -> str:
+    where, params = jq.app_where(args.name, args.id)
+    cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {jq.APP}{where} ORDER BY id", params)
+    apps = fetch_dicts(cur)
+    if args.format == "json":
+        return jq.dumps(apps)
+    if not apps:
+        return "No applications found matching query"
+    if args.verbose:
+        return "\n".join(f"Application {a['id']}:\n" + "\n".join(
+            f"{k:>12}: {a[k]}" for k in schema.APP_DEFAULTS) + "\n" for a in apps)
+    return table(apps, ["id", "name", "executable", "description"])
+
+
+def wf_view(cur: Any, args: argparse.Namespace) -> str:
+    where, params = jq.job_where(wf=args.wf)
+    cur.execute(f"SELECT workflow, count(*) AS jobs FROM {jq.JOB}{where} GROUP BY workflow "
+                "ORDER BY workflow", params)
+    rows = fetch_dicts(cur)
+    if args.format == "json":
+        return jq.dumps(rows)
+    if not rows:
+        return "No workflows found matching query"
+    return table(rows, ["workflow", "jobs"])
+
+
+def queues_view(cur: Any, args: argparse.Namespace) -> str:
+    cur.execute(f"SELECT * FROM {schema.QLAUNCH_TABLE} ORDER BY id")
+    rows = fetch_dicts(cur)
+    if args.format == "json":
+        return jq.dumps(rows)
+    if not rows:
+        return "No queued jobs detected"
+    if args.verbose:
+        return "\n".join(f"QueuedLaunch {r['id']}:\n" + "\n".join(
+            f"{k:>14}: {v}" for k, v in r.items() if k != "id") + "\n" for r in rows)
+    return table(rows, QUEUE_COLUMNS)

@@ -1,0 +1,60 @@
+"""``balsam make_dummies N``: fill the database with N trivial jobs (for tests and benchmarks)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from balsam.cli.common import add_command, transaction
+from balsam.core import schema
+from balsam.errors import BalsamError
+
+CHUNK = 10000
+"""Jobs built and copied per step (bounds memory; one progress-bar tick each)."""
+PROGRESS_MIN = 20000
+"""Show a progress bar (stderr on a terminal only) from this many jobs up."""
+BAR_WIDTH = 40
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "make_dummies", run, "add N dummy jobs (app `dummy`, workflow `dummy`)")
+    p.add_argument("num", metavar="N", help="how many jobs to add (a positive whole number)")
+
+
+def count_arg(text: str) -> int:
+    try:
+        num = int(text.strip())
+    except ValueError:
+        num = 0
+    if num < 1:
+        raise BalsamError(f"N must be a positive whole number, not {text!r}")
+    return num
+
+
+def progress(done: int, total: int) -> None:
+    filled = BAR_WIDTH * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{' ' * (BAR_WIDTH - filled)}] {done}/{total}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from balsam.core.bulk import copy_jobs
+
+    num = count_arg(args.num)
+    show = num >= PROGRESS_MIN and sys.stderr.isatty()
+    values = {"workflow": "dummy", "application": "dummy", "args": "hello",
+              "node_packing_count": 64, "description": "Added by balsam make_dummies"}
+    with transaction() as (_, cur):
+        cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
+                    "envscript, postprocess) VALUES ('dummy', 'Added by balsam make_dummies', 'echo', "
+                    "'', '', '') ON CONFLICT (name) DO NOTHING")
+        for start in range(0, num, CHUNK):
+            rows = [schema.new_job_row(dict(values, name=f"dummy{i}"))
+                    for i in range(start, min(start + CHUNK, num))]
+            copy_jobs(cur, rows)
+            if show:
+                progress(start + len(rows), num)
+    print(f"Added {num} dummy jobs (application dummy, workflow dummy)")
+    return 0

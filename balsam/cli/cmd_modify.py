@@ -1,0 +1,108 @@
+"""``balsam modify ID ATTR VALUE``: change one field of a job or an application."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from balsam.cli.common import add_command, fetch_dicts, find_job, transaction
+from balsam.core import schema
+from balsam.errors import BalsamError, NotFound
+
+EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
+must be whole numbers, `data` takes a JSON object. Setting `state` records a state change (a
+USER_KILLED job only changes with --force; RUNNING cannot be set by hand)."""
+
+READ_ONLY_JOB = {"job_id": "the job id never changes", "created_at": "the creation time never changes",
+                 "tick": "tick is managed by launchers",
+                 "queued_launch_id": "the batch job link is managed by the service",
+                 "parents": "use `balsam dep PARENT CHILD` to add dependencies"}
+SCRIPT_FIELDS = ("executable", "preprocess", "postprocess")
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "modify", run, "change a field of a job or an application", epilog=EPILOG)
+    p.add_argument("id", help="job id prefix; for --type apps, the application's number or name")
+    p.add_argument("attr", help="field to change (e.g. state, num_nodes, args, data)")
+    p.add_argument("value", help="new value")
+    p.add_argument("--type", choices=["jobs", "apps"], default="jobs", help="what to modify (default jobs)")
+    p.add_argument("--force", action="store_true", help="allow changing the state of a USER_KILLED job")
+
+
+def run(args: argparse.Namespace) -> int:
+    from balsam.cli.jobquery import user_errors
+
+    with user_errors(), transaction() as (_, cur):
+        if args.type == "apps":
+            shown = modify_app(cur, args.id, args.attr, args.value)
+            kind = "app"
+        else:
+            shown = modify_job(cur, args.id, args.attr, args.value, args.force)
+            kind = "job"
+    print(f"{kind} {args.attr} changed to: {shown}")
+    return 0
+
+
+def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> str:
+    """Apply the change; return the stored value as text."""
+    if attr in READ_ONLY_JOB:
+        raise BalsamError(f"{attr} cannot be modified: {READ_ONLY_JOB[attr]}")
+    if attr not in schema.JOB_DEFAULTS:
+        raise BalsamError(f"unknown job attribute {attr!r} (fields: {', '.join(schema.JOB_DEFAULTS)})")
+    job = find_job(cur, id_text, "job_id")
+    if attr == "state":
+        from balsam.core import lifecycle
+        from balsam.core.states import validate_state
+
+        new = validate_state(value).value
+        if new == "RUNNING":
+            raise BalsamError("RUNNING cannot be set by hand: only a launcher that runs the job sets it")
+        lifecycle.transition_one(cur, job["job_id"], new, "User mutated state from command line",
+                                 user=True, force=force)
+        return new
+    new_value = schema.coerce_field(attr, value)
+    stored = json.dumps(new_value) if attr == "data" else new_value
+    cur.execute(f"UPDATE {schema.JOB_TABLE} SET {attr} = %s WHERE job_id = %s", [stored, job["job_id"]])
+    return str(stored)
+
+
+def find_app(cur: Any, text: str) -> dict:
+    """The app numbered ``text`` if it is a number and such an app exists, else the one named ``text``."""
+    if text.strip().isdigit():
+        cur.execute(f"SELECT id, name FROM {schema.APP_TABLE} WHERE id = %s", [int(text)])
+        rows = fetch_dicts(cur)
+        if rows:
+            return rows[0]
+    cur.execute(f"SELECT id, name FROM {schema.APP_TABLE} WHERE name = %s", [text])
+    rows = fetch_dicts(cur)
+    if not rows:
+        raise NotFound(f"no application numbered or named {text!r} (see `balsam ls apps`)")
+    return rows[0]
+
+
+def modify_app(cur: Any, id_text: str, attr: str, value: str) -> str:
+    """Apply the change; renaming an app also renames it in the jobs that use it."""
+    if attr not in schema.APP_DEFAULTS:
+        raise BalsamError(f"unknown application attribute {attr!r} "
+                          f"(fields: {', '.join(schema.APP_DEFAULTS)})")
+    app = find_app(cur, id_text)
+    new_value = schema.coerce_field(attr, value, schema.APP_DEFAULTS)
+    if attr in SCRIPT_FIELDS:
+        from balsam.cli.cmd_app import python_script_command
+
+        new_value = python_script_command(new_value)
+    if attr == "executable" and not new_value:
+        raise BalsamError("executable may not be empty")
+    if attr == "name":
+        new_value = new_value.strip()
+        if not new_value:
+            raise BalsamError("name may not be empty")
+        cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s AND id <> %s", [new_value, app["id"]])
+        if cur.fetchone():
+            raise BalsamError(f"an application named {new_value!r} already exists")
+        cur.execute(f"UPDATE {schema.JOB_TABLE} SET application = %s WHERE application = %s",
+                    [new_value, app["name"]])
+        if cur.rowcount:
+            print(f"{cur.rowcount} jobs using {app['name']!r} now name {new_value!r}")
+    cur.execute(f"UPDATE {schema.APP_TABLE} SET {attr} = %s WHERE id = %s", [new_value, app["id"]])
+    return new_value

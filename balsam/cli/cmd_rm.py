@@ -1,0 +1,107 @@
+"""``balsam rm {jobs|apps}``: remove jobs or applications from the database."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from balsam.cli.common import add_command, confirm, fetch_dicts, find_job, transaction
+from balsam.core import schema
+from balsam.errors import BalsamError, NotFound
+
+EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).
+Working directories are left on disk. Answering no to the prompt removes nothing and exits
+with status 1; errors exit with status 2 and remove nothing."""
+SHOW_AT_MOST = 10
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "rm", run, "remove jobs or applications", epilog=EPILOG)
+    p.add_argument("objects", choices=["jobs", "apps", "job", "app"], help="what to remove")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", help="names containing this text (case-insensitive; '' = all)")
+    which.add_argument("--id", help="one job by id prefix, or one application by number")
+    which.add_argument("--all", action="store_true", help="every job (or every application)")
+    p.add_argument("--wf-filter", metavar="WF", help="only jobs of exactly this workflow")
+    p.add_argument("--force", action="store_true",
+                   help="do not ask; for apps, also remove apps that jobs still use")
+
+
+def run(args: argparse.Namespace) -> int:
+    jobs = args.objects in ("jobs", "job")
+    if not jobs and args.wf_filter is not None:
+        raise BalsamError("--wf-filter applies to jobs only")
+    with transaction() as (_, cur):
+        found = select_jobs(cur, args) if jobs else select_apps(cur, args)
+        kind = "jobs" if jobs else "applications"
+        if not found:
+            print(f"No {kind} matching query: nothing removed")
+            return 0
+        if not jobs:
+            check_apps_unused(cur, found, args.force)
+        if not confirm(f"PERMANENTLY remove {len(found)} {kind}?", args.force):
+            print("aborted: nothing removed", file=sys.stderr)
+            return 1
+        failed = remove_jobs(cur, found) if jobs else remove_apps(cur, found)
+    labels = [schema.cute_id(f["name"], f["job_id"]) if jobs else f"{f['name']} ({f['id']})"
+              for f in found[:SHOW_AT_MOST]]
+    more = f" and {len(found) - SHOW_AT_MOST} more" if len(found) > SHOW_AT_MOST else ""
+    print(f"Removed {len(found)} {kind}: {', '.join(labels)}{more}")
+    if failed:
+        print(f"{failed} jobs waiting on a removed job were marked FAILED")
+    return 0
+
+
+def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
+    from balsam.cli.jobquery import ORDER, job_where
+
+    if args.id is not None:
+        job = find_job(cur, args.id, "job_id, name, workflow")
+        if args.wf_filter is not None and job["workflow"] != args.wf_filter:
+            raise NotFound(f"job {args.id!r} is not in workflow {args.wf_filter!r}")
+        return [job]
+    where, params = job_where(name=args.name, wf_exact=args.wf_filter)
+    cur.execute(f"SELECT job_id, name FROM {schema.JOB_TABLE}{where} {ORDER}", params)
+    return fetch_dicts(cur)
+
+
+def remove_jobs(cur: Any, found: list[dict]) -> int:
+    """Delete the jobs; return how many waiting children were failed because of it."""
+    from balsam.core import lifecycle
+    from balsam.core.states import WAITING_STATES
+
+    ids = [str(f["job_id"]) for f in found]
+    cur.execute(f"""SELECT count(DISTINCT d.child_id) FROM {schema.DEP_TABLE} d
+        JOIN {schema.JOB_TABLE} c ON c.job_id = d.child_id
+        WHERE d.parent_id = ANY(%s::uuid[]) AND NOT d.child_id = ANY(%s::uuid[])
+          AND c.state = ANY(%s::text[])""", [ids, ids, WAITING_STATES])
+    failed = int(cur.fetchone()[0])
+    lifecycle.delete_jobs(cur, ids)
+    return failed
+
+
+def select_apps(cur: Any, args: argparse.Namespace) -> list[dict]:
+    from balsam.cli.jobquery import app_where
+
+    where, params = app_where(None if args.all else args.name, args.id)
+    cur.execute(f"SELECT id, name FROM {schema.APP_TABLE}{where} ORDER BY id", params)
+    found = fetch_dicts(cur)
+    if args.id is not None and not found:
+        raise NotFound(f"no application numbered {args.id}")
+    return found
+
+
+def check_apps_unused(cur: Any, apps: list[dict], force: bool) -> None:
+    """Refuse to remove apps that jobs still use, unless forced."""
+    cur.execute(f"SELECT application, count(*) FROM {schema.JOB_TABLE} WHERE application = ANY(%s) "
+                "GROUP BY application ORDER BY application", [[a["name"] for a in apps]])
+    used = cur.fetchall()
+    if used and not force:
+        uses = ", ".join(f"{name!r} by {count} jobs" for name, count in used)
+        raise BalsamError(f"applications still in use ({uses}): remove those jobs first, "
+                          "or pass --force")
+
+
+def remove_apps(cur: Any, apps: list[dict]) -> int:
+    cur.execute(f"DELETE FROM {schema.APP_TABLE} WHERE id = ANY(%s)", [[a["id"] for a in apps]])
+    return 0
