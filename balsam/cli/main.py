@@ -14,6 +14,7 @@ import balsam
 
 COMMANDS = [
     "init", "app",
+    "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
 
