@@ -13,7 +13,7 @@ from typing import Optional
 import balsam
 
 COMMANDS = [
-    "init", "app",
+    "init", "server", "which", "app",
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""

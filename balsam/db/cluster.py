@@ -1,9 +1,10 @@
-"""The per-DB PostgreSQL cluster: create, start, stop, inspect.
+"""The per-DB PostgreSQL server at run time: status, start, stop, reset, connect.
 
-Every external program runs from an argv list with a timeout (:func:`pgaccount.run_as`). The
-server listens on TCP with scram-sha-256 password authentication only; ``trust`` is never
-configured. Start and stop take an exclusive lock on ``<db>/.server.lock`` so that many batch
-jobs activating the same DB at once start one server, not many.
+(:mod:`balsam.db.initdb` creates the cluster.) Every external program runs from an argv list
+with a timeout (:func:`pgaccount.run_as`). Start, stop and reset take an exclusive lock on
+``<db>/.server.lock`` so that many batch jobs activating the same DB at once start one server,
+not many. Every failure mode -- started twice, already stopped, a stale ``postmaster.pid`` after a
+crash, a port in use, a server recorded on another host -- ends in a one-line message, never a hang.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
-from balsam.db import credentials, dbsettings, pgaccount, serverinfo
+from balsam.db import dbsettings, pgaccount, postmaster, serverinfo
 from balsam.db.connect import local_hostnames, try_connect
-from balsam.errors import ServerError
+from balsam.errors import DatabaseUnavailable, ServerError
 
 DATA_DIR = "balsamdb"
 SERVER_LOG = os.path.join("log", "server.log")
@@ -28,49 +29,14 @@ LOCK_WAIT_SECONDS = 90
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 60
 PORT_ATTEMPTS = 5
-
-PG_HBA = """\
-# Written by Balsam: password authentication (scram-sha-256) only; trust is never used.
-# Compute nodes connect over TCP, so every address is allowed -- with a password.
-local   all  all                scram-sha-256
-host    all  all  0.0.0.0/0     scram-sha-256
-host    all  all  ::/0          scram-sha-256
-"""
-
-TUNING = """\
-# Written by Balsam for a workflow database: many short transactions from many launchers.
-listen_addresses = '{listen}'
-unix_socket_directories = ''           # TCP only: socket paths break on long DB paths
-max_connections = {max_connections}
-superuser_reserved_connections = 5
-shared_buffers = {shared_buffers}
-work_mem = 16MB
-maintenance_work_mem = 256MB
-max_wal_size = 4GB
-checkpoint_timeout = 15min
-password_encryption = 'scram-sha-256'
-timezone = 'UTC'
-# A client that dies inside a transaction must not hold job rows forever.
-idle_in_transaction_session_timeout = '10min'
-tcp_keepalives_idle = 60
-tcp_keepalives_interval = 10
-tcp_keepalives_count = 6
-# Log problems only: per-statement logging grows without bound under this workload.
-logging_collector = off
-log_min_messages = warning
-log_min_error_statement = error
-log_min_duration_statement = -1
-log_statement = 'none'
-log_connections = off
-log_disconnections = off
-log_checkpoints = off
-log_line_prefix = '%m [%p] %q%u@%d '
-"""
+PROBE_TIMEOUT_SECONDS = 3.0   # a server that takes longer to accept a TCP connection is 'not answering'
+SHMEM_WAIT_SECONDS = 15      # how long backends of a crashed server may take to exit
 
 Say = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
+    """A ``say`` that says nothing."""
     pass
 
 
@@ -125,93 +91,119 @@ def server_lock(db_path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _postmaster_pid(db_path: str) -> int:
-    try:
-        with open(os.path.join(data_dir(db_path), "postmaster.pid")) as fh:
-            return int(fh.readline().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+def is_local(host: str) -> bool:
+    """True if ``host`` (from server-info) is this machine, or empty (no server recorded)."""
+    return not host or host in local_hostnames()
 
 
-def _is_postgres(pid: int) -> bool:
-    if pid <= 0:
+def port_answers(host: str, port: int, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+    """True if something accepts TCP connections on ``host:port`` (no credential needed)."""
+    if not port:
         return False
     try:
-        with open(f"/proc/{pid}/comm") as fh:
-            return fh.read().strip().startswith("postgres")
+        with socket.create_connection(("127.0.0.1" if is_local(host) else host, int(port)), timeout):
+            return True
     except OSError:
         return False
 
 
-def _require_owner(info: dict, action: str) -> None:
-    owner_uid = info.get("owner_uid")
-    if os.getuid() not in (0, owner_uid):
-        raise ServerError(f"only the DB owner ({info.get('owner', owner_uid)}) can {action} this server")
+def is_owner(info: dict) -> bool:
+    """The DB owner (and root) may start, stop, reset the server and manage its users."""
+    return os.getuid() in (0, info.get("owner_uid"))
+
+
+def require_owner(info: dict, action: str) -> None:
+    if not is_owner(info):
+        raise ServerError(f"only the DB owner ({info.get('owner', info.get('owner_uid'))}) can "
+                          f"{action}; ask them")
 
 
 def status(db_path: str) -> Status:
-    """Is the server of ``db_path`` running, and where? Never blocks for long."""
+    """Is the server of ``db_path`` running, and where? Never blocks for long.
+
+    Locally the postmaster.pid file decides; for a server on another host, or for a collaborator
+    who may not read the data directory, whether its TCP port answers.
+    """
     info = serverinfo.read(db_path)
     host, port = info.get("host") or "", int(info.get("port") or 0)
-    if host and host not in local_hostnames():
-        problem = try_connect(db_path)
-        return Status(problem is None, host, port, int(info.get("pid") or 0),
-                      problem or f"running on {host}")
-    pid = _postmaster_pid(db_path)
-    if _is_postgres(pid):
-        return Status(True, host or socket.gethostname(), port, pid)
-    detail = "stale postmaster.pid (server crashed?)" if pid else ""
-    return Status(False, host, port, pid, detail)
+    if not is_local(host):
+        if port_answers(host, port):
+            return Status(True, host, port, int(info.get("pid") or 0))
+        return Status(False, host, port, 0, f"server-info names {host}:{port}, which does not answer")
+    try:
+        found = postmaster.read(data_dir(db_path))
+    except PermissionError:
+        if port_answers(host, port):
+            return Status(True, host, port, int(info.get("pid") or 0))
+        return Status(False, host, port)
+    if found and postmaster.is_postmaster(found.pid, data_dir(db_path)):
+        return Status(True, socket.gethostname(), found.port or port, found.pid)
+    detail = (f"stale postmaster.pid: process {found.pid} is not running (did the server crash?)"
+              if found else "")
+    return Status(False, host, port, 0, detail)
 
 
 def _remove_stale_pidfile(db_path: str, say: Say) -> None:
-    pid = _postmaster_pid(db_path)
-    if pid and not _is_postgres(pid):
-        os.unlink(os.path.join(data_dir(db_path), "postmaster.pid"))
+    pid = postmaster.remove_if_stale(data_dir(db_path))
+    if pid > 0:
         say(f"Removed a stale postmaster.pid (process {pid} is not running)")
+    elif pid < 0:
+        say("Removed a garbled postmaster.pid")
 
 
-def start(db_path: str, say: Say = _quiet) -> Status:
-    """Start the server if it is not running; return where it listens."""
+def _remote_not_answering(host: str, port: int) -> ServerError:
+    return ServerError(f"server-info says the server runs on {host}:{port}, which does not answer; "
+                       f"if no server runs there any more, `balsam server --reset` forgets it")
+
+
+def start(db_path: str, say: Say = quiet) -> Status:
+    """Start the server if it is not running; return where it listens (owner only)."""
     info = serverinfo.read(db_path)
-    _require_owner(info, "start")
+    require_owner(info, "start the server")
     with server_lock(db_path):
+        info = serverinfo.read(db_path)
         current = status(db_path)
-        if current.running:
-            if current.host in local_hostnames() and _listening_port(db_path) != info.get("port"):
-                serverinfo.update(db_path, host=socket.gethostname(), port=_listening_port(db_path),
-                                  pid=current.pid)
+        if not is_local(info.get("host") or ""):
+            if not current.running:
+                raise _remote_not_answering(current.host, current.port)
             say(f"Server already running on {current.host}:{current.port}")
-            return status(db_path)
+            return current
+        if current.running:
+            if (info.get("host"), info.get("port"), info.get("pid")) != (current.host, current.port,
+                                                                         current.pid):
+                serverinfo.update(db_path, host=current.host, port=current.port, pid=current.pid)
+            say(f"Server already running on {current.host}:{current.port}")
+            return current
         _remove_stale_pidfile(db_path, say)
-        account = pgaccount.account_by_uid(int(info["server_uid"]))
-        settings = dbsettings.load(db_path)
-        wanted = int(settings["server"]["port"] or 0)
-        if wanted and port_in_use(wanted):
-            raise ServerError(f"port {wanted} (settings.yml server.port) is already in use")
-        error = ""
-        for _ in range(1 if wanted else PORT_ATTEMPTS):
-            port = wanted or free_port()
-            ok, error = _pg_ctl_start(db_path, info["pg_bin"], account, port)
-            if ok:
-                serverinfo.update(
-                    db_path, host=socket.gethostname(), port=port, pid=_postmaster_pid(db_path),
-                    started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                )
-                say(f"Started the Balsam DB server on {socket.gethostname()}:{port}")
-                return status(db_path)
-            if "already in use" not in error and "could not bind" not in error:
-                break
-        raise ServerError(f"the PostgreSQL server did not start: {error}")
+        return _start_locked(db_path, info, say)
 
 
-def _listening_port(db_path: str) -> int:
-    try:
-        with open(os.path.join(data_dir(db_path), "postmaster.pid")) as fh:
-            lines = fh.read().splitlines()
-        return int(lines[3])
-    except (OSError, ValueError, IndexError):
-        return 0
+def _start_locked(db_path: str, info: dict, say: Say) -> Status:
+    account = pgaccount.account_by_uid(int(info["server_uid"]))
+    wanted = int(dbsettings.load(db_path)["server"]["port"] or 0)
+    if wanted and port_in_use(wanted):
+        raise ServerError(f"port {wanted} (settings.yml server.port) is already in use: free it, or "
+                          f"set server.port to 0 to pick a free port")
+    attempts, deadline = 0, time.monotonic() + SHMEM_WAIT_SECONDS
+    while True:
+        port = wanted or free_port()
+        ok, error = _pg_ctl_start(db_path, info["pg_bin"], account, port)
+        if ok:
+            serverinfo.update(
+                db_path, host=socket.gethostname(), port=port,
+                pid=postmaster.running_pid(data_dir(db_path)) or None,
+                started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            )
+            say(f"Started the Balsam DB server on {socket.gethostname()}:{port}")
+            return status(db_path)
+        attempts += 1
+        if "shared memory block" in error and time.monotonic() < deadline:
+            time.sleep(0.5)  # backends of a crashed server are still exiting
+            continue
+        if not wanted and attempts < PORT_ATTEMPTS and ("already in use" in error
+                                                        or "could not bind" in error):
+            continue  # another program took the free port between our check and the bind
+        raise ServerError(f"the PostgreSQL server did not start: {error} (see {SERVER_LOG})")
 
 
 def _pg_ctl_start(db_path: str, bin_dir: str, account: pgaccount.Account, port: int) -> tuple:
@@ -235,106 +227,90 @@ def _pg_ctl_start(db_path: str, bin_dir: str, account: pgaccount.Account, port: 
     return False, reason
 
 
-def stop(db_path: str, say: Say = _quiet) -> bool:
-    """Stop the server; False (with a message) if it was not running."""
+def stop(db_path: str, say: Say = quiet) -> bool:
+    """Stop the server; False (saying "Server is not running") if it was not running."""
     info = serverinfo.read(db_path)
-    _require_owner(info, "stop")
-    host = info.get("host") or ""
-    if host and host not in local_hostnames():
-        raise ServerError(f"the server runs on {host}: stop it from there")
+    require_owner(info, "stop the server")
+    host, port = info.get("host") or "", int(info.get("port") or 0)
+    if not is_local(host):
+        if port_answers(host, port):
+            raise ServerError(f"the server runs on {host}:{port}: stop it from there")
+        raise _remote_not_answering(host, port)
     with server_lock(db_path):
-        pid = _postmaster_pid(db_path)
-        if not _is_postgres(pid):
-            _remove_stale_pidfile(db_path, say)
-            serverinfo.update(db_path, host="", port=None, pid=None)
-            say("Server is not running")
-            return False
-        account = pgaccount.account_by_uid(int(info["server_uid"]))
-        pg_ctl = os.path.join(info["pg_bin"], "pg_ctl")
-        for mode in ("fast", "immediate"):
-            code, output = pgaccount.run_as(
-                account, [pg_ctl, "stop", "-D", data_dir(db_path), "-m", mode, "-w",
-                          "-t", str(STOP_TIMEOUT_SECONDS)],
-                timeout=STOP_TIMEOUT_SECONDS + 15, cwd=db_path)
-            if code == 0 or not _is_postgres(pid):
-                break
-        else:
-            raise ServerError(f"pg_ctl stop failed: {output.strip().splitlines()[-1:]}")
+        return _stop_locked(db_path, info, say)
+
+
+def _stop_locked(db_path: str, info: dict, say: Say) -> bool:
+    pid = postmaster.running_pid(data_dir(db_path))
+    if not pid:
+        _remove_stale_pidfile(db_path, say)
         serverinfo.update(db_path, host="", port=None, pid=None)
-        say("Stopped the Balsam DB server")
-        return True
+        say("Server is not running")
+        return False
+    account = pgaccount.account_by_uid(int(info["server_uid"]))
+    pg_ctl = os.path.join(info["pg_bin"], "pg_ctl")
+    output = ""
+    for mode in ("fast", "immediate"):
+        code, output = pgaccount.run_as(
+            account, [pg_ctl, "stop", "-D", data_dir(db_path), "-m", mode, "-w",
+                      "-t", str(STOP_TIMEOUT_SECONDS)],
+            timeout=STOP_TIMEOUT_SECONDS + 15, cwd=db_path)
+        if code == 0 or not postmaster.is_postmaster(pid, data_dir(db_path)):
+            break
+    else:
+        raise ServerError(f"pg_ctl stop failed: {(output.strip().splitlines() or ['?'])[-1]}")
+    _remove_stale_pidfile(db_path, quiet)
+    serverinfo.update(db_path, host="", port=None, pid=None)
+    say("Stopped the Balsam DB server")
+    return True
 
 
-def initialize(db_path: str, pg_bin: Optional[str] = None, say: Say = _quiet) -> dict:
-    """Create the cluster under ``<db>/balsamdb`` and write server-info; returns server-info.
+def reset(db_path: str, say: Say = quiet) -> None:
+    """Leave the server stopped with no stale state: stop it if it runs, remove a stale
+    postmaster.pid, clear host/port/pid in server-info (owner only).
 
-    The owner's superuser password is generated here and stored in ``<db>/.auth``.
+    A server recorded on another host is forgotten only if its port does not answer.
     """
-    account = pgaccount.server_account(say)
-    bin_dir = pgaccount.usable_bin_dir(pgaccount.find_bin_dir(pg_bin), account, say)
-    pgaccount.check_reachable(account, bin_dir, db_path)
-    role = credentials.login_name()
-    password = credentials.generate_password()
-    datadir = data_dir(db_path)
-    os.makedirs(os.path.join(db_path, "log"), exist_ok=True)
-    log = os.path.join(db_path, SERVER_LOG)
-    open(log, "a").close()
-    os.mkdir(datadir, 0o700)
-    pwfile = os.path.join(db_path, ".initdb-pw")
-    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    pgaccount.chown_tree([datadir, pwfile, log], account)
-    try:
-        code, output = pgaccount.run_as(account, [
-            os.path.join(bin_dir, "initdb"), "-D", datadir, "-U", role, f"--pwfile={pwfile}",
-            "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
-            "--locale=C",
-        ], timeout=300, cwd=db_path)
-    finally:
-        os.unlink(pwfile)
-    if code != 0:
-        raise ServerError(f"initdb failed: {output.strip().splitlines()[-1] if output.strip() else code}")
-    _write_config(db_path, account)
-    credentials.write_db_credential(db_path, role, password)
-    me = pgaccount.current_account()
-    info = {
-        "host": "", "port": None, "pid": None, "database": serverinfo.DATABASE_NAME,
-        "owner": me.name, "owner_uid": me.uid, "superuser": role,
-        "server_account": account.name, "server_uid": account.uid,
-        "pg_bin": bin_dir, "pg_version": pgaccount.server_version(bin_dir),
-    }
-    serverinfo.write(db_path, info)
-    return info
+    info = serverinfo.read(db_path)
+    require_owner(info, "reset the server")
+    host, port = info.get("host") or "", int(info.get("port") or 0)
+    with server_lock(db_path):
+        if is_local(host):
+            _stop_locked(db_path, info, say)
+        elif port_answers(host, port):
+            raise ServerError(f"the server runs on {host}:{port} and answers: stop it there with "
+                              "`balsam server --stop`")
+        else:
+            try:
+                os.unlink(postmaster.path_of(data_dir(db_path)))
+            except FileNotFoundError:
+                pass
+            serverinfo.update(db_path, host="", port=None, pid=None)
+            say(f"Forgot the server recorded on {host}:{port}, which does not answer "
+                f"(make sure no server for this DB still runs there)")
+    say("Server reset: it is stopped and no stale state is left")
 
 
-def _write_config(db_path: str, account: pgaccount.Account) -> None:
-    srv = dbsettings.load(db_path)["server"]
-    datadir = data_dir(db_path)
-    with open(os.path.join(datadir, "pg_hba.conf"), "w") as fh:
-        fh.write(PG_HBA)
-    with open(os.path.join(datadir, "balsam.conf"), "w") as fh:
-        fh.write(TUNING.format(listen=srv["listen_addresses"], max_connections=srv["max_connections"],
-                               shared_buffers=srv["shared_buffers"]))
-    with open(os.path.join(datadir, "postgresql.conf"), "a") as fh:
-        fh.write("\n# Balsam's settings\ninclude 'balsam.conf'\n")
-    pgaccount.chown_tree([os.path.join(datadir, f) for f in ("pg_hba.conf", "balsam.conf")], account)
+def connect(db_path: str, say: Say = quiet) -> Status:
+    """What ``balsamactivate`` runs: check the recorded server answers, or start it (owner only).
 
-
-def create_database(db_path: str) -> None:
-    """Create the ``balsam`` database in a freshly started cluster (no-op if it exists)."""
-    import psycopg2
-
-    from balsam.db.connect import connection_params
-
-    params = connection_params(db_path, "balsam-init")
-    params["dbname"] = "postgres"
-    conn = psycopg2.connect(**params)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [serverinfo.DATABASE_NAME])
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{serverinfo.DATABASE_NAME}"')
-    finally:
-        conn.close()
+    A collaborator whose server is down is told to ask the owner; a server that runs but refuses
+    the caller's credential raises :class:`DatabaseUnavailable` with the reason.
+    """
+    info = serverinfo.read(db_path)
+    current = status(db_path)
+    recorded = (info.get("host"), info.get("port"))
+    stale_record = current.running and is_local(current.host) and recorded != (current.host,
+                                                                               current.port)
+    if not current.running or (stale_record and is_owner(info)):
+        if not is_owner(info):
+            why = f" ({current.detail})" if current.detail else ""
+            raise ServerError(f"the Balsam DB server of {db_path} is not running{why}; ask the "
+                              f"owner ({info.get('owner', info.get('owner_uid'))}) to start it "
+                              f"(`balsam server --start`)")
+        current = start(db_path, say)
+    problem = try_connect(db_path)
+    if problem:
+        raise DatabaseUnavailable(problem)
+    say(f"Connected to the Balsam DB server on {current.host}:{current.port}")
+    return current

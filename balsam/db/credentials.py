@@ -77,16 +77,16 @@ def _read_user_store() -> dict[str, dict[str, str]]:
 
 
 def client_role(db_path: str, info: dict) -> str:
-    """The role to connect as: ``BALSAM_USER``, else a saved credential's user, else the owner's
-    superuser role for the owner (and root), else the login name."""
+    """The role to connect as: ``BALSAM_USER``, else the owner's superuser role for the owner (and
+    root), else a saved credential's user, else the login name."""
     env = os.environ.get("BALSAM_USER", "").strip()
     if env:
         return env
+    if os.getuid() in (0, info.get("owner_uid")):
+        return str(info.get("superuser") or login_name())
     saved = _read_user_store().get(os.path.abspath(db_path))
     if saved and saved.get("user"):
         return str(saved["user"])
-    if os.getuid() in (0, info.get("owner_uid")):
-        return str(info.get("superuser") or login_name())
     return login_name()
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Callable, Optional
 
-from balsam.db import cluster, dbsettings, index, serverinfo
+from balsam.db import cluster, dbsettings, index, initdb, pgaccount, serverinfo
 from balsam.errors import BalsamError
 
 SUBDIRS = ("data", "log", "qsubmit")
@@ -34,7 +35,8 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
          say: Say = _quiet) -> str:
     """Create the DB directory layout, the cluster and the schema; leave the server running.
 
-    An existing directory that already holds a Balsam DB is started and migrated instead.
+    An existing directory that already holds a Balsam DB is started and migrated instead. If
+    creating a new DB fails, the directory is removed again when this call created it.
     """
     db_path = os.path.abspath(os.path.expanduser(db_path))
     if os.path.exists(db_path) and not os.path.isdir(db_path):
@@ -45,16 +47,27 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
         if os.path.isdir(db_path) and os.path.exists(os.path.join(db_path, cluster.DATA_DIR)):
             raise BalsamError(f"{db_path}/{cluster.DATA_DIR} exists but {db_path} has no server-info: "
                               "a previous init failed; remove the directory and run init again")
-        os.makedirs(db_path, mode=0o755, exist_ok=True)
-        for sub in SUBDIRS:
-            os.makedirs(os.path.join(db_path, sub), exist_ok=True)
-        settings_file = os.path.join(db_path, dbsettings.FILENAME)
-        if not os.path.exists(settings_file):
-            with open(settings_file, "w") as fh:
-                fh.write(dbsettings.render_default(db_path, machine=machine))
-        cluster.initialize(db_path, pg_bin, say)
+        pgaccount.find_bin_dir(pg_bin)  # a bad --pg-bin fails before anything is created
+        created = not os.path.exists(db_path)
+        try:
+            _create_layout(db_path, machine)
+            initdb.initialize(db_path, pg_bin, say)
+        except BaseException:
+            if created:
+                shutil.rmtree(db_path, ignore_errors=True)
+            raise
     cluster.start(db_path, say)
-    cluster.create_database(db_path)
+    initdb.create_database(db_path)
     migrate(db_path)
     index.register(db_path)
     return db_path
+
+
+def _create_layout(db_path: str, machine: str) -> None:
+    os.makedirs(db_path, mode=0o755, exist_ok=True)
+    for sub in SUBDIRS:
+        os.makedirs(os.path.join(db_path, sub), exist_ok=True)
+    settings_file = os.path.join(db_path, dbsettings.FILENAME)
+    if not os.path.exists(settings_file):
+        with open(settings_file, "w") as fh:
+            fh.write(dbsettings.render_default(db_path, machine=machine))

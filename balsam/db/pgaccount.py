@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -58,20 +59,22 @@ def find_bin_dir(explicit: Optional[str] = None) -> str:
             "installation with --pg-bin DIR or BALSAM_PG_BIN"
         )
     candidate = os.path.abspath(os.path.expanduser(candidate))
-    missing = [p for p in REQUIRED_PROGRAMS if not os.access(os.path.join(candidate, p), os.X_OK)]
+    programs = [os.path.join(candidate, p) for p in REQUIRED_PROGRAMS]
+    missing = [os.path.basename(p) for p in programs if not (os.path.isfile(p) and os.access(p, os.X_OK))]
     if missing:
         raise ServerError(f"{candidate} is not a PostgreSQL bin directory (missing {', '.join(missing)})")
     return candidate
 
 
 def server_version(bin_dir: str) -> str:
-    """The server version string, e.g. ``18.6``."""
+    """The server version, e.g. ``18.6`` (from ``postgres (PostgreSQL) 18.6``; distributions
+    append their own package version in parentheses)."""
     out = subprocess.run(
         [os.path.join(bin_dir, "postgres"), "--version"],
         capture_output=True, text=True, timeout=30, check=False,
     ).stdout
-    words = out.split()
-    return words[-1] if words else "unknown"
+    found = re.search(r"\)\s+(\d+(?:\.\d+)*\S*)", out) or re.search(r"\b(\d+(?:\.\d+)+)", out)
+    return found.group(1) if found else "unknown"
 
 
 def current_account() -> Account:
@@ -80,19 +83,24 @@ def current_account() -> Account:
 
 
 def server_account(say: Optional[Say] = None) -> Account:
-    """The account to run the server as: the caller, or an unprivileged one when root."""
+    """The account to run the server as: the caller, or an unprivileged one when root.
+
+    Called once per ``balsam init``; as root it says (through ``say``) which account runs the server.
+    """
     if os.geteuid() != 0:
         return current_account()
     name = os.environ.get("BALSAM_SERVER_ACCOUNT", DEFAULT_ROOT_ACCOUNT)
+    created = ""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         entry = _create_account(name)
-        if say:
-            say(f"Running as root: PostgreSQL refuses root, so the server runs as the new "
-                f"unprivileged account {name!r}")
+        created = " (created now)"
     if entry.pw_uid == 0:
         raise ServerError(f"BALSAM_SERVER_ACCOUNT={name} is root: PostgreSQL refuses to run as root")
+    if say:
+        say(f"Running as root: PostgreSQL refuses root, so the server runs as the unprivileged "
+            f"account {name!r}{created}")
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
