@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from typing import Any
 
@@ -126,6 +125,8 @@ def _save_credential(path: str, role: str) -> None:
 
     roles.check_role_name(role)
     if sys.stdin is not None and sys.stdin.isatty():
+        import getpass
+
         password = getpass.getpass(f"Password for role {role} on {path}: ")
     else:
         password = (sys.stdin.readline() if sys.stdin is not None else "").strip()

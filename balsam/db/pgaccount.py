@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from balsam.errors import ServerError
 
@@ -132,7 +132,7 @@ def run_as(
     Output goes through a temporary file, not a pipe: ``pg_ctl start`` leaves the postmaster
     holding its parent's descriptors, and a pipe would then never reach end-of-file.
     """
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if not account.is_current:
         kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", "TZ": "UTC"}
