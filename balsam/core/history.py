@@ -14,6 +14,7 @@ STATE_TIME_PATTERN = re.compile(r"^\[(\d+-\d+-\d+) (\d+:\d+:\d+\.\d+) (\w+)\]", 
 
 
 def get_time_string(when: Optional[datetime.datetime] = None) -> str:
+    """``when`` (default: now) as classic history text, in UTC; a naive time is taken as UTC."""
     when = when or datetime.datetime.now(datetime.timezone.utc)
     if when.tzinfo is not None:
         when = when.astimezone(datetime.timezone.utc)
@@ -21,18 +22,21 @@ def get_time_string(when: Optional[datetime.datetime] = None) -> str:
 
 
 def from_time_string(text: str) -> datetime.datetime:
+    """The aware UTC datetime of a history time string (inverse of :func:`get_time_string`)."""
     return datetime.datetime.strptime(text, TIME_FMT).replace(tzinfo=datetime.timezone.utc)
 
 
 def history_line(state: str, message: str = "", when: Optional[datetime.datetime] = None) -> str:
+    """One history entry: the right-justified ``"\\n[time STATE] "`` head, then the message."""
     head = f"\n[{get_time_string(when)} {state}] ".rjust(46)
     return head + (message or "")
 
 
-def parse_history(text: str) -> list[tuple]:
-    """[(time, state)] of every entry in a history text."""
+def parse_history(text: str) -> list[tuple[datetime.datetime, str]]:
+    """[(time, state)] of every entry in a history text, in order."""
     return [(from_time_string(f"{d} {t}"), s) for d, t, s in STATE_TIME_PATTERN.findall(text)]
 
 
 def state_times(text: str) -> dict[str, datetime.datetime]:
+    """{state: time} of a history text; the latest entry of a state wins."""
     return {state: when for when, state in parse_history(text)}
