@@ -1,0 +1,131 @@
+"""Benchmark: 100,000 jobs through ``BalsamJob.objects.bulk_create`` vs a raw psycopg2 COPY.
+
+Goal (issue 2): the API rate is >= 0.8 of the raw rate. Printed, not asserted.
+
+The API timing includes constructing the 100,000 ``BalsamJob`` objects. The raw baseline loads
+the same rows (same columns, a fresh UUID per job) with ``COPY ... FROM STDIN``, and its timing
+includes building the rows in plain Python as tuples of text values joined into tab-separated
+lines (no escaping: a careful loader that knows its values needs none). The two alternate for
+``--rounds`` rounds, truncating the table before each, and each run is committed.
+
+Run: ``python benchmarks/bench_bulk_insert.py [-n 100000] [--rounds 3] [--profile]``
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _throwaway import machine_line, throwaway_db  # noqa: E402
+
+
+def api_insert(n: int) -> float:
+    """Construct ``n`` jobs and bulk_create them; returns the seconds spent constructing."""
+    from balsam.core.models import BalsamJob
+
+    t0 = time.perf_counter()
+    jobs = [BalsamJob(name=f"job{i}", workflow="bench", application="app", args=f"--input {i}")
+            for i in range(n)]
+    built = time.perf_counter() - t0
+    BalsamJob.objects.bulk_create(jobs)
+    return built
+
+
+def raw_insert(conn, n: int) -> float:
+    """The careful raw baseline: plain tuples of text, tab-joined, one COPY, commit; returns
+    the seconds spent building the text."""
+    from balsam.core import schema
+
+    t0 = time.perf_counter()
+
+    columns = ["job_id", "created_at", "tick", "queued_launch_id"] + list(schema.JOB_DEFAULTS)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    rows = [
+        (str(uuid.uuid4()), now, now, "\\N", "bench", f"job{i}", "", "", "", "", "", "",
+         "1", "1", "0", "1", "none", "1", "1", "1", "", "", "app", f"--input {i}", "",
+         "t", "f", "f", "t", "CREATED", "{}")
+        for i in range(n)
+    ]
+    text = "\n".join(["\t".join(r) for r in rows]) + "\n"
+    built = time.perf_counter() - t0
+    with conn.cursor() as cur:
+        cur.copy_expert(f"COPY {schema.JOB_TABLE} ({', '.join(columns)}) FROM STDIN", io.StringIO(text))
+    conn.commit()
+    return built
+
+
+def truncate(conn) -> None:
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute(f"TRUNCATE {schema.EVENT_TABLE}, {schema.DEP_TABLE}, {schema.JOB_TABLE} CASCADE")
+        cur.execute("CHECKPOINT")
+    conn.commit()
+
+
+def count(conn) -> int:
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE}")
+        return cur.fetchone()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=100_000, help="jobs per run (default 100000)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each path (default 3)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a cProfile of one API run (not timed)")
+    args = parser.parse_args()
+    print(machine_line())
+    with throwaway_db() as path:
+        from balsam.core import copyfmt
+        from balsam.core.models import BalsamJob
+        from balsam.db.connect import connect
+
+        print(f"# COPY kernel: {copyfmt.KERNEL}")
+        conn = connect(path)
+        BalsamJob.objects.exists()  # open Django's connection outside the timings
+        for run in (lambda: api_insert(args.n), lambda: raw_insert(conn, args.n)):
+            truncate(conn)
+            run()  # warm-up, not timed: the first 100k-object run pays for growing the heap
+        api_times: list[float] = []
+        raw_times: list[float] = []
+        for r in range(args.rounds):
+            order = [("api", api_times), ("raw", raw_times)]
+            if r % 2:
+                order.reverse()
+            for label, times in order:
+                truncate(conn)
+                t0 = time.perf_counter()
+                built = api_insert(args.n) if label == "api" else raw_insert(conn, args.n)
+                times.append(time.perf_counter() - t0)
+                got = count(conn)
+                assert got == args.n, f"{label} inserted {got} rows, not {args.n}"
+                what = "constructing objects" if label == "api" else "building rows"
+                print(f"round {r + 1} {label}: {times[-1]:.3f} s  ({args.n / times[-1]:,.0f} jobs/s; "
+                      f"{built:.3f} s of it {what})")
+        if args.profile:
+            truncate(conn)
+            prof = cProfile.Profile()
+            prof.runcall(api_insert, args.n)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        conn.close()
+    api, raw = statistics.median(api_times), statistics.median(raw_times)
+    print(f"API  bulk_create (incl. constructing objects): median {api:.3f} s = {args.n / api:,.0f} jobs/s")
+    print(f"raw  psycopg2 COPY (incl. building rows):      median {raw:.3f} s = {args.n / raw:,.0f} jobs/s")
+    print(f"ratio API/raw (rate): {raw / api:.2f}   (goal >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
