@@ -5,10 +5,11 @@ Goal (issue 2): the API rate is >= 0.8 of the raw rate. Printed, not asserted.
 The API timing includes constructing the 100,000 ``BalsamJob`` objects. The raw baseline loads
 the same rows (same columns, a fresh UUID per job) with ``COPY ... FROM STDIN``, and its timing
 includes building the rows in plain Python as tuples of text values joined into tab-separated
-lines (no escaping: a careful loader that knows its values needs none). The two alternate for
-``--rounds`` rounds, truncating the table before each, and each run is committed.
+lines (no escaping: a careful loader that knows its values needs none). After one untimed
+warm-up of each, the two alternate for ``--rounds`` rounds, truncating the table before each;
+every run is committed.
 
-Run: ``python benchmarks/bench_bulk_insert.py [-n 100000] [--rounds 3] [--profile]``
+Run: ``python benchmarks/bench_bulk_insert.py [-n 100000] [--rounds 5] [--profile]``
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def count(conn) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000, help="jobs per run (default 100000)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each path (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each path (default 5)")
     parser.add_argument("--profile", action="store_true",
                         help="also print a cProfile of one API run (not timed)")
     args = parser.parse_args()

@@ -121,7 +121,7 @@ cdef class _Buffer:
 
 
 cdef int _put_str(_Buffer buf, str s) except -1:
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n = 0
     cdef const char* p
     cdef object encoded
     if PyUnicode_IS_ASCII(s):

@@ -1,0 +1,86 @@
+"""Benchmark: latency of `balsam job ... --yes`, `balsam ls` and `balsam ls --wf w` with 100,000
+jobs in the DB, each the median of 20 runs as a real subprocess, beside `python3 -c pass`.
+
+Goal (issue 2): each under 200 ms on an idle machine. Printed, not asserted.
+
+The DB holds 99,000 jobs in workflows sim0..sim9 and 1,000 in workflow ``w`` (so ``--wf w``,
+a "workflow contains" filter, selects 1,000 plus the jobs the runs of ``balsam job`` add).
+``balsam ls`` runs with the default BALSAM_LS_LIMIT; output goes to /dev/null.
+
+Run: ``python benchmarks/bench_cli_latency.py [--runs 20] [--jobs 100000]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _throwaway import machine_line, throwaway_db  # noqa: E402
+
+TIMEOUT_SECONDS = 60
+
+
+def fill(jobs: int) -> None:
+    from balsam.core.models import ApplicationDefinition, BalsamJob
+
+    ApplicationDefinition.objects.create(name="a", executable="/bin/echo")
+    in_w = min(1000, jobs)
+    BalsamJob.objects.bulk_create(
+        BalsamJob(name=f"job{i}", workflow=f"sim{i % 10}" if i >= in_w else "w", application="a",
+                  args=f"--input {i}") for i in range(jobs))
+
+
+def median_ms(argv: list[str], runs: int) -> tuple[float, float]:
+    """(median, min) wall time in ms of ``argv`` run ``runs`` times; each must exit 0."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS)
+        times.append((time.perf_counter() - t0) * 1000)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return statistics.median(times), min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the DB (default 100000)")
+    args = parser.parse_args()
+    print(machine_line())
+    script = shutil.which("balsam")
+    balsam = [script] if script else [sys.executable, "-m", "balsam"]
+    with throwaway_db():
+        t0 = time.perf_counter()
+        fill(args.jobs)
+        print(f"# {args.jobs:,} jobs added in {time.perf_counter() - t0:.1f} s; balsam = {balsam[0]}")
+        from django.db import connections
+
+        connections.close_all()
+        commands = [
+            ("python3 -c pass", [sys.executable, "-c", "pass"]),
+            ("balsam job --name x --workflow w --application a --yes",
+             balsam + ["job", "--name", "x", "--workflow", "w", "--application", "a", "--yes"]),
+            ("balsam ls", balsam + ["ls"]),
+            ("balsam ls --wf w", balsam + ["ls", "--wf", "w"]),
+        ]
+        for _, argv in commands:  # warm the page cache and the server's buffers, untimed
+            median_ms(argv, 1)
+        width = max(len(label) for label, _ in commands)
+        print(f"{'command':<{width}}  median ms  (min)   goal")
+        for label, argv in commands:
+            med, low = median_ms(argv, args.runs)
+            goal = "" if label.startswith("python3") else ("< 200  ok" if med < 200 else "< 200  MISSED")
+            print(f"{label:<{width}}  {med:9.1f}  ({low:5.1f})  {goal}")
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()
