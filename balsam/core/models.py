@@ -6,6 +6,8 @@ lookup); the server is found when the first query runs. Job states are written o
 """
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import os
 import uuid
@@ -107,25 +109,74 @@ class BalsamJobQuerySet(models.QuerySet):
             count = lifecycle.delete_jobs(cur, ids)
         return count, {"core.BalsamJob": count}
 
+    def update(self, **kwargs: Any) -> int:
+        """Django's ``update()``, except that values are checked as ``save()`` checks them and a
+        ``state`` goes through the state writer (user rules: a USER_KILLED job is skipped, RUNNING
+        is refused); returns the rows matched."""
+        for key, value in kwargs.items():
+            if key in schema.JOB_DEFAULTS and key != "state" \
+                    and not hasattr(value, "resolve_expression"):
+                kwargs[key] = schema.coerce_field(key, value)
+        if "state" not in kwargs:
+            return super().update(**kwargs)
+        state = kwargs.pop("state")
+        with transaction.atomic(using=self.db):
+            ids = list(self.values_list("pk", flat=True))
+            if kwargs:
+                super().update(**kwargs)
+            with connection.cursor() as cur:
+                lifecycle.transition(cur, ids, state, "state set with update()", user=True)
+        return len(ids)
+
+    def bulk_update(self, objs: Iterable[BalsamJob], fields: Iterable[str],  # type: ignore[override]
+                    batch_size: Optional[int] = None) -> int:
+        """Django's ``bulk_update()``, except that values are checked as ``save()`` checks them
+        and changed states go through the state writer (user rules, as :meth:`update`)."""
+        objs, fields = list(objs), list(fields)
+        for obj in objs:
+            obj._validated()
+        others = [f for f in fields if f != "state"]
+        with transaction.atomic(using=self.db):
+            rows = super().bulk_update(objs, others, batch_size=batch_size) if others else 0
+            if "state" in fields:
+                BalsamJob._write_states(objs, "state set with bulk_update()")
+        return rows
+
     def bulk_create(self, objs: Iterable[BalsamJob], batch_size: Optional[int] = None,
                     **kwargs: Any) -> list[BalsamJob]:
         """Insert many jobs at once through PostgreSQL COPY (several times faster than INSERT).
 
-        Other keyword arguments (``ignore_conflicts`` ...) take Django's ordinary path.
+        Every field is validated and converted as ``save()`` does, in a Cython pass; one bad
+        value raises and nothing is written (one transaction). ``batch_size`` is ignored: rows
+        are streamed to the server in chunks of ``bulk.CHUNK_ROWS``. Other keyword arguments
+        (``ignore_conflicts`` ...), or objects already saved, take Django's ordinary path.
         """
         from balsam.core import bulk
 
-        objs = list(objs)
+        objs = objs if type(objs) is list else list(objs)
         if kwargs or any(not o._state.adding for o in objs):
             return super().bulk_create(objs, batch_size=batch_size, **kwargs)
         with transaction.atomic(using=self.db), connection.cursor() as cur:
-            bulk.copy_jobs(cur, [o._row_for_insert() for o in objs])
-            bulk.insert_edges(cur, [(p, o.pk) for o in objs for p in o._pending_parents or ()])
+            rows = [o.__dict__ for o in objs]  # validated in copy_jobs, as by _row_for_insert()
+            edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
+                     for p in d["_pending_parents"]]
+            if edges:
+                bulk.normalize_rows(rows)  # the edge check needs valid states
+                try:
+                    edges = lifecycle.check_new_edges(
+                        cur, edges, {str(r["job_id"]): r["state"] for r in rows})
+                except (BalsamError, schema.FieldError) as exc:
+                    raise InvalidParentsError(str(exc))
+            bulk.copy_jobs(cur, rows, normalized=bool(edges))
+            bulk.insert_edges(cur, edges)
+        db = self.db
         for o in objs:
-            o._state.adding = False
-            o._state.db = self.db
-            o._loaded_state = o.state
-            o._pending_parents = None
+            st = o._state
+            st.adding = False
+            st.db = db
+            d = o.__dict__
+            d["_loaded_state"] = d["state"]
+            d["_pending_parents"] = None
         return objs
 
 
@@ -174,18 +225,20 @@ class BalsamJob(models.Model):
         parents = kwargs.pop("parents", None)
         if not args and _FAST_INIT_KEYS.issuperset(kwargs):
             # Django's generic __init__ costs ~30 us per job; building the instance dict directly
-            # makes creating 100,000 jobs for bulk_create ten times cheaper. (No pre_init/post_init
-            # signals are sent; Balsam registers none.)
+            # (field defaults, then the keywords; values are validated when saved) makes creating
+            # 100,000 jobs for bulk_create over ten times cheaper. No pre_init/post_init signals
+            # are sent: Balsam registers none.
             d = self.__dict__
-            d.update(_STATIC_DEFAULTS)
-            now = timezone.now()
-            d.update(job_id=uuid.uuid4(), created_at=now, tick=now, data={})
+            d.update(_STATIC_DEFAULTS)  # also _loaded_state and _pending_parents = None
+            d["job_id"] = _new_job_id()
+            d["created_at"] = d["tick"] = _utcnow()
+            d["data"] = {}
             d.update(kwargs)
-            self._state = ModelState()
+            d["_state"] = ModelState()
         else:
             super().__init__(*args, **kwargs)
-        self._loaded_state: Optional[str] = None if self._state.adding else self.state
-        self._pending_parents: Optional[list[str]] = None
+            self._loaded_state: Optional[str] = None  # from_db() sets it for loaded jobs
+            self._pending_parents: Optional[list[str]] = None
         if parents is not None:
             self.parents = parents
 
@@ -198,7 +251,15 @@ class BalsamJob(models.Model):
     # ---- saving -----------------------------------------------------------------------------
 
     def _validated(self) -> None:
-        schema.normalize_job_values(self.__dict__)
+        d = self.__dict__
+        if all(k in d for k in schema.JOB_DEFAULTS):
+            schema.normalize_job_values(d)
+            return
+        # A partially loaded job (``.only()``/``.defer()``): check the fields it holds.
+        values = dict(schema.JOB_DEFAULTS, data={})
+        values.update((k, d[k]) for k in schema.JOB_DEFAULTS if k in d)
+        schema.normalize_job_values(values)
+        d.update((k, values[k]) for k in schema.JOB_DEFAULTS if k in d)
 
     def _row_for_insert(self) -> dict[str, Any]:
         self._validated()
@@ -211,27 +272,47 @@ class BalsamJob(models.Model):
             self._validated()
             with transaction.atomic():
                 super().save(*args, **kwargs)
-                if self._pending_parents is not None:
-                    with connection.cursor() as cur:
-                        lifecycle.set_parents(cur, self.pk, self._pending_parents)
-                    self._pending_parents = None
+                with connection.cursor() as cur:
+                    lifecycle.record_created(cur, [(self.pk, self.state)])
+                self._write_parents()
             self._loaded_state = self.state
             return
         fields = kwargs.pop("update_fields", None)
         if fields is None:
-            fields = [f.attname for f in self._meta.concrete_fields if not f.primary_key]
+            deferred = self.get_deferred_fields()
+            fields = [f.attname for f in self._meta.concrete_fields
+                      if not f.primary_key and f.attname not in deferred]
         fields = [f for f in fields if f not in ("state", "created_at")]
-        wanted = self.state
+        self._validated()
+        wanted = self.__dict__.get("state")  # not loading a deferred state just to compare it
         with transaction.atomic():
             if fields:
-                self._validated()
                 super().save(*args, update_fields=fields, **kwargs)
-            if self._loaded_state is not None and wanted != self._loaded_state:
-                self.update_state(wanted, "state set with save()")
-            if self._pending_parents is not None:
-                with connection.cursor() as cur:
-                    lifecycle.set_parents(cur, self.pk, self._pending_parents)
-                self._pending_parents = None
+            if wanted is not None and wanted != self._loaded_state:
+                if self._loaded_state is not None or wanted != self._current_state():
+                    self.update_state(wanted, "state set with save()")
+                self._loaded_state = wanted
+            self._write_parents()
+
+    def _current_state(self) -> Optional[str]:
+        return BalsamJob.objects.filter(pk=self.pk).values_list("state", flat=True).first()
+
+    def _write_parents(self) -> None:
+        """Write the parents given with ``parents=`` (checked; :class:`InvalidParentsError`)."""
+        if self._pending_parents is None:
+            return
+        try:
+            ids = [str(schema.parse_uuid(p)) for p in self._pending_parents]
+            with transaction.atomic(), connection.cursor() as cur:
+                lifecycle.set_parents(cur, self.pk, ids)
+        except (BalsamError, schema.FieldError) as exc:
+            raise InvalidParentsError(str(exc))
+        self._pending_parents = None
+
+    def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
+        super().refresh_from_db(*args, **kwargs)
+        if "state" in self.__dict__:
+            self._loaded_state = self.state
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple:  # type: ignore[override]
         return BalsamJob.objects.filter(pk=self.pk).delete()
@@ -245,7 +326,11 @@ class BalsamJob(models.Model):
         target = validate_state(new_state).value
         with transaction.atomic(), connection.cursor() as cur:
             lifecycle.transition_one(cur, self.pk, target, message, user=True, force=force)
+            if release:
+                _release(cur, [self.pk])
         self.state = self._loaded_state = target
+        if release:
+            self.lock = ""
 
     @classmethod
     def batch_update_state(cls, pk_list: Any, new_state: str, message: str = "",
@@ -254,7 +339,26 @@ class BalsamJob(models.Model):
         if isinstance(pk_list, models.QuerySet):
             pk_list = list(pk_list.values_list("pk", flat=True))
         with transaction.atomic(), connection.cursor() as cur:
-            return len(lifecycle.transition(cur, pk_list, new_state, message, user=True))
+            moved = lifecycle.transition(cur, pk_list, new_state, message, user=True)
+            if release:
+                _release(cur, [job_id for job_id, _ in moved])
+        return len(moved)
+
+    @staticmethod
+    def _write_states(objs: list[BalsamJob], message: str) -> None:
+        """Move each job whose ``state`` attribute changed since loading (user rules, as
+        :meth:`batch_update_state`: a job that may not move keeps its state in the DB)."""
+        by_target: dict[str, list[BalsamJob]] = {}
+        for obj in objs:
+            if obj.state != obj._loaded_state:
+                by_target.setdefault(validate_state(obj.state).value, []).append(obj)
+        with connection.cursor() as cur:
+            for target, group in by_target.items():
+                moved = {j for j, _ in lifecycle.transition(cur, [o.pk for o in group], target,
+                                                            message, user=True)}
+                for obj in group:
+                    if str(obj.pk) in moved:
+                        obj._loaded_state = target
 
     @property
     def events(self) -> models.QuerySet:
@@ -268,7 +372,11 @@ class BalsamJob(models.Model):
         return "".join(history.history_line(state, msg, ts) for ts, state, msg in entries)
 
     def get_recent_state_str(self) -> str:
-        return self.state_history.rsplit("\n[", 1)[-1].join(["[", ""]) if self.pk else ""
+        """The latest history entry, ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message``."""
+        last = self.events.order_by("-id").first()
+        when, state, message = ((last.timestamp, last.to_state, last.message) if last
+                                else (self.created_at, State.CREATED.value, ""))
+        return history.history_line(state, message, when).lstrip(" \n")
 
     def get_state_times(self) -> dict[str, Any]:
         """{state: time} of the latest arrival in each state."""
@@ -293,7 +401,10 @@ class BalsamJob(models.Model):
 
     @parents.setter
     def parents(self, value: Any) -> None:
-        items = json.loads(value) if isinstance(value, str) else list(value)
+        try:
+            items = json.loads(value) if isinstance(value, str) else list(value)
+        except (TypeError, ValueError):
+            raise InvalidParentsError(f"parents must be a list of jobs or job ids, not {value!r}")
         self._pending_parents = [str(getattr(p, "pk", p)) for p in items]
 
     def get_parents_by_id(self) -> list[str]:
@@ -309,13 +420,11 @@ class BalsamJob(models.Model):
 
     def set_parents(self, parents: Iterable[Any]) -> None:
         """Replace this job's parents (checked: they exist, no cycle) and save the edges now."""
-        ids = [str(getattr(p, "pk", p)) for p in parents]
+        self._pending_parents = [str(getattr(p, "pk", p)) for p in parents]
         try:
-            with transaction.atomic(), connection.cursor() as cur:
-                lifecycle.set_parents(cur, self.pk, ids)
-        except BalsamError as exc:
-            raise InvalidParentsError(str(exc))
-        self._pending_parents = None
+            self._write_parents()
+        finally:
+            self._pending_parents = None
 
     def get_children(self) -> models.QuerySet:
         return BalsamJob.objects.filter(parent_links__parent_id=self.pk)
@@ -421,6 +530,10 @@ class BalsamJob(models.Model):
         job = cls(**{k: v for k, v in d.items() if k in schema.JOB_DEFAULTS})
         if d.get("job_id"):
             job.job_id = uuid.UUID(str(d["job_id"]))
+        if d.get("created_at"):
+            job.created_at = datetime.datetime.fromisoformat(d["created_at"])
+        if d.get("queued_launch_id") is not None:
+            job.queued_launch_id = d["queued_launch_id"]
         if d.get("parents"):
             job.parents = d["parents"]
         return job
@@ -447,12 +560,22 @@ class BalsamJob(models.Model):
             return None
 
 
+def _release(cursor: Any, job_ids: list[Any]) -> None:
+    """Clear the lock of jobs (classic ``release=True``)."""
+    if job_ids:
+        cursor.execute(f"UPDATE {schema.JOB_TABLE} SET lock = '' WHERE job_id = ANY(%s::uuid[])",
+                       [[str(j) for j in job_ids]])
+
+
 _FAST_INIT_KEYS = frozenset(f.attname for f in BalsamJob._meta.concrete_fields)
 _STATIC_DEFAULTS = {
     f.attname: f.default for f in BalsamJob._meta.concrete_fields
     if not callable(f.default) and f.default is not models.NOT_PROVIDED
 }
-_STATIC_DEFAULTS["queued_launch_id"] = None
+_STATIC_DEFAULTS.update(queued_launch_id=None, _loaded_state=None, _pending_parents=None)
+_utcnow = functools.partial(datetime.datetime.now, datetime.timezone.utc)
+"""``django.utils.timezone.now()`` without its settings lookup per call (Balsam sets USE_TZ)."""
+from balsam.core.bulk import uuid4 as _new_job_id  # noqa: E402  (uuid.uuid4, twice as cheap)
 
 
 class JobDependency(models.Model):
