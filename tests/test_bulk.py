@@ -247,3 +247,11 @@ def test_a_forked_child_never_hands_out_the_parents_pooled_ids() -> None:
     child = {data[i:i + 16] for i in range(0, len(data), 16)}
     assert len(child) == 50
     assert not child & {bulk.uuid4().bytes for _ in range(50)}
+
+
+def test_bulk_create_refuses_django_options_that_would_skip_checks(db):
+    from balsam.core.models import BalsamJob
+
+    with pytest.raises(TypeError, match="does not support ignore_conflicts"):
+        BalsamJob.objects.bulk_create([BalsamJob(name="a")], ignore_conflicts=True)
+    assert BalsamJob.objects.count() == 0

@@ -354,3 +354,22 @@ def test_json_value_round_trip_through_modify_and_ls(one):
     ok("modify", job_id, "data", '{"nested": {"a": true, "b": null}}')
     listed = json.loads(ok("ls", "--id", job_id, "--format", "json"))
     assert listed[0]["data"] == {"nested": {"a": True, "b": None}}
+
+
+def test_modify_refuses_to_make_a_running_job_runnable_again_unless_forced(balsam_cli, cursor):
+    from balsam.core import lifecycle
+    from balsam.core.models import ApplicationDefinition, BalsamJob
+
+    ApplicationDefinition.objects.create(name="app", executable="true")
+    job = BalsamJob(name="busy", application="app", state="PREPROCESSED")
+    job.save()
+    lifecycle.transition(cursor, [job.pk], "RUNNING", "claimed by a launcher")
+    out = balsam_cli("modify", str(job.pk)[:8], "state", "RESTART_READY")
+    assert out.returncode == 2
+    assert "is RUNNING in a launcher" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    cursor.execute("SELECT state FROM core_balsamjob WHERE job_id = %s", [str(job.pk)])
+    assert cursor.fetchone()[0] == "RUNNING"
+    forced = balsam_cli("modify", str(job.pk)[:8], "state", "RESTART_READY", "--force")
+    assert forced.returncode == 0, forced.stderr
+    cursor.execute("SELECT state FROM core_balsamjob WHERE job_id = %s", [str(job.pk)])
+    assert cursor.fetchone()[0] == "RESTART_READY"

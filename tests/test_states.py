@@ -125,8 +125,8 @@ def test_users_may_target_every_state_but_running():
 
 
 @pytest.mark.parametrize("target", [s for s in CLASSIC_STATES if s not in ("RUNNING", "USER_KILLED")])
-def test_a_user_may_move_any_unkilled_job_to_any_other_non_running_state(target):
-    expected = set(State) - {State(target), State.USER_KILLED}
+def test_a_user_may_move_any_unkilled_idle_job_to_any_other_non_running_state(target):
+    expected = set(State) - {State(target), State.USER_KILLED, State.RUNNING}
     assert allowed_sources(State(target), user=True) == expected
     for src in expected:
         check_transition(src.value, target, user=True)
@@ -138,6 +138,14 @@ def test_user_killed_is_sticky_without_force(target):
         check_transition("USER_KILLED", target, user=True)
     check_transition("USER_KILLED", target, user=True, force=True)
     assert State.USER_KILLED in allowed_sources(State(target), user=True, force=True)
+
+
+@pytest.mark.parametrize("target", [s for s in CLASSIC_STATES if s not in ("RUNNING", "USER_KILLED")])
+def test_a_running_job_is_only_killed_by_a_user_unless_forced(target):
+    with pytest.raises(InvalidStateError, match=f"a user may not move a job from RUNNING to {target}"):
+        check_transition("RUNNING", target, user=True)
+    check_transition("RUNNING", target, user=True, force=True)
+    check_transition("RUNNING", "USER_KILLED", user=True)
 
 
 def test_a_user_may_kill_any_job_not_already_killed():

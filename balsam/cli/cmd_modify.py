@@ -11,7 +11,8 @@ from balsam.errors import BalsamError, NotFound
 
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
 must be whole numbers, `data` takes a JSON object. Setting `state` records a state change (a
-USER_KILLED job only changes with --force; RUNNING cannot be set by hand)."""
+USER_KILLED job only changes with --force; a RUNNING job can only be killed, unless --force;
+RUNNING cannot be set by hand)."""
 
 READ_ONLY_JOB = {"job_id": "the job id never changes", "created_at": "the creation time never changes",
                  "tick": "tick is managed by launchers",
@@ -26,7 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument("attr", help="field to change (e.g. state, num_nodes, args, data)")
     p.add_argument("value", help="new value")
     p.add_argument("--type", choices=["jobs", "apps"], default="jobs", help="what to modify (default jobs)")
-    p.add_argument("--force", action="store_true", help="allow changing the state of a USER_KILLED job")
+    p.add_argument("--force", action="store_true",
+                   help="allow changing the state of a USER_KILLED job or of a RUNNING one")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -105,6 +105,9 @@ def transition_one(
     if current == State.USER_KILLED.value and target != current:
         raise InvalidStateError(f"job {str(job_id)[:8]} was killed by a user (USER_KILLED); "
                                 "it is not changed unless forced")
+    if user and current == State.RUNNING.value and target != current:
+        raise InvalidStateError(f"job {str(job_id)[:8]} is RUNNING in a launcher: kill it, or force "
+                                "the change if that launcher is gone")
     raise InvalidStateError(f"job {str(job_id)[:8]} cannot move from {current} to {target}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import os
 import uuid
 from collections.abc import Iterable
 from typing import Any, Optional
@@ -23,6 +22,8 @@ from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from balsam.core import history, lifecycle, schema  # noqa: E402
+from balsam.core.jobapi import JobAPI  # noqa: E402
+from balsam.core.jobqueryset import BalsamJobQuerySet  # noqa: E402
 from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     ACTIVE_STATES,
     END_STATES,
@@ -99,88 +100,7 @@ class QueuedLaunch(models.Model):
     __str__ = __repr__
 
 
-class BalsamJobQuerySet(models.QuerySet):
-    """Querysets whose writes keep the dependency graph and event log consistent."""
-
-    def delete(self) -> tuple:  # type: ignore[override]
-        """Delete the jobs; children still waiting on them become FAILED (never stranded)."""
-        ids = list(self.values_list("pk", flat=True))
-        with transaction.atomic(using=self.db), connection.cursor() as cur:
-            count = lifecycle.delete_jobs(cur, ids)
-        return count, {"core.BalsamJob": count}
-
-    def update(self, **kwargs: Any) -> int:
-        """Django's ``update()``, except that values are checked as ``save()`` checks them and a
-        ``state`` goes through the state writer (user rules: a USER_KILLED job is skipped, RUNNING
-        is refused); returns the rows matched."""
-        for key, value in kwargs.items():
-            if key in schema.JOB_DEFAULTS and key != "state" \
-                    and not hasattr(value, "resolve_expression"):
-                kwargs[key] = schema.coerce_field(key, value)
-        if "state" not in kwargs:
-            return super().update(**kwargs)
-        state = kwargs.pop("state")
-        with transaction.atomic(using=self.db):
-            ids = list(self.values_list("pk", flat=True))
-            if kwargs:
-                super().update(**kwargs)
-            with connection.cursor() as cur:
-                lifecycle.transition(cur, ids, state, "state set with update()", user=True)
-        return len(ids)
-
-    def bulk_update(self, objs: Iterable[BalsamJob], fields: Iterable[str],  # type: ignore[override]
-                    batch_size: Optional[int] = None) -> int:
-        """Django's ``bulk_update()``, except that values are checked as ``save()`` checks them
-        and changed states go through the state writer (user rules, as :meth:`update`)."""
-        objs, fields = list(objs), list(fields)
-        for obj in objs:
-            obj._validated()
-        others = [f for f in fields if f != "state"]
-        with transaction.atomic(using=self.db):
-            rows = super().bulk_update(objs, others, batch_size=batch_size) if others else 0
-            if "state" in fields:
-                BalsamJob._write_states(objs, "state set with bulk_update()")
-        return rows
-
-    def bulk_create(self, objs: Iterable[BalsamJob], batch_size: Optional[int] = None,
-                    **kwargs: Any) -> list[BalsamJob]:
-        """Insert many jobs at once through PostgreSQL COPY (several times faster than INSERT).
-
-        Every field is validated and converted as ``save()`` does, in a Cython pass; one bad
-        value raises and nothing is written (one transaction). ``batch_size`` is ignored: rows
-        are streamed to the server in chunks of ``bulk.CHUNK_ROWS``. Other keyword arguments
-        (``ignore_conflicts`` ...), or objects already saved, take Django's ordinary path.
-        """
-        from balsam.core import bulk
-
-        objs = objs if type(objs) is list else list(objs)
-        if kwargs or any(not o._state.adding for o in objs):
-            return super().bulk_create(objs, batch_size=batch_size, **kwargs)
-        with transaction.atomic(using=self.db), connection.cursor() as cur:
-            rows = [o.__dict__ for o in objs]  # validated in copy_jobs, as by _row_for_insert()
-            edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
-                     for p in d["_pending_parents"]]
-            if edges:
-                bulk.normalize_rows(rows)  # the edge check needs valid states
-                try:
-                    edges = lifecycle.check_new_edges(
-                        cur, edges, {str(r["job_id"]): r["state"] for r in rows})
-                except (BalsamError, schema.FieldError) as exc:
-                    raise InvalidParentsError(str(exc))
-            bulk.copy_jobs(cur, rows, normalized=bool(edges))
-            bulk.insert_edges(cur, edges)
-        db = self.db
-        for o in objs:
-            st = o._state
-            st.adding = False
-            st.db = db
-            d = o.__dict__
-            d["_loaded_state"] = d["state"]
-            d["_pending_parents"] = None
-        return objs
-
-
-class BalsamJob(models.Model):
+class BalsamJob(JobAPI, models.Model):
     """One task: what to run, how many nodes and ranks, how it connects to other tasks."""
 
     job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -438,127 +358,6 @@ class BalsamJob(models.Model):
         if len(children) != 1:
             raise ValueError(f"{len(children) or 'no'} children named {name!r}")
         return children[0]
-
-    # ---- derived values ---------------------------------------------------------------------
-
-    @property
-    def num_ranks(self) -> int:
-        return self.num_nodes * self.ranks_per_node
-
-    @property
-    def required_num_cores(self) -> int:
-        return max(1, self.ranks_per_node * self.threads_per_rank // self.threads_per_core)
-
-    @property
-    def cute_id(self) -> str:
-        return schema.cute_id(self.name, self.pk)
-
-    def get_application(self) -> ApplicationDefinition:
-        if not self.application:
-            raise NoApplication("this job names no application")
-        try:
-            return ApplicationDefinition.objects.get(name=self.application)
-        except ApplicationDefinition.DoesNotExist:
-            raise NoApplication(f"application {self.application!r} does not exist")
-
-    @property
-    def app_cmd(self) -> str:
-        return schema.app_command(self.get_application().executable, self.args)
-
-    @property
-    def envscript(self) -> Optional[str]:
-        path = self.get_application().envscript
-        return path if path and os.path.isfile(path) else None
-
-    @property
-    def preprocess(self) -> str:
-        return self.get_application().preprocess
-
-    @property
-    def postprocess(self) -> str:
-        return self.get_application().postprocess
-
-    @property
-    def working_directory(self) -> str:
-        from balsam.db.settings import active_path
-
-        return schema.working_directory(active_path(), self.workflow, self.name, self.pk,
-                                        self.user_workdir)
-
-    def read_file_in_workdir(self, fname: str) -> str:
-        path = os.path.join(self.working_directory, fname)
-        if not os.path.isfile(path):
-            raise ValueError(f"{fname} not found in the working directory of {self.cute_id}")
-        with open(path) as fh:
-            return fh.read()
-
-    @staticmethod
-    def parse_envstring(text: str) -> dict[str, str]:
-        return schema.parse_envstring(text)
-
-    def get_envs(self, timeout: bool = False, error: bool = False) -> dict[str, str]:
-        """Environment variables a task or script of this job receives (on top of its own)."""
-        from balsam.db.settings import active_path
-
-        envs = schema.parse_envstring(self.environ_vars)
-        envs.update(BALSAM_JOB_ID=str(self.pk), BALSAM_PARENT_IDS=self.parents,
-                    BALSAM_DB_PATH=active_path())
-        if self.threads_per_rank > 1:
-            envs["OMP_NUM_THREADS"] = str(self.threads_per_rank)
-        if timeout:
-            envs["BALSAM_JOB_TIMEOUT"] = "TRUE"
-        if error:
-            envs["BALSAM_JOB_ERROR"] = "TRUE"
-        return envs
-
-    # ---- serialization ----------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in schema.JOB_DEFAULTS}
-        d.update(job_id=str(self.pk), parents=self.get_parents_by_id(),
-                 created_at=self.created_at.isoformat() if self.created_at else None,
-                 queued_launch_id=self.queued_launch_id)
-        return d
-
-    def serialize(self, **extra: Any) -> str:
-        d = self.to_dict()
-        d.update(extra)
-        return json.dumps(d)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BalsamJob:
-        job = cls(**{k: v for k, v in d.items() if k in schema.JOB_DEFAULTS})
-        if d.get("job_id"):
-            job.job_id = uuid.UUID(str(d["job_id"]))
-        if d.get("created_at"):
-            job.created_at = datetime.datetime.fromisoformat(d["created_at"])
-        if d.get("queued_launch_id") is not None:
-            job.queued_launch_id = d["queued_launch_id"]
-        if d.get("parents"):
-            job.parents = d["parents"]
-        return job
-
-    @classmethod
-    def deserialize(cls, text: str) -> BalsamJob:
-        return cls.from_dict(json.loads(text))
-
-    def __repr__(self) -> str:
-        from balsam.core.render import job_repr
-
-        return job_repr(self.to_dict(), self._app_or_none(), self._workdir_or_none())
-
-    __str__ = __repr__
-
-    def _app_or_none(self) -> Optional[dict[str, str]]:
-        app = ApplicationDefinition.objects.filter(name=self.application).first()
-        return {k: getattr(app, k) for k in schema.APP_DEFAULTS} if app else None
-
-    def _workdir_or_none(self) -> Optional[str]:
-        try:
-            return self.working_directory
-        except BalsamError:
-            return None
-
 
 def _release(cursor: Any, job_ids: list[Any]) -> None:
     """Clear the lock of jobs (classic ``release=True``)."""

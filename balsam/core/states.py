@@ -120,8 +120,9 @@ def allowed_sources(target: State, *, user: bool = False, force: bool = False) -
     """The states from which a job may move to ``target``.
 
     System actors follow :data:`ALLOWED`. A ``user`` request may move a job from any state to any
-    state in :data:`USER_TARGETS`, except that a USER_KILLED job is left alone unless ``force``
-    is also given: a killed job is never resurrected by accident.
+    state in :data:`USER_TARGETS`, except, unless ``force`` is also given, out of USER_KILLED (a
+    killed job is never resurrected by accident) and out of RUNNING other than to USER_KILLED (a
+    launcher holds a running job; making it runnable again would run it twice).
     """
     if user:
         if target not in USER_TARGETS:
@@ -129,6 +130,8 @@ def allowed_sources(target: State, *, user: bool = False, force: bool = False) -
         sources = {s for s in State if s is not target}
         if not force:
             sources.discard(S.USER_KILLED)
+            if target is not S.USER_KILLED:
+                sources.discard(S.RUNNING)
         return frozenset(sources)
     return frozenset(src for src, dsts in ALLOWED.items() if target in dsts)
 
