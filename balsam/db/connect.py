@@ -65,11 +65,16 @@ def explain_connect_error(db_path: str, params: dict[str, Any], exc: Exception) 
     return f"cannot reach the Balsam DB server at {where} ({text}): is it running? `balsam server --status`"
 
 
-def connect(db_path: str, application_name: str = "balsam", autocommit: bool = False) -> Any:
-    """A new psycopg2 connection to ``db_path``'s server; :class:`DatabaseUnavailable` if that fails."""
+def connect(db_path: str, application_name: str = "balsam", autocommit: bool = False,
+            **overrides: Any) -> Any:
+    """A new psycopg2 connection to ``db_path``'s server; :class:`DatabaseUnavailable` if that fails.
+
+    ``overrides`` replace libpq parameters (e.g. ``user``, ``password``, ``dbname``).
+    """
     import psycopg2
 
     params = connection_params(db_path, application_name)
+    params.update(overrides)
     try:
         conn = psycopg2.connect(**params)
     except psycopg2.OperationalError as exc:

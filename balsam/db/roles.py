@@ -10,7 +10,7 @@ import re
 from typing import Any, Optional
 
 from balsam.db import credentials, serverinfo
-from balsam.errors import BalsamError, DatabaseUnavailable, NotFound, ServerError
+from balsam.errors import BalsamError, NotFound, ServerError
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RESERVED = ("public", "none", "postgres", "current_user", "session_user", "current_role")
@@ -30,22 +30,12 @@ def check_role_name(name: str) -> str:
 
 def admin_connect(db_path: str, dbname: Optional[str] = None) -> Any:
     """An autocommit connection as the owner's superuser role (password from ``<db>/.auth``)."""
-    import psycopg2
+    from balsam.db.connect import connect
 
-    from balsam.db.connect import connection_params, explain_connect_error
-
-    info = serverinfo.read(db_path)
-    params = connection_params(db_path, "balsam-admin")
-    params["user"] = info["superuser"]
-    params["password"] = _owner_password(db_path, info["superuser"])
-    if dbname:
-        params["dbname"] = dbname
-    try:
-        conn = psycopg2.connect(**params)
-    except psycopg2.OperationalError as exc:
-        raise DatabaseUnavailable(explain_connect_error(db_path, params, exc))
-    conn.autocommit = True
-    return conn
+    role = serverinfo.read(db_path)["superuser"]
+    extra = {"dbname": dbname} if dbname else {}
+    return connect(db_path, "balsam-admin", autocommit=True, user=role,
+                   password=_owner_password(db_path, role), **extra)
 
 
 def _owner_password(db_path: str, role: str) -> str:
