@@ -25,6 +25,7 @@ class JobAPI:
     # Fields of the model this mixin reads (declared for type checkers).
     if TYPE_CHECKING:
         pk: Any
+        job_id: Any
         name: str
         workflow: str
         application: str
