@@ -20,7 +20,7 @@ import pytest
 from balsam.core import schema
 
 TABLES = [schema.EVENT_TABLE, schema.DEP_TABLE, schema.JOB_TABLE, schema.APP_TABLE,
-          schema.QLAUNCH_TABLE]
+          schema.QLAUNCH_TABLE, schema.SESSION_TABLE]
 
 
 def make_public_tmpdir(prefix: str) -> str:

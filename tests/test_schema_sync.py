@@ -11,7 +11,7 @@ import pytest
 from balsam.core import bulk, schema
 from balsam.core.states import STATES
 
-SYSTEM_FIELDS = {"job_id", "created_at", "tick", "queued_launch"}
+SYSTEM_FIELDS = {"job_id", "created_at", "tick", "queued_launch", "session"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_job_defaults_equal_the_model_fields_and_defaults(models):
 
 def test_system_columns_are_the_model_fields_left_over(models):
     names = {f.attname for f in models.BalsamJob._meta.concrete_fields}
-    assert names - set(schema.JOB_DEFAULTS) == set(schema.JOB_SYSTEM_COLUMNS)
+    assert names - set(schema.JOB_DEFAULTS) == set(schema.JOB_SYSTEM_COLUMNS) | set(
+        schema.JOB_LEASE_COLUMNS)
     assert models.BalsamJob._meta.pk.attname == "job_id"
 
 
@@ -82,16 +83,18 @@ def _columns(cursor, table):
     return [r[0] for r in cursor.fetchall()]
 
 
-def test_bulk_columns_are_exactly_the_job_table_columns(cursor):
+def test_bulk_columns_are_the_job_table_columns_but_the_lease(cursor):
     columns = _columns(cursor, schema.JOB_TABLE)
     assert len(bulk.COLUMNS) == len(set(bulk.COLUMNS))
-    assert set(bulk.COLUMNS) == set(columns)
-    assert set(schema.JOB_SYSTEM_COLUMNS) | set(schema.JOB_DEFAULTS) == set(columns)
+    assert set(bulk.COLUMNS) | set(schema.JOB_LEASE_COLUMNS) == set(columns)
+    assert not set(bulk.COLUMNS) & set(schema.JOB_LEASE_COLUMNS)
+    assert set(schema.JOB_SYSTEM_COLUMNS) | set(schema.JOB_DEFAULTS) | set(
+        schema.JOB_LEASE_COLUMNS) == set(columns)
 
 
 def test_every_model_table_has_the_model_columns(cursor, models):
     for model in (models.BalsamJob, models.ApplicationDefinition, models.QueuedLaunch,
-                  models.JobEvent, models.JobDependency):
+                  models.JobEvent, models.JobDependency, models.LauncherSession):
         assert set(_columns(cursor, model._meta.db_table)) == {
             f.column for f in model._meta.concrete_fields}, model.__name__
 
@@ -108,6 +111,7 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
         ("core_jobdependency", "child_id"): "c",
         ("core_jobevent", "job_id"): "c",
         ("core_balsamjob", "queued_launch_id"): "n",
+        ("core_balsamjob", "session_id"): "n",
     }
 
 

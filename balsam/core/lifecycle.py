@@ -28,17 +28,22 @@ JOB, EVENT, DEP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE
 
 Messages = Union[str, Mapping[Any, str]]
 
+# A job is held by a launcher session (``session_id``) only while it is claimed, RUNNING, or just
+# USER_KILLED while running (so its launcher finds it and stops the process): every other target
+# state releases the hold in the same statement.
+HELD_STATES = (State.RUNNING.value, State.USER_KILLED.value)
+
 _TRANSITION_SQL = f"""
 WITH req AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[]) AS r(job_id, message)
 ), old AS (
     SELECT j.job_id, j.state, req.message
     FROM {JOB} j JOIN req ON j.job_id = req.job_id
-    WHERE j.state = ANY(%s::text[])
+    WHERE j.state = ANY(%s::text[]) {{holder}}
     ORDER BY j.job_id
     FOR UPDATE OF j
 ), upd AS (
-    UPDATE {JOB} j SET state = %s
+    UPDATE {JOB} j SET state = %s {{release}}
     FROM old WHERE j.job_id = old.job_id
     RETURNING j.job_id, old.state AS from_state, old.message
 ), ev AS (
@@ -64,6 +69,7 @@ def transition(
     user: bool = False,
     force: bool = False,
     sources: Union[Sequence[str], None] = None,
+    holder: Union[int, None] = None,
 ) -> list[tuple[str, str]]:
     """Move ``job_ids`` to ``new_state`` where allowed; return ``[(job_id, old_state)]`` of the
     jobs that moved.
@@ -71,7 +77,9 @@ def transition(
     Jobs whose current state may not move to ``new_state`` are left unchanged (the caller compares
     the returned ids with what it asked for). ``messages`` is one message for all jobs or a
     mapping from job id to message. ``user`` applies the user rules (any state but RUNNING; a
-    USER_KILLED job only with ``force``); ``sources`` narrows the allowed source states further.
+    USER_KILLED job only with ``force``); ``sources`` narrows the allowed source states further;
+    ``holder`` moves only jobs held by that launcher session. Moving to a state other than
+    RUNNING or USER_KILLED releases the job's session hold.
     """
     target = validate_state(new_state)
     allowed = {s.value for s in allowed_sources(target, user=user, force=force)}
@@ -85,7 +93,13 @@ def transition(
     else:
         by_id = {str(k): v for k, v in messages.items()}
         msgs = [by_id.get(i, "") for i in ids]
-    cursor.execute(_TRANSITION_SQL, [ids, msgs, sorted(allowed), target.value, target.value])
+    sql = _TRANSITION_SQL.format(
+        holder="AND j.session_id = %s" if holder is not None else "",
+        release="" if target.value in HELD_STATES else ", session_id = NULL")
+    params: list[Any] = [ids, msgs, sorted(allowed)]
+    if holder is not None:
+        params.append(holder)
+    cursor.execute(sql, params + [target.value, target.value])
     return [(str(job_id), from_state) for job_id, from_state in cursor.fetchall()]
 
 

@@ -100,6 +100,31 @@ class QueuedLaunch(models.Model):
     __str__ = __repr__
 
 
+class LauncherSession(models.Model):
+    """A running launcher's lease: it holds the jobs whose ``session`` points at it while its
+    heartbeat is fresh. An expired session's jobs are swept (:mod:`balsam.core.leases`)."""
+
+    hostname = models.TextField(default="")
+    pid = models.IntegerField(default=0)
+    job_mode = models.TextField(default="")
+    label = models.TextField(default="", blank=True)
+    scheduler_id = models.TextField(default="", blank=True)
+    num_nodes = models.IntegerField(default=0)
+    started_at = models.DateTimeField()
+    heartbeat = models.DateTimeField()
+    lease_seconds = models.IntegerField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.TextField(default="", blank=True)
+
+    class Meta:
+        app_label = "core"
+        indexes = [models.Index(fields=["heartbeat"], name="session_live",
+                                condition=models.Q(ended_at__isnull=True))]
+
+
+_CLAIMABLE = models.Q(state__in=RUNNABLE_STATES, session__isnull=True)
+
+
 class BalsamJob(JobAPI, models.Model):
     """One task: what to run, how many nodes and ranks, how it connects to other tasks."""
 
@@ -134,12 +159,24 @@ class BalsamJob(JobAPI, models.Model):
     state = models.TextField(default=State.CREATED.value, db_index=True)
     queued_launch = models.ForeignKey(QueuedLaunch, null=True, blank=True, on_delete=models.SET_NULL)
     data = models.JSONField(default=dict, blank=True)
+    session = models.ForeignKey(LauncherSession, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="+", db_index=False)  # indexed by job_held
 
     objects = BalsamJobQuerySet.as_manager()
 
     class Meta:
         app_label = "core"
-        indexes = [models.Index(fields=["workflow", "state"], name="job_wf_state")]
+        indexes = [
+            models.Index(fields=["workflow", "state"], name="job_wf_state"),
+            # Only held jobs are indexed by holder, so inserting (unheld) jobs never touches it.
+            models.Index(fields=["session"], name="job_held", condition=models.Q(session__isnull=False)),
+            # Claims read runnable, unheld jobs in launch order straight from these partial
+            # indexes: their cost does not grow with the jobs in other states.
+            models.Index(fields=["-num_nodes", "-wall_time_minutes"], name="job_claim_mpi",
+                         condition=_CLAIMABLE),
+            models.Index(fields=["node_packing_count", "-wall_time_minutes"], name="job_claim_serial",
+                         condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         parents = kwargs.pop("parents", None)
@@ -371,7 +408,9 @@ _STATIC_DEFAULTS = {
     f.attname: f.default for f in BalsamJob._meta.concrete_fields
     if not callable(f.default) and f.default is not models.NOT_PROVIDED
 }
-_STATIC_DEFAULTS.update(queued_launch_id=None, _loaded_state=None, _pending_parents=None)
+_STATIC_DEFAULTS.update({f.attname: None for f in BalsamJob._meta.concrete_fields
+                         if f.null and f.default is models.NOT_PROVIDED})  # queued_launch, session
+_STATIC_DEFAULTS.update(_loaded_state=None, _pending_parents=None)
 _utcnow = functools.partial(datetime.datetime.now, datetime.timezone.utc)
 """``django.utils.timezone.now()`` without its settings lookup per call (Balsam sets USE_TZ)."""
 from balsam.core.bulk import uuid4 as _new_job_id  # noqa: E402  (uuid.uuid4, twice as cheap)

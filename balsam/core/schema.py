@@ -17,6 +17,7 @@ APP_TABLE = "core_applicationdefinition"
 EVENT_TABLE = "core_jobevent"
 DEP_TABLE = "core_jobdependency"
 QLAUNCH_TABLE = "core_queuedlaunch"
+SESSION_TABLE = "core_launchersession"
 
 # Settable job columns and their defaults, in table order (classic BalsamJob fields).
 JOB_DEFAULTS: dict[str, Any] = {
@@ -51,6 +52,9 @@ JOB_DEFAULTS: dict[str, Any] = {
 
 # Columns managed by Balsam, never given by a user when creating a job.
 JOB_SYSTEM_COLUMNS = ("job_id", "created_at", "tick", "queued_launch_id")
+
+# Columns written only by launcher leases (balsam.core.leases); NULL when a job is created.
+JOB_LEASE_COLUMNS = ("session_id",)
 
 INT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is int)
 BOOL_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is bool)

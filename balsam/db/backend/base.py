@@ -12,7 +12,7 @@ from django.db.backends.postgresql import base as pg
 from django.db.utils import OperationalError
 
 from balsam.db import connect as balsam_connect
-from balsam.errors import DatabaseUnavailable
+from balsam.errors import BalsamError, DatabaseUnavailable
 
 
 class ServerUnavailable(DatabaseUnavailable, OperationalError):
@@ -26,10 +26,10 @@ class DatabaseWrapper(pg.DatabaseWrapper):
         from balsam.db.settings import active_path
 
         params = super().get_connection_params()
-        db_path = active_path()
         try:
+            db_path = active_path()
             resolved = balsam_connect.connection_params(db_path, application_name="balsam-orm")
-        except DatabaseUnavailable as exc:
+        except BalsamError as exc:  # no active DB, server stopped: Django tools see OperationalError
             raise ServerUnavailable(str(exc))
         params.update(resolved)
         params.pop("database", None)

@@ -1,0 +1,176 @@
+"""Launcher sessions: open, heartbeat, claim jobs, start them, release, close, sweep.
+
+A launcher opens a session (a ``core_launchersession`` row) and renews its heartbeat. It claims
+runnable jobs by setting their ``session_id`` in one ``SELECT ... FOR UPDATE SKIP LOCKED``
+statement, so concurrent launchers never claim the same job; starting a claimed job is a state
+change (:func:`lifecycle.transition` with ``holder``). Any state but RUNNING and USER_KILLED
+releases the hold.
+
+When a session's heartbeat is older than its lease, :func:`sweep` (run by launchers and the
+service) moves its RUNNING jobs to RUN_TIMEOUT with a message saying why, releases its other
+claims and closes it. All times are the database's, so nodes' clocks do not matter.
+Every function takes a DB-API cursor and works in the caller's transaction.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from balsam.core import lifecycle, schema
+from balsam.core.states import RUNNABLE_STATES, State
+
+JOB, SESSION = schema.JOB_TABLE, schema.SESSION_TABLE
+
+CLAIM_COLUMNS = (
+    "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
+    "threads_per_rank", "threads_per_core", "cpu_affinity", "node_packing_count",
+    "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state",
+)
+"""What a launcher needs to run a claimed job (parents come from :func:`parent_ids`)."""
+
+_RUNNABLE_SQL = "(" + ", ".join(f"'{s}'" for s in RUNNABLE_STATES) + ")"
+
+
+def open_session(cursor: Any, *, hostname: str, pid: int, job_mode: str, num_nodes: int,
+                 lease_seconds: int, scheduler_id: str = "", label: str = "") -> int:
+    """Start a session (heartbeat now) and return its id."""
+    cursor.execute(
+        f"INSERT INTO {SESSION} (hostname, pid, job_mode, label, scheduler_id, num_nodes, "
+        "started_at, heartbeat, lease_seconds, end_reason) "
+        "VALUES (%s, %s, %s, %s, %s, %s, now(), now(), %s, '') RETURNING id",
+        [hostname, pid, job_mode, label, scheduler_id, num_nodes, lease_seconds])
+    return int(cursor.fetchone()[0])
+
+
+def heartbeat(cursor: Any, session_id: int) -> bool:
+    """Renew the lease. False if the session was closed meanwhile (swept as dead): its holder
+    must stop its tasks at once and record nothing, because its jobs may already run elsewhere."""
+    cursor.execute(f"UPDATE {SESSION} SET heartbeat = now() WHERE id = %s AND ended_at IS NULL "
+                   "RETURNING id", [session_id])
+    return cursor.fetchone() is not None
+
+
+def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: int,
+          wf_filter: Optional[str] = None, max_wall_minutes: Optional[float] = None,
+          exclude_ids: tuple = ()) -> list[dict[str, Any]]:
+    """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
+
+    ``serial``: only single-node, single-rank jobs, fewest-per-node packing first; otherwise
+    jobs of at most ``max_nodes`` nodes, largest first. Both then longest wall time first.
+    ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
+    finish in the time left.
+    """
+    where = [f"state IN {_RUNNABLE_SQL}", "session_id IS NULL", "num_nodes <= %s"]
+    params: list[Any] = [max_nodes]
+    if serial:
+        where += ["num_nodes = 1", "ranks_per_node = 1"]
+        order = "node_packing_count, wall_time_minutes DESC"
+    else:
+        order = "num_nodes DESC, wall_time_minutes DESC"
+    if wf_filter:
+        where.append("workflow LIKE %s")
+        params.append("%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    if max_wall_minutes is not None:
+        where.append("wall_time_minutes <= %s")
+        params.append(max_wall_minutes)
+    if exclude_ids:
+        where.append("NOT job_id = ANY(%s::uuid[])")
+        params.append([str(j) for j in exclude_ids])
+    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS)
+    cursor.execute(f"""
+        WITH c AS (
+            SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
+            ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {JOB} j SET session_id = %s FROM c
+        WHERE j.job_id = c.job_id RETURNING {cols}""", params + [limit, session_id])
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+    order_key = (lambda r: (r["node_packing_count"], -r["wall_time_minutes"])) if serial else (
+        lambda r: (-r["num_nodes"], -r["wall_time_minutes"]))
+    rows.sort(key=order_key)
+    for r in rows:
+        r["job_id"] = str(r["job_id"])
+    return rows
+
+
+def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:
+    """{job_id: [parent ids]} for ``job_ids`` (for ``BALSAM_PARENT_IDS``), one query."""
+    if not job_ids:
+        return {}
+    cursor.execute(f"SELECT child_id, parent_id FROM {schema.DEP_TABLE} "
+                   "WHERE child_id = ANY(%s::uuid[]) ORDER BY id", [job_ids])
+    out: dict[str, list[str]] = {j: [] for j in job_ids}
+    for child, parent in cursor.fetchall():
+        out[str(child)].append(str(parent))
+    return out
+
+
+def start(cursor: Any, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:
+    """Mark held, runnable jobs RUNNING; return the ids that moved (others were killed or
+    changed by a user meanwhile and must not be started)."""
+    moved = lifecycle.transition(cursor, job_ids, State.RUNNING, message, holder=session_id,
+                                 sources=RUNNABLE_STATES)
+    return [job_id for job_id, _ in moved]
+
+
+def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
+           messages: Any = "") -> list[str]:
+    """Record the end of runs (RUN_DONE, RUN_ERROR, RUN_TIMEOUT) of jobs this session runs;
+    returns the ids recorded (a job a user killed meanwhile stays USER_KILLED)."""
+    moved = lifecycle.transition(cursor, job_ids, state, messages, holder=session_id,
+                                 sources=[State.RUNNING.value])
+    return [job_id for job_id, _ in moved]
+
+
+def killed(cursor: Any, session_id: int) -> list[str]:
+    """Jobs this session holds that a user killed (their processes must be stopped)."""
+    cursor.execute(f"SELECT job_id FROM {JOB} WHERE session_id = %s AND state = %s",
+                   [session_id, State.USER_KILLED.value])
+    return [str(r[0]) for r in cursor.fetchall()]
+
+
+def release(cursor: Any, session_id: int, job_ids: Optional[list[str]] = None) -> int:
+    """Drop this session's hold on jobs that are not RUNNING (all of them, or ``job_ids``)."""
+    sql = f"UPDATE {JOB} SET session_id = NULL WHERE session_id = %s AND state <> %s"
+    params: list[Any] = [session_id, State.RUNNING.value]
+    if job_ids is not None:
+        sql += " AND job_id = ANY(%s::uuid[])"
+        params.append(job_ids)
+    cursor.execute(sql, params)
+    return int(cursor.rowcount)
+
+
+def close_session(cursor: Any, session_id: int, reason: str = "launcher exited") -> int:
+    """End a session: any job it still shows RUNNING becomes RUN_TIMEOUT (a safety net: the
+    launcher records its runs first), every other hold is released. Returns jobs timed out."""
+    cursor.execute(f"SELECT job_id FROM {JOB} WHERE session_id = %s AND state = %s",
+                   [session_id, State.RUNNING.value])
+    running = [str(r[0]) for r in cursor.fetchall()]
+    timed_out = finish(cursor, session_id, running, State.RUN_TIMEOUT,
+                       f"interrupted: {reason} while the job ran")
+    release(cursor, session_id)
+    cursor.execute(f"UPDATE {SESSION} SET ended_at = now(), end_reason = %s WHERE id = %s",
+                   [reason, session_id])
+    return len(timed_out)
+
+
+def sweep(cursor: Any) -> list[tuple[int, int]]:
+    """Close every session whose lease expired; returns [(session id, jobs timed out)].
+
+    Sessions are swept only once the server has been up for a whole lease, so launchers cut off
+    by a database restart get the chance to reconnect and renew first. Concurrent sweepers
+    skip each other's sessions (SKIP LOCKED).
+    """
+    cursor.execute(f"""
+        SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+        FROM {SESSION}
+        WHERE ended_at IS NULL
+          AND heartbeat < now() - make_interval(secs => lease_seconds)
+          AND pg_postmaster_start_time() < now() - make_interval(secs => lease_seconds)
+        FOR UPDATE SKIP LOCKED""")
+    swept = []
+    for sid, host, pid, beat in cursor.fetchall():
+        reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
+                  f"{beat} UTC (killed, or its node was lost)")
+        swept.append((sid, close_session(cursor, sid, reason)))
+    return swept

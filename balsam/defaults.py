@@ -1,0 +1,53 @@
+"""Every tunable of Balsam in one place, with why it has the value it has.
+
+A DB's ``settings.yml`` may override the launcher values under ``launcher:`` (same names, lower
+case). Nothing here is read from the environment.
+"""
+
+HEARTBEAT_SECONDS = 10.0
+"""How often a launcher renews its session lease."""
+
+LEASE_SECONDS = 60
+"""A session whose heartbeat is older than this is presumed dead: its RUNNING jobs become
+RUN_TIMEOUT (then the usual retry rules apply). Six missed heartbeats: a launcher stalled by a
+slow filesystem or a busy node is not declared dead by one late beat."""
+
+CLAIM_BATCH = 256
+"""Most jobs claimed in one statement."""
+
+SERIAL_PREFETCH_PER_SLOT = 4
+"""Serial mode keeps this many claimed jobs per free task slot, so workers never wait on the DB."""
+
+STATUS_FLUSH_SECONDS = 0.05
+"""Longest a finished task's state waits in memory before it is written (batched)."""
+
+KILL_CHECK_SECONDS = 0.5
+"""How often a launcher asks which of its running jobs a user killed."""
+
+KILL_GRACE_SECONDS = 1.0
+"""Between SIGTERM and SIGKILL to a task's process group (user kill; the total stays < 2 s)."""
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+"""Between SIGTERM and SIGKILL when the launcher stops (signal, walltime): tasks may checkpoint."""
+
+WALLTIME_MARGIN_SECONDS = 30.0
+"""The launcher stops its tasks this long before the allocation ends, to record them."""
+
+IDLE_EXIT_SECONDS = 10.0
+"""A non-persistent launcher exits after this long with nothing running and nothing it could
+ever run (runnable, or waiting on processing it can do)."""
+
+IDLE_WAIT_SECONDS = 1.0
+"""Longest an idle launcher sleeps between checks; a database notification wakes it at once."""
+
+PROCESSING_BATCH = 5000
+"""Most jobs one processing pass moves per kind of transition."""
+
+OUTPUT_TAIL_LINES = 16
+"""Lines of a failed task's output kept in its RUN_ERROR event message."""
+
+RECONNECT_MAX_SECONDS = 30.0
+"""Longest back-off between reconnection attempts while the database is unreachable."""
+
+NOTIFY_CHANNEL = "balsam_jobs"
+"""PostgreSQL channel notified (once per statement) when jobs are inserted or change state."""

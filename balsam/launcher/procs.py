@@ -1,0 +1,91 @@
+"""Start, watch and stop task processes, each in its own process group.
+
+Every task runs in a new session (``start_new_session``), so signalling its process group reaches
+the real MPI job and everything it started, not only a wrapper such as ``mpiexec`` or the shell
+that sources an envscript. Output (stdout and stderr) goes to one file.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import IO, Optional
+
+
+class Task:
+    """A running task process; ``returncode`` is None until it has exited and been reaped."""
+
+    def __init__(self, job_id: str, argv: Sequence[str], env: dict[str, str], cwd: str,
+                 output_path: str, cpus: Optional[Sequence[int]] = None) -> None:
+        self.job_id = job_id
+        self.output_path = output_path
+        self.started = time.time()
+        self.kill_deadline: Optional[float] = None
+        os.makedirs(cwd, exist_ok=True)
+        out: IO[bytes] = open(output_path, "wb")
+        try:
+            self.proc = _spawn(argv, env, cwd, out, cpus)
+        finally:
+            out.close()
+        self.pgid = self.proc.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    def poll(self) -> Optional[int]:
+        """Reap the process if it has exited; its return code or None."""
+        return self.proc.poll()
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the task's whole process group (ignored if it is already gone)."""
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM the group now; :meth:`enforce_kill` sends SIGKILL once ``grace`` has passed."""
+        if self.kill_deadline is None:
+            self.signal_group(signal.SIGTERM)
+            self.kill_deadline = time.monotonic() + grace
+
+    def enforce_kill(self) -> None:
+        """SIGKILL the group if :meth:`terminate` was called and its grace period is over.
+
+        The group is signalled even after the leader exited: children it left behind die too.
+        """
+        if self.kill_deadline is not None and time.monotonic() >= self.kill_deadline:
+            self.signal_group(signal.SIGKILL)
+            self.kill_deadline = float("inf")
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str, out: IO[bytes],
+           cpus: Optional[Sequence[int]]) -> subprocess.Popen:
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    # Pin by setting our own affinity around the spawn: the child inherits it, and Popen keeps
+    # its fast vfork path (a preexec_fn would force a slower fork). Callers are single-threaded.
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        return subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def tail(path: str, lines: int) -> str:
+    """The last ``lines`` lines of a text file (reads at most the last 64 KiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

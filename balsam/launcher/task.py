@@ -1,0 +1,108 @@
+"""What a claimed job runs: its command line, environment, working directory and output file.
+
+Shared by MPI mode and serial mode. The task environment is the launcher's own, minus what only
+the launcher should see (the MPI runtime's variables of the serial-mode ensemble, and PATH
+entries a Balsam job script added: ``BALSAM_ORIGINAL_PATH`` restores the user's PATH), plus
+the job's variables and the classic ``BALSAM_*`` ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from balsam.core import schema
+from balsam.errors import BalsamError
+
+LAUNCHER_ONLY_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "OMPI_", "MPI_LOCALRANKID",
+                          "MPI_LOCALNRANKS", "BALSAM_ORIGINAL_PATH", "BALSAM_LAUNCHER_INTERNAL_")
+"""Variables of the launcher's own MPI ensemble: a task that is itself an MPI program must not
+believe it belongs to the launcher's MPI job."""
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to start one job, built from its claimed row (:func:`from_row`)."""
+
+    job_id: str
+    name: str
+    workdir: str
+    command: str
+    envscript: Optional[str]
+    env: dict[str, str]
+    num_nodes: int = 1
+    ranks_per_node: int = 1
+    threads_per_rank: int = 1
+    threads_per_core: int = 1
+    cpu_affinity: str = "none"
+    node_packing_count: int = 1
+    wall_time_minutes: int = 1
+    mpi_flags: list[str] = field(default_factory=list)
+
+    @property
+    def output_path(self) -> str:
+        return os.path.join(self.workdir, f"{self.name.replace(os.sep, '_') or 'job'}.out")
+
+    @property
+    def app_argv(self) -> list[str]:
+        """The application command as an argv list (shell-style splitting of ``command``)."""
+        try:
+            return shlex.split(self.command)
+        except ValueError as exc:
+            raise BalsamError(f"cannot parse the command of job {self.job_id[:8]}: {exc}")
+
+    @property
+    def required_cores(self) -> int:
+        return max(1, self.ranks_per_node * self.threads_per_rank // self.threads_per_core)
+
+
+def job_variables(row: Mapping[str, Any], parents: Sequence[str], db_path: str,
+                  launcher_nodes: int, job_mode: str) -> dict[str, str]:
+    """The ``BALSAM_*`` variables and the job's own ``environ_vars`` (classic ``get_envs``)."""
+    env = schema.parse_envstring(row.get("environ_vars", ""))
+    env.update(BALSAM_JOB_ID=str(row["job_id"]), BALSAM_PARENT_IDS=json.dumps(list(parents)),
+               BALSAM_DB_PATH=db_path, BALSAM_LAUNCHER_NODES=str(launcher_nodes),
+               BALSAM_JOB_MODE=job_mode)
+    if int(row.get("threads_per_rank", 1)) > 1:
+        env["OMP_NUM_THREADS"] = str(row["threads_per_rank"])
+    return env
+
+
+def task_environment(base: Mapping[str, str], job_vars: Mapping[str, str]) -> dict[str, str]:
+    """The launcher's environment cleaned of launcher-only variables, plus ``job_vars``."""
+    env = {k: v for k, v in base.items() if not k.startswith(LAUNCHER_ONLY_PREFIXES)}
+    if "BALSAM_ORIGINAL_PATH" in base:
+        env["PATH"] = base["BALSAM_ORIGINAL_PATH"]
+    env.update(job_vars)
+    return env
+
+
+def with_envscript(argv: Sequence[str], envscript: Optional[str]) -> list[str]:
+    """``argv`` run by bash after sourcing ``envscript`` (when the app has one)."""
+    if not envscript:
+        return list(argv)
+    command = " ".join(shlex.quote(a) for a in argv)
+    return ["/bin/bash", "-c", f"source {shlex.quote(envscript)} && exec {command}"]
+
+
+def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[str], db_path: str,
+             base_env: Mapping[str, str], launcher_nodes: int, job_mode: str) -> TaskSpec:
+    """A :class:`TaskSpec` for a claimed job row (:data:`leases.CLAIM_COLUMNS`) and its app."""
+    envscript = app.get("envscript") or None
+    if envscript and not os.path.isfile(envscript):
+        raise BalsamError(f"envscript {envscript} of application {app.get('name')!r} does not exist")
+    job_vars = job_variables(row, parents, db_path, launcher_nodes, job_mode)
+    return TaskSpec(
+        job_id=str(row["job_id"]), name=row["name"],
+        workdir=schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
+                                         row.get("user_workdir", "")),
+        command=schema.app_command(app["executable"], row.get("args", "")),
+        envscript=envscript, env=task_environment(base_env, job_vars),
+        num_nodes=row["num_nodes"], ranks_per_node=row["ranks_per_node"],
+        threads_per_rank=row["threads_per_rank"], threads_per_core=row["threads_per_core"],
+        cpu_affinity=row["cpu_affinity"], node_packing_count=row["node_packing_count"],
+        wall_time_minutes=row["wall_time_minutes"], mpi_flags=shlex.split(row.get("mpi_flags", "")),
+    )
