@@ -1,0 +1,109 @@
+"""Node occupancy for serial mode: whether one more task fits on a node, its cores and its GPU.
+
+A task of a job with ``node_packing_count`` k occupies exactly 1/k of its node (exact fractions,
+so three tasks of 1/3 fill a node and a fourth never fits); the occupancy of a node never
+exceeds 1.
+
+Cores: a task gets ``max(required_cores, cores // k)`` CPUs (at least 1, at most all of the
+node's), chosen among the least used ones, lowest index first. So as long as the tasks on a node
+ask for no more cores than their share (``k <= cores`` and ``required_cores <= cores // k``),
+concurrent tasks are pinned to disjoint cores; beyond that (more tasks than cores) cores are
+shared as evenly as possible rather than making tasks wait.
+
+GPUs: with ``gpus`` > 0 every task gets one GPU index of its own, the lowest free one; two
+concurrent tasks never share a GPU, and a task waits (:meth:`NodeSlots.place` returns None)
+while no GPU is free. (Classic Balsam used the task's position in a dict, which could repeat.)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task runs on its node: the CPUs it is pinned to and its GPU (None: no GPUs)."""
+
+    cpus: tuple[int, ...]
+    gpu: Optional[int]
+
+
+def share(packing_count: int) -> Fraction:
+    """The fraction of a node one task of a job with ``packing_count`` occupies (counts < 1
+    are treated as 1: a whole node)."""
+    return Fraction(1, max(1, int(packing_count)))
+
+
+class NodeSlots:
+    """The tasks placed on one node: occupancy, per-CPU use counts and GPU owners.
+
+    ``cpus`` are the CPU ids tasks may be pinned to (usually ``range(cores_per_node)``);
+    ``gpus`` is the number of GPUs (0: no GPU assignment). Keys identify placed tasks (job ids).
+    """
+
+    def __init__(self, cpus: Sequence[int], gpus: int = 0) -> None:
+        if not cpus:
+            raise ValueError("a node needs at least one CPU")
+        if gpus < 0:
+            raise ValueError(f"gpus must be >= 0, not {gpus}")
+        self.cpus = tuple(cpus)
+        self.gpus = gpus
+        self.occupancy = Fraction(0)
+        self._cpu_use = [0] * len(self.cpus)
+        self._gpu_owner: list[Optional[str]] = [None] * gpus
+        self._placed: dict[str, tuple[Fraction, tuple[int, ...], Optional[int]]] = {}
+
+    def __len__(self) -> int:
+        """Number of tasks placed."""
+        return len(self._placed)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._placed
+
+    def fits(self, packing_count: int) -> bool:
+        """Whether a task with ``packing_count`` can be placed now (occupancy and a free GPU)."""
+        if self.occupancy + share(packing_count) > 1:
+            return False
+        return self.gpus == 0 or None in self._gpu_owner
+
+    def place(self, key: str, packing_count: int, required_cores: int = 1) -> Optional[Placement]:
+        """Place task ``key``; its :class:`Placement`, or None if it does not fit now.
+
+        Raises ValueError if ``key`` is already placed.
+        """
+        if key in self._placed:
+            raise ValueError(f"task {key} is already placed on this node")
+        if not self.fits(packing_count):
+            return None
+        part = share(packing_count)
+        count = min(len(self.cpus), max(1, int(required_cores), len(self.cpus) // part.denominator))
+        indexes = self._least_used(count)
+        for i in indexes:
+            self._cpu_use[i] += 1
+        gpu = None
+        if self.gpus:
+            gpu = self._gpu_owner.index(None)
+            self._gpu_owner[gpu] = key
+        self.occupancy += part
+        self._placed[key] = (part, indexes, gpu)
+        return Placement(tuple(self.cpus[i] for i in indexes), gpu)
+
+    def free(self, key: str) -> None:
+        """Remove task ``key`` (unknown keys are ignored: freeing is idempotent)."""
+        entry = self._placed.pop(key, None)
+        if entry is None:
+            return
+        part, indexes, gpu = entry
+        self.occupancy -= part
+        for i in indexes:
+            self._cpu_use[i] -= 1
+        if gpu is not None:
+            self._gpu_owner[gpu] = None
+
+    def _least_used(self, count: int) -> tuple[int, ...]:
+        use = self._cpu_use
+        if count == 1:
+            return (use.index(min(use)),)
+        return tuple(sorted(sorted(range(len(use)), key=use.__getitem__)[:count]))
