@@ -43,6 +43,10 @@ IDLE_WAIT_SECONDS = 1.0
 PROCESSING_BATCH = 5000
 """Most jobs one processing pass moves per kind of transition."""
 
+MAX_CONCURRENT_RUNS = 1000
+"""Most MPI launches (one per job) an MPI-mode launcher keeps running at once (Cray ALPS allows
+1000 concurrent ``aprun`` per batch job)."""
+
 OUTPUT_TAIL_LINES = 16
 """Lines of a failed task's output kept in its RUN_ERROR event message."""
 

@@ -10,9 +10,19 @@ import copy
 import os
 from typing import Any
 
+from balsam import defaults
 from balsam.errors import BalsamError
 
 FILENAME = "settings.yml"
+
+LAUNCHER_KEYS = (
+    "heartbeat_seconds", "lease_seconds", "claim_batch", "serial_prefetch_per_slot",
+    "status_flush_seconds", "kill_check_seconds", "kill_grace_seconds", "shutdown_grace_seconds",
+    "walltime_margin_seconds", "idle_exit_seconds", "idle_wait_seconds", "processing_batch",
+    "output_tail_lines", "reconnect_max_seconds", "max_concurrent_runs",
+)
+"""Launcher tunables a DB may override under ``launcher:`` (defaults: :mod:`balsam.defaults`,
+same names in upper case)."""
 
 DEFAULTS: dict[str, Any] = {
     "machine": "local",          # machine profile name
@@ -20,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "mpi": "mpich",              # MPI launch flavour
     "cores_per_node": 0,         # 0: what this machine has
     "gpus_per_node": 0,
+    "local_nodes": 1,            # nodes to emulate on a machine without a batch scheduler
+    "launcher": {key: getattr(defaults, key.upper()) for key in LAUNCHER_KEYS},
     "server": {
         "port": 0,               # 0: pick a free port each time the server starts
         "listen_addresses": "*",  # compute nodes must reach the server over TCP
@@ -37,7 +49,11 @@ scheduler: {scheduler}      # batch scheduler: local, slurm, pbs, cobalt, lsf
 mpi: {mpi}            # MPI launcher flavour: mpich, openmpi, srun, aprun, jsrun, direct
 cores_per_node: {cores_per_node}       # 0 = detect on the node
 gpus_per_node: {gpus_per_node}
+local_nodes: {local_nodes}          # outside a batch job: emulated nodes on this machine
 
+# Launcher tunables (defaults shown; see balsam/defaults.py for what each one does).
+launcher:
+{launcher}
 server:
   port: {port}              # 0 = choose a free port each time the server starts
   listen_addresses: '{listen}' # compute nodes connect over TCP (password auth only)
@@ -53,6 +69,8 @@ def render_default(db_path: str, **overrides: Any) -> str:
     return TEMPLATE.format(
         path=db_path, machine=values["machine"], scheduler=values["scheduler"], mpi=values["mpi"],
         cores_per_node=values["cores_per_node"], gpus_per_node=values["gpus_per_node"],
+        local_nodes=values["local_nodes"],
+        launcher="".join(f"  {k}: {v}\n" for k, v in values["launcher"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],
     )
@@ -65,6 +83,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], where: str) -> dict[str,
             if not isinstance(val, dict):
                 raise BalsamError(f"{where}: `{key}` must be a mapping")
             out[key] = _merge(base[key], val, where)
+        elif isinstance(base.get(key), float) and isinstance(val, int) and not isinstance(val, bool):
+            out[key] = float(val)
         elif key in base and base[key] is not None and not isinstance(val, type(base[key])):
             raise BalsamError(f"{where}: `{key}` must be a {type(base[key]).__name__}, not {val!r}")
         else:

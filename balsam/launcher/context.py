@@ -1,0 +1,207 @@
+"""What every launcher mode is given, and the housekeeping both modes share.
+
+:class:`Context` is built once by :func:`balsam.launcher.main.run` (the composition root) and
+handed to the mode: the DB path and settings, the tunables, the (sliced) allocation, the
+database connection, the open session, the one stop event (set by SIGTERM/SIGINT; no module
+flags), the time at which tasks must be stopped, the MPI flavour and the logger.
+
+:class:`Housekeeper` does what a mode's loop must do besides running tasks: renew the session
+lease every ``heartbeat_seconds`` (raising :class:`SessionLost` if the session was swept: the
+mode then kills its tasks, records nothing and exits non-zero), sweep expired sessions of other
+launchers every few heartbeats, and decide when a non-persistent launcher has been idle long
+enough to exit. All its database calls are non-blocking (:meth:`Database.try_run`): while the
+database is away they are skipped and retried on the next call.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from balsam.core import leases
+from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.launcher.dbsession import Database
+from balsam.platform.allocation import Allocation
+
+SWEEP_EVERY_HEARTBEATS = 3
+
+
+class SessionLost(BalsamError):
+    """The launcher's session was closed by a sweep (its lease expired): its jobs may already
+    run elsewhere, so it must stop its tasks and record nothing."""
+
+
+@dataclass(frozen=True)
+class Tunables:
+    """Launcher tunables: :mod:`balsam.defaults`, overridden by ``settings.yml`` ``launcher:``."""
+
+    heartbeat_seconds: float
+    lease_seconds: int
+    claim_batch: int
+    serial_prefetch_per_slot: int
+    status_flush_seconds: float
+    kill_check_seconds: float
+    kill_grace_seconds: float
+    shutdown_grace_seconds: float
+    walltime_margin_seconds: float
+    idle_exit_seconds: float
+    idle_wait_seconds: float
+    processing_batch: int
+    output_tail_lines: int
+    reconnect_max_seconds: float
+    max_concurrent_runs: int
+
+    @classmethod
+    def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
+        """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value."""
+        values = {}
+        for f in fields(cls):
+            value = launcher[f.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "
+                                  f"not {value!r}")
+            values[f.name] = int(value) if f.type in ("int", int) else float(value)
+        return cls(**values)
+
+
+@dataclass
+class Context:
+    """Everything a launcher mode needs (see the module docstring).
+
+    ``stop_at`` is a ``time.monotonic()`` time (None: no limit) at which running tasks must be
+    stopped: the end of ``--time-limit-minutes`` or of the allocation, less the walltime margin.
+    ``stop_grace`` is the SIGTERM-to-SIGKILL grace used then (it fits in the margin).
+    """
+
+    db_path: str
+    settings: dict[str, Any]
+    tunables: Tunables
+    alloc: Allocation
+    db: Database
+    session_id: int
+    job_mode: str
+    wf_filter: Optional[str]
+    persistent: bool
+    processing: bool
+    gpus_per_node: int
+    stop: threading.Event
+    log: logging.Logger
+    base_env: dict[str, str]
+    flavour: str
+    mpi_executable: Optional[str]
+    stop_at: Optional[float] = None
+    stop_grace: float = 5.0
+    stop_reason: str = ""
+    exit_reason: str = field(default="")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the mode to stop its tasks and exit (signal handlers call this)."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self.stop.set()
+
+    def seconds_left(self, now: Optional[float] = None) -> float:
+        """Seconds until tasks must be stopped (``math.inf`` without a limit; never < 0)."""
+        if self.stop_at is None:
+            return math.inf
+        return max(0.0, self.stop_at - (time.monotonic() if now is None else now))
+
+    def max_wall_minutes(self) -> Optional[float]:
+        """Longest ``wall_time_minutes`` a job may have to be started now (None: any)."""
+        left = self.seconds_left()
+        return None if math.isinf(left) else left / 60.0
+
+    def should_stop(self) -> bool:
+        """A signal arrived or the time is up."""
+        if self.stop.is_set():
+            return True
+        if self.stop_at is not None and time.monotonic() >= self.stop_at:
+            self.request_stop("the launcher's time limit was reached")
+            return True
+        return False
+
+    def grace(self) -> float:
+        """SIGTERM-to-SIGKILL grace for a stop now."""
+        deadline_stop = self.stop_reason.startswith("the launcher's time limit")
+        return self.stop_grace if deadline_stop else self.tunables.shutdown_grace_seconds
+
+
+class Housekeeper:
+    """Heartbeat, sweep and idle-exit bookkeeping for one session (see the module docstring)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.beats = 0
+        self.next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
+        self.idle_since: Optional[float] = None
+        self.next_outstanding_check = 0.0
+        self.swept: list[tuple[int, int]] = []
+
+    def due_in(self, now: float) -> float:
+        """Seconds until :meth:`beat` has work."""
+        return max(0.0, self.next_beat - now)
+
+    def beat(self, now: Optional[float] = None) -> None:
+        """Renew the lease (and sweep) if due; SessionLost if the session was swept."""
+        now = time.monotonic() if now is None else now
+        if now < self.next_beat:
+            return
+        ctx = self.ctx
+        try:
+            alive = ctx.db.try_run(leases.heartbeat, ctx.session_id)
+        except DatabaseUnavailable:
+            self.next_beat = now + min(1.0, ctx.tunables.heartbeat_seconds)
+            return
+        if not alive:
+            raise SessionLost(f"session {ctx.session_id} was closed by a sweep (its lease of "
+                              f"{ctx.tunables.lease_seconds} s expired): stopping without "
+                              "recording anything")
+        self.beats += 1
+        self.next_beat = now + ctx.tunables.heartbeat_seconds
+        if self.beats % SWEEP_EVERY_HEARTBEATS == 1:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Close the sessions of launchers whose lease expired (their RUNNING jobs time out)."""
+        try:
+            swept = self.ctx.db.try_run(leases.sweep)
+        except DatabaseUnavailable:
+            return
+        for sid, n in swept:
+            self.ctx.log.warning(f"swept launcher session {sid} (lease expired): {n} RUNNING "
+                                 "job(s) recorded RUN_TIMEOUT")
+        self.swept += swept
+
+    def busy(self) -> None:
+        """The launcher runs something: not idle."""
+        self.idle_since = None
+
+    def idle_exit(self, outstanding: Any, now: Optional[float] = None) -> bool:
+        """Whether a launcher running nothing should exit now. ``outstanding`` is a callable
+        returning :func:`balsam.processing.transitions.outstanding` (called at most every
+        ``idle_wait_seconds``). Persistent launchers never exit for lack of work."""
+        ctx = self.ctx
+        if ctx.persistent:
+            return False
+        now = time.monotonic() if now is None else now
+        if now >= self.next_outstanding_check:
+            self.next_outstanding_check = now + ctx.tunables.idle_wait_seconds
+            try:
+                count = outstanding()
+            except DatabaseUnavailable:
+                count = 1  # unknown: not idle
+            if count:
+                self.idle_since = None
+                return False
+            if self.idle_since is None:
+                self.idle_since = now
+        if self.idle_since is None:
+            return False
+        if now - self.idle_since >= ctx.tunables.idle_exit_seconds:
+            ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
+            return True
+        return False

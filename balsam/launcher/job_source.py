@@ -1,0 +1,153 @@
+"""Claiming runnable jobs for a launcher session and turning them into task specs.
+
+:class:`JobSource` claims jobs under its session (:func:`balsam.core.leases.claim`: ``SELECT
+... FOR UPDATE SKIP LOCKED``, so concurrent launchers never claim the same job), then in the
+same transaction fetches their parents (for ``BALSAM_PARENT_IDS``) and the definitions of
+applications it has not seen yet (cached by name for the life of the launcher), and builds a
+:class:`balsam.launcher.task.TaskSpec` per job. A job whose spec cannot be built (its
+application or envscript is missing, its command or ``mpi_flags`` cannot be split, its
+variables are malformed, or the mode's own ``check`` refuses it) is moved to FAILED with the
+reason, never started, and not returned.
+
+Claimed jobs stay held (``session_id``) until they are started, released, or the session
+closes. Methods ending in ``_in`` work in the caller's transaction (a cursor from
+:class:`balsam.launcher.dbsession.Database`); the others run their own transaction and raise
+:class:`balsam.errors.DatabaseUnavailable` when the database cannot be reached.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from balsam.core import leases, lifecycle, schema
+from balsam.core.states import State
+from balsam.errors import BalsamError
+from balsam.launcher import task
+from balsam.launcher.dbsession import Database
+from balsam.platform.allocation import Allocation
+
+Row = dict[str, Any]
+Placer = Callable[[list[Row]], list[Row]]
+"""Chooses which claimed rows (largest first) to keep; the rest are released at once."""
+Checker = Callable[[task.TaskSpec], Optional[str]]
+"""Returns why a spec cannot run in this mode (the job becomes FAILED), or None."""
+
+
+class JobSource:
+    """Claims jobs for ``session_id`` and builds their task specs (see the module docstring).
+
+    ``base_env`` is the environment tasks start from (the launcher's own, cleaned by
+    :func:`task.task_environment`); ``alloc.num_nodes`` is the ``BALSAM_LAUNCHER_NODES``
+    value; ``wf_filter`` keeps jobs whose workflow contains it.
+    """
+
+    def __init__(self, db: Database, session_id: int, alloc: Allocation, db_path: str,
+                 job_mode: str, wf_filter: Optional[str], base_env: Mapping[str, str]) -> None:
+        self.db = db
+        self.session_id = session_id
+        self.alloc = alloc
+        self.db_path = db_path
+        self.job_mode = job_mode
+        self.wf_filter = wf_filter or None
+        self.base_env = dict(base_env)
+        self.apps: dict[str, dict[str, str]] = {}
+        self.failed = 0
+        """Jobs this source moved to FAILED because no task could be built for them."""
+
+    # ---- own transactions -------------------------------------------------------------------
+    def claim(self, limit: int, serial: bool, max_nodes: int,
+              max_wall_minutes: Optional[float] = None) -> list[task.TaskSpec]:
+        """Claim up to ``limit`` jobs and return their specs (one transaction)."""
+        return self.db.try_run(self.claim_in, limit, serial=serial, max_nodes=max_nodes,
+                               max_wall_minutes=max_wall_minutes)
+
+    def release(self, ids: Sequence[str]) -> int:
+        """Drop this session's claim on jobs that are not RUNNING (one transaction)."""
+        if not ids:
+            return 0
+        return self.db.try_run(leases.release, self.session_id, list(ids))
+
+    # ---- in the caller's transaction ------------------------------------------------------
+    def claim_in(self, cursor: Any, limit: int, *, serial: bool, max_nodes: int,
+                 max_wall_minutes: Optional[float] = None, exclude_ids: Collection[str] = (),
+                 place: Optional[Placer] = None,
+                 check: Optional[Checker] = None) -> list[task.TaskSpec]:
+        """Claim, keep what ``place`` keeps (releasing the rest), build specs, fail the jobs
+        that cannot run; returns the specs, in claim order (largest/least packed first)."""
+        if limit < 1 or max_nodes < 1:
+            return []
+        rows = leases.claim(cursor, self.session_id, limit, serial=serial, max_nodes=max_nodes,
+                            wf_filter=self.wf_filter, max_wall_minutes=max_wall_minutes,
+                            exclude_ids=tuple(exclude_ids))
+        if not rows:
+            return []
+        if place is not None:
+            kept = place(rows)
+            kept_ids = {r["job_id"] for r in kept}
+            dropped = [r["job_id"] for r in rows if r["job_id"] not in kept_ids]
+            if dropped:
+                leases.release(cursor, self.session_id, dropped)
+            rows = kept
+        if not rows:
+            return []
+        parents = leases.parent_ids(cursor, [r["job_id"] for r in rows])
+        self._load_apps(cursor, {r["application"] for r in rows})
+        specs: list[task.TaskSpec] = []
+        failures: dict[str, str] = {}
+        for row in rows:
+            try:
+                spec = self.build(row, parents.get(row["job_id"], []))
+                reason = check(spec) if check is not None else None
+            except (BalsamError, ValueError, KeyError) as exc:
+                reason = str(exc) or type(exc).__name__
+            if reason:
+                failures[row["job_id"]] = f"cannot start: {reason}"
+            else:
+                specs.append(spec)
+        if failures:
+            self.fail_in(cursor, failures)
+        return specs
+
+    def build(self, row: Mapping[str, Any], parents: Sequence[str]) -> task.TaskSpec:
+        """The spec of one claimed row; raises BalsamError/ValueError saying why it cannot."""
+        app = self.apps.get(row["application"])
+        if app is None:
+            raise BalsamError(f"application {row['application']!r} does not exist")
+        spec = task.from_row(row, app, parents, self.db_path, self.base_env,
+                             self.alloc.num_nodes, self.job_mode)
+        if not spec.app_argv:
+            raise BalsamError(f"application {row['application']!r} has no executable")
+        return spec
+
+    def fail_in(self, cursor: Any, reasons: Mapping[str, str]) -> None:
+        """Move held, not yet RUNNING jobs to FAILED with a reason each (releases them)."""
+        moved = lifecycle.transition(cursor, list(reasons), State.FAILED, dict(reasons),
+                                     holder=self.session_id)
+        self.failed += len(moved)
+
+    def reconcile_in(self, cursor: Any, known_ids: Collection[str],
+                     message: str = "the launcher lost its database connection while starting "
+                                    "the job; it was not run") -> tuple[int, int]:
+        """After a reconnection: jobs this session holds that the launcher does not know
+        (``known_ids``: running, pending or prefetched) come from a commit whose outcome was
+        lost. RUNNING ones become RUN_TIMEOUT (so the retry rules apply), others are
+        released. Returns (timed out, released)."""
+        cursor.execute(f"SELECT job_id, state FROM {schema.JOB_TABLE} WHERE session_id = %s",
+                       [self.session_id])
+        known = set(known_ids)
+        stray = [(str(j), s) for j, s in cursor.fetchall() if str(j) not in known]
+        running = [j for j, s in stray if s == State.RUNNING.value]
+        others = [j for j, s in stray if s != State.RUNNING.value]
+        timed_out = leases.finish(cursor, self.session_id, running, State.RUN_TIMEOUT, message)
+        released = leases.release(cursor, self.session_id, others) if others else 0
+        return len(timed_out), released
+
+    def _load_apps(self, cursor: Any, names: set[str]) -> None:
+        missing = sorted(n for n in names if n not in self.apps)
+        if not missing:
+            return
+        cursor.execute(f"SELECT name, executable, envscript, preprocess, postprocess "
+                       f"FROM {schema.APP_TABLE} WHERE name = ANY(%s)", [missing])
+        for name, executable, envscript, pre, post in cursor.fetchall():
+            self.apps[name] = {"name": name, "executable": executable, "envscript": envscript,
+                               "preprocess": pre, "postprocess": post}

@@ -1,0 +1,181 @@
+"""Batched recording of task starts and ends.
+
+A launcher notes what happened to its tasks in a :class:`StatusBuffer` as it happens and writes
+it in one transaction, one statement per target state: RUNNING first (a task that started and
+ended in the same batch is recorded RUNNING, then its end), then RUN_DONE, RUN_ERROR and
+RUN_TIMEOUT, then claims to drop (jobs a user killed, jobs not started). Nothing is lost while
+the database is unreachable: a failed write keeps everything pending for the next flush.
+Writing the same batch twice is harmless (:func:`leases.start`/:func:`leases.finish` move jobs
+only from the expected states and only if this session holds them), so a batch whose commit
+outcome is unknown is simply written again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from balsam import defaults
+from balsam.core import leases, schema
+from balsam.core.states import State
+from balsam.errors import DatabaseUnavailable
+from balsam.launcher.dbsession import Database
+
+FLUSH_AT_PENDING = 256
+"""A flush is due at once when this many items are pending."""
+
+
+@dataclass
+class Batch:
+    """State changes taken from a buffer, to write in one transaction."""
+
+    started: list[str] = field(default_factory=list)
+    start_message: str = ""
+    done: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    timeouts: dict[str, str] = field(default_factory=dict)
+    release: list[str] = field(default_factory=list)
+    oldest: Optional[float] = None
+
+    def __len__(self) -> int:
+        return (len(self.started) + len(self.done) + len(self.errors) + len(self.timeouts)
+                + len(self.release))
+
+
+@dataclass
+class Written:
+    """What a written batch changed: ``not_started`` are ids whose RUNNING was refused (a user
+    killed or changed the job before its start was recorded: stop its task); ``ended`` counts
+    jobs whose end was recorded (a job a user killed meanwhile stays USER_KILLED)."""
+
+    started: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    ended: int = 0
+
+
+def _running_here(cursor: Any, session_id: int, ids: list[str]) -> list[str]:
+    cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE job_id = ANY(%s::uuid[]) "
+                   "AND session_id = %s AND state = %s", [ids, session_id, State.RUNNING.value])
+    return [str(r[0]) for r in cursor.fetchall()]
+
+
+class StatusBuffer:
+    """Pending state changes of ``session_id``'s tasks, written by :meth:`flush`.
+
+    ``started(ids)`` records RUNNING (serial mode records a start once its worker reports it;
+    MPI mode starts jobs in its claim transaction instead). ``done``/``error``/``timeout``
+    record the end of a RUNNING job; ``release`` drops the claim on a job that will not run
+    (killed by a user, or claimed but not started). Not thread-safe: one loop owns it.
+    """
+
+    def __init__(self, db: Database, session_id: int,
+                 flush_seconds: float = defaults.STATUS_FLUSH_SECONDS,
+                 start_message: str = "") -> None:
+        self.db = db
+        self.session_id = session_id
+        self.flush_seconds = flush_seconds
+        self.start_message = start_message
+        self._batch = Batch(start_message=start_message)
+
+    # ---- noting -----------------------------------------------------------------------------
+    def _touch(self) -> None:
+        if self._batch.oldest is None:
+            self._batch.oldest = time.monotonic()
+
+    def started(self, ids: Iterable[str]) -> None:
+        self._batch.started.extend(ids)
+        self._touch()
+
+    def done(self, job_id: str) -> None:
+        self._batch.done.append(job_id)
+        self._touch()
+
+    def error(self, job_id: str, message: str) -> None:
+        self._batch.errors[job_id] = message
+        self._touch()
+
+    def timeout(self, job_id: str, message: str) -> None:
+        self._batch.timeouts[job_id] = message
+        self._touch()
+
+    def release(self, job_id: str) -> None:
+        self._batch.release.append(job_id)
+        self._touch()
+
+    # ---- writing ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Number of items not yet written."""
+        return len(self._batch)
+
+    def pending_ids(self) -> set[str]:
+        """Ids with a pending change (their jobs still count as this launcher's)."""
+        b = self._batch
+        return set(b.started) | set(b.done) | set(b.errors) | set(b.timeouts) | set(b.release)
+
+    def due(self) -> bool:
+        """A flush is due: ``flush_seconds`` since the oldest pending item, or many pending."""
+        oldest = self._batch.oldest
+        if oldest is None:
+            return False
+        return (len(self._batch) >= FLUSH_AT_PENDING
+                or time.monotonic() - oldest >= self.flush_seconds)
+
+    def take(self) -> Batch:
+        """Everything pending, removed from the buffer (give it back with :meth:`restore` if
+        writing it failed)."""
+        batch, self._batch = self._batch, Batch(start_message=self.start_message)
+        return batch
+
+    def restore(self, batch: Batch) -> None:
+        """Put an unwritten batch back in front of what was noted since."""
+        newer = self._batch
+        batch.started.extend(newer.started)
+        batch.done.extend(newer.done)
+        batch.errors.update(newer.errors)
+        batch.timeouts.update(newer.timeouts)
+        batch.release.extend(newer.release)
+        if batch.oldest is None:
+            batch.oldest = newer.oldest
+        self._batch = batch
+
+    def write(self, cursor: Any, batch: Batch) -> Written:
+        """Write ``batch`` in the caller's transaction (one statement per non-empty part)."""
+        out = Written()
+        if batch.started:
+            out.started = leases.start(cursor, self.session_id, batch.started,
+                                       batch.start_message)
+            moved = set(out.started)
+            rest = [j for j in batch.started if j not in moved]
+            if rest:  # already RUNNING under this session: an earlier, lost-looking commit
+                already = set(_running_here(cursor, self.session_id, rest))
+                out.started += [j for j in rest if j in already]
+                out.not_started = [j for j in rest if j not in already]
+        for state, ids, messages in (
+                (State.RUN_DONE, batch.done, ""),
+                (State.RUN_ERROR, list(batch.errors), batch.errors),
+                (State.RUN_TIMEOUT, list(batch.timeouts), batch.timeouts)):
+            if ids:
+                out.ended += len(leases.finish(cursor, self.session_id, ids, state, messages))
+        if batch.release:
+            leases.release(cursor, self.session_id, batch.release)
+        return out
+
+    def flush(self, *, before: Optional[float] = None) -> Optional[Written]:
+        """Write everything pending in one transaction; None (all kept pending) if the
+        database is unreachable. ``before`` (a ``time.monotonic()`` deadline) keeps retrying
+        until then instead of giving up at once."""
+        if not self.pending:
+            return Written()
+        batch = self.take()
+        try:
+            if before is None:
+                return self.db.try_run(self.write, batch)
+            return self.db.run_before(before, self.write, batch)
+        except DatabaseUnavailable:
+            self.restore(batch)
+            return None
+        except BaseException:
+            self.restore(batch)
+            raise
