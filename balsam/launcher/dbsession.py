@@ -30,6 +30,7 @@ from __future__ import annotations
 import select
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar
 
 from balsam import defaults
@@ -235,25 +236,33 @@ class Database:
         hit, self._notified = self._notified, False
         return hit
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until another session changes jobs (True) or ``timeout`` seconds pass
-        (False). Without a connection it just sleeps (the next transaction reconnects)."""
+    def wait(self, timeout: float, extra_fds: Sequence[Any] = ()) -> bool:
+        """Sleep until another session changes jobs (True), one of ``extra_fds`` is readable
+        (e.g. pidfds of tasks: False) or ``timeout`` seconds pass (False). Without a connection
+        it waits on ``extra_fds`` only (the next transaction reconnects)."""
         if self.notified():
             return True
-        if not self.connected or not self._listening:
-            self.stop.wait(max(0.0, timeout))
-            return False
+        listening = self.connected and self._listening
+        fds = list(extra_fds) + ([self._conn] if listening else [])
         end = time.monotonic() + max(0.0, timeout)
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 return False
+            if not fds:
+                self.stop.wait(left)
+                return False
             try:
-                ready, _, _ = select.select([self._conn], [], [], left)
+                ready, _, _ = select.select(fds, [], [], left)
             except (OSError, ValueError):
                 self._drop()
                 return False
-            if ready and self.notified():
-                return True
-            if not self.connected:
+            if not ready:
+                return False
+            if listening and self._conn in ready:
+                if self.notified():
+                    return True
+                if not self.connected:
+                    return False
+            if any(fd is not self._conn for fd in ready):
                 return False
