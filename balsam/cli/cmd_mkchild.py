@@ -1,0 +1,82 @@
+"""``balsam mkchild``: from inside a running job, add a job that depends on it.
+
+Classic Balsam 0.5 crashed here (its handler read flags this parser did not define); this one
+shares the flags of ``balsam job`` (:mod:`balsam.cli.jobflags`). Django-free, like ``balsam job``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from balsam.cli.common import add_command, confirm, fetch_dicts, transaction
+from balsam.cli.jobflags import add_job_flags, job_values
+from balsam.core import schema
+from balsam.errors import BalsamError, NotFound
+
+EPILOG = """Needs BALSAM_JOB_ID (set by the launcher for a job's process and its scripts): the new
+job becomes a child of that job, in its workflow unless --workflow is given, and in its batch job
+(queued launch). Unless --yes is given, the job is shown and you are asked to confirm."""
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "mkchild", run, "add a child of the current job (inside a job)",
+                    epilog=EPILOG)
+    add_job_flags(p, workflow_help="workflow of the new job (default: the current job's)",
+                  workflow_required=False)
+
+
+def current_job_id() -> str:
+    """The job this command runs in (``BALSAM_JOB_ID``); one-line errors if unset or malformed."""
+    text = os.environ.get("BALSAM_JOB_ID", "").strip()
+    if not text:
+        raise BalsamError("BALSAM_JOB_ID is not set: mkchild adds a child of the job it runs in "
+                          "(outside a job, use `balsam job` and `balsam dep`)")
+    try:
+        return str(schema.parse_uuid(text))
+    except schema.FieldError:
+        raise BalsamError(f"BALSAM_JOB_ID={text!r} is not a job id (UUID)")
+
+
+def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
+    cur.execute(f"SELECT job_id, name, workflow, queued_launch_id FROM {schema.JOB_TABLE} "
+                "WHERE job_id = %s", [job_id])
+    rows = fetch_dicts(cur)
+    if not rows:
+        raise NotFound(f"BALSAM_JOB_ID names job {job_id}, which is not in the database")
+    return rows[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from balsam.cli.cmd_job import insert_job
+    from balsam.cli.jobquery import user_errors
+    from balsam.core import bulk, lifecycle
+    from balsam.core.render import job_repr
+
+    parent_id = current_job_id()
+    with transaction() as (db_path, cur):
+        parent = fetch_job(cur, parent_id)
+        if args.workflow is None:
+            args.workflow = parent["workflow"]
+        with user_errors():
+            row = schema.new_job_row(job_values(args))
+        row["queued_launch_id"] = parent["queued_launch_id"]
+        cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} WHERE name = %s",
+                    [row["application"]])
+        apps = fetch_dicts(cur)
+        if not apps:
+            raise NotFound(f"application {row['application']!r} does not exist (see `balsam ls apps`)")
+        workdir = schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
+                                           row["user_workdir"])
+        print(job_repr(dict(row, parents=[str(parent["job_id"])]), apps[0], workdir))
+        if not confirm("Add this job to the database?", args.yes):
+            print("aborted: job not added", file=sys.stderr)
+            return 1
+        insert_job(cur, row)
+        edges = lifecycle.check_new_edges(cur, [(parent["job_id"], row["job_id"])],
+                                          {str(row["job_id"]): row["state"]})
+        bulk.insert_edges(cur, edges)
+    print(f"Added job {schema.cute_id(row['name'], row['job_id'])} as a child of "
+          f"{schema.cute_id(parent['name'], parent['job_id'])}")
+    return 0
