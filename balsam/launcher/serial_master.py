@@ -1,0 +1,362 @@
+"""Serial-mode master (MPI rank 0): the only rank that talks to the database.
+
+:class:`Master` claims serial jobs in batches (:class:`JobSource`), sends them to the workers
+(:mod:`balsam.launcher.serial_worker`) so that each node has a full node's worth of tasks
+running and some queued behind them (more when tasks are short, so a worker never waits for the
+master), records what the workers report through a :class:`StatusBuffer` (RUNNING once a worker
+reports a start; batched, one statement per target state), forwards user kills every
+``kill_check_seconds``, renews the session's lease and sweeps dead sessions
+(:class:`Housekeeper`), runs the processing pass (:func:`transitions.advance`), and exits when
+idle only once :func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
+
+Stopping (``ctx.stop``, set by SIGTERM/SIGINT, or ``ctx.stop_at``): claims not yet sent are
+released, workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), every task stopped is
+recorded RUN_TIMEOUT with the reason, every claim is released, then the workers exit. If the
+session was swept, workers SIGKILL their tasks and nothing is recorded (the jobs may already run
+elsewhere). While the database is unreachable the master keeps serving the workers and keeps
+state changes pending; after a reconnection, holds it does not know about (a claim whose commit
+reply was lost) are reconciled.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Protocol
+
+from balsam.core import leases
+from balsam.errors import DatabaseUnavailable
+from balsam.launcher.context import Context, Housekeeper, SessionLost
+from balsam.launcher.job_source import JobSource
+from balsam.launcher.serial_worker import Work
+from balsam.launcher.status import StatusBuffer
+from balsam.launcher.task import TaskSpec
+from balsam.processing import transitions
+
+QUEUED_NODES = (1.0, 4.0)
+"""Work queued on a worker behind what runs, in nodes' worth: the first value while tasks end
+slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
+for the master), without hoarding long tasks that another node could start sooner."""
+FAST_RATE = 50.0
+RATE_WINDOW_SECONDS = 0.25
+CLAIM_HORIZON_SECONDS = 0.5
+"""At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
+ADVANCE_BUSY_SECONDS = 1.0
+"""While tasks run, the processing pass runs at most this often (each pass is statements)."""
+BYE_SECONDS = 5.0
+"""How long the master waits for every worker to acknowledge ``exit``/``abort``."""
+EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED = 0, 3, 4, 5
+"""The master's exit statuses (the MPI launch's status tells the launcher why it ended)."""
+
+
+class MasterChannel(Protocol):
+    """The master's links to workers: ``receive`` returns (worker, report) or None at once."""
+
+    workers: Sequence[int]
+
+    def send(self, worker: int, message: dict[str, Any]) -> None: ...
+
+    def receive(self) -> Optional[tuple[int, dict[str, Any]]]: ...
+
+    def flush(self, timeout: float) -> None: ...
+
+
+def work_item(spec: TaskSpec) -> Work:
+    """What a worker needs to start ``spec`` (``spec.env`` holds only the job's variables:
+    the master's :class:`JobSource` is built with an empty base environment)."""
+    return Work(spec.job_id, spec.app_argv, spec.envscript, spec.env, spec.workdir,
+                spec.output_path, spec.node_packing_count, spec.required_cores)
+
+
+class Master:
+    """The master loop of one serial-mode launcher (see the module docstring)."""
+
+    def __init__(self, ctx: Context, source: JobSource, status: StatusBuffer,
+                 channel: MasterChannel) -> None:
+        self.ctx, self.source, self.status, self.channel = ctx, source, status, channel
+        self.t = ctx.tunables
+        self.house = Housekeeper(ctx)
+        self.queue: deque[TaskSpec] = deque()
+        self.inflight: dict[str, int] = {}   # job id -> worker holding it (queued or running)
+        self.weight: dict[str, float] = {}
+        self.load = {w: 0.0 for w in channel.workers}
+        self.closed: set[int] = set()        # workers stopping on a signal of their own
+        self.drained: set[int] = set()
+        self.gone: set[int] = set()          # workers that said bye
+        self.kill_sent: set[str] = set()
+        self.slots_per_node = 1
+        self.rate = 0.0
+        """Task ends per second over the last ``RATE_WINDOW_SECONDS``."""
+        self._ended = 0
+        self._ended_since_advance = False
+        self._reconnects = ctx.db.reconnects
+        self._timeout_message = ""
+        now = time.monotonic()
+        self._last_flush = 0.0
+        self._next = {"kill": now, "advance": now, "claim": now, "rate": now + RATE_WINDOW_SECONDS}
+
+    # ---- main loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until idle (non-persistent), stopped, or past ``ctx.stop_at``; returns
+        ``EXIT_IDLE``, ``EXIT_TIME_LIMIT``, ``EXIT_STOPPED`` (a signal), or
+        ``EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
+        ctx = self.ctx
+        ctx.db.listen()
+        while not ctx.should_stop():
+            busy = self._receive()
+            now = time.monotonic()
+            # Written at once when the master has nothing else to do (a lone job shows RUNNING
+            # at once), but at most once per flush period: under load, in batches.
+            if self.status.due() or (self.status.pending and not busy and
+                                     now - self._last_flush >= self.status.flush_seconds):
+                self._flush()
+            try:
+                self.house.beat(now)
+            except SessionLost as exc:
+                ctx.log.error(str(exc))
+                ctx.exit_reason = "session lost"
+                self._tell_all({"abort": True})
+                return EXIT_SESSION_LOST
+            if now >= self._next["kill"]:
+                self._next["kill"] = now + self.t.kill_check_seconds
+                self._check_kills()
+            self._check_reconnect()
+            busy = self._claim(now) or busy
+            busy = self._dispatch() or busy
+            if self.closed and self.closed | self.drained >= set(self.load):
+                ctx.request_stop("every worker received a signal")
+                break
+            self._maybe_advance(now)
+            self._rate_tick(now)
+            if self.inflight or self.queue or self.status.pending:
+                self.house.busy()
+            elif self.house.idle_exit(self._outstanding, now):
+                ctx.log.info(f"exiting: {ctx.exit_reason}")
+                self._release_all()
+                self._tell_all({"exit": True})
+                return EXIT_IDLE
+            if not busy:
+                self._wait()
+        self.shutdown(ctx.stop_reason)
+        return (EXIT_TIME_LIMIT if ctx.stop_reason.startswith("the launcher's time limit")
+                else EXIT_STOPPED)
+
+    def _wait(self) -> None:
+        if self.inflight or self.queue:
+            time.sleep(0.001)
+            return
+        # Idle: a job change by another session (or a signal) wakes us at once.
+        fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
+        if self.ctx.db.wait(min(0.2, self.t.idle_wait_seconds), fds):
+            self._next["claim"] = 0.0
+
+    def _outstanding(self) -> int:
+        return self.ctx.db.try_run(transitions.outstanding, self.ctx.session_id,
+                                   self.ctx.wf_filter, serial=True, max_nodes=1)
+
+    # ---- worker reports ---------------------------------------------------------------------
+    def _receive(self) -> bool:
+        got = False
+        while True:
+            item = self.channel.receive()
+            if item is None:
+                return got
+            got = True
+            self._handle(*item)
+
+    def _handle(self, worker: int, report: Mapping[str, Any]) -> None:
+        status = self.status
+        if report.get("started"):
+            status.started(report["started"])
+        for job_id in report.get("done", ()):
+            status.done(job_id)
+            self._gone(job_id)
+        for job_id, rc, tail in report.get("failed", ()):
+            status.error(job_id, tail if rc == -1 else f"exit code {rc}:\n{tail}")
+            self._gone(job_id)
+        for job_id, rc in report.get("stopped", ()):
+            status.timeout(job_id, self._timeout_message or
+                           f"stopped by the launcher's worker {worker} (exit code {rc})")
+            self._gone(job_id)
+        for job_id in list(report.get("killed", ())) + list(report.get("returned", ())):
+            status.release(job_id)
+            self._gone(job_id)
+        if report.get("stopping"):
+            self.ctx.log.info(f"worker {worker} received a signal and stops its tasks")
+            self.closed.add(worker)
+        if report.get("drained"):
+            self.drained.add(worker)
+        if report.get("bye"):
+            self.gone.add(worker)
+
+    def _gone(self, job_id: str) -> None:
+        worker = self.inflight.pop(job_id, None)
+        if worker is not None:
+            self.load[worker] -= self.weight.pop(job_id, 0.0)
+            self._ended += 1
+            self._ended_since_advance = True
+        self.kill_sent.discard(job_id)
+
+    # ---- database work ----------------------------------------------------------------------
+    def _flush(self, before: Optional[float] = None) -> None:
+        self._last_flush = time.monotonic()
+        written = self.status.flush(before=before)
+        if written is None:
+            return
+        for job_id in written.not_started:  # killed/changed by a user before RUNNING was written
+            self._forward_kill(job_id)
+
+    def _check_kills(self) -> None:
+        try:
+            killed = self.ctx.db.try_run(leases.killed, self.ctx.session_id)
+        except DatabaseUnavailable:
+            return
+        queued = {s.job_id for s in self.queue} if killed else set()
+        for job_id in killed:
+            if job_id in self.inflight:
+                self._forward_kill(job_id)
+            elif job_id in queued:
+                self.queue = deque(s for s in self.queue if s.job_id != job_id)
+                self.status.release(job_id)
+            else:  # its task already ended: its end was not recorded over USER_KILLED
+                self.status.release(job_id)
+
+    def _forward_kill(self, job_id: str) -> None:
+        worker = self.inflight.get(job_id)
+        if worker is not None and job_id not in self.kill_sent:
+            self.kill_sent.add(job_id)
+            self.channel.send(worker, {"kill": [job_id]})
+            self.ctx.log.info(f"job {job_id[:8]} was killed by a user: stopping its task on "
+                              f"worker {worker}")
+
+    def _check_reconnect(self) -> None:
+        db = self.ctx.db
+        if db.reconnects == self._reconnects:
+            return
+        known = set(self.inflight) | {s.job_id for s in self.queue} | self.status.pending_ids()
+        try:
+            timed_out, released = db.try_run(self.source.reconcile_in, known)
+        except DatabaseUnavailable:
+            return
+        self._reconnects = db.reconnects
+        if timed_out or released:
+            self.ctx.log.warning(f"after reconnecting: {timed_out} unknown running job(s) timed "
+                                 f"out, {released} unknown claim(s) released")
+
+    def _claim(self, now: float) -> bool:
+        open_nodes = len(self.load) - len(self.closed)
+        held = len(self.queue) + len(self.inflight)
+        target = max(self.t.serial_prefetch_per_slot * self.slots_per_node * open_nodes,
+                     int(self.rate * CLAIM_HORIZON_SECONDS))
+        target = min(target, self.t.claim_batch + len(self.inflight))
+        if open_nodes <= 0 or held > target // 2 or now < self._next["claim"]:
+            return False
+        try:
+            specs = self.source.claim(min(self.t.claim_batch, target - held), serial=True,
+                                      max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
+        except DatabaseUnavailable:
+            self._next["claim"] = now + 0.5
+            return False
+        if not specs:  # nothing runnable: ask again when notified or in a while
+            self._next["claim"] = now + (0.05 if self.inflight else self.t.idle_wait_seconds)
+            return False
+        self._next["claim"] = 0.0
+        self.queue.extend(specs)
+        self.slots_per_node = max(self.slots_per_node, *(self._slots(s) for s in specs))
+        return True
+
+    def _slots(self, spec: TaskSpec) -> int:
+        per_node = max(1, spec.node_packing_count)
+        return min(per_node, self.ctx.gpus_per_node) if self.ctx.gpus_per_node else per_node
+
+    def _dispatch(self) -> bool:
+        if not self.queue:
+            return False
+        batches: dict[int, list[Work]] = {}
+        open_workers = [w for w in self.load if w not in self.closed]
+        queued = QUEUED_NODES[self.rate >= FAST_RATE]
+        for target in (1.0, 1.0 + queued):  # fill every node first, then queue behind
+            for worker in sorted(open_workers, key=self.load.__getitem__):
+                while self.queue and self.load[worker] < target - 1e-9:
+                    spec = self.queue.popleft()
+                    weight = 1.0 / self._slots(spec)
+                    self.load[worker] += weight
+                    self.weight[spec.job_id] = weight
+                    self.inflight[spec.job_id] = worker
+                    batches.setdefault(worker, []).append(work_item(spec))
+        for worker, items in batches.items():
+            self.channel.send(worker, {"work": items})
+        return bool(batches)
+
+    def _maybe_advance(self, now: float) -> None:
+        if not self.ctx.processing or now < self._next["advance"]:
+            return
+        idle = not (self.inflight or self.queue)
+        if not (self._ended_since_advance or idle or self.ctx.db.notified()):
+            return
+        if self.status.pending:
+            self._flush()
+        try:
+            moved = self.ctx.db.try_run(transitions.advance, self.ctx.wf_filter,
+                                        self.t.processing_batch)
+        except DatabaseUnavailable:
+            moved = {}
+        self._ended_since_advance = False
+        if not idle:
+            self._next["advance"] = now + ADVANCE_BUSY_SECONDS
+        elif any(moved.values()):  # a cascade (parent finished -> child ready) may go on
+            self._next["advance"] = now + 0.05
+        else:
+            self._next["advance"] = now + self.t.idle_wait_seconds
+        if any(moved.values()):
+            self._next["claim"] = 0.0
+            self.house.busy()
+
+    def _rate_tick(self, now: float) -> None:
+        if now >= self._next["rate"]:
+            self.rate = self._ended / (now - self._next["rate"] + RATE_WINDOW_SECONDS)
+            self._ended = 0
+            self._next["rate"] = now + RATE_WINDOW_SECONDS
+
+    # ---- ending -----------------------------------------------------------------------------
+    def shutdown(self, reason: str) -> None:
+        """Stop every task, record them RUN_TIMEOUT with ``reason``, release every claim,
+        tell the workers to exit."""
+        ctx = self.ctx
+        ctx.log.info(f"stopping {len(self.inflight)} task(s): {reason}")
+        self._timeout_message = f"stopped by the launcher: {reason}"
+        for spec in self.queue:
+            self.status.release(spec.job_id)
+        self.queue.clear()
+        grace = ctx.grace()
+        self._tell_all({"stop": grace}, wait=False)
+        end = time.monotonic() + grace + 3.0
+        while self.drained < set(self.load) and time.monotonic() < end:
+            if not self._receive():
+                time.sleep(0.002)
+            if self.status.due():
+                self._flush()
+        if self.drained < set(self.load):
+            ctx.log.warning(f"workers {sorted(set(self.load) - self.drained)} did not report "
+                            "their tasks stopped in time")
+        self._flush(before=time.monotonic() + 3.0)
+        self._release_all()
+        self._tell_all({"exit": True})
+
+    def _release_all(self) -> None:
+        try:
+            self.ctx.db.run_before(time.monotonic() + 3.0, leases.release, self.ctx.session_id)
+        except DatabaseUnavailable as exc:
+            self.ctx.log.warning(f"could not release the claims ({exc}): closing the session "
+                                 "will")
+
+    def _tell_all(self, message: dict[str, Any], wait: bool = True) -> None:
+        """Send ``message`` to every worker; with ``wait`` (exit, abort), wait until each
+        said bye, so no worker is still busy when the MPI job ends."""
+        for worker in self.load:
+            self.channel.send(worker, message)
+        end = time.monotonic() + BYE_SECONDS
+        while wait and self.gone < set(self.load) and time.monotonic() < end:
+            if not self._receive():
+                time.sleep(0.002)
+        self.channel.flush(max(0.0, end - time.monotonic()) if wait else 0.0)

@@ -1,0 +1,369 @@
+"""Serial job mode: one MPI launch over the allocation runs every single-node, single-rank job.
+
+Two sides:
+
+* The launcher process (``balsam launcher --job-mode serial``) calls :func:`run_launcher`: it
+  runs ONE command of the configured MPI flavour, ``1 + nodes`` ranks of ``python -m
+  balsam.launcher.serial_mode CONFIG`` (the master shares the first node with worker 1), waits
+  for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it as SIGTERM, which the
+  MPI launcher passes on to every rank (MPICH's Hydra does). The session is opened and closed by
+  the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
+  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT.
+* Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
+  :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
+  ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
+  Messages are pickled dicts sent with ``isend`` and received with matched probes
+  (``improbe``): no rank ever blocks in MPI, so none spins at 100% CPU.
+
+mpi4py is imported only inside :func:`main` (importing this module does no MPI work).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from balsam.platform.allocation import Allocation
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+ORDERS, REPORTS = 11, 12
+"""MPI tags: master -> worker orders, worker -> master reports."""
+FORCE_KILL_AFTER_SECONDS = 9.0
+"""After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
+the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
+LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
+
+
+@dataclass
+class SerialConfig:
+    """What the ranks need to rebuild the launcher's :class:`Context`, passed as one JSON
+    argument. ``deadline`` is an epoch time (ranks have their own monotonic clocks)."""
+
+    db_path: str
+    session_id: int
+    settings: dict[str, Any]
+    hosts: list[str]
+    cores_per_node: int
+    gpus_per_node: int
+    scheduler: str = "local"
+    scheduler_id: str = ""
+    end_time: Optional[float] = None
+    wf_filter: Optional[str] = None
+    persistent: bool = False
+    processing: bool = True
+    deadline: Optional[float] = None
+    stop_grace: float = 5.0
+    log_path: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> SerialConfig:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_context(cls, ctx: Context, log_path: str) -> SerialConfig:
+        alloc = ctx.alloc
+        left = ctx.seconds_left()
+        return cls(db_path=ctx.db_path, session_id=ctx.session_id, settings=ctx.settings,
+                   hosts=list(alloc.hosts), cores_per_node=alloc.cores_per_node,
+                   gpus_per_node=ctx.gpus_per_node, scheduler=alloc.scheduler,
+                   scheduler_id=alloc.scheduler_id, end_time=alloc.end_time,
+                   wf_filter=ctx.wf_filter, persistent=ctx.persistent,
+                   processing=ctx.processing,
+                   deadline=None if math.isinf(left) else time.time() + left,
+                   stop_grace=ctx.stop_grace, log_path=log_path)
+
+    def allocation(self) -> Allocation:
+        return Allocation(tuple(self.hosts), self.cores_per_node, self.gpus_per_node,
+                          self.scheduler, self.scheduler_id, self.end_time)
+
+
+def ensemble_argv(config: SerialConfig, flavour_name: str,
+                  executable: Optional[str] = None) -> list[str]:
+    """The MPI command running the ensemble: ``1 + len(config.hosts)`` ranks, one per entry of
+    ``[hosts[0]] + hosts``, unbound (workers pin their tasks themselves). For MPICH the
+    ``mpiexec`` beside this Python (the ``mpich`` wheel's, which matches mpi4py) is preferred to
+    ``executable``."""
+    from balsam.platform import mpi
+
+    flavour = mpi.get(flavour_name)
+    if flavour_name == "mpich":
+        beside = os.path.join(os.path.dirname(sys.executable), flavour.EXECUTABLE)
+        executable = beside if os.access(beside, os.X_OK) else executable
+    hosts = [config.hosts[0], *config.hosts]
+    spec = mpi.RunSpec(argv=[sys.executable, "-m", "balsam.launcher.serial_mode",
+                             config.to_json()],
+                       ranks=len(hosts), ranks_per_node=1, hosts=hosts, cpu_affinity="none")
+    return flavour.argv(spec, executable)
+
+
+def run_launcher(args: Any, ctx: Context) -> int:
+    """Run the serial-mode ensemble for the open session of ``ctx`` and wait for it; the
+    launcher's exit status: 0 when it ended normally (idle: ``ctx.exit_reason`` says so;
+    signalled or at the time limit: ``ctx.stop_reason`` does), 1 when the session was lost
+    (``ctx.exit_reason`` is "session lost"), 2 when the MPI launch failed.
+
+    Contract with :func:`balsam.launcher.main.run`: the session is open and is closed by the
+    caller afterwards (unless lost); ``ctx.alloc`` is already sliced, ``ctx.gpus_per_node`` is
+    the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
+    (``ctx.wakeup_fd``, if set, becomes readable then). ``args`` is not used: everything comes
+    from ``ctx``. The ranks append to the launcher's log file; the MPI launcher's own output
+    goes to ``<db>/log/serial_<session>.out``.
+    """
+    log_path = next((h.baseFilename for h in ctx.log.handlers
+                     if isinstance(h, logging.FileHandler)), "")
+    config = SerialConfig.from_context(ctx, log_path)
+    argv = ensemble_argv(config, ctx.flavour, ctx.mpi_executable)
+    out_path = os.path.join(ctx.db_path, "log", f"serial_{ctx.session_id}.out")
+    ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) with {argv[0]}")
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    rc = _wait_ensemble(proc, ctx)
+    from balsam.launcher import serial_master as sm
+
+    if rc == sm.EXIT_IDLE:
+        ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
+    elif rc == sm.EXIT_TIME_LIMIT:
+        ctx.stop_reason = ctx.stop_reason or "the launcher's time limit was reached"
+    elif rc == sm.EXIT_STOPPED:
+        ctx.stop_reason = ctx.stop_reason or "the serial-mode ranks received a signal"
+    elif rc == sm.EXIT_SESSION_LOST:
+        ctx.exit_reason = "session lost"
+        return 1
+    else:
+        ctx.log.error(f"the serial-mode ensemble failed with status {rc} (see {out_path})")
+        return 2
+    return 0
+
+
+def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
+    """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
+    the time limit themselves); SIGKILL its process group if it outlives the stop too long."""
+    forwarded: Optional[float] = None
+    give_up_at = None if ctx.stop_at is None else (
+        ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
+    pidfd = _pidfd(proc.pid)
+    while True:
+        rc = proc.poll()
+        if rc is not None:
+            break
+        now = time.monotonic()
+        if forwarded is None and ctx.stop.is_set():
+            ctx.log.info(f"forwarding the stop to the serial-mode ensemble ({ctx.stop_reason})")
+            proc.send_signal(signal.SIGTERM)
+            forwarded = now
+            give_up_at = now + ctx.tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS
+        if give_up_at is not None and now > give_up_at:
+            ctx.log.error("the serial-mode ensemble did not stop in time: killing it")
+            _kill_group(proc.pid)
+            rc = proc.wait()
+            break
+        fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
+        ready = select.select(fds, [], [], 0.5)[0] if fds else ctx.stop.wait(0.1) and []
+        if ctx.wakeup_fd is not None and ctx.wakeup_fd in ready:
+            _drain(ctx.wakeup_fd)
+    if pidfd is not None:
+        os.close(pidfd)
+    return rc
+
+
+def _pidfd(pid: int) -> Optional[int]:
+    try:
+        return int(os.pidfd_open(pid))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---- inside the MPI job ---------------------------------------------------------------------
+
+class WorkerLink:
+    """A worker's channel to rank 0 (:class:`balsam.launcher.serial_worker.Channel`)."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self._sends: list[Any] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.comm.isend(message, dest=0, tag=REPORTS))
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        matched = self.comm.improbe(source=0, tag=ORDERS)
+        return None if matched is None else matched.recv()
+
+    def flush(self, timeout: float) -> None:
+        _complete(self._sends, timeout)
+
+
+class MasterLink:
+    """Rank 0's channels to workers 1..N (:class:`balsam.launcher.serial_master.MasterChannel`)."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self.comm = comm
+        self.workers = list(range(1, comm.Get_size()))
+        self._any = MPI.ANY_SOURCE
+        self._status = MPI.Status()
+        self._sends: list[Any] = []
+
+    def send(self, worker: int, message: dict[str, Any]) -> None:
+        if len(self._sends) > 64:
+            self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.comm.isend(message, dest=worker, tag=ORDERS))
+
+    def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
+        matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
+        if matched is None:
+            return None
+        return self._status.Get_source(), matched.recv()
+
+    def flush(self, timeout: float) -> None:
+        _complete(self._sends, timeout)
+
+
+def _complete(requests: list[Any], timeout: float) -> None:
+    """Wait (without spinning hard) until ``requests`` complete or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while requests and time.monotonic() < end:
+        requests[:] = [r for r in requests if not r.Test()]
+        if requests:
+            time.sleep(0.002)
+
+
+def _logger(config: SerialConfig, name: str) -> logging.Logger:
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    handler: logging.Handler = (logging.FileHandler(config.log_path) if config.log_path
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log.addHandler(handler)
+    return log
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _on_signals(notify: Callable[[str], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        notify(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def run_master(comm: Any, config: SerialConfig) -> int:
+    """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
+    and run the :class:`Master`."""
+    from balsam.launcher.context import Context, Tunables
+    from balsam.launcher.dbsession import Database
+    from balsam.launcher.job_source import JobSource
+    from balsam.launcher.serial_master import Master
+    from balsam.launcher.status import StatusBuffer
+
+    log = _logger(config, "balsam.serial.master")
+    tunables = Tunables.from_settings(config.settings["launcher"])
+    stop = threading.Event()
+    db = Database(config.db_path, "balsam-serial-master", stop=stop,
+                  reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
+    left = None if config.deadline is None else config.deadline - time.time()
+    ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
+                  alloc=config.allocation(), db=db, session_id=config.session_id,
+                  job_mode="serial", wf_filter=config.wf_filter, persistent=config.persistent,
+                  processing=config.processing, gpus_per_node=config.gpus_per_node, stop=stop,
+                  log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
+                  mpi_executable=None,
+                  stop_at=None if left is None else time.monotonic() + left,
+                  stop_grace=config.stop_grace)
+    _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
+    source = JobSource(db, config.session_id, ctx.alloc, config.db_path, "serial",
+                       config.wf_filter, base_env={})
+    status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
+                          start_message=f"serial-mode session {config.session_id}")
+    log.info(f"serial master: session {config.session_id}, {comm.Get_size() - 1} worker(s)")
+    try:
+        return Master(ctx, source, status, MasterLink(comm)).run()
+    except BaseException:
+        log.exception("the serial master failed")
+        raise
+    finally:
+        log.info(f"serial master exits: {db.statements} statements in {db.transactions} "
+                 f"transactions, {_cpu_seconds():.2f} s CPU")
+        db.close()
+
+
+def run_worker(comm: Any, config: SerialConfig) -> int:
+    """Ranks 1..N: serve node ``rank - 1`` until the master says exit."""
+    from balsam import defaults
+    from balsam.launcher.packing import NodeSlots
+    from balsam.launcher.serial_worker import Worker, node_cpus
+
+    stop = threading.Event()
+    _on_signals(lambda _name: stop.set())
+    t = config.settings.get("launcher", {})
+    link = WorkerLink(comm)
+    worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
+                    os.environ,
+                    kill_grace=float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)),
+                    shutdown_grace=float(t.get("shutdown_grace_seconds",
+                                               defaults.SHUTDOWN_GRACE_SECONDS)),
+                    tail_lines=int(t.get("output_tail_lines", defaults.OUTPUT_TAIL_LINES)),
+                    signalled=stop)
+    worker.run()
+    link.flush(5.0)
+    _logger(config, "balsam.serial.worker").info(
+        f"serial worker {comm.Get_rank()} exits: {worker.started} task(s) started, "
+        f"{_cpu_seconds():.2f} s CPU")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of every rank: ``python -m balsam.launcher.serial_mode CONFIG_JSON``."""
+    import mpi4py
+
+    mpi4py.rc.thread_level = "single"
+    from mpi4py import MPI
+
+    config = SerialConfig.from_json(argv[0])
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 0:
+        return run_master(comm, config)
+    return run_worker(comm, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,303 @@
+"""Serial-mode worker: one per node (MPI ranks 1..N), starting the master's tasks locally.
+
+A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
+:class:`balsam.launcher.procs.Task` processes while they fit on its node
+(:class:`balsam.launcher.packing.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
+GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
+reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
+nothing happened it waits up to 1 ms for a task to exit (pidfds) before looking again.
+
+Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
+groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
+launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
+(SIGKILL every task at once and leave: the session was lost).
+
+Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
+start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
+tail)], ``killed`` [ids] (a kill order completed: the task's group is gone or it never
+started), ``stopped`` [(id, rc)] (ended by a stop), ``returned`` [ids] (never started, given
+back), ``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
+after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker
+acts as a ``stop`` of its own and is announced with ``stopping`` True.
+
+The task environment is the worker's own environment passed once through
+:func:`balsam.launcher.task.task_environment` (which strips the ensemble's ``PMI_*``/``HYDRA_*``
+variables: a task that is an MPI program is not part of the launcher's MPI job) plus the job's
+variables (``Work.env``). The loop is transport-agnostic (:class:`Channel`), so tests drive it
+without MPI; :func:`main` runs it over mpi4py.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional, Protocol
+
+from balsam import defaults
+from balsam.launcher import procs, task
+from balsam.launcher.packing import NodeSlots
+
+IDLE_WAIT_MS = 1
+"""Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
+
+
+class Work(NamedTuple):
+    """One task, as the master sends it: ``env`` holds only the job's own variables."""
+
+    job_id: str
+    argv: list[str]
+    envscript: Optional[str]
+    env: dict[str, str]
+    workdir: str
+    output_path: str
+    packing: int
+    required_cores: int
+
+
+class Channel(Protocol):
+    """The worker's link to the master: ``send`` never blocks, ``receive`` returns None when
+    no order is waiting."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def receive(self) -> Optional[dict[str, Any]]: ...
+
+
+class _Running:
+    __slots__ = ("task", "fd", "why")
+
+    def __init__(self, task: procs.Task, fd: int) -> None:
+        self.task = task
+        self.fd = fd
+        self.why = ""  # "" running normally, "kill" (user kill), "stop" (launcher stopping)
+
+
+class Worker:
+    """The task loop of one node (see the module docstring). Single-threaded."""
+
+    def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
+                 kill_grace: float = defaults.KILL_GRACE_SECONDS,
+                 shutdown_grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
+                 tail_lines: int = defaults.OUTPUT_TAIL_LINES,
+                 signalled: Optional[threading.Event] = None) -> None:
+        self.channel = channel
+        self.node = node
+        self.base_env = task.task_environment(base_env, {})
+        self.kill_grace = kill_grace
+        self.shutdown_grace = shutdown_grace
+        self.tail_lines = tail_lines
+        self.signalled = signalled or threading.Event()
+        self.queue: deque[Work] = deque()
+        self.running: dict[str, _Running] = {}
+        self.stopping = False
+        self.finished = False
+        self._by_fd: dict[int, str] = {}
+        self._poller = select.poll()
+        self._report: dict[str, Any] = {}
+        self._drained_sent = False
+        self.started = 0
+        """Tasks started so far."""
+
+    # ---- loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve orders until ``exit`` (or ``abort``)."""
+        while not self.finished:
+            if not self.step():
+                self.wait(IDLE_WAIT_MS)
+
+    def step(self) -> bool:
+        """One iteration: orders, reaping, kills, starts, one report. True if anything
+        happened."""
+        busy = False
+        while not self.finished:
+            message = self.channel.receive()
+            if message is None:
+                break
+            self._obey(message)
+            busy = True
+        if self.finished:  # exit or abort: say goodbye (the master waits for it)
+            self._note("bye", True)
+            self.channel.send(self._report)
+            self._report = {}
+            return True
+        if self.signalled.is_set() and not self.stopping:
+            self._note("stopping", True)
+            self._stop(self.shutdown_grace)
+        busy = self._reap() or busy
+        busy = self._start_fitting() or busy
+        if self.stopping and not self.running and not self._drained_sent:
+            self._drained_sent = True
+            self._note("drained", True)
+        if self._report:
+            report, self._report = self._report, {}
+            self.channel.send(report)
+            busy = True
+        return busy
+
+    def wait(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for a task to exit (returns at once when one does)."""
+        if self.running and self._by_fd:
+            self._poller.poll(timeout_ms)
+        else:
+            time.sleep(timeout_ms / 1000)
+
+    # ---- orders -----------------------------------------------------------------------------
+    def _obey(self, message: Mapping[str, Any]) -> None:
+        if message.get("abort"):
+            for r in self.running.values():
+                r.task.signal_group(signal.SIGKILL)
+            self.finished = True
+            return
+        if message.get("work"):
+            if self.stopping:
+                self._note_all("returned", [w.job_id for w in message["work"]])
+            else:
+                self.queue.extend(message["work"])
+        for job_id in message.get("kill", ()):
+            self._kill(job_id)
+        if "stop" in message:
+            self._stop(float(message["stop"]))
+        if message.get("exit"):
+            self.finished = True
+
+    def _kill(self, job_id: str) -> None:
+        running = self.running.get(job_id)
+        if running is not None:
+            running.why = running.why or "kill"
+            running.task.terminate(self.kill_grace)
+            return
+        for work in self.queue:
+            if work.job_id == job_id:
+                self.queue.remove(work)
+                self._note_all("killed", [job_id])
+                return
+
+    def _stop(self, grace: float) -> None:
+        self.stopping = True
+        if self.queue:
+            self._note_all("returned", [w.job_id for w in self.queue])
+            self.queue.clear()
+        for r in self.running.values():
+            if r.why != "kill":
+                r.why = "stop"
+            r.task.terminate(grace)
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def _reap(self) -> bool:
+        if not self.running:
+            return False
+        if self._by_fd:
+            candidates = [self._by_fd[fd] for fd, _ in self._poller.poll(0)]
+        else:
+            candidates = list(self.running)
+        for r in self.running.values():
+            if r.task.kill_deadline is not None:
+                r.task.enforce_kill()
+        ended = False
+        for job_id in candidates:
+            r = self.running[job_id]
+            rc = r.task.poll()
+            if rc is not None:
+                self._ended(job_id, r, rc)
+                ended = True
+        return ended
+
+    def _ended(self, job_id: str, r: _Running, rc: int) -> None:
+        del self.running[job_id]
+        self.node.free(job_id)
+        if r.fd >= 0:
+            self._poller.unregister(r.fd)
+            del self._by_fd[r.fd]
+            os.close(r.fd)
+        if r.why:
+            # The leader is gone; whatever it left in its group goes now, not after the grace.
+            r.task.signal_group(signal.SIGKILL)
+        if r.why == "kill":
+            self._note_all("killed", [job_id])
+        elif r.why == "stop":
+            self._note_all("stopped", [(job_id, rc)])
+        elif rc == 0:
+            self._note_all("done", [job_id])
+        else:
+            self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
+                                                              self.tail_lines))])
+
+    def _start_fitting(self) -> bool:
+        started = False
+        while self.queue and not self.stopping:
+            work = self.queue[0]
+            placement = self.node.place(work.job_id, work.packing, work.required_cores)
+            if placement is None:
+                break
+            self.queue.popleft()
+            env = dict(self.base_env)
+            env.update(work.env)
+            if placement.gpu is not None:
+                env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+                env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+            self._note_all("started", [work.job_id])
+            started = True
+            try:
+                t = procs.Task(work.job_id, task.with_envscript(work.argv, work.envscript), env,
+                               work.workdir, work.output_path)
+            except OSError as exc:
+                self.node.free(work.job_id)
+                self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
+                continue
+            if len(placement.cpus) < len(self.node.cpus):
+                _pin(t.proc.pid, placement.cpus)
+            fd = _pidfd(t.proc.pid)
+            self.started += 1
+            self.running[work.job_id] = _Running(t, fd)
+            if fd >= 0:
+                self._by_fd[fd] = work.job_id
+                self._poller.register(fd, select.POLLIN)
+        return started
+
+    # ---- reporting --------------------------------------------------------------------------
+    def _note(self, key: str, value: Any) -> None:
+        self._report[key] = value
+
+    def _note_all(self, key: str, values: Sequence[Any]) -> None:
+        self._report.setdefault(key, []).extend(values)
+
+
+def _pin(pid: int, cpus: Sequence[int]) -> None:
+    """Pin a just-started task to ``cpus``.
+
+    Done right after the exec rather than around the spawn (``procs.Task(cpus=...)`` moves the
+    worker itself there and back, ~25-60 us a task): the new program is still loading when this
+    runs, long before it can start threads or children, which inherit the pinning.
+    """
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except (OSError, AttributeError):  # already gone, or no affinity support: run unpinned
+        pass
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd for ``pid`` (readable once it exits), or -1 where Linux/Python lack them."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return -1
+    try:
+        return int(opener(pid))
+    except OSError:
+        return -1
+
+
+def node_cpus(cores_per_node: int) -> list[int]:
+    """The CPUs tasks of this node may be pinned to: this process's allowed CPUs, the first
+    ``cores_per_node`` of them when the node profile names fewer (on Linux the first N are
+    distinct physical cores; their hyperthread siblings come after)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        allowed = list(range(os.cpu_count() or 1))
+    if 0 < cores_per_node < len(allowed):
+        return allowed[:cores_per_node]
+    return allowed

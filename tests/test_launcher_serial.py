@@ -1,0 +1,408 @@
+"""Serial-mode launcher: real `python -m balsam launcher --job-mode serial` subprocesses running
+one real MPICH `mpiexec` ensemble (rank 0 master, one worker rank per emulated node), real
+PostgreSQL. Every job runs exactly once, packing/cores/GPUs are honoured (checked from what the
+tasks recorded themselves), kills reach the whole process group, SIGTERM/kill -9 lead to
+retries, a child waiting on its parent keeps the launcher up, and the task environment is free
+of the ensemble's MPI variables. The first tests drive one worker in-process (no MPI)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+import pytest
+from conftest import make_public_tmpdir, run_balsam
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    events,
+    job_row,
+    kill_group_of,
+    launchers,
+    process_gone,
+    settings,
+    states,
+    wait_for,
+    workdir,
+)
+
+from balsam.core import schema
+from balsam.launcher.packing import NodeSlots
+from balsam.launcher.serial_worker import Work, Worker
+
+SERIAL = ("--consume-all", "--job-mode", "serial")
+
+
+# ---- one worker, in-process ------------------------------------------------------------------
+
+class Inbox:
+    """A worker channel: orders put in by the test, reports collected."""
+
+    def __init__(self) -> None:
+        self.orders: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.reports.append(message)
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        return self.orders.pop(0) if self.orders else None
+
+    def collected(self, key: str) -> list[Any]:
+        return [item for r in self.reports for item in r.get(key, ())]
+
+    def flagged(self, key: str) -> bool:
+        return any(r.get(key) for r in self.reports)
+
+
+def work(tmp: str, name: str, argv: list[str], packing: int = 1, env: Optional[dict] = None
+         ) -> Work:
+    wd = os.path.join(tmp, name)
+    return Work(name, argv, None, env or {}, wd, os.path.join(wd, f"{name}.out"), packing, 1)
+
+
+def serve(worker: Worker, inbox: Inbox, until: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < end, inbox.reports
+        if not worker.step():
+            worker.wait(1)
+
+
+def test_worker_reports_done_failed_and_unstartable_tasks(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]})
+    inbox.orders.append({"work": [
+        work(str(tmp_path), "ok", ["true"], 3),
+        work(str(tmp_path), "bad", ["sh", "-c", "echo boom; exit 3"], 3),
+        work(str(tmp_path), "missing", ["/no/such/program"], 3)]})
+    serve(worker, inbox, lambda: len(inbox.collected("done") + inbox.collected("failed")) == 3)
+    assert sorted(inbox.collected("started")) == ["bad", "missing", "ok"]
+    assert inbox.collected("done") == ["ok"]
+    failed = {job: (rc, tail) for job, rc, tail in inbox.collected("failed")}
+    assert failed["bad"] == (3, "boom")
+    assert failed["missing"][0] == -1 and failed["missing"][1].startswith("cannot start: ")
+    assert worker.node.occupancy == 0
+
+
+def test_worker_environment_drops_the_ensembles_mpi_variables(tmp_path):
+    inbox = Inbox()
+    base = {"PATH": os.environ["PATH"], "PMI_RANK": "1", "PMI_FD": "9", "HYDRA_X": "y",
+            "HYDI_CONTROL_FD": "7", "MPI_LOCALRANKID": "1", "KEEP": "me"}
+    worker = Worker(inbox, NodeSlots([0], 2), base)
+    inbox.orders.append({"work": [work(str(tmp_path), "env", ["env"], env={"JOB_VAR": "v"})]})
+    serve(worker, inbox, lambda: inbox.collected("done"))
+    with open(tmp_path / "env" / "env.out") as fh:
+        seen = dict(line.split("=", 1) for line in fh.read().splitlines())
+    assert seen["KEEP"] == "me" and seen["JOB_VAR"] == "v"
+    assert seen["CUDA_VISIBLE_DEVICES"] == "0" and seen["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert not [k for k in seen if k.startswith(("PMI_", "HYDRA_", "HYDI_", "MPI_LOCAL"))]
+
+
+def test_worker_kills_queued_and_running_tasks_and_stop_returns_the_queue(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5)
+    inbox.orders.append({"work": [work(str(tmp_path), f"s{i}", ["sleep", "30"]) for i in range(4)]})
+    serve(worker, inbox, lambda: inbox.collected("started"))
+    assert inbox.collected("started") == ["s0"]  # packing 1: one at a time
+    pid = worker.running["s0"].task.proc.pid
+    inbox.orders.append({"kill": ["s0", "s1"]})
+    serve(worker, inbox, lambda: len(inbox.collected("killed")) == 2)
+    assert sorted(inbox.collected("killed")) == ["s0", "s1"] and process_gone(pid)
+    serve(worker, inbox, lambda: "s2" in worker.running)
+    inbox.orders.append({"stop": 0.5})
+    serve(worker, inbox, lambda: inbox.flagged("drained"))
+    assert inbox.collected("returned") == ["s3"]
+    assert [job for job, _ in inbox.collected("stopped")] == ["s2"]
+    inbox.orders.append({"work": [work(str(tmp_path), "late", ["true"])]})
+    inbox.orders.append({"exit": True})
+    serve(worker, inbox, lambda: worker.finished)
+    assert inbox.collected("returned") == ["s3", "late"] and inbox.flagged("bye")
+
+
+# ---- the real launcher -----------------------------------------------------------------------
+
+@pytest.fixture
+def scripts():
+    """A 0755 directory for the programs tests run."""
+    return make_public_tmpdir("balsam-l2-scripts-")
+
+
+def write_script(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+def to_states(evs: list) -> list[str]:
+    return [e[2] for e in evs]
+
+
+def launcher_log(launcher: Any) -> str:
+    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
+        return fh.read()
+
+
+# Records start/end times, its packing share, allowed CPUs and GPU in $RECORDS/<job id>.
+RECORD = """#!/bin/sh
+start=$(date +%s.%N)
+sleep "$NAP"
+echo "$start $(date +%s.%N) $SHARE $(grep Cpus_allowed_list /proc/$$/status | cut -f2) \
+${CUDA_VISIBLE_DEVICES:-none}" > "$RECORDS/$BALSAM_JOB_ID"
+"""
+
+
+def recorded(records: str) -> list[tuple[float, float, float, str, str]]:
+    out = []
+    for name in os.listdir(records):
+        with open(os.path.join(records, name)) as fh:
+            start, end, share, cpus, gpu = fh.read().split()
+        out.append((float(start), float(end), float(share), cpus, gpu))
+    return out
+
+
+def concurrent_groups(runs: list) -> list[list]:
+    """For each task start: the tasks running at that instant (recorded intervals)."""
+    return [[r for r in runs if r[0] <= s[0] < r[1]] for s in runs]
+
+
+def record_jobs(cursor: Any, scripts: str, count: int, packing: int, nap: float = 0.4) -> str:
+    """``count`` jobs of the RECORD script with ``packing``; the directory of their records."""
+    records = make_public_tmpdir("balsam-l2-records-")
+    if not os.path.exists(os.path.join(scripts, "record.sh")):
+        add_app(cursor, "record", write_script(scripts, "record.sh", RECORD))
+    env = f"RECORDS={records}:NAP={nap}:SHARE={1 / packing}"
+    add_jobs(cursor, [{"name": f"p{packing}_{i}", "application": "record",
+                       "node_packing_count": packing, "environ_vars": env}
+                      for i in range(count)])
+    return records
+
+
+def test_several_worker_ranks_run_every_job_once_with_a_clean_environment(db, cursor, scripts):
+    add_app(cursor, "env", "/usr/bin/env")
+    ids = add_jobs(cursor, [{"name": f"e{i}", "application": "env", "node_packing_count": 2,
+                             "environ_vars": "JOB_VAR=x"} for i in range(24)])
+    with settings(db, local_nodes=3, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        assert launcher.wait(60) == 0, launcher.output()
+        out, err = launcher.output()
+        log = launcher_log(launcher)
+    assert out.startswith("Balsam launcher: serial mode, 3 node(s) (local), session ") and not err
+    for n in (1, 2, 3):
+        assert f"serial worker {n} exits: " in log
+    assert sum(int(line.split("exits: ")[1].split()[0]) for line in log.splitlines()
+               if "serial worker" in line) == 24
+    cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE}")
+    assert cursor.fetchall() == [("idle for 1 s with nothing to run",)]
+    for i, job_id in enumerate(ids):
+        assert to_states(events(cursor, job_id)) == ["PREPROCESSED", "RUNNING", "RUN_DONE",
+                                                     "JOB_FINISHED"]
+        with open(os.path.join(workdir(db, cursor, job_id), f"e{i}.out")) as fh:
+            env = dict(line.split("=", 1) for line in fh.read().splitlines() if "=" in line)
+        assert env["BALSAM_JOB_ID"] == job_id and env["JOB_VAR"] == "x"
+        assert env["BALSAM_JOB_MODE"] == "serial" and env["BALSAM_LAUNCHER_NODES"] == "3"
+        assert not [k for k in env if k.startswith(("PMI_", "HYDRA_", "HYDI_", "MPI_LOCAL"))]
+
+
+MPI_PROGRAM = """
+from mpi4py import MPI
+print("size", MPI.COMM_WORLD.Get_size(), "rank", MPI.COMM_WORLD.Get_rank())
+"""
+
+
+def test_a_task_that_is_an_mpi4py_program_is_not_part_of_the_ensemble(db, cursor, scripts):
+    program = write_script(scripts, "world.py", MPI_PROGRAM)
+    add_app(cursor, "world", f"{sys.executable} {program}")
+    ids = add_jobs(cursor, [{"name": f"w{i}", "application": "world"} for i in range(2)])
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        assert start(*SERIAL).wait(90) == 0
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    for i, job_id in enumerate(ids):
+        with open(os.path.join(workdir(db, cursor, job_id), f"w{i}.out")) as fh:
+            assert fh.read() == "size 1 rank 0\n"
+
+
+def test_node_packing_and_distinct_cores_are_honoured(db, cursor, scripts):
+    halves = record_jobs(cursor, scripts, 6, packing=2)
+    quarters = record_jobs(cursor, scripts, 8, packing=4)
+    with settings(db, local_nodes=1, cores_per_node=2, launcher=QUICK), launchers() as start:
+        assert start(*SERIAL).wait(90) == 0
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    runs = recorded(halves) + recorded(quarters)
+    assert len(runs) == 14
+    groups = concurrent_groups(runs)
+    assert max(sum(r[2] for r in g) for g in groups) <= 1.0 + 1e-9   # never over one node
+    assert max(len(g) for g in groups if g[0][2] == 0.5) == 2         # but packed
+    assert max(len(g) for g in groups) == 4
+    for group in groups:  # packing 2 on 2 cores: one core each, never the same one
+        halves = [r[3] for r in group if r[2] == 0.5]
+        assert all(len(c) == 1 for c in halves) and len(set(halves)) == len(halves)
+
+
+def test_concurrent_tasks_never_share_a_gpu(db, cursor, scripts):
+    records = record_jobs(cursor, scripts, 8, packing=4, nap=0.3)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        assert start(*SERIAL, "--gpus-per-node", "2").wait(90) == 0
+    runs = recorded(records)
+    assert len(runs) == 8 and {r[4] for r in runs} == {"0", "1"}
+    groups = concurrent_groups(runs)
+    assert max(len(g) for g in groups) == 2  # packing allows 4, the two GPUs allow 2
+    for group in groups:
+        gpus = [r[4] for r in group]
+        assert len(set(gpus)) == len(gpus)
+
+
+# Sleeps in the background (recording its pids) the first time; succeeds the second time.
+SLEEP_ONCE = """#!/bin/bash
+if [ -e ran_once ]; then echo second run; exit 0; fi
+touch ran_once
+sleep 60 &
+echo $$ $! > pids
+wait
+"""
+
+
+def pids_of(path: str) -> Optional[list[int]]:
+    try:
+        with open(path) as fh:
+            text = fh.read().split()
+    except FileNotFoundError:
+        return None
+    return [int(p) for p in text] if len(text) == 2 else None
+
+
+def sleepers(db: str, cursor: Any, scripts: str, count: int) -> tuple[list[str], list[str]]:
+    add_app(cursor, "sleeper", write_script(scripts, "sleep_once.sh", SLEEP_ONCE))
+    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "sleeper"} for i in range(count)])
+    return ids, [os.path.join(workdir(db, cursor, j), "pids") for j in ids]
+
+
+def test_killing_a_running_job_stops_its_process_group_within_two_seconds(db, cursor, scripts):
+    (job_id, other), (pid_file, _) = sleepers(db, cursor, scripts, 2)
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        leader, child = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        try:
+            killed_at = time.monotonic()
+            proc = run_balsam("killjob", "--id", job_id, "--yes")
+            assert proc.returncode == 0, proc.stderr
+            wait_for(lambda: process_gone(leader) and process_gone(child),
+                     2.0 - (time.monotonic() - killed_at), "the task's processes to die")
+        finally:
+            kill_group_of(leader)
+        wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
+        assert job_row(cursor, other)["state"] == "RUNNING"  # the other task goes on
+        launcher.signal(signal.SIGTERM)
+        assert launcher.wait(15) == 0
+        assert "was killed by a user" in launcher_log(launcher)
+    assert to_states(events(cursor, job_id))[-2:] == ["RUNNING", "USER_KILLED"]
+
+
+def test_sigterm_stops_tasks_as_run_timeout_and_a_second_launcher_finishes(db, cursor, scripts):
+    ids, pid_files = sleepers(db, cursor, scripts, 2)
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        pids = wait_for(lambda: all(pids_of(p) for p in pid_files) and
+                        [p for f in pid_files for p in pids_of(f)], 30, "both tasks to start")
+        sent = time.monotonic()
+        first.signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+        assert time.monotonic() - sent < 15
+        assert all(process_gone(p) for p in pids)
+        cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL")
+        assert cursor.fetchone()[0] == 0
+        for job_id in ids:
+            assert events(cursor, job_id)[-1][2:] == (
+                "RUN_TIMEOUT", "stopped by the launcher: the launcher received SIGTERM")
+        assert start(*SERIAL).wait(60) == 0
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    assert to_states(events(cursor, ids[0]))[-5:] == ["RUN_TIMEOUT", "RESTART_READY", "RUNNING",
+                                                      "RUN_DONE", "JOB_FINISHED"]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(db, cursor,
+                                                                                scripts):
+    (job_id,), (pid_file,) = sleepers(db, cursor, scripts, 1)
+    with settings(db, launcher=dict(QUICK, lease_seconds=3)), launchers() as start:
+        first = start(*SERIAL)
+        leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        everything = [first.pid] + descendants(first.pid)  # mpiexec, ranks and the task
+        for pid in everything:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        kill_group_of(leader)  # the node "died" with them
+        first.wait(10)
+        wait_for(lambda: all(process_gone(p) for p in everything), 10, "everything to die")
+        assert job_row(cursor, job_id)["state"] == "RUNNING"
+        second = start(*SERIAL, "--persistent")
+        wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 60,
+                 "the sweep, the retry and the second run")
+        second.signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    evs = events(cursor, job_id)
+    assert to_states(evs)[-6:] == ["RUNNING", "RUN_TIMEOUT", "RESTART_READY", "RUNNING",
+                                   "RUN_DONE", "JOB_FINISHED"]
+    assert "lost its lease: no heartbeat since" in evs[-5][3]
+
+
+APPEND = """#!/bin/sh
+echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
+"""
+
+
+def test_two_concurrent_serial_launchers_run_every_job_exactly_once(db, cursor, scripts):
+    markers = make_public_tmpdir("balsam-l2-markers-")
+    add_app(cursor, "append", write_script(scripts, "append.sh", APPEND))
+    ids = add_jobs(cursor, [{"name": f"m{i}", "application": "append", "node_packing_count": 4,
+                             "environ_vars": f"MARKERS={markers}"} for i in range(400)])
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        running = [start(*SERIAL) for _ in range(2)]
+        assert [launcher.wait(120) for launcher in running] == [0, 0]
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    for job_id in ids:
+        with open(os.path.join(markers, job_id)) as fh:
+            assert fh.read().splitlines() == [job_id]
+    cursor.execute(f"SELECT count(DISTINCT message) FROM {schema.EVENT_TABLE} "
+                   "WHERE to_state = 'RUNNING'")
+    assert cursor.fetchone()[0] == 2  # both sessions ran jobs
+
+
+def test_the_launcher_waits_for_children_made_runnable_by_processing(db, cursor, scripts):
+    add_app(cursor, "nap", "/bin/sleep 0.3")
+    chain = add_jobs(cursor, [{"name": f"c{i}", "application": "nap"} for i in range(3)])
+    for parent, child in zip(chain, chain[1:]):
+        cursor.execute(f"INSERT INTO {schema.DEP_TABLE} (parent_id, child_id) VALUES (%s, %s)",
+                       [parent, child])
+    with settings(db, launcher=QUICK), launchers() as start:
+        assert start(*SERIAL).wait(60) == 0
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    times = [{e[2]: e[0] for e in events(cursor, j)} for j in chain]
+    for parent, child in zip(times, times[1:]):
+        assert child["RUNNING"] > parent["JOB_FINISHED"]
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE}")
+    assert cursor.fetchone()[0] == 1  # one launcher ran the whole chain
