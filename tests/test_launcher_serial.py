@@ -108,7 +108,7 @@ def test_worker_kills_queued_and_running_tasks_and_stop_returns_the_queue(tmp_pa
     inbox.orders.append({"work": [work(str(tmp_path), f"s{i}", ["sleep", "30"]) for i in range(4)]})
     serve(worker, inbox, lambda: inbox.collected("started"))
     assert inbox.collected("started") == ["s0"]  # packing 1: one at a time
-    pid = worker.running["s0"].task.proc.pid
+    pid = worker.running["s0"].task.pgid
     inbox.orders.append({"kill": ["s0", "s1"]})
     serve(worker, inbox, lambda: len(inbox.collected("killed")) == 2)
     assert sorted(inbox.collected("killed")) == ["s0", "s1"] and process_gone(pid)
@@ -261,7 +261,7 @@ def test_concurrent_tasks_never_share_a_gpu(db, cursor, scripts):
 SLEEP_ONCE = """#!/bin/bash
 if [ -e ran_once ]; then echo second run; exit 0; fi
 touch ran_once
-sleep 60 &
+sleep "${NAP:-60}" &
 echo $$ $! > pids
 wait
 """
@@ -276,9 +276,11 @@ def pids_of(path: str) -> Optional[list[int]]:
     return [int(p) for p in text] if len(text) == 2 else None
 
 
-def sleepers(db: str, cursor: Any, scripts: str, count: int) -> tuple[list[str], list[str]]:
+def sleepers(db: str, cursor: Any, scripts: str, count: int, nap: int = 60
+             ) -> tuple[list[str], list[str]]:
     add_app(cursor, "sleeper", write_script(scripts, "sleep_once.sh", SLEEP_ONCE))
-    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "sleeper"} for i in range(count)])
+    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "sleeper",
+                             "environ_vars": f"NAP={nap}"} for i in range(count)])
     return ids, [os.path.join(workdir(db, cursor, j), "pids") for j in ids]
 
 
@@ -406,3 +408,85 @@ def test_the_launcher_waits_for_children_made_runnable_by_processing(db, cursor,
         assert child["RUNNING"] > parent["JOB_FINISHED"]
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE}")
     assert cursor.fetchone()[0] == 1  # one launcher ran the whole chain
+
+
+def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_long(
+        db, cursor, scripts):
+    (short,), (pid_file,) = sleepers(db, cursor, scripts, 1, nap=300)
+    add_app(cursor, "hello", "/bin/echo hi")
+    (long_,) = add_jobs(cursor, [{"name": "too_long", "application": "hello",
+                                  "wall_time_minutes": 2}])
+    with settings(db, local_nodes=2, launcher=dict(QUICK, walltime_margin_seconds=3)), \
+            launchers() as start:
+        first = start(*SERIAL, "--time-limit-minutes", "1.08")  # tasks stop at 61.8 s
+        began = time.time()
+        leader, child = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        assert first.wait(90) == 0
+        assert process_gone(leader) and process_gone(child)
+        stopped = events(cursor, short)
+        assert to_states(stopped)[-2:] == ["RUNNING", "RUN_TIMEOUT"]
+        assert stopped[-1][3] == "stopped by the launcher: the launcher's time limit was reached"
+        assert began + 61 < stopped[-1][0].timestamp() < began + 64.8
+        assert to_states(events(cursor, long_)) == ["PREPROCESSED"]  # never started
+        cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE}")
+        assert cursor.fetchall() == [("the launcher's time limit was reached",)]
+        assert start(*SERIAL).wait(60) == 0
+    assert states(cursor) == {"s0": "JOB_FINISHED", "too_long": "JOB_FINISHED"}
+
+
+SLOW_APPEND = """#!/bin/sh
+sleep 0.7
+echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
+"""
+
+
+@pytest.fixture(scope="module")
+def restart_db(test_home):
+    """A DB of its own: the test stops and restarts its server."""
+    import shutil
+
+    from balsam.db import cluster, dbdir
+
+    root = make_public_tmpdir("balsam-l2-restart-")
+    path = dbdir.init(os.path.join(root, "db"))
+    yield path
+    cluster.stop(path)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_database_restart_during_a_run_loses_no_state_change(restart_db, scripts):
+    import socket
+
+    from balsam.db import cluster, serverinfo
+    from balsam.db.connect import connect
+
+    markers = make_public_tmpdir("balsam-l2-markers-")
+    conn = connect(restart_db, autocommit=True)
+    cur = conn.cursor()
+    add_app(cur, "append", write_script(scripts, "append.sh", SLOW_APPEND))
+    ids = add_jobs(cur, [{"name": f"r{i}", "application": "append",
+                          "environ_vars": f"MARKERS={markers}"} for i in range(8)])
+    with settings(restart_db, local_nodes=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL, env={"BALSAM_DB_PATH": restart_db})
+        wait_for(lambda: "RUNNING" in states(cur).values(), 30, "a task to run")
+        conn.close()
+        old_port = serverinfo.read(restart_db)["port"]
+        cluster.stop(restart_db)
+        with socket.socket() as hold:  # the old port stays taken: the server moves
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hold.bind(("", old_port))
+            time.sleep(1.5)  # tasks end and start while the server is down
+            cluster.start(restart_db)
+        assert launcher.wait(90) == 0, launcher.output()
+        assert "reconnected to the database" in launcher_log(launcher)
+    conn = connect(restart_db, autocommit=True)
+    cur = conn.cursor()
+    try:
+        assert set(states(cur).values()) == {"JOB_FINISHED"}
+        for job_id in ids:
+            assert to_states(events(cur, job_id)) == ["PREPROCESSED", "RUNNING", "RUN_DONE",
+                                                      "JOB_FINISHED"]
+            with open(os.path.join(markers, job_id)) as fh:
+                assert fh.read().splitlines() == [job_id]
+    finally:
+        conn.close()

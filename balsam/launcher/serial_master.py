@@ -39,12 +39,16 @@ slower than ``FAST_RATE`` per second, the second when they are short (so a worke
 for the master), without hoarding long tasks that another node could start sooner."""
 FAST_RATE = 50.0
 RATE_WINDOW_SECONDS = 0.25
-CLAIM_HORIZON_SECONDS = 0.5
+CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
 BYE_SECONDS = 5.0
 """How long the master waits for every worker to acknowledge ``exit``/``abort``."""
+QUIET_SECONDS = 0.05
+"""After this long without a report, the busy loop naps ``QUIET_NAP_SECONDS`` instead of 1 ms
+(long tasks running: a few wake-ups a second instead of a thousand)."""
+QUIET_NAP_SECONDS = 0.01
 EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED = 0, 3, 4, 5
 """The master's exit statuses (the MPI launch's status tells the launcher why it ended)."""
 
@@ -93,6 +97,8 @@ class Master:
         self._timeout_message = ""
         now = time.monotonic()
         self._last_flush = 0.0
+        self._last_busy = now
+        self._notified = False
         self._next = {"kill": now, "advance": now, "claim": now, "rate": now + RATE_WINDOW_SECONDS}
 
     # ---- main loop --------------------------------------------------------------------------
@@ -135,19 +141,27 @@ class Master:
                 self._release_all()
                 self._tell_all({"exit": True})
                 return EXIT_IDLE
-            if not busy:
-                self._wait()
+            if busy:
+                self._last_busy = now
+            else:
+                self._wait(now)
         self.shutdown(ctx.stop_reason)
         return (EXIT_TIME_LIMIT if ctx.stop_reason.startswith("the launcher's time limit")
                 else EXIT_STOPPED)
 
-    def _wait(self) -> None:
-        if self.inflight or self.queue:
+    def _wait(self, now: float) -> None:
+        """Nap after an iteration that did nothing: 1 ms while reports are flowing, longer
+        when quiet; a job change by another session (or a signal) ends the nap at once."""
+        if (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS:
             time.sleep(0.001)
-            return
-        # Idle: a job change by another session (or a signal) wakes us at once.
-        fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
-        if self.ctx.db.wait(min(0.2, self.t.idle_wait_seconds), fds):
+            notified = self.ctx.db.notified()
+        else:
+            nap = QUIET_NAP_SECONDS if self.inflight or self.queue else min(
+                0.2, self.t.idle_wait_seconds)
+            fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
+            notified = self.ctx.db.wait(nap, fds)
+        if notified:  # jobs changed elsewhere: look for work and process now
+            self._notified = True
             self._next["claim"] = 0.0
 
     def _outstanding(self) -> int:
@@ -257,8 +271,8 @@ class Master:
         except DatabaseUnavailable:
             self._next["claim"] = now + 0.5
             return False
-        if not specs:  # nothing runnable: ask again when notified or in a while
-            self._next["claim"] = now + (0.05 if self.inflight else self.t.idle_wait_seconds)
+        if not specs:  # nothing runnable: ask again when notified, after processing, or later
+            self._next["claim"] = now + self.t.idle_wait_seconds
             return False
         self._next["claim"] = 0.0
         self.queue.extend(specs)
@@ -292,8 +306,9 @@ class Master:
         if not self.ctx.processing or now < self._next["advance"]:
             return
         idle = not (self.inflight or self.queue)
-        if not (self._ended_since_advance or idle or self.ctx.db.notified()):
+        if not (self._ended_since_advance or idle or self._notified):
             return
+        self._notified = False
         if self.status.pending:
             self._flush()
         try:

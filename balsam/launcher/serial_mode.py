@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from balsam.launcher.dbsession import Database
 from balsam.platform.allocation import Allocation
 
 if TYPE_CHECKING:
@@ -286,11 +287,40 @@ def _on_signals(notify: Callable[[str], None]) -> None:
         signal.signal(sig, handler)
 
 
+class MeteredDatabase(Database):
+    """A :class:`Database` that also counts statements by the function run (``by_work``),
+    for the master's exit log line (the benchmark's statements-per-task breakdown)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.by_work: dict[str, int] = {}
+
+    def _metered(self, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
+        before = self.statements
+        try:
+            return call()
+        finally:
+            name = getattr(fn, "__name__", "other")
+            self.by_work[name] = self.by_work.get(name, 0) + self.statements - before
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).run(fn, *args, **kw))
+
+    def run_before(self, deadline: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).run_before(
+            deadline, fn, *args, **kw))
+
+    def try_run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).try_run(fn, *args, **kw))
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.by_work.items(), key=lambda kv: -kv[1]))
+
+
 def run_master(comm: Any, config: SerialConfig) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
     and run the :class:`Master`."""
     from balsam.launcher.context import Context, Tunables
-    from balsam.launcher.dbsession import Database
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status import StatusBuffer
@@ -298,7 +328,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     log = _logger(config, "balsam.serial.master")
     tunables = Tunables.from_settings(config.settings["launcher"])
     stop = threading.Event()
-    db = Database(config.db_path, "balsam-serial-master", stop=stop,
+    db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
     left = None if config.deadline is None else config.deadline - time.time()
     ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
@@ -322,7 +352,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
         raise
     finally:
         log.info(f"serial master exits: {db.statements} statements in {db.transactions} "
-                 f"transactions, {_cpu_seconds():.2f} s CPU")
+                 f"transactions, {_cpu_seconds():.2f} s CPU ({db.summary()})")
         db.close()
 
 

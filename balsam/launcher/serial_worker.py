@@ -1,11 +1,13 @@
 """Serial-mode worker: one per node (MPI ranks 1..N), starting the master's tasks locally.
 
 A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
-:class:`balsam.launcher.procs.Task` processes while they fit on its node
+:class:`balsam.launcher.spawn.SpawnedTask` processes (own process group; ``posix_spawn``, the
+cheapest way to start one) while they fit on its node
 (:class:`balsam.launcher.packing.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
 GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
 reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
-nothing happened it waits up to 1 ms for a task to exit (pidfds) before looking again.
+nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit
+(pidfds: an exit ends the wait at once) before looking again.
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
@@ -38,11 +40,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Protocol
 
 from balsam import defaults
-from balsam.launcher import procs, task
+from balsam.launcher import procs, spawn, task
 from balsam.launcher.packing import NodeSlots
 
 IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
+FD_CHECK_SECONDS = 1.0
+"""How often descriptors the MPI library opened are made close-on-exec (tasks inherit none)."""
+QUIET_WAIT_MS = 10
+QUIET_SECONDS = 0.05
+"""After this long without anything happening the wait grows to ``QUIET_WAIT_MS``: only the
+master's orders wait that long (task exits still end the wait at once)."""
 
 
 class Work(NamedTuple):
@@ -99,15 +107,21 @@ class Worker:
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
         self._drained_sent = False
+        self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
+        self._next_fd_check = 0.0
         self.started = 0
         """Tasks started so far."""
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve orders until ``exit`` (or ``abort``)."""
+        last_busy = time.monotonic()
         while not self.finished:
-            if not self.step():
-                self.wait(IDLE_WAIT_MS)
+            if self.step():
+                last_busy = time.monotonic()
+            else:
+                quiet = time.monotonic() - last_busy > QUIET_SECONDS
+                self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
 
     def step(self) -> bool:
         """One iteration: orders, reaping, kills, starts, one report. True if anything
@@ -128,6 +142,9 @@ class Worker:
             self._note("stopping", True)
             self._stop(self.shutdown_grace)
         busy = self._reap() or busy
+        if self.queue and not self.stopping and time.monotonic() >= self._next_fd_check:
+            spawn.forbid_inheritance()
+            self._next_fd_check = time.monotonic() + FD_CHECK_SECONDS
         busy = self._start_fitting() or busy
         if self.stopping and not self.running and not self._drained_sent:
             self._drained_sent = True
@@ -242,15 +259,17 @@ class Worker:
             self._note_all("started", [work.job_id])
             started = True
             try:
-                t = procs.Task(work.job_id, task.with_envscript(work.argv, work.envscript), env,
-                               work.workdir, work.output_path)
+                t = spawn.SpawnedTask(
+                    work.job_id, task.with_envscript(work.argv, work.envscript), env,
+                    os.path.join(self._home, work.workdir),
+                    os.path.join(self._home, work.output_path))
             except OSError as exc:
                 self.node.free(work.job_id)
                 self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
                 continue
             if len(placement.cpus) < len(self.node.cpus):
-                _pin(t.proc.pid, placement.cpus)
-            fd = _pidfd(t.proc.pid)
+                _pin(t.pid, placement.cpus)
+            fd = _pidfd(t.pid)
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
             if fd >= 0:

@@ -1,0 +1,155 @@
+"""Benchmark: 2,000 no-op tasks (`true`) in serial mode on this machine, every state change
+recorded, against `xargs -P <cores>` starting the same 2,000 processes.
+
+Goals (issue 3): launcher rate >= 0.5 x the xargs rate (classic Balsam: ~0.02); database
+statements per task at steady state <= 0.1. Printed, not asserted.
+
+Each round: the jobs are inserted runnable (PREPROCESSED) into a throwaway DB, then a real
+`balsam launcher --consume-all --job-mode serial` subprocess runs them (one mpiexec: a master
+rank and one worker rank per emulated node, ``settings.yml`` ``local_nodes``), recording
+RUNNING, RUN_DONE and (processing) JOB_FINISHED for every job. Times come from the job events
+(the server's clock):
+
+* ``run rate``: 2,000 / (last RUN_DONE event - first RUNNING event): tasks started, run and
+  recorded per second once the ensemble is up;
+* ``end-to-end rate``: 2,000 / (last RUN_DONE event - launcher process start): also pays for
+  starting Python, mpiexec, the ranks and their database connection (~0.5-1 s);
+* ``statements/task``: the master's whole-run count of executed statements (its log line
+  ``serial master exits: N statements``), start-up and idle exit included, divided by 2,000:
+  an upper bound of the steady-state figure.
+
+xargs runs ``seq 2000 | xargs -P <cores> -n 1 /usr/bin/true``. Rounds alternate; medians.
+
+Run: ``python benchmarks/bench_launcher_serial.py [-n 2000] [--rounds 3] [--packing P]
+[--nodes N]`` (default packing: the number of cores, the same concurrency as xargs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _throwaway import machine_line, throwaway_db  # noqa: E402
+
+TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
+
+
+def settings(db_path: str, nodes: int) -> None:
+    import yaml
+
+    path = os.path.join(db_path, "settings.yml")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    data["local_nodes"] = nodes
+    data.setdefault("launcher", {}).update(idle_exit_seconds=1, idle_wait_seconds=0.5)
+    with open(path, "w") as fh:
+        yaml.safe_dump(data, fh)
+
+
+def fill(db_path: str, count: int, packing: int) -> None:
+    from balsam.core import bulk, schema
+    from balsam.db.connect import connect
+
+    conn = connect(db_path)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"TRUNCATE {schema.EVENT_TABLE}, {schema.DEP_TABLE}, {schema.JOB_TABLE}, "
+                    f"{schema.APP_TABLE}, {schema.SESSION_TABLE} CASCADE")
+        cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, "
+                    "preprocess, envscript, postprocess) VALUES ('noop', '', %s, '', '', '')",
+                    [TRUE])
+        rows = [schema.new_job_row({"name": f"t{i}", "workflow": "bench", "application": "noop",
+                                    "state": "PREPROCESSED", "node_packing_count": packing})
+                for i in range(count)]
+        bulk.copy_jobs(cur, rows)
+    conn.close()
+
+
+def launcher_round(db_path: str, count: int) -> dict[str, float]:
+    from balsam.core import schema
+    from balsam.db.connect import connect
+
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
+                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    conn = connect(db_path)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FILTER (WHERE to_state = 'RUN_DONE'), "
+                    "extract(epoch FROM min(timestamp) FILTER (WHERE to_state = 'RUNNING')), "
+                    "extract(epoch FROM max(timestamp) FILTER (WHERE to_state = 'RUN_DONE')) "
+                    f"FROM {schema.EVENT_TABLE}")
+        done, first_running, last_done = cur.fetchone()
+        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state <> 'JOB_FINISHED'")
+        (unfinished,) = cur.fetchone()
+    conn.close()
+    if done != count or unfinished:
+        raise SystemExit(f"only {done} of {count} tasks recorded RUN_DONE ({unfinished} jobs "
+                         "not JOB_FINISHED)")
+    log_path = proc.stdout.split(", log ")[1].strip()
+    with open(log_path) as fh:
+        log = fh.read()
+    master = re.search(r"serial master exits: (\d+) statements in (\d+) transactions, "
+                       r"([\d.]+) s CPU", log)
+    workers = [float(x) for x in re.findall(r"serial worker \d+ exits: \d+ task\(s\) started, "
+                                            r"([\d.]+) s CPU", log)]
+    assert master is not None, log
+    return {"run": count / (float(last_done) - float(first_running)),
+            "e2e": count / (float(last_done) - started),
+            "statements": int(master.group(1)) / count,
+            "master_cpu": float(master.group(3)), "worker_cpu": sum(workers)}
+
+
+def xargs_round(count: int, cores: int) -> float:
+    numbers = "".join(f"{i}\n" for i in range(count)).encode()
+    t0 = time.perf_counter()
+    subprocess.run(["xargs", "-P", str(cores), "-n", "1", TRUE], input=numbers, check=True,
+                   timeout=600)
+    return count / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="tasks (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
+    cores = os.cpu_count() or 1
+    parser.add_argument("--packing", type=int, default=cores,
+                        help=f"node_packing_count of the jobs (default: cores = {cores})")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="emulated nodes = worker ranks (default 1: this machine)")
+    args = parser.parse_args()
+    print(machine_line())
+    print(f"# {args.n} x {TRUE}; launcher: {args.nodes} worker rank(s), node_packing_count "
+          f"{args.packing}; xargs -P {cores}")
+    launcher, raw = [], []
+    with throwaway_db() as db_path:
+        settings(db_path, args.nodes)
+        for r in range(1, args.rounds + 1):
+            raw.append(xargs_round(args.n, cores))
+            print(f"round {r} xargs:    {raw[-1]:7.0f} processes/s")
+            fill(db_path, args.n, args.packing)
+            launcher.append(launcher_round(db_path, args.n))
+            m = launcher[-1]
+            print(f"round {r} launcher: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} tasks/s "
+                  f"end-to-end, {m['statements']:.3f} statements/task, CPU master "
+                  f"{m['master_cpu']:.2f} s, workers {m['worker_cpu']:.2f} s")
+    raw_rate = statistics.median(raw)
+    run_rate = statistics.median(m["run"] for m in launcher)
+    e2e_rate = statistics.median(m["e2e"] for m in launcher)
+    statements = statistics.median(m["statements"] for m in launcher)
+    print(f"xargs -P {cores}:               median {raw_rate:7.0f} processes/s")
+    print(f"serial launcher (run):      median {run_rate:7.0f} tasks/s   ratio "
+          f"{run_rate / raw_rate:.2f}  (goal >= 0.5; classic Balsam ~0.02)")
+    print(f"serial launcher (end-to-end): median {e2e_rate:5.0f} tasks/s   ratio "
+          f"{e2e_rate / raw_rate:.2f}")
+    print(f"DB statements per task:     median {statements:.3f}  (goal <= 0.1; whole run)")
+
+
+if __name__ == "__main__":
+    main()
