@@ -97,6 +97,9 @@ class Context:
     stop_grace: float = 5.0
     stop_reason: str = ""
     exit_reason: str = field(default="")
+    wakeup_fd: Optional[int] = None
+    """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
+    on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""
 
     def request_stop(self, reason: str) -> None:
         """Ask the mode to stop its tasks and exit (signal handlers call this)."""
@@ -136,7 +139,7 @@ class Housekeeper:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.beats = 0
-        self.next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
+        self.next_beat = time.monotonic()  # the first beat (and sweep) at once
         self.idle_since: Optional[float] = None
         self.next_outstanding_check = 0.0
         self.swept: list[tuple[int, int]] = []

@@ -18,7 +18,8 @@ class Task:
     """A running task process; ``returncode`` is None until it has exited and been reaped."""
 
     def __init__(self, job_id: str, argv: Sequence[str], env: dict[str, str], cwd: str,
-                 output_path: str, cpus: Optional[Sequence[int]] = None) -> None:
+                 output_path: str, cpus: Optional[Sequence[int]] = None,
+                 ignore_sigpipe: bool = False) -> None:
         self.job_id = job_id
         self.output_path = output_path
         self.started = time.time()
@@ -26,7 +27,7 @@ class Task:
         os.makedirs(cwd, exist_ok=True)
         out: IO[bytes] = open(output_path, "wb")
         try:
-            self.proc = _spawn(argv, env, cwd, out, cpus)
+            self.proc = _spawn(argv, env, cwd, out, cpus, ignore_sigpipe)
         finally:
             out.close()
         self.pgid = self.proc.pid
@@ -63,17 +64,22 @@ class Task:
 
 
 def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str, out: IO[bytes],
-           cpus: Optional[Sequence[int]]) -> subprocess.Popen:
+           cpus: Optional[Sequence[int]], ignore_sigpipe: bool = False) -> subprocess.Popen:
+    # ignore_sigpipe: the child keeps Python's SIG_IGN for SIGPIPE (and SIGXFSZ). For MPI
+    # launchers that reset their ranks' signals (MPICH's Hydra does): under load, `mpiexec`
+    # can die of SIGPIPE writing to a proxy that already exited, after the ranks succeeded.
     if not cpus or not hasattr(os, "sched_setaffinity"):
         return subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                restore_signals=not ignore_sigpipe)
     # Pin by setting our own affinity around the spawn: the child inherits it, and Popen keeps
     # its fast vfork path (a preexec_fn would force a slower fork). Callers are single-threaded.
     previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cpus)
     try:
         return subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                restore_signals=not ignore_sigpipe)
     finally:
         os.sched_setaffinity(0, previous)
 

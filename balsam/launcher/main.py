@@ -1,0 +1,205 @@
+"""``balsam launcher``: the composition root of a launcher.
+
+:func:`run` reads the DB's settings, detects the allocation (sliced by ``--offset-nodes`` /
+``--limit-nodes``), resolves the MPI flavour, opens the database connection and the launcher
+session (label = job mode and workflow filter, with the scheduler's job id), installs the
+SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
+(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``)
+and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
+every claim is released -- unless the session was lost to a sweep.
+
+Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
+margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
+test limit still runs jobs), with a grace that fits in the margin. Logs go to
+``<db>/log/launcher_<timestamp>_<pid>.log`` (``time|pid|level|message``); one line goes to
+stdout at start.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from typing import Any, Optional
+
+from balsam.core import leases
+from balsam.db import dbsettings, serverinfo
+from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.launcher.context import Context, Tunables
+from balsam.launcher.dbsession import Database
+from balsam.platform import allocation, mpi
+
+CLOSE_SECONDS = 5.0
+"""Longest the launcher tries to close its session at exit (the lease sweep is the fallback)."""
+
+
+def remaining_limit(time_limit_minutes: float, alloc_end: Optional[float], now_epoch: float,
+                    margin_seconds: float) -> tuple[Optional[float], float]:
+    """(seconds from now until tasks must stop or None, the margin used) for a limit in
+    minutes (0: none) and an allocation end time (epoch seconds or None)."""
+    limits = []
+    if time_limit_minutes > 0:
+        limits.append(time_limit_minutes * 60.0)
+    if alloc_end is not None:
+        limits.append(max(0.0, alloc_end - now_epoch))
+    if not limits:
+        return None, 0.0
+    total = min(limits)
+    margin = min(margin_seconds, total / 4.0)
+    return total - margin, margin
+
+
+def _mpi_executable(flavour_name: str) -> Optional[str]:
+    flavour = mpi.get(flavour_name)
+    if not flavour.EXECUTABLE:
+        return None
+    found = shutil.which(flavour.EXECUTABLE)
+    if not found:
+        raise BalsamError(f"the MPI launcher {flavour.EXECUTABLE!r} (settings.yml mpi: "
+                          f"{flavour_name}) is not on PATH: load your MPI module, or choose "
+                          "another flavour")
+    return found
+
+
+def _logger(db_path: str) -> tuple[logging.Logger, logging.Handler, str]:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    log_dir = os.path.join(db_path, "log")
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, f"launcher_{stamp}_{os.getpid()}.log")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s|%(process)d|%(levelname)s|%(message)s"))
+    log = logging.getLogger(f"balsam.launcher.{os.getpid()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    return log, handler, path
+
+
+def _serial_entry() -> Any:
+    try:
+        module = importlib.import_module("balsam.launcher.serial_mode")
+    except ImportError:
+        module = None
+    entry = getattr(module, "run_launcher", None)
+    if entry is None:
+        raise BalsamError("serial mode is not available in this build")
+    return entry
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a launcher as the CLI arguments say; the exit status (0 after a normal stop, 1 if
+    the session was lost). Raises BalsamError for bad settings or an unreachable database."""
+    db_path = serverinfo.active_db_path()
+    settings = dbsettings.load(db_path)
+    tunables = Tunables.from_settings(settings["launcher"])
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else int(settings["gpus_per_node"])
+    alloc = allocation.detect(os.environ, cores_per_node=int(settings["cores_per_node"]),
+                              gpus_per_node=gpus, local_nodes=int(settings["local_nodes"]))
+    alloc = alloc.sliced(args.offset_nodes or 0, args.limit_nodes)
+    flavour = str(settings["mpi"])
+    executable = _mpi_executable(flavour)
+    mode_entry = _serial_entry() if args.job_mode == "serial" else None
+    wf_filter = None if args.consume_all else args.wf_filter
+    threads = 1 if args.num_transition_threads is None else args.num_transition_threads
+
+    left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
+                                   tunables.walltime_margin_seconds)
+    log, handler, log_path = _logger(db_path)
+    stop = threading.Event()
+    db = Database(db_path, "balsam-launcher", stop=stop,
+                  reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
+    label = f"{args.job_mode} " + (f"--wf-filter {wf_filter}" if wf_filter else "--consume-all")
+    try:
+        session_id = db.run_before(
+            time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
+            hostname=socket.gethostname(), pid=os.getpid(), job_mode=args.job_mode,
+            num_nodes=alloc.num_nodes, lease_seconds=tunables.lease_seconds,
+            scheduler_id=alloc.scheduler_id, label=label)
+    except DatabaseUnavailable:
+        log.removeHandler(handler)
+        handler.close()
+        raise
+    ctx = Context(
+        db_path=db_path, settings=settings, tunables=tunables, alloc=alloc, db=db,
+        session_id=session_id, job_mode=args.job_mode, wf_filter=wf_filter,
+        persistent=bool(args.persistent), processing=threads > 0, gpus_per_node=gpus, stop=stop,
+        log=log, base_env=dict(os.environ), flavour=flavour, mpi_executable=executable,
+        stop_at=None if left is None else time.monotonic() + left,
+        stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None
+        else tunables.shutdown_grace_seconds)
+    limit = "no time limit" if left is None else f"tasks stop in {left:.0f} s"
+    print(f"Balsam launcher: {args.job_mode} mode, {alloc.num_nodes} node(s) "
+          f"({alloc.scheduler}), session {session_id}, {limit}, log {log_path}", flush=True)
+    log.info(f"started: {label}, nodes {','.join(alloc.hosts)}, session {session_id}, "
+             f"flavour {flavour} ({executable or 'no launcher'}), processing "
+             f"{'on' if ctx.processing else 'off'}, persistent {ctx.persistent}, {limit}")
+    restore = _install_signals(ctx)
+    status, lost = 1, False
+    try:
+        if mode_entry is not None:
+            status = int(mode_entry(args, ctx) or 0)
+        else:
+            from balsam.launcher.mpi_mode import MPIMode
+
+            status = MPIMode(ctx).run()
+        lost = ctx.exit_reason == "session lost"
+    except BaseException:
+        log.exception("launcher failed")
+        raise
+    finally:
+        restore()
+        if not lost:
+            _close(ctx)
+        log.info(f"exit status {status}: {ctx.stop_reason or ctx.exit_reason or 'done'}; "
+                 f"{db.statements} statements in {db.transactions} transactions")
+        db.close()
+        log.removeHandler(handler)
+        handler.close()
+    return status
+
+
+def _close(ctx: Context) -> None:
+    reason = ctx.stop_reason or ctx.exit_reason or "launcher exited"
+    try:
+        timed_out = ctx.db.run_before(time.monotonic() + CLOSE_SECONDS, leases.close_session,
+                                      ctx.session_id, reason)
+    except DatabaseUnavailable as exc:
+        ctx.log.error(f"could not close session {ctx.session_id} ({exc}): the lease sweep will "
+                      "release its jobs")
+        return
+    if timed_out:
+        ctx.log.warning(f"closing the session recorded {timed_out} job(s) RUN_TIMEOUT")
+
+
+def _install_signals(ctx: Context) -> Any:
+    """SIGTERM/SIGINT -> ``ctx.request_stop``; a wakeup pipe makes waits return at once.
+    Returns a function restoring the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    os.set_blocking(read_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    ctx.wakeup_fd = read_fd
+
+    def handler(signum: int, _frame: Any) -> None:
+        ctx.request_stop(f"the launcher received {signal.Signals(signum).name}")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+        signal.set_wakeup_fd(previous_fd)
+        ctx.wakeup_fd = None
+        os.close(read_fd)
+        os.close(write_fd)
+
+    return restore
+

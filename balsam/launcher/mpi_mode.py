@@ -1,0 +1,339 @@
+"""MPI mode: one MPI launch per job, on whole nodes of the allocation.
+
+Nodes are slots addressed by index (idle or running one job). Each loop iteration:
+
+1. reap finished tasks (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail;
+   a task a user killed -> its claim is dropped, the job stays USER_KILLED; a task the
+   launcher stopped -> RUN_TIMEOUT) and free their nodes;
+2. one transaction, only when there is something to do: write the pending state changes, run
+   the processing pass (:func:`transitions.advance`), ask which running jobs a user killed,
+   and claim jobs for the idle nodes (largest first; jobs needing more nodes than are idle
+   are not claimed, and claimed jobs that no longer fit after larger ones were placed are
+   released in the same transaction, so nothing is hoarded) and mark them RUNNING;
+3. start the jobs marked RUNNING (``mpiexec``-style argv from the configured flavour, wrapped
+   to source the app's envscript; output to ``<workdir>/<name>.out``);
+4. wait for a task to exit (pidfds), a notification from another session (a job became
+   runnable, a user killed a job), or the next timer -- never a fixed sleep.
+
+Stopping (signal, time limit, idle exit) terminates running tasks' process groups (SIGTERM,
+grace, SIGKILL), records them RUN_TIMEOUT and flushes; :mod:`balsam.launcher.main` then closes
+the session, releasing every claim.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from balsam.core import leases
+from balsam.errors import DatabaseUnavailable
+from balsam.launcher import procs
+from balsam.launcher.context import Context, Housekeeper, SessionLost
+from balsam.launcher.job_source import JobSource, Row
+from balsam.launcher.status import Batch, StatusBuffer
+from balsam.launcher.task import TaskSpec, with_envscript
+from balsam.platform import mpi
+from balsam.processing import transitions
+
+PROCESSING_MIN_INTERVAL = 0.1
+"""Seconds between processing passes while jobs keep changing (each pass is 2+ statements)."""
+POLL_SECONDS = 0.01
+"""Task polling period where pidfds are not available."""
+SHUTDOWN_FLUSH_SECONDS = 5.0
+
+
+@dataclass
+class Run:
+    """A job running on ``nodes`` (indexes into the allocation's hosts)."""
+
+    spec: TaskSpec
+    task: procs.Task
+    nodes: list[int]
+    pidfd: Optional[int]
+    killed: bool = False
+    stopped: bool = False
+
+
+class MPIMode:
+    """The MPI-mode loop of one launcher (see the module docstring)."""
+
+    def __init__(self, ctx: Context, source: Optional[JobSource] = None,
+                 status: Optional[StatusBuffer] = None) -> None:
+        self.ctx = ctx
+        t = ctx.tunables
+        self.source = source or JobSource(ctx.db, ctx.session_id, ctx.alloc, ctx.db_path, "mpi",
+                                          ctx.wf_filter, ctx.base_env)
+        self.status = status or StatusBuffer(ctx.db, ctx.session_id, t.status_flush_seconds)
+        self.house = Housekeeper(ctx)
+        self.flavour = mpi.get(ctx.flavour)
+        self.node_job: list[Optional[str]] = [None] * ctx.alloc.num_nodes
+        self.runs: dict[str, Run] = {}
+        self.want_claim = True
+        self.want_process = ctx.processing
+        now = time.monotonic()
+        self.next_process = now
+        self.next_kill_check = now
+        self.next_periodic = now + t.idle_wait_seconds
+        self.seen_reconnects = ctx.db.reconnects
+        self.launched = 0
+
+    # ---- loop -------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped or idle; 0, or 1 if the session was lost."""
+        ctx = self.ctx
+        ctx.db.listen()
+        try:
+            while not ctx.should_stop():
+                self.house.beat()
+                self._reap()
+                self._cycle()
+                if not self.runs:
+                    if not self.status.pending and self.house.idle_exit(self._outstanding):
+                        break
+                else:
+                    self.house.busy()
+                self._wait()
+        except SessionLost as exc:
+            ctx.log.error(str(exc))
+            ctx.exit_reason = "session lost"
+            self._abandon()
+            return 1
+        self._shutdown()
+        return 0
+
+    def _outstanding(self) -> int:
+        ctx = self.ctx
+        return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
+                              serial=False, max_nodes=ctx.alloc.num_nodes)
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        t = self.ctx.tunables
+        timers = [self.next_periodic, now + self.house.due_in(now)]
+        if self.runs:
+            timers.append(self.next_kill_check)
+        if self.status.pending:
+            timers.append(now + t.status_flush_seconds)
+        if self.want_process:
+            timers.append(self.next_process)
+        if self.ctx.stop_at is not None:
+            timers.append(self.ctx.stop_at)
+        timeout = max(0.0, min(timers) - now)
+        fds = [r.pidfd for r in self.runs.values() if r.pidfd is not None]
+        if len(fds) < len(self.runs):
+            timeout = min(timeout, POLL_SECONDS)
+        if self.ctx.wakeup_fd is not None:
+            fds.append(self.ctx.wakeup_fd)
+        if self.ctx.db.wait(timeout, fds):
+            self.want_claim = True
+            self.want_process = self.ctx.processing
+
+    # ---- reaping ----------------------------------------------------------------------------
+    def _reap(self) -> None:
+        for job_id, run in list(self.runs.items()):
+            run.task.enforce_kill()
+            rc = run.task.poll()
+            if rc is None:
+                continue
+            self._free(job_id, run)
+            if run.killed:
+                self.status.release(job_id)
+                self.ctx.log.info(f"job {job_id[:8]} killed by a user: stopped (exit code {rc})")
+            elif run.stopped:
+                self.status.timeout(job_id, f"stopped by the launcher: {self.ctx.stop_reason}")
+            elif rc == 0:
+                self.status.done(job_id)
+                self.ctx.log.info(f"job {job_id[:8]} done")
+            else:
+                tail = procs.tail(run.task.output_path, self.ctx.tunables.output_tail_lines)
+                self.status.error(job_id, f"exit code {rc}:\n{tail}")
+                self.ctx.log.info(f"job {job_id[:8]} failed: exit code {rc}")
+
+    def _free(self, job_id: str, run: Run) -> None:
+        del self.runs[job_id]
+        for i in run.nodes:
+            self.node_job[i] = None
+        if run.pidfd is not None:
+            os.close(run.pidfd)
+        self.want_claim = True
+
+    # ---- the one transaction per iteration --------------------------------------------------
+    def _cycle(self) -> None:
+        ctx, t = self.ctx, self.ctx.tunables
+        now = time.monotonic()
+        if now >= self.next_periodic:
+            self.next_periodic = now + t.idle_wait_seconds
+            self.want_claim = True
+            self.want_process = ctx.processing
+        idle = [i for i, j in enumerate(self.node_job) if j is None]
+        slots = t.max_concurrent_runs - len(self.runs)
+        claim = self.want_claim and bool(idle) and slots > 0 and not ctx.should_stop()
+        process = self.want_process and now >= self.next_process
+        kill = bool(self.runs) and now >= self.next_kill_check
+        reconcile = ctx.db.reconnects != self.seen_reconnects
+        write = self.status.pending and (self.status.due() or claim or process or kill)
+        if not (claim or process or kill or reconcile or write):
+            return
+        batch = self.status.take() if write else Batch()
+        known = set(self.runs) | self.status.pending_ids() | set(batch.done) | set(
+            batch.errors) | set(batch.timeouts) | set(batch.release)
+        try:
+            killed, placed, runnable = ctx.db.try_run(
+                self._transaction, batch, process, kill, reconcile, known, idle if claim else [],
+                slots)
+        except DatabaseUnavailable as exc:
+            self.status.restore(batch)
+            ctx.log.warning(f"database unavailable, {self.status.pending} change(s) kept: {exc}")
+            return
+        self.seen_reconnects = ctx.db.reconnects if reconcile else self.seen_reconnects
+        if process:
+            self.want_process = False
+            self.next_process = now + PROCESSING_MIN_INTERVAL
+        if batch.done or batch.errors or batch.timeouts:
+            self.want_process = ctx.processing
+        if kill:
+            self.next_kill_check = now + t.kill_check_seconds
+            self._kill(killed)
+        if claim:
+            self.want_claim = False
+            for spec, nodes in placed:
+                self._launch(spec, nodes)
+        if runnable and not claim:
+            self.want_claim = True
+
+    def _transaction(self, cur: Any, batch: Batch, process: bool, kill: bool, reconcile: bool,
+                     known: set[str], idle: list[int], slots: int
+                     ) -> tuple[list[str], list[tuple[TaskSpec, list[int]]], bool]:
+        """Write, process, check kills, claim and start, in one transaction; returns (killed
+        ids, [(spec, node indexes)] to launch, whether processing made jobs runnable)."""
+        ctx = self.ctx
+        runnable = False
+        if len(batch):
+            self.status.write(cur, batch)
+        if reconcile:
+            lost, released = self.source.reconcile_in(cur, known)
+            if lost or released:
+                ctx.log.warning(f"after reconnecting: {lost} job(s) started in a lost commit "
+                                f"recorded RUN_TIMEOUT, {released} claim(s) released")
+        if process:
+            moved = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch)
+            runnable = bool(moved.get("ready") or moved.get("retry"))
+            if any(moved.values()):
+                ctx.log.info("processing: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))
+        killed = leases.killed(cur, ctx.session_id) if kill else []
+        if not idle:
+            return killed, [], runnable
+        specs = self.source.claim_in(cur, min(len(idle), slots), serial=False,
+                                     max_nodes=len(idle), max_wall_minutes=ctx.max_wall_minutes(),
+                                     place=_placer(len(idle), slots), check=self._check)
+        free = list(idle)
+        placed = []
+        messages = {}
+        for spec in specs:
+            nodes, free = free[:spec.num_nodes], free[spec.num_nodes:]
+            placed.append((spec, nodes))
+            hosts = ",".join(ctx.alloc.hosts[i] for i in nodes)
+            messages[spec.job_id] = f"launcher session {ctx.session_id} on {hosts}"
+        started = set(leases.start(cur, ctx.session_id, [s.job_id for s, _ in placed], messages))
+        refused = [s.job_id for s, _ in placed if s.job_id not in started]
+        if refused:
+            leases.release(cur, ctx.session_id, refused)
+        return killed, [(s, n) for s, n in placed if s.job_id in started], runnable
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def _run_spec(self, spec: TaskSpec, hosts: list[str]) -> mpi.RunSpec:
+        gpus = 0  # GPUs go to the whole job through CUDA_VISIBLE_DEVICES (see _launch)
+        return mpi.RunSpec(argv=spec.app_argv, ranks=spec.num_nodes * spec.ranks_per_node,
+                           ranks_per_node=spec.ranks_per_node, hosts=hosts,
+                           threads_per_rank=spec.threads_per_rank,
+                           threads_per_core=spec.threads_per_core,
+                           cpu_affinity=spec.cpu_affinity, gpus_per_rank=gpus,
+                           extra_flags=spec.mpi_flags)
+
+    def _check(self, spec: TaskSpec) -> Optional[str]:
+        """Why the flavour cannot launch ``spec`` (the job becomes FAILED), or None."""
+        try:
+            self.flavour.argv(self._run_spec(spec, list(self.ctx.alloc.hosts[:spec.num_nodes])),
+                              self.ctx.mpi_executable)
+        except mpi.RunSpecError as exc:
+            return str(exc)
+        return None
+
+    def _launch(self, spec: TaskSpec, nodes: list[int]) -> None:
+        ctx = self.ctx
+        hosts = [ctx.alloc.hosts[i] for i in nodes]
+        env = dict(spec.env)
+        if ctx.gpus_per_node > 0:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(ctx.gpus_per_node))
+        try:
+            argv = self.flavour.argv(self._run_spec(spec, hosts), ctx.mpi_executable)
+            argv = with_envscript(argv, spec.envscript)
+            proc = procs.Task(spec.job_id, argv, env, spec.workdir, spec.output_path,
+                              ignore_sigpipe=self.flavour.NAME == "mpich")
+        except (OSError, mpi.RunSpecError) as exc:
+            ctx.log.error(f"job {spec.job_id[:8]} could not start: {exc}")
+            self.status.error(spec.job_id, f"could not start: {exc}")
+            return
+        try:
+            pidfd: Optional[int] = os.pidfd_open(proc.proc.pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            pidfd = None
+        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd)
+        for i in nodes:
+            self.node_job[i] = spec.job_id
+        self.launched += 1
+        ctx.log.info(f"job {spec.job_id[:8]} started on {','.join(hosts)}: {' '.join(argv)}")
+
+    def _kill(self, killed: list[str]) -> None:
+        pending = self.status.pending_ids()
+        for job_id in killed:
+            run = self.runs.get(job_id)
+            if run is None:
+                if job_id not in pending:
+                    self.status.release(job_id)
+            elif not run.killed:
+                run.killed = True
+                run.task.terminate(self.ctx.tunables.kill_grace_seconds)
+                self.ctx.log.info(f"job {job_id[:8]} was killed by a user: terminating it")
+
+    # ---- ending -----------------------------------------------------------------------------
+    def _stop_all(self, grace: float, extra: float) -> None:
+        for run in self.runs.values():
+            if not run.killed:
+                run.stopped = True
+            run.task.terminate(grace)
+        end = time.monotonic() + grace + extra
+        while self.runs and time.monotonic() < end:
+            self._reap()
+            fds = [r.pidfd for r in self.runs.values() if r.pidfd is not None]
+            if self.runs:
+                self.ctx.db.wait(POLL_SECONDS if len(fds) < len(self.runs) else 0.05, fds)
+
+    def _shutdown(self) -> None:
+        ctx = self.ctx
+        if self.runs:
+            ctx.log.info(f"stopping {len(self.runs)} task(s): {ctx.stop_reason}")
+            self._stop_all(ctx.grace(), 2.0)
+        if self.status.flush(before=time.monotonic() + SHUTDOWN_FLUSH_SECONDS) is None:
+            ctx.log.error(f"could not record {self.status.pending} state change(s): the database "
+                          "is unreachable (the session sweep will time these jobs out)")
+
+    def _abandon(self) -> None:
+        """The session is gone: kill everything at once, record nothing."""
+        self.status.take()
+        self._stop_all(0.0, 2.0)
+        self.status.take()
+
+
+def _placer(idle: int, slots: int) -> Any:
+    """Keep claimed rows (largest first) while they fit in ``idle`` nodes and ``slots`` runs."""
+    def place(rows: list[Row]) -> list[Row]:
+        kept, free, left = [], idle, slots
+        for row in rows:
+            if left > 0 and row["num_nodes"] <= free:
+                kept.append(row)
+                free -= row["num_nodes"]
+                left -= 1
+        return kept
+    return place
