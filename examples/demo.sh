@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Balsam end to end on this machine: install into ./.venv, create a database with its own
 # PostgreSQL server, register an application, add jobs (from the CLI and from Python), link them
-# into a small graph, and show them. Needs only Python >= 3.9 and a C compiler.
+# into a small graph, run them with a launcher, and show the results.
+# Needs only Python >= 3.9 and a C compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -43,12 +44,23 @@ reduce.save()
 print(f"added {len(jobs)} sweep jobs and {reduce.cute_id} with {len(reduce.get_parents_by_id())} parents")
 PY
 
-step "balsam ls"
-balsam ls
 step "balsam ls --tree"
 balsam ls --tree
+step "balsam ls --by-states (before running)"
+balsam ls --by-states
+
+step "balsam launcher --consume-all --job-mode serial: run them on this machine"
+# Exits by itself once nothing is left to run (the reduce job runs after its 8 parents).
+balsam launcher --consume-all --job-mode serial --time-limit-minutes 5
+
+step "balsam ls (after running)"
+balsam ls
 step "balsam ls --by-states"
 balsam ls --by-states
+step "output of the reduce job"
+cat "$(balsam which --workdir "$(balsam ls --name reduce --format json | python -c 'import json,sys; print(json.load(sys.stdin)[0]["job_id"])')")/reduce.out"
+step "balsam ls --history --name reduce"
+balsam ls --history --name reduce
 step "balsam server --status"
 balsam server --status
 
