@@ -328,10 +328,13 @@ class Master:
             self.house.busy()
 
     def _rate_tick(self, now: float) -> None:
+        elapsed = now - self._next["rate"] + RATE_WINDOW_SECONDS
         if now >= self._next["rate"]:
-            self.rate = self._ended / (now - self._next["rate"] + RATE_WINDOW_SECONDS)
+            self.rate = self._ended / elapsed
             self._ended = 0
             self._next["rate"] = now + RATE_WINDOW_SECONDS
+        elif elapsed >= 0.05:  # speeding up (start-up): claim big batches at once
+            self.rate = max(self.rate, self._ended / elapsed)
 
     # ---- ending -----------------------------------------------------------------------------
     def shutdown(self, reason: str) -> None:

@@ -175,8 +175,9 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
-        ready = select.select(fds, [], [], 0.5)[0] if fds else ctx.stop.wait(0.1) and []
-        if ctx.wakeup_fd is not None and ctx.wakeup_fd in ready:
+        if not fds:
+            ctx.stop.wait(0.1)
+        elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             _drain(ctx.wakeup_fd)
     if pidfd is not None:
         os.close(pidfd)
@@ -233,7 +234,7 @@ class MasterLink:
         from mpi4py import MPI
 
         self.comm = comm
-        self.workers = list(range(1, comm.Get_size()))
+        self.workers: Sequence[int] = range(1, comm.Get_size())
         self._any = MPI.ANY_SOURCE
         self._status = MPI.Status()
         self._sends: list[Any] = []
