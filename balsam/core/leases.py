@@ -76,10 +76,13 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
     cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS)
+    # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
+    # while it inserts an event or a dependency row for it (foreign keys) must not make the
+    # claim skip the job -- no notification would come to retry it.
     cursor.execute(f"""
         WITH c AS (
             SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
-            ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED
+            ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
         )
         UPDATE {JOB} j SET session_id = %s FROM c
         WHERE j.job_id = c.job_id RETURNING {cols}""", params + [limit, session_id])

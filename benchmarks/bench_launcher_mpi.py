@@ -1,0 +1,238 @@
+"""Benchmark: 200 single-rank no-op tasks (`true`) in MPI mode (one `mpiexec` per task), every
+state change recorded, against a raw loop of the same `mpiexec` calls; and the delay from a job
+becoming runnable to RUNNING while a launcher is idle.
+
+Goals (issue 3): launcher rate >= 0.5 x the raw rate; idle runnable -> RUNNING median <= 50 ms;
+statements per task reported (the <= 0.1 goal is serial mode's: MPI mode writes each start
+before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asserted.
+
+* Rate round: the jobs are inserted runnable (PREPROCESSED); a real `balsam launcher
+  --consume-all --job-mode mpi` subprocess with ``local_nodes = cores`` emulated nodes (so
+  ``cores`` tasks run at once) runs them, recording RUNNING, RUN_DONE and (processing)
+  JOB_FINISHED. ``run rate`` = tasks / (last RUN_DONE event - first RUNNING event);
+  ``end-to-end`` also pays for starting the launcher.
+* Raw round: the same argv (built by the same flavour: ``mpiexec -n 1 -ppn 1 -hosts H
+  -bind-to none true``), the same concurrency (``cores`` at a time, each in its own session,
+  output to a file in its own directory), started and reaped by a plain Python loop.
+* Statements: the launcher's ``Database.statements`` (its exit log line). ``whole run`` / tasks
+  includes start-up and the idle exit; ``marginal`` = (statements for N - statements for N/2) /
+  (N/2), the steady-state cost of one more task.
+* Idle latency: a persistent launcher waits idle (``idle_wait_seconds`` 30, so only the
+  database notification can wake it); jobs are inserted one at a time, each after the previous
+  one finished. ``runnable->RUNNING`` = RUNNING event - PREPROCESSED event of jobs inserted
+  runnable; ``insert->RUNNING`` = RUNNING event - creation of jobs inserted CREATED (the
+  launcher's processing makes them runnable first).
+
+Run: ``python benchmarks/bench_launcher_mpi.py [-n 200] [--rounds 3] [--latency-jobs 20]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _throwaway import machine_line, throwaway_db  # noqa: E402
+
+TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
+LAUNCHER = [sys.executable, "-m", "balsam", "launcher", "--consume-all", "--job-mode", "mpi"]
+
+
+def settings(db_path: str, nodes: int, idle_wait: float) -> None:
+    import yaml
+
+    path = os.path.join(db_path, "settings.yml")
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    data["local_nodes"] = nodes
+    data.setdefault("launcher", {}).update(idle_exit_seconds=1, idle_wait_seconds=idle_wait,
+                                           heartbeat_seconds=10)
+    with open(path, "w") as fh:
+        yaml.safe_dump(data, fh)
+
+
+def connect(db_path: str):  # noqa: ANN201 - a psycopg2 connection
+    from balsam.db.connect import connect as db_connect
+
+    return db_connect(db_path, autocommit=True)
+
+
+def fill(db_path: str, count: int, state: str = "PREPROCESSED", truncate: bool = True) -> None:
+    from balsam.core import bulk, schema
+
+    conn = connect(db_path)
+    with conn.cursor() as cur:
+        if truncate:
+            cur.execute(f"TRUNCATE {schema.EVENT_TABLE}, {schema.DEP_TABLE}, {schema.JOB_TABLE}, "
+                        f"{schema.APP_TABLE}, {schema.SESSION_TABLE} CASCADE")
+            cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, "
+                        "preprocess, envscript, postprocess) VALUES ('noop', '', %s, '', '', '')",
+                        [TRUE])
+        bulk.copy_jobs(cur, [schema.new_job_row({"name": f"t{i}", "workflow": "bench",
+                                                 "application": "noop", "state": state})
+                             for i in range(count)])
+    conn.close()
+
+
+def launcher_round(db_path: str, count: int) -> dict[str, float]:
+    from balsam.core import schema
+
+    started = time.time()
+    proc = subprocess.run(LAUNCHER, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    conn = connect(db_path)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE to_state = 'RUN_DONE'), "
+                    "extract(epoch FROM min(timestamp) FILTER (WHERE to_state = 'RUNNING')), "
+                    "extract(epoch FROM max(timestamp) FILTER (WHERE to_state = 'RUN_DONE')) "
+                    f"FROM {schema.EVENT_TABLE}")
+        done, first_running, last_done = cur.fetchone()
+        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state <> 'JOB_FINISHED'")
+        (unfinished,) = cur.fetchone()
+    conn.close()
+    if done != count or unfinished:
+        raise SystemExit(f"only {done} of {count} tasks recorded RUN_DONE ({unfinished} jobs "
+                         "not JOB_FINISHED)")
+    log_path = proc.stdout.split(", log ")[1].strip()
+    with open(log_path) as fh:
+        found = re.search(r"; (\d+) statements in (\d+) transactions", fh.read())
+    assert found is not None, log_path
+    return {"run": count / (float(last_done) - float(first_running)),
+            "e2e": count / (float(last_done) - started),
+            "statements": int(found.group(1)), "transactions": int(found.group(2))}
+
+
+def raw_argv() -> list[str]:
+    from balsam.platform import mpi
+
+    spec = mpi.RunSpec(argv=[TRUE], ranks=1, ranks_per_node=1, hosts=[socket.gethostname()])
+    return mpi.get("mpich").argv(spec, shutil.which("mpiexec"))
+
+
+def raw_round(count: int, concurrency: int) -> float:
+    """Tasks/s of a plain loop running ``count`` launches, ``concurrency`` at a time."""
+    argv = raw_argv()
+    root = tempfile.mkdtemp(prefix="balsam-bench-raw-")
+    env = dict(os.environ)
+    running: dict[int, subprocess.Popen] = {}
+    started = 0
+    t0 = time.perf_counter()
+    while started < count or running:
+        while started < count and len(running) < concurrency:
+            workdir = os.path.join(root, f"t{started}")
+            os.makedirs(workdir)
+            with open(os.path.join(workdir, "t.out"), "wb") as out:
+                proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True, restore_signals=False)
+            running[proc.pid] = proc
+            started += 1
+        pid, status = os.wait()
+        proc = running.pop(pid, None)
+        if proc is None:
+            continue
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed: {proc.returncode}")
+    rate = count / (time.perf_counter() - t0)
+    shutil.rmtree(root, ignore_errors=True)
+    return rate
+
+
+def latency(db_path: str, jobs: int, state: str) -> list[float]:
+    """Seconds from runnable (or insertion) to RUNNING for ``jobs`` jobs inserted one by one
+    into a DB whose persistent launcher is idle."""
+    from balsam.core import schema
+
+    fill(db_path, 0)
+    launcher = subprocess.Popen(LAUNCHER + ["--persistent"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+    delays = []
+    conn = connect(db_path)
+    try:
+        launcher.stdout.readline()  # the start line: the launcher is up
+        time.sleep(1.0)
+        with conn.cursor() as cur:
+            for _ in range(jobs):
+                fill(db_path, 1, state, truncate=False)
+                deadline = time.monotonic() + 30
+                while True:
+                    cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} "
+                                "WHERE state <> 'JOB_FINISHED'")
+                    if cur.fetchone()[0] == 0:
+                        break
+                    if time.monotonic() > deadline:
+                        raise SystemExit("a job did not finish within 30 s")
+                    time.sleep(0.02)
+                time.sleep(0.2)  # idle again
+            since = ("max(e.timestamp) FILTER (WHERE e.to_state = 'PREPROCESSED')"
+                     if state == "PREPROCESSED" else "j.created_at")
+            cur.execute(f"SELECT extract(epoch FROM max(e.timestamp) FILTER "
+                        f"(WHERE e.to_state = 'RUNNING') - {since}) "
+                        f"FROM {schema.JOB_TABLE} j JOIN {schema.EVENT_TABLE} e "
+                        "ON e.job_id = j.job_id GROUP BY j.job_id, j.created_at")
+            delays = [float(r[0]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=30)
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=200, help="tasks per rate round (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
+    parser.add_argument("--latency-jobs", type=int, default=20,
+                        help="jobs inserted one at a time for the idle latency (default 20)")
+    cores = os.cpu_count() or 1
+    args = parser.parse_args()
+    print(machine_line())
+    print(f"# {args.n} x {' '.join(raw_argv())}; launcher and raw loop: {cores} at a time")
+    launcher, half, raw = [], [], []
+    with throwaway_db() as db_path:
+        settings(db_path, cores, idle_wait=0.5)
+        for r in range(1, args.rounds + 1):
+            raw.append(raw_round(args.n, cores))
+            print(f"round {r} raw loop: {raw[-1]:6.1f} tasks/s")
+            fill(db_path, args.n)
+            launcher.append(launcher_round(db_path, args.n))
+            m = launcher[-1]
+            print(f"round {r} launcher: {m['run']:6.1f} tasks/s run, {m['e2e']:6.1f} tasks/s "
+                  f"end-to-end, {m['statements']} statements in {m['transactions']} "
+                  "transactions")
+            fill(db_path, args.n // 2)
+            half.append(launcher_round(db_path, args.n // 2))
+        settings(db_path, cores, idle_wait=30.0)
+        runnable = latency(db_path, args.latency_jobs, "PREPROCESSED")
+        inserted = latency(db_path, args.latency_jobs, "CREATED")
+    raw_rate = statistics.median(raw)
+    run_rate = statistics.median(m["run"] for m in launcher)
+    e2e_rate = statistics.median(m["e2e"] for m in launcher)
+    whole = statistics.median(m["statements"] for m in launcher) / args.n
+    marginal = (statistics.median(m["statements"] for m in launcher)
+                - statistics.median(m["statements"] for m in half)) / (args.n - args.n // 2)
+    print(f"raw mpiexec loop:            median {raw_rate:6.1f} tasks/s")
+    print(f"MPI launcher (run):          median {run_rate:6.1f} tasks/s   ratio "
+          f"{run_rate / raw_rate:.2f}  (goal >= 0.5)")
+    print(f"MPI launcher (end-to-end):   median {e2e_rate:6.1f} tasks/s   ratio "
+          f"{e2e_rate / raw_rate:.2f}")
+    print(f"DB statements per task:      {whole:.2f} whole run, {marginal:.2f} marginal")
+    print(f"idle runnable->RUNNING:      median {statistics.median(runnable) * 1000:5.1f} ms, "
+          f"max {max(runnable) * 1000:5.1f} ms  (goal <= 50 ms; {len(runnable)} jobs)")
+    print(f"idle insert->RUNNING:        median {statistics.median(inserted) * 1000:5.1f} ms, "
+          f"max {max(inserted) * 1000:5.1f} ms  (includes processing CREATED -> PREPROCESSED)")
+
+
+if __name__ == "__main__":
+    main()
