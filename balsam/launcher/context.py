@@ -58,7 +58,7 @@ class Tunables:
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
         """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value."""
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             value = launcher[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

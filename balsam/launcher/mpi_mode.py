@@ -77,6 +77,7 @@ class MPIMode:
         self.next_periodic = now + t.idle_wait_seconds
         self.seen_reconnects = ctx.db.reconnects
         self.launched = 0
+        self.db_down = False
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> int:
@@ -184,8 +185,14 @@ class MPIMode:
                 slots)
         except DatabaseUnavailable as exc:
             self.status.restore(batch)
-            ctx.log.warning(f"database unavailable, {self.status.pending} change(s) kept: {exc}")
+            if not self.db_down:
+                ctx.log.warning(f"database unavailable, state changes kept until it is back: "
+                                f"{exc}")
+            self.db_down = True
             return
+        if self.db_down:
+            ctx.log.info(f"database available again; {len(batch)} pending change(s) written")
+            self.db_down = False
         self.seen_reconnects = ctx.db.reconnects if reconcile else self.seen_reconnects
         if process:
             self.want_process = False
