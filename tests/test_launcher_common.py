@@ -210,8 +210,8 @@ def source_for(db, database, sid, nodes=2):
                                                              "PMI_RANK": "3"})
 
 
-def test_claims_become_specs_with_parents_variables_and_cached_apps(db, cursor):
-    envscript = os.path.join(make_public_tmpdir("balsam-l1-env-"), "env.sh")
+def test_claims_become_specs_with_parents_variables_and_cached_apps(db, cursor, tmp_path):
+    envscript = str(tmp_path / "env.sh")
     open(envscript, "w").close()
     add_app(cursor, "app", "/bin/echo", envscript=envscript)
     (parent,) = add_jobs(cursor, [{"name": "p", "application": "app", "state": "JOB_FINISHED"}])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -34,8 +35,10 @@ MPI = ("--consume-all", "--job-mode", "mpi")
 
 @pytest.fixture
 def scripts():
-    """A 0755 directory for the programs tests run."""
-    return make_public_tmpdir("balsam-l1-scripts-")
+    """A 0755 directory for the programs tests run (and their marker files)."""
+    path = make_public_tmpdir("balsam-l1-scripts-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_script(directory: str, name: str, text: str) -> str:
@@ -311,7 +314,8 @@ echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_concurrent_launchers_run_every_job_exactly_once(db, cursor, scripts, count):
-    markers = make_public_tmpdir("balsam-l1-markers-")
+    markers = os.path.join(scripts, "markers")
+    os.mkdir(markers)
     append = write_script(scripts, "append.sh", APPEND)
     add_app(cursor, "append", append)
     ids = add_jobs(cursor, [{"name": f"m{i}", "application": "append",
@@ -360,8 +364,6 @@ echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
 @pytest.fixture(scope="module")
 def restart_db(test_home):
     """A DB of its own: this module stops and restarts its server."""
-    import shutil
-
     from balsam.db import cluster, dbdir
 
     root = make_public_tmpdir("balsam-l1-restart-")
@@ -378,7 +380,8 @@ def test_a_database_restart_on_a_new_port_during_a_run_loses_no_state_change(res
     from balsam.db import cluster, serverinfo
     from balsam.db.connect import connect
 
-    markers = make_public_tmpdir("balsam-l1-markers-")
+    markers = os.path.join(scripts, "markers")
+    os.mkdir(markers)
     append = write_script(scripts, "append.sh", SLOW_APPEND)
     conn = connect(restart_db, autocommit=True)
     cur = conn.cursor()
