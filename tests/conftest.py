@@ -7,6 +7,7 @@ empty database use the ``db`` fixture, which truncates every table first.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ def make_public_tmpdir(prefix: str) -> str:
     """A temporary directory every account can traverse (the server account must, under root)."""
     path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
     os.chmod(path, 0o755)
+    atexit.register(shutil.rmtree, path, True)  # after the session's servers were stopped
     return path
 
 
