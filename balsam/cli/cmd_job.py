@@ -31,21 +31,27 @@ def insert_job(cur: Any, row: dict[str, Any]) -> None:
                 f"VALUES ({', '.join(['%s'] * len(JOB_COLUMNS))})", values)
 
 
+def show_new_job(cur: Any, db_path: str, row: dict[str, Any], parents: list[str]) -> None:
+    """Print the job about to be added; :class:`NotFound` if its application does not exist."""
+    from balsam.core.render import job_repr
+
+    cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} WHERE name = %s",
+                [row["application"]])
+    apps = fetch_dicts(cur)
+    if not apps:
+        raise NotFound(f"application {row['application']!r} does not exist (see `balsam ls apps`)")
+    workdir = schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
+                                       row["user_workdir"])
+    print(job_repr(dict(row, parents=parents), apps[0], workdir))
+
+
 def run(args: argparse.Namespace) -> int:
     from balsam.cli.jobquery import user_errors
-    from balsam.core.render import job_repr
 
     with user_errors():
         row = schema.new_job_row(job_values(args))
     with transaction() as (db_path, cur):
-        cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} WHERE name = %s",
-                    [row["application"]])
-        apps = fetch_dicts(cur)
-        if not apps:
-            raise NotFound(f"application {row['application']!r} does not exist (see `balsam ls apps`)")
-        workdir = schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
-                                           row["user_workdir"])
-        print(job_repr(dict(row, parents=[]), apps[0], workdir))
+        show_new_job(cur, db_path, row, [])
         if not args.yes:
             cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE workflow = %s", [row["workflow"]])
             print(f'[INFO]: The workflow "{row["workflow"]}" currently has {cur.fetchone()[0]} jobs '

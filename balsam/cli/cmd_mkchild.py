@@ -49,10 +49,9 @@ def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.cmd_job import insert_job
+    from balsam.cli.cmd_job import insert_job, show_new_job
     from balsam.cli.jobquery import user_errors
     from balsam.core import bulk, lifecycle
-    from balsam.core.render import job_repr
 
     parent_id = current_job_id()
     with transaction() as (db_path, cur):
@@ -62,14 +61,7 @@ def run(args: argparse.Namespace) -> int:
         with user_errors():
             row = schema.new_job_row(job_values(args))
         row["queued_launch_id"] = parent["queued_launch_id"]
-        cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} WHERE name = %s",
-                    [row["application"]])
-        apps = fetch_dicts(cur)
-        if not apps:
-            raise NotFound(f"application {row['application']!r} does not exist (see `balsam ls apps`)")
-        workdir = schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
-                                           row["user_workdir"])
-        print(job_repr(dict(row, parents=[str(parent["job_id"])]), apps[0], workdir))
+        show_new_job(cur, db_path, row, [str(parent["job_id"])])
         if not confirm("Add this job to the database?", args.yes):
             print("aborted: job not added", file=sys.stderr)
             return 1
