@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any, Optional
@@ -59,6 +60,11 @@ def _mpi_executable(flavour_name: str) -> Optional[str]:
     flavour = mpi.get(flavour_name)
     if not flavour.EXECUTABLE:
         return None
+    # MPICH's Hydra mpiexec from the `mpich` wheel beside this Python matches mpi4py and is
+    # there even when the environment's bin directory is not on PATH (a fresh venv).
+    beside = os.path.join(os.path.dirname(sys.executable), flavour.EXECUTABLE)
+    if flavour_name == "mpich" and os.access(beside, os.X_OK):
+        return beside
     found = shutil.which(flavour.EXECUTABLE)
     if not found:
         raise BalsamError(f"the MPI launcher {flavour.EXECUTABLE!r} (settings.yml mpi: "
