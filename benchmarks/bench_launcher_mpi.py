@@ -116,7 +116,8 @@ def raw_argv() -> list[str]:
     from balsam.platform import mpi
 
     spec = mpi.RunSpec(argv=[TRUE], ranks=1, ranks_per_node=1, hosts=[socket.gethostname()])
-    return mpi.get("mpich").argv(spec, shutil.which("mpiexec"))
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # what the launcher uses
+    return mpi.get("mpich").argv(spec, beside if os.access(beside, os.X_OK) else shutil.which("mpiexec"))
 
 
 def raw_round(count: int, concurrency: int) -> float:

@@ -12,4 +12,6 @@ if ! command -v zsh >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
     (apt-get update -qq && apt-get install -y -qq zsh >/dev/null) \
         || echo "note: could not install zsh; the zsh activation test will say it is skipped"
 fi
+# As an activated environment would: its programs (balsam, mpiexec from the mpich wheel) first.
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"
