@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def _public_tmpdir(prefix: str) -> str:
@@ -60,3 +61,23 @@ def machine_line() -> str:
     return (f"# {time.strftime('%Y-%m-%d %H:%M')}  {platform.python_implementation()} "
             f"{platform.python_version()}  {os.cpu_count()} cores  "
             f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def finished_run_interval(conn: Any, count: int) -> tuple[float, float]:
+    """(first RUNNING, last RUN_DONE) epoch times of a benchmark run; exits if any of the
+    ``count`` tasks did not record RUN_DONE or its job is not JOB_FINISHED."""
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE to_state = 'RUN_DONE'), "
+                    "extract(epoch FROM min(timestamp) FILTER (WHERE to_state = 'RUNNING')), "
+                    "extract(epoch FROM max(timestamp) FILTER (WHERE to_state = 'RUN_DONE')) "
+                    f"FROM {schema.EVENT_TABLE}")
+        done, first_running, last_done = cur.fetchone()
+        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state <> 'JOB_FINISHED'")
+        (unfinished,) = cur.fetchone()
+    conn.commit()
+    if done != count or unfinished:
+        raise SystemExit(f"only {done} of {count} tasks recorded RUN_DONE ({unfinished} jobs "
+                         "not JOB_FINISHED)")
+    return float(first_running), float(last_done)

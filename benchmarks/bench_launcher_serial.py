@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _throwaway import machine_line, throwaway_db  # noqa: E402
+from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 
@@ -71,7 +71,6 @@ def fill(db_path: str, count: int, packing: int) -> None:
 
 
 def launcher_round(db_path: str, count: int) -> dict[str, float]:
-    from balsam.core import schema
     from balsam.db.connect import connect
 
     started = time.time()
@@ -80,18 +79,10 @@ def launcher_round(db_path: str, count: int) -> dict[str, float]:
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)
-    with conn, conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FILTER (WHERE to_state = 'RUN_DONE'), "
-                    "extract(epoch FROM min(timestamp) FILTER (WHERE to_state = 'RUNNING')), "
-                    "extract(epoch FROM max(timestamp) FILTER (WHERE to_state = 'RUN_DONE')) "
-                    f"FROM {schema.EVENT_TABLE}")
-        done, first_running, last_done = cur.fetchone()
-        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state <> 'JOB_FINISHED'")
-        (unfinished,) = cur.fetchone()
-    conn.close()
-    if done != count or unfinished:
-        raise SystemExit(f"only {done} of {count} tasks recorded RUN_DONE ({unfinished} jobs "
-                         "not JOB_FINISHED)")
+    try:
+        first_running, last_done = finished_run_interval(conn, count)
+    finally:
+        conn.close()
     log_path = proc.stdout.split(", log ")[1].strip()
     with open(log_path) as fh:
         log = fh.read()

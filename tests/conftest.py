@@ -116,3 +116,15 @@ def run_balsam(*args: str, input: Optional[str] = None, env: Optional[dict] = No
 def balsam_cli(db: str):
     """Run ``balsam ARGS`` in a subprocess against the empty test DB."""
     return run_balsam
+
+
+@pytest.fixture(scope="module")
+def restart_db(test_home: str) -> Iterator[str]:
+    """A DB of the test module's own, for tests that stop and restart its server."""
+    from balsam.db import cluster, dbdir
+
+    root = make_public_tmpdir("balsam-restart-")
+    path = dbdir.init(os.path.join(root, "db"))
+    yield path
+    cluster.stop(path)
+    shutil.rmtree(root, ignore_errors=True)

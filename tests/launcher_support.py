@@ -166,3 +166,10 @@ def kill_group_of(pid: int) -> None:
         os.killpg(os.getpgid(pid), signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+SLOW_APPEND = """#!/bin/sh
+sleep 0.7
+echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
+"""
+"""A task that runs long enough to be interrupted, then appends its id to its marker file."""

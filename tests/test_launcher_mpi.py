@@ -15,6 +15,7 @@ import pytest
 from conftest import make_public_tmpdir, run_balsam
 from launcher_support import (
     QUICK,
+    SLOW_APPEND,
     add_app,
     add_jobs,
     events,
@@ -353,24 +354,6 @@ def test_a_persistent_launcher_stays_and_starts_a_new_job_on_notification(db, cu
         assert (evs["RUNNING"] - created).total_seconds() < 1.0
         launcher.signal(signal.SIGTERM)
         assert launcher.wait(15) == 0
-
-
-SLOW_APPEND = """#!/bin/sh
-sleep 0.7
-echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
-"""
-
-
-@pytest.fixture(scope="module")
-def restart_db(test_home):
-    """A DB of its own: this module stops and restarts its server."""
-    from balsam.db import cluster, dbdir
-
-    root = make_public_tmpdir("balsam-l1-restart-")
-    path = dbdir.init(os.path.join(root, "db"))
-    yield path
-    cluster.stop(path)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_database_restart_on_a_new_port_during_a_run_loses_no_state_change(restart_db,

@@ -16,6 +16,7 @@ import pytest
 from conftest import make_public_tmpdir, run_balsam
 from launcher_support import (
     QUICK,
+    SLOW_APPEND,
     add_app,
     add_jobs,
     events,
@@ -432,26 +433,6 @@ def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_lo
         assert cursor.fetchall() == [("the launcher's time limit was reached",)]
         assert start(*SERIAL).wait(60) == 0
     assert states(cursor) == {"s0": "JOB_FINISHED", "too_long": "JOB_FINISHED"}
-
-
-SLOW_APPEND = """#!/bin/sh
-sleep 0.7
-echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
-"""
-
-
-@pytest.fixture(scope="module")
-def restart_db(test_home):
-    """A DB of its own: the test stops and restarts its server."""
-    import shutil
-
-    from balsam.db import cluster, dbdir
-
-    root = make_public_tmpdir("balsam-l2-restart-")
-    path = dbdir.init(os.path.join(root, "db"))
-    yield path
-    cluster.stop(path)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_database_restart_during_a_run_loses_no_state_change(restart_db, scripts):
