@@ -7,7 +7,6 @@ the job's variables and the classic ``BALSAM_*`` ones.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -15,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.jobenv import (  # noqa: F401  (re-exported: launcher code uses task.*)
+    LAUNCHER_ONLY_PREFIXES,
+    job_variables,
+    task_environment,
+    with_envscript,
+)
 from balsam.errors import BalsamError
-
-LAUNCHER_ONLY_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "OMPI_", "MPI_LOCALRANKID",
-                          "MPI_LOCALNRANKS", "BALSAM_ORIGINAL_PATH", "BALSAM_LAUNCHER_INTERNAL_")
-"""Variables of the launcher's own MPI ensemble: a task that is itself an MPI program must not
-believe it belongs to the launcher's MPI job."""
 
 
 @dataclass
@@ -57,35 +57,6 @@ class TaskSpec:
     @property
     def required_cores(self) -> int:
         return max(1, self.ranks_per_node * self.threads_per_rank // self.threads_per_core)
-
-
-def job_variables(row: Mapping[str, Any], parents: Sequence[str], db_path: str,
-                  launcher_nodes: int, job_mode: str) -> dict[str, str]:
-    """The ``BALSAM_*`` variables and the job's own ``environ_vars`` (classic ``get_envs``)."""
-    env = schema.parse_envstring(row.get("environ_vars", ""))
-    env.update(BALSAM_JOB_ID=str(row["job_id"]), BALSAM_PARENT_IDS=json.dumps(list(parents)),
-               BALSAM_DB_PATH=db_path, BALSAM_LAUNCHER_NODES=str(launcher_nodes),
-               BALSAM_JOB_MODE=job_mode)
-    if int(row.get("threads_per_rank", 1)) > 1:
-        env["OMP_NUM_THREADS"] = str(row["threads_per_rank"])
-    return env
-
-
-def task_environment(base: Mapping[str, str], job_vars: Mapping[str, str]) -> dict[str, str]:
-    """The launcher's environment cleaned of launcher-only variables, plus ``job_vars``."""
-    env = {k: v for k, v in base.items() if not k.startswith(LAUNCHER_ONLY_PREFIXES)}
-    if "BALSAM_ORIGINAL_PATH" in base:
-        env["PATH"] = base["BALSAM_ORIGINAL_PATH"]
-    env.update(job_vars)
-    return env
-
-
-def with_envscript(argv: Sequence[str], envscript: Optional[str]) -> list[str]:
-    """``argv`` run by bash after sourcing ``envscript`` (when the app has one)."""
-    if not envscript:
-        return list(argv)
-    command = " ".join(shlex.quote(a) for a in argv)
-    return ["/bin/bash", "-c", f"source {shlex.quote(envscript)} && exec {command}"]
 
 
 def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[str], db_path: str,
