@@ -291,9 +291,11 @@ def test_a_killed_launchers_jobs_are_swept_after_the_lease_and_retried(db, curso
                  "the task to start")
         cursor.execute(f"SELECT id, hostname FROM {schema.SESSION_TABLE}")
         ((lost_session, host),) = cursor.fetchall()
+        task_pid = int(open(pid_file).read().split()[0])
         first.signal(signal.SIGKILL)
         first.wait(10)
-        kill_group_of(int(open(pid_file).read().split()[0]))  # the node "died" with it
+        # The task dies with its launcher (the watchdog), long before the lease could expire.
+        wait_for(lambda: process_gone(task_pid), 5, "the orphaned task to be stopped")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
         # Persistent: a launcher has nothing to do until the sweep, and would exit idle.
         second = start(*MPI, "--persistent")

@@ -346,20 +346,37 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def in_group(pid: int, pgid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pgid
+    except ProcessLookupError:
+        return False
+
+
+def is_watchdog(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"balsam.launcher.watchdog" in fh.read()
+    except OSError:
+        return False
+
+
 def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(db, cursor,
                                                                                 scripts):
     (job_id,), (pid_file,) = sleepers(db, cursor, scripts, 1)
     with settings(db, launcher=dict(QUICK, lease_seconds=3)), launchers() as start:
         first = start(*SERIAL)
         leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
-        everything = [first.pid] + descendants(first.pid)  # mpiexec, ranks and the task
-        for pid in everything:
+        everything = [first.pid] + descendants(first.pid)  # mpiexec, ranks, watchdogs, task
+        launcher_side = [p for p in everything if not in_group(p, leader) and not is_watchdog(p)]
+        assert any(is_watchdog(p) for p in everything)
+        for pid in launcher_side:  # SIGKILL the launcher, mpiexec and every rank
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        kill_group_of(leader)  # the node "died" with them
         first.wait(10)
+        # Each worker rank's watchdog stops the tasks its rank started.
         wait_for(lambda: all(process_gone(p) for p in everything), 10, "everything to die")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
         second = start(*SERIAL, "--persistent")

@@ -97,6 +97,9 @@ class Context:
     stop_grace: float = 5.0
     stop_reason: str = ""
     exit_reason: str = field(default="")
+    watchdog: Optional[Any] = None
+    """A :class:`balsam.launcher.watchdog.Watchdog` the mode registers its task process groups
+    with, so they die if the launcher is killed (None: not covered)."""
     wakeup_fd: Optional[int] = None
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""

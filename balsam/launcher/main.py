@@ -152,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
             status = int(mode_entry(args, ctx) or 0)
         else:
             from balsam.launcher.mpi_mode import MPIMode
+            from balsam.launcher.watchdog import Watchdog
 
+            ctx.watchdog = Watchdog(tunables.kill_grace_seconds, log=log.error)
             status = MPIMode(ctx).run()
         lost = ctx.exit_reason == "session lost"
     except BaseException:
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         restore()
+        if ctx.watchdog is not None:
+            ctx.watchdog.close()
         if not lost:
             _close(ctx)
         log.info(f"exit status {status}: {ctx.stop_reason or ctx.exit_reason or 'done'}; "

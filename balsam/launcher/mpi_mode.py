@@ -22,6 +22,7 @@ the session, releasing every claim.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -153,6 +154,10 @@ class MPIMode:
 
     def _free(self, job_id: str, run: Run) -> None:
         del self.runs[job_id]
+        if run.killed or run.stopped:
+            run.task.signal_group(signal.SIGKILL)  # whatever the leader left in its group
+        if self.ctx.watchdog is not None:
+            self.ctx.watchdog.remove(run.task.pgid)
         for i in run.nodes:
             self.node_job[i] = None
         if run.pidfd is not None:
@@ -287,6 +292,8 @@ class MPIMode:
         except (AttributeError, OSError):
             pidfd = None
         self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd)
+        if ctx.watchdog is not None:
+            ctx.watchdog.add(proc.pgid)
         for i in nodes:
             self.node_job[i] = spec.job_id
         self.launched += 1

@@ -367,15 +367,21 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     _on_signals(lambda _name: stop.set())
     t = config.settings.get("launcher", {})
     link = WorkerLink(comm)
+    from balsam.launcher.watchdog import Watchdog
+
+    watchdog = Watchdog(float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)))
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ,
                     kill_grace=float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)),
                     shutdown_grace=float(t.get("shutdown_grace_seconds",
                                                defaults.SHUTDOWN_GRACE_SECONDS)),
                     tail_lines=int(t.get("output_tail_lines", defaults.OUTPUT_TAIL_LINES)),
-                    signalled=stop)
-    worker.run()
-    link.flush(5.0)
+                    signalled=stop, watchdog=watchdog)
+    try:
+        worker.run()
+        link.flush(5.0)
+    finally:
+        watchdog.close()
     _logger(config, "balsam.serial.worker").info(
         f"serial worker {comm.Get_rank()} exits: {worker.started} task(s) started, "
         f"{_cpu_seconds():.2f} s CPU")

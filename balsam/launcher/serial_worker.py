@@ -42,6 +42,7 @@ from typing import Any, NamedTuple, Optional, Protocol
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.packing import NodeSlots
+from balsam.launcher.watchdog import Watchdog
 
 IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
@@ -91,8 +92,10 @@ class Worker:
                  kill_grace: float = defaults.KILL_GRACE_SECONDS,
                  shutdown_grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  tail_lines: int = defaults.OUTPUT_TAIL_LINES,
-                 signalled: Optional[threading.Event] = None) -> None:
+                 signalled: Optional[threading.Event] = None,
+                 watchdog: Optional[Watchdog] = None) -> None:
         self.channel = channel
+        self.watchdog = watchdog
         self.node = node
         self.base_env = task.task_environment(base_env, {})
         self.kill_grace = kill_grace
@@ -233,6 +236,8 @@ class Worker:
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
+        if self.watchdog is not None:
+            self.watchdog.remove(r.task.pgid)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop":
@@ -272,6 +277,8 @@ class Worker:
             fd = _pidfd(t.pid)
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
+            if self.watchdog is not None:
+                self.watchdog.add(t.pgid)
             if fd >= 0:
                 self._by_fd[fd] = work.job_id
                 self._poller.register(fd, select.POLLIN)

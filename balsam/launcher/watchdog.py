@@ -1,0 +1,155 @@
+"""Tasks die with their launcher: one small watchdog process per task-starting process.
+
+Tasks run in their own sessions (so a kill reaches the whole MPI job, not only a wrapper), which
+also means nothing kills them when the launcher, or a serial-mode worker rank, is killed with
+SIGKILL on a node that stays up. Its lease then expires, the sweep records the job RUN_TIMEOUT,
+and the retry would run while the orphan still runs.
+
+:class:`Watchdog` prevents that. It starts ``python -m balsam.launcher.watchdog GRACE`` in its own
+session, holding the read end of a pipe whose write end only the launcher has (the descriptor is
+not inherited by anything the launcher starts). The launcher writes ``+PGID`` when it starts a
+task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes each. When the pipe
+reaches end of file -- the launcher exited, however it died -- the watchdog sends SIGTERM to every
+process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and exits.
+After a normal exit nothing is registered, so it exits at once and silently.
+
+The watchdog ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal or a signal to the
+launcher's group must not take it down first). The grace must be well under the lease, so that
+orphans are gone before the sweep can make their jobs runnable again.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from typing import Callable, Optional
+
+
+class Watchdog:
+    """The launcher's side (see the module docstring). ``log`` receives one line if the
+    watchdog process is found dead (tasks are then no longer covered)."""
+
+    def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
+                 python: str = sys.executable) -> None:
+        read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
+        try:
+            self.proc: Optional[subprocess.Popen] = subprocess.Popen(
+                [python, "-m", "balsam.launcher.watchdog", f"{grace:g}", str(os.getpid())],
+                stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(self._fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self._log = log
+        self.registered: set[int] = set()
+
+    def add(self, pgid: int) -> None:
+        """A task leading process group ``pgid`` started."""
+        if self._send(b"+%d\n" % pgid):
+            self.registered.add(pgid)
+
+    def remove(self, pgid: int) -> None:
+        """The task leading ``pgid`` has been reaped (and its group stopped if need be)."""
+        if pgid in self.registered:
+            self.registered.discard(pgid)
+            self._send(b"-%d\n" % pgid)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Normal exit: close the pipe and reap the watchdog (which kills whatever is still
+        registered -- nothing, after a clean stop)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:  # still killing leftovers: let it finish alone
+                pass
+            self.proc = None
+
+    def _send(self, line: bytes) -> bool:
+        if self._fd < 0:
+            return False
+        try:
+            os.write(self._fd, line)
+            return True
+        except OSError as exc:  # the watchdog died (EPIPE): tasks are no longer covered
+            os.close(self._fd)
+            self._fd = -1
+            if self._log is not None:
+                self._log(f"the task watchdog exited ({exc}): tasks will not be stopped if this "
+                          "process is killed")
+            return False
+
+
+def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
+    """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
+    seconds; returns the groups that existed."""
+    alive = []
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            alive.append(pgid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    existed = list(alive)
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(poll)
+        alive = [g for g in alive if _exists(g)]
+    for pgid in alive:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return existed
+
+
+def _exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def serve(fd: int, grace: float) -> list[int]:
+    """Read ``+PGID`` / ``-PGID`` lines from ``fd`` until end of file, then stop the groups
+    still registered; returns them."""
+    groups: set[int] = set()
+    pending = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries reads
+            continue
+        if not data:
+            break
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line[:1] == b"+":
+                groups.add(int(line[1:]))
+            elif line[:1] == b"-":
+                groups.discard(int(line[1:]))
+    return kill_groups(sorted(groups), grace) if groups else []
+
+
+def main(argv: list[str]) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
+    stopped = serve(0, grace)
+    if stopped:
+        print(f"balsam watchdog: process {owner} exited with {len(stopped)} task(s) still "
+              f"running: stopped process group(s) {', '.join(map(str, stopped))}",
+              file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

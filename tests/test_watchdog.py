@@ -1,0 +1,101 @@
+"""The task watchdog: process groups registered by a process that dies are stopped."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from launcher_support import process_gone, wait_for
+
+OWNER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from balsam.launcher.watchdog import Watchdog
+    dog = Watchdog(float(sys.argv[1]))
+    kept = subprocess.Popen(["sleep", "60"], start_new_session=True, stderr=subprocess.DEVNULL)
+    reaped = subprocess.Popen(["sleep", "60"], start_new_session=True, stderr=subprocess.DEVNULL)
+    dog.add(kept.pid)
+    dog.add(reaped.pid)
+    dog.remove(reaped.pid)  # the owner says this one is its business
+    print(kept.pid, reaped.pid, dog.proc.pid, flush=True)
+    if sys.argv[2] == "close":
+        reaped.kill(); reaped.wait(); kept.kill(); kept.wait(); dog.remove(kept.pid); dog.close()
+        print("closed", flush=True)
+    time.sleep(60)
+""")
+
+
+def start_owner(grace: str, how: str) -> tuple[subprocess.Popen, list[int]]:
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, grace, how], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    return owner, [int(x) for x in owner.stdout.readline().split()]
+
+
+def ignores(pid: int, sig: int) -> bool:
+    with open(f"/proc/{pid}/status") as fh:
+        mask = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_groups_registered_by_a_killed_owner_are_stopped_and_others_left_alone():
+    owner, (kept, reaped, dog) = start_owner("0.5", "die")
+    try:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(5)
+        wait_for(lambda: process_gone(kept), 5, "the registered task to be stopped")
+        wait_for(lambda: process_gone(dog), 5, "the watchdog to exit")
+        assert not process_gone(reaped)
+        assert owner.stderr is not None
+        assert (f"balsam watchdog: process {owner.pid} exited with 1 task(s) still running: "
+                f"stopped process group(s) {kept}") in owner.stderr.read()
+    finally:
+        for pid in (kept, reaped):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_task_ignoring_sigterm_is_killed_after_the_grace():
+    from balsam.launcher.watchdog import kill_groups
+
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 30 & wait; sleep 30"],
+                                start_new_session=True)
+    time.sleep(0.2)
+    began = time.monotonic()
+    assert kill_groups([stubborn.pid, 999999], 0.5) == [stubborn.pid]
+    assert stubborn.wait(5) == -signal.SIGKILL
+    assert 0.4 < time.monotonic() - began < 3
+
+
+def test_a_clean_close_stops_nothing_and_the_watchdog_exits():
+    owner, (kept, reaped, dog) = start_owner("0.5", "close")
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "closed"
+        wait_for(lambda: process_gone(dog), 5, "the watchdog to exit")
+    finally:
+        owner.kill()
+        owner.wait(5)
+    assert owner.stderr is not None and "balsam watchdog" not in owner.stderr.read()
+
+
+def test_the_watchdog_ignores_sigterm_and_sigint_from_the_terminal():
+    owner, (kept, reaped, dog) = start_owner("0.5", "die")
+    try:
+        wait_for(lambda: ignores(dog, signal.SIGTERM), 10, "the watchdog to set its handlers")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            os.kill(dog, sig)
+        time.sleep(0.3)
+        assert not process_gone(dog) and not process_gone(kept)
+        owner.kill()
+        owner.wait(5)
+        wait_for(lambda: process_gone(kept), 5, "the registered task to be stopped")
+    finally:
+        for pid in (kept, reaped):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
