@@ -74,7 +74,8 @@ def run_script(kind: str, command: str, workdir: str, env: Mapping[str, str], *,
     The first word must name an existing executable file: an absolute path, a path relative to
     ``workdir``, or (a bare name) a program on ``env``'s PATH or a file in ``workdir``; it is
     replaced by its resolved path. ``workdir`` is created if missing. ``header`` lines are
-    written to the log after the standard header. After ``timeout`` seconds, or as soon as
+    written to the log after the standard header (prefixed ``# `` unless they start with
+    ``#``); a footer line records how the run ended. After ``timeout`` seconds, or as soon as
     ``should_abort()`` (polled every ``poll_seconds``) returns True, the process group gets
     SIGTERM and, ``kill_grace`` seconds later, SIGKILL. Returns once no process of the group is
     left. Raises :class:`ScriptError` if the script cannot be run; ValueError for a bad ``kind``.
