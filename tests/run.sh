@@ -17,6 +17,31 @@ if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
     (apt-get update -qq && apt-get install -y -qq $missing >/dev/null) \
         || echo "note: could not install$missing; the tests that need them will say they are skipped"
 fi
+# A real Slurm for the Slurm tests (tests/slurm_support.py): one that already answers is used
+# and left running; otherwise, as root, tests/infra/slurm.sh starts a one-machine cluster
+# (installing Debian's packages if needed) and it is stopped at the end. If none can be had,
+# the suite still runs and those tests are skipped with the reason given here.
+slurm_started=""
+if bash tests/infra/slurm.sh up 2>/dev/null; then
+    echo "note: using the running Slurm"
+elif [ "$(id -u)" != 0 ]; then
+    export BALSAM_TEST_SLURM_UNAVAILABLE="not root, so tests/run.sh cannot start one"
+elif slurm_log=$(bash tests/infra/slurm.sh start 2>&1); then
+    slurm_started=1
+    trap 'bash tests/infra/slurm.sh stop 2>/dev/null || echo "note: stopping Slurm failed"' EXIT
+    echo "note: ${slurm_log##*slurm.sh: }"
+else
+    echo "note: could not start Slurm; the Slurm tests will be skipped:"
+    printf '%s\n' "$slurm_log" | tail -n 5 | sed 's/^/    /'
+    BALSAM_TEST_SLURM_UNAVAILABLE="tests/infra/slurm.sh start failed: $(printf '%s' "$slurm_log" | tail -n 1)"
+    export BALSAM_TEST_SLURM_UNAVAILABLE
+fi
 # As an activated environment would: its programs (balsam, mpiexec from the mpich wheel) first.
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest "$@"
+if [ -n "$slurm_started" ]; then
+    status=0
+    .venv/bin/python -m pytest "$@" || status=$?
+    exit "$status"   # after the EXIT trap has stopped Slurm
+else
+    exec .venv/bin/python -m pytest "$@"
+fi
