@@ -4,6 +4,7 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension("balsam.core._copyfmt", ["balsam/core/_copyfmt.pyx"]),
+    Extension("balsam.service.packing._packer", ["balsam/service/packing/_packer.pyx"]),
 ]
 
 setup(ext_modules=cythonize(extensions, language_level=3, quiet=True))
