@@ -8,7 +8,8 @@ when it runs as root and passes the reason it could not in ``BALSAM_TEST_SLURM_U
 :class:`Slurm` submits batch jobs (``sbatch``), waits for them (``squeue`` while they are
 queued or running; ``scontrol show job``, then the job completion log through ``sacct -c``,
 then plain ``sacct`` for the final state) and cancels every job a test submitted when the test
-ends, so a failing test never leaves nodes busy for the next one.
+ends (and, with :meth:`Slurm.watch`, every job submitted from a directory, e.g. by a service
+under test), so a failing test never leaves nodes busy for the next one.
 
 What a batch job running Balsam needs (see :func:`batch_env`): the emulated nodes share this
 machine's file systems, so the DB directory and the working directories are reachable as
@@ -156,6 +157,23 @@ class Slurm:
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
+        self.watched: list[str] = []
+
+    def watch(self, directory: str) -> None:
+        """Also cancel, at the end of the test, every job submitted from ``directory`` or below
+        (jobs that code under test submitted, e.g. from a DB's ``qsubmit/``)."""
+        self.watched.append(os.path.realpath(directory))
+
+    def jobs_from(self, directory: str) -> list[str]:
+        """Ids of the queued or running jobs submitted from ``directory`` or below."""
+        out = slurm_command("squeue", "-h", "-o", "%i %Z", check=False).stdout
+        top = os.path.realpath(directory)
+        ids = []
+        for line in out.splitlines():
+            job_id, _, workdir = line.partition(" ")
+            if workdir and os.path.commonpath([top, os.path.realpath(workdir)]) == top:
+                ids.append(job_id)
+        return ids
 
     def sbatch(self, script: str, *options: str, cwd: str,
                env: Optional[Mapping[str, str]] = None) -> str:
@@ -195,6 +213,7 @@ class Slurm:
     def cleanup(self) -> None:
         """Cancel this test's jobs that are still queued or running, and wait until they are gone."""
         live = [j for j in self.submitted if in_queue(j)]
+        live += [j for d in self.watched for j in self.jobs_from(d) if j not in live]
         if live:
             slurm_command("scancel", *live, check=False)
             for job_id in live:

@@ -101,6 +101,7 @@ def test_scancel_ends_a_running_batch_job_and_slurm_records_it_cancelled(slurm: 
     script = write_script(tmp, "sleeper.sh", SLEEPER)
     job_id = slurm.sbatch(script, "-N", "1", "-t", "5", "-o", "/dev/null", cwd=tmp)
     assert slurm.wait_running(job_id).state == "RUNNING"
+    assert slurm.jobs_from(tmp) == [job_id] and slurm.jobs_from(tmp + "-other") == []
     pid = int(wait_for(lambda: os.path.exists(os.path.join(tmp, "pid"))
                        and read_lines(os.path.join(tmp, "pid")), 10, "the job's pid")[0])
     slurm.cancel(job_id)
