@@ -43,6 +43,13 @@ IDLE_WAIT_SECONDS = 1.0
 PROCESSING_BATCH = 5000
 """Most jobs one processing pass moves per kind of transition."""
 
+SCRIPT_TIMEOUT_SECONDS = 600
+"""Longest a preprocess or postprocess script (or error/timeout handler) may run before it is
+killed and its job FAILED (classic: 300 s, not configurable)."""
+
+TRANSFER_TIMEOUT_SECONDS = 3600
+"""Longest one stage-in or stage-out transfer may take before it is killed and its job FAILED."""
+
 MAX_CONCURRENT_RUNS = 1000
 """Most MPI launches (one per job) an MPI-mode launcher keeps running at once (Cray ALPS allows
 1000 concurrent ``aprun`` per batch job)."""
