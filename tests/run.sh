@@ -27,9 +27,11 @@ if bash tests/infra/slurm.sh up 2>/dev/null; then
 elif [ "$(id -u)" != 0 ]; then
     export BALSAM_TEST_SLURM_UNAVAILABLE="not root, so tests/run.sh cannot start one"
 elif slurm_log=$(bash tests/infra/slurm.sh start 2>&1); then
-    slurm_started=1
-    trap 'bash tests/infra/slurm.sh stop 2>/dev/null || echo "note: stopping Slurm failed"' EXIT
     echo "note: ${slurm_log##*slurm.sh: }"
+    if [[ "$slurm_log" == *"slurm.sh: Slurm "*" started in "* ]]; then   # not merely repaired
+        slurm_started=1
+        trap 'bash tests/infra/slurm.sh stop 2>/dev/null || echo "note: stopping Slurm failed"' EXIT
+    fi
 else
     echo "note: could not start Slurm; the Slurm tests will be skipped:"
     printf '%s\n' "$slurm_log" | tail -n 5 | sed 's/^/    /'

@@ -5,12 +5,15 @@
 # and tracked by PID files; nothing is ever stopped by name.
 #
 #   tests/infra/slurm.sh start    (root) install slurm-wlm + munge if missing, write the config,
-#                                 start what is not running, wait until every node is idle.
+#                                 start what is not running, wait until every node is idle;
+#                                 says "started" if it started slurmctld, else "was running".
 #                                 Safe to run again: running daemons are kept unless the
 #                                 config changed (then they restart and their jobs are lost).
-#   tests/infra/slurm.sh stop     (root) cancel all jobs, stop the daemons started here
+#   tests/infra/slurm.sh stop     (root) cancel all jobs; stop slurmctld, the slurmds (and
+#                                 slurmdbd), and munged/MariaDB if this script started them
 #   tests/infra/slurm.sh status   daemons and nodes; exit 0 only if the cluster is usable
-#   tests/infra/slurm.sh up       exit 0 if slurmctld answers and nodes are idle (quiet)
+#   tests/infra/slurm.sh up       exit 0 if slurmctld answers, nodes take jobs and (with our
+#                                 config) every node's slurmd runs; prints nothing
 #   tests/infra/slurm.sh env      KEY=VALUE lines describing the cluster, for tests
 #   tests/infra/slurm.sh logs     the last lines of every daemon log (to debug a failure)
 #
@@ -82,6 +85,14 @@ all_idle() {
         case $state in *'*') return 1 ;; idle*|mix*|alloc*|comp*) count=$((count + 1)) ;; *) return 1 ;; esac
     done < <(sinfo -h -N -o '%N %t' 2>/dev/null)
     [ "$count" -ge "${1:-1}" ]
+}
+# conf_nodes: node names of our slurm.conf (none for a configuration not written here)
+conf_nodes() { grep -qF "$MARK" "$CONF" 2>/dev/null && sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$CONF"; }
+# slurmds_alive: the slurmd of every node in our slurm.conf runs (the controller notices a
+# dead one only minutes later)
+slurmds_alive() {
+    local n
+    for n in $(conf_nodes); do live_pid "$RUN/slurmd-$n.pid" slurmd >/dev/null || return 1; done
 }
 dbd_answers() { sacctmgr -n show cluster >/dev/null 2>&1; }
 
@@ -260,6 +271,7 @@ start_slurm_daemons() {
         wait_until 30 dbd_answers || fail "slurmdbd does not answer (see $LOGS/slurmdbd.log)"
     fi
     if ! live_pid "$RUN/slurmctld.pid" slurmctld >/dev/null; then
+        CTLD_STARTED=1
         (cd / && "${DAEMON_ENV[@]}" /usr/sbin/slurmctld -i </dev/null >/dev/null 2>&1) ||
             fail "slurmctld did not start (see $LOGS/slurmctld.log)"
     fi
@@ -325,6 +337,7 @@ stop_ours() {
 # ------------------------------------------------------------------ commands
 cmd_start() {
     local t0 changed=0
+    CTLD_STARTED=0
     t0=$(ms)
     need_root start
     install_packages
@@ -345,7 +358,9 @@ cmd_start() {
     start_munge
     [ "$ACCOUNTING" = slurmdbd ] && start_mariadb
     start_slurm_daemons
-    say "Slurm $(sinfo -V | cut -d' ' -f2) up in $(( $(ms) - t0 )) ms: $NODES nodes x $CPUS CPUs," \
+    # "started" only if slurmctld was started here: tests/run.sh then stops it afterwards
+    say "Slurm $(sinfo -V | cut -d' ' -f2) $([ "$CTLD_STARTED" = 1 ] && echo started || echo "was running, checked") in" \
+        "$(( $(ms) - t0 )) ms: $NODES nodes x $CPUS CPUs," \
         "per-node hostnames: $([ "$UTS" = 1 ] && echo yes || echo no), accounting: $ACCOUNTING"
 }
 
@@ -364,15 +379,18 @@ report() { # report NAME PIDFILE
 }
 
 cmd_status() {
-    local f
+    local n
     report munged "$MUNGE_PID"
     report mariadbd "$DB_PID"
     report slurmdbd "$RUN/slurmdbd.pid"
     report slurmctld "$RUN/slurmctld.pid"
-    for f in "$RUN"/slurmd-*.pid; do report slurmd "$f"; done
+    for n in $(conf_nodes); do
+        [ -e "$RUN/slurmd-$n.pid" ] || echo "slurmd $n not running"
+        report slurmd "$RUN/slurmd-$n.pid"
+    done
     ctld_answers || { echo "slurmctld does not answer"; return 1; }
     sinfo -N
-    all_idle
+    all_idle && slurmds_alive
 }
 
 cmd_env() {
@@ -397,7 +415,9 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    up) ctld_answers && all_idle ;;
+    up) # our config but no slurmctld of ours: down (without waiting for `scontrol ping`)
+        if [ -n "$(conf_nodes)" ] && ! live_pid "$RUN/slurmctld.pid" slurmctld >/dev/null; then exit 1; fi
+        ctld_answers && all_idle && slurmds_alive ;;
     env) cmd_env ;;
     logs) cmd_logs ;;
     *) echo "usage: $0 start|stop|status|up|env|logs" >&2; exit 2 ;;
