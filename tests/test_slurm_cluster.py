@@ -1,7 +1,7 @@
 """The real-Slurm test infrastructure works: batch jobs get several emulated nodes, srun and the
 mpich wheel's mpiexec place processes on each of them, scancel ends a running job and Slurm
-records it CANCELLED, and a Balsam launcher inside an ``sbatch -N 2`` allocation runs jobs of
-the test DB across both nodes. Skipped, with the reason, where no Slurm runs (see
+records it CANCELLED, and Balsam launchers (MPI and serial mode) inside an ``sbatch -N 2``
+allocation run jobs of the test DB across both nodes. Skipped, with the reason, where no Slurm runs (see
 ``tests/slurm_support.py``; ``tests/run.sh`` starts one when it can)."""
 from __future__ import annotations
 
@@ -153,8 +153,30 @@ def test_a_balsam_launcher_in_a_two_node_sbatch_allocation_runs_jobs_on_both_nod
     with open(os.path.join(workdir(db, cursor, one), "one_node.out")) as fh:
         assert fh.read().strip() in info.nodes
     cursor.execute(f"SELECT hostname, scheduler_id, num_nodes, end_reason FROM "
-                   f"{schema.SESSION_TABLE}")
+                   f"{schema.SESSION_TABLE} WHERE job_mode <> 'processing'")
     ((hostname, scheduler_id, num_nodes, end_reason),) = cursor.fetchall()
     # The launcher ran on the allocation's first node, not on the machine running the tests.
     assert (hostname, scheduler_id, num_nodes) == (info.nodes[0], job_id, 2)
     assert end_reason == "idle for 1 s with nothing to run"
+
+
+def test_a_serial_mode_launcher_in_a_two_node_sbatch_allocation_uses_both_nodes(
+        slurm: Slurm, db: str, cursor, tmp: str) -> None:
+    add_app(cursor, "host", "/bin/sh -c 'sleep 0.5; hostname'")
+    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "host"} for i in range(6)])
+    script = write_script(tmp, "launch.sh", f"#!/bin/bash\nexec {sys.executable} -m balsam "
+                                            "launcher --job-mode serial --consume-all\n")
+    with settings(db, launcher=QUICK):
+        job_id = slurm.sbatch(script, "-N", "2", "-t", "5", "-o", "launcher.out", cwd=tmp,
+                              env=batch_env(db))
+        info = slurm.wait_done(job_id, timeout=120)
+    out = read_lines(os.path.join(tmp, "launcher.out"))
+    assert (info.state, info.exit_code) == ("COMPLETED", "0:0"), out
+    assert out[0].startswith("Balsam launcher: serial mode, 2 node(s) (slurm), session "), out
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    hosts = []
+    for i, balsam_id in enumerate(ids):
+        with open(os.path.join(workdir(db, cursor, balsam_id), f"s{i}.out")) as fh:
+            hosts.append(fh.read().strip())
+    # One worker per node, 2 slots each: the 6 tasks ran on both nodes of the allocation.
+    assert sorted(set(hosts)) == sorted(info.nodes)
