@@ -60,7 +60,12 @@ def parse_status(stdout: str) -> dict[str, BatchJobStatus]:
     jobs: dict[str, BatchJobStatus] = {}
     for number, line in enumerate(stdout.splitlines(), 1):
         fields = line.split(None, len(COLUMNS) - 1)
-        if not fields or fields[0] == "JobID" or re.fullmatch(r"=+", fields[0]):
+        if fields and fields[0].lower() == "jobid":
+            if [f.lower() for f in line.split()] != [c.lower() for c in COLUMNS]:
+                raise ParseError(f"qstat printed the columns {' '.join(line.split())}, not "
+                                 f"QSTAT_HEADER={QSTAT_HEADER}")
+            continue
+        if not fields or re.fullmatch(r"=+", fields[0]):
             continue
         if len(fields) != len(COLUMNS) or not fields[0].isdigit():
             raise ParseError(f"qstat line {number} is not the {len(COLUMNS)} columns of "

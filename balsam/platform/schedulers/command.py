@@ -42,8 +42,8 @@ class CommandResult:
 
 
 def describe(argv: Sequence[str]) -> str:
-    """A short printable form of ``argv`` for messages (at most 80 characters)."""
-    text = " ".join(argv)
+    """A short one-line form of ``argv`` for messages (at most 80 characters)."""
+    text = " ".join(" ".join(arg.split()) for arg in argv)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

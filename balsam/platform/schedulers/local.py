@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, SchedulerError
+from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, SchedulerError
 from balsam.platform.schedulers import command as cmd
 
 NAME = "local"
@@ -136,7 +136,10 @@ class LocalScheduler:
             exit_file = os.path.join(self.state_dir, f"local-{job_id}.exit")
             argv = [sys.executable, "-c", SPAWNER, WRAPPER, exit_file, os.path.abspath(output),
                     cwd, *command]
-            out = cmd.run(argv, timeout).stdout.strip()
+            try:
+                out = cmd.run(argv, timeout).stdout.strip()
+            except CommandFailed as exc:
+                raise SchedulerError(f"local job {job_name}: {cmd.first_line(exc.stderr) or exc}")
             if not out.isdigit():
                 raise SchedulerError(f"the local job starter printed no process id: {out[:200]!r}")
             data["jobs"][job_id] = {

@@ -63,7 +63,7 @@ def loads(text: str) -> Any:
     except ValueError:
         pass
     try:
-        return json.loads(re.sub(r'\\(?!["\\/bfnrtu])', r"\\\\", text), strict=False)
+        return json.loads(re.sub(r'\\(?!["\\/bfnrt]|u[0-9a-fA-F]{4})', r"\\\\", text), strict=False)
     except ValueError as exc:
         raise ParseError(f"qstat printed invalid JSON ({exc})")
 

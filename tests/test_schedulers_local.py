@@ -1,0 +1,179 @@
+"""The local scheduler for real: job scripts run as process groups on this machine, their states
+from the group's liveness and the wrapper's exit file, cancel by SIGTERM then SIGKILL, records
+shared through the state directory; and the shipped local job template run through it."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from balsam.platform import machines, schedulers
+from balsam.platform.schedulers import BatchJobStatus, SchedulerError
+from balsam.platform.schedulers.local import LocalScheduler, group_alive
+
+USER = pwd.getpwuid(os.getuid()).pw_name
+
+
+def write_script(path: Path, body: str, executable: bool = True) -> str:
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755 if executable else 0o644)
+    return str(path)
+
+
+def wait_for(sched: LocalScheduler, job_id: str, check: Callable[[BatchJobStatus], bool],
+             timeout: float = 10) -> BatchJobStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = sched.status(USER)[job_id]
+        if check(job) or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+def pgid_of(sched: LocalScheduler, job_id: str) -> int:
+    state = json.loads(Path(sched.state_dir, "local-jobs.json").read_text())
+    return state["jobs"][job_id]["pid"]
+
+
+@pytest.fixture
+def sched(tmp_path) -> LocalScheduler:
+    return LocalScheduler(str(tmp_path / "qsubmit"), kill_grace=0.5)
+
+
+def test_a_job_runs_in_its_cwd_then_finishes_with_its_exit_code(sched, tmp_path):
+    ok = write_script(tmp_path / "ok.sh", 'echo "in $PWD"; echo oops >&2; sleep 0.5\n')
+    bad = write_script(tmp_path / "bad.sh", "exit 3\n", executable=False)  # run with /bin/sh
+    first = sched.submit(ok, str(tmp_path), "qlaunch1", str(tmp_path / "ok.out"))
+    second = sched.submit(bad, str(tmp_path), "qlaunch2", str(tmp_path / "bad.out"))
+    assert (first, second) == ("1", "2")
+    running = sched.status(USER)[first]
+    assert (running.state, running.raw_state, running.name, running.queue, running.owner,
+            running.exit_code) == ("running", "RUNNING", "qlaunch1", "local", USER, None)
+    done = wait_for(sched, first, lambda j: j.is_final)
+    assert (done.state, done.raw_state, done.exit_code) == ("finished", "EXITED", 0)
+    assert (tmp_path / "ok.out").read_text() == f"in {tmp_path}\noops\n"
+    failed = wait_for(sched, second, lambda j: j.is_final)
+    assert (failed.state, failed.exit_code) == ("failed", 3)
+    assert not group_alive(pgid_of(sched, first))
+    assert sched.final_status(first) == done
+    assert sched.status("somebody-else") == {}
+
+
+def test_cancel_terminates_the_whole_process_group(sched, tmp_path):
+    script = write_script(tmp_path / "sleepy.sh", "sleep 100 &\nsleep 100\n")
+    job_id = sched.submit(script, str(tmp_path), "sleepy", str(tmp_path / "sleepy.out"))
+    pgid = pgid_of(sched, job_id)
+    assert wait_for(sched, job_id, lambda j: j.state == "running").state == "running"
+    sched.cancel(job_id)
+    job = wait_for(sched, job_id, lambda j: j.is_final)
+    assert (job.state, job.raw_state, job.exit_code) == ("cancelled", "CANCELLED", None)
+    assert not group_alive(pgid)
+    sched.cancel(job_id)  # an ended job: nothing to do
+    sched.cancel("999")   # an unknown one: nothing either
+
+
+def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(sched, tmp_path):
+    marker = tmp_path / "trapped"
+    script = write_script(tmp_path / "stubborn.sh",
+                          f"trap 'touch {marker}' TERM\nwhile true; do sleep 0.1; done\n")
+    job_id = sched.submit(script, str(tmp_path), "stubborn", str(tmp_path / "s.out"))
+    wait_for(sched, job_id, lambda j: j.state == "running")
+    time.sleep(0.2)  # let bash install its trap
+    sched.cancel(job_id)
+    finishing = wait_for(sched, job_id, lambda j: marker.exists(), timeout=3)
+    assert (finishing.state, finishing.raw_state) == ("finishing", "CANCELLING")
+    job = wait_for(sched, job_id, lambda j: j.is_final, timeout=10)
+    assert job.state == "cancelled" and not group_alive(pgid_of(sched, job_id))
+
+
+def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failure(sched, tmp_path):
+    script = write_script(tmp_path / "bg.sh", "(sleep 1.5) &\nexit 0\n")
+    job_id = sched.submit(script, str(tmp_path), "bg", str(tmp_path / "bg.out"))
+    job = wait_for(sched, job_id, lambda j: j.state != "running")
+    assert (job.state, job.raw_state) == ("finishing", "EXITING")
+    assert wait_for(sched, job_id, lambda j: j.is_final).state == "finished"
+
+    victim = write_script(tmp_path / "victim.sh", "sleep 100\n")
+    job_id = sched.submit(victim, str(tmp_path), "victim", str(tmp_path / "v.out"))
+    os.killpg(pgid_of(sched, job_id), signal.SIGKILL)
+    job = wait_for(sched, job_id, lambda j: j.is_final)
+    assert (job.state, job.raw_state, job.exit_code) == ("failed", "VANISHED", None)
+
+
+def test_records_are_shared_through_the_directory_and_pruned_after_keep_seconds(tmp_path):
+    state_dir = str(tmp_path / "qsubmit")
+    one = schedulers.get("local", state_dir=state_dir)
+    script = write_script(tmp_path / "quick.sh", "true\n")
+    job_id = one.submit(script, str(tmp_path), "quick", str(tmp_path / "q.out"))
+    other = LocalScheduler(state_dir, keep_seconds=0)
+    assert other.submit(script, str(tmp_path), "quick2", str(tmp_path / "q2.out")) == "2"
+    assert wait_for(other, job_id, lambda j: j.is_final).state == "finished"
+    time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while other.status(USER) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other.status(USER) == {} and one.final_status(job_id) is None
+    assert not list(Path(state_dir).glob("local-*.exit"))
+
+
+def test_bad_submissions_are_one_line_errors(sched, tmp_path):
+    with pytest.raises(SchedulerError, match="job script .*missing.sh does not exist"):
+        sched.submit(str(tmp_path / "missing.sh"), str(tmp_path), "x", str(tmp_path / "x.out"))
+    script = write_script(tmp_path / "s.sh", "true\n")
+    with pytest.raises(SchedulerError, match="working directory /nonexistent-dir does not exist"):
+        sched.submit(script, "/nonexistent-dir", "x", str(tmp_path / "x.out"))
+    with pytest.raises(SchedulerError) as err:
+        sched.submit(script, str(tmp_path), "x", "/nonexistent-dir/x.out")
+    assert str(err.value) == (f"local job x: cannot start {script}: [Errno 2] No such file or "
+                              "directory: '/nonexistent-dir/x.out'")
+
+
+FAKE_PYTHON = """#!/bin/bash
+# Stands in for the Python that would run `balsam launcher`: records what it was given.
+printf '%s\\n' "$@" > {out}/argv
+printf 'BALSAM_DB_PATH=%s\\nBALSAM_ORIGINAL_PATH=%s\\nPATH=%s\\n' \\
+    "$BALSAM_DB_PATH" "$BALSAM_ORIGINAL_PATH" "$PATH" > {out}/env
+trap 'echo TERM >> {out}/signals; exit 5' TERM
+touch {out}/started
+sleep "${{FAKE_LAUNCHER_SECONDS:-0}}" & wait $!
+"""
+
+
+def test_the_local_job_template_runs_the_launcher_on_this_machine(tmp_path, monkeypatch):
+    out = tmp_path / "rec"
+    out.mkdir()
+    python = tmp_path / "py thon"
+    python.write_text(FAKE_PYTHON.format(out=out))
+    python.chmod(0o755)
+    machine = machines.load("local")
+    values = machines.template_values(
+        machine, project="anything", queue="debug", nodes=1, time_minutes=10, job_mode="serial",
+        db_path=str(tmp_path / "my db"), balsam_bin="/opt/balsam/bin", python=str(python),
+        wf_filter="my wf")
+    script = tmp_path / "qlaunch1.sh"
+    script.write_text(machines.render(machine.template_text(), values))
+    sched = LocalScheduler(str(tmp_path / "qsubmit"), kill_grace=5)
+    job_id = sched.submit(str(script), str(tmp_path), "qlaunch1", str(tmp_path / "q.out"))
+    assert wait_for(sched, job_id, lambda j: j.is_final).state == "finished"
+    assert (out / "argv").read_text().splitlines() == [
+        "-m", "balsam", "launcher", "--wf-filter", "my wf", "--job-mode", "serial",
+        "--time-limit-minutes", "8"]
+    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines())
+    assert env["BALSAM_DB_PATH"] == str(tmp_path / "my db")
+    assert env["PATH"] == f"/opt/balsam/bin:{env['BALSAM_ORIGINAL_PATH']}"
+
+    monkeypatch.setenv("FAKE_LAUNCHER_SECONDS", "100")
+    (out / "started").unlink()
+    job_id = sched.submit(str(script), str(tmp_path), "qlaunch2", str(tmp_path / "q2.out"))
+    deadline = time.monotonic() + 10
+    while not (out / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sched.cancel(job_id)
+    job = wait_for(sched, job_id, lambda j: j.is_final)
+    assert job.state == "cancelled" and "TERM" in (out / "signals").read_text()
