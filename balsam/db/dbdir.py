@@ -7,8 +7,11 @@ from typing import Callable, Optional
 
 from balsam.db import cluster, dbsettings, index, initdb, pgaccount, serverinfo
 from balsam.errors import BalsamError
+from balsam.platform import machines
 
 SUBDIRS = ("data", "log", "qsubmit")
+JOB_TEMPLATE = "job-template.sh"
+"""The batch-script template the service renders (copied from the machine profile)."""
 
 Say = Callable[[str], None]
 
@@ -39,10 +42,12 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
     creating a new DB fails, the directory is removed again when this call created it.
     """
     db_path = os.path.abspath(os.path.expanduser(db_path))
+    profile = machines.load(machine)  # an unknown machine fails before anything is created
     if os.path.exists(db_path) and not os.path.isdir(db_path):
         raise BalsamError(f"{db_path} exists and is not a directory")
     if serverinfo.is_db_dir(db_path):
         say(f"{db_path} is already a Balsam DB: starting it and applying migrations")
+        _add_missing_template(db_path)
     else:
         if os.path.isdir(db_path) and os.path.exists(os.path.join(db_path, cluster.DATA_DIR)):
             raise BalsamError(f"{db_path}/{cluster.DATA_DIR} exists but {db_path} has no server-info: "
@@ -50,7 +55,7 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
         pgaccount.find_bin_dir(pg_bin)  # a bad --pg-bin fails before anything is created
         created = not os.path.exists(db_path)
         try:
-            _create_layout(db_path, machine)
+            _create_layout(db_path, profile)
             initdb.initialize(db_path, pg_bin, say)
         except BaseException:
             if created:
@@ -63,11 +68,24 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
     return db_path
 
 
-def _create_layout(db_path: str, machine: str) -> None:
+def _create_layout(db_path: str, profile: machines.Machine) -> None:
+    """Directories, ``settings.yml`` from the machine profile and its ``job-template.sh``
+    (existing files are kept: they may have been edited)."""
     os.makedirs(db_path, mode=0o755, exist_ok=True)
     for sub in SUBDIRS:
         os.makedirs(os.path.join(db_path, sub), exist_ok=True)
     settings_file = os.path.join(db_path, dbsettings.FILENAME)
     if not os.path.exists(settings_file):
         with open(settings_file, "w") as fh:
-            fh.write(dbsettings.render_default(db_path, machine=machine))
+            fh.write(dbsettings.render_default(db_path, machine=profile.name))
+    template_file = os.path.join(db_path, JOB_TEMPLATE)
+    if not os.path.exists(template_file):
+        shutil.copyfile(profile.template_path, template_file)
+
+
+def _add_missing_template(db_path: str) -> None:
+    """Give a DB made before job templates existed the one of its settings' machine profile."""
+    template_file = os.path.join(db_path, JOB_TEMPLATE)
+    machine = dbsettings.load(db_path)["machine"]
+    if not os.path.exists(template_file) and machine in machines.names():
+        shutil.copyfile(machines.load(machine).template_path, template_file)

@@ -7,6 +7,8 @@ kind is reported with the key's name.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import os
 from typing import Any
 
@@ -20,6 +22,7 @@ LAUNCHER_KEYS = (
     "status_flush_seconds", "kill_check_seconds", "kill_grace_seconds", "shutdown_grace_seconds",
     "walltime_margin_seconds", "idle_exit_seconds", "idle_wait_seconds", "processing_batch",
     "output_tail_lines", "reconnect_max_seconds", "max_concurrent_runs",
+    "script_timeout_seconds", "transfer_timeout_seconds",
 )
 """Launcher tunables a DB may override under ``launcher:`` (defaults: :mod:`balsam.defaults`,
 same names in upper case)."""
@@ -31,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "cores_per_node": 0,         # 0: what this machine has
     "gpus_per_node": 0,
     "local_nodes": 1,            # nodes to emulate on a machine without a batch scheduler
+    "project": "",               # allocation the service charges its batch jobs to
+    "queues": None,              # queue policies; None: the machine profile's (see QUEUES_DOC)
     "launcher": {key: getattr(defaults, key.upper()) for key in LAUNCHER_KEYS},
     "server": {
         "port": 0,               # 0: pick a free port each time the server starts
@@ -50,6 +55,13 @@ mpi: {mpi}            # MPI launcher flavour: mpich, openmpi, srun, aprun, jsrun
 cores_per_node: {cores_per_node}       # 0 = detect on the node
 gpus_per_node: {gpus_per_node}
 local_nodes: {local_nodes}          # outside a batch job: emulated nodes on this machine
+project: {project}           # allocation (account) the service's batch jobs are charged to
+
+# Queue policies the service plans within, per queue: node and walltime range of one batch job
+# (min/max_nodes, min/max_minutes), batch jobs waiting and running at once (max_queued,
+# max_running; 0 disables the queue) and a cap on the nodes of all of them (max_total_nodes).
+queues:
+{queues}
 
 # Launcher tunables (defaults shown; see balsam/defaults.py for what each one does).
 launcher:
@@ -62,14 +74,26 @@ server:
 """
 
 
-def render_default(db_path: str, **overrides: Any) -> str:
+def render_default(db_path: str, machine: str = "local", **overrides: Any) -> str:
+    """The commented ``settings.yml`` of a new DB for machine profile ``machine`` (scheduler,
+    MPI flavour, cores, GPUs, project and queue policies from the profile, then ``overrides``).
+    An unknown machine raises :class:`~balsam.platform.machines.MachineError`."""
+    from balsam.platform import machines
+
+    profile = machines.load(machine)
     values = copy.deepcopy(DEFAULTS)
+    values.update(machine=machine, scheduler=profile.scheduler, mpi=profile.mpi,
+                  cores_per_node=profile.cores_per_node, gpus_per_node=profile.gpus_per_node,
+                  project=profile.default_project, queues=profile.queue_settings())
     values.update(overrides)
     srv = values["server"]
+    queues = "".join(f"  {json.dumps(name)}: {{{', '.join(f'{k}: {v}' for k, v in policy.items())}}}\n"
+                     for name, policy in values["queues"].items())
     return TEMPLATE.format(
         path=db_path, machine=values["machine"], scheduler=values["scheduler"], mpi=values["mpi"],
         cores_per_node=values["cores_per_node"], gpus_per_node=values["gpus_per_node"],
-        local_nodes=values["local_nodes"],
+        local_nodes=values["local_nodes"], project=json.dumps(values["project"]),
+        queues=queues.rstrip("\n"),
         launcher="".join(f"  {k}: {v}\n" for k, v in values["launcher"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],
@@ -106,4 +130,19 @@ def load(db_path: str) -> dict[str, Any]:
         raise BalsamError(f"cannot read {path}: {str(exc).splitlines()[0]}")
     if not isinstance(raw, dict):
         raise BalsamError(f"{path} must be a mapping of settings")
-    return _merge(DEFAULTS, raw, path)
+    settings = _merge(DEFAULTS, raw, path)
+    settings["queues"] = _queues(settings, path)
+    return settings
+
+
+def _queues(settings: dict[str, Any], path: str) -> dict[str, dict[str, int]]:
+    """The validated ``queues`` of ``settings``; when absent, the machine profile's."""
+    from balsam.platform import machines
+
+    if settings["queues"] is None:
+        if settings["machine"] not in machines.names():
+            raise BalsamError(f"{path}: no `queues` given and {settings['machine']!r} is not a "
+                              f"shipped machine profile ({', '.join(machines.names())})")
+        return machines.load(settings["machine"]).queue_settings()
+    policies = machines.validate_queues(settings["queues"], path)
+    return {name: dataclasses.asdict(policy) for name, policy in policies.items()}
