@@ -14,9 +14,9 @@ from launcher_support import add_app, add_jobs, events, job_row
 
 from balsam.core import leases, lifecycle, schema
 from balsam.db import dbsettings, serverinfo
+from balsam.db.session import FIRST_BACKOFF_SECONDS, Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context, Housekeeper, SessionLost, Tunables
-from balsam.launcher.dbsession import FIRST_BACKOFF_SECONDS, Database
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.main import remaining_limit
 from balsam.launcher.status import StatusBuffer

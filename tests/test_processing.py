@@ -46,11 +46,14 @@ def test_a_job_with_nothing_to_do_becomes_runnable_in_one_recorded_move(apps, cu
     assert events(a) == [("CREATED", "PREPROCESSED", "nothing to stage or preprocess: ready to run")]
 
 
-def test_jobs_needing_stage_in_or_a_preprocess_script_wait_for_script_processing(apps, cursor):
-    staged = job("staged", stage_in_url="/tmp")
+def test_jobs_needing_stage_in_or_a_preprocess_script_stop_where_a_script_step_begins(apps,
+                                                                                     cursor):
+    staged = job("staged", stage_in_url="/tmp", app="pre")
     scripted = job("scripted", app="pre")
     transitions.advance(cursor)
-    assert states(staged, scripted) == ["CREATED", "CREATED"]
+    transitions.advance(cursor)
+    assert states(staged, scripted) == ["READY", "STAGED_IN"]
+    assert events(scripted) == [("CREATED", "STAGED_IN", "nothing to stage in: to be preprocessed")]
 
 
 def test_children_wait_then_run_when_every_parent_finished(apps, cursor):
@@ -70,8 +73,8 @@ def test_children_wait_then_run_when_every_parent_finished(apps, cursor):
         lifecycle.transition(cursor, [p2.pk], state)
     transitions.advance(cursor)
     transitions.advance(cursor)
-    # input files to link in from a parent need the stage-in step: not done here
-    assert states(p2, child, linked) == ["JOB_FINISHED", "PREPROCESSED", "AWAITING_PARENTS"]
+    # input files to link in from a parent need the stage-in step (a transition worker's)
+    assert states(p2, child, linked) == ["JOB_FINISHED", "PREPROCESSED", "READY"]
 
 
 def test_a_failed_or_killed_parent_fails_its_children_with_its_name(apps, cursor):
@@ -119,18 +122,21 @@ def test_the_workflow_filter_limits_the_pass(apps, cursor):
 def test_outstanding_counts_work_a_launcher_could_still_do(apps, cursor):
     job("waiting")                                   # will become runnable
     job("big", state="PREPROCESSED", num_nodes=8)    # does not fit 4 nodes
-    job("scripted", app="pre")                       # needs script processing: not ours
+    job("scripted", app="pre")                       # needs its preprocess script run
     job("over", state="JOB_FINISHED")
-    assert transitions.outstanding(cursor, None, None, serial=False, max_nodes=4) == 1
+    count = transitions.outstanding
+    assert count(cursor, None, None, serial=False, max_nodes=4) == 2
+    assert count(cursor, None, None, serial=False, max_nodes=4, processing=False) == 0
     sid = leases.open_session(cursor, hostname="h", pid=1, job_mode="mpi", num_nodes=4,
                               lease_seconds=60)
     other = leases.open_session(cursor, hostname="h", pid=2, job_mode="mpi", num_nodes=4,
                                 lease_seconds=60)
     transitions.advance(cursor)
-    assert transitions.outstanding(cursor, sid, None, serial=False, max_nodes=4) == 1
+    assert count(cursor, sid, None, serial=False, max_nodes=4) == 2
+    assert count(cursor, sid, None, serial=False, max_nodes=4, processing=False) == 1
     leases.claim(cursor, other, 10, serial=False, max_nodes=4)
-    assert transitions.outstanding(cursor, sid, None, serial=False, max_nodes=4) == 0
-    assert transitions.outstanding(cursor, other, None, serial=False, max_nodes=4) == 1
+    assert count(cursor, sid, None, serial=False, max_nodes=4, processing=False) == 0
+    assert count(cursor, other, None, serial=False, max_nodes=4, processing=False) == 1
 
 
 def test_concurrent_passes_never_move_a_job_twice(apps, db):

@@ -94,7 +94,7 @@ def test_bulk_columns_are_the_job_table_columns_but_the_lease(cursor):
 
 def test_every_model_table_has_the_model_columns(cursor, models):
     for model in (models.BalsamJob, models.ApplicationDefinition, models.QueuedLaunch,
-                  models.JobEvent, models.JobDependency, models.LauncherSession):
+                  models.JobEvent, models.JobDependency, models.LauncherSession, models.JobWake):
         assert set(_columns(cursor, model._meta.db_table)) == {
             f.column for f in model._meta.concrete_fields}, model.__name__
 
@@ -112,6 +112,7 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
         ("core_jobevent", "job_id"): "c",
         ("core_balsamjob", "queued_launch_id"): "n",
         ("core_balsamjob", "session_id"): "n",
+        ("core_jobwake", "job_id"): "c",
     }
 
 
@@ -126,7 +127,7 @@ def test_the_shipped_migration_matches_the_models(db):
     assert "No changes detected in app 'core'" in proc.stdout
 
 
-def test_the_migration_is_applied_and_is_the_only_one(cursor):
+def test_every_shipped_migration_is_applied(cursor):
     cursor.execute("SELECT name FROM django_migrations WHERE app = 'core' ORDER BY id")
     applied = [r[0] for r in cursor.fetchall()]
     import balsam.core.migrations as pkg

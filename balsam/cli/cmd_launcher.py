@@ -40,8 +40,9 @@ def register(sub: Any) -> None:
                    help="stop after M minutes (0: the allocation's end, or no limit)")
     p.add_argument("--num-transition-threads", type=_number(int, 0, "a whole number"),
                    default=None, metavar="N",
-                   help="0: do not process jobs here (another launcher or the service does); "
-                        "default: process")
+                   help="threads running stage-in/out, pre/postprocess scripts and handlers "
+                        "(default 2); 0: do not process jobs here (another launcher or the "
+                        "service does)")
     p.add_argument("--gpus-per-node", type=_number(int, 0, "a whole number"), default=None,
                    metavar="G", help="GPUs per node (default: settings.yml gpus_per_node)")
     p.add_argument("--limit-nodes", type=_number(int, 1, "a whole number"), default=None,

@@ -24,7 +24,7 @@ from balsam.core.states import (
 )
 from balsam.errors import BalsamError
 
-JOB, EVENT, DEP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE
+JOB, EVENT, DEP, WAKE = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
 
 Messages = Union[str, Mapping[Any, str]]
 
@@ -32,6 +32,20 @@ Messages = Union[str, Mapping[Any, str]]
 # USER_KILLED while running (so its launcher finds it and stops the process): every other target
 # state releases the hold in the same statement.
 HELD_STATES = (State.RUNNING.value, State.USER_KILLED.value)
+
+# A job reaching one of these states changes what its waiting children may do (run, or fail):
+# the same statement queues the children for the parent check (``core_jobwake``).
+WAKE_CHILDREN_STATES = (State.JOB_FINISHED.value, State.FAILED.value, State.USER_KILLED.value)
+_WAKE_CHILDREN_SQL = f""", wk AS (
+    INSERT INTO {WAKE} (job_id)
+    SELECT DISTINCT d.child_id FROM upd JOIN {DEP} d ON d.parent_id = upd.job_id
+    ORDER BY d.child_id
+    ON CONFLICT DO NOTHING
+)"""
+# A user putting jobs (back) in AWAITING_PARENTS: they are checked again.
+_WAKE_SELF_SQL = f""", wk AS (
+    INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
+)"""
 
 _TRANSITION_SQL = f"""
 WITH req AS (
@@ -49,7 +63,7 @@ WITH req AS (
 ), ev AS (
     INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message)
     SELECT job_id, clock_timestamp(), from_state, %s, message FROM upd
-)
+){{wake}}
 SELECT job_id, from_state FROM upd
 """
 
@@ -93,9 +107,14 @@ def transition(
     else:
         by_id = {str(k): v for k, v in messages.items()}
         msgs = [by_id.get(i, "") for i in ids]
+    wake = ""
+    if target.value in WAKE_CHILDREN_STATES:
+        wake = _WAKE_CHILDREN_SQL
+    elif target is State.AWAITING_PARENTS and user:
+        wake = _WAKE_SELF_SQL
     sql = _TRANSITION_SQL.format(
         holder="AND j.session_id = %s" if holder is not None else "",
-        release="" if target.value in HELD_STATES else ", session_id = NULL")
+        release="" if target.value in HELD_STATES else ", session_id = NULL", wake=wake)
     params: list[Any] = [ids, msgs, sorted(allowed)]
     if holder is not None:
         params.append(holder)
@@ -209,6 +228,9 @@ def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
         ), ins AS (
             INSERT INTO {DEP} (parent_id, child_id)
             SELECT %(parent)s, %(child)s FROM flags WHERE NOT duplicate AND NOT cycle
+        ), wk AS (
+            INSERT INTO {WAKE} (job_id)
+            SELECT %(child)s FROM flags WHERE NOT duplicate AND NOT cycle ON CONFLICT DO NOTHING
         ) SELECT duplicate, cycle FROM flags""", {"parent": parent, "child": child})
     duplicate, cycle = cursor.fetchone()
     if duplicate:
@@ -230,6 +252,10 @@ def record_created(cursor: Any, jobs: Iterable[tuple[Any, str]]) -> None:
             "SELECT id, clock_timestamp(), 'CREATED', st, 'created in this state' "
             "FROM unnest(%s::uuid[], %s::text[]) AS t(id, st)",
             [[j for j, _ in moved], [s for _, s in moved]])
+    waiting = [j for j, s in moved if s == State.AWAITING_PARENTS.value]
+    if waiting:  # the parent check looks at CREATED jobs and at woken ones only
+        cursor.execute(f"INSERT INTO {WAKE} (job_id) SELECT unnest(%s::uuid[]) "
+                       "ON CONFLICT DO NOTHING", [waiting])
 
 
 def check_new_edges(cursor: Any, edges: Sequence[tuple[Any, Any]],
@@ -280,6 +306,7 @@ def check_new_edges(cursor: Any, edges: Sequence[tuple[Any, Any]],
 def set_parents(cursor: Any, child_id: Any, parent_ids: Iterable[Any]) -> None:
     """Replace the parents of a waiting job (each new edge checked as in :func:`add_dependency`)."""
     child = str(child_id)
-    cursor.execute(f"DELETE FROM {DEP} WHERE child_id = %s", [child])
+    cursor.execute(f"DELETE FROM {DEP} WHERE child_id = %s; INSERT INTO {WAKE} (job_id) "
+                   "VALUES (%s) ON CONFLICT DO NOTHING", [child, child])
     for parent in dict.fromkeys(str(p) for p in parent_ids):
         add_dependency(cursor, parent, child)

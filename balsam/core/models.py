@@ -427,6 +427,19 @@ class JobDependency(models.Model):
         constraints = [models.UniqueConstraint(fields=["parent", "child"], name="unique_edge")]
 
 
+class JobWake(models.Model):
+    """A waiting job one of whose parents reached a final state, or whose parents changed: the
+    parent check (``balsam.processing.transitions``) re-examines exactly these jobs, so its cost
+    follows the edges that changed, not the number of waiting jobs. Written by the state writer
+    and the dependency functions of :mod:`balsam.core.lifecycle`."""
+
+    job = models.OneToOneField(BalsamJob, on_delete=models.CASCADE, primary_key=True,
+                               related_name="+")
+
+    class Meta:
+        app_label = "core"
+
+
 class JobEvent(models.Model):
     """One state change of one job, written with the change in the same transaction."""
 

@@ -18,6 +18,7 @@ EVENT_TABLE = "core_jobevent"
 DEP_TABLE = "core_jobdependency"
 QLAUNCH_TABLE = "core_queuedlaunch"
 SESSION_TABLE = "core_launchersession"
+WAKE_TABLE = "core_jobwake"
 
 # Settable job columns and their defaults, in table order (classic BalsamJob fields).
 JOB_DEFAULTS: dict[str, Any] = {

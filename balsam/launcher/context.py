@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from balsam import defaults
 from balsam.core import leases
+from balsam.db.session import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.launcher.dbsession import Database
 from balsam.platform.allocation import Allocation
 
 SWEEP_EVERY_HEARTBEATS = 3
@@ -54,13 +55,15 @@ class Tunables:
     output_tail_lines: int
     reconnect_max_seconds: float
     max_concurrent_runs: int
+    script_timeout_seconds: float
+    transfer_timeout_seconds: float
 
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
         """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value."""
         values: dict[str, Any] = {}
         for f in fields(cls):
-            value = launcher[f.name]
+            value = launcher.get(f.name, getattr(defaults, f.name.upper()))
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "
                                   f"not {value!r}")

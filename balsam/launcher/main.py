@@ -31,11 +31,13 @@ from typing import Any, Optional
 
 from balsam.core import leases
 from balsam.db import dbsettings, serverinfo
+from balsam.db.session import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context, Tunables
-from balsam.launcher.dbsession import Database
 from balsam.platform import allocation, mpi
 
+DEFAULT_TRANSITION_THREADS = 2
+"""Transition workers a launcher runs unless ``--num-transition-threads`` says otherwise."""
 CLOSE_SECONDS = 5.0
 """Longest the launcher tries to close its session at exit (the lease sweep is the fallback)."""
 
@@ -112,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     executable = _mpi_executable(flavour)
     mode_entry = _serial_entry() if args.job_mode == "serial" else None
     wf_filter = None if args.consume_all else args.wf_filter
-    threads = 1 if args.num_transition_threads is None else args.num_transition_threads
+    threads = (DEFAULT_TRANSITION_THREADS if args.num_transition_threads is None
+               else args.num_transition_threads)
 
     left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
                                    tunables.walltime_margin_seconds)
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
              f"flavour {flavour} ({executable or 'no launcher'}), processing "
              f"{'on' if ctx.processing else 'off'}, persistent {ctx.persistent}, {limit}")
     restore = _install_signals(ctx)
+    pool = _transition_pool(ctx, threads)
     status, lost = 1, False
     try:
         if mode_entry is not None:
@@ -162,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         restore()
+        if pool is not None:
+            pool.stop()
         if ctx.watchdog is not None:
             ctx.watchdog.close()
         if not lost:
@@ -172,6 +178,24 @@ def run(args: argparse.Namespace) -> int:
         log.removeHandler(handler)
         handler.close()
     return status
+
+
+def _transition_pool(ctx: Context, threads: int) -> Optional[Any]:
+    """Start ``threads`` transition workers (stage-in/out, pre/postprocess, handlers)."""
+    if threads <= 0:
+        return None
+    from balsam.processing.steps import Limits
+    from balsam.processing.worker import TransitionPool
+
+    t = ctx.tunables
+    pool = TransitionPool(
+        threads, ctx.db_path, wf_filter=ctx.wf_filter, base_env=ctx.base_env,
+        limits=Limits(t.script_timeout_seconds, t.transfer_timeout_seconds,
+                      kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
+        log=ctx.log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
+        idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds)
+    pool.start()
+    return pool
 
 
 def _close(ctx: Context) -> None:

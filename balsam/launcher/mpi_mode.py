@@ -107,7 +107,8 @@ class MPIMode:
     def _outstanding(self) -> int:
         ctx = self.ctx
         return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
-                              serial=False, max_nodes=ctx.alloc.num_nodes)
+                              serial=False, max_nodes=ctx.alloc.num_nodes,
+                              processing=ctx.processing)
 
     def _wait(self) -> None:
         now = time.monotonic()

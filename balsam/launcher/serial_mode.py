@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from balsam.launcher.dbsession import Database
+from balsam.db.session import Database
 from balsam.platform.allocation import Allocation
 
 if TYPE_CHECKING:

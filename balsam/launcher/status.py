@@ -19,8 +19,8 @@ from typing import Any, Optional
 from balsam import defaults
 from balsam.core import leases, schema
 from balsam.core.states import State
+from balsam.db.session import Database
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher.dbsession import Database
 
 FLUSH_AT_PENDING = 256
 """A flush is due at once when this many items are pending."""

@@ -1,19 +1,27 @@
-"""Job transitions that need no compute node, as batched state writes.
+"""Job transitions that need no compute node and no script, as batched state writes.
 
-:func:`advance` moves every job that needs no script and no data movement through its
-non-compute steps in one database write per kind of move (not one per state):
+:func:`advance` moves jobs through their non-compute steps in one database write per kind of
+move (not one per state), leaving to the transition workers (:mod:`balsam.processing.worker`)
+exactly the steps that run something: stage-in, a preprocess script, a postprocess script or
+error/timeout handler, stage-out.
 
-* CREATED / AWAITING_PARENTS: all parents JOB_FINISHED (or none, or ``wait_for_parents`` off)
-  -> PREPROCESSED; a parent FAILED, killed, or a missing application -> FAILED naming it;
-  otherwise CREATED -> AWAITING_PARENTS.
-* RUN_DONE with no postprocess and nothing to stage out -> JOB_FINISHED.
-* RUN_ERROR with no error handler -> FAILED.
-* RUN_TIMEOUT with no timeout handler -> RESTART_READY (``auto_timeout_retry``) or FAILED.
+* **Parents.** CREATED jobs, and waiting jobs queued in ``core_jobwake`` because a parent
+  reached a final state or their parents changed (the state writer queues them), are checked:
+  every parent JOB_FINISHED (or none, or ``wait_for_parents`` off) -> READY if something must be
+  staged in or linked from parents, STAGED_IN if only a preprocess script remains, PREPROCESSED
+  otherwise; a parent FAILED or killed, or a missing application -> FAILED naming it; otherwise
+  CREATED -> AWAITING_PARENTS. Waiting jobs are never scanned: the cost of a pass follows the
+  edges that changed, not the number of waiting jobs.
+* READY with nothing to stage -> STAGED_IN or PREPROCESSED; STAGED_IN with no preprocess ->
+  PREPROCESSED.
+* RUN_DONE with no postprocess -> POSTPROCESSED if files are to be staged out, else
+  JOB_FINISHED; POSTPROCESSED with nothing to stage out -> JOB_FINISHED.
+* RUN_ERROR with no error handler -> FAILED; RUN_TIMEOUT with no timeout handler ->
+  RESTART_READY (``auto_timeout_retry``) or FAILED.
 
-Jobs that need stage-in, input-file links, a preprocess or postprocess script, a handler or
-stage-out are left where they are for the script-running transitions (a later issue). Several
-processes may run :func:`advance` at once: every move is a checked transition, so a job is
-never moved twice.
+Jobs held by a session (a transition worker running their step) are left alone. Several
+processes may run :func:`advance` at once: candidates are locked with SKIP LOCKED and every move
+is a checked transition, so a job is never moved twice.
 """
 from __future__ import annotations
 
@@ -23,28 +31,55 @@ from balsam.core import lifecycle, schema
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
 
-JOB, APP, DEP = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE
+JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
 
-# Jobs these predicates match wait for the script-running transitions. (Input-file links matter
-# only for jobs with parents: checked where the parents are counted.)
-_NEEDS_SCRIPT_BEFORE = "(j.stage_in_url <> '' OR COALESCE(a.preprocess, '') <> '')"
-_NEEDS_SCRIPT_AFTER = ("(COALESCE(a.postprocess, '') <> '' "
-                       "OR (j.stage_out_url <> '' AND j.stage_out_files <> ''))")
+# What a job needs before it can run / after it ran (SQL over job j and its app a).
+NEEDS_STAGE_IN = "(j.stage_in_url <> '' OR (j.input_files <> '' AND {has_parents}))"
+NEEDS_PREPROCESS = "(COALESCE(a.preprocess, '') <> '')"
+NEEDS_POSTPROCESS = "(COALESCE(a.postprocess, '') <> '')"
+NEEDS_STAGE_OUT = "(j.stage_out_url <> '' AND j.stage_out_files <> '')"
+HANDLED_ERROR = f"(j.post_error_handler AND {NEEDS_POSTPROCESS})"
+HANDLED_TIMEOUT = f"(j.post_timeout_handler AND {NEEDS_POSTPROCESS})"
+HAS_PARENTS = f"EXISTS (SELECT 1 FROM {DEP} dd WHERE dd.child_id = j.job_id)"
+
+READY_MESSAGE = "nothing to stage or preprocess: ready to run"
 
 
-def _wf_clause(wf_filter: Optional[str], params: list[Any]) -> str:
+def wf_clause(wf_filter: Optional[str], params: list[Any], column: str = "j.workflow") -> str:
+    """`` AND <column> LIKE %s`` for a workflow filter (substring match), appending the param."""
     if not wf_filter:
         return ""
     params.append("%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-    return " AND j.workflow LIKE %s"
+    return f" AND {column} LIKE %s"
+
+
+def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
+    """Lock and return CREATED jobs and woken waiting jobs (consuming their wake rows)."""
+    params: list[Any] = []
+    wf = wf_clause(wf_filter, params)
+    cursor.execute(f"""
+        SELECT j.job_id FROM {JOB} j
+        WHERE j.state = 'CREATED' AND j.session_id IS NULL{wf}
+        LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
+    ids = [str(r[0]) for r in cursor.fetchall()]
+    params = []
+    wf = wf_clause(wf_filter, params)
+    cursor.execute(f"""
+        DELETE FROM {WAKE} w USING (
+            SELECT w2.job_id FROM {WAKE} w2 JOIN {JOB} j ON j.job_id = w2.job_id
+            WHERE true{wf} LIMIT %s FOR UPDATE OF w2 SKIP LOCKED
+        ) s WHERE w.job_id = s.job_id RETURNING w.job_id""", params + [limit])
+    return list(dict.fromkeys(ids + [str(r[0]) for r in cursor.fetchall()]))
 
 
 def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
-    params: list[Any] = []
-    wf = _wf_clause(wf_filter, params)
+    ids = _candidates(cursor, wf_filter, limit)
+    if not ids:
+        return {"ready": 0, "to_stage": 0, "awaiting": 0, "failed": 0}
     cursor.execute(f"""
         SELECT j.job_id, j.state, j.application, a.id IS NULL,
-               {_NEEDS_SCRIPT_BEFORE} OR (j.input_files <> '' AND count(p.job_id) > 0),
+               j.stage_in_url <> '' OR (j.input_files <> '' AND count(p.job_id) > 0),
+               {NEEDS_PREPROCESS},
                count(p.job_id), count(p.job_id) FILTER (WHERE p.state = 'JOB_FINISHED'),
                string_agg(p.name || ' ' || left(p.job_id::text, 8) || ' (' || p.state || ')', ', ')
                    FILTER (WHERE p.state IN ('FAILED', 'USER_KILLED'))
@@ -52,90 +87,115 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
         LEFT JOIN {APP} a ON a.name = j.application
         LEFT JOIN {DEP} d ON d.child_id = j.job_id AND j.wait_for_parents
         LEFT JOIN {JOB} p ON p.job_id = d.parent_id
-        WHERE j.state IN ('CREATED', 'AWAITING_PARENTS'){wf}
-        GROUP BY j.job_id, a.id
-        LIMIT %s""", params + [limit])
-    ready: list[str] = []
-    waiting: list[str] = []
+        WHERE j.job_id = ANY(%s::uuid[]) AND j.state IN ('CREATED', 'AWAITING_PARENTS')
+          AND j.session_id IS NULL
+        GROUP BY j.job_id, a.id""", [ids])
+    moves: dict[State, list[str]] = {State.PREPROCESSED: [], State.READY: [], State.STAGED_IN: [],
+                                     State.AWAITING_PARENTS: []}
     failed: dict[str, str] = {}
-    for job_id, state, app, no_app, needs_script, total, done, bad in cursor.fetchall():
+    for job_id, state, app, no_app, stage_in, preprocess, total, done, bad in cursor.fetchall():
         job_id = str(job_id)
         if no_app:
             failed[job_id] = f"application {app!r} does not exist"
         elif bad:
             failed[job_id] = f"parent job failed or was killed: {bad}"
         elif done == total:
-            if not needs_script:
-                ready.append(job_id)
+            target = (State.READY if stage_in else State.STAGED_IN if preprocess
+                      else State.PREPROCESSED)
+            moves[target].append(job_id)
         elif state == State.CREATED.value:
-            waiting.append(job_id)
-    counts = {
-        "ready": len(lifecycle.transition(cursor, ready, State.PREPROCESSED,
-                                          "nothing to stage or preprocess: ready to run")),
-        "awaiting": len(lifecycle.transition(cursor, waiting, State.AWAITING_PARENTS,
-                                             "waiting for parents to finish")),
-        "failed": len(lifecycle.transition(cursor, list(failed), State.FAILED, failed)),
+            moves[State.AWAITING_PARENTS].append(job_id)
+    t = lifecycle.transition
+    return {
+        "ready": len(t(cursor, moves[State.PREPROCESSED], State.PREPROCESSED, READY_MESSAGE)),
+        "to_stage": len(t(cursor, moves[State.READY], State.READY,
+                          "to be staged in"))
+        + len(t(cursor, moves[State.STAGED_IN], State.STAGED_IN,
+                "nothing to stage in: to be preprocessed")),
+        "awaiting": len(t(cursor, moves[State.AWAITING_PARENTS], State.AWAITING_PARENTS,
+                          "waiting for parents to finish")),
+        "failed": len(t(cursor, list(failed), State.FAILED, failed)),
     }
+
+
+def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
+    """Every other scriptless move, classified in one query and written per target state."""
+    params: list[Any] = []
+    wf = wf_clause(wf_filter, params)
+    stage_in = NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)
+    cursor.execute(f"""
+        SELECT j.job_id, j.state, {stage_in}, {NEEDS_PREPROCESS}, {NEEDS_POSTPROCESS},
+               {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry
+        FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
+        WHERE j.state IN ('READY', 'STAGED_IN', 'RUN_DONE', 'POSTPROCESSED', 'RUN_ERROR',
+                          'RUN_TIMEOUT') AND j.session_id IS NULL{wf}
+        LIMIT %s""", params + [limit])
+    moves: dict[tuple[str, State], list[str]] = {}
+    failed: dict[str, str] = {}
+    for (job_id, state, stage_in_needed, pre, post, stage_out, on_error, on_timeout,
+         retry) in cursor.fetchall():
+        job_id = str(job_id)
+        target: Optional[State] = None
+        if state == "READY" and not stage_in_needed:
+            target = State.STAGED_IN if pre else State.PREPROCESSED
+        elif state == "STAGED_IN" and not pre:
+            target = State.PREPROCESSED
+        elif state == "RUN_DONE" and not post:
+            target = State.POSTPROCESSED if stage_out else State.JOB_FINISHED
+        elif state == "POSTPROCESSED" and not stage_out:
+            target = State.JOB_FINISHED
+        elif state == "RUN_ERROR" and not on_error:
+            failed[job_id] = "run error not handled (no post_error_handler)"
+        elif state == "RUN_TIMEOUT" and not on_timeout:
+            if retry:
+                target = State.RESTART_READY
+            else:
+                failed[job_id] = "timed out; automatic retry is disabled"
+        if target is not None:
+            moves.setdefault((state, target), []).append(job_id)
+    counts = {"finished": 0, "retry": 0, "failed_runs": 0, "other": 0}
+    for (source, target), ids in sorted(moves.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        moved = len(lifecycle.transition(cursor, ids, target, _MESSAGES[target],
+                                         sources=[source]))
+        key = {State.JOB_FINISHED: "finished", State.RESTART_READY: "retry"}.get(target, "other")
+        counts[key] += moved
+    counts["failed_runs"] = len(lifecycle.transition(cursor, list(failed), State.FAILED, failed))
     return counts
 
 
-def _after_run(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
-    params: list[Any] = []
-    wf = _wf_clause(wf_filter, params)
-    cursor.execute(f"""
-        SELECT j.job_id, j.state, {_NEEDS_SCRIPT_AFTER}, COALESCE(a.postprocess, '') <> '',
-               j.post_error_handler, j.post_timeout_handler, j.auto_timeout_retry
-        FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
-        WHERE j.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT'){wf}
-        LIMIT %s""", params + [limit])
-    finished, retry, failed = [], [], {}
-    for job_id, state, needs_after, has_post, on_error, on_timeout, retry_ok in cursor.fetchall():
-        job_id = str(job_id)
-        if state == State.RUN_DONE.value:
-            if not needs_after:
-                finished.append(job_id)
-        elif state == State.RUN_ERROR.value:
-            if not (on_error and has_post):
-                failed[job_id] = "run error not handled (no post_error_handler)"
-        elif not (on_timeout and has_post):
-            if retry_ok:
-                retry.append(job_id)
-            else:
-                failed[job_id] = "timed out; automatic retry is disabled"
-    return {
-        "finished": len(lifecycle.transition(cursor, finished, State.JOB_FINISHED,
-                                             "nothing to postprocess or stage out")),
-        "retry": len(lifecycle.transition(cursor, retry, State.RESTART_READY,
-                                          "automatic retry after a timeout")),
-        "failed_runs": len(lifecycle.transition(cursor, list(failed), State.FAILED, failed)),
-    }
+_MESSAGES = {
+    State.STAGED_IN: "nothing to stage in",
+    State.PREPROCESSED: "nothing to stage or preprocess: ready to run",
+    State.POSTPROCESSED: "no postprocess script: to be staged out",
+    State.JOB_FINISHED: "nothing to postprocess or stage out",
+    State.RESTART_READY: "automatic retry after a timeout",
+}
 
 
 def advance(cursor: Any, wf_filter: Optional[str] = None,
             limit: int = PROCESSING_BATCH) -> dict[str, int]:
     """One processing pass in the caller's transaction; returns how many jobs moved, by kind."""
     counts = _check_parents(cursor, wf_filter, limit)
-    counts.update(_after_run(cursor, wf_filter, limit))
+    counts.update(_pure_moves(cursor, wf_filter, limit))
     return counts
 
 
+PROCESSABLE = ("'CREATED', 'AWAITING_PARENTS', 'READY', 'STAGED_IN', 'RUN_DONE', "
+               "'POSTPROCESSED', 'RUN_ERROR', 'RUN_TIMEOUT'")
+
+
 def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
-                serial: bool, max_nodes: int) -> int:
-    """How many jobs a launcher could still run or advance: runnable and unheld (or held by
-    ``session_id``) jobs it can fit, and fitting jobs waiting on processing this module does.
-    A non-persistent launcher exits only when this is 0 and it runs nothing."""
-    params: list[Any] = [max_nodes]
+                serial: bool, max_nodes: int, processing: bool = True) -> int:
+    """How many jobs a launcher could still run or help along: runnable and unheld (or held by
+    ``session_id``) jobs it can fit, and -- when it runs processing -- every job still to be
+    processed (waiting on parents, to be staged, pre- or postprocessed, handled). A
+    non-persistent launcher exits only when this is 0 and it runs nothing."""
+    params: list[Any] = [max_nodes, session_id]
     fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial else "")
-    wf = _wf_clause(wf_filter, params)
-    params.append(session_id)
+    todo = f" OR j.state IN ({PROCESSABLE})" if processing else ""
+    wf = wf_clause(wf_filter, params)
     cursor.execute(f"""
-        SELECT count(*) FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
-        WHERE {fit}{wf} AND (
-            (j.state IN ('PREPROCESSED', 'RESTART_READY')
-                AND (j.session_id IS NULL OR j.session_id = %s))
-            OR (j.state IN ('CREATED', 'AWAITING_PARENTS') AND NOT {_NEEDS_SCRIPT_BEFORE})
-            OR (j.state = 'RUN_DONE' AND NOT {_NEEDS_SCRIPT_AFTER})
-            OR (j.state IN ('RUN_ERROR', 'RUN_TIMEOUT')
-                AND NOT (COALESCE(a.postprocess, '') <> ''
-                         AND (j.post_error_handler OR j.post_timeout_handler))))""", params)
+        SELECT count(*) FROM {JOB} j
+        WHERE (({fit} AND j.state IN ('PREPROCESSED', 'RESTART_READY')
+                AND (j.session_id IS NULL OR j.session_id = %s)){todo}){wf}""", params)
     return int(cursor.fetchone()[0])

@@ -1,4 +1,5 @@
-"""A launcher's one database connection: transactions that survive a server restart.
+"""A reconnecting connection for long-running processes (launchers, transition workers, the
+service): transactions that survive a server restart.
 
 :class:`Database` owns one psycopg2 connection (no Django). Every piece of work is a function
 ``fn(cursor, *args, **kw)`` run in one transaction and committed:
