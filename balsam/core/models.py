@@ -75,7 +75,7 @@ class ApplicationDefinition(models.Model):
 class QueuedLaunch(models.Model):
     """A batch job submitted (or found) in the scheduler's queue."""
 
-    scheduler_id = models.BigIntegerField(default=0, db_index=True)
+    scheduler_id = models.TextField(default="", blank=True, db_index=True)
     project = models.TextField(default="", blank=True)
     queue = models.TextField(default="", blank=True)
     nodes = models.IntegerField(default=0)
@@ -87,6 +87,17 @@ class QueuedLaunch(models.Model):
     state = models.TextField(default="pending-submission")
     prescheduled_only = models.BooleanField(default=True)
     from_balsam = models.BooleanField(default=True)
+    raw_state = models.TextField(default="", blank=True)
+    """The scheduler's own word for the state (``state`` holds the normalised one)."""
+    message = models.TextField(default="", blank=True)
+    """Why a submission failed (one line), or other notes of the service."""
+    attempts = models.IntegerField(default=0)
+    """Submission attempts made so far (bounded: see balsam.service.submitter)."""
+    minutes_left = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    """When the last submission attempt started (then: when it was accepted)."""
+    ended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         app_label = "core"
