@@ -62,3 +62,9 @@ RECONNECT_MAX_SECONDS = 30.0
 
 NOTIFY_CHANNEL = "balsam_jobs"
 """PostgreSQL channel notified (once per statement) when jobs are inserted or change state."""
+
+SERVICE_CYCLE_SECONDS = 10.0
+"""Period of the service's cycle (sync, sweep, process, plan, submit); classic: 10 s."""
+
+SERVICE_TRANSITION_THREADS = 2
+"""Transition workers (stage-in/out, pre/postprocess scripts) the service runs."""

@@ -16,6 +16,7 @@ COMMANDS = [
     "init", "server", "which", "app",
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
     "mkchild", "launcher",
+    "service",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
 

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "project": "",               # allocation the service charges its batch jobs to
     "queues": None,              # queue policies; None: the machine profile's (see QUEUES_DOC)
     "launcher": {key: getattr(defaults, key.upper()) for key in LAUNCHER_KEYS},
+    "service": {"cycle_seconds": defaults.SERVICE_CYCLE_SECONDS,
+                "transition_threads": defaults.SERVICE_TRANSITION_THREADS},
     "server": {
         "port": 0,               # 0: pick a free port each time the server starts
         "listen_addresses": "*",  # compute nodes must reach the server over TCP
