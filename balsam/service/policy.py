@@ -1,0 +1,70 @@
+"""Queue policies and the states of our batch-job records (``core_queuedlaunch`` rows).
+
+A :class:`QueuePolicy` is one entry of ``queues:`` in the DB's ``settings.yml`` (validated by
+:func:`balsam.platform.machines.validate_queues`, whose key meanings it shares): the node and
+walltime range of one batch job, how many may wait (``max_queued``) and run (``max_running``)
+at once, and a cap on the nodes of all our unfinished batch jobs in that queue.
+
+Row states: the service writes ``pending-submission`` (planned), ``submitting`` (the scheduler
+is being called: a crash here is reconciled by job name, never resubmitted), ``submitted``,
+``submit-failed`` (final, with the reason in ``message``), then the scheduler's normalised
+state (:data:`balsam.platform.schedulers.STATES`, raw word in ``raw_state``) until a final one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from balsam.errors import BalsamError
+from balsam.platform import machines
+from balsam.platform.schedulers import FINAL_STATES
+
+PENDING = "pending-submission"
+SUBMITTING = "submitting"
+SUBMITTED = "submitted"
+SUBMIT_FAILED = "submit-failed"
+FINAL_ROW_STATES = frozenset(FINAL_STATES | {SUBMIT_FAILED})
+"""Rows in these states hold no allocation and never change again."""
+RUNNING_ROW_STATES = frozenset({"running", "finishing"})
+"""Rows holding an allocation now; every other non-final row waits for one."""
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """The limits of one queue (see the module docstring); ``name`` is the queue's name."""
+
+    name: str
+    min_nodes: int
+    max_nodes: int
+    min_minutes: int
+    max_minutes: int
+    max_queued: int
+    max_running: int
+    max_total_nodes: int
+
+    def batch_minutes(self, needed_minutes: float) -> int:
+        """The shortest walltime in this queue's range whose launcher time limit
+        (:func:`balsam.platform.machines.launcher_minutes`) is at least ``needed_minutes``;
+        ``max_minutes`` if none is."""
+        minutes = max(self.min_minutes, math.ceil(needed_minutes))
+        while minutes < self.max_minutes and machines.launcher_minutes(minutes) < needed_minutes:
+            minutes += 1
+        return min(minutes, self.max_minutes)
+
+    def usable_seconds(self) -> int:
+        """The longest job (seconds) a batch job of ``max_minutes`` can run to the end."""
+        return int(machines.launcher_minutes(self.max_minutes) * 60)
+
+
+def load_policies(settings: dict[str, Any]) -> list[QueuePolicy]:
+    """The queue policies of ``settings["queues"]`` in file order, disabled queues
+    (``max_queued`` 0) left out. A malformed entry raises a one-line :class:`BalsamError`
+    naming the key (e.g. ``settings.yml: `queues.debug`: missing key `max_nodes```)."""
+    raw = settings.get("queues")
+    try:
+        checked = machines.validate_queues(raw, "settings.yml")
+    except machines.MachineError as exc:
+        raise BalsamError(str(exc)) from None
+    return [QueuePolicy(name, **{f: getattr(p, f) for f in machines.QueuePolicy.__dataclass_fields__})
+            for name, p in checked.items() if p.max_queued > 0]
