@@ -38,7 +38,8 @@ HELD_STATES = (State.RUNNING.value, State.USER_KILLED.value)
 WAKE_CHILDREN_STATES = (State.JOB_FINISHED.value, State.FAILED.value, State.USER_KILLED.value)
 _WAKE_CHILDREN_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id)
-    SELECT DISTINCT d.child_id FROM upd JOIN {DEP} d ON d.parent_id = upd.job_id
+    SELECT DISTINCT d.child_id FROM upd,
+        LATERAL (SELECT child_id FROM {DEP} WHERE parent_id = upd.job_id OFFSET 0) d
     ORDER BY d.child_id
     ON CONFLICT DO NOTHING
 )"""
