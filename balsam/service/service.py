@@ -47,6 +47,10 @@ ADVANCE_ROUNDS = 10
 """Processing passes per cycle at most (another only when a pass moved a whole batch)."""
 
 
+class SchedulerStepError(BalsamError):
+    """A scheduler step reported a failure without raising (to back off like an exception)."""
+
+
 def _logger(db_path: str) -> tuple[logging.Logger, logging.Handler, str]:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
     os.makedirs(os.path.join(db_path, "log"), exist_ok=True)
@@ -159,10 +163,13 @@ class Service:
         sync = self._call_missing("balsam.service.sync", "sync")
         if sync is None:
             return 0
-        result = sync(self.db, scheduler, self.user, self.log)
-        changed = sum(v for v in (result or {}).values() if isinstance(v, int))
+        result = sync(self.db, scheduler, self.user, self.log) or {}
+        if result.get("ok") is False:  # sync logs and swallows it: back off here
+            raise SchedulerStepError(str(result.get("error") or "scheduler status failed"))
+        changed = int(result.get("updated") or 0) + int(result.get("ended") or 0)
         if changed:
-            self.log.info(f"sync: {result}")
+            self.log.info(f"sync: {result.get('updated', 0)} batch job(s) updated, "
+                          f"{result.get('ended', 0)} ended")
         return changed
 
     def _sweep(self) -> int:
