@@ -1,0 +1,70 @@
+"""Batch-job states from the scheduler into our ``core_queuedlaunch`` rows, once per cycle.
+
+:func:`sync` makes one status call for the user's jobs. Each of our rows with a scheduler id and
+no final state takes the listed job's normalised ``state``, ``raw_state`` and ``minutes_left``
+(and ``ended_at`` once final). A row whose job is no longer listed gets its final state from
+``final_status`` (``finished`` when the scheduler no longer knows) and ``ended_at``; rows
+submitted after the status call was made are left for the next cycle. The user's other batch
+jobs are returned (not stored) for ``balsam ls queues``. A failing status command is logged and
+the cycle skipped: it never raises.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from balsam.core import schema
+from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
+from balsam.service.policy import FINAL_ROW_STATES, PENDING, SUBMITTING
+
+QL = schema.QLAUNCH_TABLE
+
+
+def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobStatus],
+                 asked_at: datetime, log: Any) -> dict[str, Any]:
+    """Write ``listed`` (a status answer obtained at ``asked_at``) into our rows, in the
+    caller's transaction; returns ``{"updated", "ended", "foreign"}`` (module docstring)."""
+    skip = sorted(FINAL_ROW_STATES | {PENDING, SUBMITTING})
+    cursor.execute(f"""
+        SELECT id, scheduler_id, state, submitted_at FROM {QL}
+        WHERE from_balsam AND scheduler_id <> '' AND NOT state = ANY(%s) ORDER BY id FOR UPDATE""",
+                   [skip])
+    rows = cursor.fetchall()
+    cursor.execute(f"SELECT scheduler_id FROM {QL} WHERE scheduler_id <> ''")
+    ours = {r[0] for r in cursor.fetchall()}
+    updated = ended = 0
+    now = datetime.now(timezone.utc)
+    for rid, sched_id, _state, submitted_at in rows:
+        job: Optional[BatchJobStatus] = listed.get(sched_id)
+        if job is None:
+            if submitted_at is not None and submitted_at > asked_at:
+                continue
+            try:
+                job = scheduler.final_status(sched_id)
+            except SchedulerError as exc:
+                log.warning("batch job %d (%s): no final status: %s", rid, sched_id, exc)
+            if job is None or not job.is_final:
+                job = BatchJobStatus(sched_id, "finished", job.raw_state if job else "")
+        cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, minutes_left = %s,
+                           ended_at = CASE WHEN %s THEN %s ELSE ended_at END WHERE id = %s""",
+                       [job.state, job.raw_state, job.minutes_left, job.is_final, now, rid])
+        updated += 1
+        if job.is_final:
+            ended += 1
+            log.info("batch job %d (%s) ended: %s", rid, sched_id, job.raw_state or job.state)
+    foreign = [job for sid, job in sorted(listed.items()) if sid not in ours]
+    return {"updated": updated, "ended": ended, "foreign": foreign}
+
+
+def sync(db: Any, scheduler: Scheduler, user: str, log: Any) -> dict[str, Any]:
+    """One sync cycle through ``db`` (a :class:`balsam.db.session.Database`). Returns
+    ``{"ok", "error", "updated", "ended", "foreign"}``; on a failing status call ``ok`` is
+    False, ``error`` the one-line reason, and nothing is changed."""
+    asked_at = datetime.now(timezone.utc)
+    try:
+        listed = scheduler.status(user)
+    except SchedulerError as exc:
+        log.warning("scheduler status failed, batch jobs not synced this cycle: %s", exc)
+        return {"ok": False, "error": str(exc), "updated": 0, "ended": 0, "foreign": []}
+    result = db.run(apply_status, scheduler, listed, asked_at, log)
+    return {"ok": True, "error": None, **result}
