@@ -15,7 +15,7 @@ import balsam
 COMMANDS = [
     "init", "server", "which", "app",
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
-    "mkchild", "launcher",
+    "mkchild", "launcher", "submit_launch",
     "service",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
