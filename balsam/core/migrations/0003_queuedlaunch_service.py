@@ -3,6 +3,15 @@
 
 from django.db import migrations, models
 
+# Plain-SQL writers (CLI, planner, tests) may leave these out: give the columns database defaults.
+_DEFAULTS_SQL = """
+ALTER TABLE core_queuedlaunch ALTER COLUMN scheduler_id SET DEFAULT '';
+ALTER TABLE core_queuedlaunch ALTER COLUMN raw_state SET DEFAULT '';
+ALTER TABLE core_queuedlaunch ALTER COLUMN message SET DEFAULT '';
+ALTER TABLE core_queuedlaunch ALTER COLUMN attempts SET DEFAULT 0;
+ALTER TABLE core_queuedlaunch ALTER COLUMN created_at SET DEFAULT now();
+"""
+
 
 class Migration(migrations.Migration):
 
@@ -51,4 +60,5 @@ class Migration(migrations.Migration):
             name="ended_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
+        migrations.RunSQL(_DEFAULTS_SQL, migrations.RunSQL.noop),
     ]
