@@ -277,9 +277,11 @@ def test_ls_queues_lists_queued_launches(db, cursor):
     cursor.execute(f"""INSERT INTO {schema.QLAUNCH_TABLE} (scheduler_id, project, queue, nodes,
         wall_minutes, job_mode, wf_filter, sched_flags, command, state, prescheduled_only, from_balsam)
         VALUES (4242, 'proj', 'debug', 8, 30, 'mpi', '', '', '/q/run.sh', 'queued', false, true)""")
-    headers = ["scheduler_id", "project", "queue", "nodes", "wall_minutes", "state", "job_mode",
-               "command"]
-    row = ["4242", "proj", "debug", "8", "30", "queued", "mpi", "/q/run.sh"]
+    cursor.execute(f"SELECT id FROM {schema.QLAUNCH_TABLE}")
+    rid = cursor.fetchone()[0]
+    headers = ["id", "scheduler_id", "queue", "nodes", "wall_minutes", "job_mode", "state",
+               "submitted_at"]
+    row = [str(rid), "4242", "debug", "8", "30", "mpi", "queued", "None"]
     assert ls("queues").stdout == table_text([row], headers)
     assert "  scheduler_id: 4242\n" in ls("queues", "--verbose").stdout
     assert json.loads(ls("queues", "--format", "json").stdout)[0]["queue"] == "debug"

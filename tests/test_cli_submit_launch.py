@@ -4,6 +4,7 @@ nothing submitted or recorded."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -96,3 +97,26 @@ def test_without_a_database_it_is_one_line(tmp_path):
                       "--job-mode", "mpi", env=env)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert proc.stderr.startswith("balsam submit-launch: error: ")
+
+
+def test_ls_queues_shows_our_jobs_the_users_other_jobs_and_a_failing_status(pbs_db, cursor,
+                                                                           tmp_path):
+    fakes = os.path.join(os.path.dirname(__file__), "fakes", "bin")
+    env = {"PATH": f"{fakes}:{os.environ['PATH']}", "BALSAM_FAKE_SCHED": "pbs",
+           "BALSAM_FAKE_SCHED_STATE": str(tmp_path / "state.json")}
+    proc = run_balsam("submit-launch", "-n", "2", "-t", "30", "-q", "workq", "-A", "P1",
+                      "--job-mode", "mpi", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("scheduler id 1000.fakepbs\n")
+    script = tmp_path / "other.sh"
+    script.write_text("#!/bin/bash\n#PBS -A P1\n#PBS -q workq\n#PBS -l select=1\n"
+                      "#PBS -l walltime=00:10:00\ntrue\n")
+    subprocess.run([os.path.join(fakes, "qsub"), "-N", "mine", str(script)], check=True,
+                   env=dict(os.environ, **env), capture_output=True, timeout=30)
+    out = run_balsam("ls", "queues", env=env).stdout
+    assert "1000.fakepbs | workq" in out and "submitted" in out
+    assert "Other batch jobs of this user:" in out and "1001.fakepbs" in out and "mine" in out
+    failing = run_balsam("ls", "queues", env=dict(env, BALSAM_FAKE_SCHED_FAIL="qstat"))
+    assert failing.returncode == 0
+    assert failing.stdout.splitlines()[-1].startswith(
+        "Note: the scheduler's status command failed (`qstat")

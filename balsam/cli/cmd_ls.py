@@ -13,8 +13,6 @@ from balsam.errors import BalsamError
 EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).
 Environment: BALSAM_LS_FIELDS=f1:f2 adds job columns to the table; BALSAM_LS_LIMIT=N (default
 5000) caps how many objects are shown."""
-QUEUE_COLUMNS = ["scheduler_id", "project", "queue", "nodes", "wall_minutes", "state", "job_mode",
-                 "command"]
 FLAGS = ("name", "id", "state", "wf", "verbose", "history", "tree", "by_states")
 ALLOWED = {"apps": {"name", "id", "verbose"}, "wf": {"wf"}, "queues": {"verbose"}}
 """Flags each non-job listing understands (``ls wf --wf X`` of an existing X lists its jobs)."""
@@ -128,13 +126,6 @@ def wf_view(cur: Any, args: argparse.Namespace) -> str:
 
 
 def queues_view(cur: Any, args: argparse.Namespace) -> str:
-    cur.execute(f"SELECT * FROM {schema.QLAUNCH_TABLE} ORDER BY id")
-    rows = fetch_dicts(cur)
-    if args.format == "json":
-        return jq.dumps(rows)
-    if not rows:
-        return "No queued jobs detected"
-    if args.verbose:
-        return "\n".join(f"QueuedLaunch {r['id']}:\n" + "\n".join(
-            f"{k:>14}: {v}" for k, v in r.items() if k != "id") + "\n" for r in rows)
-    return table(rows, QUEUE_COLUMNS)
+    from balsam.cli.lsqueues import queues_view as view
+
+    return view(cur, args)
