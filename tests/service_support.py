@@ -23,7 +23,7 @@ class ServiceProcess:
 
     def __init__(self, db_path: str, env: Optional[dict[str, str]] = None) -> None:
         self.db_path = db_path
-        full_env = dict(os.environ, BALSAM_DB_PATH=db_path, **(env or {}))
+        full_env = {**os.environ, **(env or {}), "BALSAM_DB_PATH": db_path}
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "balsam", "service", "--foreground"],
                                      env=full_env, stdout=self.out, stderr=subprocess.STDOUT,

@@ -10,9 +10,9 @@ import signal
 import socket
 import time
 
-from conftest import run_balsam
-from launcher_support import process_gone, settings
-from service_support import pid_file, services
+from conftest import make_public_tmpdir, run_balsam
+from launcher_support import QUICK, add_app, add_jobs, process_gone, settings, states, wait_for
+from service_support import launches, local_jobs, pid_file, services
 
 FAST = {"cycle_seconds": 0.5, "transition_threads": 1}
 HOST = socket.gethostname()
@@ -86,3 +86,81 @@ def test_a_service_killed_with_sigkill_is_replaced_its_lock_freed_by_postgresql(
         assert second.wait_started()["pid"] == second.pid
         second.wait_cycles(1)
         assert f"replacing the stale PID file of pid {first.pid} on {HOST}" in second.log()
+
+
+def submitted_since(db: str, since: float) -> list[dict]:
+    return [rec for rec in local_jobs(db).values() if rec["submitted"] >= since]
+
+
+def test_end_to_end_the_service_submits_a_local_batch_job_that_finishes_every_job(
+        db: str, cursor) -> None:
+    began = time.time()
+    with settings(db, service=FAST, launcher=QUICK), services(db) as start:
+        svc = start()
+        svc.wait_started()
+        add_app(cursor, "say", "echo hello")
+        t0 = time.monotonic()
+        ids = add_jobs(cursor, [{"name": f"j{i}", "application": "say"} for i in range(12)])
+        row = wait_for(lambda: [r for r in launches(cursor) if r["scheduler_id"]], 30,
+                       "a batch job to be submitted")[0]
+        t_submit = time.monotonic() - t0
+        wait_for(lambda: set(states(cursor).values()) == {"JOB_FINISHED"}, 60,
+                 "every job to finish")
+        t_done = time.monotonic() - t0
+        (final,) = wait_for(lambda: [r for r in launches(cursor) if r["state"] == "finished"],
+                            30, "the service to see the batch job end")
+        t_seen = time.monotonic() - t0
+        print(f"\nlocal: 12 jobs -> submitted {t_submit:.1f} s, all finished {t_done:.1f} s, "
+              f"batch job seen finished {t_seen:.1f} s")
+    assert len(ids) == 12 and len(launches(cursor)) == 1
+    assert (final["id"], final["queue"], final["job_mode"]) == (row["id"], "local", "serial")
+    (rec,) = submitted_since(db, began)
+    assert rec["script"].startswith(os.path.join(db, "qsubmit"))
+    log = svc.log()
+    assert f"submitted batch job {row['id']}: scheduler id {row['scheduler_id']}" in log
+
+
+def test_a_service_killed_and_restarted_mid_run_submits_nothing_twice(db: str, cursor) -> None:
+    began = time.time()
+    with settings(db, service=FAST, launcher=QUICK), services(db) as start:
+        first = start()
+        first.wait_started()
+        add_app(cursor, "nap", "sleep 1")
+        add_jobs(cursor, [{"name": f"n{i}", "application": "nap", "node_packing_count": 2}
+                          for i in range(8)])
+        wait_for(lambda: "RUNNING" in states(cursor).values(), 40, "a job to run")
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        second = start()
+        second.wait_started()
+        wait_for(lambda: set(states(cursor).values()) == {"JOB_FINISHED"}, 90,
+                 "every job to finish")
+        wait_for(lambda: [r["state"] for r in launches(cursor)] == ["finished"], 30,
+                 "the restarted service to see the batch job end")
+        second.wait_cycles(3)
+        assert "submitted batch job" not in second.log()
+    assert len(submitted_since(db, began)) == 1
+FAILING = "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n"
+
+
+def test_a_failing_scheduler_command_is_logged_and_retried_while_other_steps_go_on(
+        db: str, cursor) -> None:
+    fake = make_public_tmpdir("balsam-fake-slurm-")
+    for name in ("squeue", "sbatch", "scancel", "sacct", "scontrol"):
+        path = os.path.join(fake, name)
+        with open(path, "w") as fh:
+            fh.write(FAILING)
+        os.chmod(path, 0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    with settings(db, service=FAST, scheduler="slurm"), services(db) as start:
+        svc = start(env=env)
+        svc.wait_started()
+        svc.wait_cycles(3)
+        add_app(cursor, "echo", "echo")
+        (job,) = add_jobs(cursor, [{"name": "a", "application": "echo"}])
+        # Processing is not held up by the scheduler: the job becomes runnable.
+        wait_for(lambda: states(cursor) == {"a": "PREPROCESSED"}, 20, "the job to be processed")
+        log = svc.log()
+        assert "sync failed (" in log and "Unable to contact slurm controller" in log
+        assert "retrying in" in log
+        assert svc.proc.poll() is None

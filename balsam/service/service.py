@@ -166,11 +166,7 @@ class Service:
         result = sync(self.db, scheduler, self.user, self.log) or {}
         if result.get("ok") is False:  # sync logs and swallows it: back off here
             raise SchedulerStepError(str(result.get("error") or "scheduler status failed"))
-        changed = int(result.get("updated") or 0) + int(result.get("ended") or 0)
-        if changed:
-            self.log.info(f"sync: {result.get('updated', 0)} batch job(s) updated, "
-                          f"{result.get('ended', 0)} ended")
-        return changed
+        return int(result.get("ended") or 0)  # sync logs each batch job that ended
 
     def _sweep(self) -> int:
         swept = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, leases.sweep)
