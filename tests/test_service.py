@@ -122,7 +122,12 @@ def test_end_to_end_the_service_submits_a_local_batch_job_that_finishes_every_jo
 
 def test_a_service_killed_and_restarted_mid_run_submits_nothing_twice(db: str, cursor) -> None:
     began = time.time()
-    with settings(db, service=FAST, launcher=QUICK), services(db) as start:
+    # Two batch jobs may queue and run at once: only the planner's coverage of the backlog by
+    # the running batch job (found again after the restart) keeps the second service from
+    # submitting another.
+    queues = {"local": {"min_nodes": 1, "max_nodes": 1, "min_minutes": 1, "max_minutes": 60,
+                        "max_queued": 2, "max_running": 2, "max_total_nodes": 2}}
+    with settings(db, service=FAST, launcher=QUICK, queues=queues), services(db) as start:
         first = start()
         first.wait_started()
         add_app(cursor, "nap", "sleep 1")
@@ -164,3 +169,30 @@ def test_a_failing_scheduler_command_is_logged_and_retried_while_other_steps_go_
         assert "sync failed (" in log and "Unable to contact slurm controller" in log
         assert "retrying in" in log
         assert svc.proc.poll() is None
+
+
+def test_a_database_outage_is_survived_and_the_lock_taken_again(restart_db: str) -> None:
+    from balsam.db import cluster
+    from balsam.db.connect import connect
+
+    with settings(restart_db, service=FAST), services(restart_db) as start:
+        svc = start()
+        svc.wait_started()
+        svc.wait_cycles(1)
+        cluster.stop(restart_db)
+        time.sleep(3)  # several cycles without a server
+        assert svc.proc.poll() is None
+        cluster.start(restart_db)
+        conn = connect(restart_db, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                add_app(cur, "echo", "echo")
+                add_jobs(cur, [{"name": "after", "application": "echo"}])
+                wait_for(lambda: states(cur) == {"after": "PREPROCESSED"}, 30,
+                         "the service to process a job after the outage")
+        finally:
+            conn.close()
+        wait_for(lambda: "service lock re-taken" in svc.log(), 20, "the lock to be re-taken")
+        status = run_balsam("service", "--status", env={"BALSAM_DB_PATH": restart_db})
+        assert status.returncode == 0 and status.stdout.startswith(f"running: pid {svc.pid} ")
+        assert "database" in svc.log() and svc.proc.poll() is None
