@@ -61,6 +61,24 @@ step "output of the reduce job"
 cat "$(balsam which --workdir "$(balsam ls --name reduce --format json | python -c 'import json,sys; print(json.load(sys.stdin)[0]["job_id"])')")/reduce.out"
 step "balsam ls --history --name reduce"
 balsam ls --history --name reduce
+step "balsam service: batch jobs submitted for you (local scheduler)"
+# The service plans and submits batch jobs for the runnable backlog; on this machine the
+# `local` scheduler runs each job script (which starts a launcher) as a process group.
+printf 'service: {cycle_seconds: 2}\n' >> "$BALSAM_DB_PATH/settings.yml"
+for n in 1 2 3 4 5 6; do
+    balsam job --name "item-$n" --workflow service-demo --application hello --args "item $n" --yes >/dev/null
+done
+balsam service
+for _ in $(seq 1 90); do
+    left=$(balsam ls --wf service-demo --format json | python -c 'import json,sys; print(sum(j["state"] != "JOB_FINISHED" for j in json.load(sys.stdin)))')
+    [ "$left" = 0 ] && break
+    sleep 1
+done
+balsam ls --wf service-demo
+balsam ls queues || true
+balsam service --status
+balsam service --stop
+
 step "balsam server --status"
 balsam server --status
 
