@@ -333,6 +333,11 @@ def test_a_postprocess_spawns_a_variable_number_of_children_and_rewires_the_redu
         "piece 0\npiece 1\npiece 2\n"
 
 
+GATE = """#!/bin/sh
+while [ ! -e "$GATE" ]; do sleep 0.05; done
+"""
+
+
 LONG = """#!/bin/sh
 sleep 300 &
 echo $$ $! > pids
@@ -340,40 +345,51 @@ wait
 """
 
 
-def test_killing_a_running_root_recursively_kills_its_subtree_and_nothing_else(db, cursor,
-                                                                                scripts):
+def test_killing_a_subtree_whose_root_runs_or_waits_kills_every_descendant_and_nothing_else(
+        db, cursor, scripts):
+    gate = os.path.join(scripts, "open")
     add_app(cursor, "long", write(scripts, "long.sh", LONG))
+    add_app(cursor, "gated", write(scripts, "gate.sh", GATE))
     add_app(cursor, "quick", "/bin/echo quick")
-    root, a, b, grandchild, alone, other, other_child = add_jobs(cursor, [
-        {"name": "root", "application": "long"}, {"name": "a", "application": "quick"},
-        {"name": "b", "application": "quick"}, {"name": "grandchild", "application": "quick"},
-        {"name": "alone", "application": "quick"}, {"name": "other", "application": "quick"},
-        {"name": "other_child", "application": "quick"}])
-    for parent, child in ((root, a), (root, b), (a, grandchild), (other, other_child)):
+    names = ["root", "a", "b", "grandchild", "alone", "other", "other_child", "gated", "waiter",
+             "waiter_child"]
+    apps = {"root": "long", "gated": "gated"}
+    (root, a, b, grandchild, alone, other, other_child, gated, waiter,
+     waiter_child) = add_jobs(cursor, [{"name": n, "application": apps.get(n, "quick"),
+                                        "environ_vars": f"GATE={gate}"} for n in names])
+    for parent, child in ((root, a), (root, b), (a, grandchild), (other, other_child),
+                          (gated, waiter), (waiter, waiter_child)):
         lifecycle.add_dependency(cursor, parent, child)
     pid_file = os.path.join(workdir(db, cursor, root), "pids")
-    with settings(db, launcher=QUICK), launchers() as start:
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
         launcher = start(*MPI)
         wait_for(lambda: os.path.exists(pid_file) and read(pid_file).strip(), 30,
                  "the root to run")
+        wait_for(lambda: states(cursor)["gated"] == "RUNNING", 30, "the gated job to run")
         pids = [int(p) for p in read(pid_file).split()]
         done = run_balsam("killjob", "--id", root[:8], "--recursive", "--yes")
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"Killed 4 jobs: {root[:8]}, ")
         assert sorted(done.stdout.strip().split(": ")[1].split(", ")) == \
             sorted(j[:8] for j in (root, a, b, grandchild))
+        assert states(cursor)["waiter"] == "AWAITING_PARENTS"
+        done = run_balsam("killjob", "--id", waiter[:8], "--recursive", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"Killed 2 jobs: {waiter[:8]}, {waiter_child[:8]}\n"
         wait_for(lambda: all(process_gone(p) for p in pids), 10, "the root's processes to stop")
+        with open(gate, "w"):
+            pass
         assert launcher.wait(60) == 0, launcher.output()
     assert to_states(cursor, root) == ["PREPROCESSED", "RUNNING", "USER_KILLED"]
     assert messages(cursor, root)[2] == "Killed by user"
-    for job_id in (a, b, grandchild):
+    for job_id in (a, b, grandchild, waiter, waiter_child):
         assert to_states(cursor, job_id) == ["AWAITING_PARENTS", "USER_KILLED"]
         assert messages(cursor, job_id)[1] == "Killed by user"
-    assert to_states(cursor, alone) == ["PREPROCESSED", *RUN_DONE_TAIL]
+    for job_id in (alone, other, gated):
+        assert to_states(cursor, job_id) == ["PREPROCESSED", *RUN_DONE_TAIL]
     assert to_states(cursor, other_child) == ["AWAITING_PARENTS", "PREPROCESSED", *RUN_DONE_TAIL]
-    assert states(cursor) == {"root": "USER_KILLED", "a": "USER_KILLED", "b": "USER_KILLED",
-                              "grandchild": "USER_KILLED", "alone": "JOB_FINISHED",
-                              "other": "JOB_FINISHED", "other_child": "JOB_FINISHED"}
+    killed = {"root", "a", "b", "grandchild", "waiter", "waiter_child"}
+    assert states(cursor) == {n: "USER_KILLED" if n in killed else "JOB_FINISHED" for n in names}
     assert job_row(cursor, root)["session_id"] is None
 
 
@@ -410,11 +426,6 @@ def test_a_job_killed_during_its_preprocess_stops_the_script_and_stays_killed(db
     assert not os.path.exists(os.path.join(wd, "victim.out"))
     assert re.search(r"\n# preprocess aborted after \d+\.\d s\n$",
                      read(os.path.join(wd, "preprocess.log")))
-
-
-GATE = """#!/bin/sh
-while [ ! -e "$GATE" ]; do sleep 0.05; done
-"""
 
 
 def test_removing_a_parent_while_its_children_wait_fails_them_naming_the_parent(db, cursor,
