@@ -164,3 +164,22 @@ def test_concurrent_passes_never_move_a_job_twice(apps, db):
         t.join(60)
     assert BalsamJob.objects.filter(state="PREPROCESSED").count() == 2000
     assert JobEvent.objects.filter(to_state="PREPROCESSED").count() == 2000
+
+
+def test_a_filtered_pass_leaves_other_workflows_woken_jobs_queued(apps, cursor):
+    from balsam.core import lifecycle, schema
+
+    pa, pb = job("pa", workflow="alpha"), job("pb", workflow="beta")
+    ca, cb = (job("ca", workflow="alpha", parents=[pa]), job("cb", workflow="beta", parents=[pb]))
+    transitions.advance(cursor)
+    assert states(ca, cb) == ["AWAITING_PARENTS", "AWAITING_PARENTS"]
+    for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
+        lifecycle.transition(cursor, [pa.pk, pb.pk], state)
+    cursor.execute(f"SELECT count(*) FROM {schema.WAKE_TABLE}")
+    assert cursor.fetchone()[0] == 2  # both children queued by the finishing write
+    transitions.advance(cursor, wf_filter="alpha")
+    assert states(ca, cb) == ["PREPROCESSED", "AWAITING_PARENTS"]
+    cursor.execute(f"SELECT job_id FROM {schema.WAKE_TABLE}")
+    assert [str(r[0]) for r in cursor.fetchall()] == [str(cb.pk)]
+    transitions.advance(cursor)
+    assert states(cb) == ["PREPROCESSED"]

@@ -63,10 +63,13 @@ def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
         LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
     ids = [str(r[0]) for r in cursor.fetchall()]
     params = []
-    wf = wf_clause(wf_filter, params)
+    # The workflow is looked up per queued job (a correlated subquery is one index probe each):
+    # a join would let the planner scan the whole job table.
+    wf = wf_clause(wf_filter, params, column=f"(SELECT j.workflow FROM {JOB} j "
+                                             "WHERE j.job_id = w2.job_id)")
     cursor.execute(f"""
         DELETE FROM {WAKE} w USING (
-            SELECT w2.job_id FROM {WAKE} w2 JOIN {JOB} j ON j.job_id = w2.job_id
+            SELECT w2.job_id FROM {WAKE} w2
             WHERE true{wf} LIMIT %s FOR UPDATE OF w2 SKIP LOCKED
         ) s WHERE w.job_id = s.job_id RETURNING w.job_id""", params + [limit])
     return list(dict.fromkeys(ids + [str(r[0]) for r in cursor.fetchall()]))
