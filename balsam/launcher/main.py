@@ -193,7 +193,8 @@ def _transition_pool(ctx: Context, threads: int) -> Optional[Any]:
         limits=Limits(t.script_timeout_seconds, t.transfer_timeout_seconds,
                       kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
         log=ctx.log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
-        idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds)
+        idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds,
+        draining=ctx.stop)
     pool.start()
     return pool
 

@@ -127,8 +127,12 @@ class TransitionWorker(threading.Thread):
     def __init__(self, db_path: str, index: int, *, wf_filter: Optional[str],
                  base_env: Mapping[str, str], limits: steps.Limits, stop: threading.Event,
                  log: logging.Logger, heartbeat_seconds: float, lease_seconds: int,
-                 idle_wait_seconds: float, reconnect_max_seconds: float) -> None:
+                 idle_wait_seconds: float, reconnect_max_seconds: float,
+                 draining: Optional[threading.Event] = None) -> None:
         super().__init__(name=f"balsam-transitions-{index}", daemon=True)
+        self.draining = draining
+        """Once set (the owner is shutting down), no new job is claimed: a handler is not
+        started only to be cut off."""
         self.db_path = db_path
         self.wf_filter = wf_filter
         self.base_env = dict(base_env)
@@ -170,6 +174,8 @@ class TransitionWorker(threading.Thread):
     def _one(self) -> bool:
         """Claim and process one job; False if there was none (or the database is away)."""
         assert self.session_id is not None
+        if self.draining is not None and self.draining.is_set():
+            return False
         try:
             job = self.db.try_run(claim_step, self.session_id, self.wf_filter, self.db_path)
         except DatabaseUnavailable:
