@@ -263,7 +263,7 @@ class Service:
                           kill_grace=t["shutdown_grace_seconds"], tail_lines=t["output_tail_lines"]),
             log=self.log, heartbeat_seconds=t["heartbeat_seconds"],
             lease_seconds=t["lease_seconds"], idle_wait_seconds=t["idle_wait_seconds"],
-            reconnect_max_seconds=t["reconnect_max_seconds"])
+            reconnect_max_seconds=t["reconnect_max_seconds"], draining=self.stop)
         self.pool.start()
 
 
