@@ -1,7 +1,7 @@
 """``balsam service --foreground``: the service's composition root and its loop.
 
 :func:`run` takes the database's service lock (:mod:`balsam.service.control`; a second service
-is refused), writes the PID file and the log ``<db>/log/service_<timestamp>.log``, starts a
+is refused), writes the PID file and the log ``<db>/log/service_<timestamp>_<pid>.log``, starts a
 :class:`~balsam.processing.worker.TransitionPool` of ``service.transition_threads`` workers
 (stage-in/out, pre/postprocess scripts, handlers) and then runs a cycle every
 ``service.cycle_seconds``:
@@ -54,7 +54,7 @@ class SchedulerStepError(BalsamError):
 def _logger(db_path: str) -> tuple[logging.Logger, logging.Handler, str]:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
     os.makedirs(os.path.join(db_path, "log"), exist_ok=True)
-    path = os.path.join(db_path, "log", f"service_{stamp}.log")
+    path = os.path.join(db_path, "log", f"service_{stamp}_{os.getpid()}.log")
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s|%(process)d|%(levelname)s|%(message)s"))
     log = logging.getLogger(f"balsam.service.{os.getpid()}")
