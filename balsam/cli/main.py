@@ -17,6 +17,8 @@ COMMANDS = [
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
     "mkchild", "launcher", "submit_launch",
     "service",
+    "top",
+    "web",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
 

@@ -1,0 +1,242 @@
+"""Data and rendering of ``balsam top``: one snapshot of the DB, drawn as lines of text.
+
+:func:`collect` reads a :class:`Snapshot` in one transaction with queries whose cost does not
+grow with the number of finished jobs: counts by state (the state index), running tasks of live
+launcher sessions (the state index), unfinished batch jobs (a small table), and state events only
+over a recent time window (the ``timestamp`` index). :func:`render` turns a snapshot (and the
+previous one, for rates) into at most ``height`` lines of at most ``width`` characters each.
+
+Rates are the net change of a state's count per minute: between two refreshes when a previous
+snapshot is given, otherwise from the state events of the last :data:`RATE_WINDOW` seconds
+(incoming minus outgoing events). CREATED has no creation event, so its first-frame rate is "-".
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from balsam.core import schema
+from balsam.core.states import STATES
+
+RATE_WINDOW = 60
+"""Seconds of events behind the first frame's rates."""
+FAILURE_WINDOW = 3600
+"""Seconds of events searched for the latest failures."""
+FAILURE_LIMIT = 10
+FAILURE_STATES = ("FAILED", "RUN_ERROR")
+LIVE_MODES = ("mpi", "serial")
+WORKER_MODE = "processing"
+FINAL_BATCH_STATES = ("finished", "failed", "cancelled", "submit-failed")
+"""Batch-job row states that never change again (balsam.service.policy.FINAL_ROW_STATES)."""
+SLOW_QUERY_MS = 1500
+"""A failures query slower than this is abandoned (the frame says so) rather than stall the view."""
+
+
+@dataclass
+class Snapshot:
+    """What one refresh read. ``now`` is the database's clock."""
+
+    now: dt.datetime
+    counts: dict[str, int]
+    flow: Optional[dict[str, int]]
+    """Net events per state over the last RATE_WINDOW seconds (None if not read)."""
+    sessions: list[dict[str, Any]]
+    workers: int
+    """Live transition-worker sessions (job_mode 'processing')."""
+    batch_jobs: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _dicts(cur: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def collect(cur: Any, with_flow: bool = True) -> Snapshot:
+    """Read a snapshot with ``cur`` (a DB-API cursor inside a transaction; nothing is written).
+
+    ``with_flow`` also reads the recent events behind first-frame rates.
+    """
+    cur.execute("SELECT now()")
+    now = cur.fetchone()[0]
+    cur.execute(f"SELECT state, count(*) FROM {schema.JOB_TABLE} GROUP BY state")
+    counts = {state: int(n) for state, n in cur.fetchall()}
+    flow: Optional[dict[str, int]] = None
+    if with_flow:
+        cur.execute(f"""SELECT from_state, to_state, count(*) FROM {schema.EVENT_TABLE}
+                        WHERE timestamp > now() - %s * interval '1 second'
+                        GROUP BY from_state, to_state""", [RATE_WINDOW])
+        flow = {}
+        for src, dst, n in cur.fetchall():
+            flow[dst] = flow.get(dst, 0) + int(n)
+            flow[src] = flow.get(src, 0) - int(n)
+    cur.execute(f"""SELECT id, hostname, job_mode, label, scheduler_id, num_nodes, started_at,
+                           heartbeat FROM {schema.SESSION_TABLE}
+                    WHERE ended_at IS NULL AND job_mode IN ({_in(LIVE_MODES)}) ORDER BY id""")
+    sessions = _dicts(cur)
+    running: dict[int, int] = {}
+    if sessions:
+        cur.execute(f"""SELECT session_id, count(*) FROM {schema.JOB_TABLE}
+                        WHERE state = 'RUNNING' AND session_id = ANY(%s) GROUP BY session_id""",
+                    [[s["id"] for s in sessions]])
+        running = {sid: int(n) for sid, n in cur.fetchall()}
+    for s in sessions:
+        s["running"] = running.get(s["id"], 0)
+    cur.execute(f"""SELECT count(*) FROM {schema.SESSION_TABLE}
+                    WHERE ended_at IS NULL AND job_mode = %s""", [WORKER_MODE])
+    workers = int(cur.fetchone()[0])
+    cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state
+                    FROM {schema.QLAUNCH_TABLE}
+                    WHERE state NOT IN ({_in(FINAL_BATCH_STATES)}) ORDER BY id""")
+    batch_jobs = _dicts(cur)
+    failures, notes = _failures(cur)
+    return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, notes)
+
+
+def _failures(cur: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The latest FAILED / RUN_ERROR events of the last FAILURE_WINDOW seconds, newest first."""
+    from psycopg2.errors import QueryCanceled
+
+    cur.execute("SAVEPOINT top_failures")
+    cur.execute(f"SET LOCAL statement_timeout = {SLOW_QUERY_MS}")
+    try:
+        cur.execute(f"""SELECT e.timestamp, e.to_state, e.message, j.name, j.job_id
+                        FROM {schema.EVENT_TABLE} e JOIN {schema.JOB_TABLE} j USING (job_id)
+                        WHERE e.timestamp > now() - %s * interval '1 second'
+                          AND e.to_state IN ({_in(FAILURE_STATES)})
+                        ORDER BY e.timestamp DESC, e.id DESC LIMIT %s""",
+                    [FAILURE_WINDOW, FAILURE_LIMIT])
+        rows = _dicts(cur)
+    except QueryCanceled:
+        cur.execute("ROLLBACK TO SAVEPOINT top_failures")
+        return [], [f"latest failures not shown: the query took over {SLOW_QUERY_MS} ms"]
+    cur.execute("RELEASE SAVEPOINT top_failures")
+    cur.execute("SET LOCAL statement_timeout = 0")
+    return rows, []
+
+
+def duration(seconds: float) -> str:
+    """Compact age: ``42s``, ``3m05s``, ``2h07m``, ``3d04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def rates(snap: Snapshot, prev: Optional[Snapshot]) -> dict[str, Optional[float]]:
+    """Net change per minute of each state's count (None where unknown; see the module doc)."""
+    if prev is not None:
+        minutes = (snap.now - prev.now).total_seconds() / 60
+        if minutes > 0:
+            return {s: (snap.counts.get(s, 0) - prev.counts.get(s, 0)) / minutes for s in STATES}
+    if snap.flow is None:
+        return {s: None for s in STATES}
+    per_min = 60 / RATE_WINDOW
+    return {s: (None if s == "CREATED" else snap.flow.get(s, 0) * per_min) for s in STATES}
+
+
+def _rate(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if abs(value) < 0.05:
+        return "0"
+    text = f"{value:+.0f}" if abs(value) >= 10 else f"{value:+.1f}"
+    return text
+
+
+def fit(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters (a cut is marked with ``~``)."""
+    return line if len(line) <= width else line[: max(0, width - 1)] + "~"
+
+
+def _state_lines(snap: Snapshot, prev: Optional[Snapshot], width: int) -> list[str]:
+    r = rates(snap, prev)
+    shown = [s for s in STATES if snap.counts.get(s, 0) or r.get(s)]
+    cell = "{:<16} {:>10} {:>9}"
+    if not shown:
+        return ["  (no jobs)"]
+    cols = 2 if width >= 80 else 1
+    head = "  ".join([cell.format("STATE", "JOBS", "PER MIN")] * min(cols, len(shown)))
+    rows = (len(shown) + cols - 1) // cols
+    lines = [head]
+    for i in range(rows):
+        cells = [cell.format(s, f"{snap.counts.get(s, 0):,}", _rate(r.get(s)))
+                 for s in shown[i * cols:(i + 1) * cols]]
+        lines.append("  ".join(cells))
+    return lines
+
+
+def _session_rows(snap: Snapshot) -> list[str]:
+    out = []
+    for s in snap.sessions:
+        host = s["hostname"] + (f" ({s['label']})" if s["label"] else "")
+        out.append(f"{s['id']:>5} {fit(host, 24):<24} {s['job_mode']:<6} {s['num_nodes']:>5} "
+                   f"{s['running']:>7} {duration((snap.now - s['heartbeat']).total_seconds()):>9} "
+                   f"{duration((snap.now - s['started_at']).total_seconds()):>8} "
+                   f"{s['scheduler_id'] or '-'}")
+    return out
+
+
+def _batch_rows(snap: Snapshot) -> list[str]:
+    return [f"{b['id']:>5} {fit(b['scheduler_id'] or '-', 14):<14} {fit(b['queue'] or '-', 16):<16} "
+            f"{b['nodes']:>5} {b['wall_minutes']:>7} {b['state']}" for b in snap.batch_jobs]
+
+
+def _failure_rows(snap: Snapshot) -> list[str]:
+    out = []
+    for f in snap.failures:
+        first = next((ln.strip() for ln in (f["message"] or "").splitlines() if ln.strip()), "")
+        out.append(f"{f['timestamp'].astimezone().strftime('%H:%M:%S')} {f['to_state']:<9} "
+                   f"{fit(f['name'], 16):<16} {str(f['job_id'])[:8]} {first}")
+    return out
+
+
+def render(snap: Snapshot, prev: Optional[Snapshot], width: int = 80,
+           height: Optional[int] = None, title: str = "") -> list[str]:
+    """The frame: lines of at most ``width`` characters, at most ``height`` lines if given.
+
+    When the terminal is too short, the longest of the launcher / batch-job / failure lists
+    loses rows first; each section's title says how many rows are hidden.
+    """
+    total = sum(snap.counts.values())
+    clock = snap.now.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    head = [f"balsam top  {clock}  {total:,} jobs" + (f"  {title}" if title else "")]
+    head += [""] + _state_lines(snap, prev, width)
+    head.extend(f"note: {n}" for n in snap.notes)
+    workers = f"; {snap.workers} transition-worker session{'s' * (snap.workers != 1)}"
+    sections = [
+        (f"Launchers: {len(snap.sessions)} live{workers}",
+         f"{'ID':>5} {'HOST':<24} {'MODE':<6} {'NODES':>5} {'RUNNING':>7} {'HEARTBEAT':>9} "
+         f"{'UP':>8} SCHED ID", _session_rows(snap)),
+        (f"Batch jobs: {len(snap.batch_jobs)} queued or running",
+         f"{'ID':>5} {'SCHED ID':<14} {'QUEUE':<16} {'NODES':>5} {'MINUTES':>7} STATE",
+         _batch_rows(snap)),
+        ("Latest failures", f"{'TIME':<8} {'STATE':<9} {'NAME':<16} {'ID':<8} MESSAGE",
+         _failure_rows(snap)),
+    ]
+    shown = [len(rows) for _, _, rows in sections]
+
+    def size() -> int:
+        return len(head) + sum(2 + (1 + n if n else 0) for n in shown)
+
+    while height is not None and size() > height and max(shown) > 0:
+        shown[shown.index(max(shown))] -= 1
+    lines = list(head)
+    for n, (name, header, rows) in zip(shown, sections):
+        hidden = len(rows) - n
+        lines += ["", name + (f" (+{hidden} not shown)" if hidden else "")]
+        if n:
+            lines += [header] + rows[:n]
+    if height is not None:
+        lines = lines[:height]
+    return [fit(line, width) for line in lines]
