@@ -147,7 +147,7 @@ def test_bad_interval_is_refused(db):
 class Pty:
     """``balsam top`` in a pseudo-terminal of its own (controlling terminal, so Ctrl-C sends SIGINT)."""
 
-    def __init__(self, *args: str, cols: int = 80, rows: int = 24) -> None:
+    def __init__(self, *args: str, cols: int = 80, rows: int = 24, env: Any = None) -> None:
         self.master, self.slave = os.openpty()
         self.resize(cols, rows)
         self.attrs_before = termios.tcgetattr(self.slave)
@@ -157,7 +157,8 @@ class Pty:
 
         self.proc = subprocess.Popen([sys.executable, "-m", "balsam", "top", *args],
                                      stdin=self.slave, stdout=self.slave, stderr=self.slave,
-                                     start_new_session=True, preexec_fn=controlling_tty)
+                                     start_new_session=True, preexec_fn=controlling_tty,
+                                     env=dict(os.environ, **(env or {})))
         self.output = b""
 
     def resize(self, cols: int, rows: int) -> None:
@@ -266,3 +267,17 @@ def test_live_view_follows_a_terminal_resize_and_a_short_terminal(db, cursor, pt
     assert len(frame) == 16 and all(len(ln) <= 60 for ln in frame), frame
     assert "Batch jobs: 16 queued or running (+11 not shown)" in frame, frame
     assert top.send_and_wait(b"Q") == 0
+
+
+def test_live_view_survives_a_database_outage(restart_db, pty_top):
+    from balsam.db import cluster
+
+    top = pty_top("--interval", "0.3", env={"BALSAM_DB_PATH": restart_db})
+    top.read_until(lambda t: "0 jobs" in t)
+    cluster.stop(restart_db)
+    top.read_until(lambda t: "note: refresh failed, retrying: the Balsam DB server" in t)
+    cluster.start(restart_db)
+    seen = len(top.output)
+    top.read_until(lambda t: "\x1b[J" in t[seen:] and "refresh failed" not in t.split("\x1b[H")[-1])
+    assert top.send_and_wait(b"q") == 0
+    assert b"Traceback" not in top.output
