@@ -1,0 +1,207 @@
+"""The SQL behind the dashboard pages, on a DB-API cursor; every query here is bounded.
+
+The jobs table pages by keyset (the sort column, then ``job_id``): a page costs an index walk of
+one page, however deep, and never an OFFSET or a COUNT over the whole table. Counts above
+:data:`COUNT_CAP` are the planner's estimate, marked as such.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from balsam.core import schema
+from balsam.core.states import STATES
+
+JOB, EVENT, DEP, APP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.APP_TABLE
+SESSION, QLAUNCH = schema.SESSION_TABLE, schema.QLAUNCH_TABLE
+
+PAGE_SIZES = (25, 50, 100, 200)
+COUNT_CAP = 10_000
+SORTS = {  # URL name -> (column, SQL type of a cursor value)
+    "created": ("created_at", "timestamptz"),
+    "name": ("name", "text"),
+    "workflow": ("workflow", "text"),
+    "app": ("application", "text"),
+    "state": ("state", "text"),
+    "nodes": ("num_nodes", "integer"),
+}
+LIST_COLUMNS = ("job_id", "name", "workflow", "application", "state", "num_nodes",
+                "ranks_per_node", "node_packing_count", "wall_time_minutes", "created_at")
+
+
+def rows(cur: Any) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+@dataclass
+class JobFilter:
+    """The jobs table's filters, as given in the URL (empty means no filter)."""
+
+    state: str = ""
+    workflow: str = ""
+    app: str = ""
+    name: str = ""
+    id_prefix: str = ""
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, params = [], []  # type: ignore[var-annotated]
+        if self.state in STATES:
+            clauses.append("state = %s")
+            params.append(self.state)
+        if self.workflow:
+            clauses.append("workflow = %s")
+            params.append(self.workflow)
+        if self.app:
+            clauses.append("application = %s")
+            params.append(self.app)
+        if self.name:
+            clauses.append("strpos(lower(name), lower(%s)) > 0")
+            params.append(self.name)
+        prefix = "".join(c for c in self.id_prefix.lower() if c in "0123456789abcdef-")
+        if prefix:
+            # A uuid range, so the primary key index answers it.
+            hexdigits = prefix.replace("-", "")[:32]
+            lo, hi = hexdigits.ljust(32, "0"), hexdigits.ljust(32, "f")
+            clauses.append("job_id BETWEEN %s::uuid AND %s::uuid")
+            params += [lo, hi]
+        return (" AND ".join(clauses) or "TRUE"), params
+
+
+@dataclass
+class JobPage:
+    jobs: list[dict[str, Any]]
+    next_cursor: str = ""
+    prev_cursor: str = ""
+    count: int = 0
+    count_exact: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_cursor(value: Any, job_id: Any) -> str:
+    raw = json.dumps([value.isoformat() if hasattr(value, "isoformat") else value, str(job_id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Optional[tuple[Any, str]]:
+    """(value, job_id) from :func:`encode_cursor`, or None for a malformed cursor."""
+    try:
+        value, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        schema.parse_uuid(job_id)
+        return value, job_id
+    except Exception:
+        return None
+
+
+def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool = True,
+             after: str = "", before: str = "", size: int = 50) -> JobPage:
+    """One page of jobs in (sort column, job_id) order, after or before a cursor."""
+    column, kind = SORTS.get(sort, SORTS["created"])
+    size = size if size in PAGE_SIZES else 50
+    where, params = flt.where()
+    key = decode_cursor(before or after)
+    backwards = bool(before) and key is not None
+    # Rows go forward in display order; a "previous" page is read in reverse and flipped.
+    desc = descending != backwards
+    if key is not None:
+        op = "<" if desc else ">"
+        where += f" AND ({column}, job_id) {op} (%s::{kind}, %s::uuid)"
+        params = params + [key[0], key[1]]
+    order = "DESC" if desc else "ASC"
+    cur.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM {JOB} WHERE {where} "
+                f"ORDER BY {column} {order}, job_id {order} LIMIT %s", params + [size + 1])
+    found = rows(cur)
+    more = len(found) > size
+    found = found[:size]
+    if backwards:
+        found.reverse()
+    page = JobPage(found)
+    if found:
+        first, last = found[0], found[-1]
+        if more or backwards:
+            page.next_cursor = encode_cursor(last[column], last["job_id"])
+        if (more and backwards) or (key is not None and not backwards):
+            page.prev_cursor = encode_cursor(first[column], first["job_id"])
+    page.count, page.count_exact = count_jobs(cur, flt)
+    return page
+
+
+def count_jobs(cur: Any, flt: JobFilter) -> tuple[int, bool]:
+    """Exact count up to :data:`COUNT_CAP`, else the planner's estimate (and False)."""
+    where, params = flt.where()
+    cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM {JOB} WHERE {where} LIMIT %s) s",
+                params + [COUNT_CAP + 1])
+    n = int(cur.fetchone()[0])
+    if n <= COUNT_CAP:
+        return n, True
+    cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {JOB} WHERE {where}", params)
+    plan = cur.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return max(int(plan[0]["Plan"]["Plan Rows"]), n), False
+
+
+def counts_by_workflow_state(cur: Any) -> list[tuple[str, str, int]]:
+    """(workflow, state, count) for every pair present (an index-only scan of job_wf_state)."""
+    cur.execute(f"SELECT workflow, state, count(*) FROM {JOB} GROUP BY workflow, state "
+                "ORDER BY workflow, state")
+    return [(w, s, int(n)) for w, s, n in cur.fetchall()]
+
+
+def live_sessions(cur: Any) -> list[dict[str, Any]]:
+    """Launcher sessions not ended, with the number of jobs each holds RUNNING."""
+    cur.execute(f"""
+        SELECT s.id, s.hostname, s.pid, s.job_mode, s.label, s.scheduler_id, s.num_nodes,
+               s.started_at, s.heartbeat,
+               s.heartbeat + s.lease_seconds * interval '1 second' < now() AS expired,
+               (SELECT count(*) FROM {JOB} j WHERE j.session_id = s.id
+                  AND j.state = 'RUNNING') AS running
+        FROM {SESSION} s WHERE s.ended_at IS NULL ORDER BY s.started_at""")
+    return rows(cur)
+
+
+def batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
+    """Batch jobs not ended, then the most recently ended ones, up to ``limit``."""
+    cur.execute(f"""
+        SELECT id, scheduler_id, queue, project, nodes, wall_minutes, job_mode, wf_filter, state,
+               message, submitted_at, ended_at
+        FROM {QLAUNCH} ORDER BY ended_at IS NOT NULL, ended_at DESC NULLS FIRST, id DESC
+        LIMIT %s""", [limit])
+    return rows(cur)
+
+
+def job_detail(cur: Any, job_id: str) -> Optional[dict[str, Any]]:
+    cur.execute(f"SELECT * FROM {JOB} WHERE job_id = %s", [job_id])
+    found = rows(cur)
+    return found[0] if found else None
+
+
+def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    cur.execute(f"SELECT timestamp, from_state, to_state, message FROM {EVENT} "
+                "WHERE job_id = %s ORDER BY id LIMIT %s", [job_id, limit])
+    return rows(cur)
+
+
+def job_relatives(cur: Any, job_id: str, limit: int = 200) -> tuple[list[dict], list[dict]]:
+    """(parents, children) of a job: id, name, state; at most ``limit`` of each."""
+    out = []
+    for mine, other in (("child_id", "parent_id"), ("parent_id", "child_id")):
+        cur.execute(f"SELECT j.job_id, j.name, j.workflow, j.state FROM {DEP} d "
+                    f"JOIN {JOB} j ON j.job_id = d.{other} WHERE d.{mine} = %s "
+                    "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
+        out.append(rows(cur))
+    return out[0], out[1]
+
+
+def apps(cur: Any) -> list[dict[str, Any]]:
+    cur.execute(f"SELECT id, name, description, executable, preprocess, postprocess, envscript "
+                f"FROM {APP} ORDER BY name")
+    return rows(cur)
+
+
+def event_span(cur: Any) -> tuple[Any, Any]:
+    """(first, last) event time (two probes of the timestamp index)."""
+    cur.execute(f"SELECT (SELECT min(timestamp) FROM {EVENT}), (SELECT max(timestamp) FROM {EVENT})")
+    first, last = cur.fetchone()
+    return first, last

@@ -1,0 +1,235 @@
+"""Dashboard pages and the two actions (kill, retry). Reads are plain SQL from
+:mod:`balsam.web.queries`; every state change goes through :mod:`balsam.core.lifecycle`.
+
+Retry (POST, FAILED jobs only) means: a job that never reached RUNNING (it failed in stage-in or
+preprocess, or because a parent failed) goes back to CREATED, so its parents are checked again
+and every step is redone; a job that ran goes to RESTART_READY, so a launcher runs it again in
+its existing working directory, as an automatic retry after a timeout would.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from balsam.core import lifecycle, schema
+from balsam.core.states import END_STATES, STATES
+from balsam.db.settings import active_path
+from balsam.web import auth, charts, queries
+
+TAIL_BYTES = 64 * 1024
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+
+def _flash(request: HttpRequest, text: str) -> None:
+    request.session["flash"] = text
+
+
+def _context(request: HttpRequest, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("flash", request.session.pop("flash", ""))
+    kw["db_path"] = active_path()
+    return kw
+
+
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    with connection.cursor() as cur:
+        counts = queries.counts_by_workflow_state(cur)
+        sessions = queries.live_sessions(cur)
+        batch = queries.batch_jobs(cur)
+    by_state: dict[str, int] = defaultdict(int)
+    for _, state, n in counts:
+        by_state[state] += n
+    total = sum(by_state.values())
+    state_rows = [(s, by_state.get(s, 0), 100.0 * by_state.get(s, 0) / total if total else 0)
+                  for s in STATES]
+    return render(request, "balsam_web/overview.html", _context(
+        request, page="overview", total=total, state_rows=state_rows,
+        workflows=_workflow_table(counts)[:20], sessions=sessions, batch=batch))
+
+
+def _workflow_table(counts: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for wf, state, n in counts:
+        row = table.setdefault(wf, {"workflow": wf, "total": 0, "done": 0, "failed": 0,
+                                    "running": 0, "states": {}})
+        row["total"] += n
+        row["states"][state] = n
+        row["done"] += n if state == "JOB_FINISHED" else 0
+        row["failed"] += n if state in ("FAILED", "USER_KILLED") else 0
+        row["running"] += n if state == "RUNNING" else 0
+    return sorted(table.values(), key=lambda r: (-r["total"], r["workflow"]))
+
+
+@require_GET
+def charts_api(request: HttpRequest) -> JsonResponse:
+    with connection.cursor() as cur:
+        return JsonResponse(charts.chart_data(cur))
+
+
+@require_GET
+def jobs(request: HttpRequest) -> HttpResponse:
+    g = request.GET
+    flt = queries.JobFilter(state=g.get("state", ""), workflow=g.get("wf", ""),
+                            app=g.get("app", ""), name=g.get("name", "").strip(),
+                            id_prefix=g.get("id", "").strip())
+    sort = g.get("sort", "created") if g.get("sort") in queries.SORTS else "created"
+    descending = g.get("dir", "desc") != "asc"
+    try:
+        size = int(g.get("size", "50"))
+    except ValueError:
+        size = 50
+    with connection.cursor() as cur:
+        page = queries.job_page(cur, flt, sort, descending, g.get("after", ""),
+                                g.get("before", ""), size)
+    keep = {k: v for k, v in g.items() if k not in ("after", "before") and v}
+
+    def link(**changes: str) -> str:
+        params = dict(keep)
+        params.update(changes)
+        params = {k: v for k, v in params.items() if v}
+        from urllib.parse import urlencode
+        return "?" + urlencode(params)
+
+    headers = []
+    for key, label in (("name", "Name"), ("workflow", "Workflow"), ("app", "App"),
+                       ("state", "State"), ("nodes", "Nodes"), ("created", "Created")):
+        flip = "asc" if (sort == key and descending) else "desc"
+        arrow = ("▼" if descending else "▲") if sort == key else ""
+        headers.append({"label": label, "href": link(sort=key, dir=flip), "arrow": arrow})
+    return render(request, "balsam_web/jobs.html", _context(
+        request, page="jobs", jobs=page.jobs, count=page.count, count_exact=page.count_exact,
+        flt=flt, states=STATES, headers=headers, size=page.jobs and size,
+        sizes=queries.PAGE_SIZES, sort=sort, dir="desc" if descending else "asc",
+        next_href=link(after=page.next_cursor) if page.next_cursor else "",
+        prev_href=link(before=page.prev_cursor) if page.prev_cursor else "",
+        first_href=link() if page.prev_cursor else ""))
+
+
+def _job_or_404(cur: Any, job_id: str) -> dict[str, Any]:
+    try:
+        schema.parse_uuid(job_id)
+    except Exception:
+        raise Http404("no such job")
+    job = queries.job_detail(cur, job_id)
+    if job is None:
+        raise Http404("no such job")
+    return job
+
+
+@require_GET
+def job(request: HttpRequest, job_id: str) -> HttpResponse:
+    with connection.cursor() as cur:
+        row = _job_or_404(cur, job_id)
+        events = queries.job_events(cur, job_id)
+        parents, children = queries.job_relatives(cur, job_id)
+    workdir = schema.working_directory(active_path(), row["workflow"], row["name"],
+                                       row["job_id"], row["user_workdir"])
+    out_path = os.path.join(workdir, f"{row['name'].replace(os.sep, '_') or 'job'}.out")
+    fields = [(k, row[k]) for k in row if k not in ("job_id", "data")]
+    fields.append(("data", row["data"]))
+    return render(request, "balsam_web/job.html", _context(
+        request, page="jobs", job=row, fields=fields, events=events, parents=parents,
+        children=children, workdir=workdir, out_path=out_path, out_tail=_tail(out_path),
+        can_kill=row["state"] not in END_STATES, can_retry=row["state"] == "FAILED"))
+
+
+def _tail(path: str) -> str:
+    """The last :data:`TAIL_BYTES` of a file, or a note saying why there is nothing."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return f"(cannot read: {exc.strerror})"
+    text = data.decode("utf-8", "replace")
+    return text.split("\n", 1)[-1] if size > TAIL_BYTES else text
+
+
+@require_POST
+def kill(request: HttpRequest, job_id: str) -> HttpResponse:
+    recursive = request.POST.get("recursive") == "1"
+    with transaction.atomic(), connection.cursor() as cur:
+        _job_or_404(cur, job_id)
+        killed = lifecycle.kill(cur, [job_id], recursive=recursive,
+                                message="Killed by user from the web dashboard")
+    _flash(request, f"Killed {len(killed)} job(s)." if killed else
+           "Nothing to kill: the job has already ended.")
+    return HttpResponseRedirect(reverse("job", args=[job_id]))
+
+
+@require_POST
+def retry(request: HttpRequest, job_id: str) -> HttpResponse:
+    with transaction.atomic(), connection.cursor() as cur:
+        _job_or_404(cur, job_id)
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {queries.EVENT} WHERE job_id = %s "
+                    "AND to_state = 'RUNNING')", [job_id])
+        ran = bool(cur.fetchone()[0])
+        target = "RESTART_READY" if ran else "CREATED"
+        moved = lifecycle.transition(cur, [job_id], target, "Retried by user from the web "
+                                     "dashboard", user=True, sources=["FAILED"])
+    _flash(request, f"Retrying: the job is now {target}." if moved else
+           "Not retried: only a FAILED job can be retried.")
+    return HttpResponseRedirect(reverse("job", args=[job_id]))
+
+
+@require_GET
+def apps(request: HttpRequest) -> HttpResponse:
+    with connection.cursor() as cur:
+        app_rows = queries.apps(cur)
+    return render(request, "balsam_web/apps.html", _context(request, page="apps", apps=app_rows))
+
+
+@require_GET
+def workflows(request: HttpRequest) -> HttpResponse:
+    with connection.cursor() as cur:
+        table = _workflow_table(queries.counts_by_workflow_state(cur))
+    for row in table:
+        row["cells"] = [row["states"].get(s, 0) for s in STATES]
+    return render(request, "balsam_web/workflows.html", _context(
+        request, page="workflows", workflows=table, states=STATES))
+
+
+def login(request: HttpRequest) -> HttpResponse:
+    """POST: the login form (CSRF-checked by the middleware before this runs); GET: home."""
+    if request.method != "POST":
+        return HttpResponseRedirect("/")
+    if not auth.token_matches(request.POST.get("token", "")):
+        return auth.login_page(request, 403, "That token is not right.")
+    auth.log_in(request)
+    target = request.POST.get("next", "/")
+    safe = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return HttpResponseRedirect(target if safe else "/")
+
+
+@require_POST
+def logout(request: HttpRequest) -> HttpResponse:
+    request.session.flush()
+    return HttpResponseRedirect("/")
+
+
+def static(request: HttpRequest, name: str) -> HttpResponse:
+    ext = os.path.splitext(name)[1]
+    path = os.path.join(os.path.dirname(__file__), "static", name)
+    if ext not in STATIC_TYPES or "/" in name or not os.path.isfile(path):
+        raise Http404("no such file")
+    response = FileResponse(open(path, "rb"), content_type=STATIC_TYPES[ext])
+    response["Cache-Control"] = "max-age=300" if not settings.DEBUG else "no-store"
+    return response
