@@ -18,6 +18,7 @@ COMMANDS = [
     "mkchild", "launcher", "submit_launch",
     "service",
     "top",
+    "report", "log",
     "web",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
