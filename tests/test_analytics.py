@@ -223,3 +223,16 @@ def test_classic_helpers_keep_their_shapes(history):
     assert jt["CREATED"] == [at(0)] * 5 + [at(100), at(500)]
     assert jt["RUN_DONE"] == [at(160), at(260), at(790)]
     assert analytics.process_job_times(None, "FAILED", cursor=history) == {"FAILED": [at(240), at(470)]}
+
+
+def test_classic_helpers_take_a_django_queryset(history):
+    from balsam.core import models
+
+    qs = models.BalsamJob.objects.filter(workflow="alpha")
+    times, counts = analytics.throughput_report(qs)
+    assert times == [at(160), at(260)] and counts == [1, 2]
+    assert analytics.process_job_times(qs, "FAILED") == {"FAILED": [at(470)]}
+    times, running = analytics.utilization_report(qs)
+    assert running == [1, 2, 1, 0, 1, 0]
+    times, counts = analytics.error_report(qs.filter(name="G"))
+    assert sum(counts) == 2
