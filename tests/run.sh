@@ -17,6 +17,13 @@ if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
     (apt-get update -qq && apt-get install -y -qq $missing >/dev/null) \
         || echo "note: could not install$missing; the tests that need them will say they are skipped"
 fi
+# A real headless browser for the dashboard tests (tests/test_web_browser.py): Debian's chromium
+# and its chromedriver, driven by Selenium (~20 s to install); without them those tests say why
+# they are skipped.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null) \
+        || echo "note: could not install chromium; the browser tests will say they are skipped"
+fi
 # A real Slurm for the Slurm tests (tests/slurm_support.py): one that already answers is used
 # and left running; otherwise, as root, tests/infra/slurm.sh starts a one-machine cluster
 # (installing Debian's packages if needed) and it is stopped at the end. If none can be had,
