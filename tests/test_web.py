@@ -193,8 +193,10 @@ def test_overview_apps_workflows_and_charts_render(site: str, cursor) -> None:
 
     status, body, _ = c.request("/api/charts/")
     data = json.loads(body)
-    assert data["throughput"][-1][1] == 1
-    assert data["utilization"][-1][1] == 2
+    assert [s["label"] for s in data["throughput"]["series"]] == ["RUN_DONE", "JOB_FINISHED"]
+    assert data["throughput"]["series"][0]["values"][-1] == 1
+    assert data["utilization"]["series"][0]["values"][-1] == 2  # running tasks
+    assert data["utilization"]["series"][1]["values"][-1] == 2.0  # busy nodes (1 each)
 
 
 def test_binding_elsewhere_without_a_token_is_refused(db: str) -> None:

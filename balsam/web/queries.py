@@ -199,9 +199,3 @@ def apps(cur: Any) -> list[dict[str, Any]]:
                 f"FROM {APP} ORDER BY name")
     return rows(cur)
 
-
-def event_span(cur: Any) -> tuple[Any, Any]:
-    """(first, last) event time (two probes of the timestamp index)."""
-    cur.execute(f"SELECT (SELECT min(timestamp) FROM {EVENT}), (SELECT max(timestamp) FROM {EVENT})")
-    first, last = cur.fetchone()
-    return first, last

@@ -19,19 +19,24 @@ function niceMax(v) {
   return 10 * p;
 }
 
-function drawChart(canvas, points, color) {
+var COLORS = ["#3c9a55", "#3271c2", "#c98a1d", "#c23b3b"];
+
+function drawChart(canvas, chart) {
   var ctx = canvas.getContext("2d");
-  var w = canvas.width, h = canvas.height, left = 56, right = 10, top = 10, bottom = 28;
+  var w = canvas.width, h = canvas.height, left = 56, right = 10, top = 22, bottom = 28;
+  var times = (chart && chart.times) || [], series = (chart && chart.series) || [];
   ctx.clearRect(0, 0, w, h);
   ctx.font = "11px sans-serif";
   ctx.fillStyle = "#66707d";
-  if (!points.length) {
+  if (!times.length) {
     ctx.fillText("Nothing recorded yet.", left, h / 2);
-    return;
+    return 0;
   }
-  var t0 = Date.parse(points[0][0]), t1 = Date.parse(points[points.length - 1][0]);
-  var ymax = niceMax(Math.max.apply(null, points.map(function (p) { return p[1]; })));
-  var span = Math.max(t1 - t0, 1);
+  var ts = times.map(function (t) { return Date.parse(t); });
+  var t0 = ts[0], t1 = ts[ts.length - 1], span = Math.max(t1 - t0, 1);
+  var top_value = 0;
+  series.forEach(function (s) { s.values.forEach(function (v) { top_value = Math.max(top_value, v); }); });
+  var ymax = niceMax(top_value);
   function x(t) { return left + (w - left - right) * (t - t0) / span; }
   function y(v) { return top + (h - top - bottom) * (1 - v / ymax); }
   ctx.strokeStyle = "#e3e6ea";
@@ -48,14 +53,25 @@ function drawChart(canvas, points, color) {
                                  : d.toISOString().slice(11, 19);
     ctx.fillText(label, Math.min(Math.max(x(t), left + 30), w - right - 30), h - 8);
   });
-  ctx.strokeStyle = color;
-  ctx.lineWidth = 2;
-  ctx.beginPath();
-  points.forEach(function (p, i) {
-    var px = x(Date.parse(p[0])), py = y(p[1]);
-    if (i === 0) { ctx.moveTo(px, py); } else { ctx.lineTo(px, py); }
+  ctx.textAlign = "left";
+  var lx = left;
+  series.forEach(function (s, n) {
+    var color = COLORS[n % COLORS.length];
+    ctx.fillStyle = color;
+    ctx.fillRect(lx, 6, 10, 10);
+    ctx.fillStyle = "#1d2430";
+    ctx.fillText(s.label, lx + 14, 15);
+    lx += 24 + ctx.measureText(s.label).width;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    s.values.forEach(function (v, i) {
+      if (i === 0) { ctx.moveTo(x(ts[i]), y(v)); } else { ctx.lineTo(x(ts[i]), y(v)); }
+    });
+    ctx.stroke();
+    ctx.lineWidth = 1;
   });
-  ctx.stroke();
+  return times.length;
 }
 
 var chartCanvases = document.querySelectorAll("canvas[data-series]");
@@ -64,8 +80,7 @@ if (chartCanvases.length) {
     .then(function (r) { return r.json(); })
     .then(function (data) {
       chartCanvases.forEach(function (c) {
-        drawChart(c, data[c.dataset.series] || [], c.id === "throughput" ? "#3c9a55" : "#3271c2");
-        c.dataset.drawn = String((data[c.dataset.series] || []).length);
+        c.dataset.drawn = String(drawChart(c, data[c.dataset.series]));
       });
     });
 }
