@@ -107,7 +107,7 @@ def test_queued_launch_defaults(models):
     assert (loaded.scheduler_id, loaded.project, loaded.queue, loaded.nodes, loaded.wall_minutes,
             loaded.job_mode, loaded.wf_filter, loaded.sched_flags, loaded.command, loaded.state,
             loaded.prescheduled_only, loaded.from_balsam) == (
-        0, "", "", 0, 0, "", "", "", "", "pending-submission", True, True)
+        "", "", "", 0, 0, "", "", "", "", "pending-submission", True, True)
     assert f"QueuedLaunch {ql.pk}:" in repr(loaded)
 
 
