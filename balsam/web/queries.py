@@ -124,7 +124,10 @@ def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool =
             page.next_cursor = encode_cursor(last[column], last["job_id"])
         if (more and backwards) or (key is not None and not backwards):
             page.prev_cursor = encode_cursor(first[column], first["job_id"])
-    page.count, page.count_exact = count_jobs(cur, flt)
+    if key is None and not more:
+        page.count = len(found)  # the whole match fits on this page: no second scan
+    else:
+        page.count, page.count_exact = count_jobs(cur, flt)
     return page
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -101,9 +102,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
     def link(**changes: str) -> str:
         params = dict(keep)
         params.update(changes)
-        params = {k: v for k, v in params.items() if v}
-        from urllib.parse import urlencode
-        return "?" + urlencode(params)
+        return "?" + urlencode({k: v for k, v in params.items() if v})
 
     headers = []
     for key, label in (("name", "Name"), ("workflow", "Workflow"), ("app", "App"),
@@ -113,7 +112,8 @@ def jobs(request: HttpRequest) -> HttpResponse:
         headers.append({"label": label, "href": link(sort=key, dir=flip), "arrow": arrow})
     return render(request, "balsam_web/jobs.html", _context(
         request, page="jobs", jobs=page.jobs, count=page.count, count_exact=page.count_exact,
-        flt=flt, states=STATES, headers=headers, size=page.jobs and size,
+        flt=flt, states=STATES, headers=headers,
+        size=size if size in queries.PAGE_SIZES else 50,
         sizes=queries.PAGE_SIZES, sort=sort, dir="desc" if descending else "asc",
         next_href=link(after=page.next_cursor) if page.next_cursor else "",
         prev_href=link(before=page.prev_cursor) if page.prev_cursor else "",
