@@ -31,6 +31,7 @@ from _throwaway import machine_line, throwaway_db  # noqa: E402
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 CHUNK = 50_000
+NULL = "\\N"  # COPY text
 ERRORS = [f"exit code {c}: {what}" for c in (1, 2, 137) for what in
           ("segfault", "out of memory", "input missing", "bad config")]
 
@@ -65,10 +66,12 @@ def history(rng: random.Random, created: float) -> list[tuple[float, str, str, s
 
 
 def load(conn: Any, n: int, seed: int = 6) -> int:
-    """COPY ``n`` jobs and their events; returns the number of events."""
-    from balsam.core import schema
-    from balsam.core.bulk import copy_jobs
+    """COPY ``n`` jobs and their events as the state writer records them (each event with the
+    time its job entered ``from_state``, a run's end with its nodes; each job with the time it
+    entered its state); returns the number of events."""
+    from balsam.core import bulk, copyfmt, schema
 
+    columns = bulk.COLUMNS + schema.JOB_STATE_COLUMNS
     rng = random.Random(seed)
     spacing = 36_000 / n
     nevents = 0
@@ -87,14 +90,22 @@ def load(conn: Any, n: int, seed: int = 6) -> int:
                 row["created_at"] = T0 + datetime.timedelta(seconds=created)
                 hist = history(rng, created)
                 row["state"] = hist[-1][2]
+                row["state_since"] = T0 + datetime.timedelta(seconds=hist[-1][0])
                 rows.append(row)
                 jid = str(row["job_id"])
-                events += [(t, jid, a, b, m) for t, a, b, m in hist]
-            copy_jobs(cur, rows)
+                nodes = (1 / row["node_packing_count"] if row["num_nodes"] == 1
+                         and row["ranks_per_node"] == 1 else row["num_nodes"])
+                entered = [created] + [t for t, _, _, _ in hist[:-1]]
+                events += [(t, jid, a, b, m, e, nodes if a == "RUNNING" else None)
+                           for (t, a, b, m), e in zip(hist, entered)]
+            bulk.normalize_rows(rows)
+            cur.copy_expert(f"COPY {schema.JOB_TABLE} ({', '.join(columns)}) FROM STDIN",
+                            io.BytesIO(copyfmt.encode_dicts(rows, columns, 0, len(rows))))
             events.sort()
-            text = "".join(f"{j}\t{_ts(t)}\t{a}\t{b}\t{m}\n" for t, j, a, b, m in events)
+            text = "".join(f"{j}\t{_ts(t)}\t{a}\t{b}\t{m}\t{_ts(e)}\t{NULL if w is None else w}\n"
+                           for t, j, a, b, m, e, w in events)
             cur.copy_expert(f"COPY {schema.EVENT_TABLE} (job_id, timestamp, from_state, to_state, "
-                            "message) FROM STDIN", io.StringIO(text))
+                            "message, entered_at, nodes) FROM STDIN", io.StringIO(text))
             nevents += len(events)
             conn.commit()
             print(f"\r# loaded {min(n, lo + CHUNK):,} jobs, {nevents:,} events", end="", flush=True)

@@ -17,6 +17,7 @@ Every expected number below is worked out by hand from this table:
 from __future__ import annotations
 
 import datetime
+import importlib
 
 import pytest
 
@@ -63,8 +64,16 @@ SESSIONS = {7: (50, 500), 8: (100, None), 17: (150, None)}
 WINDOW = Filters(since=at(0), until=at(800))
 
 
-@pytest.fixture
-def history(cursor):
+BACKFILL_SQL = importlib.import_module("balsam.core.migrations.0004_state_entry_times").BACKFILL_SQL
+
+
+@pytest.fixture(params=["recorded", "backfilled"])
+def history(request, cursor):
+    """The table above as the state writer records it (each event with the time its job entered
+    ``from_state`` and a run's end with its nodes; each job with the time it entered its state),
+    or as bare events filled in afterwards by migration 0004's backfill (a database from before
+    it): every answer must be the same."""
+    recorded = request.param == "recorded"
     for letter, (wf, app, nodes, rpn, pack, created, state) in JOBS.items():
         row = schema.new_job_row({"workflow": wf, "application": app, "num_nodes": nodes,
                                   "ranks_per_node": rpn, "node_packing_count": pack,
@@ -73,12 +82,19 @@ def history(cursor):
         cols = list(row)
         cursor.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(cols)}) VALUES "
                        f"({', '.join(['%s'] * len(cols))})", [row[c] for c in cols])
-        prev = "CREATED"
+        prev, entered = "CREATED", created
+        weight = 1 / pack if nodes == 1 and rpn == 1 else nodes
         for t, to_state, msg in EVENTS[letter]:
+            extra = [at(entered), weight if prev == "RUNNING" else None] if recorded else [None, None]
             cursor.execute(f"INSERT INTO {schema.EVENT_TABLE} (job_id, timestamp, from_state, "
-                           "to_state, message) VALUES (%s, %s, %s, %s, %s)",
-                           [jid(letter), at(t), prev, to_state, msg])
-            prev = to_state
+                           "to_state, message, entered_at, nodes) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                           [jid(letter), at(t), prev, to_state, msg] + extra)
+            prev, entered = to_state, t
+        if recorded:
+            cursor.execute(f"UPDATE {schema.JOB_TABLE} SET state_since = %s WHERE job_id = %s",
+                           [at(entered), jid(letter)])
+    if not recorded:
+        cursor.execute(BACKFILL_SQL)
     for sid, (start, end) in SESSIONS.items():
         cursor.execute(f"INSERT INTO {schema.SESSION_TABLE} (id, hostname, pid, job_mode, label, "
                        "scheduler_id, num_nodes, started_at, heartbeat, lease_seconds, ended_at, "

@@ -78,8 +78,10 @@ def test_bulk_created_job_is_stored_field_by_field_as_a_saved_one(models, cursor
     models.BalsamJob.objects.bulk_create([made])
     a, b = stored(cursor, saved.pk), stored(cursor, made.pk)
     assert set(a) == set(b) == {"job_id", "created_at", "tick", "queued_launch_id",
-                                *schema.JOB_LEASE_COLUMNS, *schema.JOB_DEFAULTS}
+                                *schema.JOB_LEASE_COLUMNS, *schema.JOB_STATE_COLUMNS,
+                                *schema.JOB_DEFAULTS}
     assert a["session_id"] is None and b["session_id"] is None
+    assert a["state_since"] is None and b["state_since"] is None
     for column in schema.JOB_DEFAULTS:
         assert (a[column], type(a[column])) == (b[column], type(b[column])), column
     assert a["queued_launch_id"] is b["queued_launch_id"] is None

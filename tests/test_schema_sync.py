@@ -11,7 +11,7 @@ import pytest
 from balsam.core import bulk, schema
 from balsam.core.states import STATES
 
-SYSTEM_FIELDS = {"job_id", "created_at", "tick", "queued_launch", "session"}
+SYSTEM_FIELDS = {"job_id", "created_at", "tick", "queued_launch", "session", "state_since"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_job_defaults_equal_the_model_fields_and_defaults(models):
 def test_system_columns_are_the_model_fields_left_over(models):
     names = {f.attname for f in models.BalsamJob._meta.concrete_fields}
     assert names - set(schema.JOB_DEFAULTS) == set(schema.JOB_SYSTEM_COLUMNS) | set(
-        schema.JOB_LEASE_COLUMNS)
+        schema.JOB_LEASE_COLUMNS) | set(schema.JOB_STATE_COLUMNS)
     assert models.BalsamJob._meta.pk.attname == "job_id"
 
 
@@ -83,13 +83,13 @@ def _columns(cursor, table):
     return [r[0] for r in cursor.fetchall()]
 
 
-def test_bulk_columns_are_the_job_table_columns_but_the_lease(cursor):
+def test_bulk_columns_are_the_job_table_columns_but_the_lease_and_state_time(cursor):
     columns = _columns(cursor, schema.JOB_TABLE)
+    unset = set(schema.JOB_LEASE_COLUMNS) | set(schema.JOB_STATE_COLUMNS)
     assert len(bulk.COLUMNS) == len(set(bulk.COLUMNS))
-    assert set(bulk.COLUMNS) | set(schema.JOB_LEASE_COLUMNS) == set(columns)
-    assert not set(bulk.COLUMNS) & set(schema.JOB_LEASE_COLUMNS)
-    assert set(schema.JOB_SYSTEM_COLUMNS) | set(schema.JOB_DEFAULTS) | set(
-        schema.JOB_LEASE_COLUMNS) == set(columns)
+    assert set(bulk.COLUMNS) | unset == set(columns)
+    assert not set(bulk.COLUMNS) & unset
+    assert set(schema.JOB_SYSTEM_COLUMNS) | set(schema.JOB_DEFAULTS) | unset == set(columns)
 
 
 def test_every_model_table_has_the_model_columns(cursor, models):

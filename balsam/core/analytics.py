@@ -1,14 +1,19 @@
 """Campaign analytics computed in SQL from the recorded state events (no Django import).
 
 Every function takes a DB-API cursor (Django's or a bare psycopg2 one, ``%s`` parameters) and an
-optional :class:`Filters`. The data: ``core_jobevent(job_id, timestamp, from_state, to_state,
-message)`` rows written by :func:`balsam.core.lifecycle.transition`, and a job's creation time
-``core_balsamjob.created_at`` (creation has no event).
+optional :class:`Filters` (:mod:`balsam.core.analytics_scope`). The data, all written by
+:func:`balsam.core.lifecycle.transition` in the statement that changes a state:
+``core_jobevent(job_id, timestamp, from_state, to_state, message, entered_at, nodes)`` -- each
+event is one whole visit of ``from_state``, ``[entered_at, timestamp)``, and an event leaving
+RUNNING carries the ``nodes`` its run occupied -- and ``core_balsamjob.state_since``, when a job
+entered its current state (NULL: at ``created_at``; creation has no event). Events written before
+migration 0004 were filled in by it.
 
 Definitions (the contracts the tests check):
 
-- A *run* is the interval from an event entering RUNNING to the job's next event, which always
-  leaves RUNNING (RUN_DONE, RUN_ERROR, RUN_TIMEOUT or USER_KILLED). A run still open is running.
+- A *run* is a visit of RUNNING: from the event entering RUNNING to the job's next event, which
+  always leaves RUNNING (RUN_DONE, RUN_ERROR, RUN_TIMEOUT or USER_KILLED). A run still open is
+  running.
 - *Busy nodes*: a running MPI job (``num_nodes > 1`` or ``ranks_per_node > 1``) counts
   ``num_nodes``; a serial job (``num_nodes == 1 and ranks_per_node == 1``) counts
   ``1 / node_packing_count`` of a node (it shares the node with that many others).
@@ -21,59 +26,42 @@ Definitions (the contracts the tests check):
   by the start message the launchers write (``... session N ...``) -- and narrows the window to
   the session's lifetime.
 
-Large campaigns: each report is one or two aggregate statements whose cost is linear in the
-events read (state times and utilization use sums of clamped times, never pairing events), so
-a million jobs take about a second or less; see ``benchmarks/bench_analytics.py``.
+Large campaigns: no report pairs events or joins them with the jobs. Runtimes are single
+event rows (``timestamp - entered_at``), utilization reads the run-ending events of the window
+(index ``run_end``) plus the jobs RUNNING now, state times are one sum per state over the events
+and one over the jobs. Over 1,000,000 jobs every report takes well under 2 s; see
+``benchmarks/bench_analytics.py`` and ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from balsam.core import schema
+from balsam.core.analytics_scope import (
+    EVENT,
+    JOB,
+    NICE_BUCKETS,
+    Buckets,
+    Filters,
+    bucket_sql,
+    event_scope,
+    job_clauses,
+    make_buckets,
+    resolve,
+    window_sql,
+)
+from balsam.core.lifecycle import RUN_NODES_SQL
 from balsam.core.states import STATES
 from balsam.errors import NotFound
 
-JOB, EVENT, SESSION = schema.JOB_TABLE, schema.EVENT_TABLE, schema.SESSION_TABLE
-UTC = datetime.timezone.utc
+__all__ = ["Buckets", "ErrorGroup", "Errors", "Filters", "NICE_BUCKETS", "NotFound", "Run",
+           "RuntimeStats", "StateTime", "Throughput", "Utilization", "errors", "job_runtimes",
+           "make_buckets", "resolve", "runtime_stats", "state_counts", "state_times", "summary",
+           "throughput", "utilization"]
 RUN_END_STATES = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT", "USER_KILLED")
 ERROR_STATES = ("RUN_ERROR", "FAILED")
-NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
-                43200, 86400, 172800, 604800)
-"""Bucket sizes (seconds) picked automatically: the smallest giving at most ``max_buckets``."""
-_NODE_WEIGHT = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
-                "THEN 1.0 / j.node_packing_count ELSE j.num_nodes END")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which jobs and which time window a report covers (all optional, combined with AND)."""
-
-    workflow: Optional[str] = None
-    workflow_contains: Optional[str] = None
-    app: Optional[str] = None
-    session: Optional[int] = None
-    since: Optional[datetime.datetime] = None
-    until: Optional[datetime.datetime] = None
-    job_query: Optional[tuple[str, Sequence[Any]]] = None
-    """SQL selecting ``job_id`` values (and its parameters): e.g. a Django queryset's query."""
-
-
-@dataclass
-class Buckets:
-    """Equal time buckets: bucket ``i`` is ``[start + i*seconds, start + (i+1)*seconds)``."""
-
-    start: datetime.datetime
-    seconds: float
-    count: int
-
-    @property
-    def times(self) -> list[datetime.datetime]:
-        """The start time of every bucket."""
-        return [self.start + datetime.timedelta(seconds=i * self.seconds) for i in range(self.count)]
 
 
 @dataclass
@@ -151,108 +139,6 @@ class StateTime:
     current: int
 
 
-# ---- filters ------------------------------------------------------------------------------------
-
-def _aware(when: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
-    if when is not None and when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
-    return when
-
-
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
-    """Conditions on the job table (alias ``j``) for the job filters of ``f``."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if f.workflow is not None:
-        clauses.append("j.workflow = %s")
-        params.append(f.workflow)
-    if f.workflow_contains is not None:
-        clauses.append("j.workflow LIKE %s")
-        params.append(_like(f.workflow_contains))
-    if f.app is not None:
-        clauses.append("j.application = %s")
-        params.append(f.app)
-    if f.session is not None:
-        clauses.append(f"j.job_id IN (SELECT job_id FROM {EVENT} WHERE to_state = 'RUNNING' "
-                       "AND (message LIKE %s OR message LIKE %s))")
-        params += [f"%session {int(f.session)}", f"%session {int(f.session)} %"]
-    if f.job_query is not None:
-        clauses.append(f"j.job_id IN ({f.job_query[0]})")
-        params += list(f.job_query[1])
-    return clauses, params
-
-
-def _event_scope(f: Filters) -> tuple[str, list[Any]]:
-    """`` AND ...`` restricting events (alias ``e``) to the filtered jobs, or ''."""
-    clauses, params = _job_clauses(f)
-    if not clauses:
-        return "", []
-    return f" AND e.job_id IN (SELECT j.job_id FROM {JOB} j WHERE {' AND '.join(clauses)})", params
-
-
-def resolve(cursor: Any, filters: Optional[Filters]) -> Filters:
-    """``filters`` with aware times, and the window narrowed to the session's lifetime when a
-    session is named (:class:`NotFound` if it does not exist)."""
-    f = filters or Filters()
-    f = replace(f, since=_aware(f.since), until=_aware(f.until))
-    if f.session is None:
-        return f
-    cursor.execute(f"SELECT started_at, ended_at FROM {SESSION} WHERE id = %s", [int(f.session)])
-    row = cursor.fetchone()
-    if row is None:
-        raise NotFound(f"no launcher session {f.session}")
-    since = max(x for x in (f.since, row[0]) if x is not None)
-    until = min((x for x in (f.until, row[1]) if x is not None), default=None)
-    return replace(f, since=since, until=until)
-
-
-def make_buckets(cursor: Any, f: Filters, bucket_seconds: Optional[float] = None,
-                 max_buckets: int = 60) -> Optional[Buckets]:
-    """Buckets covering ``[since or first event, until or last event]`` of the filtered jobs;
-    None when there is no event to cover. Without ``bucket_seconds`` the size is the smallest of
-    :data:`NICE_BUCKETS` giving at most ``max_buckets`` buckets."""
-    lo, hi = f.since, f.until
-    if lo is None or hi is None:
-        scope, params = _event_scope(f)
-        cursor.execute(f"SELECT min(e.timestamp), max(e.timestamp) FROM {EVENT} e "
-                       f"WHERE true{scope}", params)
-        first, last = cursor.fetchone()
-        if first is None:
-            return None
-        lo = lo or first
-        hi = hi or last
-    span = max((hi - lo).total_seconds(), 0.0)
-    if bucket_seconds is None:
-        bucket_seconds = next((b for b in NICE_BUCKETS if span / b < max_buckets), NICE_BUCKETS[-1])
-    if bucket_seconds <= 0:
-        raise ValueError("bucket_seconds must be positive")
-    count = max(1, math.ceil(span / bucket_seconds)) if f.until else int(span // bucket_seconds) + 1
-    return Buckets(start=lo, seconds=float(bucket_seconds), count=count)
-
-
-def _bucket_sql(b: Buckets) -> tuple[str, list[Any]]:
-    """SQL of the bucket index of event ``e`` (-1 before the window), and its parameters."""
-    return ("CASE WHEN e.timestamp < %s THEN -1 ELSE "
-            "floor(extract(epoch FROM e.timestamp - %s) / %s)::int END"), [b.start, b.start, b.seconds]
-
-
-def _window_sql(f: Filters, b: Optional[Buckets] = None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    start = b.start if b is not None else f.since
-    if start is not None:
-        clauses.append(" AND e.timestamp >= %s")
-        params.append(start)
-    end = (b.start + datetime.timedelta(seconds=b.seconds * b.count)) if b is not None else f.until
-    if end is not None:
-        clauses.append(" AND e.timestamp < %s")
-        params.append(end)
-    return "".join(clauses), params
-
-
 # ---- reports ------------------------------------------------------------------------------------
 
 def throughput(cursor: Any, filters: Optional[Filters] = None, *,
@@ -262,9 +148,9 @@ def throughput(cursor: Any, filters: Optional[Filters] = None, *,
     b = make_buckets(cursor, f, bucket_seconds)
     if b is None:
         return None
-    bsql, bparams = _bucket_sql(b)
-    wsql, wparams = _window_sql(f, b)
-    scope, sparams = _event_scope(f)
+    bsql, bparams = bucket_sql(b)
+    wsql, wparams = window_sql(f, b)
+    scope, sparams = event_scope(f)
     cursor.execute(f"SELECT {bsql} AS b, count(*) FILTER (WHERE e.to_state = 'RUN_DONE'), "
                    "count(*) FILTER (WHERE e.to_state = 'JOB_FINISHED') "
                    f"FROM {EVENT} e WHERE e.to_state IN ('RUN_DONE', 'JOB_FINISHED'){wsql}{scope} "
@@ -288,24 +174,32 @@ def _cumsum(values: Sequence[int]) -> list[int]:
 
 def utilization(cursor: Any, filters: Optional[Filters] = None, *,
                 bucket_seconds: Optional[float] = None) -> Optional[Utilization]:
-    """Running tasks and busy nodes over time (see the module doc for the node rule)."""
+    """Running tasks and busy nodes over time (see the module doc for the node rule).
+
+    The runs overlapping the window are the events ending a run after its start (each carries its
+    start ``entered_at`` and its ``nodes``) and the jobs RUNNING now (since ``state_since``):
+    no pairing of events and no join."""
     f = resolve(cursor, filters)
     b = make_buckets(cursor, f, bucket_seconds)
     if b is None:
         return None
-    bsql, bparams = _bucket_sql(b)
+    bsql, bparams = bucket_sql(b, "x.t")
     end = b.start + datetime.timedelta(seconds=b.seconds * b.count)
-    scope, sparams = _event_scope(f)
-    # Each event entering RUNNING adds (1 task, w nodes), each leaving removes them. Per bucket:
-    # the net change, and its moment sum(sign * w * t) from which the time integral follows.
+    scope, sparams = event_scope(f)
+    clauses, jparams = job_clauses(f)
+    jwhere = "".join(f" AND {c}" for c in clauses)
+    # Each run adds (1 task, w nodes) at its start and removes them at its end. Per bucket: the
+    # net change, and its moment sum(sign * w * t) from which the time integral follows.
     cursor.execute(
         f"SELECT b, sum(sg), sum(sg * w), sum(sg * t), sum(sg * w * t) FROM ("
-        f"SELECT {bsql} AS b, CASE WHEN e.to_state = 'RUNNING' THEN 1 ELSE -1 END AS sg, "
-        f"{_NODE_WEIGHT} AS w, extract(epoch FROM e.timestamp - %s)::float8 AS t "
-        f"FROM {EVENT} e JOIN {JOB} j ON j.job_id = e.job_id "
-        "WHERE (e.to_state = 'RUNNING') <> (e.from_state = 'RUNNING') "
-        f"AND e.timestamp < %s{scope}) x GROUP BY b",
-        bparams + [b.start, end] + sparams)
+        f"SELECT {bsql} AS b, x.sg, r.w, date_part('epoch', x.t - %s) AS t FROM ("
+        f"SELECT e.entered_at AS s, e.timestamp AS f, e.nodes AS w FROM {EVENT} e "
+        f"WHERE e.from_state = 'RUNNING' AND e.timestamp >= %s AND e.entered_at < %s{scope} "
+        f"UNION ALL SELECT coalesce(j.state_since, j.created_at), NULL, {RUN_NODES_SQL} "
+        f"FROM {JOB} j WHERE j.state = 'RUNNING' "
+        f"AND coalesce(j.state_since, j.created_at) < %s{jwhere}"
+        ") r, LATERAL (VALUES (r.s, 1), (r.f, -1)) x(t, sg) WHERE x.t < %s) y GROUP BY b",
+        bparams + [b.start, b.start, end] + sparams + [end] + jparams + [end])
     delta_t, delta_n = [0] * b.count, [0.0] * b.count
     mom_t, mom_n = [0.0] * b.count, [0.0] * b.count
     tasks, nodes = 0, 0.0
@@ -335,9 +229,9 @@ def errors(cursor: Any, filters: Optional[Filters] = None, *, bucket_seconds: Op
     b = make_buckets(cursor, f, bucket_seconds)
     if b is None:
         return None
-    bsql, bparams = _bucket_sql(b)
-    wsql, wparams = _window_sql(f, b)
-    scope, sparams = _event_scope(f)
+    bsql, bparams = bucket_sql(b)
+    wsql, wparams = window_sql(f, b)
+    scope, sparams = event_scope(f)
     where = f"FROM {EVENT} e WHERE e.to_state IN ('RUN_ERROR', 'FAILED'){wsql}{scope}"
     cursor.execute(f"SELECT {bsql} AS b, count(*) {where} GROUP BY 1", bparams + wparams + sparams)
     out = Errors(buckets=b, counts=[0] * b.count)
@@ -351,25 +245,15 @@ def errors(cursor: Any, filters: Optional[Filters] = None, *, bucket_seconds: Op
     return out
 
 
-_RUNS_SQL = f"""
-SELECT job_id, start, timestamp, to_state, extract(epoch FROM timestamp - start)::float8 AS secs
-FROM (
-    SELECT e.job_id, e.timestamp, e.from_state, e.to_state,
-           lag(e.timestamp) OVER w AS start, lag(e.to_state) OVER w AS prev
-    FROM {EVENT} e
-    WHERE (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING'){{scope}}{{upto}}
-    WINDOW w AS (PARTITION BY e.job_id ORDER BY e.id)
-) r
-WHERE from_state = 'RUNNING' AND prev = 'RUNNING'{{since}}
-"""
-
-
 def _runs_query(f: Filters) -> tuple[str, list[Any]]:
-    scope, params = _event_scope(f)
-    upto = " AND e.timestamp < %s" if f.until else ""
-    since = " AND timestamp >= %s" if f.since else ""
-    extra = ([f.until] if f.until else []) + ([f.since] if f.since else [])
-    return _RUNS_SQL.format(scope=scope, upto=upto, since=since), params + extra
+    """SQL of the runs ended in the window: an event leaving RUNNING is a whole run, from its
+    ``entered_at`` to its ``timestamp``."""
+    scope, params = event_scope(f)
+    wsql, wparams = window_sql(f)
+    return (f"SELECT e.job_id, e.entered_at, e.timestamp, e.to_state, "
+            f"date_part('epoch', e.timestamp - e.entered_at) AS secs FROM {EVENT} e "
+            f"WHERE e.from_state = 'RUNNING' AND e.entered_at IS NOT NULL{wsql}{scope}",
+            wparams + params)
 
 
 def job_runtimes(cursor: Any, filters: Optional[Filters] = None, *,
@@ -403,41 +287,45 @@ def _float(value: Any) -> Optional[float]:
 def state_times(cursor: Any, filters: Optional[Filters] = None) -> dict[str, StateTime]:
     """Per state (every state, in lifecycle order): a :class:`StateTime` of the window.
 
-    Computed without pairing events: each visit contributes ``c(exit) - c(entry)`` where ``c``
-    clamps a time to the window (an open visit exits at ``now()``), so totals are sums."""
+    Every event is one whole visit of its ``from_state``, ``[entered_at, timestamp)``, and every
+    job is in an open visit of its state since ``state_since``: totals are sums of clipped
+    intervals, one pass over the events and one over the jobs, no pairing."""
     f = resolve(cursor, filters)
-    clauses, jparams = _job_clauses(f)
+    lo, hi = f.since, f.until
+    scope, sparams = event_scope(f)
+    clauses, jparams = job_clauses(f)
     jwhere = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    scope, sparams = _event_scope(f)
-    lo = f.since or datetime.datetime(2000, 1, 1, tzinfo=UTC)
-    hi = f.until
-    # c(t) in seconds after lo, clamped to [0, until - lo]
-    clamp = ("least(greatest(extract(epoch FROM {t} - %s)::float8, 0), "
-             "coalesce(extract(epoch FROM %s::timestamptz - %s)::float8, 'infinity'))")
-    cp = [lo, hi, lo]
     tot: dict[str, float] = {s: 0.0 for s in STATES}
     ended: dict[str, int] = {s: 0 for s in STATES}
     current: dict[str, int] = {s: 0 for s in STATES}
-    in_window = "e.timestamp >= %s" + (" AND e.timestamp < %s" if hi else "")
-    wp = [lo] + ([hi] if hi else [])
+    # Visits overlapping the window, clipped to it: [max(entered, lo), min(left, hi)).
+    left = "least(e.timestamp, %s)" if hi else "e.timestamp"
+    entered = "greatest(e.entered_at, %s)" if lo else "e.entered_at"
+    where = (" AND e.timestamp >= %s" if lo else "") + (
+        " AND e.entered_at < %s" if hi else " AND e.entered_at IS NOT NULL")
+    count = "count(*)" + (" FILTER (WHERE e.timestamp < %s)" if hi else "")
     cursor.execute(
-        f"SELECT from_state, to_state, sum({clamp.format(t='e.timestamp')}), "
-        f"count(*) FILTER (WHERE {in_window}) FROM {EVENT} e WHERE true{scope} "
-        "GROUP BY GROUPING SETS ((from_state), (to_state))", cp + wp + sparams)
-    for src, dst, total, n in cursor.fetchall():
-        if src is not None and src in tot:
-            tot[src] += float(total)
-            ended[src] += int(n)
-        elif dst is not None and dst in tot:
-            tot[dst] -= float(total)
-    cursor.execute(
-        f"SELECT j.state, count(*), sum({clamp.format(t='j.created_at')}), "
-        f"{clamp.format(t='now()')} FROM {JOB} j{jwhere} GROUP BY j.state",
-        cp + cp + jparams)
-    for state, n, created, now_c in cursor.fetchall():
-        tot["CREATED"] -= float(created)
+        f"SELECT e.from_state, date_part('epoch', sum({left} - {entered})), {count} "
+        f"FROM {EVENT} e WHERE true{where}{scope} GROUP BY 1",
+        [hi] * bool(hi) + [lo] * bool(lo) + [hi] * bool(hi) + [lo] * bool(lo) + [hi] * bool(hi)
+        + sparams)
+    for state, total, n in cursor.fetchall():
         if state in tot:
-            tot[state] += int(n) * float(now_c)
+            tot[state] += float(total or 0)
+            ended[state] += int(n)
+    # Open visits: [state_since, now), both clamped to the window.
+    def clamp(t: str) -> tuple[str, list[Any]]:
+        sql, params = (f"greatest({t}, %s)", [lo]) if lo else (t, [])
+        return (f"least({sql}, %s)", params + [hi]) if hi else (sql, params)
+
+    now_sql, now_params = clamp("now()")
+    since_sql, since_params = clamp("coalesce(j.state_since, j.created_at)")
+    cursor.execute(
+        f"SELECT j.state, count(*), date_part('epoch', sum({now_sql} - {since_sql})) "
+        f"FROM {JOB} j{jwhere} GROUP BY j.state", now_params + since_params + jparams)
+    for state, n, total in cursor.fetchall():
+        if state in tot:
+            tot[state] += max(float(total or 0), 0.0)
             current[state] = int(n)
     visits = {s: ended[s] + current[s] for s in STATES}
     return {s: StateTime(max(tot[s], 0.0), ended[s], tot[s] / visits[s] if visits[s] else None,
@@ -447,7 +335,7 @@ def state_times(cursor: Any, filters: Optional[Filters] = None) -> dict[str, Sta
 def state_counts(cursor: Any, filters: Optional[Filters] = None) -> dict[str, int]:
     """Jobs per current state (states with no jobs omitted); the time window is ignored."""
     f = filters or Filters()
-    clauses, params = _job_clauses(f)
+    clauses, params = job_clauses(f)
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
     cursor.execute(f"SELECT j.state, count(*) FROM {JOB} j{where} GROUP BY j.state", params)
     counts = dict((s, int(n)) for s, n in cursor.fetchall())

@@ -10,15 +10,15 @@ import datetime
 from dataclasses import replace
 from typing import Any, Optional
 
-from balsam.core.analytics import (
+from balsam.core.analytics import errors
+from balsam.core.analytics_scope import (
     EVENT,
     JOB,
     Filters,
-    _event_scope,
-    _job_clauses,
-    _window_sql,
-    errors,
+    event_scope,
+    job_clauses,
     resolve,
+    window_sql,
 )
 
 
@@ -42,14 +42,14 @@ def process_job_times(qs: Any = None, state0: Optional[str] = None, *, cursor: A
     only that state's list. Materialises every event: meant for thousands of jobs, not millions."""
     cursor, f = _classic_args(qs, cursor, filters)
     f = resolve(cursor, f)
-    scope, sparams = _event_scope(f)
-    wsql, wparams = _window_sql(f)
+    scope, sparams = event_scope(f)
+    wsql, wparams = window_sql(f)
     cursor.execute(f"SELECT e.to_state, e.timestamp FROM {EVENT} e WHERE true{wsql}{scope} "
                    "ORDER BY e.timestamp", wparams + sparams)
     times: dict[str, list[datetime.datetime]] = {}
     for state, when in cursor.fetchall():
         times.setdefault(state, []).append(when)
-    clauses, jparams = _job_clauses(f)
+    clauses, jparams = job_clauses(f)
     clauses += ["j.created_at >= %s"] * bool(f.since) + ["j.created_at < %s"] * bool(f.until)
     jparams += [t for t in (f.since, f.until) if t]
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
@@ -74,8 +74,8 @@ def utilization_report(qs: Any = None, *, cursor: Any = None, filters: Optional[
     """Classic shape: (time of every run start or end, running tasks just after it)."""
     cursor, f = _classic_args(qs, cursor, filters)
     f = resolve(cursor, f)
-    scope, sparams = _event_scope(f)
-    wsql, wparams = _window_sql(f)
+    scope, sparams = event_scope(f)
+    wsql, wparams = window_sql(f)
     cursor.execute(f"SELECT e.timestamp, CASE WHEN e.to_state = 'RUNNING' THEN 1 ELSE -1 END "
                    f"FROM {EVENT} e WHERE (e.to_state = 'RUNNING') <> (e.from_state = 'RUNNING')"
                    f"{wsql}{scope} ORDER BY e.timestamp, e.id", wparams + sparams)

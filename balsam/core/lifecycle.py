@@ -48,22 +48,33 @@ _WAKE_SELF_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
 )"""
 
+RUN_NODES_SQL = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
+                 "THEN 1.0 / j.node_packing_count ELSE j.num_nodes END")
+"""The nodes a running job (alias ``j``) occupies: ``num_nodes`` for an MPI job, ``1 / packing``
+of a node for a serial one (``num_nodes == 1 and ranks_per_node == 1``)."""
+
+# Besides the state, the statement keeps each visit's time span on single rows for the analytics
+# (balsam.core.analytics): the job's ``state_since`` becomes the event's time, the event gets
+# ``entered_at`` = when the job entered the state it leaves, and an event leaving RUNNING gets the
+# ``nodes`` the run occupied.
 _TRANSITION_SQL = f"""
 WITH req AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[]) AS r(job_id, message)
 ), old AS (
-    SELECT j.job_id, j.state, req.message
+    SELECT j.job_id, j.state, req.message, coalesce(j.state_since, j.created_at) AS since,
+           CASE WHEN j.state = 'RUNNING' THEN {RUN_NODES_SQL} END AS nodes
     FROM {JOB} j JOIN req ON j.job_id = req.job_id
     WHERE j.state = ANY(%s::text[]) {{holder}}
     ORDER BY j.job_id
     FOR UPDATE OF j
 ), upd AS (
-    UPDATE {JOB} j SET state = %s {{release}}
+    UPDATE {JOB} j SET state = %s, state_since = clock_timestamp() {{release}}
     FROM old WHERE j.job_id = old.job_id
-    RETURNING j.job_id, old.state AS from_state, old.message
+    RETURNING j.job_id, old.state AS from_state, old.message, old.since, old.nodes,
+              j.state_since AS at
 ), ev AS (
-    INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message)
-    SELECT job_id, clock_timestamp(), from_state, %s, message FROM upd
+    INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at, nodes)
+    SELECT job_id, at, from_state, %s, message, since, nodes FROM upd
 ){{wake}}
 SELECT job_id, from_state FROM upd
 """
@@ -244,14 +255,15 @@ def record_created(cursor: Any, jobs: Iterable[tuple[Any, str]]) -> None:
     """Record the ``CREATED -> state`` event of new jobs inserted directly in another state.
 
     ``jobs`` are ``(job_id, state)`` pairs; those in CREATED get no event (a job's creation is its
-    ``created_at``).
+    ``created_at``). The event is dated ``created_at`` (the job spent no time in CREATED), which
+    is also when it entered its state (its ``state_since`` is left NULL, meaning ``created_at``).
     """
     moved = [(str(j), s) for j, s in jobs if s != State.CREATED.value]
     if moved:
         cursor.execute(
-            f"INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message) "
-            "SELECT id, clock_timestamp(), 'CREATED', st, 'created in this state' "
-            "FROM unnest(%s::uuid[], %s::text[]) AS t(id, st)",
+            f"INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at) "
+            "SELECT t.id, j.created_at, 'CREATED', t.st, 'created in this state', j.created_at "
+            f"FROM unnest(%s::uuid[], %s::text[]) AS t(id, st) JOIN {JOB} j ON j.job_id = t.id",
             [[j for j, _ in moved], [s for _, s in moved]])
     waiting = [j for j, s in moved if s == State.AWAITING_PARENTS.value]
     if waiting:  # the parent check looks at CREATED jobs and at woken ones only

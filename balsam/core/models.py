@@ -168,6 +168,8 @@ class BalsamJob(JobAPI, models.Model):
     post_timeout_handler = models.BooleanField(default=False)
     auto_timeout_retry = models.BooleanField(default=True)
     state = models.TextField(default=State.CREATED.value, db_index=True)
+    # When the job entered ``state`` (NULL: at ``created_at``); written only by lifecycle.transition.
+    state_since = models.DateTimeField(null=True, blank=True)
     queued_launch = models.ForeignKey(QueuedLaunch, null=True, blank=True, on_delete=models.SET_NULL)
     data = models.JSONField(default=dict, blank=True)
     session = models.ForeignKey(LauncherSession, null=True, blank=True, on_delete=models.SET_NULL,
@@ -250,7 +252,7 @@ class BalsamJob(JobAPI, models.Model):
             deferred = self.get_deferred_fields()
             fields = [f.attname for f in self._meta.concrete_fields
                       if not f.primary_key and f.attname not in deferred]
-        fields = [f for f in fields if f not in ("state", "created_at")]
+        fields = [f for f in fields if f not in ("state", "state_since", "created_at")]
         self._validated()
         wanted = self.__dict__.get("state")  # not loading a deferred state just to compare it
         with transaction.atomic():
@@ -459,7 +461,14 @@ class JobEvent(models.Model):
     from_state = models.TextField()
     to_state = models.TextField()
     message = models.TextField(default="", blank=True)
+    # When the job entered ``from_state``: [entered_at, timestamp) is the visit this event ends.
+    entered_at = models.DateTimeField(null=True, blank=True)
+    # On an event leaving RUNNING: the nodes the run occupied (1/packing for a serial job).
+    nodes = models.FloatField(null=True, blank=True)
 
     class Meta:
         app_label = "core"
-        indexes = [models.Index(fields=["job", "id"], name="event_job_id")]
+        indexes = [models.Index(fields=["job", "id"], name="event_job_id"),
+                   # The events ending a run, by time: runtimes and utilization of a window.
+                   models.Index(fields=["timestamp"], name="run_end",
+                                condition=models.Q(from_state="RUNNING"))]

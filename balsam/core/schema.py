@@ -57,6 +57,10 @@ JOB_SYSTEM_COLUMNS = ("job_id", "created_at", "tick", "queued_launch_id")
 # Columns written only by launcher leases (balsam.core.leases); NULL when a job is created.
 JOB_LEASE_COLUMNS = ("session_id",)
 
+# Columns written only by the state writer (balsam.core.lifecycle.transition); NULL when a job is
+# created (``state_since`` NULL means: in its state since ``created_at``).
+JOB_STATE_COLUMNS = ("state_since",)
+
 INT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is int)
 BOOL_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is bool)
 TEXT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is str)
