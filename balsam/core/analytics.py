@@ -183,31 +183,40 @@ def utilization(cursor: Any, filters: Optional[Filters] = None, *,
     b = make_buckets(cursor, f, bucket_seconds)
     if b is None:
         return None
-    bsql, bparams = bucket_sql(b, "x.t")
     end = b.start + datetime.timedelta(seconds=b.seconds * b.count)
     scope, sparams = event_scope(f)
     clauses, jparams = job_clauses(f)
     jwhere = "".join(f" AND {c}" for c in clauses)
-    # Each run adds (1 task, w nodes) at its start and removes them at its end. Per bucket: the
-    # net change, and its moment sum(sign * w * t) from which the time integral follows.
+    # Each run adds (1 task, w nodes) at its start s and removes them at its end e (seconds after
+    # the window start; e NULL: still running). Runs are grouped by (start bucket, end bucket):
+    # a few groups per bucket, each with its count and the sums giving the time integrals.
     cursor.execute(
-        f"SELECT b, sum(sg), sum(sg * w), sum(sg * t), sum(sg * w * t) FROM ("
-        f"SELECT {bsql} AS b, x.sg, r.w, date_part('epoch', x.t - %s) AS t FROM ("
-        f"SELECT e.entered_at AS s, e.timestamp AS f, e.nodes AS w FROM {EVENT} e "
-        f"WHERE e.from_state = 'RUNNING' AND e.timestamp >= %s AND e.entered_at < %s{scope} "
-        f"UNION ALL SELECT coalesce(j.state_since, j.created_at), NULL, {RUN_NODES_SQL} "
-        f"FROM {JOB} j WHERE j.state = 'RUNNING' "
-        f"AND coalesce(j.state_since, j.created_at) < %s{jwhere}"
-        ") r, LATERAL (VALUES (r.s, 1), (r.f, -1)) x(t, sg) WHERE x.t < %s) y GROUP BY b",
-        bparams + [b.start, b.start, end] + sparams + [end] + jparams + [end])
+        "SELECT floor(s / %s)::int, floor(e / %s)::int, count(*), sum(w), sum(s), sum(w * s), "
+        "sum(e), sum(w * e) FROM ("
+        f"SELECT date_part('epoch', e.entered_at - %s) AS s, date_part('epoch', e.timestamp - %s) "
+        f"AS e, coalesce(e.nodes, 0) AS w FROM {EVENT} e WHERE e.from_state = 'RUNNING' "
+        f"AND e.timestamp >= %s AND e.entered_at < %s{scope} UNION ALL "
+        f"SELECT date_part('epoch', coalesce(j.state_since, j.created_at) - %s), NULL, "
+        f"{RUN_NODES_SQL} FROM {JOB} j WHERE j.state = 'RUNNING' "
+        f"AND coalesce(j.state_since, j.created_at) < %s{jwhere}) r GROUP BY 1, 2",
+        [b.seconds, b.seconds, b.start, b.start, b.start, end] + sparams
+        + [b.start, end] + jparams)
     delta_t, delta_n = [0] * b.count, [0.0] * b.count
     mom_t, mom_n = [0.0] * b.count, [0.0] * b.count
     tasks, nodes = 0, 0.0
-    for i, dt, dn, mt, mn in cursor.fetchall():
-        if i < 0:
-            tasks, nodes = int(dt), float(dn)
-        elif i < b.count:
-            delta_t[i], delta_n[i], mom_t[i], mom_n[i] = int(dt), float(dn), float(mt), float(mn)
+    for bs, be, n, w, ms, mws, me, mwe in cursor.fetchall():
+        if bs < 0:  # running at the window start
+            tasks, nodes = tasks + int(n), nodes + float(w)
+        elif bs < b.count:
+            delta_t[bs] += int(n)
+            delta_n[bs] += float(w)
+            mom_t[bs] += float(ms)
+            mom_n[bs] += float(mws)
+        if be is not None and be < b.count:  # ended in the window (never before it)
+            delta_t[be] -= int(n)
+            delta_n[be] -= float(w)
+            mom_t[be] -= float(me)
+            mom_n[be] -= float(mwe)
     out = Utilization(buckets=b)
     for i in range(b.count):
         b1 = (i + 1) * b.seconds  # bucket end, seconds after start
@@ -273,10 +282,10 @@ def runtime_stats(cursor: Any, filters: Optional[Filters] = None) -> RuntimeStat
     """count, mean, p50, p95 (continuous percentiles) and max of run durations in seconds."""
     f = resolve(cursor, filters)
     sql, params = _runs_query(f)
-    cursor.execute("SELECT count(*), avg(secs), percentile_cont(0.5) WITHIN GROUP (ORDER BY secs), "
-                   f"percentile_cont(0.95) WITHIN GROUP (ORDER BY secs), max(secs) FROM ({sql}) runs",
-                   params)
-    n, mean, p50, p95, mx = cursor.fetchone()
+    cursor.execute("SELECT count(*), avg(secs), percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP "
+                   f"(ORDER BY secs), max(secs) FROM ({sql}) runs", params)
+    n, mean, pct, mx = cursor.fetchone()
+    p50, p95 = pct if pct is not None else (None, None)
     return RuntimeStats(int(n), _float(mean), _float(p50), _float(p95), _float(mx))
 
 

@@ -471,4 +471,7 @@ class JobEvent(models.Model):
         indexes = [models.Index(fields=["job", "id"], name="event_job_id"),
                    # The events ending a run, by time: runtimes and utilization of a window.
                    models.Index(fields=["timestamp"], name="run_end",
-                                condition=models.Q(from_state="RUNNING"))]
+                                condition=models.Q(from_state="RUNNING")),
+                   # The failures, by time: error reports.
+                   models.Index(fields=["timestamp"], name="error_event",
+                                condition=models.Q(to_state__in=["RUN_ERROR", "FAILED"]))]
