@@ -121,11 +121,8 @@ def make_buckets(cursor: Any, f: Filters, bucket_seconds: Optional[float] = None
     :data:`NICE_BUCKETS` giving at most ``max_buckets`` buckets."""
     lo, hi = f.since, f.until
     if lo is None or hi is None:
-        scope, params = event_scope(f)
-        cursor.execute(f"SELECT min(e.timestamp), max(e.timestamp) FROM {EVENT} e "
-                       f"WHERE true{scope}", params)
-        first, last = cursor.fetchone()
-        if first is None:
+        first, last = _event_span(cursor, f)
+        if first is None or last is None:
             return None
         lo = lo or first
         hi = hi or last
@@ -136,6 +133,32 @@ def make_buckets(cursor: Any, f: Filters, bucket_seconds: Optional[float] = None
         raise ValueError("bucket_seconds must be positive")
     count = max(1, math.ceil(span / bucket_seconds)) if f.until else int(span // bucket_seconds) + 1
     return Buckets(start=lo, seconds=float(bucket_seconds), count=count)
+
+
+def _event_span(cursor: Any, f: Filters) -> tuple[Optional[datetime.datetime],
+                                                 Optional[datetime.datetime]]:
+    """(first, last) event time of the filtered jobs, both None without events.
+
+    Unfiltered: the ends of the timestamp index. Filtered, without joining every event: the
+    last event is the latest ``state_since`` of the filtered jobs (the state writer dates both
+    alike; a job created in a state other than CREATED has its event at ``created_at``), and
+    the first is found walking the timestamp index from their earliest ``created_at``."""
+    clauses, params = job_clauses(f)
+    if not clauses:
+        cursor.execute(f"SELECT min(timestamp), max(timestamp) FROM {EVENT}")
+        first, last = cursor.fetchone()
+        return first, last
+    cursor.execute(f"SELECT min(j.created_at), max(coalesce(j.state_since, CASE WHEN j.state "
+                   f"<> 'CREATED' THEN j.created_at END)) FROM {JOB} j WHERE "
+                   f"{' AND '.join(clauses)}", params)
+    created, last = cursor.fetchone()
+    if created is None or last is None:
+        return None, None
+    scope, sparams = event_scope(f)
+    cursor.execute(f"SELECT e.timestamp FROM {EVENT} e WHERE e.timestamp >= %s{scope} "
+                   "ORDER BY e.timestamp LIMIT 1", [created] + sparams)
+    row = cursor.fetchone()
+    return (row[0], last) if row else (None, None)
 
 
 def bucket_sql(b: Buckets, column: str = "e.timestamp") -> tuple[str, list[Any]]:
