@@ -26,10 +26,11 @@ Definitions (the contracts the tests check):
   by the start message the launchers write (``... session N ...``) -- and narrows the window to
   the session's lifetime.
 
-Large campaigns: no report pairs events or joins them with the jobs. Runtimes are single
-event rows (``timestamp - entered_at``), utilization reads the run-ending events of the window
-(index ``run_end``) plus the jobs RUNNING now, state times are one sum per state over the events
-and one over the jobs. Over 1,000,000 jobs every report takes well under 2 s; see
+Large campaigns: no report pairs events, nor joins them with the jobs for node counts.
+Runtimes are single event rows (``timestamp - entered_at``), utilization reads the run-ending
+events of the window (index ``run_end``) plus the jobs RUNNING now, state times are one sum per
+state over the events and one over the jobs; a filtered report finds its time span from the
+filtered jobs. Over 1,000,000 jobs every report takes under 2 s, most under 1 s; see
 ``benchmarks/bench_analytics.py`` and ``benchmarks/README.md``.
 """
 from __future__ import annotations
