@@ -181,6 +181,8 @@ class BalsamJob(JobAPI, models.Model):
         app_label = "core"
         indexes = [
             models.Index(fields=["workflow", "state"], name="job_wf_state"),
+            # Newest-first listings (the dashboard's jobs table, keyset paging) read this.
+            models.Index(fields=["created_at", "job_id"], name="job_created"),
             # Only held jobs are indexed by holder, so inserting (unheld) jobs never touches it.
             models.Index(fields=["session"], name="job_held", condition=models.Q(session__isnull=False)),
             # Claims read runnable, unheld jobs in launch order straight from these partial
