@@ -373,3 +373,20 @@ def test_modify_refuses_to_make_a_running_job_runnable_again_unless_forced(balsa
     assert forced.returncode == 0, forced.stderr
     cursor.execute("SELECT state FROM core_balsamjob WHERE job_id = %s", [str(job.pk)])
     assert cursor.fetchone()[0] == "RESTART_READY"
+
+
+def test_rm_of_many_jobs_shows_progress_on_a_terminal_and_removes_them_all(cursor):
+    status, _ = run_tty("make_dummies", "45000")
+    assert status == 0
+    parent = add_jobs(cursor, name="kept-parent", application="dummy")[0]
+    child = add_jobs(cursor, name="kept-child", application="dummy")[0]
+    add_edge(cursor, parent, child)
+    status, out = run_tty("rm", "jobs", "--all", "--wf-filter", "dummy", "--force")
+    assert status == 0, out
+    assert "\rremoving: 20,000 of 45,000 jobs (1/3)" in out
+    assert "\rremoving: 45,000 of 45,000 jobs (3/3)" in out
+    assert "Removed 45000 jobs: " in out
+    cursor.execute(f"SELECT workflow, count(*) FROM {schema.JOB_TABLE} GROUP BY 1")
+    assert cursor.fetchall() == [("", 2)]
+    proc = run_balsam("rm", "jobs", "--all", "--force")  # stderr is a pipe: no progress line
+    assert proc.returncode == 0 and proc.stderr == ""

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command, confirm, fetch_dicts, find_job, transaction
+from balsam.cli.progress import Steps
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
 
@@ -65,6 +66,10 @@ def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
     return fetch_dicts(cur)
 
 
+DELETE_CHUNK = 20_000
+"""Jobs deleted per statement by ``rm`` (progress is shown between chunks on a terminal)."""
+
+
 def remove_jobs(cur: Any, found: list[dict]) -> int:
     """Delete the jobs; return how many waiting children were failed because of it."""
     from balsam.core import lifecycle
@@ -76,7 +81,16 @@ def remove_jobs(cur: Any, found: list[dict]) -> int:
         WHERE d.parent_id = ANY(%s::uuid[]) AND NOT d.child_id = ANY(%s::uuid[])
           AND c.state = ANY(%s::text[])""", [ids, ids, WAITING_STATES])
     failed = int(cur.fetchone()[0])
-    lifecycle.delete_jobs(cur, ids)
+    # In chunks, all in the command's one transaction, so a terminal shows progress on big
+    # removals (a child removed in a later chunk may be failed first: it goes all the same).
+    chunks = [ids[i:i + DELETE_CHUNK] for i in range(0, len(ids), DELETE_CHUNK)]
+    steps = Steps("removing", len(chunks)) if len(chunks) > 1 else None
+    for n, chunk in enumerate(chunks):
+        if steps is not None:
+            steps.step(f"{n * DELETE_CHUNK + len(chunk):,} of {len(ids):,} jobs")
+        lifecycle.delete_jobs(cur, chunk)
+    if steps is not None:
+        steps.done()
     return failed
 
 
