@@ -402,3 +402,25 @@ def test_a_database_restart_on_a_new_port_during_a_run_loses_no_state_change(res
                 assert fh.read().splitlines() == [job_id]
     finally:
         conn.close()
+
+
+TERM_ONCE = """#!/bin/sh
+# First run: terminated by SIGTERM from outside the launcher (as when a batch job ends);
+# the retry in the same working directory succeeds.
+if [ -e termed ]; then echo second; else touch termed; kill -TERM $$; fi
+"""
+
+
+def test_a_task_terminated_from_outside_is_timed_out_and_retried_not_failed(db, cursor,
+                                                                            scripts):
+    add_app(cursor, "termonce", write_script(scripts, "term_once.sh", TERM_ONCE))
+    (job_id,) = add_jobs(cursor, [{"name": "t", "application": "termonce"}])
+    # `direct`: the task is the program itself (MPICH's mpiexec reports a rank's SIGTERM as
+    # exit code 15, which cannot be told from an application's own code).
+    with settings(db, mpi="direct", launcher=QUICK), launchers() as start:
+        assert start(*MPI).wait(60) == 0
+    evs = events(cursor, job_id)
+    assert to_states(evs) == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT", "RESTART_READY",
+                              "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+    assert evs[2][3] == ("terminated by SIGTERM from outside the launcher (exit code -15): "
+                         "the batch job ending?")

@@ -89,6 +89,21 @@ def test_worker_reports_done_failed_and_unstartable_tasks(tmp_path):
     assert worker.node.occupancy == 0
 
 
+def test_worker_reports_tasks_terminated_from_outside_apart_from_failures(tmp_path):
+    # The batch system ending the job signals every process at once: SIGTERM (or a wrapper's
+    # exit code 143) is not the application's failure, unlike SIGSEGV.
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]})
+    inbox.orders.append({"work": [
+        work(str(tmp_path), "termed", ["sh", "-c", "kill -TERM $$"], 3),
+        work(str(tmp_path), "wrapped", ["sh", "-c", "exit 143"], 3),
+        work(str(tmp_path), "segv", ["sh", "-c", "kill -SEGV $$"], 3)]})
+    serve(worker, inbox,
+          lambda: len(inbox.collected("terminated") + inbox.collected("failed")) == 3)
+    assert sorted(inbox.collected("terminated")) == [("termed", -15), ("wrapped", 143)]
+    assert [(job, rc) for job, rc, _ in inbox.collected("failed")] == [("segv", -11)]
+
+
 def test_worker_environment_drops_the_ensembles_mpi_variables(tmp_path):
     inbox = Inbox()
     base = {"PATH": os.environ["PATH"], "PMI_RANK": "1", "PMI_FD": "9", "HYDRA_X": "y",

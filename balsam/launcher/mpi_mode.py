@@ -148,6 +148,11 @@ class MPIMode:
             elif rc == 0:
                 self.status.done(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} done")
+            elif procs.stopped_from_outside(rc):
+                name = procs.stopped_from_outside(rc)
+                self.status.timeout(job_id, f"terminated by {name} from outside the launcher "
+                                            f"(exit code {rc}): the batch job ending?")
+                self.ctx.log.info(f"job {job_id[:8]} terminated by {name} from outside")
             else:
                 tail = procs.tail(run.task.output_path, self.ctx.tunables.output_tail_lines)
                 self.status.error(job_id, f"exit code {rc}:\n{tail}")

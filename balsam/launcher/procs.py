@@ -84,6 +84,21 @@ def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str, out: IO[bytes],
         os.sched_setaffinity(0, previous)
 
 
+_OUTSIDE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stopped_from_outside(returncode: int) -> Optional[str]:
+    """The signal's name if a task the launcher did not stop ended by SIGTERM, SIGINT or SIGHUP
+    (killed by it, or a wrapper such as ``mpiexec`` or a shell exiting with 128 + its number):
+    the batch system ending the allocation (walltime, ``scancel``/``qdel``) signals every process
+    of the job at once, often before the launcher hears of it. Such runs are recorded
+    RUN_TIMEOUT (retried as usual), not RUN_ERROR. None for any other code."""
+    for sig in _OUTSIDE_SIGNALS:
+        if returncode in (-sig, 128 + sig):
+            return signal.Signals(sig).name
+    return None
+
+
 def tail(path: str, lines: int) -> str:
     """The last ``lines`` lines of a text file (reads at most the last 64 KiB)."""
     try:

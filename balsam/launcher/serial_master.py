@@ -26,6 +26,7 @@ from typing import Any, Optional, Protocol
 
 from balsam.core import leases
 from balsam.errors import DatabaseUnavailable
+from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.serial_worker import Work
@@ -192,6 +193,11 @@ class Master:
         for job_id, rc in report.get("stopped", ()):
             status.timeout(job_id, self._timeout_message or
                            f"stopped by the launcher's worker {worker} (exit code {rc})")
+            self._gone(job_id)
+        for job_id, rc in report.get("terminated", ()):
+            name = procs.stopped_from_outside(rc)
+            status.timeout(job_id, f"terminated by {name} from outside the launcher (exit code "
+                                   f"{rc}): the batch job ending?")
             self._gone(job_id)
         for job_id in list(report.get("killed", ())) + list(report.get("returned", ())):
             status.release(job_id)

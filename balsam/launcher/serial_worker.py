@@ -244,6 +244,8 @@ class Worker:
             self._note_all("stopped", [(job_id, rc)])
         elif rc == 0:
             self._note_all("done", [job_id])
+        elif procs.stopped_from_outside(rc):
+            self._note_all("terminated", [(job_id, rc)])
         else:
             self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
                                                               self.tail_lines))])
