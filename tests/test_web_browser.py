@@ -19,8 +19,15 @@ DRIVER = shutil.which("chromedriver")
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import WebDriverWait as _Wait
+
+    def WebDriverWait(driver: Any, timeout: float) -> Any:  # noqa: N802 - selenium's name
+        """Selenium's wait, also retrying while the page is being replaced (an element found
+        on the old page goes stale before its text is read)."""
+        return _Wait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
 except ImportError:  # pragma: no cover - tests/run.sh installs it with the test extra
     webdriver = None  # type: ignore[assignment]
 
