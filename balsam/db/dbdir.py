@@ -80,7 +80,7 @@ def _create_layout(db_path: str, profile: machines.Machine) -> None:
             fh.write(dbsettings.render_default(db_path, machine=profile.name))
     template_file = os.path.join(db_path, JOB_TEMPLATE)
     if not os.path.exists(template_file):
-        shutil.copyfile(profile.template_path, template_file)
+        _write_template(template_file, profile)
 
 
 def _add_missing_template(db_path: str) -> None:
@@ -88,4 +88,9 @@ def _add_missing_template(db_path: str) -> None:
     template_file = os.path.join(db_path, JOB_TEMPLATE)
     machine = dbsettings.load(db_path)["machine"]
     if not os.path.exists(template_file) and machine in machines.names():
-        shutil.copyfile(machines.load(machine).template_path, template_file)
+        _write_template(template_file, machines.load(machine))
+
+
+def _write_template(path: str, profile: machines.Machine) -> None:
+    with open(path, "w") as fh:
+        fh.write(profile.template_text())

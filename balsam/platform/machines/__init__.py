@@ -35,6 +35,8 @@ PLACEHOLDERS = ("project", "queue", "nodes", "time_minutes", "walltime", "launch
                 "gpus_per_node")
 """Every name a job template may use (``walltime`` is ``time_minutes`` as HH:MM:SS)."""
 JOB_MODES = ("mpi", "serial")
+LAUNCHER_BODY = "launcher-body.sh"
+"""The shared end of every job template (see :meth:`Machine.template_text`)."""
 LAUNCHER_MARGIN_MINUTES = 2.0
 """The launcher stops this long before the walltime (a fifth of it for jobs under 10 min)."""
 
@@ -80,9 +82,14 @@ class Machine:
         return os.path.join(HERE, self.template)
 
     def template_text(self) -> str:
-        """The job template's text."""
+        """The job template's text: the profile's own part (directives, site set-up) followed
+        by :data:`LAUNCHER_BODY`, the part every job script shares (environment, the launcher
+        in the background, signal forwarding). ``balsam init`` writes the whole text into the
+        DB's ``job-template.sh``, where a user may edit any of it."""
         with open(self.template_path) as fh:
-            return fh.read()
+            head = fh.read()
+        with open(os.path.join(HERE, LAUNCHER_BODY)) as fh:
+            return head + fh.read()
 
     def queue_settings(self) -> dict[str, dict[str, int]]:
         """The queue policies as plain mappings (for ``settings.yml``)."""
