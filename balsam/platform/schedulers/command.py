@@ -89,6 +89,16 @@ def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, *, check: bool = 
     return CommandResult(argv, stdout, stderr, proc.returncode)
 
 
+def cancel(argv: Sequence[str], gone: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> None:
+    """Run a cancel command; a failure whose output says the job is already gone (any of
+    ``gone``) is not an error (the job ended between our status call and the cancel)."""
+    try:
+        run(argv, timeout)
+    except CommandFailed as exc:
+        if not any(word in exc.stderr + exc.stdout for word in gone):
+            raise
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the command's process group and reap it (its pipes may be held by children)."""
     try:

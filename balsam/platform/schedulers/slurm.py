@@ -156,11 +156,7 @@ def status(user: str, timeout: float = COMMAND_TIMEOUT) -> dict[str, BatchJobSta
 
 def cancel(scheduler_id: str, timeout: float = COMMAND_TIMEOUT) -> None:
     """``scancel``; a job that has already ended is not an error."""
-    try:
-        cmd.run(cancel_argv(scheduler_id), timeout)
-    except CommandFailed as exc:
-        if not any(gone in exc.stderr for gone in GONE):
-            raise
+    cmd.cancel(cancel_argv(scheduler_id), GONE, timeout)
 
 
 def final_status(scheduler_id: str, timeout: float = COMMAND_TIMEOUT) -> Optional[BatchJobStatus]:
