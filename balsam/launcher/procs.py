@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import IO, Optional
 
+from balsam.platform.procgroup import signal_group
+
 
 class Task:
     """A running task process; ``returncode`` is None until it has exited and been reaped."""
@@ -42,10 +44,7 @@ class Task:
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the task's whole process group (ignored if it is already gone)."""
-        try:
-            os.killpg(self.pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.pgid, sig)
 
     def terminate(self, grace: float) -> None:
         """SIGTERM the group now; :meth:`enforce_kill` sends SIGKILL once ``grace`` has passed."""

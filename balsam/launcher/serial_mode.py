@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.db.session import Database
 from balsam.platform.allocation import Allocation
+from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -171,7 +172,7 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             give_up_at = now + ctx.tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS
         if give_up_at is not None and now > give_up_at:
             ctx.log.error("the serial-mode ensemble did not stop in time: killing it")
-            _kill_group(proc.pid)
+            signal_group(proc.pid, signal.SIGKILL)
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
@@ -196,13 +197,6 @@ def _drain(fd: int) -> None:
         while os.read(fd, 512):
             pass
     except (BlockingIOError, OSError):
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
         pass
 
 

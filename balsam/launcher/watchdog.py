@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
+from balsam.platform.procgroup import signal_group
+
 
 class Watchdog:
     """The launcher's side (see the module docstring). ``log`` receives one line if the
@@ -89,32 +91,15 @@ class Watchdog:
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
     """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
     seconds; returns the groups that existed."""
-    alive = []
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            alive.append(pgid)
-        except (ProcessLookupError, PermissionError):
-            pass
+    alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM)]
     existed = list(alive)
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(poll)
-        alive = [g for g in alive if _exists(g)]
+        alive = [g for g in alive if signal_group(g, 0)]
     for pgid in alive:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(pgid, signal.SIGKILL)
     return existed
-
-
-def _exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def serve(fd: int, grace: float) -> list[int]:

@@ -25,6 +25,7 @@ from typing import IO, Callable, Optional
 
 from balsam.core.jobenv import task_environment, with_envscript
 from balsam.errors import BalsamError
+from balsam.platform.procgroup import live_members, signal_group
 
 KINDS = {"preprocess": "Preprocessor", "postprocess": "Postprocessor"}
 """Script kind -> the word in the log header (classic "# Balsam Preprocessor: ...")."""
@@ -181,7 +182,7 @@ def _run(argv: list[str], workdir: str, env: dict[str, str], log: IO[bytes], tim
                 break
     finally:
         # Also on an exception (KeyboardInterrupt, should_abort raising): nothing is left behind.
-        if proc.poll() is None or _live_members(proc.pid):
+        if proc.poll() is None or live_members(proc.pid):
             stop_group(proc, grace)
     return proc.returncode, timed_out, aborted, ""
 
@@ -190,50 +191,17 @@ def stop_group(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM the process group led by ``proc``, SIGKILL it after ``grace`` seconds if any
     member is still alive, reap ``proc``, and wait (up to 5 s) until no member is left."""
     pgid = proc.pid
-    _signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM)
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        if proc.poll() is not None and not _live_members(pgid):
+        if proc.poll() is not None and not live_members(pgid):
             return
         time.sleep(0.02)
-    _signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     proc.wait()
     end = time.monotonic() + 5.0
-    while _live_members(pgid) and time.monotonic() < end:
+    while live_members(pgid) and time.monotonic() < end:
         time.sleep(0.01)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of the group's processes that are not zombies (a zombie is harmless, and one whose
-    parent died may never be reaped when PID 1 does not reap, as in some containers)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass
-    if not os.path.isdir("/proc/self"):
-        return [pgid]
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        # After the command name: state, ppid, pgrp (proc(5)).
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(name))
-    return members
 
 
 def _tail(path: str, start: int, lines: int) -> str:

@@ -22,12 +22,12 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from balsam.errors import BalsamError
+from balsam.platform.procgroup import kill_and_reap
 
 LOCAL, RSYNC, SCP, GLOBUS = "local", "rsync", "scp", "globus"
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -200,26 +200,13 @@ def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]], 
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_and_reap(proc)
         raise TransferError(f"{what}: {program} timed out after {timeout:g} s")
     except BaseException:
-        _kill_group(proc)
+        kill_and_reap(proc)
         raise
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (err or out).decode("utf-8", "replace").splitlines()]
         last = next((ln for ln in reversed(lines) if ln), "(no error output)")
         raise TransferError(f"{what}: {program} exited with code {proc.returncode}: {last}")
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:  # a process outside the group still holds the pipes
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()

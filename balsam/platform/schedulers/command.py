@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
+from balsam.platform.procgroup import kill_and_reap
 from balsam.platform.schedulers import (
     COMMAND_TIMEOUT,
     CommandFailed,
@@ -80,7 +80,7 @@ def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, *, check: bool = 
     try:
         stdout, stderr = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_and_reap(proc)
         raise CommandTimeout(f"`{describe(argv)}` did not finish within {timeout:g} s (killed)")
     if check and proc.returncode != 0:
         reason = first_line(stderr) or first_line(stdout) or "no output"
@@ -97,21 +97,6 @@ def cancel(argv: Sequence[str], gone: Sequence[str], timeout: float = COMMAND_TI
     except CommandFailed as exc:
         if not any(word in exc.stderr + exc.stdout for word in gone):
             raise
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the command's process group and reap it (its pipes may be held by children)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:  # a child escaped the group and holds the pipes
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
 
 
 def retry(call: Callable[[], T], *, attempts: int = 3, delay: float = 2.0, factor: float = 2.0,

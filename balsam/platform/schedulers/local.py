@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
+from balsam.platform.procgroup import live_members, signal_group
 from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, SchedulerError
 from balsam.platform.schedulers import command as cmd
 
@@ -62,32 +63,7 @@ def _user() -> str:
 
 def group_alive(pgid: int) -> bool:
     """True if process group ``pgid`` has a member that is not a zombie."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not os.path.isdir("/proc/self"):
-        return True
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    return bool(live_members(pgid))
 
 
 class LocalScheduler:
@@ -159,7 +135,7 @@ class LocalScheduler:
         cancelled = rec["cancelled_at"] is not None
         if rec["ended_at"] is None and group_alive(rec["pid"]):
             if cancelled and now >= rec["cancelled_at"] + self.kill_grace:
-                _signal_group(rec["pid"], signal.SIGKILL)
+                signal_group(rec["pid"], signal.SIGKILL)
             state, raw = ("finishing", "CANCELLING" if cancelled else "EXITING") \
                 if cancelled or code is not None else ("running", "RUNNING")
         else:
@@ -197,9 +173,9 @@ class LocalScheduler:
                 return
             if rec["cancelled_at"] is None:
                 rec["cancelled_at"] = now
-                _signal_group(rec["pid"], signal.SIGTERM)
+                signal_group(rec["pid"], signal.SIGTERM)
             elif now >= rec["cancelled_at"] + self.kill_grace:
-                _signal_group(rec["pid"], signal.SIGKILL)
+                signal_group(rec["pid"], signal.SIGKILL)
 
     def final_status(self, scheduler_id: str,
                      timeout: float = COMMAND_TIMEOUT) -> Optional[BatchJobStatus]:

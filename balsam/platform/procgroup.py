@@ -1,0 +1,61 @@
+"""Process groups: signal one, and find its live members (stdlib only).
+
+Balsam runs every task, script, transfer and local batch job in its own session, so a stop
+reaches everything it started; these two functions are the one place that signals such a
+group and asks whether anything of it is left.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of the group's processes that are not zombies. A zombie is harmless, and one whose
+    parent died may never be reaped where PID 1 does not reap (some containers). Without
+    ``/proc`` a group that still exists is reported as ``[pgid]``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    if not os.path.isdir("/proc/self"):
+        return [pgid]
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp (proc(5)).
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(name))
+    return members
+
+
+def kill_and_reap(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGKILL the process group ``proc`` leads and reap ``proc``, reading what is left of its
+    pipes; if a process that escaped the group still holds them after ``timeout`` seconds, close
+    our ends and just wait for ``proc``."""
+    signal_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
