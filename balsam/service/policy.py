@@ -13,7 +13,7 @@ state (:data:`balsam.platform.schedulers.STATES`, raw word in ``raw_state``) unt
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from balsam.errors import BalsamError
@@ -31,17 +31,11 @@ RUNNING_ROW_STATES = frozenset({"running", "finishing"})
 
 
 @dataclass(frozen=True)
-class QueuePolicy:
-    """The limits of one queue (see the module docstring); ``name`` is the queue's name."""
+class QueuePolicy(machines.QueuePolicy):
+    """The limits of one queue (:class:`balsam.platform.machines.QueuePolicy`, see the module
+    docstring) with the queue's ``name``."""
 
-    name: str
-    min_nodes: int
-    max_nodes: int
-    min_minutes: int
-    max_minutes: int
-    max_queued: int
-    max_running: int
-    max_total_nodes: int
+    name: str = ""
 
     def batch_minutes(self, needed_minutes: float) -> int:
         """The shortest walltime in this queue's range whose launcher time limit
@@ -66,5 +60,4 @@ def load_policies(settings: dict[str, Any]) -> list[QueuePolicy]:
         checked = machines.validate_queues(raw, "settings.yml")
     except machines.MachineError as exc:
         raise BalsamError(str(exc)) from None
-    return [QueuePolicy(name, **{f: getattr(p, f) for f in machines.QueuePolicy.__dataclass_fields__})
-            for name, p in checked.items() if p.max_queued > 0]
+    return [QueuePolicy(name=name, **asdict(p)) for name, p in checked.items() if p.max_queued > 0]
