@@ -17,9 +17,7 @@ stdout at start.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
-import logging
 import os
 import shutil
 import signal
@@ -34,6 +32,7 @@ from balsam.db import dbsettings, serverinfo
 from balsam.db.session import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context, Tunables
+from balsam.logfile import open_log
 from balsam.platform import allocation, mpi
 
 DEFAULT_TRANSITION_THREADS = 2
@@ -75,20 +74,6 @@ def _mpi_executable(flavour_name: str) -> Optional[str]:
     return found
 
 
-def _logger(db_path: str) -> tuple[logging.Logger, logging.Handler, str]:
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
-    log_dir = os.path.join(db_path, "log")
-    os.makedirs(log_dir, exist_ok=True)
-    path = os.path.join(log_dir, f"launcher_{stamp}_{os.getpid()}.log")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s|%(process)d|%(levelname)s|%(message)s"))
-    log = logging.getLogger(f"balsam.launcher.{os.getpid()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log, handler, path
-
-
 def _serial_entry() -> Any:
     try:
         module = importlib.import_module("balsam.launcher.serial_mode")
@@ -119,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
                                    tunables.walltime_margin_seconds)
-    log, handler, log_path = _logger(db_path)
+    log, handler, log_path = open_log(db_path, "launcher")
     stop = threading.Event()
     db = Database(db_path, "balsam-launcher", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)

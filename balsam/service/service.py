@@ -23,7 +23,6 @@ pool stops, the lock is released and the PID file removed: exit 0.
 from __future__ import annotations
 
 import datetime
-import importlib
 import logging
 import os
 import pwd
@@ -37,6 +36,7 @@ from balsam.core import leases
 from balsam.db import dbsettings
 from balsam.db.session import Database
 from balsam.errors import BalsamError
+from balsam.logfile import open_log
 from balsam.platform.schedulers import command
 from balsam.processing import transitions
 from balsam.service import control
@@ -49,27 +49,6 @@ ADVANCE_ROUNDS = 10
 
 class SchedulerStepError(BalsamError):
     """A scheduler step reported a failure without raising (to back off like an exception)."""
-
-
-def _logger(db_path: str) -> tuple[logging.Logger, logging.Handler, str]:
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H%M%S")
-    os.makedirs(os.path.join(db_path, "log"), exist_ok=True)
-    path = os.path.join(db_path, "log", f"service_{stamp}_{os.getpid()}.log")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s|%(process)d|%(levelname)s|%(message)s"))
-    log = logging.getLogger(f"balsam.service.{os.getpid()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    log.addHandler(handler)
-    return log, handler, path
-
-
-def _optional(module: str, name: str) -> Optional[Callable[..., Any]]:
-    """``module.name`` if that module exists (parts of the service may be absent in a build)."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 class Service:
@@ -88,7 +67,6 @@ class Service:
         self.cycles = 0
         self.totals: dict[str, int] = {}
         self.backoff: dict[str, command.Backoff] = {}
-        self.missing: set[str] = set()
         self.pool: Any = None
         self.exit_status = 0
 
@@ -152,17 +130,9 @@ class Service:
         return schedulers.get(str(self.settings["scheduler"]),
                               state_dir=os.path.join(self.db_path, "qsubmit"))
 
-    def _call_missing(self, module: str, name: str) -> Optional[Callable[..., Any]]:
-        fn = _optional(module, name)
-        if fn is None and module not in self.missing:
-            self.missing.add(module)
-            self.log.warning(f"{module}.{name} is not available in this build: step skipped")
-        return fn
-
     def _sync(self, scheduler: Any) -> int:
-        sync = self._call_missing("balsam.service.sync", "sync")
-        if sync is None:
-            return 0
+        from balsam.service.sync import sync
+
         result = sync(self.db, scheduler, self.user, self.log) or {}
         if result.get("ok") is False:  # sync logs and swallows it: back off here
             raise SchedulerStepError(str(result.get("error") or "scheduler status failed"))
@@ -189,9 +159,8 @@ class Service:
         return moved
 
     def _plan(self) -> int:
-        plan = self._call_missing("balsam.service.planner", "plan")
-        if plan is None:
-            return 0
+        from balsam.service.planner import plan
+
         ids = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, plan, self.db_path,
                                  self.settings)
         if ids:
@@ -199,10 +168,9 @@ class Service:
         return len(ids)
 
     def _submit(self, scheduler: Any) -> int:
-        submit = self._call_missing("balsam.service.submitter", "submit_pending")
-        if submit is None:
-            return 0
-        done = submit(self.db, self.db_path, self.settings, scheduler, self.log)
+        from balsam.service.submitter import submit_pending
+
+        done = submit_pending(self.db, self.db_path, self.settings, scheduler, self.log)
         for launch_id, scheduler_id in done:
             self.log.info(f"submitted batch job {launch_id}: scheduler id {scheduler_id}")
         return len(done)
@@ -274,7 +242,7 @@ def run(db_path: str) -> int:
     BalsamError if the database is unreachable or the settings are invalid."""
     dbsettings.load(db_path)  # bad settings: fail before taking anything
     lock = control.acquire_lock(db_path)
-    log, handler, log_path = _logger(db_path)
+    log, handler, log_path = open_log(db_path, "service")
     svc = Service(db_path, log, log_path, lock)
     stale = control.read_pid_file(db_path)
     if stale is not None:
