@@ -115,6 +115,8 @@ def test_progress_shows_on_a_terminal_only(tmp_path):
 @pytest.fixture
 def logs(db):
     log = os.path.join(db, "log")
+    # Newer than any log other tests left in the shared DB (launchers, services).
+    base = max([time.time()] + [os.path.getmtime(os.path.join(log, f)) for f in os.listdir(log)]) + 60
     made = []
     for name, text, age in (("service_20240101-000000_1.log", "svc old\n", 30),
                             ("launcher_20240101-000000_2.log", "".join(f"L{i}\n" for i in range(30)), 20),
@@ -122,7 +124,7 @@ def logs(db):
         path = os.path.join(log, name)
         with open(path, "w") as fh:
             fh.write(text)
-        t = time.time() - age
+        t = base - age
         os.utime(path, (t, t))
         made.append(path)
     yield made
