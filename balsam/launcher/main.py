@@ -17,7 +17,6 @@ stdout at start.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import signal
@@ -74,17 +73,6 @@ def _mpi_executable(flavour_name: str) -> Optional[str]:
     return found
 
 
-def _serial_entry() -> Any:
-    try:
-        module = importlib.import_module("balsam.launcher.serial_mode")
-    except ImportError:
-        module = None
-    entry = getattr(module, "run_launcher", None)
-    if entry is None:
-        raise BalsamError("serial mode is not available in this build")
-    return entry
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a launcher as the CLI arguments say; the exit status (0 after a normal stop, 1 if
     the session was lost). Raises BalsamError for bad settings or an unreachable database."""
@@ -97,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     alloc = alloc.sliced(args.offset_nodes or 0, args.limit_nodes)
     flavour = str(settings["mpi"])
     executable = _mpi_executable(flavour)
-    mode_entry = _serial_entry() if args.job_mode == "serial" else None
+    mode_entry: Optional[Any] = None
+    if args.job_mode == "serial":
+        from balsam.launcher.serial_mode import run_launcher as mode_entry
     wf_filter = None if args.consume_all else args.wf_filter
     threads = (DEFAULT_TRANSITION_THREADS if args.num_transition_threads is None
                else args.num_transition_threads)
