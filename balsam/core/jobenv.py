@@ -21,6 +21,28 @@ LAUNCHER_ONLY_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "OMPI_", "MPI_LOCA
 """Variables of the launcher's own MPI ensemble: a task that is itself an MPI program must not
 believe it belongs to the launcher's MPI job."""
 
+CREDENTIAL_VARIABLES = frozenset({"BALSAM_DB_PASSWORD", "BALSAM_WEB_TOKEN", "PGPASSWORD"})
+"""Secrets a launcher, the service or ``balsam web`` may have been given in its environment: the
+DB password (Balsam's own variable, and libpq's), the dashboard's login token. Tasks and scripts
+never see them -- their output is shown by ``balsam log`` and the dashboard. A task that uses the
+database (``balsam.launcher.dag``) authenticates through the stored credential instead
+(:mod:`balsam.db.credentials`: ``<db>/.auth`` for the owner, ``~/.balsam/credentials.json``)."""
+
+CREDENTIAL_SUFFIXES = ("_PASSWORD", "_TOKEN", "_SECRET")
+"""Any other ``BALSAM_*`` variable ending so is treated as a credential too (future ones)."""
+
+
+def is_credential(name: str) -> bool:
+    """True if the environment variable ``name`` carries a Balsam credential."""
+    return name in CREDENTIAL_VARIABLES or (name.startswith("BALSAM_")
+                                            and name.endswith(CREDENTIAL_SUFFIXES))
+
+
+def without_credentials(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without the variables :func:`is_credential` names (for any program Balsam runs
+    on a job's behalf: tasks, scripts, transfers)."""
+    return {k: v for k, v in base.items() if not is_credential(k)}
+
 
 def job_variables(row: Mapping[str, Any], parents: Sequence[str], db_path: str,
                   launcher_nodes: Optional[int] = None,
@@ -44,9 +66,15 @@ def job_variables(row: Mapping[str, Any], parents: Sequence[str], db_path: str,
 
 
 def task_environment(base: Mapping[str, str], job_vars: Mapping[str, str]) -> dict[str, str]:
-    """``base`` cleaned of launcher-only variables (``BALSAM_ORIGINAL_PATH``, when set, restores
-    the user's PATH), plus ``job_vars`` (which win)."""
-    env = {k: v for k, v in base.items() if not k.startswith(LAUNCHER_ONLY_PREFIXES)}
+    """``base`` cleaned of launcher-only variables and of credentials (:func:`is_credential`;
+    ``BALSAM_ORIGINAL_PATH``, when set, restores the user's PATH), plus ``job_vars`` (which win:
+    a variable the job itself sets in ``environ_vars`` is the user's explicit choice).
+
+    Every process Balsam starts for a job gets its environment from here: MPI- and serial-mode
+    tasks (:mod:`balsam.launcher.task`), pre/postprocess scripts and handlers
+    (:mod:`balsam.processing.scripts`)."""
+    env = {k: v for k, v in base.items()
+           if not k.startswith(LAUNCHER_ONLY_PREFIXES) and not is_credential(k)}
     if "BALSAM_ORIGINAL_PATH" in base:
         env["PATH"] = base["BALSAM_ORIGINAL_PATH"]
     env.update(job_vars)

@@ -61,8 +61,8 @@ class ScriptResult:
 
 def script_environment(base_env: Mapping[str, str], job_vars: Mapping[str, str],
                        extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """``base_env`` cleaned of launcher-only variables, plus ``job_vars``, plus ``extra`` (e.g.
-    ``BALSAM_JOB_ERROR=TRUE``); later ones win."""
+    """``base_env`` cleaned of launcher-only variables and credentials, plus ``job_vars``, plus
+    ``extra`` (e.g. ``BALSAM_JOB_ERROR=TRUE``); later ones win."""
     return task_environment(base_env, {**job_vars, **(extra or {})})
 
 

@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
+from balsam.core import jobenv
 from balsam.errors import BalsamError
 from balsam.platform.procgroup import kill_and_reap
 
@@ -185,8 +186,11 @@ def _snapshot(directory: str) -> dict[str, tuple[int, int]]:
 
 
 def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]], what: str) -> None:
-    """Run ``argv`` with a time limit in a new session; TransferError on any failure."""
-    environ = dict(os.environ if env is None else env)
+    """Run ``argv`` with a time limit in a new session; TransferError on any failure.
+
+    The program never sees Balsam's credentials (:func:`jobenv.without_credentials`): scp and
+    rsync run the user's SSH configuration, which may run anything."""
+    environ = jobenv.without_credentials(os.environ if env is None else env)
     program = argv[0]
     found = shutil.which(program, path=environ.get("PATH", os.defpath))
     if found is None:
