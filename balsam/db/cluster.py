@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -178,16 +179,32 @@ def start(db_path: str, say: Say = quiet) -> Status:
         return _start_locked(db_path, info, say)
 
 
+SERVER_KEYS = ("listen_addresses", "max_connections", "shared_buffers")
+"""``settings.yml`` ``server:`` keys applied as PostgreSQL options at every start (with ``port``):
+command-line options win over ``balsam.conf``, which ``balsam init`` wrote once."""
+
+
+def server_options(port: int, server: dict) -> str:
+    """The postgres options (``pg_ctl -o``) for ``port`` and ``settings.yml``'s ``server:``
+    values (:data:`SERVER_KEYS`). pg_ctl hands this string to ``/bin/sh``, so every word is
+    quoted: a value such as ``*`` or ``a, b`` reaches postgres as one argument, never expanded."""
+    words = ["-p", str(port)]
+    for key in SERVER_KEYS:
+        words += ["-c", f"{key}={server[key]}"]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def _start_locked(db_path: str, info: dict, say: Say) -> Status:
     account = pgaccount.account_by_uid(int(info["server_uid"]))
-    wanted = int(dbsettings.load(db_path)["server"]["port"] or 0)
+    server = dbsettings.load(db_path)["server"]
+    wanted = int(server["port"] or 0)
     if wanted and port_in_use(wanted):
         raise ServerError(f"port {wanted} (settings.yml server.port) is already in use: free it, or "
                           f"set server.port to 0 to pick a free port")
     attempts, deadline = 0, time.monotonic() + SHMEM_WAIT_SECONDS
     while True:
         port = wanted or free_port()
-        ok, error = _pg_ctl_start(db_path, info["pg_bin"], account, port)
+        ok, error = _pg_ctl_start(db_path, info["pg_bin"], account, port, server)
         if ok:
             serverinfo.update(
                 db_path, host=socket.gethostname(), port=port,
@@ -206,11 +223,13 @@ def _start_locked(db_path: str, info: dict, say: Say) -> Status:
         raise ServerError(f"the PostgreSQL server did not start: {error} (see {SERVER_LOG})")
 
 
-def _pg_ctl_start(db_path: str, bin_dir: str, account: pgaccount.Account, port: int) -> tuple:
+def _pg_ctl_start(db_path: str, bin_dir: str, account: pgaccount.Account, port: int,
+                  server: dict) -> tuple[bool, str]:
+    """``pg_ctl start`` on ``port`` with ``server`` (settings.yml ``server:``); (ok, reason)."""
     log = os.path.join(db_path, SERVER_LOG)
     size_before = os.path.getsize(log) if os.path.exists(log) else 0
     argv = [os.path.join(bin_dir, "pg_ctl"), "start", "-D", data_dir(db_path), "-w",
-            "-t", str(START_TIMEOUT_SECONDS), "-l", log, "-o", f"-p {port}"]
+            "-t", str(START_TIMEOUT_SECONDS), "-l", log, "-o", server_options(port, server)]
     code, output = pgaccount.run_as(account, argv, timeout=START_TIMEOUT_SECONDS + 15, cwd=db_path)
     if code == 0:
         return True, ""
