@@ -47,7 +47,7 @@ def main() -> None:
 
         from balsam.web import charts
 
-        client = Client()
+        client = Client(HTTP_HOST="localhost")
         assert client.get(f"/?token={TOKEN}").status_code == 302
         first = client.get("/jobs/").content.decode()
         nxt = re.search(r'href="\?([^"]+)" id="next"', first)

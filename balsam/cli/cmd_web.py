@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
                    help="port to listen on (default 8100; 0 picks a free one)")
     p.add_argument("--token", metavar="T",
                    help="login token (default: $BALSAM_WEB_TOKEN, else a random one on localhost)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (repeatable; '.example.org' "
+                        "for a domain, '*' for any); localhost and the bind address always are, "
+                        "and with --bind 0.0.0.0 this machine's names and addresses")
     p.add_argument("--threads", type=int, default=4, metavar="N",
                    help="request threads, each with its own DB connection (default 4)")
 
@@ -37,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.threads <= 64:
         raise BalsamError("--threads must be between 1 and 64")
     token, generated = server.choose_token(args.token, args.bind)
+    server.allowed_hosts(args.bind, args.allowed_host)  # a bad --allowed-host fails before binding
     path = db_path()
     srv, app = server.make_server(args.bind, args.port, args.threads)
     try:
         port = int(srv.effective_port)
-        server.configure(token, port, args.bind, path)
+        server.configure(token, port, args.bind, path, args.allowed_host)
         server.check_database()
         server.start_handler(app)
         host = f"[{args.bind}]" if ":" in args.bind else args.bind

@@ -48,6 +48,22 @@ def _without_token(request: HttpRequest) -> str:
     return request.path + (f"?{rest}" if rest else "")
 
 
+class HostCheckMiddleware:
+    """Validate the Host header against ``ALLOWED_HOSTS`` before anything else.
+
+    Django checks it only when something calls ``request.get_host()`` (CSRF on a POST, redirects),
+    so a GET would pass with any Host: a foreign page reached through DNS rebinding could read the
+    dashboard once someone logged in. ``get_host()`` raises ``DisallowedHost``, which Django
+    answers with 400."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.get_host()
+        return self.get_response(request)
+
+
 class TokenMiddleware:
     """Refuse (403) every request from a session that has not shown the token."""
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
+import socket
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from balsam.errors import BalsamError
@@ -22,6 +25,65 @@ TOKEN_ENV = "BALSAM_WEB_TOKEN"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+LOOPBACK_HOSTS = ("localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "[::1]")
+"""Host headers every dashboard accepts: a browser on this machine or at the end of an SSH tunnel
+(``ssh -L 8100:host:8100``) sends one of them, and no DNS answer can make a foreign site's page
+send them (the DNS-rebinding attack the Host check is for)."""
+
+WILDCARD_BINDS = ("", "0.0.0.0", "::", "[::]")
+"""Bind addresses that listen on every interface of this machine."""
+
+_HOST_PATTERN = re.compile(r"^(\*|\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])$")
+
+
+def _header_form(address: str) -> str:
+    """How ``address`` appears in a Host header (an IPv6 address in brackets)."""
+    address = address.strip()
+    try:
+        if ipaddress.ip_address(address.strip("[]")).version == 6:
+            return f"[{address.strip('[]')}]"
+    except ValueError:
+        pass
+    return address.lower()
+
+
+def machine_names() -> list[str]:
+    """This machine's host name, fully qualified name and the addresses they resolve to (what a
+    browser elsewhere may use to reach a dashboard bound to every interface)."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
+        except OSError:
+            pass
+    try:  # the address of the default route's interface (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))
+            names.add(sock.getsockname()[0])
+    except OSError:
+        pass
+    return sorted(_header_form(n) for n in names if n)
+
+
+def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
+    """Django's ``ALLOWED_HOSTS`` for a dashboard bound to ``bind``: :data:`LOOPBACK_HOSTS`, the
+    bind address itself, for a wildcard bind (:data:`WILDCARD_BINDS`) :func:`machine_names`, and
+    ``extra`` (``--allowed-host``: a name, an address, ``.example.org`` for a domain and its
+    subdomains, or ``*`` for any). A request with any other Host header gets 400.
+    """
+    hosts = list(LOOPBACK_HOSTS)
+    if bind.strip() in WILDCARD_BINDS:
+        hosts += machine_names()
+    else:
+        hosts.append(_header_form(bind))
+    for name in extra:
+        form = _header_form(name)
+        if not _HOST_PATTERN.match(form):
+            raise BalsamError(f"--allowed-host {name!r} is not a host name, address, "
+                              f"'.domain' or '*'")
+        hosts.append(form)
+    return list(dict.fromkeys(hosts))
 
 
 def is_loopback(bind: str) -> bool:
@@ -55,14 +117,14 @@ def choose_token(given: Optional[str], bind: str) -> tuple[str, bool]:
     return secrets.token_urlsafe(18), True
 
 
-def web_settings(token: str, port: int, bind: str) -> dict[str, Any]:
-    """Balsam's Django settings extended for the dashboard on ``bind:port`` with ``token``."""
+def web_settings(token: str, port: int, bind: str,
+                 extra_hosts: Sequence[str] = ()) -> dict[str, Any]:
+    """Balsam's Django settings extended for the dashboard on ``bind:port`` with ``token``;
+    ``ALLOWED_HOSTS`` from :func:`allowed_hosts`."""
     from balsam.db.settings import django_settings
 
     s = django_settings()
-    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", "testserver"]
-    if not is_loopback(bind):
-        hosts = ["*"]  # any Host header: the token, not the name, guards a public bind
+    hosts = allowed_hosts(bind, extra_hosts)
     s.update(
         DEBUG=False,
         ROOT_URLCONF="balsam.web.urls",
@@ -70,6 +132,7 @@ def web_settings(token: str, port: int, bind: str) -> dict[str, Any]:
         # Sessions survive a restart with the same token; another token invalidates them.
         SECRET_KEY=hashlib.sha256(f"balsam-web:{token}".encode()).hexdigest(),
         MIDDLEWARE=[
+            "balsam.web.auth.HostCheckMiddleware",
             "django.middleware.security.SecurityMiddleware",
             "django.contrib.sessions.middleware.SessionMiddleware",
             "django.middleware.csrf.CsrfViewMiddleware",
@@ -99,14 +162,16 @@ def web_settings(token: str, port: int, bind: str) -> dict[str, Any]:
     return s
 
 
-def configure(token: str, port: int, bind: str = "127.0.0.1", db_path: Optional[str] = None) -> None:
-    """Configure Django for the dashboard in this process (once, before any other setup)."""
+def configure(token: str, port: int, bind: str = "127.0.0.1", db_path: Optional[str] = None,
+              extra_hosts: Sequence[str] = ()) -> None:
+    """Configure Django for the dashboard in this process (once, before any other setup);
+    ``extra_hosts`` are more accepted Host header names (:func:`allowed_hosts`)."""
     from django.conf import settings
 
     if settings.configured:
         raise BalsamError("Django is already configured in this process; start the dashboard "
                           "in a process of its own")
-    settings.configure(**web_settings(token, port, bind))
+    settings.configure(**web_settings(token, port, bind, extra_hosts))
     from balsam.db.settings import ensure_django, use_database
 
     ensure_django()
