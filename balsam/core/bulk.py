@@ -30,8 +30,8 @@ def _check(column: str) -> Any:
     """What a canonical value of ``column`` is, for :func:`copyfmt.check_rows`."""
     if column in schema.JOB_SYSTEM_COLUMNS:
         return None  # set by Balsam; PostgreSQL rejects a malformed one
-    if column == "environ_vars":
-        return frozenset({""})  # a non-empty one is parsed by the Python normaliser
+    if column in ("environ_vars", "input_files"):
+        return frozenset({""})  # a non-empty one is checked by the Python normaliser
     if column == "state":
         from balsam.core.states import STATES
 

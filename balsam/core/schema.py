@@ -133,6 +133,8 @@ def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAUL
     text = str(value)
     if "\x00" in text:
         raise FieldError(f"{name} may not contain a NUL character")
+    if name == "input_files":
+        check_input_patterns(text)
     return text
 
 
@@ -161,6 +163,8 @@ def normalize_job_values(values: dict[str, Any]) -> None:
             values[key] = coerce_field(key, val)
     if values["environ_vars"]:
         parse_envstring(values["environ_vars"])
+    if values["input_files"]:
+        check_input_patterns(values["input_files"])
     if values["state"] not in _STATE_NAMES:
         from balsam.core.states import validate_state
 
@@ -202,6 +206,16 @@ def _path_part(text: str) -> str:
     directory stays inside ``<db>/data``)."""
     part = text.replace(os.sep, "_")
     return part.replace(".", "_") if part.strip(".") == "" else part
+
+
+def check_input_patterns(text: str) -> None:
+    """Refuse ``input_files`` patterns that could match outside a parent's working directory:
+    absolute paths and any ``..`` component (:class:`FieldError`). Linking confines matches
+    again (:mod:`balsam.processing.inputs`), symlinks included."""
+    for word in text.split():
+        if os.path.isabs(word) or ".." in word.split("/"):
+            raise FieldError(f"input_files pattern {word!r} points outside the parent's working "
+                             "directory: use patterns relative to it, without '..'")
 
 
 def parse_envstring(text: str) -> dict[str, str]:

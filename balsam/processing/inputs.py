@@ -8,6 +8,14 @@ parent's file, staged-in data) gets the suffix ``_<first 8 characters of the par
 (classic Balsam). A link that already exists and points to the same file is left alone, so a
 retried stage-in is idempotent. A pattern that matches nothing, or a parent whose working
 directory is gone, links nothing (classic behaviour: parents need not produce every file).
+
+Links never reach outside: a pattern that is absolute or has a ``..`` component is refused
+(jobs are checked when created, :func:`balsam.core.schema.check_input_patterns`; this catches
+rows written otherwise), and every match's real path (symlinks resolved) must lie inside the
+parent's working directory or one of ``trusted_roots`` (the DB's ``data`` directory, where
+every job's default working directory lives, so a parent's own input links, which point at its
+parents, pass on down a chain). Everything is checked before the first link is made: a refused
+match links nothing and raises :class:`InputFilesError`.
 """
 from __future__ import annotations
 
@@ -16,33 +24,57 @@ import os
 from collections.abc import Sequence
 from typing import Optional
 
+from balsam.core import schema
 from balsam.errors import BalsamError
 
 
 class InputFilesError(BalsamError):
-    """A parent's file cannot be linked: both its name and its suffixed name are taken."""
+    """A parent's file cannot be linked: a pattern or a match leads outside the parent's working
+    directory, or both its name and its suffixed name are taken."""
 
 
-def link_input_files(workdir: str, patterns: str,
-                     parents: Sequence[tuple[str, str]]) -> list[str]:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _confined(target: str, root: str, trusted: Sequence[str], parent_id: str) -> str:
+    """``target`` if its real path lies inside ``root``'s or a ``trusted`` directory's real
+    path, else :class:`InputFilesError`."""
+    real = os.path.realpath(target)
+    if any(_inside(real, os.path.realpath(r)) for r in (root, *trusted)):
+        return target
+    raise InputFilesError(f"input file {target} of parent {parent_id[:8]} resolves to {real}, "
+                          f"outside the parent's working directory {root}: nothing linked")
+
+
+def link_input_files(workdir: str, patterns: str, parents: Sequence[tuple[str, str]],
+                     trusted_roots: Sequence[str] = ()) -> list[str]:
     """Symlink the files matching ``patterns`` in each ``(parent_id, parent_workdir)`` into
     ``workdir`` (created if missing); returns the names of the links created, in order
     (parents in the order given, each parent's matches sorted). Raises
-    :class:`InputFilesError` when neither the plain nor the suffixed name is free.
+    :class:`InputFilesError` when a pattern or a match leads outside (see the module
+    docstring; then nothing is linked) or neither the plain nor the suffixed name is free.
     """
     words = patterns.split()
     if not words or not parents:
         return []
-    os.makedirs(workdir, exist_ok=True)
-    created = []
+    try:
+        schema.check_input_patterns(patterns)
+    except schema.FieldError as exc:
+        raise InputFilesError(str(exc))
+    planned = []
     for parent_id, parent_dir in parents:
         root = os.path.abspath(parent_dir)
         matches = sorted({os.path.normpath(path) for pattern in words
                           for path in glob.glob(os.path.join(glob.escape(root), pattern))})
-        for target in matches:
-            name = _link(workdir, target, str(parent_id)[:8])
-            if name is not None:
-                created.append(name)
+        planned += [(_confined(t, root, trusted_roots, str(parent_id)), str(parent_id)[:8])
+                    for t in matches]
+    os.makedirs(workdir, exist_ok=True)
+    created = []
+    for target, suffix in planned:
+        name = _link(workdir, target, suffix)
+        if name is not None:
+            created.append(name)
     return created
 
 

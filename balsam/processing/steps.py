@@ -24,6 +24,7 @@ nothing (the job stays USER_KILLED).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -80,7 +81,7 @@ def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Li
     state = job.row["state"]
     try:
         if state == State.READY.value:
-            return _stage_in(job, limits)
+            return _stage_in(job, db_path, limits)
         if state == State.STAGED_IN.value:
             return _script(job, "preprocess", db_path, base_env, limits, should_abort)
         if state in (State.RUN_DONE.value, State.RUN_ERROR.value, State.RUN_TIMEOUT.value):
@@ -99,7 +100,7 @@ _STEP_NAMES = {
 }
 
 
-def _stage_in(job: StepJob, limits: Limits) -> Outcome:
+def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
     row = job.row
     said = []
     if row.get("stage_in_url"):
@@ -107,7 +108,8 @@ def _stage_in(job: StepJob, limits: Limits) -> Outcome:
                                     timeout=limits.transfer_timeout)
         said.append(f"staged in {len(arrived)} item(s) from {row['stage_in_url']}")
     if row.get("input_files") and job.parents:
-        linked = inputs.link_input_files(job.workdir, row["input_files"], job.parents)
+        linked = inputs.link_input_files(job.workdir, row["input_files"], job.parents,
+                                         trusted_roots=[os.path.join(db_path, "data")])
         said.append(f"linked {len(linked)} input file(s) from {len(job.parents)} parent(s)")
     moves = [(State.STAGED_IN, "; ".join(said) or "nothing to stage in")]
     if not job.preprocess:
