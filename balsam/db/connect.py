@@ -6,6 +6,7 @@ that reconnects after the server restarted on another port or host finds it.
 """
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Optional
 
@@ -55,10 +56,12 @@ def explain_connect_error(db_path: str, params: dict[str, Any], exc: Exception) 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"{params.get('host')}:{params.get('port')}"
     if "password authentication failed" in text or "no password supplied" in text:
+        in_task = (" (Balsam never passes its DB password on to a job's task or scripts: they "
+                   "use a stored credential)") if os.environ.get("BALSAM_JOB_ID") else ""
         return (
             f"the server at {where} refused role {params.get('user')!r}: "
             "ask the DB owner for a credential (`balsam server --add-user`) and store it with "
-            "`balsam server --save-credential`"
+            f"`balsam server --save-credential`{in_task}"
         )
     if "does not exist" in text and "role" in text:
         return f"role {params.get('user')!r} does not exist on the server at {where}: ask the DB owner"
