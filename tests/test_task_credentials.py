@@ -177,3 +177,65 @@ def test_a_script_without_a_stored_credential_is_refused_not_handed_the_password
     assert "never passes its DB password on to a job's task or scripts" in log
     assert env["BALSAM_DB_PASSWORD"] not in log
     assert job_row(cursor, job_id)["data"] == {}
+
+
+# ---- a collaborator's task: BALSAM_USER passes, the password does not ---------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second OS account")
+
+def _collaborator_task(db: str, role: str, password: str, job_id: str) -> list[str]:
+    """As the collaborator, in a task's environment built from a launcher environment holding
+    BALSAM_USER and BALSAM_DB_PASSWORD: connect as ``dag`` does (the same connection
+    parameters), with and then without a saved credential; what each attempt saw.
+
+    (In-process: the collaborator cannot run this interpreter, which lives under /root.)"""
+    from balsam.core.jobenv import job_variables
+    from balsam.db.connect import connect
+    from balsam.errors import DatabaseUnavailable
+
+    launcher_env = dict(os.environ, BALSAM_USER=role, BALSAM_DB_PASSWORD=password)
+    env = task_environment(launcher_env, job_variables({"job_id": job_id}, [], db))
+    os.environ.clear()
+    os.environ.update(env)
+    credentials.save_user_credential(db, role, password)
+    seen: list[str] = []
+    for attempt in ("saved", "unsaved"):
+        if attempt == "unsaved":
+            os.unlink(os.path.join(os.environ["HOME"], ".balsam", "credentials.json"))
+        try:
+            conn = connect(db)
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT name FROM {schema.JOB_TABLE} WHERE job_id = %s",
+                            [os.environ["BALSAM_JOB_ID"]])
+                seen.append(f"current job: {cur.fetchone()[0]}")
+            conn.close()
+        except DatabaseUnavailable as exc:
+            seen.append(str(exc))
+    return seen
+
+
+@root_only
+def test_a_collaborators_task_reaches_the_db_through_the_saved_credential_only(db, cursor):
+    import asuser
+    from conftest import run_balsam
+
+    account = asuser.ensure_account()
+    home = asuser.owned_dir(account, "balsam-cred-home-")
+    add_app(cursor, "noop", "/bin/true")
+    (job_id,) = add_jobs(cursor, [{"name": "theirs", "application": "noop"}])
+    added = run_balsam("server", "--add-user", account.name, env={"BALSAM_DB_PATH": db})
+    assert added.returncode == 0, added.stderr
+    try:
+        with open(os.path.join(db, credentials.AUTH_DIR, account.name)) as fh:
+            password = fh.read().strip()
+        out = asuser.run_as(account, _collaborator_task, db, account.name, password, job_id,
+                            home=home, env={"BALSAM_DB_PATH": db, "BALSAM_USER": None,
+                                            "BALSAM_DB_PASSWORD": None})
+    finally:
+        run_balsam("server", "--drop-user", account.name, env={"BALSAM_DB_PATH": db})
+        shutil.rmtree(home, ignore_errors=True)
+    assert out["error"] is None, out["error"]
+    saved, unsaved = out["result"]
+    assert saved == "current job: theirs"
+    assert f"refused role '{account.name}'" in unsaved
+    assert "never passes its DB password on to a job's task or scripts" in unsaved
