@@ -26,6 +26,7 @@ def test_allowed_hosts_follow_the_bind_address():
                                                                ".site.org"]
     wildcard = allowed_hosts("0.0.0.0")
     assert socket.gethostname().lower() in wildcard and "*" not in wildcard
+    assert "0.0.0.0" in wildcard  # the printed URL works
     assert allowed_hosts("::", ["*"])[-1] == "*"
 
 
@@ -48,6 +49,7 @@ def test_a_wildcard_bind_accepts_this_machines_names_and_allowed_hosts_only(db: 
     with web_server(db, "--bind", "0.0.0.0", "--token", TOKEN, "--allowed-host", "dash.example.org"
                     ) as base:
         port = port_of(base)
+        Client(base).login()  # the printed URL (http://0.0.0.0:PORT) works as printed
         c = Client(f"http://127.0.0.1:{port}")
         c.login()
         for host in (socket.gethostname(), "dash.example.org", f"dash.example.org:{port}",

@@ -68,15 +68,16 @@ def machine_names() -> list[str]:
 
 def allowed_hosts(bind: str, extra: Sequence[str] = ()) -> list[str]:
     """Django's ``ALLOWED_HOSTS`` for a dashboard bound to ``bind``: :data:`LOOPBACK_HOSTS`, the
-    bind address itself, for a wildcard bind (:data:`WILDCARD_BINDS`) :func:`machine_names`, and
+    bind address itself (the URL ``balsam web`` prints names it), for a wildcard bind
+    (:data:`WILDCARD_BINDS`) also :func:`machine_names`, and
     ``extra`` (``--allowed-host``: a name, an address, ``.example.org`` for a domain and its
     subdomains, or ``*`` for any). A request with any other Host header gets 400.
     """
     hosts = list(LOOPBACK_HOSTS)
+    if bind.strip():
+        hosts.append(_header_form(bind))  # the printed URL names it (0.0.0.0 reaches this host)
     if bind.strip() in WILDCARD_BINDS:
         hosts += machine_names()
-    else:
-        hosts.append(_header_form(bind))
     for name in extra:
         form = _header_form(name)
         if not _HOST_PATTERN.match(form):
