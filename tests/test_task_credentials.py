@@ -239,3 +239,26 @@ def test_a_collaborators_task_reaches_the_db_through_the_saved_credential_only(d
     assert saved == "current job: theirs"
     assert f"refused role '{account.name}'" in unsaved
     assert "never passes its DB password on to a job's task or scripts" in unsaved
+
+
+# ---- the dashboard never shows its own secrets in a task's output ---------------------------------
+
+def test_the_dashboard_redacts_its_token_and_db_password_from_task_output(db, cursor):
+    from web_support import TOKEN, Client, web_server
+
+    add_app(cursor, "noop", "/bin/true")
+    (job_id,) = add_jobs(cursor, [{"name": "old", "application": "noop"}])
+    work = workdir(db, cursor, job_id)
+    os.makedirs(work)
+    password = owner_password(db)
+    with open(os.path.join(work, "old.out"), "w") as fh:  # written by a task of an older Balsam
+        fh.write(f"BALSAM_DB_PASSWORD={password}\nBALSAM_WEB_TOKEN={TOKEN}\nPGPASSWORD={password}\n"
+                 "result=42\n")
+    with web_server(db, "--token", TOKEN) as base:
+        c = Client(base)
+        c.login()
+        status, body, _ = c.request(f"/jobs/{job_id}/")
+    assert status == 200
+    assert password not in body and TOKEN not in body
+    assert "BALSAM_DB_PASSWORD=[redacted]" in body and "BALSAM_WEB_TOKEN=[redacted]" in body
+    assert "result=42" in body

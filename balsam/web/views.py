@@ -28,8 +28,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from balsam.core import lifecycle, schema
+from balsam.core.jobenv import is_credential
 from balsam.core.states import END_STATES, STATES
+from balsam.db.connect import connection_params
 from balsam.db.settings import active_path
+from balsam.errors import BalsamError
 from balsam.web import auth, charts, queries
 
 TAIL_BYTES = 64 * 1024
@@ -144,8 +147,35 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
     fields.append(("data", row["data"]))
     return render(request, "balsam_web/job.html", _context(
         request, page="jobs", job=row, fields=fields, events=events, parents=parents,
-        children=children, workdir=workdir, out_path=out_path, out_tail=_tail(out_path),
+        children=children, workdir=workdir, out_path=out_path,
+        out_tail=_redact(_tail(out_path)),
         can_kill=row["state"] not in END_STATES, can_retry=row["state"] == "FAILED"))
+
+
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 8
+"""Shorter values are not searched for: replacing them would garble ordinary output."""
+
+
+def _secrets() -> set[str]:
+    """This dashboard's own secrets: its token, the DB password it connects with, and the
+    credential variables of its environment (:func:`balsam.core.jobenv.is_credential`)."""
+    found = {str(settings.BALSAM_WEB_TOKEN)}
+    found.update(v for k, v in os.environ.items() if is_credential(k))
+    try:
+        found.add(str(connection_params(active_path()).get("password") or ""))
+    except BalsamError:
+        pass
+    return {s for s in found if len(s) >= MIN_SECRET_LENGTH}
+
+
+def _redact(text: str) -> str:
+    """``text`` with every secret of :func:`_secrets` replaced by :data:`REDACTED`. Tasks no
+    longer inherit credentials, but output written before that (or echoed by a user's own
+    envscript) must not show them on a page."""
+    for secret in _secrets():
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def _tail(path: str) -> str:
