@@ -196,8 +196,8 @@ def test_without_a_compiler_install_succeeds_on_the_fallbacks(no_compiler: Build
     lines = run_in(venv, "python", "-c", USE_KERNELS).splitlines()
     assert lines[1:] == ["python python", "b'1\\ta\\\\tb\\t\\\\N\\tt\\n'", "[0, 1, 0]"]
     version = run_in(venv, "balsam", "-V").splitlines()
-    assert version[1].startswith("COPY encoder: pure Python (balsam.core._copyfmt was not built")
-    assert version[2].startswith("job packer:   pure Python (balsam.service.packing._packer was")
+    assert version[1].startswith("COPY encoder: pure Python (no compiled balsam.core._copyfmt: ")
+    assert version[2].startswith("job packer:   pure Python (no compiled balsam.service.packing.")
     assert (venv / "share" / "man" / "man1" / "balsam.1").is_file()  # editable installs too
 
 

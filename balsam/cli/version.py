@@ -27,8 +27,7 @@ def kernel_lines() -> list[str]:
         if importlib.import_module(module).KERNEL == "cython":
             used = "compiled (Cython)"
         else:
-            used = (f"pure Python ({kernel} was not built: no C compiler at install; "
-                    "reinstall with one for the fast path)")
+            used = f"pure Python (no compiled {kernel}: it is built at install when a C compiler works)"
         lines.append(f"{what + ':':<{width}} {used}")
     return lines
 
