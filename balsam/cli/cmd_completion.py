@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command
+from balsam.cli.main import build_parser
 from balsam.errors import BalsamError
 
 SHELLS = ("bash", "zsh")
@@ -33,8 +34,6 @@ def script(shell: str) -> str:
         import shtab
     except ImportError:
         raise BalsamError("completion scripts are generated with shtab: pip install shtab")
-    from balsam.cli.main import build_parser
-
     return str(shtab.complete(build_parser(), shell=shell))
 
 
