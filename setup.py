@@ -65,8 +65,11 @@ class OptionalBuildExt(build_ext):
             self.failed = [ext.name for ext in self.extensions]
             self.reason = str(exc)
         if self.failed:
-            note(f"the C compiler failed ({self.reason.strip().splitlines()[-1]}), so the kernels "
-                 f"{', '.join(self.failed)} were not built. {FALLBACK}")
+            reason = (self.reason.strip().splitlines() or ["no reason given"])[-1]
+            if len(reason) > 160:  # a failed command is quoted whole: its argv is long
+                reason = reason[:150] + " ..."
+            note(f"the C compiler failed ({reason}), so the kernels {', '.join(self.failed)} were "
+                 f"not built. {FALLBACK}")
 
     def build_extension(self, ext: Any) -> None:
         """Build one kernel; a compiler or linker failure is recorded, not raised."""
