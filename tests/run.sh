@@ -7,11 +7,13 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
-# zsh lets the activation tests cover zsh as well as bash, groff checks the man page renders
-# (installable only as root; without them those two tests say they are skipped).
+# zsh lets the activation and completion tests cover zsh as well as bash, groff checks the man page
+# renders and man that `man balsam` finds the installed page
+# (installable only as root; without them the tests that need them say they are skipped).
 missing=""
 command -v zsh >/dev/null 2>&1 || missing="$missing zsh"
 command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
+command -v man >/dev/null 2>&1 || missing="$missing man-db"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     (apt-get update -qq && apt-get install -y -qq $missing >/dev/null) \

@@ -85,7 +85,7 @@ def test_report_plot_without_matplotlib_says_how_to_install(history, tmp_path): 
                    env={"PYTHONPATH": f"{hide}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert r.returncode == 2
     assert r.stderr == ("balsam report: error: --plot needs matplotlib: pip install "
-                        "'balsam[plot]' (or pip install matplotlib)\n")
+                        "'balsam-classic[plot]' (or pip install matplotlib)\n")
 
 
 def test_progress_shows_on_a_terminal_only(tmp_path):

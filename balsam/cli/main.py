@@ -11,6 +11,7 @@ import sys
 from typing import Optional
 
 import balsam
+from balsam.cli.version import VersionAction
 
 COMMANDS = [
     "init", "server", "which", "app",
@@ -20,6 +21,7 @@ COMMANDS = [
     "top",
     "report", "log",
     "web",
+    "completion",
 ]
 """Command modules under ``balsam.cli`` (``cmd_<name>``), in help order."""
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Balsam {balsam.__version__}: a database-backed HPC workflow engine",
         epilog="Run `balsam COMMAND --help` for the options of a command.",
     )
-    parser.add_argument("-V", "--version", action="version", version=f"balsam {balsam.__version__}")
+    parser.add_argument("-V", "--version", action=VersionAction)
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, show the full Python traceback")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)

@@ -1,12 +1,14 @@
 """Generate the ``balsam(1)`` man page from the command-line parser, with argparse-manpage.
 
-Usage::
+Every install ships the page: ``setup.py`` calls :func:`render` at build time (argparse-manpage
+is a build requirement) and installs the result as ``share/man/man1/balsam.1``, so ``man balsam``
+works in the environment Balsam is installed in. By hand::
 
     python -m balsam.cli.manpage -o balsam.1 && man ./balsam.1   # write a file
     python -m balsam.cli.manpage --install && man balsam          # into <prefix>/share/man/man1
 
 The page is generated, never committed, so it always matches the installed commands and flags.
-argparse-manpage is needed only here (it is in the ``test`` extra: ``pip install
+At run time argparse-manpage is needed only here (it is in the ``test`` extra: ``pip install
 argparse-manpage``).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``balsam report --plot``: throughput, utilization and state-time plots in one PNG.
 
-matplotlib is an optional extra (``pip install 'balsam[plot]'``); without it the command says
+matplotlib is an optional extra (``pip install 'balsam-classic[plot]'``); without it the command says
 so on one line and exits 2 before touching the database.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise BalsamError("--plot needs matplotlib: pip install 'balsam[plot]' "
+        raise BalsamError("--plot needs matplotlib: pip install 'balsam-classic[plot]' "
                           "(or pip install matplotlib)")
 
 

@@ -10,10 +10,11 @@ for backslash, tab, newline and carriage return. Encoding of a value:
 
 The output is UTF-8 bytes, to be sent with ``COPY ... FROM STDIN WITH (ENCODING 'UTF8')``.
 
-The Cython kernel ``balsam.core._copyfmt`` is built by every normal install; each of its functions
-gives byte-for-byte the output of the ``*_py`` reference here (``tests/test_copyfmt.py`` checks
-that on random inputs). :data:`KERNEL` says which one is in use: ``"cython"``, or a sentence
-explaining the fallback to the reference when the kernel was not built.
+The Cython kernel ``balsam.core._copyfmt`` is built by every install that finds a working C
+compiler; each of its functions gives byte-for-byte the output of the ``*_py`` reference here
+(``tests/test_copyfmt.py`` checks that on random inputs). :data:`KERNEL` says which one is in
+use: ``"cython"``, or a sentence explaining the fallback to the reference when the kernel was
+not built.
 """
 from __future__ import annotations
 

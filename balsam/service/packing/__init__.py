@@ -49,9 +49,9 @@ as soon as a slot frees, so the real makespan is at most ``used_height``.
 Implementations
 ---------------
 :data:`KERNEL` is ``"cython"`` when the compiled kernel ``balsam.service.packing._packer``
-(built by every normal install) is importable, else ``"python"``: :func:`pack` then runs the
-pure-Python reference (:mod:`balsam.service.packing.reference`, ~100x slower) and logs one
-warning on its first call (:data:`KERNEL_ERROR` holds the import error).
+(built by every install that finds a working C compiler) is importable, else ``"python"``:
+:func:`pack` then runs the pure-Python reference (:mod:`balsam.service.packing.reference`,
+~100x slower) and logs one warning on its first call (:data:`KERNEL_ERROR` holds the import error).
 """
 from __future__ import annotations
 
