@@ -22,11 +22,11 @@ from balsam.platform.machines import MachineError, QueuePolicy
 NAMES = ["generic-pbs", "generic-slurm", "local", "perlmutter-gpu", "polaris", "summit", "theta"]
 FACTS = {  # scheduler, MPI flavour, cores and GPUs per node, default queue
     "local": ("local", "mpich", 0, 0, "local"),
-    "generic-slurm": ("slurm", "mpich", 0, 0, "debug"),
+    "generic-slurm": ("slurm", "srun", 0, 0, "debug"),
     "generic-pbs": ("pbs", "mpich", 0, 0, "workq"),
     "theta": ("cobalt", "aprun", 64, 0, "debug-flat-quad"),
     "summit": ("lsf", "jsrun", 42, 6, "batch"),
-    "polaris": ("pbs", "mpich", 32, 4, "debug"),
+    "polaris": ("pbs", "pals", 32, 4, "debug"),
     "perlmutter-gpu": ("slurm", "srun", 64, 4, "debug"),
 }
 DIRECTIVES = {  # lines each rendered template must contain (project P1, 3 nodes, 90 minutes)
@@ -238,7 +238,7 @@ def test_init_with_a_machine_writes_its_settings_and_job_template(tmp_root):
         assert proc.returncode == 0, proc.stderr
         settings = dbsettings.load(path)
         assert (settings["machine"], settings["scheduler"], settings["mpi"],
-                settings["cores_per_node"], settings["gpus_per_node"]) == ("polaris", "pbs", "mpich", 32, 4)
+                settings["cores_per_node"], settings["gpus_per_node"]) == ("polaris", "pbs", "pals", 32, 4)
         assert list(settings["queues"]) == ["debug", "debug-scaling", "prod", "preemptable"]
         template = Path(path, "job-template.sh").read_text()
         assert template == machines.load("polaris").template_text()
