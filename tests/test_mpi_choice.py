@@ -161,3 +161,25 @@ def test_a_launcher_on_each_profile_runs_mpi_tasks_with_the_site_launcher_and_lo
     assert call["env"]["BALSAM_JOB_ID"] == job_id  # the task's environment reached the launcher
     assert f"MPI {profile.mpi} ({fake}: the site's {SITE_PROGRAM[machine]}, found on PATH " \
            f"(profile {machine}))" in first
+
+
+def test_settings_mpi_executable_names_the_launcher_and_a_wrong_one_is_one_line_exit_2(
+        db, cursor, tmp_path):
+    add_app(cursor, "hello", "/bin/echo hello")
+    add_jobs(cursor, [{"name": "one", "application": "hello"}])
+    record = tmp_path / "launches.jsonl"
+    env = {"BALSAM_FAKE_LOG": str(record)}  # the fakes are not on PATH: only the setting names one
+    mine = str(FAKES / "srun")
+    with settings(db, machine="generic-slurm", mpi="srun", mpi_executable="/no/srun",
+                  launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "mpi", env=env)
+        assert launcher.wait(60) == 2
+        assert launcher.output() == ("", "balsam launcher: error: settings.yml mpi_executable "
+                                         "'/no/srun' is not an executable file\n")
+    with settings(db, machine="generic-slurm", mpi="srun", mpi_executable=mine,
+                  launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "mpi", env=env)
+        assert launcher.wait(60) == 0, launcher.output()
+    assert states(cursor) == {"one": "JOB_FINISHED"}
+    (call,) = [json.loads(line) for line in record.read_text().splitlines()]
+    assert call["path"] == mine

@@ -1,0 +1,104 @@
+"""On the real Slurm (4 emulated nodes, each with its own host name): a launcher on the
+generic-slurm profile runs a 2-node mpi4py task with the site's ``srun`` although the job
+script puts the mpich wheel's ``mpiexec`` first on PATH, and a serial-mode launcher starts its
+ensemble across all 4 nodes (the wheel's Hydra bootstrapped by ``srun``) with every worker rank
+on the node it serves. Skipped, with the reason, where no Slurm runs."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+import pytest
+from conftest import make_public_tmpdir
+from launcher_support import QUICK, add_app, add_jobs, settings, states, workdir
+from slurm_support import (
+    Slurm,
+    batch_env,
+    read_lines,
+    slurm_command,
+    slurm_fixture,  # noqa: F401 - the `slurm` fixture
+    write_script,
+)
+
+from balsam.platform.mpi.choice import wheel_mpiexec
+
+
+@pytest.fixture
+def tmp() -> str:
+    """A 0755 directory every node (and the DB server account) can reach."""
+    return make_public_tmpdir("balsam-slurm-mpi-")
+
+
+def launcher_log(out_lines: list[str]) -> list[str]:
+    """The lines of the log file named on the launcher's first output line."""
+    return read_lines(out_lines[0].split(" log ")[-1].strip())
+
+
+def idle_nodes() -> int:
+    out = slurm_command("sinfo", "-h", "-N", "-o", "%N %t").stdout.split("\n")
+    return sum(1 for line in out if line.endswith(" idle"))
+
+
+RANKS = """
+import socket
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+with open(f"rank{comm.rank}", "w") as out:
+    out.write(f"{comm.size} {comm.allreduce(comm.rank)} {socket.gethostname()}")
+"""
+
+
+def test_the_generic_slurm_profile_runs_a_two_node_mpi4py_task_with_the_sites_srun(
+        slurm: Slurm, db: str, cursor, tmp: str) -> None:
+    program = write_script(tmp, "ranks.py", RANKS)
+    add_app(cursor, "ranks", f"{sys.executable} {program}")
+    # This test Slurm has MpiDefault=none: the wheel's MPICH needs srun's PMI-2 server.
+    (job,) = add_jobs(cursor, [{"name": "two", "application": "ranks", "num_nodes": 2,
+                                "mpi_flags": "--mpi=pmi2"}])
+    script = write_script(tmp, "launch.sh", f"#!/bin/bash\nexec {sys.executable} -m balsam "
+                                            "launcher --job-mode mpi --consume-all\n")
+    with settings(db, machine="generic-slurm", mpi="srun", launcher=QUICK):
+        job_id = slurm.sbatch(script, "-N", "2", "-t", "5", "-o", "launcher.out", cwd=tmp,
+                              env=batch_env(db))  # the wheel's bin directory first on PATH
+        info = slurm.wait_done(job_id, timeout=120)
+    out = read_lines(os.path.join(tmp, "launcher.out"))
+    assert (info.state, info.exit_code) == ("COMPLETED", "0:0"), out
+    assert states(cursor) == {"two": "JOB_FINISHED"}
+    srun = shutil.which("srun")
+    assert f"MPI srun ({srun}: the site's srun, found on PATH (profile generic-slurm))" in \
+        launcher_log(out)[0]
+    ranks = sorted(open(os.path.join(workdir(db, cursor, job), f"rank{r}")).read().split()
+                   for r in (0, 1))
+    # One MPI job of 2 ranks (allreduce 0+1), one on each node, on that node's host.
+    assert ranks == [["2", "1", node] for node in sorted(info.nodes)]
+
+
+def test_a_serial_ensemble_starts_across_four_nodes_with_each_worker_on_its_own_node(
+        slurm: Slurm, db: str, cursor, tmp: str) -> None:
+    if idle_nodes() < 4:
+        pytest.skip("the 4 Slurm nodes are not all idle")
+    add_app(cursor, "host", "/bin/sh -c 'sleep 0.3; hostname'")
+    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "host"} for i in range(16)])
+    script = write_script(tmp, "launch.sh", f"#!/bin/bash\nexec {sys.executable} -m balsam "
+                                            "launcher --job-mode serial --consume-all\n")
+    with settings(db, machine="generic-slurm", mpi="srun", launcher=QUICK):
+        job_id = slurm.sbatch(script, "-N", "4", "-t", "5", "-o", "launcher.out", cwd=tmp,
+                              env=batch_env(db))
+        info = slurm.wait_done(job_id, timeout=180)
+    out = read_lines(os.path.join(tmp, "launcher.out"))
+    assert (info.state, info.exit_code) == ("COMPLETED", "0:0"), out
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    log = launcher_log(out)
+    started = next(line for line in log if "serial mode: 1 master + 4 worker rank(s)" in line)
+    assert f"started by {wheel_mpiexec()} -launcher slurm ...: the mpich wheel's Hydra" in started
+    master = next(line for line in log if "serial master on host" in line)
+    assert f"serial master on host {info.nodes[0]}:" in master
+    workers = dict(re.findall(r"serial worker (\d) \(node (\S+), host", "\n".join(log)))
+    hosts = dict(re.findall(r"serial worker (\d) \(node \S+, host (\S+)\)", "\n".join(log)))
+    # Worker i serves node i-1 and runs there (the old -ppn 1 layout put them round-robin).
+    assert workers == hosts == {str(i + 1): node for i, node in enumerate(info.nodes)}
+    seen = {open(os.path.join(workdir(db, cursor, j), f"s{i}.out")).read().strip()
+            for i, j in enumerate(ids)}
+    assert seen == set(info.nodes)
