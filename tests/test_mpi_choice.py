@@ -138,7 +138,9 @@ def test_a_launcher_on_each_profile_runs_mpi_tasks_with_the_site_launcher_and_lo
     record = tmp_path / "launches.jsonl"
     site = f"{PALS_FAKES}:{FAKES}" if machine == "polaris" else str(FAKES)
     wheel_bin = os.path.dirname(wheel_mpiexec() or "")
-    env = {"PATH": f"{wheel_bin}:{site}:{os.environ['PATH']}", "BALSAM_FAKE_LOG": str(record),
+    # Job scripts put the wheel's directory first; on `local` a site mpiexec comes first here.
+    first = [site, wheel_bin] if machine == "local" else [wheel_bin, site]
+    env = {"PATH": ":".join([*first, os.environ["PATH"]]), "BALSAM_FAKE_LOG": str(record),
            **ALLOCATION_ENV.get(machine, {})}
     profile = machines.load(machine)
     with settings(db, machine=machine, mpi=profile.mpi, cores_per_node=2,
@@ -152,7 +154,7 @@ def test_a_launcher_on_each_profile_runs_mpi_tasks_with_the_site_launcher_and_lo
         first = fh.readline()
     calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
     if SITE_PROGRAM[machine] is None:
-        assert calls == []  # the fake mpiexec on PATH was passed over for the wheel's
+        assert calls == []  # the fake mpiexec first on PATH was passed over for the wheel's
         assert f"MPI mpich ({wheel_mpiexec()}: the local profile uses the mpich wheel's" in first
         return
     fake = os.path.join(site.split(":")[0], SITE_PROGRAM[machine])
