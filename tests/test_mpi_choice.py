@@ -185,3 +185,16 @@ def test_settings_mpi_executable_names_the_launcher_and_a_wrong_one_is_one_line_
     assert states(cursor) == {"one": "JOB_FINISHED"}
     (call,) = [json.loads(line) for line in record.read_text().splitlines()]
     assert call["path"] == mine
+
+
+def test_a_new_settings_file_documents_mpi_executable_and_it_defaults_to_the_profiles(tmp_path):
+    from balsam.db import dbsettings
+
+    text = dbsettings.render_default(str(tmp_path), "polaris")
+    assert "\nmpi: pals " in text and "\nmpi_executable: '' " in text
+    (tmp_path / "settings.yml").write_text(text)
+    loaded = dbsettings.load(str(tmp_path))
+    assert (loaded["mpi"], loaded["mpi_executable"]) == ("pals", "")
+    (tmp_path / "settings.yml").write_text("mpi_executable: 5\n")
+    with pytest.raises(BalsamError, match="mpi_executable"):  # the wording is the schema's
+        dbsettings.load(str(tmp_path))
