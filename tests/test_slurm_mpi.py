@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_app, add_jobs, settings, states, workdir
+from launcher_support import QUICK, add_app, add_jobs, settings, states, wait_for, workdir
 from slurm_support import (
     USABLE_NODE_STATES,
     Slurm,
@@ -104,3 +104,43 @@ def test_a_serial_ensemble_starts_across_four_nodes_with_each_worker_on_its_own_
     seen = {open(os.path.join(workdir(db, cursor, j), f"s{i}.out")).read().strip()
             for i, j in enumerate(ids)}
     assert seen == set(info.nodes)
+
+
+def sleepers_alive(seconds: str) -> list[int]:
+    """Pids of ``sleep SECONDS`` processes on this machine (every emulated node's, too)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if fh.read().split(b"\0")[:2] == [b"/bin/sleep", seconds.encode()]:
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_a_sigterm_to_the_launcher_stops_the_ensembles_tasks_on_every_node(
+        slurm: Slurm, db: str, cursor, tmp: str) -> None:
+    add_app(cursor, "nap", "/bin/sleep 987")
+    ids = add_jobs(cursor, [{"name": f"n{i}", "application": "nap", "node_packing_count": 2}
+                            for i in range(4)])
+    script = write_script(tmp, "launch.sh", f"#!/bin/bash\nexec {sys.executable} -m balsam "
+                                            "launcher --job-mode serial --consume-all\n")
+    with settings(db, machine="generic-slurm", mpi="srun", cores_per_node=2, launcher=QUICK):
+        job_id = slurm.sbatch(script, "-N", "2", "-t", "5", "-o", "launcher.out", cwd=tmp,
+                              env=batch_env(db))
+        wait_for(lambda: len(sleepers_alive("987")) == 4, 60, "4 tasks to run on 2 nodes")
+        # Only the launcher (the batch shell) is signalled: it must stop the ranks itself,
+        # through Hydra and its srun step.
+        slurm_command("scancel", "--batch", "--signal=TERM", job_id)
+        info = slurm.wait_done(job_id, timeout=60)
+    out = read_lines(os.path.join(tmp, "launcher.out"))
+    assert (info.state, info.exit_code) == ("COMPLETED", "0:0"), out
+    for job in ids:
+        cursor.execute("SELECT from_state, message FROM core_jobevent WHERE job_id = %s "
+                       "AND to_state = 'RUN_TIMEOUT'", [job])
+        assert cursor.fetchall() == [("RUNNING", "stopped by the launcher: the launcher "
+                                                 "received SIGTERM")]
+    assert sleepers_alive("987") == []
+    log = "\n".join(launcher_log(out))
+    assert set(re.findall(r"serial worker \d \(node \S+, host (\S+)\)", log)) == set(info.nodes)
