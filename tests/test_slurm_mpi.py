@@ -2,7 +2,8 @@
 generic-slurm profile runs a 2-node mpi4py task with the site's ``srun`` although the job
 script puts the mpich wheel's ``mpiexec`` first on PATH, and a serial-mode launcher starts its
 ensemble across all 4 nodes (the wheel's Hydra bootstrapped by ``srun``) with every worker rank
-on the node it serves. Skipped, with the reason, where no Slurm runs."""
+on the node it serves; a SIGTERM to that launcher alone stops the tasks on every node. Skipped,
+with the reason, where no Slurm runs."""
 from __future__ import annotations
 
 import os
