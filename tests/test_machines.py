@@ -32,7 +32,8 @@ FACTS = {  # scheduler, MPI flavour, cores and GPUs per node, default queue
 DIRECTIVES = {  # lines each rendered template must contain (project P1, 3 nodes, 90 minutes)
     "local": ["# Requested: queue Q1, project P1, 3 node(s), 90 minutes."],
     "generic-slurm": ["#SBATCH --account=P1", "#SBATCH --partition=Q1", "#SBATCH --nodes=3",
-                      "#SBATCH --time=90", "#SBATCH --constraint=x --exclusive"],
+                      "#SBATCH --exclusive", "#SBATCH --time=90",
+                      "#SBATCH --constraint=x --exclusive"],
     "perlmutter-gpu": ["#SBATCH --account=P1", "#SBATCH --qos=Q1", "#SBATCH --constraint=gpu",
                        "#SBATCH --nodes=3", "#SBATCH --time=90", "#SBATCH --gpus-per-node=4"],
     "generic-pbs": ["#PBS -A P1", "#PBS -q Q1", "#PBS -l select=3", "#PBS -l walltime=01:30:00",

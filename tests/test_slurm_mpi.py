@@ -1,9 +1,9 @@
-"""On the real Slurm (4 emulated nodes, each with its own host name): a launcher on the
-generic-slurm profile runs a 2-node mpi4py task with the site's ``srun`` although the job
-script puts the mpich wheel's ``mpiexec`` first on PATH, and a serial-mode launcher starts its
-ensemble across all 4 nodes (the wheel's Hydra bootstrapped by ``srun``) with every worker rank
-on the node it serves; a SIGTERM to that launcher alone stops the tasks on every node. Skipped,
-with the reason, where no Slurm runs."""
+"""On the real Slurm (4 emulated nodes, each with its own host name): the generic-slurm job
+script (whole nodes) runs a launcher that runs a 2-node, 4-rank mpi4py task with the site's
+``srun`` although the script puts the mpich wheel's ``mpiexec`` first on PATH; a serial-mode
+launcher starts its ensemble across all 4 nodes (the wheel's Hydra bootstrapped by ``srun``)
+with every worker rank on the node it serves; a SIGTERM to that launcher alone stops the tasks
+on every node. Skipped, with the reason, where no Slurm runs."""
 from __future__ import annotations
 
 import os
@@ -24,6 +24,7 @@ from slurm_support import (
     write_script,
 )
 
+from balsam.platform import machines
 from balsam.platform.mpi.choice import wheel_mpiexec
 
 
@@ -53,29 +54,32 @@ with open(f"rank{comm.rank}", "w") as out:
 """
 
 
-def test_the_generic_slurm_profile_runs_a_two_node_mpi4py_task_with_the_sites_srun(
+def test_the_generic_slurm_job_script_runs_a_two_node_mpi4py_task_with_the_sites_srun(
         slurm: Slurm, db: str, cursor, tmp: str) -> None:
     program = write_script(tmp, "ranks.py", RANKS)
     add_app(cursor, "ranks", f"{sys.executable} {program}")
     # This test Slurm has MpiDefault=none: the wheel's MPICH needs srun's PMI-2 server.
-    (job,) = add_jobs(cursor, [{"name": "two", "application": "ranks", "num_nodes": 2,
-                                "mpi_flags": "--mpi=pmi2"}])
-    script = write_script(tmp, "launch.sh", f"#!/bin/bash\nexec {sys.executable} -m balsam "
-                                            "launcher --job-mode mpi --consume-all\n")
+    (job,) = add_jobs(cursor, [{"name": "four", "application": "ranks", "num_nodes": 2,
+                                "ranks_per_node": 2, "mpi_flags": "--mpi=pmi2"}])
+    # The profile's own job template (whole nodes; the wheel's bin directory first on PATH).
+    profile = machines.load("generic-slurm")
+    text = machines.render(profile.template_text(), machines.template_values(
+        profile, project="test", queue="debug", nodes=2, time_minutes=5, job_mode="mpi",
+        db_path=db, balsam_bin=os.path.dirname(sys.executable), python=sys.executable))
+    script = write_script(tmp, "job.sh", text)
     with settings(db, machine="generic-slurm", mpi="srun", launcher=QUICK):
-        job_id = slurm.sbatch(script, "-N", "2", "-t", "5", "-o", "launcher.out", cwd=tmp,
-                              env=batch_env(db))  # the wheel's bin directory first on PATH
+        job_id = slurm.sbatch(script, "-o", "launcher.out", cwd=tmp, env=batch_env(db))
         info = slurm.wait_done(job_id, timeout=120)
     out = read_lines(os.path.join(tmp, "launcher.out"))
     assert (info.state, info.exit_code) == ("COMPLETED", "0:0"), out
-    assert states(cursor) == {"two": "JOB_FINISHED"}
+    assert states(cursor) == {"four": "JOB_FINISHED"}, out
     srun = shutil.which("srun")
     assert f"MPI srun ({srun}: the site's srun, found on PATH (profile generic-slurm))" in \
         launcher_log(out)[0]
     ranks = sorted(open(os.path.join(workdir(db, cursor, job), f"rank{r}")).read().split()
-                   for r in (0, 1))
-    # One MPI job of 2 ranks (allreduce 0+1), one on each node, on that node's host.
-    assert ranks == [["2", "1", node] for node in sorted(info.nodes)]
+                   for r in range(4))
+    # One MPI job of 4 ranks (allreduce 0+1+2+3), two on each node, on that node's host.
+    assert ranks == [["4", "6", node] for node in sorted(info.nodes) for _ in (0, 1)]
 
 
 def test_a_serial_ensemble_starts_across_four_nodes_with_each_worker_on_its_own_node(
