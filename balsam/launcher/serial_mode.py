@@ -5,11 +5,11 @@ Two sides:
 * The launcher process (``balsam launcher --job-mode serial``) calls :func:`run_launcher`: it
   runs ONE MPI command (per scheduler: :mod:`balsam.platform.mpi.ensemble`), ``1 + nodes``
   ranks of ``python -m balsam.launcher.serial_mode CONFIG`` (the master shares the first node
-  with worker 1), waits
-  for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it as SIGTERM, which the
-  MPI launcher passes on to every rank (MPICH's Hydra does). The session is opened and closed by
-  the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
-  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT.
+  with worker 1), waits for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it
+  as SIGTERM, which the MPI launcher passes on to every rank (MPICH's Hydra does). The
+  session is opened and closed by the caller: rank 0 only uses it (claims, heartbeats) through
+  its id, so whatever happens to the ranks, the caller's ``close_session`` records any job
+  still RUNNING as RUN_TIMEOUT.
 * Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
   :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
   ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
