@@ -58,9 +58,14 @@ def test_under_pbs_hydra_reaches_the_nodes_through_pbs_tmrsh_when_it_is_there(tm
      ["/opt/jsrun", "-n", "3", "-a", "1", "-c", "1", "-g", "0", "-r", "1", "-b", "none"]),
 ])
 def test_cobalt_and_lsf_start_the_ensemble_with_the_tasks_launcher(scheduler, task, expected):
-    argv, why = command(scheduler, ["nid00001", "nid00002"], task=task)
+    argv, why = command(scheduler, ["nid00001", "nid00002"], task=task, wheel=None)
     assert argv == expected + RANK
     assert why == f"the tasks' launcher {task.describe()}"
+    # With the wheel installed, its MPICH cannot be started that way: the log line says so.
+    assert command(scheduler, ["nid00001", "nid00002"], task=task)[1] == (
+        f"the tasks' launcher {task.describe()}; warning: the mpich wheel is installed with "
+        "this Python, so its ranks may start as singletons: use an environment whose mpi4py "
+        "is built against the site's MPI")
 
 
 def test_without_the_wheel_slurm_places_the_ranks_with_srun_arbitrary_distribution():

@@ -85,5 +85,9 @@ def ensemble_command(scheduler: str, hosts: list[str], rank_argv: list[str],
                 f"the tasks' srun ({task.reason}), no mpich wheel beside this Python")
     spec = mpi.RunSpec(argv=rank_argv, ranks=len(hosts) + 1, ranks_per_node=1,
                        hosts=layout(hosts), cpu_affinity="none")
-    return (mpi.get(task.flavour).argv(spec, task.executable),
-            f"the tasks' launcher {task.describe()}")
+    why = f"the tasks' launcher {task.describe()}"
+    if wheel:  # mpi4py here loads the wheel's MPICH, whose PMI aprun/jsrun do not serve
+        why += ("; warning: the mpich wheel is installed with this Python, so its ranks may "
+                "start as singletons: use an environment whose mpi4py is built against the "
+                "site's MPI")
+    return mpi.get(task.flavour).argv(spec, task.executable), why
