@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Optional
@@ -209,8 +210,9 @@ def test_several_worker_ranks_run_every_job_once_with_a_clean_environment(db, cu
         out, err = launcher.output()
         log = launcher_log(launcher)
     assert out.startswith("Balsam launcher: serial mode, 3 node(s) (local), session ") and not err
+    host = socket.gethostname()
     for n in (1, 2, 3):
-        assert f"serial worker {n} exits: " in log
+        assert f"serial worker {n} (node {host}, host {host}) exits: " in log
     assert sum(int(line.split("exits: ")[1].split()[0]) for line in log.splitlines()
                if "serial worker" in line) == 24
     cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} "

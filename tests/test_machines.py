@@ -22,17 +22,18 @@ from balsam.platform.machines import MachineError, QueuePolicy
 NAMES = ["generic-pbs", "generic-slurm", "local", "perlmutter-gpu", "polaris", "summit", "theta"]
 FACTS = {  # scheduler, MPI flavour, cores and GPUs per node, default queue
     "local": ("local", "mpich", 0, 0, "local"),
-    "generic-slurm": ("slurm", "mpich", 0, 0, "debug"),
+    "generic-slurm": ("slurm", "srun", 0, 0, "debug"),
     "generic-pbs": ("pbs", "mpich", 0, 0, "workq"),
     "theta": ("cobalt", "aprun", 64, 0, "debug-flat-quad"),
     "summit": ("lsf", "jsrun", 42, 6, "batch"),
-    "polaris": ("pbs", "mpich", 32, 4, "debug"),
+    "polaris": ("pbs", "pals", 32, 4, "debug"),
     "perlmutter-gpu": ("slurm", "srun", 64, 4, "debug"),
 }
 DIRECTIVES = {  # lines each rendered template must contain (project P1, 3 nodes, 90 minutes)
     "local": ["# Requested: queue Q1, project P1, 3 node(s), 90 minutes."],
     "generic-slurm": ["#SBATCH --account=P1", "#SBATCH --partition=Q1", "#SBATCH --nodes=3",
-                      "#SBATCH --time=90", "#SBATCH --constraint=x --exclusive"],
+                      "#SBATCH --exclusive", "#SBATCH --time=90",
+                      "#SBATCH --constraint=x --exclusive"],
     "perlmutter-gpu": ["#SBATCH --account=P1", "#SBATCH --qos=Q1", "#SBATCH --constraint=gpu",
                        "#SBATCH --nodes=3", "#SBATCH --time=90", "#SBATCH --gpus-per-node=4"],
     "generic-pbs": ["#PBS -A P1", "#PBS -q Q1", "#PBS -l select=3", "#PBS -l walltime=01:30:00",
@@ -238,7 +239,7 @@ def test_init_with_a_machine_writes_its_settings_and_job_template(tmp_root):
         assert proc.returncode == 0, proc.stderr
         settings = dbsettings.load(path)
         assert (settings["machine"], settings["scheduler"], settings["mpi"],
-                settings["cores_per_node"], settings["gpus_per_node"]) == ("polaris", "pbs", "mpich", 32, 4)
+                settings["cores_per_node"], settings["gpus_per_node"]) == ("polaris", "pbs", "pals", 32, 4)
         assert list(settings["queues"]) == ["debug", "debug-scaling", "prod", "preemptable"]
         template = Path(path, "job-template.sh").read_text()
         assert template == machines.load("polaris").template_text()

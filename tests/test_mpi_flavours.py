@@ -72,6 +72,13 @@ EXPECTED = {
                         "packed:2", "-E", "A=1", "-E", "B=x y", "--flag", "app"],
     ("jsrun", "core"): ["jsrun", "-n", "2", "-a", "1", "-c", "1", "-g", "0", "-r", "2", "-b",
                         "packed:1", "app", "-x"],
+    ("pals", "simple"): ["mpiexec", "-n", "2", "--ppn", "2", "--hosts", "nid00012", "--depth",
+                         "1", "--cpu-bind", "none", "app", "-x"],
+    ("pals", "rich"): ["mpiexec", "-n", "4", "--ppn", "2", "--hosts", "nid00012,nid00101",
+                       "--depth", "4", "--cpu-bind", "depth", "--env", "A=1", "--env", "B=x y",
+                       "--flag", "app"],
+    ("pals", "core"): ["mpiexec", "-n", "2", "--ppn", "2", "--hosts", "nid00012", "--depth", "1",
+                       "--cpu-bind", "core", "app", "-x"],
 }
 SPECS = {"simple": simple, "rich": rich, "core": lambda: simple(cpu_affinity="core")}
 
@@ -137,7 +144,7 @@ def test_get_returns_every_flavour_and_rejects_unknown_names():
     with pytest.raises(RunSpecError) as err:
         mpi.get("mvapich")
     assert str(err.value) == ("unknown MPI flavour 'mvapich' (one of mpich, openmpi, srun, aprun, "
-                              "jsrun, direct)")
+                              "jsrun, pals, direct)")
     assert isinstance(err.value, BalsamError)
 
 
@@ -159,10 +166,16 @@ def test_run_spec_rejects_impossible_launches(kwargs, fragment):
 
 # ---- executed against recording fakes ----------------------------------------------------------
 
-def run_with_fakes(argv, tmp_path):
-    """Run ``argv`` in ``tmp_path`` with the fakes first on PATH; (process, recorded lines)."""
+FAKE_DIRS = {"pals": FAKES.parent / "pals"}
+"""Fakes whose program name collides with another's (PALS's and Hydra's ``mpiexec``)."""
+
+
+def run_with_fakes(argv, tmp_path, flavour=""):
+    """Run ``argv`` in ``tmp_path`` with the fakes (for ``flavour``) first on PATH; (process,
+    recorded lines)."""
     log = tmp_path / "launches.jsonl"
-    env = dict(os.environ, PATH=f"{FAKES}{os.pathsep}{os.environ['PATH']}",
+    fakes = f"{FAKE_DIRS[flavour]}{os.pathsep}{FAKES}" if flavour in FAKE_DIRS else str(FAKES)
+    env = dict(os.environ, PATH=f"{fakes}{os.pathsep}{os.environ['PATH']}",
                BALSAM_FAKE_LOG=str(log), T_VALUE="from-process-env")
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -170,7 +183,7 @@ def run_with_fakes(argv, tmp_path):
 
 
 VALID_EXTRA = {"mpich": ["-prepend-rank"], "openmpi": ["--oversubscribe"], "srun": ["--overlap"],
-               "aprun": ["-q"], "jsrun": ["--smpiargs", "-gpu"]}
+               "aprun": ["-q"], "jsrun": ["--smpiargs", "-gpu"], "pals": ["--label"]}
 
 
 @pytest.mark.parametrize("flavour", [f for f in FLAVOURS if f != "direct"])
@@ -182,10 +195,10 @@ def test_each_flavours_argv_is_accepted_by_its_launcher_and_runs_the_app(flavour
         spec.env = {"T_VALUE": "from-launcher-flag"}
         spec.extra_flags = VALID_EXTRA[flavour]
     argv = mpi.get(flavour).argv(spec)
-    proc, lines = run_with_fakes(argv, tmp_path)
+    proc, lines = run_with_fakes(argv, tmp_path, flavour)
     assert proc.returncode == 0, proc.stderr
-    assert lines == [{"launcher": argv[0], "argv": argv[1:], "options": lines[0]["options"],
-                      "app": APP}]
+    assert [{k: line[k] for k in ("launcher", "argv", "app")} for line in lines] == \
+        [{"launcher": argv[0], "argv": argv[1:], "app": APP}]
     if spec.extra_flags:  # parsed as the launcher's own option, right before the app
         assert lines[0]["options"][-1] == spec.extra_flags
     expected = "from-launcher-flag" if shape == "rich" else "from-process-env"
@@ -202,14 +215,14 @@ def test_direct_argv_runs_the_app_itself(tmp_path):
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_the_apps_exit_status_comes_back_through_the_launcher(flavour, tmp_path):
     spec = RunSpec(argv=["/bin/sh", "-c", "exit 3"], ranks=1, ranks_per_node=1, hosts=["nid00001"])
-    proc, _ = run_with_fakes(mpi.get(flavour).argv(spec), tmp_path)
+    proc, _ = run_with_fakes(mpi.get(flavour).argv(spec), tmp_path, flavour)
     assert proc.returncode == 3
 
 
 def test_the_fakes_reject_flags_their_launcher_does_not_have(tmp_path):
     spec = simple(argv=list(APP), extra_flags=["--no-such-flag"])
-    for flavour in ("mpich", "openmpi", "srun", "aprun", "jsrun"):
-        proc, lines = run_with_fakes(mpi.get(flavour).argv(spec), tmp_path)
+    for flavour in ("mpich", "openmpi", "srun", "aprun", "jsrun", "pals"):
+        proc, lines = run_with_fakes(mpi.get(flavour).argv(spec), tmp_path, flavour)
         assert (proc.returncode, lines) == (97, []), flavour
         assert "unknown option '--no-such-flag'" in proc.stderr
 

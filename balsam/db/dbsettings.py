@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "machine": "local",          # machine profile name
     "scheduler": "local",        # batch scheduler plug-in
     "mpi": "mpich",              # MPI launch flavour
+    "mpi_executable": "",        # its program; "": the profile's (balsam/platform/mpi/choice.py)
     "cores_per_node": 0,         # 0: what this machine has
     "gpus_per_node": 0,
     "local_nodes": 1,            # nodes to emulate on a machine without a batch scheduler
@@ -53,7 +54,8 @@ TEMPLATE = """\
 
 machine: {machine}        # machine profile
 scheduler: {scheduler}      # batch scheduler: local, slurm, pbs, cobalt, lsf
-mpi: {mpi}            # MPI launcher flavour: mpich, openmpi, srun, aprun, jsrun, direct
+mpi: {mpi}            # MPI launcher flavour: mpich, openmpi, srun, aprun, jsrun, pals, direct
+mpi_executable: ''    # path or name of its program; '' = the site's on PATH (the profile's choice)
 cores_per_node: {cores_per_node}       # 0 = detect on the node
 gpus_per_node: {gpus_per_node}
 local_nodes: {local_nodes}          # outside a batch job: emulated nodes on this machine

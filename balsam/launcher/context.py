@@ -106,6 +106,8 @@ class Context:
     wakeup_fd: Optional[int] = None
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""
+    mpi_reason: str = ""
+    """Why ``mpi_executable`` was chosen (:class:`balsam.platform.mpi.choice.LauncherChoice`)."""
 
     def request_stop(self, reason: str) -> None:
         """Ask the mode to stop its tasks and exit (signal handlers call this)."""

@@ -1,7 +1,8 @@
 """``balsam launcher``: the composition root of a launcher.
 
 :func:`run` reads the DB's settings, detects the allocation (sliced by ``--offset-nodes`` /
-``--limit-nodes``), resolves the MPI flavour, opens the database connection and the launcher
+``--limit-nodes``), chooses the MPI launcher (:mod:`balsam.platform.mpi.choice`; the first
+log line says which and why), opens the database connection and the launcher
 session (label = job mode and workflow filter, with the scheduler's job id), installs the
 SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
 (:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``)
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any, Optional
@@ -29,10 +28,11 @@ from typing import Any, Optional
 from balsam.core import leases
 from balsam.db import dbsettings, serverinfo
 from balsam.db.session import Database
-from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context, Tunables
 from balsam.logfile import open_log
-from balsam.platform import allocation, mpi
+from balsam.platform import allocation
+from balsam.platform.mpi import choice
 
 DEFAULT_TRANSITION_THREADS = 2
 """Transition workers a launcher runs unless ``--num-transition-threads`` says otherwise."""
@@ -56,23 +56,6 @@ def remaining_limit(time_limit_minutes: float, alloc_end: Optional[float], now_e
     return total - margin, margin
 
 
-def _mpi_executable(flavour_name: str) -> Optional[str]:
-    flavour = mpi.get(flavour_name)
-    if not flavour.EXECUTABLE:
-        return None
-    # MPICH's Hydra mpiexec from the `mpich` wheel beside this Python matches mpi4py and is
-    # there even when the environment's bin directory is not on PATH (a fresh venv).
-    beside = os.path.join(os.path.dirname(sys.executable), flavour.EXECUTABLE)
-    if flavour_name == "mpich" and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which(flavour.EXECUTABLE)
-    if not found:
-        raise BalsamError(f"the MPI launcher {flavour.EXECUTABLE!r} (settings.yml mpi: "
-                          f"{flavour_name}) is not on PATH: load your MPI module, or choose "
-                          "another flavour")
-    return found
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a launcher as the CLI arguments say; the exit status (0 after a normal stop, 1 if
     the session was lost). Raises BalsamError for bad settings or an unreachable database."""
@@ -83,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     alloc = allocation.detect(os.environ, cores_per_node=int(settings["cores_per_node"]),
                               gpus_per_node=gpus, local_nodes=int(settings["local_nodes"]))
     alloc = alloc.sliced(args.offset_nodes or 0, args.limit_nodes)
-    flavour = str(settings["mpi"])
-    executable = _mpi_executable(flavour)
+    launcher = choice.choose(str(settings["mpi"]), str(settings["machine"]),
+                             str(settings["mpi_executable"]), os.environ.get("PATH", os.defpath),
+                             choice.wheel_mpiexec())
     mode_entry: Optional[Any] = None
     if args.job_mode == "serial":
         from balsam.launcher.serial_mode import run_launcher as mode_entry
@@ -113,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         db_path=db_path, settings=settings, tunables=tunables, alloc=alloc, db=db,
         session_id=session_id, job_mode=args.job_mode, wf_filter=wf_filter,
         persistent=bool(args.persistent), processing=threads > 0, gpus_per_node=gpus, stop=stop,
-        log=log, base_env=dict(os.environ), flavour=flavour, mpi_executable=executable,
+        log=log, base_env=dict(os.environ), flavour=launcher.flavour,
+        mpi_executable=launcher.executable, mpi_reason=launcher.reason,
         stop_at=None if left is None else time.monotonic() + left,
         stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None
         else tunables.shutdown_grace_seconds)
@@ -121,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Balsam launcher: {args.job_mode} mode, {alloc.num_nodes} node(s) "
           f"({alloc.scheduler}), session {session_id}, {limit}, log {log_path}", flush=True)
     log.info(f"started: {label}, nodes {','.join(alloc.hosts)}, session {session_id}, "
-             f"flavour {flavour} ({executable or 'no launcher'}), processing "
+             f"MPI {launcher.describe()}, processing "
              f"{'on' if ctx.processing else 'off'}, persistent {ctx.persistent}, {limit}")
     restore = _install_signals(ctx)
     pool = _transition_pool(ctx, threads)

@@ -3,12 +3,13 @@
 Two sides:
 
 * The launcher process (``balsam launcher --job-mode serial``) calls :func:`run_launcher`: it
-  runs ONE command of the configured MPI flavour, ``1 + nodes`` ranks of ``python -m
-  balsam.launcher.serial_mode CONFIG`` (the master shares the first node with worker 1), waits
-  for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it as SIGTERM, which the
-  MPI launcher passes on to every rank (MPICH's Hydra does). The session is opened and closed by
-  the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
-  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT.
+  runs ONE MPI command (per scheduler: :mod:`balsam.platform.mpi.ensemble`), ``1 + nodes``
+  ranks of ``python -m balsam.launcher.serial_mode CONFIG`` (the master shares the first node
+  with worker 1), waits for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it
+  as SIGTERM, which the MPI launcher passes on to every rank (MPICH's Hydra does). The
+  session is opened and closed by the caller: rank 0 only uses it (claims, heartbeats) through
+  its id, so whatever happens to the ranks, the caller's ``close_session`` records any job
+  still RUNNING as RUN_TIMEOUT.
 * Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
   :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
   ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
@@ -25,6 +26,7 @@ import math
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.db.session import Database
 from balsam.platform.allocation import Allocation
+from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
+from balsam.platform.mpi.ensemble import ensemble_command
 from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
@@ -94,23 +98,14 @@ class SerialConfig:
                           self.scheduler, self.scheduler_id, self.end_time)
 
 
-def ensemble_argv(config: SerialConfig, flavour_name: str,
-                  executable: Optional[str] = None) -> list[str]:
-    """The MPI command running the ensemble: ``1 + len(config.hosts)`` ranks, one per entry of
-    ``[hosts[0]] + hosts``, unbound (workers pin their tasks themselves). For MPICH the
-    ``mpiexec`` beside this Python (the ``mpich`` wheel's, which matches mpi4py) is preferred to
-    ``executable``."""
-    from balsam.platform import mpi
-
-    flavour = mpi.get(flavour_name)
-    if flavour_name == "mpich":
-        beside = os.path.join(os.path.dirname(sys.executable), flavour.EXECUTABLE)
-        executable = beside if os.access(beside, os.X_OK) else executable
-    hosts = [config.hosts[0], *config.hosts]
-    spec = mpi.RunSpec(argv=[sys.executable, "-m", "balsam.launcher.serial_mode",
-                             config.to_json()],
-                       ranks=len(hosts), ranks_per_node=1, hosts=hosts, cpu_affinity="none")
-    return flavour.argv(spec, executable)
+def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
+                  wheel: Optional[str]) -> tuple[list[str], str]:
+    """(the MPI command running the ensemble: ``1 + len(config.hosts)`` ranks, the master and
+    worker 1 on the first node, worker i on node i-1; why it starts that way). The bootstrap
+    per scheduler is :mod:`balsam.platform.mpi.ensemble`'s; ``task`` is the tasks' launcher,
+    ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search."""
+    rank_argv = [sys.executable, "-m", "balsam.launcher.serial_mode", config.to_json()]
+    return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
 
 def run_launcher(args: Any, ctx: Context) -> int:
@@ -129,9 +124,12 @@ def run_launcher(args: Any, ctx: Context) -> int:
     log_path = next((h.baseFilename for h in ctx.log.handlers
                      if isinstance(h, logging.FileHandler)), "")
     config = SerialConfig.from_context(ctx, log_path)
-    argv = ensemble_argv(config, ctx.flavour, ctx.mpi_executable)
+    argv, why = ensemble_argv(config, LauncherChoice(ctx.flavour, ctx.mpi_executable,
+                                                     ctx.mpi_reason),
+                              ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
     out_path = os.path.join(ctx.db_path, "log", f"serial_{ctx.session_id}.out")
-    ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) with {argv[0]}")
+    ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
+                 f"{' '.join(argv[:3])} ...: {why}")
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -339,7 +337,8 @@ def run_master(comm: Any, config: SerialConfig) -> int:
                        config.wf_filter, base_env={})
     status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
                           start_message=f"serial-mode session {config.session_id}")
-    log.info(f"serial master: session {config.session_id}, {comm.Get_size() - 1} worker(s)")
+    log.info(f"serial master on host {socket.gethostname()}: session {config.session_id}, "
+             f"{comm.Get_size() - 1} worker(s)")
     try:
         return Master(ctx, source, status, MasterLink(comm)).run()
     except BaseException:
@@ -377,7 +376,8 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     finally:
         watchdog.close()
     _logger(config, "balsam.serial.worker").info(
-        f"serial worker {comm.Get_rank()} exits: {worker.started} task(s) started, "
+        f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
+        f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
         f"{_cpu_seconds():.2f} s CPU")
     return 0
 

@@ -6,4 +6,4 @@
 #PBS -l walltime={{ walltime }}
 #PBS -l filesystems=home:eagle
 {{ sched_flags }}
-# Balsam launcher batch job (ALCF Polaris; tasks start with mpiexec).
+# Balsam launcher batch job (ALCF Polaris; tasks start with the PALS mpiexec).

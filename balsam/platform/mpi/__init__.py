@@ -13,7 +13,7 @@ from typing import Optional, Protocol, cast
 
 from balsam.errors import BalsamError
 
-FLAVOURS = ("mpich", "openmpi", "srun", "aprun", "jsrun", "direct")
+FLAVOURS = ("mpich", "openmpi", "srun", "aprun", "jsrun", "pals", "direct")
 """Valid names for the ``mpi_flavour`` setting, one module each in this package."""
 AFFINITIES = ("none", "core", "depth")
 

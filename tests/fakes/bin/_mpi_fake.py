@@ -3,7 +3,8 @@ aprun, jsrun).
 
 Each fake declares its launcher's flag grammar (which flags take values, how many, and which
 values are valid). It parses its argv with that grammar, appends one JSON line
-``{"launcher", "argv", "options", "app"}`` to ``$BALSAM_FAKE_LOG``, then execs the application
+``{"launcher", "path", "argv", "options", "app", "env"}`` (``path``: this fake's own path,
+``env``: the environment it was started with) to ``$BALSAM_FAKE_LOG``, then execs the application
 command (everything after the last flag) once, with the variables the launcher's own env flag
 passes added to its environment. An unknown flag or a bad value exits 97, a missing
 application 98, so a flavour emitting something its real launcher would reject fails loudly.
@@ -72,8 +73,9 @@ def main(grammar: dict[str, list[str]], switches: frozenset[str] = frozenset(),
                 if eq:
                     env[name] = value
     with open(os.environ["BALSAM_FAKE_LOG"], "a") as log:
-        log.write(json.dumps({"launcher": os.path.basename(sys.argv[0]), "argv": args,
-                              "options": options, "app": app}) + "\n")
+        log.write(json.dumps({"launcher": os.path.basename(sys.argv[0]),
+                              "path": os.path.abspath(sys.argv[0]), "argv": args,
+                              "options": options, "app": app, "env": dict(os.environ)}) + "\n")
     try:
         os.execvpe(app[0], app, env)
     except OSError as exc:
