@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
         raise BalsamError("--threads must be between 1 and 64")
     token, generated = server.choose_token(args.token, args.bind)
     path = db_path()
+    from balsam.db import dbsettings
+
+    dbsettings.load(path)  # a bad settings.yml is reported now, not on the first page
     srv, app = server.make_server(args.bind, args.port, args.threads)
     try:
         port = int(srv.effective_port)
