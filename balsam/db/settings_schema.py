@@ -49,42 +49,42 @@ class LauncherSection(BaseModel):
     """``launcher:``: the tunables of :mod:`balsam.defaults` (lower-case names), all > 0."""
 
     model_config = _STRICT
-    heartbeat_seconds: float = Field(defaults.HEARTBEAT_SECONDS, gt=0)
-    lease_seconds: int = Field(defaults.LEASE_SECONDS, gt=0)
-    claim_batch: int = Field(defaults.CLAIM_BATCH, gt=0)
-    serial_prefetch_per_slot: int = Field(defaults.SERIAL_PREFETCH_PER_SLOT, gt=0)
-    status_flush_seconds: float = Field(defaults.STATUS_FLUSH_SECONDS, gt=0)
-    kill_check_seconds: float = Field(defaults.KILL_CHECK_SECONDS, gt=0)
-    kill_grace_seconds: float = Field(defaults.KILL_GRACE_SECONDS, gt=0)
-    shutdown_grace_seconds: float = Field(defaults.SHUTDOWN_GRACE_SECONDS, gt=0)
-    walltime_margin_seconds: float = Field(defaults.WALLTIME_MARGIN_SECONDS, gt=0)
-    idle_exit_seconds: float = Field(defaults.IDLE_EXIT_SECONDS, gt=0)
-    idle_wait_seconds: float = Field(defaults.IDLE_WAIT_SECONDS, gt=0)
-    processing_batch: int = Field(defaults.PROCESSING_BATCH, gt=0)
-    output_tail_lines: int = Field(defaults.OUTPUT_TAIL_LINES, gt=0)
-    reconnect_max_seconds: float = Field(defaults.RECONNECT_MAX_SECONDS, gt=0)
-    max_concurrent_runs: int = Field(defaults.MAX_CONCURRENT_RUNS, gt=0)
-    script_timeout_seconds: float = Field(defaults.SCRIPT_TIMEOUT_SECONDS, gt=0)
-    transfer_timeout_seconds: float = Field(defaults.TRANSFER_TIMEOUT_SECONDS, gt=0)
+    heartbeat_seconds: float = Field(default=defaults.HEARTBEAT_SECONDS, gt=0)
+    lease_seconds: int = Field(default=defaults.LEASE_SECONDS, gt=0)
+    claim_batch: int = Field(default=defaults.CLAIM_BATCH, gt=0)
+    serial_prefetch_per_slot: int = Field(default=defaults.SERIAL_PREFETCH_PER_SLOT, gt=0)
+    status_flush_seconds: float = Field(default=defaults.STATUS_FLUSH_SECONDS, gt=0)
+    kill_check_seconds: float = Field(default=defaults.KILL_CHECK_SECONDS, gt=0)
+    kill_grace_seconds: float = Field(default=defaults.KILL_GRACE_SECONDS, gt=0)
+    shutdown_grace_seconds: float = Field(default=defaults.SHUTDOWN_GRACE_SECONDS, gt=0)
+    walltime_margin_seconds: float = Field(default=defaults.WALLTIME_MARGIN_SECONDS, gt=0)
+    idle_exit_seconds: float = Field(default=defaults.IDLE_EXIT_SECONDS, gt=0)
+    idle_wait_seconds: float = Field(default=defaults.IDLE_WAIT_SECONDS, gt=0)
+    processing_batch: int = Field(default=defaults.PROCESSING_BATCH, gt=0)
+    output_tail_lines: int = Field(default=defaults.OUTPUT_TAIL_LINES, gt=0)
+    reconnect_max_seconds: float = Field(default=defaults.RECONNECT_MAX_SECONDS, gt=0)
+    max_concurrent_runs: int = Field(default=defaults.MAX_CONCURRENT_RUNS, gt=0)
+    script_timeout_seconds: float = Field(default=defaults.SCRIPT_TIMEOUT_SECONDS, gt=0)
+    transfer_timeout_seconds: float = Field(default=defaults.TRANSFER_TIMEOUT_SECONDS, gt=0)
 
 
 class ServiceSection(BaseModel):
     """``service:``: the cycle period and the number of transition workers (0: none)."""
 
     model_config = _STRICT
-    cycle_seconds: float = Field(defaults.SERVICE_CYCLE_SECONDS, gt=0)
-    transition_threads: int = Field(defaults.SERVICE_TRANSITION_THREADS, ge=0)
+    cycle_seconds: float = Field(default=defaults.SERVICE_CYCLE_SECONDS, gt=0)
+    transition_threads: int = Field(default=defaults.SERVICE_TRANSITION_THREADS, ge=0)
 
 
 class ServerSection(BaseModel):
     """``server:``: options of the DB's PostgreSQL server, applied when it starts."""
 
     model_config = _STRICT
-    port: int = Field(0, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535)
     """0: pick a free port each time the server starts."""
     listen_addresses: str = "*"
     """Compute nodes must reach the server over TCP."""
-    max_connections: int = Field(500, ge=1)
+    max_connections: int = Field(default=500, ge=1)
     shared_buffers: str = "256MB"
 
 
@@ -98,17 +98,17 @@ class Settings(BaseModel):
     mpi: str = "mpich"
     mpi_executable: str = ""
     """The MPI launcher program; empty: the flavour's (the profile's) choice."""
-    cores_per_node: int = Field(0, ge=0)
+    cores_per_node: int = Field(default=0, ge=0)
     """0: what the node has."""
-    gpus_per_node: int = Field(0, ge=0)
-    local_nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(default=0, ge=0)
+    local_nodes: int = Field(default=1, ge=1)
     """Nodes to emulate on a machine without a batch scheduler."""
     project: str = ""
     """Allocation (account) the service charges its batch jobs to; empty: none."""
     queues: Optional[dict[str, QueueEntry]] = None
-    launcher: LauncherSection = Field(default_factory=LauncherSection)
-    service: ServiceSection = Field(default_factory=ServiceSection)
-    server: ServerSection = Field(default_factory=ServerSection)
+    launcher: LauncherSection = LauncherSection()
+    service: ServiceSection = ServiceSection()
+    server: ServerSection = ServerSection()
 
     @field_validator("scheduler")
     @classmethod
