@@ -36,6 +36,8 @@ BAD = [
     ("cores_per_node: true", "`cores_per_node` must be a whole number, not True"),
     ("local_nodes: 0", "`local_nodes` must be at least 1, not 0"),
     ("launcher: 5", "`launcher` must be a mapping, not 5"),
+    ("queues: 5", "`queues` must be a mapping, not 5"),
+    ("queues:\n  q: 5", "`queues.q` must be a mapping, not 5"),
     ("project: 1234", "`project` must be a string, not 1234"),
     ("service:\n  cycle_seconds: 0", "`service.cycle_seconds` must be greater than 0, not 0"),
     ("colour: blue", "unknown key `colour` (valid keys: machine, scheduler, mpi, mpi_executable, "
