@@ -99,3 +99,19 @@ def test_a_server_info_port_that_is_not_a_number_is_one_line_not_an_internal_err
     assert proc.returncode == 2
     assert proc.stderr == (f"balsam ls: error: {serverinfo.path_of(restart_db)}: `port` must be a "
                            "whole number from 1 to 65535, not 'abc'\n")
+
+
+def test_a_running_service_logs_a_settings_typo_and_keeps_its_previous_settings(db):
+    from launcher_support import settings
+    from service_support import services
+
+    path = os.path.join(db, "settings.yml")
+    with settings(db, service={"cycle_seconds": 0.5, "transition_threads": 0}), \
+            services(db) as start:
+        svc = start()
+        svc.wait_started()
+        with open(path, "a") as fh:
+            fh.write(TYPO)
+        svc.wait_cycles(2)
+        assert svc.proc.poll() is None
+        assert f"{path}: {MESSAGE[14:]}; keeping the previous settings" in svc.log()

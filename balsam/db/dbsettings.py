@@ -72,7 +72,7 @@ def render_default(db_path: str, machine: str = "local", **overrides: Any) -> st
         local_nodes=values["local_nodes"], project=json.dumps(values["project"]),
         queues=queues.rstrip("\n"),
         launcher="".join(f"  {k}: {v}\n" for k, v in values["launcher"].items()),
-        service="".join(f"  {k}: {v}\n" for k, v in values["service"].items()).rstrip("\n"),
+        service="".join(f"  {k}: {v}\n" for k, v in values["service"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],
     )

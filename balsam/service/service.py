@@ -124,7 +124,7 @@ class Service:
         try:
             self.settings = dbsettings.load(self.db_path)
         except BalsamError as exc:
-            self.log.error(f"settings.yml: {exc}; keeping the previous settings")
+            self.log.error(f"{exc}; keeping the previous settings")
 
     def _scheduler(self) -> Any:
         from balsam.platform import schedulers
