@@ -46,7 +46,7 @@ def _check(cur: Any, args: argparse.Namespace, settings: dict) -> None:
         if cur.fetchone() is None:
             raise BalsamError(f"--wf-filter {args.wf_filter!r} matches no job's workflow "
                               "(see `balsam ls wf`); nothing submitted")
-    queues = settings.get("queues") or {}
+    queues = settings["queues"]
     if settings["scheduler"] != "local" and args.queue not in queues:
         raise BalsamError(f"queue {args.queue!r} is not in this DB's settings.yml queues "
                           f"({', '.join(queues) or 'none'}); nothing submitted")
