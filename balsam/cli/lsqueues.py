@@ -53,5 +53,5 @@ def queues_view(cur: Any, args: argparse.Namespace) -> str:
     if foreign:
         parts.append("Other batch jobs of this user:\n" + table(foreign, OTHER_COLUMNS))
     if note:
-        parts.append(note)
+        parts.append(f"Note: {note}")
     return "\n".join(parts)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
 from balsam.core.render import duration
 from balsam.core.states import STATES
+
+if TYPE_CHECKING:
+    from balsam.service.live import LiveStates
 
 RATE_WINDOW = 60
 """Seconds of events behind the first frame's rates."""
@@ -49,14 +52,14 @@ class Snapshot:
     failures: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
 
-    def with_live(self, answer: Any) -> Snapshot:
+    def with_live(self, answer: LiveStates) -> Snapshot:
         """This snapshot with its batch jobs' live states (``answer``: a
         :class:`balsam.service.live.LiveStates`) and, if the scheduler failed, a note why."""
         from balsam.service.live import annotate
 
         annotate(self.batch_jobs, answer)
         if answer.note:
-            self.notes.append(answer.note.removeprefix("Note: "))
+            self.notes.append(answer.note)
         return self
 
 

@@ -51,10 +51,10 @@ class LiveStates:
 
     @property
     def note(self) -> str:
-        """A line for under the table ("" when the scheduler answered)."""
+        """Why the states shown are not live ("" when the scheduler answered)."""
         if self.listed is not None:
             return ""
-        return (f"Note: the scheduler's status command failed ({self.error}); states as last "
+        return (f"the scheduler's status command failed ({self.error}); states as last "
                 f"recorded, {since(self.last_sync, self.asked_at)}")
 
 

@@ -66,7 +66,7 @@ def _live_states(batch: list[dict[str, Any]]) -> str:
         cached = _LIVE[(path, scheduler)] = live.Cached(lambda: live.ask(path, scheduler, set()))
     answer = cached.get()
     live.annotate(batch, answer)
-    return answer.note
+    return f"Note: {answer.note}" if answer.note else ""
 
 
 @require_GET
