@@ -149,3 +149,15 @@ def test_the_service_records_the_time_of_each_sync(db):
         svc.wait_cycles(2)
     synced = live.last_sync(db)
     assert synced is not None and began <= synced <= datetime.now(timezone.utc)
+
+
+def test_a_scheduler_that_cannot_be_asked_gives_recorded_states_marked_stale(tmp_path):
+    (tmp_path / "qsubmit").write_text("")  # the local scheduler cannot keep its records here
+    answer = live.ask(str(tmp_path), "local", set())
+    assert answer.listed is None and "File exists" in answer.error
+    rows = [{"scheduler_id": "7", "state": "running", "submitted_at": None},
+            {"scheduler_id": "", "state": "pending-submission", "submitted_at": None}]
+    live.annotate(rows, answer)
+    assert [(r["state"], r["as_of"], r["live"]) for r in rows] == [
+        ("running", "stale: never synced", False), ("pending-submission", "", None)]
+    assert answer.note.endswith("states as last recorded, never synced")

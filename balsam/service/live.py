@@ -101,7 +101,7 @@ def ask(db_path: str, scheduler_name: str, ours: set[str],
     try:
         sched = schedulers.get(scheduler_name, os.path.join(db_path, "qsubmit"))
         listed = sched.status(user, timeout=timeout)
-    except SchedulerError as exc:
+    except (SchedulerError, OSError) as exc:  # OSError: local records we may not write
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return LiveStates(None, asked_at, first, synced)
     foreign = [job for sid, job in sorted(listed.items()) if sid not in ours and not job.is_final]
