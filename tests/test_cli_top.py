@@ -104,8 +104,11 @@ def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns
     assert "gone-host" not in text and "worker-host" not in text
     # Unfinished batch jobs only.
     assert "Batch jobs: 2 queued or running" in text
-    assert f"{known['queued']:>5} 99123          debug                8      30 queued" in text
-    assert f"{known['runs']:>5} 99124          a-queue-with-a-~   128     720 running" in text
+    # ... with their live states: the (local) scheduler lists neither of these made-up ids
+    assert f"{known['queued']:>5} 99123          debug                8      30 ended      " \
+           "db: queued\n" in text
+    assert f"{known['runs']:>5} 99124          a-queue-with-a-~   128     720 ended      " \
+           "db: running\n" in text
     assert "99000" not in text and "submit-failed" not in text
     # Latest failures: newest first, first non-empty line of the message, old ones left out.
     id8 = known["failed"][:8]

@@ -295,10 +295,10 @@ def test_settings_have_local_nodes_and_launcher_tunables_and_accept_whole_number
     tunables = Tunables.from_settings(dbsettings.load(path)["launcher"])
     assert tunables.heartbeat_seconds == 2.0 and tunables.idle_exit_seconds == 10.0
     (tmp_path / "settings.yml").write_text("launcher:\n  lease_seconds: soon\n")
-    with pytest.raises(BalsamError, match="`lease_seconds` must be a int, not 'soon'"):
+    with pytest.raises(BalsamError, match="`launcher.lease_seconds` must be a whole number, not 'soon'"):
         dbsettings.load(path)
     with pytest.raises(BalsamError, match="launcher.kill_grace_seconds must be a positive"):
-        Tunables.from_settings(dict(dbsettings.DEFAULTS["launcher"], kill_grace_seconds=0))
+        Tunables.from_settings(dict(dbsettings.defaults()["launcher"], kill_grace_seconds=0))
 
 
 def test_remaining_time_takes_the_earlier_limit_less_a_bounded_margin():
@@ -312,7 +312,7 @@ def test_remaining_time_takes_the_earlier_limit_less_a_bounded_margin():
 def make_context(db, database, sid, **kw):
     import logging
 
-    tunables = Tunables.from_settings(dict(dbsettings.DEFAULTS["launcher"], heartbeat_seconds=1,
+    tunables = Tunables.from_settings(dict(dbsettings.defaults()["launcher"], heartbeat_seconds=1,
                                            idle_exit_seconds=0.2, idle_wait_seconds=0.05))
     values = dict(db_path=db, settings={}, tunables=tunables,
                   alloc=Allocation(("n1",), 2, 0, "local", "", None), db=database,

@@ -190,7 +190,7 @@ def test_settings_of_every_profile_load_back_with_its_queue_policies(name, tmp_p
             settings["gpus_per_node"], settings["project"]) == (
         name, machine.scheduler, machine.mpi, machine.cores_per_node, machine.gpus_per_node, "")
     assert settings["queues"] == machine.queue_settings()
-    assert settings["launcher"] == dbsettings.DEFAULTS["launcher"]
+    assert settings["launcher"] == dbsettings.defaults()["launcher"]
 
 
 def test_settings_queues_replace_the_profiles_wholesale_and_are_validated(tmp_path):
@@ -201,7 +201,7 @@ def test_settings_queues_replace_the_profiles_wholesale_and_are_validated(tmp_pa
                     " max_minutes: 30, max_queued: 1, max_running: 1, max_total_nodes: 2}\n")
     assert dbsettings.load(str(tmp_path))["queues"] == {"mine": QueuePolicy(1, 2, 1, 30, 1, 1, 2).__dict__}
     path.write_text("queues:\n  mine: {min_nodes: 1}\n")
-    with pytest.raises(BalsamError, match=re.escape(f"{path}: `queues.mine`: missing key `max_nodes`")):
+    with pytest.raises(BalsamError, match=re.escape(f"{path}: missing key `queues.mine.max_nodes`")):
         dbsettings.load(str(tmp_path))
     path.write_text("machine: my-cluster\n")
     with pytest.raises(BalsamError, match="no `queues` given and 'my-cluster' is not a shipped"):

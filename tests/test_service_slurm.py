@@ -84,8 +84,8 @@ def test_the_service_runs_200_serial_and_mpi_jobs_through_slurm_batch_jobs(
     program = write_script(tmp, "ranks.py", RANKS)
     add_app(cur, "ranks", f"{sys.executable} {program}")
     add_app(cur, "host", "hostname")
-    with settings(db, queues=QUEUES, project="test", service=SERVICE, launcher=LAUNCHER,
-                      mpi="mpich"), \
+    # No project: generic Slurm does not require one (the script has no --account line).
+    with settings(db, queues=QUEUES, service=SERVICE, launcher=LAUNCHER, mpi="mpich"), \
             services(db) as start:
         svc = start(env=batch_env(db))
         svc.wait_started()
@@ -113,6 +113,9 @@ def test_the_service_runs_200_serial_and_mpi_jobs_through_slurm_batch_jobs(
                 "WHERE job_mode <> 'processing' ORDER BY job_mode")
     assert cur.fetchall() == [("mpi", 2), ("serial", 2)]
     assert all(r["queue"] == "debug" and 1 <= r["nodes"] <= 2 for r in rows)
+    for r in rows:
+        with open(r["command"]) as fh:
+            assert r["project"] == "" and "--account" not in fh.read()
     nodes = node_names()
     for job_id in mpi:  # each MPI job: 2 ranks in one communicator on 2 different nodes
         ranks = []

@@ -26,7 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("-t", "--time-minutes", type=int, required=True,
                    help="walltime in minutes (the launcher stops a little before)")
     p.add_argument("-q", "--queue", required=True, help="queue (partition)")
-    p.add_argument("-A", "--project", required=True, help="project (allocation, account)")
+    p.add_argument("-A", "--project", default=None,
+                   help="project (allocation, account); default: settings.yml project (none: "
+                        "the scheduler's default account, where the machine profile allows it)")
     p.add_argument("--job-mode", required=True, choices=["mpi", "serial"], help="launcher job mode")
     p.add_argument("--wf-filter", default="",
                    help="run only jobs whose workflow contains this (must match existing jobs)")
@@ -44,7 +46,7 @@ def _check(cur: Any, args: argparse.Namespace, settings: dict) -> None:
         if cur.fetchone() is None:
             raise BalsamError(f"--wf-filter {args.wf_filter!r} matches no job's workflow "
                               "(see `balsam ls wf`); nothing submitted")
-    queues = settings.get("queues") or {}
+    queues = settings["queues"]
     if settings["scheduler"] != "local" and args.queue not in queues:
         raise BalsamError(f"queue {args.queue!r} is not in this DB's settings.yml queues "
                           f"({', '.join(queues) or 'none'}); nothing submitted")
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     path = db_path()
     settings = dbsettings.load(path)
+    if args.project is None:
+        args.project = settings["project"]
     with transaction(path) as (_, cur):
         _check(cur, args, settings)
     text = submitter.render_script(path, settings, project=args.project, queue=args.queue,

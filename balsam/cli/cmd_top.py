@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from balsam.cli.common import add_command, transaction
+from balsam.cli.common import add_command, db_path, transaction
 from balsam.cli.top import Snapshot, collect, render
 from balsam.errors import BalsamError
 
@@ -32,9 +32,12 @@ def register(sub: Any) -> None:
                    help="print one frame to stdout and exit (for scripts)")
 
 
-def snapshot(first: bool) -> tuple[str, Snapshot]:
-    with transaction() as (path, cur):
-        return path, collect(cur, with_flow=first)
+def snapshot(first: bool, states: Any) -> Snapshot:
+    """One snapshot with the batch jobs' live states from ``states`` (a
+    :class:`balsam.service.live.Cached`: the scheduler is asked at most every 30 s)."""
+    with transaction() as (_, cur):
+        snap = collect(cur, with_flow=first)
+    return snap.with_live(states.get())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,12 +46,18 @@ def run(args: argparse.Namespace) -> int:
     live = not args.once
     if live and not sys.stdout.isatty():
         raise BalsamError("standard output is not a terminal: use --once for a single frame")
-    path, snap = snapshot(first=True)
+    from balsam.db import dbsettings
+    from balsam.service import live as live_states
+
+    path = db_path()
+    scheduler = dbsettings.load(path)["scheduler"]
+    states = live_states.Cached(lambda: live_states.ask(path, scheduler, set()))
+    snap = snapshot(True, states)
     if not live:
         width = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else 80
         print("\n".join(render(snap, None, width=width, title=os.path.basename(path))))
         return 0
-    return Screen(args.interval, os.path.basename(path)).loop(snap)
+    return Screen(args.interval, os.path.basename(path), states).loop(snap)
 
 
 class _Stop(Exception):
@@ -58,8 +67,9 @@ class _Stop(Exception):
 class Screen:
     """The live loop: owns the terminal modes while it runs and always gives them back."""
 
-    def __init__(self, interval: float, name: str) -> None:
+    def __init__(self, interval: float, name: str, states: Any) -> None:
         self.interval = interval
+        self.states = states
         self.title = f"{name}  every {interval:g}s  q: quit"
         self.resized = False
         self.out = sys.stdout
@@ -111,7 +121,7 @@ class Screen:
                 if key == "eof":
                     fd = None  # stdin closed: no more keys, Ctrl-C still works
                 try:
-                    snap = snapshot(first=False)[1]
+                    snap = snapshot(False, self.states)
                 except Exception as exc:  # noqa: BLE001 - BalsamError, psycopg2: the DB went away
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     snap.notes = [f"refresh failed, retrying: {first}"]

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     token, generated = server.choose_token(args.token, args.bind)
     server.allowed_hosts(args.bind, args.allowed_host)  # a bad --allowed-host fails before binding
     path = db_path()
+    from balsam.db import dbsettings
+
+    dbsettings.load(path)  # a bad settings.yml is reported now, not on the first page
     srv, app = server.make_server(args.bind, args.port, args.threads)
     try:
         port = int(srv.effective_port)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
+from balsam.core.render import duration
 from balsam.core.states import STATES
+
+if TYPE_CHECKING:
+    from balsam.service.live import LiveStates
 
 RATE_WINDOW = 60
 """Seconds of events behind the first frame's rates."""
@@ -47,6 +51,16 @@ class Snapshot:
     batch_jobs: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+
+    def with_live(self, answer: LiveStates) -> Snapshot:
+        """This snapshot with its batch jobs' live states (``answer``: a
+        :class:`balsam.service.live.LiveStates`) and, if the scheduler failed, a note why."""
+        from balsam.service.live import annotate
+
+        annotate(self.batch_jobs, answer)
+        if answer.note:
+            self.notes.append(answer.note)
+        return self
 
 
 def _dicts(cur: Any) -> list[dict[str, Any]]:
@@ -91,7 +105,7 @@ def collect(cur: Any, with_flow: bool = True) -> Snapshot:
     cur.execute(f"""SELECT count(*) FROM {schema.SESSION_TABLE}
                     WHERE ended_at IS NULL AND job_mode = %s""", [WORKER_MODE])
     workers = int(cur.fetchone()[0])
-    cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state
+    cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state, submitted_at
                     FROM {schema.QLAUNCH_TABLE}
                     WHERE state NOT IN ({_in(FINAL_BATCH_STATES)}) ORDER BY id""")
     batch_jobs = _dicts(cur)
@@ -119,18 +133,6 @@ def _failures(cur: Any) -> tuple[list[dict[str, Any]], list[str]]:
     cur.execute("RELEASE SAVEPOINT top_failures")
     cur.execute("SET LOCAL statement_timeout = 0")
     return rows, []
-
-
-def duration(seconds: float) -> str:
-    """Compact age: ``42s``, ``3m05s``, ``2h07m``, ``3d04h``."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def rates(snap: Snapshot, prev: Optional[Snapshot]) -> dict[str, Optional[float]]:
@@ -187,9 +189,19 @@ def _session_rows(snap: Snapshot) -> list[str]:
     return out
 
 
+def _as_of(b: dict[str, Any]) -> str:
+    """Short form of :func:`balsam.service.live.annotate`'s verdict (the note says more)."""
+    if b.get("live") is None:
+        return ""
+    if not b["live"]:
+        return "stale"
+    return "live" if b["state"] == b["recorded_state"] else f"db: {b['recorded_state']}"
+
+
 def _batch_rows(snap: Snapshot) -> list[str]:
     return [f"{b['id']:>5} {fit(b['scheduler_id'] or '-', 14):<14} {fit(b['queue'] or '-', 16):<16} "
-            f"{b['nodes']:>5} {b['wall_minutes']:>7} {b['state']}" for b in snap.batch_jobs]
+            f"{b['nodes']:>5} {b['wall_minutes']:>7} {b['state']:<10} {_as_of(b)}".rstrip()
+            for b in snap.batch_jobs]
 
 
 def _failure_rows(snap: Snapshot) -> list[str]:
@@ -219,7 +231,8 @@ def render(snap: Snapshot, prev: Optional[Snapshot], width: int = 80,
          f"{'ID':>5} {'HOST':<24} {'MODE':<6} {'NODES':>5} {'RUNNING':>7} {'HEARTBEAT':>9} "
          f"{'UP':>8} SCHED ID", _session_rows(snap)),
         (f"Batch jobs: {len(snap.batch_jobs)} queued or running",
-         f"{'ID':>5} {'SCHED ID':<14} {'QUEUE':<16} {'NODES':>5} {'MINUTES':>7} STATE",
+         f"{'ID':>5} {'SCHED ID':<14} {'QUEUE':<16} {'NODES':>5} {'MINUTES':>7} {'STATE':<10} "
+         "AS OF",
          _batch_rows(snap)),
         ("Latest failures", f"{'TIME':<8} {'STATE':<9} {'NAME':<16} {'ID':<8} MESSAGE",
          _failure_rows(snap)),

@@ -32,3 +32,15 @@ def table(rows: list, columns: list, headers: Optional[list] = None) -> str:
     out.append("-" * len(out[0]))
     out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(out)
+
+
+def duration(seconds: float) -> str:
+    """Compact age: ``42s``, ``3m05s``, ``2h07m``, ``3d04h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

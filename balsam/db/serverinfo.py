@@ -32,7 +32,20 @@ def read(db_path: str) -> dict[str, Any]:
         raise NoActiveDatabase(f"cannot read {path_of(db_path)}: {exc}")
     if not isinstance(info, dict):
         raise NoActiveDatabase(f"{path_of(db_path)} is corrupt (not a JSON object)")
+    _check(info, path_of(db_path))
     return info
+
+
+def _check(info: dict[str, Any], where: str) -> None:
+    """Where the server listens must be usable as it is: ``port`` empty (stopped) or a TCP
+    port, ``host`` a string (a one-line error naming the key and the file otherwise)."""
+    port = info.get("port")
+    if port not in (None, "", 0) and (isinstance(port, bool) or not isinstance(port, int)
+                                       or not 1 <= port <= 65535):
+        raise NoActiveDatabase(f"{where}: `port` must be a whole number from 1 to 65535, "
+                               f"not {port!r}")
+    if not isinstance(info.get("host") or "", str):
+        raise NoActiveDatabase(f"{where}: `host` must be a string, not {info['host']!r}")
 
 
 def write(db_path: str, info: dict[str, Any]) -> None:

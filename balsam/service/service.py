@@ -6,7 +6,8 @@ is refused), writes the PID file and the log ``<db>/log/service_<timestamp>_<pid
 (stage-in/out, pre/postprocess scripts, handlers) and then runs a cycle every
 ``service.cycle_seconds``:
 
-1. **sync** batch-job states from the scheduler (:func:`balsam.service.sync.sync`);
+1. **sync** batch-job states from the scheduler (:func:`balsam.service.sync.sync`; its time
+   goes to ``<db>/last-sync`` for the views, :mod:`balsam.service.live`);
 2. **sweep** launcher sessions whose lease expired (:func:`balsam.core.leases.sweep`);
 3. **advance** jobs through the steps that run nothing (:func:`balsam.processing.transitions.advance`);
 4. **plan** batch jobs for the runnable backlog (:func:`balsam.service.planner.plan`);
@@ -40,6 +41,7 @@ from balsam.logfile import open_log
 from balsam.platform.schedulers import command
 from balsam.processing import transitions
 from balsam.service import control
+from balsam.service.live import record_sync
 
 DB_STEP_SECONDS = 10.0
 """Longest one database step waits for an unreachable server before the cycle moves on."""
@@ -122,7 +124,7 @@ class Service:
         try:
             self.settings = dbsettings.load(self.db_path)
         except BalsamError as exc:
-            self.log.error(f"settings.yml: {exc}; keeping the previous settings")
+            self.log.error(f"{exc}; keeping the previous settings")
 
     def _scheduler(self) -> Any:
         from balsam.platform import schedulers
@@ -136,6 +138,7 @@ class Service:
         result = sync(self.db, scheduler, self.user, self.log) or {}
         if result.get("ok") is False:  # sync logs and swallows it: back off here
             raise SchedulerStepError(str(result.get("error") or "scheduler status failed"))
+        record_sync(self.db_path)  # the views mark recorded states older than this as stale
         return int(result.get("ended") or 0)  # sync logs each batch job that ended
 
     def _sweep(self) -> int:

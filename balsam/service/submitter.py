@@ -77,7 +77,8 @@ def render_script(db_path: str, settings: dict[str, Any], *, project: str, queue
         with open(own) as fh:
             text = fh.read()
     else:
-        text = machine.template_text()
+        text, own = machine.template_text(), machine.template_path
+    machines.check_project_lines(text, machine, project, own)
     balsam = shutil.which("balsam")
     values = machines.template_values(
         machine, project=project, queue=queue, nodes=nodes, time_minutes=minutes,

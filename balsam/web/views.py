@@ -33,6 +33,7 @@ from balsam.core.states import END_STATES, STATES
 from balsam.db.connect import connection_params
 from balsam.db.settings import active_path
 from balsam.errors import BalsamError
+from balsam.service import live
 from balsam.web import auth, charts, queries
 
 TAIL_BYTES = 64 * 1024
@@ -49,12 +50,35 @@ def _context(request: HttpRequest, **kw: Any) -> dict[str, Any]:
     return kw
 
 
+_LIVE: dict[tuple[str, str], live.Cached] = {}
+"""Live batch-job states per (DB path, scheduler): the scheduler is asked at most every 30 s."""
+
+
+def _live_states(batch: list[dict[str, Any]]) -> str:
+    """Give ``batch`` rows live states (:mod:`balsam.service.live`); a note ("" if none)."""
+    from balsam.db import dbsettings
+    from balsam.errors import BalsamError
+
+    path = active_path()
+    try:
+        scheduler = dbsettings.load(path)["scheduler"]
+    except BalsamError as exc:
+        return f"Batch-job states as last recorded: {exc}"
+    cached = _LIVE.get((path, scheduler))
+    if cached is None:
+        cached = _LIVE[(path, scheduler)] = live.Cached(lambda: live.ask(path, scheduler, set()))
+    answer = cached.get()
+    live.annotate(batch, answer)
+    return f"Note: {answer.note}" if answer.note else ""
+
+
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cur:
         counts = queries.counts_by_workflow_state(cur)
         sessions = queries.live_sessions(cur)
         batch = queries.batch_jobs(cur)
+    batch_note = _live_states(batch)
     by_state: dict[str, int] = defaultdict(int)
     for _, state, n in counts:
         by_state[state] += n
@@ -63,7 +87,8 @@ def overview(request: HttpRequest) -> HttpResponse:
                   for s in STATES]
     return render(request, "balsam_web/overview.html", _context(
         request, page="overview", total=total, state_rows=state_rows,
-        workflows=_workflow_table(counts)[:20], sessions=sessions, batch=batch))
+        workflows=_workflow_table(counts)[:20], sessions=sessions, batch=batch,
+        batch_note=batch_note))
 
 
 def _workflow_table(counts: list[tuple[str, str, int]]) -> list[dict[str, Any]]:

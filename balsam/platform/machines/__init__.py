@@ -1,11 +1,14 @@
 """Machine profiles shipped as data: ``<name>.json`` plus a job template ``<name>.template.sh``.
 
 A profile names the batch scheduler and MPI flavour, cores and GPUs per node (0: detect on the
-node), default queue and project hints, the queue policies the service plans within, and its
-job template. :func:`load` validates a profile and names the bad key; :func:`render` fills a
-template's ``{{ name }}`` placeholders (nothing else: no expressions, no loops), refusing
-unknown placeholders and missing values; :func:`template_values` computes the values for one
-batch job from plain arguments, shell-quoting what lands in shell code.
+node), default queue and project hints, whether the site requires a project (allocation) on
+every batch job (``project_required``; where it does not, the scheduler's ``-A`` is optional
+and a job without one is charged to the user's default account), the queue policies the
+service plans within, and its job template. :func:`load` validates a profile and names the
+bad key; :func:`render` fills a template's ``{{ name }}`` placeholders (nothing else: no
+expressions, no loops), refusing unknown placeholders and missing values;
+:func:`template_values` computes the values for one batch job from plain arguments,
+shell-quoting what lands in shell code.
 
 Queue policy keys (all whole numbers): ``min_nodes``/``max_nodes`` and
 ``min_minutes``/``max_minutes`` (the node and walltime range of one batch job),
@@ -29,11 +32,15 @@ from balsam.platform.schedulers.walltime import format_minutes
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUFFIX = ".json"
 PROFILE_KEYS = ("description", "scheduler", "mpi", "cores_per_node", "gpus_per_node",
-                "default_queue", "default_project", "queues", "template")
-PLACEHOLDERS = ("project", "queue", "nodes", "time_minutes", "walltime", "launcher_minutes",
-                "job_mode", "wf_filter_flag", "sched_flags", "balsam_bin", "python", "db_path",
-                "gpus_per_node")
-"""Every name a job template may use (``walltime`` is ``time_minutes`` as HH:MM:SS)."""
+                "default_queue", "default_project", "project_required", "queues", "template")
+PLACEHOLDERS = ("project", "project_directive", "queue", "nodes", "time_minutes", "walltime",
+                "launcher_minutes", "job_mode", "wf_filter_flag", "sched_flags", "balsam_bin",
+                "python", "db_path", "gpus_per_node")
+"""Every name a job template may use (``walltime`` is ``time_minutes`` as HH:MM:SS;
+``project_directive`` is the scheduler's project directive line, a comment without a project)."""
+PROJECT_DIRECTIVES = {"local": "# project {}", "slurm": "#SBATCH --account={}", "pbs": "#PBS -A {}",
+                      "cobalt": "#COBALT -A {}", "lsf": "#BSUB -P {}"}
+"""How each scheduler's job script names the project (``{}``)."""
 JOB_MODES = ("mpi", "serial")
 LAUNCHER_BODY = "launcher-body.sh"
 """The shared end of every job template (see :meth:`Machine.template_text`)."""
@@ -74,6 +81,7 @@ class Machine:
     gpus_per_node: int
     default_queue: str
     default_project: str
+    project_required: bool
     queues: dict[str, QueuePolicy]
     template: str
 
@@ -147,6 +155,8 @@ def parse(raw: Any, name: str, where: str) -> Machine:
     for key in ("description", "default_queue", "default_project", "template"):
         if not isinstance(raw[key], str):
             raise MachineError(f"{where}: `{key}` must be a string")
+    if not isinstance(raw["project_required"], bool):
+        raise MachineError(f"{where}: `project_required` must be true or false")
     if raw["scheduler"] not in SCHEDULERS:
         raise MachineError(f"{where}: `scheduler` must be one of {', '.join(SCHEDULERS)}, "
                            f"not {raw['scheduler']!r}")
@@ -160,7 +170,8 @@ def parse(raw: Any, name: str, where: str) -> Machine:
     return Machine(name, raw["description"], raw["scheduler"], raw["mpi"],
                    _whole(raw["cores_per_node"], f"{where}: `cores_per_node`", 0),
                    _whole(raw["gpus_per_node"], f"{where}: `gpus_per_node`", 0),
-                   raw["default_queue"], raw["default_project"], queues, raw["template"])
+                   raw["default_queue"], raw["default_project"], raw["project_required"], queues,
+                   raw["template"])
 
 
 def load(name: str) -> Machine:
@@ -207,6 +218,18 @@ def render(template_text: str, values: dict[str, Any]) -> str:
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template_text)
 
 
+def check_project_lines(template_text: str, machine: Machine, project: str, where: str) -> None:
+    """Without a ``project``, refuse a template (e.g. one written before ``project_directive``
+    existed) whose scheduler directive passes ``{{ project }}``: the directive would be empty."""
+    if project or machine.scheduler == "local":
+        return
+    for number, line in enumerate(template_text.splitlines(), 1):
+        if line.startswith(DIRECTIVES[machine.scheduler]) and re.search(r"\{\{\s*project\s*\}\}", line):
+            raise MachineError(f"{where} line {number} passes {{{{ project }}}} to the scheduler but "
+                               "no project is set: set `project` in settings.yml, or write "
+                               "{{ project_directive }} there (left out without a project)")
+
+
 def launcher_minutes(time_minutes: float) -> float:
     """The launcher's time limit for a batch job of ``time_minutes``."""
     margin = LAUNCHER_MARGIN_MINUTES if time_minutes >= 10 else time_minutes / 5
@@ -222,13 +245,15 @@ def template_values(machine: Machine, *, project: str, queue: str, nodes: int,
     ``wf_filter`` None runs every workflow (``--consume-all``). ``sched_flags`` are extra
     scheduler options, rendered as one directive line (a comment on the local scheduler).
     Paths and the workflow name are shell-quoted; ``project`` and ``queue`` must be plain
-    words (they land in directives), and a cluster scheduler needs a project.
+    words (they land in directives); a machine with ``project_required`` needs a project, any
+    other renders ``project_directive`` as a comment when there is none.
     """
     for label, word in (("project", project), ("queue", queue)):
         if not _WORD.fullmatch(word):
             raise MachineError(f"{label} {word!r} may contain only letters, digits and . @ : + / = , - _")
-    if machine.scheduler != "local" and not project:
-        raise MachineError(f"a project (allocation) is needed to submit on {machine.name}")
+    if machine.project_required and not project:
+        raise MachineError(f"a project (allocation) is needed to submit on {machine.name}: "
+                           "set `project` in settings.yml")
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise MachineError(f"nodes must be a whole number >= 1, not {nodes!r}")
     if isinstance(time_minutes, bool) or not isinstance(time_minutes, int) or time_minutes < 1:
@@ -240,6 +265,8 @@ def template_values(machine: Machine, *, project: str, queue: str, nodes: int,
     flags = sched_flags.strip()
     return {
         "project": project, "queue": queue, "nodes": str(nodes),
+        "project_directive": PROJECT_DIRECTIVES[machine.scheduler].format(project) if project
+        else "# (no project: the scheduler's default account)",
         "time_minutes": str(time_minutes), "walltime": format_minutes(time_minutes),
         "launcher_minutes": f"{launcher_minutes(time_minutes):g}", "job_mode": job_mode,
         "wf_filter_flag": "--consume-all" if wf_filter is None else

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --account={{ project }}
+{{ project_directive }}
 #SBATCH --partition={{ queue }}
 #SBATCH --nodes={{ nodes }}
 #SBATCH --exclusive

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --account={{ project }}
+{{ project_directive }}
 #SBATCH --qos={{ queue }}
 #SBATCH --constraint=gpu
 #SBATCH --nodes={{ nodes }}

@@ -1,5 +1,5 @@
 #!/bin/bash
-#PBS -A {{ project }}
+{{ project_directive }}
 #PBS -q {{ queue }}
 #PBS -l select={{ nodes }}:system=polaris
 #PBS -l place=scatter

@@ -1,5 +1,5 @@
 #!/bin/bash
-#BSUB -P {{ project }}
+{{ project_directive }}
 #BSUB -q {{ queue }}
 #BSUB -nnodes {{ nodes }}
 #BSUB -W {{ time_minutes }}

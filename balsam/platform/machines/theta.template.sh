@@ -1,5 +1,5 @@
 #!/bin/bash
-#COBALT -A {{ project }}
+{{ project_directive }}
 #COBALT -q {{ queue }}
 #COBALT -n {{ nodes }}
 #COBALT -t {{ time_minutes }}
