@@ -191,7 +191,7 @@ def test_a_new_settings_file_documents_mpi_executable_and_it_defaults_to_the_pro
     from balsam.db import dbsettings
 
     text = dbsettings.render_default(str(tmp_path), "polaris")
-    assert "\nmpi: pals " in text and "\nmpi_executable: '' " in text
+    assert "\nmpi: pals " in text and '\nmpi_executable: "" ' in text
     (tmp_path / "settings.yml").write_text(text)
     loaded = dbsettings.load(str(tmp_path))
     assert (loaded["mpi"], loaded["mpi_executable"]) == ("pals", "")

@@ -31,7 +31,7 @@ BAD = [
     ("queues:\n  q: {min_nodes: 1}", "missing key `queues.q.max_nodes`"),
     ("scheduler: slrum", "`scheduler` must be one of local, slurm, pbs, cobalt, lsf, not 'slrum' "
                          "(did you mean 'slurm'?)"),
-    ("mpi: mpihc", "`mpi` must be one of mpich, openmpi, srun, aprun, jsrun, direct, not 'mpihc' "
+    ("mpi: mpihc", "`mpi` must be one of mpich, openmpi, srun, aprun, jsrun, pals, direct, not 'mpihc' "
                    "(did you mean 'mpich'?)"),
     ("cores_per_node: true", "`cores_per_node` must be a whole number, not True"),
     ("local_nodes: 0", "`local_nodes` must be at least 1, not 0"),
