@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from balsam.errors import BalsamError
+
 JOB_TABLE = "core_balsamjob"
 APP_TABLE = "core_applicationdefinition"
 EVENT_TABLE = "core_jobevent"
@@ -81,8 +83,9 @@ APP_DEFAULTS: dict[str, str] = {
 }
 
 
-class FieldError(ValueError):
-    """A job or app field that does not exist or has a value of the wrong kind."""
+class FieldError(BalsamError, ValueError):
+    """A job or app field that does not exist or has a value of the wrong kind (a BalsamError,
+    so the CLI shows it on one line; a ValueError, as Python code has always caught it)."""
 
 
 def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAULTS) -> Any:
@@ -136,6 +139,100 @@ def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAUL
     return text
 
 
+NAME_FIELDS = ("name", "workflow", "application")
+"""Fields a new job must give (non-blank), as ``balsam job`` requires."""
+
+MAX_NAME_BYTES = 200
+"""Longest ``name``, ``workflow`` or app name in UTF-8 bytes: a job's directory is
+``<workflow>/<name>_<id8>`` and a file name may have at most 255 bytes on common filesystems."""
+
+SHELL_FIELDS = ("args", "mpi_flags")
+"""Fields split into words like a shell does when the job runs (quotes must balance)."""
+
+URL_FIELDS = ("stage_in_url", "stage_out_url")
+TRANSFER_SCHEMES = ("local", "file", "rsync", "scp", "gsiftp", "globus")
+"""URL schemes ``balsam.processing.transfer`` moves data with (a bare path means ``local``)."""
+
+
+def check_name(key: str, text: str) -> None:
+    """:class:`FieldError` if ``text`` is longer than :data:`MAX_NAME_BYTES`."""
+    size = len(text.encode())
+    if size > MAX_NAME_BYTES:
+        raise FieldError(f"{key} is too long ({size} bytes; at most {MAX_NAME_BYTES}: it names "
+                         "a directory)")
+
+
+def _check_shell_words(key: str, text: str) -> None:
+    if "'" in text or '"' in text or "\\" in text:  # nothing else can make shlex fail
+        import shlex
+
+        try:
+            shlex.split(text)
+        except ValueError as exc:
+            raise FieldError(f"{key} cannot be split into words: {str(exc).lower()} "
+                             f"(in {_excerpt(text)})")
+
+
+def _check_url(key: str, text: str) -> None:
+    url = text.strip()
+    scheme, colon, _ = url.partition(":")
+    if url and colon and "/" not in scheme and scheme not in TRANSFER_SCHEMES:
+        raise FieldError(f"{key} {_excerpt(url)} has an unknown scheme {scheme[:40]!r} "
+                         "(use a path, local:, file://, rsync:, scp:, gsiftp:// or globus:)")
+
+
+def _check_workdir(key: str, text: str) -> None:
+    if not os.path.isabs(os.path.expanduser(text)):
+        raise FieldError(f"{key} must be an absolute path (or start with ~), not {_excerpt(text)}: "
+                         "a relative one would depend on where the launcher runs")
+
+
+def _check_environ(key: str, text: str) -> None:
+    parse_envstring(text)
+
+
+def _excerpt(text: str, width: int = 60) -> str:
+    """``repr`` of ``text``, shortened so that an error stays one readable line."""
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+VALUE_CHECKS = {
+    **dict.fromkeys(NAME_FIELDS, check_name),
+    **dict.fromkeys(SHELL_FIELDS, _check_shell_words),
+    **dict.fromkeys(URL_FIELDS, _check_url),
+    "user_workdir": _check_workdir,
+    "environ_vars": _check_environ,
+}
+"""Checks of a non-empty text value beyond its type, by field; each raises :class:`FieldError`."""
+
+
+def check_field(name: str, value: Any) -> Any:
+    """:func:`coerce_field` plus the value checks of :data:`VALUE_CHECKS`: what a job field may be
+    set to (``balsam modify``, ``QuerySet.update``). The name fields may not be blank."""
+    result = coerce_field(name, value)
+    if name in NAME_FIELDS and not result.strip():
+        raise FieldError(f"{name} may not be empty")
+    if result and name in VALUE_CHECKS:
+        VALUE_CHECKS[name](name, result)
+    return result
+
+
+def check_new_job(values: Mapping[str, Any]) -> None:
+    """The rules for creating a job beyond its values' types (the Python API; ``balsam job``
+    applies the same): name, workflow and application given, and a state a user may set (never
+    RUNNING: only a launcher's claim makes a job run)."""
+    for key in ("name", "application"):
+        if not str(values.get(key) or "").strip():
+            raise FieldError(f"a new job needs a {key} (it is empty)")
+    state = values.get("state", "CREATED")
+    if state not in _STATE_NAMES or state == "RUNNING":
+        from balsam.core.states import USER_TARGETS, validate_state
+
+        if validate_state(state) not in USER_TARGETS:
+            raise FieldError(f"a new job may not be created in state {state}: only a launcher "
+                             "that runs a job makes it RUNNING (create it CREATED)")
+
+
 _KINDS = {k: type(v) for k, v in JOB_DEFAULTS.items()}
 _STATE_NAMES = frozenset(("CREATED", "AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED",
                           "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED", "RUN_TIMEOUT",
@@ -159,8 +256,9 @@ def normalize_job_values(values: dict[str, Any]) -> None:
                 values[key] = coerce_field(key, val)
         else:
             values[key] = coerce_field(key, val)
-    if values["environ_vars"]:
-        parse_envstring(values["environ_vars"])
+    for key, check in VALUE_CHECKS.items():
+        if values[key]:
+            check(key, values[key])
     if values["state"] not in _STATE_NAMES:
         from balsam.core.states import validate_state
 
