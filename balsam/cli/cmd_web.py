@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
         raise BalsamError("--threads must be between 1 and 64")
     token, generated = server.choose_token(args.token, args.bind)
     path = db_path()
-    srv, app = server.make_server(args.bind, args.port, args.threads)
+    try:
+        srv, app = server.make_server(args.bind, args.port, args.threads)
+    except ValueError:  # waitress: the address does not resolve
+        raise BalsamError(f"--bind {args.bind!r} is not an address or host name to listen on")
     try:
         port = int(srv.effective_port)
         server.configure(token, port, args.bind, path)
