@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from balsam.errors import BalsamError
@@ -156,6 +156,8 @@ TRANSFER_SCHEMES = ("local", "file", "rsync", "scp", "gsiftp", "globus")
 
 def check_name(key: str, text: str) -> None:
     """:class:`FieldError` if ``text`` is longer than :data:`MAX_NAME_BYTES`."""
+    if len(text) * 4 <= MAX_NAME_BYTES:  # the common case: short enough in any encoding
+        return
     size = len(text.encode())
     if size > MAX_NAME_BYTES:
         raise FieldError(f"{key} is too long ({size} bytes; at most {MAX_NAME_BYTES}: it names "
@@ -221,16 +223,31 @@ def check_new_job(values: Mapping[str, Any]) -> None:
     """The rules for creating a job beyond its values' types (the Python API; ``balsam job``
     applies the same): name, workflow and application given, and a state a user may set (never
     RUNNING: only a launcher's claim makes a job run)."""
-    for key in ("name", "application"):
-        if not str(values.get(key) or "").strip():
-            raise FieldError(f"a new job needs a {key} (it is empty)")
+    if not str(values.get("name") or "").strip():
+        raise FieldError("a new job needs a name (it is empty)")
     state = values.get("state", "CREATED")
     if state not in _STATE_NAMES or state == "RUNNING":
-        from balsam.core.states import USER_TARGETS, validate_state
+        from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 
-        if validate_state(state) not in USER_TARGETS:
+        try:
+            target = validate_state(state)
+        except InvalidStateError:
+            return  # not a state at all: the value checks say so
+        if target not in USER_TARGETS:
             raise FieldError(f"a new job may not be created in state {state}: only a launcher "
                              "that runs a job makes it RUNNING (create it CREATED)")
+
+
+def check_new_jobs(rows: Sequence[Mapping[str, Any]]) -> None:
+    """:func:`check_new_job` and the :data:`VALUE_CHECKS` on each row (the bulk path validates
+    types in its kernel and would not run them on values of the right type)."""
+    checks = list(VALUE_CHECKS.items())
+    for row in rows:
+        check_new_job(row)
+        for key, check in checks:
+            value = row[key]
+            if value and type(value) is str:
+                check(key, value)
 
 
 _KINDS = {k: type(v) for k, v in JOB_DEFAULTS.items()}
