@@ -35,10 +35,13 @@ class Case:
 
 
 def _fake_db(live: str, scratch: str) -> str:
-    """A DB directory (server-info of the live server, no data) that a test may break freely."""
+    """A DB directory of the live server (its server-info, settings and login; no data) that a
+    test may break freely."""
     path = os.path.join(scratch, "fakedb")
     os.makedirs(os.path.join(path, "balsamdb"))
-    shutil.copy(os.path.join(live, "server-info"), path)
+    for name in ("server-info", "settings.yml"):
+        shutil.copy(os.path.join(live, name), path)
+    shutil.copytree(os.path.join(live, ".auth"), os.path.join(path, ".auth"))  # its login
     return path
 
 
@@ -76,6 +79,7 @@ CASES = [
     Case("init-proc", ["init", "/proc/x"], "/proc/x"),
     Case("init-empty-path", ["init", ""], "empty", cwd_scratch=True),
     Case("init-non-empty-dir", ["init", "stuff"], "not empty", _non_empty_dir, cwd_scratch=True),
+    Case("init-corrupt-index", ["init", "newdb"], "databases.json", _corrupt_index, cwd_scratch=True),
     Case("init-unknown-machine", ["init", "newdb", "--machine", "nosuch"], "nosuch", cwd_scratch=True),
     # server, which
     Case("server-drop-unknown-user", ["server", "--drop-user", "nosuchrole"], "nosuchrole"),
@@ -86,6 +90,7 @@ CASES = [
     # app
     Case("app-empty-name", ["app", "--name", "", "--executable", "echo"], "name"),
     Case("app-duplicate", ["app", "--name", "hello", "--executable", "echo"], "hello"),
+    Case("app-empty-executable", ["app", "--name", "x", "--executable", " "], "--executable"),
     Case("app-long-name", ["app", "--name", LONG, "--executable", "echo"], "too long"),
     # job
     Case("job-unknown-app", JOB[:5] + ["--application", "nosuch", "--yes"], "nosuch"),
@@ -99,10 +104,13 @@ CASES = [
                            "--yes"], "too long"),
     Case("job-long-workflow", ["job", "--name", "j", "--workflow", LONG, "--application", "hello",
                                "--yes"], "too long"),
+    Case("job-huge-nodes", JOB + ["--num-nodes", "99999999999"], "too large"),
     Case("job-bad-env", JOB + ["--env", "1X=2"], "--env"),
     Case("job-empty-name", ["job", "--name", " ", "--workflow", "w", "--application", "hello",
                             "--yes"], "--name"),
     # mkchild (needs BALSAM_JOB_ID of a parent)
+    Case("mkchild-outside-a-job", ["mkchild", "--name", "c", "--application", "hello", "--yes"],
+         "BALSAM_JOB_ID"),
     Case("mkchild-args-unbalanced-quote", ["mkchild", "--name", "c", "--application", "hello",
                                            "--args", "'x", "--yes"], "args",
          lambda live, s: {"BALSAM_JOB_ID": JOB_A}),
@@ -119,12 +127,16 @@ CASES = [
     Case("modify-bad-state", ["modify", JOB_A[:8], "state", "DONE"], "DONE"),
     Case("modify-bad-id", ["modify", "xyz", "num_nodes", "2"], "xyz"),
     Case("modify-unknown-field", ["modify", JOB_A[:8], "colour", "red"], "colour"),
+    Case("modify-app-empty-executable", ["modify", "--type", "apps", "hello", "executable", ""],
+         "executable"),
     Case("modify-app-not-found", ["modify", "--type", "apps", "999", "name", "x"], "999"),
     # dep, rm, killjob
     Case("dep-cycle", ["dep", JOB_B[:8], JOB_A[:8]], "cycle"),
+    Case("dep-self", ["dep", JOB_A[:8], JOB_A[:8]], "itself"),
     Case("dep-bad-id", ["dep", "nothex", JOB_A[:8]], "nothex"),
     Case("rm-bad-id", ["rm", "jobs", "--id", "xyz", "--force"], "xyz"),
     Case("rm-app-bad-number", ["rm", "apps", "--id", "abc", "--force"], "abc"),
+    Case("killjob-empty-id", ["killjob", "--id", "", "--yes"], "''"),
     Case("killjob-unknown", ["killjob", "--id", "ffff", "--yes"], "ffff"),
     # make_dummies
     Case("make-dummies-negative", ["make_dummies", "-5"], "-5"),
@@ -138,23 +150,28 @@ CASES = [
     Case("launcher-too-many-threads", LAUNCH + ["--num-transition-threads", "100000"],
          "--num-transition-threads"),
     Case("launcher-negative-time", LAUNCH + ["--time-limit-minutes", "-5"], "-5"),
+    Case("launcher-log-dir-is-a-file", LAUNCH, "log directory", _log_is_a_file),
     Case("launcher-empty-filter", ["launcher", "--wf-filter", " ", "--job-mode", "mpi"], "--wf-filter"),
     # submit_launch
     Case("submit-zero-nodes", SUBMIT + ["-n", "0", "-t", "10"], "nodes"),
     Case("submit-negative-minutes", SUBMIT + ["-n", "1", "-t", "-5"], "-5"),
     # service, top
     Case("service-missing-db", ["service", "--status"], "nowhere", _no_db),
+    Case("service-log-dir-is-a-file", ["service", "--foreground"], "log directory", _log_is_a_file),
+    Case("top-nan-interval", ["top", "--interval", "nan", "--once"], "interval"),
     Case("top-negative-interval", ["top", "--interval", "-1", "--once"], "interval"),
     # report
     Case("report-since-huge-age", ["report", "--since", "99999999w"], "99999999w"),
     Case("report-since-year-9999", ["report", "--since", "9999-12-31T23:59:59"], "9999"),
+    Case("report-zero-recent", ["report", "--recent", "0m"], "--recent"),
     Case("report-bad-time", ["report", "--until", "tomorrow"], "tomorrow"),
     # log
-    Case("log-dir-is-a-file", ["log"], "log", _log_is_a_file),
+    Case("log-dir-is-a-file", ["log"], "is not a directory", _log_is_a_file),
     Case("log-negative-lines", ["log", "-n", "-1"], "-n"),
     # web
     Case("web-bad-bind", ["web", "--bind", "not an address", "--token", "t0k3n-t0k3n-t0k3n"],
          "not an address"),
+    Case("web-zero-threads", ["web", "--threads", "0"], "--threads"),
     Case("web-bad-port", ["web", "--port", "70000"], "70000"),
 ]
 
