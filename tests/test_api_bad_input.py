@@ -99,3 +99,16 @@ def test_queryset_update_of_state_moves_jobs_through_the_state_writer(models, cu
     assert models.BalsamJob.objects.filter(name="old").update(state="READY") == 1
     cursor.execute("SELECT from_state, to_state, message FROM core_jobevent")
     assert cursor.fetchall() == [("CREATED", "READY", "state set with update()")]
+
+
+def test_the_schemes_jobs_may_name_are_the_ones_transfers_understand() -> None:
+    from balsam.core import schema
+    from balsam.processing import transfer
+
+    for scheme in schema.TRANSFER_SCHEMES:
+        schema.check_field("stage_in_url", f"{scheme}:/data/x")
+        transfer.parse_url(f"{scheme}:/data/x")
+    with pytest.raises(schema.FieldError, match="unknown scheme 'gopher'"):
+        schema.check_field("stage_in_url", "gopher:/data/x")
+    with pytest.raises(transfer.TransferError, match="unsupported transfer scheme 'gopher'"):
+        transfer.parse_url("gopher:/data/x")

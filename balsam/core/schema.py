@@ -141,7 +141,7 @@ def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAUL
 
 
 NAME_FIELDS = ("name", "workflow", "application")
-"""Fields a new job must give (non-blank), as ``balsam job`` requires."""
+"""Fields that name things: at most :data:`MAX_NAME_BYTES`; setting one blank is refused."""
 
 MAX_NAME_BYTES = 200
 """Longest ``name``, ``workflow`` or app name in UTF-8 bytes: a job's directory is
@@ -221,9 +221,9 @@ def check_field(name: str, value: Any) -> Any:
 
 
 def check_new_job(values: Mapping[str, Any]) -> None:
-    """The rules for creating a job beyond its values' types (the Python API; ``balsam job``
-    applies the same): a name, and a state a user may set (never RUNNING: only a launcher's
-    claim makes a job run)."""
+    """The rules for creating a job through the API beyond its values' types, as ``balsam job``
+    allows: a name, and a state a user may set (never RUNNING: only a launcher's claim makes a
+    job run)."""
     if not str(values.get("name") or "").strip():
         raise FieldError("a new job needs a name (it is empty)")
     _check_new_state(values.get("state", "CREATED"))
@@ -245,8 +245,9 @@ def _check_new_state(state: Any) -> None:
 
 def check_new_jobs(rows: Sequence[Mapping[str, Any]]) -> None:
     """:func:`check_new_job` and the :data:`VALUE_CHECKS` on every row, as the bulk path needs
-    (its kernel checks only types). Each column is screened at C speed (``map``, ``join``) and
-    only a column that may hold a bad value is checked row by row: ~20 ms per 100,000 jobs."""
+    (its kernel checks only types). Each column is screened in C loops (``map``, ``join``) and
+    only a column that may hold a bad value is checked row by row: ~0.1 s per 100,000 jobs on a
+    busy 2-core machine, a few percent of ``bulk_create``."""
     for state in set(map(itemgetter("state"), rows)):
         _check_new_state(state)
     for key in VALUE_CHECKS:  # "name" first
