@@ -210,3 +210,13 @@ def test_every_command_has_a_bad_input_case() -> None:
 
     covered = {c.argv[0].replace("-", "_") for c in CASES}
     assert set(COMMANDS) <= covered, set(COMMANDS) - covered
+
+
+def test_init_may_retry_in_a_directory_holding_only_what_a_failed_init_left() -> None:
+    scratch = make_public_tmpdir("balsam-bad-")
+    os.makedirs(os.path.join(scratch, "db", "log"))
+    open(os.path.join(scratch, "db", "settings.yml"), "w").close()
+    # --pg-bin stops it right after the directory checks, before any server exists
+    proc = run_balsam("init", os.path.join(scratch, "db"), "--pg-bin", "/nonexistent/bin")
+    assert_one_line_error(proc, "/nonexistent/bin")
+    assert "not empty" not in proc.stderr

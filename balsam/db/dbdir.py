@@ -55,9 +55,11 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
         if os.path.isdir(db_path) and os.path.exists(os.path.join(db_path, cluster.DATA_DIR)):
             raise BalsamError(f"{db_path}/{cluster.DATA_DIR} exists but {db_path} has no server-info: "
                               "a previous init failed; remove the directory and run init again")
-        if os.path.isdir(db_path) and os.listdir(db_path):
-            raise BalsamError(f"{db_path} is not empty and not a Balsam DB: give a new or empty "
-                              "directory")
+        foreign = _foreign_entries(db_path)
+        if foreign:
+            raise BalsamError(f"{db_path} is not empty and not a Balsam DB (it holds "
+                              f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+                              "give a new or empty directory")
         pgaccount.find_bin_dir(pg_bin)  # a bad --pg-bin fails before anything is created
         created = not os.path.exists(db_path)
         try:
@@ -75,6 +77,14 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
     migrate(db_path)
     index.register(db_path)
     return db_path
+
+
+def _foreign_entries(db_path: str) -> list[str]:
+    """What a directory holds besides the layout an earlier, failed init may have left."""
+    if not os.path.isdir(db_path):
+        return []
+    ours = {*SUBDIRS, dbsettings.FILENAME, JOB_TEMPLATE}
+    return sorted(set(os.listdir(db_path)) - ours)
 
 
 def _create_layout(db_path: str, profile: machines.Machine) -> None:
