@@ -19,14 +19,15 @@ def index_path() -> str:
 
 
 def read() -> list[str]:
-    """The indexed paths that still hold a Balsam DB; [] if there is no index yet.
+    """The indexed paths that still hold a Balsam DB; [] if there is no index yet (or it is empty).
 
     :class:`BalsamError` if the file cannot be read or is not a JSON list of paths.
     """
     path = index_path()
     try:
         with open(path) as fh:
-            paths = json.load(fh)
+            text = fh.read()
+        paths = json.loads(text) if text.strip() else []  # an empty file lists nothing
     except FileNotFoundError:
         return []
     except OSError as exc:
