@@ -66,5 +66,11 @@ NOTIFY_CHANNEL = "balsam_jobs"
 SERVICE_CYCLE_SECONDS = 10.0
 """Period of the service's cycle (sync, sweep, process, plan, submit); classic: 10 s."""
 
+MAX_TRANSITION_THREADS = 64
+"""Most transition workers one launcher may run (``--num-transition-threads``). Each holds its
+own database connection, and the server allows 500 (``balsam.conf``) shared by every launcher,
+service, dashboard and CLI command of the DB: 64 leaves room for several launchers, and script
+steps wait on files and networks, so more threads on one node rarely help."""
+
 SERVICE_TRANSITION_THREADS = 2
 """Transition workers (stage-in/out, pre/postprocess scripts) the service runs."""

@@ -15,9 +15,11 @@ from balsam.core.states import State
 
 @pytest.fixture
 def models(db):
-    """The models module, with an empty test DB active."""
+    """The models module, with an empty test DB active holding the apps the jobs here name."""
     from balsam.core import models as m
 
+    for name in ("a", "sim"):
+        m.ApplicationDefinition.objects.create(name=name, executable="echo")
     return m
 
 

@@ -16,6 +16,7 @@ PATH_TO_FAILED = ["PREPROCESSED", "RUNNING", "RUN_ERROR", "FAILED"]
 def models(db):
     from balsam.core import models as m
 
+    m.ApplicationDefinition.objects.create(name="sim", executable="echo")
     return m
 
 

@@ -67,9 +67,10 @@ def test_every_classic_field_exists_with_its_default_before_and_after_saving(mod
     assert fresh.parents == "[]"
     assert isinstance(fresh.tick, datetime.datetime) and fresh.tick.tzinfo is not None
     assert parse_history(fresh.state_history) == [(fresh.created_at, "CREATED")]
+    fresh.name = "fresh"  # a new job needs a name to be saved
     fresh.save()
     loaded = models.BalsamJob.objects.get(pk=fresh.pk)
-    for field, default in CLASSIC_DEFAULTS.items():
+    for field, default in dict(CLASSIC_DEFAULTS, name="fresh").items():
         assert getattr(loaded, field) == default, field
     assert loaded.parents == "[]"
     assert loaded.queued_launch_id is None
@@ -547,7 +548,9 @@ def test_repr_shows_fields_command_and_working_directory(models, app, db):
     assert str(job) == text
     for field in ("workflow", "name", "num_nodes", "application", "args", "state", "data", "parents"):
         assert f" {field}: " in text
+    gone = models.ApplicationDefinition.objects.create(name="gone", executable="echo")
     orphan = make_job(models, name="o", application="gone")
+    gone.delete()
     assert "*** NO APPLICATION MATCHING 'gone'" in repr(orphan)
 
 

@@ -92,7 +92,11 @@ def test_a_failed_or_killed_parent_fails_its_children_with_its_name(apps, cursor
 def test_wait_for_parents_off_ignores_parents_and_a_missing_app_fails(apps, cursor):
     parent = job("p")
     free = job("free", parents=[parent], wait_for_parents=False)
-    orphan = job("orphan", app="nosuchapp")
+    from balsam.core.models import ApplicationDefinition
+
+    gone = ApplicationDefinition.objects.create(name="nosuchapp", executable="echo")
+    orphan = job("orphan", app="nosuchapp")  # its app is removed after the job was added
+    gone.delete()
     transitions.advance(cursor)
     assert states(free, orphan) == ["PREPROCESSED", "FAILED"]
     assert events(orphan)[-1][2] == "application 'nosuchapp' does not exist"

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not name:
         raise BalsamError("--name may not be empty")
+    schema.check_name("--name", name)
     values = {
         "name": name,
         "description": " ".join(args.description),

@@ -5,6 +5,7 @@ import argparse
 from typing import Any, Callable
 
 from balsam.cli.common import add_command
+from balsam.defaults import MAX_TRANSITION_THREADS
 
 EPILOG = """The launcher claims runnable jobs under a session with a heartbeat, so several
 launchers can share one DB; it also runs the job transitions that need no compute node.
@@ -14,7 +15,9 @@ after a while with nothing left that it could run. Settings (nodes to emulate on
 without a scheduler, MPI flavour, tunables) come from the DB's settings.yml."""
 
 
-def _number(kind: Callable[[str], Any], minimum: float, what: str) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float, what: str,
+            maximum: float = float("inf"), why: str = "") -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)``, finite, >= ``minimum`` and <= ``maximum`` (``why``)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -22,6 +25,8 @@ def _number(kind: Callable[[str], Any], minimum: float, what: str) -> Callable[[
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         if not value >= minimum or value != value or value in (float("inf"),):
             raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= {minimum:g}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is more than {maximum:g} {why}")
         return value
     return parse
 
@@ -38,11 +43,13 @@ def register(sub: Any) -> None:
     p.add_argument("--time-limit-minutes", type=_number(float, 0, "a number of minutes"),
                    default=0.0, metavar="M",
                    help="stop after M minutes (0: the allocation's end, or no limit)")
-    p.add_argument("--num-transition-threads", type=_number(int, 0, "a whole number"),
+    p.add_argument("--num-transition-threads",
+                   type=_number(int, 0, "a whole number", MAX_TRANSITION_THREADS,
+                                "(each thread holds a database connection)"),
                    default=None, metavar="N",
                    help="threads running stage-in/out, pre/postprocess scripts and handlers "
-                        "(default 2); 0: do not process jobs here (another launcher or the "
-                        "service does)")
+                        f"(default 2, at most {MAX_TRANSITION_THREADS}); 0: do not process "
+                        "jobs here (another launcher or the service does)")
     p.add_argument("--gpus-per-node", type=_number(int, 0, "a whole number"), default=None,
                    metavar="G", help="GPUs per node (default: settings.yml gpus_per_node)")
     p.add_argument("--limit-nodes", type=_number(int, 1, "a whole number"), default=None,

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise BalsamError("-n must be 0 or more")
     log_dir = os.path.join(db_path(), "log")
+    if os.path.lexists(log_dir) and not os.path.isdir(log_dir):
+        raise BalsamError(f"the log directory {log_dir} is not a directory: move that file away")
     kind = args.kind or "newest"
     files = pick(log_dir, kind)
     if not files and not args.follow:

@@ -80,11 +80,11 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
         if not rows:
             return "No jobs without parents found matching query"
         text = "\n".join(jq.tree_lines(cur, rows))
-    elif args.format == "json" or args.verbose:
+    elif args.format == "json":
+        jq.stream_jobs_json(cur, where, params, limit)  # written as fetched: flat memory
+        return ""
+    elif args.verbose:
         rows, total = jq.fetch_jobs(cur, where, params, jq.LS_FIELDS, limit)
-        if args.format == "json":
-            jq.hidden_notice(total - len(rows), to_stderr=True)  # stdout stays valid JSON
-            return jq.dumps([jq.jsonable(r) for r in rows])
         apps = jq.apps_by_name(cur)
         text = "\n".join(jq.job_verbose(r, apps, db_path) for r in rows)
     else:

@@ -14,11 +14,14 @@ CHUNK = 10000
 PROGRESS_MIN = 20000
 """Show a progress bar (stderr on a terminal only) from this many jobs up."""
 BAR_WIDTH = 40
+MAX_JOBS = 1_000_000
+"""Most jobs one command adds: a typo with more digits would otherwise run for hours and fill
+the disk (run the command again for more)."""
 
 
 def register(sub: Any) -> None:
     p = add_command(sub, "make_dummies", run, "add N dummy jobs (app `dummy`, workflow `dummy`)")
-    p.add_argument("num", metavar="N", help="how many jobs to add (a positive whole number)")
+    p.add_argument("num", metavar="N", help=f"how many jobs to add (1 to {MAX_JOBS:,})")
 
 
 def count_arg(text: str) -> int:
@@ -28,6 +31,8 @@ def count_arg(text: str) -> int:
         num = 0
     if num < 1:
         raise BalsamError(f"N must be a positive whole number, not {text!r}")
+    if num > MAX_JOBS:
+        raise BalsamError(f"N is {num}: at most {MAX_JOBS:,} jobs per command (run it again for more)")
     return num
 
 

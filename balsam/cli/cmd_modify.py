@@ -62,7 +62,11 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> st
         lifecycle.transition_one(cur, job["job_id"], new, "User mutated state from command line",
                                  user=True, force=force)
         return new
-    new_value = schema.coerce_field(attr, value)
+    new_value = schema.check_field(attr, value)  # the checks of `balsam job` and the API
+    if attr == "application":
+        cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s", [new_value])
+        if not cur.fetchone():
+            raise NotFound(f"application {new_value!r} does not exist (see `balsam ls apps`)")
     stored = json.dumps(new_value) if attr == "data" else new_value
     cur.execute(f"UPDATE {schema.JOB_TABLE} SET {attr} = %s WHERE job_id = %s", [stored, job["job_id"]])
     return str(stored)
@@ -99,6 +103,7 @@ def modify_app(cur: Any, id_text: str, attr: str, value: str) -> str:
         new_value = new_value.strip()
         if not new_value:
             raise BalsamError("name may not be empty")
+        schema.check_name("name", new_value)
         cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s AND id <> %s", [new_value, app["id"]])
         if cur.fetchone():
             raise BalsamError(f"an application named {new_value!r} already exists")

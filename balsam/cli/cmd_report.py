@@ -15,6 +15,10 @@ from balsam.errors import BalsamError
 
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+FUTURE = datetime.timedelta(days=366)
+"""A window bound must lie between :data:`EARLIEST` and a year from now (no Balsam job is
+older than 1970; later bounds are typos, and times near year 9999 overflow)."""
 
 
 def register(sub: Any) -> None:
@@ -32,17 +36,25 @@ def register(sub: Any) -> None:
                    help="also write throughput, utilization and state-time plots (needs matplotlib)")
 
 
-def parse_time(text: str, now: datetime.datetime) -> datetime.datetime:
-    """An ISO time (naive = local time) or an age before ``now`` like 90s, 30m, 2h, 1d, 1w."""
+def parse_time(text: str, now: datetime.datetime, flag: str = "") -> datetime.datetime:
+    """An ISO time (naive = local time) or an age before ``now`` like 90s, 30m, 2h, 1d, 1w,
+    between 1970 and a year from now (:class:`BalsamError` naming ``flag`` otherwise)."""
+    where = f"{flag} {text!r}".strip()
     m = _REL.match(text)
-    if m:
-        return now - datetime.timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
     try:
-        when = datetime.datetime.fromisoformat(text.strip())
+        if m:
+            when = now - datetime.timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+        else:
+            when = datetime.datetime.fromisoformat(text.strip())
+            when = when if when.tzinfo else when.astimezone()
     except ValueError:
-        raise BalsamError(f"{text!r} is not a time: give an ISO time (2024-05-01T12:00) or an "
+        raise BalsamError(f"{where} is not a time: give an ISO time (2024-05-01T12:00) or an "
                           "age like 30m, 2h, 1d")
-    return when if when.tzinfo else when.astimezone()
+    except OverflowError:
+        when = EARLIEST - FUTURE  # an age beyond any calendar: reported below
+    if not EARLIEST <= when <= now + FUTURE:
+        raise BalsamError(f"{where} is out of range: give a time between 1970 and a year from now")
+    return when
 
 
 def parse_span(text: str) -> float:
@@ -57,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from balsam.core import analytics
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    since = parse_time(args.since, now) if args.since else None
-    until = parse_time(args.until, now) if args.until else None
+    since = parse_time(args.since, now, "--since") if args.since else None
+    until = parse_time(args.until, now, "--until") if args.until else None
     if since and until and since >= until:
         raise BalsamError("--since must be before --until")
     recent = parse_span(args.recent)

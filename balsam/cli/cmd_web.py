@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from balsam.db import dbsettings
 
     dbsettings.load(path)  # a bad settings.yml is reported now, not on the first page
-    srv, app = server.make_server(args.bind, args.port, args.threads)
+    try:
+        srv, app = server.make_server(args.bind, args.port, args.threads)
+    except ValueError:  # waitress: the address does not resolve
+        raise BalsamError(f"--bind {args.bind!r} is not an address or host name to listen on")
     try:
         port = int(srv.effective_port)
         server.configure(token, port, args.bind, path, args.allowed_host)

@@ -29,6 +29,8 @@ LS_DEFAULT_COLUMNS = ["job_id", "name", "workflow", "application", "state"]
 LS_FIELDS: list[str] = JOB_COLUMNS + ["parents"]
 """Names allowed in ``BALSAM_LS_FIELDS`` (``parents`` is computed from the dependency table)."""
 LS_LIMIT_DEFAULT = 5000
+STREAM_ROWS = 2000
+"""Rows ``ls --format json`` fetches and writes at a time (memory stays flat for any limit)."""
 ORDER = "ORDER BY created_at, job_id"
 
 
@@ -149,6 +151,42 @@ def fetch_jobs(cur: Any, where: str, params: list[Any], columns: Sequence[str],
     return rows, total
 
 
+def stream_jobs_json(cur: Any, where: str, params: list[Any], limit: int) -> None:
+    """Write the first ``limit`` matching jobs (every field and ``parents``) to stdout as the
+    JSON list :func:`dumps` makes, :data:`STREAM_ROWS` at a time from a server-side cursor, so
+    memory stays flat however many jobs match; the number not shown goes to stderr."""
+    cols = ", ".join(c for c in LS_FIELDS if c != "parents")
+    rows_cur = cur.connection.cursor(name="balsam_ls_json")
+    rows_cur.execute(f"SELECT {cols} FROM {JOB}{where} {ORDER} LIMIT %s", params + [limit + 1])
+    written, more = 0, False
+    try:
+        sys.stdout.write("[")
+        while not more:
+            batch = rows_cur.fetchmany(STREAM_ROWS)
+            if not batch:
+                break
+            names = [d[0] for d in rows_cur.description]
+            if written + len(batch) > limit:
+                batch, more = batch[: limit - written], True
+            rows = [dict(zip(names, r)) for r in batch]
+            parents = parents_of(cur, [r["job_id"] for r in rows])
+            for r in rows:
+                r["parents"] = parents.get(str(r["job_id"]), [])
+                item = dumps(jsonable(r)).replace("\n", "\n  ")
+                sys.stdout.write(f"{',' if written else ''}\n  {item}")
+                written += 1
+        sys.stdout.write("\n]\n" if written else "]\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, KeyboardInterrupt) as exc:
+        _drop_stdout(exc)
+        return
+    finally:
+        rows_cur.close()
+    if more:
+        cur.execute(f"SELECT count(*) FROM {JOB}{where}", params)
+        hidden_notice(int(cur.fetchone()[0]) - written, to_stderr=True)
+
+
 def parents_of(cur: Any, job_ids: Sequence[Any]) -> dict[str, list[str]]:
     """{child id: [parent ids in the order the edges were made]} for ``job_ids``, one query."""
     if not job_ids:
@@ -259,10 +297,16 @@ def write_out(text: str) -> None:
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         sys.stdout.flush()
     except (BrokenPipeError, KeyboardInterrupt) as exc:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the exit-time flush must not fail or block again
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        _drop_stdout(exc)
+
+
+def _drop_stdout(exc: BaseException) -> None:
+    """After a broken pipe or Ctrl-C while writing: send what is left to /dev/null (the
+    exit-time flush must not fail or block again); re-raise a Ctrl-C."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
 
 
 def dumps(rows: Any) -> str:

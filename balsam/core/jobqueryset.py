@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from django.db import connection, models, transaction
 
 from balsam.core import lifecycle, schema
+from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError
 
 if TYPE_CHECKING:
@@ -35,10 +36,17 @@ class BalsamJobQuerySet(models.QuerySet):
         for key, value in kwargs.items():
             if key in schema.JOB_DEFAULTS and key != "state" \
                     and not hasattr(value, "resolve_expression"):
-                kwargs[key] = schema.coerce_field(key, value)
+                kwargs[key] = schema.check_field(key, value)
+        if isinstance(kwargs.get("application"), str):
+            from balsam.core.models import require_apps
+
+            require_apps({kwargs["application"]})
         if "state" not in kwargs:
             return super().update(**kwargs)
-        state = kwargs.pop("state")
+        state = validate_state(kwargs.pop("state"))
+        if state not in USER_TARGETS:
+            raise InvalidStateError(f"update(state={state.value!r}) is refused: only a launcher "
+                                    "that runs a job makes it RUNNING")
         with transaction.atomic(using=self.db):
             ids = list(self.values_list("pk", flat=True))
             if kwargs:
@@ -81,8 +89,11 @@ class BalsamJobQuerySet(models.QuerySet):
         objs = objs if type(objs) is list else list(objs)
         if any(not o._state.adding for o in objs):
             raise ValueError("bulk_create() got jobs that are already saved")
+        from balsam.core.models import check_new_jobs
+
+        rows = [o.__dict__ for o in objs]  # validated in copy_jobs, as by _row_for_insert()
+        check_new_jobs(rows)
         with transaction.atomic(using=self.db), connection.cursor() as cur:
-            rows = [o.__dict__ for o in objs]  # validated in copy_jobs, as by _row_for_insert()
             edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
                      for p in d["_pending_parents"]]
             if edges:

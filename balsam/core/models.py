@@ -242,6 +242,7 @@ class BalsamJob(JobAPI, models.Model):
         writer (checked and recorded), so a stale object never overwrites a newer state."""
         if self._state.adding:
             self._validated()
+            check_new_jobs([self.__dict__])
             with transaction.atomic():
                 super().save(*args, **kwargs)
                 with connection.cursor() as cur:
@@ -410,6 +411,23 @@ class BalsamJob(JobAPI, models.Model):
         if len(children) != 1:
             raise ValueError(f"{len(children) or 'no'} children named {name!r}")
         return children[0]
+
+def check_new_jobs(rows: list[dict[str, Any]]) -> None:
+    """The rules for creating jobs through the API (:func:`schema.check_new_jobs`: a name, a
+    user state, checked values) and that their applications exist (:class:`NoApplication`);
+    run before any row is written."""
+    schema.check_new_jobs(rows)
+    require_apps({d["application"] for d in rows} - {""})
+
+
+def require_apps(names: set[str]) -> None:
+    """:class:`NoApplication` naming the first of ``names`` that is not a registered app."""
+    found = set(ApplicationDefinition.objects.filter(name__in=names).values_list("name", flat=True))
+    missing = sorted(names - found)
+    if missing:
+        raise NoApplication(f"application {missing[0]!r} does not exist (add it with dag.add_app "
+                            "or `balsam app`)")
+
 
 def _release(cursor: Any, job_ids: list[Any]) -> None:
     """Clear the lock of jobs (classic ``release=True``)."""

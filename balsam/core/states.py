@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from balsam.errors import BalsamError
+
 
 class State(str, enum.Enum):
     """A job's state. Members compare equal to their names, so ``State.RUNNING == "RUNNING"``."""
@@ -104,7 +106,7 @@ USER_TARGETS: frozenset[State] = frozenset(s for s in State if s is not S.RUNNIN
 makes a job RUNNING, so that nothing pretends a job runs when no launcher holds it."""
 
 
-class InvalidStateError(ValueError):
+class InvalidStateError(BalsamError, ValueError):
     """A state name that is not one of :data:`STATES`, or a forbidden transition."""
 
 

@@ -41,8 +41,11 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
     An existing directory that already holds a Balsam DB is started and migrated instead. If
     creating a new DB fails, the directory is removed again when this call created it.
     """
+    if not db_path.strip():
+        raise BalsamError("the DB path is empty: name a new directory, e.g. `balsam init ~/mydb`")
     db_path = os.path.abspath(os.path.expanduser(db_path))
     profile = machines.load(machine)  # an unknown machine fails before anything is created
+    index.read()  # so does an unreadable DB index (registering would fail at the very end)
     if os.path.exists(db_path) and not os.path.isdir(db_path):
         raise BalsamError(f"{db_path} exists and is not a directory")
     if serverinfo.is_db_dir(db_path):
@@ -52,10 +55,18 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
         if os.path.isdir(db_path) and os.path.exists(os.path.join(db_path, cluster.DATA_DIR)):
             raise BalsamError(f"{db_path}/{cluster.DATA_DIR} exists but {db_path} has no server-info: "
                               "a previous init failed; remove the directory and run init again")
+        foreign = _foreign_entries(db_path)
+        if foreign:
+            raise BalsamError(f"{db_path} is not empty and not a Balsam DB (it holds "
+                              f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
+                              "give a new or empty directory")
         pgaccount.find_bin_dir(pg_bin)  # a bad --pg-bin fails before anything is created
         created = not os.path.exists(db_path)
         try:
-            _create_layout(db_path, profile)
+            try:
+                _create_layout(db_path, profile)
+            except OSError as exc:
+                raise BalsamError(f"cannot create the DB directory {db_path}: {exc.strerror or exc}")
             initdb.initialize(db_path, pg_bin, say)
         except BaseException:
             if created:
@@ -66,6 +77,14 @@ def init(db_path: str, pg_bin: Optional[str] = None, machine: str = "local",
     migrate(db_path)
     index.register(db_path)
     return db_path
+
+
+def _foreign_entries(db_path: str) -> list[str]:
+    """What a directory holds besides the layout an earlier, failed init may have left."""
+    if not os.path.isdir(db_path):
+        return []
+    ours = {*SUBDIRS, dbsettings.FILENAME, JOB_TEMPLATE}
+    return sorted(set(os.listdir(db_path)) - ours)
 
 
 def _create_layout(db_path: str, profile: machines.Machine) -> None:

@@ -1,6 +1,8 @@
 """The per-user index of known Balsam DBs: ``~/.balsam/databases.json`` (a JSON list of paths).
 
-Paths that no longer hold a Balsam DB are pruned whenever the index is read.
+Paths that no longer hold a Balsam DB are pruned whenever the index is read. A file that is
+not such a list is an error naming the file (it is never silently replaced: it may list DBs the
+user still needs).
 """
 from __future__ import annotations
 
@@ -8,21 +10,34 @@ import json
 import os
 
 from balsam.db import serverinfo
-from balsam.errors import Ambiguous, NotFound
+from balsam.errors import Ambiguous, BalsamError, NotFound
 
 
 def index_path() -> str:
+    """``~/.balsam/databases.json``."""
     return os.path.join(os.path.expanduser("~"), ".balsam", "databases.json")
 
 
 def read() -> list[str]:
+    """The indexed paths that still hold a Balsam DB; [] if there is no index yet (or it is empty).
+
+    :class:`BalsamError` if the file cannot be read or is not a JSON list of paths.
+    """
+    path = index_path()
     try:
-        with open(index_path()) as fh:
-            paths = json.load(fh)
-    except (OSError, ValueError):
-        paths = []
-    if not isinstance(paths, list):
-        paths = []
+        with open(path) as fh:
+            text = fh.read()
+        paths = json.loads(text) if text.strip() else []  # an empty file lists nothing
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise BalsamError(f"cannot read the DB index {path}: {exc.strerror or exc}")
+    except ValueError as exc:
+        raise BalsamError(f"the DB index {path} is not valid JSON ({exc}): fix it, or remove it "
+                          "and `balsam init PATH` each DB again to re-register it")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise BalsamError(f"the DB index {path} is not a JSON list of paths: fix it, or remove "
+                          "it and `balsam init PATH` each DB again to re-register it")
     return [p for p in dict.fromkeys(str(p) for p in paths) if serverinfo.is_db_dir(p)]
 
 
