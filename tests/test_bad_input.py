@@ -173,6 +173,8 @@ CASES = [
          "not an address"),
     Case("web-zero-threads", ["web", "--threads", "0"], "--threads"),
     Case("web-bad-port", ["web", "--port", "70000"], "70000"),
+    # completion
+    Case("completion-unknown-shell", ["completion", "fish"], "fish"),
 ]
 
 
