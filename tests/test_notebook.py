@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,3 +151,20 @@ def test_the_kernel_is_not_given_the_django_switch(kernel: Kernel) -> None:
     kernel.run("import balsam.core.models")
     after = kernel.run("import os; print(os.environ.get('DJANGO_ALLOW_ASYNC_UNSAFE'))")
     assert (before.strip(), after.strip()) == ("None", "true")
+
+
+def test_outside_an_ipython_shell_django_still_guards_async_code(db: str) -> None:
+    """The switch is not set for asyncio programs: there Django's guard keeps its purpose."""
+    code = ("import asyncio, os\n"
+            "from django.core.exceptions import SynchronousOnlyOperation\n"
+            "from balsam.core.models import BalsamJob\n"
+            "async def main():\n"
+            "    try:\n        BalsamJob.objects.count()\n"
+            "    except SynchronousOnlyOperation:\n        print('refused')\n"
+            "asyncio.run(main())\n"
+            "print(os.environ.get('DJANGO_ALLOW_ASYNC_UNSAFE'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env["BALSAM_DB_PATH"] = db
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert (proc.returncode, proc.stdout.split()) == (0, ["refused", "None"]), proc.stderr
