@@ -112,3 +112,14 @@ def test_copy_on_a_bare_cursor_of_either_driver(db, driver):
             assert [r[0] for r in cur.fetchall()] == ["g0", "g1", "g2"]
     finally:
         conn.close()
+
+
+def test_a_driver_bound_by_an_earlier_django_import_is_not_silently_mixed(db):
+    code = ("import django.db.backends.postgresql.psycopg_any  # binds psycopg 3, as Django does\n"
+            "from balsam.core.models import BalsamJob\nfrom balsam.errors import BalsamError\n"
+            "try:\n    BalsamJob.objects.count()\n"
+            "except BalsamError as exc:\n    print(exc)\n")
+    proc = run_python(code, db, "psycopg2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("BALSAM_DB_DRIVER=psycopg2 but Django's PostgreSQL backend was "
+                                  "already loaded with psycopg:")

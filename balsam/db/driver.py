@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,8 @@ faster (benchmarks/bench_drivers.py, numbers in benchmarks/README.md) and psycop
 the CLI and launchers use anyway, so the ORM and they share one set of behaviours."""
 
 _DJANGO_BACKEND = "django.db.backends.postgresql.base"
+_DJANGO_DRIVER_MODULE = "django.db.backends.postgresql.psycopg_any"
+_loading = threading.Lock()
 
 
 class DriverError(BalsamError):
@@ -47,11 +50,14 @@ def requested() -> str:
 
 
 def loaded() -> str | None:
-    """The driver Django's PostgreSQL backend was loaded with, or None if it is not loaded yet."""
-    backend = sys.modules.get(_DJANGO_BACKEND)
-    if backend is None:
+    """The driver Django's PostgreSQL backend was loaded with, or None if it is not loaded yet.
+
+    Its module ``psycopg_any`` is the one that binds the driver (and e.g. ``django.contrib.postgres``
+    imports it without the backend)."""
+    module = sys.modules.get(_DJANGO_DRIVER_MODULE)
+    if module is None:
         return None
-    return "psycopg" if backend.is_psycopg3 else "psycopg2"
+    return "psycopg" if module.is_psycopg3 else "psycopg2"
 
 
 def load_django_backend() -> str:
@@ -60,13 +66,17 @@ def load_django_backend() -> str:
     Django imports psycopg 3 if it can, so for psycopg2 the name ``psycopg`` is hidden from the
     import system while (and only while) the backend's modules are imported.
     """
-    name = requested()
+    with _loading:  # two threads making their first connections load it once
+        return _load(requested())
+
+
+def _load(name: str) -> str:
     already = loaded()
-    if already is not None:
-        if already != name:
-            raise DriverError(
-                f"{ENV_VAR}={name} but Django's PostgreSQL backend was already loaded with "
-                f"{already}: set {ENV_VAR} before anything uses the Balsam or Django ORM")
+    if already not in (None, name):
+        raise DriverError(
+            f"{ENV_VAR}={name} but Django's PostgreSQL backend was already loaded with "
+            f"{already}: set {ENV_VAR} before anything uses the Balsam or Django ORM")
+    if _DJANGO_BACKEND in sys.modules:
         return name
     if name == "psycopg":
         try:
