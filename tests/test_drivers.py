@@ -43,11 +43,12 @@ def run_python(code: str, db: Optional[str], driver: Optional[str]) -> subproces
                           timeout=120)
 
 
-@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
-def test_the_orm_bulk_creates_and_links_jobs_on_the_driver_named(db, driver):
+@pytest.mark.parametrize("driver, module", [("psycopg2", "psycopg2"), ("psycopg", "psycopg"),
+                                            ("psycopg3", "psycopg")])
+def test_the_orm_bulk_creates_and_links_jobs_on_the_driver_named(db, driver, module):
     proc = run_python(ORM_SCRIPT, db, driver)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split(maxsplit=2) == [driver, "32", "['j0', 'p']\n"]
+    assert proc.stdout.split(maxsplit=2) == [module, "32", "['j0', 'p']\n"]
 
 
 def test_without_the_variable_the_orm_uses_psycopg2_although_psycopg_3_is_installed(db):

@@ -39,7 +39,8 @@ class DriverError(BalsamError):
 
 
 def requested() -> str:
-    """The driver this process should use: ``BALSAM_DB_DRIVER`` if set, else the default."""
+    """The driver this process should use: ``BALSAM_DB_DRIVER`` if set (``psycopg3`` is taken
+    for ``psycopg``, the name of psycopg 3's module), else the default."""
     name = os.environ.get(ENV_VAR, "").strip() or DEFAULT_DRIVER
     if name == "psycopg3":
         name = "psycopg"
