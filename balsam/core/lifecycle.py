@@ -3,8 +3,9 @@
 Every state change goes through :func:`transition`: one SQL statement that checks the allowed
 transition table (:mod:`balsam.core.states`), locks the rows, writes the new state and records an
 event (time, from, to, message) per job, in the caller's transaction. It works on any DB-API
-cursor with ``%s`` parameters -- a Django cursor or a bare psycopg2 or psycopg 3 one (one
-statement per ``execute``) -- so the ORM, the CLI fast paths and the launcher share it.
+cursor with ``%s`` parameters -- a Django cursor or a bare psycopg2 or psycopg 3 one (a
+statement whose rows are read is alone in its ``execute``) -- so the ORM, the CLI fast paths and
+the launcher share it.
 
 Also here: removing jobs without stranding their children, and adding dependency edges without
 cycles.
