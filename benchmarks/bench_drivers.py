@@ -1,8 +1,10 @@
 """Benchmark: psycopg2 vs psycopg 3 on the same DB, in one run, on Balsam's own statements.
 
-Three workloads, each variant alternating with the others for ``--rounds`` rounds (median kept),
-on bare connections of each driver (the ORM adds the same Python work on top of either):
+Four workloads, each variant alternating with the others for ``--rounds`` rounds (median kept),
+on bare connections of each driver unless said otherwise:
 
+* **bulk_create** of ``-n`` constructed ``BalsamJob`` objects through the ORM, in a fresh
+  process per run with ``BALSAM_DB_DRIVER`` set to each driver.
 * **COPY** ``-n`` new jobs: :func:`balsam.core.bulk.copy_jobs` (what ``bulk_create`` runs:
   validation, Cython text encoder, COPY) on psycopg2 and on psycopg 3; and psycopg 3's binary
   COPY (``write_row`` of Python values after the same validation). Rows are built untimed.
@@ -136,6 +138,37 @@ def bench_copy(conns: dict[str, Any], n: int, rounds: int) -> dict[str, list[tup
             runs[label](rows)
             if r:
                 times[label].append(since(t0, n))
+    return times
+
+
+ORM_RUN = """
+import json, time
+from balsam.core.models import BalsamJob
+BalsamJob.objects.exists()  # connect outside the timing
+jobs = [BalsamJob(name=f"job{i}", workflow="orm", application="app", args=f"--input {i}")
+        for i in range(N)]
+t0 = time.perf_counter(), time.process_time()
+BalsamJob.objects.bulk_create(jobs)
+print(json.dumps([(time.perf_counter() - t0[0]) / N, (time.process_time() - t0[1]) / N]))
+"""
+
+
+def bench_orm(conns: dict[str, Any], path: str, n: int, rounds: int
+              ) -> dict[str, list[tuple[float, float]]]:
+    """``BalsamJob.objects.bulk_create`` of ``n`` constructed jobs in a fresh process per run,
+    the ORM on each driver (``BALSAM_DB_DRIVER``); constructing the objects is not timed."""
+    import json
+    import subprocess
+
+    times: dict[str, list[tuple[float, float]]] = {"psycopg2": [], "psycopg": []}
+    for r in range(rounds + 1):
+        for label in _rotated(list(times), r):
+            truncate(conns["psycopg2"])
+            env = dict(os.environ, BALSAM_DB_PATH=path, BALSAM_DB_DRIVER=label)
+            out = subprocess.run([sys.executable, "-c", f"N = {n}\n" + ORM_RUN], env=env,
+                                 capture_output=True, text=True, timeout=600, check=True)
+            if r:
+                times[label].append(tuple(json.loads(out.stdout)))  # type: ignore[arg-type]
     return times
 
 
@@ -324,6 +357,7 @@ def main() -> None:
         conns = connections(path)
         try:
             copy = bench_copy(conns, args.n, args.rounds)
+            orm = bench_orm(conns, path, args.n, args.rounds)
             truncate(conns["psycopg2"])
             status = bench_status(conns, args.rounds, args.cycles, args.batch)
             claims = bench_claims(conns, args.rounds, args.cycles, args.claim)
@@ -331,6 +365,7 @@ def main() -> None:
             for conn in conns.values():
                 conn.close()
     report(f"COPY of {args.n:,} jobs incl. validation, per job", "us", 1e6, copy)
+    report(f"ORM bulk_create of {args.n:,} jobs, per job", "us", 1e6, orm)
     report(f"status flush: {args.batch} jobs to RUNNING + {args.batch} to RUN_DONE + commit",
            "ms", 1e3, status)
     report(f"claim of {args.claim} jobs + commit", "ms", 1e3, claims)
