@@ -90,10 +90,17 @@ def db(balsam_db_path: str) -> str:
 
 @pytest.fixture
 def cursor(db: str) -> Iterator:
-    """A psycopg2 cursor on the test DB in autocommit mode, for checking what commands wrote."""
-    from balsam.db.connect import connect
+    """A cursor on the test DB in autocommit mode, for checking what commands wrote: psycopg2's,
+    or psycopg 3's under ``BALSAM_DB_DRIVER=psycopg`` (so SQL on bare cursors runs on both)."""
+    from balsam.db.connect import connect, connection_params
 
-    conn = connect(db, autocommit=True)
+    if os.environ.get("BALSAM_DB_DRIVER") == "psycopg":
+        import psycopg
+
+        conn = psycopg.connect(**connection_params(db), autocommit=True,
+                               cursor_factory=psycopg.ClientCursor)
+    else:
+        conn = connect(db, autocommit=True)
     try:
         with conn.cursor() as cur:
             yield cur

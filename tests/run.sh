@@ -30,7 +30,6 @@ fi
 # and left running; otherwise, as root, tests/infra/slurm.sh starts a one-machine cluster
 # (installing Debian's packages if needed) and it is stopped at the end. If none can be had,
 # the suite still runs and those tests are skipped with the reason given here.
-slurm_started=""
 if bash tests/infra/slurm.sh up 2>/dev/null; then
     echo "note: using the running Slurm"
 elif [ "$(id -u)" != 0 ]; then
@@ -38,7 +37,6 @@ elif [ "$(id -u)" != 0 ]; then
 elif slurm_log=$(bash tests/infra/slurm.sh start 2>&1); then
     echo "note: ${slurm_log##*slurm.sh: }"
     if [[ "$slurm_log" == *"slurm.sh: Slurm "*" started in "* ]]; then   # not merely repaired
-        slurm_started=1
         trap 'bash tests/infra/slurm.sh stop 2>/dev/null || echo "note: stopping Slurm failed"' EXIT
     fi
 else
@@ -49,10 +47,16 @@ else
 fi
 # As an activated environment would: its programs (balsam, mpiexec from the mpich wheel) first.
 export PATH="$PWD/.venv/bin:$PATH"
-if [ -n "$slurm_started" ]; then
-    status=0
-    .venv/bin/python -m pytest "$@" || status=$?
-    exit "$status"   # after the EXIT trap has stopped Slurm
-else
-    exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+# The ORM runs on psycopg2 or psycopg 3 (BALSAM_DB_DRIVER, balsam/db/driver.py): a whole-suite run
+# (options only) runs the Python API's tests again on the driver the first run did not use.
+whole_suite=1
+for arg in "$@"; do [[ "$arg" == -* ]] || whole_suite=""; done
+if [ -n "$whole_suite" ]; then
+    echo "note: the Python API's tests again with BALSAM_DB_DRIVER=psycopg"
+    BALSAM_DB_DRIVER=psycopg .venv/bin/python -m pytest "$@" tests/test_bulk.py tests/test_models.py \
+        tests/test_dag.py tests/test_futures.py tests/test_analytics.py tests/test_lifecycle.py \
+        tests/test_leases.py tests/test_schema_sync.py tests/test_notebook.py || status=$?
 fi
+exit "$status"   # after the EXIT trap (if any) has stopped Slurm

@@ -1,6 +1,6 @@
 """Campaign analytics computed in SQL from the recorded state events (no Django import).
 
-Every function takes a DB-API cursor (Django's or a bare psycopg2 one, ``%s`` parameters) and an
+Every function takes a DB-API cursor (Django's, psycopg2's or psycopg 3's; ``%s`` parameters) and an
 optional :class:`Filters` (:mod:`balsam.core.analytics_scope`). The data, all written by
 :func:`balsam.core.lifecycle.transition` in the statement that changes a state:
 ``core_jobevent(job_id, timestamp, from_state, to_state, message, entered_at, nodes)`` -- each

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from balsam.core import copyfmt, lifecycle, schema
+from balsam.db import driver
 
 COLUMNS: tuple[str, ...] = tuple(schema.JOB_SYSTEM_COLUMNS) + tuple(schema.JOB_DEFAULTS)
 
@@ -51,35 +52,22 @@ def normalize_rows(jobs: list[dict]) -> int:
     return copyfmt.check_rows(jobs, COLUMNS, CHECKS, schema.normalize_job_values)
 
 
-class _CopyStream:
-    """A file-like source for ``copy_expert``: each ``read()`` validates (unless ``normalized``)
-    and encodes the next chunk of rows.
-
-    psycopg2 turns an exception raised in ``read()`` into a generic "COPY failed" error; the
-    original is kept in :attr:`error` so the caller can raise it instead.
-    """
-
-    def __init__(self, jobs: list[dict], chunk_rows: int, normalized: bool) -> None:
-        self.jobs = jobs
-        self.chunk_rows = chunk_rows
-        self.normalized = normalized
-        self.next_row = 0
-        self.error: Optional[BaseException] = None
-
-    def read(self, size: int = -1) -> bytes:
-        start = self.next_row
-        if start >= len(self.jobs):
-            return b""
-        end = self.next_row = start + self.chunk_rows
+def _chunks(jobs: list[dict], chunk_rows: int, normalized: bool,
+            failure: list[BaseException]) -> Iterator[bytes]:
+    """The COPY text of ``jobs``, ``chunk_rows`` at a time, each chunk validated (unless
+    ``normalized``) just before it is encoded. An error is also appended to ``failure``: psycopg2
+    turns an exception raised while it reads the stream into a generic "COPY failed" error, and
+    the caller raises the original instead."""
+    for start in range(0, len(jobs), chunk_rows):
+        end = start + chunk_rows
         try:
-            if not self.normalized:
-                normalize_rows(self.jobs[start:end])
-            return copyfmt.encode_dicts(self.jobs, COLUMNS, start, end)
+            if not normalized:
+                normalize_rows(jobs[start:end])
+            chunk = copyfmt.encode_dicts(jobs, COLUMNS, start, end)
         except BaseException as exc:
-            self.error = exc
+            failure.append(exc)
             raise
-
-    readline = read
+        yield chunk
 
 
 def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False) -> int:
@@ -92,18 +80,17 @@ def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False) -> in
     than CREATED get a CREATED -> state event, as if moved there.
     """
     jobs = jobs if type(jobs) is list else list(jobs)
-    raw = getattr(cursor, "cursor", cursor)  # a Django CursorWrapper wraps the psycopg2 cursor
-    stream = _CopyStream(jobs, CHUNK_ROWS, normalized)
+    failure: list[BaseException] = []
     sql = (f"COPY {schema.JOB_TABLE} ({', '.join(COLUMNS)}) FROM STDIN "
            "WITH (FORMAT text, ENCODING 'UTF8')")
     # Through a Django cursor, server errors become Django's (IntegrityError ...), as in the ORM.
     django_db = getattr(cursor, "db", None)
     try:
         with django_db.wrap_database_errors if django_db is not None else contextlib.nullcontext():
-            raw.copy_expert(sql, stream)
+            driver.copy_in(cursor, sql, _chunks(jobs, CHUNK_ROWS, normalized, failure))
     except Exception:
-        if stream.error is not None:
-            raise stream.error from None
+        if failure:
+            raise failure[0] from None
         raise
     lifecycle.record_created(cursor, [(j["job_id"], j["state"]) for j in jobs
                                       if j["state"] != "CREATED"])

@@ -3,8 +3,9 @@
 Every state change goes through :func:`transition`: one SQL statement that checks the allowed
 transition table (:mod:`balsam.core.states`), locks the rows, writes the new state and records an
 event (time, from, to, message) per job, in the caller's transaction. It works on any DB-API
-cursor with ``%s`` parameters -- a Django cursor or a bare psycopg2 one -- so the ORM, the CLI
-fast paths and the launcher share it.
+cursor with ``%s`` parameters -- a Django cursor or a bare psycopg2 or psycopg 3 one (a
+statement whose rows are read is alone in its ``execute``) -- so the ORM, the CLI fast paths and
+the launcher share it.
 
 Also here: removing jobs without stranding their children, and adding dependency edges without
 cycles.
@@ -217,8 +218,10 @@ def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
         raise BalsamError(str(exc))
     if parent == child:
         raise BalsamError("a job cannot depend on itself")
-    cursor.execute(f"SELECT pg_advisory_xact_lock(%s); "
-                   f"SELECT job_id, state FROM {JOB} WHERE job_id IN (%s, %s) FOR UPDATE",
+    # One statement, not two joined by ';': psycopg 3 returns the first statement's rows. The
+    # next statement's snapshot is taken after the lock is held, whatever order this one runs in.
+    cursor.execute(f"SELECT j.job_id, j.state FROM (SELECT pg_advisory_xact_lock(%s)) lock, "
+                   f"{JOB} j WHERE j.job_id IN (%s, %s) FOR UPDATE OF j",
                    [GRAPH_LOCK_KEY, parent, child])
     states = {str(r[0]): r[1] for r in cursor.fetchall()}
     for role, jid in (("parent", parent), ("child", child)):

@@ -60,6 +60,7 @@ class ApplicationDefinition(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.APP_TABLE
 
     @property
     def cute_id(self) -> str:
@@ -101,6 +102,7 @@ class QueuedLaunch(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.QLAUNCH_TABLE
 
     def __repr__(self) -> str:
         fields = ("scheduler_id", "project", "queue", "nodes", "wall_minutes", "job_mode",
@@ -129,6 +131,7 @@ class LauncherSession(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.SESSION_TABLE
         indexes = [models.Index(fields=["heartbeat"], name="session_live",
                                 condition=models.Q(ended_at__isnull=True))]
 
@@ -179,6 +182,7 @@ class BalsamJob(JobAPI, models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.JOB_TABLE
         indexes = [
             models.Index(fields=["workflow", "state"], name="job_wf_state"),
             # Newest-first listings (the dashboard's jobs table, keyset paging) read this.
@@ -457,6 +461,7 @@ class JobDependency(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.DEP_TABLE
         constraints = [models.UniqueConstraint(fields=["parent", "child"], name="unique_edge")]
 
 
@@ -471,6 +476,7 @@ class JobWake(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.WAKE_TABLE
 
 
 class JobEvent(models.Model):
@@ -488,6 +494,7 @@ class JobEvent(models.Model):
 
     class Meta:
         app_label = "core"
+        db_table = schema.EVENT_TABLE
         indexes = [models.Index(fields=["job", "id"], name="event_job_id"),
                    # The events ending a run, by time: runtimes and utilization of a window.
                    models.Index(fields=["timestamp"], name="run_end",
