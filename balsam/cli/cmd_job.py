@@ -25,7 +25,7 @@ def insert_job(cur: Any, row: dict[str, Any]) -> None:
     """One INSERT naming every column (``data`` as JSON text)."""
     from balsam.cli.jobquery import JOB_COLUMNS
 
-    values = [json.dumps(row[c]) if c == "data" else row[c] for c in JOB_COLUMNS]
+    values = [json.dumps(row[c]) if isinstance(row[c], dict) else row[c] for c in JOB_COLUMNS]
     values[0] = str(values[0])
     cur.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(JOB_COLUMNS)}) "
                 f"VALUES ({', '.join(['%s'] * len(JOB_COLUMNS))})", values)

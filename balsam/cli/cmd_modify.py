@@ -67,7 +67,7 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> st
         cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s", [new_value])
         if not cur.fetchone():
             raise NotFound(f"application {new_value!r} does not exist (see `balsam ls apps`)")
-    stored = json.dumps(new_value) if attr == "data" else new_value
+    stored = json.dumps(new_value) if isinstance(new_value, dict) else new_value
     cur.execute(f"UPDATE {schema.JOB_TABLE} SET {attr} = %s WHERE job_id = %s", [stored, job["job_id"]])
     return str(stored)
 

@@ -57,6 +57,10 @@ class ApplicationDefinition(models.Model):
     preprocess = models.TextField(default="", blank=True)
     envscript = models.TextField(default="", blank=True)
     postprocess = models.TextField(default="", blank=True)
+    parameters = models.TextField(default="", blank=True)
+    """A site app's parameters as JSON text ({name: default or null when required})."""
+    source_hash = models.TextField(default="", blank=True)
+    """SHA-256 of a site app's source file (empty: a classic app)."""
 
     class Meta:
         app_label = "core"
@@ -177,6 +181,10 @@ class BalsamJob(JobAPI, models.Model):
     data = models.JSONField(default=dict, blank=True)
     session = models.ForeignKey(LauncherSession, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="+", db_index=False)  # indexed by job_held
+    parameters = models.JSONField(default=dict, blank=True)
+    """The values a site app's command template was rendered from (newer API)."""
+    tags = models.JSONField(default=dict, blank=True)
+    """Labels of the newer API (``Job.objects.filter(tags={...})``)."""
 
     objects = BalsamJobQuerySet.as_manager()
 
@@ -208,7 +216,7 @@ class BalsamJob(JobAPI, models.Model):
             d.update(_STATIC_DEFAULTS)  # also _loaded_state and _pending_parents = None
             d["job_id"] = _new_job_id()
             d["created_at"] = d["tick"] = _utcnow()
-            d["data"] = {}
+            d["data"], d["parameters"], d["tags"] = {}, {}, {}
             d.update(kwargs)
             d["_state"] = ModelState()
         else:
@@ -232,7 +240,7 @@ class BalsamJob(JobAPI, models.Model):
             schema.normalize_job_values(d)
             return
         # A partially loaded job (``.only()``/``.defer()``): check the fields it holds.
-        values = dict(schema.JOB_DEFAULTS, data={})
+        values = dict(schema.JOB_DEFAULTS, data={}, parameters={}, tags={})
         values.update((k, d[k]) for k in schema.JOB_DEFAULTS if k in d)
         schema.normalize_job_values(values)
         d.update((k, values[k]) for k in schema.JOB_DEFAULTS if k in d)

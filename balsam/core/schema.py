@@ -52,6 +52,8 @@ JOB_DEFAULTS: dict[str, Any] = {
     "auto_timeout_retry": True,
     "state": "CREATED",
     "data": {},
+    "parameters": {},
+    "tags": {},
 }
 
 # Columns managed by Balsam, never given by a user when creating a job.
@@ -81,6 +83,8 @@ APP_DEFAULTS: dict[str, str] = {
     "preprocess": "",
     "envscript": "",
     "postprocess": "",
+    "parameters": "",
+    "source_hash": "",
 }
 
 
@@ -392,7 +396,7 @@ def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -
     if unknown:
         raise FieldError(f"unknown job field(s): {', '.join(sorted(unknown))}")
     row: dict[str, Any] = dict(JOB_DEFAULTS)
-    row["data"] = {}
+    row.update(data={}, parameters={}, tags={})
     row.update(values)
     normalize_job_values(row)
     now = datetime.datetime.now(datetime.timezone.utc)
