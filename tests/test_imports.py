@@ -96,8 +96,15 @@ def violations(root: Path = PACKAGE_ROOT) -> list[str]:
                 found.append(f"{rel}: imports {name} (may import only balsam.platform and "
                              "balsam.errors)")
             if within(module, "balsam.core") and any(
-                    within(name, f"balsam.{p}") for p in ("service", "launcher", "processing", "cli")):
+                    within(name, f"balsam.{p}")
+                    for p in ("service", "launcher", "processing", "cli", "site", "api")):
                 found.append(f"{rel}: imports {name} (core must not depend on it)")
+            if (within(module, "balsam.site") or within(module, "balsam.api")) and any(
+                    within(name, f"balsam.{p}") for p in ("launcher", "service")):
+                found.append(f"{rel}: imports {name} (the newer API sits on core and processing, "
+                             "never on the launcher or the service)")
+            if within(module, "balsam.site") and within(name, "balsam.api"):
+                found.append(f"{rel}: imports {name} (the app side does not know the client side)")
             if within(module, "balsam.service") and within(name, "balsam.launcher"):
                 found.append(f"{rel}: imports {name} (service and launcher are independent)")
             if within(module, "balsam.launcher") and within(name, "balsam.service"):
@@ -130,7 +137,8 @@ def _write(root: Path, rel: str, text: str) -> None:
 
 def test_the_rules_catch_every_kind_of_breach(tmp_path):
     pkg = tmp_path / "balsam"
-    for sub in ("", "core", "platform", "platform/mpi", "service", "launcher", "cli", "processing"):
+    for sub in ("", "core", "platform", "platform/mpi", "service", "launcher", "cli", "processing",
+                "site", "api"):
         _write(pkg, f"{sub}/__init__.py".lstrip("/"), "")
     _write(pkg, "core/states.py", "import django\nfrom balsam.core import schema\n")
     _write(pkg, "core/models.py", "def f():\n    from balsam.service import planner\n")
@@ -143,6 +151,9 @@ def test_the_rules_catch_every_kind_of_breach(tmp_path):
     _write(pkg, "processing/run.py", "import importlib\nimportlib.import_module('balsam.cli.main')\n")
     _write(pkg, "__main__.py", "from balsam.cli.main import run\n")
     _write(pkg, "cli/main.py", "from balsam.cli import common\n")
+    _write(pkg, "site/app.py", "from balsam.api import Job\nfrom balsam.core import schema\n")
+    _write(pkg, "api/jobs.py", "def f():\n    from balsam.launcher import dag\n")
+    _write(pkg, "core/bulk.py", "from balsam.site import app\n")
     found = violations(pkg)
     expected = [
         "balsam/core/lifecycle.py: imports balsam.launcher (core must not depend on it)",
@@ -160,6 +171,14 @@ def test_the_rules_catch_every_kind_of_breach(tmp_path):
         "and balsam.errors)",
         "balsam/processing/run.py: imports balsam.cli.main (nothing imports the CLI)",
         "balsam/service/submit.py: imports balsam.launcher.dag (service and launcher are independent)",
+        "balsam/site/app.py: imports balsam.api (the app side does not know the client side)",
+        "balsam/site/app.py: imports balsam.api.Job (the app side does not know the client side)",
+        "balsam/api/jobs.py: imports balsam.launcher (the newer API sits on core and processing, "
+        "never on the launcher or the service)",
+        "balsam/api/jobs.py: imports balsam.launcher.dag (the newer API sits on core and "
+        "processing, never on the launcher or the service)",
+        "balsam/core/bulk.py: imports balsam.site (core must not depend on it)",
+        "balsam/core/bulk.py: imports balsam.site.app (core must not depend on it)",
     ]
     if _stdlib():
         expected += ["balsam/core/states.py: imports django (stdlib only)",
