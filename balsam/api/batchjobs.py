@@ -1,0 +1,147 @@
+"""``balsam.api.BatchJob``: a batch job the user asks for, as a classic ``core_queuedlaunch`` row.
+
+Creating a BatchJob inserts a ``pending-submission`` row of the service's own kind
+(``from_balsam``): the service's submitter submits it exactly as given (nodes, minutes, queue,
+project, job mode, ``optional_params`` as extra scheduler flags), its sync keeps the row's state
+following the scheduler, and the elastic planner counts it as capacity already queued (so it
+does not plan a second batch job for the same work). States are read through
+:data:`balsam.api.names.BATCH_STATES`; they are written only by the service.
+"""
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from balsam.api import names
+from balsam.api.sites import Site, site_for
+from balsam.core.models import QueuedLaunch
+from balsam.db import dbsettings
+from balsam.errors import Ambiguous, NotFound
+
+_CREATE = ("num_nodes", "wall_time_min", "job_mode", "project", "queue", "filter_tags",
+           "optional_params")
+
+
+class BatchJob:
+    """One batch job (see the module docstring)."""
+
+    objects: BatchJobManager
+
+    def __init__(self, site: Site, row: QueuedLaunch) -> None:
+        self._site = site
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in names.BATCH_COLUMNS:
+            raise AttributeError(f"BatchJob has no field {name!r}")
+        value = getattr(self._row, names.BATCH_COLUMNS[name])
+        return names.batch_state(value) if name == "state" else value
+
+    @property
+    def site_id(self) -> str:
+        return self._site.site_id
+
+    @property
+    def filter_tags(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def classic(self) -> QueuedLaunch:
+        """The classic row this BatchJob translates."""
+        return self._row
+
+    def refresh_from_db(self) -> None:
+        self._row.refresh_from_db()
+
+    def __repr__(self) -> str:
+        return (f"BatchJob(id={self._row.pk}, queue={self._row.queue!r}, "
+                f"num_nodes={self._row.nodes}, state={self.state!r})")
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise names.TranslationError(f"BatchJob {name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def _sched_flags(params: Any) -> str:
+    """``optional_params`` as the classic extra scheduler flags text."""
+    if params is None or params == "":
+        return ""
+    if isinstance(params, str):
+        return params
+    if isinstance(params, Mapping):
+        return " ".join(f"{k} {v}" if v not in (None, "") else str(k) for k, v in params.items())
+    raise names.TranslationError("optional_params must be a string of scheduler flags or a dict "
+                                 "{flag: value}")
+
+
+def _row_values(site: Site, fields: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - set(_CREATE))
+    if unknown:
+        raise names.TranslationError(f"unknown BatchJob field(s) {', '.join(unknown)} (fields: "
+                                     f"{', '.join(_CREATE)})")
+    if fields.get("filter_tags"):
+        raise names.TranslationError("filter_tags is not supported yet: a batch job runs every "
+                                     "runnable job of the site")
+    mode = fields.get("job_mode", "mpi")
+    if mode not in names.JOB_MODES:
+        raise names.TranslationError(f"job_mode must be one of {', '.join(names.JOB_MODES)}, "
+                                     f"not {mode!r}")
+    settings = dbsettings.load(site.site_path)
+    queues = settings.get("queues") or {}
+    queue = str(fields.get("queue") or "")
+    if queues and queue not in queues:
+        raise names.TranslationError(f"queue {queue!r} is not in {site.site_path}/settings.yml "
+                                     f"(queues: {', '.join(queues)})")
+    return {
+        "nodes": _int("num_nodes", fields.get("num_nodes", 1)),
+        "wall_minutes": _int("wall_time_min", fields.get("wall_time_min", 1)),
+        "job_mode": mode, "queue": queue,
+        "project": str(fields.get("project") or settings.get("project") or ""),
+        "sched_flags": _sched_flags(fields.get("optional_params")),
+        "state": "pending-submission", "from_balsam": True, "prescheduled_only": False,
+        "created_at": datetime.datetime.now(datetime.timezone.utc),
+    }
+
+
+class BatchJobManager:
+    """``BatchJob.objects``: ``create``, ``filter``, ``get``, ``count``."""
+
+    def create(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
+               **fields: Any) -> BatchJob:
+        """Insert a batch job for the service to submit (every value checked first)."""
+        site = site_for(site_path, site_id)
+        row = QueuedLaunch(**_row_values(site, fields))
+        row.save()
+        return BatchJob(site, row)
+
+    def filter(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
+               **filters: Any) -> list[BatchJob]:
+        site = site_for(site_path, site_id)
+        lookups: dict[str, Any] = {}
+        for key, value in filters.items():
+            if key == "state":
+                lookups["state__in"] = names.batch_row_states(value)
+            elif key in names.BATCH_COLUMNS:
+                lookups[names.BATCH_COLUMNS[key]] = value
+            else:
+                raise names.TranslationError(f"cannot filter BatchJobs by {key!r} (fields: "
+                                             f"{', '.join(names.BATCH_COLUMNS)})")
+        return [BatchJob(site, r) for r in QueuedLaunch.objects.filter(**lookups).order_by("id")]
+
+    def get(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
+            **filters: Any) -> BatchJob:
+        found = self.filter(site_path, site_id, **filters)
+        if len(found) != 1:
+            raise (NotFound if not found else Ambiguous)(
+                f"{'no' if not found else 'more than one'} batch job matches {filters}")
+        return found[0]
+
+    def count(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
+              **filters: Any) -> int:
+        return len(self.filter(site_path, site_id, **filters))
+
+
+BatchJob.objects = BatchJobManager()

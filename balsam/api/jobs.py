@@ -1,0 +1,294 @@
+"""``balsam.api.Job``: the newer API's job, a translation of one classic ``BalsamJob`` row.
+
+A :class:`Job` wraps a :class:`balsam.core.models.BalsamJob` and reads and writes it through the
+name tables of :mod:`balsam.api.names`; there is no second table and no second state writer
+(states change through the model's ``save()``, i.e. :mod:`balsam.core.lifecycle`; inserts go
+through ``bulk_create``, i.e. :mod:`balsam.core.bulk`). Creating a Job loads its site app,
+checks the parameters and renders the command (errors are raised here, not when the job runs);
+the rendered command is stored in the classic ``args`` column, so the launcher runs it as any
+classic job. Jobs made by the classic API are Jobs too (their ``app_name`` is the classic app).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+from balsam.api import names
+from balsam.api.sites import Site, site_for
+from balsam.core.models import BalsamJob, JobEvent
+from balsam.core.schema import FieldError
+from balsam.errors import BalsamError
+
+_SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", "num_nodes",
+             "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
+             "wall_time_min", "launch_params")
+
+
+class Job:
+    """A job of the newer API (see the module docstring). Create with the fields of
+    :data:`_SETTABLE` and ``site_path`` (default: the active database)."""
+
+    objects: JobManager
+
+    def __init__(self, site_path: Optional[str] = None, *, app_name: str, workdir: str,
+                 parameters: Optional[Mapping[str, Any]] = None, **fields: Any) -> None:
+        unknown = sorted(set(fields) - set(_SETTABLE) - {"site_id"})
+        if unknown:
+            raise names.TranslationError(f"unknown Job field(s) {', '.join(unknown)} (fields: "
+                                         f"{', '.join(_SETTABLE)})")
+        site = site_for(site_path, fields.pop("site_id", None))
+        app = site.app(app_name)
+        try:
+            values = _classic_values(site, app, workdir, parameters, fields)
+            row = BalsamJob(**values)
+            row._validated()
+        except FieldError as exc:
+            raise names.TranslationError(f"job of app {app_name}: {exc}")
+        if fields.get("parent_ids"):
+            row.parents = [str(p) for p in fields["parent_ids"]]
+        self._bind(site, row)
+
+    @classmethod
+    def _wrap(cls, site: Site, row: BalsamJob) -> Job:
+        job = cls.__new__(cls)
+        job._bind(site, row)
+        return job
+
+    def _bind(self, site: Site, row: BalsamJob) -> None:
+        self.__dict__.update(_site=site, _row=row, _dirty=set())
+
+    # ---- fields -------------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        column = names.JOB_COLUMNS.get(name)
+        if column is None:
+            raise AttributeError(f"Job has no field {name!r}")
+        return getattr(self._row, column)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "state":
+            value = names.classic_state(value)
+        elif name not in names.JOB_COLUMNS or name == "id":
+            raise AttributeError(f"Job field {name!r} cannot be set (settable: "
+                                 f"{', '.join(k for k in names.JOB_COLUMNS if k != 'id')})")
+        setattr(self._row, names.JOB_COLUMNS[name], value)
+        self._dirty.add(names.JOB_COLUMNS[name])
+
+    @property
+    def site_id(self) -> str:
+        return self._site.site_id
+
+    @property
+    def workdir(self) -> str:
+        """The working directory relative to ``<site>/data`` (classic jobs: their default
+        ``data/<workflow>/<name>_<id8>``)."""
+        return os.path.relpath(self._row.working_directory, self._site.data_path)
+
+    @property
+    def parent_ids(self) -> list[str]:
+        return self._row.get_parents_by_id()
+
+    @property
+    def launch_params(self) -> dict[str, Any]:
+        return {k: getattr(self._row, col) for k, col in names.LAUNCH_PARAMS.items()}
+
+    @property
+    def gpus_per_rank(self) -> int:
+        return 0
+
+    @property
+    def return_code(self) -> Optional[int]:
+        last = (JobEvent.objects.filter(job_id=self._row.pk, to_state__in=["RUN_DONE", "RUN_ERROR"])
+                .order_by("-id").values_list("to_state", "message").first())
+        return names.return_code(last)
+
+    @property
+    def classic(self) -> BalsamJob:
+        """The classic row this Job translates."""
+        return self._row
+
+    def save(self) -> None:
+        """Insert a new job, or write the fields changed since loading (a changed state goes
+        through the state writer, with the classic user rules)."""
+        row = self._row
+        if row._state.adding:
+            row.save()
+        elif self._dirty:
+            row.save(update_fields=sorted(self._dirty))
+        self._dirty.clear()
+
+    def refresh_from_db(self) -> None:
+        self._row.refresh_from_db()
+        self._dirty.clear()
+
+    def delete(self) -> None:
+        self._row.delete()
+
+    def __repr__(self) -> str:
+        return (f"Job(id={str(self._row.pk)[:8]}, app_name={self.app_name!r}, "
+                f"workdir={self.workdir!r}, state={self.state!r})")
+
+
+def _classic_values(site: Site, app: Any, workdir: str, parameters: Optional[Mapping[str, Any]],
+                    fields: dict[str, Any]) -> dict[str, Any]:
+    """The classic row values of a new job (every check that can fail happens here)."""
+    cls = app.cls
+    resolved = cls.resolve_parameters(parameters)
+    values: dict[str, Any] = {
+        "application": app.name,
+        "args": cls.render_command(resolved),
+        "parameters": resolved,
+        "user_workdir": _workdir(site, workdir),
+        "environ_vars": cls.environ_string(),
+        "post_error_handler": cls.overrides("handle_error"),
+        "post_timeout_handler": cls.overrides("handle_timeout"),
+        "auto_timeout_retry": True,
+    }
+    for name in ("tags", "data"):
+        if fields.get(name) is not None:
+            if not isinstance(fields[name], Mapping):
+                raise names.TranslationError(f"{name} must be a dict, not "
+                                             f"{type(fields[name]).__name__}")
+            values[name] = dict(fields[name])
+    for name in ("num_nodes", "ranks_per_node", "threads_per_rank", "node_packing_count"):
+        if name in fields:
+            values[name] = fields[name]
+    minutes = fields.get("wall_time_min", 0)
+    values["wall_time_minutes"] = minutes if minutes else 1  # 0.6: 0 = unknown; classic >= 1
+    if fields.get("gpus_per_rank", 0):
+        raise names.TranslationError("gpus_per_rank: classic Balsam has no per-job GPU count "
+                                     "(serial mode gives each packed task its own GPU); use 0")
+    for key, value in (fields.get("launch_params") or {}).items():
+        if key not in names.LAUNCH_PARAMS:
+            raise names.TranslationError(f"unknown launch_params key {key!r} (one of "
+                                         f"{', '.join(names.LAUNCH_PARAMS)})")
+        values[names.LAUNCH_PARAMS[key]] = value
+    return values
+
+
+def _workdir(site: Site, workdir: str) -> str:
+    text = str(workdir or "").strip()
+    parts = text.replace("\\", "/").split("/")
+    if not text or os.path.isabs(text) or ".." in parts:
+        raise names.TranslationError(f"workdir {workdir!r} must be a relative path inside "
+                                     f"{site.data_path} (no '..')")
+    return os.path.join(site.data_path, os.path.normpath(text))
+
+
+def _lookups(site: Site, filters: Mapping[str, Any]) -> dict[str, Any]:
+    """Django lookups on BalsamJob for newer-API filter keywords."""
+    out: dict[str, Any] = {}
+    for key, value in filters.items():
+        field, _, op = key.partition("__")
+        suffix = f"__{op}" if op else ""
+        if field == "tags" and not op:
+            out["tags__contains"] = dict(value)
+        elif field == "workdir":
+            out[f"user_workdir{suffix}"] = (_workdir(site, value) if not op else value)
+        elif field == "parent_ids":
+            out["parent_links__parent_id__in"] = [str(p) for p in value]
+        elif field == "state" and not op:
+            out["state"] = names.classic_state(value)
+        elif field == "state" and op == "in":
+            out["state__in"] = [names.classic_state(s) for s in value]
+        elif field in names.JOB_COLUMNS:
+            out[names.JOB_COLUMNS[field] + suffix] = value
+        else:
+            raise names.TranslationError(f"cannot filter Jobs by {key!r} (fields: "
+                                         f"{', '.join(names.JOB_COLUMNS)}, workdir, parent_ids)")
+    return out
+
+
+class JobQuery:
+    """A lazy, filtered set of Jobs of one site (what ``Job.objects.filter`` returns)."""
+
+    def __init__(self, site: Site, queryset: Any) -> None:
+        self.site = site
+        self.queryset = queryset
+
+    def filter(self, **filters: Any) -> JobQuery:
+        return JobQuery(self.site, self.queryset.filter(**_lookups(self.site, filters)).distinct())
+
+    def __iter__(self) -> Any:
+        return (Job._wrap(self.site, row) for row in self.queryset.order_by("created_at", "job_id"))
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, index: int) -> Job:
+        return list(self)[index]
+
+    def count(self) -> int:
+        return int(self.queryset.count())
+
+    def get(self, **filters: Any) -> Job:
+        found = list(self.filter(**filters).queryset[:2])
+        if len(found) != 1:
+            from balsam.errors import Ambiguous, NotFound
+
+            raise (NotFound if not found else Ambiguous)(
+                f"{'no' if not found else 'more than one'} job matches {filters}")
+        return Job._wrap(self.site, found[0])
+
+    def update(self, **values: Any) -> int:
+        """Set fields of every job in the set (``state`` through the state writer)."""
+        changes = {names.JOB_COLUMNS.get(k, ""): v for k, v in values.items()}
+        if "" in changes or "job_id" in changes:
+            raise names.TranslationError(f"cannot update {sorted(values)} (fields: "
+                                         f"{', '.join(k for k in names.JOB_COLUMNS if k != 'id')})")
+        if "state" in changes:
+            changes["state"] = names.classic_state(changes["state"])
+        try:
+            return int(self.queryset.update(**changes))
+        except FieldError as exc:
+            raise names.TranslationError(str(exc))
+
+    def delete(self) -> int:
+        return int(self.queryset.delete()[0])
+
+
+class JobManager:
+    """``Job.objects``: queries start from the active site (or ``site_path=``)."""
+
+    def _all(self, site_path: Optional[str] = None) -> JobQuery:
+        return JobQuery(Site(site_path), BalsamJob.objects.all())
+
+    def all(self, site_path: Optional[str] = None) -> JobQuery:
+        return self._all(site_path)
+
+    def filter(self, site_path: Optional[str] = None, **filters: Any) -> JobQuery:
+        return self._all(site_path).filter(**filters)
+
+    def get(self, site_path: Optional[str] = None, **filters: Any) -> Job:
+        return self._all(site_path).get(**filters)
+
+    def count(self, site_path: Optional[str] = None, **filters: Any) -> int:
+        return self._all(site_path).filter(**filters).count()
+
+    def create(self, site_path: Optional[str] = None, **fields: Any) -> Job:
+        job = Job(site_path, **fields)
+        job.save()
+        return job
+
+    def bulk_create(self, jobs: Iterable[Job]) -> list[Job]:
+        """Insert all ``jobs`` in one transaction (PostgreSQL COPY); nothing is written if one
+        is invalid."""
+        jobs = list(jobs)
+        sites = {j._site.site_path for j in jobs}
+        if len(sites) > 1:
+            raise BalsamError(f"bulk_create got jobs of {len(sites)} sites: one site per call")
+        if jobs:
+            Site(jobs[0]._site.site_path)
+            BalsamJob.objects.bulk_create([j._row for j in jobs])
+        return jobs
+
+    def update(self, site_path: Optional[str] = None, filters: Optional[Mapping[str, Any]] = None,
+               **values: Any) -> int:
+        return self._all(site_path).filter(**(filters or {})).update(**values)
+
+    def delete(self, site_path: Optional[str] = None, **filters: Any) -> int:
+        return self._all(site_path).filter(**filters).delete()
+
+
+Job.objects = JobManager()

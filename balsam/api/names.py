@@ -1,0 +1,123 @@
+"""The two dialects' names, as tables: the newer API's field and state names -> classic ones.
+
+Everything the client side (:mod:`balsam.api`) translates is read from here, and
+docs/user-guide.md shows the same tables. A name not listed is the same in both dialects.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from balsam.errors import BalsamError
+
+JOB_COLUMNS: dict[str, str] = {
+    "id": "job_id",
+    "app_name": "application",
+    "parameters": "parameters",
+    "tags": "tags",
+    "data": "data",
+    "num_nodes": "num_nodes",
+    "ranks_per_node": "ranks_per_node",
+    "threads_per_rank": "threads_per_rank",
+    "node_packing_count": "node_packing_count",
+    "wall_time_min": "wall_time_minutes",
+    "state": "state",
+}
+"""Job fields stored in a classic column of the same meaning (newer name -> column)."""
+
+JOB_DERIVED: dict[str, str] = {
+    "workdir": "user_workdir, relative to <site>/data",
+    "parent_ids": "the job's edges in core_jobdependency",
+    "launch_params": "mpi_flags, cpu_affinity, threads_per_core",
+    "return_code": "the exit code in the job's last RUN_DONE/RUN_ERROR event (0 for RUN_DONE)",
+    "gpus_per_rank": "no classic column: only 0 is accepted",
+}
+"""Job fields the translation computes (for the docs and error messages)."""
+
+LAUNCH_PARAMS: dict[str, str] = {
+    "mpi_flags": "mpi_flags",
+    "cpu_affinity": "cpu_affinity",
+    "threads_per_core": "threads_per_core",
+}
+"""``launch_params`` keys -> classic columns."""
+
+WRITE_STATES: dict[str, str] = {
+    "STAGED_OUT": "JOB_FINISHED",
+    "RESET": "CREATED",
+}
+"""Newer state names a user or hook may assign that classic Balsam spells differently. Every
+other newer state name is a classic one (CREATED ... JOB_FINISHED, RUN_ERROR, RUN_TIMEOUT,
+RESTART_READY, FAILED); USER_KILLED exists only in the classic dialect."""
+
+BATCH_COLUMNS: dict[str, str] = {
+    "id": "id",
+    "num_nodes": "nodes",
+    "wall_time_min": "wall_minutes",
+    "job_mode": "job_mode",
+    "project": "project",
+    "queue": "queue",
+    "optional_params": "sched_flags",
+    "scheduler_id": "scheduler_id",
+    "state": "state",
+}
+"""BatchJob fields -> ``core_queuedlaunch`` columns (``filter_tags``: see the docs)."""
+
+BATCH_STATES: dict[str, str] = {
+    "pending-submission": "pending_submission",
+    "submitting": "pending_submission",
+    "submitted": "queued",
+    "queued": "queued",
+    "held": "queued",
+    "running": "running",
+    "finishing": "running",
+    "finished": "finished",
+    "failed": "finished",
+    "cancelled": "finished",
+    "submit-failed": "submit_failed",
+    "unknown": "unknown",
+}
+"""Classic batch-job row states -> the newer API's BatchJob states (read only)."""
+
+JOB_MODES = ("mpi", "serial")
+
+
+class TranslationError(BalsamError):
+    """A newer-API value with no classic equivalent (an unknown field, state or parameter)."""
+
+
+def classic_state(state: str) -> str:
+    """The classic state for a newer (or classic) state name."""
+    from balsam.core.states import validate_state
+
+    name = WRITE_STATES.get(str(state), str(state))
+    return validate_state(name).value
+
+
+def batch_state(row_state: str) -> str:
+    """The newer BatchJob state of a classic row state."""
+    return BATCH_STATES.get(row_state, row_state)
+
+
+def batch_row_states(state: str) -> list[str]:
+    """The classic row states a newer BatchJob state covers (for filters)."""
+    found = [k for k, v in BATCH_STATES.items() if v == state]
+    if not found:
+        raise TranslationError(f"unknown BatchJob state {state!r} (one of "
+                               f"{', '.join(sorted(set(BATCH_STATES.values())))})")
+    return found
+
+
+def return_code(last_run_event: Optional[tuple[str, str]]) -> Optional[int]:
+    """The exit code of a run from its last end event (to_state, message): 0 for RUN_DONE,
+    the number after ``exit code`` for RUN_ERROR, None otherwise."""
+    if last_run_event is None:
+        return None
+    state, message = last_run_event
+    if state == "RUN_DONE":
+        return 0
+    if state == "RUN_ERROR" and message.startswith("exit code "):
+        word = message[len("exit code "):].split(":", 1)[0].split()[0]
+        try:
+            return int(word)
+        except ValueError:
+            return None
+    return None
