@@ -9,8 +9,7 @@ import shutil
 import pytest
 from conftest import run_balsam
 
-from balsam.api import App, BatchJob, Job, Site
-from balsam.api import sites
+from balsam.api import App, BatchJob, Job, Site, sites
 from balsam.api.names import TranslationError
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound

@@ -10,8 +10,7 @@ import pytest
 from conftest import make_public_tmpdir
 
 from balsam.errors import NotFound
-from balsam.site import ApplicationDefinition, AppDefinitionError, ParameterError
-from balsam.site import loader
+from balsam.site import AppDefinitionError, ApplicationDefinition, ParameterError, loader
 
 
 class Hello(ApplicationDefinition):
