@@ -14,7 +14,7 @@ import balsam
 from balsam.cli.version import VersionAction
 
 COMMANDS = [
-    "init", "server", "which", "app",
+    "init", "server", "which", "app", "site",
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
     "mkchild", "launcher", "submit_launch",
     "service",
