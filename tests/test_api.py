@@ -134,6 +134,17 @@ def test_the_manager_filters_by_tags_counts_updates_and_deletes(site):
         Job.objects.get(workdir="nope")
 
 
+def test_parent_ids_are_classic_edges(site, cursor):
+    parent = Job.objects.create(site_path=site, app_name="demo.Sim", workdir="p")
+    children = [Job(site_path=site, app_name="demo.Sim", workdir=f"c/{n}",
+                    parent_ids=[parent.id]) for n in range(2)]
+    Job.objects.bulk_create(children)
+    cursor.execute(f"SELECT parent_id, child_id FROM {schema.DEP_TABLE} ORDER BY id")
+    assert cursor.fetchall() == [(parent.id, c.id) for c in children]
+    assert Job.objects.get(workdir="c/1").parent_ids == [str(parent.id)]
+    assert Job.objects.count(parent_ids=[parent.id]) == 2
+
+
 def test_newer_jobs_show_in_the_classic_cli(site):
     Job.objects.create(site_path=site, app_name="demo.Sim", workdir="s/1")
     out = run_balsam("ls", "--verbose")

@@ -53,6 +53,15 @@ class Slow(ApplicationDefinition):
         self.job.state = "RESTART_READY"
 
 
+class Env(ApplicationDefinition):
+    command_template = "sh -c {{ script }}"
+    parameters = {"script": 'echo "$GREETING from $FROM_PREAMBLE"'}
+    environment_variables = {"GREETING": "hi there"}
+
+    def shell_preamble(self):
+        return ["export FROM_PREAMBLE=preamble"]
+
+
 class Broken(ApplicationDefinition):
     command_template = "echo never"
 
@@ -84,7 +93,9 @@ def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, curso
     failing = Job.objects.create(site_path=site, app_name="demo.Flaky", workdir="flaky/no",
                                  parameters={"script": "exit 5", "retries": 0})
     broken = Job.objects.create(site_path=site, app_name="demo.Broken", workdir="broken")
+    Job.objects.create(site_path=site, app_name="demo.Env", workdir="env")
     run_launcher(site)
+    assert read(os.path.join(site, "data", "env", "job.out")) == "hi there from preamble\n"
     for job in (hello, flaky, failing, broken):
         job.refresh_from_db()
 
