@@ -78,7 +78,7 @@ def history(request, cursor):
         row = schema.new_job_row({"workflow": wf, "application": app, "num_nodes": nodes,
                                   "ranks_per_node": rpn, "node_packing_count": pack,
                                   "name": letter, "state": state})
-        row.update(job_id=jid(letter), created_at=at(created), data="{}")
+        row.update(job_id=jid(letter), created_at=at(created), data="{}", parameters="{}", tags="{}")
         cols = list(row)
         cursor.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(cols)}) VALUES "
                        f"({', '.join(['%s'] * len(cols))})", [row[c] for c in cols])

@@ -205,7 +205,8 @@ def insert_app_and_job(cur) -> uuid.UUID:
                 "postprocess) VALUES ('collab-app', '', 'echo', '', '', '')")
     row = schema.new_job_row({"name": "collab-job", "application": "collab-app", "state": "READY"})
     cols = list(row)
-    values = [json.dumps(v) if c == "data" else str(v) if c == "job_id" else v for c, v in row.items()]
+    values = [json.dumps(v) if isinstance(v, dict) else str(v) if c == "job_id" else v
+              for c, v in row.items()]
     marks = ", ".join(["%s"] * len(cols))
     cur.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(cols)}) VALUES ({marks})", values)
     record_created(cur, [(row["job_id"], "READY")])

@@ -91,7 +91,7 @@ def test_deactivate_restores_the_prompt_and_a_second_time_says_none_active(shell
 def add_job(cursor, db: str, job_id: str, **values) -> str:
     row = schema.new_job_row(values, job_id=uuid.UUID(job_id))
     cols = list(row)
-    vals = [json.dumps(v) if c == "data" else str(v) if c == "job_id" else v for c, v in row.items()]
+    vals = [json.dumps(v) if isinstance(v, dict) else str(v) if c == "job_id" else v for c, v in row.items()]
     cursor.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(cols)}) "
                    f"VALUES ({', '.join(['%s'] * len(cols))})", vals)
     return schema.working_directory(db, row["workflow"], row["name"], job_id)

@@ -113,7 +113,7 @@ def test_flags_are_mutually_exclusive(balsam_db_path: str) -> None:
 def insert_job(cur, job_id: str, **values) -> None:
     row = schema.new_job_row(values, job_id=uuid.UUID(job_id))
     cols = list(row)
-    vals = [json.dumps(v) if c == "data" else str(v) if c == "job_id" else v for c, v in row.items()]
+    vals = [json.dumps(v) if isinstance(v, dict) else str(v) if c == "job_id" else v for c, v in row.items()]
     cur.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(cols)}) "
                 f"VALUES ({', '.join(['%s'] * len(cols))})", vals)
 
