@@ -10,6 +10,7 @@ import pytest
 from conftest import run_balsam
 
 from balsam.api import App, BatchJob, Job, Site, sites
+from balsam.api.jobs import JobStateRefused
 from balsam.api.names import TranslationError
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
@@ -115,6 +116,11 @@ def test_a_classic_job_is_a_newer_job_and_edits_cross_both_ways(site, cursor):
     row.update_state("FAILED", "from the classic side")
     newer.refresh_from_db()
     assert newer.state == "FAILED"
+    with pytest.raises(TranslationError, match="BOGUS"):
+        newer.state = "BOGUS"
+    newer.state = "RUNNING"
+    with pytest.raises(JobStateRefused, match="RUNNING"):
+        newer.save()
 
 
 def test_the_manager_filters_by_tags_counts_updates_and_deletes(site):

@@ -62,6 +62,13 @@ class Env(ApplicationDefinition):
         return ["export FROM_PREAMBLE=preamble"]
 
 
+class Cheat(ApplicationDefinition):
+    command_template = "echo never"
+
+    def preprocess(self):
+        self.job.state = "RUNNING"
+
+
 class Broken(ApplicationDefinition):
     command_template = "echo never"
 
@@ -94,6 +101,7 @@ def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, curso
                                  parameters={"script": "exit 5", "retries": 0})
     broken = Job.objects.create(site_path=site, app_name="demo.Broken", workdir="broken")
     Job.objects.create(site_path=site, app_name="demo.Env", workdir="env")
+    cheat = Job.objects.create(site_path=site, app_name="demo.Cheat", workdir="cheat")
     run_launcher(site)
     assert read(os.path.join(site, "data", "env", "job.out")) == "hi there from preamble\n"
     for job in (hello, flaky, failing, broken):
@@ -114,7 +122,12 @@ def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, curso
     assert "# Invoked to handle RUN_ERROR" in log and "error handler, try 0" in log
 
     assert (failing.state, failing.data, failing.return_code) == ("FAILED", {"tries": 1}, 5)
-    assert moves(cursor, failing.id)[-1] == ("FAILED", "state set with save()")
+    assert moves(cursor, failing.id)[-1] == ("FAILED", "set by demo.Flaky.handle_error()")
+    assert moves(cursor, flaky.id)[3] == ("RESTART_READY", "set by demo.Flaky.handle_error()")
+
+    cheat.refresh_from_db()
+    assert cheat.state == "FAILED"
+    assert "preprocess() set the state RUNNING" in moves(cursor, cheat.id)[-1][1]
 
     assert broken.state == "FAILED"
     last = moves(cursor, broken.id)[-1][1]

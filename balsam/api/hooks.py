@@ -35,6 +35,7 @@ from typing import Optional
 from balsam.api.jobs import Job
 from balsam.api.sites import Site
 from balsam.core.models import BalsamJob
+from balsam.core.states import InvalidStateError
 from balsam.errors import BalsamError
 from balsam.site import loader
 
@@ -65,13 +66,19 @@ def run_hook(site_path: str, job_id: str, hook: str) -> str:
     job = Job._wrap(site, row)
     before, before_data = row.state, copy.deepcopy(row.data)
     getattr(app.cls(job), hook)()
-    if row.state == NATURAL_OUTCOME.get(hook):
-        row.state = before  # processing writes it, and what follows it
-        job._dirty.discard("state")
+    wanted, row.state = row.state, before
+    job._dirty.discard("state")
     if row.data != before_data:  # also changed in place (self.job.data["x"] = ...)
         job._dirty.add("data")
     said = ", ".join(sorted(job._dirty)) or "nothing"
     job.save()
+    # The step's own outcome is left to processing, which writes it and what follows it.
+    if wanted != before and wanted != NATURAL_OUTCOME.get(hook):
+        try:
+            row.update_state(wanted, f"set by {row.application}.{hook}()")
+        except InvalidStateError as exc:
+            raise BalsamError(f"{hook}() set the state {wanted}: {exc}")
+        said += f", state {wanted}" if said != "nothing" else f"state {wanted}"
     if hook == "postprocess":
         removed = _cleanup(row.working_directory, app.cls.cleanup_files)
         if removed:

@@ -18,7 +18,13 @@ from balsam.api import names
 from balsam.api.sites import Site, site_for
 from balsam.core.models import BalsamJob, JobEvent
 from balsam.core.schema import FieldError
+from balsam.core.states import InvalidStateError
 from balsam.errors import BalsamError
+
+
+class JobStateRefused(BalsamError):
+    """A state change the state writer refuses (classic user rules)."""
+
 
 _SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", "num_nodes",
              "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
@@ -112,10 +118,13 @@ class Job:
         """Insert a new job, or write the fields changed since loading (a changed state goes
         through the state writer, with the classic user rules)."""
         row = self._row
-        if row._state.adding:
-            row.save()
-        elif self._dirty:
-            row.save(update_fields=sorted(self._dirty))
+        try:
+            if row._state.adding:
+                row.save()
+            elif self._dirty:
+                row.save(update_fields=sorted(self._dirty))
+        except InvalidStateError as exc:  # a move the state writer refuses (e.g. to RUNNING)
+            raise JobStateRefused(f"job {str(row.pk)[:8]}: {exc}")
         self._dirty.clear()
 
     def refresh_from_db(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from balsam.core.states import InvalidStateError, validate_state
 from balsam.errors import BalsamError
 
 JOB_COLUMNS: dict[str, str] = {
@@ -85,11 +86,13 @@ class TranslationError(BalsamError):
 
 
 def classic_state(state: str) -> str:
-    """The classic state for a newer (or classic) state name."""
-    from balsam.core.states import validate_state
-
+    """The classic state for a newer (or classic) state name (:class:`TranslationError` for
+    an unknown one)."""
     name = WRITE_STATES.get(str(state), str(state))
-    return validate_state(name).value
+    try:
+        return validate_state(name).value
+    except InvalidStateError as exc:
+        raise TranslationError(str(exc))
 
 
 def batch_state(row_state: str) -> str:

@@ -14,6 +14,7 @@ value. A template variable that is not declared is required.
 """
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Mapping
@@ -32,6 +33,17 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
                           keep_trailing_newline=False,
                           finalize=lambda value: shlex.quote(str(value)))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(template: str) -> jinja2.Template:
+    """A template compiled once (creating many jobs of one app renders it many times)."""
+    return _ENV.from_string(template)
+
+
+@functools.lru_cache(maxsize=256)
+def _variables(template: str) -> frozenset[str]:
+    return frozenset(jinja2.meta.find_undeclared_variables(_ENV.parse(template)))
 
 
 class AppDefinitionError(BalsamError):
@@ -128,7 +140,7 @@ class ApplicationDefinition:
         if not isinstance(template, str) or not template.strip():
             raise AppDefinitionError(f"{cls.__name__}.command_template must be a non-empty string")
         try:
-            return set(jinja2.meta.find_undeclared_variables(_ENV.parse(template)))
+            return set(_variables(template))
         except jinja2.TemplateSyntaxError as exc:
             raise AppDefinitionError(f"{cls.__name__}.command_template line {exc.lineno}: "
                                      f"{exc.message}")
@@ -156,7 +168,7 @@ class ApplicationDefinition:
         """The command line for ``parameters`` (already resolved): every substituted value is
         shell-quoted, so it stays one word."""
         try:
-            command = _ENV.from_string(cls.command_template).render(**parameters).strip()
+            command = _compiled(cls.command_template).render(**parameters).strip()
         except jinja2.TemplateError as exc:
             raise ParameterError(f"cannot render the command of app {cls.__name__}: {exc}")
         try:
