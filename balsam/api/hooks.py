@@ -16,7 +16,8 @@ postprocess    RUN_ERROR (BALSAM_JOB_ERROR)  ``handle_error()``
 postprocess    RUN_TIMEOUT (..._TIMEOUT)   ``handle_timeout()``
 =============  ==========================  =================================================
 
-A state the hook assigns is written through the state writer (classic user rules), except the
+A state the hook assigns is written through the state writer (classic user rules, message
+``set by <app>.<hook>()``; a refused one exits 2 and the job fails), except the
 step's own normal outcome (PREPROCESSED, POSTPROCESSED), which is left to processing so the job
 goes on as after a script (e.g. POSTPROCESSED -> JOB_FINISHED). A changed ``data`` is saved. A
 handler that assigns no state fails the job (processing's classic rule). An exception in a hook
