@@ -203,3 +203,19 @@ def test_a_site_app_may_not_take_a_classic_apps_name(db):
     ApplicationDefinition(name="demo.Hello", executable="/bin/echo").save()
     with pytest.raises(BalsamError, match="taken by a classic app"):
         Job(site_path=db, app_name="demo.Hello", workdir="x", parameters={"name": "n"})
+
+
+def test_newer_jobs_show_in_top_and_on_the_dashboard(site):
+    from web_support import TOKEN, Client, web_server
+
+    job = Job.objects.create(site_path=site, app_name="demo.Sim", workdir="s/1")
+    os.makedirs(os.path.join(site, "data", "s", "1"))
+    with open(os.path.join(site, "data", "s", "1", "job.out"), "w") as fh:
+        fh.write("sim says hi\n")
+    top = run_balsam("top", "--once")
+    assert top.returncode == 0 and "CREATED" in top.stdout, top.stdout + top.stderr
+    with web_server(site, "--token", TOKEN) as base:
+        client = Client(base)
+        client.login()
+        status, body, _ = client.request(f"/jobs/{job.id}/")
+    assert status == 200 and "demo.Sim" in body and "sim says hi" in body
