@@ -11,9 +11,9 @@ import pytest
 from launcher_support import events
 from test_api import make_site
 from test_processing_e2e import run_launcher
+from test_processing_scenarios import STOPPED, stop_first_launcher_while_running
 
 from balsam.api import Job, sites
-from balsam.core import lifecycle
 
 APPS = '''import os
 from balsam.site import ApplicationDefinition
@@ -46,7 +46,9 @@ class Flaky(ApplicationDefinition):
 
 
 class Slow(ApplicationDefinition):
-    command_template = "echo rerun"
+    command_template = "sh -c {{ script }}"
+    parameters = {"script": "if [ -e slept_once ]; then echo rerun; exit 0; fi; "
+                            "touch slept_once; sleep 300 & echo $$ $! > pids; wait"}
 
     def handle_timeout(self):
         self.job.data = {"timed_out": True}
@@ -134,15 +136,13 @@ def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, curso
     assert "preprocess exited with code 1" in last and "ValueError: bad input deck" in last
 
 
-def test_handle_timeout_decides_what_follows_a_timeout(site, cursor):
+def test_handle_timeout_decides_what_follows_a_run_stopped_by_its_launcher(site, cursor):
     slow = Job.objects.create(site_path=site, app_name="demo.Slow", workdir="slow")
-    cursor.execute("BEGIN")
-    lifecycle.transition(cursor, [str(slow.id)], "RUN_TIMEOUT", "stopped at the walltime",
-                         user=True)
-    cursor.execute("COMMIT")
-    run_launcher(site)
+    stop_first_launcher_while_running(site, cursor, [str(slow.id)])
     slow.refresh_from_db()
     assert (slow.state, slow.data) == ("JOB_FINISHED", {"timed_out": True})
-    assert [s for s, _ in moves(cursor, slow.id)] == [
-        "RUN_TIMEOUT", "RESTART_READY", "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
-    assert read(os.path.join(site, "data", "slow", "job.out")) == "rerun\n"
+    assert moves(cursor, slow.id)[2:4] == [
+        ("RUN_TIMEOUT", STOPPED), ("RESTART_READY", "set by demo.Slow.handle_timeout()")]
+    assert [s for s, _ in moves(cursor, slow.id)[4:]] == [
+        "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
+    assert read(os.path.join(site, "data", "slow", "job.out")).endswith("rerun\n")
