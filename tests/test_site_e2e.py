@@ -110,3 +110,20 @@ def test_site_commands_name_a_missing_site_in_one_line(workspace):
     out = run_balsam("site", "status", os.path.join(workspace, "nowhere"), env=clean_env())
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert "is not a Balsam site" in out.stderr
+
+
+def test_site_status_lists_the_apps_and_names_a_broken_file_and_line(db):
+    apps = os.path.join(db, "apps")
+    os.makedirs(apps, exist_ok=True)
+    try:
+        with open(os.path.join(apps, "demo.py"), "w") as fh:
+            fh.write(DEMO)
+        with open(os.path.join(apps, "broken.py"), "w") as fh:
+            fh.write("from balsam.site import ApplicationDefinition\n\nclass B(:\n")
+        out = run_balsam("site", "status", db)
+        assert out.returncode == 1, out.stderr  # no agent running
+        lines = out.stdout.splitlines()
+        assert "agent: not running" in lines and "apps: demo.Hello" in lines
+        assert f"app error: {apps}/broken.py line 3: syntax error: invalid syntax" in lines
+    finally:
+        shutil.rmtree(apps, ignore_errors=True)
