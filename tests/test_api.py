@@ -130,6 +130,9 @@ def test_the_manager_filters_by_tags_counts_updates_and_deletes(site):
     assert Job.objects.count(tags={"exp": "a"}) == 2
     assert [j.parameters["n"] for j in Job.objects.filter(tags={"exp": "a"})] == [0, 1]
     assert Job.objects.get(workdir="s/2").tags == {"exp": "b", "n": "2"}
+    assert Job.objects.count(workdir__startswith="s/") == 3
+    assert Job.objects.count(workdir__in=["s/0", "s/2"]) == 2
+    assert Job.objects.filter(tags={"exp": "a"})[1].workdir == "s/1"
     assert Job.objects.filter(tags={"exp": "a"}).update(state="FAILED") == 2
     assert Job.objects.count(state="FAILED") == 2
     assert Job.objects.filter(state="FAILED").delete() == 2
@@ -219,3 +222,25 @@ def test_newer_jobs_show_in_top_and_on_the_dashboard(site):
         client.login()
         status, body, _ = client.request(f"/jobs/{job.id}/")
     assert status == 200 and "demo.Sim" in body and "sim says hi" in body
+
+
+def test_jobs_of_two_sites_in_one_process_each_go_to_their_own_database(site, restart_db,
+                                                                        cursor):
+    from balsam.db.connect import connect
+
+    other = make_site(restart_db, demo=DEMO)
+    try:
+        here = Job(site_path=site, app_name="demo.Sim", workdir="mine")
+        there = Job.objects.create(site_path=other, app_name="demo.Sim", workdir="theirs")
+        here.save()  # created before the other site was used: still goes to its own
+        assert (here.site_id, there.site_id) == (site, other)
+        cursor.execute(f"SELECT user_workdir FROM {schema.JOB_TABLE}")
+        assert cursor.fetchall() == [(os.path.join(site, "data", "mine"),)]
+        conn = connect(other, autocommit=True)
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT user_workdir FROM {schema.JOB_TABLE}")
+            assert cur.fetchall() == [(os.path.join(other, "data", "theirs"),)]
+        conn.close()
+    finally:
+        shutil.rmtree(os.path.join(other, "apps"), ignore_errors=True)
+        Site(site)

@@ -52,6 +52,7 @@ class BatchJob:
         return self._row
 
     def refresh_from_db(self) -> None:
+        self._site.activate()
         self._row.refresh_from_db()
 
     def __repr__(self) -> str:

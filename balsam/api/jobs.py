@@ -118,6 +118,7 @@ class Job:
         """Insert a new job, or write the fields changed since loading (a changed state goes
         through the state writer, with the classic user rules)."""
         row = self._row
+        self._site.activate()
         try:
             if row._state.adding:
                 row.save()
@@ -128,10 +129,12 @@ class Job:
         self._dirty.clear()
 
     def refresh_from_db(self) -> None:
+        self._site.activate()
         self._row.refresh_from_db()
         self._dirty.clear()
 
     def delete(self) -> None:
+        self._site.activate()
         self._row.delete()
 
     def __repr__(self) -> str:
@@ -193,8 +196,11 @@ def _lookups(site: Site, filters: Mapping[str, Any]) -> dict[str, Any]:
         suffix = f"__{op}" if op else ""
         if field == "tags" and not op:
             out["tags__contains"] = dict(value)
-        elif field == "workdir":
-            out[f"user_workdir{suffix}"] = (_workdir(site, value) if not op else value)
+        elif field == "workdir" and op in ("", "in"):
+            out[f"user_workdir{suffix}"] = (_workdir(site, value) if not op
+                                            else [_workdir(site, v) for v in value])
+        elif field == "workdir" and op == "startswith":
+            out["user_workdir__startswith"] = os.path.join(site.data_path, str(value))
         elif field == "parent_ids":
             out["parent_links__parent_id__in"] = [str(p) for p in value]
         elif field == "state" and not op:
@@ -226,7 +232,7 @@ class JobQuery:
         return self.count()
 
     def __getitem__(self, index: int) -> Job:
-        return list(self)[index]
+        return Job._wrap(self.site, self.queryset.order_by("created_at", "job_id")[index])
 
     def count(self) -> int:
         return int(self.queryset.count())

@@ -33,10 +33,13 @@ class Site:
             raise NotFound(f"{path} is not a Balsam site (create one with `balsam site init "
                            f"{site_path or path}`)")
         self.site_path = path
-        if _current.get("path") != path:
-            use_database(path)
-            _current.clear()
-            _current["path"] = path
+        self.activate()
+
+    def activate(self) -> None:
+        """Point this process's Django connection at this site (if it is not already)."""
+        if _current.get("path") != self.site_path:
+            use_database(self.site_path)
+            _current["path"] = self.site_path
 
     @property
     def site_id(self) -> str:
