@@ -118,6 +118,12 @@ def test_a_classic_job_is_a_newer_job_and_edits_cross_both_ways(site, cursor):
     assert newer.state == "FAILED"
     with pytest.raises(TranslationError, match="BOGUS"):
         newer.state = "BOGUS"
+    with pytest.raises(TranslationError, match="'app_name' cannot be set"):
+        newer.app_name = "demo.Hello"
+    newer.wall_time_min = 0
+    with pytest.raises(TranslationError, match="wall_time_minutes must be >= 1"):
+        newer.save()
+    newer.refresh_from_db()
     newer.state = "RUNNING"
     with pytest.raises(JobStateRefused, match="RUNNING"):
         newer.save()
@@ -134,6 +140,8 @@ def test_the_manager_filters_by_tags_counts_updates_and_deletes(site):
     assert Job.objects.count(workdir__in=["s/0", "s/2"]) == 2
     assert Job.objects.filter(tags={"exp": "a"})[1].workdir == "s/1"
     assert Job.objects.filter(tags={"exp": "a"}).update(state="FAILED") == 2
+    with pytest.raises(TranslationError, match="cannot update parameters"):
+        Job.objects.filter(tags={"exp": "a"}).update(parameters={"n": 1})
     assert Job.objects.count(state="FAILED") == 2
     assert Job.objects.filter(state="FAILED").delete() == 2
     assert Job.objects.count() == 1

@@ -31,6 +31,10 @@ _SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", 
              "wall_time_min", "launch_params")
 
 
+_MUTABLE = tuple(k for k in names.JOB_COLUMNS if k not in ("id", "app_name", "parameters"))
+"""Fields a user (or a hook) may assign on an existing Job."""
+
+
 class Job:
     """A job of the newer API (see the module docstring). Create with the fields of
     :data:`_SETTABLE` and ``site_path`` (default: the active database)."""
@@ -75,9 +79,10 @@ class Job:
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "state":
             value = names.classic_state(value)
-        elif name not in names.JOB_COLUMNS or name == "id":
-            raise AttributeError(f"Job field {name!r} cannot be set (settable: "
-                                 f"{', '.join(k for k in names.JOB_COLUMNS if k != 'id')})")
+        elif name not in _MUTABLE:
+            raise names.TranslationError(
+                f"Job field {name!r} cannot be set on a job (settable: {', '.join(_MUTABLE)}; "
+                "app_name and parameters are fixed: the command was rendered from them)")
         setattr(self._row, names.JOB_COLUMNS[name], value)
         self._dirty.add(names.JOB_COLUMNS[name])
 
@@ -126,6 +131,8 @@ class Job:
                 row.save(update_fields=sorted(self._dirty))
         except InvalidStateError as exc:  # a move the state writer refuses (e.g. to RUNNING)
             raise JobStateRefused(f"job {str(row.pk)[:8]}: {exc}")
+        except FieldError as exc:
+            raise names.TranslationError(f"job {str(row.pk)[:8]}: {exc}")
         self._dirty.clear()
 
     def refresh_from_db(self) -> None:
@@ -248,10 +255,10 @@ class JobQuery:
 
     def update(self, **values: Any) -> int:
         """Set fields of every job in the set (``state`` through the state writer)."""
-        changes = {names.JOB_COLUMNS.get(k, ""): v for k, v in values.items()}
-        if "" in changes or "job_id" in changes:
-            raise names.TranslationError(f"cannot update {sorted(values)} (fields: "
-                                         f"{', '.join(k for k in names.JOB_COLUMNS if k != 'id')})")
+        if not set(values) <= set(_MUTABLE):
+            raise names.TranslationError(f"cannot update {', '.join(sorted(set(values) - set(_MUTABLE)))}"
+                                         f" (fields: {', '.join(_MUTABLE)})")
+        changes = {names.JOB_COLUMNS[k]: v for k, v in values.items()}
         if "state" in changes:
             changes["state"] = names.classic_state(changes["state"])
         try:
