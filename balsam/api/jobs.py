@@ -31,6 +31,10 @@ _SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", 
              "wall_time_min", "launch_params")
 
 
+JOB_NAME = "job"
+"""The classic ``name`` of every newer-API job (the newer API has none): classic jobs need one,
+and the task's output file is ``<name>.out``, i.e. ``job.out`` in the workdir as in 0.6."""
+
 _MUTABLE = tuple(k for k in names.JOB_COLUMNS if k not in ("id", "app_name", "parameters"))
 """Fields a user (or a hook) may assign on an existing Job."""
 
@@ -155,6 +159,7 @@ def _classic_values(site: Site, app: Any, workdir: str, parameters: Optional[Map
     cls = app.cls
     resolved = cls.resolve_parameters(parameters)
     values: dict[str, Any] = {
+        "name": JOB_NAME,
         "application": app.name,
         "args": cls.render_command(resolved),
         "parameters": resolved,
