@@ -81,6 +81,12 @@ CASES = [
     Case("init-non-empty-dir", ["init", "stuff"], "not empty", _non_empty_dir, cwd_scratch=True),
     Case("init-corrupt-index", ["init", "newdb"], "databases.json", _corrupt_index, cwd_scratch=True),
     Case("init-unknown-machine", ["init", "newdb", "--machine", "nosuch"], "nosuch", cwd_scratch=True),
+    # site (the newer API's site commands)
+    Case("site-not-a-site", ["site", "status", "/nonexistent/site"], "is not a Balsam site"),
+    Case("site-init-without-path", ["site", "init"], "needs the PATH", cwd_scratch=True),
+    Case("site-init-unknown-machine", ["site", "init", "newsite", "--machine", "nosuch"], "nosuch",
+         cwd_scratch=True),
+    Case("site-unknown-action", ["site", "restart"], "invalid choice"),
     # server, which
     Case("server-drop-unknown-user", ["server", "--drop-user", "nosuchrole"], "nosuchrole"),
     Case("server-add-bad-user-name", ["server", "--add-user", "bad name;"], "bad name;"),
