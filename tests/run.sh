@@ -57,6 +57,7 @@ if [ -n "$whole_suite" ]; then
     echo "note: the Python API's tests again with BALSAM_DB_DRIVER=psycopg"
     BALSAM_DB_DRIVER=psycopg .venv/bin/python -m pytest "$@" tests/test_bulk.py tests/test_models.py \
         tests/test_dag.py tests/test_futures.py tests/test_analytics.py tests/test_lifecycle.py \
-        tests/test_leases.py tests/test_schema_sync.py tests/test_notebook.py || status=$?
+        tests/test_leases.py tests/test_schema_sync.py tests/test_notebook.py tests/test_api.py \
+        || status=$?
 fi
 exit "$status"   # after the EXIT trap (if any) has stopped Slurm
