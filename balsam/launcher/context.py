@@ -103,6 +103,9 @@ class Context:
     watchdog: Optional[Any] = None
     """A :class:`balsam.launcher.watchdog.Watchdog` the mode registers its task process groups
     with, so they die if the launcher is killed (None: not covered)."""
+    release_session: bool = True
+    """False when tasks of this session may still run (a serial ensemble died and its worker
+    watchdogs did not report them dead): the session is then left to the lease sweep."""
     wakeup_fd: Optional[int] = None
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""

@@ -6,7 +6,8 @@ session (label = job mode and workflow filter, with the scheduler's job id), ins
 SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
 (:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``)
 and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
-every claim is released -- unless the session was lost to a sweep.
+every claim is released -- unless the session was lost to a sweep, or the mode cannot tell that
+its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
 
 Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
 margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
@@ -145,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
             pool.stop()
         if ctx.watchdog is not None:
             ctx.watchdog.close()
-        if not lost:
+        if not lost and ctx.release_session:
             _close(ctx)
+        elif not lost:
+            log.error(f"session {session_id} stays open until its lease expires: its tasks are "
+                      "not known to be dead")
         log.info(f"exit status {status}: {ctx.stop_reason or ctx.exit_reason or 'done'}; "
                  f"{db.statements} statements in {db.transactions} transactions")
         db.close()

@@ -8,7 +8,8 @@ Two sides:
   for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it as SIGTERM, which the
   MPI launcher passes on to every rank (MPICH's Hydra does). The session is opened and closed by
   the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
-  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT.
+  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
+  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
 * Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
   :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
   ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
@@ -33,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from balsam.db.session import Database
 from balsam.platform.allocation import Allocation
 from balsam.platform.procgroup import signal_group
 
@@ -137,6 +137,10 @@ def run_launcher(args: Any, ctx: Context) -> int:
                                 stderr=subprocess.STDOUT, start_new_session=True)
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
+    from balsam.launcher.ensemble_watch import settle
+
+    if rc != sm.EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
+        settle(ctx)
 
     if rc == sm.EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
@@ -282,41 +286,13 @@ def _on_signals(notify: Callable[[str], None]) -> None:
         signal.signal(sig, handler)
 
 
-class MeteredDatabase(Database):
-    """A :class:`Database` that also counts statements by the function run (``by_work``),
-    for the master's exit log line (the benchmark's statements-per-task breakdown)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.by_work: dict[str, int] = {}
-
-    def _metered(self, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
-        before = self.statements
-        try:
-            return call()
-        finally:
-            name = getattr(fn, "__name__", "other")
-            self.by_work[name] = self.by_work.get(name, 0) + self.statements - before
-
-    def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).run(fn, *args, **kw))
-
-    def run_before(self, deadline: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).run_before(
-            deadline, fn, *args, **kw))
-
-    def try_run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).try_run(fn, *args, **kw))
-
-    def summary(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(self.by_work.items(), key=lambda kv: -kv[1]))
-
-
 def run_master(comm: Any, config: SerialConfig) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
     and run the :class:`Master`."""
     from balsam.launcher.context import Context, Tunables
+    from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
+    from balsam.launcher.metered import MeteredDatabase
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status import StatusBuffer
 
@@ -338,7 +314,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     source = JobSource(db, config.session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={})
     status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
-                          start_message=f"serial-mode session {config.session_id}")
+                          start_message=start_message(config.session_id))
     log.info(f"serial master: session {config.session_id}, {comm.Get_size() - 1} worker(s)")
     try:
         return Master(ctx, source, status, MasterLink(comm)).run()
@@ -352,28 +328,29 @@ def run_master(comm: Any, config: SerialConfig) -> int:
 
 
 def run_worker(comm: Any, config: SerialConfig) -> int:
-    """Ranks 1..N: serve node ``rank - 1`` until the master says exit."""
-    from balsam import defaults
+    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
+    reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
+    from balsam.launcher.context import Tunables
+    from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.packing import NodeSlots
     from balsam.launcher.serial_worker import Worker, node_cpus
+    from balsam.launcher.watchdog import Watchdog
 
     stop = threading.Event()
     _on_signals(lambda _name: stop.set())
-    t = config.settings.get("launcher", {})
+    t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
-    from balsam.launcher.watchdog import Watchdog
-
-    watchdog = Watchdog(float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)))
+    watchdog = Watchdog(t.kill_grace_seconds,
+                        report=report_path(config.db_path, config.session_id, comm.Get_rank()))
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
-                    os.environ,
-                    kill_grace=float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)),
-                    shutdown_grace=float(t.get("shutdown_grace_seconds",
-                                               defaults.SHUTDOWN_GRACE_SECONDS)),
-                    tail_lines=int(t.get("output_tail_lines", defaults.OUTPUT_TAIL_LINES)),
+                    os.environ, kill_grace=t.kill_grace_seconds,
+                    shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
                     signalled=stop, watchdog=watchdog)
     try:
         worker.run()
         link.flush(5.0)
+        if worker.recorded:
+            watchdog.all_recorded()
     finally:
         watchdog.close()
     _logger(config, "balsam.serial.worker").info(

@@ -12,7 +12,8 @@ nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task t
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
-(SIGKILL every task at once and leave: the session was lost).
+(SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
+says every start was written to the database (the watchdog's report need not list them).
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
@@ -106,6 +107,8 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.stopping = False
         self.finished = False
+        self.recorded = False
+        """The master said every start was recorded (set with ``exit``)."""
         self._by_fd: dict[int, str] = {}
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
@@ -183,6 +186,7 @@ class Worker:
             self._stop(float(message["stop"]))
         if message.get("exit"):
             self.finished = True
+            self.recorded = bool(message.get("recorded"))
 
     def _kill(self, job_id: str) -> None:
         running = self.running.get(job_id)
@@ -280,7 +284,7 @@ class Worker:
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
             if self.watchdog is not None:
-                self.watchdog.add(t.pgid)
+                self.watchdog.add(t.pgid, work.job_id)
             if fd >= 0:
                 self._by_fd[fd] = work.job_id
                 self._poller.register(fd, select.POLLIN)

@@ -1,0 +1,127 @@
+"""After a serial-mode ensemble ends: are its tasks known dead, and was every start recorded?
+
+Each worker rank's watchdog (:mod:`balsam.launcher.watchdog`) has a report file in
+``<db>/log/serial_<session>.watch/``: the rank writes it ("running") before it can start a task,
+and the watchdog replaces it once the rank is gone and every task it registered is dead
+("stopped"; "alive" if a task outlived SIGKILL), listing the jobs the rank started that it was
+not told were recorded.
+
+:func:`settle` runs in the launcher process after the MPI launch ended, however it ended. It
+waits (at most the kill grace plus :data:`SETTLE_SLACK_SECONDS`) until no report says
+"running", then
+
+* leaves the session open if a report is still "running" or says "alive" (``ctx.release_session``
+  becomes False): the tasks are not known dead, so their jobs must not become runnable before
+  the lease expires and a sweep closes the session. Otherwise the caller closes it at once.
+
+A normal end costs one directory listing: the workers closed their watchdogs before leaving.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from balsam.core import leases
+from balsam.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+SETTLE_SLACK_SECONDS = 10.0
+"""Beyond the kill grace, how long the launcher waits for the watchdogs' reports (a watchdog
+starts Python, waits for SIGKILLed groups to go, and its file may cross a shared file system)."""
+POLL_SECONDS = 0.1
+
+
+def start_message(session_id: int) -> str:
+    """The message of the RUNNING events a serial-mode session records."""
+    return f"serial-mode session {session_id}"
+
+
+def report_dir(db_path: str, session_id: int) -> str:
+    """Where the worker watchdogs of ``session_id`` report."""
+    return os.path.join(db_path, "log", f"serial_{session_id}.watch")
+
+
+def report_path(db_path: str, session_id: int, rank: int) -> str:
+    """The report file of worker rank ``rank`` (its directory is created)."""
+    directory = report_dir(db_path, session_id)
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, f"rank{rank}.json")
+
+
+@dataclass
+class Reports:
+    """What the watchdogs' report files say right now."""
+
+    running: list[str] = field(default_factory=list)
+    """Ranks whose watchdog has not reported (tasks may still run)."""
+    alive: list[str] = field(default_factory=list)
+    """Ranks whose watchdog saw a task outlive SIGKILL."""
+    started: Counter[str] = field(default_factory=Counter)
+    """Starts (job id -> count) the ranks were not told were recorded."""
+
+    @property
+    def known_dead(self) -> bool:
+        return not (self.running or self.alive)
+
+
+def read_reports(directory: str) -> Reports:
+    """Read every report file in ``directory`` (none: no worker started a task)."""
+    out = Reports()
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        rank = name[:-len(".json")]
+        try:
+            with open(os.path.join(directory, name)) as fh:
+                report = json.load(fh)
+        except (OSError, ValueError):
+            out.running.append(rank)  # being replaced: look again
+            continue
+        state = report.get("state")
+        if state == "running":
+            out.running.append(rank)
+        elif state == "alive":
+            out.alive.append(f"{rank} on {report.get('host', '?')}")
+        out.started.update(report.get("started", ()))
+    return out
+
+
+def settle(ctx: Context) -> Reports:
+    """Wait for the reports, record lost starts, decide whether the session may be released
+    (see the module docstring); returns the last reports read."""
+    directory = report_dir(ctx.db_path, ctx.session_id)
+    reports = read_reports(directory)
+    if reports.running:
+        _heartbeat(ctx)
+        deadline = time.monotonic() + ctx.tunables.kill_grace_seconds + SETTLE_SLACK_SECONDS
+        ctx.log.info(f"waiting for the watchdogs of worker ranks {', '.join(reports.running)} "
+                     "to stop their tasks")
+        while reports.running and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            reports = read_reports(directory)
+    if reports.known_dead:
+        shutil.rmtree(directory, ignore_errors=True)
+        return reports
+    ctx.release_session = False
+    unknown = reports.running + reports.alive
+    ctx.log.error(f"tasks of worker ranks {', '.join(unknown)} are not known to be dead: "
+                  f"session {ctx.session_id} is left to the lease sweep "
+                  f"({ctx.tunables.lease_seconds} s) so that no job of it runs twice at once")
+    return reports
+
+
+def _heartbeat(ctx: Context) -> None:
+    """The master (which renewed the lease) is gone: renew it once while the tasks die."""
+    try:
+        ctx.db.try_run(leases.heartbeat, ctx.session_id)
+    except DatabaseUnavailable:
+        pass

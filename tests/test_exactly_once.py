@@ -1,0 +1,71 @@
+"""Exactly-once under faults (issue 12): real serial- and MPI-mode launchers, real MPICH, real
+PostgreSQL. Every task leaves a trail of ticks (pid, time every 0.1 s); overlapping runs of one
+job and runs missing from its history are computed from those trails after the fact."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+from conftest import make_public_tmpdir
+from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from once_support import (
+    TICKER,
+    ensemble_pid,
+    kill,
+    overlap_seconds,
+    recorded_runs,
+    runs,
+    unrecorded_runs,
+    write_script,
+)
+
+from balsam.core import schema
+
+SERIAL = ("--consume-all", "--job-mode", "serial")
+
+
+@pytest.fixture
+def scripts() -> str:
+    return make_public_tmpdir("balsam-once-scripts-")
+
+
+def tickers(cursor, scripts: str, count: int, ticks: int, stubborn: bool = False,
+            packing: int = 4) -> tuple[list[str], str]:
+    """``count`` jobs running the ticker; (their ids, the markers directory)."""
+    markers = make_public_tmpdir("balsam-once-markers-")
+    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    env = f"MARKERS={markers}:TICKS={ticks}" + (":STUBBORN=1" if stubborn else "")
+    ids = add_jobs(cursor, [{"name": f"t{i}", "application": "tick", "environ_vars": env,
+                             "node_packing_count": packing} for i in range(count)])
+    return ids, markers
+
+
+def open_sessions(cursor) -> int:
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
+                   "AND job_mode <> 'processing'")
+    return int(cursor.fetchone()[0])
+
+
+def all_finished(cursor, ids: list[str]) -> bool:
+    return all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in ids)
+
+
+def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, scripts):
+    # Item 1: the serial ensemble's mpiexec dies; its tasks ignore SIGTERM, so the worker
+    # watchdogs need their whole kill grace (2 s) to stop them. A second launcher is waiting.
+    ids, markers = tickers(cursor, scripts, 4, ticks=60, stubborn=True)
+    tunables = dict(QUICK, kill_grace_seconds=2, lease_seconds=20)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: all(runs(markers, j) for j in ids), 30, "every task to tick")
+        second = start(*SERIAL, "--persistent")
+        wait_for(lambda: open_sessions(cursor) == 2, 30, "the second launcher's session")
+        kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the first ensemble"))
+        first.wait(60)
+        wait_for(lambda: all_finished(cursor, ids), 90, "the retries to finish")
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    assert overlap_seconds(markers, ids) == {}
+    for job_id in ids:
+        assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
+    assert unrecorded_runs(cursor, markers, ids) == {}
