@@ -4,12 +4,24 @@ job and runs missing from its history are computed from those trails after the f
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    job_row,
+    launchers,
+    process_gone,
+    settings,
+    wait_for,
+)
 from once_support import (
     TICKER,
+    cmdline,
+    descendants,
     ensemble_pid,
     kill,
     overlap_seconds,
@@ -46,6 +58,11 @@ def open_sessions(cursor) -> int:
     return int(cursor.fetchone()[0])
 
 
+def running(cursor) -> int:
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state = 'RUNNING'")
+    return int(cursor.fetchone()[0])
+
+
 def all_finished(cursor, ids: list[str]) -> bool:
     return all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in ids)
 
@@ -68,4 +85,46 @@ def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, 
     assert overlap_seconds(markers, ids) == {}
     for job_id in ids:
         assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
+    assert unrecorded_runs(cursor, markers, ids) == {}
+
+
+def kill_launcher_and_ensemble(launcher_pid: int) -> list[int]:
+    """SIGKILL a serial-mode launcher, its mpiexec and every rank -- everything it started but
+    the watchdogs and the tasks (the watchdogs stop the tasks); returns the pids killed."""
+    tree = [launcher_pid] + descendants(launcher_pid)
+    spared = ("balsam.launcher.watchdog", "tick.sh", "sleep")
+    killed = [pid for pid in tree if not any(word in cmdline(pid) for word in spared)]
+    for pid in killed:
+        kill(pid)
+    return killed
+
+
+def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cursor, scripts):
+    # Item 3: no service runs; a new non-persistent launcher must not exit idle while a dead
+    # session holds its jobs (RUNNING, or claimed and queued): it sweeps at the lease's end.
+    ids, markers = tickers(cursor, scripts, 6, ticks=10, packing=2)
+    tunables = dict(QUICK, lease_seconds=6)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) >= 2, 30, "two runs to be recorded")
+        killed = kill_launcher_and_ensemble(first.pid)
+        killed_at, killed_wall = time.monotonic(), time.time()
+        first.wait(10)
+        wait_for(lambda: all(process_gone(p) for p in killed), 10, "the ensemble to die")
+        held = [j for j in ids if job_row(cursor, j)["session_id"] is not None]
+        dead = job_row(cursor, held[0])["session_id"]
+        assert len(held) >= 3  # running and claimed jobs of the dead session
+        second = start(*SERIAL)
+        assert second.wait(120) == 0, second.output()
+        recovered = time.monotonic() - killed_at
+    cursor.execute(f"SELECT ended_at, end_reason FROM {schema.SESSION_TABLE} WHERE id = %s",
+                   [dead])
+    ended_at, reason = cursor.fetchone()
+    assert "lost its lease" in reason
+    swept = ended_at.timestamp() - killed_wall
+    print(f"{len(held)} stranded jobs: swept {swept:.1f} s, all finished {recovered:.1f} s "
+          f"after the kill (lease {tunables['lease_seconds']} s)")
+    assert swept < tunables["lease_seconds"] + 6  # at the lease's end, not a sweep period later
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {}
     assert unrecorded_runs(cursor, markers, ids) == {}

@@ -9,8 +9,11 @@ flags), the time at which tasks must be stopped, the MPI flavour and the logger.
 lease every ``heartbeat_seconds`` (raising :class:`SessionLost` if the session was swept: the
 mode then kills its tasks, records nothing and exits non-zero), sweep expired sessions of other
 launchers every few heartbeats, and decide when a non-persistent launcher has been idle long
-enough to exit. All its database calls are non-blocking (:meth:`Database.try_run`): while the
-database is away they are skipped and retried on the next call.
+enough to exit. A launcher is not idle while a session that looks dead (no heartbeat for
+``STALE_HEARTBEATS`` periods) holds jobs it could run: it sweeps that session the moment its
+lease expires (:func:`leases.stranded`), then runs them. All its database calls are
+non-blocking (:meth:`Database.try_run`): while the database is away they are skipped and
+retried on the next call.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
 
 SWEEP_EVERY_HEARTBEATS = 3
+STALE_HEARTBEATS = 2
+"""A session whose heartbeat is this many periods old looks dead (the lease decides)."""
 
 
 class SessionLost(BalsamError):
@@ -151,15 +156,21 @@ class Housekeeper:
         self.next_beat = time.monotonic()  # the first beat (and sweep) at once
         self.idle_since: Optional[float] = None
         self.next_outstanding_check = 0.0
+        self.next_sweep: Optional[float] = None
+        """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
 
     def due_in(self, now: float) -> float:
         """Seconds until :meth:`beat` has work."""
-        return max(0.0, self.next_beat - now)
+        due = self.next_beat if self.next_sweep is None else min(self.next_beat, self.next_sweep)
+        return max(0.0, due - now)
 
     def beat(self, now: Optional[float] = None) -> None:
         """Renew the lease (and sweep) if due; SessionLost if the session was swept."""
         now = time.monotonic() if now is None else now
+        if self.next_sweep is not None and now >= self.next_sweep:
+            self.next_sweep = None
+            self.sweep()
         if now < self.next_beat:
             return
         ctx = self.ctx
@@ -203,7 +214,7 @@ class Housekeeper:
         if now >= self.next_outstanding_check:
             self.next_outstanding_check = now + ctx.tunables.idle_wait_seconds
             try:
-                count = outstanding()
+                count = outstanding() or self._stranded(now)
             except DatabaseUnavailable:
                 count = 1  # unknown: not idle
             if count:
@@ -217,3 +228,21 @@ class Housekeeper:
             ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
             return True
         return False
+
+    def _stranded(self, now: float) -> int:
+        """1 (and a sweep scheduled for when it expires) if a session that looks dead holds
+        jobs this launcher could run, else 0."""
+        ctx = self.ctx
+        serial = ctx.job_mode == "serial"
+        expires_in = ctx.db.try_run(
+            leases.stranded, ctx.session_id, STALE_HEARTBEATS * ctx.tunables.heartbeat_seconds,
+            serial=serial, max_nodes=1 if serial else ctx.alloc.num_nodes,
+            wf_filter=ctx.wf_filter)
+        if expires_in is None:
+            return 0
+        if self.next_sweep is None:
+            ctx.log.info(f"a launcher session that stopped renewing its lease holds jobs this "
+                         f"launcher can run: sweeping it in {max(0.0, expires_in):.1f} s")
+        # A little after the expiry: the database's clock decides, and it must have passed.
+        self.next_sweep = now + max(0.0, expires_in) + 0.2
+        return 1
