@@ -128,3 +128,18 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of MPI rank ``rank`` of a serial-mode launcher's ensemble (0: not found)."""
+    for pid in descendants(launcher_pid):
+        if "balsam.launcher.serial_mode" not in cmdline(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if env.get(b"PMI_RANK") == str(rank).encode():
+            return pid
+    return 0

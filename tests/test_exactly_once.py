@@ -25,6 +25,7 @@ from once_support import (
     ensemble_pid,
     kill,
     overlap_seconds,
+    rank_pid,
     recorded_runs,
     runs,
     unrecorded_runs,
@@ -128,3 +129,30 @@ def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cu
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {}
     assert unrecorded_runs(cursor, markers, ids) == {}
+
+
+def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_death(
+        db, cursor, scripts):
+    # Item 2: the master is frozen (SIGSTOP) while its worker goes on starting queued tasks,
+    # then the ensemble is killed: those starts reached no database record.
+    ids, markers = tickers(cursor, scripts, 16, ticks=4, packing=4)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) >= 4, 30, "four runs to be recorded")
+        master = wait_for(lambda: rank_pid(first.pid, 0), 10, "the master rank")
+        kill(master, signal.SIGSTOP)
+        lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 30,
+                            "an unrecorded start"))
+        kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the ensemble"))
+        kill(master)
+        first.wait(60)
+        assert start(*SERIAL).wait(120) == 0
+    print(f"{len(lost)} start(s) the master never recorded")
+    assert all_finished(cursor, ids)
+    assert unrecorded_runs(cursor, markers, ids) == {}
+    assert overlap_seconds(markers, ids) == {}
+    for job_id in lost:
+        cursor.execute(f"SELECT to_state, message FROM {schema.EVENT_TABLE} WHERE job_id = %s "
+                       "ORDER BY id", [job_id])
+        assert ("RUN_TIMEOUT", "started by the serial-mode ensemble, which died before the start "
+                "was recorded: outcome unknown") in cursor.fetchall()

@@ -228,3 +228,23 @@ def test_stranded_names_when_a_silent_session_holding_runnable_work_expires(app,
     assert leases.stranded(cursor, dead, 5, serial=False, max_nodes=4) is None  # not its own
     cursor.execute("UPDATE core_balsamjob SET num_nodes = 2 WHERE session_id = %s", [dead])
     assert leases.stranded(cursor, me, 5, serial=True, max_nodes=1) is None  # does not fit
+
+
+def test_lost_starts_are_recorded_once_as_runs_of_unknown_outcome(app, cursor):
+    lost, recorded, idle = (str(j.pk) for j in make_jobs(3))
+    sid = session(cursor, mode="serial")
+    leases.claim(cursor, sid, 3, serial=True, max_nodes=1)
+    leases.start(cursor, sid, [recorded], "serial-mode session 1")
+    started = {lost: 1, recorded: 1}
+    assert leases.record_lost_starts(cursor, sid, started, "serial-mode session 1",
+                                     "outcome unknown") == [lost]
+    assert leases.record_lost_starts(cursor, sid, started, "serial-mode session 1",
+                                     "outcome unknown") == []  # released: never twice
+    cursor.execute("SELECT from_state, to_state, message FROM core_jobevent WHERE job_id = %s "
+                   "ORDER BY id", [lost])
+    assert cursor.fetchall()[-2:] == [
+        ("PREPROCESSED", "RUNNING", "serial-mode session 1 (recorded after the run)"),
+        ("RUNNING", "RUN_TIMEOUT", "outcome unknown")]
+    held = holders(cursor)
+    assert held[lost] == (None, "RUN_TIMEOUT") and held[recorded] == (sid, "RUNNING")
+    assert held[idle] == (sid, "PREPROCESSED")

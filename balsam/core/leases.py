@@ -13,6 +13,7 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from balsam.core import lifecycle, schema
@@ -158,6 +159,27 @@ def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
     moved = lifecycle.transition(cursor, job_ids, state, messages, holder=session_id,
                                  sources=[State.RUNNING.value])
     return [job_id for job_id, _ in moved]
+
+
+def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
+                       start_message: str, message: str) -> list[str]:
+    """Record runs this session started but never recorded (its launcher died in between).
+
+    ``started`` maps job ids to how many times the session started them; a job the session
+    still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` gets one
+    run recorded: RUNNING (``start_message``, marked late), then RUN_TIMEOUT with ``message``,
+    which releases it so the retry rules apply. Returns the ids recorded."""
+    if not started:
+        return []
+    cursor.execute(f"""
+        SELECT j.job_id, (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
+                          AND e.to_state = %s AND e.message = %s)
+        FROM {JOB} j WHERE j.job_id = ANY(%s::uuid[]) AND j.session_id = %s AND j.state <> %s""",
+                   [State.RUNNING.value, start_message, list(started), session_id,
+                    State.RUNNING.value])
+    lost = [str(job_id) for job_id, runs in cursor.fetchall() if started[str(job_id)] > runs]
+    moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
+    return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message)
 
 
 def killed(cursor: Any, session_id: int) -> list[str]:

@@ -10,6 +10,9 @@ not told were recorded.
 waits (at most the kill grace plus :data:`SETTLE_SLACK_SECONDS`) until no report says
 "running", then
 
+* records every start a report lists that the database does not show (the master died between
+  the start and its record): the job gets a RUNNING and a RUN_TIMEOUT event saying its outcome
+  is unknown (:func:`balsam.core.leases.record_lost_starts`), so every run is in its history;
 * leaves the session open if a report is still "running" or says "alive" (``ctx.release_session``
   becomes False): the tasks are not known dead, so their jobs must not become runnable before
   the lease expires and a sweep closes the session. Otherwise the caller closes it at once.
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 SETTLE_SLACK_SECONDS = 10.0
 """Beyond the kill grace, how long the launcher waits for the watchdogs' reports (a watchdog
 starts Python, waits for SIGKILLed groups to go, and its file may cross a shared file system)."""
+RECORD_SECONDS = 5.0
+"""Longest the launcher tries to record lost starts (the database may be restarting)."""
 POLL_SECONDS = 0.1
 
 
@@ -108,6 +113,8 @@ def settle(ctx: Context) -> Reports:
         while reports.running and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             reports = read_reports(directory)
+    if reports.started:
+        _record_lost_starts(ctx, reports.started)
     if reports.known_dead:
         shutil.rmtree(directory, ignore_errors=True)
         return reports
@@ -125,3 +132,18 @@ def _heartbeat(ctx: Context) -> None:
         ctx.db.try_run(leases.heartbeat, ctx.session_id)
     except DatabaseUnavailable:
         pass
+
+
+def _record_lost_starts(ctx: Context, started: Counter[str]) -> None:
+    message = ("started by the serial-mode ensemble, which died before the start was "
+               "recorded: outcome unknown")
+    try:
+        lost = ctx.db.run_before(time.monotonic() + RECORD_SECONDS, leases.record_lost_starts,
+                                 ctx.session_id, dict(started), start_message(ctx.session_id),
+                                 message)
+    except DatabaseUnavailable as exc:
+        ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc})")
+        return
+    if lost:
+        ctx.log.warning(f"recorded {len(lost)} run(s) the ensemble started but never recorded "
+                        "(RUNNING, then RUN_TIMEOUT: outcome unknown)")
