@@ -156,3 +156,29 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
                        "ORDER BY id", [job_id])
         assert ("RUN_TIMEOUT", "started by the serial-mode ensemble, which died before the start "
                 "was recorded: outcome unknown") in cursor.fetchall()
+
+
+def pids_in(markers: str, ids: list[str]) -> list[int]:
+    return [pid for j in ids for pid in runs(markers, j)]
+
+
+def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorded(
+        db, cursor, scripts):
+    # Item 6: the launcher process alone is killed; its watchdog stops the ensemble (SIGTERM:
+    # the master stops the tasks and records them RUN_TIMEOUT) instead of leaving it running.
+    ids, markers = tickers(cursor, scripts, 2, ticks=300, packing=2)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 2, 30, "both runs to be recorded")
+        kill(first.pid)
+        killed_at = time.monotonic()
+        first.wait(10)
+        pids = pids_in(markers, ids)
+        wait_for(lambda: all(process_gone(p) for p in pids), 20, "the tasks to be stopped")
+        stopped = time.monotonic() - killed_at
+        wait_for(lambda: running(cursor) == 0, 20, "the stops to be recorded")
+    print(f"tasks of a launcher killed with SIGKILL stopped {stopped:.1f} s after the kill")
+    for job_id in ids:
+        row = job_row(cursor, job_id)
+        assert row["state"] in ("RUN_TIMEOUT", "RESTART_READY") and row["session_id"] is None
+        assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1

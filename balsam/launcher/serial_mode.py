@@ -6,9 +6,10 @@ Two sides:
   runs ONE command of the configured MPI flavour, ``1 + nodes`` ranks of ``python -m
   balsam.launcher.serial_mode CONFIG`` (the master shares the first node with worker 1), waits
   for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it as SIGTERM, which the
-  MPI launcher passes on to every rank (MPICH's Hydra does). The session is opened and closed by
-  the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
-  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
+  MPI launcher passes on to every rank (MPICH's Hydra does); if the launcher is killed outright,
+  its watchdog does the same. The session is opened and closed by the caller: rank 0 only uses
+  it (claims, heartbeats) through its id, so whatever happens to the ranks, the caller's
+  ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
   :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
 * Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
   :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
@@ -135,12 +136,15 @@ def run_launcher(args: Any, ctx: Context) -> int:
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    _watch_ensemble(ctx, proc.pid)
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
     from balsam.launcher.ensemble_watch import settle
 
     if rc != sm.EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
         settle(ctx)
+    if ctx.watchdog is not None:
+        ctx.watchdog.remove(proc.pid)
 
     if rc == sm.EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
@@ -155,6 +159,17 @@ def run_launcher(args: Any, ctx: Context) -> int:
         ctx.log.error(f"the serial-mode ensemble failed with status {rc} (see {out_path})")
         return 2
     return 0
+
+
+def _watch_ensemble(ctx: Context, pgid: int) -> None:
+    """If this process is killed (SIGKILL), its watchdog stops the ensemble as a signal would:
+    SIGTERM (the master stops the tasks and records them), SIGKILL if it outlives the grace."""
+    from balsam.launcher.watchdog import Watchdog
+
+    if ctx.watchdog is None:  # closed by the caller, :func:`balsam.launcher.main.run`
+        ctx.watchdog = Watchdog(ctx.tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS,
+                                log=ctx.log.error)
+    ctx.watchdog.add(pgid)
 
 
 def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
