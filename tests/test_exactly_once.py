@@ -182,3 +182,28 @@ def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorde
         row = job_row(cursor, job_id)
         assert row["state"] in ("RUN_TIMEOUT", "RESTART_READY") and row["session_id"] is None
         assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
+
+
+def ticked_for(markers: str, job_id: str) -> float:
+    spans = list(runs(markers, job_id).values())
+    return spans[0][1] - spans[0][0] if spans else 0.0
+
+
+def test_mpi_mode_records_a_run_that_completed_in_the_stop_grace_as_done(db, cursor, scripts):
+    # Item 5: SIGTERM to an MPI-mode launcher; one task ignores it and completes within the
+    # shutdown grace (exit 0), the other dies of it. Only the second is a timeout to re-run.
+    (done, stopped), markers = tickers(cursor, scripts, 2, ticks=25, stubborn=True)
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET environ_vars = %s WHERE job_id = %s",
+                   [f"MARKERS={markers}:TICKS=600", stopped])
+    with settings(db, local_nodes=2, mpi="direct",
+                  launcher=dict(QUICK, shutdown_grace_seconds=8)), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "mpi")
+        wait_for(lambda: ticked_for(markers, done) > 1.0 and runs(markers, stopped), 30,
+                 "both tasks to tick, the first for a second")
+        launcher.signal(signal.SIGTERM)
+        assert launcher.wait(30) == 0
+    cursor.execute(f"SELECT job_id::text, from_state, to_state FROM {schema.EVENT_TABLE} "
+                   "WHERE from_state = 'RUNNING'")
+    ends = {job: to for job, _, to in cursor.fetchall()}
+    assert ends == {done: "RUN_DONE", stopped: "RUN_TIMEOUT"}
+    assert len(runs(markers, done)) == 1 and recorded_runs(cursor, done) == 1

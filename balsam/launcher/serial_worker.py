@@ -18,7 +18,8 @@ says every start was written to the database (the watchdog's report need not lis
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
 tail)], ``killed`` [ids] (a kill order completed: the task's group is gone or it never
-started), ``stopped`` [(id, rc)] (ended by a stop), ``returned`` [ids] (never started, given
+started), ``stopped`` [(id, rc)] (ended by a stop; a task that exits 0 within the stop's grace
+is ``done``: it completed), ``returned`` [ids] (never started, given
 back), ``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
 after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker
 acts as a ``stop`` of its own and is announced with ``stopping`` True.
@@ -201,6 +202,7 @@ class Worker:
                 return
 
     def _stop(self, grace: float) -> None:
+        self._reap()  # what already ended is reported as it ended, not as stopped
         self.stopping = True
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
@@ -244,7 +246,7 @@ class Worker:
             self.watchdog.remove(r.task.pgid)
         if r.why == "kill":
             self._note_all("killed", [job_id])
-        elif r.why == "stop":
+        elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
             self._note_all("stopped", [(job_id, rc)])
         elif rc == 0:
             self._note_all("done", [job_id])
