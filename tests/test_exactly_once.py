@@ -3,6 +3,7 @@ PostgreSQL. Every task leaves a trail of ticks (pid, time every 0.1 s); overlapp
 job and runs missing from its history are computed from those trails after the fact."""
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -207,3 +208,25 @@ def test_mpi_mode_records_a_run_that_completed_in_the_stop_grace_as_done(db, cur
     ends = {job: to for job, _, to in cursor.fetchall()}
     assert ends == {done: "RUN_DONE", stopped: "RUN_TIMEOUT"}
     assert len(runs(markers, done)) == 1 and recorded_runs(cursor, done) == 1
+
+
+ATTEMPTS = """#!/bin/sh
+echo "$BALSAM_JOB_ATTEMPT" >> "$MARKERS/$BALSAM_JOB_ID"
+if [ "$BALSAM_JOB_ATTEMPT" = 1 ]; then exec sleep 60; fi
+"""
+
+
+def test_a_task_knows_its_attempt_number(db, cursor, scripts):
+    markers = make_public_tmpdir("balsam-once-markers-")
+    add_app(cursor, "attempts", write_script(scripts, "attempts.sh", ATTEMPTS))
+    (job_id,) = add_jobs(cursor, [{"name": "a", "application": "attempts",
+                                   "environ_vars": f"MARKERS={markers}"}])
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 1, 30, "the first run to be recorded")
+        first.signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        assert start(*SERIAL).wait(60) == 0
+    assert all_finished(cursor, [job_id])
+    with open(os.path.join(markers, job_id)) as fh:
+        assert fh.read().split() == ["1", "2"]

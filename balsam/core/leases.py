@@ -55,6 +55,7 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
           exclude_ids: tuple = ()) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
+    Each row also has ``runs``: how many runs the job's history shows so far.
     ``serial``: only single-node, single-rank jobs, fewest-per-node packing first; otherwise
     jobs of at most ``max_nodes`` nodes, largest first. Both then longest wall time first.
     ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
@@ -76,7 +77,11 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     if exclude_ids:
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
-    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS)
+    # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
+    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent.
+    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
+        f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
+        f"AND e.to_state = '{State.RUNNING.value}') AS runs")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
     # claim skip the job -- no notification would come to retry it.
