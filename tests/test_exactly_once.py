@@ -230,3 +230,64 @@ def test_a_task_knows_its_attempt_number(db, cursor, scripts):
     assert all_finished(cursor, [job_id])
     with open(os.path.join(markers, job_id)) as fh:
         assert fh.read().split() == ["1", "2"]
+
+
+def first_tick_after(markers: str, ids: list[str], moment: float) -> float:
+    """The earliest tick of any run that began after ``moment`` (epoch seconds; inf: none)."""
+    starts = [first for j in ids for first, _ in runs(markers, j).values() if first > moment]
+    return min(starts, default=float("inf"))
+
+
+def test_a_dead_worker_rank_costs_a_restart_not_the_allocation(db, cursor, scripts):
+    # Item 4: MPI takes the whole ensemble down with one rank; the launcher restarts it on its
+    # allocation (the dead rank's tasks are known dead: its watchdog reported).
+    ids, markers = tickers(cursor, scripts, 12, ticks=15, packing=2)
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
+        wait_for(lambda: sum(ticked_for(markers, j) > 0.8 for j in ids) == 4, 30,
+                 "the four runs to be well under way")
+        worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
+        died = time.time()
+        kill(worker)
+        assert launcher.wait(120) == 0, launcher.output()
+    cursor.execute(f"SELECT min(timestamp) FROM {schema.EVENT_TABLE} WHERE message LIKE "
+                   "'%%lost a rank%%'")
+    recovered = cursor.fetchone()[0].timestamp()
+    resumed = first_tick_after(markers, ids, recovered) - died
+    # Work lost with the interrupted runs: their ticks, at 2 tasks per node.
+    interrupted = sum(end - first for j in ids for first, end in runs(markers, j).values()
+                      if first < died and len(runs(markers, j)) > 1) / 2
+    print(f"a worker rank died: tasks ran again {resumed:.1f} s later ({2 * resumed:.1f} "
+          f"node-seconds idle on 2 nodes) + {interrupted:.1f} node-seconds of interrupted runs")
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+
+
+def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scripts):
+    # Item 4, a node crash: worker rank 2, its watchdog and its tasks vanish at once, so nothing
+    # reports its tasks dead. The launcher goes on with node 1 only; node 2's jobs stay held
+    # until the lease expires, then a launcher sweeps and runs them.
+    ids, markers = tickers(cursor, scripts, 8, ticks=15, packing=2)
+    tunables = dict(QUICK, lease_seconds=8)
+    with settings(db, local_nodes=2, launcher=tunables), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
+        worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
+        node = [worker] + descendants(worker)
+        died = time.time()
+        for pid in node:
+            kill(pid)
+        assert first.wait(120) == 0, first.output()
+        cursor.execute(f"SELECT ended_at FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+        assert cursor.fetchall() == [(None,)]  # left to the lease
+        stranded = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
+        assert len(stranded) == 2
+        resumed = first_tick_after(markers, ids, died + 0.5) - died
+        assert start(*SERIAL).wait(120) == 0
+    print(f"a node was lost: node 1 ran tasks again {resumed:.1f} s later; its 2 jobs waited "
+          f"for the lease ({tunables['lease_seconds']} s)")
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}

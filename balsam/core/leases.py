@@ -167,13 +167,14 @@ def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
 
 
 def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
-                       start_message: str, message: str) -> list[str]:
+                       start_message: str, message: Optional[str]) -> list[str]:
     """Record runs this session started but never recorded (its launcher died in between).
 
     ``started`` maps job ids to how many times the session started them; a job the session
     still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` gets one
     run recorded: RUNNING (``start_message``, marked late), then RUN_TIMEOUT with ``message``,
-    which releases it so the retry rules apply. Returns the ids recorded."""
+    which releases it so the retry rules apply (``message`` None: the task may still run, the
+    job stays RUNNING and held until the session is closed or swept). Returns the ids."""
     if not started:
         return []
     cursor.execute(f"""
@@ -184,6 +185,8 @@ def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
                     State.RUNNING.value])
     lost = [str(job_id) for job_id, runs in cursor.fetchall() if started[str(job_id)] > runs]
     moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
+    if message is None:
+        return moved
     return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message)
 
 

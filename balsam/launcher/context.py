@@ -108,6 +108,8 @@ class Context:
     watchdog: Optional[Any] = None
     """A :class:`balsam.launcher.watchdog.Watchdog` the mode registers its task process groups
     with, so they die if the launcher is killed (None: not covered)."""
+    ensembles: int = 0
+    """Serial mode: how many ensembles this session started before the current one."""
     release_session: bool = True
     """False when tasks of this session may still run (a serial ensemble died and its worker
     watchdogs did not report them dead): the session is then left to the lease sweep."""

@@ -1,10 +1,10 @@
 """After a serial-mode ensemble ends: are its tasks known dead, and was every start recorded?
 
 Each worker rank's watchdog (:mod:`balsam.launcher.watchdog`) has a report file in
-``<db>/log/serial_<session>.watch/``: the rank writes it ("running") before it can start a task,
-and the watchdog replaces it once the rank is gone and every task it registered is dead
-("stopped"; "alive" if a task outlived SIGKILL), listing the jobs the rank started that it was
-not told were recorded.
+``<db>/log/serial_<session>.watch/<ensemble number>/``: the rank writes it ("running") before it
+can start a task, and the watchdog replaces it once the rank is gone and every task it
+registered is dead ("stopped"; "alive" if a task outlived SIGKILL), listing the jobs the rank
+started that it was not told were recorded.
 
 :func:`settle` runs in the launcher process after the MPI launch ended, however it ended. It
 waits (at most the kill grace plus :data:`SETTLE_SLACK_SECONDS`) until no report says
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,14 +47,14 @@ def start_message(session_id: int) -> str:
     return f"serial-mode session {session_id}"
 
 
-def report_dir(db_path: str, session_id: int) -> str:
-    """Where the worker watchdogs of ``session_id`` report."""
-    return os.path.join(db_path, "log", f"serial_{session_id}.watch")
+def report_dir(db_path: str, session_id: int, generation: int = 0) -> str:
+    """Where the worker watchdogs of the session's ensemble number ``generation`` report."""
+    return os.path.join(db_path, "log", f"serial_{session_id}.watch", str(generation))
 
 
-def report_path(db_path: str, session_id: int, rank: int) -> str:
+def report_path(db_path: str, session_id: int, rank: int, generation: int = 0) -> str:
     """The report file of worker rank ``rank`` (its directory is created)."""
-    directory = report_dir(db_path, session_id)
+    directory = report_dir(db_path, session_id, generation)
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, f"rank{rank}.json")
 
@@ -69,7 +68,13 @@ class Reports:
     alive: list[str] = field(default_factory=list)
     """Ranks whose watchdog saw a task outlive SIGKILL."""
     started: Counter[str] = field(default_factory=Counter)
-    """Starts (job id -> count) the ranks were not told were recorded."""
+    """Starts (job id -> count) the ranks whose tasks are dead were not told were recorded."""
+    started_alive: Counter[str] = field(default_factory=Counter)
+    """The same for ranks a task of which outlived SIGKILL."""
+    stopped: dict[int, list[str]] = field(default_factory=dict)
+    """Rank -> the jobs it started, for ranks whose tasks are known dead."""
+    unknown: list[int] = field(default_factory=list)
+    """Ranks whose tasks are not known dead (their nodes must not be used again)."""
 
     @property
     def known_dead(self) -> bool:
@@ -85,25 +90,32 @@ def read_reports(directory: str) -> Reports:
         return out
     for name in names:
         rank = name[:-len(".json")]
+        number = int(rank[len("rank"):])
         try:
             with open(os.path.join(directory, name)) as fh:
                 report = json.load(fh)
         except (OSError, ValueError):
-            out.running.append(rank)  # being replaced: look again
-            continue
+            report = {"state": "running"}  # being replaced: look again
         state = report.get("state")
         if state == "running":
             out.running.append(rank)
         elif state == "alive":
             out.alive.append(f"{rank} on {report.get('host', '?')}")
-        out.started.update(report.get("started", ()))
+        else:
+            out.stopped[number] = list(report.get("started", ()))
+        if state != "stopped":
+            out.unknown.append(number)
+        if state == "alive":
+            out.started_alive.update(report.get("started", ()))
+        else:
+            out.started.update(report.get("started", ()))
     return out
 
 
 def settle(ctx: Context) -> Reports:
     """Wait for the reports, record lost starts, decide whether the session may be released
     (see the module docstring); returns the last reports read."""
-    directory = report_dir(ctx.db_path, ctx.session_id)
+    directory = report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
     reports = read_reports(directory)
     if reports.running:
         _heartbeat(ctx)
@@ -113,10 +125,9 @@ def settle(ctx: Context) -> Reports:
         while reports.running and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             reports = read_reports(directory)
-    if reports.started:
-        _record_lost_starts(ctx, reports.started)
+    if reports.started or reports.started_alive:
+        _record_lost_starts(ctx, reports.started, reports.started_alive)
     if reports.known_dead:
-        shutil.rmtree(directory, ignore_errors=True)
         return reports
     ctx.release_session = False
     unknown = reports.running + reports.alive
@@ -134,16 +145,20 @@ def _heartbeat(ctx: Context) -> None:
         pass
 
 
-def _record_lost_starts(ctx: Context, started: Counter[str]) -> None:
+def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -> None:
+    """Record the starts the database lacks: ended (RUN_TIMEOUT) for tasks known dead, left
+    RUNNING (still held: the sweep ends them) for tasks that may be alive."""
     message = ("started by the serial-mode ensemble, which died before the start was "
                "recorded: outcome unknown")
+    lost: list[str] = []
     try:
-        lost = ctx.db.run_before(time.monotonic() + RECORD_SECONDS, leases.record_lost_starts,
-                                 ctx.session_id, dict(started), start_message(ctx.session_id),
-                                 message)
+        for started, end in ((dead, message), (alive, None)):
+            if started:
+                lost += ctx.db.run_before(time.monotonic() + RECORD_SECONDS,
+                                          leases.record_lost_starts, ctx.session_id,
+                                          dict(started), start_message(ctx.session_id), end)
     except DatabaseUnavailable as exc:
         ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc})")
-        return
     if lost:
         ctx.log.warning(f"recorded {len(lost)} run(s) the ensemble started but never recorded "
                         "(RUNNING, then RUN_TIMEOUT: outcome unknown)")

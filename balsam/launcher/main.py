@@ -4,7 +4,8 @@
 ``--limit-nodes``), resolves the MPI flavour, opens the database connection and the launcher
 session (label = job mode and workflow filter, with the scheduler's job id), installs the
 SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
-(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``)
+(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``,
+started again by :mod:`balsam.launcher.ensemble_restart` if it fails)
 and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
 every claim is released -- unless the session was lost to a sweep, or the mode cannot tell that
 its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
@@ -129,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     status, lost = 1, False
     try:
         if mode_entry is not None:
-            status = int(mode_entry(args, ctx) or 0)
+            from balsam.launcher.ensemble_restart import run_serial
+
+            status = int(run_serial(args, ctx, mode_entry) or 0)
         else:
             from balsam.launcher.mpi_mode import MPIMode
             from balsam.launcher.watchdog import Watchdog

@@ -69,6 +69,8 @@ class SerialConfig:
     deadline: Optional[float] = None
     stop_grace: float = 5.0
     log_path: str = ""
+    generation: int = 0
+    """How many ensembles the session started before this one (names the watchdog reports)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -88,7 +90,7 @@ class SerialConfig:
                    wf_filter=ctx.wf_filter, persistent=ctx.persistent,
                    processing=ctx.processing,
                    deadline=None if math.isinf(left) else time.time() + left,
-                   stop_grace=ctx.stop_grace, log_path=log_path)
+                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles)
 
     def allocation(self) -> Allocation:
         return Allocation(tuple(self.hosts), self.cores_per_node, self.gpus_per_node,
@@ -356,7 +358,8 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
     watchdog = Watchdog(t.kill_grace_seconds,
-                        report=report_path(config.db_path, config.session_id, comm.Get_rank()))
+                        report=report_path(config.db_path, config.session_id, comm.Get_rank(),
+                                           config.generation))
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ, kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
