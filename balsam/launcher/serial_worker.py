@@ -271,6 +271,8 @@ class Worker:
                 env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
             self._note_all("started", [work.job_id])
             started = True
+            if self.watchdog is not None:
+                self.watchdog.expect(work.job_id)
             try:
                 t = spawn.SpawnedTask(
                     work.job_id, task.with_envscript(work.argv, work.envscript), env,
@@ -280,13 +282,13 @@ class Worker:
                 self.node.free(work.job_id)
                 self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
                 continue
+            if self.watchdog is not None:  # at once: the window in which it is not covered
+                self.watchdog.add(t.pgid, work.job_id)
             if len(placement.cpus) < len(self.node.cpus):
                 _pin(t.pid, placement.cpus)
             fd = _pidfd(t.pid)
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
-            if self.watchdog is not None:
-                self.watchdog.add(t.pgid, work.job_id)
             if fd >= 0:
                 self._by_fd[fd] = work.job_id
                 self._poller.register(fd, select.POLLIN)

@@ -73,6 +73,12 @@ class Watchdog:
         if self._send(f"+{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
+    def expect(self, job_id: str) -> None:
+        """A task of ``job_id`` is about to be started (:meth:`add` follows once it has its
+        process group): if this process dies in between, the watchdog finds the task by its
+        ``BALSAM_JOB_ID`` and stops it too."""
+        self._send(f"?{job_id}\n".encode())
+
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them."""
         self._send(b"=\n")
@@ -145,12 +151,30 @@ def write_report(path: str, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def groups_of_job(job_id: str) -> list[int]:
+    """Process groups of this user's processes whose environment has ``BALSAM_JOB_ID=job_id``
+    (a task whose starter died before it could register it)."""
+    needle = f"BALSAM_JOB_ID={job_id}".encode()
+    found = set()
+    for name in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.add(os.getpgid(int(name)))
+            except OSError:
+                continue
+    return sorted(found)
+
+
 def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
-    """Read ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of file, then stop
-    the groups still registered. Returns (groups stopped, groups still alive after SIGKILL,
-    job ids started since the last ``=``, one per start)."""
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
+    file, then stop the groups still registered (and those of expected tasks that never were).
+    Returns (groups stopped, groups still alive after SIGKILL, job ids started since the last
+    ``=``, one per start; an expected start counts)."""
     groups: dict[int, str] = {}
     started: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
     pending = b""
     while True:
         try:
@@ -162,15 +186,22 @@ def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if line[:1] == b"+":
+            if line[:1] == b"?":
+                expected[line[1:].decode()] += 1
+            elif line[:1] == b"+":
                 pgid, _, job = line[1:].decode().partition(" ")
                 groups[int(pgid)] = job
                 if job:
                     started[job] += 1
+                    expected[job] -= 1
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
             elif line[:1] == b"=":
                 started.clear()
+                expected.clear()
+    for job in +expected:  # the starter died between starting a task and registering it
+        started[job] += 1
+        groups.update((pgid, job) for pgid in groups_of_job(job))
     stopped = kill_groups(sorted(groups), grace) if groups else []
     return stopped, still_alive(stopped), list(started.elements())
 
