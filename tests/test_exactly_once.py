@@ -13,6 +13,7 @@ from launcher_support import (
     QUICK,
     add_app,
     add_jobs,
+    events,
     job_row,
     launchers,
     process_gone,
@@ -58,6 +59,11 @@ def open_sessions(cursor) -> int:
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
                    "AND job_mode <> 'processing'")
     return int(cursor.fetchone()[0])
+
+
+def launcher_log(launcher) -> str:
+    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
+        return fh.read()
 
 
 def running(cursor) -> int:
@@ -148,9 +154,11 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
         kill(master)
         first.wait(60)
         assert start(*SERIAL).wait(120) == 0
+        log = launcher_log(first)
     print(f"{len(lost)} start(s) the master never recorded")
     assert all_finished(cursor, ids)
-    assert unrecorded_runs(cursor, markers, ids) == {}
+    unrecorded = unrecorded_runs(cursor, markers, ids)
+    assert unrecorded == {}, (log, {j: (runs(markers, j), events(cursor, j)) for j in unrecorded})
     assert overlap_seconds(markers, ids) == {}
     for job_id in lost:
         cursor.execute(f"SELECT to_state, message FROM {schema.EVENT_TABLE} WHERE job_id = %s "

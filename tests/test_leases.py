@@ -212,23 +212,25 @@ def test_a_job_change_notifies_listeners_once_per_statement(app, db, cursor):
         listener.close()
 
 
-def test_stranded_names_when_a_silent_session_holding_runnable_work_expires(app, cursor):
+def test_holders_elsewhere_gives_heartbeat_age_and_sweep_time_of_sessions_holding_work(
+        app, cursor):
     make_jobs(2, workflow="wf_a")
     dead, live, me = session(cursor, lease_seconds=30), session(cursor), session(cursor)
     leases.claim(cursor, dead, 1, serial=False, max_nodes=4)
     leases.claim(cursor, live, 1, serial=False, max_nodes=4)
-    assert leases.stranded(cursor, me, 5, serial=False, max_nodes=4) is None  # all heartbeats fresh
     cursor.execute("UPDATE core_launchersession SET heartbeat = now() - interval '20 seconds' "
                    "WHERE id = %s", [dead])
-    expires_in = leases.stranded(cursor, me, 5, serial=False, max_nodes=4, wf_filter="a")
+    found = sorted(leases.holders_elsewhere(cursor, me, serial=False, max_nodes=4,
+                                            wf_filter="a"))
+    assert len(found) == 2 and found[0][0] < 1 and 19.9 < found[1][0] < 21
     # 30 s lease, 20 s silent -- and sweeps wait until the server has been up a whole lease
     cursor.execute("SELECT EXTRACT(EPOCH FROM GREATEST(now() - interval '20 seconds', "
                    "pg_postmaster_start_time()) + interval '30 seconds' - now())")
-    assert expires_in is not None and abs(expires_in - float(cursor.fetchone()[0])) < 1
-    assert leases.stranded(cursor, me, 5, serial=False, max_nodes=4, wf_filter="b") is None
-    assert leases.stranded(cursor, dead, 5, serial=False, max_nodes=4) is None  # not its own
-    cursor.execute("UPDATE core_balsamjob SET num_nodes = 2 WHERE session_id = %s", [dead])
-    assert leases.stranded(cursor, me, 5, serial=True, max_nodes=1) is None  # does not fit
+    assert abs(found[1][1] - float(cursor.fetchone()[0])) < 1
+    assert leases.holders_elsewhere(cursor, me, serial=False, max_nodes=4, wf_filter="b") == []
+    assert len(leases.holders_elsewhere(cursor, dead, serial=False, max_nodes=4)) == 1  # not its own
+    cursor.execute("UPDATE core_balsamjob SET num_nodes = 2 WHERE session_id IS NOT NULL")
+    assert leases.holders_elsewhere(cursor, me, serial=True, max_nodes=1) == []  # does not fit
 
 
 def test_lost_starts_are_recorded_once_as_runs_of_unknown_outcome(app, cursor):

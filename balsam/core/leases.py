@@ -107,34 +107,30 @@ def _like(wf_filter: str) -> str:
     return "%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def stranded(cursor: Any, session_id: int, stale_seconds: float, *, serial: bool,
-             max_nodes: int, wf_filter: Optional[str] = None) -> Optional[float]:
-    """Seconds until a session that looks dead can be swept (<= 0: now), or None.
-
-    Looks at open sessions other than ``session_id`` without a heartbeat for ``stale_seconds``
-    that hold jobs this launcher could run (RUNNING, or claimed in a runnable state; fitting
-    ``serial``/``max_nodes``; matching ``wf_filter``), and returns when the first of them
-    expires (:func:`sweep`'s rule: a whole lease after its heartbeat and after the server
-    started). A launcher with nothing else to do waits for that, sweeps, and runs the jobs.
-    """
+def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: int,
+                      wf_filter: Optional[str] = None) -> list[tuple[float, float]]:
+    """[(seconds since its heartbeat, seconds until it can be swept)] for every open session
+    other than ``session_id`` that holds jobs this launcher could run (RUNNING, or claimed in a
+    runnable state; fitting ``serial``/``max_nodes``; matching ``wf_filter``). The second value
+    follows :func:`sweep`'s rule (a whole lease after the heartbeat and after the server
+    started; <= 0: now). An idle launcher uses it to tell a holder that stopped renewing its
+    lease (wait for it, sweep it, run its jobs) from a live one (leave them to it)."""
     fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial
                                   else "")
-    params: list[Any] = [session_id, stale_seconds, State.RUNNING.value, max_nodes]
+    params: list[Any] = [session_id, State.RUNNING.value, max_nodes]
     wf = ""
     if wf_filter:
         wf = " AND j.workflow LIKE %s"
         params.append(_like(wf_filter))
     cursor.execute(f"""
-        SELECT EXTRACT(EPOCH FROM GREATEST(s.heartbeat, pg_postmaster_start_time())
+        SELECT EXTRACT(EPOCH FROM now() - s.heartbeat),
+               EXTRACT(EPOCH FROM GREATEST(s.heartbeat, pg_postmaster_start_time())
                        + make_interval(secs => s.lease_seconds) - now())
         FROM {SESSION} s
         WHERE s.ended_at IS NULL AND s.id <> %s
-          AND s.heartbeat < now() - make_interval(secs => %s)
           AND EXISTS (SELECT 1 FROM {JOB} j WHERE j.session_id = s.id
-                      AND (j.state = %s OR j.state IN {_RUNNABLE_SQL}) AND {fit}{wf})
-        ORDER BY 1 LIMIT 1""", params)
-    row = cursor.fetchone()
-    return None if row is None else float(row[0])
+                      AND (j.state = %s OR j.state IN {_RUNNABLE_SQL}) AND {fit}{wf})""", params)
+    return [(float(age), float(expires)) for age, expires in cursor.fetchall()]
 
 
 def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:

@@ -11,7 +11,8 @@ mode then kills its tasks, records nothing and exits non-zero), sweep expired se
 launchers every few heartbeats, and decide when a non-persistent launcher has been idle long
 enough to exit. A launcher is not idle while a session that looks dead (no heartbeat for
 ``STALE_HEARTBEATS`` periods) holds jobs it could run: it sweeps that session the moment its
-lease expires (:func:`leases.stranded`), then runs them. All its database calls are
+lease expires (:func:`leases.holders_elsewhere`), then runs them; and while live sessions hold
+such jobs it stays idle long enough to see a missed heartbeat before it exits. All its database calls are
 non-blocking (:meth:`Database.try_run`): while the database is away they are skipped and
 retried on the next call.
 """
@@ -32,7 +33,7 @@ from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
 
 SWEEP_EVERY_HEARTBEATS = 3
-STALE_HEARTBEATS = 2
+STALE_HEARTBEATS = 1.5
 """A session whose heartbeat is this many periods old looks dead (the lease decides)."""
 
 
@@ -158,6 +159,8 @@ class Housekeeper:
         self.next_beat = time.monotonic()  # the first beat (and sweep) at once
         self.idle_since: Optional[float] = None
         self.next_outstanding_check = 0.0
+        self.min_idle = 0.0
+        """Shortest idle time before exiting (other sessions hold jobs: see if they renew)."""
         self.next_sweep: Optional[float] = None
         """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
@@ -226,25 +229,30 @@ class Housekeeper:
                 self.idle_since = now
         if self.idle_since is None:
             return False
-        if now - self.idle_since >= ctx.tunables.idle_exit_seconds:
+        if now - self.idle_since >= max(ctx.tunables.idle_exit_seconds, self.min_idle):
             ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
             return True
         return False
 
     def _stranded(self, now: float) -> int:
-        """1 (and a sweep scheduled for when it expires) if a session that looks dead holds
-        jobs this launcher could run, else 0."""
+        """1 if a session that stopped renewing its lease holds jobs this launcher could run
+        (a sweep is then scheduled for when it expires), else 0. While other sessions hold
+        such jobs, idling lasts long enough to see whether they renew (``min_idle``)."""
         ctx = self.ctx
         serial = ctx.job_mode == "serial"
-        expires_in = ctx.db.try_run(
-            leases.stranded, ctx.session_id, STALE_HEARTBEATS * ctx.tunables.heartbeat_seconds,
-            serial=serial, max_nodes=1 if serial else ctx.alloc.num_nodes,
-            wf_filter=ctx.wf_filter)
-        if expires_in is None:
+        holders = ctx.db.try_run(leases.holders_elsewhere, ctx.session_id, serial=serial,
+                                 max_nodes=1 if serial else ctx.alloc.num_nodes,
+                                 wf_filter=ctx.wf_filter)
+        period = ctx.tunables.heartbeat_seconds
+        self.min_idle = (STALE_HEARTBEATS * period + ctx.tunables.idle_wait_seconds
+                         if holders else 0.0)
+        stale = [expires for age, expires in holders if age > STALE_HEARTBEATS * period]
+        if not stale:
             return 0
+        expires_in = max(0.0, min(stale))
         if self.next_sweep is None:
             ctx.log.info(f"a launcher session that stopped renewing its lease holds jobs this "
-                         f"launcher can run: sweeping it in {max(0.0, expires_in):.1f} s")
+                         f"launcher can run: sweeping it in {expires_in:.1f} s")
         # A little after the expiry: the database's clock decides, and it must have passed.
-        self.next_sweep = now + max(0.0, expires_in) + 0.2
+        self.next_sweep = now + expires_in + 0.2
         return 1

@@ -21,7 +21,9 @@ allocation.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import shutil
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -49,6 +51,8 @@ def run_serial(args: Any, ctx: Context, run_once: Callable[[Any, Context], int])
         directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the session's directory, once empty
+            os.rmdir(os.path.dirname(directory))
         if status != FAILED or ctx.should_stop() or not (reports.stopped or reports.unknown):
             return status  # normal end, a stop, or an ensemble that never came up
         hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]

@@ -118,11 +118,14 @@ def settle(ctx: Context) -> Reports:
     directory = report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
     reports = read_reports(directory)
     if reports.running:
-        _heartbeat(ctx)
-        deadline = time.monotonic() + ctx.tunables.kill_grace_seconds + SETTLE_SLACK_SECONDS
         ctx.log.info(f"waiting for the watchdogs of worker ranks {', '.join(reports.running)} "
                      "to stop their tasks")
+        deadline = time.monotonic() + ctx.tunables.kill_grace_seconds + SETTLE_SLACK_SECONDS
+        next_beat = 0.0
         while reports.running and time.monotonic() < deadline:
+            if time.monotonic() >= next_beat:
+                _heartbeat(ctx)
+                next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
             time.sleep(POLL_SECONDS)
             reports = read_reports(directory)
     if reports.started or reports.started_alive:
@@ -138,7 +141,7 @@ def settle(ctx: Context) -> Reports:
 
 
 def _heartbeat(ctx: Context) -> None:
-    """The master (which renewed the lease) is gone: renew it once while the tasks die."""
+    """The master (which renewed the lease) is gone: renew it while the tasks die."""
     try:
         ctx.db.try_run(leases.heartbeat, ctx.session_id)
     except DatabaseUnavailable:
