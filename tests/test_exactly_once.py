@@ -178,7 +178,8 @@ def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorde
     ids, markers = tickers(cursor, scripts, 2, ticks=300, packing=2)
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         first = start(*SERIAL)
-        wait_for(lambda: running(cursor) == 2, 30, "both runs to be recorded")
+        wait_for(lambda: running(cursor) == 2 and all(runs(markers, j) for j in ids), 30,
+                 "both runs to be recorded and to tick")
         kill(first.pid)
         killed_at = time.monotonic()
         first.wait(10)
