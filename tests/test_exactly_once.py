@@ -107,22 +107,30 @@ def kill_launcher_and_ensemble(launcher_pid: int) -> list[int]:
     return killed
 
 
-def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cursor, scripts):
+@pytest.mark.parametrize("mode", ["serial", "mpi"])
+def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cursor, scripts,
+                                                                           mode):
     # Item 3: no service runs; a new non-persistent launcher must not exit idle while a dead
     # session holds its jobs (RUNNING, or claimed and queued): it sweeps at the lease's end.
-    ids, markers = tickers(cursor, scripts, 6, ticks=10, packing=2)
+    # (MPI mode claims only what it starts: one job, so that nothing else keeps a launcher up.)
+    ids, markers = tickers(cursor, scripts, 6 if mode == "serial" else 1, ticks=10, packing=2)
     tunables = dict(QUICK, lease_seconds=6)
+    args = ("--consume-all", "--job-mode", mode)
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
-        first = start(*SERIAL)
-        wait_for(lambda: running(cursor) >= 2, 30, "two runs to be recorded")
-        killed = kill_launcher_and_ensemble(first.pid)
+        first = start(*args)
+        wait_for(lambda: running(cursor) >= (2 if mode == "serial" else 1), 30,
+                 "runs to be recorded")
+        # Serial mode: the launcher, mpiexec and the ranks; MPI mode: the launcher alone (the
+        # watchdogs stop the tasks in both).
+        killed = kill_launcher_and_ensemble(first.pid) if mode == "serial" else [first.pid]
+        kill(first.pid)
         killed_at, killed_wall = time.monotonic(), time.time()
         first.wait(10)
-        wait_for(lambda: all(process_gone(p) for p in killed), 10, "the ensemble to die")
+        wait_for(lambda: all(process_gone(p) for p in killed), 10, "the launcher to die")
         held = [j for j in ids if job_row(cursor, j)["session_id"] is not None]
         dead = job_row(cursor, held[0])["session_id"]
-        assert len(held) >= 3  # running and claimed jobs of the dead session
-        second = start(*SERIAL)
+        assert len(held) >= (3 if mode == "serial" else 1)  # running (and claimed) jobs
+        second = start(*args)
         assert second.wait(120) == 0, second.output()
         recovered = time.monotonic() - killed_at
     cursor.execute(f"SELECT ended_at, end_reason FROM {schema.SESSION_TABLE} WHERE id = %s",
@@ -130,7 +138,7 @@ def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cu
     ended_at, reason = cursor.fetchone()
     assert "lost its lease" in reason
     swept = ended_at.timestamp() - killed_wall
-    print(f"{len(held)} stranded jobs: swept {swept:.1f} s, all finished {recovered:.1f} s "
+    print(f"{mode}: {len(held)} stranded jobs: swept {swept:.1f} s, all finished {recovered:.1f} s "
           f"after the kill (lease {tunables['lease_seconds']} s)")
     assert swept < tunables["lease_seconds"] + 6  # at the lease's end, not a sweep period later
     assert all_finished(cursor, ids)
