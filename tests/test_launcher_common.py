@@ -349,7 +349,8 @@ def test_housekeeper_raises_session_lost_once_the_session_was_swept(db, cursor):
 
 
 def test_idle_exit_only_after_the_idle_time_with_nothing_outstanding(db):
-    ctx = make_context(db, None, 0)
+    database = Database(db)
+    ctx = make_context(db, database, database.run(open_session))
     house = Housekeeper(ctx)
     outstanding = [1]
     assert not house.idle_exit(lambda: outstanding[0], now=0.0)
@@ -360,6 +361,27 @@ def test_idle_exit_only_after_the_idle_time_with_nothing_outstanding(db):
     assert ctx.exit_reason == "idle for 0.2 s with nothing to run"
     ctx.persistent = True
     assert not Housekeeper(ctx).idle_exit(lambda: 0, now=100.0)
+    database.close()
+
+
+def test_a_silent_session_holding_runnable_jobs_keeps_a_launcher_up_and_is_swept_on_time(
+        db, cursor):
+    add_app(cursor, "app", "true")
+    (job_id,) = add_jobs(cursor, [{"name": "held", "application": "app",
+                                   "state": "PREPROCESSED"}])
+    dead = open_session(cursor, lease_seconds=1)
+    leases.claim(cursor, dead, 1, serial=False, max_nodes=1)
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = now() - interval '1 hour', "
+                   "started_at = now() - interval '1 hour' WHERE id = %s", [dead])
+    database = Database(db)
+    house = Housekeeper(make_context(db, database, database.run(open_session)))
+    for now in (0.0, 0.1, 0.2, 0.31):
+        assert not house.idle_exit(lambda: 0, now=now)
+    assert house.next_sweep is not None and house.due_in(0.31) < 1.5
+    time.sleep(house.due_in(0.31))  # the database's clock must pass the expiry too
+    house.beat(now=house.next_sweep)
+    assert job_row(cursor, job_id)["session_id"] is None  # swept: the claim is released
+    database.close()
 
 
 # ---- the command line -------------------------------------------------------------------------

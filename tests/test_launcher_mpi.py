@@ -190,6 +190,7 @@ def test_tasks_get_balsam_variables_job_variables_envscript_and_a_clean_environm
     assert task_env["BALSAM_DB_PATH"] == db
     assert task_env["BALSAM_LAUNCHER_NODES"] == "1"
     assert task_env["BALSAM_JOB_MODE"] == "mpi"
+    assert task_env["BALSAM_JOB_ATTEMPT"] == "1"
     assert task_env["OMP_NUM_THREADS"] == "2"
     assert (task_env["ONE"], task_env["TWO"]) == ("1", "a=b")
     assert task_env["FROM_ENVSCRIPT"] == "sourced"

@@ -140,6 +140,21 @@ def test_worker_kills_queued_and_running_tasks_and_stop_returns_the_queue(tmp_pa
     assert inbox.collected("returned") == ["s3", "late"] and inbox.flagged("bye")
 
 
+def test_worker_reports_a_task_that_completes_within_the_stop_grace_as_done(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0, 1], 0), {"PATH": os.environ["PATH"]})
+    ready = tmp_path / "trap_set"
+    inbox.orders.append({"work": [
+        work(str(tmp_path), "finishes", ["bash", "-c", f"trap '' TERM; touch {ready}; sleep 1"],
+             2),
+        work(str(tmp_path), "dies", ["sleep", "30"], 2)]})
+    serve(worker, inbox, lambda: len(inbox.collected("started")) == 2 and ready.exists())
+    inbox.orders.append({"stop": 5.0})
+    serve(worker, inbox, lambda: inbox.flagged("drained"))
+    assert inbox.collected("done") == ["finishes"]
+    assert [job for job, _ in inbox.collected("stopped")] == ["dies"]
+
+
 # ---- the real launcher -----------------------------------------------------------------------
 
 @pytest.fixture

@@ -42,7 +42,8 @@ def test_claim_holds_runnable_unheld_jobs_only(app, cursor):
     sid = session(cursor)
     claimed = leases.claim(cursor, sid, 10, serial=False, max_nodes=4)
     assert sorted(r["job_id"] for r in claimed) == sorted(str(j.pk) for j in jobs)
-    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS)
+    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS) | {"runs"}
+    assert claimed[0]["runs"] == 0
     assert leases.claim(cursor, session(cursor), 10, serial=False, max_nodes=4) == []
     held = holders(cursor)
     assert sum(1 for s, _ in held.values() if s == sid) == 3
@@ -209,3 +210,44 @@ def test_a_job_change_notifies_listeners_once_per_statement(app, db, cursor):
         assert ops == ["INSERT", "UPDATE"]
     finally:
         listener.close()
+
+
+def test_holders_elsewhere_gives_heartbeat_age_and_sweep_time_of_sessions_holding_work(
+        app, cursor):
+    make_jobs(2, workflow="wf_a")
+    dead, live, me = session(cursor, lease_seconds=30), session(cursor), session(cursor)
+    leases.claim(cursor, dead, 1, serial=False, max_nodes=4)
+    leases.claim(cursor, live, 1, serial=False, max_nodes=4)
+    cursor.execute("UPDATE core_launchersession SET heartbeat = now() - interval '20 seconds' "
+                   "WHERE id = %s", [dead])
+    found = sorted(leases.holders_elsewhere(cursor, me, serial=False, max_nodes=4,
+                                            wf_filter="a"))
+    assert len(found) == 2 and found[0][0] < 1 and 19.9 < found[1][0] < 21
+    # 30 s lease, 20 s silent -- and sweeps wait until the server has been up a whole lease
+    cursor.execute("SELECT EXTRACT(EPOCH FROM GREATEST(now() - interval '20 seconds', "
+                   "pg_postmaster_start_time()) + interval '30 seconds' - now())")
+    assert abs(found[1][1] - float(cursor.fetchone()[0])) < 1
+    assert leases.holders_elsewhere(cursor, me, serial=False, max_nodes=4, wf_filter="b") == []
+    assert len(leases.holders_elsewhere(cursor, dead, serial=False, max_nodes=4)) == 1  # not its own
+    cursor.execute("UPDATE core_balsamjob SET num_nodes = 2 WHERE session_id IS NOT NULL")
+    assert leases.holders_elsewhere(cursor, me, serial=True, max_nodes=1) == []  # does not fit
+
+
+def test_lost_starts_are_recorded_once_as_runs_of_unknown_outcome(app, cursor):
+    lost, recorded, idle = (str(j.pk) for j in make_jobs(3))
+    sid = session(cursor, mode="serial")
+    leases.claim(cursor, sid, 3, serial=True, max_nodes=1)
+    leases.start(cursor, sid, [recorded], "serial-mode session 1")
+    started = {lost: 1, recorded: 1}
+    assert leases.record_lost_starts(cursor, sid, started, "serial-mode session 1",
+                                     "outcome unknown") == [lost]
+    assert leases.record_lost_starts(cursor, sid, started, "serial-mode session 1",
+                                     "outcome unknown") == []  # released: never twice
+    cursor.execute("SELECT from_state, to_state, message FROM core_jobevent WHERE job_id = %s "
+                   "ORDER BY id", [lost])
+    assert cursor.fetchall()[-2:] == [
+        ("PREPROCESSED", "RUNNING", "serial-mode session 1 (recorded after the run)"),
+        ("RUNNING", "RUN_TIMEOUT", "outcome unknown")]
+    held = holders(cursor)
+    assert held[lost] == (None, "RUN_TIMEOUT") and held[recorded] == (sid, "RUNNING")
+    assert held[idle] == (sid, "PREPROCESSED")

@@ -99,3 +99,58 @@ def test_the_watchdog_ignores_sigterm_and_sigint_from_the_terminal():
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+REPORTING_OWNER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from balsam.launcher.watchdog import Watchdog
+    dog = Watchdog(0.5, report=sys.argv[1])
+    def task(cmd):
+        return subprocess.Popen(["sh", "-c", cmd], start_new_session=True)
+    early = task("exit 0"); early.wait()
+    dog.add(early.pid, "recorded-job")
+    dog.remove(early.pid)
+    dog.all_recorded()
+    ended = task("exit 0"); ended.wait()
+    dog.add(ended.pid, "ended-job")
+    dog.remove(ended.pid)
+    stubborn = task("trap '' TERM; while :; do sleep 0.1; done")
+    dog.expect("stubborn-job")
+    dog.add(stubborn.pid, "stubborn-job")
+    dog.expect("unregistered-job")  # the owner dies before it can register this one
+    hidden = subprocess.Popen(["sh", "-c", "while :; do sleep 0.1; done"], start_new_session=True,
+                              env=dict(os.environ, BALSAM_JOB_ID="unregistered-job"))
+    print(stubborn.pid, hidden.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_report_says_running_until_every_task_is_dead_and_lists_unrecorded_starts(tmp_path):
+    import json
+
+    report = str(tmp_path / "rank1.json")
+
+    def read() -> dict:
+        with open(report) as fh:
+            return json.load(fh)
+
+    owner = subprocess.Popen([sys.executable, "-c", REPORTING_OWNER, report],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    stubborn, hidden = (int(p) for p in owner.stdout.readline().split())
+    try:
+        assert read()["state"] == "running"  # written before any task could start
+        owner.kill()
+        owner.wait(5)
+        wait_for(lambda: read()["state"] != "running", 10, "the watchdog's final report")
+        final = read()
+        assert process_gone(stubborn)  # SIGTERM ignored: SIGKILLed, and gone before the report
+        assert process_gone(hidden)  # found by its BALSAM_JOB_ID
+        assert final["state"] == "stopped" and final["alive"] == []
+        assert sorted(final["started"]) == ["ended-job", "stubborn-job", "unregistered-job"]
+    finally:
+        for pid in (stubborn, hidden):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

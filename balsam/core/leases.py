@@ -13,6 +13,7 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from balsam.core import lifecycle, schema
@@ -54,6 +55,7 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
           exclude_ids: tuple = ()) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
+    Each row also has ``runs``: how many runs the job's history shows so far.
     ``serial``: only single-node, single-rank jobs, fewest-per-node packing first; otherwise
     jobs of at most ``max_nodes`` nodes, largest first. Both then longest wall time first.
     ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
@@ -68,14 +70,18 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
         order = "num_nodes DESC, wall_time_minutes DESC"
     if wf_filter:
         where.append("workflow LIKE %s")
-        params.append("%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        params.append(_like(wf_filter))
     if max_wall_minutes is not None:
         where.append("wall_time_minutes <= %s")
         params.append(max_wall_minutes)
     if exclude_ids:
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
-    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS)
+    # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
+    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent.
+    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
+        f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
+        f"AND e.to_state = '{State.RUNNING.value}') AS runs")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
     # claim skip the job -- no notification would come to retry it.
@@ -94,6 +100,37 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     for r in rows:
         r["job_id"] = str(r["job_id"])
     return rows
+
+
+def _like(wf_filter: str) -> str:
+    """A LIKE pattern matching workflows that contain ``wf_filter`` (wildcards escaped)."""
+    return "%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: int,
+                      wf_filter: Optional[str] = None) -> list[tuple[float, float]]:
+    """[(seconds since its heartbeat, seconds until it can be swept)] for every open session
+    other than ``session_id`` that holds jobs this launcher could run (RUNNING, or claimed in a
+    runnable state; fitting ``serial``/``max_nodes``; matching ``wf_filter``). The second value
+    follows :func:`sweep`'s rule (a whole lease after the heartbeat and after the server
+    started; <= 0: now). An idle launcher uses it to tell a holder that stopped renewing its
+    lease (wait for it, sweep it, run its jobs) from a live one (leave them to it)."""
+    fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial
+                                  else "")
+    params: list[Any] = [session_id, State.RUNNING.value, max_nodes]
+    wf = ""
+    if wf_filter:
+        wf = " AND j.workflow LIKE %s"
+        params.append(_like(wf_filter))
+    cursor.execute(f"""
+        SELECT EXTRACT(EPOCH FROM now() - s.heartbeat),
+               EXTRACT(EPOCH FROM GREATEST(s.heartbeat, pg_postmaster_start_time())
+                       + make_interval(secs => s.lease_seconds) - now())
+        FROM {SESSION} s
+        WHERE s.ended_at IS NULL AND s.id <> %s
+          AND EXISTS (SELECT 1 FROM {JOB} j WHERE j.session_id = s.id
+                      AND (j.state = %s OR j.state IN {_RUNNABLE_SQL}) AND {fit}{wf})""", params)
+    return [(float(age), float(expires)) for age, expires in cursor.fetchall()]
 
 
 def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:
@@ -123,6 +160,30 @@ def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
     moved = lifecycle.transition(cursor, job_ids, state, messages, holder=session_id,
                                  sources=[State.RUNNING.value])
     return [job_id for job_id, _ in moved]
+
+
+def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
+                       start_message: str, message: Optional[str]) -> list[str]:
+    """Record runs this session started but never recorded (its launcher died in between).
+
+    ``started`` maps job ids to how many times the session started them; a job the session
+    still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` gets one
+    run recorded: RUNNING (``start_message``, marked late), then RUN_TIMEOUT with ``message``,
+    which releases it so the retry rules apply (``message`` None: the task may still run, the
+    job stays RUNNING and held until the session is closed or swept). Returns the ids."""
+    if not started:
+        return []
+    cursor.execute(f"""
+        SELECT j.job_id, (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
+                          AND e.to_state = %s AND e.message = %s)
+        FROM {JOB} j WHERE j.job_id = ANY(%s::uuid[]) AND j.session_id = %s AND j.state <> %s""",
+                   [State.RUNNING.value, start_message, list(started), session_id,
+                    State.RUNNING.value])
+    lost = [str(job_id) for job_id, runs in cursor.fetchall() if started[str(job_id)] > runs]
+    moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
+    if message is None:
+        return moved
+    return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message)
 
 
 def killed(cursor: Any, session_id: int) -> list[str]:

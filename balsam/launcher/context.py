@@ -9,8 +9,12 @@ flags), the time at which tasks must be stopped, the MPI flavour and the logger.
 lease every ``heartbeat_seconds`` (raising :class:`SessionLost` if the session was swept: the
 mode then kills its tasks, records nothing and exits non-zero), sweep expired sessions of other
 launchers every few heartbeats, and decide when a non-persistent launcher has been idle long
-enough to exit. All its database calls are non-blocking (:meth:`Database.try_run`): while the
-database is away they are skipped and retried on the next call.
+enough to exit. A launcher is not idle while a session that looks dead (no heartbeat for
+``STALE_HEARTBEATS`` periods) holds jobs it could run: it sweeps that session the moment its
+lease expires (:func:`leases.holders_elsewhere`), then runs them; and while live sessions hold
+such jobs it stays idle long enough to see a missed heartbeat before it exits. All its database calls are
+non-blocking (:meth:`Database.try_run`): while the database is away they are skipped and
+retried on the next call.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
 
 SWEEP_EVERY_HEARTBEATS = 3
+STALE_HEARTBEATS = 1.5
+"""A session whose heartbeat is this many periods old looks dead (the lease decides)."""
 
 
 class SessionLost(BalsamError):
@@ -103,6 +109,11 @@ class Context:
     watchdog: Optional[Any] = None
     """A :class:`balsam.launcher.watchdog.Watchdog` the mode registers its task process groups
     with, so they die if the launcher is killed (None: not covered)."""
+    ensembles: int = 0
+    """Serial mode: how many ensembles this session started before the current one."""
+    release_session: bool = True
+    """False when tasks of this session may still run (a serial ensemble died and its worker
+    watchdogs did not report them dead): the session is then left to the lease sweep."""
     wakeup_fd: Optional[int] = None
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""
@@ -150,15 +161,23 @@ class Housekeeper:
         self.next_beat = time.monotonic()  # the first beat (and sweep) at once
         self.idle_since: Optional[float] = None
         self.next_outstanding_check = 0.0
+        self.min_idle = 0.0
+        """Shortest idle time before exiting (other sessions hold jobs: see if they renew)."""
+        self.next_sweep: Optional[float] = None
+        """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
 
     def due_in(self, now: float) -> float:
         """Seconds until :meth:`beat` has work."""
-        return max(0.0, self.next_beat - now)
+        due = self.next_beat if self.next_sweep is None else min(self.next_beat, self.next_sweep)
+        return max(0.0, due - now)
 
     def beat(self, now: Optional[float] = None) -> None:
         """Renew the lease (and sweep) if due; SessionLost if the session was swept."""
         now = time.monotonic() if now is None else now
+        if self.next_sweep is not None and now >= self.next_sweep:
+            self.next_sweep = None
+            self.sweep()
         if now < self.next_beat:
             return
         ctx = self.ctx
@@ -202,7 +221,7 @@ class Housekeeper:
         if now >= self.next_outstanding_check:
             self.next_outstanding_check = now + ctx.tunables.idle_wait_seconds
             try:
-                count = outstanding()
+                count = outstanding() or self._stranded(now)
             except DatabaseUnavailable:
                 count = 1  # unknown: not idle
             if count:
@@ -212,7 +231,30 @@ class Housekeeper:
                 self.idle_since = now
         if self.idle_since is None:
             return False
-        if now - self.idle_since >= ctx.tunables.idle_exit_seconds:
+        if now - self.idle_since >= max(ctx.tunables.idle_exit_seconds, self.min_idle):
             ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
             return True
         return False
+
+    def _stranded(self, now: float) -> int:
+        """1 if a session that stopped renewing its lease holds jobs this launcher could run
+        (a sweep is then scheduled for when it expires), else 0. While other sessions hold
+        such jobs, idling lasts long enough to see whether they renew (``min_idle``)."""
+        ctx = self.ctx
+        serial = ctx.job_mode == "serial"
+        holders = ctx.db.try_run(leases.holders_elsewhere, ctx.session_id, serial=serial,
+                                 max_nodes=1 if serial else ctx.alloc.num_nodes,
+                                 wf_filter=ctx.wf_filter)
+        period = ctx.tunables.heartbeat_seconds
+        self.min_idle = (STALE_HEARTBEATS * period + ctx.tunables.idle_wait_seconds
+                         if holders else 0.0)
+        stale = [expires for age, expires in holders if age > STALE_HEARTBEATS * period]
+        if not stale:
+            return 0
+        expires_in = max(0.0, min(stale))
+        if self.next_sweep is None:
+            ctx.log.info(f"a launcher session that stopped renewing its lease holds jobs this "
+                         f"launcher can run: sweeping it in {expires_in:.1f} s")
+        # A little after the expiry: the database's clock decides, and it must have passed.
+        self.next_sweep = now + expires_in + 0.2
+        return 1

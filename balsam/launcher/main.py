@@ -5,9 +5,11 @@
 log line says which and why), opens the database connection and the launcher
 session (label = job mode and workflow filter, with the scheduler's job id), installs the
 SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
-(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``)
+(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``,
+started again by :mod:`balsam.launcher.ensemble_restart` if it fails)
 and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
-every claim is released -- unless the session was lost to a sweep.
+every claim is released -- unless the session was lost to a sweep, or the mode cannot tell that
+its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
 
 Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
 margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     status, lost = 1, False
     try:
         if mode_entry is not None:
-            status = int(mode_entry(args, ctx) or 0)
+            from balsam.launcher.ensemble_restart import run_serial
+
+            status = int(run_serial(args, ctx, mode_entry) or 0)
         else:
             from balsam.launcher.mpi_mode import MPIMode
             from balsam.launcher.watchdog import Watchdog
@@ -130,8 +134,11 @@ def run(args: argparse.Namespace) -> int:
             pool.stop()
         if ctx.watchdog is not None:
             ctx.watchdog.close()
-        if not lost:
+        if not lost and ctx.release_session:
             _close(ctx)
+        elif not lost:
+            log.error(f"session {session_id} stays open until its lease expires: its tasks are "
+                      "not known to be dead")
         log.info(f"exit status {status}: {ctx.stop_reason or ctx.exit_reason or 'done'}; "
                  f"{db.statements} statements in {db.transactions} transactions")
         db.close()

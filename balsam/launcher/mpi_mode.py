@@ -4,7 +4,8 @@ Nodes are slots addressed by index (idle or running one job). Each loop iteratio
 
 1. reap finished tasks (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail;
    a task a user killed -> its claim is dropped, the job stays USER_KILLED; a task the
-   launcher stopped -> RUN_TIMEOUT) and free their nodes;
+   launcher stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE)
+   and free their nodes;
 2. one transaction, only when there is something to do: write the pending state changes, run
    the processing pass (:func:`transitions.advance`), ask which running jobs a user killed,
    and claim jobs for the idle nodes (largest first; jobs needing more nodes than are idle
@@ -143,9 +144,9 @@ class MPIMode:
             if run.killed:
                 self.status.release(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} killed by a user: stopped (exit code {rc})")
-            elif run.stopped:
+            elif run.stopped and rc != 0:
                 self.status.timeout(job_id, f"stopped by the launcher: {self.ctx.stop_reason}")
-            elif rc == 0:
+            elif rc == 0:  # also a task that completed within the stop's grace: it is done
                 self.status.done(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} done")
             elif procs.stopped_from_outside(rc):
@@ -319,6 +320,7 @@ class MPIMode:
 
     # ---- ending -----------------------------------------------------------------------------
     def _stop_all(self, grace: float, extra: float) -> None:
+        self._reap()  # what already ended is recorded as it ended, not as stopped
         for run in self.runs.values():
             if not run.killed:
                 run.stopped = True

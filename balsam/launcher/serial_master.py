@@ -140,7 +140,7 @@ class Master:
             elif self.house.idle_exit(self._outstanding, now):
                 ctx.log.info(f"exiting: {ctx.exit_reason}")
                 self._release_all()
-                self._tell_all({"exit": True})
+                self._tell_all({"exit": True, "recorded": True})
                 return EXIT_IDLE
             if busy:
                 self._last_busy = now
@@ -366,7 +366,7 @@ class Master:
                             "their tasks stopped in time")
         self._flush(before=time.monotonic() + 3.0)
         self._release_all()
-        self._tell_all({"exit": True})
+        self._tell_all({"exit": True, "recorded": not self.status.pending})
 
     def _release_all(self) -> None:
         try:

@@ -6,10 +6,11 @@ Two sides:
   runs ONE MPI command (per scheduler: :mod:`balsam.platform.mpi.ensemble`), ``1 + nodes``
   ranks of ``python -m balsam.launcher.serial_mode CONFIG`` (the master shares the first node
   with worker 1), waits for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it
-  as SIGTERM, which the MPI launcher passes on to every rank (MPICH's Hydra does). The
-  session is opened and closed by the caller: rank 0 only uses it (claims, heartbeats) through
-  its id, so whatever happens to the ranks, the caller's ``close_session`` records any job
-  still RUNNING as RUN_TIMEOUT.
+  as SIGTERM, which the MPI launcher passes on to every rank (MPICH's Hydra does); if the
+  launcher is killed outright, its watchdog does the same. The session is opened and closed by
+  the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
+  the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
+  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
 * Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
   :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
   ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
@@ -35,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from balsam.db.session import Database
 from balsam.platform.allocation import Allocation
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 from balsam.platform.mpi.ensemble import ensemble_command
@@ -72,6 +72,8 @@ class SerialConfig:
     deadline: Optional[float] = None
     stop_grace: float = 5.0
     log_path: str = ""
+    generation: int = 0
+    """How many ensembles the session started before this one (names the watchdog reports)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -91,7 +93,7 @@ class SerialConfig:
                    wf_filter=ctx.wf_filter, persistent=ctx.persistent,
                    processing=ctx.processing,
                    deadline=None if math.isinf(left) else time.time() + left,
-                   stop_grace=ctx.stop_grace, log_path=log_path)
+                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles)
 
     def allocation(self) -> Allocation:
         return Allocation(tuple(self.hosts), self.cores_per_node, self.gpus_per_node,
@@ -133,8 +135,15 @@ def run_launcher(args: Any, ctx: Context) -> int:
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    _watch_ensemble(ctx, proc.pid)
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
+    from balsam.launcher.ensemble_watch import settle
+
+    if rc != sm.EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
+        settle(ctx)
+    if ctx.watchdog is not None:
+        ctx.watchdog.remove(proc.pid)
 
     if rc == sm.EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
@@ -149,6 +158,17 @@ def run_launcher(args: Any, ctx: Context) -> int:
         ctx.log.error(f"the serial-mode ensemble failed with status {rc} (see {out_path})")
         return 2
     return 0
+
+
+def _watch_ensemble(ctx: Context, pgid: int) -> None:
+    """If this process is killed (SIGKILL), its watchdog stops the ensemble as a signal would:
+    SIGTERM (the master stops the tasks and records them), SIGKILL if it outlives the grace."""
+    from balsam.launcher.watchdog import Watchdog
+
+    if ctx.watchdog is None:  # closed by the caller, :func:`balsam.launcher.main.run`
+        ctx.watchdog = Watchdog(ctx.tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS,
+                                log=ctx.log.error)
+    ctx.watchdog.add(pgid)
 
 
 def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
@@ -280,41 +300,13 @@ def _on_signals(notify: Callable[[str], None]) -> None:
         signal.signal(sig, handler)
 
 
-class MeteredDatabase(Database):
-    """A :class:`Database` that also counts statements by the function run (``by_work``),
-    for the master's exit log line (the benchmark's statements-per-task breakdown)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.by_work: dict[str, int] = {}
-
-    def _metered(self, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
-        before = self.statements
-        try:
-            return call()
-        finally:
-            name = getattr(fn, "__name__", "other")
-            self.by_work[name] = self.by_work.get(name, 0) + self.statements - before
-
-    def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).run(fn, *args, **kw))
-
-    def run_before(self, deadline: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).run_before(
-            deadline, fn, *args, **kw))
-
-    def try_run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._metered(fn, lambda: super(MeteredDatabase, self).try_run(fn, *args, **kw))
-
-    def summary(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(self.by_work.items(), key=lambda kv: -kv[1]))
-
-
 def run_master(comm: Any, config: SerialConfig) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
     and run the :class:`Master`."""
     from balsam.launcher.context import Context, Tunables
+    from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
+    from balsam.launcher.metered import MeteredDatabase
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status import StatusBuffer
 
@@ -336,7 +328,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     source = JobSource(db, config.session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={})
     status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
-                          start_message=f"serial-mode session {config.session_id}")
+                          start_message=start_message(config.session_id))
     log.info(f"serial master on host {socket.gethostname()}: session {config.session_id}, "
              f"{comm.Get_size() - 1} worker(s)")
     try:
@@ -351,28 +343,30 @@ def run_master(comm: Any, config: SerialConfig) -> int:
 
 
 def run_worker(comm: Any, config: SerialConfig) -> int:
-    """Ranks 1..N: serve node ``rank - 1`` until the master says exit."""
-    from balsam import defaults
+    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
+    reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
+    from balsam.launcher.context import Tunables
+    from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.packing import NodeSlots
     from balsam.launcher.serial_worker import Worker, node_cpus
+    from balsam.launcher.watchdog import Watchdog
 
     stop = threading.Event()
     _on_signals(lambda _name: stop.set())
-    t = config.settings.get("launcher", {})
+    t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
-    from balsam.launcher.watchdog import Watchdog
-
-    watchdog = Watchdog(float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)))
+    watchdog = Watchdog(t.kill_grace_seconds,
+                        report=report_path(config.db_path, config.session_id, comm.Get_rank(),
+                                           config.generation))
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
-                    os.environ,
-                    kill_grace=float(t.get("kill_grace_seconds", defaults.KILL_GRACE_SECONDS)),
-                    shutdown_grace=float(t.get("shutdown_grace_seconds",
-                                               defaults.SHUTDOWN_GRACE_SECONDS)),
-                    tail_lines=int(t.get("output_tail_lines", defaults.OUTPUT_TAIL_LINES)),
+                    os.environ, kill_grace=t.kill_grace_seconds,
+                    shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
                     signalled=stop, watchdog=watchdog)
     try:
         worker.run()
         link.flush(5.0)
+        if worker.recorded:
+            watchdog.all_recorded()
     finally:
         watchdog.close()
     _logger(config, "balsam.serial.worker").info(

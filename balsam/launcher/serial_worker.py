@@ -12,12 +12,14 @@ nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task t
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
-(SIGKILL every task at once and leave: the session was lost).
+(SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
+says every start was written to the database (the watchdog's report need not list them).
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
 tail)], ``killed`` [ids] (a kill order completed: the task's group is gone or it never
-started), ``stopped`` [(id, rc)] (ended by a stop), ``returned`` [ids] (never started, given
+started), ``stopped`` [(id, rc)] (ended by a stop; a task that exits 0 within the stop's grace
+is ``done``: it completed), ``returned`` [ids] (never started, given
 back), ``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
 after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker
 acts as a ``stop`` of its own and is announced with ``stopping`` True.
@@ -106,6 +108,8 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.stopping = False
         self.finished = False
+        self.recorded = False
+        """The master said every start was recorded (set with ``exit``)."""
         self._by_fd: dict[int, str] = {}
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
@@ -183,6 +187,7 @@ class Worker:
             self._stop(float(message["stop"]))
         if message.get("exit"):
             self.finished = True
+            self.recorded = bool(message.get("recorded"))
 
     def _kill(self, job_id: str) -> None:
         running = self.running.get(job_id)
@@ -197,6 +202,7 @@ class Worker:
                 return
 
     def _stop(self, grace: float) -> None:
+        self._reap()  # what already ended is reported as it ended, not as stopped
         self.stopping = True
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
@@ -240,7 +246,7 @@ class Worker:
             self.watchdog.remove(r.task.pgid)
         if r.why == "kill":
             self._note_all("killed", [job_id])
-        elif r.why == "stop":
+        elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
             self._note_all("stopped", [(job_id, rc)])
         elif rc == 0:
             self._note_all("done", [job_id])
@@ -265,6 +271,8 @@ class Worker:
                 env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
             self._note_all("started", [work.job_id])
             started = True
+            if self.watchdog is not None:
+                self.watchdog.expect(work.job_id)
             try:
                 t = spawn.SpawnedTask(
                     work.job_id, task.with_envscript(work.argv, work.envscript), env,
@@ -274,13 +282,13 @@ class Worker:
                 self.node.free(work.job_id)
                 self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
                 continue
+            if self.watchdog is not None:  # at once: the window in which it is not covered
+                self.watchdog.add(t.pgid, work.job_id)
             if len(placement.cpus) < len(self.node.cpus):
                 _pin(t.pid, placement.cpus)
             fd = _pidfd(t.pid)
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
-            if self.watchdog is not None:
-                self.watchdog.add(t.pgid)
             if fd >= 0:
                 self._by_fd[fd] = work.job_id
                 self._poller.register(fd, select.POLLIN)

@@ -66,6 +66,7 @@ def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[s
     if envscript and not os.path.isfile(envscript):
         raise BalsamError(f"envscript {envscript} of application {app.get('name')!r} does not exist")
     job_vars = job_variables(row, parents, db_path, launcher_nodes, job_mode)
+    job_vars["BALSAM_JOB_ATTEMPT"] = str(int(row.get("runs", 0)) + 1)  # 1 on the first run
     return TaskSpec(
         job_id=str(row["job_id"]), name=row["name"],
         workdir=schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],

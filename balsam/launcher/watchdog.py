@@ -13,21 +13,37 @@ reaches end of file -- the launcher exited, however it died -- the watchdog send
 process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and exits.
 After a normal exit nothing is registered, so it exits at once and silently.
 
+A serial-mode worker rank also gives each task's job id (``+PGID JOBID``) and a report file.
+The rank writes the file (``{"state": "running"}``) before the watchdog exists, so the file is
+there before any task starts; when the watchdog is done it replaces it (atomic rename) with
+``state`` "stopped" (every registered group is gone: SIGKILL was followed by a wait until no
+live member is left) or "alive" (a group outlived SIGKILL), the ``started`` job ids (one per
+start this rank made, unless the rank said ``=``: "everything I started was recorded") and the
+groups still alive. The launcher reads these files after its ensemble ended
+(:mod:`balsam.launcher.ensemble_watch`): its session is released only once its tasks are known
+dead, and a start that was never recorded is recorded then.
+
 The watchdog ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal or a signal to the
 launcher's group must not take it down first). The grace must be well under the lease, so that
 orphans are gone before the sweep can make their jobs runnable again.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from balsam.platform.procgroup import signal_group
+from balsam.platform.procgroup import live_members, signal_group
+
+GONE_WAIT_SECONDS = 5.0
+"""After SIGKILL, how long the watchdog waits for a group's last live member to go."""
 
 
 class Watchdog:
@@ -35,12 +51,15 @@ class Watchdog:
     watchdog process is found dead (tasks are then no longer covered)."""
 
     def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, report: str = "") -> None:
+        if report:  # before any task can start: the launcher then knows this watchdog exists
+            write_report(report, {"state": "running", "host": socket.gethostname()})
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             self.proc: Optional[subprocess.Popen] = subprocess.Popen(
-                [python, "-m", "balsam.launcher.watchdog", f"{grace:g}", str(os.getpid())],
-                stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                [python, "-m", "balsam.launcher.watchdog", f"{grace:g}", str(os.getpid()),
+                 report], stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
+                close_fds=True)
         except OSError:
             os.close(self._fd)
             raise
@@ -49,10 +68,20 @@ class Watchdog:
         self._log = log
         self.registered: set[int] = set()
 
-    def add(self, pgid: int) -> None:
-        """A task leading process group ``pgid`` started."""
-        if self._send(b"+%d\n" % pgid):
+    def add(self, pgid: int, job_id: str = "") -> None:
+        """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
+        if self._send(f"+{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
+
+    def expect(self, job_id: str) -> None:
+        """A task of ``job_id`` is about to be started (:meth:`add` follows once it has its
+        process group): if this process dies in between, the watchdog finds the task by its
+        ``BALSAM_JOB_ID`` and stops it too."""
+        self._send(f"?{job_id}\n".encode())
+
+    def all_recorded(self) -> None:
+        """Every start so far is recorded in the database: the report need not list them."""
+        self._send(b"=\n")
 
     def remove(self, pgid: int) -> None:
         """The task leading ``pgid`` has been reaped (and its group stopped if need be)."""
@@ -96,16 +125,56 @@ def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(poll)
-        alive = [g for g in alive if signal_group(g, 0)]
+        alive = [g for g in alive if live_members(g)]
     for pgid in alive:
         signal_group(pgid, signal.SIGKILL)
     return existed
 
 
-def serve(fd: int, grace: float) -> list[int]:
-    """Read ``+PGID`` / ``-PGID`` lines from ``fd`` until end of file, then stop the groups
-    still registered; returns them."""
-    groups: set[int] = set()
+def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS,
+                poll: float = 0.05) -> list[int]:
+    """The groups that still have a live (non-zombie) member after up to ``timeout`` s."""
+    left = list(groups)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [g for g in left if live_members(g)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(poll)
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Replace the report file at ``path`` at once (write a temporary file, rename it)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(report, fh)
+    os.replace(tmp, path)
+
+
+def groups_of_job(job_id: str) -> list[int]:
+    """Process groups of this user's processes whose environment has ``BALSAM_JOB_ID=job_id``
+    (a task whose starter died before it could register it)."""
+    needle = f"BALSAM_JOB_ID={job_id}".encode()
+    found = set()
+    for name in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if needle in fh.read().split(b"\0"):
+                        found.add(os.getpgid(int(name)))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
+    file, then stop the groups still registered (and those of expected tasks that never were).
+    Returns (groups stopped, groups still alive after SIGKILL, job ids started since the last
+    ``=``, one per start; an expected start counts)."""
+    groups: dict[int, str] = {}
+    started: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
     pending = b""
     while True:
         try:
@@ -117,18 +186,36 @@ def serve(fd: int, grace: float) -> list[int]:
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if line[:1] == b"+":
-                groups.add(int(line[1:]))
+            if line[:1] == b"?":
+                expected[line[1:].decode()] += 1
+            elif line[:1] == b"+":
+                pgid, _, job = line[1:].decode().partition(" ")
+                groups[int(pgid)] = job
+                if job:
+                    started[job] += 1
+                    expected[job] -= 1
             elif line[:1] == b"-":
-                groups.discard(int(line[1:]))
-    return kill_groups(sorted(groups), grace) if groups else []
+                groups.pop(int(line[1:]), None)
+            elif line[:1] == b"=":
+                started.clear()
+                expected.clear()
+    for job in +expected:  # the starter died between starting a task and registering it
+        started[job] += 1
+        groups.update((pgid, job) for pgid in groups_of_job(job))
+    stopped = kill_groups(sorted(groups), grace) if groups else []
+    return stopped, still_alive(stopped), list(started.elements())
 
 
 def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
-    stopped = serve(0, grace)
+    report = argv[3] if len(argv) > 3 else ""
+    stopped, alive, started = serve(0, grace)
+    if report:
+        write_report(report, {"state": "alive" if alive else "stopped",
+                              "host": socket.gethostname(), "started": started,
+                              "alive": alive})
     if stopped:
         print(f"balsam watchdog: process {owner} exited with {len(stopped)} task(s) still "
               f"running: stopped process group(s) {', '.join(map(str, stopped))}",

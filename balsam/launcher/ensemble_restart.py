@@ -1,0 +1,91 @@
+"""Serial mode survives the death of a worker rank or node: the launcher starts a new ensemble.
+
+MPI takes a whole job down when one of its ranks dies (MPICH's Hydra kills the others), so one
+lost worker -- a rank killed by the OOM killer, a node that crashed -- ends the ensemble on
+every node. :func:`run_serial` runs the ensemble (:func:`balsam.launcher.serial_mode.
+run_launcher`) and, when it failed after it came up, while the launcher has time left and no
+stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the same session:
+
+1. :func:`balsam.launcher.ensemble_watch.settle` has waited for the worker watchdogs' reports
+   and recorded the starts the master never did;
+2. jobs RUNNING on ranks whose tasks are known dead become RUN_TIMEOUT (retried as usual), and
+   every other claim of the session is released; jobs of ranks whose tasks are NOT known dead
+   (the node is gone or a task outlived SIGKILL) stay RUNNING and held, so nothing runs them
+   again before the session is closed or swept;
+3. the nodes of those ranks are dropped from the allocation (the master moves to the first node
+   left), and the next ensemble starts on the others.
+
+Nodes are idle only from the death until the new ensemble starts tasks (about 2-3 s: the
+watchdogs' reports, one transaction, an MPI start-up), instead of for the rest of the
+allocation.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from balsam.core import leases
+from balsam.core.states import State
+from balsam.errors import DatabaseUnavailable
+from balsam.launcher import ensemble_watch
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+MAX_RESTARTS = 3
+"""Ensembles a launcher starts again after a failure (a broken node or setup must not loop)."""
+FAILED = 2
+""":func:`run_launcher`'s status for an ensemble that failed."""
+RECOVER_SECONDS = 5.0
+
+
+def run_serial(args: Any, ctx: Context, run_once: Callable[[Any, Context], int]) -> int:
+    """Run ensembles with ``run_once`` until one ends normally, the launcher must stop, or a
+    restart is not possible; the status of the last one."""
+    while True:
+        status = run_once(args, ctx)
+        directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
+        reports = ensemble_watch.read_reports(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the session's directory, once empty
+            os.rmdir(os.path.dirname(directory))
+        if status != FAILED or ctx.should_stop() or not (reports.stopped or reports.unknown):
+            return status  # normal end, a stop, or an ensemble that never came up
+        hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]
+        if ctx.ensembles >= MAX_RESTARTS or not hosts:
+            ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "
+                          "starting another")
+            return status
+        if not _recover(ctx, reports, len(hosts)):
+            return status
+        ctx.alloc = dataclasses.replace(ctx.alloc, hosts=tuple(hosts))
+        ctx.ensembles += 1
+        ctx.log.warning(f"restarting the serial-mode ensemble on {len(hosts)} node(s) "
+                        f"(ensemble {ctx.ensembles + 1} of this session)")
+
+
+def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
+    """Time out the jobs of ranks known dead, release the other claims; False if the database
+    could not be reached (the launcher then exits as after any failed ensemble)."""
+    dead = sorted({j for jobs in reports.stopped.values() for j in jobs})
+    message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
+               f"it restarts on {nodes} node(s)")
+    try:
+        timed_out = ctx.db.run_before(time.monotonic() + RECOVER_SECONDS, _recover_in,
+                                      ctx.session_id, dead, message)
+    except DatabaseUnavailable as exc:
+        ctx.log.error(f"could not recover the failed ensemble's jobs ({exc})")
+        return False
+    ctx.log.warning(f"the serial-mode ensemble failed: {timed_out} running job(s) recorded "
+                    "RUN_TIMEOUT, claims released")
+    return True
+
+
+def _recover_in(cursor: Any, session_id: int, dead: list[str], message: str) -> int:
+    timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
+    leases.release(cursor, session_id)
+    return len(timed_out)

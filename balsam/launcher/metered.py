@@ -1,0 +1,37 @@
+"""A :class:`balsam.db.session.Database` that counts statements by the function run (the
+serial master's exit log line: the benchmark's statements-per-task breakdown)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from balsam.db.session import Database
+
+
+class MeteredDatabase(Database):
+    """A :class:`Database` that also counts statements by the function run (``by_work``),
+    for the master's exit log line (the benchmark's statements-per-task breakdown)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.by_work: dict[str, int] = {}
+
+    def _metered(self, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
+        before = self.statements
+        try:
+            return call()
+        finally:
+            name = getattr(fn, "__name__", "other")
+            self.by_work[name] = self.by_work.get(name, 0) + self.statements - before
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).run(fn, *args, **kw))
+
+    def run_before(self, deadline: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).run_before(
+            deadline, fn, *args, **kw))
+
+    def try_run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._metered(fn, lambda: super(MeteredDatabase, self).try_run(fn, *args, **kw))
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.by_work.items(), key=lambda kv: -kv[1]))

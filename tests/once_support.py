@@ -1,0 +1,145 @@
+"""Helpers for the exactly-once fault tests: a task that leaves a trail of ticks, and the runs,
+overlaps and unrecorded runs computed from those trails (never from sleeps), so assertions
+hold however loaded the machine is."""
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+from balsam.core import schema
+
+TICKER = """#!/bin/bash
+# One run of a job: every 0.1 s append "<pid> <epoch time>" to $MARKERS/<job id>; TICKS ticks.
+# With STUBBORN set, SIGTERM is ignored (the sleep it interrupts is simply restarted), so only
+# SIGKILL ends the run early.
+if [ -n "$STUBBORN" ]; then trap 'echo "$$ term" >> "$MARKERS/$BALSAM_JOB_ID.term"' TERM; fi
+for ((i = 0; i < ${TICKS:-20}; i++)); do
+  echo "$$ $(date +%s.%N)" >> "$MARKERS/$BALSAM_JOB_ID"
+  sleep 0.1
+done
+echo "$$ end" >> "$MARKERS/$BALSAM_JOB_ID.end"
+"""
+
+
+def write_script(directory: str, name: str, text: str) -> str:
+    """Write an executable script and return its path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o755)
+    return path
+
+
+def runs(markers: str, job_id: str) -> dict[int, tuple[float, float]]:
+    """{pid: (first tick, last tick)} of every run of ``job_id`` that ticked at least once."""
+    out: dict[int, tuple[float, float]] = {}
+    try:
+        with open(os.path.join(markers, job_id)) as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2:
+            continue  # a tick cut short by SIGKILL
+        pid, t = int(parts[0]), float(parts[1])
+        first, last = out.get(pid, (t, t))
+        out[pid] = (min(first, t), max(last, t))
+    return out
+
+
+def overlap_seconds(markers: str, job_ids: Iterable[str]) -> dict[str, float]:
+    """{job id: seconds during which two runs of it ticked at once}, for jobs with any."""
+    out = {}
+    for job_id in job_ids:
+        spans = sorted(runs(markers, job_id).values())
+        total = 0.0
+        for i, (start, end) in enumerate(spans):
+            for other_start, other_end in spans[i + 1:]:
+                total += max(0.0, min(end, other_end) - max(start, other_start))
+        if total > 0:
+            out[job_id] = total
+    return out
+
+
+def recorded_runs(cursor: Any, job_id: str) -> int:
+    """How many runs the job's history shows (events entering RUNNING)."""
+    cursor.execute(f"SELECT count(*) FROM {schema.EVENT_TABLE} WHERE job_id = %s "
+                   "AND to_state = 'RUNNING'", [job_id])
+    return int(cursor.fetchone()[0])
+
+
+def unrecorded_runs(cursor: Any, markers: str, job_ids: Iterable[str]) -> dict[str, int]:
+    """{job id: runs that ticked minus runs its history shows}, for jobs with more runs than
+    records."""
+    out = {}
+    for job_id in job_ids:
+        missing = len(runs(markers, job_id)) - recorded_runs(cursor, job_id)
+        if missing > 0:
+            out[job_id] = missing
+    return out
+
+
+def children_of(pid: int) -> dict[int, list[int]]:
+    """{parent pid: [child pids]} of every process (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process descending from ``pid``."""
+    children = children_of(pid)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ensemble_pid(launcher_pid: int) -> int:
+    """The pid of the MPI launch (``mpiexec``) a serial-mode launcher started (0: none yet)."""
+    for pid in children_of(launcher_pid).get(launcher_pid, []):
+        if "mpiexec" in cmdline(pid):
+            return pid
+    return 0
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of MPI rank ``rank`` of a serial-mode launcher's ensemble (0: not found)."""
+    for pid in descendants(launcher_pid):
+        if "balsam.launcher.serial_mode" not in cmdline(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if env.get(b"PMI_RANK") == str(rank).encode():
+            return pid
+    return 0

@@ -1,0 +1,310 @@
+"""Exactly-once under faults (issue 12): real serial- and MPI-mode launchers, real MPICH, real
+PostgreSQL. Every task leaves a trail of ticks (pid, time every 0.1 s); overlapping runs of one
+job and runs missing from its history are computed from those trails after the fact."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import make_public_tmpdir
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    events,
+    job_row,
+    launchers,
+    process_gone,
+    settings,
+    wait_for,
+)
+from once_support import (
+    TICKER,
+    cmdline,
+    descendants,
+    ensemble_pid,
+    kill,
+    overlap_seconds,
+    rank_pid,
+    recorded_runs,
+    runs,
+    unrecorded_runs,
+    write_script,
+)
+
+from balsam.core import schema
+
+SERIAL = ("--consume-all", "--job-mode", "serial")
+
+
+@pytest.fixture
+def scripts() -> str:
+    return make_public_tmpdir("balsam-once-scripts-")
+
+
+def tickers(cursor, scripts: str, count: int, ticks: int, stubborn: bool = False,
+            packing: int = 4) -> tuple[list[str], str]:
+    """``count`` jobs running the ticker; (their ids, the markers directory)."""
+    markers = make_public_tmpdir("balsam-once-markers-")
+    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    env = f"MARKERS={markers}:TICKS={ticks}" + (":STUBBORN=1" if stubborn else "")
+    ids = add_jobs(cursor, [{"name": f"t{i}", "application": "tick", "environ_vars": env,
+                             "node_packing_count": packing} for i in range(count)])
+    return ids, markers
+
+
+def open_sessions(cursor) -> int:
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
+                   "AND job_mode <> 'processing'")
+    return int(cursor.fetchone()[0])
+
+
+def launcher_log(launcher) -> str:
+    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
+        return fh.read()
+
+
+def running(cursor) -> int:
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state = 'RUNNING'")
+    return int(cursor.fetchone()[0])
+
+
+def all_finished(cursor, ids: list[str]) -> bool:
+    return all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in ids)
+
+
+def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, scripts):
+    # Item 1: the serial ensemble's mpiexec dies; its tasks ignore SIGTERM, so the worker
+    # watchdogs need their whole kill grace (2 s) to stop them. A second launcher is waiting.
+    ids, markers = tickers(cursor, scripts, 4, ticks=60, stubborn=True)
+    tunables = dict(QUICK, kill_grace_seconds=2, lease_seconds=20)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: all(runs(markers, j) for j in ids), 30, "every task to tick")
+        second = start(*SERIAL, "--persistent")
+        wait_for(lambda: open_sessions(cursor) == 2, 30, "the second launcher's session")
+        kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the first ensemble"))
+        first.wait(60)
+        wait_for(lambda: all_finished(cursor, ids), 90, "the retries to finish")
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    assert overlap_seconds(markers, ids) == {}
+    for job_id in ids:
+        assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
+    assert unrecorded_runs(cursor, markers, ids) == {}
+
+
+def kill_launcher_and_ensemble(launcher_pid: int) -> list[int]:
+    """SIGKILL a serial-mode launcher, its mpiexec and every rank -- everything it started but
+    the watchdogs and the tasks (the watchdogs stop the tasks); returns the pids killed."""
+    tree = [launcher_pid] + descendants(launcher_pid)
+    spared = ("balsam.launcher.watchdog", "tick.sh", "sleep")
+    killed = [pid for pid in tree if not any(word in cmdline(pid) for word in spared)]
+    for pid in killed:
+        kill(pid)
+    return killed
+
+
+@pytest.mark.parametrize("mode", ["serial", "mpi"])
+def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cursor, scripts,
+                                                                           mode):
+    # Item 3: no service runs; a new non-persistent launcher must not exit idle while a dead
+    # session holds its jobs (RUNNING, or claimed and queued): it sweeps at the lease's end.
+    # (MPI mode claims only what it starts: one job, so that nothing else keeps a launcher up.)
+    ids, markers = tickers(cursor, scripts, 6 if mode == "serial" else 1, ticks=10, packing=2)
+    tunables = dict(QUICK, lease_seconds=6)
+    args = ("--consume-all", "--job-mode", mode)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start(*args)
+        wait_for(lambda: running(cursor) >= (2 if mode == "serial" else 1), 30,
+                 "runs to be recorded")
+        # Serial mode: the launcher, mpiexec and the ranks; MPI mode: the launcher alone (the
+        # watchdogs stop the tasks in both).
+        killed = kill_launcher_and_ensemble(first.pid) if mode == "serial" else [first.pid]
+        kill(first.pid)
+        killed_at, killed_wall = time.monotonic(), time.time()
+        first.wait(10)
+        wait_for(lambda: all(process_gone(p) for p in killed), 10, "the launcher to die")
+        held = [j for j in ids if job_row(cursor, j)["session_id"] is not None]
+        dead = job_row(cursor, held[0])["session_id"]
+        assert len(held) >= (3 if mode == "serial" else 1)  # running (and claimed) jobs
+        second = start(*args)
+        assert second.wait(120) == 0, second.output()
+        recovered = time.monotonic() - killed_at
+    cursor.execute(f"SELECT ended_at, end_reason FROM {schema.SESSION_TABLE} WHERE id = %s",
+                   [dead])
+    ended_at, reason = cursor.fetchone()
+    assert "lost its lease" in reason
+    swept = ended_at.timestamp() - killed_wall
+    print(f"{mode}: {len(held)} stranded jobs: swept {swept:.1f} s, all finished {recovered:.1f} s "
+          f"after the kill (lease {tunables['lease_seconds']} s)")
+    assert swept < tunables["lease_seconds"] + 6  # at the lease's end, not a sweep period later
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {}
+    assert unrecorded_runs(cursor, markers, ids) == {}
+
+
+def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_death(
+        db, cursor, scripts):
+    # Item 2: the master is frozen (SIGSTOP) while its worker goes on starting queued tasks,
+    # then the ensemble is killed: those starts reached no database record.
+    ids, markers = tickers(cursor, scripts, 16, ticks=4, packing=4)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) >= 4, 30, "four runs to be recorded")
+        master = wait_for(lambda: rank_pid(first.pid, 0), 10, "the master rank")
+        kill(master, signal.SIGSTOP)
+        lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 30,
+                            "an unrecorded start"))
+        kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the ensemble"))
+        kill(master)
+        first.wait(60)
+        assert start(*SERIAL).wait(120) == 0
+        log = launcher_log(first)
+    print(f"{len(lost)} start(s) the master never recorded")
+    assert all_finished(cursor, ids)
+    unrecorded = unrecorded_runs(cursor, markers, ids)
+    assert unrecorded == {}, (log, {j: (runs(markers, j), events(cursor, j)) for j in unrecorded})
+    assert overlap_seconds(markers, ids) == {}
+    for job_id in lost:
+        cursor.execute(f"SELECT to_state, message FROM {schema.EVENT_TABLE} WHERE job_id = %s "
+                       "ORDER BY id", [job_id])
+        assert ("RUN_TIMEOUT", "started by the serial-mode ensemble, which died before the start "
+                "was recorded: outcome unknown") in cursor.fetchall()
+
+
+def pids_in(markers: str, ids: list[str]) -> list[int]:
+    return [pid for j in ids for pid in runs(markers, j)]
+
+
+def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorded(
+        db, cursor, scripts):
+    # Item 6: the launcher process alone is killed; its watchdog stops the ensemble (SIGTERM:
+    # the master stops the tasks and records them RUN_TIMEOUT) instead of leaving it running.
+    ids, markers = tickers(cursor, scripts, 2, ticks=300, packing=2)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 2 and all(runs(markers, j) for j in ids), 30,
+                 "both runs to be recorded and to tick")
+        kill(first.pid)
+        killed_at = time.monotonic()
+        first.wait(10)
+        pids = pids_in(markers, ids)
+        wait_for(lambda: all(process_gone(p) for p in pids), 20, "the tasks to be stopped")
+        stopped = time.monotonic() - killed_at
+        wait_for(lambda: running(cursor) == 0, 20, "the stops to be recorded")
+    print(f"tasks of a launcher killed with SIGKILL stopped {stopped:.1f} s after the kill")
+    for job_id in ids:
+        row = job_row(cursor, job_id)
+        assert row["state"] in ("RUN_TIMEOUT", "RESTART_READY") and row["session_id"] is None
+        assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
+
+
+def ticked_for(markers: str, job_id: str) -> float:
+    spans = list(runs(markers, job_id).values())
+    return spans[0][1] - spans[0][0] if spans else 0.0
+
+
+def test_mpi_mode_records_a_run_that_completed_in_the_stop_grace_as_done(db, cursor, scripts):
+    # Item 5: SIGTERM to an MPI-mode launcher; one task ignores it and completes within the
+    # shutdown grace (exit 0), the other dies of it. Only the second is a timeout to re-run.
+    (done, stopped), markers = tickers(cursor, scripts, 2, ticks=25, stubborn=True)
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET environ_vars = %s WHERE job_id = %s",
+                   [f"MARKERS={markers}:TICKS=600", stopped])
+    with settings(db, local_nodes=2, mpi="direct",
+                  launcher=dict(QUICK, shutdown_grace_seconds=8)), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "mpi")
+        wait_for(lambda: ticked_for(markers, done) > 1.0 and runs(markers, stopped), 30,
+                 "both tasks to tick, the first for a second")
+        launcher.signal(signal.SIGTERM)
+        assert launcher.wait(30) == 0
+    cursor.execute(f"SELECT job_id::text, from_state, to_state FROM {schema.EVENT_TABLE} "
+                   "WHERE from_state = 'RUNNING'")
+    ends = {job: to for job, _, to in cursor.fetchall()}
+    assert ends == {done: "RUN_DONE", stopped: "RUN_TIMEOUT"}
+    assert len(runs(markers, done)) == 1 and recorded_runs(cursor, done) == 1
+
+
+ATTEMPTS = """#!/bin/sh
+echo "$BALSAM_JOB_ATTEMPT" >> "$MARKERS/$BALSAM_JOB_ID"
+if [ "$BALSAM_JOB_ATTEMPT" = 1 ]; then exec sleep 60; fi
+"""
+
+
+def test_a_task_knows_its_attempt_number(db, cursor, scripts):
+    markers = make_public_tmpdir("balsam-once-markers-")
+    add_app(cursor, "attempts", write_script(scripts, "attempts.sh", ATTEMPTS))
+    (job_id,) = add_jobs(cursor, [{"name": "a", "application": "attempts",
+                                   "environ_vars": f"MARKERS={markers}"}])
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 1, 30, "the first run to be recorded")
+        first.signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        assert start(*SERIAL).wait(60) == 0
+    assert all_finished(cursor, [job_id])
+    with open(os.path.join(markers, job_id)) as fh:
+        assert fh.read().split() == ["1", "2"]
+
+
+def first_tick_after(markers: str, ids: list[str], moment: float) -> float:
+    """The earliest tick of any run that began after ``moment`` (epoch seconds; inf: none)."""
+    starts = [first for j in ids for first, _ in runs(markers, j).values() if first > moment]
+    return min(starts, default=float("inf"))
+
+
+def test_a_dead_worker_rank_costs_a_restart_not_the_allocation(db, cursor, scripts):
+    # Item 4: MPI takes the whole ensemble down with one rank; the launcher restarts it on its
+    # allocation (the dead rank's tasks are known dead: its watchdog reported).
+    ids, markers = tickers(cursor, scripts, 12, ticks=15, packing=2)
+    with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
+        wait_for(lambda: sum(ticked_for(markers, j) > 0.8 for j in ids) == 4, 30,
+                 "the four runs to be well under way")
+        worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
+        died = time.time()
+        kill(worker)
+        assert launcher.wait(120) == 0, launcher.output()
+    cursor.execute(f"SELECT min(timestamp) FROM {schema.EVENT_TABLE} WHERE message LIKE "
+                   "'%%lost a rank%%'")
+    recovered = cursor.fetchone()[0].timestamp()
+    resumed = first_tick_after(markers, ids, recovered) - died
+    # Work lost with the interrupted runs: their ticks, at 2 tasks per node.
+    interrupted = sum(end - first for j in ids for first, end in runs(markers, j).values()
+                      if first < died and len(runs(markers, j)) > 1) / 2
+    print(f"a worker rank died: tasks ran again {resumed:.1f} s later ({2 * resumed:.1f} "
+          f"node-seconds idle on 2 nodes) + {interrupted:.1f} node-seconds of interrupted runs")
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+
+
+def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scripts):
+    # Item 4, a node crash: worker rank 2, its watchdog and its tasks vanish at once, so nothing
+    # reports its tasks dead. The launcher goes on with node 1 only; node 2's jobs stay held
+    # until the lease expires, then a launcher sweeps and runs them.
+    ids, markers = tickers(cursor, scripts, 8, ticks=15, packing=2)
+    tunables = dict(QUICK, lease_seconds=8)
+    with settings(db, local_nodes=2, launcher=tunables), launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
+        worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
+        node = [worker] + descendants(worker)
+        died = time.time()
+        for pid in node:
+            kill(pid)
+        assert first.wait(120) == 0, first.output()
+        cursor.execute(f"SELECT ended_at FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+        assert cursor.fetchall() == [(None,)]  # left to the lease
+        stranded = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
+        assert len(stranded) == 2
+        resumed = first_tick_after(markers, ids, died + 0.5) - died
+        assert start(*SERIAL).wait(120) == 0
+    print(f"a node was lost: node 1 ran tasks again {resumed:.1f} s later; its 2 jobs waited "
+          f"for the lease ({tunables['lease_seconds']} s)")
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
