@@ -13,6 +13,8 @@ import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from balsam.core import schema
+from balsam.core.render import job_repr
+from balsam.db.settings import active_path
 from balsam.errors import BalsamError, NoApplication
 
 
@@ -96,8 +98,6 @@ class JobAPI:
 
     @property
     def working_directory(self) -> str:
-        from balsam.db.settings import active_path
-
         return schema.working_directory(active_path(), self.workflow, self.name, self.pk,
                                         self.user_workdir)
 
@@ -114,8 +114,6 @@ class JobAPI:
 
     def get_envs(self, timeout: bool = False, error: bool = False) -> dict[str, str]:
         """Environment variables a task or script of this job receives (on top of its own)."""
-        from balsam.db.settings import active_path
-
         envs = schema.parse_envstring(self.environ_vars)
         envs.update(BALSAM_JOB_ID=str(self.pk), BALSAM_PARENT_IDS=self.parents,
                     BALSAM_DB_PATH=active_path())
@@ -159,8 +157,6 @@ class JobAPI:
         return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
-        from balsam.core.render import job_repr
-
         return job_repr(self.to_dict(), self._app_or_none(), self._workdir_or_none())
 
     __str__ = __repr__
