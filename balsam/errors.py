@@ -28,3 +28,11 @@ class NotFound(BalsamError):
 
 class Ambiguous(BalsamError):
     """A prefix or substring matched more than one object."""
+
+
+class InvalidParentsError(BalsamError):
+    """A parent that does not exist, or an edge that would make a cycle (of the task graph)."""
+
+
+class NoApplication(BalsamError):
+    """The job names no application, or one that does not exist."""

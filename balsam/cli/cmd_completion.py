@@ -17,7 +17,6 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command
-from balsam.cli.main import build_parser
 from balsam.errors import BalsamError
 
 SHELLS = ("bash", "zsh")
@@ -28,15 +27,16 @@ def register(sub: Any) -> None:
     p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
 
 
-def script(shell: str) -> str:
-    """The completion script of the ``balsam`` command for ``shell`` (one of :data:`SHELLS`)."""
+def script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """The completion script of the ``balsam`` command (its whole ``parser``) for ``shell`` (one
+    of :data:`SHELLS`)."""
     try:
         import shtab
     except ImportError:
         raise BalsamError("completion scripts are generated with shtab: pip install shtab")
-    return str(shtab.complete(build_parser(), shell=shell))
+    return str(shtab.complete(parser, shell=shell))
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.stdout.write(script(args.shell))
+    sys.stdout.write(script(args.parser, args.shell))
     return 0

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS:
         importlib.import_module(f"balsam.cli.cmd_{name}").register(sub)
+    # A command that needs the whole parser (completion) gets it here, not by importing this
+    # module, which loads every command module.
+    parser.set_defaults(parser=parser)
     return parser
 
 

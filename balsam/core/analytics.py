@@ -40,6 +40,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from balsam.core.analytics_classic import (  # noqa: F401  (the classic names, here too)
+    error_report,
+    process_job_times,
+    throughput_report,
+    utilization_report,
+)
+from balsam.core.analytics_errors import ERROR_STATES, ErrorGroup, Errors, errors  # noqa: F401
 from balsam.core.analytics_scope import (
     EVENT,
     JOB,
@@ -62,7 +69,6 @@ __all__ = ["Buckets", "ErrorGroup", "Errors", "Filters", "NICE_BUCKETS", "NotFou
            "make_buckets", "resolve", "runtime_stats", "state_counts", "state_times", "summary",
            "throughput", "utilization"]
 RUN_END_STATES = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT", "USER_KILLED")
-ERROR_STATES = ("RUN_ERROR", "FAILED")
 
 
 @dataclass
@@ -85,25 +91,6 @@ class Utilization:
     busy_nodes: list[float] = field(default_factory=list)
     avg_running_tasks: list[float] = field(default_factory=list)
     avg_busy_nodes: list[float] = field(default_factory=list)
-
-
-@dataclass
-class ErrorGroup:
-    """Failures sharing one message: how many, the latest time, and one example job id."""
-
-    message: str
-    count: int
-    example_job_id: str
-    last_seen: datetime.datetime
-
-
-@dataclass
-class Errors:
-    """RUN_ERROR and FAILED events per bucket, and the most common messages (count order)."""
-
-    buckets: Buckets
-    counts: list[int] = field(default_factory=list)
-    groups: list[ErrorGroup] = field(default_factory=list)
 
 
 @dataclass
@@ -228,30 +215,6 @@ def utilization(cursor: Any, filters: Optional[Filters] = None, *,
         nodes += delta_n[i]
         out.running_tasks.append(tasks)
         out.busy_nodes.append(round(nodes, 9))
-    return out
-
-
-def errors(cursor: Any, filters: Optional[Filters] = None, *, bucket_seconds: Optional[float] = None,
-           top: int = 10) -> Optional[Errors]:
-    """RUN_ERROR/FAILED events per bucket, and the ``top`` messages by count (ties: latest
-    first), each with one example job id (None if there is no event at all)."""
-    f = resolve(cursor, filters)
-    b = make_buckets(cursor, f, bucket_seconds)
-    if b is None:
-        return None
-    bsql, bparams = bucket_sql(b)
-    wsql, wparams = window_sql(f, b)
-    scope, sparams = event_scope(f)
-    where = f"FROM {EVENT} e WHERE e.to_state IN ('RUN_ERROR', 'FAILED'){wsql}{scope}"
-    cursor.execute(f"SELECT {bsql} AS b, count(*) {where} GROUP BY 1", bparams + wparams + sparams)
-    out = Errors(buckets=b, counts=[0] * b.count)
-    for i, n in cursor.fetchall():
-        if 0 <= i < b.count:
-            out.counts[i] = int(n)
-    cursor.execute(f"SELECT e.message, count(*), min(e.job_id::text), max(e.timestamp) {where} "
-                   "GROUP BY e.message ORDER BY 2 DESC, 4 DESC, 1 LIMIT %s",
-                   wparams + sparams + [int(top)])
-    out.groups = [ErrorGroup(m, int(n), j, t) for m, n, j, t in cursor.fetchall()]
     return out
 
 
@@ -391,15 +354,3 @@ def summary(cursor: Any, filters: Optional[Filters] = None, *, recent_seconds: f
         "errors": [vars(g) for g in er.groups] if er else [],
         "window": {"since": f.since, "until": f.until},
     }
-
-
-_CLASSIC = ("process_job_times", "throughput_report", "utilization_report", "error_report")
-
-
-def __getattr__(name: str) -> Any:
-    """The classic helpers live in :mod:`balsam.core.analytics_classic` (loaded on first use)."""
-    if name in _CLASSIC:
-        from balsam.core import analytics_classic
-
-        return getattr(analytics_classic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """The classic analytics helpers of ``balsam.core.models@0.5.0``, same names and shapes.
 
-Thin wrappers over :mod:`balsam.core.analytics`: each takes an optional BalsamJob queryset
-(``qs``; its SQL narrows the jobs), or a DB-API ``cursor`` and :class:`Filters`. Without a cursor
-they use Django's connection (the only place these import Django, lazily).
+Thin wrappers over the analytics queries (:mod:`balsam.core.analytics_scope` and
+:mod:`balsam.core.analytics_errors`; :mod:`balsam.core.analytics` re-exports these helpers): each
+takes an optional BalsamJob queryset (``qs``; its SQL narrows the jobs), or a DB-API ``cursor`` and
+:class:`Filters`. Without a cursor they use Django's connection (the only place these import
+Django, lazily).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import datetime
 from dataclasses import replace
 from typing import Any, Optional
 
-from balsam.core.analytics import errors
+from balsam.core.analytics_errors import errors
 from balsam.core.analytics_scope import (
     EVENT,
     JOB,

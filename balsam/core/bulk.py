@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from balsam.core import copyfmt, lifecycle, schema
+from balsam.core.states import STATES
 from balsam.db import driver
 
 COLUMNS: tuple[str, ...] = tuple(schema.JOB_SYSTEM_COLUMNS) + tuple(schema.JOB_DEFAULTS)
@@ -34,8 +35,6 @@ def _check(column: str) -> Any:
     if column in ("environ_vars", "input_files"):
         return frozenset({""})  # a non-empty one is checked by the Python normaliser
     if column == "state":
-        from balsam.core.states import STATES
-
         return frozenset(STATES)
     if column in schema.INT_FIELDS:
         return _INT_RANGE[1 if column in schema.POSITIVE_FIELDS else 0]

@@ -10,17 +10,29 @@ import datetime
 import json
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from balsam.core import schema
-from balsam.errors import BalsamError
+from balsam.core.render import job_repr
+from balsam.db.settings import active_path
+from balsam.errors import BalsamError, NoApplication
 
-if TYPE_CHECKING:
-    from balsam.core.models import ApplicationDefinition
+
+class Application(Protocol):
+    """The fields of a job's application this mixin reads (an ``ApplicationDefinition``)."""
+
+    name: str
+    executable: str
+    envscript: str
+    preprocess: str
+    postprocess: str
 
 
 class JobAPI:
     """Mixin of :class:`balsam.core.models.BalsamJob`: the classic derived values and helpers."""
+
+    app_model: ClassVar[Any]
+    """The ``ApplicationDefinition`` model, given by the model class that mixes this in."""
 
     # Fields of the model this mixin reads (declared for type checkers).
     if TYPE_CHECKING:
@@ -56,14 +68,15 @@ class JobAPI:
     def cute_id(self) -> str:
         return schema.cute_id(self.name, self.pk)
 
-    def get_application(self) -> ApplicationDefinition:
-        from balsam.core.models import ApplicationDefinition, NoApplication
-
+    def get_application(self) -> Application:
+        """The job's ``ApplicationDefinition`` (:class:`NoApplication` if it names none or one
+        that does not exist)."""
         if not self.application:
             raise NoApplication("this job names no application")
         try:
-            return ApplicationDefinition.objects.get(name=self.application)
-        except ApplicationDefinition.DoesNotExist:
+            app: Application = self.app_model.objects.get(name=self.application)
+            return app
+        except self.app_model.DoesNotExist:
             raise NoApplication(f"application {self.application!r} does not exist")
 
     @property
@@ -85,8 +98,6 @@ class JobAPI:
 
     @property
     def working_directory(self) -> str:
-        from balsam.db.settings import active_path
-
         return schema.working_directory(active_path(), self.workflow, self.name, self.pk,
                                         self.user_workdir)
 
@@ -103,8 +114,6 @@ class JobAPI:
 
     def get_envs(self, timeout: bool = False, error: bool = False) -> dict[str, str]:
         """Environment variables a task or script of this job receives (on top of its own)."""
-        from balsam.db.settings import active_path
-
         envs = schema.parse_envstring(self.environ_vars)
         envs.update(BALSAM_JOB_ID=str(self.pk), BALSAM_PARENT_IDS=self.parents,
                     BALSAM_DB_PATH=active_path())
@@ -148,16 +157,12 @@ class JobAPI:
         return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
-        from balsam.core.render import job_repr
-
         return job_repr(self.to_dict(), self._app_or_none(), self._workdir_or_none())
 
     __str__ = __repr__
 
     def _app_or_none(self) -> Optional[dict[str, str]]:
-        from balsam.core.models import ApplicationDefinition
-
-        app = ApplicationDefinition.objects.filter(name=self.application).first()
+        app = self.app_model.objects.filter(name=self.application).first()
         return {k: getattr(app, k) for k in schema.APP_DEFAULTS} if app else None
 
     def _workdir_or_none(self) -> Optional[str]:

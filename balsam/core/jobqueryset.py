@@ -7,16 +7,27 @@ writer, and ``bulk_create`` streams validated rows through PostgreSQL COPY.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol, TypeVar
 
 from django.db import connection, models, transaction
 
-from balsam.core import lifecycle, schema
+from balsam.core import bulk, lifecycle, schema
 from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
-from balsam.errors import BalsamError
+from balsam.errors import BalsamError, InvalidParentsError
 
-if TYPE_CHECKING:
-    from balsam.core.models import BalsamJob
+
+class Job(Protocol):
+    """What the bulk writes use of a job (a :class:`balsam.core.models.BalsamJob`; the queryset
+    reaches the model class itself as ``self.model``, given by Django's manager)."""
+
+    pk: Any
+    state: str
+    _state: Any  # Django's ModelState
+
+    def _validated(self) -> None: ...
+
+
+JobT = TypeVar("JobT", bound=Job)
 
 
 class BalsamJobQuerySet(models.QuerySet):
@@ -38,9 +49,7 @@ class BalsamJobQuerySet(models.QuerySet):
                     and not hasattr(value, "resolve_expression"):
                 kwargs[key] = schema.check_field(key, value)
         if isinstance(kwargs.get("application"), str):
-            from balsam.core.models import require_apps
-
-            require_apps({kwargs["application"]})
+            self.model._require_apps({kwargs["application"]})
         if "state" not in kwargs:
             return super().update(**kwargs)
         state = validate_state(kwargs.pop("state"))
@@ -55,7 +64,7 @@ class BalsamJobQuerySet(models.QuerySet):
                 lifecycle.transition(cur, ids, state, "state set with update()", user=True)
         return len(ids)
 
-    def bulk_update(self, objs: Iterable[BalsamJob], fields: Iterable[str],  # type: ignore[override]
+    def bulk_update(self, objs: Iterable[Job], fields: Iterable[str],  # type: ignore[override]
                     batch_size: Optional[int] = None) -> int:
         """Django's ``bulk_update()``, except that values are checked as ``save()`` checks them
         and changed states go through the state writer (user rules, as :meth:`update`)."""
@@ -66,13 +75,11 @@ class BalsamJobQuerySet(models.QuerySet):
         with transaction.atomic(using=self.db):
             rows = super().bulk_update(objs, others, batch_size=batch_size) if others else 0
             if "state" in fields:
-                from balsam.core.models import BalsamJob
-
-                BalsamJob._write_states(objs, "state set with bulk_update()")
+                self.model._write_states(objs, "state set with bulk_update()")
         return rows
 
-    def bulk_create(self, objs: Iterable[BalsamJob], batch_size: Optional[int] = None,
-                    **kwargs: Any) -> list[BalsamJob]:
+    def bulk_create(self, objs: Iterable[JobT], batch_size: Optional[int] = None,
+                    **kwargs: Any) -> list[JobT]:
         """Insert many jobs at once through PostgreSQL COPY (several times faster than INSERT).
 
         Every field is validated and converted as ``save()`` does, in a Cython pass; one bad
@@ -80,19 +87,14 @@ class BalsamJobQuerySet(models.QuerySet):
         are streamed to the server in chunks of ``bulk.CHUNK_ROWS``. Other keyword arguments
         (``ignore_conflicts`` ...), or objects already saved, take Django's ordinary path.
         """
-        from balsam.core import bulk
-        from balsam.core.models import InvalidParentsError
-
         if kwargs:
             # Django's own path would skip validation, state events and dependency edges.
             raise TypeError(f"BalsamJob.objects.bulk_create() does not support {', '.join(kwargs)}")
         objs = objs if type(objs) is list else list(objs)
         if any(not o._state.adding for o in objs):
             raise ValueError("bulk_create() got jobs that are already saved")
-        from balsam.core.models import check_new_jobs
-
         rows = [o.__dict__ for o in objs]  # validated in copy_jobs, as by _row_for_insert()
-        check_new_jobs(rows)
+        self.model._check_new_jobs(rows)
         with transaction.atomic(using=self.db), connection.cursor() as cur:
             edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
                      for p in d["_pending_parents"]]

@@ -34,18 +34,14 @@ from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     State,
     validate_state,
 )
-from balsam.errors import BalsamError  # noqa: E402
+from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
+    BalsamError,
+    InvalidParentsError,
+    NoApplication,
+)
 
 TIME_FMT = history.TIME_FMT
 history_line = history.history_line
-
-
-class InvalidParentsError(BalsamError):
-    """A parent that does not exist, or an edge that would make a cycle."""
-
-
-class NoApplication(BalsamError):
-    """The job names no application, or one that does not exist."""
 
 
 class ApplicationDefinition(models.Model):
@@ -75,6 +71,23 @@ class ApplicationDefinition(models.Model):
         return f"Application {self.pk}:\n{fields}\n"
 
     __str__ = __repr__
+
+
+def check_new_jobs(rows: list[dict[str, Any]]) -> None:
+    """The rules for creating jobs through the API (:func:`schema.check_new_jobs`: a name, a
+    user state, checked values) and that their applications exist (:class:`NoApplication`);
+    run before any row is written."""
+    schema.check_new_jobs(rows)
+    require_apps({d["application"] for d in rows} - {""})
+
+
+def require_apps(names: set[str]) -> None:
+    """:class:`NoApplication` naming the first of ``names`` that is not a registered app."""
+    found = set(ApplicationDefinition.objects.filter(name__in=names).values_list("name", flat=True))
+    missing = sorted(names - found)
+    if missing:
+        raise NoApplication(f"application {missing[0]!r} does not exist (add it with dag.add_app "
+                            "or `balsam app`)")
 
 
 class QueuedLaunch(models.Model):
@@ -187,6 +200,12 @@ class BalsamJob(JobAPI, models.Model):
     """Labels of the newer API (``Job.objects.filter(tags={...})``)."""
 
     objects = BalsamJobQuerySet.as_manager()
+
+    # What the JobAPI mixin and the queryset use of this module; they reach it through the model
+    # class (``self.model`` in the queryset) and so never import this module.
+    app_model = ApplicationDefinition
+    _check_new_jobs = staticmethod(check_new_jobs)
+    _require_apps = staticmethod(require_apps)
 
     class Meta:
         app_label = "core"
@@ -423,23 +442,6 @@ class BalsamJob(JobAPI, models.Model):
         if len(children) != 1:
             raise ValueError(f"{len(children) or 'no'} children named {name!r}")
         return children[0]
-
-def check_new_jobs(rows: list[dict[str, Any]]) -> None:
-    """The rules for creating jobs through the API (:func:`schema.check_new_jobs`: a name, a
-    user state, checked values) and that their applications exist (:class:`NoApplication`);
-    run before any row is written."""
-    schema.check_new_jobs(rows)
-    require_apps({d["application"] for d in rows} - {""})
-
-
-def require_apps(names: set[str]) -> None:
-    """:class:`NoApplication` naming the first of ``names`` that is not a registered app."""
-    found = set(ApplicationDefinition.objects.filter(name__in=names).values_list("name", flat=True))
-    missing = sorted(names - found)
-    if missing:
-        raise NoApplication(f"application {missing[0]!r} does not exist (add it with dag.add_app "
-                            "or `balsam app`)")
-
 
 def _release(cursor: Any, job_ids: list[Any]) -> None:
     """Clear the lock of jobs (classic ``release=True``)."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Optional
 
+from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError
 
 JOB_TABLE = "core_balsamjob"
@@ -239,8 +240,6 @@ def check_new_job(values: Mapping[str, Any]) -> None:
 def _check_new_state(state: Any) -> None:
     if state in _STATE_NAMES and state != "RUNNING":
         return
-    from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
-
     try:
         target = validate_state(state)
     except InvalidStateError:
@@ -313,8 +312,6 @@ def normalize_job_values(values: dict[str, Any]) -> None:
         if values[key]:
             check(key, values[key])
     if values["state"] not in _STATE_NAMES:
-        from balsam.core.states import validate_state
-
         values["state"] = validate_state(values["state"]).value
 
 

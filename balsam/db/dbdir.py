@@ -6,6 +6,7 @@ import shutil
 from typing import Callable, Optional
 
 from balsam.db import cluster, dbsettings, index, initdb, pgaccount, serverinfo
+from balsam.db.settings import ensure_django, use_database
 from balsam.errors import BalsamError
 from balsam.platform import machines
 
@@ -22,8 +23,6 @@ def _quiet(_: str) -> None:
 
 def migrate(db_path: str) -> None:
     """Apply the migrations shipped in ``balsam/core/migrations`` (never generated here)."""
-    from balsam.db.settings import ensure_django, use_database
-
     ensure_django()
     use_database(db_path)
     try:

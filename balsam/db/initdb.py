@@ -11,6 +11,7 @@ from typing import Optional
 
 from balsam.db import credentials, dbsettings, pgaccount, serverinfo
 from balsam.db.cluster import SERVER_LOG, Say, data_dir, quiet
+from balsam.db.roles import admin_connect
 from balsam.errors import ServerError
 
 PG_HBA = """\
@@ -111,8 +112,6 @@ def _write_config(db_path: str, account: pgaccount.Account) -> None:
 def create_database(db_path: str) -> None:
     """Create the ``balsam`` database in a freshly started cluster (no-op if it exists)."""
     from psycopg2 import sql
-
-    from balsam.db.roles import admin_connect
 
     conn = admin_connect(db_path, dbname="postgres")
     try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from balsam.db import credentials, serverinfo
+from balsam.db import cluster, credentials, serverinfo
+from balsam.db.connect import connect, connection_params
 from balsam.errors import BalsamError, NotFound, ServerError
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -30,8 +31,6 @@ def check_role_name(name: str) -> str:
 
 def admin_connect(db_path: str, dbname: Optional[str] = None) -> Any:
     """An autocommit connection as the owner's superuser role (password from ``<db>/.auth``)."""
-    from balsam.db.connect import connect
-
     role = serverinfo.read(db_path)["superuser"]
     extra = {"dbname": dbname} if dbname else {}
     return connect(db_path, "balsam-admin", autocommit=True, user=role,
@@ -134,8 +133,6 @@ def drop_user(db_path: str, name: str) -> int:
 
 def list_users(db_path: str) -> list[dict[str, Any]]:
     """Roles that can log in: ``name``, ``superuser``, ``owner`` (the DB owner's role)."""
-    from balsam.db.connect import connect
-
     owner = serverinfo.read(db_path).get("superuser")
     conn = connect(db_path, "balsam-server", autocommit=True)
     try:
@@ -149,8 +146,6 @@ def list_users(db_path: str) -> list[dict[str, Any]]:
 
 def active_connections(db_path: str) -> list[dict[str, Any]]:
     """Client sessions on the Balsam database other than this one (pg_stat_activity)."""
-    from balsam.db.connect import connect
-
     conn = connect(db_path, "balsam-server", autocommit=True)
     try:
         with conn.cursor() as cur:
@@ -167,8 +162,6 @@ def active_connections(db_path: str) -> list[dict[str, Any]]:
 
 def server_facts(db_path: str) -> dict[str, Any]:
     """``version`` and ``connections`` (client sessions other than this one) of a running server."""
-    from balsam.db.connect import connect
-
     conn = connect(db_path, "balsam-server", autocommit=True)
     try:
         with conn.cursor() as cur:
@@ -187,9 +180,6 @@ def check_credential(db_path: str, role: str, password: str) -> bool:
     A refusal raises :class:`BalsamError` naming the reason, so a wrong password is never saved.
     """
     import psycopg2
-
-    from balsam.db import cluster
-    from balsam.db.connect import connection_params
 
     if not cluster.status(db_path).running:
         return False

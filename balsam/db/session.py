@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar
 
 from balsam import defaults
+from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
 
 T = TypeVar("T")
@@ -90,8 +91,6 @@ class Database:
 
     def _open(self) -> None:
         """Open a connection now (one attempt); DatabaseUnavailable if it fails."""
-        from balsam.db.connect import connect
-
         self._drop()
         try:
             conn = connect(self.db_path, self.application_name,

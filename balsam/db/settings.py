@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any, Optional
 
+from balsam.db.serverinfo import active_db_path
+
 _explicit_path: Optional[str] = None
 
 
@@ -30,8 +32,6 @@ def use_database(db_path: Optional[str]) -> None:
 
 def active_path() -> str:
     """The DB directory this process talks to."""
-    from balsam.db.serverinfo import active_db_path
-
     if _explicit_path:
         return _explicit_path
     return active_db_path()

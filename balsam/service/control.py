@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
 
 LOCK_KEY = 0x42414C53414D5356
@@ -115,8 +116,6 @@ def describe_holder(db_path: str, app_name: Optional[str]) -> str:
 def acquire_lock(db_path: str) -> Any:
     """A new autocommit connection holding the service lock. Raises :class:`AlreadyRunning`
     if another session holds it, :class:`DatabaseUnavailable` if the server is unreachable."""
-    from balsam.db.connect import connect
-
     conn = connect(db_path, holder_name(), autocommit=True, connect_timeout=5)
     try:
         with conn.cursor() as cur:
@@ -144,8 +143,6 @@ def lock_alive(conn: Any) -> bool:
 
 def lock_holder(db_path: str) -> Optional[str]:
     """Who holds the lock now (see :func:`_holder`); DatabaseUnavailable if unreachable."""
-    from balsam.db.connect import connect
-
     conn = connect(db_path, "balsam-service-status", autocommit=True, connect_timeout=5)
     try:
         with conn.cursor() as cur:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from balsam.platform.mpi import RunSpec, RunSpecError
+from balsam.platform.mpi.base import RunSpec, RunSpecError
 
 NAME = "aprun"
 EXECUTABLE = "aprun"

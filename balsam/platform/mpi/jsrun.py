@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from balsam.platform.mpi import RunSpec
+from balsam.platform.mpi.base import RunSpec
 
 NAME = "jsrun"
 EXECUTABLE = "jsrun"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from balsam.platform.mpi import RunSpec, RunSpecError
+from balsam.platform.mpi.base import RunSpec, RunSpecError
 
 NAME = "srun"
 EXECUTABLE = "srun"

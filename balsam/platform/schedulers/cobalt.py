@@ -11,8 +11,8 @@ import os
 import re
 from typing import Optional
 
-from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, ParseError
 from balsam.platform.schedulers import command as cmd
+from balsam.platform.schedulers.base import COMMAND_TIMEOUT, BatchJobStatus, ParseError
 from balsam.platform.schedulers.walltime import minutes_or_none
 
 NAME = "cobalt"

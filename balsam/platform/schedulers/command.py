@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
 from balsam.platform.procgroup import kill_and_reap
-from balsam.platform.schedulers import (
+from balsam.platform.schedulers.base import (
     COMMAND_TIMEOUT,
     CommandFailed,
     CommandNotFound,

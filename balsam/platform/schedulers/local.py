@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from balsam.platform.procgroup import live_members, signal_group
-from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, SchedulerError
 from balsam.platform.schedulers import command as cmd
+from balsam.platform.schedulers.base import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, SchedulerError
 
 NAME = "local"
 STATE_FILE = "local-jobs.json"

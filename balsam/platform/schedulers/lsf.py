@@ -11,14 +11,14 @@ import json
 import re
 from typing import Any, Optional
 
-from balsam.platform.schedulers import (
+from balsam.platform.schedulers import command as cmd
+from balsam.platform.schedulers.base import (
     COMMAND_TIMEOUT,
     BatchJobStatus,
     CommandFailed,
     ParseError,
     SchedulerError,
 )
-from balsam.platform.schedulers import command as cmd
 from balsam.platform.schedulers.walltime import minutes_or_none
 
 NAME = "lsf"

@@ -13,8 +13,8 @@ import re
 import signal
 from typing import Any, Optional
 
-from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, ParseError
 from balsam.platform.schedulers import command as cmd
+from balsam.platform.schedulers.base import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, ParseError
 from balsam.platform.schedulers.walltime import minutes_or_none
 
 NAME = "pbs"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from balsam.platform.schedulers import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, ParseError
 from balsam.platform.schedulers import command as cmd
+from balsam.platform.schedulers.base import COMMAND_TIMEOUT, BatchJobStatus, CommandFailed, ParseError
 from balsam.platform.schedulers.walltime import minutes_or_none
 
 NAME = "slurm"
