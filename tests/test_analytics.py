@@ -252,3 +252,14 @@ def test_classic_helpers_take_a_django_queryset(history):
     assert running == [1, 2, 1, 0, 1, 0]
     times, counts = analytics.error_report(qs.filter(name="G"))
     assert sum(counts) == 2
+
+
+def test_classic_helpers_are_importable_from_models_where_classic_scripts_find_them(history):
+    from balsam.core import analytics_classic, models
+    from balsam.core.models import error_report, process_job_times, throughput_report  # noqa: F401
+    from balsam.core.models import from_time_string, get_time_string, utilization_report
+
+    assert models.utilization_report is analytics_classic.utilization_report
+    times, counts = throughput_report(models.BalsamJob.objects.filter(workflow="alpha"))
+    assert times == [at(160), at(260)] and counts == [1, 2]
+    assert from_time_string(get_time_string(at(160))) == at(160)

@@ -22,6 +22,12 @@ from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from balsam.core import history, lifecycle, schema  # noqa: E402
+from balsam.core.analytics_classic import (  # noqa: E402,F401  (classic scripts import these here)
+    error_report,
+    process_job_times,
+    throughput_report,
+    utilization_report,
+)
 from balsam.core.jobapi import JobAPI  # noqa: E402
 from balsam.core.jobqueryset import BalsamJobQuerySet  # noqa: E402
 from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
@@ -38,6 +44,8 @@ from balsam.errors import BalsamError  # noqa: E402
 
 TIME_FMT = history.TIME_FMT
 history_line = history.history_line
+get_time_string = history.get_time_string
+from_time_string = history.from_time_string
 
 
 class InvalidParentsError(BalsamError):
