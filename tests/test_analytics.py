@@ -256,8 +256,14 @@ def test_classic_helpers_take_a_django_queryset(history):
 
 def test_classic_helpers_are_importable_from_models_where_classic_scripts_find_them(history):
     from balsam.core import analytics_classic, models
-    from balsam.core.models import error_report, process_job_times, throughput_report  # noqa: F401
-    from balsam.core.models import from_time_string, get_time_string, utilization_report
+    from balsam.core.models import (  # noqa: F401
+        error_report,
+        from_time_string,
+        get_time_string,
+        process_job_times,
+        throughput_report,
+        utilization_report,
+    )
 
     assert models.utilization_report is analytics_classic.utilization_report
     times, counts = throughput_report(models.BalsamJob.objects.filter(workflow="alpha"))

@@ -357,10 +357,17 @@ class BalsamJob(JobAPI, models.Model):
     def events(self) -> models.QuerySet:
         return JobEvent.objects.filter(job_id=self.pk).order_by("id")
 
+    def _creation_note(self) -> str:
+        """The CREATED entry's message: ``spawned by [name | id8]`` for a spawned job."""
+        if not (isinstance(self.data, dict) and self.data.get("spawned_by")):
+            return ""
+        with connection.cursor() as cur:
+            return history.creation_notes(cur, [self.pk]).get(str(self.pk), "")
+
     @property
     def state_history(self) -> str:
         """The classic text form: one ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message`` per change."""
-        entries = [(self.created_at, State.CREATED.value, "")]
+        entries = [(self.created_at, State.CREATED.value, self._creation_note())]
         entries += [(e.timestamp, e.to_state, e.message) for e in self.events]
         return "".join(history.history_line(state, msg, ts) for ts, state, msg in entries)
 
@@ -368,7 +375,7 @@ class BalsamJob(JobAPI, models.Model):
         """The latest history entry, ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message``."""
         last = self.events.order_by("-id").first()
         when, state, message = ((last.timestamp, last.to_state, last.message) if last
-                                else (self.created_at, State.CREATED.value, ""))
+                                else (self.created_at, State.CREATED.value, self._creation_note()))
         return history.history_line(state, message, when).lstrip(" \n")
 
     def get_state_times(self) -> dict[str, Any]:
