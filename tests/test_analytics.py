@@ -252,3 +252,20 @@ def test_classic_helpers_take_a_django_queryset(history):
     assert running == [1, 2, 1, 0, 1, 0]
     times, counts = analytics.error_report(qs.filter(name="G"))
     assert sum(counts) == 2
+
+
+def test_classic_helpers_are_importable_from_models_where_classic_scripts_find_them(history):
+    from balsam.core import analytics_classic, models
+    from balsam.core.models import (  # noqa: F401
+        error_report,
+        from_time_string,
+        get_time_string,
+        process_job_times,
+        throughput_report,
+        utilization_report,
+    )
+
+    assert models.utilization_report is analytics_classic.utilization_report
+    times, counts = throughput_report(models.BalsamJob.objects.filter(workflow="alpha"))
+    assert times == [at(160), at(260)] and counts == [1, 2]
+    assert from_time_string(get_time_string(at(160))) == at(160)

@@ -194,13 +194,14 @@ def test_rm_empty_name_or_all_removes_every_job(family):
     assert jobs_by_name(family) == {}
 
 
-def test_rm_wf_filter_is_an_exact_workflow(family):
+def test_rm_wf_filter_matches_workflows_containing_it_as_everywhere(family):
     add_jobs(family, name="lookalike", workflow="w1x")
-    assert ok("rm", "jobs", "--all", "--wf-filter", "w1", "--force").startswith("Removed 3 jobs: ")
-    assert set(jobs_by_name(family)) == {"loner", "lookalike"}
-    out = ok("rm", "jobs", "--name", "o", "--wf-filter", "w2", "--force")
+    add_jobs(family, name="other", workflow="v9")
+    assert ok("rm", "jobs", "--all", "--wf-filter", "w1", "--force").startswith("Removed 4 jobs: ")
+    assert set(jobs_by_name(family)) == {"loner", "other"}
+    out = ok("rm", "jobs", "--name", "o", "--wf-filter", "w", "--force")
     assert out.startswith("Removed 1 jobs: [loner")
-    out = ok("rm", "jobs", "--all", "--wf-filter", "w", "--force")
+    out = ok("rm", "jobs", "--all", "--wf-filter", "W", "--force")
     assert out == "No jobs matching query: nothing removed\n"
 
 
@@ -208,7 +209,7 @@ def test_rm_wf_filter_is_an_exact_workflow(family):
     (["jobs", "--id", "abcd"], "matches more than one job"),
     (["jobs", "--id", "ffff"], "no job id starts with 'ffff'"),
     (["jobs", "--id", "nothex"], "is not a job id"),
-    (["jobs", "--id", AMBIGUOUS_IDS[0], "--wf-filter", "w2"], "is not in workflow 'w2'"),
+    (["jobs", "--id", AMBIGUOUS_IDS[0], "--wf-filter", "w2"], "is not in a workflow containing 'w2'"),
     (["apps", "--all", "--wf-filter", "w1"], "--wf-filter applies to jobs only"),
     (["jobs"], "one of the arguments --name --id --all is required"),
     (["jobs", "--all", "--name", "x"], "not allowed with argument"),
@@ -225,7 +226,8 @@ def test_rm_bad_requests_exit_2_and_remove_nothing(family, args, fragment):
 
 def test_rm_asks_before_removing(family):
     before = snapshot(family)
-    assert_one_line_error(run_balsam("rm", "jobs", "--all"), "confirmation needed", "--force")
+    assert_one_line_error(run_balsam("rm", "jobs", "--all", input=""), "confirmation needed",
+                          "--force")
     status, out = run_tty("rm", "jobs", "--name", "p", answer="n\n")
     assert status == 1 and "PERMANENTLY remove 1 jobs? [y/n]" in out and "aborted: nothing removed" in out
     assert snapshot(family) == before
@@ -294,7 +296,7 @@ def test_killjob_bad_prefix_exit_2_and_kill_nothing(family, prefix, fragment):
 def test_killjob_asks_before_killing(family):
     p1 = str(jobs_by_name(family)["p1"]["job_id"])
     before = snapshot(family)
-    assert_one_line_error(run_balsam("killjob", "--id", p1), "confirmation needed")
+    assert_one_line_error(run_balsam("killjob", "--id", p1, input=""), "confirmation needed")
     status, out = run_tty("killjob", "--id", p1, "--recursive", answer="n\n")
     assert status == 1 and "and every job that depends on it? [y/n]" in out and "aborted" in out
     assert snapshot(family) == before

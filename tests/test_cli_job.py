@@ -106,11 +106,18 @@ def test_job_prompt_declined_adds_nothing_and_exits_1(app, answer):
     assert snapshot(app) == before
 
 
-def test_job_without_terminal_or_yes_refuses_and_adds_nothing(app):
+def test_job_without_terminal_or_yes_refuses_on_empty_stdin_and_adds_nothing(app):
     before = snapshot(app)
-    proc = run_balsam(*JOB_ARGS, input="y\n")
+    proc = run_balsam(*JOB_ARGS, input="")
     assert_one_line_error(proc, "balsam job: error:", "--yes")
     assert snapshot(app) == before
+
+
+def test_job_without_terminal_reads_the_answer_from_stdin_as_classic(app):
+    proc = run_balsam(*JOB_ARGS, input="y\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "Add this job to the database? [y/n] y" in proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("Added job [")
 
 
 def test_job_help_documents_the_exit_statuses(db):

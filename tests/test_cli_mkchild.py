@@ -109,6 +109,15 @@ def test_mkchild_help_lists_the_job_flags(db):
     proc = run_balsam("mkchild", "--help")
     assert proc.returncode == 0
     for flag in ("--name", "--workflow", "--application", "--wall-time-minutes", "--node-packing-count",
-                 "--mpi-flags", "--post_handle_timeout", "--stage-out-files", "--env", "--yes",
+                 "--mpi-flags", "--post-handle-timeout", "--stage-out-files", "--env", "--yes",
                  "BALSAM_JOB_ID"):
         assert flag in proc.stdout, flag
+
+
+def test_mkchild_accepts_the_classic_wall_minutes_and_preprocessor_flags(cursor, parent):
+    proc = run_balsam(*CHILD_ARGS, "--wall-minutes", "12", "--preprocessor", "pre.sh",
+                      "--postprocessor", "post.sh", env={"BALSAM_JOB_ID": parent})
+    assert proc.returncode == 0, proc.stderr
+    assert jobs_by_name(cursor)["kid"]["wall_time_minutes"] == 12
+    assert "--preprocessor is obsolete and ignored" in proc.stderr
+    assert "--postprocessor is obsolete and ignored" in proc.stderr

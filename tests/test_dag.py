@@ -247,6 +247,41 @@ def test_spawn_child_saves_a_copy_of_the_current_job_below_it(dag, models, in_jo
     assert row_count(models, name="bad") == 0
 
 
+def test_spawn_child_records_spawned_by_in_the_childs_history_as_classic(dag, models, in_job):
+    from django.db import connection
+
+    from balsam.cli import jobquery
+
+    child = dag.spawn_child(name="kid")
+    saved = models.BalsamJob.objects.get(pk=child.pk)
+    note = f"spawned by [current | {str(in_job.pk)[:8]}]"
+    assert saved.state_history.lstrip(" \n").split("] ", 1)[1] == note
+    assert saved.state_history.split("\n")[1].split(" ")[2] == "CREATED]"
+    assert saved.get_recent_state_str().endswith(f"CREATED] {note}")
+    assert saved.data["spawned_by"] == str(in_job.pk)
+    with connection.cursor() as cur:  # `balsam ls --history` renders the same text
+        row = {"job_id": saved.pk, "created_at": saved.created_at}
+        assert jobquery.histories(cur, [row]) == {str(saved.pk): saved.state_history}
+    assert "spawned by" not in in_job.state_history
+
+
+def test_submit_records_and_submits_a_batch_job_as_submit_launch_does(dag, models, db):
+    from balsam.platform import schedulers
+
+    launch = dag.submit(project="P", queue="debug", nodes=1, wall_minutes=5, job_mode="serial")
+    try:
+        assert isinstance(launch, models.QueuedLaunch) and launch.state == "submitted"
+        assert (launch.project, launch.queue, launch.nodes, launch.wall_minutes,
+                launch.job_mode) == ("P", "debug", 1, 5, "serial")
+    finally:
+        schedulers.get("local", os.path.join(db, "qsubmit")).cancel(launch.scheduler_id)
+    with pytest.raises(BalsamError, match="needs a queue"):
+        dag.submit()
+    with pytest.raises(BalsamError, match="matches no job"):
+        dag.submit(queue="debug", wf_filter="no-such-workflow")
+    assert models.QueuedLaunch.objects.count() == 1
+
+
 def test_spawn_child_outside_a_job_is_an_error(dag):
     with pytest.raises(BalsamError, match="only inside a Balsam job"):
         dag.spawn_child(name="x")

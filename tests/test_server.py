@@ -169,13 +169,26 @@ def test_configured_free_port_is_used_and_port_0_picks_a_free_one(stopped: str) 
     assert picked > 0 and cluster.port_answers("", picked)
 
 
-def test_reset_stops_a_running_server_and_leaves_no_state(running: str) -> None:
+def test_reset_leaves_a_running_server_running_as_it_found_it(running: str) -> None:
+    pid = cluster.status(running).pid
     proc = server(running, "--reset")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["Stopped the Balsam DB server",
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["Stopped the Balsam DB server",
+                         "Server reset: it is stopped and no stale state is left"]
+    assert lines[-1] == "It was running, so it was started again"
+    after = cluster.status(running)
+    assert after.running and after.pid != pid
+    assert server(running, "--status").returncode == 0
+
+
+def test_reset_leaves_a_stopped_server_stopped(stopped: str) -> None:
+    proc = server(stopped, "--reset")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["Server is not running",
                                         "Server reset: it is stopped and no stale state is left"]
-    assert not cluster.status(running).running
-    assert not os.path.exists(os.path.join(running, "balsamdb", "postmaster.pid"))
+    assert not cluster.status(stopped).running
+    assert not os.path.exists(os.path.join(stopped, "balsamdb", "postmaster.pid"))
 
 
 def test_reset_after_a_crash_removes_pid_file_and_clears_server_info(running: str) -> None:

@@ -5,12 +5,13 @@ import argparse
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, confirm, find_job, transaction
+from balsam.cli.common import add_command, add_yes_flag, confirm, find_job, transaction
 from balsam.core import schema
 
 EPILOG = """A killed job is never run again unless its state is changed with
 `balsam modify ID state STATE --force`. Jobs already in a final state (JOB_FINISHED, FAILED,
-USER_KILLED) are left as they are. Answering no to the prompt exits with status 1."""
+USER_KILLED) are left as they are. Without a terminal the answer is read from standard input
+(`yes | balsam killjob --id X`). Answering no to the prompt exits with status 1."""
 SHOW_AT_MOST = 10
 
 
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
     p = add_command(sub, "killjob", run, "kill a job (mark it USER_KILLED)", epilog=EPILOG)
     p.add_argument("--id", required=True, metavar="PREFIX", help="job id prefix matching exactly one job")
     p.add_argument("--recursive", action="store_true", help="also kill every job that depends on it")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_yes_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,12 @@ from balsam.errors import BalsamError, NotFound
 
 EPILOG = """Needs BALSAM_JOB_ID (set by the launcher for a job's process and its scripts): the new
 job becomes a child of that job, in its workflow unless --workflow is given, and in its batch job
-(queued launch). Unless --yes is given, the job is shown and you are asked to confirm."""
+(queued launch). Unless --yes is given, the job is shown and you are asked to confirm.
+Classic flags: --wall-minutes is --wall-time-minutes; --preprocessor and --postprocessor are
+accepted for old scripts but a job has no scripts of its own (its application's preprocess and
+postprocess run), so a value given is reported on stderr and not stored."""
+OBSOLETE = ("preprocessor", "postprocessor")
+"""Classic ``mkchild`` flags that set job fields Balsam 0.5 had already removed."""
 
 
 def register(sub: Any) -> None:
@@ -25,6 +30,10 @@ def register(sub: Any) -> None:
                     epilog=EPILOG)
     add_job_flags(p, workflow_help="workflow of the new job (default: the current job's)",
                   workflow_required=False)
+    for name in OBSOLETE:
+        p.add_argument(f"--{name}", default="", metavar="SCRIPT",
+                       help="obsolete classic flag: accepted and ignored (the application's "
+                            f"{name[:-2]} script runs)")
 
 
 def current_job_id() -> str:
@@ -54,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from balsam.core import bulk, lifecycle
 
     parent_id = current_job_id()
+    for name in OBSOLETE:
+        if getattr(args, name):
+            print(f"balsam mkchild: warning: --{name} is obsolete and ignored (set the "
+                  f"application's script: `balsam app --{name[:-2]}`)", file=sys.stderr)
     with transaction() as (db_path, cur):
         parent = fetch_job(cur, parent_id)
         if args.workflow is None:

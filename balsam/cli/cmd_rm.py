@@ -11,7 +11,8 @@ from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).
-Working directories are left on disk. Answering no to the prompt removes nothing and exits
+Working directories are left on disk. Without a terminal the answer is read from standard
+input (`echo y | balsam rm ...`). Answering no to the prompt removes nothing and exits
 with status 1; errors exit with status 2 and remove nothing."""
 SHOW_AT_MOST = 10
 
@@ -23,9 +24,11 @@ def register(sub: Any) -> None:
     which.add_argument("--name", help="names containing this text (case-insensitive; '' = all)")
     which.add_argument("--id", help="one job by id prefix, or one application by number")
     which.add_argument("--all", action="store_true", help="every job (or every application)")
-    p.add_argument("--wf-filter", metavar="WF", help="only jobs of exactly this workflow")
+    p.add_argument("--wf-filter", metavar="WF", help="only jobs whose workflow contains WF "
+                   "(as everywhere: `ls --wf`, `launcher --wf-filter`)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true",
-                   help="do not ask; for apps, also remove apps that jobs still use")
+                   help="as --yes; for apps, also remove apps that jobs still use")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not jobs:
             check_apps_unused(cur, found, args.force)
-        if not confirm(f"PERMANENTLY remove {len(found)} {kind}?", args.force):
+        if not confirm(f"PERMANENTLY remove {len(found)} {kind}?", args.yes or args.force):
             print("aborted: nothing removed", file=sys.stderr)
             return 1
         failed = remove_jobs(cur, found) if jobs else remove_apps(cur, found)
@@ -58,10 +61,10 @@ def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
 
     if args.id is not None:
         job = find_job(cur, args.id, "job_id, name, workflow")
-        if args.wf_filter is not None and job["workflow"] != args.wf_filter:
-            raise NotFound(f"job {args.id!r} is not in workflow {args.wf_filter!r}")
+        if args.wf_filter is not None and args.wf_filter not in job["workflow"]:
+            raise NotFound(f"job {args.id!r} is not in a workflow containing {args.wf_filter!r}")
         return [job]
-    where, params = job_where(name=args.name, wf_exact=args.wf_filter)
+    where, params = job_where(name=args.name, wf=args.wf_filter)
     cur.execute(f"SELECT job_id, name FROM {schema.JOB_TABLE}{where} {ORDER}", params)
     return fetch_dicts(cur)
 

@@ -14,7 +14,8 @@ ACTIONS = {
                "(what balsamactivate runs)",
     "stop": "stop the server (owner only)",
     "status": "running or stopped, where, and how many connections (exit 1 if stopped)",
-    "reset": "stop the server if it runs and clear stale state; leaves it stopped (owner only)",
+    "reset": "clear stale state (stop the server, then start it again if it was running); "
+             "leaves it as it was found (owner only)",
     "list_active_connections": "list the sessions connected to the database",
     "list_users": "list the roles that can log in",
 }
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.status:
         return _status(path)
     elif args.reset:
-        cluster.reset(path, print)
+        cluster.reset_as_found(path, print)
     elif args.list_active_connections:
         _connections(roles.active_connections(path))
     elif args.list_users:

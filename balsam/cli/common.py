@@ -73,18 +73,39 @@ def find_job(cur: Any, text: str, columns: str = "*") -> dict:
     return rows[0]
 
 
-def confirm(question: str, assume_yes: bool) -> bool:
-    """Ask a y/n question on the terminal; ``assume_yes`` (``--yes``/``--force``) skips it.
+def add_yes_flag(p: argparse.ArgumentParser, text: str = "do not ask for confirmation") -> None:
+    """The one confirmation flag, ``--yes``, with ``--force`` as its alias (``args.yes``).
 
-    Without a terminal on stdin the answer is no, so scripts must say ``--yes``.
+    For commands where ``--force`` means more than "do not ask" (``rm``, ``modify``), add
+    ``--yes`` alone with ``p.add_argument``; those commands document their ``--force``."""
+    p.add_argument("--yes", "--force", dest="yes", action="store_true", help=text)
+
+
+def confirm(question: str, assume_yes: bool) -> bool:
+    """Ask a y/n question; ``assume_yes`` (``--yes``/``--force``) skips it.
+
+    On a terminal the question is asked there. Otherwise, as in classic Balsam, the answer is
+    the first line of standard input (``yes | balsam killjob ...``), the question going to stderr
+    so stdout stays clean; a closed or empty stdin is refused with a one-line error naming ``--yes``.
     """
     if assume_yes:
         return True
-    if not sys.stdin or not sys.stdin.isatty():
-        raise BalsamError(f"{question.rstrip('? ')}: confirmation needed; no terminal to ask, "
-                          "so pass --yes (or --force)")
-    try:
-        answer = input(f"{question} [y/n] ")
-    except EOFError:
-        return False
+    stream = sys.stdin
+    if stream is None or stream.closed:
+        raise _no_answer(question, "standard input is closed")
+    if stream.isatty():
+        try:
+            answer = input(f"{question} [y/n] ")
+        except EOFError:
+            return False
+    else:
+        answer = stream.readline()
+        if not answer:
+            raise _no_answer(question, "standard input is empty")
+        print(f"{question} [y/n] {answer.strip()}", file=sys.stderr)
     return answer.strip().lower() in ("y", "yes")
+
+
+def _no_answer(question: str, why: str) -> BalsamError:
+    return BalsamError(f"{question.rstrip('? ')}: confirmation needed; no terminal to ask and "
+                       f"{why}, so pass --yes (or --force)")

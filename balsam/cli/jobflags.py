@@ -5,6 +5,7 @@ import argparse
 import re
 from typing import Any
 
+from balsam.cli.common import add_yes_flag
 from balsam.errors import BalsamError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -12,7 +13,10 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 def add_job_flags(p: argparse.ArgumentParser, workflow_help: str = "workflow the job belongs to",
                   workflow_required: bool = True) -> None:
-    """Add the flags describing a new job (``--name`` ... ``--env``, ``--yes``) to ``p``."""
+    """Add the flags describing a new job (``--name`` ... ``--env``, ``--yes``) to ``p``.
+
+    The classic spellings (``--post_handle_error``, ``--wall-minutes``...) are hidden aliases:
+    :mod:`balsam.cli.aliases`."""
     p.add_argument("--name", required=True, help="job name (with the workflow it names the job directory)")
     p.add_argument("--workflow", required=workflow_required, help=workflow_help)
     p.add_argument("--application", required=True, help="name of an existing application")
@@ -28,11 +32,11 @@ def add_job_flags(p: argparse.ArgumentParser, workflow_help: str = "workflow the
     p.add_argument("--description", nargs="*", default=[], help="free text")
     p.add_argument("--mpi-flags", nargs="*", default=[], help="extra flags for the MPI launch command")
     p.add_argument("--args", nargs="*", default=[], help="arguments appended to the app's executable")
-    p.add_argument("--post_handle_error", action="store_true",
+    p.add_argument("--post-handle-error", action="store_true",
                    help="let the app's postprocess script handle a run error")
-    p.add_argument("--post_handle_timeout", action="store_true",
+    p.add_argument("--post-handle-timeout", action="store_true",
                    help="let the app's postprocess script handle a timeout")
-    p.add_argument("--disable_auto_timeout_retry", action="store_true",
+    p.add_argument("--disable-auto-timeout-retry", action="store_true",
                    help="do not restart the job automatically after a timeout")
     p.add_argument("--input-files", nargs="*", default=[],
                    help="glob patterns of files to link in from parent jobs (default: none)")
@@ -41,7 +45,7 @@ def add_job_flags(p: argparse.ArgumentParser, workflow_help: str = "workflow the
     p.add_argument("--stage-out-files", nargs="*", default=[], help="glob patterns of files to stage out")
     p.add_argument("--env", action="append", default=[], metavar="VAR=VAL",
                    help="environment variable for the job (repeatable)")
-    p.add_argument("--yes", action="store_true", help="add the job without asking")
+    add_yes_flag(p, "add the job without asking")
 
 
 def environ_vars(entries: list[str]) -> str:

@@ -235,9 +235,11 @@ def job_verbose(job: dict[str, Any], apps: dict[str, dict[str, Any]], db_path: s
 
 def histories(cur: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """{job id: classic state_history text}, identical to ``BalsamJob.state_history``; one query."""
-    from balsam.core.history import history_line
+    from balsam.core.history import creation_notes, history_line
 
-    text = {str(j["job_id"]): history_line("CREATED", "", j["created_at"]) for j in jobs}
+    notes = creation_notes(cur, [j["job_id"] for j in jobs])
+    text = {str(j["job_id"]): history_line("CREATED", notes.get(str(j["job_id"]), ""), j["created_at"])
+            for j in jobs}
     if jobs:
         cur.execute(f"SELECT job_id, timestamp, to_state, message FROM {EVENT} "
                     "WHERE job_id = ANY(%s::uuid[]) ORDER BY id", [list(text)])

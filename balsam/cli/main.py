@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import balsam
+from balsam.cli.aliases import canonical_argv
 from balsam.cli.version import VersionAction
 
 COMMANDS = [
@@ -27,7 +29,13 @@ COMMANDS = [
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports usage errors on one line (with a pointer to --help), exit 2."""
+    """argparse that reports usage errors on one line (with a pointer to --help), exit 2, and
+    accepts the hidden classic flag spellings of :mod:`balsam.cli.aliases`."""
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Optional[argparse.Namespace] = None) -> tuple[Any, list[str]]:
+        argv = sys.argv[1:] if args is None else args
+        return super().parse_known_args(canonical_argv(argv), namespace)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")

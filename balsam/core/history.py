@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from balsam.core import schema
 
 TIME_FMT = "%m-%d-%Y %H:%M:%S.%f"
 STATE_TIME_PATTERN = re.compile(r"^\[(\d+-\d+-\d+) (\d+:\d+:\d+\.\d+) (\w+)\]", re.MULTILINE)
@@ -40,3 +43,16 @@ def parse_history(text: str) -> list[tuple[datetime.datetime, str]]:
 def state_times(text: str) -> dict[str, datetime.datetime]:
     """{state: time} of a history text; the latest entry of a state wins."""
     return {state: when for when, state in parse_history(text)}
+
+
+def creation_notes(cursor: Any, job_ids: Sequence[Any]) -> dict[str, str]:
+    """{job id: message of its CREATED entry} for those of ``job_ids`` that have one: a job
+    with ``data["spawned_by"]`` was spawned by that job (``[id8]`` if it no longer exists)."""
+    if not job_ids:
+        return {}
+    cursor.execute(f"SELECT j.job_id, j.data->>'spawned_by', s.name FROM {schema.JOB_TABLE} j "
+                   f"LEFT JOIN {schema.JOB_TABLE} s ON s.job_id::text = j.data->>'spawned_by' "
+                   "WHERE j.job_id = ANY(%s::uuid[]) AND j.data->>'spawned_by' IS NOT NULL",
+                   [[str(j) for j in job_ids]])
+    return {str(job_id): f"spawned by {schema.cute_id(name or '', spawner)}"
+            for job_id, spawner, name in cursor.fetchall()}

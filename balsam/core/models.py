@@ -22,6 +22,12 @@ from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from balsam.core import history, lifecycle, schema  # noqa: E402
+from balsam.core.analytics_classic import (  # noqa: E402,F401  (classic scripts import these here)
+    error_report,
+    process_job_times,
+    throughput_report,
+    utilization_report,
+)
 from balsam.core.jobapi import JobAPI  # noqa: E402
 from balsam.core.jobqueryset import BalsamJobQuerySet  # noqa: E402
 from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
@@ -42,6 +48,8 @@ from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
 
 TIME_FMT = history.TIME_FMT
 history_line = history.history_line
+get_time_string = history.get_time_string
+from_time_string = history.from_time_string
 
 
 class ApplicationDefinition(models.Model):
@@ -368,10 +376,17 @@ class BalsamJob(JobAPI, models.Model):
     def events(self) -> models.QuerySet:
         return JobEvent.objects.filter(job_id=self.pk).order_by("id")
 
+    def _creation_note(self) -> str:
+        """The CREATED entry's message: ``spawned by [name | id8]`` for a spawned job."""
+        if not (isinstance(self.data, dict) and self.data.get("spawned_by")):
+            return ""
+        with connection.cursor() as cur:
+            return history.creation_notes(cur, [self.pk]).get(str(self.pk), "")
+
     @property
     def state_history(self) -> str:
         """The classic text form: one ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message`` per change."""
-        entries = [(self.created_at, State.CREATED.value, "")]
+        entries = [(self.created_at, State.CREATED.value, self._creation_note())]
         entries += [(e.timestamp, e.to_state, e.message) for e in self.events]
         return "".join(history.history_line(state, msg, ts) for ts, state, msg in entries)
 
@@ -379,7 +394,7 @@ class BalsamJob(JobAPI, models.Model):
         """The latest history entry, ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message``."""
         last = self.events.order_by("-id").first()
         when, state, message = ((last.timestamp, last.to_state, last.message) if last
-                                else (self.created_at, State.CREATED.value, ""))
+                                else (self.created_at, State.CREATED.value, self._creation_note()))
         return history.history_line(state, message, when).lstrip(" \n")
 
     def get_state_times(self) -> dict[str, Any]:

@@ -310,6 +310,18 @@ def reset(db_path: str, say: Say = quiet) -> None:
     say("Server reset: it is stopped and no stale state is left")
 
 
+def reset_as_found(db_path: str, say: Say = quiet) -> bool:
+    """What ``balsam server --reset`` runs: :func:`reset`, then start the server again if it was
+    running, so the server is left as it was found (minus stale state; a crashed server, whose
+    ``postmaster.pid`` is stale, counts as stopped). True if it runs afterwards."""
+    was_running = status(db_path).running
+    reset(db_path, say)
+    if was_running:
+        start(db_path, say)
+        say("It was running, so it was started again")
+    return was_running
+
+
 def connect(db_path: str, say: Say = quiet) -> Status:
     """What ``balsamactivate`` runs: check the recorded server answers, or start it (owner only).
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shlex
-import shutil
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -28,15 +26,22 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
+from balsam.launcher.dag_db import (  # noqa: F401  (part of the classic dag API)
+    add_app,
+    get_active_database,
+    get_apps,
+    get_database_paths,
+    submit,
+)
 
 if TYPE_CHECKING:
-    from balsam.core.models import ApplicationDefinition, BalsamJob
+    from balsam.core.models import BalsamJob
 
 # The first seven names are resolved by __getattr__ (``from dag import *`` reads them then).
 __all__ = [  # noqa: F822
     "JOB_ID", "TIMEOUT", "ERROR", "LAUNCHER_NODES", "current_job", "parents", "children",
     "add_job", "add_dependency", "spawn_child", "kill", "clone", "wf_from_template",
-    "add_app", "get_apps", "get_database_paths", "get_active_database",
+    "add_app", "get_apps", "get_database_paths", "get_active_database", "submit",
 ]
 
 _MODEL_NAMES = ("BalsamJob", "ApplicationDefinition", "history_line")
@@ -260,8 +265,9 @@ def spawn_child(**kwargs: Any) -> BalsamJob:
     parents are the current job's parents plus the current job.
 
     ``kwargs`` override fields (unknown names: ``ValueError``; ``parents=`` replaces the default
-    parents). The spawning job is recorded as ``data["spawned_by"]`` (its id): a job's creation
-    has no history event. :class:`BalsamError` outside a job.
+    parents). The spawning job is recorded as ``data["spawned_by"]`` (its id), and the child's
+    ``state_history`` opens with ``spawned by [name | id8]`` as in classic. :class:`BalsamError`
+    outside a job.
     """
     running = _current()
     if running is None:
@@ -342,59 +348,3 @@ def wf_from_template(source_wf: str, new_wf: str, **overrides: Mapping[str, Any]
                 job.parents = parents.get(template_id, [])
         _insert(list(copies.values()))
     return BalsamJob.objects.filter(workflow=new_wf)
-
-
-# ---- applications and databases ----------------------------------------------------------------
-
-def add_app(name: str, executable: str, description: str = "", envscript: str = "",
-            preprocess: str = "", postprocess: str = "", checkexe: bool = False
-            ) -> ApplicationDefinition:
-    """Create the application ``name``, or update every field of the existing one; return it.
-
-    With ``checkexe`` the executable's first word must be an executable file (a path, or a
-    command found on PATH): ``ValueError`` otherwise.
-    """
-    from balsam.core.models import ApplicationDefinition
-
-    values = {"description": description, "executable": executable, "envscript": envscript,
-              "preprocess": preprocess, "postprocess": postprocess}
-    for key, val in dict(values, name=name).items():
-        schema.coerce_field(key, val, schema.APP_DEFAULTS)
-    if not name.strip() or not executable.strip():
-        raise ValueError("an application needs a name and an executable")
-    if checkexe:
-        first = shlex.split(executable)[0]
-        if shutil.which(os.path.expanduser(first)) is None:
-            raise ValueError(f"executable {first!r} is not an executable file or a command on PATH")
-    app, _ = ApplicationDefinition.objects.update_or_create(name=name, defaults=values)
-    return app
-
-
-def get_apps() -> list[ApplicationDefinition]:
-    """Every application, by name."""
-    from balsam.core.models import ApplicationDefinition
-
-    return list(ApplicationDefinition.objects.order_by("name"))
-
-
-def get_database_paths(verbose: bool = True) -> list[str]:
-    """The Balsam DBs known to this user (``~/.balsam/databases.json``); printed if ``verbose``."""
-    from balsam.db import index
-
-    paths = index.read()
-    if verbose:
-        print(f"Found {len(paths)} Balsam DB{'s' if len(paths) != 1 else ''}")
-        for path in paths:
-            print(f"  {path}")
-    return paths
-
-
-def get_active_database(verbose: bool = True) -> str:
-    """The active DB directory (:class:`~balsam.errors.NoActiveDatabase` if none); printed if
-    ``verbose``."""
-    from balsam.db.settings import active_path
-
-    path = active_path()
-    if verbose:
-        print(f"Active Balsam DB: {path}")
-    return path
