@@ -6,11 +6,19 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 from balsam.core import schema
+from balsam.errors import BalsamError
+
+SUBMIT_TIMEOUT_SECONDS = 120
+"""How long ``dag.submit`` waits for ``balsam submit-launch`` (its scheduler call has its own
+timeout and back-off)."""
 
 if TYPE_CHECKING:
     from balsam.core.models import ApplicationDefinition, QueuedLaunch
@@ -74,16 +82,30 @@ def submit(project: str = "", queue: str = "", nodes: int = 1, wall_minutes: int
            job_mode: str = "mpi", wf_filter: str = "", sched_flags: str = "") -> QueuedLaunch:
     """Submit one launcher batch job for the active DB, as ``balsam submit-launch`` does; return
     its ``QueuedLaunch``. ``project`` '' means the DB's settings.yml project; ``queue`` is
-    required (classic's default ``debug-flat-quad`` was a Theta queue). :class:`BalsamError` if
-    a check or the submission fails (see :mod:`balsam.service.oneshot`)."""
+    required (classic's default ``debug-flat-quad`` was a Theta queue). :class:`BalsamError`
+    with the command's one-line error if a check or the submission fails.
+
+    The launcher package never imports the service (docs/architecture.md), so this runs the
+    command itself: the same checks, the same record, one submission."""
     from balsam.core.models import QueuedLaunch
     from balsam.db.settings import active_path
-    from balsam.errors import BalsamError
-    from balsam.service.oneshot import submit_launch
 
     if not queue.strip():
         raise BalsamError("dag.submit() needs a queue (see the DB's settings.yml queues)")
-    rid, _ = submit_launch(active_path(), queue=queue, nodes=nodes, wall_minutes=wall_minutes,
-                           job_mode=job_mode, project=project or None, wf_filter=wf_filter,
-                           sched_flags=sched_flags)
-    return QueuedLaunch.objects.get(pk=rid)
+    argv = [sys.executable, "-m", "balsam", "submit-launch", "-n", str(nodes),
+            "-t", str(wall_minutes), "-q", queue, "--job-mode", job_mode,
+            "--wf-filter", wf_filter, "--sched-flags", sched_flags]
+    if project:
+        argv += ["-A", project]
+    env = dict(os.environ, BALSAM_DB_PATH=active_path())
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env,
+                              timeout=SUBMIT_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise BalsamError(f"dag.submit(): `balsam submit-launch` did not answer within "
+                          f"{SUBMIT_TIMEOUT_SECONDS} s")
+    found = re.search(r"Submit OK: batch job (\d+) ", done.stdout)
+    if done.returncode != 0 or found is None:
+        lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+        raise BalsamError(f"dag.submit(): {lines[-1]}")
+    return QueuedLaunch.objects.get(pk=int(found.group(1)))
