@@ -68,3 +68,11 @@ SERVICE_CYCLE_SECONDS = 10.0
 
 SERVICE_TRANSITION_THREADS = 2
 """Transition workers (stage-in/out, pre/postprocess scripts) the service runs."""
+
+WAIT_FALLBACK_SECONDS = 5.0
+"""Longest ``balsam wait`` goes without re-counting its jobs: notifications wake it at once, but
+one lost with a dropped connection must not stall it."""
+
+WAIT_MIN_INTERVAL_SECONDS = 0.2
+"""Shortest time between two counts of ``balsam wait``: a busy launcher notifies many times a
+second, and each count reads the whole selection."""

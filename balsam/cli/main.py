@@ -14,7 +14,7 @@ import balsam
 
 COMMANDS = [
     "init", "server", "which", "app",
-    "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
+    "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies", "wait",
     "mkchild", "launcher", "submit_launch",
     "service",
     "top",
