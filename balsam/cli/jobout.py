@@ -1,0 +1,71 @@
+"""How commands that add or show jobs and apps print them: text, ``--quiet`` or ``--format json``.
+
+``--quiet`` prints only the ids, one per line (jobs: the full UUID; apps: the number), for
+``$(...)`` and pipes such as ``balsam job ... --quiet | balsam wait -``. ``--format json`` prints
+one JSON list of objects with every field (ids as text, times in ISO 8601), the form of
+``balsam ls --format json``. Either way stdout holds nothing else: the preview shown before a
+confirmation prompt goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from balsam.cli import jobquery as jq
+
+
+def add_output_flags(p: argparse.ArgumentParser, what: str = "jobs") -> None:
+    """``--quiet`` and ``--format {text,json}`` (mutually exclusive)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help=f"print only the ids of the {what}, one per line")
+    group.add_argument("--format", choices=["text", "json"], default="text",
+                       help=f"json: a list of the {what} with all their fields, for scripts")
+
+
+def machine_output(args: argparse.Namespace) -> bool:
+    """Whether stdout is reserved for ids or JSON."""
+    return bool(getattr(args, "quiet", False)) or getattr(args, "format", "text") == "json"
+
+
+def preview_stream(args: argparse.Namespace) -> TextIO:
+    """Where a preview goes: stdout; when stdout is for ids or JSON, stderr if a prompt follows
+    (``--yes`` not given), else nowhere."""
+    if not machine_output(args):
+        return sys.stdout
+    return io.StringIO() if getattr(args, "yes", False) else sys.stderr
+
+
+def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict]:
+    """Job rows as ``balsam ls --format json`` shows them (every column, then ``parents``)."""
+    out = []
+    for n, row in enumerate(rows):
+        item = jq.jsonable({c: row.get(c) for c in jq.JOB_COLUMNS})
+        item["parents"] = [str(p) for p in parents[n]] if n < len(parents) else []
+        out.append(item)
+    return out
+
+
+def print_jobs(args: argparse.Namespace, rows: Sequence[dict[str, Any]], text: str,
+               parents: Sequence[Sequence[str]] = ()) -> None:
+    """Print ``rows``' ids (``--quiet``), their JSON (``--format json``), or ``text``."""
+    if getattr(args, "quiet", False):
+        jq.write_out("".join(f"{r['job_id']}\n" for r in rows))
+    elif getattr(args, "format", "text") == "json":
+        jq.write_out(jq.dumps(job_dicts(rows, parents)))
+    else:
+        jq.write_out(text)
+
+
+def print_apps(args: argparse.Namespace, apps: Sequence[dict[str, Any]], text: str) -> None:
+    """Print ``apps``' numbers (``--quiet``), their JSON (``--format json``), or ``text``."""
+    if getattr(args, "quiet", False):
+        jq.write_out("".join(f"{a['id']}\n" for a in apps))
+    elif getattr(args, "format", "text") == "json":
+        jq.write_out(json.dumps(list(apps), indent=2, default=str))
+    else:
+        jq.write_out(text)
