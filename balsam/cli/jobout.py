@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from balsam.cli import jobquery as jq
+from balsam.errors import BalsamError
 
 
 def add_output_flags(p: argparse.ArgumentParser, what: str = "jobs") -> None:
@@ -69,3 +70,28 @@ def print_apps(args: argparse.Namespace, apps: Sequence[dict[str, Any]], text: s
         jq.write_out(json.dumps(list(apps), indent=2, default=str))
     else:
         jq.write_out(text)
+
+
+def check_quiet_listing(args: argparse.Namespace) -> None:
+    """``balsam ls --quiet`` lists ids only: refuse the views it cannot be combined with."""
+    if not getattr(args, "quiet", False):
+        return
+    clash = [flag for flag, on in (("--format json", args.format == "json"),
+                                   ("--verbose", args.verbose), ("--history", args.history),
+                                   ("--tree", args.tree), ("--by-states", args.by_states)) if on]
+    if clash:
+        raise BalsamError(f"--quiet prints only ids; it does not combine with {', '.join(clash)}")
+
+
+def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) -> str:
+    """The ids of the matching rows, one per line, in listing order, at most ``BALSAM_LS_LIMIT``
+    (a note on stderr says how many more matched); '' when none match."""
+    limit = jq.ls_limit()
+    order = jq.ORDER if table == jq.JOB else "ORDER BY id"
+    cur.execute(f"SELECT {column} FROM {table}{where} {order} LIMIT %s", params + [limit + 1])
+    ids = [str(r[0]) for r in cur.fetchall()]
+    if len(ids) > limit:
+        cur.execute(f"SELECT count(*) FROM {table}{where}", params)
+        jq.hidden_notice(int(cur.fetchone()[0]) - limit, to_stderr=True)
+        ids = ids[:limit]
+    return "".join(f"{i}\n" for i in ids)
