@@ -60,6 +60,24 @@ def api_insert(rows: list[tuple[str, str, str]]) -> None:
         for i, (x, seed, nodes) in enumerate(rows)])
 
 
+def time_wait(conn, csv_path: str) -> dict[str, float]:
+    """Seconds of a whole ``balsam wait --timeout 0`` (start, resolve, one count, exit 124) over
+    the campaign, selected by workflow and by its 100,000 ids read from stdin."""
+    truncate(conn)
+    argv = [sys.executable, "-m", "balsam", "job", "--name", "p{i}", "--workflow", "camp",
+            "--application", "sim", "--from-file", csv_path, "--args", "--x {x} --seed {seed}",
+            "--yes", "--quiet"]
+    ids = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
+    result = {}
+    for what, extra, stdin in (("--wf camp", ["--wf", "camp"], None), ("- (ids on stdin)", ["-"], ids)):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "balsam", "wait", *extra, "--timeout", "0"],
+                              input=stdin, capture_output=True, text=True, timeout=600)
+        result[what] = time.perf_counter() - t0
+        assert proc.returncode == 124, proc.stderr
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100_000, help="jobs per run (default 100000)")
@@ -91,7 +109,10 @@ def main() -> None:
                 assert got == args.n, f"{label} inserted {got} rows, not {args.n}"
                 print(f"round {r + 1} {label}: {times[label][-1]:.3f} s  "
                       f"({args.n / times[label][-1]:,.0f} jobs/s)")
+        wait_times = time_wait(conn, csv_path)
         conn.close()
+    for what, seconds in wait_times.items():
+        print(f"balsam wait {what} over {args.n:,} jobs, one count (--timeout 0): {seconds:.3f} s")
     cli, api = statistics.median(times["cli"]), statistics.median(times["api"])
     print(f"CLI  balsam job --from-file (whole command):     median {cli:.3f} s = "
           f"{args.n / cli:,.0f} jobs/s")

@@ -138,3 +138,45 @@ def test_wait_shows_a_progress_line_on_a_terminal(app):
     assert "\rbalsam wait: 1/2 final (1 finished, 0 failed or killed), 1 RUNNING [0 s]" in screen
     proc = run_balsam("wait", "--wf", "camp", "--timeout", "0.5")
     assert "balsam wait:" not in proc.stderr  # no terminal, no progress line
+
+
+def test_wait_ids_combine_with_filters(app):
+    camp = add_jobs(app, 2, workflow="camp", application="hello", state="JOB_FINISHED")
+    other = add_jobs(app, workflow="other", application="hello", state="RUNNING")
+    proc = run_balsam("wait", "-", "--wf", "camp", "--timeout", "10",
+                      input="\n".join(camp + other).upper())
+    assert (proc.returncode, proc.stdout) == (0, "all 2 jobs finished\n"), proc.stderr
+
+
+def test_wait_on_ids_outlives_a_server_restart(restart_db):
+    from balsam.db import cluster
+    from balsam.db.connect import connect
+
+    conn = connect(restart_db, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            add_app(cur, "hello", "echo")
+            ids = add_jobs(cur, 3, workflow="camp", application="hello", state="RUNNING")
+        env = dict(os.environ, BALSAM_DB_PATH=restart_db)
+        proc = subprocess.Popen([sys.executable, "-m", "balsam", "wait", "-", "--timeout", "120"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        proc.stdin.write("\n".join(ids) + "\n")
+        proc.stdin.close()
+        time.sleep(2)
+        assert proc.poll() is None
+    finally:
+        conn.close()
+    try:
+        cluster.stop(restart_db)
+        time.sleep(1)
+        cluster.start(restart_db)
+        conn = connect(restart_db, autocommit=True)
+        with conn.cursor() as cur:
+            finish(cur, ids)
+        conn.close()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert (proc.returncode, out) == (0, "all 3 jobs finished\n"), err

@@ -124,7 +124,6 @@ def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
         ((line, values, n) for n, (line, values) in enumerate(records))
     rows: list[dict] = []
     for line, values, index in items:
-        where = f"{source}, line {line}" if line is not None else f"--array index {index}"
         row = dict(base)
         try:
             if patterns:
@@ -148,6 +147,7 @@ def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
             if "environ_vars" in values:
                 schema.parse_envstring(row["environ_vars"])
         except schema.FieldError as exc:
+            where = f"{source}, line {line}" if line is not None else f"--array index {index}"
             raise BalsamError(f"{where}: {exc}")
         env = row["environ_vars"]
         row["environ_vars"] = f"{env}:BALSAM_ARRAY_INDEX={index}" if env else \

@@ -2,7 +2,8 @@
 
 The wait listens on the database's job notifications (``NOTIFY balsam_jobs``, sent once per
 statement that inserts or updates jobs) and re-counts the selection's states when woken, at
-most every :data:`balsam.defaults.WAIT_MIN_INTERVAL_SECONDS`, and at least every
+most every :data:`balsam.defaults.WAIT_MIN_INTERVAL_SECONDS` (or :data:`~balsam.defaults.
+WAIT_LOAD_FACTOR` times the last count's duration, if longer), and at least every
 :data:`balsam.defaults.WAIT_FALLBACK_SECONDS` (a notification lost with a dropped connection
 costs at most that long). Each count is one ``GROUP BY state`` query over the selection; the
 connection (:class:`balsam.db.session.Database`) reconnects across a server restart.
@@ -14,6 +15,8 @@ the wait starts.
 """
 from __future__ import annotations
 
+import io
+import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -37,12 +40,22 @@ FINAL = ("JOB_FINISHED", "FAILED", "USER_KILLED")
 FAILED_STATES = ("FAILED", "USER_KILLED")
 
 
+_CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+"""A full job id as ``balsam job --quiet`` prints it (checked without building a UUID object)."""
+
+IDS_TABLE = "balsam_wait_ids"
+"""A temporary table (one per connection) holding a fixed selection's ids: 100,000 ids are sent
+once by COPY, not with every count."""
+
+
 @dataclass
 class Selection:
-    """The jobs waited for: ``where`` (with ``params``) over the job table."""
+    """The jobs waited for: ``where`` (with ``params``) over the job table, and, for a fixed
+    selection, only the jobs of ``ids``."""
 
     where: str
     params: list[Any] = field(default_factory=list)
+    ids: Optional[list[str]] = None
 
 
 def read_ids(words: Sequence[str], stdin: TextIO) -> list[str]:
@@ -54,19 +67,34 @@ def read_ids(words: Sequence[str], stdin: TextIO) -> list[str]:
     return ids
 
 
+def load_ids(cur: Any, ids: Sequence[str]) -> None:
+    """Create and fill this connection's :data:`IDS_TABLE`, unless it already exists (a
+    reconnected :class:`Database` gets a new session, so the table is made again)."""
+    cur.execute("SELECT to_regclass(%s)", [f"pg_temp.{IDS_TABLE}"])
+    if cur.fetchone()[0] is not None:
+        return
+    cur.execute(f"CREATE TEMP TABLE {IDS_TABLE} (job_id uuid NOT NULL)")  # ids are distinct
+    cur.copy_expert(f"COPY {IDS_TABLE} FROM STDIN", io.StringIO("".join(f"{i}\n" for i in ids)))
+    cur.execute(f"ANALYZE {IDS_TABLE}")
+
+
 def resolve_ids(cur: Any, words: Iterable[str]) -> list[str]:
-    """Full job ids for ``words`` (full ids or unique prefixes); :class:`NotFound` naming the
-    first that matches no job (and at most a few of the others)."""
+    """Full job ids for ``words`` (full ids or unique prefixes), each once; :class:`NotFound`
+    naming the first few that match no job. Leaves :data:`IDS_TABLE` filled on ``cur``."""
     full: list[str] = []
-    for word in words:
-        if len(word.replace("-", "")) == 32:
-            with jq.user_errors():
+    with jq.user_errors():
+        for word in words:
+            if _CANONICAL.match(word):
+                full.append(word.lower())
+            elif len(word.replace("-", "")) == 32:
                 full.append(str(schema.parse_uuid(word)))
-        else:
-            full.append(str(find_job(cur, word, "job_id")["job_id"]))
+            else:
+                full.append(str(find_job(cur, word, "job_id")["job_id"]))
     full = list(dict.fromkeys(full))
-    cur.execute(f"SELECT job_id::text FROM {jq.JOB} WHERE job_id = ANY(%s::uuid[])", [full])
-    missing = set(full) - {r[0] for r in cur.fetchall()}
+    load_ids(cur, full)
+    cur.execute(f"SELECT w.job_id::text FROM {IDS_TABLE} w LEFT JOIN {jq.JOB} j USING (job_id) "
+                "WHERE j.job_id IS NULL")
+    missing = {r[0] for r in cur.fetchall()}
     if missing:
         first = [i for i in full if i in missing][:3]
         raise NotFound(f"{len(missing)} job id(s) match no job: {', '.join(first)}"
@@ -79,22 +107,29 @@ def select_jobs(cur: Any, ids: Sequence[str], name: Optional[str], wf: Optional[
     """The selection for ``balsam wait``'s arguments (see the module docstring); BalsamError
     if it matches no job."""
     where, params = jq.job_where(name=name, state=state, wf=wf)
-    if ids:
-        clause = "job_id = ANY(%s::uuid[])"
-        where = f"{where} AND {clause}" if where else f" WHERE {clause}"
-        params = params + [resolve_ids(cur, ids)]
+    sel = Selection(where, params, resolve_ids(cur, ids) if ids else None)
     if state is not None:  # a snapshot: the jobs leave that state while we wait
-        cur.execute(f"SELECT job_id::text FROM {jq.JOB}{where}", params)
-        where, params = " WHERE job_id = ANY(%s::uuid[])", [[r[0] for r in cur.fetchall()]]
-    sel = Selection(where, params)
+        cur.execute(f"SELECT job_id::text FROM {_source(sel)}{where}", params)
+        sel = Selection("", [], [r[0] for r in cur.fetchall()])
+        cur.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
     if not sum(count_states(cur, sel).values()):
         raise BalsamError("no job matches the selection: nothing to wait for")
     return sel
 
 
+def _source(sel: Selection) -> str:
+    return f"{jq.JOB} JOIN {IDS_TABLE} USING (job_id)" if sel.ids is not None else jq.JOB
+
+
 def count_states(cur: Any, sel: Selection) -> dict[str, int]:
-    """{state: number of selected jobs} (states without jobs left out)."""
-    return jq.state_counts(cur, sel.where, sel.params)
+    """{state: number of selected jobs}, in lifecycle order (states without jobs left out)."""
+    from balsam.core.states import STATES
+
+    if sel.ids is not None:
+        load_ids(cur, sel.ids)
+    cur.execute(f"SELECT state, count(*) FROM {_source(sel)}{sel.where} GROUP BY state", sel.params)
+    counts = dict(cur.fetchall())
+    return {s: counts[s] for s in STATES + sorted(set(counts) - set(STATES)) if s in counts}
 
 
 def summary(counts: dict[str, int]) -> str:
@@ -156,6 +191,8 @@ def wait_for(db: Any, sel: Selection, timeout: Optional[float],
             last = time.monotonic()
             counts = db.run_before(deadline, count_states, sel) if timeout is not None \
                 else db.run(count_states, sel)
+            took = time.monotonic() - last
+            gap = max(defaults.WAIT_MIN_INTERVAL_SECONDS, defaults.WAIT_LOAD_FACTOR * took)
             progress.show(summary(counts))
             pending = sum(n for s, n in counts.items() if s not in FINAL)
             now = time.monotonic()
@@ -163,7 +200,7 @@ def wait_for(db: Any, sel: Selection, timeout: Optional[float],
                 return outcome(counts, bool(pending), timeout)
             db.wait(min(defaults.WAIT_FALLBACK_SECONDS, deadline - now))
             # Notifications come once per statement: under a busy launcher, many per second.
-            pause = last + defaults.WAIT_MIN_INTERVAL_SECONDS - time.monotonic()
+            pause = last + gap - time.monotonic()
             if pause > 0:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             db.notified()  # those that came during the pause are covered by the next count
