@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_support import add_app, add_jobs, assert_one_line_error, job_row
+from cli_support import add_app, add_edge, add_jobs, assert_one_line_error, job_row
 from conftest import run_balsam
 
 from balsam.cli.jobquery import jsonable
@@ -95,3 +95,29 @@ def test_ls_quiet_keeps_the_limit_and_notes_the_rest_on_stderr(app):
 ])
 def test_ls_quiet_refuses_other_views(app, args, fragment):
     assert_one_line_error(run_balsam("ls", *args), fragment)
+
+
+def test_killjob_quiet_prints_the_killed_ids_and_json_their_rows(app):
+    parent, child = add_jobs(app, 2, workflow="wf", application="hello")
+    add_edge(app, parent, child)
+    out = ok("killjob", "--id", parent, "--recursive", "--yes", "--quiet")
+    assert out == f"{parent}\n{child}\n"
+    assert ok("killjob", "--id", parent, "--yes", "--quiet") == ""  # already final: nothing
+    (other,) = add_jobs(app, workflow="wf", application="hello", name="o")
+    (obj,) = json.loads(ok("killjob", "--id", other, "--yes", "--format", "json"))
+    assert (obj["job_id"], obj["name"], obj["state"], obj["parents"]) == (other, "o", "USER_KILLED", [])
+    assert json.loads(ok("killjob", "--id", other, "--yes", "--format", "json")) == []
+
+
+def test_rm_quiet_and_json_show_what_was_removed(app):
+    ids = add_jobs(app, 2, workflow="wf", application="hello", name="r")
+    add_edge(app, ids[0], ids[1])
+    removed = json.loads(ok("rm", "jobs", "--id", ids[1], "--force", "--format", "json"))
+    assert [(o["job_id"], o["parents"]) for o in removed] == [(ids[1], [ids[0]])]
+    assert ok("rm", "jobs", "--all", "--force", "--quiet") == f"{ids[0]}\n"
+    assert ok("rm", "jobs", "--all", "--force", "--quiet") == ""
+    app.execute("SELECT id FROM core_applicationdefinition")
+    number = app.fetchone()[0]
+    (obj,) = json.loads(ok("rm", "apps", "--all", "--force", "--format", "json"))
+    assert (obj["id"], obj["name"], obj["executable"]) == (number, "hello", "echo")
+    assert ok("rm", "apps", "--all", "--force", "--format", "json") == "[]\n"

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from balsam.cli import jobquery as jq
+from balsam.cli.common import fetch_dicts
+from balsam.core import schema
 from balsam.errors import BalsamError
 
 
@@ -42,13 +44,26 @@ def preview_stream(args: argparse.Namespace) -> TextIO:
 
 
 def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict]:
-    """Job rows as ``balsam ls --format json`` shows them (every column, then ``parents``)."""
+    """Job rows as ``balsam ls --format json`` shows them (every column, then ``parents``: the
+    row's own, else ``parents[n]``, else none)."""
     out = []
     for n, row in enumerate(rows):
         item = jq.jsonable({c: row.get(c) for c in jq.JOB_COLUMNS})
-        item["parents"] = [str(p) for p in parents[n]] if n < len(parents) else []
+        given = row.get("parents", parents[n] if n < len(parents) else [])
+        item["parents"] = [str(p) for p in given]
         out.append(item)
     return out
+
+
+def full_jobs(cur: Any, ids: Sequence[Any]) -> list[dict]:
+    """Every column and the parents of the jobs ``ids``, in creation order (for JSON output)."""
+    cur.execute(f"SELECT {', '.join(jq.JOB_COLUMNS)} FROM {jq.JOB} WHERE job_id = ANY(%s::uuid[]) "
+                f"{jq.ORDER}", [[str(i) for i in ids]])
+    rows = fetch_dicts(cur)
+    parents = jq.parents_of(cur, [r["job_id"] for r in rows])
+    for row in rows:
+        row["parents"] = parents.get(str(row["job_id"]), [])
+    return rows
 
 
 def print_jobs(args: argparse.Namespace, rows: Sequence[dict[str, Any]], text: str,
@@ -95,3 +110,10 @@ def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) 
         jq.hidden_notice(int(cur.fetchone()[0]) - limit, to_stderr=True)
         ids = ids[:limit]
     return "".join(f"{i}\n" for i in ids)
+
+
+def full_apps(cur: Any, apps: Sequence[dict[str, Any]]) -> list[dict]:
+    """Every field of the applications ``apps`` (dicts with ``id``), by number."""
+    cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {jq.APP} WHERE id = ANY(%s) "
+                "ORDER BY id", [[a["id"] for a in apps]])
+    return fetch_dicts(cur)
