@@ -180,3 +180,33 @@ def test_wait_on_ids_outlives_a_server_restart(restart_db):
         proc.kill()
     out, err = proc.stdout.read(), proc.stderr.read()
     assert (proc.returncode, out) == (0, "all 3 jobs finished\n"), err
+
+
+def test_wait_counts_removed_jobs_as_not_finished(app):
+    ids = add_jobs(app, 3, workflow="camp", application="hello", state="RUNNING")
+    proc = start_wait("--wf", "camp", "--timeout", "60")
+    fixed = start_wait(*ids, "--timeout", "60")
+    try:
+        time.sleep(2)
+        finish(app, ids[:1])
+        assert run_balsam("rm", "jobs", "--wf-filter", "camp", "--name", "job1", "--force").returncode == 0
+        finish(app, ids[2:])
+        out, err = fixed.communicate(timeout=30)
+        assert (fixed.returncode, out) == (1, "1 of 3 jobs did not finish: 1 removed\n"), err
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out) == (0, "all 2 jobs finished\n"), err
+    finally:
+        proc.kill()
+        fixed.kill()
+
+
+def test_wait_fails_when_every_selected_job_is_removed(app):
+    add_jobs(app, 2, workflow="camp", application="hello", state="RUNNING")
+    proc = start_wait("--wf", "camp", "--timeout", "60")
+    try:
+        time.sleep(2)
+        assert run_balsam("rm", "jobs", "--all", "--force").returncode == 0
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (1, "no selected job is left: they were removed while waiting\n"), err

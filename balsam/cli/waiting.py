@@ -56,6 +56,8 @@ class Selection:
     where: str
     params: list[Any] = field(default_factory=list)
     ids: Optional[list[str]] = None
+    expected: Optional[int] = None
+    """How many jobs a fixed selection (``ids``) matched when the wait started."""
 
 
 def read_ids(words: Sequence[str], stdin: TextIO) -> list[str]:
@@ -112,8 +114,10 @@ def select_jobs(cur: Any, ids: Sequence[str], name: Optional[str], wf: Optional[
         cur.execute(f"SELECT job_id::text FROM {_source(sel)}{where}", params)
         sel = Selection("", [], [r[0] for r in cur.fetchall()])
         cur.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
-    if not sum(count_states(cur, sel).values()):
+    total = sum(count_states(cur, sel).values())
+    if not total:
         raise BalsamError("no job matches the selection: nothing to wait for")
+    sel.expected = total if sel.ids is not None else None
     return sel
 
 
@@ -142,17 +146,24 @@ def summary(counts: dict[str, int]) -> str:
     return f"{text}, {pending}" if pending else text
 
 
-def outcome(counts: dict[str, int], timed_out: bool, timeout: Optional[float]) -> tuple[int, str]:
-    """(exit status, the one line ``balsam wait`` prints) for the last counts."""
+def outcome(counts: dict[str, int], timed_out: bool, timeout: Optional[float],
+            expected: Optional[int] = None) -> tuple[int, str]:
+    """(exit status, the one line ``balsam wait`` prints) for the last counts. ``expected``:
+    how many jobs a fixed selection had (the ones missing now were removed: not finished)."""
     total = sum(counts.values())
+    removed = max(0, expected - total) if expected is not None else 0
     pending = total - sum(counts.get(s, 0) for s in FINAL)
     if timed_out and pending:
         return EXIT_TIMEOUT, f"timed out after {timeout:g} s: {pending} of {total} jobs not final; " \
                              + summary(counts)
+    if not total:
+        return EXIT_FAILED, "no selected job is left: they were removed while waiting"
     bad = {s: counts[s] for s in FAILED_STATES if counts.get(s)}
+    if removed:
+        bad["removed"] = removed
     if bad:
         named = ", ".join(f"{n} {s}" for s, n in bad.items())
-        return EXIT_FAILED, f"{sum(bad.values())} of {total} jobs did not finish: {named}"
+        return EXIT_FAILED, f"{sum(bad.values())} of {total + removed} jobs did not finish: {named}"
     return EXIT_FINISHED, f"all {total} jobs finished"
 
 
@@ -197,7 +208,7 @@ def wait_for(db: Any, sel: Selection, timeout: Optional[float],
             pending = sum(n for s, n in counts.items() if s not in FINAL)
             now = time.monotonic()
             if not pending or now >= deadline:
-                return outcome(counts, bool(pending), timeout)
+                return outcome(counts, bool(pending), timeout, sel.expected)
             db.wait(min(defaults.WAIT_FALLBACK_SECONDS, deadline - now))
             # Notifications come once per statement: under a busy launcher, many per second.
             pause = last + gap - time.monotonic()
