@@ -33,8 +33,9 @@ TEMPLATED = {"name": "--name", "args": "--args", "description": "--description",
 ROW_FIELDS = frozenset(schema.JOB_DEFAULTS) - {"state", "lock"}
 """Job fields a file column may set (the state and the launcher's lock are Balsam's)."""
 
-ARRAY_MAX = 10_000_000
-"""Most jobs one ``--array`` may create (a typo must not fill the disk)."""
+ARRAY_MAX = 1_000_000
+"""Most jobs one ``--array`` may create: every row is built in memory before the COPY (about
+1.2 kB each), and a typo must not fill the memory or the disk."""
 
 INDEX = "i"
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
@@ -120,7 +121,8 @@ def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
     fields = check_columns(source, columns, used)
     now = datetime.datetime.now(datetime.timezone.utc)
     step = datetime.timedelta(microseconds=1)  # creation order = row order in `balsam ls`
-    items = ((None, {}, i) for i in indices) if indices is not None else \
+    items: Iterable[tuple[Optional[int], dict[str, Any], int]] = \
+        ((None, {}, i) for i in indices) if indices is not None else \
         ((line, values, n) for n, (line, values) in enumerate(records))
     rows: list[dict] = []
     for line, values, index in items:
