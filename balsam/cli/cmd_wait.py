@@ -8,7 +8,8 @@ from typing import Any
 from balsam.cli.common import add_command, db_path, transaction
 
 EPILOG = """Exit status: 0 when every selected job is JOB_FINISHED; 1 when all are final and some
-are FAILED or USER_KILLED (the last line says how many); 124 when --timeout passes first; 2 for
+are FAILED or USER_KILLED or were removed (the last line says how many); 124 when --timeout
+passes first; 2 for
 bad input (no job matches, unknown id, bad state name). The last line (stdout) sums up the
 outcome; on a terminal a progress line is shown on stderr meanwhile. Without ids or --state the
 selection is re-evaluated at every count, so jobs added later to a selected workflow (children
