@@ -30,6 +30,20 @@ def start_wait(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
+def until_listening(cursor, waits: int = 1, timeout: float = 60) -> None:
+    """Block until ``waits`` `balsam wait` processes listen: their connection (application_name
+    balsam-wait; selection already resolved on another one) is idle after a COMMIT, which comes
+    after the LISTEN sent right after connecting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'balsam-wait' "
+                       "AND state = 'idle' AND query = 'COMMIT'")
+        if cursor.fetchone()[0] >= waits:
+            return
+        time.sleep(0.05)
+    raise AssertionError("balsam wait did not start listening")
+
+
 def test_wait_returns_0_when_every_selected_job_finished(app):
     add_jobs(app, 3, workflow="camp", application="hello", state="JOB_FINISHED")
     add_jobs(app, workflow="other", application="hello")  # not selected: never final
@@ -61,7 +75,7 @@ def test_wait_wakes_on_the_notification_of_the_last_final_state(app):
     ids = add_jobs(app, 3, workflow="camp", application="hello", state="RUNNING")
     proc = start_wait("--wf", "camp", "--timeout", "60")
     try:
-        time.sleep(1.5)  # the wait is listening (startup + first count)
+        until_listening(app)
         assert proc.poll() is None, proc.communicate()
         finish(app, ids[:2])
         finish(app, ids[2:], "FAILED")
@@ -80,7 +94,7 @@ def test_wait_selection_follows_jobs_added_later_to_the_workflow(app):
     first = add_jobs(app, workflow="camp", application="hello", state="RUNNING")
     proc = start_wait("--wf", "camp", "--timeout", "60")
     try:
-        time.sleep(1.5)
+        until_listening(app)
         second = add_jobs(app, workflow="camp", application="hello", name="spawned")
         finish(app, first)
         time.sleep(1.0)
@@ -106,7 +120,7 @@ def test_wait_state_selects_the_jobs_in_that_state_when_it_starts(app):
     killed = add_jobs(app, 2, workflow="camp", application="hello", state="PREPROCESSED")
     proc = start_wait("--state", "preprocessed", "--timeout", "60")
     try:
-        time.sleep(1.5)
+        until_listening(app)
         lifecycle.kill(app, killed)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -163,7 +177,8 @@ def test_wait_on_ids_outlives_a_server_restart(restart_db):
                                 stderr=subprocess.PIPE, text=True, env=env)
         proc.stdin.write("\n".join(ids) + "\n")
         proc.stdin.close()
-        time.sleep(2)
+        with conn.cursor() as cur:
+            until_listening(cur)
         assert proc.poll() is None
     finally:
         conn.close()
@@ -187,7 +202,7 @@ def test_wait_counts_removed_jobs_as_not_finished(app):
     proc = start_wait("--wf", "camp", "--timeout", "60")
     fixed = start_wait(*ids, "--timeout", "60")
     try:
-        time.sleep(2)
+        until_listening(app, waits=2)
         finish(app, ids[:1])
         assert run_balsam("rm", "jobs", "--wf-filter", "camp", "--name", "job1", "--force").returncode == 0
         finish(app, ids[2:])
@@ -204,7 +219,7 @@ def test_wait_fails_when_every_selected_job_is_removed(app):
     add_jobs(app, 2, workflow="camp", application="hello", state="RUNNING")
     proc = start_wait("--wf", "camp", "--timeout", "60")
     try:
-        time.sleep(2)
+        until_listening(app)
         assert run_balsam("rm", "jobs", "--all", "--force").returncode == 0
         out, err = proc.communicate(timeout=30)
     finally:
