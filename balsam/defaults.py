@@ -74,3 +74,16 @@ steps wait on files and networks, so more threads on one node rarely help."""
 
 SERVICE_TRANSITION_THREADS = 2
 """Transition workers (stage-in/out, pre/postprocess scripts) the service runs."""
+
+WAIT_FALLBACK_SECONDS = 5.0
+"""Longest ``balsam wait`` goes without re-counting its jobs: notifications wake it at once, but
+one lost with a dropped connection must not stall it."""
+
+WAIT_MIN_INTERVAL_SECONDS = 0.2
+"""Shortest time between two counts of ``balsam wait``: a busy launcher notifies many times a
+second, and each count reads the whole selection."""
+
+WAIT_LOAD_FACTOR = 5.0
+"""``balsam wait`` spaces its counts at least this many times a count's own duration apart: a
+selection that takes 0.1 s to count (a million jobs, a substring filter) then costs the server
+at most a fifth of one core however busy the launchers are."""

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.cli.jobout import add_output_flags, print_apps
 from balsam.core import schema
 from balsam.errors import BalsamError
 
@@ -22,6 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument("--postprocess", default="",
                    help="script run after the job (and to handle errors and timeouts)")
     p.add_argument("--description", nargs="+", default=[], help="free text")
+    add_output_flags(p, "applications")
 
 
 def python_script_command(command: str) -> str:
@@ -65,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
             "RETURNING id, " + ", ".join(cols), [values[c] for c in cols])
         app = fetch_dicts(cur)[0]
     width = max(len(k) for k in app)
-    print(f"Application {app['id']}:")
-    for key, val in app.items():
-        if key != "id":
-            print(f"{key:>{width}}: {val}")
-    print("Added app to database")
+    lines = [f"Application {app['id']}:"] + [f"{key:>{width}}: {val}" for key, val in app.items()
+                                            if key != "id"]
+    print_apps(args, [app], "\n".join(lines + ["Added app to database"]))
     return 0

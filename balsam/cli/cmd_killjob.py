@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command, add_yes_flag, confirm, find_job, transaction
+from balsam.cli.jobout import add_output_flags, full_jobs, print_jobs
 from balsam.core import schema
 
 EPILOG = """A killed job is never run again unless its state is changed with
@@ -20,6 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--id", required=True, metavar="PREFIX", help="job id prefix matching exactly one job")
     p.add_argument("--recursive", action="store_true", help="also kill every job that depends on it")
     add_yes_flag(p)
+    add_output_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,18 +32,22 @@ def run(args: argparse.Namespace) -> int:
         job = find_job(cur, args.id, "job_id, name, state")
         label = schema.cute_id(job["name"], job["job_id"])
         if job["state"] in END_STATES and not args.recursive:
-            print(f"Job {label} is already {job['state']} (a final state): nothing to kill")
+            print_jobs(args, [], f"Job {label} is already {job['state']} (a final state): nothing "
+                       "to kill")
             return 0
         scope = " and every job that depends on it" if args.recursive else ""
         if not confirm(f"Really kill job {label}{scope}?", args.yes):
             print("aborted: nothing killed", file=sys.stderr)
             return 1
         killed = lifecycle.kill(cur, [job["job_id"]], recursive=args.recursive)
+        rows = full_jobs(cur, killed) if args.format == "json" else []
     if not killed:
-        print(f"Job {label} is already {job['state']} and no job depending on it can be killed")
+        print_jobs(args, [], f"Job {label} is already {job['state']} and no job depending on it "
+                   "can be killed")
         return 0
     killed.sort(key=lambda k: k != str(job["job_id"]))  # the named job first
     shown = ", ".join(k[:8] for k in killed[:SHOW_AT_MOST])
     more = f" and {len(killed) - SHOW_AT_MOST} more" if len(killed) > SHOW_AT_MOST else ""
-    print(f"Killed {len(killed)} job{'s' if len(killed) != 1 else ''}: {shown}{more}")
+    print_jobs(args, rows or [{"job_id": k} for k in killed],
+               f"Killed {len(killed)} job{'s' if len(killed) != 1 else ''}: {shown}{more}")
     return 0

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from balsam.cli import jobquery as jq
 from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.cli.jobout import check_quiet_listing, quiet_ids
 from balsam.core import schema
 from balsam.core.render import table
 from balsam.errors import BalsamError
@@ -13,8 +14,8 @@ from balsam.errors import BalsamError
 EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).
 Environment: BALSAM_LS_FIELDS=f1:f2 adds job columns to the table; BALSAM_LS_LIMIT=N (default
 5000) caps how many objects are shown."""
-FLAGS = ("name", "id", "state", "wf", "verbose", "history", "tree", "by_states")
-ALLOWED = {"apps": {"name", "id", "verbose"}, "wf": {"wf"}, "queues": {"verbose"}}
+FLAGS = ("name", "id", "state", "wf", "verbose", "history", "tree", "by_states", "quiet")
+ALLOWED = {"apps": {"name", "id", "verbose", "quiet"}, "wf": {"wf"}, "queues": {"verbose"}}
 """Flags each non-job listing understands (``ls wf --wf X`` of an existing X lists its jobs)."""
 
 
@@ -33,9 +34,12 @@ def register(sub: Any) -> None:
     p.add_argument("--by-states", action="store_true", help="how many matching jobs are in each state")
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="json: a list of objects with all their fields, for scripts")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="only the ids of the matching jobs (apps: their numbers), one per line")
 
 
 def run(args: argparse.Namespace) -> int:
+    check_quiet_listing(args)
     if args.format == "json" and (args.history or args.tree):
         raise BalsamError("--format json lists objects or --by-states counts; it does not combine "
                           "with --history or --tree")
@@ -62,6 +66,8 @@ def workflow_exists(cur: Any, workflow: str) -> bool:
 def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str],
               wf_exact: Optional[str] = None) -> str:
     where, params = jq.job_where(args.name, args.id, args.state, wf, wf_exact)
+    if args.quiet:
+        return quiet_ids(cur, jq.JOB, "job_id", where, params)
     if args.by_states and not (args.history or args.tree):
         counts = jq.state_counts(cur, where, params)
         if args.format == "json":
@@ -101,6 +107,8 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
 
 def apps_view(cur: Any, args: argparse.Namespace) -> str:
     where, params = jq.app_where(args.name, args.id)
+    if args.quiet:
+        return quiet_ids(cur, jq.APP, "id", where, params)
     cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {jq.APP}{where} ORDER BY id", params)
     apps = fetch_dicts(cur)
     if args.format == "json":

@@ -12,6 +12,7 @@ from typing import Any
 
 from balsam.cli.common import add_command, confirm, fetch_dicts, transaction
 from balsam.cli.jobflags import add_job_flags, job_values
+from balsam.cli.jobout import add_output_flags, preview_stream, print_jobs
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
 
@@ -34,6 +35,7 @@ def register(sub: Any) -> None:
         p.add_argument(f"--{name}", default="", metavar="SCRIPT",
                        help="obsolete classic flag: accepted and ignored (the application's "
                             f"{name[:-2]} script runs)")
+    add_output_flags(p)
 
 
 def current_job_id() -> str:
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         with user_errors():
             row = schema.new_job_row(job_values(args))
         row["queued_launch_id"] = parent["queued_launch_id"]
-        show_new_job(cur, db_path, row, [str(parent["job_id"])])
+        show_new_job(cur, db_path, row, [str(parent["job_id"])], preview_stream(args))
         if not confirm("Add this job to the database?", args.yes):
             print("aborted: job not added", file=sys.stderr)
             return 1
@@ -82,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
         edges = lifecycle.check_new_edges(cur, [(parent["job_id"], row["job_id"])],
                                           {str(row["job_id"]): row["state"]})
         bulk.insert_edges(cur, edges)
-    print(f"Added job {schema.cute_id(row['name'], row['job_id'])} as a child of "
-          f"{schema.cute_id(parent['name'], parent['job_id'])}")
+    print_jobs(args, [row], f"Added job {schema.cute_id(row['name'], row['job_id'])} as a child of "
+               f"{schema.cute_id(parent['name'], parent['job_id'])}", [[str(parent["job_id"])]])
     return 0

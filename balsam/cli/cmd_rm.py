@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from balsam.cli.common import add_command, confirm, fetch_dicts, find_job, transaction
+from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.cli.progress import Steps
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
@@ -29,6 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--force", action="store_true",
                    help="as --yes; for apps, also remove apps that jobs still use")
+    add_output_flags(p, "removed jobs or applications (as they were)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,20 +41,25 @@ def run(args: argparse.Namespace) -> int:
         found = select_jobs(cur, args) if jobs else select_apps(cur, args)
         kind = "jobs" if jobs else "applications"
         if not found:
-            print(f"No {kind} matching query: nothing removed")
+            (print_jobs if jobs else print_apps)(args, [], f"No {kind} matching query: nothing "
+                                                 "removed")
             return 0
         if not jobs:
             check_apps_unused(cur, found, args.force)
         if not confirm(f"PERMANENTLY remove {len(found)} {kind}?", args.yes or args.force):
             print("aborted: nothing removed", file=sys.stderr)
             return 1
+        if args.format == "json":  # every field, read before the rows go
+            found = full_jobs(cur, [f["job_id"] for f in found]) if jobs else full_apps(cur, found)
         failed = remove_jobs(cur, found) if jobs else remove_apps(cur, found)
     labels = [schema.cute_id(f["name"], f["job_id"]) if jobs else f"{f['name']} ({f['id']})"
               for f in found[:SHOW_AT_MOST]]
     more = f" and {len(found) - SHOW_AT_MOST} more" if len(found) > SHOW_AT_MOST else ""
-    print(f"Removed {len(found)} {kind}: {', '.join(labels)}{more}")
+    (print_jobs if jobs else print_apps)(args, found, f"Removed {len(found)} {kind}: "
+                                         f"{', '.join(labels)}{more}")
     if failed:
-        print(f"{failed} jobs waiting on a removed job were marked FAILED")
+        print(f"{failed} jobs waiting on a removed job were marked FAILED",
+              file=sys.stderr if machine_output(args) else sys.stdout)
     return 0
 
 

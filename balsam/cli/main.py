@@ -17,7 +17,7 @@ from balsam.cli.version import VersionAction
 
 COMMANDS = [
     "init", "server", "which", "app", "site",
-    "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies",
+    "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies", "wait",
     "mkchild", "launcher", "submit_launch",
     "service",
     "top",

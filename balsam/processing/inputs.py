@@ -3,9 +3,13 @@
 For each parent, in the order given, and each space-separated glob pattern of the job's
 ``input_files`` (``*`` links everything but dot-files, as in a shell), every match in the
 parent's working directory gets a symlink (to its absolute path) in the job's working
-directory, named after the match's base name. A name already taken by something else (another
-parent's file, staged-in data) gets the suffix ``_<first 8 characters of the parent id>``
-(classic Balsam). A link that already exists and points to the same file is left alone, so a
+directory, named after the match's base name. A base name that several parents provide (a
+fan-in: 51 parents each writing ``result.json``) is linked for each of them as
+``<first 8 characters of the parent id>_<name>`` (``3fa2b1c0_result.json``), so a reducer
+globs ``*_result.json`` and the extension stays last; a name only one parent provides keeps
+its base name, or gets the same prefix if something else (staged-in data) already has it.
+(Classic Balsam appended ``_<id8>`` to the second and later parents' names, which defeated
+``result*.json``.) A link that already exists and points to the same file is left alone, so a
 retried stage-in is idempotent. A pattern that matches nothing, or a parent whose working
 directory is gone, links nothing (classic behaviour: parents need not produce every file).
 
@@ -30,7 +34,7 @@ from balsam.errors import BalsamError
 
 class InputFilesError(BalsamError):
     """A parent's file cannot be linked: a pattern or a match leads outside the parent's working
-    directory, or both its name and its suffixed name are taken."""
+    directory, or every name it may have is taken."""
 
 
 def _inside(path: str, root: str) -> bool:
@@ -53,7 +57,7 @@ def link_input_files(workdir: str, patterns: str, parents: Sequence[tuple[str, s
     ``workdir`` (created if missing); returns the names of the links created, in order
     (parents in the order given, each parent's matches sorted). Raises
     :class:`InputFilesError` when a pattern or a match leads outside (see the module
-    docstring; then nothing is linked) or neither the plain nor the suffixed name is free.
+    docstring; then nothing is linked) or no name it may have (see there) is free.
     """
     words = patterns.split()
     if not words or not parents:
@@ -69,20 +73,23 @@ def link_input_files(workdir: str, patterns: str, parents: Sequence[tuple[str, s
                           for path in glob.glob(os.path.join(glob.escape(root), pattern))})
         planned += [(_confined(t, root, trusted_roots, str(parent_id)), str(parent_id)[:8])
                     for t in matches]
+    providers: dict[str, set[str]] = {}
+    for target, prefix in planned:
+        providers.setdefault(os.path.basename(target), set()).add(prefix)
     os.makedirs(workdir, exist_ok=True)
     created = []
-    for target, suffix in planned:
-        name = _link(workdir, target, suffix)
+    for target, prefix in planned:
+        base = os.path.basename(target)
+        names = [f"{prefix}_{base}"] if len(providers[base]) > 1 else [base, f"{prefix}_{base}"]
+        name = _link(workdir, target, names)
         if name is not None:
             created.append(name)
     return created
 
 
-def _link(workdir: str, target: str, suffix: str) -> Optional[str]:
-    """Link ``target`` under its base name, or with ``_<suffix>`` if that is taken by another
-    file; the name created, or None if a link to ``target`` already existed."""
-    base = os.path.basename(target)
-    names = [base, f"{base}_{suffix}"]
+def _link(workdir: str, target: str, names: Sequence[str]) -> Optional[str]:
+    """Link ``target`` under the first of ``names`` not taken by another file; the name
+    created, or None if a link to ``target`` already existed under one of them."""
     for name in names:
         path = os.path.join(workdir, name)
         try:
@@ -91,5 +98,6 @@ def _link(workdir: str, target: str, suffix: str) -> Optional[str]:
         except FileExistsError:
             if os.path.islink(path) and os.readlink(path) == target:
                 return None
-    raise InputFilesError(f"cannot link {target} into {workdir}: {names[0]} and {names[1]} "
-                          "both exist")
+    taken = " and ".join(names)
+    raise InputFilesError(f"cannot link {target} into {workdir}: {taken} "
+                          f"{'both exist' if len(names) > 1 else 'exists'}")
