@@ -179,6 +179,9 @@ CASES = [
          "not an address"),
     Case("web-zero-threads", ["web", "--threads", "0"], "--threads"),
     Case("web-bad-port", ["web", "--port", "70000"], "70000"),
+    # wait
+    Case("wait-negative-timeout", ["wait", "--wf", "x", "--timeout", "-5"], "--timeout"),
+    Case("wait-unknown-state", ["wait", "--state", "RUNNIN"], "RUNNIN"),
     # completion
     Case("completion-unknown-shell", ["completion", "fish"], "fish"),
 ]

@@ -190,10 +190,10 @@ def run_many(args: Any) -> int:
     import functools
 
     from balsam.cli import jobout
-    from balsam.cli.cmd_job import show_new_job
     from balsam.cli.common import confirm, transaction
     from balsam.cli.jobflags import job_values
     from balsam.cli.jobquery import user_errors
+    from balsam.cli.newjob import show_new_job
 
     if args.from_file is not None and args.array is not None:
         raise BalsamError("--from-file and --array cannot be combined (a file row has {i}, its "

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, confirm, fetch_dicts, transaction
+from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobflags import add_job_flags, job_values
 from balsam.cli.jobout import add_output_flags, preview_stream, print_jobs
+from balsam.cli.newjob import insert_job, show_new_job
 from balsam.core import schema
-from balsam.errors import NotFound
 
 EPILOG = """Unless --yes is given, the job is shown and you are asked to confirm; answering no
 adds nothing and exits with status 1. Errors (unknown application, bad values) exit with status 2
@@ -30,32 +29,6 @@ def register(sub: Any) -> None:
     p.add_argument("--from-file", metavar="FILE", help="one job per row of FILE (CSV or JSON lines)")
     p.add_argument("--array", metavar="N|A-B[:STEP]", help="one job per index, {i} in templates")
     add_output_flags(p)
-
-
-def insert_job(cur: Any, row: dict[str, Any]) -> None:
-    """One INSERT naming every column (``data`` as JSON text)."""
-    from balsam.cli.jobquery import JOB_COLUMNS
-
-    values = [json.dumps(row[c]) if isinstance(row[c], dict) else row[c] for c in JOB_COLUMNS]
-    values[0] = str(values[0])
-    cur.execute(f"INSERT INTO {schema.JOB_TABLE} ({', '.join(JOB_COLUMNS)}) "
-                f"VALUES ({', '.join(['%s'] * len(JOB_COLUMNS))})", values)
-
-
-def show_new_job(cur: Any, db_path: str, row: dict[str, Any], parents: list[str],
-                 out: Any = None) -> None:
-    """Print the job about to be added; :class:`NotFound` if its application does not exist."""
-    from balsam.core.render import job_repr
-
-    out = out or sys.stdout
-    cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} WHERE name = %s",
-                [row["application"]])
-    apps = fetch_dicts(cur)
-    if not apps:
-        raise NotFound(f"application {row['application']!r} does not exist (see `balsam ls apps`)")
-    workdir = schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
-                                       row["user_workdir"])
-    print(job_repr(dict(row, parents=parents), apps[0], workdir), file=out)
 
 
 def run(args: argparse.Namespace) -> int:

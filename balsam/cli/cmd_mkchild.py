@@ -60,8 +60,8 @@ def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.cmd_job import insert_job, show_new_job
     from balsam.cli.jobquery import user_errors
+    from balsam.cli.newjob import insert_job, show_new_job
     from balsam.core import bulk, lifecycle
 
     parent_id = current_job_id()
