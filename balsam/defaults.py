@@ -43,6 +43,10 @@ IDLE_WAIT_SECONDS = 1.0
 PROCESSING_BATCH = 5000
 """Most jobs one processing pass moves per kind of transition."""
 
+MAX_RETRIES = 3
+"""How many times a failed run (error with a handler, or timeout) is retried, for jobs whose own
+``max_retries`` is -1; a walltime stop of the launcher is not counted (:mod:`balsam.core.retries`)."""
+
 SCRIPT_TIMEOUT_SECONDS = 600
 """Longest a preprocess or postprocess script (or error/timeout handler) may run before it is
 killed and its job FAILED (classic: 300 s, not configurable)."""

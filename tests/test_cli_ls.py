@@ -164,7 +164,8 @@ def test_ls_history_matches_state_history_of_the_orm(jobs):
     blocks = []
     for j in ordered_jobs(jobs, "WHERE name ILIKE %s", ["alpha%"]):
         job = BalsamJob.objects.get(pk=j["job_id"])
-        blocks.append(f"Job {job.name} [{job.pk}]\n{'-' * 60}{job.state_history}\n")
+        note = "  (priority 0; 0 failed run(s) counted, max_retries 3)"
+        blocks.append(f"Job {job.name} [{job.pk}]{note}\n{'-' * 60}{job.state_history}\n")
     assert out == "\n".join(blocks)
     assert "READY] deps ok" in out and "FAILED] line one\nline two" in out
     assert out.count("RUN_DONE]") == 1  # alphabet was created in RUN_DONE

@@ -7,8 +7,9 @@ from typing import Any, Optional
 from balsam.cli import jobquery as jq
 from balsam.cli.common import add_command, fetch_dicts, transaction
 from balsam.cli.jobout import check_quiet_listing, quiet_ids
-from balsam.core import schema
+from balsam.core import retries, schema
 from balsam.core.render import table
+from balsam.db import dbsettings
 from balsam.errors import BalsamError
 
 EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).
@@ -58,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def history_note(row: dict[str, Any], tries: dict[str, tuple[int, int]]) -> str:
+    """The header note of a job's history: its priority and retry use."""
+    failures, limit = tries.get(str(row["job_id"]), (0, 0))
+    return (f"  (priority {row['priority']}; {failures} failed run(s) counted, "
+            f"max_retries {limit})")
+
+
 def workflow_exists(cur: Any, workflow: str) -> bool:
     cur.execute(f"SELECT 1 FROM {jq.JOB} WHERE workflow = %s LIMIT 1", [workflow])
     return cur.fetchone() is not None
@@ -75,10 +83,13 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
         return "\n".join(f"{s:>16} {n}" for s, n in counts.items()) or "No jobs found matching query"
     limit = jq.ls_limit()
     if args.history:
-        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "created_at"], limit)
+        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "created_at",
+                                                         "priority"], limit)
         hist = jq.histories(cur, rows)
-        text = "\n".join(f"Job {r['name']} [{r['job_id']}]\n{'-' * 60}{hist[str(r['job_id'])]}\n"
-                         for r in rows)
+        tries = retries.usage(cur, [r["job_id"] for r in rows],
+                              int(dbsettings.load(db_path)["launcher"]["max_retries"]))
+        text = "\n".join(f"Job {r['name']} [{r['job_id']}]{history_note(r, tries)}\n"
+                         f"{'-' * 60}{hist[str(r['job_id'])]}\n" for r in rows)
     elif args.tree:
         no_parents = f"NOT EXISTS (SELECT 1 FROM {jq.DEP} d WHERE d.child_id = job_id)"
         where = f"{where} AND {no_parents}" if where else f" WHERE {no_parents}"

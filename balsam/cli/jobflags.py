@@ -26,7 +26,10 @@ def add_job_flags(p: argparse.ArgumentParser, workflow_help: str = "workflow the
             ("--node-packing-count", "1", "serial mode: jobs that may share one node"),
             ("--ranks-per-node", "1", "MPI ranks per node"),
             ("--threads-per-rank", "1", "threads per rank (sets OMP_NUM_THREADS if > 1)"),
-            ("--threads-per-core", "1", "hardware threads per core")]
+            ("--threads-per-core", "1", "hardware threads per core"),
+            ("--priority", "0", "launchers claim higher priorities first; may be negative"),
+            ("--max-retries", "-1", "failed runs (errors with a handler, timeouts) retried at "
+             "most; -1: the DB's launcher.max_retries")]
     for flag, default, text in ints:
         p.add_argument(flag, default=default, metavar="N", help=f"{text} (default {default})")
     p.add_argument("--description", nargs="*", default=[], help="free text")
@@ -76,5 +79,6 @@ def job_values(args: argparse.Namespace) -> dict[str, Any]:
         "auto_timeout_retry": not args.disable_auto_timeout_retry,
         "input_files": " ".join(args.input_files), "stage_in_url": args.url_in,
         "stage_out_url": args.url_out, "stage_out_files": " ".join(args.stage_out_files),
-        "environ_vars": environ_vars(args.env),
+        "environ_vars": environ_vars(args.env), "priority": args.priority,
+        "max_retries": args.max_retries,
     }

@@ -25,9 +25,6 @@ CHUNK_ROWS = 2000
 """Rows encoded per piece of the COPY stream (~0.5 MB of text): bounds memory for millions of
 jobs, and small enough that the server works on one piece while the next is encoded."""
 
-_INT_RANGE = {0: (0, 2**31 - 1), 1: (1, 2**31 - 1)}
-
-
 def _check(column: str) -> Any:
     """What a canonical value of ``column`` is, for :func:`copyfmt.check_rows`."""
     if column in schema.JOB_SYSTEM_COLUMNS:
@@ -37,7 +34,7 @@ def _check(column: str) -> Any:
     if column == "state":
         return frozenset(STATES)
     if column in schema.INT_FIELDS:
-        return _INT_RANGE[1 if column in schema.POSITIVE_FIELDS else 0]
+        return (schema.int_low(column), 2**31 - 1)
     return type(schema.JOB_DEFAULTS[column])
 
 

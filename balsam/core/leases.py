@@ -24,7 +24,7 @@ JOB, SESSION = schema.JOB_TABLE, schema.SESSION_TABLE
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
     "threads_per_rank", "threads_per_core", "cpu_affinity", "node_packing_count",
-    "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state",
+    "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state", "priority",
 )
 """What a launcher needs to run a claimed job (parents come from :func:`parent_ids`)."""
 
@@ -56,8 +56,10 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
     Each row also has ``runs``: how many runs the job's history shows so far.
-    ``serial``: only single-node, single-rank jobs, fewest-per-node packing first; otherwise
-    jobs of at most ``max_nodes`` nodes, largest first. Both then longest wall time first.
+    Higher ``priority`` first; then, ``serial``: only single-node, single-rank jobs,
+    fewest-per-node packing first; otherwise jobs of at most ``max_nodes`` nodes, largest first.
+    Both then longest wall time first. The order is that of the partial indexes
+    ``job_claim_serial_pri`` / ``job_claim_mpi_pri``, so a claim reads only what it takes.
     ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
     finish in the time left.
     """
@@ -65,9 +67,9 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     params: list[Any] = [max_nodes]
     if serial:
         where += ["num_nodes = 1", "ranks_per_node = 1"]
-        order = "node_packing_count, wall_time_minutes DESC"
+        order = "priority DESC, node_packing_count, wall_time_minutes DESC"
     else:
-        order = "num_nodes DESC, wall_time_minutes DESC"
+        order = "priority DESC, num_nodes DESC, wall_time_minutes DESC"
     if wf_filter:
         where.append("workflow LIKE %s")
         params.append(_like(wf_filter))
@@ -94,8 +96,9 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
         WHERE j.job_id = c.job_id RETURNING {cols}""", params + [limit, session_id])
     names = [d[0] for d in cursor.description]
     rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-    order_key = (lambda r: (r["node_packing_count"], -r["wall_time_minutes"])) if serial else (
-        lambda r: (-r["num_nodes"], -r["wall_time_minutes"]))
+    order_key = (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"])
+                 ) if serial else (
+        lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"]))
     rows.sort(key=order_key)
     for r in rows:
         r["job_id"] = str(r["job_id"])

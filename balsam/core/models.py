@@ -206,6 +206,10 @@ class BalsamJob(JobAPI, models.Model):
     """The values a site app's command template was rendered from (newer API)."""
     tags = models.JSONField(default=dict, blank=True)
     """Labels of the newer API (``Job.objects.filter(tags={...})``)."""
+    max_retries = models.IntegerField(default=-1)
+    """Failed runs retried at most (balsam.core.retries); -1: the DB's ``launcher.max_retries``."""
+    priority = models.IntegerField(default=0)
+    """Launchers claim and the service plans higher priorities first."""
 
     objects = BalsamJobQuerySet.as_manager()
 
@@ -226,9 +230,10 @@ class BalsamJob(JobAPI, models.Model):
             models.Index(fields=["session"], name="job_held", condition=models.Q(session__isnull=False)),
             # Claims read runnable, unheld jobs in launch order straight from these partial
             # indexes: their cost does not grow with the jobs in other states.
-            models.Index(fields=["-num_nodes", "-wall_time_minutes"], name="job_claim_mpi",
-                         condition=_CLAIMABLE),
-            models.Index(fields=["node_packing_count", "-wall_time_minutes"], name="job_claim_serial",
+            models.Index(fields=["-priority", "-num_nodes", "-wall_time_minutes"],
+                         name="job_claim_mpi_pri", condition=_CLAIMABLE),
+            models.Index(fields=["-priority", "node_packing_count", "-wall_time_minutes"],
+                         name="job_claim_serial_pri",
                          condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
         ]
 

@@ -55,6 +55,8 @@ JOB_DEFAULTS: dict[str, Any] = {
     "data": {},
     "parameters": {},
     "tags": {},
+    "max_retries": -1,
+    "priority": 0,
 }
 
 # Columns managed by Balsam, never given by a user when creating a job.
@@ -75,7 +77,14 @@ POSITIVE_FIELDS = frozenset({
     "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
     "threads_per_core", "node_packing_count",
 })
-"""Integer fields that must be >= 1 (``coschedule_num_nodes`` may be 0)."""
+"""Integer fields that must be >= 1 (the others >= 0, but see :data:`INT_LOWER_BOUNDS`)."""
+
+INT_LOWER_BOUNDS = {"max_retries": -1, "priority": -(2**31)}  # -1: launcher.max_retries
+
+
+def int_low(name: str) -> int:
+    """The least value of integer field ``name``."""
+    return 1 if name in POSITIVE_FIELDS else INT_LOWER_BOUNDS.get(name, 0)
 
 APP_DEFAULTS: dict[str, str] = {
     "name": "",
@@ -95,11 +104,9 @@ class FieldError(BalsamError, ValueError):
 
 
 def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAULTS) -> Any:
-    """Convert ``value`` (often a string from the command line) to the type of field ``name``.
-
-    Booleans accept true/false/yes/no/1/0/on/off; integers must be whole numbers (and >= 1 for
-    :data:`POSITIVE_FIELDS`); ``data`` accepts a dict or JSON text of an object.
-    """
+    """Convert ``value`` (often a string from the command line) to the type of field ``name``:
+    booleans accept true/false/yes/no/1/0/on/off; integers are whole numbers of at least
+    :func:`int_low`; ``data`` accepts a dict or JSON text of an object."""
     import json
 
     if name not in defaults:
@@ -121,7 +128,7 @@ def coerce_field(name: str, value: Any, defaults: Mapping[str, Any] = JOB_DEFAUL
             number = int(str(value).strip()) if not isinstance(value, int) else value
         except ValueError:
             raise FieldError(f"{name} must be a whole number, not {value!r}")
-        low = 1 if name in POSITIVE_FIELDS else 0
+        low = int_low(name)
         if number < low:
             raise FieldError(f"{name} must be >= {low}, not {number}")
         if number > 2**31 - 1:
@@ -302,7 +309,7 @@ def normalize_job_values(values: dict[str, Any]) -> None:
         val = values[key]
         if type(val) is kind:
             if kind is int:
-                if val < (1 if key in POSITIVE_FIELDS else 0) or val > _INT_MAX:
+                if val < int_low(key) or val > _INT_MAX:
                     values[key] = coerce_field(key, val)
             elif kind is str and "\x00" in val:
                 values[key] = coerce_field(key, val)
@@ -325,18 +332,13 @@ def parse_uuid(text: str) -> uuid.UUID:
 
 def cute_id(name: str, job_id: Any) -> str:
     """The classic short label ``[name | id8]`` (``[id8]`` for an unnamed job)."""
-    short = str(job_id)[:8]
-    return f"[{name} | {short}]" if name else f"[{short}]"
+    return f"[{name} | {str(job_id)[:8]}]" if name else f"[{str(job_id)[:8]}]"
 
 
-def working_directory(
-    db_path: str, workflow: str, name: str, job_id: Any, user_workdir: str = ""
-) -> str:
-    """Where a job runs: ``user_workdir`` when set, else ``<db>/data/<workflow>/<name>_<id8>``.
-
-    Classic Balsam ignored ``user_workdir`` unless the directory already existed; here a given
-    ``user_workdir`` is always used (and created when the job is staged in).
-    """
+def working_directory(db_path: str, workflow: str, name: str, job_id: Any,
+                      user_workdir: str = "") -> str:
+    """Where a job runs: ``user_workdir`` when set (always, and created when the job is staged
+    in; classic Balsam used it only if it existed), else ``<db>/data/<workflow>/<name>_<id8>``."""
     if user_workdir:
         return os.path.abspath(os.path.expanduser(user_workdir))
     short = str(job_id)[:8]
@@ -363,10 +365,8 @@ def check_input_patterns(text: str) -> None:
 
 
 def parse_envstring(text: str) -> dict[str, str]:
-    """Parse the classic ``VAR1=v1:VAR2=v2`` form of ``environ_vars``.
-
-    Values may contain ``=``; ``:`` separates entries.
-    """
+    """Parse the classic ``VAR1=v1:VAR2=v2`` form of ``environ_vars`` (``:`` separates entries;
+    values may contain ``=``)."""
     result: dict[str, str] = {}
     for entry in (text or "").split(":"):
         if not entry.strip():
@@ -388,7 +388,6 @@ def app_command(executable: str, args: str) -> str:
 def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -> dict[str, Any]:
     """A full row for a new job: defaults overlaid with ``values`` (each coerced and checked)."""
     import datetime
-
     unknown = set(values) - set(JOB_DEFAULTS)
     if unknown:
         raise FieldError(f"unknown job field(s): {', '.join(sorted(unknown))}")

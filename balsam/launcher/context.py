@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from balsam import defaults
 from balsam.core import leases
+from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.db.session import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
@@ -58,6 +59,7 @@ class Tunables:
     idle_exit_seconds: float
     idle_wait_seconds: float
     processing_batch: int
+    max_retries: int
     output_tail_lines: int
     reconnect_max_seconds: float
     max_concurrent_runs: int
@@ -66,11 +68,14 @@ class Tunables:
 
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
-        """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value."""
+        """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value (a
+        negative one for ``max_retries``)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = launcher.get(f.name, getattr(defaults, f.name.upper()))
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            low_ok = f.name == "max_retries" and value == 0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    value <= 0 and not low_ok):
                 raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "
                                   f"not {value!r}")
             values[f.name] = int(value) if f.type in ("int", int) else float(value)
@@ -142,13 +147,13 @@ class Context:
         if self.stop.is_set():
             return True
         if self.stop_at is not None and time.monotonic() >= self.stop_at:
-            self.request_stop("the launcher's time limit was reached")
+            self.request_stop(WALLTIME_STOP_REASON)
             return True
         return False
 
     def grace(self) -> float:
         """SIGTERM-to-SIGKILL grace for a stop now."""
-        deadline_stop = self.stop_reason.startswith("the launcher's time limit")
+        deadline_stop = self.stop_reason == WALLTIME_STOP_REASON
         return self.stop_grace if deadline_stop else self.tunables.shutdown_grace_seconds
 
 

@@ -161,7 +161,7 @@ def _transition_pool(ctx: Context, threads: int) -> Optional[Any]:
                       kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
         log=ctx.log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
         idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds,
-        draining=ctx.stop)
+        draining=ctx.stop, max_retries=t.max_retries)
     pool.start()
     return pool
 

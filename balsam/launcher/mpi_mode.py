@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from balsam.core import leases
+from balsam.core.retries import STOP_MESSAGE_PREFIX
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -145,7 +146,7 @@ class MPIMode:
                 self.status.release(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} killed by a user: stopped (exit code {rc})")
             elif run.stopped and rc != 0:
-                self.status.timeout(job_id, f"stopped by the launcher: {self.ctx.stop_reason}")
+                self.status.timeout(job_id, STOP_MESSAGE_PREFIX + self.ctx.stop_reason)
             elif rc == 0:  # also a task that completed within the stop's grace: it is done
                 self.status.done(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} done")
@@ -236,7 +237,8 @@ class MPIMode:
                 ctx.log.warning(f"after reconnecting: {lost} job(s) started in a lost commit "
                                 f"recorded RUN_TIMEOUT, {released} claim(s) released")
         if process:
-            moved = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch)
+            moved = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
+                                        ctx.tunables.max_retries)
             runnable = bool(moved.get("ready") or moved.get("retry"))
             if any(moved.values()):
                 ctx.log.info("processing: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))

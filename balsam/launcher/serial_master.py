@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Protocol
 
 from balsam.core import leases
+from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -147,7 +148,7 @@ class Master:
             else:
                 self._wait(now)
         self.shutdown(ctx.stop_reason)
-        return (EXIT_TIME_LIMIT if ctx.stop_reason.startswith("the launcher's time limit")
+        return (EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
                 else EXIT_STOPPED)
 
     def _wait(self, now: float) -> None:
@@ -320,7 +321,7 @@ class Master:
             self._flush()
         try:
             moved = self.ctx.db.try_run(transitions.advance, self.ctx.wf_filter,
-                                        self.t.processing_batch)
+                                        self.t.processing_batch, self.t.max_retries)
         except DatabaseUnavailable:
             moved = {}
         self._ended_since_advance = False
@@ -349,7 +350,7 @@ class Master:
         tell the workers to exit."""
         ctx = self.ctx
         ctx.log.info(f"stopping {len(self.inflight)} task(s): {reason}")
-        self._timeout_message = f"stopped by the launcher: {reason}"
+        self._timeout_message = STOP_MESSAGE_PREFIX + reason
         for spec in self.queue:
             self.status.release(spec.job_id)
         self.queue.clear()

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.platform.allocation import Allocation
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 from balsam.platform.mpi.ensemble import ensemble_command
@@ -148,7 +149,7 @@ def run_launcher(args: Any, ctx: Context) -> int:
     if rc == sm.EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
     elif rc == sm.EXIT_TIME_LIMIT:
-        ctx.stop_reason = ctx.stop_reason or "the launcher's time limit was reached"
+        ctx.stop_reason = ctx.stop_reason or WALLTIME_STOP_REASON
     elif rc == sm.EXIT_STOPPED:
         ctx.stop_reason = ctx.stop_reason or "the serial-mode ranks received a signal"
     elif rc == sm.EXIT_SESSION_LOST:

@@ -17,7 +17,9 @@ error/timeout handler, stage-out.
 * RUN_DONE with no postprocess -> POSTPROCESSED if files are to be staged out, else
   JOB_FINISHED; POSTPROCESSED with nothing to stage out -> JOB_FINISHED.
 * RUN_ERROR with no error handler -> FAILED; RUN_TIMEOUT with no timeout handler ->
-  RESTART_READY (``auto_timeout_retry``) or FAILED.
+  RESTART_READY (``auto_timeout_retry``) or FAILED. A RUN_ERROR or RUN_TIMEOUT job whose failed
+  runs exceed its retry limit (:mod:`balsam.core.retries`) -> FAILED saying so, handler or not
+  (the transition workers leave such jobs alone).
 
 Jobs held by a session (a transition worker running their step) are left alone. Several
 processes may run :func:`advance` at once: candidates are locked with SKIP LOCKED and every move
@@ -27,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from balsam.core import lifecycle, schema
+from balsam.core import lifecycle, retries, schema
 from balsam.core.states import State
-from balsam.defaults import PROCESSING_BATCH
+from balsam.defaults import MAX_RETRIES, PROCESSING_BATCH
 
 JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
 
@@ -121,14 +123,18 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
     }
 
 
-def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
+def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
+                max_retries: int) -> dict[str, int]:
     """Every other scriptless move, classified in one query and written per target state."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
     stage_in = NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)
+    # Failures are counted only for jobs whose run ended badly (a few event rows each).
     cursor.execute(f"""
         SELECT j.job_id, j.state, {stage_in}, {NEEDS_PREPROCESS}, {NEEDS_POSTPROCESS},
-               {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry
+               {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry,
+               CASE WHEN j.state IN ('RUN_ERROR', 'RUN_TIMEOUT') THEN {retries.FAILURES_SQL}
+               END, {retries.limit_sql(max_retries)}
         FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
         WHERE j.state IN ('READY', 'STAGED_IN', 'RUN_DONE', 'POSTPROCESSED', 'RUN_ERROR',
                           'RUN_TIMEOUT') AND j.session_id IS NULL{wf}
@@ -136,10 +142,13 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, 
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
     for (job_id, state, stage_in_needed, pre, post, stage_out, on_error, on_timeout,
-         retry) in cursor.fetchall():
+         retry, failures, max_tries) in cursor.fetchall():
         job_id = str(job_id)
         target: Optional[State] = None
-        if state == "READY" and not stage_in_needed:
+        if failures is not None and failures > max_tries and (
+                on_error or (state == "RUN_TIMEOUT" and (on_timeout or retry))):
+            failed[job_id] = retries.over_limit_message(failures, max_tries)
+        elif state == "READY" and not stage_in_needed:
             target = State.STAGED_IN if pre else State.PREPROCESSED
         elif state == "STAGED_IN" and not pre:
             target = State.PREPROCESSED
@@ -175,11 +184,12 @@ _MESSAGES = {
 }
 
 
-def advance(cursor: Any, wf_filter: Optional[str] = None,
-            limit: int = PROCESSING_BATCH) -> dict[str, int]:
-    """One processing pass in the caller's transaction; returns how many jobs moved, by kind."""
+def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
+            max_retries: int = MAX_RETRIES) -> dict[str, int]:
+    """One processing pass in the caller's transaction; returns how many jobs moved, by kind.
+    ``max_retries``: the retry limit of jobs that have none of their own (the DB's setting)."""
     counts = _check_parents(cursor, wf_filter, limit)
-    counts.update(_pure_moves(cursor, wf_filter, limit))
+    counts.update(_pure_moves(cursor, wf_filter, limit, max_retries))
     return counts
 
 

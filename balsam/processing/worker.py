@@ -28,9 +28,10 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.core import leases, lifecycle, schema
+from balsam.core import leases, lifecycle, retries, schema
 from balsam.core.states import State
 from balsam.db.session import Database
+from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps
 from balsam.processing.transitions import (
@@ -64,9 +65,11 @@ EMPTY_CLAIM_GAP_SECONDS = 0.2
 come with every batch of state changes: without it, each would cost every worker a query)."""
 
 
-def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str],
-               db_path: str) -> Optional[steps.StepJob]:
-    """Hold one job with a step to run for ``session_id`` and return it (None: nothing to do)."""
+def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: str,
+               max_retries: int = MAX_RETRIES) -> Optional[steps.StepJob]:
+    """Hold one job with a step to run for ``session_id`` and return it (None: nothing to do).
+    A RUN_ERROR/RUN_TIMEOUT job over its retry limit (``max_retries``: the DB's default) is
+    not handled: processing fails it (:func:`balsam.processing.transitions.advance`)."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
     cols = ", ".join(f"j.{c}" for c in STEP_COLUMNS)
@@ -74,7 +77,9 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str],
         WITH c AS (
             SELECT j.job_id FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
             WHERE j.session_id IS NULL AND j.state IN ('READY', 'STAGED_IN', 'RUN_DONE',
-                  'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED') AND {STEP_WORK}{wf}
+                  'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED') AND {STEP_WORK}
+              AND NOT (j.state IN ('RUN_ERROR', 'RUN_TIMEOUT')
+                       AND {retries.over_limit_sql(max_retries)}){wf}
             LIMIT 1 FOR NO KEY UPDATE OF j SKIP LOCKED
         ), held AS (
             UPDATE {JOB} j SET session_id = %s FROM c WHERE j.job_id = c.job_id
@@ -128,13 +133,15 @@ class TransitionWorker(threading.Thread):
                  base_env: Mapping[str, str], limits: steps.Limits, stop: threading.Event,
                  log: logging.Logger, heartbeat_seconds: float, lease_seconds: int,
                  idle_wait_seconds: float, reconnect_max_seconds: float,
-                 draining: Optional[threading.Event] = None) -> None:
+                 draining: Optional[threading.Event] = None,
+                 max_retries: int = MAX_RETRIES) -> None:
         super().__init__(name=f"balsam-transitions-{index}", daemon=True)
         self.draining = draining
         """Once set (the owner is shutting down), no new job is claimed: a handler is not
         started only to be cut off."""
         self.db_path = db_path
         self.wf_filter = wf_filter
+        self.max_retries = max_retries
         self.base_env = dict(base_env)
         self.limits = limits
         self.stop = stop
@@ -177,7 +184,8 @@ class TransitionWorker(threading.Thread):
         if self.draining is not None and self.draining.is_set():
             return False
         try:
-            job = self.db.try_run(claim_step, self.session_id, self.wf_filter, self.db_path)
+            job = self.db.try_run(claim_step, self.session_id, self.wf_filter, self.db_path,
+                                  self.max_retries)
         except DatabaseUnavailable:
             return False
         if job is None:

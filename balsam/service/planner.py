@@ -17,11 +17,11 @@ workflow (``--consume-all``).
 
 Coverage. Our unfinished batch jobs of a mode (any row not in a final state) are capacity:
 ``nodes x minutes left`` (the walltime until the scheduler reports the time left). Jobs are
-taken as covered in the order launchers claim them (MPI: widest, then longest first; serial:
-fewest per node, then longest) until that area is used up, skipping jobs wider than every such
-batch job or longer than the most time any has left. This is an area estimate: a running
-batch job's own running tasks are not subtracted, so it can only under-submit, and a later
-cycle catches up when that job ends.
+taken as covered in the order launchers claim them (highest priority first; then MPI: widest,
+then longest first; serial: fewest per node, then longest) until that area is used up,
+skipping jobs wider than every such batch job or longer than the most time any has left. This
+is an area estimate: a running batch job's own running tasks are not subtracted, so it can only
+under-submit, and a later cycle catches up when that job ends.
 
 Packing. The uncovered jobs of a mode are packed (:func:`balsam.service.packing.pack`, node
 units x seconds) into each open queue in settings order: boxes of ``max_nodes`` (capped by the
@@ -29,6 +29,8 @@ queue's ``max_total_nodes`` headroom) x the launcher time of ``max_minutes``, at
 as the queue has free slots; each box is shrunk to what it holds (nodes, then walltime via
 :meth:`QueuePolicy.batch_minutes`) and becomes a ``pending-submission`` row. Jobs left over try
 the next queue; jobs that fit no queue are skipped (and logged). MPI is planned before serial.
+Priorities: the uncovered jobs of each priority, highest first, are packed on their own, so
+higher priorities take the free queue slots first (with one priority, as usual, nothing changes).
 A queue is open while ``queued < max_queued`` and ``queued + running < max_queued +
 max_running``; after a submission failed (``submit-failed``) it stays closed
 :data:`FAILED_QUEUE_COOLDOWN` seconds, so a broken configuration cannot make a row per cycle.
@@ -64,8 +66,9 @@ BACKLOG_STATES = ("PREPROCESSED", "RESTART_READY", "READY", "STAGED_IN")
 MODES = ("mpi", "serial")
 
 _log = logging.getLogger(__name__)
-Shape = tuple[int, int, int, int]
-"""(num_nodes, node_packing_count, wall_time_minutes, count) of a group of alike jobs."""
+Shape = tuple[int, int, int, int, int]
+"""(num_nodes, node_packing_count, wall_time_minutes, count, priority) of a group of alike
+jobs."""
 
 
 @dataclass
@@ -82,12 +85,13 @@ def backlog(cursor: Any) -> dict[str, list[Shape]]:
     states = ", ".join(f"'{s}'" for s in BACKLOG_STATES)
     cursor.execute(f"""
         SELECT num_nodes = 1 AND ranks_per_node = 1, num_nodes, node_packing_count,
-               wall_time_minutes, count(*)
+               wall_time_minutes, count(*), priority
         FROM {schema.JOB_TABLE} WHERE state IN ({states}) AND session_id IS NULL
-        GROUP BY 1, 2, 3, 4""")
+        GROUP BY 1, 2, 3, 4, 6""")
     shapes: dict[str, list[Shape]] = {"mpi": [], "serial": []}
-    for serial, nodes, npc, minutes, count in cursor.fetchall():
-        shapes["serial" if serial else "mpi"].append((nodes, max(1, npc), max(1, minutes), count))
+    for serial, nodes, npc, minutes, count, priority in cursor.fetchall():
+        shapes["serial" if serial else "mpi"].append(
+            (nodes, max(1, npc), max(1, minutes), count, priority))
     return shapes
 
 
@@ -105,10 +109,10 @@ def _units_per_node(shapes: list[Shape], mode: str) -> int:
     if mode == "mpi":
         return 1
     units = 1
-    for _, npc, _, _ in shapes:
-        units = units * npc // math.gcd(units, npc)
+    for shape in shapes:
+        units = units * shape[1] // math.gcd(units, shape[1])
         if units > MAX_UNITS_PER_NODE:
-            return max(npc for _, npc, _, _ in shapes)
+            return max(shape[1] for shape in shapes)
     return units
 
 
@@ -129,8 +133,8 @@ def uncovered(shapes: list[Shape], mode: str, launches: list[dict[str, Any]],
         area += r["nodes"] * units * left
         longest = max(longest, left)
     widest = max(r["nodes"] for r in mine) * units
-    order: Callable[[Shape], tuple] = (lambda s: (-s[0], -s[2])) if mode == "mpi" else (
-        lambda s: (s[1], -s[2]))
+    order: Callable[[Shape], tuple] = (lambda s: (-s[4], -s[0], -s[2])) if mode == "mpi" else (
+        lambda s: (-s[4], s[1], -s[2]))
     left_over = []
     for shape in sorted(shapes, key=order):
         width, seconds = _width(shape, mode, units), shape[2] * 60
@@ -140,7 +144,7 @@ def uncovered(shapes: list[Shape], mode: str, launches: list[dict[str, Any]],
             area -= taken * width * seconds
             count -= taken
         if count:
-            left_over.append((shape[0], shape[1], shape[2], count))
+            left_over.append((shape[0], shape[1], shape[2], count, shape[4]))
     return left_over
 
 
@@ -194,39 +198,49 @@ def plan(cursor: Any, db_path: str, settings: dict[str, Any], *,
     for mode in MODES:
         units = _units_per_node(shapes[mode], mode)
         todo = uncovered(shapes[mode], mode, launches, units)
-        if not todo:
-            continue
-        widths, heights = _arrays(todo, mode, units)
-        for policy in policies:
-            if not widths:
-                break
-            u = use[policy.name]
-            slots = min(policy.max_queued - u.queued,
-                        policy.max_queued + policy.max_running - u.queued - u.running)
-            node_room = min(policy.max_nodes, policy.max_total_nodes - u.nodes)
-            if slots <= 0 or node_room < policy.min_nodes or policy.name in cooling:
-                continue
-            result = packing.pack(widths, heights, node_room * units, policy.usable_seconds(),
-                                  max_boxes=slots)
-            kept = 0
-            for b in range(result.boxes_used):
-                nodes = max(policy.min_nodes, -(-result.used_width[b] // units))
-                if u.nodes + nodes > policy.max_total_nodes:
-                    break
-                minutes = policy.batch_minutes(result.used_height[b] / 60)
-                created.append(_insert(cursor, policy, nodes, minutes, mode,
-                                       str(settings.get("project") or ""), now))
-                u.nodes += nodes
-                u.queued += 1
-                kept += 1
-            if kept == result.boxes_used and min(result.box_of, default=0) >= 0:
-                widths = array("q")
-                break
-            rest = [i for i, b in enumerate(result.box_of) if b < 0 or b >= kept]
-            widths = array("q", (widths[i] for i in rest))
-            heights = array("q", (heights[i] for i in rest))
-        if widths:
-            log.info("planner: %d %s job(s) fit no open queue this cycle", len(widths), mode)
+        for priority in sorted({shape[4] for shape in todo}, reverse=True):
+            tier = [shape for shape in todo if shape[4] == priority]
+            created += _pack(cursor, tier, mode, units, policies, use, cooling,
+                             str(settings.get("project") or ""), now, log)
     if created:
         log.info("planner: new batch job(s) %s", ", ".join(map(str, created)))
+    return created
+
+
+def _pack(cursor: Any, todo: list[Shape], mode: str, units: int, policies: list[QueuePolicy],
+          use: dict[str, QueueUse], cooling: set[str], project: str, now: datetime,
+          log: logging.Logger) -> list[int]:
+    """Pack ``todo`` into the open queues in settings order (module docstring), updating
+    ``use``; returns the ids of the rows created."""
+    created: list[int] = []
+    widths, heights = _arrays(todo, mode, units)
+    for policy in policies:
+        if not widths:
+            break
+        u = use[policy.name]
+        slots = min(policy.max_queued - u.queued,
+                    policy.max_queued + policy.max_running - u.queued - u.running)
+        node_room = min(policy.max_nodes, policy.max_total_nodes - u.nodes)
+        if slots <= 0 or node_room < policy.min_nodes or policy.name in cooling:
+            continue
+        result = packing.pack(widths, heights, node_room * units, policy.usable_seconds(),
+                              max_boxes=slots)
+        kept = 0
+        for b in range(result.boxes_used):
+            nodes = max(policy.min_nodes, -(-result.used_width[b] // units))
+            if u.nodes + nodes > policy.max_total_nodes:
+                break
+            minutes = policy.batch_minutes(result.used_height[b] / 60)
+            created.append(_insert(cursor, policy, nodes, minutes, mode, project, now))
+            u.nodes += nodes
+            u.queued += 1
+            kept += 1
+        if kept == result.boxes_used and min(result.box_of, default=0) >= 0:
+            widths = array("q")
+            break
+        rest = [i for i, b in enumerate(result.box_of) if b < 0 or b >= kept]
+        widths = array("q", (widths[i] for i in rest))
+        heights = array("q", (heights[i] for i in rest))
+    if widths:
+        log.info("planner: %d %s job(s) fit no open queue this cycle", len(widths), mode)
     return created

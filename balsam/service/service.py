@@ -153,7 +153,8 @@ class Service:
         moved = 0
         for _ in range(ADVANCE_ROUNDS):
             counts = self.db.run_before(time.monotonic() + DB_STEP_SECONDS,
-                                        transitions.advance, None, batch)
+                                        transitions.advance, None, batch,
+                                        int(self.settings["launcher"]["max_retries"]))
             moved += sum(counts.values())
             if max(counts.values(), default=0) < batch or self.stop.is_set():
                 break
@@ -234,7 +235,8 @@ class Service:
                           kill_grace=t["shutdown_grace_seconds"], tail_lines=t["output_tail_lines"]),
             log=self.log, heartbeat_seconds=t["heartbeat_seconds"],
             lease_seconds=t["lease_seconds"], idle_wait_seconds=t["idle_wait_seconds"],
-            reconnect_max_seconds=t["reconnect_max_seconds"], draining=self.stop)
+            reconnect_max_seconds=t["reconnect_max_seconds"], draining=self.stop,
+            max_retries=t["max_retries"])
         self.pool.start()
 
 

@@ -1,0 +1,67 @@
+"""Retry limits: how many failed runs a job has used and whether it may run again.
+
+A job's ``max_retries`` (-1: the DB's ``launcher.max_retries`` setting) bounds how many times a
+failed run -- RUN_ERROR, or RUN_TIMEOUT -- is retried, automatically after a timeout or by an
+error/timeout handler. Failures are counted from the job's events (a few rows per job, read
+through the ``event_job_id`` index), so nothing else has to keep a counter in step. A RUN_TIMEOUT
+recorded because the launcher itself stopped at its time limit (the allocation's walltime) is
+not the job's fault and is not counted. A job whose failures exceed its limit goes to FAILED
+with the reason instead of being retried or handed to its handler.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from balsam.core import schema
+from balsam.core.states import State
+
+WALLTIME_STOP_REASON = "the launcher's time limit was reached"
+"""The launcher's stop reason at the end of its time (``--time-limit-minutes`` or the
+allocation's walltime, less the margin)."""
+
+STOP_MESSAGE_PREFIX = "stopped by the launcher: "
+"""How a launcher's RUN_TIMEOUT message for the tasks it stopped begins (then the reason)."""
+
+WALLTIME_STOP_MESSAGE = STOP_MESSAGE_PREFIX + WALLTIME_STOP_REASON
+"""The RUN_TIMEOUT message of a run cut off by the walltime: such runs use up no retries."""
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (no ``%``: the SQL is run with parameters)."""
+    assert "%" not in text
+    return "'" + text.replace("'", "''") + "'"
+
+
+FAILURES_SQL = f"""(SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
+    AND (e.to_state = '{State.RUN_ERROR.value}' OR (e.to_state = '{State.RUN_TIMEOUT.value}'
+    AND left(e.message, {len(WALLTIME_STOP_MESSAGE)}) <> {_literal(WALLTIME_STOP_MESSAGE)})))"""
+"""SQL: the failed runs of job ``j`` that count against its retry limit."""
+
+
+def limit_sql(default: int) -> str:
+    """SQL: job ``j``'s retry limit, ``default`` (the DB's setting) where it has none (-1)."""
+    return f"(CASE WHEN j.max_retries >= 0 THEN j.max_retries ELSE {int(default)} END)"
+
+
+def over_limit_sql(default: int) -> str:
+    """SQL: true when job ``j`` (in RUN_ERROR or RUN_TIMEOUT) may not be retried again."""
+    return f"({FAILURES_SQL} > {limit_sql(default)})"
+
+
+def over_limit_message(failures: int, limit: int) -> str:
+    """The FAILED message of a job that used up its retries."""
+    return (f"retry limit reached: {failures} failed run(s) (errors and timeouts, walltime stops "
+            f"not counted), max_retries {limit}")
+
+
+def usage(cursor: Any, job_ids: Sequence[Any], default: int) -> dict[str, tuple[int, int]]:
+    """{job id: (failed runs counted, retry limit)} of ``job_ids``; ``default``: the DB's
+    ``launcher.max_retries``. One query."""
+    if not job_ids:
+        return {}
+    cursor.execute(f"SELECT j.job_id, {FAILURES_SQL}, {limit_sql(default)} "
+                   f"FROM {schema.JOB_TABLE} j WHERE j.job_id = ANY(%s::uuid[])",
+                   [[str(j) for j in job_ids]])
+    return {str(job_id): (int(failures), int(limit)) for job_id, failures, limit
+            in cursor.fetchall()}
