@@ -47,6 +47,10 @@ MAX_RETRIES = 3
 """How many times a failed run (error with a handler, or timeout) is retried, for jobs whose own
 ``max_retries`` is -1; a walltime stop of the launcher is not counted (:mod:`balsam.core.retries`)."""
 
+RETRY_BACKOFF_SECONDS = 0.0
+"""Wait before a timed-out job is retried automatically, doubled for each further failed run
+(at most 64 times this); 0: retry at once."""
+
 SCRIPT_TIMEOUT_SECONDS = 600
 """Longest a preprocess or postprocess script (or error/timeout handler) may run before it is
 killed and its job FAILED (classic: 300 s, not configurable)."""

@@ -77,7 +77,7 @@ def test_minus_one_takes_the_db_default_and_a_job_limit_overrides_it(apps, curso
     for _ in range(2):
         run_ends(cursor, default)
         run_ends(cursor, own)
-        transitions.advance(cursor, max_retries=1)
+        transitions.advance(cursor, policy=retries.RetryPolicy(max_retries=1))
     assert (state_of(cursor, default), state_of(cursor, own)) == ("FAILED", "RESTART_READY")
     assert retries.usage(cursor, [default, own], 1) == {default: (2, 1), own: (2, 5)}
 
@@ -147,3 +147,39 @@ def test_the_cli_sets_priority_and_retries_and_ls_history_shows_their_use(apps, 
     assert_one_line_error(run_balsam("job", "--name", "d", "--workflow", "w", "--application",
                                      "plain", "--priority", "high", "--yes"),
                           "priority must be a whole number")
+
+
+def test_a_back_off_delays_automatic_retries_doubling_per_failed_run(apps, cursor):
+    policy = retries.RetryPolicy(max_retries=5, backoff_seconds=100.0)
+    assert [policy.backoff(n) for n in (0, 1, 2, 3, 8, 30)] == [0, 100, 200, 400, 6400, 6400]
+    assert retries.RetryPolicy().backoff(4) == 0.0  # the default: no back-off
+    j = job("b")
+    run_ends(cursor, j)
+    transitions.advance(cursor, policy=policy)
+    assert state_of(cursor, j) == "RUN_TIMEOUT"  # waits 100 s
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET state_since = now() - interval '101 seconds' "
+                   "WHERE job_id = %s", [j])
+    transitions.advance(cursor, policy=policy)
+    assert state_of(cursor, j) == "RESTART_READY"
+    run_ends(cursor, j)
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET state_since = now() - interval '150 seconds' "
+                   "WHERE job_id = %s", [j])
+    transitions.advance(cursor, policy=policy)
+    assert state_of(cursor, j) == "RUN_TIMEOUT"  # the second failure waits 200 s
+    # A walltime stop is no failure: no back-off for it.
+    k = job("k")
+    run_ends(cursor, k, message=retries.WALLTIME_STOP_MESSAGE)
+    transitions.advance(cursor, policy=policy)
+    assert state_of(cursor, k) == "RESTART_READY"
+
+
+def test_the_retry_settings_reach_the_launchers_policy():
+    from balsam.db import settings_schema
+    from balsam.launcher.context import Tunables
+
+    launcher = settings_schema.validate({"launcher": {"max_retries": 0,
+                                                      "retry_backoff_seconds": 30}},
+                                        "settings.yml")["launcher"]
+    expected = retries.RetryPolicy(max_retries=0, backoff_seconds=30.0)
+    assert Tunables.from_settings(launcher).retry_policy() == expected
+    assert retries.RetryPolicy.from_settings(launcher) == expected

@@ -10,11 +10,13 @@ with the reason instead of being retried or handed to its handler.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from balsam.core import schema
 from balsam.core.states import State
+from balsam.defaults import MAX_RETRIES, RETRY_BACKOFF_SECONDS
 
 WALLTIME_STOP_REASON = "the launcher's time limit was reached"
 """The launcher's stop reason at the end of its time (``--time-limit-minutes`` or the
@@ -25,6 +27,30 @@ STOP_MESSAGE_PREFIX = "stopped by the launcher: "
 
 WALLTIME_STOP_MESSAGE = STOP_MESSAGE_PREFIX + WALLTIME_STOP_REASON
 """The RUN_TIMEOUT message of a run cut off by the walltime: such runs use up no retries."""
+
+
+BACKOFF_MAX_FACTOR = 64
+"""The back-off doubles per failed run up to this many times ``backoff_seconds``."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The DB-wide retry rules (``launcher:`` settings): the limit of jobs whose ``max_retries``
+    is -1, and the back-off before a timed-out job is retried automatically."""
+
+    max_retries: int = MAX_RETRIES
+    backoff_seconds: float = RETRY_BACKOFF_SECONDS
+
+    @classmethod
+    def from_settings(cls, launcher: Mapping[str, Any]) -> RetryPolicy:
+        """From the validated ``launcher:`` settings section."""
+        return cls(int(launcher["max_retries"]), float(launcher["retry_backoff_seconds"]))
+
+    def backoff(self, failures: int) -> float:
+        """Seconds a job with ``failures`` counted failed runs waits before its retry."""
+        if self.backoff_seconds <= 0 or failures <= 0:
+            return 0.0
+        return self.backoff_seconds * min(2 ** (failures - 1), BACKOFF_MAX_FACTOR)
 
 
 def _literal(text: str) -> str:

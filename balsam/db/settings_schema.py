@@ -47,7 +47,8 @@ class QueueEntry(BaseModel):
 
 class LauncherSection(BaseModel):
     """``launcher:``: the tunables of :mod:`balsam.defaults` (lower-case names), all > 0 but
-    ``max_retries`` (>= 0; it also applies to the service's processing)."""
+    ``max_retries`` and ``retry_backoff_seconds`` (>= 0; they also apply to the service's
+    processing)."""
 
     model_config = _STRICT
     heartbeat_seconds: float = Field(default=defaults.HEARTBEAT_SECONDS, gt=0)
@@ -63,6 +64,7 @@ class LauncherSection(BaseModel):
     idle_wait_seconds: float = Field(default=defaults.IDLE_WAIT_SECONDS, gt=0)
     processing_batch: int = Field(default=defaults.PROCESSING_BATCH, gt=0)
     max_retries: int = Field(default=defaults.MAX_RETRIES, ge=0)
+    retry_backoff_seconds: float = Field(default=defaults.RETRY_BACKOFF_SECONDS, ge=0)
     output_tail_lines: int = Field(default=defaults.OUTPUT_TAIL_LINES, gt=0)
     reconnect_max_seconds: float = Field(default=defaults.RECONNECT_MAX_SECONDS, gt=0)
     max_concurrent_runs: int = Field(default=defaults.MAX_CONCURRENT_RUNS, gt=0)

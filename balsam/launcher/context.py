@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from balsam import defaults
 from balsam.core import leases
-from balsam.core.retries import WALLTIME_STOP_REASON
+from balsam.core.retries import WALLTIME_STOP_REASON, RetryPolicy
 from balsam.db.session import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
@@ -60,6 +60,7 @@ class Tunables:
     idle_wait_seconds: float
     processing_batch: int
     max_retries: int
+    retry_backoff_seconds: float
     output_tail_lines: int
     reconnect_max_seconds: float
     max_concurrent_runs: int
@@ -69,17 +70,21 @@ class Tunables:
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
         """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value (a
-        negative one for ``max_retries``)."""
+        negative one for ``max_retries`` and ``retry_backoff_seconds``)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = launcher.get(f.name, getattr(defaults, f.name.upper()))
-            low_ok = f.name == "max_retries" and value == 0
+            low_ok = f.name in ("max_retries", "retry_backoff_seconds") and value == 0
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                     value <= 0 and not low_ok):
                 raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "
                                   f"not {value!r}")
             values[f.name] = int(value) if f.type in ("int", int) else float(value)
         return cls(**values)
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry limit and back-off of jobs that have no limit of their own."""
+        return RetryPolicy(self.max_retries, self.retry_backoff_seconds)
 
 
 @dataclass

@@ -238,7 +238,7 @@ class MPIMode:
                                 f"recorded RUN_TIMEOUT, {released} claim(s) released")
         if process:
             moved = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
-                                        ctx.tunables.max_retries)
+                                        ctx.tunables.retry_policy())
             runnable = bool(moved.get("ready") or moved.get("retry"))
             if any(moved.values()):
                 ctx.log.info("processing: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))

@@ -321,7 +321,8 @@ class Master:
             self._flush()
         try:
             moved = self.ctx.db.try_run(transitions.advance, self.ctx.wf_filter,
-                                        self.t.processing_batch, self.t.max_retries)
+                                        self.t.processing_batch,
+                                        self.t.retry_policy())
         except DatabaseUnavailable:
             moved = {}
         self._ended_since_advance = False

@@ -19,7 +19,8 @@ error/timeout handler, stage-out.
 * RUN_ERROR with no error handler -> FAILED; RUN_TIMEOUT with no timeout handler ->
   RESTART_READY (``auto_timeout_retry``) or FAILED. A RUN_ERROR or RUN_TIMEOUT job whose failed
   runs exceed its retry limit (:mod:`balsam.core.retries`) -> FAILED saying so, handler or not
-  (the transition workers leave such jobs alone).
+  (the transition workers leave such jobs alone). With a back-off (``launcher:
+  retry_backoff_seconds``) a timed-out job stays RUN_TIMEOUT until it has waited its turn.
 
 Jobs held by a session (a transition worker running their step) are left alone. Several
 processes may run :func:`advance` at once: candidates are locked with SKIP LOCKED and every move
@@ -30,8 +31,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from balsam.core import lifecycle, retries, schema
+from balsam.core.retries import RetryPolicy
 from balsam.core.states import State
-from balsam.defaults import MAX_RETRIES, PROCESSING_BATCH
+from balsam.defaults import PROCESSING_BATCH
 
 JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
 
@@ -124,7 +126,7 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
 
 
 def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
-                max_retries: int) -> dict[str, int]:
+                policy: RetryPolicy) -> dict[str, int]:
     """Every other scriptless move, classified in one query and written per target state."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
@@ -134,7 +136,8 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
         SELECT j.job_id, j.state, {stage_in}, {NEEDS_PREPROCESS}, {NEEDS_POSTPROCESS},
                {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry,
                CASE WHEN j.state IN ('RUN_ERROR', 'RUN_TIMEOUT') THEN {retries.FAILURES_SQL}
-               END, {retries.limit_sql(max_retries)}
+               END, {retries.limit_sql(policy.max_retries)},
+               EXTRACT(EPOCH FROM clock_timestamp() - COALESCE(j.state_since, j.created_at))
         FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
         WHERE j.state IN ('READY', 'STAGED_IN', 'RUN_DONE', 'POSTPROCESSED', 'RUN_ERROR',
                           'RUN_TIMEOUT') AND j.session_id IS NULL{wf}
@@ -142,7 +145,7 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
     for (job_id, state, stage_in_needed, pre, post, stage_out, on_error, on_timeout,
-         retry, failures, max_tries) in cursor.fetchall():
+         retry, failures, max_tries, waited) in cursor.fetchall():
         job_id = str(job_id)
         target: Optional[State] = None
         if failures is not None and failures > max_tries and (
@@ -159,7 +162,9 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
         elif state == "RUN_ERROR" and not on_error:
             failed[job_id] = "run error not handled (no post_error_handler)"
         elif state == "RUN_TIMEOUT" and not on_timeout:
-            if retry:
+            if retry and float(waited) < policy.backoff(failures):
+                pass  # backing off: a later pass retries it
+            elif retry:
                 target = State.RESTART_READY
             else:
                 failed[job_id] = "timed out; automatic retry is disabled"
@@ -175,6 +180,9 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
     return counts
 
 
+DEFAULT_POLICY = RetryPolicy()
+"""The retry rules of a DB without ``launcher:`` retry settings (:mod:`balsam.defaults`)."""
+
 _MESSAGES = {
     State.STAGED_IN: "nothing to stage in",
     State.PREPROCESSED: "nothing to stage or preprocess: ready to run",
@@ -185,11 +193,11 @@ _MESSAGES = {
 
 
 def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
-            max_retries: int = MAX_RETRIES) -> dict[str, int]:
+            policy: RetryPolicy = DEFAULT_POLICY) -> dict[str, int]:
     """One processing pass in the caller's transaction; returns how many jobs moved, by kind.
-    ``max_retries``: the retry limit of jobs that have none of their own (the DB's setting)."""
+    ``policy``: the DB's retry settings (the limit of jobs that have none, the back-off)."""
     counts = _check_parents(cursor, wf_filter, limit)
-    counts.update(_pure_moves(cursor, wf_filter, limit, max_retries))
+    counts.update(_pure_moves(cursor, wf_filter, limit, policy))
     return counts
 
 

@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Optional
 
 from balsam.core import leases
+from balsam.core.retries import RetryPolicy
 from balsam.db import dbsettings
 from balsam.db.session import Database
 from balsam.errors import BalsamError
@@ -154,7 +155,7 @@ class Service:
         for _ in range(ADVANCE_ROUNDS):
             counts = self.db.run_before(time.monotonic() + DB_STEP_SECONDS,
                                         transitions.advance, None, batch,
-                                        int(self.settings["launcher"]["max_retries"]))
+                                        RetryPolicy.from_settings(self.settings["launcher"]))
             moved += sum(counts.values())
             if max(counts.values(), default=0) < batch or self.stop.is_set():
                 break
