@@ -59,6 +59,9 @@ def test_timeouts_are_retried_up_to_the_jobs_limit_then_the_job_fails_saying_why
 
 
 def test_walltime_stops_of_the_launcher_do_not_use_up_retries(apps, cursor):
+    # The launcher tests pin the message both modes write at their time limit to this text.
+    assert retries.WALLTIME_STOP_MESSAGE == (
+        "stopped by the launcher: the launcher's time limit was reached")
     j = job("w", max_retries=0)
     for _ in range(5):
         run_ends(cursor, j, message=retries.WALLTIME_STOP_MESSAGE)
