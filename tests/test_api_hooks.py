@@ -95,6 +95,7 @@ def moves(cur, job_id) -> list[tuple[str, str]]:
     return [(e[2], e[3]) for e in events(cur, str(job_id))]
 
 
+@pytest.mark.slow
 def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, cursor):
     hello = Job.objects.create(site_path=site, app_name="demo.Hello", workdir="hello/0",
                                parameters={"name": "world 0 out of 10!"})

@@ -198,6 +198,7 @@ def seeded(cursor):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case: Case, seeded, db: str,
                                                              monkeypatch) -> None:
     scratch = make_public_tmpdir("balsam-bad-")

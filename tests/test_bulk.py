@@ -107,6 +107,7 @@ def test_bulk_created_job_is_stored_field_by_field_as_a_saved_one(models, cursor
         assert events[str(made.pk)] == ["CREATED", a["state"], "created in this state"]
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_row_50001_of_100000_writes_nothing(models, cursor, monkeypatch) -> None:
     spy = ChunkSpy(monkeypatch)
     jobs = [models.BalsamJob(name=f"j{i}", workflow="big", application="a") for i in range(100_000)]

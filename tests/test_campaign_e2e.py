@@ -15,6 +15,8 @@ from test_processing_e2e import MPI, write
 
 from balsam.core import bulk
 
+pytestmark = pytest.mark.slow
+
 PY = sys.executable
 WRITER = f"""#!{PY}
 import os

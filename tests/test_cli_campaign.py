@@ -143,6 +143,7 @@ def test_prompt_shows_the_first_job_and_no_adds_nothing(app):
     ("x\n", [], "no rows, nothing to add"),
     ("x\n1\n", ["--array", "3"], "--from-file and --array cannot be combined"),
 ])
+@pytest.mark.slow
 def test_bad_rows_are_named_by_line_and_nothing_is_written(app, tmp_path, text, flags, fragment):
     path = write(tmp_path, "p.csv", text)
     before = snapshot(app)

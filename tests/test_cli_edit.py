@@ -55,6 +55,7 @@ def one(cursor):
     *[("post_error_handler", text, True, "True") for text in ("true", "YES", "1", "on")],
     *[("auto_timeout_retry", text, False, "False") for text in ("false", "No", "0", "off")],
 ])
+@pytest.mark.slow
 def test_modify_converts_the_value_to_the_fields_type(one, attr, value, stored, shown):
     cursor, job_id = one
     assert ok("modify", job_id[:8], attr, value) == f"job {attr} changed to: {shown}\n"
@@ -85,6 +86,7 @@ def test_modify_booleans_both_ways_and_the_orm_sees_them(one):
     ("state", "DONE", "invalid state 'DONE': expected one of CREATED"),
     ("state", "RUNNING", "RUNNING cannot be set by hand"),
 ])
+@pytest.mark.slow
 def test_modify_bad_values_exit_2_and_change_nothing(one, attr, value, fragment):
     cursor, job_id = one
     before = snapshot(cursor)
@@ -338,6 +340,7 @@ def test_make_dummies_needs_a_positive_whole_number(cursor, value):
     assert snapshot(cursor) == before
 
 
+@pytest.mark.slow
 def test_make_dummies_shows_a_progress_bar_on_a_terminal_for_large_n(cursor):
     status, out = run_tty("make_dummies", "20000")
     assert status == 0, out
@@ -377,6 +380,7 @@ def test_modify_refuses_to_make_a_running_job_runnable_again_unless_forced(balsa
     assert cursor.fetchone()[0] == "RESTART_READY"
 
 
+@pytest.mark.slow
 def test_rm_of_many_jobs_shows_progress_on_a_terminal_and_removes_them_all(cursor):
     status, _ = run_tty("make_dummies", "45000")
     assert status == 0

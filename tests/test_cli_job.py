@@ -141,6 +141,7 @@ def test_job_help_documents_the_exit_statuses(db):
     (["--env", "=2"], "is not of the form VAR=VALUE"),
     (["--env", "A=b:c"], "may not contain ':'"),
 ])
+@pytest.mark.slow
 def test_job_bad_values_exit_2_and_add_nothing(app, extra, fragment):
     before = snapshot(app)
     proc = run_balsam(*JOB_ARGS, *extra, "--yes")
@@ -241,6 +242,7 @@ EVERY_COMMAND = [
 
 
 @pytest.mark.parametrize("args", EVERY_COMMAND, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.slow
 def test_every_command_without_active_db_says_so_in_one_line(app, args):
     before = snapshot(app)
     proc = run_balsam(*args, env={"BALSAM_DB_PATH": ""})
@@ -251,6 +253,7 @@ def test_every_command_without_active_db_says_so_in_one_line(app, args):
 
 
 @pytest.mark.parametrize("args", EVERY_COMMAND, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.slow
 def test_every_command_with_server_down_says_so_in_one_line(app, db, args):
     dead = dead_server_db(db)
     before = snapshot(app)

@@ -105,6 +105,7 @@ def test_ls_filters_that_match_nothing_say_so(jobs):
     (["apps", "--id", "hello"], "applications are numbered"),
     (["everything"], "invalid choice: 'everything'"),
 ])
+@pytest.mark.slow
 def test_ls_bad_arguments_exit_2_with_one_line(jobs, args, fragment):
     assert_one_line_error(run_balsam("ls", *args), fragment)
 

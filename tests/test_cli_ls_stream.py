@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from cli_support import add_edge, add_jobs
 
 from balsam.cli import jobquery as jq
@@ -36,6 +37,7 @@ def test_json_output_is_exactly_the_dumped_list_with_parents_and_hidden_count(cu
     assert proc.stderr == "(1 more BalsamJobs not shown...) raise BALSAM_LS_LIMIT to see them\n"
 
 
+@pytest.mark.slow
 def test_listing_40000_jobs_as_json_keeps_memory_flat(cursor) -> None:
     add_jobs(cursor, 40_000, name="m", workflow="mem", args="x" * 40)
     proc = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True,

@@ -68,6 +68,7 @@ def test_times_are_iso_or_ages():
     assert parse_time("2024-05-01T10:00", now).tzinfo is not None  # naive = local time
 
 
+@pytest.mark.slow
 def test_report_plot_writes_a_png(history, tmp_path):  # noqa: F811
     pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
     out = tmp_path / "campaign.png"
@@ -145,6 +146,7 @@ def test_log_shows_the_newest_log_of_each_kind(logs):
     assert headers == [f"==> {p} <==" for p in logs]  # oldest first, newest last
 
 
+@pytest.mark.slow
 def test_log_follow_prints_appended_lines_and_new_logs_and_exits_0_on_ctrl_c(logs, db):
     proc = subprocess.Popen([sys.executable, "-m", "balsam", "log", "--service", "--follow", "-n", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

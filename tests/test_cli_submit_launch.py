@@ -21,6 +21,7 @@ def count_rows(cursor) -> int:
     return cursor.fetchone()[0]
 
 
+@pytest.mark.slow
 def test_local_submission_runs_a_launcher_that_runs_the_filtered_jobs(db, cursor):
     assert run_balsam("app", "--name", "hello", "--executable", "echo").returncode == 0
     made = run_balsam("job", "--name", "j", "--workflow", "cli-wf", "--application", "hello",

@@ -272,6 +272,7 @@ def test_live_view_follows_a_terminal_resize_and_a_short_terminal(db, cursor, pt
     assert top.send_and_wait(b"Q") == 0
 
 
+@pytest.mark.slow
 def test_live_view_survives_a_database_outage(restart_db, pty_top):
     from balsam.db import cluster
 

@@ -162,6 +162,7 @@ def test_wait_ids_combine_with_filters(app):
     assert (proc.returncode, proc.stdout) == (0, "all 2 jobs finished\n"), proc.stderr
 
 
+@pytest.mark.slow
 def test_wait_on_ids_outlives_a_server_restart(restart_db):
     from balsam.db import cluster
     from balsam.db.connect import connect
@@ -215,6 +216,7 @@ def test_wait_counts_removed_jobs_as_not_finished(app):
         fixed.kill()
 
 
+@pytest.mark.slow
 def test_wait_fails_when_every_selected_job_is_removed(app):
     add_jobs(app, 2, workflow="camp", application="hello", state="RUNNING")
     proc = start_wait("--wf", "camp", "--timeout", "60")

@@ -63,6 +63,7 @@ def test_the_cython_kernel_is_built_and_used() -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(ROWS)
+@pytest.mark.slow
 def test_kernel_encodes_random_rows_exactly_as_the_reference(rows: list) -> None:
     assert copyfmt.encode_rows(rows) == copyfmt.encode_rows_py(rows)
 
@@ -70,6 +71,7 @@ def test_kernel_encodes_random_rows_exactly_as_the_reference(rows: list) -> None
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.dictionaries(st.sampled_from("abcdef"), VALUE, min_size=6), max_size=10),
        st.integers(0, 12), st.one_of(st.none(), st.integers(0, 12)))
+@pytest.mark.slow
 def test_kernel_encodes_dict_slices_exactly_as_the_reference(dicts, start, stop) -> None:
     columns = ("c", "a", "f")
     assert (copyfmt.encode_dicts(dicts, columns, start, stop)

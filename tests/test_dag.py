@@ -373,6 +373,7 @@ print("ok", rank)
 """
 
 
+@pytest.mark.slow
 def test_sixteen_processes_adding_fifty_jobs_each_with_parents_all_succeed(dag, models, tmp_path):
     launch = models.QueuedLaunch.objects.create(scheduler_id=5)
     root = dag.add_job("root", "fan", "sim", queued_launch=launch)

@@ -36,6 +36,8 @@ from once_support import (
 
 from balsam.core import schema
 
+pytestmark = pytest.mark.slow
+
 SERIAL = ("--consume-all", "--job-mode", "serial")
 
 

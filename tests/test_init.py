@@ -68,6 +68,7 @@ def query(path: str, sql: str, params: tuple = ()) -> list:
         conn.close()
 
 
+@pytest.mark.slow
 def test_init_prints_success_and_how_to_activate(inited: tuple) -> None:
     path, proc = inited
     assert proc.returncode == 0, proc.stderr
@@ -185,6 +186,7 @@ def check_site_db(path: str, bin_dir: str) -> None:
 
 
 @needs_site_pg
+@pytest.mark.slow
 def test_pg_bin_selects_a_site_postgresql(tmp_root: str) -> None:
     path = os.path.join(tmp_root, "site-db")
     proc = run_balsam("init", path, "--pg-bin", SITE_PG[-1], env={"BALSAM_PG_BIN": "/nonexistent"})
@@ -253,6 +255,7 @@ def test_password_auth_is_enforced_and_added_users_can_work_until_dropped(
 
 
 @root_only
+@pytest.mark.slow
 def test_as_a_normal_user_the_server_runs_as_that_user_with_no_extra_account(balsam_db_path: str) -> None:
     """A forked child drops to an unprivileged account and runs init, a query and stop itself."""
     import asuser

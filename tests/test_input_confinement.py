@@ -120,6 +120,7 @@ def test_the_python_api_refuses_escaping_input_files_and_writes_nothing(db):
 
 # ---- end to end: a real launcher's stage-in -------------------------------------------------------
 
+@pytest.mark.slow
 def test_stage_in_fails_a_job_whose_parent_links_outside_and_passes_a_chain_of_links(db, cursor):
     outside = Path(make_public_tmpdir("balsam-outside-"))
     (outside / "private.key").write_text("secret")

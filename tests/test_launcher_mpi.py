@@ -31,6 +31,8 @@ from launcher_support import (
 
 from balsam.core import schema
 
+pytestmark = pytest.mark.slow
+
 MPI = ("--consume-all", "--job-mode", "mpi")
 
 

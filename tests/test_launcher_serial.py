@@ -35,6 +35,8 @@ from balsam.core import schema
 from balsam.launcher.packing import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 
+pytestmark = pytest.mark.slow
+
 SERIAL = ("--consume-all", "--job-mode", "serial")
 
 

@@ -70,6 +70,7 @@ def row_of(out: str, rid: int) -> list[str]:
     return [cell.strip() for cell in line.split("|")]
 
 
+@pytest.mark.slow
 def test_ls_queues_shows_the_live_state_of_a_job_that_ended_while_no_service_ran(
         ended_pbs_job, cursor):
     env, rid = ended_pbs_job
@@ -80,6 +81,7 @@ def test_ls_queues_shows_the_live_state_of_a_job_that_ended_while_no_service_ran
     assert recorded(cursor, rid) == "running"  # a view writes nothing
 
 
+@pytest.mark.slow
 def test_when_the_scheduler_fails_ls_queues_marks_recorded_states_stale_with_the_reason(
         ended_pbs_job, db):
     env, rid = ended_pbs_job
@@ -103,6 +105,7 @@ def test_top_shows_the_live_state_or_marks_the_recorded_one_stale(ended_pbs_job)
     assert re.search(r"^note: the scheduler's status command failed \(`qstat", out, re.M), out
 
 
+@pytest.mark.slow
 def test_the_dashboard_shows_the_live_state_of_the_batch_job(ended_pbs_job, db):
     env, rid = ended_pbs_job
     with web_server(db, "--token", TOKEN, env=env) as base:

@@ -232,6 +232,7 @@ def test_init_help_names_every_shipped_machine():
         assert name in out
 
 
+@pytest.mark.slow
 def test_init_with_a_machine_writes_its_settings_and_job_template(tmp_root):
     path = os.path.join(tmp_root, "polarisdb")
     proc = run_balsam("init", path, "--machine", "polaris")

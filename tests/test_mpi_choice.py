@@ -131,6 +131,7 @@ ALLOCATION_ENV = {"theta": {"COBALT_JOBID": "1", "COBALT_PARTNAME": "12"}}
 
 
 @pytest.mark.parametrize("machine", sorted(SITE_PROGRAM))
+@pytest.mark.slow
 def test_a_launcher_on_each_profile_runs_mpi_tasks_with_the_site_launcher_and_logs_why(
         machine, db, cursor, tmp_path):
     add_app(cursor, "hello", "/bin/echo hello")
@@ -165,6 +166,7 @@ def test_a_launcher_on_each_profile_runs_mpi_tasks_with_the_site_launcher_and_lo
            f"(profile {machine}))" in first
 
 
+@pytest.mark.slow
 def test_settings_mpi_executable_names_the_launcher_and_a_wrong_one_is_one_line_exit_2(
         db, cursor, tmp_path):
     add_app(cursor, "hello", "/bin/echo hello")

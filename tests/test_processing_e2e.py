@@ -12,6 +12,8 @@ from launcher_support import QUICK, add_jobs, events, job_row, launchers, settin
 
 from balsam.core import schema
 
+pytestmark = pytest.mark.slow
+
 MPI = ("--consume-all", "--job-mode", "mpi")
 PY = sys.executable
 

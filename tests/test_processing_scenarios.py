@@ -29,6 +29,8 @@ from test_processing_e2e import MPI, add_app, run_launcher, to_states, write
 
 from balsam.core import lifecycle, schema
 
+pytestmark = pytest.mark.slow
+
 PY = sys.executable
 RUN_DONE_TAIL = ["RUNNING", "RUN_DONE", "JOB_FINISHED"]
 NO_STEPS = "nothing to stage or preprocess: ready to run"

@@ -70,6 +70,7 @@ def set_port(path: str, port: int) -> None:
         fh.write(re.sub(r"(?m)^(\s+port:) \d+", rf"\1 {port}", text))
 
 
+@pytest.mark.slow
 def test_start_twice_says_already_running_on_host_and_port(running: str) -> None:
     info = serverinfo.read(running)
     proc = server(running, "--start")
@@ -122,6 +123,7 @@ def kill_postmaster(path: str) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_start_after_kill_9_removes_the_stale_pid_file_and_starts(running: str) -> None:
     pid = kill_postmaster(running)
     status = server(running, "--status")
@@ -202,6 +204,7 @@ def test_reset_after_a_crash_removes_pid_file_and_clears_server_info(running: st
     assert server(running, "--status").returncode == 1
 
 
+@pytest.mark.slow
 def test_server_info_naming_an_unreachable_host(stopped: str) -> None:
     serverinfo.update(stopped, host="gone-node.invalid", port=5432, pid=4242)
     status = server(stopped, "--status")
@@ -312,6 +315,7 @@ def test_add_list_and_drop_a_user(running: str) -> None:
 
 @pytest.mark.parametrize("name", ["Carol", "1carol", "carol-x", "a;drop role x", "", "x" * 64,
                                   "pg_carol", "public"])
+@pytest.mark.slow
 def test_invalid_role_names_are_refused_in_one_line(running: str, name: str) -> None:
     for flag in ("--add-user", "--drop-user"):
         one_line_error(server(running, flag, name), repr(name))
@@ -406,6 +410,7 @@ def test_collaborator_connects_with_a_credential_the_owner_created(running: str,
     assert gone["result"] == 2 and f"refused role '{account.name}'" in gone["stderr"]
 
 
+@pytest.mark.slow
 def test_wrong_password_is_refused_by_the_server(running: str) -> None:
     params = connect.connection_params(running)
     params["password"] = "wrong"

@@ -83,6 +83,7 @@ def test_server_options_are_quoted_for_the_shell_pg_ctl_runs():
                                     "-c", "shared_buffers=1MB $(touch /tmp/never); x"]
 
 
+@pytest.mark.slow
 def test_changed_listen_addresses_max_connections_and_shared_buffers_apply_after_a_restart(
         srv_db: str):
     cluster.start(srv_db)
@@ -108,6 +109,7 @@ def test_changed_listen_addresses_max_connections_and_shared_buffers_apply_after
         assert accepts(other, int(serverinfo.read(srv_db)["port"]))
 
 
+@pytest.mark.slow
 def test_a_value_postgres_refuses_fails_the_start_with_one_line_and_runs_nothing_in_a_shell(
         srv_db: str, tmp_path):
     marker = tmp_path / "injected"

@@ -10,9 +10,12 @@ import signal
 import socket
 import time
 
+import pytest
 from conftest import make_public_tmpdir, run_balsam
 from launcher_support import QUICK, add_app, add_jobs, process_gone, settings, states, wait_for
 from service_support import launches, local_jobs, pid_file, services
+
+pytestmark = pytest.mark.slow
 
 FAST = {"cycle_seconds": 0.5, "transition_threads": 1}
 HOST = socket.gethostname()

@@ -26,6 +26,8 @@ from slurm_support import (
 
 from balsam.core import schema
 
+pytestmark = pytest.mark.slow
+
 QUEUES = {"debug": {"min_nodes": 1, "max_nodes": 2, "min_minutes": 1, "max_minutes": 5,
                     "max_queued": 2, "max_running": 2, "max_total_nodes": 4}}
 """The test cluster's partition, small: batch jobs of at most 2 nodes and 5 minutes."""

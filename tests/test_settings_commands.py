@@ -42,6 +42,7 @@ def typo(db: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("name,argv", COMMANDS, ids=[" ".join(argv) for _, argv in COMMANDS])
+@pytest.mark.slow
 def test_a_settings_typo_is_one_line_at_every_command_that_reads_settings(typo, cursor, name, argv):
     proc = run_balsam(*argv, timeout=60)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -59,6 +60,7 @@ def test_init_of_an_existing_db_reports_a_settings_typo(typo, db):
     assert proc.stderr.splitlines()[-1] == f"balsam init: error: {typo}: {MESSAGE[14:]}"
 
 
+@pytest.mark.slow
 def test_starting_a_stopped_server_reports_a_settings_typo_and_a_bad_port(restart_db):
     from balsam.db import cluster
 

@@ -142,6 +142,7 @@ def test_running_a_script_instead_of_sourcing_it_says_so(shell: str, script: str
         (" NAME-or-PATH" if script == "balsamactivate" else "")
 
 
+@pytest.mark.slow
 def test_activate_starts_a_stopped_server(shell: str) -> None:
     from conftest import make_public_tmpdir
 

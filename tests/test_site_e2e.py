@@ -58,6 +58,7 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "BALSAM_DB_PATH"}
 
 
+@pytest.mark.slow
 def test_the_newer_api_example_runs_through_the_service_on_the_local_profile(workspace):
     from balsam.db.connect import connect
 

@@ -22,6 +22,8 @@ from slurm_support import (
 
 from balsam.core import schema
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tmp() -> str:

@@ -27,6 +27,8 @@ from slurm_support import (
 from balsam.platform import machines
 from balsam.platform.mpi.choice import wheel_mpiexec
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tmp() -> str:

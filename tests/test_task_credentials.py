@@ -123,6 +123,7 @@ def test_transfer_programs_do_not_see_credentials(tmp_path):
 # ---- end to end: real launchers -----------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["mpi", "serial"])
+@pytest.mark.slow
 def test_no_task_or_script_output_contains_the_exported_password_and_dag_still_works(
         db, cursor, scripts, mode):
     dump = write(scripts, "dump_env.py", DUMP_ENV)
@@ -151,6 +152,7 @@ def test_no_task_or_script_output_contains_the_exported_password_and_dag_still_w
     assert not any(s in out + err for s in secrets)
 
 
+@pytest.mark.slow
 def test_a_script_without_a_stored_credential_is_refused_not_handed_the_password(
         db, cursor, scripts):
     """The variable is really what the launcher used: with the owner's stored password file

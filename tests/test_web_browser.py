@@ -31,10 +31,10 @@ try:
 except ImportError:  # pragma: no cover - tests/run.sh installs it with the test extra
     webdriver = None  # type: ignore[assignment]
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     webdriver is None or not CHROMIUM or not DRIVER,
     reason="needs selenium and Debian's chromium + chromium-driver "
-           "(tests/run.sh installs them as root: apt-get install chromium chromium-driver)")
+           "(tests/run.sh installs them as root: apt-get install chromium chromium-driver)")]
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def test_workdir_prints_the_job_directory_by_id_prefix(cursor, db: str) -> None:
         f"{db}/data/wf/first_job_abc00000\n"
 
 
+@pytest.mark.slow
 def test_workdir_with_a_bad_prefix_exits_2_with_one_line(cursor, db: str) -> None:
     insert_job(cursor, ID1, name="a")
     insert_job(cursor, ID2, name="b")
