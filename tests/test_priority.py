@@ -117,6 +117,7 @@ def _plan_nodes(plan: dict) -> list[dict]:
     return nodes
 
 
+@pytest.mark.slow
 def test_claims_read_their_partial_index_in_priority_order_at_a_million_jobs(db, cursor):
     began = time.monotonic()
     _seed(cursor, SEED_ROWS)
