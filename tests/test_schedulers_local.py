@@ -177,3 +177,28 @@ def test_the_local_job_template_runs_the_launcher_on_this_machine(tmp_path, monk
     sched.cancel(job_id)
     job = wait_for(sched, job_id, lambda j: j.is_final)
     assert job.state == "cancelled" and "TERM" in (out / "signals").read_text()
+
+
+def test_a_job_ending_while_its_state_is_read_is_finished_not_vanished(sched, tmp_path, monkeypatch):
+    """The wrapper writes the exit file, then its group ends: a status read that sees the group
+    dead must read the file after that, or a job exiting 0 at that instant looks VANISHED."""
+    from balsam.platform.schedulers import local
+
+    script = write_script(tmp_path / "slow.sh", "sleep 30\n")
+    job_id = sched.submit(script, str(tmp_path), "racer", str(tmp_path / "racer.out"))
+    exit_file = Path(sched.state_dir) / f"local-{job_id}.exit"
+
+    def ends_now(pgid: int) -> bool:  # the job's last moment falls between the two reads
+        exit_file.write_text("0\n")
+        signal_group_quietly(pgid)
+        return False
+
+    monkeypatch.setattr(local, "group_alive", ends_now)
+    assert sched.status(USER)[job_id].state == "finished"
+
+
+def signal_group_quietly(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -126,6 +126,10 @@ class LocalScheduler:
 
     def _observe(self, job_id: str, rec: dict[str, Any], now: float) -> BatchJobStatus:
         """The job's state now; records its end and escalates an overdue cancel to SIGKILL."""
+        # Liveness first, then the exit file: the wrapper writes the file before its group ends,
+        # so a group seen dead has its file already. (Read the other way round, a job ending
+        # between the two reads looked VANISHED: 'failed' although it exited 0.)
+        alive = rec["ended_at"] is None and group_alive(rec["pid"])
         code: Optional[int] = None
         try:
             with open(rec["exit_file"]) as fh:
@@ -133,7 +137,7 @@ class LocalScheduler:
         except (OSError, ValueError):
             pass
         cancelled = rec["cancelled_at"] is not None
-        if rec["ended_at"] is None and group_alive(rec["pid"]):
+        if alive:
             if cancelled and now >= rec["cancelled_at"] + self.kill_grace:
                 signal_group(rec["pid"], signal.SIGKILL)
             state, raw = ("finishing", "CANCELLING" if cancelled else "EXITING") \
