@@ -427,7 +427,10 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
 
 APPEND = """#!/bin/sh
 echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
+sleep 0.1
 """
+"""Each run takes 0.1 s, so 400 jobs on one launcher's 8 slots take ~5 s: long enough for the
+second launcher to start (~1-3 s under load) and take part, which the test checks."""
 
 
 def test_two_concurrent_serial_launchers_run_every_job_exactly_once(db, cursor, scripts):
