@@ -14,6 +14,7 @@ from typing import Callable
 import pytest
 
 from balsam.platform import machines, schedulers
+from balsam.platform.procgroup import signal_group
 from balsam.platform.schedulers import BatchJobStatus, SchedulerError
 from balsam.platform.schedulers.local import LocalScheduler, group_alive
 
@@ -190,15 +191,9 @@ def test_a_job_ending_while_its_state_is_read_is_finished_not_vanished(sched, tm
 
     def ends_now(pgid: int) -> bool:  # the job's last moment falls between the two reads
         exit_file.write_text("0\n")
-        signal_group_quietly(pgid)
+        signal_group(pgid, signal.SIGKILL)
         return False
 
     monkeypatch.setattr(local, "group_alive", ends_now)
     assert sched.status(USER)[job_id].state == "finished"
 
-
-def signal_group_quietly(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
