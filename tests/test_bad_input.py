@@ -164,6 +164,10 @@ CASES = [
     # service, top
     Case("service-missing-db", ["service", "--status"], "nowhere", _no_db),
     Case("service-log-dir-is-a-file", ["service", "--foreground"], "log directory", _log_is_a_file),
+    # globus (no client id anywhere, no stored login, an unknown action)
+    Case("globus-login-no-client-id", ["globus", "login"], "globus_client_id"),
+    Case("globus-status-no-login", ["globus", "status"], "balsam globus login"),
+    Case("globus-unknown-action", ["globus", "frobnicate"], "frobnicate"),
     Case("top-nan-interval", ["top", "--interval", "nan", "--once"], "interval"),
     Case("top-negative-interval", ["top", "--interval", "-1", "--once"], "interval"),
     # report
