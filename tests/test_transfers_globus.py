@@ -10,6 +10,7 @@ import io
 import json
 import os
 import stat
+import sys
 import time
 from urllib.parse import parse_qs, urlparse
 
@@ -346,3 +347,13 @@ def test_status_and_logout_revoke_and_delete_the_tokens(fake_db, http, capsys):
     assert not os.path.exists(os.path.join(token_dir, "tokens.json"))
     assert balsam_main(["globus", "status"]) == 2
     assert "run `balsam globus login`" in capsys.readouterr().err
+
+
+def test_without_globus_sdk_the_error_says_how_to_install_it(fake_db, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "globus_sdk", None)  # as if not installed
+    with pytest.raises(GlobusError, match=r"need globus-sdk: pip install 'balsam-classic\[globus\]'"):
+        GlobusTransfer(fake_db, CLIENT).submit(SRC, DST, job_items(), "x")
+    monkeypatch.setattr("sys.stdin", io.StringIO("code\n"))
+    assert balsam_main(["globus", "login", "--client-id", CLIENT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("balsam globus: error: Globus transfers need globus-sdk") and err.count("\n") == 1
