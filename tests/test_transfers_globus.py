@@ -209,7 +209,7 @@ def test_a_failed_task_maps_each_item_to_its_own_outcome(tmp_path, http):
     status = GlobusTransfer(token_dir, CLIENT).poll(FAILED_TASK)  # a new process: items from the map
     assert status.state == "FAILED" and status.bytes_transferred == 2048
     assert status.message == "Globus task failed: CANCELED (canceled)"
-    assert status.per_item[1] is None  # listed in successful_transfers
+    assert status.per_item[1] is None  # listed in successful_transfers (its older fault was retried)
     assert status.per_item[2].startswith("Globus skipped /data/in/run2/input.dat: FILE_NOT_FOUND")
     assert status.per_item[3] == ("Globus error on /scratch/wf/job3_cccccccc/: PERMISSION_DENIED "
                                   "(permission denied): Path not allowed.")

@@ -130,7 +130,7 @@ class GlobusTransfer:
     def poll(self, task_id: str, items: Optional[Sequence[GlobusItem]] = None) -> GlobusTaskStatus:
         """The task's state and, once it is final, each item's result. ``items`` defaults to the
         ones :meth:`submit` remembered for this task (pass them after the map was lost)."""
-        self._map_path(task_id)  # checks the id
+        _check_task_id(task_id)
         tc = self._client()
         task = self._call(f"get task {task_id}", lambda: tc.get_task(task_id))
         state = STATE_OF.get(str(task["status"]), ACTIVE)
@@ -151,17 +151,17 @@ class GlobusTransfer:
                                          lambda: tc.paginated.task_event_list(task_id).items())
                   if e.get("is_error")]
         failure = _failure_message(task, events)
-        for item in known:
-            confirmed = not item.recursive and _norm(item.destination_path) in done
-            per_item[item.item_id] = None if confirmed else failure
-        _apply(per_item, known, [e for e in events if _event_file(e)], _event_message,
+        unconfirmed = [i for i in known if i.recursive or _norm(i.destination_path) not in done]
+        for item in unconfirmed:  # an event about a file copied later (a retried fault) is moot
+            per_item[item.item_id] = failure
+        _apply(per_item, unconfirmed, [e for e in events if _event_file(e)], _event_message,
                path_of=_event_file, newest_first=True)
         _apply(per_item, known, skipped, _skip_message)
         return GlobusTaskStatus(FAILED, per_item, moved, failure)
 
     def cancel(self, task_id: str) -> None:
-        """Ask Globus to cancel the task (a task already finished is left as it is)."""
-        self._map_path(task_id)  # checks the id
+        """Ask Globus to cancel the task (Globus leaves a task already finished as it is)."""
+        _check_task_id(task_id)
         self._call(f"cancel task {task_id}", lambda: self._client().cancel_task(task_id))
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -184,8 +184,7 @@ class GlobusTransfer:
         return self._call(doing, lambda: [dict(x) for x in fn()])
 
     def _map_path(self, task_id: str) -> str:
-        if not _UUID.match(task_id):
-            raise GlobusError(f"{task_id!r} is not a Globus task id")
+        _check_task_id(task_id)
         return os.path.join(self.token_dir, "tasks", f"{task_id}.json")
 
     def _save_map(self, task_id: str, items: Sequence[GlobusItem]) -> None:
@@ -208,6 +207,11 @@ class GlobusTransfer:
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             raise GlobusError(f"no item map for Globus task {task_id} in {path}: "
                               "pass the task's items to poll()") from None
+
+
+def _check_task_id(task_id: str) -> None:
+    if not _UUID.match(task_id):  # it also names a file: never a path
+        raise GlobusError(f"{task_id!r} is not a Globus task id")
 
 
 def _check_items(items: Sequence[GlobusItem]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import tempfile
 import time
@@ -118,8 +119,9 @@ def login(token_dir: str, client_id: str, *, read_code: Callable[[str], str] = i
                           "or pass --client-id (register a native app at app.globus.org)")
     g = sdk()
     client = auth_client or g.NativeAppAuthClient(client_id.strip())
+    # The named grant is how this login is listed among the user's Globus consents.
     client.oauth2_start_flow(requested_scopes=scopes(data_access), refresh_tokens=True,
-                             prefill_named_grant="Balsam")
+                             prefill_named_grant=f"Balsam on {socket.gethostname()}")
     show("Open this URL in any browser, log in, and paste the authorization code below:")
     show(client.oauth2_get_authorize_url())
     try:
