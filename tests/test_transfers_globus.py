@@ -357,3 +357,23 @@ def test_without_globus_sdk_the_error_says_how_to_install_it(fake_db, monkeypatc
     assert balsam_main(["globus", "login", "--client-id", CLIENT]) == 2
     err = capsys.readouterr().err
     assert err.startswith("balsam globus: error: Globus transfers need globus-sdk") and err.count("\n") == 1
+
+
+def test_a_token_directory_that_cannot_be_made_is_one_line_and_no_login(tmp_path, http, monkeypatch):
+    (tmp_path / "db").write_text("a file where the DB directory should be\n")
+    replay("auth_login.json")
+    monkeypatch.setattr("sys.stdin", io.StringIO("code\n"))
+    with pytest.raises(GlobusError, match=r"cannot write .*/db/globus/tokens.json"):
+        globus_auth.login(str(tmp_path / "db" / "globus"), CLIENT, show=lambda _: None)
+    assert (tmp_path / "db").read_text().startswith("a file")
+
+
+def test_a_task_whose_item_map_cannot_be_saved_still_returns_its_id(tmp_path, http, caplog):
+    token_dir = str(tmp_path / "globus")
+    logged_in(token_dir)
+    (tmp_path / "globus" / "tasks").write_text("not a directory\n")
+    load_response("transfer.get_submission_id")
+    submitted = load_response("transfer.submit_transfer")
+    task_id = GlobusTransfer(token_dir, CLIENT).submit(SRC, DST, job_items(), "b")
+    assert task_id == submitted.metadata["task_id"]
+    assert "the item map was not saved" in caplog.text

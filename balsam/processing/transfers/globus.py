@@ -21,6 +21,7 @@ Only the HTTP layer differs between the real service and the tests (recorded res
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import re
@@ -35,6 +36,7 @@ from balsam.processing.transfers.globus_auth import GlobusError, api_error, auth
 
 __all__ = ["GlobusError", "GlobusItem", "GlobusTaskStatus", "GlobusTransfer", "parse_globus_url"]
 
+log = logging.getLogger(__name__)
 ACTIVE, SUCCEEDED, FAILED = "ACTIVE", "SUCCEEDED", "FAILED"
 # Globus task status -> our state; INACTIVE is a paused task (e.g. a credential expired) that
 # resumes once fixed, so it is still in flight.
@@ -124,7 +126,11 @@ class GlobusTransfer:
         result = self._call(f"submit a transfer of {len(items)} items",
                             lambda: self._client().submit_transfer(data))
         task_id = str(result["task_id"])
-        self._save_map(task_id, items)
+        try:
+            self._save_map(task_id, items)
+        except GlobusError as exc:  # the task exists: its id must reach the caller regardless
+            log.warning("Globus task %s: the item map was not saved (poll it with its items): %s",
+                        task_id, exc)
         return task_id
 
     def poll(self, task_id: str, items: Optional[Sequence[GlobusItem]] = None) -> GlobusTaskStatus:

@@ -63,19 +63,24 @@ def private_dir(path: str) -> None:
 
 def write_private(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file in the same directory, fsync, rename),
-    mode 0600 from the first byte."""
+    mode 0600 from the first byte; a file system error is a one-line :class:`GlobusError`."""
     folder = os.path.dirname(path)
-    private_dir(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")  # mkstemp: mode 0600
+    try:
+        private_dir(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")  # mode 0600
+    except OSError as exc:
+        raise GlobusError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise GlobusError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
