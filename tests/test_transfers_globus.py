@@ -377,3 +377,9 @@ def test_a_task_whose_item_map_cannot_be_saved_still_returns_its_id(tmp_path, ht
     task_id = GlobusTransfer(token_dir, CLIENT).submit(SRC, DST, job_items(), "b")
     assert task_id == submitted.metadata["task_id"]
     assert "the item map was not saved" in caplog.text
+
+
+def test_a_data_access_collection_that_is_no_uuid_is_refused_before_any_request(tmp_path, http):
+    with pytest.raises(GlobusError, match="the Globus collection must be a UUID, not 'my laptop'"):
+        globus_auth.login(str(tmp_path), CLIENT, data_access=["my laptop"], read_code=lambda _: "x")
+    assert len(responses.calls) == 0 and not os.listdir(tmp_path)

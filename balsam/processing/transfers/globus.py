@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import unquote
 
-from balsam.processing.transfers.globus_auth import GlobusError, api_error, authorizer, sdk, write_private
+from balsam.processing.transfers.globus_auth import (
+    GlobusError,
+    api_error,
+    authorizer,
+    is_uuid,
+    sdk,
+    write_private,
+)
 
 __all__ = ["GlobusError", "GlobusItem", "GlobusTaskStatus", "GlobusTransfer", "parse_globus_url"]
 
@@ -46,7 +53,6 @@ STATE_OF = {"ACTIVE": ACTIVE, "INACTIVE": ACTIVE, "SUCCEEDED": SUCCEEDED, "FAILE
 SYNC_LEVEL = "checksum"
 MAP_KEEP_SECONDS = 30 * 24 * 3600  # item maps of tasks older than this are pruned at submit
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9 _,.\-]")  # Transfer accepts a restricted label alphabet
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ def parse_globus_url(url: str) -> tuple[str, str]:
     endpoint, slash, path = text[len("globus://"):].partition("/")
     if not endpoint:
         raise GlobusError(f"{url!r}: the Globus URL names no endpoint (globus://ENDPOINT_UUID/path)")
-    if not _UUID.match(endpoint):
+    if not is_uuid(endpoint):
         raise GlobusError(f"{url!r}: {endpoint!r} is not an endpoint/collection UUID")
     if not path.strip("/") and not slash:
         raise GlobusError(f"{url!r}: the Globus URL names no path (globus://{endpoint}/abs/path)")
@@ -216,7 +222,7 @@ class GlobusTransfer:
 
 
 def _check_task_id(task_id: str) -> None:
-    if not _UUID.match(task_id):  # it also names a file: never a path
+    if not is_uuid(task_id):  # it also names a file: never a path
         raise GlobusError(f"{task_id!r} is not a Globus task id")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -25,6 +26,7 @@ TOKEN_FILE = "tokens.json"
 TRANSFER_RESOURCE_SERVER = "transfer.api.globus.org"
 TRANSFER_SCOPE = "urn:globus:auth:scope:transfer.api.globus.org:all"
 LOGIN_HINT = "run `balsam globus login`"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
 
 class GlobusError(BalsamError):
@@ -39,6 +41,11 @@ def sdk() -> Any:
         raise GlobusError("Globus transfers need globus-sdk: "
                           "pip install 'balsam-classic[globus]' (or pip install globus-sdk)") from None
     return globus_sdk
+
+
+def is_uuid(text: str) -> bool:
+    """Whether ``text`` is a UUID (endpoints, collections, clients and tasks are named by one)."""
+    return bool(_UUID.fullmatch(text))
 
 
 def token_dir_for(db_path: str) -> str:
@@ -122,6 +129,9 @@ def login(token_dir: str, client_id: str, *, read_code: Callable[[str], str] = i
     if not client_id.strip():
         raise GlobusError("no Globus client id: set transfers: globus_client_id in settings.yml "
                           "or pass --client-id (register a native app at app.globus.org)")
+    for what, value in [("client id", client_id.strip())] + [("collection", c) for c in data_access]:
+        if not is_uuid(value):
+            raise GlobusError(f"the Globus {what} must be a UUID, not {value!r}")
     g = sdk()
     client = auth_client or g.NativeAppAuthClient(client_id.strip())
     # The named grant is how this login is listed among the user's Globus consents.
