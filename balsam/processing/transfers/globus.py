@@ -148,14 +148,14 @@ class GlobusTransfer:
         state = STATE_OF.get(str(task["status"]), ACTIVE)
         moved = int(task.get("bytes_transferred") or 0)
         if state == ACTIVE:
-            return GlobusTaskStatus(ACTIVE, {}, moved, _active_note(task))
+            return GlobusTaskStatus(ACTIVE, {}, moved, _line(_active_note(task)))
         known = list(items) if items is not None else self._load_map(task_id)
         skipped = self._pages(f"list the skipped errors of task {task_id}",
                               lambda: tc.paginated.task_skipped_errors(task_id).items())
         per_item: dict[int, Optional[str]] = {i.item_id: None for i in known}
         if state == SUCCEEDED:
             _apply(per_item, known, skipped, _skip_message)
-            return GlobusTaskStatus(SUCCEEDED, per_item, moved, None)
+            return GlobusTaskStatus(SUCCEEDED, {k: _line(m) for k, m in per_item.items()}, moved, None)
         done = {_norm(t["destination_path"]) for t in self._pages(
             f"list the successful transfers of task {task_id}",
             lambda: tc.paginated.task_successful_transfers(task_id).items())}
@@ -169,7 +169,7 @@ class GlobusTransfer:
         _apply(per_item, unconfirmed, [e for e in events if _event_file(e)], _event_message,
                path_of=_event_file, newest_first=True)
         _apply(per_item, known, skipped, _skip_message)
-        return GlobusTaskStatus(FAILED, per_item, moved, failure)
+        return GlobusTaskStatus(FAILED, {k: _line(m) for k, m in per_item.items()}, moved, _line(failure))
 
     def cancel(self, task_id: str) -> None:
         """Ask Globus to cancel the task (Globus leaves a task already finished as it is)."""
@@ -323,6 +323,14 @@ def _failure_message(task: dict, error_events: list[dict]) -> str:
         e = error_events[0]  # the event list is newest first
         return f"Globus task failed: {e.get('code')} ({e.get('description')})"
     return f"Globus task failed: {task.get('nice_status') or 'no reason given'}"
+
+
+def _line(message: Optional[str], limit: int = 1000) -> Optional[str]:
+    """``message`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    if message is None:
+        return None
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _active_note(task: dict) -> Optional[str]:
