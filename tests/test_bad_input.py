@@ -164,6 +164,12 @@ CASES = [
     # service, top
     Case("service-missing-db", ["service", "--status"], "nowhere", _no_db),
     Case("service-log-dir-is-a-file", ["service", "--foreground"], "log directory", _log_is_a_file),
+    # globus (no client id anywhere, a client id that is no UUID, no stored login, an unknown action)
+    Case("globus-login-no-client-id", ["globus", "login"], "globus_client_id"),
+    Case("globus-login-client-id-not-a-uuid", ["globus", "login", "--client-id", "6a3f1c4e-9b2d-4e1f-8a7c",
+                                         "--data-access", "my laptop"], "'6a3f1c4e-9b2d-4e1f-8a7c'"),
+    Case("globus-status-no-login", ["globus", "status"], "balsam globus login"),
+    Case("globus-unknown-action", ["globus", "frobnicate"], "frobnicate"),
     Case("top-nan-interval", ["top", "--interval", "nan", "--once"], "interval"),
     Case("top-negative-interval", ["top", "--interval", "-1", "--once"], "interval"),
     # report

@@ -19,7 +19,7 @@ COMMANDS = [
     "init", "server", "which", "app", "site",
     "job", "dep", "ls", "modify", "rm", "killjob", "make_dummies", "wait",
     "mkchild", "launcher", "submit_launch",
-    "service",
+    "service", "globus",
     "top",
     "report", "log",
     "web",
