@@ -148,3 +148,11 @@ def test_workflow_filters_match_the_same_jobs_everywhere(app):
     removed = run_balsam("rm", "jobs", "--all", "--wf-filter", "a_b", "--yes", "--quiet")
     assert set(removed.stdout.split()) == expected, removed.stderr
     assert set(run_balsam("ls", "--quiet").stdout.split()) == set(ids.values()) - expected
+
+
+def test_classic_flag_abbreviations_still_work(app):
+    """argparse prefix matching, which classic docs relied on (`--app`, `--hist`)."""
+    made = run_balsam("job", "--name", "ab", "--work", "wf", "--app", "hello", "--yes", "--quiet")
+    assert made.returncode == 0, made.stderr
+    out = run_balsam("ls", "--hist").stdout
+    assert f"Job ab [{made.stdout.strip()}]" in out
