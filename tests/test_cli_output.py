@@ -157,3 +157,26 @@ def test_make_dummies_quiet_prints_every_new_id_and_json_every_new_job(app):
     made = json.loads(ok("make_dummies", "2", "--format", "json"))
     assert [o["name"] for o in made] == ["dummy0", "dummy1"]
     assert made == json.loads(ok("ls", "--format", "json"))[3:]
+
+
+def test_make_dummies_json_spool_is_one_list_across_chunks():
+    import argparse
+    import io
+
+    from balsam.cli.cmd_make_dummies import write_chunk
+    from balsam.cli.jobout import job_dicts
+    from balsam.core import schema
+
+    rows = [schema.new_job_row({"name": f"d{i}", "workflow": "w", "application": "a"})
+            for i in range(5)]
+    for args, expected in ((argparse.Namespace(quiet=False, format="json"), job_dicts(rows)),
+                           (argparse.Namespace(quiet=True, format="text"), None)):
+        out = io.StringIO()
+        out.write("[" if expected is not None else "")
+        write_chunk(out, args, rows[:2], True)
+        write_chunk(out, args, rows[2:], False)
+        if expected is None:
+            assert out.getvalue() == "".join(f"{r['job_id']}\n" for r in rows)
+        else:
+            out.write("\n]\n")
+            assert json.loads(out.getvalue()) == expected
