@@ -44,7 +44,7 @@ def entries(value: Any) -> list[str]:
     return [v for v in _SEPARATORS.split(value) if v]
 
 
-def _resolve(entry: str, name: str, earlier: dict[str, str], names: Counter) -> tuple[str, bool]:
+def _resolve(entry: str, name: str, earlier: dict[str, str], names: Counter[str]) -> tuple[str, bool]:
     """(the parent's id, whether it is a new job) for one entry of the row named ``name``."""
     if names[entry] > 1:
         raise schema.FieldError(f"parent {entry!r} is the name of {names[entry]} rows: give a "
