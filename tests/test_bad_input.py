@@ -52,6 +52,13 @@ def _log_is_a_file(live: str, scratch: str) -> dict:
     return {"BALSAM_DB_PATH": path}
 
 
+def _dag_file(live: str, scratch: str) -> dict:
+    """A campaign file whose third row names a parent job that does not exist."""
+    with open(os.path.join(scratch, "dag.csv"), "w") as fh:
+        fh.write(f"x,parents\n1,{JOB_A}\n2,p1\n3,p2;{JOB_A[:-1]}0\n")
+    return {}
+
+
 def _corrupt_index(live: str, scratch: str) -> dict:
     os.makedirs(os.path.join(scratch, ".balsam"))
     with open(os.path.join(scratch, ".balsam", "databases.json"), "w") as fh:
@@ -112,6 +119,9 @@ CASES = [
                                "--yes"], "too long"),
     Case("job-huge-nodes", JOB + ["--num-nodes", "99999999999"], "too large"),
     Case("job-bad-env", JOB + ["--env", "1X=2"], "--env"),
+    Case("job-file-unknown-parent", ["job", "--name", "p{x}", "--workflow", "w", "--application",
+                                     "hello", "--from-file", "dag.csv", "--yes"],
+         f"dag.csv, line 4: parent job {JOB_A[:-1]}0 does not exist", _dag_file, cwd_scratch=True),
     Case("job-empty-name", ["job", "--name", " ", "--workflow", "w", "--application", "hello",
                             "--yes"], "--name"),
     # mkchild (needs BALSAM_JOB_ID of a parent)

@@ -77,6 +77,46 @@ def test_from_stdin_and_literal_braces(app):
         ("nA", '{k} {"json": 1}'), ("nB", '{k} {"json": 1}')]
 
 
+def test_parents_column_links_existing_jobs_and_earlier_rows(app, tmp_path):
+    from cli_support import add_jobs
+
+    old1, old2 = add_jobs(app, 2, workflow="w", application="hello", name="old")
+    path = write(tmp_path, "dag.csv", "x,parents\n"
+                 f"a,{old1}; {old2.replace('-', '').upper()}\n"  # ids, any spelling
+                 "b,pa\n"
+                 f"c,pa pb;pa  {old1}\n"  # a repeated parent counts once
+                 "d,\n")
+    proc = run_balsam(*BASE, "--name", "p{x}", "--from-file", path, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    ids = {o["name"]: o["job_id"] for o in out}
+    assert [o["parents"] for o in out] == [
+        [old1, old2], [ids["pa"]], [ids["pa"], ids["pb"], old1], []]
+    app.execute(f"SELECT parent_id::text, child_id::text FROM {schema.DEP_TABLE}")
+    edges = sorted(app.fetchall())
+    assert edges == sorted([(old1, ids["pa"]), (old2, ids["pa"]), (ids["pa"], ids["pb"]),
+                            (ids["pa"], ids["pc"]), (ids["pb"], ids["pc"]), (old1, ids["pc"])])
+    listed = json.loads(run_balsam("ls", "--name", "pc", "--format", "json").stdout)
+    assert sorted(listed[0]["parents"]) == sorted([ids["pa"], ids["pb"], old1])
+    # JSON lines: a list, or text as in CSV; the text summary counts the dependencies.
+    # Names are those of the file's rows only: a job already in the DB is named by its id.
+    lines = [{"name": "q1"}, {"name": "q2", "parents": ["q1", ids["pd"]]},
+             {"name": "q3", "parents": "q1;q2"}]
+    path = write(tmp_path, "dag.jsonl", "".join(json.dumps(obj) + "\n" for obj in lines))
+    proc = run_balsam(*BASE, "--name", "x", "--from-file", path)
+    assert proc.stdout == "Added 3 jobs to the database with 4 dependencies\n", proc.stderr
+
+
+def test_parent_rows_wait_for_their_parents(app, tmp_path):
+    from balsam.processing import transitions
+
+    path = write(tmp_path, "dag.csv", "x,parents\n1,\n2,p1\n")
+    assert run_balsam(*BASE, "--name", "p{x}", "--from-file", path).returncode == 0
+    transitions.advance(app)
+    assert [(j["name"], j["state"]) for j in stored(app)] == [
+        ("p1", "PREPROCESSED"), ("p2", "AWAITING_PARENTS")]
+
+
 @pytest.mark.parametrize("spec, indices", [
     ("3", [0, 1, 2]), ("5-7", [5, 6, 7]), ("2-9:3", [2, 5, 8]), ("4-4", [4])])
 def test_array_makes_one_job_per_index(app, spec, indices):
@@ -142,6 +182,14 @@ def test_prompt_shows_the_first_job_and_no_adds_nothing(app):
     ("", [], "empty; expected a header line"),
     ("x\n", [], "no rows, nothing to add"),
     ("x\n1\n", ["--array", "3"], "--from-file and --array cannot be combined"),
+    ("x,parents\n1,\n2,p1\n3,p9\n", [],
+     "p.csv, line 4: parent 'p9' is neither a job id nor the name of an earlier row"),
+    ("x,parents\n1,p2\n2,\n", [], "p.csv, line 2: parent 'p2' is the name of a later row"),
+    ("x,parents\n1,p1\n", [], "p.csv, line 2: a job cannot be its own parent"),
+    ("x,parents\n1,\n1,\n2,p1\n", [], "p.csv, line 4: parent 'p1' is the name of 2 rows"),
+    ("x,parents\n1,\n2,p1;00000000-0000-4000-8000-00000000000f\n", [],
+     "p.csv, line 3: parent job 00000000-0000-4000-8000-00000000000f does not exist"),
+    ('{"x": 1, "parents": 5}\n', [], "p.csv, line 1: parents must be text or a list of text, not 5"),
 ])
 @pytest.mark.slow
 def test_bad_rows_are_named_by_line_and_nothing_is_written(app, tmp_path, text, flags, fragment):

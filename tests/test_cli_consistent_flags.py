@@ -116,3 +116,43 @@ def test_empty_or_closed_stdin_still_refuses(app):
                             timeout=120)
     assert_one_line_error(closed, "confirmation needed", "standard input is closed")
     assert snapshot(app) == before
+
+
+WORKFLOWS = ["a_b", "xa_by", "axb", "A_B", "a%b", "pre-a_b"]
+
+
+def test_workflow_filters_match_the_same_jobs_everywhere(app):
+    """`--wf` (ls, wait, report) and `--wf-filter` (rm, launcher, submit-launch): the workflow
+    contains the text, literally (`_` and `%` are no wildcards), case-sensitive."""
+    from balsam.cli.jobquery import job_where
+    from balsam.core import analytics_scope
+    from balsam.processing.transitions import wf_clause
+
+    ids = {wf: add_jobs(app, workflow=wf, application="hello", name=wf, state="JOB_FINISHED")[0]
+           for wf in WORKFLOWS}
+    expected = {ids["a_b"], ids["xa_by"], ids["pre-a_b"]}
+
+    def selected(where: str, params: list) -> set[str]:
+        app.execute(f"SELECT job_id::text FROM core_balsamjob j{where}", params)
+        return {r[0] for r in app.fetchall()}
+
+    params: list = []
+    clause = wf_clause("a_b", params)  # launchers, processing, submit-launch's check
+    assert selected(" WHERE true" + clause, params) == expected
+    assert selected(*job_where(wf="a_b")) == expected  # ls, rm, wait
+    clauses, params = analytics_scope.job_clauses(analytics_scope.Filters(workflow_contains="a_b"))
+    assert selected(" WHERE " + " AND ".join(clauses), params) == expected  # report
+    assert set(run_balsam("ls", "--wf", "a_b", "--quiet").stdout.split()) == expected
+    waited = run_balsam("wait", "--wf", "a_b", "--timeout", "0")
+    assert (waited.returncode, waited.stdout) == (0, "all 3 jobs finished\n"), waited.stderr
+    removed = run_balsam("rm", "jobs", "--all", "--wf-filter", "a_b", "--yes", "--quiet")
+    assert set(removed.stdout.split()) == expected, removed.stderr
+    assert set(run_balsam("ls", "--quiet").stdout.split()) == set(ids.values()) - expected
+
+
+def test_classic_flag_abbreviations_still_work(app):
+    """argparse prefix matching, which classic docs relied on (`--app`, `--hist`)."""
+    made = run_balsam("job", "--name", "ab", "--work", "wf", "--app", "hello", "--yes", "--quiet")
+    assert made.returncode == 0, made.stderr
+    out = run_balsam("ls", "--hist").stdout
+    assert f"Job ab [{made.stdout.strip()}]" in out

@@ -1,5 +1,6 @@
 """`--quiet` (ids only) and `--format json` on the commands that print jobs or apps: `job`,
-`mkchild`, `app`, `ls`; stdout holds nothing else."""
+`mkchild`, `app`, `ls`, `killjob`, `rm`, `dep`, `modify`, `make_dummies`; stdout holds nothing
+else."""
 from __future__ import annotations
 
 import json
@@ -121,3 +122,61 @@ def test_rm_quiet_and_json_show_what_was_removed(app):
     (obj,) = json.loads(ok("rm", "apps", "--all", "--force", "--format", "json"))
     assert (obj["id"], obj["name"], obj["executable"]) == (number, "hello", "echo")
     assert ok("rm", "apps", "--all", "--force", "--format", "json") == "[]\n"
+
+
+def test_dep_quiet_prints_parent_then_child_and_json_both_jobs(app):
+    parent, child, other = add_jobs(app, 3, workflow="wf", application="hello", name="d")
+    assert ok("dep", parent[:8], child[:8], "--quiet") == f"{parent}\n{child}\n"
+    objs = json.loads(ok("dep", other[:8], child[:8], "--format", "json"))
+    assert [o["job_id"] for o in objs] == [other, child]
+    assert sorted(objs[1]["parents"]) == sorted([parent, other]) and objs[0]["parents"] == []
+    assert objs[1]["name"] == "d1" and objs[1]["workflow"] == "wf"
+
+
+def test_modify_quiet_prints_the_id_and_json_the_changed_job_or_app(app):
+    (job,) = add_jobs(app, workflow="wf", application="hello", name="m")
+    assert ok("modify", job[:8], "num_nodes", "3", "--quiet") == f"{job}\n"
+    (obj,) = json.loads(ok("modify", job[:8], "state", "READY", "--format", "json"))
+    assert (obj["job_id"], obj["num_nodes"], obj["state"]) == (job, 3, "READY")
+    app.execute("SELECT id FROM core_applicationdefinition WHERE name = 'hello'")
+    number = app.fetchone()[0]
+    # The rename's note on the jobs it renamed goes to stderr: stdout holds only the id.
+    proc = run_balsam("modify", "--type", "apps", "hello", "name", "hi", "--quiet")
+    assert (proc.returncode, proc.stdout) == (0, f"{number}\n")
+    assert proc.stderr == "1 jobs using 'hello' now name 'hi'\n"
+    (obj,) = json.loads(ok("modify", "--type", "apps", str(number), "description", "x y",
+                           "--format", "json"))
+    assert (obj["id"], obj["name"], obj["description"], obj["executable"]) == \
+        (number, "hi", "x y", "echo")
+
+
+def test_make_dummies_quiet_prints_every_new_id_and_json_every_new_job(app):
+    out = ok("make_dummies", "3", "--quiet")
+    listed = ok("ls", "--quiet")
+    assert out == listed and len(out.splitlines()) == 3
+    made = json.loads(ok("make_dummies", "2", "--format", "json"))
+    assert [o["name"] for o in made] == ["dummy0", "dummy1"]
+    assert made == json.loads(ok("ls", "--format", "json"))[3:]
+
+
+def test_make_dummies_json_spool_is_one_list_across_chunks():
+    import argparse
+    import io
+
+    from balsam.cli.cmd_make_dummies import write_chunk
+    from balsam.cli.jobout import job_dicts
+    from balsam.core import schema
+
+    rows = [schema.new_job_row({"name": f"d{i}", "workflow": "w", "application": "a"})
+            for i in range(5)]
+    for args, expected in ((argparse.Namespace(quiet=False, format="json"), job_dicts(rows)),
+                           (argparse.Namespace(quiet=True, format="text"), None)):
+        out = io.StringIO()
+        out.write("[" if expected is not None else "")
+        write_chunk(out, args, rows[:2], True)
+        write_chunk(out, args, rows[2:], False)
+        if expected is None:
+            assert out.getvalue() == "".join(f"{r['job_id']}\n" for r in rows)
+        else:
+            out.write("\n]\n")
+            assert json.loads(out.getvalue()) == expected

@@ -186,3 +186,47 @@ def test_the_retry_settings_reach_the_launchers_policy():
     expected = retries.RetryPolicy(max_retries=0, backoff_seconds=30.0)
     assert Tunables.from_settings(launcher).retry_policy() == expected
     assert retries.RetryPolicy.from_settings(launcher) == expected
+
+
+def exhaust(cursor, j, limit):
+    """Run ``j`` (PREPROCESSED) until it is FAILED over its limit: ``limit`` retries, then one
+    failure too many."""
+    for _ in range(limit):
+        run_ends(cursor, j)
+        transitions.advance(cursor)
+        assert state_of(cursor, j) == "RESTART_READY"
+    run_ends(cursor, j)
+    transitions.advance(cursor)
+    assert state_of(cursor, j) == "FAILED"
+    assert last_message(cursor, j) == retries.over_limit_message(limit + 1, limit)
+
+
+@pytest.mark.parametrize("how", ["cli", "api"])
+def test_resetting_a_failed_job_gives_it_its_whole_retry_limit_again(apps, cursor, how):
+    from balsam.core.models import BalsamJob
+
+    j = job("r", max_retries=2)
+    exhaust(cursor, j, 2)
+    if how == "cli":
+        proc = run_balsam("modify", j[:8], "state", "READY")
+        assert proc.returncode == 0, proc.stderr
+    else:
+        BalsamJob.objects.get(pk=j).update_state("READY", "reset by the user")
+    assert retries.usage(cursor, [j], 3) == {j: (0, 2)}
+    transitions.advance(cursor)
+    assert state_of(cursor, j) == "PREPROCESSED"
+    exhaust(cursor, j, 2)  # two retries again, then FAILED
+    assert retries.usage(cursor, [j], 3) == {j: (3, 2)}
+
+
+def test_only_leaving_a_final_state_resets_the_count(apps, cursor):
+    j = job("n", max_retries=5)
+    run_ends(cursor, j)
+    # A user moving a RUN_TIMEOUT job on by hand is no reset: its failure still counts.
+    lifecycle.transition(cursor, [j], State.READY, "by hand", user=True)
+    assert retries.usage(cursor, [j], 3) == {j: (1, 5)}
+    lifecycle.transition(cursor, [j], State.USER_KILLED, "killed", user=True)
+    lifecycle.transition(cursor, [j], State.PREPROCESSED, "revived", user=True, force=True)
+    assert retries.usage(cursor, [j], 3) == {j: (0, 5)}
+    run_ends(cursor, j)
+    assert retries.usage(cursor, [j], 3) == {j: (1, 5)}

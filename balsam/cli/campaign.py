@@ -8,8 +8,12 @@ named ``i`` wins), ``{{`` and ``}}`` by literal braces. Every job gets ``BALSAM_
 in its environment. A column that is neither a job field nor used in a template is refused
 (a misspelt field must not be ignored).
 
+A ``parents`` column gives each row's parents: job ids, or names of rows above it
+(:mod:`balsam.cli.rowparents`).
+
 All rows are built and checked before anything is written, each bad value named by the line
-it is on; then one COPY inserts them all in one transaction: all rows or none.
+it is on; then one COPY inserts them all, and one statement their dependencies, in one
+transaction: all rows or none.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.cli import rowfile
+from balsam.cli import rowfile, rowparents
 from balsam.cli.common import fetch_dicts
 from balsam.core import bulk, schema
 from balsam.errors import BalsamError, NotFound
@@ -90,6 +94,8 @@ def check_columns(source: str, columns: Sequence[str], used: set[str]) -> list[s
     for col in columns:
         if col in ROW_FIELDS:
             fields.append(col)
+        elif col == rowparents.COLUMN:
+            continue
         elif col in schema.JOB_DEFAULTS or col in schema.JOB_SYSTEM_COLUMNS:
             raise BalsamError(f"{source}: column {col!r}: this job field is set by Balsam, not "
                               "by a file")
@@ -211,17 +217,22 @@ def run_many(args: Any) -> int:
         if not records:
             raise BalsamError(f"--from-file {source}: no rows, nothing to add")
     rows = build_rows(base, records, indices, columns, source)
+    links = rowparents.link(rows, records, source) if rowparents.COLUMN in columns else \
+        rowparents.Links(per_row=[[] for _ in rows])
     label = functools.partial(row_label, records=records, indices=indices, source=source)
     with transaction() as (db_path, cur):
         check_apps(cur, rows, label)
+        rowparents.check_outside(cur, links, source)
         if not args.yes:
             out = jobout.preview_stream(args)
             with contextlib.redirect_stdout(out):
-                show_new_job(cur, db_path, rows[0], [])
+                show_new_job(cur, db_path, rows[0], links.per_row[0])
             print(f"[INFO]: ... and {len(rows) - 1} more jobs from {source}", file=out)
             if not confirm(f"Add these {len(rows)} jobs to the database?", False):
                 print("aborted: no job added", file=sys.stderr)
                 return 1
         insert(cur, rows)
-    jobout.print_jobs(args, rows, f"Added {len(rows)} jobs to the database")
+        bulk.insert_edges(cur, links.edges)
+    deps = f" with {len(links.edges)} dependencies" if links.edges else ""
+    jobout.print_jobs(args, rows, f"Added {len(rows)} jobs to the database{deps}", links.per_row)
     return 0

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
-from typing import Any
+import tempfile
+from typing import IO, Any
 
+from balsam.cli import jobquery as jq
 from balsam.cli.common import add_command, transaction
+from balsam.cli.jobout import add_output_flags, job_dicts, machine_output
 from balsam.core import schema
 from balsam.errors import BalsamError
 
@@ -22,6 +26,7 @@ the disk (run the command again for more)."""
 def register(sub: Any) -> None:
     p = add_command(sub, "make_dummies", run, "add N dummy jobs (app `dummy`, workflow `dummy`)")
     p.add_argument("num", metavar="N", help=f"how many jobs to add (1 to {MAX_JOBS:,})")
+    add_output_flags(p, "added jobs")
 
 
 def count_arg(text: str) -> int:
@@ -44,6 +49,17 @@ def progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
+def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict], first: bool) -> None:
+    """The ids (``--quiet``) or JSON items (``--format json``, the form of ``balsam ls``) of one
+    chunk of new jobs, spooled to ``out`` until the transaction commits."""
+    if args.quiet:
+        out.write("".join(f"{r['job_id']}\n" for r in rows))
+        return
+    for n, item in enumerate(job_dicts(rows)):
+        sep = "" if first and n == 0 else ","
+        out.write(f"{sep}\n  " + jq.dumps(item).replace("\n", "\n  "))
+
+
 def run(args: argparse.Namespace) -> int:
     from balsam.core.bulk import copy_jobs
 
@@ -51,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     show = num >= PROGRESS_MIN and sys.stderr.isatty()
     values = {"workflow": "dummy", "application": "dummy", "args": "hello",
               "node_packing_count": 64, "description": "Added by balsam make_dummies"}
+    # Machine output is spooled to a file (flat memory for a million jobs) and printed only
+    # once the jobs are committed.
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8") if machine_output(args) else None
+    if spool is not None and args.format == "json":
+        spool.write("[")
     with transaction() as (_, cur):
         cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                     "envscript, postprocess) VALUES ('dummy', 'Added by balsam make_dummies', 'echo', "
@@ -59,7 +80,20 @@ def run(args: argparse.Namespace) -> int:
             rows = [schema.new_job_row(dict(values, name=f"dummy{i}"))
                     for i in range(start, min(start + CHUNK, num))]
             copy_jobs(cur, rows)
+            if spool is not None:
+                write_chunk(spool, args, rows, start == 0)
             if show:
                 progress(start + len(rows), num)
-    print(f"Added {num} dummy jobs (application dummy, workflow dummy)")
+    if spool is None:
+        print(f"Added {num} dummy jobs (application dummy, workflow dummy)")
+        return 0
+    if args.format == "json":
+        spool.write("\n]\n")
+    spool.seek(0)
+    try:
+        shutil.copyfileobj(spool, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        jq.write_out("")  # the reader went away (`| head`): write_out ends stdout quietly
+    spool.close()
     return 0

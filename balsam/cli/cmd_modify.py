@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from balsam.cli.common import add_command, fetch_dicts, find_job, transaction
+from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.core import schema
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
 must be whole numbers, `data` takes a JSON object. Setting `state` records a state change (a
 USER_KILLED job only changes with --force; a RUNNING job can only be killed, unless --force;
-RUNNING cannot be set by hand)."""
+RUNNING cannot be set by hand). Moving a job out of a final state (FAILED, JOB_FINISHED,
+USER_KILLED), e.g. `balsam modify ID state READY`, resets its retry count: it gets its whole
+max_retries again. --quiet prints the job's id (the app's number), --format json the whole
+changed job or application."""
 
 READ_ONLY_JOB = {"job_id": "the job id never changes", "created_at": "the creation time never changes",
                  "tick": "tick is managed by launchers",
@@ -29,24 +34,30 @@ def register(sub: Any) -> None:
     p.add_argument("--type", choices=["jobs", "apps"], default="jobs", help="what to modify (default jobs)")
     p.add_argument("--force", action="store_true",
                    help="allow changing the state of a USER_KILLED job or of a RUNNING one")
+    add_output_flags(p, "changed job or application")
 
 
 def run(args: argparse.Namespace) -> int:
     from balsam.cli.jobquery import user_errors
 
+    note = sys.stderr if machine_output(args) else sys.stdout
     with user_errors(), transaction() as (_, cur):
         if args.type == "apps":
-            shown = modify_app(cur, args.id, args.attr, args.value)
-            kind = "app"
+            app, shown = modify_app(cur, args.id, args.attr, args.value, note)
+            apps = full_apps(cur, [app]) if args.format == "json" else [app]
         else:
-            shown = modify_job(cur, args.id, args.attr, args.value, args.force)
-            kind = "job"
-    print(f"{kind} {args.attr} changed to: {shown}")
+            job_id, shown = modify_job(cur, args.id, args.attr, args.value, args.force)
+            jobs = full_jobs(cur, [job_id]) if args.format == "json" else [{"job_id": job_id}]
+    text = f"{'app' if args.type == 'apps' else 'job'} {args.attr} changed to: {shown}"
+    if args.type == "apps":
+        print_apps(args, apps, text)
+    else:
+        print_jobs(args, jobs, text)
     return 0
 
 
-def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> str:
-    """Apply the change; return the stored value as text."""
+def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> tuple[str, str]:
+    """Apply the change; return (the job's id, the stored value as text)."""
     if attr in READ_ONLY_JOB:
         raise BalsamError(f"{attr} cannot be modified: {READ_ONLY_JOB[attr]}")
     if attr not in schema.JOB_DEFAULTS:
@@ -61,7 +72,7 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> st
             raise BalsamError("RUNNING cannot be set by hand: only a launcher that runs the job sets it")
         lifecycle.transition_one(cur, job["job_id"], new, "User mutated state from command line",
                                  user=True, force=force)
-        return new
+        return str(job["job_id"]), new
     new_value = schema.check_field(attr, value)  # the checks of `balsam job` and the API
     if attr == "application":
         cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s", [new_value])
@@ -69,7 +80,7 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> st
             raise NotFound(f"application {new_value!r} does not exist (see `balsam ls apps`)")
     stored = json.dumps(new_value) if isinstance(new_value, dict) else new_value
     cur.execute(f"UPDATE {schema.JOB_TABLE} SET {attr} = %s WHERE job_id = %s", [stored, job["job_id"]])
-    return str(stored)
+    return str(job["job_id"]), str(stored)
 
 
 def find_app(cur: Any, text: str) -> dict:
@@ -86,8 +97,9 @@ def find_app(cur: Any, text: str) -> dict:
     return rows[0]
 
 
-def modify_app(cur: Any, id_text: str, attr: str, value: str) -> str:
-    """Apply the change; renaming an app also renames it in the jobs that use it."""
+def modify_app(cur: Any, id_text: str, attr: str, value: str, note: Any) -> tuple[dict, str]:
+    """Apply the change; return (the app's id and old name, the new value). Renaming an app also
+    renames it in the jobs that use it (said on ``note``)."""
     if attr not in schema.APP_DEFAULTS:
         raise BalsamError(f"unknown application attribute {attr!r} "
                           f"(fields: {', '.join(schema.APP_DEFAULTS)})")
@@ -110,6 +122,6 @@ def modify_app(cur: Any, id_text: str, attr: str, value: str) -> str:
         cur.execute(f"UPDATE {schema.JOB_TABLE} SET application = %s WHERE application = %s",
                     [new_value, app["name"]])
         if cur.rowcount:
-            print(f"{cur.rowcount} jobs using {app['name']!r} now name {new_value!r}")
+            print(f"{cur.rowcount} jobs using {app['name']!r} now name {new_value!r}", file=note)
     cur.execute(f"UPDATE {schema.APP_TABLE} SET {attr} = %s WHERE id = %s", [new_value, app["id"]])
-    return new_value
+    return app, str(new_value)

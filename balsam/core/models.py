@@ -531,4 +531,8 @@ class JobEvent(models.Model):
                                 condition=models.Q(from_state="RUNNING")),
                    # The failures, by time: error reports.
                    models.Index(fields=["timestamp"], name="error_event",
-                                condition=models.Q(to_state__in=["RUN_ERROR", "FAILED"]))]
+                                condition=models.Q(to_state__in=["RUN_ERROR", "FAILED"])),
+                   # A user's resets (events leaving a final state): where a job's retry
+                   # count starts (balsam.core.retries).
+                   models.Index(fields=["job", "id"], name="event_reset",
+                                condition=models.Q(from_state__in=END_STATES))]

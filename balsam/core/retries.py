@@ -7,6 +7,11 @@ through the ``event_job_id`` index), so nothing else has to keep a counter in st
 recorded because the launcher itself stopped at its time limit (the allocation's walltime) is
 not the job's fault and is not counted. A job whose failures exceed its limit goes to FAILED
 with the reason instead of being retried or handed to its handler.
+
+A user resetting a job -- moving it out of a final state (FAILED, JOB_FINISHED, USER_KILLED), which
+only a user can do (``balsam modify ID state READY``, ``job.update_state``) -- gives it its whole
+limit again: only the failures after the job's newest such event count. That event is found
+through the same index, among the same few rows, so the count costs one more index probe.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balsam.core import schema
-from balsam.core.states import State
+from balsam.core.states import END_STATES, State
 from balsam.defaults import MAX_RETRIES, RETRY_BACKOFF_SECONDS
 
 WALLTIME_STOP_REASON = "the launcher's time limit was reached"
@@ -59,10 +64,15 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+RESET_SQL = f"""(SELECT max(r.id) FROM {schema.EVENT_TABLE} r WHERE r.job_id = j.job_id
+    AND r.from_state IN ({', '.join(_literal(s) for s in END_STATES)}))"""
+"""SQL: the id of job ``j``'s newest event leaving a final state (a user's reset), or NULL."""
+
 FAILURES_SQL = f"""(SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
+    AND e.id > COALESCE({RESET_SQL}, 0)
     AND (e.to_state = '{State.RUN_ERROR.value}' OR (e.to_state = '{State.RUN_TIMEOUT.value}'
     AND left(e.message, {len(WALLTIME_STOP_MESSAGE)}) <> {_literal(WALLTIME_STOP_MESSAGE)})))"""
-"""SQL: the failed runs of job ``j`` that count against its retry limit."""
+"""SQL: the failed runs of job ``j`` since its last reset that count against its retry limit."""
 
 
 def limit_sql(default: int) -> str:
