@@ -57,10 +57,11 @@ BATCH_COLUMNS: dict[str, str] = {
     "project": "project",
     "queue": "queue",
     "optional_params": "sched_flags",
+    "filter_tags": "filter_tags",
     "scheduler_id": "scheduler_id",
     "state": "state",
 }
-"""BatchJob fields -> ``core_queuedlaunch`` columns (``filter_tags``: see the docs)."""
+"""BatchJob fields -> ``core_queuedlaunch`` columns."""
 
 BATCH_STATES: dict[str, str] = {
     "pending-submission": "pending_submission",
@@ -73,10 +74,12 @@ BATCH_STATES: dict[str, str] = {
     "finished": "finished",
     "failed": "finished",
     "cancelled": "finished",
+    "pending-deletion": "pending_deletion",
     "submit-failed": "submit_failed",
     "unknown": "unknown",
 }
-"""Classic batch-job row states -> the newer API's BatchJob states (read only)."""
+"""Classic batch-job row states -> the newer API's BatchJob states. A user writes only
+``pending_deletion`` (cancel: the service then cancels the job with the scheduler)."""
 
 JOB_MODES = ("mpi", "serial")
 

@@ -108,6 +108,8 @@ class QueuedLaunch(models.Model):
     wall_minutes = models.IntegerField(default=0)
     job_mode = models.TextField(default="", blank=True)
     wf_filter = models.TextField(default="", blank=True)
+    filter_tags = models.JSONField(default=dict, blank=True)
+    """Its launcher runs only jobs whose ``tags`` hold all of these ({}: any)."""
     sched_flags = models.TextField(default="", blank=True)
     command = models.TextField(default="", blank=True)
     state = models.TextField(default="pending-submission")
@@ -131,7 +133,7 @@ class QueuedLaunch(models.Model):
 
     def __repr__(self) -> str:
         fields = ("scheduler_id", "project", "queue", "nodes", "wall_minutes", "job_mode",
-                  "wf_filter", "state", "command")
+                  "wf_filter", "filter_tags", "state", "command")
         body = "\n".join(f"{k:>14}: {getattr(self, k)}" for k in fields)
         return f"QueuedLaunch {self.pk}:\n{body}\n"
 

@@ -28,9 +28,10 @@ is a checked transition, so a job is never moved twice.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.core import lifecycle, retries, schema
+from balsam.core import leases, lifecycle, retries, schema
 from balsam.core.retries import RetryPolicy
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
@@ -206,15 +207,17 @@ PROCESSABLE = ("'CREATED', 'AWAITING_PARENTS', 'READY', 'STAGED_IN', 'RUN_DONE',
 
 
 def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
-                serial: bool, max_nodes: int, processing: bool = True) -> int:
+                serial: bool, max_nodes: int, processing: bool = True,
+                tags: Optional[Mapping[str, str]] = None) -> int:
     """How many jobs a launcher could still run or help along: runnable and unheld (or held by
     ``session_id``) jobs it can fit, and -- when it runs processing -- every job still to be
     processed (waiting on parents, to be staged, pre- or postprocessed, handled). A
-    non-persistent launcher exits only when this is 0 and it runs nothing."""
+    non-persistent launcher exits only when this is 0 and it runs nothing. ``tags``: only jobs
+    whose tags hold these (:func:`balsam.core.leases.tags_clause`), as the launcher claims."""
     params: list[Any] = [max_nodes, session_id]
     fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial else "")
     todo = f" OR j.state IN ({PROCESSABLE})" if processing else ""
-    wf = wf_clause(wf_filter, params)
+    wf = wf_clause(wf_filter, params) + leases.tags_clause(tags, params)
     cursor.execute(f"""
         SELECT count(*) FROM {JOB} j
         WHERE (({fit} AND j.state IN ('PREPROCESSED', 'RESTART_READY')

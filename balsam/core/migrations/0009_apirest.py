@@ -1,0 +1,24 @@
+# Written by hand: a batch job's tag filter (``BatchJob(filter_tags={...})`` of the newer API):
+# its launcher claims only jobs whose ``tags`` hold every key and value ({}: any job).
+
+from django.db import migrations, models
+
+# Plain-SQL writers (the planner, `balsam submit-launch`) name only the columns they know: the
+# database itself supplies the default (Django drops the one AddField sets).
+_DEFAULTS_SQL = "ALTER TABLE core_queuedlaunch ALTER COLUMN filter_tags SET DEFAULT '{}'::jsonb;"
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("core", "0008_retries_priority"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="queuedlaunch",
+            name="filter_tags",
+            field=models.JSONField(blank=True, default=dict),
+        ),
+        migrations.RunSQL(_DEFAULTS_SQL, migrations.RunSQL.noop),
+    ]
