@@ -21,6 +21,7 @@ JOB_COLUMNS: dict[str, str] = {
     "threads_per_rank": "threads_per_rank",
     "node_packing_count": "node_packing_count",
     "wall_time_min": "wall_time_minutes",
+    "gpus_per_rank": "gpus_per_rank",
     "state": "state",
 }
 """Job fields stored in a classic column of the same meaning (newer name -> column)."""
@@ -30,7 +31,6 @@ JOB_DERIVED: dict[str, str] = {
     "parent_ids": "the job's edges in core_jobdependency",
     "launch_params": "mpi_flags, cpu_affinity, threads_per_core",
     "return_code": "the exit code in the job's last RUN_DONE/RUN_ERROR event (0 for RUN_DONE)",
-    "gpus_per_rank": "no classic column: only 0 is accepted",
 }
 """Job fields the translation computes (for the docs and error messages)."""
 

@@ -212,6 +212,9 @@ class BalsamJob(JobAPI, models.Model):
     """Failed runs retried at most (balsam.core.retries); -1: the DB's ``launcher.max_retries``."""
     priority = models.IntegerField(default=0)
     """Launchers claim and the service plans higher priorities first."""
+    gpus_per_rank = models.IntegerField(default=0)
+    """GPUs each rank needs (0: none asked; a launcher claims the job only if its nodes have
+    enough: serial mode gives each task one GPU, MPI mode a job all of its nodes' GPUs)."""
 
     objects = BalsamJobQuerySet.as_manager()
 

@@ -256,7 +256,8 @@ class Housekeeper:
         serial = ctx.job_mode == "serial"
         holders = ctx.db.try_run(leases.holders_elsewhere, ctx.session_id, serial=serial,
                                  max_nodes=1 if serial else ctx.alloc.num_nodes,
-                                 wf_filter=ctx.wf_filter, tags=ctx.tags)
+                                 wf_filter=ctx.wf_filter, tags=ctx.tags,
+                                 gpus_per_node=ctx.gpus_per_node)
         period = ctx.tunables.heartbeat_seconds
         self.min_idle = (STALE_HEARTBEATS * period + ctx.tunables.idle_wait_seconds
                          if holders else 0.0)

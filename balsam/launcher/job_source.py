@@ -81,7 +81,8 @@ class JobSource:
             return []
         rows = leases.claim(cursor, self.session_id, limit, serial=serial, max_nodes=max_nodes,
                             wf_filter=self.wf_filter, max_wall_minutes=max_wall_minutes,
-                            exclude_ids=tuple(exclude_ids), tags=self.tags)
+                            exclude_ids=tuple(exclude_ids), tags=self.tags,
+                            gpus_per_node=self.alloc.gpus_per_node)
         if not rows:
             return []
         if place is not None:

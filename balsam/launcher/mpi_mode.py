@@ -110,7 +110,8 @@ class MPIMode:
         ctx = self.ctx
         return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
                               serial=False, max_nodes=ctx.alloc.num_nodes,
-                              processing=ctx.processing, tags=ctx.tags)
+                              processing=ctx.processing, tags=ctx.tags,
+                              gpus_per_node=ctx.gpus_per_node)
 
     def _wait(self) -> None:
         now = time.monotonic()
