@@ -108,8 +108,9 @@ def make_runnable(db_path: str) -> None:
         conn.close()
 
 
-def run(db_path: str, count: int) -> tuple[float, float]:
-    """(tasks/s, launcher CPU ms per task: master + workers, from its log)."""
+def run(db_path: str, count: int) -> tuple[float, float, float]:
+    """(tasks/s, launcher CPU ms per task: master + workers, master statements per task; the
+    last two from its log)."""
     from balsam.db.connect import connect
 
     proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
@@ -125,11 +126,15 @@ def run(db_path: str, count: int) -> tuple[float, float]:
         log = fh.read()
     cpu = sum(float(x) for x in re.findall(r"serial (?:master|worker \d+) exits: .*?([\d.]+) s CPU",
                                            log))
-    return count / (last_done - first_running), cpu * 1000 / count
+    statements = re.search(r"serial master exits: (\d+) statements", log)
+    assert statements is not None, log
+    return (count / (last_done - first_running), cpu * 1000 / count,
+            int(statements.group(1)) / count)
 
 
-def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, float, float]:
-    """(jobs created per second, tasks run per second, launcher CPU ms per task) of a side."""
+def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, ...]:
+    """(jobs created per second, tasks run per second, launcher CPU ms per task, statements
+    per task) of one side."""
     empty(db_path)
     took = (create_classic(count, packing) if kind == "classic"
             else create_templated(db_path, count, packing))
@@ -148,7 +153,7 @@ def main() -> None:
     print(machine_line())
     print(f"# {args.n} jobs of {TRUE} per side, serial launcher, node_packing_count "
           f"{args.packing}")
-    results: dict[str, list[tuple[float, float, float]]] = {"classic": [], "templated": []}
+    results: dict[str, list[tuple[float, ...]]] = {"classic": [], "templated": []}
     with throwaway_db() as db_path:
         settings(db_path)
         os.makedirs(os.path.join(db_path, "apps"), exist_ok=True)
@@ -160,14 +165,15 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             order = ("classic", "templated") if r % 2 else ("templated", "classic")
             for kind in order:
-                created, ran, cpu = side(db_path, kind, args.n, args.packing)
-                results[kind].append((created, ran, cpu))
+                created, ran, cpu, sql = side(db_path, kind, args.n, args.packing)
+                results[kind].append((created, ran, cpu, sql))
                 print(f"round {r} {kind:9}: create {created:8,.0f} jobs/s   run {ran:6.0f} "
-                      f"tasks/s   launcher CPU {cpu:.2f} ms/task")
-    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
+                      f"tasks/s   launcher CPU {cpu:.2f} ms/task   {sql:.3f} statements/task")
+    med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in results.items()}
     for kind in ("classic", "templated"):
         print(f"{kind:9} median: create {med[kind][0]:8,.0f} jobs/s   run {med[kind][1]:6.0f} "
-              f"tasks/s   launcher CPU {med[kind][2]:.2f} ms/task")
+              f"tasks/s   launcher CPU {med[kind][2]:.2f} ms/task   {med[kind][3]:.3f} "
+              "statements/task")
     print(f"templated / classic: run {med['templated'][1] / med['classic'][1]:.2f} "
           f"(goal >= 0.9), create {med['templated'][0] / med['classic'][0]:.2f}, launcher CPU "
           f"per task {med['templated'][2] / med['classic'][2]:.2f}")
