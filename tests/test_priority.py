@@ -77,7 +77,7 @@ class _Recorder:
 def _claim_sql(serial: bool, tags=None):
     rec = _Recorder()
     with pytest.raises(_Captured):
-        leases.claim(rec, 1, 64, serial=serial, max_nodes=8, tags=tags)
+        leases.claim(rec, 1, 64, serial=serial, max_nodes=8, tags=tags, gpus_per_node=0)
     return rec.sql, rec.params
 
 
