@@ -14,6 +14,8 @@ from balsam.api import Job, sites
 from balsam.api.names import TranslationError
 from balsam.core import leases, schema
 
+TOP = "gpu-tests"
+"""Every job's workdir is under data/gpu-tests (removed after each test)."""
 GPU_APP = '''from balsam.site import ApplicationDefinition
 
 
@@ -32,11 +34,12 @@ def site(db):
     sites.forget_apps()
     yield db
     shutil.rmtree(apps, ignore_errors=True)
+    shutil.rmtree(os.path.join(db, "data", TOP), ignore_errors=True)  # the session's DB
     sites.forget_apps()
 
 
 def make(site: str, workdir: str, **fields) -> Job:
-    return Job.objects.create(site_path=site, app_name="gpu.Show", workdir=workdir,
+    return Job.objects.create(site_path=site, app_name="gpu.Show", workdir=f"{TOP}/{workdir}",
                               parameters={"nap": 0}, **fields)
 
 
@@ -82,7 +85,7 @@ def test_a_launcher_claims_only_jobs_whose_gpus_fit_its_nodes(site, cursor):
 
 
 def gpus_seen(site: str, workdir: str) -> str:
-    with open(os.path.join(site, "data", workdir, "job.out")) as fh:
+    with open(os.path.join(site, "data", TOP, workdir, "job.out")) as fh:
         return fh.read().strip()
 
 
@@ -90,7 +93,7 @@ def gpus_seen(site: str, workdir: str) -> str:
 def test_gpu_jobs_wait_for_a_launcher_with_gpus_which_gives_each_task_its_own(site, cursor):
     with settings(site, gpus_per_node=2):
         for i in range(4):
-            Job.objects.create(site_path=site, app_name="gpu.Show", workdir=f"s/{i}",
+            Job.objects.create(site_path=site, app_name="gpu.Show", workdir=f"{TOP}/s/{i}",
                                parameters={"nap": 0.3}, gpus_per_rank=1, node_packing_count=4)
         make(site, "m/0", gpus_per_rank=1, ranks_per_node=2)
     with settings(site, local_nodes=1, launcher=QUICK), launchers() as start:
