@@ -58,6 +58,8 @@ def test_gpus_per_rank_is_checked_against_the_sites_gpus_and_stored(site, cursor
                 make(site, "g/bad", **fields)
         assert make(site, "g/3").gpus_per_rank == 0
     assert (one.gpus_per_rank, two_ranks.gpus_per_rank) == (1, 1)
+    with pytest.raises(TranslationError, match="gpus_per_rank was checked"):
+        one.gpus_per_rank = 4  # fixed once made, as the creation check would be bypassed
     assert Job.objects.count(site_path=site, gpus_per_rank=1) == 2
     cursor.execute(f"SELECT user_workdir, gpus_per_rank FROM {schema.JOB_TABLE} "
                    "ORDER BY user_workdir")

@@ -35,7 +35,8 @@ JOB_NAME = "job"
 """The classic ``name`` of every newer-API job (the newer API has none): classic jobs need one,
 and the task's output file is ``<name>.out``, i.e. ``job.out`` in the workdir as in 0.6."""
 
-_MUTABLE = tuple(k for k in names.JOB_COLUMNS if k not in ("id", "app_name", "parameters"))
+_MUTABLE = tuple(k for k in names.JOB_COLUMNS
+                 if k not in ("id", "app_name", "parameters", "gpus_per_rank"))
 """Fields a user (or a hook) may assign on an existing Job."""
 
 
@@ -86,7 +87,8 @@ class Job:
         elif name not in _MUTABLE:
             raise names.TranslationError(
                 f"Job field {name!r} cannot be set on a job (settable: {', '.join(_MUTABLE)}; "
-                "app_name and parameters are fixed: the command was rendered from them)")
+                "app_name and parameters are fixed: the command was rendered from them; "
+                "gpus_per_rank was checked against the site's GPUs)")
         setattr(self._row, names.JOB_COLUMNS[name], value)
         self._dirty.add(names.JOB_COLUMNS[name])
 
