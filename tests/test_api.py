@@ -188,7 +188,7 @@ def test_bad_batch_jobs_are_refused_before_anything_is_written(site, cursor):
     for fields, message in (({"queue": "debug-cache-quad"}, "queue 'debug-cache-quad' is not"),
                             ({"queue": "local", "job_mode": "mixed"}, "job_mode must be"),
                             ({"queue": "local", "num_nodes": 0}, "num_nodes must be"),
-                            ({"queue": "local", "filter_tags": {"a": "b"}}, "filter_tags"),
+                            ({"queue": "local", "filter_tags": {"a": 1}}, "filter_tags"),
                             ({"queue": "local", "nodes": 2}, "unknown BatchJob field")):
         with pytest.raises(TranslationError, match=message):
             BatchJob.objects.create(site_path=site, **fields)

@@ -168,6 +168,7 @@ CASES = [
     Case("launcher-negative-time", LAUNCH + ["--time-limit-minutes", "-5"], "-5"),
     Case("launcher-log-dir-is-a-file", LAUNCH, "log directory", _log_is_a_file),
     Case("launcher-empty-filter", ["launcher", "--wf-filter", " ", "--job-mode", "mpi"], "--wf-filter"),
+    Case("launcher-tag-without-value", LAUNCH + ["--tag", "k"], "KEY=VALUE"),
     # submit_launch
     Case("submit-zero-nodes", SUBMIT + ["-n", "0", "-t", "10"], "nodes"),
     Case("submit-negative-minutes", SUBMIT + ["-n", "1", "-t", "-5"], "-5"),

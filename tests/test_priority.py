@@ -2,6 +2,7 @@
 claim's partial indexes -- also at 1,000,000 jobs -- and the planner gives them queue slots first."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -73,16 +74,16 @@ class _Recorder:
         raise _Captured
 
 
-def _claim_sql(serial: bool):
+def _claim_sql(serial: bool, tags=None):
     rec = _Recorder()
     with pytest.raises(_Captured):
-        leases.claim(rec, 1, 64, serial=serial, max_nodes=8)
+        leases.claim(rec, 1, 64, serial=serial, max_nodes=8, tags=tags, gpus_per_node=0)
     return rec.sql, rec.params
 
 
 def _seed(cursor, n: int) -> None:
     """``n`` jobs by COPY: 90% finished, the rest runnable with random priorities, half of them
-    single-node single-rank (serial) jobs."""
+    single-node single-rank (serial) jobs; a third of all tagged ``k=v``."""
     template = schema.new_job_row({"name": "seed", "application": "app"})
     line = copyfmt.encode_dicts([template], bulk.COLUMNS, 0, 1).rstrip(b"\n").split(b"\t")
     at = {c: i for i, c in enumerate(bulk.COLUMNS)}
@@ -97,6 +98,7 @@ def _seed(cursor, n: int) -> None:
             fields[at["state"]] = b"PREPROCESSED" if runnable else b"JOB_FINISHED"
             fields[at["priority"]] = str(rng.randrange(10)).encode()
             fields[at["num_nodes"]] = b"1" if i % 20 == 0 else str(rng.randrange(1, 9)).encode()
+            fields[at["tags"]] = b'{"k": "v"}' if i % 3 == 0 else b"{}"  # a third tagged
             out.append(b"\t".join(fields))
             if len(out) == 20000:
                 yield b"\n".join(out) + b"\n"
@@ -124,8 +126,9 @@ def test_claims_read_their_partial_index_in_priority_order_at_a_million_jobs(db,
     seeded = time.monotonic() - began
     cursor.execute(f"SELECT count(*) FROM {JOB}")
     assert cursor.fetchone()[0] == SEED_ROWS
-    for serial, index in ((False, "job_claim_mpi_pri"), (True, "job_claim_serial_pri")):
-        sql, params = _claim_sql(serial)
+    for (serial, index), tags in itertools.product(
+            ((False, "job_claim_mpi_pri"), (True, "job_claim_serial_pri")), (None, {"k": "v"})):
+        sql, params = _claim_sql(serial, tags)  # a tag filter (BatchJob filter_tags) too
         cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
         raw = cursor.fetchone()[0]
         nodes = _plan_nodes((raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"])

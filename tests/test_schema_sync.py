@@ -57,7 +57,7 @@ def test_field_kind_sets_match_the_model(models):
     assert schema.INT_FIELDS == by_type[int]
     assert schema.TEXT_FIELDS == by_type[str]
     assert schema.POSITIVE_FIELDS == schema.INT_FIELDS - {"coschedule_num_nodes", "max_retries",
-                                                          "priority"}
+                                                          "priority", "gpus_per_rank"}
     assert set(schema.INT_LOWER_BOUNDS) <= schema.INT_FIELDS - schema.POSITIVE_FIELDS
     assert schema._STATE_NAMES == set(STATES)
 

@@ -4,8 +4,15 @@ Creating a BatchJob inserts a ``pending-submission`` row of the service's own ki
 (``from_balsam``): the service's submitter submits it exactly as given (nodes, minutes, queue,
 project, job mode, ``optional_params`` as extra scheduler flags), its sync keeps the row's state
 following the scheduler, and the elastic planner counts it as capacity already queued (so it
-does not plan a second batch job for the same work). States are read through
-:data:`balsam.api.names.BATCH_STATES`; they are written only by the service.
+does not plan a second batch job for the same work). ``filter_tags={"k": "v"}``: its launcher
+runs only jobs whose tags hold every one of those (``balsam launcher --tag k=v``).
+
+States are read through :data:`balsam.api.names.BATCH_STATES` and written by the service, but
+for one request of the user's: ``pending_deletion`` (``batch_job.state = "pending_deletion";
+batch_job.save()``, ``BatchJob.objects.filter(...).update(state="pending_deletion")``, or
+``delete()`` of an unfinished batch job). The service then cancels it with the scheduler (one
+never submitted is just cancelled) and the row follows the scheduler to ``finished``.
+``delete()`` of a finished batch job removes its row.
 """
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ from balsam.errors import Ambiguous, NotFound
 
 _CREATE = ("num_nodes", "wall_time_min", "job_mode", "project", "queue", "filter_tags",
            "optional_params")
+DELETION = "pending_deletion"
+"""The one BatchJob state a user may write (a cancel request)."""
+_DELETION_ROW = names.batch_row_states(DELETION)[0]
+_ENDED_ROWS = names.batch_row_states("finished") + names.batch_row_states("submit_failed")
 
 
 class BatchJob:
@@ -29,22 +40,39 @@ class BatchJob:
     objects: BatchJobManager
 
     def __init__(self, site: Site, row: QueuedLaunch) -> None:
-        self._site = site
-        self._row = row
+        self.__dict__.update(_site=site, _row=row, _delete=False)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in names.BATCH_COLUMNS:
             raise AttributeError(f"BatchJob has no field {name!r}")
         value = getattr(self._row, names.BATCH_COLUMNS[name])
-        return names.batch_state(value) if name == "state" else value
+        if name == "state":
+            return DELETION if self._delete else names.batch_state(value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "state" or value != DELETION:
+            raise names.TranslationError(f"a BatchJob's fields are fixed once created; only "
+                                         f"state = {DELETION!r} may be set (to cancel it)")
+        self.__dict__["_delete"] = True
 
     @property
     def site_id(self) -> str:
         return self._site.site_id
 
-    @property
-    def filter_tags(self) -> dict[str, str]:
-        return {}
+    def save(self) -> None:
+        """Write a cancel request (``state = "pending_deletion"``), if one was made."""
+        if self._delete:
+            self._site.activate()
+            request_deletion([self._row.pk])
+            self.refresh_from_db()
+
+    def delete(self) -> None:
+        """Cancel an unfinished batch job (the service cancels it with the scheduler; the row
+        stays as its record); remove the row of one that has ended."""
+        self._site.activate()
+        if not request_deletion([self._row.pk]):
+            QueuedLaunch.objects.filter(pk=self._row.pk, state__in=_ENDED_ROWS).delete()
 
     @property
     def classic(self) -> QueuedLaunch:
@@ -54,6 +82,7 @@ class BatchJob:
     def refresh_from_db(self) -> None:
         self._site.activate()
         self._row.refresh_from_db()
+        self.__dict__["_delete"] = False
 
     def __repr__(self) -> str:
         return (f"BatchJob(id={self._row.pk}, queue={self._row.queue!r}, "
@@ -78,14 +107,56 @@ def _sched_flags(params: Any) -> str:
                                  "{flag: value}")
 
 
+def _filter_tags(tags: Any) -> dict[str, str]:
+    """``filter_tags``: a dict of text keys (no ``=``) to text values."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise names.TranslationError(f"filter_tags must be a dict {{key: value}}, not "
+                                     f"{type(tags).__name__}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key.strip() or "=" in key:
+            raise names.TranslationError(f"filter_tags key {key!r} must be non-empty text "
+                                         "without '='")
+        if not isinstance(value, str):
+            raise names.TranslationError(f"filter_tags value of {key!r} must be text (as job "
+                                         f"tags are), not {value!r}")
+    return dict(tags)
+
+
+def request_deletion(ids: list[int]) -> int:
+    """Mark the unfinished batch jobs of ``ids`` ``pending-deletion``; how many were marked
+    (ended ones and those already marked are left as they are)."""
+    return int(QueuedLaunch.objects.filter(pk__in=ids).exclude(
+        state__in=_ENDED_ROWS + [_DELETION_ROW]).update(state=_DELETION_ROW))
+
+
+class BatchJobList(list):
+    """What ``BatchJob.objects.filter`` returns: a list with ``update`` and ``delete``."""
+
+    def update(self, **values: Any) -> int:
+        """``update(state="pending_deletion")``: cancel every batch job of the list that has
+        not ended; returns how many were marked."""
+        if values != {"state": DELETION}:
+            raise names.TranslationError(f"BatchJobs can only be updated with state={DELETION!r} "
+                                         f"(to cancel them), not {values}")
+        if not self:
+            return 0
+        self[0]._site.activate()
+        return request_deletion([b.id for b in self])
+
+    def delete(self) -> int:
+        """``delete()`` each batch job (see :meth:`BatchJob.delete`); returns how many."""
+        for batch in self:
+            batch.delete()
+        return len(self)
+
+
 def _row_values(site: Site, fields: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(fields) - set(_CREATE))
     if unknown:
         raise names.TranslationError(f"unknown BatchJob field(s) {', '.join(unknown)} (fields: "
                                      f"{', '.join(_CREATE)})")
-    if fields.get("filter_tags"):
-        raise names.TranslationError("filter_tags is not supported yet: a batch job runs every "
-                                     "runnable job of the site")
     mode = fields.get("job_mode", "mpi")
     if mode not in names.JOB_MODES:
         raise names.TranslationError(f"job_mode must be one of {', '.join(names.JOB_MODES)}, "
@@ -102,6 +173,7 @@ def _row_values(site: Site, fields: Mapping[str, Any]) -> dict[str, Any]:
         "job_mode": mode, "queue": queue,
         "project": str(fields.get("project") or settings.get("project") or ""),
         "sched_flags": _sched_flags(fields.get("optional_params")),
+        "filter_tags": _filter_tags(fields.get("filter_tags")),
         "state": "pending-submission", "from_balsam": True, "prescheduled_only": False,
         "created_at": datetime.datetime.now(datetime.timezone.utc),
     }
@@ -119,7 +191,7 @@ class BatchJobManager:
         return BatchJob(site, row)
 
     def filter(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
-               **filters: Any) -> list[BatchJob]:
+               **filters: Any) -> BatchJobList:
         site = site_for(site_path, site_id)
         lookups: dict[str, Any] = {}
         for key, value in filters.items():
@@ -130,7 +202,8 @@ class BatchJobManager:
             else:
                 raise names.TranslationError(f"cannot filter BatchJobs by {key!r} (fields: "
                                              f"{', '.join(names.BATCH_COLUMNS)})")
-        return [BatchJob(site, r) for r in QueuedLaunch.objects.filter(**lookups).order_by("id")]
+        return BatchJobList(BatchJob(site, r)
+                            for r in QueuedLaunch.objects.filter(**lookups).order_by("id"))
 
     def get(self, site_path: Optional[str] = None, site_id: Optional[Any] = None,
             **filters: Any) -> BatchJob:

@@ -35,7 +35,8 @@ JOB_NAME = "job"
 """The classic ``name`` of every newer-API job (the newer API has none): classic jobs need one,
 and the task's output file is ``<name>.out``, i.e. ``job.out`` in the workdir as in 0.6."""
 
-_MUTABLE = tuple(k for k in names.JOB_COLUMNS if k not in ("id", "app_name", "parameters"))
+_MUTABLE = tuple(k for k in names.JOB_COLUMNS
+                 if k not in ("id", "app_name", "parameters", "gpus_per_rank"))
 """Fields a user (or a hook) may assign on an existing Job."""
 
 
@@ -86,7 +87,8 @@ class Job:
         elif name not in _MUTABLE:
             raise names.TranslationError(
                 f"Job field {name!r} cannot be set on a job (settable: {', '.join(_MUTABLE)}; "
-                "app_name and parameters are fixed: the command was rendered from them)")
+                "app_name and parameters are fixed: the command was rendered from them; "
+                "gpus_per_rank was checked against the site's GPUs)")
         setattr(self._row, names.JOB_COLUMNS[name], value)
         self._dirty.add(names.JOB_COLUMNS[name])
 
@@ -107,10 +109,6 @@ class Job:
     @property
     def launch_params(self) -> dict[str, Any]:
         return {k: getattr(self._row, col) for k, col in names.LAUNCH_PARAMS.items()}
-
-    @property
-    def gpus_per_rank(self) -> int:
-        return 0
 
     @property
     def return_code(self) -> Optional[int]:
@@ -180,15 +178,33 @@ def _classic_values(site: Site, app: Any, workdir: str, parameters: Optional[Map
             values[name] = fields[name]
     minutes = fields.get("wall_time_min", 0)
     values["wall_time_minutes"] = minutes if minutes else 1  # 0.6: 0 = unknown; classic >= 1
-    if fields.get("gpus_per_rank", 0):
-        raise names.TranslationError("gpus_per_rank: classic Balsam has no per-job GPU count "
-                                     "(serial mode gives each packed task its own GPU); use 0")
+    values["gpus_per_rank"] = _gpus_per_rank(site, fields)
     for key, value in (fields.get("launch_params") or {}).items():
         if key not in names.LAUNCH_PARAMS:
             raise names.TranslationError(f"unknown launch_params key {key!r} (one of "
                                          f"{', '.join(names.LAUNCH_PARAMS)})")
         values[names.LAUNCH_PARAMS[key]] = value
     return values
+
+
+def _gpus_per_rank(site: Site, fields: Mapping[str, Any]) -> int:
+    """``gpus_per_rank``, checked against the site's nodes (a job no launcher could take would
+    wait for ever): ranks_per_node x gpus_per_rank GPUs at most, one for a single-rank job."""
+    gpus = fields.get("gpus_per_rank", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise names.TranslationError(f"gpus_per_rank must be a whole number >= 0, not {gpus!r}")
+    if not gpus:
+        return 0
+    ranks = fields.get("ranks_per_node", 1)
+    if fields.get("num_nodes", 1) == 1 and ranks == 1 and gpus > 1:
+        raise names.TranslationError("gpus_per_rank: a single-rank job runs in serial mode, which "
+                                     "gives each task one GPU; use 1 (or more ranks)")
+    have = site.gpus_per_node()
+    if gpus * ranks > have:
+        raise names.TranslationError(
+            f"gpus_per_rank {gpus} x ranks_per_node {ranks} is more than the {have} GPU(s) per "
+            f"node of this site (gpus_per_node in {site.site_path}/settings.yml)")
+    return gpus
 
 
 def _workdir(site: Site, workdir: str) -> str:

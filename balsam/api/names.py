@@ -21,6 +21,7 @@ JOB_COLUMNS: dict[str, str] = {
     "threads_per_rank": "threads_per_rank",
     "node_packing_count": "node_packing_count",
     "wall_time_min": "wall_time_minutes",
+    "gpus_per_rank": "gpus_per_rank",
     "state": "state",
 }
 """Job fields stored in a classic column of the same meaning (newer name -> column)."""
@@ -30,7 +31,6 @@ JOB_DERIVED: dict[str, str] = {
     "parent_ids": "the job's edges in core_jobdependency",
     "launch_params": "mpi_flags, cpu_affinity, threads_per_core",
     "return_code": "the exit code in the job's last RUN_DONE/RUN_ERROR event (0 for RUN_DONE)",
-    "gpus_per_rank": "no classic column: only 0 is accepted",
 }
 """Job fields the translation computes (for the docs and error messages)."""
 
@@ -57,10 +57,11 @@ BATCH_COLUMNS: dict[str, str] = {
     "project": "project",
     "queue": "queue",
     "optional_params": "sched_flags",
+    "filter_tags": "filter_tags",
     "scheduler_id": "scheduler_id",
     "state": "state",
 }
-"""BatchJob fields -> ``core_queuedlaunch`` columns (``filter_tags``: see the docs)."""
+"""BatchJob fields -> ``core_queuedlaunch`` columns."""
 
 BATCH_STATES: dict[str, str] = {
     "pending-submission": "pending_submission",
@@ -73,10 +74,12 @@ BATCH_STATES: dict[str, str] = {
     "finished": "finished",
     "failed": "finished",
     "cancelled": "finished",
+    "pending-deletion": "pending_deletion",
     "submit-failed": "submit_failed",
     "unknown": "unknown",
 }
-"""Classic batch-job row states -> the newer API's BatchJob states (read only)."""
+"""Classic batch-job row states -> the newer API's BatchJob states. A user writes only
+``pending_deletion`` (cancel: the service then cancels the job with the scheduler)."""
 
 JOB_MODES = ("mpi", "serial")
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Optional
 
 from balsam.core.models import ApplicationDefinition as AppRow
+from balsam.db import dbsettings
 from balsam.db.serverinfo import is_db_dir
 from balsam.db.settings import active_path, use_database
 from balsam.errors import NotFound
@@ -49,6 +50,19 @@ class Site:
     def data_path(self) -> str:
         """Where jobs' working directories are (``workdir`` is relative to it)."""
         return os.path.join(self.site_path, "data")
+
+    def gpus_per_node(self) -> int:
+        """``gpus_per_node`` of the site's settings.yml (read again when the file changes)."""
+        path = os.path.join(self.site_path, "settings.yml")
+        try:
+            stamp: Optional[int] = os.stat(path).st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = _gpus.get(self.site_path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, int(dbsettings.load(self.site_path)["gpus_per_node"]))
+            _gpus[self.site_path] = cached
+        return cached[1]
 
     def load_apps(self) -> loader.SiteApps:
         """Every app in ``apps/`` and every file that failed (none registered)."""
@@ -118,3 +132,4 @@ def forget_apps() -> None:
 _current: dict[str, str] = {}
 _loaded: dict[tuple[str, str], tuple[Optional[tuple[int, int]], loader.LoadedApp]] = {}
 _registered: dict[tuple[str, str], str] = {}
+_gpus: dict[str, tuple[Optional[int], int]] = {}

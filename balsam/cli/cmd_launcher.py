@@ -31,12 +31,23 @@ def _number(kind: Callable[[str], Any], minimum: float, what: str,
     return parse
 
 
+def _tag(text: str) -> tuple[str, str]:
+    """An argparse type: ``KEY=VALUE`` (a non-empty key) -> (key, value)."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def register(sub: Any) -> None:
     p = add_command(sub, "launcher", run, "run jobs in this allocation", epilog=EPILOG)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--consume-all", action="store_true", help="run jobs of every workflow")
     which.add_argument("--wf-filter", metavar="WF",
                        help="run only jobs whose workflow contains WF")
+    p.add_argument("--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE",
+                   help="run only jobs tagged KEY=VALUE (repeat: every tag must match; the "
+                        "tags of `balsam.api.Job`)")
     p.add_argument("--job-mode", required=True, choices=("mpi", "serial"),
                    help="mpi: one MPI launch per job on whole nodes; serial: many single-rank "
                         "tasks per node in one MPI ensemble")

@@ -13,6 +13,7 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
     "threads_per_rank", "threads_per_core", "cpu_affinity", "node_packing_count",
     "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state", "priority",
+    "gpus_per_rank",
 )
 """What a launcher needs to run a claimed job (parents come from :func:`parent_ids`)."""
 
@@ -52,7 +54,8 @@ def heartbeat(cursor: Any, session_id: int) -> bool:
 
 def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: int,
           wf_filter: Optional[str] = None, max_wall_minutes: Optional[float] = None,
-          exclude_ids: tuple = ()) -> list[dict[str, Any]]:
+          exclude_ids: tuple = (), tags: Optional[Mapping[str, str]] = None,
+          gpus_per_node: Optional[int] = None) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
     Each row also has ``runs``: how many runs the job's history shows so far.
@@ -60,8 +63,10 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     fewest-per-node packing first; otherwise jobs of at most ``max_nodes`` nodes, largest first.
     Both then longest wall time first. The order is that of the partial indexes
     ``job_claim_serial_pri`` / ``job_claim_mpi_pri``, so a claim reads only what it takes.
-    ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
-    finish in the time left.
+    ``wf_filter`` keeps jobs whose workflow contains it; ``tags`` those whose tags hold every
+    given key and value (:func:`tags_clause`); ``max_wall_minutes`` those that can finish in
+    the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
+    Filters only drop rows of the index scan; the scan is the same.
     """
     where = [f"state IN {_RUNNABLE_SQL}", "session_id IS NULL", "num_nodes <= %s"]
     params: list[Any] = [max_nodes]
@@ -73,6 +78,11 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     if wf_filter:
         where.append("workflow LIKE %s")
         params.append(_like(wf_filter))
+    if tags:
+        where.append("tags @> %s::jsonb")
+        params.append(json.dumps(dict(tags), sort_keys=True))
+    if gpus_per_node is not None:
+        where.append(gpu_condition(serial, gpus_per_node, params, ""))
     if max_wall_minutes is not None:
         where.append("wall_time_minutes <= %s")
         params.append(max_wall_minutes)
@@ -110,14 +120,38 @@ def _like(wf_filter: str) -> str:
     return "%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def tags_clause(tags: Optional[Mapping[str, str]], params: list[Any],
+                column: str = "j.tags") -> str:
+    """`` AND <column> @> %s::jsonb`` for a tag filter (every key with its value), appending the
+    param; "" for none. Containment is what ``Job.objects.filter(tags=...)`` means too."""
+    if not tags:
+        return ""
+    params.append(json.dumps(dict(tags), sort_keys=True))
+    return f" AND {column} @> %s::jsonb"
+
+
+def gpu_condition(serial: bool, gpus_per_node: int, params: list[Any], alias: str = "j.") -> str:
+    """SQL: the job's GPUs fit a node of a launcher whose nodes have ``gpus_per_node``,
+    appending the param: serial mode gives each task one GPU when nodes have any (so a task
+    may ask for at most one), MPI mode gives a job every GPU of its nodes."""
+    if serial:
+        params.append(min(1, gpus_per_node))
+        return f"{alias}gpus_per_rank <= %s"
+    params.append(gpus_per_node)
+    return f"{alias}gpus_per_rank * {alias}ranks_per_node <= %s"
+
+
 def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: int,
-                      wf_filter: Optional[str] = None) -> list[tuple[float, float]]:
+                      wf_filter: Optional[str] = None,
+                      tags: Optional[Mapping[str, str]] = None,
+                      gpus_per_node: Optional[int] = None) -> list[tuple[float, float]]:
     """[(seconds since its heartbeat, seconds until it can be swept)] for every open session
     other than ``session_id`` that holds jobs this launcher could run (RUNNING, or claimed in a
-    runnable state; fitting ``serial``/``max_nodes``; matching ``wf_filter``). The second value
-    follows :func:`sweep`'s rule (a whole lease after the heartbeat and after the server
-    started; <= 0: now). An idle launcher uses it to tell a holder that stopped renewing its
-    lease (wait for it, sweep it, run its jobs) from a live one (leave them to it)."""
+    runnable state; fitting ``serial``/``max_nodes``/``gpus_per_node``; matching ``wf_filter``
+    and ``tags``). The second value follows :func:`sweep`'s rule (a whole lease after the
+    heartbeat and after the server started; <= 0: now). An idle launcher uses it to tell a
+    holder that stopped renewing its lease (wait for it, sweep it, run its jobs) from a live one
+    (leave them to it)."""
     fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial
                                   else "")
     params: list[Any] = [session_id, State.RUNNING.value, max_nodes]
@@ -125,6 +159,9 @@ def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: 
     if wf_filter:
         wf = " AND j.workflow LIKE %s"
         params.append(_like(wf_filter))
+    wf += tags_clause(tags, params)
+    if gpus_per_node is not None:
+        wf += " AND " + gpu_condition(serial, gpus_per_node, params)
     cursor.execute(f"""
         SELECT EXTRACT(EPOCH FROM now() - s.heartbeat),
                EXTRACT(EPOCH FROM GREATEST(s.heartbeat, pg_postmaster_start_time())

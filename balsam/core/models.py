@@ -108,6 +108,8 @@ class QueuedLaunch(models.Model):
     wall_minutes = models.IntegerField(default=0)
     job_mode = models.TextField(default="", blank=True)
     wf_filter = models.TextField(default="", blank=True)
+    filter_tags = models.JSONField(default=dict, blank=True)
+    """Its launcher runs only jobs whose ``tags`` hold all of these ({}: any)."""
     sched_flags = models.TextField(default="", blank=True)
     command = models.TextField(default="", blank=True)
     state = models.TextField(default="pending-submission")
@@ -131,7 +133,7 @@ class QueuedLaunch(models.Model):
 
     def __repr__(self) -> str:
         fields = ("scheduler_id", "project", "queue", "nodes", "wall_minutes", "job_mode",
-                  "wf_filter", "state", "command")
+                  "wf_filter", "filter_tags", "state", "command")
         body = "\n".join(f"{k:>14}: {getattr(self, k)}" for k in fields)
         return f"QueuedLaunch {self.pk}:\n{body}\n"
 
@@ -210,6 +212,9 @@ class BalsamJob(JobAPI, models.Model):
     """Failed runs retried at most (balsam.core.retries); -1: the DB's ``launcher.max_retries``."""
     priority = models.IntegerField(default=0)
     """Launchers claim and the service plans higher priorities first."""
+    gpus_per_rank = models.IntegerField(default=0)
+    """GPUs each rank needs (0: none asked; a launcher claims the job only if its nodes have
+    enough: serial mode gives each task one GPU, MPI mode a job all of its nodes' GPUs)."""
 
     objects = BalsamJobQuerySet.as_manager()
 

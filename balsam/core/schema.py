@@ -57,6 +57,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "tags": {},
     "max_retries": -1,
     "priority": 0,
+    "gpus_per_rank": 0,
 }
 
 # Columns managed by Balsam, never given by a user when creating a job.

@@ -128,6 +128,8 @@ class Context:
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""
     mpi_reason: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Run only jobs whose tags hold every one of these (``--tag KEY=VALUE``; empty: any)."""
     """Why ``mpi_executable`` was chosen (:class:`balsam.platform.mpi.choice.LauncherChoice`)."""
 
     def request_stop(self, reason: str) -> None:
@@ -254,7 +256,8 @@ class Housekeeper:
         serial = ctx.job_mode == "serial"
         holders = ctx.db.try_run(leases.holders_elsewhere, ctx.session_id, serial=serial,
                                  max_nodes=1 if serial else ctx.alloc.num_nodes,
-                                 wf_filter=ctx.wf_filter)
+                                 wf_filter=ctx.wf_filter, tags=ctx.tags,
+                                 gpus_per_node=ctx.gpus_per_node)
         period = ctx.tunables.heartbeat_seconds
         self.min_idle = (STALE_HEARTBEATS * period + ctx.tunables.idle_wait_seconds
                          if holders else 0.0)

@@ -38,17 +38,20 @@ class JobSource:
 
     ``base_env`` is the environment tasks start from (the launcher's own, cleaned by
     :func:`task.task_environment`); ``alloc.num_nodes`` is the ``BALSAM_LAUNCHER_NODES``
-    value; ``wf_filter`` keeps jobs whose workflow contains it.
+    value; ``wf_filter`` keeps jobs whose workflow contains it, ``tags`` those whose tags hold
+    every given key and value.
     """
 
     def __init__(self, db: Database, session_id: int, alloc: Allocation, db_path: str,
-                 job_mode: str, wf_filter: Optional[str], base_env: Mapping[str, str]) -> None:
+                 job_mode: str, wf_filter: Optional[str], base_env: Mapping[str, str],
+                 tags: Optional[Mapping[str, str]] = None) -> None:
         self.db = db
         self.session_id = session_id
         self.alloc = alloc
         self.db_path = db_path
         self.job_mode = job_mode
         self.wf_filter = wf_filter or None
+        self.tags = dict(tags or {})
         self.base_env = dict(base_env)
         self.apps: dict[str, dict[str, str]] = {}
         self.failed = 0
@@ -78,7 +81,8 @@ class JobSource:
             return []
         rows = leases.claim(cursor, self.session_id, limit, serial=serial, max_nodes=max_nodes,
                             wf_filter=self.wf_filter, max_wall_minutes=max_wall_minutes,
-                            exclude_ids=tuple(exclude_ids))
+                            exclude_ids=tuple(exclude_ids), tags=self.tags,
+                            gpus_per_node=self.alloc.gpus_per_node)
         if not rows:
             return []
         if place is not None:

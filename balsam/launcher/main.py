@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.job_mode == "serial":
         from balsam.launcher.serial_mode import run_launcher as mode_entry
     wf_filter = None if args.consume_all else args.wf_filter
+    tags = dict(getattr(args, "tag", None) or [])
     threads = (DEFAULT_TRANSITION_THREADS if args.num_transition_threads is None
                else args.num_transition_threads)
 
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     db = Database(db_path, "balsam-launcher", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
     label = f"{args.job_mode} " + (f"--wf-filter {wf_filter}" if wf_filter else "--consume-all")
+    label += "".join(f" --tag {k}={v}" for k, v in sorted(tags.items()))
     try:
         session_id = db.run_before(
             time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         mpi_executable=launcher.executable, mpi_reason=launcher.reason,
         stop_at=None if left is None else time.monotonic() + left,
         stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None
-        else tunables.shutdown_grace_seconds)
+        else tunables.shutdown_grace_seconds, tags=tags)
     limit = "no time limit" if left is None else f"tasks stop in {left:.0f} s"
     print(f"Balsam launcher: {args.job_mode} mode, {alloc.num_nodes} node(s) "
           f"({alloc.scheduler}), session {session_id}, {limit}, log {log_path}", flush=True)

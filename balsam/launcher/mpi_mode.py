@@ -66,7 +66,7 @@ class MPIMode:
         self.ctx = ctx
         t = ctx.tunables
         self.source = source or JobSource(ctx.db, ctx.session_id, ctx.alloc, ctx.db_path, "mpi",
-                                          ctx.wf_filter, ctx.base_env)
+                                          ctx.wf_filter, ctx.base_env, ctx.tags)
         self.status = status or StatusBuffer(ctx.db, ctx.session_id, t.status_flush_seconds)
         self.house = Housekeeper(ctx)
         self.flavour = mpi.get(ctx.flavour)
@@ -110,7 +110,8 @@ class MPIMode:
         ctx = self.ctx
         return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
                               serial=False, max_nodes=ctx.alloc.num_nodes,
-                              processing=ctx.processing)
+                              processing=ctx.processing, tags=ctx.tags,
+                              gpus_per_node=ctx.gpus_per_node)
 
     def _wait(self) -> None:
         now = time.monotonic()

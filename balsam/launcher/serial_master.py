@@ -169,7 +169,8 @@ class Master:
     def _outstanding(self) -> int:
         return self.ctx.db.try_run(transitions.outstanding, self.ctx.session_id,
                                    self.ctx.wf_filter, serial=True, max_nodes=1,
-                                   processing=self.ctx.processing)
+                                   processing=self.ctx.processing, tags=self.ctx.tags,
+                                   gpus_per_node=self.ctx.gpus_per_node)
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:

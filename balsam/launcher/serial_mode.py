@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
@@ -68,6 +68,7 @@ class SerialConfig:
     scheduler_id: str = ""
     end_time: Optional[float] = None
     wf_filter: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
     persistent: bool = False
     processing: bool = True
     deadline: Optional[float] = None
@@ -91,7 +92,7 @@ class SerialConfig:
                    hosts=list(alloc.hosts), cores_per_node=alloc.cores_per_node,
                    gpus_per_node=ctx.gpus_per_node, scheduler=alloc.scheduler,
                    scheduler_id=alloc.scheduler_id, end_time=alloc.end_time,
-                   wf_filter=ctx.wf_filter, persistent=ctx.persistent,
+                   wf_filter=ctx.wf_filter, tags=dict(ctx.tags), persistent=ctx.persistent,
                    processing=ctx.processing,
                    deadline=None if math.isinf(left) else time.time() + left,
                    stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles)
@@ -324,10 +325,10 @@ def run_master(comm: Any, config: SerialConfig) -> int:
                   log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
                   mpi_executable=None,
                   stop_at=None if left is None else time.monotonic() + left,
-                  stop_grace=config.stop_grace)
+                  stop_grace=config.stop_grace, tags=dict(config.tags))
     _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
     source = JobSource(db, config.session_id, ctx.alloc, config.db_path, "serial",
-                       config.wf_filter, base_env={})
+                       config.wf_filter, base_env={}, tags=config.tags)
     status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
                           start_message=start_message(config.session_id))
     log.info(f"serial master on host {socket.gethostname()}: session {config.session_id}, "

@@ -28,9 +28,10 @@ is a checked transition, so a job is never moved twice.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.core import lifecycle, retries, schema
+from balsam.core import leases, lifecycle, retries, schema
 from balsam.core.retries import RetryPolicy
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
@@ -206,15 +207,23 @@ PROCESSABLE = ("'CREATED', 'AWAITING_PARENTS', 'READY', 'STAGED_IN', 'RUN_DONE',
 
 
 def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
-                serial: bool, max_nodes: int, processing: bool = True) -> int:
+                serial: bool, max_nodes: int, processing: bool = True,
+                tags: Optional[Mapping[str, str]] = None,
+                gpus_per_node: Optional[int] = None) -> int:
     """How many jobs a launcher could still run or help along: runnable and unheld (or held by
     ``session_id``) jobs it can fit, and -- when it runs processing -- every job still to be
     processed (waiting on parents, to be staged, pre- or postprocessed, handled). A
-    non-persistent launcher exits only when this is 0 and it runs nothing."""
-    params: list[Any] = [max_nodes, session_id]
+    non-persistent launcher exits only when this is 0 and it runs nothing. ``tags``: only jobs
+    whose tags hold these (:func:`balsam.core.leases.tags_clause`), and ``gpus_per_node`` (None:
+    any) only jobs whose GPUs fit (:func:`balsam.core.leases.gpu_condition`), as the launcher
+    claims."""
+    params: list[Any] = [max_nodes]
     fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial else "")
+    if gpus_per_node is not None:
+        fit += " AND " + leases.gpu_condition(serial, gpus_per_node, params)
+    params.append(session_id)
     todo = f" OR j.state IN ({PROCESSABLE})" if processing else ""
-    wf = wf_clause(wf_filter, params)
+    wf = wf_clause(wf_filter, params) + leases.tags_clause(tags, params)
     cursor.execute(f"""
         SELECT count(*) FROM {JOB} j
         WHERE (({fit} AND j.state IN ('PREPROCESSED', 'RESTART_READY')

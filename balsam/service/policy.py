@@ -9,6 +9,9 @@ Row states: the service writes ``pending-submission`` (planned), ``submitting`` 
 is being called: a crash here is reconciled by job name, never resubmitted), ``submitted``,
 ``submit-failed`` (final, with the reason in ``message``), then the scheduler's normalised
 state (:data:`balsam.platform.schedulers.STATES`, raw word in ``raw_state``) until a final one.
+A user may ask for any unfinished row to be cancelled (``pending-deletion``, written by
+``balsam.api.BatchJob``): the service cancels the job with the scheduler and keeps that state
+until the scheduler reports a final one (:func:`balsam.service.sync.cancel_requested`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ PENDING = "pending-submission"
 SUBMITTING = "submitting"
 SUBMITTED = "submitted"
 SUBMIT_FAILED = "submit-failed"
+PENDING_DELETION = "pending-deletion"
+CANCEL_SENT = "CANCEL_SENT"
+"""``raw_state`` of a ``pending-deletion`` row once the scheduler was asked to cancel it."""
 FINAL_ROW_STATES = frozenset(FINAL_STATES | {SUBMIT_FAILED})
 """Rows in these states hold no allocation and never change again."""
 RUNNING_ROW_STATES = frozenset({"running", "finishing"})

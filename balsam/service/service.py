@@ -6,7 +6,8 @@ is refused), writes the PID file and the log ``<db>/log/service_<timestamp>_<pid
 (stage-in/out, pre/postprocess scripts, handlers) and then runs a cycle every
 ``service.cycle_seconds``:
 
-1. **sync** batch-job states from the scheduler (:func:`balsam.service.sync.sync`; its time
+1. **cancel** the batch jobs users asked to cancel (:func:`balsam.service.sync.cancel_requested`);
+   **sync** batch-job states from the scheduler (:func:`balsam.service.sync.sync`; its time
    goes to ``<db>/last-sync`` for the views, :mod:`balsam.service.live`);
 2. **sweep** launcher sessions whose lease expired (:func:`balsam.core.leases.sweep`);
 3. **advance** jobs through the steps that run nothing (:func:`balsam.processing.transitions.advance`);
@@ -84,6 +85,7 @@ class Service:
         counts: dict[str, int] = {}
         scheduler = self._step("scheduler", self._scheduler, counts)
         if scheduler is not None:
+            self._step("cancel", lambda: self._cancel(scheduler), counts, backoff=True)
             self._step("sync", lambda: self._sync(scheduler), counts, backoff=True)
         self._step("sweep", self._sweep, counts)
         self._step("advance", self._advance, counts)
@@ -141,6 +143,11 @@ class Service:
             raise SchedulerStepError(str(result.get("error") or "scheduler status failed"))
         record_sync(self.db_path)  # the views mark recorded states older than this as stale
         return int(result.get("ended") or 0)  # sync logs each batch job that ended
+
+    def _cancel(self, scheduler: Any) -> int:
+        from balsam.service.sync import cancel_requested
+
+        return cancel_requested(self.db, scheduler, self.log)
 
     def _sweep(self) -> int:
         swept = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, leases.sweep)

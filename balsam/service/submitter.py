@@ -29,7 +29,7 @@ import os
 import pwd
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
@@ -37,7 +37,7 @@ from balsam.core import schema
 from balsam.errors import BalsamError
 from balsam.platform import machines
 from balsam.platform.schedulers import COMMAND_TIMEOUT, CommandTimeout, Scheduler, SchedulerError
-from balsam.service.policy import PENDING, SUBMIT_FAILED, SUBMITTED, SUBMITTING
+from balsam.service.policy import PENDING, PENDING_DELETION, SUBMIT_FAILED, SUBMITTED, SUBMITTING
 
 QL = schema.QLAUNCH_TABLE
 MAX_ATTEMPTS = 3
@@ -69,7 +69,8 @@ def machine_for(settings: dict[str, Any]) -> machines.Machine:
 
 
 def render_script(db_path: str, settings: dict[str, Any], *, project: str, queue: str, nodes: int,
-                  minutes: int, job_mode: str, wf_filter: str = "", sched_flags: str = "") -> str:
+                  minutes: int, job_mode: str, wf_filter: str = "", sched_flags: str = "",
+                  filter_tags: Optional[Mapping[str, str]] = None) -> str:
     """The job script text for one batch job (MachineError, one line, if it cannot be made)."""
     machine = machine_for(settings)
     own = os.path.join(db_path, TEMPLATE_FILE)
@@ -84,7 +85,7 @@ def render_script(db_path: str, settings: dict[str, Any], *, project: str, queue
         machine, project=project, queue=queue, nodes=nodes, time_minutes=minutes,
         job_mode=job_mode, db_path=os.path.abspath(db_path),
         balsam_bin=os.path.dirname(balsam or sys.executable), python=sys.executable,
-        wf_filter=wf_filter or None, sched_flags=sched_flags)
+        wf_filter=wf_filter or None, sched_flags=sched_flags, filter_tags=filter_tags)
     return machines.render(text, values)
 
 
@@ -121,8 +122,12 @@ def _claim(cursor: Any, now: datetime, ids: Optional[Sequence[int]], skip: list[
 
 
 def _record(cursor: Any, row_id: int, **values: Any) -> None:
-    sets = ", ".join(f"{k} = %s" for k in values)
-    cursor.execute(f"UPDATE {QL} SET {sets} WHERE id = %s", [*values.values(), row_id])
+    """Write an outcome; a cancel request a user made meanwhile (``pending-deletion``) stays
+    (the scheduler id is recorded all the same, so the cancel reaches the scheduler)."""
+    sets = ", ".join(f"{k} = CASE WHEN state = %s THEN state ELSE %s END" if k == "state"
+                     else f"{k} = %s" for k in values)
+    params = [v for k, v in values.items() for v in ([PENDING_DELETION, v] if k == "state" else [v])]
+    cursor.execute(f"UPDATE {QL} SET {sets} WHERE id = %s", [*params, row_id])
 
 
 def _one_line(exc: BaseException) -> str:
@@ -137,7 +142,8 @@ def submit_row(db: Any, db_path: str, settings: dict[str, Any], scheduler: Sched
         text = render_script(db_path, settings, project=row["project"], queue=row["queue"],
                              nodes=row["nodes"], minutes=row["wall_minutes"],
                              job_mode=row["job_mode"], wf_filter=row["wf_filter"],
-                             sched_flags=row["sched_flags"])
+                             sched_flags=row["sched_flags"],
+                             filter_tags=row.get("filter_tags") or None)
         _write_script(path, text, reuse=row["attempts"] > 1)
     except (BalsamError, OSError) as exc:
         reason = _one_line(exc)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from balsam.core import schema
 from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
-from balsam.service.policy import FINAL_ROW_STATES, PENDING, SUBMITTING
+from balsam.service.policy import CANCEL_SENT, FINAL_ROW_STATES, PENDING, PENDING_DELETION, SUBMITTING
 
 QL = schema.QLAUNCH_TABLE
 
@@ -34,7 +34,7 @@ def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobSt
     ours = {r[0] for r in cursor.fetchall()}
     updated = ended = 0
     now = datetime.now(timezone.utc)
-    for rid, sched_id, _state, submitted_at in rows:
+    for rid, sched_id, state, submitted_at in rows:
         job: Optional[BatchJobStatus] = listed.get(sched_id)
         if job is None:
             if submitted_at is not None and submitted_at > asked_at:
@@ -45,6 +45,8 @@ def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobSt
                 log.warning("batch job %d (%s): no final status: %s", rid, sched_id, exc)
             if job is None or not job.is_final:
                 job = BatchJobStatus(sched_id, "finished", job.raw_state if job else "")
+        if state == PENDING_DELETION and not job.is_final:
+            continue  # a cancel is on its way: the row says so until the job has ended
         cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, minutes_left = %s,
                            ended_at = CASE WHEN %s THEN %s ELSE ended_at END WHERE id = %s""",
                        [job.state, job.raw_state, job.minutes_left, job.is_final, now, rid])
@@ -54,6 +56,40 @@ def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobSt
             log.info("batch job %d (%s) ended: %s", rid, sched_id, job.raw_state or job.state)
     foreign = [job for sid, job in sorted(listed.items()) if sid not in ours]
     return {"updated": updated, "ended": ended, "foreign": foreign}
+
+
+def cancel_requested(db: Any, scheduler: Scheduler, log: Any) -> int:
+    """Act on the users' cancel requests (``pending-deletion`` rows): a row never submitted
+    becomes ``cancelled``; a submitted one is cancelled with the scheduler once (``raw_state``
+    :data:`CANCEL_SENT`) and keeps its state until :func:`apply_status` sees the job end.
+    Returns how many were handled; a failing cancel is logged and tried next cycle."""
+    def requested(cursor: Any) -> list[tuple[int, str]]:
+        cursor.execute(f"SELECT id, scheduler_id FROM {QL} WHERE state = %s AND raw_state <> %s "
+                       "ORDER BY id", [PENDING_DELETION, CANCEL_SENT])
+        return [(int(r[0]), str(r[1])) for r in cursor.fetchall()]
+
+    def record(cursor: Any, rid: int, state: str, raw: str, message: str) -> None:
+        cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, message = %s,
+                           ended_at = CASE WHEN %s THEN now() ELSE ended_at END
+                           WHERE id = %s AND state = %s""",
+                       [state, raw, message, state != PENDING_DELETION, rid, PENDING_DELETION])
+
+    handled = 0
+    for rid, sched_id in db.run(requested):
+        if not sched_id:  # never submitted (the submitter keeps the request: see _record)
+            db.run(record, rid, "cancelled", "", "cancelled by the user before submission")
+            log.info("batch job %d cancelled by the user before submission", rid)
+        else:
+            try:
+                scheduler.cancel(sched_id)
+            except SchedulerError as exc:
+                log.warning("batch job %d (%s): cancel failed, retrying next cycle: %s", rid,
+                            sched_id, exc)
+                continue
+            db.run(record, rid, PENDING_DELETION, CANCEL_SENT, "cancelled by the user")
+            log.info("batch job %d (%s): cancelled by the user", rid, sched_id)
+        handled += 1
+    return handled
 
 
 def sync(db: Any, scheduler: Scheduler, user: str, log: Any) -> dict[str, Any]:

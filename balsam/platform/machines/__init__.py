@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -239,10 +240,13 @@ def launcher_minutes(time_minutes: float) -> float:
 def template_values(machine: Machine, *, project: str, queue: str, nodes: int,
                     time_minutes: int, job_mode: str, db_path: str, balsam_bin: str,
                     python: str, wf_filter: Optional[str] = None,
-                    sched_flags: str = "") -> dict[str, str]:
+                    sched_flags: str = "",
+                    filter_tags: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The :func:`render` values for one batch job on ``machine``.
 
-    ``wf_filter`` None runs every workflow (``--consume-all``). ``sched_flags`` are extra
+    ``wf_filter`` None runs every workflow (``--consume-all``); ``filter_tags`` adds one
+    ``--tag KEY=VALUE`` per item (the launcher runs only jobs with all those tags, which land
+    in ``wf_filter_flag``, so existing templates pass them on). ``sched_flags`` are extra
     scheduler options, rendered as one directive line (a comment on the local scheduler).
     Paths and the workflow name are shell-quoted; ``project`` and ``queue`` must be plain
     words (they land in directives); a machine with ``project_required`` needs a project, any
@@ -263,14 +267,18 @@ def template_values(machine: Machine, *, project: str, queue: str, nodes: int,
     if wf_filter is not None and not wf_filter.strip():
         raise MachineError("a workflow filter must not be empty")
     flags = sched_flags.strip()
+    job_filter = "--consume-all" if wf_filter is None else f"--wf-filter {shlex.quote(wf_filter)}"
+    for key, value in sorted((filter_tags or {}).items()):
+        if not str(key).strip() or "=" in str(key):
+            raise MachineError(f"a filter tag key must be a non-empty word without '=', not {key!r}")
+        job_filter += f" --tag {shlex.quote(f'{key}={value}')}"
     return {
         "project": project, "queue": queue, "nodes": str(nodes),
         "project_directive": PROJECT_DIRECTIVES[machine.scheduler].format(project) if project
         else "# (no project: the scheduler's default account)",
         "time_minutes": str(time_minutes), "walltime": format_minutes(time_minutes),
         "launcher_minutes": f"{launcher_minutes(time_minutes):g}", "job_mode": job_mode,
-        "wf_filter_flag": "--consume-all" if wf_filter is None else
-        f"--wf-filter {shlex.quote(wf_filter)}",
+        "wf_filter_flag": job_filter,
         "sched_flags": f"{DIRECTIVES[machine.scheduler]} {flags}" if flags else
         "# (no extra scheduler flags)",
         "balsam_bin": shlex.quote(balsam_bin), "python": shlex.quote(python),
