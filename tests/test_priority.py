@@ -134,7 +134,10 @@ def test_claims_read_their_partial_index_in_priority_order_at_a_million_jobs(db,
         nodes = _plan_nodes((raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"])
         scans = [n for n in nodes if n.get("Index Name") == index]
         assert scans and scans[0]["Node Type"] == "Index Scan", nodes
-        assert not [n for n in nodes if n["Node Type"] in ("Sort", "Seq Scan")], nodes
+        # no sort, and the job table is never scanned whole (a small table, e.g. the sessions
+        # one, may be: the planner reads a few pages rather than an index)
+        assert not [n for n in nodes if n["Node Type"] == "Sort"
+                    or (n["Node Type"] == "Seq Scan" and n.get("Relation Name") == JOB)], nodes
     start = time.monotonic()
     sid = leases.open_session(cursor, hostname="h", pid=1, job_mode="mpi", num_nodes=8,
                               lease_seconds=60)
