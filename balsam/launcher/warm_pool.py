@@ -1,0 +1,175 @@
+"""Warm Python workers of a serial-mode worker: function tasks without an interpreter start.
+
+A serial worker (:mod:`balsam.launcher.serial_worker`) hands a Python-function task (its command
+is :func:`balsam.site.pyfunc.runner_command` and it has no envscript) to a :class:`WarmPool`
+instead of spawning it. The pool keeps processes of ``python -m balsam.launcher.pyfunc_task
+--warm FD`` (:func:`balsam.launcher.pyfunc_task.serve`), each in its own session, started on
+first need (at most one per running task, so one per core at most when every task holds a
+core) and reused for task after task. A task in a warm process is a :class:`WarmTask`: the
+:class:`balsam.launcher.procs.Task` interface the worker already drives (poll, terminate,
+kill, process group), its end announced on a descriptor the worker polls like a pidfd.
+
+A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
+task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
+each warm process exits when it reads the end.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Optional
+
+from balsam.launcher import procs
+from balsam.platform.procgroup import signal_group
+from balsam.site.pyfunc import RUNNER_MODULE
+
+EXIT_WAIT_SECONDS = 1.0
+"""How long a warm process whose connection ended may take to exit before it is killed."""
+
+
+class WarmProcess:
+    """One warm worker process and the worker's end of its connection."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable) -> None:
+        mine, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-m", RUNNER_MODULE, "--warm", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        self.pid = self.proc.pid
+        self.cpus: Optional[tuple[int, ...]] = None
+        self.tasks = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class WarmTask(procs.Task):
+    """A function task running in a :class:`WarmProcess` (the ``procs.Task`` interface);
+    ``fd`` (a duplicate of the connection's descriptor, the caller closes it) becomes readable
+    when the task ends or the process dies."""
+
+    def __init__(self, job_id: str, process: WarmProcess, output_path: str) -> None:
+        self.job_id = job_id
+        self.output_path = output_path
+        self.started = time.time()
+        self.kill_deadline: Optional[float] = None
+        self.process = process
+        self.pid = self.pgid = process.pid
+        self._returncode: Optional[int] = None
+        self.fd = os.dup(process.conn.fileno())
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._returncode
+
+    def poll(self) -> Optional[int]:
+        """The task's exit status once it replied (or its process died: -N if killed by
+        signal N, as for a spawned task)."""
+        if self._returncode is not None:
+            return self._returncode
+        conn = self.process.conn
+        try:
+            if not conn.poll(0):
+                return None
+            job_id, rc = conn.recv()
+            if job_id == self.job_id:
+                self.process.tasks += 1
+                self._returncode = int(rc)
+            return self._returncode
+        except (EOFError, OSError):  # the process is gone or going: its status is the task's
+            pass
+        try:
+            rc = self.process.proc.wait(EXIT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            signal_group(self.pgid, signal.SIGKILL)
+            rc = self.process.proc.wait()
+        self._returncode = rc if rc != 0 else 255
+        return self._returncode
+
+
+class WarmPool:
+    """The warm processes of one serial worker (see the module docstring)."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable) -> None:
+        self.env = dict(env)
+        self.cwd = cwd
+        self.python = python
+        self.idle: list[WarmProcess] = []
+        self.busy: dict[str, WarmTask] = {}
+        self.started = 0
+        """Warm processes started so far."""
+
+    def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
+              cpus: Sequence[int]) -> WarmTask:
+        """Run a task in an idle warm process (started now if there is none); OSError if no
+        process could be started."""
+        process = None
+        while self.idle:
+            candidate = self.idle.pop()
+            if candidate.alive():
+                process = candidate
+                break
+            candidate.close()
+        if process is None:
+            process = WarmProcess(self.env, self.cwd, self.python)
+            self.started += 1
+        wanted = tuple(cpus)
+        if process.cpus != wanted:
+            try:
+                os.sched_setaffinity(process.pid, wanted)
+                process.cpus = wanted
+            except (OSError, AttributeError):
+                pass
+        try:
+            process.conn.send((job_id, dict(env), workdir, output_path))
+        except OSError:
+            process.close()
+            raise
+        task = WarmTask(job_id, process, output_path)
+        self.busy[job_id] = task
+        return task
+
+    def finished(self, task: WarmTask, clean: bool) -> None:
+        """``task`` was reaped: its process goes back to the pool if the task ended on its own
+        (``clean``) and the process lives; otherwise it is dropped."""
+        self.busy.pop(task.job_id, None)
+        process = task.process
+        if clean and task.returncode is not None and task.returncode >= 0 and process.alive() \
+                and not process.conn.closed:
+            self.idle.append(process)
+        else:
+            process.close()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """End every warm process (they exit when their connection closes)."""
+        processes = self.idle + [t.process for t in self.busy.values()]
+        self.idle, self.busy = [], {}
+        for p in processes:
+            p.close()
+        end = time.monotonic() + timeout
+        for p in processes:
+            try:
+                p.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                signal_group(p.pid, signal.SIGKILL)
+                p.proc.wait()
