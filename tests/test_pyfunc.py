@@ -10,11 +10,11 @@ import os
 import shutil
 
 import pytest
-from launcher_support import QUICK, launchers, settings
+from launcher_support import QUICK, launchers, process_gone, settings, wait_for
 from test_api import make_site
 
 from balsam.api import FIRST_COMPLETED, Job, as_completed, sites, wait
-from balsam.api.waiting import JobNotDone, JobTimeout
+from balsam.api.waiting import JobFailed, JobNotDone, JobTimeout
 from balsam.core import schema
 from balsam.site import AppDefinitionError, ParameterError
 from balsam.site.pyfunc import RemoteTraceback
@@ -42,6 +42,14 @@ class Apply(ApplicationDefinition):
     def run(self, fn, point, **extra):
         return {"value": fn(point.x, point.y), "point": point, "extra": extra,
                 "cwd": os.getcwd(), "job": self.job.id, "pid": os.getpid()}
+
+
+class Sleep(ApplicationDefinition):
+    def run(self, seconds):
+        import time
+        with open("pid", "w") as fh:
+            fh.write(str(os.getpid()))
+        time.sleep(seconds)
 
 
 class Echo(ApplicationDefinition):
@@ -131,7 +139,12 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
                 parameters={"fn": lambda x, y: x * y, "point": point, "flag": {1, 2}})
     echo = Job(site_path=site, app_name="fn.Echo", workdir="echo", parameters={"word": "hi"})
     Job.objects.bulk_create(jobs + [boom, apply, echo])
-    run_launcher(site, "serial")
+    with settings(site, launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        # Results are read as the jobs finish, while the launcher runs.
+        finished = [j.id for j in as_completed(jobs + [boom, apply], timeout=60)]
+        assert sorted(finished) == sorted(j.id for j in jobs + [boom, apply])
+        assert launcher.wait(60) == 0, launcher.output()
 
     assert [j.result() for j in jobs] == [n + 10 for n in range(24)]
     with open(os.path.join(site, "data", "add", "3", "job.out")) as fh:
@@ -174,3 +187,27 @@ def test_mpi_mode_runs_function_tasks_as_commands_and_wait_reports_them(site, cu
         boom.result()
     cursor.execute("SELECT count(DISTINCT worker) FROM core_jobpayload")
     assert cursor.fetchone() == (4,)  # a process per task
+
+
+@pytest.mark.slow
+def test_a_killed_function_task_takes_its_warm_worker_down_and_the_next_task_gets_a_new_one(
+        site, cursor):
+    sleeper = Job.objects.create(site_path=site, app_name="fn.Sleep", workdir="sleep",
+                                 parameters={"seconds": 300})
+    pid_file = os.path.join(site, "data", "sleep", "pid")
+    with settings(site, launcher={**QUICK, "kill_check_seconds": 0.2}), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), 60,
+                           "the function task to start"))
+        sleeper.refresh_from_db()
+        sleeper.state = "USER_KILLED"
+        sleeper.save()
+        wait_for(lambda: process_gone(pid), 30, "the warm worker running the killed task to go")
+        after = Job.objects.create(site_path=site, app_name="fn.Add", workdir="after",
+                                   parameters={"a": 1})
+        assert after.result(timeout=60) == 11
+        assert launcher.wait(60) == 0, launcher.output()
+    cursor.execute("SELECT worker FROM core_jobpayload WHERE job_id = %s", [str(after.id)])
+    assert not cursor.fetchone()[0].endswith(f":{pid}")
+    with pytest.raises(JobFailed, match="USER_KILLED"):
+        sleeper.result()

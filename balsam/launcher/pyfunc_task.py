@@ -65,6 +65,11 @@ class Runner:
             self._conn = None
         if self._conn is None:
             self._conn = connect(self.db_path, f"balsam-pyfunc pid={os.getpid()}", autocommit=True)
+            with self._conn.cursor() as cur:
+                # An outcome's commit need not wait for its WAL flush: the launcher records the
+                # task's end (RUN_DONE/RUN_ERROR) only after the reply, in a synchronous commit,
+                # which flushes the WAL up to and including this earlier write.
+                cur.execute("SET synchronous_commit = off")
         return self._conn.cursor()
 
     def _execute(self, action: Any, *args: Any) -> Any:
