@@ -75,6 +75,15 @@ def add(site: str, n: int, **params) -> Job:
                parameters={"a": n, **params}, node_packing_count=4)
 
 
+def test_the_runner_command_is_the_one_serial_workers_recognise():
+    from balsam.launcher import pyfunc_task, warm_pool
+    from balsam.site import pyfunc
+
+    assert pyfunc.RUNNER_MODULE == warm_pool.RUNNER_MODULE == pyfunc_task.__name__ or \
+        pyfunc_task.__spec__.name == pyfunc.RUNNER_MODULE
+    assert warm_pool.is_runner_argv(pyfunc.runner_command().replace("'", "").split())
+
+
 def test_a_function_job_stores_its_arguments_and_the_runner_command(site, cursor):
     job = Job.objects.create(site_path=site, app_name="fn.Add", workdir="one",
                              parameters={"a": 1})

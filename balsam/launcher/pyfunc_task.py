@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
-from multiprocessing.connection import Connection
 from typing import Any, Optional
 
 import psycopg2
 
 from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.launcher.warm_pool import Channel
 from balsam.site import loader, pyfunc
 
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "ALPS_APP_PE",
@@ -164,7 +165,7 @@ def _redirect(path: Optional[str], saved: tuple[int, int]) -> None:
     os.close(fd)
 
 
-def serve(conn: Connection) -> int:
+def serve(conn: Channel) -> int:
     """The warm worker's loop (see the module docstring); returns when ``conn`` closes. The
     database is the one the job's ``BALSAM_DB_PATH`` names."""
     runners: dict[str, Runner] = {}
@@ -203,7 +204,9 @@ def main(argv: Sequence[str]) -> int:
     """Entry point (see the module docstring)."""
     job_id, db_path = os.environ.get("BALSAM_JOB_ID"), os.environ.get("BALSAM_DB_PATH")
     if list(argv[:1]) == ["--warm"] and len(argv) == 2 and argv[1].isdigit():
-        return serve(Connection(int(argv[1])))
+        fd = int(argv[1])
+        os.set_inheritable(fd, False)  # what run() starts must not hold the channel open
+        return serve(Channel(socket.socket(fileno=fd)))
     if argv or not job_id or not db_path:
         print("usage: python -m balsam.launcher.pyfunc_task  (with BALSAM_JOB_ID and "
               "BALSAM_DB_PATH set, as the launcher does)", file=sys.stderr)

@@ -46,9 +46,8 @@ from typing import Any, NamedTuple, Optional, Protocol
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.packing import NodeSlots
-from balsam.launcher.warm_pool import WarmPool, WarmTask
+from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
-from balsam.site.pyfunc import is_runner_argv
 
 IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""

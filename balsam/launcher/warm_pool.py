@@ -16,21 +16,73 @@ each warm process exits when it reads the end.
 from __future__ import annotations
 
 import os
+import pickle
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from multiprocessing.connection import Connection
 from typing import Optional
 
 from balsam.launcher import procs
 from balsam.platform.procgroup import signal_group
-from balsam.site.pyfunc import RUNNER_MODULE
+
+RUNNER_MODULE = "balsam.launcher.pyfunc_task"
+"""The function-task runner (:data:`balsam.site.pyfunc.RUNNER_MODULE`, spelled again here so
+that a serial worker rank does not import the site package, Jinja2 and cloudpickle)."""
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
+
+
+class Channel:
+    """Pickled messages, each prefixed by its length, over a stream socket (what
+    ``multiprocessing.connection`` does, without its ~30 ms import in every worker rank)."""
+
+    _HEADER = struct.Struct("!I")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: object) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(self._HEADER.pack(len(data)) + data)
+
+    def recv(self) -> object:
+        """The next message (blocking); EOFError once the other end is closed."""
+        (size,) = self._HEADER.unpack(self._read(self._HEADER.size))
+        return pickle.loads(self._read(size))
+
+    def poll(self) -> bool:
+        """Whether :meth:`recv` would not block (a message or the end is there)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def _read(self, size: int) -> bytes:
+        chunks, left = [], size
+        while left:
+            chunk = self.sock.recv(left)
+            if not chunk:
+                raise EOFError("the other end closed the channel")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def is_runner_argv(argv: Sequence[str]) -> bool:
+    """True if ``argv`` is a function task's runner command (``python -m RUNNER_MODULE``)."""
+    return len(argv) == 3 and argv[1] == "-m" and argv[2] == RUNNER_MODULE
 
 
 class WarmProcess:
@@ -48,7 +100,7 @@ class WarmProcess:
             raise
         finally:
             theirs.close()
-        self.conn = Connection(mine.detach())
+        self.conn = Channel(mine)
         self.pid = self.proc.pid
         self.cpus: Optional[tuple[int, ...]] = None
         self.tasks = 0
@@ -89,7 +141,7 @@ class WarmTask(procs.Task):
             return self._returncode
         conn = self.process.conn
         try:
-            if not conn.poll(0):
+            if not conn.poll():
                 return None
             job_id, rc = conn.recv()
             if job_id == self.job_id:

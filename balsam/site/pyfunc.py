@@ -43,11 +43,6 @@ def runner_command(python: str = sys.executable) -> str:
     return f"{shlex.quote(python)} -m {RUNNER_MODULE}"
 
 
-def is_runner_argv(argv: list[str]) -> bool:
-    """True if ``argv`` is a function task's runner command (:func:`runner_command`)."""
-    return len(argv) == 3 and argv[1] == "-m" and argv[2] == RUNNER_MODULE
-
-
 class SerializationError(BalsamError):
     """A value that cloudpickle cannot serialize (an argument of a function task)."""
 
