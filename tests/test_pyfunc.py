@@ -220,3 +220,27 @@ def test_a_killed_function_task_takes_its_warm_worker_down_and_the_next_task_get
     assert not cursor.fetchone()[0].endswith(f":{pid}")
     with pytest.raises(JobFailed, match="USER_KILLED"):
         sleeper.result()
+
+
+def test_the_runner_imports_an_app_file_once_per_content(site, cursor, tmp_path):
+    from balsam.launcher.pyfunc_task import Runner
+    from balsam.site import pyfunc
+
+    job = Job.objects.create(site_path=site, app_name="fn.Add", workdir="cache",
+                             parameters={"a": 5})
+    runner = Runner(site)
+    try:
+        assert runner.run(str(job.id), str(tmp_path)) == 0
+        assert runner.run(str(job.id), str(tmp_path)) == 0
+        assert runner.loads == 1
+        path = os.path.join(site, "apps", "fn.py")
+        with open(path) as fh:
+            text = fh.read()
+        with open(path, "w") as fh:
+            fh.write(text.replace("return a + b", "return a - b"))
+        assert runner.run(str(job.id), str(tmp_path)) == 0
+        assert runner.loads == 2
+    finally:
+        runner.close()
+    outcome = pyfunc.load_outcomes(cursor, [str(job.id)])[str(job.id)]
+    assert not outcome.failed and pyfunc.deserialize(outcome.value) == -5

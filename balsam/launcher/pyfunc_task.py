@@ -9,10 +9,11 @@ Two ways to run:
   MPI launcher with several ranks every rank runs the function; only rank 0 records the outcome.
 * ``python -m balsam.launcher.pyfunc_task --warm FD`` -- a *warm worker* of serial mode
   (:mod:`balsam.launcher.warm_pool`): started once per core, it imports Balsam and cloudpickle
-  once, then serves requests ``(job_id, env, workdir, output_path)`` read from the connection on
-  descriptor FD, one at a time: the job's environment set, the workdir made current, stdout and
-  stderr sent to the output file for the task's duration; it replies ``(job_id, exit status)``.
-  It exits when the connection closes.
+  once, then serves requests ``(job_id, environment changes, workdir, output_path)`` read from
+  the channel (:class:`balsam.launcher.warm_pool.Channel`) on descriptor FD, one at a time:
+  the job's environment set, the workdir made current, stdout and stderr sent to the output
+  file for the task's duration; it replies ``(job_id, exit status)``. It exits when the
+  channel closes.
 
 Either way a :class:`Runner` holds one database connection (opened at the first task) and the
 site's app classes, loaded once per source file content (the SHA-256 of the file: an edited
@@ -58,6 +59,7 @@ class Runner:
         self.db_path = db_path
         self._conn: Any = None
         self._classes: dict[tuple[str, str], type] = {}
+        self._digests: dict[str, tuple[tuple[int, int, int], str]] = {}
         self.loads = 0
         """How many times an app file was imported (once per content)."""
 
@@ -90,19 +92,24 @@ class Runner:
         raise AssertionError("unreachable")
 
     def app_class(self, name: str) -> type:
-        """The class of app ``module.Class``, imported once per content of its file."""
+        """The class of app ``module.Class``, imported once per content of its file (the file
+        is hashed again only when its size, mtime or inode changed)."""
         path = os.path.join(loader.apps_dir(self.db_path), f"{name.partition('.')[0]}.py")
         try:
-            with open(path, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            digest = self._digests.get(path)
+            if digest is None or digest[0] != stamp:
+                with open(path, "rb") as fh:
+                    digest = self._digests[path] = (stamp, hashlib.sha256(fh.read()).hexdigest())
         except OSError as exc:
             raise BalsamError(f"cannot read the app file {path}: {exc.strerror or exc}")
-        cls = self._classes.get((name, digest))
+        cls = self._classes.get((name, digest[1]))
         if cls is None:
             app = loader.load_app(self.db_path, name)
             self.loads += 1
             cls = self._classes[(name, app.source_hash)] = app.cls
-            self._classes.setdefault((name, digest), cls)
+            self._classes.setdefault((name, digest[1]), cls)
         return cls
 
     def run(self, job_id: str, workdir: str) -> int:
@@ -142,13 +149,26 @@ class Runner:
 
 # ---- the warm worker ----------------------------------------------------------------------
 
-def _set_environment(env: Mapping[str, str]) -> None:
-    """Make ``os.environ`` exactly ``env`` (changing only what differs)."""
-    for key in [k for k in os.environ if k not in env]:
-        del os.environ[key]
-    for key, value in env.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+class _Environment:
+    """``os.environ`` as the worker wants it for each task: the process's environment at start
+    with the task's delta applied (None: removed), the previous task's delta undone."""
+
+    def __init__(self) -> None:
+        self.base = dict(os.environ)
+        self.changed: set[str] = set()
+
+    def apply(self, delta: Mapping[str, Optional[str]]) -> None:
+        for key in self.changed - set(delta):
+            if key in self.base:
+                os.environ[key] = self.base[key]
+            else:
+                os.environ.pop(key, None)
+        for key, value in delta.items():
+            if value is None:
+                os.environ.pop(key, None)
+            elif os.environ.get(key) != value:
+                os.environ[key] = value
+        self.changed = set(delta)
 
 
 def _redirect(path: Optional[str], saved: tuple[int, int]) -> None:
@@ -169,6 +189,7 @@ def serve(conn: Channel) -> int:
     """The warm worker's loop (see the module docstring); returns when ``conn`` closes. The
     database is the one the job's ``BALSAM_DB_PATH`` names."""
     runners: dict[str, Runner] = {}
+    environment = _Environment()
     saved = (os.dup(1), os.dup(2))
     try:
         while True:
@@ -179,7 +200,7 @@ def serve(conn: Channel) -> int:
             if request is None:
                 return 0
             job_id, env, workdir, output_path = request
-            _set_environment(env)
+            environment.apply(env)
             try:
                 os.makedirs(workdir, exist_ok=True)
                 os.chdir(workdir)
@@ -189,7 +210,7 @@ def serve(conn: Channel) -> int:
                 conn.send((job_id, 2))
                 continue
             try:
-                db_path = env.get("BALSAM_DB_PATH", "")
+                db_path = os.environ.get("BALSAM_DB_PATH", "")
                 runner = runners.get(db_path) or runners.setdefault(db_path, Runner(db_path))
                 rc = runner.run(job_id, workdir)
             finally:

@@ -118,7 +118,9 @@ class Worker:
         self._report: dict[str, Any] = {}
         self._drained_sent = False
         self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
-        self.warm = WarmPool(self.base_env, self._home)
+        self.warm = WarmPool(self.base_env, self._home,
+                             on_task=watchdog.add if watchdog is not None else None,
+                             on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
         self._next_fd_check = 0.0
         self.started = 0
@@ -250,10 +252,10 @@ class Worker:
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
-        if self.watchdog is not None:
-            self.watchdog.remove(r.task.pgid)
-        if isinstance(r.task, WarmTask):
+        if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
             self.warm.finished(r.task, clean=not r.why)
+        elif self.watchdog is not None:
+            self.watchdog.remove(r.task.pgid)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
@@ -281,9 +283,9 @@ class Worker:
                 env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
             self._note_all("started", [work.job_id])
             started = True
-            if self.watchdog is not None:
-                self.watchdog.expect(work.job_id)
             warm = work.envscript is None and is_runner_argv(work.argv)
+            if self.watchdog is not None and not warm:
+                self.watchdog.expect(work.job_id)
             try:
                 t: procs.Task = (self.warm.start(
                     work.job_id, env, os.path.join(self._home, work.workdir),
@@ -296,7 +298,7 @@ class Worker:
                 self.node.free(work.job_id)
                 self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
                 continue
-            if self.watchdog is not None:  # at once: the window in which it is not covered
+            if self.watchdog is not None and not warm:  # at once: the window it is not covered
                 self.watchdog.add(t.pgid, work.job_id)
             if warm:  # pinned by the pool; its reply (or death) ends the poller's wait
                 fd = t.fd  # type: ignore[attr-defined]

@@ -12,6 +12,11 @@ kill, process group), its end announced on a descriptor the worker polls like a 
 A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
 task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
 each warm process exits when it reads the end.
+
+The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
+before each request is sent (so a process is registered before it can run a task, and the
+watchdog counts the job as started: one write per task, where a spawned task needs three) and
+``on_drop(pgid)`` when the pool lets a process go.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Optional
+from typing import Callable, Optional
 
 from balsam.launcher import procs
 from balsam.platform.procgroup import signal_group
@@ -162,10 +167,14 @@ class WarmTask(procs.Task):
 class WarmPool:
     """The warm processes of one serial worker (see the module docstring)."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable, *,
+                 on_task: Optional[Callable[[int, str], None]] = None,
+                 on_drop: Optional[Callable[[int], None]] = None) -> None:
         self.env = dict(env)
         self.cwd = cwd
         self.python = python
+        self.on_task = on_task
+        self.on_drop = on_drop
         self.idle: list[WarmProcess] = []
         self.busy: dict[str, WarmTask] = {}
         self.started = 0
@@ -181,7 +190,7 @@ class WarmPool:
             if candidate.alive():
                 process = candidate
                 break
-            candidate.close()
+            self._drop(candidate)
         if process is None:
             process = WarmProcess(self.env, self.cwd, self.python)
             self.started += 1
@@ -192,10 +201,12 @@ class WarmPool:
                 process.cpus = wanted
             except (OSError, AttributeError):
                 pass
+        if self.on_task is not None:
+            self.on_task(process.pid, job_id)
         try:
-            process.conn.send((job_id, dict(env), workdir, output_path))
+            process.conn.send((job_id, _delta(self.env, env), workdir, output_path))
         except OSError:
-            process.close()
+            self._drop(process)
             raise
         task = WarmTask(job_id, process, output_path)
         self.busy[job_id] = task
@@ -210,7 +221,12 @@ class WarmPool:
                 and not process.conn.closed:
             self.idle.append(process)
         else:
-            process.close()
+            self._drop(process)
+
+    def _drop(self, process: WarmProcess) -> None:
+        process.close()
+        if self.on_drop is not None:
+            self.on_drop(process.pid)
 
     def close(self, timeout: float = 2.0) -> None:
         """End every warm process (they exit when their connection closes)."""
@@ -225,3 +241,13 @@ class WarmPool:
             except subprocess.TimeoutExpired:
                 signal_group(p.pid, signal.SIGKILL)
                 p.proc.wait()
+            if self.on_drop is not None:
+                self.on_drop(p.pid)
+
+
+def _delta(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Optional[str]]:
+    """What makes ``base`` (a warm process's environment at start) into ``env``: changed or
+    new values, and None for a variable to remove (the message stays small)."""
+    delta: dict[str, Optional[str]] = {k: v for k, v in env.items() if base.get(k) != v}
+    delta.update((k, None) for k in base if k not in env)
+    return delta
