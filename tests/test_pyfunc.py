@@ -52,6 +52,16 @@ class Sleep(ApplicationDefinition):
         time.sleep(seconds)
 
 
+class Sourced(ApplicationDefinition):
+    """A preamble must be sourced: serial mode starts it as a command, not in a warm worker."""
+
+    def shell_preamble(self):
+        return "export FROM_PREAMBLE=sourced"
+
+    def run(self):
+        return os.environ["FROM_PREAMBLE"], os.getpid()
+
+
 class Echo(ApplicationDefinition):
     command_template = "echo command {{ word }}"
 '''
@@ -147,12 +157,13 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
     apply = Job(site_path=site, app_name="fn.Apply", workdir="apply",
                 parameters={"fn": lambda x, y: x * y, "point": point, "flag": {1, 2}})
     echo = Job(site_path=site, app_name="fn.Echo", workdir="echo", parameters={"word": "hi"})
-    Job.objects.bulk_create(jobs + [boom, apply, echo])
+    sourced = Job(site_path=site, app_name="fn.Sourced", workdir="sourced")
+    Job.objects.bulk_create(jobs + [boom, apply, echo, sourced])
     with settings(site, launcher=QUICK), launchers() as start:
         launcher = start("--consume-all", "--job-mode", "serial")
         # Results are read as the jobs finish, while the launcher runs.
-        finished = [j.id for j in as_completed(jobs + [boom, apply], timeout=60)]
-        assert sorted(finished) == sorted(j.id for j in jobs + [boom, apply])
+        finished = [j.id for j in as_completed(jobs + [boom, apply, sourced], timeout=60)]
+        assert sorted(finished) == sorted(j.id for j in jobs + [boom, apply, sourced])
         assert launcher.wait(60) == 0, launcher.output()
 
     assert [j.result() for j in jobs] == [n + 10 for n in range(24)]
@@ -170,6 +181,8 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
     assert got["cwd"] == os.path.join(site, "data", "apply") and got["job"] == str(apply.id)
     echo.refresh_from_db()
     assert echo.state == "JOB_FINISHED"
+    greeting, sourced_pid = sourced.result()
+    assert greeting == "sourced"
     with open(os.path.join(site, "data", "echo", "job.out")) as fh:
         assert fh.read() == "command hi\n"
     cursor.execute("SELECT worker, count(*) FROM core_jobpayload WHERE result IS NOT NULL "
@@ -177,6 +190,8 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
     per_worker = dict(cursor.fetchall())
     # Warm workers: at most one process per task running at once (4 per node here), each
     # serving many tasks; the command job did not use one.
+    sourced_worker = next(w for w in per_worker if w.endswith(f":{sourced_pid}"))
+    assert per_worker.pop(sourced_worker) == 1  # started as a command: a process of its own
     assert sum(per_worker.values()) == 26 and len(per_worker) <= 4
     assert max(per_worker.values()) >= 26 // 4
 
