@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
@@ -287,7 +287,7 @@ class Worker:
             if self.watchdog is not None and not warm:
                 self.watchdog.expect(work.job_id)
             try:
-                t: procs.Task = (self.warm.start(
+                t: Union[WarmTask, spawn.SpawnedTask] = (self.warm.start(
                     work.job_id, env, os.path.join(self._home, work.workdir),
                     os.path.join(self._home, work.output_path), placement.cpus) if warm
                     else spawn.SpawnedTask(
@@ -300,8 +300,8 @@ class Worker:
                 continue
             if self.watchdog is not None and not warm:  # at once: the window it is not covered
                 self.watchdog.add(t.pgid, work.job_id)
-            if warm:  # pinned by the pool; its reply (or death) ends the poller's wait
-                fd = t.fd  # type: ignore[attr-defined]
+            if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
+                fd = t.fd
             else:
                 if len(placement.cpus) < len(self.node.cpus):
                     _pin(t.pid, placement.cpus)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from balsam.launcher import procs
 from balsam.platform.procgroup import signal_group
@@ -60,7 +60,7 @@ class Channel:
         data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         self.sock.sendall(self._HEADER.pack(len(data)) + data)
 
-    def recv(self) -> object:
+    def recv(self) -> Any:
         """The next message (blocking); EOFError once the other end is closed."""
         (size,) = self._HEADER.unpack(self._read(self._HEADER.size))
         return pickle.loads(self._read(size))
