@@ -31,6 +31,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+import cloudpickle  # noqa: F401  (imported once, at the warm worker's start, not at its first task)
 import psycopg2
 
 from balsam.db.connect import connect
