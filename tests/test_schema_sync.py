@@ -115,6 +115,7 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
         ("core_balsamjob", "queued_launch_id"): "n",
         ("core_balsamjob", "session_id"): "n",
         ("core_jobwake", "job_id"): "c",
+        ("core_jobpayload", "job_id"): "c",  # function tasks' arguments and outcomes
     }
 
 

@@ -14,12 +14,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from balsam.api import names
+from django.db import connection, transaction
+
+from balsam.api import names, waiting
 from balsam.api.sites import Site, site_for
 from balsam.core.models import BalsamJob, JobEvent
 from balsam.core.schema import FieldError
 from balsam.core.states import InvalidStateError
 from balsam.errors import BalsamError
+from balsam.site import pyfunc
 
 
 class JobStateRefused(BalsamError):
@@ -63,6 +66,9 @@ class Job:
         if fields.get("parent_ids"):
             row.parents = [str(p) for p in fields["parent_ids"]]
         self._bind(site, row)
+        if app.cls.is_function():  # run()'s arguments, written with the row
+            self.__dict__["_arguments"] = pyfunc.serialized_arguments(
+                app.name, app.cls.resolve_parameters(parameters))
 
     @classmethod
     def _wrap(cls, site: Site, row: BalsamJob) -> Job:
@@ -71,7 +77,7 @@ class Job:
         return job
 
     def _bind(self, site: Site, row: BalsamJob) -> None:
-        self.__dict__.update(_site=site, _row=row, _dirty=set())
+        self.__dict__.update(_site=site, _row=row, _dirty=set(), _arguments=None)
 
     # ---- fields -------------------------------------------------------------------------------
 
@@ -128,7 +134,10 @@ class Job:
         self._site.activate()
         try:
             if row._state.adding:
-                row.save()
+                with transaction.atomic(), connection.cursor() as cur:
+                    row.save()
+                    if self._arguments is not None:
+                        pyfunc.store_arguments(cur, [(str(row.pk), self._arguments)])
             elif self._dirty:
                 row.save(update_fields=sorted(self._dirty))
         except InvalidStateError as exc:  # a move the state writer refuses (e.g. to RUNNING)
@@ -141,6 +150,16 @@ class Job:
         self._site.activate()
         self._row.refresh_from_db()
         self._dirty.clear()
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """A function job's return value, or its exception re-raised with the remote traceback
+        as ``__cause__`` (:func:`balsam.api.waiting.result`); ``JobNotDone`` if the job is not
+        done yet, unless ``timeout`` says how long to wait for it."""
+        return waiting.result(self, timeout)
+
+    def done(self) -> bool:
+        """Whether the job is in a final state (JOB_FINISHED, FAILED, USER_KILLED) now."""
+        return bool(waiting.wait([self], 0).done)
 
     def delete(self) -> None:
         self._site.activate()
@@ -160,7 +179,7 @@ def _classic_values(site: Site, app: Any, workdir: str, parameters: Optional[Map
         "name": JOB_NAME,
         "application": app.name,
         "args": cls.render_command(resolved),
-        "parameters": resolved,
+        "parameters": pyfunc.json_view(resolved) if cls.is_function() else resolved,
         "user_workdir": _workdir(site, workdir),
         "environ_vars": cls.environ_string(),
         "post_error_handler": cls.overrides("handle_error"),
@@ -323,7 +342,10 @@ class JobManager:
             raise BalsamError(f"bulk_create got jobs of {len(sites)} sites: one site per call")
         if jobs:
             Site(jobs[0]._site.site_path)
-            BalsamJob.objects.bulk_create([j._row for j in jobs])
+            with transaction.atomic(), connection.cursor() as cur:
+                BalsamJob.objects.bulk_create([j._row for j in jobs])
+                pyfunc.store_arguments(cur, [(str(j._row.pk), j._arguments) for j in jobs
+                                             if j._arguments is not None])
         return jobs
 
     def update(self, site_path: Optional[str] = None, filters: Optional[Mapping[str, Any]] = None,

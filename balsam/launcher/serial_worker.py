@@ -27,8 +27,10 @@ acts as a ``stop`` of its own and is announced with ``stopping`` True.
 The task environment is the worker's own environment passed once through
 :func:`balsam.launcher.task.task_environment` (which strips the ensemble's ``PMI_*``/``HYDRA_*``
 variables: a task that is an MPI program is not part of the launcher's MPI job) plus the job's
-variables (``Work.env``). The loop is transport-agnostic (:class:`Channel`), so tests drive it
-without MPI; :func:`main` runs it over mpi4py.
+variables (``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the
+function runner and it has no envscript) runs in a warm Python worker instead of a new process
+(:mod:`balsam.launcher.warm_pool`), with the same reports. The loop is transport-agnostic
+(:class:`Channel`), so tests drive it without MPI; :func:`main` runs it over mpi4py.
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.packing import NodeSlots
+from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 
 IDLE_WAIT_MS = 1
@@ -115,6 +118,10 @@ class Worker:
         self._report: dict[str, Any] = {}
         self._drained_sent = False
         self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
+        self.warm = WarmPool(self.base_env, self._home,
+                             on_task=watchdog.add if watchdog is not None else None,
+                             on_drop=watchdog.remove if watchdog is not None else None)
+        """Warm Python workers for function tasks (started on first need)."""
         self._next_fd_check = 0.0
         self.started = 0
         """Tasks started so far."""
@@ -123,12 +130,15 @@ class Worker:
     def run(self) -> None:
         """Serve orders until ``exit`` (or ``abort``)."""
         last_busy = time.monotonic()
-        while not self.finished:
-            if self.step():
-                last_busy = time.monotonic()
-            else:
-                quiet = time.monotonic() - last_busy > QUIET_SECONDS
-                self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
+        try:
+            while not self.finished:
+                if self.step():
+                    last_busy = time.monotonic()
+                else:
+                    quiet = time.monotonic() - last_busy > QUIET_SECONDS
+                    self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
+        finally:
+            self.warm.close()
 
     def step(self) -> bool:
         """One iteration: orders, reaping, kills, starts, one report. True if anything
@@ -242,7 +252,9 @@ class Worker:
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
-        if self.watchdog is not None:
+        if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
+            self.warm.finished(r.task, clean=not r.why)
+        elif self.watchdog is not None:
             self.watchdog.remove(r.task.pgid)
         if r.why == "kill":
             self._note_all("killed", [job_id])
@@ -271,22 +283,29 @@ class Worker:
                 env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
             self._note_all("started", [work.job_id])
             started = True
-            if self.watchdog is not None:
+            warm = work.envscript is None and is_runner_argv(work.argv)
+            if self.watchdog is not None and not warm:
                 self.watchdog.expect(work.job_id)
             try:
-                t = spawn.SpawnedTask(
-                    work.job_id, task.with_envscript(work.argv, work.envscript), env,
-                    os.path.join(self._home, work.workdir),
-                    os.path.join(self._home, work.output_path))
+                t: Union[WarmTask, spawn.SpawnedTask] = (self.warm.start(
+                    work.job_id, env, os.path.join(self._home, work.workdir),
+                    os.path.join(self._home, work.output_path), placement.cpus) if warm
+                    else spawn.SpawnedTask(
+                        work.job_id, task.with_envscript(work.argv, work.envscript), env,
+                        os.path.join(self._home, work.workdir),
+                        os.path.join(self._home, work.output_path)))
             except OSError as exc:
                 self.node.free(work.job_id)
                 self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
                 continue
-            if self.watchdog is not None:  # at once: the window in which it is not covered
+            if self.watchdog is not None and not warm:  # at once: the window it is not covered
                 self.watchdog.add(t.pgid, work.job_id)
-            if len(placement.cpus) < len(self.node.cpus):
-                _pin(t.pid, placement.cpus)
-            fd = _pidfd(t.pid)
+            if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
+                fd = t.fd
+            else:
+                if len(placement.cpus) < len(self.node.cpus):
+                    _pin(t.pid, placement.cpus)
+                fd = _pidfd(t.pid)
             self.started += 1
             self.running[work.job_id] = _Running(t, fd)
             if fd >= 0:

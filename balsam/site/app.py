@@ -11,6 +11,11 @@ is how a hook moves or annotates the job.
 Parameters are the template's variables plus those declared in ``parameters``; a declaration is
 the 0.6 form ``{"required": bool, "default": value, "help": text}`` or, shorter, a plain default
 value. A template variable that is not declared is required.
+
+A class may define ``run(self, ...)`` instead of a ``command_template`` (a *function app*, as in
+0.6): the job's ``parameters`` are ``run()``'s keyword arguments, checked against its signature
+when the job is created, and the launcher calls ``run()`` on the compute node
+(:mod:`balsam.site.pyfunc`). A class needs one of the two, not both.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import jinja2
 import jinja2.meta
 
 from balsam.errors import BalsamError
+from balsam.site import pyfunc
 
 HOOKS = ("preprocess", "postprocess", "handle_error", "handle_timeout")
 """Hook methods processing runs (the classic step each replaces: docs/user-guide.md)."""
@@ -109,8 +115,16 @@ class ApplicationDefinition:
         return getattr(cls, method) is not getattr(ApplicationDefinition, method)
 
     @classmethod
+    def is_function(cls) -> bool:
+        """True for a function app: the class defines ``run()`` (no command template)."""
+        return callable(getattr(cls, "run", None))
+
+    @classmethod
     def parameter_spec(cls) -> dict[str, Parameter]:
-        """Every parameter: declared ones, then undeclared template variables (required)."""
+        """Every parameter: declared ones, then undeclared template variables (required); for
+        a function app, ``run()``'s keyword parameters."""
+        if cls.is_function():
+            return cls._run_spec()
         spec: dict[str, Parameter] = {}
         declared = cls.parameters
         if not isinstance(declared, Mapping):
@@ -133,12 +147,37 @@ class ApplicationDefinition:
         return spec
 
     @classmethod
+    def _run_spec(cls) -> dict[str, Parameter]:
+        if cls.command_template:
+            raise AppDefinitionError(f"{cls.__name__} defines both run() and command_template: "
+                                     "a site app is one or the other")
+        if cls.parameters:
+            raise AppDefinitionError(f"{cls.__name__}.parameters: a function app takes its "
+                                     "parameters (and their defaults) from run()'s signature")
+        try:
+            sig = pyfunc.run_signature(cls)
+        except (TypeError, ValueError) as exc:
+            raise AppDefinitionError(f"{cls.__name__}.run has no usable signature: {exc}")
+        spec: dict[str, Parameter] = {}
+        for p in sig.parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                required = p.default is p.empty
+                spec[p.name] = Parameter(p.name, required, None if required else p.default)
+            elif p.kind is p.POSITIONAL_ONLY:
+                raise AppDefinitionError(f"{cls.__name__}.run: positional-only parameter "
+                                         f"{p.name!r} (a job's parameters are keyword arguments)")
+        return spec
+
+    @classmethod
     def template_variables(cls) -> set[str]:
         """The variables ``command_template`` uses (:class:`AppDefinitionError` if it does not
         parse)."""
         template = cls.command_template
+        if cls.is_function():
+            return set()
         if not isinstance(template, str) or not template.strip():
-            raise AppDefinitionError(f"{cls.__name__}.command_template must be a non-empty string")
+            raise AppDefinitionError(f"{cls.__name__} needs a command_template (a non-empty "
+                                     "string) or a run() method")
         try:
             return set(_variables(template))
         except jinja2.TemplateSyntaxError as exc:
@@ -150,6 +189,12 @@ class ApplicationDefinition:
         """``given`` completed with defaults; :class:`ParameterError` naming any unknown or
         missing parameter."""
         given = dict(given or {})
+        if cls.is_function():
+            cls.parameter_spec()
+            try:
+                return pyfunc.bind_arguments(cls, given)
+            except ValueError as exc:
+                raise ParameterError(f"parameters do not fit {cls.__name__}.run(): {exc}")
         spec = cls.parameter_spec()
         unknown = sorted(set(given) - set(spec))
         if unknown:
@@ -166,7 +211,9 @@ class ApplicationDefinition:
     @classmethod
     def render_command(cls, parameters: Mapping[str, Any]) -> str:
         """The command line for ``parameters`` (already resolved): every substituted value is
-        shell-quoted, so it stays one word."""
+        shell-quoted, so it stays one word. A function app's is the task runner's command."""
+        if cls.is_function():
+            return pyfunc.runner_command()
         try:
             command = _compiled(cls.command_template).render(**parameters).strip()
         except jinja2.TemplateError as exc:

@@ -1,0 +1,253 @@
+"""Warm Python workers of a serial-mode worker: function tasks without an interpreter start.
+
+A serial worker (:mod:`balsam.launcher.serial_worker`) hands a Python-function task (its command
+is :func:`balsam.site.pyfunc.runner_command` and it has no envscript) to a :class:`WarmPool`
+instead of spawning it. The pool keeps processes of ``python -m balsam.launcher.pyfunc_task
+--warm FD`` (:func:`balsam.launcher.pyfunc_task.serve`), each in its own session, started on
+first need (at most one per running task, so one per core at most when every task holds a
+core) and reused for task after task. A task in a warm process is a :class:`WarmTask`: the
+:class:`balsam.launcher.procs.Task` interface the worker already drives (poll, terminate,
+kill, process group), its end announced on a descriptor the worker polls like a pidfd.
+
+A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
+task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
+each warm process exits when it reads the end.
+
+The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
+before each request is sent (so a process is registered before it can run a task, and the
+watchdog counts the job as started: one write per task, where a spawned task needs three) and
+``on_drop(pgid)`` when the pool lets a process go.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from balsam.launcher import procs
+from balsam.platform.procgroup import signal_group
+
+RUNNER_MODULE = "balsam.launcher.pyfunc_task"
+"""The function-task runner (:data:`balsam.site.pyfunc.RUNNER_MODULE`, spelled again here so
+that a serial worker rank does not import the site package, Jinja2 and cloudpickle)."""
+
+EXIT_WAIT_SECONDS = 1.0
+"""How long a warm process whose connection ended may take to exit before it is killed."""
+
+
+class Channel:
+    """Pickled messages, each prefixed by its length, over a stream socket (what
+    ``multiprocessing.connection`` does, without its ~30 ms import in every worker rank)."""
+
+    _HEADER = struct.Struct("!I")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: object) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self.sock.sendall(self._HEADER.pack(len(data)) + data)
+
+    def recv(self) -> Any:
+        """The next message (blocking); EOFError once the other end is closed."""
+        (size,) = self._HEADER.unpack(self._read(self._HEADER.size))
+        return pickle.loads(self._read(size))
+
+    def poll(self) -> bool:
+        """Whether :meth:`recv` would not block (a message or the end is there)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def _read(self, size: int) -> bytes:
+        chunks, left = [], size
+        while left:
+            chunk = self.sock.recv(left)
+            if not chunk:
+                raise EOFError("the other end closed the channel")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def is_runner_argv(argv: Sequence[str]) -> bool:
+    """True if ``argv`` is a function task's runner command (``python -m RUNNER_MODULE``)."""
+    return len(argv) == 3 and argv[1] == "-m" and argv[2] == RUNNER_MODULE
+
+
+class WarmProcess:
+    """One warm worker process and the worker's end of its connection."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable) -> None:
+        mine, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-m", RUNNER_MODULE, "--warm", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Channel(mine)
+        self.pid = self.proc.pid
+        self.cpus: Optional[tuple[int, ...]] = None
+        self.tasks = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class WarmTask(procs.Task):
+    """A function task running in a :class:`WarmProcess` (the ``procs.Task`` interface);
+    ``fd`` (a duplicate of the connection's descriptor, the caller closes it) becomes readable
+    when the task ends or the process dies."""
+
+    def __init__(self, job_id: str, process: WarmProcess, output_path: str) -> None:
+        self.job_id = job_id
+        self.output_path = output_path
+        self.started = time.time()
+        self.kill_deadline: Optional[float] = None
+        self.process = process
+        self.pid = self.pgid = process.pid
+        self._returncode: Optional[int] = None
+        self.fd = os.dup(process.conn.fileno())
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._returncode
+
+    def poll(self) -> Optional[int]:
+        """The task's exit status once it replied (or its process died: -N if killed by
+        signal N, as for a spawned task)."""
+        if self._returncode is not None:
+            return self._returncode
+        conn = self.process.conn
+        try:
+            if not conn.poll():
+                return None
+            job_id, rc = conn.recv()
+            if job_id == self.job_id:
+                self.process.tasks += 1
+                self._returncode = int(rc)
+            return self._returncode
+        except (EOFError, OSError):  # the process is gone or going: its status is the task's
+            pass
+        try:
+            rc = self.process.proc.wait(EXIT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            signal_group(self.pgid, signal.SIGKILL)
+            rc = self.process.proc.wait()
+        self._returncode = rc if rc != 0 else 255
+        return self._returncode
+
+
+class WarmPool:
+    """The warm processes of one serial worker (see the module docstring)."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable, *,
+                 on_task: Optional[Callable[[int, str], None]] = None,
+                 on_drop: Optional[Callable[[int], None]] = None) -> None:
+        self.env = dict(env)
+        self.cwd = cwd
+        self.python = python
+        self.on_task = on_task
+        self.on_drop = on_drop
+        self.idle: list[WarmProcess] = []
+        self.busy: dict[str, WarmTask] = {}
+        self.started = 0
+        """Warm processes started so far."""
+
+    def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
+              cpus: Sequence[int]) -> WarmTask:
+        """Run a task in an idle warm process (started now if there is none); OSError if no
+        process could be started."""
+        process = None
+        while self.idle:
+            candidate = self.idle.pop()
+            if candidate.alive():
+                process = candidate
+                break
+            self._drop(candidate)
+        if process is None:
+            process = WarmProcess(self.env, self.cwd, self.python)
+            self.started += 1
+        wanted = tuple(cpus)
+        if process.cpus != wanted:
+            try:
+                os.sched_setaffinity(process.pid, wanted)
+                process.cpus = wanted
+            except (OSError, AttributeError):
+                pass
+        if self.on_task is not None:
+            self.on_task(process.pid, job_id)
+        try:
+            process.conn.send((job_id, _delta(self.env, env), workdir, output_path))
+        except OSError:
+            self._drop(process)
+            raise
+        task = WarmTask(job_id, process, output_path)
+        self.busy[job_id] = task
+        return task
+
+    def finished(self, task: WarmTask, clean: bool) -> None:
+        """``task`` was reaped: its process goes back to the pool if the task ended on its own
+        (``clean``) and the process lives; otherwise it is dropped."""
+        self.busy.pop(task.job_id, None)
+        process = task.process
+        if clean and task.returncode is not None and task.returncode >= 0 and process.alive() \
+                and not process.conn.closed:
+            self.idle.append(process)
+        else:
+            self._drop(process)
+
+    def _drop(self, process: WarmProcess) -> None:
+        process.close()
+        if self.on_drop is not None:
+            self.on_drop(process.pid)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """End every warm process (they exit when their connection closes)."""
+        processes = self.idle + [t.process for t in self.busy.values()]
+        self.idle, self.busy = [], {}
+        for p in processes:
+            p.close()
+        end = time.monotonic() + timeout
+        for p in processes:
+            try:
+                p.proc.wait(max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                signal_group(p.pid, signal.SIGKILL)
+                p.proc.wait()
+            if self.on_drop is not None:
+                self.on_drop(p.pid)
+
+
+def _delta(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Optional[str]]:
+    """What makes ``base`` (a warm process's environment at start) into ``env``: changed or
+    new values, and None for a variable to remove (the message stays small)."""
+    delta: dict[str, Optional[str]] = {k: v for k, v in env.items() if base.get(k) != v}
+    delta.update((k, None) for k in base if k not in env)
+    return delta

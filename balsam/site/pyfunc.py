@@ -1,0 +1,254 @@
+"""Python-function tasks: site apps whose class defines ``run(self, ...)`` instead of a command.
+
+A job of such an app stores its ``run()`` keyword arguments (the job's ``parameters``, checked
+against ``run``'s signature when the job is created) serialized with cloudpickle in the side
+table ``core_jobpayload`` (one row per job, deleted with it: migration 0009). Its classic
+``args`` column holds the runner command, ``python -m balsam.launcher.pyfunc_task``, so every
+launcher path starts it like any command; serial mode hands it to a warm Python worker instead.
+The runner loads the arguments, calls ``run()`` in the job's working directory with ``self.job``
+bound to a :class:`TaskJob`, and writes the outcome to the same row: the cloudpickled return
+value, or the cloudpickled exception with its traceback text (``failed``), and which process ran
+it (``worker``: host:pid). The task then exits 0 (RUN_DONE) or 1 (RUN_ERROR, the traceback in the
+output tail), so the usual state rules follow. The client reads the outcome back with
+:func:`load_outcomes` and :func:`reraise`.
+
+Everything here is plain DB-API with ``%s`` parameters (psycopg2 cursors or Django's).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pickle
+import shlex
+import socket
+import sys
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from balsam.errors import BalsamError
+
+PAYLOAD_TABLE = "core_jobpayload"
+RUNNER_MODULE = "balsam.launcher.pyfunc_task"
+"""The module the launcher runs for a function task (``python -m``; serial mode's warm
+workers recognise this command and run the task in a process that is already up)."""
+
+
+def runner_command(python: str = sys.executable) -> str:
+    """The command line stored as a function job's ``args``."""
+    return f"{shlex.quote(python)} -m {RUNNER_MODULE}"
+
+
+class SerializationError(BalsamError):
+    """A value that cloudpickle cannot serialize (an argument of a function task)."""
+
+
+def serialize(value: Any) -> bytes:
+    """``value`` as cloudpickle bytes (lambdas, local classes and closures included)."""
+    # Imported here: ~25 ms that command apps' hook runs and `balsam site` need not pay.
+    import cloudpickle
+
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def deserialize(data: bytes) -> Any:
+    """The value :func:`serialize` wrote."""
+    return pickle.loads(bytes(data))
+
+
+def json_view(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the job's JSON ``parameters`` column shows of ``run()``'s arguments: JSON values as
+    they are, anything else as its ``repr`` (the real values are in the payload table)."""
+    view: dict[str, Any] = {}
+    for name, value in parameters.items():
+        try:
+            json.dumps(value)
+            view[name] = value
+        except (TypeError, ValueError):
+            view[name] = f"<pickled {type(value).__name__}: {repr(value)[:120]}>"
+    return view
+
+
+def serialized_arguments(app_name: str, kwargs: Mapping[str, Any]) -> bytes:
+    """``kwargs`` serialized (:class:`SerializationError` naming the parameter that is not)."""
+    try:
+        return serialize(dict(kwargs))
+    except Exception:  # noqa: BLE001 - find which argument, for the message
+        for name, value in kwargs.items():
+            try:
+                serialize(value)
+            except Exception as exc:  # noqa: BLE001 - cloudpickle raises many kinds
+                raise SerializationError(f"parameter {name!r} of app {app_name} cannot be "
+                                         f"serialized with cloudpickle: {type(exc).__name__}: "
+                                         f"{exc}")
+        raise
+
+
+# ---- the outcome --------------------------------------------------------------------------
+
+class RemoteTraceback(Exception):
+    """The traceback text of a function task's exception, as it was on the compute node
+    (set as the re-raised exception's ``__cause__``)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text.rstrip()}\n\"\"\""
+
+
+class TaskFailed(BalsamError):
+    """A function task raised an exception that cannot be re-created here (its pickle does not
+    load); the message holds its traceback text."""
+
+
+@dataclass
+class Outcome:
+    """What one run of a function task produced."""
+
+    failed: bool
+    value: bytes
+    """cloudpickle bytes: the return value, or the exception (``failed``)."""
+    traceback: str = ""
+    worker: str = ""
+
+
+def call(cls: type, job: Any, kwargs: Mapping[str, Any]) -> Outcome:
+    """Run ``cls(job).run(**kwargs)`` and capture its outcome (never raises for the task's own
+    exceptions; a return value that cannot be serialized is a failure saying so)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        value = cls(job).run(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt in run() too
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return Outcome(True, _exception_bytes(exc, text), text, worker)
+    try:
+        return Outcome(False, serialize(value), "", worker)
+    except Exception as exc:  # noqa: BLE001 - the value is the problem
+        text = (f"the return value of {cls.__name__}.run() cannot be serialized with "
+                f"cloudpickle: {type(exc).__name__}: {exc}\n")
+        return Outcome(True, _exception_bytes(TypeError(text.strip()), text), text, worker)
+
+
+def _exception_bytes(exc: BaseException, text: str) -> bytes:
+    try:
+        return serialize(exc)
+    except Exception:  # noqa: BLE001 - an exception holding something unpicklable
+        return serialize(TaskFailed(f"{type(exc).__name__}: {exc}"))
+
+
+def reraise(outcome: Outcome, job_label: str) -> None:
+    """Raise the task's exception here, its remote traceback text as ``__cause__``."""
+    try:
+        exc = deserialize(outcome.value)
+    except Exception as load_error:  # noqa: BLE001 - e.g. its class is not importable here
+        raise TaskFailed(f"{job_label} raised an exception that cannot be loaded here "
+                         f"({type(load_error).__name__}: {load_error}); its traceback:\n"
+                         f"{outcome.traceback}")
+    if not isinstance(exc, BaseException):
+        raise TaskFailed(f"{job_label} failed:\n{outcome.traceback}")
+    raise exc from RemoteTraceback(outcome.traceback)
+
+
+# ---- the task's view of its job -----------------------------------------------------------
+
+@dataclass
+class TaskJob:
+    """``self.job`` inside ``run()``: the job's identity and values (read-only; the hooks get
+    the full :class:`balsam.api.Job`)."""
+
+    id: str
+    app_name: str
+    workdir: str
+    """The absolute working directory (the current directory while ``run()`` runs)."""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- signature checks ---------------------------------------------------------------------
+
+def run_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls.run`` without ``self``."""
+    params = list(inspect.signature(cls.run).parameters.values())  # type: ignore[attr-defined]
+    return inspect.Signature(params[1:])
+
+
+def bind_arguments(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` checked against ``run()``'s signature and completed with its defaults;
+    ValueError naming what does not fit."""
+    sig = run_signature(cls)
+    try:
+        bound = sig.bind(**given)
+    except TypeError as exc:
+        raise ValueError(f"{exc} (run{sig})")
+    bound.apply_defaults()
+    values = dict(bound.arguments)
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(values.pop(p.name, {}))
+        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+            values.pop(p.name, None)
+    return values
+
+
+# ---- the payload table (any DB-API cursor) ------------------------------------------------
+
+def store_arguments(cursor: Any, rows: Iterable[tuple[str, bytes]]) -> None:
+    """Insert the serialized arguments of new jobs ((job id, bytes) pairs)."""
+    rows = list(rows)
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start:start + 1000]
+        values = ", ".join(["(%s, %s)"] * len(chunk))
+        cursor.execute(f"INSERT INTO {PAYLOAD_TABLE} (job_id, args) VALUES {values}",
+                       [x for job_id, data in chunk for x in (str(job_id), _binary(data))])
+
+
+def _binary(data: bytes) -> Any:
+    """``data`` in the form the cursor's driver binds as bytea (memoryview works with both
+    psycopg2 and psycopg 3)."""
+    return memoryview(data)
+
+
+TASK_QUERY = (f"SELECT j.application, j.tags, j.data, j.parameters, p.args "
+              f"FROM core_balsamjob j LEFT JOIN {PAYLOAD_TABLE} p ON p.job_id = j.job_id "
+              f"WHERE j.job_id = %s")
+
+
+def load_task(cursor: Any, job_id: str, workdir: str) -> tuple[TaskJob, Optional[dict[str, Any]]]:
+    """The job bound as ``self.job`` and its ``run()`` arguments (None: no payload row)."""
+    cursor.execute(TASK_QUERY, [job_id])
+    found = cursor.fetchone()
+    if found is None:
+        raise BalsamError(f"job {job_id} does not exist")
+    app_name, tags, data, params, args = found
+    job = TaskJob(job_id, app_name, workdir, _json(params), _json(tags), _json(data))
+    return job, (None if args is None else deserialize(args))
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value or {})
+
+
+def store_outcome(cursor: Any, job_id: str, outcome: Outcome) -> None:
+    """Write the outcome of a run (replacing an earlier run's)."""
+    cursor.execute(f"UPDATE {PAYLOAD_TABLE} SET result = %s, failed = %s, traceback = %s, "
+                   f"worker = %s, finished_at = now() WHERE job_id = %s",
+                   [_binary(outcome.value), outcome.failed, outcome.traceback, outcome.worker,
+                    job_id])
+
+
+def load_outcomes(cursor: Any, job_ids: Iterable[str]) -> dict[str, Outcome]:
+    """The recorded outcomes of ``job_ids`` (jobs never run, or not function jobs, absent)."""
+    ids = [str(j) for j in job_ids]
+    if not ids:
+        return {}
+    cursor.execute(f"SELECT job_id::text, failed, result, traceback, worker FROM {PAYLOAD_TABLE} "
+                   f"WHERE job_id = ANY(%s::uuid[]) AND result IS NOT NULL", [ids])
+    return {str(j): Outcome(bool(f), bytes(r), t or "", w or "")
+            for j, f, r, t, w in cursor.fetchall()}
