@@ -53,7 +53,7 @@ def raw_insert(conn, n: int) -> float:
     rows = [
         (str(uuid.uuid4()), now, now, "\\N", "bench", f"job{i}", "", "", "", "", "", "",
          "1", "1", "0", "1", "none", "1", "1", "1", "", "", "app", f"--input {i}", "",
-         "t", "f", "f", "t", "CREATED", "{}", "{}", "{}")
+         "t", "f", "f", "t", "CREATED", "{}", "{}", "{}", "-1", "0")
         for i in range(n)
     ]
     text = "\n".join(["\t".join(r) for r in rows]) + "\n"
