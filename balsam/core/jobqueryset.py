@@ -105,7 +105,8 @@ class BalsamJobQuerySet(models.QuerySet):
         with transaction.atomic(using=self.db), connection.cursor() as cur:
             edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
                      for p in d["_pending_parents"]] if any(map(_PARENTS, rows)) else []
-            if edges:
+            checked = bool(edges)
+            if checked:
                 schema.check_new_jobs(rows)
                 bulk.normalize_rows(rows)  # the edge check needs valid states
                 try:
@@ -116,8 +117,8 @@ class BalsamJobQuerySet(models.QuerySet):
             # Without edges, the creation rules are checked chunk by chunk in the COPY stream,
             # while the server stores the previous chunk; a refused row aborts the COPY, and
             # this transaction leaves nothing behind.
-            bulk.copy_jobs(cur, rows, normalized=bool(edges),
-                           check=None if edges else schema.check_new_jobs)
+            bulk.copy_jobs(cur, rows, normalized=checked,
+                           check=None if checked else schema.check_new_jobs)
             bulk.insert_edges(cur, edges)
         db = self.db
         for o in objs:
