@@ -10,6 +10,8 @@ preprocess script remains). CREATED and AWAITING_PARENTS jobs do not count: thei
 not finished, and the batch job running the parents picks them up (``--consume-all``).
 RUN_TIMEOUT and RUN_ERROR jobs do not count either: the service runs the processing
 transitions before it plans, which turns every retryable one into RESTART_READY first.
+The planner reads the backlog as counts per shape that the database keeps (:func:`backlog`),
+never the jobs themselves.
 
 Modes. A job of 1 node and 1 rank is *serial* (``node_packing_count`` of them share a node);
 every other job is *mpi*. Each mode gets its own batch jobs (``--job-mode``); all run every
