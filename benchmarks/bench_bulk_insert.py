@@ -1,6 +1,7 @@
 """Benchmark: 100,000 jobs through ``BalsamJob.objects.bulk_create`` vs a raw psycopg2 COPY.
 
-Goal (issue 2): the API rate is >= 0.8 of the raw rate. Printed, not asserted.
+Goal: the API rate is >= 0.95 of the raw rate (issue 16; issue 2 asked 0.8). Printed, not
+asserted.
 
 The API timing includes constructing the 100,000 ``BalsamJob`` objects. The raw baseline loads
 the same rows (same columns, a fresh UUID per job) with ``COPY ... FROM STDIN``, and its timing
@@ -53,7 +54,7 @@ def raw_insert(conn, n: int) -> float:
     rows = [
         (str(uuid.uuid4()), now, now, "\\N", "bench", f"job{i}", "", "", "", "", "", "",
          "1", "1", "0", "1", "none", "1", "1", "1", "", "", "app", f"--input {i}", "",
-         "t", "f", "f", "t", "CREATED", "{}", "{}", "{}")
+         "t", "f", "f", "t", "CREATED", "{}", "{}", "{}", "-1", "0")
         for i in range(n)
     ]
     text = "\n".join(["\t".join(r) for r in rows]) + "\n"
@@ -103,6 +104,7 @@ def main() -> None:
             run()  # warm-up, not timed: the first 100k-object run pays for growing the heap
         api_times: list[float] = []
         raw_times: list[float] = []
+        stores: dict[str, list[float]] = {"api": [], "raw": []}  # time minus constructing/building
         for r in range(args.rounds):
             order = [("api", api_times), ("raw", raw_times)]
             if r % 2:
@@ -112,6 +114,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 built = api_insert(args.n) if label == "api" else raw_insert(conn, args.n)
                 times.append(time.perf_counter() - t0)
+                stores[label].append(times[-1] - built)
                 got = count(conn)
                 assert got == args.n, f"{label} inserted {got} rows, not {args.n}"
                 what = "constructing objects" if label == "api" else "building rows"
@@ -126,7 +129,10 @@ def main() -> None:
     api, raw = statistics.median(api_times), statistics.median(raw_times)
     print(f"API  bulk_create (incl. constructing objects): median {api:.3f} s = {args.n / api:,.0f} jobs/s")
     print(f"raw  psycopg2 COPY (incl. building rows):      median {raw:.3f} s = {args.n / raw:,.0f} jobs/s")
-    print(f"ratio API/raw (rate): {raw / api:.2f}   (goal >= 0.80)")
+    print(f"ratio API/raw (rate): {raw / api:.2f}   (goal >= 0.95)")
+    api_store, raw_store = statistics.median(stores["api"]), statistics.median(stores["raw"])
+    print(f"without constructing/building: bulk_create median {api_store:.3f} s, COPY median "
+          f"{raw_store:.3f} s, ratio {raw_store / api_store:.2f}")
 
 
 if __name__ == "__main__":

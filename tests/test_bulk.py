@@ -133,6 +133,9 @@ def test_a_bad_value_in_row_50001_of_100000_writes_nothing(models, cursor, monke
     ("args", None, schema.FieldError, "args may not be empty"),
     ("data", "[1, 2]", schema.FieldError, "data must be a JSON object, not list"),
     ("data", {"x": object()}, TypeError, "not JSON serializable"),
+    # the creation rules, checked chunk by chunk in the stream too
+    ("state", "RUNNING", schema.FieldError, "may not be created in state RUNNING"),
+    ("name", "", schema.FieldError, "a new job needs a name"),
 ])
 def test_any_invalid_value_late_in_a_batch_writes_nothing(models, cursor, monkeypatch, field, bad,
                                                           error, message) -> None:

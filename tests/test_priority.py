@@ -52,7 +52,7 @@ def test_the_planner_gives_the_free_queue_slot_to_the_higher_priority_jobs(db, c
                    "ELSE 60 END")
     queue = dict(min_nodes=1, max_nodes=8, min_minutes=10, max_minutes=120, max_queued=1,
                  max_running=0, max_total_nodes=8)
-    created = planner.plan(cursor, db, {"project": "", "queues": {"q": queue}})
+    created = planner.plan(cursor, {"project": "", "queues": {"q": queue}})
     cursor.execute(f"SELECT id, nodes, wall_minutes FROM {schema.QLAUNCH_TABLE}")
     # One slot: the two 4-node, 60-minute high-priority jobs side by side (the 100-minute
     # low-priority job alone would have been packed first by height).

@@ -43,7 +43,7 @@ def run_plan(db: str, sett: dict, **kw) -> list[int]:
     conn = connect(db)
     try:
         with conn, conn.cursor() as cur:
-            return planner.plan(cur, db, sett, **kw)
+            return planner.plan(cur, sett, **kw)
     finally:
         conn.close()
 
@@ -145,7 +145,7 @@ def test_concurrent_plans_do_not_both_cover_the_same_backlog(db, cursor):
     add_jobs(db, 3, num_nodes=2, wall_time_minutes=30)
     first = connect(db)
     cur = first.cursor()
-    assert len(planner.plan(cur, db, settings())) == 1  # not committed yet: lock held
+    assert len(planner.plan(cur, settings())) == 1  # not committed yet: lock held
     second: list = []
     thread = threading.Thread(target=lambda: second.append(run_plan(db, settings())))
     thread.start()

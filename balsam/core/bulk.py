@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
 
 from balsam.core import copyfmt, lifecycle, schema
 from balsam.core.states import STATES
@@ -49,14 +49,17 @@ def normalize_rows(jobs: list[dict]) -> int:
 
 
 def _chunks(jobs: list[dict], chunk_rows: int, normalized: bool,
-            failure: list[BaseException]) -> Iterator[bytes]:
-    """The COPY text of ``jobs``, ``chunk_rows`` at a time, each chunk validated (unless
-    ``normalized``) just before it is encoded. An error is also appended to ``failure``: psycopg2
-    turns an exception raised while it reads the stream into a generic "COPY failed" error, and
-    the caller raises the original instead."""
+            failure: list[BaseException],
+            check: Optional[Callable[[list[dict]], None]] = None) -> Iterator[bytes]:
+    """The COPY text of ``jobs``, ``chunk_rows`` at a time, each chunk checked (``check``) and
+    validated (unless ``normalized``) just before it is encoded. An error is also appended to
+    ``failure``: psycopg2 turns an exception raised while it reads the stream into a generic
+    "COPY failed" error, and the caller raises the original instead."""
     for start in range(0, len(jobs), chunk_rows):
         end = start + chunk_rows
         try:
+            if check is not None:
+                check(jobs[start:end])
             if not normalized:
                 normalize_rows(jobs[start:end])
             chunk = copyfmt.encode_dicts(jobs, COLUMNS, start, end)
@@ -66,10 +69,13 @@ def _chunks(jobs: list[dict], chunk_rows: int, normalized: bool,
         yield chunk
 
 
-def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False) -> int:
+def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False,
+              check: Optional[Callable[[list[dict]], None]] = None) -> int:
     """Insert full job rows (``schema.new_job_row`` dicts, or models' ``__dict__``s) with COPY;
     returns the count. Each dict is validated and normalised in place (:func:`normalize_rows`)
-    as it is sent, unless the caller says it already was (``normalized``).
+    as it is sent, unless the caller says it already was (``normalized``); ``check``, if given,
+    is called on each chunk of rows before that (it raises to refuse them), so the server
+    stores one chunk while the next is checked.
 
     Run it inside a transaction: on any error (the first invalid value raises its own
     ``FieldError``) the caller's rollback leaves no row behind. Jobs created in a state other
@@ -83,7 +89,7 @@ def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False) -> in
     django_db = getattr(cursor, "db", None)
     try:
         with django_db.wrap_database_errors if django_db is not None else contextlib.nullcontext():
-            driver.copy_in(cursor, sql, _chunks(jobs, CHUNK_ROWS, normalized, failure))
+            driver.copy_in(cursor, sql, _chunks(jobs, CHUNK_ROWS, normalized, failure, check))
     except Exception:
         if failure:
             raise failure[0] from None

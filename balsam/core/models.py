@@ -221,7 +221,6 @@ class BalsamJob(JobAPI, models.Model):
     # What the JobAPI mixin and the queryset use of this module; they reach it through the model
     # class (``self.model`` in the queryset) and so never import this module.
     app_model = ApplicationDefinition
-    _check_new_jobs = staticmethod(check_new_jobs)
     _require_apps = staticmethod(require_apps)
 
     class Meta:

@@ -26,11 +26,13 @@ def job_repr(job: dict[str, Any], app: Optional[dict[str, str]], workdir: Option
 def table(rows: list, columns: list, headers: Optional[list] = None) -> str:
     """A plain text table with a header rule; columns sized to their widest cell."""
     headers = headers or columns
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    # Column-wise, with one format string per table: `balsam ls` renders thousands of rows.
+    cols = [[str(r.get(c, "")) for r in rows] for c in columns]
+    widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, cols)]
+    line = " | ".join(f"{{:<{w}}}" for w in widths).format
+    out = [line(*headers).rstrip()]
     out.append("-" * len(out[0]))
-    out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    out += [line(*row).rstrip() for row in (zip(*cols) if cols else [()] * len(rows))]
     return "\n".join(out)
 
 

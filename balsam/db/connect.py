@@ -26,6 +26,14 @@ def local_hostnames() -> set:
     return names
 
 
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` names this machine; the resolver is asked (``getfqdn``) only when the
+    plain names do not match, so a client on the server's host never waits on DNS."""
+    if host in ("localhost", "127.0.0.1") or host == socket.gethostname():
+        return True
+    return host in local_hostnames()
+
+
 def connection_params(db_path: str, application_name: str = "balsam") -> dict[str, Any]:
     """libpq keyword arguments for the server named in ``db_path``'s server-info."""
     info = serverinfo.read(db_path)
@@ -34,7 +42,7 @@ def connection_params(db_path: str, application_name: str = "balsam") -> dict[st
         raise DatabaseUnavailable(
             f"the Balsam DB server for {db_path} is not running: start it with `balsam server --start`"
         )
-    if host in local_hostnames():
+    if is_local_host(host):
         host = "127.0.0.1"  # same machine: loopback works even where the hostname does not resolve
     role = credentials.client_role(db_path, info)
     params: dict[str, Any] = {

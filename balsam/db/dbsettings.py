@@ -7,7 +7,6 @@ the key and the closest valid key, at every command that reads settings.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -88,12 +87,28 @@ def defaults() -> dict[str, Any]:
 def load(db_path: str) -> dict[str, Any]:
     """Settings of ``db_path``, checked against the schema and completed with the defaults;
     ``queues`` are the file's (validated) or, when absent, the machine profile's. A missing
-    file means every default. Any error is one :class:`BalsamError` line naming the file."""
+    file means every default. Any error is one :class:`BalsamError` line naming the file.
+
+    Checking costs ~100-200 ms (importing YAML and pydantic, building the schema), so the
+    result is kept in :data:`CHECKED_FILENAME` beside the file and reused while neither the
+    file nor the code that checks it changed (:func:`_checked_key`)."""
+    path = os.path.join(db_path, FILENAME)
+    key = _checked_key(path)
+    if key is not None:
+        cached = _read_checked(db_path, key)
+        if cached is not None:
+            return cached
+    settings = _check(path)
+    if key is not None:
+        _write_checked(db_path, key, settings)
+    return settings
+
+
+def _check(path: str) -> dict[str, Any]:
     import yaml
 
     from balsam.db import settings_schema
 
-    path = os.path.join(db_path, FILENAME)
     try:
         with open(path) as fh:
             raw = yaml.safe_load(fh) or {}
@@ -108,6 +123,86 @@ def load(db_path: str) -> dict[str, Any]:
     return settings
 
 
+CHECKED_FILENAME = ".settings-checked.json"
+"""The last checked settings of a DB directory, with the identity (:func:`_checked_key`) of the
+``settings.yml`` and of the code they were checked with. Written only by the owner of
+``settings.yml``, and trusted only when that owner also owns it: it can say nothing the owner
+could not write in ``settings.yml`` itself."""
+_CHECKING_CODE = ("db/dbsettings.py", "db/settings_schema.py", "defaults.py",
+                  "platform/mpi/__init__.py", "platform/schedulers/__init__.py")
+"""Modules (under the package) whose code decides what :func:`load` returns, besides the
+machine profiles (``platform/machines/``)."""
+
+
+def _checked_key(path: str) -> Any:
+    """What :func:`load`'s result depends on: the file's identity (inode, size, modification and
+    change times: an edit, a copy or a rename over it changes one) and the checking code's
+    (Balsam's version; size and modification time of the modules and machine profiles); None
+    when the file is missing (the defaults are not cached)."""
+    import balsam
+
+    try:
+        st = os.stat(path)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = [[name, *_stamp(os.path.join(root, name))] for name in _CHECKING_CODE]
+        with os.scandir(os.path.join(root, "platform", "machines")) as entries:
+            code += sorted([e.name, *_stamp(e.path)] for e in entries if e.is_file())
+    except OSError:
+        return None
+    return [balsam.__version__, st.st_uid, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            code]  # lists only: compared with the key read back from JSON
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_checked(db_path: str, key: Any) -> Any:
+    """The cached settings for ``key``, or None (absent, stale, unreadable, not trusted)."""
+    try:
+        with open(os.path.join(db_path, CHECKED_FILENAME)) as fh:
+            if os.fstat(fh.fileno()).st_uid != key[1]:
+                return None
+            stored = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    return stored.get("settings")
+
+
+SETTLED_SECONDS = 2.0
+"""A ``settings.yml`` changed less than this long ago is not cached: file times have a coarse
+tick on some file systems, so a second edit of the same size within one tick could keep every
+time stamp (git's "racy" index entries); after this, any edit moves a time stamp."""
+
+
+def _write_checked(db_path: str, key: Any, settings: dict[str, Any]) -> None:
+    """Store ``settings`` for ``key`` atomically, readable by whoever may read the file;
+    silently skipped when not ours to write, the file changed just now, or ``settings`` would
+    not read back equal from JSON."""
+    import time
+
+    if key[1] != os.geteuid() or time.time_ns() - max(key[4], key[5]) < SETTLED_SECONDS * 1e9:
+        return
+    if json.loads(json.dumps(settings)) != settings:
+        return
+    target = os.path.join(db_path, CHECKED_FILENAME)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        mode = os.stat(os.path.join(db_path, FILENAME)).st_mode & 0o644
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"key": key, "settings": settings}, fh)
+        os.replace(tmp, target)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def _queues(settings: dict[str, Any], path: str) -> dict[str, dict[str, int]]:
     """The validated ``queues`` of ``settings``; when absent, the machine profile's."""
     from balsam.platform import machines
@@ -117,5 +212,7 @@ def _queues(settings: dict[str, Any], path: str) -> dict[str, dict[str, int]]:
             raise BalsamError(f"{path}: no `queues` given and {settings['machine']!r} is not a "
                               f"shipped machine profile ({', '.join(machines.names())})")
         return machines.load(settings["machine"]).queue_settings()
+    import dataclasses
+
     policies = machines.validate_queues(settings["queues"], path)
     return {name: dataclasses.asdict(policy) for name, policy in policies.items()}

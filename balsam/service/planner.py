@@ -10,6 +10,8 @@ preprocess script remains). CREATED and AWAITING_PARENTS jobs do not count: thei
 not finished, and the batch job running the parents picks them up (``--consume-all``).
 RUN_TIMEOUT and RUN_ERROR jobs do not count either: the service runs the processing
 transitions before it plans, which turns every retryable one into RESTART_READY first.
+The planner reads the backlog as counts per shape that the database keeps (:func:`backlog`),
+never the jobs themselves.
 
 Modes. A job of 1 node and 1 rank is *serial* (``node_packing_count`` of them share a node);
 every other job is *mpi*. Each mode gets its own batch jobs (``--job-mode``); all run every
@@ -63,6 +65,9 @@ FAILED_QUEUE_COOLDOWN = 600.0
 MAX_UNITS_PER_NODE = 1 << 20
 """Above this lcm of packing counts, serial widths are rounded up instead (still exact-safe)."""
 BACKLOG_STATES = ("PREPROCESSED", "RESTART_READY", "READY", "STAGED_IN")
+"""What counts as backlog (module docstring); the triggers of migration 0012 count these."""
+BACKLOG_TABLE = "core_backlogshape"
+"""Signed job counts per shape, appended by triggers on the job table (:func:`backlog`)."""
 MODES = ("mpi", "serial")
 
 _log = logging.getLogger(__name__)
@@ -81,17 +86,27 @@ class QueueUse:
 
 
 def backlog(cursor: Any) -> dict[str, list[Shape]]:
-    """The runnable backlog grouped by shape, per mode (module docstring)."""
-    states = ", ".join(f"'{s}'" for s in BACKLOG_STATES)
+    """The runnable backlog grouped by shape, per mode (module docstring), in shape order.
+
+    Read from the per-shape counts the database keeps (``core_backlogshape``, migration 0012:
+    triggers on the job table append a signed count per shape for every statement that moves
+    jobs into or out of the backlog), not from the jobs: one row per shape once folded. This
+    folds them: the rows this transaction sees are replaced by their sums per shape (rows
+    appended meanwhile by other transactions are not seen, and stay for the next fold), so the
+    table stays about one row per shape. Concurrent folds are safe: a row is deleted, and
+    counted, by one of them only."""
     cursor.execute(f"""
-        SELECT num_nodes = 1 AND ranks_per_node = 1, num_nodes, node_packing_count,
-               wall_time_minutes, count(*), priority
-        FROM {schema.JOB_TABLE} WHERE state IN ({states}) AND session_id IS NULL
-        GROUP BY 1, 2, 3, 4, 6""")
+        WITH seen AS (DELETE FROM {BACKLOG_TABLE} RETURNING *)
+        INSERT INTO {BACKLOG_TABLE} (serial, num_nodes, node_packing_count, wall_time_minutes,
+                                     priority, jobs)
+        SELECT serial, num_nodes, node_packing_count, wall_time_minutes, priority, sum(jobs)
+        FROM seen GROUP BY 1, 2, 3, 4, 5 HAVING sum(jobs) <> 0
+        RETURNING serial, num_nodes, node_packing_count, wall_time_minutes, jobs, priority""")
     shapes: dict[str, list[Shape]] = {"mpi": [], "serial": []}
-    for serial, nodes, npc, minutes, count, priority in cursor.fetchall():
-        shapes["serial" if serial else "mpi"].append(
-            (nodes, max(1, npc), max(1, minutes), count, priority))
+    for serial, nodes, npc, minutes, count, priority in sorted(cursor.fetchall()):
+        if count > 0:
+            shapes["serial" if serial else "mpi"].append(
+                (nodes, max(1, npc), max(1, minutes), int(count), priority))
     return shapes
 
 
@@ -174,11 +189,10 @@ def _insert(cursor: Any, policy: QueuePolicy, nodes: int, minutes: int, mode: st
     return int(cursor.fetchone()[0])
 
 
-def plan(cursor: Any, db_path: str, settings: dict[str, Any], *,
-         now: Optional[datetime] = None, log: Optional[logging.Logger] = None) -> list[int]:
+def plan(cursor: Any, settings: dict[str, Any], *, now: Optional[datetime] = None,
+         log: Optional[logging.Logger] = None) -> list[int]:
     """Create ``pending-submission`` rows for the uncovered backlog; returns their ids in
-    creation order (module docstring). ``db_path`` is unused here (kept for the service's
-    uniform calls); ``settings`` gives ``queues`` and ``project``."""
+    creation order (module docstring). ``settings`` gives ``queues`` and ``project``."""
     log = log or _log
     now = now or datetime.now(timezone.utc)
     policies = load_policies(settings)

@@ -173,8 +173,7 @@ class Service:
     def _plan(self) -> int:
         from balsam.service.planner import plan
 
-        ids = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, plan, self.db_path,
-                                 self.settings)
+        ids = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, plan, self.settings)
         if ids:
             self.log.info(f"planned batch job(s) {', '.join(map(str, ids))}")
         return len(ids)

@@ -2,7 +2,7 @@
 
 A job of such an app stores its ``run()`` keyword arguments (the job's ``parameters``, checked
 against ``run``'s signature when the job is created) serialized with cloudpickle in the side
-table ``core_jobpayload`` (one row per job, deleted with it: migration 0009). Its classic
+table ``core_jobpayload`` (one row per job, deleted with it: migration 0011). Its classic
 ``args`` column holds the runner command, ``python -m balsam.launcher.pyfunc_task``, so every
 launcher path starts it like any command; serial mode hands it to a warm Python worker instead.
 The runner loads the arguments, calls ``run()`` in the job's working directory with ``self.job``

@@ -1,0 +1,63 @@
+"""The CLI's start-up shortcuts change nothing a user sees: a command parsed by a parser that
+registered only it, and tables rendered column-wise, give the same results as before."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from balsam.cli import main as cli_main
+from balsam.core.render import table
+
+
+def table_by_rows(rows: list, columns: list, headers=None) -> str:
+    """The row-by-row rendering ``render.table`` replaced (its reference)."""
+    headers = headers or columns
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    out.append("-" * len(out[0]))
+    out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(out)
+
+
+def test_table_matches_the_row_by_row_rendering_on_random_input():
+    rng = random.Random(16)
+    values = [None, 0, 12345, "", " ", "x", "trailing  ", "é" * 7, "{}", "a|b", True]
+    for n in (0, 1, 2, 50):
+        for columns in (["a"], ["a", "bb", "ccc"], []):
+            rows = [{c: rng.choice(values) for c in columns if rng.random() < 0.9}
+                    for _ in range(n)]
+            assert table(rows, columns) == table_by_rows(rows, columns)
+            headers = [c.upper() * 3 for c in columns]
+            assert table(rows, columns, headers) == table_by_rows(rows, columns, headers)
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("ls", ["ls", "--state", "RUNNING", "--wf", "w", "--verbose"]),
+    ("job", ["--traceback", "job", "--name", "x", "--workflow", "w", "--application", "a",
+             "--num-nodes", "3"]),
+    ("rm", ["rm", "jobs", "--all"]),
+    ("ls", ["ls", "wf"]),
+])
+def test_a_command_parses_the_same_with_only_its_own_parser(command, argv):
+    assert cli_main.command_of(argv) == command
+    alone = vars(cli_main.build_parser(cli_main.command_of(argv)).parse_args(argv))
+    full = vars(cli_main.build_parser().parse_args(argv))
+    alone.pop("parser"), full.pop("parser")
+    assert alone == full
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-V", "ls"], ["nosuch"], ["completion", "bash"],
+                                  ["--traceback"]])
+def test_help_version_unknown_commands_and_completion_get_the_full_parser(argv):
+    assert cli_main.command_of(argv) is None
+
+
+def test_a_usage_error_reads_the_same_from_the_single_command_parser(capsys):
+    for only in ("ls", None):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main.build_parser(only).parse_args(["ls", "--no-such-flag"])
+        assert exit_.value.code == 2
+    first, second = capsys.readouterr().err.split("\n")[:2]
+    assert first == second and "--no-such-flag" in first
