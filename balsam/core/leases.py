@@ -136,6 +136,27 @@ def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: 
     return [(float(age), float(expires)) for age, expires in cursor.fetchall()]
 
 
+SERVICE_LOCK_KEY = 0x42414C53414D5356
+"""The advisory lock a running ``balsam service`` holds (``balsam.service.control.LOCK_KEY``,
+repeated here: the launcher does not import the service; a test checks they agree)."""
+
+
+def others_alive(cursor: Any, session_id: int) -> bool:
+    """Whether anything besides ``session_id``'s launcher could still add work: another open
+    session (a launcher, or the transition workers of another launcher or of a service; the
+    launcher's own transition workers, same host and pid, do not count) or a running service
+    (its advisory lock is held). A launcher with nothing left to run exits at once only when
+    this is False."""
+    cursor.execute(f"""
+        SELECT EXISTS (SELECT 1 FROM {SESSION} s JOIN {SESSION} me ON me.id = %s
+                       WHERE s.ended_at IS NULL AND s.id <> me.id
+                         AND NOT (s.hostname = me.hostname AND s.pid = me.pid))
+            OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                       AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s)""",
+                   [session_id, SERVICE_LOCK_KEY >> 32, SERVICE_LOCK_KEY & 0xFFFFFFFF])
+    return bool(cursor.fetchone()[0])
+
+
 def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:
     """{job_id: [parent ids]} for ``job_ids`` (for ``BALSAM_PARENT_IDS``), one query."""
     if not job_ids:

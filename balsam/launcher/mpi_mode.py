@@ -118,6 +118,8 @@ class MPIMode:
         timers = [self.next_periodic, now + self.house.due_in(now)]
         if self.runs:
             timers.append(self.next_kill_check)
+        elif not self.ctx.persistent:
+            timers.append(self.house.next_outstanding_check)
         if self.status.pending:
             timers.append(now + t.status_flush_seconds)
         if self.want_process:
