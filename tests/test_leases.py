@@ -42,7 +42,8 @@ def test_claim_holds_runnable_unheld_jobs_only(app, cursor):
     sid = session(cursor)
     claimed = leases.claim(cursor, sid, 10, serial=False, max_nodes=4)
     assert sorted(r["job_id"] for r in claimed) == sorted(str(j.pk) for j in jobs)
-    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS) | {"runs"}
+    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS) | {"runs", "parents"}
+    assert claimed[0]["parents"] == []
     assert claimed[0]["runs"] == 0
     assert leases.claim(cursor, session(cursor), 10, serial=False, max_nodes=4) == []
     held = holders(cursor)

@@ -26,7 +26,7 @@ CLAIM_COLUMNS = (
     "threads_per_rank", "threads_per_core", "cpu_affinity", "node_packing_count",
     "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state", "priority",
 )
-"""What a launcher needs to run a claimed job (parents come from :func:`parent_ids`)."""
+"""What a launcher needs to run a claimed job (:func:`claim` adds ``runs`` and ``parents``)."""
 
 _RUNNABLE_SQL = "(" + ", ".join(f"'{s}'" for s in RUNNABLE_STATES) + ")"
 
@@ -55,7 +55,8 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
           exclude_ids: tuple = ()) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
-    Each row also has ``runs``: how many runs the job's history shows so far.
+    Each row also has ``runs``: how many runs the job's history shows so far, and
+    ``parents``: the ids of its parents, in the order their edges were added.
     Higher ``priority`` first; then, ``serial``: only single-node, single-rank jobs,
     fewest-per-node packing first; otherwise jobs of at most ``max_nodes`` nodes, largest first.
     Both then longest wall time first. The order is that of the partial indexes
@@ -80,10 +81,13 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
     # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
-    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent.
+    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
+    # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
     cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
         f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
-        f"AND e.to_state = '{State.RUNNING.value}') AS runs")
+        f"AND e.to_state = '{State.RUNNING.value}') AS runs"
+        f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
+        "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
     # claim skip the job -- no notification would come to retry it.
@@ -155,18 +159,6 @@ def others_alive(cursor: Any, session_id: int) -> bool:
                        AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s)""",
                    [session_id, SERVICE_LOCK_KEY >> 32, SERVICE_LOCK_KEY & 0xFFFFFFFF])
     return bool(cursor.fetchone()[0])
-
-
-def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:
-    """{job_id: [parent ids]} for ``job_ids`` (for ``BALSAM_PARENT_IDS``), one query."""
-    if not job_ids:
-        return {}
-    cursor.execute(f"SELECT child_id, parent_id FROM {schema.DEP_TABLE} "
-                   "WHERE child_id = ANY(%s::uuid[]) ORDER BY id", [job_ids])
-    out: dict[str, list[str]] = {j: [] for j in job_ids}
-    for child, parent in cursor.fetchall():
-        out[str(child)].append(str(parent))
-    return out
 
 
 def start(cursor: Any, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:
