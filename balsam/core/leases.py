@@ -13,8 +13,8 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, schema
 from balsam.core.states import RUNNABLE_STATES, State
@@ -64,6 +64,23 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     ``wf_filter`` keeps jobs whose workflow contains it; ``max_wall_minutes`` those that can
     finish in the time left.
     """
+    sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
+                                        wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
+                                        exclude_ids=exclude_ids)
+    cursor.execute(f"WITH {sql} SELECT * FROM c_upd", params)
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+    rows.sort(key=order_key)
+    for r in rows:
+        r["job_id"] = str(r["job_id"])
+    return rows
+
+
+def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
+               wf_filter: Optional[str], max_wall_minutes: Optional[float],
+               exclude_ids: tuple) -> tuple[str, list[Any], Callable[[dict[str, Any]], Any]]:
+    """(CTEs ``c_sel``, ``c_upd`` of :func:`claim`, their parameters, the claim order as a sort
+    key of the rows ``c_upd`` returns)."""
     where = [f"state IN {_RUNNABLE_SQL}", "session_id IS NULL", "num_nodes <= %s"]
     params: list[Any] = [max_nodes]
     if serial:
@@ -91,22 +108,40 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
     # claim skip the job -- no notification would come to retry it.
-    cursor.execute(f"""
-        WITH c AS (
+    sql = f"""c_sel AS (
             SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
             ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
-        )
-        UPDATE {JOB} j SET session_id = %s FROM c
-        WHERE j.job_id = c.job_id RETURNING {cols}""", params + [limit, session_id])
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-    order_key = (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"])
-                 ) if serial else (
-        lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"]))
+        ), c_upd AS (
+            UPDATE {JOB} j SET session_id = %s FROM c_sel
+            WHERE j.job_id = c_sel.job_id RETURNING {cols}
+        )"""
+    order_key: Callable[[dict[str, Any]], Any] = (
+        (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))
+        if serial else (lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"])))
+    return sql, params + [limit, session_id], order_key
+
+
+def cycle(cursor: Any, session_id: int, moves: Sequence[tuple[str, State, str]], limit: int, *,
+          serial: bool, max_nodes: int, wf_filter: Optional[str] = None,
+          max_wall_minutes: Optional[float] = None
+          ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """One statement doing a launcher's routine work: record ``moves`` of jobs this session
+    holds -- (job id, RUNNING or a run's end state, message), as :func:`lifecycle.moves_sql`
+    -- and claim up to ``limit`` more jobs as :func:`claim` does (other rows: the jobs being
+    moved are held already, so the claim cannot take them). Returns ([(job id, from state, to
+    state)] of the moves made, the claimed rows in claim order)."""
+    moves_ctes, moves_params = lifecycle.moves_sql(moves, session_id)
+    claim_ctes, claim_params, order_key = _claim_sql(
+        session_id, limit, serial=serial, max_nodes=max_nodes, wf_filter=wf_filter,
+        max_wall_minutes=max_wall_minutes, exclude_ids=())
+    cursor.execute(f"""WITH {moves_ctes}, {claim_ctes}
+        SELECT (SELECT coalesce(json_agg(json_build_array(job_id, from_state, target)), '[]')
+                FROM t_upd),
+               (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)""",
+                   moves_params + claim_params)
+    moved, rows = cursor.fetchone()
     rows.sort(key=order_key)
-    for r in rows:
-        r["job_id"] = str(r["job_id"])
-    return rows
+    return [(str(j), f, t) for j, f, t in moved], rows
 
 
 def _like(wf_filter: str) -> str:

@@ -88,6 +88,12 @@ class JobSource:
             if dropped:
                 leases.release(cursor, self.session_id, dropped)
             rows = kept
+        return self.specs_in(cursor, rows, check)
+
+    def specs_in(self, cursor: Any, rows: Sequence[Row],
+                 check: Optional[Checker] = None) -> list[task.TaskSpec]:
+        """The specs of claimed ``rows`` (from :func:`leases.claim` or :func:`leases.cycle`),
+        in their order; jobs that cannot run are moved to FAILED with the reason."""
         if not rows:
             return []
         self._load_apps(cursor, {r["application"] for r in rows})
