@@ -142,7 +142,7 @@ def claimed(db, cursor):
     database.close()
 
 
-def test_flush_writes_running_first_then_each_end_in_one_transaction(claimed, cursor):
+def test_flush_writes_running_first_then_each_end_in_one_statement(claimed, cursor):
     database, sid, (a, b, c, d) = claimed
     status = StatusBuffer(database, sid, start_message="started here")
     status.started([a, b, c, d])
@@ -152,12 +152,34 @@ def test_flush_writes_running_first_then_each_end_in_one_transaction(claimed, cu
     before = (database.statements, database.transactions)
     written = status.flush()
     assert written.started == [a, b, c, d] and written.not_started == [] and written.ended == 3
-    assert (database.statements - before[0], database.transactions - before[1]) == (4, 1)
+    assert (database.statements - before[0], database.transactions - before[1]) == (1, 1)
     assert [(e[1], e[2], e[3]) for e in events(cursor, b)][-2:] == [
         ("PREPROCESSED", "RUNNING", "started here"), ("RUNNING", "RUN_ERROR", "exit code 3:\nboom")]
+    cursor.execute("SELECT to_state, entered_at, timestamp, nodes FROM core_jobevent "
+                   "WHERE job_id = %s ORDER BY id", [a])
+    (_, _, created, _), running, done = cursor.fetchall()
+    # One row update, both events: the span of RUNNING is recorded, and its nodes.
+    assert running[0] == "RUNNING" and running[1] == created and running[3] is None
+    assert done[0] == "RUN_DONE" and done[1] == running[2] <= done[2] and done[3] == 1.0
     assert job_row(cursor, d)["state"] == "RUNNING" and job_row(cursor, d)["session_id"] == sid
     assert job_row(cursor, a)["session_id"] is None
     assert status.pending == 0 and not status.due()
+
+
+def test_a_start_whose_running_was_written_by_a_lost_commit_still_gets_its_end(claimed,
+                                                                               cursor):
+    database, sid, (a, b, _, _) = claimed
+    status = StatusBuffer(database, sid)
+    status.started([a, b])
+    batch = status.take()
+    database.run(status.write, batch)  # the commit happened; the launcher did not learn it
+    status.restore(batch)
+    status.done(a)
+    status.error(b, "boom")
+    written = status.flush()
+    assert written.started == [a, b] and written.not_started == [] and written.ended == 2
+    assert [e[2] for e in events(cursor, a)] == ["PREPROCESSED", "RUNNING", "RUN_DONE"]
+    assert [e[2] for e in events(cursor, b)] == ["PREPROCESSED", "RUNNING", "RUN_ERROR"]
 
 
 def test_writing_a_batch_again_changes_nothing(claimed, cursor):

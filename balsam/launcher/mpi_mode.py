@@ -94,6 +94,7 @@ class MPIMode:
         self.next_periodic = now + t.idle_wait_seconds
         self.seen_reconnects = ctx.db.reconnects
         self.launched = 0
+        self.deferred = False
         self.db_down = False
 
     # ---- loop -------------------------------------------------------------------------------
@@ -209,6 +210,13 @@ class MPIMode:
         claim = self.want_claim and want > 0 and not stopping
         process = self.want_process and now >= self.next_process
         kill = bool(self.runs or self.queue) and now >= self.next_kill_check
+        if starts and (process or kill) and not self.deferred:
+            # Tasks wait for this transaction to launch: the pass and the kill check come in
+            # the next one, right after the launches (deferred once, never starved).
+            process = kill = False
+            self.deferred = True
+        else:
+            self.deferred = False
         reconcile = ctx.db.reconnects != self.seen_reconnects
         write = self.status.pending and (self.status.due() or claim or process or kill or starts)
         if not (claim or process or kill or reconcile or write or starts or unfit):
