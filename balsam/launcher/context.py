@@ -135,6 +135,16 @@ class Context:
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""
     mpi_reason: str = ""
     """Why ``mpi_executable`` was chosen (:class:`balsam.platform.mpi.choice.LauncherChoice`)."""
+    after_start: Optional[Any] = None
+    """Called (once, no arguments) when the mode's tasks can start: serial mode calls it right
+    after launching its ensemble, so what it starts (the transition workers) does not compete
+    with the ensemble's start-up."""
+
+    def started(self) -> None:
+        """The mode is up: run :attr:`after_start` once."""
+        hook, self.after_start = self.after_start, None
+        if hook is not None:
+            hook()
 
     def request_stop(self, reason: str) -> None:
         """Ask the mode to stop its tasks and exit (signal handlers call this)."""

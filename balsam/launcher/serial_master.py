@@ -103,7 +103,9 @@ class Master:
         self._last_busy = now
         self._notified = False
         self._was_busy = False
-        self._next = {"kill": now, "advance": now, "claim": now, "rate": now + RATE_WINDOW_SECONDS}
+        # A new ensemble runs no task a user could have killed yet: the first check can wait.
+        self._next = {"kill": now + self.t.kill_check_seconds, "advance": now, "claim": now,
+                      "rate": now + RATE_WINDOW_SECONDS}
 
     # ---- main loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -112,6 +114,8 @@ class Master:
         ``EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
         ctx = self.ctx
         ctx.db.listen()
+        self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
+        self._dispatch()
         while not ctx.should_stop():
             busy = self._receive()
             now = time.monotonic()

@@ -140,6 +140,7 @@ def run_launcher(args: Any, ctx: Context) -> int:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     _watch_ensemble(ctx, proc.pid)
+    ctx.started()
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
     from balsam.launcher.context import FINISHED_REASON
