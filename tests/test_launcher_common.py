@@ -21,6 +21,7 @@ from balsam.launcher.job_source import JobSource
 from balsam.launcher.main import remaining_limit
 from balsam.launcher.status import StatusBuffer
 from balsam.platform.allocation import Allocation
+from balsam.processing import transitions
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def claimed(db, cursor):
     database.close()
 
 
-def test_flush_writes_running_first_then_each_end_in_one_transaction(claimed, cursor):
+def test_flush_writes_running_first_then_each_end_in_one_statement(claimed, cursor):
     database, sid, (a, b, c, d) = claimed
     status = StatusBuffer(database, sid, start_message="started here")
     status.started([a, b, c, d])
@@ -151,12 +152,34 @@ def test_flush_writes_running_first_then_each_end_in_one_transaction(claimed, cu
     before = (database.statements, database.transactions)
     written = status.flush()
     assert written.started == [a, b, c, d] and written.not_started == [] and written.ended == 3
-    assert (database.statements - before[0], database.transactions - before[1]) == (4, 1)
+    assert (database.statements - before[0], database.transactions - before[1]) == (1, 1)
     assert [(e[1], e[2], e[3]) for e in events(cursor, b)][-2:] == [
         ("PREPROCESSED", "RUNNING", "started here"), ("RUNNING", "RUN_ERROR", "exit code 3:\nboom")]
+    cursor.execute("SELECT to_state, entered_at, timestamp, nodes FROM core_jobevent "
+                   "WHERE job_id = %s ORDER BY id", [a])
+    (_, _, created, _), running, done = cursor.fetchall()
+    # One row update, both events: the span of RUNNING is recorded, and its nodes.
+    assert running[0] == "RUNNING" and running[1] == created and running[3] is None
+    assert done[0] == "RUN_DONE" and done[1] == running[2] <= done[2] and done[3] == 1.0
     assert job_row(cursor, d)["state"] == "RUNNING" and job_row(cursor, d)["session_id"] == sid
     assert job_row(cursor, a)["session_id"] is None
     assert status.pending == 0 and not status.due()
+
+
+def test_a_start_whose_running_was_written_by_a_lost_commit_still_gets_its_end(claimed,
+                                                                               cursor):
+    database, sid, (a, b, _, _) = claimed
+    status = StatusBuffer(database, sid)
+    status.started([a, b])
+    batch = status.take()
+    database.run(status.write, batch)  # the commit happened; the launcher did not learn it
+    status.restore(batch)
+    status.done(a)
+    status.error(b, "boom")
+    written = status.flush()
+    assert written.started == [a, b] and written.not_started == [] and written.ended == 2
+    assert [e[2] for e in events(cursor, a)] == ["PREPROCESSED", "RUNNING", "RUN_DONE"]
+    assert [e[2] for e in events(cursor, b)] == ["PREPROCESSED", "RUNNING", "RUN_ERROR"]
 
 
 def test_writing_a_batch_again_changes_nothing(claimed, cursor):
@@ -231,7 +254,7 @@ def test_claims_become_specs_with_parents_variables_and_cached_apps(db, cursor, 
     add_jobs(cursor, [{"name": "d", "application": "app", "state": "PREPROCESSED"}])
     before = database.statements
     assert [s.name for s in source.claim(5, serial=False, max_nodes=2)] == ["d"]
-    assert database.statements - before == 2  # claim + parents: the app came from the cache
+    assert database.statements - before == 1  # claim with parents: the app came from the cache
     database.close()
 
 
@@ -348,10 +371,10 @@ def test_housekeeper_raises_session_lost_once_the_session_was_swept(db, cursor):
     database.close()
 
 
-def test_idle_exit_only_after_the_idle_time_with_nothing_outstanding(db):
+def test_idle_exit_only_after_the_idle_time_with_nothing_outstanding(db, cursor):
     database = Database(db)
     ctx = make_context(db, database, database.run(open_session))
-    house = Housekeeper(ctx)
+    house = Housekeeper(ctx)  # it has run nothing yet: it waits for work to be submitted
     outstanding = [1]
     assert not house.idle_exit(lambda: outstanding[0], now=0.0)
     outstanding[0] = 0
@@ -361,7 +384,88 @@ def test_idle_exit_only_after_the_idle_time_with_nothing_outstanding(db):
     assert ctx.exit_reason == "idle for 0.2 s with nothing to run"
     ctx.persistent = True
     assert not Housekeeper(ctx).idle_exit(lambda: 0, now=100.0)
+    ctx.persistent = False
+    other = leases.open_session(cursor, hostname="other", pid=2, job_mode="serial",
+                                num_nodes=1, lease_seconds=60)
+    house = Housekeeper(ctx)  # it has run something, but another launcher could add work
+    house.busy()
+    assert not house.idle_exit(lambda: 0, now=0.0)
+    assert not house.idle_exit(lambda: 0, now=0.1)
+    assert house.idle_exit(lambda: 0, now=0.31)
+    assert ctx.exit_reason == "idle for 0.2 s with nothing to run"
+    leases.close_session(cursor, other)
     database.close()
+
+
+def test_a_launcher_whose_work_is_done_exits_at_once_when_nothing_can_add_more(db, cursor):
+    add_app(cursor, "app", "true")
+    database = Database(db)
+    sid = database.run(open_session)
+    ctx = make_context(db, database, sid, wf_filter="mine")
+    # Its own transition workers (same host and pid) and jobs outside its filter do not count.
+    leases.open_session(cursor, hostname="host", pid=1, job_mode="processing", num_nodes=0,
+                        lease_seconds=60)
+    add_jobs(cursor, [{"name": "x", "workflow": "theirs", "application": "app",
+                       "state": "PREPROCESSED"}])
+
+    def outstanding():
+        return database.run(transitions.outstanding, sid, "mine", serial=False, max_nodes=1)
+
+    house = Housekeeper(ctx)
+    house.busy()
+    assert house.idle_exit(outstanding, now=0.0)
+    assert ctx.exit_reason == "nothing left to run and no other launcher or service to add work"
+    database.close()
+
+
+def test_a_finished_launcher_stays_while_work_can_still_come(db, cursor):
+    """A child waiting on a parent another launcher runs, a child whose parent processing will
+    finish, or a running service: no early exit."""
+    add_app(cursor, "app", "true")
+    parent, child = add_jobs(cursor, [
+        {"name": "parent", "application": "app", "state": "PREPROCESSED"},
+        {"name": "child", "application": "app", "state": "CREATED"}])
+    lifecycle.add_dependency(cursor, parent, child)
+    lifecycle.transition(cursor, [child], "AWAITING_PARENTS")
+    other = leases.open_session(cursor, hostname="other", pid=2, job_mode="serial",
+                                num_nodes=1, lease_seconds=60)
+    leases.claim(cursor, other, 1, serial=True, max_nodes=1)
+    leases.start(cursor, other, [parent])
+    database = Database(db)
+    sid = database.run(open_session)
+    ctx = make_context(db, database, sid)
+
+    def outstanding(processing=True):
+        return database.run(transitions.outstanding, sid, None, serial=False, max_nodes=1,
+                            processing=processing)
+
+    for processing in (True, False):  # waiting on a running parent: processing or not
+        house = Housekeeper(ctx)
+        house.busy()
+        assert not house.idle_exit(lambda p=processing: outstanding(p), now=0.0)
+        assert not house.idle_exit(lambda p=processing: outstanding(p), now=0.05)
+    leases.finish(cursor, other, [parent], lifecycle.State.RUN_DONE)
+    leases.close_session(cursor, other)
+    house = Housekeeper(ctx)
+    house.busy()  # the parent's processing is still to come, then the child's run
+    assert outstanding() == 2 and not house.idle_exit(outstanding, now=0.0)
+    cursor.execute("SELECT pg_advisory_lock(%s)", [leases.SERVICE_LOCK_KEY])
+    try:
+        assert database.run(leases.others_alive, sid)
+        house = Housekeeper(ctx)
+        house.busy()  # a running service may add work
+        assert not house.idle_exit(lambda: 0, now=0.0)
+        assert house.idle_since == 0.0
+    finally:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [leases.SERVICE_LOCK_KEY])
+    assert not database.run(leases.others_alive, sid)
+    database.close()
+
+
+def test_the_launcher_knows_the_service_lock_key():
+    from balsam.service import control
+
+    assert leases.SERVICE_LOCK_KEY == control.LOCK_KEY
 
 
 def test_a_silent_session_holding_runnable_jobs_keeps_a_launcher_up_and_is_swept_on_time(

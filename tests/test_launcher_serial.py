@@ -32,6 +32,7 @@ from launcher_support import (
 )
 
 from balsam.core import schema
+from balsam.launcher.context import FINISHED_REASON
 from balsam.launcher.packing import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 
@@ -234,7 +235,7 @@ def test_several_worker_ranks_run_every_job_once_with_a_clean_environment(db, cu
                if "serial worker" in line) == 24
     cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} "
                    "WHERE job_mode <> 'processing'")
-    assert cursor.fetchall() == [("idle for 1 s with nothing to run",)]
+    assert cursor.fetchall() == [(FINISHED_REASON,)]  # its work done: no idling
     for i, job_id in enumerate(ids):
         assert to_states(events(cursor, job_id)) == ["PREPROCESSED", "RUNNING", "RUN_DONE",
                                                      "JOB_FINISHED"]

@@ -42,7 +42,8 @@ def test_claim_holds_runnable_unheld_jobs_only(app, cursor):
     sid = session(cursor)
     claimed = leases.claim(cursor, sid, 10, serial=False, max_nodes=4)
     assert sorted(r["job_id"] for r in claimed) == sorted(str(j.pk) for j in jobs)
-    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS) | {"runs"}
+    assert set(claimed[0]) == set(leases.CLAIM_COLUMNS) | {"runs", "parents"}
+    assert claimed[0]["parents"] == []
     assert claimed[0]["runs"] == 0
     assert leases.claim(cursor, session(cursor), 10, serial=False, max_nodes=4) == []
     held = holders(cursor)
@@ -251,3 +252,31 @@ def test_lost_starts_are_recorded_once_as_runs_of_unknown_outcome(app, cursor):
     held = holders(cursor)
     assert held[lost] == (None, "RUN_TIMEOUT") and held[recorded] == (sid, "RUNNING")
     assert held[idle] == (sid, "PREPROCESSED")
+
+
+def test_one_cycle_statement_starts_and_ends_held_jobs_and_claims_others(app, cursor):
+    a, b, c, d = (str(j.pk) for j in make_jobs(4))
+    sid, other = session(cursor), session(cursor)
+    assert {r["job_id"] for r in leases.claim(cursor, sid, 2, serial=False, max_nodes=1)} == {a, b}
+    leases.start(cursor, sid, [a])
+    cursor.execute("SELECT count(*) FROM core_jobevent")
+    events_before = cursor.fetchone()[0]
+    moved, claimed = leases.cycle(
+        cursor, sid, [(a, State.RUN_DONE, ""), (b, State.RUNNING, "go"),
+                      (c, State.RUNNING, "not held: refused")], 1, serial=False, max_nodes=1)
+    assert sorted(moved) == sorted([(a, "RUNNING", "RUN_DONE"), (b, "PREPROCESSED", "RUNNING")])
+    assert len(claimed) == 1 and claimed[0]["job_id"] in (c, d)
+    assert claimed[0]["parents"] == [] and claimed[0]["runs"] == 0
+    cursor.execute("SELECT job_id::text, state, session_id FROM core_balsamjob")
+    now = {j: (s, h) for j, s, h in cursor.fetchall()}
+    assert now[a] == ("RUN_DONE", None) and now[b] == ("RUNNING", sid)
+    assert now[claimed[0]["job_id"]] == ("PREPROCESSED", sid)
+    cursor.execute("SELECT job_id::text, from_state, to_state, message, nodes FROM core_jobevent "
+                   "ORDER BY id OFFSET %s", [events_before])
+    assert sorted(cursor.fetchall()) == sorted([(a, "RUNNING", "RUN_DONE", "", 1.0),
+                                                (b, "PREPROCESSED", "RUNNING", "go", None)])
+    # Another session's job is not moved; nothing to claim is fine.
+    leases.claim(cursor, other, 5, serial=False, max_nodes=1)
+    assert leases.cycle(cursor, sid, [(b, State.RUN_ERROR, "x")], 0, serial=False,
+                        max_nodes=1)[0] == [(b, "RUNNING", "RUN_ERROR")]
+    assert leases.cycle(cursor, sid, [], 3, serial=False, max_nodes=1) == ([], [])

@@ -14,8 +14,8 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, schema
 from balsam.core.states import RUNNABLE_STATES, State
@@ -28,7 +28,7 @@ CLAIM_COLUMNS = (
     "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state", "priority",
     "gpus_per_rank",
 )
-"""What a launcher needs to run a claimed job (parents come from :func:`parent_ids`)."""
+"""What a launcher needs to run a claimed job (:func:`claim` adds ``runs`` and ``parents``)."""
 
 _RUNNABLE_SQL = "(" + ", ".join(f"'{s}'" for s in RUNNABLE_STATES) + ")"
 
@@ -58,7 +58,8 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
           gpus_per_node: Optional[int] = None) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
-    Each row also has ``runs``: how many runs the job's history shows so far.
+    Each row also has ``runs``: how many runs the job's history shows so far, and
+    ``parents``: the ids of its parents, in the order their edges were added.
     Higher ``priority`` first; then, ``serial``: only single-node, single-rank jobs,
     fewest-per-node packing first; otherwise jobs of at most ``max_nodes`` nodes, largest first.
     Both then longest wall time first. The order is that of the partial indexes
@@ -68,6 +69,26 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
     the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
     Filters only drop rows of the index scan; the scan is the same.
     """
+    sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
+                                        wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
+                                        exclude_ids=exclude_ids, tags=tags,
+                                        gpus_per_node=gpus_per_node)
+    cursor.execute(f"WITH {sql} SELECT * FROM c_upd", params)
+    names = [d[0] for d in cursor.description]
+    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+    rows.sort(key=order_key)
+    for r in rows:
+        r["job_id"] = str(r["job_id"])
+    return rows
+
+
+def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
+               wf_filter: Optional[str], max_wall_minutes: Optional[float],
+               exclude_ids: tuple, tags: Optional[Mapping[str, str]] = None,
+               gpus_per_node: Optional[int] = None,
+               ) -> tuple[str, list[Any], Callable[[dict[str, Any]], Any]]:
+    """(CTEs ``c_sel``, ``c_upd`` of :func:`claim`, their parameters, the claim order as a sort
+    key of the rows ``c_upd`` returns)."""
     where = [f"state IN {_RUNNABLE_SQL}", "session_id IS NULL", "num_nodes <= %s"]
     params: list[Any] = [max_nodes]
     if serial:
@@ -90,29 +111,52 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
     # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
-    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent.
+    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
+    # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
     cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
         f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
-        f"AND e.to_state = '{State.RUNNING.value}') AS runs")
+        f"AND e.to_state = '{State.RUNNING.value}') AS runs"
+        f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
+        "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
     # claim skip the job -- no notification would come to retry it.
-    cursor.execute(f"""
-        WITH c AS (
+    sql = f"""c_sel AS (
             SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
             ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
-        )
-        UPDATE {JOB} j SET session_id = %s FROM c
-        WHERE j.job_id = c.job_id RETURNING {cols}""", params + [limit, session_id])
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
-    order_key = (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"])
-                 ) if serial else (
-        lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"]))
+        ), c_upd AS (
+            UPDATE {JOB} j SET session_id = %s FROM c_sel
+            WHERE j.job_id = c_sel.job_id RETURNING {cols}
+        )"""
+    order_key: Callable[[dict[str, Any]], Any] = (
+        (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))
+        if serial else (lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"])))
+    return sql, params + [limit, session_id], order_key
+
+
+def cycle(cursor: Any, session_id: int, moves: Sequence[tuple[str, State, str]], limit: int, *,
+          serial: bool, max_nodes: int, wf_filter: Optional[str] = None,
+          max_wall_minutes: Optional[float] = None, tags: Optional[Mapping[str, str]] = None,
+          gpus_per_node: Optional[int] = None,
+          ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """One statement doing a launcher's routine work: record ``moves`` of jobs this session
+    holds -- (job id, RUNNING or a run's end state, message), as :func:`lifecycle.moves_sql`
+    -- and claim up to ``limit`` more jobs as :func:`claim` does (other rows: the jobs being
+    moved are held already, so the claim cannot take them). Returns ([(job id, from state, to
+    state)] of the moves made, the claimed rows in claim order)."""
+    moves_ctes, moves_params = lifecycle.moves_sql(moves, session_id)
+    claim_ctes, claim_params, order_key = _claim_sql(
+        session_id, limit, serial=serial, max_nodes=max_nodes, wf_filter=wf_filter,
+        max_wall_minutes=max_wall_minutes, exclude_ids=(), tags=tags,
+        gpus_per_node=gpus_per_node)
+    cursor.execute(f"""WITH {moves_ctes}, {claim_ctes}
+        SELECT (SELECT coalesce(json_agg(json_build_array(job_id, from_state, target)), '[]')
+                FROM t_upd),
+               (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)""",
+                   moves_params + claim_params)
+    moved, rows = cursor.fetchone()
     rows.sort(key=order_key)
-    for r in rows:
-        r["job_id"] = str(r["job_id"])
-    return rows
+    return [(str(j), f, t) for j, f, t in moved], rows
 
 
 def _like(wf_filter: str) -> str:
@@ -173,16 +217,25 @@ def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: 
     return [(float(age), float(expires)) for age, expires in cursor.fetchall()]
 
 
-def parent_ids(cursor: Any, job_ids: list[str]) -> dict[str, list[str]]:
-    """{job_id: [parent ids]} for ``job_ids`` (for ``BALSAM_PARENT_IDS``), one query."""
-    if not job_ids:
-        return {}
-    cursor.execute(f"SELECT child_id, parent_id FROM {schema.DEP_TABLE} "
-                   "WHERE child_id = ANY(%s::uuid[]) ORDER BY id", [job_ids])
-    out: dict[str, list[str]] = {j: [] for j in job_ids}
-    for child, parent in cursor.fetchall():
-        out[str(child)].append(str(parent))
-    return out
+SERVICE_LOCK_KEY = 0x42414C53414D5356
+"""The advisory lock a running ``balsam service`` holds (``balsam.service.control.LOCK_KEY``,
+repeated here: the launcher does not import the service; a test checks they agree)."""
+
+
+def others_alive(cursor: Any, session_id: int) -> bool:
+    """Whether anything besides ``session_id``'s launcher could still add work: another open
+    session (a launcher, or the transition workers of another launcher or of a service; the
+    launcher's own transition workers, same host and pid, do not count) or a running service
+    (its advisory lock is held). A launcher with nothing left to run exits at once only when
+    this is False."""
+    cursor.execute(f"""
+        SELECT EXISTS (SELECT 1 FROM {SESSION} s JOIN {SESSION} me ON me.id = %s
+                       WHERE s.ended_at IS NULL AND s.id <> me.id
+                         AND NOT (s.hostname = me.hostname AND s.pid = me.pid))
+            OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                       AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s)""",
+                   [session_id, SERVICE_LOCK_KEY >> 32, SERVICE_LOCK_KEY & 0xFFFFFFFF])
+    return bool(cursor.fetchone()[0])
 
 
 def start(cursor: Any, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:

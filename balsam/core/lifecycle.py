@@ -81,6 +81,88 @@ SELECT job_id, from_state FROM upd
 """
 
 
+# Launcher moves with a target per job (RUNNING, or a run's end, possibly through RUNNING), for
+# :func:`moves_sql`. The allowed (source, target) pairs come as two arrays; held states keep the
+# hold. One time for the whole statement: a run that ended is never dated after a start it
+# made room for. A move through RUNNING (a run that started and ended since the last write)
+# updates the row once and records both events, RUNNING first.
+_MOVES_SQL = f"""t_req AS (
+    SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[])
+        AS r(job_id, target, message, via, via_message)
+), t_ok AS (
+    SELECT * FROM unnest(%s::text[], %s::text[]) AS a(src, dst)
+), t_old AS (
+    SELECT j.job_id, j.state, r.target, r.message, r.via, r.via_message,
+           coalesce(j.state_since, j.created_at) AS since,
+           CASE WHEN j.state = 'RUNNING' OR r.via = 'RUNNING' THEN {RUN_NODES_SQL} END AS nodes
+    FROM {JOB} j JOIN t_req r ON j.job_id = r.job_id
+    JOIN t_ok ON t_ok.src = j.state AND t_ok.dst = coalesce(nullif(r.via, ''), r.target)
+    WHERE j.session_id = %s
+      AND (r.via = '' OR EXISTS (SELECT 1 FROM t_ok b WHERE b.src = r.via AND b.dst = r.target))
+    ORDER BY j.job_id
+    FOR UPDATE OF j
+), t_upd AS (
+    UPDATE {JOB} j SET state = t_old.target, state_since = statement_timestamp(),
+        session_id = CASE WHEN t_old.target = ANY(%s::text[]) THEN j.session_id END
+    FROM t_old WHERE j.job_id = t_old.job_id
+    RETURNING j.job_id, t_old.state AS from_state, t_old.target, t_old.message, t_old.via,
+              t_old.via_message, t_old.since, t_old.nodes, j.state_since AS at
+), t_ev AS (
+    INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at, nodes)
+    SELECT job_id, at, from_state, to_state, message, entered_at, nodes FROM (
+        SELECT job_id, at, from_state, via AS to_state, via_message AS message,
+               since AS entered_at, NULL AS nodes, 0 AS step FROM t_upd WHERE via <> ''
+        UNION ALL
+        SELECT job_id, at, CASE WHEN via <> '' THEN via ELSE from_state END, target, message,
+               CASE WHEN via <> '' THEN at ELSE since END, nodes, 1 FROM t_upd
+    ) e ORDER BY job_id, step
+)"""
+
+LAUNCHER_MOVES = {State.RUNNING: ("PREPROCESSED", "RESTART_READY"),
+                  State.RUN_DONE: ("RUNNING",), State.RUN_ERROR: ("RUNNING",),
+                  State.RUN_TIMEOUT: ("RUNNING",)}
+"""The targets :func:`moves_sql` takes, each from these sources only (and as the allowed
+table says): starting a held runnable job, recording the end of its run."""
+
+Move = Union[tuple[Any, State, str], tuple[Any, State, str, State, str]]
+"""(job id, target, message) or (job id, end target, message, RUNNING, RUNNING's message)."""
+
+
+def moves_sql(moves: Sequence[Move], holder: int) -> tuple[str, list[Any]]:
+    """(CTEs ``t_req``, ``t_ok``, ``t_old``, ``t_upd``, ``t_ev``, their parameters) moving
+    jobs held by session ``holder``, each to its own target, in one statement. ``moves`` are
+    (job id, target in :data:`LAUNCHER_MOVES`, message), or (job id, a run's end, message,
+    ``State.RUNNING``, its message) for a run that started and ended since the last write. A
+    job whose state does not allow its move is left unchanged; ``t_upd`` returns (job_id,
+    from_state, target, ...) of those moved. The same rules as :func:`transition` (events,
+    analytics spans, holds); none of these targets wakes children."""
+    pairs: set[tuple[str, str]] = set()
+    ids, targets, messages, vias, via_messages = [], [], [], [], []
+    for move in moves:
+        hops = [State.RUNNING, move[1]] if len(move) == 5 else [move[1]]
+        for target in hops:
+            pairs.update((src.value, target.value) for src in allowed_sources(target)
+                         if src.value in LAUNCHER_MOVES[target])
+        ids.append(str(move[0]))
+        targets.append(move[1].value)
+        messages.append(move[2])
+        vias.append(move[3].value if len(move) == 5 else "")  # type: ignore[misc]
+        via_messages.append(move[4] if len(move) == 5 else "")  # type: ignore[misc]
+    ordered = sorted(pairs)
+    return _MOVES_SQL, [ids, targets, messages, vias, via_messages, [p[0] for p in ordered],
+                        [p[1] for p in ordered], holder, list(HELD_STATES)]
+
+
+def move(cursor: Any, moves: Sequence[Move], holder: int) -> list[tuple[str, str, str]]:
+    """Make ``moves`` (:func:`moves_sql`) in one statement; [(job id, from state, target)] of
+    the jobs moved."""
+    if not moves:
+        return []
+    ctes, params = moves_sql(moves, holder)
+    cursor.execute(f"WITH {ctes} SELECT job_id, from_state, target FROM t_upd", params)
+    return [(str(j), f, t) for j, f, t in cursor.fetchall()]
+
+
 # The children of one node of a recursive walk. ``OFFSET 0`` keeps the planner from flattening
 # the subquery into a hash join that scans the whole edge table once per level (quadratic on a
 # long chain); this way every level is one index lookup.

@@ -12,7 +12,9 @@ launchers every few heartbeats, and decide when a non-persistent launcher has be
 enough to exit. A launcher is not idle while a session that looks dead (no heartbeat for
 ``STALE_HEARTBEATS`` periods) holds jobs it could run: it sweeps that session the moment its
 lease expires (:func:`leases.holders_elsewhere`), then runs them; and while live sessions hold
-such jobs it stays idle long enough to see a missed heartbeat before it exits. All its database calls are
+such jobs it stays idle long enough to see a missed heartbeat before it exits. A launcher
+whose work is done exits at once, without idling, when nothing could bring it more: nothing
+outstanding and no other session or service alive (:meth:`Housekeeper.idle_exit`). All its database calls are
 non-blocking (:meth:`Database.try_run`): while the database is away they are skipped and
 retried on the next call.
 """
@@ -34,6 +36,10 @@ from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
 
 SWEEP_EVERY_HEARTBEATS = 3
+FIRST_IDLE_CHECK_SECONDS = 0.05
+"""How soon after going idle a launcher first looks whether anything is left to run."""
+FINISHED_REASON = "nothing left to run and no other launcher or service to add work"
+"""The exit reason of a launcher that ran its work and found nothing more could come."""
 STALE_HEARTBEATS = 1.5
 """A session whose heartbeat is this many periods old looks dead (the lease decides)."""
 
@@ -131,6 +137,16 @@ class Context:
     tags: dict[str, str] = field(default_factory=dict)
     """Run only jobs whose tags hold every one of these (``--tag KEY=VALUE``; empty: any)."""
     """Why ``mpi_executable`` was chosen (:class:`balsam.platform.mpi.choice.LauncherChoice`)."""
+    after_start: Optional[Any] = None
+    """Called (once, no arguments) when the mode's tasks can start: serial mode calls it right
+    after launching its ensemble, so what it starts (the transition workers) does not compete
+    with the ensemble's start-up."""
+
+    def started(self) -> None:
+        """The mode is up: run :attr:`after_start` once."""
+        hook, self.after_start = self.after_start, None
+        if hook is not None:
+            hook()
 
     def request_stop(self, reason: str) -> None:
         """Ask the mode to stop its tasks and exit (signal handlers call this)."""
@@ -173,6 +189,9 @@ class Housekeeper:
         self.next_beat = time.monotonic()  # the first beat (and sweep) at once
         self.idle_since: Optional[float] = None
         self.next_outstanding_check = 0.0
+        self._check_gap = FIRST_IDLE_CHECK_SECONDS
+        self.worked = False
+        """The launcher ran or processed something (only then may it exit without idling)."""
         self.min_idle = 0.0
         """Shortest idle time before exiting (other sessions hold jobs: see if they renew)."""
         self.next_sweep: Optional[float] = None
@@ -219,26 +238,42 @@ class Housekeeper:
         self.swept += swept
 
     def busy(self) -> None:
-        """The launcher runs something: not idle."""
+        """The launcher runs something: not idle. The next idle iteration looks at once
+        whether anything is left (:meth:`idle_exit`)."""
         self.idle_since = None
+        self.worked = True
+        self.next_outstanding_check = 0.0
+        self._check_gap = FIRST_IDLE_CHECK_SECONDS
 
     def idle_exit(self, outstanding: Any, now: Optional[float] = None) -> bool:
         """Whether a launcher running nothing should exit now. ``outstanding`` is a callable
-        returning :func:`balsam.processing.transitions.outstanding` (called at most every
-        ``idle_wait_seconds``). Persistent launchers never exit for lack of work."""
+        returning :func:`balsam.processing.transitions.outstanding`, called 50 ms after the
+        launcher went idle, then at doubling intervals up to ``idle_wait_seconds``. With
+        nothing outstanding, a launcher that has run or processed something exits at once
+        when no other session or service could add work (:func:`leases.others_alive`;
+        ``ctx.exit_reason`` is :data:`FINISHED_REASON`); otherwise after ``idle_exit_seconds``
+        of idling (a launcher that found nothing at all waits for work to be submitted).
+        Persistent launchers never exit for lack of work."""
         ctx = self.ctx
         if ctx.persistent:
             return False
         now = time.monotonic() if now is None else now
         if now >= self.next_outstanding_check:
-            self.next_outstanding_check = now + ctx.tunables.idle_wait_seconds
+            gap = min(self._check_gap, ctx.tunables.idle_wait_seconds)
+            self._check_gap = gap * 2
+            self.next_outstanding_check = now + gap
             try:
                 count = outstanding() or self._stranded(now)
+                finished = not count and self.worked and not ctx.db.try_run(
+                    leases.others_alive, ctx.session_id)
             except DatabaseUnavailable:
                 count = 1  # unknown: not idle
             if count:
                 self.idle_since = None
                 return False
+            if finished:
+                ctx.exit_reason = FINISHED_REASON
+                return True
             if self.idle_since is None:
                 self.idle_since = now
         if self.idle_since is None:

@@ -2,7 +2,7 @@
 
 :class:`JobSource` claims jobs under its session (:func:`balsam.core.leases.claim`: ``SELECT
 ... FOR UPDATE SKIP LOCKED``, so concurrent launchers never claim the same job), then in the
-same transaction fetches their parents (for ``BALSAM_PARENT_IDS``) and the definitions of
+same statement their parents (for ``BALSAM_PARENT_IDS``), then the definitions of
 applications it has not seen yet (cached by name for the life of the launcher), and builds a
 :class:`balsam.launcher.task.TaskSpec` per job. A job whose spec cannot be built (its
 application or envscript is missing, its command or ``mpi_flags`` cannot be split, its
@@ -92,15 +92,20 @@ class JobSource:
             if dropped:
                 leases.release(cursor, self.session_id, dropped)
             rows = kept
+        return self.specs_in(cursor, rows, check)
+
+    def specs_in(self, cursor: Any, rows: Sequence[Row],
+                 check: Optional[Checker] = None) -> list[task.TaskSpec]:
+        """The specs of claimed ``rows`` (from :func:`leases.claim` or :func:`leases.cycle`),
+        in their order; jobs that cannot run are moved to FAILED with the reason."""
         if not rows:
             return []
-        parents = leases.parent_ids(cursor, [r["job_id"] for r in rows])
         self._load_apps(cursor, {r["application"] for r in rows})
         specs: list[task.TaskSpec] = []
         failures: dict[str, str] = {}
         for row in rows:
             try:
-                spec = self.build(row, parents.get(row["job_id"], []))
+                spec = self.build(row, row["parents"])
                 reason = check(spec) if check is not None else None
             except (BalsamError, ValueError, KeyError) as exc:
                 reason = str(exc) or type(exc).__name__

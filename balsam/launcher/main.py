@@ -4,7 +4,9 @@
 ``--limit-nodes``), chooses the MPI launcher (:mod:`balsam.platform.mpi.choice`; the first
 log line says which and why), opens the database connection and the launcher
 session (label = job mode and workflow filter, with the scheduler's job id), installs the
-SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), runs the mode
+SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), starts the
+transition workers (serial mode: once its ensemble is launched, so they do not slow its
+start-up; :meth:`Context.started`), runs the mode
 (:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``,
 started again by :mod:`balsam.launcher.ensemble_restart` if it fails)
 and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
@@ -113,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
              f"MPI {launcher.describe()}, processing "
              f"{'on' if ctx.processing else 'off'}, persistent {ctx.persistent}, {limit}")
     restore = _install_signals(ctx)
-    pool = _transition_pool(ctx, threads)
+    pools: list[Any] = []
+    # Serial mode starts the transition workers once its ensemble is launched (start-up first).
+    ctx.after_start = lambda: pools.append(_transition_pool(ctx, threads))
     status, lost = 1, False
     try:
         if mode_entry is not None:
@@ -121,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
             status = int(run_serial(args, ctx, mode_entry) or 0)
         else:
+            ctx.started()
             from balsam.launcher.mpi_mode import MPIMode
             from balsam.launcher.watchdog import Watchdog
 
@@ -132,8 +137,9 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         restore()
-        if pool is not None:
-            pool.stop()
+        for pool in pools:
+            if pool is not None:
+                pool.stop()
         if ctx.watchdog is not None:
             ctx.watchdog.close()
         if not lost and ctx.release_session:

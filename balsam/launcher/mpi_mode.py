@@ -1,20 +1,28 @@
 """MPI mode: one MPI launch per job, on whole nodes of the allocation.
 
-Nodes are slots addressed by index (idle or running one job). Each loop iteration:
+Nodes are slots addressed by index (idle or running one job). Claimed jobs wait in a short
+queue (held, not RUNNING: at most as many as the allocation has nodes, single-node ones while
+every node is busy) so that a node that frees up starts the next job at once. Each loop
+iteration:
 
 1. reap finished tasks (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail;
    a task a user killed -> its claim is dropped, the job stays USER_KILLED; a task the
    launcher stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE)
    and free their nodes;
-2. one transaction, only when there is something to do: write the pending state changes, run
-   the processing pass (:func:`transitions.advance`), ask which running jobs a user killed,
-   and claim jobs for the idle nodes (largest first; jobs needing more nodes than are idle
-   are not claimed, and claimed jobs that no longer fit after larger ones were placed are
-   released in the same transaction, so nothing is hoarded) and mark them RUNNING;
+2. one transaction, only when there is something to do, whose routine part is ONE statement
+   (:func:`leases.cycle`): the ends just reaped, RUNNING for the queued jobs that fit the idle
+   nodes now (largest first; recorded before their launch), and a claim topping the queue up.
+   Besides, when due: the processing pass (:func:`transitions.advance`; every 0.1 s while it
+   makes jobs runnable, else every second while tasks run), which running or queued jobs a
+   user killed, releasing claims that will not run (killed, changed, or too long for the
+   time left), and moving jobs no task can be built for to FAILED;
 3. start the jobs marked RUNNING (``mpiexec``-style argv from the configured flavour, wrapped
    to source the app's envscript; output to ``<workdir>/<name>.out``);
 4. wait for a task to exit (pidfds), a notification from another session (a job became
    runnable, a user killed a job), or the next timer -- never a fixed sleep.
+
+At steady state that is one statement per task start (and end), plus a processing pass a
+second, the kill check and the heartbeat.
 
 Stopping (signal, time limit, idle exit) terminates running tasks' process groups (SIGTERM,
 grace, SIGKILL), records them RUN_TIMEOUT and flushes; :mod:`balsam.launcher.main` then closes
@@ -30,6 +38,7 @@ from typing import Any, Optional
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX
+from balsam.core.states import State
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -41,6 +50,9 @@ from balsam.processing import transitions
 
 PROCESSING_MIN_INTERVAL = 0.1
 """Seconds between processing passes while jobs keep changing (each pass is 2+ statements)."""
+PROCESSING_BUSY_INTERVAL = 1.0
+"""While tasks run and the last pass made nothing runnable, the next pass waits this long (as
+in serial mode): recording JOB_FINISHED can wait, a DAG's next level comes at the 0.1 s pace."""
 POLL_SECONDS = 0.01
 """Task polling period where pidfds are not available."""
 SHUTDOWN_FLUSH_SECONDS = 5.0
@@ -72,6 +84,8 @@ class MPIMode:
         self.flavour = mpi.get(ctx.flavour)
         self.node_job: list[Optional[str]] = [None] * ctx.alloc.num_nodes
         self.runs: dict[str, Run] = {}
+        self.queue: list[TaskSpec] = []
+        """Claimed (held, not RUNNING) jobs, in claim order: started when nodes free up."""
         self.want_claim = True
         self.want_process = ctx.processing
         now = time.monotonic()
@@ -80,6 +94,7 @@ class MPIMode:
         self.next_periodic = now + t.idle_wait_seconds
         self.seen_reconnects = ctx.db.reconnects
         self.launched = 0
+        self.deferred = False
         self.db_down = False
 
     # ---- loop -------------------------------------------------------------------------------
@@ -91,8 +106,9 @@ class MPIMode:
             while not ctx.should_stop():
                 self.house.beat()
                 self._reap()
-                self._cycle()
-                if not self.runs:
+                while self._cycle():  # claimed jobs that can start now: start them at once
+                    pass
+                if not self.runs and not self.queue:
                     if not self.status.pending and self.house.idle_exit(self._outstanding):
                         break
                 else:
@@ -119,6 +135,8 @@ class MPIMode:
         timers = [self.next_periodic, now + self.house.due_in(now)]
         if self.runs:
             timers.append(self.next_kill_check)
+        elif not self.ctx.persistent:
+            timers.append(self.house.next_outstanding_check)
         if self.status.pending:
             timers.append(now + t.status_flush_seconds)
         if self.want_process:
@@ -174,7 +192,9 @@ class MPIMode:
         self.want_claim = True
 
     # ---- the one transaction per iteration --------------------------------------------------
-    def _cycle(self) -> None:
+    def _cycle(self) -> bool:
+        """One transaction if there is something to do; True if it claimed jobs that could
+        start now (the next cycle starts them)."""
         ctx, t = self.ctx, self.ctx.tunables
         now = time.monotonic()
         if now >= self.next_periodic:
@@ -183,85 +203,133 @@ class MPIMode:
             self.want_process = ctx.processing
         idle = [i for i, j in enumerate(self.node_job) if j is None]
         slots = t.max_concurrent_runs - len(self.runs)
-        claim = self.want_claim and bool(idle) and slots > 0 and not ctx.should_stop()
+        stopping = ctx.should_stop()
+        starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
+        free = len(idle) - sum(s.num_nodes for s, _ in starts)
+        want = min(t.claim_batch, ctx.alloc.num_nodes) - (len(self.queue) - len(starts) -
+                                                          len(unfit))
+        claim = self.want_claim and want > 0 and not stopping
         process = self.want_process and now >= self.next_process
-        kill = bool(self.runs) and now >= self.next_kill_check
+        kill = bool(self.runs or self.queue) and now >= self.next_kill_check
+        if starts and (process or kill) and not self.deferred:
+            # Tasks wait for this transaction to launch: the pass and the kill check come in
+            # the next one, right after the launches (deferred once, never starved).
+            process = kill = False
+            self.deferred = True
+        else:
+            self.deferred = False
         reconcile = ctx.db.reconnects != self.seen_reconnects
-        write = self.status.pending and (self.status.due() or claim or process or kill)
-        if not (claim or process or kill or reconcile or write):
-            return
+        write = self.status.pending and (self.status.due() or claim or process or kill or starts)
+        if not (claim or process or kill or reconcile or write or starts or unfit):
+            return False
         batch = self.status.take() if write else Batch()
-        known = set(self.runs) | self.status.pending_ids() | set(batch.done) | set(
-            batch.errors) | set(batch.timeouts) | set(batch.release)
+        known = set(self.runs) | {s.job_id for s in self.queue} | self.status.pending_ids() | set(
+            batch.done) | set(batch.errors) | set(batch.timeouts) | set(batch.release)
         try:
-            killed, placed, runnable = ctx.db.try_run(
-                self._transaction, batch, process, kill, reconcile, known, idle if claim else [],
-                slots)
+            killed, started, claimed, runnable, more = ctx.db.try_run(
+                self._transaction, batch, process, kill, reconcile, known, starts, unfit,
+                want if claim else 0, max(1, free), idle, slots)
         except DatabaseUnavailable as exc:
             self.status.restore(batch)
             if not self.db_down:
                 ctx.log.warning(f"database unavailable, state changes kept until it is back: "
                                 f"{exc}")
             self.db_down = True
-            return
+            return False
         if self.db_down:
             ctx.log.info(f"database available again; {len(batch)} pending change(s) written")
             self.db_down = False
         self.seen_reconnects = ctx.db.reconnects if reconcile else self.seen_reconnects
         if process:
             self.want_process = False
-            self.next_process = now + PROCESSING_MIN_INTERVAL
+            self.next_process = now + (PROCESSING_MIN_INTERVAL if runnable or not self.runs
+                                       else PROCESSING_BUSY_INTERVAL)
         if batch.done or batch.errors or batch.timeouts:
             self.want_process = ctx.processing
+        gone = {s.job_id for s, _ in starts + more} | {s.job_id for s in unfit}
+        self.queue = [s for s in self.queue + claimed if s.job_id not in gone]
+        if claim:
+            self.want_claim = len(claimed) >= want
+        for spec, nodes in starts + more:
+            if spec.job_id in started:
+                self._launch(spec, nodes)
         if kill:
             self.next_kill_check = now + t.kill_check_seconds
             self._kill(killed)
-        if claim:
-            self.want_claim = False
-            for spec, nodes in placed:
-                self._launch(spec, nodes)
         if runnable and not claim:
             self.want_claim = True
+        return bool(claimed) and free > len(more) and len(self.runs) < t.max_concurrent_runs
+
+    def _pick(self, idle: list[int], slots: int, queue: Optional[list[TaskSpec]] = None
+              ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
+        """(claimed jobs to start now on idle nodes -- largest first, as claimed, each where
+        it fits --, claimed jobs that no longer fit in the time left: to release)."""
+        starts, unfit = [], []
+        free = list(idle)
+        max_wall = self.ctx.max_wall_minutes()
+        for spec in self.queue if queue is None else queue:
+            if max_wall is not None and spec.wall_time_minutes > max_wall:
+                unfit.append(spec)
+            elif len(starts) < slots and spec.num_nodes <= len(free):
+                nodes, free = free[:spec.num_nodes], free[spec.num_nodes:]
+                starts.append((spec, nodes))
+        return starts, unfit
 
     def _transaction(self, cur: Any, batch: Batch, process: bool, kill: bool, reconcile: bool,
-                     known: set[str], idle: list[int], slots: int
-                     ) -> tuple[list[str], list[tuple[TaskSpec, list[int]]], bool]:
-        """Write, process, check kills, claim and start, in one transaction; returns (killed
-        ids, [(spec, node indexes)] to launch, whether processing made jobs runnable)."""
+                     known: set[str], starts: list[tuple[TaskSpec, list[int]]],
+                     unfit: list[TaskSpec], claim: int, max_nodes: int, idle: list[int],
+                     slots: int) -> tuple[list[str], set[str], list[TaskSpec], bool,
+                                          list[tuple[TaskSpec, list[int]]]]:
+        """Write the ends, start ``starts`` (RUNNING before their launch) and claim up to
+        ``claim`` more jobs in one statement (:func:`leases.cycle`); claimed jobs that fit
+        nodes still idle are started at once (one more statement: an idle launcher starts a
+        new job within one transaction); process, check kills and reconcile if asked. Returns
+        (killed ids, ids started, specs claimed, whether processing made jobs runnable, the
+        claimed jobs started and their nodes)."""
         ctx = self.ctx
         runnable = False
-        if len(batch):
-            self.status.write(cur, batch)
         if reconcile:
             lost, released = self.source.reconcile_in(cur, known)
             if lost or released:
                 ctx.log.warning(f"after reconnecting: {lost} job(s) started in a lost commit "
                                 f"recorded RUN_TIMEOUT, {released} claim(s) released")
-        if process:
-            moved = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
-                                        ctx.tunables.retry_policy())
-            runnable = bool(moved.get("ready") or moved.get("retry"))
-            if any(moved.values()):
-                ctx.log.info("processing: " + ", ".join(f"{k} {v}" for k, v in moved.items() if v))
-        killed = leases.killed(cur, ctx.session_id) if kill else []
-        if not idle:
-            return killed, [], runnable
-        specs = self.source.claim_in(cur, min(len(idle), slots), serial=False,
-                                     max_nodes=len(idle), max_wall_minutes=ctx.max_wall_minutes(),
-                                     place=_placer(len(idle), slots), check=self._check)
-        free = list(idle)
-        placed = []
-        messages = {}
-        for spec in specs:
-            nodes, free = free[:spec.num_nodes], free[spec.num_nodes:]
-            placed.append((spec, nodes))
+        moves: list[tuple[str, State, str]] = [(j, State.RUN_DONE, "") for j in batch.done]
+        moves += [(j, State.RUN_ERROR, m) for j, m in batch.errors.items()]
+        moves += [(j, State.RUN_TIMEOUT, m) for j, m in batch.timeouts.items()]
+        for spec, nodes in starts:
             hosts = ",".join(ctx.alloc.hosts[i] for i in nodes)
-            messages[spec.job_id] = f"launcher session {ctx.session_id} on {hosts}"
-        started = set(leases.start(cur, ctx.session_id, [s.job_id for s, _ in placed], messages))
-        refused = [s.job_id for s, _ in placed if s.job_id not in started]
-        if refused:
-            leases.release(cur, ctx.session_id, refused)
-        return killed, [(s, n) for s, n in placed if s.job_id in started], runnable
+            moves.append((spec.job_id, State.RUNNING,
+                          f"launcher session {ctx.session_id} on {hosts}"))
+        rows: list[Row] = []
+        started: set[str] = set()
+        if moves or claim:
+            moved, rows = leases.cycle(cur, ctx.session_id, moves, claim, serial=False,
+                                       max_nodes=max_nodes, wf_filter=ctx.wf_filter,
+                                       max_wall_minutes=ctx.max_wall_minutes(),
+                                       tags=self.source.tags,
+                                       gpus_per_node=self.source.alloc.gpus_per_node)
+            started = {j for j, _, to in moved if to == State.RUNNING.value}
+        claimed = self.source.specs_in(cur, rows, self._check)
+        used = {i for _, nodes in starts for i in nodes}
+        more, _ = self._pick([i for i in idle if i not in used], slots - len(starts), claimed)
+        if more:
+            messages = {s.job_id: f"launcher session {ctx.session_id} on "
+                                  f"{','.join(ctx.alloc.hosts[i] for i in nodes)}"
+                        for s, nodes in more}
+            started.update(leases.start(cur, ctx.session_id, list(messages), messages))
+        drop = batch.release + [s.job_id for s, _ in starts + more
+                                if s.job_id not in started] + [s.job_id for s in unfit]
+        if drop:  # killed by a user, changed meanwhile, or too long for the time left
+            leases.release(cur, ctx.session_id, drop)
+        if process:
+            moved_kinds = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
+                                              ctx.tunables.retry_policy())
+            runnable = bool(moved_kinds.get("ready") or moved_kinds.get("retry"))
+            if any(moved_kinds.values()):
+                ctx.log.info("processing: " + ", ".join(
+                    f"{k} {v}" for k, v in moved_kinds.items() if v))
+        killed = leases.killed(cur, ctx.session_id) if kill else []
+        return killed, started, claimed, runnable, more
 
     # ---- tasks ------------------------------------------------------------------------------
     def _run_spec(self, spec: TaskSpec, hosts: list[str]) -> mpi.RunSpec:
@@ -311,6 +379,9 @@ class MPIMode:
 
     def _kill(self, killed: list[str]) -> None:
         pending = self.status.pending_ids()
+        queued = {s.job_id for s in self.queue} & set(killed)
+        if queued:  # claimed, not started: drop them (the release gives up the hold)
+            self.queue = [s for s in self.queue if s.job_id not in queued]
         for job_id in killed:
             run = self.runs.get(job_id)
             if run is None:
@@ -349,16 +420,3 @@ class MPIMode:
         self.status.take()
         self._stop_all(0.0, 2.0)
         self.status.take()
-
-
-def _placer(idle: int, slots: int) -> Any:
-    """Keep claimed rows (largest first) while they fit in ``idle`` nodes and ``slots`` runs."""
-    def place(rows: list[Row]) -> list[Row]:
-        kept, free, left = [], idle, slots
-        for row in rows:
-            if left > 0 and row["num_nodes"] <= free:
-                kept.append(row)
-                free -= row["num_nodes"]
-                left -= 1
-        return kept
-    return place

@@ -28,7 +28,7 @@ from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
-from balsam.launcher.context import Context, Housekeeper, SessionLost
+from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.serial_worker import Work
 from balsam.launcher.status import StatusBuffer
@@ -51,8 +51,9 @@ QUIET_SECONDS = 0.05
 """After this long without a report, the busy loop naps ``QUIET_NAP_SECONDS`` instead of 1 ms
 (long tasks running: a few wake-ups a second instead of a thousand)."""
 QUIET_NAP_SECONDS = 0.01
-EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED = 0, 3, 4, 5
-"""The master's exit statuses (the MPI launch's status tells the launcher why it ended)."""
+EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EXIT_FINISHED = 0, 3, 4, 5, 6
+"""The master's exit statuses (the MPI launch's status tells the launcher why it ended);
+``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle)."""
 
 
 class MasterChannel(Protocol):
@@ -101,7 +102,10 @@ class Master:
         self._last_flush = 0.0
         self._last_busy = now
         self._notified = False
-        self._next = {"kill": now, "advance": now, "claim": now, "rate": now + RATE_WINDOW_SECONDS}
+        self._was_busy = False
+        # A new ensemble runs no task a user could have killed yet: the first check can wait.
+        self._next = {"kill": now + self.t.kill_check_seconds, "advance": now, "claim": now,
+                      "rate": now + RATE_WINDOW_SECONDS}
 
     # ---- main loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -110,6 +114,8 @@ class Master:
         ``EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
         ctx = self.ctx
         ctx.db.listen()
+        self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
+        self._dispatch()
         while not ctx.should_stop():
             busy = self._receive()
             now = time.monotonic()
@@ -138,11 +144,12 @@ class Master:
             self._rate_tick(now)
             if self.inflight or self.queue or self.status.pending:
                 self.house.busy()
-            elif self.house.idle_exit(self._outstanding, now):
+                self._was_busy = True
+            elif self._went_idle(now) or self.house.idle_exit(self._outstanding, now):
                 ctx.log.info(f"exiting: {ctx.exit_reason}")
                 self._release_all()
                 self._tell_all({"exit": True, "recorded": True})
-                return EXIT_IDLE
+                return EXIT_FINISHED if ctx.exit_reason == FINISHED_REASON else EXIT_IDLE
             if busy:
                 self._last_busy = now
             else:
@@ -150,6 +157,16 @@ class Master:
         self.shutdown(ctx.stop_reason)
         return (EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
                 else EXIT_STOPPED)
+
+    def _went_idle(self, now: float) -> bool:
+        """When the last task ended: run the processing pass at once (its JOB_FINISHED may
+        leave nothing outstanding, and the launcher can then exit without idling). Always
+        False: the caller goes on to :meth:`Housekeeper.idle_exit`."""
+        if self._was_busy:
+            self._was_busy = False
+            self._next["advance"] = 0.0
+            self._maybe_advance(now)
+        return False
 
     def _wait(self, now: float) -> None:
         """Nap after an iteration that did nothing: 1 ms while reports are flowing, longer
@@ -159,7 +176,8 @@ class Master:
             notified = self.ctx.db.notified()
         else:
             nap = QUIET_NAP_SECONDS if self.inflight or self.queue else min(
-                0.2, self.t.idle_wait_seconds)
+                0.2, self.t.idle_wait_seconds,
+                max(0.001, self.house.next_outstanding_check - now))
             fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
             notified = self.ctx.db.wait(nap, fds)
         if notified:  # jobs changed elsewhere: look for work and process now

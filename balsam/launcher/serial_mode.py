@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.platform.allocation import Allocation
-from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
-from balsam.platform.mpi.ensemble import ensemble_command
 from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
+    from balsam.platform.mpi.choice import LauncherChoice
 
 ORDERS, REPORTS = 11, 12
 """MPI tags: master -> worker orders, worker -> master reports."""
@@ -108,6 +107,8 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
     worker 1 on the first node, worker i on node i-1; why it starts that way). The bootstrap
     per scheduler is :mod:`balsam.platform.mpi.ensemble`'s; ``task`` is the tasks' launcher,
     ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search."""
+    from balsam.platform.mpi.ensemble import ensemble_command  # not in the ranks: slow imports
+
     rank_argv = [sys.executable, "-m", "balsam.launcher.serial_mode", config.to_json()]
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
@@ -125,6 +126,8 @@ def run_launcher(args: Any, ctx: Context) -> int:
     from ``ctx``. The ranks append to the launcher's log file; the MPI launcher's own output
     goes to ``<db>/log/serial_<session>.out``.
     """
+    from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
+
     log_path = next((h.baseFilename for h in ctx.log.handlers
                      if isinstance(h, logging.FileHandler)), "")
     config = SerialConfig.from_context(ctx, log_path)
@@ -138,8 +141,10 @@ def run_launcher(args: Any, ctx: Context) -> int:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     _watch_ensemble(ctx, proc.pid)
+    ctx.started()
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
+    from balsam.launcher.context import FINISHED_REASON
     from balsam.launcher.ensemble_watch import settle
 
     if rc != sm.EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
@@ -149,6 +154,8 @@ def run_launcher(args: Any, ctx: Context) -> int:
 
     if rc == sm.EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
+    elif rc == sm.EXIT_FINISHED:
+        ctx.exit_reason = FINISHED_REASON
     elif rc == sm.EXIT_TIME_LIMIT:
         ctx.stop_reason = ctx.stop_reason or WALLTIME_STOP_REASON
     elif rc == sm.EXIT_STOPPED:

@@ -1,11 +1,22 @@
 """Batched recording of task starts and ends.
 
+**When RUNNING is recorded.** MPI mode (:mod:`balsam.launcher.mpi_mode`) records RUNNING
+*before* it starts a task: in the same statement as the ends just reaped and the next claim
+(:func:`balsam.core.leases.cycle`), then it launches the jobs that moved; a job a user killed
+or changed meanwhile is not moved and not launched. Serial mode
+(:mod:`balsam.launcher.serial_master`) records RUNNING *after* the start: its workers start
+tasks at once and report them, and the master writes the reported starts here in batches; a
+start whose RUNNING was refused (killed meanwhile) is stopped, and starts never written
+because the ensemble died are recorded late from the workers' watchdog reports
+(:func:`balsam.core.leases.record_lost_starts`). Either way, every run has its RUNNING event
+before its end event.
+
 A launcher notes what happened to its tasks in a :class:`StatusBuffer` as it happens and writes
-it in one transaction, one statement per target state: RUNNING first (a task that started and
-ended in the same batch is recorded RUNNING, then its end), then RUN_DONE, RUN_ERROR and
-RUN_TIMEOUT, then claims to drop (jobs a user killed, jobs not started). Nothing is lost while
+it in one transaction: one statement for every start and end (a task that started and ended
+in the same batch is recorded RUNNING, then its end, with one row update), one more for claims
+to drop (jobs a user killed, jobs not started). Nothing is lost while
 the database is unreachable: a failed write keeps everything pending for the next flush.
-Writing the same batch twice is harmless (:func:`leases.start`/:func:`leases.finish` move jobs
+Writing the same batch twice is harmless (:func:`lifecycle.move` moves jobs
 only from the expected states and only if this session holds them), so a batch whose commit
 outcome is unknown is simply written again.
 """
@@ -17,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from balsam import defaults
-from balsam.core import leases, schema
+from balsam.core import leases, lifecycle, schema
 from balsam.core.states import State
 from balsam.db.session import Database
 from balsam.errors import DatabaseUnavailable
@@ -63,10 +74,10 @@ def _running_here(cursor: Any, session_id: int, ids: list[str]) -> list[str]:
 class StatusBuffer:
     """Pending state changes of ``session_id``'s tasks, written by :meth:`flush`.
 
-    ``started(ids)`` records RUNNING (serial mode records a start once its worker reports it;
-    MPI mode starts jobs in its claim transaction instead). ``done``/``error``/``timeout``
-    record the end of a RUNNING job; ``release`` drops the claim on a job that will not run
-    (killed by a user, or claimed but not started). Not thread-safe: one loop owns it.
+    ``started(ids)`` records RUNNING (serial mode; see the module docstring for MPI mode).
+    ``done``/``error``/``timeout`` record the end of a RUNNING job; ``release`` drops the
+    claim on a job that will not run (killed by a user, or claimed but not started). Not
+    thread-safe: one loop owns it.
     """
 
     def __init__(self, db: Database, session_id: int,
@@ -141,23 +152,37 @@ class StatusBuffer:
         self._batch = batch
 
     def write(self, cursor: Any, batch: Batch) -> Written:
-        """Write ``batch`` in the caller's transaction (one statement per non-empty part)."""
+        """Write ``batch`` in the caller's transaction: one statement
+        (:func:`lifecycle.move`) for every start and end -- a run that started and ended since
+        the last write is recorded RUNNING then its end with one row update --, one more to
+        drop claims, rarely one or two to sort out starts that were refused."""
         out = Written()
-        if batch.started:
-            out.started = leases.start(cursor, self.session_id, batch.started,
-                                       batch.start_message)
-            moved = set(out.started)
-            rest = [j for j in batch.started if j not in moved]
-            if rest:  # already RUNNING under this session: an earlier, lost-looking commit
-                already = set(_running_here(cursor, self.session_id, rest))
-                out.started += [j for j in rest if j in already]
-                out.not_started = [j for j in rest if j not in already]
-        for state, ids, messages in (
-                (State.RUN_DONE, batch.done, ""),
-                (State.RUN_ERROR, list(batch.errors), batch.errors),
-                (State.RUN_TIMEOUT, list(batch.timeouts), batch.timeouts)):
-            if ids:
-                out.ended += len(leases.finish(cursor, self.session_id, ids, state, messages))
+        ends: dict[str, tuple[State, str]] = {j: (State.RUN_DONE, "") for j in batch.done}
+        ends.update((j, (State.RUN_ERROR, m)) for j, m in batch.errors.items())
+        ends.update((j, (State.RUN_TIMEOUT, m)) for j, m in batch.timeouts.items())
+        started = set(batch.started)
+        moves: list[lifecycle.Move] = []
+        for job_id in batch.started:
+            if job_id in ends:
+                state, message = ends[job_id]
+                moves.append((job_id, state, message, State.RUNNING, batch.start_message))
+            else:
+                moves.append((job_id, State.RUNNING, batch.start_message))
+        moves += [(j, state, m) for j, (state, m) in ends.items() if j not in started]
+        moved = lifecycle.move(cursor, moves, self.session_id)
+        done = {j for j, _, _ in moved}
+        out.started = [j for j in batch.started if j in done]
+        out.ended = sum(1 for _, _, to in moved if to != State.RUNNING.value)
+        rest = [j for j in batch.started if j not in done]
+        if rest:  # already RUNNING under this session: an earlier, lost-looking commit
+            already = set(_running_here(cursor, self.session_id, rest))
+            out.started += [j for j in rest if j in already]
+            out.not_started = [j for j in rest if j not in already]
+            for state in (State.RUN_DONE, State.RUN_ERROR, State.RUN_TIMEOUT):
+                ids = [j for j in rest if j in already and ends.get(j, (None,))[0] is state]
+                if ids:
+                    out.ended += len(leases.finish(cursor, self.session_id, ids, state,
+                                                   {j: ends[j][1] for j in ids}))
         if batch.release:
             leases.release(cursor, self.session_id, batch.release)
         return out
