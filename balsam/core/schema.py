@@ -23,6 +23,8 @@ DEP_TABLE = "core_jobdependency"
 QLAUNCH_TABLE = "core_queuedlaunch"
 SESSION_TABLE = "core_launchersession"
 WAKE_TABLE = "core_jobwake"
+TRANSFER_ITEM_TABLE = "core_transferitem"
+TRANSFER_BATCH_TABLE = "core_transferbatch"
 
 # Settable job columns and their defaults, in table order (classic BalsamJob fields).
 JOB_DEFAULTS: dict[str, Any] = {
