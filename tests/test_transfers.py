@@ -336,3 +336,51 @@ def test_items_are_made_from_job_rows_once(db, cursor, area):
                    f"{schema.TRANSFER_ITEM_TABLE}")
     assert [(str(r[0]), *r[1:]) for r in cursor.fetchall()] == [
         (ids[0], "in", "local", "", "pending")]
+
+
+def test_ls_transfers_shows_items_batches_and_json(db, cursor, area, balsam_cli):
+    import json
+
+    with open(os.path.join(area, "in.dat"), "w") as fh:
+        fh.write("12345")
+    ids = ready_jobs(cursor, [{"name": "a", "stage_in_url": f"{area}/in.dat"},
+                              {"name": "b", "stage_in_url": f"{area}/gone.dat"}])
+    with transfer_settings(db):
+        drain(db)
+    table = balsam_cli("ls", "transfers")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    cells = [[c.strip() for c in ln.split("|")] for ln in lines if "|" in ln]
+    assert cells[0][:8] == ["id", "job", "direction", "state", "protocol", "endpoint", "batch",
+                            "bytes"]
+    assert sorted(c[1:4] + c[7:8] for c in cells[1:]) == sorted(
+        [[ids[0][:8], "in", "done", "5"], [ids[1][:8], "in", "failed", ""]])
+    failed = balsam_cli("ls", "transfers", "--state", "failed", "--format", "json")
+    assert failed.returncode == 0, failed.stderr
+    rows = json.loads(failed.stdout)
+    assert [(r["job_id"], r["state"]) for r in rows] == [(ids[1], "failed")]
+    assert "does not exist" in rows[0]["error"]
+    quiet = balsam_cli("ls", "transfers", "--id", ids[0][:8], "--quiet")
+    assert quiet.stdout.strip().isdigit()
+    batches = balsam_cli("ls", "transfers", "--verbose")
+    assert batches.returncode == 0 and "local" in batches.stdout and "failed" in batches.stdout
+
+
+def test_top_and_report_show_transfers(db, cursor, area, balsam_cli):
+    with open(os.path.join(area, "in.dat"), "w") as fh:
+        fh.write("x" * 2000)
+    ready_jobs(cursor, [{"name": "a", "stage_in_url": f"{area}/in.dat"},
+                        {"name": "b", "stage_in_url": f"rsync:{HOST}:/in.dat"}])
+    titems.create_items(cursor, db, None, 100)
+    top = balsam_cli("top", "--once")
+    assert top.returncode == 0, top.stderr
+    assert "Transfers: 2 pending, 0 active" in top.stdout
+    assert any(ln.startswith("rsync") and HOST in ln for ln in top.stdout.splitlines())
+    cursor.execute(f"UPDATE {schema.TRANSFER_ITEM_TABLE} SET endpoint = '' "
+                   "WHERE protocol = 'rsync'")  # no sshd needed: sent as a local rsync
+    with transfer_settings(db):
+        drain(db)
+    report = balsam_cli("report")
+    assert report.returncode == 0, report.stderr
+    assert "Transfers: 1 done (2.0 kB), 1 failed, 0 pending, 0 active" in report.stdout
+    assert "Transfer throughput (last 1h): 1 items, 2.0 kB in 1 batch(es)" in report.stdout

@@ -10,12 +10,7 @@ from django.db import models
 
 from balsam.core import schema
 
-ITEM_STATES = ("pending", "active", "done", "failed")
-"""An item waits (``pending``, possibly until ``not_before``), is in a batch being sent
-(``active``), arrived (``done``) or gave up after its attempts (``failed``)."""
-BATCH_STATES = ("active", "done", "failed", "lost")
-"""A batch is being sent (``active``), ended with every item sent (``done``), ended with some
-item failed (``failed``), or its sender died and its items were sent again (``lost``)."""
+ITEM_STATES, BATCH_STATES = schema.TRANSFER_ITEM_STATES, schema.TRANSFER_BATCH_STATES
 
 
 class TransferBatch(models.Model):
