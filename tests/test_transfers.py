@@ -384,3 +384,26 @@ def test_top_and_report_show_transfers(db, cursor, area, balsam_cli):
     assert report.returncode == 0, report.stderr
     assert "Transfers: 1 done (2.0 kB), 1 failed, 0 pending, 0 active" in report.stdout
     assert "Transfer throughput (last 1h): 1 items, 2.0 kB in 1 batch(es)" in report.stdout
+
+
+def test_the_dashboard_transfers_tab_lists_counts_batches_and_failures(db, cursor, area):
+    from web_support import TOKEN, Client, web_server
+
+    with open(os.path.join(area, "in.dat"), "w") as fh:
+        fh.write("x" * 1500)
+    ready_jobs(cursor, [{"name": "good", "stage_in_url": f"{area}/in.dat"},
+                        {"name": "bad", "stage_in_url": f"{area}/gone.dat"}])
+    with transfer_settings(db):
+        drain(db)
+    with web_server(db, "--token", TOKEN) as base:
+        client = Client(base)
+        client.login()
+        status, body, _ = client.request("/transfers/")
+    assert status == 200
+    assert 'href="/transfers/" class="here">Transfers</a>' in body
+    counts = body.split('id="transfer-counts"')[1].split("</table>")[0]
+    assert '<td class="num">1</td><td class="num">1</td>' in counts  # done, failed
+    assert "1.5 kB" in counts
+    assert "<td>local</td><td>(local)</td><td>in</td><td>failed</td>" in body
+    failures = body.split('id="transfer-failures"')[1]
+    assert ">bad</a>" in failures and "does not exist" in failures
