@@ -407,3 +407,28 @@ def test_the_dashboard_transfers_tab_lists_counts_batches_and_failures(db, curso
     assert "<td>local</td><td>(local)</td><td>in</td><td>failed</td>" in body
     failures = body.split('id="transfer-failures"')[1]
     assert ">bad</a>" in failures and "does not exist" in failures
+
+
+def test_a_job_retried_after_a_failed_stage_in_gets_new_items(db, cursor, area):
+    (job_id,) = ready_jobs(cursor, [{"name": "r", "stage_in_url": f"{area}/late.dat"}])
+    with transfer_settings(db):
+        drain(db)
+        assert job_states(cursor, [job_id]) == {job_id: "FAILED"}
+        with open(os.path.join(area, "late.dat"), "w") as fh:
+            fh.write("now here")
+        lifecycle.transition(cursor, [job_id], "CREATED", "retry", user=True)
+        transitions.advance(cursor)
+        assert job_states(cursor, [job_id]) == {job_id: "READY"}
+        drain(db)
+    assert job_states(cursor, [job_id]) == {job_id: "PREPROCESSED"}
+    cursor.execute(f"SELECT state FROM {schema.TRANSFER_ITEM_TABLE}")
+    assert cursor.fetchall() == [("done",)]
+
+
+def test_pending_items_of_a_killed_job_are_not_sent(db, cursor, area):
+    (job_id,) = ready_jobs(cursor, [{"name": "k", "stage_in_url": f"{area}/x.dat"}])
+    titems.create_items(cursor, db, None, 100)
+    lifecycle.kill(cursor, [job_id])
+    titems.create_items(cursor, db, None, 100)
+    cursor.execute(f"SELECT state, error FROM {schema.TRANSFER_ITEM_TABLE}")
+    assert cursor.fetchall() == [("failed", "not sent: the job is USER_KILLED")]

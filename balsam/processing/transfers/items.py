@@ -43,11 +43,19 @@ CLAIM_LOCK_KEY = 0x7A4F_5B01
 STEP_STATE = {"in": State.READY.value, "out": State.POSTPROCESSED.value}
 """The job state each direction's items serve."""
 
+def fresh(alias: str = "ti") -> str:
+    """SQL: item ``alias`` was made for job j's current visit of its state (see FRESH)."""
+    return f"{alias}.created_at >= COALESCE(j.state_since, j.created_at)"
+
+
+FRESH = fresh()
+"""SQL: item ti was made for job j's current visit of its state (a job sent back to READY by a
+retry gets new items; the old ones are removed by :func:`create_items`)."""
 STAGE_IN_DONE = (f"NOT EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id "
-                 "AND ti.direction = 'in' AND ti.state <> 'done')"
+                 f"AND ti.direction = 'in' AND {FRESH} AND ti.state <> 'done')"
                  f" AND EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id "
-                 "AND ti.direction = 'in')")
-"""SQL over job j: every stage-in item exists and is done."""
+                 f"AND ti.direction = 'in' AND {FRESH})")
+"""SQL over job j: every stage-in item of this visit of READY exists and is done."""
 
 
 def _insert(cursor: Any, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
@@ -57,13 +65,14 @@ def _insert(cursor: Any, rows: Sequence[tuple[str, str, str, str, str, str]]) ->
         cursor.execute(f"""
             INSERT INTO {ITEM} (job_id, direction, source, destination, protocol, endpoint,
                                 created_at)
-            SELECT *, now() FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
+            SELECT *, clock_timestamp() FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
                                         %s::text[], %s::text[])""", [list(c) for c in cols])
 
 
 def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int) -> int:
     """Create the items of jobs that reached READY or POSTPROCESSED without them (see the
     module docstring); returns how many jobs got items (or failed for want of files)."""
+    _tidy(cursor)
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
     cursor.execute(f"""
@@ -71,10 +80,11 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
                j.stage_out_url, j.stage_out_files FROM {JOB} j
         WHERE j.session_id IS NULL AND (
               (j.state = 'READY' AND j.stage_in_url <> '' AND NOT EXISTS (
-                  SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id AND ti.direction = 'in'))
+                  SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id AND ti.direction = 'in'
+                  AND {FRESH}))
            OR (j.state = 'POSTPROCESSED' AND j.stage_out_url <> '' AND j.stage_out_files <> ''
                AND NOT EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id
-                               AND ti.direction = 'out'))){wf}
+                               AND ti.direction = 'out' AND {FRESH}))){wf}
         LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
     rows: list[tuple[str, str, str, str, str, str]] = []
     failed: dict[str, str] = {}
@@ -97,6 +107,22 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
     lifecycle.transition(cursor, list(failed), State.FAILED, failed,
                          sources=[State.READY.value, State.POSTPROCESSED.value])
     return len(found)
+
+
+def _tidy(cursor: Any) -> None:
+    """Pending items of jobs that ended otherwise (killed, failed) fail as not sent; items left
+    from an earlier visit of READY/POSTPROCESSED (a retried job) are removed, so the job gets
+    new ones."""
+    cursor.execute(f"""
+        UPDATE {ITEM} i SET state = 'failed', finished_at = now(),
+               error = 'not sent: the job is ' || j.state
+        FROM {JOB} j WHERE j.job_id = i.job_id AND i.state = 'pending'
+          AND j.state IN ('USER_KILLED', 'FAILED', 'JOB_FINISHED')""")
+    cursor.execute(f"""
+        DELETE FROM {ITEM} ti USING {JOB} j
+        WHERE j.job_id = ti.job_id AND ti.state <> 'active' AND NOT ({FRESH})
+          AND ((ti.direction = 'in' AND j.state = 'READY')
+               OR (ti.direction = 'out' AND j.state = 'POSTPROCESSED'))""")
 
 
 def _stage_out_files(workdir: str, patterns: str, url: str) -> list[str]:

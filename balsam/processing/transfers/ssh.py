@@ -117,7 +117,7 @@ def _rsync(items: Sequence[Item], ctx: Context, ssh: list[str], endpoint: str
 
 def _rsync_in(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root: str,
               stage: str) -> dict[int, Result]:
-    paths = sorted({i.source.lstrip("/").rstrip("/") for i in items})
+    paths = sorted({_rel(i.source) for i in items})
     listing = os.path.join(ctx.staging, "files-in.txt")
     with open(listing, "w") as fh:
         fh.write("".join(p + "\n" for p in paths))
@@ -128,7 +128,7 @@ def _rsync_in(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root: 
         users[i.source] = users.get(i.source, 0) + 1
     results = {}
     for item in items:
-        rel = item.source.lstrip("/").rstrip("/")
+        rel = _rel(item.source)
         staged = os.path.join(stage, rel)
         if not os.path.lexists(staged):
             line = next((ln.strip() for ln in error.splitlines()[1:] if rel in ln), "")
@@ -142,6 +142,11 @@ def _rsync_in(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root: 
     return results
 
 
+def _rel(path: str) -> str:
+    """A source path relative to its root ("/" or the remote home, ``~/`` dropped)."""
+    return (path[2:] if path.startswith("~/") else path).lstrip("/").rstrip("/")
+
+
 def _place(staged: str, item: Item, last: bool) -> Result:
     """Move (the last user) or copy a staged source into the item's working directory."""
     target = os.path.join(item.destination, os.path.basename(staged))
@@ -150,7 +155,7 @@ def _place(staged: str, item: Item, last: bool) -> Result:
         if os.path.isdir(target) and not os.path.islink(target):
             shutil.rmtree(target)  # a re-sent batch: the new copy wins
         if last:
-            os.replace(staged, target) if not os.path.isdir(staged) else shutil.move(staged, target)
+            shutil.move(staged, target)  # a rename, or a copy across filesystems
         elif os.path.isdir(staged):
             shutil.copytree(staged, target, symlinks=True)
         else:
