@@ -30,7 +30,6 @@ from balsam.core.analytics_classic import (  # noqa: E402,F401  (classic scripts
 )
 from balsam.core.jobapi import JobAPI  # noqa: E402
 from balsam.core.jobqueryset import BalsamJobQuerySet  # noqa: E402
-from balsam.core.transfer_models import TransferBatch, TransferItem  # noqa: E402,F401
 from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     ACTIVE_STATES,
     END_STATES,
@@ -41,6 +40,7 @@ from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     State,
     validate_state,
 )
+from balsam.core.transfer_models import TransferBatch, TransferItem  # noqa: E402,F401
 from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
     BalsamError,
     InvalidParentsError,
