@@ -328,6 +328,19 @@ def test_globus_batches_are_submitted_once_polled_and_failures_map_to_their_jobs
     assert cursor.fetchone() == ("pending", 1, "permission denied")
 
 
+def test_a_globus_task_that_succeeded_without_listing_items_delivers_them_all(
+        db, cursor, monkeypatch):
+    record = FakeGlobus(answers=[("SUCCEEDED", {})])
+    monkeypatch.setitem(sys.modules, "balsam.processing.transfers.globus", fake_backend(record))
+    ids = ready_jobs(cursor, [{"name": f"s{i}", "stage_in_url": f"globus://{UUID_REMOTE}/d/s{i}/"}
+                              for i in range(2)])
+    with transfer_settings(db, globus_endpoint_id=UUID_SITE, globus_client_id="client-1",
+                           poll_seconds=0.01):
+        drain(db)
+    assert set(job_states(cursor, ids).values()) == {"PREPROCESSED"}
+    assert all(e.recursive for e in record.submitted[0][2])  # a trailing / sends a directory
+
+
 def test_items_are_made_from_job_rows_once(db, cursor, area):
     ids = ready_jobs(cursor, [{"name": "x", "stage_in_url": f"{area}/x"}])
     assert titems.create_items(cursor, db, None, 100) == 1

@@ -162,9 +162,10 @@ class TransferStep:
             polled += 1
             if status.state == "ACTIVE":
                 continue
-            # An item the task does not report did not arrive.
-            results = {i: Result(status.per_item.get(i, f"{protocol} task {task_id} ended "
-                                                        f"{status.state} without it"))
+            # An item the task does not report arrived if the task SUCCEEDED, else not.
+            missing = (None if status.state == "SUCCEEDED"
+                       else f"{protocol} task {task_id} ended {status.state} without it")
+            results = {i: Result(status.per_item.get(i, missing))
                        for i in db.run(items.active_ids, batch_id)}
             db.run(items.record, batch_id, results, **self._retry())
         return polled
