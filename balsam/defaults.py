@@ -58,6 +58,25 @@ killed and its job FAILED (classic: 300 s, not configurable)."""
 TRANSFER_TIMEOUT_SECONDS = 3600
 """Longest one stage-in or stage-out transfer may take before it is killed and its job FAILED."""
 
+TRANSFER_BATCH_ITEMS = 1000
+"""Most transfer items (files or directories of jobs) sent together in one batch: one rsync or
+scp connection, one Globus task, one round of local copies."""
+
+TRANSFER_BATCHES_PER_ENDPOINT = 2
+"""Most batches in flight at once to one remote endpoint (host or Globus collection)."""
+
+TRANSFER_LOCAL_THREADS = 8
+"""Threads copying a local batch's items in parallel."""
+
+TRANSFER_MAX_ATTEMPTS = 3
+"""Attempts per transfer item before its job fails (a missing source fails at once)."""
+
+TRANSFER_RETRY_BACKOFF_SECONDS = 10.0
+"""Wait before a failed item is tried again, doubled for each further attempt."""
+
+TRANSFER_POLL_SECONDS = 10.0
+"""Period of status polls of asynchronous batches (Globus tasks)."""
+
 MAX_CONCURRENT_RUNS = 1000
 """Most MPI launches (one per job) an MPI-mode launcher keeps running at once (Cray ALPS allows
 1000 concurrent ``aprun`` per batch job)."""

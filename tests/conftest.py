@@ -21,7 +21,8 @@ import pytest
 from balsam.core import schema
 
 TABLES = [schema.EVENT_TABLE, schema.DEP_TABLE, schema.JOB_TABLE, schema.APP_TABLE,
-          schema.QLAUNCH_TABLE, schema.SESSION_TABLE]
+          schema.QLAUNCH_TABLE, schema.SESSION_TABLE, schema.TRANSFER_ITEM_TABLE,
+          schema.TRANSFER_BATCH_TABLE]
 
 
 def make_public_tmpdir(prefix: str) -> str:

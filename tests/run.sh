@@ -14,6 +14,10 @@ missing=""
 command -v zsh >/dev/null 2>&1 || missing="$missing zsh"
 command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 command -v man >/dev/null 2>&1 || missing="$missing man-db"
+# openssh-server and rsync: the transfer tests start a throwaway sshd on localhost
+# (tests/sshd_support.py) and send batches over it with rsync and scp.
+{ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; } || missing="$missing openssh-server"
+command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     (apt-get update -qq && apt-get install -y -qq $missing >/dev/null) \

@@ -160,6 +160,10 @@ CASES = [
     # ls
     Case("ls-bad-state", ["ls", "--state", "DONE"], "DONE"),
     Case("ls-bad-id", ["ls", "--id", "xyz"], "xyz"),
+    Case("ls-transfers-bad-state", ["ls", "transfers", "--state", "RUNNING"],
+         "not a transfer state"),
+    Case("ls-transfers-bad-flag", ["ls", "transfers", "--history"], "--history"),
+    Case("ls-transfers-bad-id", ["ls", "transfers", "--id", "zz"], "zz"),
     Case("ls-bad-limit", ["ls"], "BALSAM_LS_LIMIT", lambda live, s: {"BALSAM_LS_LIMIT": "-1"}),
     Case("ls-missing-db", ["ls"], "nowhere", _no_db),
     # launcher

@@ -96,7 +96,8 @@ def test_bulk_columns_are_the_job_table_columns_but_the_lease_and_state_time(cur
 
 def test_every_model_table_has_the_model_columns(cursor, models):
     for model in (models.BalsamJob, models.ApplicationDefinition, models.QueuedLaunch,
-                  models.JobEvent, models.JobDependency, models.LauncherSession, models.JobWake):
+                  models.JobEvent, models.JobDependency, models.LauncherSession, models.JobWake,
+                  models.TransferItem, models.TransferBatch):
         assert set(_columns(cursor, model._meta.db_table)) == {
             f.column for f in model._meta.concrete_fields}, model.__name__
 
@@ -116,6 +117,8 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
         ("core_balsamjob", "session_id"): "n",
         ("core_jobwake", "job_id"): "c",
         ("core_jobpayload", "job_id"): "c",  # function tasks' arguments and outcomes
+        ("core_transferitem", "job_id"): "c",
+        ("core_transferitem", "batch_id"): "n",
     }
 
 

@@ -42,7 +42,7 @@ BAD = [
     ("service:\n  cycle_seconds: 0", "`service.cycle_seconds` must be greater than 0, not 0"),
     ("colour: blue", "unknown key `colour` (valid keys: machine, scheduler, mpi, mpi_executable, "
                      "cores_per_node, gpus_per_node, local_nodes, project, queues, launcher, "
-                     "service, server)"),
+                     "service, server, transfers)"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""``balsam ls [jobs|apps|wf|queues]``: list what is in the database (Django-free, fast)."""
+"""``balsam ls [jobs|apps|wf|queues|transfers]``: list what is in the database (Django-free, fast)."""
 from __future__ import annotations
 
 import argparse
@@ -15,15 +15,18 @@ EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (
 Environment: BALSAM_LS_FIELDS=f1:f2 adds job columns to the table; BALSAM_LS_LIMIT=N (default
 5000) caps how many objects are shown."""
 FLAGS = ("name", "id", "state", "wf", "verbose", "history", "tree", "by_states", "quiet")
-ALLOWED = {"apps": {"name", "id", "verbose", "quiet"}, "wf": {"wf"}, "queues": {"verbose"}}
+ALLOWED = {"apps": {"name", "id", "verbose", "quiet"}, "wf": {"wf"}, "queues": {"verbose"},
+           "transfers": {"id", "state", "wf", "verbose", "quiet"}}
 """Flags each non-job listing understands (``ls wf --wf X`` of an existing X lists its jobs)."""
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "ls", run, "list jobs, applications, workflows or queued batch jobs",
-                    epilog=EPILOG)
-    p.add_argument("objects", nargs="?", default="jobs", choices=["jobs", "apps", "wf", "queues"],
-                   help="what to list (default: jobs)")
+    p = add_command(sub, "ls", run, "list jobs, applications, workflows, queued batch jobs or "
+                    "transfers", epilog=EPILOG)
+    p.add_argument("objects", nargs="?", default="jobs",
+                   choices=["jobs", "apps", "wf", "queues", "transfers"],
+                   help="what to list (default: jobs); transfers: the stage-in/out items "
+                        "(--state pending|active|done|failed, --id JOB, --verbose: the batches)")
     p.add_argument("--name", help="name contains this text (case-insensitive)")
     p.add_argument("--id", help="job id (or part of one); for apps, the application's number")
     p.add_argument("--state", help="jobs in exactly this state")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             bad = [f"--{f.replace('_', '-')}" for f in flags if f not in ALLOWED[args.objects]]
             if bad:
                 raise BalsamError(f"{', '.join(bad)} cannot be used with `balsam ls {args.objects}`")
-            text = {"apps": apps_view, "wf": wf_view, "queues": queues_view}[args.objects](cur, args)
+            text = {"apps": apps_view, "wf": wf_view, "queues": queues_view,
+                    "transfers": transfers_view}[args.objects](cur, args)
     jq.write_out(text)
     return 0
 
@@ -143,6 +147,12 @@ def wf_view(cur: Any, args: argparse.Namespace) -> str:
     if not rows:
         return "No workflows found matching query"
     return table(rows, ["workflow", "jobs"])
+
+
+def transfers_view(cur: Any, args: argparse.Namespace) -> str:
+    from balsam.cli.lstransfers import transfers_view as view
+
+    return view(cur, args)
 
 
 def queues_view(cur: Any, args: argparse.Namespace) -> str:

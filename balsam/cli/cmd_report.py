@@ -66,7 +66,7 @@ def parse_span(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from balsam.cli.progress import Steps
-    from balsam.core import analytics
+    from balsam.core import analytics, analytics_transfers
 
     now = datetime.datetime.now(datetime.timezone.utc)
     since = parse_time(args.since, now, "--since") if args.since else None
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     with transaction() as (_, cur):
         steps.step("summary")
         s = analytics.summary(cur, f, recent_seconds=recent)
+        s["transfers"] = analytics_transfers.summary(cur, f, recent_seconds=recent)
         if args.plot:
             from balsam.cli.report_plot import write_plots
 
@@ -112,6 +113,8 @@ def format_summary(s: dict) -> list[str]:
                  f"p95 {_secs(rt['p95'])}, max {_secs(rt['max'])}")
     lines.append(f"Nodes: {s['busy_nodes']:.2f} busy now ({s['running_tasks']} tasks running), "
                  f"{rec['avg_busy_nodes']:.2f} on average over the last {span}")
+    if "transfers" in s and any(s["transfers"]["counts"].values()):
+        lines += _transfer_lines(s["transfers"], span)
     if s["errors"]:
         lines.append("Most common errors:")
         lines += [f"  {e['count']:>6} x {_one_line(e['message'])}  (e.g. job {e['example_job_id']})"
@@ -119,6 +122,17 @@ def format_summary(s: dict) -> list[str]:
     else:
         lines.append("No errors.")
     return lines
+
+
+def _transfer_lines(t: dict, span: str) -> list[str]:
+    from balsam.core.analytics_transfers import human_bytes
+
+    c, rec = t["counts"], t["recent"]
+    return [f"Transfers: {c['done']} done ({human_bytes(t['bytes'])}), {c['failed']} failed, "
+            f"{c['pending']} pending, {c['active']} active",
+            f"Transfer throughput (last {span}): {rec['items']} items, "
+            f"{human_bytes(rec['bytes'])} in {rec['batches']} batch(es) "
+            f"({rec['items_per_second']:.2f} items/s, {human_bytes(rec['bytes_per_second'])}/s)"]
 
 
 def _one_line(text: str, width: int = 60) -> str:

@@ -51,6 +51,8 @@ class Snapshot:
     batch_jobs: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    """Open transfer items by (protocol, endpoint, direction): pending, active, batches."""
 
     def with_live(self, answer: LiveStates) -> Snapshot:
         """This snapshot with its batch jobs' live states (``answer``: a
@@ -110,7 +112,21 @@ def collect(cur: Any, with_flow: bool = True) -> Snapshot:
                     WHERE state NOT IN ({_in(FINAL_BATCH_STATES)}) ORDER BY id""")
     batch_jobs = _dicts(cur)
     failures, notes = _failures(cur)
-    return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, notes)
+    return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, notes,
+                    _transfers(cur))
+
+
+def _transfers(cur: Any) -> list[dict[str, Any]]:
+    """Open transfer items per (protocol, endpoint, direction) (partial indexes: only open
+    items are read) and their active batches."""
+    cur.execute(f"""
+        SELECT i.protocol, i.endpoint, i.direction,
+               count(*) FILTER (WHERE i.state = 'pending') AS pending,
+               count(*) FILTER (WHERE i.state = 'active') AS active,
+               count(DISTINCT i.batch_id) FILTER (WHERE i.state = 'active') AS batches
+        FROM {schema.TRANSFER_ITEM_TABLE} i WHERE i.state IN ('pending', 'active')
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""")
+    return _dicts(cur)
 
 
 def _failures(cur: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -204,6 +220,12 @@ def _batch_rows(snap: Snapshot) -> list[str]:
             for b in snap.batch_jobs]
 
 
+def _transfer_rows(snap: Snapshot) -> list[str]:
+    return [f"{fit(t['protocol'], 7):<7} {fit(t['endpoint'] or '(local)', 36):<36} "
+            f"{t['direction']:<4} {t['pending']:>8} {t['active']:>7} {t['batches']:>7}"
+            for t in snap.transfers]
+
+
 def _failure_rows(snap: Snapshot) -> list[str]:
     out = []
     for f in snap.failures:
@@ -237,6 +259,12 @@ def render(snap: Snapshot, prev: Optional[Snapshot], width: int = 80,
         ("Latest failures", f"{'TIME':<8} {'STATE':<9} {'NAME':<16} {'ID':<8} MESSAGE",
          _failure_rows(snap)),
     ]
+    if snap.transfers:  # shown only while transfers are open: a quiet DB keeps its layout
+        sections.insert(2, (
+            f"Transfers: {sum(t['pending'] for t in snap.transfers)} pending, "
+            f"{sum(t['active'] for t in snap.transfers)} active",
+            f"{'PROTO':<7} {'ENDPOINT':<36} {'DIR':<4} {'PENDING':>8} {'ACTIVE':>7} {'BATCHES':>7}",
+            _transfer_rows(snap)))
     shown = [len(rows) for _, _, rows in sections]
 
     def size() -> int:

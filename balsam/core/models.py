@@ -40,6 +40,7 @@ from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     State,
     validate_state,
 )
+from balsam.core.transfer_models import TransferBatch, TransferItem  # noqa: E402,F401
 from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
     BalsamError,
     InvalidParentsError,

@@ -23,6 +23,14 @@ DEP_TABLE = "core_jobdependency"
 QLAUNCH_TABLE = "core_queuedlaunch"
 SESSION_TABLE = "core_launchersession"
 WAKE_TABLE = "core_jobwake"
+TRANSFER_ITEM_TABLE = "core_transferitem"
+TRANSFER_BATCH_TABLE = "core_transferbatch"
+TRANSFER_ITEM_STATES = ("pending", "active", "done", "failed")
+"""A transfer item waits (``pending``, possibly until ``not_before``), is in a batch being sent
+(``active``), arrived (``done``) or gave up after its attempts (``failed``)."""
+TRANSFER_BATCH_STATES = ("active", "done", "failed", "lost")
+"""A transfer batch is being sent (``active``), ended with every item sent (``done``), ended
+with some item failed (``failed``), or its sender died and its items were sent again (``lost``)."""
 
 # Settable job columns and their defaults, in table order (classic BalsamJob fields).
 JOB_DEFAULTS: dict[str, Any] = {

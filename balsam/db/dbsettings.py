@@ -45,7 +45,12 @@ server:
   listen_addresses: '{listen}' # compute nodes connect over TCP (password auth only)
   max_connections: {maxconn}
   shared_buffers: {shared_buffers}
-"""
+
+# Stage-in/out transfers: items per batch (one rsync/scp connection or Globus task), batches in
+# flight per endpoint, retries; ssh_config_file for rsync/scp ('' = your own); this site's Globus
+# collection UUID and the native-app client id for globus:// URLs.
+transfers:
+{transfers}"""
 
 
 def render_default(db_path: str, machine: str = "local", **overrides: Any) -> str:
@@ -74,6 +79,8 @@ def render_default(db_path: str, machine: str = "local", **overrides: Any) -> st
         service="".join(f"  {k}: {v}\n" for k, v in values["service"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],
+        transfers="".join(f"  {k}: {json.dumps(v) if isinstance(v, str) else v}\n"
+                          for k, v in values["transfers"].items()),
     )
 
 

@@ -80,6 +80,25 @@ class ServiceSection(BaseModel):
     transition_threads: int = Field(default=defaults.SERVICE_TRANSITION_THREADS, ge=0)
 
 
+class TransfersSection(BaseModel):
+    """``transfers:``: batching, concurrency and retries of stage-in/out transfers
+    (:mod:`balsam.processing.transfers`), and this site's SSH and Globus identity."""
+
+    model_config = _STRICT
+    batch_items: int = Field(default=defaults.TRANSFER_BATCH_ITEMS, gt=0)
+    batches_per_endpoint: int = Field(default=defaults.TRANSFER_BATCHES_PER_ENDPOINT, gt=0)
+    local_threads: int = Field(default=defaults.TRANSFER_LOCAL_THREADS, gt=0)
+    max_attempts: int = Field(default=defaults.TRANSFER_MAX_ATTEMPTS, gt=0)
+    retry_backoff_seconds: float = Field(default=defaults.TRANSFER_RETRY_BACKOFF_SECONDS, ge=0)
+    poll_seconds: float = Field(default=defaults.TRANSFER_POLL_SECONDS, gt=0)
+    ssh_config_file: str = ""
+    """An ssh_config(5) file for rsync and scp (``ssh -F``); empty: the user's own."""
+    globus_endpoint_id: str = ""
+    """This site's Globus collection UUID (the local side of ``globus://`` transfers)."""
+    globus_client_id: str = ""
+    """The Globus native-app client id used to log in (``globus://`` transfers)."""
+
+
 class ServerSection(BaseModel):
     """``server:``: options of the DB's PostgreSQL server, applied when it starts."""
 
@@ -113,6 +132,7 @@ class Settings(BaseModel):
     launcher: LauncherSection = LauncherSection()
     service: ServiceSection = ServiceSection()
     server: ServerSection = ServerSection()
+    transfers: TransfersSection = TransfersSection()
 
     @field_validator("scheduler")
     @classmethod
@@ -127,6 +147,7 @@ class Settings(BaseModel):
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "launcher": LauncherSection, "service": ServiceSection, "server": ServerSection,
+    "transfers": TransfersSection,
 }
 
 

@@ -6,8 +6,9 @@ everything the step needs (a :class:`StepJob`), and writes the :class:`Outcome` 
 =================  ===============================================  ==========================
 state              step                                             success
 =================  ===============================================  ==========================
-READY              stage in ``stage_in_url``; link ``input_files``  STAGED_IN (+ PREPROCESSED
-                   from the parents' working directories            if no preprocess script)
+READY              link ``input_files`` from the parents' working   STAGED_IN (+ PREPROCESSED
+                   directories (``stage_in_url`` was staged by the  if no preprocess script)
+                   transfer step, :mod:`.transfers`)
 STAGED_IN          the app's preprocess script                      PREPROCESSED
 RUN_DONE           the app's postprocess script                     POSTPROCESSED (+
                                                                     JOB_FINISHED if nothing to
@@ -15,12 +16,12 @@ RUN_DONE           the app's postprocess script                     POSTPROCESSE
                                                                     script set the state
 RUN_ERROR          postprocess with ``BALSAM_JOB_ERROR=TRUE``       the state the script set;
 RUN_TIMEOUT        postprocess with ``BALSAM_JOB_TIMEOUT=TRUE``     left unchanged -> FAILED
-POSTPROCESSED      copy ``stage_out_files`` to ``stage_out_url``    JOB_FINISHED
 =================  ===============================================  ==========================
 
-Any failure (transfer, missing script, non-zero exit, timeout) -> FAILED with a message saying
-what failed and the log's tail. A script stopped because the job was killed meanwhile writes
-nothing (the job stays USER_KILLED).
+Stage-out (POSTPROCESSED) is the transfer step's alone. Any failure (input link, missing
+script, non-zero exit, timeout) -> FAILED with a message saying what failed and the log's tail.
+A script stopped because the job was killed meanwhile writes nothing (the job stays
+USER_KILLED).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Any, Callable, Optional
 from balsam.core import jobenv
 from balsam.core.states import State
 from balsam.errors import BalsamError
-from balsam.processing import inputs, scripts, transfer
+from balsam.processing import inputs, scripts
 
 HANDLER_FLAGS = {State.RUN_ERROR.value: "BALSAM_JOB_ERROR", State.RUN_TIMEOUT.value: "BALSAM_JOB_TIMEOUT"}
 
@@ -86,8 +87,6 @@ def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Li
             return _script(job, "preprocess", db_path, base_env, limits, should_abort)
         if state in (State.RUN_DONE.value, State.RUN_ERROR.value, State.RUN_TIMEOUT.value):
             return _script(job, "postprocess", db_path, base_env, limits, should_abort)
-        if state == State.POSTPROCESSED.value:
-            return _stage_out(job, limits)
     except BalsamError as exc:
         return Outcome([(State.FAILED, f"{_STEP_NAMES.get(state, state)} failed: {exc}")])
     return Outcome(write=False)  # not a step state (changed meanwhile): nothing to do
@@ -103,10 +102,8 @@ _STEP_NAMES = {
 def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
     row = job.row
     said = []
-    if row.get("stage_in_url"):
-        arrived = transfer.stage_in(row["stage_in_url"], job.workdir,
-                                    timeout=limits.transfer_timeout)
-        said.append(f"staged in {len(arrived)} item(s) from {row['stage_in_url']}")
+    if row.get("stage_in_url"):  # the transfer step's items are done (claim_step checks)
+        said.append(f"staged in {row.get('staged_files', 0)} item(s) from {row['stage_in_url']}")
     if row.get("input_files") and job.parents:
         linked = inputs.link_input_files(job.workdir, row["input_files"], job.parents,
                                          trusted_roots=[os.path.join(db_path, "data")])
@@ -115,14 +112,6 @@ def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
     if not job.preprocess:
         moves.append((State.PREPROCESSED, "nothing to preprocess: ready to run"))
     return Outcome(moves)
-
-
-def _stage_out(job: StepJob, limits: Limits) -> Outcome:
-    row = job.row
-    sent = transfer.stage_out(job.workdir, row["stage_out_files"], row["stage_out_url"],
-                              timeout=limits.transfer_timeout)
-    return Outcome([(State.JOB_FINISHED, f"staged out {len(sent)} file(s) to "
-                                         f"{row['stage_out_url']}")])
 
 
 def _script(job: StepJob, kind: str, db_path: str, base_env: Mapping[str, str], limits: Limits,

@@ -35,7 +35,14 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class TransferError(BalsamError):
-    """A stage-in or stage-out failed (bad URL, nothing to copy, a copy command failed)."""
+    """A stage-in or stage-out failed (bad URL, nothing to copy, a copy command failed).
+    ``stderr``: what the copy program wrote on stderr ("" if none ran); ``code``: its exit
+    code (None if it did not exit by itself)."""
+
+    def __init__(self, message: str, stderr: str = "", code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.code = code
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -87,15 +94,15 @@ def stage_in(url: str, workdir: str, *, timeout: float,
     dest = os.path.abspath(workdir)
     if protocol == LOCAL:
         sources = _local_matches(spec, what)
-        _run(["cp", "-p", "-r", "-H", "--", *sources, dest + "/"], timeout, env, what)
+        run_argv(["cp", "-p", "-r", "-H", "--", *sources, dest + "/"], timeout, env, what)
         return sorted({os.path.basename(s.rstrip("/")) for s in sources})
     before = _snapshot(dest)
     if protocol == RSYNC:
-        _run(["rsync", "-a", spec, dest + "/"], timeout, env, what)
+        run_argv(["rsync", "-a", spec, dest + "/"], timeout, env, what)
     elif protocol == SCP:
-        _run(["scp", "-p", "-r", spec, dest + "/"], timeout, env, what)
+        run_argv(["scp", "-p", "-r", spec, dest + "/"], timeout, env, what)
     else:
-        _run(["globus-url-copy", "-r", spec, f"file://{dest}/"], timeout, env, what)
+        run_argv(["globus-url-copy", "-r", spec, f"file://{dest}/"], timeout, env, what)
     path = spec.split(":", 1)[1] if protocol != GLOBUS and ":" in spec else spec
     name = os.path.basename(path)
     if name and not _GLOB_CHARS.search(path) and os.path.lexists(os.path.join(dest, name)):
@@ -130,18 +137,18 @@ def stage_out(workdir: str, patterns: str, url: str, *, timeout: float,
     if clash:
         raise TransferError(f"{what}: several stage-out files are named {clash[0]!r}")
     if protocol == LOCAL:
-        _run(["cp", "-p", "-r", "--", *sources, _local_destination(spec, what) + "/"],
+        run_argv(["cp", "-p", "-r", "--", *sources, local_destination(spec, what) + "/"],
              timeout, env, what)
     elif protocol in (RSYNC, SCP):
         argv = ["rsync", "-a"] if protocol == RSYNC else ["scp", "-p", "-r"]
-        _run([*argv, *sources, spec.rstrip("/") + "/"], timeout, env, what)
+        run_argv([*argv, *sources, spec.rstrip("/") + "/"], timeout, env, what)
     else:
         # globus-url-copy takes one source and one destination per call; -cd creates the
         # destination directories.
         for source, name in zip(sources, names):
             pair = ([f"file://{source}/", f"{spec.rstrip('/')}/{name}/"] if os.path.isdir(source)
                     else [f"file://{source}", f"{spec.rstrip('/')}/"])
-            _run(["globus-url-copy", "-r", "-cd", *pair], timeout, env, what)
+            run_argv(["globus-url-copy", "-r", "-cd", *pair], timeout, env, what)
     return matches
 
 
@@ -158,7 +165,7 @@ def _local_matches(spec: str, what: str) -> list[str]:
     return found
 
 
-def _local_destination(spec: str, what: str) -> str:
+def local_destination(spec: str, what: str) -> str:
     """The destination directory for a local stage-out, created if its parent exists."""
     path = os.path.abspath(os.path.expanduser(spec))
     if os.path.isdir(path):
@@ -185,7 +192,8 @@ def _snapshot(directory: str) -> dict[str, tuple[int, int]]:
     return stamps
 
 
-def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]], what: str) -> None:
+def run_argv(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]],
+             what: str) -> None:
     """Run ``argv`` with a time limit in a new session; TransferError on any failure.
 
     The program never sees Balsam's credentials (:func:`jobenv.without_credentials`): scp and
@@ -210,7 +218,8 @@ def _run(argv: Sequence[str], timeout: float, env: Optional[Mapping[str, str]], 
         kill_and_reap(proc)
         raise
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (err or out).decode("utf-8", "replace").splitlines()]
+        text = (err or out).decode("utf-8", "replace")
+        lines = [ln.strip() for ln in text.splitlines()]
         last = next((ln for ln in reversed(lines) if ln), "(no error output)")
-        raise TransferError(f"{what}: {program} exited with code {proc.returncode}: {last}")
-
+        raise TransferError(f"{what}: {program} exited with code {proc.returncode}: {last}",
+                            text, proc.returncode)

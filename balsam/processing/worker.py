@@ -34,6 +34,8 @@ from balsam.db.session import Database
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps
+from balsam.processing.transfers.items import ITEM, STAGE_IN_DONE
+from balsam.processing.transfers.step import TransferWorker
 from balsam.processing.transitions import (
     HANDLED_ERROR,
     HANDLED_TIMEOUT,
@@ -41,20 +43,21 @@ from balsam.processing.transitions import (
     NEEDS_POSTPROCESS,
     NEEDS_PREPROCESS,
     NEEDS_STAGE_IN,
-    NEEDS_STAGE_OUT,
     wf_clause,
 )
 
 JOB, APP, DEP = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE
 
 STEP_WORK = f"""(
-       (j.state = 'READY' AND {NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)})
+       (j.state = 'READY' AND {NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)}
+        AND (j.stage_in_url = '' OR ({STAGE_IN_DONE})))
     OR (j.state = 'STAGED_IN' AND {NEEDS_PREPROCESS})
     OR (j.state = 'RUN_DONE' AND {NEEDS_POSTPROCESS})
     OR (j.state = 'RUN_ERROR' AND {HANDLED_ERROR})
-    OR (j.state = 'RUN_TIMEOUT' AND {HANDLED_TIMEOUT})
-    OR (j.state = 'POSTPROCESSED' AND {NEEDS_STAGE_OUT}))"""
-"""Jobs a transition worker has a step for (SQL over job j and its app a)."""
+    OR (j.state = 'RUN_TIMEOUT' AND {HANDLED_TIMEOUT}))"""
+"""Jobs a transition worker has a step for (SQL over job j and its app a). Transfers are the
+transfer step's (:mod:`balsam.processing.transfers`): a READY job with a ``stage_in_url`` comes
+here only to link its ``input_files`` once its stage-in items are done; stage-out never does."""
 
 STEP_COLUMNS = ("job_id", "name", "workflow", "user_workdir", "state", "application",
                 "environ_vars", "threads_per_rank", "stage_in_url", "stage_out_url",
@@ -77,7 +80,7 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: 
         WITH c AS (
             SELECT j.job_id FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
             WHERE j.session_id IS NULL AND j.state IN ('READY', 'STAGED_IN', 'RUN_DONE',
-                  'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED') AND {STEP_WORK}
+                  'RUN_ERROR', 'RUN_TIMEOUT') AND {STEP_WORK}
               AND NOT (j.state IN ('RUN_ERROR', 'RUN_TIMEOUT')
                        AND {retries.over_limit_sql(max_retries)}){wf}
             LIMIT 1 FOR NO KEY UPDATE OF j SKIP LOCKED
@@ -86,14 +89,17 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: 
             RETURNING {cols}
         )
         SELECT held.*, COALESCE(a.preprocess, ''), COALESCE(a.postprocess, ''),
-               COALESCE(a.envscript, '')
+               COALESCE(a.envscript, ''),
+               (SELECT COALESCE(sum(ti.files), 0) FROM {ITEM} ti
+                WHERE ti.job_id = held.job_id AND ti.direction = 'in')
         FROM held LEFT JOIN {APP} a ON a.name = held.application""", params + [session_id])
     found = cursor.fetchone()
     if found is None:
         return None
     row = dict(zip(STEP_COLUMNS, found))
     row["job_id"] = str(row["job_id"])
-    preprocess, postprocess, envscript = found[len(STEP_COLUMNS):]
+    preprocess, postprocess, envscript, staged = found[len(STEP_COLUMNS):]
+    row["staged_files"] = int(staged)
     cursor.execute(f"""
         SELECT p.job_id, p.workflow, p.name, p.user_workdir FROM {DEP} d
         JOIN {JOB} p ON p.job_id = d.parent_id WHERE d.child_id = %s ORDER BY d.id""",
@@ -252,12 +258,21 @@ def _state_of(cursor: Any, job_id: str) -> Optional[str]:
 
 
 class TransitionPool:
-    """``count`` :class:`TransitionWorker` threads sharing one stop event."""
+    """``count`` :class:`TransitionWorker` threads sharing one stop event, and (when ``count``
+    > 0) one :class:`~balsam.processing.transfers.step.TransferWorker` sending the transfer
+    items of the same jobs."""
 
     def __init__(self, count: int, db_path: str, **worker_args: Any) -> None:
         self.stop_event = threading.Event()
-        self.workers = [TransitionWorker(db_path, i, stop=self.stop_event, **worker_args)
-                        for i in range(count)]
+        self.workers: list[threading.Thread] = [
+            TransitionWorker(db_path, i, stop=self.stop_event, **worker_args)
+            for i in range(count)]
+        if count > 0:
+            self.workers.append(TransferWorker(
+                db_path, stop=self.stop_event, log=worker_args["log"],
+                wf_filter=worker_args.get("wf_filter"),
+                idle_wait_seconds=worker_args.get("idle_wait_seconds", 1.0),
+                reconnect_max_seconds=worker_args.get("reconnect_max_seconds", 30.0)))
 
     def start(self) -> None:
         for w in self.workers:
@@ -272,4 +287,4 @@ class TransitionPool:
 
     @property
     def processed(self) -> int:
-        return sum(w.processed for w in self.workers)
+        return sum(w.processed for w in self.workers if isinstance(w, TransitionWorker))

@@ -202,3 +202,29 @@ def apps(cur: Any) -> list[dict[str, Any]]:
                 f"FROM {APP} ORDER BY name")
     return rows(cur)
 
+
+TRANSFER_ROWS = 50
+"""Batches and failed items the Transfers page lists (newest first)."""
+
+
+def transfers(cur: Any) -> dict[str, Any]:
+    """The Transfers page: items by state, recent throughput (:mod:`balsam.core
+    .analytics_transfers`), the latest batches and the latest failed items."""
+    from balsam.core import analytics_transfers
+
+    summary = analytics_transfers.summary(cur)
+    cur.execute(f"""SELECT id, protocol, endpoint, direction, state, item_count, bytes, task_id,
+                           started_at, finished_at, message,
+                           round(EXTRACT(EPOCH FROM COALESCE(finished_at, now()) - started_at)
+                                 ::numeric, 1) AS seconds
+                    FROM {schema.TRANSFER_BATCH_TABLE} ORDER BY id DESC LIMIT %s""",
+                [TRANSFER_ROWS])
+    batches = rows(cur)
+    cur.execute(f"""SELECT i.id, i.job_id, j.name, i.direction, i.protocol, i.endpoint, i.source,
+                           i.attempts, i.error
+                    FROM {schema.TRANSFER_ITEM_TABLE} i JOIN {JOB} j ON j.job_id = i.job_id
+                    WHERE i.state = 'failed' ORDER BY i.finished_at DESC NULLS LAST, i.id DESC
+                    LIMIT %s""", [TRANSFER_ROWS])
+    return {"summary": summary, "batches": batches, "failed": rows(cur),
+            "human": analytics_transfers.human_bytes}
+

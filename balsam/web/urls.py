@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<str:job_id>/retry/", views.retry, name="retry"),
     path("apps/", views.apps, name="apps"),
     path("workflows/", views.workflows, name="workflows"),
+    path("transfers/", views.transfers, name="transfers"),
     path("api/charts/", views.charts_api, name="charts_api"),
     path("login/", views.login, name="login"),
     path("logout/", views.logout, name="logout"),

@@ -262,6 +262,23 @@ def workflows(request: HttpRequest) -> HttpResponse:
         request, page="workflows", workflows=table, states=STATES))
 
 
+@require_GET
+def transfers(request: HttpRequest) -> HttpResponse:
+    """Stage-in/out transfers: items by state, throughput, latest batches and failures."""
+    with connection.cursor() as cur:
+        data = queries.transfers(cur)
+    human = data.pop("human")
+    summary = data["summary"]
+    for b in data["batches"]:
+        b["size"] = human(b["bytes"])
+    recent = summary["recent"]
+    return render(request, "balsam_web/transfers.html", _context(
+        request, page="transfers", counts=summary["counts"], total=human(summary["bytes"]),
+        recent_items=recent["items"], recent_size=human(recent["bytes"]),
+        rate=f"{recent['items_per_second']:.2f} items/s, "
+             f"{human(recent['bytes_per_second'])}/s", **data))
+
+
 def login(request: HttpRequest) -> HttpResponse:
     """POST: the login form (CSRF-checked by the middleware before this runs); GET: home."""
     if request.method != "POST":

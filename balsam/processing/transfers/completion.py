@@ -1,0 +1,70 @@
+"""Move the jobs whose transfer items ended (see :mod:`.items`), in one write per kind of move.
+
+========================================  ==============================================
+items of the job's step                   move
+========================================  ==============================================
+stage-in items all done                   READY -> STAGED_IN (-> PREPROCESSED when the
+                                          app has no preprocess script); left to a
+                                          transition worker when ``input_files`` are
+                                          still to be linked from parents
+a stage-in item failed                    READY -> FAILED "stage-in failed: <error>"
+stage-out items all done                  POSTPROCESSED -> JOB_FINISHED
+a stage-out item failed                   POSTPROCESSED -> FAILED "stage-out failed: ..."
+========================================  ==============================================
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from balsam.core import lifecycle, schema
+from balsam.core.states import State
+from balsam.processing.transfers.items import fresh
+from balsam.processing.transitions import HAS_PARENTS, NEEDS_PREPROCESS, wf_clause
+
+JOB, APP, ITEM = schema.JOB_TABLE, schema.APP_TABLE, schema.TRANSFER_ITEM_TABLE
+
+
+def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
+    """Write the moves of the table above; how many jobs moved, by kind."""
+    params: list[Any] = []
+    wf = wf_clause(wf_filter, params)
+    cursor.execute(f"""
+        SELECT j.job_id, i.direction, j.stage_in_url, j.stage_out_url,
+               (array_agg(i.error ORDER BY i.id) FILTER (WHERE i.state = 'failed'))[1],
+               COALESCE(sum(i.files), 0), count(*), {NEEDS_PREPROCESS},
+               j.input_files <> '' AND {HAS_PARENTS}
+        FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
+        LEFT JOIN {APP} a ON a.name = j.application
+        WHERE j.session_id IS NULL AND {fresh("i")}
+          AND ((i.direction = 'in' AND j.state = 'READY')
+               OR (i.direction = 'out' AND j.state = 'POSTPROCESSED')){wf}
+        GROUP BY j.job_id, i.direction, a.preprocess
+        HAVING bool_and(i.state = 'done') OR bool_or(i.state = 'failed')
+        LIMIT %s""", params + [limit])
+    staged: dict[str, str] = {}
+    to_preprocess: list[str] = []
+    finished: dict[str, str] = {}
+    failed: dict[State, dict[str, str]] = {State.READY: {}, State.POSTPROCESSED: {}}
+    for job_id, direction, in_url, out_url, error, files, count, pre, links in cursor.fetchall():
+        job_id = str(job_id)
+        if direction == "in":
+            if error is not None:
+                failed[State.READY][job_id] = f"stage-in failed: {error}"
+            elif not links:
+                staged[job_id] = f"staged in {files} item(s) from {in_url}"
+                if not pre:
+                    to_preprocess.append(job_id)
+        elif error is not None:
+            failed[State.POSTPROCESSED][job_id] = f"stage-out failed: {error}"
+        else:
+            finished[job_id] = f"staged out {count} file(s) to {out_url}"
+    t = lifecycle.transition
+    moved_in = {j for j, _ in t(cursor, list(staged), State.STAGED_IN, staged,
+                                sources=[State.READY.value])}
+    t(cursor, [j for j in to_preprocess if j in moved_in], State.PREPROCESSED,
+      "nothing to preprocess: ready to run", sources=[State.STAGED_IN.value])
+    done = t(cursor, list(finished), State.JOB_FINISHED, finished,
+             sources=[State.POSTPROCESSED.value])
+    bad = sum(len(t(cursor, list(msgs), State.FAILED, msgs, sources=[source.value]))
+              for source, msgs in failed.items())
+    return {"staged_in": len(moved_in), "staged_out": len(done), "failed": bad}

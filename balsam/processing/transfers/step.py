@@ -1,0 +1,209 @@
+"""The transfer step: one pass recovers lost batches, creates items, records finished batches,
+claims and starts new ones, polls asynchronous ones and moves the jobs whose items ended.
+
+Synchronous batches (local, rsync, scp, gsiftp) run in a thread pool, so a pass never waits for
+a transfer: their results are recorded by the first pass after they end. Asynchronous batches
+(Globus) are submitted in the pass that claims them and polled every ``poll_seconds`` by
+whichever process runs the step. :class:`TransferWorker` runs passes in a thread; the
+transition pool of the service and of launchers starts one (:mod:`balsam.processing.worker`).
+
+A process killed mid-batch leaves its batch ``active`` with its ``host:pid``: the next pass on
+that host (or any pass after the batch's lease, the transfer timeout plus a minute) marks it
+``lost`` and its items are sent again; the jobs never moved, so none ran without its files.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import importlib
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from balsam.db.session import Database
+from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
+from balsam.processing.transfers.completion import complete_jobs
+
+LEASE_MARGIN_SECONDS = 60.0
+ASYNC = [p for p, (_, kind) in PROTOCOLS.items() if kind == "async"]
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the ``host:pid`` that sends a batch may still be running (another host's
+    process cannot be checked from here: its lease decides)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TransferStep:
+    """Runs transfer passes against one DB with ``settings`` (the whole settings.yml)."""
+
+    def __init__(self, db_path: str, settings: Mapping[str, Any], *,
+                 wf_filter: Optional[str] = None, log: Optional[logging.Logger] = None) -> None:
+        self.db_path = db_path
+        self.t = dict(settings["transfers"])
+        self.timeout = float(settings["launcher"]["transfer_timeout_seconds"])
+        self.limit = int(settings["launcher"]["processing_batch"])
+        self.wf_filter = wf_filter
+        self.log = log or logging.getLogger("balsam.transfers")
+        workers = max(2, 4 * int(self.t["batches_per_endpoint"]))
+        self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="balsam-xfer")
+        self.inflight: dict[cf.Future, int] = {}
+        self._next_poll = 0.0
+
+    def context(self, batch_id: int, protocol: str) -> Context:
+        staging = os.path.join(self.db_path, "transfers", f"batch-{batch_id}")
+        return Context(staging=staging, timeout=self.timeout, threads=int(self.t["local_threads"]),
+                       ssh_config_file=self.t["ssh_config_file"],
+                       globus_endpoint_id=self.t["globus_endpoint_id"],
+                       globus_client_id=self.t["globus_client_id"], db_path=self.db_path,
+                       protocol=protocol)
+
+    def run_pass(self, db: Database) -> dict[str, int]:
+        """One pass (see the module docstring); what it did, by kind."""
+        counts = {"lost": len(db.run(items.recover_lost, owner_alive))}
+        counts["recorded"] = self._record_finished(db)
+        counts["created"] = db.run(items.create_items, self.db_path, self.wf_filter, self.limit)
+        claimed = db.run(items.claim_batches, batch_items=int(self.t["batch_items"]),
+                         per_endpoint=int(self.t["batches_per_endpoint"]),
+                         lease_seconds=self.timeout + LEASE_MARGIN_SECONDS,
+                         async_protocols=ASYNC, wf_filter=self.wf_filter)
+        for batch_id, protocol, batch in claimed:
+            self.log.info(f"transfer batch {batch_id}: {len(batch)} {protocol} item(s) "
+                          f"{batch[0].direction} {batch[0].endpoint or '(local)'}")
+            if protocol in ASYNC:
+                self._submit(db, batch_id, protocol, batch)
+            else:
+                self.inflight[self.pool.submit(self._send, batch_id, protocol, batch)] = batch_id
+        counts["started"] = len(claimed)
+        counts["polled"] = self._poll(db)
+        counts.update(db.run(complete_jobs, self.wf_filter, self.limit))
+        return counts
+
+    def busy(self) -> bool:
+        return bool(self.inflight)
+
+    def wait(self, timeout: float) -> None:
+        """Until an in-flight batch ends or ``timeout`` seconds pass."""
+        if self.inflight:
+            cf.wait(list(self.inflight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+
+    def close(self) -> None:
+        """Stop starting batches; running ones are left to finish or to be recovered."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- synchronous batches ------------------------------------------------------------------
+    def _send(self, batch_id: int, protocol: str, batch: list[Item]) -> dict[int, Result]:
+        ctx = self.context(batch_id, protocol)
+        try:
+            os.makedirs(ctx.staging, exist_ok=True)
+            module = importlib.import_module(PROTOCOLS[protocol][0])
+            results = module.send(batch, ctx)
+        except Exception as exc:  # noqa: BLE001 - a plug-in failure fails its batch, not the step
+            self.log.exception(f"transfer batch {batch_id} failed")
+            results = {i.id: Result(f"{protocol} batch {batch_id} failed: {exc}") for i in batch}
+        finally:
+            shutil.rmtree(ctx.staging, ignore_errors=True)
+        return {i.id: results.get(i.id, Result(f"{protocol} gave no result")) for i in batch}
+
+    def _record_finished(self, db: Database) -> int:
+        done = [f for f in self.inflight if f.done()]
+        for future in done:
+            batch_id = self.inflight.pop(future)
+            results = future.result()
+            if not db.run(items.record, batch_id, results, **self._retry()):
+                self.log.warning(f"transfer batch {batch_id} was recovered meanwhile: its "
+                                 "results are not recorded (its items were sent again)")
+            failed = sum(r.error is not None for r in results.values())
+            self.log.info(f"transfer batch {batch_id}: {len(results) - failed} done, "
+                          f"{failed} failed")
+        return len(done)
+
+    def _retry(self) -> dict[str, Any]:
+        return {"max_attempts": int(self.t["max_attempts"]),
+                "backoff_seconds": float(self.t["retry_backoff_seconds"])}
+
+    # ---- asynchronous batches -----------------------------------------------------------------
+    def _submit(self, db: Database, batch_id: int, protocol: str, batch: list[Item]) -> None:
+        module = importlib.import_module(PROTOCOLS[protocol][0])
+        try:
+            task_id = module.submit(batch, self.context(batch_id, protocol))
+        except BalsamError as exc:
+            db.run(items.fail_batch, batch_id, str(exc), **self._retry())
+            return
+        db.run(items.set_task, batch_id, task_id)
+
+    def _poll(self, db: Database) -> int:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return 0
+        self._next_poll = now + float(self.t["poll_seconds"])
+        polled = 0
+        for batch_id, protocol, task_id in db.run(items.active_async, ASYNC):
+            module = importlib.import_module(PROTOCOLS[protocol][0])
+            try:
+                status = module.poll(task_id, self.context(batch_id, protocol))
+            except BalsamError as exc:
+                self.log.warning(f"transfer batch {batch_id}: {exc}")
+                continue
+            polled += 1
+            if status.state == "ACTIVE":
+                continue
+            # An item the task does not report arrived if the task SUCCEEDED, else not.
+            missing = (None if status.state == "SUCCEEDED"
+                       else f"{protocol} task {task_id} ended {status.state} without it")
+            results = {i: Result(status.per_item.get(i, missing))
+                       for i in db.run(items.active_ids, batch_id)}
+            db.run(items.record, batch_id, results, **self._retry())
+        return polled
+
+
+class TransferWorker(threading.Thread):
+    """A thread running transfer passes until ``stop`` is set (settings read from the DB)."""
+
+    def __init__(self, db_path: str, *, stop: threading.Event, log: logging.Logger,
+                 wf_filter: Optional[str] = None, idle_wait_seconds: float = 1.0,
+                 reconnect_max_seconds: float = 30.0) -> None:
+        super().__init__(name="balsam-transfers", daemon=True)
+        self.db_path, self.stop, self.log = db_path, stop, log
+        self.wf_filter, self.idle_wait_seconds = wf_filter, idle_wait_seconds
+        self.db = Database(db_path, "balsam-transfers", stop=stop,
+                           reconnect_max_seconds=reconnect_max_seconds, log=log.warning)
+
+    def run(self) -> None:
+        from balsam.db import dbsettings
+
+        step: Optional[TransferStep] = None
+        try:
+            step = TransferStep(self.db_path, dbsettings.load(self.db_path),
+                                wf_filter=self.wf_filter, log=self.log)
+            self.db.listen()
+            while not self.stop.is_set():
+                counts = step.run_pass(self.db)
+                if any(counts.values()):
+                    continue
+                if step.busy():
+                    step.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
+                else:
+                    self.db.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
+        except DatabaseUnavailable:
+            pass  # stopping while the database is away: lost batches are recovered later
+        except Exception:  # a worker must not die silently
+            self.log.exception("the transfer worker failed")
+        finally:
+            if step is not None:
+                step.close()
+            self.db.close()
