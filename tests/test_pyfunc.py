@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import pytest
 from launcher_support import QUICK, launchers, process_gone, settings, wait_for
@@ -220,7 +221,9 @@ def test_a_killed_function_task_takes_its_warm_worker_down_and_the_next_task_get
                                  parameters={"seconds": 300})
     pid_file = os.path.join(site, "data", "sleep", "pid")
     with settings(site, launcher={**QUICK, "kill_check_seconds": 0.2}), launchers() as start:
-        launcher = start("--consume-all", "--job-mode", "serial")
+        # persistent: with nothing left after the kill, a launcher would exit at once (no
+        # other session could add work), before the next job below is made
+        launcher = start("--consume-all", "--job-mode", "serial", "--persistent")
         pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), 60,
                            "the function task to start"))
         sleeper.refresh_from_db()
@@ -230,6 +233,7 @@ def test_a_killed_function_task_takes_its_warm_worker_down_and_the_next_task_get
         after = Job.objects.create(site_path=site, app_name="fn.Add", workdir="after",
                                    parameters={"a": 1})
         assert after.result(timeout=60) == 11
+        launcher.signal(signal.SIGTERM)
         assert launcher.wait(60) == 0, launcher.output()
     cursor.execute("SELECT worker FROM core_jobpayload WHERE job_id = %s", [str(after.id)])
     assert not cursor.fetchone()[0].endswith(f":{pid}")
