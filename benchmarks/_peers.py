@@ -4,7 +4,8 @@
 HighThroughputExecutor with or without its monitoring database, or HyperQueue's local server
 and worker), runs one warm-up task so its workers are connected, then submits COUNT tasks
 running ``true`` and waits for all of them; the last line printed is JSON with the epoch times
-``ready`` (warm-up done: the COUNT tasks are submitted from then on) and ``done`` (all finished).
+``ready`` (warm-up done: the COUNT tasks are submitted from then on) and ``done`` (all finished)
+and, for HyperQueue, ``poll``: how long its client took to see a one-task job end.
 A process per run keeps each peer's threads, sockets and interchange processes out of the next
 run and lets the caller capture what the peers print (HyperQueue's server table, Parsl's logs).
 """
@@ -77,7 +78,13 @@ def hyperqueue_run(count: int, cores: int, workdir: str) -> dict[str, float]:
         submitted = client.submit(job)
         client.wait_for_jobs([submitted])
         done = time.time()
-    return {"ready": ready, "done": done}
+        # wait_for_jobs polls the server (about once a second): a one-task job's round trip
+        # bounds how late the client saw the last task's end (measured after, not to delay it).
+        probe = Job(default_workdir=workdir)
+        probe.program([TRUE], stdout=None, stderr=None)
+        client.wait_for_jobs([client.submit(probe)])
+        poll = time.time() - done
+    return {"ready": ready, "done": done, "poll": poll}
 
 
 RUNNERS: dict[str, Callable[[int, int, str], dict[str, float]]] = {
