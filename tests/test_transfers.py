@@ -113,6 +113,8 @@ def test_urls_name_protocol_endpoint_and_path():
 def test_a_thousand_jobs_stage_in_and_out_over_two_ssh_connections(db, cursor, sshd, area):
     remote_in, remote_out = os.path.join(area, "in"), os.path.join(area, "out")
     os.mkdir(remote_in)
+    os.chmod(area, 0o751)  # the directories above a destination keep their modes
+    tmp_mode = os.stat("/tmp").st_mode
     for i in range(1000):
         if i != 7:  # job 7's input is missing on the remote side
             with open(os.path.join(remote_in, f"f{i}.dat"), "w") as fh:
@@ -149,6 +151,7 @@ def test_a_thousand_jobs_stage_in_and_out_over_two_ssh_connections(db, cursor, s
     assert set(job_states(cursor, ok).values()) == {"JOB_FINISHED"}
     assert last_message(cursor, ok[0]) == f"staged out 1 file(s) to rsync:{HOST}:{remote_out}"
     assert len(os.listdir(remote_out)) == 999
+    assert os.stat(area).st_mode & 0o7777 == 0o751 and os.stat("/tmp").st_mode == tmp_mode
     with open(os.path.join(remote_out, "out999.txt")) as fh:
         assert fh.read() == "output 999\n"
 

@@ -121,8 +121,9 @@ def _rsync_in(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root: 
     listing = os.path.join(ctx.staging, "files-in.txt")
     with open(listing, "w") as fh:
         fh.write("".join(p + "\n" for p in paths))
-    error = _rsync_run(["rsync", "-a", "-r", "-e", shlex.join(ssh), f"--files-from={listing}",
-                        remote_root, stage + "/"], ctx, f"stage-in from {remote_root}")
+    error = _rsync_run(["rsync", "-a", "-r", "--no-implied-dirs", "-e", shlex.join(ssh),
+                        f"--files-from={listing}", remote_root, stage + "/"], ctx,
+                       f"stage-in from {remote_root}")
     users: dict[str, int] = {}
     for i in items:
         users[i.source] = users.get(i.source, 0) + 1
@@ -179,7 +180,10 @@ def _rsync_out(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root:
     listing = os.path.join(ctx.staging, "files-out.txt")
     with open(listing, "w") as fh:
         fh.write("".join(p + "\n" for p in sorted(set(paths))))
-    error = _rsync_run(["rsync", "-a", "-r", "-L", "-e", shlex.join(ssh),
+    # --no-implied-dirs: the directories above each file (the staging mirror's /, /tmp, /home,
+    # ...) are not sent: with them, -a would set the remote ones' modes and owners to the
+    # mirror's (a run as root turned the remote /tmp into 0755; a user's rsync fails on them)
+    error = _rsync_run(["rsync", "-a", "-r", "-L", "--no-implied-dirs", "-e", shlex.join(ssh),
                         f"--files-from={listing}", stage + "/", remote_root],
                        ctx, f"stage-out to {remote_root}")
     summary = error.splitlines()[0] if error else ""
