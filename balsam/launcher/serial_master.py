@@ -270,11 +270,15 @@ class Master:
         held = len(self.queue) + len(self.inflight)
         target = max(self.t.serial_prefetch_per_slot * self.slots_per_node * open_nodes,
                      int(self.rate * CLAIM_HORIZON_SECONDS))
-        target = min(target, self.t.claim_batch + len(self.inflight))
-        if open_nodes <= 0 or held > target // 2 or now < self._next["claim"]:
+        # Claim once the hold is half a batch below the target, at most a batch at a time.
+        # (Capping the target at one batch beyond what is in flight, as before, stopped claims
+        # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
+        room = target - held
+        if (open_nodes <= 0 or room < min(self.t.claim_batch, target) // 2
+                or now < self._next["claim"]):
             return False
         try:
-            specs = self.source.claim(min(self.t.claim_batch, target - held), serial=True,
+            specs = self.source.claim(min(self.t.claim_batch, room), serial=True,
                                       max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
         except DatabaseUnavailable:
             self._next["claim"] = now + 0.5
