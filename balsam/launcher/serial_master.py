@@ -40,6 +40,10 @@ QUEUED_NODES = (1.0, 4.0)
 slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
 for the master), without hoarding long tasks that another node could start sooner."""
 FAST_RATE = 50.0
+QUEUE_ROUNDS = 8
+"""Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
+a claim is spread over the workers (filled one after another, the last jobs of a campaign sat
+in a few workers' queues while the other nodes idled)."""
 RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
@@ -301,7 +305,10 @@ class Master:
         batches: dict[int, list[Work]] = {}
         open_workers = [w for w in self.load if w not in self.closed]
         queued = QUEUED_NODES[self.rate >= FAST_RATE]
-        for target in (1.0, 1.0 + queued):  # fill every node first, then queue behind
+        rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
+        for target in (1.0, *rounds):  # fill every node first, then queue behind evenly
+            if not self.queue:
+                break
             for worker in sorted(open_workers, key=self.load.__getitem__):
                 while self.queue and self.load[worker] < target - 1e-9:
                     spec = self.queue.popleft()
