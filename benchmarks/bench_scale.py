@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import os
 import pickle
 import random
@@ -209,6 +210,30 @@ def first_full(starts: array, ends: array, slots: int) -> Optional[float]:
     return None
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set since it started (``VmHWM``; ``ru_maxrss`` would
+    include the parent's at the fork), in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for text in fh:
+                if text.startswith("VmHWM:"):
+                    return int(text.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def backend_cpu(db: Any) -> float:
+    """CPU seconds of the master's server process so far (from /proc: the server is local;
+    nan where it cannot be read)."""
+    try:
+        with open(f"/proc/{db._backend_pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def server_counters(conn: Any) -> dict[str, int]:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")
@@ -238,6 +263,12 @@ def fill(db_path: str, count: int, slots: int) -> None:
             bulk.copy_jobs(cur, rows)
         cur.execute(f"ANALYZE {schema.JOB_TABLE}")
     conn.close()
+
+
+def fill_apart(db_path: str, count: int, slots: int) -> None:
+    """:func:`fill` in a child process (so the master's peak RSS is its own)."""
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--fill", db_path, "--nodes",
+                    str(count), "--slots", str(slots)], check=True)
 
 
 def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, seed: int = 1,
@@ -281,7 +312,8 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     rng = random.Random(seed)
     channel = SimWorkers(nodes, slots, lambda: rng.uniform(1.0, 10.0) * time_scale)
     master = Master(ctx, source, status, channel)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = peak_rss_mb()
+    server_cpu0 = backend_cpu(db)
     cpu0 = time.process_time()
     t0 = time.monotonic()
     if profile:
@@ -294,13 +326,14 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
         rc = master.run()
     wall = time.monotonic() - t0
     cpu = time.process_time() - cpu0
+    server_cpu = backend_cpu(db) - server_cpu0
     db.run(leases.close_session, session_id, "simulation ended")
     out = {"rc": rc, "wall": wall, "cpu": cpu, "sim_cpu": channel.sim_cpu,
+           "server_cpu": server_cpu,
            "master_cpu": cpu - channel.sim_cpu, "t0": t0, "started": channel.started,
            "reports": channel.reports, "statements": db.statements,
            "transactions": db.transactions, "by_work": dict(db.by_work),
-           "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss0_mb": rss0 / 1024, "slots": nodes * slots,
+           "rss_mb": peak_rss_mb(), "rss0_mb": rss0, "slots": nodes * slots,
            "demand": 2 * nodes * slots / (5.5 * time_scale)}
     db.close()
     out.update(window_figures(channel.starts, channel.ends, nodes * slots, t0,
@@ -369,10 +402,11 @@ def problems(db_path: str, count: int, started: int) -> list[str]:
 def line(nodes: int, slots: int, count: int, m: dict[str, Any], server: dict[str, int]) -> str:
     steady = "never full" if m["occ_steady"] is None else f"{m['occ_steady']:.1%}"
     full = "never" if m["full_at"] is None else f"{m['full_at']:.1f} s"
+    tail = "none" if m["occ_tail"] != m["occ_tail"] else f"{m['occ_tail']:.1%}"  # nan: no tail
     events = 2 * count
     return (f"N={nodes:5d} x S={slots}: {count} tasks, demand {m['demand']:8.0f} ev/s, "
             f"sustained {m['rate']:8.0f} ev/s; occupancy {m['occ_all']:.1%} from start to "
-            f"last start, steady {steady}, tail {m['occ_tail']:.1%} (>= {BUSY_GOAL:.0%} busy at "
+            f"last start, steady {steady}, tail {tail} (>= {BUSY_GOAL:.0%} busy at "
             f"{full}, last work order {m['last_work']:.1f} s, last start "
             f"{m['last_start']:.1f} s, wall {m['wall']:.1f} s)\n"
             f"    statements {m['statements']} ({m['statements'] / m['wall']:.0f}/s, "
@@ -382,8 +416,10 @@ def line(nodes: int, slots: int, count: int, m: dict[str, Any], server: dict[str
             f"    master CPU {m['master_cpu']:.1f} s ({m['master_cpu'] / m['wall']:.0%} of the "
             f"wall time; {1e6 * m['master_cpu'] / events:.0f} us per task event -> one core "
             f"sustains ~{events / m['master_cpu']:.0f} ev/s), simulation CPU "
-            f"{m['sim_cpu']:.1f} s, {m['reports']} reports; peak RSS {m['rss_mb']:.0f} MB "
-            f"(before the run {m['rss0_mb']:.0f} MB)\n"
+            f"{m['sim_cpu']:.1f} s, {m['reports']} reports; its server process "
+            f"{m['server_cpu']:.1f} s CPU ({1e6 * m['server_cpu'] / count:.0f} us per task); "
+            f"peak RSS {m['rss_mb']:.0f} MB "
+            f"(before the run {m['rss0_mb']:.0f} MB; the simulation's bookkeeping is in it)\n"
             f"    statements by work: {by_work(m['by_work'])}")
 
 
@@ -396,7 +432,7 @@ def one(db_path: str, nodes: int, slots: int, tasks_per_slot: float, args: Any) 
 
     count = int(nodes * slots * tasks_per_slot)
     t = time.perf_counter()
-    fill(db_path, count, slots)
+    fill_apart(db_path, count, slots)
     print(f"# {count} jobs inserted in {time.perf_counter() - t:.1f} s; load "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     conn = connect(db_path)
@@ -423,7 +459,7 @@ def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_s
                args: Any) -> None:
     """``launchers`` masters in their own processes on one DB, N/K nodes each."""
     count = int(nodes * slots * tasks_per_slot)
-    fill(db_path, count, slots)
+    fill_apart(db_path, count, slots)
     print(f"# {count} jobs; {launchers} launchers of {nodes // launchers} nodes each; load "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     argv = [sys.executable, os.path.abspath(__file__), "--child", db_path,
@@ -438,13 +474,14 @@ def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_s
         stdout, _ = p.communicate(timeout=3600)
         if p.returncode != 0:
             raise SystemExit(f"a launcher failed ({p.returncode}): {stdout}")
-        results.append(eval(stdout.strip().splitlines()[-1]))  # noqa: S307 - our own child
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
     wall = time.time() - t0
     check(db_path, count, sum(r["started"] for r in results))
     total = 2 * count
     for k, r in enumerate(results):
         print(f"    launcher {k + 1}: {r['started']} tasks, sustained {r['rate']:.0f} ev/s, "
               f"occupancy {r['occ_all']:.1%} from start, master CPU {r['master_cpu']:.1f} s, "
+              f"server process {r['server_cpu']:.1f} s, "
               f"{r['statements']} statements, RSS {r['rss_mb']:.0f} MB")
     print(f"{launchers} launchers x N={nodes // launchers} x S={slots}: {count} tasks, every "
           f"job run once; total sustained {sum(r['rate'] for r in results):.0f} ev/s, "
@@ -468,11 +505,15 @@ def main() -> None:
                         help="launcher.claim_batch for the master (default: the DB's setting)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", metavar="DB", help=argparse.SUPPRESS)
+    parser.add_argument("--fill", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fill:
+        fill(args.fill, int(args.nodes), args.slots)
+        return
     if args.child:
         m = simulate(args.child, int(args.nodes), args.slots, time_scale=args.time_scale,
                      seed=args.seed, launcher=str(args.seed), claim_batch=args.claim_batch)
-        print(repr({k: v for k, v in m.items() if k != "by_work"}))
+        print(json.dumps(m))
         return
     from _throwaway import machine_line, throwaway_db
 
