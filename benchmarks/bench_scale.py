@@ -199,6 +199,15 @@ def occupancy(starts: array, ends: array, slots: int, a: float, b: float) -> flo
     return busy / (slots * (b - a))
 
 
+def peak_busy(starts: array, ends: array) -> int:
+    """Most tasks running at once."""
+    busy = peak = 0
+    for _, step in sorted([(e, -1) for e in ends] + [(s, 1) for s in starts]):
+        busy += step
+        peak = max(peak, busy)
+    return peak
+
+
 def first_full(starts: array, ends: array, slots: int) -> Optional[float]:
     """The first simulated time at which >= ``BUSY_GOAL`` of the slots were busy."""
     points = sorted([(s, 1) for s in starts] + [(e, -1) for e in ends])
@@ -351,6 +360,7 @@ def window_figures(starts: array, ends: array, slots: int, t0: float,
     last_start = max(starts) if starts else t0
     full = first_full(starts, ends, slots)
     out: dict[str, Any] = {"last_start": last_start - t0, "last_work": last_work - t0,
+                           "peak_busy": peak_busy(starts, ends),
                            "occ_all": occupancy(starts, ends, slots, t0, last_start),
                            "occ_tail": occupancy(starts, ends, slots, last_work, last_start),
                            "full_at": None if full is None else full - t0}

@@ -31,3 +31,13 @@ def test_occupancy_counts_busy_slot_seconds_in_the_window():
     assert bench_scale.occupancy(starts, ends, 2, 0.0, 2.0) == 1.0
     assert bench_scale.occupancy(starts, ends, 4, 0.0, 2.0) == 0.5
     assert bench_scale.first_full(starts, ends, 2) == 0.0
+
+
+@pytest.mark.slow  # ~2 s
+def test_the_master_keeps_claiming_past_one_claim_batch_in_flight(db):
+    # 64 slots, claims of 8: the master once stopped claiming at ~8 tasks in flight for good.
+    nodes, slots, count = 2, 32, 128
+    bench_scale.fill(db, count, slots)
+    m = bench_scale.simulate(db, nodes, slots, time_scale=0.1, claim_batch=8)
+    assert bench_scale.problems(db, count, m["started"]) == []
+    assert m["peak_busy"] > 4 * 8
