@@ -40,6 +40,10 @@ QUEUED_NODES = (1.0, 4.0)
 slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
 for the master), without hoarding long tasks that another node could start sooner."""
 FAST_RATE = 50.0
+QUEUE_ROUNDS = 8
+"""Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
+a claim is spread over the workers (filled one after another, the last jobs of a campaign sat
+in a few workers' queues while the other nodes idled)."""
 RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
@@ -289,11 +293,15 @@ class Master:
         held = len(self.queue) + len(self.inflight)
         target = max(self.t.serial_prefetch_per_slot * self.slots_per_node * open_nodes,
                      int(self.rate * CLAIM_HORIZON_SECONDS))
-        target = min(target, self.t.claim_batch + len(self.inflight))
-        if open_nodes <= 0 or held > target // 2 or now < self._next["claim"]:
+        # Claim once the hold is half a batch below the target, at most a batch at a time.
+        # (Capping the target at one batch beyond what is in flight, as before, stopped claims
+        # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
+        room = target - held
+        if (open_nodes <= 0 or room < min(self.t.claim_batch, target) // 2
+                or now < self._next["claim"]):
             return False
         try:
-            specs = self.source.claim(min(self.t.claim_batch, target - held), serial=True,
+            specs = self.source.claim(min(self.t.claim_batch, room), serial=True,
                                       max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
         except DatabaseUnavailable:
             self._next["claim"] = now + 0.5
@@ -316,7 +324,10 @@ class Master:
         batches: dict[int, list[Work]] = {}
         open_workers = [w for w in self.load if w not in self.closed]
         queued = QUEUED_NODES[self.rate >= FAST_RATE]
-        for target in (1.0, 1.0 + queued):  # fill every node first, then queue behind
+        rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
+        for target in (1.0, *rounds):  # fill every node first, then queue behind evenly
+            if not self.queue:
+                break
             for worker in sorted(open_workers, key=self.load.__getitem__):
                 while self.queue and self.load[worker] < target - 1e-9:
                     spec = self.queue.popleft()

@@ -7,6 +7,7 @@ the job's variables and the classic ``BALSAM_*`` ones.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -46,9 +47,10 @@ class TaskSpec:
     def output_path(self) -> str:
         return os.path.join(self.workdir, f"{self.name.replace(os.sep, '_') or 'job'}.out")
 
-    @property
+    @functools.cached_property
     def app_argv(self) -> list[str]:
-        """The application command as an argv list (shell-style splitting of ``command``)."""
+        """The application command as an argv list (shell-style splitting of ``command``;
+        split once: the claim checks it and the master sends it)."""
         try:
             return shlex.split(self.command)
         except ValueError as exc:
@@ -67,6 +69,7 @@ def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[s
         raise BalsamError(f"envscript {envscript} of application {app.get('name')!r} does not exist")
     job_vars = job_variables(row, parents, db_path, launcher_nodes, job_mode)
     job_vars["BALSAM_JOB_ATTEMPT"] = str(int(row.get("runs", 0)) + 1)  # 1 on the first run
+    flags = row.get("mpi_flags", "")
     return TaskSpec(
         job_id=str(row["job_id"]), name=row["name"],
         workdir=schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
@@ -76,5 +79,5 @@ def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[s
         num_nodes=row["num_nodes"], ranks_per_node=row["ranks_per_node"],
         threads_per_rank=row["threads_per_rank"], threads_per_core=row["threads_per_core"],
         cpu_affinity=row["cpu_affinity"], node_packing_count=row["node_packing_count"],
-        wall_time_minutes=row["wall_time_minutes"], mpi_flags=shlex.split(row.get("mpi_flags", "")),
+        wall_time_minutes=row["wall_time_minutes"], mpi_flags=shlex.split(flags) if flags else [],
     )
