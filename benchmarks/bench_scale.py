@@ -292,7 +292,7 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase
-    from balsam.launcher.serial_master import Master
+    from balsam.launcher.serial_master import EXIT_FINISHED, EXIT_IDLE, Master
     from balsam.launcher.status import StatusBuffer
     from balsam.platform.allocation import Allocation
 
@@ -337,7 +337,8 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     cpu = time.process_time() - cpu0
     server_cpu = backend_cpu(db) - server_cpu0
     db.run(leases.close_session, session_id, "simulation ended")
-    out = {"rc": rc, "wall": wall, "cpu": cpu, "sim_cpu": channel.sim_cpu,
+    out = {"rc": rc, "ok": rc in (EXIT_IDLE, EXIT_FINISHED), "wall": wall, "cpu": cpu,
+           "sim_cpu": channel.sim_cpu,
            "server_cpu": server_cpu,
            "master_cpu": cpu - channel.sim_cpu, "t0": t0, "started": channel.started,
            "reports": channel.reports, "statements": db.statements,
@@ -453,7 +454,7 @@ def one(db_path: str, nodes: int, slots: int, tasks_per_slot: float, args: Any) 
     after = server_counters(conn)
     conn.close()
     server = {k: after[k] - before[k] for k in after}
-    if m["rc"] != 0:
+    if not m["ok"]:
         raise SystemExit(f"the master exited with {m['rc']}")
     if not args.no_processing:
         check(db_path, count, m["started"])

@@ -20,7 +20,7 @@ def test_simulated_workers_run_every_job_once_and_every_state_is_recorded(db):
     nodes, slots, count = 3, 4, 36
     bench_scale.fill(db, count, slots)
     m = bench_scale.simulate(db, nodes, slots, time_scale=0.01)
-    assert m["rc"] == 0
+    assert m["ok"], m["rc"]  # ended idle, or with nothing left to come
     assert m["started"] == count
     assert bench_scale.problems(db, count, m["started"]) == []
     assert m["statements"] > 0 and m["reports"] >= count // slots
