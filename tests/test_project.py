@@ -109,7 +109,7 @@ def test_the_service_submits_a_planned_batch_job_without_a_project_on_generic_pb
     conf = {"machine": "generic-pbs", "scheduler": "pbs", "project": "", "queues": PBS_QUEUES}
     database = Database(db, "test-project")
     try:
-        planned = database.run(plan, db, conf)
+        planned = database.run(plan, conf)
         assert len(planned) == 1
         # tmp_path: a DB directory without a job-template.sh of its own (the profile's is used)
         done = submitter.submit_pending(database, str(tmp_path), conf, fake_pbs, LOG)

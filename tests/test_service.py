@@ -45,7 +45,7 @@ def test_status_and_stop_report_and_end_the_running_service_cleanly(db: str) -> 
         assert status.returncode == 0, status.stderr
         assert lines[0] == f"running: pid {svc.pid} on host {HOST}, since {rec['started']}"
         assert lines[1].startswith("last cycle: 20") and "cycle(s))" in lines[1]
-        assert lines[2] == "last cycle counts: sync 0, sweep 0, advance 0, plan 0, submit 0"
+        assert lines[2] == "last cycle counts: cancel 0, sync 0, sweep 0, advance 0, plan 0, submit 0"
         assert lines[4] == f"log: {rec['log']}"
         began = time.monotonic()
         stop = run_balsam("service", "--stop")
