@@ -4,8 +4,9 @@ clean; issue 17: typed edges).
 ``mypy`` runs with the project's configuration (``pyproject.toml``: ``strict = true``, Django's
 modules and the migrations relaxed there, with the reason) on the packages listed in
 :data:`STRICT_PACKAGES`, plus a small module checking that the DB-API protocols of
-:mod:`balsam.db.dbapi` describe the cursors and connections Balsam really gets. The cache lives
-in the virtual environment (else the temporary directory), so a second run takes a few seconds.
+:mod:`balsam.db.dbapi` describe the cursors and connections Balsam really gets, of both drivers.
+The cache lives in the virtual environment (else the temporary directory), so a second run takes
+under a second.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ here once it does. The rest of ``launcher`` waits on ``procs.py``, ``watchdog.py
 DRIVER_CHECKS = '''
 from psycopg import Connection as Pg3Connection, Cursor as Pg3Cursor
 from psycopg.rows import TupleRow
+from psycopg2.extensions import connection as Pg2Connection, cursor as Pg2Cursor
 
 from balsam.db.dbapi import Connection, Cursor, ManagedCursor
 from balsam.db.session import _CountingCursor
@@ -45,11 +47,20 @@ def psycopg3_connection(conn: Pg3Connection[TupleRow]) -> Connection:
     return conn
 
 
+def psycopg2_cursor(cursor: Pg2Cursor) -> ManagedCursor:
+    return cursor
+
+
+def psycopg2_connection(conn: Pg2Connection) -> Connection:
+    return conn
+
+
 def counting_cursor(cursor: _CountingCursor) -> Cursor:
     return cursor
 '''
-"""Assignments mypy accepts only if psycopg 3's classes (which ship type hints) and the
-launchers' counting cursor have every member of the protocols with compatible signatures."""
+"""Assignments mypy accepts only if psycopg 3's and psycopg2's classes (typed by psycopg 3 itself
+and by types-psycopg2, a test dependency) and the launchers' counting cursor have every member of
+the protocols with compatible signatures."""
 
 
 def _cache_dir() -> Path:
