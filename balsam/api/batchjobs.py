@@ -131,7 +131,7 @@ def request_deletion(ids: list[int]) -> int:
         state__in=_ENDED_ROWS + [_DELETION_ROW]).update(state=_DELETION_ROW))
 
 
-class BatchJobList(list):
+class BatchJobList(list[BatchJob]):
     """What ``BatchJob.objects.filter`` returns: a list with ``update`` and ``delete``."""
 
     def update(self, **values: Any) -> int:

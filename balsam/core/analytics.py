@@ -62,6 +62,7 @@ from balsam.core.analytics_scope import (
 )
 from balsam.core.lifecycle import RUN_NODES_SQL
 from balsam.core.states import STATES
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
 
 __all__ = ["Buckets", "ErrorGroup", "Errors", "Filters", "NICE_BUCKETS", "NotFound", "Run",
@@ -129,7 +130,7 @@ class StateTime:
 
 # ---- reports ------------------------------------------------------------------------------------
 
-def throughput(cursor: Any, filters: Optional[Filters] = None, *,
+def throughput(cursor: Cursor, filters: Optional[Filters] = None, *,
                bucket_seconds: Optional[float] = None) -> Optional[Throughput]:
     """Jobs reaching RUN_DONE and JOB_FINISHED per bucket (None if there is no event at all)."""
     f = resolve(cursor, filters)
@@ -160,7 +161,7 @@ def _cumsum(values: Sequence[int]) -> list[int]:
     return out
 
 
-def utilization(cursor: Any, filters: Optional[Filters] = None, *,
+def utilization(cursor: Cursor, filters: Optional[Filters] = None, *,
                 bucket_seconds: Optional[float] = None) -> Optional[Utilization]:
     """Running tasks and busy nodes over time (see the module doc for the node rule).
 
@@ -229,7 +230,7 @@ def _runs_query(f: Filters) -> tuple[str, list[Any]]:
             wparams + params)
 
 
-def job_runtimes(cursor: Any, filters: Optional[Filters] = None, *,
+def job_runtimes(cursor: Cursor, filters: Optional[Filters] = None, *,
                  limit: Optional[int] = None) -> list[Run]:
     """Every run ended in the window, longest first (at most ``limit``)."""
     f = resolve(cursor, filters)
@@ -242,13 +243,13 @@ def job_runtimes(cursor: Any, filters: Optional[Filters] = None, *,
     return [Run(str(j), s, e, st, float(secs)) for j, s, e, st, secs in cursor.fetchall()]
 
 
-def runtime_stats(cursor: Any, filters: Optional[Filters] = None) -> RuntimeStats:
+def runtime_stats(cursor: Cursor, filters: Optional[Filters] = None) -> RuntimeStats:
     """count, mean, p50, p95 (continuous percentiles) and max of run durations in seconds."""
     f = resolve(cursor, filters)
     sql, params = _runs_query(f)
     cursor.execute("SELECT count(*), avg(secs), percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP "
                    f"(ORDER BY secs), max(secs) FROM ({sql}) runs", params)
-    n, mean, pct, mx = cursor.fetchone()
+    n, mean, pct, mx = fetch_one(cursor)
     p50, p95 = pct if pct is not None else (None, None)
     return RuntimeStats(int(n), _float(mean), _float(p50), _float(p95), _float(mx))
 
@@ -257,7 +258,7 @@ def _float(value: Any) -> Optional[float]:
     return None if value is None else float(value)
 
 
-def state_times(cursor: Any, filters: Optional[Filters] = None) -> dict[str, StateTime]:
+def state_times(cursor: Cursor, filters: Optional[Filters] = None) -> dict[str, StateTime]:
     """Per state (every state, in lifecycle order): a :class:`StateTime` of the window.
 
     Every event is one whole visit of its ``from_state``, ``[entered_at, timestamp)``, and every
@@ -305,7 +306,7 @@ def state_times(cursor: Any, filters: Optional[Filters] = None) -> dict[str, Sta
                          current[s]) for s in STATES}
 
 
-def state_counts(cursor: Any, filters: Optional[Filters] = None) -> dict[str, int]:
+def state_counts(cursor: Cursor, filters: Optional[Filters] = None) -> dict[str, int]:
     """Jobs per current state (states with no jobs omitted); the time window is ignored."""
     f = filters or Filters()
     clauses, params = job_clauses(f)
@@ -315,7 +316,7 @@ def state_counts(cursor: Any, filters: Optional[Filters] = None) -> dict[str, in
     return {s: counts[s] for s in STATES if s in counts}
 
 
-def summary(cursor: Any, filters: Optional[Filters] = None, *, recent_seconds: float = 3600,
+def summary(cursor: Cursor, filters: Optional[Filters] = None, *, recent_seconds: float = 3600,
             top_errors: int = 5) -> dict[str, Any]:
     """A compact overview for ``balsam report``, ``balsam top`` and the web dashboard.
 
@@ -330,7 +331,7 @@ def summary(cursor: Any, filters: Optional[Filters] = None, *, recent_seconds: f
     end = f.until
     if end is None:
         cursor.execute("SELECT now()")
-        end = cursor.fetchone()[0]
+        end = fetch_one(cursor)[0]
     start = end - datetime.timedelta(seconds=recent_seconds)
     recent = replace(f, since=max(start, f.since) if f.since else start, until=end)
     span = max((end - recent.since).total_seconds(), 1e-9) if recent.since else recent_seconds

@@ -22,9 +22,11 @@ from balsam.core.analytics_scope import (
     resolve,
     window_sql,
 )
+from balsam.db.dbapi import Cursor
 
 
-def _classic_args(qs: Any, cursor: Any, filters: Optional[Filters]) -> tuple[Any, Filters]:
+def _classic_args(qs: Any, cursor: Optional[Cursor], filters: Optional[Filters]
+                  ) -> tuple[Cursor, Filters]:
     """A cursor (Django's connection when none is given) and filters narrowed to queryset ``qs``
     (a BalsamJob queryset; its SQL becomes :attr:`Filters.job_query`)."""
     f = filters or Filters()
@@ -38,7 +40,7 @@ def _classic_args(qs: Any, cursor: Any, filters: Optional[Filters]) -> tuple[Any
     return cursor, f
 
 
-def process_job_times(qs: Any = None, state0: Optional[str] = None, *, cursor: Any = None,
+def process_job_times(qs: Any = None, state0: Optional[str] = None, *, cursor: Optional[Cursor] = None,
                       filters: Optional[Filters] = None) -> dict[str, list[datetime.datetime]]:
     """{state: sorted times jobs reached it} (CREATED from ``created_at``); with ``state0``,
     only that state's list. Materialises every event: meant for thousands of jobs, not millions."""
@@ -64,14 +66,14 @@ def process_job_times(qs: Any = None, state0: Optional[str] = None, *, cursor: A
     return times
 
 
-def throughput_report(qs: Any = None, *, cursor: Any = None, filters: Optional[Filters] = None,
+def throughput_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filters: Optional[Filters] = None,
                       state: str = "RUN_DONE") -> tuple[list[datetime.datetime], list[int]]:
     """Classic shape: (times of every ``state`` event, cumulative count at each)."""
     times = process_job_times(qs, state, cursor=cursor, filters=filters)[state]
     return times, list(range(1, len(times) + 1))
 
 
-def utilization_report(qs: Any = None, *, cursor: Any = None, filters: Optional[Filters] = None
+def utilization_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filters: Optional[Filters] = None
                        ) -> tuple[list[datetime.datetime], list[int]]:
     """Classic shape: (time of every run start or end, running tasks just after it)."""
     cursor, f = _classic_args(qs, cursor, filters)
@@ -89,7 +91,7 @@ def utilization_report(qs: Any = None, *, cursor: Any = None, filters: Optional[
     return times, running
 
 
-def error_report(qs: Any = None, *, cursor: Any = None, filters: Optional[Filters] = None,
+def error_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filters: Optional[Filters] = None,
                  bucket_seconds: float = 60) -> tuple[list[datetime.datetime], list[int]]:
     """Classic shape: (minute bucket starts, RUN_ERROR and FAILED events in each)."""
     cursor, f = _classic_args(qs, cursor, filters)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from balsam.core.analytics_scope import (
     EVENT,
@@ -19,6 +19,7 @@ from balsam.core.analytics_scope import (
     resolve,
     window_sql,
 )
+from balsam.db.dbapi import Cursor
 
 ERROR_STATES = ("RUN_ERROR", "FAILED")
 
@@ -42,7 +43,7 @@ class Errors:
     groups: list[ErrorGroup] = field(default_factory=list)
 
 
-def errors(cursor: Any, filters: Optional[Filters] = None, *, bucket_seconds: Optional[float] = None,
+def errors(cursor: Cursor, filters: Optional[Filters] = None, *, bucket_seconds: Optional[float] = None,
            top: int = 10) -> Optional[Errors]:
     """RUN_ERROR/FAILED events per bucket, and the ``top`` messages by count (ties: latest
     first), each with one example job id (None if there is no event at all)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
 
 JOB, EVENT, SESSION = schema.JOB_TABLE, schema.EVENT_TABLE, schema.SESSION_TABLE
@@ -98,7 +99,7 @@ def event_scope(f: Filters) -> tuple[str, list[Any]]:
     return f" AND e.job_id IN (SELECT j.job_id FROM {JOB} j WHERE {' AND '.join(clauses)})", params
 
 
-def resolve(cursor: Any, filters: Optional[Filters]) -> Filters:
+def resolve(cursor: Cursor, filters: Optional[Filters]) -> Filters:
     """``filters`` with aware times, and the window narrowed to the session's lifetime when a
     session is named (:class:`NotFound` if it does not exist)."""
     f = filters or Filters()
@@ -114,7 +115,7 @@ def resolve(cursor: Any, filters: Optional[Filters]) -> Filters:
     return replace(f, since=since, until=until)
 
 
-def make_buckets(cursor: Any, f: Filters, bucket_seconds: Optional[float] = None,
+def make_buckets(cursor: Cursor, f: Filters, bucket_seconds: Optional[float] = None,
                  max_buckets: int = 60) -> Optional[Buckets]:
     """Buckets covering ``[since or first event, until or last event]`` of the filtered jobs;
     None when there is no event to cover. Without ``bucket_seconds`` the size is the smallest of
@@ -135,7 +136,7 @@ def make_buckets(cursor: Any, f: Filters, bucket_seconds: Optional[float] = None
     return Buckets(start=lo, seconds=float(bucket_seconds), count=count)
 
 
-def _event_span(cursor: Any, f: Filters) -> tuple[Optional[datetime.datetime],
+def _event_span(cursor: Cursor, f: Filters) -> tuple[Optional[datetime.datetime],
                                                  Optional[datetime.datetime]]:
     """(first, last) event time of the filtered jobs, both None without events.
 
@@ -146,12 +147,12 @@ def _event_span(cursor: Any, f: Filters) -> tuple[Optional[datetime.datetime],
     clauses, params = job_clauses(f)
     if not clauses:
         cursor.execute(f"SELECT min(timestamp), max(timestamp) FROM {EVENT}")
-        first, last = cursor.fetchone()
+        first, last = fetch_one(cursor)
         return first, last
     cursor.execute(f"SELECT min(j.created_at), max(coalesce(j.state_since, CASE WHEN j.state "
                    f"<> 'CREATED' THEN j.created_at END)) FROM {JOB} j WHERE "
                    f"{' AND '.join(clauses)}", params)
-    created, last = cursor.fetchone()
+    created, last = fetch_one(cursor)
     if created is None or last is None:
         return None, None
     scope, sparams = event_scope(f)

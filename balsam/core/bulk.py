@@ -18,6 +18,7 @@ from typing import Any, Optional
 from balsam.core import copyfmt, lifecycle, schema
 from balsam.core.states import STATES
 from balsam.db import driver
+from balsam.db.dbapi import Cursor
 
 COLUMNS: tuple[str, ...] = tuple(schema.JOB_SYSTEM_COLUMNS) + tuple(schema.JOB_DEFAULTS)
 
@@ -41,16 +42,16 @@ def _check(column: str) -> Any:
 CHECKS: tuple[Any, ...] = tuple(_check(c) for c in COLUMNS)
 
 
-def normalize_rows(jobs: list[dict]) -> int:
+def normalize_rows(jobs: list[dict[str, Any]]) -> int:
     """Validate and convert, in place, every settable field of each job dict, exactly as
     :func:`schema.normalize_job_values` does (it raises on the first bad value); returns the
     number of rows that needed converting."""
     return copyfmt.check_rows(jobs, COLUMNS, CHECKS, schema.normalize_job_values)
 
 
-def _chunks(jobs: list[dict], chunk_rows: int, normalized: bool,
+def _chunks(jobs: list[dict[str, Any]], chunk_rows: int, normalized: bool,
             failure: list[BaseException],
-            check: Optional[Callable[[list[dict]], None]] = None) -> Iterator[bytes]:
+            check: Optional[Callable[[list[dict[str, Any]]], None]] = None) -> Iterator[bytes]:
     """The COPY text of ``jobs``, ``chunk_rows`` at a time, each chunk checked (``check``) and
     validated (unless ``normalized``) just before it is encoded. An error is also appended to
     ``failure``: psycopg2 turns an exception raised while it reads the stream into a generic
@@ -69,8 +70,8 @@ def _chunks(jobs: list[dict], chunk_rows: int, normalized: bool,
         yield chunk
 
 
-def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False,
-              check: Optional[Callable[[list[dict]], None]] = None) -> int:
+def copy_jobs(cursor: Cursor, jobs: Sequence[dict[str, Any]], normalized: bool = False,
+              check: Optional[Callable[[list[dict[str, Any]]], None]] = None) -> int:
     """Insert full job rows (``schema.new_job_row`` dicts, or models' ``__dict__``s) with COPY;
     returns the count. Each dict is validated and normalised in place (:func:`normalize_rows`)
     as it is sent, unless the caller says it already was (``normalized``); ``check``, if given,
@@ -99,7 +100,7 @@ def copy_jobs(cursor: Any, jobs: Sequence[dict], normalized: bool = False,
     return len(jobs)
 
 
-def insert_edges(cursor: Any, edges: Sequence[tuple[Any, Any]]) -> None:
+def insert_edges(cursor: Cursor, edges: Sequence[tuple[Any, Any]]) -> None:
     """Insert dependency edges (parent, child) in one statement, without cycle checks: used for
     edges among jobs being created together, whose children are all new."""
     if not edges:

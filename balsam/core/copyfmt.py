@@ -48,7 +48,7 @@ def encode_rows_py(rows: Iterable[Iterable[Any]]) -> bytes:
     return "".join("\t".join(encode_value(v) for v in row) + "\n" for row in rows).encode()
 
 
-def encode_dicts_py(dicts: list[dict], columns: tuple, start: int = 0,
+def encode_dicts_py(dicts: list[dict[str, Any]], columns: tuple[str, ...], start: int = 0,
                     stop: Optional[int] = None) -> bytes:
     """Reference: COPY text of ``dicts[start:stop]``, each row the values of ``columns``."""
     if not columns:
@@ -72,8 +72,8 @@ def _canonical(value: Any, check: Any) -> bool:
     raise TypeError(f"unknown column check {check!r}")
 
 
-def check_rows_py(dicts: list[dict], columns: tuple, checks: tuple,
-                  fix: Callable[[dict], Any]) -> int:
+def check_rows_py(dicts: list[dict[str, Any]], columns: tuple[str, ...], checks: tuple[Any, ...],
+                  fix: Callable[[dict[str, Any]], Any]) -> int:
     """Reference: call ``fix(d)`` on each dict holding a value not in canonical form; return how many.
 
     ``checks[i]`` says what canonical means for ``columns[i]``: None (anything), ``str`` (a str
@@ -119,4 +119,5 @@ KERNEL, _kernel = _load_kernel()
 encode_rows: Callable[..., bytes] = _kernel.encode_rows if _kernel else encode_rows_py
 encode_dicts: Callable[..., bytes] = _kernel.encode_dicts if _kernel else encode_dicts_py
 check_rows: Callable[..., int] = _kernel.check_rows if _kernel else check_rows_py
-uuids_from_bytes: Callable[[bytes], list] = _kernel.uuids_from_bytes if _kernel else uuids_from_bytes_py
+uuids_from_bytes: Callable[[bytes], list[uuid.UUID]] = (_kernel.uuids_from_bytes if _kernel
+                                                       else uuids_from_bytes_py)

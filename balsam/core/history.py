@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor
 
 TIME_FMT = "%m-%d-%Y %H:%M:%S.%f"
 STATE_TIME_PATTERN = re.compile(r"^\[(\d+-\d+-\d+) (\d+:\d+:\d+\.\d+) (\w+)\]", re.MULTILINE)
@@ -45,7 +46,7 @@ def state_times(text: str) -> dict[str, datetime.datetime]:
     return {state: when for when, state in parse_history(text)}
 
 
-def creation_notes(cursor: Any, job_ids: Sequence[Any]) -> dict[str, str]:
+def creation_notes(cursor: Cursor, job_ids: Sequence[Any]) -> dict[str, str]:
     """{job id: message of its CREATED entry} for those of ``job_ids`` that have one: a job
     with ``data["spawned_by"]`` was spawned by that job (``[id8]`` if it no longer exists)."""
     if not job_ids:

@@ -38,7 +38,7 @@ _PARENTS = itemgetter("_pending_parents")
 class BalsamJobQuerySet(models.QuerySet):
     """Querysets whose writes keep the dependency graph and event log consistent."""
 
-    def delete(self) -> tuple:  # type: ignore[override]
+    def delete(self) -> tuple[int, dict[str, int]]:
         """Delete the jobs; children still waiting on them become FAILED (never stranded)."""
         ids = list(self.values_list("pk", flat=True))
         with transaction.atomic(using=self.db), connection.cursor() as cur:
@@ -69,7 +69,7 @@ class BalsamJobQuerySet(models.QuerySet):
                 lifecycle.transition(cur, ids, state, "state set with update()", user=True)
         return len(ids)
 
-    def bulk_update(self, objs: Iterable[Job], fields: Iterable[str],  # type: ignore[override]
+    def bulk_update(self, objs: Iterable[Job], fields: Iterable[str],
                     batch_size: Optional[int] = None) -> int:
         """Django's ``bulk_update()``, except that values are checked as ``save()`` checks them
         and changed states go through the state writer (user rules, as :meth:`update`)."""

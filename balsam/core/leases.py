@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, schema
 from balsam.core.states import RUNNABLE_STATES, State
+from balsam.db.dbapi import Cursor, column_names, fetch_one
 
 JOB, SESSION = schema.JOB_TABLE, schema.SESSION_TABLE
 
@@ -33,7 +34,7 @@ CLAIM_COLUMNS = (
 _RUNNABLE_SQL = "(" + ", ".join(f"'{s}'" for s in RUNNABLE_STATES) + ")"
 
 
-def open_session(cursor: Any, *, hostname: str, pid: int, job_mode: str, num_nodes: int,
+def open_session(cursor: Cursor, *, hostname: str, pid: int, job_mode: str, num_nodes: int,
                  lease_seconds: int, scheduler_id: str = "", label: str = "") -> int:
     """Start a session (heartbeat now) and return its id."""
     cursor.execute(
@@ -41,10 +42,10 @@ def open_session(cursor: Any, *, hostname: str, pid: int, job_mode: str, num_nod
         "started_at, heartbeat, lease_seconds, end_reason) "
         "VALUES (%s, %s, %s, %s, %s, %s, now(), now(), %s, '') RETURNING id",
         [hostname, pid, job_mode, label, scheduler_id, num_nodes, lease_seconds])
-    return int(cursor.fetchone()[0])
+    return int(fetch_one(cursor)[0])
 
 
-def heartbeat(cursor: Any, session_id: int) -> bool:
+def heartbeat(cursor: Cursor, session_id: int) -> bool:
     """Renew the lease. False if the session was closed meanwhile (swept as dead): its holder
     must stop its tasks at once and record nothing, because its jobs may already run elsewhere."""
     cursor.execute(f"UPDATE {SESSION} SET heartbeat = now() WHERE id = %s AND ended_at IS NULL "
@@ -52,9 +53,9 @@ def heartbeat(cursor: Any, session_id: int) -> bool:
     return cursor.fetchone() is not None
 
 
-def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: int,
+def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_nodes: int,
           wf_filter: Optional[str] = None, max_wall_minutes: Optional[float] = None,
-          exclude_ids: tuple = (), tags: Optional[Mapping[str, str]] = None,
+          exclude_ids: tuple[Any, ...] = (), tags: Optional[Mapping[str, str]] = None,
           gpus_per_node: Optional[int] = None) -> list[dict[str, Any]]:
     """Hold up to ``limit`` runnable, unheld jobs for ``session_id`` and return them.
 
@@ -74,7 +75,7 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
                                         exclude_ids=exclude_ids, tags=tags,
                                         gpus_per_node=gpus_per_node)
     cursor.execute(f"WITH {sql} SELECT * FROM c_upd", params)
-    names = [d[0] for d in cursor.description]
+    names = column_names(cursor)
     rows = [dict(zip(names, r)) for r in cursor.fetchall()]
     rows.sort(key=order_key)
     for r in rows:
@@ -84,7 +85,7 @@ def claim(cursor: Any, session_id: int, limit: int, *, serial: bool, max_nodes: 
 
 def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
                wf_filter: Optional[str], max_wall_minutes: Optional[float],
-               exclude_ids: tuple, tags: Optional[Mapping[str, str]] = None,
+               exclude_ids: tuple[Any, ...], tags: Optional[Mapping[str, str]] = None,
                gpus_per_node: Optional[int] = None,
                ) -> tuple[str, list[Any], Callable[[dict[str, Any]], Any]]:
     """(CTEs ``c_sel``, ``c_upd`` of :func:`claim`, their parameters, the claim order as a sort
@@ -134,7 +135,7 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     return sql, params + [limit, session_id], order_key
 
 
-def cycle(cursor: Any, session_id: int, moves: Sequence[tuple[str, State, str]], limit: int, *,
+def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str]], limit: int, *,
           serial: bool, max_nodes: int, wf_filter: Optional[str] = None,
           max_wall_minutes: Optional[float] = None, tags: Optional[Mapping[str, str]] = None,
           gpus_per_node: Optional[int] = None,
@@ -154,7 +155,7 @@ def cycle(cursor: Any, session_id: int, moves: Sequence[tuple[str, State, str]],
                 FROM t_upd),
                (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)""",
                    moves_params + claim_params)
-    moved, rows = cursor.fetchone()
+    moved, rows = fetch_one(cursor)
     rows.sort(key=order_key)
     return [(str(j), f, t) for j, f, t in moved], rows
 
@@ -185,7 +186,7 @@ def gpu_condition(serial: bool, gpus_per_node: int, params: list[Any], alias: st
     return f"{alias}gpus_per_rank * {alias}ranks_per_node <= %s"
 
 
-def holders_elsewhere(cursor: Any, session_id: int, *, serial: bool, max_nodes: int,
+def holders_elsewhere(cursor: Cursor, session_id: int, *, serial: bool, max_nodes: int,
                       wf_filter: Optional[str] = None,
                       tags: Optional[Mapping[str, str]] = None,
                       gpus_per_node: Optional[int] = None) -> list[tuple[float, float]]:
@@ -222,7 +223,7 @@ SERVICE_LOCK_KEY = 0x42414C53414D5356
 repeated here: the launcher does not import the service; a test checks they agree)."""
 
 
-def others_alive(cursor: Any, session_id: int) -> bool:
+def others_alive(cursor: Cursor, session_id: int) -> bool:
     """Whether anything besides ``session_id``'s launcher could still add work: another open
     session (a launcher, or the transition workers of another launcher or of a service; the
     launcher's own transition workers, same host and pid, do not count) or a running service
@@ -235,10 +236,10 @@ def others_alive(cursor: Any, session_id: int) -> bool:
             OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                        AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s)""",
                    [session_id, SERVICE_LOCK_KEY >> 32, SERVICE_LOCK_KEY & 0xFFFFFFFF])
-    return bool(cursor.fetchone()[0])
+    return bool(fetch_one(cursor)[0])
 
 
-def start(cursor: Any, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:
+def start(cursor: Cursor, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:
     """Mark held, runnable jobs RUNNING; return the ids that moved (others were killed or
     changed by a user meanwhile and must not be started)."""
     moved = lifecycle.transition(cursor, job_ids, State.RUNNING, message, holder=session_id,
@@ -246,7 +247,7 @@ def start(cursor: Any, session_id: int, job_ids: list[str], message: Any = "") -
     return [job_id for job_id, _ in moved]
 
 
-def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
+def finish(cursor: Cursor, session_id: int, job_ids: list[str], state: State,
            messages: Any = "") -> list[str]:
     """Record the end of runs (RUN_DONE, RUN_ERROR, RUN_TIMEOUT) of jobs this session runs;
     returns the ids recorded (a job a user killed meanwhile stays USER_KILLED)."""
@@ -255,7 +256,7 @@ def finish(cursor: Any, session_id: int, job_ids: list[str], state: State,
     return [job_id for job_id, _ in moved]
 
 
-def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
+def record_lost_starts(cursor: Cursor, session_id: int, started: Mapping[str, int],
                        start_message: str, message: Optional[str]) -> list[str]:
     """Record runs this session started but never recorded (its launcher died in between).
 
@@ -279,14 +280,14 @@ def record_lost_starts(cursor: Any, session_id: int, started: Mapping[str, int],
     return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message)
 
 
-def killed(cursor: Any, session_id: int) -> list[str]:
+def killed(cursor: Cursor, session_id: int) -> list[str]:
     """Jobs this session holds that a user killed (their processes must be stopped)."""
     cursor.execute(f"SELECT job_id FROM {JOB} WHERE session_id = %s AND state = %s",
                    [session_id, State.USER_KILLED.value])
     return [str(r[0]) for r in cursor.fetchall()]
 
 
-def release(cursor: Any, session_id: int, job_ids: Optional[list[str]] = None) -> int:
+def release(cursor: Cursor, session_id: int, job_ids: Optional[list[str]] = None) -> int:
     """Drop this session's hold on jobs that are not RUNNING (all of them, or ``job_ids``)."""
     sql = f"UPDATE {JOB} SET session_id = NULL WHERE session_id = %s AND state <> %s"
     params: list[Any] = [session_id, State.RUNNING.value]
@@ -297,7 +298,7 @@ def release(cursor: Any, session_id: int, job_ids: Optional[list[str]] = None) -
     return int(cursor.rowcount)
 
 
-def close_session(cursor: Any, session_id: int, reason: str = "launcher exited") -> int:
+def close_session(cursor: Cursor, session_id: int, reason: str = "launcher exited") -> int:
     """End a session: any job it still shows RUNNING becomes RUN_TIMEOUT (a safety net: the
     launcher records its runs first), every other hold is released. Returns jobs timed out."""
     cursor.execute(f"SELECT job_id FROM {JOB} WHERE session_id = %s AND state = %s",
@@ -311,7 +312,7 @@ def close_session(cursor: Any, session_id: int, reason: str = "launcher exited")
     return len(timed_out)
 
 
-def sweep(cursor: Any) -> list[tuple[int, int]]:
+def sweep(cursor: Cursor) -> list[tuple[int, int]]:
     """Close every session whose lease expired; returns [(session id, jobs timed out)].
 
     Sessions are swept only once the server has been up for a whole lease, so launchers cut off

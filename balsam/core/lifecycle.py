@@ -23,6 +23,7 @@ from balsam.core.states import (
     allowed_sources,
     validate_state,
 )
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import BalsamError
 
 JOB, EVENT, DEP, WAKE = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
@@ -146,14 +147,14 @@ def moves_sql(moves: Sequence[Move], holder: int) -> tuple[str, list[Any]]:
         ids.append(str(move[0]))
         targets.append(move[1].value)
         messages.append(move[2])
-        vias.append(move[3].value if len(move) == 5 else "")  # type: ignore[misc]
-        via_messages.append(move[4] if len(move) == 5 else "")  # type: ignore[misc]
+        vias.append(move[3].value if len(move) == 5 else "")
+        via_messages.append(move[4] if len(move) == 5 else "")
     ordered = sorted(pairs)
     return _MOVES_SQL, [ids, targets, messages, vias, via_messages, [p[0] for p in ordered],
                         [p[1] for p in ordered], holder, list(HELD_STATES)]
 
 
-def move(cursor: Any, moves: Sequence[Move], holder: int) -> list[tuple[str, str, str]]:
+def move(cursor: Cursor, moves: Sequence[Move], holder: int) -> list[tuple[str, str, str]]:
     """Make ``moves`` (:func:`moves_sql`) in one statement; [(job id, from state, target)] of
     the jobs moved."""
     if not moves:
@@ -170,7 +171,7 @@ _CHILDREN_OF = f"LATERAL (SELECT child_id FROM {DEP} WHERE parent_id = {{node}}.
 
 
 def transition(
-    cursor: Any,
+    cursor: Cursor,
     job_ids: Iterable[Any],
     new_state: Union[str, State],
     messages: Messages = "",
@@ -218,7 +219,7 @@ def transition(
 
 
 def transition_one(
-    cursor: Any, job_id: Any, new_state: Union[str, State], message: str = "",
+    cursor: Cursor, job_id: Any, new_state: Union[str, State], message: str = "",
     *, user: bool = False, force: bool = False,
 ) -> str:
     """Move one job; return its previous state or raise :class:`InvalidStateError` saying why not."""
@@ -239,7 +240,7 @@ def transition_one(
     raise InvalidStateError(f"job {str(job_id)[:8]} cannot move from {current} to {target}")
 
 
-def kill(cursor: Any, job_ids: Iterable[Any], recursive: bool = False,
+def kill(cursor: Cursor, job_ids: Iterable[Any], recursive: bool = False,
          message: str = "Killed by user") -> list[str]:
     """Mark jobs (and with ``recursive`` all their descendants) USER_KILLED; return the ids killed.
 
@@ -260,7 +261,7 @@ def kill(cursor: Any, job_ids: Iterable[Any], recursive: bool = False,
     return [job_id for job_id, _ in moved]
 
 
-def delete_jobs(cursor: Any, job_ids: Iterable[Any]) -> int:
+def delete_jobs(cursor: Cursor, job_ids: Iterable[Any]) -> int:
     """Delete jobs; children that were still waiting on one of them (and are not deleted too)
     become FAILED with a message naming the removed parent, so nothing waits forever."""
     ids = [str(j) for j in job_ids]
@@ -285,7 +286,7 @@ are added one transaction at a time, so two concurrent additions can never close
 neither saw. (A fixed number: Python's ``hash()`` of a string differs per process.)"""
 
 
-def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
+def add_dependency(cursor: Cursor, parent_id: Any, child_id: Any) -> None:
     """Add the edge parent -> child.
 
     Refuses bad ids, self-edges, duplicates, edges that would close a cycle, and children that
@@ -329,14 +330,14 @@ def add_dependency(cursor: Any, parent_id: Any, child_id: Any) -> None:
             INSERT INTO {WAKE} (job_id)
             SELECT %(child)s FROM flags WHERE NOT duplicate AND NOT cycle ON CONFLICT DO NOTHING
         ) SELECT duplicate, cycle FROM flags""", {"parent": parent, "child": child})
-    duplicate, cycle = cursor.fetchone()
+    duplicate, cycle = fetch_one(cursor)
     if duplicate:
         raise BalsamError(f"job {child[:8]} already depends on {parent[:8]}")
     if cycle:
         raise BalsamError(f"adding {parent[:8]} -> {child[:8]} would create a cycle")
 
 
-def record_created(cursor: Any, jobs: Iterable[tuple[Any, str]]) -> None:
+def record_created(cursor: Cursor, jobs: Iterable[tuple[Any, str]]) -> None:
     """Record the ``CREATED -> state`` event of new jobs inserted directly in another state.
 
     ``jobs`` are ``(job_id, state)`` pairs; those in CREATED get no event (a job's creation is its
@@ -356,7 +357,7 @@ def record_created(cursor: Any, jobs: Iterable[tuple[Any, str]]) -> None:
                        "ON CONFLICT DO NOTHING", [waiting])
 
 
-def check_new_edges(cursor: Any, edges: Sequence[tuple[Any, Any]],
+def check_new_edges(cursor: Cursor, edges: Sequence[tuple[Any, Any]],
                     new_jobs: Mapping[str, str]) -> list[tuple[str, str]]:
     """Check the edges (parent, child) of jobs about to be inserted together; return them as
     distinct string pairs.
@@ -401,7 +402,7 @@ def check_new_edges(cursor: Any, edges: Sequence[tuple[Any, Any]],
     return pairs
 
 
-def set_parents(cursor: Any, child_id: Any, parent_ids: Iterable[Any]) -> None:
+def set_parents(cursor: Cursor, child_id: Any, parent_ids: Iterable[Any]) -> None:
     """Replace the parents of a waiting job (each new edge checked as in :func:`add_dependency`)."""
     child = str(child_id)
     cursor.execute(f"DELETE FROM {DEP} WHERE child_id = %s; INSERT INTO {WAKE} (job_id) "

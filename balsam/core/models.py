@@ -41,6 +41,7 @@ from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
     validate_state,
 )
 from balsam.core.transfer_models import TransferBatch, TransferItem  # noqa: E402,F401
+from balsam.db.dbapi import Cursor  # noqa: E402
 from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
     BalsamError,
     InvalidParentsError,
@@ -336,7 +337,7 @@ class BalsamJob(JobAPI, models.Model):
         if "state" in self.__dict__:
             self._loaded_state = self.state
 
-    def delete(self, *args: Any, **kwargs: Any) -> tuple:  # type: ignore[override]
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         return BalsamJob.objects.filter(pk=self.pk).delete()
 
     # ---- states -----------------------------------------------------------------------------
@@ -468,7 +469,7 @@ class BalsamJob(JobAPI, models.Model):
             raise ValueError(f"{len(children) or 'no'} children named {name!r}")
         return children[0]
 
-def _release(cursor: Any, job_ids: list[Any]) -> None:
+def _release(cursor: Cursor, job_ids: list[Any]) -> None:
     """Clear the lock of jobs (classic ``release=True``)."""
     if job_ids:
         cursor.execute(f"UPDATE {schema.JOB_TABLE} SET lock = '' WHERE job_id = ANY(%s::uuid[])",

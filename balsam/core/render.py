@@ -1,6 +1,7 @@
 """Text renderings of jobs shared by the ORM (``repr(job)``) and the Django-free CLI."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from balsam.core import schema
@@ -23,7 +24,8 @@ def job_repr(job: dict[str, Any], app: Optional[dict[str, str]], workdir: Option
     return "\n".join(lines) + "\n"
 
 
-def table(rows: list, columns: list, headers: Optional[list] = None) -> str:
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+          headers: Optional[Sequence[str]] = None) -> str:
     """A plain text table with a header rule; columns sized to their widest cell."""
     headers = headers or columns
     # Column-wise, with one format string per table: `balsam ls` renders thousands of rows.

@@ -21,6 +21,7 @@ from typing import Any
 
 from balsam.core import schema
 from balsam.core.states import END_STATES, State
+from balsam.db.dbapi import Cursor
 from balsam.defaults import MAX_RETRIES, RETRY_BACKOFF_SECONDS
 
 WALLTIME_STOP_REASON = "the launcher's time limit was reached"
@@ -55,7 +56,7 @@ class RetryPolicy:
         """Seconds a job with ``failures`` counted failed runs waits before its retry."""
         if self.backoff_seconds <= 0 or failures <= 0:
             return 0.0
-        return self.backoff_seconds * min(2 ** (failures - 1), BACKOFF_MAX_FACTOR)
+        return float(self.backoff_seconds * min(2 ** (failures - 1), BACKOFF_MAX_FACTOR))
 
 
 def _literal(text: str) -> str:
@@ -91,7 +92,7 @@ def over_limit_message(failures: int, limit: int) -> str:
             f"not counted), max_retries {limit}")
 
 
-def usage(cursor: Any, job_ids: Sequence[Any], default: int) -> dict[str, tuple[int, int]]:
+def usage(cursor: Cursor, job_ids: Sequence[Any], default: int) -> dict[str, tuple[int, int]]:
     """{job id: (failed runs counted, retry limit)} of ``job_ids``; ``default``: the DB's
     ``launcher.max_retries``. One query."""
     if not job_ids:

@@ -11,7 +11,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError
@@ -222,7 +222,7 @@ def _excerpt(text: str, width: int = 60) -> str:
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
-VALUE_CHECKS = {
+VALUE_CHECKS: dict[str, Callable[[str, str], None]] = {
     **dict.fromkeys(NAME_FIELDS, check_name),
     **dict.fromkeys(SHELL_FIELDS, _check_shell_words),
     **dict.fromkeys(URL_FIELDS, _check_url),

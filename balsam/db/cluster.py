@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from balsam.db import dbsettings, pgaccount, postmaster, serverinfo
 from balsam.db.connect import local_hostnames, try_connect
@@ -108,12 +108,12 @@ def port_answers(host: str, port: int, timeout: float = PROBE_TIMEOUT_SECONDS) -
         return False
 
 
-def is_owner(info: dict) -> bool:
+def is_owner(info: dict[str, Any]) -> bool:
     """The DB owner (and root) may start, stop, reset the server and manage its users."""
     return os.getuid() in (0, info.get("owner_uid"))
 
 
-def require_owner(info: dict, action: str) -> None:
+def require_owner(info: dict[str, Any], action: str) -> None:
     if not is_owner(info):
         raise ServerError(f"only the DB owner ({info.get('owner', info.get('owner_uid'))}) can "
                           f"{action}; ask them")
@@ -184,7 +184,7 @@ SERVER_KEYS = ("listen_addresses", "max_connections", "shared_buffers")
 command-line options win over ``balsam.conf``, which ``balsam init`` wrote once."""
 
 
-def server_options(port: int, server: dict) -> str:
+def server_options(port: int, server: dict[str, Any]) -> str:
     """The postgres options (``pg_ctl -o``) for ``port`` and ``settings.yml``'s ``server:``
     values (:data:`SERVER_KEYS`). pg_ctl hands this string to ``/bin/sh``, so every word is
     quoted: a value such as ``*`` or ``a, b`` reaches postgres as one argument, never expanded."""
@@ -194,7 +194,7 @@ def server_options(port: int, server: dict) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _start_locked(db_path: str, info: dict, say: Say) -> Status:
+def _start_locked(db_path: str, info: dict[str, Any], say: Say) -> Status:
     account = pgaccount.account_by_uid(int(info["server_uid"]))
     server = dbsettings.load(db_path)["server"]
     wanted = int(server["port"] or 0)
@@ -224,7 +224,7 @@ def _start_locked(db_path: str, info: dict, say: Say) -> Status:
 
 
 def _pg_ctl_start(db_path: str, bin_dir: str, account: pgaccount.Account, port: int,
-                  server: dict) -> tuple[bool, str]:
+                  server: dict[str, Any]) -> tuple[bool, str]:
     """``pg_ctl start`` on ``port`` with ``server`` (settings.yml ``server:``); (ok, reason)."""
     log = os.path.join(db_path, SERVER_LOG)
     size_before = os.path.getsize(log) if os.path.exists(log) else 0
@@ -259,7 +259,7 @@ def stop(db_path: str, say: Say = quiet) -> bool:
         return _stop_locked(db_path, info, say)
 
 
-def _stop_locked(db_path: str, info: dict, say: Say) -> bool:
+def _stop_locked(db_path: str, info: dict[str, Any], say: Say) -> bool:
     pid = postmaster.running_pid(data_dir(db_path))
     if not pid:
         _remove_stale_pidfile(db_path, say)

@@ -17,7 +17,7 @@ CONNECT_TIMEOUT_SECONDS = 10
 """How long a client waits for the server to accept a connection before giving up."""
 
 
-def local_hostnames() -> set:
+def local_hostnames() -> set[str]:
     names = {socket.gethostname(), "localhost", "127.0.0.1"}
     try:
         names.add(socket.getfqdn())

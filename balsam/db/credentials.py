@@ -13,7 +13,7 @@ import getpass
 import json
 import os
 import pwd
-from typing import Optional
+from typing import Any, Optional
 
 AUTH_DIR = ".auth"
 
@@ -77,7 +77,7 @@ def _read_user_store() -> dict[str, dict[str, str]]:
         return {}
 
 
-def client_role(db_path: str, info: dict) -> str:
+def client_role(db_path: str, info: dict[str, Any]) -> str:
     """The role to connect as: ``BALSAM_USER``, else the owner's superuser role for the owner (and
     root), else a saved credential's user, else the login name."""
     env = os.environ.get("BALSAM_USER", "").strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 from balsam.errors import BalsamError
 
@@ -104,7 +104,7 @@ def load(db_path: str) -> dict[str, Any]:
     if key is not None:
         cached = _read_checked(db_path, key)
         if cached is not None:
-            return cached
+            return cast(dict[str, Any], cached)
     settings = _check(path)
     if key is not None:
         _write_checked(db_path, key, settings)

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 
 ENV_VAR = "BALSAM_DB_DRIVER"
@@ -98,12 +99,12 @@ def _load(name: str) -> str:
     return name
 
 
-def raw_cursor(cursor: Any) -> Any:
+def raw_cursor(cursor: Cursor) -> Any:
     """The driver's own cursor under a Django ``CursorWrapper`` (or ``cursor`` itself)."""
     return getattr(cursor, "cursor", cursor)
 
 
-def copy_in(cursor: Any, sql: str, chunks: Iterable[bytes]) -> None:
+def copy_in(cursor: Cursor, sql: str, chunks: Iterable[bytes]) -> None:
     """Run ``COPY ... FROM STDIN`` (``sql``) on a psycopg2 or psycopg 3 cursor, sending
     ``chunks``. An exception raised while producing a chunk aborts the COPY; psycopg 3 lets it
     propagate, psycopg2 replaces it with a generic "COPY failed" error (so a caller that wants

@@ -7,7 +7,7 @@ and is tuned for many short transactions from many launchers, with no per-statem
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from balsam.db import credentials, dbsettings, pgaccount, serverinfo
 from balsam.db.cluster import SERVER_LOG, Say, data_dir, quiet
@@ -53,7 +53,7 @@ log_line_prefix = '%m [%p] %q%u@%d '
 """
 
 
-def initialize(db_path: str, pg_bin: Optional[str] = None, say: Say = quiet) -> dict:
+def initialize(db_path: str, pg_bin: Optional[str] = None, say: Say = quiet) -> dict[str, Any]:
     """Create the cluster under ``<db>/balsamdb`` and write server-info; returns server-info.
 
     The owner's superuser password is generated here and stored in ``<db>/.auth``.

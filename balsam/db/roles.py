@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from balsam.db import cluster, credentials, serverinfo
 from balsam.db.connect import connect, connection_params
+from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError, NotFound, ServerError
 
 ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -47,7 +48,7 @@ def _owner_password(db_path: str, role: str) -> str:
                           "owner can manage its users")
 
 
-def _run(cur: Any, statement: Any, params: Optional[list] = None) -> None:
+def _run(cur: Cursor, statement: Any, params: Optional[list[Any]] = None) -> None:
     import psycopg2
 
     try:

@@ -157,7 +157,7 @@ class Database:
         return self._call(time.monotonic(), None, fn, args, kw)
 
     def _call(self, deadline: float, stop: Optional[threading.Event], fn: Callable[..., T],
-              args: tuple, kw: dict) -> T:
+              args: tuple[Any, ...], kw: dict[str, Any]) -> T:
         import psycopg2
         from psycopg2 import errors
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from balsam.core import schema
-from balsam.errors import BalsamError, NotFound
+from balsam.errors import BalsamError, InvalidParentsError, NoApplication, NotFound
 from balsam.launcher.dag_db import (  # noqa: F401  (part of the classic dag API)
     add_app,
     get_active_database,
@@ -160,7 +160,7 @@ def _checked(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _require_app(name: str) -> None:
-    from balsam.core.models import ApplicationDefinition, NoApplication
+    from balsam.core.models import ApplicationDefinition
 
     if not ApplicationDefinition.objects.filter(name=name).exists():
         raise NoApplication(f"application {name!r} does not exist (add it with dag.add_app or "
@@ -180,7 +180,7 @@ def add_job(name: str, workflow: str, application: str, description: str = "", a
             mpi_flags: str = "", num_nodes: int = 1, ranks_per_node: int = 1,
             cpu_affinity: str = schema.JOB_DEFAULTS["cpu_affinity"], threads_per_rank: int = 1,
             threads_per_core: int = 1, environ_vars: Union[str, Mapping[str, Any], None] = None,
-            data: Optional[dict] = None, save: bool = True, **kwargs: Any) -> BalsamJob:
+            data: Optional[dict[str, Any]] = None, save: bool = True, **kwargs: Any) -> BalsamJob:
     """Create a job (saved unless ``save=False``) and return it.
 
     ``kwargs`` may be any other job field (:data:`SETTABLE_FIELDS`), ``parents`` (jobs or ids)
@@ -232,7 +232,6 @@ def add_dependency(parent: Any, child: Any) -> None:
     from django.db import connection, transaction
 
     from balsam.core import lifecycle
-    from balsam.core.models import InvalidParentsError
 
     parent_id, child_id = _job_pk(parent), _job_pk(child)
     try:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from balsam.core import leases
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ensemble_watch
 
@@ -85,7 +86,7 @@ def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
     return True
 
 
-def _recover_in(cursor: Any, session_id: int, dead: list[str], message: str) -> int:
+def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str) -> int:
     timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
     leases.release(cursor, session_id)
     return len(timed_out)

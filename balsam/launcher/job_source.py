@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from balsam.core import leases, lifecycle, schema
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor
 from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.launcher import task
@@ -71,7 +72,7 @@ class JobSource:
         return self.db.try_run(leases.release, self.session_id, list(ids))
 
     # ---- in the caller's transaction ------------------------------------------------------
-    def claim_in(self, cursor: Any, limit: int, *, serial: bool, max_nodes: int,
+    def claim_in(self, cursor: Cursor, limit: int, *, serial: bool, max_nodes: int,
                  max_wall_minutes: Optional[float] = None, exclude_ids: Collection[str] = (),
                  place: Optional[Placer] = None,
                  check: Optional[Checker] = None) -> list[task.TaskSpec]:
@@ -94,7 +95,7 @@ class JobSource:
             rows = kept
         return self.specs_in(cursor, rows, check)
 
-    def specs_in(self, cursor: Any, rows: Sequence[Row],
+    def specs_in(self, cursor: Cursor, rows: Sequence[Row],
                  check: Optional[Checker] = None) -> list[task.TaskSpec]:
         """The specs of claimed ``rows`` (from :func:`leases.claim` or :func:`leases.cycle`),
         in their order; jobs that cannot run are moved to FAILED with the reason."""
@@ -128,13 +129,13 @@ class JobSource:
             raise BalsamError(f"application {row['application']!r} has no executable")
         return spec
 
-    def fail_in(self, cursor: Any, reasons: Mapping[str, str]) -> None:
+    def fail_in(self, cursor: Cursor, reasons: Mapping[str, str]) -> None:
         """Move held, not yet RUNNING jobs to FAILED with a reason each (releases them)."""
         moved = lifecycle.transition(cursor, list(reasons), State.FAILED, dict(reasons),
                                      holder=self.session_id)
         self.failed += len(moved)
 
-    def reconcile_in(self, cursor: Any, known_ids: Collection[str],
+    def reconcile_in(self, cursor: Cursor, known_ids: Collection[str],
                      message: str = "the launcher lost its database connection while starting "
                                     "the job; it was not run") -> tuple[int, int]:
         """After a reconnection: jobs this session holds that the launcher does not know
@@ -151,7 +152,7 @@ class JobSource:
         released = leases.release(cursor, self.session_id, others) if others else 0
         return len(timed_out), released
 
-    def _load_apps(self, cursor: Any, names: set[str]) -> None:
+    def _load_apps(self, cursor: Cursor, names: set[str]) -> None:
         missing = sorted(n for n in names if n not in self.apps)
         if not missing:
             return

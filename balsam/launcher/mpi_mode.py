@@ -34,11 +34,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -264,7 +265,8 @@ class MPIMode:
               ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
         """(claimed jobs to start now on idle nodes -- largest first, as claimed, each where
         it fits --, claimed jobs that no longer fit in the time left: to release)."""
-        starts, unfit = [], []
+        starts: list[tuple[TaskSpec, list[int]]] = []
+        unfit: list[TaskSpec] = []
         free = list(idle)
         max_wall = self.ctx.max_wall_minutes()
         for spec in self.queue if queue is None else queue:
@@ -275,7 +277,7 @@ class MPIMode:
                 starts.append((spec, nodes))
         return starts, unfit
 
-    def _transaction(self, cur: Any, batch: Batch, process: bool, kill: bool, reconcile: bool,
+    def _transaction(self, cur: Cursor, batch: Batch, process: bool, kill: bool, reconcile: bool,
                      known: set[str], starts: list[tuple[TaskSpec, list[int]]],
                      unfit: list[TaskSpec], claim: int, max_nodes: int, idle: list[int],
                      slots: int) -> tuple[list[str], set[str], list[TaskSpec], bool,
@@ -366,7 +368,7 @@ class MPIMode:
             self.status.error(spec.job_id, f"could not start: {exc}")
             return
         try:
-            pidfd: Optional[int] = os.pidfd_open(proc.proc.pid)  # type: ignore[attr-defined]
+            pidfd: Optional[int] = os.pidfd_open(proc.proc.pid)  # type: ignore[attr-defined,unused-ignore]
         except (AttributeError, OSError):
             pidfd = None
         self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd)

@@ -25,11 +25,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from balsam import defaults
 from balsam.core import leases, lifecycle, schema
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor
 from balsam.db.session import Database
 from balsam.errors import DatabaseUnavailable
 
@@ -65,7 +66,7 @@ class Written:
     ended: int = 0
 
 
-def _running_here(cursor: Any, session_id: int, ids: list[str]) -> list[str]:
+def _running_here(cursor: Cursor, session_id: int, ids: list[str]) -> list[str]:
     cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE job_id = ANY(%s::uuid[]) "
                    "AND session_id = %s AND state = %s", [ids, session_id, State.RUNNING.value])
     return [str(r[0]) for r in cursor.fetchall()]
@@ -151,7 +152,7 @@ class StatusBuffer:
             batch.oldest = newer.oldest
         self._batch = batch
 
-    def write(self, cursor: Any, batch: Batch) -> Written:
+    def write(self, cursor: Cursor, batch: Batch) -> Written:
         """Write ``batch`` in the caller's transaction: one statement
         (:func:`lifecycle.move`) for every start and end -- a run that started and ended since
         the last write is recorded RUNNING then its end with one row update --, one more to

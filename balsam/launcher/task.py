@@ -23,6 +23,9 @@ from balsam.core.jobenv import (  # noqa: F401  (re-exported: launcher code uses
 )
 from balsam.errors import BalsamError
 
+__all__ = ["LAUNCHER_ONLY_PREFIXES", "TaskSpec", "from_row", "job_variables", "task_environment",
+           "with_envscript"]
+
 
 @dataclass
 class TaskSpec:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from typing import Any
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -47,7 +48,7 @@ def live_members(pgid: int) -> list[int]:
     return members
 
 
-def kill_and_reap(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+def kill_and_reap(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     """SIGKILL the process group ``proc`` leads and reap ``proc``, reading what is left of its
     pipes; if a process that escaped the group still holds them after ``timeout`` seconds, close
     our ends and just wait for ``proc``."""

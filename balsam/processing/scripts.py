@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Callable, Optional
+from typing import IO, Any, Callable, Optional
 
 from balsam.core.jobenv import task_environment, with_envscript
 from balsam.errors import BalsamError
@@ -187,7 +187,7 @@ def _run(argv: list[str], workdir: str, env: dict[str, str], log: IO[bytes], tim
     return proc.returncode, timed_out, aborted, ""
 
 
-def stop_group(proc: subprocess.Popen, grace: float) -> None:
+def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
     """SIGTERM the process group led by ``proc``, SIGKILL it after ``grace`` seconds if any
     member is still alive, reap ``proc``, and wait (up to 5 s) until no member is left."""
     pgid = proc.pid

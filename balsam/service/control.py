@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional
 
 from balsam.db.connect import connect
+from balsam.db.dbapi import Connection, Cursor
 from balsam.errors import BalsamError, DatabaseUnavailable
 
 LOCK_KEY = 0x42414C53414D5356
@@ -92,7 +93,7 @@ def holder_name() -> str:
     return f"balsam-service pid={os.getpid()} host={socket.gethostname()}"
 
 
-def _holder(cursor: Any) -> Optional[str]:
+def _holder(cursor: Cursor) -> Optional[str]:
     """``application_name`` of the session holding the lock ("" if hidden), None if free."""
     cursor.execute("""
         SELECT COALESCE(a.application_name, '') FROM pg_locks l
@@ -131,7 +132,7 @@ def acquire_lock(db_path: str) -> Any:
                          "this database")
 
 
-def lock_alive(conn: Any) -> bool:
+def lock_alive(conn: Connection) -> bool:
     """True if ``conn`` (from :func:`acquire_lock`) still answers, so it still holds the lock."""
     try:
         with conn.cursor() as cur:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from balsam.core import schema
 from balsam.db import connect, dbsettings
+from balsam.db.dbapi import Cursor
 from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.platform import schedulers
@@ -22,7 +23,7 @@ from balsam.processing.transitions import wf_clause
 from balsam.service import submitter
 
 
-def check(cur: Any, settings: dict[str, Any], queue: str, wf_filter: str) -> None:
+def check(cur: Cursor, settings: dict[str, Any], queue: str, wf_filter: str) -> None:
     """:class:`BalsamError` if ``wf_filter`` matches no job or ``queue`` is not configured."""
     if wf_filter:
         params: list[Any] = []

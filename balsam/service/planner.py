@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor, column_names, fetch_one
 from balsam.service import packing
 from balsam.service.policy import (
     FINAL_ROW_STATES,
@@ -85,7 +86,7 @@ class QueueUse:
     nodes: int = 0
 
 
-def backlog(cursor: Any) -> dict[str, list[Shape]]:
+def backlog(cursor: Cursor) -> dict[str, list[Shape]]:
     """The runnable backlog grouped by shape, per mode (module docstring), in shape order.
 
     Read from the per-shape counts the database keeps (``core_backlogshape``, migration 0012:
@@ -110,13 +111,13 @@ def backlog(cursor: Any) -> dict[str, list[Shape]]:
     return shapes
 
 
-def active_launches(cursor: Any) -> list[dict[str, Any]]:
+def active_launches(cursor: Cursor) -> list[dict[str, Any]]:
     """Our batch jobs not in a final state (rows as dicts)."""
     final = ", ".join(f"'{s}'" for s in sorted(FINAL_ROW_STATES))
     cursor.execute(f"""
         SELECT id, queue, nodes, wall_minutes, minutes_left, job_mode, state
         FROM {schema.QLAUNCH_TABLE} WHERE from_balsam AND state NOT IN ({final})""")
-    names = [d[0] for d in cursor.description]
+    names = column_names(cursor)
     return [dict(zip(names, r)) for r in cursor.fetchall()]
 
 
@@ -148,7 +149,7 @@ def uncovered(shapes: list[Shape], mode: str, launches: list[dict[str, Any]],
         area += r["nodes"] * units * left
         longest = max(longest, left)
     widest = max(r["nodes"] for r in mine) * units
-    order: Callable[[Shape], tuple] = (lambda s: (-s[4], -s[0], -s[2])) if mode == "mpi" else (
+    order: Callable[[Shape], tuple[int, ...]] = (lambda s: (-s[4], -s[0], -s[2])) if mode == "mpi" else (
         lambda s: (-s[4], s[1], -s[2]))
     left_over = []
     for shape in sorted(shapes, key=order):
@@ -163,7 +164,7 @@ def uncovered(shapes: list[Shape], mode: str, launches: list[dict[str, Any]],
     return left_over
 
 
-def _arrays(shapes: list[Shape], mode: str, units: int) -> tuple[array, array]:
+def _arrays(shapes: list[Shape], mode: str, units: int) -> tuple[array[int], array[int]]:
     widths, heights = array("q"), array("q")
     for shape in shapes:
         widths.extend(array("q", [_width(shape, mode, units)]) * shape[3])
@@ -171,14 +172,14 @@ def _arrays(shapes: list[Shape], mode: str, units: int) -> tuple[array, array]:
     return widths, heights
 
 
-def _cooling(cursor: Any, now: datetime) -> set[str]:
+def _cooling(cursor: Cursor, now: datetime) -> set[str]:
     cursor.execute(f"SELECT DISTINCT queue FROM {schema.QLAUNCH_TABLE} WHERE state = %s "
                    "AND from_balsam AND ended_at > %s",
                    [SUBMIT_FAILED, now - timedelta(seconds=FAILED_QUEUE_COOLDOWN)])
     return {r[0] for r in cursor.fetchall()}
 
 
-def _insert(cursor: Any, policy: QueuePolicy, nodes: int, minutes: int, mode: str,
+def _insert(cursor: Cursor, policy: QueuePolicy, nodes: int, minutes: int, mode: str,
             project: str, now: datetime) -> int:
     cursor.execute(f"""
         INSERT INTO {schema.QLAUNCH_TABLE} (scheduler_id, project, queue, nodes, wall_minutes,
@@ -186,10 +187,10 @@ def _insert(cursor: Any, policy: QueuePolicy, nodes: int, minutes: int, mode: st
             raw_state, message, attempts, created_at)
         VALUES ('', %s, %s, %s, %s, %s, '', '', '', %s, false, true, '', '', 0, %s)
         RETURNING id""", [project, policy.name, nodes, minutes, mode, PENDING, now])
-    return int(cursor.fetchone()[0])
+    return int(fetch_one(cursor)[0])
 
 
-def plan(cursor: Any, settings: dict[str, Any], *, now: Optional[datetime] = None,
+def plan(cursor: Cursor, settings: dict[str, Any], *, now: Optional[datetime] = None,
          log: Optional[logging.Logger] = None) -> list[int]:
     """Create ``pending-submission`` rows for the uncovered backlog; returns their ids in
     creation order (module docstring). ``settings`` gives ``queues`` and ``project``."""
@@ -221,7 +222,7 @@ def plan(cursor: Any, settings: dict[str, Any], *, now: Optional[datetime] = Non
     return created
 
 
-def _pack(cursor: Any, todo: list[Shape], mode: str, units: int, policies: list[QueuePolicy],
+def _pack(cursor: Cursor, todo: list[Shape], mode: str, units: int, policies: list[QueuePolicy],
           use: dict[str, QueueUse], cooling: set[str], project: str, now: datetime,
           log: logging.Logger) -> list[int]:
     """Pack ``todo`` into the open queues in settings order (module docstring), updating

@@ -25,6 +25,7 @@ that may belong to a submission in progress in another process (``balsam submit-
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pwd
 import shutil
@@ -34,6 +35,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor, column_names
+from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.platform import machines
 from balsam.platform.schedulers import COMMAND_TIMEOUT, CommandTimeout, Scheduler, SchedulerError
@@ -101,7 +104,8 @@ def _write_script(path: str, text: str, reuse: bool) -> None:
         fh.write(text)
 
 
-def _claim(cursor: Any, now: datetime, ids: Optional[Sequence[int]], skip: list[int]) -> Optional[dict]:
+def _claim(cursor: Cursor, now: datetime, ids: Optional[Sequence[int]], skip: list[int]
+           ) -> Optional[dict[str, Any]]:
     """Mark the next due pending row ``submitting`` and return it (None: nothing due)."""
     where, params = "", []
     if ids is not None:
@@ -114,14 +118,14 @@ def _claim(cursor: Any, now: datetime, ids: Optional[Sequence[int]], skip: list[
     found = cursor.fetchone()
     if found is None:
         return None
-    row = dict(zip([d[0] for d in cursor.description], found))
+    row = dict(zip(column_names(cursor), found))
     cursor.execute(f"UPDATE {QL} SET state = %s, attempts = attempts + 1, submitted_at = %s "
                    "WHERE id = %s", [SUBMITTING, now, row["id"]])
     row["attempts"] += 1
     return row
 
 
-def _record(cursor: Any, row_id: int, **values: Any) -> None:
+def _record(cursor: Cursor, row_id: int, **values: Any) -> None:
     """Write an outcome; a cancel request a user made meanwhile (``pending-deletion``) stays
     (the scheduler id is recorded all the same, so the cancel reaches the scheduler)."""
     sets = ", ".join(f"{k} = CASE WHEN state = %s THEN state ELSE %s END" if k == "state"
@@ -134,8 +138,8 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def submit_row(db: Any, db_path: str, settings: dict[str, Any], scheduler: Scheduler, log: Any,
-               row: dict, max_attempts: int) -> Optional[str]:
+def submit_row(db: Database, db_path: str, settings: dict[str, Any], scheduler: Scheduler,
+               log: logging.Logger, row: dict[str, Any], max_attempts: int) -> Optional[str]:
     """Render and submit one claimed (``submitting``) row; its scheduler id, or None."""
     rid, path = row["id"], script_path(db_path, row["id"])
     try:
@@ -174,14 +178,14 @@ def submit_row(db: Any, db_path: str, settings: dict[str, Any], scheduler: Sched
     return sched_id
 
 
-def reconcile(db: Any, db_path: str, scheduler: Scheduler, log: Any, *, now: Optional[datetime] = None,
-              orphan_seconds: float = ORPHAN_SECONDS) -> int:
+def reconcile(db: Database, db_path: str, scheduler: Scheduler, log: logging.Logger, *,
+              now: Optional[datetime] = None, orphan_seconds: float = ORPHAN_SECONDS) -> int:
     """Resolve ``submitting`` rows older than ``orphan_seconds`` by job name (module
     docstring); returns how many were resolved. A failing status call resolves none."""
     now = now or datetime.now(timezone.utc)
     old = now - timedelta(seconds=orphan_seconds)
 
-    def orphans(cursor: Any) -> list[int]:
+    def orphans(cursor: Cursor) -> list[int]:
         cursor.execute(f"SELECT id FROM {QL} WHERE state = %s AND submitted_at < %s",
                        [SUBMITTING, old])
         return [r[0] for r in cursor.fetchall()]
@@ -196,7 +200,7 @@ def reconcile(db: Any, db_path: str, scheduler: Scheduler, log: Any, *, now: Opt
         return 0
     by_name = {s.name: s for s in listed.values()}
 
-    def resolve(cursor: Any) -> None:
+    def resolve(cursor: Cursor) -> None:
         for rid in stale:
             found = by_name.get(job_name(rid))
             if found is not None:
@@ -215,8 +219,8 @@ def reconcile(db: Any, db_path: str, scheduler: Scheduler, log: Any, *, now: Opt
     return len(stale)
 
 
-def submit_pending(db: Any, db_path: str, settings: dict[str, Any], scheduler: Scheduler,
-                   log: Any, *, ids: Optional[Sequence[int]] = None,
+def submit_pending(db: Database, db_path: str, settings: dict[str, Any], scheduler: Scheduler,
+                   log: logging.Logger, *, ids: Optional[Sequence[int]] = None,
                    max_attempts: int = MAX_ATTEMPTS, now: Optional[datetime] = None,
                    orphan_seconds: float = ORPHAN_SECONDS) -> list[tuple[int, str]]:
     """Reconcile interrupted submissions, then submit every due pending row (only ``ids`` if

@@ -10,18 +10,21 @@ the cycle skipped: it never raises.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor
+from balsam.db.session import Database
 from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
 from balsam.service.policy import CANCEL_SENT, FINAL_ROW_STATES, PENDING, PENDING_DELETION, SUBMITTING
 
 QL = schema.QLAUNCH_TABLE
 
 
-def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobStatus],
-                 asked_at: datetime, log: Any) -> dict[str, Any]:
+def apply_status(cursor: Cursor, scheduler: Scheduler, listed: dict[str, BatchJobStatus],
+                 asked_at: datetime, log: logging.Logger) -> dict[str, Any]:
     """Write ``listed`` (a status answer obtained at ``asked_at``) into our rows, in the
     caller's transaction; returns ``{"updated", "ended", "foreign"}`` (module docstring)."""
     skip = sorted(FINAL_ROW_STATES | {PENDING, SUBMITTING})
@@ -58,17 +61,17 @@ def apply_status(cursor: Any, scheduler: Scheduler, listed: dict[str, BatchJobSt
     return {"updated": updated, "ended": ended, "foreign": foreign}
 
 
-def cancel_requested(db: Any, scheduler: Scheduler, log: Any) -> int:
+def cancel_requested(db: Database, scheduler: Scheduler, log: logging.Logger) -> int:
     """Act on the users' cancel requests (``pending-deletion`` rows): a row never submitted
     becomes ``cancelled``; a submitted one is cancelled with the scheduler once (``raw_state``
     :data:`CANCEL_SENT`) and keeps its state until :func:`apply_status` sees the job end.
     Returns how many were handled; a failing cancel is logged and tried next cycle."""
-    def requested(cursor: Any) -> list[tuple[int, str]]:
+    def requested(cursor: Cursor) -> list[tuple[int, str]]:
         cursor.execute(f"SELECT id, scheduler_id FROM {QL} WHERE state = %s AND raw_state <> %s "
                        "ORDER BY id", [PENDING_DELETION, CANCEL_SENT])
         return [(int(r[0]), str(r[1])) for r in cursor.fetchall()]
 
-    def record(cursor: Any, rid: int, state: str, raw: str, message: str) -> None:
+    def record(cursor: Cursor, rid: int, state: str, raw: str, message: str) -> None:
         cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, message = %s,
                            ended_at = CASE WHEN %s THEN now() ELSE ended_at END
                            WHERE id = %s AND state = %s""",
@@ -92,7 +95,7 @@ def cancel_requested(db: Any, scheduler: Scheduler, log: Any) -> int:
     return handled
 
 
-def sync(db: Any, scheduler: Scheduler, user: str, log: Any) -> dict[str, Any]:
+def sync(db: Database, scheduler: Scheduler, user: str, log: logging.Logger) -> dict[str, Any]:
     """One sync cycle through ``db`` (a :class:`balsam.db.session.Database`). Returns
     ``{"ok", "error", "updated", "ended", "foreign"}``; on a failing status call ``ok`` is
     False, ``error`` the one-line reason, and nothing is changed."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 
 PAYLOAD_TABLE = "core_jobpayload"
@@ -50,7 +51,8 @@ def serialize(value: Any) -> bytes:
     # Imported here: ~25 ms that command apps' hook runs and `balsam site` need not pay.
     import cloudpickle
 
-    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
 
 
 def deserialize(data: bytes) -> Any:
@@ -197,7 +199,7 @@ def bind_arguments(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---- the payload table (any DB-API cursor) ------------------------------------------------
 
-def store_arguments(cursor: Any, rows: Iterable[tuple[str, bytes]]) -> None:
+def store_arguments(cursor: Cursor, rows: Iterable[tuple[str, bytes]]) -> None:
     """Insert the serialized arguments of new jobs ((job id, bytes) pairs)."""
     rows = list(rows)
     for start in range(0, len(rows), 1000):
@@ -218,7 +220,7 @@ TASK_QUERY = (f"SELECT j.application, j.tags, j.data, j.parameters, p.args "
               f"WHERE j.job_id = %s")
 
 
-def load_task(cursor: Any, job_id: str, workdir: str) -> tuple[TaskJob, Optional[dict[str, Any]]]:
+def load_task(cursor: Cursor, job_id: str, workdir: str) -> tuple[TaskJob, Optional[dict[str, Any]]]:
     """The job bound as ``self.job`` and its ``run()`` arguments (None: no payload row)."""
     cursor.execute(TASK_QUERY, [job_id])
     found = cursor.fetchone()
@@ -235,7 +237,7 @@ def _json(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-def store_outcome(cursor: Any, job_id: str, outcome: Outcome) -> None:
+def store_outcome(cursor: Cursor, job_id: str, outcome: Outcome) -> None:
     """Write the outcome of a run (replacing an earlier run's)."""
     cursor.execute(f"UPDATE {PAYLOAD_TABLE} SET result = %s, failed = %s, traceback = %s, "
                    f"worker = %s, finished_at = now() WHERE job_id = %s",
@@ -243,7 +245,7 @@ def store_outcome(cursor: Any, job_id: str, outcome: Outcome) -> None:
                     job_id])
 
 
-def load_outcomes(cursor: Any, job_ids: Iterable[str]) -> dict[str, Outcome]:
+def load_outcomes(cursor: Cursor, job_ids: Iterable[str]) -> dict[str, Outcome]:
     """The recorded outcomes of ``job_ids`` (jobs never run, or not function jobs, absent)."""
     ids = [str(j) for j in job_ids]
     if not ids:

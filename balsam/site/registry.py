@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 from balsam.site.app import AppDefinitionError
 from balsam.site.loader import LoadedApp, apps_dir
@@ -86,7 +86,7 @@ def _description(app: LoadedApp) -> str:
     return lines[0] if lines else ""
 
 
-def register(cursor: Any, site_path: str, app: LoadedApp, runner: str) -> dict[str, str]:
+def register(cursor: Cursor, site_path: str, app: LoadedApp, runner: str) -> dict[str, str]:
     """Insert or refresh the row of ``app``; returns it. :class:`AppConflict` if a classic app
     (no source hash) already has the name."""
     row = app_row(site_path, app, runner)

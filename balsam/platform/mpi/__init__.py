@@ -18,6 +18,8 @@ from balsam.platform.mpi.base import (  # noqa: F401  (the package's public name
     RunSpecError,
 )
 
+__all__ = ["AFFINITIES", "FLAVOURS", "Flavour", "RunSpec", "RunSpecError", "get"]
+
 
 def get(name: str) -> Flavour:
     """The flavour module called ``name``; unknown names raise :class:`RunSpecError`."""

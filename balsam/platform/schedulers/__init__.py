@@ -36,6 +36,10 @@ from balsam.platform.schedulers.base import (  # noqa: F401  (the package's publ
     normalise,
 )
 
+__all__ = ["ACTIVE_STATES", "COMMAND_TIMEOUT", "DIRECTIVES", "FINAL_STATES", "SCHEDULERS", "STATES",
+           "BatchJobStatus", "CommandFailed", "CommandNotFound", "CommandTimeout", "ParseError",
+           "Scheduler", "SchedulerError", "UnknownScheduler", "get", "normalise"]
+
 
 def get(name: str, state_dir: Optional[str] = None) -> Scheduler:
     """The scheduler called ``name`` (one of :data:`SCHEDULERS`).

@@ -81,7 +81,7 @@ KERNEL, _kernel_pack, KERNEL_ERROR = _load_kernel()
 _fallback_warned = False
 
 
-def _int64(values: Sequence[int]) -> array:
+def _int64(values: Sequence[int]) -> array[int]:
     if isinstance(values, array) and values.typecode == "q":
         return values
     return array("q", values)

@@ -27,12 +27,12 @@ class PackResult(NamedTuple):
     really needs).
     """
 
-    box_of: array
-    x: array
-    y: array
+    box_of: array[int]
+    x: array[int]
+    y: array[int]
     boxes_used: int
-    used_width: array
-    used_height: array
+    used_width: array[int]
+    used_height: array[int]
 
 
 def check_scalars(n_widths: int, n_heights: int, box_width: int, box_height: int,
@@ -61,7 +61,7 @@ def bad_element(name: str, index: int, value: int) -> ValueError:
     return ValueError(f"{name}[{index}] = {value}: every job {name[:-1]} must be >= 1")
 
 
-def _first_at_least(tree: list, size: int, need: int) -> int:
+def _first_at_least(tree: list[int], size: int, need: int) -> int:
     """Index of the first leaf whose value is >= ``need``, or -1 (max segment tree)."""
     if tree[1] < need:
         return -1
@@ -73,7 +73,7 @@ def _first_at_least(tree: list, size: int, need: int) -> int:
     return k - size
 
 
-def _set(tree: list, size: int, i: int, value: int) -> None:
+def _set(tree: list[int], size: int, i: int, value: int) -> None:
     """Set leaf ``i`` and update the maxima above it (stop early once a maximum is unchanged)."""
     k = i + size
     tree[k] = value
@@ -86,7 +86,7 @@ def _set(tree: list, size: int, i: int, value: int) -> None:
         k //= 2
 
 
-def _grown(tree: list, size: int) -> tuple[list, int]:
+def _grown(tree: list[int], size: int) -> tuple[list[int], int]:
     """A tree of twice the size holding the same leaves (the new leaves are 0)."""
     new_size = 2 * size
     new = [0] * (2 * new_size)
