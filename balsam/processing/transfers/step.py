@@ -61,7 +61,7 @@ class TransferStep:
         self.log = log or logging.getLogger("balsam.transfers")
         workers = max(2, 4 * int(self.t["batches_per_endpoint"]))
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="balsam-xfer")
-        self.inflight: dict[cf.Future, int] = {}
+        self.inflight: dict[cf.Future[Any], int] = {}
         self._next_poll = 0.0
 
     def context(self, batch_id: int, protocol: str) -> Context:
