@@ -51,15 +51,25 @@ else
 fi
 # As an activated environment would: its programs (balsam, mpiexec from the mpich wheel) first.
 export PATH="$PWD/.venv/bin:$PATH"
+# Two pytest processes (pytest-xdist), each taking a whole file at a time (so a file's module
+# fixtures are set up once): much of the suite waits on launchers, services, Slurm and time
+# limits rather than computing. Each process has its own throwaway database. BALSAM_TEST_WORKERS
+# sets the count (0: one process, no xdist); an explicit -n/--numprocesses wins.
+workers="${BALSAM_TEST_WORKERS:-2}"
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+for arg in "$@"; do
+    case "$arg" in -n|-n[0-9]*|--numprocesses*|--dist*) parallel=() ;; esac
+done
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest "${parallel[@]}" "$@" || status=$?
 # The ORM runs on psycopg2 or psycopg 3 (BALSAM_DB_DRIVER, balsam/db/driver.py): a whole-suite run
 # (options only) runs the Python API's tests again on the driver the first run did not use.
 whole_suite=1
 for arg in "$@"; do [[ "$arg" == -* ]] || whole_suite=""; done
 if [ -n "$whole_suite" ]; then
     echo "note: the Python API's tests again with BALSAM_DB_DRIVER=psycopg"
-    BALSAM_DB_DRIVER=psycopg .venv/bin/python -m pytest "$@" tests/test_bulk.py tests/test_models.py \
+    BALSAM_DB_DRIVER=psycopg .venv/bin/python -m pytest "${parallel[@]}" "$@" tests/test_bulk.py tests/test_models.py \
         tests/test_dag.py tests/test_futures.py tests/test_analytics.py tests/test_lifecycle.py \
         tests/test_leases.py tests/test_schema_sync.py tests/test_notebook.py tests/test_api.py \
         || status=$?
