@@ -113,15 +113,14 @@ class TransfersSection(BaseModel):
     def _locations(cls, value: dict[str, str]) -> dict[str, str]:
         for alias, target in value.items():
             if not _ALIAS.match(alias) or alias in _RESERVED_ALIASES:
-                raise PydanticCustomError(
-                    "location", "alias {alias!r} must be a name (letters, digits, _ . -; not "
-                    "a URL scheme: {reserved})", {"alias": alias,
-                                                   "reserved": ", ".join(_RESERVED_ALIASES)})
-            if not _LOCATION.match(target):
-                raise PydanticCustomError(
-                    "location", "{alias}: {target!r} is not globus://COLLECTION_UUID, "
-                    "rsync://[user@]host, scp://[user@]host or local",
-                    {"alias": alias, "target": target})
+                msg = (f"alias {alias!r} must be a name (letters, digits, _ . -; not a URL "
+                       f"scheme: {', '.join(_RESERVED_ALIASES)})")
+            elif not _LOCATION.match(target):
+                msg = (f"{alias}: {target!r} is not globus://COLLECTION_UUID, "
+                       "rsync://[user@]host, scp://[user@]host or local")
+            else:
+                continue
+            raise PydanticCustomError("location", "{msg}", {"msg": msg})
         return value
 
 
