@@ -7,6 +7,8 @@ through ``bulk_create``, i.e. :mod:`balsam.core.bulk`). Creating a Job loads its
 checks the parameters and renders the command (errors are raised here, not when the job runs);
 the rendered command is stored in the classic ``args`` column, so the launcher runs it as any
 classic job. Jobs made by the classic API are Jobs too (their ``app_name`` is the classic app).
+A job's ``transfers`` (values of the app's transfer slots) are checked and resolved when it is
+created and written with it (:mod:`balsam.processing.transfers.slots`).
 """
 from __future__ import annotations
 

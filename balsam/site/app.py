@@ -16,6 +16,9 @@ A class may define ``run(self, ...)`` instead of a ``command_template`` (a *func
 0.6): the job's ``parameters`` are ``run()``'s keyword arguments, checked against its signature
 when the job is created, and the launcher calls ``run()`` on the compute node
 (:mod:`balsam.site.pyfunc`). A class needs one of the two, not both.
+
+``transfers`` declares 0.6's transfer slots; :func:`resolve_transfers` checks a job's values
+against them (unknown or missing slots, locations) when the job is created.
 """
 from __future__ import annotations
 
