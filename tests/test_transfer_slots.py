@@ -202,6 +202,13 @@ def test_slot_items_show_in_both_dialects(site, db, cursor, area, balsam_cli):
         drain(db)
     again = Job.objects.get(site_path=site, workdir=job.workdir)
     assert again.transfers == {"input_file": f"here:{area}/f.dat"}
+    one = Job.objects.create(site_path=site, app_name="slots.Sim", workdir="one",
+                             transfers={"input_file": "/x/f.dat", "result": "/x/r/"})
+    assert Job.objects.get(site_path=site, id=one.id).transfers == {
+        "input_file": "/x/f.dat", "result": "/x/r/"}
+    one.delete()  # its slots go with it
+    cursor.execute(f"SELECT count(*) FROM {schema.TRANSFER_SLOT_TABLE}")
+    assert cursor.fetchone()[0] == 1
     table = balsam_cli("ls", "transfers")
     assert table.returncode == 0, table.stderr
     header, row = [[c.strip() for c in ln.split("|")] for ln in table.stdout.splitlines()
@@ -250,3 +257,43 @@ def test_a_globus_task_of_killed_jobs_only_is_cancelled(site, db, cursor, monkey
     cursor.execute(f"SELECT DISTINCT state, error FROM {schema.TRANSFER_ITEM_TABLE}")
     assert cursor.fetchall() == [("failed", "cancelled: its job no longer waits for it (the job "
                                             "is USER_KILLED)")]
+
+
+def test_a_job_linking_parents_files_is_claimed_only_once_its_slot_items_are_done(
+        site, db, cursor, area):
+    from launcher_support import add_app, add_jobs
+
+    from balsam.core import leases
+    from balsam.processing import worker
+
+    add_app(cursor, "echo", "/bin/echo")
+    (parent,) = add_jobs(cursor, [{"name": "parent", "application": "echo"}])
+    transitions.advance(cursor)
+    lifecycle.transition(cursor, [parent], "RUNNING")
+    lifecycle.transition(cursor, [parent], "RUN_DONE")
+    transitions.advance(cursor)
+    write(f"{area}/f.dat", "mesh")
+    child = Job.objects.create(site_path=site, app_name="slots.Sim", workdir=f"{area[1:]}/c",
+                               transfers={"input_file": f"{area}/f.dat"}, parent_ids=[parent])
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET input_files = '*.dat' WHERE job_id = %s",
+                   [str(child.id)])
+    transitions.advance(cursor)
+    assert job_states(cursor, [parent, str(child.id)]) == {
+        parent: "JOB_FINISHED", str(child.id): "READY"}
+    sid = leases.open_session(cursor, hostname="h", pid=1, job_mode="processing", num_nodes=0,
+                              lease_seconds=60)
+    assert worker.claim_step(cursor, sid, None, db) is None  # its slot item is not done
+    with transfer_settings(db):
+        step = TransferStep(db, dbsettings.load(db))
+        conn = Database(db, "test-slots")
+        try:
+            while step.run_pass(conn)["recorded"] == 0:
+                step.wait(0.05)
+        finally:
+            step.close()
+            conn.close()
+    assert job_states(cursor, [str(child.id)]) == {str(child.id): "READY"}  # links still due
+    claimed = worker.claim_step(cursor, sid, None, db)
+    assert claimed is not None and claimed.row["job_id"] == str(child.id)
+    assert claimed.row["staged_files"] == 1
+    assert read(os.path.join(child.classic.working_directory, "input.nc")) == "mesh"
