@@ -117,6 +117,7 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
         ("core_balsamjob", "session_id"): "n",
         ("core_jobwake", "job_id"): "c",
         ("core_jobpayload", "job_id"): "c",  # function tasks' arguments and outcomes
+        ("core_jobtransferslot", "job_id"): "c",  # site API jobs' filled transfer slots
         ("core_transferitem", "job_id"): "c",
         ("core_transferitem", "batch_id"): "n",
     }

@@ -90,7 +90,9 @@ def drain(db_path: str, *, timeout: float = 30, states: tuple[str, ...] = ("READ
 
 def _open_work(cursor: Any, states: list[str]) -> int:
     cursor.execute(f"""SELECT count(*) FROM {schema.JOB_TABLE} j WHERE j.state = ANY(%s)
-                       AND (j.stage_in_url <> '' OR j.stage_out_url <> '')""", [states])
+                       AND (j.stage_in_url <> '' OR j.stage_out_url <> '' OR EXISTS (
+                           SELECT 1 FROM {schema.TRANSFER_SLOT_TABLE} s
+                           WHERE s.job_id = j.job_id))""", [states])
     return int(cursor.fetchone()[0])
 
 

@@ -7,6 +7,8 @@ through ``bulk_create``, i.e. :mod:`balsam.core.bulk`). Creating a Job loads its
 checks the parameters and renders the command (errors are raised here, not when the job runs);
 the rendered command is stored in the classic ``args`` column, so the launcher runs it as any
 classic job. Jobs made by the classic API are Jobs too (their ``app_name`` is the classic app).
+A job's ``transfers`` (values of the app's transfer slots) are checked and resolved when it is
+created and written with it (:mod:`balsam.processing.transfers.slots`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from balsam.core.models import BalsamJob, JobEvent
 from balsam.core.schema import FieldError
 from balsam.core.states import InvalidStateError
 from balsam.errors import BalsamError
+from balsam.processing.transfers import slots
 from balsam.site import pyfunc
+from balsam.site.app import resolve_transfers
 
 
 class JobStateRefused(BalsamError):
@@ -31,7 +35,7 @@ class JobStateRefused(BalsamError):
 
 _SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", "num_nodes",
              "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
-             "wall_time_min", "launch_params")
+             "wall_time_min", "launch_params", "transfers")
 
 
 JOB_NAME = "job"
@@ -69,6 +73,12 @@ class Job:
         if app.cls.is_function():  # run()'s arguments, written with the row
             self.__dict__["_arguments"] = pyfunc.serialized_arguments(
                 app.name, app.cls.resolve_parameters(parameters))
+        given = fields.get("transfers")
+        if given is not None and not isinstance(given, Mapping):
+            raise names.TranslationError(f"transfers must be a dict of slot values, not "
+                                         f"{type(given).__name__}")
+        self.__dict__["_slots"] = resolve_transfers(
+            app.cls, given, site.transfer_locations() if given else {})
 
     @classmethod
     def _wrap(cls, site: Site, row: BalsamJob) -> Job:
@@ -77,7 +87,7 @@ class Job:
         return job
 
     def _bind(self, site: Site, row: BalsamJob) -> None:
-        self.__dict__.update(_site=site, _row=row, _dirty=set(), _arguments=None)
+        self.__dict__.update(_site=site, _row=row, _dirty=set(), _arguments=None, _slots=None)
 
     # ---- fields -------------------------------------------------------------------------------
 
@@ -93,7 +103,8 @@ class Job:
         elif name not in _MUTABLE:
             raise names.TranslationError(
                 f"Job field {name!r} cannot be set on a job (settable: {', '.join(_MUTABLE)}; "
-                "app_name and parameters are fixed: the command was rendered from them; "
+                "app_name, parameters and transfers are fixed: the command and the transfer "
+                "slots were made from them; "
                 "gpus_per_rank was checked against the site's GPUs)")
         setattr(self._row, names.JOB_COLUMNS[name], value)
         self._dirty.add(names.JOB_COLUMNS[name])
@@ -117,6 +128,15 @@ class Job:
         return {k: getattr(self._row, col) for k, col in names.LAUNCH_PARAMS.items()}
 
     @property
+    def transfers(self) -> dict[str, str]:
+        """The job's filled transfer slots as given (``{slot: "LOCATION:/path"}``)."""
+        if self._slots is not None:
+            return {s.slot: s.given for s in self._slots}
+        self._site.activate()
+        with connection.cursor() as cur:
+            return slots.of_job(cur, str(self._row.pk))
+
+    @property
     def return_code(self) -> Optional[int]:
         last = (JobEvent.objects.filter(job_id=self._row.pk, to_state__in=["RUN_DONE", "RUN_ERROR"])
                 .order_by("-id").values_list("to_state", "message").first())
@@ -138,6 +158,7 @@ class Job:
                     row.save()
                     if self._arguments is not None:
                         pyfunc.store_arguments(cur, [(str(row.pk), self._arguments)])
+                    slots.store(cur, [(str(row.pk), v) for v in self._slots or ()])
             elif self._dirty:
                 row.save(update_fields=sorted(self._dirty))
         except InvalidStateError as exc:  # a move the state writer refuses (e.g. to RUNNING)
@@ -346,6 +367,7 @@ class JobManager:
                 BalsamJob.objects.bulk_create([j._row for j in jobs])
                 pyfunc.store_arguments(cur, [(str(j._row.pk), j._arguments) for j in jobs
                                              if j._arguments is not None])
+                slots.store(cur, [(str(j._row.pk), v) for j in jobs for v in j._slots or ()])
         return jobs
 
     def update(self, site_path: Optional[str] = None, filters: Optional[Mapping[str, Any]] = None,

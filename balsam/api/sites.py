@@ -53,15 +53,23 @@ class Site:
 
     def gpus_per_node(self) -> int:
         """``gpus_per_node`` of the site's settings.yml (read again when the file changes)."""
+        return int(self.settings()["gpus_per_node"])
+
+    def transfer_locations(self) -> dict[str, str]:
+        """The endpoint aliases of transfer slots (settings.yml ``transfers: locations:``)."""
+        return dict(self.settings()["transfers"]["locations"])
+
+    def settings(self) -> dict[str, Any]:
+        """The site's settings.yml, checked (kept while the file is unchanged)."""
         path = os.path.join(self.site_path, "settings.yml")
         try:
             stamp: Optional[int] = os.stat(path).st_mtime_ns
         except OSError:
             stamp = None
-        cached = _gpus.get(self.site_path)
+        cached = _settings.get(self.site_path)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, int(dbsettings.load(self.site_path)["gpus_per_node"]))
-            _gpus[self.site_path] = cached
+            cached = (stamp, dbsettings.load(self.site_path))
+            _settings[self.site_path] = cached
         return cached[1]
 
     def load_apps(self) -> loader.SiteApps:
@@ -132,4 +140,4 @@ def forget_apps() -> None:
 _current: dict[str, str] = {}
 _loaded: dict[tuple[str, str], tuple[Optional[tuple[int, int]], loader.LoadedApp]] = {}
 _registered: dict[tuple[str, str], str] = {}
-_gpus: dict[str, tuple[Optional[int], int]] = {}
+_settings: dict[str, tuple[Optional[int], dict[str, Any]]] = {}

@@ -15,7 +15,7 @@ from balsam.errors import BalsamError
 ITEM_STATES = schema.TRANSFER_ITEM_STATES
 ITEM, BATCH, JOB = schema.TRANSFER_ITEM_TABLE, schema.TRANSFER_BATCH_TABLE, schema.JOB_TABLE
 COLUMNS = ["id", "job", "direction", "state", "protocol", "endpoint", "batch", "bytes",
-           "attempts", "source", "error"]
+           "attempts", "source", "slot", "error"]
 BATCH_COLUMNS = ["id", "protocol", "endpoint", "direction", "state", "items", "bytes",
                  "started_at", "seconds", "task_id", "message"]
 

@@ -25,6 +25,8 @@ SESSION_TABLE = "core_launchersession"
 WAKE_TABLE = "core_jobwake"
 TRANSFER_ITEM_TABLE = "core_transferitem"
 TRANSFER_BATCH_TABLE = "core_transferbatch"
+TRANSFER_SLOT_TABLE = "core_jobtransferslot"
+"""A site-API job's filled ``transfers`` slots (balsam.processing.transfers.slots)."""
 TRANSFER_ITEM_STATES = ("pending", "active", "done", "failed")
 """A transfer item waits (``pending``, possibly until ``not_before``), is in a batch being sent
 (``active``), arrived (``done``) or gave up after its attempts (``failed``)."""

@@ -61,6 +61,9 @@ class TransferItem(models.Model):
     """A failed attempt's back-off: the item is not batched again before this."""
     files = models.IntegerField(default=0)
     """How many top-level entries arrived (a directory or a glob may bring several)."""
+    slot = models.TextField(default="", blank=True)
+    """The site app's transfer slot it fills ("" for the classic URLs); a slot item's
+    destination (stage-in) or source (stage-out) is exactly ``workdir/local_path``."""
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 

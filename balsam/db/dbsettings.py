@@ -48,7 +48,8 @@ server:
 
 # Stage-in/out transfers: items per batch (one rsync/scp connection or Globus task), batches in
 # flight per endpoint, retries; ssh_config_file for rsync/scp ('' = your own); this site's Globus
-# collection UUID and the native-app client id for globus:// URLs.
+# collection UUID and the native-app client id for globus:// URLs; locations: aliases for the
+# site API's transfer slots, e.g. {{"laptop": "rsync://me@laptop", "dtn": "globus://UUID"}}.
 transfers:
 {transfers}"""
 
@@ -79,7 +80,7 @@ def render_default(db_path: str, machine: str = "local", **overrides: Any) -> st
         service="".join(f"  {k}: {v}\n" for k, v in values["service"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],
-        transfers="".join(f"  {k}: {json.dumps(v) if isinstance(v, str) else v}\n"
+        transfers="".join(f"  {k}: {json.dumps(v) if isinstance(v, (str, dict)) else v}\n"
                           for k, v in values["transfers"].items()),
     )
 

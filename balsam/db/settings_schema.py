@@ -13,6 +13,7 @@ shipped machine profiles.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,6 +24,11 @@ from balsam.errors import BalsamError
 from balsam.platform.mpi import FLAVOURS
 from balsam.platform.schedulers import SCHEDULERS
 
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_RESERVED_ALIASES = ("local", "file", "rsync", "scp", "gsiftp", "globus")
+"""URL schemes (balsam.core.schema.TRANSFER_SCHEMES): an alias of that name would be ambiguous."""
+_LOCATION = re.compile(r"^(globus://[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}/?"
+                       r"|(rsync|scp)(://|:)([A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+/?|local)$")
 _STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
@@ -97,6 +103,25 @@ class TransfersSection(BaseModel):
     """This site's Globus collection UUID (the local side of ``globus://`` transfers)."""
     globus_client_id: str = ""
     """The Globus native-app client id used to log in (``globus://`` transfers)."""
+    locations: dict[str, str] = {}
+    """Endpoint aliases for the site API's transfer slots (``Job(transfers={"slot":
+    "ALIAS:/path"})``, as 0.6's ``transfer_locations``): ``globus://COLLECTION_UUID``,
+    ``rsync://[user@]host`` (or ``rsync:[user@]host``), ``scp://[user@]host``, or ``local``."""
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, target in value.items():
+            if not _ALIAS.match(alias) or alias in _RESERVED_ALIASES:
+                msg = (f"alias {alias!r} must be a name (letters, digits, _ . -; not a URL "
+                       f"scheme: {', '.join(_RESERVED_ALIASES)})")
+            elif not _LOCATION.match(target):
+                msg = (f"{alias}: {target!r} is not globus://COLLECTION_UUID, "
+                       "rsync://[user@]host, scp://[user@]host or local")
+            else:
+                continue
+            raise PydanticCustomError("location", "{msg}", {"msg": msg})
+        return value
 
 
 class ServerSection(BaseModel):

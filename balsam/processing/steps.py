@@ -102,8 +102,9 @@ _STEP_NAMES = {
 def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
     row = job.row
     said = []
-    if row.get("stage_in_url"):  # the transfer step's items are done (claim_step checks)
-        said.append(f"staged in {row.get('staged_files', 0)} item(s) from {row['stage_in_url']}")
+    if row.get("stage_in_url") or row.get("staged_files"):  # items done (claim_step checks)
+        origin = f" from {row['stage_in_url']}" if row.get("stage_in_url") else ""
+        said.append(f"staged in {row.get('staged_files', 0)} item(s){origin}")
     if row.get("input_files") and job.parents:
         linked = inputs.link_input_files(job.workdir, row["input_files"], job.parents,
                                          trusted_roots=[os.path.join(db_path, "data")])
@@ -143,6 +144,6 @@ def _script(job: StepJob, kind: str, db_path: str, base_env: Mapping[str, str], 
     if kind == "preprocess":
         return Outcome([(State.PREPROCESSED, f"preprocess done in {took}")])
     moves = [(State.POSTPROCESSED, f"postprocess done in {took}")]
-    if not (row.get("stage_out_url") and row.get("stage_out_files")):
+    if not ((row.get("stage_out_url") and row.get("stage_out_files")) or row.get("out_slots")):
         moves.append((State.JOB_FINISHED, "nothing to stage out"))
     return Outcome(moves)

@@ -35,14 +35,16 @@ from balsam.core import leases, lifecycle, retries, schema
 from balsam.core.retries import RetryPolicy
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
+from balsam.processing.transfers import slots
 
 JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
 
 # What a job needs before it can run / after it ran (SQL over job j and its app a).
-NEEDS_STAGE_IN = "(j.stage_in_url <> '' OR (j.input_files <> '' AND {has_parents}))"
+NEEDS_STAGE_IN = ("(j.stage_in_url <> '' OR " + slots.HAS_IN  # a str.format template
+                  + " OR (j.input_files <> '' AND {has_parents}))")
 NEEDS_PREPROCESS = "(COALESCE(a.preprocess, '') <> '')"
 NEEDS_POSTPROCESS = "(COALESCE(a.postprocess, '') <> '')"
-NEEDS_STAGE_OUT = "(j.stage_out_url <> '' AND j.stage_out_files <> '')"
+NEEDS_STAGE_OUT = f"((j.stage_out_url <> '' AND j.stage_out_files <> '') OR {slots.HAS_OUT})"
 HANDLED_ERROR = f"(j.post_error_handler AND {NEEDS_POSTPROCESS})"
 HANDLED_TIMEOUT = f"(j.post_timeout_handler AND {NEEDS_POSTPROCESS})"
 HAS_PARENTS = f"EXISTS (SELECT 1 FROM {DEP} dd WHERE dd.child_id = j.job_id)"
@@ -86,7 +88,8 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
         return {"ready": 0, "to_stage": 0, "awaiting": 0, "failed": 0}
     cursor.execute(f"""
         SELECT j.job_id, j.state, j.application, a.id IS NULL,
-               j.stage_in_url <> '' OR (j.input_files <> '' AND count(p.job_id) > 0),
+               j.stage_in_url <> '' OR {slots.HAS_IN}
+                   OR (j.input_files <> '' AND count(p.job_id) > 0),
                {NEEDS_PREPROCESS},
                count(p.job_id), count(p.job_id) FILTER (WHERE p.state = 'JOB_FINISHED'),
                string_agg(p.name || ' ' || left(p.job_id::text, 8) || ' (' || p.state || ')', ', ')

@@ -34,6 +34,7 @@ from balsam.db.session import Database
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps
+from balsam.processing.transfers import slots
 from balsam.processing.transfers.items import ITEM, STAGE_IN_DONE
 from balsam.processing.transfers.step import TransferWorker
 from balsam.processing.transitions import (
@@ -50,14 +51,15 @@ JOB, APP, DEP = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE
 
 STEP_WORK = f"""(
        (j.state = 'READY' AND {NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)}
-        AND (j.stage_in_url = '' OR ({STAGE_IN_DONE})))
+        AND (NOT (j.stage_in_url <> '' OR {slots.HAS_IN}) OR ({STAGE_IN_DONE})))
     OR (j.state = 'STAGED_IN' AND {NEEDS_PREPROCESS})
     OR (j.state = 'RUN_DONE' AND {NEEDS_POSTPROCESS})
     OR (j.state = 'RUN_ERROR' AND {HANDLED_ERROR})
     OR (j.state = 'RUN_TIMEOUT' AND {HANDLED_TIMEOUT}))"""
 """Jobs a transition worker has a step for (SQL over job j and its app a). Transfers are the
 transfer step's (:mod:`balsam.processing.transfers`): a READY job with a ``stage_in_url`` comes
-here only to link its ``input_files`` once its stage-in items are done; stage-out never does."""
+here only to link its ``input_files`` once its stage-in items (of its URL and transfer slots)
+are done; stage-out never does."""
 
 STEP_COLUMNS = ("job_id", "name", "workflow", "user_workdir", "state", "application",
                 "environ_vars", "threads_per_rank", "stage_in_url", "stage_out_url",
@@ -91,15 +93,17 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: 
         SELECT held.*, COALESCE(a.preprocess, ''), COALESCE(a.postprocess, ''),
                COALESCE(a.envscript, ''),
                (SELECT COALESCE(sum(ti.files), 0) FROM {ITEM} ti
-                WHERE ti.job_id = held.job_id AND ti.direction = 'in')
+                WHERE ti.job_id = held.job_id AND ti.direction = 'in'),
+               EXISTS (SELECT 1 FROM {slots.SLOT} ts WHERE ts.job_id = held.job_id
+                       AND ts.direction = 'out')
         FROM held LEFT JOIN {APP} a ON a.name = held.application""", params + [session_id])
     found = cursor.fetchone()
     if found is None:
         return None
     row = dict(zip(STEP_COLUMNS, found))
     row["job_id"] = str(row["job_id"])
-    preprocess, postprocess, envscript, staged = found[len(STEP_COLUMNS):]
-    row["staged_files"] = int(staged)
+    preprocess, postprocess, envscript, staged, out_slots = found[len(STEP_COLUMNS):]
+    row["staged_files"], row["out_slots"] = int(staged), bool(out_slots)
     cursor.execute(f"""
         SELECT p.job_id, p.workflow, p.name, p.user_workdir FROM {DEP} d
         JOIN {JOB} p ON p.job_id = d.parent_id WHERE d.child_id = %s ORDER BY d.id""",

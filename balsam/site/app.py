@@ -16,10 +16,14 @@ A class may define ``run(self, ...)`` instead of a ``command_template`` (a *func
 0.6): the job's ``parameters`` are ``run()``'s keyword arguments, checked against its signature
 when the job is created, and the launcher calls ``run()`` on the compute node
 (:mod:`balsam.site.pyfunc`). A class needs one of the two, not both.
+
+``transfers`` declares 0.6's transfer slots; :func:`resolve_transfers` checks a job's values
+against them (unknown or missing slots, locations) when the job is created.
 """
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -30,11 +34,13 @@ import jinja2
 import jinja2.meta
 
 from balsam.errors import BalsamError
+from balsam.processing.transfers import slots
 from balsam.site import pyfunc
 
 HOOKS = ("preprocess", "postprocess", "handle_error", "handle_timeout")
 """Hook methods processing runs (the classic step each replaces: docs/user-guide.md)."""
 
+_SLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
                           keep_trailing_newline=False,
@@ -259,17 +265,63 @@ class ApplicationDefinition:
         check_transfer_slots(cls.__name__, cls.transfers)
 
 
+SLOT_KEYS = ("direction", "local_path", "required", "description", "recursive")
+"""The keys of a ``transfers`` slot (0.6): direction ``in``/``out``, local_path (relative to the
+job's workdir), required (default False), description, recursive (a directory; default False)."""
+
+
 def check_transfer_slots(owner: str, slots: Any) -> None:
-    """Check the shape of ``transfers`` slots: ``{name: {"direction": "in"|"out",
-    "local_path": str, "required": bool, "description": str}}``."""
+    """Check ``transfers`` slots: ``{name: {"direction": "in"|"out", "local_path": str,
+    "required": bool, "description": str, "recursive": bool}}``; local_path a relative path
+    inside the job's workdir."""
     if not isinstance(slots, Mapping):
         raise AppDefinitionError(f"{owner}.transfers must be a dict of slots")
     for name, slot in slots.items():
+        where = f"{owner}.transfers[{name!r}]"
+        if not isinstance(name, str) or not _SLOT_NAME.match(name):
+            raise AppDefinitionError(f"{where}: a slot name is letters, digits, _ . -")
         if not isinstance(slot, Mapping) or slot.get("direction") not in ("in", "out") \
                 or not isinstance(slot.get("local_path", ""), str):
-            raise AppDefinitionError(f"{owner}.transfers[{name!r}] must be a dict with direction "
-                                     "'in' or 'out' and a local_path")
-        unknown = set(slot) - {"direction", "local_path", "required", "description"}
+            raise AppDefinitionError(f"{where} must be a dict with direction 'in' or 'out' and "
+                                     "a local_path")
+        unknown = set(slot) - set(SLOT_KEYS)
         if unknown:
-            raise AppDefinitionError(f"{owner}.transfers[{name!r}] has unknown key(s) "
-                                     f"{', '.join(sorted(unknown))}")
+            raise AppDefinitionError(f"{where} has unknown key(s) {', '.join(sorted(unknown))} "
+                                     f"(use {', '.join(SLOT_KEYS)})")
+        path = slot.get("local_path", "")
+        parts = path.replace("\\", "/").split("/")
+        if not path.strip() or path.startswith(("/", "~")) or ".." in parts:
+            raise AppDefinitionError(f"{where}: local_path {path!r} must be a relative path "
+                                     "inside the job's workdir (no '..')")
+        for flag in ("required", "recursive"):
+            if not isinstance(slot.get(flag, False), bool):
+                raise AppDefinitionError(f"{where}: {flag} must be True or False")
+
+
+def resolve_transfers(cls: type[ApplicationDefinition], given: Optional[Mapping[str, Any]],
+                      locations: Mapping[str, str]) -> list[slots.SlotValue]:
+    """A job's ``transfers`` values checked against the app's slots and resolved to URLs
+    (``locations``: the site's aliases); :class:`ParameterError` naming an unknown slot, a
+    missing required one or a value that names no location."""
+    declared = cls.transfers
+    check_transfer_slots(cls.__name__, declared)
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ParameterError(f"unknown transfer slot(s) {', '.join(map(str, unknown))} for app "
+                             f"{cls.__name__} (its slots: {', '.join(declared) or 'none'})")
+    missing = sorted(n for n, s in declared.items() if s.get("required") and n not in given)
+    if missing:
+        raise ParameterError(f"missing required transfer slot(s) {', '.join(missing)} for app "
+                             f"{cls.__name__}")
+    values = []
+    for name, value in given.items():
+        slot = declared[name]
+        try:
+            url = slots.resolve_url(value, locations)
+        except BalsamError as exc:
+            raise ParameterError(f"transfer slot {name!r} of app {cls.__name__}: {exc}")
+        values.append(slots.SlotValue(name, slot["direction"], value.strip(), url,
+                                      os.path.normpath(slot["local_path"]),
+                                      bool(slot.get("recursive", False))))
+    return values

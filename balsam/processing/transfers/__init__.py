@@ -78,6 +78,10 @@ class Item:
     source: str
     destination: str
     endpoint: str
+    slot: str = ""
+    """The site app's transfer slot it fills: then ``destination`` is the exact path the
+    source arrives as (``in``: ``workdir/local_path``; ``out``: the remote file), not a
+    directory it goes into."""
 
 
 @dataclass

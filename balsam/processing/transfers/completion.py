@@ -7,7 +7,8 @@ stage-in items all done                   READY -> STAGED_IN (-> PREPROCESSED wh
                                           app has no preprocess script); left to a
                                           transition worker when ``input_files`` are
                                           still to be linked from parents
-a stage-in item failed                    READY -> FAILED "stage-in failed: <error>"
+a stage-in item failed                    READY -> FAILED "stage-in failed: <error>" (with
+                                          "slot 'name': " for a transfer slot's item)
 stage-out items all done                  POSTPROCESSED -> JOB_FINISHED
 a stage-out item failed                   POSTPROCESSED -> FAILED "stage-out failed: ..."
 ========================================  ==============================================
@@ -31,6 +32,8 @@ def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str
     cursor.execute(f"""
         SELECT j.job_id, i.direction, j.stage_in_url, j.stage_out_url,
                (array_agg(i.error ORDER BY i.id) FILTER (WHERE i.state = 'failed'))[1],
+               (array_agg(i.slot ORDER BY i.id) FILTER (WHERE i.state = 'failed'))[1],
+               string_agg(DISTINCT NULLIF(i.slot, ''), ', '),
                COALESCE(sum(i.files), 0), count(*), {NEEDS_PREPROCESS},
                j.input_files <> '' AND {HAS_PARENTS}
         FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
@@ -45,19 +48,22 @@ def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str
     to_preprocess: list[str] = []
     finished: dict[str, str] = {}
     failed: dict[State, dict[str, str]] = {State.READY: {}, State.POSTPROCESSED: {}}
-    for job_id, direction, in_url, out_url, error, files, count, pre, links in cursor.fetchall():
+    for (job_id, direction, in_url, out_url, error, bad_slot, slots, files, count, pre,
+         links) in cursor.fetchall():
         job_id = str(job_id)
+        if error is not None and bad_slot:
+            error = f"slot {bad_slot!r}: {error}"
         if direction == "in":
             if error is not None:
                 failed[State.READY][job_id] = f"stage-in failed: {error}"
             elif not links:
-                staged[job_id] = f"staged in {files} item(s) from {in_url}"
+                staged[job_id] = f"staged in {files} item(s){_origin('from', in_url, slots)}"
                 if not pre:
                     to_preprocess.append(job_id)
         elif error is not None:
             failed[State.POSTPROCESSED][job_id] = f"stage-out failed: {error}"
         else:
-            finished[job_id] = f"staged out {count} file(s) to {out_url}"
+            finished[job_id] = f"staged out {count} file(s){_origin('to', out_url, slots)}"
     t = lifecycle.transition
     moved_in = {j for j, _ in t(cursor, list(staged), State.STAGED_IN, staged,
                                 sources=[State.READY.value])}
@@ -68,3 +74,11 @@ def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str
     bad = sum(len(t(cursor, list(msgs), State.FAILED, msgs, sources=[source.value]))
               for source, msgs in failed.items())
     return {"staged_in": len(moved_in), "staged_out": len(done), "failed": bad}
+
+
+def _origin(word: str, url: str, slots: Optional[str]) -> str:
+    """`` from URL``, `` from URL and slot(s) a, b`` or `` for slot(s) a, b``."""
+    named = f"slot(s) {slots}" if slots else ""
+    if url and named:
+        return f" {word} {url} and {named}"
+    return f" {word} {url}" if url else f" for {named}" if named else ""

@@ -8,7 +8,9 @@ the items. The Globus client itself lives in :mod:`balsam.processing.transfers.g
 batch runs, so nothing here needs globus-sdk until a ``globus://`` URL is used.
 
 This site's side of every item is ``transfers.globus_endpoint_id`` (a collection UUID): a
-stage-in goes from the item's endpoint to it, a stage-out from it to the item's endpoint.
+stage-in goes from the item's endpoint to it, a stage-out from it to the item's endpoint. An
+item's destination is a directory the source goes into under its name, or, for a transfer
+slot's item, exactly the path it arrives as. :func:`cancel` stops a task nobody waits for.
 """
 from __future__ import annotations
 
@@ -45,14 +47,10 @@ def submit(items: Sequence[Item], ctx: Context) -> str:
     inbound = items[0].direction == "in"
     entries = []
     for item in items:
-        if inbound:
-            dest = os.path.join(item.destination, os.path.basename(item.source.rstrip("/")))
-            entries.append(backend.GlobusItem(item.id, item.source, dest,
-                                              item.source.endswith("/")))
-        else:
-            dest = os.path.join(item.destination, os.path.basename(item.source))
-            entries.append(backend.GlobusItem(item.id, item.source, dest,
-                                              os.path.isdir(item.source)))
+        name = os.path.basename(item.source.rstrip("/"))
+        dest = item.destination if item.slot else os.path.join(item.destination, name)
+        recursive = item.source.endswith("/") if inbound else os.path.isdir(item.source)
+        entries.append(backend.GlobusItem(item.id, item.source, dest, recursive))
     source, destination = (remote, local) if inbound else (local, remote)
     try:
         return str(client.submit(source, destination, entries,
@@ -60,6 +58,15 @@ def submit(items: Sequence[Item], ctx: Context) -> str:
                                  f"{len(entries)} item(s)"))
     except backend.GlobusError as exc:
         raise TransferError(f"Globus submit failed: {exc}")
+
+
+def cancel(task_id: str, ctx: Context) -> None:
+    """Ask Globus to cancel the task (its items' jobs were killed or failed)."""
+    backend = _backend()
+    try:
+        _client(ctx).cancel(task_id)
+    except backend.GlobusError as exc:
+        raise TransferError(f"Globus task {task_id}: cancel failed: {exc}")
 
 
 def poll(task_id: str, ctx: Context) -> Poll:

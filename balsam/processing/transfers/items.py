@@ -5,7 +5,9 @@ Every function takes a cursor and works in the caller's transaction (see :mod:`.
 * **Creation** (:func:`create_items`): a READY job with a ``stage_in_url`` and no ``in`` items
   gets one (its source; destination: its working directory). A POSTPROCESSED job with files to
   stage out and no ``out`` items gets one per file its ``stage_out_files`` patterns match (known
-  only now: the run made them); none matching fails the job, as before. Items are created from
+  only now: the run made them); none matching fails the job, as before. Each filled transfer
+  slot of a site-API job (:mod:`.slots`) of that direction is one item more, whose workdir side
+  is exactly ``workdir/local_path`` (a missing stage-out file fails the job). Items are created from
   the job row by processing, not by each of the several ways jobs are written (COPY, the ORM, the
   site API), so every writer gets them and an edited URL before READY is honoured.
 * **Claim** (:func:`claim_batches`): pending items of jobs still in the state they serve, per
@@ -32,7 +34,7 @@ from typing import Any, Optional
 from balsam.core import lifecycle, schema
 from balsam.core.states import State
 from balsam.processing import transfer
-from balsam.processing.transfers import Item, Result, locate
+from balsam.processing.transfers import Item, Result, locate, slots
 from balsam.processing.transitions import wf_clause
 
 JOB, APP = schema.JOB_TABLE, schema.APP_TABLE
@@ -58,15 +60,19 @@ STAGE_IN_DONE = (f"NOT EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_i
 """SQL over job j: every stage-in item of this visit of READY exists and is done."""
 
 
-def _insert(cursor: Any, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
-    """Insert items (job_id, direction, source, destination, protocol, endpoint)."""
+Row = tuple[str, str, str, str, str, str, str]
+"""An item to insert: (job_id, direction, source, destination, protocol, endpoint, slot)."""
+
+
+def _insert(cursor: Any, rows: Sequence[Row]) -> None:
     if rows:
         cols = list(zip(*rows))
         cursor.execute(f"""
             INSERT INTO {ITEM} (job_id, direction, source, destination, protocol, endpoint,
-                                created_at)
+                                slot, created_at)
             SELECT *, clock_timestamp() FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[],
-                                        %s::text[], %s::text[])""", [list(c) for c in cols])
+                                        %s::text[], %s::text[], %s::text[])""",
+                       [list(c) for c in cols])
 
 
 def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int) -> int:
@@ -79,27 +85,33 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
         SELECT j.job_id, j.state, j.workflow, j.name, j.user_workdir, j.stage_in_url,
                j.stage_out_url, j.stage_out_files FROM {JOB} j
         WHERE j.session_id IS NULL AND (
-              (j.state = 'READY' AND j.stage_in_url <> '' AND NOT EXISTS (
+              (j.state = 'READY' AND (j.stage_in_url <> '' OR {slots.HAS_IN}) AND NOT EXISTS (
                   SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id AND ti.direction = 'in'
                   AND {FRESH}))
-           OR (j.state = 'POSTPROCESSED' AND j.stage_out_url <> '' AND j.stage_out_files <> ''
+           OR (j.state = 'POSTPROCESSED'
+               AND ((j.stage_out_url <> '' AND j.stage_out_files <> '') OR {slots.HAS_OUT})
                AND NOT EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id
                                AND ti.direction = 'out' AND {FRESH}))){wf}
         LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
-    rows: list[tuple[str, str, str, str, str, str]] = []
+    rows: list[Row] = []
     failed: dict[str, str] = {}
     found = cursor.fetchall()
+    filled = _filled_slots(cursor, [str(r[0]) for r in found])
     for job_id, state, wf_, name, user_wd, in_url, out_url, out_files in found:
         job_id = str(job_id)
         workdir = schema.working_directory(db_path, wf_, name, job_id, user_wd)
+        direction = "in" if state == State.READY.value else "out"
         try:
-            if state == State.READY.value:
+            if direction == "in" and in_url:
                 where = locate(in_url)
-                rows.append((job_id, "in", where.path, workdir, where.protocol, where.endpoint))
-            else:
+                rows.append((job_id, "in", where.path, workdir, where.protocol, where.endpoint,
+                             ""))
+            elif direction == "out" and out_url and out_files:
                 where = locate(out_url)
-                rows += [(job_id, "out", path, where.path, where.protocol, where.endpoint)
+                rows += [(job_id, "out", path, where.path, where.protocol, where.endpoint, "")
                          for path in _stage_out_files(workdir, out_files, out_url)]
+            rows += [_slot_item(job_id, workdir, slot) for slot in filled.get(job_id, [])
+                     if slot.direction == direction]
         except transfer.TransferError as exc:
             step = "stage-in" if state == State.READY.value else "stage-out"
             failed[job_id] = f"{step} failed: {exc}"
@@ -107,6 +119,37 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
     lifecycle.transition(cursor, list(failed), State.FAILED, failed,
                          sources=[State.READY.value, State.POSTPROCESSED.value])
     return len(found)
+
+
+def _filled_slots(cursor: Any, job_ids: list[str]) -> dict[str, list[slots.SlotValue]]:
+    """The filled transfer slots of ``job_ids``, by job."""
+    if not job_ids:
+        return {}
+    cursor.execute(f"""SELECT job_id, slot, direction, given, url, local_path, recursive
+                       FROM {slots.SLOT} WHERE job_id = ANY(%s::uuid[]) ORDER BY slot""",
+                   [job_ids])
+    found: dict[str, list[slots.SlotValue]] = {}
+    for job_id, *values in cursor.fetchall():
+        found.setdefault(str(job_id), []).append(slots.SlotValue(*values))
+    return found
+
+
+def _slot_item(job_id: str, workdir: str, slot: slots.SlotValue) -> Row:
+    """The item of a filled slot: its workdir side is exactly ``workdir/local_path``; a
+    stage-out's remote side is the file's own path (one ending in ``/`` is a directory the
+    file goes into); a recursive stage-in source ends with ``/`` (a directory)."""
+    where = locate(slot.url)
+    local = os.path.join(workdir, slot.local_path)
+    if slot.direction == "in":
+        source = where.path.rstrip("/") + "/" if slot.recursive else where.path
+        return (job_id, "in", source, local, where.protocol, where.endpoint, slot.slot)
+    if not os.path.lexists(local):
+        raise transfer.TransferError(f"slot {slot.slot!r}: {slot.local_path} does not exist in "
+                                     f"{workdir}")
+    dest = where.path
+    if dest.endswith("/"):
+        dest = os.path.join(dest, os.path.basename(local))
+    return (job_id, "out", local, dest, where.protocol, where.endpoint, slot.slot)
 
 
 def _tidy(cursor: Any) -> None:
@@ -182,7 +225,7 @@ def _claim_one(cursor: Any, protocol: str, endpoint: str, direction: str, limit:
     params: list[Any] = [protocol, endpoint, direction, STEP_STATE[direction]]
     wf = wf_clause(wf_filter, params)
     cursor.execute(f"""
-        SELECT i.id, i.job_id, i.source, i.destination FROM {ITEM} i
+        SELECT i.id, i.job_id, i.source, i.destination, i.slot FROM {ITEM} i
         JOIN {JOB} j ON j.job_id = i.job_id
         WHERE i.state = 'pending' AND i.protocol = %s AND i.endpoint = %s AND i.direction = %s
           AND (i.not_before IS NULL OR i.not_before <= now()) AND j.state = %s{wf}
@@ -201,7 +244,8 @@ def _claim_one(cursor: Any, protocol: str, endpoint: str, direction: str, limit:
     batch_id = int(cursor.fetchone()[0])
     cursor.execute(f"""UPDATE {ITEM} SET state = 'active', batch_id = %s, attempts = attempts + 1
                        WHERE id = ANY(%s)""", [batch_id, [r[0] for r in found]])
-    items = [Item(int(i), str(j), direction, src, dst, endpoint) for i, j, src, dst in found]
+    items = [Item(int(i), str(j), direction, src, dst, endpoint, slot)
+             for i, j, src, dst, slot in found]
     return batch_id, protocol, items
 
 
@@ -268,6 +312,34 @@ def active_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, str, 
                        WHERE state = 'active' AND protocol = ANY(%s) AND task_id <> ''
                        ORDER BY id""", [list(protocols)])
     return [(int(b), p, t) for b, p, t in cursor.fetchall()]
+
+
+def abandoned_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, str, str]]:
+    """``[(batch_id, protocol, task_id)]`` of asynchronous batches being sent that no job
+    waits for any more: every active item's job was killed, failed, or moved on and back (a
+    reset job gets new items)."""
+    cursor.execute(f"""
+        SELECT b.id, b.protocol, b.task_id FROM {BATCH} b
+        WHERE b.state = 'active' AND b.protocol = ANY(%s) AND b.task_id <> ''
+          AND EXISTS (SELECT 1 FROM {ITEM} i WHERE i.batch_id = b.id AND i.state = 'active')
+          AND NOT EXISTS (
+              SELECT 1 FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
+              WHERE i.batch_id = b.id AND i.state = 'active' AND {fresh("i")}
+                AND j.state = CASE i.direction WHEN 'in' THEN 'READY' ELSE 'POSTPROCESSED' END)
+        ORDER BY b.id""", [list(protocols)])
+    return [(int(b), p, t) for b, p, t in cursor.fetchall()]
+
+
+def cancelled(cursor: Any, batch_id: int, message: str) -> None:
+    """Record a batch whose task was cancelled: its active items fail (naming their job's
+    state), the batch fails with ``message``."""
+    cursor.execute(f"""
+        UPDATE {ITEM} i SET state = 'failed', finished_at = now(),
+               error = 'cancelled: its job no longer waits for it (the job is ' || j.state || ')'
+        FROM {JOB} j WHERE j.job_id = i.job_id AND i.batch_id = %s AND i.state = 'active'""",
+                   [batch_id])
+    cursor.execute(f"""UPDATE {BATCH} SET state = 'failed', finished_at = now(), message = %s
+                       WHERE id = %s AND state = 'active'""", [message, batch_id])
 
 
 def recover_lost(cursor: Any, alive: Any) -> list[int]:

@@ -3,7 +3,8 @@
 Stage-in copies what the source names into the job's working directory with the classic rules
 (:func:`balsam.processing.transfer.stage_in`: a glob copies every match, a directory arrives as
 a subdirectory); stage-out copies one file or directory into its destination directory (created
-when its parent exists).
+when its parent exists). A transfer slot's item (``item.slot``) is copied to exactly its
+destination path, under that name.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def send(items: Sequence[Item], ctx: Context) -> dict[int, Result]:
 
 def _one(item: Item, timeout: float) -> Result:
     try:
+        if item.slot:
+            return _exact(item)
         if item.direction == "in":
             arrived = transfer.stage_in(f"local:{item.source}", item.destination, timeout=timeout)
             return Result(files=len(arrived),
@@ -41,6 +44,26 @@ def _one(item: Item, timeout: float) -> Result:
     except OSError as exc:
         return Result(f"copy of {item.source} to {item.destination} failed: "
                       f"{exc.strerror or exc}")
+
+
+def _exact(item: Item) -> Result:
+    """Copy a slot item's source (a file, or a directory: its tree) to exactly its
+    destination path; the parent of a stage-out's destination directory must exist."""
+    source = os.path.expanduser(item.source.rstrip("/") or "/")
+    target = item.destination
+    what = (f"stage-in from {item.source}" if item.direction == "in"
+            else f"stage-out to {item.destination}")
+    if not os.path.lexists(source):
+        return Result(f"{what}: {item.source} does not exist", final=True)
+    if item.direction == "in":
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    else:
+        transfer.local_destination(os.path.dirname(target), what)
+    if os.path.isdir(source):
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, target)
+    return Result(size=size_of(target))
 
 
 def size_of(path: str) -> int:

@@ -13,8 +13,9 @@ only the files not yet there.
 (``ControlMaster``), closed when the batch ends.
 
 A source with glob characters is sent on its own (through the classic per-URL copy), over the
-same connection for scp. ``ctx.ssh_config_file`` (settings ``transfers.ssh_config_file``)
-becomes ``ssh -F``.
+same connection for scp. A transfer slot's item (``item.slot``) names an exact destination: it
+is placed (stage-in) or sent (stage-out) under that path's name, and its source is never a glob.
+``ctx.ssh_config_file`` (settings ``transfers.ssh_config_file``) becomes ``ssh -F``.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def send(items: Sequence[Item], ctx: Context) -> dict[int, Result]:
                  "-o", "ControlPersist=120"]
     ssh = ["ssh", *opts]
     try:
-        plain = [i for i in items if not any(c in i.source for c in _GLOB)]
+        plain = [i for i in items if i.slot or not any(c in i.source for c in _GLOB)]
         for item in items:
             if item not in plain:
                 results[item.id] = _single(item, ctx, opts)
@@ -86,6 +87,8 @@ def _single(item: Item, ctx: Context, opts: list[str]) -> Result:
 
 def _scp_one(item: Item, ctx: Context, opts: list[str]) -> Result:
     """scp one item over the batch's shared connection (``opts``: -F and -o options)."""
+    if item.slot:
+        return _scp_exact(item, ctx, opts)
     if item.direction == "in":
         os.makedirs(item.destination, exist_ok=True)
         before = set(os.listdir(item.destination))
@@ -100,6 +103,29 @@ def _scp_one(item: Item, ctx: Context, opts: list[str]) -> Result:
                        _remote(item.endpoint, item.destination.rstrip("/") + "/")],
                       ctx.timeout, None, f"stage-out to {item.destination}")
     return Result(size=size_of(item.source))
+
+
+def _scp_exact(item: Item, ctx: Context, opts: list[str]) -> Result:
+    """scp a slot item to exactly its destination path."""
+    if item.direction == "in":
+        target = item.destination
+        _clear(target)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        transfer.run_argv(["scp", "-p", "-r", *opts, _remote(item.endpoint, item.source.rstrip("/")),
+                           target], ctx.timeout, None,
+                          f"stage-in from {_remote(item.endpoint, item.source)}")
+        return Result(size=size_of(target))
+    transfer.run_argv(["scp", "-p", "-r", *opts, item.source,
+                       _remote(item.endpoint, item.destination)],
+                      ctx.timeout, None, f"stage-out to {item.destination}")
+    return Result(size=size_of(item.source))
+
+
+def _clear(target: str) -> None:
+    """Remove a directory left at ``target`` by an earlier attempt (the new copy wins; a copy
+    onto an existing directory would land inside it)."""
+    if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
 
 
 def _rsync(items: Sequence[Item], ctx: Context, ssh: list[str], endpoint: str
@@ -149,12 +175,13 @@ def _rel(path: str) -> str:
 
 
 def _place(staged: str, item: Item, last: bool) -> Result:
-    """Move (the last user) or copy a staged source into the item's working directory."""
-    target = os.path.join(item.destination, os.path.basename(staged))
+    """Move (the last user) or copy a staged source into the item's working directory (a
+    slot item: to exactly its destination path)."""
+    target = item.destination if item.slot else os.path.join(item.destination,
+                                                              os.path.basename(staged))
     try:
-        os.makedirs(item.destination, exist_ok=True)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)  # a re-sent batch: the new copy wins
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _clear(target)  # a re-sent batch: the new copy wins
         if last:
             shutil.move(staged, target)  # a rename, or a copy across filesystems
         elif os.path.isdir(staged):
@@ -162,7 +189,7 @@ def _place(staged: str, item: Item, last: bool) -> Result:
         else:
             shutil.copy2(staged, target)
     except OSError as exc:
-        return Result(f"cannot place {os.path.basename(staged)} into {item.destination}: "
+        return Result(f"cannot place {os.path.basename(staged)} as {target}: "
                       f"{exc.strerror or exc}")
     return Result(size=size_of(target))
 
@@ -171,7 +198,8 @@ def _rsync_out(items: Sequence[Item], ctx: Context, ssh: list[str], remote_root:
                stage: str) -> dict[int, Result]:
     paths = []
     for item in items:
-        rel = os.path.join(item.destination.lstrip("/"), os.path.basename(item.source))
+        rel = (_rel(item.destination) if item.slot
+               else os.path.join(item.destination.lstrip("/"), os.path.basename(item.source)))
         os.makedirs(os.path.dirname(os.path.join(stage, rel)), exist_ok=True)
         link = os.path.join(stage, rel)
         if not os.path.lexists(link):

@@ -4,8 +4,10 @@ claims and starts new ones, polls asynchronous ones and moves the jobs whose ite
 Synchronous batches (local, rsync, scp, gsiftp) run in a thread pool, so a pass never waits for
 a transfer: their results are recorded by the first pass after they end. Asynchronous batches
 (Globus) are submitted in the pass that claims them and polled every ``poll_seconds`` by
-whichever process runs the step. :class:`TransferWorker` runs passes in a thread; the
-transition pool of the service and of launchers starts one (:mod:`balsam.processing.worker`).
+whichever process runs the step; a task whose items no job waits for any more (their jobs were
+killed or failed) is cancelled (the plug-in's ``cancel``) and its items fail.
+:class:`TransferWorker` runs passes in a thread; the transition pool of the service and of
+launchers starts one (:mod:`balsam.processing.worker`).
 
 A process killed mid-batch leaves its batch ``active`` with its ``host:pid``: the next pass on
 that host (or any pass after the batch's lease, the transfer timeout plus a minute) marks it
@@ -151,6 +153,8 @@ class TransferStep:
         if now < self._next_poll:
             return 0
         self._next_poll = now + float(self.t["poll_seconds"])
+        for batch_id, protocol, task_id in db.run(items.abandoned_async, ASYNC):
+            self._cancel(db, batch_id, protocol, task_id)
         polled = 0
         for batch_id, protocol, task_id in db.run(items.active_async, ASYNC):
             module = importlib.import_module(PROTOCOLS[protocol][0])
@@ -169,6 +173,21 @@ class TransferStep:
                        for i in db.run(items.active_ids, batch_id)}
             db.run(items.record, batch_id, results, **self._retry())
         return polled
+
+
+    def _cancel(self, db: Database, batch_id: int, protocol: str, task_id: str) -> None:
+        """Cancel a task no job waits for (killed or failed jobs); if that fails, the task is
+        polled as before and its results are recorded for jobs that no longer need them."""
+        module = importlib.import_module(PROTOCOLS[protocol][0])
+        try:
+            module.cancel(task_id, self.context(batch_id, protocol))
+        except BalsamError as exc:
+            self.log.warning(f"transfer batch {batch_id}: {exc}")
+            return
+        db.run(items.cancelled, batch_id, f"{protocol} task {task_id} cancelled: no job waits "
+                                          "for its items (killed, failed or reset)")
+        self.log.info(f"transfer batch {batch_id}: {protocol} task {task_id} cancelled "
+                      "(no job waits for it)")
 
 
 class TransferWorker(threading.Thread):
