@@ -154,12 +154,12 @@ def measure(args: argparse.Namespace, cores: int) -> tuple[dict[str, list], dict
             settings(db_path, 1)
         for r in range(1, args.rounds + 1):
             if not args.systems:
-                beside["xargs"].append(xargs_round(args.tasks, cores))
+                beside["xargs"].append(xargs_round(args.tasks, cores)[0])
                 print(f"round {r} xargs: {beside['xargs'][-1]:7.0f} processes/s", flush=True)
             for i, system in enumerate(list(args.systems)):
                 for step in (("xargs", system) if (r + i) % 2 else (system, "xargs")):
                     if step == "xargs":
-                        beside[system].append(xargs_round(args.tasks, cores))
+                        beside[system].append(xargs_round(args.tasks, cores)[0])
                         print(f"round {r} xargs beside {system}: {beside[system][-1]:7.0f} "
                               "processes/s", flush=True)
                         continue
