@@ -52,6 +52,9 @@ FORCE_KILL_AFTER_SECONDS = 9.0
 """After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
 the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
 LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
+START_PROCESSING_SECONDS = 1.0
+"""The launcher starts its transition workers when the ensemble first changes a job, or this
+long after starting the ensemble if it changes none sooner (nothing runnable yet)."""
 
 
 @dataclass
@@ -213,7 +216,6 @@ def run_launcher(args: Any, ctx: Context) -> int:
     elif launched.early:
         hand_over(launched, ctx.session_id)
     proc, out_path = launched.proc, launched.out_path
-    ctx.started()
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
     from balsam.launcher.context import FINISHED_REASON
@@ -254,11 +256,21 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
 
 def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
-    the time limit themselves); SIGKILL its process group if it outlives the stop too long."""
+    the time limit themselves); SIGKILL its process group if it outlives the stop too long.
+    Runs ``ctx.started()`` (the transition workers) once a job changes -- the master recorded
+    its first starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports,
+    two connections) would otherwise compete with the ranks' for the cores."""
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
     pidfd = _pidfd(proc.pid)
+    processing_at = None
+    if ctx.after_start is not None:
+        processing_at = time.monotonic() + START_PROCESSING_SECONDS
+        try:
+            ctx.db.listen()
+        except Exception:  # noqa: BLE001 - a broken connection: they start after the delay
+            pass
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -275,7 +287,14 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
-        if not fds:
+        if processing_at is not None:  # until a job changes: the ensemble is up
+            if ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds) or (
+                    time.monotonic() >= processing_at):
+                processing_at = None
+                ctx.started()
+            if ctx.wakeup_fd is not None:
+                _drain(ctx.wakeup_fd)
+        elif not fds:
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             _drain(ctx.wakeup_fd)
