@@ -127,6 +127,19 @@ def test_wait_wakes_on_another_sessions_change_but_not_on_its_own(db, cursor):
     database.close()
 
 
+
+def test_unlisten_drops_pending_notifications_and_stops_new_ones(db, cursor):
+    database = Database(db)
+    database.listen()
+    database.run(lambda cur: add_app(cur, "app", "true"))
+    add_jobs(cursor, [{"name": "before", "application": "app"}])
+    time.sleep(0.1)
+    database.unlisten()
+    add_jobs(cursor, [{"name": "after", "application": "app"}])
+    assert database.wait(0.3) is False  # neither the pending change nor the new one
+    database.close()
+
+
 # ---- StatusBuffer -----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -267,10 +267,7 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
     processing_at = None
     if ctx.after_start is not None:
         processing_at = time.monotonic() + START_PROCESSING_SECONDS
-        try:
-            ctx.db.listen()
-        except Exception:  # noqa: BLE001 - a broken connection: they start after the delay
-            pass
+        _quietly(ctx.db.listen)  # on a broken connection they start after the delay
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -291,6 +288,7 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             if ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds) or (
                     time.monotonic() >= processing_at):
                 processing_at = None
+                _quietly(ctx.db.unlisten)  # nothing reads them from now on
                 ctx.started()
             if ctx.wakeup_fd is not None:
                 _drain(ctx.wakeup_fd)
@@ -298,9 +296,20 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             _drain(ctx.wakeup_fd)
+    if processing_at is not None:
+        _quietly(ctx.db.unlisten)
     if pidfd is not None:
         os.close(pidfd)
     return rc
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    """``call()``, ignoring a failure of the launcher's connection (the next transaction
+    reconnects)."""
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
+        pass
 
 
 def _pidfd(pid: int) -> Optional[int]:
