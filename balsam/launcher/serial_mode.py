@@ -52,6 +52,11 @@ FORCE_KILL_AFTER_SECONDS = 9.0
 """After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
 the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
 LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
+EXIT_NO_SESSION = 7
+"""Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
+SESSION_WAIT_SLACK_SECONDS = 30.0
+"""Rank 0 of an early ensemble waits for the session id this long past the launcher's
+``reconnect_max_seconds`` (its limit for opening the session), then exits."""
 START_PROCESSING_SECONDS = 1.0
 """The launcher starts its transition workers when the ensemble first changes a job, or this
 long after starting the ensemble if it changes none sooner (nothing runnable yet)."""
@@ -382,14 +387,16 @@ def _nothing(_cur: Any) -> None:
     """A transaction that only makes sure the connection is open."""
 
 
-def _session_from_launcher(stop: threading.Event) -> int:
+def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
     """Rank 0 of an ensemble started before the session: the session id the launcher writes on
-    the MPI launcher's stdin (:func:`hand_over`); 0 on end-of-file or a stop."""
+    the MPI launcher's stdin (:func:`hand_over`); 0 on end-of-file, a stop, or nothing within
+    ``timeout`` seconds (the launcher gives up on the database sooner). ``fd``: stdin."""
     data = b""
-    while b"\n" not in data and not stop.is_set():
-        if not select.select([0], [], [], 0.2)[0]:
+    end = time.monotonic() + timeout
+    while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
+        if not select.select([fd], [], [], 0.2)[0]:
             continue
-        chunk = os.read(0, 64)
+        chunk = os.read(fd, 64)
         if not chunk:
             break
         data += chunk
@@ -449,7 +456,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase
-    from balsam.launcher.serial_master import EXIT_STOPPED, Master
+    from balsam.launcher.serial_master import Master
     from balsam.launcher.status import StatusBuffer
 
     log = _logger(config, "balsam.serial.master")
@@ -463,14 +470,15 @@ def run_master(comm: Any, config: SerialConfig) -> int:
         _on_signals(lambda _name: stop.set())
         with contextlib.suppress(DatabaseUnavailable):  # the claim retries as usual
             db.run_before(time.monotonic() + tunables.reconnect_max_seconds, _nothing)
-        session_id = _session_from_launcher(stop)
+        session_id = session_from_launcher(
+            stop, tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS)
         for worker in link.workers:
             link.send_tagged(worker, session_id, SESSION)
         if not session_id:
             link.flush(5.0)
             log.info("serial master exits: the launcher opened no session")
             db.close()
-            return EXIT_STOPPED
+            return EXIT_NO_SESSION
     left = None if config.deadline is None else config.deadline - time.time()
     ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
                   alloc=config.allocation(), db=db, session_id=session_id,
