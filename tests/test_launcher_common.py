@@ -127,6 +127,40 @@ def test_wait_wakes_on_another_sessions_change_but_not_on_its_own(db, cursor):
     database.close()
 
 
+
+def test_unlisten_drops_pending_notifications_and_stops_new_ones(db, cursor):
+    database = Database(db)
+    database.listen()
+    database.run(lambda cur: add_app(cur, "app", "true"))
+    add_jobs(cursor, [{"name": "before", "application": "app"}])
+    time.sleep(0.1)
+    database.unlisten()
+    add_jobs(cursor, [{"name": "after", "application": "app"}])
+    assert database.wait(0.3) is False  # neither the pending change nor the new one
+    database.close()
+
+
+
+def test_an_early_master_reads_the_session_id_or_gives_up():
+    """Rank 0 of an ensemble started before the session reads the id from its stdin: 0 (exit)
+    on end-of-file, on a stop, or when nothing comes in time."""
+    from balsam.launcher.serial_mode import session_from_launcher
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"4")
+    threading.Timer(0.1, os.write, (write_fd, b"2\n")).start()
+    assert session_from_launcher(threading.Event(), 5, read_fd) == 42
+    began = time.monotonic()
+    assert session_from_launcher(threading.Event(), 0.3, read_fd) == 0
+    assert 0.25 < time.monotonic() - began < 2
+    stop = threading.Event()
+    stop.set()
+    assert session_from_launcher(stop, 5, read_fd) == 0
+    os.close(write_fd)
+    assert session_from_launcher(threading.Event(), 5, read_fd) == 0
+    os.close(read_fd)
+
+
 # ---- StatusBuffer -----------------------------------------------------------------------------
 
 @pytest.fixture

@@ -7,6 +7,7 @@ of the ensemble's MPI variables. The first tests drive one worker in-process (no
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -530,3 +531,48 @@ def test_a_database_restart_during_a_run_loses_no_state_change(restart_db, scrip
                 assert fh.read().splitlines() == [job_id]
     finally:
         conn.close()
+
+
+def test_an_ensemble_started_before_the_session_ends_when_the_session_cannot_open(db):
+    """The ensemble starts while the launcher opens its session (rank 0 then reads the id on
+    mpiexec's stdin); if the database cannot be reached, no rank is left behind."""
+    from balsam.db import serverinfo
+
+    root = make_public_tmpdir("balsam-serial-nodb-")
+    path = os.path.join(root, "db")
+    os.makedirs(path)
+    shutil.copy(serverinfo.path_of(db), serverinfo.path_of(path))
+    shutil.copytree(os.path.join(db, ".auth"), os.path.join(path, ".auth"))
+    shutil.copy(os.path.join(db, "settings.yml"), os.path.join(path, "settings.yml"))
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serverinfo.update(path, port=port)
+    try:
+        with settings(path, launcher=dict(QUICK, reconnect_max_seconds=1)):
+            done = run_balsam("launcher", *SERIAL, env={"BALSAM_DB_PATH": path}, timeout=60)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        log = os.path.join(path, "log")
+        assert [f for f in os.listdir(log) if f.startswith("serial_pid")]  # it did start early
+        wait_for(lambda: not processes_naming(path), 10, "the ranks to exit")
+        (name,) = [f for f in os.listdir(log) if f.startswith("launcher_")]
+        with open(os.path.join(log, name)) as fh:  # rank 0 read end-of-file, told the workers
+            assert "serial master exits: the launcher opened no session" in fh.read()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def processes_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (the ranks' config names the DB)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found

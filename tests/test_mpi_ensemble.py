@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
-from balsam.platform.mpi.ensemble import ensemble_command
+from balsam.platform.mpi.ensemble import ensemble_command, starts_with_hydra
 
 FAKES = Path(__file__).parent / "fakes" / "bin"
 RANK = ["python", "-m", "ranks"]
@@ -122,3 +122,15 @@ def test_the_local_ensemble_command_runs_its_ranks_in_one_mpi_job(tmp_path):
     assert proc.returncode == 0, proc.stderr
     sizes = [(tmp_path / f"rank{r}").read_text().split()[0] for r in range(4)]
     assert sizes == ["4"] * 4
+
+
+@pytest.mark.parametrize("scheduler, wheel, early", [
+    ("local", "/venv/bin/mpiexec", True), ("slurm", "/venv/bin/mpiexec", True),
+    ("pbs", "/venv/bin/mpiexec", True), ("cobalt", "/venv/bin/mpiexec", False),
+    ("lsf", "/venv/bin/mpiexec", False), ("slurm", None, False), ("local", None, False)])
+def test_only_a_hydra_started_ensemble_can_start_before_the_session(scheduler, wheel, early):
+    """The launcher hands the session id to rank 0 on mpiexec's stdin, which Hydra forwards;
+    exactly the schedulers whose command is the wheel's Hydra qualify."""
+    assert starts_with_hydra(scheduler, wheel, "") is early
+    argv, _ = command(scheduler, ["n1", "n2"], wheel=wheel)
+    assert (argv[0] == wheel) is early

@@ -211,6 +211,17 @@ class Database:
         if self.connected:
             self._subscribe()
 
+    def unlisten(self) -> None:
+        """Stop the notifications :meth:`listen` subscribed to (pending ones are dropped), so
+        a connection that no longer waits does not let them pile up."""
+        self._listening = False
+        self._notified = False
+        if self.connected:
+            with self._conn.cursor() as cur:
+                cur.execute(f"UNLISTEN {defaults.NOTIFY_CHANNEL}")
+            self._conn.commit()
+            self._conn.notifies.clear()
+
     def _subscribe(self) -> None:
         with self._conn.cursor() as cur:
             cur.execute(f"LISTEN {defaults.NOTIFY_CHANNEL}")

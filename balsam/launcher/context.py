@@ -142,6 +142,10 @@ class Context:
     after launching its ensemble, so what it starts (the transition workers) does not compete
     with the ensemble's start-up."""
 
+    prestarted: Optional[Any] = None
+    """Serial mode: the ensemble :func:`balsam.launcher.main.run` started before opening the
+    session (a :class:`balsam.launcher.serial_mode.Launched`), which the mode adopts."""
+
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""
         hook, self.after_start = self.after_start, None

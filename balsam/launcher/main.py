@@ -89,25 +89,36 @@ def run(args: argparse.Namespace) -> int:
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
     label = f"{args.job_mode} " + (f"--wf-filter {wf_filter}" if wf_filter else "--consume-all")
     label += "".join(f" --tag {k}={v}" for k, v in sorted(tags.items()))
-    try:
-        session_id = db.run_before(
-            time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
-            hostname=socket.gethostname(), pid=os.getpid(), job_mode=args.job_mode,
-            num_nodes=alloc.num_nodes, lease_seconds=tunables.lease_seconds,
-            scheduler_id=alloc.scheduler_id, label=label)
-    except DatabaseUnavailable:
-        log.removeHandler(handler)
-        handler.close()
-        raise
     ctx = Context(
         db_path=db_path, settings=settings, tunables=tunables, alloc=alloc, db=db,
-        session_id=session_id, job_mode=args.job_mode, wf_filter=wf_filter,
+        session_id=0, job_mode=args.job_mode, wf_filter=wf_filter,
         persistent=bool(args.persistent), processing=threads > 0, gpus_per_node=gpus, stop=stop,
         log=log, base_env=dict(os.environ), flavour=launcher.flavour,
         mpi_executable=launcher.executable, mpi_reason=launcher.reason,
         stop_at=None if left is None else time.monotonic() + left,
         stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None
         else tunables.shutdown_grace_seconds, tags=tags)
+    early: Optional[Any] = None
+    if mode_entry is not None:  # the MPI start-up overlaps opening the session
+        from balsam.launcher import serial_mode
+
+        if serial_mode.early_start(ctx):
+            early = serial_mode.launch(ctx)
+    try:
+        session_id = db.run_before(
+            time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
+            hostname=socket.gethostname(), pid=os.getpid(), job_mode=args.job_mode,
+            num_nodes=alloc.num_nodes, lease_seconds=tunables.lease_seconds,
+            scheduler_id=alloc.scheduler_id, label=label)
+    except BaseException:  # DatabaseUnavailable, a signal: no session, nothing claimed
+        if early is not None:
+            serial_mode.abandon(early, ctx)
+        if ctx.watchdog is not None:
+            ctx.watchdog.close()
+        log.removeHandler(handler)
+        handler.close()
+        raise
+    ctx.session_id, ctx.prestarted = session_id, early
     limit = "no time limit" if left is None else f"tasks stop in {left:.0f} s"
     print(f"Balsam launcher: {args.job_mode} mode, {alloc.num_nodes} node(s) "
           f"({alloc.scheduler}), session {session_id}, {limit}, log {log_path}", flush=True)

@@ -21,6 +21,7 @@ mpi4py is imported only inside :func:`main` (importing this module does no MPI w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,12 +45,21 @@ if TYPE_CHECKING:
     from balsam.launcher.context import Context
     from balsam.platform.mpi.choice import LauncherChoice
 
-ORDERS, REPORTS = 11, 12
-"""MPI tags: master -> worker orders, worker -> master reports."""
+ORDERS, REPORTS, SESSION = 11, 12, 13
+"""MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
+id of an ensemble started before the session opened (0: exit at once)."""
 FORCE_KILL_AFTER_SECONDS = 9.0
 """After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
 the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
 LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
+EXIT_NO_SESSION = 7
+"""Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
+SESSION_WAIT_SLACK_SECONDS = 30.0
+"""Rank 0 of an early ensemble waits for the session id this long past the launcher's
+``reconnect_max_seconds`` (its limit for opening the session), then exits."""
+START_PROCESSING_SECONDS = 1.0
+"""The launcher starts its transition workers when the ensemble first changes a job, or this
+long after starting the ensemble if it changes none sooner (nothing runnable yet)."""
 
 
 @dataclass
@@ -113,6 +123,83 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
 
+@dataclass
+class Launched:
+    """An ensemble the launcher started: its MPI launch (process group leader), where its
+    output goes, and whether rank 0 still waits for the session id on the launch's stdin."""
+
+    proc: subprocess.Popen
+    out_path: str
+    early: bool = False
+
+
+def launch(ctx: Context) -> Launched:
+    """Start the ensemble for ``ctx`` (and register it with the launcher's watchdog).
+
+    With ``ctx.session_id`` 0 (no session yet: :func:`early_start` said yes), it starts while
+    the launcher opens its session -- the MPI start-up and the ranks' imports and database
+    connection overlap the launcher's own -- and rank 0 waits for the id on the MPI launcher's
+    stdin, which Hydra forwards to it: :func:`hand_over` writes it, :func:`abandon` gives up."""
+    from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
+
+    log_path = next((h.baseFilename for h in ctx.log.handlers
+                     if isinstance(h, logging.FileHandler)), "")
+    config = SerialConfig.from_context(ctx, log_path)
+    early = not ctx.session_id
+    argv, why = ensemble_argv(config, LauncherChoice(ctx.flavour, ctx.mpi_executable,
+                                                     ctx.mpi_reason),
+                              ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
+    name = f"serial_{ctx.session_id}.out" if not early else f"serial_pid{os.getpid()}.out"
+    out_path = os.path.join(ctx.db_path, "log", name)
+    ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
+                 f"{' '.join(argv[:3])} ...{' (before the session opens)' if early else ''}: "
+                 f"{why}")
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _watch_ensemble(ctx, proc.pid)
+    return Launched(proc, out_path, early)
+
+
+def early_start(ctx: Context) -> bool:
+    """Whether the ensemble of ``ctx`` can start before the session opens: when the mpich
+    wheel's Hydra starts it (Hydra forwards its stdin to rank 0, whatever the bootstrap)."""
+    from balsam.platform.mpi.choice import wheel_mpiexec
+    from balsam.platform.mpi.ensemble import starts_with_hydra
+
+    return starts_with_hydra(ctx.alloc.scheduler, wheel_mpiexec(),
+                             ctx.base_env.get("PATH", os.defpath))
+
+
+def hand_over(launched: Launched, session_id: int) -> None:
+    """Give the early ensemble's rank 0 the session id (it then claims work)."""
+    assert launched.proc.stdin is not None
+    try:
+        launched.proc.stdin.write(f"{session_id}\n".encode())
+        launched.proc.stdin.close()
+    except OSError:  # the launch died: the wait sees its status
+        pass
+
+
+def abandon(launched: Launched, ctx: Context, wait_seconds: float = 5.0) -> None:
+    """The session could not be opened: rank 0 reads end-of-file instead of an id and tells
+    the workers to exit (nothing was claimed, no task started); kill what remains after
+    ``wait_seconds``."""
+    with_stdin = launched.proc.stdin
+    if with_stdin is not None:
+        try:
+            with_stdin.close()
+        except OSError:
+            pass
+    try:
+        launched.proc.wait(wait_seconds)
+    except subprocess.TimeoutExpired:
+        signal_group(launched.proc.pid, signal.SIGKILL)
+        launched.proc.wait()
+    if ctx.watchdog is not None:
+        ctx.watchdog.remove(launched.proc.pid)
+
+
 def run_launcher(args: Any, ctx: Context) -> int:
     """Run the serial-mode ensemble for the open session of ``ctx`` and wait for it; the
     launcher's exit status: 0 when it ended normally (idle: ``ctx.exit_reason`` says so;
@@ -122,26 +209,18 @@ def run_launcher(args: Any, ctx: Context) -> int:
     Contract with :func:`balsam.launcher.main.run`: the session is open and is closed by the
     caller afterwards (unless lost); ``ctx.alloc`` is already sliced, ``ctx.gpus_per_node`` is
     the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
-    (``ctx.wakeup_fd``, if set, becomes readable then). ``args`` is not used: everything comes
-    from ``ctx``. The ranks append to the launcher's log file; the MPI launcher's own output
-    goes to ``<db>/log/serial_<session>.out``.
+    (``ctx.wakeup_fd``, if set, becomes readable then). ``ctx.prestarted``, if set, is the
+    ensemble the caller started with :func:`launch` before opening the session: it is handed
+    the session id and run. ``args`` is not used: everything comes from ``ctx``. The ranks
+    append to the launcher's log file; the MPI launcher's own output goes to
+    ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
     """
-    from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
-
-    log_path = next((h.baseFilename for h in ctx.log.handlers
-                     if isinstance(h, logging.FileHandler)), "")
-    config = SerialConfig.from_context(ctx, log_path)
-    argv, why = ensemble_argv(config, LauncherChoice(ctx.flavour, ctx.mpi_executable,
-                                                     ctx.mpi_reason),
-                              ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
-    out_path = os.path.join(ctx.db_path, "log", f"serial_{ctx.session_id}.out")
-    ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
-                 f"{' '.join(argv[:3])} ...: {why}")
-    with open(out_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    _watch_ensemble(ctx, proc.pid)
-    ctx.started()
+    launched, ctx.prestarted = ctx.prestarted, None
+    if launched is None:
+        launched = launch(ctx)
+    elif launched.early:
+        hand_over(launched, ctx.session_id)
+    proc, out_path = launched.proc, launched.out_path
     rc = _wait_ensemble(proc, ctx)
     from balsam.launcher import serial_master as sm
     from balsam.launcher.context import FINISHED_REASON
@@ -182,11 +261,18 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
 
 def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
-    the time limit themselves); SIGKILL its process group if it outlives the stop too long."""
+    the time limit themselves); SIGKILL its process group if it outlives the stop too long.
+    Runs ``ctx.started()`` (the transition workers) once a job changes -- the master recorded
+    its first starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports,
+    two connections) would otherwise compete with the ranks' for the cores."""
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
     pidfd = _pidfd(proc.pid)
+    processing_at = None
+    if ctx.after_start is not None:
+        processing_at = time.monotonic() + START_PROCESSING_SECONDS
+        _quietly(ctx.db.listen)  # on a broken connection they start after the delay
     while True:
         rc = proc.poll()
         if rc is not None:
@@ -203,13 +289,32 @@ def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
-        if not fds:
+        if processing_at is not None:  # until a job changes: the ensemble is up
+            if ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds) or (
+                    time.monotonic() >= processing_at):
+                processing_at = None
+                _quietly(ctx.db.unlisten)  # nothing reads them from now on
+                ctx.started()
+            if ctx.wakeup_fd is not None:
+                _drain(ctx.wakeup_fd)
+        elif not fds:
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             _drain(ctx.wakeup_fd)
+    if processing_at is not None:
+        _quietly(ctx.db.unlisten)
     if pidfd is not None:
         os.close(pidfd)
     return rc
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    """``call()``, ignoring a failure of the launcher's connection (the next transaction
+    reconnects)."""
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
+        pass
 
 
 def _pidfd(pid: int) -> Optional[int]:
@@ -261,9 +366,12 @@ class MasterLink:
         self._sends: list[Any] = []
 
     def send(self, worker: int, message: dict[str, Any]) -> None:
+        self.send_tagged(worker, message, ORDERS)
+
+    def send_tagged(self, worker: int, message: Any, tag: int) -> None:
         if len(self._sends) > 64:
             self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.comm.isend(message, dest=worker, tag=ORDERS))
+        self._sends.append(self.comm.isend(message, dest=worker, tag=tag))
 
     def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
         matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
@@ -273,6 +381,37 @@ class MasterLink:
 
     def flush(self, timeout: float) -> None:
         _complete(self._sends, timeout)
+
+
+def _nothing(_cur: Any) -> None:
+    """A transaction that only makes sure the connection is open."""
+
+
+def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
+    """Rank 0 of an ensemble started before the session: the session id the launcher writes on
+    the MPI launcher's stdin (:func:`hand_over`); 0 on end-of-file, a stop, or nothing within
+    ``timeout`` seconds (the launcher gives up on the database sooner). ``fd``: stdin."""
+    data = b""
+    end = time.monotonic() + timeout
+    while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    text = data.split(b"\n")[0].strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _session_from_master(comm: Any, stop: threading.Event) -> int:
+    """A worker of an ensemble started before the session: the id rank 0 sends (0: exit)."""
+    while not stop.is_set():
+        matched = comm.improbe(source=0, tag=SESSION)
+        if matched is not None:
+            return int(matched.recv())
+        time.sleep(0.002)
+    return 0
 
 
 def _complete(requests: list[Any], timeout: float) -> None:
@@ -312,6 +451,7 @@ def _on_signals(notify: Callable[[str], None]) -> None:
 def run_master(comm: Any, config: SerialConfig) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
     and run the :class:`Master`."""
+    from balsam.errors import DatabaseUnavailable
     from balsam.launcher.context import Context, Tunables
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
@@ -324,9 +464,24 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     stop = threading.Event()
     db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
+    session_id = config.session_id
+    link = MasterLink(comm)
+    if not session_id:  # started before the session: connect meanwhile, then read its id
+        _on_signals(lambda _name: stop.set())
+        with contextlib.suppress(DatabaseUnavailable):  # the claim retries as usual
+            db.run_before(time.monotonic() + tunables.reconnect_max_seconds, _nothing)
+        session_id = session_from_launcher(
+            stop, tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS)
+        for worker in link.workers:
+            link.send_tagged(worker, session_id, SESSION)
+        if not session_id:
+            link.flush(5.0)
+            log.info("serial master exits: the launcher opened no session")
+            db.close()
+            return EXIT_NO_SESSION
     left = None if config.deadline is None else config.deadline - time.time()
     ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
-                  alloc=config.allocation(), db=db, session_id=config.session_id,
+                  alloc=config.allocation(), db=db, session_id=session_id,
                   job_mode="serial", wf_filter=config.wf_filter, persistent=config.persistent,
                   processing=config.processing, gpus_per_node=config.gpus_per_node, stop=stop,
                   log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
@@ -334,14 +489,14 @@ def run_master(comm: Any, config: SerialConfig) -> int:
                   stop_at=None if left is None else time.monotonic() + left,
                   stop_grace=config.stop_grace, tags=dict(config.tags))
     _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
-    source = JobSource(db, config.session_id, ctx.alloc, config.db_path, "serial",
+    source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={}, tags=config.tags)
-    status = StatusBuffer(db, config.session_id, tunables.status_flush_seconds,
-                          start_message=start_message(config.session_id))
-    log.info(f"serial master on host {socket.gethostname()}: session {config.session_id}, "
+    status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
+                          start_message=start_message(session_id))
+    log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
              f"{comm.Get_size() - 1} worker(s)")
     try:
-        return Master(ctx, source, status, MasterLink(comm)).run()
+        return Master(ctx, source, status, link).run()
     except BaseException:
         log.exception("the serial master failed")
         raise
@@ -364,8 +519,11 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     _on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
+    session_id = config.session_id or _session_from_master(comm, stop)
+    if not session_id:  # the launcher opened no session (or a stop came first)
+        return 0
     watchdog = Watchdog(t.kill_grace_seconds,
-                        report=report_path(config.db_path, config.session_id, comm.Get_rank(),
+                        report=report_path(config.db_path, session_id, comm.Get_rank(),
                                            config.generation))
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ, kill_grace=t.kill_grace_seconds,

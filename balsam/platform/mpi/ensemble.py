@@ -70,6 +70,13 @@ def hydra_bootstrap(scheduler: str, path: str) -> Optional[list[str]]:
     return ["-launcher", launcher]
 
 
+def starts_with_hydra(scheduler: str, wheel: Optional[str], path: str) -> bool:
+    """Whether :func:`ensemble_command` starts the ensemble with the wheel's Hydra there
+    (Hydra forwards its stdin to rank 0, which the launcher relies on to start the ensemble
+    before its session is open)."""
+    return bool(wheel) and hydra_bootstrap(scheduler, path) is not None
+
+
 def ensemble_command(scheduler: str, hosts: list[str], rank_argv: list[str],
                      task: LauncherChoice, wheel: Optional[str],
                      path: str) -> tuple[list[str], str]:
