@@ -101,7 +101,8 @@ def test_a_serial_ensemble_starts_across_four_nodes_with_each_worker_on_its_own_
     assert set(states(cursor).values()) == {"JOB_FINISHED"}
     log = launcher_log(out)
     started = next(line for line in log if "serial mode: 1 master + 4 worker rank(s)" in line)
-    assert f"started by {wheel_mpiexec()} -launcher slurm ...: the mpich wheel's Hydra" in started
+    assert (f"started by {wheel_mpiexec()} -launcher slurm ... (before the session opens): "
+            "the mpich wheel's Hydra") in started  # early: rank 0 gets the session id on stdin
     master = next(line for line in log if "serial master on host" in line)
     assert f"serial master on host {info.nodes[0]}:" in master
     workers = dict(re.findall(r"serial worker (\d) \(node (\S+), host", "\n".join(log)))
