@@ -47,6 +47,11 @@ from balsam.platform.procgroup import live_members, signal_group
 
 GONE_WAIT_SECONDS = 5.0
 """After SIGKILL, how long the watchdog waits for a group's last live member to go."""
+READ_NAP_SECONDS = 0.02
+"""After reading lines, the watchdog sleeps this long before reading again: the pipe holds
+what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
+second), so a launcher starting thousands of tasks a second wakes it at most 50 times a second
+instead of once a write. End of file is seen at most this much later."""
 
 
 class Watchdog:
@@ -202,9 +207,10 @@ def groups_of_job(job_id: str) -> list[int]:
 
 def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
-    file, then stop the groups still registered (and those of expected tasks that never were).
-    Returns (groups stopped, groups still alive after SIGKILL, job ids started since the last
-    ``=``, one per start; an expected start counts)."""
+    file (one read every ``READ_NAP_SECONDS`` at most), then stop the groups still registered
+    (and those of expected tasks that never were). Returns (groups stopped, groups still alive
+    after SIGKILL, job ids started since the last ``=``, one per start; an expected start
+    counts)."""
     groups: dict[int, str] = {}
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
@@ -216,6 +222,7 @@ def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
             continue
         if not data:
             break
+        time.sleep(READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
