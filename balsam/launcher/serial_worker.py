@@ -5,8 +5,7 @@ A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and st
 cheapest way to start one) while they fit on its node
 (:class:`balsam.launcher.packing.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
 GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
-reaps exited tasks, starts what fits and sends ONE report with everything that happened (a
-report of only starts and normal ends waits up to ``REPORT_SECONDS`` for more); when
+reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
 nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit
 (pidfds: an exit ends the wait at once) before looking again.
 
@@ -54,10 +53,6 @@ IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
 FD_CHECK_SECONDS = 1.0
 """How often descriptors the MPI library opened are made close-on-exec (tasks inherit none)."""
-REPORT_SECONDS = 0.002
-"""Reports of only starts and normal ends wait up to this long for more of them (one message
-for several tasks: each costs both ranks a send and a receive); anything else goes at once."""
-ROUTINE_KEYS = frozenset({"started", "done"})
 QUIET_WAIT_MS = 10
 QUIET_SECONDS = 0.05
 """After this long without anything happening the wait grows to ``QUIET_WAIT_MS``: only the
@@ -122,7 +117,6 @@ class Worker:
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
         self._drained_sent = False
-        self._last_report = 0.0
         self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
         self.warm = WarmPool(self.base_env, self._home,
                              on_task=watchdog.add if watchdog is not None else None,
@@ -140,8 +134,8 @@ class Worker:
             while not self.finished:
                 if self.step():
                     last_busy = time.monotonic()
-                else:  # a report held back is sent after at most IDLE_WAIT_MS
-                    quiet = not self._report and time.monotonic() - last_busy > QUIET_SECONDS
+                else:
+                    quiet = time.monotonic() - last_busy > QUIET_SECONDS
                     self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
         finally:
             self.warm.close()
@@ -175,13 +169,9 @@ class Worker:
         if self.watchdog is not None:
             self.watchdog.flush()
         if self._report:
-            now = time.monotonic()
-            if now - self._last_report >= REPORT_SECONDS or not ROUTINE_KEYS.issuperset(
-                    self._report):
-                report, self._report = self._report, {}
-                self.channel.send(report)
-                self._last_report = now
-                busy = True
+            report, self._report = self._report, {}
+            self.channel.send(report)
+            busy = True
         return busy
 
     def wait(self, timeout_ms: int) -> None:
