@@ -39,6 +39,9 @@ QUEUED_NODES = (1.0, 4.0)
 """Work queued on a worker behind what runs, in nodes' worth: the first value while tasks end
 slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
 for the master), without hoarding long tasks that another node could start sooner."""
+REFILL_BELOW = 0.5
+"""A worker's queue is topped up only once less than this fraction of it is left: one work
+message for several tasks instead of one per task ended (a full node keeps running meanwhile)."""
 FAST_RATE = 50.0
 RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
@@ -316,8 +319,11 @@ class Master:
         batches: dict[int, list[Work]] = {}
         open_workers = [w for w in self.load if w not in self.closed]
         queued = QUEUED_NODES[self.rate >= FAST_RATE]
-        for target in (1.0, 1.0 + queued):  # fill every node first, then queue behind
+        for target, below in ((1.0, 1.0), (1.0 + queued, 1.0 + queued * REFILL_BELOW)):
+            # fill every node first, then queue behind
             for worker in sorted(open_workers, key=self.load.__getitem__):
+                if self.load[worker] >= below - 1e-9:
+                    continue
                 while self.queue and self.load[worker] < target - 1e-9:
                     spec = self.queue.popleft()
                     weight = 1.0 / self._slots(spec)
