@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 
 import pytest
 from launcher_support import QUICK, launchers, process_gone, settings, wait_for
@@ -65,6 +64,13 @@ class Sourced(ApplicationDefinition):
 
 class Echo(ApplicationDefinition):
     command_template = "echo command {{ word }}"
+
+
+class EveryHundredth(ApplicationDefinition):
+    def run(self, i):
+        if i % 100 == 0:
+            raise KeyError(f"task {i}")
+        return {"i": i}
 '''
 
 
@@ -221,19 +227,18 @@ def test_a_killed_function_task_takes_its_warm_worker_down_and_the_next_task_get
                                  parameters={"seconds": 300})
     pid_file = os.path.join(site, "data", "sleep", "pid")
     with settings(site, launcher={**QUICK, "kill_check_seconds": 0.2}), launchers() as start:
-        # persistent: with nothing left after the kill, a launcher would exit at once (no
-        # other session could add work), before the next job below is made
-        launcher = start("--consume-all", "--job-mode", "serial", "--persistent")
+        launcher = start("--consume-all", "--job-mode", "serial")
         pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read(), 60,
                            "the function task to start"))
+        # Queued behind the sleeper (each takes the whole node) before the kill: a launcher
+        # with nothing left to run exits at once, it would not wait for a job created later.
+        after = Job.objects.create(site_path=site, app_name="fn.Add", workdir="after",
+                                   parameters={"a": 1})
         sleeper.refresh_from_db()
         sleeper.state = "USER_KILLED"
         sleeper.save()
         wait_for(lambda: process_gone(pid), 30, "the warm worker running the killed task to go")
-        after = Job.objects.create(site_path=site, app_name="fn.Add", workdir="after",
-                                   parameters={"a": 1})
         assert after.result(timeout=60) == 11
-        launcher.signal(signal.SIGTERM)
         assert launcher.wait(60) == 0, launcher.output()
     cursor.execute("SELECT worker FROM core_jobpayload WHERE job_id = %s", [str(after.id)])
     assert not cursor.fetchone()[0].endswith(f":{pid}")
@@ -263,3 +268,39 @@ def test_the_runner_imports_an_app_file_once_per_content(site, cursor, tmp_path)
         runner.close()
     outcome = pyfunc.load_outcomes(cursor, [str(job.id)])[str(job.id)]
     assert not outcome.failed and pyfunc.deserialize(outcome.value) == -5
+
+
+MANY = 10_000
+"""Issue 14: results and exceptions of this many function tasks through one launcher."""
+
+
+@pytest.mark.slow
+def test_results_and_exceptions_of_ten_thousand_function_tasks_round_trip(site, cursor):
+    from balsam.site import pyfunc
+
+    # 100 workdirs, each shared by 100 jobs run far apart (one output file each, rewritten):
+    # 10,000 directories and files would take ~10 s more to remove on this machine.
+    jobs = Job.objects.bulk_create([
+        Job(site_path=site, app_name="fn.EveryHundredth", workdir=f"many/{i % 100}",
+            parameters={"i": i}, node_packing_count=4) for i in range(MANY)])
+    run_launcher(site, "serial", timeout=120)
+
+    cursor.execute(f"SELECT state, count(*) FROM {schema.JOB_TABLE} GROUP BY state")
+    assert dict(cursor.fetchall()) == {"JOB_FINISHED": MANY - MANY // 100, "FAILED": MANY // 100}
+    index = {str(j.id): i for i, j in enumerate(jobs)}
+    outcomes = pyfunc.load_outcomes(cursor, index)
+    assert len(outcomes) == MANY
+    for job_id, outcome in outcomes.items():
+        i = index[job_id]
+        assert outcome.failed == (i % 100 == 0), i
+        if outcome.failed:
+            with pytest.raises(KeyError, match=f"task {i}") as raised:
+                pyfunc.reraise(outcome, job_id)
+            assert 'raise KeyError(f"task {i}")' in raised.value.__cause__.text
+        else:
+            assert pyfunc.deserialize(outcome.value) == {"i": i}
+    # The public API reads them back the same way.
+    assert jobs[1].result() == {"i": 1}
+    with pytest.raises(KeyError, match="task 9900"):
+        jobs[9900].result()
+

@@ -154,3 +154,49 @@ def test_a_report_says_running_until_every_task_is_dead_and_lists_unrecorded_sta
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+BATCHING_OWNER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from balsam.launcher.watchdog import Watchdog
+    dog = Watchdog(0.5, report=sys.argv[1])
+    def task(job):
+        return subprocess.Popen(["sleep", "60"], start_new_session=True,
+                                env=dict(os.environ, BALSAM_JOB_ID=job))
+    dog.expect_all(["a", "b", "c"])  # one write for the whole batch, before the first start
+    a, b, c = task("a"), task("b"), task("c")
+    dog.add_all([(a.pid, "a"), (b.pid, "b")])  # the owner dies before it registers c
+    dog.remove(b.pid, defer=True)
+    dog.flush()
+    print(a.pid, b.pid, c.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_batched_lines_keep_the_guarantee_registered_and_expected_tasks_are_stopped(tmp_path):
+    import json
+
+    report = str(tmp_path / "rank1.json")
+    owner = subprocess.Popen([sys.executable, "-c", BATCHING_OWNER, report],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    a, b, c = (int(p) for p in owner.stdout.readline().split())
+    try:
+        owner.kill()
+        owner.wait(5)
+        wait_for(lambda: process_gone(a) and process_gone(c), 10, "a and c to be stopped")
+
+        def state() -> str:
+            with open(report) as fh:
+                return json.load(fh)["state"]
+
+        wait_for(lambda: state() != "running", 10, "the watchdog's final report")
+        assert not process_gone(b)  # removed (deferred, then flushed): the owner's business
+        with open(report) as fh:
+            assert sorted(json.load(fh)["started"]) == ["a", "b", "c"]
+    finally:
+        for pid in (a, b, c):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -39,6 +39,9 @@ QUEUED_NODES = (1.0, 4.0)
 """Work queued on a worker behind what runs, in nodes' worth: the first value while tasks end
 slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
 for the master), without hoarding long tasks that another node could start sooner."""
+REFILL_BELOW = 0.5
+"""A worker's queue is topped up only once less than this fraction of it is left: one work
+message for several tasks instead of one per task ended (a full node keeps running meanwhile)."""
 FAST_RATE = 50.0
 QUEUE_ROUNDS = 8
 """Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
@@ -324,11 +327,17 @@ class Master:
         batches: dict[int, list[Work]] = {}
         open_workers = [w for w in self.load if w not in self.closed]
         queued = QUEUED_NODES[self.rate >= FAST_RATE]
+        # fill every node first; then queue behind, evenly in rounds, on the workers whose
+        # queue is below the refill mark (so one message carries several tasks)
+        refill = 1.0 + queued * REFILL_BELOW
+        topped = {w for w in open_workers if self.load[w] < refill - 1e-9}
         rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
-        for target in (1.0, *rounds):  # fill every node first, then queue behind evenly
+        for target in (1.0, *rounds):
             if not self.queue:
                 break
             for worker in sorted(open_workers, key=self.load.__getitem__):
+                if target > 1.0 and worker not in topped:
+                    continue
                 while self.queue and self.load[worker] < target - 1e-9:
                     spec = self.queue.popleft()
                     weight = 1.0 / self._slots(spec)

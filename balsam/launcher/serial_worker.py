@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
-from balsam.launcher.packing import NodeSlots
+from balsam.launcher.packing import NodeSlots, Placement
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 
@@ -166,6 +166,8 @@ class Worker:
         if self.stopping and not self.running and not self._drained_sent:
             self._drained_sent = True
             self._note("drained", True)
+        if self.watchdog is not None:
+            self.watchdog.flush()
         if self._report:
             report, self._report = self._report, {}
             self.channel.send(report)
@@ -254,8 +256,8 @@ class Worker:
             r.task.signal_group(signal.SIGKILL)
         if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
             self.warm.finished(r.task, clean=not r.why)
-        elif self.watchdog is not None:
-            self.watchdog.remove(r.task.pgid)
+        elif self.watchdog is not None:  # sent with this iteration's next watchdog write
+            self.watchdog.remove(r.task.pgid, defer=True)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
@@ -269,49 +271,64 @@ class Worker:
                                                               self.tail_lines))])
 
     def _start_fitting(self) -> bool:
-        started = False
+        """Start every queued task that fits. The watchdog hears of the whole batch in two
+        writes: the job ids before the first start (a task started by a rank that dies before
+        the second write is found by its ``BALSAM_JOB_ID``), the process groups after the
+        last."""
+        batch: list[tuple[Work, Placement]] = []
         while self.queue and not self.stopping:
             work = self.queue[0]
             placement = self.node.place(work.job_id, work.packing, work.required_cores)
             if placement is None:
                 break
             self.queue.popleft()
-            env = dict(self.base_env)
-            env.update(work.env)
-            if placement.gpu is not None:
-                env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-                env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
-            self._note_all("started", [work.job_id])
-            started = True
-            warm = work.envscript is None and is_runner_argv(work.argv)
-            if self.watchdog is not None and not warm:
-                self.watchdog.expect(work.job_id)
-            try:
-                t: Union[WarmTask, spawn.SpawnedTask] = (self.warm.start(
+            batch.append((work, placement))
+        if not batch:
+            return False
+        self._note_all("started", [work.job_id for work, _ in batch])
+        cold = [(w, p, w.envscript is not None or not is_runner_argv(w.argv)) for w, p in batch]
+        if self.watchdog is not None:
+            self.watchdog.expect_all([w.job_id for w, _, spawned in cold if spawned])
+        added: list[tuple[int, str]] = []
+        try:
+            for work, placement, spawned in cold:
+                self._start(work, placement, spawned, added)
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.add_all(added)
+        return True
+
+    def _start(self, work: Work, placement: Placement, spawned: bool,
+               added: list[tuple[int, str]]) -> None:
+        env = dict(self.base_env)
+        env.update(work.env)
+        if placement.gpu is not None:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+        try:
+            t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
+                work.job_id, task.with_envscript(work.argv, work.envscript), env,
+                os.path.join(self._home, work.workdir),
+                os.path.join(self._home, work.output_path)) if spawned
+                else self.warm.start(
                     work.job_id, env, os.path.join(self._home, work.workdir),
-                    os.path.join(self._home, work.output_path), placement.cpus) if warm
-                    else spawn.SpawnedTask(
-                        work.job_id, task.with_envscript(work.argv, work.envscript), env,
-                        os.path.join(self._home, work.workdir),
-                        os.path.join(self._home, work.output_path)))
-            except OSError as exc:
-                self.node.free(work.job_id)
-                self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
-                continue
-            if self.watchdog is not None and not warm:  # at once: the window it is not covered
-                self.watchdog.add(t.pgid, work.job_id)
-            if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
-                fd = t.fd
-            else:
-                if len(placement.cpus) < len(self.node.cpus):
-                    _pin(t.pid, placement.cpus)
-                fd = _pidfd(t.pid)
-            self.started += 1
-            self.running[work.job_id] = _Running(t, fd)
-            if fd >= 0:
-                self._by_fd[fd] = work.job_id
-                self._poller.register(fd, select.POLLIN)
-        return started
+                    os.path.join(self._home, work.output_path), placement.cpus))
+        except OSError as exc:
+            self.node.free(work.job_id)
+            self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
+            return
+        if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
+            fd = t.fd
+        else:
+            added.append((t.pgid, work.job_id))
+            if len(placement.cpus) < len(self.node.cpus):
+                _pin(t.pid, placement.cpus)
+            fd = _pidfd(t.pid)
+        self.started += 1
+        self.running[work.job_id] = _Running(t, fd)
+        if fd >= 0:
+            self._by_fd[fd] = work.job_id
+            self._poller.register(fd, select.POLLIN)
 
     # ---- reporting --------------------------------------------------------------------------
     def _note(self, key: str, value: Any) -> None:

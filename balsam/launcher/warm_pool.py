@@ -15,8 +15,8 @@ each warm process exits when it reads the end.
 
 The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
 before each request is sent (so a process is registered before it can run a task, and the
-watchdog counts the job as started: one write per task, where a spawned task needs three) and
-``on_drop(pgid)`` when the pool lets a process go.
+watchdog counts the job as started: one write per task, which also carries the removals the
+worker deferred) and ``on_drop(pgid)`` when the pool lets a process go.
 """
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ and the retry would run while the orphan still runs.
 :class:`Watchdog` prevents that. It starts ``python -m balsam.launcher.watchdog GRACE`` in its own
 session, holding the read end of a pipe whose write end only the launcher has (the descriptor is
 not inherited by anything the launcher starts). The launcher writes ``+PGID`` when it starts a
-task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes each. When the pipe
+task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes each, or, for a
+serial-mode worker rank starting many short tasks, one ``write`` per loop iteration carrying
+all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`, ``remove(defer=True)``
+then :meth:`Watchdog.flush`): each write wakes the watchdog process. When the pipe
 reaches end of file -- the launcher exited, however it died -- the watchdog sends SIGTERM to every
 process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and exits.
 After a normal exit nothing is registered, so it exits at once and silently.
@@ -44,6 +47,11 @@ from balsam.platform.procgroup import live_members, signal_group
 
 GONE_WAIT_SECONDS = 5.0
 """After SIGKILL, how long the watchdog waits for a group's last live member to go."""
+READ_NAP_SECONDS = 0.02
+"""After reading lines, the watchdog sleeps this long before reading again: the pipe holds
+what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
+second), so a launcher starting thousands of tasks a second wakes it at most 50 times a second
+instead of once a write. End of file is seen at most this much later."""
 
 
 class Watchdog:
@@ -67,11 +75,23 @@ class Watchdog:
             os.close(read_fd)
         self._log = log
         self.registered: set[int] = set()
+        self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
 
     def add(self, pgid: int, job_id: str = "") -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
         if self._send(f"+{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
+
+    def add_all(self, started: list[tuple[int, str]]) -> None:
+        """:meth:`add` for every (pgid, job id) in ``started``, in one write."""
+        if started and self._send("".join(f"+{pgid} {job}\n" for pgid, job in started)
+                                  .encode()):
+            self.registered.update(pgid for pgid, _ in started)
+
+    def expect_all(self, job_ids: list[str]) -> None:
+        """:meth:`expect` for every job id in ``job_ids``, in one write."""
+        if job_ids:
+            self._send("".join(f"?{job}\n" for job in job_ids).encode())
 
     def expect(self, job_id: str) -> None:
         """A task of ``job_id`` is about to be started (:meth:`add` follows once it has its
@@ -83,15 +103,28 @@ class Watchdog:
         """Every start so far is recorded in the database: the report need not list them."""
         self._send(b"=\n")
 
-    def remove(self, pgid: int) -> None:
-        """The task leading ``pgid`` has been reaped (and its group stopped if need be)."""
+    def remove(self, pgid: int, *, defer: bool = False) -> None:
+        """The task leading ``pgid`` has been reaped (and its group stopped if need be).
+        ``defer``: sent with the next write (or :meth:`flush`) instead of now. Until then the
+        watchdog would signal a group that is gone (its leader is reaped, so its id is only
+        reused by a process that starts a new session with the same id: the caller flushes
+        within its loop iteration, microseconds later)."""
         if pgid in self.registered:
             self.registered.discard(pgid)
-            self._send(b"-%d\n" % pgid)
+            if defer and self._fd >= 0:
+                self._pending.append(b"-%d\n" % pgid)
+            else:
+                self._send(b"-%d\n" % pgid)
+
+    def flush(self) -> None:
+        """Send the deferred lines now (one write)."""
+        if self._pending:
+            self._send(b"")
 
     def close(self, timeout: float = 5.0) -> None:
         """Normal exit: close the pipe and reap the watchdog (which kills whatever is still
         registered -- nothing, after a clean stop)."""
+        self.flush()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -105,8 +138,13 @@ class Watchdog:
     def _send(self, line: bytes) -> bool:
         if self._fd < 0:
             return False
+        if self._pending:  # deferred removals first: the order of lines is kept
+            line = b"".join(self._pending) + line
+            self._pending = []
         try:
-            os.write(self._fd, line)
+            view = memoryview(line)
+            while view:  # a pipe write of more than PIPE_BUF bytes may be partial
+                view = view[os.write(self._fd, view):]
             return True
         except OSError as exc:  # the watchdog died (EPIPE): tasks are no longer covered
             os.close(self._fd)
@@ -169,9 +207,10 @@ def groups_of_job(job_id: str) -> list[int]:
 
 def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
-    file, then stop the groups still registered (and those of expected tasks that never were).
-    Returns (groups stopped, groups still alive after SIGKILL, job ids started since the last
-    ``=``, one per start; an expected start counts)."""
+    file (one read every ``READ_NAP_SECONDS`` at most), then stop the groups still registered
+    (and those of expected tasks that never were). Returns (groups stopped, groups still alive
+    after SIGKILL, job ids started since the last ``=``, one per start; an expected start
+    counts)."""
     groups: dict[int, str] = {}
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
@@ -183,6 +222,7 @@ def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
             continue
         if not data:
             break
+        time.sleep(READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:
