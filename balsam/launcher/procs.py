@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from balsam.platform.procgroup import signal_group
 
@@ -63,7 +63,7 @@ class Task:
 
 
 def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str, out: IO[bytes],
-           cpus: Optional[Sequence[int]], ignore_sigpipe: bool = False) -> subprocess.Popen:
+           cpus: Optional[Sequence[int]], ignore_sigpipe: bool = False) -> subprocess.Popen[Any]:
     # ignore_sigpipe: the child keeps Python's SIG_IGN for SIGPIPE (and SIGXFSZ). For MPI
     # launchers that reset their ranks' signals (MPICH's Hydra does): under load, `mpiexec`
     # can die of SIGPIPE writing to a proxy that already exited, after the ranks succeeded.

@@ -128,7 +128,7 @@ class Launched:
     """An ensemble the launcher started: its MPI launch (process group leader), where its
     output goes, and whether rank 0 still waits for the session id on the launch's stdin."""
 
-    proc: subprocess.Popen
+    proc: subprocess.Popen[Any]
     out_path: str
     early: bool = False
 
@@ -259,7 +259,7 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
     ctx.watchdog.add(pgid)
 
 
-def _wait_ensemble(proc: subprocess.Popen, ctx: Context) -> int:
+def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
     the time limit themselves); SIGKILL its process group if it outlives the stop too long.
     Runs ``ctx.started()`` (the transition workers) once a job changes -- the master recorded
@@ -319,7 +319,7 @@ def _quietly(call: Callable[[], None]) -> None:
 
 def _pidfd(pid: int) -> Optional[int]:
     try:
-        return int(os.pidfd_open(pid))  # type: ignore[attr-defined]
+        return int(os.pidfd_open(pid))
     except (AttributeError, OSError):
         return None
 

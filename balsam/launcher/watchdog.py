@@ -64,7 +64,7 @@ class Watchdog:
             write_report(report, {"state": "running", "host": socket.gethostname()})
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
-            self.proc: Optional[subprocess.Popen] = subprocess.Popen(
+            self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-m", "balsam.launcher.watchdog", f"{grace:g}", str(os.getpid()),
                  report], stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
