@@ -36,8 +36,8 @@ jobs = [
 Job.objects.bulk_create(jobs)
 
 BatchJob.objects.create(site_id=jobs[0].site_id, num_nodes=1, wall_time_min=10, job_mode="serial",
-                        project="datascience", queue="local")
-'''
+                        project="datascience", queue="QUEUE")
+'''.replace("QUEUE", "local")  # the issue's example; the Slurm test runs it with its own queue
 
 
 @pytest.fixture

@@ -22,23 +22,13 @@ from slurm_support import (
     slurm_fixture,  # noqa: F401 - the `slurm` fixture
 )
 from test_site_e2e import DEMO
+from test_site_e2e import SCRIPT as E2E_SCRIPT
 
 from balsam.core import schema
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = '''from balsam.api import Job, BatchJob
-
-jobs = [
-    Job(site_path="my-site", app_name="demo.Hello", workdir=f"test/{n}",
-        parameters={"name": f"world {n} out of 10!"})
-    for n in range(10)
-]
-Job.objects.bulk_create(jobs)
-
-BatchJob.objects.create(site_id=jobs[0].site_id, num_nodes=1, wall_time_min=10, job_mode="serial",
-                        project="datascience", queue="debug")
-'''
+SCRIPT = E2E_SCRIPT.replace('queue="local"', 'queue="debug"')
 QUEUES = {"debug": {"min_nodes": 1, "max_nodes": 2, "min_minutes": 1, "max_minutes": 10,
                     "max_queued": 2, "max_running": 2, "max_total_nodes": 4}}
 
