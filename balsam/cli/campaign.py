@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.cli import rowfile, rowparents
-from balsam.cli.common import fetch_dicts
 from balsam.core import bulk, schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 TEMPLATED = {"name": "--name", "args": "--args", "description": "--description",

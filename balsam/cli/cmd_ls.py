@@ -5,10 +5,11 @@ import argparse
 from typing import Any, Optional
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import check_quiet_listing, quiet_ids
 from balsam.core import schema
 from balsam.core.render import table
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError
 
 EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).

@@ -6,9 +6,10 @@ import json
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, fetch_dicts, find_job, transaction
+from balsam.cli.common import add_command, find_job, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers

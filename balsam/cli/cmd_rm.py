@@ -5,10 +5,11 @@ import argparse
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, confirm, fetch_dicts, find_job, transaction
+from balsam.cli.common import add_command, confirm, find_job, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.cli.progress import Steps
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).

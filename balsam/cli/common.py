@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import Ambiguous, BalsamError, NotFound
 
 
@@ -44,11 +45,6 @@ def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Any]]:
         raise
     finally:
         conn.close()
-
-
-def fetch_dicts(cur: Any) -> list[dict]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
 def find_job(cur: Any, text: str, columns: str = "*") -> dict:

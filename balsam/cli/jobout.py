@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import fetch_dicts
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError
 
 

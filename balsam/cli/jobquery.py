@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from balsam.cli.common import fetch_dicts
 from balsam.core import schema
+from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains
 from balsam.errors import BalsamError
 
 JOB, APP, DEP, EVENT = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.EVENT_TABLE
@@ -43,12 +43,6 @@ def user_errors() -> Iterator[None]:
         yield
     except (schema.FieldError, InvalidStateError) as exc:
         raise BalsamError(str(exc))
-
-
-def like_contains(text: str) -> str:
-    """A LIKE pattern matching values that contain ``text`` literally (``%``, ``_`` escaped)."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def id_condition(text: str, column: str = "job_id") -> tuple[str, list[Any]]:
@@ -165,10 +159,9 @@ def stream_jobs_json(cur: Any, where: str, params: list[Any], limit: int) -> Non
             batch = rows_cur.fetchmany(STREAM_ROWS)
             if not batch:
                 break
-            names = [d[0] for d in rows_cur.description]
             if written + len(batch) > limit:
                 batch, more = batch[: limit - written], True
-            rows = [dict(zip(names, r)) for r in batch]
+            rows = as_dicts(column_names(rows_cur), batch)
             parents = parents_of(cur, [r["job_id"] for r in rows])
             for r in rows:
                 r["parents"] = parents.get(str(r["job_id"]), [])

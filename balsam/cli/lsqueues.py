@@ -11,9 +11,10 @@ import argparse
 from typing import Any
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import db_path, fetch_dicts
+from balsam.cli.common import db_path
 from balsam.core import schema
 from balsam.core.render import table
+from balsam.core.sql import fetch_dicts
 
 COLUMNS = ["id", "scheduler_id", "queue", "nodes", "wall_minutes", "job_mode", "state", "as_of",
            "submitted_at"]

@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any
 
-from balsam.cli.common import fetch_dicts
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import NotFound
 
 

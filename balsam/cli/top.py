@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
 from balsam.core.render import duration
+from balsam.core.sql import fetch_dicts
 from balsam.core.states import STATES
 
 if TYPE_CHECKING:
@@ -63,11 +64,6 @@ class Snapshot:
         return self
 
 
-def _dicts(cur: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
 def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
@@ -93,7 +89,7 @@ def collect(cur: Any, with_flow: bool = True) -> Snapshot:
     cur.execute(f"""SELECT id, hostname, job_mode, label, scheduler_id, num_nodes, started_at,
                            heartbeat FROM {schema.SESSION_TABLE}
                     WHERE ended_at IS NULL AND job_mode IN ({_in(LIVE_MODES)}) ORDER BY id""")
-    sessions = _dicts(cur)
+    sessions = fetch_dicts(cur)
     running: dict[int, int] = {}
     if sessions:
         cur.execute(f"""SELECT session_id, count(*) FROM {schema.JOB_TABLE}
@@ -108,7 +104,7 @@ def collect(cur: Any, with_flow: bool = True) -> Snapshot:
     cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state, submitted_at
                     FROM {schema.QLAUNCH_TABLE}
                     WHERE state NOT IN ({_in(FINAL_BATCH_STATES)}) ORDER BY id""")
-    batch_jobs = _dicts(cur)
+    batch_jobs = fetch_dicts(cur)
     failures, notes = _failures(cur)
     return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, notes)
 
@@ -126,7 +122,7 @@ def _failures(cur: Any) -> tuple[list[dict[str, Any]], list[str]]:
                           AND e.to_state IN ({_in(FAILURE_STATES)})
                         ORDER BY e.timestamp DESC, e.id DESC LIMIT %s""",
                     [FAILURE_WINDOW, FAILURE_LIMIT])
-        rows = _dicts(cur)
+        rows = fetch_dicts(cur)
     except QueryCanceled:
         cur.execute("ROLLBACK TO SAVEPOINT top_failures")
         return [], [f"latest failures not shown: the query took over {SLOW_QUERY_MS} ms"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.sql import like_contains
 from balsam.errors import NotFound
 
 JOB, EVENT, SESSION = schema.JOB_TABLE, schema.EVENT_TABLE, schema.SESSION_TABLE
@@ -59,10 +60,6 @@ def _aware(when: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
     return when
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 def job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
     """Conditions on the job table (alias ``j``) for the job filters of ``f``."""
     clauses: list[str] = []
@@ -72,7 +69,7 @@ def job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
         params.append(f.workflow)
     if f.workflow_contains is not None:
         clauses.append("j.workflow LIKE %s")
-        params.append(_like(f.workflow_contains))
+        params.append(like_contains(f.workflow_contains))
     if f.app is not None:
         clauses.append("j.application = %s")
         params.append(f.app)

@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.service import packing
 from balsam.service.policy import (
     FINAL_ROW_STATES,
@@ -116,8 +117,7 @@ def active_launches(cursor: Any) -> list[dict[str, Any]]:
     cursor.execute(f"""
         SELECT id, queue, nodes, wall_minutes, minutes_left, job_mode, state
         FROM {schema.QLAUNCH_TABLE} WHERE from_balsam AND state NOT IN ({final})""")
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def _units_per_node(shapes: list[Shape], mode: str) -> int:

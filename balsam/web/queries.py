@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.core.states import STATES
 
 JOB, EVENT, DEP, APP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.APP_TABLE
@@ -29,11 +30,6 @@ SORTS = {  # URL name -> (column, SQL type of a cursor value)
 }
 LIST_COLUMNS = ("job_id", "name", "workflow", "application", "state", "num_nodes",
                 "ranks_per_node", "node_packing_count", "wall_time_minutes", "created_at")
-
-
-def rows(cur: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
 @dataclass
@@ -112,7 +108,7 @@ def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool =
     order = "DESC" if desc else "ASC"
     cur.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM {JOB} WHERE {where} "
                 f"ORDER BY {column} {order}, job_id {order} LIMIT %s", params + [size + 1])
-    found = rows(cur)
+    found = fetch_dicts(cur)
     more = len(found) > size
     found = found[:size]
     if backwards:
@@ -161,7 +157,7 @@ def live_sessions(cur: Any) -> list[dict[str, Any]]:
                (SELECT count(*) FROM {JOB} j WHERE j.session_id = s.id
                   AND j.state = 'RUNNING') AS running
         FROM {SESSION} s WHERE s.ended_at IS NULL ORDER BY s.started_at""")
-    return rows(cur)
+    return fetch_dicts(cur)
 
 
 def batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
@@ -171,19 +167,19 @@ def batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
                message, submitted_at, ended_at
         FROM {QLAUNCH} ORDER BY ended_at IS NOT NULL, ended_at DESC NULLS FIRST, id DESC
         LIMIT %s""", [limit])
-    return rows(cur)
+    return fetch_dicts(cur)
 
 
 def job_detail(cur: Any, job_id: str) -> Optional[dict[str, Any]]:
     cur.execute(f"SELECT * FROM {JOB} WHERE job_id = %s", [job_id])
-    found = rows(cur)
+    found = fetch_dicts(cur)
     return found[0] if found else None
 
 
 def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
     cur.execute(f"SELECT timestamp, from_state, to_state, message FROM {EVENT} "
                 "WHERE job_id = %s ORDER BY id LIMIT %s", [job_id, limit])
-    return rows(cur)
+    return fetch_dicts(cur)
 
 
 def job_relatives(cur: Any, job_id: str, limit: int = 200) -> tuple[list[dict], list[dict]]:
@@ -193,12 +189,12 @@ def job_relatives(cur: Any, job_id: str, limit: int = 200) -> tuple[list[dict], 
         cur.execute(f"SELECT j.job_id, j.name, j.workflow, j.state FROM {DEP} d "
                     f"JOIN {JOB} j ON j.job_id = d.{other} WHERE d.{mine} = %s "
                     "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
-        out.append(rows(cur))
+        out.append(fetch_dicts(cur))
     return out[0], out[1]
 
 
 def apps(cur: Any) -> list[dict[str, Any]]:
     cur.execute(f"SELECT id, name, description, executable, preprocess, postprocess, envscript "
                 f"FROM {APP} ORDER BY name")
-    return rows(cur)
+    return fetch_dicts(cur)
 
