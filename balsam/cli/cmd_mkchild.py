@@ -61,9 +61,9 @@ def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.jobquery import user_errors
     from balsam.cli.newjob import insert_job, show_new_job
     from balsam.core import bulk, lifecycle
+    from balsam.core.reads.jobs import user_errors
 
     parent_id = current_job_id()
     for name in OBSOLETE:

@@ -13,7 +13,7 @@ from balsam.errors import NotFound
 
 def insert_job(cur: Any, row: dict[str, Any]) -> None:
     """One INSERT naming every column (``data`` as JSON text)."""
-    from balsam.cli.jobquery import JOB_COLUMNS
+    from balsam.core.reads.jobs import JOB_COLUMNS
 
     values = [json.dumps(row[c]) if isinstance(row[c], dict) else row[c] for c in JOB_COLUMNS]
     values[0] = str(values[0])
