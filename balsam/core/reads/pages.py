@@ -1,4 +1,5 @@
-"""The SQL behind the dashboard pages, on a DB-API cursor; every query here is bounded.
+"""The dashboard's job table: filters, keyset pages and bounded counts, on a DB-API cursor
+(Django-free; the web's views pass Django's cursor, the CLI could pass psycopg2's).
 
 The jobs table pages by keyset (the sort column, then ``job_id``): a page costs an index walk of
 one page, however deep, and never an OFFSET or a COUNT over the whole table. Counts above
@@ -15,8 +16,7 @@ from balsam.core import schema
 from balsam.core.sql import fetch_dicts
 from balsam.core.states import STATES
 
-JOB, EVENT, DEP, APP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.APP_TABLE
-SESSION, QLAUNCH = schema.SESSION_TABLE, schema.QLAUNCH_TABLE
+JOB = schema.JOB_TABLE
 
 PAGE_SIZES = (25, 50, 100, 200)
 COUNT_CAP = 10_000
@@ -139,62 +139,3 @@ def count_jobs(cur: Any, flt: JobFilter) -> tuple[int, bool]:
     plan = cur.fetchone()[0]
     plan = json.loads(plan) if isinstance(plan, str) else plan
     return max(int(plan[0]["Plan"]["Plan Rows"]), n), False
-
-
-def counts_by_workflow_state(cur: Any) -> list[tuple[str, str, int]]:
-    """(workflow, state, count) for every pair present (an index-only scan of job_wf_state)."""
-    cur.execute(f"SELECT workflow, state, count(*) FROM {JOB} GROUP BY workflow, state "
-                "ORDER BY workflow, state")
-    return [(w, s, int(n)) for w, s, n in cur.fetchall()]
-
-
-def live_sessions(cur: Any) -> list[dict[str, Any]]:
-    """Launcher sessions not ended, with the number of jobs each holds RUNNING."""
-    cur.execute(f"""
-        SELECT s.id, s.hostname, s.pid, s.job_mode, s.label, s.scheduler_id, s.num_nodes,
-               s.started_at, s.heartbeat,
-               s.heartbeat + s.lease_seconds * interval '1 second' < now() AS expired,
-               (SELECT count(*) FROM {JOB} j WHERE j.session_id = s.id
-                  AND j.state = 'RUNNING') AS running
-        FROM {SESSION} s WHERE s.ended_at IS NULL ORDER BY s.started_at""")
-    return fetch_dicts(cur)
-
-
-def batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
-    """Batch jobs not ended, then the most recently ended ones, up to ``limit``."""
-    cur.execute(f"""
-        SELECT id, scheduler_id, queue, project, nodes, wall_minutes, job_mode, wf_filter, state,
-               message, submitted_at, ended_at
-        FROM {QLAUNCH} ORDER BY ended_at IS NOT NULL, ended_at DESC NULLS FIRST, id DESC
-        LIMIT %s""", [limit])
-    return fetch_dicts(cur)
-
-
-def job_detail(cur: Any, job_id: str) -> Optional[dict[str, Any]]:
-    cur.execute(f"SELECT * FROM {JOB} WHERE job_id = %s", [job_id])
-    found = fetch_dicts(cur)
-    return found[0] if found else None
-
-
-def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
-    cur.execute(f"SELECT timestamp, from_state, to_state, message FROM {EVENT} "
-                "WHERE job_id = %s ORDER BY id LIMIT %s", [job_id, limit])
-    return fetch_dicts(cur)
-
-
-def job_relatives(cur: Any, job_id: str, limit: int = 200) -> tuple[list[dict], list[dict]]:
-    """(parents, children) of a job: id, name, state; at most ``limit`` of each."""
-    out = []
-    for mine, other in (("child_id", "parent_id"), ("parent_id", "child_id")):
-        cur.execute(f"SELECT j.job_id, j.name, j.workflow, j.state FROM {DEP} d "
-                    f"JOIN {JOB} j ON j.job_id = d.{other} WHERE d.{mine} = %s "
-                    "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
-        out.append(fetch_dicts(cur))
-    return out[0], out[1]
-
-
-def apps(cur: Any) -> list[dict[str, Any]]:
-    cur.execute(f"SELECT id, name, description, executable, preprocess, postprocess, envscript "
-                f"FROM {APP} ORDER BY name")
-    return fetch_dicts(cur)
-
