@@ -1,5 +1,6 @@
-"""Dashboard pages and the two actions (kill, retry). Reads are plain SQL from the
-read layer the CLI shares (:mod:`balsam.core.reads`); every state change goes through :mod:`balsam.core.lifecycle`.
+"""Dashboard pages and the two actions (kill, retry). Reads are plain SQL from the read layer
+the CLI shares (:mod:`balsam.core.reads`); every state change goes through
+:mod:`balsam.core.lifecycle`.
 
 Retry (POST, FAILED jobs only) means: a job that never reached RUNNING (it failed in stage-in or
 preprocess, or because a parent failed) goes back to CREATED, so its parents are checked again
