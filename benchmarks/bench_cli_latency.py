@@ -8,7 +8,12 @@ The DB holds 99,000 jobs in workflows sim0..sim9 and 1,000 in workflow ``w`` (so
 a "workflow contains" filter, selects 1,000 plus the jobs the runs of ``balsam job`` add).
 ``balsam ls`` runs with the default BALSAM_LS_LIMIT; output goes to /dev/null.
 
-Run: ``python benchmarks/bench_cli_latency.py [--runs 20] [--jobs 100000]``
+Run: ``python benchmarks/bench_cli_latency.py [--runs 20] [--jobs 100000] [--compare DIR]``
+
+``--compare DIR`` also times every command with ``PYTHONPATH=DIR`` (another checkout of the
+package, e.g. ``git archive main | tar -x -C DIR``), interleaved run by run with this tree's
+against the same DB, and prints the ratio of the medians (this tree / DIR): a before/after on a
+shared, noisy machine.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,23 +45,44 @@ def fill(jobs: int) -> None:
                   args=f"--input {i}") for i in range(jobs))
 
 
+def once_ms(argv: list[str], env: Optional[dict[str, str]] = None) -> float:
+    """Wall time in ms of one run of ``argv``, which must exit 0."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS, env=env)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    return elapsed
+
+
 def median_ms(argv: list[str], runs: int) -> tuple[float, float]:
     """(median, min) wall time in ms of ``argv`` run ``runs`` times; each must exit 0."""
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, timeout=TIMEOUT_SECONDS)
-        times.append((time.perf_counter() - t0) * 1000)
-        if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()}")
+    times = [once_ms(argv) for _ in range(runs)]
     return statistics.median(times), min(times)
+
+
+def compare(commands: list[tuple[str, list[str]]], runs: int, other: str) -> None:
+    """Each command with this tree and with ``PYTHONPATH=other``, alternating, ``runs`` each."""
+    env = dict(os.environ, PYTHONPATH=other)
+    width = max(len(label) for label, _ in commands)
+    print(f"# compare: this tree vs PYTHONPATH={other}, interleaved")
+    print(f"{'command':<{width}}  this ms  other ms  ratio")
+    for label, argv in commands:
+        mine, theirs = [], []
+        for _ in range(runs):
+            mine.append(once_ms(argv))
+            theirs.append(once_ms(argv, env))
+        a, b = statistics.median(mine), statistics.median(theirs)
+        print(f"{label:<{width}}  {a:7.1f}  {b:8.1f}  {a / b:5.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="runs of each command (default 20)")
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the DB (default 100000)")
+    parser.add_argument("--compare", metavar="DIR", help="also time the package in DIR "
+                        "(PYTHONPATH), interleaved, and print the ratios")
     args = parser.parse_args()
     print(machine_line())
     script = shutil.which("balsam")
@@ -83,6 +110,8 @@ def main() -> None:
             limit = GOAL_MS.get(label.split(" --")[0] if label != "balsam ls --wf w" else label)
             goal = "" if limit is None else f"< {limit}  {'ok' if med < limit else 'MISSED'}"
             print(f"{label:<{width}}  {med:9.1f}  ({low:5.1f})  {goal}")
+        if args.compare:
+            compare(commands[1:], args.runs, os.path.abspath(args.compare))
     print(machine_line())
 
 

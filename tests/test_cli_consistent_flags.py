@@ -124,8 +124,8 @@ WORKFLOWS = ["a_b", "xa_by", "axb", "A_B", "a%b", "pre-a_b"]
 def test_workflow_filters_match_the_same_jobs_everywhere(app):
     """`--wf` (ls, wait, report) and `--wf-filter` (rm, launcher, submit-launch): the workflow
     contains the text, literally (`_` and `%` are no wildcards), case-sensitive."""
-    from balsam.cli.jobquery import job_where
     from balsam.core import analytics_scope
+    from balsam.core.reads.jobs import job_where
     from balsam.processing.transitions import wf_clause
 
     ids = {wf: add_jobs(app, workflow=wf, application="hello", name=wf, state="JOB_FINISHED")[0]

@@ -191,7 +191,7 @@ def test_ls_tree_shows_the_dependency_forest(jobs):
 
 
 def test_tree_lines_fetches_all_descendant_edges_in_one_query(jobs):
-    from balsam.cli.jobquery import tree_lines
+    from balsam.core.reads.jobs import tree_lines
 
     ids = add_jobs(jobs, 30, name="chain")
     for parent, child in zip(ids, ids[1:]):

@@ -10,6 +10,7 @@ import pytest
 from cli_support import add_edge, add_jobs
 
 from balsam.cli import jobquery as jq
+from balsam.core.reads import jobs as reads
 
 # Peak RSS from VmHWM: getrusage's ru_maxrss would include the (large) pytest process it was
 # forked from, which Linux carries over exec.
@@ -27,7 +28,7 @@ def test_json_output_is_exactly_the_dumped_list_with_parents_and_hidden_count(cu
     ids = add_jobs(cursor, 5, name="s", workflow="wf", data={"k": "line\nbreak"})
     add_edge(cursor, ids[0], ids[1])
     add_edge(cursor, ids[2], ids[1])
-    rows, _ = jq.fetch_jobs(cursor, "", [], jq.LS_FIELDS, 4)
+    rows, _ = reads.fetch_jobs(cursor, "", [], jq.LS_FIELDS, 4)
     expected = jq.dumps([jq.jsonable(r) for r in rows]) + "\n"
     proc = subprocess.run([sys.executable, "-m", "balsam", "ls", "--format", "json"],
                           capture_output=True, text=True, env=_env(BALSAM_LS_LIMIT="4"), timeout=60)

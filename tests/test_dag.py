@@ -250,7 +250,7 @@ def test_spawn_child_saves_a_copy_of_the_current_job_below_it(dag, models, in_jo
 def test_spawn_child_records_spawned_by_in_the_childs_history_as_classic(dag, models, in_job):
     from django.db import connection
 
-    from balsam.cli import jobquery
+    from balsam.core.reads import jobs as reads
 
     child = dag.spawn_child(name="kid")
     saved = models.BalsamJob.objects.get(pk=child.pk)
@@ -261,7 +261,7 @@ def test_spawn_child_records_spawned_by_in_the_childs_history_as_classic(dag, mo
     assert saved.data["spawned_by"] == str(in_job.pk)
     with connection.cursor() as cur:  # `balsam ls --history` renders the same text
         row = {"job_id": saved.pk, "created_at": saved.created_at}
-        assert jobquery.histories(cur, [row]) == {str(saved.pk): saved.state_history}
+        assert reads.histories(cur, [row]) == {str(saved.pk): saved.state_history}
     assert "spawned by" not in in_job.state_history
 
 

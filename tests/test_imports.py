@@ -323,3 +323,21 @@ def test_the_harness_notices_work_at_import(tmp_path):
     assert "probe.connects: socket connect" in problems
     assert any(p.startswith("probe.exits: import raised SystemExit") for p in problems)
     assert not any(p.startswith("probe.clean") for p in problems)
+
+
+READ_LAYER = ["balsam.core.sql", "balsam.core.reads", "balsam.core.reads.jobs",
+              "balsam.core.reads.pages", "balsam.core.reads.activity"]
+
+
+def test_the_read_layer_the_cli_and_web_share_loads_no_django():
+    """``balsam.core.reads`` and ``balsam.core.sql`` serve the CLI on its fast path: importing
+    them (and all they import) must not load Django or the ORM models."""
+    code = ("import importlib, json, sys\n"
+            f"for name in {READ_LAYER!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'django' "
+            "or m.startswith(('django.', 'balsam.core.models', 'balsam.db.')))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(proc.stdout) == []
+    assert set(READ_LAYER) <= set(all_module_names())

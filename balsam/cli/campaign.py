@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.cli import rowfile, rowparents
-from balsam.cli.common import fetch_dicts
 from balsam.core import bulk, schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 TEMPLATED = {"name": "--name", "args": "--args", "description": "--description",
@@ -198,8 +198,8 @@ def run_many(args: Any) -> int:
     from balsam.cli import jobout
     from balsam.cli.common import confirm, transaction
     from balsam.cli.jobflags import job_values
-    from balsam.cli.jobquery import user_errors
     from balsam.cli.newjob import show_new_job
+    from balsam.core.reads.jobs import user_errors
 
     if args.from_file is not None and args.array is not None:
         raise BalsamError("--from-file and --array cannot be combined (a file row has {i}, its "

@@ -7,9 +7,10 @@ import shlex
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import add_output_flags, print_apps
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from balsam.cli.common import add_command, find_job, transaction
+from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import add_output_flags, full_jobs, print_jobs
 from balsam.core import schema
+from balsam.core.reads.jobs import find_job
 
 EPILOG = """With --quiet the two ids are printed (parent, then child); with --format json the
 two jobs as `balsam ls --format json` shows them, the child's parents including the new one."""

@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.jobquery import user_errors
+    from balsam.core.reads.jobs import user_errors
 
     if args.from_file is not None or args.array is not None:
         from balsam.cli.campaign import run_many

@@ -5,9 +5,10 @@ import argparse
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, add_yes_flag, confirm, find_job, transaction
+from balsam.cli.common import add_command, add_yes_flag, confirm, transaction
 from balsam.cli.jobout import add_output_flags, full_jobs, print_jobs
 from balsam.core import schema
+from balsam.core.reads.jobs import find_job
 
 EPILOG = """A killed job is never run again unless its state is changed with
 `balsam modify ID state STATE --force`. Jobs already in a final state (JOB_FINISHED, FAILED,

@@ -5,9 +5,10 @@ import argparse
 from typing import Any, Optional
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import add_command, fetch_dicts, transaction
+from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import check_quiet_listing, quiet_ids
 from balsam.core import schema
+from balsam.core.reads import jobs as reads
 from balsam.core.render import table
 from balsam.errors import BalsamError
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     with transaction() as (db_path, cur):
         if args.objects == "jobs":
             text = jobs_view(cur, db_path, args, args.wf)
-        elif args.objects == "wf" and args.wf is not None and workflow_exists(cur, args.wf):
+        elif args.objects == "wf" and args.wf is not None and reads.workflow_exists(cur, args.wf):
             text = jobs_view(cur, db_path, args, None, wf_exact=args.wf)
         else:
             flags = [f for f in FLAGS if getattr(args, f) not in (None, False)]
@@ -69,26 +70,21 @@ def history_note(row: dict[str, Any], tries: dict[str, tuple[int, int]]) -> str:
             f"max_retries {limit})")
 
 
-def workflow_exists(cur: Any, workflow: str) -> bool:
-    cur.execute(f"SELECT 1 FROM {jq.JOB} WHERE workflow = %s LIMIT 1", [workflow])
-    return cur.fetchone() is not None
-
-
 def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str],
               wf_exact: Optional[str] = None) -> str:
-    where, params = jq.job_where(args.name, args.id, args.state, wf, wf_exact)
+    where, params = reads.job_where(args.name, args.id, args.state, wf, wf_exact)
     if args.quiet:
-        return quiet_ids(cur, jq.JOB, "job_id", where, params)
+        return quiet_ids(cur, reads.JOB, "job_id", where, params)
     if args.by_states and not (args.history or args.tree):
-        counts = jq.state_counts(cur, where, params)
+        counts = reads.state_counts(cur, where, params)
         if args.format == "json":
             return jq.dumps(counts)
         return "\n".join(f"{s:>16} {n}" for s, n in counts.items()) or "No jobs found matching query"
     limit = jq.ls_limit()
     if args.history:
-        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "created_at",
+        rows, total = reads.fetch_jobs(cur, where, params, ["job_id", "name", "created_at",
                                                          "priority"], limit)
-        hist = jq.histories(cur, rows)
+        hist = reads.histories(cur, rows)
         from balsam.core import retries  # dataclasses -> inspect: ~5 ms the plain listing skips
         from balsam.db import dbsettings
         max_retries = int(dbsettings.load(db_path)["launcher"]["max_retries"])
@@ -96,22 +92,22 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
         text = "\n".join(f"Job {r['name']} [{r['job_id']}]{history_note(r, tries)}\n"
                          f"{'-' * 60}{hist[str(r['job_id'])]}\n" for r in rows)
     elif args.tree:
-        no_parents = f"NOT EXISTS (SELECT 1 FROM {jq.DEP} d WHERE d.child_id = job_id)"
+        no_parents = f"NOT EXISTS (SELECT 1 FROM {reads.DEP} d WHERE d.child_id = job_id)"
         where = f"{where} AND {no_parents}" if where else f" WHERE {no_parents}"
-        rows, total = jq.fetch_jobs(cur, where, params, ["job_id", "name", "state"], limit)
+        rows, total = reads.fetch_jobs(cur, where, params, ["job_id", "name", "state"], limit)
         if not rows:
             return "No jobs without parents found matching query"
-        text = "\n".join(jq.tree_lines(cur, rows))
+        text = "\n".join(reads.tree_lines(cur, rows))
     elif args.format == "json":
         jq.stream_jobs_json(cur, where, params, limit)  # written as fetched: flat memory
         return ""
     elif args.verbose:
-        rows, total = jq.fetch_jobs(cur, where, params, jq.LS_FIELDS, limit)
-        apps = jq.apps_by_name(cur)
+        rows, total = reads.fetch_jobs(cur, where, params, jq.LS_FIELDS, limit)
+        apps = reads.apps_by_name(cur)
         text = "\n".join(jq.job_verbose(r, apps, db_path) for r in rows)
     else:
         columns = jq.ls_fields()
-        rows, total = jq.fetch_jobs(cur, where, params, columns, limit)
+        rows, total = reads.fetch_jobs(cur, where, params, columns, limit)
         for r in rows:
             if "parents" in r:
                 r["parents"] = ",".join(p[:8] for p in r["parents"])
@@ -122,11 +118,10 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
 
 
 def apps_view(cur: Any, args: argparse.Namespace) -> str:
-    where, params = jq.app_where(args.name, args.id)
+    where, params = reads.app_where(args.name, args.id)
     if args.quiet:
-        return quiet_ids(cur, jq.APP, "id", where, params)
-    cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {jq.APP}{where} ORDER BY id", params)
-    apps = fetch_dicts(cur)
+        return quiet_ids(cur, reads.APP, "id", where, params)
+    apps = reads.app_rows(cur, where, params)
     if args.format == "json":
         return jq.dumps(apps)
     if not apps:
@@ -138,10 +133,8 @@ def apps_view(cur: Any, args: argparse.Namespace) -> str:
 
 
 def wf_view(cur: Any, args: argparse.Namespace) -> str:
-    where, params = jq.job_where(wf=args.wf)
-    cur.execute(f"SELECT workflow, count(*) AS jobs FROM {jq.JOB}{where} GROUP BY workflow "
-                "ORDER BY workflow", params)
-    rows = fetch_dicts(cur)
+    where, params = reads.job_where(wf=args.wf)
+    rows = reads.workflow_counts(cur, where, params)
     if args.format == "json":
         return jq.dumps(rows)
     if not rows:

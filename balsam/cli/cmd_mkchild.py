@@ -10,10 +10,11 @@ import os
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, confirm, fetch_dicts, transaction
+from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobflags import add_job_flags, job_values
 from balsam.cli.jobout import add_output_flags, preview_stream, print_jobs
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """Needs BALSAM_JOB_ID (set by the launcher for a job's process and its scripts): the new
@@ -60,9 +61,9 @@ def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.jobquery import user_errors
     from balsam.cli.newjob import insert_job, show_new_job
     from balsam.core import bulk, lifecycle
+    from balsam.core.reads.jobs import user_errors
 
     parent_id = current_job_id()
     for name in OBSOLETE:

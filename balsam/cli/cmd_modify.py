@@ -6,9 +6,11 @@ import json
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, fetch_dicts, find_job, transaction
+from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.core import schema
+from balsam.core.reads.jobs import find_job
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
@@ -38,7 +40,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.jobquery import user_errors
+    from balsam.core.reads.jobs import user_errors
 
     note = sys.stderr if machine_output(args) else sys.stdout
     with user_errors(), transaction() as (_, cur):

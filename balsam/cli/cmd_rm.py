@@ -5,10 +5,12 @@ import argparse
 import sys
 from typing import Any
 
-from balsam.cli.common import add_command, confirm, fetch_dicts, find_job, transaction
+from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.cli.progress import Steps
 from balsam.core import schema
+from balsam.core.reads.jobs import find_job
+from balsam.core.sql import fetch_dicts
 from balsam.errors import BalsamError, NotFound
 
 EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
-    from balsam.cli.jobquery import ORDER, job_where
+    from balsam.core.reads.jobs import ORDER, job_where
 
     if args.id is not None:
         job = find_job(cur, args.id, "job_id, name, workflow")
@@ -105,7 +107,7 @@ def remove_jobs(cur: Any, found: list[dict]) -> int:
 
 
 def select_apps(cur: Any, args: argparse.Namespace) -> list[dict]:
-    from balsam.cli.jobquery import app_where
+    from balsam.core.reads.jobs import app_where
 
     where, params = app_where(None if args.all else args.name, args.id)
     cur.execute(f"SELECT id, name FROM {schema.APP_TABLE}{where} ORDER BY id", params)

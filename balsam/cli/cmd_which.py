@@ -65,8 +65,9 @@ def _print_current() -> None:
 
 
 def _workdir(prefix: str) -> str:
-    from balsam.cli.common import find_job, transaction
+    from balsam.cli.common import transaction
     from balsam.core import schema
+    from balsam.core.reads.jobs import find_job
 
     if not prefix.strip():
         raise BalsamError("give a job id prefix (usage: bcd JOBID-PREFIX)")

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from balsam.core import schema
-from balsam.errors import Ambiguous, BalsamError, NotFound
+from balsam.errors import BalsamError
 
 
 def add_command(sub: Any, name: str, handler: Any, help: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -44,33 +43,6 @@ def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Any]]:
         raise
     finally:
         conn.close()
-
-
-def fetch_dicts(cur: Any) -> list[dict]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def find_job(cur: Any, text: str, columns: str = "*") -> dict:
-    """The one job whose id starts with ``text`` (hex, with or without dashes).
-
-    :class:`NotFound` if none, :class:`Ambiguous` if several.
-    """
-    prefix = text.strip().lower()
-    if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
-        raise BalsamError(f"{text!r} is not a job id or id prefix (hex digits)")
-    if len(prefix.replace("-", "")) == 32:
-        cur.execute(f"SELECT {columns} FROM {schema.JOB_TABLE} WHERE job_id = %s",
-                    [str(schema.parse_uuid(prefix))])
-    else:
-        cur.execute(f"SELECT {columns} FROM {schema.JOB_TABLE} WHERE job_id::text LIKE %s LIMIT 2",
-                    [prefix + "%"])
-    rows = fetch_dicts(cur)
-    if not rows:
-        raise NotFound(f"no job id starts with {text!r}")
-    if len(rows) > 1:
-        raise Ambiguous(f"job id prefix {text!r} matches more than one job: give more characters")
-    return rows[0]
 
 
 def add_yes_flag(p: argparse.ArgumentParser, text: str = "do not ask for confirmation") -> None:

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import fetch_dicts
-from balsam.core import schema
+from balsam.core.reads import jobs as reads
 from balsam.errors import BalsamError
 
 
@@ -48,7 +47,7 @@ def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] =
     row's own, else ``parents[n]``, else none)."""
     out = []
     for n, row in enumerate(rows):
-        item = jq.jsonable({c: row.get(c) for c in jq.JOB_COLUMNS})
+        item = jq.jsonable({c: row.get(c) for c in reads.JOB_COLUMNS})
         given = row.get("parents", parents[n] if n < len(parents) else [])
         item["parents"] = [str(p) for p in given]
         out.append(item)
@@ -57,10 +56,8 @@ def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] =
 
 def full_jobs(cur: Any, ids: Sequence[Any]) -> list[dict]:
     """Every column and the parents of the jobs ``ids``, in creation order (for JSON output)."""
-    cur.execute(f"SELECT {', '.join(jq.JOB_COLUMNS)} FROM {jq.JOB} WHERE job_id = ANY(%s::uuid[]) "
-                f"{jq.ORDER}", [[str(i) for i in ids]])
-    rows = fetch_dicts(cur)
-    parents = jq.parents_of(cur, [r["job_id"] for r in rows])
+    rows = reads.jobs_by_ids(cur, ids)
+    parents = reads.parents_of(cur, [r["job_id"] for r in rows])
     for row in rows:
         row["parents"] = parents.get(str(row["job_id"]), [])
     return rows
@@ -102,18 +99,13 @@ def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) 
     """The ids of the matching rows, one per line, in listing order, at most ``BALSAM_LS_LIMIT``
     (a note on stderr says how many more matched); '' when none match."""
     limit = jq.ls_limit()
-    order = jq.ORDER if table == jq.JOB else "ORDER BY id"
-    cur.execute(f"SELECT {column} FROM {table}{where} {order} LIMIT %s", params + [limit + 1])
-    ids = [str(r[0]) for r in cur.fetchall()]
+    ids = reads.first_ids(cur, table, column, where, params, limit)
     if len(ids) > limit:
-        cur.execute(f"SELECT count(*) FROM {table}{where}", params)
-        jq.hidden_notice(int(cur.fetchone()[0]) - limit, to_stderr=True)
+        jq.hidden_notice(reads.count_where(cur, table, where, params) - limit, to_stderr=True)
         ids = ids[:limit]
     return "".join(f"{i}\n" for i in ids)
 
 
 def full_apps(cur: Any, apps: Sequence[dict[str, Any]]) -> list[dict]:
     """Every field of the applications ``apps`` (dicts with ``id``), by number."""
-    cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {jq.APP} WHERE id = ANY(%s) "
-                "ORDER BY id", [[a["id"] for a in apps]])
-    return fetch_dicts(cur)
+    return reads.apps_by_ids(cur, [a["id"] for a in apps])

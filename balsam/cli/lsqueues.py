@@ -11,8 +11,8 @@ import argparse
 from typing import Any
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import db_path, fetch_dicts
-from balsam.core import schema
+from balsam.cli.common import db_path
+from balsam.core.reads import activity
 from balsam.core.render import table
 
 COLUMNS = ["id", "scheduler_id", "queue", "nodes", "wall_minutes", "job_mode", "state", "as_of",
@@ -36,8 +36,7 @@ def live_rows(rows: list[dict], path: str) -> tuple[list[dict], str]:
 
 
 def queues_view(cur: Any, args: argparse.Namespace) -> str:
-    cur.execute(f"SELECT * FROM {schema.QLAUNCH_TABLE} ORDER BY id")
-    rows = fetch_dicts(cur)
+    rows = activity.all_batch_jobs(cur)
     foreign, note = live_rows(rows, db_path())
     if args.format == "json":
         return jq.dumps(rows)

@@ -7,9 +7,10 @@ import argparse
 from typing import Any
 
 from balsam.cli import jobquery as jq
-from balsam.cli.common import fetch_dicts
 from balsam.core import schema
+from balsam.core.reads import jobs as reads_jobs
 from balsam.core.render import table
+from balsam.core.sql import fetch_dicts, like_contains
 from balsam.errors import BalsamError
 
 ITEM_STATES = schema.TRANSFER_ITEM_STATES
@@ -29,12 +30,12 @@ def _where(args: argparse.Namespace) -> tuple[str, list[Any]]:
         clauses.append("i.state = %s")
         params.append(args.state)
     if args.id is not None:
-        sql, p = jq.id_condition(args.id, "i.job_id")
+        sql, p = reads_jobs.id_condition(args.id, "i.job_id")
         clauses.append(sql)
         params += p
     if args.wf is not None:
         clauses.append("j.workflow LIKE %s")
-        params.append(jq.like_contains(args.wf))
+        params.append(like_contains(args.wf))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 

@@ -6,14 +6,14 @@ import json
 import sys
 from typing import Any
 
-from balsam.cli.common import fetch_dicts
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.errors import NotFound
 
 
 def insert_job(cur: Any, row: dict[str, Any]) -> None:
     """One INSERT naming every column (``data`` as JSON text)."""
-    from balsam.cli.jobquery import JOB_COLUMNS
+    from balsam.core.reads.jobs import JOB_COLUMNS
 
     values = [json.dumps(row[c]) if isinstance(row[c], dict) else row[c] for c in JOB_COLUMNS]
     values[0] = str(values[0])

@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from balsam.core import schema
+from balsam.core.reads import activity, jobs
 from balsam.core.render import duration
 from balsam.core.states import STATES
 
@@ -31,8 +31,6 @@ FAILURE_LIMIT = 10
 FAILURE_STATES = ("FAILED", "RUN_ERROR")
 LIVE_MODES = ("mpi", "serial")
 WORKER_MODE = "processing"
-FINAL_BATCH_STATES = ("finished", "failed", "cancelled", "submit-failed")
-"""Batch-job row states that never change again (balsam.service.policy.FINAL_ROW_STATES)."""
 SLOW_QUERY_MS = 1500
 """A failures query slower than this is abandoned (the frame says so) rather than stall the view."""
 
@@ -65,90 +63,25 @@ class Snapshot:
         return self
 
 
-def _dicts(cur: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def _in(values: tuple[str, ...]) -> str:
-    return ", ".join(f"'{v}'" for v in values)
-
-
 def collect(cur: Any, with_flow: bool = True) -> Snapshot:
     """Read a snapshot with ``cur`` (a DB-API cursor inside a transaction; nothing is written).
 
     ``with_flow`` also reads the recent events behind first-frame rates.
     """
-    cur.execute("SELECT now()")
-    now = cur.fetchone()[0]
-    cur.execute(f"SELECT state, count(*) FROM {schema.JOB_TABLE} GROUP BY state")
-    counts = {state: int(n) for state, n in cur.fetchall()}
-    flow: Optional[dict[str, int]] = None
-    if with_flow:
-        cur.execute(f"""SELECT from_state, to_state, count(*) FROM {schema.EVENT_TABLE}
-                        WHERE timestamp > now() - %s * interval '1 second'
-                        GROUP BY from_state, to_state""", [RATE_WINDOW])
-        flow = {}
-        for src, dst, n in cur.fetchall():
-            flow[dst] = flow.get(dst, 0) + int(n)
-            flow[src] = flow.get(src, 0) - int(n)
-    cur.execute(f"""SELECT id, hostname, job_mode, label, scheduler_id, num_nodes, started_at,
-                           heartbeat FROM {schema.SESSION_TABLE}
-                    WHERE ended_at IS NULL AND job_mode IN ({_in(LIVE_MODES)}) ORDER BY id""")
-    sessions = _dicts(cur)
-    running: dict[int, int] = {}
-    if sessions:
-        cur.execute(f"""SELECT session_id, count(*) FROM {schema.JOB_TABLE}
-                        WHERE state = 'RUNNING' AND session_id = ANY(%s) GROUP BY session_id""",
-                    [[s["id"] for s in sessions]])
-        running = {sid: int(n) for sid, n in cur.fetchall()}
-    for s in sessions:
-        s["running"] = running.get(s["id"], 0)
-    cur.execute(f"""SELECT count(*) FROM {schema.SESSION_TABLE}
-                    WHERE ended_at IS NULL AND job_mode = %s""", [WORKER_MODE])
-    workers = int(cur.fetchone()[0])
-    cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state, submitted_at
-                    FROM {schema.QLAUNCH_TABLE}
-                    WHERE state NOT IN ({_in(FINAL_BATCH_STATES)}) ORDER BY id""")
-    batch_jobs = _dicts(cur)
-    failures, notes = _failures(cur)
-    return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, notes,
-                    _transfers(cur))
-
-
-def _transfers(cur: Any) -> list[dict[str, Any]]:
-    """Open transfer items per (protocol, endpoint, direction) (partial indexes: only open
-    items are read) and their active batches."""
-    cur.execute(f"""
-        SELECT i.protocol, i.endpoint, i.direction,
-               count(*) FILTER (WHERE i.state = 'pending') AS pending,
-               count(*) FILTER (WHERE i.state = 'active') AS active,
-               count(DISTINCT i.batch_id) FILTER (WHERE i.state = 'active') AS batches
-        FROM {schema.TRANSFER_ITEM_TABLE} i WHERE i.state IN ('pending', 'active')
-        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""")
-    return _dicts(cur)
-
-
-def _failures(cur: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """The latest FAILED / RUN_ERROR events of the last FAILURE_WINDOW seconds, newest first."""
-    from psycopg2.errors import QueryCanceled
-
-    cur.execute("SAVEPOINT top_failures")
-    cur.execute(f"SET LOCAL statement_timeout = {SLOW_QUERY_MS}")
-    try:
-        cur.execute(f"""SELECT e.timestamp, e.to_state, e.message, j.name, j.job_id
-                        FROM {schema.EVENT_TABLE} e JOIN {schema.JOB_TABLE} j USING (job_id)
-                        WHERE e.timestamp > now() - %s * interval '1 second'
-                          AND e.to_state IN ({_in(FAILURE_STATES)})
-                        ORDER BY e.timestamp DESC, e.id DESC LIMIT %s""",
-                    [FAILURE_WINDOW, FAILURE_LIMIT])
-        rows = _dicts(cur)
-    except QueryCanceled:
-        cur.execute("ROLLBACK TO SAVEPOINT top_failures")
-        return [], [f"latest failures not shown: the query took over {SLOW_QUERY_MS} ms"]
-    cur.execute("RELEASE SAVEPOINT top_failures")
-    cur.execute("SET LOCAL statement_timeout = 0")
-    return rows, []
+    now = activity.db_now(cur)
+    counts = jobs.state_counts(cur, "", [])
+    flow = activity.event_flow(cur, RATE_WINDOW) if with_flow else None
+    sessions = activity.live_sessions(cur, LIVE_MODES, order="id")
+    workers = activity.count_live_sessions(cur, WORKER_MODE)
+    batch_jobs = activity.unfinished_batch_jobs(cur)
+    failures = activity.recent_failures(cur, FAILURE_STATES, FAILURE_WINDOW, FAILURE_LIMIT,
+                                        SLOW_QUERY_MS)
+    transfers = activity.open_transfers(cur)
+    if failures is None:
+        return Snapshot(now, counts, flow, sessions, workers, batch_jobs, [],
+                        [f"latest failures not shown: the query took over {SLOW_QUERY_MS} ms"],
+                        transfers)
+    return Snapshot(now, counts, flow, sessions, workers, batch_jobs, failures, [], transfers)
 
 
 def rates(snap: Snapshot, prev: Optional[Snapshot]) -> dict[str, Optional[float]]:

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
 from balsam import defaults
-from balsam.cli import jobquery as jq
-from balsam.cli.common import find_job
 from balsam.core import schema
+from balsam.core.reads import jobs as reads
+from balsam.core.reads.jobs import find_job
 from balsam.errors import BalsamError, NotFound
 
 EXIT_FINISHED = 0
@@ -84,7 +84,7 @@ def resolve_ids(cur: Any, words: Iterable[str]) -> list[str]:
     """Full job ids for ``words`` (full ids or unique prefixes), each once; :class:`NotFound`
     naming the first few that match no job. Leaves :data:`IDS_TABLE` filled on ``cur``."""
     full: list[str] = []
-    with jq.user_errors():
+    with reads.user_errors():
         for word in words:
             if _CANONICAL.match(word):
                 full.append(word.lower())
@@ -94,7 +94,7 @@ def resolve_ids(cur: Any, words: Iterable[str]) -> list[str]:
                 full.append(str(find_job(cur, word, "job_id")["job_id"]))
     full = list(dict.fromkeys(full))
     load_ids(cur, full)
-    cur.execute(f"SELECT w.job_id::text FROM {IDS_TABLE} w LEFT JOIN {jq.JOB} j USING (job_id) "
+    cur.execute(f"SELECT w.job_id::text FROM {IDS_TABLE} w LEFT JOIN {reads.JOB} j USING (job_id) "
                 "WHERE j.job_id IS NULL")
     missing = {r[0] for r in cur.fetchall()}
     if missing:
@@ -108,7 +108,7 @@ def select_jobs(cur: Any, ids: Sequence[str], name: Optional[str], wf: Optional[
                 state: Optional[str]) -> Selection:
     """The selection for ``balsam wait``'s arguments (see the module docstring); BalsamError
     if it matches no job."""
-    where, params = jq.job_where(name=name, state=state, wf=wf)
+    where, params = reads.job_where(name=name, state=state, wf=wf)
     sel = Selection(where, params, resolve_ids(cur, ids) if ids else None)
     if state is not None:  # a snapshot: the jobs leave that state while we wait
         cur.execute(f"SELECT job_id::text FROM {_source(sel)}{where}", params)
@@ -122,7 +122,7 @@ def select_jobs(cur: Any, ids: Sequence[str], name: Optional[str], wf: Optional[
 
 
 def _source(sel: Selection) -> str:
-    return f"{jq.JOB} JOIN {IDS_TABLE} USING (job_id)" if sel.ids is not None else jq.JOB
+    return f"{reads.JOB} JOIN {IDS_TABLE} USING (job_id)" if sel.ids is not None else reads.JOB
 
 
 def count_states(cur: Any, sel: Selection) -> dict[str, int]:

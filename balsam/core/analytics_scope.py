@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.sql import like_contains
 from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
 
@@ -60,10 +61,6 @@ def _aware(when: Optional[datetime.datetime]) -> Optional[datetime.datetime]:
     return when
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 def job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
     """Conditions on the job table (alias ``j``) for the job filters of ``f``."""
     clauses: list[str] = []
@@ -73,7 +70,7 @@ def job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
         params.append(f.workflow)
     if f.workflow_contains is not None:
         clauses.append("j.workflow LIKE %s")
-        params.append(_like(f.workflow_contains))
+        params.append(like_contains(f.workflow_contains))
     if f.app is not None:
         clauses.append("j.application = %s")
         params.append(f.app)

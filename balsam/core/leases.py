@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, schema
+from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
-from balsam.db.dbapi import Cursor, column_names, fetch_one
+from balsam.db.dbapi import Cursor, fetch_one
 
 JOB, SESSION = schema.JOB_TABLE, schema.SESSION_TABLE
 
@@ -75,8 +76,7 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
                                         exclude_ids=exclude_ids, tags=tags,
                                         gpus_per_node=gpus_per_node)
     cursor.execute(f"WITH {sql} SELECT * FROM c_upd", params)
-    names = column_names(cursor)
-    rows = [dict(zip(names, r)) for r in cursor.fetchall()]
+    rows = fetch_dicts(cursor)
     rows.sort(key=order_key)
     for r in rows:
         r["job_id"] = str(r["job_id"])
@@ -99,7 +99,7 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
         order = "priority DESC, num_nodes DESC, wall_time_minutes DESC"
     if wf_filter:
         where.append("workflow LIKE %s")
-        params.append(_like(wf_filter))
+        params.append(like_contains(wf_filter))
     if tags:
         where.append("tags @> %s::jsonb")
         params.append(json.dumps(dict(tags), sort_keys=True))
@@ -160,11 +160,6 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
     return [(str(j), f, t) for j, f, t in moved], rows
 
 
-def _like(wf_filter: str) -> str:
-    """A LIKE pattern matching workflows that contain ``wf_filter`` (wildcards escaped)."""
-    return "%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 def tags_clause(tags: Optional[Mapping[str, str]], params: list[Any],
                 column: str = "j.tags") -> str:
     """`` AND <column> @> %s::jsonb`` for a tag filter (every key with its value), appending the
@@ -203,7 +198,7 @@ def holders_elsewhere(cursor: Cursor, session_id: int, *, serial: bool, max_node
     wf = ""
     if wf_filter:
         wf = " AND j.workflow LIKE %s"
-        params.append(_like(wf_filter))
+        params.append(like_contains(wf_filter))
     wf += tags_clause(tags, params)
     if gpus_per_node is not None:
         wf += " AND " + gpu_condition(serial, gpus_per_node, params)

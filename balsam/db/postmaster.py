@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from balsam.platform.process import process_alive
+
 FILENAME = "postmaster.pid"
 
 
@@ -52,28 +54,6 @@ def read(data_dir: str) -> Optional[PidFile]:
     except (IndexError, ValueError):
         port = 0
     return PidFile(pid, recorded, port)
-
-
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` is a live process (zombies, which nobody reaped, are dead)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # Format: "pid (comm) S ..."; comm may contain spaces and parentheses, so split after the last ')'.
-    state = stat.rsplit(")", 1)[-1].split()[:1]
-    return bool(state) and state[0] not in ("Z", "X")
 
 
 def is_postmaster(pid: int, data_dir: str) -> bool:

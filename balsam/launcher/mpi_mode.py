@@ -47,6 +47,7 @@ from balsam.launcher.job_source import JobSource, Row
 from balsam.launcher.status import Batch, StatusBuffer
 from balsam.launcher.task import TaskSpec, with_envscript
 from balsam.platform import mpi
+from balsam.platform.process import pidfd_open
 from balsam.processing import transitions
 
 PROCESSING_MIN_INTERVAL = 0.1
@@ -367,11 +368,7 @@ class MPIMode:
             ctx.log.error(f"job {spec.job_id[:8]} could not start: {exc}")
             self.status.error(spec.job_id, f"could not start: {exc}")
             return
-        try:
-            pidfd: Optional[int] = os.pidfd_open(proc.proc.pid)  # type: ignore[attr-defined,unused-ignore]
-        except (AttributeError, OSError):
-            pidfd = None
-        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd)
+        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.proc.pid))
         if ctx.watchdog is not None:
             ctx.watchdog.add(proc.pgid)
         for i in nodes:

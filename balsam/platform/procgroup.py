@@ -11,6 +11,8 @@ import signal
 import subprocess
 from typing import Any
 
+from balsam.platform.process import is_dead_state, stat_fields
+
 
 def signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours)."""
@@ -37,13 +39,10 @@ def live_members(pgid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                fields = fh.read().rpartition(b")")[2].split()
-        except OSError:
-            continue
+        fields = stat_fields(name)
         # After the command name: state, ppid, pgrp (proc(5)).
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        if fields is not None and len(fields) > 2 and int(fields[2]) == pgid \
+                and not is_dead_state(fields):
             members.append(int(name))
     return members
 

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from balsam.core import leases, lifecycle, retries, schema
 from balsam.core.retries import RetryPolicy
+from balsam.core.sql import like_contains
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
 from balsam.processing.transfers import slots
@@ -56,7 +57,7 @@ def wf_clause(wf_filter: Optional[str], params: list[Any], column: str = "j.work
     """`` AND <column> LIKE %s`` for a workflow filter (substring match), appending the param."""
     if not wf_filter:
         return ""
-    params.append("%" + wf_filter.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    params.append(like_contains(wf_filter))
     return f" AND {column} LIKE %s"
 
 

@@ -25,6 +25,7 @@ from typing import Any, Optional
 from balsam.db.connect import connect
 from balsam.db.dbapi import Connection, Cursor
 from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.platform.process import process_alive
 
 LOCK_KEY = 0x42414C53414D5356
 """The service's advisory lock key (b"BALSAMSV" as a 64-bit integer), the same in every DB."""
@@ -72,21 +73,6 @@ def remove_pid_file(db_path: str, pid: int) -> None:
             os.unlink(pid_path(db_path))
         except FileNotFoundError:
             pass
-
-
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` runs on this host (and is not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def holder_name() -> str:

@@ -48,7 +48,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 from balsam.core import schema
-from balsam.db.dbapi import Cursor, column_names, fetch_one
+from balsam.core.sql import fetch_dicts
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.service import packing
 from balsam.service.policy import (
     FINAL_ROW_STATES,
@@ -117,8 +118,7 @@ def active_launches(cursor: Cursor) -> list[dict[str, Any]]:
     cursor.execute(f"""
         SELECT id, queue, nodes, wall_minutes, minutes_left, job_mode, state
         FROM {schema.QLAUNCH_TABLE} WHERE from_balsam AND state NOT IN ({final})""")
-    names = column_names(cursor)
-    return [dict(zip(names, r)) for r in cursor.fetchall()]
+    return fetch_dicts(cursor)
 
 
 def _units_per_node(shapes: list[Shape], mode: str) -> int:

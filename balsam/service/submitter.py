@@ -35,7 +35,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from balsam.core import schema
-from balsam.db.dbapi import Cursor, column_names
+from balsam.core.sql import fetch_dict
+from balsam.db.dbapi import Cursor
 from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.platform import machines
@@ -115,10 +116,9 @@ def _claim(cursor: Cursor, now: datetime, ids: Optional[Sequence[int]], skip: li
           AND (attempts = 0 OR submitted_at + make_interval(secs => %s * 2 ^ (attempts - 1)) <= %s)
         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED""",
                    [PENDING, skip, *params, RETRY_SECONDS, now])
-    found = cursor.fetchone()
-    if found is None:
+    row = fetch_dict(cursor)
+    if row is None:
         return None
-    row = dict(zip(column_names(cursor), found))
     cursor.execute(f"UPDATE {QL} SET state = %s, attempts = attempts + 1, submitted_at = %s "
                    "WHERE id = %s", [SUBMITTING, now, row["id"]])
     row["attempts"] += 1

@@ -1,5 +1,6 @@
-"""Dashboard pages and the two actions (kill, retry). Reads are plain SQL from
-:mod:`balsam.web.queries`; every state change goes through :mod:`balsam.core.lifecycle`.
+"""Dashboard pages and the two actions (kill, retry). Reads are plain SQL from the read layer
+the CLI shares (:mod:`balsam.core.reads`); every state change goes through
+:mod:`balsam.core.lifecycle`.
 
 Retry (POST, FAILED jobs only) means: a job that never reached RUNNING (it failed in stage-in or
 preprocess, or because a parent failed) goes back to CREATED, so its parents are checked again
@@ -29,12 +30,14 @@ from django.views.decorators.http import require_GET, require_POST
 
 from balsam.core import lifecycle, schema
 from balsam.core.jobenv import is_credential
+from balsam.core.reads import activity, pages
+from balsam.core.reads import jobs as job_reads
 from balsam.core.states import END_STATES, STATES
 from balsam.db.connect import connection_params
 from balsam.db.settings import active_path
 from balsam.errors import BalsamError
 from balsam.service import live
-from balsam.web import auth, charts, queries
+from balsam.web import auth, charts
 
 TAIL_BYTES = 64 * 1024
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
@@ -75,9 +78,9 @@ def _live_states(batch: list[dict[str, Any]]) -> str:
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cur:
-        counts = queries.counts_by_workflow_state(cur)
-        sessions = queries.live_sessions(cur)
-        batch = queries.batch_jobs(cur)
+        counts = activity.counts_by_workflow_state(cur)
+        sessions = activity.live_sessions(cur)
+        batch = activity.recent_batch_jobs(cur)
     batch_note = _live_states(batch)
     by_state: dict[str, int] = defaultdict(int)
     for _, state, n in counts:
@@ -113,17 +116,17 @@ def charts_api(request: HttpRequest) -> JsonResponse:
 @require_GET
 def jobs(request: HttpRequest) -> HttpResponse:
     g = request.GET
-    flt = queries.JobFilter(state=g.get("state", ""), workflow=g.get("wf", ""),
+    flt = pages.JobFilter(state=g.get("state", ""), workflow=g.get("wf", ""),
                             app=g.get("app", ""), name=g.get("name", "").strip(),
                             id_prefix=g.get("id", "").strip())
-    sort = g.get("sort", "created") if g.get("sort") in queries.SORTS else "created"
+    sort = g.get("sort", "created") if g.get("sort") in pages.SORTS else "created"
     descending = g.get("dir", "desc") != "asc"
     try:
         size = int(g.get("size", "50"))
     except ValueError:
         size = 50
     with connection.cursor() as cur:
-        page = queries.job_page(cur, flt, sort, descending, g.get("after", ""),
+        page = pages.job_page(cur, flt, sort, descending, g.get("after", ""),
                                 g.get("before", ""), size)
     keep = {k: v for k, v in g.items() if k not in ("after", "before") and v}
 
@@ -141,8 +144,8 @@ def jobs(request: HttpRequest) -> HttpResponse:
     return render(request, "balsam_web/jobs.html", _context(
         request, page="jobs", jobs=page.jobs, count=page.count, count_exact=page.count_exact,
         flt=flt, states=STATES, headers=headers,
-        size=size if size in queries.PAGE_SIZES else 50,
-        sizes=queries.PAGE_SIZES, sort=sort, dir="desc" if descending else "asc",
+        size=size if size in pages.PAGE_SIZES else 50,
+        sizes=pages.PAGE_SIZES, sort=sort, dir="desc" if descending else "asc",
         next_href=link(after=page.next_cursor) if page.next_cursor else "",
         prev_href=link(before=page.prev_cursor) if page.prev_cursor else "",
         first_href=link() if page.prev_cursor else ""))
@@ -153,7 +156,7 @@ def _job_or_404(cur: Any, job_id: str) -> dict[str, Any]:
         schema.parse_uuid(job_id)
     except Exception:
         raise Http404("no such job")
-    job = queries.job_detail(cur, job_id)
+    job = job_reads.job_detail(cur, job_id)
     if job is None:
         raise Http404("no such job")
     return job
@@ -163,8 +166,8 @@ def _job_or_404(cur: Any, job_id: str) -> dict[str, Any]:
 def job(request: HttpRequest, job_id: str) -> HttpResponse:
     with connection.cursor() as cur:
         row = _job_or_404(cur, job_id)
-        events = queries.job_events(cur, job_id)
-        parents, children = queries.job_relatives(cur, job_id)
+        events = job_reads.job_events(cur, job_id)
+        parents, children = job_reads.job_relatives(cur, job_id)
     workdir = schema.working_directory(active_path(), row["workflow"], row["name"],
                                        row["job_id"], row["user_workdir"])
     out_path = os.path.join(workdir, f"{row['name'].replace(os.sep, '_') or 'job'}.out")
@@ -234,9 +237,7 @@ def kill(request: HttpRequest, job_id: str) -> HttpResponse:
 def retry(request: HttpRequest, job_id: str) -> HttpResponse:
     with transaction.atomic(), connection.cursor() as cur:
         _job_or_404(cur, job_id)
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {queries.EVENT} WHERE job_id = %s "
-                    "AND to_state = 'RUNNING')", [job_id])
-        ran = bool(cur.fetchone()[0])
+        ran = job_reads.has_run(cur, job_id)
         target = "RESTART_READY" if ran else "CREATED"
         moved = lifecycle.transition(cur, [job_id], target, "Retried by user from the web "
                                      "dashboard", user=True, sources=["FAILED"])
@@ -248,14 +249,14 @@ def retry(request: HttpRequest, job_id: str) -> HttpResponse:
 @require_GET
 def apps(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cur:
-        app_rows = queries.apps(cur)
+        app_rows = job_reads.app_summaries(cur)
     return render(request, "balsam_web/apps.html", _context(request, page="apps", apps=app_rows))
 
 
 @require_GET
 def workflows(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cur:
-        table = _workflow_table(queries.counts_by_workflow_state(cur))
+        table = _workflow_table(activity.counts_by_workflow_state(cur))
     for row in table:
         row["cells"] = [row["states"].get(s, 0) for s in STATES]
     return render(request, "balsam_web/workflows.html", _context(
@@ -266,7 +267,7 @@ def workflows(request: HttpRequest) -> HttpResponse:
 def transfers(request: HttpRequest) -> HttpResponse:
     """Stage-in/out transfers: items by state, throughput, latest batches and failures."""
     with connection.cursor() as cur:
-        data = queries.transfers(cur)
+        data = pages.transfers(cur)
     human = data.pop("human")
     summary = data["summary"]
     for b in data["batches"]:

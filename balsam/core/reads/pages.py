@@ -1,4 +1,5 @@
-"""The SQL behind the dashboard pages, on a DB-API cursor; every query here is bounded.
+"""The dashboard's job table: filters, keyset pages and bounded counts, on a DB-API cursor
+(Django-free; the web's views pass Django's cursor, the CLI could pass psycopg2's).
 
 The jobs table pages by keyset (the sort column, then ``job_id``): a page costs an index walk of
 one page, however deep, and never an OFFSET or a COUNT over the whole table. Counts above
@@ -12,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.sql import fetch_dicts
 from balsam.core.states import STATES
 
-JOB, EVENT, DEP, APP = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.APP_TABLE
-SESSION, QLAUNCH = schema.SESSION_TABLE, schema.QLAUNCH_TABLE
+JOB = schema.JOB_TABLE
 
 PAGE_SIZES = (25, 50, 100, 200)
 COUNT_CAP = 10_000
@@ -31,11 +32,6 @@ LIST_COLUMNS = ("job_id", "name", "workflow", "application", "state", "num_nodes
                 "ranks_per_node", "node_packing_count", "wall_time_minutes", "created_at")
 
 
-def rows(cur: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 @dataclass
 class JobFilter:
     """The jobs table's filters, as given in the URL (empty means no filter)."""
@@ -47,7 +43,8 @@ class JobFilter:
     id_prefix: str = ""
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, params = [], []  # type: ignore[var-annotated]
+        clauses: list[str] = []
+        params: list[Any] = []
         if self.state in STATES:
             clauses.append("state = %s")
             params.append(self.state)
@@ -112,7 +109,7 @@ def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool =
     order = "DESC" if desc else "ASC"
     cur.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM {JOB} WHERE {where} "
                 f"ORDER BY {column} {order}, job_id {order} LIMIT %s", params + [size + 1])
-    found = rows(cur)
+    found = fetch_dicts(cur)
     more = len(found) > size
     found = found[:size]
     if backwards:
@@ -145,64 +142,6 @@ def count_jobs(cur: Any, flt: JobFilter) -> tuple[int, bool]:
     return max(int(plan[0]["Plan"]["Plan Rows"]), n), False
 
 
-def counts_by_workflow_state(cur: Any) -> list[tuple[str, str, int]]:
-    """(workflow, state, count) for every pair present (an index-only scan of job_wf_state)."""
-    cur.execute(f"SELECT workflow, state, count(*) FROM {JOB} GROUP BY workflow, state "
-                "ORDER BY workflow, state")
-    return [(w, s, int(n)) for w, s, n in cur.fetchall()]
-
-
-def live_sessions(cur: Any) -> list[dict[str, Any]]:
-    """Launcher sessions not ended, with the number of jobs each holds RUNNING."""
-    cur.execute(f"""
-        SELECT s.id, s.hostname, s.pid, s.job_mode, s.label, s.scheduler_id, s.num_nodes,
-               s.started_at, s.heartbeat,
-               s.heartbeat + s.lease_seconds * interval '1 second' < now() AS expired,
-               (SELECT count(*) FROM {JOB} j WHERE j.session_id = s.id
-                  AND j.state = 'RUNNING') AS running
-        FROM {SESSION} s WHERE s.ended_at IS NULL ORDER BY s.started_at""")
-    return rows(cur)
-
-
-def batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
-    """Batch jobs not ended, then the most recently ended ones, up to ``limit``."""
-    cur.execute(f"""
-        SELECT id, scheduler_id, queue, project, nodes, wall_minutes, job_mode, wf_filter, state,
-               message, submitted_at, ended_at
-        FROM {QLAUNCH} ORDER BY ended_at IS NOT NULL, ended_at DESC NULLS FIRST, id DESC
-        LIMIT %s""", [limit])
-    return rows(cur)
-
-
-def job_detail(cur: Any, job_id: str) -> Optional[dict[str, Any]]:
-    cur.execute(f"SELECT * FROM {JOB} WHERE job_id = %s", [job_id])
-    found = rows(cur)
-    return found[0] if found else None
-
-
-def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
-    cur.execute(f"SELECT timestamp, from_state, to_state, message FROM {EVENT} "
-                "WHERE job_id = %s ORDER BY id LIMIT %s", [job_id, limit])
-    return rows(cur)
-
-
-def job_relatives(cur: Any, job_id: str, limit: int = 200) -> tuple[list[dict], list[dict]]:
-    """(parents, children) of a job: id, name, state; at most ``limit`` of each."""
-    out = []
-    for mine, other in (("child_id", "parent_id"), ("parent_id", "child_id")):
-        cur.execute(f"SELECT j.job_id, j.name, j.workflow, j.state FROM {DEP} d "
-                    f"JOIN {JOB} j ON j.job_id = d.{other} WHERE d.{mine} = %s "
-                    "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
-        out.append(rows(cur))
-    return out[0], out[1]
-
-
-def apps(cur: Any) -> list[dict[str, Any]]:
-    cur.execute(f"SELECT id, name, description, executable, preprocess, postprocess, envscript "
-                f"FROM {APP} ORDER BY name")
-    return rows(cur)
-
-
 TRANSFER_ROWS = 50
 """Batches and failed items the Transfers page lists (newest first)."""
 
@@ -219,12 +158,11 @@ def transfers(cur: Any) -> dict[str, Any]:
                                  ::numeric, 1) AS seconds
                     FROM {schema.TRANSFER_BATCH_TABLE} ORDER BY id DESC LIMIT %s""",
                 [TRANSFER_ROWS])
-    batches = rows(cur)
+    batches = fetch_dicts(cur)
     cur.execute(f"""SELECT i.id, i.job_id, j.name, i.direction, i.protocol, i.endpoint, i.source,
                            i.attempts, i.error
                     FROM {schema.TRANSFER_ITEM_TABLE} i JOIN {JOB} j ON j.job_id = i.job_id
                     WHERE i.state = 'failed' ORDER BY i.finished_at DESC NULLS LAST, i.id DESC
                     LIMIT %s""", [TRANSFER_ROWS])
-    return {"summary": summary, "batches": batches, "failed": rows(cur),
+    return {"summary": summary, "batches": batches, "failed": fetch_dicts(cur),
             "human": analytics_transfers.human_bytes}
-

@@ -1,0 +1,62 @@
+"""Small questions about processes on this host, stdlib only: is a pid alive (a zombie is not),
+what ``/proc/<pid>/stat`` says after the command name, and a pidfd to wait on a pid.
+
+Zombies count as dead everywhere: one whose parent died may never be reaped where PID 1 does not
+reap (some containers), and it holds nothing but its process-table slot.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+DEAD_STATES = (b"Z", b"X")
+"""``/proc/<pid>/stat`` states of a process that has ended: zombie, dead (proc(5))."""
+
+
+def stat_fields(pid: int | str) -> Optional[list[bytes]]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...), or
+    None if there is no such process (or no ``/proc``). The command name may hold spaces and
+    parentheses, so the split is after the last ``)``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+
+
+def is_dead_state(fields: list[bytes]) -> bool:
+    """True if :func:`stat_fields` output describes a zombie or dead process."""
+    return not fields or fields[0] in DEAD_STATES
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process on this host (a zombie is dead; pid <= 0 is never a
+    process: ``os.kill(0, 0)`` would ask about our own group). Without ``/proc``, asks the kernel."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return not is_dead_state(fields)
+
+
+def pidfd_open(pid: int) -> Optional[int]:
+    """A pidfd for ``pid`` (readable once it exits), or None where Linux or Python lack them or
+    the process is already gone."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return int(opener(pid))
+    except OSError:
+        return None

@@ -1,0 +1,52 @@
+"""balsam.platform.process: the one liveness check (zombies are dead) and pidfd opener."""
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from balsam.platform.process import pidfd_open, process_alive, stat_fields
+
+
+def _exited_unreaped() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # wait for the zombie without reaping it
+        fields = stat_fields(proc.pid)
+        if fields and fields[0] == b"Z":
+            break
+        time.sleep(0.01)
+    return proc
+
+
+def test_this_process_is_alive_and_pid_zero_is_not():
+    assert process_alive(os.getpid())
+    assert not process_alive(0)
+    assert not process_alive(-1)
+
+
+def test_a_zombie_counts_as_dead_and_a_reaped_pid_is_gone():
+    proc = _exited_unreaped()
+    assert stat_fields(proc.pid)[0] == b"Z"
+    assert not process_alive(proc.pid)
+    proc.wait()
+    assert stat_fields(proc.pid) is None
+    assert not process_alive(proc.pid)
+
+
+def test_pidfd_becomes_readable_when_the_process_exits():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    fd = pidfd_open(proc.pid)
+    try:
+        if fd is None:
+            pytest.skip("no pidfd_open on this kernel or Python (callers poll instead)")
+        assert select.select([fd], [], [], 0)[0] == []
+        assert select.select([fd], [], [], 10)[0] == [fd]
+    finally:
+        if fd is not None:
+            os.close(fd)
+        proc.wait()
