@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.platform.allocation import Allocation
+from balsam.platform.process import pidfd_open
 from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
@@ -268,7 +269,7 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
-    pidfd = _pidfd(proc.pid)
+    pidfd = pidfd_open(proc.pid)
     processing_at = None
     if ctx.after_start is not None:
         processing_at = time.monotonic() + START_PROCESSING_SECONDS
@@ -315,13 +316,6 @@ def _quietly(call: Callable[[], None]) -> None:
         call()
     except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
         pass
-
-
-def _pidfd(pid: int) -> Optional[int]:
-    try:
-        return int(os.pidfd_open(pid))
-    except (AttributeError, OSError):
-        return None
 
 
 def _drain(fd: int) -> None:

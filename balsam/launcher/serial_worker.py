@@ -48,6 +48,7 @@ from balsam.launcher import procs, spawn, task
 from balsam.launcher.packing import NodeSlots, Placement
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
+from balsam.platform.process import pidfd_open
 
 IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
@@ -323,7 +324,8 @@ class Worker:
             added.append((t.pgid, work.job_id))
             if len(placement.cpus) < len(self.node.cpus):
                 _pin(t.pid, placement.cpus)
-            fd = _pidfd(t.pid)
+            found = pidfd_open(t.pid)
+            fd = -1 if found is None else found
         self.started += 1
         self.running[work.job_id] = _Running(t, fd)
         if fd >= 0:
@@ -351,15 +353,7 @@ def _pin(pid: int, cpus: Sequence[int]) -> None:
         pass
 
 
-def _pidfd(pid: int) -> int:
-    """A pidfd for ``pid`` (readable once it exits), or -1 where Linux/Python lack them."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return -1
-    try:
-        return int(opener(pid))
-    except OSError:
-        return -1
+
 
 
 def node_cpus(cores_per_node: int) -> list[int]:
