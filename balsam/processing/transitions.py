@@ -31,13 +31,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.core import leases, lifecycle, retries, schema
+from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.retries import RetryPolicy
+from balsam.core.routing import sql_in
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
 from balsam.processing.transfers import slots
 
 JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
+S = State
+
+# The SQL state lists, from the routing table (:mod:`balsam.core.routing`).
+_CREATED = sql_in([S.CREATED])
+_FINISHED = sql_in([S.JOB_FINISHED])
+_PARENT_BAD = sql_in([S.FAILED, S.USER_KILLED])
+_PARENT_STATES = sql_in(routing.PARENT_STATES)
+_PURE_STATES = sql_in(routing.PURE_STATES)
+_HANDLER_STATES = sql_in(routing.HANDLER_STATES)
+_CLAIMABLE = sql_in(routing.CLAIMABLE_STATES)
 
 # What a job needs before it can run / after it ran (SQL over job j and its app a).
 NEEDS_STAGE_IN = ("(j.stage_in_url <> '' OR " + slots.HAS_IN  # a str.format template
@@ -66,7 +77,7 @@ def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
     wf = wf_clause(wf_filter, params)
     cursor.execute(f"""
         SELECT j.job_id FROM {JOB} j
-        WHERE j.state = 'CREATED' AND j.session_id IS NULL{wf}
+        WHERE j.state = {_CREATED} AND j.session_id IS NULL{wf}
         LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
     ids = [str(r[0]) for r in cursor.fetchall()]
     params = []
@@ -91,14 +102,14 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
                j.stage_in_url <> '' OR {slots.HAS_IN}
                    OR (j.input_files <> '' AND count(p.job_id) > 0),
                {NEEDS_PREPROCESS},
-               count(p.job_id), count(p.job_id) FILTER (WHERE p.state = 'JOB_FINISHED'),
+               count(p.job_id), count(p.job_id) FILTER (WHERE p.state = {_FINISHED}),
                string_agg(p.name || ' ' || left(p.job_id::text, 8) || ' (' || p.state || ')', ', ')
-                   FILTER (WHERE p.state IN ('FAILED', 'USER_KILLED'))
+                   FILTER (WHERE p.state IN ({_PARENT_BAD}))
         FROM {JOB} j
         LEFT JOIN {APP} a ON a.name = j.application
         LEFT JOIN {DEP} d ON d.child_id = j.job_id AND j.wait_for_parents
         LEFT JOIN {JOB} p ON p.job_id = d.parent_id
-        WHERE j.job_id = ANY(%s::uuid[]) AND j.state IN ('CREATED', 'AWAITING_PARENTS')
+        WHERE j.job_id = ANY(%s::uuid[]) AND j.state IN ({_PARENT_STATES})
           AND j.session_id IS NULL
         GROUP BY j.job_id, a.id""", [ids])
     moves: dict[State, list[str]] = {State.PREPROCESSED: [], State.READY: [], State.STAGED_IN: [],
@@ -139,12 +150,11 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
     cursor.execute(f"""
         SELECT j.job_id, j.state, {stage_in}, {NEEDS_PREPROCESS}, {NEEDS_POSTPROCESS},
                {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry,
-               CASE WHEN j.state IN ('RUN_ERROR', 'RUN_TIMEOUT') THEN {retries.FAILURES_SQL}
+               CASE WHEN j.state IN ({_HANDLER_STATES}) THEN {retries.FAILURES_SQL}
                END, {retries.limit_sql(policy.max_retries)},
                EXTRACT(EPOCH FROM clock_timestamp() - COALESCE(j.state_since, j.created_at))
         FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
-        WHERE j.state IN ('READY', 'STAGED_IN', 'RUN_DONE', 'POSTPROCESSED', 'RUN_ERROR',
-                          'RUN_TIMEOUT') AND j.session_id IS NULL{wf}
+        WHERE j.state IN ({_PURE_STATES}) AND j.session_id IS NULL{wf}
         LIMIT %s""", params + [limit])
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
@@ -153,19 +163,19 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
         job_id = str(job_id)
         target: Optional[State] = None
         if failures is not None and failures > max_tries and (
-                on_error or (state == "RUN_TIMEOUT" and (on_timeout or retry))):
+                on_error or (state == S.RUN_TIMEOUT and (on_timeout or retry))):
             failed[job_id] = retries.over_limit_message(failures, max_tries)
-        elif state == "READY" and not stage_in_needed:
+        elif state == S.READY and not stage_in_needed:
             target = State.STAGED_IN if pre else State.PREPROCESSED
-        elif state == "STAGED_IN" and not pre:
+        elif state == S.STAGED_IN and not pre:
             target = State.PREPROCESSED
-        elif state == "RUN_DONE" and not post:
+        elif state == S.RUN_DONE and not post:
             target = State.POSTPROCESSED if stage_out else State.JOB_FINISHED
-        elif state == "POSTPROCESSED" and not stage_out:
+        elif state == S.POSTPROCESSED and not stage_out:
             target = State.JOB_FINISHED
-        elif state == "RUN_ERROR" and not on_error:
+        elif state == S.RUN_ERROR and not on_error:
             failed[job_id] = "run error not handled (no post_error_handler)"
-        elif state == "RUN_TIMEOUT" and not on_timeout:
+        elif state == S.RUN_TIMEOUT and not on_timeout:
             if retry and float(waited) < policy.backoff(failures):
                 pass  # backing off: a later pass retries it
             elif retry:
@@ -205,8 +215,7 @@ def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSIN
     return counts
 
 
-PROCESSABLE = ("'CREATED', 'AWAITING_PARENTS', 'READY', 'STAGED_IN', 'RUN_DONE', "
-               "'POSTPROCESSED', 'RUN_ERROR', 'RUN_TIMEOUT'")
+PROCESSABLE = sql_in(routing.PROCESSING_STATES)
 
 
 def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
@@ -229,6 +238,6 @@ def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str]
     wf = wf_clause(wf_filter, params) + leases.tags_clause(tags, params)
     cursor.execute(f"""
         SELECT count(*) FROM {JOB} j
-        WHERE (({fit} AND j.state IN ('PREPROCESSED', 'RESTART_READY')
+        WHERE (({fit} AND j.state IN ({_CLAIMABLE})
                 AND (j.session_id IS NULL OR j.session_id = %s)){todo}){wf}""", params)
     return int(cursor.fetchone()[0])
