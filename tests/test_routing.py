@@ -76,3 +76,11 @@ def test_routing_imports_only_the_stdlib_and_states() -> None:
     assert all(n == "balsam.core" or n.startswith("balsam.core.states") for n in balsam), balsam
     stdlib = set(sys.stdlib_module_names) | {"__future__", "balsam"}
     assert {n.split(".")[0] for n in names} <= stdlib, names
+
+
+def test_processing_decides_every_pure_route() -> None:
+    from balsam.processing import transitions
+
+    pure = {r.when for r in ROUTES if r.actor is Actor.PURE}
+    assert set(transitions.PURE_DECIDERS) == pure
+    assert set(routing.When) == {r.when for r in ROUTES}  # no condition without a route

@@ -57,7 +57,6 @@ class Step(str, enum.Enum):
 class When(str, enum.Enum):
     """The condition of a route, in words (evaluated by the processing code)."""
 
-    ALWAYS = "always"
     PARENTS_PENDING = "a parent has not reached JOB_FINISHED (only a CREATED job moves)"
     PARENTS_DONE = ("every parent JOB_FINISHED (or none, or wait_for_parents off): READY if "
                     "something must be staged in or linked, STAGED_IN if only a preprocess "

@@ -28,12 +28,13 @@ is a checked transition, so a job is never moved twice.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.retries import RetryPolicy
-from balsam.core.routing import sql_in
+from balsam.core.routing import Actor, When, sql_in
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
 from balsam.processing.transfers import slots
@@ -140,6 +141,64 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What a processing pass knows of a job in a pure-move state (one row of its query)."""
+
+    state: str
+    stage_in: bool
+    pre: bool
+    post: bool
+    stage_out: bool
+    on_error: bool
+    on_timeout: bool
+    retry: bool
+    failures: Optional[int]
+    max_tries: int
+    waited: float
+
+
+_Decision = Optional[tuple[Optional[State], str]]
+"""None: the route does not apply; (target, ""): move; (None, message): FAILED with message;
+(None, ""): stay (backing off: a later pass retries it)."""
+
+
+def _over_limit(f: _Facts, policy: RetryPolicy) -> _Decision:
+    if f.failures is not None and f.failures > f.max_tries and (
+            f.on_error or (f.state == S.RUN_TIMEOUT and (f.on_timeout or f.retry))):
+        return None, retries.over_limit_message(f.failures, f.max_tries)
+    return None
+
+
+def _timeout_retry(f: _Facts, policy: RetryPolicy) -> _Decision:
+    if f.on_timeout:
+        return None
+    # failures is counted for every RUN_TIMEOUT job (the query's CASE)
+    if f.retry and float(f.waited) < policy.backoff(f.failures or 0):
+        return None, ""
+    if f.retry:
+        return S.RESTART_READY, ""
+    return None, "timed out; automatic retry is disabled"
+
+
+PURE_DECIDERS: dict[When, Callable[[_Facts, RetryPolicy], _Decision]] = {
+    When.OVER_RETRY_LIMIT: _over_limit,
+    When.NO_STAGE_IN: lambda f, p: None if f.stage_in else (
+        (S.STAGED_IN if f.pre else S.PREPROCESSED), ""),
+    When.NO_PREPROCESS: lambda f, p: None if f.pre else (S.PREPROCESSED, ""),
+    When.NO_POSTPROCESS: lambda f, p: None if f.post else (
+        (S.POSTPROCESSED if f.stage_out else S.JOB_FINISHED), ""),
+    When.NO_STAGE_OUT: lambda f, p: None if f.stage_out else (S.JOB_FINISHED, ""),
+    When.UNHANDLED: lambda f, p: None if f.on_error else (
+        None, "run error not handled (no post_error_handler)"),
+    When.TIMEOUT_RETRY: _timeout_retry,
+}
+"""How a processing pass decides each pure route of :data:`balsam.core.routing.ROUTES`."""
+
+_PURE_ROUTES: dict[str, list[routing.Route]] = {
+    s.value: [r for r in routing.routes_from(s) if r.actor is Actor.PURE] for s in State}
+
+
 def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
                 policy: RetryPolicy) -> dict[str, int]:
     """Every other scriptless move, classified in one query and written per target state."""
@@ -158,32 +217,19 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
         LIMIT %s""", params + [limit])
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
-    for (job_id, state, stage_in_needed, pre, post, stage_out, on_error, on_timeout,
-         retry, failures, max_tries, waited) in cursor.fetchall():
+    for job_id, *facts in cursor.fetchall():
         job_id = str(job_id)
-        target: Optional[State] = None
-        if failures is not None and failures > max_tries and (
-                on_error or (state == S.RUN_TIMEOUT and (on_timeout or retry))):
-            failed[job_id] = retries.over_limit_message(failures, max_tries)
-        elif state == S.READY and not stage_in_needed:
-            target = State.STAGED_IN if pre else State.PREPROCESSED
-        elif state == S.STAGED_IN and not pre:
-            target = State.PREPROCESSED
-        elif state == S.RUN_DONE and not post:
-            target = State.POSTPROCESSED if stage_out else State.JOB_FINISHED
-        elif state == S.POSTPROCESSED and not stage_out:
-            target = State.JOB_FINISHED
-        elif state == S.RUN_ERROR and not on_error:
-            failed[job_id] = "run error not handled (no post_error_handler)"
-        elif state == S.RUN_TIMEOUT and not on_timeout:
-            if retry and float(waited) < policy.backoff(failures):
-                pass  # backing off: a later pass retries it
-            elif retry:
-                target = State.RESTART_READY
-            else:
-                failed[job_id] = "timed out; automatic retry is disabled"
-        if target is not None:
-            moves.setdefault((state, target), []).append(job_id)
+        f = _Facts(*facts)
+        for route in _PURE_ROUTES.get(f.state, ()):  # the routing table's rows, in order
+            decision = PURE_DECIDERS[route.when](f, policy)
+            if decision is None:
+                continue
+            target, message = decision
+            if target is not None:
+                moves.setdefault((f.state, target), []).append(job_id)
+            elif message:
+                failed[job_id] = message
+            break
     counts = {"finished": 0, "retry": 0, "failed_runs": 0, "other": 0}
     for (source, target), ids in sorted(moves.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
         moved = len(lifecycle.transition(cursor, ids, target, _MESSAGES[target],
