@@ -84,3 +84,10 @@ def test_processing_decides_every_pure_route() -> None:
     pure = {r.when for r in ROUTES if r.actor is Actor.PURE}
     assert set(transitions.PURE_DECIDERS) == pure
     assert set(routing.When) == {r.when for r in ROUTES}  # no condition without a route
+
+
+def test_transfer_states() -> None:
+    from balsam.processing.transfers import items
+
+    assert (routing.STAGE_IN_STATE, routing.STAGE_OUT_STATE) == (State.READY, State.POSTPROCESSED)
+    assert items.STEP_STATE == {"in": "READY", "out": "POSTPROCESSED"}

@@ -165,6 +165,16 @@ def sql_in(states: Iterable[State | str]) -> str:
     return ", ".join(f"'{State(s).value}'" for s in states)
 
 
+def step_state(step: Step) -> State:
+    """The (first) state whose row runs ``step``."""
+    return next(r.source for r in ROUTES if r.step is step)
+
+
+STAGE_IN_STATE: State = step_state(Step.STAGE_IN)
+"""The state in which a job's inputs are staged in (its transfer items of direction ``in``)."""
+STAGE_OUT_STATE: State = step_state(Step.STAGE_OUT)
+"""The state in which a job's outputs are staged out (its transfer items of direction ``out``)."""
+
 PARENT_STATES: list[State] = states_of(Actor.PARENTS)
 """States the parents check reads (CREATED, AWAITING_PARENTS)."""
 PURE_STATES: list[State] = states_of(Actor.PURE)
