@@ -5,6 +5,10 @@ move (not one per state), leaving to the transition workers (:mod:`balsam.proces
 exactly the steps that run something: stage-in, a preprocess script, a postprocess script or
 error/timeout handler, stage-out.
 
+The moves are the PARENTS and PURE rows of :data:`balsam.core.routing.ROUTES`; the state lists
+of the queries are generated from that table and each pure row's condition is decided by
+:data:`PURE_DECIDERS`. In words:
+
 * **Parents.** CREATED jobs, and waiting jobs queued in ``core_jobwake`` because a parent
   reached a final state or their parents changed (the state writer queues them), are checked:
   every parent JOB_FINISHED (or none, or ``wait_for_parents`` off) -> READY if something must be
