@@ -91,3 +91,11 @@ def test_transfer_states() -> None:
 
     assert (routing.STAGE_IN_STATE, routing.STAGE_OUT_STATE) == (State.READY, State.POSTPROCESSED)
     assert items.STEP_STATE == {"in": "READY", "out": "POSTPROCESSED"}
+
+
+def test_launcher_moves_follow_from_the_table() -> None:
+    from balsam.core import lifecycle
+
+    assert lifecycle.LAUNCHER_MOVES == {
+        State.RUNNING: ("PREPROCESSED", "RESTART_READY"), State.RUN_DONE: ("RUNNING",),
+        State.RUN_ERROR: ("RUNNING",), State.RUN_TIMEOUT: ("RUNNING",)}

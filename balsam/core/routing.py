@@ -188,3 +188,9 @@ PROCESSING_STATES: list[State] = states_of(Actor.PARENTS, Actor.PURE, Actor.WORK
 """States in which processing (not a compute node) has work: classic PROCESSABLE_STATES."""
 CLAIMABLE_STATES: list[State] = [r.source for r in ROUTES if r.when is When.CLAIMED]
 """States a launcher may claim: classic RUNNABLE_STATES."""
+
+LAUNCHER_MOVES: dict[State, tuple[str, ...]] = {
+    t: tuple(r.source.value for r in ROUTES if r.actor is Actor.LAUNCHER and t in r.targets)
+    for t in State if any(r.actor is Actor.LAUNCHER and t in r.targets for r in ROUTES)}
+"""The moves a launcher makes: each target from these sources only (starting a held runnable
+job, recording the end of its run)."""
