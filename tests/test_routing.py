@@ -99,3 +99,15 @@ def test_launcher_moves_follow_from_the_table() -> None:
     assert lifecycle.LAUNCHER_MOVES == {
         State.RUNNING: ("PREPROCESSED", "RESTART_READY"), State.RUN_DONE: ("RUNNING",),
         State.RUN_ERROR: ("RUNNING",), State.RUN_TIMEOUT: ("RUNNING",)}
+
+
+def test_batch_row_transitions_are_closed() -> None:
+    from balsam.core import batchstates as b
+
+    assert set(b.ROW_TRANSITIONS) == b.ROW_STATES
+    for src, dsts in b.ROW_TRANSITIONS.items():
+        assert dsts <= b.ROW_STATES, src
+        # every unfinished row may be cancelled by a user, or is being cancelled
+        assert (not dsts) == (src in b.FINAL_ROW_STATES), src
+        assert src in b.FINAL_ROW_STATES or src == b.PENDING_DELETION or b.PENDING_DELETION in dsts
+    assert b.RUNNING_ROW_STATES <= b.SCHEDULER_STATES - b.FINAL_ROW_STATES
