@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from balsam.api import names
 from balsam.api.sites import Site, site_for
+from balsam.core import batchstates
 from balsam.core.models import QueuedLaunch
 from balsam.db import dbsettings
 from balsam.errors import Ambiguous, NotFound
@@ -174,7 +175,7 @@ def _row_values(site: Site, fields: Mapping[str, Any]) -> dict[str, Any]:
         "project": str(fields.get("project") or settings.get("project") or ""),
         "sched_flags": _sched_flags(fields.get("optional_params")),
         "filter_tags": _filter_tags(fields.get("filter_tags")),
-        "state": "pending-submission", "from_balsam": True, "prescheduled_only": False,
+        "state": batchstates.PENDING, "from_balsam": True, "prescheduled_only": False,
         "created_at": datetime.datetime.now(datetime.timezone.utc),
     }
 

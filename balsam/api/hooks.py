@@ -36,11 +36,11 @@ from typing import Optional
 from balsam.api.jobs import Job
 from balsam.api.sites import Site
 from balsam.core.models import BalsamJob
-from balsam.core.states import InvalidStateError
+from balsam.core.states import InvalidStateError, State
 from balsam.errors import BalsamError
 from balsam.site import loader
 
-NATURAL_OUTCOME = {"preprocess": "PREPROCESSED", "postprocess": "POSTPROCESSED"}
+NATURAL_OUTCOME = {"preprocess": State.PREPROCESSED.value, "postprocess": State.POSTPROCESSED.value}
 """Hook -> the state processing itself writes when the step succeeds."""
 
 

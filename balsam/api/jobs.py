@@ -22,7 +22,7 @@ from balsam.api import names, waiting
 from balsam.api.sites import Site, site_for
 from balsam.core.models import BalsamJob, JobEvent
 from balsam.core.schema import FieldError
-from balsam.core.states import InvalidStateError
+from balsam.core.states import InvalidStateError, State
 from balsam.errors import BalsamError
 from balsam.processing.transfers import slots
 from balsam.site import pyfunc
@@ -138,7 +138,8 @@ class Job:
 
     @property
     def return_code(self) -> Optional[int]:
-        last = (JobEvent.objects.filter(job_id=self._row.pk, to_state__in=["RUN_DONE", "RUN_ERROR"])
+        ended = [State.RUN_DONE.value, State.RUN_ERROR.value]
+        last = (JobEvent.objects.filter(job_id=self._row.pk, to_state__in=ended)
                 .order_by("-id").values_list("to_state", "message").first())
         return names.return_code(last)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from balsam.core.states import InvalidStateError, validate_state
+from balsam.core.states import InvalidStateError, State, validate_state
 from balsam.errors import BalsamError
 
 JOB_COLUMNS: dict[str, str] = {
@@ -44,8 +44,8 @@ LAUNCH_PARAMS: dict[str, str] = {
 """``launch_params`` keys -> classic columns."""
 
 WRITE_STATES: dict[str, str] = {
-    "STAGED_OUT": "JOB_FINISHED",
-    "RESET": "CREATED",
+    "STAGED_OUT": State.JOB_FINISHED.value,
+    "RESET": State.CREATED.value,
 }
 """Newer state names a user or hook may assign that classic Balsam spells differently. Every
 other newer state name is a classic one (CREATED ... JOB_FINISHED, RUN_ERROR, RUN_TIMEOUT,
@@ -120,9 +120,9 @@ def return_code(last_run_event: Optional[tuple[str, str]]) -> Optional[int]:
     if last_run_event is None:
         return None
     state, message = last_run_event
-    if state == "RUN_DONE":
+    if state == State.RUN_DONE.value:
         return 0
-    if state == "RUN_ERROR" and message.startswith("exit code "):
+    if state == State.RUN_ERROR.value and message.startswith("exit code "):
         word = message[len("exit code "):].split(":", 1)[0].split()[0]
         try:
             return int(word)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional
 from django.db import connection
 
 from balsam.core import schema
-from balsam.core.states import END_STATES
+from balsam.core.states import END_STATES, State
 from balsam.errors import BalsamError
 from balsam.site import pyfunc
 
@@ -108,7 +108,7 @@ def wait(jobs: Iterable[Any], timeout: Optional[float] = None,
             break
         done.update(finished)
         if return_when == FIRST_COMPLETED or (
-                return_when == FIRST_EXCEPTION and any(j._row.state != "JOB_FINISHED"
+                return_when == FIRST_EXCEPTION and any(j._row.state != State.JOB_FINISHED.value
                                                        for j in finished)):
             break
     return DoneAndNotDone(done, set(pending.values()))
@@ -145,7 +145,7 @@ def result(job: Any, timeout: Optional[float] = None) -> Any:
         outcome = pyfunc.load_outcomes(cur, [str(job._row.pk)]).get(str(job._row.pk))
     if outcome is not None and outcome.failed:
         pyfunc.reraise(outcome, _label(job))
-    if state != "JOB_FINISHED":
+    if state != State.JOB_FINISHED.value:
         raise JobFailed(f"{_label(job)} is {state}: {_last_message(job)}")
     if outcome is None:
         raise NoResult(f"{_label(job)} finished without a recorded return value (only a "

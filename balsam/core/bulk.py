@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 from balsam.core import copyfmt, lifecycle, schema
-from balsam.core.states import STATES
+from balsam.core.states import STATES, State
 from balsam.db import driver
 from balsam.db.dbapi import Cursor
 
@@ -96,7 +96,7 @@ def copy_jobs(cursor: Cursor, jobs: Sequence[dict[str, Any]], normalized: bool =
             raise failure[0] from None
         raise
     lifecycle.record_created(cursor, [(j["job_id"], j["state"]) for j in jobs
-                                      if j["state"] != "CREATED"])
+                                      if j["state"] != State.CREATED.value])
     return len(jobs)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union
 
-from balsam.core import schema
+from balsam.core import routing, schema
+from balsam.core.routing import sql_in
 from balsam.core.states import (
+    END_STATES,
     WAITING_STATES,
     InvalidStateError,
     State,
@@ -50,6 +52,7 @@ _WAKE_SELF_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
 )"""
 
+_RUNNING = sql_in([State.RUNNING])
 RUN_NODES_SQL = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
                  "THEN 1.0 / j.node_packing_count ELSE j.num_nodes END")
 """The nodes a running job (alias ``j``) occupies: ``num_nodes`` for an MPI job, ``1 / packing``
@@ -64,7 +67,7 @@ WITH req AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[]) AS r(job_id, message)
 ), old AS (
     SELECT j.job_id, j.state, req.message, coalesce(j.state_since, j.created_at) AS since,
-           CASE WHEN j.state = 'RUNNING' THEN {RUN_NODES_SQL} END AS nodes
+           CASE WHEN j.state = {_RUNNING} THEN {RUN_NODES_SQL} END AS nodes
     FROM {JOB} j JOIN req ON j.job_id = req.job_id
     WHERE j.state = ANY(%s::text[]) {{holder}}
     ORDER BY j.job_id
@@ -95,7 +98,7 @@ _MOVES_SQL = f"""t_req AS (
 ), t_old AS (
     SELECT j.job_id, j.state, r.target, r.message, r.via, r.via_message,
            coalesce(j.state_since, j.created_at) AS since,
-           CASE WHEN j.state = 'RUNNING' OR r.via = 'RUNNING' THEN {RUN_NODES_SQL} END AS nodes
+           CASE WHEN j.state = {_RUNNING} OR r.via = {_RUNNING} THEN {RUN_NODES_SQL} END AS nodes
     FROM {JOB} j JOIN t_req r ON j.job_id = r.job_id
     JOIN t_ok ON t_ok.src = j.state AND t_ok.dst = coalesce(nullif(r.via, ''), r.target)
     WHERE j.session_id = %s
@@ -119,9 +122,7 @@ _MOVES_SQL = f"""t_req AS (
     ) e ORDER BY job_id, step
 )"""
 
-LAUNCHER_MOVES = {State.RUNNING: ("PREPROCESSED", "RESTART_READY"),
-                  State.RUN_DONE: ("RUNNING",), State.RUN_ERROR: ("RUNNING",),
-                  State.RUN_TIMEOUT: ("RUNNING",)}
+LAUNCHER_MOVES = routing.LAUNCHER_MOVES
 """The targets :func:`moves_sql` takes, each from these sources only (and as the allowed
 table says): starting a held runnable job, recording the end of its run."""
 
@@ -256,8 +257,7 @@ def kill(cursor: Cursor, job_ids: Iterable[Any], recursive: bool = False,
             ) SELECT job_id FROM tree""", [ids])
         ids = [str(r[0]) for r in cursor.fetchall()]
     moved = transition(cursor, ids, State.USER_KILLED, message,
-                       sources=[s.value for s in State if s.value not in ("JOB_FINISHED", "FAILED",
-                                                                           "USER_KILLED")])
+                       sources=[s.value for s in State if s.value not in END_STATES])
     return [job_id for job_id, _ in moved]
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
-from balsam.core.states import END_STATES
+from balsam.core.states import END_STATES, State
 from balsam.errors import BalsamError
 
 __all__ = ["FutureTask", "wait", "WaitResult", "TaskFailed", "TimeoutError",
@@ -27,7 +27,7 @@ ALL_COMPLETED = "ALL_COMPLETED"
 POLL_SECONDS = 1.0
 """Default time between two polls of the database (classic: 1 s)."""
 
-_DONE, _FAILED, _CANCELLED = "JOB_FINISHED", "FAILED", "USER_KILLED"
+_DONE, _FAILED, _CANCELLED = State.JOB_FINISHED.value, State.FAILED.value, State.USER_KILLED.value
 
 
 class TaskFailed(BalsamError):

@@ -1,7 +1,8 @@
 """The script-running steps of a job, without the database: what to run and which states follow.
 
 A transition worker (:mod:`balsam.processing.worker`) claims a job, calls :func:`run_step` with
-everything the step needs (a :class:`StepJob`), and writes the :class:`Outcome` it returns:
+everything the step needs (a :class:`StepJob`), and writes the :class:`Outcome` it returns (the worker rows of
+:data:`balsam.core.routing.ROUTES`, which this module dispatches by):
 
 =================  ===============================================  ==========================
 state              step                                             success
@@ -30,7 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from balsam.core import jobenv
+from balsam.core import jobenv, routing
+from balsam.core.routing import Step
 from balsam.core.states import State
 from balsam.errors import BalsamError
 from balsam.processing import inputs, scripts
@@ -78,25 +80,20 @@ class Limits:
 
 def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Limits,
              should_abort: Optional[Callable[[], bool]] = None) -> Outcome:
-    """Run the step of ``job``'s current state (see the module docstring)."""
+    """Run the step of ``job``'s current state: the worker step of its row in
+    :data:`balsam.core.routing.ROUTES` (see the module docstring)."""
     state = job.row["state"]
+    step = routing.worker_step(state)
     try:
-        if state == State.READY.value:
+        if step is Step.STAGE_IN:
             return _stage_in(job, db_path, limits)
-        if state == State.STAGED_IN.value:
+        if step is Step.PREPROCESS:
             return _script(job, "preprocess", db_path, base_env, limits, should_abort)
-        if state in (State.RUN_DONE.value, State.RUN_ERROR.value, State.RUN_TIMEOUT.value):
+        if step in (Step.POSTPROCESS, Step.ERROR_HANDLER, Step.TIMEOUT_HANDLER):
             return _script(job, "postprocess", db_path, base_env, limits, should_abort)
     except BalsamError as exc:
-        return Outcome([(State.FAILED, f"{_STEP_NAMES.get(state, state)} failed: {exc}")])
+        return Outcome([(State.FAILED, f"{routing.step_name(state)} failed: {exc}")])
     return Outcome(write=False)  # not a step state (changed meanwhile): nothing to do
-
-
-_STEP_NAMES = {
-    State.READY.value: "stage-in", State.STAGED_IN.value: "preprocess",
-    State.RUN_DONE.value: "postprocess", State.RUN_ERROR.value: "error handler",
-    State.RUN_TIMEOUT.value: "timeout handler", State.POSTPROCESSED.value: "stage-out",
-}
 
 
 def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
@@ -133,7 +130,7 @@ def _script(job: StepJob, kind: str, db_path: str, base_env: Mapping[str, str], 
                                 tail_lines=limits.tail_lines)
     if result.aborted:
         return Outcome(write=False)
-    name = _STEP_NAMES[state]
+    name = routing.step_name(state)
     if not result.ok:
         return Outcome([(State.FAILED, scripts.failure_message(name, result))])
     took = f"{result.seconds:.1f} s"

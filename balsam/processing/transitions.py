@@ -5,6 +5,10 @@ move (not one per state), leaving to the transition workers (:mod:`balsam.proces
 exactly the steps that run something: stage-in, a preprocess script, a postprocess script or
 error/timeout handler, stage-out.
 
+The moves are the PARENTS and PURE rows of :data:`balsam.core.routing.ROUTES`; the state lists
+of the queries are generated from that table and each pure row's condition is decided by
+:data:`PURE_DECIDERS`. In words:
+
 * **Parents.** CREATED jobs, and waiting jobs queued in ``core_jobwake`` because a parent
   reached a final state or their parents changed (the state writer queues them), are checked:
   every parent JOB_FINISHED (or none, or ``wait_for_parents`` off) -> READY if something must be
@@ -28,17 +32,29 @@ is a checked transition, so a job is never moved twice.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from balsam.core import leases, lifecycle, retries, schema
+from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.retries import RetryPolicy
+from balsam.core.routing import Actor, When, sql_in
 from balsam.core.sql import like_contains
 from balsam.core.states import State
 from balsam.defaults import PROCESSING_BATCH
 from balsam.processing.transfers import slots
 
 JOB, APP, DEP, WAKE = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
+S = State
+
+# The SQL state lists, from the routing table (:mod:`balsam.core.routing`).
+_CREATED = sql_in([S.CREATED])
+_FINISHED = sql_in([S.JOB_FINISHED])
+_PARENT_BAD = sql_in([S.FAILED, S.USER_KILLED])
+_PARENT_STATES = sql_in(routing.PARENT_STATES)
+_PURE_STATES = sql_in(routing.PURE_STATES)
+_HANDLER_STATES = sql_in(routing.HANDLER_STATES)
+_CLAIMABLE = sql_in(routing.CLAIMABLE_STATES)
 
 # What a job needs before it can run / after it ran (SQL over job j and its app a).
 NEEDS_STAGE_IN = ("(j.stage_in_url <> '' OR " + slots.HAS_IN  # a str.format template
@@ -67,7 +83,7 @@ def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
     wf = wf_clause(wf_filter, params)
     cursor.execute(f"""
         SELECT j.job_id FROM {JOB} j
-        WHERE j.state = 'CREATED' AND j.session_id IS NULL{wf}
+        WHERE j.state = {_CREATED} AND j.session_id IS NULL{wf}
         LIMIT %s FOR NO KEY UPDATE OF j SKIP LOCKED""", params + [limit])
     ids = [str(r[0]) for r in cursor.fetchall()]
     params = []
@@ -92,14 +108,14 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
                j.stage_in_url <> '' OR {slots.HAS_IN}
                    OR (j.input_files <> '' AND count(p.job_id) > 0),
                {NEEDS_PREPROCESS},
-               count(p.job_id), count(p.job_id) FILTER (WHERE p.state = 'JOB_FINISHED'),
+               count(p.job_id), count(p.job_id) FILTER (WHERE p.state = {_FINISHED}),
                string_agg(p.name || ' ' || left(p.job_id::text, 8) || ' (' || p.state || ')', ', ')
-                   FILTER (WHERE p.state IN ('FAILED', 'USER_KILLED'))
+                   FILTER (WHERE p.state IN ({_PARENT_BAD}))
         FROM {JOB} j
         LEFT JOIN {APP} a ON a.name = j.application
         LEFT JOIN {DEP} d ON d.child_id = j.job_id AND j.wait_for_parents
         LEFT JOIN {JOB} p ON p.job_id = d.parent_id
-        WHERE j.job_id = ANY(%s::uuid[]) AND j.state IN ('CREATED', 'AWAITING_PARENTS')
+        WHERE j.job_id = ANY(%s::uuid[]) AND j.state IN ({_PARENT_STATES})
           AND j.session_id IS NULL
         GROUP BY j.job_id, a.id""", [ids])
     moves: dict[State, list[str]] = {State.PREPROCESSED: [], State.READY: [], State.STAGED_IN: [],
@@ -130,6 +146,64 @@ def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[st
     }
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What a processing pass knows of a job in a pure-move state (one row of its query)."""
+
+    state: str
+    stage_in: bool
+    pre: bool
+    post: bool
+    stage_out: bool
+    on_error: bool
+    on_timeout: bool
+    retry: bool
+    failures: Optional[int]
+    max_tries: int
+    waited: float
+
+
+_Decision = Optional[tuple[Optional[State], str]]
+"""None: the route does not apply; (target, ""): move; (None, message): FAILED with message;
+(None, ""): stay (backing off: a later pass retries it)."""
+
+
+def _over_limit(f: _Facts, policy: RetryPolicy) -> _Decision:
+    if f.failures is not None and f.failures > f.max_tries and (
+            f.on_error or (f.state == S.RUN_TIMEOUT and (f.on_timeout or f.retry))):
+        return None, retries.over_limit_message(f.failures, f.max_tries)
+    return None
+
+
+def _timeout_retry(f: _Facts, policy: RetryPolicy) -> _Decision:
+    if f.on_timeout:
+        return None
+    # failures is counted for every RUN_TIMEOUT job (the query's CASE)
+    if f.retry and float(f.waited) < policy.backoff(f.failures or 0):
+        return None, ""
+    if f.retry:
+        return S.RESTART_READY, ""
+    return None, "timed out; automatic retry is disabled"
+
+
+PURE_DECIDERS: dict[When, Callable[[_Facts, RetryPolicy], _Decision]] = {
+    When.OVER_RETRY_LIMIT: _over_limit,
+    When.NO_STAGE_IN: lambda f, p: None if f.stage_in else (
+        (S.STAGED_IN if f.pre else S.PREPROCESSED), ""),
+    When.NO_PREPROCESS: lambda f, p: None if f.pre else (S.PREPROCESSED, ""),
+    When.NO_POSTPROCESS: lambda f, p: None if f.post else (
+        (S.POSTPROCESSED if f.stage_out else S.JOB_FINISHED), ""),
+    When.NO_STAGE_OUT: lambda f, p: None if f.stage_out else (S.JOB_FINISHED, ""),
+    When.UNHANDLED: lambda f, p: None if f.on_error else (
+        None, "run error not handled (no post_error_handler)"),
+    When.TIMEOUT_RETRY: _timeout_retry,
+}
+"""How a processing pass decides each pure route of :data:`balsam.core.routing.ROUTES`."""
+
+_PURE_ROUTES: dict[str, list[routing.Route]] = {
+    s.value: [r for r in routing.routes_from(s) if r.actor is Actor.PURE] for s in State}
+
+
 def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
                 policy: RetryPolicy) -> dict[str, int]:
     """Every other scriptless move, classified in one query and written per target state."""
@@ -140,41 +214,27 @@ def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
     cursor.execute(f"""
         SELECT j.job_id, j.state, {stage_in}, {NEEDS_PREPROCESS}, {NEEDS_POSTPROCESS},
                {NEEDS_STAGE_OUT}, {HANDLED_ERROR}, {HANDLED_TIMEOUT}, j.auto_timeout_retry,
-               CASE WHEN j.state IN ('RUN_ERROR', 'RUN_TIMEOUT') THEN {retries.FAILURES_SQL}
+               CASE WHEN j.state IN ({_HANDLER_STATES}) THEN {retries.FAILURES_SQL}
                END, {retries.limit_sql(policy.max_retries)},
                EXTRACT(EPOCH FROM clock_timestamp() - COALESCE(j.state_since, j.created_at))
         FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
-        WHERE j.state IN ('READY', 'STAGED_IN', 'RUN_DONE', 'POSTPROCESSED', 'RUN_ERROR',
-                          'RUN_TIMEOUT') AND j.session_id IS NULL{wf}
+        WHERE j.state IN ({_PURE_STATES}) AND j.session_id IS NULL{wf}
         LIMIT %s""", params + [limit])
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
-    for (job_id, state, stage_in_needed, pre, post, stage_out, on_error, on_timeout,
-         retry, failures, max_tries, waited) in cursor.fetchall():
+    for job_id, *facts in cursor.fetchall():
         job_id = str(job_id)
-        target: Optional[State] = None
-        if failures is not None and failures > max_tries and (
-                on_error or (state == "RUN_TIMEOUT" and (on_timeout or retry))):
-            failed[job_id] = retries.over_limit_message(failures, max_tries)
-        elif state == "READY" and not stage_in_needed:
-            target = State.STAGED_IN if pre else State.PREPROCESSED
-        elif state == "STAGED_IN" and not pre:
-            target = State.PREPROCESSED
-        elif state == "RUN_DONE" and not post:
-            target = State.POSTPROCESSED if stage_out else State.JOB_FINISHED
-        elif state == "POSTPROCESSED" and not stage_out:
-            target = State.JOB_FINISHED
-        elif state == "RUN_ERROR" and not on_error:
-            failed[job_id] = "run error not handled (no post_error_handler)"
-        elif state == "RUN_TIMEOUT" and not on_timeout:
-            if retry and float(waited) < policy.backoff(failures):
-                pass  # backing off: a later pass retries it
-            elif retry:
-                target = State.RESTART_READY
-            else:
-                failed[job_id] = "timed out; automatic retry is disabled"
-        if target is not None:
-            moves.setdefault((state, target), []).append(job_id)
+        f = _Facts(*facts)
+        for route in _PURE_ROUTES.get(f.state, ()):  # the routing table's rows, in order
+            decision = PURE_DECIDERS[route.when](f, policy)
+            if decision is None:
+                continue
+            target, message = decision
+            if target is not None:
+                moves.setdefault((f.state, target), []).append(job_id)
+            elif message:
+                failed[job_id] = message
+            break
     counts = {"finished": 0, "retry": 0, "failed_runs": 0, "other": 0}
     for (source, target), ids in sorted(moves.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
         moved = len(lifecycle.transition(cursor, ids, target, _MESSAGES[target],
@@ -206,8 +266,7 @@ def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSIN
     return counts
 
 
-PROCESSABLE = ("'CREATED', 'AWAITING_PARENTS', 'READY', 'STAGED_IN', 'RUN_DONE', "
-               "'POSTPROCESSED', 'RUN_ERROR', 'RUN_TIMEOUT'")
+PROCESSABLE = sql_in(routing.PROCESSING_STATES)
 
 
 def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
@@ -230,6 +289,6 @@ def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str]
     wf = wf_clause(wf_filter, params) + leases.tags_clause(tags, params)
     cursor.execute(f"""
         SELECT count(*) FROM {JOB} j
-        WHERE (({fit} AND j.state IN ('PREPROCESSED', 'RESTART_READY')
+        WHERE (({fit} AND j.state IN ({_CLAIMABLE})
                 AND (j.session_id IS NULL OR j.session_id = %s)){todo}){wf}""", params)
     return int(cursor.fetchone()[0])

@@ -2,9 +2,10 @@
 
 Each :class:`TransitionWorker` has its own reconnecting connection and its own session (a
 ``core_launchersession`` row with job mode ``processing`` and a heartbeat lease). It claims one
-job at a time whose state needs a step it runs -- READY with something to stage in, STAGED_IN
-with a preprocess script, RUN_DONE with a postprocess script, RUN_ERROR / RUN_TIMEOUT with a
-handler, POSTPROCESSED with files to stage out -- by setting the job's ``session_id`` in one
+job at a time whose state needs a step it runs (the worker rows of
+:data:`balsam.core.routing.ROUTES`: READY with something to stage in, STAGED_IN with a
+preprocess script, RUN_DONE with a postprocess script, RUN_ERROR / RUN_TIMEOUT with a handler)
+by setting the job's ``session_id`` in one
 ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED`` statement, so two workers (in one launcher, in
 several launchers, in the service) never process the same job. The step runs outside any
 transaction; its outcome is written as checked transitions from the state the job was claimed
@@ -28,7 +29,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.core import leases, lifecycle, retries, schema
+from balsam.core import leases, lifecycle, retries, routing, schema
+from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
 from balsam.db.session import Database
 from balsam.defaults import MAX_RETRIES
@@ -49,17 +51,26 @@ from balsam.processing.transitions import (
 
 JOB, APP, DEP = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE
 
-STEP_WORK = f"""(
-       (j.state = 'READY' AND {NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)}
-        AND (NOT (j.stage_in_url <> '' OR {slots.HAS_IN}) OR ({STAGE_IN_DONE})))
-    OR (j.state = 'STAGED_IN' AND {NEEDS_PREPROCESS})
-    OR (j.state = 'RUN_DONE' AND {NEEDS_POSTPROCESS})
-    OR (j.state = 'RUN_ERROR' AND {HANDLED_ERROR})
-    OR (j.state = 'RUN_TIMEOUT' AND {HANDLED_TIMEOUT}))"""
+STEP_CONDITIONS: dict[Step, str] = {
+    Step.STAGE_IN: (f"{NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)}"
+                    f" AND (NOT (j.stage_in_url <> '' OR {slots.HAS_IN}) OR ({STAGE_IN_DONE}))"),
+    Step.PREPROCESS: NEEDS_PREPROCESS,
+    Step.POSTPROCESS: NEEDS_POSTPROCESS,
+    Step.ERROR_HANDLER: HANDLED_ERROR,
+    Step.TIMEOUT_HANDLER: HANDLED_TIMEOUT,
+}
+"""The SQL of each worker step's condition (:class:`balsam.core.routing.When`)."""
+
+STEP_WORK = "(" + "\n    OR ".join(
+    f"(j.state = {sql_in([r.source])} AND {STEP_CONDITIONS[r.step]})"
+    for r in routing.ROUTES if r.actor is Actor.WORKER) + ")"
 """Jobs a transition worker has a step for (SQL over job j and its app a). Transfers are the
 transfer step's (:mod:`balsam.processing.transfers`): a READY job with a ``stage_in_url`` comes
 here only to link its ``input_files`` once its stage-in items (of its URL and transfer slots)
 are done; stage-out never does."""
+
+_WORKER_STATES = sql_in(routing.WORKER_STATES)
+_HANDLER_STATES = sql_in(routing.HANDLER_STATES)
 
 STEP_COLUMNS = ("job_id", "name", "workflow", "user_workdir", "state", "application",
                 "environ_vars", "threads_per_rank", "stage_in_url", "stage_out_url",
@@ -81,9 +92,8 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: 
     cursor.execute(f"""
         WITH c AS (
             SELECT j.job_id FROM {JOB} j LEFT JOIN {APP} a ON a.name = j.application
-            WHERE j.session_id IS NULL AND j.state IN ('READY', 'STAGED_IN', 'RUN_DONE',
-                  'RUN_ERROR', 'RUN_TIMEOUT') AND {STEP_WORK}
-              AND NOT (j.state IN ('RUN_ERROR', 'RUN_TIMEOUT')
+            WHERE j.session_id IS NULL AND j.state IN ({_WORKER_STATES}) AND {STEP_WORK}
+              AND NOT (j.state IN ({_HANDLER_STATES})
                        AND {retries.over_limit_sql(max_retries)}){wf}
             LIMIT 1 FOR NO KEY UPDATE OF j SKIP LOCKED
         ), held AS (

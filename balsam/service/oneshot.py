@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from balsam.core import schema
+from balsam.core import batchstates, schema
 from balsam.db import connect, dbsettings
 from balsam.db.dbapi import Cursor
 from balsam.db.session import Database
@@ -57,9 +57,10 @@ def submit_launch(path: str, *, queue: str, nodes: int, wall_minutes: int, job_m
                 INSERT INTO {schema.QLAUNCH_TABLE} (scheduler_id, project, queue, nodes,
                     wall_minutes, job_mode, wf_filter, sched_flags, command, state,
                     prescheduled_only, from_balsam, raw_state, message, attempts, created_at)
-                VALUES ('', %s, %s, %s, %s, %s, %s, %s, '', 'pending-submission', false, true,
+                VALUES ('', %s, %s, %s, %s, %s, %s, %s, '', %s, false, true,
                         '', '', 0, now()) RETURNING id""",
-                        [project, queue, nodes, wall_minutes, job_mode, wf_filter, sched_flags])
+                        [project, queue, nodes, wall_minutes, job_mode, wf_filter, sched_flags,
+                         batchstates.PENDING])
             rid = int(cur.fetchone()[0])
         conn.commit()
     finally:

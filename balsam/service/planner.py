@@ -49,6 +49,7 @@ from typing import Any, Callable, Optional
 
 from balsam.core import schema
 from balsam.core.sql import fetch_dicts
+from balsam.core.states import State
 from balsam.db.dbapi import Cursor, fetch_one
 from balsam.service import packing
 from balsam.service.policy import (
@@ -66,7 +67,8 @@ FAILED_QUEUE_COOLDOWN = 600.0
 """Seconds a queue takes no new batch job after one of its submissions failed for good."""
 MAX_UNITS_PER_NODE = 1 << 20
 """Above this lcm of packing counts, serial widths are rounded up instead (still exact-safe)."""
-BACKLOG_STATES = ("PREPROCESSED", "RESTART_READY", "READY", "STAGED_IN")
+BACKLOG_STATES = (State.PREPROCESSED.value, State.RESTART_READY.value, State.READY.value,
+                  State.STAGED_IN.value)
 """What counts as backlog (module docstring); the triggers of migration 0012 count these."""
 BACKLOG_TABLE = "core_backlogshape"
 """Signed job counts per shape, appended by triggers on the job table (:func:`backlog`)."""

@@ -5,13 +5,8 @@ A :class:`QueuePolicy` is one entry of ``queues:`` in the DB's ``settings.yml`` 
 walltime range of one batch job, how many may wait (``max_queued``) and run (``max_running``)
 at once, and a cap on the nodes of all our unfinished batch jobs in that queue.
 
-Row states: the service writes ``pending-submission`` (planned), ``submitting`` (the scheduler
-is being called: a crash here is reconciled by job name, never resubmitted), ``submitted``,
-``submit-failed`` (final, with the reason in ``message``), then the scheduler's normalised
-state (:data:`balsam.platform.schedulers.STATES`, raw word in ``raw_state``) until a final one.
-A user may ask for any unfinished row to be cancelled (``pending-deletion``, written by
-``balsam.api.BatchJob``): the service cancels the job with the scheduler and keeps that state
-until the scheduler reports a final one (:func:`balsam.service.sync.cancel_requested`).
+Row states and their transitions are declared in :mod:`balsam.core.batchstates` (re-exported
+here for the service's modules).
 """
 from __future__ import annotations
 
@@ -19,21 +14,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from balsam.core import batchstates
 from balsam.errors import BalsamError
 from balsam.platform import machines
-from balsam.platform.schedulers import FINAL_STATES
 
-PENDING = "pending-submission"
-SUBMITTING = "submitting"
-SUBMITTED = "submitted"
-SUBMIT_FAILED = "submit-failed"
-PENDING_DELETION = "pending-deletion"
-CANCEL_SENT = "CANCEL_SENT"
-"""``raw_state`` of a ``pending-deletion`` row once the scheduler was asked to cancel it."""
-FINAL_ROW_STATES = frozenset(FINAL_STATES | {SUBMIT_FAILED})
-"""Rows in these states hold no allocation and never change again."""
-RUNNING_ROW_STATES = frozenset({"running", "finishing"})
-"""Rows holding an allocation now; every other non-final row waits for one."""
+# The row states, declared with their transitions in balsam.core.batchstates.
+PENDING, SUBMITTING, SUBMITTED = batchstates.PENDING, batchstates.SUBMITTING, batchstates.SUBMITTED
+SUBMIT_FAILED, PENDING_DELETION = batchstates.SUBMIT_FAILED, batchstates.PENDING_DELETION
+CANCEL_SENT = batchstates.CANCEL_SENT
+FINAL_ROW_STATES = batchstates.FINAL_ROW_STATES
+RUNNING_ROW_STATES = batchstates.RUNNING_ROW_STATES
 
 
 @dataclass(frozen=True)

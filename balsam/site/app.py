@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Optional
 import jinja2
 import jinja2.meta
 
+from balsam.core.states import State
 from balsam.errors import BalsamError
 from balsam.processing.transfers import slots
 from balsam.site import pyfunc
@@ -99,19 +100,19 @@ class ApplicationDefinition:
 
     def preprocess(self) -> None:
         """Runs in STAGED_IN; the default makes the job runnable."""
-        self.job.state = "PREPROCESSED"
+        self.job.state = State.PREPROCESSED.value
 
     def postprocess(self) -> None:
         """Runs in RUN_DONE; the default finishes the run."""
-        self.job.state = "POSTPROCESSED"
+        self.job.state = State.POSTPROCESSED.value
 
     def handle_error(self) -> None:
         """Runs in RUN_ERROR (non-zero exit); the default fails the job."""
-        self.job.state = "FAILED"
+        self.job.state = State.FAILED.value
 
     def handle_timeout(self) -> None:
         """Runs in RUN_TIMEOUT; the default runs the job again."""
-        self.job.state = "RESTART_READY"
+        self.job.state = State.RESTART_READY.value
 
     # ---- class-level checks and rendering ----------------------------------------------------
 

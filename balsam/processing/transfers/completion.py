@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from balsam.core import lifecycle, schema
 from balsam.core.states import State
-from balsam.processing.transfers.items import fresh
+from balsam.processing.transfers.items import STAGE_IN_SQL, STAGE_OUT_SQL, fresh
 from balsam.processing.transitions import HAS_PARENTS, NEEDS_PREPROCESS, wf_clause
 
 JOB, APP, ITEM = schema.JOB_TABLE, schema.APP_TABLE, schema.TRANSFER_ITEM_TABLE
@@ -39,8 +39,8 @@ def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str
         FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
         LEFT JOIN {APP} a ON a.name = j.application
         WHERE j.session_id IS NULL AND {fresh("i")}
-          AND ((i.direction = 'in' AND j.state = 'READY')
-               OR (i.direction = 'out' AND j.state = 'POSTPROCESSED')){wf}
+          AND ((i.direction = 'in' AND j.state = {STAGE_IN_SQL})
+               OR (i.direction = 'out' AND j.state = {STAGE_OUT_SQL})){wf}
         GROUP BY j.job_id, i.direction, a.preprocess
         HAVING bool_and(i.state = 'done') OR bool_or(i.state = 'failed')
         LIMIT %s""", params + [limit])

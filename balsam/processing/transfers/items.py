@@ -31,8 +31,9 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from balsam.core import lifecycle, schema
-from balsam.core.states import State
+from balsam.core import lifecycle, routing, schema
+from balsam.core.routing import sql_in
+from balsam.core.states import END_STATES, State
 from balsam.processing import transfer
 from balsam.processing.transfers import Item, Result, locate, slots
 from balsam.processing.transitions import wf_clause
@@ -42,8 +43,15 @@ ITEM, BATCH = schema.TRANSFER_ITEM_TABLE, schema.TRANSFER_BATCH_TABLE
 CLAIM_LOCK_KEY = 0x7A4F_5B01
 """Transaction-level advisory lock serialising batch claims (a fixed number, not a hash)."""
 
-STEP_STATE = {"in": State.READY.value, "out": State.POSTPROCESSED.value}
-"""The job state each direction's items serve."""
+STEP_STATE = {"in": routing.STAGE_IN_STATE.value, "out": routing.STAGE_OUT_STATE.value}
+"""The job state each direction's items serve (:data:`balsam.core.routing.ROUTES`)."""
+
+STAGE_IN_SQL = sql_in([routing.STAGE_IN_STATE])
+"""The job state (SQL) in which items of direction ``in`` are sent."""
+STAGE_OUT_SQL = sql_in([routing.STAGE_OUT_STATE])
+"""The job state (SQL) in which items of direction ``out`` are sent."""
+_ENDED_SQL = sql_in(END_STATES)
+
 
 def fresh(alias: str = "ti") -> str:
     """SQL: item ``alias`` was made for job j's current visit of its state (see FRESH)."""
@@ -85,10 +93,10 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
         SELECT j.job_id, j.state, j.workflow, j.name, j.user_workdir, j.stage_in_url,
                j.stage_out_url, j.stage_out_files FROM {JOB} j
         WHERE j.session_id IS NULL AND (
-              (j.state = 'READY' AND (j.stage_in_url <> '' OR {slots.HAS_IN}) AND NOT EXISTS (
+              (j.state = {STAGE_IN_SQL} AND (j.stage_in_url <> '' OR {slots.HAS_IN}) AND NOT EXISTS (
                   SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id AND ti.direction = 'in'
                   AND {FRESH}))
-           OR (j.state = 'POSTPROCESSED'
+           OR (j.state = {STAGE_OUT_SQL}
                AND ((j.stage_out_url <> '' AND j.stage_out_files <> '') OR {slots.HAS_OUT})
                AND NOT EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id
                                AND ti.direction = 'out' AND {FRESH}))){wf}
@@ -160,12 +168,12 @@ def _tidy(cursor: Any) -> None:
         UPDATE {ITEM} i SET state = 'failed', finished_at = now(),
                error = 'not sent: the job is ' || j.state
         FROM {JOB} j WHERE j.job_id = i.job_id AND i.state = 'pending'
-          AND j.state IN ('USER_KILLED', 'FAILED', 'JOB_FINISHED')""")
+          AND j.state IN ({_ENDED_SQL})""")
     cursor.execute(f"""
         DELETE FROM {ITEM} ti USING {JOB} j
         WHERE j.job_id = ti.job_id AND ti.state <> 'active' AND NOT ({FRESH})
-          AND ((ti.direction = 'in' AND j.state = 'READY')
-               OR (ti.direction = 'out' AND j.state = 'POSTPROCESSED'))""")
+          AND ((ti.direction = 'in' AND j.state = {STAGE_IN_SQL})
+               OR (ti.direction = 'out' AND j.state = {STAGE_OUT_SQL}))""")
 
 
 def _stage_out_files(workdir: str, patterns: str, url: str) -> list[str]:
@@ -200,7 +208,7 @@ def claim_batches(cursor: Any, *, batch_items: int, per_endpoint: int, lease_sec
     cursor.execute(f"""
         SELECT i.protocol, i.endpoint, i.direction FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
         WHERE i.state = 'pending' AND (i.not_before IS NULL OR i.not_before <= now())
-          AND j.state = CASE i.direction WHEN 'in' THEN 'READY' ELSE 'POSTPROCESSED' END{wf}
+          AND j.state = CASE i.direction WHEN 'in' THEN {STAGE_IN_SQL} ELSE {STAGE_OUT_SQL} END{wf}
         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", params)
     groups = cursor.fetchall()
     cursor.execute(f"""SELECT protocol, endpoint, count(*) FROM {BATCH} WHERE state = 'active'
@@ -325,7 +333,7 @@ def abandoned_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, st
           AND NOT EXISTS (
               SELECT 1 FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
               WHERE i.batch_id = b.id AND i.state = 'active' AND {fresh("i")}
-                AND j.state = CASE i.direction WHEN 'in' THEN 'READY' ELSE 'POSTPROCESSED' END)
+                AND j.state = CASE i.direction WHEN 'in' THEN {STAGE_IN_SQL} ELSE {STAGE_OUT_SQL} END)
         ORDER BY b.id""", [list(protocols)])
     return [(int(b), p, t) for b, p, t in cursor.fetchall()]
 
