@@ -115,7 +115,8 @@ def test_site_commands_name_a_missing_site_in_one_line(workspace):
 
 def test_site_status_lists_the_apps_and_names_a_broken_file_and_line(db):
     apps = os.path.join(db, "apps")
-    os.makedirs(apps, exist_ok=True)
+    shutil.rmtree(apps, ignore_errors=True)  # only this test's apps, whatever ran before
+    os.makedirs(apps)
     try:
         with open(os.path.join(apps, "demo.py"), "w") as fh:
             fh.write(DEMO)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -27,7 +28,7 @@ from test_transfers import (
 from balsam.api import Job, sites
 from balsam.core import lifecycle, schema
 from balsam.db import dbsettings
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.errors import BalsamError
 from balsam.processing import transitions
 from balsam.processing.transfers.step import TransferStep
@@ -52,6 +53,7 @@ class Sim(ApplicationDefinition):
 @pytest.fixture
 def site(db):
     yield make_site(db, slots=APPS)
+    shutil.rmtree(os.path.join(db, "apps"), ignore_errors=True)  # the next test's site is its own
     sites.forget_apps()
 
 
