@@ -159,7 +159,7 @@ def main() -> None:
         os.makedirs(os.path.join(db_path, "apps"), exist_ok=True)
         with open(os.path.join(db_path, "apps", "bench.py"), "w") as fh:
             fh.write(APP)
-        from balsam.db.settings import use_database
+        from balsam.db.django_setup import use_database
 
         use_database(db_path)
         for r in range(1, args.rounds + 1):

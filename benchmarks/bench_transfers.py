@@ -76,7 +76,7 @@ def _ready(conn) -> int:
 
 def batched(db: str, conn, n: int, remote: str) -> float:
     from balsam.db import dbsettings
-    from balsam.db.session import Database
+    from balsam.db.database import Database
     from balsam.processing.transfers.step import TransferStep
 
     _reset(conn, n, remote)

@@ -58,7 +58,7 @@ def balsam_db_path(test_home: str) -> Iterator[str]:
         os.environ.pop("BALSAM_DB_PATH", None)
     else:
         os.environ["BALSAM_DB_PATH"] = old
-    from balsam.db.settings import use_database
+    from balsam.db.django_setup import use_database
 
     try:
         from django.db import connections

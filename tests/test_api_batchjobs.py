@@ -34,7 +34,7 @@ def site(db):
 
 @pytest.fixture
 def database(db):
-    from balsam.db.session import Database
+    from balsam.db.database import Database
 
     handle = Database(db, "test-api-batchjobs")
     yield handle

@@ -145,7 +145,7 @@ def test_the_rules_catch_every_kind_of_breach(tmp_path):
     _write(pkg, "core/lifecycle.py", "from ..launcher import dag\n")
     _write(pkg, "platform/mpi/srun.py",
            "from balsam.platform import allocation\nfrom balsam.errors import BalsamError\n"
-           "from balsam.db import settings\nimport yaml\n")
+           "from balsam.db import django_setup\nimport yaml\n")
     _write(pkg, "service/submit.py", "import balsam.launcher.dag\n")
     _write(pkg, "launcher/dag.py", "from balsam import service\n")
     _write(pkg, "processing/run.py", "import importlib\nimportlib.import_module('balsam.cli.main')\n")
@@ -167,7 +167,7 @@ def test_the_rules_catch_every_kind_of_breach(tmp_path):
         "balsam/launcher/dag.py: imports balsam.service (service and launcher are independent)",
         "balsam/platform/mpi/srun.py: imports balsam.db (may import only balsam.platform and "
         "balsam.errors)",
-        "balsam/platform/mpi/srun.py: imports balsam.db.settings (may import only balsam.platform "
+        "balsam/platform/mpi/srun.py: imports balsam.db.django_setup (may import only balsam.platform "
         "and balsam.errors)",
         "balsam/processing/run.py: imports balsam.cli.main (nothing imports the CLI)",
         "balsam/service/submit.py: imports balsam.launcher.dag (service and launcher are independent)",

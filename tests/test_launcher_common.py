@@ -14,7 +14,7 @@ from launcher_support import add_app, add_jobs, events, job_row
 
 from balsam.core import leases, lifecycle, schema
 from balsam.db import dbsettings, serverinfo
-from balsam.db.session import FIRST_BACKOFF_SECONDS, Database
+from balsam.db.database import FIRST_BACKOFF_SECONDS, Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context, Housekeeper, SessionLost, Tunables
 from balsam.launcher.job_source import JobSource

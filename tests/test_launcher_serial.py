@@ -34,7 +34,7 @@ from launcher_support import (
 
 from balsam.core import schema
 from balsam.launcher.context import FINISHED_REASON
-from balsam.launcher.packing import NodeSlots
+from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 
 pytestmark = pytest.mark.slow

@@ -41,7 +41,7 @@ def ended_pbs_job(db, cursor, tmp_path, monkeypatch):
     with settings(db, scheduler="pbs", machine="generic-pbs", queues=QUEUES):
         proc = run_balsam("submit-launch", "-n", "1", "-t", "30", "-q", "workq", "--job-mode", "mpi")
         assert proc.returncode == 0, proc.stderr
-        from balsam.db.session import Database
+        from balsam.db.database import Database
 
         pbs = schedulers.get("pbs")
         database = Database(db, "test-live")

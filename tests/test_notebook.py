@@ -1,7 +1,7 @@
 """The documented Python API in a real Jupyter kernel (ipykernel, driven by jupyter_client).
 
 A kernel runs every cell inside its asyncio event loop, where Django refuses ORM calls unless
-Balsam's bootstrap allows them (:func:`balsam.db.settings.allow_orm_in_notebook`). The kernel
+Balsam's bootstrap allows them (:func:`balsam.db.django_setup.allow_orm_in_notebook`). The kernel
 gets the test DB through ``BALSAM_DB_PATH`` and ``HOME`` only, as a user's notebook server
 would, and never ``DJANGO_ALLOW_ASYNC_UNSAFE``.
 """

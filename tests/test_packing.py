@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from balsam.launcher.packing import NodeSlots, Placement, share
+from balsam.launcher.nodeslots import NodeSlots, Placement, share
 
 
 def test_a_node_holds_exactly_packing_count_tasks_of_one_job():

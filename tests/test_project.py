@@ -100,7 +100,7 @@ def fake_pbs(tmp_path, monkeypatch):
 
 def test_the_service_submits_a_planned_batch_job_without_a_project_on_generic_pbs(
         db, cursor, tmp_path, fake_pbs):
-    from balsam.db.session import Database
+    from balsam.db.database import Database
     from balsam.service.planner import plan
     from tests.cli_support import add_app, add_jobs
 

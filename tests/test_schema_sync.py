@@ -124,7 +124,7 @@ def test_the_database_itself_cascades_and_nulls_foreign_keys(cursor):
 
 
 def test_the_shipped_migration_matches_the_models(db):
-    code = ("from balsam.db.settings import ensure_django; ensure_django(); "
+    code = ("from balsam.db.django_setup import ensure_django; ensure_django(); "
             "from django.core.management import call_command; "
             "call_command('makemigrations', 'core', check=True, dry_run=True, verbosity=1)")
     env = dict(os.environ, BALSAM_DB_PATH=db)

@@ -30,7 +30,7 @@ echo "nodes={{ nodes }} minutes={{ time_minutes }} mode={{ job_mode }} {{ wf_fil
 
 @pytest.fixture
 def database(db):
-    from balsam.db.session import Database
+    from balsam.db.database import Database
 
     handle = Database(db, "test-service")
     yield handle

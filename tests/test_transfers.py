@@ -20,7 +20,7 @@ from launcher_support import add_app, add_jobs, settings
 
 from balsam.core import lifecycle, schema
 from balsam.db import dbsettings
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.processing import transitions
 from balsam.processing.transfers import items as titems
 from balsam.processing.transfers import locate
@@ -208,7 +208,7 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_no_job_moves_on(db, cursor,
     code = textwrap.dedent(f"""
         import time
         from balsam.db import dbsettings
-        from balsam.db.session import Database
+        from balsam.db.database import Database
         from balsam.processing.transfers.step import TransferStep
         step = TransferStep({db!r}, dbsettings.load({db!r}))
         conn = Database({db!r})

@@ -32,7 +32,7 @@ from psycopg.rows import TupleRow
 from psycopg2.extensions import connection as Pg2Connection, cursor as Pg2Cursor
 
 from balsam.db.dbapi import Connection, Cursor, ManagedCursor
-from balsam.db.session import _CountingCursor
+from balsam.db.database import _CountingCursor
 
 
 def psycopg3_cursor(cursor: Pg3Cursor[TupleRow]) -> ManagedCursor:

@@ -2,7 +2,7 @@
 
 A site's ``site_id`` is its absolute path (classic Balsam has no site table; the path is what
 every process uses to find the database). Making a :class:`Site` points this process's Django
-connection at it (:func:`balsam.db.settings.use_database`), so the managers of :mod:`balsam.api`
+connection at it (:func:`balsam.db.django_setup.use_database`), so the managers of :mod:`balsam.api`
 act on that database. Apps are loaded from ``apps/`` when first needed and registered in the
 app table (:mod:`balsam.site.registry`) in their own transaction.
 """
@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from balsam.core.models import ApplicationDefinition as AppRow
 from balsam.db import dbsettings
+from balsam.db.django_setup import active_path, use_database
 from balsam.db.serverinfo import is_db_dir
-from balsam.db.settings import active_path, use_database
 from balsam.errors import NotFound
 from balsam.site import loader, registry
 

@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from balsam.cli import waiting
-    from balsam.db.session import Database
+    from balsam.db.database import Database
     from balsam.errors import BalsamError
 
     if args.timeout is not None and not args.timeout >= 0:

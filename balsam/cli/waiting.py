@@ -6,7 +6,7 @@ most every :data:`balsam.defaults.WAIT_MIN_INTERVAL_SECONDS` (or :data:`~balsam.
 WAIT_LOAD_FACTOR` times the last count's duration, if longer), and at least every
 :data:`balsam.defaults.WAIT_FALLBACK_SECONDS` (a notification lost with a dropped connection
 costs at most that long). Each count is one ``GROUP BY state`` query over the selection; the
-connection (:class:`balsam.db.session.Database`) reconnects across a server restart.
+connection (:class:`balsam.db.database.Database`) reconnects across a server restart.
 
 The selection is a WHERE clause evaluated at every count: jobs added later that match it
 (children a dag script spawns into the workflow) are waited for too. ``--state`` and job ids

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from balsam.core import schema
 from balsam.core.render import job_repr
-from balsam.db.settings import active_path
+from balsam.db.django_setup import active_path
 from balsam.errors import BalsamError, NoApplication
 
 

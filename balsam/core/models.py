@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from balsam.db.settings import ensure_django
+from balsam.db.django_setup import ensure_django
 
 ensure_django()
 

@@ -3,7 +3,7 @@
 Every SQL function in Balsam takes a cursor it does not own (:mod:`balsam.core.lifecycle`,
 :mod:`balsam.core.leases`, the analytics, the launchers' and service's transactions). At run time
 that cursor is one of: a psycopg2 cursor (the Django-free paths, :mod:`balsam.db.connect`), the
-counting proxy of :class:`balsam.db.session.Database`, or Django's ``CursorWrapper`` over
+counting proxy of :class:`balsam.db.database.Database`, or Django's ``CursorWrapper`` over
 psycopg2 or psycopg 3 (:mod:`balsam.db.driver`). :class:`Cursor` is the part they share and
 Balsam uses: ``%s`` parameters, rows as tuples. Driver-specific operations (``COPY``) go through
 :func:`balsam.db.driver.copy_in`, which finds the driver's own cursor.

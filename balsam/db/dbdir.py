@@ -6,7 +6,7 @@ import shutil
 from typing import Callable, Optional
 
 from balsam.db import cluster, dbsettings, index, initdb, pgaccount, serverinfo
-from balsam.db.settings import ensure_django, use_database
+from balsam.db.django_setup import ensure_django, use_database
 from balsam.errors import BalsamError
 from balsam.platform import machines
 

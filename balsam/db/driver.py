@@ -2,7 +2,7 @@
 operations Balsam performs on a cursor of either.
 
 Django picks psycopg 3 whenever ``import psycopg`` succeeds. Balsam chooses instead, once per
-process when Django is configured (:func:`balsam.db.settings.ensure_django`): the driver named by
+process when Django is configured (:func:`balsam.db.django_setup.ensure_django`): the driver named by
 ``BALSAM_DB_DRIVER`` (``psycopg2`` or ``psycopg``), else :data:`DEFAULT_DRIVER`. Reading the
 variable at bootstrap, not at import, lets one virtual environment with both drivers installed run
 the same code (and the tests) under either.

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from balsam import defaults
 from balsam.core import leases
 from balsam.core.retries import WALLTIME_STOP_REASON, RetryPolicy
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
 

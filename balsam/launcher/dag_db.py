@@ -70,7 +70,7 @@ def get_database_paths(verbose: bool = True) -> list[str]:
 def get_active_database(verbose: bool = True) -> str:
     """The active DB directory (:class:`~balsam.errors.NoActiveDatabase` if none); printed if
     ``verbose``."""
-    from balsam.db.settings import active_path
+    from balsam.db.django_setup import active_path
 
     path = active_path()
     if verbose:
@@ -88,7 +88,7 @@ def submit(project: str = "", queue: str = "", nodes: int = 1, wall_minutes: int
     The launcher package never imports the service (docs/architecture.md), so this runs the
     command itself: the same checks, the same record, one submission."""
     from balsam.core.models import QueuedLaunch
-    from balsam.db.settings import active_path
+    from balsam.db.django_setup import active_path
 
     if not queue.strip():
         raise BalsamError("dag.submit() needs a queue (see the DB's settings.yml queues)")

@@ -11,7 +11,7 @@ reason, never started, and not returned.
 
 Claimed jobs stay held (``session_id``) until they are started, released, or the session
 closes. Methods ending in ``_in`` work in the caller's transaction (a cursor from
-:class:`balsam.db.session.Database`); the others run their own transaction and raise
+:class:`balsam.db.database.Database`); the others run their own transaction and raise
 :class:`balsam.errors.DatabaseUnavailable` when the database cannot be reached.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable, Optional
 
 from balsam.core import leases, lifecycle, schema
 from balsam.core.states import State
+from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.launcher import task
 from balsam.platform.allocation import Allocation

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from balsam.core import leases
 from balsam.db import dbsettings, serverinfo
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context, Tunables
 from balsam.logfile import open_log

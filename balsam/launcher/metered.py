@@ -1,10 +1,10 @@
-"""A :class:`balsam.db.session.Database` that counts statements by the function run (the
+"""A :class:`balsam.db.database.Database` that counts statements by the function run (the
 serial master's exit log line: the benchmark's statements-per-task breakdown)."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from balsam.db.session import Database
+from balsam.db.database import Database
 
 
 class MeteredDatabase(Database):

@@ -505,7 +505,7 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
     from balsam.launcher.context import Tunables
     from balsam.launcher.ensemble_watch import report_path
-    from balsam.launcher.packing import NodeSlots
+    from balsam.launcher.nodeslots import NodeSlots
     from balsam.launcher.serial_worker import Worker, node_cpus
     from balsam.launcher.watchdog import Watchdog
 

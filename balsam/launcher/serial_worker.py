@@ -3,7 +3,7 @@
 A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
 :class:`balsam.launcher.spawn.SpawnedTask` processes (own process group; ``posix_spawn``, the
 cheapest way to start one) while they fit on its node
-(:class:`balsam.launcher.packing.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
+(:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
 GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
 reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
 nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit
@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.launcher import procs, spawn, task
-from balsam.launcher.packing import NodeSlots, Placement
+from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open

@@ -30,8 +30,8 @@ from typing import Optional
 from balsam import defaults
 from balsam.core import leases, lifecycle, schema
 from balsam.core.states import State
+from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.db.session import Database
 from balsam.errors import DatabaseUnavailable
 
 FLUSH_AT_PENDING = 256

@@ -32,7 +32,7 @@ from typing import Any, Optional
 from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps

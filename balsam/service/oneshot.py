@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from balsam.core import batchstates, schema
 from balsam.db import connect, dbsettings
+from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.platform import schedulers
 from balsam.processing.transitions import wf_clause

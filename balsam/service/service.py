@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional
 from balsam.core import leases
 from balsam.core.retries import RetryPolicy
 from balsam.db import dbsettings
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.errors import BalsamError
 from balsam.logfile import open_log
 from balsam.platform.schedulers import command

@@ -36,8 +36,8 @@ from typing import Any, Optional
 
 from balsam.core import schema
 from balsam.core.sql import fetch_dict
+from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.db.session import Database
 from balsam.errors import BalsamError
 from balsam.platform import machines
 from balsam.platform.schedulers import COMMAND_TIMEOUT, CommandTimeout, Scheduler, SchedulerError
@@ -225,7 +225,7 @@ def submit_pending(db: Database, db_path: str, settings: dict[str, Any], schedul
                    orphan_seconds: float = ORPHAN_SECONDS) -> list[tuple[int, str]]:
     """Reconcile interrupted submissions, then submit every due pending row (only ``ids`` if
     given), one at a time; returns ``(row id, scheduler id)`` of each accepted submission.
-    ``db`` is a :class:`balsam.db.session.Database`; ``log`` a :class:`logging.Logger`."""
+    ``db`` is a :class:`balsam.db.database.Database`; ``log`` a :class:`logging.Logger`."""
     reconcile(db, db_path, scheduler, log, now=now, orphan_seconds=orphan_seconds)
     done: list[tuple[int, str]] = []
     tried: list[int] = []

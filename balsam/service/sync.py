@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.db.session import Database
 from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
 from balsam.service.policy import CANCEL_SENT, FINAL_ROW_STATES, PENDING, PENDING_DELETION, SUBMITTING
 
@@ -96,7 +96,7 @@ def cancel_requested(db: Database, scheduler: Scheduler, log: logging.Logger) ->
 
 
 def sync(db: Database, scheduler: Scheduler, user: str, log: logging.Logger) -> dict[str, Any]:
-    """One sync cycle through ``db`` (a :class:`balsam.db.session.Database`). Returns
+    """One sync cycle through ``db`` (a :class:`balsam.db.database.Database`). Returns
     ``{"ok", "error", "updated", "ended", "foreign"}``; on a failing status call ``ok`` is
     False, ``error`` the one-line reason, and nothing is changed."""
     asked_at = datetime.now(timezone.utc)

@@ -1,6 +1,6 @@
 """Settings and serving for the dashboard.
 
-:func:`configure` builds Balsam's Django settings (:func:`balsam.db.settings.django_settings`)
+:func:`configure` builds Balsam's Django settings (:func:`balsam.db.django_setup.django_settings`)
 plus what a web server needs: URLs, templates, cookie sessions (signed, no table), CSRF, and the
 login token checked by :class:`balsam.web.auth.TokenMiddleware`. It must run before anything else
 configures Django in the process. :func:`serve` runs waitress (a production WSGI server, pure
@@ -122,7 +122,7 @@ def web_settings(token: str, port: int, bind: str,
                  extra_hosts: Sequence[str] = ()) -> dict[str, Any]:
     """Balsam's Django settings extended for the dashboard on ``bind:port`` with ``token``;
     ``ALLOWED_HOSTS`` from :func:`allowed_hosts`."""
-    from balsam.db.settings import django_settings
+    from balsam.db.django_setup import django_settings
 
     s = django_settings()
     hosts = allowed_hosts(bind, extra_hosts)
@@ -173,7 +173,7 @@ def configure(token: str, port: int, bind: str = "127.0.0.1", db_path: Optional[
         raise BalsamError("Django is already configured in this process; start the dashboard "
                           "in a process of its own")
     settings.configure(**web_settings(token, port, bind, extra_hosts))
-    from balsam.db.settings import ensure_django, use_database
+    from balsam.db.django_setup import ensure_django, use_database
 
     ensure_django()
     if db_path:

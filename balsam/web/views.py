@@ -34,7 +34,7 @@ from balsam.core.reads import activity, pages
 from balsam.core.reads import jobs as job_reads
 from balsam.core.states import END_STATES, STATES
 from balsam.db.connect import connection_params
-from balsam.db.settings import active_path
+from balsam.db.django_setup import active_path
 from balsam.errors import BalsamError
 from balsam.service import live
 from balsam.web import auth, charts

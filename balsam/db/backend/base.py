@@ -1,7 +1,7 @@
 """Django database backend for a Balsam DB: PostgreSQL whose address is resolved at connect time.
 
 Settings name no host or port. Each new connection reads ``server-info`` of the active DB
-(:func:`balsam.db.settings.active_path`), so importing Django models does no work, and a client
+(:func:`balsam.db.django_setup.active_path`), so importing Django models does no work, and a client
 that reconnects after the server moved to another port or node finds it.
 
 Django's PostgreSQL backend binds itself to one driver when it is imported, so it is imported
@@ -31,7 +31,7 @@ def _wrapper_class() -> type:
         """PostgreSQL wrapper with Balsam's connection parameters."""
 
         def get_connection_params(self) -> dict[str, Any]:
-            from balsam.db.settings import active_path
+            from balsam.db.django_setup import active_path
 
             params = super().get_connection_params()
             try:

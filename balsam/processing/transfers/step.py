@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from balsam.db.session import Database
+from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
 from balsam.processing.transfers.completion import complete_jobs
