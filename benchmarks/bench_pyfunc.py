@@ -41,6 +41,7 @@ from typing import Any, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
+from bench_site_apps import settings as site_settings  # noqa: E402
 
 APP = '''from balsam.site import ApplicationDefinition
 
@@ -56,15 +57,8 @@ def noop(i: int) -> int:
 
 
 def settings(db_path: str) -> None:
-    import yaml
-
-    path = os.path.join(db_path, "settings.yml")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    data["local_nodes"] = 1
-    data.setdefault("launcher", {}).update(idle_exit_seconds=1, idle_wait_seconds=0.5)
-    with open(path, "w") as fh:
-        yaml.safe_dump(data, fh)
+    """bench_site_apps's one-node settings, and the site's apps folder."""
+    site_settings(db_path)
     os.makedirs(os.path.join(db_path, "apps"), exist_ok=True)
     with open(os.path.join(db_path, "apps", "bench.py"), "w") as fh:
         fh.write(APP)

@@ -31,6 +31,7 @@ from launcher_support import (
     wait_for,
     workdir,
 )
+from once_support import descendants
 
 from balsam.core import schema
 from balsam.launcher.context import FINISHED_REASON
@@ -364,24 +365,6 @@ def test_sigterm_stops_tasks_as_run_timeout_and_a_second_launcher_finishes(db, c
     assert set(states(cursor).values()) == {"JOB_FINISHED"}
     assert to_states(events(cursor, ids[0]))[-5:] == ["RUN_TIMEOUT", "RESTART_READY", "RUNNING",
                                                       "RUN_DONE", "JOB_FINISHED"]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def in_group(pid: int, pgid: int) -> bool:
