@@ -3,6 +3,8 @@ with what processing does (the scenario tests in ``tests/test_processing*.py`` r
 here the table's derived state lists are checked against the classic groups and the code)."""
 from __future__ import annotations
 
+import ast
+import re
 import sys
 from pathlib import Path
 
@@ -111,3 +113,64 @@ def test_batch_row_transitions_are_closed() -> None:
         assert (not dsts) == (src in b.FINAL_ROW_STATES), src
         assert src in b.FINAL_ROW_STATES or src == b.PENDING_DELETION or b.PENDING_DELETION in dsts
     assert b.RUNNING_ROW_STATES <= b.SCHEDULER_STATES - b.FINAL_ROW_STATES
+
+
+# Files that may spell a job state as a string: the definitions, the table schema and the
+# shipped migrations (frozen history), and code naming another system's states that happen to
+# share a word (platform/ may import no other balsam package).
+STATE_LITERAL_ALLOWED = {
+    "balsam/core/states.py": "the definitions",
+    "balsam/core/schema.py": "the table schema (its state check)",
+    "balsam/platform/schedulers/slurm.py": "Slurm's own job states (RUNNING, FAILED)",
+    "balsam/platform/schedulers/local.py": "the local scheduler's raw state word (RUNNING)",
+    "balsam/processing/transfers/globus.py": "Globus task statuses (FAILED)",
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are statements (docstrings, attribute docstrings)."""
+    return {id(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+
+
+def string_constants(source: str) -> list[tuple[int, str]]:
+    """(line, text) of the string constants of ``source`` (f-strings' literal parts too), but
+    docstrings."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip]
+
+
+def state_literals(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each string constant in ``source`` that is a job state's name, or holds
+    one quoted as a SQL literal (``'RUNNING'``). Docstrings and prose ("... recorded
+    RUN_TIMEOUT") do not count."""
+    names = {s.value for s in State}
+    quoted = re.compile(r"'(" + "|".join(names) + r")'")
+    return [(line, text) for line, text in string_constants(source)
+            if text in names or quoted.search(text)]
+
+
+def test_state_literal_finder() -> None:
+    src = ('"""READY docstring"""\nA = "RUNNING"\nB = f"x = \'READY\' AND {A}"\n'
+           'C = "3 job(s) recorded RUN_TIMEOUT"\nD = "READYish"\n')
+    assert state_literals(src) == [(2, "RUNNING"), (3, "x = 'READY' AND ")]
+
+
+def test_no_state_name_literals_outside_states() -> None:
+    # A job state is named through balsam.core.states.State (or a group, or routing.sql_in for
+    # SQL), so that a reader finds every use of a state by its name and a typo fails at import.
+    found = []
+    for path in sorted((REPO / "balsam").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel in STATE_LITERAL_ALLOWED or rel.startswith("balsam/core/migrations/"):
+            continue
+        found += [f"{rel}:{line}: {text!r}" for line, text in state_literals(path.read_text())]
+    assert not found, "state names as literals (use balsam.core.states.State):\n" + "\n".join(found)
+
+
+def test_state_literal_allow_list_is_needed() -> None:
+    # Every allowed file still exists and holds a state literal, so the list cannot go stale.
+    for rel in STATE_LITERAL_ALLOWED:
+        assert state_literals((REPO / rel).read_text()), rel

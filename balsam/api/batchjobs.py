@@ -20,9 +20,11 @@ import datetime
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from django.db import connection, transaction
+
 from balsam.api import names
 from balsam.api.sites import Site, site_for
-from balsam.core import batchstates
+from balsam.core import batchrows, batchstates
 from balsam.core.models import QueuedLaunch
 from balsam.db import dbsettings
 from balsam.errors import Ambiguous, NotFound
@@ -127,9 +129,10 @@ def _filter_tags(tags: Any) -> dict[str, str]:
 
 def request_deletion(ids: list[int]) -> int:
     """Mark the unfinished batch jobs of ``ids`` ``pending-deletion``; how many were marked
-    (ended ones and those already marked are left as they are)."""
-    return int(QueuedLaunch.objects.filter(pk__in=ids).exclude(
-        state__in=_ENDED_ROWS + [_DELETION_ROW]).update(state=_DELETION_ROW))
+    (ended ones and those already marked are left as they are: the moves
+    :data:`balsam.core.batchstates.ROW_TRANSITIONS` allows)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        return batchrows.move_allowed(cursor, ids, _DELETION_ROW)
 
 
 class BatchJobList(list[BatchJob]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from balsam.core import batchstates
 from balsam.core.states import InvalidStateError, State, validate_state
 from balsam.errors import BalsamError
 
@@ -66,9 +67,9 @@ BATCH_COLUMNS: dict[str, str] = {
 """BatchJob fields -> ``core_queuedlaunch`` columns."""
 
 BATCH_STATES: dict[str, str] = {
-    "pending-submission": "pending_submission",
-    "submitting": "pending_submission",
-    "submitted": "queued",
+    batchstates.PENDING: "pending_submission",
+    batchstates.SUBMITTING: "pending_submission",
+    batchstates.SUBMITTED: "queued",
     "queued": "queued",
     "held": "queued",
     "running": "running",
@@ -76,8 +77,8 @@ BATCH_STATES: dict[str, str] = {
     "finished": "finished",
     "failed": "finished",
     "cancelled": "finished",
-    "pending-deletion": "pending_deletion",
-    "submit-failed": "submit_failed",
+    batchstates.PENDING_DELETION: "pending_deletion",
+    batchstates.SUBMIT_FAILED: "submit_failed",
     "unknown": "unknown",
 }
 """Classic batch-job row states -> the newer API's BatchJob states. A user writes only

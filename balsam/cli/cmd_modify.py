@@ -67,10 +67,10 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> tu
     job = find_job(cur, id_text, "job_id")
     if attr == "state":
         from balsam.core import lifecycle
-        from balsam.core.states import validate_state
+        from balsam.core.states import State, validate_state
 
         new = validate_state(value).value
-        if new == "RUNNING":
+        if new == State.RUNNING:
             raise BalsamError("RUNNING cannot be set by hand: only a launcher that runs the job sets it")
         lifecycle.transition_one(cur, job["job_id"], new, "User mutated state from command line",
                                  user=True, force=force)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from balsam.core.states import State
 from balsam.errors import BalsamError
 
 
@@ -37,8 +38,8 @@ def write_plots(cursor: Any, filters: Any, path: str, steps: Any) -> None:
     st = analytics.state_times(cursor, filters)
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 10))
     if tp is not None:
-        ax1.step(tp.buckets.times, tp.run_done_cumulative, where="post", label="RUN_DONE")
-        ax1.step(tp.buckets.times, tp.finished_cumulative, where="post", label="JOB_FINISHED")
+        ax1.step(tp.buckets.times, tp.run_done_cumulative, where="post", label=State.RUN_DONE.value)
+        ax1.step(tp.buckets.times, tp.finished_cumulative, where="post", label=State.JOB_FINISHED.value)
         ax1.legend()
     ax1.set_title(f"Throughput (cumulative; buckets of {tp.buckets.seconds:g} s)" if tp
                   else "Throughput (no events)")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core.reads import activity, jobs
 from balsam.core.render import duration
-from balsam.core.states import STATES
+from balsam.core.states import STATES, State
 
 if TYPE_CHECKING:
     from balsam.service.live import LiveStates
@@ -28,7 +28,7 @@ RATE_WINDOW = 60
 FAILURE_WINDOW = 3600
 """Seconds of events searched for the latest failures."""
 FAILURE_LIMIT = 10
-FAILURE_STATES = ("FAILED", "RUN_ERROR")
+FAILURE_STATES = (State.FAILED.value, State.RUN_ERROR.value)
 LIVE_MODES = ("mpi", "serial")
 WORKER_MODE = "processing"
 SLOW_QUERY_MS = 1500
@@ -93,7 +93,7 @@ def rates(snap: Snapshot, prev: Optional[Snapshot]) -> dict[str, Optional[float]
     if snap.flow is None:
         return {s: None for s in STATES}
     per_min = 60 / RATE_WINDOW
-    return {s: (None if s == "CREATED" else snap.flow.get(s, 0) * per_min) for s in STATES}
+    return {s: (None if s == State.CREATED else snap.flow.get(s, 0) * per_min) for s in STATES}
 
 
 def _rate(value: Optional[float]) -> str:
@@ -183,7 +183,7 @@ def render(snap: Snapshot, prev: Optional[Snapshot], width: int = 80,
     workers = f"; {snap.workers} transition-worker session{'s' * (snap.workers != 1)}"
     sections = [
         (f"Launchers: {len(snap.sessions)} live{workers}",
-         f"{'ID':>5} {'HOST':<24} {'MODE':<6} {'NODES':>5} {'RUNNING':>7} {'HEARTBEAT':>9} "
+         f"{'ID':>5} {'HOST':<24} {'MODE':<6} {'NODES':>5} {State.RUNNING.value:>7} {'HEARTBEAT':>9} "
          f"{'UP':>8} SCHED ID", _session_rows(snap)),
         (f"Batch jobs: {len(snap.batch_jobs)} queued or running",
          f"{'ID':>5} {'SCHED ID':<14} {'QUEUE':<16} {'NODES':>5} {'MINUTES':>7} {'STATE':<10} "

@@ -27,6 +27,7 @@ from balsam import defaults
 from balsam.core import schema
 from balsam.core.reads import jobs as reads
 from balsam.core.reads.jobs import find_job
+from balsam.core.states import END_STATES, State
 from balsam.errors import BalsamError, NotFound
 
 EXIT_FINISHED = 0
@@ -36,8 +37,8 @@ EXIT_FAILED = 1
 EXIT_TIMEOUT = 124
 """``--timeout`` passed first (the code of coreutils' ``timeout``)."""
 
-FINAL = ("JOB_FINISHED", "FAILED", "USER_KILLED")
-FAILED_STATES = ("FAILED", "USER_KILLED")
+FINAL = tuple(END_STATES)
+FAILED_STATES = (State.FAILED.value, State.USER_KILLED.value)
 
 
 _CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
@@ -142,7 +143,8 @@ def summary(counts: dict[str, int]) -> str:
     done = sum(counts.get(s, 0) for s in FINAL)
     bad = sum(counts.get(s, 0) for s in FAILED_STATES)
     pending = ", ".join(f"{n} {s}" for s, n in counts.items() if s not in FINAL)
-    text = f"{done}/{total} final ({counts.get('JOB_FINISHED', 0)} finished, {bad} failed or killed)"
+    finished = counts.get(State.JOB_FINISHED.value, 0)
+    text = f"{done}/{total} final ({finished} finished, {bad} failed or killed)"
     return f"{text}, {pending}" if pending else text
 
 

@@ -61,7 +61,8 @@ from balsam.core.analytics_scope import (
     window_sql,
 )
 from balsam.core.lifecycle import RUN_NODES_SQL
-from balsam.core.states import STATES
+from balsam.core.routing import sql_in
+from balsam.core.states import STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
 
@@ -69,7 +70,9 @@ __all__ = ["Buckets", "ErrorGroup", "Errors", "Filters", "NICE_BUCKETS", "NotFou
            "RuntimeStats", "StateTime", "Throughput", "Utilization", "errors", "job_runtimes",
            "make_buckets", "resolve", "runtime_stats", "state_counts", "state_times", "summary",
            "throughput", "utilization"]
-RUN_END_STATES = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT", "USER_KILLED")
+_RUNNING = sql_in([State.RUNNING])
+_RUN_DONE = sql_in([State.RUN_DONE])
+_FINISHED = sql_in([State.JOB_FINISHED])
 
 
 @dataclass
@@ -140,9 +143,9 @@ def throughput(cursor: Cursor, filters: Optional[Filters] = None, *,
     bsql, bparams = bucket_sql(b)
     wsql, wparams = window_sql(f, b)
     scope, sparams = event_scope(f)
-    cursor.execute(f"SELECT {bsql} AS b, count(*) FILTER (WHERE e.to_state = 'RUN_DONE'), "
-                   "count(*) FILTER (WHERE e.to_state = 'JOB_FINISHED') "
-                   f"FROM {EVENT} e WHERE e.to_state IN ('RUN_DONE', 'JOB_FINISHED'){wsql}{scope} "
+    cursor.execute(f"SELECT {bsql} AS b, count(*) FILTER (WHERE e.to_state = {_RUN_DONE}), "
+                   f"count(*) FILTER (WHERE e.to_state = {_FINISHED}) "
+                   f"FROM {EVENT} e WHERE e.to_state IN ({_RUN_DONE}, {_FINISHED}){wsql}{scope} "
                    "GROUP BY 1", bparams + wparams + sparams)
     out = Throughput(buckets=b, run_done=[0] * b.count, finished=[0] * b.count)
     for i, done, fin in cursor.fetchall():
@@ -183,10 +186,10 @@ def utilization(cursor: Cursor, filters: Optional[Filters] = None, *,
         "SELECT floor(s / %s)::int, floor(e / %s)::int, count(*), sum(w), sum(s), sum(w * s), "
         "sum(e), sum(w * e) FROM ("
         f"SELECT date_part('epoch', e.entered_at - %s) AS s, date_part('epoch', e.timestamp - %s) "
-        f"AS e, coalesce(e.nodes, 0) AS w FROM {EVENT} e WHERE e.from_state = 'RUNNING' "
+        f"AS e, coalesce(e.nodes, 0) AS w FROM {EVENT} e WHERE e.from_state = {_RUNNING} "
         f"AND e.timestamp >= %s AND e.entered_at < %s{scope} UNION ALL "
         f"SELECT date_part('epoch', coalesce(j.state_since, j.created_at) - %s), NULL, "
-        f"{RUN_NODES_SQL} FROM {JOB} j WHERE j.state = 'RUNNING' "
+        f"{RUN_NODES_SQL} FROM {JOB} j WHERE j.state = {_RUNNING} "
         f"AND coalesce(j.state_since, j.created_at) < %s{jwhere}) r GROUP BY 1, 2",
         [b.seconds, b.seconds, b.start, b.start, b.start, end] + sparams
         + [b.start, end] + jparams)
@@ -226,7 +229,7 @@ def _runs_query(f: Filters) -> tuple[str, list[Any]]:
     wsql, wparams = window_sql(f)
     return (f"SELECT e.job_id, e.entered_at, e.timestamp, e.to_state, "
             f"date_part('epoch', e.timestamp - e.entered_at) AS secs FROM {EVENT} e "
-            f"WHERE e.from_state = 'RUNNING' AND e.entered_at IS NOT NULL{wsql}{scope}",
+            f"WHERE e.from_state = {_RUNNING} AND e.entered_at IS NOT NULL{wsql}{scope}",
             wparams + params)
 
 

@@ -22,6 +22,8 @@ from balsam.core.analytics_scope import (
     resolve,
     window_sql,
 )
+from balsam.core.routing import sql_in
+from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 
 
@@ -60,14 +62,14 @@ def process_job_times(qs: Any = None, state0: Optional[str] = None, *, cursor: O
     cursor.execute(f"SELECT j.created_at FROM {JOB} j{where} ORDER BY 1", jparams)
     created = [r[0] for r in cursor.fetchall()]
     if created:
-        times["CREATED"] = sorted(created + times.get("CREATED", []))
+        times[State.CREATED.value] = sorted(created + times.get(State.CREATED.value, []))
     if state0 is not None:
         return {state0: times.get(state0, [])}
     return times
 
 
 def throughput_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filters: Optional[Filters] = None,
-                      state: str = "RUN_DONE") -> tuple[list[datetime.datetime], list[int]]:
+                      state: str = State.RUN_DONE.value) -> tuple[list[datetime.datetime], list[int]]:
     """Classic shape: (times of every ``state`` event, cumulative count at each)."""
     times = process_job_times(qs, state, cursor=cursor, filters=filters)[state]
     return times, list(range(1, len(times) + 1))
@@ -80,8 +82,9 @@ def utilization_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filte
     f = resolve(cursor, f)
     scope, sparams = event_scope(f)
     wsql, wparams = window_sql(f)
-    cursor.execute(f"SELECT e.timestamp, CASE WHEN e.to_state = 'RUNNING' THEN 1 ELSE -1 END "
-                   f"FROM {EVENT} e WHERE (e.to_state = 'RUNNING') <> (e.from_state = 'RUNNING')"
+    run = sql_in([State.RUNNING])
+    cursor.execute(f"SELECT e.timestamp, CASE WHEN e.to_state = {run} THEN 1 ELSE -1 END "
+                   f"FROM {EVENT} e WHERE (e.to_state = {run}) <> (e.from_state = {run})"
                    f"{wsql}{scope} ORDER BY e.timestamp, e.id", wparams + sparams)
     times, running, level = [], [], 0
     for when, sign in cursor.fetchall():

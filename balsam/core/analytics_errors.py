@@ -19,9 +19,11 @@ from balsam.core.analytics_scope import (
     resolve,
     window_sql,
 )
+from balsam.core.routing import sql_in
+from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 
-ERROR_STATES = ("RUN_ERROR", "FAILED")
+ERROR_STATES = (State.RUN_ERROR.value, State.FAILED.value)
 
 
 @dataclass
@@ -54,7 +56,7 @@ def errors(cursor: Cursor, filters: Optional[Filters] = None, *, bucket_seconds:
     bsql, bparams = bucket_sql(b)
     wsql, wparams = window_sql(f, b)
     scope, sparams = event_scope(f)
-    where = f"FROM {EVENT} e WHERE e.to_state IN ('RUN_ERROR', 'FAILED'){wsql}{scope}"
+    where = f"FROM {EVENT} e WHERE e.to_state IN ({sql_in(ERROR_STATES)}){wsql}{scope}"
     cursor.execute(f"SELECT {bsql} AS b, count(*) {where} GROUP BY 1", bparams + wparams + sparams)
     out = Errors(buckets=b, counts=[0] * b.count)
     for i, n in cursor.fetchall():

@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.routing import sql_in
 from balsam.core.sql import like_contains
+from balsam.core.states import State
 from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
 
@@ -80,7 +82,8 @@ def job_clauses(f: Filters) -> tuple[list[str], list[Any]]:
         clauses.append(
             f"j.job_id IN (SELECT e.job_id FROM {SESSION} s, {EVENT} e WHERE s.id = %s "
             "AND e.timestamp >= s.started_at AND (s.ended_at IS NULL OR e.timestamp <= s.ended_at) "
-            "AND e.to_state = 'RUNNING' AND (e.message LIKE %s OR e.message LIKE %s))")
+            f"AND e.to_state = {sql_in([State.RUNNING])} AND (e.message LIKE %s OR e.message "
+            "LIKE %s))")
         params += [int(f.session), f"%session {int(f.session)}", f"%session {int(f.session)} %"]
     if f.job_query is not None:
         clauses.append(f"j.job_id IN ({f.job_query[0]})")
@@ -147,7 +150,7 @@ def _event_span(cursor: Cursor, f: Filters) -> tuple[Optional[datetime.datetime]
         first, last = fetch_one(cursor)
         return first, last
     cursor.execute(f"SELECT min(j.created_at), max(coalesce(j.state_since, CASE WHEN j.state "
-                   f"<> 'CREATED' THEN j.created_at END)) FROM {JOB} j WHERE "
+                   f"<> {sql_in([State.CREATED])} THEN j.created_at END)) FROM {JOB} j WHERE "
                    f"{' AND '.join(clauses)}", params)
     created, last = fetch_one(cursor)
     if created is None or last is None:

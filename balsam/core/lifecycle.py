@@ -348,7 +348,8 @@ def record_created(cursor: Cursor, jobs: Iterable[tuple[Any, str]]) -> None:
     if moved:
         cursor.execute(
             f"INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at) "
-            "SELECT t.id, j.created_at, 'CREATED', t.st, 'created in this state', j.created_at "
+            f"SELECT t.id, j.created_at, {sql_in([State.CREATED])}, t.st, 'created in this state', "
+            "j.created_at "
             f"FROM unnest(%s::uuid[], %s::text[]) AS t(id, st) JOIN {JOB} j ON j.job_id = t.id",
             [[j for j, _ in moved], [s for _, s in moved]])
     waiting = [j for j, s in moved if s == State.AWAITING_PARENTS.value]

@@ -21,13 +21,14 @@ from django.db import connection, models, transaction  # noqa: E402
 from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from balsam.core import history, lifecycle, schema  # noqa: E402
+from balsam.core import batchstates, history, lifecycle, schema  # noqa: E402
 from balsam.core.analytics_classic import (  # noqa: E402,F401  (classic scripts import these here)
     error_report,
     process_job_times,
     throughput_report,
     utilization_report,
 )
+from balsam.core.analytics_errors import ERROR_STATES  # noqa: E402
 from balsam.core.jobapi import JobAPI  # noqa: E402
 from balsam.core.jobqueryset import BalsamJobQuerySet  # noqa: E402
 from balsam.core.states import (  # noqa: E402,F401  (classic names re-exported)
@@ -114,7 +115,7 @@ class QueuedLaunch(models.Model):
     """Its launcher runs only jobs whose ``tags`` hold all of these ({}: any)."""
     sched_flags = models.TextField(default="", blank=True)
     command = models.TextField(default="", blank=True)
-    state = models.TextField(default="pending-submission")
+    state = models.TextField(default=batchstates.PENDING)
     prescheduled_only = models.BooleanField(default=True)
     from_balsam = models.BooleanField(default=True)
     raw_state = models.TextField(default="", blank=True)
@@ -418,8 +419,9 @@ class BalsamJob(JobAPI, models.Model):
     @property
     def runtime_seconds(self) -> Optional[float]:
         times = self.get_state_times()
-        if "RUNNING" in times and "RUN_DONE" in times:
-            return (times["RUN_DONE"] - times["RUNNING"]).total_seconds()
+        run, done = State.RUNNING.value, State.RUN_DONE.value
+        if run in times and done in times:
+            return (times[done] - times[run]).total_seconds()
         return None
 
     # ---- dependencies -----------------------------------------------------------------------
@@ -534,10 +536,10 @@ class JobEvent(models.Model):
         indexes = [models.Index(fields=["job", "id"], name="event_job_id"),
                    # The events ending a run, by time: runtimes and utilization of a window.
                    models.Index(fields=["timestamp"], name="run_end",
-                                condition=models.Q(from_state="RUNNING")),
+                                condition=models.Q(from_state=State.RUNNING.value)),
                    # The failures, by time: error reports.
                    models.Index(fields=["timestamp"], name="error_event",
-                                condition=models.Q(to_state__in=["RUN_ERROR", "FAILED"])),
+                                condition=models.Q(to_state__in=list(ERROR_STATES))),
                    # A user's resets (events leaving a final state): where a job's retry
                    # count starts (balsam.core.retries).
                    models.Index(fields=["job", "id"], name="event_reset",

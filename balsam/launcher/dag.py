@@ -150,8 +150,8 @@ def _checked(fields: Mapping[str, Any]) -> dict[str, Any]:
     if "state" in values:
         state = validate_state(values["state"])
         if state not in USER_TARGETS:
-            raise ValueError(f"a job cannot be created {state.value}: only a launcher makes a job "
-                             "RUNNING")
+            raise ValueError(f"a job cannot be created {state.value}: only a launcher makes a "
+                             "job RUNNING")
         values["state"] = state.value
     if "queued_launch" in values:
         launch = values.pop("queued_launch")

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from balsam.core import schema
+from balsam.core import batchrows, schema
 from balsam.core.sql import fetch_dict
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
@@ -119,19 +119,21 @@ def _claim(cursor: Cursor, now: datetime, ids: Optional[Sequence[int]], skip: li
     row = fetch_dict(cursor)
     if row is None:
         return None
-    cursor.execute(f"UPDATE {QL} SET state = %s, attempts = attempts + 1, submitted_at = %s "
-                   "WHERE id = %s", [SUBMITTING, now, row["id"]])
     row["attempts"] += 1
+    batchrows.move(cursor, row["id"], SUBMITTING, current=PENDING, attempts=row["attempts"],
+                   submitted_at=now)
     return row
 
 
-def _record(cursor: Cursor, row_id: int, **values: Any) -> None:
-    """Write an outcome; a cancel request a user made meanwhile (``pending-deletion``) stays
-    (the scheduler id is recorded all the same, so the cancel reaches the scheduler)."""
-    sets = ", ".join(f"{k} = CASE WHEN state = %s THEN state ELSE %s END" if k == "state"
-                     else f"{k} = %s" for k in values)
-    params = [v for k, v in values.items() for v in ([PENDING_DELETION, v] if k == "state" else [v])]
-    cursor.execute(f"UPDATE {QL} SET {sets} WHERE id = %s", [*params, row_id])
+def _record(cursor: Cursor, row_id: int, state: Optional[str] = None, **values: Any) -> None:
+    """Write an outcome (``state``, checked by :func:`balsam.core.batchrows.move`, and other
+    columns); a cancel request a user made meanwhile (``pending-deletion``) stays (the scheduler
+    id is recorded all the same, so the cancel reaches the scheduler)."""
+    if state is not None:
+        batchrows.move(cursor, row_id, state, keep_cancel=True, **values)
+        return
+    sets = ", ".join(f"{k} = %s" for k in values)
+    cursor.execute(f"UPDATE {QL} SET {sets} WHERE id = %s", [*values.values(), row_id])
 
 
 def _one_line(exc: BaseException) -> str:
@@ -201,7 +203,11 @@ def reconcile(db: Database, db_path: str, scheduler: Scheduler, log: logging.Log
     by_name = {s.name: s for s in listed.values()}
 
     def resolve(cursor: Cursor) -> None:
-        for rid in stale:
+        # only rows still submitting (or cancelled meanwhile): another process may have
+        # resolved one since it was read
+        cursor.execute(f"SELECT id FROM {QL} WHERE id = ANY(%s) AND state = ANY(%s) ORDER BY id "
+                       "FOR UPDATE", [stale, [SUBMITTING, PENDING_DELETION]])
+        for (rid,) in cursor.fetchall():
             found = by_name.get(job_name(rid))
             if found is not None:
                 _record(cursor, rid, state=found.state, raw_state=found.raw_state,

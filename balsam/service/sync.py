@@ -14,7 +14,8 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from balsam.core import schema
+from balsam.core import batchrows, schema
+from balsam.core.batchstates import CANCELLED, FINISHED, BatchStateError
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
 from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
@@ -47,12 +48,16 @@ def apply_status(cursor: Cursor, scheduler: Scheduler, listed: dict[str, BatchJo
             except SchedulerError as exc:
                 log.warning("batch job %d (%s): no final status: %s", rid, sched_id, exc)
             if job is None or not job.is_final:
-                job = BatchJobStatus(sched_id, "finished", job.raw_state if job else "")
+                job = BatchJobStatus(sched_id, FINISHED, job.raw_state if job else "")
         if state == PENDING_DELETION and not job.is_final:
             continue  # a cancel is on its way: the row says so until the job has ended
-        cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, minutes_left = %s,
-                           ended_at = CASE WHEN %s THEN %s ELSE ended_at END WHERE id = %s""",
-                       [job.state, job.raw_state, job.minutes_left, job.is_final, now, rid])
+        final: dict[str, Any] = {"ended_at": now} if job.is_final else {}
+        try:
+            batchrows.move(cursor, rid, job.state, current=state, raw_state=job.raw_state,
+                           minutes_left=job.minutes_left, **final)
+        except BatchStateError as exc:  # nothing written: the other rows still sync
+            log.error("%s; row left as it is", exc)
+            continue
         updated += 1
         if job.is_final:
             ended += 1
@@ -71,16 +76,22 @@ def cancel_requested(db: Database, scheduler: Scheduler, log: logging.Logger) ->
                        "ORDER BY id", [PENDING_DELETION, CANCEL_SENT])
         return [(int(r[0]), str(r[1])) for r in cursor.fetchall()]
 
-    def record(cursor: Cursor, rid: int, state: str, raw: str, message: str) -> None:
-        cursor.execute(f"""UPDATE {QL} SET state = %s, raw_state = %s, message = %s,
-                           ended_at = CASE WHEN %s THEN now() ELSE ended_at END
-                           WHERE id = %s AND state = %s""",
-                       [state, raw, message, state != PENDING_DELETION, rid, PENDING_DELETION])
+    def record(cursor: Cursor, rid: int, state: str, raw: str, message: str) -> bool:
+        ended: dict[str, Any] = ({} if state == PENDING_DELETION
+                                 else {"ended_at": datetime.now(timezone.utc)})
+        try:
+            batchrows.move(cursor, rid, state, current=PENDING_DELETION, raw_state=raw,
+                           message=message, **ended)
+        except BatchStateError as exc:  # e.g. no longer pending-deletion: nothing written
+            log.error("%s", exc)
+            return False
+        return True
 
     handled = 0
     for rid, sched_id in db.run(requested):
         if not sched_id:  # never submitted (the submitter keeps the request: see _record)
-            db.run(record, rid, "cancelled", "", "cancelled by the user before submission")
+            if not db.run(record, rid, CANCELLED, "", "cancelled by the user before submission"):
+                continue
             log.info("batch job %d cancelled by the user before submission", rid)
         else:
             try:
@@ -89,7 +100,8 @@ def cancel_requested(db: Database, scheduler: Scheduler, log: logging.Logger) ->
                 log.warning("batch job %d (%s): cancel failed, retrying next cycle: %s", rid,
                             sched_id, exc)
                 continue
-            db.run(record, rid, PENDING_DELETION, CANCEL_SENT, "cancelled by the user")
+            if not db.run(record, rid, PENDING_DELETION, CANCEL_SENT, "cancelled by the user"):
+                continue
             log.info("batch job %d (%s): cancelled by the user", rid, sched_id)
         handled += 1
     return handled

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from balsam.core import analytics
+from balsam.core.states import State
 
 TTL = 10.0
 _cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -45,8 +46,8 @@ def _compute(cur: Any) -> dict[str, Any]:
     tp = analytics.throughput(cur)
     if tp is not None:
         out["throughput"] = {"times": _times(tp.buckets), "series": [
-            {"label": "RUN_DONE", "values": tp.run_done_cumulative},
-            {"label": "JOB_FINISHED", "values": tp.finished_cumulative}]}
+            {"label": State.RUN_DONE.value, "values": tp.run_done_cumulative},
+            {"label": State.JOB_FINISHED.value, "values": tp.finished_cumulative}]}
     ut = analytics.utilization(cur)
     if ut is not None:
         out["utilization"] = {"times": _times(ut.buckets), "series": [

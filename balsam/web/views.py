@@ -32,7 +32,7 @@ from balsam.core import lifecycle, schema
 from balsam.core.jobenv import is_credential
 from balsam.core.reads import activity, pages
 from balsam.core.reads import jobs as job_reads
-from balsam.core.states import END_STATES, STATES
+from balsam.core.states import END_STATES, STATES, State
 from balsam.db.connect import connection_params
 from balsam.db.django_setup import active_path
 from balsam.errors import BalsamError
@@ -101,9 +101,9 @@ def _workflow_table(counts: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
                                     "running": 0, "states": {}})
         row["total"] += n
         row["states"][state] = n
-        row["done"] += n if state == "JOB_FINISHED" else 0
-        row["failed"] += n if state in ("FAILED", "USER_KILLED") else 0
-        row["running"] += n if state == "RUNNING" else 0
+        row["done"] += n if state == State.JOB_FINISHED else 0
+        row["failed"] += n if state in (State.FAILED, State.USER_KILLED) else 0
+        row["running"] += n if state == State.RUNNING else 0
     return sorted(table.values(), key=lambda r: (-r["total"], r["workflow"]))
 
 
@@ -177,7 +177,7 @@ def job(request: HttpRequest, job_id: str) -> HttpResponse:
         request, page="jobs", job=row, fields=fields, events=events, parents=parents,
         children=children, workdir=workdir, out_path=out_path,
         out_tail=_redact(_tail(out_path)),
-        can_kill=row["state"] not in END_STATES, can_retry=row["state"] == "FAILED"))
+        can_kill=row["state"] not in END_STATES, can_retry=row["state"] == State.FAILED))
 
 
 REDACTED = "[redacted]"
@@ -238,9 +238,9 @@ def retry(request: HttpRequest, job_id: str) -> HttpResponse:
     with transaction.atomic(), connection.cursor() as cur:
         _job_or_404(cur, job_id)
         ran = job_reads.has_run(cur, job_id)
-        target = "RESTART_READY" if ran else "CREATED"
+        target = (State.RESTART_READY if ran else State.CREATED).value
         moved = lifecycle.transition(cur, [job_id], target, "Retried by user from the web "
-                                     "dashboard", user=True, sources=["FAILED"])
+                                     "dashboard", user=True, sources=[State.FAILED.value])
     _flash(request, f"Retrying: the job is now {target}." if moved else
            "Not retried: only a FAILED job can be retried.")
     return HttpResponseRedirect(reverse("job", args=[job_id]))

@@ -7,14 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from balsam.core import schema
+from balsam.core import batchstates, schema
+from balsam.core.routing import sql_in
 from balsam.core.sql import fetch_dicts
+from balsam.core.states import State
 
 JOB, EVENT = schema.JOB_TABLE, schema.EVENT_TABLE
 SESSION, QLAUNCH = schema.SESSION_TABLE, schema.QLAUNCH_TABLE
 
-FINAL_BATCH_STATES = ("finished", "failed", "cancelled", "submit-failed")
-"""Batch-job row states that never change again (balsam.service.policy.FINAL_ROW_STATES)."""
+FINAL_BATCH_STATES = batchstates.FINAL_ROW_ORDER
+"""Batch-job row states that never change again (balsam.core.batchstates.FINAL_ROW_STATES)."""
+_RUNNING = sql_in([State.RUNNING])
 
 
 def _in(values: Sequence[str]) -> str:
@@ -61,7 +64,7 @@ def live_sessions(cur: Any, modes: Optional[Sequence[str]] = None,
     running: dict[int, int] = {}
     if sessions:
         cur.execute(f"""SELECT session_id, count(*) FROM {JOB}
-                        WHERE state = 'RUNNING' AND session_id = ANY(%s) GROUP BY session_id""",
+                        WHERE state = {_RUNNING} AND session_id = ANY(%s) GROUP BY session_id""",
                     [[s["id"] for s in sessions]])
         running = {sid: int(n) for sid, n in cur.fetchall()}
     for s in sessions:

@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.core.routing import sql_in
 from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains
+from balsam.core.states import InvalidStateError, State
 from balsam.errors import Ambiguous, BalsamError, NotFound
 
 JOB, APP, DEP, EVENT = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.EVENT_TABLE
@@ -27,8 +29,6 @@ APP_COLUMNS = "id, " + ", ".join(schema.APP_DEFAULTS)
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the core's value errors (bad field value, bad state name) into one-line BalsamErrors."""
-    from balsam.core.states import InvalidStateError
-
     try:
         yield
     except (schema.FieldError, InvalidStateError) as exc:
@@ -142,7 +142,8 @@ def histories(cur: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
     from balsam.core.history import creation_notes, history_line
 
     notes = creation_notes(cur, [j["job_id"] for j in jobs])
-    text = {str(j["job_id"]): history_line("CREATED", notes.get(str(j["job_id"]), ""), j["created_at"])
+    created = State.CREATED.value
+    text = {str(j["job_id"]): history_line(created, notes.get(str(j["job_id"]), ""), j["created_at"])
             for j in jobs}
     if jobs:
         cur.execute(f"SELECT job_id, timestamp, to_state, message FROM {EVENT} "
@@ -297,7 +298,7 @@ def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
 def has_run(cur: Any, job_id: str) -> bool:
     """True if the job was ever RUNNING (its events say so)."""
     cur.execute(f"SELECT EXISTS (SELECT 1 FROM {EVENT} WHERE job_id = %s "
-                "AND to_state = 'RUNNING')", [job_id])
+                f"AND to_state = {sql_in([State.RUNNING])})", [job_id])
     return bool(cur.fetchone()[0])
 
 
