@@ -27,16 +27,6 @@ JOB_COLUMNS: dict[str, str] = {
 }
 """Job fields stored in a classic column of the same meaning (newer name -> column)."""
 
-JOB_DERIVED: dict[str, str] = {
-    "workdir": "user_workdir, relative to <site>/data",
-    "parent_ids": "the job's edges in core_jobdependency",
-    "launch_params": "mpi_flags, cpu_affinity, threads_per_core",
-    "return_code": "the exit code in the job's last RUN_DONE/RUN_ERROR event (0 for RUN_DONE)",
-    "transfers": "the filled transfer slots: rows of core_jobtransferslot, made into transfer "
-                 "items (core_transferitem, `balsam ls transfers`) when the job stages in/out",
-}
-"""Job fields the translation computes (for the docs and error messages)."""
-
 LAUNCH_PARAMS: dict[str, str] = {
     "mpi_flags": "mpi_flags",
     "cpu_affinity": "cpu_affinity",

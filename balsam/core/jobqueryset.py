@@ -100,7 +100,7 @@ class BalsamJobQuerySet(models.QuerySet):
         # raw COPY of the same rows (benchmarks/bench_bulk_insert.py).
         if not all(map(_ADDING, objs)):
             raise ValueError("bulk_create() got jobs that are already saved")
-        rows = list(map(_DICT, objs))  # validated in copy_jobs, as by _row_for_insert()
+        rows = list(map(_DICT, objs))  # validated in copy_jobs, as save() validates
         self.model._require_apps(set(map(_APPLICATION, rows)) - {""})
         with transaction.atomic(using=self.db), connection.cursor() as cur:
             edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]

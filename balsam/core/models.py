@@ -284,10 +284,6 @@ class BalsamJob(JobAPI, models.Model):
         schema.normalize_job_values(values)
         d.update((k, values[k]) for k in schema.JOB_DEFAULTS if k in d)
 
-    def _row_for_insert(self) -> dict[str, Any]:
-        self._validated()
-        return self.__dict__
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Insert, or update every field but ``state``; a changed ``state`` goes through the state
         writer (checked and recorded), so a stale object never overwrites a newer state."""

@@ -59,7 +59,7 @@ def connection_params(db_path: str, application_name: str = "balsam") -> dict[st
     return params
 
 
-def explain_connect_error(db_path: str, params: dict[str, Any], exc: Exception) -> str:
+def explain_connect_error(params: dict[str, Any], exc: Exception) -> str:
     """One line saying why a connection failed and what to do about it."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = f"{params.get('host')}:{params.get('port')}"
@@ -89,7 +89,7 @@ def connect(db_path: str, application_name: str = "balsam", autocommit: bool = F
     try:
         conn = psycopg2.connect(**params)
     except psycopg2.OperationalError as exc:
-        raise DatabaseUnavailable(explain_connect_error(db_path, params, exc))
+        raise DatabaseUnavailable(explain_connect_error(params, exc))
     conn.autocommit = autocommit
     return conn
 
@@ -106,5 +106,5 @@ def try_connect(db_path: str, timeout: int = 3) -> Optional[str]:
     try:
         psycopg2.connect(**params).close()
     except psycopg2.Error as exc:
-        return explain_connect_error(db_path, params, exc)
+        return explain_connect_error(params, exc)
     return None

@@ -38,9 +38,6 @@ from balsam.errors import BalsamError
 from balsam.processing.transfers import slots
 from balsam.site import pyfunc
 
-HOOKS = ("preprocess", "postprocess", "handle_error", "handle_timeout")
-"""Hook methods processing runs (the classic step each replaces: docs/user-guide.md)."""
-
 _SLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,

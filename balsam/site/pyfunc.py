@@ -126,16 +126,16 @@ def call(cls: type, job: Any, kwargs: Mapping[str, Any]) -> Outcome:
         value = cls(job).run(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt in run() too
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return Outcome(True, _exception_bytes(exc, text), text, worker)
+        return Outcome(True, _exception_bytes(exc), text, worker)
     try:
         return Outcome(False, serialize(value), "", worker)
     except Exception as exc:  # noqa: BLE001 - the value is the problem
         text = (f"the return value of {cls.__name__}.run() cannot be serialized with "
                 f"cloudpickle: {type(exc).__name__}: {exc}\n")
-        return Outcome(True, _exception_bytes(TypeError(text.strip()), text), text, worker)
+        return Outcome(True, _exception_bytes(TypeError(text.strip())), text, worker)
 
 
-def _exception_bytes(exc: BaseException, text: str) -> bytes:
+def _exception_bytes(exc: BaseException) -> bytes:
     try:
         return serialize(exc)
     except Exception:  # noqa: BLE001 - an exception holding something unpicklable

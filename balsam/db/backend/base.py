@@ -41,16 +41,15 @@ def _wrapper_class() -> type:
                 raise ServerUnavailable(str(exc))
             params.update(resolved)
             params.pop("database", None)
-            self._balsam_params = (db_path, resolved)
+            self._balsam_params = resolved
             return params
 
         def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
             try:
                 return super().get_new_connection(conn_params)
             except pg.Database.OperationalError as exc:  # the loaded driver's (psycopg2 or 3)
-                db_path, resolved = getattr(self, "_balsam_params", ("?", conn_params))
-                raise ServerUnavailable(
-                    balsam_connect.explain_connect_error(db_path, resolved, exc))
+                resolved = getattr(self, "_balsam_params", conn_params)
+                raise ServerUnavailable(balsam_connect.explain_connect_error(resolved, exc))
 
     DatabaseWrapper.__module__ = __name__
     return DatabaseWrapper
