@@ -86,7 +86,7 @@ def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Li
     step = routing.worker_step(state)
     try:
         if step is Step.STAGE_IN:
-            return _stage_in(job, db_path, limits)
+            return _stage_in(job, db_path)
         if step is Step.PREPROCESS:
             return _script(job, "preprocess", db_path, base_env, limits, should_abort)
         if step in (Step.POSTPROCESS, Step.ERROR_HANDLER, Step.TIMEOUT_HANDLER):
@@ -96,7 +96,7 @@ def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Li
     return Outcome(write=False)  # not a step state (changed meanwhile): nothing to do
 
 
-def _stage_in(job: StepJob, db_path: str, limits: Limits) -> Outcome:
+def _stage_in(job: StepJob, db_path: str) -> Outcome:
     row = job.row
     said = []
     if row.get("stage_in_url") or row.get("staged_files"):  # items done (claim_step checks)
