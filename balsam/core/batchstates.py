@@ -29,10 +29,10 @@ CANCEL_SENT = "CANCEL_SENT"
 FINISHED, CANCELLED = "finished", "cancelled"
 """Two of the scheduler's final states the service writes itself: a job the scheduler no longer
 lists, a cancel request for a row never submitted."""
+assert {FINISHED, CANCELLED} <= FINAL_STATES
 
 SCHEDULER_STATES: frozenset[str] = frozenset(STATES)
 """The scheduler's normalised states (:mod:`balsam.platform.schedulers`)."""
-assert {FINISHED, CANCELLED} <= FINAL_STATES
 FINAL_ROW_STATES: frozenset[str] = frozenset(FINAL_STATES | {SUBMIT_FAILED})
 """Rows in these states hold no allocation and never change again."""
 FINAL_ROW_ORDER: tuple[str, ...] = (*(s for s in STATES if s in FINAL_STATES), SUBMIT_FAILED)
