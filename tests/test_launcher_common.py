@@ -13,10 +13,11 @@ from conftest import make_public_tmpdir, run_balsam
 from launcher_support import add_app, add_jobs, events, job_row
 
 from balsam.core import leases, lifecycle, schema
+from balsam.core.tunables import Tunables
 from balsam.db import dbsettings, serverinfo
 from balsam.db.database import FIRST_BACKOFF_SECONDS, Database
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.launcher.context import Context, Housekeeper, SessionLost, Tunables
+from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.main import remaining_limit
 from balsam.launcher.status import StatusBuffer

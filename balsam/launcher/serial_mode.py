@@ -185,7 +185,31 @@ def abandon(launched: Launched, ctx: Context, wait_seconds: float = 5.0) -> None
         ctx.watchdog.remove(launched.proc.pid)
 
 
-def run_launcher(args: Any, ctx: Context) -> int:
+class SerialMode:
+    """Serial mode as a :class:`balsam.launcher.modes.LauncherMode`: the ensemble starts before
+    the session opens when it can (:func:`early_start`), and :meth:`run` runs it (again after a
+    rank died: :func:`balsam.launcher.ensemble_restart.run_serial`). It records RUNNING after a
+    task started (the module docstring of :mod:`balsam.launcher.modes` says why)."""
+
+    def prestart(self, ctx: Context) -> None:
+        """Launch the ensemble now if rank 0 can be handed the session id later."""
+        if early_start(ctx):
+            ctx.prestarted = launch(ctx)
+
+    def abandon(self, ctx: Context) -> None:
+        """No session: the early ensemble, if any, exits without claiming anything."""
+        launched, ctx.prestarted = ctx.prestarted, None
+        if launched is not None:
+            abandon(launched, ctx)
+
+    def run(self, ctx: Context) -> int:
+        """Run ensembles for the open session until one ends normally (:func:`run_launcher`)."""
+        from balsam.launcher.ensemble_restart import run_serial
+
+        return run_serial(ctx, run_launcher)
+
+
+def run_launcher(ctx: Context) -> int:
     """Run the serial-mode ensemble for the open session of ``ctx`` and wait for it; the
     launcher's exit status: 0 when it ended normally (idle: ``ctx.exit_reason`` says so;
     signalled or at the time limit: ``ctx.stop_reason`` does), 1 when the session was lost
@@ -196,7 +220,7 @@ def run_launcher(args: Any, ctx: Context) -> int:
     the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
     (``ctx.wakeup_fd``, if set, becomes readable then). ``ctx.prestarted``, if set, is the
     ensemble the caller started with :func:`launch` before opening the session: it is handed
-    the session id and run. ``args`` is not used: everything comes from ``ctx``. The ranks
+    the session id and run. The ranks
     append to the launcher's log file; the MPI launcher's own output goes to
     ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
     """

@@ -154,8 +154,9 @@ def _on_signals(notify: Callable[[str], None]) -> None:
 def run_master(comm: Any, config: SerialConfig) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
     and run the :class:`Master`."""
+    from balsam.core.tunables import Tunables
     from balsam.errors import DatabaseUnavailable
-    from balsam.launcher.context import Context, Tunables
+    from balsam.launcher.context import Context
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase
@@ -212,7 +213,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
 def run_worker(comm: Any, config: SerialConfig) -> int:
     """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
     reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
-    from balsam.launcher.context import Tunables
+    from balsam.core.tunables import Tunables
     from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.nodeslots import NodeSlots
     from balsam.launcher.serial_worker import Worker, node_cpus
