@@ -99,6 +99,9 @@ own database connection, and the server allows 500 (``balsam.conf``) shared by e
 service, dashboard and CLI command of the DB: 64 leaves room for several launchers, and script
 steps wait on files and networks, so more threads on one node rarely help."""
 
+LAUNCHER_TRANSITION_THREADS = 2
+"""Transition workers a launcher runs unless ``--num-transition-threads`` says otherwise."""
+
 SERVICE_TRANSITION_THREADS = 2
 """Transition workers (stage-in/out, pre/postprocess scripts) the service runs."""
 

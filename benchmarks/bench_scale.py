@@ -287,8 +287,9 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     import logging
 
     from balsam.core import leases
+    from balsam.core.tunables import Tunables
     from balsam.db import dbsettings
-    from balsam.launcher.context import Context, Tunables
+    from balsam.launcher.context import Context
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase

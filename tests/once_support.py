@@ -133,7 +133,7 @@ def kill(pid: int, sig: int = signal.SIGKILL) -> None:
 def rank_pid(launcher_pid: int, rank: int) -> int:
     """The pid of MPI rank ``rank`` of a serial-mode launcher's ensemble (0: not found)."""
     for pid in descendants(launcher_pid):
-        if "balsam.launcher.serial_mode" not in cmdline(pid):
+        if "balsam.launcher.serial_ranks" not in cmdline(pid):
             continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:

@@ -13,10 +13,11 @@ from conftest import make_public_tmpdir, run_balsam
 from launcher_support import add_app, add_jobs, events, job_row
 
 from balsam.core import leases, lifecycle, schema
+from balsam.core.tunables import Tunables
 from balsam.db import dbsettings, serverinfo
 from balsam.db.database import FIRST_BACKOFF_SECONDS, Database
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.launcher.context import Context, Housekeeper, SessionLost, Tunables
+from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.main import remaining_limit
 from balsam.launcher.status import StatusBuffer
@@ -144,7 +145,7 @@ def test_unlisten_drops_pending_notifications_and_stops_new_ones(db, cursor):
 def test_an_early_master_reads_the_session_id_or_gives_up():
     """Rank 0 of an ensemble started before the session reads the id from its stdin: 0 (exit)
     on end-of-file, on a stop, or when nothing comes in time."""
-    from balsam.launcher.serial_mode import session_from_launcher
+    from balsam.launcher.serial_ranks import session_from_launcher
 
     read_fd, write_fd = os.pipe()
     os.write(write_fd, b"4")

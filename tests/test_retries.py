@@ -123,9 +123,9 @@ def test_max_retries_and_priority_values_are_checked():
 
 
 def test_the_settings_default_is_three_and_must_not_be_negative():
+    from balsam.core.tunables import Tunables
     from balsam.db import settings_schema
     from balsam.errors import BalsamError
-    from balsam.launcher.context import Tunables
 
     assert settings_schema.defaults_dict()["launcher"]["max_retries"] == 3
     with pytest.raises(BalsamError, match="launcher.max_retries` must be at least 0"):
@@ -177,15 +177,14 @@ def test_a_back_off_delays_automatic_retries_doubling_per_failed_run(apps, curso
 
 
 def test_the_retry_settings_reach_the_launchers_policy():
+    from balsam.core.tunables import Tunables
     from balsam.db import settings_schema
-    from balsam.launcher.context import Tunables
 
     launcher = settings_schema.validate({"launcher": {"max_retries": 0,
                                                       "retry_backoff_seconds": 30}},
                                         "settings.yml")["launcher"]
     expected = retries.RetryPolicy(max_retries=0, backoff_seconds=30.0)
     assert Tunables.from_settings(launcher).retry_policy() == expected
-    assert retries.RetryPolicy.from_settings(launcher) == expected
 
 
 def exhaust(cursor, j, limit):

@@ -86,8 +86,9 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
                                                          "priority"], limit)
         hist = reads.histories(cur, rows)
         from balsam.core import retries  # dataclasses -> inspect: ~5 ms the plain listing skips
+        from balsam.core.tunables import Tunables
         from balsam.db import dbsettings
-        max_retries = int(dbsettings.load(db_path)["launcher"]["max_retries"])
+        max_retries = Tunables.from_settings(dbsettings.load(db_path)["launcher"]).max_retries
         tries = retries.usage(cur, [r["job_id"] for r in rows], max_retries)
         text = "\n".join(f"Job {r['name']} [{r['job_id']}]{history_note(r, tries)}\n"
                          f"{'-' * 60}{hist[str(r['job_id'])]}\n" for r in rows)

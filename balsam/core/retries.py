@@ -15,7 +15,7 @@ through the same index, among the same few rows, so the count costs one more ind
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,16 +41,12 @@ BACKOFF_MAX_FACTOR = 64
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """The DB-wide retry rules (``launcher:`` settings): the limit of jobs whose ``max_retries``
-    is -1, and the back-off before a timed-out job is retried automatically."""
+    """The DB-wide retry rules (``launcher:`` settings, read through
+    :meth:`balsam.core.tunables.Tunables.retry_policy`): the limit of jobs whose
+    ``max_retries`` is -1, and the back-off before a timed-out job is retried automatically."""
 
     max_retries: int = MAX_RETRIES
     backoff_seconds: float = RETRY_BACKOFF_SECONDS
-
-    @classmethod
-    def from_settings(cls, launcher: Mapping[str, Any]) -> RetryPolicy:
-        """From the validated ``launcher:`` settings section."""
-        return cls(int(launcher["max_retries"]), float(launcher["retry_backoff_seconds"]))
 
     def backoff(self, failures: int) -> float:
         """Seconds a job with ``failures`` counted failed runs waits before its retry."""

@@ -24,13 +24,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from balsam import defaults
 from balsam.core import leases
-from balsam.core.retries import WALLTIME_STOP_REASON, RetryPolicy
+from balsam.core.retries import WALLTIME_STOP_REASON
+from balsam.core.tunables import Tunables as Tunables  # its old home: imports keep working
 from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
@@ -47,50 +46,6 @@ STALE_HEARTBEATS = 1.5
 class SessionLost(BalsamError):
     """The launcher's session was closed by a sweep (its lease expired): its jobs may already
     run elsewhere, so it must stop its tasks and record nothing."""
-
-
-@dataclass(frozen=True)
-class Tunables:
-    """Launcher tunables: :mod:`balsam.defaults`, overridden by ``settings.yml`` ``launcher:``."""
-
-    heartbeat_seconds: float
-    lease_seconds: int
-    claim_batch: int
-    serial_prefetch_per_slot: int
-    status_flush_seconds: float
-    kill_check_seconds: float
-    kill_grace_seconds: float
-    shutdown_grace_seconds: float
-    walltime_margin_seconds: float
-    idle_exit_seconds: float
-    idle_wait_seconds: float
-    processing_batch: int
-    max_retries: int
-    retry_backoff_seconds: float
-    output_tail_lines: int
-    reconnect_max_seconds: float
-    max_concurrent_runs: int
-    script_timeout_seconds: float
-    transfer_timeout_seconds: float
-
-    @classmethod
-    def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
-        """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value (a
-        negative one for ``max_retries`` and ``retry_backoff_seconds``)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            value = launcher.get(f.name, getattr(defaults, f.name.upper()))
-            low_ok = f.name in ("max_retries", "retry_backoff_seconds") and value == 0
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    value <= 0 and not low_ok):
-                raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "
-                                  f"not {value!r}")
-            values[f.name] = int(value) if f.type in ("int", int) else float(value)
-        return cls(**values)
-
-    def retry_policy(self) -> RetryPolicy:
-        """The retry limit and back-off of jobs that have no limit of their own."""
-        return RetryPolicy(self.max_retries, self.retry_backoff_seconds)
 
 
 @dataclass
@@ -143,8 +98,8 @@ class Context:
     with the ensemble's start-up."""
 
     prestarted: Optional[Any] = None
-    """Serial mode: the ensemble :func:`balsam.launcher.main.run` started before opening the
-    session (a :class:`balsam.launcher.serial_mode.Launched`), which the mode adopts."""
+    """Serial mode: the ensemble its ``prestart`` started before the session opened (a
+    :class:`balsam.launcher.serial_mode.Launched`), which its ``run`` adopts."""
 
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""

@@ -26,7 +26,7 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from balsam.core import leases
 from balsam.core.states import State
@@ -44,11 +44,11 @@ FAILED = 2
 RECOVER_SECONDS = 5.0
 
 
-def run_serial(args: Any, ctx: Context, run_once: Callable[[Any, Context], int]) -> int:
+def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     """Run ensembles with ``run_once`` until one ends normally, the launcher must stop, or a
     restart is not possible; the status of the last one."""
     while True:
-        status = run_once(args, ctx)
+        status = run_once(ctx)
         directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)

@@ -5,13 +5,13 @@
 log line says which and why), opens the database connection and the launcher
 session (label = job mode and workflow filter, with the scheduler's job id), installs the
 SIGTERM/SIGINT handlers (they set the one stop event of the :class:`Context`), starts the
-transition workers (serial mode: once its ensemble is launched, so they do not slow its
-start-up; :meth:`Context.started`), runs the mode
-(:class:`balsam.launcher.mpi_mode.MPIMode`, or ``balsam.launcher.serial_mode.run_launcher``,
-started again by :mod:`balsam.launcher.ensemble_restart` if it fails)
-and closes the session in ``finally`` -- whatever still shows RUNNING becomes RUN_TIMEOUT and
-every claim is released -- unless the session was lost to a sweep, or the mode cannot tell that
-its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
+transition workers when the mode says its tasks can start (:meth:`Context.started`; serial
+mode: once its ensemble is launched, so they do not slow its start-up), runs the mode chosen by
+``--job-mode`` (:func:`choose_mode`; every mode has the shape of
+:class:`balsam.launcher.modes.LauncherMode`, whose docstring also says where each records
+RUNNING) and closes the session in ``finally`` -- whatever still shows RUNNING becomes
+RUN_TIMEOUT and every claim is released -- unless the session was lost to a sweep, or the mode
+cannot tell that its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
 
 Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
 margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
@@ -27,19 +27,23 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from balsam import defaults
 from balsam.core import leases
+from balsam.core.tunables import Tunables
 from balsam.db import dbsettings, serverinfo
 from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher.context import Context, Tunables
+from balsam.launcher.context import Context
+from balsam.launcher.modes import LauncherMode
 from balsam.logfile import open_log
 from balsam.platform import allocation
 from balsam.platform.mpi import choice
 
-DEFAULT_TRANSITION_THREADS = 2
-"""Transition workers a launcher runs unless ``--num-transition-threads`` says otherwise."""
+if TYPE_CHECKING:
+    from balsam.processing.worker import TransitionPool
+
 CLOSE_SECONDS = 5.0
 """Longest the launcher tries to close its session at exit (the lease sweep is the fallback)."""
 
@@ -73,12 +77,10 @@ def run(args: argparse.Namespace) -> int:
     launcher = choice.choose(str(settings["mpi"]), str(settings["machine"]),
                              str(settings["mpi_executable"]), os.environ.get("PATH", os.defpath),
                              choice.wheel_mpiexec())
-    mode_entry: Optional[Any] = None
-    if args.job_mode == "serial":
-        from balsam.launcher.serial_mode import run_launcher as mode_entry
+    mode = choose_mode(args.job_mode)
     wf_filter = None if args.consume_all else args.wf_filter
     tags = dict(getattr(args, "tag", None) or [])
-    threads = (DEFAULT_TRANSITION_THREADS if args.num_transition_threads is None
+    threads = (defaults.LAUNCHER_TRANSITION_THREADS if args.num_transition_threads is None
                else args.num_transition_threads)
 
     left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
@@ -98,12 +100,7 @@ def run(args: argparse.Namespace) -> int:
         stop_at=None if left is None else time.monotonic() + left,
         stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None
         else tunables.shutdown_grace_seconds, tags=tags)
-    early: Optional[Any] = None
-    if mode_entry is not None:  # the MPI start-up overlaps opening the session
-        from balsam.launcher import serial_mode
-
-        if serial_mode.early_start(ctx):
-            early = serial_mode.launch(ctx)
+    mode.prestart(ctx)  # serial: the MPI start-up overlaps opening the session
     try:
         session_id = db.run_before(
             time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
@@ -111,14 +108,13 @@ def run(args: argparse.Namespace) -> int:
             num_nodes=alloc.num_nodes, lease_seconds=tunables.lease_seconds,
             scheduler_id=alloc.scheduler_id, label=label)
     except BaseException:  # DatabaseUnavailable, a signal: no session, nothing claimed
-        if early is not None:
-            serial_mode.abandon(early, ctx)
+        mode.abandon(ctx)
         if ctx.watchdog is not None:
             ctx.watchdog.close()
         log.removeHandler(handler)
         handler.close()
         raise
-    ctx.session_id, ctx.prestarted = session_id, early
+    ctx.session_id = session_id
     limit = "no time limit" if left is None else f"tasks stop in {left:.0f} s"
     print(f"Balsam launcher: {args.job_mode} mode, {alloc.num_nodes} node(s) "
           f"({alloc.scheduler}), session {session_id}, {limit}, log {log_path}", flush=True)
@@ -126,22 +122,12 @@ def run(args: argparse.Namespace) -> int:
              f"MPI {launcher.describe()}, processing "
              f"{'on' if ctx.processing else 'off'}, persistent {ctx.persistent}, {limit}")
     restore = _install_signals(ctx)
-    pools: list[Any] = []
+    pools: list[Optional[TransitionPool]] = []
     # Serial mode starts the transition workers once its ensemble is launched (start-up first).
     ctx.after_start = lambda: pools.append(_transition_pool(ctx, threads))
     status, lost = 1, False
     try:
-        if mode_entry is not None:
-            from balsam.launcher.ensemble_restart import run_serial
-
-            status = int(run_serial(args, ctx, mode_entry) or 0)
-        else:
-            ctx.started()
-            from balsam.launcher.mpi_mode import MPIMode
-            from balsam.launcher.watchdog import Watchdog
-
-            ctx.watchdog = Watchdog(tunables.kill_grace_seconds, log=log.error)
-            status = MPIMode(ctx).run()
+        status = mode.run(ctx)
         lost = ctx.exit_reason == "session lost"
     except BaseException:
         log.exception("launcher failed")
@@ -166,23 +152,27 @@ def run(args: argparse.Namespace) -> int:
     return status
 
 
-def _transition_pool(ctx: Context, threads: int) -> Optional[Any]:
-    """Start ``threads`` transition workers (stage-in/out, pre/postprocess, handlers)."""
+def choose_mode(job_mode: str) -> LauncherMode:
+    """The mode of ``--job-mode`` (``serial`` or ``mpi``); only its module is imported."""
+    if job_mode == "serial":
+        from balsam.launcher.serial_mode import SerialMode
+
+        return SerialMode()
+    from balsam.launcher.mpi_mode import MPILauncherMode
+
+    return MPILauncherMode()
+
+
+def _transition_pool(ctx: Context, threads: int) -> Optional[TransitionPool]:
+    """The launcher's ``threads`` transition workers, built like the service's
+    (:func:`balsam.processing.pools.start_transition_pool`); None for 0 threads."""
     if threads <= 0:
         return None
-    from balsam.processing.steps import Limits
-    from balsam.processing.worker import TransitionPool
+    # Imported only now: serial mode starts them once its ensemble is launched.
+    from balsam.processing.pools import start_transition_pool
 
-    t = ctx.tunables
-    pool = TransitionPool(
-        threads, ctx.db_path, wf_filter=ctx.wf_filter, base_env=ctx.base_env,
-        limits=Limits(t.script_timeout_seconds, t.transfer_timeout_seconds,
-                      kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
-        log=ctx.log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
-        idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds,
-        draining=ctx.stop, max_retries=t.max_retries)
-    pool.start()
-    return pool
+    return start_transition_pool(threads, ctx.db_path, ctx.tunables, wf_filter=ctx.wf_filter,
+                                 base_env=ctx.base_env, log=ctx.log, draining=ctx.stop)
 
 
 def _close(ctx: Context) -> None:

@@ -46,6 +46,7 @@ from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource, Row
 from balsam.launcher.status import Batch, StatusBuffer
 from balsam.launcher.task import TaskSpec, with_envscript
+from balsam.launcher.watchdog import Watchdog
 from balsam.platform import mpi
 from balsam.platform.process import pidfd_open
 from balsam.processing import transitions
@@ -419,3 +420,22 @@ class MPIMode:
         self.status.take()
         self._stop_all(0.0, 2.0)
         self.status.take()
+
+
+class MPILauncherMode:
+    """MPI mode as a :class:`balsam.launcher.modes.LauncherMode`: nothing starts before the
+    session opens; :meth:`run` starts the transition workers and the watchdog, then the
+    :class:`MPIMode` loop. It records RUNNING before a task starts (the module docstring of
+    :mod:`balsam.launcher.modes` says why)."""
+
+    def prestart(self, ctx: Context) -> None:
+        """Nothing overlaps opening the session in MPI mode."""
+
+    def abandon(self, ctx: Context) -> None:
+        """Nothing to undo (:meth:`prestart` starts nothing)."""
+
+    def run(self, ctx: Context) -> int:
+        """The :class:`MPIMode` loop for the open session of ``ctx``; 0, or 1 if it was lost."""
+        ctx.started()
+        ctx.watchdog = Watchdog(ctx.tunables.kill_grace_seconds, log=ctx.log.error)
+        return MPIMode(ctx).run()

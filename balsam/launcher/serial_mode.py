@@ -4,36 +4,29 @@ Two sides:
 
 * The launcher process (``balsam launcher --job-mode serial``) calls :func:`run_launcher`: it
   runs ONE MPI command (per scheduler: :mod:`balsam.platform.mpi.ensemble`), ``1 + nodes``
-  ranks of ``python -m balsam.launcher.serial_mode CONFIG`` (the master shares the first node
+  ranks of ``python -m balsam.launcher.serial_ranks CONFIG`` (the master shares the first node
   with worker 1), waits for it, and forwards a stop (SIGTERM/SIGINT, the ``stop`` event) to it
   as SIGTERM, which the MPI launcher passes on to every rank (MPICH's Hydra does); if the
   launcher is killed outright, its watchdog does the same. The session is opened and closed by
   the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
   the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
   :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
-* Inside the MPI job, :func:`main` dispatches by rank: rank 0 runs the
-  :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
-  ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
-  Messages are pickled dicts sent with ``isend`` and received with matched probes
-  (``improbe``): no rank ever blocks in MPI, so none spins at 100% CPU.
-
-mpi4py is imported only inside :func:`main` (importing this module does no MPI work).
+* Inside the MPI job, :mod:`balsam.launcher.serial_ranks` is every rank's entry point: rank 0
+  runs the :class:`balsam.launcher.serial_master.Master`, ranks 1..N a
+  :class:`balsam.launcher.serial_worker.Worker` each. :class:`SerialConfig` is what passes
+  from this side to that one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -46,18 +39,9 @@ if TYPE_CHECKING:
     from balsam.launcher.context import Context
     from balsam.platform.mpi.choice import LauncherChoice
 
-ORDERS, REPORTS, SESSION = 11, 12, 13
-"""MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
-id of an ensemble started before the session opened (0: exit at once)."""
 FORCE_KILL_AFTER_SECONDS = 9.0
 """After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
 the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
-LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
-EXIT_NO_SESSION = 7
-"""Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
-SESSION_WAIT_SLACK_SECONDS = 30.0
-"""Rank 0 of an early ensemble waits for the session id this long past the launcher's
-``reconnect_max_seconds`` (its limit for opening the session), then exits."""
 START_PROCESSING_SECONDS = 1.0
 """The launcher starts its transition workers when the ensemble first changes a job, or this
 long after starting the ensemble if it changes none sooner (nothing runnable yet)."""
@@ -120,7 +104,7 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
     ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search."""
     from balsam.platform.mpi.ensemble import ensemble_command  # not in the ranks: slow imports
 
-    rank_argv = [sys.executable, "-m", "balsam.launcher.serial_mode", config.to_json()]
+    rank_argv = [sys.executable, "-m", "balsam.launcher.serial_ranks", config.to_json()]
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
 
@@ -201,7 +185,31 @@ def abandon(launched: Launched, ctx: Context, wait_seconds: float = 5.0) -> None
         ctx.watchdog.remove(launched.proc.pid)
 
 
-def run_launcher(args: Any, ctx: Context) -> int:
+class SerialMode:
+    """Serial mode as a :class:`balsam.launcher.modes.LauncherMode`: the ensemble starts before
+    the session opens when it can (:func:`early_start`), and :meth:`run` runs it (again after a
+    rank died: :func:`balsam.launcher.ensemble_restart.run_serial`). It records RUNNING after a
+    task started (the module docstring of :mod:`balsam.launcher.modes` says why)."""
+
+    def prestart(self, ctx: Context) -> None:
+        """Launch the ensemble now if rank 0 can be handed the session id later."""
+        if early_start(ctx):
+            ctx.prestarted = launch(ctx)
+
+    def abandon(self, ctx: Context) -> None:
+        """No session: the early ensemble, if any, exits without claiming anything."""
+        launched, ctx.prestarted = ctx.prestarted, None
+        if launched is not None:
+            abandon(launched, ctx)
+
+    def run(self, ctx: Context) -> int:
+        """Run ensembles for the open session until one ends normally (:func:`run_launcher`)."""
+        from balsam.launcher.ensemble_restart import run_serial
+
+        return run_serial(ctx, run_launcher)
+
+
+def run_launcher(ctx: Context) -> int:
     """Run the serial-mode ensemble for the open session of ``ctx`` and wait for it; the
     launcher's exit status: 0 when it ended normally (idle: ``ctx.exit_reason`` says so;
     signalled or at the time limit: ``ctx.stop_reason`` does), 1 when the session was lost
@@ -212,7 +220,7 @@ def run_launcher(args: Any, ctx: Context) -> int:
     the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
     (``ctx.wakeup_fd``, if set, becomes readable then). ``ctx.prestarted``, if set, is the
     ensemble the caller started with :func:`launch` before opening the session: it is handed
-    the session id and run. ``args`` is not used: everything comes from ``ctx``. The ranks
+    the session id and run. The ranks
     append to the launcher's log file; the MPI launcher's own output goes to
     ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
     """
@@ -324,232 +332,3 @@ def _drain(fd: int) -> None:
             pass
     except (BlockingIOError, OSError):
         pass
-
-
-# ---- inside the MPI job ---------------------------------------------------------------------
-
-class WorkerLink:
-    """A worker's channel to rank 0 (:class:`balsam.launcher.serial_worker.Channel`)."""
-
-    def __init__(self, comm: Any) -> None:
-        self.comm = comm
-        self._sends: list[Any] = []
-
-    def send(self, message: dict[str, Any]) -> None:
-        self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.comm.isend(message, dest=0, tag=REPORTS))
-
-    def receive(self) -> Optional[dict[str, Any]]:
-        matched = self.comm.improbe(source=0, tag=ORDERS)
-        return None if matched is None else matched.recv()
-
-    def flush(self, timeout: float) -> None:
-        _complete(self._sends, timeout)
-
-
-class MasterLink:
-    """Rank 0's channels to workers 1..N (:class:`balsam.launcher.serial_master.MasterChannel`)."""
-
-    def __init__(self, comm: Any) -> None:
-        from mpi4py import MPI
-
-        self.comm = comm
-        self.workers: Sequence[int] = range(1, comm.Get_size())
-        self._any = MPI.ANY_SOURCE
-        self._status = MPI.Status()
-        self._sends: list[Any] = []
-
-    def send(self, worker: int, message: dict[str, Any]) -> None:
-        self.send_tagged(worker, message, ORDERS)
-
-    def send_tagged(self, worker: int, message: Any, tag: int) -> None:
-        if len(self._sends) > 64:
-            self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.comm.isend(message, dest=worker, tag=tag))
-
-    def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
-        matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
-        if matched is None:
-            return None
-        return self._status.Get_source(), matched.recv()
-
-    def flush(self, timeout: float) -> None:
-        _complete(self._sends, timeout)
-
-
-def _nothing(_cur: Any) -> None:
-    """A transaction that only makes sure the connection is open."""
-
-
-def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
-    """Rank 0 of an ensemble started before the session: the session id the launcher writes on
-    the MPI launcher's stdin (:func:`hand_over`); 0 on end-of-file, a stop, or nothing within
-    ``timeout`` seconds (the launcher gives up on the database sooner). ``fd``: stdin."""
-    data = b""
-    end = time.monotonic() + timeout
-    while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
-        if not select.select([fd], [], [], 0.2)[0]:
-            continue
-        chunk = os.read(fd, 64)
-        if not chunk:
-            break
-        data += chunk
-    text = data.split(b"\n")[0].strip()
-    return int(text) if text.isdigit() else 0
-
-
-def _session_from_master(comm: Any, stop: threading.Event) -> int:
-    """A worker of an ensemble started before the session: the id rank 0 sends (0: exit)."""
-    while not stop.is_set():
-        matched = comm.improbe(source=0, tag=SESSION)
-        if matched is not None:
-            return int(matched.recv())
-        time.sleep(0.002)
-    return 0
-
-
-def _complete(requests: list[Any], timeout: float) -> None:
-    """Wait (without spinning hard) until ``requests`` complete or ``timeout`` passes."""
-    end = time.monotonic() + timeout
-    while requests and time.monotonic() < end:
-        requests[:] = [r for r in requests if not r.Test()]
-        if requests:
-            time.sleep(0.002)
-
-
-def _logger(config: SerialConfig, name: str) -> logging.Logger:
-    log = logging.getLogger(name)
-    log.setLevel(logging.INFO)
-    handler: logging.Handler = (logging.FileHandler(config.log_path) if config.log_path
-                                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    log.addHandler(handler)
-    return log
-
-
-def _cpu_seconds() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _on_signals(notify: Callable[[str], None]) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        notify(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-def run_master(comm: Any, config: SerialConfig) -> int:
-    """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
-    and run the :class:`Master`."""
-    from balsam.errors import DatabaseUnavailable
-    from balsam.launcher.context import Context, Tunables
-    from balsam.launcher.ensemble_watch import start_message
-    from balsam.launcher.job_source import JobSource
-    from balsam.launcher.metered import MeteredDatabase
-    from balsam.launcher.serial_master import Master
-    from balsam.launcher.status import StatusBuffer
-
-    log = _logger(config, "balsam.serial.master")
-    tunables = Tunables.from_settings(config.settings["launcher"])
-    stop = threading.Event()
-    db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=stop,
-                  reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
-    session_id = config.session_id
-    link = MasterLink(comm)
-    if not session_id:  # started before the session: connect meanwhile, then read its id
-        _on_signals(lambda _name: stop.set())
-        with contextlib.suppress(DatabaseUnavailable):  # the claim retries as usual
-            db.run_before(time.monotonic() + tunables.reconnect_max_seconds, _nothing)
-        session_id = session_from_launcher(
-            stop, tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS)
-        for worker in link.workers:
-            link.send_tagged(worker, session_id, SESSION)
-        if not session_id:
-            link.flush(5.0)
-            log.info("serial master exits: the launcher opened no session")
-            db.close()
-            return EXIT_NO_SESSION
-    left = None if config.deadline is None else config.deadline - time.time()
-    ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
-                  alloc=config.allocation(), db=db, session_id=session_id,
-                  job_mode="serial", wf_filter=config.wf_filter, persistent=config.persistent,
-                  processing=config.processing, gpus_per_node=config.gpus_per_node, stop=stop,
-                  log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
-                  mpi_executable=None,
-                  stop_at=None if left is None else time.monotonic() + left,
-                  stop_grace=config.stop_grace, tags=dict(config.tags))
-    _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
-    source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
-                       config.wf_filter, base_env={}, tags=config.tags)
-    status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
-                          start_message=start_message(session_id))
-    log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
-             f"{comm.Get_size() - 1} worker(s)")
-    try:
-        return Master(ctx, source, status, link).run()
-    except BaseException:
-        log.exception("the serial master failed")
-        raise
-    finally:
-        log.info(f"serial master exits: {db.statements} statements in {db.transactions} "
-                 f"transactions, {_cpu_seconds():.2f} s CPU ({db.summary()})")
-        db.close()
-
-
-def run_worker(comm: Any, config: SerialConfig) -> int:
-    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
-    reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
-    from balsam.launcher.context import Tunables
-    from balsam.launcher.ensemble_watch import report_path
-    from balsam.launcher.nodeslots import NodeSlots
-    from balsam.launcher.serial_worker import Worker, node_cpus
-    from balsam.launcher.watchdog import Watchdog
-
-    stop = threading.Event()
-    _on_signals(lambda _name: stop.set())
-    t = Tunables.from_settings(config.settings["launcher"])
-    link = WorkerLink(comm)
-    session_id = config.session_id or _session_from_master(comm, stop)
-    if not session_id:  # the launcher opened no session (or a stop came first)
-        return 0
-    watchdog = Watchdog(t.kill_grace_seconds,
-                        report=report_path(config.db_path, session_id, comm.Get_rank(),
-                                           config.generation))
-    worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
-                    os.environ, kill_grace=t.kill_grace_seconds,
-                    shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
-                    signalled=stop, watchdog=watchdog)
-    try:
-        worker.run()
-        link.flush(5.0)
-        if worker.recorded:
-            watchdog.all_recorded()
-    finally:
-        watchdog.close()
-    _logger(config, "balsam.serial.worker").info(
-        f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
-        f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
-        f"{_cpu_seconds():.2f} s CPU")
-    return 0
-
-
-def main(argv: Sequence[str]) -> int:
-    """Entry point of every rank: ``python -m balsam.launcher.serial_mode CONFIG_JSON``."""
-    import mpi4py
-
-    mpi4py.rc.thread_level = "single"
-    from mpi4py import MPI
-
-    config = SerialConfig.from_json(argv[0])
-    comm = MPI.COMM_WORLD
-    if comm.Get_rank() == 0:
-        return run_master(comm, config)
-    return run_worker(comm, config)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

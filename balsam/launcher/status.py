@@ -1,15 +1,8 @@
 """Batched recording of task starts and ends.
 
-**When RUNNING is recorded.** MPI mode (:mod:`balsam.launcher.mpi_mode`) records RUNNING
-*before* it starts a task: in the same statement as the ends just reaped and the next claim
-(:func:`balsam.core.leases.cycle`), then it launches the jobs that moved; a job a user killed
-or changed meanwhile is not moved and not launched. Serial mode
-(:mod:`balsam.launcher.serial_master`) records RUNNING *after* the start: its workers start
-tasks at once and report them, and the master writes the reported starts here in batches; a
-start whose RUNNING was refused (killed meanwhile) is stopped, and starts never written
-because the ensemble died are recorded late from the workers' watchdog reports
-(:func:`balsam.core.leases.record_lost_starts`). Either way, every run has its RUNNING event
-before its end event.
+**When RUNNING is recorded**: MPI mode before it starts a task (not here: in
+:func:`balsam.core.leases.cycle`), serial mode after, here (:meth:`StatusBuffer.started`); the
+module docstring of :mod:`balsam.launcher.modes` says how and why.
 
 A launcher notes what happened to its tasks in a :class:`StatusBuffer` as it happens and writes
 it in one transaction: one statement for every start and end (a task that started and ended

@@ -3,8 +3,9 @@
 :func:`run` takes the database's service lock (:mod:`balsam.service.control`; a second service
 is refused), writes the PID file and the log ``<db>/log/service_<timestamp>_<pid>.log``, starts a
 :class:`~balsam.processing.worker.TransitionPool` of ``service.transition_threads`` workers
-(stage-in/out, pre/postprocess scripts, handlers) and then runs a cycle every
-``service.cycle_seconds``:
+(stage-in/out, pre/postprocess scripts, handlers; built by
+:func:`balsam.processing.pools.start_transition_pool`, as a launcher's) and then runs a cycle
+every ``service.cycle_seconds``:
 
 1. **cancel** the batch jobs users asked to cancel (:func:`balsam.service.sync.cancel_requested`);
    **sync** batch-job states from the scheduler (:func:`balsam.service.sync.sync`; its time
@@ -32,10 +33,10 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core import leases
-from balsam.core.retries import RetryPolicy
+from balsam.core.tunables import Tunables
 from balsam.db import dbsettings
 from balsam.db.database import Database
 from balsam.errors import BalsamError
@@ -44,6 +45,9 @@ from balsam.platform.schedulers import command
 from balsam.processing import transitions
 from balsam.service import control
 from balsam.service.live import record_sync
+
+if TYPE_CHECKING:
+    from balsam.processing.worker import TransitionPool
 
 DB_STEP_SECONDS = 10.0
 """Longest one database step waits for an unreachable server before the cycle moves on."""
@@ -71,7 +75,7 @@ class Service:
         self.cycles = 0
         self.totals: dict[str, int] = {}
         self.backoff: dict[str, command.Backoff] = {}
-        self.pool: Any = None
+        self.pool: Optional[TransitionPool] = None
         self.exit_status = 0
 
     @property
@@ -157,12 +161,13 @@ class Service:
         return len(swept)
 
     def _advance(self) -> int:
-        batch = int(self.settings["launcher"]["processing_batch"])
+        tunables = self.tunables
+        batch = tunables.processing_batch
         moved = 0
         for _ in range(ADVANCE_ROUNDS):
             counts = self.db.run_before(time.monotonic() + DB_STEP_SECONDS,
                                         transitions.advance, None, batch,
-                                        RetryPolicy.from_settings(self.settings["launcher"]))
+                                        tunables.retry_policy())
             moved += sum(counts.values())
             if max(counts.values(), default=0) < batch or self.stop.is_set():
                 break
@@ -228,23 +233,17 @@ class Service:
                 self.log.error(f"cannot write the PID file: {exc}")
             self.stop.wait(max(0.0, self.cycle_seconds - (time.monotonic() - began)))
 
-    def start_pool(self) -> None:
-        threads = int(self.settings["service"]["transition_threads"])
-        if threads <= 0:
-            return
-        from balsam.processing.steps import Limits
-        from balsam.processing.worker import TransitionPool
+    @property
+    def tunables(self) -> Tunables:
+        """The ``launcher:`` tunables of the current settings (they also rule processing)."""
+        return Tunables.from_settings(self.settings["launcher"])
 
-        t = self.settings["launcher"]
-        self.pool = TransitionPool(
-            threads, self.db_path, wf_filter=None, base_env=dict(os.environ),
-            limits=Limits(t["script_timeout_seconds"], t["transfer_timeout_seconds"],
-                          kill_grace=t["shutdown_grace_seconds"], tail_lines=t["output_tail_lines"]),
-            log=self.log, heartbeat_seconds=t["heartbeat_seconds"],
-            lease_seconds=t["lease_seconds"], idle_wait_seconds=t["idle_wait_seconds"],
-            reconnect_max_seconds=t["reconnect_max_seconds"], draining=self.stop,
-            max_retries=t["max_retries"])
-        self.pool.start()
+    def start_pool(self) -> None:
+        from balsam.processing.pools import start_transition_pool
+
+        self.pool = start_transition_pool(
+            int(self.settings["service"]["transition_threads"]), self.db_path, self.tunables,
+            wf_filter=None, base_env=dict(os.environ), log=self.log, draining=self.stop)
 
 
 def run(db_path: str) -> int:

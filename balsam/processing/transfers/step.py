@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from balsam.core.tunables import Tunables
 from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
@@ -57,8 +58,9 @@ class TransferStep:
                  wf_filter: Optional[str] = None, log: Optional[logging.Logger] = None) -> None:
         self.db_path = db_path
         self.t = dict(settings["transfers"])
-        self.timeout = float(settings["launcher"]["transfer_timeout_seconds"])
-        self.limit = int(settings["launcher"]["processing_batch"])
+        tunables = Tunables.from_settings(settings["launcher"])
+        self.timeout = tunables.transfer_timeout_seconds
+        self.limit = tunables.processing_batch
         self.wf_filter = wf_filter
         self.log = log or logging.getLogger("balsam.transfers")
         workers = max(2, 4 * int(self.t["batches_per_endpoint"]))

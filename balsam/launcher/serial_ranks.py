@@ -1,0 +1,265 @@
+"""Serial job mode inside the MPI job: the entry point of every rank of the ensemble.
+
+:mod:`balsam.launcher.serial_mode` (the launcher side) starts ``1 + nodes`` ranks of
+``python -m balsam.launcher.serial_ranks CONFIG``; :func:`main` dispatches by rank: rank 0 runs
+the :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
+ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
+Messages are pickled dicts sent with ``isend`` and received with matched probes (``improbe``):
+no rank ever blocks in MPI, so none spins at 100% CPU.
+
+mpi4py is imported only inside :func:`main` (importing this module does no MPI work).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+from balsam.launcher.serial_mode import SerialConfig
+
+ORDERS, REPORTS, SESSION = 11, 12, 13
+"""MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
+id of an ensemble started before the session opened (0: exit at once)."""
+LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
+EXIT_NO_SESSION = 7
+"""Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
+SESSION_WAIT_SLACK_SECONDS = 30.0
+"""Rank 0 of an early ensemble waits for the session id this long past the launcher's
+``reconnect_max_seconds`` (its limit for opening the session), then exits."""
+
+
+class WorkerLink:
+    """A worker's channel to rank 0 (:class:`balsam.launcher.serial_worker.Channel`)."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self._sends: list[Any] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.comm.isend(message, dest=0, tag=REPORTS))
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        matched = self.comm.improbe(source=0, tag=ORDERS)
+        return None if matched is None else matched.recv()
+
+    def flush(self, timeout: float) -> None:
+        _complete(self._sends, timeout)
+
+
+class MasterLink:
+    """Rank 0's channels to workers 1..N (:class:`balsam.launcher.serial_master.MasterChannel`)."""
+
+    def __init__(self, comm: Any) -> None:
+        from mpi4py import MPI
+
+        self.comm = comm
+        self.workers: Sequence[int] = range(1, comm.Get_size())
+        self._any = MPI.ANY_SOURCE
+        self._status = MPI.Status()
+        self._sends: list[Any] = []
+
+    def send(self, worker: int, message: dict[str, Any]) -> None:
+        self.send_tagged(worker, message, ORDERS)
+
+    def send_tagged(self, worker: int, message: Any, tag: int) -> None:
+        if len(self._sends) > 64:
+            self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.comm.isend(message, dest=worker, tag=tag))
+
+    def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
+        matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
+        if matched is None:
+            return None
+        return self._status.Get_source(), matched.recv()
+
+    def flush(self, timeout: float) -> None:
+        _complete(self._sends, timeout)
+
+
+def _nothing(_cur: Any) -> None:
+    """A transaction that only makes sure the connection is open."""
+
+
+def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
+    """Rank 0 of an ensemble started before the session: the session id the launcher writes on
+    the MPI launcher's stdin (:func:`balsam.launcher.serial_mode.hand_over`); 0 on end-of-file,
+    a stop, or nothing within ``timeout`` seconds (the launcher gives up on the database
+    sooner). ``fd``: stdin."""
+    data = b""
+    end = time.monotonic() + timeout
+    while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    text = data.split(b"\n")[0].strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _session_from_master(comm: Any, stop: threading.Event) -> int:
+    """A worker of an ensemble started before the session: the id rank 0 sends (0: exit)."""
+    while not stop.is_set():
+        matched = comm.improbe(source=0, tag=SESSION)
+        if matched is not None:
+            return int(matched.recv())
+        time.sleep(0.002)
+    return 0
+
+
+def _complete(requests: list[Any], timeout: float) -> None:
+    """Wait (without spinning hard) until ``requests`` complete or ``timeout`` passes."""
+    end = time.monotonic() + timeout
+    while requests and time.monotonic() < end:
+        requests[:] = [r for r in requests if not r.Test()]
+        if requests:
+            time.sleep(0.002)
+
+
+def _logger(config: SerialConfig, name: str) -> logging.Logger:
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    handler: logging.Handler = (logging.FileHandler(config.log_path) if config.log_path
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log.addHandler(handler)
+    return log
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _on_signals(notify: Callable[[str], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        notify(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def run_master(comm: Any, config: SerialConfig) -> int:
+    """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
+    and run the :class:`Master`."""
+    from balsam.core.tunables import Tunables
+    from balsam.errors import DatabaseUnavailable
+    from balsam.launcher.context import Context
+    from balsam.launcher.ensemble_watch import start_message
+    from balsam.launcher.job_source import JobSource
+    from balsam.launcher.metered import MeteredDatabase
+    from balsam.launcher.serial_master import Master
+    from balsam.launcher.status import StatusBuffer
+
+    log = _logger(config, "balsam.serial.master")
+    tunables = Tunables.from_settings(config.settings["launcher"])
+    stop = threading.Event()
+    db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=stop,
+                  reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
+    session_id = config.session_id
+    link = MasterLink(comm)
+    if not session_id:  # started before the session: connect meanwhile, then read its id
+        _on_signals(lambda _name: stop.set())
+        with contextlib.suppress(DatabaseUnavailable):  # the claim retries as usual
+            db.run_before(time.monotonic() + tunables.reconnect_max_seconds, _nothing)
+        session_id = session_from_launcher(
+            stop, tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS)
+        for worker in link.workers:
+            link.send_tagged(worker, session_id, SESSION)
+        if not session_id:
+            link.flush(5.0)
+            log.info("serial master exits: the launcher opened no session")
+            db.close()
+            return EXIT_NO_SESSION
+    left = None if config.deadline is None else config.deadline - time.time()
+    ctx = Context(db_path=config.db_path, settings=config.settings, tunables=tunables,
+                  alloc=config.allocation(), db=db, session_id=session_id,
+                  job_mode="serial", wf_filter=config.wf_filter, persistent=config.persistent,
+                  processing=config.processing, gpus_per_node=config.gpus_per_node, stop=stop,
+                  log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
+                  mpi_executable=None,
+                  stop_at=None if left is None else time.monotonic() + left,
+                  stop_grace=config.stop_grace, tags=dict(config.tags))
+    _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
+    source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
+                       config.wf_filter, base_env={}, tags=config.tags)
+    status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
+                          start_message=start_message(session_id))
+    log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
+             f"{comm.Get_size() - 1} worker(s)")
+    try:
+        return Master(ctx, source, status, link).run()
+    except BaseException:
+        log.exception("the serial master failed")
+        raise
+    finally:
+        log.info(f"serial master exits: {db.statements} statements in {db.transactions} "
+                 f"transactions, {_cpu_seconds():.2f} s CPU ({db.summary()})")
+        db.close()
+
+
+def run_worker(comm: Any, config: SerialConfig) -> int:
+    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
+    reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
+    from balsam.core.tunables import Tunables
+    from balsam.launcher.ensemble_watch import report_path
+    from balsam.launcher.nodeslots import NodeSlots
+    from balsam.launcher.serial_worker import Worker, node_cpus
+    from balsam.launcher.watchdog import Watchdog
+
+    stop = threading.Event()
+    _on_signals(lambda _name: stop.set())
+    t = Tunables.from_settings(config.settings["launcher"])
+    link = WorkerLink(comm)
+    session_id = config.session_id or _session_from_master(comm, stop)
+    if not session_id:  # the launcher opened no session (or a stop came first)
+        return 0
+    watchdog = Watchdog(t.kill_grace_seconds,
+                        report=report_path(config.db_path, session_id, comm.Get_rank(),
+                                           config.generation))
+    worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
+                    os.environ, kill_grace=t.kill_grace_seconds,
+                    shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
+                    signalled=stop, watchdog=watchdog)
+    try:
+        worker.run()
+        link.flush(5.0)
+        if worker.recorded:
+            watchdog.all_recorded()
+    finally:
+        watchdog.close()
+    _logger(config, "balsam.serial.worker").info(
+        f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
+        f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
+        f"{_cpu_seconds():.2f} s CPU")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of every rank: ``python -m balsam.launcher.serial_ranks CONFIG_JSON``."""
+    import mpi4py
+
+    mpi4py.rc.thread_level = "single"
+    from mpi4py import MPI
+
+    config = SerialConfig.from_json(argv[0])
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() == 0:
+        return run_master(comm, config)
+    return run_worker(comm, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
