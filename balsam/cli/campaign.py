@@ -108,7 +108,7 @@ def check_columns(source: str, columns: Sequence[str], used: set[str]) -> list[s
 
 
 def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
-               indices: Optional[Sequence[int]], columns: Sequence[str], source: str) -> list[dict]:
+               indices: Optional[Sequence[int]], columns: Sequence[str], source: str) -> list[dict[str, Any]]:
     """Full, checked job rows (``schema.new_job_row`` form) for each record, or for each index
     of ``indices`` (then ``records`` is empty); BalsamError naming the line of a bad value."""
     names = set(columns) | {INDEX}
@@ -130,7 +130,7 @@ def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
     items: Iterable[tuple[Optional[int], dict[str, Any], int]] = \
         ((None, {}, i) for i in indices) if indices is not None else \
         ((line, values, n) for n, (line, values) in enumerate(records))
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for line, values, index in items:
         row = dict(base)
         try:
@@ -172,7 +172,7 @@ def row_label(n: int, records: Sequence[rowfile.Record], indices: Optional[Seque
     return f"--array index {indices[n]}" if indices is not None else f"{source}, line {records[n][0]}"
 
 
-def check_apps(cur: Any, rows: Sequence[dict], label: Callable[[int], str]) -> dict[str, Any]:
+def check_apps(cur: Any, rows: Sequence[dict[str, Any]], label: Callable[[int], str]) -> dict[str, Any]:
     """The application rows the jobs name, by name; NotFound naming (``label(n)``) the first
     job whose application does not exist."""
     wanted = list(dict.fromkeys(r["application"] for r in rows))
@@ -186,7 +186,7 @@ def check_apps(cur: Any, rows: Sequence[dict], label: Callable[[int], str]) -> d
     return apps
 
 
-def insert(cur: Any, rows: list[dict]) -> None:
+def insert(cur: Any, rows: list[dict[str, Any]]) -> None:
     """All rows in one COPY (they were checked by :func:`build_rows`)."""
     bulk.copy_jobs(cur, rows, normalized=True)
 

@@ -49,7 +49,7 @@ def progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict], first: bool) -> None:
+def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict[str, Any]], first: bool) -> None:
     """The ids (``--quiet``) or JSON items (``--format json``, the form of ``balsam ls``) of one
     chunk of new jobs, spooled to ``out`` until the transaction commits."""
     if args.quiet:

@@ -85,7 +85,7 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> tu
     return str(job["job_id"]), str(stored)
 
 
-def find_app(cur: Any, text: str) -> dict:
+def find_app(cur: Any, text: str) -> dict[str, Any]:
     """The app numbered ``text`` if it is a number and such an app exists, else the one named ``text``."""
     if text.strip().isdigit():
         cur.execute(f"SELECT id, name FROM {schema.APP_TABLE} WHERE id = %s", [int(text)])
@@ -99,7 +99,7 @@ def find_app(cur: Any, text: str) -> dict:
     return rows[0]
 
 
-def modify_app(cur: Any, id_text: str, attr: str, value: str, note: Any) -> tuple[dict, str]:
+def modify_app(cur: Any, id_text: str, attr: str, value: str, note: Any) -> tuple[dict[str, Any], str]:
     """Apply the change; return (the app's id and old name, the new value). Renaming an app also
     renames it in the jobs that use it (said on ``note``)."""
     if attr not in schema.APP_DEFAULTS:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
+def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     from balsam.core.reads.jobs import ORDER, job_where
 
     if args.id is not None:
@@ -82,7 +82,7 @@ DELETE_CHUNK = 20_000
 """Jobs deleted per statement by ``rm`` (progress is shown between chunks on a terminal)."""
 
 
-def remove_jobs(cur: Any, found: list[dict]) -> int:
+def remove_jobs(cur: Any, found: list[dict[str, Any]]) -> int:
     """Delete the jobs; return how many waiting children were failed because of it."""
     from balsam.core import lifecycle
     from balsam.core.states import WAITING_STATES
@@ -106,7 +106,7 @@ def remove_jobs(cur: Any, found: list[dict]) -> int:
     return failed
 
 
-def select_apps(cur: Any, args: argparse.Namespace) -> list[dict]:
+def select_apps(cur: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     from balsam.core.reads.jobs import app_where
 
     where, params = app_where(None if args.all else args.name, args.id)
@@ -117,7 +117,7 @@ def select_apps(cur: Any, args: argparse.Namespace) -> list[dict]:
     return found
 
 
-def check_apps_unused(cur: Any, apps: list[dict], force: bool) -> None:
+def check_apps_unused(cur: Any, apps: list[dict[str, Any]], force: bool) -> None:
     """Refuse to remove apps that jobs still use, unless forced."""
     cur.execute(f"SELECT application, count(*) FROM {schema.JOB_TABLE} WHERE application = ANY(%s) "
                 "GROUP BY application ORDER BY application", [[a["name"] for a in apps]])
@@ -128,6 +128,6 @@ def check_apps_unused(cur: Any, apps: list[dict], force: bool) -> None:
                           "or pass --force")
 
 
-def remove_apps(cur: Any, apps: list[dict]) -> int:
+def remove_apps(cur: Any, apps: list[dict[str, Any]]) -> int:
     cur.execute(f"DELETE FROM {schema.APP_TABLE} WHERE id = ANY(%s)", [[a["id"] for a in apps]])
     return 0

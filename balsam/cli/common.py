@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
 from balsam.errors import BalsamError
 
 
-def add_command(sub: Any, name: str, handler: Any, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                handler: Callable[[argparse.Namespace], int], help: str,
+                **kwargs: Any) -> argparse.ArgumentParser:
     """Add a sub-command whose ``args.handler`` is ``handler`` and ``args.command`` its name."""
     parser = sub.add_parser(name, help=help, description=help, **kwargs)
     parser.set_defaults(handler=handler, command=name)

@@ -42,7 +42,7 @@ def preview_stream(args: argparse.Namespace) -> TextIO:
     return io.StringIO() if getattr(args, "yes", False) else sys.stderr
 
 
-def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict]:
+def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
     """Job rows as ``balsam ls --format json`` shows them (every column, then ``parents``: the
     row's own, else ``parents[n]``, else none)."""
     out = []
@@ -54,7 +54,7 @@ def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] =
     return out
 
 
-def full_jobs(cur: Any, ids: Sequence[Any]) -> list[dict]:
+def full_jobs(cur: Any, ids: Sequence[Any]) -> list[dict[str, Any]]:
     """Every column and the parents of the jobs ``ids``, in creation order (for JSON output)."""
     rows = reads.jobs_by_ids(cur, ids)
     parents = reads.parents_of(cur, [r["job_id"] for r in rows])
@@ -106,6 +106,6 @@ def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) 
     return "".join(f"{i}\n" for i in ids)
 
 
-def full_apps(cur: Any, apps: Sequence[dict[str, Any]]) -> list[dict]:
+def full_apps(cur: Any, apps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every field of the applications ``apps`` (dicts with ``id``), by number."""
     return reads.apps_by_ids(cur, [a["id"] for a in apps])

@@ -20,7 +20,7 @@ COLUMNS = ["id", "scheduler_id", "queue", "nodes", "wall_minutes", "job_mode", "
 OTHER_COLUMNS = ["scheduler_id", "queue", "nodes", "wall_minutes", "state", "name"]
 
 
-def live_rows(rows: list[dict], path: str) -> tuple[list[dict], str]:
+def live_rows(rows: list[dict[str, Any]], path: str) -> tuple[list[dict[str, Any]], str]:
     """``rows`` with live states (:func:`balsam.service.live.annotate`), the user's other
     unfinished batch jobs, and a note ("" if the scheduler answered)."""
     from balsam.db import dbsettings

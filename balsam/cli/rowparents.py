@@ -63,7 +63,7 @@ def _resolve(entry: str, name: str, earlier: dict[str, str], names: Counter[str]
     raise schema.FieldError(f"parent {entry!r} is neither a job id nor the name of an earlier row")
 
 
-def link(rows: Sequence[dict], records: Sequence[rowfile.Record], source: str) -> Links:
+def link(rows: Sequence[dict[str, Any]], records: Sequence[rowfile.Record], source: str) -> Links:
     """The dependencies the ``parents`` column of ``records`` gives the new jobs ``rows`` (built
     from them, in order); BalsamError naming the line of a bad entry."""
     links = Links()

@@ -7,7 +7,7 @@ fast with 100,000 jobs in the table.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -185,7 +185,8 @@ def tree_lines(cur: Any, roots: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def job_batches(cur: Any, where: str, params: list[Any], columns: Sequence[str], limit: int,
-                batch: int, cursor_name: str = "balsam_job_batches") -> Iterator[list[dict[str, Any]]]:
+                batch: int, cursor_name: str = "balsam_job_batches"
+                ) -> Generator[list[dict[str, Any]], None, None]:
     """The first ``limit + 1`` matching jobs in creation order, ``batch`` rows at a time from a
     server-side cursor (memory stays flat), each row with ``parents`` when ``columns`` names it.
     One row past ``limit`` tells the caller that more match."""
