@@ -23,12 +23,15 @@ import difflib
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.cli import rowfile, rowparents
 from balsam.core import bulk, schema
-from balsam.core.sql import fetch_dicts
+from balsam.core.reads.apps import app_defaults
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 TEMPLATED = {"name": "--name", "args": "--args", "description": "--description",
              "stage_in_url": "--url-in", "stage_out_url": "--url-out", "environ_vars": "--env"}
@@ -172,13 +175,11 @@ def row_label(n: int, records: Sequence[rowfile.Record], indices: Optional[Seque
     return f"--array index {indices[n]}" if indices is not None else f"{source}, line {records[n][0]}"
 
 
-def check_apps(cur: Any, rows: Sequence[dict[str, Any]], label: Callable[[int], str]) -> dict[str, Any]:
+def check_apps(cur: Cursor, rows: Sequence[dict[str, Any]], label: Callable[[int], str]) -> dict[str, Any]:
     """The application rows the jobs name, by name; NotFound naming (``label(n)``) the first
     job whose application does not exist."""
     wanted = list(dict.fromkeys(r["application"] for r in rows))
-    cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} "
-                "WHERE name = ANY(%s)", [wanted])
-    apps = {a["name"]: a for a in fetch_dicts(cur)}
+    apps = app_defaults(cur, wanted)
     for n, row in enumerate(rows):
         if row["application"] not in apps:
             raise NotFound(f"{label(n)}: application {row['application']!r} does not exist "

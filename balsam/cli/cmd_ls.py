@@ -92,8 +92,7 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
         text = "\n".join(f"Job {r['name']} [{r['job_id']}]{history_note(r, tries)}\n"
                          f"{'-' * 60}{hist[str(r['job_id'])]}\n" for r in rows)
     elif args.tree:
-        no_parents = f"NOT EXISTS (SELECT 1 FROM {reads.DEP} d WHERE d.child_id = job_id)"
-        where = f"{where} AND {no_parents}" if where else f" WHERE {no_parents}"
+        where = f"{where} AND {reads.NO_PARENTS}" if where else f" WHERE {reads.NO_PARENTS}"
         rows, total = reads.fetch_jobs(cur, where, params, ["job_id", "name", "state"], limit)
         if not rows:
             return "No jobs without parents found matching query"

@@ -5,9 +5,12 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -27,7 +30,7 @@ def db_path() -> str:
 
 
 @contextmanager
-def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Any]]:
+def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Cursor]]:
     """(db_path, cursor) inside one transaction on a plain psycopg2 connection (no Django).
 
     Commits on success, rolls back on any error: a failed command writes nothing.

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
 from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains
 from balsam.errors import Ambiguous, BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 JOB, APP, DEP, EVENT = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.EVENT_TABLE
 
@@ -22,6 +25,8 @@ JOB_COLUMNS: list[str] = ["job_id", "created_at", "tick", "queued_launch_id"] + 
 ORDER = "ORDER BY created_at, job_id"
 """The listing order of jobs (creation), everywhere the CLI lists them."""
 APP_COLUMNS = "id, " + ", ".join(schema.APP_DEFAULTS)
+NO_PARENTS = f"NOT EXISTS (SELECT 1 FROM {DEP} d WHERE d.child_id = job_id)"
+"""A condition on jobs: the roots of the dependency graph (``balsam ls --tree``)."""
 
 
 @contextmanager
@@ -312,3 +317,28 @@ def job_relatives(cur: Any, job_id: str, limit: int = 200
                     "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
         out.append(fetch_dicts(cur))
     return out[0], out[1]
+
+
+def job_labels(cur: Cursor, where: str, params: list[Any]) -> list[dict[str, Any]]:
+    """``{job_id, name}`` of every job matching ``where`` (from :func:`job_where`), in listing order."""
+    cur.execute(f"SELECT job_id, name FROM {JOB}{where} {ORDER}", params)
+    return fetch_dicts(cur)
+
+
+def workflow_size(cur: Cursor, workflow: str) -> int:
+    """How many jobs the workflow named exactly ``workflow`` has."""
+    cur.execute(f"SELECT count(*) FROM {JOB} WHERE workflow = %s", [workflow])
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def waiting_children(cur: Cursor, job_ids: Sequence[str]) -> int:
+    """How many jobs outside ``job_ids`` wait (a waiting state) on one of ``job_ids``."""
+    from balsam.core.states import WAITING_STATES
+
+    cur.execute(f"""SELECT count(DISTINCT d.child_id) FROM {DEP} d
+        JOIN {JOB} c ON c.job_id = d.child_id
+        WHERE d.parent_id = ANY(%s::uuid[]) AND NOT d.child_id = ANY(%s::uuid[])
+          AND c.state = ANY(%s::text[])""", [list(job_ids), list(job_ids), WAITING_STATES])
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
