@@ -30,7 +30,7 @@ from psycopg import Connection as Pg3Connection, Cursor as Pg3Cursor
 from psycopg.rows import TupleRow
 from psycopg2.extensions import connection as Pg2Connection, cursor as Pg2Cursor
 
-from balsam.db.dbapi import Connection, Cursor, ManagedCursor
+from balsam.db.dbapi import Connection, Cursor, ManagedCursor, PlainCursor
 from balsam.db.database import _CountingCursor
 
 
@@ -48,6 +48,10 @@ def psycopg2_cursor(cursor: Pg2Cursor) -> ManagedCursor:
 
 def psycopg2_connection(conn: Pg2Connection) -> Connection:
     return conn
+
+
+def psycopg2_plain_cursor(cursor: Pg2Cursor) -> PlainCursor:
+    return cursor
 
 
 def counting_cursor(cursor: _CountingCursor) -> Cursor:

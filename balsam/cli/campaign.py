@@ -187,7 +187,7 @@ def check_apps(cur: Cursor, rows: Sequence[dict[str, Any]], label: Callable[[int
     return apps
 
 
-def insert(cur: Any, rows: list[dict[str, Any]]) -> None:
+def insert(cur: Cursor, rows: list[dict[str, Any]]) -> None:
     """All rows in one COPY (they were checked by :func:`build_rows`)."""
     bulk.copy_jobs(cur, rows, normalized=True)
 

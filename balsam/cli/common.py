@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from balsam.errors import BalsamError
 
 if TYPE_CHECKING:
-    from balsam.db.dbapi import Cursor
+    from balsam.db.dbapi import PlainCursor
 
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -30,7 +30,7 @@ def db_path() -> str:
 
 
 @contextmanager
-def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Cursor]]:
+def transaction(path: Optional[str] = None) -> Iterator[tuple[str, PlainCursor]]:
     """(db_path, cursor) inside one transaction on a plain psycopg2 connection (no Django).
 
     Commits on success, rolls back on any error: a failed command writes nothing.

@@ -5,9 +5,12 @@ so on one line and exits 2 before touching the database.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 
 def require_matplotlib() -> None:
@@ -19,7 +22,7 @@ def require_matplotlib() -> None:
                           "(or pip install matplotlib)")
 
 
-def write_plots(cursor: Any, filters: Any, path: str, steps: Any) -> None:
+def write_plots(cursor: Cursor, filters: Any, path: str, steps: Any) -> None:
     """Three panels: finished jobs (cumulative), running tasks and busy nodes (time-averaged per
     bucket), and total hours spent per state."""
     import matplotlib

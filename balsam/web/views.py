@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any, Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -38,6 +38,9 @@ from balsam.db.django_setup import active_path
 from balsam.errors import BalsamError
 from balsam.service import live
 from balsam.web import auth, charts
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 TAIL_BYTES = 64 * 1024
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
@@ -163,7 +166,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
         first_href=link() if page.prev_cursor else ""))
 
 
-def _job_or_404(cur: Any, job_id: str) -> dict[str, Any]:
+def _job_or_404(cur: Cursor, job_id: str) -> dict[str, Any]:
     try:
         schema.parse_uuid(job_id)
     except Exception:
