@@ -17,6 +17,7 @@ transaction: all rows or none.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import difflib
@@ -192,7 +193,7 @@ def insert(cur: Cursor, rows: list[dict[str, Any]]) -> None:
     bulk.copy_jobs(cur, rows, normalized=True)
 
 
-def run_many(args: Any) -> int:
+def run_many(args: argparse.Namespace) -> int:
     """``balsam job ... --from-file FILE`` or ``--array SPEC``: build, check, confirm, one COPY."""
     import functools
 

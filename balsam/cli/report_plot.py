@@ -5,11 +5,13 @@ so on one line and exits 2 before touching the database.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from balsam.errors import BalsamError
 
 if TYPE_CHECKING:
+    from balsam.cli.progress import Steps
+    from balsam.core.analytics_scope import Filters
     from balsam.db.dbapi import Cursor
 
 
@@ -22,7 +24,7 @@ def require_matplotlib() -> None:
                           "(or pip install matplotlib)")
 
 
-def write_plots(cursor: Cursor, filters: Any, path: str, steps: Any) -> None:
+def write_plots(cursor: Cursor, filters: Filters, path: str, steps: Steps) -> None:
     """Three panels: finished jobs (cumulative), running tasks and busy nodes (time-averaged per
     bucket), and total hours spent per state."""
     import matplotlib

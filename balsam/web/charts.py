@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from balsam.core import analytics
 
 if TYPE_CHECKING:
+    from balsam.core.analytics_scope import Buckets
     from balsam.db.dbapi import Cursor
 
 TTL = 10.0
@@ -38,7 +39,7 @@ def chart_data(cur: Cursor) -> dict[str, Any]:
     return data
 
 
-def _times(buckets: Any) -> list[str]:
+def _times(buckets: Buckets) -> list[str]:
     return [t.isoformat() for t in buckets.times]
 
 

@@ -29,7 +29,7 @@ import glob
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, routing, schema
 from balsam.core.routing import sql_in
@@ -351,7 +351,7 @@ def cancelled(cursor: Cursor, batch_id: int, message: str) -> None:
                        WHERE id = %s AND state = 'active'""", [message, batch_id])
 
 
-def recover_lost(cursor: Cursor, alive: Any) -> list[int]:
+def recover_lost(cursor: Cursor, alive: Callable[[str], bool]) -> list[int]:
     """Mark lost the active synchronous batches whose owner is dead (``alive(owner)`` False)
     or whose lease ran out; their items return to pending. Returns the batch ids."""
     cursor.execute(f"""
