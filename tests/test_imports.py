@@ -326,11 +326,14 @@ def test_the_harness_notices_work_at_import(tmp_path):
 
 
 READ_LAYER = ["balsam.core.sql", "balsam.core.reads", "balsam.core.reads.jobs",
-              "balsam.core.reads.pages", "balsam.core.reads.activity"]
+              "balsam.core.reads.pages", "balsam.core.reads.activity", "balsam.core.reads.apps",
+              "balsam.core.reads.transfers", "balsam.core.writes", "balsam.core.writes.jobs",
+              "balsam.core.writes.apps"]
 
 
 def test_the_read_layer_the_cli_and_web_share_loads_no_django():
-    """``balsam.core.reads`` and ``balsam.core.sql`` serve the CLI on its fast path: importing
+    """``balsam.core.reads``, ``balsam.core.writes`` and ``balsam.core.sql`` serve the CLI on its
+    fast path (the write layer is listed here too): importing
     them (and all they import) must not load Django or the ORM models."""
     code = ("import importlib, json, sys\n"
             f"for name in {READ_LAYER!r}:\n"
@@ -341,3 +344,14 @@ def test_the_read_layer_the_cli_and_web_share_loads_no_django():
                           timeout=60, check=True)
     assert json.loads(proc.stdout) == []
     assert set(READ_LAYER) <= set(all_module_names())
+
+
+def test_the_wait_reads_load_no_django():
+    """``balsam wait``'s reads (:mod:`balsam.core.reads.waits`) load the driver module for COPY,
+    but neither Django nor the ORM models."""
+    code = ("import json, sys\nimport balsam.core.reads.waits\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'django' "
+            "or m.startswith(('django.', 'balsam.core.models', 'psycopg')))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(proc.stdout) == []

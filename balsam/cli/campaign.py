@@ -17,18 +17,22 @@ transaction: all rows or none.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import difflib
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.cli import rowfile, rowparents
 from balsam.core import bulk, schema
-from balsam.core.sql import fetch_dicts
+from balsam.core.reads.apps import app_defaults
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 TEMPLATED = {"name": "--name", "args": "--args", "description": "--description",
              "stage_in_url": "--url-in", "stage_out_url": "--url-out", "environ_vars": "--env"}
@@ -108,7 +112,7 @@ def check_columns(source: str, columns: Sequence[str], used: set[str]) -> list[s
 
 
 def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
-               indices: Optional[Sequence[int]], columns: Sequence[str], source: str) -> list[dict]:
+               indices: Optional[Sequence[int]], columns: Sequence[str], source: str) -> list[dict[str, Any]]:
     """Full, checked job rows (``schema.new_job_row`` form) for each record, or for each index
     of ``indices`` (then ``records`` is empty); BalsamError naming the line of a bad value."""
     names = set(columns) | {INDEX}
@@ -130,7 +134,7 @@ def build_rows(base: dict[str, Any], records: Sequence[rowfile.Record],
     items: Iterable[tuple[Optional[int], dict[str, Any], int]] = \
         ((None, {}, i) for i in indices) if indices is not None else \
         ((line, values, n) for n, (line, values) in enumerate(records))
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for line, values, index in items:
         row = dict(base)
         try:
@@ -172,13 +176,11 @@ def row_label(n: int, records: Sequence[rowfile.Record], indices: Optional[Seque
     return f"--array index {indices[n]}" if indices is not None else f"{source}, line {records[n][0]}"
 
 
-def check_apps(cur: Any, rows: Sequence[dict], label: Callable[[int], str]) -> dict[str, Any]:
+def check_apps(cur: Cursor, rows: Sequence[dict[str, Any]], label: Callable[[int], str]) -> dict[str, Any]:
     """The application rows the jobs name, by name; NotFound naming (``label(n)``) the first
     job whose application does not exist."""
     wanted = list(dict.fromkeys(r["application"] for r in rows))
-    cur.execute(f"SELECT {', '.join(schema.APP_DEFAULTS)} FROM {schema.APP_TABLE} "
-                "WHERE name = ANY(%s)", [wanted])
-    apps = {a["name"]: a for a in fetch_dicts(cur)}
+    apps = app_defaults(cur, wanted)
     for n, row in enumerate(rows):
         if row["application"] not in apps:
             raise NotFound(f"{label(n)}: application {row['application']!r} does not exist "
@@ -186,12 +188,12 @@ def check_apps(cur: Any, rows: Sequence[dict], label: Callable[[int], str]) -> d
     return apps
 
 
-def insert(cur: Any, rows: list[dict]) -> None:
+def insert(cur: Cursor, rows: list[dict[str, Any]]) -> None:
     """All rows in one COPY (they were checked by :func:`build_rows`)."""
     bulk.copy_jobs(cur, rows, normalized=True)
 
 
-def run_many(args: Any) -> int:
+def run_many(args: argparse.Namespace) -> int:
     """``balsam job ... --from-file FILE`` or ``--array SPEC``: build, check, confirm, one COPY."""
     import functools
 

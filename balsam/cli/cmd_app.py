@@ -10,7 +10,7 @@ from typing import Any
 from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import add_output_flags, print_apps
 from balsam.core import schema
-from balsam.core.sql import fetch_dicts
+from balsam.core.writes.apps import create_app
 from balsam.errors import BalsamError
 
 
@@ -59,14 +59,7 @@ def run(args: argparse.Namespace) -> int:
     for key, val in values.items():
         schema.coerce_field(key, val, schema.APP_DEFAULTS)
     with transaction() as (_, cur):
-        cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s", [name])
-        if cur.fetchone():
-            raise BalsamError(f"an application named {name!r} already exists")
-        cols = list(values)
-        cur.execute(
-            f"INSERT INTO {schema.APP_TABLE} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-            "RETURNING id, " + ", ".join(cols), [values[c] for c in cols])
-        app = fetch_dicts(cur)[0]
+        app = create_app(cur, values)
     width = max(len(k) for k in app)
     lines = [f"Application {app['id']}:"] + [f"{key:>{width}}: {val}" for key, val in app.items()
                                             if key != "id"]

@@ -8,8 +8,10 @@ from typing import Any
 from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobflags import add_job_flags, job_values
 from balsam.cli.jobout import add_output_flags, preview_stream, print_jobs
-from balsam.cli.newjob import insert_job, show_new_job
+from balsam.cli.newjob import show_new_job
 from balsam.core import schema
+from balsam.core.reads import jobs as reads
+from balsam.core.writes.jobs import insert_job
 
 EPILOG = """Unless --yes is given, the job is shown and you are asked to confirm; answering no
 adds nothing and exits with status 1. Errors (unknown application, bad values) exit with status 2
@@ -32,19 +34,17 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.core.reads.jobs import user_errors
-
     if args.from_file is not None or args.array is not None:
         from balsam.cli.campaign import run_many
 
         return run_many(args)
-    with user_errors():
+    with reads.user_errors():
         row = schema.new_job_row(job_values(args))
     with transaction() as (db_path, cur):
         show_new_job(cur, db_path, row, [], preview_stream(args))
         if not args.yes:
-            cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE workflow = %s", [row["workflow"]])
-            print(f'[INFO]: The workflow "{row["workflow"]}" currently has {cur.fetchone()[0]} jobs '
+            size = reads.workflow_size(cur, row["workflow"])
+            print(f'[INFO]: The workflow "{row["workflow"]}" currently has {size} jobs '
                   "in the database", file=preview_stream(args))
             if not confirm("Add this job to the database?", False):
                 print("aborted: job not added", file=sys.stderr)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.cli import jobquery as jq
 from balsam.cli.common import add_command, transaction
@@ -11,6 +11,9 @@ from balsam.core import schema
 from balsam.core.reads import jobs as reads
 from balsam.core.render import table
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor, PlainCursor
 
 EPILOG = """Job views, by precedence: --history > --tree > --by-states > table (or --verbose).
 Environment: BALSAM_LS_FIELDS=f1:f2 adds job columns to the table; BALSAM_LS_LIMIT=N (default
@@ -70,7 +73,7 @@ def history_note(row: dict[str, Any], tries: dict[str, tuple[int, int]]) -> str:
             f"max_retries {limit})")
 
 
-def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str],
+def jobs_view(cur: PlainCursor, db_path: str, args: argparse.Namespace, wf: Optional[str],
               wf_exact: Optional[str] = None) -> str:
     where, params = reads.job_where(args.name, args.id, args.state, wf, wf_exact)
     if args.quiet:
@@ -93,8 +96,7 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
         text = "\n".join(f"Job {r['name']} [{r['job_id']}]{history_note(r, tries)}\n"
                          f"{'-' * 60}{hist[str(r['job_id'])]}\n" for r in rows)
     elif args.tree:
-        no_parents = f"NOT EXISTS (SELECT 1 FROM {reads.DEP} d WHERE d.child_id = job_id)"
-        where = f"{where} AND {no_parents}" if where else f" WHERE {no_parents}"
+        where = f"{where} AND {reads.NO_PARENTS}" if where else f" WHERE {reads.NO_PARENTS}"
         rows, total = reads.fetch_jobs(cur, where, params, ["job_id", "name", "state"], limit)
         if not rows:
             return "No jobs without parents found matching query"
@@ -118,7 +120,7 @@ def jobs_view(cur: Any, db_path: str, args: argparse.Namespace, wf: Optional[str
     return text + jq.hidden_notice(total - len(rows))
 
 
-def apps_view(cur: Any, args: argparse.Namespace) -> str:
+def apps_view(cur: Cursor, args: argparse.Namespace) -> str:
     where, params = reads.app_where(args.name, args.id)
     if args.quiet:
         return quiet_ids(cur, reads.APP, "id", where, params)
@@ -133,7 +135,7 @@ def apps_view(cur: Any, args: argparse.Namespace) -> str:
     return table(apps, ["id", "name", "executable", "description"])
 
 
-def wf_view(cur: Any, args: argparse.Namespace) -> str:
+def wf_view(cur: Cursor, args: argparse.Namespace) -> str:
     where, params = reads.job_where(wf=args.wf)
     rows = reads.workflow_counts(cur, where, params)
     if args.format == "json":
@@ -143,13 +145,13 @@ def wf_view(cur: Any, args: argparse.Namespace) -> str:
     return table(rows, ["workflow", "jobs"])
 
 
-def transfers_view(cur: Any, args: argparse.Namespace) -> str:
+def transfers_view(cur: Cursor, args: argparse.Namespace) -> str:
     from balsam.cli.lstransfers import transfers_view as view
 
     return view(cur, args)
 
 
-def queues_view(cur: Any, args: argparse.Namespace) -> str:
+def queues_view(cur: Cursor, args: argparse.Namespace) -> str:
     from balsam.cli.lsqueues import queues_view as view
 
     return view(cur, args)

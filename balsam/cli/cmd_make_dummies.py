@@ -21,6 +21,9 @@ BAR_WIDTH = 40
 MAX_JOBS = 1_000_000
 """Most jobs one command adds: a typo with more digits would otherwise run for hours and fill
 the disk (run the command again for more)."""
+DUMMY_APP = {"name": "dummy", "description": "Added by balsam make_dummies", "executable": "echo",
+             "preprocess": "", "envscript": "", "postprocess": ""}
+"""The application the dummy jobs name (added unless one of its name exists)."""
 
 
 def register(sub: Any) -> None:
@@ -49,7 +52,7 @@ def progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict], first: bool) -> None:
+def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict[str, Any]], first: bool) -> None:
     """The ids (``--quiet``) or JSON items (``--format json``, the form of ``balsam ls``) of one
     chunk of new jobs, spooled to ``out`` until the transaction commits."""
     if args.quiet:
@@ -62,6 +65,7 @@ def write_chunk(out: IO[str], args: argparse.Namespace, rows: list[dict], first:
 
 def run(args: argparse.Namespace) -> int:
     from balsam.core.bulk import copy_jobs
+    from balsam.core.writes.apps import ensure_app
 
     num = count_arg(args.num)
     show = num >= PROGRESS_MIN and sys.stderr.isatty()
@@ -73,9 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if spool is not None and args.format == "json":
         spool.write("[")
     with transaction() as (_, cur):
-        cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
-                    "envscript, postprocess) VALUES ('dummy', 'Added by balsam make_dummies', 'echo', "
-                    "'', '', '') ON CONFLICT (name) DO NOTHING")
+        ensure_app(cur, DUMMY_APP)
         for start in range(0, num, CHUNK):
             rows = [schema.new_job_row(dict(values, name=f"dummy{i}"))
                     for i in range(start, min(start + CHUNK, num))]

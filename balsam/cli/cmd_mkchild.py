@@ -8,14 +8,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobflags import add_job_flags, job_values
 from balsam.cli.jobout import add_output_flags, preview_stream, print_jobs
 from balsam.core import schema
-from balsam.core.sql import fetch_dicts
+from balsam.core.reads.jobs import job_detail
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 EPILOG = """Needs BALSAM_JOB_ID (set by the launcher for a job's process and its scripts): the new
 job becomes a child of that job, in its workflow unless --workflow is given, and in its batch job
@@ -51,19 +54,19 @@ def current_job_id() -> str:
         raise BalsamError(f"BALSAM_JOB_ID={text!r} is not a job id (UUID)")
 
 
-def fetch_job(cur: Any, job_id: str) -> dict[str, Any]:
-    cur.execute(f"SELECT job_id, name, workflow, queued_launch_id FROM {schema.JOB_TABLE} "
-                "WHERE job_id = %s", [job_id])
-    rows = fetch_dicts(cur)
-    if not rows:
+def fetch_job(cur: Cursor, job_id: str) -> dict[str, Any]:
+    """The job ``job_id`` (BALSAM_JOB_ID); NotFound if it is not in the database."""
+    job = job_detail(cur, job_id)
+    if job is None:
         raise NotFound(f"BALSAM_JOB_ID names job {job_id}, which is not in the database")
-    return rows[0]
+    return job
 
 
 def run(args: argparse.Namespace) -> int:
-    from balsam.cli.newjob import insert_job, show_new_job
+    from balsam.cli.newjob import show_new_job
     from balsam.core import bulk, lifecycle
     from balsam.core.reads.jobs import user_errors
+    from balsam.core.writes.jobs import insert_job
 
     parent_id = current_job_id()
     for name in OBSOLETE:

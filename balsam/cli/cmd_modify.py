@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.core import schema
+from balsam.core.reads.apps import app_exists, find_app
 from balsam.core.reads.jobs import find_job
-from balsam.core.sql import fetch_dicts
+from balsam.core.writes import apps as app_writes
+from balsam.core.writes.jobs import set_job_field
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
 must be whole numbers, `data` takes a JSON object. Setting `state` records a state change (a
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> tuple[str, str]:
+def modify_job(cur: Cursor, id_text: str, attr: str, value: str, force: bool) -> tuple[str, str]:
     """Apply the change; return (the job's id, the stored value as text)."""
     if attr in READ_ONLY_JOB:
         raise BalsamError(f"{attr} cannot be modified: {READ_ONLY_JOB[attr]}")
@@ -76,30 +80,14 @@ def modify_job(cur: Any, id_text: str, attr: str, value: str, force: bool) -> tu
                                  user=True, force=force)
         return str(job["job_id"]), new
     new_value = schema.check_field(attr, value)  # the checks of `balsam job` and the API
-    if attr == "application":
-        cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s", [new_value])
-        if not cur.fetchone():
-            raise NotFound(f"application {new_value!r} does not exist (see `balsam ls apps`)")
-    stored = json.dumps(new_value) if isinstance(new_value, dict) else new_value
-    cur.execute(f"UPDATE {schema.JOB_TABLE} SET {attr} = %s WHERE job_id = %s", [stored, job["job_id"]])
+    if attr == "application" and not app_exists(cur, new_value):
+        raise NotFound(f"application {new_value!r} does not exist (see `balsam ls apps`)")
+    stored = set_job_field(cur, job["job_id"], attr, new_value)
     return str(job["job_id"]), str(stored)
 
 
-def find_app(cur: Any, text: str) -> dict:
-    """The app numbered ``text`` if it is a number and such an app exists, else the one named ``text``."""
-    if text.strip().isdigit():
-        cur.execute(f"SELECT id, name FROM {schema.APP_TABLE} WHERE id = %s", [int(text)])
-        rows = fetch_dicts(cur)
-        if rows:
-            return rows[0]
-    cur.execute(f"SELECT id, name FROM {schema.APP_TABLE} WHERE name = %s", [text])
-    rows = fetch_dicts(cur)
-    if not rows:
-        raise NotFound(f"no application numbered or named {text!r} (see `balsam ls apps`)")
-    return rows[0]
-
-
-def modify_app(cur: Any, id_text: str, attr: str, value: str, note: Any) -> tuple[dict, str]:
+def modify_app(cur: Cursor, id_text: str, attr: str, value: str,
+               note: TextIO) -> tuple[dict[str, Any], str]:
     """Apply the change; return (the app's id and old name, the new value). Renaming an app also
     renames it in the jobs that use it (said on ``note``)."""
     if attr not in schema.APP_DEFAULTS:
@@ -118,12 +106,9 @@ def modify_app(cur: Any, id_text: str, attr: str, value: str, note: Any) -> tupl
         if not new_value:
             raise BalsamError("name may not be empty")
         schema.check_name("name", new_value)
-        cur.execute(f"SELECT 1 FROM {schema.APP_TABLE} WHERE name = %s AND id <> %s", [new_value, app["id"]])
-        if cur.fetchone():
-            raise BalsamError(f"an application named {new_value!r} already exists")
-        cur.execute(f"UPDATE {schema.JOB_TABLE} SET application = %s WHERE application = %s",
-                    [new_value, app["name"]])
-        if cur.rowcount:
-            print(f"{cur.rowcount} jobs using {app['name']!r} now name {new_value!r}", file=note)
-    cur.execute(f"UPDATE {schema.APP_TABLE} SET {attr} = %s WHERE id = %s", [new_value, app["id"]])
+        renamed = app_writes.rename_app(cur, app["id"], app["name"], new_value)
+        if renamed:
+            print(f"{renamed} jobs using {app['name']!r} now name {new_value!r}", file=note)
+    else:
+        app_writes.set_app_field(cur, app["id"], attr, new_value)
     return app, str(new_value)

@@ -100,7 +100,7 @@ def _secs(v: Any) -> str:
     return "-" if v is None else f"{v:.1f} s"
 
 
-def format_summary(s: dict) -> list[str]:
+def format_summary(s: dict[str, Any]) -> list[str]:
     """The report's lines (see docs/user-guide.md, "Monitoring")."""
     rec = s["recent"]
     span = _span(rec["seconds"])
@@ -124,7 +124,7 @@ def format_summary(s: dict) -> list[str]:
     return lines
 
 
-def _transfer_lines(t: dict, span: str) -> list[str]:
+def _transfer_lines(t: dict[str, Any], span: str) -> list[str]:
     from balsam.core.analytics_transfers import human_bytes
 
     c, rec = t["counts"], t["recent"]

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.cli.common import add_command, confirm, transaction
 from balsam.cli.jobout import add_output_flags, full_apps, full_jobs, machine_output, print_apps, print_jobs
 from balsam.cli.progress import Steps
 from balsam.core import schema
+from balsam.core.reads import jobs as reads
+from balsam.core.reads.apps import app_uses
 from balsam.core.reads.jobs import find_job
-from balsam.core.sql import fetch_dicts
+from balsam.core.writes.apps import delete_apps
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).
 Working directories are left on disk. Without a terminal the answer is read from standard
@@ -65,34 +70,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_jobs(cur: Any, args: argparse.Namespace) -> list[dict]:
-    from balsam.core.reads.jobs import ORDER, job_where
-
+def select_jobs(cur: Cursor, args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.id is not None:
         job = find_job(cur, args.id, "job_id, name, workflow")
         if args.wf_filter is not None and args.wf_filter not in job["workflow"]:
             raise NotFound(f"job {args.id!r} is not in a workflow containing {args.wf_filter!r}")
         return [job]
-    where, params = job_where(name=args.name, wf=args.wf_filter)
-    cur.execute(f"SELECT job_id, name FROM {schema.JOB_TABLE}{where} {ORDER}", params)
-    return fetch_dicts(cur)
+    where, params = reads.job_where(name=args.name, wf=args.wf_filter)
+    return reads.job_labels(cur, where, params)
 
 
 DELETE_CHUNK = 20_000
 """Jobs deleted per statement by ``rm`` (progress is shown between chunks on a terminal)."""
 
 
-def remove_jobs(cur: Any, found: list[dict]) -> int:
+def remove_jobs(cur: Cursor, found: list[dict[str, Any]]) -> int:
     """Delete the jobs; return how many waiting children were failed because of it."""
     from balsam.core import lifecycle
-    from balsam.core.states import WAITING_STATES
 
     ids = [str(f["job_id"]) for f in found]
-    cur.execute(f"""SELECT count(DISTINCT d.child_id) FROM {schema.DEP_TABLE} d
-        JOIN {schema.JOB_TABLE} c ON c.job_id = d.child_id
-        WHERE d.parent_id = ANY(%s::uuid[]) AND NOT d.child_id = ANY(%s::uuid[])
-          AND c.state = ANY(%s::text[])""", [ids, ids, WAITING_STATES])
-    failed = int(cur.fetchone()[0])
+    failed = reads.waiting_children(cur, ids)
     # In chunks, all in the command's one transaction, so a terminal shows progress on big
     # removals (a child removed in a later chunk may be failed first: it goes all the same).
     chunks = [ids[i:i + DELETE_CHUNK] for i in range(0, len(ids), DELETE_CHUNK)]
@@ -106,28 +103,23 @@ def remove_jobs(cur: Any, found: list[dict]) -> int:
     return failed
 
 
-def select_apps(cur: Any, args: argparse.Namespace) -> list[dict]:
-    from balsam.core.reads.jobs import app_where
-
-    where, params = app_where(None if args.all else args.name, args.id)
-    cur.execute(f"SELECT id, name FROM {schema.APP_TABLE}{where} ORDER BY id", params)
-    found = fetch_dicts(cur)
+def select_apps(cur: Cursor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    where, params = reads.app_where(None if args.all else args.name, args.id)
+    found = reads.app_rows(cur, where, params)
     if args.id is not None and not found:
         raise NotFound(f"no application numbered {args.id}")
     return found
 
 
-def check_apps_unused(cur: Any, apps: list[dict], force: bool) -> None:
+def check_apps_unused(cur: Cursor, apps: list[dict[str, Any]], force: bool) -> None:
     """Refuse to remove apps that jobs still use, unless forced."""
-    cur.execute(f"SELECT application, count(*) FROM {schema.JOB_TABLE} WHERE application = ANY(%s) "
-                "GROUP BY application ORDER BY application", [[a["name"] for a in apps]])
-    used = cur.fetchall()
+    used = app_uses(cur, [a["name"] for a in apps])
     if used and not force:
         uses = ", ".join(f"{name!r} by {count} jobs" for name, count in used)
         raise BalsamError(f"applications still in use ({uses}): remove those jobs first, "
                           "or pass --force")
 
 
-def remove_apps(cur: Any, apps: list[dict]) -> int:
-    cur.execute(f"DELETE FROM {schema.APP_TABLE} WHERE id = ANY(%s)", [[a["id"] for a in apps]])
+def remove_apps(cur: Cursor, apps: list[dict[str, Any]]) -> int:
+    delete_apps(cur, [a["id"] for a in apps])
     return 0

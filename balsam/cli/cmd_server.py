@@ -99,7 +99,7 @@ def _status(path: str) -> int:
     return 0 if state.running else 1
 
 
-def _connections(rows: list[dict]) -> None:
+def _connections(rows: list[dict[str, Any]]) -> None:
     header = {"pid": "PID", "user": "USER", "application_name": "APPLICATION",
               "client_addr": "CLIENT", "state": "STATE", "query": "QUERY"}
     table = [header] + [{k: " ".join(str(v if v is not None else "").split()) for k, v in r.items()}

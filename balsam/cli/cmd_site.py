@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Optional
 
 from balsam.cli.common import add_command
 from balsam.errors import NotFound
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
                    help="init: machine profile (as `balsam init --machine`)")
 
 
-def site_path(given: Any) -> str:
+def site_path(given: Optional[str]) -> str:
     """The site a command names: PATH, else BALSAM_DB_PATH, else the current directory."""
     from balsam.db.serverinfo import is_db_dir
 

@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from balsam.cli import waiting
+    from balsam.core.reads import waits
     from balsam.db.database import Database
     from balsam.errors import BalsamError
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise BalsamError("no job ids were read from stdin")
     path = db_path()
     with transaction(path) as (_, cur):
-        selection = waiting.select_jobs(cur, ids, args.name, args.wf, args.state)
+        selection = waits.select_jobs(cur, ids, args.name, args.wf, args.state)
     db = Database(path, application_name="balsam-wait")
     code, message = waiting.wait_for(db, selection, args.timeout)
     print(message)

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.errors import BalsamError
 
+if TYPE_CHECKING:
+    from balsam.db.dbapi import PlainCursor
 
-def add_command(sub: Any, name: str, handler: Any, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+
+def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                handler: Callable[[argparse.Namespace], int], help: str,
+                **kwargs: Any) -> argparse.ArgumentParser:
     """Add a sub-command whose ``args.handler`` is ``handler`` and ``args.command`` its name."""
     parser = sub.add_parser(name, help=help, description=help, **kwargs)
     parser.set_defaults(handler=handler, command=name)
@@ -25,7 +30,7 @@ def db_path() -> str:
 
 
 @contextmanager
-def transaction(path: Optional[str] = None) -> Iterator[tuple[str, Any]]:
+def transaction(path: Optional[str] = None) -> Iterator[tuple[str, PlainCursor]]:
     """(db_path, cursor) inside one transaction on a plain psycopg2 connection (no Django).
 
     Commits on success, rolls back on any error: a failed command writes nothing.

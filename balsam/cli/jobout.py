@@ -13,11 +13,14 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from balsam.cli import jobquery as jq
 from balsam.core.reads import jobs as reads
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 
 def add_output_flags(p: argparse.ArgumentParser, what: str = "jobs") -> None:
@@ -42,7 +45,7 @@ def preview_stream(args: argparse.Namespace) -> TextIO:
     return io.StringIO() if getattr(args, "yes", False) else sys.stderr
 
 
-def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict]:
+def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
     """Job rows as ``balsam ls --format json`` shows them (every column, then ``parents``: the
     row's own, else ``parents[n]``, else none)."""
     out = []
@@ -54,7 +57,7 @@ def job_dicts(rows: Sequence[dict[str, Any]], parents: Sequence[Sequence[str]] =
     return out
 
 
-def full_jobs(cur: Any, ids: Sequence[Any]) -> list[dict]:
+def full_jobs(cur: Cursor, ids: Sequence[Any]) -> list[dict[str, Any]]:
     """Every column and the parents of the jobs ``ids``, in creation order (for JSON output)."""
     rows = reads.jobs_by_ids(cur, ids)
     parents = reads.parents_of(cur, [r["job_id"] for r in rows])
@@ -95,7 +98,7 @@ def check_quiet_listing(args: argparse.Namespace) -> None:
         raise BalsamError(f"--quiet prints only ids; it does not combine with {', '.join(clash)}")
 
 
-def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) -> str:
+def quiet_ids(cur: Cursor, table: str, column: str, where: str, params: list[Any]) -> str:
     """The ids of the matching rows, one per line, in listing order, at most ``BALSAM_LS_LIMIT``
     (a note on stderr says how many more matched); '' when none match."""
     limit = jq.ls_limit()
@@ -106,6 +109,6 @@ def quiet_ids(cur: Any, table: str, column: str, where: str, params: list[Any]) 
     return "".join(f"{i}\n" for i in ids)
 
 
-def full_apps(cur: Any, apps: Sequence[dict[str, Any]]) -> list[dict]:
+def full_apps(cur: Cursor, apps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every field of the applications ``apps`` (dicts with ``id``), by number."""
     return reads.apps_by_ids(cur, [a["id"] for a in apps])

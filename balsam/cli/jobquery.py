@@ -8,11 +8,14 @@ import json
 import os
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.core import schema
 from balsam.core.reads.jobs import JOB, JOB_COLUMNS, count_where, job_batches
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import PlainCursor
 
 LS_DEFAULT_COLUMNS = ["job_id", "name", "workflow", "application", "state"]
 LS_FIELDS: list[str] = JOB_COLUMNS + ["parents"]
@@ -46,7 +49,7 @@ def ls_fields() -> list[str]:
     return list(dict.fromkeys(LS_DEFAULT_COLUMNS + extra))
 
 
-def stream_jobs_json(cur: Any, where: str, params: list[Any], limit: int) -> None:
+def stream_jobs_json(cur: PlainCursor, where: str, params: list[Any], limit: int) -> None:
     """Write the first ``limit`` matching jobs (every field and ``parents``) to stdout as the
     JSON list :func:`dumps` makes, :data:`STREAM_ROWS` at a time from a server-side cursor, so
     memory stays flat however many jobs match; the number not shown goes to stderr."""

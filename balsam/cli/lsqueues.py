@@ -8,19 +8,22 @@ reason, and the rows show their recorded states marked stale with the age of the
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.cli import jobquery as jq
 from balsam.cli.common import db_path
 from balsam.core.reads import activity
 from balsam.core.render import table
 
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
+
 COLUMNS = ["id", "scheduler_id", "queue", "nodes", "wall_minutes", "job_mode", "state", "as_of",
            "submitted_at"]
 OTHER_COLUMNS = ["scheduler_id", "queue", "nodes", "wall_minutes", "state", "name"]
 
 
-def live_rows(rows: list[dict], path: str) -> tuple[list[dict], str]:
+def live_rows(rows: list[dict[str, Any]], path: str) -> tuple[list[dict[str, Any]], str]:
     """``rows`` with live states (:func:`balsam.service.live.annotate`), the user's other
     unfinished batch jobs, and a note ("" if the scheduler answered)."""
     from balsam.db import dbsettings
@@ -35,7 +38,7 @@ def live_rows(rows: list[dict], path: str) -> tuple[list[dict], str]:
     return others, answer.note
 
 
-def queues_view(cur: Any, args: argparse.Namespace) -> str:
+def queues_view(cur: Cursor, args: argparse.Namespace) -> str:
     rows = activity.all_batch_jobs(cur)
     foreign, note = live_rows(rows, db_path())
     if args.format == "json":

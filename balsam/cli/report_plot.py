@@ -5,10 +5,15 @@ so on one line and exits 2 before touching the database.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from balsam.core.states import State
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    from balsam.cli.progress import Steps
+    from balsam.core.analytics_scope import Filters
+    from balsam.db.dbapi import Cursor
 
 
 def require_matplotlib() -> None:
@@ -20,7 +25,7 @@ def require_matplotlib() -> None:
                           "(or pip install matplotlib)")
 
 
-def write_plots(cursor: Any, filters: Any, path: str, steps: Any) -> None:
+def write_plots(cursor: Cursor, filters: Filters, path: str, steps: Steps) -> None:
     """Three panels: finished jobs (cumulative), running tasks and busy nodes (time-averaged per
     bucket), and total hours spent per state."""
     import matplotlib

@@ -13,11 +13,15 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.cli import rowfile
 from balsam.core import schema
+from balsam.core.writes.jobs import lock_jobs
 from balsam.errors import BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 COLUMN = "parents"
 _SEPARATORS = re.compile(r"[\s;]+")
@@ -63,7 +67,7 @@ def _resolve(entry: str, name: str, earlier: dict[str, str], names: Counter[str]
     raise schema.FieldError(f"parent {entry!r} is neither a job id nor the name of an earlier row")
 
 
-def link(rows: Sequence[dict], records: Sequence[rowfile.Record], source: str) -> Links:
+def link(rows: Sequence[dict[str, Any]], records: Sequence[rowfile.Record], source: str) -> Links:
     """The dependencies the ``parents`` column of ``records`` gives the new jobs ``rows`` (built
     from them, in order); BalsamError naming the line of a bad entry."""
     links = Links()
@@ -86,14 +90,12 @@ def link(rows: Sequence[dict], records: Sequence[rowfile.Record], source: str) -
     return links
 
 
-def check_outside(cur: Any, links: Links, source: str) -> None:
+def check_outside(cur: Cursor, links: Links, source: str) -> None:
     """NotFound naming the first line that names a parent job id not in the database; the jobs
     found are locked against removal until the transaction ends."""
     if not links.outside:
         return
-    cur.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE job_id = ANY(%s::uuid[]) "
-                "FOR KEY SHARE", [list(links.outside)])
-    found = {str(r[0]) for r in cur.fetchall()}
+    found = lock_jobs(cur, list(links.outside))
     missing = [(line, job_id) for job_id, line in links.outside.items() if job_id not in found]
     if missing:
         line, job_id = min(missing)

@@ -21,6 +21,7 @@ from balsam.core.render import duration
 from balsam.core.states import STATES, State
 
 if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
     from balsam.service.live import LiveStates
 
 RATE_WINDOW = 60
@@ -63,7 +64,7 @@ class Snapshot:
         return self
 
 
-def collect(cur: Any, with_flow: bool = True) -> Snapshot:
+def collect(cur: Cursor, with_flow: bool = True) -> Snapshot:
     """Read a snapshot with ``cur`` (a DB-API cursor inside a transaction; nothing is written).
 
     ``with_flow`` also reads the recent events behind first-frame rates.

@@ -3,11 +3,16 @@ rows as dicts from a DB-API cursor, and LIKE patterns from user text."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 
-def column_names(cur: Any) -> list[str]:
-    """The column names of ``cur``'s last result."""
+def column_names(cur: Cursor) -> list[str]:
+    """The column names of ``cur``'s last result; LookupError if the statement returns no rows."""
+    if cur.description is None:
+        raise LookupError("the statement returns no rows")
     return [d[0] for d in cur.description]
 
 
@@ -16,15 +21,24 @@ def as_dicts(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[s
     return [dict(zip(names, row)) for row in rows]
 
 
-def fetch_dicts(cur: Any) -> list[dict[str, Any]]:
+def fetch_dicts(cur: Cursor) -> list[dict[str, Any]]:
     """Every remaining row of ``cur``'s last result as a dict keyed by column name."""
     return as_dicts(column_names(cur), cur.fetchall())
 
 
-def fetch_dict(cur: Any) -> Optional[dict[str, Any]]:
+def fetch_dict(cur: Cursor) -> Optional[dict[str, Any]]:
     """The next row of ``cur``'s last result as a dict, or None if there is none."""
     row = cur.fetchone()
     return None if row is None else dict(zip(column_names(cur), row))
+
+
+def scalar(cur: Cursor) -> Any:
+    """The first value of the one row of ``cur``'s last statement (an aggregate without GROUP
+    BY, ``SELECT EXISTS``); LookupError if it returned no row."""
+    row = cur.fetchone()
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return row[0]
 
 
 def like_contains(text: str) -> str:

@@ -91,6 +91,23 @@ class Connection(Protocol):
         """Close the connection."""
 
 
+
+class NamedCursorConnection(Protocol):
+    """A connection that opens named (server-side) cursors: psycopg2's ``cursor(name=...)``."""
+
+    def cursor(self, name: str) -> Cursor:
+        """A server-side cursor: rows are fetched in batches as they are read."""
+
+
+class PlainCursor(Cursor, Protocol):
+    """A cursor of a plain psycopg2 connection (the CLI's, :mod:`balsam.db.connect`): its
+    connection opens server-side cursors, for listings read in batches with flat memory."""
+
+    @property
+    def connection(self) -> NamedCursorConnection:
+        """The connection the cursor belongs to."""
+
+
 def fetch_one(cursor: Cursor) -> Row:
     """The row of a statement that always returns exactly one (an aggregate without GROUP BY,
     ``INSERT ... RETURNING`` of one row, ``SELECT`` of expressions); LookupError if it gave none."""

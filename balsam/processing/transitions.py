@@ -41,6 +41,7 @@ from balsam.core.retries import RetryPolicy
 from balsam.core.routing import Actor, When, sql_in
 from balsam.core.sql import like_contains
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.defaults import PROCESSING_BATCH
 from balsam.processing.transfers import slots
 
@@ -77,7 +78,7 @@ def wf_clause(wf_filter: Optional[str], params: list[Any], column: str = "j.work
     return f" AND {column} LIKE %s"
 
 
-def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
+def _candidates(cursor: Cursor, wf_filter: Optional[str], limit: int) -> list[str]:
     """Lock and return CREATED jobs and woken waiting jobs (consuming their wake rows)."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
@@ -99,7 +100,7 @@ def _candidates(cursor: Any, wf_filter: Optional[str], limit: int) -> list[str]:
     return list(dict.fromkeys(ids + [str(r[0]) for r in cursor.fetchall()]))
 
 
-def _check_parents(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
+def _check_parents(cursor: Cursor, wf_filter: Optional[str], limit: int) -> dict[str, int]:
     ids = _candidates(cursor, wf_filter, limit)
     if not ids:
         return {"ready": 0, "to_stage": 0, "awaiting": 0, "failed": 0}
@@ -204,7 +205,7 @@ _PURE_ROUTES: dict[str, list[routing.Route]] = {
     s.value: [r for r in routing.routes_from(s) if r.actor is Actor.PURE] for s in State}
 
 
-def _pure_moves(cursor: Any, wf_filter: Optional[str], limit: int,
+def _pure_moves(cursor: Cursor, wf_filter: Optional[str], limit: int,
                 policy: RetryPolicy) -> dict[str, int]:
     """Every other scriptless move, classified in one query and written per target state."""
     params: list[Any] = []
@@ -257,7 +258,7 @@ _MESSAGES = {
 }
 
 
-def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
+def advance(cursor: Cursor, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
             policy: RetryPolicy = DEFAULT_POLICY) -> dict[str, int]:
     """One processing pass in the caller's transaction; returns how many jobs moved, by kind.
     ``policy``: the DB's retry settings (the limit of jobs that have none, the back-off)."""
@@ -269,7 +270,7 @@ def advance(cursor: Any, wf_filter: Optional[str] = None, limit: int = PROCESSIN
 PROCESSABLE = sql_in(routing.PROCESSING_STATES)
 
 
-def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str], *,
+def outstanding(cursor: Cursor, session_id: Optional[int], wf_filter: Optional[str], *,
                 serial: bool, max_nodes: int, processing: bool = True,
                 tags: Optional[Mapping[str, str]] = None,
                 gpus_per_node: Optional[int] = None) -> int:
@@ -291,4 +292,4 @@ def outstanding(cursor: Any, session_id: Optional[int], wf_filter: Optional[str]
         SELECT count(*) FROM {JOB} j
         WHERE (({fit} AND j.state IN ({_CLAIMABLE})
                 AND (j.session_id IS NULL OR j.session_id = %s)){todo}){wf}""", params)
-    return int(cursor.fetchone()[0])
+    return int(fetch_one(cursor)[0])

@@ -33,6 +33,7 @@ from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
 from balsam.db.database import Database
+from balsam.db.dbapi import Cursor
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps
@@ -81,7 +82,7 @@ EMPTY_CLAIM_GAP_SECONDS = 0.2
 come with every batch of state changes: without it, each would cost every worker a query)."""
 
 
-def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: str,
+def claim_step(cursor: Cursor, session_id: int, wf_filter: Optional[str], db_path: str,
                max_retries: int = MAX_RETRIES) -> Optional[steps.StepJob]:
     """Hold one job with a step to run for ``session_id`` and return it (None: nothing to do).
     A RUN_ERROR/RUN_TIMEOUT job over its retry limit (``max_retries``: the DB's default) is
@@ -125,7 +126,7 @@ def claim_step(cursor: Any, session_id: int, wf_filter: Optional[str], db_path: 
     return steps.StepJob(row, preprocess, postprocess, envscript or None, workdir, parents)
 
 
-def write_outcome(cursor: Any, session_id: int, job: steps.StepJob,
+def write_outcome(cursor: Cursor, session_id: int, job: steps.StepJob,
                   outcome: steps.Outcome) -> list[str]:
     """Write ``outcome`` for a job this session holds; returns the states written."""
     job_id, state = job.row["job_id"], job.row["state"]
@@ -265,7 +266,7 @@ class TransitionWorker(threading.Thread):
         self.db.close()
 
 
-def _state_of(cursor: Any, job_id: str) -> Optional[str]:
+def _state_of(cursor: Cursor, job_id: str) -> Optional[str]:
     cursor.execute(f"SELECT state FROM {JOB} WHERE job_id = %s", [job_id])
     row = cursor.fetchone()
     return None if row is None else str(row[0])

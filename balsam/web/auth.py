@@ -45,7 +45,8 @@ def _without_token(request: HttpRequest) -> str:
     query = request.GET.copy()
     query.pop("token", None)
     rest = urlencode(sorted(query.items()))
-    return request.path + (f"?{rest}" if rest else "")
+    path: str = request.path
+    return path + (f"?{rest}" if rest else "")
 
 
 class HostCheckMiddleware:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from balsam.core import analytics
 from balsam.core.states import State
+
+if TYPE_CHECKING:
+    from balsam.core.analytics_scope import Buckets
+    from balsam.db.dbapi import Cursor
 
 TTL = 10.0
 _cache: dict[str, tuple[float, dict[str, Any]]] = {}
 _lock = threading.Lock()
 
 
-def chart_data(cur: Any) -> dict[str, Any]:
+def chart_data(cur: Cursor) -> dict[str, Any]:
     """``{"throughput": chart, "utilization": chart}``, each chart ``{"times": [iso...],
     "series": [{"label", "values"}...]}`` (no times when nothing has been recorded)."""
     with _lock:
@@ -36,11 +40,11 @@ def chart_data(cur: Any) -> dict[str, Any]:
     return data
 
 
-def _times(buckets: Any) -> list[str]:
+def _times(buckets: Buckets) -> list[str]:
     return [t.isoformat() for t in buckets.times]
 
 
-def _compute(cur: Any) -> dict[str, Any]:
+def _compute(cur: Cursor) -> dict[str, Any]:
     empty: dict[str, Any] = {"times": [], "series": []}
     out = {"throughput": empty, "utilization": empty}
     tp = analytics.throughput(cur)

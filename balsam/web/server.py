@@ -201,7 +201,7 @@ class _LateApp:
 
     handler: Optional[Callable[..., Any]] = None
 
-    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Any:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         assert self.handler is not None
         return self.handler(environ, start_response)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -26,7 +26,7 @@ from django.http import (
 )
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators import http
 
 from balsam.core import lifecycle, schema
 from balsam.core.jobenv import is_credential
@@ -39,8 +39,23 @@ from balsam.errors import BalsamError
 from balsam.service import live
 from balsam.web import auth, charts
 
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
+
 TAIL_BYTES = 64 * 1024
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+_View = TypeVar("_View", bound=Callable[..., HttpResponse])
+
+
+def require_GET(view: _View) -> _View:
+    """Django's ``require_GET`` (405 for other methods), typed: Django ships no hints, and an
+    untyped decorator would make every view untyped."""
+    return cast(_View, http.require_GET(view))
+
+
+def require_POST(view: _View) -> _View:
+    """Django's ``require_POST``, typed (see :func:`require_GET`)."""
+    return cast(_View, http.require_POST(view))
 
 
 def _flash(request: HttpRequest, text: str) -> None:
@@ -151,7 +166,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
         first_href=link() if page.prev_cursor else ""))
 
 
-def _job_or_404(cur: Any, job_id: str) -> dict[str, Any]:
+def _job_or_404(cur: Cursor, job_id: str) -> dict[str, Any]:
     try:
         schema.parse_uuid(job_id)
     except Exception:

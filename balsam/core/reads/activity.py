@@ -5,12 +5,15 @@ these; every query is bounded by a small table, an index or a time window.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import batchstates, schema
 from balsam.core.routing import sql_in
-from balsam.core.sql import fetch_dicts
+from balsam.core.sql import fetch_dicts, scalar
 from balsam.core.states import State
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 JOB, EVENT = schema.JOB_TABLE, schema.EVENT_TABLE
 SESSION, QLAUNCH = schema.SESSION_TABLE, schema.QLAUNCH_TABLE
@@ -24,20 +27,20 @@ def _in(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def db_now(cur: Any) -> Any:
+def db_now(cur: Cursor) -> Any:
     """The database's clock."""
     cur.execute("SELECT now()")
-    return cur.fetchone()[0]
+    return scalar(cur)
 
 
-def counts_by_workflow_state(cur: Any) -> list[tuple[str, str, int]]:
+def counts_by_workflow_state(cur: Cursor) -> list[tuple[str, str, int]]:
     """(workflow, state, count) for every pair present (an index-only scan of job_wf_state)."""
     cur.execute(f"SELECT workflow, state, count(*) FROM {JOB} GROUP BY workflow, state "
                 "ORDER BY workflow, state")
     return [(w, s, int(n)) for w, s, n in cur.fetchall()]
 
 
-def event_flow(cur: Any, seconds: float) -> dict[str, int]:
+def event_flow(cur: Cursor, seconds: float) -> dict[str, int]:
     """Net state events per state over the last ``seconds`` (incoming minus outgoing)."""
     cur.execute(f"""SELECT from_state, to_state, count(*) FROM {EVENT}
                     WHERE timestamp > now() - %s * interval '1 second'
@@ -49,7 +52,7 @@ def event_flow(cur: Any, seconds: float) -> dict[str, int]:
     return flow
 
 
-def live_sessions(cur: Any, modes: Optional[Sequence[str]] = None,
+def live_sessions(cur: Cursor, modes: Optional[Sequence[str]] = None,
                   order: str = "started_at") -> list[dict[str, Any]]:
     """Launcher sessions not ended (of ``modes`` if given), ordered by ``order`` (``started_at``
     or ``id``), each with ``expired`` (its lease ran out) and ``running`` (the jobs it holds
@@ -72,13 +75,13 @@ def live_sessions(cur: Any, modes: Optional[Sequence[str]] = None,
     return sessions
 
 
-def count_live_sessions(cur: Any, mode: str) -> int:
+def count_live_sessions(cur: Cursor, mode: str) -> int:
     """How many sessions of ``mode`` (e.g. ``processing``) have not ended."""
     cur.execute(f"SELECT count(*) FROM {SESSION} WHERE ended_at IS NULL AND job_mode = %s", [mode])
-    return int(cur.fetchone()[0])
+    return int(scalar(cur))
 
 
-def unfinished_batch_jobs(cur: Any) -> list[dict[str, Any]]:
+def unfinished_batch_jobs(cur: Cursor) -> list[dict[str, Any]]:
     """Batch jobs not in a final state, by id."""
     cur.execute(f"""SELECT id, scheduler_id, queue, nodes, wall_minutes, state, submitted_at
                     FROM {QLAUNCH}
@@ -86,7 +89,7 @@ def unfinished_batch_jobs(cur: Any) -> list[dict[str, Any]]:
     return fetch_dicts(cur)
 
 
-def recent_batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
+def recent_batch_jobs(cur: Cursor, limit: int = 30) -> list[dict[str, Any]]:
     """Batch jobs not ended, then the most recently ended ones, up to ``limit``."""
     cur.execute(f"""
         SELECT id, scheduler_id, queue, project, nodes, wall_minutes, job_mode, wf_filter, state,
@@ -96,13 +99,13 @@ def recent_batch_jobs(cur: Any, limit: int = 30) -> list[dict[str, Any]]:
     return fetch_dicts(cur)
 
 
-def all_batch_jobs(cur: Any) -> list[dict[str, Any]]:
+def all_batch_jobs(cur: Cursor) -> list[dict[str, Any]]:
     """Every column of every batch-job row, by id (``balsam ls queues``)."""
     cur.execute(f"SELECT * FROM {QLAUNCH} ORDER BY id")
     return fetch_dicts(cur)
 
 
-def recent_failures(cur: Any, states: Sequence[str], seconds: float, limit: int,
+def recent_failures(cur: Cursor, states: Sequence[str], seconds: float, limit: int,
                     timeout_ms: int) -> Optional[list[dict[str, Any]]]:
     """The latest events into ``states`` of the last ``seconds``, newest first, with the job's
     name and id; None if the query took over ``timeout_ms`` (abandoned under a savepoint, so the
@@ -126,7 +129,7 @@ def recent_failures(cur: Any, states: Sequence[str], seconds: float, limit: int,
     return rows
 
 
-def open_transfers(cur: Any) -> list[dict[str, Any]]:
+def open_transfers(cur: Cursor) -> list[dict[str, Any]]:
     """Open transfer items per (protocol, endpoint, direction) (partial indexes: only open
     items are read) and their active batches."""
     cur.execute(f"""

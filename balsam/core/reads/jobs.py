@@ -7,15 +7,18 @@ fast with 100,000 jobs in the table.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
 from balsam.core.routing import sql_in
-from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains
+from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains, scalar
 from balsam.core.states import InvalidStateError, State
 from balsam.errors import Ambiguous, BalsamError, NotFound
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor, PlainCursor
 
 JOB, APP, DEP, EVENT = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE, schema.EVENT_TABLE
 
@@ -24,6 +27,8 @@ JOB_COLUMNS: list[str] = ["job_id", "created_at", "tick", "queued_launch_id"] + 
 ORDER = "ORDER BY created_at, job_id"
 """The listing order of jobs (creation), everywhere the CLI lists them."""
 APP_COLUMNS = "id, " + ", ".join(schema.APP_DEFAULTS)
+NO_PARENTS = f"NOT EXISTS (SELECT 1 FROM {DEP} d WHERE d.child_id = job_id)"
+"""A condition on jobs: the roots of the dependency graph (``balsam ls --tree``)."""
 
 
 @contextmanager
@@ -94,7 +99,7 @@ def app_where(name: Optional[str] = None, id_text: Optional[str] = None) -> tupl
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def fetch_jobs(cur: Any, where: str, params: list[Any], columns: Sequence[str],
+def fetch_jobs(cur: Cursor, where: str, params: list[Any], columns: Sequence[str],
                limit: int) -> tuple[list[dict[str, Any]], int]:
     """(the first ``limit`` matching jobs in creation order, the total number matching)."""
     cols = ", ".join(c for c in columns if c != "parents")
@@ -103,7 +108,7 @@ def fetch_jobs(cur: Any, where: str, params: list[Any], columns: Sequence[str],
     total = len(rows)
     if total > limit:
         cur.execute(f"SELECT count(*) FROM {JOB}{where}", params)
-        total, rows = int(cur.fetchone()[0]), rows[:limit]
+        total, rows = int(scalar(cur)), rows[:limit]
     if "parents" in columns:
         parents = parents_of(cur, [r["job_id"] for r in rows])
         for r in rows:
@@ -111,7 +116,7 @@ def fetch_jobs(cur: Any, where: str, params: list[Any], columns: Sequence[str],
     return rows, total
 
 
-def parents_of(cur: Any, job_ids: Sequence[Any]) -> dict[str, list[str]]:
+def parents_of(cur: Cursor, job_ids: Sequence[Any]) -> dict[str, list[str]]:
     """{child id: [parent ids in the order the edges were made]} for ``job_ids``, one query."""
     if not job_ids:
         return {}
@@ -123,21 +128,21 @@ def parents_of(cur: Any, job_ids: Sequence[Any]) -> dict[str, list[str]]:
     return result
 
 
-def state_counts(cur: Any, where: str, params: list[Any]) -> dict[str, int]:
+def state_counts(cur: Cursor, where: str, params: list[Any]) -> dict[str, int]:
     """{state: number of matching jobs}, in lifecycle order, states without jobs left out."""
     from balsam.core.states import STATES
 
     cur.execute(f"SELECT state, count(*) FROM {JOB}{where} GROUP BY state", params)
-    counts = dict(cur.fetchall())
+    counts: dict[str, int] = dict(cur.fetchall())
     return {s: counts[s] for s in STATES + sorted(set(counts) - set(STATES)) if s in counts}
 
 
-def apps_by_name(cur: Any) -> dict[str, dict[str, Any]]:
+def apps_by_name(cur: Cursor) -> dict[str, dict[str, Any]]:
     cur.execute(f"SELECT id, {', '.join(schema.APP_DEFAULTS)} FROM {APP}")
     return {a["name"]: a for a in fetch_dicts(cur)}
 
 
-def histories(cur: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
+def histories(cur: Cursor, jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """{job id: classic state_history text}, identical to ``BalsamJob.state_history``; one query."""
     from balsam.core.history import creation_notes, history_line
 
@@ -153,7 +158,7 @@ def histories(cur: Any, jobs: Sequence[dict[str, Any]]) -> dict[str, str]:
     return text
 
 
-def tree_lines(cur: Any, roots: Sequence[dict[str, Any]]) -> list[str]:
+def tree_lines(cur: Cursor, roots: Sequence[dict[str, Any]]) -> list[str]:
     """The dependency forest under ``roots`` (rows with job_id, name, state), one line per job.
 
     All descendant edges come from one recursive query; a job with two parents appears under both.
@@ -185,8 +190,9 @@ def tree_lines(cur: Any, roots: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def job_batches(cur: Any, where: str, params: list[Any], columns: Sequence[str], limit: int,
-                batch: int, cursor_name: str = "balsam_job_batches") -> Iterator[list[dict[str, Any]]]:
+def job_batches(cur: PlainCursor, where: str, params: list[Any], columns: Sequence[str], limit: int,
+                batch: int, cursor_name: str = "balsam_job_batches"
+                ) -> Generator[list[dict[str, Any]], None, None]:
     """The first ``limit + 1`` matching jobs in creation order, ``batch`` rows at a time from a
     server-side cursor (memory stays flat), each row with ``parents`` when ``columns`` names it.
     One row past ``limit`` tells the caller that more match."""
@@ -208,13 +214,13 @@ def job_batches(cur: Any, where: str, params: list[Any], columns: Sequence[str],
         rows_cur.close()
 
 
-def count_where(cur: Any, table: str, where: str, params: list[Any]) -> int:
+def count_where(cur: Cursor, table: str, where: str, params: list[Any]) -> int:
     """How many rows of ``table`` match ``where`` (a clause from :func:`job_where`/:func:`app_where`)."""
     cur.execute(f"SELECT count(*) FROM {table}{where}", params)
-    return int(cur.fetchone()[0])
+    return int(scalar(cur))
 
 
-def first_ids(cur: Any, table: str, column: str, where: str, params: list[Any],
+def first_ids(cur: Cursor, table: str, column: str, where: str, params: list[Any],
               limit: int) -> list[str]:
     """``column`` of the first ``limit + 1`` matching rows in listing order, as text."""
     order = ORDER if table == JOB else "ORDER BY id"
@@ -222,7 +228,7 @@ def first_ids(cur: Any, table: str, column: str, where: str, params: list[Any],
     return [str(r[0]) for r in cur.fetchall()]
 
 
-def find_job(cur: Any, text: str, columns: str = "*") -> dict[str, Any]:
+def find_job(cur: Cursor, text: str, columns: str = "*") -> dict[str, Any]:
     """The one job whose id starts with ``text`` (hex, with or without dashes).
 
     :class:`NotFound` if none, :class:`Ambiguous` if several.
@@ -244,65 +250,65 @@ def find_job(cur: Any, text: str, columns: str = "*") -> dict[str, Any]:
     return rows[0]
 
 
-def jobs_by_ids(cur: Any, ids: Sequence[Any]) -> list[dict[str, Any]]:
+def jobs_by_ids(cur: Cursor, ids: Sequence[Any]) -> list[dict[str, Any]]:
     """Every column of the jobs ``ids``, in creation order."""
     cur.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM {JOB} WHERE job_id = ANY(%s::uuid[]) "
                 f"{ORDER}", [[str(i) for i in ids]])
     return fetch_dicts(cur)
 
 
-def workflow_exists(cur: Any, workflow: str) -> bool:
+def workflow_exists(cur: Cursor, workflow: str) -> bool:
     cur.execute(f"SELECT 1 FROM {JOB} WHERE workflow = %s LIMIT 1", [workflow])
     return cur.fetchone() is not None
 
 
-def workflow_counts(cur: Any, where: str, params: list[Any]) -> list[dict[str, Any]]:
+def workflow_counts(cur: Cursor, where: str, params: list[Any]) -> list[dict[str, Any]]:
     """[{workflow, jobs}] for the jobs matching ``where``, by workflow name."""
     cur.execute(f"SELECT workflow, count(*) AS jobs FROM {JOB}{where} GROUP BY workflow "
                 "ORDER BY workflow", params)
     return fetch_dicts(cur)
 
 
-def app_rows(cur: Any, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def app_rows(cur: Cursor, where: str = "", params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Every field of the applications matching ``where`` (from :func:`app_where`), by number."""
     cur.execute(f"SELECT {APP_COLUMNS} FROM {APP}{where} ORDER BY id", list(params))
     return fetch_dicts(cur)
 
 
-def apps_by_ids(cur: Any, ids: Sequence[int]) -> list[dict[str, Any]]:
+def apps_by_ids(cur: Cursor, ids: Sequence[int]) -> list[dict[str, Any]]:
     """Every field of the applications numbered ``ids``, by number."""
     return app_rows(cur, " WHERE id = ANY(%s)", [list(ids)])
 
 
-def app_summaries(cur: Any) -> list[dict[str, Any]]:
+def app_summaries(cur: Cursor) -> list[dict[str, Any]]:
     """Every application's id, name, description, commands and envscript, by name."""
     cur.execute("SELECT id, name, description, executable, preprocess, postprocess, envscript "
                 f"FROM {APP} ORDER BY name")
     return fetch_dicts(cur)
 
 
-def job_detail(cur: Any, job_id: str) -> Optional[dict[str, Any]]:
+def job_detail(cur: Cursor, job_id: str) -> Optional[dict[str, Any]]:
     """Every column of the job ``job_id`` (a full id), or None."""
     cur.execute(f"SELECT * FROM {JOB} WHERE job_id = %s", [job_id])
     found = fetch_dicts(cur)
     return found[0] if found else None
 
 
-def job_events(cur: Any, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
+def job_events(cur: Cursor, job_id: str, limit: int = 500) -> list[dict[str, Any]]:
     """The first ``limit`` state events of a job, oldest first."""
     cur.execute(f"SELECT timestamp, from_state, to_state, message FROM {EVENT} "
                 "WHERE job_id = %s ORDER BY id LIMIT %s", [job_id, limit])
     return fetch_dicts(cur)
 
 
-def has_run(cur: Any, job_id: str) -> bool:
+def has_run(cur: Cursor, job_id: str) -> bool:
     """True if the job was ever RUNNING (its events say so)."""
     cur.execute(f"SELECT EXISTS (SELECT 1 FROM {EVENT} WHERE job_id = %s "
                 f"AND to_state = {sql_in([State.RUNNING])})", [job_id])
-    return bool(cur.fetchone()[0])
+    return bool(scalar(cur))
 
 
-def job_relatives(cur: Any, job_id: str, limit: int = 200
+def job_relatives(cur: Cursor, job_id: str, limit: int = 200
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(parents, children) of a job: id, name, workflow, state; at most ``limit`` of each."""
     out = []
@@ -312,3 +318,28 @@ def job_relatives(cur: Any, job_id: str, limit: int = 200
                     "ORDER BY j.created_at, j.job_id LIMIT %s", [job_id, limit])
         out.append(fetch_dicts(cur))
     return out[0], out[1]
+
+
+def job_labels(cur: Cursor, where: str, params: list[Any]) -> list[dict[str, Any]]:
+    """``{job_id, name}`` of every job matching ``where`` (from :func:`job_where`), in listing order."""
+    cur.execute(f"SELECT job_id, name FROM {JOB}{where} {ORDER}", params)
+    return fetch_dicts(cur)
+
+
+def workflow_size(cur: Cursor, workflow: str) -> int:
+    """How many jobs the workflow named exactly ``workflow`` has."""
+    cur.execute(f"SELECT count(*) FROM {JOB} WHERE workflow = %s", [workflow])
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def waiting_children(cur: Cursor, job_ids: Sequence[str]) -> int:
+    """How many jobs outside ``job_ids`` wait (a waiting state) on one of ``job_ids``."""
+    from balsam.core.states import WAITING_STATES
+
+    cur.execute(f"""SELECT count(DISTINCT d.child_id) FROM {DEP} d
+        JOIN {JOB} c ON c.job_id = d.child_id
+        WHERE d.parent_id = ANY(%s::uuid[]) AND NOT d.child_id = ANY(%s::uuid[])
+          AND c.state = ANY(%s::text[])""", [list(job_ids), list(job_ids), WAITING_STATES])
+    row = cur.fetchone()
+    return int(row[0]) if row else 0

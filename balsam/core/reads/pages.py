@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
-from balsam.core.sql import fetch_dicts
+from balsam.core.sql import fetch_dicts, scalar
 from balsam.core.states import STATES
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 JOB = schema.JOB_TABLE
 
@@ -92,7 +95,7 @@ def decode_cursor(text: str) -> Optional[tuple[Any, str]]:
         return None
 
 
-def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool = True,
+def job_page(cur: Cursor, flt: JobFilter, sort: str = "created", descending: bool = True,
              after: str = "", before: str = "", size: int = 50) -> JobPage:
     """One page of jobs in (sort column, job_id) order, after or before a cursor."""
     column, kind = SORTS.get(sort, SORTS["created"])
@@ -128,16 +131,16 @@ def job_page(cur: Any, flt: JobFilter, sort: str = "created", descending: bool =
     return page
 
 
-def count_jobs(cur: Any, flt: JobFilter) -> tuple[int, bool]:
+def count_jobs(cur: Cursor, flt: JobFilter) -> tuple[int, bool]:
     """Exact count up to :data:`COUNT_CAP`, else the planner's estimate (and False)."""
     where, params = flt.where()
     cur.execute(f"SELECT count(*) FROM (SELECT 1 FROM {JOB} WHERE {where} LIMIT %s) s",
                 params + [COUNT_CAP + 1])
-    n = int(cur.fetchone()[0])
+    n = int(scalar(cur))
     if n <= COUNT_CAP:
         return n, True
     cur.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {JOB} WHERE {where}", params)
-    plan = cur.fetchone()[0]
+    plan = scalar(cur)
     plan = json.loads(plan) if isinstance(plan, str) else plan
     return max(int(plan[0]["Plan"]["Plan Rows"]), n), False
 
@@ -146,7 +149,7 @@ TRANSFER_ROWS = 50
 """Batches and failed items the Transfers page lists (newest first)."""
 
 
-def transfers(cur: Any) -> dict[str, Any]:
+def transfers(cur: Cursor) -> dict[str, Any]:
     """The Transfers page: items by state, recent throughput (:mod:`balsam.core
     .analytics_transfers`), the latest batches and the latest failed items."""
     from balsam.core import analytics_transfers

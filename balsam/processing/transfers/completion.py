@@ -19,13 +19,14 @@ from typing import Any, Optional
 
 from balsam.core import lifecycle, schema
 from balsam.core.states import State
+from balsam.db.dbapi import Cursor
 from balsam.processing.transfers.items import STAGE_IN_SQL, STAGE_OUT_SQL, fresh
 from balsam.processing.transitions import HAS_PARENTS, NEEDS_PREPROCESS, wf_clause
 
 JOB, APP, ITEM = schema.JOB_TABLE, schema.APP_TABLE, schema.TRANSFER_ITEM_TABLE
 
 
-def complete_jobs(cursor: Any, wf_filter: Optional[str], limit: int) -> dict[str, int]:
+def complete_jobs(cursor: Cursor, wf_filter: Optional[str], limit: int) -> dict[str, int]:
     """Write the moves of the table above; how many jobs moved, by kind."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import unquote
 
 from balsam.processing.transfers.globus_auth import (
@@ -52,6 +52,9 @@ STATE_OF = {"ACTIVE": ACTIVE, "INACTIVE": ACTIVE, "SUCCEEDED": SUCCEEDED, "FAILE
 # newer than its source, which an mtime sync would wrongly keep.
 SYNC_LEVEL = "checksum"
 MAP_KEEP_SECONDS = 30 * 24 * 3600  # item maps of tasks older than this are pruned at submit
+Record = dict[str, Any]
+"""One JSON object of the Transfer API (a task, a skipped error, a successful transfer, an event)."""
+_T = TypeVar("_T")
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9 _,.\-]")  # Transfer accepts a restricted label alphabet
 
 
@@ -185,7 +188,7 @@ class GlobusTransfer:
                                         app_name="balsam")
         return self._tc
 
-    def _call(self, doing: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, doing: str, fn: Callable[[], _T]) -> _T:
         g = sdk()
         try:
             return fn()
@@ -272,8 +275,8 @@ def _owners(items: Sequence[GlobusItem], path: str) -> list[GlobusItem]:
     return []
 
 
-def _apply(per_item: dict[int, Optional[str]], items: Sequence[GlobusItem], records: list[dict],
-           message: Callable[[dict], str], path_of: Optional[Callable[[dict], str]] = None,
+def _apply(per_item: dict[int, Optional[str]], items: Sequence[GlobusItem], records: list[Record],
+           message: Callable[[Record], str], path_of: Optional[Callable[[Record], str]] = None,
            newest_first: bool = False) -> None:
     """Set the message of each item a record's path belongs to (for newest-first records,
     the newest record of an item wins)."""
@@ -298,24 +301,24 @@ def _detail(text: str) -> str:
     return ""
 
 
-def _skip_message(record: dict) -> str:
+def _skip_message(record: Record) -> str:
     detail = _detail(record.get("error_details", ""))
     return (f"Globus skipped {record.get('source_path')}: {record.get('error_code', 'ERROR')}"
             + (f" ({detail})" if detail else ""))
 
 
-def _event_file(event: dict) -> str:
+def _event_file(event: Record) -> str:
     match = re.search(r"^File: (.+)$", event.get("details") or "", re.M)
     return match.group(1).strip() if match else ""
 
 
-def _event_message(event: dict) -> str:
+def _event_message(event: Record) -> str:
     detail = _detail(event.get("details", ""))
     return (f"Globus error on {_event_file(event)}: {event.get('code')} "
             f"({event.get('description')})" + (f": {detail}" if detail else ""))
 
 
-def _failure_message(task: dict, error_events: list[dict]) -> str:
+def _failure_message(task: Record, error_events: list[Record]) -> str:
     fatal = task.get("fatal_error") or {}
     if fatal:
         return f"Globus task failed: {fatal.get('code')}: {fatal.get('description')}"
@@ -333,7 +336,7 @@ def _line(message: Optional[str], limit: int = 1000) -> Optional[str]:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _active_note(task: dict) -> Optional[str]:
+def _active_note(task: Record) -> Optional[str]:
     nice = task.get("nice_status")
     if task.get("status") == "INACTIVE":
         return f"Globus task paused: {task.get('nice_status_short_description') or nice or 'inactive'}"

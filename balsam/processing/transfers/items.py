@@ -29,11 +29,12 @@ import glob
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from balsam.core import lifecycle, routing, schema
 from balsam.core.routing import sql_in
 from balsam.core.states import END_STATES, State
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.processing import transfer
 from balsam.processing.transfers import Item, Result, locate, slots
 from balsam.processing.transitions import wf_clause
@@ -72,7 +73,7 @@ Row = tuple[str, str, str, str, str, str, str]
 """An item to insert: (job_id, direction, source, destination, protocol, endpoint, slot)."""
 
 
-def _insert(cursor: Any, rows: Sequence[Row]) -> None:
+def _insert(cursor: Cursor, rows: Sequence[Row]) -> None:
     if rows:
         cols = list(zip(*rows))
         cursor.execute(f"""
@@ -83,7 +84,7 @@ def _insert(cursor: Any, rows: Sequence[Row]) -> None:
                        [list(c) for c in cols])
 
 
-def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int) -> int:
+def create_items(cursor: Cursor, db_path: str, wf_filter: Optional[str], limit: int) -> int:
     """Create the items of jobs that reached READY or POSTPROCESSED without them (see the
     module docstring); returns how many jobs got items (or failed for want of files)."""
     _tidy(cursor)
@@ -129,7 +130,7 @@ def create_items(cursor: Any, db_path: str, wf_filter: Optional[str], limit: int
     return len(found)
 
 
-def _filled_slots(cursor: Any, job_ids: list[str]) -> dict[str, list[slots.SlotValue]]:
+def _filled_slots(cursor: Cursor, job_ids: list[str]) -> dict[str, list[slots.SlotValue]]:
     """The filled transfer slots of ``job_ids``, by job."""
     if not job_ids:
         return {}
@@ -160,7 +161,7 @@ def _slot_item(job_id: str, workdir: str, slot: slots.SlotValue) -> Row:
     return (job_id, "out", local, dest, where.protocol, where.endpoint, slot.slot)
 
 
-def _tidy(cursor: Any) -> None:
+def _tidy(cursor: Cursor) -> None:
     """Pending items of jobs that ended otherwise (killed, failed) fail as not sent; items left
     from an earlier visit of READY/POSTPROCESSED (a retried job) are removed, so the job gets
     new ones."""
@@ -198,7 +199,7 @@ def owner_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_batches(cursor: Any, *, batch_items: int, per_endpoint: int, lease_seconds: float,
+def claim_batches(cursor: Cursor, *, batch_items: int, per_endpoint: int, lease_seconds: float,
                   async_protocols: Sequence[str], wf_filter: Optional[str] = None
                   ) -> list[tuple[int, str, list[Item]]]:
     """Claim pending items into new batches; ``[(batch_id, protocol, items)]``."""
@@ -227,7 +228,7 @@ def claim_batches(cursor: Any, *, batch_items: int, per_endpoint: int, lease_sec
     return claimed
 
 
-def _claim_one(cursor: Any, protocol: str, endpoint: str, direction: str, limit: int,
+def _claim_one(cursor: Cursor, protocol: str, endpoint: str, direction: str, limit: int,
                lease: Optional[float], wf_filter: Optional[str]
                ) -> Optional[tuple[int, str, list[Item]]]:
     params: list[Any] = [protocol, endpoint, direction, STEP_STATE[direction]]
@@ -249,7 +250,7 @@ def _claim_one(cursor: Any, protocol: str, endpoint: str, direction: str, limit:
                 now(), %s) RETURNING id""",
                    [protocol, endpoint, direction, owner_tag() if lease else "", lease, lease,
                     len(found)])
-    batch_id = int(cursor.fetchone()[0])
+    batch_id = int(fetch_one(cursor)[0])
     cursor.execute(f"""UPDATE {ITEM} SET state = 'active', batch_id = %s, attempts = attempts + 1
                        WHERE id = ANY(%s)""", [batch_id, [r[0] for r in found]])
     items = [Item(int(i), str(j), direction, src, dst, endpoint, slot)
@@ -257,12 +258,12 @@ def _claim_one(cursor: Any, protocol: str, endpoint: str, direction: str, limit:
     return batch_id, protocol, items
 
 
-def set_task(cursor: Any, batch_id: int, task_id: str) -> None:
+def set_task(cursor: Cursor, batch_id: int, task_id: str) -> None:
     """Record an asynchronous batch's external task id."""
     cursor.execute(f"UPDATE {BATCH} SET task_id = %s WHERE id = %s", [task_id, batch_id])
 
 
-def record(cursor: Any, batch_id: int, results: Mapping[int, Result], *, max_attempts: int,
+def record(cursor: Cursor, batch_id: int, results: Mapping[int, Result], *, max_attempts: int,
            backoff_seconds: float) -> bool:
     """Write a finished batch's per-item results; False (nothing written) if the batch is no
     longer active (recovered as lost by another process meanwhile)."""
@@ -301,20 +302,20 @@ def record(cursor: Any, batch_id: int, results: Mapping[int, Result], *, max_att
     return True
 
 
-def active_ids(cursor: Any, batch_id: int) -> list[int]:
+def active_ids(cursor: Cursor, batch_id: int) -> list[int]:
     """The ids of a batch's items still being sent."""
     cursor.execute(f"SELECT id FROM {ITEM} WHERE batch_id = %s AND state = 'active'", [batch_id])
     return [int(r[0]) for r in cursor.fetchall()]
 
 
-def fail_batch(cursor: Any, batch_id: int, message: str, *, max_attempts: int,
+def fail_batch(cursor: Cursor, batch_id: int, message: str, *, max_attempts: int,
                backoff_seconds: float) -> bool:
     """Every item of an active batch failed with ``message`` (retried within its attempts)."""
     return record(cursor, batch_id, {i: Result(message) for i in active_ids(cursor, batch_id)},
                   max_attempts=max_attempts, backoff_seconds=backoff_seconds)
 
 
-def active_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, str, str]]:
+def active_async(cursor: Cursor, protocols: Sequence[str]) -> list[tuple[int, str, str]]:
     """``[(batch_id, protocol, task_id)]`` of asynchronous batches being sent."""
     cursor.execute(f"""SELECT id, protocol, task_id FROM {BATCH}
                        WHERE state = 'active' AND protocol = ANY(%s) AND task_id <> ''
@@ -322,7 +323,7 @@ def active_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, str, 
     return [(int(b), p, t) for b, p, t in cursor.fetchall()]
 
 
-def abandoned_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, str, str]]:
+def abandoned_async(cursor: Cursor, protocols: Sequence[str]) -> list[tuple[int, str, str]]:
     """``[(batch_id, protocol, task_id)]`` of asynchronous batches being sent that no job
     waits for any more: every active item's job was killed, failed, or moved on and back (a
     reset job gets new items)."""
@@ -338,7 +339,7 @@ def abandoned_async(cursor: Any, protocols: Sequence[str]) -> list[tuple[int, st
     return [(int(b), p, t) for b, p, t in cursor.fetchall()]
 
 
-def cancelled(cursor: Any, batch_id: int, message: str) -> None:
+def cancelled(cursor: Cursor, batch_id: int, message: str) -> None:
     """Record a batch whose task was cancelled: its active items fail (naming their job's
     state), the batch fails with ``message``."""
     cursor.execute(f"""
@@ -350,7 +351,7 @@ def cancelled(cursor: Any, batch_id: int, message: str) -> None:
                        WHERE id = %s AND state = 'active'""", [message, batch_id])
 
 
-def recover_lost(cursor: Any, alive: Any) -> list[int]:
+def recover_lost(cursor: Cursor, alive: Callable[[str], bool]) -> list[int]:
     """Mark lost the active synchronous batches whose owner is dead (``alive(owner)`` False)
     or whose lease ran out; their items return to pending. Returns the batch ids."""
     cursor.execute(f"""

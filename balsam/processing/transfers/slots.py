@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balsam.core import schema
+from balsam.db.dbapi import Cursor
 from balsam.processing.transfer import TransferError
 from balsam.processing.transfers import locate
 
@@ -86,7 +87,7 @@ def _join(alias: str, target: str, path: str) -> str:
     return f"{scheme}:{host}:{path}"
 
 
-def store(cursor: Any, rows: Iterable[tuple[str, SlotValue]]) -> None:
+def store(cursor: Cursor, rows: Iterable[tuple[str, SlotValue]]) -> None:
     """Insert the filled slots of new jobs ((job id, slot) pairs) in the caller's transaction."""
     rows = list(rows)
     if rows:
@@ -98,7 +99,7 @@ def store(cursor: Any, rows: Iterable[tuple[str, SlotValue]]) -> None:
                                  %s::text[], %s::bool[])""", [list(c) for c in cols])
 
 
-def of_job(cursor: Any, job_id: str) -> dict[str, str]:
+def of_job(cursor: Cursor, job_id: str) -> dict[str, str]:
     """A job's filled slots as given (``{slot: value}``)."""
     cursor.execute(f"SELECT slot, given FROM {SLOT} WHERE job_id = %s ORDER BY slot",
                    [str(job_id)])
