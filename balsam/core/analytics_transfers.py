@@ -3,10 +3,15 @@ arrived in a window (``balsam report``, the dashboard's Transfers tab)."""
 from __future__ import annotations
 
 import datetime
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
 from balsam.core.analytics_scope import Filters, job_clauses
+from balsam.core.sql import scalar
+from balsam.db.dbapi import fetch_one
+
+if TYPE_CHECKING:
+    from balsam.db.dbapi import Cursor
 
 ITEM, BATCH, JOB = schema.TRANSFER_ITEM_TABLE, schema.TRANSFER_BATCH_TABLE, schema.JOB_TABLE
 
@@ -19,7 +24,7 @@ def _scope(f: Filters) -> tuple[str, list[Any]]:
             params)
 
 
-def summary(cursor: Any, f: Optional[Filters] = None, recent_seconds: float = 3600
+def summary(cursor: Cursor, f: Optional[Filters] = None, recent_seconds: float = 3600
             ) -> dict[str, Any]:
     """``counts`` (items by state), ``bytes`` (of done items), and ``recent``: items and bytes
     that arrived in the last ``recent_seconds`` (or in ``f``'s window) with their rates per
@@ -34,13 +39,13 @@ def summary(cursor: Any, f: Optional[Filters] = None, recent_seconds: float = 36
         counts[state] = int(n)
         total_bytes += int(size) if state == "done" else 0
     cursor.execute("SELECT now()")
-    now = cursor.fetchone()[0]
+    now = scalar(cursor)
     until = f.until or now
     since = f.since or until - datetime.timedelta(seconds=recent_seconds)
     cursor.execute(f"""SELECT count(*), COALESCE(sum(i.size), 0), count(DISTINCT i.batch_id)
                        FROM {ITEM} i WHERE i.state = 'done' AND i.finished_at >= %s
                          AND i.finished_at < %s{scope}""", [since, until] + params)
-    items, size, batches = cursor.fetchone()
+    items, size, batches = fetch_one(cursor)
     seconds = max((until - since).total_seconds(), 1e-9)
     return {"counts": counts, "bytes": total_bytes,
             "recent": {"seconds": seconds, "items": int(items), "bytes": int(size),

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
+from balsam.db.dbapi import Cursor
 from balsam.launcher.serial_mode import SerialConfig
 
 ORDERS, REPORTS, SESSION = 11, 12, 13
@@ -85,7 +86,7 @@ class MasterLink:
         _complete(self._sends, timeout)
 
 
-def _nothing(_cur: Any) -> None:
+def _nothing(_cur: Cursor) -> None:
     """A transaction that only makes sure the connection is open."""
 
 
