@@ -108,9 +108,9 @@ def make_runnable(db_path: str) -> None:
         conn.close()
 
 
-def run(db_path: str, count: int) -> tuple[float, float, float]:
-    """(tasks/s, launcher CPU ms per task: master + workers, master statements per task; the
-    last two from its log)."""
+def run(db_path: str, count: int) -> tuple[float, float, float, float]:
+    """(tasks/s, master CPU ms per task, worker ranks' CPU ms per task, master statements per
+    task; the last three from the launcher's log)."""
     from balsam.db.connect import connect
 
     proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
@@ -124,28 +124,90 @@ def run(db_path: str, count: int) -> tuple[float, float, float]:
         conn.close()
     with open(proc.stdout.split(", log ")[1].strip()) as fh:
         log = fh.read()
-    cpu = sum(float(x) for x in re.findall(r"serial (?:master|worker \d+) exits: .*?([\d.]+) s CPU",
-                                           log))
-    statements = re.search(r"serial master exits: (\d+) statements", log)
-    assert statements is not None, log
-    return (count / (last_done - first_running), cpu * 1000 / count,
-            int(statements.group(1)) / count)
+    master = re.search(r"serial master exits: (\d+) statements.*? ([\d.]+) s CPU", log)
+    # A worker's line names its node and host before "exits:" (an earlier pattern here
+    # missed it, so the "launcher CPU" printed before 2026-12-06 was the master's alone).
+    workers = re.findall(r"serial worker \d+ \(.*?\) exits: .*?([\d.]+) s CPU", log)
+    assert master is not None and workers, log
+    return (count / (last_done - first_running), float(master.group(2)) * 1000 / count,
+            sum(float(w) for w in workers) * 1000 / count, int(master.group(1)) / count)
 
 
 def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, ...]:
-    """(jobs created per second, tasks run per second, launcher CPU ms per task, statements
-    per task) of one side."""
+    """(jobs created per second, tasks run per second, master and worker CPU ms per task,
+    statements per task, 1-minute load average at the end) of one side."""
     empty(db_path)
     took = (create_classic(count, packing) if kind == "classic"
             else create_templated(db_path, count, packing))
     make_runnable(db_path)
-    return (count / took, *run(db_path, count))
+    return (count / took, *run(db_path, count), os.getloadavg()[0])
+
+
+def run_path_cpu(db_path: str, count: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """The launcher's per-task work for each kind, in this process, in CPU microseconds (not
+    wall time, so the load matters less): (the master's part: building the task spec from
+    the claimed row and the message for the worker, pickled; the worker's part: creating the
+    working directory and posix_spawn of the command, as ``serial_worker`` does). Medians of
+    ``rounds`` alternating rounds over the same claimed rows (both kinds in the table)."""
+    import pickle
+    import resource
+    from types import SimpleNamespace
+
+    from balsam.core import leases, schema
+    from balsam.db.connect import connect
+    from balsam.launcher import spawn
+    from balsam.launcher.job_source import JobSource
+    from balsam.launcher.serial_master import work_item
+
+    def cpu() -> float:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
+
+    empty(db_path)
+    create_classic(count, 2)
+    create_templated(db_path, count, 2)
+    make_runnable(db_path)
+    conn = connect(db_path)
+    rows: dict[str, list[dict]] = {}
+    try:
+        with conn, conn.cursor() as cur:
+            cols = ", ".join(leases.CLAIM_COLUMNS)
+            for kind, where in (("classic", "= 'noop'"), ("templated", "<> 'noop'")):
+                cur.execute(f"SELECT {cols}, 0 AS runs, ARRAY[]::text[] AS parents "
+                            f"FROM {schema.JOB_TABLE} WHERE application {where}")
+                names = [d[0] for d in cur.description]
+                rows[kind] = [dict(zip(names, r)) for r in cur.fetchall()]
+            source = JobSource(None, 0, SimpleNamespace(num_nodes=1, gpus_per_node=0),  # type: ignore[arg-type]
+                               db_path, "serial", None, {})
+            source._load_apps(cur, {"noop", "bench.Noop"})
+    finally:
+        conn.close()
+    master: dict[str, list[float]] = {"classic": [], "templated": []}
+    worker: dict[str, list[float]] = {"classic": [], "templated": []}
+    env = dict(os.environ)
+    for r in range(rounds):
+        for kind in ("classic", "templated") if r % 2 == 0 else ("templated", "classic"):
+            t0 = cpu()
+            works = [work_item(source.build(row, row["parents"])) for row in rows[kind]]
+            pickle.dumps(works, protocol=pickle.HIGHEST_PROTOCOL)
+            master[kind].append((cpu() - t0) * 1e6 / count)
+            shutil.rmtree(os.path.join(db_path, "data"), ignore_errors=True)
+            t0 = cpu()
+            for w in works:
+                os.waitpid(spawn.SpawnedTask(w.job_id, w.argv, env | w.env, w.workdir,
+                                             w.output_path).pid, 0)
+            worker[kind].append((cpu() - t0) * 1e6 / count)
+    os.chdir(os.path.dirname(db_path))  # SpawnedTask moved us into the last workdir
+    return {k: (statistics.median(master[k]), statistics.median(worker[k])) for k in master}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="jobs per side (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--cpu-rounds", type=int, default=6,
+                        help="rounds of the in-process run-path CPU comparison (default 6; 0: "
+                             "skip it)")
     cores = os.cpu_count() or 1
     parser.add_argument("--packing", type=int, default=cores,
                         help=f"node_packing_count of the jobs (default: cores = {cores})")
@@ -154,6 +216,7 @@ def main() -> None:
     print(f"# {args.n} jobs of {TRUE} per side, serial launcher, node_packing_count "
           f"{args.packing}")
     results: dict[str, list[tuple[float, ...]]] = {"classic": [], "templated": []}
+    pairs: list[float] = []
     with throwaway_db() as db_path:
         settings(db_path)
         os.makedirs(os.path.join(db_path, "apps"), exist_ok=True)
@@ -165,18 +228,30 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             order = ("classic", "templated") if r % 2 else ("templated", "classic")
             for kind in order:
-                created, ran, cpu, sql = side(db_path, kind, args.n, args.packing)
-                results[kind].append((created, ran, cpu, sql))
+                got = side(db_path, kind, args.n, args.packing)
+                results[kind].append(got)
+                created, ran, mcpu, wcpu, sql, load = got
                 print(f"round {r} {kind:9}: create {created:8,.0f} jobs/s   run {ran:6.0f} "
-                      f"tasks/s   launcher CPU {cpu:.2f} ms/task   {sql:.3f} statements/task")
-    med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in results.items()}
+                      f"tasks/s   CPU master {mcpu:.2f} + workers {wcpu:.2f} ms/task   "
+                      f"{sql:.3f} statements/task   load {load:.1f}")
+            pairs.append(results["templated"][-1][1] / results["classic"][-1][1])
+        cpu_path = run_path_cpu(db_path, args.n, args.cpu_rounds) if args.cpu_rounds else {}
+    med = {k: [statistics.median(x[i] for x in v) for i in range(6)] for k, v in results.items()}
     for kind in ("classic", "templated"):
         print(f"{kind:9} median: create {med[kind][0]:8,.0f} jobs/s   run {med[kind][1]:6.0f} "
-              f"tasks/s   launcher CPU {med[kind][2]:.2f} ms/task   {med[kind][3]:.3f} "
-              "statements/task")
-    print(f"templated / classic: run {med['templated'][1] / med['classic'][1]:.2f} "
-          f"(goal >= 0.9), create {med['templated'][0] / med['classic'][0]:.2f}, launcher CPU "
-          f"per task {med['templated'][2] / med['classic'][2]:.2f}")
+              f"tasks/s   CPU master {med[kind][2]:.2f} + workers {med[kind][3]:.2f} ms/task   "
+              f"{med[kind][4]:.3f} statements/task")
+    print(f"templated / classic: run {med['templated'][1] / med['classic'][1]:.2f} (medians; "
+          f"goal >= 0.9), per round {statistics.median(pairs):.2f} median, "
+          f"{min(pairs):.2f}-{max(pairs):.2f} ({', '.join(f'{p:.2f}' for p in pairs)}); "
+          f"create {med['templated'][0] / med['classic'][0]:.2f}; launcher CPU per task "
+          f"{(med['templated'][2] + med['templated'][3]) / (med['classic'][2] + med['classic'][3]):.2f}")
+    for kind, (m, w) in cpu_path.items():
+        print(f"run path in-process, {kind:9}: master {m:6.1f} us CPU/task (spec + message), "
+              f"worker {w:6.1f} us CPU/task (workdir + spawn)")
+    if cpu_path:
+        c, t = cpu_path["classic"], cpu_path["templated"]
+        print(f"run path templated / classic: master {t[0] / c[0]:.2f}, worker {t[1] / c[1]:.2f}")
 
 
 if __name__ == "__main__":
