@@ -42,6 +42,11 @@ APP = f'''from balsam.site import ApplicationDefinition
 
 class Noop(ApplicationDefinition):
     command_template = "{TRUE} {{{{ x }}}}"
+
+
+class Clean(ApplicationDefinition):
+    command_template = "{TRUE}"
+    cleanup_files = ["*.tmp"]
 '''
 
 
@@ -201,12 +206,56 @@ def run_path_cpu(db_path: str, count: int, rounds: int) -> dict[str, tuple[float
     return {k: (statistics.median(master[k]), statistics.median(worker[k])) for k in master}
 
 
+def postprocess_cost(db_path: str, count: int) -> dict[str, tuple[float, float]]:
+    """The postprocess script of an app with ``cleanup_files`` and no hook, run as processing
+    runs it (:func:`balsam.processing.scripts.run_script`) for ``count`` jobs, each with a file
+    to remove: the hook runner (what such an app's row named before 2026-12-06) against the
+    stdlib-only cleanup script (what it names now). (wall ms, children's CPU ms) per job,
+    alternating, medians of 3."""
+    import resource
+
+    from balsam.api import Job
+    from balsam.api.sites import HOOK_RUNNER
+    from balsam.processing import scripts
+    from balsam.site import registry
+
+    def children_cpu() -> float:
+        use = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return use.ru_utime + use.ru_stime
+
+    empty(db_path)
+    jobs = Job.objects.bulk_create([Job(db_path, app_name="bench.Clean", workdir=f"clean/{i}")
+                                    for i in range(count)])
+    commands = {"hook runner": f"{HOOK_RUNNER} postprocess",
+                "cleanup script": registry.cleanup_command(["*.tmp"])}
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+    for r in range(3):
+        for kind in list(commands) if r % 2 == 0 else list(commands)[::-1]:
+            wall, cpu = time.perf_counter(), children_cpu()
+            for job in jobs:
+                work = os.path.join(db_path, "data", job.workdir)
+                os.makedirs(work, exist_ok=True)
+                open(os.path.join(work, "scratch.tmp"), "w").close()
+                env = dict(os.environ, BALSAM_JOB_ID=str(job.id), BALSAM_DB_PATH=db_path)
+                result = scripts.run_script("postprocess", commands[kind], work, env,
+                                            timeout=120)
+                assert result.ok and not os.path.exists(os.path.join(work, "scratch.tmp")), \
+                    result.tail
+            got[kind].append(((time.perf_counter() - wall) * 1000 / count,
+                              (children_cpu() - cpu) * 1000 / count))
+    return {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+            for k, v in got.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="jobs per side (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--cpu-rounds", type=int, default=6,
                         help="rounds of the in-process run-path CPU comparison (default 6; 0: "
+                             "skip it)")
+    parser.add_argument("--cleanup-jobs", type=int, default=20,
+                        help="jobs of the cleanup_files postprocess comparison (default 20; 0: "
                              "skip it)")
     cores = os.cpu_count() or 1
     parser.add_argument("--packing", type=int, default=cores,
@@ -236,6 +285,7 @@ def main() -> None:
                       f"{sql:.3f} statements/task   load {load:.1f}")
             pairs.append(results["templated"][-1][1] / results["classic"][-1][1])
         cpu_path = run_path_cpu(db_path, args.n, args.cpu_rounds) if args.cpu_rounds else {}
+        cleanup = postprocess_cost(db_path, args.cleanup_jobs) if args.cleanup_jobs else {}
     med = {k: [statistics.median(x[i] for x in v) for i in range(6)] for k, v in results.items()}
     for kind in ("classic", "templated"):
         print(f"{kind:9} median: create {med[kind][0]:8,.0f} jobs/s   run {med[kind][1]:6.0f} "
@@ -252,6 +302,9 @@ def main() -> None:
     if cpu_path:
         c, t = cpu_path["classic"], cpu_path["templated"]
         print(f"run path templated / classic: master {t[0] / c[0]:.2f}, worker {t[1] / c[1]:.2f}")
+    for kind, (wall, cpu) in cleanup.items():
+        print(f"postprocess of a cleanup_files app, {kind:14}: {wall:6.1f} ms/job wall, "
+              f"{cpu:6.1f} ms/job CPU")
 
 
 if __name__ == "__main__":
