@@ -35,6 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
+from bench_launcher_serial import children_cpu, server_cpu  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 APP = f'''from balsam.site import ApplicationDefinition
@@ -113,13 +114,17 @@ def make_runnable(db_path: str) -> None:
         conn.close()
 
 
-def run(db_path: str, count: int) -> tuple[float, float, float, float]:
+def run(db_path: str, count: int) -> tuple[float, ...]:
     """(tasks/s, master CPU ms per task, worker ranks' CPU ms per task, master statements per
-    task; the last three from the launcher's log)."""
+    task -- these three from the launcher's log --, CPU ms per task of the whole launcher
+    process tree (its processing threads, the MPI launcher, the ranks, the tasks) and of the
+    database server, over the launcher's run)."""
     from balsam.db.connect import connect
 
+    tree, server = children_cpu(), server_cpu(db_path)
     proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
                            "--job-mode", "serial"], capture_output=True, text=True, timeout=600)
+    tree, server = children_cpu() - tree, server_cpu(db_path) - server
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)
@@ -135,12 +140,13 @@ def run(db_path: str, count: int) -> tuple[float, float, float, float]:
     workers = re.findall(r"serial worker \d+ \(.*?\) exits: .*?([\d.]+) s CPU", log)
     assert master is not None and workers, log
     return (count / (last_done - first_running), float(master.group(2)) * 1000 / count,
-            sum(float(w) for w in workers) * 1000 / count, int(master.group(1)) / count)
+            sum(float(w) for w in workers) * 1000 / count, int(master.group(1)) / count,
+            tree * 1000 / count, server * 1000 / count)
 
 
 def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, ...]:
-    """(jobs created per second, tasks run per second, master and worker CPU ms per task,
-    statements per task, 1-minute load average at the end) of one side."""
+    """(jobs created per second, then :func:`run`'s values, then the 1-minute load average at
+    the end) of one side."""
     empty(db_path)
     took = (create_classic(count, packing) if kind == "classic"
             else create_templated(db_path, count, packing))
@@ -148,12 +154,13 @@ def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, ...]
     return (count / took, *run(db_path, count), os.getloadavg()[0])
 
 
-def run_path_cpu(db_path: str, count: int, rounds: int) -> dict[str, tuple[float, float]]:
+def run_path_cpu(db_path: str, count: int, rounds: int) -> dict[str, tuple[float, ...]]:
     """The launcher's per-task work for each kind, in this process, in CPU microseconds (not
     wall time, so the load matters less): (the master's part: building the task spec from
-    the claimed row and the message for the worker, pickled; the worker's part: creating the
-    working directory and posix_spawn of the command, as ``serial_worker`` does). Medians of
-    ``rounds`` alternating rounds over the same claimed rows (both kinds in the table)."""
+    the claimed row and the message for the worker, pickled; the worker's parts: creating the
+    working directory, then posix_spawn of the command and reaping it, as ``serial_worker``
+    does). Medians of ``rounds`` alternating rounds over the same claimed rows (both kinds in
+    the table)."""
     import pickle
     import resource
     from types import SimpleNamespace
@@ -187,23 +194,27 @@ def run_path_cpu(db_path: str, count: int, rounds: int) -> dict[str, tuple[float
             source._load_apps(cur, {"noop", "bench.Noop"})
     finally:
         conn.close()
-    master: dict[str, list[float]] = {"classic": [], "templated": []}
-    worker: dict[str, list[float]] = {"classic": [], "templated": []}
+    parts: dict[str, list[tuple[float, float, float]]] = {"classic": [], "templated": []}
     env = dict(os.environ)
     for r in range(rounds):
         for kind in ("classic", "templated") if r % 2 == 0 else ("templated", "classic"):
             t0 = cpu()
             works = [work_item(source.build(row, row["parents"])) for row in rows[kind]]
             pickle.dumps(works, protocol=pickle.HIGHEST_PROTOCOL)
-            master[kind].append((cpu() - t0) * 1e6 / count)
+            t1 = cpu()
             shutil.rmtree(os.path.join(db_path, "data"), ignore_errors=True)
-            t0 = cpu()
+            t2 = cpu()
+            for w in works:  # what SpawnedTask does first; timed apart: mkdir is noisy here
+                os.makedirs(w.workdir, exist_ok=True)
+            t3 = cpu()
             for w in works:
                 os.waitpid(spawn.SpawnedTask(w.job_id, w.argv, env | w.env, w.workdir,
                                              w.output_path).pid, 0)
-            worker[kind].append((cpu() - t0) * 1e6 / count)
+            parts[kind].append(((t1 - t0) * 1e6 / count, (t3 - t2) * 1e6 / count,
+                                (cpu() - t3) * 1e6 / count))
     os.chdir(os.path.dirname(db_path))  # SpawnedTask moved us into the last workdir
-    return {k: (statistics.median(master[k]), statistics.median(worker[k])) for k in master}
+    return {k: tuple(statistics.median(x[i] for x in v) for i in range(3))
+            for k, v in parts.items()}
 
 
 def postprocess_cost(db_path: str, count: int) -> dict[str, tuple[float, float]]:
@@ -279,29 +290,32 @@ def main() -> None:
             for kind in order:
                 got = side(db_path, kind, args.n, args.packing)
                 results[kind].append(got)
-                created, ran, mcpu, wcpu, sql, load = got
-                print(f"round {r} {kind:9}: create {created:8,.0f} jobs/s   run {ran:6.0f} "
-                      f"tasks/s   CPU master {mcpu:.2f} + workers {wcpu:.2f} ms/task   "
-                      f"{sql:.3f} statements/task   load {load:.1f}")
+                created, ran, mcpu, wcpu, sql, tree, server, load = got
+                print(f"round {r} {kind:9}: create {created:6,.0f} jobs/s  run {ran:4.0f} "
+                      f"tasks/s  CPU ms/task: master {mcpu:.2f} workers {wcpu:.2f} tree "
+                      f"{tree:.2f} server {server:.2f}  {sql:.3f} stmts/task  load {load:.1f}")
             pairs.append(results["templated"][-1][1] / results["classic"][-1][1])
         cpu_path = run_path_cpu(db_path, args.n, args.cpu_rounds) if args.cpu_rounds else {}
         cleanup = postprocess_cost(db_path, args.cleanup_jobs) if args.cleanup_jobs else {}
-    med = {k: [statistics.median(x[i] for x in v) for i in range(6)] for k, v in results.items()}
+    med = {k: [statistics.median(x[i] for x in v) for i in range(8)] for k, v in results.items()}
     for kind in ("classic", "templated"):
-        print(f"{kind:9} median: create {med[kind][0]:8,.0f} jobs/s   run {med[kind][1]:6.0f} "
-              f"tasks/s   CPU master {med[kind][2]:.2f} + workers {med[kind][3]:.2f} ms/task   "
-              f"{med[kind][4]:.3f} statements/task")
+        m = med[kind]
+        print(f"{kind:9} median: create {m[0]:6,.0f} jobs/s  run {m[1]:4.0f} tasks/s  CPU "
+              f"ms/task: master {m[2]:.2f} workers {m[3]:.2f} tree {m[5]:.2f} server {m[6]:.2f}"
+              f"  {m[4]:.3f} stmts/task")
     print(f"templated / classic: run {med['templated'][1] / med['classic'][1]:.2f} (medians; "
           f"goal >= 0.9), per round {statistics.median(pairs):.2f} median, "
           f"{min(pairs):.2f}-{max(pairs):.2f} ({', '.join(f'{p:.2f}' for p in pairs)}); "
-          f"create {med['templated'][0] / med['classic'][0]:.2f}; launcher CPU per task "
-          f"{(med['templated'][2] + med['templated'][3]) / (med['classic'][2] + med['classic'][3]):.2f}")
-    for kind, (m, w) in cpu_path.items():
-        print(f"run path in-process, {kind:9}: master {m:6.1f} us CPU/task (spec + message), "
-              f"worker {w:6.1f} us CPU/task (workdir + spawn)")
+          f"create {med['templated'][0] / med['classic'][0]:.2f}; CPU per task: launcher tree "
+          f"{med['templated'][5] / med['classic'][5]:.2f}, server "
+          f"{med['templated'][6] / med['classic'][6]:.2f}")
+    for kind, (m, d, w) in cpu_path.items():
+        print(f"run path in-process, {kind:9}: us CPU/task: master {m:6.1f} (spec + message), "
+              f"worker {d:6.1f} (mkdir workdir) + {w:6.1f} (spawn + reap)")
     if cpu_path:
         c, t = cpu_path["classic"], cpu_path["templated"]
-        print(f"run path templated / classic: master {t[0] / c[0]:.2f}, worker {t[1] / c[1]:.2f}")
+        print(f"run path templated / classic: master {t[0] / c[0]:.2f}, worker mkdir "
+              f"{t[1] / c[1]:.2f}, spawn {t[2] / c[2]:.2f}")
     for kind, (wall, cpu) in cleanup.items():
         print(f"postprocess of a cleanup_files app, {kind:14}: {wall:6.1f} ms/job wall, "
               f"{cpu:6.1f} ms/job CPU")
