@@ -33,6 +33,12 @@ class Hello(ApplicationDefinition):
         self.job.state = "POSTPROCESSED"
 
 
+class Scratchy(ApplicationDefinition):
+    """cleanup_files and no hook: cleaned by the stdlib cleanup script, not the hook runner."""
+    command_template = "touch a.tmp b.keep"
+    cleanup_files = ["*.tmp"]
+
+
 class Flaky(ApplicationDefinition):
     command_template = "sh -c {{ script }}"
     parameters = {"script": "test -f marker || { touch marker; exit 3; }", "retries": 1}
@@ -105,7 +111,14 @@ def test_hooks_run_with_the_job_bound_and_move_it_through_processing(site, curso
     broken = Job.objects.create(site_path=site, app_name="demo.Broken", workdir="broken")
     Job.objects.create(site_path=site, app_name="demo.Env", workdir="env")
     cheat = Job.objects.create(site_path=site, app_name="demo.Cheat", workdir="cheat")
+    scratchy = Job.objects.create(site_path=site, app_name="demo.Scratchy", workdir="scratchy")
     run_launcher(site)
+    scratchy.refresh_from_db()
+    assert scratchy.state == "JOB_FINISHED"
+    assert sorted(os.listdir(os.path.join(site, "data", "scratchy"))) == [
+        "b.keep", "job.out", "postprocess.log"]
+    log = read(os.path.join(site, "data", "scratchy", "postprocess.log"))
+    assert "-m balsam.processing.cleanup" in log and "removed 1 file(s)" in log
     assert read(os.path.join(site, "data", "env", "job.out")) == "hi there from preamble\n"
     for job in (hello, flaky, failing, broken):
         job.refresh_from_db()

@@ -14,10 +14,11 @@ from launcher_support import QUICK, launchers, process_gone, settings, wait_for
 from test_api import make_site
 
 from balsam.api import FIRST_COMPLETED, Job, as_completed, sites, wait
+from balsam.api.names import TranslationError
 from balsam.api.waiting import JobFailed, JobNotDone, JobTimeout
 from balsam.core import schema
 from balsam.site import AppDefinitionError, ParameterError
-from balsam.site.pyfunc import RemoteTraceback
+from balsam.site.pyfunc import RemoteTraceback, SerializationError
 
 APPS = '''import os
 from balsam.site import ApplicationDefinition
@@ -64,6 +65,12 @@ class Sourced(ApplicationDefinition):
 
 class Echo(ApplicationDefinition):
     command_template = "echo command {{ word }}"
+
+
+class Varargs(ApplicationDefinition):
+    def run(self, first, /, second, *rest, scale=1, **named):
+        return {"first": first, "second": second, "rest": list(rest), "scale": scale,
+                "named": named}
 
 
 class EveryHundredth(ApplicationDefinition):
@@ -132,6 +139,103 @@ def test_parameters_not_matching_run_are_refused_when_the_job_is_created(site, c
     assert cursor.fetchone() == (0,)
 
 
+@pytest.mark.parametrize("args, parameters, positional, keywords", [
+    ((1,), {}, [], {"a": 1, "b": 10}),  # a value for a named parameter is stored by name
+    ((1, 2), {}, [], {"a": 1, "b": 2}),
+    ((), {"a": 1}, [], {"a": 1, "b": 10}),
+])
+def test_positional_values_for_named_parameters_are_stored_by_name(args, parameters, positional,
+                                                                   keywords):
+    from balsam.site import ApplicationDefinition, pyfunc
+
+    class Add(ApplicationDefinition):
+        def run(self, a, b=10):
+            return a + b
+
+    call = Add.resolve_call(parameters, args)
+    assert (call.args, call.kwargs, call.named) == (positional, keywords, keywords)
+    # The keyword form is the payload every job had before positional arguments existed.
+    payload = pyfunc.deserialize(pyfunc.serialized_arguments("fn.Add", call.kwargs, call.args))
+    assert payload == keywords
+    assert pyfunc.call(Add, None, payload).value == pyfunc.serialize(Add(None).run(*args,
+                                                                                  **parameters))
+
+
+@pytest.mark.parametrize("args, parameters, positional, keywords, shown", [
+    ((1,), {"second": 2}, [1], {"second": 2, "scale": 1}, {"first": 1, "second": 2, "scale": 1}),
+    ((1, 2, 3, 4), {"scale": 5, "x": 6}, [1, 2, 3, 4], {"scale": 5, "x": 6},
+     {"first": 1, "second": 2, "rest": [3, 4], "scale": 5, "x": 6}),
+])
+def test_positional_only_parameters_and_star_args_keep_their_positions(
+        args, parameters, positional, keywords, shown):
+    from balsam.site import ApplicationDefinition, pyfunc
+
+    class Varargs(ApplicationDefinition):
+        def run(self, first, /, second, *rest, scale=1, **named):
+            return first, second, rest, scale, named
+
+    call = Varargs.resolve_call(parameters, args)
+    assert (call.args, call.kwargs, call.named) == (positional, keywords, shown)
+    payload = pyfunc.deserialize(pyfunc.serialized_arguments("fn.Varargs", call.kwargs,
+                                                             call.args))
+    assert payload == (positional, keywords)
+    outcome = pyfunc.call(Varargs, None, payload)
+    assert not outcome.failed
+    assert pyfunc.deserialize(outcome.value) == Varargs(None).run(*args, **parameters)
+
+
+def test_a_job_with_positional_arguments_stores_and_runs_them(site, cursor, tmp_path):
+    from balsam.launcher.pyfunc_task import Runner
+    from balsam.site import pyfunc
+
+    job = Job.objects.create(site_path=site, app_name="fn.Varargs", workdir="pos",
+                             args=["one", "two", "three"], parameters={"key": {1, 2}})
+    cursor.execute(f"SELECT parameters FROM {schema.JOB_TABLE} WHERE job_id = %s", [str(job.id)])
+    assert cursor.fetchone()[0] == {"first": "one", "second": "two", "rest": ["three"],
+                                    "scale": 1, "key": "<pickled set: {1, 2}>"}
+    assert job.parameters["rest"] == ["three"]
+    runner = Runner(site)
+    try:
+        assert runner.run(str(job.id), str(tmp_path)) == 0
+    finally:
+        runner.close()
+    outcome = pyfunc.load_outcomes(cursor, [str(job.id)])[str(job.id)]
+    assert not outcome.failed
+    assert pyfunc.deserialize(outcome.value) == {"first": "one", "second": "two",
+                                                 "rest": ["three"], "scale": 1,
+                                                 "named": {"key": {1, 2}}}
+    # A job made with keywords only keeps the dict payload (the runner reads both forms).
+    plain = Job.objects.create(site_path=site, app_name="fn.Add", workdir="plain",
+                               parameters={"a": 1})
+    cursor.execute("SELECT args FROM core_jobpayload WHERE job_id = %s", [str(plain.id)])
+    assert pyfunc.deserialize(cursor.fetchone()[0]) == {"a": 1, "b": 10}
+
+
+@pytest.mark.parametrize("app, args, parameters, error, message", [
+    ("fn.Add", (1, 2, 3), {}, ParameterError,
+     r"args and parameters do not fit Add.run\(\): too many positional arguments"),
+    ("fn.Add", (1,), {"a": 2}, ParameterError, r"multiple values for argument 'a'"),
+    ("fn.Varargs", (), {"first": 1, "second": 2}, ParameterError,
+     r"^parameters do not fit Varargs.run\(\): 'first' parameter is positional only, but was "
+     r"passed as a keyword \(run\(first, /, second, \*rest, scale=1, \*\*named\)\)$"),
+    ("fn.Echo", ("hi",), {"word": "hi"}, ParameterError,
+     r"app Echo has a command_template: positional arguments \(args\) are for function apps"),
+    ("fn.Add", "12", {}, TranslationError,
+     r"args must be a list or tuple of run\(\)'s positional arguments, not str"),
+    ("fn.Add", [lambda: 0, (i for i in ())], {}, SerializationError,  # stored by name
+     r"parameter 'b' of app fn.Add cannot be serialized with cloudpickle"),
+    ("fn.Varargs", [1, 2, (i for i in ())], {}, SerializationError,
+     r"positional argument 3 of app fn.Varargs cannot be serialized with cloudpickle"),
+])
+def test_positional_arguments_that_do_not_fit_are_refused_when_the_job_is_created(
+        site, cursor, app, args, parameters, error, message):
+    with pytest.raises(error, match=message):
+        Job.objects.create(site_path=site, app_name=app, workdir="x", args=args,
+                           parameters=parameters)
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE}")
+    assert cursor.fetchone() == (0,)
+
+
 @pytest.mark.parametrize("body, message", [
     ("    description = 'nothing'\n", r"needs a command_template \(a non-empty string\) or a "
                                       r"run\(\) method"),
@@ -165,12 +269,15 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
                 parameters={"fn": lambda x, y: x * y, "point": point, "flag": {1, 2}})
     echo = Job(site_path=site, app_name="fn.Echo", workdir="echo", parameters={"word": "hi"})
     sourced = Job(site_path=site, app_name="fn.Sourced", workdir="sourced")
-    Job.objects.bulk_create(jobs + [boom, apply, echo, sourced])
+    positional = Job(site_path=site, app_name="fn.Varargs", workdir="positional",
+                     args=(1, 2, 3), parameters={"scale": 4})
+    Job.objects.bulk_create(jobs + [boom, apply, echo, sourced, positional])
     with settings(site, launcher=QUICK), launchers() as start:
         launcher = start("--consume-all", "--job-mode", "serial")
         # Results are read as the jobs finish, while the launcher runs.
-        finished = [j.id for j in as_completed(jobs + [boom, apply, sourced], timeout=60)]
-        assert sorted(finished) == sorted(j.id for j in jobs + [boom, apply, sourced])
+        functions = jobs + [boom, apply, sourced, positional]
+        finished = [j.id for j in as_completed(functions, timeout=60)]
+        assert sorted(finished) == sorted(j.id for j in functions)
         assert launcher.wait(60) == 0, launcher.output()
 
     assert [j.result() for j in jobs] == [n + 10 for n in range(24)]
@@ -190,6 +297,8 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
     assert echo.state == "JOB_FINISHED"
     greeting, sourced_pid = sourced.result()
     assert greeting == "sourced"
+    assert positional.result() == {"first": 1, "second": 2, "rest": [3], "scale": 4,
+                                   "named": {}}
     with open(os.path.join(site, "data", "echo", "job.out")) as fh:
         assert fh.read() == "command hi\n"
     cursor.execute("SELECT worker, count(*) FROM core_jobpayload WHERE result IS NOT NULL "
@@ -199,8 +308,8 @@ def test_serial_mode_runs_function_tasks_in_warm_workers(site, cursor):
     # serving many tasks; the command job did not use one.
     sourced_worker = next(w for w in per_worker if w.endswith(f":{sourced_pid}"))
     assert per_worker.pop(sourced_worker) == 1  # started as a command: a process of its own
-    assert sum(per_worker.values()) == 26 and len(per_worker) <= 4
-    assert max(per_worker.values()) >= 26 // 4
+    assert sum(per_worker.values()) == 27 and len(per_worker) <= 4
+    assert max(per_worker.values()) >= 27 // 4
 
 
 @pytest.mark.slow

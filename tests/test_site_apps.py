@@ -154,3 +154,43 @@ def test_two_sites_with_the_same_module_name_do_not_collide(site):
         assert loader.load_app(other, "demo.H").cls.command_template == "echo two"
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+class Scratch(ApplicationDefinition):
+    command_template = "sim"
+    cleanup_files = ["*.tmp", "**/*.chk"]
+
+
+class ScratchWithHook(Scratch):
+    def postprocess(self):
+        self.job.state = "POSTPROCESSED"
+
+
+def test_cleanup_files_without_a_postprocess_hook_need_no_hook_runner(site):
+    from balsam.site import registry
+
+    plain = registry.app_row(site, loader.LoadedApp("s.Scratch", Scratch, "s.py", "h"), "HOOKS")
+    hooked = registry.app_row(site, loader.LoadedApp("s.ScratchWithHook", ScratchWithHook,
+                                                     "s.py", "h"), "HOOKS")
+    assert shlex.split(plain["postprocess"])[1:] == ["-m", "balsam.processing.cleanup", "*.tmp",
+                                                     "**/*.chk"]
+    assert hooked["postprocess"] == "HOOKS postprocess"  # the runner cleans up after the hook
+
+
+def test_the_cleanup_script_removes_matching_files_only_inside_the_workdir(site):
+    from balsam.processing import scripts
+    from balsam.site import registry
+
+    work, outside = os.path.join(site, "work"), os.path.join(site, "keep.tmp")
+    os.makedirs(os.path.join(work, "deep", "er"))
+    for name in ("a.tmp", "b.txt", "deep/er/c.chk", "d.chk"):
+        open(os.path.join(work, name), "w").close()
+    os.mkdir(os.path.join(work, "dir.tmp"))
+    open(outside, "w").close()
+    os.symlink(outside, os.path.join(work, "link.tmp"))  # its real path is outside: kept
+    result = scripts.run_script("postprocess", registry.cleanup_command(Scratch.cleanup_files),
+                                work, dict(os.environ), timeout=60)
+    assert result.ok, result.tail
+    assert sorted(os.listdir(work)) == ["b.txt", "deep", "dir.tmp", "link.tmp", "postprocess.log"]
+    assert os.listdir(os.path.join(work, "deep", "er")) == [] and os.path.exists(outside)
+    assert "removed 3 file(s) matching cleanup_files" in result.tail

@@ -26,7 +26,6 @@ prints its traceback to the log and exits 1: processing fails the job with the l
 from __future__ import annotations
 
 import copy
-import glob
 import os
 import sys
 import traceback
@@ -38,6 +37,7 @@ from balsam.api.sites import Site
 from balsam.core.models import BalsamJob
 from balsam.core.states import InvalidStateError, State
 from balsam.errors import BalsamError
+from balsam.processing import cleanup
 from balsam.site import loader
 
 NATURAL_OUTCOME = {"preprocess": State.PREPROCESSED.value, "postprocess": State.POSTPROCESSED.value}
@@ -81,23 +81,10 @@ def run_hook(site_path: str, job_id: str, hook: str) -> str:
             raise BalsamError(f"{hook}() set the state {wanted}: {exc}")
         said += f", state {wanted}" if said != "nothing" else f"state {wanted}"
     if hook == "postprocess":
-        removed = _cleanup(row.working_directory, app.cls.cleanup_files)
+        removed = cleanup.remove_matching(row.working_directory, app.cls.cleanup_files)
         if removed:
-            said += f"; removed {removed} file(s) matching cleanup_files"
+            said += f"; {cleanup.summary(removed)}"
     return said
-
-
-def _cleanup(workdir: str, patterns: Sequence[str]) -> int:
-    """Remove the files in ``workdir`` matching ``patterns`` (never outside it)."""
-    root = os.path.realpath(workdir)
-    count = 0
-    for pattern in patterns:
-        for path in glob.glob(os.path.join(root, pattern), recursive=True):
-            real = os.path.realpath(path)
-            if real.startswith(root + os.sep) and os.path.isfile(real):
-                os.remove(real)
-                count += 1
-    return count
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@ created and written with it (:mod:`balsam.processing.transfers.slots`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 from django.db import connection, transaction
@@ -33,7 +33,7 @@ class JobStateRefused(BalsamError):
     """A state change the state writer refuses (classic user rules)."""
 
 
-_SETTABLE = ("app_name", "workdir", "parameters", "tags", "data", "parent_ids", "num_nodes",
+_SETTABLE = ("app_name", "workdir", "parameters", "args", "tags", "data", "parent_ids", "num_nodes",
              "ranks_per_node", "threads_per_rank", "gpus_per_rank", "node_packing_count",
              "wall_time_min", "launch_params", "transfers")
 
@@ -54,15 +54,21 @@ class Job:
     objects: JobManager
 
     def __init__(self, site_path: Optional[str] = None, *, app_name: str, workdir: str,
-                 parameters: Optional[Mapping[str, Any]] = None, **fields: Any) -> None:
+                 parameters: Optional[Mapping[str, Any]] = None,
+                 args: Optional[Sequence[Any]] = None, **fields: Any) -> None:
         unknown = sorted(set(fields) - set(_SETTABLE) - {"site_id"})
         if unknown:
             raise names.TranslationError(f"unknown Job field(s) {', '.join(unknown)} (fields: "
                                          f"{', '.join(_SETTABLE)})")
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise names.TranslationError(f"args must be a list or tuple of run()'s positional "
+                                         f"arguments, not {type(args).__name__}")
         site = site_for(site_path, fields.pop("site_id", None))
         app = site.app(app_name)
+        call = (app.cls.resolve_call(parameters, args or ())
+                if app.cls.is_function() or args else None)
         try:
-            values = _classic_values(site, app, workdir, parameters, fields)
+            values = _classic_values(site, app, workdir, parameters, call, fields)
             row = BalsamJob(**values)
             row._validated()
         except FieldError as exc:
@@ -70,9 +76,9 @@ class Job:
         if fields.get("parent_ids"):
             row.parents = [str(p) for p in fields["parent_ids"]]
         self._bind(site, row)
-        if app.cls.is_function():  # run()'s arguments, written with the row
-            self.__dict__["_arguments"] = pyfunc.serialized_arguments(
-                app.name, app.cls.resolve_parameters(parameters))
+        if call is not None:  # run()'s arguments, written with the row
+            self.__dict__["_arguments"] = pyfunc.serialized_arguments(app.name, call.kwargs,
+                                                                      call.args)
         given = fields.get("transfers")
         if given is not None and not isinstance(given, Mapping):
             raise names.TranslationError(f"transfers must be a dict of slot values, not "
@@ -193,15 +199,16 @@ class Job:
 
 
 def _classic_values(site: Site, app: Any, workdir: str, parameters: Optional[Mapping[str, Any]],
-                    fields: dict[str, Any]) -> dict[str, Any]:
-    """The classic row values of a new job (every check that can fail happens here)."""
+                    call: Optional[pyfunc.BoundCall], fields: dict[str, Any]) -> dict[str, Any]:
+    """The classic row values of a new job (every check that can fail happens here; ``call``:
+    a function app's checked ``run()`` arguments)."""
     cls = app.cls
-    resolved = cls.resolve_parameters(parameters)
+    resolved = cls.resolve_parameters(parameters) if call is None else call.named
     values: dict[str, Any] = {
         "name": JOB_NAME,
         "application": app.name,
         "args": cls.render_command(resolved),
-        "parameters": pyfunc.json_view(resolved) if cls.is_function() else resolved,
+        "parameters": pyfunc.json_view(resolved) if call is not None else resolved,
         "user_workdir": _workdir(site, workdir),
         "environ_vars": cls.environ_string(),
         "post_error_handler": cls.overrides("handle_error"),

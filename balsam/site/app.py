@@ -13,8 +13,9 @@ the 0.6 form ``{"required": bool, "default": value, "help": text}`` or, shorter,
 value. A template variable that is not declared is required.
 
 A class may define ``run(self, ...)`` instead of a ``command_template`` (a *function app*, as in
-0.6): the job's ``parameters`` are ``run()``'s keyword arguments, checked against its signature
-when the job is created, and the launcher calls ``run()`` on the compute node
+0.6): the job's ``parameters`` are ``run()``'s keyword arguments and its ``args`` (an addition
+to 0.6/0.7, which pass keywords only) its positional ones, checked against its signature when
+the job is created, and the launcher calls ``run()`` on the compute node
 (:mod:`balsam.site.pyfunc`). A class needs one of the two, not both.
 
 ``transfers`` declares 0.6's transfer slots; :func:`resolve_transfers` checks a job's values
@@ -26,7 +27,7 @@ import functools
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -164,12 +165,9 @@ class ApplicationDefinition:
             raise AppDefinitionError(f"{cls.__name__}.run has no usable signature: {exc}")
         spec: dict[str, Parameter] = {}
         for p in sig.parameters.values():
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 required = p.default is p.empty
                 spec[p.name] = Parameter(p.name, required, None if required else p.default)
-            elif p.kind is p.POSITIONAL_ONLY:
-                raise AppDefinitionError(f"{cls.__name__}.run: positional-only parameter "
-                                         f"{p.name!r} (a job's parameters are keyword arguments)")
         return spec
 
     @classmethod
@@ -194,11 +192,7 @@ class ApplicationDefinition:
         missing parameter."""
         given = dict(given or {})
         if cls.is_function():
-            cls.parameter_spec()
-            try:
-                return pyfunc.bind_arguments(cls, given)
-            except ValueError as exc:
-                raise ParameterError(f"parameters do not fit {cls.__name__}.run(): {exc}")
+            return cls.resolve_call(given).named
         spec = cls.parameter_spec()
         unknown = sorted(set(given) - set(spec))
         if unknown:
@@ -211,6 +205,23 @@ class ApplicationDefinition:
         values = {p.name: p.default for p in spec.values() if not p.required}
         values.update(given)
         return values
+
+    @classmethod
+    def resolve_call(cls, given: Optional[Mapping[str, Any]],
+                     args: Sequence[Any] = ()) -> pyfunc.BoundCall:
+        """A function app's ``run()`` arguments for a job: positional ``args`` and keyword
+        ``given``, checked against ``run()``'s signature, defaults applied; one
+        :class:`ParameterError` saying what does not fit."""
+        cls.parameter_spec()
+        if not cls.is_function():
+            raise ParameterError(f"app {cls.__name__} has a command_template: positional "
+                                 "arguments (args) are for function apps (run()); use "
+                                 "parameters")
+        try:
+            return pyfunc.bind_arguments(cls, dict(given or {}), args)
+        except ValueError as exc:
+            what = "args and parameters" if args else "parameters"
+            raise ParameterError(f"{what} do not fit {cls.__name__}.run(): {exc}")
 
     @classmethod
     def render_command(cls, parameters: Mapping[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Python-function tasks: site apps whose class defines ``run(self, ...)`` instead of a command.
 
-A job of such an app stores its ``run()`` keyword arguments (the job's ``parameters``, checked
-against ``run``'s signature when the job is created) serialized with cloudpickle in the side
-table ``core_jobpayload`` (one row per job, deleted with it: migration 0011). Its classic
+A job of such an app stores its ``run()`` arguments (the job's ``parameters``, and its
+positional ``args`` if any, checked against ``run``'s signature when the job is created)
+serialized with cloudpickle in the side table ``core_jobpayload`` (one row per job, deleted with
+it: migration 0011): a dict of keyword arguments, or, when the job has positional values (for
+positional-only parameters or ``*args``), the pair ``(positional list, keyword dict)``. Its classic
 ``args`` column holds the runner command, ``python -m balsam.launcher.pyfunc_task``, so every
 launcher path starts it like any command; serial mode hands it to a warm Python worker instead.
 The runner loads the arguments, calls ``run()`` in the job's working directory with ``self.job``
@@ -24,9 +26,9 @@ import shlex
 import socket
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
@@ -40,6 +42,10 @@ workers recognise this command and run the task in a process that is already up)
 def runner_command(python: str = sys.executable) -> str:
     """The command line stored as a function job's ``args``."""
     return f"{shlex.quote(python)} -m {RUNNER_MODULE}"
+
+
+Arguments = Union[dict[str, Any], tuple[list[Any], dict[str, Any]]]
+"""A stored payload: keyword arguments, or (positional, keyword) arguments."""
 
 
 class SerializationError(BalsamError):
@@ -73,19 +79,33 @@ def json_view(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
-def serialized_arguments(app_name: str, kwargs: Mapping[str, Any]) -> bytes:
-    """``kwargs`` serialized (:class:`SerializationError` naming the parameter that is not)."""
+def serialized_arguments(app_name: str, kwargs: Mapping[str, Any],
+                         args: Sequence[Any] = ()) -> bytes:
+    """The payload of ``run(*args, **kwargs)``: ``kwargs`` alone when there are no positional
+    values (the form every earlier job has), else ``(list(args), kwargs)``
+    (:class:`SerializationError` naming the argument that cannot be serialized)."""
+    payload: Arguments = (list(args), dict(kwargs)) if args else dict(kwargs)
     try:
-        return serialize(dict(kwargs))
+        return serialize(payload)
     except Exception:  # noqa: BLE001 - find which argument, for the message
-        for name, value in kwargs.items():
+        named = [(f"positional argument {i + 1}", v) for i, v in enumerate(args)]
+        named += [(f"parameter {name!r}", v) for name, v in kwargs.items()]
+        for what, value in named:
             try:
                 serialize(value)
             except Exception as exc:  # noqa: BLE001 - cloudpickle raises many kinds
-                raise SerializationError(f"parameter {name!r} of app {app_name} cannot be "
-                                         f"serialized with cloudpickle: {type(exc).__name__}: "
-                                         f"{exc}")
+                raise SerializationError(f"{what} of app {app_name} cannot be serialized with "
+                                         f"cloudpickle: {type(exc).__name__}: {exc}")
         raise
+
+
+def split_arguments(payload: Arguments) -> tuple[list[Any], dict[str, Any]]:
+    """(positional, keyword) arguments of a stored payload (either form of
+    :func:`serialized_arguments`)."""
+    if isinstance(payload, tuple):
+        args, kwargs = payload
+        return list(args), dict(kwargs)
+    return [], dict(payload)
 
 
 # ---- the outcome --------------------------------------------------------------------------
@@ -118,12 +138,14 @@ class Outcome:
     worker: str = ""
 
 
-def call(cls: type, job: Any, kwargs: Mapping[str, Any]) -> Outcome:
-    """Run ``cls(job).run(**kwargs)`` and capture its outcome (never raises for the task's own
+def call(cls: type, job: Any, arguments: Arguments) -> Outcome:
+    """Run ``cls(job).run(*args, **kwargs)`` with the stored ``arguments`` (a payload:
+    :func:`split_arguments`) and capture its outcome (never raises for the task's own
     exceptions; a return value that cannot be serialized is a failure saying so)."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        value = cls(job).run(**kwargs)
+        args, kwargs = split_arguments(arguments)
+        value = cls(job).run(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt in run() too
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return Outcome(True, _exception_bytes(exc), text, worker)
@@ -179,22 +201,52 @@ def run_signature(cls: type) -> inspect.Signature:
     return inspect.Signature(params[1:])
 
 
-def bind_arguments(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` checked against ``run()``'s signature and completed with its defaults;
-    ValueError naming what does not fit."""
+@dataclass
+class BoundCall:
+    """``run()``'s arguments for one job, checked against its signature."""
+
+    args: list[Any]
+    """Positional values: those of positional-only parameters (and, when ``*args`` gets
+    values, of every parameter before it), then ``*args``'s; empty when every value can be
+    passed by name."""
+    kwargs: dict[str, Any]
+    """Every other value by name (defaults applied; ``**kwargs``'s entries flattened)."""
+    named: dict[str, Any]
+    """Every value by parameter name, ``*args``'s as a list under its name: what the job's
+    ``parameters`` column shows."""
+
+
+def bind_arguments(cls: type, given: Mapping[str, Any], args: Sequence[Any] = ()) -> BoundCall:
+    """``args`` and ``given`` checked against ``run()``'s signature and completed with its
+    defaults; ValueError naming what does not fit. A value given by position for a parameter
+    that has a name is stored by name (as 0.7 stores ``parameters``); only positional-only
+    parameters and ``*args`` keep positions."""
     sig = run_signature(cls)
     try:
-        bound = sig.bind(**given)
+        bound = sig.bind(*args, **given)
     except TypeError as exc:
         raise ValueError(f"{exc} (run{sig})")
     bound.apply_defaults()
-    values = dict(bound.arguments)
-    for p in sig.parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            values.update(values.pop(p.name, {}))
-        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-            values.pop(p.name, None)
-    return values
+    call = BoundCall([], {}, {})
+    params = list(sig.parameters.values())
+    # Values for *args can only follow every parameter before it given by position.
+    by_position = any(p.kind is p.VAR_POSITIONAL and bound.arguments.get(p.name) for p in params)
+    for p in params:
+        value = bound.arguments.get(p.name)
+        if p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and by_position):
+            call.args.append(value)
+            call.named[p.name] = value
+        elif p.kind is p.VAR_POSITIONAL:
+            call.args.extend(value or ())
+            if value:
+                call.named[p.name] = list(value)
+        elif p.kind is p.VAR_KEYWORD:
+            call.kwargs.update(value or {})
+            call.named.update(value or {})
+        else:
+            call.kwargs[p.name] = value
+            call.named[p.name] = value
+    return call
 
 
 # ---- the payload table (any DB-API cursor) ------------------------------------------------
@@ -220,8 +272,9 @@ TASK_QUERY = (f"SELECT j.application, j.tags, j.data, j.parameters, p.args "
               f"WHERE j.job_id = %s")
 
 
-def load_task(cursor: Cursor, job_id: str, workdir: str) -> tuple[TaskJob, Optional[dict[str, Any]]]:
-    """The job bound as ``self.job`` and its ``run()`` arguments (None: no payload row)."""
+def load_task(cursor: Cursor, job_id: str, workdir: str) -> tuple[TaskJob, Optional[Arguments]]:
+    """The job bound as ``self.job`` and its stored ``run()`` arguments (the payload of
+    :func:`serialized_arguments`; None: no payload row)."""
     cursor.execute(TASK_QUERY, [job_id])
     found = cursor.fetchone()
     if found is None:

@@ -4,7 +4,9 @@ Registering a site app writes (or refreshes) the row named ``module.Class`` with
 parameters (JSON text), the SHA-256 of its source file, an empty ``executable`` (each job stores
 its whole rendered command in ``args``), and as ``preprocess`` / ``postprocess`` the hook runner
 command when the class overrides a hook that step runs -- so the classic processing steps run
-the hooks, and a job whose app has no hooks moves through them without any subprocess. A
+the hooks, and a job whose app has no hooks moves through them without any subprocess. An app
+with ``cleanup_files`` and no postprocess-step hook gets the stdlib-only cleanup script
+(:mod:`balsam.processing.cleanup`) as ``postprocess`` instead of the hook runner. A
 non-empty ``shell_preamble`` is written to ``<site>/apps/.preamble/<name>.sh`` and becomes the
 row's ``envscript``, sourced before the command (and before the hooks).
 
@@ -15,6 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
+from collections.abc import Sequence
 
 from balsam.core import schema
 from balsam.db.dbapi import Cursor
@@ -23,6 +28,7 @@ from balsam.site.app import AppDefinitionError
 from balsam.site.loader import LoadedApp, apps_dir
 
 PREAMBLE_DIR = ".preamble"
+CLEANUP_MODULE = "balsam.processing.cleanup"
 POSTPROCESS_HOOKS = ("postprocess", "handle_error", "handle_timeout")
 
 
@@ -64,7 +70,7 @@ def app_row(site_path: str, app: LoadedApp, runner: str) -> dict[str, str]:
     step name is appended)."""
     cls = app.cls
     pre = cls.overrides("preprocess")
-    post = any(cls.overrides(h) for h in POSTPROCESS_HOOKS) or bool(cls.cleanup_files)
+    post = any(cls.overrides(h) for h in POSTPROCESS_HOOKS)
     params = {p.name: (None if p.required else p.default) for p in cls.parameter_spec().values()}
     return {
         "name": app.name,
@@ -72,10 +78,18 @@ def app_row(site_path: str, app: LoadedApp, runner: str) -> dict[str, str]:
         "executable": "",
         "preprocess": f"{runner} preprocess" if pre else "",
         "envscript": _write_preamble(site_path, app),
-        "postprocess": f"{runner} postprocess" if post else "",
+        "postprocess": (f"{runner} postprocess" if post
+                        else cleanup_command(cls.cleanup_files) if cls.cleanup_files else ""),
         "parameters": json.dumps(params, sort_keys=True, default=str),
         "source_hash": app.source_hash,
     }
+
+
+def cleanup_command(patterns: Sequence[str], python: str = sys.executable) -> str:
+    """The postprocess script of an app with ``cleanup_files`` and no postprocess-step hook:
+    :mod:`balsam.processing.cleanup`, which imports only the standard library."""
+    return " ".join([shlex.quote(python), "-m", CLEANUP_MODULE]
+                    + [shlex.quote(p) for p in patterns])
 
 
 def _description(app: LoadedApp) -> str:
