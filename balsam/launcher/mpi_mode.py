@@ -264,7 +264,11 @@ class MPIMode:
             timeout = min(timeout, POLL_SECONDS)
         if self.ctx.wakeup_fd is not None:
             fds.append(self.ctx.wakeup_fd)
-        if self.flight is not None and self.flight.busy:  # the connection is the thread's
+        if self.flight is not None and self.flight.busy:
+            # The connection is the thread's and due timers wait for its landing, which wakes
+            # this wait (a due timer must not make it spin meanwhile).
+            if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
+                timeout = SHUTDOWN_FLUSH_SECONDS
             select.select(fds + [self.flight.fd], [], [], timeout)
         elif self.ctx.db.wait(timeout, fds):
             self.want_claim = True
