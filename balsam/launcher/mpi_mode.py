@@ -34,15 +34,17 @@ iteration:
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
 a node would idle for it at every start. So while the recent runs are short (an average under
 :data:`READY_AHEAD_MAX_RUN_SECONDS`), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per
-node are recorded RUNNING before a node is free ("launcher session N, ready ahead of a free
-node") and start the moment one frees. Such a job shows RUNNING for at most about one short run
-before its process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT
+node (:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher
+session N, ready ahead of a free node"), refilled when half are left, and start the moment one
+frees. Such a job shows RUNNING for about one short run (at most that many launches) before its
+process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT
 (retried, like a launcher dying between a commit and its launch); if it stops (signal, time
 limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; a user
 killing it drops it. With long runs nothing is ready ahead: a commit is nothing beside them.
 
 At steady state that is at most one statement per task start (and end), fewer when ends
-arrive during a commit, plus a processing pass a second, the kill check and the heartbeat.
+arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
+check and the heartbeat.
 
 Stopping (signal, time limit, idle exit) terminates running tasks' process groups (SIGTERM,
 grace, SIGKILL), records them RUN_TIMEOUT and flushes; :mod:`balsam.launcher.main` then closes
@@ -85,7 +87,11 @@ READY_AHEAD_MAX_RUN_SECONDS = 1.0
 """Jobs are recorded RUNNING ahead of a free node only while runs last less than this on
 average (then a commit before each start would idle nodes; longer runs do not notice it)."""
 READY_AHEAD_PER_NODE = 2
-"""Single-node jobs recorded RUNNING ahead of a free node, per node of the allocation."""
+"""Single-node jobs recorded RUNNING ahead of a free node, per node of the allocation (refilled
+when half are left, so that a commit records several)..."""
+READY_AHEAD_MAX = 32
+"""...and at most this many in all: enough to cover the starts of one commit's time, and a job
+waits for at most this many launches (a large allocation does not show thousands RUNNING)."""
 RUN_SECONDS_WEIGHT = 0.2
 """Weight of the latest run in the running average of run durations."""
 NOT_STARTED = " (before its start: it did not run)"
@@ -123,18 +129,24 @@ class _Flight:
             request = self._requests.get()
             if request is None:
                 return
-            fn, args = request
-            try:
-                self._result = (fn(*args), None)
-            except BaseException as exc:  # noqa: BLE001 - raised again in the loop by land()
-                self._result = (None, exc)
-            os.write(self._done_fd, b"x")
+            self._call(*request)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the thread (nothing may be in flight)."""
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._result = (fn(*args), None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the loop by land()
+            self._result = (None, exc)
+        os.write(self._done_fd, b"x")
+
+    def submit(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> None:
+        """Run ``fn(*args)`` on the thread (nothing may be in flight); ``inline``: here and
+        now (nothing to overlap it with: two thread switches saved)."""
         assert not self.busy
         self.busy = True
-        self._requests.put((fn, args))
+        if inline:
+            self._call(fn, args)
+        else:
+            self._requests.put((fn, args))
 
     def done(self) -> bool:
         """Whether the transaction in flight has finished (its result can land at once)."""
@@ -355,7 +367,8 @@ class MPIMode:
             batch.done) | set(batch.errors) | set(batch.timeouts) | set(batch.release)
         assert self.flight is not None
         self.flight.submit(ctx.db.try_run, self._transaction, batch, process, kill, reconcile,
-                           known, starts, unfit, want if claim else 0, max(1, free), idle, slots)
+                           known, starts, unfit, want if claim else 0, max(1, free), idle, slots,
+                           inline=not self.runs)
         self.landing = (now, batch, process, kill, reconcile, claim, want, starts, unfit, free)
         return True
 
@@ -403,13 +416,16 @@ class MPIMode:
         """How many jobs to keep ready ahead of a free node (see the module docstring)."""
         if self.run_seconds is None or self.run_seconds >= READY_AHEAD_MAX_RUN_SECONDS:
             return 0
-        return READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes
+        return min(READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes, READY_AHEAD_MAX)
 
     def _ahead(self, starts: list[tuple[TaskSpec, list[int]]], unfit: list[TaskSpec],
                slots: int) -> list[tuple[TaskSpec, list[int]]]:
         """Queued single-node jobs to record RUNNING ahead of a free node, in claim order;
         jobs shown RUNNING stay within ``max_concurrent_runs`` (``slots`` left of it)."""
-        count = min(self._ahead_target() - len(self.ready), slots) - len(starts)
+        target = self._ahead_target()
+        if len(self.ready) > target // 2:  # refilled in batches: fewer, larger commits
+            return []
+        count = min(target - len(self.ready), slots) - len(starts)
         if count <= 0:
             return []
         taken = {s.job_id for s, _ in starts} | {s.job_id for s in unfit}
