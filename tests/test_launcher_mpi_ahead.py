@@ -76,3 +76,24 @@ def test_jobs_ready_ahead_when_stopped_are_timed_out_unrun_and_every_run_is_reco
         assert started(markers, job_id) == len(runs) - (job_id in unrun), (job_id, runs)
         with open(os.path.join(markers, job_id)) as fh:
             assert fh.read().split()[-1] == str(len(runs))
+
+
+def test_killing_every_job_mid_run_leaves_no_run_unrecorded_and_no_job_held(db, cursor):
+    from balsam.core import lifecycle
+
+    ids, markers = short_jobs(cursor, 60)
+    with settings(db, local_nodes=2, mpi="direct", launcher=QUICK), launchers() as start:
+        launcher = start(*MPI)
+        wait_for(lambda: sum(started(markers, j) for j in ids) >= 12, 60, "a dozen runs")
+        lifecycle.kill(cursor, ids)  # running, ready ahead, queued and unclaimed jobs alike
+        assert launcher.wait(60) == 0
+    cursor.execute(f"SELECT state, count(*) FROM {schema.JOB_TABLE} GROUP BY state")
+    assert set(dict(cursor.fetchall())) <= {"JOB_FINISHED", "USER_KILLED"}
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL")
+    assert cursor.fetchone()[0] == 0
+    ahead = 0
+    for job_id in ids:  # a run never happens without its RUNNING, nor twice for one
+        runs = running_events(cursor, job_id)
+        assert started(markers, job_id) <= len(runs) <= 1, (job_id, runs)
+        ahead += any("ready ahead" in m for m in runs)
+    assert ahead  # jobs were ready ahead during the run

@@ -39,8 +39,9 @@ session N, ready ahead of a free node"), refilled when half are left, and start 
 frees. Such a job shows RUNNING for about one short run (at most that many launches) before its
 process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT
 (retried, like a launcher dying between a commit and its launch); if it stops (signal, time
-limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; a user
-killing it drops it. With long runs nothing is ready ahead: a commit is nothing beside them.
+limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; one a
+user kills is dropped at the next kill check, or, if a node freed first, started and stopped
+like any running job. With long runs nothing is ready ahead: a commit is nothing beside them.
 
 At steady state that is at most one statement per task start (and end), fewer when ends
 arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
