@@ -111,6 +111,15 @@ class Run:
     stopped: bool = False
 
 
+def _readable(fds: list[int], timeout: float) -> bool:
+    """Wait until one of ``fds`` is readable (True) or ``timeout`` seconds pass (poll(2): no
+    FD_SETSIZE limit on the pidfds of a thousand tasks)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+
+
 class _Flight:
     """Runs the loop's transactions on one helper thread, one at a time; ``fd`` is readable
     when the one in flight is done. While :attr:`busy`, the database connection belongs to
@@ -151,7 +160,7 @@ class _Flight:
 
     def done(self) -> bool:
         """Whether the transaction in flight has finished (its result can land at once)."""
-        return self.busy and bool(select.select([self.fd], [], [], 0)[0])
+        return self.busy and _readable([self.fd], 0.0)
 
     def land(self) -> Any:
         """Wait for the transaction in flight; its result, or raise what it raised."""
@@ -282,7 +291,7 @@ class MPIMode:
             # this wait (a due timer must not make it spin meanwhile).
             if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
                 timeout = SHUTDOWN_FLUSH_SECONDS
-            select.select(fds + [self.flight.fd], [], [], timeout)
+            _readable(fds + [self.flight.fd], timeout)
         elif self.ctx.db.wait(timeout, fds):
             self.want_claim = True
             self.want_process = self.ctx.processing
