@@ -33,12 +33,13 @@ iteration:
 **Ready ahead.** RUNNING is always committed before a task starts (so a launcher that dies
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
 a node would idle for it at every start. So while the recent runs are short (an average under
-:data:`READY_AHEAD_MAX_RUN_SECONDS`), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per
-node (:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher
-session N, ready ahead of a free node"), refilled when half are left, and start the moment one
-frees. Such a job shows RUNNING for about one short run (at most that many launches) before its
-process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT
-(retried, like a launcher dying between a commit and its launch); if it stops (signal, time
+:data:`READY_AHEAD_MAX_RUN_SECONDS`) and no multi-node job waits in the queue (it needs
+nodes idle at once), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per node
+(:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher session
+N, ready ahead of a free node"), refilled when half are left, and start the moment one frees.
+Such a job shows RUNNING for about one short run (at most that many launches) before its
+process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT (retried,
+like a launcher dying between a commit and its launch); if it stops (signal, time
 limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; one a
 user kills is dropped at the next kill check, or, if a node freed first, started and stopped
 like any running job. With long runs nothing is ready ahead: a commit is nothing beside them.
@@ -439,8 +440,10 @@ class MPIMode:
         if count <= 0:
             return []
         taken = {s.job_id for s, _ in starts} | {s.job_id for s in unfit}
-        ahead: list[tuple[TaskSpec, list[int]]] = [
-            (s, []) for s in self.queue if s.num_nodes == 1 and s.job_id not in taken]
+        waiting = [s for s in self.queue if s.job_id not in taken]
+        if any(s.num_nodes > 1 for s in waiting):  # it needs nodes idle at once: no one
+            return []                                # may grab each node as it frees
+        ahead: list[tuple[TaskSpec, list[int]]] = [(s, []) for s in waiting]
         return ahead[:count]
 
     def _launch_ready(self) -> None:
