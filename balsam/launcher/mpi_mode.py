@@ -9,20 +9,44 @@ iteration:
    a task a user killed -> its claim is dropped, the job stays USER_KILLED; a task the
    launcher stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE)
    and free their nodes;
-2. one transaction, only when there is something to do, whose routine part is ONE statement
-   (:func:`leases.cycle`): the ends just reaped, RUNNING for the queued jobs that fit the idle
-   nodes now (largest first; recorded before their launch), and a claim topping the queue up.
+2. start ready jobs (already recorded RUNNING, see below) on the idle nodes: no database
+   round trip between a node freeing and its next launch;
+3. one transaction, only when there is something to do and none is in flight, whose routine
+   part is ONE statement (:func:`leases.cycle`): the ends just reaped, RUNNING for the queued
+   jobs that fit the idle nodes now (largest first; recorded before their launch) and for
+   single-node jobs *ready ahead* (below), and a claim topping the queue up.
    Besides, when due: the processing pass (:func:`transitions.advance`; every 0.1 s while it
    makes jobs runnable, else every second while tasks run), which running or queued jobs a
    user killed, releasing claims that will not run (killed, changed, or too long for the
-   time left), and moving jobs no task can be built for to FAILED;
-3. start the jobs marked RUNNING (``mpiexec``-style argv from the configured flavour, wrapped
-   to source the app's envscript; output to ``<workdir>/<name>.out``);
-4. wait for a task to exit (pidfds), a notification from another session (a job became
-   runnable, a user killed a job), or the next timer -- never a fixed sleep.
+   time left), and moving jobs no task can be built for to FAILED. While tasks run, the
+   transaction runs on a helper thread (the database connection is its own until the result
+   lands): tasks end and ready jobs start while it commits, and the ends that arrive meanwhile
+   share the next commit (group commit). An idle launcher waits for it (claim and start in one
+   transaction, as before);
+4. when its result lands, start the jobs it marked RUNNING (``mpiexec``-style argv from the
+   configured flavour, wrapped to source the app's envscript; output to
+   ``<workdir>/<name>.out``);
+5. wait for a task to exit (pidfds), the transaction to land, a notification from another
+   session (a job became runnable, a user killed a job), or the next timer -- never a fixed
+   sleep.
 
-At steady state that is one statement per task start (and end), plus a processing pass a
-second, the kill check and the heartbeat.
+**Ready ahead.** RUNNING is always committed before a task starts (so a launcher that dies
+never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
+a node would idle for it at every start. So while the recent runs are short (an average under
+:data:`READY_AHEAD_MAX_RUN_SECONDS`) and no multi-node job waits in the queue (it needs
+nodes idle at once), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per node
+(:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher session
+N, ready ahead of a free node"), refilled when half are left, and start the moment one frees.
+Such a job shows RUNNING for about one short run (at most that many launches) before its
+process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT (retried,
+like a launcher dying between a commit and its launch); if it stops (signal, time
+limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; one a
+user kills is dropped at the next kill check, or, if a node freed first, started and stopped
+like any running job. With long runs nothing is ready ahead: a commit is nothing beside them.
+
+At steady state that is at most one statement per task start (and end), fewer when ends
+arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
+check and the heartbeat.
 
 Stopping (signal, time limit, idle exit) terminates running tasks' process groups (SIGTERM,
 grace, SIGKILL), records them RUN_TIMEOUT and flushes; :mod:`balsam.launcher.main` then closes
@@ -31,10 +55,13 @@ the session, releasing every claim.
 from __future__ import annotations
 
 import os
+import queue
+import select
 import signal
+import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX
@@ -59,6 +86,19 @@ in serial mode): recording JOB_FINISHED can wait, a DAG's next level comes at th
 POLL_SECONDS = 0.01
 """Task polling period where pidfds are not available."""
 SHUTDOWN_FLUSH_SECONDS = 5.0
+READY_AHEAD_MAX_RUN_SECONDS = 1.0
+"""Jobs are recorded RUNNING ahead of a free node only while runs last less than this on
+average (then a commit before each start would idle nodes; longer runs do not notice it)."""
+READY_AHEAD_PER_NODE = 2
+"""Single-node jobs recorded RUNNING ahead of a free node, per node of the allocation (refilled
+when half are left, so that a commit records several)..."""
+READY_AHEAD_MAX = 32
+"""...and at most this many in all: enough to cover the starts of one commit's time, and a job
+waits for at most this many launches (a large allocation does not show thousands RUNNING)."""
+RUN_SECONDS_WEIGHT = 0.2
+"""Weight of the latest run in the running average of run durations."""
+NOT_STARTED = " (before its start: it did not run)"
+"""Appended to the stop message of a job ready ahead that the stop kept from starting."""
 
 
 @dataclass
@@ -71,6 +111,79 @@ class Run:
     pidfd: Optional[int]
     killed: bool = False
     stopped: bool = False
+
+
+def _readable(fds: list[int], timeout: float) -> bool:
+    """Wait until one of ``fds`` is readable (True) or ``timeout`` seconds pass (poll(2): no
+    FD_SETSIZE limit on the pidfds of a thousand tasks)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+
+
+class _Flight:
+    """Runs the loop's transactions on one helper thread, one at a time; ``fd`` is readable
+    when the one in flight is done. While :attr:`busy`, the database connection belongs to
+    the thread: the loop must not use it."""
+
+    def __init__(self) -> None:
+        self.fd, self._done_fd = os.pipe()
+        self.busy = False
+        self._requests: queue.SimpleQueue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]]
+        self._requests = queue.SimpleQueue()
+        self._result: tuple[Any, Optional[BaseException]] = (None, None)
+        self._thread = threading.Thread(target=self._serve, name="balsam-mpi-cycle", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            self._call(*request)
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._result = (fn(*args), None)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the loop by land()
+            self._result = (None, exc)
+        os.write(self._done_fd, b"x")
+
+    def submit(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> None:
+        """Run ``fn(*args)`` on the thread (nothing may be in flight); ``inline``: here and
+        now (nothing to overlap it with: two thread switches saved)."""
+        assert not self.busy
+        self.busy = True
+        if inline:
+            self._call(fn, args)
+        else:
+            self._requests.put((fn, args))
+
+    def done(self) -> bool:
+        """Whether the transaction in flight has finished (its result can land at once)."""
+        return self.busy and _readable([self.fd], 0.0)
+
+    def land(self) -> Any:
+        """Wait for the transaction in flight; its result, or raise what it raised."""
+        os.read(self.fd, 1)
+        self.busy = False
+        (result, exc), self._result = self._result, (None, None)
+        if exc is not None:
+            raise exc
+        return result
+
+    def close(self) -> None:
+        """Stop the thread (after landing what is in flight) and close the pipe."""
+        if self.busy:
+            try:
+                self.land()
+            except BaseException:  # noqa: BLE001 - closing: the caller already failed or stopped
+                pass
+        self._requests.put(None)
+        self._thread.join()
+        os.close(self.fd)
+        os.close(self._done_fd)
 
 
 class MPIMode:
@@ -89,6 +202,15 @@ class MPIMode:
         self.runs: dict[str, Run] = {}
         self.queue: list[TaskSpec] = []
         """Claimed (held, not RUNNING) jobs, in claim order: started when nodes free up."""
+        self.ready: list[tuple[TaskSpec, list[int]]] = []
+        """Jobs recorded RUNNING, not started yet: on the nodes given, or ([]) the first free."""
+        self.run_seconds: Optional[float] = None
+        """Running average of the durations of the runs reaped so far."""
+        self.flight: Optional[_Flight] = None
+        self.landing: Optional[tuple[Any, ...]] = None
+        """What the transaction in flight was asked to do (see :meth:`_land`)."""
+        self.again = False
+        """The last transaction claimed jobs with nodes still idle: cycle again at once."""
         self.want_claim = True
         self.want_process = ctx.processing
         now = time.monotonic()
@@ -105,23 +227,37 @@ class MPIMode:
         """Run until stopped or idle; 0, or 1 if the session was lost."""
         ctx = self.ctx
         ctx.db.listen()
+        flight = self.flight = _Flight()
         try:
             while not ctx.should_stop():
-                self.house.beat()
                 self._reap()
-                while self._cycle():  # claimed jobs that can start now: start them at once
-                    pass
-                if not self.runs and not self.queue:
-                    if not self.status.pending and self.house.idle_exit(self._outstanding):
+                if flight.done():
+                    self._land()
+                self._launch_ready()
+                if not flight.busy:  # (after landing: a busy launcher has one in flight often)
+                    self.house.beat()
+                while not flight.busy and self._cycle():
+                    if self.runs:  # tasks run: it commits while they do, lands when done
                         break
-                else:
+                    again = self._land()  # idle: claim and start in one go, as soon as can be
+                    self._launch_ready()
+                    if not again:
+                        break
+                if self.runs or self.queue or self.ready:
                     self.house.busy()
+                elif (not flight.busy and not self.status.pending
+                      and self.house.idle_exit(self._outstanding)):
+                    break
                 self._wait()
+            if flight.busy:
+                self._land()
         except SessionLost as exc:
             ctx.log.error(str(exc))
             ctx.exit_reason = "session lost"
             self._abandon()
             return 1
+        finally:
+            flight.close()
         self._shutdown()
         return 0
 
@@ -146,13 +282,19 @@ class MPIMode:
             timers.append(self.next_process)
         if self.ctx.stop_at is not None:
             timers.append(self.ctx.stop_at)
-        timeout = max(0.0, min(timers) - now)
+        timeout = max(0.0, min(timers) - now) if not self.again else 0.0
         fds = [r.pidfd for r in self.runs.values() if r.pidfd is not None]
         if len(fds) < len(self.runs):
             timeout = min(timeout, POLL_SECONDS)
         if self.ctx.wakeup_fd is not None:
             fds.append(self.ctx.wakeup_fd)
-        if self.ctx.db.wait(timeout, fds):
+        if self.flight is not None and self.flight.busy:
+            # The connection is the thread's and due timers wait for its landing, which wakes
+            # this wait (a due timer must not make it spin meanwhile).
+            if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
+                timeout = SHUTDOWN_FLUSH_SECONDS
+            _readable(fds + [self.flight.fd], timeout)
+        elif self.ctx.db.wait(timeout, fds):
             self.want_claim = True
             self.want_process = self.ctx.processing
 
@@ -164,6 +306,9 @@ class MPIMode:
             if rc is None:
                 continue
             self._free(job_id, run)
+            took = time.time() - run.task.started
+            self.run_seconds = took if self.run_seconds is None else (
+                RUN_SECONDS_WEIGHT * took + (1 - RUN_SECONDS_WEIGHT) * self.run_seconds)
             if run.killed:
                 self.status.release(job_id)
                 self.ctx.log.info(f"job {job_id[:8]} killed by a user: stopped (exit code {rc})")
@@ -196,24 +341,27 @@ class MPIMode:
 
     # ---- the one transaction per iteration --------------------------------------------------
     def _cycle(self) -> bool:
-        """One transaction if there is something to do; True if it claimed jobs that could
-        start now (the next cycle starts them)."""
+        """Submit one transaction if there is something to do (nothing may be in flight);
+        whether it did. :meth:`_land` takes its result."""
         ctx, t = self.ctx, self.ctx.tunables
         now = time.monotonic()
+        self.again = False
         if now >= self.next_periodic:
             self.next_periodic = now + t.idle_wait_seconds
             self.want_claim = True
             self.want_process = ctx.processing
         idle = [i for i, j in enumerate(self.node_job) if j is None]
-        slots = t.max_concurrent_runs - len(self.runs)
+        slots = t.max_concurrent_runs - len(self.runs) - len(self.ready)
         stopping = ctx.should_stop()
         starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
+        if not stopping:
+            starts += self._ahead(starts, unfit, slots)
         free = len(idle) - sum(s.num_nodes for s, _ in starts)
-        want = min(t.claim_batch, ctx.alloc.num_nodes) - (len(self.queue) - len(starts) -
-                                                          len(unfit))
+        want = max(min(t.claim_batch, ctx.alloc.num_nodes), self._ahead_target()) - (
+            len(self.queue) - len(starts) - len(unfit))
         claim = self.want_claim and want > 0 and not stopping
         process = self.want_process and now >= self.next_process
-        kill = bool(self.runs or self.queue) and now >= self.next_kill_check
+        kill = bool(self.runs or self.queue or self.ready) and now >= self.next_kill_check
         if starts and (process or kill) and not self.deferred:
             # Tasks wait for this transaction to launch: the pass and the kill check come in
             # the next one, right after the launches (deferred once, never starved).
@@ -226,12 +374,26 @@ class MPIMode:
         if not (claim or process or kill or reconcile or write or starts or unfit):
             return False
         batch = self.status.take() if write else Batch()
-        known = set(self.runs) | {s.job_id for s in self.queue} | self.status.pending_ids() | set(
+        known = set(self.runs) | {s.job_id for s in self.queue} | {
+            s.job_id for s, _ in self.ready} | self.status.pending_ids() | set(
             batch.done) | set(batch.errors) | set(batch.timeouts) | set(batch.release)
+        assert self.flight is not None
+        self.flight.submit(ctx.db.try_run, self._transaction, batch, process, kill, reconcile,
+                           known, starts, unfit, want if claim else 0, max(1, free), idle, slots,
+                           inline=not self.runs)
+        self.landing = (now, batch, process, kill, reconcile, claim, want, starts, unfit, free)
+        return True
+
+    def _land(self) -> bool:
+        """Take the result of the transaction in flight (waiting for it): the jobs it marked
+        RUNNING become ready (started by :meth:`_launch_ready`), claims join the queue, kills
+        are acted on. True if it claimed jobs while nodes stay idle (cycle again at once)."""
+        ctx, t = self.ctx, self.ctx.tunables
+        assert self.flight is not None and self.landing is not None
+        now, batch, process, kill, reconcile, claim, want, starts, unfit, free = self.landing
+        self.landing = None
         try:
-            killed, started, claimed, runnable, more = ctx.db.try_run(
-                self._transaction, batch, process, kill, reconcile, known, starts, unfit,
-                want if claim else 0, max(1, free), idle, slots)
+            killed, started, claimed, runnable, more = self.flight.land()
         except DatabaseUnavailable as exc:
             self.status.restore(batch)
             if not self.db_down:
@@ -253,15 +415,55 @@ class MPIMode:
         self.queue = [s for s in self.queue + claimed if s.job_id not in gone]
         if claim:
             self.want_claim = len(claimed) >= want
-        for spec, nodes in starts + more:
-            if spec.job_id in started:
-                self._launch(spec, nodes)
+        self.ready += [(spec, nodes) for spec, nodes in starts + more if spec.job_id in started]
         if kill:
             self.next_kill_check = now + t.kill_check_seconds
             self._kill(killed)
         if runnable and not claim:
             self.want_claim = True
-        return bool(claimed) and free > len(more) and len(self.runs) < t.max_concurrent_runs
+        self.again = bool(claimed) and free > len(more) and len(self.runs) < t.max_concurrent_runs
+        return self.again
+
+    def _ahead_target(self) -> int:
+        """How many jobs to keep ready ahead of a free node (see the module docstring)."""
+        if self.run_seconds is None or self.run_seconds >= READY_AHEAD_MAX_RUN_SECONDS:
+            return 0
+        return min(READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes, READY_AHEAD_MAX)
+
+    def _ahead(self, starts: list[tuple[TaskSpec, list[int]]], unfit: list[TaskSpec],
+               slots: int) -> list[tuple[TaskSpec, list[int]]]:
+        """Queued single-node jobs to record RUNNING ahead of a free node, in claim order;
+        jobs shown RUNNING stay within ``max_concurrent_runs`` (``slots`` left of it)."""
+        target = self._ahead_target()
+        if len(self.ready) > target // 2:  # refilled in batches: fewer, larger commits
+            return []
+        count = min(target - len(self.ready), slots) - len(starts)
+        if count <= 0:
+            return []
+        taken = {s.job_id for s, _ in starts} | {s.job_id for s in unfit}
+        waiting = [s for s in self.queue if s.job_id not in taken]
+        if any(s.num_nodes > 1 for s in waiting):  # it needs nodes idle at once: no one
+            return []                                # may grab each node as it frees
+        ahead: list[tuple[TaskSpec, list[int]]] = [(s, []) for s in waiting]
+        return ahead[:count]
+
+    def _launch_ready(self) -> None:
+        """Start the jobs recorded RUNNING: on their own nodes if still idle, else (and jobs
+        ready ahead) on the first idle nodes where they fit, in order."""
+        if not self.ready:
+            return
+        rest = []
+        cap = self.ctx.tunables.max_concurrent_runs
+        idle = [i for i, j in enumerate(self.node_job) if j is None]
+        for spec, planned in self.ready:
+            free = set(idle)
+            nodes = planned if planned and free.issuperset(planned) else idle[:spec.num_nodes]
+            if len(nodes) == spec.num_nodes and len(self.runs) < cap:
+                self._launch(spec, nodes)
+                idle = [i for i in idle if self.node_job[i] is None]
+            else:
+                rest.append((spec, planned))
+        self.ready = rest
 
     def _pick(self, idle: list[int], slots: int, queue: Optional[list[TaskSpec]] = None
               ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
@@ -303,7 +505,8 @@ class MPIMode:
         for spec, nodes in starts:
             hosts = ",".join(ctx.alloc.hosts[i] for i in nodes)
             moves.append((spec.job_id, State.RUNNING,
-                          f"launcher session {ctx.session_id} on {hosts}"))
+                          f"launcher session {ctx.session_id} on {hosts}" if nodes else
+                          f"launcher session {ctx.session_id}, ready ahead of a free node"))
         rows: list[Row] = []
         started: set[str] = set()
         if moves or claim:
@@ -382,6 +585,8 @@ class MPIMode:
         queued = {s.job_id for s in self.queue} & set(killed)
         if queued:  # claimed, not started: drop them (the release gives up the hold)
             self.queue = [s for s in self.queue if s.job_id not in queued]
+        if self.ready:  # RUNNING, not started: likewise
+            self.ready = [(s, n) for s, n in self.ready if s.job_id not in killed]
         for job_id in killed:
             run = self.runs.get(job_id)
             if run is None:
@@ -408,6 +613,9 @@ class MPIMode:
 
     def _shutdown(self) -> None:
         ctx = self.ctx
+        for spec, _ in self.ready:
+            self.status.timeout(spec.job_id, STOP_MESSAGE_PREFIX + ctx.stop_reason + NOT_STARTED)
+        self.ready = []
         if self.runs:
             ctx.log.info(f"stopping {len(self.runs)} task(s): {ctx.stop_reason}")
             self._stop_all(ctx.grace(), 2.0)
