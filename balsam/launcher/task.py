@@ -21,6 +21,7 @@ from balsam.core.jobenv import (  # noqa: F401  (re-exported: launcher code uses
     task_environment,
     with_envscript,
 )
+from balsam.core.payloads import TaskRow
 from balsam.errors import BalsamError
 
 __all__ = ["LAUNCHER_ONLY_PREFIXES", "TaskSpec", "from_row", "job_variables", "task_environment",
@@ -45,6 +46,9 @@ class TaskSpec:
     node_packing_count: int = 1
     wall_time_minutes: int = 1
     mpi_flags: list[str] = field(default_factory=list)
+    pyfunc_row: Optional[TaskRow] = None
+    """A Python-function task's job fields and arguments, read with the claim in serial mode
+    (:meth:`balsam.launcher.job_source.JobSource.specs_in`) for a warm worker, or None."""
 
     @property
     def output_path(self) -> str:

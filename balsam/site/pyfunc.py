@@ -24,14 +24,14 @@ import shlex
 import socket
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from balsam.core.payloads import PAYLOAD_TABLE, OutcomeRow
 from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 
-PAYLOAD_TABLE = "core_jobpayload"
 RUNNER_MODULE = "balsam.launcher.pyfunc_task"
 """The module the launcher runs for a function task (``python -m``; serial mode's warm
 workers recognise this command and run the task in a process that is already up)."""
@@ -226,7 +226,15 @@ def load_task(cursor: Cursor, job_id: str, workdir: str) -> tuple[TaskJob, Optio
     found = cursor.fetchone()
     if found is None:
         raise BalsamError(f"job {job_id} does not exist")
-    app_name, tags, data, params, args = found
+    return task_from_row(job_id, workdir, found)
+
+
+def task_from_row(job_id: str, workdir: str, row: Sequence[Any]
+                  ) -> tuple[TaskJob, Optional[dict[str, Any]]]:
+    """What :func:`load_task` returns, from the job's (application, tags, data, parameters,
+    args) as :data:`TASK_QUERY` or :func:`balsam.core.payloads.inline_tasks` read them (JSON as
+    text or as values)."""
+    app_name, tags, data, params, args = row
     job = TaskJob(job_id, app_name, workdir, _json(params), _json(tags), _json(data))
     return job, (None if args is None else deserialize(args))
 
@@ -235,6 +243,16 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value)
     return dict(value or {})
+
+
+def inline_outcome(job_id: str, outcome: Outcome, max_bytes: int) -> Optional[OutcomeRow]:
+    """``outcome`` as the row the launcher's master writes in its status batch
+    (:func:`balsam.core.payloads.store_outcomes`), or None if it is to be written here (bigger
+    than ``max_bytes``, or text PostgreSQL would refuse: its error is the runner's to report)."""
+    if len(outcome.value) + len(outcome.traceback) > max_bytes \
+            or "\x00" in outcome.traceback or "\x00" in outcome.worker:
+        return None
+    return (job_id, outcome.failed, outcome.value, outcome.traceback, outcome.worker)
 
 
 def store_outcome(cursor: Cursor, job_id: str, outcome: Outcome) -> None:
