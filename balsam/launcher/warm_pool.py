@@ -193,17 +193,11 @@ class WarmPool:
         process could be started. ``row``: the task's job fields and arguments as the master
         read them (then the outcome comes back as :attr:`WarmTask.outcome`), or None (the warm
         process reads them and writes the outcome itself)."""
-        process = None
-        while self.idle:
-            candidate = self.idle.pop()
-            if candidate.alive():
-                process = candidate
-                break
-            self._drop(candidate)
+        wanted = tuple(cpus)
+        process = self._idle_process(wanted)
         if process is None:
             process = WarmProcess(self.env, self.cwd, self.python)
             self.started += 1
-        wanted = tuple(cpus)
         if process.cpus != wanted:
             try:
                 os.sched_setaffinity(process.pid, wanted)
@@ -220,6 +214,20 @@ class WarmPool:
         task = WarmTask(job_id, process, output_path)
         self.busy[job_id] = task
         return task
+
+    def _idle_process(self, cpus: tuple[int, ...]) -> Optional[WarmProcess]:
+        """A live idle process, preferably one already pinned to ``cpus`` (moving a process
+        to other cores costs a migration and a cold cache: with one process per core, each
+        keeps its core); dead ones found are dropped."""
+        for i, candidate in enumerate(self.idle):
+            if candidate.cpus == cpus and candidate.alive():
+                return self.idle.pop(i)
+        while self.idle:
+            candidate = self.idle.pop()
+            if candidate.alive():
+                return candidate
+            self._drop(candidate)
+        return None
 
     def finished(self, task: WarmTask, clean: bool) -> None:
         """``task`` was reaped: its process goes back to the pool if the task ended on its own
