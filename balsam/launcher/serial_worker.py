@@ -89,13 +89,12 @@ class Channel(Protocol):
 
 
 class _Running:
-    __slots__ = ("task", "fd", "why", "shape")
+    __slots__ = ("task", "fd", "why")
 
-    def __init__(self, task: procs.Task, fd: int, shape: tuple[int, int]) -> None:
+    def __init__(self, task: procs.Task, fd: int) -> None:
         self.task = task
         self.fd = fd
         self.why = ""  # "" running normally, "kill" (user kill), "stop" (launcher stopping)
-        self.shape = shape  # (node_packing_count, required_cores) of its work
 
 
 class Worker:
@@ -131,10 +130,6 @@ class Worker:
                              on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
         self._next_fd_check = 0.0
-        self._follow: dict[str, Work] = {}
-        """Work sent to a warm process behind the task it runs (by that task's job id)."""
-        self._kill_follow: set[str] = set()
-        """Job ids of such work a kill order named before it began."""
         self.started = 0
         """Tasks started so far."""
 
@@ -175,7 +170,6 @@ class Worker:
             spawn.forbid_inheritance()
             self._next_fd_check = time.monotonic() + FD_CHECK_SECONDS
         busy = self._start_fitting() or busy
-        busy = self._follow_on() or busy
         if self.stopping and not self.running and not self._drained_sent:
             self._drained_sent = True
             self._note("drained", True)
@@ -219,9 +213,6 @@ class Worker:
         if running is not None:
             running.why = running.why or "kill"
             running.task.terminate(self.kill_grace)
-            return
-        if any(w.job_id == job_id for w in self._follow.values()):
-            self._kill_follow.add(job_id)  # stopped once it begins (see _followed)
             return
         for work in self.queue:
             if work.job_id == job_id:
@@ -270,13 +261,10 @@ class Worker:
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
-        follow = self._follow.pop(job_id, None)
         if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
-            task_next = self.warm.finished(r.task, clean=not r.why)
+            self.warm.finished(r.task, clean=not r.why)
             if r.task.outcome is not None:  # before the end it goes with: same report
                 self._note_all("outcomes", [r.task.outcome])
-            if follow is not None:
-                self._followed(follow, task_next, r.task, r.why)
         elif self.watchdog is not None:  # sent with this iteration's next watchdog write
             self.watchdog.remove(r.task.pgid, defer=True)
         if r.why == "kill":
@@ -290,86 +278,6 @@ class Worker:
         else:
             self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
                                                               self.tail_lines))])
-
-    def _follow_on(self) -> bool:
-        """Short function tasks: send the next queued task to a warm process behind the task
-        it runs (at most one; :meth:`WarmPool.can_follow`), so that the process begins it
-        the moment it replies instead of after the worker's round trip. Only a warm task of
-        the same shape (packing, cores) as the running one, in queue order, on a node
-        without GPUs; not while stopping. The task counts as started when it begins."""
-        if not self.queue or self.stopping or self.node.gpus:
-            return False
-        sent = False
-        for job_id, r in self.running.items():
-            if not self.queue:
-                break
-            t = r.task
-            if not isinstance(t, WarmTask) or r.why or job_id in self._follow \
-                    or not self.warm.can_follow(t):
-                continue
-            work = self.queue[0]
-            if work.envscript is not None or not is_runner_argv(work.argv) \
-                    or (work.packing, work.required_cores) != r.shape:
-                break
-            try:
-                self.warm.follow(t, work.job_id, self._task_env(work, None),
-                                 os.path.join(self._home, work.workdir),
-                                 os.path.join(self._home, work.output_path), work.row)
-            except OSError:  # its process is going: the task starts the usual way
-                continue
-            self.queue.popleft()
-            self._follow[job_id] = work
-            sent = True
-        return sent
-
-    def _followed(self, work: Work, task_next: Optional[WarmTask], ended: WarmTask,
-                  why: str) -> None:
-        """The task ``work`` was sent behind ended: ``task_next`` is ``work`` running in the
-        same process (None: the process is gone; ``work`` had begun if the process replied
-        first, then it ended with it)."""
-        job_id = work.job_id
-        killed = job_id in self._kill_follow
-        self._kill_follow.discard(job_id)
-        if task_next is None:
-            if not ended.replied:  # never began
-                self._note_all("killed" if killed else "returned", [job_id])
-                return
-            self._note_all("started", [job_id])
-            self.started += 1
-            rc = ended.process.proc.poll()
-            rc = -signal.SIGKILL if rc is None or rc == 0 else rc
-            if killed:
-                self._note_all("killed", [job_id])
-            elif why:  # taken down with the task it followed (a stop or a kill)
-                self._note_all("stopped", [(job_id, rc)])
-            else:
-                self._note_all("failed", [(job_id, rc, procs.tail(
-                    os.path.join(self._home, work.output_path), self.tail_lines))])
-            return
-        placement = self.node.place(job_id, work.packing, work.required_cores)
-        if placement is not None and task_next.process.cpus != placement.cpus:
-            try:
-                os.sched_setaffinity(task_next.pid, placement.cpus)
-                task_next.process.cpus = placement.cpus
-            except (OSError, AttributeError):
-                pass
-        self._note_all("started", [job_id])
-        self.started += 1
-        running = _Running(task_next, task_next.fd, (work.packing, work.required_cores))
-        self.running[job_id] = running
-        self._by_fd[task_next.fd] = job_id
-        self._poller.register(task_next.fd, select.POLLIN)
-        if killed:
-            running.why = "kill"
-            task_next.terminate(self.kill_grace)
-
-    def _task_env(self, work: Work, placement: Optional[Placement]) -> dict[str, str]:
-        env = dict(self.base_env)
-        env.update(work.env)
-        if placement is not None and placement.gpu is not None:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
-        return env
 
     def _start_fitting(self) -> bool:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
@@ -401,7 +309,11 @@ class Worker:
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = self._task_env(work, placement)
+        env = dict(self.base_env)
+        env.update(work.env)
+        if placement.gpu is not None:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
                 work.job_id, task.with_envscript(work.argv, work.envscript), env,
@@ -423,7 +335,7 @@ class Worker:
             found = pidfd_open(t.pid)
             fd = -1 if found is None else found
         self.started += 1
-        self.running[work.job_id] = _Running(t, fd, (work.packing, work.required_cores))
+        self.running[work.job_id] = _Running(t, fd)
         if fd >= 0:
             self._by_fd[fd] = work.job_id
             self._poller.register(fd, select.POLLIN)

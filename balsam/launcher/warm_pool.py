@@ -45,10 +45,6 @@ that a serial worker rank does not import the site package, Jinja2 and cloudpick
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
-FOLLOW_ON_SECONDS = 0.05
-"""A task may be sent behind the one a warm process runs (:meth:`WarmPool.follow`) only while
-that one has run less than this and the process's previous task took less: short tasks, for
-which the worker's round trip between two tasks would be most of the time."""
 
 
 class Channel:
@@ -117,10 +113,6 @@ class WarmProcess:
         self.pid = self.proc.pid
         self.cpus: Optional[tuple[int, ...]] = None
         self.tasks = 0
-        self.last_seconds: Optional[float] = None
-        """How long its last task took, from the request to the reply being read."""
-        self.next: Optional[tuple[str, str]] = None
-        """(job id, output path) of the request sent behind the running task, if any."""
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -147,8 +139,6 @@ class WarmTask(procs.Task):
         self._returncode: Optional[int] = None
         self.outcome: Optional[OutcomeRow] = None
         """The task's outcome, when the warm process returned it for the master to write."""
-        self.replied = False
-        """The process replied (the task ended on its own; a follow-on has begun)."""
         self.fd = os.dup(process.conn.fileno())
 
     @property
@@ -167,8 +157,6 @@ class WarmTask(procs.Task):
             job_id, rc, outcome = conn.recv()
             if job_id == self.job_id:
                 self.process.tasks += 1
-                self.process.last_seconds = time.time() - self.started
-                self.replied = True
                 self._returncode = int(rc)
                 self.outcome = outcome
             return self._returncode
@@ -198,8 +186,6 @@ class WarmPool:
         self.busy: dict[str, WarmTask] = {}
         self.started = 0
         """Warm processes started so far."""
-        self.follow_ons = 0
-        """Requests sent behind a running task so far (:meth:`follow`)."""
 
     def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
               cpus: Sequence[int], row: Optional[TaskRow] = None) -> WarmTask:
@@ -243,46 +229,16 @@ class WarmPool:
             self._drop(candidate)
         return None
 
-    def can_follow(self, task: WarmTask) -> bool:
-        """Whether a request may be sent behind ``task`` now (see :data:`FOLLOW_ON_SECONDS`)."""
-        process = task.process
-        return (process.next is None and process.last_seconds is not None
-                and process.last_seconds < FOLLOW_ON_SECONDS and not process.conn.closed
-                and time.time() - task.started < FOLLOW_ON_SECONDS)
-
-    def follow(self, task: WarmTask, job_id: str, env: Mapping[str, str], workdir: str,
-               output_path: str, row: Optional[TaskRow] = None) -> None:
-        """Send the request of ``job_id`` to ``task``'s process now: it begins that task as soon
-        as it has replied for ``task``, without waiting for the worker (:meth:`finished` then
-        returns it). Registered with the watchdog now, as a start; OSError if it could not be
-        sent (nothing sent)."""
-        process = task.process
-        if self.on_task is not None:
-            self.on_task(process.pid, job_id)
-        process.conn.send((job_id, _delta(self.env, env), workdir, output_path, row))
-        process.next = (job_id, output_path)
-        self.follow_ons += 1
-
-    def finished(self, task: WarmTask, clean: bool) -> Optional[WarmTask]:
-        """``task`` was reaped. If a request was sent behind it (:meth:`follow`) and the process
-        replied, lives and the task ended on its own (``clean``), the process is running that
-        next task: it is returned, as a new :class:`WarmTask`. Otherwise the process goes back
-        to the pool if ``clean`` and it lives, or is dropped (a request sent behind ``task``
-        that the process may have begun dies with it)."""
+    def finished(self, task: WarmTask, clean: bool) -> None:
+        """``task`` was reaped: its process goes back to the pool if the task ended on its own
+        (``clean``) and the process lives; otherwise it is dropped."""
         self.busy.pop(task.job_id, None)
         process = task.process
-        lives = clean and task.returncode is not None and task.returncode >= 0 \
-            and process.alive() and not process.conn.closed
-        follow, process.next = process.next, None
-        if lives and follow is not None and task.replied:
-            task_next = WarmTask(follow[0], process, follow[1])
-            self.busy[task_next.job_id] = task_next
-            return task_next
-        if lives and follow is None:
+        if clean and task.returncode is not None and task.returncode >= 0 and process.alive() \
+                and not process.conn.closed:
             self.idle.append(process)
         else:
             self._drop(process)
-        return None
 
     def _drop(self, process: WarmProcess) -> None:
         process.close()
