@@ -10,8 +10,9 @@ bound to a :class:`TaskJob`, and writes the outcome to the same row: the cloudpi
 value, or the cloudpickled exception with its traceback text (``failed``), and which process ran
 it (``worker``: host:pid). (In serial mode a small task's row comes with the work order and its
 outcome goes back to the launcher's master, which writes it with the task's end:
-:mod:`balsam.core.payloads`, :func:`task_from_row`, :func:`inline_outcome`.) The task then exits 0 (RUN_DONE) or 1 (RUN_ERROR, the traceback in the
-output tail), so the usual state rules follow. The client reads the outcome back with
+:mod:`balsam.core.payloads`, :func:`task_from_row`, :func:`inline_outcome`.) The task then
+exits 0 (RUN_DONE) or 1 (RUN_ERROR, the traceback in the output tail), so the usual state rules
+follow. The client reads the outcome back with
 :func:`load_outcomes` and :func:`reraise`.
 
 Everything here is plain DB-API with ``%s`` parameters (psycopg2 cursors or Django's).
