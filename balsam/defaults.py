@@ -117,3 +117,9 @@ WAIT_LOAD_FACTOR = 5.0
 """``balsam wait`` spaces its counts at least this many times a count's own duration apart: a
 selection that takes 0.1 s to count (a million jobs, a substring filter) then costs the server
 at most a fifth of one core however busy the launchers are."""
+
+PYFUNC_INLINE_BYTES = 64 * 1024
+"""Serial mode sends a Python-function task's arguments (and each JSON column of its job) with
+the work order, and its outcome back through the worker rank to the master's status batch, when
+each is at most this many bytes (:mod:`balsam.core.payloads`); bigger ones go through the warm
+worker's own database connection rather than through every MPI message and batch."""

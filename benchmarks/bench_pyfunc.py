@@ -24,7 +24,12 @@ Each round:
   gathered, after one warm-up call (so the interpreter pool is up); ``end-to-end``: from
   ``parsl.load`` to the last result.
 
-Run: ``python benchmarks/bench_pyfunc.py [-n 1000] [--rounds 3] [--no-parsl]``.
+With ``--compare-with SRC`` every round also runs the launcher of another source tree (e.g. a
+``git archive`` of main: its directory first on ``PYTHONPATH``), in alternating order, and the
+medians of both sides are printed with their ratios: same-run before/after. The ``uptime`` load
+is printed before and after.
+
+Run: ``python benchmarks/bench_pyfunc.py [-n 1000] [--rounds 3] [--no-parsl] [--compare-with SRC]``.
 """
 from __future__ import annotations
 
@@ -78,14 +83,17 @@ def fill(db_path: str, count: int, packing: int) -> list[Any]:
     return Job.objects.bulk_create(jobs)
 
 
-def launcher_round(db_path: str, jobs: list[Any]) -> dict[str, float]:
+def launcher_round(db_path: str, jobs: list[Any], source: str = "") -> dict[str, float]:
+    """One launcher run over ``jobs``; ``source``: a source tree to run the launcher from."""
     from balsam.api import as_completed
     from balsam.db.connect import connect
 
     count = len(jobs)
+    env = dict(os.environ, PYTHONPATH=source) if source else None
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600)
+                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600,
+                          env=env)
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)
@@ -149,16 +157,28 @@ def parsl_round(count: int, cores: int) -> Optional[dict[str, float]]:
     return {"run": count / (t2 - t1), "e2e": (count + 1) / (t2 - t0)}
 
 
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="tasks (default 1000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
     parser.add_argument("--no-parsl", action="store_true", help="skip Parsl")
+    parser.add_argument("--compare-with", metavar="SRC", default="",
+                        help="also run, in every round, the launcher of this source tree "
+                             "(e.g. `git archive` of main): same-run before/after")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     print(machine_line())
+    print(f"# uptime before: {uptime()}")
     print(f"# {args.n} no-op Python-function tasks; {cores} workers each")
-    results: dict[str, list[dict[str, float]]] = {"launcher": [], "pool": [], "parsl": []}
+    sides = {"launcher": ""}
+    if args.compare_with:
+        sides = {"base": os.path.abspath(args.compare_with), "launcher": ""}
+    results: dict[str, list[dict[str, float]]] = {"pool": [], "parsl": []}
+    results.update((side, []) for side in sides)
     with throwaway_db() as db_path:
         settings(db_path)
         for r in range(1, args.rounds + 1):
@@ -167,31 +187,41 @@ def main() -> None:
                 got = parsl_round(args.n, cores)
                 if got is not None:
                     results["parsl"].append(got)
-            jobs = fill(db_path, args.n, cores)
-            results["launcher"].append(launcher_round(db_path, jobs))
+            order = list(sides) if r % 2 else list(reversed(sides))
+            for side in order:
+                jobs = fill(db_path, args.n, cores)
+                results[side].append(launcher_round(db_path, jobs, sides[side]))
             line = " | ".join(f"{k} {v[-1]['run']:6.0f} run, {v[-1]['e2e']:6.0f} e2e"
                               for k, v in results.items() if len(v) == r)
-            print(f"round {r} (tasks/s): {line}; launcher steady "
-                  f"{results['launcher'][-1]['steady']:.0f}, warm workers used: "
+            steady = ", ".join(f"{side} steady {results[side][-1]['steady']:.0f}"
+                               for side in sides)
+            print(f"round {r} (tasks/s): {line}; {steady}; warm workers used: "
                   f"{results['launcher'][-1]['workers']:.0f}")
+    print(f"# uptime after: {uptime()}")
     med = {k: (statistics.median(m["run"] for m in v), statistics.median(m["e2e"] for m in v))
            for k, v in results.items() if v}
-    for name, label in (("pool", "multiprocessing.Pool"), ("parsl", "Parsl HTEX"),
-                        ("launcher", "Balsam serial launcher")):
+    steady = {side: statistics.median(m["steady"] for m in results[side]) for side in sides}
+    labels = {"pool": "multiprocessing.Pool", "parsl": "Parsl HTEX",
+              "base": f"base ({args.compare_with})", "launcher": "Balsam serial launcher"}
+    for name, label in labels.items():
         if name in med:
-            print(f"{label:24s} median {med[name][0]:6.0f} tasks/s run, {med[name][1]:6.0f} "
-                  "tasks/s end-to-end")
-    launcher = med["launcher"]
-    steady = statistics.median(m["steady"] for m in results["launcher"])
-    print(f"{'':24s} median {steady:6.0f} tasks/s steady (10th-90th percentile of RUN_DONE)")
-    print(f"launcher / Pool:  run {launcher[0] / med['pool'][0]:.2f}, end-to-end "
-          f"{launcher[1] / med['pool'][1]:.2f}")
-    if "parsl" in med:
-        print(f"launcher / Parsl: run {launcher[0] / med['parsl'][0]:.2f}, steady "
-              f"{steady / med['parsl'][0]:.2f}, end-to-end {launcher[1] / med['parsl'][1]:.2f}"
-              "  (goal >= 1.5)")
-    else:
-        print("Parsl: not installed (pip install parsl) - not compared")
+            print(f"{label[:24]:24s} median {med[name][0]:6.0f} tasks/s run, {med[name][1]:6.0f} "
+                  "tasks/s end-to-end" + (f", {steady[name]:6.0f} steady (10th-90th "
+                                          "percentile of RUN_DONE)" if name in steady else ""))
+    for side in sides:
+        launcher = med[side]
+        print(f"{side} / Pool:  run {launcher[0] / med['pool'][0]:.2f}, end-to-end "
+              f"{launcher[1] / med['pool'][1]:.2f}")
+        if "parsl" in med:
+            print(f"{side} / Parsl: run {launcher[0] / med['parsl'][0]:.2f}, steady "
+                  f"{steady[side] / med['parsl'][0]:.2f}, end-to-end "
+                  f"{launcher[1] / med['parsl'][1]:.2f}  (goal >= 1.5)")
+        else:
+            print("Parsl: not installed (pip install parsl) - not compared")
+    if "base" in sides:
+        mine, base = med["launcher"], med["base"]
+        print(f"launcher / base: run {mine[0] / base[0]:.2f}, steady "
+              f"{steady['launcher'] / steady['base']:.2f}, end-to-end {mine[1] / base[1]:.2f}")
 
 
 if __name__ == "__main__":

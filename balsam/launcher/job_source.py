@@ -7,7 +7,9 @@ applications it has not seen yet (cached by name for the life of the launcher), 
 :class:`balsam.launcher.task.TaskSpec` per job. A job whose spec cannot be built (its
 application or envscript is missing, its command or ``mpi_flags`` cannot be split, its
 variables are malformed, or the mode's own ``check`` refuses it) is moved to FAILED with the
-reason, never started, and not returned.
+reason, never started, and not returned. In serial mode the specs of Python-function tasks
+also carry their job fields and arguments, read in the same transaction
+(:meth:`JobSource.attach_pyfunc_rows`), for the warm workers.
 
 Claimed jobs stay held (``session_id``) until they are started, released, or the session
 closes. Methods ending in ``_in`` work in the caller's transaction (a cursor from
@@ -19,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.core import leases, lifecycle, schema
+from balsam import defaults
+from balsam.core import leases, lifecycle, payloads, schema
 from balsam.core.states import State
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 from balsam.launcher import task
+from balsam.launcher.warm_pool import is_runner_argv
 from balsam.platform.allocation import Allocation
 
 Row = dict[str, Any]
@@ -116,7 +120,19 @@ class JobSource:
                 specs.append(spec)
         if failures:
             self.fail_in(cursor, failures)
+        if self.job_mode == "serial":
+            self.attach_pyfunc_rows(cursor, specs)
         return specs
+
+    def attach_pyfunc_rows(self, cursor: Cursor, specs: Sequence[task.TaskSpec]) -> None:
+        """Give each Python-function spec that a warm worker will run (the runner command, no
+        envscript) its job fields and arguments (``pyfunc_row``), one statement for all of
+        them; those over :data:`defaults.PYFUNC_INLINE_BYTES` are left to the warm worker."""
+        function_specs = {s.job_id: s for s in specs
+                          if s.envscript is None and is_runner_argv(s.app_argv)}
+        rows = payloads.inline_tasks(cursor, list(function_specs), defaults.PYFUNC_INLINE_BYTES)
+        for job_id, row in rows.items():
+            function_specs[job_id].pyfunc_row = row
 
     def build(self, row: Mapping[str, Any], parents: Sequence[str]) -> task.TaskSpec:
         """The spec of one claimed row; raises BalsamError/ValueError saying why it cannot."""

@@ -9,18 +9,24 @@ Two ways to run:
   MPI launcher with several ranks every rank runs the function; only rank 0 records the outcome.
 * ``python -m balsam.launcher.pyfunc_task --warm FD`` -- a *warm worker* of serial mode
   (:mod:`balsam.launcher.warm_pool`): started once per core, it imports Balsam and cloudpickle
-  once, then serves requests ``(job_id, environment changes, workdir, output_path)`` read from
-  the channel (:class:`balsam.launcher.warm_pool.Channel`) on descriptor FD, one at a time:
-  the job's environment set, the workdir made current, stdout and stderr sent to the output
-  file for the task's duration; it replies ``(job_id, exit status)``. It exits when the
-  channel closes.
+  once, then serves requests ``(job_id, environment changes, workdir, output_path, row)`` read
+  from the channel (:class:`balsam.launcher.warm_pool.Channel`) on descriptor FD, one at a
+  time: the job's environment set, the workdir made current, stdout and stderr sent to the
+  output file for the task's duration; it replies ``(job_id, exit status, outcome)``. ``row``
+  is the job's fields and arguments as the master read them with its claim
+  (:func:`balsam.core.payloads.inline_tasks`), or None; with a row, the outcome goes back in
+  the reply (``outcome``, a :data:`balsam.core.payloads.OutcomeRow`) for the master to write
+  with the task's end, so a small task costs the warm worker no database statement; without
+  one, or when the outcome is too big (:data:`balsam.defaults.PYFUNC_INLINE_BYTES`), it is
+  read and written here and ``outcome`` is None. It exits when the channel closes.
 
-Either way a :class:`Runner` holds one database connection (opened at the first task) and the
-site's app classes, loaded once per source file content (the SHA-256 of the file: an edited
-file is loaded again). It reads the job and its arguments, calls ``run()`` with ``self.job``
-bound, writes the outcome, and prints a failing task's traceback to stderr (so the launcher's
-RUN_ERROR message tail shows it). Exit statuses: 0 returned, 1 raised, 2 the task could not be
-loaded (no such job, app file error, database unreachable), 3 the outcome could not be written.
+Either way a :class:`Runner` holds the site's app classes, loaded once per source file content
+(the SHA-256 of the file: an edited file is loaded again), and one database connection, opened
+at the first task that needs it. It reads the job and its arguments (unless given), calls
+``run()`` with ``self.job`` bound, writes the outcome (or returns it, see above), and prints a
+failing task's traceback to stderr (so the launcher's RUN_ERROR message tail shows it). Exit
+statuses: 0 returned, 1 raised, 2 the task could not be loaded (no such job, app file error,
+database unreachable), 3 the outcome could not be written.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ from typing import Any, Optional
 import cloudpickle  # noqa: F401  (imported once, at the warm worker's start, not at its first task)
 import psycopg2
 
+from balsam import defaults
+from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.warm_pool import Channel
@@ -114,9 +122,20 @@ class Runner:
         return cls
 
     def run(self, job_id: str, workdir: str) -> int:
-        """Run one task; its exit status (see the module docstring)."""
+        """Run one task, reading it and writing its outcome here; its exit status (see the
+        module docstring)."""
+        return self.run_task(job_id, workdir)[0]
+
+    def run_task(self, job_id: str, workdir: str, row: Optional[TaskRow] = None
+                 ) -> tuple[int, Optional[OutcomeRow]]:
+        """Run one task; its exit status and, if ``row`` (the job's fields and arguments as the
+        launcher read them: no read here) was given, its outcome for the launcher to write
+        (None: written here, being too big for the launcher's batch)."""
         try:
-            job, kwargs = self._execute(pyfunc.load_task, job_id, workdir)
+            if row is None:
+                job, kwargs = self._execute(pyfunc.load_task, job_id, workdir)
+            else:
+                job, kwargs = pyfunc.task_from_row(job_id, workdir, row)
             if kwargs is None:
                 raise BalsamError(f"job {job_id} has no stored arguments: is {job.app_name} a "
                                   "function app (run() method)?")
@@ -125,19 +144,25 @@ class Runner:
                 raise BalsamError(f"app {job.app_name} has no run() method (any more?)")
         except Exception as exc:  # noqa: BLE001 - app files run user code at import
             print(f"balsam: cannot run function task {job_id}: {exc}", file=sys.stderr)
-            return 2
+            return 2, None
         outcome = pyfunc.call(cls, job, kwargs)
         if outcome.failed:
             sys.stdout.flush()
             print(outcome.traceback, file=sys.stderr, end="")
-        if rank() == 0:
-            try:
-                self._execute(pyfunc.store_outcome, job_id, outcome)
-            except BalsamError as exc:
-                print(f"balsam: cannot record the outcome of function task {job_id}: {exc}",
-                      file=sys.stderr)
-                return 3
-        return 1 if outcome.failed else 0
+        rc = 1 if outcome.failed else 0
+        if rank() != 0:
+            return rc, None
+        if row is not None:
+            inline = pyfunc.inline_outcome(job_id, outcome, defaults.PYFUNC_INLINE_BYTES)
+            if inline is not None:
+                return rc, inline
+        try:
+            self._execute(pyfunc.store_outcome, job_id, outcome)
+        except BalsamError as exc:
+            print(f"balsam: cannot record the outcome of function task {job_id}: {exc}",
+                  file=sys.stderr)
+            return 3, None
+        return rc, None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -200,7 +225,7 @@ def serve(conn: Channel) -> int:
                 return 0
             if request is None:
                 return 0
-            job_id, env, workdir, output_path = request
+            job_id, env, workdir, output_path, row = request
             environment.apply(env)
             try:
                 os.makedirs(workdir, exist_ok=True)
@@ -208,15 +233,15 @@ def serve(conn: Channel) -> int:
                 _redirect(output_path, saved)
             except OSError as exc:
                 print(f"balsam: cannot start function task {job_id}: {exc}", file=sys.stderr)
-                conn.send((job_id, 2))
+                conn.send((job_id, 2, None))
                 continue
             try:
                 db_path = os.environ.get("BALSAM_DB_PATH", "")
                 runner = runners.get(db_path) or runners.setdefault(db_path, Runner(db_path))
-                rc = runner.run(job_id, workdir)
+                rc, outcome = runner.run_task(job_id, workdir, row)
             finally:
                 _redirect(None, saved)
-            conn.send((job_id, rc))
+            conn.send((job_id, rc, outcome))
     finally:
         for runner in runners.values():
             runner.close()

@@ -79,7 +79,7 @@ def work_item(spec: TaskSpec) -> Work:
     """What a worker needs to start ``spec`` (``spec.env`` holds only the job's variables:
     the master's :class:`JobSource` is built with an empty base environment)."""
     return Work(spec.job_id, spec.app_argv, spec.envscript, spec.env, spec.workdir,
-                spec.output_path, spec.node_packing_count, spec.required_cores)
+                spec.output_path, spec.node_packing_count, spec.required_cores, spec.pyfunc_row)
 
 
 class Master:
@@ -211,6 +211,8 @@ class Master:
         status = self.status
         if report.get("started"):
             status.started(report["started"])
+        if report.get("outcomes"):  # written in the transaction of the ends they go with
+            status.pyfunc_outcomes(report["outcomes"])
         for job_id in report.get("done", ()):
             status.done(job_id)
             self._gone(job_id)

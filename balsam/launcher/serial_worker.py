@@ -20,7 +20,9 @@ start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(i
 tail)], ``killed`` [ids] (a kill order completed: the task's group is gone or it never
 started), ``stopped`` [(id, rc)] (ended by a stop; a task that exits 0 within the stop's grace
 is ``done``: it completed), ``returned`` [ids] (never started, given
-back), ``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
+back), ``outcomes`` [:data:`balsam.core.payloads.OutcomeRow`] (function tasks' outcomes that
+their warm workers returned, always in the report of the task's end, to be written with it),
+``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
 after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker
 acts as a ``stop`` of its own and is announced with ``stopping`` True.
 
@@ -44,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
+from balsam.core.payloads import TaskRow
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
@@ -71,6 +74,9 @@ class Work(NamedTuple):
     output_path: str
     packing: int
     required_cores: int
+    row: Optional[TaskRow] = None
+    """A function task's job fields and arguments, read by the master with its claim (a warm
+    worker then needs no database; :mod:`balsam.core.payloads`), or None."""
 
 
 class Channel(Protocol):
@@ -257,6 +263,8 @@ class Worker:
             r.task.signal_group(signal.SIGKILL)
         if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
             self.warm.finished(r.task, clean=not r.why)
+            if r.task.outcome is not None:  # before the end it goes with: same report
+                self._note_all("outcomes", [r.task.outcome])
         elif self.watchdog is not None:  # sent with this iteration's next watchdog write
             self.watchdog.remove(r.task.pgid, defer=True)
         if r.why == "kill":
@@ -313,7 +321,7 @@ class Worker:
                 os.path.join(self._home, work.output_path)) if spawned
                 else self.warm.start(
                     work.job_id, env, os.path.join(self._home, work.workdir),
-                    os.path.join(self._home, work.output_path), placement.cpus))
+                    os.path.join(self._home, work.output_path), placement.cpus, work.row))
         except OSError as exc:
             self.node.free(work.job_id)
             self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])

@@ -7,7 +7,9 @@ module docstring of :mod:`balsam.launcher.modes` says how and why.
 A launcher notes what happened to its tasks in a :class:`StatusBuffer` as it happens and writes
 it in one transaction: one statement for every start and end (a task that started and ended
 in the same batch is recorded RUNNING, then its end, with one row update), one more for claims
-to drop (jobs a user killed, jobs not started). Nothing is lost while
+to drop (jobs a user killed, jobs not started), and, before them, one for the outcomes of
+Python-function tasks that serial mode's warm workers sent back (``Batch.pyfunc_outcomes``,
+:mod:`balsam.core.payloads`: a result is durable when its RUN_DONE is). Nothing is lost while
 the database is unreachable: a failed write keeps everything pending for the next flush.
 Writing the same batch twice is harmless (:func:`lifecycle.move` moves jobs
 only from the expected states and only if this session holds them), so a batch whose commit
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from balsam import defaults
-from balsam.core import leases, lifecycle, schema
+from balsam.core import leases, lifecycle, payloads, schema
 from balsam.core.states import State
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
@@ -42,6 +44,10 @@ class Batch:
     timeouts: dict[str, str] = field(default_factory=dict)
     release: list[str] = field(default_factory=list)
     oldest: Optional[float] = None
+    pyfunc_outcomes: list[payloads.OutcomeRow] = field(default_factory=list)
+    """Outcomes of Python-function tasks that their warm workers returned (not counted in
+    ``len``: each comes with its task's end), written before the ends in the same transaction
+    (:func:`_write_pyfunc_outcomes`)."""
 
     def __len__(self) -> int:
         return (len(self.started) + len(self.done) + len(self.errors) + len(self.timeouts)
@@ -57,6 +63,13 @@ class Written:
     started: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)
     ended: int = 0
+
+
+def _write_pyfunc_outcomes(cursor: Cursor, batch: Batch) -> None:
+    """The batch's function-task outcomes, one statement, before the ends are recorded in the
+    same transaction: a result is durable when its RUN_DONE is."""
+    if batch.pyfunc_outcomes:
+        payloads.store_outcomes(cursor, batch.pyfunc_outcomes)
 
 
 def _running_here(cursor: Cursor, session_id: int, ids: list[str]) -> list[str]:
@@ -108,6 +121,11 @@ class StatusBuffer:
         self._batch.release.append(job_id)
         self._touch()
 
+    def pyfunc_outcomes(self, rows: Iterable[payloads.OutcomeRow]) -> None:
+        """Function-task outcomes to write with the next batch (see :class:`Batch`)."""
+        self._batch.pyfunc_outcomes.extend(rows)
+        self._touch()
+
     # ---- writing ----------------------------------------------------------------------------
     @property
     def pending(self) -> int:
@@ -141,6 +159,7 @@ class StatusBuffer:
         batch.errors.update(newer.errors)
         batch.timeouts.update(newer.timeouts)
         batch.release.extend(newer.release)
+        batch.pyfunc_outcomes.extend(newer.pyfunc_outcomes)
         if batch.oldest is None:
             batch.oldest = newer.oldest
         self._batch = batch
@@ -151,6 +170,7 @@ class StatusBuffer:
         the last write is recorded RUNNING then its end with one row update --, one more to
         drop claims, rarely one or two to sort out starts that were refused."""
         out = Written()
+        _write_pyfunc_outcomes(cursor, batch)
         ends: dict[str, tuple[State, str]] = {j: (State.RUN_DONE, "") for j in batch.done}
         ends.update((j, (State.RUN_ERROR, m)) for j, m in batch.errors.items())
         ends.update((j, (State.RUN_TIMEOUT, m)) for j, m in batch.timeouts.items())
@@ -185,7 +205,7 @@ class StatusBuffer:
         """Write everything pending in one transaction; None (all kept pending) if the
         database is unreachable. ``before`` (a ``time.monotonic()`` deadline) keeps retrying
         until then instead of giving up at once."""
-        if not self.pending:
+        if not self.pending and not self._batch.pyfunc_outcomes:
             return Written()
         batch = self.take()
         try:

@@ -7,7 +7,10 @@ instead of spawning it. The pool keeps processes of ``python -m balsam.launcher.
 first need (at most one per running task, so one per core at most when every task holds a
 core) and reused for task after task. A task in a warm process is a :class:`WarmTask`: the
 :class:`balsam.launcher.procs.Task` interface the worker already drives (poll, terminate,
-kill, process group), its end announced on a descriptor the worker polls like a pidfd.
+kill, process group), its end announced on a descriptor the worker polls like a pidfd. A task
+sent with its job row (read by the master with its claim) comes back with its outcome
+(:attr:`WarmTask.outcome`), which the worker reports for the master to write: the warm process
+then touches no database (:mod:`balsam.core.payloads`).
 
 A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
 task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
@@ -32,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
+from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.launcher import procs
 from balsam.platform.procgroup import signal_group
 
@@ -133,6 +137,8 @@ class WarmTask(procs.Task):
         self.process = process
         self.pid = self.pgid = process.pid
         self._returncode: Optional[int] = None
+        self.outcome: Optional[OutcomeRow] = None
+        """The task's outcome, when the warm process returned it for the master to write."""
         self.fd = os.dup(process.conn.fileno())
 
     @property
@@ -148,10 +154,11 @@ class WarmTask(procs.Task):
         try:
             if not conn.poll():
                 return None
-            job_id, rc = conn.recv()
+            job_id, rc, outcome = conn.recv()
             if job_id == self.job_id:
                 self.process.tasks += 1
                 self._returncode = int(rc)
+                self.outcome = outcome
             return self._returncode
         except (EOFError, OSError):  # the process is gone or going: its status is the task's
             pass
@@ -181,20 +188,16 @@ class WarmPool:
         """Warm processes started so far."""
 
     def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
-              cpus: Sequence[int]) -> WarmTask:
+              cpus: Sequence[int], row: Optional[TaskRow] = None) -> WarmTask:
         """Run a task in an idle warm process (started now if there is none); OSError if no
-        process could be started."""
-        process = None
-        while self.idle:
-            candidate = self.idle.pop()
-            if candidate.alive():
-                process = candidate
-                break
-            self._drop(candidate)
+        process could be started. ``row``: the task's job fields and arguments as the master
+        read them (then the outcome comes back as :attr:`WarmTask.outcome`), or None (the warm
+        process reads them and writes the outcome itself)."""
+        wanted = tuple(cpus)
+        process = self._idle_process(wanted)
         if process is None:
             process = WarmProcess(self.env, self.cwd, self.python)
             self.started += 1
-        wanted = tuple(cpus)
         if process.cpus != wanted:
             try:
                 os.sched_setaffinity(process.pid, wanted)
@@ -204,13 +207,27 @@ class WarmPool:
         if self.on_task is not None:
             self.on_task(process.pid, job_id)
         try:
-            process.conn.send((job_id, _delta(self.env, env), workdir, output_path))
+            process.conn.send((job_id, _delta(self.env, env), workdir, output_path, row))
         except OSError:
             self._drop(process)
             raise
         task = WarmTask(job_id, process, output_path)
         self.busy[job_id] = task
         return task
+
+    def _idle_process(self, cpus: tuple[int, ...]) -> Optional[WarmProcess]:
+        """A live idle process, preferably one already pinned to ``cpus`` (moving a process
+        to other cores costs a migration and a cold cache: with one process per core, each
+        keeps its core); dead ones found are dropped."""
+        for i, candidate in enumerate(self.idle):
+            if candidate.cpus == cpus and candidate.alive():
+                return self.idle.pop(i)
+        while self.idle:
+            candidate = self.idle.pop()
+            if candidate.alive():
+                return candidate
+            self._drop(candidate)
+        return None
 
     def finished(self, task: WarmTask, clean: bool) -> None:
         """``task`` was reaped: its process goes back to the pool if the task ended on its own

@@ -10,8 +10,11 @@ launcher path starts it like any command; serial mode hands it to a warm Python 
 The runner loads the arguments, calls ``run()`` in the job's working directory with ``self.job``
 bound to a :class:`TaskJob`, and writes the outcome to the same row: the cloudpickled return
 value, or the cloudpickled exception with its traceback text (``failed``), and which process ran
-it (``worker``: host:pid). The task then exits 0 (RUN_DONE) or 1 (RUN_ERROR, the traceback in the
-output tail), so the usual state rules follow. The client reads the outcome back with
+it (``worker``: host:pid). (In serial mode a small task's row comes with the work order and its
+outcome goes back to the launcher's master, which writes it with the task's end:
+:mod:`balsam.core.payloads`, :func:`task_from_row`, :func:`inline_outcome`.) The task then
+exits 0 (RUN_DONE) or 1 (RUN_ERROR, the traceback in the output tail), so the usual state rules
+follow. The client reads the outcome back with
 :func:`load_outcomes` and :func:`reraise`.
 
 Everything here is plain DB-API with ``%s`` parameters (psycopg2 cursors or Django's).
@@ -30,10 +33,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from balsam.core.payloads import PAYLOAD_TABLE, OutcomeRow
 from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError
 
-PAYLOAD_TABLE = "core_jobpayload"
 RUNNER_MODULE = "balsam.launcher.pyfunc_task"
 """The module the launcher runs for a function task (``python -m``; serial mode's warm
 workers recognise this command and run the task in a process that is already up)."""
@@ -279,7 +282,15 @@ def load_task(cursor: Cursor, job_id: str, workdir: str) -> tuple[TaskJob, Optio
     found = cursor.fetchone()
     if found is None:
         raise BalsamError(f"job {job_id} does not exist")
-    app_name, tags, data, params, args = found
+    return task_from_row(job_id, workdir, found)
+
+
+def task_from_row(job_id: str, workdir: str, row: Sequence[Any]
+                  ) -> tuple[TaskJob, Optional[dict[str, Any]]]:
+    """What :func:`load_task` returns, from the job's (application, tags, data, parameters,
+    args) as :data:`TASK_QUERY` or :func:`balsam.core.payloads.inline_tasks` read them (JSON as
+    text or as values)."""
+    app_name, tags, data, params, args = row
     job = TaskJob(job_id, app_name, workdir, _json(params), _json(tags), _json(data))
     return job, (None if args is None else deserialize(args))
 
@@ -288,6 +299,16 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value)
     return dict(value or {})
+
+
+def inline_outcome(job_id: str, outcome: Outcome, max_bytes: int) -> Optional[OutcomeRow]:
+    """``outcome`` as the row the launcher's master writes in its status batch
+    (:func:`balsam.core.payloads.store_outcomes`), or None if it is to be written here (bigger
+    than ``max_bytes``, or text PostgreSQL would refuse: its error is the runner's to report)."""
+    if len(outcome.value) + len(outcome.traceback) > max_bytes \
+            or "\x00" in outcome.traceback or "\x00" in outcome.worker:
+        return None
+    return (job_id, outcome.failed, outcome.value, outcome.traceback, outcome.worker)
 
 
 def store_outcome(cursor: Cursor, job_id: str, outcome: Outcome) -> None:
