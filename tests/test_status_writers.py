@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from launcher_support import add_app, add_jobs, events, job_row
 from test_launcher_common import mirror, open_session, set_port  # noqa: F401 - a fixture
 

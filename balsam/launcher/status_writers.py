@@ -94,6 +94,7 @@ class _Shard:
         self.wake = threading.Event()
         self.urgent = False
         self.writing: Optional[Batch] = None
+        self.pid = 0
         self.refused: list[str] = []
         self.thread: Optional[threading.Thread] = None
 
@@ -107,10 +108,14 @@ class StatusWriters:
 
     def __init__(self, connect: Callable[[int], Database], session_id: int, writers: int,
                  flush_seconds: float, start_message: str = "",
-                 follow: Optional[lifecycle.FollowOn] = None) -> None:
+                 follow: Optional[lifecycle.FollowOn] = None,
+                 owner: Optional[Database] = None) -> None:
         if writers < 1:
             raise ValueError(f"status writers must be >= 1, not {writers}")
         self.flush_seconds = flush_seconds
+        self.owner = owner
+        """The master's connection: the writers' server processes are its ``peer_pids`` (their
+        commits must not wake it as another session's job changes would)."""
         self.shards = [_Shard(StatusBuffer(connect(k), session_id, flush_seconds,
                                            start_message=start_message, follow=follow))
                        for k in range(writers)]
@@ -241,6 +246,11 @@ class StatusWriters:
         except Exception as exc:  # noqa: BLE001 - logged by the connection; kept pending
             shard.buffer.db.log(f"a status writer failed, keeping its batch: {exc}")
             written = None
+        pid = shard.buffer.db.backend_pid
+        if self.owner is not None and pid != shard.pid:  # (re)connected
+            self.owner.peer_pids.discard(shard.pid)
+            self.owner.peer_pids.add(pid)
+            shard.pid = pid
         with shard.lock:
             shard.writing = None
             if written is None:
@@ -276,7 +286,7 @@ def open_status(db: Database, session_id: int, *, writers: int, flush_seconds: f
                         reconnect_max_seconds=db.reconnect_max_seconds, log=db.log)
 
     return StatusWriters(connect, session_id, writers, flush_seconds,
-                         start_message=start_message, follow=follow)
+                         start_message=start_message, follow=follow, owner=db)
 
 
 def close_status(sink: StatusSink) -> None:
