@@ -417,6 +417,7 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
            "master_cpu": cpu - channel.sim_cpu, "t0": t0, "started": channel.started,
            "reports": channel.reports, "statements": statements,
            "transactions": transactions, "by_work": dict(db.by_work),
+           "seconds_by_work": dict(getattr(db, "seconds_by_work", {})),
            "rss_mb": peak_rss_mb(), "rss0_mb": rss0, "slots": nodes * slots,
            "demand": 2 * nodes * slots / (5.5 * time_scale)}
     db.close()
@@ -508,11 +509,14 @@ def line(nodes: int, slots: int, count: int, m: dict[str, Any], server: dict[str
             f"({1e6 * m.get('cluster_cpu', float('nan')) / count:.0f} us per task); "
             f"peak RSS {m['rss_mb']:.0f} MB "
             f"(before the run {m['rss0_mb']:.0f} MB; the simulation's bookkeeping is in it)\n"
-            f"    statements by work (master's connection): {by_work(m['by_work'])}")
+            f"    statements by work (master's connection): {by_work(m['by_work'])}\n"
+            f"    the master's wall seconds in transactions: "
+            f"{by_work(m.get('seconds_by_work', {}), '{:.1f}')}")
 
 
-def by_work(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+def by_work(counts: dict[str, Any], fmt: str = "{}") -> str:
+    return ", ".join(f"{k} {fmt.format(v)}"
+                     for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def child_argv(db_path: str, nodes: int, slots: int, args: Any, writers: int,
