@@ -5,10 +5,27 @@ records what one buffer records: order per job, refused starts, nothing lost whi
 database is unreachable."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
-from launcher_support import add_app, add_jobs, events, job_row
+import pytest
+from conftest import make_public_tmpdir, run_balsam
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    events,
+    job_row,
+    kill_group_of,
+    launchers,
+    process_gone,
+    settings,
+    states,
+    wait_for,
+)
 from test_launcher_common import mirror, open_session, set_port  # noqa: F401 - a fixture
+from test_launcher_serial import APPEND, SERIAL, pids_of, sleepers, to_states, write_script
 
 from balsam.core import leases, lifecycle, schema
 from balsam.db import serverinfo
@@ -151,3 +168,56 @@ def test_writer_count_and_open_status_choose_the_plain_buffer_for_small_allocati
     close_status(sharded)
     close_status(plain)
     database.close()
+
+
+# ---- a real serial launcher with two writers ---------------------------------------------------
+
+@pytest.mark.slow
+def test_two_launchers_with_two_writers_each_run_every_job_once_and_record_every_state(
+        db, cursor):
+    scripts = make_public_tmpdir("balsam-sw-scripts-")
+    markers = make_public_tmpdir("balsam-sw-markers-")
+    add_app(cursor, "append", write_script(scripts, "append.sh", APPEND))
+    ids = add_jobs(cursor, [{"name": f"m{i}", "application": "append", "node_packing_count": 4,
+                             "environ_vars": f"MARKERS={markers}"} for i in range(200)])
+    with settings(db, local_nodes=2, launcher=dict(QUICK, status_writers=2)), \
+            launchers() as start:
+        running = [start(*SERIAL) for _ in range(2)]
+        assert [launcher.wait(120) for launcher in running] == [0, 0]
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    for job_id in ids:
+        with open(os.path.join(markers, job_id)) as fh:
+            assert fh.read().splitlines() == [job_id]
+    cursor.execute(f"""SELECT to_state, count(*) FROM {schema.EVENT_TABLE}
+                       WHERE to_state IN ('RUNNING', 'RUN_DONE', 'JOB_FINISHED')
+                       GROUP BY to_state""")
+    assert dict(cursor.fetchall()) == {"RUNNING": 200, "RUN_DONE": 200, "JOB_FINISHED": 200}
+
+
+@pytest.mark.slow
+def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_timeout(
+        db, cursor):
+    scripts = make_public_tmpdir("balsam-sw-scripts-")
+    (job_id, other), (pid_file, other_pids) = sleepers(db, cursor, scripts, 2)
+    with settings(db, local_nodes=2, launcher=dict(QUICK, status_writers=2)), \
+            launchers() as start:
+        launcher = start(*SERIAL)
+        leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        wait_for(lambda: pids_of(other_pids), 30, "the other task to start")
+        wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 10, "RUNNING")
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                       ["balsam-serial-master-writer%"])
+        assert cursor.fetchone()[0] >= 1  # RUNNING was written by a writer's connection
+        try:
+            proc = run_balsam("killjob", "--id", job_id, "--yes")
+            assert proc.returncode == 0, proc.stderr
+            wait_for(lambda: process_gone(leader), 5, "the killed task to die")
+        finally:
+            kill_group_of(leader)
+        wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
+        launcher.signal(signal.SIGTERM)
+        assert launcher.wait(15) == 0
+    assert to_states(events(cursor, job_id))[-2:] == ["RUNNING", "USER_KILLED"]
+    assert events(cursor, other)[-1][2:] == (
+        "RUN_TIMEOUT", "stopped by the launcher: the launcher received SIGTERM")
+    assert job_row(cursor, other)["session_id"] is None
