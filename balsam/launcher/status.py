@@ -76,11 +76,11 @@ class StatusBuffer:
     """Pending state changes of ``session_id``'s tasks, written by :meth:`flush`.
 
     ``started(ids)`` records RUNNING (serial mode; see the module docstring for MPI mode).
-    With ``follow``, a recorded end goes on to its follow-on state in the same row update
-    where its condition holds (both events recorded).
     ``done``/``error``/``timeout`` record the end of a RUNNING job; ``release`` drops the
-    claim on a job that will not run (killed by a user, or claimed but not started). Not
-    thread-safe: one loop owns it.
+    claim on a job that will not run (killed by a user, or claimed but not started). With
+    ``follow``, a recorded end goes on to its follow-on state in the same row update where
+    its condition holds (both events recorded). Not thread-safe: one loop owns it (several
+    threads: :class:`balsam.launcher.status_writers.StatusWriters`).
     """
 
     def __init__(self, db: Database, session_id: int,
