@@ -221,3 +221,27 @@ def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_
     assert events(cursor, other)[-1][2:] == (
         "RUN_TIMEOUT", "stopped by the launcher: the launcher received SIGTERM")
     assert job_row(cursor, other)["session_id"] is None
+
+
+def test_the_moves_statement_is_prepared_once_per_connection_and_survives_a_failure(db, cursor):
+    from balsam.db.connect import connect
+
+    add_app(cursor, "app", "true")
+    database, sid, (a, b) = claim_jobs(db, cursor, [{"name": "a"}, {"name": "b"}])
+    conn = connect(db)
+    raw = conn.cursor()
+    assert lifecycle.move(raw, [(a, lifecycle.State.RUNNING, "go")], sid) == [
+        (a, "PREPROCESSED", "RUNNING")]
+    raw.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = 'balsam_move'")
+    assert raw.fetchone()[0] == 1
+    conn.rollback()  # the statement outlives the transaction; the move is undone
+    with pytest.raises(Exception):  # noqa: B017 - any error of the transaction
+        raw.execute("SELECT 1/0")
+    conn.rollback()
+    assert sorted(lifecycle.move(raw, [(a, lifecycle.State.RUNNING, "go"),
+                                       (b, lifecycle.State.RUNNING, "go")], sid)) == sorted([
+        (a, "PREPROCESSED", "RUNNING"), (b, "PREPROCESSED", "RUNNING")])
+    conn.commit()
+    conn.close()
+    assert [e[2] for e in events(cursor, b)] == ["PREPROCESSED", "RUNNING"]
+    database.close()
