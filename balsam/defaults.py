@@ -21,6 +21,12 @@ SERIAL_PREFETCH_PER_SLOT = 4
 STATUS_FLUSH_SECONDS = 0.05
 """Longest a finished task's state waits in memory before it is written (batched)."""
 
+STATUS_WRITERS = 0
+"""Serial mode: threads writing the master's state changes, each with its own connection,
+sharded by job id (``launcher/status_writers.py``); 0 = one per 512 nodes, 1 to 4 (a master's
+one connection caps it near 8,000 tasks/s; docs/architecture.md, "Scale of the serial
+master"); 1 = on the master's own connection."""
+
 KILL_CHECK_SECONDS = 0.5
 """How often a launcher asks which of its running jobs a user killed."""
 

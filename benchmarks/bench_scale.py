@@ -29,8 +29,16 @@ many tasks as there are jobs (so none twice).
 ``--launchers K`` runs K masters as K processes, each with its own session and N/K nodes, on
 one database (they claim from the same jobs): the same checks, and the total rate.
 
+Each master runs in a process of its own. ``--writers 1,2,4`` runs each N once per
+``launcher.status_writers`` value (1: the master's own connection; K > 1: K writer threads with
+a connection each, :mod:`balsam.launcher.status_writers`); ``--compare-with SRC`` first runs
+each N with the ``balsam`` package of source tree SRC (``PYTHONPATH``; e.g. ``git archive`` of
+main) and prints same-run ratios. Server CPU is the master's connections' server processes and
+the whole cluster's (postmaster, its children, the exited ones: WAL writer, autovacuum...).
+
 Run: ``python benchmarks/bench_scale.py [--nodes 128,1024,4096] [--slots 64]
-[--tasks-per-slot 4] [--time-scale 1] [--launchers 1] [--profile]``.
+[--tasks-per-slot 4] [--time-scale 1] [--launchers 1] [--writers 0] [--compare-with SRC]
+[--profile]``.
 """
 from __future__ import annotations
 
@@ -243,14 +251,50 @@ def backend_cpu(db: Any) -> float:
         return float("nan")
 
 
+def _proc_cpu(pid: int, children: bool = False) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:  # cutime + cstime: children that exited and were waited for
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu(db: Any) -> float:
+    """CPU seconds of the whole PostgreSQL cluster so far: the postmaster with its exited
+    children (autovacuum workers, old backends) and every living child (backends, WAL writer,
+    checkpointer, ...); nan where /proc cannot be read."""
+    try:
+        with open(f"/proc/{db._backend_pid}/stat") as fh:
+            postmaster = int(fh.read().rsplit(")", 1)[1].split()[1])
+        total = _proc_cpu(postmaster, children=True)
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) != postmaster:
+                        continue
+                total += _proc_cpu(int(name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def server_counters(conn: Any) -> dict[str, int]:
     with conn.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")
         cur.execute("SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched "
                     "FROM pg_stat_database WHERE datname = current_database()")
         row = cur.fetchone()
+        cur.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                    "WHERE relname = 'core_balsamjob'")
+        row += cur.fetchone()
     conn.commit()
-    return dict(zip(("commits", "inserted", "updated", "deleted", "fetched"), row))
+    return dict(zip(("commits", "inserted", "updated", "deleted", "fetched", "job_updates",
+                     "job_hot"), row))
 
 
 # ---- one run --------------------------------------------------------------------------------
@@ -282,10 +326,15 @@ def fill_apart(db_path: str, count: int, slots: int) -> None:
 
 def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, seed: int = 1,
              processing: bool = True, profile: Optional[str] = None,
-             launcher: str = "", claim_batch: Optional[int] = None) -> dict[str, Any]:
-    """Run one real master with ``nodes`` simulated workers until it exits idle; the figures."""
+             launcher: str = "", claim_batch: Optional[int] = None,
+             writers: int = 0) -> dict[str, Any]:
+    """Run one real master with ``nodes`` simulated workers until it exits idle; the figures.
+    ``writers``: ``launcher.status_writers`` (0: the launcher's auto choice). Works with an
+    older tree on ``PYTHONPATH`` (``--compare-with``): without ``status_writers`` it builds
+    the one :class:`StatusBuffer` as that tree's launcher does."""
     import logging
 
+    import balsam
     from balsam.core import leases
     from balsam.core.tunables import Tunables
     from balsam.db import dbsettings
@@ -302,6 +351,12 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
                              idle_wait_seconds=0.2)
     if claim_batch:
         launcher_settings["claim_batch"] = claim_batch
+    try:
+        from balsam.launcher import status_writers
+    except ImportError:  # a tree from before the writers
+        status_writers = None  # type: ignore[assignment]
+    if status_writers is not None:
+        launcher_settings["status_writers"] = writers
     tunables = Tunables.from_settings(launcher_settings)
     stop = threading.Event()
     db = MeteredDatabase(db_path, "balsam-sim-master", stop=stop)
@@ -317,13 +372,26 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
                   processing=processing, gpus_per_node=0, stop=stop, log=log, base_env={},
                   flavour="", mpi_executable=None)
     source = JobSource(db, session_id, alloc, db_path, "serial", None, base_env={})
-    status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
-                          start_message=start_message(session_id))
+    if status_writers is not None:
+        k = status_writers.writer_count(tunables.status_writers, nodes)
+        status: Any = status_writers.open_status(
+            db, session_id, writers=k, flush_seconds=tunables.status_flush_seconds,
+            start_message=start_message(session_id), processing=processing)
+        databases = getattr(status, "databases", [])
+    else:
+        k = 0
+        status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
+                              start_message=start_message(session_id))
+        databases = []
     rng = random.Random(seed)
     channel = SimWorkers(nodes, slots, lambda: rng.uniform(1.0, 10.0) * time_scale)
     master = Master(ctx, source, status, channel)
     rss0 = peak_rss_mb()
-    server_cpu0 = backend_cpu(db)
+    db.run(lambda cur: cur.execute("SELECT 1"))  # connected: its server process exists
+    for writer_db in databases:
+        writer_db.run(lambda cur: cur.execute("SELECT 1"))
+    server_cpu0 = backend_cpu(db) + sum(backend_cpu(d) for d in databases)
+    cluster_cpu0 = cluster_cpu(db)
     cpu0 = time.process_time()
     t0 = time.monotonic()
     if profile:
@@ -336,14 +404,21 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
         rc = master.run()
     wall = time.monotonic() - t0
     cpu = time.process_time() - cpu0
-    server_cpu = backend_cpu(db) - server_cpu0
+    server_cpu = backend_cpu(db) + sum(backend_cpu(d) for d in databases) - server_cpu0
+    all_server_cpu = cluster_cpu(db) - cluster_cpu0
+    statements = db.statements + sum(d.statements for d in databases)
+    transactions = db.transactions + sum(d.transactions for d in databases)
+    if status_writers is not None:
+        status_writers.close_status(status)
     db.run(leases.close_session, session_id, "simulation ended")
     out = {"rc": rc, "ok": rc in (EXIT_IDLE, EXIT_FINISHED), "wall": wall, "cpu": cpu,
            "sim_cpu": channel.sim_cpu,
-           "server_cpu": server_cpu,
+           "server_cpu": server_cpu, "cluster_cpu": all_server_cpu, "writers": k,
+           "code": os.path.dirname(os.path.dirname(os.path.abspath(balsam.__file__))),
            "master_cpu": cpu - channel.sim_cpu, "t0": t0, "started": channel.started,
-           "reports": channel.reports, "statements": db.statements,
-           "transactions": db.transactions, "by_work": dict(db.by_work),
+           "reports": channel.reports, "statements": statements,
+           "transactions": transactions, "by_work": dict(db.by_work),
+           "seconds_by_work": dict(getattr(db, "seconds_by_work", {})),
            "rss_mb": peak_rss_mb(), "rss0_mb": rss0, "slots": nodes * slots,
            "demand": 2 * nodes * slots / (5.5 * time_scale)}
     db.close()
@@ -424,34 +499,79 @@ def line(nodes: int, slots: int, count: int, m: dict[str, Any], server: dict[str
             f"    statements {m['statements']} ({m['statements'] / m['wall']:.0f}/s, "
             f"{m['statements'] / count:.3f}/task) in {m['transactions']} transactions; "
             f"server: {server['commits']} commits, {server['updated']} rows updated, "
-            f"{server['inserted']} inserted\n"
+            f"{server['inserted']} inserted; job rows updated {server['job_updates']} "
+            f"({server['job_updates'] / count:.2f}/task, {server['job_hot']} HOT)\n"
             f"    master CPU {m['master_cpu']:.1f} s ({m['master_cpu'] / m['wall']:.0%} of the "
             f"wall time; {1e6 * m['master_cpu'] / events:.0f} us per task event -> one core "
             f"sustains ~{events / m['master_cpu']:.0f} ev/s), simulation CPU "
-            f"{m['sim_cpu']:.1f} s, {m['reports']} reports; its server process "
-            f"{m['server_cpu']:.1f} s CPU ({1e6 * m['server_cpu'] / count:.0f} us per task); "
+            f"{m['sim_cpu']:.1f} s, {m['reports']} reports; its server processes "
+            f"{m['server_cpu']:.1f} s CPU ({1e6 * m['server_cpu'] / count:.0f} us per task), "
+            f"the whole cluster {m.get('cluster_cpu', float('nan')):.1f} s "
+            f"({1e6 * m.get('cluster_cpu', float('nan')) / count:.0f} us per task); "
             f"peak RSS {m['rss_mb']:.0f} MB "
             f"(before the run {m['rss0_mb']:.0f} MB; the simulation's bookkeeping is in it)\n"
-            f"    statements by work: {by_work(m['by_work'])}")
+            f"    statements by work (master's connection): {by_work(m['by_work'])}\n"
+            f"    the master's wall seconds in transactions: "
+            f"{by_work(m.get('seconds_by_work', {}), '{:.1f}')}")
 
 
-def by_work(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+def by_work(counts: dict[str, Any], fmt: str = "{}") -> str:
+    return ", ".join(f"{k} {fmt.format(v)}"
+                     for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def one(db_path: str, nodes: int, slots: int, tasks_per_slot: float, args: Any) -> None:
+def child_argv(db_path: str, nodes: int, slots: int, args: Any, writers: int,
+               seed: int = 1) -> list[str]:
+    return ([sys.executable, os.path.abspath(__file__), "--child", db_path,
+             "--nodes", str(nodes), "--slots", str(slots), "--time-scale", str(args.time_scale),
+             "--writers", str(writers), "--seed", str(seed)]
+            + (["--claim-batch", str(args.claim_batch)] if args.claim_batch else [])
+            + (["--no-processing"] if args.no_processing else []))
+
+
+def child_env(code: Optional[str]) -> dict[str, str]:
+    """The environment of a master process: ``code`` (a source tree) first on the path."""
+    env = dict(os.environ)
+    if code:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (code, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_child(argv: list[str], code: Optional[str]) -> subprocess.Popen[str]:
+    if code:  # an older tree refuses a settings.yml naming tunables it does not know
+        path = os.path.join(argv[argv.index("--child") + 1], "settings.yml")
+        with open(path) as fh:
+            text = [t for t in fh if not t.strip().startswith("status_writers:")]
+        with open(path, "w") as fh:
+            fh.writelines(text)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=child_env(code))
+
+
+def child_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, _ = proc.communicate(timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"a master failed ({proc.returncode}): {stdout}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+def one(db_path: str, nodes: int, slots: int, tasks_per_slot: float, args: Any,
+        writers: int, code: Optional[str]) -> dict[str, Any]:
+    """One master (its own process, ``code`` first on its path) with ``writers``; printed."""
     from balsam.db.connect import connect
 
     count = int(nodes * slots * tasks_per_slot)
     t = time.perf_counter()
     fill_apart(db_path, count, slots)
-    print(f"# {count} jobs inserted in {time.perf_counter() - t:.1f} s; load "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+    load = os.getloadavg()[0]
     conn = connect(db_path)
     before = server_counters(conn)
-    m = simulate(db_path, nodes, slots, time_scale=args.time_scale,
-                 processing=not args.no_processing, claim_batch=args.claim_batch,
-                 profile=f"/tmp/bench_scale_{nodes}.prof" if args.profile else None)
+    if args.profile:
+        m = simulate(db_path, nodes, slots, time_scale=args.time_scale,
+                     processing=not args.no_processing, claim_batch=args.claim_batch,
+                     writers=writers, profile=f"/tmp/bench_scale_{nodes}.prof")
+    else:
+        m = child_result(run_child(child_argv(db_path, nodes, slots, args, writers), code))
     after = server_counters(conn)
     conn.close()
     server = {k: after[k] - before[k] for k in after}
@@ -459,45 +579,58 @@ def one(db_path: str, nodes: int, slots: int, tasks_per_slot: float, args: Any) 
         raise SystemExit(f"the master exited with {m['rc']}")
     if not args.no_processing:
         check(db_path, count, m["started"])
+    name = "before (" + m["code"] + ")" if code else f"after, {m['writers']} writer(s)"
+    print(f"# {name}: {count} jobs inserted in {time.perf_counter() - t:.1f} s; load "
+          f"{load:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
     print(line(nodes, slots, count, m, server), flush=True)
-    print(f"# load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.profile:
         import pstats
 
         pstats.Stats(f"/tmp/bench_scale_{nodes}.prof").sort_stats("tottime").print_stats(25)
+    m["count"] = count
+    return m
+
+
+def compare(base: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Same-run ratios of each run to the ``--compare-with`` run."""
+    def per_task(m: dict[str, Any], key: str) -> float:
+        return float(1e6 * m[key] / m["count"])
+
+    for m in runs:
+        print(f"    after/before with {m['writers']} writer(s): sustained rate "
+              f"{m['rate'] / base['rate']:.2f}x; server CPU per task (its connections) "
+              f"{per_task(m, 'server_cpu'):.0f}/{per_task(base, 'server_cpu'):.0f} us = "
+              f"{m['server_cpu'] / base['server_cpu']:.2f}x, whole cluster "
+              f"{per_task(m, 'cluster_cpu'):.0f}/{per_task(base, 'cluster_cpu'):.0f} us = "
+              f"{m['cluster_cpu'] / base['cluster_cpu']:.2f}x; master CPU per event "
+              f"{per_task(m, 'master_cpu') / 2:.0f}/{per_task(base, 'master_cpu') / 2:.0f} us",
+              flush=True)
 
 
 def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_slot: float,
-               args: Any) -> None:
+               args: Any, writers: int, code: Optional[str]) -> None:
     """``launchers`` masters in their own processes on one DB, N/K nodes each."""
     count = int(nodes * slots * tasks_per_slot)
     fill_apart(db_path, count, slots)
-    print(f"# {count} jobs; {launchers} launchers of {nodes // launchers} nodes each; load "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
-    argv = [sys.executable, os.path.abspath(__file__), "--child", db_path,
-            "--nodes", str(nodes // launchers), "--slots", str(slots),
-            "--time-scale", str(args.time_scale)] + (
-        ["--claim-batch", str(args.claim_batch)] if args.claim_batch else [])
+    label = f"before ({code})" if code else f"after, {writers} writer(s) each"
+    print(f"# {label}: {count} jobs; {launchers} launchers of {nodes // launchers} nodes each; "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.time()
-    procs = [subprocess.Popen(argv + ["--seed", str(k + 1)], stdout=subprocess.PIPE, text=True)
-             for k in range(launchers)]
-    results = []
-    for p in procs:
-        stdout, _ = p.communicate(timeout=3600)
-        if p.returncode != 0:
-            raise SystemExit(f"a launcher failed ({p.returncode}): {stdout}")
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    procs = [run_child(child_argv(db_path, nodes // launchers, slots, args, writers, k + 1),
+                       code) for k in range(launchers)]
+    results = [child_result(p) for p in procs]
     wall = time.time() - t0
     check(db_path, count, sum(r["started"] for r in results))
     total = 2 * count
     for k, r in enumerate(results):
         print(f"    launcher {k + 1}: {r['started']} tasks, sustained {r['rate']:.0f} ev/s, "
               f"occupancy {r['occ_all']:.1%} from start, master CPU {r['master_cpu']:.1f} s, "
-              f"server process {r['server_cpu']:.1f} s, "
+              f"server processes {r['server_cpu']:.1f} s, "
               f"{r['statements']} statements, RSS {r['rss_mb']:.0f} MB")
     print(f"{launchers} launchers x N={nodes // launchers} x S={slots}: {count} tasks, every "
           f"job run once; total sustained {sum(r['rate'] for r in results):.0f} ev/s, "
-          f"{total / wall:.0f} ev/s over the whole {wall:.1f} s", flush=True)
+          f"{total / wall:.0f} ev/s over the whole {wall:.1f} s; load after "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
 
 
 def main() -> None:
@@ -515,6 +648,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the master")
     parser.add_argument("--claim-batch", type=int, default=None,
                         help="launcher.claim_batch for the master (default: the DB's setting)")
+    parser.add_argument("--writers", default="0",
+                        help="launcher.status_writers values to run (comma-separated; 0: the "
+                             "launcher's auto choice, 1 per 512 nodes; default 0)")
+    parser.add_argument("--compare-with", metavar="SRC", default=None,
+                        help="also run each N with the balsam package of this source tree "
+                             "(e.g. a git archive of main) first, and print the ratios")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", metavar="DB", help=argparse.SUPPRESS)
     parser.add_argument("--fill", metavar="DB", help=argparse.SUPPRESS)
@@ -524,7 +663,8 @@ def main() -> None:
         return
     if args.child:
         m = simulate(args.child, int(args.nodes), args.slots, time_scale=args.time_scale,
-                     seed=args.seed, launcher=str(args.seed), claim_batch=args.claim_batch)
+                     seed=args.seed, launcher=str(args.seed), claim_batch=args.claim_batch,
+                     processing=not args.no_processing, writers=int(args.writers))
         print(json.dumps(m))
         return
     from _throwaway import machine_line, throwaway_db
@@ -532,12 +672,24 @@ def main() -> None:
     print(machine_line())
     print(f"# simulated workers: S={args.slots} slots per node, tasks 1-10 s x "
           f"{args.time_scale:g}, {args.tasks_per_slot:g} tasks per slot", flush=True)
+    writer_counts = [int(w) for w in args.writers.split(",")]
+    base_code = os.path.abspath(args.compare_with) if args.compare_with else None
     with throwaway_db() as db_path:
         for nodes in (int(n) for n in args.nodes.split(",")):
             if args.launchers > 1:
-                concurrent(db_path, args.launchers, nodes, args.slots, args.tasks_per_slot, args)
-            else:
-                one(db_path, nodes, args.slots, args.tasks_per_slot, args)
+                if base_code:
+                    concurrent(db_path, args.launchers, nodes, args.slots,
+                               args.tasks_per_slot, args, 0, base_code)
+                for writers in writer_counts:
+                    concurrent(db_path, args.launchers, nodes, args.slots,
+                               args.tasks_per_slot, args, writers, None)
+                continue
+            base = (one(db_path, nodes, args.slots, args.tasks_per_slot, args, 0, base_code)
+                    if base_code else None)
+            runs = [one(db_path, nodes, args.slots, args.tasks_per_slot, args, writers, None)
+                    for writers in writer_counts]
+            if base is not None:
+                compare(base, runs)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 
 import pytest
 from test_api import make_site
@@ -23,6 +24,7 @@ from balsam.launcher.pyfunc_task import Runner
 from balsam.launcher.serial_master import work_item
 from balsam.launcher.serial_worker import Worker
 from balsam.launcher.status import StatusBuffer
+from balsam.launcher.status_writers import StatusWriters, close_status, shard_of
 from balsam.platform.allocation import Allocation
 from balsam.site import pyfunc
 
@@ -117,6 +119,32 @@ def test_an_outcome_is_written_with_its_run_done_in_one_transaction(site, cursor
     assert "raise ValueError(message)" in raised.value.__cause__.text
     cursor.execute("SELECT state FROM core_balsamjob WHERE job_id = %s", [str(add.id)])
     assert cursor.fetchone() == ("RUN_DONE",)
+    database.close()
+
+
+def test_with_several_status_writers_each_outcome_goes_with_its_jobs_end(site, cursor, tmp_path):
+    jobs = [Job(site_path=site, app_name="fn.Add", workdir=f"add{i}", parameters={"a": i})
+            for i in range(8)]
+    Job.objects.bulk_create(jobs)
+    database, sid, specs = claim_serial(site, cursor)
+    ids = [str(j.id) for j in jobs]
+    assert {shard_of(i, 2) for i in ids} == {0, 1}  # 8 random ids: both writers used
+    runner = Runner(site)
+    outcomes = [runner.run_task(i, str(tmp_path), specs[f"add{n}"].pyfunc_row)[1]
+                for n, i in enumerate(ids)]
+    writers = StatusWriters(lambda k: Database(database.db_path), sid, 2, flush_seconds=0.01)
+    try:
+        writers.started(ids)
+        writers.pyfunc_outcomes(outcomes)
+        for job_id in ids:
+            writers.done(job_id)
+        assert writers.flush(before=time.monotonic() + 10) is not None
+        assert writers.pending == 0
+    finally:
+        close_status(writers)
+    stored = pyfunc.load_outcomes(cursor, ids)
+    assert {i: pyfunc.deserialize(stored[i].value) for i in ids} == {
+        i: n + 10 for n, i in enumerate(ids)}
     database.close()
 
 

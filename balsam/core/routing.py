@@ -194,3 +194,11 @@ LAUNCHER_MOVES: dict[State, tuple[str, ...]] = {
     for t in State if any(r.actor is Actor.LAUNCHER and t in r.targets for r in ROUTES)}
 """The moves a launcher makes: each target from these sources only (starting a held runnable
 job, recording the end of its run)."""
+
+LAUNCHER_FOLLOW_ON: dict[State, State] = {S.RUN_DONE: S.JOB_FINISHED}
+"""Pure moves a launcher makes in the same row update as the run's end it records, where the
+route's condition holds (``When.NO_POSTPROCESS`` with ``When.NO_STAGE_OUT``: no postprocess
+script, nothing to stage out; decided in SQL by
+:data:`balsam.processing.transitions.FINISH_ON_RECORD`), so a plain run costs no processing
+pass; both events are recorded. Every other RUN_DONE job is left to processing as its row
+says."""

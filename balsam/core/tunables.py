@@ -27,6 +27,7 @@ class Tunables:
     claim_batch: int
     serial_prefetch_per_slot: int
     status_flush_seconds: float
+    status_writers: int
     kill_check_seconds: float
     kill_grace_seconds: float
     shutdown_grace_seconds: float
@@ -45,11 +46,12 @@ class Tunables:
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
         """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value (a
-        negative one for ``max_retries`` and ``retry_backoff_seconds``)."""
+        negative one for ``max_retries``, ``retry_backoff_seconds`` and ``status_writers``)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = launcher.get(f.name, getattr(defaults, f.name.upper()))
-            low_ok = f.name in ("max_retries", "retry_backoff_seconds") and value == 0
+            low_ok = f.name in ("max_retries", "retry_backoff_seconds",
+                                "status_writers") and value == 0
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                     value <= 0 and not low_ok):
                 raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "

@@ -79,12 +79,20 @@ class Database:
         self.reconnects = 0
         self._conn: Any = None
         self._backend_pid = 0
+        self.peer_pids: set[int] = set()
+        """Server processes of connections writing for the same launcher (its status
+        writers): their job changes are its own, so they wake no :meth:`wait`."""
         self._listening = False
         self._backoff = FIRST_BACKOFF_SECONDS
         self._next_attempt = 0.0
         self._notified = False
 
     # ---- connection -------------------------------------------------------------------------
+    @property
+    def backend_pid(self) -> int:
+        """The server process of the current connection (0: none)."""
+        return self._backend_pid
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
@@ -232,7 +240,8 @@ class Database:
         conn = self._conn
         if conn is None or not conn.notifies:
             return
-        if any(n.pid != self._backend_pid for n in conn.notifies):
+        own = self.peer_pids | {self._backend_pid}
+        if any(n.pid not in own for n in conn.notifies):
             self._notified = True
         conn.notifies.clear()
 

@@ -53,8 +53,8 @@ class QueueEntry(BaseModel):
 
 class LauncherSection(BaseModel):
     """``launcher:``: the tunables of :mod:`balsam.defaults` (lower-case names), all > 0 but
-    ``max_retries`` and ``retry_backoff_seconds`` (>= 0; they also apply to the service's
-    processing)."""
+    ``status_writers`` (0: auto), ``max_retries`` and ``retry_backoff_seconds`` (>= 0; the
+    last two also apply to the service's processing)."""
 
     model_config = _STRICT
     heartbeat_seconds: float = Field(default=defaults.HEARTBEAT_SECONDS, gt=0)
@@ -62,6 +62,7 @@ class LauncherSection(BaseModel):
     claim_batch: int = Field(default=defaults.CLAIM_BATCH, gt=0)
     serial_prefetch_per_slot: int = Field(default=defaults.SERIAL_PREFETCH_PER_SLOT, gt=0)
     status_flush_seconds: float = Field(default=defaults.STATUS_FLUSH_SECONDS, gt=0)
+    status_writers: int = Field(default=defaults.STATUS_WRITERS, ge=0)
     kill_check_seconds: float = Field(default=defaults.KILL_CHECK_SECONDS, gt=0)
     kill_grace_seconds: float = Field(default=defaults.KILL_GRACE_SECONDS, gt=0)
     shutdown_grace_seconds: float = Field(default=defaults.SHUTDOWN_GRACE_SECONDS, gt=0)

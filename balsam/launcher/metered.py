@@ -2,6 +2,7 @@
 serial master's exit log line: the benchmark's statements-per-task breakdown)."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from balsam.db.database import Database
@@ -14,14 +15,19 @@ class MeteredDatabase(Database):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.by_work: dict[str, int] = {}
+        self.seconds_by_work: dict[str, float] = {}
+        """Wall seconds spent in each kind of transaction (waiting for the server included)."""
 
     def _metered(self, fn: Callable[..., Any], call: Callable[[], Any]) -> Any:
         before = self.statements
+        t0 = time.perf_counter()
         try:
             return call()
         finally:
             name = getattr(fn, "__name__", "other")
             self.by_work[name] = self.by_work.get(name, 0) + self.statements - before
+            self.seconds_by_work[name] = (self.seconds_by_work.get(name, 0.0)
+                                          + time.perf_counter() - t0)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return self._metered(fn, lambda: super(MeteredDatabase, self).run(fn, *args, **kw))

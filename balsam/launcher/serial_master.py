@@ -3,8 +3,10 @@
 :class:`Master` claims serial jobs in batches (:class:`JobSource`), sends them to the workers
 (:mod:`balsam.launcher.serial_worker`) so that each node has a full node's worth of tasks
 running and some queued behind them (more when tasks are short, so a worker never waits for the
-master), records what the workers report through a :class:`StatusBuffer` (RUNNING once a worker
-reports a start; batched, one statement per target state), forwards user kills every
+master), records what the workers report through a :class:`StatusBuffer` or, at scale, K
+:class:`StatusWriters` threads with a connection each (RUNNING once a worker reports a start;
+batched, one statement per flush; a run's RUN_DONE goes on to JOB_FINISHED in the same row
+update when there is nothing to postprocess or stage out), forwards user kills every
 ``kill_check_seconds``, renews the session's lease and sweeps dead sessions
 (:class:`Housekeeper`), runs the processing pass (:func:`transitions.advance`), and exits when
 idle only once :func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
@@ -31,7 +33,7 @@ from balsam.launcher import procs
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.serial_worker import Work
-from balsam.launcher.status import StatusBuffer
+from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
@@ -50,6 +52,11 @@ in a few workers' queues while the other nodes idled)."""
 RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
+MAX_CLAIM_BATCH = 4096
+CLAIM_SLOTS_DIVISOR = 16
+"""A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
+with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
+bench_scale.py: claims of 4,096 doubled the rate at N >= 1,024)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
 BYE_SECONDS = 5.0
@@ -85,7 +92,7 @@ def work_item(spec: TaskSpec) -> Work:
 class Master:
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
-    def __init__(self, ctx: Context, source: JobSource, status: StatusBuffer,
+    def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
                  channel: MasterChannel) -> None:
         self.ctx, self.source, self.status, self.channel = ctx, source, status, channel
         self.t = ctx.tunables
@@ -302,11 +309,12 @@ class Master:
         # (Capping the target at one batch beyond what is in flight, as before, stopped claims
         # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
         room = target - held
-        if (open_nodes <= 0 or room < min(self.t.claim_batch, target) // 2
+        batch = self._claim_batch(open_nodes)
+        if (open_nodes <= 0 or room < min(batch, target) // 2
                 or now < self._next["claim"]):
             return False
         try:
-            specs = self.source.claim(min(self.t.claim_batch, room), serial=True,
+            specs = self.source.claim(min(batch, room), serial=True,
                                       max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
         except DatabaseUnavailable:
             self._next["claim"] = now + 0.5
@@ -318,6 +326,12 @@ class Master:
         self.queue.extend(specs)
         self.slots_per_node = max(self.slots_per_node, *(self._slots(s) for s in specs))
         return True
+
+    def _claim_batch(self, open_nodes: int) -> int:
+        """The claim size: ``claim_batch``, or more on a big allocation (a fraction of its
+        slots, up to ``MAX_CLAIM_BATCH``), so filling N x S slots takes a few dozen claims."""
+        slots = self.slots_per_node * open_nodes
+        return max(self.t.claim_batch, min(MAX_CLAIM_BATCH, slots // CLAIM_SLOTS_DIVISOR))
 
     def _slots(self, spec: TaskSpec) -> int:
         per_node = max(1, spec.node_packing_count)

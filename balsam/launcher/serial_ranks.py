@@ -162,7 +162,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase
     from balsam.launcher.serial_master import Master
-    from balsam.launcher.status import StatusBuffer
+    from balsam.launcher.status_writers import close_status, open_status, writer_count
 
     log = _logger(config, "balsam.serial.master")
     tunables = Tunables.from_settings(config.settings["launcher"])
@@ -196,8 +196,9 @@ def run_master(comm: Any, config: SerialConfig) -> int:
     _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
     source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={}, tags=config.tags)
-    status = StatusBuffer(db, session_id, tunables.status_flush_seconds,
-                          start_message=start_message(session_id))
+    status = open_status(db, session_id, flush_seconds=tunables.status_flush_seconds,
+                         writers=writer_count(tunables.status_writers, ctx.alloc.num_nodes),
+                         start_message=start_message(session_id), processing=config.processing)
     log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
              f"{comm.Get_size() - 1} worker(s)")
     try:
@@ -206,6 +207,7 @@ def run_master(comm: Any, config: SerialConfig) -> int:
         log.exception("the serial master failed")
         raise
     finally:
+        close_status(status)
         log.info(f"serial master exits: {db.statements} statements in {db.transactions} "
                  f"transactions, {_cpu_seconds():.2f} s CPU ({db.summary()})")
         db.close()

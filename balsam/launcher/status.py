@@ -83,14 +83,20 @@ class StatusBuffer:
 
     ``started(ids)`` records RUNNING (serial mode; see the module docstring for MPI mode).
     ``done``/``error``/``timeout`` record the end of a RUNNING job; ``release`` drops the
-    claim on a job that will not run (killed by a user, or claimed but not started). Not
-    thread-safe: one loop owns it.
+    claim on a job that will not run (killed by a user, or claimed but not started). With
+    ``follow``, a recorded end goes on to its follow-on state in the same row update where
+    its condition holds (both events recorded). Not thread-safe: one loop owns it (several
+    threads: :class:`balsam.launcher.status_writers.StatusWriters`).
     """
 
     def __init__(self, db: Database, session_id: int,
                  flush_seconds: float = defaults.STATUS_FLUSH_SECONDS,
-                 start_message: str = "") -> None:
+                 start_message: str = "",
+                 follow: Optional[lifecycle.FollowOn] = None) -> None:
         self.db = db
+        self.follow = follow
+        """Pure moves taken with the ends recorded (RUN_DONE -> JOB_FINISHED of a job with
+        nothing to postprocess or stage out: ``transitions.FINISH_ON_RECORD``), or None."""
         self.session_id = session_id
         self.flush_seconds = flush_seconds
         self.start_message = start_message
@@ -183,7 +189,7 @@ class StatusBuffer:
             else:
                 moves.append((job_id, State.RUNNING, batch.start_message))
         moves += [(j, state, m) for j, (state, m) in ends.items() if j not in started]
-        moved = lifecycle.move(cursor, moves, self.session_id)
+        moved = lifecycle.move(cursor, moves, self.session_id, self.follow)
         done = {j for j, _, _ in moved}
         out.started = [j for j in batch.started if j in done]
         out.ended = sum(1 for _, _, to in moved if to != State.RUNNING.value)

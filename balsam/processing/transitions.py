@@ -258,6 +258,15 @@ _MESSAGES = {
 }
 
 
+FINISH_ON_RECORD = lifecycle.FollowOn(
+    routing.LAUNCHER_FOLLOW_ON,
+    f"NOT {NEEDS_POSTPROCESS} AND NOT {NEEDS_STAGE_OUT}",
+    _MESSAGES[State.JOB_FINISHED])
+"""The RUN_DONE -> JOB_FINISHED route of a job with no postprocess script and nothing to stage
+out (:data:`PURE_DECIDERS` ``NO_POSTPROCESS`` then ``NO_STAGE_OUT``), as a launcher takes it while
+recording the run's end (:func:`balsam.core.lifecycle.move`); the same message as this pass."""
+
+
 def advance(cursor: Cursor, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
             policy: RetryPolicy = DEFAULT_POLICY) -> dict[str, int]:
     """One processing pass in the caller's transaction; returns how many jobs moved, by kind.
