@@ -230,6 +230,46 @@ def test_bulk_create_accepts_any_iterable_and_leaves_saved_objects(models, curso
     assert stored(cursor, made[2].pk)["args"] == "changed"
 
 
+def test_a_new_job_is_one_gc_tracked_object_until_saved_and_keeps_django_state(models,
+                                                                             cursor) -> None:
+    import gc
+    import pickle
+
+    jobs = [models.BalsamJob(name=f"t{i}", application="a") for i in range(4)]
+    assert not any(gc.is_tracked(j.__dict__) or "_state" in j.__dict__ for j in jobs)
+    assert jobs[0]._state.adding and jobs[0]._state.db is None  # made on first use
+    copied = pickle.loads(pickle.dumps(jobs[1]))  # Django's __getstate__ needs a ModelState
+    assert copied.name == "t1" and copied.pk == jobs[1].pk and copied._state.adding
+    models.BalsamJob.objects.bulk_create(jobs)
+    assert all(gc.is_tracked(j.__dict__) for j in jobs)  # saved: tracked again
+    for j in jobs:  # with a ModelState made before the insert (0) or after it (1, 2, 3)
+        assert not j._state.adding and j._state.db == "default"
+    loaded = pickle.loads(pickle.dumps(jobs[3]))
+    assert not loaded._state.adding and loaded._state.db == "default"
+    fresh = models.BalsamJob(name="again")
+    with pytest.raises(ValueError, match="already saved"):  # no ModelState made before
+        models.BalsamJob.objects.bulk_create([fresh, models.BalsamJob(name="x")] + jobs[1:2])
+    with pytest.raises(ValueError, match="already saved"):
+        models.BalsamJob.objects.bulk_create([models.BalsamJob.objects.get(pk=jobs[0].pk)])
+    assert counts(cursor) == (4, 0, 0)
+    single = models.BalsamJob(name="single", application="a")
+    single.save()
+    assert gc.is_tracked(single.__dict__) and not single._state.adding
+    assert counts(cursor) == (5, 0, 0)
+
+
+def test_a_reference_cycle_through_a_new_job_is_collected(models) -> None:
+    import gc
+    import weakref
+
+    job = models.BalsamJob(name="cyclic")
+    job.me = [job]  # the list re-tracks the job's dict
+    job_ref = weakref.ref(job)
+    del job
+    gc.collect()
+    assert job_ref() is None
+
+
 def test_new_job_ids_are_unique_random_version4_uuids() -> None:
     ids = [bulk.uuid4() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)

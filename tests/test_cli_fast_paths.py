@@ -61,3 +61,33 @@ def test_a_usage_error_reads_the_same_from_the_single_command_parser(capsys):
         assert exit_.value.code == 2
     first, second = capsys.readouterr().err.split("\n")[:2]
     assert first == second and "--no-such-flag" in first
+
+
+@pytest.mark.parametrize("columns", [None, "50", "200", "0", "-3", "wide", ""])
+def test_help_is_as_wide_as_argparse_would_make_it_without_importing_shutil(monkeypatch, columns):
+    import shutil
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert cli_main.help_width() == shutil.get_terminal_size().columns - 2
+    parser = cli_main.build_parser("ls")
+    assert parser._get_formatter()._width == shutil.get_terminal_size().columns - 2
+
+
+def test_balsam_ls_starts_without_the_modules_only_other_commands_need(balsam_db_path):
+    """`balsam ls` runs without shutil (argparse's terminal width), uuid (and the platform module
+    it loads), tempfile (writing server-info), Django or the ORM models: each is start-up time."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from balsam.cli.main import main\n"
+            "status = main(['ls'])\n"
+            "print(json.dumps([status] + sorted(m for m in ('shutil', 'uuid', 'platform', "
+            "'tempfile', 'django', 'balsam.core.models') if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(proc.stdout.splitlines()[-1]) == [0]

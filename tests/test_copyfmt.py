@@ -56,6 +56,8 @@ def test_the_cython_kernel_is_built_and_used() -> None:
     assert copyfmt.encode_dicts is _copyfmt.encode_dicts
     assert copyfmt.check_rows is _copyfmt.check_rows
     assert copyfmt.uuids_from_bytes is _copyfmt.uuids_from_bytes
+    assert copyfmt.untrack_atom_dict is _copyfmt.untrack_atom_dict
+    assert copyfmt.track_dicts is _copyfmt.track_dicts
     assert _copyfmt.__file__.endswith(".so")
 
 
@@ -121,6 +123,47 @@ def test_kernel_uuids_are_untracked_by_gc_and_behave_as_uuids() -> None:
         u.int = 5  # immutable, as every UUID
     del made, u
     gc.collect()
+
+
+ATOM_OR_NOT = st.one_of(VALUE, st.just({}), st.just(()), st.builds(lambda: []),
+                        st.builds(lambda: copyfmt.uuids_from_bytes(os.urandom(16))[0]))
+
+
+@given(st.dictionaries(TEXT, ATOM_OR_NOT, max_size=10))
+def test_kernel_untracks_a_dict_exactly_when_the_reference_finds_no_tracked_value(d) -> None:
+    d = dict(d)
+    expected = copyfmt.untrack_atom_dict_py(d)
+    assert expected == all(not gc.is_tracked(v) for v in d.values())
+    was_tracked = gc.is_tracked(d)
+    assert copyfmt.untrack_atom_dict(d) == expected
+    assert gc.is_tracked(d) == (was_tracked and not expected)
+    untracked = copyfmt.track_dicts_py([d])
+    assert untracked == (not gc.is_tracked(d))
+    assert copyfmt.track_dicts([d]) == untracked  # tracked again
+    assert gc.is_tracked(d)
+
+
+def test_an_untracked_dict_is_tracked_again_when_a_container_is_stored_or_by_track_dicts() -> None:
+    d = {"job_id": copyfmt.uuids_from_bytes(os.urandom(16))[0], "data": {}, "n": 1, "s": "x"}
+    assert gc.is_tracked(d)  # CPython tracks a dict holding any container
+    assert copyfmt.untrack_atom_dict(d) and not gc.is_tracked(d)
+    d["more"] = "text"
+    assert not gc.is_tracked(d)
+    d["cycle"] = [d]  # CPython tracks it again: the cycle is collectable
+    assert gc.is_tracked(d)
+    assert not copyfmt.untrack_atom_dict(d) and gc.is_tracked(d)
+    e = {"a": 1}
+    copyfmt.untrack_atom_dict(e)
+    assert copyfmt.track_dicts_py([e, d]) == 1  # the reference counts, cannot track
+    assert copyfmt.track_dicts([e, d]) == 1 and gc.is_tracked(e)
+    with pytest.raises(TypeError, match="needs dicts"):
+        copyfmt.track_dicts([e, ["not a dict"]])
+    with pytest.raises(TypeError, match="needs dicts"):
+        copyfmt.track_dicts_py([["not a dict"]])
+    with pytest.raises(TypeError):
+        copyfmt.untrack_atom_dict(["not a dict"])
+    with pytest.raises(TypeError, match="needs a dict"):
+        copyfmt.untrack_atom_dict_py(["not a dict"])
 
 
 def test_kernel_and_reference_agree_on_errors() -> None:

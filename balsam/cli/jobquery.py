@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import sys
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from balsam.core import schema
@@ -99,6 +98,8 @@ def job_verbose(job: dict[str, Any], apps: dict[str, dict[str, Any]], db_path: s
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     """A row with ids as strings and times in ISO 8601, ready for ``json.dumps``."""
+    import uuid  # only for --json: `balsam ls` does not import it otherwise (~1 ms)
+
     out: dict[str, Any] = {}
     for key, val in row.items():
         if isinstance(val, datetime.datetime):

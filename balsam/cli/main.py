@@ -6,7 +6,9 @@ it is printed as one line on stderr and the exit status is 2. ``--traceback`` sh
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -32,6 +34,11 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports usage errors on one line (with a pointer to --help), exit 2, and
     accepts the hidden classic flag spellings of :mod:`balsam.cli.aliases`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
+        kwargs["formatter_class"] = functools.partial(formatter, width=help_width())
+        super().__init__(*args, **kwargs)
+
     def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
                          namespace: Optional[argparse.Namespace] = None) -> tuple[Any, list[str]]:
         argv = sys.argv[1:] if args is None else args
@@ -39,6 +46,22 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def help_width() -> int:
+    """The width argparse's formatter takes from ``shutil.get_terminal_size()`` (``COLUMNS``, else
+    stdout's terminal, else 80; minus 2), without importing shutil: argparse makes a formatter
+    for every ``add_argument``, and shutil (with zlib, bz2, lzma) costs every command ~1.5 ms."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
 
 
 TOP_LEVEL_FLAGS = ("--traceback",)

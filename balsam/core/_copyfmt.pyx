@@ -27,7 +27,13 @@ import json as _json
 import uuid as _uuid
 
 cdef extern from "Python.h":
+    ctypedef struct PyObject
     void PyObject_GC_UnTrack(object o)
+    void PyObject_GC_Track(object o)
+    bint PyObject_GC_IsTracked(object o)
+    bint _PyObject_GC_IS_TRACKED "PyObject_GC_IsTracked" (PyObject* o)
+    bint _PyObject_IS_GC "PyObject_IS_GC" (PyObject* o)
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     int PyObject_GenericSetAttr(object o, object name, object value) except -1
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
     bint PyUnicode_IS_ASCII(object s)
@@ -310,3 +316,38 @@ def uuids_from_bytes(bytes raw):
         PyObject_GC_UnTrack(u)
         out.append(u)
     return out
+
+
+def untrack_atom_dict(dict d):
+    """Stop the cyclic garbage collector tracking ``d`` if none of its values is tracked (each is
+    an atom -- str, int, bool, None, datetime -- or a container the collector does not track:
+    an empty dict, a UUID from :func:`uuids_from_bytes`); returns whether that was so.
+
+    Such a dict cannot be part of a reference cycle now, and CPython tracks it again itself as
+    soon as a tracked value is stored in it. What it cannot see is a value that is a container
+    (an empty dict) being filled later in place; :func:`track_dicts` undoes this when the dicts
+    are saved (see ``BalsamJob.__init__``).
+    """
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* value
+    while PyDict_Next(d, &pos, &key, &value):
+        if _PyObject_IS_GC(value) and _PyObject_GC_IS_TRACKED(value):
+            return False
+    if PyObject_GC_IsTracked(d):
+        PyObject_GC_UnTrack(d)
+    return True
+
+
+def track_dicts(list dicts):
+    """Let the cyclic garbage collector track again each dict of ``dicts`` (undoes
+    :func:`untrack_atom_dict`); returns how many were untracked."""
+    cdef Py_ssize_t count = 0
+    cdef object d
+    for d in dicts:
+        if type(d) is not dict:
+            raise TypeError(f"track_dicts() needs dicts, got {type(d).__name__}")
+        if not PyObject_GC_IsTracked(d):
+            PyObject_GC_Track(d)
+            count += 1
+    return count

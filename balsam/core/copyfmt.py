@@ -18,6 +18,7 @@ not built.
 """
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from collections.abc import Iterable
@@ -107,6 +108,27 @@ def uuids_from_bytes_py(raw: bytes) -> list[uuid.UUID]:
             for i in range(0, len(raw), 16)]
 
 
+def _untracked(value: Any) -> bool:
+    return not gc.is_tracked(value)
+
+
+def untrack_atom_dict_py(d: dict[str, Any]) -> bool:
+    """Reference: whether no value of ``d`` is tracked by the cyclic garbage collector. The kernel
+    then stops tracking ``d`` itself; pure Python cannot, so this leaves ``d`` as it is."""
+    if type(d) is not dict:
+        raise TypeError(f"untrack_atom_dict() needs a dict, got {type(d).__name__}")
+    return all(map(_untracked, d.values()))
+
+
+def track_dicts_py(dicts: list[dict[str, Any]]) -> int:
+    """Reference: the number of dicts of ``dicts`` the collector does not track (the kernel
+    tracks them again; pure Python never untracked them, and cannot track them)."""
+    for d in dicts:
+        if type(d) is not dict:
+            raise TypeError(f"track_dicts() needs dicts, got {type(d).__name__}")
+    return sum(1 for d in dicts if not gc.is_tracked(d))
+
+
 def _load_kernel() -> tuple[str, Any]:
     try:
         from balsam.core import _copyfmt  # type: ignore[attr-defined]
@@ -121,3 +143,7 @@ encode_dicts: Callable[..., bytes] = _kernel.encode_dicts if _kernel else encode
 check_rows: Callable[..., int] = _kernel.check_rows if _kernel else check_rows_py
 uuids_from_bytes: Callable[[bytes], list[uuid.UUID]] = (_kernel.uuids_from_bytes if _kernel
                                                        else uuids_from_bytes_py)
+untrack_atom_dict: Callable[[dict[str, Any]], bool] = (_kernel.untrack_atom_dict if _kernel
+                                                       else untrack_atom_dict_py)
+track_dicts: Callable[[list[dict[str, Any]]], int] = (_kernel.track_dicts if _kernel
+                                                      else track_dicts_py)

@@ -7,12 +7,12 @@ writer, and ``bulk_create`` streams validated rows through PostgreSQL COPY.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any, Optional, Protocol, TypeVar
 
 from django.db import connection, models, transaction
 
-from balsam.core import bulk, lifecycle, schema
+from balsam.core import bulk, copyfmt, lifecycle, schema
 from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError, InvalidParentsError
 
@@ -29,7 +29,9 @@ class Job(Protocol):
 
 
 JobT = TypeVar("JobT", bound=Job)
-_ADDING = attrgetter("_state.adding")
+_ADDING = attrgetter("adding")
+_STATE = methodcaller("get", "_state")
+_LOADED = itemgetter("_loaded_state")
 _DICT = attrgetter("__dict__")
 _APPLICATION = itemgetter("application")
 _PARENTS = itemgetter("_pending_parents")
@@ -98,9 +100,11 @@ class BalsamJobQuerySet(models.QuerySet):
         objs = objs if type(objs) is list else list(objs)
         # Whole-list passes run as C loops (map, attrgetter): bulk_create is timed against a
         # raw COPY of the same rows (benchmarks/bench_bulk_insert.py).
-        if not all(map(_ADDING, objs)):
-            raise ValueError("bulk_create() got jobs that are already saved")
         rows = list(map(_DICT, objs))  # validated in copy_jobs, as save() validates
+        # Saved: a job loaded or saved (its ModelState says so) or bulk-created (``_loaded_state``
+        # set; a fast-constructed job has no ModelState until it is used, see models.py).
+        if any(map(_LOADED, rows)) or not all(map(_ADDING, filter(None, map(_STATE, rows)))):
+            raise ValueError("bulk_create() got jobs that are already saved")
         self.model._require_apps(set(map(_APPLICATION, rows)) - {""})
         with transaction.atomic(using=self.db), connection.cursor() as cur:
             edges = [(p, d["job_id"]) for d in rows if d["_pending_parents"]
@@ -121,11 +125,13 @@ class BalsamJobQuerySet(models.QuerySet):
                            check=None if checked else schema.check_new_jobs)
             bulk.insert_edges(cur, edges)
         db = self.db
-        for o in objs:
-            st = o._state
-            st.adding = False
-            st.db = db
-            d = o.__dict__
+        for d in rows:
+            st = d.get("_state")
+            if st is not None:
+                st.adding = False
+                st.db = db
+            d["_saved_db"] = db  # for a ModelState made later (models._LazyModelState)
             d["_loaded_state"] = d["state"]
             d["_pending_parents"] = None
+        copyfmt.track_dicts(rows)  # saved: tracked by the GC again (see BalsamJob.__init__)
         return objs

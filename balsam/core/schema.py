@@ -8,13 +8,15 @@ models in :mod:`balsam.core.models` are the authority for the schema (they own t
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError
+
+if TYPE_CHECKING:
+    import uuid
 
 JOB_TABLE = "core_balsamjob"
 APP_TABLE = "core_applicationdefinition"
@@ -335,6 +337,8 @@ def normalize_job_values(values: dict[str, Any]) -> None:
 
 def parse_uuid(text: str) -> uuid.UUID:
     """Parse a full job id, raising :class:`FieldError` with a readable message."""
+    import uuid  # here: `balsam ls` never needs it (uuid imports platform, ~1 ms)
+
     try:
         return uuid.UUID(str(text).strip())
     except ValueError:
@@ -399,6 +403,7 @@ def app_command(executable: str, args: str) -> str:
 def new_job_row(values: Mapping[str, Any], job_id: Optional[uuid.UUID] = None) -> dict[str, Any]:
     """A full row for a new job: defaults overlaid with ``values`` (each coerced and checked)."""
     import datetime
+    import uuid
     unknown = set(values) - set(JOB_DEFAULTS)
     if unknown:
         raise FieldError(f"unknown job field(s): {', '.join(sorted(unknown))}")
