@@ -189,3 +189,39 @@ def test_the_service_cancels_a_running_and_an_unsubmitted_batch_job(site, cursor
     cursor.execute(f"SELECT to_state FROM {schema.EVENT_TABLE} WHERE job_id = %s ORDER BY id",
                    [job_id])
     assert [r[0] for r in cursor.fetchall()][:3] == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT"]
+
+
+def test_a_cancel_handled_while_another_process_submits_waits_for_the_scheduler_id(
+        site, cursor, database, db):
+    """The service's cancel step must not take a row whose submission is in flight (in
+    ``balsam submit-launch``) for one never submitted: the job would run, its cancel lost."""
+    from balsam.db.database import Database
+
+    sched = schedulers.get("local", os.path.join(site, "qsubmit"))
+    bj = BatchJob.objects.create(site_path=site, queue="local", wall_time_min=5)
+    service = Database(db, "test-api-batchjobs-service")
+    seen = {}
+
+    class CancelledAndHandledMeanwhile:
+        """The local scheduler; while it submits, the user cancels and the service runs."""
+
+        def submit(self, *args, **kwargs):
+            bj.state = "pending_deletion"
+            bj.save()
+            seen["handled"] = cancel_requested(service, sched, LOG)
+            seen["row"] = launches(cursor)[0]
+            return sched.submit(*args, **kwargs)
+
+    try:
+        done = submitter.submit_pending(database, site, {"machine": "local", "scheduler": "local"},
+                                        CancelledAndHandledMeanwhile(), LOG)
+        assert seen["handled"] == 0 and seen["row"]["state"] == "pending-deletion"
+        (row,) = launches(cursor)
+        assert done == [(bj.id, row["scheduler_id"])] and row["state"] == "pending-deletion"
+        assert cancel_requested(service, sched, LOG) == 1
+        assert launches(cursor)[0]["raw_state"] == "CANCEL_SENT"
+    finally:
+        service.close()
+        from service_support import kill_local_jobs
+
+        kill_local_jobs(site)
