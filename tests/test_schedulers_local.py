@@ -105,10 +105,13 @@ def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(sched, tmp_path
 
 
 def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failure(sched, tmp_path):
-    script = write_script(tmp_path / "bg.sh", "(sleep 1.5) &\nexit 0\n")
+    release = tmp_path / "release"  # the leftover lives until the test has seen it finishing
+    script = write_script(tmp_path / "bg.sh", f"(while [ ! -e {release} ]; do sleep 0.05; done) &\n"
+                                              "exit 0\n")
     job_id = sched.submit(script, str(tmp_path), "bg", str(tmp_path / "bg.out"))
     job = wait_for(sched, job_id, lambda j: j.state != "running")
     assert (job.state, job.raw_state) == ("finishing", "EXITING")
+    release.touch()
     assert wait_for(sched, job_id, lambda j: j.is_final).state == "finished"
 
     victim = write_script(tmp_path / "victim.sh", "sleep 100\n")
