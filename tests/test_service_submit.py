@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from launcher_support import wait_for
 
 from balsam.core import schema
 from balsam.core.batchstates import CANCEL_SENT, IN_FLIGHT
@@ -88,16 +88,16 @@ def test_local_submission_runs_the_rendered_script_and_sync_sees_it_end(database
     assert done == [(rid, got["scheduler_id"])] and got["scheduler_id"].isdigit()
     assert (got["state"], got["command"], got["attempts"]) == ("submitted", str(script), 1)
     assert os.access(script, os.X_OK)
-    for _ in range(100):
-        if (dbdir / "ran.txt").exists():
-            break
-        time.sleep(0.05)
+    # a loaded machine may take seconds to start the script (the file is written at once)
+    wait_for(lambda: (dbdir / "ran.txt").exists(), 60, "the job script to run")
     assert (dbdir / "ran.txt").read_text() == "nodes=1 minutes=30 mode=serial --wf-filter 'wf one'\n"
-    for _ in range(100):
-        result = sync(database, sched, submitter.current_user(), LOG)
-        if row(cursor, rid)["state"] == "finished":
-            break
-        time.sleep(0.05)
+    synced: list = []
+
+    def ended() -> bool:
+        synced.append(sync(database, sched, submitter.current_user(), LOG))
+        return row(cursor, rid)["state"] == "finished"
+    wait_for(ended, 60, "the local job to end")
+    result = synced[-1]
     assert result["ok"] and result["ended"] == 1 and result["foreign"] == []
     assert row(cursor, rid)["ended_at"] is not None
     assert submitter.submit_pending(database, str(dbdir), settings, sched, LOG) == []
