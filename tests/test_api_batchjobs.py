@@ -15,6 +15,7 @@ from balsam.api import BatchJob, sites
 from balsam.api.names import TranslationError
 from balsam.core import leases, schema
 from balsam.platform import machines, schedulers
+from balsam.platform.schedulers import local
 from balsam.service import submitter
 from balsam.service.sync import cancel_requested, sync
 
@@ -139,9 +140,15 @@ def test_a_cancel_made_during_submission_survives_and_reaches_the_scheduler(
         assert launches(cursor)[0]["raw_state"] == "CANCEL_SENT"
 
         def ended():
-            sync(database, sched, "me", LOG)
-            return launches(cursor)[0]["state"] == "cancelled"
-        wait_for(ended, 30, "the cancelled batch job to end")
+            # As the service does: the user's own jobs, so the job is listed `finishing` until
+            # its process group is gone (a busy machine may take seconds to end it; SIGKILL
+            # follows KILL_GRACE seconds after the SIGTERM). Another user's listing omits it,
+            # and a still-finishing job missing from the listing is recorded `finished`.
+            sync(database, sched, submitter.current_user(), LOG)
+            state = launches(cursor)[0]["state"]
+            assert state in ("pending-deletion", "cancelled"), state
+            return state == "cancelled"
+        wait_for(ended, local.KILL_GRACE + 60, "the cancelled batch job to end")
         bj.refresh_from_db()
         assert bj.state == "finished"
     finally:
@@ -182,3 +189,39 @@ def test_the_service_cancels_a_running_and_an_unsubmitted_batch_job(site, cursor
     cursor.execute(f"SELECT to_state FROM {schema.EVENT_TABLE} WHERE job_id = %s ORDER BY id",
                    [job_id])
     assert [r[0] for r in cursor.fetchall()][:3] == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT"]
+
+
+def test_a_cancel_handled_while_another_process_submits_waits_for_the_scheduler_id(
+        site, cursor, database, db):
+    """The service's cancel step must not take a row whose submission is in flight (in
+    ``balsam submit-launch``) for one never submitted: the job would run, its cancel lost."""
+    from balsam.db.database import Database
+
+    sched = schedulers.get("local", os.path.join(site, "qsubmit"))
+    bj = BatchJob.objects.create(site_path=site, queue="local", wall_time_min=5)
+    service = Database(db, "test-api-batchjobs-service")
+    seen = {}
+
+    class CancelledAndHandledMeanwhile:
+        """The local scheduler; while it submits, the user cancels and the service runs."""
+
+        def submit(self, *args, **kwargs):
+            bj.state = "pending_deletion"
+            bj.save()
+            seen["handled"] = cancel_requested(service, sched, LOG)
+            seen["row"] = launches(cursor)[0]
+            return sched.submit(*args, **kwargs)
+
+    try:
+        done = submitter.submit_pending(database, site, {"machine": "local", "scheduler": "local"},
+                                        CancelledAndHandledMeanwhile(), LOG)
+        assert seen["handled"] == 0 and seen["row"]["state"] == "pending-deletion"
+        (row,) = launches(cursor)
+        assert done == [(bj.id, row["scheduler_id"])] and row["state"] == "pending-deletion"
+        assert cancel_requested(service, sched, LOG) == 1
+        assert launches(cursor)[0]["raw_state"] == "CANCEL_SENT"
+    finally:
+        service.close()
+        from service_support import kill_local_jobs
+
+        kill_local_jobs(site)

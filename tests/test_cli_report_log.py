@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from conftest import run_balsam
+from launcher_support import wait_for
 from test_analytics import at, history, jid  # noqa: F401  (history is a fixture)
 
 from balsam.cli.cmd_report import parse_time
@@ -150,18 +152,31 @@ def test_log_shows_the_newest_log_of_each_kind(logs):
 def test_log_follow_prints_appended_lines_and_new_logs_and_exits_0_on_ctrl_c(logs, db):
     proc = subprocess.Popen([sys.executable, "-m", "balsam", "log", "--service", "--follow", "-n", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+    reader = threading.Thread(target=read)
+    reader.start()
+
+    def printed(line: str) -> None:  # a loaded machine may take seconds to start or poll
+        wait_for(lambda: line in lines, 60, f"{line!r} from balsam log --follow")
+    newer = os.path.join(db, "log", "service_20240103-000000_4.log")
     try:
-        time.sleep(2.5)
+        printed("svc new 2\n")
         with open(logs[2], "a") as fh:
             fh.write("appended\n")
-        newer = os.path.join(db, "log", "service_20240103-000000_4.log")
-        with open(newer, "w") as fh:
-            fh.write("restarted\n")
         with open(os.path.join(db, "log", "launcher_20240101-000000_2.log"), "a") as fh:
             fh.write("not a service line\n")
-        time.sleep(2)
+        printed("appended\n")  # following now: a log made from here on is a new one
+        with open(newer, "w") as fh:
+            fh.write("restarted\n")
+        printed("restarted\n")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(timeout=30)
+        reader.join(30)
+        out, err = "".join(lines), proc.stderr.read()
     finally:
         proc.kill()
         if os.path.exists(os.path.join(db, "log", "service_20240103-000000_4.log")):

@@ -130,11 +130,10 @@ def test_result_times_out_with_timeout_error(futures, make_job, drive):
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=r"job \[slow \| \w{8}\] is still CREATED after 0.3 s"):
         future.result(timeout=0.3, poll_period=POLL)
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 10  # not the job's end (a loaded machine is slow)
     with pytest.raises(futures.TimeoutError):
         future.result(timeout=0)
-    drive(job, ["PREPROCESSED", "RUNNING"], delay=0)
-    time.sleep(0.3)
+    drive(job, ["PREPROCESSED", "RUNNING"], delay=0).join(30)  # the states are written
     with pytest.raises(TimeoutError, match="is still RUNNING after 0.1 s"):
         future.result(timeout=0.1, poll_period=POLL)
     drive(job, ["RUN_DONE", "JOB_FINISHED"], delay=0.2)
@@ -184,12 +183,11 @@ def test_wait_any_returns_when_one_ends_and_sorts_by_outcome(futures, make_job, 
 
 def test_wait_times_out_and_checks_return_when(futures, make_job, drive):
     futs = [futures.FutureTask(make_job(f"j{i}"), lambda j: 1) for i in range(3)]
-    drive(futs[0].job, PATH_TO_FINISHED, delay=0)
-    time.sleep(0.3)
+    drive(futs[0].job, PATH_TO_FINISHED, delay=0).join(30)  # the states are written
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="2 of 3 jobs still active after 0.3 s"):
         futures.wait(futs, timeout=0.3, return_when=futures.ALL_COMPLETED, poll_period=POLL)
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 10  # not the job's end (a loaded machine is slow)
     assert futures.wait(futs, timeout=0).done == [futs[0]]  # ANY: one has ended already
     with pytest.raises(ValueError, match="return_when must be"):
         futures.wait(futs, return_when="FIRST_EXCEPTION")

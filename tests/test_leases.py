@@ -31,6 +31,17 @@ def session(cursor, lease_seconds=60, mode="mpi"):
                                lease_seconds=lease_seconds)
 
 
+def wait_for_sql(cursor, query, timeout=60.0):
+    """Poll ``query`` (one boolean) until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cursor.execute(query)
+        if cursor.fetchone()[0]:
+            return
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {query}"
+        time.sleep(0.05)
+
+
 def holders(cursor):
     cursor.execute("SELECT job_id::text, session_id, state FROM core_balsamjob")
     return {j: (s, st) for j, s, st in cursor.fetchall()}
@@ -177,12 +188,20 @@ def test_sweep_closes_only_expired_sessions_with_a_message_naming_them(app, curs
     for sid in (dead, alive):
         ids = [r["job_id"] for r in leases.claim(cursor, sid, 2, serial=False, max_nodes=1)]
         leases.start(cursor, sid, ids[:1])
-    cursor.execute("UPDATE core_launchersession SET heartbeat = now() - interval '5 seconds' "
-                   "WHERE id = %s", [dead])
-    assert leases.heartbeat(cursor, alive)
-    assert leases.sweep(cursor) == [(dead, 1)]
-    assert leases.sweep(cursor) == []
-    assert leases.heartbeat(cursor, dead) is False
+    # Sessions are swept only once the server has been up a whole lease (1 s here).
+    wait_for_sql(cursor, "SELECT pg_postmaster_start_time() < now() - interval '1 second'")
+    # One transaction: now() is the same for the heartbeat and the sweeps, so `alive` is within
+    # its 1-s lease however long a loaded machine pauses between the statements.
+    cursor.execute("BEGIN")
+    try:
+        cursor.execute("UPDATE core_launchersession SET heartbeat = now() - interval '5 seconds' "
+                       "WHERE id = %s", [dead])
+        assert leases.heartbeat(cursor, alive)
+        assert leases.sweep(cursor) == [(dead, 1)]
+        assert leases.sweep(cursor) == []
+        assert leases.heartbeat(cursor, dead) is False
+    finally:
+        cursor.execute("COMMIT")
     cursor.execute("SELECT message FROM core_jobevent WHERE to_state = 'RUN_TIMEOUT'")
     (message,) = cursor.fetchone()
     assert f"launcher session {dead} (host:123) lost its lease" in message

@@ -28,12 +28,20 @@ def write_script(path: Path, body: str, executable: bool = True) -> str:
 
 
 def wait_for(sched: LocalScheduler, job_id: str, check: Callable[[BatchJobStatus], bool],
-             timeout: float = 10) -> BatchJobStatus:
+             timeout: float = 60) -> BatchJobStatus:
     deadline = time.monotonic() + timeout
     while True:
         job = sched.status(USER)[job_id]
         if check(job) or time.monotonic() > deadline:
             return job
+        time.sleep(0.05)
+
+
+def until_exists(path: Path, timeout: float = 60) -> None:
+    """Wait until a job script has created ``path`` (a loaded machine may take seconds)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {path}"
         time.sleep(0.05)
 
 
@@ -48,7 +56,9 @@ def sched(tmp_path) -> LocalScheduler:
 
 
 def test_a_job_runs_in_its_cwd_then_finishes_with_its_exit_code(sched, tmp_path):
-    ok = write_script(tmp_path / "ok.sh", 'echo "in $PWD"; echo oops >&2; sleep 0.5\n')
+    release = tmp_path / "release"  # the job runs until the test has seen it running
+    ok = write_script(tmp_path / "ok.sh", f'echo "in $PWD"; echo oops >&2\n'
+                                          f'while [ ! -e {release} ]; do sleep 0.05; done\n')
     bad = write_script(tmp_path / "bad.sh", "exit 3\n", executable=False)  # run with /bin/sh
     first = sched.submit(ok, str(tmp_path), "qlaunch1", str(tmp_path / "ok.out"))
     second = sched.submit(bad, str(tmp_path), "qlaunch2", str(tmp_path / "bad.out"))
@@ -56,6 +66,7 @@ def test_a_job_runs_in_its_cwd_then_finishes_with_its_exit_code(sched, tmp_path)
     running = sched.status(USER)[first]
     assert (running.state, running.raw_state, running.name, running.queue, running.owner,
             running.exit_code) == ("running", "RUNNING", "qlaunch1", "local", USER, None)
+    release.touch()
     done = wait_for(sched, first, lambda j: j.is_final)
     assert (done.state, done.raw_state, done.exit_code) == ("finished", "EXITED", 0)
     assert (tmp_path / "ok.out").read_text() == f"in {tmp_path}\noops\n"
@@ -80,24 +91,27 @@ def test_cancel_terminates_the_whole_process_group(sched, tmp_path):
 
 
 def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(sched, tmp_path):
-    marker = tmp_path / "trapped"
-    script = write_script(tmp_path / "stubborn.sh",
-                          f"trap 'touch {marker}' TERM\nwhile true; do sleep 0.1; done\n")
+    marker, ready = tmp_path / "trapped", tmp_path / "ready"
+    script = write_script(tmp_path / "stubborn.sh", f"trap 'touch {marker}' TERM\ntouch {ready}\n"
+                                                    "while true; do sleep 0.1; done\n")
     job_id = sched.submit(script, str(tmp_path), "stubborn", str(tmp_path / "s.out"))
-    wait_for(sched, job_id, lambda j: j.state == "running")
-    time.sleep(0.2)  # let bash install its trap
+    until_exists(ready)  # bash has installed its trap
     sched.cancel(job_id)
-    finishing = wait_for(sched, job_id, lambda j: marker.exists(), timeout=3)
+    until_exists(marker)  # no status read meanwhile: only a status read escalates to SIGKILL
+    finishing = sched.status(USER)[job_id]
     assert (finishing.state, finishing.raw_state) == ("finishing", "CANCELLING")
-    job = wait_for(sched, job_id, lambda j: j.is_final, timeout=10)
+    job = wait_for(sched, job_id, lambda j: j.is_final)
     assert job.state == "cancelled" and not group_alive(pgid_of(sched, job_id))
 
 
 def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failure(sched, tmp_path):
-    script = write_script(tmp_path / "bg.sh", "(sleep 1.5) &\nexit 0\n")
+    release = tmp_path / "release"  # the leftover lives until the test has seen it finishing
+    script = write_script(tmp_path / "bg.sh", f"(while [ ! -e {release} ]; do sleep 0.05; done) &\n"
+                                              "exit 0\n")
     job_id = sched.submit(script, str(tmp_path), "bg", str(tmp_path / "bg.out"))
     job = wait_for(sched, job_id, lambda j: j.state != "running")
     assert (job.state, job.raw_state) == ("finishing", "EXITING")
+    release.touch()
     assert wait_for(sched, job_id, lambda j: j.is_final).state == "finished"
 
     victim = write_script(tmp_path / "victim.sh", "sleep 100\n")
@@ -172,9 +186,7 @@ def test_the_local_job_template_runs_the_launcher_on_this_machine(tmp_path, monk
     monkeypatch.setenv("FAKE_LAUNCHER_SECONDS", "100")
     (out / "started").unlink()
     job_id = sched.submit(str(script), str(tmp_path), "qlaunch2", str(tmp_path / "q2.out"))
-    deadline = time.monotonic() + 10
-    while not (out / "started").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until_exists(out / "started")
     sched.cancel(job_id)
     job = wait_for(sched, job_id, lambda j: j.is_final)
     assert job.state == "cancelled" and "TERM" in (out / "signals").read_text()

@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from launcher_support import wait_for
 
 from balsam.core import schema
+from balsam.core.batchstates import CANCEL_SENT, IN_FLIGHT
 from balsam.platform import machines, schedulers
 from balsam.service import submitter
-from balsam.service.sync import sync
+from balsam.service.sync import cancel_requested, sync
 
 QL = schema.QLAUNCH_TABLE
 FAKES = Path(__file__).parent / "fakes" / "bin"
@@ -87,16 +88,16 @@ def test_local_submission_runs_the_rendered_script_and_sync_sees_it_end(database
     assert done == [(rid, got["scheduler_id"])] and got["scheduler_id"].isdigit()
     assert (got["state"], got["command"], got["attempts"]) == ("submitted", str(script), 1)
     assert os.access(script, os.X_OK)
-    for _ in range(100):
-        if (dbdir / "ran.txt").exists():
-            break
-        time.sleep(0.05)
+    # a loaded machine may take seconds to start the script (the file is written at once)
+    wait_for(lambda: (dbdir / "ran.txt").exists(), 60, "the job script to run")
     assert (dbdir / "ran.txt").read_text() == "nodes=1 minutes=30 mode=serial --wf-filter 'wf one'\n"
-    for _ in range(100):
-        result = sync(database, sched, submitter.current_user(), LOG)
-        if row(cursor, rid)["state"] == "finished":
-            break
-        time.sleep(0.05)
+    synced: list = []
+
+    def ended() -> bool:
+        synced.append(sync(database, sched, submitter.current_user(), LOG))
+        return row(cursor, rid)["state"] == "finished"
+    wait_for(ended, 60, "the local job to end")
+    result = synced[-1]
     assert result["ok"] and result["ended"] == 1 and result["foreign"] == []
     assert row(cursor, rid)["ended_at"] is not None
     assert submitter.submit_pending(database, str(dbdir), settings, sched, LOG) == []
@@ -186,6 +187,33 @@ def test_a_crash_between_submit_and_record_is_reconciled_by_name_not_resubmitted
     assert "not resubmitted" in row(cursor, lost)["message"]
     assert row(cursor, young)["state"] == "submitting"
     assert list(fake_jobs(tmp_path)) == ["1000"]  # nothing submitted twice
+
+
+
+def test_a_submission_cancelled_in_flight_then_interrupted_is_reconciled_then_cancelled(
+        database, cursor, tmp_path, fake):
+    sched = fake("pbs")
+    old = datetime.now(timezone.utc) - timedelta(seconds=submitter.ORPHAN_SECONDS + 5)
+    in_flight = dict(queue="debug", mode="mpi", project="CSC123", state="pending-deletion",
+                     raw_state=IN_FLIGHT, attempts=1)
+    accepted, lost = add_row(cursor, **in_flight, submitted_at=old), add_row(cursor, **in_flight,
+                                                                              submitted_at=old)
+    young = add_row(cursor, **in_flight, submitted_at=datetime.now(timezone.utc))
+    text = submitter.render_script(str(tmp_path), site_settings("pbs"), project="CSC123",
+                                   queue="debug", nodes=1, minutes=10, job_mode="mpi")
+    (tmp_path / "s.sh").write_text(text)
+    sched_id = sched.submit(str(tmp_path / "s.sh"), str(tmp_path), f"qlaunch{accepted}", "o.out")
+    assert cancel_requested(database, sched, LOG) == 0  # in flight: no id to cancel yet
+    assert submitter.submit_pending(database, str(tmp_path), site_settings("pbs"), sched, LOG) == []
+    assert [(row(cursor, r)["state"], row(cursor, r)["scheduler_id"]) for r in (accepted, lost)] \
+        == [("pending-deletion", sched_id), ("pending-deletion", "")]  # the cancels stay
+    assert row(cursor, young)["raw_state"] == IN_FLIGHT  # may be in flight still
+    assert cancel_requested(database, sched, LOG) == 2
+    assert (row(cursor, accepted)["state"], row(cursor, accepted)["raw_state"]) \
+        == ("pending-deletion", CANCEL_SENT)
+    assert [j["state"] for j in fake_jobs(tmp_path).values()] == ["ended"]  # qdel reached it
+    assert row(cursor, lost)["state"] == "cancelled"
+    assert row(cursor, young)["state"] == "pending-deletion"
 
 
 def test_sync_ends_vanished_jobs_reports_foreign_ones_and_survives_a_failing_status(

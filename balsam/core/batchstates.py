@@ -26,6 +26,10 @@ SUBMIT_FAILED = "submit-failed"
 PENDING_DELETION = "pending-deletion"
 CANCEL_SENT = "CANCEL_SENT"
 """``raw_state`` of a ``pending-deletion`` row once the scheduler was asked to cancel it."""
+IN_FLIGHT = "SUBMIT_IN_FLIGHT"
+"""``raw_state`` of a row from the submitter's claim until the submission's outcome is recorded
+(also once a user asked for its cancel meanwhile): the scheduler may be accepting the job right
+now, so the cancel waits for its id; never "cancelled before submission"."""
 FINISHED, CANCELLED = "finished", "cancelled"
 """Two of the scheduler's final states the service writes itself: a job the scheduler no longer
 lists, a cancel request for a row never submitted."""

@@ -2,7 +2,8 @@
 
 For each ``pending-submission`` row (:func:`submit_pending`):
 
-1. The row is marked ``submitting`` (attempt counted, ``submitted_at`` = now) and committed
+1. The row is marked ``submitting`` (attempt counted, ``submitted_at`` = now, ``raw_state``
+   :data:`~balsam.core.batchstates.IN_FLIGHT` until the outcome is recorded) and committed
    *before* the scheduler is called.
 2. The script ``<db>/qsubmit/qlaunch<id>.sh`` is rendered from ``<db>/job-template.sh`` (else
    the machine profile's template) with :func:`balsam.platform.machines.template_values`; an
@@ -21,6 +22,9 @@ timed out between calling the scheduler and recording the answer) is *reconciled
 resubmitted: the scheduler's listing is searched for the job name ``qlaunch<id>``; found -> the
 row takes its id and state; absent -> ``submit-failed`` ("outcome unknown"). Rows younger than
 that may belong to a submission in progress in another process (``balsam submit-launch``).
+A user's cancel request made during a submission keeps the row's ``IN_FLIGHT`` mark, so the
+service's cancel step (:func:`balsam.service.sync.cancel_requested`, maybe in another process)
+waits for the scheduler id; an interrupted one is reconciled like a ``submitting`` row.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
 from balsam.core import batchrows, schema
+from balsam.core.batchstates import IN_FLIGHT
 from balsam.core.sql import fetch_dict
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
@@ -121,15 +126,17 @@ def _claim(cursor: Cursor, now: datetime, ids: Optional[Sequence[int]], skip: li
         return None
     row["attempts"] += 1
     batchrows.move(cursor, row["id"], SUBMITTING, current=PENDING, attempts=row["attempts"],
-                   submitted_at=now)
+                   submitted_at=now, raw_state=IN_FLIGHT)
     return row
 
 
 def _record(cursor: Cursor, row_id: int, state: Optional[str] = None, **values: Any) -> None:
     """Write an outcome (``state``, checked by :func:`balsam.core.batchrows.move`, and other
-    columns); a cancel request a user made meanwhile (``pending-deletion``) stays (the scheduler
-    id is recorded all the same, so the cancel reaches the scheduler)."""
+    columns; with ``state``, the ``IN_FLIGHT`` mark goes unless ``raw_state`` is given); a
+    cancel request a user made meanwhile (``pending-deletion``) stays (the scheduler id is
+    recorded all the same, so the cancel reaches the scheduler)."""
     if state is not None:
+        values.setdefault("raw_state", "")
         batchrows.move(cursor, row_id, state, keep_cancel=True, **values)
         return
     sets = ", ".join(f"{k} = %s" for k in values)
@@ -187,9 +194,12 @@ def reconcile(db: Database, db_path: str, scheduler: Scheduler, log: logging.Log
     now = now or datetime.now(timezone.utc)
     old = now - timedelta(seconds=orphan_seconds)
 
+    in_flight = "(state = %s OR (state = %s AND raw_state = %s))"
+    marks = [SUBMITTING, PENDING_DELETION, IN_FLIGHT]
+
     def orphans(cursor: Cursor) -> list[int]:
-        cursor.execute(f"SELECT id FROM {QL} WHERE state = %s AND submitted_at < %s",
-                       [SUBMITTING, old])
+        cursor.execute(f"SELECT id FROM {QL} WHERE {in_flight} AND submitted_at < %s",
+                       [*marks, old])
         return [r[0] for r in cursor.fetchall()]
 
     stale = db.run(orphans)
@@ -203,10 +213,10 @@ def reconcile(db: Database, db_path: str, scheduler: Scheduler, log: logging.Log
     by_name = {s.name: s for s in listed.values()}
 
     def resolve(cursor: Cursor) -> None:
-        # only rows still submitting (or cancelled meanwhile): another process may have
+        # only rows still in flight (maybe cancelled meanwhile): another process may have
         # resolved one since it was read
-        cursor.execute(f"SELECT id FROM {QL} WHERE id = ANY(%s) AND state = ANY(%s) ORDER BY id "
-                       "FOR UPDATE", [stale, [SUBMITTING, PENDING_DELETION]])
+        cursor.execute(f"SELECT id FROM {QL} WHERE id = ANY(%s) AND {in_flight} ORDER BY id "
+                       "FOR UPDATE", [stale, *marks])
         for (rid,) in cursor.fetchall():
             found = by_name.get(job_name(rid))
             if found is not None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from balsam.core import batchrows, schema
-from balsam.core.batchstates import CANCELLED, FINISHED, BatchStateError
+from balsam.core.batchstates import CANCELLED, FINISHED, IN_FLIGHT, BatchStateError
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
 from balsam.platform.schedulers import BatchJobStatus, Scheduler, SchedulerError
@@ -70,10 +70,13 @@ def cancel_requested(db: Database, scheduler: Scheduler, log: logging.Logger) ->
     """Act on the users' cancel requests (``pending-deletion`` rows): a row never submitted
     becomes ``cancelled``; a submitted one is cancelled with the scheduler once (``raw_state``
     :data:`CANCEL_SENT`) and keeps its state until :func:`apply_status` sees the job end.
+    A row whose submission is in flight (:data:`IN_FLIGHT`, perhaps in ``balsam submit-launch``)
+    waits for its scheduler id: only a row whose claim can no longer come is "never submitted".
     Returns how many were handled; a failing cancel is logged and tried next cycle."""
     def requested(cursor: Cursor) -> list[tuple[int, str]]:
-        cursor.execute(f"SELECT id, scheduler_id FROM {QL} WHERE state = %s AND raw_state <> %s "
-                       "ORDER BY id", [PENDING_DELETION, CANCEL_SENT])
+        cursor.execute(f"SELECT id, scheduler_id FROM {QL} WHERE state = %s "
+                       "AND NOT raw_state = ANY(%s) ORDER BY id",
+                       [PENDING_DELETION, [CANCEL_SENT, IN_FLIGHT]])
         return [(int(r[0]), str(r[1])) for r in cursor.fetchall()]
 
     def record(cursor: Cursor, rid: int, state: str, raw: str, message: str) -> bool:
