@@ -302,7 +302,7 @@ def main(argv: Sequence[str]) -> int:
     """Entry point of every rank: ``python -m balsam.launcher.serial_ranks CONFIG_JSON``."""
     import mpi4py
 
-    mpi4py.rc.thread_level = "single"  # the boot thread makes no MPI call
+    mpi4py.rc.thread_level = "single"  # rank 0's boot thread makes no MPI call
     config = SerialConfig.from_json(argv[0])
     boot = MasterBoot(config).start() if rank_before_init(os.environ) == 0 else None
     from mpi4py import MPI
