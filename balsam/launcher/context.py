@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from balsam.core import leases
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.core.tunables import Tunables as Tunables  # its old home: imports keep working
 from balsam.db.database import Database
@@ -170,6 +169,8 @@ class Housekeeper:
             self.sweep()
         if now < self.next_beat:
             return
+        from balsam.core import leases  # imported late: the launcher starts its ensemble first
+
         ctx = self.ctx
         try:
             alive = ctx.db.try_run(leases.heartbeat, ctx.session_id)
@@ -187,6 +188,8 @@ class Housekeeper:
 
     def sweep(self) -> None:
         """Close the sessions of launchers whose lease expired (their RUNNING jobs time out)."""
+        from balsam.core import leases
+
         try:
             swept = self.ctx.db.try_run(leases.sweep)
         except DatabaseUnavailable:
@@ -218,6 +221,8 @@ class Housekeeper:
             return False
         now = time.monotonic() if now is None else now
         if now >= self.next_outstanding_check:
+            from balsam.core import leases
+
             gap = min(self._check_gap, ctx.tunables.idle_wait_seconds)
             self._check_gap = gap * 2
             self.next_outstanding_check = now + gap
@@ -246,6 +251,8 @@ class Housekeeper:
         """1 if a session that stopped renewing its lease holds jobs this launcher could run
         (a sweep is then scheduled for when it expires), else 0. While other sessions hold
         such jobs, idling lasts long enough to see whether they renew (``min_idle``)."""
+        from balsam.core import leases
+
         ctx = self.ctx
         serial = ctx.job_mode == "serial"
         holders = ctx.db.try_run(leases.holders_elsewhere, ctx.session_id, serial=serial,

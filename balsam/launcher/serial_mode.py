@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 FORCE_KILL_AFTER_SECONDS = 9.0
 """After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
 the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
-START_PROCESSING_SECONDS = 1.0
-"""The launcher starts its transition workers when the ensemble first changes a job, or this
-long after starting the ensemble if it changes none sooner (nothing runnable yet)."""
+START_PROCESSING_SECONDS = 2.0
+"""The launcher starts its transition workers once the ensemble has changed jobs twice (its
+master's first claim, then its first tasks recorded RUNNING), or this long after starting the
+ensemble if that comes later (nothing runnable yet, or a loaded machine): their start-up
+(imports, two connections, ~0.25 s of CPU) would otherwise compete with the first tasks'."""
+START_PROCESSING_CHANGES = 2
+"""Job-change notifications after which the transition workers start (the first is the claim)."""
 
 
 @dataclass
@@ -271,14 +275,16 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
 def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
     the time limit themselves); SIGKILL its process group if it outlives the stop too long.
-    Runs ``ctx.started()`` (the transition workers) once a job changes -- the master recorded
-    its first starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports,
-    two connections) would otherwise compete with the ranks' for the cores."""
+    Runs ``ctx.started()`` (the transition workers) once jobs changed
+    :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
+    starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
+    connections) would otherwise compete with the ranks' for the cores."""
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
     pidfd = pidfd_open(proc.pid)
     processing_at = None
+    changes = 0
     if ctx.after_start is not None:
         processing_at = time.monotonic() + START_PROCESSING_SECONDS
         _quietly(ctx.db.listen)  # on a broken connection they start after the delay
@@ -298,9 +304,9 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
-        if processing_at is not None:  # until a job changes: the ensemble is up
-            if ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds) or (
-                    time.monotonic() >= processing_at):
+        if processing_at is not None:  # until jobs changed: the ensemble is up
+            changes += ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds)
+            if changes >= START_PROCESSING_CHANGES or time.monotonic() >= processing_at:
                 processing_at = None
                 _quietly(ctx.db.unlisten)  # nothing reads them from now on
                 ctx.started()

@@ -7,7 +7,11 @@ ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serv
 Messages are pickled dicts sent with ``isend`` and received with matched probes (``improbe``):
 no rank ever blocks in MPI, so none spins at 100% CPU.
 
-mpi4py is imported only inside :func:`main` (importing this module does no MPI work).
+mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0
+under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
+in a thread (:class:`MasterBoot`) while the main thread loads and initialises MPI (~0.1-0.2 s,
+holding the GIL: only waits overlap, the connection's round trips and authentication, the
+launcher opening its session), instead of after.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.db.dbapi import Cursor
@@ -152,31 +156,77 @@ def _on_signals(notify: Callable[[str], None]) -> None:
         signal.signal(sig, handler)
 
 
-def run_master(comm: Any, config: SerialConfig) -> int:
+class MasterBoot:
+    """Rank 0's set-up that needs no MPI: its logger, tunables and database connection, and the
+    session id of an ensemble started before the session (:func:`session_from_launcher`).
+    :meth:`start` runs :meth:`run` in a thread (while MPI initialises), :meth:`join` waits."""
+
+    def __init__(self, config: SerialConfig) -> None:
+        from balsam.core.tunables import Tunables
+        from balsam.launcher.metered import MeteredDatabase
+
+        self.config = config
+        self.log = _logger(config, "balsam.serial.master")
+        self.tunables = Tunables.from_settings(config.settings["launcher"])
+        self.stop = threading.Event()
+        self.db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=self.stop,
+                                  reconnect_max_seconds=self.tunables.reconnect_max_seconds,
+                                  log=self.log.warning)
+        self.session_id = config.session_id
+        self.fd = 0  # where the launcher writes the session id (stdin)
+        self._thread: Optional[threading.Thread] = None
+        if not self.session_id:  # a signal before the id came: give up waiting for it
+            _on_signals(lambda _name: self.stop.set())
+
+    def run(self) -> None:
+        """Connect (a failure is left to the claim, which retries as usual); read the session
+        id if the launcher hands it over."""
+        from balsam.errors import DatabaseUnavailable
+
+        with contextlib.suppress(DatabaseUnavailable):
+            self.db.run_before(time.monotonic() + self.tunables.reconnect_max_seconds,
+                               _nothing)
+        if not self.session_id:
+            self.session_id = session_from_launcher(
+                self.stop, self.tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS,
+                self.fd)
+
+    def start(self) -> MasterBoot:
+        self._thread = threading.Thread(target=self.run, name="master-boot", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        """Wait for :meth:`run` (run it here if it was not started)."""
+        if self._thread is None:
+            self.run()
+        else:
+            self._thread.join()
+            self._thread = None
+
+
+def rank_before_init(environ: Mapping[str, str]) -> Optional[int]:
+    """This process's rank as the MPI launcher announced it before MPI starts (Hydra's
+    ``PMI_RANK``), or None if it did not."""
+    value = environ.get("PMI_RANK", "")
+    return int(value) if value.isdigit() else None
+
+
+def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = None) -> int:
     """Rank 0: rebuild the launcher's :class:`Context` (own connection, own signal handlers)
-    and run the :class:`Master`."""
-    from balsam.core.tunables import Tunables
-    from balsam.errors import DatabaseUnavailable
+    and run the :class:`Master`. ``boot``: its set-up, started before MPI was (or None)."""
     from balsam.launcher.context import Context
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
-    from balsam.launcher.metered import MeteredDatabase
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status_writers import close_status, open_status, writer_count
 
-    log = _logger(config, "balsam.serial.master")
-    tunables = Tunables.from_settings(config.settings["launcher"])
-    stop = threading.Event()
-    db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=stop,
-                  reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
-    session_id = config.session_id
+    boot = boot or MasterBoot(config)
+    boot.join()
+    log, tunables, stop, db = boot.log, boot.tunables, boot.stop, boot.db
+    session_id = boot.session_id
     link = MasterLink(comm)
-    if not session_id:  # started before the session: connect meanwhile, then read its id
-        _on_signals(lambda _name: stop.set())
-        with contextlib.suppress(DatabaseUnavailable):  # the claim retries as usual
-            db.run_before(time.monotonic() + tunables.reconnect_max_seconds, _nothing)
-        session_id = session_from_launcher(
-            stop, tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS)
+    if not config.session_id:  # started before the session: tell the workers its id
         for worker in link.workers:
             link.send_tagged(worker, session_id, SESSION)
         if not session_id:
@@ -254,13 +304,18 @@ def main(argv: Sequence[str]) -> int:
     """Entry point of every rank: ``python -m balsam.launcher.serial_ranks CONFIG_JSON``."""
     import mpi4py
 
-    mpi4py.rc.thread_level = "single"
+    mpi4py.rc.thread_level = "single"  # rank 0's boot thread makes no MPI call
+    config = SerialConfig.from_json(argv[0])
+    boot = MasterBoot(config).start() if rank_before_init(os.environ) == 0 else None
     from mpi4py import MPI
 
-    config = SerialConfig.from_json(argv[0])
     comm = MPI.COMM_WORLD
     if comm.Get_rank() == 0:
-        return run_master(comm, config)
+        return run_master(comm, config, boot)
+    if boot is not None:  # PMI_RANK said 0 but MPI did not: not ours
+        boot.stop.set()
+        boot.join()
+        boot.db.close()
     return run_worker(comm, config)
 
 

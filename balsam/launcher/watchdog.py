@@ -5,13 +5,13 @@ also means nothing kills them when the launcher, or a serial-mode worker rank, i
 SIGKILL on a node that stays up. Its lease then expires, the sweep records the job RUN_TIMEOUT,
 and the retry would run while the orphan still runs.
 
-:class:`Watchdog` prevents that. It starts ``python -m balsam.launcher.watchdog GRACE`` in its own
-session, holding the read end of a pipe whose write end only the launcher has (the descriptor is
-not inherited by anything the launcher starts). The launcher writes ``+PGID`` when it starts a
-task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes each, or, for a
-serial-mode worker rank starting many short tasks, one ``write`` per loop iteration carrying
-all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`, ``remove(defer=True)``
-then :meth:`Watchdog.flush`): each write wakes the watchdog process. When the pipe
+:class:`Watchdog` prevents that. It starts ``python -S`` running ``balsam.launcher.watchdog``
+(:data:`_BOOT`) in its own session, holding the read end of a pipe whose write end only the
+launcher has (the descriptor is not inherited by anything the launcher starts). The launcher
+writes ``+PGID`` when it starts a task and ``-PGID`` when it has reaped it: one ``write`` of a
+few bytes each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per
+loop iteration carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,
+``remove(defer=True)`` then :meth:`Watchdog.flush`): each write wakes the watchdog process. When the pipe
 reaches end of file -- the launcher exited, however it died -- the watchdog sends SIGTERM to every
 process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and exits.
 After a normal exit nothing is registered, so it exits at once and silently.
@@ -54,6 +54,14 @@ second), so a launcher starting thousands of tasks a second wakes it at most 50 
 instead of once a write. End of file is seen at most this much later."""
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
+         "from balsam.launcher.watchdog import main; sys.exit(main(sys.argv))")
+"""The watchdog process runs this with ``python -S``: it needs only the standard library and
+this package, and skipping ``site`` (site-packages, ``.pth`` files, an editable install's
+finder) halves its start-up, which competes with the ensemble's for the cores."""
+
+
 class Watchdog:
     """The launcher's side (see the module docstring). ``log`` receives one line if the
     watchdog process is found dead (tasks are then no longer covered)."""
@@ -65,8 +73,8 @@ class Watchdog:
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
-                [python, "-m", "balsam.launcher.watchdog", f"{grace:g}", str(os.getpid()),
-                 report], stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
+                [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report],
+                stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
             os.close(self._fd)
