@@ -386,6 +386,11 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     rng = random.Random(seed)
     channel = SimWorkers(nodes, slots, lambda: rng.uniform(1.0, 10.0) * time_scale)
     master = Master(ctx, source, status, channel)
+    claimer_dbs = [c.db for c in getattr(master, "claimers", [])]  # a connection each
+    claimer_closes = [d.close for d in claimer_dbs]
+    for claimer_db in claimer_dbs:  # left open by the master until measured, closed here
+        claimer_db.close = lambda: None
+    databases = [*databases, *claimer_dbs]
     rss0 = peak_rss_mb()
     db.run(lambda cur: cur.execute("SELECT 1"))  # connected: its server process exists
     for writer_db in databases:
@@ -410,6 +415,8 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     transactions = db.transactions + sum(d.transactions for d in databases)
     if status_writers is not None:
         status_writers.close_status(status)
+    for close in claimer_closes:
+        close()
     db.run(leases.close_session, session_id, "simulation ended")
     out = {"rc": rc, "ok": rc in (EXIT_IDLE, EXIT_FINISHED), "wall": wall, "cpu": cpu,
            "sim_cpu": channel.sim_cpu,
