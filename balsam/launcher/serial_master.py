@@ -209,7 +209,8 @@ class Master:
     def _wait(self, now: float) -> None:
         """Nap after an iteration that did nothing: 1 ms while reports are flowing, longer
         when quiet; a job change by another session (or a signal) ends the nap at once."""
-        if self._claiming() or (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS:
+        flowing = (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS
+        if flowing or self._claiming():  # a claim's answer is taken at once too
             time.sleep(0.001)
             notified = self.ctx.db.notified()
         else:
