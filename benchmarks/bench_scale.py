@@ -31,7 +31,8 @@ one database (they claim from the same jobs): the same checks, and the total rat
 
 Each master runs in a process of its own. ``--writers 1,2,4`` runs each N once per
 ``launcher.status_writers`` value (1: the master's own connection; K > 1: K writer threads with
-a connection each, :mod:`balsam.launcher.status_writers`); ``--compare-with SRC`` first runs
+a connection each, :mod:`balsam.launcher.status_writers`, and then claimer threads with a
+connection each, ``serial_master.CLAIMERS``); ``--compare-with SRC`` first runs
 each N with the ``balsam`` package of source tree SRC (``PYTHONPATH``; e.g. ``git archive`` of
 main) and prints same-run ratios. Server CPU is the master's connections' server processes and
 the whole cluster's (postmaster, its children, the exited ones: WAL writer, autovacuum...).
@@ -386,6 +387,11 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     rng = random.Random(seed)
     channel = SimWorkers(nodes, slots, lambda: rng.uniform(1.0, 10.0) * time_scale)
     master = Master(ctx, source, status, channel)
+    claimer_dbs = [c.db for c in getattr(master, "claimers", [])]  # a connection each
+    claimer_closes = [d.close for d in claimer_dbs]
+    for claimer_db in claimer_dbs:  # left open by the master until measured, closed here
+        claimer_db.close = lambda: None
+    databases = [*databases, *claimer_dbs]
     rss0 = peak_rss_mb()
     db.run(lambda cur: cur.execute("SELECT 1"))  # connected: its server process exists
     for writer_db in databases:
@@ -410,6 +416,8 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     transactions = db.transactions + sum(d.transactions for d in databases)
     if status_writers is not None:
         status_writers.close_status(status)
+    for close in claimer_closes:
+        close()
     db.run(leases.close_session, session_id, "simulation ended")
     out = {"rc": rc, "ok": rc in (EXIT_IDLE, EXIT_FINISHED), "wall": wall, "cpu": cpu,
            "sim_cpu": channel.sim_cpu,

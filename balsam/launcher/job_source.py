@@ -11,6 +11,9 @@ reason, never started, and not returned. In serial mode the specs of Python-func
 also carry their job fields and arguments, read in the same transaction
 (:meth:`JobSource.attach_pyfunc_rows`), for the warm workers.
 
+:class:`Claimer` runs those claims in a thread with its own connection, for the serial master
+at scale.
+
 Claimed jobs stay held (``session_id``) until they are started, released, or the session
 closes. Methods ending in ``_in`` work in the caller's transaction (a cursor from
 :class:`balsam.db.database.Database`); the others run their own transaction and raise
@@ -18,15 +21,16 @@ closes. Methods ending in ``_in`` work in the caller's transaction (a cursor fro
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from balsam import defaults
 from balsam.core import leases, lifecycle, payloads, schema
 from balsam.core.states import State
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
-from balsam.errors import BalsamError
+from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher import task
 from balsam.launcher.warm_pool import is_runner_argv
 from balsam.platform.allocation import Allocation
@@ -64,10 +68,12 @@ class JobSource:
 
     # ---- own transactions -------------------------------------------------------------------
     def claim(self, limit: int, serial: bool, max_nodes: int,
-              max_wall_minutes: Optional[float] = None) -> list[task.TaskSpec]:
-        """Claim up to ``limit`` jobs and return their specs (one transaction)."""
-        return self.db.try_run(self.claim_in, limit, serial=serial, max_nodes=max_nodes,
-                               max_wall_minutes=max_wall_minutes)
+              max_wall_minutes: Optional[float] = None,
+              db: Optional[Database] = None) -> list[task.TaskSpec]:
+        """Claim up to ``limit`` jobs and return their specs (one transaction, on ``db``
+        when given: the :class:`Claimer`'s own connection)."""
+        return (db or self.db).try_run(self.claim_in, limit, serial=serial,
+                                       max_nodes=max_nodes, max_wall_minutes=max_wall_minutes)
 
     def release(self, ids: Sequence[str]) -> int:
         """Drop this session's claim on jobs that are not RUNNING (one transaction)."""
@@ -177,3 +183,67 @@ class JobSource:
         for name, executable, envscript, pre, post in cursor.fetchall():
             self.apps[name] = {"name": name, "executable": executable, "envscript": envscript,
                                "preprocess": pre, "postprocess": post}
+
+
+class Claimer:
+    """Claims for the serial master at scale in a thread with its own connection ``db``, one
+    claim at a time: the master asks (:meth:`ask`) and later collects (:meth:`take`), so its
+    loop never waits on a claim (at N = 4,096 nodes claims took 21 of its 31.5 s). A claim is
+    :meth:`JobSource.claim` as before (SKIP LOCKED, the session's lease, the filters, function
+    rows attached in the same transaction). :meth:`close` waits for a claim in flight, so
+    the master's release that follows also releases what it claimed."""
+
+    def __init__(self, source: JobSource, db: Database) -> None:
+        self.source, self.db = source, db
+        self.asked = 0
+        """The size of the claim asked and not yet taken (0: none)."""
+        self._cond = threading.Condition()
+        self._ask: Optional[tuple[int, Optional[float]]] = None
+        self._result: Union[None, list[task.TaskSpec], DatabaseUnavailable] = None
+        self._closed = False
+        self.thread = threading.Thread(target=self._loop, name="balsam-claimer", daemon=True)
+        self.thread.start()
+
+    def ask(self, limit: int, max_wall_minutes: Optional[float]) -> None:
+        """Start a claim of up to ``limit`` jobs (none may be asked and not taken)."""
+        with self._cond:
+            self._ask, self.asked = (limit, max_wall_minutes), limit
+            self._cond.notify()
+
+    def take(self) -> Union[None, list[task.TaskSpec], DatabaseUnavailable]:
+        """The answer to the claim asked: None while it runs (or none was asked), the specs
+        (empty: nothing to claim), or the DatabaseUnavailable it met (its commit may have
+        happened: the caller reconciles)."""
+        with self._cond:
+            result, self._result = self._result, None
+            if result is not None:
+                self.asked = 0
+            return result
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the thread once a claim in flight is done, and close its connection."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self.thread.join(timeout)
+        self.db.close()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._ask is None and not self._closed:
+                    self._cond.wait()
+                if self._ask is None:
+                    return
+                (limit, max_wall), self._ask = self._ask, None
+            result: Union[list[task.TaskSpec], DatabaseUnavailable]
+            try:
+                result = self.source.claim(limit, serial=True, max_nodes=1,
+                                           max_wall_minutes=max_wall, db=self.db)
+            except DatabaseUnavailable as exc:
+                result = exc
+            except Exception as exc:  # a bug: logged, and answered like a lost claim (the
+                self.db.log(f"the claim failed: {exc!r}")  # master reconciles), not a
+                result = DatabaseUnavailable(f"the claim failed: {exc!r}")  # dead thread
+            with self._cond:
+                self._result = result

@@ -6,7 +6,9 @@ running and some queued behind them (more when tasks are short, so a worker neve
 master), records what the workers report through a :class:`StatusBuffer` or, at scale, K
 :class:`StatusWriters` threads with a connection each (RUNNING once a worker reports a start;
 batched, one statement per flush; a run's RUN_DONE goes on to JOB_FINISHED in the same row
-update when there is nothing to postprocess or stage out), forwards user kills every
+update when there is nothing to postprocess or stage out; with the writer threads, claims
+too go to a :class:`Claimer` thread with its own connection, one claim in flight that the
+loop asks for and later takes, never waiting on it), forwards user kills every
 ``kill_check_seconds``, renews the session's lease and sweeps dead sessions
 (:class:`Housekeeper`), runs the processing pass (:func:`transitions.advance`), and exits when
 idle only once :func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
@@ -24,14 +26,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
+from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
-from balsam.launcher.job_source import JobSource
+from balsam.launcher.job_source import Claimer, JobSource
 from balsam.launcher.serial_worker import Work
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
@@ -49,6 +52,10 @@ QUEUE_ROUNDS = 8
 """Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
 a claim is spread over the workers (filled one after another, the last jobs of a campaign sat
 in a few workers' queues while the other nodes idled)."""
+CLAIMERS = 2
+"""At scale (the status writer threads on), claims run in this many :class:`Claimer` threads,
+a connection each, a claim in flight each (``SKIP LOCKED``: they never get the same job); the
+master's loop asks and takes, never waiting on a claim."""
 RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
@@ -112,6 +119,15 @@ class Master:
         self._ended_since_advance = False
         self._reconnects = ctx.db.reconnects
         self._timeout_message = ""
+        self._lost_claim = False             # a claim's commit reply may have been lost
+        self._dropped: set[str] = set()      # released by a kill check while a claim ran
+        self.claimers: list[Claimer] = []
+        if getattr(status, "databases", None):  # at scale (writer threads): claims too
+            db = ctx.db
+            self.claimers = [Claimer(source, Database(
+                db.db_path, f"{db.application_name}-claimer{k}", stop=db.stop,
+                reconnect_max_seconds=db.reconnect_max_seconds, log=db.log))
+                for k in range(CLAIMERS)]
         now = time.monotonic()
         self._last_flush = 0.0
         self._last_busy = now
@@ -126,6 +142,12 @@ class Master:
         """Serve until idle (non-persistent), stopped, or past ``ctx.stop_at``; returns
         ``EXIT_IDLE``, ``EXIT_TIME_LIMIT``, ``EXIT_STOPPED`` (a signal), or
         ``EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
+        try:
+            return self._run()
+        finally:
+            self._close_claimers()
+
+    def _run(self) -> int:
         ctx = self.ctx
         ctx.db.listen()
         self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
@@ -159,6 +181,8 @@ class Master:
             if self.inflight or self.queue or self.status.pending:
                 self.house.busy()
                 self._was_busy = True
+            elif self._claiming():
+                pass  # the claim's answer decides whether the master is idle
             elif self._went_idle(now) or self.house.idle_exit(self._outstanding, now):
                 ctx.log.info(f"exiting: {ctx.exit_reason}")
                 self._release_all()
@@ -185,7 +209,8 @@ class Master:
     def _wait(self, now: float) -> None:
         """Nap after an iteration that did nothing: 1 ms while reports are flowing, longer
         when quiet; a job change by another session (or a signal) ends the nap at once."""
-        if (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS:
+        flowing = (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS
+        if flowing or self._claiming():  # a claim's answer is taken at once too
             time.sleep(0.001)
             notified = self.ctx.db.notified()
         else:
@@ -268,6 +293,8 @@ class Master:
             killed = self.ctx.db.try_run(leases.killed, self.ctx.session_id)
         except DatabaseUnavailable:
             return
+        if killed:
+            self._take_claims(time.monotonic())
         queued = {s.job_id for s in self.queue} if killed else set()
         for job_id in killed:
             if job_id in self.inflight:
@@ -276,7 +303,9 @@ class Master:
                 self.queue = deque(s for s in self.queue if s.job_id != job_id)
                 self.status.release(job_id)
             else:  # its task already ended: its end was not recorded over USER_KILLED
-                self.status.release(job_id)
+                self.status.release(job_id)  # (or a claim in flight holds it: dropped)
+                if self._claiming():
+                    self._dropped.add(job_id)
 
     def _forward_kill(self, job_id: str) -> None:
         worker = self.inflight.get(job_id)
@@ -288,21 +317,28 @@ class Master:
 
     def _check_reconnect(self) -> None:
         db = self.ctx.db
-        if db.reconnects == self._reconnects:
+        if db.reconnects == self._reconnects and not self._lost_claim:
             return
+        if self._claiming():
+            return  # once the claims are taken (their jobs are then known)
         known = set(self.inflight) | {s.job_id for s in self.queue} | self.status.pending_ids()
         try:
             timed_out, released = db.try_run(self.source.reconcile_in, known)
         except DatabaseUnavailable:
             return
         self._reconnects = db.reconnects
+        self._lost_claim = False
         if timed_out or released:
             self.ctx.log.warning(f"after reconnecting: {timed_out} unknown running job(s) timed "
                                  f"out, {released} unknown claim(s) released")
 
     def _claim(self, now: float) -> bool:
+        took = self._take_claims(now)
+        free = [c for c in self.claimers if not c.asked]
+        if self.claimers and not free:
+            return took
         open_nodes = len(self.load) - len(self.closed)
-        held = len(self.queue) + len(self.inflight)
+        held = len(self.queue) + len(self.inflight) + sum(c.asked for c in self.claimers)
         target = max(self.t.serial_prefetch_per_slot * self.slots_per_node * open_nodes,
                      int(self.rate * CLAIM_HORIZON_SECONDS))
         # Claim once the hold is half a batch below the target, at most a batch at a time.
@@ -312,11 +348,48 @@ class Master:
         batch = self._claim_batch(open_nodes)
         if (open_nodes <= 0 or room < min(batch, target) // 2
                 or now < self._next["claim"]):
-            return False
+            return took
+        if self.claimers:  # answered to a later :meth:`_take_claims`
+            for claimer in free:
+                if room < min(batch, target) // 2:
+                    break
+                claimer.ask(min(batch, room), self.ctx.max_wall_minutes())
+                room -= min(batch, room)
+            return took
+        specs: Union[list[TaskSpec], DatabaseUnavailable]
         try:
             specs = self.source.claim(min(batch, room), serial=True,
                                       max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
+            specs = exc
+        return self._claimed(specs, now)
+
+    def _claiming(self) -> bool:
+        """Whether a claimer's claim is in flight (or answered and not taken)."""
+        return any(c.asked for c in self.claimers)
+
+    def _take_claims(self, now: float) -> bool:
+        """Take the claimers' answers, if any (True: specs were queued)."""
+        took = False
+        for claimer in self.claimers:
+            specs = claimer.take()
+            if specs is None:
+                continue
+            if isinstance(specs, DatabaseUnavailable):
+                self._lost_claim = True
+            elif self._dropped:  # killed while the claim ran: released already
+                kept = [s for s in specs if s.job_id not in self._dropped]
+                if specs and not kept:  # not "nothing to claim"
+                    self._next["claim"] = 0.0
+                    continue
+                specs = kept
+            took = self._claimed(specs, now) or took
+        if self._dropped and not self._claiming():
+            self._dropped.clear()
+        return took
+
+    def _claimed(self, specs: Union[list[TaskSpec], DatabaseUnavailable], now: float) -> bool:
+        if isinstance(specs, DatabaseUnavailable):
             self._next["claim"] = now + 0.5
             return False
         if not specs:  # nothing runnable: ask again when notified, after processing, or later
@@ -407,6 +480,7 @@ class Master:
         ctx = self.ctx
         ctx.log.info(f"stopping {len(self.inflight)} task(s): {reason}")
         self._timeout_message = STOP_MESSAGE_PREFIX + reason
+        self._close_claimers()
         for spec in self.queue:
             self.status.release(spec.job_id)
         self.queue.clear()
@@ -425,7 +499,17 @@ class Master:
         self._release_all()
         self._tell_all({"exit": True, "recorded": not self.status.pending})
 
+    def _close_claimers(self) -> None:
+        """End the claimers (after their claims in flight: released with the rest)."""
+        for claimer in self.claimers:
+            claimer.close()
+            answer = claimer.take()
+            if isinstance(answer, list):
+                self.queue.extend(answer)
+        self.claimers = []
+
     def _release_all(self) -> None:
+        self._close_claimers()
         try:
             self.ctx.db.run_before(time.monotonic() + 3.0, leases.release, self.ctx.session_id)
         except DatabaseUnavailable as exc:
