@@ -1,7 +1,7 @@
-"""The MPI-mode loop's helper thread: :class:`_Flight` runs one database transaction at a time
+"""The MPI-mode loop's helper thread: :class:`Flight` runs one database transaction at a time
 off the loop's thread (the loop goes on reaping and starting tasks while it commits) and makes
 its end a readable file descriptor, so that the loop waits for it, task exits and notifications
-in one poll(2) (:func:`_readable`). Used by :class:`balsam.launcher.mpi_mode.MPIMode`."""
+in one poll(2) (:func:`readable`). Used by :class:`balsam.launcher.mpi_mode.MPIMode`."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, Optional
 
 
-def _readable(fds: list[int], timeout: float) -> bool:
+def readable(fds: list[int], timeout: float) -> bool:
     """Wait until one of ``fds`` is readable (True) or ``timeout`` seconds pass (poll(2): no
     FD_SETSIZE limit on the pidfds of a thousand tasks)."""
     poller = select.poll()
@@ -20,7 +20,7 @@ def _readable(fds: list[int], timeout: float) -> bool:
     return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
 
 
-class _Flight:
+class Flight:
     """Runs the loop's transactions on one helper thread, one at a time; ``fd`` is readable
     when the one in flight is done. While :attr:`busy`, the database connection belongs to
     the thread: the loop must not use it."""
@@ -60,7 +60,7 @@ class _Flight:
 
     def done(self) -> bool:
         """Whether the transaction in flight has finished (its result can land at once)."""
-        return self.busy and _readable([self.fd], 0.0)
+        return self.busy and readable([self.fd], 0.0)
 
     def land(self) -> Any:
         """Wait for the transaction in flight; its result, or raise what it raised."""

@@ -60,7 +60,7 @@ from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context, Housekeeper, SessionLost
-from balsam.launcher.flight import _Flight, _readable
+from balsam.launcher.flight import Flight, readable
 from balsam.launcher.job_source import JobSource, Row
 from balsam.launcher.mpi_runs import POLL_SECONDS, SHUTDOWN_FLUSH_SECONDS, MPIRuns, Run
 from balsam.launcher.status import Batch, StatusBuffer
@@ -105,7 +105,7 @@ class MPIMode(MPIRuns):
         """Jobs recorded RUNNING, not started yet: on the nodes given, or ([]) the first free."""
         self.run_seconds: Optional[float] = None
         """Running average of the durations of the runs reaped so far."""
-        self.flight: Optional[_Flight] = None
+        self.flight: Optional[Flight] = None
         self.landing: Optional[tuple[Any, ...]] = None
         """What the transaction in flight was asked to do (see :meth:`_land`)."""
         self.again = False
@@ -126,7 +126,7 @@ class MPIMode(MPIRuns):
         """Run until stopped or idle; 0, or 1 if the session was lost."""
         ctx = self.ctx
         ctx.db.listen()
-        flight = self.flight = _Flight()
+        flight = self.flight = Flight()
         try:
             while not ctx.should_stop():
                 self._reap()
@@ -192,7 +192,7 @@ class MPIMode(MPIRuns):
             # this wait (a due timer must not make it spin meanwhile).
             if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
                 timeout = SHUTDOWN_FLUSH_SECONDS
-            _readable(fds + [self.flight.fd], timeout)
+            readable(fds + [self.flight.fd], timeout)
         elif self.ctx.db.wait(timeout, fds):
             self.want_claim = True
             self.want_process = self.ctx.processing
