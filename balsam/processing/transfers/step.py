@@ -7,7 +7,8 @@ a transfer: their results are recorded by the first pass after they end. Asynchr
 whichever process runs the step; a task whose items no job waits for any more (their jobs were
 killed or failed) is cancelled (the plug-in's ``cancel``) and its items fail.
 :class:`TransferWorker` runs passes in a thread; the transition pool of the service and of
-launchers starts one (:mod:`balsam.processing.worker`).
+launchers starts one (:mod:`balsam.processing.worker`); it runs a pass only when one cheap
+check (:func:`.items.may_have_work`) finds something a pass could do.
 
 A process killed mid-batch leaves its batch ``active`` with its ``host:pid``: the next pass on
 that host (or any pass after the batch's lease, the transfer timeout plus a minute) marks it
@@ -33,6 +34,9 @@ from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
 from balsam.processing.transfers.completion import complete_jobs
 
 LEASE_MARGIN_SECONDS = 60.0
+SAFETY_PASS_SECONDS = 60.0
+"""A worker runs a pass at least this often even when :func:`.items.may_have_work` says there
+is nothing to do (a safety net: that check is meant to be a superset of what a pass does)."""
 ASYNC = [p for p, (_, kind) in PROTOCOLS.items() if kind == "async"]
 
 
@@ -193,7 +197,13 @@ class TransferStep:
 
 
 class TransferWorker(threading.Thread):
-    """A thread running transfer passes until ``stop`` is set (settings read from the DB)."""
+    """A thread running transfer passes until ``stop`` is set (settings read from the DB).
+
+    It wakes on every job change, but runs a pass (four transactions or more) only when a
+    batch of its own is in flight or :func:`.items.may_have_work` (one statement) finds
+    something, and at least every :data:`SAFETY_PASS_SECONDS`: jobs without transfers (an
+    MPI-mode run of short tasks makes thousands of changes a minute) cost one cheap check per
+    wake-up, not a pass."""
 
     def __init__(self, db_path: str, *, stop: threading.Event, log: logging.Logger,
                  wf_filter: Optional[str] = None, idle_wait_seconds: float = 1.0,
@@ -212,10 +222,15 @@ class TransferWorker(threading.Thread):
             step = TransferStep(self.db_path, dbsettings.load(self.db_path),
                                 wf_filter=self.wf_filter, log=self.log)
             self.db.listen()
+            next_full = 0.0
             while not self.stop.is_set():
-                counts = step.run_pass(self.db)
-                if any(counts.values()):
-                    continue
+                now = time.monotonic()
+                if step.busy() or now >= next_full or self.db.run(items.may_have_work):
+                    if now >= next_full:
+                        next_full = now + SAFETY_PASS_SECONDS
+                    counts = step.run_pass(self.db)
+                    if any(counts.values()):
+                        continue
                 if step.busy():
                     step.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
                 else:
