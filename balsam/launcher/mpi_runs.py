@@ -33,6 +33,7 @@ POLL_SECONDS = 0.01
 RUN_SECONDS_WEIGHT = 0.2
 """Weight of the latest run in the running average of run durations."""
 SHUTDOWN_FLUSH_SECONDS = 5.0
+"""How long a stopping launcher tries to record its last state changes."""
 NOT_STARTED = " (before its start: it did not run)"
 """Appended to the stop message of a job ready ahead that the stop kept from starting."""
 
@@ -62,6 +63,7 @@ class MPIRuns:
     run_seconds: Optional[float]
     """Running average of the durations of the runs reaped so far."""
     launched: int
+    # The loop's, touched here: a freed node asks it to claim; a kill drops queued and ready jobs.
     want_claim: bool
     queue: list[TaskSpec]
     ready: list[tuple[TaskSpec, list[int]]]
