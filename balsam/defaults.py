@@ -95,6 +95,9 @@ RECONNECT_MAX_SECONDS = 30.0
 
 NOTIFY_CHANNEL = "balsam_jobs"
 """PostgreSQL channel notified (once per statement) when jobs are inserted or change state."""
+TRANSFER_NOTIFY_CHANNEL = "balsam_transfers"
+"""PostgreSQL channel notified (once per transaction) when a statement leaves jobs in READY or
+POSTPROCESSED, the states whose transfer items are made and sent (migration 0015)."""
 
 SERVICE_CYCLE_SECONDS = 10.0
 """Period of the service's cycle (sync, sweep, process, plan, submit); classic: 10 s."""

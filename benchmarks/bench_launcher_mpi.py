@@ -17,6 +17,9 @@ before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asse
 * Raw round: the same argv (built by the same flavour: ``mpiexec -n 1 -ppn 1 -hosts H
   -bind-to none true``), the same concurrency (``cores`` at a time, each in its own session,
   output to a file in its own directory), started and reaped by a plain Python loop.
+* Server commits: ``pg_stat_database.xact_commit`` of the Balsam database before and after
+  each launcher run: every session's transactions (the launcher's loop and its transition and
+  transfer workers), where ``statements`` counts the loop's only.
 * Statements: the launcher's ``Database.statements`` (its exit log line). ``whole run`` / tasks
   includes start-up and the idle exit; ``marginal`` = (statements for N - statements for N/2) /
   (N/2), the steady-state cost of one more task.
@@ -92,11 +95,13 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     """One launcher run; ``source``: the Balsam of that source tree instead (its working
     directory and first on ``PYTHONPATH``)."""
     env = dict(os.environ, PYTHONPATH=source) if source else None
+    commits = server_commits(db_path)
     started = time.time()
     proc = subprocess.run(LAUNCHER, capture_output=True, text=True, timeout=600, env=env,
                           cwd=source or None)
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    commits = server_commits(db_path) - commits
     conn = connect(db_path)
     try:
         first_running, last_done = finished_run_interval(conn, count)
@@ -108,7 +113,23 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     assert found is not None, log_path
     return {"run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
-            "statements": int(found.group(1)), "transactions": int(found.group(2))}
+            "statements": int(found.group(1)), "transactions": int(found.group(2)),
+            "commits": commits}
+
+
+def server_commits(db_path: str) -> int:
+    """The server's committed transactions in the Balsam database so far (pg_stat_database:
+    every session's, the launcher's transition and transfer workers' too). Statistics of a
+    session that ended reach it within a second, so this waits that long first."""
+    time.sleep(1.0)
+    conn = connect(db_path)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def raw_argv() -> list[str]:
@@ -219,7 +240,7 @@ def main() -> None:
                 m = full[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:6.1f} tasks/s run, {m['e2e']:6.1f} "
                       f"tasks/s end-to-end, {m['statements']} statements in "
-                      f"{m['transactions']} transactions")
+                      f"{m['transactions']} transactions; server: {m['commits']} commits")
                 fill(db_path, args.n // 2)
                 half[side].append(launcher_round(db_path, args.n // 2, source))
         settings(db_path, cores, idle_wait=30.0)
@@ -244,6 +265,9 @@ def main() -> None:
               f"{e2e_rate / raw_rate:.2f}")
         print(f"DB statements per task:      {whole:.2f} whole run, {marginal:.2f} marginal "
               "(goal <= 1)")
+        commits = statistics.median(m["commits"] for m in launcher) / args.n
+        print(f"server commits per task:     {commits:.2f} (all of the launcher's sessions: "
+              "its loop, transition and transfer workers)")
     print(f"idle runnable->RUNNING:      median {statistics.median(runnable) * 1000:5.1f} ms, "
           f"max {max(runnable) * 1000:5.1f} ms  (goal <= 50 ms; {len(runnable)} jobs)")
     print(f"idle insert->RUNNING:        median {statistics.median(inserted) * 1000:5.1f} ms, "

@@ -12,7 +12,7 @@ from launcher_support import QUICK, add_app, add_jobs, events, launchers, settin
 
 from balsam.core import schema
 from balsam.core.retries import STOP_MESSAGE_PREFIX
-from balsam.launcher.mpi_mode import NOT_STARTED
+from balsam.launcher.mpi_runs import NOT_STARTED
 
 pytestmark = pytest.mark.slow
 

@@ -83,6 +83,7 @@ class Database:
         """Server processes of connections writing for the same launcher (its status
         writers): their job changes are its own, so they wake no :meth:`wait`."""
         self._listening = False
+        self._channel = defaults.NOTIFY_CHANNEL
         self._backoff = FIRST_BACKOFF_SECONDS
         self._next_attempt = 0.0
         self._notified = False
@@ -213,8 +214,10 @@ class Database:
             return False
 
     # ---- notifications ----------------------------------------------------------------------
-    def listen(self) -> None:
-        """Subscribe to job-change notifications (kept across reconnections)."""
+    def listen(self, channel: str = defaults.NOTIFY_CHANNEL) -> None:
+        """Subscribe to job-change notifications (kept across reconnections); ``channel``:
+        another one (:data:`balsam.defaults.TRANSFER_NOTIFY_CHANNEL`)."""
+        self._channel = channel
         self._listening = True
         if self.connected:
             self._subscribe()
@@ -226,13 +229,13 @@ class Database:
         self._notified = False
         if self.connected:
             with self._conn.cursor() as cur:
-                cur.execute(f"UNLISTEN {defaults.NOTIFY_CHANNEL}")
+                cur.execute(f"UNLISTEN {self._channel}")
             self._conn.commit()
             self._conn.notifies.clear()
 
     def _subscribe(self) -> None:
         with self._conn.cursor() as cur:
-            cur.execute(f"LISTEN {defaults.NOTIFY_CHANNEL}")
+            cur.execute(f"LISTEN {self._channel}")
         self._conn.commit()
 
     def _collect(self) -> None:

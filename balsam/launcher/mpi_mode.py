@@ -5,10 +5,8 @@ queue (held, not RUNNING: at most as many as the allocation has nodes, single-no
 every node is busy) so that a node that frees up starts the next job at once. Each loop
 iteration:
 
-1. reap finished tasks (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail;
-   a task a user killed -> its claim is dropped, the job stays USER_KILLED; a task the
-   launcher stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE)
-   and free their nodes;
+1. reap finished tasks and free their nodes (:mod:`balsam.launcher.mpi_runs` says how an exit
+   is recorded);
 2. start ready jobs (already recorded RUNNING, see below) on the idle nodes: no database
    round trip between a node freeing and its next launch;
 3. one transaction, only when there is something to do and none is in flight, whose routine
@@ -23,9 +21,7 @@ iteration:
    lands): tasks end and ready jobs start while it commits, and the ends that arrive meanwhile
    share the next commit (group commit). An idle launcher waits for it (claim and start in one
    transaction, as before);
-4. when its result lands, start the jobs it marked RUNNING (``mpiexec``-style argv from the
-   configured flavour, wrapped to source the app's envscript; output to
-   ``<workdir>/<name>.out``);
+4. when its result lands, start the jobs it marked RUNNING (:mod:`balsam.launcher.mpi_runs`);
 5. wait for a task to exit (pidfds), the transaction to land, a notification from another
    session (a job became runnable, a user killed a job), or the next timer -- never a fixed
    sleep.
@@ -48,34 +44,29 @@ At steady state that is at most one statement per task start (and end), fewer wh
 arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
 check and the heartbeat.
 
-Stopping (signal, time limit, idle exit) terminates running tasks' process groups (SIGTERM,
-grace, SIGKILL), records them RUN_TIMEOUT and flushes; :mod:`balsam.launcher.main` then closes
-the session, releasing every claim.
+Who does what: this module holds the loop (:class:`MPIMode`: cycle, transaction, ready ahead)
+and :class:`MPILauncherMode`; :mod:`balsam.launcher.mpi_runs` (a base of :class:`MPIMode`)
+starts, reaps and stops the runs on the nodes (stopping: signal, time limit, idle exit; then
+:mod:`balsam.launcher.main` closes the session, releasing every claim);
+:mod:`balsam.launcher.flight` runs the transaction on the helper thread.
 """
 from __future__ import annotations
 
-import os
-import queue
-import select
-import signal
-import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from balsam.core import leases
-from balsam.core.retries import STOP_MESSAGE_PREFIX
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher import procs
 from balsam.launcher.context import Context, Housekeeper, SessionLost
+from balsam.launcher.flight import Flight, readable
 from balsam.launcher.job_source import JobSource, Row
+from balsam.launcher.mpi_runs import POLL_SECONDS, SHUTDOWN_FLUSH_SECONDS, MPIRuns, Run
 from balsam.launcher.status import Batch, StatusBuffer
-from balsam.launcher.task import TaskSpec, with_envscript
+from balsam.launcher.task import TaskSpec
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform import mpi
-from balsam.platform.process import pidfd_open
 from balsam.processing import transitions
 
 PROCESSING_MIN_INTERVAL = 0.1
@@ -83,9 +74,6 @@ PROCESSING_MIN_INTERVAL = 0.1
 PROCESSING_BUSY_INTERVAL = 1.0
 """While tasks run and the last pass made nothing runnable, the next pass waits this long (as
 in serial mode): recording JOB_FINISHED can wait, a DAG's next level comes at the 0.1 s pace."""
-POLL_SECONDS = 0.01
-"""Task polling period where pidfds are not available."""
-SHUTDOWN_FLUSH_SECONDS = 5.0
 READY_AHEAD_MAX_RUN_SECONDS = 1.0
 """Jobs are recorded RUNNING ahead of a free node only while runs last less than this on
 average (then a commit before each start would idle nodes; longer runs do not notice it)."""
@@ -95,98 +83,9 @@ when half are left, so that a commit records several)..."""
 READY_AHEAD_MAX = 32
 """...and at most this many in all: enough to cover the starts of one commit's time, and a job
 waits for at most this many launches (a large allocation does not show thousands RUNNING)."""
-RUN_SECONDS_WEIGHT = 0.2
-"""Weight of the latest run in the running average of run durations."""
-NOT_STARTED = " (before its start: it did not run)"
-"""Appended to the stop message of a job ready ahead that the stop kept from starting."""
 
 
-@dataclass
-class Run:
-    """A job running on ``nodes`` (indexes into the allocation's hosts)."""
-
-    spec: TaskSpec
-    task: procs.Task
-    nodes: list[int]
-    pidfd: Optional[int]
-    killed: bool = False
-    stopped: bool = False
-
-
-def _readable(fds: list[int], timeout: float) -> bool:
-    """Wait until one of ``fds`` is readable (True) or ``timeout`` seconds pass (poll(2): no
-    FD_SETSIZE limit on the pidfds of a thousand tasks)."""
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
-
-
-class _Flight:
-    """Runs the loop's transactions on one helper thread, one at a time; ``fd`` is readable
-    when the one in flight is done. While :attr:`busy`, the database connection belongs to
-    the thread: the loop must not use it."""
-
-    def __init__(self) -> None:
-        self.fd, self._done_fd = os.pipe()
-        self.busy = False
-        self._requests: queue.SimpleQueue[Optional[tuple[Callable[..., Any], tuple[Any, ...]]]]
-        self._requests = queue.SimpleQueue()
-        self._result: tuple[Any, Optional[BaseException]] = (None, None)
-        self._thread = threading.Thread(target=self._serve, name="balsam-mpi-cycle", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            request = self._requests.get()
-            if request is None:
-                return
-            self._call(*request)
-
-    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            self._result = (fn(*args), None)
-        except BaseException as exc:  # noqa: BLE001 - raised again in the loop by land()
-            self._result = (None, exc)
-        os.write(self._done_fd, b"x")
-
-    def submit(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> None:
-        """Run ``fn(*args)`` on the thread (nothing may be in flight); ``inline``: here and
-        now (nothing to overlap it with: two thread switches saved)."""
-        assert not self.busy
-        self.busy = True
-        if inline:
-            self._call(fn, args)
-        else:
-            self._requests.put((fn, args))
-
-    def done(self) -> bool:
-        """Whether the transaction in flight has finished (its result can land at once)."""
-        return self.busy and _readable([self.fd], 0.0)
-
-    def land(self) -> Any:
-        """Wait for the transaction in flight; its result, or raise what it raised."""
-        os.read(self.fd, 1)
-        self.busy = False
-        (result, exc), self._result = self._result, (None, None)
-        if exc is not None:
-            raise exc
-        return result
-
-    def close(self) -> None:
-        """Stop the thread (after landing what is in flight) and close the pipe."""
-        if self.busy:
-            try:
-                self.land()
-            except BaseException:  # noqa: BLE001 - closing: the caller already failed or stopped
-                pass
-        self._requests.put(None)
-        self._thread.join()
-        os.close(self.fd)
-        os.close(self._done_fd)
-
-
-class MPIMode:
+class MPIMode(MPIRuns):
     """The MPI-mode loop of one launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: Optional[JobSource] = None,
@@ -206,7 +105,7 @@ class MPIMode:
         """Jobs recorded RUNNING, not started yet: on the nodes given, or ([]) the first free."""
         self.run_seconds: Optional[float] = None
         """Running average of the durations of the runs reaped so far."""
-        self.flight: Optional[_Flight] = None
+        self.flight: Optional[Flight] = None
         self.landing: Optional[tuple[Any, ...]] = None
         """What the transaction in flight was asked to do (see :meth:`_land`)."""
         self.again = False
@@ -227,7 +126,7 @@ class MPIMode:
         """Run until stopped or idle; 0, or 1 if the session was lost."""
         ctx = self.ctx
         ctx.db.listen()
-        flight = self.flight = _Flight()
+        flight = self.flight = Flight()
         try:
             while not ctx.should_stop():
                 self._reap()
@@ -293,51 +192,10 @@ class MPIMode:
             # this wait (a due timer must not make it spin meanwhile).
             if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
                 timeout = SHUTDOWN_FLUSH_SECONDS
-            _readable(fds + [self.flight.fd], timeout)
+            readable(fds + [self.flight.fd], timeout)
         elif self.ctx.db.wait(timeout, fds):
             self.want_claim = True
             self.want_process = self.ctx.processing
-
-    # ---- reaping ----------------------------------------------------------------------------
-    def _reap(self) -> None:
-        for job_id, run in list(self.runs.items()):
-            run.task.enforce_kill()
-            rc = run.task.poll()
-            if rc is None:
-                continue
-            self._free(job_id, run)
-            took = time.time() - run.task.started
-            self.run_seconds = took if self.run_seconds is None else (
-                RUN_SECONDS_WEIGHT * took + (1 - RUN_SECONDS_WEIGHT) * self.run_seconds)
-            if run.killed:
-                self.status.release(job_id)
-                self.ctx.log.info(f"job {job_id[:8]} killed by a user: stopped (exit code {rc})")
-            elif run.stopped and rc != 0:
-                self.status.timeout(job_id, STOP_MESSAGE_PREFIX + self.ctx.stop_reason)
-            elif rc == 0:  # also a task that completed within the stop's grace: it is done
-                self.status.done(job_id)
-                self.ctx.log.info(f"job {job_id[:8]} done")
-            elif procs.stopped_from_outside(rc):
-                name = procs.stopped_from_outside(rc)
-                self.status.timeout(job_id, f"terminated by {name} from outside the launcher "
-                                            f"(exit code {rc}): the batch job ending?")
-                self.ctx.log.info(f"job {job_id[:8]} terminated by {name} from outside")
-            else:
-                tail = procs.tail(run.task.output_path, self.ctx.tunables.output_tail_lines)
-                self.status.error(job_id, f"exit code {rc}:\n{tail}")
-                self.ctx.log.info(f"job {job_id[:8]} failed: exit code {rc}")
-
-    def _free(self, job_id: str, run: Run) -> None:
-        del self.runs[job_id]
-        if run.killed or run.stopped:
-            run.task.signal_group(signal.SIGKILL)  # whatever the leader left in its group
-        if self.ctx.watchdog is not None:
-            self.ctx.watchdog.remove(run.task.pgid)
-        for i in run.nodes:
-            self.node_job[i] = None
-        if run.pidfd is not None:
-            os.close(run.pidfd)
-        self.want_claim = True
 
     # ---- the one transaction per iteration --------------------------------------------------
     def _cycle(self) -> bool:
@@ -447,24 +305,6 @@ class MPIMode:
         ahead: list[tuple[TaskSpec, list[int]]] = [(s, []) for s in waiting]
         return ahead[:count]
 
-    def _launch_ready(self) -> None:
-        """Start the jobs recorded RUNNING: on their own nodes if still idle, else (and jobs
-        ready ahead) on the first idle nodes where they fit, in order."""
-        if not self.ready:
-            return
-        rest = []
-        cap = self.ctx.tunables.max_concurrent_runs
-        idle = [i for i, j in enumerate(self.node_job) if j is None]
-        for spec, planned in self.ready:
-            free = set(idle)
-            nodes = planned if planned and free.issuperset(planned) else idle[:spec.num_nodes]
-            if len(nodes) == spec.num_nodes and len(self.runs) < cap:
-                self._launch(spec, nodes)
-                idle = [i for i in idle if self.node_job[i] is None]
-            else:
-                rest.append((spec, planned))
-        self.ready = rest
-
     def _pick(self, idle: list[int], slots: int, queue: Optional[list[TaskSpec]] = None
               ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
         """(claimed jobs to start now on idle nodes -- largest first, as claimed, each where
@@ -538,96 +378,6 @@ class MPIMode:
         killed = leases.killed(cur, ctx.session_id) if kill else []
         return killed, started, claimed, runnable, more
 
-    # ---- tasks ------------------------------------------------------------------------------
-    def _run_spec(self, spec: TaskSpec, hosts: list[str]) -> mpi.RunSpec:
-        gpus = 0  # GPUs go to the whole job through CUDA_VISIBLE_DEVICES (see _launch)
-        return mpi.RunSpec(argv=spec.app_argv, ranks=spec.num_nodes * spec.ranks_per_node,
-                           ranks_per_node=spec.ranks_per_node, hosts=hosts,
-                           threads_per_rank=spec.threads_per_rank,
-                           threads_per_core=spec.threads_per_core,
-                           cpu_affinity=spec.cpu_affinity, gpus_per_rank=gpus,
-                           extra_flags=spec.mpi_flags)
-
-    def _check(self, spec: TaskSpec) -> Optional[str]:
-        """Why the flavour cannot launch ``spec`` (the job becomes FAILED), or None."""
-        try:
-            self.flavour.argv(self._run_spec(spec, list(self.ctx.alloc.hosts[:spec.num_nodes])),
-                              self.ctx.mpi_executable)
-        except mpi.RunSpecError as exc:
-            return str(exc)
-        return None
-
-    def _launch(self, spec: TaskSpec, nodes: list[int]) -> None:
-        ctx = self.ctx
-        hosts = [ctx.alloc.hosts[i] for i in nodes]
-        env = dict(spec.env)
-        if ctx.gpus_per_node > 0:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(ctx.gpus_per_node))
-        try:
-            argv = self.flavour.argv(self._run_spec(spec, hosts), ctx.mpi_executable)
-            argv = with_envscript(argv, spec.envscript)
-            proc = procs.Task(spec.job_id, argv, env, spec.workdir, spec.output_path,
-                              ignore_sigpipe=self.flavour.NAME == "mpich")
-        except (OSError, mpi.RunSpecError) as exc:
-            ctx.log.error(f"job {spec.job_id[:8]} could not start: {exc}")
-            self.status.error(spec.job_id, f"could not start: {exc}")
-            return
-        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.proc.pid))
-        if ctx.watchdog is not None:
-            ctx.watchdog.add(proc.pgid)
-        for i in nodes:
-            self.node_job[i] = spec.job_id
-        self.launched += 1
-        ctx.log.info(f"job {spec.job_id[:8]} started on {','.join(hosts)}: {' '.join(argv)}")
-
-    def _kill(self, killed: list[str]) -> None:
-        pending = self.status.pending_ids()
-        queued = {s.job_id for s in self.queue} & set(killed)
-        if queued:  # claimed, not started: drop them (the release gives up the hold)
-            self.queue = [s for s in self.queue if s.job_id not in queued]
-        if self.ready:  # RUNNING, not started: likewise
-            self.ready = [(s, n) for s, n in self.ready if s.job_id not in killed]
-        for job_id in killed:
-            run = self.runs.get(job_id)
-            if run is None:
-                if job_id not in pending:
-                    self.status.release(job_id)
-            elif not run.killed:
-                run.killed = True
-                run.task.terminate(self.ctx.tunables.kill_grace_seconds)
-                self.ctx.log.info(f"job {job_id[:8]} was killed by a user: terminating it")
-
-    # ---- ending -----------------------------------------------------------------------------
-    def _stop_all(self, grace: float, extra: float) -> None:
-        self._reap()  # what already ended is recorded as it ended, not as stopped
-        for run in self.runs.values():
-            if not run.killed:
-                run.stopped = True
-            run.task.terminate(grace)
-        end = time.monotonic() + grace + extra
-        while self.runs and time.monotonic() < end:
-            self._reap()
-            fds = [r.pidfd for r in self.runs.values() if r.pidfd is not None]
-            if self.runs:
-                self.ctx.db.wait(POLL_SECONDS if len(fds) < len(self.runs) else 0.05, fds)
-
-    def _shutdown(self) -> None:
-        ctx = self.ctx
-        for spec, _ in self.ready:
-            self.status.timeout(spec.job_id, STOP_MESSAGE_PREFIX + ctx.stop_reason + NOT_STARTED)
-        self.ready = []
-        if self.runs:
-            ctx.log.info(f"stopping {len(self.runs)} task(s): {ctx.stop_reason}")
-            self._stop_all(ctx.grace(), 2.0)
-        if self.status.flush(before=time.monotonic() + SHUTDOWN_FLUSH_SECONDS) is None:
-            ctx.log.error(f"could not record {self.status.pending} state change(s): the database "
-                          "is unreachable (the session sweep will time these jobs out)")
-
-    def _abandon(self) -> None:
-        """The session is gone: kill everything at once, record nothing."""
-        self.status.take()
-        self._stop_all(0.0, 2.0)
-        self.status.take()
 
 
 class MPILauncherMode:

@@ -18,6 +18,8 @@ Every function takes a cursor and works in the caller's transaction (see :mod:`.
   (same host, dead pid) or whose lease ran out is marked ``lost`` and its items go back to
   pending without counting an attempt; an asynchronous batch needs none (its task id is polled
   by whoever runs the step).
+* **Nothing to do** (:func:`may_have_work`): one cheap statement that tells a worker woken by a
+  job change whether a pass could do anything, so that jobs without transfers cost no pass.
 * **Completion** (:func:`complete_jobs`): a job whose items of its step are all done moves on
   (READY -> STAGED_IN [-> PREPROCESSED], POSTPROCESSED -> JOB_FINISHED); one with a failed item
   fails with the item's error. A READY job that still links ``input_files`` from parents is left
@@ -192,6 +194,23 @@ def _stage_out_files(workdir: str, patterns: str, url: str) -> list[str]:
     if clash:
         raise transfer.TransferError(f"{what}: several stage-out files are named {clash[0]!r}")
     return matches
+
+
+def may_have_work(cursor: Cursor) -> bool:
+    """Whether a pass of the step could find anything to do (False: it would only spend its
+    transactions): a batch being sent (to record, poll or recover), a pending item (to claim,
+    or to fail if its job ended), or a job in READY or POSTPROCESSED that has transfers or
+    items (to create items for, or to move on). One statement over partial indexes (items
+    pending, batches active) and the job state index; jobs with no transfers make it False."""
+    cursor.execute(f"""
+        SELECT EXISTS (SELECT 1 FROM {BATCH} WHERE state = 'active')
+            OR EXISTS (SELECT 1 FROM {ITEM} WHERE state = 'pending')
+            OR EXISTS (SELECT 1 FROM {JOB} j WHERE j.state IN ({STAGE_IN_SQL}, {STAGE_OUT_SQL})
+                         AND (j.stage_in_url <> '' OR j.stage_out_url <> ''
+                              OR EXISTS (SELECT 1 FROM {slots.SLOT} ts
+                                         WHERE ts.job_id = j.job_id)
+                              OR EXISTS (SELECT 1 FROM {ITEM} ti WHERE ti.job_id = j.job_id)))""")
+    return bool(fetch_one(cursor)[0])
 
 
 def owner_tag() -> str:

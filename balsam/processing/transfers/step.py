@@ -7,7 +7,9 @@ a transfer: their results are recorded by the first pass after they end. Asynchr
 whichever process runs the step; a task whose items no job waits for any more (their jobs were
 killed or failed) is cancelled (the plug-in's ``cancel``) and its items fail.
 :class:`TransferWorker` runs passes in a thread; the transition pool of the service and of
-launchers starts one (:mod:`balsam.processing.worker`).
+launchers starts one (:mod:`balsam.processing.worker`); it wakes on its own notification
+channel (jobs left in READY or POSTPROCESSED) or its timer, and runs a pass only when one
+cheap check (:func:`.items.may_have_work`) finds something a pass could do.
 
 A process killed mid-batch leaves its batch ``active`` with its ``host:pid``: the next pass on
 that host (or any pass after the batch's lease, the transfer timeout plus a minute) marks it
@@ -26,6 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from balsam import defaults
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
@@ -33,6 +36,9 @@ from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
 from balsam.processing.transfers.completion import complete_jobs
 
 LEASE_MARGIN_SECONDS = 60.0
+SAFETY_PASS_SECONDS = 60.0
+"""A worker runs a pass at least this often even when :func:`.items.may_have_work` says there
+is nothing to do (a safety net: that check is meant to be a superset of what a pass does)."""
 ASYNC = [p for p, (_, kind) in PROTOCOLS.items() if kind == "async"]
 
 
@@ -193,7 +199,15 @@ class TransferStep:
 
 
 class TransferWorker(threading.Thread):
-    """A thread running transfer passes until ``stop`` is set (settings read from the DB)."""
+    """A thread running transfer passes until ``stop`` is set (settings read from the DB).
+
+    It wakes when a statement leaves jobs in READY or POSTPROCESSED (its own channel,
+    :data:`balsam.defaults.TRANSFER_NOTIFY_CHANNEL`, not every job change: an MPI-mode run of
+    short tasks commits hundreds of changes a second, each of which cost the server a
+    transaction per listener) and every ``idle_wait_seconds`` (retries after their back-off,
+    asynchronous tasks, senders that died). It then runs a pass (four transactions or more) only
+    when a batch of its own is in flight or :func:`.items.may_have_work` (one statement) finds
+    something, and at least every :data:`SAFETY_PASS_SECONDS`."""
 
     def __init__(self, db_path: str, *, stop: threading.Event, log: logging.Logger,
                  wf_filter: Optional[str] = None, idle_wait_seconds: float = 1.0,
@@ -211,11 +225,16 @@ class TransferWorker(threading.Thread):
         try:
             step = TransferStep(self.db_path, dbsettings.load(self.db_path),
                                 wf_filter=self.wf_filter, log=self.log)
-            self.db.listen()
+            self.db.listen(defaults.TRANSFER_NOTIFY_CHANNEL)
+            next_full = 0.0
             while not self.stop.is_set():
-                counts = step.run_pass(self.db)
-                if any(counts.values()):
-                    continue
+                now = time.monotonic()
+                if step.busy() or now >= next_full or self.db.run(items.may_have_work):
+                    if now >= next_full:
+                        next_full = now + SAFETY_PASS_SECONDS
+                    counts = step.run_pass(self.db)
+                    if any(counts.values()):
+                        continue
                 if step.busy():
                     step.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
                 else:
