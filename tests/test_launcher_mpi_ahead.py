@@ -10,7 +10,7 @@ import pytest
 from conftest import make_public_tmpdir
 from launcher_support import QUICK, add_app, add_jobs, events, launchers, settings, wait_for
 
-from balsam.core import schema
+from balsam.core import retries, schema
 from balsam.core.retries import STOP_MESSAGE_PREFIX
 from balsam.launcher.mpi_runs import NOT_STARTED
 
@@ -61,7 +61,8 @@ def test_jobs_ready_ahead_when_stopped_are_timed_out_unrun_and_every_run_is_reco
         timeouts = dict(cursor.fetchall())
         unrun = {j for j, m in timeouts.items() if m.endswith(NOT_STARTED)}
         assert unrun, timeouts  # the stop found jobs ready ahead
-        for job_id in unrun:
+        assert all(failures == 0 for failures, _ in retries.usage(cursor, list(unrun), 3).values())
+        for job_id in unrun:  # a stop before the start uses up no retry
             assert timeouts[job_id].startswith(STOP_MESSAGE_PREFIX)
             assert started(markers, job_id) == 0
             assert "ready ahead of a free node" in running_events(cursor, job_id)[0]

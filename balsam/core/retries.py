@@ -34,6 +34,11 @@ STOP_MESSAGE_PREFIX = "stopped by the launcher: "
 WALLTIME_STOP_MESSAGE = STOP_MESSAGE_PREFIX + WALLTIME_STOP_REASON
 """The RUN_TIMEOUT message of a run cut off by the walltime: such runs use up no retries."""
 
+NOT_STARTED_SUFFIX = " (before its start: it did not run)"
+"""Ends the RUN_TIMEOUT message of a job a launcher recorded RUNNING ahead of a free node (MPI
+mode's ready-ahead, :mod:`balsam.launcher.mpi_mode`) and stopped before its process started:
+it did not run, so it uses up no retry."""
+
 
 BACKOFF_MAX_FACTOR = 64
 """The back-off doubles per failed run up to this many times ``backoff_seconds``."""
@@ -68,8 +73,10 @@ RESET_SQL = f"""(SELECT max(r.id) FROM {schema.EVENT_TABLE} r WHERE r.job_id = j
 FAILURES_SQL = f"""(SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
     AND e.id > COALESCE({RESET_SQL}, 0)
     AND (e.to_state = '{State.RUN_ERROR.value}' OR (e.to_state = '{State.RUN_TIMEOUT.value}'
-    AND left(e.message, {len(WALLTIME_STOP_MESSAGE)}) <> {_literal(WALLTIME_STOP_MESSAGE)})))"""
-"""SQL: the failed runs of job ``j`` since its last reset that count against its retry limit."""
+    AND left(e.message, {len(WALLTIME_STOP_MESSAGE)}) <> {_literal(WALLTIME_STOP_MESSAGE)}
+    AND right(e.message, {len(NOT_STARTED_SUFFIX)}) <> {_literal(NOT_STARTED_SUFFIX)})))"""
+"""SQL: the failed runs of job ``j`` since its last reset that count against its retry limit
+(not walltime stops, not stops of jobs that never started)."""
 
 
 def limit_sql(default: int) -> str:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from balsam.core.retries import STOP_MESSAGE_PREFIX
+from balsam.core.retries import NOT_STARTED_SUFFIX, STOP_MESSAGE_PREFIX
 from balsam.launcher import procs
 from balsam.launcher.context import Context
 from balsam.launcher.status import StatusBuffer
@@ -34,8 +34,9 @@ RUN_SECONDS_WEIGHT = 0.2
 """Weight of the latest run in the running average of run durations."""
 SHUTDOWN_FLUSH_SECONDS = 5.0
 """How long a stopping launcher tries to record its last state changes."""
-NOT_STARTED = " (before its start: it did not run)"
-"""Appended to the stop message of a job ready ahead that the stop kept from starting."""
+NOT_STARTED = NOT_STARTED_SUFFIX
+"""Appended to the stop message of a job ready ahead that the stop kept from starting (such a
+stop uses up no retry: :data:`balsam.core.retries.NOT_STARTED_SUFFIX`)."""
 
 
 @dataclass
