@@ -164,3 +164,40 @@ def test_an_edited_app_file_is_picked_up_by_a_fresh_runner(site, runner):
     assert run(site, job, runner).ok
     assert "Edited preprocessing v2" in log_of(site, job)
     assert runner.started == 2
+
+
+@pytest.mark.slow
+def test_transition_workers_run_site_hooks_in_their_warm_runner(site, cursor):
+    import logging
+
+    from balsam.core import schema
+    from balsam.processing import transitions
+    from balsam.processing.steps import Limits
+    from balsam.processing.worker import TransitionPool
+
+    jobs = [hello(site, f"p{i}") for i in range(6)]
+    pool = TransitionPool(1, site, wf_filter=None, base_env=dict(os.environ),
+                          limits=Limits(60.0, 60.0), log=logging.getLogger("test"),
+                          heartbeat_seconds=10.0, lease_seconds=60, idle_wait_seconds=0.2,
+                          reconnect_max_seconds=5.0)
+    pool.start()
+    try:
+        deadline = time.monotonic() + 60
+        done = 0
+        while done < len(jobs) and time.monotonic() < deadline:
+            transitions.advance(cursor, None, 100)
+            cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state = "
+                           "'PREPROCESSED'")
+            done = cursor.fetchone()[0]
+            time.sleep(0.1)
+        worker = pool.workers[0]
+        assert done == len(jobs)
+        assert worker.hooks is not None and worker.hooks.started == 1
+        runner_pid = worker.hooks.pid
+    finally:
+        pool.stop()
+    assert runner_pid is not None and not live_members(runner_pid)  # closed with the worker
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.data == {"seen": job.parameters["name"]}
+        assert "# hook preprocess() of job" in log_of(site, job)

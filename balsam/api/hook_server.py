@@ -57,11 +57,16 @@ def _run_child(sock: socket.socket, request: dict[str, Any]) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    sys.argv = [hooks.__file__, request["step"]]
     try:
         return hooks.main([request["step"]])
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        from django.db import connections
+
+        connections.close_all()  # a clean goodbye to the server, as at a script's exit
 
 
 def serve(fd: int) -> int:

@@ -162,8 +162,8 @@ class HookRunner:
             return None, False, True, ""
         start = time.monotonic()
         deadline = start + timeout
-        request = {"step": step, "app": app, "cwd": workdir, "env": dict(env),
-                   "log": log.name if isinstance(log.name, str) else ""}
+        request = {"step": step, "app": app, "cwd": os.path.abspath(workdir), "env": dict(env),
+                   "log": os.path.abspath(log.name)}
         try:
             pid = self._request(request, env, deadline)
         except TimeoutError:
@@ -215,6 +215,7 @@ class HookRunner:
     def _runner_died(self, pid: int, log: IO[bytes]) -> int:
         """The runner ended while hook ``pid`` ran: the hook is stopped and fails."""
         proc = self.proc
+        _signal(pid, signal.SIGKILL)
         _stop_group(pid, 0.0)
         code = None
         if proc is not None:
