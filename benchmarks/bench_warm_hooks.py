@@ -38,6 +38,10 @@ class Hooked(ApplicationDefinition):
         print("preprocessing", self.job.parameters["x"])
         self.job.data = {"x": self.job.parameters["x"]}
         self.job.state = "PREPROCESSED"
+
+
+class Plain(ApplicationDefinition):
+    command_template = "/bin/true {{ x }}"
 '''
 
 
@@ -56,7 +60,8 @@ def side(db_path: str, kind: str, count: int, threads: int, tag: str) -> tuple[f
     from balsam.processing.steps import Limits
     from balsam.processing.worker import TransitionPool
 
-    jobs = Job.objects.bulk_create([Job(db_path, app_name="bench.Hooked",
+    app = "bench.Plain" if kind == "no hook" else "bench.Hooked"
+    jobs = Job.objects.bulk_create([Job(db_path, app_name=app,
                                         workdir=f"{tag}/{kind}/{i}", parameters={"x": i})
                                     for i in range(count)])
     ids = [str(j.id) for j in jobs]
@@ -68,7 +73,7 @@ def side(db_path: str, kind: str, count: int, threads: int, tag: str) -> tuple[f
     pool = TransitionPool(threads, db_path, wf_filter=None, base_env=dict(os.environ),
                           limits=Limits(300.0, 300.0), log=log, heartbeat_seconds=10.0,
                           lease_seconds=60, idle_wait_seconds=1.0, reconnect_max_seconds=30.0,
-                          warm_hooks=(kind == "warm"))
+                          warm_hooks=(kind != "cold"))
     pool.start()
     try:
         while True:
@@ -103,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_line())
     print(f"# {args.n} jobs with a preprocess hook per side, {args.threads} transition workers")
-    got: dict[str, list[tuple[float, ...]]] = {"cold": [], "warm": []}
+    got: dict[str, list[tuple[float, ...]]] = {"cold": [], "warm": [], "no hook": []}
     with throwaway_db() as db_path:
         os.makedirs(os.path.join(db_path, "apps"), exist_ok=True)
         with open(os.path.join(db_path, "apps", "bench.py"), "w") as fh:
@@ -112,18 +117,21 @@ def main() -> None:
 
         use_database(db_path)
         for r in range(1, args.rounds + 1):
-            for kind in ("cold", "warm") if r % 2 else ("warm", "cold"):
+            for kind in ("cold", "warm", "no hook") if r % 2 else ("no hook", "warm", "cold"):
                 res = side(db_path, kind, args.n, args.threads, f"r{r}")
                 got[kind].append(res)
-                print(f"round {r} {kind}: {res[0]:6.1f} hooks/s  CPU ms/hook: workers+children "
+                print(f"round {r} {kind:7}: {res[0]:6.1f} hooks/s  CPU ms/hook: workers+children "
                       f"{res[1]:7.1f}  DB server {res[2]:5.1f}  load {res[3]:.1f}", flush=True)
     med = {k: [statistics.median(x[i] for x in v) for i in range(4)] for k, v in got.items()}
-    for kind in ("cold", "warm"):
+    for kind in ("cold", "warm", "no hook"):
         m = med[kind]
-        print(f"{kind} median: {m[0]:6.1f} hooks/s  CPU ms/hook: workers+children {m[1]:7.1f}  "
+        print(f"{kind:7} median: {m[0]:6.1f} hooks/s  CPU ms/hook: workers+children {m[1]:7.1f}  "
               f"DB server {m[2]:5.1f}  (load {m[3]:.1f})")
     print(f"warm / cold: hooks/s {med['warm'][0] / med['cold'][0]:.1f}x, CPU per hook "
           f"{med['warm'][1] / med['cold'][1]:.3f}x ({med['cold'][1] / med['warm'][1]:.0f}x less)")
+    base = med["no hook"][1]
+    print(f"the hook alone (CPU per job minus the no-hook side's {base:.1f} ms): cold "
+          f"{med['cold'][1] - base:.1f} ms, warm {med['warm'][1] - base:.1f} ms")
     print(machine_line())
 
 
