@@ -38,7 +38,7 @@ class Hang(ApplicationDefinition):
     command_template = "echo never"
 
     def preprocess(self):
-        print("hanging", flush=True)
+        print("hanging in", os.getpid(), flush=True)
         time.sleep(120)
 
 
@@ -125,7 +125,8 @@ def test_a_hung_hook_is_timed_out_and_the_next_hook_still_runs(site, runner):
     assert result.timed_out and not result.ok
     assert "preprocess timed out after 3.0 s and was killed" in scripts.failure_message(
         "preprocess", result)
-    assert "hanging" in result.tail
+    pid = int(result.tail.split("hanging in ")[1].split()[0])
+    assert not live_members(pid)  # the fork's whole group is gone
     nxt = hello(site, "after")
     assert run(site, nxt, runner).ok
     assert runner.started == 1  # the hung fork was stopped, not the runner
@@ -201,3 +202,19 @@ def test_transition_workers_run_site_hooks_in_their_warm_runner(site, cursor):
         job.refresh_from_db()
         assert job.data == {"seen": job.parameters["name"]}
         assert "# hook preprocess() of job" in log_of(site, job)
+
+
+@pytest.mark.slow
+def test_an_abort_stops_the_hook_and_keeps_the_runner(site, runner):
+    hang = Job.objects.create(site_path=site, app_name="demo.Hang", workdir="hang")
+    env = scripts.script_environment(os.environ, {"BALSAM_JOB_ID": str(hang.id),
+                                                  "BALSAM_DB_PATH": site})
+    stop_at = time.monotonic() + 1.5
+    result = scripts.run_script("preprocess", f"{HOOK_RUNNER} preprocess",
+                                os.path.join(site, "data", "hang"), env, timeout=60,
+                                hooks=runner, app="demo.Hang", kill_grace=1.0,
+                                should_abort=lambda: time.monotonic() > stop_at)
+    assert result.aborted and not result.timed_out and result.seconds < 10
+    pid = int(result.tail.split("hanging in ")[1].split()[0])
+    assert not live_members(pid)
+    assert run(site, hello(site, "after"), runner).ok and runner.started == 1
