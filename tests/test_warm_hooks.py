@@ -218,3 +218,19 @@ def test_an_abort_stops_the_hook_and_keeps_the_runner(site, runner):
     pid = int(result.tail.split("hanging in ")[1].split()[0])
     assert not live_members(pid)
     assert run(site, hello(site, "after"), runner).ok and runner.started == 1
+
+
+@pytest.mark.slow
+def test_a_job_with_its_own_interpreter_variables_runs_its_hook_as_a_script(site, runner):
+    assert run(site, hello(site, "a"), runner).ok and runner.served == 1
+    job = hello(site, "b")
+    env = scripts.script_environment(os.environ, {"BALSAM_JOB_ID": str(job.id),
+                                                  "BALSAM_DB_PATH": site,
+                                                  "PYTHONPATH": "/nonexistent/extra"})
+    assert not runner.accepts(env)
+    result = scripts.run_script("preprocess", f"{HOOK_RUNNER} preprocess",
+                                os.path.join(site, "data", job.workdir), env, timeout=60,
+                                hooks=runner, app=job.app_name)
+    assert result.ok and runner.served == 1 and runner.started == 1
+    job.refresh_from_db()
+    assert job.data == {"seen": "b"}

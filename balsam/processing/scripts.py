@@ -108,7 +108,7 @@ def run_script(kind: str, command: str, workdir: str, env: Mapping[str, str], *,
         output_start = log.tell()
         start = time.monotonic()
         step = warm_hooks.warm_step(command, envscript) if hooks is not None else None
-        if hooks is not None and step is not None:
+        if hooks is not None and step is not None and hooks.accepts(env):
             returncode, timed_out, aborted, failure = hooks.run(
                 step, app, workdir, env, log, timeout, should_abort, poll_seconds, kill_grace)
         else:

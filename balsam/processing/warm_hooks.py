@@ -38,6 +38,15 @@ processing does not import the client side)."""
 
 STEPS = ("preprocess", "postprocess")
 
+STARTUP_PREFIXES = ("PYTHON", "LD_")
+"""Variables an interpreter reads when it starts (``PYTHONPATH``, ``PYTHONHASHSEED``,
+``LD_PRELOAD``, ...): a fork cannot take a job's own values of them, so a hook whose
+environment differs from the runner's in one runs as a script."""
+
+
+def startup_variables(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_PREFIXES)}
+
 
 def warm_step(command: str, envscript: Optional[str]) -> Optional[str]:
     """The step of ``command`` if it is a hook command this interpreter can run warm (the same
@@ -67,7 +76,16 @@ class HookRunner:
         self.db_path = ""
         self.started = 0
         """Runner processes started so far (for tests and benchmarks)."""
+        self.served = 0
+        """Hooks this object ran (started in a fork)."""
+        self.startup: dict[str, str] = {}
         self._buf = b""
+
+    def accepts(self, env: Mapping[str, str]) -> bool:
+        """Whether a hook with environment ``env`` can run here: no runner yet (it starts with
+        ``env``), or the same interpreter start-up variables (:data:`STARTUP_PREFIXES`) as the
+        running one."""
+        return self.proc is None or startup_variables(env) == self.startup
 
     @property
     def pid(self) -> Optional[int]:
@@ -102,6 +120,7 @@ class HookRunner:
             theirs.close()
         self.sock = ours
         self.db_path = env.get("BALSAM_DB_PATH", "")
+        self.startup = startup_variables(env)
         self.started += 1
 
     def _recv(self, timeout: float) -> dict[str, Any]:
@@ -148,6 +167,7 @@ class HookRunner:
                 self.close()
                 continue
             if isinstance(reply.get("pid"), int):
+                self.served += 1
                 return int(reply["pid"])
             self.close()
             raise RunnerGone("the hook runner sent no pid")
