@@ -22,6 +22,11 @@ step's own normal outcome (PREPROCESSED, POSTPROCESSED), which is left to proces
 goes on as after a script (e.g. POSTPROCESSED -> JOB_FINISHED). A changed ``data`` is saved. A
 handler that assigns no state fails the job (processing's classic rule). An exception in a hook
 prints its traceback to the log and exits 1: processing fails the job with the log's tail.
+
+Processing's transition workers usually do not start this command: when it names their own
+interpreter and the app has no envscript, it runs in a fork of the worker's warm hook runner
+(:mod:`balsam.api.hook_server`, :mod:`balsam.processing.warm_hooks`), which calls :func:`main`
+the same way, with the same log, environment and working directory.
 """
 from __future__ import annotations
 

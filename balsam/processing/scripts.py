@@ -26,6 +26,8 @@ from typing import IO, Any, Callable, Optional
 from balsam.core.jobenv import task_environment, with_envscript
 from balsam.errors import BalsamError
 from balsam.platform.procgroup import live_members, signal_group
+from balsam.processing import warm_hooks
+from balsam.processing.warm_hooks import HookRunner
 
 KINDS = {"preprocess": "Preprocessor", "postprocess": "Postprocessor"}
 """Script kind -> the word in the log header (classic "# Balsam Preprocessor: ...")."""
@@ -69,7 +71,8 @@ def script_environment(base_env: Mapping[str, str], job_vars: Mapping[str, str],
 def run_script(kind: str, command: str, workdir: str, env: Mapping[str, str], *,
                envscript: Optional[str] = None, timeout: float, header: Sequence[str] = (),
                should_abort: Optional[Callable[[], bool]] = None, poll_seconds: float = 0.2,
-               tail_lines: int = 30, kill_grace: float = 5.0) -> ScriptResult:
+               tail_lines: int = 30, kill_grace: float = 5.0,
+               hooks: Optional[HookRunner] = None, app: str = "") -> ScriptResult:
     """Run ``command`` (shell-style words, no shell) as the ``kind`` script of a job.
 
     The first word must name an existing executable file: an absolute path, a path relative to
@@ -80,6 +83,10 @@ def run_script(kind: str, command: str, workdir: str, env: Mapping[str, str], *,
     ``should_abort()`` (polled every ``poll_seconds``) returns True, the process group gets
     SIGTERM and, ``kill_grace`` seconds later, SIGKILL. Returns once no process of the group is
     left. Raises :class:`ScriptError` if the script cannot be run; ValueError for a bad ``kind``.
+
+    With ``hooks`` (a worker's warm runner), a site app's hook command (of app ``app``) that
+    :func:`balsam.processing.warm_hooks.warm_step` accepts runs in that runner instead of a new
+    interpreter, with the same log, environment, working directory, timeout and abort.
     """
     if kind not in KINDS:
         raise ValueError(f"script kind must be one of {sorted(KINDS)}, not {kind!r}")
@@ -100,9 +107,14 @@ def run_script(kind: str, command: str, workdir: str, env: Mapping[str, str], *,
         log.flush()
         output_start = log.tell()
         start = time.monotonic()
-        returncode, timed_out, aborted, failure = _run(
-            with_envscript(argv, envscript), workdir, dict(env), log, timeout, should_abort,
-            poll_seconds, kill_grace)
+        step = warm_hooks.warm_step(command, envscript) if hooks is not None else None
+        if hooks is not None and step is not None and hooks.accepts(env):
+            returncode, timed_out, aborted, failure = hooks.run(
+                step, app, workdir, env, log, timeout, should_abort, poll_seconds, kill_grace)
+        else:
+            returncode, timed_out, aborted, failure = _run(
+                with_envscript(argv, envscript), workdir, dict(env), log, timeout, should_abort,
+                poll_seconds, kill_grace)
         seconds = time.monotonic() - start
         log.flush()
         tail = failure or _tail(log_path, output_start, tail_lines)

@@ -36,6 +36,7 @@ from balsam.core.routing import Step
 from balsam.core.states import State
 from balsam.errors import BalsamError
 from balsam.processing import inputs, scripts
+from balsam.processing.warm_hooks import HookRunner
 
 HANDLER_FLAGS = {State.RUN_ERROR.value: "BALSAM_JOB_ERROR", State.RUN_TIMEOUT.value: "BALSAM_JOB_TIMEOUT"}
 
@@ -79,18 +80,20 @@ class Limits:
 
 
 def run_step(job: StepJob, db_path: str, base_env: Mapping[str, str], limits: Limits,
-             should_abort: Optional[Callable[[], bool]] = None) -> Outcome:
+             should_abort: Optional[Callable[[], bool]] = None,
+             hooks: Optional[HookRunner] = None) -> Outcome:
     """Run the step of ``job``'s current state: the worker step of its row in
-    :data:`balsam.core.routing.ROUTES` (see the module docstring)."""
+    :data:`balsam.core.routing.ROUTES` (see the module docstring). ``hooks``: the worker's warm
+    hook runner, for site apps' hook commands (:mod:`balsam.processing.warm_hooks`)."""
     state = job.row["state"]
     step = routing.worker_step(state)
     try:
         if step is Step.STAGE_IN:
             return _stage_in(job, db_path)
         if step is Step.PREPROCESS:
-            return _script(job, "preprocess", db_path, base_env, limits, should_abort)
+            return _script(job, "preprocess", db_path, base_env, limits, should_abort, hooks)
         if step in (Step.POSTPROCESS, Step.ERROR_HANDLER, Step.TIMEOUT_HANDLER):
-            return _script(job, "postprocess", db_path, base_env, limits, should_abort)
+            return _script(job, "postprocess", db_path, base_env, limits, should_abort, hooks)
     except BalsamError as exc:
         return Outcome([(State.FAILED, f"{routing.step_name(state)} failed: {exc}")])
     return Outcome(write=False)  # not a step state (changed meanwhile): nothing to do
@@ -113,7 +116,8 @@ def _stage_in(job: StepJob, db_path: str) -> Outcome:
 
 
 def _script(job: StepJob, kind: str, db_path: str, base_env: Mapping[str, str], limits: Limits,
-            should_abort: Optional[Callable[[], bool]]) -> Outcome:
+            should_abort: Optional[Callable[[], bool]],
+            hooks: Optional[HookRunner] = None) -> Outcome:
     row = job.row
     state = row["state"]
     command = job.preprocess if kind == "preprocess" else job.postprocess
@@ -127,7 +131,8 @@ def _script(job: StepJob, kind: str, db_path: str, base_env: Mapping[str, str], 
     result = scripts.run_script(kind, command, job.workdir, env, envscript=job.envscript,
                                 timeout=limits.script_timeout, header=header,
                                 should_abort=should_abort, kill_grace=limits.kill_grace,
-                                tail_lines=limits.tail_lines)
+                                tail_lines=limits.tail_lines, hooks=hooks,
+                                app=str(row.get("application") or ""))
     if result.aborted:
         return Outcome(write=False)
     name = routing.step_name(state)

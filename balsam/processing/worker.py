@@ -49,6 +49,7 @@ from balsam.processing.transitions import (
     NEEDS_STAGE_IN,
     wf_clause,
 )
+from balsam.processing.warm_hooks import HookRunner
 
 JOB, APP, DEP = schema.JOB_TABLE, schema.APP_TABLE, schema.DEP_TABLE
 
@@ -155,8 +156,11 @@ class TransitionWorker(threading.Thread):
                  log: logging.Logger, heartbeat_seconds: float, lease_seconds: int,
                  idle_wait_seconds: float, reconnect_max_seconds: float,
                  draining: Optional[threading.Event] = None,
-                 max_retries: int = MAX_RETRIES) -> None:
+                 max_retries: int = MAX_RETRIES, warm_hooks: bool = True) -> None:
         super().__init__(name=f"balsam-transitions-{index}", daemon=True)
+        self.hooks = HookRunner() if warm_hooks else None
+        """This worker's warm hook runner (:mod:`balsam.processing.warm_hooks`), started on
+        the first site app hook; None: hooks run as scripts (a new interpreter each)."""
         self.draining = draining
         """Once set (the owner is shutting down), no new job is claimed: a handler is not
         started only to be cut off."""
@@ -214,7 +218,8 @@ class TransitionWorker(threading.Thread):
         job_id, state = job.row["job_id"], job.row["state"]
         self.log.info(f"{self.name}: job {job_id[:8]} {state}: running its step")
         outcome = steps.run_step(job, self.db_path, self.base_env, self.limits,
-                                 should_abort=lambda: self._should_abort(job_id))
+                                 should_abort=lambda: self._should_abort(job_id),
+                                 hooks=self.hooks)
         if self._lost:
             return True
         written = self.db.run(write_outcome, self.session_id, job, outcome)
@@ -256,6 +261,8 @@ class TransitionWorker(threading.Thread):
         return False
 
     def _close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.close()
         if self.session_id is not None and not self._lost:
             try:
                 self.db.run_before(time.monotonic() + 5.0, leases.close_session, self.session_id,
