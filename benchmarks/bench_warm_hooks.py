@@ -76,7 +76,7 @@ def side(db_path: str, kind: str, count: int, threads: int, tag: str) -> tuple[f
     states: dict[str, int] = {}
     cpu0, server0, wall0 = cpu_total(), server_cpu(db_path), time.perf_counter()
     pool = TransitionPool(threads, db_path, wf_filter=None, base_env=dict(os.environ),
-                          limits=Limits(300.0, 300.0), log=log, heartbeat_seconds=10.0,
+                          limits=Limits(300.0), log=log, heartbeat_seconds=10.0,
                           lease_seconds=60, idle_wait_seconds=1.0, reconnect_max_seconds=30.0,
                           warm_hooks=(kind != "cold"))
     pool.start()

@@ -111,7 +111,7 @@ def test_a_launcher_and_the_service_give_their_workers_the_same_launcher_tunable
     svc.start_pool()
     try:
         assert launcher_pool is not None and svc.pool is not None
-        expected = [(Limits(11.0, 13.0, kill_grace=3.0, tail_lines=5), 77, 7.0, 0.25, 2, None)] * 2
+        expected = [(Limits(11.0, kill_grace=3.0, tail_lines=5), 77, 7.0, 0.25, 2, None)] * 2
         assert _worker_settings(launcher_pool) == _worker_settings(svc.pool) == expected
     finally:
         for pool in (launcher_pool, svc.pool):

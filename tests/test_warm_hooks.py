@@ -178,7 +178,7 @@ def test_transition_workers_run_site_hooks_in_their_warm_runner(site, cursor):
 
     jobs = [hello(site, f"p{i}") for i in range(6)]
     pool = TransitionPool(1, site, wf_filter=None, base_env=dict(os.environ),
-                          limits=Limits(60.0, 60.0), log=logging.getLogger("test"),
+                          limits=Limits(60.0), log=logging.getLogger("test"),
                           heartbeat_seconds=10.0, lease_seconds=60, idle_wait_seconds=0.2,
                           reconnect_max_seconds=5.0)
     pool.start()

@@ -31,7 +31,7 @@ def start_transition_pool(threads: int, db_path: str, tunables: Tunables, *,
     t = tunables
     pool = TransitionPool(
         threads, db_path, wf_filter=wf_filter, base_env=base_env,
-        limits=Limits(t.script_timeout_seconds, t.transfer_timeout_seconds,
+        limits=Limits(t.script_timeout_seconds,
                       kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
         log=log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
         idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds,

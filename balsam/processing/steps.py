@@ -74,7 +74,6 @@ class Limits:
     """Time limits of the steps (seconds) and how a stopped script is killed."""
 
     script_timeout: float
-    transfer_timeout: float
     kill_grace: float = 5.0
     tail_lines: int = 30
 
