@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from typing import Any
+import time
+from typing import Any, Callable, Optional
 
 from balsam.platform.process import is_dead_state, stat_fields
 
@@ -59,3 +60,18 @@ def kill_and_reap(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
             if pipe is not None:
                 pipe.close()
         proc.wait()
+
+
+def wait_bounded(ended: Callable[[float], bool], deadline: float, poll_seconds: float,
+                 should_abort: Optional[Callable[[], bool]]) -> tuple[bool, bool]:
+    """Call ``ended(seconds)`` (wait up to that long; True once the thing waited for ended)
+    until it says so, ``deadline`` (monotonic) passes or ``should_abort()`` says stop (asked
+    every ``poll_seconds``): (timed_out, aborted), both False when it ended."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if ended(max(0.0, min(remaining, poll_seconds) if should_abort else remaining)):
+            return False, False
+        if time.monotonic() >= deadline:
+            return True, False
+        if should_abort is not None and should_abort():
+            return False, True

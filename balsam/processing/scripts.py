@@ -25,7 +25,7 @@ from typing import IO, Any, Callable, Optional
 
 from balsam.core.jobenv import task_environment, with_envscript
 from balsam.errors import BalsamError
-from balsam.platform.procgroup import live_members, signal_group
+from balsam.platform.procgroup import live_members, signal_group, wait_bounded
 from balsam.processing import warm_hooks
 from balsam.processing.warm_hooks import HookRunner
 
@@ -175,23 +175,17 @@ def _run(argv: list[str], workdir: str, env: dict[str, str], log: IO[bytes], tim
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     except OSError as exc:
         return None, False, False, f"cannot run {argv[0]}: {exc.strerror or exc}"
-    deadline = time.monotonic() + timeout
+    def ended(seconds: float) -> bool:
+        try:
+            proc.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     timed_out = aborted = False
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                proc.wait(timeout=max(0.0, min(remaining, poll_seconds) if should_abort
-                                      else remaining))
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if time.monotonic() >= deadline:
-                timed_out = True
-            elif should_abort is not None and should_abort():
-                aborted = True
-            if timed_out or aborted:
-                break
+        timed_out, aborted = wait_bounded(ended, time.monotonic() + timeout, poll_seconds,
+                                          should_abort)
     finally:
         # Also on an exception (KeyboardInterrupt, should_abort raising): nothing is left behind.
         if proc.poll() is None or live_members(proc.pid):

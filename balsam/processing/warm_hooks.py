@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any, Callable, Optional
 
-from balsam.platform.procgroup import live_members, signal_group
+from balsam.platform.procgroup import live_members, signal_group, wait_bounded
 
 HOOKS_MODULE = "balsam.api.hooks"
 SERVER_MODULE = "balsam.api.hook_server"
@@ -190,24 +190,20 @@ class HookRunner:
             return None, True, False, ""
         except (RunnerGone, OSError) as exc:
             return None, False, False, f"cannot run the hook in the warm hook runner: {exc}"
-        timed_out = aborted = False
         rc: Optional[int] = None
-        while True:
-            remaining = deadline - time.monotonic()
+
+        def ended(seconds: float) -> bool:
+            nonlocal rc
             try:
-                rc = int(self._recv(min(remaining, poll_seconds) if should_abort
-                                    else remaining)["rc"])
-                break
+                rc = int(self._recv(seconds)["rc"])
+                return True
             except TimeoutError:
-                pass
-            except (RunnerGone, KeyError, TypeError, ValueError):
-                return self._runner_died(pid, log), False, False, ""
-            if time.monotonic() >= deadline:
-                timed_out = True
-            elif should_abort is not None and should_abort():
-                aborted = True
-            if timed_out or aborted:
-                break
+                return False
+
+        try:
+            timed_out, aborted = wait_bounded(ended, deadline, poll_seconds, should_abort)
+        except (RunnerGone, KeyError, TypeError, ValueError):
+            return self._runner_died(pid, log), False, False, ""
         if rc is None:
             rc = self._stop_hook(pid, grace)
         elif live_members(pid):  # it left something running in its group
