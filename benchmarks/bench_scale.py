@@ -32,7 +32,7 @@ one database (they claim from the same jobs): the same checks, and the total rat
 Each master runs in a process of its own. ``--writers 1,2,4`` runs each N once per
 ``launcher.status_writers`` value (1: the master's own connection; K > 1: K writer threads with
 a connection each, :mod:`balsam.launcher.status_writers`, and then claimer threads with a
-connection each, ``serial_master.CLAIMERS``); ``--compare-with SRC`` first runs
+connection each, ``serial_claims.CLAIMERS``); ``--compare-with SRC`` first runs
 each N with the ``balsam`` package of source tree SRC (``PYTHONPATH``; e.g. ``git archive`` of
 main) and prints same-run ratios. Server CPU is the master's connections' server processes and
 the whole cluster's (postmaster, its children, the exited ones: WAL writer, autovacuum...).

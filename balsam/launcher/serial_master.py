@@ -1,14 +1,15 @@
 """Serial-mode master (MPI rank 0): the only rank that talks to the database.
 
-:class:`Master` claims serial jobs in batches (:class:`JobSource`), sends them to the workers
-(:mod:`balsam.launcher.serial_worker`) so that each node has a full node's worth of tasks
+:class:`Master` owns the loop: it gets serial jobs from its claiming side
+(:class:`balsam.launcher.serial_claims.MasterClaims`, its base: claims in batches through
+:class:`JobSource` or, at scale, :class:`Claimer` threads the loop asks and later takes, never
+waiting on one; the task end rate; reconciling holds after a reconnection), sends them to the
+workers (:mod:`balsam.launcher.serial_worker`) so that each node has a full node's worth of tasks
 running and some queued behind them (more when tasks are short, so a worker never waits for the
 master), records what the workers report through a :class:`StatusBuffer` or, at scale, K
 :class:`StatusWriters` threads with a connection each (RUNNING once a worker reports a start;
 batched, one statement per flush; a run's RUN_DONE goes on to JOB_FINISHED in the same row
-update when there is nothing to postprocess or stage out; with the writer threads, claims
-too go to a :class:`Claimer` thread with its own connection, one claim in flight that the
-loop asks for and later takes, never waiting on it), forwards user kills every
+update when there is nothing to postprocess or stage out), forwards user kills every
 ``kill_check_seconds``, renews the session's lease and sweeps dead sessions
 (:class:`Housekeeper`), runs the processing pass (:func:`transitions.advance`), and exits when
 idle only once :func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
@@ -26,15 +27,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Optional, Protocol
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
-from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
-from balsam.launcher.job_source import Claimer, JobSource
+from balsam.launcher.job_source import JobSource
+from balsam.launcher.serial_claims import CLAIMERS as CLAIMERS  # re-exported (tests, docs)
+from balsam.launcher.serial_claims import MAX_CLAIM_BATCH as MAX_CLAIM_BATCH
+from balsam.launcher.serial_claims import RATE_WINDOW_SECONDS, MasterClaims
 from balsam.launcher.serial_worker import Work
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
@@ -52,18 +55,6 @@ QUEUE_ROUNDS = 8
 """Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
 a claim is spread over the workers (filled one after another, the last jobs of a campaign sat
 in a few workers' queues while the other nodes idled)."""
-CLAIMERS = 2
-"""At scale (the status writer threads on), claims run in this many :class:`Claimer` threads,
-a connection each, a claim in flight each (``SKIP LOCKED``: they never get the same job); the
-master's loop asks and takes, never waiting on a claim."""
-RATE_WINDOW_SECONDS = 0.25
-CLAIM_HORIZON_SECONDS = 1.0
-"""At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
-MAX_CLAIM_BATCH = 4096
-CLAIM_SLOTS_DIVISOR = 16
-"""A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
-with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
-bench_scale.py: claims of 4,096 doubled the rate at N >= 1,024)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
 BYE_SECONDS = 5.0
@@ -96,7 +87,7 @@ def work_item(spec: TaskSpec) -> Work:
                 spec.output_path, spec.node_packing_count, spec.required_cores, spec.pyfunc_row)
 
 
-class Master:
+class Master(MasterClaims):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -112,22 +103,10 @@ class Master:
         self.drained: set[int] = set()
         self.gone: set[int] = set()          # workers that said bye
         self.kill_sent: set[str] = set()
-        self.slots_per_node = 1
-        self.rate = 0.0
-        """Task ends per second over the last ``RATE_WINDOW_SECONDS``."""
         self._ended = 0
         self._ended_since_advance = False
-        self._reconnects = ctx.db.reconnects
         self._timeout_message = ""
-        self._lost_claim = False             # a claim's commit reply may have been lost
-        self._dropped: set[str] = set()      # released by a kill check while a claim ran
-        self.claimers: list[Claimer] = []
-        if getattr(status, "databases", None):  # at scale (writer threads): claims too
-            db = ctx.db
-            self.claimers = [Claimer(source, Database(
-                db.db_path, f"{db.application_name}-claimer{k}", stop=db.stop,
-                reconnect_max_seconds=db.reconnect_max_seconds, log=db.log))
-                for k in range(CLAIMERS)]
+        self._open_claimers()
         now = time.monotonic()
         self._last_flush = 0.0
         self._last_busy = now
@@ -315,101 +294,6 @@ class Master:
             self.ctx.log.info(f"job {job_id[:8]} was killed by a user: stopping its task on "
                               f"worker {worker}")
 
-    def _check_reconnect(self) -> None:
-        db = self.ctx.db
-        if db.reconnects == self._reconnects and not self._lost_claim:
-            return
-        if self._claiming():
-            return  # once the claims are taken (their jobs are then known)
-        known = set(self.inflight) | {s.job_id for s in self.queue} | self.status.pending_ids()
-        try:
-            timed_out, released = db.try_run(self.source.reconcile_in, known)
-        except DatabaseUnavailable:
-            return
-        self._reconnects = db.reconnects
-        self._lost_claim = False
-        if timed_out or released:
-            self.ctx.log.warning(f"after reconnecting: {timed_out} unknown running job(s) timed "
-                                 f"out, {released} unknown claim(s) released")
-
-    def _claim(self, now: float) -> bool:
-        took = self._take_claims(now)
-        free = [c for c in self.claimers if not c.asked]
-        if self.claimers and not free:
-            return took
-        open_nodes = len(self.load) - len(self.closed)
-        held = len(self.queue) + len(self.inflight) + sum(c.asked for c in self.claimers)
-        target = max(self.t.serial_prefetch_per_slot * self.slots_per_node * open_nodes,
-                     int(self.rate * CLAIM_HORIZON_SECONDS))
-        # Claim once the hold is half a batch below the target, at most a batch at a time.
-        # (Capping the target at one batch beyond what is in flight, as before, stopped claims
-        # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
-        room = target - held
-        batch = self._claim_batch(open_nodes)
-        if (open_nodes <= 0 or room < min(batch, target) // 2
-                or now < self._next["claim"]):
-            return took
-        if self.claimers:  # answered to a later :meth:`_take_claims`
-            for claimer in free:
-                if room < min(batch, target) // 2:
-                    break
-                claimer.ask(min(batch, room), self.ctx.max_wall_minutes())
-                room -= min(batch, room)
-            return took
-        specs: Union[list[TaskSpec], DatabaseUnavailable]
-        try:
-            specs = self.source.claim(min(batch, room), serial=True,
-                                      max_nodes=1, max_wall_minutes=self.ctx.max_wall_minutes())
-        except DatabaseUnavailable as exc:
-            specs = exc
-        return self._claimed(specs, now)
-
-    def _claiming(self) -> bool:
-        """Whether a claimer's claim is in flight (or answered and not taken)."""
-        return any(c.asked for c in self.claimers)
-
-    def _take_claims(self, now: float) -> bool:
-        """Take the claimers' answers, if any (True: specs were queued)."""
-        took = False
-        for claimer in self.claimers:
-            specs = claimer.take()
-            if specs is None:
-                continue
-            if isinstance(specs, DatabaseUnavailable):
-                self._lost_claim = True
-            elif self._dropped:  # killed while the claim ran: released already
-                kept = [s for s in specs if s.job_id not in self._dropped]
-                if specs and not kept:  # not "nothing to claim"
-                    self._next["claim"] = 0.0
-                    continue
-                specs = kept
-            took = self._claimed(specs, now) or took
-        if self._dropped and not self._claiming():
-            self._dropped.clear()
-        return took
-
-    def _claimed(self, specs: Union[list[TaskSpec], DatabaseUnavailable], now: float) -> bool:
-        if isinstance(specs, DatabaseUnavailable):
-            self._next["claim"] = now + 0.5
-            return False
-        if not specs:  # nothing runnable: ask again when notified, after processing, or later
-            self._next["claim"] = now + self.t.idle_wait_seconds
-            return False
-        self._next["claim"] = 0.0
-        self.queue.extend(specs)
-        self.slots_per_node = max(self.slots_per_node, *(self._slots(s) for s in specs))
-        return True
-
-    def _claim_batch(self, open_nodes: int) -> int:
-        """The claim size: ``claim_batch``, or more on a big allocation (a fraction of its
-        slots, up to ``MAX_CLAIM_BATCH``), so filling N x S slots takes a few dozen claims."""
-        slots = self.slots_per_node * open_nodes
-        return max(self.t.claim_batch, min(MAX_CLAIM_BATCH, slots // CLAIM_SLOTS_DIVISOR))
-
-    def _slots(self, spec: TaskSpec) -> int:
-        per_node = max(1, spec.node_packing_count)
-        return min(per_node, self.ctx.gpus_per_node) if self.ctx.gpus_per_node else per_node
-
     def _dispatch(self) -> bool:
         if not self.queue:
             return False
@@ -464,15 +348,6 @@ class Master:
             self._next["claim"] = 0.0
             self.house.busy()
 
-    def _rate_tick(self, now: float) -> None:
-        elapsed = now - self._next["rate"] + RATE_WINDOW_SECONDS
-        if now >= self._next["rate"]:
-            self.rate = self._ended / elapsed
-            self._ended = 0
-            self._next["rate"] = now + RATE_WINDOW_SECONDS
-        elif elapsed >= 0.05:  # speeding up (start-up): claim big batches at once
-            self.rate = max(self.rate, self._ended / elapsed)
-
     # ---- ending -----------------------------------------------------------------------------
     def shutdown(self, reason: str) -> None:
         """Stop every task, record them RUN_TIMEOUT with ``reason``, release every claim,
@@ -498,15 +373,6 @@ class Master:
         self._flush(before=time.monotonic() + 3.0)
         self._release_all()
         self._tell_all({"exit": True, "recorded": not self.status.pending})
-
-    def _close_claimers(self) -> None:
-        """End the claimers (after their claims in flight: released with the rest)."""
-        for claimer in self.claimers:
-            claimer.close()
-            answer = claimer.take()
-            if isinstance(answer, list):
-                self.queue.extend(answer)
-        self.claimers = []
 
     def _release_all(self) -> None:
         self._close_claimers()
