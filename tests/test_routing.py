@@ -96,9 +96,9 @@ def test_transfer_states() -> None:
 
 
 def test_launcher_moves_follow_from_the_table() -> None:
-    from balsam.core import lifecycle
+    from balsam.core import launcher_moves
 
-    assert lifecycle.LAUNCHER_MOVES == {
+    assert launcher_moves.LAUNCHER_MOVES == {
         State.RUNNING: ("PREPROCESSED", "RESTART_READY"), State.RUN_DONE: ("RUNNING",),
         State.RUN_ERROR: ("RUNNING",), State.RUN_TIMEOUT: ("RUNNING",)}
 

@@ -27,7 +27,7 @@ from launcher_support import (
 from test_launcher_common import mirror, open_session, set_port  # noqa: F401 - a fixture
 from test_launcher_serial import APPEND, SERIAL, pids_of, sleepers, to_states, write_script
 
-from balsam.core import leases, lifecycle, schema
+from balsam.core import launcher_moves, leases, lifecycle, schema
 from balsam.db import serverinfo
 from balsam.db.database import FIRST_BACKOFF_SECONDS, Database
 from balsam.launcher.status import StatusBuffer
@@ -230,7 +230,7 @@ def test_the_moves_statement_is_prepared_once_per_connection_and_survives_a_fail
     database, sid, (a, b) = claim_jobs(db, cursor, [{"name": "a"}, {"name": "b"}])
     conn = connect(db)
     raw = conn.cursor()
-    assert lifecycle.move(raw, [(a, lifecycle.State.RUNNING, "go")], sid) == [
+    assert launcher_moves.move(raw, [(a, lifecycle.State.RUNNING, "go")], sid) == [
         (a, "PREPROCESSED", "RUNNING")]
     raw.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = 'balsam_move'")
     assert raw.fetchone()[0] == 1
@@ -238,8 +238,8 @@ def test_the_moves_statement_is_prepared_once_per_connection_and_survives_a_fail
     with pytest.raises(Exception):  # noqa: B017 - any error of the transaction
         raw.execute("SELECT 1/0")
     conn.rollback()
-    assert sorted(lifecycle.move(raw, [(a, lifecycle.State.RUNNING, "go"),
-                                       (b, lifecycle.State.RUNNING, "go")], sid)) == sorted([
+    assert sorted(launcher_moves.move(raw, [(a, lifecycle.State.RUNNING, "go"),
+                                            (b, lifecycle.State.RUNNING, "go")], sid)) == sorted([
         (a, "PREPROCESSED", "RUNNING"), (b, "PREPROCESSED", "RUNNING")])
     conn.commit()
     conn.close()

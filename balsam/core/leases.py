@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.core import lifecycle, schema
+from balsam.core import launcher_moves, lifecycle, schema
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
@@ -141,11 +141,11 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
           gpus_per_node: Optional[int] = None,
           ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     """One statement doing a launcher's routine work: record ``moves`` of jobs this session
-    holds -- (job id, RUNNING or a run's end state, message), as :func:`lifecycle.moves_sql`
+    holds -- (job id, RUNNING or a run's end state, message), as :func:`launcher_moves.moves_sql`
     -- and claim up to ``limit`` more jobs as :func:`claim` does (other rows: the jobs being
     moved are held already, so the claim cannot take them). Returns ([(job id, from state, to
     state)] of the moves made, the claimed rows in claim order)."""
-    moves_ctes, moves_params = lifecycle.moves_sql(moves, session_id)
+    moves_ctes, moves_params = launcher_moves.moves_sql(moves, session_id)
     claim_ctes, claim_params, order_key = _claim_sql(
         session_id, limit, serial=serial, max_nodes=max_nodes, wf_filter=wf_filter,
         max_wall_minutes=max_wall_minutes, exclude_ids=(), tags=tags,

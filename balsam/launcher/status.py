@@ -11,7 +11,7 @@ to drop (jobs a user killed, jobs not started), and, before them, one for the ou
 Python-function tasks that serial mode's warm workers sent back (``Batch.pyfunc_outcomes``,
 :mod:`balsam.core.payloads`: a result is durable when its RUN_DONE is). Nothing is lost while
 the database is unreachable: a failed write keeps everything pending for the next flush.
-Writing the same batch twice is harmless (:func:`lifecycle.move` moves jobs
+Writing the same batch twice is harmless (:func:`launcher_moves.move` moves jobs
 only from the expected states and only if this session holds them), so a batch whose commit
 outcome is unknown is simply written again.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from balsam import defaults
-from balsam.core import leases, lifecycle, payloads, schema
+from balsam.core import launcher_moves, leases, payloads, schema
 from balsam.core.states import State
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
@@ -92,7 +92,7 @@ class StatusBuffer:
     def __init__(self, db: Database, session_id: int,
                  flush_seconds: float = defaults.STATUS_FLUSH_SECONDS,
                  start_message: str = "",
-                 follow: Optional[lifecycle.FollowOn] = None) -> None:
+                 follow: Optional[launcher_moves.FollowOn] = None) -> None:
         self.db = db
         self.follow = follow
         """Pure moves taken with the ends recorded (RUN_DONE -> JOB_FINISHED of a job with
@@ -172,7 +172,7 @@ class StatusBuffer:
 
     def write(self, cursor: Cursor, batch: Batch) -> Written:
         """Write ``batch`` in the caller's transaction: one statement
-        (:func:`lifecycle.move`) for every start and end -- a run that started and ended since
+        (:func:`launcher_moves.move`) for every start and end -- a run that started and ended since
         the last write is recorded RUNNING then its end with one row update --, one more to
         drop claims, rarely one or two to sort out starts that were refused."""
         out = Written()
@@ -181,7 +181,7 @@ class StatusBuffer:
         ends.update((j, (State.RUN_ERROR, m)) for j, m in batch.errors.items())
         ends.update((j, (State.RUN_TIMEOUT, m)) for j, m in batch.timeouts.items())
         started = set(batch.started)
-        moves: list[lifecycle.Move] = []
+        moves: list[launcher_moves.Move] = []
         for job_id in batch.started:
             if job_id in ends:
                 state, message = ends[job_id]
@@ -189,7 +189,7 @@ class StatusBuffer:
             else:
                 moves.append((job_id, State.RUNNING, batch.start_message))
         moves += [(j, state, m) for j, (state, m) in ends.items() if j not in started]
-        moved = lifecycle.move(cursor, moves, self.session_id, self.follow)
+        moved = launcher_moves.move(cursor, moves, self.session_id, self.follow)
         done = {j for j, _, _ in moved}
         out.started = [j for j in batch.started if j in done]
         out.ended = sum(1 for _, _, to in moved if to != State.RUNNING.value)

@@ -22,7 +22,7 @@ What holds, as with one buffer:
   back from :meth:`flush` in ``not_started``, as from one buffer, for the master to stop it.
 * **Never run twice.** Claims, kills and releases of the whole session stay on the master's
   connection; a writer only moves jobs its session holds, from the expected states
-  (:func:`balsam.core.lifecycle.move`).
+  (:func:`balsam.core.launcher_moves.move`).
 
 :meth:`flush` does not wait (it asks every writer to write what it has now and returns the
 refused starts reported so far); ``flush(before=deadline)`` waits until everything noted is
@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Callable, Optional, Protocol
 
-from balsam.core import lifecycle, payloads
+from balsam.core import launcher_moves, payloads
 from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.status import Batch, StatusBuffer, Written
@@ -110,7 +110,7 @@ class StatusWriters:
 
     def __init__(self, connect: Callable[[int], Database], session_id: int, writers: int,
                  flush_seconds: float, start_message: str = "",
-                 follow: Optional[lifecycle.FollowOn] = None,
+                 follow: Optional[launcher_moves.FollowOn] = None,
                  owner: Optional[Database] = None) -> None:
         if writers < 1:
             raise ValueError(f"status writers must be >= 1, not {writers}")

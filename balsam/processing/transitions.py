@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from balsam.core import leases, lifecycle, retries, routing, schema
+from balsam.core import launcher_moves, leases, lifecycle, retries, routing, schema
 from balsam.core.retries import RetryPolicy
 from balsam.core.routing import Actor, When, sql_in
 from balsam.core.sql import like_contains
@@ -258,13 +258,13 @@ _MESSAGES = {
 }
 
 
-FINISH_ON_RECORD = lifecycle.FollowOn(
+FINISH_ON_RECORD = launcher_moves.FollowOn(
     routing.LAUNCHER_FOLLOW_ON,
     f"NOT {NEEDS_POSTPROCESS} AND NOT {NEEDS_STAGE_OUT}",
     _MESSAGES[State.JOB_FINISHED])
 """The RUN_DONE -> JOB_FINISHED route of a job with no postprocess script and nothing to stage
 out (:data:`PURE_DECIDERS` ``NO_POSTPROCESS`` then ``NO_STAGE_OUT``), as a launcher takes it while
-recording the run's end (:func:`balsam.core.lifecycle.move`); the same message as this pass."""
+recording the run's end (:func:`balsam.core.launcher_moves.move`); the same message as this pass."""
 
 
 def advance(cursor: Cursor, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
