@@ -92,10 +92,13 @@ def test_the_service_runs_200_serial_and_mpi_jobs_through_slurm_batch_jobs(
         svc = start(env=batch_env(db))
         svc.wait_started()
         t0 = time.monotonic()
-        serial = add_jobs(cur, [{"name": f"s{i}", "application": "host", "node_packing_count": 4}
-                                for i in range(196)])
-        mpi = add_jobs(cur, [{"name": f"m{i}", "application": "ranks", "num_nodes": 2,
-                              "ranks_per_node": 1} for i in range(4)])
+        # One insert (one transaction): the live service's first plan sees the whole backlog;
+        # two inserts let a plan between them pack the serial jobs alone into both queue slots.
+        ids = add_jobs(cur, [{"name": f"s{i}", "application": "host", "node_packing_count": 4}
+                             for i in range(196)] + [
+                            {"name": f"m{i}", "application": "ranks", "num_nodes": 2,
+                             "ranks_per_node": 1} for i in range(4)])
+        serial, mpi = ids[:196], ids[196:]
         wait_for(lambda: any(r["scheduler_id"] for r in launches(cur)), 30, "a submission")
         t_submit = time.monotonic() - t0
         wait_for(lambda: set(states(cur).values()) == {"JOB_FINISHED"}, 110,
