@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
-from bench_launcher_serial import children_cpu, server_cpu  # noqa: E402
+from _throwaway import machine_line, throwaway_db  # noqa: E402
+from bench_launcher_serial import launcher_round  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 APP = f'''from balsam.site import ApplicationDefinition
@@ -118,30 +116,13 @@ def run(db_path: str, count: int) -> tuple[float, ...]:
     """(tasks/s, master CPU ms per task, worker ranks' CPU ms per task, master statements per
     task -- these three from the launcher's log --, CPU ms per task of the whole launcher
     process tree (its processing threads, the MPI launcher, the ranks, the tasks) and of the
-    database server, over the launcher's run)."""
-    from balsam.db.connect import connect
-
-    tree, server = children_cpu(), server_cpu(db_path)
-    proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600)
-    tree, server = children_cpu() - tree, server_cpu(db_path) - server
-    if proc.returncode != 0:
-        raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
-    conn = connect(db_path)
-    try:
-        first_running, last_done = finished_run_interval(conn, count)
-    finally:
-        conn.close()
-    with open(proc.stdout.split(", log ")[1].strip()) as fh:
-        log = fh.read()
-    master = re.search(r"serial master exits: (\d+) statements.*? ([\d.]+) s CPU", log)
-    # A worker's line names its node and host before "exits:" (an earlier pattern here
-    # missed it, so the "launcher CPU" printed before 2026-12-06 was the master's alone).
-    workers = re.findall(r"serial worker \d+ \(.*?\) exits: .*?([\d.]+) s CPU", log)
-    assert master is not None and workers, log
-    return (count / (last_done - first_running), float(master.group(2)) * 1000 / count,
-            sum(float(w) for w in workers) * 1000 / count, int(master.group(1)) / count,
-            tree * 1000 / count, server * 1000 / count)
+    database server, over the launcher's run): one :func:`bench_launcher_serial.launcher_round`.
+    (Before 2026-12-06 this script's own log pattern missed the worker ranks' line, so the
+    "launcher CPU" it printed was the master's alone.)"""
+    r = launcher_round(db_path, count)
+    assert r["worker_cpu"] > 0, r
+    return (r["run"], r["master_cpu"] * 1000 / count, r["worker_cpu"] * 1000 / count,
+            r["statements"], r["tree_cpu"] * 1000 / count, r["server_cpu"] * 1000 / count)
 
 
 def side(db_path: str, kind: str, count: int, packing: int) -> tuple[float, ...]:
