@@ -120,3 +120,27 @@ def test_placing_a_key_twice_is_refused_and_freeing_twice_is_harmless():
     node.free("a")
     node.free("a")
     assert node.occupancy == 0
+
+
+def test_integer_occupancy_matches_the_fraction_reference_on_random_mixed_counts():
+    """The node counts occupancy in integer units (lcm of the counts seen); it must decide
+    every fit exactly as summing ``share()`` Fractions does, new counts arriving midway."""
+    from fractions import Fraction
+
+    rng = random.Random(11)
+    node = NodeSlots(range(4))
+    reference: dict[str, Fraction] = {}
+    for step in range(4000):
+        if reference and rng.random() < 0.5:
+            key = rng.choice(sorted(reference))
+            node.free(key)
+            del reference[key]
+            continue
+        count = rng.choice([0, 1, 2, 3, 5, 7, 9, 11, 16])
+        fits = sum(reference.values(), Fraction(0)) + share(count) <= 1
+        assert node.fits(count) is fits
+        placed = node.place(f"t{step}", count)
+        assert (placed is not None) is fits
+        if placed is not None:
+            reference[f"t{step}"] = share(count)
+        assert node.occupancy == sum(reference.values(), Fraction(0))

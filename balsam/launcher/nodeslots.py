@@ -16,6 +16,7 @@ while no GPU is free. (Classic Balsam used the task's position in a dict, which 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -50,10 +51,13 @@ class NodeSlots:
             raise ValueError(f"gpus must be >= 0, not {gpus}")
         self.cpus = tuple(cpus)
         self.gpus = gpus
-        self.occupancy = Fraction(0)
+        # Occupancy in integer units of 1/_den of a node, _den the lcm of the packing counts
+        # seen (exact like Fractions, ~10x cheaper per task: a worker places thousands a second)
+        self._den = 1
+        self._units = 0
         self._cpu_use = [0] * len(self.cpus)
         self._gpu_owner: list[Optional[str]] = [None] * gpus
-        self._placed: dict[str, tuple[Fraction, tuple[int, ...], Optional[int]]] = {}
+        self._placed: dict[str, tuple[int, tuple[int, ...], Optional[int]]] = {}
 
     def __len__(self) -> int:
         """Number of tasks placed."""
@@ -62,9 +66,24 @@ class NodeSlots:
     def __contains__(self, key: object) -> bool:
         return key in self._placed
 
+    @property
+    def occupancy(self) -> Fraction:
+        """The fraction of the node its placed tasks occupy (0 to 1)."""
+        return Fraction(self._units, self._den)
+
+    def _count(self, packing_count: int) -> int:
+        """``packing_count`` as a share's denominator (>= 1), ``_den`` made a multiple of it."""
+        k = packing_count if packing_count >= 1 else 1
+        if self._den % k:
+            factor = math.lcm(self._den, k) // self._den
+            self._den *= factor
+            self._units *= factor
+        return k
+
     def fits(self, packing_count: int) -> bool:
         """Whether a task with ``packing_count`` can be placed now (occupancy and a free GPU)."""
-        if self.occupancy + share(packing_count) > 1:
+        k = self._count(int(packing_count))
+        if self._units + self._den // k > self._den:
             return False
         return self.gpus == 0 or None in self._gpu_owner
 
@@ -77,8 +96,8 @@ class NodeSlots:
             raise ValueError(f"task {key} is already placed on this node")
         if not self.fits(packing_count):
             return None
-        part = share(packing_count)
-        count = min(len(self.cpus), max(1, int(required_cores), len(self.cpus) // part.denominator))
+        k = self._count(int(packing_count))
+        count = min(len(self.cpus), max(1, int(required_cores), len(self.cpus) // k))
         indexes = self._least_used(count)
         for i in indexes:
             self._cpu_use[i] += 1
@@ -86,8 +105,8 @@ class NodeSlots:
         if self.gpus:
             gpu = self._gpu_owner.index(None)
             self._gpu_owner[gpu] = key
-        self.occupancy += part
-        self._placed[key] = (part, indexes, gpu)
+        self._units += self._den // k
+        self._placed[key] = (k, indexes, gpu)
         return Placement(tuple(self.cpus[i] for i in indexes), gpu)
 
     def free(self, key: str) -> None:
@@ -95,8 +114,8 @@ class NodeSlots:
         entry = self._placed.pop(key, None)
         if entry is None:
             return
-        part, indexes, gpu = entry
-        self.occupancy -= part
+        k, indexes, gpu = entry
+        self._units -= self._den // k
         for i in indexes:
             self._cpu_use[i] -= 1
         if gpu is not None:

@@ -2,7 +2,9 @@
 
 A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
 :class:`balsam.launcher.spawn.SpawnedTask` processes (own process group; ``posix_spawn``, the
-cheapest way to start one) while they fit on its node
+cheapest way to start one; their working directories and output files made ahead, while they
+wait in the queue, by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its
+node
 (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
 GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
 reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
@@ -130,6 +132,8 @@ class Worker:
                              on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
         self._next_fd_check = 0.0
+        self._prep = spawn.Preparer()
+        """Makes queued tasks' directories and output files before their start."""
         self.started = 0
         """Tasks started so far."""
 
@@ -145,7 +149,12 @@ class Worker:
                     quiet = time.monotonic() - last_busy > QUIET_SECONDS
                     self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
         finally:
-            self.warm.close()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the directory preparer and the warm workers (:meth:`run` does at its end)."""
+        self._prep.close()
+        self.warm.close()
 
     def step(self) -> bool:
         """One iteration: orders, reaping, kills, starts, one report. True if anything
@@ -200,6 +209,10 @@ class Worker:
                 self._note_all("returned", [w.job_id for w in message["work"]])
             else:
                 self.queue.extend(message["work"])
+                for w in message["work"]:
+                    if w.envscript is not None or not is_runner_argv(w.argv):
+                        self._prep.ahead(os.path.join(self._home, w.workdir),
+                                         os.path.join(self._home, w.output_path))
         for job_id in message.get("kill", ()):
             self._kill(job_id)
         if "stop" in message:
@@ -314,14 +327,15 @@ class Worker:
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+        output_path = os.path.join(self._home, work.output_path)
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
                 work.job_id, task.with_envscript(work.argv, work.envscript), env,
-                os.path.join(self._home, work.workdir),
-                os.path.join(self._home, work.output_path)) if spawned
+                os.path.join(self._home, work.workdir), output_path,
+                prepared=self._prep.take(output_path)) if spawned
                 else self.warm.start(
                     work.job_id, env, os.path.join(self._home, work.workdir),
-                    os.path.join(self._home, work.output_path), placement.cpus, work.row))
+                    output_path, placement.cpus, work.row))
         except OSError as exc:
             self.node.free(work.job_id)
             self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])

@@ -1,0 +1,103 @@
+"""Serial-mode workers make queued tasks' directories and output files ahead of their start
+(spawn.Preparer), without changing what a task sees: its own, truncated output file, its
+directory made even if the preparer could not or it vanished since."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional
+
+from balsam.launcher import spawn
+from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.serial_worker import Work, Worker
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.005)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.orders: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.reports.append(message)
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        return self.orders.pop(0) if self.orders else None
+
+    def collected(self, key: str) -> list[Any]:
+        return [item for r in self.reports for item in r.get(key, ())]
+
+
+def work(tmp: str, name: str, argv: list[str]) -> Work:
+    wd = os.path.join(tmp, "wf", name)
+    return Work(name, argv, None, {}, wd, os.path.join(wd, f"{name}.out"), 1, 1)
+
+
+def test_the_preparer_makes_directories_and_files_once_and_skips_what_it_cannot(tmp_path):
+    prep = spawn.Preparer()
+    try:
+        good = str(tmp_path / "a" / "b")
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        bad = str(blocker / "c")  # under a regular file: cannot be made
+        prep.ahead(bad, os.path.join(bad, "c.out"))
+        prep.ahead(good, os.path.join(good, "b.out"))
+        wait_for(lambda: os.path.exists(os.path.join(good, "b.out")))
+        wait_for(lambda: prep.take(os.path.join(good, "b.out")))
+        assert not prep.take(os.path.join(good, "b.out"))  # taken once
+        assert not prep.take(os.path.join(bad, "c.out"))
+    finally:
+        prep.close()
+
+
+def test_queued_tasks_are_prepared_while_the_first_runs_and_each_output_is_its_own(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]})
+    gate = tmp_path / "go"
+    stale = tmp_path / "wf" / "q2"
+    stale.mkdir(parents=True)
+    (stale / "q2.out").write_text("output of an earlier run\n")
+    try:
+        inbox.orders.append({"work": [
+            work(str(tmp_path), "first", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; "
+                                                     "done"]),
+            work(str(tmp_path), "q1", ["sh", "-c", "echo one"]),
+            work(str(tmp_path), "q2", ["sh", "-c", "echo two"])]})
+        worker.step()
+        assert inbox.collected("started") == ["first"]  # packing 1: the others wait
+        # made ahead while "first" runs, before either starts
+        wait_for(lambda: (tmp_path / "wf" / "q1" / "q1.out").exists())
+        assert (stale / "q2.out").read_text() == "output of an earlier run\n"  # not truncated
+        gate.touch()
+        end = time.monotonic() + 30
+        while len(inbox.collected("done")) < 3:
+            assert time.monotonic() < end, inbox.reports
+            if not worker.step():
+                worker.wait(1)
+    finally:
+        worker.close()
+    assert sorted(inbox.collected("done")) == ["first", "q1", "q2"]
+    assert (tmp_path / "wf" / "q1" / "q1.out").read_text() == "one\n"
+    assert (stale / "q2.out").read_text() == "two\n"  # truncated at its start
+
+
+def test_a_prepared_directory_removed_before_the_start_is_made_again(tmp_path):
+    cwd = str(tmp_path / "gone")
+    spawn.prepare(cwd, os.path.join(cwd, "t.out"))
+    os.remove(os.path.join(cwd, "t.out"))
+    os.rmdir(cwd)
+    home = os.getcwd()
+    try:
+        task = spawn.SpawnedTask("j", ["sh", "-c", "echo here"], {"PATH": os.environ["PATH"]},
+                                 cwd, os.path.join(cwd, "t.out"), prepared=True)
+        _, status = os.waitpid(task.pid, 0)
+    finally:
+        os.chdir(home)
+    assert os.WEXITSTATUS(status) == 0
+    assert (tmp_path / "gone" / "t.out").read_text() == "here\n"
