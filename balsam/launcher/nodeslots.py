@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import Optional
+from typing import NamedTuple, Optional
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """Where a task runs on its node: the CPUs it is pinned to and its GPU (None: no GPUs)."""
 
     cpus: tuple[int, ...]

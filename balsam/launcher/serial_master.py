@@ -298,12 +298,15 @@ class Master(MasterClaims):
         if not self.queue:
             return False
         batches: dict[int, list[Work]] = {}
-        open_workers = [w for w in self.load if w not in self.closed]
         queued = QUEUED_NODES[self.rate >= FAST_RATE]
         # fill every node first; then queue behind, evenly in rounds, on the workers whose
         # queue is below the refill mark (so one message carries several tasks)
         refill = 1.0 + queued * REFILL_BELOW
-        topped = {w for w in open_workers if self.load[w] < refill - 1e-9}
+        load = self.load
+        topped = {w for w in load if load[w] < refill - 1e-9 and w not in self.closed}
+        if not topped:  # every open node full and enough queued (most iterations)
+            return False
+        open_workers = [w for w in load if w not in self.closed]
         rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
         for target in (1.0, *rounds):
             if not self.queue:

@@ -208,11 +208,14 @@ class Worker:
             if self.stopping:
                 self._note_all("returned", [w.job_id for w in message["work"]])
             else:
-                self.queue.extend(message["work"])
                 for w in message["work"]:
+                    # paths made absolute once, on arrival (we chdir to spawn)
+                    if w.workdir[:1] != "/" or w.output_path[:1] != "/":
+                        w = w._replace(workdir=os.path.join(self._home, w.workdir),
+                                       output_path=os.path.join(self._home, w.output_path))
+                    self.queue.append(w)
                     if w.envscript is not None or not is_runner_argv(w.argv):
-                        self._prep.ahead(os.path.join(self._home, w.workdir),
-                                         os.path.join(self._home, w.output_path))
+                        self._prep.ahead(w.workdir, w.output_path)
         for job_id in message.get("kill", ()):
             self._kill(job_id)
         if "stop" in message:
@@ -327,15 +330,12 @@ class Worker:
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
-        output_path = os.path.join(self._home, work.output_path)
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
-                work.job_id, task.with_envscript(work.argv, work.envscript), env,
-                os.path.join(self._home, work.workdir), output_path,
-                prepared=self._prep.take(output_path)) if spawned
-                else self.warm.start(
-                    work.job_id, env, os.path.join(self._home, work.workdir),
-                    output_path, placement.cpus, work.row))
+                work.job_id, task.with_envscript(work.argv, work.envscript), env, work.workdir,
+                work.output_path, prepared=self._prep.take(work.output_path)) if spawned
+                else self.warm.start(work.job_id, env, work.workdir, work.output_path,
+                                     placement.cpus, work.row))
         except OSError as exc:
             self.node.free(work.job_id)
             self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
