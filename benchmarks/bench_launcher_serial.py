@@ -19,6 +19,12 @@ RUNNING, RUN_DONE and (processing) JOB_FINISHED for every job. Times come from t
 * ``statements/task``: the master's whole-run count of executed statements (its log line
   ``serial master exits: N statements``), start-up and idle exit included, divided by 2,000:
   an upper bound of the steady-state figure.
+* ``steady CPU per task``: CPU used during the run (first RUNNING .. last RUN_DONE; /proc
+  sampled every 50 ms, the samples inside that window) by each part of the launcher's process
+  tree and by the DB server's processes, per task run in the window: the tasks (reaped by the
+  worker ranks), the worker ranks, the master rank, the launcher process (with its transition
+  threads), the watchdogs, mpiexec and its proxy; the server by connection
+  (``application_name``: the master's, the launcher's transition workers', others).
 
 xargs runs ``seq 2000 | xargs -P <cores> -n 1 /usr/bin/true``. Rounds alternate; medians.
 
@@ -37,7 +43,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,23 +103,141 @@ def server_cpu(db_path: str) -> float:
     return total
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, float, float]:
+    """(parent pid, own CPU seconds, reaped children's CPU seconds) of a live process."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[1]), sum(int(x) for x in fields[11:13]) / _TICK,
+            sum(int(x) for x in fields[13:15]) / _TICK)
+
+
+def _role(pid: int) -> str:
+    """What a process of the launcher's tree is, from its command line and environment."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        if "serial_ranks" in cmd:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                rank = dict(v.split(b"=", 1) for v in fh.read().split(b"\0") if b"=" in v
+                            ).get(b"PMI_RANK", b"?")
+            return "master rank" if rank == b"0" else "worker ranks"
+    except OSError:
+        return "?"
+    for needle, role in (("watchdog", "watchdogs"), ("hydra_pmi_proxy", "mpiexec + proxy"),
+                         ("mpiexec", "mpiexec + proxy"), ("balsam launcher", "launcher")):
+        if needle in cmd:
+            return role
+    return "other"
+
+
+class TreeSampler:
+    """Samples every ``interval`` s the CPU of the process tree under ``root`` and of the DB
+    server's processes (by ``application_name``), for :meth:`steady` afterwards."""
+
+    def __init__(self, root: int, db_path: str, interval: float = 0.05) -> None:
+        from balsam.db import cluster, postmaster
+        from balsam.db.connect import connect
+
+        self.root, self.interval = root, interval
+        self.server = postmaster.read(cluster.data_dir(db_path)).pid
+        self.conn = connect(db_path)
+        self.conn.autocommit = True
+        self.roles: dict[int, str] = {}
+        self.samples: list[tuple[float, dict[int, tuple[float, float]]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _tree(self) -> dict[int, tuple[float, float]]:
+        """The live processes under the launcher and the server (server pids negated), walked
+        through /proc's children lists (cheap: no scan of every process)."""
+        found: dict[int, tuple[float, float]] = {}
+        for top, sign in ((self.root, 1), (self.server, -1)):
+            todo = [top]
+            while todo:
+                pid = todo.pop()
+                try:
+                    _, own, reaped = _proc_stat(pid)
+                    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                        todo += [int(p) for p in fh.read().split()]
+                except (OSError, IndexError, ValueError):  # exited meanwhile
+                    continue
+                found[sign * pid] = (own, reaped)
+        return found
+
+    def _run(self) -> None:
+        with self.conn.cursor() as cur:
+            while not self.stop.is_set():
+                now, tree = time.time(), self._tree()
+                if any(pid < 0 and pid not in self.roles for pid in tree):
+                    cur.execute("SELECT pid, application_name, backend_type "
+                                "FROM pg_stat_activity")
+                    for pid, app, kind in cur.fetchall():
+                        if app or kind != "client backend":  # a client names itself once up
+                            self.roles[-pid] = "server: " + (
+                                "launcher's transition workers" if app == "balsam-transitions"
+                                else app or kind)
+                for pid in tree:
+                    if pid > 0 and pid not in self.roles:
+                        self.roles[pid] = _role(pid)
+                self.samples.append((now, tree))
+                self.stop.wait(self.interval)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.conn.close()
+
+    def steady(self, first: float, last: float, count: int) -> dict[str, float]:
+        """CPU ms per task of each role between the first and last samples inside
+        [first, last] (tasks in that window: ``count`` times its share of the run)."""
+        inside = [s for s in self.samples if first <= s[0] <= last]
+        if len(inside) < 2:
+            return {}
+        (t0, a), (t1, z) = inside[0], inside[-1]
+        tasks = count * (t1 - t0) / (last - first)
+        cpu: Counter[str] = Counter()
+        for pid, (own, reaped) in z.items():
+            own0, reaped0 = a.get(pid, (0.0, 0.0))
+            role = self.roles.get(pid, "server: other" if pid < 0 else "?")
+            cpu[role] += own - own0
+            if role == "worker ranks":
+                cpu["tasks"] += reaped - reaped0
+        # server processes that exited in the window are in the postmaster's reaped time
+        cpu["server: other"] += z.get(-self.server, (0, 0))[1] - a.get(-self.server, (0, 0))[1]
+        return {role: 1e3 * seconds / tasks for role, seconds in cpu.items() if seconds > 0}
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, float]:
+def launcher_round(db_path: str, count: int, source: str = "",
+                   breakdown: bool = False) -> dict[str, float]:
     """One launcher run; ``source``: run the Balsam in that source tree instead (its working
-    directory and first on ``PYTHONPATH``: the launcher and its ranks import it)."""
+    directory and first on ``PYTHONPATH``: the launcher and its ranks import it).
+    ``breakdown``: also sample /proc (:class:`TreeSampler`): key ``steady`` holds CPU ms per
+    task by role during the run."""
     from balsam.db.connect import connect
 
     env = dict(os.environ, PYTHONPATH=source) if source else None
     server0, tree0 = server_cpu(db_path), children_cpu()
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=source or None)
+    launcher = subprocess.Popen([sys.executable, "-m", "balsam", "launcher", "--consume-all",
+                                 "--job-mode", "serial"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=source or None)
+    sampler = TreeSampler(launcher.pid, db_path) if breakdown else None
+    try:
+        stdout, stderr = launcher.communicate(timeout=600)
+    finally:
+        if sampler is not None:
+            sampler.close()
     ended = time.time()
+    proc = subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
     server, tree = server_cpu(db_path) - server0, children_cpu() - tree0
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
@@ -128,7 +254,9 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     workers = [float(x) for x in re.findall(r"serial worker \d+ .*exits: \d+ task\(s\) "
                                             r"started, ([\d.]+) s CPU", log)]
     assert master is not None, log
-    return {"run": count / (float(last_done) - float(first_running)),
+    steady = sampler.steady(first_running, last_done, count) if sampler is not None else {}
+    return {**{f"steady: {role}": ms for role, ms in steady.items()},
+            "run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
             "full": count / (ended - started),
             "startup": float(first_running) - started, "exit": ended - float(last_done),
@@ -156,6 +284,9 @@ def main() -> None:
                         help=f"node_packing_count of the jobs (default: cores = {cores})")
     parser.add_argument("--nodes", type=int, default=1,
                         help="emulated nodes = worker ranks (default 1: this machine)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="sample /proc during each run: CPU per task of each process of "
+                             "the launcher's tree and of the DB server's connections")
     parser.add_argument("--compare-with", metavar="SRC", default="",
                         help="also run, in every round, the Balsam of this source tree (e.g. "
                              "`git archive` of an older commit), for a same-run before/after")
@@ -176,7 +307,7 @@ def main() -> None:
             print(f"round {r} xargs:    {rate:7.0f} processes/s, CPU {cpu:.2f} s")
             for side, source in sides.items():
                 fill(db_path, args.n, args.packing)
-                results[side].append(launcher_round(db_path, args.n, source))
+                results[side].append(launcher_round(db_path, args.n, source, args.breakdown))
                 m = results[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
@@ -208,6 +339,16 @@ def main() -> None:
               f"{statistics.median(m['tree_cpu'] for m in launcher) / args.n * 1e3:.2f} ms "
               f"(tasks included), DB server "
               f"{statistics.median(m['server_cpu'] for m in launcher) / args.n * 1e3:.2f} ms")
+        roles = sorted({k for m in launcher for k in m if k.startswith("steady: ")})
+        if roles:
+            parts = {k[8:]: statistics.median(m.get(k, 0.0) for m in launcher) for k in roles}
+            total = sum(v for k, v in parts.items() if not k.startswith("server"))
+            server = sum(v for k, v in parts.items() if k.startswith("server"))
+            print(f"steady CPU per task (ms):   launcher tree {total:.3f} + DB server "
+                  f"{server:.3f} = {total + server:.3f}; medians by part:")
+            for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
+                if ms >= 0.0005:
+                    print(f"    {part:34s} {ms:6.3f}")
 
 
 if __name__ == "__main__":
