@@ -296,7 +296,8 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     _logger(config, "balsam.serial.worker").info(
         f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
         f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
-        f"{_cpu_seconds():.2f} s CPU")
+        f"{_cpu_seconds():.2f} s CPU, {worker.prepared} task(s) started in directories made "
+        "ahead")
     return 0
 
 

@@ -136,6 +136,8 @@ class Worker:
         """Makes queued tasks' directories and output files before their start."""
         self.started = 0
         """Tasks started so far."""
+        self.prepared = 0
+        """Of those, tasks whose directory and output file the preparer had made."""
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -330,10 +332,12 @@ class Worker:
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+        prepared = spawned and self._prep.take(work.output_path)
+        self.prepared += prepared
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
                 work.job_id, task.with_envscript(work.argv, work.envscript), env, work.workdir,
-                work.output_path, prepared=self._prep.take(work.output_path)) if spawned
+                work.output_path, prepared=prepared) if spawned
                 else self.warm.start(work.job_id, env, work.workdir, work.output_path,
                                      placement.cpus, work.row))
         except OSError as exc:
