@@ -75,7 +75,12 @@ def forbid_inheritance() -> int:
 def prepare(cwd: str, output_path: str) -> None:
     """Make ``cwd`` (and its parents) and ``output_path`` if missing (an existing output file is
     left as it is: the task's start truncates it); OSError if that fails."""
-    os.makedirs(cwd, exist_ok=True)
+    try:
+        os.mkdir(cwd)  # usually only the job's own directory is missing: one system call
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(cwd, exist_ok=True)
     os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
 
 
