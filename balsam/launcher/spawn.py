@@ -121,7 +121,7 @@ class Preparer:
                 return
             try:
                 prepare(*item)
-            except OSError:  # the start tries again and reports it
+            except (OSError, ValueError):  # the start tries again and reports it
                 continue
             self._ready.add(item[1])
 
