@@ -27,6 +27,8 @@ RUNNING, RUN_DONE and (processing) JOB_FINISHED for every job. Times come from t
   (``application_name``: the master's, the launcher's transition workers', others).
 
 xargs runs ``seq 2000 | xargs -P <cores> -n 1 /usr/bin/true``. Rounds alternate; medians.
+With ``--compare-with`` the two launchers' order flips every round (ABBA: on the shared VM the
+side that runs first in a round was sometimes the faster one, sometimes the slower one).
 
 Run: ``python benchmarks/bench_launcher_serial.py [-n 2000] [--rounds 3] [--packing P]
 [--nodes N] [--compare-with SRC]`` (default packing: the number of cores, the same concurrency
@@ -305,7 +307,10 @@ def main() -> None:
             rate, cpu = xargs_round(args.n, cores)
             raw.append(rate)
             print(f"round {r} xargs:    {rate:7.0f} processes/s, CPU {cpu:.2f} s")
-            for side, source in sides.items():
+            order = list(sides.items())
+            if r % 2 == 0:  # ABBA: which side runs first, right after xargs, alternates
+                order.reverse()
+            for side, source in order:
                 fill(db_path, args.n, args.packing)
                 results[side].append(launcher_round(db_path, args.n, source, args.breakdown))
                 m = results[side][-1]
