@@ -212,7 +212,7 @@ class Worker:
             else:
                 for w in message["work"]:
                     # paths made absolute once, on arrival (we chdir to spawn)
-                    if w.workdir[:1] != "/" or w.output_path[:1] != "/":
+                    if not (os.path.isabs(w.workdir) and os.path.isabs(w.output_path)):
                         w = w._replace(workdir=os.path.join(self._home, w.workdir),
                                        output_path=os.path.join(self._home, w.output_path))
                     self.queue.append(w)
