@@ -48,10 +48,33 @@ def test_the_preparer_makes_directories_and_files_once_and_skips_what_it_cannot(
         bad = str(blocker / "c")  # under a regular file: cannot be made
         prep.ahead(bad, os.path.join(bad, "c.out"))
         prep.ahead(good, os.path.join(good, "b.out"))
-        wait_for(lambda: os.path.exists(os.path.join(good, "b.out")))
-        wait_for(lambda: prep.take(os.path.join(good, "b.out")))
+        wait_for(lambda: prep.is_ready(os.path.join(good, "b.out")))
+        assert os.path.exists(os.path.join(good, "b.out"))
+        assert prep.held() == 1  # the one it could not make is forgotten
+        assert prep.take(os.path.join(good, "b.out"))
         assert not prep.take(os.path.join(good, "b.out"))  # taken once
         assert not prep.take(os.path.join(bad, "c.out"))
+        assert prep.held() == 0
+    finally:
+        prep.close()
+
+
+def test_the_preparer_remembers_only_tasks_still_queued(tmp_path):
+    # Tasks started (or dropped) before their turn, or after it, leave nothing behind: a worker
+    # running millions of tasks keeps no path of any of them.
+    prep = spawn.Preparer()
+    try:
+        outs = []
+        for i in range(200):
+            wd = str(tmp_path / f"t{i}")
+            outs.append(os.path.join(wd, "t.out"))
+            prep.ahead(wd, outs[-1])
+        for out in outs:
+            prep.take(out)
+        last = str(tmp_path / "last")
+        prep.ahead(last, os.path.join(last, "t.out"))
+        wait_for(lambda: prep.is_ready(os.path.join(last, "t.out")))
+        assert prep.held() == 1
     finally:
         prep.close()
 

@@ -235,6 +235,7 @@ class Worker:
         for work in self.queue:
             if work.job_id == job_id:
                 self.queue.remove(work)
+                self._prep.take(work.output_path)
                 self._note_all("killed", [job_id])
                 return
 
@@ -243,6 +244,8 @@ class Worker:
         self.stopping = True
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
+            for work in self.queue:
+                self._prep.take(work.output_path)
             self.queue.clear()
         for r in self.running.values():
             if r.why != "kill":

@@ -88,42 +88,72 @@ class Preparer:
     """Runs :func:`prepare` in a thread for tasks that will start soon (:meth:`ahead`, absolute
     paths), FIFO; :meth:`take` says whether a task's are made. A path it could not make is
     simply not ready: the task's start makes it (and reports the error) as without a preparer.
-    Everything it does is idempotent, so a start that does not wait for it is always safe."""
+    Everything it does is idempotent, so a start that does not wait for it is always safe.
+
+    Its bookkeeping holds only tasks still queued: :meth:`take` (at a start, or when a queued
+    task is dropped) forgets a path whether or not it was made, and a path made after its task
+    was taken is not remembered."""
 
     def __init__(self) -> None:
         self._todo: queue.SimpleQueue[Optional[tuple[str, str]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
         self._ready: set[str] = set()
         self._thread = threading.Thread(target=self._serve, name="task-dirs", daemon=True)
         self._thread.start()
 
     def ahead(self, cwd: str, output_path: str) -> None:
         """Make ``cwd`` and ``output_path`` soon (both absolute)."""
+        with self._lock:
+            self._pending.add(output_path)
         self._todo.put((cwd, output_path))
 
     def take(self, output_path: str) -> bool:
         """True if ``output_path`` (and its directory) were made; forgets it either way."""
-        try:
-            self._ready.remove(output_path)
-            return True
-        except KeyError:
+        with self._lock:
+            if output_path in self._ready:
+                self._ready.remove(output_path)
+                return True
+            self._pending.discard(output_path)
             return False
+
+    def is_ready(self, output_path: str) -> bool:
+        """Whether ``output_path`` is made and not yet taken (does not forget it)."""
+        with self._lock:
+            return output_path in self._ready
+
+    def held(self) -> int:
+        """Paths remembered (queued tasks only; for tests)."""
+        with self._lock:
+            return len(self._pending) + len(self._ready)
 
     def close(self) -> None:
         """Stop the thread (after the item it is making)."""
         self._todo.put(None)
         self._thread.join(5.0)
-        self._ready.clear()
+        with self._lock:
+            self._pending.clear()
+            self._ready.clear()
 
     def _serve(self) -> None:
         while True:
             item = self._todo.get()
             if item is None:
                 return
+            with self._lock:
+                wanted = item[1] in self._pending
+            if not wanted:  # started or dropped before its turn
+                continue
             try:
                 prepare(*item)
+                made = True
             except (OSError, ValueError):  # the start tries again and reports it
-                continue
-            self._ready.add(item[1])
+                made = False
+            with self._lock:
+                if item[1] in self._pending:
+                    self._pending.remove(item[1])
+                    if made:
+                        self._ready.add(item[1])
 
 
 class SpawnedTask(procs.Task):
