@@ -1,4 +1,5 @@
-"""What a launcher's batched move reads: the rows it moves, not its session's whole hold.
+"""What a launcher's claims and batched moves read: the rows they change, not the whole hold
+or the whole job table.
 
 A serial master at scale holds hundreds of thousands of claimed jobs under one session and
 writes its starts and ends a few hundred at a time. The statistics the planner has for
@@ -54,5 +55,29 @@ def test_a_move_of_a_few_held_jobs_reads_those_jobs_not_the_whole_hold(db, curso
             assert top["Actual Rows"] == MOVED
             assert _job_rows_read(top) == MOVED, target  # not the HOLD held jobs
             conn.commit()
+    finally:
+        conn.close()
+
+
+def test_a_claim_reads_the_jobs_it_claims_not_the_whole_job_table(db, cursor):
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                      for i in range(HOLD)])
+    cursor.execute(f"ANALYZE {schema.JOB_TABLE}")
+    claim = 2 * HOLD // 3  # a claim this big was planned as a hash join over the whole table
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = leases.open_session(cur, hostname="h", pid=1, job_mode="serial", num_nodes=1,
+                                  lease_seconds=60)
+        sql, params, _ = leases._claim_sql(sid, claim, serial=True, max_nodes=1,
+                                           wf_filter=None, max_wall_minutes=None, exclude_ids=())
+        cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) WITH {sql} SELECT * FROM c_upd", params)
+        (doc,) = cur.fetchone()
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        top = doc[0]["Plan"]
+        assert top["Actual Rows"] == claim
+        assert _job_rows_read(top) == claim  # not HOLD
+        conn.rollback()
     finally:
         conn.close()
