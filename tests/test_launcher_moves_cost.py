@@ -24,10 +24,13 @@ MOVED = 8
 
 
 def _job_rows_read(plan: dict) -> int:
-    """The most rows one scan of the job table returned in all its loops, in ``plan``."""
+    """The most rows one scan of the job table read in all its loops, in ``plan``: those it
+    returned and those its filter removed."""
     own = 0
     if plan.get("Relation Name") == schema.JOB_TABLE and "Scan" in plan["Node Type"]:
-        own = int(plan["Actual Rows"] * plan["Actual Loops"])
+        read = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
+                + plan.get("Rows Removed by Index Recheck", 0))
+        own = round(read * plan["Actual Loops"])
     return max([own] + [_job_rows_read(p) for p in plan.get("Plans", [])])
 
 
