@@ -34,7 +34,8 @@ Each master runs in a process of its own. ``--writers 1,2,4`` runs each N once p
 a connection each, :mod:`balsam.launcher.status_writers`, and then claimer threads with a
 connection each, ``serial_claims.CLAIMERS``); ``--compare-with SRC`` first runs
 each N with the ``balsam`` package of source tree SRC (``PYTHONPATH``; e.g. ``git archive`` of
-main) and prints same-run ratios. Server CPU is the master's connections' server processes and
+main), against a DB of its own made by that tree's migrations (so index and trigger changes
+are compared too), and prints same-run ratios. Server CPU is the master's connections' server processes and
 the whole cluster's (postmaster, its children, the exited ones: WAL writer, autovacuum...).
 
 Run: ``python benchmarks/bench_scale.py [--nodes 128,1024,4096] [--slots 64]
@@ -56,7 +57,8 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -682,22 +684,50 @@ def main() -> None:
           f"{args.time_scale:g}, {args.tasks_per_slot:g} tasks per slot", flush=True)
     writer_counts = [int(w) for w in args.writers.split(",")]
     base_code = os.path.abspath(args.compare_with) if args.compare_with else None
-    with throwaway_db() as db_path:
+    with throwaway_db() as db_path, base_db(base_code) as base_path:
         for nodes in (int(n) for n in args.nodes.split(",")):
             if args.launchers > 1:
                 if base_code:
-                    concurrent(db_path, args.launchers, nodes, args.slots,
+                    concurrent(base_path, args.launchers, nodes, args.slots,
                                args.tasks_per_slot, args, 0, base_code)
                 for writers in writer_counts:
                     concurrent(db_path, args.launchers, nodes, args.slots,
                                args.tasks_per_slot, args, writers, None)
                 continue
-            base = (one(db_path, nodes, args.slots, args.tasks_per_slot, args, 0, base_code)
+            base = (one(base_path, nodes, args.slots, args.tasks_per_slot, args, 0, base_code)
                     if base_code else None)
             runs = [one(db_path, nodes, args.slots, args.tasks_per_slot, args, writers, None)
                     for writers in writer_counts]
             if base is not None:
                 compare(base, runs)
+
+
+@contextmanager
+def base_db(code: Optional[str]) -> Iterator[str]:
+    """A DB of its own for the ``--compare-with`` tree, made by that tree's ``dbdir.init`` (its
+    migrations: schema changes are compared too); stopped and removed afterwards. "" if no
+    tree."""
+    if not code:
+        yield ""
+        return
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="balsam-bench-base-", dir="/tmp")
+    os.chmod(root, 0o755)
+    path = os.path.join(root, "benchdb")
+    run = [sys.executable, "-c", "import sys; from balsam.db import cluster, dbdir; "
+           "getattr(dbdir if sys.argv[1] == 'init' else cluster, sys.argv[1])(sys.argv[2])"]
+    t0 = time.perf_counter()
+    subprocess.run(run + ["init", path], check=True, env=child_env(code),
+                   stdout=subprocess.DEVNULL)
+    print(f"# the base tree's DB {path} created by its own migrations in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(run + ["stop", path], env=child_env(code), stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

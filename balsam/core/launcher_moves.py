@@ -36,6 +36,12 @@ _RUNNING = sql_in([State.RUNNING])
 # (``then``: routing.LAUNCHER_FOLLOW_ON, e.g. RUN_DONE -> JOB_FINISHED) goes on to it in the same
 # row update when the caller's condition ({follow}, SQL over job j and its app a) holds, and
 # records that event too (last); a job reaching a WAKE_CHILDREN_STATES state wakes its children.
+# Each requested job is read by its primary key, locked in id order (a LATERAL subquery the
+# planner cannot flatten, OFFSET 0): the planner's statistics for ``session_id`` are those of
+# the jobs before they were claimed, so "held by this session" looked like one row, and it
+# joined the request to the session's whole hold from ``job_held`` -- at scale 100,000s of rows
+# per statement of a few hundred (tests/test_launcher_moves_cost.py). The allowed-pair check is
+# a per-row subquery for the same reason (a join to it doubled the lookups of RUNNING moves).
 _MOVES_SQL = f"""t_req AS (
     SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],
                          %s::text[], %s::text[])
@@ -48,12 +54,14 @@ _MOVES_SQL = f"""t_req AS (
                AS then_state, r.then_message,
            coalesce(j.state_since, j.created_at) AS since,
            CASE WHEN j.state = {_RUNNING} OR r.via = {_RUNNING} THEN {RUN_NODES_SQL} END AS nodes
-    FROM {JOB} j JOIN t_req r ON j.job_id = r.job_id
-    JOIN t_ok ON t_ok.src = j.state AND t_ok.dst = coalesce(nullif(r.via, ''), r.target)
+    FROM (SELECT * FROM t_req ORDER BY job_id) r
+    CROSS JOIN LATERAL (SELECT * FROM {JOB} j1 WHERE j1.job_id = r.job_id OFFSET 0) j
     {{app_join}}
     WHERE j.session_id = %s
+      AND EXISTS (SELECT 1 FROM t_ok
+                  WHERE t_ok.src = j.state AND t_ok.dst = coalesce(nullif(r.via, ''), r.target)
+                  OFFSET 0)
       AND (r.via = '' OR EXISTS (SELECT 1 FROM t_ok b WHERE b.src = r.via AND b.dst = r.target))
-    ORDER BY j.job_id
     FOR UPDATE OF j
 ), t_upd AS (
     UPDATE {JOB} j SET state = coalesce(nullif(t_old.then_state, ''), t_old.target),

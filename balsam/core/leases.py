@@ -121,13 +121,16 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
         "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
     # while it inserts an event or a dependency row for it (foreign keys) must not make the
-    # claim skip the job -- no notification would come to retry it.
+    # claim skip the job -- no notification would come to retry it. The claimed rows are
+    # updated by primary key (= ANY of an array): joined to c_sel, a claim of a few thousand
+    # was planned as a hash join over a scan of the whole job table (its dead row versions
+    # too), a cost that grew with the table instead of the claim.
     sql = f"""c_sel AS (
             SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
             ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
         ), c_upd AS (
-            UPDATE {JOB} j SET session_id = %s FROM c_sel
-            WHERE j.job_id = c_sel.job_id RETURNING {cols}
+            UPDATE {JOB} j SET session_id = %s
+            WHERE j.job_id = ANY(ARRAY(SELECT job_id FROM c_sel)) RETURNING {cols}
         )"""
     order_key: Callable[[dict[str, Any]], Any] = (
         (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))

@@ -219,10 +219,11 @@ class BalsamJob(JobAPI, models.Model):
     post_error_handler = models.BooleanField(default=False)
     post_timeout_handler = models.BooleanField(default=False)
     auto_timeout_retry = models.BooleanField(default=True)
-    state = models.TextField(default=State.CREATED.value, db_index=True)
+    state = models.TextField(default=State.CREATED.value)  # indexed by job_state (Meta)
     # When the job entered ``state`` (NULL: at ``created_at``); written only by lifecycle.transition.
     state_since = models.DateTimeField(null=True, blank=True)
-    queued_launch = models.ForeignKey(QueuedLaunch, null=True, blank=True, on_delete=models.SET_NULL)
+    queued_launch = models.ForeignKey(QueuedLaunch, null=True, blank=True, on_delete=models.SET_NULL,
+                                      db_index=False)  # indexed by job_queued_launch
     data = models.JSONField(default=dict, blank=True)
     session = models.ForeignKey(LauncherSession, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="+", db_index=False)  # indexed by job_held
@@ -248,7 +249,15 @@ class BalsamJob(JobAPI, models.Model):
     class Meta:
         app_label = "core"
         db_table = schema.JOB_TABLE
+        # Every job-row update that changes ``state`` or ``session_id`` (each a launcher makes:
+        # claim, RUNNING, a run's end) writes an entry in each index the new row is in, so the
+        # list is kept short: ``state`` has no ``text_pattern_ops`` twin (Django's default for
+        # an indexed text field; nothing matches states by prefix), and only jobs of a batch
+        # job are indexed by it (migration 0016).
         indexes = [
+            models.Index(fields=["state"], name="job_state"),
+            models.Index(fields=["queued_launch"], name="job_queued_launch",
+                         condition=models.Q(queued_launch__isnull=False)),
             models.Index(fields=["workflow", "state"], name="job_wf_state"),
             # Newest-first listings (the dashboard's jobs table, keyset paging) read this.
             models.Index(fields=["created_at", "job_id"], name="job_created"),

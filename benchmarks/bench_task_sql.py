@@ -1,0 +1,123 @@
+"""Benchmark: what one task costs the database server, statement by statement (issue 16).
+
+The serial master's SQL for each task, run directly on one connection without a master or
+workers, so that the server's own cost can be read off on any machine (this VM, or a real
+database server before trusting it with 4,096 nodes): claims of ``--batch`` jobs
+(:func:`balsam.core.leases.claim`), then per batch the RUNNING move and the run's end with its
+follow-on to JOB_FINISHED (:func:`balsam.core.launcher_moves.move` with
+:data:`balsam.processing.transitions.FINISH_ON_RECORD`), each committed, as the master's writers
+do. ``--hold H`` keeps H claimed jobs ahead of the moves (a master at scale holds about its
+slots' worth). Printed: the server process's CPU per task by phase (from /proc: run it on the
+server's host), WAL bytes per task, and the tasks per second one server core would carry at
+that cost. Every job is checked JOB_FINISHED with its three events.
+
+Run: ``python benchmarks/bench_task_sql.py [--jobs 32768] [--batch 1024] [--hold 0]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(db_path: str, jobs: int, batch: int, hold: int) -> None:
+    from bench_scale import fill
+
+    from balsam.core import launcher_moves, leases
+    from balsam.core.states import State
+    from balsam.db.connect import connect
+    from balsam.processing import transitions
+
+    fill(db_path, jobs, 64)
+    conn = connect(db_path)
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    sid = leases.open_session(cur, hostname="bench", pid=os.getpid(), job_mode="serial",
+                              num_nodes=1, lease_seconds=3600)
+    conn.commit()
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wal() -> int:
+        cur.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+        value = int(cur.fetchone()[0])
+        conn.commit()
+        return value
+
+    totals: dict[str, list[float]] = {p: [0.0, 0.0, 0.0] for p in ("claim", "running", "end")}
+
+    def phase(name: str, work: Callable[..., Any], *args: Any) -> Any:
+        c0, w0, t0 = cpu(), wal(), time.perf_counter()
+        out = work(*args)
+        conn.commit()
+        c1, t1 = cpu(), time.perf_counter()
+        totals[name][0] += c1 - c0
+        totals[name][1] += wal() - w0
+        totals[name][2] += t1 - t0
+        return out
+
+    follow = transitions.FINISH_ON_RECORD
+    held: list[str] = []
+    done = 0
+    while True:
+        while len(held) < hold + batch:
+            rows = phase("claim", lambda: leases.claim(cur, sid, batch, serial=True,
+                                                       max_nodes=1))
+            held += [r["job_id"] for r in rows]
+            if not rows:
+                break
+        if not held:
+            break
+        ids, held = held[:batch], held[batch:]
+        phase("running", launcher_moves.move, cur,
+              [(j, State.RUNNING, "started") for j in ids], sid, follow)
+        phase("end", launcher_moves.move, cur, [(j, State.RUN_DONE, "") for j in ids], sid,
+              follow)
+        done += len(ids)
+    cur.execute("SELECT state, count(*) FROM core_balsamjob GROUP BY 1")
+    states = dict(cur.fetchall())
+    cur.execute("SELECT count(*) FROM core_jobevent "
+                "WHERE to_state IN ('RUNNING', 'RUN_DONE', 'JOB_FINISHED')")
+    events = cur.fetchone()[0]
+    conn.commit()
+    conn.close()
+    if states != {"JOB_FINISHED": jobs} or events != 3 * jobs:
+        raise SystemExit(f"CHECK FAILED: states {states}, {events} run events for {jobs} jobs")
+    server = sum(v[0] for v in totals.values())
+    print(f"{jobs} jobs, claims and moves of {batch}, hold {hold}: server CPU "
+          f"{1e6 * server / done:.0f} us per task ("
+          + ", ".join(f"{k} {1e6 * v[0] / done:.0f}" for k, v in totals.items())
+          + f"); WAL {sum(v[1] for v in totals.values()) / done:.0f} B per task ("
+          + ", ".join(f"{k} {v[1] / done:.0f}" for k, v in totals.items())
+          + f"); one server core: ~{done / server:.0f} tasks/s, ~{2 * done / server:.0f} "
+          f"task events/s; wall {1e6 * sum(v[2] for v in totals.values()) / done:.0f} us "
+          f"per task; load {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=32768)
+    parser.add_argument("--batch", type=int, default=1024, help="claim and move batch")
+    parser.add_argument("--hold", type=int, default=0, help="claimed jobs kept ahead")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    if args.jobs < 1 or args.batch < 1 or args.hold < 0 or args.rounds < 1:
+        raise SystemExit("bench_task_sql: --jobs, --batch and --rounds must be >= 1, --hold >= 0")
+    from _throwaway import machine_line, throwaway_db
+
+    print(machine_line(), flush=True)
+    with throwaway_db() as db_path:
+        for _ in range(args.rounds):
+            run(db_path, args.jobs, args.batch, args.hold)
+
+
+if __name__ == "__main__":
+    main()
