@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
-from balsam.core.routing import sql_in
 from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains, scalar
-from balsam.core.states import InvalidStateError, State
+from balsam.core.states import InvalidStateError, State, sql_in
 from balsam.errors import Ambiguous, BalsamError, NotFound
 
 if TYPE_CHECKING:
