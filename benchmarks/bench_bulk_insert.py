@@ -10,6 +10,14 @@ lines (no escaping: a careful loader that knows its values needs none). After on
 warm-up of each, the two alternate for ``--rounds`` rounds, truncating the table before each;
 every run is committed.
 
+On a loaded machine the wall times swing 2x from round to round, so each round also prints the
+CPU seconds of both sides of each path: this process (``time.process_time``) and the server
+backend serving it (``/proc/<pid>/stat`` of ``pg_backend_pid()``; the server is local). Work is
+what the load does not change: the "CPU-bound estimate" at the end is the wall time an idle
+machine with a core for each side would give. Both paths first prepare in Python alone
+(constructing the objects, building the text), then stream while the server stores, so each is
+estimated as that preparation plus the larger of the rest of its client CPU and its server CPU.
+
 Run: ``python benchmarks/bench_bulk_insert.py [-n 100000] [--rounds 5] [--profile]``
 """
 from __future__ import annotations
@@ -32,6 +40,19 @@ from _throwaway import machine_line, throwaway_db  # noqa: E402
 CPU: dict[str, list[float]] = {"api": [], "raw": []}
 """Process CPU seconds of each timed construct/build step (less sensitive to other processes on
 a loaded machine than the wall time)."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the server process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def backend_pid(cursor) -> int:
+    cursor.execute("SELECT pg_backend_pid()")
+    return int(cursor.fetchone()[0])
 
 
 def api_insert(n: int) -> float:
@@ -109,24 +130,35 @@ def main() -> None:
         for run in (lambda: api_insert(args.n), lambda: raw_insert(conn, args.n)):
             truncate(conn)
             run()  # warm-up, not timed: the first 100k-object run pays for growing the heap
+        from django.db import connection
+
+        with connection.cursor() as django_cur, conn.cursor() as raw_cur:
+            backends = {"api": backend_pid(django_cur), "raw": backend_pid(raw_cur)}
+        conn.commit()
         api_times: list[float] = []
         raw_times: list[float] = []
         stores: dict[str, list[float]] = {"api": [], "raw": []}  # time minus constructing/building
+        client: dict[str, list[float]] = {"api": [], "raw": []}  # process CPU of the whole path
+        server: dict[str, list[float]] = {"api": [], "raw": []}  # its backend's CPU
         for r in range(args.rounds):
             order = [("api", api_times), ("raw", raw_times)]
             if r % 2:
                 order.reverse()
             for label, times in order:
                 truncate(conn)
+                s0, c0 = backend_cpu(backends[label]), time.process_time()
                 t0 = time.perf_counter()
                 built = api_insert(args.n) if label == "api" else raw_insert(conn, args.n)
                 times.append(time.perf_counter() - t0)
+                client[label].append(time.process_time() - c0)
+                server[label].append(backend_cpu(backends[label]) - s0)
                 stores[label].append(times[-1] - built)
                 got = count(conn)
                 assert got == args.n, f"{label} inserted {got} rows, not {args.n}"
                 what = "constructing objects" if label == "api" else "building rows"
                 print(f"round {r + 1} {label}: {times[-1]:.3f} s  ({args.n / times[-1]:,.0f} jobs/s; "
-                      f"{built:.3f} s of it {what}, CPU {CPU[label][-1]:.3f} s)")
+                      f"{built:.3f} s of it {what}, CPU {CPU[label][-1]:.3f} s); CPU of the "
+                      f"path: client {client[label][-1]:.3f} s, server {server[label][-1]:.3f} s")
         if args.profile:
             truncate(conn)
             prof = cProfile.Profile()
@@ -143,6 +175,14 @@ def main() -> None:
     rounds = args.rounds + 1  # the warm-up's CPU time is not counted
     print(f"CPU of constructing objects: median {statistics.median(CPU['api'][1:rounds]):.3f} s; "
           f"of building rows: median {statistics.median(CPU['raw'][1:rounds]):.3f} s")
+    med = {k: (statistics.median(client[k]), statistics.median(server[k])) for k in client}
+    for k, what in (("api", "bulk_create"), ("raw", "raw COPY")):
+        print(f"CPU of the whole path, {what}: client median {med[k][0]:.3f} s, server backend "
+              f"median {med[k][1]:.3f} s")
+    prep = {k: statistics.median(CPU[k][1:rounds]) for k in CPU}
+    api_idle, raw_idle = (prep[k] + max(med[k][0] - prep[k], med[k][1]) for k in ("api", "raw"))
+    print(f"CPU-bound estimate for an idle machine: bulk_create {api_idle:.3f} s, raw "
+          f"{raw_idle:.3f} s, ratio API/raw (rate) {raw_idle / api_idle:.2f}")
     print(machine_line())
 
 

@@ -78,7 +78,9 @@ def test_help_is_as_wide_as_argparse_would_make_it_without_importing_shutil(monk
 
 def test_balsam_ls_starts_without_the_modules_only_other_commands_need(balsam_db_path):
     """`balsam ls` runs without shutil (argparse's terminal width), uuid (and the platform module
-    it loads), tempfile (writing server-info), Django or the ORM models: each is start-up time."""
+    it loads), tempfile (writing server-info), Django or the ORM models, dataclasses (with
+    inspect and ast), ssl (psycopg2 asks for it; see balsam.db.connect.driver), socket or
+    getpass: each is start-up time."""
     import json
     import subprocess
     import sys
@@ -87,7 +89,50 @@ def test_balsam_ls_starts_without_the_modules_only_other_commands_need(balsam_db
             "from balsam.cli.main import main\n"
             "status = main(['ls'])\n"
             "print(json.dumps([status] + sorted(m for m in ('shutil', 'uuid', 'platform', "
-            "'tempfile', 'django', 'balsam.core.models') if m in sys.modules)))\n")
+            "'tempfile', 'django', 'balsam.core.models', 'dataclasses', 'inspect', 'ssl', "
+            "'socket', 'getpass') if m in sys.modules)))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert json.loads(proc.stdout.splitlines()[-1]) == [0]
+
+
+def test_psycopg2_without_ssl_still_connects_and_leaves_ssl_importable(balsam_db_path):
+    """The first psycopg2 import skips Python's ssl module; connections work, and a later
+    `import ssl` (another library's) is unaffected. With other threads running, or ssl already
+    loaded, it is a plain import."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, threading\n"
+            "threads = sys.argv[1] == 'threads'\n"
+            "stop = threading.Event()\n"
+            "if threads:\n"
+            "    threading.Thread(target=stop.wait).start()\n"
+            "from balsam.db.connect import connect, driver\n"
+            "driver()\n"
+            "had_ssl = 'ssl' in sys.modules\n"
+            "conn = connect(sys.argv[2])\n"
+            "cur = conn.cursor(); cur.execute('SELECT 41 + 1'); answer = cur.fetchone()[0]\n"
+            "conn.close(); stop.set()\n"
+            "import ssl\n"
+            "print(json.dumps([had_ssl, answer, ssl.OPENSSL_VERSION_INFO[0] >= 1]))\n")
+    for mode, had_ssl in (("alone", False), ("threads", True)):
+        proc = subprocess.run([sys.executable, "-c", code, mode, balsam_db_path],
+                              capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(proc.stdout.splitlines()[-1]) == [had_ssl, 42, True], mode
+
+
+def test_connections_skip_the_handshakes_the_server_never_takes_up(monkeypatch):
+    from balsam.db.connect import negotiation_params
+
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    monkeypatch.delenv("PGGSSENCMODE", raising=False)
+    assert negotiation_params("127.0.0.1", 170011) == {"gssencmode": "disable", "sslmode": "disable"}
+    # A remote server may offer TLS; a libpq older than PostgreSQL 12 has no gssencmode.
+    assert negotiation_params("db.example.org", 170011) == {"gssencmode": "disable"}
+    assert negotiation_params("127.0.0.1", 110005) == {"sslmode": "disable"}
+    # The user's own choice stands.
+    monkeypatch.setenv("PGSSLMODE", "require")
+    monkeypatch.setenv("PGGSSENCMODE", "prefer")
+    assert negotiation_params("127.0.0.1", 170011) == {}

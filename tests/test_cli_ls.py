@@ -326,3 +326,24 @@ def test_ls_with_100000_jobs_is_limited_in_sql_and_counts_the_rest(cursor):
     assert ls("--by-states").stdout == "         CREATED 99990\n          FAILED 10\n"
     assert len(ls("--wf", "small", "--state", "FAILED").stdout.splitlines()) == 12
     assert ls_seconds < 10, f"ls took {ls_seconds:.1f} s with 100,000 jobs"
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5, 50])
+def test_the_column_fetch_of_the_table_holds_what_the_row_fetch_holds(jobs, limit):
+    """`balsam ls` renders from reads.fetch_job_columns; the other views read fetch_jobs: the
+    same jobs, values, parents and total, whatever the limit."""
+    from balsam.core.reads import jobs as reads
+
+    all_jobs = ordered_jobs(jobs)
+    add_edge(jobs, str(all_jobs[0]["job_id"]), str(all_jobs[2]["job_id"]))
+    add_edge(jobs, str(all_jobs[1]["job_id"]), str(all_jobs[2]["job_id"]))
+    columns = ["job_id", "name", "state", "num_nodes", "parents", "data"]
+    for where, params in (("", []), (" WHERE workflow = %s", ["wf_b"]), (" WHERE name = %s", ["none"])):
+        rows, total = reads.fetch_jobs(jobs, where, list(params), columns, limit)
+        values, total_too = reads.fetch_job_columns(jobs, where, list(params), columns, limit)
+        assert total_too == total and total >= len(rows)
+        assert values == [[r[c] for r in rows] for c in columns]
+    assert total == 0 and values == [[] for _ in columns]
+    rows, total = reads.fetch_jobs(jobs, "", [], columns, 50)
+    assert total == len(all_jobs) and [str(p) for p in rows[2]["parents"]] == [
+        str(all_jobs[0]["job_id"]), str(all_jobs[1]["job_id"])]

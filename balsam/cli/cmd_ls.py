@@ -9,7 +9,7 @@ from balsam.cli.common import add_command, transaction
 from balsam.cli.jobout import check_quiet_listing, quiet_ids
 from balsam.core import schema
 from balsam.core.reads import jobs as reads
-from balsam.core.render import table
+from balsam.core.render import table, table_of_columns
 from balsam.errors import BalsamError
 
 if TYPE_CHECKING:
@@ -110,11 +110,12 @@ def jobs_view(cur: PlainCursor, db_path: str, args: argparse.Namespace, wf: Opti
         text = "\n".join(jq.job_verbose(r, apps, db_path) for r in rows)
     else:
         columns = jq.ls_fields()
-        rows, total = reads.fetch_jobs(cur, where, params, columns, limit)
-        for r in rows:
-            if "parents" in r:
-                r["parents"] = ",".join(p[:8] for p in r["parents"])
-        text = table(rows, columns)
+        values, total = reads.fetch_job_columns(cur, where, params, columns, limit)
+        if "parents" in columns:
+            at = columns.index("parents")
+            values[at] = [",".join(p[:8] for p in parents) for parents in values[at]]
+        rows = values[0]
+        text = table_of_columns(values, columns, len(rows))
     if not rows:
         return "No jobs found matching query"
     return text + jq.hidden_notice(total - len(rows))

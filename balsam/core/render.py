@@ -27,14 +27,20 @@ def job_repr(job: dict[str, Any], app: Optional[dict[str, str]], workdir: Option
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
           headers: Optional[Sequence[str]] = None) -> str:
     """A plain text table with a header rule; columns sized to their widest cell."""
-    headers = headers or columns
-    # Column-wise, with one format string per table: `balsam ls` renders thousands of rows.
-    cols = [[str(r.get(c, "")) for r in rows] for c in columns]
+    return table_of_columns([[r.get(c, "") for r in rows] for c in columns], headers or columns,
+                            len(rows))
+
+
+def table_of_columns(values: Sequence[Sequence[Any]], headers: Sequence[str], nrows: int) -> str:
+    """:func:`table` of ``nrows`` rows given column by column: ``values[i]`` holds column i's
+    cells (shown as ``str()`` of each)."""
+    # Column-wise, with one %-format per table: `balsam ls` renders thousands of rows.
+    cols = [list(map(str, col)) for col in values]
     widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, cols)]
-    line = " | ".join(f"{{:<{w}}}" for w in widths).format
-    out = [line(*headers).rstrip()]
+    line = " | ".join(f"%-{w}s" for w in widths)
+    out = [(line % tuple(headers)).rstrip()]
     out.append("-" * len(out[0]))
-    out += [line(*row).rstrip() for row in (zip(*cols) if cols else [()] * len(rows))]
+    out += [(line % row).rstrip() for row in (zip(*cols) if cols else [()] * nrows)]
     return "\n".join(out)
 
 

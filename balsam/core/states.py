@@ -110,6 +110,14 @@ class InvalidStateError(BalsamError, ValueError):
     """A state name that is not one of :data:`STATES`, or a forbidden transition."""
 
 
+def sql_in(states: Iterable[State | str]) -> str:
+    """``'A', 'B'``: a SQL list of state names, for ``state IN (...)`` (each checked by
+    :class:`State`, so nothing else can enter the SQL). Here rather than in
+    :mod:`balsam.core.routing` (which re-exports it) so that the CLI's reads need not build the
+    routing table."""
+    return ", ".join(f"'{State(s).value}'" for s in states)
+
+
 def validate_state(name: str) -> State:
     """Return the :class:`State` named ``name`` or raise :class:`InvalidStateError`."""
     try:

@@ -1,5 +1,5 @@
 """The launcher tunables as one checked object: every reader of ``settings.yml`` ``launcher:``
-goes through :class:`Tunables`.
+goes through :class:`Tunables`. Most are positive numbers; :data:`SWITCHES` are true/false.
 
 The values and why they are what they are live in :mod:`balsam.defaults`; ``settings.yml`` may
 override them under ``launcher:`` (same names, lower case; the schema of
@@ -16,6 +16,11 @@ from typing import Any
 from balsam import defaults
 from balsam.core.retries import RetryPolicy
 from balsam.errors import BalsamError
+
+ZERO_ALLOWED = frozenset({"max_retries", "retry_backoff_seconds", "status_writers"})
+"""Numeric tunables for which 0 means something (no retries, no back-off, automatic)."""
+SWITCHES = frozenset({"warm_hooks"})
+"""Tunables that are true or false, not numbers."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,24 @@ class Tunables:
     max_concurrent_runs: int
     script_timeout_seconds: float
     transfer_timeout_seconds: float
+    warm_hooks: bool
+    """Site app hooks run in a warm runner (:mod:`balsam.processing.warm_hooks`); False: as
+    scripts, a new interpreter each."""
 
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:
         """From the merged ``launcher:`` mapping; BalsamError naming a non-positive value (a
-        negative one for ``max_retries``, ``retry_backoff_seconds`` and ``status_writers``)."""
+        negative one for :data:`ZERO_ALLOWED`) or a :data:`SWITCHES` value that is not a bool."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = launcher.get(f.name, getattr(defaults, f.name.upper()))
-            low_ok = f.name in ("max_retries", "retry_backoff_seconds",
-                                "status_writers") and value == 0
+            if f.name in SWITCHES:
+                if not isinstance(value, bool):
+                    raise BalsamError(f"settings.yml launcher.{f.name} must be true or false, "
+                                      f"not {value!r}")
+                values[f.name] = value
+                continue
+            low_ok = f.name in ZERO_ALLOWED and value == 0
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                     value <= 0 and not low_ok):
                 raise BalsamError(f"settings.yml launcher.{f.name} must be a positive number, "

@@ -7,7 +7,8 @@ that reconnects after the server restarted on another port or host finds it.
 from __future__ import annotations
 
 import os
-import socket
+import sys
+from types import ModuleType
 from typing import Any, Optional
 
 from balsam.db import credentials, serverinfo
@@ -17,7 +18,19 @@ CONNECT_TIMEOUT_SECONDS = 10
 """How long a client waits for the server to accept a connection before giving up."""
 
 
+GSSENC_MIN_LIBPQ = 120000
+"""The first libpq that knows ``gssencmode`` (PostgreSQL 12); an older one rejects the keyword."""
+
+
+def hostname() -> str:
+    """This machine's host name: what ``socket.gethostname()`` returns (both are the kernel's
+    node name), without importing socket (~2 ms of every CLI command)."""
+    return os.uname().nodename
+
+
 def local_hostnames() -> set[str]:
+    import socket  # only when the server's host is not a plain local name
+
     names = {socket.gethostname(), "localhost", "127.0.0.1"}
     try:
         names.add(socket.getfqdn())
@@ -29,9 +42,53 @@ def local_hostnames() -> set[str]:
 def is_local_host(host: str) -> bool:
     """Whether ``host`` names this machine; the resolver is asked (``getfqdn``) only when the
     plain names do not match, so a client on the server's host never waits on DNS."""
-    if host in ("localhost", "127.0.0.1") or host == socket.gethostname():
+    if host in ("localhost", "127.0.0.1") or host == hostname():
         return True
     return host in local_hostnames()
+
+
+def driver() -> ModuleType:
+    """psycopg2, imported without Python's ``ssl`` module when that is safe.
+
+    psycopg2's C module imports ``ssl`` only to set up OpenSSL's thread-locking callbacks before
+    libpq does (``libcrypto_threads_init``); when the import fails it leaves them to libpq, as on
+    a Python built without ssl. Those callbacks exist only for OpenSSL < 1.1, which no libpq of
+    PostgreSQL >= 17 accepts (and psycopg2-binary's libpq carries its own OpenSSL 3, a different
+    copy from Python's). Importing ``ssl`` costs every CLI command ~5 ms of wall time and ~9 ms
+    of CPU, so the first import of psycopg2 in a single-threaded process skips it: ``ssl`` is
+    blocked only for that import, and a later ``import ssl`` works as usual. With ``ssl``
+    already imported, or other threads running (which might import ``ssl`` meanwhile), this is
+    a plain ``import psycopg2``.
+    """
+    if "psycopg2" in sys.modules or "ssl" in sys.modules or _threads_running():
+        import psycopg2
+
+        return psycopg2
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` raise ImportError
+    try:
+        import psycopg2
+    finally:
+        if sys.modules.get("ssl", 0) is None:
+            del sys.modules["ssl"]
+    return psycopg2
+
+
+def _threads_running() -> bool:
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
+
+
+def negotiation_params(host: str, libpq_version: int) -> dict[str, Any]:
+    """libpq options that skip handshakes a Balsam server never takes up: GSSAPI encryption
+    (its pg_hba.conf has only scram-sha-256 lines), and TLS over the loopback (the server's
+    own machine). Each refused request is a round trip before authentication starts. A user's
+    ``PGGSSENCMODE`` or ``PGSSLMODE`` is left to apply."""
+    params: dict[str, Any] = {}
+    if libpq_version >= GSSENC_MIN_LIBPQ and "PGGSSENCMODE" not in os.environ:
+        params["gssencmode"] = "disable"
+    if host == "127.0.0.1" and "PGSSLMODE" not in os.environ:
+        params["sslmode"] = "disable"
+    return params
 
 
 def connection_params(db_path: str, application_name: str = "balsam") -> dict[str, Any]:
@@ -82,9 +139,9 @@ def connect(db_path: str, application_name: str = "balsam", autocommit: bool = F
 
     ``overrides`` replace libpq parameters (e.g. ``user``, ``password``, ``dbname``).
     """
-    import psycopg2
-
+    psycopg2 = driver()
     params = connection_params(db_path, application_name)
+    params.update(negotiation_params(params["host"], psycopg2.__libpq_version__))
     params.update(overrides)
     try:
         conn = psycopg2.connect(**params)
@@ -96,13 +153,13 @@ def connect(db_path: str, application_name: str = "balsam", autocommit: bool = F
 
 def try_connect(db_path: str, timeout: int = 3) -> Optional[str]:
     """Return None if a connection succeeds, else the reason it failed (for status checks)."""
-    import psycopg2
-
+    psycopg2 = driver()
     try:
         params = connection_params(db_path, "balsam-status")
     except Exception as exc:  # noqa: BLE001 - status reports any reason
         return str(exc)
     params["connect_timeout"] = timeout
+    params.update(negotiation_params(params["host"], psycopg2.__libpq_version__))
     try:
         psycopg2.connect(**params).close()
     except psycopg2.Error as exc:

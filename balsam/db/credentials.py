@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import pwd
@@ -27,7 +26,9 @@ def generate_password() -> str:
 def login_name() -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
+    except KeyError:  # a uid without a passwd entry (containers): the login variables
+        import getpass  # with termios: ~1 ms every CLI command would pay for this rare case
+
         return getpass.getuser()
 
 

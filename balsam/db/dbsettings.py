@@ -76,7 +76,8 @@ def render_default(db_path: str, machine: str = "local", **overrides: Any) -> st
         cores_per_node=values["cores_per_node"], gpus_per_node=values["gpus_per_node"],
         local_nodes=values["local_nodes"], project=json.dumps(values["project"]),
         queues=queues.rstrip("\n"),
-        launcher="".join(f"  {k}: {v}\n" for k, v in values["launcher"].items()),
+        launcher="".join(f"  {k}: {json.dumps(v) if isinstance(v, bool) else v}\n"
+                         for k, v in values["launcher"].items()),
         service="".join(f"  {k}: {v}\n" for k, v in values["service"].items()),
         port=srv["port"], listen=srv["listen_addresses"], maxconn=srv["max_connections"],
         shared_buffers=srv["shared_buffers"],

@@ -54,7 +54,8 @@ class QueueEntry(BaseModel):
 class LauncherSection(BaseModel):
     """``launcher:``: the tunables of :mod:`balsam.defaults` (lower-case names), all > 0 but
     ``status_writers`` (0: auto), ``max_retries`` and ``retry_backoff_seconds`` (>= 0; the
-    last two also apply to the service's processing)."""
+    last two also apply to the service's processing), and the switch ``warm_hooks`` (true or
+    false; the transition workers of launchers and the service)."""
 
     model_config = _STRICT
     heartbeat_seconds: float = Field(default=defaults.HEARTBEAT_SECONDS, gt=0)
@@ -77,6 +78,7 @@ class LauncherSection(BaseModel):
     max_concurrent_runs: int = Field(default=defaults.MAX_CONCURRENT_RUNS, gt=0)
     script_timeout_seconds: float = Field(default=defaults.SCRIPT_TIMEOUT_SECONDS, gt=0)
     transfer_timeout_seconds: float = Field(default=defaults.TRANSFER_TIMEOUT_SECONDS, gt=0)
+    warm_hooks: bool = defaults.WARM_HOOKS
 
 
 class ServiceSection(BaseModel):

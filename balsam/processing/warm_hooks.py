@@ -14,6 +14,11 @@ The script's rules hold: the step's timeout and the abort check stop the hook's 
 still runs in the same runner. A runner that dies while a hook runs fails that hook (the log
 says so) and is replaced; so is one that does not answer, one serving another database, and
 one whose app file changed since it imported it (a fresh runner imports the new file).
+
+The runner's own stderr (a hook's goes to its step's log) is appended to
+``<db>/log/hook-runner_<time>_<pid>.log`` (:func:`runner_log_path`), beside the launcher's and the
+service's logs, so a runner that crashes leaves its traceback; a failed hook's message names the
+file. ``settings.yml`` ``launcher: warm_hooks: false`` turns runners off (hooks run as scripts).
 """
 from __future__ import annotations
 
@@ -63,6 +68,12 @@ def warm_step(command: str, envscript: Optional[str]) -> Optional[str]:
     return None
 
 
+def runner_log_path(db_path: str, stamp: str) -> str:
+    """Where the stderr of this process's hook runners for ``db_path`` goes: its log directory,
+    named like the launcher's and service's logs (``stamp``: ``%Y-%m-%d_%H%M%S``)."""
+    return os.path.join(db_path, "log", f"hook-runner_{stamp}_{os.getpid()}.log")
+
+
 class RunnerGone(Exception):
     """The runner ended (or broke the protocol)."""
 
@@ -79,6 +90,9 @@ class HookRunner:
         self.served = 0
         """Hooks this object ran (started in a fork)."""
         self.startup: dict[str, str] = {}
+        self.log_path = ""
+        """The file the runner's stderr is appended to ('' until one is started, or when the
+        log directory cannot be written: then it goes nowhere, and hooks still run)."""
         self._buf = b""
 
     def accepts(self, env: Mapping[str, str]) -> bool:
@@ -107,21 +121,47 @@ class HookRunner:
 
     def _start(self, env: Mapping[str, str]) -> None:
         self.close()
+        db_path = env.get("BALSAM_DB_PATH", "")
+        stderr = self._open_log(db_path)
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", SERVER_MODULE, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=dict(env), cwd="/", stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()
+            if stderr is not subprocess.DEVNULL:
+                os.close(stderr)
         self.sock = ours
-        self.db_path = env.get("BALSAM_DB_PATH", "")
+        self.db_path = db_path
         self.startup = startup_variables(env)
         self.started += 1
+
+    def _open_log(self, db_path: str) -> int:
+        """A descriptor appending to :attr:`log_path` (one file per runner object and database;
+        a replaced runner appends), headed by a line saying a runner starts; DEVNULL if the
+        log directory cannot be written."""
+        if not db_path:
+            self.log_path = ""
+            return subprocess.DEVNULL
+        if os.path.dirname(self.log_path) != os.path.join(db_path, "log"):
+            self.log_path = runner_log_path(db_path, time.strftime("%Y-%m-%d_%H%M%S"))
+        try:
+            os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            self.log_path = ""
+            return subprocess.DEVNULL
+        os.write(fd, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} starting warm hook runner "
+                     f"{self.started + 1} of process {os.getpid()}: its stderr follows\n".encode())
+        return fd
+
+    def _log_note(self) -> str:
+        return f" (the runner's stderr: {self.log_path})" if self.log_path else ""
 
     def _recv(self, timeout: float) -> dict[str, Any]:
         """The next message; TimeoutError if none within ``timeout``; RunnerGone at the end."""
@@ -189,7 +229,8 @@ class HookRunner:
         except TimeoutError:
             return None, True, False, ""
         except (RunnerGone, OSError) as exc:
-            return None, False, False, f"cannot run the hook in the warm hook runner: {exc}"
+            return None, False, False, (f"cannot run the hook in the warm hook runner: {exc}"
+                                        f"{self._log_note()}")
         rc: Optional[int] = None
 
         def ended(seconds: float) -> bool:
@@ -230,7 +271,7 @@ class HookRunner:
 
     def _runner_died(self, pid: int, log: IO[bytes]) -> int:
         """The runner ended while hook ``pid`` ran: the hook is stopped and fails."""
-        proc = self.proc
+        proc, note = self.proc, self._log_note()
         _signal(pid, signal.SIGKILL)
         _stop_group(pid, 0.0)
         code = None
@@ -241,7 +282,7 @@ class HookRunner:
                 pass
         self.close()
         log.write(f"# the warm hook runner (pid {proc.pid if proc else '?'}) ended "
-                  f"(code {code}) while the hook ran\n".encode())
+                  f"(code {code}) while the hook ran{note}\n".encode())
         log.flush()
         return code if code is not None and code < 0 else -signal.SIGKILL
 

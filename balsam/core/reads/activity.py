@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import batchstates, schema
-from balsam.core.routing import sql_in
 from balsam.core.sql import fetch_dicts, scalar
-from balsam.core.states import State
+from balsam.core.states import State, sql_in
 
 if TYPE_CHECKING:
     from balsam.db.dbapi import Cursor

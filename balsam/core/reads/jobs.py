@@ -12,9 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.core import schema
-from balsam.core.routing import sql_in
 from balsam.core.sql import as_dicts, column_names, fetch_dicts, like_contains, scalar
-from balsam.core.states import InvalidStateError, State
+from balsam.core.states import InvalidStateError, State, sql_in
 from balsam.errors import Ambiguous, BalsamError, NotFound
 
 if TYPE_CHECKING:
@@ -99,21 +98,47 @@ def app_where(name: Optional[str] = None, id_text: Optional[str] = None) -> tupl
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def fetch_jobs(cur: Cursor, where: str, params: list[Any], columns: Sequence[str],
-               limit: int) -> tuple[list[dict[str, Any]], int]:
-    """(the first ``limit`` matching jobs in creation order, the total number matching)."""
-    cols = ", ".join(c for c in columns if c != "parents")
-    cur.execute(f"SELECT {cols} FROM {JOB}{where} {ORDER} LIMIT %s", params + [limit + 1])
-    rows = fetch_dicts(cur)
+def _page(cur: Cursor, where: str, params: list[Any], columns: Sequence[str],
+          limit: int) -> tuple[list[str], list[tuple[Any, ...]], int]:
+    """(the names of ``columns`` but ``parents``, the first ``limit`` matching jobs in creation
+    order as tuples of them, the total number matching: counted only when more than ``limit``
+    match)."""
+    names = [c for c in columns if c != "parents"]
+    cur.execute(f"SELECT {', '.join(names)} FROM {JOB}{where} {ORDER} LIMIT %s",
+                params + [limit + 1])
+    rows: list[tuple[Any, ...]] = cur.fetchall()
     total = len(rows)
     if total > limit:
         cur.execute(f"SELECT count(*) FROM {JOB}{where}", params)
         total, rows = int(scalar(cur)), rows[:limit]
+    return names, rows, total
+
+
+def fetch_jobs(cur: Cursor, where: str, params: list[Any], columns: Sequence[str],
+               limit: int) -> tuple[list[dict[str, Any]], int]:
+    """(the first ``limit`` matching jobs in creation order, the total number matching)."""
+    names, found, total = _page(cur, where, params, columns, limit)
+    rows = as_dicts(names, found)
     if "parents" in columns:
         parents = parents_of(cur, [r["job_id"] for r in rows])
         for r in rows:
             r["parents"] = parents.get(str(r["job_id"]), [])
     return rows, total
+
+
+def fetch_job_columns(cur: Cursor, where: str, params: list[Any], columns: Sequence[str],
+                      limit: int) -> tuple[list[list[Any]], int]:
+    """What :func:`fetch_jobs` fetches, column by column: ([the values of each of ``columns``
+    over the first ``limit`` matching jobs], the total number matching); ``parents`` needs
+    ``job_id`` among ``columns``. A table renders from columns: making 5,000 dicts first cost
+    ``balsam ls`` ~2 ms."""
+    names, found, total = _page(cur, where, params, columns, limit)
+    fetched = dict(zip(names, map(list, zip(*found)))) if found else {n: [] for n in names}
+    if "parents" in columns:
+        ids = fetched["job_id"]
+        parents = parents_of(cur, ids)
+        fetched["parents"] = [parents.get(str(i), []) for i in ids]
+    return [fetched[c] for c in columns], total
 
 
 def parents_of(cur: Cursor, job_ids: Sequence[Any]) -> dict[str, list[str]]:
