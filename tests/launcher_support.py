@@ -261,8 +261,9 @@ def process_tree(pid: int) -> str:
 
 
 def database_summary(db_path: str, max_jobs: int = 40) -> str:
-    """The sessions, the job counts per state and the unfinished jobs (with their last
-    events) of the database at ``db_path``, as text (never raises)."""
+    """The sessions, the job counts per state, the unfinished jobs (with their last events)
+    and the server's connections (what each waits on) of the database at ``db_path``, as text
+    (never raises)."""
     from balsam.db.connect import connect
 
     try:
@@ -290,6 +291,14 @@ def database_summary(db_path: str, max_jobs: int = 40) -> str:
                 history = "; ".join(f"{t} {a}->{b} {m!r}" for t, a, b, m in
                                     reversed(cur.fetchall()))
                 lines.append(f"  {name} {state} held by {session}: {history}")
+            # A launcher waiting on a lock or a transaction left open shows here.
+            cur.execute("SELECT pid, application_name, state, wait_event_type, wait_event, "
+                        "EXTRACT(EPOCH FROM now() - xact_start)::int, left(query, 100) "
+                        "FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() ORDER BY pid")
+            lines.append("--- server connections (pid, application, state, wait, "
+                         "transaction age s, last query):")
+            lines += [f"  {row}" for row in cur.fetchall()]
         return "\n".join(lines)
     except Exception as exc:  # noqa: BLE001
         return f"--- database: query failed ({exc})"
