@@ -352,9 +352,13 @@ def process_gone(pid: int) -> bool:
 
 
 def kill_group_of(pid: int) -> None:
-    """SIGKILL the process group of ``pid`` if it still exists (cleanup of orphaned tasks)."""
+    """SIGKILL the process group of ``pid`` if it still exists (cleanup of orphaned tasks),
+    unless it is this process's own group (``pid`` gone and reused by a process this one
+    started: the tests' launchers share its group)."""
     try:
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
+        pgid = os.getpgid(pid)
+        if pgid != os.getpgrp():
+            os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 

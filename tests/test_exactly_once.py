@@ -136,7 +136,7 @@ def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cu
         kill(first.pid)
         killed_at, killed_wall = time.monotonic(), time.time()
         os.remove(os.path.join(markers, "hold"))  # the retries run 10 ticks
-        first.wait(30)
+        first.wait(120)
         wait_for(lambda: all(process_gone(p) for p in killed), 30, "the launcher to die")
         held = [j for j in ids if job_row(cursor, j)["session_id"] is not None]
         dead = job_row(cursor, held[0])["session_id"]
@@ -230,7 +230,7 @@ def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorde
                  "both runs to be recorded and to tick")
         kill(first.pid)
         killed_at = time.monotonic()
-        first.wait(10)
+        first.wait(120)
         pids = pids_in(markers, ids)
         wait_for(lambda: all(process_gone(p) for p in pids), 20, "the tasks to be stopped")
         stopped = time.monotonic() - killed_at
@@ -259,7 +259,7 @@ def test_mpi_mode_records_a_run_that_completed_in_the_stop_grace_as_done(db, cur
         wait_for(lambda: ticked_for(markers, done) > 1.0 and runs(markers, stopped), 30,
                  "both tasks to tick, the first for a second")
         launcher.signal(signal.SIGTERM)
-        assert launcher.wait(30) == 0
+        assert launcher.wait(120) == 0
     cursor.execute(f"SELECT job_id::text, from_state, to_state FROM {schema.EVENT_TABLE} "
                    "WHERE from_state = 'RUNNING'")
     ends = {job: to for job, _, to in cursor.fetchall()}
@@ -282,7 +282,7 @@ def test_a_task_knows_its_attempt_number(db, cursor, scripts):
         first = start(*SERIAL)
         wait_for(lambda: running(cursor) == 1, 30, "the first run to be recorded")
         first.signal(signal.SIGTERM)
-        assert first.wait(30) == 0
+        assert first.wait(120) == 0
         assert start(*SERIAL).wait(60) == 0
     assert all_finished(cursor, [job_id])
     with open(os.path.join(markers, job_id)) as fh:
