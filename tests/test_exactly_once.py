@@ -196,7 +196,8 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
     # MPI start-up) no longer holds its launcher until the time limit: the launcher kills that
     # ensemble and starts another in the same session, and every run is in the history.
     ids, markers = tickers(cursor, scripts, 8, ticks=10, packing=4)
-    tunables = dict(QUICK, lease_seconds=8, reconnect_max_seconds=1)  # stuck after 4 s
+    # Stuck once the lease is 10 s old (half of it), an ensemble's first 20 s (the lease) once.
+    tunables = dict(QUICK, lease_seconds=20, reconnect_max_seconds=1)
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
@@ -207,7 +208,7 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
         finally:
             kill(master)  # (gone already unless the launcher failed to kill it)
         log = launcher_log(launcher)
-    assert "master has not renewed the lease" in log, log
+    assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
     assert "restarting the serial-mode ensemble" in log, log
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}

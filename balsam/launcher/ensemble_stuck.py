@@ -14,10 +14,12 @@ even when no worker had come up.
 
 The limit is above what a live master can miss (a reconnection's back-off,
 ``reconnect_max_seconds``, plus two heartbeats) and at least half the lease; with the default
-tunables (10-s heartbeat, 60-s lease, 30-s back-off) it is 50 s, under the lease, so a stuck
-master is replaced before a sweep could hand its jobs to another launcher. Ages follow the
-sweep's rule (counted from the server's start if it restarted since), and while the database
-cannot be reached nothing is decided.
+tunables (10-s heartbeat, 60-s lease, 30-s back-off) it is 50 s, under the lease, so a master
+that froze while running is replaced before a sweep could hand its jobs to another launcher. A
+new ensemble first gets ``max(limit, lease_seconds)`` to come up (MPI start-up on a loaded
+machine; the lease may be old already when a stuck one is replaced). Ages follow the sweep's
+rule (counted from the server's start if it restarted since), a session closed under a running
+ensemble counts as stuck, and while the database cannot be reached nothing is decided.
 """
 from __future__ import annotations
 
@@ -40,16 +42,22 @@ def stuck_after(tunables: Tunables) -> float:
 
 class StuckWatch:
     """Looks at the lease of ``ctx``'s session every ``max(heartbeat, limit / 4)`` seconds
-    (see the module docstring)."""
+    while one ensemble runs (see the module docstring). The ensemble, started when this is
+    made, has ``max(limit, lease_seconds)`` to come up before it can be found stuck: the lease
+    may be old already (a restart after a stuck master), and MPI start-up on a loaded machine
+    takes seconds."""
 
     def __init__(self, ctx: Context, now: Optional[float] = None) -> None:
         self.ctx = ctx
         self.limit = stuck_after(ctx.tunables)
         self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
-        self.next_check = (time.monotonic() if now is None else now) + self.period
+        self.started = time.monotonic() if now is None else now
+        self.next_check = self.started + max(self.limit, ctx.tunables.lease_seconds)
 
-    def stuck(self, now: float) -> Optional[float]:
-        """The lease's age if a check is due and the age is past the limit, else None."""
+    def stuck(self, now: float) -> Optional[str]:
+        """Why the ensemble is stuck, if a check is due and finds it so; else None. A session
+        closed under a running ensemble (swept by another launcher: the master, had it been
+        alive, would have exited on its next heartbeat) is stuck too."""
         if now < self.next_check:
             return None
         self.next_check = now + self.period
@@ -57,4 +65,9 @@ class StuckWatch:
             age = self.ctx.db.try_run(leases.lease_age, self.ctx.session_id)
         except DatabaseUnavailable:
             return None
-        return age if age is not None and age > self.limit else None
+        if age is None:
+            return f"its session {self.ctx.session_id} was closed by a sweep"
+        if age > self.limit:
+            return (f"its master has not renewed the lease for {age:.0f} s "
+                    f"(limit {self.limit:g} s)")
+        return None

@@ -307,11 +307,9 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
             signal_group(proc.pid, signal.SIGKILL)
             rc = proc.wait()
             break
-        age = None if forwarded is not None else watch.stuck(now)
-        if age is not None:
-            ctx.log.error(f"the serial-mode ensemble's master has not renewed the lease for "
-                          f"{age:.0f} s (limit {watch.limit:g} s): it is stuck; killing the "
-                          "ensemble")
+        why = None if forwarded is not None else watch.stuck(now)
+        if why is not None:
+            ctx.log.error(f"the serial-mode ensemble is stuck ({why}): killing it")
             ctx.stuck_ensembles += 1
             signal_group(proc.pid, signal.SIGKILL)
             rc = proc.wait()
