@@ -341,8 +341,9 @@ def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scri
         worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
         node = [worker] + descendants(worker)
         died = time.time()
-        for pid in node:
-            kill(pid)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all vanish at once (the
+            for pid in node:  # watchdog must not see its rank die and report before its death)
+                kill(pid, sig)
         os.remove(os.path.join(markers, "hold"))
         assert first.wait(240) == 0
         cursor.execute(f"SELECT ended_at FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
