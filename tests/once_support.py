@@ -11,13 +11,17 @@ from typing import Any
 from balsam.core import schema
 
 TICKER = """#!/bin/bash
-# One run of a job: every 0.1 s append "<pid> <epoch time>" to $MARKERS/<job id>; TICKS ticks.
+# One run of a job: every 0.1 s append "<pid> <epoch time>" to $MARKERS/<job id>; TICKS ticks,
+# and more while the file $HOLD exists (if HOLD is set: a test keeps runs going until it has
+# done what it must do while they run, however slow the machine is).
 # With STUBBORN set, SIGTERM is ignored (the sleep it interrupts is simply restarted), so only
 # SIGKILL ends the run early.
 if [ -n "$STUBBORN" ]; then trap 'echo "$$ term" >> "$MARKERS/$BALSAM_JOB_ID.term"' TERM; fi
-for ((i = 0; i < ${TICKS:-20}; i++)); do
+i=0
+while ((i < ${TICKS:-20})) || [[ -n "$HOLD" && -e "$HOLD" ]]; do
   echo "$$ $(date +%s.%N)" >> "$MARKERS/$BALSAM_JOB_ID"
   sleep 0.1
+  i=$((i + 1))
 done
 echo "$$ end" >> "$MARKERS/$BALSAM_JOB_ID.end"
 """

@@ -92,8 +92,14 @@ def local_jobs(db_path: str) -> dict[str, dict[str, Any]]:
 
 
 def kill_local_jobs(db_path: str) -> None:
-    """SIGKILL the process groups of every local batch job still alive (test teardown)."""
+    """SIGKILL the process groups of the local batch jobs that have not ended (test teardown).
+
+    A job that ended (its exit file written, or seen gone) is skipped: its group id is a pid
+    that may belong to another process group by now (ids wrap within minutes when a suite
+    starts thousands of processes), and SIGKILL would hit another test's tasks or ensemble."""
     for rec in local_jobs(db_path).values():
+        if rec.get("ended_at") is not None or os.path.exists(rec.get("exit_file", "")):
+            continue
         try:
             os.killpg(rec["pid"], signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -47,11 +47,15 @@ def scripts() -> str:
 
 
 def tickers(cursor, scripts: str, count: int, ticks: int, stubborn: bool = False,
-            packing: int = 4) -> tuple[list[str], str]:
-    """``count`` jobs running the ticker; (their ids, the markers directory)."""
+            packing: int = 4, hold: bool = False) -> tuple[list[str], str]:
+    """``count`` jobs running the ticker; (their ids, the markers directory). ``hold``: runs
+    go on past ``ticks`` while ``<markers>/hold`` exists (created here; the test removes it)."""
     markers = make_public_tmpdir("balsam-once-markers-")
     add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
     env = f"MARKERS={markers}:TICKS={ticks}" + (":STUBBORN=1" if stubborn else "")
+    if hold:
+        open(os.path.join(markers, "hold"), "w").close()
+        env += f":HOLD={os.path.join(markers, 'hold')}"
     ids = add_jobs(cursor, [{"name": f"t{i}", "application": "tick", "environ_vars": env,
                              "node_packing_count": packing} for i in range(count)])
     return ids, markers
@@ -80,18 +84,20 @@ def all_finished(cursor, ids: list[str]) -> bool:
 def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, scripts):
     # Item 1: the serial ensemble's mpiexec dies; its tasks ignore SIGTERM, so the worker
     # watchdogs need their whole kill grace (2 s) to stop them. A second launcher is waiting.
-    ids, markers = tickers(cursor, scripts, 4, ticks=60, stubborn=True)
+    # (The first runs tick until the kill, however long the second launcher takes to start.)
+    ids, markers = tickers(cursor, scripts, 4, ticks=20, stubborn=True, hold=True)
     tunables = dict(QUICK, kill_grace_seconds=2, lease_seconds=20)
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
         first = start(*SERIAL)
-        wait_for(lambda: all(runs(markers, j) for j in ids), 30, "every task to tick")
+        wait_for(lambda: all(runs(markers, j) for j in ids), 60, "every task to tick")
         second = start(*SERIAL, "--persistent")
-        wait_for(lambda: open_sessions(cursor) == 2, 30, "the second launcher's session")
+        wait_for(lambda: open_sessions(cursor) == 2, 120, "the second launcher's session")
         kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the first ensemble"))
-        first.wait(60)
-        wait_for(lambda: all_finished(cursor, ids), 90, "the retries to finish")
+        os.remove(os.path.join(markers, "hold"))  # the retries run 20 ticks
+        first.wait(120)
+        wait_for(lambda: all_finished(cursor, ids), 180, "the retries to finish")
         second.signal(signal.SIGTERM)
-        assert second.wait(30) == 0
+        assert second.wait(60) == 0
     assert overlap_seconds(markers, ids) == {}
     for job_id in ids:
         assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
@@ -100,12 +106,15 @@ def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, 
 
 def kill_launcher_and_ensemble(launcher_pid: int) -> list[int]:
     """SIGKILL a serial-mode launcher, its mpiexec and every rank -- everything it started but
-    the watchdogs and the tasks (the watchdogs stop the tasks); returns the pids killed."""
+    the watchdogs and the tasks (the watchdogs stop the tasks); returns the pids killed. All
+    are stopped (SIGSTOP) first, so that none reacts to another's death in between (the
+    launcher's watchdog would SIGTERM the ensemble, whose master would then record its stop)."""
     tree = [launcher_pid] + descendants(launcher_pid)
     spared = ("balsam.launcher.watchdog", "tick.sh", "sleep")
     killed = [pid for pid in tree if not any(word in cmdline(pid) for word in spared)]
-    for pid in killed:
-        kill(pid)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in killed:
+            kill(pid, sig)
     return killed
 
 
@@ -115,34 +124,38 @@ def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cu
     # Item 3: no service runs; a new non-persistent launcher must not exit idle while a dead
     # session holds its jobs (RUNNING, or claimed and queued): it sweeps at the lease's end.
     # (MPI mode claims only what it starts: one job, so that nothing else keeps a launcher up.)
-    ids, markers = tickers(cursor, scripts, 6 if mode == "serial" else 1, ticks=10, packing=2)
+    # The first runs tick until the kill, however late it comes on a loaded machine.
+    ids, markers = tickers(cursor, scripts, 6 if mode == "serial" else 1, ticks=10, packing=2,
+                           hold=True)
     tunables = dict(QUICK, lease_seconds=6)
     args = ("--consume-all", "--job-mode", mode)
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
         first = start(*args)
-        wait_for(lambda: running(cursor) >= (2 if mode == "serial" else 1), 30,
+        wait_for(lambda: running(cursor) >= (2 if mode == "serial" else 1), 60,
                  "runs to be recorded")
         # Serial mode: the launcher, mpiexec and the ranks; MPI mode: the launcher alone (the
         # watchdogs stop the tasks in both).
         killed = kill_launcher_and_ensemble(first.pid) if mode == "serial" else [first.pid]
         kill(first.pid)
         killed_at, killed_wall = time.monotonic(), time.time()
-        first.wait(10)
-        wait_for(lambda: all(process_gone(p) for p in killed), 10, "the launcher to die")
+        os.remove(os.path.join(markers, "hold"))  # the retries run 10 ticks
+        first.wait(120)
+        wait_for(lambda: all(process_gone(p) for p in killed), 30, "the launcher to die")
         held = [j for j in ids if job_row(cursor, j)["session_id"] is not None]
         dead = job_row(cursor, held[0])["session_id"]
         assert len(held) >= (3 if mode == "serial" else 1)  # running (and claimed) jobs
         second = start(*args)
-        assert second.wait(120) == 0, second.output()
+        assert second.wait(240) == 0
         recovered = time.monotonic() - killed_at
-    cursor.execute(f"SELECT ended_at, end_reason FROM {schema.SESSION_TABLE} WHERE id = %s",
-                   [dead])
-    ended_at, reason = cursor.fetchone()
+        log = launcher_log(second)
+    cursor.execute(f"SELECT end_reason, EXTRACT(EPOCH FROM ended_at - heartbeat), ended_at "
+                   f"FROM {schema.SESSION_TABLE} WHERE id = %s", [dead])
+    reason, unrenewed, ended_at = cursor.fetchone()
     assert "lost its lease" in reason
-    swept = ended_at.timestamp() - killed_wall
-    print(f"{mode}: {len(held)} stranded jobs: swept {swept:.1f} s, all finished {recovered:.1f} s "
-          f"after the kill (lease {tunables['lease_seconds']} s)")
-    assert swept < tunables["lease_seconds"] + 6  # at the lease's end, not a sweep period later
+    assert unrenewed >= tunables["lease_seconds"]  # never swept while its lease ran
+    assert f"swept launcher session {dead} (lease expired)" in log, log  # by the new launcher
+    print(f"{mode}: {len(held)} stranded jobs: swept {ended_at.timestamp() - killed_wall:.1f} s, "
+          f"all finished {recovered:.1f} s after the kill (lease {tunables['lease_seconds']} s)")
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {}
     assert unrecorded_runs(cursor, markers, ids) == {}
@@ -152,18 +165,21 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
         db, cursor, scripts):
     # Item 2: the master is frozen (SIGSTOP) while its worker goes on starting queued tasks,
     # then the ensemble is killed: those starts reached no database record.
-    ids, markers = tickers(cursor, scripts, 16, ticks=4, packing=4)
+    # The first four runs tick until the master is frozen (then the worker starts the four
+    # queued behind them), however slow the machine is.
+    ids, markers = tickers(cursor, scripts, 16, ticks=4, packing=4, hold=True)
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         first = start(*SERIAL)
-        wait_for(lambda: running(cursor) >= 4, 30, "four runs to be recorded")
+        wait_for(lambda: running(cursor) >= 4, 60, "four runs to be recorded")
         master = wait_for(lambda: rank_pid(first.pid, 0), 10, "the master rank")
         kill(master, signal.SIGSTOP)
-        lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 30,
+        os.remove(os.path.join(markers, "hold"))
+        lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 60,
                             "an unrecorded start"))
         kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the ensemble"))
         kill(master)
-        first.wait(60)
-        assert start(*SERIAL).wait(120) == 0
+        first.wait(120)
+        assert start(*SERIAL).wait(240) == 0
         log = launcher_log(first)
     print(f"{len(lost)} start(s) the master never recorded")
     assert all_finished(cursor, ids)
@@ -175,6 +191,31 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
                        "ORDER BY id", [job_id])
         assert ("RUN_TIMEOUT", "started by the serial-mode ensemble, which died before the start "
                 "was recorded: outcome unknown") in cursor.fetchall()
+
+
+def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
+    # A master that stops renewing the lease (frozen here: SIGSTOP; or blocked, or stuck in the
+    # MPI start-up) no longer holds its launcher until the time limit: the launcher kills that
+    # ensemble and starts another in the same session, and every run is in the history.
+    ids, markers = tickers(cursor, scripts, 8, ticks=10, packing=4)
+    # Stuck once the lease is 10 s old (half of it), an ensemble's first 20 s (the lease) once.
+    tunables = dict(QUICK, lease_seconds=20, reconnect_max_seconds=1)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
+        master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        kill(master, signal.SIGSTOP)
+        try:
+            assert launcher.wait(120) == 0
+        finally:
+            kill(master)  # (gone already unless the launcher failed to kill it)
+        log = launcher_log(launcher)
+    assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
+    assert "restarting the serial-mode ensemble" in log, log
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
 
 
 def pids_in(markers: str, ids: list[str]) -> list[int]:
@@ -192,7 +233,7 @@ def test_a_serial_launcher_killed_with_sigkill_has_its_tasks_stopped_and_recorde
                  "both runs to be recorded and to tick")
         kill(first.pid)
         killed_at = time.monotonic()
-        first.wait(10)
+        first.wait(120)
         pids = pids_in(markers, ids)
         wait_for(lambda: all(process_gone(p) for p in pids), 20, "the tasks to be stopped")
         stopped = time.monotonic() - killed_at
@@ -221,7 +262,7 @@ def test_mpi_mode_records_a_run_that_completed_in_the_stop_grace_as_done(db, cur
         wait_for(lambda: ticked_for(markers, done) > 1.0 and runs(markers, stopped), 30,
                  "both tasks to tick, the first for a second")
         launcher.signal(signal.SIGTERM)
-        assert launcher.wait(30) == 0
+        assert launcher.wait(120) == 0
     cursor.execute(f"SELECT job_id::text, from_state, to_state FROM {schema.EVENT_TABLE} "
                    "WHERE from_state = 'RUNNING'")
     ends = {job: to for job, _, to in cursor.fetchall()}
@@ -244,7 +285,7 @@ def test_a_task_knows_its_attempt_number(db, cursor, scripts):
         first = start(*SERIAL)
         wait_for(lambda: running(cursor) == 1, 30, "the first run to be recorded")
         first.signal(signal.SIGTERM)
-        assert first.wait(30) == 0
+        assert first.wait(120) == 0
         assert start(*SERIAL).wait(60) == 0
     assert all_finished(cursor, [job_id])
     with open(os.path.join(markers, job_id)) as fh:
@@ -260,16 +301,18 @@ def first_tick_after(markers: str, ids: list[str], moment: float) -> float:
 def test_a_dead_worker_rank_costs_a_restart_not_the_allocation(db, cursor, scripts):
     # Item 4: MPI takes the whole ensemble down with one rank; the launcher restarts it on its
     # allocation (the dead rank's tasks are known dead: its watchdog reported).
-    ids, markers = tickers(cursor, scripts, 12, ticks=15, packing=2)
+    # The first four runs tick until the rank is killed, however slow the machine is.
+    ids, markers = tickers(cursor, scripts, 12, ticks=15, packing=2, hold=True)
     with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
-        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
-        wait_for(lambda: sum(ticked_for(markers, j) > 0.8 for j in ids) == 4, 30,
+        wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
+        wait_for(lambda: sum(ticked_for(markers, j) > 0.8 for j in ids) == 4, 60,
                  "the four runs to be well under way")
         worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
         died = time.time()
         kill(worker)
-        assert launcher.wait(120) == 0, launcher.output()
+        os.remove(os.path.join(markers, "hold"))
+        assert launcher.wait(240) == 0
     cursor.execute(f"SELECT min(timestamp) FROM {schema.EVENT_TABLE} WHERE message LIKE "
                    "'%%lost a rank%%'")
     recovered = cursor.fetchone()[0].timestamp()
@@ -289,23 +332,26 @@ def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scri
     # Item 4, a node crash: worker rank 2, its watchdog and its tasks vanish at once, so nothing
     # reports its tasks dead. The launcher goes on with node 1 only; node 2's jobs stay held
     # until the lease expires, then a launcher sweeps and runs them.
-    ids, markers = tickers(cursor, scripts, 8, ticks=15, packing=2)
+    # The first four runs tick until the node is lost, however slow the machine is.
+    ids, markers = tickers(cursor, scripts, 8, ticks=15, packing=2, hold=True)
     tunables = dict(QUICK, lease_seconds=8)
     with settings(db, local_nodes=2, launcher=tunables), launchers() as start:
         first = start(*SERIAL)
-        wait_for(lambda: running(cursor) == 4, 30, "two runs on each node")
+        wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
         worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
         node = [worker] + descendants(worker)
         died = time.time()
-        for pid in node:
-            kill(pid)
-        assert first.wait(120) == 0, first.output()
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all vanish at once (the
+            for pid in node:  # watchdog must not see its rank die and report before its death)
+                kill(pid, sig)
+        os.remove(os.path.join(markers, "hold"))
+        assert first.wait(240) == 0
         cursor.execute(f"SELECT ended_at FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
         assert cursor.fetchall() == [(None,)]  # left to the lease
         stranded = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
         assert len(stranded) == 2
         resumed = first_tick_after(markers, ids, died + 0.5) - died
-        assert start(*SERIAL).wait(120) == 0
+        assert start(*SERIAL).wait(240) == 0
     print(f"a node was lost: node 1 ran tasks again {resumed:.1f} s later; its 2 jobs waited "
           f"for the lease ({tunables['lease_seconds']} s)")
     assert all_finished(cursor, ids)

@@ -224,7 +224,7 @@ def test_killing_a_running_job_stops_its_whole_process_tree_within_two_seconds(
                      2.0 - (time.monotonic() - killed_at), "the task's processes to die")
         finally:
             kill_group_of(wrapper)
-        assert launcher.wait(30) == 0
+        assert launcher.wait(120) == 0
     assert [e[2] for e in events(cursor, job_id)][-1] == "USER_KILLED"
     assert job_row(cursor, job_id)["state"] == "USER_KILLED"
     assert job_row(cursor, job_id)["session_id"] is None
@@ -273,7 +273,7 @@ def test_sigterm_stops_tasks_as_run_timeout_releases_claims_and_a_second_launche
         pids = [int(p) for f in pid_files for p in open(f).read().split()]
         sent = time.monotonic()
         first.signal(signal.SIGTERM)
-        assert first.wait(15) == 0
+        assert first.wait(120) == 0
         assert time.monotonic() - sent < 15
         assert all(process_gone(p) for p in pids)
         for job_id in ids:
@@ -299,7 +299,7 @@ def test_a_killed_launchers_jobs_are_swept_after_the_lease_and_retried(db, curso
         ((lost_session, host),) = cursor.fetchall()
         task_pid = int(open(pid_file).read().split()[0])
         first.signal(signal.SIGKILL)
-        first.wait(10)
+        first.wait(120)
         # The task dies with its launcher (the watchdog), long before the lease could expire.
         wait_for(lambda: process_gone(task_pid), 5, "the orphaned task to be stopped")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
@@ -308,7 +308,7 @@ def test_a_killed_launchers_jobs_are_swept_after_the_lease_and_retried(db, curso
         wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 60,
                  "the sweep, the retry and the second run")
         second.signal(signal.SIGTERM)
-        assert second.wait(15) == 0
+        assert second.wait(120) == 0
     evs = events(cursor, job_id)
     assert to_states(evs) == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT", "RESTART_READY",
                               "RUNNING", "RUN_DONE", "JOB_FINISHED"]
@@ -361,7 +361,7 @@ def test_a_persistent_launcher_stays_and_starts_a_new_job_on_notification(db, cu
         created = job_row(cursor, job_id)["created_at"]
         assert (evs["RUNNING"] - created).total_seconds() < 1.0
         launcher.signal(signal.SIGTERM)
-        assert launcher.wait(15) == 0
+        assert launcher.wait(120) == 0
 
 
 def test_a_database_restart_on_a_new_port_during_a_run_loses_no_state_change(restart_db,

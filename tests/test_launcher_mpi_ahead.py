@@ -55,7 +55,7 @@ def test_jobs_ready_ahead_when_stopped_are_timed_out_unrun_and_every_run_is_reco
         # Runs of 0.2 s: after the first ones end, jobs are recorded RUNNING ahead of a node.
         wait_for(lambda: sum(started(markers, j) for j in ids) >= 12, 60, "a dozen runs")
         first.signal(signal.SIGTERM)
-        assert first.wait(30) == 0
+        assert first.wait(120) == 0
         cursor.execute(f"SELECT job_id::text, message FROM {schema.EVENT_TABLE} "
                        "WHERE to_state = 'RUN_TIMEOUT'")
         timeouts = dict(cursor.fetchall())

@@ -6,6 +6,7 @@ retries, a child waiting on its parent keeps the launcher up, and the task envir
 of the ensemble's MPI variables. The first tests drive one worker in-process (no MPI)."""
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
@@ -340,7 +341,7 @@ def test_killing_a_running_job_stops_its_process_group_within_two_seconds(db, cu
         wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
         assert job_row(cursor, other)["state"] == "RUNNING"  # the other task goes on
         launcher.signal(signal.SIGTERM)
-        assert launcher.wait(15) == 0
+        assert launcher.wait(120) == 0
         assert "was killed by a user" in launcher_log(launcher)
     assert to_states(events(cursor, job_id))[-2:] == ["RUNNING", "USER_KILLED"]
 
@@ -353,7 +354,7 @@ def test_sigterm_stops_tasks_as_run_timeout_and_a_second_launcher_finishes(db, c
                         [p for f in pid_files for p in pids_of(f)], 30, "both tasks to start")
         sent = time.monotonic()
         first.signal(signal.SIGTERM)
-        assert first.wait(15) == 0
+        assert first.wait(120) == 0
         assert time.monotonic() - sent < 15
         assert all(process_gone(p) for p in pids)
         cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL")
@@ -396,7 +397,7 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        first.wait(10)
+        first.wait(120)
         # Each worker rank's watchdog stops the tasks its rank started.
         wait_for(lambda: all(process_gone(p) for p in everything), 10, "everything to die")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
@@ -404,7 +405,7 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
         wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 60,
                  "the sweep, the retry and the second run")
         second.signal(signal.SIGTERM)
-        assert second.wait(15) == 0
+        assert second.wait(120) == 0
     evs = events(cursor, job_id)
     assert to_states(evs)[-6:] == ["RUNNING", "RUN_TIMEOUT", "RESTART_READY", "RUNNING",
                                    "RUN_DONE", "JOB_FINISHED"]
@@ -463,13 +464,17 @@ def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_lo
             launchers() as start:
         first = start(*SERIAL, "--time-limit-minutes", "1.08")  # tasks stop at 61.8 s
         began = time.time()
-        leader, child = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
-        assert first.wait(90) == 0
+        leader, child = wait_for(lambda: pids_of(pid_file), 120, "the task to start")
+        assert first.wait(240) == 0
         assert process_gone(leader) and process_gone(child)
         stopped = events(cursor, short)
         assert to_states(stopped)[-2:] == ["RUNNING", "RUN_TIMEOUT"]
         assert stopped[-1][3] == "stopped by the launcher: the launcher's time limit was reached"
-        assert began + 61 < stopped[-1][0].timestamp() < began + 64.8
+        # Not before the limit; and at it, counted from the launcher's start (its first log
+        # line: on a loaded machine its start-up alone can take seconds), give or take the
+        # stop's own work.
+        started = datetime.datetime.strptime(launcher_log(first)[:23], "%Y-%m-%d %H:%M:%S,%f")
+        assert began + 61 < stopped[-1][0].timestamp() < started.timestamp() + 61.8 + 15
         assert to_states(events(cursor, long_)) == ["PREPROCESSED"]  # never started
         cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} "
                    "WHERE job_mode <> 'processing'")

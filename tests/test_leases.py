@@ -299,3 +299,19 @@ def test_one_cycle_statement_starts_and_ends_held_jobs_and_claims_others(app, cu
     assert leases.cycle(cursor, sid, [(b, State.RUN_ERROR, "x")], 0, serial=False,
                         max_nodes=1)[0] == [(b, "RUNNING", "RUN_ERROR")]
     assert leases.cycle(cursor, sid, [], 3, serial=False, max_nodes=1) == ([], [])
+
+
+def test_lease_age_counts_from_the_last_heartbeat_or_the_servers_start_and_none_once_closed(
+        cursor):
+    sid = session(cursor)
+    cursor.execute(f"UPDATE {leases.SESSION} SET heartbeat = now() - interval '1 hour' "
+                   "WHERE id = %s", [sid])
+    cursor.execute("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")
+    up = float(cursor.fetchone()[0])
+    # An hour without a heartbeat, but never more than the server has been up (a restart gives
+    # the holder a whole lease again, as the sweep's rule does).
+    assert leases.lease_age(cursor, sid) == pytest.approx(min(3600.0, up), abs=5.0)
+    leases.heartbeat(cursor, sid)
+    assert leases.lease_age(cursor, sid) < 5.0
+    leases.close_session(cursor, sid, "test")
+    assert leases.lease_age(cursor, sid) is None

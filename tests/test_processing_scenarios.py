@@ -164,7 +164,7 @@ def stop_first_launcher_while_running(db, cursor, job_ids, *extra_second: str) -
                  "every task to start")
         pids = [int(p) for f in pid_files for p in read(f).split()]
         first.signal(signal.SIGTERM)
-        assert first.wait(20) == 0, first.output()
+        assert first.wait(120) == 0, first.output()
         assert all(process_gone(p) for p in pids)
         second = start(*MPI, *extra_second)
         assert second.wait(60) == 0, second.output()
@@ -420,7 +420,7 @@ def test_a_job_killed_during_its_preprocess_stops_the_script_and_stays_killed(db
         killed_at = time.monotonic()
         wait_for(lambda: all(process_gone(p) for p in pids), 5, "the script to be stopped")
         assert time.monotonic() - killed_at < 2.0
-        assert launcher.wait(30) == 0, launcher.output()
+        assert launcher.wait(120) == 0, launcher.output()
     assert to_states(cursor, job_id) == ["STAGED_IN", "USER_KILLED"]
     assert messages(cursor, job_id) == ["nothing to stage in: to be preprocessed", "Killed by user"]
     assert job_row(cursor, job_id)["session_id"] is None

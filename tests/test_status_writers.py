@@ -216,7 +216,7 @@ def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_
             kill_group_of(leader)
         wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
         launcher.signal(signal.SIGTERM)
-        assert launcher.wait(15) == 0
+        assert launcher.wait(120) == 0
     assert to_states(events(cursor, job_id))[-2:] == ["RUNNING", "USER_KILLED"]
     assert events(cursor, other)[-1][2:] == (
         "RUN_TIMEOUT", "stopped by the launcher: the launcher received SIGTERM")

@@ -54,6 +54,17 @@ def heartbeat(cursor: Cursor, session_id: int) -> bool:
     return cursor.fetchone() is not None
 
 
+def lease_age(cursor: Cursor, session_id: int) -> Optional[float]:
+    """Seconds since ``session_id``'s lease was last renewed, counted from the server's start
+    if that came later (:func:`sweep`'s rule: a server restart gives every holder a whole lease
+    to reconnect); None if the session is closed."""
+    cursor.execute(f"SELECT EXTRACT(EPOCH FROM now() - GREATEST(heartbeat, "
+                   f"pg_postmaster_start_time())) FROM {SESSION} "
+                   "WHERE id = %s AND ended_at IS NULL", [session_id])
+    row = cursor.fetchone()
+    return None if row is None else float(row[0])
+
+
 def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_nodes: int,
           wf_filter: Optional[str] = None, max_wall_minutes: Optional[float] = None,
           exclude_ids: tuple[Any, ...] = (), tags: Optional[Mapping[str, str]] = None,

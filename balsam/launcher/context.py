@@ -81,6 +81,9 @@ class Context:
     with, so they die if the launcher is killed (None: not covered)."""
     ensembles: int = 0
     """Serial mode: how many ensembles this session started before the current one."""
+    stuck_ensembles: int = 0
+    """Serial mode: how many ensembles the launcher killed because their master stopped
+    renewing the lease (:mod:`balsam.launcher.ensemble_stuck`); such a one is restarted."""
     release_session: bool = True
     """False when tasks of this session may still run (a serial ensemble died and its worker
     watchdogs did not report them dead): the session is then left to the lease sweep."""

@@ -4,7 +4,9 @@ MPI takes a whole job down when one of its ranks dies (MPICH's Hydra kills the o
 lost worker -- a rank killed by the OOM killer, a node that crashed -- ends the ensemble on
 every node. :func:`run_serial` runs the ensemble (:func:`balsam.launcher.serial_mode.
 run_launcher`) and, when it failed after it came up, while the launcher has time left and no
-stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the same session:
+stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the same session
+(also after the launcher killed an ensemble whose master stopped renewing the lease, up or not:
+:mod:`balsam.launcher.ensemble_stuck`):
 
 1. :func:`balsam.launcher.ensemble_watch.settle` has waited for the worker watchdogs' reports
    and recorded the starts the master never did;
@@ -48,14 +50,17 @@ def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     """Run ensembles with ``run_once`` until one ends normally, the launcher must stop, or a
     restart is not possible; the status of the last one."""
     while True:
+        stuck_before = ctx.stuck_ensembles
         status = run_once(ctx)
+        stuck = ctx.stuck_ensembles > stuck_before
         directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # the session's directory, once empty
             os.rmdir(os.path.dirname(directory))
-        if status != FAILED or ctx.should_stop() or not (reports.stopped or reports.unknown):
-            return status  # normal end, a stop, or an ensemble that never came up
+        if (status != FAILED or ctx.should_stop()
+                or not (reports.stopped or reports.unknown or stuck)):
+            return status  # normal end, a stop, or an ensemble that failed to come up
         hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]
         if ctx.ensembles >= MAX_RESTARTS or not hosts:
             ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "

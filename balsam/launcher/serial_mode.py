@@ -278,10 +278,14 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
     Runs ``ctx.started()`` (the transition workers) once jobs changed
     :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
     starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
-    connections) would otherwise compete with the ranks' for the cores."""
+    connections) would otherwise compete with the ranks' for the cores. Kills the launch if
+    its master stopped renewing the lease (:mod:`balsam.launcher.ensemble_stuck`)."""
+    from balsam.launcher.ensemble_stuck import StuckWatch
+
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
+    watch = StuckWatch(ctx)
     pidfd = pidfd_open(proc.pid)
     processing_at = None
     changes = 0
@@ -300,6 +304,13 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
             give_up_at = now + ctx.tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS
         if give_up_at is not None and now > give_up_at:
             ctx.log.error("the serial-mode ensemble did not stop in time: killing it")
+            signal_group(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+            break
+        why = None if forwarded is not None else watch.stuck(now)
+        if why is not None:
+            ctx.log.error(f"the serial-mode ensemble is stuck ({why}): killing it")
+            ctx.stuck_ensembles += 1
             signal_group(proc.pid, signal.SIGKILL)
             rc = proc.wait()
             break

@@ -1,0 +1,73 @@
+"""A serial-mode ensemble whose master stopped renewing the lease is stuck: the launcher kills it.
+
+The master (rank 0) renews the session's lease every ``heartbeat_seconds`` from its loop
+(:class:`balsam.launcher.context.Housekeeper`). While the MPI launch runs, the launcher
+(:func:`balsam.launcher.serial_mode.run_launcher`) looks at the lease's age now and then
+(:class:`StuckWatch`, one short query): an age past :func:`stuck_after` means the master is
+frozen, blocked, or never got through the MPI start-up. Before, the launcher then waited on the
+launch until its time limit -- forever without one -- holding its jobs and nodes while no task
+ran, and another launcher could only wait for the lease and sweep. Now it kills the launch
+(SIGKILL to its process group: the master's connection, and any row lock it held, go with it)
+and :func:`balsam.launcher.ensemble_restart.run_serial` starts a new ensemble as after a dead
+rank (the worker watchdogs stop the tasks and report; starts never recorded are recorded),
+even when no worker had come up.
+
+The limit is above what a live master can miss (a reconnection's back-off,
+``reconnect_max_seconds``, plus two heartbeats) and at least half the lease; with the default
+tunables (10-s heartbeat, 60-s lease, 30-s back-off) it is 50 s, under the lease, so a master
+that froze while running is replaced before a sweep could hand its jobs to another launcher. A
+new ensemble first gets ``max(limit, lease_seconds)`` to come up (MPI start-up on a loaded
+machine; the lease may be old already when a stuck one is replaced). Ages follow the sweep's
+rule (counted from the server's start if it restarted since), a session closed under a running
+ensemble counts as stuck, and while the database cannot be reached nothing is decided.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Optional
+
+from balsam.core import leases
+from balsam.core.tunables import Tunables
+from balsam.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+
+def stuck_after(tunables: Tunables) -> float:
+    """Seconds without a lease renewal after which an ensemble's master is stuck."""
+    return max(tunables.lease_seconds / 2.0,
+               tunables.reconnect_max_seconds + 2.0 * tunables.heartbeat_seconds)
+
+
+class StuckWatch:
+    """Looks at the lease of ``ctx``'s session every ``max(heartbeat, limit / 4)`` seconds
+    while one ensemble runs (see the module docstring). The ensemble, started when this is
+    made, has ``max(limit, lease_seconds)`` to come up before it can be found stuck: the lease
+    may be old already (a restart after a stuck master), and MPI start-up on a loaded machine
+    takes seconds."""
+
+    def __init__(self, ctx: Context, now: Optional[float] = None) -> None:
+        self.ctx = ctx
+        self.limit = stuck_after(ctx.tunables)
+        self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
+        self.started = time.monotonic() if now is None else now
+        self.next_check = self.started + max(self.limit, ctx.tunables.lease_seconds)
+
+    def stuck(self, now: float) -> Optional[str]:
+        """Why the ensemble is stuck, if a check is due and finds it so; else None. A session
+        closed under a running ensemble (swept by another launcher: the master, had it been
+        alive, would have exited on its next heartbeat) is stuck too."""
+        if now < self.next_check:
+            return None
+        self.next_check = now + self.period
+        try:
+            age = self.ctx.db.try_run(leases.lease_age, self.ctx.session_id)
+        except DatabaseUnavailable:
+            return None
+        if age is None:
+            return f"its session {self.ctx.session_id} was closed by a sweep"
+        if age > self.limit:
+            return (f"its master has not renewed the lease for {age:.0f} s "
+                    f"(limit {self.limit:g} s)")
+        return None
