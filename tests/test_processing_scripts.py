@@ -180,7 +180,7 @@ def test_should_abort_stops_a_running_script_and_its_children(tmp_path):
     result = run_script("preprocess", "slow.sh", str(tmp_path), dict(BASE_ENV), timeout=30,
                         should_abort=should_abort, poll_seconds=0.05, kill_grace=2)
     assert result.aborted and not result.timed_out and result.returncode == -15
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 20  # stopped, not its 60-s sleep
     assert [alive(int(p)) for p in wait_for_file(pids).split()] == [False, False]
     assert re.fullmatch(r"preprocess was stopped after \d\.\d s \(abort requested\); log tail "
                         r"\(.*\):\n\(no output\)", failure_message("preprocess", result))

@@ -326,7 +326,7 @@ def test_a_hanging_command_is_killed_with_its_children_at_the_timeout(tmp_path):
     start = time.monotonic()
     with pytest.raises(CommandTimeout, match="did not finish within 0.5 s"):
         command.run(["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], 0.5)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # killed at its time-out, not after its 60-s sleep
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and alive(child):
@@ -449,7 +449,7 @@ def test_status_failures_and_hangs_raise_one_line_errors(name, tool, fake_schedu
     start = time.monotonic()
     with pytest.raises(CommandTimeout):
         sched.status("alice", timeout=0.5)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # the time-out, not the hang
 
 
 @pytest.mark.parametrize("name", ["pbs", "cobalt", "lsf"])

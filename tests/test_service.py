@@ -51,7 +51,7 @@ def test_status_and_stop_report_and_end_the_running_service_cleanly(db: str) -> 
         stop = run_balsam("service", "--stop")
         assert (stop.returncode, stop.stdout) == (
             0, f"stopped the service (pid {svc.pid} on host {HOST})\n")
-        assert time.monotonic() - began < 15
+        assert time.monotonic() - began < 60  # a stop, not a wait for a timeout
         assert svc.proc.wait(timeout=5) == 0
         assert pid_file(db) is None
         assert "received SIGTERM: stopping after this step" in svc.log()

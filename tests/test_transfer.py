@@ -241,6 +241,6 @@ def test_a_copy_that_exceeds_its_timeout_is_killed(tmp_path, fake_env):
     start = time.monotonic()
     with pytest.raises(TransferError) as err:
         stage_in("scp:host:/x", str(tmp_path / "work"), timeout=0.5, env=env)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # the time-out, not the 30-s copy
     assert str(err.value) == "stage-in from scp:host:/x: scp timed out after 0.5 s"
     assert not alive(calls()[0]["pid"])
