@@ -30,9 +30,13 @@ iteration:
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
 a node would idle for it at every start. So while the recent runs are short (an average under
 :data:`READY_AHEAD_MAX_RUN_SECONDS`) and no multi-node job waits in the queue (it needs
-nodes idle at once), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per node
+nodes idle at once), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per node -- at
+least :data:`READY_AHEAD_SHORT` while runs average under :data:`READY_AHEAD_SHORT_RUN_SECONDS`,
+so that a commit records ~8 starts: each commit costs the server about as much as ~10 jobs --
 (:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher session
-N, ready ahead of a free node"), refilled when half are left, and start the moment one frees.
+N, ready ahead of a free node"), refilled when half are left (the claim topping the queue up
+rides with the refill: no transaction for a claim alone while the queue holds the next refill),
+and start the moment one frees.
 Such a job shows RUNNING for about one short run (at most that many launches) before its
 process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT (retried,
 like a launcher dying between a commit and its launch); if it stops (signal, time
@@ -42,7 +46,9 @@ like any running job. With long runs nothing is ready ahead: a commit is nothing
 
 At steady state that is at most one statement per task start (and end), fewer when ends
 arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
-check and the heartbeat.
+check and the heartbeat. A recorded RUN_DONE goes on to JOB_FINISHED in the same row update
+where nothing is left to postprocess or stage out (``transitions.FINISH_ON_RECORD``, as
+serial mode records ends).
 
 Who does what: this module holds the loop (:class:`MPIMode`: cycle, transaction, ready ahead)
 and :class:`MPILauncherMode`; :mod:`balsam.launcher.mpi_runs` (a base of :class:`MPIMode`)
@@ -80,6 +86,14 @@ average (then a commit before each start would idle nodes; longer runs do not no
 READY_AHEAD_PER_NODE = 2
 """Single-node jobs recorded RUNNING ahead of a free node, per node of the allocation (refilled
 when half are left, so that a commit records several)..."""
+READY_AHEAD_SHORT_RUN_SECONDS = 0.1
+READY_AHEAD_SHORT = 16
+"""...or at least this many in all while runs last less than READY_AHEAD_SHORT_RUN_SECONDS on
+average: a commit costs the database server ~1-2 ms of CPU whatever its size (as much as
+recording ~10 jobs; and every session listening for job changes wakes for it), so runs of a
+few milliseconds on few nodes, refilled 2-3 at a time, spent more server CPU on the commits
+than on the jobs. Such a job then shows RUNNING for at most ~this many runs / nodes (< 1 s)
+before its start..."""
 READY_AHEAD_MAX = 32
 """...and at most this many in all: enough to cover the starts of one commit's time, and a job
 waits for at most this many launches (a large allocation does not show thousands RUNNING)."""
@@ -97,6 +111,9 @@ class MPIMode(MPIRuns):
         self.status = status or StatusBuffer(ctx.db, ctx.session_id, t.status_flush_seconds)
         self.house = Housekeeper(ctx)
         self.flavour = mpi.get(ctx.flavour)
+        self.follow = transitions.FINISH_ON_RECORD if ctx.processing else None
+        """RUN_DONE -> JOB_FINISHED in the end's own row update where nothing is left to
+        postprocess or stage out (as serial mode records ends): no processing pass for it."""
         self.node_job: list[Optional[str]] = [None] * ctx.alloc.num_nodes
         self.runs: dict[str, Run] = {}
         self.queue: list[TaskSpec] = []
@@ -215,9 +232,12 @@ class MPIMode(MPIRuns):
         if not stopping:
             starts += self._ahead(starts, unfit, slots)
         free = len(idle) - sum(s.num_nodes for s, _ in starts)
-        want = max(min(t.claim_batch, ctx.alloc.num_nodes), self._ahead_target()) - (
-            len(self.queue) - len(starts) - len(unfit))
+        target = self._ahead_target()
+        queued = len(self.queue) - len(starts) - len(unfit)
+        want = max(min(t.claim_batch, ctx.alloc.num_nodes), target) - queued
         claim = self.want_claim and want > 0 and not stopping
+        if claim and target and not starts and self.ready and queued >= target - target // 2:
+            claim = False  # the queue holds the next refill: its transaction claims
         process = self.want_process and now >= self.next_process
         kill = bool(self.runs or self.queue or self.ready) and now >= self.next_kill_check
         if starts and (process or kill) and not self.deferred:
@@ -286,7 +306,10 @@ class MPIMode(MPIRuns):
         """How many jobs to keep ready ahead of a free node (see the module docstring)."""
         if self.run_seconds is None or self.run_seconds >= READY_AHEAD_MAX_RUN_SECONDS:
             return 0
-        return min(READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes, READY_AHEAD_MAX)
+        target = READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes
+        if self.run_seconds < READY_AHEAD_SHORT_RUN_SECONDS:
+            target = max(target, READY_AHEAD_SHORT)
+        return min(target, READY_AHEAD_MAX)
 
     def _ahead(self, starts: list[tuple[TaskSpec, list[int]]], unfit: list[TaskSpec],
                slots: int) -> list[tuple[TaskSpec, list[int]]]:
@@ -354,7 +377,8 @@ class MPIMode(MPIRuns):
                                        max_nodes=max_nodes, wf_filter=ctx.wf_filter,
                                        max_wall_minutes=ctx.max_wall_minutes(),
                                        tags=self.source.tags,
-                                       gpus_per_node=self.source.alloc.gpus_per_node)
+                                       gpus_per_node=self.source.alloc.gpus_per_node,
+                                       follow=self.follow)
             started = {j for j, _, to in moved if to == State.RUNNING.value}
         claimed = self.source.specs_in(cur, rows, self._check)
         used = {i for _, nodes in starts for i in nodes}
