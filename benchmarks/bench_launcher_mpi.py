@@ -23,7 +23,8 @@ before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asse
 * CPU per task: the launcher's own process (all its threads; printed by the launcher at exit),
   its tasks (``mpiexec`` and what it starts: the launcher's reaped children), the DB server
   (its processes' ``/proc`` times); for the raw loop, the loop's process and its tasks. On a
-  loaded machine these say more than rates do.
+  loaded machine these say more than rates do. ``marginal``: as for statements (start-up and
+  exit cancel out).
 * Statements: the launcher's ``Database.statements`` (its exit log line). ``whole run`` / tasks
   includes start-up and the idle exit; ``marginal`` = (statements for N - statements for N/2) /
   (N/2), the steady-state cost of one more task.
@@ -300,8 +301,12 @@ def main() -> None:
         commits = statistics.median(m["commits"] for m in launcher) / args.n
         print(f"server commits per task:     {commits:.2f} (all of the launcher's sessions: "
               "its loop, transition and transfer workers)")
+        cpu = {key: (statistics.median(m[key] for m in launcher),
+                     statistics.median(m[key] for m in half[side]))
+               for key in ("launcher_cpu", "tasks_cpu", "server_cpu")}
         print("CPU per task (medians):      " + ", ".join(
-            f"{name} {statistics.median(m[key] for m in launcher) / args.n * 1e3:.2f} ms"
+            f"{name} {cpu[key][0] / args.n * 1e3:.2f} ms (marginal "
+            f"{(cpu[key][0] - cpu[key][1]) / (args.n - args.n // 2) * 1e3:.2f})"
             for name, key in (("launcher process", "launcher_cpu"), ("its tasks", "tasks_cpu"),
                               ("DB server", "server_cpu"))))
     print(f"idle runnable->RUNNING:      median {statistics.median(runnable) * 1000:5.1f} ms, "
