@@ -36,11 +36,12 @@ node is free ("launcher session N, ready ahead of a free node"), refilled when h
 and topped up by any transaction that goes anyway (the claim topping the queue up rides with
 them: no transaction for a claim alone while the queue holds the next refill), and start the
 moment one frees. Such a job shows RUNNING for a few short runs (at most that many
-launches) before its process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT (retried,
-like a launcher dying between a commit and its launch); if it stops (signal, time
-limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; one a
-user kills is dropped at the next kill check, or, if a node freed first, started and stopped
-like any running job. With long runs nothing is ready ahead: a commit is nothing beside them.
+launches) before its process starts; if the launcher dies meanwhile the sweep records it
+RUN_TIMEOUT (retried, like a launcher dying between a commit and its launch); if it stops
+(signal, time limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did
+not start; one a user kills is dropped at the next kill check, or, if a node freed first,
+started and stopped like any running job. With long runs nothing is ready ahead: a commit
+is nothing beside them.
 
 At steady state that is at most one statement per task start (and end), fewer when ends
 arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
@@ -214,13 +215,13 @@ class MPIMode(MPIRuns):
         kill = bool(self.runs or self.queue or self.ready) and now >= self.next_kill_check
         reconcile = ctx.db.reconnects != self.seen_reconnects
         due = self.status.pending and self.status.due()
+        target = self._ahead_target()
         starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
         if not stopping:  # a transaction that goes anyway also tops up what is ready ahead
-            starts += ready_ahead.pick(self._ahead_target(), len(self.ready), self.queue,
-                                       starts, unfit, slots, top_up=bool(
-                                           starts or unfit or due or process or kill or reconcile))
+            anyway = bool(starts or unfit or due or process or kill or reconcile)
+            starts += ready_ahead.pick(target, len(self.ready), self.queue, starts, unfit, slots,
+                                       top_up=anyway)
         free = len(idle) - sum(s.num_nodes for s, _ in starts)
-        target = self._ahead_target()
         queued = len(self.queue) - len(starts) - len(unfit)
         want = max(min(t.claim_batch, ctx.alloc.num_nodes), target) - queued
         claim = self.want_claim and want > 0 and not stopping
