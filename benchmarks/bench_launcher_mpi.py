@@ -20,6 +20,11 @@ before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asse
 * Server commits: ``pg_stat_database.xact_commit`` of the Balsam database before and after
   each launcher run: every session's transactions (the launcher's loop and its transition and
   transfer workers), where ``statements`` counts the loop's only.
+* CPU per task: the launcher's own process (all its threads; printed by the launcher at exit),
+  its tasks (``mpiexec`` and what it starts: the launcher's reaped children), the DB server
+  (its processes' ``/proc`` times); for the raw loop, the loop's process and its tasks. On a
+  loaded machine these say more than rates do. ``marginal``: as for statements (start-up and
+  exit cancel out).
 * Statements: the launcher's ``Database.statements`` (its exit log line). ``whole run`` / tasks
   includes start-up and the idle exit; ``marginal`` = (statements for N - statements for N/2) /
   (N/2), the steady-state cost of one more task.
@@ -50,9 +55,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
+from bench_launcher_serial import children_cpu, server_cpu  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 LAUNCHER = [sys.executable, "-m", "balsam", "launcher", "--consume-all", "--job-mode", "mpi"]
+SELF_CPU = "balsam launcher process CPU"
+RUN_WITH_CPU = [sys.executable, "-c", (
+    "import atexit, resource, sys, runpy\n"
+    "def cpu():\n"
+    "    use = resource.getrusage(resource.RUSAGE_SELF)\n"
+    f"    sys.stderr.write('{SELF_CPU} %.6f\\n' % (use.ru_utime + use.ru_stime))\n"
+    "atexit.register(cpu)\n"
+    "sys.argv = ['balsam'] + sys.argv[1:]\n"
+    "runpy.run_module('balsam', run_name='__main__')\n")] + LAUNCHER[3:]
+"""The launcher, printing its own process's CPU seconds (all threads, not its tasks) at exit."""
 
 
 def settings(db_path: str, nodes: int, idle_wait: float) -> None:
@@ -96,12 +112,16 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     directory and first on ``PYTHONPATH``)."""
     env = dict(os.environ, PYTHONPATH=source) if source else None
     commits = server_commits(db_path)
+    server0, tree0 = server_cpu(db_path), children_cpu()
     started = time.time()
-    proc = subprocess.run(LAUNCHER, capture_output=True, text=True, timeout=600, env=env,
+    proc = subprocess.run(RUN_WITH_CPU, capture_output=True, text=True, timeout=600, env=env,
                           cwd=source or None)
+    server, tree = server_cpu(db_path) - server0, children_cpu() - tree0
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     commits = server_commits(db_path) - commits
+    own = re.search(SELF_CPU + r" ([\d.]+)", proc.stderr)
+    assert own is not None, proc.stderr
     conn = connect(db_path)
     try:
         first_running, last_done = finished_run_interval(conn, count)
@@ -114,7 +134,8 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     return {"run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
             "statements": int(found.group(1)), "transactions": int(found.group(2)),
-            "commits": commits}
+            "commits": commits, "launcher_cpu": float(own.group(1)),
+            "tasks_cpu": tree - float(own.group(1)), "server_cpu": server}
 
 
 def server_commits(db_path: str) -> int:
@@ -140,9 +161,11 @@ def raw_argv() -> list[str]:
     return mpi.get("mpich").argv(spec, beside if os.access(beside, os.X_OK) else shutil.which("mpiexec"))
 
 
-def raw_round(count: int, concurrency: int) -> float:
-    """Tasks/s of a plain loop running ``count`` launches, ``concurrency`` at a time."""
+def raw_round(count: int, concurrency: int) -> tuple[float, float, float]:
+    """(tasks/s, CPU seconds of the loop, of its tasks) of a plain loop running ``count``
+    launches, ``concurrency`` at a time."""
     argv = raw_argv()
+    own0, tree0 = time.process_time(), children_cpu()
     root = tempfile.mkdtemp(prefix="balsam-bench-raw-")
     env = dict(os.environ)
     running: dict[int, subprocess.Popen] = {}
@@ -166,8 +189,9 @@ def raw_round(count: int, concurrency: int) -> float:
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed: {proc.returncode}")
     rate = count / (time.perf_counter() - t0)
+    own, tree = time.process_time() - own0, children_cpu() - tree0
     shutil.rmtree(root, ignore_errors=True)
-    return rate
+    return rate, own, tree
 
 
 def latency(db_path: str, jobs: int, state: str) -> list[float]:
@@ -228,26 +252,35 @@ def main() -> None:
         sides = {"other": os.path.abspath(args.compare_with), "launcher": ""}
     full: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     half: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
-    raw = []
+    raw: list[float] = []
+    raw_cpu: list[tuple[float, float]] = []
     with throwaway_db() as db_path:
         settings(db_path, cores, idle_wait=0.5)
         for r in range(1, args.rounds + 1):
-            raw.append(raw_round(args.n, cores))
-            print(f"round {r} raw loop: {raw[-1]:6.1f} tasks/s")
+            rate, own, tree = raw_round(args.n, cores)
+            raw.append(rate)
+            raw_cpu.append((own, tree))
+            print(f"round {r} raw loop: {raw[-1]:6.1f} tasks/s; CPU per task: loop "
+                  f"{own / args.n * 1e3:.2f} ms, tasks {tree / args.n * 1e3:.2f} ms")
             for side, source in sides.items():
                 fill(db_path, args.n)
                 full[side].append(launcher_round(db_path, args.n, source))
                 m = full[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:6.1f} tasks/s run, {m['e2e']:6.1f} "
                       f"tasks/s end-to-end, {m['statements']} statements in "
-                      f"{m['transactions']} transactions; server: {m['commits']} commits")
+                      f"{m['transactions']} transactions; server: {m['commits']} commits; CPU "
+                      f"per task: launcher {m['launcher_cpu'] / args.n * 1e3:.2f} ms, tasks "
+                      f"{m['tasks_cpu'] / args.n * 1e3:.2f} ms, server "
+                      f"{m['server_cpu'] / args.n * 1e3:.2f} ms")
                 fill(db_path, args.n // 2)
                 half[side].append(launcher_round(db_path, args.n // 2, source))
         settings(db_path, cores, idle_wait=30.0)
         runnable = latency(db_path, args.latency_jobs, "PREPROCESSED")
         inserted = latency(db_path, args.latency_jobs, "CREATED")
     raw_rate = statistics.median(raw)
-    print(f"raw mpiexec loop:            median {raw_rate:6.1f} tasks/s")
+    print(f"raw mpiexec loop:            median {raw_rate:6.1f} tasks/s; CPU per task: loop "
+          f"{statistics.median(c[0] for c in raw_cpu) / args.n * 1e3:.2f} ms, tasks "
+          f"{statistics.median(c[1] for c in raw_cpu) / args.n * 1e3:.2f} ms")
     for side in sides:
         launcher = full[side]
         run_rate = statistics.median(m["run"] for m in launcher)
@@ -268,6 +301,14 @@ def main() -> None:
         commits = statistics.median(m["commits"] for m in launcher) / args.n
         print(f"server commits per task:     {commits:.2f} (all of the launcher's sessions: "
               "its loop, transition and transfer workers)")
+        cpu = {key: (statistics.median(m[key] for m in launcher),
+                     statistics.median(m[key] for m in half[side]))
+               for key in ("launcher_cpu", "tasks_cpu", "server_cpu")}
+        print("CPU per task (medians):      " + ", ".join(
+            f"{name} {cpu[key][0] / args.n * 1e3:.2f} ms (marginal "
+            f"{(cpu[key][0] - cpu[key][1]) / (args.n - args.n // 2) * 1e3:.2f})"
+            for name, key in (("launcher process", "launcher_cpu"), ("its tasks", "tasks_cpu"),
+                              ("DB server", "server_cpu"))))
     print(f"idle runnable->RUNNING:      median {statistics.median(runnable) * 1000:5.1f} ms, "
           f"max {max(runnable) * 1000:5.1f} ms  (goal <= 50 ms; {len(runnable)} jobs)")
     print(f"idle insert->RUNNING:        median {statistics.median(inserted) * 1000:5.1f} ms, "

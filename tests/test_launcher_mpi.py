@@ -79,8 +79,9 @@ def test_jobs_run_through_processing_to_job_finished_and_the_launcher_exits_idle
     assert out.startswith("Balsam launcher: mpi mode, 2 node(s) (local), session ") and err == ""
     assert set(states(cursor).values()) == {"JOB_FINISHED"}
     for i, job_id in enumerate(ids):
-        assert to_states(events(cursor, job_id)) == ["PREPROCESSED", "RUNNING", "RUN_DONE",
-                                                     "JOB_FINISHED"]
+        evs = events(cursor, job_id)
+        assert to_states(evs) == ["PREPROCESSED", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+        assert evs[3][0] == evs[2][0]  # finished in the update recording its end, no pass
         with open(os.path.join(workdir(db, cursor, job_id), f"h{i}.out")) as fh:
             assert fh.read() == f"hello arg{i}\n"
     cursor.execute(f"SELECT ended_at IS NOT NULL, end_reason FROM {schema.SESSION_TABLE} "

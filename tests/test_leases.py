@@ -315,3 +315,30 @@ def test_lease_age_counts_from_the_last_heartbeat_or_the_servers_start_and_none_
     assert leases.lease_age(cursor, sid) < 5.0
     leases.close_session(cursor, sid, "test")
     assert leases.lease_age(cursor, sid) is None
+
+
+def test_a_cycle_with_follow_finishes_a_plain_run_in_its_end_update_and_leaves_the_rest(
+        app, cursor):
+    from balsam.core.models import ApplicationDefinition
+    from balsam.processing import transitions
+
+    ApplicationDefinition.objects.create(name="post", executable="true", postprocess="echo")
+    plain, failed = (str(j.pk) for j in make_jobs(2))
+    (scripted,) = (str(j.pk) for j in make_jobs(1, application="post"))
+    sid = session(cursor)
+    leases.claim(cursor, sid, 3, serial=False, max_nodes=1)
+    leases.start(cursor, sid, [plain, failed, scripted])
+    moved, _ = leases.cycle(cursor, sid, [(plain, State.RUN_DONE, ""), (failed, State.RUN_ERROR, "x"),
+                                          (scripted, State.RUN_DONE, "")], 0, serial=False,
+                            max_nodes=1, follow=transitions.FINISH_ON_RECORD)
+    assert sorted(moved) == sorted([(plain, "RUNNING", "RUN_DONE"), (failed, "RUNNING", "RUN_ERROR"),
+                                    (scripted, "RUNNING", "RUN_DONE")])
+    cursor.execute("SELECT job_id::text, state FROM core_balsamjob")
+    assert dict(cursor.fetchall()) == {plain: "JOB_FINISHED", failed: "RUN_ERROR",
+                                       scripted: "RUN_DONE"}
+    cursor.execute("SELECT from_state, to_state, message, timestamp FROM core_jobevent "
+                   "WHERE job_id = %s ORDER BY id", [plain])
+    *_, done, finished = cursor.fetchall()
+    assert done[:2] == ("RUNNING", "RUN_DONE")
+    assert finished[:3] == ("RUN_DONE", "JOB_FINISHED", "nothing to postprocess or stage out")
+    assert finished[3] == done[3]  # one row update, one time

@@ -153,13 +153,15 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
           serial: bool, max_nodes: int, wf_filter: Optional[str] = None,
           max_wall_minutes: Optional[float] = None, tags: Optional[Mapping[str, str]] = None,
           gpus_per_node: Optional[int] = None,
+          follow: Optional[launcher_moves.FollowOn] = None,
           ) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
     """One statement doing a launcher's routine work: record ``moves`` of jobs this session
     holds -- (job id, RUNNING or a run's end state, message), as :func:`launcher_moves.moves_sql`
-    -- and claim up to ``limit`` more jobs as :func:`claim` does (other rows: the jobs being
-    moved are held already, so the claim cannot take them). Returns ([(job id, from state, to
-    state)] of the moves made, the claimed rows in claim order)."""
-    moves_ctes, moves_params = launcher_moves.moves_sql(moves, session_id)
+    (with its ``follow``-on moves) -- and claim up to ``limit`` more jobs as :func:`claim` does
+    (other rows: the jobs being moved are held already, so the claim cannot take them).
+    Returns ([(job id, from state, to state)] of the moves made -- the move's target, not a
+    follow-on state --, the claimed rows in claim order)."""
+    moves_ctes, moves_params = launcher_moves.moves_sql(moves, session_id, follow)
     claim_ctes, claim_params, order_key = _claim_sql(
         session_id, limit, serial=serial, max_nodes=max_nodes, wf_filter=wf_filter,
         max_wall_minutes=max_wall_minutes, exclude_ids=(), tags=tags,

@@ -28,21 +28,26 @@ iteration:
 
 **Ready ahead.** RUNNING is always committed before a task starts (so a launcher that dies
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
-a node would idle for it at every start. So while the recent runs are short (an average under
-:data:`READY_AHEAD_MAX_RUN_SECONDS`) and no multi-node job waits in the queue (it needs
-nodes idle at once), up to :data:`READY_AHEAD_PER_NODE` single-node jobs per node
-(:data:`READY_AHEAD_MAX` in all) are recorded RUNNING before a node is free ("launcher session
-N, ready ahead of a free node"), refilled when half are left, and start the moment one frees.
-Such a job shows RUNNING for about one short run (at most that many launches) before its
-process starts; if the launcher dies meanwhile the sweep records it RUN_TIMEOUT (retried,
-like a launcher dying between a commit and its launch); if it stops (signal, time
-limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did not start; one a
-user kills is dropped at the next kill check, or, if a node freed first, started and stopped
-like any running job. With long runs nothing is ready ahead: a commit is nothing beside them.
+a node would idle for it at every start, and each commit costs the server as much as ~10 jobs.
+So while the recent runs are short (an average under 1 s) and no multi-node job waits in the
+queue (it needs nodes idle at once), a few single-node jobs (:mod:`balsam.launcher.ready_ahead`:
+two per node, at least 16 with runs under 0.1 s, at most 32) are recorded RUNNING before a
+node is free ("launcher session N, ready ahead of a free node"), refilled when half are left
+and topped up by any transaction that goes anyway (the claim topping the queue up rides with
+them: no transaction for a claim alone while the queue holds the next refill), and start the
+moment one frees. Such a job shows RUNNING for a few short runs (at most that many
+launches) before its process starts; if the launcher dies meanwhile the sweep records it
+RUN_TIMEOUT (retried, like a launcher dying between a commit and its launch); if it stops
+(signal, time limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did
+not start; one a user kills is dropped at the next kill check, or, if a node freed first,
+started and stopped like any running job. With long runs nothing is ready ahead: a commit
+is nothing beside them.
 
 At steady state that is at most one statement per task start (and end), fewer when ends
 arrive during a commit or jobs are ready ahead, plus a processing pass a second, the kill
-check and the heartbeat.
+check and the heartbeat. A recorded RUN_DONE goes on to JOB_FINISHED in the same row update
+where nothing is left to postprocess or stage out (``transitions.FINISH_ON_RECORD``, as
+serial mode records ends).
 
 Who does what: this module holds the loop (:class:`MPIMode`: cycle, transaction, ready ahead)
 and :class:`MPILauncherMode`; :mod:`balsam.launcher.mpi_runs` (a base of :class:`MPIMode`)
@@ -59,6 +64,7 @@ from balsam.core import leases
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
+from balsam.launcher import ready_ahead
 from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.flight import Flight, readable
 from balsam.launcher.job_source import JobSource, Row
@@ -74,15 +80,6 @@ PROCESSING_MIN_INTERVAL = 0.1
 PROCESSING_BUSY_INTERVAL = 1.0
 """While tasks run and the last pass made nothing runnable, the next pass waits this long (as
 in serial mode): recording JOB_FINISHED can wait, a DAG's next level comes at the 0.1 s pace."""
-READY_AHEAD_MAX_RUN_SECONDS = 1.0
-"""Jobs are recorded RUNNING ahead of a free node only while runs last less than this on
-average (then a commit before each start would idle nodes; longer runs do not notice it)."""
-READY_AHEAD_PER_NODE = 2
-"""Single-node jobs recorded RUNNING ahead of a free node, per node of the allocation (refilled
-when half are left, so that a commit records several)..."""
-READY_AHEAD_MAX = 32
-"""...and at most this many in all: enough to cover the starts of one commit's time, and a job
-waits for at most this many launches (a large allocation does not show thousands RUNNING)."""
 
 
 class MPIMode(MPIRuns):
@@ -97,6 +94,9 @@ class MPIMode(MPIRuns):
         self.status = status or StatusBuffer(ctx.db, ctx.session_id, t.status_flush_seconds)
         self.house = Housekeeper(ctx)
         self.flavour = mpi.get(ctx.flavour)
+        self.follow = transitions.FINISH_ON_RECORD if ctx.processing else None
+        """RUN_DONE -> JOB_FINISHED in the end's own row update where nothing is left to
+        postprocess or stage out (as serial mode records ends): no processing pass for it."""
         self.node_job: list[Optional[str]] = [None] * ctx.alloc.num_nodes
         self.runs: dict[str, Run] = {}
         self.queue: list[TaskSpec] = []
@@ -211,24 +211,24 @@ class MPIMode(MPIRuns):
         idle = [i for i, j in enumerate(self.node_job) if j is None]
         slots = t.max_concurrent_runs - len(self.runs) - len(self.ready)
         stopping = ctx.should_stop()
-        starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
-        if not stopping:
-            starts += self._ahead(starts, unfit, slots)
-        free = len(idle) - sum(s.num_nodes for s, _ in starts)
-        want = max(min(t.claim_batch, ctx.alloc.num_nodes), self._ahead_target()) - (
-            len(self.queue) - len(starts) - len(unfit))
-        claim = self.want_claim and want > 0 and not stopping
         process = self.want_process and now >= self.next_process
         kill = bool(self.runs or self.queue or self.ready) and now >= self.next_kill_check
-        if starts and (process or kill) and not self.deferred:
-            # Tasks wait for this transaction to launch: the pass and the kill check come in
-            # the next one, right after the launches (deferred once, never starved).
-            process = kill = False
-            self.deferred = True
-        else:
-            self.deferred = False
         reconcile = ctx.db.reconnects != self.seen_reconnects
-        write = self.status.pending and (self.status.due() or claim or process or kill or starts)
+        due = self.status.pending and self.status.due()
+        target = self._ahead_target()
+        starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
+        if not stopping:  # a transaction that goes anyway also tops up what is ready ahead
+            anyway = bool(starts or unfit or due or process or kill or reconcile)
+            starts += ready_ahead.pick(target, len(self.ready), self.queue, starts, unfit, slots,
+                                       top_up=anyway)
+        free = len(idle) - sum(s.num_nodes for s, _ in starts)
+        queued = len(self.queue) - len(starts) - len(unfit)
+        want = max(min(t.claim_batch, ctx.alloc.num_nodes), target) - queued
+        claim = self.want_claim and want > 0 and not stopping
+        if claim and target and not starts and self.ready and queued >= target - target // 2:
+            claim = False  # the queue holds the next refill: its transaction claims
+        process, kill = self._defer(starts, process, kill)
+        write = self.status.pending and (due or claim or process or kill or starts)
         if not (claim or process or kill or reconcile or write or starts or unfit):
             return False
         batch = self.status.take() if write else Batch()
@@ -241,6 +241,19 @@ class MPIMode(MPIRuns):
                            inline=not self.runs)
         self.landing = (now, batch, process, kill, reconcile, claim, want, starts, unfit, free)
         return True
+
+    def _defer(self, starts: list[tuple[TaskSpec, list[int]]], process: bool, kill: bool
+               ) -> tuple[bool, bool]:
+        """(process, kill) for a transaction starting ``starts``: when tasks wait for it to
+        launch, the pass and the kill check come in the next one, right after the launches
+        (deferred once, never starved). Jobs ready ahead, with more ready still, wait for no
+        one."""
+        urgent = any(nodes for _, nodes in starts) or not self.ready
+        if starts and urgent and (process or kill) and not self.deferred:
+            self.deferred = True
+            return False, False
+        self.deferred = False
+        return process, kill
 
     def _land(self) -> bool:
         """Take the result of the transaction in flight (waiting for it): the jobs it marked
@@ -283,27 +296,8 @@ class MPIMode(MPIRuns):
         return self.again
 
     def _ahead_target(self) -> int:
-        """How many jobs to keep ready ahead of a free node (see the module docstring)."""
-        if self.run_seconds is None or self.run_seconds >= READY_AHEAD_MAX_RUN_SECONDS:
-            return 0
-        return min(READY_AHEAD_PER_NODE * self.ctx.alloc.num_nodes, READY_AHEAD_MAX)
-
-    def _ahead(self, starts: list[tuple[TaskSpec, list[int]]], unfit: list[TaskSpec],
-               slots: int) -> list[tuple[TaskSpec, list[int]]]:
-        """Queued single-node jobs to record RUNNING ahead of a free node, in claim order;
-        jobs shown RUNNING stay within ``max_concurrent_runs`` (``slots`` left of it)."""
-        target = self._ahead_target()
-        if len(self.ready) > target // 2:  # refilled in batches: fewer, larger commits
-            return []
-        count = min(target - len(self.ready), slots) - len(starts)
-        if count <= 0:
-            return []
-        taken = {s.job_id for s, _ in starts} | {s.job_id for s in unfit}
-        waiting = [s for s in self.queue if s.job_id not in taken]
-        if any(s.num_nodes > 1 for s in waiting):  # it needs nodes idle at once: no one
-            return []                                # may grab each node as it frees
-        ahead: list[tuple[TaskSpec, list[int]]] = [(s, []) for s in waiting]
-        return ahead[:count]
+        """How many jobs to keep ready ahead of a free node (:func:`ready_ahead.target`)."""
+        return ready_ahead.target(self.run_seconds, self.ctx.alloc.num_nodes)
 
     def _pick(self, idle: list[int], slots: int, queue: Optional[list[TaskSpec]] = None
               ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
@@ -354,7 +348,8 @@ class MPIMode(MPIRuns):
                                        max_nodes=max_nodes, wf_filter=ctx.wf_filter,
                                        max_wall_minutes=ctx.max_wall_minutes(),
                                        tags=self.source.tags,
-                                       gpus_per_node=self.source.alloc.gpus_per_node)
+                                       gpus_per_node=self.source.alloc.gpus_per_node,
+                                       follow=self.follow)
             started = {j for j, _, to in moved if to == State.RUNNING.value}
         claimed = self.source.specs_in(cur, rows, self._check)
         used = {i for _, nodes in starts for i in nodes}
