@@ -63,8 +63,6 @@ RELEASE_SECONDS = 3.0
 class _Warm:
     task: procs.Task
     fd: int
-    packing: int
-    cores: int
     why: str = ""  # "" running normally, "kill" (user kill), "stop" (launcher stopping)
 
 
@@ -88,7 +86,6 @@ class WarmStart:
         """Ended and recorded, not yet told to rank 0 (:meth:`take_ended`)."""
         self._stop_message = ""
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
-        self._base_env = task.task_environment(ctx.base_env, {})
 
     @classmethod
     def begin(cls, ctx: Context) -> Optional[WarmStart]:
@@ -127,22 +124,22 @@ class WarmStart:
         """Start ``spec`` if it is a command that fits the node now; False: give it back."""
         if spec.envscript is None and is_runner_argv(spec.app_argv):
             return False  # a function task: the warm workers of the ranks run those
-        placement = self.node.place(spec.job_id, spec.node_packing_count, 1)
+        placement = self.node.place(spec.job_id, spec.node_packing_count, spec.required_cores)
         if placement is None:
             return False
-        env = dict(self._base_env)
-        env.update(spec.env)
+        env = dict(spec.env)  # the launcher's environment (cleaned) and the job's variables
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
         self.status.started([spec.job_id])
-        hold: list[Any] = [spec.job_id, spec.node_packing_count, 1, 0]
+        hold: list[Any] = [spec.job_id, spec.node_packing_count, spec.required_cores, 0]
         self.holds.append(hold)
         try:
             started = procs.Task(spec.job_id, task.with_envscript(spec.app_argv, spec.envscript),
                                  env, os.path.abspath(spec.workdir),
                                  os.path.abspath(spec.output_path))
         except OSError as exc:
+            self.node.free(spec.job_id)
             self.status.error(spec.job_id, f"cannot start: {exc}")
             self.ended.append(spec.job_id)
             return True
@@ -155,8 +152,7 @@ class WarmStart:
             except OSError:  # already gone: nothing to pin
                 pass
         fd = pidfd_open(started.proc.pid)
-        self.running[spec.job_id] = _Warm(started, -1 if fd is None else fd,
-                                          spec.node_packing_count, 1)
+        self.running[spec.job_id] = _Warm(started, -1 if fd is None else fd)
         return True
 
     def fds(self) -> list[int]:
@@ -213,7 +209,7 @@ class WarmStart:
         lease meanwhile (nobody else does now); aborts them if the session was swept."""
         ctx = self.ctx
         next_beat = 0.0
-        while self.running or self.status.pending:
+        while self.running:
             if heartbeat and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
                 try:
@@ -231,6 +227,8 @@ class WarmStart:
             if ctx.wakeup_fd is not None:
                 drain_fd(ctx.wakeup_fd)
             self.take_ended()
+        if self.status.pending:  # the database may be away: the session's close is the net
+            self._flush(before=time.monotonic() + ctx.tunables.reconnect_max_seconds)
 
     # ---- internals --------------------------------------------------------------------------
     def _flush(self, before: Optional[float] = None) -> None:
