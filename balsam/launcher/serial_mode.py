@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.platform.allocation import Allocation
-from balsam.platform.process import pidfd_open
+from balsam.platform.process import drain_fd, pidfd_open
 from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
@@ -379,13 +379,4 @@ def _quietly(call: Callable[[], None]) -> None:
     try:
         call()
     except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
-        pass
-
-
-def drain_fd(fd: int) -> None:
-    """Read everything waiting on the non-blocking ``fd`` (a signal wakeup pipe)."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except (BlockingIOError, OSError):
         pass

@@ -47,10 +47,9 @@ from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.nodeslots import NodeSlots, node_cpus
-from balsam.launcher.serial_mode import drain_fd
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.warm_pool import is_runner_argv
-from balsam.platform.process import pidfd_open
+from balsam.platform.process import drain_fd, pidfd_open
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
