@@ -216,7 +216,8 @@ def test_a_launcher_killed_with_sigkill_has_its_own_task_stopped_and_recorded(db
         pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
         try:
             wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
-            assert "warm start: 1 task(s)" in launcher_log(launcher)
+            wait_for(lambda: "warm start: 1 task(s)" in launcher_log(launcher), 60,
+                     "the launcher's log line (written after RUNNING)")
             # once the master is up (before, the ensemble dies with the launcher and the lease
             # sweep records the run, as for any job of a dead session)
             wait_for(lambda: "serial master on host" in launcher_log(launcher), 60, "the master")
