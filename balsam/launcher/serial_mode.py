@@ -10,7 +10,9 @@ Two sides:
   launcher is killed outright, its watchdog does the same. The session is opened and closed by
   the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
   the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
-  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
+  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead. While an ensemble
+  started before the session boots, the launcher runs the first node's first tasks itself
+  (:mod:`balsam.launcher.warm_start`) and serves them in the same wait.
 * Inside the MPI job, :mod:`balsam.launcher.serial_ranks` is every rank's entry point: rank 0
   runs the :class:`balsam.launcher.serial_master.Master`, ranks 1..N a
   :class:`balsam.launcher.serial_worker.Worker` each. :class:`SerialConfig` is what passes

@@ -11,7 +11,9 @@ mpi4py is imported only inside :func:`main` (importing this module does no MPI w
 under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
 in a thread (:class:`MasterBoot`) while the main thread loads and initialises MPI (~0.1-0.2 s,
 holding the GIL: only waits overlap, the connection's round trips and authentication, the
-launcher opening its session), instead of after.
+launcher opening its session), instead of after. With the session id come the shares of node 1
+that the launcher's own first tasks hold (:mod:`balsam.launcher.warm_start`); the boot thread
+then reads their ends (``-JOBID`` lines) for the master until end of file.
 """
 from __future__ import annotations
 
