@@ -8,8 +8,9 @@ runnable `true` jobs and runs a real `balsam launcher --consume-all --job-mode s
 tree, the order flipping every round. Printed per tree: median (and mean) delay from the
 launcher's process start to the first RUNNING event (the server's clock), median wall time
 from start to exit, and median CPU time of the launcher's whole process tree (its 100 `true`
-tasks included: less sensitive to the load than wall times); then, round by round, the ratio
-of this tree's first RUNNING to the other's (median) and how many rounds this tree won.
+tasks included: less sensitive to the load than wall times); then, round by round, the ratios
+of this tree's first RUNNING and start-to-exit time to the other's (medians) and how many
+rounds this tree won.
 
 Run: ``python benchmarks/bench_launcher_startup.py --compare-with SRC [--rounds 12] [-n 100]``
 (SRC: e.g. ``git archive OLD | tar -x -C /tmp/old``; it runs first on ``PYTHONPATH``).
@@ -94,11 +95,14 @@ def main() -> None:
               f"{args.n} tasks median {statistics.median(e for _, e, _ in runs):.3f} s; CPU of "
               f"the launcher tree median {statistics.median(c for _, _, c in runs):.3f} s; "
               "runs: " + " ".join(f"{f:.2f}" for f in firsts))
-    pairs = [(t[0] / o[0], t[2] / o[2]) for t, o in zip(results["this"], results["other"])]
+    pairs = [(t[0] / o[0], t[2] / o[2], t[1] / o[1])
+             for t, o in zip(results["this"], results["other"])]
     print(f"paired rounds: first RUNNING this/other median "
-          f"{statistics.median(r for r, _ in pairs):.2f} (this sooner in "
-          f"{sum(r < 1 for r, _ in pairs)} of {len(pairs)}); launcher tree CPU this/other "
-          f"median {statistics.median(c for _, c in pairs):.2f}")
+          f"{statistics.median(r for r, _, _ in pairs):.2f} (this sooner in "
+          f"{sum(r < 1 for r, _, _ in pairs)} of {len(pairs)}); start to exit this/other median "
+          f"{statistics.median(e for _, _, e in pairs):.2f} (this sooner in "
+          f"{sum(e < 1 for _, _, e in pairs)}); launcher tree CPU this/other "
+          f"median {statistics.median(c for _, c, _ in pairs):.2f}")
 
 
 if __name__ == "__main__":

@@ -345,7 +345,8 @@ def simulate(db_path: str, nodes: int, slots: int, *, time_scale: float = 1.0, s
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
     from balsam.launcher.metered import MeteredDatabase
-    from balsam.launcher.serial_master import EXIT_FINISHED, EXIT_IDLE, Master
+    from balsam.launcher.serial_master import Master
+    from balsam.launcher.serial_mode import EXIT_FINISHED, EXIT_IDLE
     from balsam.launcher.status import StatusBuffer
     from balsam.platform.allocation import Allocation
 

@@ -10,12 +10,12 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
-from launcher_support import add_app, add_jobs, events, job_row
+from launcher_support import add_app, add_jobs, events, job_row, wait_for
 
 from balsam.core import leases, lifecycle, schema
 from balsam.core.tunables import Tunables
 from balsam.db import dbsettings, serverinfo
-from balsam.db.database import FIRST_BACKOFF_SECONDS, Database
+from balsam.db.database import FIRST_BACKOFF_SECONDS, Database, WakeEvent
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
@@ -23,6 +23,7 @@ from balsam.launcher.main import remaining_limit
 from balsam.launcher.status import StatusBuffer
 from balsam.platform.allocation import Allocation
 from balsam.processing import transitions
+from balsam.processing.steps import Limits
 
 
 @pytest.fixture
@@ -126,6 +127,48 @@ def test_wait_wakes_on_another_sessions_change_but_not_on_its_own(db, cursor):
     assert database.wait(30) is True  # woken, not timed out (a loaded machine is slow)
     database.close()
 
+
+
+def test_a_wait_returns_when_its_wake_event_is_set_not_after_its_timeout(db):
+    stop = WakeEvent()
+    database = Database(db, stop=stop)
+    database.listen()
+    answers: list[bool] = []
+    waiter = threading.Thread(target=lambda: answers.append(database.wait(600.0)))
+    waiter.start()
+    stop.set()
+    waiter.join(120.0)  # the wait's own timeout is 600 s
+    assert not waiter.is_alive() and answers == [False]
+    assert database.wait(600.0) is False  # once set, a wait returns at once
+    database.close()
+    stop.close()
+
+
+def test_a_transition_pool_stops_without_sitting_out_its_idle_wait(db):
+    import logging
+
+    from balsam.processing.worker import TransitionPool
+
+    pool = TransitionPool(2, db, wf_filter=None, base_env={}, limits=Limits(60.0),
+                          log=logging.getLogger("test"), heartbeat_seconds=600.0,
+                          lease_seconds=1200, idle_wait_seconds=600.0,
+                          reconnect_max_seconds=5.0)
+    pool.start()
+    wait_for(lambda: _open_sessions(db) == 2, 120.0, "both workers' sessions")
+    wait_for(lambda: all(w.db.connected for w in pool.workers), 120.0, "every connection")
+    pool.stop(timeout=120.0)  # each waits for notifications up to 600 s
+    assert not any(w.is_alive() for w in pool.workers)
+    assert _open_sessions(db) == 0  # each worker closed its session on the way out
+
+
+def _open_sessions(db_path: str) -> int:
+    database = Database(db_path, "test-sessions")
+    try:
+        return int(database.run(lambda cur: (
+            cur.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL"),
+            cur.fetchone()[0])[1]))
+    finally:
+        database.close()
 
 
 def test_unlisten_drops_pending_notifications_and_stops_new_ones(db, cursor):

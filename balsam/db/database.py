@@ -28,6 +28,7 @@ it to learn that a commit outcome may have been lost).
 """
 from __future__ import annotations
 
+import os
 import select
 import threading
 import time
@@ -60,6 +61,31 @@ class _CountingCursor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
+
+
+class WakeEvent(threading.Event):
+    """A stop event that ``select`` can wait on: its :meth:`fileno` turns readable once it is
+    set. A :class:`Database` whose ``stop`` is one returns from :meth:`Database.wait` at once
+    when it is set (threads waiting for notifications stop without sitting out their timeout).
+    :meth:`close` its pipe once no thread waits on it any more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe()
+
+    def set(self) -> None:
+        if not self.is_set() and self._write >= 0:
+            os.write(self._write, b"x")  # never read: readable for every waiter, for good
+        super().set()
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            if fd >= 0:
+                os.close(fd)
+        self._read = self._write = -1
 
 
 class Database:
@@ -261,12 +287,17 @@ class Database:
 
     def wait(self, timeout: float, extra_fds: Sequence[Any] = ()) -> bool:
         """Sleep until another session changes jobs (True), one of ``extra_fds`` is readable
-        (e.g. pidfds of tasks: False) or ``timeout`` seconds pass (False). Without a connection
-        it waits on ``extra_fds`` only (the next transaction reconnects)."""
+        (e.g. pidfds of tasks: False), ``timeout`` seconds pass or ``stop``, if a
+        :class:`WakeEvent`, is set (False). Without a connection it waits on ``extra_fds`` only
+        (the next transaction reconnects)."""
         if self.notified():
             return True
         listening = self.connected and self._listening
         fds = list(extra_fds) + ([self._conn] if listening else [])
+        if isinstance(self.stop, WakeEvent) and self.stop.fileno() >= 0:
+            if self.stop.is_set():
+                return False
+            fds.append(self.stop)
         end = time.monotonic() + max(0.0, timeout)
         while True:
             left = end - time.monotonic()

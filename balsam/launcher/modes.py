@@ -25,8 +25,10 @@ is the launcher's exit status. The modes:
 * Serial mode records RUNNING *after* the task started: the worker ranks start tasks from
   their node's queue at once and report the starts; rank 0, the only rank that talks to the
   database, writes them in batches (:class:`balsam.launcher.status.StatusBuffer`, from
-  ``serial_master.Master``). Why: its tasks are many and short (thousands a second over the
-  allocation); a database round trip through rank 0 before each start would put the
+  ``serial_master.Master``; the first node's first tasks, which the launcher starts itself
+  while the ensemble boots, the launcher records the same way:
+  :mod:`balsam.launcher.warm_start`). Why: its tasks are many and short (thousands a second
+  over the allocation); a database round trip through rank 0 before each start would put the
   database's latency on every task and idle the cores while it waits. The price is paid
   elsewhere: a start whose RUNNING is refused (a user killed the job meanwhile) is stopped at
   once, and starts never written because the ensemble died are recorded late from the worker

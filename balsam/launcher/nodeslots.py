@@ -17,6 +17,7 @@ while no GPU is free. (Classic Balsam used the task's position in a dict, which 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import NamedTuple, Optional
@@ -124,3 +125,16 @@ class NodeSlots:
         if count == 1:
             return (use.index(min(use)),)
         return tuple(sorted(sorted(range(len(use)), key=use.__getitem__)[:count]))
+
+
+def node_cpus(cores_per_node: int) -> list[int]:
+    """The CPUs tasks of this node may be pinned to: this process's allowed CPUs, the first
+    ``cores_per_node`` of them when the node profile names fewer (on Linux the first N are
+    distinct physical cores; their hyperthread siblings come after)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        allowed = list(range(os.cpu_count() or 1))
+    if 0 < cores_per_node < len(allowed):
+        return allowed[:cores_per_node]
+    return allowed

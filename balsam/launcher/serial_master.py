@@ -33,11 +33,13 @@ from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
+from balsam.launcher import serial_mode as sm  # the master's exit statuses
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.serial_claims import CLAIMERS as CLAIMERS  # re-exported (tests, docs)
 from balsam.launcher.serial_claims import MAX_CLAIM_BATCH as MAX_CLAIM_BATCH
 from balsam.launcher.serial_claims import RATE_WINDOW_SECONDS, MasterClaims
+from balsam.launcher.serial_holds import LauncherHolds
 from balsam.launcher.serial_worker import Work
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
@@ -68,9 +70,6 @@ FLOWING_NAP_SECONDS = (0.001, 0.002)
 refill mark (it waits for work), the second while every open worker's queue is topped up (it
 holds more than a node's worth: nothing urgent; half the loop's wake-ups, ~0.03 ms of the
 master's CPU per task at ~500 short tasks/s)."""
-EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EXIT_FINISHED = 0, 3, 4, 5, 6
-"""The master's exit statuses (the MPI launch's status tells the launcher why it ended);
-``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle)."""
 
 
 class MasterChannel(Protocol):
@@ -92,7 +91,7 @@ def work_item(spec: TaskSpec) -> Work:
                 spec.output_path, spec.node_packing_count, spec.required_cores, spec.pyfunc_row)
 
 
-class Master(MasterClaims):
+class Master(MasterClaims, LauncherHolds):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -108,6 +107,7 @@ class Master(MasterClaims):
         self.drained: set[int] = set()
         self.gone: set[int] = set()          # workers that said bye
         self.kill_sent: set[str] = set()
+        self.held, self._orphans = {}, False  # the launcher's own tasks (LauncherHolds)
         self._ended = 0
         self._ended_since_advance = False
         self._timeout_message = ""
@@ -125,8 +125,8 @@ class Master(MasterClaims):
     # ---- main loop --------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until idle (non-persistent), stopped, or past ``ctx.stop_at``; returns
-        ``EXIT_IDLE``, ``EXIT_TIME_LIMIT``, ``EXIT_STOPPED`` (a signal), or
-        ``EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
+        ``sm.EXIT_IDLE``, ``sm.EXIT_TIME_LIMIT``, ``sm.EXIT_STOPPED`` (a signal), or
+        ``sm.EXIT_SESSION_LOST`` (the session was swept: nothing was recorded)."""
         try:
             return self._run()
         finally:
@@ -151,7 +151,7 @@ class Master(MasterClaims):
                 ctx.log.error(str(exc))
                 ctx.exit_reason = "session lost"
                 self._tell_all({"abort": True})
-                return EXIT_SESSION_LOST
+                return sm.EXIT_SESSION_LOST
             if now >= self._next["kill"]:
                 self._next["kill"] = now + self.t.kill_check_seconds
                 self._check_kills()
@@ -172,14 +172,14 @@ class Master(MasterClaims):
                 ctx.log.info(f"exiting: {ctx.exit_reason}")
                 self._release_all()
                 self._tell_all({"exit": True, "recorded": True})
-                return EXIT_FINISHED if ctx.exit_reason == FINISHED_REASON else EXIT_IDLE
+                return sm.EXIT_FINISHED if ctx.exit_reason == FINISHED_REASON else sm.EXIT_IDLE
             if busy:
                 self._last_busy = now
             else:
                 self._wait(now)
         self.shutdown(ctx.stop_reason)
-        return (EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
-                else EXIT_STOPPED)
+        return (sm.EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
+                else sm.EXIT_STOPPED)
 
     def _went_idle(self, now: float) -> bool:
         """When the last task ended: run the processing pass at once (its JOB_FINISHED may
@@ -227,6 +227,8 @@ class Master(MasterClaims):
 
     def _handle(self, worker: int, report: Mapping[str, Any]) -> None:
         status = self.status
+        if "unheld" in report:  # the launcher's own tasks (warm start) ended, or it died
+            self._unheld(worker, report)
         if report.get("started"):
             status.started(report["started"])
         if report.get("outcomes"):  # written in the transaction of the ends they go with
@@ -382,6 +384,7 @@ class Master(MasterClaims):
         if self.drained < set(self.load):
             ctx.log.warning(f"workers {sorted(set(self.load) - self.drained)} did not report "
                             "their tasks stopped in time")
+        self._settle_holds(end, reason)  # the launcher's own tasks (it stops them too)
         self._flush(before=time.monotonic() + 3.0)
         self._release_all()
         self._tell_all({"exit": True, "recorded": not self.status.pending})

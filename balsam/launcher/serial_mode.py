@@ -10,7 +10,9 @@ Two sides:
   launcher is killed outright, its watchdog does the same. The session is opened and closed by
   the caller: rank 0 only uses it (claims, heartbeats) through its id, so whatever happens to
   the ranks, the caller's ``close_session`` records any job still RUNNING as RUN_TIMEOUT -- once
-  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead.
+  :func:`balsam.launcher.ensemble_watch.settle` knows the tasks are dead. While an ensemble
+  started before the session boots, the launcher runs the first node's first tasks itself
+  (:mod:`balsam.launcher.warm_start`) and serves them in the same wait.
 * Inside the MPI job, :mod:`balsam.launcher.serial_ranks` is every rank's entry point: rank 0
   runs the :class:`balsam.launcher.serial_master.Master`, ranks 1..N a
   :class:`balsam.launcher.serial_worker.Worker` each. :class:`SerialConfig` is what passes
@@ -32,11 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.platform.allocation import Allocation
-from balsam.platform.process import pidfd_open
+from balsam.platform.process import drain_fd, pidfd_open
 from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
+    from balsam.launcher.warm_start import WarmStart
     from balsam.platform.mpi.choice import LauncherChoice
 
 FORCE_KILL_AFTER_SECONDS = 9.0
@@ -49,6 +52,12 @@ ensemble if that comes later (nothing runnable yet, or a loaded machine): their 
 (imports, two connections, ~0.25 s of CPU) would otherwise compete with the first tasks'."""
 START_PROCESSING_CHANGES = 2
 """Job-change notifications after which the transition workers start (the first is the claim)."""
+EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EXIT_FINISHED = 0, 3, 4, 5, 6
+EXIT_STATUSES = (EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EXIT_FINISHED)
+"""The master's exit statuses (the MPI launch's status tells the launcher why it ended);
+``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle). Here, not
+in :mod:`balsam.launcher.serial_master`, so the launcher reads them without importing the
+master (~60 ms of imports at exit)."""
 
 
 @dataclass
@@ -160,13 +169,34 @@ def early_start(ctx: Context) -> bool:
                              ctx.base_env.get("PATH", os.defpath))
 
 
-def hand_over(launched: Launched, session_id: int) -> None:
-    """Give the early ensemble's rank 0 the session id (it then claims work)."""
+def hand_over(launched: Launched, session_id: int, holds: str = "") -> None:
+    """Give the early ensemble's rank 0 the session id (it then claims work) and, after it,
+    ``holds``: what the launcher's own first tasks hold on node 1
+    (:mod:`balsam.launcher.warm_start`; stdin then stays open for :func:`tell_ended`)."""
     assert launched.proc.stdin is not None
     try:
-        launched.proc.stdin.write(f"{session_id}\n".encode())
-        launched.proc.stdin.close()
+        launched.proc.stdin.write(f"{session_id} {holds}\n".encode())
+        if holds:
+            launched.proc.stdin.flush()
+        else:
+            launched.proc.stdin.close()
     except OSError:  # the launch died: the wait sees its status
+        pass
+
+
+def tell_ended(launched: Launched, job_ids: list[str], last: bool) -> None:
+    """Tell rank 0 that these tasks of the launcher's own ended and are recorded (``-JOBID``
+    lines); ``last``: none is left, close its stdin."""
+    stdin = launched.proc.stdin
+    if stdin is None or stdin.closed:
+        return
+    try:
+        if job_ids:
+            stdin.write("".join(f"-{j}\n" for j in job_ids).encode())
+            stdin.flush()
+        if last:
+            stdin.close()
+    except OSError:  # rank 0 is gone: the wait sees the launch's status
         pass
 
 
@@ -229,30 +259,43 @@ def run_launcher(ctx: Context) -> int:
     ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
     """
     launched, ctx.prestarted = ctx.prestarted, None
+    warm = None
     if launched is None:
         launched = launch(ctx)
     elif launched.early:
-        hand_over(launched, ctx.session_id)
+        from balsam.launcher.warm_start import WarmStart
+
+        warm = WarmStart.begin(ctx)
+        hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
     proc, out_path = launched.proc, launched.out_path
-    rc = _wait_ensemble(proc, ctx)
-    from balsam.launcher import serial_master as sm
+    rc = _wait_ensemble(launched, ctx, warm)
+    if warm is not None:  # the launcher's own tasks outlived the ensemble: wait for them
+        if rc == EXIT_SESSION_LOST:
+            warm.abort()
+        else:
+            warm.drain()
+        tell_ended(launched, [], last=True)
     from balsam.launcher.context import FINISHED_REASON
     from balsam.launcher.ensemble_watch import settle
 
-    if rc != sm.EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
+    if rc != EXIT_SESSION_LOST:  # tasks dead (or the session left to the sweep), starts kept
         settle(ctx)
     if ctx.watchdog is not None:
         ctx.watchdog.remove(proc.pid)
 
-    if rc == sm.EXIT_IDLE:
+    if rc not in EXIT_STATUSES and ctx.stop.is_set():  # the stop came while it started
+        ctx.log.info(f"the serial-mode ensemble, still starting, ended with status {rc} on the "
+                     "forwarded stop")
+        rc = EXIT_STOPPED
+    if rc == EXIT_IDLE:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
-    elif rc == sm.EXIT_FINISHED:
+    elif rc == EXIT_FINISHED:
         ctx.exit_reason = FINISHED_REASON
-    elif rc == sm.EXIT_TIME_LIMIT:
+    elif rc == EXIT_TIME_LIMIT:
         ctx.stop_reason = ctx.stop_reason or WALLTIME_STOP_REASON
-    elif rc == sm.EXIT_STOPPED:
+    elif rc == EXIT_STOPPED:
         ctx.stop_reason = ctx.stop_reason or "the serial-mode ranks received a signal"
-    elif rc == sm.EXIT_SESSION_LOST:
+    elif rc == EXIT_SESSION_LOST:
         ctx.exit_reason = "session lost"
         return 1
     else:
@@ -272,16 +315,18 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
     ctx.watchdog.add(pgid)
 
 
-def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
+def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] = None) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
     the time limit themselves); SIGKILL its process group if it outlives the stop too long.
     Runs ``ctx.started()`` (the transition workers) once jobs changed
     :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
     starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
-    connections) would otherwise compete with the ranks' for the cores. Kills the launch if
-    its master stopped renewing the lease (:mod:`balsam.launcher.ensemble_stuck`)."""
+    connections) would otherwise compete with the ranks' for the cores. ``warm``: the
+    launcher's own first tasks, served meanwhile (rank 0 hears of their ends). Kills the launch
+    if its master stopped renewing the lease (:mod:`balsam.launcher.ensemble_stuck`)."""
     from balsam.launcher.ensemble_stuck import StuckWatch
 
+    proc = launched.proc
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
@@ -293,6 +338,11 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
         processing_at = time.monotonic() + START_PROCESSING_SECONDS
         _quietly(ctx.db.listen)  # on a broken connection they start after the delay
     while True:
+        if warm is not None and (warm.running or warm.ended or warm.status.pending):
+            warm.serve()
+            ended = warm.take_ended()
+            tell_ended(launched, ended, last=not (warm.running or warm.ended or
+                                                   warm.status.pending))
         rc = proc.poll()
         if rc is not None:
             break
@@ -315,6 +365,8 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
             rc = proc.wait()
             break
         fds = [fd for fd in (pidfd, ctx.wakeup_fd) if fd is not None]
+        if warm is not None:
+            fds += warm.fds()
         if processing_at is not None:  # until jobs changed: the ensemble is up
             changes += ctx.db.wait(max(0.0, min(0.5, processing_at - now)), fds)
             if changes >= START_PROCESSING_CHANGES or time.monotonic() >= processing_at:
@@ -322,11 +374,11 @@ def _wait_ensemble(proc: subprocess.Popen[Any], ctx: Context) -> int:
                 _quietly(ctx.db.unlisten)  # nothing reads them from now on
                 ctx.started()
             if ctx.wakeup_fd is not None:
-                _drain(ctx.wakeup_fd)
+                drain_fd(ctx.wakeup_fd)
         elif not fds:
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
-            _drain(ctx.wakeup_fd)
+            drain_fd(ctx.wakeup_fd)
     if processing_at is not None:
         _quietly(ctx.db.unlisten)
     if pidfd is not None:
@@ -340,12 +392,4 @@ def _quietly(call: Callable[[], None]) -> None:
     try:
         call()
     except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
-        pass
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except (BlockingIOError, OSError):
         pass

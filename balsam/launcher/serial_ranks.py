@@ -11,11 +11,14 @@ mpi4py is imported only inside :func:`main` (importing this module does no MPI w
 under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
 in a thread (:class:`MasterBoot`) while the main thread loads and initialises MPI (~0.1-0.2 s,
 holding the GIL: only waits overlap, the connection's round trips and authentication, the
-launcher opening its session), instead of after.
+launcher opening its session), instead of after. With the session id come the shares of node 1
+that the launcher's own first tasks hold (:mod:`balsam.launcher.warm_start`); the boot thread
+then reads their ends (``-JOBID`` lines) for the master until end of file.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -24,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -71,6 +75,9 @@ class MasterLink:
         self._any = MPI.ANY_SOURCE
         self._status = MPI.Status()
         self._sends: list[Any] = []
+        self.launcher_ended: deque[str] = deque()
+        """Job ids of the launcher's own tasks on worker 1's node that ended (filled by
+        :func:`ended_from_launcher`): given to the master as worker 1's ``unheld`` report."""
 
     def send(self, worker: int, message: dict[str, Any]) -> None:
         self.send_tagged(worker, message, ORDERS)
@@ -81,6 +88,12 @@ class MasterLink:
         self._sends.append(self.comm.isend(message, dest=worker, tag=tag))
 
     def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
+        if self.launcher_ended:
+            ended = [self.launcher_ended.popleft() for _ in range(len(self.launcher_ended))]
+            report: dict[str, Any] = {"unheld": [j for j in ended if j]}
+            if "" in ended:  # its stdin closed
+                report["launcher_gone"] = True
+            return self.workers[0], report
         matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
         if matched is None:
             return None
@@ -99,17 +112,49 @@ def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) ->
     the MPI launcher's stdin (:func:`balsam.launcher.serial_mode.hand_over`); 0 on end-of-file,
     a stop, or nothing within ``timeout`` seconds (the launcher gives up on the database
     sooner). ``fd``: stdin."""
+    return read_handover(stop, timeout, fd)[0]
+
+
+def read_handover(stop: threading.Event, timeout: float, fd: int = 0
+                  ) -> tuple[int, list[list[Any]], bytes]:
+    """(the session id, the shares the launcher's own first tasks hold on node 1 -- [job id,
+    packing count, cores] each, :mod:`balsam.launcher.warm_start` --, what followed the line)
+    from the hand-over line ``SID [JSON]`` on ``fd``; (0, [], b"") as for
+    :func:`session_from_launcher`."""
     data = b""
     end = time.monotonic() + timeout
     while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
         if not select.select([fd], [], [], 0.2)[0]:
             continue
-        chunk = os.read(fd, 64)
+        chunk = os.read(fd, 4096)
         if not chunk:
             break
         data += chunk
-    text = data.split(b"\n")[0].strip()
-    return int(text) if text.isdigit() else 0
+    line, _, rest = data.partition(b"\n")
+    text, _, holds = line.strip().partition(b" ")
+    if not text.isdigit():
+        return 0, [], b""
+    return int(text), (json.loads(holds) if holds.strip() else []), rest
+
+
+def ended_from_launcher(stop: threading.Event, fd: int, rest: bytes,
+                        ended: deque[str]) -> None:
+    """Rank 0: append the job ids of the launcher's ``-JOBID`` lines (its own tasks that
+    ended and are recorded) to ``ended`` until ``stop`` or end-of-file, which appends ``""``
+    (the launcher closes stdin after its last task; before: it died)."""
+    data = rest
+    while True:
+        *lines, data = data.split(b"\n")
+        ended.extend(line[1:].decode() for line in lines if line[:1] == b"-")
+        if stop.is_set():
+            return
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            ended.append("")
+            return
+        data += chunk
 
 
 def _session_from_master(comm: Any, stop: threading.Event) -> int:
@@ -173,8 +218,13 @@ class MasterBoot:
                                   reconnect_max_seconds=self.tunables.reconnect_max_seconds,
                                   log=self.log.warning)
         self.session_id = config.session_id
+        self.holds: list[list[Any]] = []
+        """What the launcher's own first tasks hold on node 1 (its warm start)."""
+        self.launcher_ended: deque[str] = deque()
+        """Those of them that ended (:func:`ended_from_launcher`, after the hand-over)."""
         self.fd = 0  # where the launcher writes the session id (stdin)
         self._thread: Optional[threading.Thread] = None
+        self._ready = threading.Event()
         if not self.session_id:  # a signal before the id came: give up waiting for it
             _on_signals(lambda _name: self.stop.set())
 
@@ -183,13 +233,19 @@ class MasterBoot:
         id if the launcher hands it over."""
         from balsam.errors import DatabaseUnavailable
 
-        with contextlib.suppress(DatabaseUnavailable):
-            self.db.run_before(time.monotonic() + self.tunables.reconnect_max_seconds,
-                               _nothing)
-        if not self.session_id:
-            self.session_id = session_from_launcher(
+        try:
+            with contextlib.suppress(DatabaseUnavailable):
+                self.db.run_before(time.monotonic() + self.tunables.reconnect_max_seconds,
+                                   _nothing)
+            if self.session_id:
+                return
+            self.session_id, self.holds, rest = read_handover(
                 self.stop, self.tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS,
                 self.fd)
+        finally:
+            self._ready.set()
+        if self.holds:  # the launcher says when they end; it closes stdin after the last
+            ended_from_launcher(self.stop, self.fd, rest, self.launcher_ended)
 
     def start(self) -> MasterBoot:
         self._thread = threading.Thread(target=self.run, name="master-boot", daemon=True)
@@ -197,12 +253,11 @@ class MasterBoot:
         return self
 
     def join(self) -> None:
-        """Wait for :meth:`run` (run it here if it was not started)."""
+        """Wait until the set-up is done (run it here if it was not started); the thread
+        goes on reading the launcher's ``-JOBID`` lines if its tasks hold a share of node 1."""
         if self._thread is None:
-            self.run()
-        else:
-            self._thread.join()
-            self._thread = None
+            self.start()
+        self._ready.wait()
 
 
 def rank_before_init(environ: Mapping[str, str]) -> Optional[int]:
@@ -244,6 +299,7 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
                   stop_at=None if left is None else time.monotonic() + left,
                   stop_grace=config.stop_grace, tags=dict(config.tags))
     _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
+    link.launcher_ended = boot.launcher_ended
     source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={}, tags=config.tags)
     status = open_status(db, session_id, flush_seconds=tunables.status_flush_seconds,
@@ -252,7 +308,9 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
     log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
              f"{comm.Get_size() - 1} worker(s)")
     try:
-        return Master(ctx, source, status, link).run()
+        master = Master(ctx, source, status, link)
+        master.hold(link.workers[0], boot.holds)
+        return master.run()
     except BaseException:
         log.exception("the serial master failed")
         raise
@@ -268,8 +326,8 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
     from balsam.core.tunables import Tunables
     from balsam.launcher.ensemble_watch import report_path
-    from balsam.launcher.nodeslots import NodeSlots
-    from balsam.launcher.serial_worker import Worker, node_cpus
+    from balsam.launcher.nodeslots import NodeSlots, node_cpus
+    from balsam.launcher.serial_worker import Worker
     from balsam.launcher.watchdog import Watchdog
 
     stop = threading.Event()
@@ -303,9 +361,15 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of every rank: ``python -m balsam.launcher.serial_ranks CONFIG_JSON``."""
+    import ctypes  # noqa: F401 - before the boot thread: see below
+
     import mpi4py
 
     mpi4py.rc.thread_level = "single"  # rank 0's boot thread makes no MPI call
+    # mpi4py's finder for ``mpi4py.MPI`` imports ctypes (and struct) while holding the global
+    # import lock; a boot thread importing struct meanwhile (psycopg2 -> ssl -> base64) held
+    # struct's module lock and waited for the global one: both threads hung for good (seen
+    # under load). ctypes imported here first, the finder imports nothing.
     config = SerialConfig.from_json(argv[0])
     boot = MasterBoot(config).start() if rank_before_init(os.environ) == 0 else None
     from mpi4py import MPI

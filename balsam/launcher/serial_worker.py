@@ -16,6 +16,8 @@ groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` g
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
 (SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
 says every start was written to the database (the watchdog's report need not list them).
+``hold`` [(id, packing count, cores, ...)] / ``unhold`` [ids]: a task the launcher itself runs on this
+node (its warm start, :mod:`balsam.launcher.warm_start`) takes / gives back its share.
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
@@ -206,6 +208,10 @@ class Worker:
                 r.task.signal_group(signal.SIGKILL)
             self.finished = True
             return
+        for job_id, packing, cores, *_ in message.get("hold", ()):
+            self.node.place(job_id, packing, cores)  # the launcher runs it: its share stays
+        for job_id in message.get("unhold", ()):
+            self.node.free(job_id)
         if message.get("work"):
             if self.stopping:
                 self._note_all("returned", [w.job_id for w in message["work"]])
@@ -380,19 +386,3 @@ def _pin(pid: int, cpus: Sequence[int]) -> None:
         os.sched_setaffinity(pid, cpus)
     except (OSError, AttributeError):  # already gone, or no affinity support: run unpinned
         pass
-
-
-
-
-
-def node_cpus(cores_per_node: int) -> list[int]:
-    """The CPUs tasks of this node may be pinned to: this process's allowed CPUs, the first
-    ``cores_per_node`` of them when the node profile names fewer (on Linux the first N are
-    distinct physical cores; their hyperthread siblings come after)."""
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        allowed = list(range(os.cpu_count() or 1))
-    if 0 < cores_per_node < len(allowed):
-        return allowed[:cores_per_node]
-    return allowed

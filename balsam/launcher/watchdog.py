@@ -108,7 +108,8 @@ class Watchdog:
         self._send(f"?{job_id}\n".encode())
 
     def all_recorded(self) -> None:
-        """Every start so far is recorded in the database: the report need not list them."""
+        """Every start so far is recorded in the database: the report need not list them.
+        Sent right before :meth:`close`."""
         self._send(b"=\n")
 
     def remove(self, pgid: int, *, defer: bool = False) -> None:
@@ -132,7 +133,7 @@ class Watchdog:
     def close(self, timeout: float = 5.0) -> None:
         """Normal exit: close the pipe and reap the watchdog (which kills whatever is still
         registered -- nothing, after a clean stop)."""
-        self.flush()
+        self._send(b".\n")  # "closing": the watchdog reads end of file without its nap
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -215,7 +216,8 @@ def groups_of_job(job_id: str) -> list[int]:
 
 def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
-    file (one read every ``READ_NAP_SECONDS`` at most), then stop the groups still registered
+    file (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the
+    nap), then stop the groups still registered
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
     after SIGKILL, job ids started since the last ``=``, one per start; an expected start
     counts)."""
@@ -230,7 +232,8 @@ def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
             continue
         if not data:
             break
-        time.sleep(READ_NAP_SECONDS)
+        if not data.endswith((b".\n", b"=\n")):  # "." (or "="): end of file comes next
+            time.sleep(READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
         for line in lines:

@@ -60,3 +60,12 @@ def pidfd_open(pid: int) -> Optional[int]:
         return int(opener(pid))
     except OSError:
         return None
+
+
+def drain_fd(fd: int) -> None:
+    """Read everything waiting on the non-blocking ``fd`` (a signal wakeup pipe)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass

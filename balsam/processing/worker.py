@@ -32,7 +32,7 @@ from typing import Any, Optional
 from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
-from balsam.db.database import Database
+from balsam.db.database import Database, WakeEvent
 from balsam.db.dbapi import Cursor
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
@@ -285,7 +285,7 @@ class TransitionPool:
     items of the same jobs."""
 
     def __init__(self, count: int, db_path: str, **worker_args: Any) -> None:
-        self.stop_event = threading.Event()
+        self.stop_event = WakeEvent()  # wakes workers waiting for notifications at once
         self.workers: list[threading.Thread] = [
             TransitionWorker(db_path, i, stop=self.stop_event, **worker_args)
             for i in range(count)]
@@ -306,6 +306,8 @@ class TransitionPool:
         deadline = time.monotonic() + timeout
         for w in self.workers:
             w.join(max(0.0, deadline - time.monotonic()))
+        if not any(w.is_alive() for w in self.workers):
+            self.stop_event.close()
 
     @property
     def processed(self) -> int:
