@@ -35,12 +35,12 @@ import os
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _procs import run_in_session  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
@@ -108,8 +108,8 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
     env = dict(os.environ, PYTHONPATH=source) if source else None
     server0, tree0 = server_cpu(db_path), children_cpu()
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600,
+    proc = run_in_session([sys.executable, "-m", "balsam", "launcher", "--consume-all",
+                           "--job-mode", "serial"], what="balsam launcher", timeout=600,
                           env=env, cwd=source or None)
     ended = time.time()
     server, tree = server_cpu(db_path) - server0, children_cpu() - tree0
@@ -139,11 +139,11 @@ def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, floa
 
 def xargs_round(count: int, cores: int) -> tuple[float, float]:
     """(processes/s, CPU seconds used by xargs and its processes)."""
-    numbers = "".join(f"{i}\n" for i in range(count)).encode()
+    numbers = "".join(f"{i}\n" for i in range(count))
     tree0 = children_cpu()
     t0 = time.perf_counter()
-    subprocess.run(["xargs", "-P", str(cores), "-n", "1", TRUE], input=numbers, check=True,
-                   timeout=600)
+    run_in_session(["xargs", "-P", str(cores), "-n", "1", TRUE], input=numbers, check=True,
+                   what="xargs", timeout=600)
     return count / (time.perf_counter() - t0), children_cpu() - tree0
 
 
