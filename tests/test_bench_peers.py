@@ -61,7 +61,8 @@ def processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.slow  # a throwaway DB and two launcher runs: ~15-40 s
 def test_a_tiny_run_without_the_peers_measures_balsam_names_the_peers_and_cleans_up() -> None:
-    proc = run_bench("--tasks", "20", "--rounds", "1", hide=("parsl", "hyperqueue"),
+    proc = run_bench("--tasks", "20", "--fn-tasks", "20", "--rounds", "1",
+                     hide=("parsl", "hyperqueue"),
                      timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
