@@ -275,8 +275,9 @@ def measure(campaign: Campaign, systems: list[str], db_path: str, args: argparse
 
 
 def row(label: str, rate: Rates, ratio: Rates, note: str = "") -> None:
-    print(f"{label:34} {rate['run']:7.0f} {ratio['run']:7.2f} {rate['e2e']:7.0f} "
-          f"{ratio['e2e']:7.2f}  {note}".rstrip())
+    # Three decimals: against the Pool, the function campaign's ratios are hundredths or less.
+    print(f"{label:34} {rate['run']:7.0f} {ratio['run']:7.3f} {rate['e2e']:7.0f} "
+          f"{ratio['e2e']:7.3f}  {note}".rstrip())
 
 
 def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[Rates]],
