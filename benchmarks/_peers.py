@@ -125,8 +125,15 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _default_sigterm() -> None:
+    # Processes the peer forks keep the kernel's SIGTERM: a Python handler can miss a signal
+    # that arrives just before a blocking call, and the peer's clean-up would wait for them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    os.register_at_fork(after_in_child=_default_sigterm)
     peer, count, cores, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     times = RUNNERS[peer](count, cores, workdir)
     print(json.dumps(times), flush=True)

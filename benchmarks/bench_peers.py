@@ -275,9 +275,9 @@ def measure(campaign: Campaign, systems: list[str], db_path: str, args: argparse
 
 
 def row(label: str, rate: Rates, ratio: Rates, note: str = "") -> None:
-    # Three decimals: against the Pool, the function campaign's ratios are hundredths or less.
-    print(f"{label:34} {rate['run']:7.0f} {ratio['run']:7.3f} {rate['e2e']:7.0f} "
-          f"{ratio['e2e']:7.3f}  {note}".rstrip())
+    # Three significant digits: against the Pool, function tasks are hundredths or less.
+    print(f"{label:34} {rate['run']:7.0f} {ratio['run']:8.3g} {rate['e2e']:7.0f} "
+          f"{ratio['e2e']:8.3g}  {note}".rstrip())
 
 
 def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[Rates]],
@@ -286,7 +286,7 @@ def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[R
     labels = {k: v.format(cores=cores) for k, v in campaign.labels.items()}
     print(f"\n== {campaign.name}: {count} {campaign.what}, {cores} workers/slots each; "
           f"baseline {labels[campaign.baseline]} beside every system in every round")
-    print(f"{'system':34} {'run/s':>7} {'x base':>7} {'e2e/s':>7} {'x base':>7}  "
+    print(f"{'system':34} {'run/s':>7} {'x base':>8} {'e2e/s':>7} {'x base':>8}  "
           "(baseline beside: median run/s, e2e/s)")
     runs = [x for xs in beside.values() for x in xs]
     if runs:
@@ -294,6 +294,7 @@ def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[R
             {k: statistics.median(x[k] for x in runs) for k in ("run", "e2e")},
             {"run": 1.0, "e2e": 1.0})
     ratios: dict[str, Rates] = {}
+    rates: dict[str, Rates] = {}
     for system, label in labels.items():
         if system == campaign.baseline:
             continue
@@ -302,7 +303,7 @@ def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[R
             print(f"{label:34} not measured: {missing.get(system, 'not selected (--only)')}")
             continue
         base = beside[system]
-        med = {k: statistics.median(m[k] for m in got) for k in ("run", "e2e")}
+        med = rates[system] = {k: statistics.median(m[k] for m in got) for k in ("run", "e2e")}
         ratios[system] = {k: statistics.median(m[k] / x[k] for m, x in zip(got, base))
                           for k in med}
         row(label, med, ratios[system], f"({statistics.median(x['run'] for x in base):.0f}/"
@@ -316,13 +317,17 @@ def report(campaign: Campaign, count: int, cores: int, results: dict[str, list[R
         best = {k: statistics.median(m[f"best_{k}"] / x[k] for m, x in zip(got, base))
                 for k in ("run", "e2e")}
         poll = statistics.median(m["poll"] for m in got)
-        row(f"  best case (-{poll:.2f} s poll)",
-            {k: statistics.median(m[f"best_{k}"] for m in got) for k in ("run", "e2e")}, best)
+        rates[system] = {k: statistics.median(m[f"best_{k}"] for m in got) for k in ("run", "e2e")}
+        row(f"  best case (-{poll:.2f} s poll)", rates[system], best)
         ratios[system] = best
-    goal_lines(campaign, ratios, labels)
+    goal_lines(campaign, ratios, rates, labels)
 
 
-def goal_lines(campaign: Campaign, ratios: dict[str, Rates], labels: dict[str, str]) -> None:
+def goal_lines(campaign: Campaign, ratios: dict[str, Rates], rates: dict[str, Rates],
+               labels: dict[str, str]) -> None:
+    """Balsam's ratio over the best peer's; for the function campaign also Balsam's median rate
+    over Parsl's (issue 14's goal is a rate: next to the Pool's large swings, a ratio of two
+    ratios, each over its own Pool run, is the noisier figure)."""
     peers = {s: r for s, r in ratios.items() if s != "balsam"}
     if "balsam" not in ratios or not peers:
         print("(no Balsam / peer ratio: Balsam or every peer missing)")
@@ -335,17 +340,20 @@ def goal_lines(campaign: Campaign, ratios: dict[str, Rates], labels: dict[str, s
               f"{labels[leader]}{' best case' if leader == 'hyperqueue' else ''}; {goal})")
     if campaign.name == "function" and "parsl" in peers:
         for key, name in (("run", "run"), ("e2e", "end-to-end")):
-            print(f"Balsam ratio / Parsl HTEX's ratio ({name}): "
-                  f"{ratios['balsam'][key] / peers['parsl'][key]:.2f}  ({campaign.goal})")
-
-
-MAIN_PID = os.getpid()
+            print(f"Balsam rate / Parsl HTEX's rate ({name}, medians): "
+                  f"{rates['balsam'][key] / rates['parsl'][key]:.2f}  ({campaign.goal})")
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    if os.getpid() != MAIN_PID:  # a forked Pool worker, ended by Pool.terminate()
-        os._exit(128 + signum)
     raise Terminated(f"signal {signum}")
+
+
+def _default_signals() -> None:
+    # A forked Pool worker must die of Pool.terminate()'s SIGTERM as the kernel does it: a
+    # Python handler can miss it (a signal just before a blocking sem_wait is never seen
+    # again), and the pool's join then waits for ever (seen once in a full run).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def main() -> None:
@@ -353,6 +361,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
+    os.register_at_fork(after_in_child=_default_signals)
     # The launcher's mpiexec and Parsl's interchange.py are scripts beside this interpreter.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
     missing: dict[str, str] = {}

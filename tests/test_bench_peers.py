@@ -71,7 +71,7 @@ def test_a_tiny_run_without_the_peers_measures_balsam_names_the_peers_and_cleans
                          ("hyperqueue", "hyperqueue.cluster")):
         assert f"# {peer}: skipped (cannot import {module}" in out
     shell, function = out.split("\n== shell: ")[1].split("\n== function: ")
-    number = r"\s+\d+\s+\d+\.\d{3}\s+\d+\s+\d+\.\d{3}"
+    number = r"\s+\d+\s+[\d.e+-]+\s+\d+\s+[\d.e+-]+"
     assert re.search(r"^xargs -P \d+ \(all runs\)" + number, shell, re.M), shell
     assert re.search(r"^Balsam serial launcher" + number, shell, re.M), shell
     assert re.search(r"^multiprocessing\.Pool\(\d+\) \(all runs\)" + number, function, re.M)
