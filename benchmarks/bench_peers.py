@@ -201,7 +201,8 @@ def parse_args() -> argparse.Namespace:
                         "only them)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds one peer run may take before it is ended and its system "
-                             "marked FAILED (default 1800)")
+                             "marked FAILED (default 1800; a Balsam launcher run: 600, as in "
+                             "bench_launcher_serial.py and bench_pyfunc.py)")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in choices]
@@ -232,6 +233,8 @@ def system_round(campaign: Campaign, system: str, db_path: str, count: int, core
     except SystemExit as exc:  # the launcher failed or timed out: its message, one line
         raise PeerFailed(str(exc).strip().splitlines()[0] if str(exc).strip() else
                          f"exit {exc.code}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. results not read back in time: say so
+        raise PeerFailed(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
 def measure(campaign: Campaign, systems: list[str], db_path: str, args: argparse.Namespace,
