@@ -29,10 +29,9 @@ Printed, not asserted. Systems (``--only`` picks some; the baseline is measured 
   its best case (time less one measured one-task round trip; end to end, less two: the
   warm-up job's wait too), and the best case is what the goal line compares with.
 
-Peers are optional (``pip install '.[peers]'``): one that cannot be imported is named in the
-output and in its table. Each peer run is a process of its own (``_peers.py``) in a session of
-its own (``_procs.py``): on a time-out (``--timeout``), a failure or an interrupt every process
-it started is ended and the system is marked FAILED; the throwaway DB is removed in any case.
+Peers are optional (``pip install '.[peers]'``): one that cannot be imported is named in its
+table. Each run is a process in a session of its own (``_peers.py``, ``_procs.py``): on a
+time-out (``--timeout``), failure or interrupt all it started is ended, the system marked FAILED.
 
 Rates: ``run`` = N / (last task done - start with the system already up: Balsam's first RUNNING
 event; a peer's submission of the first of the N tasks, after one warm-up task has run so its
