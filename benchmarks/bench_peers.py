@@ -21,13 +21,11 @@ Printed, not asserted. Systems (``--only`` picks some; the baseline is measured 
   ``bash_app`` running ``true``, or a ``python_app`` calling ``noop(i)`` (results checked);
   ``parsl-monitoring`` (shell only): the same with its MonitoringHub recording every task's
   states in an SQLite database (resource sampling off);
-* ``hyperqueue``: HyperQueue's server and worker from its PyPI wheel
-  (``hyperqueue.cluster.LocalCluster``, worker with ``cores`` cores) and ``hyperqueue.Client``,
-  one job of N program tasks, or of N ``Job.function`` tasks (each a new Python interpreter;
-  HyperQueue keeps no return value). Its client's ``wait_for_jobs`` polls (a one-task job takes
-  ~1 s), so its last task ended up to one poll before the client saw it: its row is followed by
-  its best case (time less one measured one-task round trip; end to end, less two: the
-  warm-up job's wait too), and the best case is what the goal line compares with.
+* ``hyperqueue``: HyperQueue's server and worker from its PyPI wheel (``LocalCluster``, worker
+  with ``cores`` cores) and its ``Client``: one job of N program tasks, or of N ``Job.function``
+  tasks (each a new interpreter; no return value kept). Its client polls about once a second,
+  so its row is followed by its best case (less one measured one-task round trip; end to end,
+  less two), which the goal line uses.
 
 Peers are optional (``pip install '.[peers]'``): one that cannot be imported is named in its
 table. Each run is a process in a session of its own (``_peers.py``, ``_procs.py``): on a
