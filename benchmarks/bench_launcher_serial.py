@@ -43,7 +43,6 @@ import os
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _procs import run_in_session  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
@@ -229,17 +229,17 @@ def launcher_round(db_path: str, count: int, source: str = "",
     env = dict(os.environ, PYTHONPATH=source) if source else None
     server0, tree0 = server_cpu(db_path), children_cpu()
     started = time.time()
-    launcher = subprocess.Popen([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                                 "--job-mode", "serial"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=source or None)
-    sampler = TreeSampler(launcher.pid, db_path) if breakdown else None
+    samplers: list[TreeSampler] = []
     try:
-        stdout, stderr = launcher.communicate(timeout=600)
+        proc = run_in_session(
+            [sys.executable, "-m", "balsam", "launcher", "--consume-all", "--job-mode", "serial"],
+            what="balsam launcher", timeout=600, env=env, cwd=source or None,
+            on_start=(lambda pid: samplers.append(TreeSampler(pid, db_path))) if breakdown
+            else None)
     finally:
-        if sampler is not None:
+        for sampler in samplers:
             sampler.close()
     ended = time.time()
-    proc = subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
     server, tree = server_cpu(db_path) - server0, children_cpu() - tree0
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
@@ -256,7 +256,7 @@ def launcher_round(db_path: str, count: int, source: str = "",
     workers = [float(x) for x in re.findall(r"serial worker \d+ .*exits: \d+ task\(s\) "
                                             r"started, ([\d.]+) s CPU", log)]
     assert master is not None, log
-    steady = sampler.steady(first_running, last_done, count) if sampler is not None else {}
+    steady = samplers[0].steady(first_running, last_done, count) if samplers else {}
     return {**{f"steady: {role}": ms for role, ms in steady.items()},
             "run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
@@ -269,11 +269,11 @@ def launcher_round(db_path: str, count: int, source: str = "",
 
 def xargs_round(count: int, cores: int) -> tuple[float, float]:
     """(processes/s, CPU seconds used by xargs and its processes)."""
-    numbers = "".join(f"{i}\n" for i in range(count)).encode()
+    numbers = "".join(f"{i}\n" for i in range(count))
     tree0 = children_cpu()
     t0 = time.perf_counter()
-    subprocess.run(["xargs", "-P", str(cores), "-n", "1", TRUE], input=numbers, check=True,
-                   timeout=600)
+    run_in_session(["xargs", "-P", str(cores), "-n", "1", TRUE], input=numbers, check=True,
+                   what="xargs", timeout=600)
     return count / (time.perf_counter() - t0), children_cpu() - tree0
 
 

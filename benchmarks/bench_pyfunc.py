@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _procs import run_in_session  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 from bench_site_apps import settings as site_settings  # noqa: E402
 
@@ -91,9 +93,8 @@ def launcher_round(db_path: str, jobs: list[Any], source: str = "") -> dict[str,
     count = len(jobs)
     env = dict(os.environ, PYTHONPATH=source) if source else None
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = run_in_session([sys.executable, "-m", "balsam", "launcher", "--consume-all",
+                           "--job-mode", "serial"], what="balsam launcher", timeout=600, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)
@@ -153,6 +154,7 @@ def parsl_round(count: int, cores: int) -> Optional[dict[str, float]]:
     finally:
         dfk.cleanup()
         parsl.clear()
+        shutil.rmtree(run_dir, ignore_errors=True)
     assert values == list(range(count))
     return {"run": count / (t2 - t1), "e2e": (count + 1) / (t2 - t0)}
 
