@@ -368,3 +368,23 @@ sleep 0.7
 echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"
 """
 """A task that runs long enough to be interrupted, then appends its id to its marker file."""
+
+
+class Inbox:
+    """A worker channel: orders put in by the test, reports collected."""
+
+    def __init__(self) -> None:
+        self.orders: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.reports.append(message)
+
+    def receive(self) -> Optional[dict[str, Any]]:
+        return self.orders.pop(0) if self.orders else None
+
+    def collected(self, key: str) -> list[Any]:
+        return [item for r in self.reports for item in r.get(key, ())]
+
+    def flagged(self, key: str) -> bool:
+        return any(r.get(key) for r in self.reports)

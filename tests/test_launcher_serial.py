@@ -20,6 +20,7 @@ from conftest import make_public_tmpdir, run_balsam
 from launcher_support import (
     QUICK,
     SLOW_APPEND,
+    Inbox,
     add_app,
     add_jobs,
     events,
@@ -45,26 +46,6 @@ SERIAL = ("--consume-all", "--job-mode", "serial")
 
 
 # ---- one worker, in-process ------------------------------------------------------------------
-
-class Inbox:
-    """A worker channel: orders put in by the test, reports collected."""
-
-    def __init__(self) -> None:
-        self.orders: list[dict[str, Any]] = []
-        self.reports: list[dict[str, Any]] = []
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.reports.append(message)
-
-    def receive(self) -> Optional[dict[str, Any]]:
-        return self.orders.pop(0) if self.orders else None
-
-    def collected(self, key: str) -> list[Any]:
-        return [item for r in self.reports for item in r.get(key, ())]
-
-    def flagged(self, key: str) -> bool:
-        return any(r.get(key) for r in self.reports)
-
 
 def work(tmp: str, name: str, argv: list[str], packing: int = 1, env: Optional[dict] = None
          ) -> Work:

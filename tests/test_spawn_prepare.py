@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
+
+from launcher_support import Inbox
 
 from balsam.launcher import spawn
 from balsam.launcher.nodeslots import NodeSlots
@@ -17,21 +19,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < end, "condition not met in time"
         time.sleep(0.005)
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.orders: list[dict[str, Any]] = []
-        self.reports: list[dict[str, Any]] = []
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.reports.append(message)
-
-    def receive(self) -> Optional[dict[str, Any]]:
-        return self.orders.pop(0) if self.orders else None
-
-    def collected(self, key: str) -> list[Any]:
-        return [item for r in self.reports for item in r.get(key, ())]
 
 
 def work(tmp: str, name: str, argv: list[str]) -> Work:
