@@ -61,14 +61,21 @@ TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 LAUNCHER = [sys.executable, "-m", "balsam", "launcher", "--consume-all", "--job-mode", "mpi"]
 SELF_CPU = "balsam launcher process CPU"
 RUN_WITH_CPU = [sys.executable, "-c", (
-    "import atexit, resource, sys, runpy\n"
+    "import atexit, os, resource, sys, runpy\n"
     "def cpu():\n"
     "    use = resource.getrusage(resource.RUSAGE_SELF)\n"
     f"    sys.stderr.write('{SELF_CPU} %.6f\\n' % (use.ru_utime + use.ru_stime))\n"
+    "    sys.stderr.flush()\n"
     "atexit.register(cpu)\n"
+    "_exit = os._exit\n"  # `balsam launcher` ends with os._exit (no teardown): report first
+    "def exit_now(status):\n"
+    "    cpu()\n"
+    "    _exit(status)\n"
+    "os._exit = exit_now\n"
     "sys.argv = ['balsam'] + sys.argv[1:]\n"
     "runpy.run_module('balsam', run_name='__main__')\n")] + LAUNCHER[3:]
-"""The launcher, printing its own process's CPU seconds (all threads, not its tasks) at exit."""
+"""The launcher, printing its own process's CPU seconds (all threads, not its tasks) at exit
+(also when it ends with ``os._exit``, as ``balsam launcher`` does once its threads are joined)."""
 
 
 def settings(db_path: str, nodes: int, idle_wait: float) -> None:
