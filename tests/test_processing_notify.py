@@ -33,30 +33,39 @@ MARKER = "marker"
 
 
 class Listener:
-    """A connection of its own listening on both channels; collects (channel, payload)."""
+    """A connection of its own listening on both channels; collects (channel, payload, pid):
+    tests keep the notifications of their own sessions (a stray process of another test
+    cannot break them)."""
 
     def __init__(self, db: str) -> None:
         self.conn = psycopg2.connect(**connection_params(db))
         self.conn.autocommit = True
         with self.conn.cursor() as cur:
             cur.execute(f"LISTEN {PROC}; LISTEN {JOBS}")
-        self.got: list[tuple[str, str]] = []
+        self.got: list[tuple[str, str, int]] = []
 
-    def until_marker(self, timeout: float = 60.0) -> list[tuple[str, str]]:
-        """The notifications received before the marker (sent on PROC), marker excluded."""
+    def until_marker(self, pids: set[int], timeout: float = 60.0) -> list[tuple[str, str]]:
+        """The notifications of sessions ``pids`` received before the marker (sent on PROC by
+        one of them), marker excluded."""
         def seen() -> bool:
             select.select([self.conn], [], [], 0.05)
             self.conn.poll()
-            self.got.extend((n.channel, n.payload) for n in self.conn.notifies)
+            self.got.extend((n.channel, n.payload, n.pid) for n in self.conn.notifies
+                            if n.pid in pids)
             self.conn.notifies.clear()
-            return (PROC, MARKER) in self.got
+            return any(n[:2] == (PROC, MARKER) for n in self.got)
         wait_for(seen, timeout, "the marker notification")
-        before = self.got[:self.got.index((PROC, MARKER))]
-        self.got = self.got[self.got.index((PROC, MARKER)) + 1:]
-        return before
+        at = next(i for i, n in enumerate(self.got) if n[:2] == (PROC, MARKER))
+        before, self.got = self.got[:at], self.got[at + 1:]
+        return [n[:2] for n in before]
 
     def close(self) -> None:
         self.conn.close()
+
+
+def backend_pid(cursor: Any) -> int:
+    cursor.execute("SELECT pg_backend_pid()")
+    return int(cursor.fetchone()[0])
 
 
 def mark(cursor: Any) -> None:
@@ -94,6 +103,7 @@ def test_a_launchers_status_statements_wake_no_worker_but_still_notify_balsam_jo
     add_app(cursor, "plain", "true")
     conn = Database(db, "test-processing-notify")
     try:
+        pids = {backend_pid(cursor), conn.run(backend_pid)}
         sid = conn.run(leases.open_session, hostname="h", pid=os.getpid(), job_mode="serial",
                        num_nodes=1, lease_seconds=60)
         ids = add_jobs(cursor, [{"name": f"j{i}", "application": "plain",
@@ -101,7 +111,7 @@ def test_a_launchers_status_statements_wake_no_worker_but_still_notify_balsam_jo
         cursor.execute(f"UPDATE {JOB} SET session_id = %s WHERE job_id = ANY(%s::uuid[])",
                        [sid, ids])
         mark(cursor)
-        listener.until_marker()  # the jobs' insert (PREPROCESSED) and claim: nothing pending
+        listener.until_marker(pids)  # the jobs' insert (PREPROCESSED) and claim: nothing pending
         buf = StatusBuffer(conn, sid, follow=transitions.FINISH_ON_RECORD)
         buf.started(ids)
         assert buf.flush() is not None  # RUNNING, the launcher's real statement
@@ -111,7 +121,8 @@ def test_a_launchers_status_statements_wake_no_worker_but_still_notify_balsam_jo
         cursor.execute(f"SELECT DISTINCT state FROM {JOB} WHERE job_id = ANY(%s::uuid[])", [ids])
         assert cursor.fetchall() == [("JOB_FINISHED",)]
         mark(cursor)  # after the launcher's commits: they are delivered before it
-        before = listener.until_marker()
+        before = listener.until_marker(pids)
+        assert conn.reconnects == 0  # (the same backend all along)
         assert [n for n in before if n[0] == PROC] == []  # no worker woken
         assert len([n for n in before if n[0] == JOBS]) >= 2  # the others still are
     finally:
@@ -121,18 +132,19 @@ def test_a_launchers_status_statements_wake_no_worker_but_still_notify_balsam_jo
 @pytest.mark.parametrize("state", [s.value for s in routing.WORKER_STATES])
 def test_a_statement_leaving_a_job_in_a_worker_state_wakes_the_workers(
         db, cursor, listener, state):
+    pids = {backend_pid(cursor)}
     [job] = add_jobs(cursor, [{"name": "j", "state": "RUNNING"}])
     cursor.execute(f"UPDATE {JOB} SET state = 'JOB_FINISHED'")  # another job's statement
     cursor.execute(f"UPDATE {JOB} SET state = %s WHERE job_id = %s", [state, job])
     mark(cursor)
-    before = listener.until_marker()
+    before = listener.until_marker(pids)
     assert [n for n in before if n[0] == PROC] == [(PROC, "")]  # the last statement's only
     assert [n for n in before if n[0] == JOBS] == [(JOBS, "INSERT"), (JOBS, "UPDATE"),
                                                    (JOBS, "UPDATE")]
     # an insert of a job in a worker state notifies too (COPY, the ORM, the site API)
     add_jobs(cursor, [{"name": "k", "state": state}])
     mark(cursor)
-    assert (PROC, "") in listener.until_marker()
+    assert (PROC, "") in listener.until_marker(pids)
 
 
 def test_an_idle_worker_sleeps_on_its_channel_and_a_run_done_wakes_it(db, cursor):
