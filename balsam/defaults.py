@@ -104,6 +104,10 @@ NOTIFY_CHANNEL = "balsam_jobs"
 TRANSFER_NOTIFY_CHANNEL = "balsam_transfers"
 """PostgreSQL channel notified (once per transaction) when a statement leaves jobs in READY or
 POSTPROCESSED, the states whose transfer items are made and sent (migration 0015)."""
+PROCESSING_NOTIFY_CHANNEL = "balsam_processing"
+"""PostgreSQL channel notified (once per transaction) when a statement leaves jobs in a state a
+transition worker has a step for (:data:`balsam.core.routing.WORKER_STATES`; migration
+0017_processing_notify): the transition workers listen here, not on :data:`NOTIFY_CHANNEL`."""
 
 SERVICE_CYCLE_SECONDS = 10.0
 """Period of the service's cycle (sync, sweep, process, plan, submit); classic: 10 s."""

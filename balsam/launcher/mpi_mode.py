@@ -258,7 +258,9 @@ class MPIMode(MPIRuns):
     def _land(self) -> bool:
         """Take the result of the transaction in flight (waiting for it): the jobs it marked
         RUNNING become ready (started by :meth:`_launch_ready`), claims join the queue, kills
-        are acted on. True if it claimed jobs while nodes stay idle (cycle again at once)."""
+        are acted on. True if it claimed jobs, or its processing pass made jobs runnable, while
+        nodes stay idle (cycle again at once: nothing else would wake an idle launcher for them;
+        the pass's notification is its own)."""
         ctx, t = self.ctx, self.ctx.tunables
         assert self.flight is not None and self.landing is not None
         now, batch, process, kill, reconcile, claim, want, starts, unfit, free = self.landing
@@ -290,9 +292,10 @@ class MPIMode(MPIRuns):
         if kill:
             self.next_kill_check = now + t.kill_check_seconds
             self._kill(killed)
-        if runnable and not claim:
+        if runnable:  # the pass runs after the transaction's claim, which could not see them
             self.want_claim = True
-        self.again = bool(claimed) and free > len(more) and len(self.runs) < t.max_concurrent_runs
+        self.again = ((bool(claimed) or runnable) and free > len(more)
+                      and len(self.runs) < t.max_concurrent_runs)
         return self.again
 
     def _ahead_target(self) -> int:

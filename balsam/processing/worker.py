@@ -14,7 +14,11 @@ state itself) is not overwritten. The hold is released by the write, or explicit
 
 While a script runs the worker renews its lease and checks every second whether the job was
 killed (then the script's process group is stopped at once and nothing is written) or the
-worker is stopping. If the worker dies, its session expires and any sweep releases the job for
+worker is stopping. An idle worker sleeps until a statement leaves a job in one of its states
+(its own channel, :data:`balsam.defaults.PROCESSING_NOTIFY_CHANNEL`, migration
+0017_processing_notify: a launcher's RUNNING batches and plain run ends wake no worker) or
+``idle_wait_seconds`` pass (jobs made claimable without a job-row change: an app's script added,
+stage-in items done). If the worker dies, its session expires and any sweep releases the job for
 another worker, which runs the step again.
 
 :class:`TransitionPool` starts N workers and stops them (``--num-transition-threads``).
@@ -29,6 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from balsam import defaults
 from balsam.core import leases, lifecycle, retries, routing, schema
 from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
@@ -80,7 +85,8 @@ STEP_COLUMNS = ("job_id", "name", "workflow", "user_workdir", "state", "applicat
 ABORT_CHECK_SECONDS = 1.0
 EMPTY_CLAIM_GAP_SECONDS = 0.2
 """After finding nothing to do a worker waits this long before it may look again (notifications
-come with every batch of state changes: without it, each would cost every worker a query)."""
+come with every statement leaving jobs in a worker state: without it, each would cost every
+worker a query)."""
 
 
 def claim_step(cursor: Cursor, session_id: int, wf_filter: Optional[str], db_path: str,
@@ -189,11 +195,12 @@ class TransitionWorker(threading.Thread):
                 job_mode="processing", num_nodes=0, lease_seconds=self.lease_seconds,
                 label=f"{self.name} " + (f"--wf-filter {self.wf_filter}" if self.wf_filter
                                          else "--consume-all"))
-            self.db.listen()
+            self.db.listen(defaults.PROCESSING_NOTIFY_CHANNEL)
             while not self.stop.is_set() and not self._lost:
                 self._beat()
                 if not self._one():
-                    # Woken by any change of jobs; at most one empty claim per EMPTY_CLAIM_GAP.
+                    # Woken by a statement leaving jobs in WORKER_STATES (not by every job
+                    # change) or by the timer; at most one empty claim per EMPTY_CLAIM_GAP.
                     self.stop.wait(EMPTY_CLAIM_GAP_SECONDS)
                     self.db.wait(self.idle_wait_seconds)
         except DatabaseUnavailable:
