@@ -1,26 +1,22 @@
 """Serial-mode master (MPI rank 0): the only rank that talks to the database.
 
-:class:`Master` owns the loop: it gets serial jobs from its claiming side
-(:class:`balsam.launcher.serial_claims.MasterClaims`, its base: claims in batches through
-:class:`JobSource` or, at scale, :class:`Claimer` threads the loop asks and later takes, never
-waiting on one; the task end rate; reconciling holds after a reconnection), sends them to the
-workers (:mod:`balsam.launcher.serial_worker`) so that each node has a full node's worth of tasks
-running and some queued behind them (more when tasks are short, so a worker never waits for the
-master), records what the workers report through a :class:`StatusBuffer` or, at scale, K
-:class:`StatusWriters` threads with a connection each (RUNNING once a worker reports a start;
-batched, one statement per flush; a run's RUN_DONE goes on to JOB_FINISHED in the same row
-update when there is nothing to postprocess or stage out), forwards user kills every
-``kill_check_seconds``, renews the session's lease and sweeps dead sessions
-(:class:`Housekeeper`), runs the processing pass (:func:`transitions.advance`), and exits when
-idle only once :func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
+:class:`Master` owns the loop: it gets serial jobs from its claiming side (its base
+:class:`balsam.launcher.serial_claims.MasterClaims`: claims in batches through :class:`JobSource`
+or, at scale, :class:`Claimer` threads it never waits on), sends them to the workers
+(:mod:`balsam.launcher.serial_worker`: a node's worth running on each node and some queued, more
+when tasks are short), records their reports through a :class:`StatusBuffer` or, at scale, K
+:class:`StatusWriters` threads (RUNNING once a start is reported; one statement per flush; a
+RUN_DONE goes on to JOB_FINISHED in the same update when nothing follows it), forwards user kills
+every ``kill_check_seconds``, renews the lease and sweeps dead sessions (:class:`Housekeeper`),
+runs the processing pass (:func:`transitions.advance`), and exits when idle only once
+:func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
 
-Stopping (``ctx.stop``, set by SIGTERM/SIGINT, or ``ctx.stop_at``): claims not yet sent are
-released, workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), every task stopped is
-recorded RUN_TIMEOUT with the reason, every claim is released, then the workers exit. If the
-session was swept, workers SIGKILL their tasks and nothing is recorded (the jobs may already run
-elsewhere). While the database is unreachable the master keeps serving the workers and keeps
-state changes pending; after a reconnection, holds it does not know about (a claim whose commit
-reply was lost) are reconciled.
+Stopping (``ctx.stop``: SIGTERM/SIGINT, or ``ctx.stop_at``): claims not sent are released,
+workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), each task stopped is recorded
+RUN_TIMEOUT with the reason, every claim is released, then the workers exit. If the session was
+swept, workers SIGKILL their tasks and nothing is recorded (the jobs may run elsewhere). While the
+database is unreachable the master serves the workers and keeps state changes pending; after a
+reconnection, holds it does not know of (a claim whose commit reply was lost) are reconciled.
 """
 from __future__ import annotations
 
@@ -50,26 +46,21 @@ QUEUED_NODES = (1.0, 4.0)
 slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
 for the master), without hoarding long tasks that another node could start sooner."""
 REFILL_BELOW = 0.5
-"""A worker's queue is topped up only once less than this fraction of it is left: one work
-message for several tasks instead of one per task ended (a full node keeps running meanwhile)."""
+"""A worker's queue is topped up once less than this fraction is left (one message, many tasks)."""
 FAST_RATE = 50.0
 QUEUE_ROUNDS = 8
-"""Work queued behind what runs is dealt in this many rounds, least loaded workers first, so
-a claim is spread over the workers (filled one after another, the last jobs of a campaign sat
-in a few workers' queues while the other nodes idled)."""
+"""Queued work is dealt in this many rounds, least loaded workers first, so that a claim is
+spread over the workers (filled one by one, a campaign's last jobs sat in a few queues)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
 BYE_SECONDS = 5.0
 """How long the master waits for every worker to acknowledge ``exit``/``abort``."""
 QUIET_SECONDS = 0.05
-"""After this long without a report, the busy loop naps ``QUIET_NAP_SECONDS`` instead of 1 ms
-(long tasks running: a few wake-ups a second instead of a thousand)."""
+"""After this long without a report the loop naps ``QUIET_NAP_SECONDS`` (long tasks running)."""
 QUIET_NAP_SECONDS = 0.01
 FLOWING_NAP_SECONDS = (0.001, 0.002)
-"""The nap while reports are flowing: the first value while a worker's queue is below its
-refill mark (it waits for work), the second while every open worker's queue is topped up (it
-holds more than a node's worth: nothing urgent; half the loop's wake-ups, ~0.03 ms of the
-master's CPU per task at ~500 short tasks/s)."""
+"""The nap while reports flow: while a worker's queue is below its refill mark; while every
+queue is topped up (nothing urgent: half the wake-ups, ~0.03 ms of CPU per task at 500/s)."""
 
 
 class MasterChannel(Protocol):
