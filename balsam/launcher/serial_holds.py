@@ -35,9 +35,11 @@ class LauncherHolds:
     inflight: dict[str, int]
 
     def _gone(self, job_id: str) -> None:
+        """Forget ``job_id``'s share on its node (provided by ``Master``)."""
         raise NotImplementedError
 
     def _receive(self) -> bool:
+        """Handle the workers' waiting reports; whether there were any (provided by ``Master``)."""
         raise NotImplementedError
 
     def hold(self, worker: int, holds: Sequence[Sequence[Any]]) -> None:
