@@ -1,4 +1,7 @@
-"""Django models: BalsamJob, ApplicationDefinition, QueuedLaunch, dependencies and state events.
+"""Django models: BalsamJob here; the tables around it in :mod:`balsam.core.run_models`
+(ApplicationDefinition, QueuedLaunch, LauncherSession), :mod:`balsam.core.job_tables`
+(JobDependency, JobWake, JobEvent) and :mod:`balsam.core.transfer_models`, all importable from
+here (where Django finds them and classic scripts import them).
 
 Importing this module configures Django in-process (no database connection, no environment
 lookup); the server is found when the first query runs. Job states are written only through
@@ -8,9 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import uuid
-from collections.abc import Iterable
 from typing import Any, Optional
 
 from balsam.db.django_setup import ensure_django
@@ -21,14 +22,14 @@ from django.db import connection, models, transaction  # noqa: E402
 from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from balsam.core import batchstates, history, lifecycle, schema  # noqa: E402
+from balsam.core import history, job_tables, lifecycle, run_models, schema  # noqa: E402
 from balsam.core.analytics_classic import (  # noqa: E402,F401  (classic scripts import these here)
     error_report,
     process_job_times,
     throughput_report,
     utilization_report,
 )
-from balsam.core.analytics_errors import ERROR_STATES  # noqa: E402
+from balsam.core.analytics_errors import ERROR_STATES  # noqa: E402,F401  (importable as ever)
 from balsam.core.copyfmt import track_dicts  # noqa: E402
 from balsam.core.copyfmt import untrack_atom_dict as _untrack_atom_dict  # noqa: E402
 from balsam.core.jobapi import JobAPI  # noqa: E402
@@ -51,121 +52,20 @@ from balsam.errors import (  # noqa: E402,F401  (classic names re-exported)
     NoApplication,
 )
 
+# The other tables' models, importable from here as they always were.
+ApplicationDefinition = run_models.ApplicationDefinition
+QueuedLaunch = run_models.QueuedLaunch
+LauncherSession = run_models.LauncherSession
+JobDependency = job_tables.JobDependency
+JobWake = job_tables.JobWake
+JobEvent = job_tables.JobEvent
+check_new_jobs = run_models.check_new_jobs
+require_apps = run_models.require_apps
+
 TIME_FMT = history.TIME_FMT
 history_line = history.history_line
 get_time_string = history.get_time_string
 from_time_string = history.from_time_string
-
-
-class ApplicationDefinition(models.Model):
-    """A registered executable: the command prefix jobs run, plus optional scripts."""
-
-    name = models.TextField(unique=True)
-    description = models.TextField(default="", blank=True)
-    executable = models.TextField(default="")
-    preprocess = models.TextField(default="", blank=True)
-    envscript = models.TextField(default="", blank=True)
-    postprocess = models.TextField(default="", blank=True)
-    parameters = models.TextField(default="", blank=True)
-    """A site app's parameters as JSON text ({name: default or null when required})."""
-    source_hash = models.TextField(default="", blank=True)
-    """SHA-256 of a site app's source file (empty: a classic app)."""
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.APP_TABLE
-
-    @property
-    def cute_id(self) -> str:
-        return f"[{self.name} | {self.pk}]"
-
-    def __repr__(self) -> str:
-        fields = "\n".join(f"{k:>12}: {getattr(self, k)}" for k in schema.APP_DEFAULTS)
-        return f"Application {self.pk}:\n{fields}\n"
-
-    __str__ = __repr__
-
-
-def check_new_jobs(rows: list[dict[str, Any]]) -> None:
-    """The rules for creating jobs through the API (:func:`schema.check_new_jobs`: a name, a
-    user state, checked values) and that their applications exist (:class:`NoApplication`);
-    run before any row is written."""
-    schema.check_new_jobs(rows)
-    require_apps({d["application"] for d in rows} - {""})
-
-
-def require_apps(names: set[str]) -> None:
-    """:class:`NoApplication` naming the first of ``names`` that is not a registered app."""
-    found = set(ApplicationDefinition.objects.filter(name__in=names).values_list("name", flat=True))
-    missing = sorted(names - found)
-    if missing:
-        raise NoApplication(f"application {missing[0]!r} does not exist (add it with dag.add_app "
-                            "or `balsam app`)")
-
-
-class QueuedLaunch(models.Model):
-    """A batch job submitted (or found) in the scheduler's queue."""
-
-    scheduler_id = models.TextField(default="", blank=True, db_index=True)
-    project = models.TextField(default="", blank=True)
-    queue = models.TextField(default="", blank=True)
-    nodes = models.IntegerField(default=0)
-    wall_minutes = models.IntegerField(default=0)
-    job_mode = models.TextField(default="", blank=True)
-    wf_filter = models.TextField(default="", blank=True)
-    filter_tags = models.JSONField(default=dict, blank=True)
-    """Its launcher runs only jobs whose ``tags`` hold all of these ({}: any)."""
-    sched_flags = models.TextField(default="", blank=True)
-    command = models.TextField(default="", blank=True)
-    state = models.TextField(default=batchstates.PENDING)
-    prescheduled_only = models.BooleanField(default=True)
-    from_balsam = models.BooleanField(default=True)
-    raw_state = models.TextField(default="", blank=True)
-    """The scheduler's own word for the state (``state`` holds the normalised one)."""
-    message = models.TextField(default="", blank=True)
-    """Why a submission failed (one line), or other notes of the service."""
-    attempts = models.IntegerField(default=0)
-    """Submission attempts made so far (bounded: see balsam.service.submitter)."""
-    minutes_left = models.FloatField(null=True, blank=True)
-    created_at = models.DateTimeField(null=True, blank=True)
-    submitted_at = models.DateTimeField(null=True, blank=True)
-    """When the last submission attempt started (then: when it was accepted)."""
-    ended_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.QLAUNCH_TABLE
-
-    def __repr__(self) -> str:
-        fields = ("scheduler_id", "project", "queue", "nodes", "wall_minutes", "job_mode",
-                  "wf_filter", "filter_tags", "state", "command")
-        body = "\n".join(f"{k:>14}: {getattr(self, k)}" for k in fields)
-        return f"QueuedLaunch {self.pk}:\n{body}\n"
-
-    __str__ = __repr__
-
-
-class LauncherSession(models.Model):
-    """A running launcher's lease: it holds the jobs whose ``session`` points at it while its
-    heartbeat is fresh. An expired session's jobs are swept (:mod:`balsam.core.leases`)."""
-
-    hostname = models.TextField(default="")
-    pid = models.IntegerField(default=0)
-    job_mode = models.TextField(default="")
-    label = models.TextField(default="", blank=True)
-    scheduler_id = models.TextField(default="", blank=True)
-    num_nodes = models.IntegerField(default=0)
-    started_at = models.DateTimeField()
-    heartbeat = models.DateTimeField()
-    lease_seconds = models.IntegerField()
-    ended_at = models.DateTimeField(null=True, blank=True)
-    end_reason = models.TextField(default="", blank=True)
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.SESSION_TABLE
-        indexes = [models.Index(fields=["heartbeat"], name="session_live",
-                                condition=models.Q(ended_at__isnull=True))]
 
 
 _CLAIMABLE = models.Q(state__in=RUNNABLE_STATES, session__isnull=True)
@@ -188,7 +88,7 @@ class _LazyModelState:
         return state
 
 
-class BalsamJob(JobAPI, models.Model):
+class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
     """One task: what to run, how many nodes and ranks, how it connects to other tasks."""
 
     job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -358,18 +258,6 @@ class BalsamJob(JobAPI, models.Model):
     def _current_state(self) -> Optional[str]:
         return BalsamJob.objects.filter(pk=self.pk).values_list("state", flat=True).first()
 
-    def _write_parents(self) -> None:
-        """Write the parents given with ``parents=`` (checked; :class:`InvalidParentsError`)."""
-        if self._pending_parents is None:
-            return
-        try:
-            ids = [str(schema.parse_uuid(p)) for p in self._pending_parents]
-            with transaction.atomic(), connection.cursor() as cur:
-                lifecycle.set_parents(cur, self.pk, ids)
-        except (BalsamError, schema.FieldError) as exc:
-            raise InvalidParentsError(str(exc))
-        self._pending_parents = None
-
     def refresh_from_db(self, *args: Any, **kwargs: Any) -> None:
         super().refresh_from_db(*args, **kwargs)
         if "state" in self.__dict__:
@@ -421,92 +309,6 @@ class BalsamJob(JobAPI, models.Model):
                     if str(obj.pk) in moved:
                         obj._loaded_state = target
 
-    @property
-    def events(self) -> models.QuerySet:
-        return JobEvent.objects.filter(job_id=self.pk).order_by("id")
-
-    def _creation_note(self) -> str:
-        """The CREATED entry's message: ``spawned by [name | id8]`` for a spawned job."""
-        if not (isinstance(self.data, dict) and self.data.get("spawned_by")):
-            return ""
-        with connection.cursor() as cur:
-            return history.creation_notes(cur, [self.pk]).get(str(self.pk), "")
-
-    @property
-    def state_history(self) -> str:
-        """The classic text form: one ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message`` per change."""
-        entries = [(self.created_at, State.CREATED.value, self._creation_note())]
-        entries += [(e.timestamp, e.to_state, e.message) for e in self.events]
-        return "".join(history.history_line(state, msg, ts) for ts, state, msg in entries)
-
-    def get_recent_state_str(self) -> str:
-        """The latest history entry, ``[MM-DD-YYYY HH:MM:SS.ffffff STATE] message``."""
-        last = self.events.order_by("-id").first()
-        when, state, message = ((last.timestamp, last.to_state, last.message) if last
-                                else (self.created_at, State.CREATED.value, self._creation_note()))
-        return history.history_line(state, message, when).lstrip(" \n")
-
-    def get_state_times(self) -> dict[str, Any]:
-        """{state: time} of the latest arrival in each state."""
-        times: dict[str, Any] = {State.CREATED.value: self.created_at}
-        for to_state, ts in self.events.values_list("to_state", "timestamp"):
-            times[to_state] = ts
-        return times
-
-    @property
-    def runtime_seconds(self) -> Optional[float]:
-        times = self.get_state_times()
-        run, done = State.RUNNING.value, State.RUN_DONE.value
-        if run in times and done in times:
-            return (times[done] - times[run]).total_seconds()
-        return None
-
-    # ---- dependencies -----------------------------------------------------------------------
-
-    @property
-    def parents(self) -> str:
-        """JSON list of parent ids (classic text form; the edges live in their own table)."""
-        return json.dumps(self.get_parents_by_id())
-
-    @parents.setter
-    def parents(self, value: Any) -> None:
-        try:
-            items = json.loads(value) if isinstance(value, str) else list(value)
-        except (TypeError, ValueError):
-            raise InvalidParentsError(f"parents must be a list of jobs or job ids, not {value!r}")
-        self._pending_parents = [str(getattr(p, "pk", p)) for p in items]
-
-    def get_parents_by_id(self) -> list[str]:
-        if self._pending_parents is not None:
-            return list(self._pending_parents)
-        if self._state.adding:
-            return []
-        return [str(p) for p in JobDependency.objects.filter(child_id=self.pk)
-                .order_by("id").values_list("parent_id", flat=True)]
-
-    def get_parents(self) -> models.QuerySet:
-        return BalsamJob.objects.filter(child_links__child_id=self.pk)
-
-    def set_parents(self, parents: Iterable[Any]) -> None:
-        """Replace this job's parents (checked: they exist, no cycle) and save the edges now."""
-        self._pending_parents = [str(getattr(p, "pk", p)) for p in parents]
-        try:
-            self._write_parents()
-        finally:
-            self._pending_parents = None
-
-    def get_children(self) -> models.QuerySet:
-        return BalsamJob.objects.filter(parent_links__parent_id=self.pk)
-
-    def get_children_by_id(self) -> list[str]:
-        return [str(c) for c in JobDependency.objects.filter(parent_id=self.pk)
-                .values_list("child_id", flat=True)]
-
-    def get_child_by_name(self, name: str) -> BalsamJob:
-        children = list(self.get_children().filter(name=name)[:2])
-        if len(children) != 1:
-            raise ValueError(f"{len(children) or 'no'} children named {name!r}")
-        return children[0]
 
 def _release(cursor: Cursor, job_ids: list[Any]) -> None:
     """Clear the lock of jobs (classic ``release=True``)."""
@@ -529,58 +331,3 @@ _NEW_JOB_DICT = dict(_STATIC_DEFAULTS, job_id=None, created_at=None, tick=None, 
 _utcnow = functools.partial(datetime.datetime.now, datetime.timezone.utc)
 """``django.utils.timezone.now()`` without its settings lookup per call (Balsam sets USE_TZ)."""
 from balsam.core.bulk import uuid4 as _new_job_id  # noqa: E402  (uuid.uuid4, twice as cheap)
-
-
-class JobDependency(models.Model):
-    """An edge of the task graph: ``child`` runs after ``parent`` finishes."""
-
-    parent = models.ForeignKey(BalsamJob, on_delete=models.CASCADE, related_name="child_links")
-    child = models.ForeignKey(BalsamJob, on_delete=models.CASCADE, related_name="parent_links")
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.DEP_TABLE
-        constraints = [models.UniqueConstraint(fields=["parent", "child"], name="unique_edge")]
-
-
-class JobWake(models.Model):
-    """A waiting job one of whose parents reached a final state, or whose parents changed: the
-    parent check (``balsam.processing.transitions``) re-examines exactly these jobs, so its cost
-    follows the edges that changed, not the number of waiting jobs. Written by the state writer
-    and the dependency functions of :mod:`balsam.core.lifecycle`."""
-
-    job = models.OneToOneField(BalsamJob, on_delete=models.CASCADE, primary_key=True,
-                               related_name="+")
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.WAKE_TABLE
-
-
-class JobEvent(models.Model):
-    """One state change of one job, written with the change in the same transaction."""
-
-    job = models.ForeignKey(BalsamJob, on_delete=models.CASCADE, related_name="+", db_index=False)
-    timestamp = models.DateTimeField(db_index=True)
-    from_state = models.TextField()
-    to_state = models.TextField()
-    message = models.TextField(default="", blank=True)
-    # When the job entered ``from_state``: [entered_at, timestamp) is the visit this event ends.
-    entered_at = models.DateTimeField(null=True, blank=True)
-    # On an event leaving RUNNING: the nodes the run occupied (1/packing for a serial job).
-    nodes = models.FloatField(null=True, blank=True)
-
-    class Meta:
-        app_label = "core"
-        db_table = schema.EVENT_TABLE
-        indexes = [models.Index(fields=["job", "id"], name="event_job_id"),
-                   # The events ending a run, by time: runtimes and utilization of a window.
-                   models.Index(fields=["timestamp"], name="run_end",
-                                condition=models.Q(from_state=State.RUNNING.value)),
-                   # The failures, by time: error reports.
-                   models.Index(fields=["timestamp"], name="error_event",
-                                condition=models.Q(to_state__in=list(ERROR_STATES))),
-                   # A user's resets (events leaving a final state): where a job's retry
-                   # count starts (balsam.core.retries).
-                   models.Index(fields=["job", "id"], name="event_reset",
-                                condition=models.Q(from_state__in=END_STATES))]
