@@ -1,4 +1,7 @@
-"""The job table described as plain data, for code paths that do not load Django.
+"""The job table described as plain data, for code paths that do not load Django: the tables
+(:mod:`balsam.core.tables`: names, columns, defaults, bounds; every name re-exported here) and
+the checks of the values written to them (types, ranges, names, shell words, URLs, paths), a
+new job's full row, and a job's working directory and other derived text.
 
 Django's ORM costs ~150 ms to import, so the latency-critical CLI commands (``balsam job``,
 ``balsam ls``) and the bulk COPY path build their SQL from these descriptions instead. The Django
@@ -12,103 +15,37 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from balsam.core import tables
 from balsam.core.states import USER_TARGETS, InvalidStateError, validate_state
 from balsam.errors import BalsamError
 
 if TYPE_CHECKING:
     import uuid
 
-JOB_TABLE = "core_balsamjob"
-APP_TABLE = "core_applicationdefinition"
-EVENT_TABLE = "core_jobevent"
-DEP_TABLE = "core_jobdependency"
-QLAUNCH_TABLE = "core_queuedlaunch"
-SESSION_TABLE = "core_launchersession"
-WAKE_TABLE = "core_jobwake"
-TRANSFER_ITEM_TABLE = "core_transferitem"
-TRANSFER_BATCH_TABLE = "core_transferbatch"
-TRANSFER_SLOT_TABLE = "core_jobtransferslot"
-"""A site-API job's filled ``transfers`` slots (balsam.processing.transfers.slots)."""
-TRANSFER_ITEM_STATES = ("pending", "active", "done", "failed")
-"""A transfer item waits (``pending``, possibly until ``not_before``), is in a batch being sent
-(``active``), arrived (``done``) or gave up after its attempts (``failed``)."""
-TRANSFER_BATCH_STATES = ("active", "done", "failed", "lost")
-"""A transfer batch is being sent (``active``), ended with every item sent (``done``), ended
-with some item failed (``failed``), or its sender died and its items were sent again (``lost``)."""
-
-# Settable job columns and their defaults, in table order (classic BalsamJob fields).
-JOB_DEFAULTS: dict[str, Any] = {
-    "workflow": "",
-    "name": "",
-    "description": "",
-    "lock": "",
-    "input_files": "",
-    "stage_in_url": "",
-    "stage_out_files": "",
-    "stage_out_url": "",
-    "wall_time_minutes": 1,
-    "num_nodes": 1,
-    "coschedule_num_nodes": 0,
-    "ranks_per_node": 1,
-    "cpu_affinity": "none",
-    "threads_per_rank": 1,
-    "threads_per_core": 1,
-    "node_packing_count": 1,
-    "environ_vars": "",
-    "mpi_flags": "",
-    "application": "",
-    "args": "",
-    "user_workdir": "",
-    "wait_for_parents": True,
-    "post_error_handler": False,
-    "post_timeout_handler": False,
-    "auto_timeout_retry": True,
-    "state": "CREATED",
-    "data": {},
-    "parameters": {},
-    "tags": {},
-    "max_retries": -1,
-    "priority": 0,
-    "gpus_per_rank": 0,
-}
-
-# Columns managed by Balsam, never given by a user when creating a job.
-JOB_SYSTEM_COLUMNS = ("job_id", "created_at", "tick", "queued_launch_id")
-
-# Columns written only by launcher leases (balsam.core.leases); NULL when a job is created.
-JOB_LEASE_COLUMNS = ("session_id",)
-
-# Columns written only by the state writer (balsam.core.lifecycle.transition); NULL when a job is
-# created (``state_since`` NULL means: in its state since ``created_at``).
-JOB_STATE_COLUMNS = ("state_since",)
-
-INT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is int)
-BOOL_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is bool)
-TEXT_FIELDS = frozenset(k for k, v in JOB_DEFAULTS.items() if type(v) is str)
-
-POSITIVE_FIELDS = frozenset({
-    "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
-    "threads_per_core", "node_packing_count",
-})
-"""Integer fields that must be >= 1 (the others >= 0, but see :data:`INT_LOWER_BOUNDS`)."""
-
-INT_LOWER_BOUNDS = {"max_retries": -1, "priority": -(2**31)}  # -1: launcher.max_retries
-
-
-def int_low(name: str) -> int:
-    """The least value of integer field ``name``."""
-    return 1 if name in POSITIVE_FIELDS else INT_LOWER_BOUNDS.get(name, 0)
-
-APP_DEFAULTS: dict[str, str] = {
-    "name": "",
-    "description": "",
-    "executable": "",
-    "preprocess": "",
-    "envscript": "",
-    "postprocess": "",
-    "parameters": "",
-    "source_hash": "",
-}
+# The tables' names, columns, defaults and bounds, read from here as they always were.
+JOB_TABLE = tables.JOB_TABLE
+APP_TABLE = tables.APP_TABLE
+EVENT_TABLE = tables.EVENT_TABLE
+DEP_TABLE = tables.DEP_TABLE
+QLAUNCH_TABLE = tables.QLAUNCH_TABLE
+SESSION_TABLE = tables.SESSION_TABLE
+WAKE_TABLE = tables.WAKE_TABLE
+TRANSFER_ITEM_TABLE = tables.TRANSFER_ITEM_TABLE
+TRANSFER_BATCH_TABLE = tables.TRANSFER_BATCH_TABLE
+TRANSFER_SLOT_TABLE = tables.TRANSFER_SLOT_TABLE
+TRANSFER_ITEM_STATES = tables.TRANSFER_ITEM_STATES
+TRANSFER_BATCH_STATES = tables.TRANSFER_BATCH_STATES
+JOB_DEFAULTS = tables.JOB_DEFAULTS
+JOB_SYSTEM_COLUMNS = tables.JOB_SYSTEM_COLUMNS
+JOB_LEASE_COLUMNS = tables.JOB_LEASE_COLUMNS
+JOB_STATE_COLUMNS = tables.JOB_STATE_COLUMNS
+INT_FIELDS = tables.INT_FIELDS
+BOOL_FIELDS = tables.BOOL_FIELDS
+TEXT_FIELDS = tables.TEXT_FIELDS
+POSITIVE_FIELDS = tables.POSITIVE_FIELDS
+INT_LOWER_BOUNDS = tables.INT_LOWER_BOUNDS
+int_low = tables.int_low
+APP_DEFAULTS = tables.APP_DEFAULTS
 
 
 class FieldError(BalsamError, ValueError):
