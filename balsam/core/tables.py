@@ -2,12 +2,15 @@
 defaults (in table order), the column groups and integer bounds, the app table's columns, and
 the transfer tables' states.
 
-Pure data (no Django, no checks): :mod:`balsam.core.schema` re-exports every name and checks
-values against it; ``tests/test_schema_sync.py`` fails if it drifts from the Django models.
+Pure data (no Django, no checks; a state only as a :class:`State`): :mod:`balsam.core.schema`
+re-exports every name and checks values against it; ``tests/test_schema_sync.py`` fails if it
+drifts from the Django models.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from balsam.core.states import State
 
 JOB_TABLE = "core_balsamjob"
 APP_TABLE = "core_applicationdefinition"
@@ -54,7 +57,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "post_error_handler": False,
     "post_timeout_handler": False,
     "auto_timeout_retry": True,
-    "state": "CREATED",
+    "state": State.CREATED.value,
     "data": {},
     "parameters": {},
     "tags": {},
