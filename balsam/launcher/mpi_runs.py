@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from balsam.core.retries import NOT_STARTED_SUFFIX, STOP_MESSAGE_PREFIX
-from balsam.launcher import procs
+from balsam.launcher import procs, spawn
 from balsam.launcher.context import Context
+from balsam.launcher.mpi_spawn import RunTask
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.task import TaskSpec, with_envscript
 from balsam.platform import mpi
@@ -156,13 +157,15 @@ class MPIRuns:
         try:
             argv = self.flavour.argv(self._run_spec(spec, hosts), ctx.mpi_executable)
             argv = with_envscript(argv, spec.envscript)
-            proc = procs.Task(spec.job_id, argv, env, spec.workdir, spec.output_path,
-                              ignore_sigpipe=self.flavour.NAME == "mpich")
+            if not self.launched:  # posix_spawn keeps what is inheritable: nothing must be
+                spawn.forbid_inheritance()
+            proc = RunTask(spec.job_id, argv, env, spec.workdir, spec.output_path,
+                           ignore_sigpipe=self.flavour.NAME == "mpich")
         except (OSError, mpi.RunSpecError) as exc:
             ctx.log.error(f"job {spec.job_id[:8]} could not start: {exc}")
             self.status.error(spec.job_id, f"could not start: {exc}")
             return
-        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.proc.pid))
+        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.pid))
         if ctx.watchdog is not None:
             ctx.watchdog.add(proc.pgid)
         for i in nodes:
