@@ -3,8 +3,8 @@
 :class:`MPIRuns` (a base of :class:`balsam.launcher.mpi_mode.MPIMode`, which owns the loop,
 its transaction and what is ready ahead) starts the jobs the loop recorded RUNNING on idle
 nodes (those ready ahead on the first that frees), each on whole nodes (the configured
-flavour's argv, wrapped to source the app's envscript; output to ``<workdir>/<name>.out``),
-reaps runs as they exit (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail; a
+flavour's argv, wrapped to source the app's envscript; output to ``<workdir>/<name>.out``;
+started with ``posix_spawn``: :mod:`balsam.launcher.mpi_spawn`), reaps runs as they exit (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail; a
 run a user killed -> its claim is dropped, the job stays USER_KILLED; a run the launcher
 stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE), frees
 their nodes, terminates the runs a user killed and, when the launcher stops, all of them
