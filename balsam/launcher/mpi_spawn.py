@@ -35,10 +35,12 @@ _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 class RunTask(procs.Task):
     """A run of MPI mode started with ``posix_spawn`` (see the module docstring); OSError if it
-    cannot start (a missing program, a directory or output file that cannot be made)."""
+    cannot start (a missing program, a directory or output file that cannot be made).
+    ``prepared``: ``cwd`` exists (a :class:`balsam.launcher.spawn.Preparer` made it and the
+    output file while the job waited for a node; made again here if it vanished since)."""
 
     def __init__(self, job_id: str, argv: Sequence[str], env: dict[str, str], cwd: str,
-                 output_path: str, ignore_sigpipe: bool = False) -> None:
+                 output_path: str, ignore_sigpipe: bool = False, prepared: bool = False) -> None:
         self.job_id = job_id
         self.output_path = output_path
         self.started = time.time()
@@ -47,15 +49,22 @@ class RunTask(procs.Task):
         program = spawn.resolve(argv[0], env.get("PATH"))
         if not os.path.isabs(output_path):  # as Popen's parent opens it: from our directory
             output_path = os.path.abspath(output_path)
-        try:
-            os.mkdir(cwd)  # usually only the job's own directory is missing: one system call
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(cwd, exist_ok=True)
+        if not prepared:
+            try:
+                os.mkdir(cwd)  # usually only the job's own directory is missing: one call
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(cwd, exist_ok=True)
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.chdir(cwd)
+            try:
+                os.chdir(cwd)
+            except FileNotFoundError:  # removed since it was prepared
+                if not prepared:
+                    raise
+                os.makedirs(cwd, exist_ok=True)
+                os.chdir(cwd)
             try:
                 self.pid = os.posix_spawn(
                     program, list(argv), env, setsid=True,
