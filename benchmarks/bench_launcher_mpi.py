@@ -13,7 +13,9 @@ before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asse
   JOB_FINISHED. ``run rate`` = tasks / (last RUN_DONE event - first RUNNING event);
   ``end-to-end`` also pays for starting the launcher. ``ratio``: median rate / median raw
   rate; ``against its own round's raw loop``: the median of each round's rate / that round's
-  raw rate (the raw rate swings with the machine's load from round to round).
+  raw rate (the raw rate swings with the machine's load from round to round). Each round
+  prints its ratios; with ``--compare-with`` the two trees alternate which runs first (ABBA
+  over pairs of rounds) and ``launcher / other by round`` pairs the rounds.
 * Raw round: the same argv (built by the same flavour: ``mpiexec -n 1 -ppn 1 -hosts H
   -bind-to none true``), the same concurrency (``cores`` at a time, each in its own session,
   output to a file in its own directory), started and reaped by a plain Python loop.
@@ -269,7 +271,10 @@ def main() -> None:
             raw_cpu.append((own, tree))
             print(f"round {r} raw loop: {raw[-1]:6.1f} tasks/s; CPU per task: loop "
                   f"{own / args.n * 1e3:.2f} ms, tasks {tree / args.n * 1e3:.2f} ms")
-            for side, source in sides.items():
+            order = list(sides.items())
+            if r % 2 == 0:  # ABBA over pairs of rounds: neither tree always runs first
+                order.reverse()
+            for side, source in order:
                 fill(db_path, args.n)
                 full[side].append(launcher_round(db_path, args.n, source))
                 m = full[side][-1]
@@ -281,6 +286,11 @@ def main() -> None:
                       f"{m['server_cpu'] / args.n * 1e3:.2f} ms")
                 fill(db_path, args.n // 2)
                 half[side].append(launcher_round(db_path, args.n // 2, source))
+            print(f"round {r} ratios: " + ", ".join(
+                f"{side} {full[side][-1]['run'] / rate:.2f} of the raw loop" for side in sides)
+                + (f"; launcher / other {full['launcher'][-1]['run'] / full['other'][-1]['run']:.2f}"
+                   f" (order: {', '.join(side for side, _ in order)})" if len(sides) > 1 else "")
+                + f"; load {os.getloadavg()[0]:.2f}")
         settings(db_path, cores, idle_wait=30.0)
         runnable = latency(db_path, args.latency_jobs, "PREPROCESSED")
         inserted = latency(db_path, args.latency_jobs, "CREATED")
@@ -316,10 +326,15 @@ def main() -> None:
             f"{(cpu[key][0] - cpu[key][1]) / (args.n - args.n // 2) * 1e3:.2f})"
             for name, key in (("launcher process", "launcher_cpu"), ("its tasks", "tasks_cpu"),
                               ("DB server", "server_cpu"))))
+    if len(sides) > 1:
+        paired = [m["run"] / o["run"] for m, o in zip(full["launcher"], full["other"])]
+        print(f"launcher / other by round:   {', '.join(f'{x:.2f}' for x in paired)} (median "
+              f"{statistics.median(paired):.2f}; rounds alternate which tree runs first)")
     print(f"idle runnable->RUNNING:      median {statistics.median(runnable) * 1000:5.1f} ms, "
           f"max {max(runnable) * 1000:5.1f} ms  (goal <= 50 ms; {len(runnable)} jobs)")
     print(f"idle insert->RUNNING:        median {statistics.median(inserted) * 1000:5.1f} ms, "
           f"max {max(inserted) * 1000:5.1f} ms  (includes processing CREATED -> PREPROCESSED)")
+    print("# load at the end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -49,26 +49,26 @@ check and the heartbeat. A recorded RUN_DONE goes on to JOB_FINISHED in the same
 where nothing is left to postprocess or stage out (``transitions.FINISH_ON_RECORD``, as
 serial mode records ends).
 
-Who does what: this module holds the loop (:class:`MPIMode`: cycle, transaction, ready ahead)
-and :class:`MPILauncherMode`; :mod:`balsam.launcher.mpi_runs` (a base of :class:`MPIMode`)
-starts, reaps and stops the runs on the nodes (stopping: signal, time limit, idle exit; then
-:mod:`balsam.launcher.main` closes the session, releasing every claim);
-:mod:`balsam.launcher.flight` runs the transaction on the helper thread.
+Who does what: this module holds the loop (:class:`MPIMode`: when a transaction goes and what
+it carries, ready ahead) and :class:`MPILauncherMode`; :mod:`balsam.launcher.mpi_cycle` (a
+base of :class:`MPIMode`) is the transaction itself; :mod:`balsam.launcher.mpi_runs` (its
+base) starts (:mod:`balsam.launcher.mpi_spawn`), reaps and stops the runs on the nodes
+(stopping: signal, time limit, idle exit; then :mod:`balsam.launcher.main` closes the
+session, releasing every claim); :mod:`balsam.launcher.flight` runs the transaction on the
+helper thread.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Optional
 
-from balsam.core import leases
-from balsam.core.states import State
-from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher import ready_ahead
+from balsam.launcher import ready_ahead, spawn
 from balsam.launcher.context import Context, Housekeeper, SessionLost
 from balsam.launcher.flight import Flight, readable
-from balsam.launcher.job_source import JobSource, Row
-from balsam.launcher.mpi_runs import POLL_SECONDS, SHUTDOWN_FLUSH_SECONDS, MPIRuns, Run
+from balsam.launcher.job_source import JobSource
+from balsam.launcher.mpi_cycle import MPICycle
+from balsam.launcher.mpi_runs import POLL_SECONDS, SHUTDOWN_FLUSH_SECONDS, Run
 from balsam.launcher.status import Batch, StatusBuffer
 from balsam.launcher.task import TaskSpec
 from balsam.launcher.watchdog import Watchdog
@@ -82,7 +82,7 @@ PROCESSING_BUSY_INTERVAL = 1.0
 in serial mode): recording JOB_FINISHED can wait, a DAG's next level comes at the 0.1 s pace."""
 
 
-class MPIMode(MPIRuns):
+class MPIMode(MPICycle):
     """The MPI-mode loop of one launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: Optional[JobSource] = None,
@@ -127,6 +127,7 @@ class MPIMode(MPIRuns):
         ctx = self.ctx
         ctx.db.listen()
         flight = self.flight = Flight()
+        self.prep = spawn.Preparer()
         try:
             while not ctx.should_stop():
                 self._reap()
@@ -157,6 +158,8 @@ class MPIMode(MPIRuns):
             return 1
         finally:
             flight.close()
+            self.prep.close()
+            self.prep = None
         self._shutdown()
         return 0
 
@@ -168,12 +171,14 @@ class MPIMode(MPIRuns):
                               gpus_per_node=ctx.gpus_per_node)
 
     def _wait(self) -> None:
+        if self.ctx.watchdog is not None:
+            self.ctx.watchdog.flush()  # removals of runs reaped and not followed by a start
         now = time.monotonic()
         t = self.ctx.tunables
         timers = [self.next_periodic, now + self.house.due_in(now)]
         if self.runs:
             timers.append(self.next_kill_check)
-        elif not self.ctx.persistent:
+        elif not self.ctx.persistent and not self.status.pending:  # (checked once written)
             timers.append(self.house.next_outstanding_check)
         if self.status.pending:
             timers.append(now + t.status_flush_seconds)
@@ -214,7 +219,8 @@ class MPIMode(MPIRuns):
         process = self.want_process and now >= self.next_process
         kill = bool(self.runs or self.queue or self.ready) and now >= self.next_kill_check
         reconcile = ctx.db.reconnects != self.seen_reconnects
-        due = self.status.pending and self.status.due()
+        # With nothing running no end can join the batch: write it now, not in 50 ms.
+        due = self.status.pending and (self.status.due() or not (self.runs or self.db_down))
         target = self._ahead_target()
         starts, unfit = self._pick(idle, slots) if not stopping else ([], [])
         if not stopping:  # a transaction that goes anyway also tops up what is ready ahead
@@ -288,7 +294,7 @@ class MPIMode(MPIRuns):
         self.queue = [s for s in self.queue + claimed if s.job_id not in gone]
         if claim:
             self.want_claim = len(claimed) >= want
-        self.ready += [(spec, nodes) for spec, nodes in starts + more if spec.job_id in started]
+        self._add_ready([(spec, nodes) for spec, nodes in starts + more if spec.job_id in started])
         if kill:
             self.next_kill_check = now + t.kill_check_seconds
             self._kill(killed)
@@ -301,81 +307,6 @@ class MPIMode(MPIRuns):
     def _ahead_target(self) -> int:
         """How many jobs to keep ready ahead of a free node (:func:`ready_ahead.target`)."""
         return ready_ahead.target(self.run_seconds, self.ctx.alloc.num_nodes)
-
-    def _pick(self, idle: list[int], slots: int, queue: Optional[list[TaskSpec]] = None
-              ) -> tuple[list[tuple[TaskSpec, list[int]]], list[TaskSpec]]:
-        """(claimed jobs to start now on idle nodes -- largest first, as claimed, each where
-        it fits --, claimed jobs that no longer fit in the time left: to release)."""
-        starts: list[tuple[TaskSpec, list[int]]] = []
-        unfit: list[TaskSpec] = []
-        free = list(idle)
-        max_wall = self.ctx.max_wall_minutes()
-        for spec in self.queue if queue is None else queue:
-            if max_wall is not None and spec.wall_time_minutes > max_wall:
-                unfit.append(spec)
-            elif len(starts) < slots and spec.num_nodes <= len(free):
-                nodes, free = free[:spec.num_nodes], free[spec.num_nodes:]
-                starts.append((spec, nodes))
-        return starts, unfit
-
-    def _transaction(self, cur: Cursor, batch: Batch, process: bool, kill: bool, reconcile: bool,
-                     known: set[str], starts: list[tuple[TaskSpec, list[int]]],
-                     unfit: list[TaskSpec], claim: int, max_nodes: int, idle: list[int],
-                     slots: int) -> tuple[list[str], set[str], list[TaskSpec], bool,
-                                          list[tuple[TaskSpec, list[int]]]]:
-        """Write the ends, start ``starts`` (RUNNING before their launch) and claim up to
-        ``claim`` more jobs in one statement (:func:`leases.cycle`); claimed jobs that fit
-        nodes still idle are started at once (one more statement: an idle launcher starts a
-        new job within one transaction); process, check kills and reconcile if asked. Returns
-        (killed ids, ids started, specs claimed, whether processing made jobs runnable, the
-        claimed jobs started and their nodes)."""
-        ctx = self.ctx
-        runnable = False
-        if reconcile:
-            lost, released = self.source.reconcile_in(cur, known)
-            if lost or released:
-                ctx.log.warning(f"after reconnecting: {lost} job(s) started in a lost commit "
-                                f"recorded RUN_TIMEOUT, {released} claim(s) released")
-        moves: list[tuple[str, State, str]] = [(j, State.RUN_DONE, "") for j in batch.done]
-        moves += [(j, State.RUN_ERROR, m) for j, m in batch.errors.items()]
-        moves += [(j, State.RUN_TIMEOUT, m) for j, m in batch.timeouts.items()]
-        for spec, nodes in starts:
-            hosts = ",".join(ctx.alloc.hosts[i] for i in nodes)
-            moves.append((spec.job_id, State.RUNNING,
-                          f"launcher session {ctx.session_id} on {hosts}" if nodes else
-                          f"launcher session {ctx.session_id}, ready ahead of a free node"))
-        rows: list[Row] = []
-        started: set[str] = set()
-        if moves or claim:
-            moved, rows = leases.cycle(cur, ctx.session_id, moves, claim, serial=False,
-                                       max_nodes=max_nodes, wf_filter=ctx.wf_filter,
-                                       max_wall_minutes=ctx.max_wall_minutes(),
-                                       tags=self.source.tags,
-                                       gpus_per_node=self.source.alloc.gpus_per_node,
-                                       follow=self.follow)
-            started = {j for j, _, to in moved if to == State.RUNNING.value}
-        claimed = self.source.specs_in(cur, rows, self._check)
-        used = {i for _, nodes in starts for i in nodes}
-        more, _ = self._pick([i for i in idle if i not in used], slots - len(starts), claimed)
-        if more:
-            messages = {s.job_id: f"launcher session {ctx.session_id} on "
-                                  f"{','.join(ctx.alloc.hosts[i] for i in nodes)}"
-                        for s, nodes in more}
-            started.update(leases.start(cur, ctx.session_id, list(messages), messages))
-        drop = batch.release + [s.job_id for s, _ in starts + more
-                                if s.job_id not in started] + [s.job_id for s in unfit]
-        if drop:  # killed by a user, changed meanwhile, or too long for the time left
-            leases.release(cur, ctx.session_id, drop)
-        if process:
-            moved_kinds = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
-                                              ctx.tunables.retry_policy())
-            runnable = bool(moved_kinds.get("ready") or moved_kinds.get("retry"))
-            if any(moved_kinds.values()):
-                ctx.log.info("processing: " + ", ".join(
-                    f"{k} {v}" for k, v in moved_kinds.items() if v))
-        killed = leases.killed(cur, ctx.session_id) if kill else []
-        return killed, started, claimed, runnable, more
-
 
 
 class MPILauncherMode:

@@ -1,15 +1,16 @@
 """MPI mode's task side: the ``mpiexec``-style runs on the allocation's nodes.
 
-:class:`MPIRuns` (a base of :class:`balsam.launcher.mpi_mode.MPIMode`, which owns the loop,
-its transaction and what is ready ahead) starts the jobs the loop recorded RUNNING on idle
-nodes (those ready ahead on the first that frees), each on whole nodes (the configured
-flavour's argv, wrapped to source the app's envscript; output to ``<workdir>/<name>.out``),
+:class:`MPIRuns` (a base of :class:`balsam.launcher.mpi_mode.MPIMode`, which owns the loop, its
+transaction -- :mod:`balsam.launcher.mpi_cycle` -- and what is ready ahead) starts the jobs the
+loop recorded RUNNING on idle nodes (those ready ahead on the first that frees), each on whole
+nodes (the configured flavour's argv, wrapped to source the app's envscript; output to
+``<workdir>/<name>.out``; started with ``posix_spawn``: :mod:`balsam.launcher.mpi_spawn`),
 reaps runs as they exit (exit 0 -> RUN_DONE; non-zero -> RUN_ERROR with the output's tail; a
 run a user killed -> its claim is dropped, the job stays USER_KILLED; a run the launcher
 stopped -> RUN_TIMEOUT, unless it exited 0 within the grace: it completed, RUN_DONE), frees
 their nodes, terminates the runs a user killed and, when the launcher stops, all of them
-(SIGTERM to the process group, grace, SIGKILL; jobs ready ahead that did not start are
-recorded RUN_TIMEOUT, saying so) and flushes what is left to record. Ends go to the
+(SIGTERM to the process group, grace, SIGKILL; jobs ready ahead that did not start are recorded
+RUN_TIMEOUT, saying so) and flushes what is left to record. Ends go to the
 :class:`balsam.launcher.status.StatusBuffer`, which the loop's transaction writes.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from balsam.core.retries import NOT_STARTED_SUFFIX, STOP_MESSAGE_PREFIX
-from balsam.launcher import procs
+from balsam.launcher import procs, spawn
 from balsam.launcher.context import Context
+from balsam.launcher.mpi_spawn import RunTask
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.task import TaskSpec, with_envscript
 from balsam.platform import mpi
@@ -68,6 +70,9 @@ class MPIRuns:
     want_claim: bool
     queue: list[TaskSpec]
     ready: list[tuple[TaskSpec, list[int]]]
+    prep: Optional[spawn.Preparer] = None
+    """Makes the directories and output files of jobs ready ahead while they wait for a node
+    (a thread: the node's next start is only the spawn); None: each start makes its own."""
 
     # ---- reaping ----------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -86,8 +91,8 @@ class MPIRuns:
             elif run.stopped and rc != 0:
                 self.status.timeout(job_id, STOP_MESSAGE_PREFIX + self.ctx.stop_reason)
             elif rc == 0:  # also a task that completed within the stop's grace: it is done
-                self.status.done(job_id)
-                self.ctx.log.info(f"job {job_id[:8]} done")
+                self.status.done(job_id)  # (its RUN_DONE event says so: no log line, ~50 us)
+                self.ctx.log.debug(f"job {job_id[:8]} done")
             elif procs.stopped_from_outside(rc):
                 name = procs.stopped_from_outside(rc)
                 self.status.timeout(job_id, f"terminated by {name} from outside the launcher "
@@ -102,8 +107,8 @@ class MPIRuns:
         del self.runs[job_id]
         if run.killed or run.stopped:
             run.task.signal_group(signal.SIGKILL)  # whatever the leader left in its group
-        if self.ctx.watchdog is not None:
-            self.ctx.watchdog.remove(run.task.pgid)
+        if self.ctx.watchdog is not None:  # sent with the next start's line, or at the wait
+            self.ctx.watchdog.remove(run.task.pgid, defer=True)
         for i in run.nodes:
             self.node_job[i] = None
         if run.pidfd is not None:
@@ -111,6 +116,15 @@ class MPIRuns:
         self.want_claim = True
 
     # ---- tasks ------------------------------------------------------------------------------
+    def _add_ready(self, entries: list[tuple[TaskSpec, list[int]]]) -> None:
+        """Jobs just recorded RUNNING: start them (:meth:`_launch_ready`); those ready ahead of
+        a free node ([] nodes) get their directory and output file made meanwhile."""
+        self.ready += entries
+        if self.prep is not None:
+            for spec, nodes in entries:
+                if not nodes:
+                    self.prep.ahead(spec.workdir, spec.output_path)
+
     def _launch_ready(self) -> None:
         """Start the jobs recorded RUNNING: on their own nodes if still idle, else (and jobs
         ready ahead) on the first idle nodes where they fit, in order."""
@@ -156,13 +170,16 @@ class MPIRuns:
         try:
             argv = self.flavour.argv(self._run_spec(spec, hosts), ctx.mpi_executable)
             argv = with_envscript(argv, spec.envscript)
-            proc = procs.Task(spec.job_id, argv, env, spec.workdir, spec.output_path,
-                              ignore_sigpipe=self.flavour.NAME == "mpich")
+            if not self.launched:  # posix_spawn keeps what is inheritable: nothing must be
+                spawn.forbid_inheritance()
+            prepared = self.prep is not None and self.prep.take(spec.output_path)
+            proc = RunTask(spec.job_id, argv, env, spec.workdir, spec.output_path,
+                           ignore_sigpipe=self.flavour.NAME == "mpich", prepared=prepared)
         except (OSError, mpi.RunSpecError) as exc:
             ctx.log.error(f"job {spec.job_id[:8]} could not start: {exc}")
             self.status.error(spec.job_id, f"could not start: {exc}")
             return
-        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.proc.pid))
+        self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.pid))
         if ctx.watchdog is not None:
             ctx.watchdog.add(proc.pgid)
         for i in nodes:
@@ -176,6 +193,9 @@ class MPIRuns:
         if queued:  # claimed, not started: drop them (the release gives up the hold)
             self.queue = [s for s in self.queue if s.job_id not in queued]
         if self.ready:  # RUNNING, not started: likewise
+            for spec, _ in self.ready:
+                if spec.job_id in killed and self.prep is not None:
+                    self.prep.take(spec.output_path)  # (forget it)
             self.ready = [(s, n) for s, n in self.ready if s.job_id not in killed]
         for job_id in killed:
             run = self.runs.get(job_id)
@@ -218,3 +238,5 @@ class MPIRuns:
             fds = [r.pidfd for r in self.runs.values() if r.pidfd is not None]
             if self.runs:
                 self.ctx.db.wait(POLL_SECONDS if len(fds) < len(self.runs) else 0.05, fds)
+        if self.ctx.watchdog is not None:
+            self.ctx.watchdog.flush()
