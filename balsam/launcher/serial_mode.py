@@ -58,6 +58,9 @@ EXIT_STATUSES = (EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EX
 ``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle). Here, not
 in :mod:`balsam.launcher.serial_master`, so the launcher reads them without importing the
 master (~60 ms of imports at exit)."""
+EXIT_RANK_LOST = 8
+"""The master's ``MPI_Abort`` status when a worker rank stopped sending heartbeats
+(:mod:`balsam.launcher.rank_heartbeat`): not in ``EXIT_STATUSES``, a failed ensemble (restarted)."""
 
 
 @dataclass
@@ -299,7 +302,9 @@ def run_launcher(ctx: Context) -> int:
         ctx.exit_reason = "session lost"
         return 1
     else:
-        ctx.log.error(f"the serial-mode ensemble failed with status {rc} (see {out_path})")
+        why = " (its master aborted it: a worker rank stopped answering)" if (
+            rc == EXIT_RANK_LOST) else ""
+        ctx.log.error(f"the serial-mode ensemble failed with status {rc}{why} (see {out_path})")
         return 2
     return 0
 
