@@ -30,6 +30,7 @@ from once_support import (
     rank_pid,
     recorded_runs,
     runs,
+    shm_segments,
     unrecorded_runs,
     write_script,
 )
@@ -204,6 +205,7 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory")
         kill(master, signal.SIGSTOP)
         try:
             assert launcher.wait(120) == 0
@@ -211,6 +213,7 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
             kill(master)  # (gone already unless the launcher failed to kill it)
         log = launcher_log(launcher)
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
+    assert not any(os.path.exists(p) for p in segments), log  # the killed ranks' files
     assert "restarting the serial-mode ensemble" in log, log
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
@@ -230,6 +233,8 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
         worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
+        master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory")
         kill(worker, signal.SIGSTOP)
         frozen = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
         os.remove(os.path.join(markers, "hold"))
@@ -240,6 +245,7 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
         log = launcher_log(launcher)
     assert "sent no heartbeat for longer than 10 s" in log, log
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
+    assert not any(os.path.exists(p) for p in segments), log  # the aborted ranks' files
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
     cursor.execute(f"SELECT DISTINCT job_id::text FROM {schema.EVENT_TABLE} WHERE "

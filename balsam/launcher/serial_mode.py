@@ -58,9 +58,7 @@ EXIT_STATUSES = (EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EX
 ``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle). Here, not
 in :mod:`balsam.launcher.serial_master`, so the launcher reads them without importing the
 master (~60 ms of imports at exit)."""
-EXIT_RANK_LOST = 8
-"""The master's ``MPI_Abort`` status when a worker rank stopped sending heartbeats
-(:mod:`balsam.launcher.rank_heartbeat`): not in ``EXIT_STATUSES``, a failed ensemble (restarted)."""
+EXIT_RANK_LOST = 8  # the master's MPI_Abort: a worker sent no heartbeat (rank_heartbeat.py)
 
 
 @dataclass
@@ -302,8 +300,7 @@ def run_launcher(ctx: Context) -> int:
         ctx.exit_reason = "session lost"
         return 1
     else:
-        why = " (its master aborted it: a worker rank stopped answering)" if (
-            rc == EXIT_RANK_LOST) else ""
+        why = " (its master aborted it: a worker rank went silent)" if rc == EXIT_RANK_LOST else ""
         ctx.log.error(f"the serial-mode ensemble failed with status {rc}{why} (see {out_path})")
         return 2
     return 0
@@ -326,12 +323,14 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
     Runs ``ctx.started()`` (the transition workers) once jobs changed
     :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
     starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
-    connections) would otherwise compete with the ranks' for the cores. ``warm``: the
-    launcher's own first tasks, served meanwhile (rank 0 hears of their ends). Kills the launch
-    if its master stopped renewing the lease (:mod:`balsam.launcher.ensemble_stuck`)."""
+    connections) would otherwise compete with the ranks' for the cores. ``warm``: the launcher's
+    own first tasks, served meanwhile. Kills the launch if its master stopped renewing the lease
+    (:mod:`.ensemble_stuck`); removes the /dev/shm files its ranks left (:mod:`.ensemble_shm`)."""
+    from balsam.launcher.ensemble_shm import Segments
     from balsam.launcher.ensemble_stuck import StuckWatch
 
     proc = launched.proc
+    segments = Segments(proc.pid)
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
@@ -352,6 +351,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
         if rc is not None:
             break
         now = time.monotonic()
+        segments.look(now)
         if forwarded is None and ctx.stop.is_set():
             ctx.log.info(f"forwarding the stop to the serial-mode ensemble ({ctx.stop_reason})")
             proc.send_signal(signal.SIGTERM)
@@ -384,6 +384,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             drain_fd(ctx.wakeup_fd)
+    segments.remove(ctx.log.warning)
     if processing_at is not None:
         _quietly(ctx.db.unlisten)
     if pidfd is not None:
@@ -392,8 +393,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
 
 
 def _quietly(call: Callable[[], None]) -> None:
-    """``call()``, ignoring a failure of the launcher's connection (the next transaction
-    reconnects)."""
+    """``call()``, ignoring a failure of the launcher's connection (the next transaction reconnects)."""
     try:
         call()
     except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection
