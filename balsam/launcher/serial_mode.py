@@ -124,18 +124,18 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
 
 @dataclass
 class Launched:
-    """An ensemble the launcher started: its MPI launch (process group leader), where its
-    output goes, and whether rank 0 still waits for the session id on the launch's stdin."""
+    """An ensemble the launcher started: its MPI launch, its output, whether rank 0 reads stdin."""
 
     proc: subprocess.Popen[Any]
     out_path: str
     early: bool = False
 
 
-def launch(ctx: Context) -> Launched:
+def launch(ctx: Context, handover: bool = False) -> Launched:
     """Start the ensemble for ``ctx`` (and register it with the launcher's watchdog).
 
-    With ``ctx.session_id`` 0 (no session yet: :func:`early_start` said yes), it starts while
+    With ``ctx.session_id`` 0 (no session yet: :func:`early_start` said yes; or ``handover``:
+    the launcher's own tasks are handed to the new ensemble, :func:`hand_over`), it starts while
     the launcher opens its session -- the MPI start-up and the ranks' imports and database
     connection overlap the launcher's own -- and rank 0 waits for the id on the MPI launcher's
     stdin, which Hydra forwards to it: :func:`hand_over` writes it, :func:`abandon` gives up."""
@@ -144,14 +144,15 @@ def launch(ctx: Context) -> Launched:
     log_path = next((h.baseFilename for h in ctx.log.handlers
                      if isinstance(h, logging.FileHandler)), "")
     config = SerialConfig.from_context(ctx, log_path)
-    early = not ctx.session_id
+    early = not ctx.session_id or handover
+    config.session_id = 0 if early else config.session_id  # rank 0 then reads it on stdin
     argv, why = ensemble_argv(config, LauncherChoice(ctx.flavour, ctx.mpi_executable,
                                                      ctx.mpi_reason),
                               ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
-    name = f"serial_{ctx.session_id}.out" if not early else f"serial_pid{os.getpid()}.out"
+    name = f"serial_{ctx.session_id}.out" if ctx.session_id else f"serial_pid{os.getpid()}.out"
     out_path = os.path.join(ctx.db_path, "log", name)
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
-                 f"{' '.join(argv[:3])} ...{' (before the session opens)' if early else ''}: "
+                 f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
                  f"{why}")
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
@@ -186,8 +187,7 @@ def hand_over(launched: Launched, session_id: int, holds: str = "") -> None:
 
 
 def tell_ended(launched: Launched, job_ids: list[str], last: bool) -> None:
-    """Tell rank 0 that these tasks of the launcher's own ended and are recorded (``-JOBID``
-    lines); ``last``: none is left, close its stdin."""
+    """Tell rank 0 the launcher's own tasks ended, recorded (``-JOBID`` lines); ``last``: close stdin."""
     stdin = launched.proc.stdin
     if stdin is None or stdin.closed:
         return
@@ -255,14 +255,17 @@ def run_launcher(ctx: Context) -> int:
     the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
     (``ctx.wakeup_fd``, if set, becomes readable then). ``ctx.prestarted``, if set, is the
     ensemble the caller started with :func:`launch` before opening the session: it is handed
-    the session id and run. The ranks
-    append to the launcher's log file; the MPI launcher's own output goes to
-    ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
+    the session id and run; ``ctx.carried``, the launcher's own tasks that outlived the last
+    ensemble (failed), are handed to this one. The ranks append to the launcher's log file; the
+    MPI launcher's output goes to ``<db>/log/serial_<session>.out`` (``serial_pid<pid>.out``).
     """
     launched, ctx.prestarted = ctx.prestarted, None
-    warm = None
+    warm, ctx.carried = ctx.carried, None
     if launched is None:
-        launched = launch(ctx)
+        carry = "" if warm is None else warm.carry_line()
+        launched = launch(ctx, handover=bool(carry))
+        if carry:  # rank 0 reads the session id and these shares of node 1 on its stdin
+            hand_over(launched, ctx.session_id, carry)
     elif launched.early:
         from balsam.launcher.warm_start import WarmStart
 
@@ -270,11 +273,8 @@ def run_launcher(ctx: Context) -> int:
         hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
     proc, out_path = launched.proc, launched.out_path
     rc = _wait_ensemble(launched, ctx, warm)
-    if warm is not None:  # the launcher's own tasks outlived the ensemble: wait for them
-        if rc == EXIT_SESSION_LOST:
-            warm.abort()
-        else:
-            warm.drain()
+    if warm is not None:  # the launcher's own tasks outlived the ensemble: wait, or carry them
+        ctx.carried = warm.outlived(lost=rc == EXIT_SESSION_LOST, failed=rc not in EXIT_STATUSES)
         tell_ended(launched, [], last=True)
     from balsam.launcher.context import FINISHED_REASON
     from balsam.launcher.ensemble_watch import settle

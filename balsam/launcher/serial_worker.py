@@ -220,8 +220,8 @@ class Worker:
                 r.task.signal_group(signal.SIGKILL)
             self.finished = True
             return
-        for job_id, packing, cores, *_ in message.get("hold", ()):
-            self.node.place(job_id, packing, cores)  # the launcher runs it: its share stays
+        for job_id, packing, cores, *where in message.get("hold", ()):  # [pgid[, cpus, gpu]]
+            self.node.place_at(job_id, packing, cores, *where[1:3])  # the launcher runs it
         for job_id in message.get("unhold", ()):
             self.node.free(job_id)
         if message.get("work"):
