@@ -25,9 +25,13 @@ stopped, and nothing more recorded, when a user kills their job (checked every
 ``kill_check_seconds``); SIGKILLed and not recorded when the session was lost. If the launcher
 itself dies (its stdin closes with tasks left), its watchdog stops them and the master, stopped by
 the same watchdog, records RUN_TIMEOUT for each whose process group is gone. If the ensemble
-ends first, the launcher waits for them (renewing the lease) before it exits or starts a new
-ensemble. Function tasks (warm workers run them) and jobs that do not fit are released before
-the hand-over.
+ends first, the launcher waits for them (renewing the lease) before it exits -- but not before
+it restarts a failed ensemble (:func:`balsam.launcher.ensemble_restart.run_serial`): they run
+on, and the new ensemble is started for a hand-over too (:meth:`WarmStart.carry_line`: the
+shares of those still running, each with its CPUs and GPU, which the new worker 1 takes first
+with :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`), so the other nodes work meanwhile
+and node 1 is never over-filled. Function tasks (warm workers run them) and jobs that do not
+fit are released before the hand-over.
 """
 from __future__ import annotations
 
