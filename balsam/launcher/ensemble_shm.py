@@ -19,15 +19,19 @@ noting each file's device and inode. After the ensemble ended, however it ended,
 belongs to this user (after a normal end ``MPI_Finalize`` has unlinked it: one ``stat``).
 Unlinking a name does not disturb a rank still dying with the file mapped.
 
-Only ranks that are this launcher's descendants are found: Hydra's ``fork`` bootstrap (the
-``local`` profile, where containers run). Under Slurm, PBS or a task launcher the first node's
-ranks are started by the scheduler's daemons, and on other nodes no launcher runs: their files
-are not removed here.
+Only ranks that are this launcher's descendants are found that way: Hydra's ``fork``
+bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
+each worker rank also gives its task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
+own on the rank's node) the segments it maps, read once from ``/proc/self/maps`` after
+``MPI_Init``; a watchdog whose rank died (its pipe closed without the rank's closing line)
+unlinks them the same way, after it stopped the rank's tasks and wrote its report. After a normal
+end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
 """
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 SHM_DIR = "/dev/shm"
@@ -100,16 +104,23 @@ class Segments:
     def remove(self, log: Optional[Callable[[str], None]] = None) -> list[str]:
         """After the ensemble ended: unlink its segment files still there (same inode, this
         user's); the paths removed (``log`` is told of them)."""
-        removed = []
-        for path, (dev, ino) in self.found.items():
-            try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != os.geteuid():
-                    continue
-                os.unlink(path)
-            except OSError:  # unlinked by MPI_Finalize (a normal end)
-                continue
-            removed.append(path)
+        removed = unlink_segments(self.found)
         if removed and log is not None:
             log(f"removed the shared-memory file(s) the ended ensemble left: {', '.join(removed)}")
         return removed
+
+
+def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
+    """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
+    user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
+    removed = []
+    for path, (dev, ino) in found.items():
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != os.geteuid():
+                continue
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

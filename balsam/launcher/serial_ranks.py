@@ -327,6 +327,7 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
     reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
     from balsam.core.tunables import Tunables
+    from balsam.launcher.ensemble_shm import mapped_segments
     from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.nodeslots import NodeSlots, node_cpus
     from balsam.launcher.rank_heartbeat import mpi_pulse
@@ -343,6 +344,7 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     watchdog = Watchdog(t.kill_grace_seconds,
                         report=report_path(config.db_path, session_id, comm.Get_rank(),
                                            config.generation))
+    watchdog.segments(mapped_segments([os.getpid()]))  # MPI's /dev/shm file: gone if we die
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ, kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
