@@ -231,7 +231,7 @@ def test_the_shared_memory_file_of_a_rank_that_died_is_removed_and_not_after_a_c
         assert dogs["close"] == 0  # closed (and reaped) before the line
         owners["die"].kill()
         owners["die"].wait(5)
-        wait_for(lambda: process_gone(dogs["die"]), 10, "the watchdog to exit")
+        wait_for(lambda: process_gone(dogs["die"]), 30, "the watchdog to exit")
         assert not os.path.exists(files["die"])
         assert os.path.exists(files["close"])  # MPI_Finalize's business after a normal end
     finally:
