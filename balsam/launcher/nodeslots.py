@@ -112,9 +112,9 @@ class NodeSlots:
                  cpus: Optional[Sequence[int]] = None, gpu: Optional[int] = None
                  ) -> Optional[Placement]:
         """Place task ``key`` where it already runs: on ``cpus`` (CPU ids) and ``gpu`` (a task
-        the launcher started itself and hands to a new ensemble, :mod:`balsam.launcher.
-        warm_start`); as :meth:`place` without ``cpus`` or when one of them is not this node's.
-        Occupancy counts as in :meth:`place`, never beyond a whole node."""
+        the launcher started itself and hands to a new ensemble: :mod:`balsam.launcher.warm_start`);
+        as :meth:`place` without ``cpus`` or when one of them is not this node's. Occupancy
+        counts as in :meth:`place`, never beyond a whole node."""
         if cpus is None or not set(cpus) <= set(self.cpus) or key in self._placed:
             return self.place(key, packing_count, required_cores)
         if not self.fits(packing_count) or (gpu is not None and not (
