@@ -147,3 +147,13 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
         if env.get(b"PMI_RANK") == str(rank).encode():
             return pid
     return 0
+
+
+def shm_segments(pid: int) -> list[str]:
+    """The MPICH shared-memory files (``/dev/shm/mpich_shm_*``) process ``pid`` maps."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "/dev/shm/mpich_shm_" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/dev/shm/"))

@@ -30,6 +30,7 @@ from once_support import (
     rank_pid,
     recorded_runs,
     runs,
+    shm_segments,
     unrecorded_runs,
     write_script,
 )
@@ -204,6 +205,8 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
+            if os.path.isdir("/dev/shm") else []
         kill(master, signal.SIGSTOP)
         try:
             assert launcher.wait(120) == 0
@@ -211,9 +214,45 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
             kill(master)  # (gone already unless the launcher failed to kill it)
         log = launcher_log(launcher)
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
+    assert not any(os.path.exists(p) for p in segments), log  # the killed ranks' files
     assert "restarting the serial-mode ensemble" in log, log
     assert all_finished(cursor, ids)
     assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
+    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+
+
+def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cursor, scripts):
+    # A worker rank frozen (SIGSTOP) while its master lives: the master renews the lease, so
+    # only the worker's missing heartbeats tell. Its tasks go on and end with nobody reporting
+    # them; the master aborts the ensemble, the launcher restarts it and every job ends once.
+    # The first four runs tick until the rank is frozen, however slow the machine is.
+    ids, markers = tickers(cursor, scripts, 8, ticks=10, packing=2, hold=True)
+    # Lost after max(3 heartbeats, stuck limit) = 10 s of silence.
+    tunables = dict(QUICK, lease_seconds=20, reconnect_max_seconds=1)
+    with settings(db, local_nodes=2, launcher=tunables), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
+        worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
+        master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
+            if os.path.isdir("/dev/shm") else []
+        kill(worker, signal.SIGSTOP)
+        frozen = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
+        os.remove(os.path.join(markers, "hold"))
+        try:
+            assert launcher.wait(240) == 0
+        finally:
+            kill(worker)  # (gone already unless the ensemble was not aborted)
+        log = launcher_log(launcher)
+    assert "sent no heartbeat for longer than 10 s" in log, log
+    assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
+    assert not any(os.path.exists(p) for p in segments), log  # the aborted ranks' files
+    assert all_finished(cursor, ids)
+    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    cursor.execute(f"SELECT DISTINCT job_id::text FROM {schema.EVENT_TABLE} WHERE "
+                   "to_state = 'RUN_TIMEOUT' AND message LIKE '%%lost a rank%%'")
+    assert len({r[0] for r in cursor.fetchall()} & set(frozen)) >= 2  # node 2's, at least
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
     assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
 

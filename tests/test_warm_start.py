@@ -30,7 +30,15 @@ from launcher_support import (
     wait_for,
     workdir,
 )
-from once_support import kill, recorded_runs
+from once_support import (
+    TICKER,
+    kill,
+    overlap_seconds,
+    rank_pid,
+    recorded_runs,
+    runs,
+    unrecorded_runs,
+)
 
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_ranks import ended_from_launcher, read_handover
@@ -93,6 +101,17 @@ def test_a_worker_keeps_the_launchers_share_of_its_node_until_it_is_given_back(t
     assert inbox.started() == ["c"]  # one share back: one task
     wait_for(lambda: (worker.step(), not worker.running)[1], 60, "the task to be reaped")
     worker.warm.close()
+
+
+def test_a_share_carried_to_a_new_ensemble_keeps_its_cpus_and_gpu():
+    node = NodeSlots([0, 1], gpus=2)
+    # The launcher's task that ran on CPU 1 and GPU 1 outlived its ensemble (the one on CPU 0
+    # ended): a new worker 1 places it there, not on the lowest free CPU and GPU.
+    assert tuple(node.place_at("b", 2, 1, [1], 1)) == ((1,), 1)
+    assert tuple(node.place("c", 2, 1)) == ((0,), 0)
+    assert node.place("d", 2, 1) is None  # the node is full
+    node.free("b")
+    assert tuple(node.place_at("e", 2, 1)) == ((1,), 1)  # without CPUs: as place()
 
 
 # ---- real launchers ---------------------------------------------------------------------------
@@ -238,3 +257,58 @@ def test_a_launcher_killed_with_sigkill_has_its_own_task_stopped_and_recorded(db
     assert recorded_runs(cursor, job_id) == 1
     assert "the launcher, which ran this task itself, died" in [
         e[3] for e in events(cursor, job_id) if e[2] == "RUN_TIMEOUT"][0]
+
+
+@pytest.mark.slow
+def test_a_restart_does_not_wait_for_the_launchers_own_tasks(db, cursor):
+    # The launcher's own two tasks fill node 1 and run until the test says so; worker rank 2 is
+    # killed while two other runs tick there, and the new ensemble runs the other jobs on node 2
+    # meanwhile, keeping node 1's shares for the launcher's tasks. Before, the launcher waited
+    # for its tasks before it restarted anything, so no other job could finish.
+    markers = make_public_tmpdir("balsam-warm-markers-")
+    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
+    for path in (own_hold, other_hold):
+        open(path, "w").close()
+    add_app(cursor, "tick", script("tick.sh", TICKER))
+    own = add_jobs(cursor, [{"name": f"own{i}", "application": "tick", "priority": 10,
+                             "node_packing_count": 2, "state": "PREPROCESSED",
+                             "environ_vars": f"MARKERS={markers}:TICKS=1:HOLD={own_hold}"}
+                            for i in range(2)])  # claimed first: the warm start's
+    others = add_jobs(cursor, [{"name": f"o{i}", "application": "tick", "node_packing_count": 2,
+                                "state": "PREPROCESSED",
+                                "environ_vars": f"MARKERS={markers}:TICKS=10:HOLD={other_hold}"}
+                               for i in range(6)])
+
+    def finished() -> int:
+        return sum(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in others)
+
+    with settings(db, local_nodes=2, cores_per_node=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
+        wait_for(lambda: sum(bool(runs(markers, j)) for j in others) == 2, 60,
+                 "two other runs on node 2")
+        kill(wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2"))
+        os.remove(other_hold)
+        try:
+            # The master may queue up to a node's worth (2) behind the launcher's tasks on
+            # worker 1, as it queues behind any long task: those wait for them.
+            wait_for(lambda: finished() >= 4, 180,
+                     "four other jobs to finish while the launcher's own tasks run")
+            assert all(job_row(cursor, j)["state"] == "RUNNING" for j in own)
+        finally:
+            os.remove(own_hold)
+        assert launcher.wait(120) == 0, launcher.output()
+        log = launcher_log(launcher)
+    assert "warm start: 2 task(s) started by the launcher" in log, log
+    assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
+    assert set(states(cursor).values()) == {"JOB_FINISHED"}
+    for job_id in own:  # ran once, through both ensembles
+        assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
+    assert overlap_seconds(markers, own + others) == {}
+    assert unrecorded_runs(cursor, markers, own + others) == {}
+    # While the launcher's tasks held node 1, the other runs had node 2 alone: never more than
+    # two at once (tick trails lie inside the runs, so they never show more than there were).
+    own_end = min(last for j in own for _, last in runs(markers, j).values())
+    spans = [span for j in others for span in runs(markers, j).values() if span[0] < own_end]
+    for first, _ in spans:
+        assert sum(f <= first <= last for f, last in spans) <= 2, spans

@@ -200,3 +200,44 @@ def test_batched_lines_keep_the_guarantee_registered_and_expected_tasks_are_stop
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+SHM_OWNER = textwrap.dedent("""
+    import mmap, os, sys, time
+    from balsam.launcher.ensemble_shm import mapped_segments
+    from balsam.launcher.watchdog import Watchdog
+    dog = Watchdog(0.5)
+    with open(sys.argv[1], "r+b") as fh:  # as MPI_Init maps the node's segment
+        mapped = mmap.mmap(fh.fileno(), 4096)
+    dog.segments(mapped_segments([os.getpid()]))
+    if sys.argv[2] == "close":
+        dog.close()
+    print(dog.proc.pid if dog.proc else 0, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_the_shared_memory_file_of_a_rank_that_died_is_removed_and_not_after_a_close():
+    files = {}
+    for how in ("die", "close"):
+        files[how] = f"/dev/shm/mpich_shm_balsamtest{how}{os.getpid()}_0"
+        with open(files[how], "wb") as fh:
+            fh.write(b"\0" * 4096)
+    owners = {how: subprocess.Popen([sys.executable, "-c", SHM_OWNER, path, how],
+                                    stdout=subprocess.PIPE, text=True)
+              for how, path in files.items()}
+    try:
+        dogs = {how: int(owner.stdout.readline()) for how, owner in owners.items()}
+        assert dogs["close"] == 0  # closed (and reaped) before the line
+        owners["die"].kill()
+        owners["die"].wait(5)
+        wait_for(lambda: process_gone(dogs["die"]), 30, "the watchdog to exit")
+        assert not os.path.exists(files["die"])
+        assert os.path.exists(files["close"])  # MPI_Finalize's business after a normal end
+    finally:
+        for owner in owners.values():
+            owner.kill()
+            owner.wait(5)
+        for path in files.values():
+            if os.path.exists(path):
+                os.unlink(path)

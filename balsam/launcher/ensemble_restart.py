@@ -19,7 +19,9 @@ stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the s
 
 Nodes are idle only from the death until the new ensemble starts tasks (about 2-3 s: the
 watchdogs' reports, one transaction, an MPI start-up), instead of for the rest of the
-allocation.
+allocation. Tasks the launcher started itself (:mod:`balsam.launcher.warm_start`) are not the
+ensemble's: they run on, the new ensemble's worker 1 keeps their shares of node 1 (on their
+CPUs and GPUs), and the launcher records and reports their ends as before.
 """
 from __future__ import annotations
 
@@ -48,7 +50,18 @@ RECOVER_SECONDS = 5.0
 
 def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     """Run ensembles with ``run_once`` until one ends normally, the launcher must stop, or a
-    restart is not possible; the status of the last one."""
+    restart is not possible; the status of the last one. The launcher's own tasks (its warm
+    start) that outlived a failed ensemble (``ctx.carried``) run on while the next one starts,
+    which gets their shares of node 1; with no next one, they are waited for here."""
+    try:
+        return _run_serial(ctx, run_once)
+    finally:
+        carried, ctx.carried = ctx.carried, None
+        if carried is not None:
+            carried.drain()
+
+
+def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     while True:
         stuck_before = ctx.stuck_ensembles
         status = run_once(ctx)

@@ -108,6 +108,28 @@ class NodeSlots:
         self._placed[key] = (k, indexes, gpu)
         return Placement(tuple(self.cpus[i] for i in indexes), gpu)
 
+    def place_at(self, key: str, packing_count: int, required_cores: int = 1,
+                 cpus: Optional[Sequence[int]] = None, gpu: Optional[int] = None
+                 ) -> Optional[Placement]:
+        """Place task ``key`` where it already runs: on ``cpus`` (CPU ids) and ``gpu`` (a task
+        the launcher started itself and hands to a new ensemble: :mod:`balsam.launcher.warm_start`);
+        as :meth:`place` without ``cpus`` or when one of them is not this node's. Occupancy
+        counts as in :meth:`place`, never beyond a whole node."""
+        if cpus is None or not set(cpus) <= set(self.cpus) or key in self._placed:
+            return self.place(key, packing_count, required_cores)
+        if not self.fits(packing_count) or (gpu is not None and not (
+                0 <= gpu < self.gpus and self._gpu_owner[gpu] is None)):
+            return None
+        k = self._count(int(packing_count))
+        indexes = tuple(self.cpus.index(c) for c in cpus)
+        for i in indexes:
+            self._cpu_use[i] += 1
+        if gpu is not None:
+            self._gpu_owner[gpu] = key
+        self._units += self._den // k
+        self._placed[key] = (k, indexes, gpu)
+        return Placement(tuple(cpus), gpu)
+
     def free(self, key: str) -> None:
         """Remove task ``key`` (unknown keys are ignored: freeing is idempotent)."""
         entry = self._placed.pop(key, None)

@@ -43,16 +43,17 @@ class LauncherHolds:
         raise NotImplementedError
 
     def hold(self, worker: int, holds: Sequence[Sequence[Any]]) -> None:
-        """Tasks the launcher started itself on ``worker``'s node while the ensemble started
-        (:mod:`balsam.launcher.warm_start`: [job id, packing count, cores, process group]
-        each): counted as running there, never recorded here, until the launcher says they
-        ended (an ``unheld`` report); ``worker`` keeps their share of its node meanwhile. If
-        the launcher dies first (``launcher_gone``), :meth:`_settle_holds` records them once their
-        groups are gone. Call before :meth:`run` (the worker must place them first)."""
+        """Tasks the launcher started itself on ``worker``'s node while the ensemble (or one
+        before it) started (:mod:`balsam.launcher.warm_start`: [job id, packing count, cores,
+        process group], then their CPUs and GPU if an earlier ensemble failed): counted as
+        running there, never recorded here, until the launcher says they ended (an ``unheld``
+        report); ``worker`` keeps their share of its node meanwhile. If the launcher dies first
+        (``launcher_gone``), :meth:`_settle_holds` records them once their groups are gone.
+        Call before :meth:`run` (the worker must place them first)."""
         if not holds:
             return
         gpus = self.ctx.gpus_per_node
-        for job_id, packing, _cores, pgid in holds:
+        for job_id, packing, _cores, pgid, *_where in holds:
             self.held[job_id] = pgid
             per_node = max(1, int(packing))
             weight = 1.0 / (min(per_node, gpus) if gpus else per_node)

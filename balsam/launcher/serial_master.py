@@ -32,6 +32,7 @@ from balsam.launcher import procs
 from balsam.launcher import serial_mode as sm  # the master's exit statuses
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
+from balsam.launcher.rank_heartbeat import RankWatch
 from balsam.launcher.serial_claims import CLAIMERS as CLAIMERS  # re-exported (tests, docs)
 from balsam.launcher.serial_claims import MAX_CLAIM_BATCH as MAX_CLAIM_BATCH
 from balsam.launcher.serial_claims import RATE_WINDOW_SECONDS, MasterClaims
@@ -82,7 +83,7 @@ def work_item(spec: TaskSpec) -> Work:
                 spec.output_path, spec.node_packing_count, spec.required_cores, spec.pyfunc_row)
 
 
-class Master(MasterClaims, LauncherHolds):
+class Master(MasterClaims, LauncherHolds, RankWatch):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -146,6 +147,8 @@ class Master(MasterClaims, LauncherHolds):
             if now >= self._next["kill"]:
                 self._next["kill"] = now + self.t.kill_check_seconds
                 self._check_kills()
+                if self._ranks_lost(now):  # a worker sends no heartbeat: MPI_Abort
+                    return sm.EXIT_RANK_LOST
             self._check_reconnect()
             busy = self._claim(now) or busy
             busy = self._dispatch() or busy
@@ -173,9 +176,8 @@ class Master(MasterClaims, LauncherHolds):
                 else sm.EXIT_STOPPED)
 
     def _went_idle(self, now: float) -> bool:
-        """When the last task ended: run the processing pass at once (its JOB_FINISHED may
-        leave nothing outstanding, and the launcher can then exit without idling). Always
-        False: the caller goes on to :meth:`Housekeeper.idle_exit`."""
+        """When the last task ended: run the processing pass at once (its JOB_FINISHED may leave
+        nothing outstanding: the launcher exits without idling). Always False (then ``idle_exit``)."""
         if self._was_busy:
             self._was_busy = False
             self._next["advance"] = 0.0
@@ -355,8 +357,7 @@ class Master(MasterClaims, LauncherHolds):
 
     # ---- ending -----------------------------------------------------------------------------
     def shutdown(self, reason: str) -> None:
-        """Stop every task, record them RUN_TIMEOUT with ``reason``, release every claim,
-        tell the workers to exit."""
+        """Stop every task (recorded RUN_TIMEOUT: ``reason``), release all claims, tell workers to exit."""
         ctx = self.ctx
         ctx.log.info(f"stopping {len(self.inflight)} task(s): {reason}")
         self._timeout_message = STOP_MESSAGE_PREFIX + reason
@@ -385,8 +386,7 @@ class Master(MasterClaims, LauncherHolds):
         try:
             self.ctx.db.run_before(time.monotonic() + 3.0, leases.release, self.ctx.session_id)
         except DatabaseUnavailable as exc:
-            self.ctx.log.warning(f"could not release the claims ({exc}): closing the session "
-                                 "will")
+            self.ctx.log.warning(f"could not release the claims ({exc}): closing the session will")
 
     def _tell_all(self, message: dict[str, Any], wait: bool = True) -> None:
         """Send ``message`` to every worker; with ``wait`` (exit, abort), wait until each

@@ -58,6 +58,7 @@ EXIT_STATUSES = (EXIT_IDLE, EXIT_SESSION_LOST, EXIT_TIME_LIMIT, EXIT_STOPPED, EX
 ``EXIT_FINISHED``: its work is done and nothing could bring more (it did not idle). Here, not
 in :mod:`balsam.launcher.serial_master`, so the launcher reads them without importing the
 master (~60 ms of imports at exit)."""
+EXIT_RANK_LOST = 8  # the master's MPI_Abort: a worker sent no heartbeat (rank_heartbeat.py)
 
 
 @dataclass
@@ -123,18 +124,18 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
 
 @dataclass
 class Launched:
-    """An ensemble the launcher started: its MPI launch (process group leader), where its
-    output goes, and whether rank 0 still waits for the session id on the launch's stdin."""
+    """An ensemble the launcher started: its MPI launch, its output, whether rank 0 reads stdin."""
 
     proc: subprocess.Popen[Any]
     out_path: str
     early: bool = False
 
 
-def launch(ctx: Context) -> Launched:
+def launch(ctx: Context, handover: bool = False) -> Launched:
     """Start the ensemble for ``ctx`` (and register it with the launcher's watchdog).
 
-    With ``ctx.session_id`` 0 (no session yet: :func:`early_start` said yes), it starts while
+    With ``ctx.session_id`` 0 (no session yet: :func:`early_start` said yes; or ``handover``:
+    the launcher's own tasks are handed to the new ensemble, :func:`hand_over`), it starts while
     the launcher opens its session -- the MPI start-up and the ranks' imports and database
     connection overlap the launcher's own -- and rank 0 waits for the id on the MPI launcher's
     stdin, which Hydra forwards to it: :func:`hand_over` writes it, :func:`abandon` gives up."""
@@ -143,14 +144,15 @@ def launch(ctx: Context) -> Launched:
     log_path = next((h.baseFilename for h in ctx.log.handlers
                      if isinstance(h, logging.FileHandler)), "")
     config = SerialConfig.from_context(ctx, log_path)
-    early = not ctx.session_id
+    early = not ctx.session_id or handover
+    config.session_id = 0 if early else config.session_id  # rank 0 then reads it on stdin
     argv, why = ensemble_argv(config, LauncherChoice(ctx.flavour, ctx.mpi_executable,
                                                      ctx.mpi_reason),
                               ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
-    name = f"serial_{ctx.session_id}.out" if not early else f"serial_pid{os.getpid()}.out"
+    name = f"serial_{ctx.session_id}.out" if ctx.session_id else f"serial_pid{os.getpid()}.out"
     out_path = os.path.join(ctx.db_path, "log", name)
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
-                 f"{' '.join(argv[:3])} ...{' (before the session opens)' if early else ''}: "
+                 f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
                  f"{why}")
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
@@ -185,8 +187,7 @@ def hand_over(launched: Launched, session_id: int, holds: str = "") -> None:
 
 
 def tell_ended(launched: Launched, job_ids: list[str], last: bool) -> None:
-    """Tell rank 0 that these tasks of the launcher's own ended and are recorded (``-JOBID``
-    lines); ``last``: none is left, close its stdin."""
+    """Tell rank 0 the launcher's own tasks ended, recorded (``-JOBID`` lines); ``last``: close stdin."""
     stdin = launched.proc.stdin
     if stdin is None or stdin.closed:
         return
@@ -254,14 +255,17 @@ def run_launcher(ctx: Context) -> int:
     the ``--gpus-per-node`` value; ``ctx.stop`` is set by the caller's SIGTERM/SIGINT handler
     (``ctx.wakeup_fd``, if set, becomes readable then). ``ctx.prestarted``, if set, is the
     ensemble the caller started with :func:`launch` before opening the session: it is handed
-    the session id and run. The ranks
-    append to the launcher's log file; the MPI launcher's own output goes to
-    ``<db>/log/serial_<session>.out`` (``serial_pid<launcher pid>.out`` when started early).
+    the session id and run; ``ctx.carried``, the launcher's own tasks that outlived the last
+    ensemble (failed), are handed to this one. The ranks append to the launcher's log file; the
+    MPI launcher's output goes to ``<db>/log/serial_<session>.out`` (``serial_pid<pid>.out``).
     """
     launched, ctx.prestarted = ctx.prestarted, None
-    warm = None
+    warm, ctx.carried = ctx.carried, None
     if launched is None:
-        launched = launch(ctx)
+        carry = "" if warm is None else warm.carry_line()
+        launched = launch(ctx, handover=bool(carry))
+        if carry:  # rank 0 reads the session id and these shares of node 1 on its stdin
+            hand_over(launched, ctx.session_id, carry)
     elif launched.early:
         from balsam.launcher.warm_start import WarmStart
 
@@ -269,11 +273,8 @@ def run_launcher(ctx: Context) -> int:
         hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
     proc, out_path = launched.proc, launched.out_path
     rc = _wait_ensemble(launched, ctx, warm)
-    if warm is not None:  # the launcher's own tasks outlived the ensemble: wait for them
-        if rc == EXIT_SESSION_LOST:
-            warm.abort()
-        else:
-            warm.drain()
+    if warm is not None:  # the launcher's own tasks outlived the ensemble: wait, or carry them
+        ctx.carried = warm.outlived(lost=rc == EXIT_SESSION_LOST, failed=rc not in EXIT_STATUSES)
         tell_ended(launched, [], last=True)
     from balsam.launcher.context import FINISHED_REASON
     from balsam.launcher.ensemble_watch import settle
@@ -299,7 +300,8 @@ def run_launcher(ctx: Context) -> int:
         ctx.exit_reason = "session lost"
         return 1
     else:
-        ctx.log.error(f"the serial-mode ensemble failed with status {rc} (see {out_path})")
+        why = " (its master aborted it: a worker rank went silent)" if rc == EXIT_RANK_LOST else ""
+        ctx.log.error(f"the serial-mode ensemble failed with status {rc}{why} (see {out_path})")
         return 2
     return 0
 
@@ -321,12 +323,14 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
     Runs ``ctx.started()`` (the transition workers) once jobs changed
     :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
     starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
-    connections) would otherwise compete with the ranks' for the cores. ``warm``: the
-    launcher's own first tasks, served meanwhile (rank 0 hears of their ends). Kills the launch
-    if its master stopped renewing the lease (:mod:`balsam.launcher.ensemble_stuck`)."""
+    connections) would otherwise compete with the ranks' for the cores. ``warm``: the launcher's
+    own first tasks, served meanwhile. Kills the launch if its master stopped renewing the lease
+    (:mod:`.ensemble_stuck`); removes the /dev/shm files its ranks left (:mod:`.ensemble_shm`)."""
+    from balsam.launcher.ensemble_shm import Segments
     from balsam.launcher.ensemble_stuck import StuckWatch
 
     proc = launched.proc
+    segments = Segments(proc.pid)
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
@@ -347,6 +351,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
         if rc is not None:
             break
         now = time.monotonic()
+        segments.look(now)
         if forwarded is None and ctx.stop.is_set():
             ctx.log.info(f"forwarding the stop to the serial-mode ensemble ({ctx.stop_reason})")
             proc.send_signal(signal.SIGTERM)
@@ -379,6 +384,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
             ctx.stop.wait(0.1)
         elif ctx.wakeup_fd in select.select(fds, [], [], 0.5)[0]:
             drain_fd(ctx.wakeup_fd)
+    segments.remove(ctx.log.warning)
     if processing_at is not None:
         _quietly(ctx.db.unlisten)
     if pidfd is not None:
@@ -387,8 +393,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
 
 
 def _quietly(call: Callable[[], None]) -> None:
-    """``call()``, ignoring a failure of the launcher's connection (the next transaction
-    reconnects)."""
+    """``call()``, ignoring a failure of the launcher's connection (the next transaction reconnects)."""
     try:
         call()
     except Exception:  # noqa: BLE001 - psycopg2's errors of a broken connection

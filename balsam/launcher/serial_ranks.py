@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.db.dbapi import Cursor
-from balsam.launcher.serial_mode import SerialConfig
+from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
 
 ORDERS, REPORTS, SESSION = 11, 12, 13
 """MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
@@ -273,6 +273,7 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
     from balsam.launcher.context import Context
     from balsam.launcher.ensemble_watch import start_message
     from balsam.launcher.job_source import JobSource
+    from balsam.launcher.rank_heartbeat import mpi_silence
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status_writers import close_status, open_status, writer_count
 
@@ -310,6 +311,7 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
     try:
         master = Master(ctx, source, status, link)
         master.hold(link.workers[0], boot.holds)
+        master.silence = mpi_silence(comm, tunables, EXIT_RANK_LOST)  # workers' heartbeats
         return master.run()
     except BaseException:
         log.exception("the serial master failed")
@@ -325,8 +327,10 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
     reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
     from balsam.core.tunables import Tunables
+    from balsam.launcher.ensemble_shm import mapped_segments
     from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.nodeslots import NodeSlots, node_cpus
+    from balsam.launcher.rank_heartbeat import mpi_pulse
     from balsam.launcher.serial_worker import Worker
     from balsam.launcher.watchdog import Watchdog
 
@@ -340,10 +344,11 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     watchdog = Watchdog(t.kill_grace_seconds,
                         report=report_path(config.db_path, session_id, comm.Get_rank(),
                                            config.generation))
+    watchdog.segments(mapped_segments([os.getpid()]))  # MPI's /dev/shm file: gone if we die
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ, kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
-                    signalled=stop, watchdog=watchdog)
+                    signalled=stop, watchdog=watchdog, pulse=mpi_pulse(comm, t))
     try:
         worker.run()
         link.flush(5.0)

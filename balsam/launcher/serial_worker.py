@@ -40,6 +40,7 @@ function runner and it has no envscript) runs in a warm Python worker instead of
 """
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -47,7 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.core.payloads import TaskRow
@@ -56,6 +57,9 @@ from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
+
+if TYPE_CHECKING:
+    from balsam.launcher.rank_heartbeat import Pulse
 
 IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
@@ -109,9 +113,11 @@ class Worker:
                  shutdown_grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  tail_lines: int = defaults.OUTPUT_TAIL_LINES,
                  signalled: Optional[threading.Event] = None,
-                 watchdog: Optional[Watchdog] = None) -> None:
+                 watchdog: Optional[Watchdog] = None, pulse: Optional[Pulse] = None) -> None:
         self.channel = channel
         self.watchdog = watchdog
+        self.pulse = pulse
+        """Heartbeats to the master (:mod:`balsam.launcher.rank_heartbeat`), or None."""
         self.node = node
         self.base_env = task.task_environment(base_env, {})
         self.kill_grace = kill_grace
@@ -144,14 +150,20 @@ class Worker:
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve orders until ``exit`` (or ``abort``)."""
-        last_busy = time.monotonic()
+        last_busy = now = time.monotonic()
+        pulse = self.pulse
+        beat_due = math.inf if pulse is None else pulse.due
         try:
             while not self.finished:
                 if self.step():
-                    last_busy = time.monotonic()
+                    last_busy = now = time.monotonic()
                 else:
-                    quiet = time.monotonic() - last_busy > QUIET_SECONDS
+                    now = time.monotonic()
+                    quiet = now - last_busy > QUIET_SECONDS
                     self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
+                if now >= beat_due and pulse is not None:  # one comparison an iteration
+                    pulse.beat(now)
+                    beat_due = pulse.due
         finally:
             self.close()
 
@@ -208,8 +220,8 @@ class Worker:
                 r.task.signal_group(signal.SIGKILL)
             self.finished = True
             return
-        for job_id, packing, cores, *_ in message.get("hold", ()):
-            self.node.place(job_id, packing, cores)  # the launcher runs it: its share stays
+        for job_id, packing, cores, *where in message.get("hold", ()):  # [pgid[, cpus, gpu]]
+            self.node.place_at(job_id, packing, cores, *where[1:3])  # the launcher runs it
         for job_id in message.get("unhold", ()):
             self.node.free(job_id)
         if message.get("work"):

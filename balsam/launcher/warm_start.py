@@ -25,9 +25,13 @@ stopped, and nothing more recorded, when a user kills their job (checked every
 ``kill_check_seconds``); SIGKILLed and not recorded when the session was lost. If the launcher
 itself dies (its stdin closes with tasks left), its watchdog stops them and the master, stopped by
 the same watchdog, records RUN_TIMEOUT for each whose process group is gone. If the ensemble
-ends first, the launcher waits for them (renewing the lease) before it exits or starts a new
-ensemble. Function tasks (warm workers run them) and jobs that do not fit are released before
-the hand-over.
+ends first, the launcher waits for them (renewing the lease) before it exits -- but not before
+it restarts a failed ensemble (:func:`balsam.launcher.ensemble_restart.run_serial`): they run
+on, and the new ensemble is started for a hand-over too (:meth:`WarmStart.carry_line`: the
+shares of those still running, each with its CPUs and GPU, which the new worker 1 takes first
+with :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`), so the other nodes work meanwhile
+and node 1 is never over-filled. Function tasks (warm workers run them) and jobs that do not
+fit are released before the hand-over.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
 from balsam.launcher.job_source import JobSource
-from balsam.launcher.nodeslots import NodeSlots, node_cpus
+from balsam.launcher.nodeslots import NodeSlots, Placement, node_cpus
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.warm_pool import is_runner_argv
 from balsam.platform.process import drain_fd, pidfd_open
@@ -83,6 +87,8 @@ class WarmStart:
         order (process group 0: it could not start)."""
         self.ended: list[str] = []
         """Ended and recorded, not yet told to rank 0 (:meth:`take_ended`)."""
+        self.placed: dict[str, Placement] = {}
+        """Where each started task runs on node 1 (a new ensemble's worker 1 places it there)."""
         self._stop_message = ""
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
 
@@ -143,6 +149,7 @@ class WarmStart:
             self.ended.append(spec.job_id)
             return True
         hold[3] = started.pgid  # if the launcher dies, the master records the run's end
+        self.placed[spec.job_id] = placement
         if self.ctx.watchdog is not None:
             self.ctx.watchdog.add(started.pgid, spec.job_id)
         if len(placement.cpus) < len(self.node.cpus):
@@ -153,6 +160,31 @@ class WarmStart:
         fd = pidfd_open(started.proc.pid)
         self.running[spec.job_id] = _Warm(started, -1 if fd is None else fd)
         return True
+
+    def carry_line(self) -> str:
+        """For a new ensemble after a failed one, what follows the session id on its rank 0's
+        stdin: the shares of the tasks still running, each with its CPUs and GPU (worker 1
+        places them exactly there; :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`); ""
+        if none runs or the launcher's node is no longer the first. Ends not yet told went with
+        the old ensemble."""
+        self.ended = []
+        holds = [[*h, list(self.placed[h[0]].cpus), self.placed[h[0]].gpu]
+                 for h in self.holds if h[0] in self.running]
+        if not holds or not on_first_node(self.ctx.alloc.hosts):
+            return ""
+        return json.dumps(holds, separators=(",", ":"))
+
+    def outlived(self, lost: bool, failed: bool) -> Optional[WarmStart]:
+        """The ensemble ended: abort the tasks if the session was ``lost``; if it ``failed``
+        and no stop was asked for, return self (they run on while a new ensemble starts:
+        :func:`balsam.launcher.ensemble_restart.run_serial`); else wait for them (None)."""
+        if lost:
+            self.abort()
+        elif failed and self.running and not self.ctx.should_stop():
+            return self
+        else:
+            self.drain()
+        return None
 
     def fds(self) -> list[int]:
         """The pidfds of the running tasks (readable once one exits)."""

@@ -40,9 +40,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
+from balsam.launcher.ensemble_shm import unlink_segments
 from balsam.platform.procgroup import live_members, signal_group
 
 GONE_WAIT_SECONDS = 5.0
@@ -106,6 +107,14 @@ class Watchdog:
         process group): if this process dies in between, the watchdog finds the task by its
         ``BALSAM_JOB_ID`` and stops it too."""
         self._send(f"?{job_id}\n".encode())
+
+    def segments(self, found: Mapping[str, tuple[int, int]]) -> None:
+        """MPI shared-memory files ({path: (device, inode)}) this process maps: if it dies
+        (end of file without :meth:`close`'s line), the watchdog unlinks those still there
+        (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
+        if found:
+            self._send("".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items())
+                       .encode())
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
@@ -214,14 +223,17 @@ def groups_of_job(job_id: str) -> list[int]:
     return sorted(found)
 
 
-def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
-    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` lines from ``fd`` until end of
-    file (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the
-    nap), then stop the groups still registered
+def serve(fd: int, grace: float
+          ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` / ``!DEV INO PATH`` lines from
+    ``fd`` until end of file (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner
+    closing, skips the nap), then stop the groups still registered
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
-    after SIGKILL, job ids started since the last ``=``, one per start; an expected start
-    counts)."""
+    after SIGKILL, job ids started since the last ``=``, one per start -- an expected start
+    counts --, the shared-memory files the owner left if it died: none after ``.``)."""
     groups: dict[int, str] = {}
+    segments: dict[str, tuple[int, int]] = {}
+    closing = False
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
     pending = b""
@@ -250,11 +262,16 @@ def serve(fd: int, grace: float) -> tuple[list[int], list[int], list[str]]:
             elif line[:1] == b"=":
                 started.clear()
                 expected.clear()
+            elif line[:1] == b"!":
+                dev, ino, path = line[1:].decode().split(" ", 2)
+                segments[path] = (int(dev), int(ino))
+            elif line == b".":
+                closing = True
     for job in +expected:  # the starter died between starting a task and registering it
         started[job] += 1
         groups.update((pgid, job) for pgid in groups_of_job(job))
     stopped = kill_groups(sorted(groups), grace) if groups else []
-    return stopped, still_alive(stopped), list(started.elements())
+    return stopped, still_alive(stopped), list(started.elements()), {} if closing else segments
 
 
 def main(argv: list[str]) -> int:
@@ -262,11 +279,15 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started = serve(0, grace)
+    stopped, alive, started, segments = serve(0, grace)
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "started": started,
                               "alive": alive})
+    removed = unlink_segments(segments)  # after the report: the launcher waits for that
+    if removed:
+        print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
+              f"{', '.join(removed)}", file=sys.stderr, flush=True)
     if stopped:
         print(f"balsam watchdog: process {owner} exited with {len(stopped)} task(s) still "
               f"running: stopped process group(s) {', '.join(map(str, stopped))}",

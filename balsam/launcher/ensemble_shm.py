@@ -1,0 +1,126 @@
+"""The shared-memory files of a serial ensemble that did not end by itself are removed.
+
+MPICH (the mpich wheel, ch4) gives the ranks of one node a shared-memory segment: a file
+``/dev/shm/mpich_shm_<random hex>_<n>`` (~1 MiB per local rank: 2.1 MB for the master and worker
+1 of the first node), created and mapped in ``MPI_Init`` and unlinked by ``MPI_Finalize``. A rank
+that is killed never finalizes, so every killed ensemble -- a lost rank, a stuck master or a
+frozen worker (:mod:`balsam.launcher.ensemble_restart`), a forced kill at the end -- left its
+file behind: in a container with a 64 MB ``/dev/shm`` a few dozen restarts filled it, and
+later MPI start-ups failed.
+
+The name carries no pid, and other files of that name belong to other users' and other launchers'
+jobs (or to tasks that are MPI programs), some of them live. So the launcher learns which files
+are its ensemble's while it runs: :class:`Segments` reads ``/proc/<pid>/maps`` of the ranks the
+MPI launch started on this node (the grandchildren of ``mpiexec``: Hydra's local proxy starts
+them; tasks are one level further down) until it has seen their segment (first after
+:data:`FIRST_LOOK_SECONDS`, then at doubling intervals: one look of ~5-10 ms once MPI is up),
+noting each file's device and inode. After the ensemble ended, however it ended,
+:meth:`Segments.remove` unlinks each of those files that still exists as the same inode and
+belongs to this user (after a normal end ``MPI_Finalize`` has unlinked it: one ``stat``).
+Unlinking a name does not disturb a rank still dying with the file mapped.
+
+Only ranks that are this launcher's descendants are found that way: Hydra's ``fork``
+bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
+each worker rank also gives its task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
+own on the rank's node) the segments it maps, read once from ``/proc/self/maps`` after
+``MPI_Init``; a watchdog whose rank died (its pipe closed without the rank's closing line)
+unlinks them the same way, after it stopped the rank's tasks and wrote its report. After a normal
+end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Callable, Optional
+
+SHM_DIR = "/dev/shm"
+PREFIX = "mpich_shm_"
+FIRST_LOOK_SECONDS = 0.5
+"""MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
+MAX_LOOK_SECONDS = 30.0
+"""Longest interval between looks while none was found (an ensemble stuck in its start-up)."""
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} of every process this one can see (from ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    return children
+
+
+def mapped_segments(pids: list[int]) -> dict[str, tuple[int, int]]:
+    """{path: (device, inode)} of the MPICH segment files ``pids`` map (files since unlinked,
+    and processes gone or not readable, are skipped)."""
+    found: dict[str, tuple[int, int]] = {}
+    marker = f" {SHM_DIR}/{PREFIX}"
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                lines = [line for line in fh if marker in line]
+        except OSError:
+            continue
+        for line in lines:
+            path = line[line.index(marker) + 1:].rstrip("\n")
+            if path.endswith(" (deleted)") or path in found:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found[path] = (st.st_dev, st.st_ino)
+    return found
+
+
+class Segments:
+    """The MPICH segment files of the ensemble whose MPI launch is ``launch_pid`` (see the
+    module docstring): :meth:`look` while it runs, :meth:`remove` once it ended."""
+
+    def __init__(self, launch_pid: int, now: Optional[float] = None) -> None:
+        self.launch_pid = launch_pid
+        self.found: dict[str, tuple[int, int]] = {}
+        self.interval = FIRST_LOOK_SECONDS
+        self.next_look = (time.monotonic() if now is None else now) + FIRST_LOOK_SECONDS
+
+    def look(self, now: float) -> None:
+        """Find the ranks' segment files if a look is due and none was found yet."""
+        if self.found or now < self.next_look:
+            return
+        self.interval = min(2.0 * self.interval, MAX_LOOK_SECONDS)
+        self.next_look = now + self.interval
+        children = children_by_parent()
+        ranks = [rank for proxy in children.get(self.launch_pid, [])
+                 for rank in children.get(proxy, [])]
+        self.found = mapped_segments(ranks)
+
+    def remove(self, log: Optional[Callable[[str], None]] = None) -> list[str]:
+        """After the ensemble ended: unlink its segment files still there (same inode, this
+        user's); the paths removed (``log`` is told of them)."""
+        removed = unlink_segments(self.found)
+        if removed and log is not None:
+            log(f"removed the shared-memory file(s) the ended ensemble left: {', '.join(removed)}")
+        return removed
+
+
+def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
+    """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
+    user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
+    removed = []
+    for path, (dev, ino) in found.items():
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != os.geteuid():
+                continue
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

@@ -1,0 +1,159 @@
+"""Serial mode: a worker rank that stops answering is lost, even while its master is alive.
+
+The launcher replaces an ensemble whose master stops renewing the lease
+(:mod:`balsam.launcher.ensemble_stuck`) and one that lost a rank (MPI takes the whole ensemble
+down; :mod:`balsam.launcher.ensemble_restart`). A worker rank that is frozen (SIGSTOP), stuck in
+a system call or deadlocked while its process lives was neither: its tasks ran on and ended
+with nobody reporting it, and the master went on queueing work there, so its jobs stayed
+RUNNING and held until the time limit.
+
+Now every worker rank sends the master a heartbeat every ``heartbeat_seconds``
+(:class:`Pulse`; on a tag of its own, :data:`HEARTBEAT_TAG`, so the reports' path is untouched:
+the worker's cost is one comparison per loop iteration, the master's nothing per report). The
+master drains those heartbeats every ``kill_check_seconds`` (:class:`RankWatch`); a worker unheard
+for :func:`silence_limit` -- at least :data:`SILENT_BEATS` heartbeats and the stuck-master limit
+(:func:`balsam.launcher.ensemble_stuck.stuck_after`, 50 s with the default tunables) -- is lost.
+The master then writes the state changes it has (the ends reported so far) and aborts the MPI
+job (``MPI_Abort``, status :data:`balsam.launcher.serial_mode.EXIT_RANK_LOST`): MPICH's Hydra
+SIGKILLs every rank, the frozen one too, and from there it is the path of a lost rank -- each
+rank's watchdog stops its tasks and reports, the launcher records the starts never recorded,
+times out the jobs that were RUNNING, releases the other claims and starts a new ensemble in
+the same session (:func:`balsam.launcher.ensemble_restart.run_serial`).
+
+Heartbeats queue while the master itself is busy (a database reconnection, a long pass): it
+drains them before it judges, so a slow master never declares a live worker lost.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from balsam.core.tunables import Tunables
+from balsam.launcher.ensemble_stuck import stuck_after
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+HEARTBEAT_TAG = 14
+"""MPI tag of the workers' heartbeats (worker -> master; the reports are tag 12)."""
+SILENT_BEATS = 3
+"""A worker is lost only once at least this many heartbeats in a row did not come."""
+FLUSH_SECONDS = 3.0
+"""Longest the master tries to write its pending state changes before it aborts."""
+
+
+def silence_limit(heartbeat_seconds: float, stuck_seconds: float) -> float:
+    """Seconds a worker may be unheard before it is lost: ``SILENT_BEATS`` heartbeats, and no
+    less than the limit after which a master is stuck (``stuck_seconds``): a worker blocked
+    that long on its node (a file system that hangs) is as good as lost."""
+    return max(SILENT_BEATS * heartbeat_seconds, stuck_seconds)
+
+
+class Pulse:
+    """A worker rank's heartbeat: ``send()`` (one small message to the master) at most every
+    ``period`` seconds. The loop calls :meth:`beat` when ``now >= self.due``."""
+
+    def __init__(self, send: Callable[[], None], period: float,
+                 now: Optional[float] = None) -> None:
+        self.send = send
+        self.period = period
+        self.due = (time.monotonic() if now is None else now) + period
+
+    def beat(self, now: float) -> None:
+        """Send a heartbeat; the next is due one period later."""
+        self.send()
+        self.due = now + self.period
+
+
+class Silence:
+    """The master's view of its workers' heartbeats. ``beats()`` returns the ranks of the
+    heartbeats that arrived since it was last called (it drains them); :meth:`lost` names the
+    workers unheard for ``limit`` seconds. ``abort()`` ends the whole ensemble (``MPI_Abort``:
+    Hydra SIGKILLs every rank; MPICH's call returns meanwhile) and gives the master's exit
+    status."""
+
+    def __init__(self, workers: Iterable[int], limit: float,
+                 beats: Callable[[], Iterable[int]], abort: Callable[[], int],
+                 now: Optional[float] = None) -> None:
+        start = time.monotonic() if now is None else now
+        self.heard = {w: start for w in workers}
+        self.limit = limit
+        self.beats = beats
+        self.abort = abort
+
+    def lost(self, now: float) -> Optional[str]:
+        """Why the ensemble lost a worker (those unheard for ``limit`` once the heartbeats
+        that arrived are drained), or None."""
+        for worker in self.beats():
+            self.heard[worker] = now
+        silent = {w: now - t for w, t in self.heard.items() if now - t > self.limit}
+        if not silent:
+            return None
+        names = ", ".join(f"{w} ({s:.0f} s)" for w, s in sorted(silent.items()))
+        return (f"worker rank(s) {names} sent no heartbeat for longer than {self.limit:g} s "
+                "(frozen, blocked or deadlocked): aborting the ensemble so that it restarts "
+                "without them")
+
+
+class RankWatch:
+    """The master's side (a base of :class:`balsam.launcher.serial_master.Master`, which
+    provides ``ctx`` and ``_flush``); ``silence`` is set by the MPI entry point
+    (:func:`balsam.launcher.serial_ranks.run_master`), None in tests without MPI."""
+
+    silence: Optional[Silence] = None
+    ctx: Context
+
+    def _flush(self, before: Optional[float] = None) -> None:
+        """Write the pending state changes (provided by ``Master``)."""
+        raise NotImplementedError
+
+    def _ranks_lost(self, now: float) -> bool:
+        """Whether a worker is lost (see the module docstring): then the state changes the
+        master has are written and the ensemble is aborted (the master then returns
+        :data:`balsam.launcher.serial_mode.EXIT_RANK_LOST` unless Hydra killed it first)."""
+        silence = self.silence
+        why = None if silence is None else silence.lost(now)
+        if silence is None or why is None:
+            return False
+        self.ctx.log.error(why)
+        self._flush(before=time.monotonic() + FLUSH_SECONDS)
+        silence.abort()
+        return True
+
+
+def mpi_pulse(comm: Any, tunables: Tunables) -> Pulse:
+    """A worker rank's :class:`Pulse` over mpi4py: ``isend`` to rank 0 every
+    ``heartbeat_seconds`` (completed requests are dropped at the next beat)."""
+    requests: list[Any] = []
+
+    def send() -> None:
+        requests[:] = [r for r in requests if not r.Test()]
+        requests.append(comm.isend(None, dest=0, tag=HEARTBEAT_TAG))
+
+    return Pulse(send, tunables.heartbeat_seconds)
+
+
+def mpi_silence(comm: Any, tunables: Tunables, status: int) -> Silence:
+    """The master's :class:`Silence` over mpi4py: heartbeats drained with matched probes (no
+    blocking call); ``abort`` is ``MPI_Abort(comm, status)``."""
+    from mpi4py import MPI  # the master rank has loaded it already
+
+    probe_status = MPI.Status()
+
+    def beats() -> list[int]:
+        heard: list[int] = []
+        while True:
+            matched = comm.improbe(source=MPI.ANY_SOURCE, tag=HEARTBEAT_TAG,
+                                   status=probe_status)
+            if matched is None:
+                return heard
+            matched.recv()
+            heard.append(probe_status.Get_source())
+
+    def abort() -> int:
+        comm.Abort(status)
+        return status
+
+    limit = silence_limit(tunables.heartbeat_seconds, stuck_after(tunables))
+    return Silence(range(1, comm.Get_size()), limit, beats, abort)
