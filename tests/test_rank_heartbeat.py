@@ -25,6 +25,7 @@ def test_a_worker_unheard_for_the_limit_is_lost_and_named():
     queued: list[int] = []
     silence = Silence([1, 2, 3], limit=10.0, beats=lambda: [queued.pop() for _ in list(queued)],
                       abort=lambda: 8, now=0.0)
+    assert silence.lost(4.5) is None  # the master checks more often than every limit / 2
     assert silence.lost(9.0) is None
     queued += [1, 3, 1]
     assert silence.lost(9.5) is None  # worker 2 has 0.5 s left
@@ -39,8 +40,24 @@ def test_heartbeats_that_queued_while_the_master_was_busy_keep_their_workers_ali
     silence = Silence([1, 2], limit=10.0, beats=lambda: [queued.pop() for _ in list(queued)],
                       abort=lambda: 8, now=0.0)
     assert silence.lost(60.0) is None
+    assert silence.lost(65.0) is None
     assert silence.lost(69.0) is None
     assert "1 (11 s), 2 (11 s)" in (silence.lost(71.0) or "")
+
+
+def test_a_suspended_job_does_not_count_its_pause_against_its_workers():
+    # The whole job was stopped 300 s (scontrol suspend): no heartbeat came, but the master
+    # did not run either; after the resume the workers have their remaining time, no more.
+    queued: list[int] = []
+    silence = Silence([1, 2], limit=10.0, beats=lambda: [queued.pop() for _ in list(queued)],
+                      abort=lambda: 8, now=0.0)
+    assert silence.stall == 5.0
+    assert silence.lost(4.0) is None
+    queued.append(1)
+    assert silence.lost(304.0) is None  # 300 s gap: not counted; worker 2 was heard at 0 (+300)
+    assert silence.lost(308.0) is None
+    why = silence.lost(311.0)
+    assert why is not None and "2 (11 s)" in why and "1 (" not in why
 
 
 def test_a_worker_beats_while_it_idles_and_while_its_task_runs(tmp_path):

@@ -21,7 +21,10 @@ times out the jobs that were RUNNING, releases the other claims and starts a new
 the same session (:func:`balsam.launcher.ensemble_restart.run_serial`).
 
 Heartbeats queue while the master itself is busy (a database reconnection, a long pass): it
-drains them before it judges, so a slow master never declares a live worker lost.
+drains them before it judges, so a slow master never declares a live worker lost. A gap in the
+master's own checks longer than its ``stall`` (half the limit, at least three check intervals)
+means the master did not run either -- the whole job was suspended (``scontrol suspend``, gang
+scheduling, a paused VM) and its workers with it: that gap is not counted against any worker.
 """
 from __future__ import annotations
 
@@ -75,16 +78,22 @@ class Silence:
 
     def __init__(self, workers: Iterable[int], limit: float,
                  beats: Callable[[], Iterable[int]], abort: Callable[[], int],
-                 now: Optional[float] = None) -> None:
+                 now: Optional[float] = None, stall: Optional[float] = None) -> None:
         start = time.monotonic() if now is None else now
         self.heard = {w: start for w in workers}
         self.limit = limit
+        self.stall = limit / 2 if stall is None else stall
+        self.checked = start
         self.beats = beats
         self.abort = abort
 
     def lost(self, now: float) -> Optional[str]:
         """Why the ensemble lost a worker (those unheard for ``limit`` once the heartbeats
-        that arrived are drained), or None."""
+        that arrived are drained), or None. A gap since the last call longer than ``stall``
+        (the master itself did not run: the job was suspended) is not counted."""
+        gap, self.checked = now - self.checked, now
+        if gap > self.stall:
+            self.heard = {w: t + gap for w, t in self.heard.items()}
         for worker in self.beats():
             self.heard[worker] = now
         silent = {w: now - t for w, t in self.heard.items() if now - t > self.limit}
@@ -156,4 +165,5 @@ def mpi_silence(comm: Any, tunables: Tunables, status: int) -> Silence:
         return status
 
     limit = silence_limit(tunables.heartbeat_seconds, stuck_after(tunables))
-    return Silence(range(1, comm.Get_size()), limit, beats, abort)
+    stall = max(limit / 2, 3 * tunables.kill_check_seconds)
+    return Silence(range(1, comm.Get_size()), limit, beats, abort, stall=stall)
