@@ -19,7 +19,10 @@ that froze while running is replaced before a sweep could hand its jobs to anoth
 new ensemble first gets ``max(limit, lease_seconds)`` to come up (MPI start-up on a loaded
 machine; the lease may be old already when a stuck one is replaced). Ages follow the sweep's
 rule (counted from the server's start if it restarted since), a session closed under a running
-ensemble counts as stuck, and while the database cannot be reached nothing is decided.
+ensemble counts as stuck, and while the database cannot be reached nothing is decided. A gap of
+more than half the limit between two looks means the launcher did not run either (the job was
+suspended, e.g. ``scontrol suspend``, and its master with it): the master then gets half the
+limit to renew the lease before it is judged.
 """
 from __future__ import annotations
 
@@ -53,11 +56,17 @@ class StuckWatch:
         self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
         self.started = time.monotonic() if now is None else now
         self.next_check = self.started + max(self.limit, ctx.tunables.lease_seconds)
+        self.looked = self.started
 
     def stuck(self, now: float) -> Optional[str]:
         """Why the ensemble is stuck, if a check is due and finds it so; else None. A session
         closed under a running ensemble (swept by another launcher: the master, had it been
-        alive, would have exited on its next heartbeat) is stuck too."""
+        alive, would have exited on its next heartbeat) is stuck too. After a gap of more than
+        half the limit since the last call (a suspended job) the next check waits half the
+        limit."""
+        gap, self.looked = now - self.looked, now
+        if gap > self.limit / 2.0:
+            self.next_check = max(self.next_check, now + self.limit / 2.0)
         if now < self.next_check:
             return None
         self.next_check = now + self.period

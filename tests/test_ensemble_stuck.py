@@ -1,0 +1,64 @@
+"""The launcher's look at its serial ensemble's lease (:class:`balsam.launcher.ensemble_stuck.
+StuckWatch`) against the real PostgreSQL, at chosen monotonic times (the launcher's loop looks
+several times a second): a master whose lease is older than the limit is stuck; a gap in the
+launcher's own looks (the whole job was suspended, so the master could not renew either) gives
+the master time to renew before it is judged. The real frozen master is in
+``tests/test_exactly_once.py``."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Optional
+
+from launcher_support import wait_for
+from test_launcher_common import open_session, set_port  # noqa: F401 - a fixture
+
+from balsam.core import leases
+from balsam.core.tunables import Tunables
+from balsam.db.database import Database
+from balsam.launcher.ensemble_stuck import StuckWatch, stuck_after
+
+STEP = 0.25
+"""The simulated launcher loop's period (seconds of the chosen clock)."""
+
+
+def first_stuck(watch: StuckWatch, start: float, end: float) -> Optional[float]:
+    """The first time in [start, end) at which the loop, looking every STEP, finds it stuck."""
+    now = start
+    while now < end:
+        if watch.stuck(now) is not None:
+            return now
+        now += STEP
+    return None
+
+
+def test_a_lease_older_than_the_limit_is_stuck_and_a_suspension_gives_the_master_time(db):
+    tunables = Tunables.from_settings({"lease_seconds": 4, "reconnect_max_seconds": 1,
+                                       "heartbeat_seconds": 0.5})
+    limit = stuck_after(tunables)
+    assert limit == 2.0
+    database = Database(db, "stuck-watch-test")
+    try:
+        sid = database.run(open_session)
+        database.run(lambda cur: cur.execute(
+            f"UPDATE {leases.SESSION} SET heartbeat = now() - interval '1 hour' WHERE id = %s",
+            [sid]))
+        # (the age counts from the server's start if that came later: wait for it to pass)
+        wait_for(lambda: database.run(leases.lease_age, sid) > limit, 60,
+                 "the session's lease to be older than the limit")
+        watch = StuckWatch(SimpleNamespace(  # type: ignore[arg-type]
+            tunables=tunables, db=database, session_id=sid), now=0.0)
+        # A new ensemble has max(limit, lease) to come up; then the old lease is stuck.
+        came_up = max(limit, tunables.lease_seconds)
+        assert first_stuck(watch, 0.0, 100.0) == came_up
+        # The launcher did not look for 600 s (suspended with its ensemble): not judged at the
+        # resume, nor until the master had half the limit to renew; then the old lease is.
+        resumed = came_up + 600.0
+        assert first_stuck(watch, resumed, resumed + limit / 2) is None
+        assert first_stuck(watch, resumed + limit / 2, resumed + 100.0) == resumed + limit / 2
+        # Suspended again; this time the master renews after the resume: never stuck.
+        resumed += 1000.0
+        assert watch.stuck(resumed) is None
+        database.run(leases.heartbeat, sid)
+        assert first_stuck(watch, resumed + STEP, resumed + limit / 2 + 1.0) is None
+    finally:
+        database.close()
