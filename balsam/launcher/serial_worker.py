@@ -133,6 +133,11 @@ class Worker:
                              on_task=watchdog.add if watchdog is not None else None,
                              on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
+        self._tails: dict[str, WarmTask] = {}
+        """Running function tasks nothing is queued behind yet (:meth:`_queue_behind`)."""
+        self._behind: dict[str, tuple[_Running, Work]] = {}
+        """Function tasks queued behind a running one in its warm process, not begun."""
+        self._stop_grace = shutdown_grace
         self._next_fd_check = 0.0
         self._prep = spawn.Preparer()
         """Makes queued tasks' directories and output files before their start."""
@@ -236,7 +241,14 @@ class Worker:
         running = self.running.get(job_id)
         if running is not None:
             running.why = running.why or "kill"
+            self._cancel_behind(running.task)
             running.task.terminate(self.kill_grace)
+            return
+        behind = self._behind.get(job_id)
+        if behind is not None:  # it never begins (or begins and is stopped at once)
+            behind[0].why = "kill"
+            assert isinstance(behind[0].task, WarmTask)
+            self.warm.cancel(behind[0].task)
             return
         for work in self.queue:
             if work.job_id == job_id:
@@ -248,6 +260,11 @@ class Worker:
     def _stop(self, grace: float) -> None:
         self._reap()  # what already ended is reported as it ended, not as stopped
         self.stopping = True
+        self._stop_grace = grace
+        for behind, _ in self._behind.values():
+            behind.why = behind.why or "stop"
+            assert isinstance(behind.task, WarmTask)
+            self.warm.cancel(behind.task)
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
             for work in self.queue:
@@ -280,7 +297,6 @@ class Worker:
 
     def _ended(self, job_id: str, r: _Running, rc: int) -> None:
         del self.running[job_id]
-        self.node.free(job_id)
         if r.fd >= 0:
             self._poller.unregister(r.fd)
             del self._by_fd[r.fd]
@@ -288,12 +304,18 @@ class Worker:
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
+        successor = None
         if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
-            self.warm.finished(r.task, clean=not r.why)
+            self._tails.pop(job_id, None)
+            successor = self.warm.finished(r.task, clean=not r.why)
             if r.task.outcome is not None:  # before the end it goes with: same report
                 self._note_all("outcomes", [r.task.outcome])
         elif self.watchdog is not None:  # sent with this iteration's next watchdog write
             self.watchdog.remove(r.task.pgid, defer=True)
+        if successor is not None and successor.begun:  # on the same cores
+            self.node.hand_over(job_id, successor.job_id)
+        else:
+            self.node.free(job_id)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
@@ -305,6 +327,43 @@ class Worker:
         else:
             self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
                                                               self.tail_lines))])
+        if successor is not None:
+            self._follow(successor, collateral=bool(r.why))
+
+    def _cancel_behind(self, task: procs.Task) -> None:
+        """Ask back the function task queued behind ``task`` (being stopped): it goes back to
+        the queue if it never began."""
+        if isinstance(task, WarmTask) and task.successor is not None:
+            self.warm.cancel(task.successor)
+
+    def _follow(self, task: WarmTask, collateral: bool) -> None:
+        """The function task queued behind one that ended began (it takes that one's place:
+        reported started) or was cancelled (it never ran: reported killed or returned, or
+        queued again if nobody asked)."""
+        r, work = self._behind.pop(task.job_id)
+        if task.begun:
+            if collateral or task.cancel_sent:  # stopped with the one before, or asked back
+                r.why = r.why or "stop"        # too late: it stops now
+            r.fd = task.fd
+            self.started += 1
+            self.running[task.job_id] = r
+            self._by_fd[r.fd] = task.job_id
+            self._poller.register(r.fd, select.POLLIN)
+            self._note_all("started", [task.job_id])
+            if task.returncode is not None:  # its reply came with the one before
+                self._ended(task.job_id, r, task.returncode)
+            elif r.why:
+                task.terminate(self.kill_grace if r.why == "kill" else self._stop_grace)
+            else:
+                self._tails[task.job_id] = task
+            return
+        os.close(task.fd)
+        if r.why == "kill":
+            self._note_all("killed", [task.job_id])
+        elif r.why or self.stopping:
+            self._note_all("returned", [task.job_id])
+        else:
+            self.queue.appendleft(work)
 
     def _start_fitting(self) -> bool:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
@@ -320,7 +379,7 @@ class Worker:
             self.queue.popleft()
             batch.append((work, placement))
         if not batch:
-            return False
+            return self._queue_behind()
         self._note_all("started", [work.job_id for work, _ in batch])
         cold = [(w, p, w.envscript is not None or not is_runner_argv(w.argv)) for w, p in batch]
         if self.watchdog is not None:
@@ -332,11 +391,40 @@ class Worker:
         finally:
             if self.watchdog is not None:
                 self.watchdog.add_all(added)
+        self._queue_behind()
         return True
+
+    def _queue_behind(self) -> bool:
+        """Function tasks at the head of the queue (which does not fit now) wait in the warm
+        process of a short running function task of the same shape instead, to begin the
+        moment it ends: the warm process does not wait for this loop between tasks
+        (:meth:`balsam.launcher.warm_pool.WarmPool.can_follow` says when; not with GPUs)."""
+        if self.stopping or not self.queue or not self._tails or self.node.gpus:
+            return False
+        now, sent = time.monotonic(), False
+        while self.queue and self._tails:
+            work = self.queue[0]
+            if work.envscript is not None or not is_runner_argv(work.argv):
+                break
+            job_id = next(iter(self._tails))
+            running = self._tails.pop(job_id)
+            if running.shape != (work.packing, work.required_cores) \
+                    or not self.warm.can_follow(running, now):
+                continue
+            self.queue.popleft()
+            try:
+                task = self.warm.queue_behind(running, work.job_id, work.env, work.workdir,
+                                              work.output_path, work.row)
+            except OSError:
+                self.queue.appendleft(work)
+                break
+            self._behind[work.job_id] = (_Running(task, -1), work)
+            sent = True
+        return sent
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = dict(self.base_env)
+        env = dict(self.base_env) if spawned else {}  # a warm task's: on top of the pool's
         env.update(work.env)
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -348,13 +436,15 @@ class Worker:
                 work.job_id, task.with_envscript(work.argv, work.envscript), env, work.workdir,
                 work.output_path, prepared=prepared) if spawned
                 else self.warm.start(work.job_id, env, work.workdir, work.output_path,
-                                     placement.cpus, work.row))
+                                     placement.cpus, work.row,
+                                     (work.packing, work.required_cores)))
         except OSError as exc:
             self.node.free(work.job_id)
             self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
             return
         if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
             fd = t.fd
+            self._tails[work.job_id] = t
         else:
             added.append((t.pgid, work.job_id))
             if len(placement.cpus) < len(self.node.cpus):
