@@ -245,8 +245,11 @@ class WarmPool:
         """Tasks begun and not finished, by job id."""
         self.started = 0
         """Warm processes started so far."""
+        self.short_seconds = SHORT_TASK_SECONDS
+        """What counts as short (:meth:`can_follow`)."""
         self.mean_seconds = SHORT_TASK_SECONDS
-        """Average duration of this pool's tasks (exponential: recent ends weigh most)."""
+        """Average duration of this pool's tasks (exponential: recent ends weigh most; none
+        yet: not short, so the first tasks are never queued behind)."""
         self.queued_behind = 0
         """Tasks queued behind a running one so far."""
 
@@ -289,8 +292,8 @@ class WarmPool:
         ``running`` is young, clean, alone on its process."""
         return (running.successor is None and not running.cancel_sent and running.begun
                 and running.returncode is None and not running.process.gone
-                and self.mean_seconds < SHORT_TASK_SECONDS
-                and now - running.started < SHORT_TASK_SECONDS)
+                and self.mean_seconds < self.short_seconds
+                and now - running.started < self.short_seconds)
 
     def _send(self, process: WarmProcess, job_id: str, env: Mapping[str, str], workdir: str,
               output_path: str, row: Optional[TaskRow], begun: bool,
