@@ -96,9 +96,12 @@ def test_a_task_queued_behind_begins_in_the_same_process_when_the_first_ends(tmp
         assert not p.pool.can_follow(first, time.monotonic())  # one queued at most
         gate.touch()
         assert ended(first) == 0
+        fd = first.fd
         assert p.pool.finished(first, clean=True) is second and second.begun
+        assert (second.fd, first.fd) == (fd, -1)  # the connection's descriptor goes on
         assert ended(second) == 0
         assert p.pool.finished(second, clean=True) is None
+        os.close(second.fd)
         assert value(first) == value(second) == first.pid  # one warm process ran both
         assert (tmp_path / "second" / "second.out").read_text() == "ran\n"
         assert p.pool.started == 1 and len(p.pool.idle) == 1
@@ -118,10 +121,11 @@ def test_a_queued_task_cancelled_before_the_first_ends_never_runs(tmp_path):
         assert p.pool.finished(first, clean=True) is second
         assert second.cancelled and not second.begun and second.returncode is None
         assert not (tmp_path / "second").exists()
+        os.close(first.fd)
         third = p.start("third", row("fn.Pid"))  # the process is idle again, and serves
         assert ended(third) == 0 and value(third) == first.pid
         p.pool.finished(third, clean=True)
-        os.close(second.fd)
+        os.close(third.fd)
     finally:
         p.pool.close()
 
@@ -135,8 +139,8 @@ def test_a_queued_task_never_runs_when_the_process_dies_first(tmp_path):
         assert ended(first) == -signal.SIGKILL
         assert p.pool.finished(first, clean=False) is second
         assert second.cancelled and not second.begun
-        assert not (tmp_path / "second").exists()
-        os.close(second.fd)
+        assert not (tmp_path / "second").exists() and second.fd == -1
+        os.close(first.fd)
     finally:
         p.pool.close()
 

@@ -35,8 +35,9 @@ The task environment is the worker's own environment passed once through
 variables: a task that is an MPI program is not part of the launcher's MPI job) plus the job's
 variables (``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the
 function runner and it has no envscript) runs in a warm Python worker instead of a new process
-(:mod:`balsam.launcher.warm_pool`), with the same reports. The loop is transport-agnostic
-(:class:`Channel`), so tests drive it without MPI; :func:`main` runs it over mpi4py.
+(:mod:`balsam.launcher.warm_pool`), with the same reports; while such tasks are short, the
+next one waits in a running one's warm process (:mod:`balsam.launcher.serial_warm`). The loop
+is transport-agnostic (:class:`Channel`), so tests drive it without MPI.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ from balsam import defaults
 from balsam.core.payloads import TaskRow
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
+from balsam.launcher.serial_warm import Running as _Running
+from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
@@ -92,16 +95,7 @@ class Channel(Protocol):
     def receive(self) -> Optional[dict[str, Any]]: ...
 
 
-class _Running:
-    __slots__ = ("task", "fd", "why")
-
-    def __init__(self, task: procs.Task, fd: int) -> None:
-        self.task = task
-        self.fd = fd
-        self.why = ""  # "" running normally, "kill" (user kill), "stop" (launcher stopping)
-
-
-class Worker:
+class Worker(WarmQueueing):
     """The task loop of one node (see the module docstring). Single-threaded."""
 
     def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
@@ -133,11 +127,7 @@ class Worker:
                              on_task=watchdog.add if watchdog is not None else None,
                              on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
-        self._tails: dict[str, WarmTask] = {}
-        """Running function tasks nothing is queued behind yet (:meth:`_queue_behind`)."""
-        self._behind: dict[str, tuple[_Running, Work]] = {}
-        """Function tasks queued behind a running one in its warm process, not begun."""
-        self._stop_grace = shutdown_grace
+        self._tails, self._behind, self._stop_grace = {}, {}, shutdown_grace  # WarmQueueing
         self._next_fd_check = 0.0
         self._prep = spawn.Preparer()
         """Makes queued tasks' directories and output files before their start."""
@@ -244,11 +234,7 @@ class Worker:
             self._cancel_behind(running.task)
             running.task.terminate(self.kill_grace)
             return
-        behind = self._behind.get(job_id)
-        if behind is not None:  # it never begins (or begins and is stopped at once)
-            behind[0].why = "kill"
-            assert isinstance(behind[0].task, WarmTask)
-            self.warm.cancel(behind[0].task)
+        if self._kill_behind(job_id):  # queued in a warm process: it never begins
             return
         for work in self.queue:
             if work.job_id == job_id:
@@ -260,11 +246,7 @@ class Worker:
     def _stop(self, grace: float) -> None:
         self._reap()  # what already ended is reported as it ended, not as stopped
         self.stopping = True
-        self._stop_grace = grace
-        for behind, _ in self._behind.values():
-            behind.why = behind.why or "stop"
-            assert isinstance(behind.task, WarmTask)
-            self.warm.cancel(behind.task)
+        self._stop_behind(grace)
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
             for work in self.queue:
@@ -297,10 +279,6 @@ class Worker:
 
     def _ended(self, job_id: str, r: _Running, rc: int) -> None:
         del self.running[job_id]
-        if r.fd >= 0:
-            self._poller.unregister(r.fd)
-            del self._by_fd[r.fd]
-            os.close(r.fd)
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
@@ -312,10 +290,15 @@ class Worker:
                 self._note_all("outcomes", [r.task.outcome])
         elif self.watchdog is not None:  # sent with this iteration's next watchdog write
             self.watchdog.remove(r.task.pgid, defer=True)
-        if successor is not None and successor.begun:  # on the same cores
+        if successor is not None and successor.begun:  # same cores, same connection
             self.node.hand_over(job_id, successor.job_id)
+            self._by_fd[r.fd] = successor.job_id
         else:
             self.node.free(job_id)
+            if r.fd >= 0:
+                self._poller.unregister(r.fd)
+                del self._by_fd[r.fd]
+                os.close(r.fd)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
@@ -329,41 +312,6 @@ class Worker:
                                                               self.tail_lines))])
         if successor is not None:
             self._follow(successor, collateral=bool(r.why))
-
-    def _cancel_behind(self, task: procs.Task) -> None:
-        """Ask back the function task queued behind ``task`` (being stopped): it goes back to
-        the queue if it never began."""
-        if isinstance(task, WarmTask) and task.successor is not None:
-            self.warm.cancel(task.successor)
-
-    def _follow(self, task: WarmTask, collateral: bool) -> None:
-        """The function task queued behind one that ended began (it takes that one's place:
-        reported started) or was cancelled (it never ran: reported killed or returned, or
-        queued again if nobody asked)."""
-        r, work = self._behind.pop(task.job_id)
-        if task.begun:
-            if collateral or task.cancel_sent:  # stopped with the one before, or asked back
-                r.why = r.why or "stop"        # too late: it stops now
-            r.fd = task.fd
-            self.started += 1
-            self.running[task.job_id] = r
-            self._by_fd[r.fd] = task.job_id
-            self._poller.register(r.fd, select.POLLIN)
-            self._note_all("started", [task.job_id])
-            if task.returncode is not None:  # its reply came with the one before
-                self._ended(task.job_id, r, task.returncode)
-            elif r.why:
-                task.terminate(self.kill_grace if r.why == "kill" else self._stop_grace)
-            else:
-                self._tails[task.job_id] = task
-            return
-        os.close(task.fd)
-        if r.why == "kill":
-            self._note_all("killed", [task.job_id])
-        elif r.why or self.stopping:
-            self._note_all("returned", [task.job_id])
-        else:
-            self.queue.appendleft(work)
 
     def _start_fitting(self) -> bool:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
@@ -393,34 +341,6 @@ class Worker:
                 self.watchdog.add_all(added)
         self._queue_behind()
         return True
-
-    def _queue_behind(self) -> bool:
-        """Function tasks at the head of the queue (which does not fit now) wait in the warm
-        process of a short running function task of the same shape instead, to begin the
-        moment it ends: the warm process does not wait for this loop between tasks
-        (:meth:`balsam.launcher.warm_pool.WarmPool.can_follow` says when; not with GPUs)."""
-        if self.stopping or not self.queue or not self._tails or self.node.gpus:
-            return False
-        now, sent = time.monotonic(), False
-        while self.queue and self._tails:
-            work = self.queue[0]
-            if work.envscript is not None or not is_runner_argv(work.argv):
-                break
-            job_id = next(iter(self._tails))
-            running = self._tails.pop(job_id)
-            if running.shape != (work.packing, work.required_cores) \
-                    or not self.warm.can_follow(running, now):
-                continue
-            self.queue.popleft()
-            try:
-                task = self.warm.queue_behind(running, work.job_id, work.env, work.workdir,
-                                              work.output_path, work.row)
-            except OSError:
-                self.queue.appendleft(work)
-                break
-            self._behind[work.job_id] = (_Running(task, -1), work)
-            sent = True
-        return sent
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:

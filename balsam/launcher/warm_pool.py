@@ -185,7 +185,8 @@ class WarmTask(procs.Task):
     (a duplicate of the connection's descriptor, the caller closes it) becomes readable when
     the process replies or dies. A task sent to an idle process has ``begun``; one queued
     behind a running task (:meth:`WarmPool.queue_behind`) begins when that one ends, unless it
-    was ``cancelled`` first (then it never ran)."""
+    was ``cancelled`` first (then it never ran), and then gets that one's ``fd`` (-1 until
+    then)."""
 
     def __init__(self, job_id: str, process: WarmProcess, output_path: str, begun: bool,
                  shape: tuple[int, int] = (0, 0)) -> None:
@@ -206,7 +207,7 @@ class WarmTask(procs.Task):
         self._returncode: Optional[int] = None
         self.outcome: Optional[OutcomeRow] = None
         """The task's outcome, when the warm process returned it for the master to write."""
-        self.fd = os.dup(process.conn.fileno())
+        self.fd = os.dup(process.conn.fileno()) if begun else -1
         process.sent[job_id] = self
 
     @property
@@ -335,7 +336,8 @@ class WarmPool:
         """``task`` was reaped: its process goes back to the pool if the task ended on its own
         (``clean``), the process lives and nothing began behind it; otherwise the process is
         dropped unless a task began behind it. Returns the task that was queued behind it (it
-        has ``begun``, or is ``cancelled``: it never ran), or None."""
+        has ``begun`` and holds ``task``'s descriptor now, or is ``cancelled``: it never ran),
+        or None."""
         self.busy.pop(task.job_id, None)
         if task.duration is not None:
             self.mean_seconds += SHORT_WEIGHT * (task.duration - self.mean_seconds)
@@ -346,6 +348,7 @@ class WarmPool:
                 process._cancelled(successor.job_id)
         if successor is not None and successor.begun:
             self.busy[successor.job_id] = successor
+            successor.fd, task.fd = task.fd, -1
             return successor
         if clean and task.returncode is not None and task.returncode >= 0 and process.alive() \
                 and not process.conn.closed:
