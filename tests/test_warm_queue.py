@@ -233,3 +233,17 @@ def test_killing_the_running_task_sends_the_one_behind_back_to_the_queue(tmp_pat
     assert inbox.collected("started") == ["first", "second"]  # again, in a new process
     assert (tmp_path / "second" / "second.out").read_text() == "ran\n"
     assert worker.warm.started == 2
+
+
+def test_a_task_handed_a_place_keeps_its_share_cores_and_gpu():
+    node = NodeSlots([0, 1], gpus=2)
+    first = node.place("a", 2)
+    node.place("b", 2)
+    node.hand_over("a", "c")
+    assert "a" not in node and "c" in node and node.occupancy == 1
+    node.free("b")
+    again = node.place("d", 2)  # b's place: a's cores and GPU stay with c
+    assert again is not None and (again.cpus, again.gpu) != (first.cpus, first.gpu)
+    node.free("c")
+    node.free("d")
+    assert node.occupancy == 0
