@@ -240,8 +240,11 @@ def serve(conn: Channel) -> int:
             # knows whether a request queued behind this one began or was cancelled.
             cancelled: list[str] = []
             open_ = _drain(conn, inbox, cancelled)
-            conn.send((job_id, rc, outcome, inbox[0][0] if inbox and open_ else None,
-                       cancelled))
+            try:
+                conn.send((job_id, rc, outcome, inbox[0][0] if inbox and open_ else None,
+                           cancelled))
+            except OSError:  # the worker closed the pool
+                return 0
             if not open_:
                 return 0
     finally:
