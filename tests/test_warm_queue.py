@@ -93,7 +93,7 @@ def test_a_task_queued_behind_begins_in_the_same_process_when_the_first_ends(tmp
         first = p.start("first", row("fn.Gate", gate=str(gate)))
         second = p.behind(first, "second", row("fn.Pid"))
         assert not second.begun and first.successor is second
-        assert not p.pool.can_follow(first, time.monotonic())  # one queued at most
+        assert not p.pool.can_follow(first, time.monotonic())  # second is the last now
         gate.touch()
         assert ended(first) == 0
         fd = first.fd
@@ -126,6 +126,34 @@ def test_a_queued_task_cancelled_before_the_first_ends_never_runs(tmp_path):
         assert ended(third) == 0 and value(third) == first.pid
         p.pool.finished(third, clean=True)
         os.close(third.fd)
+    finally:
+        p.pool.close()
+
+
+def test_two_queued_tasks_begin_in_order_and_a_cancel_takes_back_those_after_it(tmp_path):
+    p = Pool(tmp_path, make_site(tmp_path))
+    gate = tmp_path / "go"
+    try:
+        first = p.start("first", row("fn.Gate", gate=str(gate)))
+        second = p.behind(first, "second", row("fn.Pid"))
+        third = p.behind(second, "third", row("fn.Pid"))
+        assert not p.pool.can_follow(third, time.monotonic())  # two wait already
+        gate.touch()
+        for task, successor in ((first, second), (second, third), (third, None)):
+            assert ended(task) == 0
+            assert p.pool.finished(task, clean=True) is successor
+        assert value(first) == value(second) == value(third)
+        again = p.start("again", row("fn.Gate", gate=str(tmp_path / "later")))
+        fourth = p.behind(again, "fourth", row("fn.Pid"))
+        fifth = p.behind(fourth, "fifth", row("fn.Pid"))
+        p.pool.cancel(fourth)  # fifth too: one message, taken back together
+        (tmp_path / "later").touch()
+        assert ended(again) == 0
+        assert p.pool.finished(again, clean=True) is fourth
+        assert fourth.cancelled and fifth.cancelled and not (fourth.begun or fifth.begun)
+        assert not (tmp_path / "fourth").exists() and not (tmp_path / "fifth").exists()
+        os.close(third.fd)
+        os.close(again.fd)
     finally:
         p.pool.close()
 
@@ -204,6 +232,31 @@ def test_a_task_behind_that_a_user_kills_first_is_killed_without_running(tmp_pat
         worker.close()
     assert inbox.collected("started") == ["first"]
     assert not (tmp_path / "second").exists()
+    assert worker.node.occupancy == 0
+
+
+def test_a_kill_of_the_first_of_two_queued_sends_the_second_back_to_the_queue(tmp_path):
+    site, gate = make_site(tmp_path), tmp_path / "go"
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]})
+    worker.warm.short_seconds, worker.warm.mean_seconds = 60.0, 0.0
+    inbox.orders.append({"work": [
+        fn_work(tmp_path, site, "first", row("fn.Gate", gate=str(gate))),
+        fn_work(tmp_path, site, "second", row("fn.Pid")),
+        fn_work(tmp_path, site, "third", row("fn.Pid"))]})
+    try:
+        worker.step()
+        assert worker.warm.queued_behind == 2 and not worker.queue
+        inbox.orders.append({"kill": ["second"]})
+        worker.step()
+        gate.touch()
+        serve(worker, inbox, lambda: sorted(inbox.collected("done")) == ["first", "third"])
+    finally:
+        worker.close()
+    assert inbox.collected("killed") == ["second"]
+    assert inbox.collected("started") == ["first", "third"]
+    assert not (tmp_path / "second").exists()
+    assert (tmp_path / "third" / "third.out").read_text() == "ran\n"
     assert worker.node.occupancy == 0
 
 

@@ -14,10 +14,10 @@ Two ways to run:
   time: the job's environment set, the workdir made current, stdout and stderr sent to the
   output file for the task's duration; it replies ``(job_id, exit status, outcome, next,
   cancelled)``. Requests may wait in the channel behind the running one (the launcher queues
-  one behind a short task, so that the worker never waits for it between tasks); right after a
-  task, before its reply, the worker takes what is waiting: a ``(CANCEL, job_id)`` removes that
-  request (listed in ``cancelled``), and ``next`` names the request it starts next (None: it
-  waits, and starts the next request as it arrives). ``row``
+  up to two behind a short task, so that the worker never waits for it between tasks); right
+  after a task, before its reply, the worker takes what is waiting: a ``(CANCEL, [job ids])``
+  removes those requests (listed in ``cancelled``), and ``next`` names the request it starts
+  next (None: it waits, and starts the next request as it arrives). ``row``
   is the job's fields and arguments as the master read them with its claim
   (:func:`balsam.core.payloads.inline_tasks`), or None; with a row, the outcome goes back in
   the reply (``outcome``, a :data:`balsam.core.payloads.OutcomeRow`) for the master to write
@@ -263,7 +263,7 @@ def _receive(conn: Channel) -> Optional[tuple[Any, ...]]:
 
 def _drain(conn: Channel, inbox: deque[tuple[Any, ...]], cancelled: list[str]) -> bool:
     """Take the messages already waiting: requests join ``inbox``, a cancel removes its
-    request from it (its job id added to ``cancelled``; a cancel of a task that began is
+    requests from it (their job ids added to ``cancelled``; a cancel of a task that began is
     ignored). False once the channel ended."""
     while conn.poll():
         message = _receive(conn)
@@ -272,11 +272,10 @@ def _drain(conn: Channel, inbox: deque[tuple[Any, ...]], cancelled: list[str]) -
         if message[0] != CANCEL:
             inbox.append(message)
             continue
-        for request in inbox:
-            if request[0] == message[1]:
-                inbox.remove(request)
-                cancelled.append(message[1])
-                break
+        ids = set(message[1])
+        for request in [r for r in inbox if r[0] in ids]:
+            inbox.remove(request)
+            cancelled.append(request[0])
     return True
 
 

@@ -117,6 +117,7 @@ class WarmQueueing:
                 break
             self.queue.popleft()
             self._behind[work.job_id] = (Running(task, -1), work)
+            self._tails[work.job_id] = task  # the last of its process now
             sent = True
         return sent
 
@@ -126,7 +127,7 @@ class WarmQueueing:
         if behind is None:
             return False
         behind[0].why = "kill"
-        self._cancel(behind[0].task)
+        self._cancel(behind[0].task)  # and those queued after it (they go back to the queue)
         return True
 
     def _stop_behind(self, grace: float) -> None:
@@ -151,17 +152,24 @@ class WarmQueueing:
 
     def _follow(self, task: WarmTask, collateral: bool) -> None:
         """The task queued behind one that ended began (it has that one's place and
-        descriptor: reported started) or was cancelled (it never ran: reported killed or
-        returned, or queued again if nobody asked)."""
-        r, work = self._behind.pop(task.job_id)
+        descriptor: reported started) or was cancelled with those queued after it (they never
+        ran: reported killed or returned, or queued again if nobody asked)."""
         if not task.begun:
-            if r.why == "kill":
-                self._note_all("killed", [task.job_id])
-            elif r.why or self.stopping:
-                self._note_all("returned", [task.job_id])
-            else:
-                self.queue.appendleft(work)
+            again: list[Any] = []
+            follow: Optional[WarmTask] = task
+            while follow is not None:
+                r, work = self._behind.pop(follow.job_id)
+                self._tails.pop(follow.job_id, None)
+                if r.why == "kill":
+                    self._note_all("killed", [follow.job_id])
+                elif r.why or self.stopping:
+                    self._note_all("returned", [follow.job_id])
+                else:
+                    again.append(work)
+                follow = follow.successor
+            self.queue.extendleft(reversed(again))
             return
+        r, work = self._behind.pop(task.job_id)
         if collateral or task.cancel_sent:  # stopped with the one before, or asked back
             r.why = r.why or "stop"        # too late: it stops now
         r.fd = task.fd
@@ -173,4 +181,7 @@ class WarmQueueing:
         elif r.why:
             task.terminate(self.kill_grace if r.why == "kill" else self._stop_grace)
         else:
-            self._tails[task.job_id] = task
+            last = task
+            while last.successor is not None:
+                last = last.successor
+            self._tails[last.job_id] = last  # room behind it again

@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -46,7 +47,11 @@ that a serial worker rank does not import the site package, Jinja2 and cloudpick
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
 CANCEL = "cancel"
-"""``(CANCEL, job_id)``: take back a request queued behind the running task, if not begun."""
+"""``(CANCEL, [job ids])``: take back requests queued behind the running task, if not begun (one
+message: the warm process takes them all back or none)."""
+QUEUE_DEPTH = 2
+"""Most tasks queued in one warm process behind the one it runs (two: a rank that the scheduler
+keeps off the CPU for a few milliseconds does not leave the process idle after one task)."""
 SHORT_TASK_SECONDS = 0.01
 """A task is queued behind a running one only while the warm tasks of this pool take less
 than this on average (their ends seen by the worker) and the running one is younger: a
@@ -122,9 +127,9 @@ class WarmProcess:
         self.cpus: Optional[tuple[int, ...]] = None
         self.tasks = 0
         self.sent: dict[str, WarmTask] = {}
-        """Requests sent and not ended: the task running, and one queued behind it."""
-        self.queued: Optional[WarmTask] = None
-        """The request queued behind the running task, not known to have begun."""
+        """Requests sent and not ended: the task running, and those queued behind it."""
+        self.queued: deque[WarmTask] = deque()
+        """The requests queued behind the running task, in order, not known to have begun."""
         self.gone = False
 
     def alive(self) -> bool:
@@ -132,8 +137,10 @@ class WarmProcess:
 
     def read(self) -> None:
         """Take every reply waiting: ends (each with its outcome), and what became of the
-        request queued behind (begun, or cancelled). When the process is gone, its running
-        task gets the exit status and a queued request is cancelled (never begun)."""
+        requests queued behind (after each end the first not cancelled begins: named in the
+        reply's ``next``, or sent after the process looked, it begins on arrival). When the
+        process is gone, its running task gets the exit status and the queued requests are
+        cancelled (never begun)."""
         try:
             while self.conn.poll():
                 job_id, rc, outcome, _next, cancelled = self.conn.recv()
@@ -144,11 +151,8 @@ class WarmProcess:
                     self.tasks += 1
                     task.outcome = outcome
                     task.ended(int(rc))
-                queued = self.queued
-                if queued is not None and not queued.cancelled:
-                    # named in ``_next``, or sent after this reply's look: it starts on arrival
-                    queued.begin()
-                    self.queued = None
+                if self.queued:
+                    self.queued.popleft().begin()
             return
         except (EOFError, OSError):  # the process is gone or going: its status is its task's
             pass
@@ -170,8 +174,8 @@ class WarmProcess:
         task = self.sent.pop(job_id, None)
         if task is not None:
             task.cancelled = True
-            if task is self.queued:
-                self.queued = None
+            if task in self.queued:
+                self.queued.remove(task)
 
     def close(self) -> None:
         try:
@@ -279,20 +283,25 @@ class WarmPool:
 
     def queue_behind(self, running: WarmTask, job_id: str, env: Mapping[str, str],
                      workdir: str, output_path: str, row: Optional[TaskRow] = None) -> WarmTask:
-        """Send a task to ``running``'s process, to begin there when ``running`` ends (on the
-        same cores: it takes over ``running``'s placement); OSError if it cannot be sent.
-        The caller checks :meth:`can_follow` first."""
+        """Send a task to ``running``'s process, to begin there when ``running`` (the running
+        task or the last one queued behind it) ends, on the same cores: it takes over that
+        one's placement; OSError if it cannot be sent. The caller checks :meth:`can_follow`
+        first."""
         task = self._send(running.process, job_id, env, workdir, output_path, row, False,
                           running.shape)
-        running.successor = running.process.queued = task
+        running.successor = task
+        running.process.queued.append(task)
         self.queued_behind += 1
         return task
 
     def can_follow(self, running: WarmTask, now: float) -> bool:
-        """Whether a task may be queued behind ``running``: this pool's tasks are short, and
-        ``running`` is young, clean, alone on its process."""
-        return (running.successor is None and not running.cancel_sent and running.begun
-                and running.returncode is None and not running.process.gone
+        """Whether a task may be queued behind ``running``: this pool's tasks are short,
+        ``running`` is young (sent or begun within ``short_seconds``), the last of its process,
+        not being stopped, and fewer than ``QUEUE_DEPTH`` wait there."""
+        process = running.process
+        return (running.successor is None and not running.cancel_sent
+                and running.returncode is None and not running.cancelled and not process.gone
+                and len(process.queued) < QUEUE_DEPTH
                 and self.mean_seconds < self.short_seconds
                 and now - running.started < self.short_seconds)
 
@@ -309,13 +318,20 @@ class WarmPool:
         return WarmTask(job_id, process, output_path, begun, shape)
 
     def cancel(self, task: WarmTask) -> None:
-        """Ask for a queued task back (its process says, after its running task, whether it
-        began); a task that began is not affected."""
-        if not task.begun and not task.cancel_sent and not task.cancelled:
-            task.cancel_sent = True
+        """Ask for a queued task back, with every task queued after it (its process says,
+        after its running task, whether they began); a task that began is not affected."""
+        chain: list[WarmTask] = []
+        follow: Optional[WarmTask] = task
+        while follow is not None:
+            if not (follow.begun or follow.cancel_sent or follow.cancelled):
+                chain.append(follow)
+            follow = follow.successor
+        if chain:
+            for queued in chain:
+                queued.cancel_sent = True
             try:
-                task.process.conn.send((CANCEL, task.job_id))
-            except OSError:  # the process is gone: the task never begins
+                task.process.conn.send((CANCEL, [t.job_id for t in chain]))
+            except OSError:  # the process is gone: they never begin
                 pass
 
     def _idle_process(self, cpus: tuple[int, ...]) -> Optional[WarmProcess]:
@@ -345,7 +361,10 @@ class WarmPool:
         if successor is not None and not successor.begun and not successor.cancelled:
             process.read()  # its fate is in the reply just read, or the process is gone
             if not successor.begun:
-                process._cancelled(successor.job_id)
+                follow: Optional[WarmTask] = successor
+                while follow is not None:  # never begins: nor does what is behind it
+                    process._cancelled(follow.job_id)
+                    follow = follow.successor
         if successor is not None and successor.begun:
             self.busy[successor.job_id] = successor
             successor.fd, task.fd = task.fd, -1
