@@ -6,16 +6,18 @@ report, the next start): at thousands of no-op tasks a second that wait, not the
 of each task's time. So while a pool's tasks are short (:meth:`WarmPool.can_follow`), the
 function task at the head of the worker's queue, which does not fit on the node now, is sent to
 the warm process of a running function task of the same shape instead
-(:meth:`WarmQueueing._queue_behind`, at most one per process; not on nodes with GPUs): it
-begins there the moment that one returns, on the same cores.
+(:meth:`WarmQueueing._queue_behind`, up to ``warm_pool.QUEUE_DEPTH`` (2) per process, each
+behind the last; not on nodes with GPUs): it begins there the moment the one before returns,
+on the same cores.
 
 It counts as started only once it began: the warm process's reply to the task before it says
 so (or, sent after that reply, it begins on arrival), and then it takes that task's placement
 (:meth:`balsam.launcher.nodeslots.NodeSlots.hand_over`) and descriptor and is reported
 ``started`` in the report of that one's end (:meth:`WarmQueueing._follow`). A kill or a stop
 that reaches it first cancels it (``(CANCEL, job id)``, taken by the warm process before it
-begins anything): reported ``killed`` or ``returned``, never run. If the task before it is
-killed, or its process dies, it goes back to the queue (it never ran). One that began in the
+begins anything; the tasks queued after it are taken back with it and go back to the queue):
+reported ``killed`` or ``returned``, never run. If the task before it is killed, or its process
+dies, it goes back to the queue (it never ran). One that began in the
 microseconds before such a cancel arrived is stopped like any running task (``stopped``:
 RUN_TIMEOUT, retried by the usual rules).
 
