@@ -14,7 +14,8 @@ then touches no database (:mod:`balsam.core.payloads`).
 
 A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
 task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
-each warm process exits when it reads the end.
+each warm process exits when it reads the end. Short tasks may be queued behind a running one
+(:meth:`WarmPool.queue_behind`; when and how: :mod:`balsam.launcher.serial_warm`).
 
 The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
 before each request is sent (so a process is registered before it can run a task, and the
@@ -203,10 +204,8 @@ class WarmTask(procs.Task):
         self.begun = begun
         self.cancelled = False
         self.cancel_sent = False
-        self.shape = shape
-        """(node packing count, required cores) the task was placed with."""
-        self.successor: Optional[WarmTask] = None
-        """The task queued behind this one, if any."""
+        self.shape = shape  # (node packing count, required cores) it was placed with
+        self.successor: Optional[WarmTask] = None  # the task queued behind this one
         self.duration: Optional[float] = None
         self._returncode: Optional[int] = None
         self.outcome: Optional[OutcomeRow] = None
@@ -246,26 +245,22 @@ class WarmPool:
         self.on_task = on_task
         self.on_drop = on_drop
         self.idle: list[WarmProcess] = []
-        self.busy: dict[str, WarmTask] = {}
-        """Tasks begun and not finished, by job id."""
-        self.started = 0
-        """Warm processes started so far."""
-        self.short_seconds = SHORT_TASK_SECONDS
-        """What counts as short (:meth:`can_follow`)."""
+        self.busy: dict[str, WarmTask] = {}  # tasks begun and not finished, by job id
+        self.started = 0  # warm processes started so far
+        self.short_seconds = SHORT_TASK_SECONDS  # what counts as short (:meth:`can_follow`)
         self.mean_seconds = SHORT_TASK_SECONDS
-        """Average duration of this pool's tasks (exponential: recent ends weigh most; none
-        yet: not short, so the first tasks are never queued behind)."""
-        self.queued_behind = 0
-        """Tasks queued behind a running one so far."""
+        """Average duration of this pool's tasks (exponential; none yet: not short, so the
+        first tasks are never queued behind)."""
+        self.queued_behind = 0  # tasks queued behind another so far
 
     def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
               cpus: Sequence[int], row: Optional[TaskRow] = None,
               shape: tuple[int, int] = (0, 0)) -> WarmTask:
         """Run a task in an idle warm process (started now if there is none); OSError if no
         process could be started. ``env``: the task's variables on top of the pool's
-        environment (None: removed). ``row``: the task's job fields and arguments as the
-        master read them (then the outcome comes back as :attr:`WarmTask.outcome`), or None
-        (the warm process reads them and writes the outcome itself)."""
+        environment. ``row``: the task's job fields and arguments as the master read them
+        (then the outcome comes back as :attr:`WarmTask.outcome`), or None (the warm process
+        reads them and writes the outcome itself). ``shape``: (packing count, cores)."""
         wanted = tuple(cpus)
         process = self._idle_process(wanted)
         if process is None:
@@ -400,7 +395,6 @@ class WarmPool:
 
 
 def _delta(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Optional[str]]:
-    """What makes ``base`` (a warm process's environment at start) into ``base`` updated with
-    ``env`` (the task's variables; a None value: removed): only what differs, so the message
-    stays small."""
+    """The task's variables ``env`` that ``base`` (the process's start environment) lacks or
+    has otherwise: the message stays small."""
     return {k: v for k, v in env.items() if base.get(k) != v}
