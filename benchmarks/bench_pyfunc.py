@@ -93,8 +93,12 @@ def launcher_round(db_path: str, jobs: list[Any], source: str = "") -> dict[str,
     count = len(jobs)
     env = dict(os.environ, PYTHONPATH=source) if source else None
     started = time.time()
+    # In ``source`` (as bench_launcher_serial.py does): ``python -m`` puts the current directory
+    # first on sys.path, before PYTHONPATH, so run from this repository's root the "base" side
+    # ran this tree's launcher, ranks and warm workers (until session 13).
     proc = run_in_session([sys.executable, "-m", "balsam", "launcher", "--consume-all",
-                           "--job-mode", "serial"], what="balsam launcher", timeout=600, env=env)
+                           "--job-mode", "serial"], what="balsam launcher", timeout=600, env=env,
+                          cwd=source or None)
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)

@@ -142,6 +142,16 @@ class NodeSlots:
         if gpu is not None:
             self._gpu_owner[gpu] = None
 
+    def hand_over(self, key: str, new_key: str) -> None:
+        """Task ``new_key`` takes the place of ``key`` (its share, CPUs and GPU) as ``key``
+        leaves (a function task that begins in the warm process of the one that ended)."""
+        if new_key in self._placed:
+            raise ValueError(f"task {new_key} is already placed on this node")
+        entry = self._placed.pop(key)
+        self._placed[new_key] = entry
+        if entry[2] is not None:
+            self._gpu_owner[entry[2]] = new_key
+
     def _least_used(self, count: int) -> tuple[int, ...]:
         use = self._cpu_use
         if count == 1:

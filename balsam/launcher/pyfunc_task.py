@@ -12,7 +12,12 @@ Two ways to run:
   once, then serves requests ``(job_id, environment changes, workdir, output_path, row)`` read
   from the channel (:class:`balsam.launcher.warm_pool.Channel`) on descriptor FD, one at a
   time: the job's environment set, the workdir made current, stdout and stderr sent to the
-  output file for the task's duration; it replies ``(job_id, exit status, outcome)``. ``row``
+  output file for the task's duration; it replies ``(job_id, exit status, outcome, next,
+  cancelled)``. Requests may wait in the channel behind the running one (the launcher queues
+  up to two behind a short task, so that the worker never waits for it between tasks); right
+  after a task, before its reply, the worker takes what is waiting: a ``(CANCEL, [job ids])``
+  removes those requests (listed in ``cancelled``), and ``next`` names the request it starts
+  next (None: it waits, and starts the next request as it arrives). ``row``
   is the job's fields and arguments as the master read them with its claim
   (:func:`balsam.core.payloads.inline_tasks`), or None; with a row, the outcome goes back in
   the reply (``outcome``, a :data:`balsam.core.payloads.OutcomeRow`) for the master to write
@@ -34,6 +39,7 @@ import hashlib
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -44,7 +50,7 @@ from balsam import defaults
 from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.launcher.warm_pool import Channel
+from balsam.launcher.warm_pool import CANCEL, Channel
 from balsam.site import loader, pyfunc
 
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "ALPS_APP_PE",
@@ -217,34 +223,83 @@ def serve(conn: Channel) -> int:
     runners: dict[str, Runner] = {}
     environment = _Environment()
     saved = (os.dup(1), os.dup(2))
+    inbox: deque[tuple[Any, ...]] = deque()
     try:
         while True:
-            try:
-                request = conn.recv()
-            except (EOFError, OSError):
-                return 0
-            if request is None:
-                return 0
-            job_id, env, workdir, output_path, row = request
-            environment.apply(env)
-            try:
-                os.makedirs(workdir, exist_ok=True)
-                os.chdir(workdir)
-                _redirect(output_path, saved)
-            except OSError as exc:
-                print(f"balsam: cannot start function task {job_id}: {exc}", file=sys.stderr)
-                conn.send((job_id, 2, None))
+            if not inbox:  # idle: a request that arrives now starts at once
+                message = _receive(conn)
+                if message is None:
+                    return 0
+                if message[0] != CANCEL:  # a cancel here is for a task already begun
+                    inbox.append(message)
                 continue
+            job_id, env, workdir, output_path, row = inbox.popleft()
+            rc, outcome = _run_one(runners, environment, saved, job_id, env, workdir,
+                                   output_path, row)
+            # What comes next is decided before the reply, which says so: the launcher then
+            # knows whether a request queued behind this one began or was cancelled.
+            cancelled: list[str] = []
+            open_ = _drain(conn, inbox, cancelled)
             try:
-                db_path = os.environ.get("BALSAM_DB_PATH", "")
-                runner = runners.get(db_path) or runners.setdefault(db_path, Runner(db_path))
-                rc, outcome = runner.run_task(job_id, workdir, row)
-            finally:
-                _redirect(None, saved)
-            conn.send((job_id, rc, outcome))
+                conn.send((job_id, rc, outcome, inbox[0][0] if inbox and open_ else None,
+                           cancelled))
+            except OSError:  # the worker closed the pool
+                return 0
+            if not open_:
+                return 0
     finally:
         for runner in runners.values():
             runner.close()
+
+
+def _receive(conn: Channel) -> Optional[tuple[Any, ...]]:
+    """The next message (blocking); None once the channel is closed or ends."""
+    try:
+        message: Optional[tuple[Any, ...]] = conn.recv()
+    except (EOFError, OSError):
+        return None
+    return message
+
+
+def _drain(conn: Channel, inbox: deque[tuple[Any, ...]], cancelled: list[str]) -> bool:
+    """Take the messages already waiting: requests join ``inbox``, a cancel removes its
+    requests from it (their job ids added to ``cancelled``; a cancel of a task that began is
+    ignored). False once the channel ended."""
+    while conn.poll():
+        message = _receive(conn)
+        if message is None:
+            return False
+        if message[0] != CANCEL:
+            inbox.append(message)
+            continue
+        ids = set(message[1])
+        for request in [r for r in inbox if r[0] in ids]:
+            inbox.remove(request)
+            cancelled.append(request[0])
+    return True
+
+
+def _run_one(runners: dict[str, Runner], environment: _Environment, saved: tuple[int, int],
+             job_id: str, env: Mapping[str, Optional[str]], workdir: str, output_path: str,
+             row: Optional[TaskRow]) -> tuple[int, Optional[OutcomeRow]]:
+    """One request: environment, directory, output redirected, the task run."""
+    environment.apply(env)
+    try:
+        try:
+            os.mkdir(workdir)  # the usual case: a new directory whose parent exists
+        except OSError:
+            os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        _redirect(output_path, saved)
+    except OSError as exc:
+        print(f"balsam: cannot start function task {job_id}: {exc}", file=sys.stderr)
+        return 2, None
+    try:
+        db_path = os.environ.get("BALSAM_DB_PATH", "")
+        runner = runners.get(db_path) or runners.setdefault(db_path, Runner(db_path))
+        return runner.run_task(job_id, workdir, row)
+    finally:
+        _redirect(None, saved)
 
 
 def main(argv: Sequence[str]) -> int:

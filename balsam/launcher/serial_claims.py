@@ -32,6 +32,11 @@ RATE_WINDOW_SECONDS = 0.25
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
 MAX_CLAIM_BATCH = 4096
+QUEUED_SECONDS = 0.1
+"""A worker's queue also holds about this long of its share of the task end rate, when that is
+more than the master's nodes' worth: at ~1,000 function tasks/s on a 2-core node, 4 nodes' worth
+was ~5 ms of work, and one synchronous status write of the master (5-40 ms on a loaded server)
+left the node idle at 20% of task ends (bench_pyfunc.py, session 13)."""
 CLAIM_SLOTS_DIVISOR = 16
 """A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
 with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
@@ -168,6 +173,13 @@ class MasterClaims:
         slots, up to ``MAX_CLAIM_BATCH``), so filling N x S slots takes a few dozen claims."""
         slots = self.slots_per_node * open_nodes
         return max(self.t.claim_batch, min(MAX_CLAIM_BATCH, slots // CLAIM_SLOTS_DIVISOR))
+
+    def _queue_depth(self, nodes: float) -> float:
+        """Work to queue on each open worker behind what runs, in nodes' worth: ``nodes``, or
+        ``QUEUED_SECONDS`` of a worker's share of the end rate if that is more (short tasks:
+        the queue outlasts the master's own pauses; long tasks stay ``nodes``)."""
+        open_nodes = max(1, len(self.load) - len(self.closed))
+        return max(nodes, self.rate / open_nodes * QUEUED_SECONDS / self.slots_per_node)
 
     def _slots(self, spec: TaskSpec) -> int:
         per_node = max(1, spec.node_packing_count)

@@ -301,7 +301,7 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
         if not self.queue:
             return False
         batches: dict[int, list[Work]] = {}
-        queued = QUEUED_NODES[self.rate >= FAST_RATE]
+        queued = self._queue_depth(QUEUED_NODES[self.rate >= FAST_RATE])
         # fill every node first; then queue behind, evenly in rounds, on the workers whose
         # queue is below the refill mark (so one message carries several tasks)
         refill = 1.0 + queued * REFILL_BELOW

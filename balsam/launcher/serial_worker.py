@@ -35,8 +35,9 @@ The task environment is the worker's own environment passed once through
 variables: a task that is an MPI program is not part of the launcher's MPI job) plus the job's
 variables (``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the
 function runner and it has no envscript) runs in a warm Python worker instead of a new process
-(:mod:`balsam.launcher.warm_pool`), with the same reports. The loop is transport-agnostic
-(:class:`Channel`), so tests drive it without MPI; :func:`main` runs it over mpi4py.
+(:mod:`balsam.launcher.warm_pool`), with the same reports; while such tasks are short, the
+next one waits in a running one's warm process (:mod:`balsam.launcher.serial_warm`). The loop
+is transport-agnostic (:class:`Channel`), so tests drive it without MPI.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ from balsam import defaults
 from balsam.core.payloads import TaskRow
 from balsam.launcher import procs, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
+from balsam.launcher.serial_warm import Running as _Running
+from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
@@ -96,16 +99,7 @@ class Channel(Protocol):
     def receive(self) -> Optional[dict[str, Any]]: ...
 
 
-class _Running:
-    __slots__ = ("task", "fd", "why")
-
-    def __init__(self, task: procs.Task, fd: int) -> None:
-        self.task = task
-        self.fd = fd
-        self.why = ""  # "" running normally, "kill" (user kill), "stop" (launcher stopping)
-
-
-class Worker:
+class Worker(WarmQueueing):
     """The task loop of one node (see the module docstring). Single-threaded."""
 
     def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
@@ -139,6 +133,7 @@ class Worker:
                              on_task=watchdog.add if watchdog is not None else None,
                              on_drop=watchdog.remove if watchdog is not None else None)
         """Warm Python workers for function tasks (started on first need)."""
+        self._tails, self._behind, self._stop_grace = {}, {}, shutdown_grace  # WarmQueueing
         self._next_fd_check = 0.0
         self._prep = spawn.Preparer()
         """Makes queued tasks' directories and output files before their start."""
@@ -248,7 +243,10 @@ class Worker:
         running = self.running.get(job_id)
         if running is not None:
             running.why = running.why or "kill"
+            self._cancel_behind(running.task)
             running.task.terminate(self.kill_grace)
+            return
+        if self._kill_behind(job_id):  # queued in a warm process: it never begins
             return
         for work in self.queue:
             if work.job_id == job_id:
@@ -260,6 +258,7 @@ class Worker:
     def _stop(self, grace: float) -> None:
         self._reap()  # what already ended is reported as it ended, not as stopped
         self.stopping = True
+        self._stop_behind(grace)
         if self.queue:
             self._note_all("returned", [w.job_id for w in self.queue])
             for work in self.queue:
@@ -292,20 +291,26 @@ class Worker:
 
     def _ended(self, job_id: str, r: _Running, rc: int) -> None:
         del self.running[job_id]
-        self.node.free(job_id)
-        if r.fd >= 0:
-            self._poller.unregister(r.fd)
-            del self._by_fd[r.fd]
-            os.close(r.fd)
         if r.why:
             # The leader is gone; whatever it left in its group goes now, not after the grace.
             r.task.signal_group(signal.SIGKILL)
+        successor = None
         if isinstance(r.task, WarmTask):  # the pool unregisters a process it drops
-            self.warm.finished(r.task, clean=not r.why)
+            self._tails.pop(job_id, None)
+            successor = self.warm.finished(r.task, clean=not r.why)
             if r.task.outcome is not None:  # before the end it goes with: same report
                 self._note_all("outcomes", [r.task.outcome])
         elif self.watchdog is not None:  # sent with this iteration's next watchdog write
             self.watchdog.remove(r.task.pgid, defer=True)
+        if successor is not None and successor.begun:  # same cores, same connection
+            self.node.hand_over(job_id, successor.job_id)
+            self._by_fd[r.fd] = successor.job_id
+        else:
+            self.node.free(job_id)
+            if r.fd >= 0:
+                self._poller.unregister(r.fd)
+                del self._by_fd[r.fd]
+                os.close(r.fd)
         if r.why == "kill":
             self._note_all("killed", [job_id])
         elif r.why == "stop" and rc != 0:  # exit 0 within the grace: it completed
@@ -317,6 +322,8 @@ class Worker:
         else:
             self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
                                                               self.tail_lines))])
+        if successor is not None:
+            self._follow(successor, collateral=bool(r.why))
 
     def _start_fitting(self) -> bool:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
@@ -332,7 +339,7 @@ class Worker:
             self.queue.popleft()
             batch.append((work, placement))
         if not batch:
-            return False
+            return self._queue_behind()
         self._note_all("started", [work.job_id for work, _ in batch])
         cold = [(w, p, w.envscript is not None or not is_runner_argv(w.argv)) for w, p in batch]
         if self.watchdog is not None:
@@ -344,11 +351,12 @@ class Worker:
         finally:
             if self.watchdog is not None:
                 self.watchdog.add_all(added)
+        self._queue_behind()
         return True
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = dict(self.base_env)
+        env = dict(self.base_env) if spawned else {}  # a warm task's: on top of the pool's
         env.update(work.env)
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -360,13 +368,15 @@ class Worker:
                 work.job_id, task.with_envscript(work.argv, work.envscript), env, work.workdir,
                 work.output_path, prepared=prepared) if spawned
                 else self.warm.start(work.job_id, env, work.workdir, work.output_path,
-                                     placement.cpus, work.row))
+                                     placement.cpus, work.row,
+                                     (work.packing, work.required_cores)))
         except OSError as exc:
             self.node.free(work.job_id)
             self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
             return
         if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
             fd = t.fd
+            self._tails[work.job_id] = t
         else:
             added.append((t.pgid, work.job_id))
             if len(placement.cpus) < len(self.node.cpus):

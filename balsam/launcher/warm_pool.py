@@ -14,7 +14,8 @@ then touches no database (:mod:`balsam.core.payloads`).
 
 A warm process that dies, or whose task was killed or stopped (its group is SIGKILLed, as any
 task's), is dropped; the next task starts a new one. Closing the pool closes the connections:
-each warm process exits when it reads the end.
+each warm process exits when it reads the end. Short tasks may be queued behind a running one
+(:meth:`WarmPool.queue_behind`; when and how: :mod:`balsam.launcher.serial_warm`).
 
 The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
 before each request is sent (so a process is registered before it can run a task, and the
@@ -32,6 +33,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -45,6 +47,18 @@ that a serial worker rank does not import the site package, Jinja2 and cloudpick
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
+CANCEL = "cancel"
+"""``(CANCEL, [job ids])``: take back requests queued behind the running task, if not begun (one
+message: the warm process takes them all back or none)."""
+QUEUE_DEPTH = 2
+"""Most tasks queued in one warm process behind the one it runs (two: a rank that the scheduler
+keeps off the CPU for a few milliseconds does not leave the process idle after one task)."""
+SHORT_TASK_SECONDS = 0.01
+"""A task is queued behind a running one only while the warm tasks of this pool take less
+than this on average (their ends seen by the worker) and the running one is younger: a
+short task's successor waits microseconds, never behind a long one."""
+SHORT_WEIGHT = 0.1
+"""Weight of each end in that average (exponential)."""
 
 
 class Channel:
@@ -113,9 +127,56 @@ class WarmProcess:
         self.pid = self.proc.pid
         self.cpus: Optional[tuple[int, ...]] = None
         self.tasks = 0
+        self.sent: dict[str, WarmTask] = {}
+        """Requests sent and not ended: the task running, and those queued behind it."""
+        self.queued: deque[WarmTask] = deque()
+        """The requests queued behind the running task, in order, not known to have begun."""
+        self.gone = False
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.gone and self.proc.poll() is None
+
+    def read(self) -> None:
+        """Take every reply waiting: ends (each with its outcome), and what became of the
+        requests queued behind (after each end the first not cancelled begins: named in the
+        reply's ``next``, or sent after the process looked, it begins on arrival). When the
+        process is gone, its running task gets the exit status and the queued requests are
+        cancelled (never begun)."""
+        try:
+            while self.conn.poll():
+                job_id, rc, outcome, _next, cancelled = self.conn.recv()
+                for cancel in cancelled:
+                    self._cancelled(cancel)
+                task = self.sent.pop(job_id, None)
+                if task is not None:
+                    self.tasks += 1
+                    task.outcome = outcome
+                    task.ended(int(rc))
+                if self.queued:
+                    self.queued.popleft().begin()
+            return
+        except (EOFError, OSError):  # the process is gone or going: its status is its task's
+            pass
+        self.gone = True
+        try:
+            rc = self.proc.wait(EXIT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            signal_group(self.pid, signal.SIGKILL)
+            rc = self.proc.wait()
+        for job_id in list(self.sent):
+            task = self.sent[job_id]
+            if task.begun:
+                del self.sent[job_id]
+                task.ended(rc if rc != 0 else 255)
+            else:
+                self._cancelled(job_id)
+
+    def _cancelled(self, job_id: str) -> None:
+        task = self.sent.pop(job_id, None)
+        if task is not None:
+            task.cancelled = True
+            if task in self.queued:
+                self.queued.remove(task)
 
     def close(self) -> None:
         try:
@@ -125,49 +186,50 @@ class WarmProcess:
 
 
 class WarmTask(procs.Task):
-    """A function task running in a :class:`WarmProcess` (the ``procs.Task`` interface);
-    ``fd`` (a duplicate of the connection's descriptor, the caller closes it) becomes readable
-    when the task ends or the process dies."""
+    """A function task sent to a :class:`WarmProcess` (the ``procs.Task`` interface); ``fd``
+    (a duplicate of the connection's descriptor, the caller closes it) becomes readable when
+    the process replies or dies. A task sent to an idle process has ``begun``; one queued
+    behind a running task (:meth:`WarmPool.queue_behind`) begins when that one ends, unless it
+    was ``cancelled`` first (then it never ran), and then gets that one's ``fd`` (-1 until
+    then)."""
 
-    def __init__(self, job_id: str, process: WarmProcess, output_path: str) -> None:
+    def __init__(self, job_id: str, process: WarmProcess, output_path: str, begun: bool,
+                 shape: tuple[int, int] = (0, 0)) -> None:
         self.job_id = job_id
         self.output_path = output_path
-        self.started = time.time()
+        self.started = time.monotonic()
         self.kill_deadline: Optional[float] = None
         self.process = process
         self.pid = self.pgid = process.pid
+        self.begun = begun
+        self.cancelled = False
+        self.cancel_sent = False
+        self.shape = shape  # (node packing count, required cores) it was placed with
+        self.successor: Optional[WarmTask] = None  # the task queued behind this one
+        self.duration: Optional[float] = None
         self._returncode: Optional[int] = None
         self.outcome: Optional[OutcomeRow] = None
         """The task's outcome, when the warm process returned it for the master to write."""
-        self.fd = os.dup(process.conn.fileno())
+        self.fd = os.dup(process.conn.fileno()) if begun else -1
+        process.sent[job_id] = self
 
     @property
     def returncode(self) -> Optional[int]:
         return self._returncode
 
+    def begin(self) -> None:
+        self.begun = True
+        self.started = time.monotonic()
+
+    def ended(self, rc: int) -> None:
+        self._returncode = rc
+        self.duration = time.monotonic() - self.started
+
     def poll(self) -> Optional[int]:
         """The task's exit status once it replied (or its process died: -N if killed by
         signal N, as for a spawned task)."""
-        if self._returncode is not None:
-            return self._returncode
-        conn = self.process.conn
-        try:
-            if not conn.poll():
-                return None
-            job_id, rc, outcome = conn.recv()
-            if job_id == self.job_id:
-                self.process.tasks += 1
-                self._returncode = int(rc)
-                self.outcome = outcome
-            return self._returncode
-        except (EOFError, OSError):  # the process is gone or going: its status is the task's
-            pass
-        try:
-            rc = self.process.proc.wait(EXIT_WAIT_SECONDS)
-        except subprocess.TimeoutExpired:
-            signal_group(self.pgid, signal.SIGKILL)
-            rc = self.process.proc.wait()
-        self._returncode = rc if rc != 0 else 255
+        if self._returncode is None and not self.cancelled:
+            self.process.read()
         return self._returncode
 
 
@@ -183,16 +245,22 @@ class WarmPool:
         self.on_task = on_task
         self.on_drop = on_drop
         self.idle: list[WarmProcess] = []
-        self.busy: dict[str, WarmTask] = {}
-        self.started = 0
-        """Warm processes started so far."""
+        self.busy: dict[str, WarmTask] = {}  # tasks begun and not finished, by job id
+        self.started = 0  # warm processes started so far
+        self.short_seconds = SHORT_TASK_SECONDS  # what counts as short (:meth:`can_follow`)
+        self.mean_seconds = SHORT_TASK_SECONDS
+        """Average duration of this pool's tasks (exponential; none yet: not short, so the
+        first tasks are never queued behind)."""
+        self.queued_behind = 0  # tasks queued behind another so far
 
     def start(self, job_id: str, env: Mapping[str, str], workdir: str, output_path: str,
-              cpus: Sequence[int], row: Optional[TaskRow] = None) -> WarmTask:
+              cpus: Sequence[int], row: Optional[TaskRow] = None,
+              shape: tuple[int, int] = (0, 0)) -> WarmTask:
         """Run a task in an idle warm process (started now if there is none); OSError if no
-        process could be started. ``row``: the task's job fields and arguments as the master
-        read them (then the outcome comes back as :attr:`WarmTask.outcome`), or None (the warm
-        process reads them and writes the outcome itself)."""
+        process could be started. ``env``: the task's variables on top of the pool's
+        environment. ``row``: the task's job fields and arguments as the master read them
+        (then the outcome comes back as :attr:`WarmTask.outcome`), or None (the warm process
+        reads them and writes the outcome itself). ``shape``: (packing count, cores)."""
         wanted = tuple(cpus)
         process = self._idle_process(wanted)
         if process is None:
@@ -204,6 +272,37 @@ class WarmPool:
                 process.cpus = wanted
             except (OSError, AttributeError):
                 pass
+        task = self._send(process, job_id, env, workdir, output_path, row, True, shape)
+        self.busy[job_id] = task
+        return task
+
+    def queue_behind(self, running: WarmTask, job_id: str, env: Mapping[str, str],
+                     workdir: str, output_path: str, row: Optional[TaskRow] = None) -> WarmTask:
+        """Send a task to ``running``'s process, to begin there when ``running`` (the running
+        task or the last one queued behind it) ends, on the same cores: it takes over that
+        one's placement; OSError if it cannot be sent. The caller checks :meth:`can_follow`
+        first."""
+        task = self._send(running.process, job_id, env, workdir, output_path, row, False,
+                          running.shape)
+        running.successor = task
+        running.process.queued.append(task)
+        self.queued_behind += 1
+        return task
+
+    def can_follow(self, running: WarmTask, now: float) -> bool:
+        """Whether a task may be queued behind ``running``: this pool's tasks are short,
+        ``running`` is young (sent or begun within ``short_seconds``), the last of its process,
+        not being stopped, and fewer than ``QUEUE_DEPTH`` wait there."""
+        process = running.process
+        return (running.successor is None and not running.cancel_sent
+                and running.returncode is None and not running.cancelled and not process.gone
+                and len(process.queued) < QUEUE_DEPTH
+                and self.mean_seconds < self.short_seconds
+                and now - running.started < self.short_seconds)
+
+    def _send(self, process: WarmProcess, job_id: str, env: Mapping[str, str], workdir: str,
+              output_path: str, row: Optional[TaskRow], begun: bool,
+              shape: tuple[int, int]) -> WarmTask:
         if self.on_task is not None:
             self.on_task(process.pid, job_id)
         try:
@@ -211,9 +310,24 @@ class WarmPool:
         except OSError:
             self._drop(process)
             raise
-        task = WarmTask(job_id, process, output_path)
-        self.busy[job_id] = task
-        return task
+        return WarmTask(job_id, process, output_path, begun, shape)
+
+    def cancel(self, task: WarmTask) -> None:
+        """Ask for a queued task back, with every task queued after it (its process says,
+        after its running task, whether they began); a task that began is not affected."""
+        chain: list[WarmTask] = []
+        follow: Optional[WarmTask] = task
+        while follow is not None:
+            if not (follow.begun or follow.cancel_sent or follow.cancelled):
+                chain.append(follow)
+            follow = follow.successor
+        if chain:
+            for queued in chain:
+                queued.cancel_sent = True
+            try:
+                task.process.conn.send((CANCEL, [t.job_id for t in chain]))
+            except OSError:  # the process is gone: they never begin
+                pass
 
     def _idle_process(self, cpus: tuple[int, ...]) -> Optional[WarmProcess]:
         """A live idle process, preferably one already pinned to ``cpus`` (moving a process
@@ -229,16 +343,33 @@ class WarmPool:
             self._drop(candidate)
         return None
 
-    def finished(self, task: WarmTask, clean: bool) -> None:
+    def finished(self, task: WarmTask, clean: bool) -> Optional[WarmTask]:
         """``task`` was reaped: its process goes back to the pool if the task ended on its own
-        (``clean``) and the process lives; otherwise it is dropped."""
+        (``clean``), the process lives and nothing began behind it; otherwise the process is
+        dropped unless a task began behind it. Returns the task that was queued behind it (it
+        has ``begun`` and holds ``task``'s descriptor now, or is ``cancelled``: it never ran),
+        or None."""
         self.busy.pop(task.job_id, None)
-        process = task.process
+        if task.duration is not None:
+            self.mean_seconds += SHORT_WEIGHT * (task.duration - self.mean_seconds)
+        process, successor = task.process, task.successor
+        if successor is not None and not successor.begun and not successor.cancelled:
+            process.read()  # its fate is in the reply just read, or the process is gone
+            if not successor.begun:
+                follow: Optional[WarmTask] = successor
+                while follow is not None:  # never begins: nor does what is behind it
+                    process._cancelled(follow.job_id)
+                    follow = follow.successor
+        if successor is not None and successor.begun:
+            self.busy[successor.job_id] = successor
+            successor.fd, task.fd = task.fd, -1
+            return successor
         if clean and task.returncode is not None and task.returncode >= 0 and process.alive() \
                 and not process.conn.closed:
             self.idle.append(process)
         else:
             self._drop(process)
+        return successor
 
     def _drop(self, process: WarmProcess) -> None:
         process.close()
@@ -247,7 +378,8 @@ class WarmPool:
 
     def close(self, timeout: float = 2.0) -> None:
         """End every warm process (they exit when their connection closes)."""
-        processes = self.idle + [t.process for t in self.busy.values()]
+        processes = list({p.pid: p for p in
+                          self.idle + [t.process for t in self.busy.values()]}.values())
         self.idle, self.busy = [], {}
         for p in processes:
             p.close()
@@ -263,8 +395,6 @@ class WarmPool:
 
 
 def _delta(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Optional[str]]:
-    """What makes ``base`` (a warm process's environment at start) into ``env``: changed or
-    new values, and None for a variable to remove (the message stays small)."""
-    delta: dict[str, Optional[str]] = {k: v for k, v in env.items() if base.get(k) != v}
-    delta.update((k, None) for k in base if k not in env)
-    return delta
+    """The task's variables ``env`` that ``base`` (the process's start environment) lacks or
+    has otherwise: the message stays small."""
+    return {k: v for k, v in env.items() if base.get(k) != v}
