@@ -64,6 +64,15 @@ killed and its job FAILED (classic: 300 s, not configurable)."""
 TRANSFER_TIMEOUT_SECONDS = 3600
 """Longest one stage-in or stage-out transfer may take before it is killed and its job FAILED."""
 
+PIN_SINGLE_CORE_TASKS = False
+"""Serial mode: a task whose share of its node is one core (``node_packing_count`` = cores) is
+pinned to that core only if true. A share of several cores is always pinned to its own cores
+(it keeps a multi-threaded task's threads together). One-core shares float by default: the
+kernel already spreads one thread per core, and a floating task runs on whichever core is idle,
+while a pinned one waits for its core when the launcher's own processes (worker rank, master, a
+local database) are using it: on the 2-core benchmark machine pinning left ~30% of the cores
+idle (benchmarks/README.md, issue 16, session 13)."""
+
 WARM_HOOKS = True
 """Each transition worker runs site app hooks in forks of one warm runner process
 (``processing/warm_hooks.py``: ~20 ms of CPU a hook instead of ~330 ms for a new interpreter).

@@ -4,12 +4,11 @@ A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and st
 :class:`balsam.launcher.spawn.SpawnedTask` processes (own process group; ``posix_spawn``, the
 cheapest way to start one; their working directories and output files made ahead, while they
 wait in the queue, by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its
-node
-(:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
-GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
-reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
-nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit
-(pidfds: an exit ends the wait at once) before looking again.
+node (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, own cores,
+pinned if several (:func:`pinned_cpus`), one GPU per task with ``CUDA_VISIBLE_DEVICES``).
+Each loop iteration it reads the master's orders, reaps exited tasks, starts what fits and
+sends ONE report with everything that happened; when nothing happened it waits up to 1 ms (10
+ms once quiet for a while) for a task to exit (pidfds: an exit ends the wait at once).
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
@@ -109,8 +108,10 @@ class Worker:
                  shutdown_grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  tail_lines: int = defaults.OUTPUT_TAIL_LINES,
                  signalled: Optional[threading.Event] = None,
-                 watchdog: Optional[Watchdog] = None) -> None:
+                 watchdog: Optional[Watchdog] = None,
+                 pin_single_core: bool = defaults.PIN_SINGLE_CORE_TASKS) -> None:
         self.channel = channel
+        self.pin_single_core = pin_single_core
         self.watchdog = watchdog
         self.node = node
         self.base_env = task.task_environment(base_env, {})
@@ -357,8 +358,9 @@ class Worker:
             fd = t.fd
         else:
             added.append((t.pgid, work.job_id))
-            if len(placement.cpus) < len(self.node.cpus):
-                _pin(t.pid, placement.cpus)
+            cpus = pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+            if cpus:
+                _pin(t.pid, cpus)
             found = pidfd_open(t.pid)
             fd = -1 if found is None else found
         self.started += 1
@@ -373,6 +375,15 @@ class Worker:
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         self._report.setdefault(key, []).extend(values)
+
+
+def pinned_cpus(cpus: Sequence[int], node_cpus: int, single_core: bool) -> Sequence[int]:
+    """The CPUs to pin a task placed on ``cpus`` (of a node of ``node_cpus``) to; empty: leave
+    it unpinned (its share is the whole node, or one core and ``single_core`` is False:
+    ``launcher: pin_single_core_tasks``, :data:`balsam.defaults.PIN_SINGLE_CORE_TASKS`)."""
+    if len(cpus) >= node_cpus or (len(cpus) == 1 and not single_core):
+        return ()
+    return cpus
 
 
 def _pin(pid: int, cpus: Sequence[int]) -> None:
