@@ -10,7 +10,8 @@ from launcher_support import Inbox
 
 from balsam.core.tunables import Tunables
 from balsam.launcher.nodeslots import NodeSlots
-from balsam.launcher.serial_worker import Work, Worker, pinned_cpus
+from balsam.launcher.serial_worker import Work, Worker
+from balsam.launcher.spawn import pinned_cpus
 
 
 def allowed(text: str) -> set[int]:

@@ -5,10 +5,13 @@ A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and st
 cheapest way to start one; their working directories and output files made ahead, while they
 wait in the queue, by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its
 node (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, own cores,
-pinned if several (:func:`pinned_cpus`), one GPU per task with ``CUDA_VISIBLE_DEVICES``).
-Each loop iteration it reads the master's orders, reaps exited tasks, starts what fits and
-sends ONE report with everything that happened; when nothing happened it waits up to 1 ms (10
-ms once quiet for a while) for a task to exit (pidfds: an exit ends the wait at once).
+pinned if several (:func:`balsam.launcher.spawn.pinned_cpus`), one GPU per task with
+``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, reaps exited
+tasks, starts what fits and notes what happened in ONE report, sent at once if it says more
+than starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS`` (a
+report costs both ranks ~20-40 us: one a task end at 1,000 ends/s). When nothing happened it
+waits up to 1 ms (10 ms once quiet for a while) for a task to exit (pidfds: an exit ends the
+wait at once).
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
@@ -60,6 +63,10 @@ IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
 FD_CHECK_SECONDS = 1.0
 """How often descriptors the MPI library opened are made close-on-exec (tasks inherit none)."""
+REPORT_SECONDS = 0.004
+"""A report of only starts and clean ends (``ROUTINE``) waits at most this long for more, while
+tasks are queued (the master writes them every ``status_flush_seconds``, 50 ms, anyway)."""
+ROUTINE = frozenset({"started", "done"})
 QUIET_WAIT_MS = 10
 QUIET_SECONDS = 0.05
 """After this long without anything happening the wait grows to ``QUIET_WAIT_MS``: only the
@@ -128,6 +135,7 @@ class Worker:
         self._by_fd: dict[int, str] = {}
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
+        self._next_report = 0.0
         self._drained_sent = False
         self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
         self.warm = WarmPool(self.base_env, self._home,
@@ -189,9 +197,11 @@ class Worker:
             self._note("drained", True)
         if self.watchdog is not None:
             self.watchdog.flush()
-        if self._report:
+        if self._report and (self._report.keys() - ROUTINE or not self.queue
+                             or time.monotonic() >= self._next_report):
             report, self._report = self._report, {}
             self.channel.send(report)
+            self._next_report = time.monotonic() + REPORT_SECONDS
             busy = True
         return busy
 
@@ -358,9 +368,9 @@ class Worker:
             fd = t.fd
         else:
             added.append((t.pgid, work.job_id))
-            cpus = pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+            cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
             if cpus:
-                _pin(t.pid, cpus)
+                spawn.pin(t.pid, cpus)
             found = pidfd_open(t.pid)
             fd = -1 if found is None else found
         self.started += 1
@@ -375,25 +385,3 @@ class Worker:
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         self._report.setdefault(key, []).extend(values)
-
-
-def pinned_cpus(cpus: Sequence[int], node_cpus: int, single_core: bool) -> Sequence[int]:
-    """The CPUs to pin a task placed on ``cpus`` (of a node of ``node_cpus``) to; empty: leave
-    it unpinned (its share is the whole node, or one core and ``single_core`` is False:
-    ``launcher: pin_single_core_tasks``, :data:`balsam.defaults.PIN_SINGLE_CORE_TASKS`)."""
-    if len(cpus) >= node_cpus or (len(cpus) == 1 and not single_core):
-        return ()
-    return cpus
-
-
-def _pin(pid: int, cpus: Sequence[int]) -> None:
-    """Pin a just-started task to ``cpus``.
-
-    Done right after the exec rather than around the spawn (``procs.Task(cpus=...)`` moves the
-    worker itself there and back, ~25-60 us a task): the new program is still loading when this
-    runs, long before it can start threads or children, which inherit the pinning.
-    """
-    try:
-        os.sched_setaffinity(pid, cpus)
-    except (OSError, AttributeError):  # already gone, or no affinity support: run unpinned
-        pass
