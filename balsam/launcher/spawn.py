@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +34,10 @@ from typing import Optional
 from balsam.launcher import procs
 
 _FOUND: dict[tuple[str, str], str] = {}
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+"""Signals Python ignores that a task gets back at their default, as ``subprocess``'s
+``restore_signals`` does for :class:`procs.Task` (a task that inherited SIGPIPE ignored saw
+``EPIPE`` errors where a pipeline's writer should die quietly)."""
 
 
 def resolve(program: str, path: Optional[str]) -> str:
@@ -200,7 +205,8 @@ class SpawnedTask(procs.Task):
                 raise
             os.makedirs(cwd, exist_ok=True)
             os.chdir(cwd)
-        self.pid = os.posix_spawn(program, list(argv), env, setsid=True, file_actions=[
+        self.pid = os.posix_spawn(program, list(argv), env, setsid=True,
+                                  setsigdef=RESTORED_SIGNALS, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
              0o666),
