@@ -251,8 +251,7 @@ def test_a_task_that_is_an_mpi4py_program_is_not_part_of_the_ensemble(db, cursor
 def test_node_packing_and_distinct_cores_are_honoured(db, cursor, scripts):
     halves = record_jobs(cursor, scripts, 6, packing=2)
     quarters = record_jobs(cursor, scripts, 8, packing=4)
-    pinned = dict(QUICK, pin_single_core_tasks=True)  # one-core shares float by default
-    with settings(db, local_nodes=1, cores_per_node=2, launcher=pinned), launchers() as start:
+    with settings(db, local_nodes=1, cores_per_node=2, launcher=QUICK), launchers() as start:
         assert start(*SERIAL).wait(90) == 0
     assert set(states(cursor).values()) == {"JOB_FINISHED"}
     runs = recorded(halves) + recorded(quarters)

@@ -1,5 +1,5 @@
 """Serial-mode workers pin a task to its own cores when its share is several cores; a one-core
-share floats (any idle core may run it) unless ``launcher: pin_single_core_tasks`` is true."""
+share too, unless ``launcher: pin_single_core_tasks`` is false (then any idle core may run it)."""
 from __future__ import annotations
 
 import os
@@ -28,8 +28,8 @@ def test_only_shares_of_several_cores_are_pinned_unless_one_core_shares_are_aske
     assert pinned_cpus((5,), 8, single_core=False) == ()
     assert pinned_cpus((5,), 8, single_core=True) == (5,)
     assert pinned_cpus((0, 1), 2, single_core=True) == ()  # the whole node: nothing to pin
-    assert Tunables.from_settings({}).pin_single_core_tasks is False
-    assert Tunables.from_settings({"pin_single_core_tasks": True}).pin_single_core_tasks
+    assert Tunables.from_settings({}).pin_single_core_tasks is True
+    assert not Tunables.from_settings({"pin_single_core_tasks": False}).pin_single_core_tasks
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

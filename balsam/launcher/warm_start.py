@@ -5,7 +5,7 @@ its connection) needs ~0.3-0.4 s on a quiet machine before its master claims; th
 its connection and its session ~0.15 s after it started. So when the ensemble was started
 before the session (:func:`balsam.launcher.serial_mode.early_start`: rank 0 reads the session id
 on its stdin) and the launcher runs on the ensemble's first node, the launcher claims up to a
-node's worth of jobs, starts them (:class:`balsam.launcher.procs.Task`: own session, pinned,
+node's worth of jobs, starts them (:class:`balsam.launcher.procs.Task`: own session, pinned as on a worker,
 one GPU each, as a worker rank does), records them RUNNING through a
 :class:`balsam.launcher.status.StatusBuffer` exactly as the master does (after the start; a
 start refused because a user killed the job is stopped), and hands rank 0 the session id
@@ -47,6 +47,7 @@ from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.nodeslots import NodeSlots, node_cpus
+from balsam.launcher.spawn import pinned_cpus
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.warm_pool import is_runner_argv
 from balsam.platform.process import drain_fd, pidfd_open
@@ -145,9 +146,11 @@ class WarmStart:
         hold[3] = started.pgid  # if the launcher dies, the master records the run's end
         if self.ctx.watchdog is not None:
             self.ctx.watchdog.add(started.pgid, spec.job_id)
-        if len(placement.cpus) < len(self.node.cpus):
+        cpus = pinned_cpus(placement.cpus, len(self.node.cpus),
+                           self.ctx.tunables.pin_single_core_tasks)  # as a worker rank does
+        if cpus:
             try:
-                os.sched_setaffinity(started.proc.pid, placement.cpus)
+                os.sched_setaffinity(started.proc.pid, cpus)
             except OSError:  # already gone: nothing to pin
                 pass
         fd = pidfd_open(started.proc.pid)
