@@ -5,13 +5,13 @@ A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and st
 cheapest way to start one; their working directories and output files made ahead, while they
 wait in the queue, by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its
 node (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, own cores,
-pinned if several (:func:`balsam.launcher.spawn.pinned_cpus`), one GPU per task with
+pinned to them as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task with
 ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, reaps exited
 tasks, starts what fits and notes what happened in ONE report, sent at once if it says more
 than starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS`` (a
-report costs both ranks ~20-40 us: one a task end at 1,000 ends/s). When nothing happened it
-waits up to 1 ms (10 ms once quiet for a while) for a task to exit (pidfds: an exit ends the
-wait at once).
+message less for both ranks per task end: before, one report went per end). When nothing
+happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit (pidfds: an
+exit ends the wait at once).
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the

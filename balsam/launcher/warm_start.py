@@ -5,7 +5,7 @@ its connection) needs ~0.3-0.4 s on a quiet machine before its master claims; th
 its connection and its session ~0.15 s after it started. So when the ensemble was started
 before the session (:func:`balsam.launcher.serial_mode.early_start`: rank 0 reads the session id
 on its stdin) and the launcher runs on the ensemble's first node, the launcher claims up to a
-node's worth of jobs, starts them (:class:`balsam.launcher.procs.Task`: own session, pinned as on a worker,
+node's worth of jobs, starts them (:class:`balsam.launcher.procs.Task`: own session, pinned,
 one GPU each, as a worker rank does), records them RUNNING through a
 :class:`balsam.launcher.status.StatusBuffer` exactly as the master does (after the start; a
 start refused because a user killed the job is stopped), and hands rank 0 the session id
