@@ -41,11 +41,10 @@ from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
-QUEUE_SECONDS = 0.25
-"""Work queued on a worker behind what runs: this long at its share of the end rate, at least one
-node's worth, at most ``MAX_QUEUED_TASKS`` (a worker never waits while the master claims, writes
-or processes; long tasks are not hoarded where another node could start them sooner)."""
-MAX_QUEUED_TASKS = 1024
+QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.25, 1024
+"""Work queued on a worker behind what runs, in nodes' worth: ``QUEUED_NODES`` (the first while
+tasks end slower than ``FAST_RATE``/s in all), or ``QUEUE_SECONDS`` at the worker's share of the
+end rate (up to ``MAX_QUEUED_TASKS``) if more: it never waits on the master's claims or writes."""
 REFILL_BELOW = 0.5
 """A worker's queue is topped up once less than this fraction is left (one message, many tasks)."""
 QUEUE_ROUNDS = 8
@@ -53,12 +52,11 @@ QUEUE_ROUNDS = 8
 spread over the workers (filled one by one, a campaign's last jobs sat in a few queues)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
-BYE_SECONDS = 5.0
-"""How long the master waits for every worker to acknowledge ``exit``/``abort``."""
+BYE_SECONDS = 5.0  # how long the master waits for every worker to acknowledge exit/abort
 QUIET_SECONDS = 0.05
 """After this long without a report the loop naps ``QUIET_NAP_SECONDS`` (long tasks running)."""
 QUIET_NAP_SECONDS = 0.01
-FLOWING_NAP_SECONDS = (0.001, 0.004)
+FLOWING_NAP_SECONDS = (0.001, 0.002)
 """The nap while reports flow: while a worker's queue is below its refill mark; while every
 queue is topped up (nothing urgent: half the wake-ups)."""
 
@@ -300,8 +298,8 @@ class Master(MasterClaims, LauncherHolds):
         batches: dict[int, list[Work]] = {}
         load, slots = self.load, self.slots_per_node
         open_workers = [w for w in load if w not in self.closed]
-        queued = min(max(1.0, self.rate / max(1, len(open_workers)) * QUEUE_SECONDS / slots),
-                     max(1.0, MAX_QUEUED_TASKS / slots))  # in nodes' worth
+        queued = max(QUEUED_NODES[self.rate >= FAST_RATE], min(  # in nodes' worth
+            self.rate / max(1, len(open_workers)) * QUEUE_SECONDS, MAX_QUEUED_TASKS) / slots)
         # fill every node first; then queue behind, evenly in rounds, on the workers whose
         # queue is below the refill mark (so one message carries several tasks)
         refill = 1.0 + queued * REFILL_BELOW
