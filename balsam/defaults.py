@@ -64,6 +64,16 @@ killed and its job FAILED (classic: 300 s, not configurable)."""
 TRANSFER_TIMEOUT_SECONDS = 3600
 """Longest one stage-in or stage-out transfer may take before it is killed and its job FAILED."""
 
+PIN_SINGLE_CORE_TASKS = True
+"""Serial mode: a task whose share of its node is one core (``node_packing_count`` = cores) is
+pinned to that core; false lets it run on any idle core. A share of several cores is always
+pinned to its own cores. Pinned by default: a task that starts threads without being asked
+(a BLAS sized to the node, ``OMP_NUM_THREADS`` is set only for ``threads_per_rank`` > 1) then
+stays on its core instead of oversubscribing a packed node. Floating can help where the
+launcher's own processes share the node's few cores (a pinned task waits for its core while
+they use it); on the 2-core benchmark machine the difference was within the noise (10 A/B
+rounds, benchmarks/README.md, issue 16, session 13)."""
+
 WARM_HOOKS = True
 """Each transition worker runs site app hooks in forks of one warm runner process
 (``processing/warm_hooks.py``: ~20 ms of CPU a hook instead of ~330 ms for a new interpreter).

@@ -62,7 +62,10 @@ def settings(db_path: str, nodes: int) -> None:
     path = os.path.join(db_path, "settings.yml")
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}
-    data["local_nodes"] = nodes  # the launcher's own tunables stay the defaults
+    data["local_nodes"] = nodes
+    # The launcher's tunables stay the defaults: the section `balsam init` wrote is dropped,
+    # so that a --compare-with tree that lacks a newer key does not refuse the file.
+    data.pop("launcher", None)
     with open(path, "w") as fh:
         yaml.safe_dump(data, fh)
 

@@ -4,6 +4,7 @@ directory made even if the preparer could not or it vanished since."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -111,3 +112,19 @@ def test_a_prepared_directory_removed_before_the_start_is_made_again(tmp_path):
         os.chdir(home)
     assert os.WEXITSTATUS(status) == 0
     assert (tmp_path / "gone" / "t.out").read_text() == "here\n"
+
+
+def test_a_spawned_task_gets_sigpipe_back_at_its_default(tmp_path):
+    # as subprocess's restore_signals does for the other tasks: Python ignores SIGPIPE
+    out = str(tmp_path / "sig" / "t.out")
+    home = os.getcwd()
+    try:
+        task = spawn.SpawnedTask("j", ["sh", "-c", "grep SigIgn /proc/self/status"],
+                                 {"PATH": os.environ["PATH"]}, os.path.dirname(out), out)
+        _, status = os.waitpid(task.pid, 0)
+    finally:
+        os.chdir(home)
+    assert os.WEXITSTATUS(status) == 0
+    with open(out) as fh:
+        ignored = int(fh.read().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)) and not ignored & (1 << (signal.SIGXFSZ - 1))

@@ -19,7 +19,7 @@ from balsam.errors import BalsamError
 
 ZERO_ALLOWED = frozenset({"max_retries", "retry_backoff_seconds", "status_writers"})
 """Numeric tunables for which 0 means something (no retries, no back-off, automatic)."""
-SWITCHES = frozenset({"warm_hooks"})
+SWITCHES = frozenset({"warm_hooks", "pin_single_core_tasks"})
 """Tunables that are true or false, not numbers."""
 
 
@@ -50,6 +50,8 @@ class Tunables:
     warm_hooks: bool
     """Site app hooks run in a warm runner (:mod:`balsam.processing.warm_hooks`); False: as
     scripts, a new interpreter each."""
+    pin_single_core_tasks: bool
+    """Serial mode: pin a task whose share is one core to it (shares of more are always)."""
 
     @classmethod
     def from_settings(cls, launcher: Mapping[str, Any]) -> Tunables:

@@ -54,8 +54,9 @@ class QueueEntry(BaseModel):
 class LauncherSection(BaseModel):
     """``launcher:``: the tunables of :mod:`balsam.defaults` (lower-case names), all > 0 but
     ``status_writers`` (0: auto), ``max_retries`` and ``retry_backoff_seconds`` (>= 0; the
-    last two also apply to the service's processing), and the switch ``warm_hooks`` (true or
-    false; the transition workers of launchers and the service)."""
+    last two also apply to the service's processing), and the switches ``warm_hooks`` (true or
+    false; the transition workers of launchers and the service) and ``pin_single_core_tasks``
+    (serial mode)."""
 
     model_config = _STRICT
     heartbeat_seconds: float = Field(default=defaults.HEARTBEAT_SECONDS, gt=0)
@@ -79,6 +80,7 @@ class LauncherSection(BaseModel):
     script_timeout_seconds: float = Field(default=defaults.SCRIPT_TIMEOUT_SECONDS, gt=0)
     transfer_timeout_seconds: float = Field(default=defaults.TRANSFER_TIMEOUT_SECONDS, gt=0)
     warm_hooks: bool = defaults.WARM_HOOKS
+    pin_single_core_tasks: bool = defaults.PIN_SINGLE_CORE_TASKS
 
 
 class ServiceSection(BaseModel):

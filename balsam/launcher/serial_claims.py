@@ -29,14 +29,12 @@ CLAIMERS = 2
 a connection each, a claim in flight each (``SKIP LOCKED``: they never get the same job); the
 master's loop asks and takes, never waiting on a claim."""
 RATE_WINDOW_SECONDS = 0.25
+RATE_RAMP_SECONDS = 0.02
+"""Within a window, the rate so far counts once this much of it passed (it only raises ``rate``):
+at start-up, short tasks' claims and worker queues grow within ~20 ms (was 50)."""
 CLAIM_HORIZON_SECONDS = 1.0
 """At full speed the master holds about this many seconds of work (fewer, bigger claims)."""
 MAX_CLAIM_BATCH = 4096
-QUEUED_SECONDS = 0.1
-"""A worker's queue also holds about this long of its share of the task end rate, when that is
-more than the master's nodes' worth: at ~1,000 function tasks/s on a 2-core node, 4 nodes' worth
-was ~5 ms of work, and one synchronous status write of the master (5-40 ms on a loaded server)
-left the node idle at 20% of task ends (bench_pyfunc.py, session 13)."""
 CLAIM_SLOTS_DIVISOR = 16
 """A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
 with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
@@ -174,13 +172,6 @@ class MasterClaims:
         slots = self.slots_per_node * open_nodes
         return max(self.t.claim_batch, min(MAX_CLAIM_BATCH, slots // CLAIM_SLOTS_DIVISOR))
 
-    def _queue_depth(self, nodes: float) -> float:
-        """Work to queue on each open worker behind what runs, in nodes' worth: ``nodes``, or
-        ``QUEUED_SECONDS`` of a worker's share of the end rate if that is more (short tasks:
-        the queue outlasts the master's own pauses; long tasks stay ``nodes``)."""
-        open_nodes = max(1, len(self.load) - len(self.closed))
-        return max(nodes, self.rate / open_nodes * QUEUED_SECONDS / self.slots_per_node)
-
     def _slots(self, spec: TaskSpec) -> int:
         per_node = max(1, spec.node_packing_count)
         return min(per_node, self.ctx.gpus_per_node) if self.ctx.gpus_per_node else per_node
@@ -191,7 +182,7 @@ class MasterClaims:
             self.rate = self._ended / elapsed
             self._ended = 0
             self._next["rate"] = now + RATE_WINDOW_SECONDS
-        elif elapsed >= 0.05:  # speeding up (start-up): claim big batches at once
+        elif elapsed >= RATE_RAMP_SECONDS:  # speeding up (start-up): claim big batches at once
             self.rate = max(self.rate, self._ended / elapsed)
 
     def _close_claimers(self) -> None:

@@ -42,26 +42,24 @@ from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
-QUEUED_NODES = (1.0, 4.0)
-"""Work queued on a worker behind what runs, in nodes' worth: the first value while tasks end
-slower than ``FAST_RATE`` per second, the second when they are short (so a worker never waits
-for the master), without hoarding long tasks that another node could start sooner."""
+QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.25, 1024
+"""Work queued on a worker behind what runs, in nodes' worth: ``QUEUED_NODES`` (the first while
+tasks end slower than ``FAST_RATE``/s in all), or ``QUEUE_SECONDS`` at the worker's share of the
+end rate (up to ``MAX_QUEUED_TASKS``) if more: it never waits on the master's claims or writes."""
 REFILL_BELOW = 0.5
 """A worker's queue is topped up once less than this fraction is left (one message, many tasks)."""
-FAST_RATE = 50.0
 QUEUE_ROUNDS = 8
 """Queued work is dealt in this many rounds, least loaded workers first, so that a claim is
 spread over the workers (filled one by one, a campaign's last jobs sat in a few queues)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
-BYE_SECONDS = 5.0
-"""How long the master waits for every worker to acknowledge ``exit``/``abort``."""
+BYE_SECONDS = 5.0  # how long the master waits for every worker to acknowledge exit/abort
 QUIET_SECONDS = 0.05
 """After this long without a report the loop naps ``QUIET_NAP_SECONDS`` (long tasks running)."""
 QUIET_NAP_SECONDS = 0.01
 FLOWING_NAP_SECONDS = (0.001, 0.002)
 """The nap while reports flow: while a worker's queue is below its refill mark; while every
-queue is topped up (nothing urgent: half the wake-ups, ~0.03 ms of CPU per task at 500/s)."""
+queue is topped up (nothing urgent: half the wake-ups)."""
 
 
 class MasterChannel(Protocol):
@@ -100,8 +98,7 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
         self.gone: set[int] = set()          # workers that said bye
         self.kill_sent: set[str] = set()
         self.held, self._orphans = {}, False  # the launcher's own tasks (LauncherHolds)
-        self._ended = 0
-        self._ended_since_advance = False
+        self._ended, self._ended_since_advance = 0, False
         self._timeout_message = ""
         self._open_claimers()
         now = time.monotonic()
@@ -301,16 +298,17 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
         if not self.queue:
             return False
         batches: dict[int, list[Work]] = {}
-        queued = self._queue_depth(QUEUED_NODES[self.rate >= FAST_RATE])
+        load, slots = self.load, self.slots_per_node
+        open_workers = [w for w in load if w not in self.closed]
+        queued = max(QUEUED_NODES[self.rate >= FAST_RATE], min(  # in nodes' worth
+            self.rate / max(1, len(open_workers)) * QUEUE_SECONDS, MAX_QUEUED_TASKS) / slots)
         # fill every node first; then queue behind, evenly in rounds, on the workers whose
         # queue is below the refill mark (so one message carries several tasks)
         refill = 1.0 + queued * REFILL_BELOW
-        load = self.load
-        topped = {w for w in load if load[w] < refill - 1e-9 and w not in self.closed}
+        topped = {w for w in open_workers if load[w] < refill - 1e-9}
         if not topped:  # every open node full and enough queued (most iterations)
             self._topped = True
             return False
-        open_workers = [w for w in load if w not in self.closed]
         rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
         for target in (1.0, *rounds):
             if not self.queue:

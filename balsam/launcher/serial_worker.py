@@ -1,43 +1,40 @@
 """Serial-mode worker: one per node (MPI ranks 1..N), starting the master's tasks locally.
 
 A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
-:class:`balsam.launcher.spawn.SpawnedTask` processes (own process group; ``posix_spawn``, the
-cheapest way to start one; their working directories and output files made ahead, while they
-wait in the queue, by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its
-node
-(:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, pinned cores, one
-GPU per task with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders,
-reaps exited tasks, starts what fits and sends ONE report with everything that happened; when
-nothing happened it waits up to 1 ms (10 ms once quiet for a while) for a task to exit
-(pidfds: an exit ends the wait at once) before looking again.
+:class:`balsam.launcher.spawn.SpawnedTask` processes (own process group, ``posix_spawn``; their
+directories and output files made ahead by a :class:`balsam.launcher.spawn.Preparer` thread)
+while they fit on its node (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count``
+occupancy, own cores, pinned as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task
+with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, reaps exited
+tasks, starts what fits and notes what happened in ONE report, sent at once if it says more than
+starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS``. When nothing
+happened it waits up to 1 ms (10 ms once quiet) for a task to exit (pidfds end the wait).
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
 (SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
 says every start was written to the database (the watchdog's report need not list them).
-``hold`` [(id, packing count, cores, ...)] / ``unhold`` [ids]: a task the launcher itself runs on this
-node (its warm start, :mod:`balsam.launcher.warm_start`) takes / gives back its share.
+``hold`` [(id, packing count, cores, ...)] / ``unhold`` [ids]: a task the launcher itself runs on
+this node (its warm start, :mod:`balsam.launcher.warm_start`) takes / gives back its share.
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
-tail)], ``killed`` [ids] (a kill order completed: the task's group is gone or it never
-started), ``stopped`` [(id, rc)] (ended by a stop; a task that exits 0 within the stop's grace
-is ``done``: it completed), ``returned`` [ids] (never started, given
-back), ``outcomes`` [:data:`balsam.core.payloads.OutcomeRow`] (function tasks' outcomes that
-their warm workers returned, always in the report of the task's end, to be written with it),
-``drained`` True (stopping and nothing left running), ``bye`` True (the last report,
-after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker
-acts as a ``stop`` of its own and is announced with ``stopping`` True.
+tail)], ``killed`` [ids] (a kill order completed: the group is gone or it never started),
+``stopped`` [(id, rc)] (ended by a stop; exit 0 within the grace is ``done``), ``returned`` [ids]
+(never started, given back), ``outcomes`` [:data:`balsam.core.payloads.OutcomeRow`] (function
+tasks' outcomes, always in the report of the task's end, to be written with it), ``drained``
+True (stopping, nothing left running), ``bye`` True (the last report, after ``exit`` or
+``abort``). A SIGTERM/SIGINT to the worker acts as a ``stop`` and is announced with ``stopping``.
 
-The task environment is the worker's own environment passed once through
-:func:`balsam.launcher.task.task_environment` (which strips the ensemble's ``PMI_*``/``HYDRA_*``
-variables: a task that is an MPI program is not part of the launcher's MPI job) plus the job's
-variables (``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the
-function runner and it has no envscript) runs in a warm Python worker instead of a new process
-(:mod:`balsam.launcher.warm_pool`), with the same reports; while such tasks are short, the
-next one waits in a running one's warm process (:mod:`balsam.launcher.serial_warm`). The loop
-is transport-agnostic (:class:`Channel`), so tests drive it without MPI.
+The task environment is the worker's own, passed once through
+:func:`balsam.launcher.task.task_environment` (without the ensemble's ``PMI_*``/``HYDRA_*``: a
+task that is an MPI program is not part of the launcher's MPI job), plus the job's variables
+(``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the function
+runner, no envscript) runs in a warm Python worker (:mod:`balsam.launcher.warm_pool`) with the
+same reports; while such tasks are short, the next waits in a running one's warm process
+(:mod:`balsam.launcher.serial_warm`). The loop is transport-agnostic (:class:`Channel`), so
+tests drive it without MPI.
 """
 from __future__ import annotations
 
@@ -68,6 +65,10 @@ IDLE_WAIT_MS = 1
 """Longest wait (ms) of an iteration in which nothing happened (a task exit ends it at once)."""
 FD_CHECK_SECONDS = 1.0
 """How often descriptors the MPI library opened are made close-on-exec (tasks inherit none)."""
+REPORT_SECONDS = 0.004
+"""A report of only starts and clean ends (``ROUTINE``) waits at most this long for more, while
+tasks are queued (the master writes them every ``status_flush_seconds``, 50 ms, anyway)."""
+ROUTINE = frozenset({"started", "done"})
 QUIET_WAIT_MS = 10
 QUIET_SECONDS = 0.05
 """After this long without anything happening the wait grows to ``QUIET_WAIT_MS``: only the
@@ -107,11 +108,12 @@ class Worker(WarmQueueing):
                  shutdown_grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  tail_lines: int = defaults.OUTPUT_TAIL_LINES,
                  signalled: Optional[threading.Event] = None,
-                 watchdog: Optional[Watchdog] = None, pulse: Optional[Pulse] = None) -> None:
+                 watchdog: Optional[Watchdog] = None, pulse: Optional[Pulse] = None,
+                 pin_single_core: bool = defaults.PIN_SINGLE_CORE_TASKS) -> None:
         self.channel = channel
+        self.pin_single_core = pin_single_core
         self.watchdog = watchdog
-        self.pulse = pulse
-        """Heartbeats to the master (:mod:`balsam.launcher.rank_heartbeat`), or None."""
+        self.pulse = pulse  # heartbeats to the master (balsam.launcher.rank_heartbeat)
         self.node = node
         self.base_env = task.task_environment(base_env, {})
         self.kill_grace = kill_grace
@@ -122,11 +124,11 @@ class Worker(WarmQueueing):
         self.running: dict[str, _Running] = {}
         self.stopping = False
         self.finished = False
-        self.recorded = False
-        """The master said every start was recorded (set with ``exit``)."""
+        self.recorded = False  # the master said every start was recorded (with ``exit``)
         self._by_fd: dict[int, str] = {}
         self._poller = select.poll()
         self._report: dict[str, Any] = {}
+        self._next_report = 0.0
         self._drained_sent = False
         self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
         self.warm = WarmPool(self.base_env, self._home,
@@ -135,12 +137,9 @@ class Worker(WarmQueueing):
         """Warm Python workers for function tasks (started on first need)."""
         self._tails, self._behind, self._stop_grace = {}, {}, shutdown_grace  # WarmQueueing
         self._next_fd_check = 0.0
-        self._prep = spawn.Preparer()
-        """Makes queued tasks' directories and output files before their start."""
-        self.started = 0
-        """Tasks started so far."""
-        self.prepared = 0
-        """Of those, tasks whose directory and output file the preparer had made."""
+        self._prep = spawn.Preparer()  # makes queued tasks' directories and output files
+        self.started = 0  # tasks started so far
+        self.prepared = 0  # of those, tasks whose directory and output file were made ahead
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -195,9 +194,11 @@ class Worker(WarmQueueing):
             self._note("drained", True)
         if self.watchdog is not None:
             self.watchdog.flush()
-        if self._report:
+        if self._report and (self._report.keys() - ROUTINE or not self.queue
+                             or time.monotonic() >= self._next_report):
             report, self._report = self._report, {}
             self.channel.send(report)
+            self._next_report = time.monotonic() + REPORT_SECONDS
             busy = True
         return busy
 
@@ -379,8 +380,9 @@ class Worker(WarmQueueing):
             self._tails[work.job_id] = t
         else:
             added.append((t.pgid, work.job_id))
-            if len(placement.cpus) < len(self.node.cpus):
-                _pin(t.pid, placement.cpus)
+            cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+            if cpus:
+                spawn.pin(t.pid, cpus)
             found = pidfd_open(t.pid)
             fd = -1 if found is None else found
         self.started += 1
@@ -395,16 +397,3 @@ class Worker(WarmQueueing):
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         self._report.setdefault(key, []).extend(values)
-
-
-def _pin(pid: int, cpus: Sequence[int]) -> None:
-    """Pin a just-started task to ``cpus``.
-
-    Done right after the exec rather than around the spawn (``procs.Task(cpus=...)`` moves the
-    worker itself there and back, ~25-60 us a task): the new program is still loading when this
-    runs, long before it can start threads or children, which inherit the pinning.
-    """
-    try:
-        os.sched_setaffinity(pid, cpus)
-    except (OSError, AttributeError):  # already gone, or no affinity support: run unpinned
-        pass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +34,10 @@ from typing import Optional
 from balsam.launcher import procs
 
 _FOUND: dict[tuple[str, str], str] = {}
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+"""Signals Python ignores that a task gets back at their default, as ``subprocess``'s
+``restore_signals`` does for :class:`procs.Task` (a task that inherited SIGPIPE ignored saw
+``EPIPE`` errors where a pipeline's writer should die quietly)."""
 
 
 def resolve(program: str, path: Optional[str]) -> str:
@@ -156,6 +161,28 @@ class Preparer:
                         self._ready.add(item[1])
 
 
+def pinned_cpus(cpus: Sequence[int], node_cpus: int, single_core: bool) -> Sequence[int]:
+    """The CPUs to pin a task placed on ``cpus`` (of a node of ``node_cpus``) to; empty: leave
+    it unpinned (its share is the whole node, or one core and ``single_core`` is False:
+    ``launcher: pin_single_core_tasks``, :data:`balsam.defaults.PIN_SINGLE_CORE_TASKS`)."""
+    if len(cpus) >= node_cpus or (len(cpus) == 1 and not single_core):
+        return ()
+    return cpus
+
+
+def pin(pid: int, cpus: Sequence[int]) -> None:
+    """Pin a just-started task to ``cpus``.
+
+    Done right after the exec rather than around the spawn (``procs.Task(cpus=...)`` moves the
+    worker itself there and back, ~25-60 us a task): the new program is still loading when this
+    runs, long before it can start threads or children, which inherit the pinning.
+    """
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except (OSError, AttributeError):  # already gone, or no affinity support: run unpinned
+        pass
+
+
 class SpawnedTask(procs.Task):
     """A :class:`procs.Task` started with ``posix_spawn`` (see the module docstring); OSError
     if it cannot start. ``pid`` is also the process group id. ``prepared``: ``cwd`` exists
@@ -178,7 +205,8 @@ class SpawnedTask(procs.Task):
                 raise
             os.makedirs(cwd, exist_ok=True)
             os.chdir(cwd)
-        self.pid = os.posix_spawn(program, list(argv), env, setsid=True, file_actions=[
+        self.pid = os.posix_spawn(program, list(argv), env, setsid=True,
+                                  setsigdef=RESTORED_SIGNALS, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
              0o666),

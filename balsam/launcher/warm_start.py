@@ -51,6 +51,7 @@ from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.nodeslots import NodeSlots, Placement, node_cpus
+from balsam.launcher.spawn import pinned_cpus
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.warm_pool import is_runner_argv
 from balsam.platform.process import drain_fd, pidfd_open
@@ -152,9 +153,11 @@ class WarmStart:
         self.placed[spec.job_id] = placement
         if self.ctx.watchdog is not None:
             self.ctx.watchdog.add(started.pgid, spec.job_id)
-        if len(placement.cpus) < len(self.node.cpus):
+        cpus = pinned_cpus(placement.cpus, len(self.node.cpus),
+                           self.ctx.tunables.pin_single_core_tasks)  # as a worker rank does
+        if cpus:
             try:
-                os.sched_setaffinity(started.proc.pid, placement.cpus)
+                os.sched_setaffinity(started.proc.pid, cpus)
             except OSError:  # already gone: nothing to pin
                 pass
         fd = pidfd_open(started.proc.pid)
