@@ -1,0 +1,206 @@
+"""The warm queue (function tasks queued behind short running ones in their warm processes,
+``launcher/serial_warm.py``) under real serial-mode launchers, real mpiexec ensembles and the
+real database: every function appends the start and the end of each of its runs to one log
+under a lock, and the tests check against the database that each job's recorded runs
+(RUNNING events) are exactly the runs that happened, that no two tasks ever ran at once on a
+one-task-at-a-time node (a queued task begins only after the one ahead returned, on its
+place), and that nothing submitted is lost -- with functions that raise, one whose process
+dies between tasks, outcomes too big for the master's batch, and a launcher stopped (SIGTERM)
+with tasks queued inside warm processes. Whether a given task was queued behind another
+depends on timing (the pool queues only while tasks take under 10 ms); the checks hold either
+way, and every wait is for a condition, with generous deadlines."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections import Counter
+
+import pytest
+from launcher_support import QUICK, launchers, settings, wait_for
+from test_api import make_site
+
+from balsam import defaults
+from balsam.api import Job, sites
+from balsam.core import schema
+
+APPS = '''import fcntl
+import os
+import time
+
+from balsam.site import ApplicationDefinition
+
+
+def note(log, what, name):
+    with open(log, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(f"{what} {name} {os.getpid()} {time.monotonic_ns()}\\n")
+        fh.flush()
+
+
+class Step(ApplicationDefinition):
+    """Logs its run; raises when asked; returns ``size`` characters (a big one goes through
+    the runner's own database path)."""
+
+    def run(self, log, name, size=0, fail=False):
+        note(log, "START", name)
+        try:
+            if fail:
+                raise ValueError(f"{name} failed on purpose")
+            return name + "x" * size
+        finally:
+            note(log, "END", name)
+
+
+class Gate(ApplicationDefinition):
+    """Logs its start, then runs until ``gate`` exists."""
+
+    def run(self, log, name, gate):
+        note(log, "START", name)
+        while not os.path.exists(gate):
+            time.sleep(0.005)
+        note(log, "END", name)
+
+
+class Die(ApplicationDefinition):
+    """Its warm process dies under it (what is queued behind it never ran)."""
+
+    def run(self, log, name):
+        note(log, "START", name)
+        note(log, "DIE", name)
+        os._exit(3)
+'''
+
+BIG = defaults.PYFUNC_INLINE_BYTES + 10
+
+
+@pytest.fixture
+def site(db):
+    yield make_site(db, fn=APPS)
+    shutil.rmtree(os.path.join(db, "apps"), ignore_errors=True)
+    sites.forget_apps()
+
+
+def step(site: str, log: str, name: str, **params) -> Job:
+    return Job(site_path=site, app_name="fn.Step", workdir=f"wq/{name}",
+               parameters={"log": log, "name": name, **params})
+
+
+def runs(log: str) -> list[tuple[str, str, int, int]]:
+    """(what, job name, pid, monotonic ns) of every line of the log, in order."""
+    if not os.path.exists(log):
+        return []
+    with open(log) as fh:
+        lines = [line.split() for line in fh.read().splitlines()]
+    return [(what, name, int(pid), int(ns)) for what, name, pid, ns in lines]
+
+
+def recorded_runs(cursor, names: dict[str, str]) -> dict[str, int]:
+    """Job name (``names``: job id -> name) -> how many RUNNING events its history has."""
+    cursor.execute(f"SELECT j.job_id, count(e.id) FROM {schema.JOB_TABLE} j "
+                   f"LEFT JOIN {schema.EVENT_TABLE} e ON e.job_id = j.job_id "
+                   "AND e.to_state = 'RUNNING' GROUP BY j.job_id")
+    return {names[str(job_id)]: n for job_id, n in cursor.fetchall()}
+
+
+def final_states(cursor, names: dict[str, str]) -> dict[str, str]:
+    cursor.execute(f"SELECT job_id, state FROM {schema.JOB_TABLE}")
+    return {names[str(job_id)]: state for job_id, state in cursor.fetchall()}
+
+
+def name_of(job: Job) -> str:
+    return str(job.parameters["name"])
+
+
+def assert_one_at_a_time(lines: list[tuple[str, str, int, int]], interrupted: set[str]) -> None:
+    """Each START is followed by that run's END (or DIE) before any other START: a node that
+    holds one task at a time never ran two. A run of a job in ``interrupted`` may have no end
+    (its process was stopped under it); the next START then comes from another process."""
+    open_run = None
+    for what, name, pid, _ in lines:
+        if what == "START":
+            if open_run is not None:
+                assert open_run[0] in interrupted and open_run[1] != pid, \
+                    f"{name} started in {pid} while {open_run} ran"
+            open_run = (name, pid)
+        else:
+            assert open_run == (name, pid), f"{what} of {name} in {pid} while {open_run} ran"
+            open_run = None
+
+
+@pytest.mark.slow
+def test_queued_function_tasks_each_run_once_one_at_a_time_and_are_all_recorded(site, cursor,
+                                                                              tmp_path):
+    """120 instant tasks on a one-task-at-a-time node (queued behind each other while short),
+    every 7th raising, every 11th returning an outcome too big for the master's batch, and one
+    whose warm process dies under it (``os._exit``) with tasks likely queued behind it."""
+    log = str(tmp_path / "runs.log")
+    jobs = [step(site, log, f"s{i:03d}", fail=i % 7 == 3, size=BIG if i % 11 == 5 else 0)
+            for i in range(120)]
+    die = Job(site_path=site, app_name="fn.Die", workdir="wq/die",
+              parameters={"log": log, "name": "die"})
+    Job.objects.bulk_create(jobs[:60] + [die] + jobs[60:])
+    names = {str(j.id): name_of(j) for j in jobs + [die]}
+    with settings(site, launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        assert launcher.wait(240) == 0, launcher.output()
+
+    lines = runs(log)
+    starts = Counter(name for what, name, _, _ in lines if what == "START")
+    assert_one_at_a_time(lines, interrupted=set())
+    expected = {name_of(j): "FAILED" if j.parameters["fail"] else "JOB_FINISHED" for j in jobs}
+    expected["die"] = "FAILED"
+    assert final_states(cursor, names) == expected
+    # Each job ran exactly once, and its history shows exactly that run.
+    assert starts == Counter({name: 1 for name in expected})
+    assert recorded_runs(cursor, names) == {name: 1 for name in expected}
+    for job in jobs:
+        if job.parameters["fail"]:
+            with pytest.raises(ValueError, match=f"{name_of(job)} failed on purpose"):
+                job.result()
+        else:
+            assert job.result() == name_of(job) + "x" * job.parameters["size"]
+    cursor.execute(f"SELECT message FROM {schema.EVENT_TABLE} WHERE job_id = %s "
+                   "AND to_state = 'RUN_ERROR'", [str(die.id)])
+    assert [m for (m,) in cursor.fetchall()], "the dead process's task has no RUN_ERROR"
+
+
+@pytest.mark.slow
+def test_a_launcher_stopped_with_tasks_queued_loses_none_and_records_each_run(site, cursor,
+                                                                           tmp_path):
+    """SIGTERM to the launcher while a task that waits for a gate runs, after a stream of
+    instant tasks through one place (the ones after it likely queued behind it in its warm
+    process, sent while it was young): a task stopped or cancelled unrun is recorded as what
+    happened (no RUNNING for one that never began), nothing stays RUNNING, and a second
+    launcher runs the rest: every job finishes, each run recorded once."""
+    log, gate = str(tmp_path / "runs.log"), str(tmp_path / "gate")
+    hold = Job(site_path=site, app_name="fn.Gate", workdir="wq/hold",
+               parameters={"log": log, "name": "hold", "gate": gate})
+    jobs = [step(site, log, f"t{i:04d}") for i in range(300)]
+    Job.objects.bulk_create(jobs[:200] + [hold] + jobs[200:])
+    names = {str(j.id): name_of(j) for j in jobs + [hold]}
+    with settings(site, launcher=QUICK), launchers() as start:
+        first = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: any(n == "hold" for _, n, *_ in runs(log)), 120, "the gated task")
+        first.signal(signal.SIGTERM)
+        assert first.wait(120) == 0, first.output()
+        between = final_states(cursor, names)
+        assert "RUNNING" not in between.values()
+        lines = runs(log)
+        # No RUNNING recorded for a task that never began, none missing for one that did.
+        begun = Counter(n for w, n, *_ in lines if w == "START")
+        assert recorded_runs(cursor, names) == {name: begun[name] for name in names.values()}
+        assert between["hold"] in ("RUN_TIMEOUT", "RESTART_READY")
+        assert [n for w, n, *_ in lines if w == "START"][-1] == "hold"  # nothing began after
+        with open(gate, "w"):
+            pass
+        second = start("--consume-all", "--job-mode", "serial")
+        assert second.wait(240) == 0, second.output()
+
+    lines = runs(log)
+    starts = Counter(name for what, name, _, _ in lines if what == "START")
+    assert_one_at_a_time(lines, interrupted={"hold"})
+    assert final_states(cursor, names) == {name: "JOB_FINISHED" for name in names.values()}
+    assert recorded_runs(cursor, names) == {name: starts[name] for name in names.values()}
+    # Only the run the stop interrupted is run again; every job ran.
+    assert starts == Counter({name: 2 if name == "hold" else 1 for name in names.values()})
