@@ -19,6 +19,7 @@ from collections import Counter
 
 import pytest
 from launcher_support import QUICK, launchers, settings, wait_for
+from once_support import kill, rank_pid
 from test_api import make_site
 
 from balsam import defaults
@@ -107,6 +108,12 @@ def recorded_runs(cursor, names: dict[str, str]) -> dict[str, int]:
 def final_states(cursor, names: dict[str, str]) -> dict[str, str]:
     cursor.execute(f"SELECT job_id, state FROM {schema.JOB_TABLE}")
     return {names[str(job_id)]: state for job_id, state in cursor.fetchall()}
+
+
+def ended_runs(cursor, job_id: str) -> int:
+    cursor.execute(f"SELECT count(*) FROM {schema.EVENT_TABLE} WHERE job_id = %s "
+                   "AND from_state = 'RUNNING'", [job_id])
+    return int(cursor.fetchone()[0])
 
 
 def name_of(job: Job) -> str:
@@ -269,3 +276,41 @@ def test_user_kills_of_a_queued_task_and_of_the_task_ahead_of_queued_ones(site, 
     assert starts["k1"] <= 1 and recorded["k1"] == 0
     for name in states:
         assert (starts[name], recorded[name]) == (1, 1), name
+
+
+@pytest.mark.slow
+def test_a_dead_worker_rank_with_tasks_queued_behind_its_running_one(site, cursor, tmp_path):
+    """The worker rank is SIGKILLed while a gated task runs in a warm process, the tasks after
+    it likely queued behind it: its watchdog stops that process (the run is never overlapped by
+    its retry), counts the queued ones as started (recorded "after the run", RUN_TIMEOUT, then
+    retried: a run that may not have happened is recorded, none that happened is missing), the
+    launcher restarts the ensemble and every job finishes."""
+    log, gate = str(tmp_path / "runs.log"), str(tmp_path / "gate")
+    hold = Job(site_path=site, app_name="fn.Gate", workdir="wq/hold",
+               parameters={"log": log, "name": "hold", "gate": gate})
+    jobs = [step(site, log, f"r{i:02d}") for i in range(60)]
+    Job.objects.bulk_create(jobs[:30] + [hold] + jobs[30:])
+    names = {str(j.id): name_of(j) for j in jobs + [hold]}
+    with settings(site, launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: any(n == "hold" for _, n, *_ in runs(log)), 120, "the gated task")
+        kill(wait_for(lambda: rank_pid(launcher.pid, 1), 60, "worker rank 1"), signal.SIGKILL)
+        # The gate opens once the first run is known dead (its end recorded).
+        wait_for(lambda: ended_runs(cursor, str(hold.id)), 120,
+                 "the interrupted run to be recorded")
+        open(gate, "w").close()
+        assert launcher.wait(240) == 0, launcher.output()
+
+    lines = runs(log)
+    starts = Counter(name for what, name, _, _ in lines if what == "START")
+    assert_one_at_a_time(lines, interrupted={"hold"})
+    assert final_states(cursor, names) == {name: "JOB_FINISHED" for name in names.values()}
+    cursor.execute(f"SELECT job_id, count(*) FROM {schema.EVENT_TABLE} WHERE to_state = "
+                   "'RUNNING' AND message LIKE '%%recorded after the run%%' GROUP BY job_id")
+    late = {names[str(job_id)]: n for job_id, n in cursor.fetchall()}
+    for name, recorded in recorded_runs(cursor, names).items():
+        # Each run recorded; the only extra ones are starts counted for tasks that were
+        # queued, never begun, when the rank died.
+        assert starts[name] <= recorded <= starts[name] + late.get(name, 0), name
+    assert starts["hold"] == 2 and all(starts[name] == 1 for name in names.values()
+                                       if name != "hold")
