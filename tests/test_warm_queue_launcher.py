@@ -116,6 +116,13 @@ def ended_runs(cursor, job_id: str) -> int:
     return int(cursor.fetchone()[0])
 
 
+def timed_out_jobs(cursor, names: dict[str, str]) -> set[str]:
+    """Names of the jobs with a RUN_TIMEOUT in their history."""
+    cursor.execute(f"SELECT DISTINCT job_id FROM {schema.EVENT_TABLE} "
+                   "WHERE to_state = 'RUN_TIMEOUT'")
+    return {names[str(job_id)] for (job_id,) in cursor.fetchall() if str(job_id) in names}
+
+
 def name_of(job: Job) -> str:
     return str(job.parameters["name"])
 
@@ -274,8 +281,12 @@ def test_user_kills_of_a_queued_task_and_of_the_task_ahead_of_queued_ones(site, 
     # Killed before it could begin (behind g1, whose gate opens after the kill): never run, in
     # the usual path; no RUNNING is written for a job killed first, whichever path.
     assert starts["k1"] <= 1 and recorded["k1"] == 0
+    # Once each, recorded once; run twice only if a run was stopped under it (a task that
+    # began behind k1 in the microseconds before a kill that came late: RUN_TIMEOUT, retried).
+    timed_out = timed_out_jobs(cursor, names)
     for name in states:
-        assert (starts[name], recorded[name]) == (1, 1), name
+        assert recorded[name] == starts[name] <= (2 if name in timed_out else 1), name
+        assert starts[name] >= 1, name
 
 
 @pytest.mark.slow
@@ -312,5 +323,9 @@ def test_a_dead_worker_rank_with_tasks_queued_behind_its_running_one(site, curso
         # Each run recorded; the only extra ones are starts counted for tasks that were
         # queued, never begun, when the rank died.
         assert starts[name] <= recorded <= starts[name] + late.get(name, 0), name
-    assert starts["hold"] == 2 and all(starts[name] == 1 for name in names.values()
-                                       if name != "hold")
+    # Run again: the gated task, and any task whose end the master had not written when the
+    # ensemble went down with the rank (recorded RUN_TIMEOUT, outcome unknown), never more.
+    timed_out = timed_out_jobs(cursor, names)
+    assert starts["hold"] == 2 and "hold" in timed_out
+    for name in names.values():
+        assert 1 <= starts[name] <= (2 if name in timed_out else 1), name
