@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import pytest
 from launcher_support import Inbox
 
 from balsam.launcher.nodeslots import NodeSlots
@@ -300,3 +301,29 @@ def test_a_task_handed_a_place_keeps_its_share_cores_and_gpu():
     node.free("c")
     node.free("d")
     assert node.occupancy == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="a task queued behind one that turned out long waits "
+                   "for its whole run, even when a place on the node is free: a cancel is read "
+                   "by the warm process only after its running task (session 13 review)")
+def test_a_task_queued_behind_one_that_turns_long_runs_elsewhere_when_a_place_frees(tmp_path):
+    site = make_site(tmp_path)
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0, 1], 0), {"PATH": os.environ["PATH"]})
+    worker.warm.short_seconds, worker.warm.mean_seconds = 60.0, 0.0  # the first is young...
+    two = [fn_work(tmp_path, site, name, row("fn.Gate", gate=str(tmp_path / f"{name}-go")))
+           ._replace(packing=2) for name in ("long", "other")]
+    inbox.orders.append({"work": two + [fn_work(tmp_path, site, "next", row("fn.Pid"))
+                                        ._replace(packing=2)]})
+    try:
+        worker.step()
+        assert sorted(inbox.collected("started")) == ["long", "other"]
+        assert worker.warm.queued_behind == 1 and not worker.queue
+        worker.warm.short_seconds = 0.01  # ...and long now: it never ends (no gate)
+        (tmp_path / "other-go").touch()
+        serve(worker, inbox, lambda: "other" in inbox.collected("done"))
+        # "other"'s place is free; "next" must not wait for "long" (which never ends).
+        serve(worker, inbox, lambda: "next" in inbox.collected("done"), timeout=20)
+    finally:
+        worker.close()

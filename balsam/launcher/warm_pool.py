@@ -54,9 +54,9 @@ QUEUE_DEPTH = 2
 """Most tasks queued in one warm process behind the one it runs (two: a rank that the scheduler
 keeps off the CPU for a few milliseconds does not leave the process idle after one task)."""
 SHORT_TASK_SECONDS = 0.01
-"""A task is queued behind a running one only while the warm tasks of this pool take less
-than this on average (their ends seen by the worker) and the running one is younger: a
-short task's successor waits microseconds, never behind a long one."""
+"""Queue behind a running task only while this pool's tasks average less (their ends seen by
+the worker) and it is younger: its successor waits microseconds (a whole run if it turns long
+later: a cancel is read between tasks only; ``tests/test_warm_queue.py``'s xfail test)."""
 SHORT_WEIGHT = 0.1
 """Weight of each end in that average (exponential)."""
 
