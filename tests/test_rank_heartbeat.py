@@ -5,6 +5,7 @@ ensemble with a frozen worker rank is in ``tests/test_exactly_once.py``."""
 from __future__ import annotations
 
 import threading
+import time
 
 from launcher_support import Inbox, wait_for
 
@@ -80,3 +81,24 @@ def test_a_worker_beats_while_it_idles_and_while_its_task_runs(tmp_path):
         thread.join(60)
     assert not thread.is_alive()
     assert inbox.collected("started") == ["job"]
+
+
+def test_the_master_receives_every_heartbeat_a_worker_said_it_sent_before_the_end():
+    # An unreceived message holds its sender in MPI_Finalize (MPICH, ranks on other nodes):
+    # the master takes each worker's heartbeats up to the count in its bye.
+    arriving = [[1], [], [2, 1]]
+    silence = Silence([1, 2], limit=10.0,
+                      beats=lambda: arriving.pop(0) if arriving else [], abort=lambda: 8)
+    silence.expected.update({1: 2, 2: 1})
+    assert silence.settle(time.monotonic() + 60.0)
+    assert silence.received == {1: 2, 2: 1} and not arriving
+    silence.expected[2] = 5  # never coming: gives up at the deadline
+    assert not silence.settle(time.monotonic() + 0.05)
+
+
+def test_a_pulse_counts_its_heartbeats():
+    sent: list[float] = []
+    pulse = Pulse(lambda: sent.append(1.0), 5.0, now=0.0)
+    pulse.beat(5.0)
+    pulse.beat(10.0)
+    assert pulse.sent == len(sent) == 2 and pulse.due == 15.0

@@ -29,7 +29,7 @@ scheduling, a paused VM) and its workers with it: that gap is not counted agains
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.tunables import Tunables
@@ -62,10 +62,13 @@ class Pulse:
         self.send = send
         self.period = period
         self.due = (time.monotonic() if now is None else now) + period
+        self.sent = 0
+        """Heartbeats sent so far: the worker's last report (``bye``) says it as ``beats``."""
 
     def beat(self, now: float) -> None:
         """Send a heartbeat; the next is due one period later."""
         self.send()
+        self.sent += 1
         self.due = now + self.period
 
 
@@ -81,11 +84,32 @@ class Silence:
                  now: Optional[float] = None, stall: Optional[float] = None) -> None:
         start = time.monotonic() if now is None else now
         self.heard = {w: start for w in workers}
+        self.received = {w: 0 for w in self.heard}
+        self.expected: dict[int, int] = {}
+        """Heartbeats each worker said it sent, in its last report (``beats``)."""
         self.limit = limit
         self.stall = limit / 2 if stall is None else stall
         self.checked = start
         self.beats = beats
         self.abort = abort
+
+    def _drain(self, now: float) -> None:
+        for worker in self.beats():
+            self.heard[worker] = now
+            self.received[worker] = self.received.get(worker, 0) + 1
+
+    def settle(self, deadline: float) -> bool:
+        """Receive every heartbeat the workers that said bye sent (``expected``), until
+        ``deadline`` (``time.monotonic()``); False if some never came. A message left
+        unreceived would hold its sender in ``MPI_Finalize`` for good (MPICH, ranks on other
+        nodes: seen under Slurm), so the master takes them all before the MPI job ends."""
+        while True:
+            self._drain(time.monotonic())
+            if all(self.received.get(w, 0) >= n for w, n in self.expected.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
 
     def lost(self, now: float) -> Optional[str]:
         """Why the ensemble lost a worker (those unheard for ``limit`` once the heartbeats
@@ -94,8 +118,7 @@ class Silence:
         gap, self.checked = now - self.checked, now
         if gap > self.stall:
             self.heard = {w: t + gap for w, t in self.heard.items()}
-        for worker in self.beats():
-            self.heard[worker] = now
+        self._drain(now)
         silent = {w: now - t for w, t in self.heard.items() if now - t > self.limit}
         if not silent:
             return None
@@ -116,6 +139,16 @@ class RankWatch:
     def _flush(self, before: Optional[float] = None) -> None:
         """Write the pending state changes (provided by ``Master``)."""
         raise NotImplementedError
+
+    def _said_bye(self, worker: int, report: Mapping[str, Any]) -> None:
+        """Note how many heartbeats ``worker`` sent, from its last report."""
+        if self.silence is not None:
+            self.silence.expected[worker] = int(report.get("beats", 0))
+
+    def _settle_beats(self, deadline: float) -> None:
+        """Receive the heartbeats still on their way (see :meth:`Silence.settle`)."""
+        if self.silence is not None and not self.silence.settle(deadline):
+            self.ctx.log.warning("some worker heartbeats never arrived: the MPI job may not end")
 
     def _ranks_lost(self, now: float) -> bool:
         """Whether a worker is lost (see the module docstring): then the state changes the

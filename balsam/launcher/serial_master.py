@@ -248,6 +248,7 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
             self.drained.add(worker)
         if report.get("bye"):
             self.gone.add(worker)
+            self._said_bye(worker, report)  # how many heartbeats it sent (RankWatch)
 
     def _gone(self, job_id: str) -> None:
         worker = self.inflight.pop(job_id, None)
@@ -395,4 +396,5 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
         while wait and self.gone < set(self.load) and time.monotonic() < end:
             if not self._receive():
                 time.sleep(0.002)
+        self._settle_beats(end if wait else time.monotonic())  # all received before Finalize
         self.channel.flush(max(0.0, end - time.monotonic()) if wait else 0.0)

@@ -178,6 +178,7 @@ class Worker(WarmQueueing):
             busy = True
         if self.finished:  # exit or abort: say goodbye (the master waits for it)
             self._note("bye", True)
+            self._note("beats", self.pulse.sent if self.pulse is not None else 0)  # see Silence
             self.channel.send(self._report)
             self._report = {}
             return True
