@@ -22,18 +22,17 @@ and transfer workers) use absolute paths: the DB path is made absolute when the 
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Sequence
 from typing import Optional
 
-from balsam.launcher import procs, spawn
+from balsam.launcher import spawn
 
-_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_DEFAULT_SIGNALS = spawn.RESTORED_SIGNALS
 """What ``Popen(restore_signals=True)`` resets: Python ignores them, a child must not."""
 
 
-class RunTask(procs.Task):
+class RunTask(spawn.ReapedTask):
     """A run of MPI mode started with ``posix_spawn`` (see the module docstring); OSError if it
     cannot start (a missing program, a directory or output file that cannot be made).
     ``prepared``: ``cwd`` exists (a :class:`balsam.launcher.spawn.Preparer` made it and the
@@ -66,31 +65,10 @@ class RunTask(procs.Task):
                 os.makedirs(cwd, exist_ok=True)
                 os.chdir(cwd)
             try:
-                self.pid = os.posix_spawn(
-                    program, list(argv), env, setsid=True,
-                    setsigdef=() if ignore_sigpipe else _DEFAULT_SIGNALS, file_actions=[
-                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                        (os.POSIX_SPAWN_OPEN, 1, output_path,
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
-                        (os.POSIX_SPAWN_DUP2, 1, 2)])
+                self.pid = spawn.spawn_to(program, argv, env, output_path,
+                                          () if ignore_sigpipe else _DEFAULT_SIGNALS)
             finally:
                 os.fchdir(here)
         finally:
             os.close(here)
         self.pgid = self.pid
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self._returncode
-
-    def poll(self) -> Optional[int]:
-        """Reap the process if it has exited; its return code (-N: killed by signal N)."""
-        if self._returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: its status is lost
-                self._returncode = 255
-                return self._returncode
-            if pid:
-                self._returncode = os.waitstatus_to_exitcode(status)
-        return self._returncode

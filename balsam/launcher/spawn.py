@@ -183,7 +183,44 @@ def pin(pid: int, cpus: Sequence[int]) -> None:
         pass
 
 
-class SpawnedTask(procs.Task):
+def spawn_to(program: str, argv: Sequence[str], env: dict[str, str], output_path: str,
+             setsigdef: tuple[int, ...]) -> int:
+    """``posix_spawn`` ``program`` in the caller's working directory as a session leader, stdin
+    from ``/dev/null``, stdout and stderr to ``output_path`` (truncated), the ``setsigdef``
+    signals at their default; the pid."""
+    return os.posix_spawn(program, list(argv), env, setsid=True, setsigdef=setsigdef,
+                          file_actions=[
+                              (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_OPEN, 1, output_path,
+                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
+                              (os.POSIX_SPAWN_DUP2, 1, 2)])
+
+
+class ReapedTask(procs.Task):
+    """What a posix_spawned task adds to :class:`procs.Task`: its return code from
+    ``waitpid`` (the subclass sets ``pid`` and ``_returncode = None``)."""
+
+    pid: int
+    _returncode: Optional[int]
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self._returncode
+
+    def poll(self) -> Optional[int]:
+        """Reap the process if it has exited; its return code (-N: killed by signal N)."""
+        if self._returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is lost
+                self._returncode = 255
+                return self._returncode
+            if pid:
+                self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
+
+
+class SpawnedTask(ReapedTask):
     """A :class:`procs.Task` started with ``posix_spawn`` (see the module docstring); OSError
     if it cannot start. ``pid`` is also the process group id. ``prepared``: ``cwd`` exists
     (:class:`Preparer` made it)."""
@@ -205,27 +242,5 @@ class SpawnedTask(procs.Task):
                 raise
             os.makedirs(cwd, exist_ok=True)
             os.chdir(cwd)
-        self.pid = os.posix_spawn(program, list(argv), env, setsid=True,
-                                  setsigdef=RESTORED_SIGNALS, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-             0o666),
-            (os.POSIX_SPAWN_DUP2, 1, 2)])
+        self.pid = spawn_to(program, argv, env, output_path, RESTORED_SIGNALS)
         self.pgid = self.pid
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self._returncode
-
-    def poll(self) -> Optional[int]:
-        """Reap the process if it has exited; its return code (-N: killed by signal N)."""
-        if self._returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: its status is lost
-                self._returncode = 255
-                return self._returncode
-            if pid:
-                self._returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                                    else os.WEXITSTATUS(status))
-        return self._returncode
