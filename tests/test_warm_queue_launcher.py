@@ -88,6 +88,14 @@ def step(site: str, log: str, name: str, **params) -> Job:
                parameters={"log": log, "name": name, **params})
 
 
+def in_claim_order(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with wall times that make serial claims take them in this order (claims go by
+    priority, packing, longest wall time first; jobs equal in all three come in no set order)."""
+    for i, job in enumerate(jobs):
+        job.wall_time_min = len(jobs) - i
+    return jobs
+
+
 def runs(log: str) -> list[tuple[str, str, int, int]]:
     """(what, job name, pid, monotonic ns) of every line of the log, in order."""
     if not os.path.exists(log):
@@ -248,9 +256,12 @@ def test_user_kills_of_a_queued_task_and_of_the_task_ahead_of_queued_ones(site, 
              + [step(site, log, f"c{i:02d}") for i in range(30)] + [gated("g2")]
              + [step(site, log, n) for n in ("a2", "b2")]
              + [step(site, log, f"d{i:02d}") for i in range(30)])
-    Job.objects.bulk_create(order)
+    Job.objects.bulk_create(in_claim_order(order))  # k1 behind g1 (else k1 may run first)
     names = {str(j.id): name_of(j) for j in order}
     by_name = {name: job_id for job_id, name in names.items()}
+    cursor.execute("SELECT wall_time_minutes FROM core_balsamjob WHERE job_id = ANY(%s::uuid[]) "
+                   "ORDER BY wall_time_minutes DESC", [[by_name["g1"], by_name["k1"]]])
+    assert [m for (m,) in cursor.fetchall()] == [len(order) - 30, len(order) - 31]
     killed_line = "was killed by a user"
     with settings(site, launcher={**QUICK, "kill_check_seconds": 0.2}), \
             launchers() as start:
