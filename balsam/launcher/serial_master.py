@@ -42,7 +42,7 @@ from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
-QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.25, 1024
+QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.1, 1024
 """Work queued on a worker behind what runs, in nodes' worth: ``QUEUED_NODES`` (the first while
 tasks end slower than ``FAST_RATE``/s in all), or ``QUEUE_SECONDS`` at the worker's share of the
 end rate (up to ``MAX_QUEUED_TASKS``) if more: it never waits on the master's claims or writes."""

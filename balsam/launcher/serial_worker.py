@@ -67,7 +67,7 @@ FD_CHECK_SECONDS = 1.0
 """How often descriptors the MPI library opened are made close-on-exec (tasks inherit none)."""
 REPORT_SECONDS = 0.004
 """A report of only starts and clean ends (``ROUTINE``) waits at most this long for more, while
-tasks are queued (the master writes them every ``status_flush_seconds``, 50 ms, anyway)."""
+shell tasks are queued (warm function tasks report at once: faster, bench_pyfunc.py)."""
 ROUTINE = frozenset({"started", "done"})
 QUIET_WAIT_MS = 10
 QUIET_SECONDS = 0.05
@@ -195,7 +195,7 @@ class Worker(WarmQueueing):
             self._note("drained", True)
         if self.watchdog is not None:
             self.watchdog.flush()
-        if self._report and (self._report.keys() - ROUTINE or not self.queue
+        if self._report and (self._report.keys() - ROUTINE or not self.queue or self._tails
                              or time.monotonic() >= self._next_report):
             report, self._report = self._report, {}
             self.channel.send(report)
