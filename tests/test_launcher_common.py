@@ -122,9 +122,11 @@ def test_wait_wakes_on_another_sessions_change_but_not_on_its_own(db, cursor):
     began = time.monotonic()
     assert database.wait(0.3) is False  # its own insert does not wake it
     assert time.monotonic() - began >= 0.29
-    threading.Timer(0.1, add_jobs, (cursor, [{"name": "theirs", "application": "app"}])).start()
+    theirs = threading.Timer(0.1, add_jobs, (cursor, [{"name": "theirs", "application": "app"}]))
+    theirs.start()
     began = time.monotonic()
     assert database.wait(30) is True  # woken, not timed out (a loaded machine is slow)
+    theirs.join(60)  # its cursor is the fixture's: done with it before the teardown uses it
     database.close()
 
 
