@@ -57,13 +57,7 @@ class RunTask(spawn.ReapedTask):
                 os.makedirs(cwd, exist_ok=True)
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            try:
-                os.chdir(cwd)
-            except FileNotFoundError:  # removed since it was prepared
-                if not prepared:
-                    raise
-                os.makedirs(cwd, exist_ok=True)
-                os.chdir(cwd)
+            spawn.enter(cwd, prepared)
             try:
                 self.pid = spawn.spawn_to(program, argv, env, output_path,
                                           () if ignore_sigpipe else _DEFAULT_SIGNALS)

@@ -183,6 +183,18 @@ def pin(pid: int, cpus: Sequence[int]) -> None:
         pass
 
 
+def enter(cwd: str, prepared: bool) -> None:
+    """Make ``cwd`` the caller's working directory; one a :class:`Preparer` made (``prepared``)
+    but that was removed since is made again (otherwise FileNotFoundError)."""
+    try:
+        os.chdir(cwd)
+    except FileNotFoundError:
+        if not prepared:
+            raise
+        os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd)
+
+
 def spawn_to(program: str, argv: Sequence[str], env: dict[str, str], output_path: str,
              setsigdef: tuple[int, ...]) -> int:
     """``posix_spawn`` ``program`` in the caller's working directory as a session leader, stdin
@@ -235,12 +247,6 @@ class SpawnedTask(ReapedTask):
         program = resolve(argv[0], env.get("PATH"))
         if not prepared:
             os.makedirs(cwd, exist_ok=True)
-        try:
-            os.chdir(cwd)
-        except FileNotFoundError:  # removed since it was prepared
-            if not prepared:
-                raise
-            os.makedirs(cwd, exist_ok=True)
-            os.chdir(cwd)
+        enter(cwd, prepared)
         self.pid = spawn_to(program, argv, env, output_path, RESTORED_SIGNALS)
         self.pgid = self.pid
