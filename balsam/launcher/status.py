@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from balsam import defaults
-from balsam.core import launcher_moves, leases, payloads, schema
+from balsam.core import killed_starts, launcher_moves, leases, payloads, schema
 from balsam.core.states import State
 from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
@@ -44,6 +44,9 @@ class Batch:
     timeouts: dict[str, str] = field(default_factory=dict)
     release: list[str] = field(default_factory=list)
     oldest: Optional[float] = None
+    noted: dict[tuple[str, bool], float] = field(default_factory=dict)
+    """When (``time.monotonic()``) each start (id, True) and end (id, False) was noted: a start
+    refused because a user killed the job is recorded dated from it (:mod:`~balsam.core.killed_starts`)."""
     pyfunc_outcomes: list[payloads.OutcomeRow] = field(default_factory=list)
     """Outcomes of Python-function tasks that their warm workers returned (not counted in
     ``len``: each comes with its task's end), written before the ends in the same transaction
@@ -78,6 +81,17 @@ def _running_here(cursor: Cursor, session_id: int, ids: list[str]) -> list[str]:
     return [str(r[0]) for r in cursor.fetchall()]
 
 
+def _record_killed_starts(cursor: Cursor, session_id: int, batch: Batch, refused: list[str],
+                          ends: dict[str, tuple[State, str]]) -> None:
+    """Record the runs of ``refused`` starts whose jobs a user killed first (one statement;
+    :mod:`balsam.core.killed_starts`), dated from when they were noted."""
+    now, noted = time.monotonic(), batch.noted
+    killed_starts.record(
+        cursor, session_id, {j: now - noted.get((j, True), now) for j in refused},
+        batch.start_message, {j: (*ends[j], now - noted.get((j, False), now))
+                              for j in refused if j in ends})
+
+
 class StatusBuffer:
     """Pending state changes of ``session_id``'s tasks, written by :meth:`flush`.
 
@@ -108,19 +122,24 @@ class StatusBuffer:
             self._batch.oldest = time.monotonic()
 
     def started(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
         self._batch.started.extend(ids)
+        self._batch.noted.update(dict.fromkeys(((j, True) for j in ids), time.monotonic()))
         self._touch()
 
     def done(self, job_id: str) -> None:
         self._batch.done.append(job_id)
+        self._batch.noted[job_id, False] = time.monotonic()
         self._touch()
 
     def error(self, job_id: str, message: str) -> None:
         self._batch.errors[job_id] = message
+        self._batch.noted[job_id, False] = time.monotonic()
         self._touch()
 
     def timeout(self, job_id: str, message: str) -> None:
         self._batch.timeouts[job_id] = message
+        self._batch.noted[job_id, False] = time.monotonic()
         self._touch()
 
     def release(self, job_id: str) -> None:
@@ -166,6 +185,7 @@ class StatusBuffer:
         batch.timeouts.update(newer.timeouts)
         batch.release.extend(newer.release)
         batch.pyfunc_outcomes.extend(newer.pyfunc_outcomes)
+        batch.noted.update(newer.noted)
         if batch.oldest is None:
             batch.oldest = newer.oldest
         self._batch = batch
@@ -203,6 +223,8 @@ class StatusBuffer:
                 if ids:
                     out.ended += len(leases.finish(cursor, self.session_id, ids, state,
                                                    {j: ends[j][1] for j in ids}))
+            if out.not_started:  # the runs still happened: in the history all the same
+                _record_killed_starts(cursor, self.session_id, batch, out.not_started, ends)
         if batch.release:
             leases.release(cursor, self.session_id, batch.release)
         return out

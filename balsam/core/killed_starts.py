@@ -1,0 +1,134 @@
+"""Runs that began under a launcher but whose RUNNING was refused because a user killed the job
+first: recorded in the job's history all the same.
+
+Serial mode records RUNNING after a task started, in batches (:mod:`balsam.launcher.modes`).
+A user's kill that lands in between moves the held job from its runnable state (PREPROCESSED,
+RESTART_READY) to USER_KILLED, so the batch's move to RUNNING is refused
+(``status.Written.not_started``) and the launcher stops the task -- but the run happened.
+:func:`record` writes it, in the transaction that found the refusal, from the time each start
+(and an end noted in the same batch) was noted: ``age`` seconds before the statement, on the
+server's clock (no clock of a compute node is compared with the server's). Two shapes, each a
+whole history with every event one visit of its ``from_state`` (the analytics' rule) and ids
+in time order (every reader orders events by id):
+
+* **Started before the kill** (the usual case: a user kills a task they saw start). The kill's
+  event row becomes the start (``runnable -> RUNNING``, dated at the start, "... (recorded after
+  the kill)") and the kill is appended after it, leaving RUNNING (``RUNNING -> USER_KILLED``,
+  the kill's own time and message, the run's nodes), or, if the task's end was noted before the
+  kill, the end then the kill (``RUNNING -> RUN_DONE`` ..., ``RUN_DONE -> USER_KILLED``).
+* **Started after the kill** (the launcher started a queued task before it learned of the
+  kill). The kill stays first; the run is appended: ``USER_KILLED -> RUNNING`` ("started before
+  the launcher learned of the kill") and ``RUNNING -> USER_KILLED`` when the launcher learned
+  (this statement) or, if earlier, when the task's end was noted; ``state_since`` follows.
+
+The job stays USER_KILLED and held (its launcher stops the task and drops the hold as for any
+kill); its retry count does not change (a killed job is not retried; runs and utilisation now
+count the run). Writing the same refusal twice changes nothing: only a job whose last event is
+a kill from a runnable state is rewritten.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from balsam.core import schema
+from balsam.core.lifecycle import RUN_NODES_SQL
+from balsam.core.states import RUNNABLE_STATES, State, sql_in
+from balsam.db.dbapi import Cursor
+
+JOB, EVENT = schema.JOB_TABLE, schema.EVENT_TABLE
+_RUNNING, _KILLED = sql_in([State.RUNNING]), sql_in([State.USER_KILLED])
+
+AFTER_KILL_SUFFIX = " (recorded after the kill)"
+"""Ends the message of a RUNNING event written by :func:`record` for a start before the kill."""
+BEFORE_LEARNED_SUFFIX = " (started before the launcher learned of the kill)"
+"""Ends the message of a RUNNING event written by :func:`record` for a start after the kill."""
+STOPPED_MESSAGE = "stopped by the launcher: the job was killed by a user before its start was recorded"
+ENDED_MESSAGE = "the run ended before the launcher learned of the kill: "
+
+# k: the refused runs of killed jobs this session holds whose last event is still the kill from
+# a runnable state (so a second write finds nothing), with the start (and a noted end) dated
+# ``age`` seconds before the statement, never before the claimed state was entered. mode 'A':
+# started before the kill, ended after it (or not yet); 'E': started and ended before it; 'B':
+# started after it. The statement rewrites the kill's row into the start (A, E), appends the
+# rest in order (ids in time order) and moves ``state_since`` to a B run's stop.
+_RECORD_SQL = f"""
+WITH r AS (
+    SELECT * FROM unnest(%s::uuid[], %s::float8[], %s::text[], %s::text[], %s::float8[])
+        AS r(job_id, start_age, end_state, end_message, end_age)
+), k0 AS (
+    SELECT j.job_id, e.id AS kill_id, e.from_state AS held_state, e.timestamp AS killed_at,
+           e.message AS kill_message, {RUN_NODES_SQL} AS nodes, r.end_state, r.end_message,
+           greatest(statement_timestamp() - make_interval(secs => r.start_age), e.entered_at)
+               AS started_at, r.end_age
+    FROM (SELECT * FROM r ORDER BY job_id) r
+    JOIN {JOB} j ON j.job_id = r.job_id
+    CROSS JOIN LATERAL (SELECT * FROM {EVENT} e1 WHERE e1.job_id = j.job_id
+                        ORDER BY e1.id DESC LIMIT 1) e
+    WHERE j.session_id = %s AND j.state = {_KILLED} AND e.to_state = {_KILLED}
+      AND e.from_state = ANY(%s::text[])
+    FOR UPDATE OF j
+), k1 AS (
+    SELECT k0.*, CASE WHEN end_state <> '' THEN greatest(
+               statement_timestamp() - make_interval(secs => end_age), started_at) END AS ended_at
+    FROM k0
+), k AS (
+    SELECT k1.*, CASE WHEN started_at >= killed_at THEN 'B'
+                      WHEN ended_at < killed_at THEN 'E' ELSE 'A' END AS mode
+    FROM k1
+), k_start AS (
+    UPDATE {EVENT} e SET to_state = {_RUNNING}, timestamp = k.started_at,
+        message = %s, nodes = NULL
+    FROM k WHERE e.id = k.kill_id AND k.mode <> 'B'
+), k_ev AS (
+    INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at, nodes)
+    SELECT job_id, ts, from_state, to_state, message, entered_at, nodes FROM (
+        SELECT job_id, killed_at AS ts, {_RUNNING} AS from_state, {_KILLED} AS to_state,
+               kill_message AS message, started_at AS entered_at, nodes, 1 AS step
+        FROM k WHERE mode = 'A'
+        UNION ALL
+        SELECT job_id, ended_at, {_RUNNING}, end_state, end_message, started_at, nodes, 1
+        FROM k WHERE mode = 'E'
+        UNION ALL
+        SELECT job_id, killed_at, end_state, {_KILLED}, kill_message, ended_at, NULL, 2
+        FROM k WHERE mode = 'E'
+        UNION ALL
+        SELECT job_id, started_at, {_KILLED}, {_RUNNING}, %s, killed_at, NULL, 1
+        FROM k WHERE mode = 'B'
+        UNION ALL
+        SELECT job_id, coalesce(ended_at, statement_timestamp()), {_RUNNING}, {_KILLED},
+               CASE WHEN ended_at IS NULL THEN %s ELSE %s || end_state END,
+               started_at, nodes, 2
+        FROM k WHERE mode = 'B'
+    ) s ORDER BY job_id, step
+), k_job AS (
+    UPDATE {JOB} j SET state_since = coalesce(k.ended_at, statement_timestamp())
+    FROM k WHERE j.job_id = k.job_id AND k.mode = 'B'
+)
+SELECT job_id, mode FROM k ORDER BY job_id
+"""
+
+
+def record(cursor: Cursor, session_id: int, start_ages: Mapping[str, float],
+           start_message: str,
+           ends: Mapping[str, tuple[State, str, float]] | None = None) -> dict[str, str]:
+    """Record the runs of ``start_ages`` (job id -> seconds since its start was noted) whose
+    RUNNING was refused because a user killed the job while session ``session_id`` held it
+    (see the module docstring); ``ends`` gives a run's end noted in the same batch (job id ->
+    (end state, message, seconds since it was noted)). Jobs refused for another reason are left
+    alone. One statement, in the caller's transaction; returns {job id: 'A' | 'E' | 'B'} of the
+    runs recorded (started before the kill, started and ended before it, started after it)."""
+    if not start_ages:
+        return {}
+    ends = ends or {}
+    ids = sorted(start_ages)
+    end_of = [ends.get(j) for j in ids]
+    params: list[Any] = [
+        ids, [max(0.0, float(start_ages[j])) for j in ids],
+        [e[0].value if e else "" for e in end_of], [e[1] if e else "" for e in end_of],
+        [max(0.0, float(e[2])) if e else 0.0 for e in end_of],
+        session_id, list(RUNNABLE_STATES), start_message + AFTER_KILL_SUFFIX,
+        start_message + BEFORE_LEARNED_SUFFIX, STOPPED_MESSAGE, ENDED_MESSAGE]
+    cursor.execute(_RECORD_SQL, params)
+    return {str(job_id): mode for job_id, mode in cursor.fetchall()}
+

@@ -1,0 +1,161 @@
+"""A run whose RUNNING was refused because a user killed the job first is still in the job's
+history (:mod:`balsam.core.killed_starts`), written in the transaction of the refusal, against
+the real PostgreSQL: started before the kill (the kill then leaves RUNNING), started and ended
+before it, started after it (the launcher had not learned of the kill yet); one buffer and K
+writer threads alike; a second write changes nothing; what ``balsam ls --history``, the
+analytics and the retry count read stays consistent."""
+from __future__ import annotations
+
+import datetime
+import time
+
+import pytest
+from launcher_support import add_app, add_jobs, job_row
+from test_launcher_common import open_session
+
+from balsam.core import analytics, killed_starts, leases, lifecycle, retries, schema
+from balsam.core.reads.jobs import histories, jobs_by_ids
+from balsam.db.database import Database
+from balsam.launcher.status import StatusBuffer
+from balsam.launcher.status_writers import StatusWriters
+
+BACKDATE = "60 seconds"
+"""The jobs are made this much older, so that a start dated ``EARLIER`` seconds before it was
+noted still falls after the job became runnable (no test depends on how fast a statement runs)."""
+EARLIER = 5.0
+
+
+@pytest.fixture
+def claimed(db, cursor):
+    """(database, session id, ids of 3 PREPROCESSED jobs that session claimed, made older)."""
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(3)])
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET created_at = created_at - interval %s",
+                   [BACKDATE])
+    cursor.execute(f"UPDATE {schema.EVENT_TABLE} SET timestamp = timestamp - interval %s, "
+                   "entered_at = entered_at - interval %s", [BACKDATE, BACKDATE])
+    database = Database(db)
+    sid = database.run(open_session)
+    database.run(leases.claim, sid, 10, serial=False, max_nodes=2)
+    yield database, sid, sorted(ids)
+    database.close()
+
+
+def rows(cursor, job_id):
+    cursor.execute(f"SELECT id, timestamp, from_state, to_state, message, entered_at, nodes "
+                   f"FROM {schema.EVENT_TABLE} WHERE job_id = %s ORDER BY id", [job_id])
+    names = ("id", "at", "src", "dst", "message", "entered", "nodes")
+    return [dict(zip(names, r)) for r in cursor.fetchall()]
+
+
+def assert_whole_history(cursor, job_id):
+    """Every event is one visit of its from_state, in id order = time order, and the job
+    entered its state when its last event says."""
+    events = rows(cursor, job_id)
+    for before, after in zip(events, events[1:]):
+        assert after["src"] == before["dst"] and after["entered"] == before["at"]
+        assert before["at"] <= after["at"] and before["id"] < after["id"]
+    row = job_row(cursor, job_id)
+    assert (row["state_since"] or row["created_at"]) == events[-1]["at"]
+    assert row["state"] == events[-1]["dst"]
+
+
+def earlier(batch, key, seconds=EARLIER):
+    batch.noted[key] -= seconds
+
+
+def test_a_start_refused_by_a_kill_is_recorded_and_the_kill_leaves_running(claimed, cursor):
+    database, sid, (a, b, _) = claimed
+    status = StatusBuffer(database, sid, start_message="serial-mode session 7")
+    status.started([a, b])
+    batch = status.take()
+    earlier(batch, (a, True))
+    lifecycle.kill(cursor, [a])  # after the start, before RUNNING was written
+    written = database.run(status.write, batch)
+    assert written.started == [b] and written.not_started == [a]  # still stopped at once
+    events = rows(cursor, a)
+    assert [(e["src"], e["dst"]) for e in events[-2:]] == [("PREPROCESSED", "RUNNING"),
+                                                          ("RUNNING", "USER_KILLED")]
+    start, kill = events[-2:]
+    assert start["message"] == "serial-mode session 7 (recorded after the kill)"
+    assert kill["message"] == "Killed by user" and kill["nodes"] == 1.0
+    assert kill["at"] - start["at"] >= datetime.timedelta(seconds=EARLIER)
+    assert_whole_history(cursor, a)
+    row = job_row(cursor, a)
+    assert row["state"] == "USER_KILLED" and row["session_id"] == sid  # the launcher releases it
+    # what users and tools read
+    history = histories(cursor, jobs_by_ids(cursor, [a]))[a]
+    assert history.index(" RUNNING] serial-mode session 7") < history.index(" USER_KILLED]")
+    (run,) = [r for r in analytics.job_runtimes(cursor) if r.job_id == a]
+    assert run.end_state == "USER_KILLED" and run.seconds >= EARLIER
+    assert retries.usage(cursor, [a], 3)[a][0] == 0
+    # the same batch written again (a commit whose outcome was lost) changes nothing
+    again = database.run(status.write, batch)
+    assert again.not_started == [a] and rows(cursor, a) == events
+
+
+def test_a_run_that_started_and_ended_before_the_kill_shows_its_end_then_the_kill(claimed,
+                                                                                  cursor):
+    database, sid, (a, _, _) = claimed
+    status = StatusBuffer(database, sid, start_message="go")
+    status.started([a])
+    status.error(a, "exit code 3:\nboom")
+    batch = status.take()
+    earlier(batch, (a, True))
+    earlier(batch, (a, False), EARLIER / 2)
+    lifecycle.kill(cursor, [a])
+    assert database.run(status.write, batch).not_started == [a]
+    events = rows(cursor, a)
+    assert [(e["src"], e["dst"], e["message"]) for e in events[-3:]] == [
+        ("PREPROCESSED", "RUNNING", "go (recorded after the kill)"),
+        ("RUNNING", "RUN_ERROR", "exit code 3:\nboom"), ("RUN_ERROR", "USER_KILLED", "Killed by user")]
+    assert events[-2]["nodes"] == 1.0 and events[-1]["nodes"] is None
+    assert_whole_history(cursor, a)
+    assert job_row(cursor, a)["state"] == "USER_KILLED"
+
+
+def test_a_run_started_after_the_kill_is_recorded_after_it(claimed, cursor):
+    database, sid, (a, _, _) = claimed
+    lifecycle.kill(cursor, [a])  # the task was queued; the worker started it before it learned
+    status = StatusBuffer(database, sid, start_message="go")
+    status.started([a])
+    assert status.flush().not_started == [a]
+    events = rows(cursor, a)
+    assert [(e["src"], e["dst"], e["message"]) for e in events[-3:]] == [
+        ("PREPROCESSED", "USER_KILLED", "Killed by user"),
+        ("USER_KILLED", "RUNNING", "go (started before the launcher learned of the kill)"),
+        ("RUNNING", "USER_KILLED", killed_starts.STOPPED_MESSAGE)]
+    assert events[-1]["nodes"] == 1.0
+    assert_whole_history(cursor, a)
+    assert retries.usage(cursor, [a], 3)[a][0] == 0
+    assert status.flush().not_started == []  # nothing pending: nothing more
+
+
+def test_a_start_refused_for_another_reason_records_nothing(claimed, cursor):
+    database, sid, (a, _, _) = claimed
+    # a user moved the claimed job back (the hold is dropped): not this launcher's any more
+    lifecycle.transition(cursor, [a], "READY", "user", user=True)
+    before = rows(cursor, a)
+    status = StatusBuffer(database, sid, start_message="go")
+    status.started([a])
+    assert status.flush().not_started == [a]
+    assert rows(cursor, a) == before
+
+
+def test_status_writers_record_a_start_refused_by_a_kill(claimed, cursor, db):
+    database, sid, (a, b, c) = claimed
+    writers = StatusWriters(lambda k: Database(db), sid, 2, flush_seconds=3600.0,
+                            start_message="go")
+    try:
+        lifecycle.kill(cursor, [a, c])
+        writers.started([a, b, c])
+        written = writers.flush(before=time.monotonic() + 60.0)  # every batch committed
+        assert written is not None and sorted(written.not_started) == [a, c]
+    finally:
+        writers.close()
+    for job_id in (a, c):
+        assert [e["dst"] for e in rows(cursor, job_id)][-3:] == ["USER_KILLED", "RUNNING",
+                                                                 "USER_KILLED"]
+        assert_whole_history(cursor, job_id)
+    assert job_row(cursor, b)["state"] == "RUNNING"
