@@ -7,14 +7,28 @@ analytics and the retry count read stays consistent."""
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
-from launcher_support import add_app, add_jobs, job_row
+from conftest import make_public_tmpdir
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    job_row,
+    kill_group_of,
+    launchers,
+    process_gone,
+    settings,
+    wait_for,
+    workdir,
+)
 from test_launcher_common import open_session
 
 from balsam.core import analytics, killed_starts, leases, lifecycle, retries, schema
 from balsam.core.reads.jobs import histories, jobs_by_ids
+from balsam.db.connect import connect
 from balsam.db.database import Database
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.status_writers import StatusWriters
@@ -159,3 +173,88 @@ def test_status_writers_record_a_start_refused_by_a_kill(claimed, cursor, db):
                                                                  "USER_KILLED"]
         assert_whole_history(cursor, job_id)
     assert job_row(cursor, b)["state"] == "RUNNING"
+
+
+# ---- real launchers --------------------------------------------------------------------------
+
+MARKED = """#!/bin/sh
+echo $$ > pid
+exec sleep 600
+"""
+SERIAL = ("--consume-all", "--job-mode", "serial")
+
+
+def read_pid(path: str):
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def blocked_by(cursor, backend_pid: int) -> int:
+    """How many server processes wait for a lock that ``backend_pid``'s transaction holds."""
+    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                   [backend_pid])
+    return int(cursor.fetchone()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["warm start", "master", "master with 2 status writers"])
+def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, cursor, path):
+    """The defect of session 13: a user's kill between a serial task's start and the batched
+    RUNNING write left the history PREPROCESSED -> USER_KILLED although the task ran. The kill
+    is made to land in that window without timing: a KEY SHARE lock on the job's row lets the
+    launcher claim it (FOR NO KEY UPDATE) but holds its RUNNING write (FOR UPDATE) until the
+    kill, made in the lock's transaction once the write is seen waiting, has committed."""
+    scripts = make_public_tmpdir("balsam-killed-starts-")
+    path_of = f"{scripts}/marked.sh"
+    with open(path_of, "w") as fh:
+        fh.write(MARKED)
+    os.chmod(path_of, 0o755)
+    add_app(cursor, "marked", path_of)
+    add_app(cursor, "quick", "true")
+    if path != "warm start":  # the launcher's own first task (one a node): the master runs it
+        add_jobs(cursor, [{"name": f"q{i}", "application": "quick", "state": "PREPROCESSED",
+                           "priority": 10} for i in range(2)])
+    (job_id,) = add_jobs(cursor, [{"name": "marked", "application": "marked",
+                                   "state": "PREPROCESSED"}])
+    lock = connect(db)
+    try:
+        with lock.cursor() as held:
+            held.execute(f"SELECT pg_backend_pid(), state FROM {schema.JOB_TABLE} "
+                         "WHERE job_id = %s FOR KEY SHARE", [job_id])
+            backend_pid = held.fetchone()[0]
+            tunables = dict(QUICK, status_writers=2 if "writers" in path else 1)
+            with settings(db, local_nodes=1, cores_per_node=2, launcher=tunables), \
+                    launchers() as start:
+                launcher = start(*SERIAL)
+                pid_file = os.path.join(workdir(db, cursor, job_id), "pid")
+                pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
+                try:
+                    wait_for(lambda: blocked_by(cursor, backend_pid), 60,
+                             "the launcher's RUNNING write to wait for the row")
+                    held.execute(f"SELECT state FROM {schema.JOB_TABLE} WHERE job_id = %s",
+                                 [job_id])
+                    assert held.fetchone()[0] == "PREPROCESSED"  # its start is not recorded
+                    assert lifecycle.kill(held, [job_id]) == [job_id]
+                    lock.commit()
+                    wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
+                finally:
+                    kill_group_of(pid)
+                assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits
+                with open(launcher.log_path()) as fh:
+                    log = fh.read()
+    finally:
+        lock.close()
+    stopped_by = "(warm start)" if path == "warm start" else "on worker 1"
+    assert "warm start: 1 task(s)" in log and f"stopping its task {stopped_by}" in log
+    events = rows(cursor, job_id)
+    assert [e["dst"] for e in events].count("RUNNING") == 1
+    assert [e["dst"] for e in events][-2:] == ["RUNNING", "USER_KILLED"]
+    assert_whole_history(cursor, job_id)
+    row = job_row(cursor, job_id)
+    assert row["state"] == "USER_KILLED" and row["session_id"] is None
+    (run,) = [r for r in analytics.job_runtimes(cursor) if r.job_id == job_id]
+    assert run.end_state == "USER_KILLED"

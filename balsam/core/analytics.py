@@ -2,7 +2,9 @@
 
 Every function takes a DB-API cursor (Django's, psycopg2's or psycopg 3's; ``%s`` parameters) and an
 optional :class:`Filters` (:mod:`balsam.core.analytics_scope`). The data, all written by
-:func:`balsam.core.lifecycle.transition` in the statement that changes a state:
+:func:`balsam.core.lifecycle.transition` in the statement that changes a state (or its batched
+half :mod:`balsam.core.launcher_moves`, or :mod:`balsam.core.killed_starts` for a run whose
+start a user's kill overtook, on the same rules):
 ``core_jobevent(job_id, timestamp, from_state, to_state, message, entered_at, nodes)`` -- each
 event is one whole visit of ``from_state``, ``[entered_at, timestamp)``, and an event leaving
 RUNNING carries the ``nodes`` its run occupied -- and ``core_balsamjob.state_since``, when a job

@@ -10,7 +10,8 @@ psycopg 3 one (a statement whose rows are read is alone in its ``execute``) -- s
 CLI fast paths and the launcher share it.
 
 Also here: removing jobs without stranding their children, and adding dependency edges without
-cycles.
+cycles. (:mod:`balsam.core.killed_starts` writes history without changing a state: the run of a
+serial start refused because a user killed the job first.)
 """
 from __future__ import annotations
 

@@ -31,8 +31,10 @@ is the launcher's exit status. The modes:
   over the allocation); a database round trip through rank 0 before each start would put the
   database's latency on every task and idle the cores while it waits. The price is paid
   elsewhere: a start whose RUNNING is refused (a user killed the job meanwhile) is stopped at
-  once, and starts never written because the ensemble died are recorded late from the worker
-  watchdogs' reports (:func:`balsam.core.leases.record_lost_starts`).
+  once and its run is written into the history in the same transaction, dated when the start
+  was noted (:mod:`balsam.core.killed_starts`), and starts never written because the ensemble
+  died are recorded late from the worker watchdogs' reports
+  (:func:`balsam.core.leases.record_lost_starts`).
 
 Either way every run has its RUNNING event before its end event.
 """

@@ -13,7 +13,11 @@ Python-function tasks that serial mode's warm workers sent back (``Batch.pyfunc_
 the database is unreachable: a failed write keeps everything pending for the next flush.
 Writing the same batch twice is harmless (:func:`launcher_moves.move` moves jobs
 only from the expected states and only if this session holds them), so a batch whose commit
-outcome is unknown is simply written again.
+outcome is unknown is simply written again. A start refused because a user killed the job
+before it was written is reported (``Written.not_started``: the caller stops the task) and,
+in the same transaction, its run is written into the job's history, dated when the start was
+noted (:mod:`balsam.core.killed_starts`; every start and end is noted with its
+``time.monotonic()`` for that).
 """
 from __future__ import annotations
 

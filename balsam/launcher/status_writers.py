@@ -19,7 +19,9 @@ What holds, as with one buffer:
   database is unreachable keeps its batch and tries again; a batch written twice changes
   nothing (:meth:`StatusBuffer.write`).
 * **Refused starts.** A start whose RUNNING was refused (a user killed the job first) comes
-  back from :meth:`flush` in ``not_started``, as from one buffer, for the master to stop it.
+  back from :meth:`flush` in ``not_started``, as from one buffer, for the master to stop it;
+  its writer recorded the run in the transaction that found the refusal, dated when the
+  master noted the start (:mod:`balsam.core.killed_starts`).
 * **Never run twice.** Claims, kills and releases of the whole session stay on the master's
   connection; a writer only moves jobs its session holds, from the expected states
   (:func:`balsam.core.launcher_moves.move`).

@@ -8,7 +8,8 @@ on its stdin) and the launcher runs on the ensemble's first node, the launcher c
 node's worth of jobs, starts them (:class:`balsam.launcher.procs.Task`: own session, pinned,
 one GPU each, as a worker rank does), records them RUNNING through a
 :class:`balsam.launcher.status.StatusBuffer` exactly as the master does (after the start; a
-start refused because a user killed the job is stopped), and hands rank 0 the session id
+start refused because a user killed the job is stopped, its run still recorded:
+:mod:`balsam.core.killed_starts`), and hands rank 0 the session id
 together with what these tasks hold on node 1 (``SID [[job id, packing count, cores, process
 group], ...]``).
 The master counts them as running on worker 1, and worker 1 places them first on its empty
