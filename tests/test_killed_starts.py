@@ -75,8 +75,8 @@ def assert_whole_history(cursor, job_id):
     assert row["state"] == events[-1]["dst"]
 
 
-def earlier(batch, key, seconds=EARLIER):
-    batch.noted[key] -= seconds
+def earlier(noted, job_id, seconds=EARLIER):
+    noted[job_id] -= seconds
 
 
 def test_a_start_refused_by_a_kill_is_recorded_and_the_kill_leaves_running(claimed, cursor):
@@ -84,7 +84,7 @@ def test_a_start_refused_by_a_kill_is_recorded_and_the_kill_leaves_running(claim
     status = StatusBuffer(database, sid, start_message="serial-mode session 7")
     status.started([a, b])
     batch = status.take()
-    earlier(batch, (a, True))
+    earlier(batch.start_noted, a)
     lifecycle.kill(cursor, [a])  # after the start, before RUNNING was written
     written = database.run(status.write, batch)
     assert written.started == [b] and written.not_started == [a]  # still stopped at once
@@ -116,8 +116,8 @@ def test_a_run_that_started_and_ended_before_the_kill_shows_its_end_then_the_kil
     status.started([a])
     status.error(a, "exit code 3:\nboom")
     batch = status.take()
-    earlier(batch, (a, True))
-    earlier(batch, (a, False), EARLIER / 2)
+    earlier(batch.start_noted, a)
+    earlier(batch.end_noted, a, EARLIER / 2)
     lifecycle.kill(cursor, [a])
     assert database.run(status.write, batch).not_started == [a]
     events = rows(cursor, a)

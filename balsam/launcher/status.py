@@ -48,9 +48,11 @@ class Batch:
     timeouts: dict[str, str] = field(default_factory=dict)
     release: list[str] = field(default_factory=list)
     oldest: Optional[float] = None
-    noted: dict[tuple[str, bool], float] = field(default_factory=dict)
-    """When (``time.monotonic()``) each start (id, True) and end (id, False) was noted: a start
-    refused because a user killed the job is recorded dated from it (:mod:`~balsam.core.killed_starts`)."""
+    start_noted: dict[str, float] = field(default_factory=dict)
+    """When (``time.monotonic()``) each start was noted, and each end (``end_noted``): a start
+    refused because a user killed the job is recorded dated from them
+    (:mod:`balsam.core.killed_starts`)."""
+    end_noted: dict[str, float] = field(default_factory=dict)
     pyfunc_outcomes: list[payloads.OutcomeRow] = field(default_factory=list)
     """Outcomes of Python-function tasks that their warm workers returned (not counted in
     ``len``: each comes with its task's end), written before the ends in the same transaction
@@ -89,10 +91,10 @@ def _record_killed_starts(cursor: Cursor, session_id: int, batch: Batch, refused
                           ends: dict[str, tuple[State, str]]) -> None:
     """Record the runs of ``refused`` starts whose jobs a user killed first (one statement;
     :mod:`balsam.core.killed_starts`), dated from when they were noted."""
-    now, noted = time.monotonic(), batch.noted
+    now, started, ended = time.monotonic(), batch.start_noted, batch.end_noted
     killed_starts.record(
-        cursor, session_id, {j: now - noted.get((j, True), now) for j in refused},
-        batch.start_message, {j: (*ends[j], now - noted.get((j, False), now))
+        cursor, session_id, {j: now - started.get(j, now) for j in refused},
+        batch.start_message, {j: (*ends[j], now - ended.get(j, now))
                               for j in refused if j in ends})
 
 
@@ -128,22 +130,22 @@ class StatusBuffer:
     def started(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         self._batch.started.extend(ids)
-        self._batch.noted.update(dict.fromkeys(((j, True) for j in ids), time.monotonic()))
+        self._batch.start_noted.update(dict.fromkeys(ids, time.monotonic()))
         self._touch()
 
     def done(self, job_id: str) -> None:
         self._batch.done.append(job_id)
-        self._batch.noted[job_id, False] = time.monotonic()
+        self._batch.end_noted[job_id] = time.monotonic()
         self._touch()
 
     def error(self, job_id: str, message: str) -> None:
         self._batch.errors[job_id] = message
-        self._batch.noted[job_id, False] = time.monotonic()
+        self._batch.end_noted[job_id] = time.monotonic()
         self._touch()
 
     def timeout(self, job_id: str, message: str) -> None:
         self._batch.timeouts[job_id] = message
-        self._batch.noted[job_id, False] = time.monotonic()
+        self._batch.end_noted[job_id] = time.monotonic()
         self._touch()
 
     def release(self, job_id: str) -> None:
@@ -189,7 +191,8 @@ class StatusBuffer:
         batch.timeouts.update(newer.timeouts)
         batch.release.extend(newer.release)
         batch.pyfunc_outcomes.extend(newer.pyfunc_outcomes)
-        batch.noted.update(newer.noted)
+        batch.start_noted.update(newer.start_noted)
+        batch.end_noted.update(newer.end_noted)
         if batch.oldest is None:
             batch.oldest = newer.oldest
         self._batch = batch
