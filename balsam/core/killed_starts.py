@@ -22,9 +22,11 @@ in time order (every reader orders events by id):
   (this statement) or, if earlier, when the task's end was noted; ``state_since`` follows.
 
 The job stays USER_KILLED and held (its launcher stops the task and drops the hold as for any
-kill); its retry count does not change (a killed job is not retried; runs and utilisation now
-count the run). Writing the same refusal twice changes nothing: only a job whose last event is
-a kill from a runnable state is rewritten.
+kill); it is not retried (final), and runs, runtimes and utilisation count the run. (The
+``USER_KILLED -> RUNNING`` event leaves a final state, which the retry count reads as a reset:
+harmless, as only a user's forced change, a later event, can move the job again.) Writing the
+same refusal twice changes nothing: only a job whose last event is a kill from a runnable state
+is rewritten.
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ WITH r AS (
     FROM k1
 ), k_start AS (
     UPDATE {EVENT} e SET to_state = {_RUNNING}, timestamp = k.started_at,
-        message = %s, nodes = NULL
+        message = %s::text, nodes = NULL
     FROM k WHERE e.id = k.kill_id AND k.mode <> 'B'
 ), k_ev AS (
     INSERT INTO {EVENT} (job_id, timestamp, from_state, to_state, message, entered_at, nodes)
@@ -93,11 +95,11 @@ WITH r AS (
         SELECT job_id, killed_at, end_state, {_KILLED}, kill_message, ended_at, NULL, 2
         FROM k WHERE mode = 'E'
         UNION ALL
-        SELECT job_id, started_at, {_KILLED}, {_RUNNING}, %s, killed_at, NULL, 1
+        SELECT job_id, started_at, {_KILLED}, {_RUNNING}, %s::text, killed_at, NULL, 1
         FROM k WHERE mode = 'B'
         UNION ALL
         SELECT job_id, coalesce(ended_at, statement_timestamp()), {_RUNNING}, {_KILLED},
-               CASE WHEN ended_at IS NULL THEN %s ELSE %s || end_state END,
+               CASE WHEN ended_at IS NULL THEN %s::text ELSE %s::text || end_state END,
                started_at, nodes, 2
         FROM k WHERE mode = 'B'
     ) s ORDER BY job_id, step
