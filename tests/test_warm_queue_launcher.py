@@ -275,9 +275,9 @@ def test_user_kills_of_a_queued_task_and_of_the_task_ahead_of_queued_ones(site, 
         wait_for(lambda: log_says(launcher, f"job {by_name['k1'][:8]} {killed_line}")
                  or time.monotonic() > deadline, 60, "the kill to be forwarded")
         open(str(tmp_path / "g1"), "w").close()
-        # g2 is killed once its run is recorded: a serial-mode task killed by a user between
-        # its start and the master's RUNNING write (batched) is not recorded at all, shell or
-        # function task alike (not the warm queue's: see the report of session 13's review).
+        # g2 is killed once its run is recorded (a kill between its start and the master's
+        # batched RUNNING write is recorded too since session 14, core/killed_starts.py: that
+        # path is tested in tests/test_killed_starts.py; here the kill of a RUNNING job).
         wait_for(lambda: recorded_runs(cursor, names)["g2"] == 1, 120, "g2's run recorded")
         lifecycle.kill(cursor, [by_name["g2"]])
         assert launcher.wait(240) == 0, launcher.output()
@@ -290,8 +290,9 @@ def test_user_kills_of_a_queued_task_and_of_the_task_ahead_of_queued_ones(site, 
     assert states == {name: "JOB_FINISHED" for name in states}
     assert starts["g2"] == recorded["g2"] == 1
     # Killed before it could begin (behind g1, whose gate opens after the kill): never run, in
-    # the usual path; no RUNNING is written for a job killed first, whichever path.
-    assert starts["k1"] <= 1 and recorded["k1"] == 0
+    # the usual path; if its task began before the kill reached it, that run is recorded after
+    # the kill (core/killed_starts.py), even if stopped before the function's first line.
+    assert starts["k1"] <= recorded["k1"] <= 1
     # Once each, recorded once; run twice only if a run was stopped under it (a task that
     # began behind k1 in the microseconds before a kill that came late: RUN_TIMEOUT, retried).
     timed_out = timed_out_jobs(cursor, names)
