@@ -66,8 +66,9 @@ class Batch:
 @dataclass
 class Written:
     """What a written batch changed: ``not_started`` are ids whose RUNNING was refused (a user
-    killed or changed the job before its start was recorded: stop its task); ``ended`` counts
-    jobs whose end was recorded (a job a user killed meanwhile stays USER_KILLED)."""
+    killed or changed the job before its start was recorded: stop its task; a killed job's run
+    was written into its history all the same, :mod:`balsam.core.killed_starts`); ``ended``
+    counts jobs whose end was recorded (a job a user killed meanwhile stays USER_KILLED)."""
 
     started: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)
