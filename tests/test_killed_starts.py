@@ -176,6 +176,26 @@ def test_status_writers_record_a_start_refused_by_a_kill(claimed, cursor, db):
     assert job_row(cursor, b)["state"] == "RUNNING"
 
 
+def test_a_lost_start_of_a_job_killed_meanwhile_is_recorded_once_after_the_kill(claimed,
+                                                                                cursor):
+    """The ensemble died before the start was written (its watchdog's report lists it) and a
+    user killed the job meanwhile: the run is recorded after the kill, outcome unknown."""
+    database, sid, (a, b, _) = claimed
+    lifecycle.kill(cursor, [a])
+    started = {a: 1, b: 1}
+    message = "serial-mode session 9 (recorded after the run)"
+    assert sorted(database.run(leases.record_lost_starts, sid, started, "serial-mode session 9",
+                               "outcome unknown")) == [a, b]
+    assert [(e["src"], e["dst"], e["message"]) for e in rows(cursor, a)[-3:]] == [
+        ("PREPROCESSED", "USER_KILLED", "Killed by user"),
+        ("USER_KILLED", "RUNNING", message), ("RUNNING", "USER_KILLED", "outcome unknown")]
+    assert_whole_history(cursor, a)
+    assert [e["dst"] for e in rows(cursor, b)][-2:] == ["RUNNING", "RUN_TIMEOUT"]
+    # never twice (a's hold is kept until its launcher releases it)
+    assert database.run(leases.record_lost_starts, sid, started, "serial-mode session 9",
+                        "outcome unknown") == []
+    assert len(rows(cursor, a)) == 4
+
 # ---- real launchers --------------------------------------------------------------------------
 
 MARKED = """#!/bin/sh

@@ -30,7 +30,7 @@ is rewritten.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from balsam.core import schema
@@ -120,17 +120,36 @@ def record(cursor: Cursor, session_id: int, start_ages: Mapping[str, float],
     (end state, message, seconds since it was noted)). Jobs refused for another reason are left
     alone. One statement, in the caller's transaction; returns {job id: 'A' | 'E' | 'B'} of the
     runs recorded (started before the kill, started and ended before it, started after it)."""
+    return _record(cursor, session_id, start_ages, start_message, ends or {},
+                   (start_message + AFTER_KILL_SUFFIX, start_message + BEFORE_LEARNED_SUFFIX,
+                    STOPPED_MESSAGE))
+
+
+def record_lost(cursor: Cursor, session_id: int, job_ids: Sequence[str], start_message: str,
+                end_message: str) -> list[str]:
+    """Record the runs of ``job_ids`` a dead ensemble started and never recorded (when is not
+    known: :func:`balsam.core.leases.record_lost_starts` dates such runs when it records them,
+    ``start_message`` saying so) whose jobs a user killed while session ``session_id`` held
+    them: ``USER_KILLED -> RUNNING -> USER_KILLED`` (``end_message``), dated now. Returns the
+    ids recorded."""
+    return list(_record(cursor, session_id, dict.fromkeys(job_ids, 0.0), start_message, {},
+                        (start_message, start_message, end_message)))
+
+
+def _record(cursor: Cursor, session_id: int, start_ages: Mapping[str, float], start_message: str,
+            ends: Mapping[str, tuple[State, str, float]],
+            messages: tuple[str, str, str]) -> dict[str, str]:
+    """:func:`record`, with the messages of a start before the kill, of a start after it and of
+    the stop of a run started after it."""
     if not start_ages:
         return {}
-    ends = ends or {}
     ids = sorted(start_ages)
     end_of = [ends.get(j) for j in ids]
     params: list[Any] = [
         ids, [max(0.0, float(start_ages[j])) for j in ids],
         [e[0].value if e else "" for e in end_of], [e[1] if e else "" for e in end_of],
         [max(0.0, float(e[2])) if e else 0.0 for e in end_of],
-        session_id, list(RUNNABLE_STATES), start_message + AFTER_KILL_SUFFIX,
-        start_message + BEFORE_LEARNED_SUFFIX, STOPPED_MESSAGE, ENDED_MESSAGE]
+        session_id, list(RUNNABLE_STATES), *messages, ENDED_MESSAGE]
     cursor.execute(_RECORD_SQL, params)
     return {str(job_id): mode for job_id, mode in cursor.fetchall()}
 

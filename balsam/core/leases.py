@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.core import launcher_moves, lifecycle, schema
+from balsam.core import killed_starts, launcher_moves, lifecycle, schema
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
@@ -275,7 +275,9 @@ def record_lost_starts(cursor: Cursor, session_id: int, started: Mapping[str, in
     still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` gets one
     run recorded: RUNNING (``start_message``, marked late), then RUN_TIMEOUT with ``message``,
     which releases it so the retry rules apply (``message`` None: the task may still run, the
-    job stays RUNNING and held until the session is closed or swept). Returns the ids."""
+    job stays RUNNING and held until the session is closed or swept). A job a user killed
+    meanwhile gets its run recorded after the kill (:func:`killed_starts.record_lost`; not
+    with ``message`` None). Returns the ids."""
     if not started:
         return []
     cursor.execute(f"""
@@ -288,7 +290,9 @@ def record_lost_starts(cursor: Cursor, session_id: int, started: Mapping[str, in
     moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
     if message is None:
         return moved
-    return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message)
+    killed = killed_starts.record_lost(cursor, session_id, [j for j in lost if j not in moved],
+                                       f"{start_message} (recorded after the run)", message)
+    return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message) + killed
 
 
 def killed(cursor: Cursor, session_id: int) -> list[str]:
