@@ -124,7 +124,8 @@ def test_a_run_that_started_and_ended_before_the_kill_shows_its_end_then_the_kil
     events = rows(cursor, a)
     assert [(e["src"], e["dst"], e["message"]) for e in events[-3:]] == [
         ("PREPROCESSED", "RUNNING", "go (recorded after the kill)"),
-        ("RUNNING", "RUN_ERROR", "exit code 3:\nboom"), ("RUN_ERROR", "USER_KILLED", "Killed by user")]
+        ("RUNNING", "RUN_ERROR", "exit code 3:\nboom"),
+        ("RUN_ERROR", "USER_KILLED", "Killed by user")]
     assert events[-2]["nodes"] == 1.0 and events[-1]["nodes"] is None
     assert_whole_history(cursor, a)
     assert job_row(cursor, a)["state"] == "USER_KILLED"

@@ -45,7 +45,8 @@ AFTER_KILL_SUFFIX = " (recorded after the kill)"
 """Ends the message of a RUNNING event written by :func:`record` for a start before the kill."""
 BEFORE_LEARNED_SUFFIX = " (started before the launcher learned of the kill)"
 """Ends the message of a RUNNING event written by :func:`record` for a start after the kill."""
-STOPPED_MESSAGE = "stopped by the launcher: the job was killed by a user before its start was recorded"
+STOPPED_MESSAGE = ("stopped by the launcher: the job was killed by a user before its start "
+                   "was recorded")
 ENDED_MESSAGE = "the run ended before the launcher learned of the kill: "
 
 # k: the refused runs of killed jobs this session holds whose last event is still the kill from
