@@ -27,7 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-from array import array
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -40,7 +40,14 @@ _ARGV_CACHE = 256
 """argv blocks kept (most serial campaigns repeat a few command lines); cleared when full."""
 _O_OUT = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 _ENCODING = sys.getfilesystemencoding()
-_POINTER_CODE = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "I"
+_UNCHECKED = frozenset({
+    "posix_spawn", "posix_spawn_file_actions_init", "posix_spawn_file_actions_destroy",
+    "posix_spawn_file_actions_addopen", "posix_spawn_file_actions_adddup2",
+    "posix_spawn_file_actions_addchdir_np"})
+"""Called per task with only bytes, small ints and ctypes objects (passed as pointers), so
+without ``argtypes``: ctypes' per-argument conversion was ~20% of the call's cost."""
+_EXTRA_SLOTS = 64
+"""A task's own variables that fit in its :class:`EncodedEnv`'s array (more: a new array)."""
 
 
 def _check_names(variables: Mapping[str, str]) -> None:
@@ -51,61 +58,64 @@ def _check_names(variables: Mapping[str, str]) -> None:
             raise OSError(errno.EINVAL, f"invalid environment variable name {key!r}")
 
 
-def _entries(variables: Mapping[str, str]) -> list[bytes]:
-    """``NAME=value`` as the C environment holds them (a NUL anywhere is refused by
-    :class:`_Block`)."""
-    _check_names(variables)
-    return [f"{k}={v}".encode(_ENCODING, "surrogateescape") for k, v in variables.items()]
+def _entry(key: str, value: str) -> bytes:
+    """``key=value`` as the C environment holds it; OSError EINVAL for a NUL anywhere."""
+    entry = f"{key}={value}".encode(_ENCODING, "surrogateescape")
+    if b"\0" in entry:
+        raise OSError(errno.EINVAL, f"environment variable {key!r} holds a NUL byte")
+    return entry
 
 
-class _Block:
-    """NUL-terminated strings in one C buffer and an array of their addresses (no NULL)."""
+_Strings = ctypes.Array[ctypes.c_char_p]
 
-    __slots__ = ("buffer", "pointers")
 
-    def __init__(self, items: Sequence[bytes]) -> None:
-        blob = b"\0".join(items)
-        if items and blob.count(b"\0") != len(items) - 1:
-            raise OSError(errno.EINVAL, f"an argument or variable with a NUL byte: {items!r}")
-        self.buffer = ctypes.create_string_buffer(blob)
-        address = ctypes.addressof(self.buffer)
-        self.pointers = array(_POINTER_CODE, [address])
-        for item in items[:-1]:
-            address += len(item) + 1
-            self.pointers.append(address)
-        if not items:
-            self.pointers.pop()
+def _strings(items: Sequence[bytes], spare: int = 0) -> _Strings:
+    """A NULL-terminated C array of ``items`` (and ``spare`` more NULL slots)."""
+    return (ctypes.c_char_p * (len(items) + spare + 1))(*items)
 
 
 class EncodedEnv:
     """An environment encoded once for :func:`spawn`; a task's own variables go on top of it
-    (they win over the base's). ``variables``: the mapping it was made from (a copy)."""
+    (they win over the base's) in the same C array, filled per spawn under the spawner's lock.
+    ``variables``: the mapping it was made from (a copy)."""
 
     def __init__(self, base: Mapping[str, str]) -> None:
         self.variables = dict(base)
-        self._block = _Block(_entries(self.variables))
+        _check_names(self.variables)
+        self._base = [_entry(k, v) for k, v in self.variables.items()]
+        self._array = _strings(self._base, _EXTRA_SLOTS)
         self._slot = {k: i for i, k in enumerate(self.variables)}
+        self._changed: list[int] = []  # base slots the last fill replaced
 
     def get(self, key: str, extra: Mapping[str, str]) -> Optional[str]:
         """The value of ``key`` in the base with ``extra`` on top."""
         return extra.get(key, self.variables.get(key))
 
-    def envp(self, extra: Mapping[str, str]) -> tuple[array[int], Optional[_Block]]:
-        """The NULL-terminated address array of the base plus ``extra``, and the block that
-        holds ``extra``'s strings (keep both alive until the spawn returns)."""
-        pointers = self._block.pointers[:]
-        block = None
-        if extra:
-            block = _Block(_entries(extra))
-            slot = self._slot
-            for key, address in zip(extra, block.pointers):
-                index = slot.get(key)
-                if index is None:
-                    pointers.append(address)
-                else:
-                    pointers[index] = address
-        pointers.append(0)
-        return pointers, block
+    def fill(self, extra: Mapping[str, str]) -> _Strings:
+        """The C environment: the base with ``extra`` on top (one caller at a time: the array
+        is reused; it stays valid until the next call)."""
+        array, base, changed = self._array, self._base, self._changed
+        while changed:  # what the last task replaced
+            replaced = changed.pop()
+            array[replaced] = base[replaced]
+        end = len(base)
+        if len(extra) > _EXTRA_SLOTS:
+            _check_names(extra)
+            merged = {**self.variables, **extra}
+            return _strings([_entry(k, v) for k, v in merged.items()])
+        slot = self._slot
+        for key, value in extra.items():
+            if not key or "=" in key:
+                _check_names({key: value})
+            found = slot.get(key)
+            if found is None:
+                array[end] = _entry(key, value)
+                end += 1
+            else:
+                array[found] = _entry(key, value)
+                changed.append(found)
+        array[end] = None
+        return array
 
 
 class _Libc:
@@ -136,10 +146,16 @@ class _Libc:
             "sigemptyset": [vp], "sigaddset": [vp, cint]}
         for name, argtypes in signatures.items():
             function = getattr(lib, name)  # AttributeError: not this libc
-            function.argtypes, function.restype = argtypes, cint
+            function.restype = cint
+            if name not in _UNCHECKED:
+                function.argtypes = argtypes
             setattr(self, name, function)
         self._attrs: dict[tuple[int, ...], ctypes.Array[ctypes.c_char]] = {}
-        self._argv: dict[tuple[str, ...], _Block] = {}
+        self._argv: dict[tuple[str, ...], _Strings] = {}
+        self._lock = threading.Lock()
+        self._actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        self._pid = ctypes.c_int(0)
+        self._pid_ref = ctypes.byref(self._pid)
 
     def attributes(self, setsigdef: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]:
         """A ``posix_spawnattr_t``: new session, ``setsigdef`` at their default (made once)."""
@@ -156,43 +172,42 @@ class _Libc:
             self._attrs[setsigdef] = attr
         return attr
 
-    def argv(self, argv: Sequence[str]) -> _Block:
-        """``argv``'s block, reused for a command line seen before."""
+    def argv(self, argv: Sequence[str]) -> _Strings:
+        """``argv`` as a C array, reused for a command line seen before."""
         key = tuple(argv)
-        block = self._argv.get(key)
-        if block is None:
+        strings = self._argv.get(key)
+        if strings is None:
+            encoded = [os.fsencode(a) for a in key]
+            if any(b"\0" in a for a in encoded):
+                raise OSError(errno.EINVAL, f"an argument holds a NUL byte: {key!r}")
             if len(self._argv) >= _ARGV_CACHE:
                 self._argv.clear()
-            block = _Block([os.fsencode(a) for a in key])
-            block.pointers.append(0)
-            self._argv[key] = block
-        return block
+            strings = self._argv[key] = _strings(encoded)
+        return strings
 
     def spawn(self, program: str, argv: Sequence[str], env: EncodedEnv,
               extra: Mapping[str, str], cwd: str, output_path: str,
               setsigdef: tuple[int, ...]) -> int:
         """Start the task (see :func:`spawn`); its pid, or the error number as OSError."""
-        args = self.argv(argv)
-        envp, keep = env.envp(extra)
-        actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
-        self.posix_spawn_file_actions_init(actions)
-        try:
-            if (self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY, 0)
-                    or self.posix_spawn_file_actions_addopen(
-                        actions, 1, os.fsencode(output_path), _O_OUT, 0o666)
-                    or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
-                    or self.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))):
-                raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
-            pid = ctypes.c_int(0)
-            err = self.posix_spawn(ctypes.byref(pid), os.fsencode(program), actions,
-                                   self.attributes(setsigdef), args.pointers.buffer_info()[0],
-                                   envp.buffer_info()[0])
-        finally:
-            self.posix_spawn_file_actions_destroy(actions)
-        del keep
-        if err:
-            raise _failure(err, program, cwd, output_path)
-        return pid.value
+        actions, pid = self._actions, self._pid
+        with self._lock:  # one spawn at a time: the arrays and buffers are reused
+            envp = env.fill(extra)
+            self.posix_spawn_file_actions_init(actions)
+            try:
+                if (self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY,
+                                                          0)
+                        or self.posix_spawn_file_actions_addopen(
+                            actions, 1, os.fsencode(output_path), _O_OUT, 0o666)
+                        or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
+                        or self.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))):
+                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+                err = self.posix_spawn(self._pid_ref, os.fsencode(program), actions,
+                                       self.attributes(setsigdef), self.argv(argv), envp)
+            finally:
+                self.posix_spawn_file_actions_destroy(actions)
+            if not err:
+                return pid.value
+        raise _failure(err, program, cwd, output_path)
 
 
 def _failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
