@@ -157,3 +157,43 @@ def test_a_start_that_cannot_happen_names_what_failed(tmp_path):
         spawn.SpawnedTask("j", ["true"], env, str(tmp_path), str(tmp_path / "x.out"),
                           extra={"A=B": "c"})
     assert "A=B" in str(err.value)
+
+
+def test_each_task_sees_exactly_its_own_environment(tmp_path):
+    # MPI mode passes every run's whole environment; the glibc path encodes only what differs
+    # from the last one (a variable dropped, changed or added must show exactly so).
+    path = os.environ["PATH"]
+    envs = [{"PATH": path, "A": "1", "B": "2", "JOB": "x"},
+            {"PATH": path, "A": "1", "B": "changed", "JOB": "y", "NEW": "n"},
+            {"PATH": path, "A": "1", "JOB": "z"},  # B dropped
+            {"PATH": path, "A": "1", "B": "2", "JOB": "w"}]
+    for i, env in enumerate(envs):
+        out = tmp_path / f"e{i}" / "env.out"
+        assert reap(RunTask(f"e{i}", ["env"], env, str(out.parent), str(out)).pid) == 0
+        seen = dict(line.split("=", 1) for line in out.read_text().splitlines())
+        assert seen == env
+    encoded = libc_spawn.EncodedEnv({"PATH": path, "A": "base"})
+    for i, extra in enumerate([{"A": "task"}, {"B": "only-here"}, {}]):
+        out = tmp_path / f"x{i}" / "env.out"
+        assert reap(spawn.SpawnedTask(f"x{i}", ["env"], encoded, str(out.parent), str(out),
+                                      extra=extra).pid) == 0
+        seen = dict(line.split("=", 1) for line in out.read_text().splitlines())
+        assert seen == {"PATH": path, "A": "base", **extra}
+
+
+def test_the_fallback_is_logged_once(tmp_path, monkeypatch, caplog):
+    def no_libc(name: Any) -> Any:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(libc_spawn, "_loaded", [])
+    monkeypatch.setattr(libc_spawn.ctypes, "CDLL", no_libc)
+    env = {"PATH": os.environ["PATH"]}
+    with caplog.at_level("WARNING", logger="balsam.launcher.libc_spawn"):
+        for i in range(3):
+            out = tmp_path / f"f{i}" / "t.out"
+            assert reap(spawn.SpawnedTask(f"f{i}", ["sh", "-c", "pwd -P"], env, str(out.parent),
+                                          str(out)).pid) == 0
+            assert out.read_text() == f"{os.path.realpath(out.parent)}\n"
+    assert libc_spawn.method() == "Popen"
+    warnings = [r for r in caplog.records if "subprocess.Popen" in r.getMessage()]
+    assert len(warnings) == 1
