@@ -197,3 +197,15 @@ def test_the_fallback_is_logged_once(tmp_path, monkeypatch, caplog):
     assert libc_spawn.method() == "Popen"
     warnings = [r for r in caplog.records if "subprocess.Popen" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_relative_paths_are_the_launchers_as_with_popen(tmp_path, monkeypatch):
+    # The output file is opened before the child enters its directory: a relative output path
+    # and a relative directory both name places under the launcher's own directory.
+    monkeypatch.chdir(tmp_path)
+    task = RunTask("r", ["sh", "-c", "pwd -P"], {"PATH": os.environ["PATH"]}, "jobs/r",
+                   "jobs/r/r.out")
+    assert reap(task.pid) == 0
+    assert (tmp_path / "jobs" / "r" / "r.out").read_text() == \
+        f"{os.path.realpath(tmp_path / 'jobs' / 'r')}\n"
+    assert os.getcwd() == str(tmp_path)
