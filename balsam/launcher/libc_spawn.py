@@ -9,10 +9,13 @@ opening its output file (a relative output path is the caller's, as with ``Popen
 caller's directory never changes.
 
 What is the same for every task is encoded once: an :class:`EncodedEnv` holds a base
-environment as one C block of ``NAME=value`` strings and their addresses, and a task's own
-variables are added per spawn (``os.posix_spawn`` encodes the whole environment, ~80-100
-variables, in every call); argv lists seen before reuse their block (:func:`spawn`). The spawn
-attributes (new session, signals back at their default) are made once per signal set.
+environment as a C array of ``NAME=value`` strings with spare slots, and a task's own variables
+are written into it per spawn (``os.posix_spawn`` encodes the whole environment, ~80-100
+variables, in every call); a whole environment per start (MPI mode) is encoded as what differs
+from the last one; argv arrays are cached. The spawn attributes (new session, signals back at
+their default) are made once per signal set. Measured, this is a wash: the Python side of a
+ctypes start costs about what ``os.posix_spawn`` spent encoding in C (benchmarks/README.md,
+"Issue 16, session 14"); the point of this module is the working directory.
 
 Where glibc or the function is missing (musl, glibc < 2.29, no ``ctypes``) :func:`spawn` starts
 the task with ``subprocess.Popen(cwd=...)`` instead: correct (the child changes directory),
@@ -245,25 +248,35 @@ def _failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
 
 
 _loaded: list[Optional[_Libc]] = []
+_loading = threading.Lock()
 log = logging.getLogger(__name__)
 
 
 def _libc() -> Optional[_Libc]:
     """glibc's functions, or None (logged once) where they are missing."""
     if not _loaded:
-        lib: Optional[_Libc] = None
-        why = "not glibc"
-        try:
-            c = ctypes.CDLL(None)
-            if hasattr(c, "gnu_get_libc_version"):
-                lib = _Libc(c)
-        except (OSError, AttributeError) as exc:
-            why = f"glibc < 2.29 ({exc})"
-        if lib is None:
-            log.warning(f"tasks are started with subprocess.Popen ({why}: no posix_spawn with a "
-                        "working directory for the child); slower per task, same behaviour")
-        _loaded.append(lib)
+        with _loading:
+            if not _loaded:  # one _Libc (one lock) however many threads start at once
+                _load()
     return _loaded[0]
+
+
+def _load() -> None:
+    """Find glibc's functions (the caller holds ``_loading``)."""
+    lib: Optional[_Libc] = None
+    why = "not glibc"
+    try:
+        c = ctypes.CDLL(None)
+        if hasattr(c, "gnu_get_libc_version"):
+            lib = _Libc(c)
+    except OSError as exc:
+        why = f"no C library to load ({exc})"
+    except AttributeError as exc:  # a function missing
+        why = f"glibc < 2.29 ({exc})"
+    if lib is None:
+        log.warning(f"tasks are started with subprocess.Popen ({why}: no posix_spawn with a "
+                    "working directory for the child); slower per task, same behaviour")
+    _loaded.append(lib)
 
 
 def method() -> str:
