@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
+import pytest
 import yaml
 
 from balsam.core import bulk, schema
+from balsam.launcher import libc_spawn
 
 
 @contextmanager
@@ -388,3 +390,15 @@ class Inbox:
 
     def flagged(self, key: str) -> bool:
         return any(r.get(key) for r in self.reports)
+
+
+@pytest.fixture(params=["glibc", "popen"])
+def spawn_method(request: Any, monkeypatch: Any) -> str:
+    """Run a test with tasks started by glibc's posix_spawn (skipped where it is missing) and
+    by the Popen fallback (:mod:`balsam.launcher.libc_spawn`)."""
+    if request.param == "glibc":
+        if libc_spawn._libc() is None:
+            pytest.skip("no glibc posix_spawn_file_actions_addchdir_np here")
+    else:
+        monkeypatch.setattr(libc_spawn, "_loaded", [None])  # as where the function is missing
+    return str(request.param)

@@ -9,8 +9,11 @@ import signal
 import time
 
 import pytest
+from launcher_support import spawn_method  # noqa: F401 (a fixture)
 
 from balsam.launcher.mpi_spawn import RunTask
+
+pytestmark = pytest.mark.usefixtures("spawn_method")  # glibc's posix_spawn and the fallback
 
 
 def finish(task: RunTask, timeout: float = 60.0) -> int:

@@ -1,5 +1,5 @@
 """Starting an MPI-mode run cheaply: :class:`RunTask`, a :class:`procs.Task` started with
-``os.posix_spawn`` by the launcher process itself.
+``posix_spawn`` by the launcher process itself.
 
 Measured in the launcher (``bench_launcher_mpi.py``, 1,000 ``mpiexec`` runs): ``Popen`` cost
 its main thread ~0.26 ms a start (its checks, an error pipe, ~80 ``os.fsencode`` calls to
@@ -12,16 +12,13 @@ back to their default unless ``ignore_sigpipe`` (``Popen``'s ``restore_signals``
 descriptor but 0-2 inherited (:func:`balsam.launcher.spawn.forbid_inheritance`, run once by
 the caller: Python's, libpq's and pidfds are close-on-exec already).
 
-``posix_spawn`` cannot set the child's working directory before Python 3.13, so the caller's
-moves to ``cwd`` for the spawn and back right after (``fchdir`` to a descriptor of the one it
-had): for those microseconds another thread of the launcher resolving a *relative* path would
-resolve it in the task's directory. The launcher's other threads (its transaction, transition
-and transfer workers) use absolute paths: the DB path is made absolute when the launcher starts
-(:func:`balsam.db.serverinfo.active_db_path`) and every job directory is built from it.
+The run enters ``cwd`` in the child only (:mod:`balsam.launcher.libc_spawn`: glibc's
+``posix_spawn_file_actions_addchdir_np``, or ``Popen(cwd=...)`` where it is missing): the
+launcher's own working directory never changes, so its other threads (the transaction, the
+preparer, transition and transfer workers) may use relative paths at any time.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Optional
@@ -45,24 +42,6 @@ class RunTask(spawn.ReapedTask):
         self.started = time.time()
         self.kill_deadline: Optional[float] = None
         self._returncode: Optional[int] = None
-        program = spawn.resolve(argv[0], env.get("PATH"))
-        if not os.path.isabs(output_path):  # as Popen's parent opens it: from our directory
-            output_path = os.path.abspath(output_path)
-        if not prepared:
-            try:
-                os.mkdir(cwd)  # usually only the job's own directory is missing: one call
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                os.makedirs(cwd, exist_ok=True)
-        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            spawn.enter(cwd, prepared)
-            try:
-                self.pid = spawn.spawn_to(program, argv, env, output_path,
-                                          () if ignore_sigpipe else _DEFAULT_SIGNALS)
-            finally:
-                os.fchdir(here)
-        finally:
-            os.close(here)
+        self.pid = spawn.launch(argv, env, cwd, output_path, prepared,
+                                () if ignore_sigpipe else _DEFAULT_SIGNALS)
         self.pgid = self.pid

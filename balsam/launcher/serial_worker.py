@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
 
 from balsam import defaults
 from balsam.core.payloads import TaskRow
-from balsam.launcher import procs, spawn, task
+from balsam.launcher import libc_spawn, procs, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
@@ -116,6 +116,7 @@ class Worker(WarmQueueing):
         self.pulse = pulse  # heartbeats to the master (balsam.launcher.rank_heartbeat)
         self.node = node
         self.base_env = task.task_environment(base_env, {})
+        self._env = libc_spawn.EncodedEnv(self.base_env)  # a task's spawn adds its own variables
         self.kill_grace = kill_grace
         self.shutdown_grace = shutdown_grace
         self.tail_lines = tail_lines
@@ -130,7 +131,7 @@ class Worker(WarmQueueing):
         self._report: dict[str, Any] = {}
         self._next_report = 0.0
         self._drained_sent = False
-        self._home = os.getcwd()  # task paths are made absolute against it (we chdir to spawn)
+        self._home = os.getcwd()  # task paths are made absolute against it, once
         self.warm = WarmPool(self.base_env, self._home,
                              on_task=watchdog.add if watchdog is not None else None,
                              on_drop=watchdog.remove if watchdog is not None else None)
@@ -226,7 +227,7 @@ class Worker(WarmQueueing):
                 self._note_all("returned", [w.job_id for w in message["work"]])
             else:
                 for w in message["work"]:
-                    # paths made absolute once, on arrival (we chdir to spawn)
+                    # paths made absolute once, on arrival (the preparer and warm pool use them)
                     if not (os.path.isabs(w.workdir) and os.path.isabs(w.output_path)):
                         w = w._replace(workdir=os.path.join(self._home, w.workdir),
                                        output_path=os.path.join(self._home, w.output_path))
@@ -358,8 +359,7 @@ class Worker(WarmQueueing):
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = dict(self.base_env) if spawned else {}  # a warm task's: on top of the pool's
-        env.update(work.env)
+        env = dict(work.env)  # on top of self._env (a warm task's: of the pool's environment)
         if placement.gpu is not None:
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
@@ -367,8 +367,8 @@ class Worker(WarmQueueing):
         self.prepared += prepared
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
-                work.job_id, task.with_envscript(work.argv, work.envscript), env, work.workdir,
-                work.output_path, prepared=prepared) if spawned
+                work.job_id, task.with_envscript(work.argv, work.envscript), self._env,
+                work.workdir, work.output_path, prepared, env) if spawned
                 else self.warm.start(work.job_id, env, work.workdir, work.output_path,
                                      placement.cpus, work.row,
                                      (work.packing, work.required_cores)))

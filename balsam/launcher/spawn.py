@@ -1,17 +1,16 @@
 """Starting many short tasks cheaply: :class:`SpawnedTask`, a :class:`procs.Task` started with
-``os.posix_spawn``.
+``posix_spawn`` (:mod:`balsam.launcher.libc_spawn`).
 
-``subprocess.Popen`` costs ~150 us of the caller's CPU per process (argument checks, an error
-pipe, the environment re-encoded in Python); ``posix_spawn`` (glibc: ``clone(CLONE_VM |
-CLONE_VFORK)``) costs ~70 us and starts the process sooner. Serial-mode workers start thousands
-of tasks a second, so they use it. Behaviour is that of :class:`procs.Task`: a new session
-(the task leads its own process group), stdin from ``/dev/null``, stdout and stderr to
-``output_path`` (truncated), the working directory ``cwd`` (created if missing), the program
-looked up on the PATH of the task's environment, and no file descriptor but 0-2 inherited.
+``subprocess.Popen`` costs ~150-200 us of the caller's CPU per process (argument checks, an
+error pipe, the environment re-encoded in Python); ``posix_spawn`` (glibc: ``clone(CLONE_VM |
+CLONE_VFORK)``) ~100 us and starts the process sooner. Serial-mode workers start thousands of
+tasks a second, so they use it. Behaviour is that of :class:`procs.Task`: a new session (the
+task leads its own process group), stdin from ``/dev/null``, stdout and stderr to
+``output_path`` (truncated), the working directory ``cwd`` (created if missing; entered by the
+child only: the caller's never changes), the program looked up on the PATH of the task's
+environment, and no file descriptor but 0-2 inherited.
 
-Two process-wide effects, fine for a worker whose other threads use absolute paths only: the
-caller's working directory becomes ``cwd`` (posix_spawn cannot change it for the child only
-before Python 3.13), and :func:`forbid_inheritance` marks every open descriptor close-on-exec
+One process-wide effect: :func:`forbid_inheritance` marks every open descriptor close-on-exec
 (Python's own already are; an MPI library's may not be).
 
 A task's directory and output file are often the dearest part of its start: creating an inode
@@ -28,10 +27,10 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
-from balsam.launcher import procs
+from balsam.launcher import libc_spawn, procs
 
 _FOUND: dict[tuple[str, str], str] = {}
 RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -80,12 +79,7 @@ def forbid_inheritance() -> int:
 def prepare(cwd: str, output_path: str) -> None:
     """Make ``cwd`` (and its parents) and ``output_path`` if missing (an existing output file is
     left as it is: the task's start truncates it); OSError if that fails."""
-    try:
-        os.mkdir(cwd)  # usually only the job's own directory is missing: one system call
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        os.makedirs(cwd, exist_ok=True)
+    make_directory(cwd)
     os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
 
 
@@ -183,29 +177,36 @@ def pin(pid: int, cpus: Sequence[int]) -> None:
         pass
 
 
-def enter(cwd: str, prepared: bool) -> None:
-    """Make ``cwd`` the caller's working directory; one a :class:`Preparer` made (``prepared``)
-    but that was removed since is made again (otherwise FileNotFoundError)."""
+def launch(argv: Sequence[str], env: Union[Mapping[str, str], libc_spawn.EncodedEnv],
+           cwd: str, output_path: str, prepared: bool, setsigdef: tuple[int, ...],
+           extra: Optional[Mapping[str, str]] = None) -> int:
+    """Start ``argv`` (its program found on the task's PATH: :func:`resolve`) with ``env`` (and
+    ``extra`` on top) in ``cwd``, output to ``output_path``
+    (:func:`balsam.launcher.libc_spawn.spawn`); its pid. ``cwd`` is made unless ``prepared``
+    (a :class:`Preparer` made it: made again if it was removed since). OSError if it cannot
+    start: a missing program, a directory or output file that cannot be made."""
+    path = (env.get("PATH", extra or {}) if isinstance(env, libc_spawn.EncodedEnv)
+            else (extra or {}).get("PATH", env.get("PATH")))
+    program = resolve(argv[0], path)
+    if not prepared:
+        make_directory(cwd)
     try:
-        os.chdir(cwd)
+        return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra)
     except FileNotFoundError:
-        if not prepared:
+        if not prepared or os.path.isdir(cwd):
             raise
+    make_directory(cwd)  # made ahead, removed since
+    return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra)
+
+
+def make_directory(cwd: str) -> None:
+    """Make ``cwd`` and missing parents (OSError if it cannot be made)."""
+    try:
+        os.mkdir(cwd)  # usually only the job's own directory is missing: one system call
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
         os.makedirs(cwd, exist_ok=True)
-        os.chdir(cwd)
-
-
-def spawn_to(program: str, argv: Sequence[str], env: dict[str, str], output_path: str,
-             setsigdef: tuple[int, ...]) -> int:
-    """``posix_spawn`` ``program`` in the caller's working directory as a session leader, stdin
-    from ``/dev/null``, stdout and stderr to ``output_path`` (truncated), the ``setsigdef``
-    signals at their default; the pid."""
-    return os.posix_spawn(program, list(argv), env, setsid=True, setsigdef=setsigdef,
-                          file_actions=[
-                              (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                              (os.POSIX_SPAWN_OPEN, 1, output_path,
-                               os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
-                              (os.POSIX_SPAWN_DUP2, 1, 2)])
 
 
 class ReapedTask(procs.Task):
@@ -235,18 +236,18 @@ class ReapedTask(procs.Task):
 class SpawnedTask(ReapedTask):
     """A :class:`procs.Task` started with ``posix_spawn`` (see the module docstring); OSError
     if it cannot start. ``pid`` is also the process group id. ``prepared``: ``cwd`` exists
-    (:class:`Preparer` made it)."""
+    (:class:`Preparer` made it). ``env`` may be encoded once for many tasks
+    (:class:`balsam.launcher.libc_spawn.EncodedEnv`); ``extra``: the task's own variables on
+    top of it."""
 
-    def __init__(self, job_id: str, argv: Sequence[str], env: dict[str, str], cwd: str,
-                 output_path: str, prepared: bool = False) -> None:
+    def __init__(self, job_id: str, argv: Sequence[str],
+                 env: Union[Mapping[str, str], libc_spawn.EncodedEnv], cwd: str,
+                 output_path: str, prepared: bool = False,
+                 extra: Optional[Mapping[str, str]] = None) -> None:
         self.job_id = job_id
         self.output_path = output_path
         self.started = time.time()
         self.kill_deadline: Optional[float] = None
         self._returncode: Optional[int] = None
-        program = resolve(argv[0], env.get("PATH"))
-        if not prepared:
-            os.makedirs(cwd, exist_ok=True)
-        enter(cwd, prepared)
-        self.pid = spawn_to(program, argv, env, output_path, RESTORED_SIGNALS)
+        self.pid = launch(argv, env, cwd, output_path, prepared, RESTORED_SIGNALS, extra)
         self.pgid = self.pid
