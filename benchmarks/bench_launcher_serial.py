@@ -33,8 +33,10 @@ side that runs first in a round was sometimes the faster one, sometimes the slow
 Run: ``python benchmarks/bench_launcher_serial.py [-n 2000] [--rounds 3] [--packing P]
 [--nodes N] [--compare-with SRC]`` (default packing: the number of cores, the same concurrency
 as xargs). ``--compare-with`` runs, in every round, also the launcher of another source tree
-(first on ``PYTHONPATH``; e.g. ``git archive OLD | tar -x -C /tmp/old``): before/after
-numbers from the same run, under the same load.
+(first on ``PYTHONPATH``; e.g. ``git archive OLD | tar -x -C /tmp/old``), on a DB of its own
+made by that tree's migrations (schema changes are compared too): before/after numbers from
+the same run, under the same load. Job-row updates (HOT among them) and event rows per task
+are read from ``pg_stat_user_tables``.
 """
 from __future__ import annotations
 
@@ -291,7 +293,9 @@ def launcher_round(db_path: str, count: int, source: str = "",
     task by role during the run."""
     from balsam.db.connect import connect
 
-    env = dict(os.environ, PYTHONPATH=source) if source else None
+    env = dict(os.environ, BALSAM_DB_PATH=db_path)
+    if source:
+        env["PYTHONPATH"] = source
     server0, tree0 = server_cpu(db_path), children_cpu()
     rows0, earlier = job_row_counters(db_path), client_backends(db_path)
     started = time.time()
@@ -370,8 +374,12 @@ def main() -> None:
         sides = {"other": os.path.abspath(args.compare_with), "launcher": ""}
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     raw = []
-    with throwaway_db() as db_path:
-        settings(db_path, args.nodes)
+    from bench_scale import base_db
+
+    with throwaway_db() as db_path, base_db(sides.get("other")) as base_path:
+        paths = {"launcher": db_path, "other": base_path}
+        for path in set(paths.values()) - {""}:
+            settings(path, args.nodes)
         for r in range(1, args.rounds + 1):
             rate, cpu = xargs_round(args.n, cores)
             raw.append(rate)
@@ -380,8 +388,9 @@ def main() -> None:
             if r % 2 == 0:  # ABBA: which side runs first, right after xargs, alternates
                 order.reverse()
             for side, source in order:
-                fill(db_path, args.n, args.packing)
-                results[side].append(launcher_round(db_path, args.n, source, args.breakdown))
+                fill(paths[side], args.n, args.packing)
+                results[side].append(launcher_round(paths[side], args.n, source,
+                                                    args.breakdown))
                 m = results[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
