@@ -86,3 +86,30 @@ def test_a_batch_of_whole_runs_written_again_changes_nothing_and_reports_them_wr
     assert _run_events(cursor, c) == ["USER_KILLED"]
     assert [job_row(cursor, j)["state"] for j in (a, b, c)] == [
         "JOB_FINISHED", "RUN_TIMEOUT", "USER_KILLED"]
+
+
+def test_the_moves_statement_allows_exactly_the_table_s_pairs_into_its_targets():
+    import random
+    import uuid
+
+    from balsam.core import launcher_moves
+    from balsam.core.states import State, allowed_sources
+
+    rng = random.Random(5)
+    ends = [State.RUN_DONE, State.RUN_ERROR, State.RUN_TIMEOUT]
+    for _ in range(100):
+        moves = []
+        for _ in range(rng.randint(1, 12)):
+            job, end, kind = str(uuid.UUID(int=rng.getrandbits(128))), rng.choice(ends), rng.random()
+            moves.append((job, State.RUNNING, "s") if kind < 0.3 else (job, end, "m")
+                         if kind < 0.6 else (job, end, "m", State.RUNNING, "s"))
+        for follow in (None, transitions.FINISH_ON_RECORD):
+            _, params = launcher_moves.moves_sql(moves, 7, follow)
+            hops = {m[1] for m in moves} | {State.RUNNING for m in moves if len(m) == 5}
+            want = sorted((s.value, t.value) for t in hops for s in allowed_sources(t)
+                          if s.value in launcher_moves.LAUNCHER_MOVES[t])
+            assert list(zip(params[7], params[8])) == want
+            assert params[0] == [m[0] for m in moves] and params[1] == [m[1].value for m in moves]
+            assert params[3] == [m[3].value if len(m) == 5 else "" for m in moves]
+            then = {State.RUN_DONE: State.JOB_FINISHED.value} if follow else {}
+            assert params[5] == [then.get(m[1], "") for m in moves]
