@@ -175,3 +175,26 @@ def test_a_move_waiting_for_a_delete_writes_no_event(db, cursor):
     assert _events_by_job(cursor) == {}
     cursor.execute(f"SELECT count(*) FROM {JOB}")
     assert cursor.fetchone()[0] == 0
+
+
+def test_events_are_written_only_where_their_jobs_rows_are_locked_or_new():
+    """The guard that replaced the foreign key is the writers' own: an event is inserted only by
+    the statements reviewed for it (the row locked FOR UPDATE and changed in the same statement,
+    or a job inserted in the same transaction). A new event writer must hold its job's row the
+    same way; then add it here."""
+    import pathlib
+    import re
+
+    import balsam
+
+    root = pathlib.Path(balsam.__file__).parent
+    writes = re.compile(r"INSERT\s+INTO\s+(\{EVENT\}|\{schema\.EVENT_TABLE\}|core_jobevent)"
+                        r"|JobEvent\.objects\.(create|bulk_create|get_or_create)|COPY\s+core_jobevent")
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        count = len(writes.findall(path.read_text()))
+        if count:
+            found[str(path.relative_to(root))] = count
+    assert found == {"core/lifecycle.py": 2, "core/launcher_moves.py": 1}
