@@ -33,8 +33,10 @@ side that runs first in a round was sometimes the faster one, sometimes the slow
 Run: ``python benchmarks/bench_launcher_serial.py [-n 2000] [--rounds 3] [--packing P]
 [--nodes N] [--compare-with SRC]`` (default packing: the number of cores, the same concurrency
 as xargs). ``--compare-with`` runs, in every round, also the launcher of another source tree
-(first on ``PYTHONPATH``; e.g. ``git archive OLD | tar -x -C /tmp/old``): before/after
-numbers from the same run, under the same load.
+(first on ``PYTHONPATH``; e.g. ``git archive OLD | tar -x -C /tmp/old``), on a DB of its own
+made by that tree's migrations (schema changes are compared too): before/after numbers from
+the same run, under the same load. Job-row updates (HOT among them) and event rows per task
+are read from ``pg_stat_user_tables``.
 """
 from __future__ import annotations
 
@@ -109,6 +111,68 @@ def server_cpu(db_path: str) -> float:
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def job_row_counters(db_path: str) -> tuple[int, int, int]:
+    """(job rows updated, of them HOT, event rows inserted) so far (``pg_stat_user_tables``;
+    a launcher's server processes report theirs when they exit, before its round ends)."""
+    from balsam.core import schema
+    from balsam.db.connect import connect
+
+    conn = connect(db_path)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute("SELECT coalesce(sum(n_tup_upd) FILTER (WHERE relname = %s), 0), "
+                        "coalesce(sum(n_tup_hot_upd) FILTER (WHERE relname = %s), 0), "
+                        "coalesce(sum(n_tup_ins) FILTER (WHERE relname = %s), 0) "
+                        "FROM pg_stat_user_tables",
+                        [schema.JOB_TABLE, schema.JOB_TABLE, schema.EVENT_TABLE])
+            row = cur.fetchone()
+        conn.commit()
+    finally:
+        conn.close()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+_BACKENDS = ("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+             "AND pid <> pg_backend_pid()")
+
+
+def client_backends(db_path: str) -> set[int]:
+    """The server's client processes now (the benchmark's own, before a launcher starts)."""
+    from balsam.db.connect import connect
+
+    conn = connect(db_path)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_BACKENDS)
+            pids = {int(r[0]) for r in cur.fetchall()}
+        conn.commit()
+    finally:
+        conn.close()
+    return pids
+
+
+def _settled_counters(db_path: str, earlier: set[int]) -> tuple[int, int, int]:
+    """:func:`job_row_counters` once the launcher's server processes (those not in ``earlier``)
+    are gone: each reports its counts as it exits (up to 10 s)."""
+    from balsam.db.connect import connect
+
+    conn = connect(db_path)
+    try:
+        end = time.monotonic() + 10.0
+        with conn.cursor() as cur:
+            while time.monotonic() < end:
+                cur.execute(_BACKENDS)
+                left = {int(r[0]) for r in cur.fetchall()} - earlier
+                conn.commit()
+                if not left:
+                    break
+                time.sleep(0.02)
+    finally:
+        conn.close()
+    return job_row_counters(db_path)
 
 
 def _proc_stat(pid: int) -> tuple[int, float, float]:
@@ -229,8 +293,11 @@ def launcher_round(db_path: str, count: int, source: str = "",
     task by role during the run."""
     from balsam.db.connect import connect
 
-    env = dict(os.environ, PYTHONPATH=source) if source else None
+    env = dict(os.environ, BALSAM_DB_PATH=db_path)
+    if source:
+        env["PYTHONPATH"] = source
     server0, tree0 = server_cpu(db_path), children_cpu()
+    rows0, earlier = job_row_counters(db_path), client_backends(db_path)
     started = time.time()
     samplers: list[TreeSampler] = []
     try:
@@ -244,6 +311,7 @@ def launcher_round(db_path: str, count: int, source: str = "",
             sampler.close()
     ended = time.time()
     server, tree = server_cpu(db_path) - server0, children_cpu() - tree0
+    rows = [b - a for a, b in zip(rows0, _settled_counters(db_path, earlier))]
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
     conn = connect(db_path)
@@ -266,6 +334,8 @@ def launcher_round(db_path: str, count: int, source: str = "",
             "full": count / (ended - started),
             "startup": float(first_running) - started, "exit": ended - float(last_done),
             "statements": int(master.group(1)) / count,
+            "job_updates": rows[0] / count, "job_hot": rows[1] / count,
+            "events": rows[2] / count,
             "master_cpu": float(master.group(3)), "worker_cpu": sum(workers),
             "server_cpu": server, "tree_cpu": tree}
 
@@ -304,8 +374,12 @@ def main() -> None:
         sides = {"other": os.path.abspath(args.compare_with), "launcher": ""}
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     raw = []
-    with throwaway_db() as db_path:
-        settings(db_path, args.nodes)
+    from bench_scale import base_db
+
+    with throwaway_db() as db_path, base_db(sides.get("other")) as base_path:
+        paths = {"launcher": db_path, "other": base_path}
+        for path in set(paths.values()) - {""}:
+            settings(path, args.nodes)
         for r in range(1, args.rounds + 1):
             rate, cpu = xargs_round(args.n, cores)
             raw.append(rate)
@@ -314,13 +388,16 @@ def main() -> None:
             if r % 2 == 0:  # ABBA: which side runs first, right after xargs, alternates
                 order.reverse()
             for side, source in order:
-                fill(db_path, args.n, args.packing)
-                results[side].append(launcher_round(db_path, args.n, source, args.breakdown))
+                fill(paths[side], args.n, args.packing)
+                results[side].append(launcher_round(paths[side], args.n, source,
+                                                    args.breakdown))
                 m = results[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
                       f"RUNNING {m['startup']:.2f} s after start, exit {m['exit']:.2f} s after "
-                      f"the last end; {m['statements']:.3f} statements/task; CPU: launcher with "
+                      f"the last end; {m['statements']:.3f} statements/task, job-row updates "
+                      f"{m['job_updates']:.2f}/task ({m['job_hot']:.2f} HOT), events "
+                      f"{m['events']:.2f}/task; CPU: launcher with "
                       f"its tasks {m['tree_cpu']:.2f} s (master {m['master_cpu']:.2f} s, "
                       f"workers {m['worker_cpu']:.2f} s), DB server {m['server_cpu']:.2f} s")
     raw_rate = statistics.median(raw)
@@ -343,6 +420,10 @@ def main() -> None:
         print(f"exit after the last end:    median "
               f"{statistics.median(m['exit'] for m in launcher):.2f} s")
         print(f"DB statements per task:     median {statements:.3f}  (goal <= 0.1; whole run)")
+        print(f"job-row updates per task:   median "
+              f"{statistics.median(m['job_updates'] for m in launcher):.2f} "
+              f"({statistics.median(m['job_hot'] for m in launcher):.2f} HOT), event rows "
+              f"{statistics.median(m['events'] for m in launcher):.2f}")
         print(f"CPU per task:               median launcher tree "
               f"{statistics.median(m['tree_cpu'] for m in launcher) / args.n * 1e3:.2f} ms "
               f"(tasks included), DB server "

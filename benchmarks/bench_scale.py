@@ -720,14 +720,27 @@ def base_db(code: Optional[str]) -> Iterator[str]:
     run = [sys.executable, "-c", "import sys; from balsam.db import cluster, dbdir; "
            "getattr(dbdir if sys.argv[1] == 'init' else cluster, sys.argv[1])(sys.argv[2])"]
     t0 = time.perf_counter()
-    subprocess.run(run + ["init", path], check=True, env=child_env(code),
+    # In the tree's own directory: `python -c` puts the working directory first on the path, so
+    # from this tree's checkout the DB was made by this tree's migrations, not SRC's (schema
+    # changes then showed as no change).
+    subprocess.run(run + ["init", path], check=True, env=child_env(code), cwd=code,
                    stdout=subprocess.DEVNULL)
-    print(f"# the base tree's DB {path} created by its own migrations in "
+    from balsam.db.connect import connect
+
+    conn = connect(path)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT max(name) FROM django_migrations WHERE app = 'core'")
+            last = cur.fetchone()[0]
+    finally:
+        conn.close()
+    print(f"# the base tree's DB {path} created by its own migrations (the last {last}) in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     try:
         yield path
     finally:
-        subprocess.run(run + ["stop", path], env=child_env(code), stdout=subprocess.DEVNULL)
+        subprocess.run(run + ["stop", path], env=child_env(code), cwd=code,
+                       stdout=subprocess.DEVNULL)
         shutil.rmtree(root, ignore_errors=True)
 
 

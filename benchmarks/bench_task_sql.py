@@ -11,7 +11,11 @@ slots' worth). Printed: the server process's CPU per task by phase (from /proc: 
 server's host), WAL bytes per task, and the tasks per second one server core would carry at
 that cost. Every job is checked JOB_FINISHED with its three events.
 
-Run: ``python benchmarks/bench_task_sql.py [--jobs 32768] [--batch 1024] [--hold 0]``.
+``--combined`` writes RUNNING and the end in one move (one row update: serial mode's runs that
+start and end within one flush period).
+
+Run: ``python benchmarks/bench_task_sql.py [--jobs 32768] [--batch 1024] [--hold 0]
+[--combined]``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(db_path: str, jobs: int, batch: int, hold: int) -> None:
+def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False) -> None:
     from bench_scale import fill
 
     from balsam.core import launcher_moves, leases
@@ -77,10 +81,14 @@ def run(db_path: str, jobs: int, batch: int, hold: int) -> None:
         if not held:
             break
         ids, held = held[:batch], held[batch:]
-        phase("running", launcher_moves.move, cur,
-              [(j, State.RUNNING, "started") for j in ids], sid, follow)
-        phase("end", launcher_moves.move, cur, [(j, State.RUN_DONE, "") for j in ids], sid,
-              follow)
+        if combined:  # runs that started and ended within one flush: one row update each
+            phase("end", launcher_moves.move, cur,
+                  [(j, State.RUN_DONE, "", State.RUNNING, "started") for j in ids], sid, follow)
+        else:
+            phase("running", launcher_moves.move, cur,
+                  [(j, State.RUNNING, "started") for j in ids], sid, follow)
+            phase("end", launcher_moves.move, cur, [(j, State.RUN_DONE, "") for j in ids], sid,
+                  follow)
         done += len(ids)
     cur.execute("SELECT state, count(*) FROM core_balsamjob GROUP BY 1")
     states = dict(cur.fetchall())
@@ -92,7 +100,8 @@ def run(db_path: str, jobs: int, batch: int, hold: int) -> None:
     if states != {"JOB_FINISHED": jobs} or events != 3 * jobs:
         raise SystemExit(f"CHECK FAILED: states {states}, {events} run events for {jobs} jobs")
     server = sum(v[0] for v in totals.values())
-    print(f"{jobs} jobs, claims and moves of {batch}, hold {hold}: server CPU "
+    print(f"{jobs} jobs, claims and moves of {batch}, hold {hold}"
+          f"{', RUNNING with the end' if combined else ''}: server CPU "
           f"{1e6 * server / done:.0f} us per task ("
           + ", ".join(f"{k} {1e6 * v[0] / done:.0f}" for k, v in totals.items())
           + f"); WAL {sum(v[1] for v in totals.values()) / done:.0f} B per task ("
@@ -108,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="claim and move batch")
     parser.add_argument("--hold", type=int, default=0, help="claimed jobs kept ahead")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--combined", action="store_true",
+                        help="RUNNING and the end in one move (runs shorter than a flush)")
     args = parser.parse_args()
     if args.jobs < 1 or args.batch < 1 or args.hold < 0 or args.rounds < 1:
         raise SystemExit("bench_task_sql: --jobs, --batch and --rounds must be >= 1, --hold >= 0")
@@ -116,7 +127,7 @@ def main() -> None:
     print(machine_line(), flush=True)
     with throwaway_db() as db_path:
         for _ in range(args.rounds):
-            run(db_path, args.jobs, args.batch, args.hold)
+            run(db_path, args.jobs, args.batch, args.hold, args.combined)
 
 
 if __name__ == "__main__":

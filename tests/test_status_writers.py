@@ -245,3 +245,14 @@ def test_the_moves_statement_is_prepared_once_per_connection_and_survives_a_fail
     conn.close()
     assert [e[2] for e in events(cursor, b)] == ["PREPROCESSED", "RUNNING"]
     database.close()
+
+
+def test_a_jobs_shard_is_its_uuids_low_64_bits_whatever_the_form_of_its_text():
+    import uuid
+
+    for _ in range(2000):
+        job = uuid.uuid4()
+        low = job.int & 0xFFFF_FFFF_FFFF_FFFF
+        for text in (str(job), str(job).upper(), job.hex, "{" + str(job) + "}"):
+            for shards in (1, 2, 3, 4, 7):
+                assert shard_of(text, shards) == low % shards, text

@@ -12,6 +12,7 @@ statement per psycopg2 connection (:func:`execute_prepared`).
 """
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -125,29 +126,45 @@ def moves_sql(moves: Sequence[Move], holder: int,
     a job whose end has a follow-on state and meets its condition goes on to it in the same row
     update (``t_upd.then_state``; its event is recorded after the end's; children are woken as
     ``transition`` does)."""
-    pairs: set[tuple[str, str]] = set()
     ids, targets, messages, vias, via_messages, thens, then_messages = [], [], [], [], [], [], []
+    hops: set[State] = set()
+    follows: dict[State, tuple[str, str]] = {}  # end -> (follow-on state, its message) or ""
     for move in moves:
-        hops = [State.RUNNING, move[1]] if len(move) == 5 else [move[1]]
-        for target in hops:
-            pairs.update((src.value, target.value) for src in allowed_sources(target)
-                         if src.value in LAUNCHER_MOVES[target])
+        target = move[1]
+        if target not in follows:
+            hops.add(target)
+            then = follow.states.get(target) if follow is not None else None
+            if then is not None and target not in allowed_sources(then):
+                raise ValueError(f"{target.value} -> {then.value} is not an allowed move")
+            follows[target] = ((then.value, follow.message) if then is not None
+                               and follow is not None else ("", ""))
         ids.append(str(move[0]))
-        targets.append(move[1].value)
+        targets.append(target.value)
         messages.append(move[2])
-        vias.append(move[3].value if len(move) == 5 else "")
-        via_messages.append(move[4] if len(move) == 5 else "")
-        then = follow.states.get(move[1]) if follow is not None else None
-        if then is not None and move[1] not in allowed_sources(then):
-            raise ValueError(f"{move[1].value} -> {then.value} is not an allowed move")
-        thens.append(then.value if then is not None else "")
-        then_messages.append(follow.message if then is not None and follow is not None else "")
+        if len(move) == 5:
+            hops.add(State.RUNNING)
+            vias.append(move[3].value)
+            via_messages.append(move[4])
+        else:
+            vias.append("")
+            via_messages.append("")
+        then_state, then_message = follows[target]
+        thens.append(then_state)
+        then_messages.append(then_message)
+    pairs = {pair for hop in hops for pair in _pairs_into(hop)}
     ordered = sorted(pairs)
     sql = _MOVES_SQL.format(follow=follow.condition if follow is not None else "false",
                             app_join=_APP_JOIN if follow is not None else "")
     return sql, [ids, targets, messages, vias, via_messages, thens, then_messages,
                  [p[0] for p in ordered], [p[1] for p in ordered], holder, list(HELD_STATES),
                  list(WAKE_CHILDREN_STATES)]
+
+
+@functools.cache
+def _pairs_into(target: State) -> frozenset[tuple[str, str]]:
+    """The (source, target) pairs a launcher may move a job along into ``target``."""
+    return frozenset((src.value, target.value) for src in allowed_sources(target)
+                     if src.value in LAUNCHER_MOVES[target])
 
 
 def move(cursor: Cursor, moves: Sequence[Move], holder: int,

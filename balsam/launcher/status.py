@@ -224,8 +224,11 @@ class StatusBuffer:
         rest = [j for j in batch.started if j not in done]
         if rest:  # already RUNNING under this session: an earlier, lost-looking commit
             already = set(_running_here(cursor, self.session_id, rest))
-            out.started += [j for j in rest if j in already]
-            out.not_started = [j for j in rest if j not in already]
+            recorded = self._recorded(cursor, [j for j in rest if j in ends and
+                                               j not in already], ends)
+            out.started += [j for j in rest if j in already or j in recorded]
+            out.not_started = [j for j in rest if j not in already and j not in recorded]
+            out.ended += len(recorded)
             for state in (State.RUN_DONE, State.RUN_ERROR, State.RUN_TIMEOUT):
                 ids = [j for j in rest if j in already and ends.get(j, (None,))[0] is state]
                 if ids:
@@ -236,6 +239,24 @@ class StatusBuffer:
         if batch.release:
             leases.release(cursor, self.session_id, batch.release)
         return out
+
+    def _recorded(self, cursor: Cursor, ids: list[str],
+                  ends: dict[str, tuple[State, str]]) -> set[str]:
+        """Those of ``ids`` (runs that started and ended since the last write, their moves
+        refused) whose run an earlier write of this batch recorded, its commit reply lost: the
+        job is released in the end noted for it (or that end's follow-on). A job a user killed
+        or changed first is not: its start was refused."""
+        if not ids:
+            return set()
+        cursor.execute(f"SELECT job_id, state FROM {schema.JOB_TABLE} "
+                       "WHERE job_id = ANY(%s::uuid[]) AND session_id IS NULL", [ids])
+        follow = self.follow.states if self.follow is not None else {}
+        found = set()
+        for job_id, state in cursor.fetchall():
+            end = ends[str(job_id)][0]
+            if state in (end.value, getattr(follow.get(end), "value", None)):
+                found.add(str(job_id))
+        return found
 
     def flush(self, *, before: Optional[float] = None) -> Optional[Written]:
         """Write everything pending in one transaction; None (all kept pending) if the

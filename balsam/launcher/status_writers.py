@@ -84,7 +84,11 @@ class StatusSink(Protocol):
 
 def shard_of(job_id: str, shards: int) -> int:
     """The shard of ``job_id`` (a UUID string): its low 64 bits mod ``shards``, the same in
-    every process (not Python's salted ``hash``)."""
+    every process (not Python's salted ``hash``). Read from the text's last two groups when it
+    is in the canonical form (as the database gives ids): parsing a ``uuid.UUID`` per call was
+    ~11% of the master's CPU at scale (two calls per task)."""
+    if len(job_id) == 36 and job_id[23] == "-":
+        return int(job_id[19:23] + job_id[24:], 16) % shards
     return (uuid.UUID(job_id).int & 0xFFFF_FFFF_FFFF_FFFF) % shards
 
 
