@@ -197,4 +197,6 @@ def test_events_are_written_only_where_their_jobs_rows_are_locked_or_new():
         count = len(writes.findall(path.read_text()))
         if count:
             found[str(path.relative_to(root))] = count
-    assert found == {"core/lifecycle.py": 2, "core/launcher_moves.py": 1}
+    # killed_starts: its statement holds the killed job's row FOR UPDATE (CTE k0)
+    assert found == {"core/lifecycle.py": 2, "core/launcher_moves.py": 1,
+                     "core/killed_starts.py": 1}

@@ -1,8 +1,8 @@
 """A run that started and ended between two writes is recorded with one job-row update (RUNNING,
 then its end, both events) -- and stays exact where it can go wrong: a user's kill before the
-write refuses the start (reported in ``Written.not_started``, nothing recorded over
-USER_KILLED), and a batch written again after a lost commit reply changes nothing and is
-reported as written, not as refused."""
+write refuses the start (reported in ``Written.not_started``; the job stays USER_KILLED and
+the run is recorded after the kill, :mod:`balsam.core.killed_starts`), and a batch written
+again after a lost commit reply changes nothing and is reported as written, not as refused."""
 from __future__ import annotations
 
 import pytest
@@ -62,7 +62,8 @@ def test_a_killed_job_whose_run_started_and_ended_between_writes_is_not_started(
     written = status.flush()
     assert written.started == [b] and written.not_started == [a] and written.ended == 1
     assert job_row(cursor, a)["state"] == "USER_KILLED"
-    assert _run_events(cursor, a) == ["USER_KILLED"]
+    # the run began after the kill: recorded after it, the job still killed (killed_starts)
+    assert _run_events(cursor, a) == ["USER_KILLED", "RUNNING", "USER_KILLED"]
     assert _run_events(cursor, b) == ["RUNNING", "RUN_DONE", "JOB_FINISHED"]
 
 
@@ -83,7 +84,7 @@ def test_a_batch_of_whole_runs_written_again_changes_nothing_and_reports_them_wr
         assert written.ended == 2
     assert _run_events(cursor, a) == ["RUNNING", "RUN_DONE", "JOB_FINISHED"]
     assert _run_events(cursor, b) == ["RUNNING", "RUN_TIMEOUT"]
-    assert _run_events(cursor, c) == ["USER_KILLED"]
+    assert _run_events(cursor, c) == ["USER_KILLED", "RUNNING", "USER_KILLED"]  # recorded once
     assert [job_row(cursor, j)["state"] for j in (a, b, c)] == [
         "JOB_FINISHED", "RUN_TIMEOUT", "USER_KILLED"]
 
