@@ -83,12 +83,21 @@ class Watchdog:
         finally:
             os.close(read_fd)
         self._log = log
+        self.began_path = f"{report}.began" if report else ""
+        """Where warm processes note the queued requests they begin (:meth:`queue`)."""
         self.registered: set[int] = set()
         self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
 
     def add(self, pgid: int, job_id: str = "") -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
         if self._send(f"+{pgid} {job_id}\n".encode()):
+            self.registered.add(pgid)
+
+    def queue(self, pgid: int, job_id: str) -> None:
+        """A request of ``job_id`` was queued in the warm process leading group ``pgid``
+        behind its running task: it counts as started only if that process noted in
+        :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
+        if self._send(f"~{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
     def add_all(self, started: list[tuple[int, str]]) -> None:
@@ -223,19 +232,21 @@ def groups_of_job(job_id: str) -> list[int]:
     return sorted(found)
 
 
-def serve(fd: int, grace: float
+def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
-    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` / ``!DEV INO PATH`` lines from
-    ``fd`` until end of file (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner
-    closing, skips the nap), then stop the groups still registered
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``=`` /
+    ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
+    at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
     after SIGKILL, job ids started since the last ``=``, one per start -- an expected start
-    counts --, the shared-memory files the owner left if it died: none after ``.``)."""
+    counts, a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
+    shared-memory files the owner left if it died: none after ``.``)."""
     groups: dict[int, str] = {}
     segments: dict[str, tuple[int, int]] = {}
     closing = False
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
+    queued: Counter[str] = Counter()
     pending = b""
     while True:
         try:
@@ -257,11 +268,16 @@ def serve(fd: int, grace: float
                 if job:
                     started[job] += 1
                     expected[job] -= 1
+            elif line[:1] == b"~":
+                pgid, _, job = line[1:].decode().partition(" ")
+                groups[int(pgid)] = job
+                queued[job] += 1
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
             elif line[:1] == b"=":
                 started.clear()
                 expected.clear()
+                queued.clear()
             elif line[:1] == b"!":
                 dev, ino, path = line[1:].decode().split(" ", 2)
                 segments[path] = (int(dev), int(ino))
@@ -271,7 +287,28 @@ def serve(fd: int, grace: float
         started[job] += 1
         groups.update((pgid, job) for pgid in groups_of_job(job))
     stopped = kill_groups(sorted(groups), grace) if groups else []
-    return stopped, still_alive(stopped), list(started.elements()), {} if closing else segments
+    alive = still_alive(stopped)
+    started.update(began_queued(queued, began_path, alive))
+    return stopped, alive, list(started.elements()), {} if closing else segments
+
+
+def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Counter[str]:
+    """Of the ``queued`` requests (job id -> times queued), those that began: as many as the
+    began file at ``began_path`` names each (read once every process that could write it is
+    dead, then removed; all of them while a group is ``alive`` or with no file path)."""
+    if alive or not began_path:
+        return Counter(queued)
+    began: Counter[str] = Counter()
+    try:
+        if queued:
+            with open(began_path) as fh:
+                began = Counter(fh.read().split())
+        os.unlink(began_path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # unreadable: what may have begun counts as begun
+        return Counter(queued)
+    return queued & began
 
 
 def main(argv: list[str]) -> int:
@@ -279,7 +316,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started, segments = serve(0, grace)
+    stopped, alive, started, segments = serve(0, grace, f"{report}.began" if report else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "started": started,
