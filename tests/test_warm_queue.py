@@ -11,7 +11,6 @@ import sys
 import time
 from typing import Any, Callable
 
-import pytest
 from launcher_support import Inbox
 
 from balsam.launcher.nodeslots import NodeSlots

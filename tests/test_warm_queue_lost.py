@@ -15,7 +15,16 @@ from collections import Counter
 from typing import Any, Callable
 
 import pytest
+from launcher_support import QUICK, launchers, settings
+from once_support import kill, rank_pid
 from test_warm_queue import make_site
+from test_warm_queue_launcher import (assert_one_at_a_time, ended_runs, final_states, name_of,
+                                      recorded_runs, runs, site, step, timed_out_jobs)
+
+from balsam.api import Job
+from balsam.core import schema
+
+__all__ = ["site"]  # the fixture
 
 OWNER = textwrap.dedent("""
     import os, sys, time
@@ -54,11 +63,12 @@ OWNER = textwrap.dedent("""
 """)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> None:
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
     end = time.monotonic() + timeout
-    while not condition():
+    while not (found := condition()):
         assert time.monotonic() < end, "condition not met in time"
         time.sleep(0.01)
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -95,3 +105,40 @@ def test_a_dead_owner_s_watchdog_counts_a_queued_task_started_only_if_it_began(t
     finally:
         if alive(warm_pid):
             os.killpg(warm_pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_tasks_queued_behind_a_run_when_its_worker_rank_dies_run_once_with_no_retry_used(
+        site, cursor, tmp_path):
+    """A stream of instant function tasks through a one-task-at-a-time node, then a gated one
+    ("hold"), then more (the first of those likely queued behind "hold" in its warm process).
+    Once every run before "hold" is recorded, worker rank 1 is SIGKILLed: "hold"'s run is
+    stopped and retried (RUN_TIMEOUT), and every other job, which may use no retry at all
+    (``max_retries`` 0), runs exactly once, with exactly that run recorded: a task that was
+    queued and never began is not counted as started."""
+    log, gate = str(tmp_path / "runs.log"), str(tmp_path / "gate")
+    hold = Job(site_path=site, app_name="fn.Gate", workdir="wq/hold",
+               parameters={"log": log, "name": "hold", "gate": gate})
+    jobs = [step(site, log, f"q{i:02d}") for i in range(40)]
+    Job.objects.bulk_create(jobs[:20] + [hold] + jobs[20:])
+    names = {str(j.id): name_of(j) for j in jobs + [hold]}
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET max_retries = 0 WHERE job_id <> %s",
+                   [str(hold.id)])
+    with settings(site, launcher=QUICK), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: any(n == "hold" for _, n, *_ in runs(log)), 120)
+        before = {n for w, n, *_ in runs(log) if w == "START" and n != "hold"}
+        wait_for(lambda: all(final_states(cursor, names)[n] == "JOB_FINISHED" for n in before),
+                 120)
+        kill(wait_for(lambda: rank_pid(launcher.pid, 1), 60), signal.SIGKILL)
+        wait_for(lambda: ended_runs(cursor, str(hold.id)), 120)  # the stopped run recorded
+        open(gate, "w").close()
+        assert launcher.wait(240) == 0, launcher.output()
+
+    lines = runs(log)
+    starts = Counter(name for what, name, _, _ in lines if what == "START")
+    assert_one_at_a_time(lines, interrupted={"hold"})
+    assert final_states(cursor, names) == {name: "JOB_FINISHED" for name in names.values()}
+    assert starts == Counter({name: 2 if name == "hold" else 1 for name in names.values()})
+    assert recorded_runs(cursor, names) == dict(starts)
+    assert timed_out_jobs(cursor, names) == {"hold"}
