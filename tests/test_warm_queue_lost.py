@@ -18,8 +18,18 @@ import pytest
 from launcher_support import QUICK, launchers, settings
 from once_support import kill, rank_pid
 from test_warm_queue import make_site
-from test_warm_queue_launcher import (assert_one_at_a_time, ended_runs, final_states, name_of,
-                                      recorded_runs, runs, site, step, timed_out_jobs)
+from test_warm_queue_launcher import (
+    assert_one_at_a_time,
+    ended_runs,
+    final_states,
+    in_claim_order,
+    name_of,
+    recorded_runs,
+    runs,
+    site,
+    step,
+    timed_out_jobs,
+)
 
 from balsam.api import Job
 from balsam.core import schema
@@ -119,8 +129,8 @@ def test_tasks_queued_behind_a_run_when_its_worker_rank_dies_run_once_with_no_re
     log, gate = str(tmp_path / "runs.log"), str(tmp_path / "gate")
     hold = Job(site_path=site, app_name="fn.Gate", workdir="wq/hold",
                parameters={"log": log, "name": "hold", "gate": gate})
-    jobs = [step(site, log, f"q{i:02d}") for i in range(40)]
-    Job.objects.bulk_create(jobs[:20] + [hold] + jobs[20:])
+    jobs = [step(site, log, f"q{i:02d}") for i in range(200)]
+    Job.objects.bulk_create(in_claim_order(jobs[:180] + [hold] + jobs[180:]))
     names = {str(j.id): name_of(j) for j in jobs + [hold]}
     cursor.execute(f"UPDATE {schema.JOB_TABLE} SET max_retries = 0 WHERE job_id <> %s",
                    [str(hold.id)])
