@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any, Callable
 
 from launcher_support import Inbox
@@ -34,6 +35,12 @@ class Gate(ApplicationDefinition):
 class Pid(ApplicationDefinition):
     def run(self):
         print("ran")
+        return os.getpid()
+
+
+class Nap(ApplicationDefinition):
+    def run(self, seconds):
+        time.sleep(seconds)
         return os.getpid()
 '''
 RUNNER = [sys.executable, "-m", pyfunc.RUNNER_MODULE]
@@ -156,6 +163,42 @@ def test_two_queued_tasks_begin_in_order_and_a_cancel_takes_back_those_after_it(
         os.close(again.fd)
     finally:
         p.pool.close()
+
+
+def test_a_cancel_racing_the_start_of_a_queued_task_has_exactly_one_outcome(tmp_path):
+    """Cancels sent while the task ahead runs (taken at once by the watcher once it runs long),
+    as it ends, or after the queued one began on arrival: each queued task either began and
+    ran once (its reply comes, its output exists) or was taken back and never ran; which one
+    depends on timing, and the check holds either way."""
+    p = Pool(tmp_path, make_site(tmp_path))
+    outcomes = Counter()
+    try:
+        for i in range(40):
+            first = p.start(f"a{i}", row("fn.Nap", seconds=(i % 5) * 0.004))
+            second = p.behind(first, f"b{i}", row("fn.Pid"))
+            if i % 3 == 0:  # the reply of "first" read: "second" began or is on its way
+                assert ended(first) == 0
+            p.pool.cancel(second, recall=bool(i % 2))
+            assert ended(first) == 0
+            follower = p.pool.finished(first, clean=True)
+            # Taken back while "first" ran: unlinked from it, handed to the worker as taken.
+            assert follower is second or (follower is None and p.pool.taken == [second])
+            p.pool.taken.clear()
+            if second.begun:
+                assert not second.cancelled and second.fd >= 0 and first.fd == -1
+                assert ended(second) == 0 and value(second) == first.pid
+                assert p.pool.finished(second, clean=True) is None
+                os.close(second.fd)
+                assert (tmp_path / f"b{i}" / f"b{i}.out").read_text() == "ran\n"
+            else:
+                assert second.cancelled and second.returncode is None and second.fd == -1
+                assert not (tmp_path / f"b{i}").exists()
+                os.close(first.fd)
+            outcomes["began" if second.begun else "at once" if follower is None else "after"] += 1
+        assert p.pool.started == 1  # one process served every task
+    finally:
+        p.pool.close()
+    assert sum(outcomes.values()) == 40, outcomes
 
 
 def test_a_queued_task_never_runs_when_the_process_dies_first(tmp_path):
