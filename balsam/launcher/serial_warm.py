@@ -21,6 +21,13 @@ dies, it goes back to the queue (it never ran). One that began in the
 microseconds before such a cancel arrived is stopped like any running task (``stopped``:
 RUN_TIMEOUT, retried by the usual rules).
 
+If the task ahead turns long (it runs longer than ``short_seconds``) and a place frees on the
+node, the worker takes the first task queued behind it back to run it there
+(:meth:`WarmQueueing._recall`): the warm process's watcher answers a cancel while a long task
+runs (:mod:`balsam.launcher.warm_channel`), the pool hands what it took back in ``taken``, and
+:meth:`WarmQueueing._give_back` queues it again (or reports it killed or returned, if a kill or
+a stop asked for it). One that began before the recall arrived runs on where it is.
+
 :class:`WarmQueueing` is a base of :class:`balsam.launcher.serial_worker.Worker`, which owns
 the loop, the queue and the reports.
 """

@@ -350,7 +350,7 @@ class WarmPool:
         if successor is not None and not successor.begun and not successor.cancelled:
             process.read()  # its fate is in the reply just read, or the process is gone
             successor = task.successor  # a take-back read meanwhile unlinked what it took
-            if not successor.begun:
+            if successor is not None and not successor.begun:
                 follow: Optional[WarmTask] = successor
                 while follow is not None:  # never begins: nor does what is behind it
                     process._cancelled(follow.job_id)
