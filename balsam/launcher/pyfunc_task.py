@@ -228,8 +228,8 @@ def serve(conn: Channel, began_path: str = "") -> int:
     environment = _Environment()
     saved = (os.dup(1), os.dup(2))
     inbox = Inbox(conn, began_path)
-    request = inbox.first()
     try:
+        request = inbox.first()
         while request is not None:
             job_id, env, workdir, output_path, row = request[:5]
             rc, outcome = _run_one(runners, environment, saved, job_id, env, workdir,

@@ -144,7 +144,11 @@ class WarmQueueing:
         now = time.monotonic()
         for r, work in self._behind.values():
             task = r.task
-            if not isinstance(task, WarmTask) or task.cancel_sent or task.cancelled:
+            if not isinstance(task, WarmTask) or task.cancelled:
+                continue
+            if task.cancel_sent:
+                if task.recalled and not task.begun:  # one recall at a time: its answer
+                    return                            # may take the free place
                 continue
             process, ahead = task.process, task.process.running
             if process.queued and process.queued[0] is task and ahead is not None \
