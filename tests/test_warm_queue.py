@@ -278,6 +278,24 @@ def test_a_task_behind_that_a_user_kills_first_is_killed_without_running(tmp_pat
     assert worker.node.occupancy == 0
 
 
+def test_a_kill_of_a_task_queued_behind_a_long_one_is_answered_while_that_one_runs(tmp_path):
+    """The warm process's watcher takes the cancel while "first" runs: "second" is reported
+    killed before "first" ends (its gate opens only after that)."""
+    site, gate = make_site(tmp_path), tmp_path / "go"
+    worker, inbox = one_core_worker(tmp_path, site, gate)
+    try:
+        inbox.orders.append({"kill": ["second"]})
+        serve(worker, inbox, lambda: inbox.collected("killed") == ["second"])
+        assert "first" in worker.running and not inbox.collected("done")
+        gate.touch()
+        serve(worker, inbox, lambda: inbox.collected("done") == ["first"])
+    finally:
+        worker.close()
+    assert inbox.collected("started") == ["first"]
+    assert not (tmp_path / "second").exists()
+    assert worker.node.occupancy == 0
+
+
 def test_a_kill_of_the_first_of_two_queued_sends_the_second_back_to_the_queue(tmp_path):
     site, gate = make_site(tmp_path), tmp_path / "go"
     inbox = Inbox()
