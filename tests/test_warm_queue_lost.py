@@ -33,6 +33,9 @@ from test_warm_queue_launcher import (
 
 from balsam.api import Job
 from balsam.core import schema
+from balsam.launcher.warm_pool import WarmPool, WarmTask
+from balsam.launcher.watchdog import began_queued
+from balsam.site import pyfunc
 
 __all__ = ["site"]  # the fixture
 
@@ -152,3 +155,69 @@ def test_tasks_queued_behind_a_run_when_its_worker_rank_dies_run_once_with_no_re
     assert starts == Counter({name: 2 if name == "hold" else 1 for name in names.values()})
     assert recorded_runs(cursor, names) == dict(starts)
     assert timed_out_jobs(cursor, names) == {"hold"}
+
+
+def test_a_queued_request_counts_as_begun_as_often_as_the_began_file_names_it_or_when_unknown(
+        tmp_path):
+    queued = Counter({"a": 1, "b": 2, "c": 1})
+    path = tmp_path / "rank1.json.began"
+    path.write_text("b\nc\nb\nb\n")
+    assert began_queued(queued, str(path), alive=[]) == Counter({"b": 2, "c": 1})
+    assert not path.exists()  # read once, then removed
+    # Unknown: a group outlived SIGKILL, no file was made, or the file is gone.
+    path.write_text("")
+    assert began_queued(queued, str(path), alive=[123]) == queued and path.exists()
+    assert began_queued(queued, "", alive=[]) == queued
+    path.unlink()
+    assert began_queued(queued, str(path), alive=[]) == queued
+
+
+class Noted:
+    """What a worker's watchdog hears from its pool (a recorder in the Guard protocol), with a
+    began file that cannot be written (its directory does not exist)."""
+
+    def __init__(self, began_path: str) -> None:
+        self.began_path = began_path
+        self.lines: list[str] = []
+
+    def add(self, pgid: int, job_id: str = "") -> None:
+        self.lines.append(f"+{job_id}")
+
+    def queue(self, pgid: int, job_id: str) -> None:
+        self.lines.append(f"~{job_id}")
+
+    def remove(self, pgid: int, *, defer: bool = False) -> None:
+        self.lines.append("-")
+
+
+def test_a_queued_request_whose_start_cannot_be_noted_goes_back_unrun(tmp_path):
+    site = make_site(tmp_path)
+    guard = Noted(str(tmp_path / "missing" / "rank1.json.began"))
+    pool = WarmPool({"PATH": os.environ["PATH"]}, str(tmp_path), sys.executable, watchdog=guard)
+    env = {"BALSAM_DB_PATH": site}
+
+    def start(name: str, app: str, **kwargs: Any) -> tuple[str, str, str, str, str, Any]:
+        wd = str(tmp_path / name)
+        return (name, env, wd, os.path.join(wd, "out"), [0],
+                (app, "{}", "{}", "{}", pyfunc.serialize(kwargs)))
+
+    def ended(task: WarmTask) -> int:
+        wait_for(lambda: task.poll() is not None)
+        assert task.returncode is not None
+        return task.returncode
+
+    try:
+        first = pool.start(*start("first", "fn.Gate", gate=str(tmp_path / "go")))
+        name, _, wd, out, _, row = start("second", "fn.Pid")
+        second = pool.queue_behind(first, name, env, wd, out, row)
+        (tmp_path / "go").touch()
+        assert ended(first) == 0
+        assert pool.finished(first, clean=True) is second
+        assert second.cancelled and not second.begun and not (tmp_path / "second").exists()
+        os.close(first.fd)
+        third = pool.start(*start("third", "fn.Pid"))  # sent to an idle process: not queued
+        assert ended(third) == 0 and pool.finished(third, clean=True) is None
+        os.close(third.fd)
+        assert guard.lines == ["+first", "~second", "+third"]
+    finally:
+        pool.close()

@@ -25,6 +25,7 @@ import pickle
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -94,6 +95,7 @@ class Inbox:
         self.conn = conn
         self.began_path = began_path
         self._began_fd = -1
+        self._note_failed = False
         self.lock = threading.Lock()
         self.waiting: deque[Request] = deque()
         self.current: Optional[str] = None  # the job id of the task running
@@ -112,7 +114,8 @@ class Inbox:
                 self.open = False
                 return None
             if message[0] != CANCEL:  # a cancel here is for a request that began already
-                with self.lock:
+                with self.lock:  # the rank counts it begun: it runs even if its note failed
+                    self._note(message)
                     self._begin(message)
                 return message
 
@@ -126,6 +129,10 @@ class Inbox:
             while self.open and self.conn.poll():
                 self._take(cancelled)
             following = self.waiting.popleft() if self.waiting and self.open else None
+            if following is not None and not self._note(following):  # it must not begin
+                cancelled += [following[0]] + [r[0] for r in self.waiting]  # unnoted: all
+                self.waiting.clear()                                         # go back
+                following = None
             if following is not None:
                 self._begin(following)
             try:
@@ -135,11 +142,9 @@ class Inbox:
             return following if self.open else None
 
     def _begin(self, request: Request) -> None:
-        """Under the lock: ``request`` begins (noted first if it was queued)."""
+        """Under the lock: ``request`` begins."""
         self.current = request[0]
         self.begun += 1
-        if len(request) > 5 and request[5] and self.began_path:
-            self._note_begun(request[0])
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="balsam-warm-watch",
                                              daemon=True)
@@ -147,18 +152,24 @@ class Inbox:
         if not self._busy.is_set():
             self._busy.set()
 
-    def _note_begun(self, job_id: str) -> None:
-        if self._began_fd < 0:
-            try:
-                self._began_fd = os.open(self.began_path,
-                                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            except OSError:
-                self.began_path = ""  # no file: the watchdog counts queued requests started
-                return
+    def _note(self, request: Request) -> bool:
+        """Note a queued ``request`` in the began file (which the rank's watchdog made) before
+        it begins; False if that failed (one line on stderr the first time)."""
+        if not (len(request) > 5 and request[5] and self.began_path):
+            return True
+        line = f"{request[0]}\n".encode()
         try:
-            os.write(self._began_fd, f"{job_id}\n".encode())
-        except OSError:
-            pass
+            if self._began_fd < 0:
+                self._began_fd = os.open(self.began_path, os.O_WRONLY | os.O_APPEND)
+            if os.write(self._began_fd, line) == len(line):
+                return True
+        except OSError as exc:
+            if not self._note_failed:
+                print(f"balsam warm worker: cannot note a queued task's start in "
+                      f"{self.began_path} ({exc}): queued tasks go back unrun",
+                      file=sys.stderr, flush=True)
+        self._note_failed = True
+        return False
 
     def _take(self, cancelled: list[str]) -> bool:
         """Under the lock: read one message; a request waits, a cancel takes its requests out

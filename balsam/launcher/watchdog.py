@@ -71,10 +71,14 @@ class Watchdog:
                  python: str = sys.executable, report: str = "") -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
+        self.began_path = _new_began_file(f"{report}.began") if report else ""
+        """Where warm processes note the queued requests they begin (:meth:`queue`); "" if
+        it could not be made (then every queued request counts as started)."""
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
-                [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report],
+                [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
+                 self.began_path],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
@@ -83,8 +87,6 @@ class Watchdog:
         finally:
             os.close(read_fd)
         self._log = log
-        self.began_path = f"{report}.began" if report else ""
-        """Where warm processes note the queued requests they begin (:meth:`queue`)."""
         self.registered: set[int] = set()
         self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
 
@@ -180,6 +182,16 @@ class Watchdog:
                 self._log(f"the task watchdog exited ({exc}): tasks will not be stopped if this "
                           "process is killed")
             return False
+
+
+def _new_began_file(path: str) -> str:
+    """Create the (empty) began file at ``path`` before any task can start: ``path``, or ""
+    if it cannot be made. Its absence at the end then means "unknown", never "none began"."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    except OSError:
+        return ""
+    return path
 
 
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
@@ -295,7 +307,8 @@ def serve(fd: int, grace: float, began_path: str = ""
 def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Counter[str]:
     """Of the ``queued`` requests (job id -> times queued), those that began: as many as the
     began file at ``began_path`` names each (read once every process that could write it is
-    dead, then removed; all of them while a group is ``alive`` or with no file path)."""
+    dead, then removed; all of them while a group is ``alive``, with no file path, or if the
+    file, made before any task started, cannot be read)."""
     if alive or not began_path:
         return Counter(queued)
     began: Counter[str] = Counter()
@@ -304,9 +317,7 @@ def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Cou
             with open(began_path) as fh:
                 began = Counter(fh.read().split())
         os.unlink(began_path)
-    except FileNotFoundError:
-        pass
-    except OSError:  # unreadable: what may have begun counts as begun
+    except OSError:  # unreadable or gone: what may have begun counts as begun
         return Counter(queued)
     return queued & began
 
@@ -316,7 +327,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started, segments = serve(0, grace, f"{report}.began" if report else "")
+    stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "started": started,
