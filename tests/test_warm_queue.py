@@ -349,6 +349,34 @@ def test_killing_the_running_task_sends_the_one_behind_back_to_the_queue(tmp_pat
     assert worker.warm.started == 2
 
 
+def test_a_task_recalled_after_it_began_runs_on_where_it_began(tmp_path):
+    """A recall (what the worker sends when a place frees) that reaches the warm process after
+    the queued task began there does not stop it: it runs on and is reported as usual (a kill
+    or a stop that comes too late stops it; the tests above)."""
+    site = make_site(tmp_path)
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]})
+    worker.warm.short_seconds, worker.warm.mean_seconds = 60.0, 0.0
+    inbox.orders.append({"work": [
+        fn_work(tmp_path, site, name, row("fn.Gate", gate=str(tmp_path / f"{name}-go")))
+        for name in ("first", "second")]})
+    try:
+        worker.step()
+        assert inbox.collected("started") == ["first"] and worker.warm.queued_behind == 1
+        second = worker.running["first"].task.successor
+        assert isinstance(second, WarmTask) and second.job_id == "second"
+        (tmp_path / "first-go").touch()
+        wait_for(lambda: (tmp_path / "second").exists())  # began; the worker has not looked
+        worker.warm.cancel(second, recall=True)
+        (tmp_path / "second-go").touch()
+        serve(worker, inbox, lambda: sorted(inbox.collected("done")) == ["first", "second"])
+    finally:
+        worker.close()
+    assert inbox.collected("started") == ["first", "second"]
+    assert not (inbox.collected("stopped") or inbox.collected("returned"))
+    assert worker.node.occupancy == 0
+
+
 def test_a_task_handed_a_place_keeps_its_share_cores_and_gpu():
     node = NodeSlots([0, 1], gpus=2)
     first = node.place("a", 2)
