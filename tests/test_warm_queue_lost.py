@@ -221,3 +221,4 @@ def test_a_queued_request_whose_start_cannot_be_noted_goes_back_unrun(tmp_path):
         assert guard.lines == ["+first", "~second", "+third"]
     finally:
         pool.close()
+
