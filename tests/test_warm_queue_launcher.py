@@ -7,9 +7,9 @@ one-task-at-a-time node (a queued task begins only after the one ahead returned,
 place), and that nothing submitted is lost -- with functions that raise, one whose process
 dies between tasks, outcomes too big for the master's batch, a launcher stopped (SIGTERM)
 with tasks queued inside warm processes, and a task that turns long on a two-place node (the
-tasks queued behind it are taken back and run in the other place). Whether a given task was queued behind another
-depends on timing (the pool queues only while tasks take under 10 ms); the checks hold either
-way, and every wait is for a condition, with generous deadlines."""
+tasks queued behind it are taken back and run in the other place). Whether a given task was
+queued behind another depends on timing (the pool queues only while tasks take under 10 ms);
+the checks hold either way, and every wait is for a condition, with generous deadlines."""
 from __future__ import annotations
 
 import os
