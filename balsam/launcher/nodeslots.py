@@ -70,6 +70,11 @@ class NodeSlots:
         """The fraction of the node its placed tasks occupy (0 to 1)."""
         return Fraction(self._units, self._den)
 
+    @property
+    def full(self) -> bool:
+        """Whether the node's placed tasks occupy all of it (cheaper than :attr:`occupancy`)."""
+        return self._units >= self._den
+
     def _count(self, packing_count: int) -> int:
         """``packing_count`` as a share's denominator (>= 1), ``_den`` made a multiple of it."""
         k = packing_count if packing_count >= 1 else 1

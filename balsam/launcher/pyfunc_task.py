@@ -7,17 +7,21 @@ Two ways to run:
   it runs the job named by ``BALSAM_JOB_ID`` in the current directory (the job's workdir, output
   already going to ``<name>.out``) and exits 0 if ``run()`` returned, 1 if it raised. Under an
   MPI launcher with several ranks every rank runs the function; only rank 0 records the outcome.
-* ``python -m balsam.launcher.pyfunc_task --warm FD`` -- a *warm worker* of serial mode
-  (:mod:`balsam.launcher.warm_pool`): started once per core, it imports Balsam and cloudpickle
-  once, then serves requests ``(job_id, environment changes, workdir, output_path, row)`` read
-  from the channel (:class:`balsam.launcher.warm_pool.Channel`) on descriptor FD, one at a
-  time: the job's environment set, the workdir made current, stdout and stderr sent to the
-  output file for the task's duration; it replies ``(job_id, exit status, outcome, next,
-  cancelled)``. Requests may wait in the channel behind the running one (the launcher queues
-  up to two behind a short task, so that the worker never waits for it between tasks); right
-  after a task, before its reply, the worker takes what is waiting: a ``(CANCEL, [job ids])``
+* ``python -m balsam.launcher.pyfunc_task --warm FD [BEGAN]`` -- a *warm worker* of serial
+  mode (:mod:`balsam.launcher.warm_pool`): started once per core, it imports Balsam and
+  cloudpickle once, then serves requests ``(job_id, environment changes, workdir,
+  output_path, row, queued)`` read from the channel
+  (:class:`balsam.launcher.warm_channel.Channel`) on descriptor FD, one at a time: the job's
+  environment set, the workdir made current, stdout and stderr sent to the output file for
+  the task's duration; it replies ``(job_id, exit status, outcome, next, cancelled)``.
+  Requests may wait in the channel behind the running one (the launcher queues up to two
+  behind a short task, so that the worker never waits for it between tasks); right after a
+  task, before its reply, the worker takes what is waiting: a ``(CANCEL, [job ids])``
   removes those requests (listed in ``cancelled``), and ``next`` names the request it starts
-  next (None: it waits, and starts the next request as it arrives). ``row``
+  next (None: it waits, and starts the next request as it arrives). While a task runs long,
+  a watcher thread takes cancels at once (reply ``(None, None, None, None, cancelled)``;
+  :class:`balsam.launcher.warm_channel.Inbox`, which also notes a queued request in the
+  BEGAN file before it begins). ``row``
   is the job's fields and arguments as the master read them with its claim
   (:func:`balsam.core.payloads.inline_tasks`), or None; with a row, the outcome goes back in
   the reply (``outcome``, a :data:`balsam.core.payloads.OutcomeRow`) for the master to write
@@ -39,7 +43,6 @@ import hashlib
 import os
 import socket
 import sys
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -50,7 +53,7 @@ from balsam import defaults
 from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.launcher.warm_pool import CANCEL, Channel
+from balsam.launcher.warm_channel import Channel, Inbox
 from balsam.site import loader, pyfunc
 
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "ALPS_APP_PE",
@@ -217,66 +220,30 @@ def _redirect(path: Optional[str], saved: tuple[int, int]) -> None:
     os.close(fd)
 
 
-def serve(conn: Channel) -> int:
+def serve(conn: Channel, began_path: str = "") -> int:
     """The warm worker's loop (see the module docstring); returns when ``conn`` closes. The
-    database is the one the job's ``BALSAM_DB_PATH`` names."""
+    database is the one the job's ``BALSAM_DB_PATH`` names; ``began_path``: the began file
+    (:mod:`balsam.launcher.warm_channel`)."""
     runners: dict[str, Runner] = {}
     environment = _Environment()
     saved = (os.dup(1), os.dup(2))
-    inbox: deque[tuple[Any, ...]] = deque()
+    inbox = Inbox(conn, began_path)
     try:
-        while True:
-            if not inbox:  # idle: a request that arrives now starts at once
-                message = _receive(conn)
-                if message is None:
-                    return 0
-                if message[0] != CANCEL:  # a cancel here is for a task already begun
-                    inbox.append(message)
-                continue
-            job_id, env, workdir, output_path, row = inbox.popleft()
+        request = inbox.first()
+        while request is not None:
+            job_id, env, workdir, output_path, row = request[:5]
             rc, outcome = _run_one(runners, environment, saved, job_id, env, workdir,
                                    output_path, row)
             # What comes next is decided before the reply, which says so: the launcher then
             # knows whether a request queued behind this one began or was cancelled.
-            cancelled: list[str] = []
-            open_ = _drain(conn, inbox, cancelled)
-            try:
-                conn.send((job_id, rc, outcome, inbox[0][0] if inbox and open_ else None,
-                           cancelled))
-            except OSError:  # the worker closed the pool
-                return 0
-            if not open_:
-                return 0
+            request = inbox.finish(job_id, rc, outcome)
+            if request is None and inbox.open:
+                request = inbox.first()
+        return 0
     finally:
+        inbox.close()
         for runner in runners.values():
             runner.close()
-
-
-def _receive(conn: Channel) -> Optional[tuple[Any, ...]]:
-    """The next message (blocking); None once the channel is closed or ends."""
-    try:
-        message: Optional[tuple[Any, ...]] = conn.recv()
-    except (EOFError, OSError):
-        return None
-    return message
-
-
-def _drain(conn: Channel, inbox: deque[tuple[Any, ...]], cancelled: list[str]) -> bool:
-    """Take the messages already waiting: requests join ``inbox``, a cancel removes its
-    requests from it (their job ids added to ``cancelled``; a cancel of a task that began is
-    ignored). False once the channel ended."""
-    while conn.poll():
-        message = _receive(conn)
-        if message is None:
-            return False
-        if message[0] != CANCEL:
-            inbox.append(message)
-            continue
-        ids = set(message[1])
-        for request in [r for r in inbox if r[0] in ids]:
-            inbox.remove(request)
-            cancelled.append(request[0])
-    return True
 
 
 def _run_one(runners: dict[str, Runner], environment: _Environment, saved: tuple[int, int],
@@ -305,10 +272,10 @@ def _run_one(runners: dict[str, Runner], environment: _Environment, saved: tuple
 def main(argv: Sequence[str]) -> int:
     """Entry point (see the module docstring)."""
     job_id, db_path = os.environ.get("BALSAM_JOB_ID"), os.environ.get("BALSAM_DB_PATH")
-    if list(argv[:1]) == ["--warm"] and len(argv) == 2 and argv[1].isdigit():
+    if list(argv[:1]) == ["--warm"] and len(argv) in (2, 3) and argv[1].isdigit():
         fd = int(argv[1])
         os.set_inheritable(fd, False)  # what run() starts must not hold the channel open
-        return serve(Channel(socket.socket(fileno=fd)))
+        return serve(Channel(socket.socket(fileno=fd)), argv[2] if len(argv) == 3 else "")
     if argv or not job_id or not db_path:
         print("usage: python -m balsam.launcher.pyfunc_task  (with BALSAM_JOB_ID and "
               "BALSAM_DB_PATH set, as the launcher does)", file=sys.stderr)

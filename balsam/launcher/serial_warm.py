@@ -21,6 +21,13 @@ dies, it goes back to the queue (it never ran). One that began in the
 microseconds before such a cancel arrived is stopped like any running task (``stopped``:
 RUN_TIMEOUT, retried by the usual rules).
 
+If the task ahead turns long (it runs longer than ``short_seconds``) and a place frees on the
+node, the worker takes the first task queued behind it back to run it there
+(:meth:`WarmQueueing._recall`): the warm process's watcher answers a cancel while a long task
+runs (:mod:`balsam.launcher.warm_channel`), the pool hands what it took back in ``taken``, and
+:meth:`WarmQueueing._give_back` queues it again (or reports it killed or returned, if a kill or
+a stop asked for it). One that began before the recall arrived runs on where it is.
+
 :class:`WarmQueueing` is a base of :class:`balsam.launcher.serial_worker.Worker`, which owns
 the loop, the queue and the reports.
 """
@@ -100,7 +107,14 @@ class WarmQueueing:
 
     def _queue_behind(self) -> bool:
         """Send the function tasks at the head of the queue (which does not fit now) to warm
-        processes of short running tasks of the same shape; whether any was sent."""
+        processes of short running tasks of the same shape; whether any was sent (or any
+        taken back went back to the queue: it is placed in the next iteration)."""
+        if self.warm.taken:
+            self._give_back(self.warm.taken)
+            self.warm.taken.clear()
+            return True
+        if self._behind and not self.stopping and not self.node.full:
+            self._recall()
         if self.stopping or not self.queue or not self._tails or self.node.gpus:
             return False
         now, sent = time.monotonic(), False
@@ -122,6 +136,43 @@ class WarmQueueing:
             self._tails[work.job_id] = task  # the last of its process now
             sent = True
         return sent
+
+    def _recall(self) -> None:
+        """A place is free: take back the first task queued behind one that turned long (it
+        runs longer than ``short_seconds``) and fits the place, with those queued after it, to
+        run it there (its warm process answers while its task runs)."""
+        now = time.monotonic()
+        for r, work in self._behind.values():
+            task = r.task
+            if not isinstance(task, WarmTask) or task.cancelled:
+                continue
+            if task.cancel_sent:
+                if task.recalled and not task.begun:  # one recall at a time: its answer
+                    return                            # may take the free place
+                continue
+            process, ahead = task.process, task.process.running
+            if process.queued and process.queued[0] is task and ahead is not None \
+                    and now - ahead.started >= self.warm.short_seconds \
+                    and self.node.fits(work.packing):
+                self.warm.cancel(task, recall=True)
+                return
+
+    def _give_back(self, tasks: Sequence[WarmTask]) -> None:
+        """Tasks taken back unrun (none began): reported killed or returned, if a kill or a
+        stop asked for them, else queued again (first, in their order)."""
+        again: list[Any] = []
+        for task in tasks:
+            behind = self._behind.pop(task.job_id, None)
+            self._tails.pop(task.job_id, None)
+            if behind is None:
+                continue
+            if behind[0].why == "kill":
+                self._note_all("killed", [task.job_id])
+            elif behind[0].why or self.stopping:
+                self._note_all("returned", [task.job_id])
+            else:
+                again.append(behind[1])
+        self.queue.extendleft(reversed(again))
 
     def _kill_behind(self, job_id: str) -> bool:
         """A user kill of a queued task: cancel it (True), if it is one."""
@@ -157,23 +208,16 @@ class WarmQueueing:
         descriptor: reported started) or was cancelled with those queued after it (they never
         ran: reported killed or returned, or queued again if nobody asked)."""
         if not task.begun:
-            again: list[Any] = []
+            chain: list[WarmTask] = []
             follow: Optional[WarmTask] = task
             while follow is not None:
-                r, work = self._behind.pop(follow.job_id)
-                self._tails.pop(follow.job_id, None)
-                if r.why == "kill":
-                    self._note_all("killed", [follow.job_id])
-                elif r.why or self.stopping:
-                    self._note_all("returned", [follow.job_id])
-                else:
-                    again.append(work)
+                chain.append(follow)
                 follow = follow.successor
-            self.queue.extendleft(reversed(again))
+            self._give_back(chain)
             return
         r, work = self._behind.pop(task.job_id)
-        if collateral or task.cancel_sent:  # stopped with the one before, or asked back
-            r.why = r.why or "stop"        # too late: it stops now
+        if collateral or (task.cancel_sent and not task.recalled):  # stopped with the one
+            r.why = r.why or "stop"  # before, or asked back too late: it stops now
         r.fd = task.fd
         self.started += 1
         self.running[task.job_id] = r

@@ -132,9 +132,7 @@ class Worker(WarmQueueing):
         self._next_report = 0.0
         self._drained_sent = False
         self._home = os.getcwd()  # task paths are made absolute against it, once
-        self.warm = WarmPool(self.base_env, self._home,
-                             on_task=watchdog.add if watchdog is not None else None,
-                             on_drop=watchdog.remove if watchdog is not None else None)
+        self.warm = WarmPool(self.base_env, self._home, watchdog=watchdog)
         """Warm Python workers for function tasks (started on first need)."""
         self._tails, self._behind, self._stop_grace = {}, {}, shutdown_grace  # WarmQueueing
         self._next_fd_check = 0.0

@@ -17,28 +17,27 @@ task's), is dropped; the next task starts a new one. Closing the pool closes the
 each warm process exits when it reads the end. Short tasks may be queued behind a running one
 (:meth:`WarmPool.queue_behind`; when and how: :mod:`balsam.launcher.serial_warm`).
 
-The worker's watchdog covers warm processes through two callbacks: ``on_task(pgid, job_id)``
-before each request is sent (so a process is registered before it can run a task, and the
-watchdog counts the job as started: one write per task, which also carries the removals the
-worker deferred) and ``on_drop(pgid)`` when the pool lets a process go.
+The worker's watchdog (:class:`Guard`) hears of each request before it is sent (so a process
+is registered before it can run a task; one write per task, which also carries the removals
+the worker deferred): one sent to an idle process counts as started, one queued behind only if
+its process noted that it began (:mod:`balsam.launcher.warm_channel`); and of each process the
+pool lets go. The messages themselves: :mod:`balsam.launcher.warm_channel`.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Optional, Protocol
 
 from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.launcher import procs
+from balsam.launcher.warm_channel import CANCEL, Channel
 from balsam.platform.procgroup import signal_group
 
 RUNNER_MODULE = "balsam.launcher.pyfunc_task"
@@ -47,60 +46,15 @@ that a serial worker rank does not import the site package, Jinja2 and cloudpick
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
-CANCEL = "cancel"
-"""``(CANCEL, [job ids])``: take back requests queued behind the running task, if not begun (one
-message: the warm process takes them all back or none)."""
 QUEUE_DEPTH = 2
 """Most tasks queued in one warm process behind the one it runs (two: a rank that the scheduler
 keeps off the CPU for a few milliseconds does not leave the process idle after one task)."""
 SHORT_TASK_SECONDS = 0.01
 """Queue behind a running task only while this pool's tasks average less (their ends seen by
-the worker) and it is younger: its successor waits microseconds (a whole run if it turns long
-later: a cancel is read between tasks only; ``tests/test_warm_queue.py``'s xfail test)."""
+the worker) and it is younger: its successor waits microseconds (if the task turns long, the
+worker takes it back when a place frees: :mod:`balsam.launcher.serial_warm`)."""
 SHORT_WEIGHT = 0.1
 """Weight of each end in that average (exponential)."""
-
-
-class Channel:
-    """Pickled messages, each prefixed by its length, over a stream socket (what
-    ``multiprocessing.connection`` does, without its ~30 ms import in every worker rank)."""
-
-    _HEADER = struct.Struct("!I")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.closed = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def send(self, message: object) -> None:
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        self.sock.sendall(self._HEADER.pack(len(data)) + data)
-
-    def recv(self) -> Any:
-        """The next message (blocking); EOFError once the other end is closed."""
-        (size,) = self._HEADER.unpack(self._read(self._HEADER.size))
-        return pickle.loads(self._read(size))
-
-    def poll(self) -> bool:
-        """Whether :meth:`recv` would not block (a message or the end is there)."""
-        return bool(select.select([self.sock], [], [], 0)[0])
-
-    def _read(self, size: int) -> bytes:
-        chunks, left = [], size
-        while left:
-            chunk = self.sock.recv(left)
-            if not chunk:
-                raise EOFError("the other end closed the channel")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.sock.close()
 
 
 def is_runner_argv(argv: Sequence[str]) -> bool:
@@ -108,14 +62,29 @@ def is_runner_argv(argv: Sequence[str]) -> bool:
     return len(argv) == 3 and argv[1] == "-m" and argv[2] == RUNNER_MODULE
 
 
+class Guard(Protocol):
+    """What the pool tells the worker's watchdog (:class:`balsam.launcher.watchdog.Watchdog`):
+    a request sent to an idle process starts (``add``), one queued behind a running task
+    (``queue``) counts as started only if its process noted it in ``began_path`` ("": counted
+    started); ``remove`` when the pool lets a process go."""
+
+    began_path: str
+
+    def add(self, pgid: int, job_id: str = "") -> None: ...
+    def queue(self, pgid: int, job_id: str) -> None: ...
+    def remove(self, pgid: int, *, defer: bool = False) -> None: ...
+
+
 class WarmProcess:
     """One warm worker process and the worker's end of its connection."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable,
+                 began_path: str = "", taken: Optional[list[WarmTask]] = None) -> None:
         mine, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                [python, "-m", RUNNER_MODULE, "--warm", str(theirs.fileno())],
+                [python, "-m", RUNNER_MODULE, "--warm", str(theirs.fileno())]
+                + ([began_path] if began_path else []),
                 pass_fds=[theirs.fileno()], env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         except OSError:
@@ -131,6 +100,9 @@ class WarmProcess:
         """Requests sent and not ended: the task running, and those queued behind it."""
         self.queued: deque[WarmTask] = deque()
         """The requests queued behind the running task, in order, not known to have begun."""
+        self.running: Optional[WarmTask] = None  # the task begun last
+        self.taken = [] if taken is None else taken
+        """Where requests taken back while a task ran are put (the pool's list)."""
         self.gone = False
 
     def alive(self) -> bool:
@@ -139,14 +111,18 @@ class WarmProcess:
     def read(self) -> None:
         """Take every reply waiting: ends (each with its outcome), and what became of the
         requests queued behind (after each end the first not cancelled begins: named in the
-        reply's ``next``, or sent after the process looked, it begins on arrival). When the
-        process is gone, its running task gets the exit status and the queued requests are
-        cancelled (never begun)."""
+        reply's ``next``, or sent after the process looked, it begins on arrival); a reply
+        without a job id took requests back while a task ran (they go to ``taken``, unlinked
+        from the tasks ahead). When the process is gone, its running task gets the exit status
+        and the queued requests are cancelled (never begun)."""
         try:
             while self.conn.poll():
                 job_id, rc, outcome, _next, cancelled = self.conn.recv()
                 for cancel in cancelled:
-                    self._cancelled(cancel)
+                    self._cancelled(cancel, job_id is None)
+                if job_id is None:
+                    self._relink()
+                    continue
                 task = self.sent.pop(job_id, None)
                 if task is not None:
                     self.tasks += 1
@@ -171,12 +147,22 @@ class WarmProcess:
             else:
                 self._cancelled(job_id)
 
-    def _cancelled(self, job_id: str) -> None:
+    def _cancelled(self, job_id: str, taken: bool = False) -> None:
         task = self.sent.pop(job_id, None)
         if task is not None:
             task.cancelled = True
             if task in self.queued:
                 self.queued.remove(task)
+            if taken:
+                self.taken.append(task)
+
+    def _relink(self) -> None:
+        """The running task and the requests still queued behind it, in order, as a chain."""
+        last = self.running
+        if last is not None:
+            for task in self.queued:
+                last.successor = last = task
+            last.successor = None
 
     def close(self) -> None:
         try:
@@ -211,7 +197,10 @@ class WarmTask(procs.Task):
         self.outcome: Optional[OutcomeRow] = None
         """The task's outcome, when the warm process returned it for the master to write."""
         self.fd = os.dup(process.conn.fileno()) if begun else -1
+        self.recalled = False  # cancelled to run elsewhere: if it began anyway, it runs on
         process.sent[job_id] = self
+        if begun:
+            process.running = self
 
     @property
     def returncode(self) -> Optional[int]:
@@ -220,6 +209,7 @@ class WarmTask(procs.Task):
     def begin(self) -> None:
         self.begun = True
         self.started = time.monotonic()
+        self.process.running = self
 
     def ended(self, rc: int) -> None:
         self._returncode = rc
@@ -237,13 +227,13 @@ class WarmPool:
     """The warm processes of one serial worker (see the module docstring)."""
 
     def __init__(self, env: Mapping[str, str], cwd: str, python: str = sys.executable, *,
-                 on_task: Optional[Callable[[int, str], None]] = None,
-                 on_drop: Optional[Callable[[int], None]] = None) -> None:
+                 watchdog: Optional[Guard] = None) -> None:
         self.env = dict(env)
         self.cwd = cwd
         self.python = python
-        self.on_task = on_task
-        self.on_drop = on_drop
+        self.watchdog = watchdog
+        self.taken: list[WarmTask] = []
+        """Requests taken back while the task ahead ran, not yet given back to the queue."""
         self.idle: list[WarmProcess] = []
         self.busy: dict[str, WarmTask] = {}  # tasks begun and not finished, by job id
         self.started = 0  # warm processes started so far
@@ -264,7 +254,8 @@ class WarmPool:
         wanted = tuple(cpus)
         process = self._idle_process(wanted)
         if process is None:
-            process = WarmProcess(self.env, self.cwd, self.python)
+            process = WarmProcess(self.env, self.cwd, self.python,
+                                  self.watchdog.began_path if self.watchdog else "", self.taken)
             self.started += 1
         if process.cpus != wanted:
             try:
@@ -303,18 +294,21 @@ class WarmPool:
     def _send(self, process: WarmProcess, job_id: str, env: Mapping[str, str], workdir: str,
               output_path: str, row: Optional[TaskRow], begun: bool,
               shape: tuple[int, int]) -> WarmTask:
-        if self.on_task is not None:
-            self.on_task(process.pid, job_id)
+        if self.watchdog is not None:
+            (self.watchdog.add if begun else self.watchdog.queue)(process.pid, job_id)
         try:
-            process.conn.send((job_id, _delta(self.env, env), workdir, output_path, row))
+            process.conn.send((job_id, _delta(self.env, env), workdir, output_path, row,
+                               not begun))
         except OSError:
             self._drop(process)
             raise
         return WarmTask(job_id, process, output_path, begun, shape)
 
-    def cancel(self, task: WarmTask) -> None:
-        """Ask for a queued task back, with every task queued after it (its process says,
-        after its running task, whether they began); a task that began is not affected."""
+    def cancel(self, task: WarmTask, recall: bool = False) -> None:
+        """Ask for a queued task back, with every task queued after it (its process says at
+        once if a long task runs, else after its running task, whether they began); a task
+        that began is not affected. ``recall``: to run them elsewhere (one that began anyway
+        runs on, where it is)."""
         chain: list[WarmTask] = []
         follow: Optional[WarmTask] = task
         while follow is not None:
@@ -323,7 +317,7 @@ class WarmPool:
             follow = follow.successor
         if chain:
             for queued in chain:
-                queued.cancel_sent = True
+                queued.cancel_sent, queued.recalled = True, recall
             try:
                 task.process.conn.send((CANCEL, [t.job_id for t in chain]))
             except OSError:  # the process is gone: they never begin
@@ -355,7 +349,8 @@ class WarmPool:
         process, successor = task.process, task.successor
         if successor is not None and not successor.begun and not successor.cancelled:
             process.read()  # its fate is in the reply just read, or the process is gone
-            if not successor.begun:
+            successor = task.successor  # a take-back read meanwhile unlinked what it took
+            if successor is not None and not successor.begun:
                 follow: Optional[WarmTask] = successor
                 while follow is not None:  # never begins: nor does what is behind it
                     process._cancelled(follow.job_id)
@@ -373,8 +368,8 @@ class WarmPool:
 
     def _drop(self, process: WarmProcess) -> None:
         process.close()
-        if self.on_drop is not None:
-            self.on_drop(process.pid)
+        if self.watchdog is not None:
+            self.watchdog.remove(process.pid)
 
     def close(self, timeout: float = 2.0) -> None:
         """End every warm process (they exit when their connection closes)."""
@@ -390,8 +385,8 @@ class WarmPool:
             except subprocess.TimeoutExpired:
                 signal_group(p.pid, signal.SIGKILL)
                 p.proc.wait()
-            if self.on_drop is not None:
-                self.on_drop(p.pid)
+            if self.watchdog is not None:
+                self.watchdog.remove(p.pid)
 
 
 def _delta(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Optional[str]]:

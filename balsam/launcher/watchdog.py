@@ -71,10 +71,14 @@ class Watchdog:
                  python: str = sys.executable, report: str = "") -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
+        self.began_path = _new_began_file(f"{report}.began") if report else ""
+        """Where warm processes note the queued requests they begin (:meth:`queue`); "" if
+        it could not be made (then every queued request counts as started)."""
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
-                [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report],
+                [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
+                 self.began_path],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
@@ -89,6 +93,13 @@ class Watchdog:
     def add(self, pgid: int, job_id: str = "") -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
         if self._send(f"+{pgid} {job_id}\n".encode()):
+            self.registered.add(pgid)
+
+    def queue(self, pgid: int, job_id: str) -> None:
+        """A request of ``job_id`` was queued in the warm process leading group ``pgid``
+        behind its running task: it counts as started only if that process noted in
+        :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
+        if self._send(f"~{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
     def add_all(self, started: list[tuple[int, str]]) -> None:
@@ -173,6 +184,16 @@ class Watchdog:
             return False
 
 
+def _new_began_file(path: str) -> str:
+    """Create the (empty) began file at ``path`` before any task can start: ``path``, or ""
+    if it cannot be made. Its absence at the end then means "unknown", never "none began"."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    except OSError:
+        return ""
+    return path
+
+
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
     """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
     seconds; returns the groups that existed."""
@@ -223,19 +244,21 @@ def groups_of_job(job_id: str) -> list[int]:
     return sorted(found)
 
 
-def serve(fd: int, grace: float
+def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
-    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``-PGID`` / ``=`` / ``!DEV INO PATH`` lines from
-    ``fd`` until end of file (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner
-    closing, skips the nap), then stop the groups still registered
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``=`` /
+    ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
+    at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
     after SIGKILL, job ids started since the last ``=``, one per start -- an expected start
-    counts --, the shared-memory files the owner left if it died: none after ``.``)."""
+    counts, a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
+    shared-memory files the owner left if it died: none after ``.``)."""
     groups: dict[int, str] = {}
     segments: dict[str, tuple[int, int]] = {}
     closing = False
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
+    queued: Counter[str] = Counter()
     pending = b""
     while True:
         try:
@@ -257,11 +280,16 @@ def serve(fd: int, grace: float
                 if job:
                     started[job] += 1
                     expected[job] -= 1
+            elif line[:1] == b"~":
+                pgid, _, job = line[1:].decode().partition(" ")
+                groups[int(pgid)] = job
+                queued[job] += 1
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
             elif line[:1] == b"=":
                 started.clear()
                 expected.clear()
+                queued.clear()
             elif line[:1] == b"!":
                 dev, ino, path = line[1:].decode().split(" ", 2)
                 segments[path] = (int(dev), int(ino))
@@ -271,7 +299,27 @@ def serve(fd: int, grace: float
         started[job] += 1
         groups.update((pgid, job) for pgid in groups_of_job(job))
     stopped = kill_groups(sorted(groups), grace) if groups else []
-    return stopped, still_alive(stopped), list(started.elements()), {} if closing else segments
+    alive = still_alive(stopped)
+    started.update(began_queued(queued, began_path, alive))
+    return stopped, alive, list(started.elements()), {} if closing else segments
+
+
+def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Counter[str]:
+    """Of the ``queued`` requests (job id -> times queued), those that began: as many as the
+    began file at ``began_path`` names each (read once every process that could write it is
+    dead, then removed; all of them while a group is ``alive``, with no file path, or if the
+    file, made before any task started, cannot be read)."""
+    if alive or not began_path:
+        return Counter(queued)
+    began: Counter[str] = Counter()
+    try:
+        if queued:
+            with open(began_path) as fh:
+                began = Counter(fh.read().split())
+        os.unlink(began_path)
+    except OSError:  # unreadable or gone: what may have begun counts as begun
+        return Counter(queued)
+    return queued & began
 
 
 def main(argv: list[str]) -> int:
@@ -279,7 +327,7 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started, segments = serve(0, grace)
+    stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "started": started,
