@@ -75,6 +75,8 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
                 or not (reports.stopped or reports.unknown or stuck)):
             return status  # normal end, a stop, or an ensemble that failed to come up
         hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]
+        if 1 in reports.unknown and ctx.carried is not None:  # the launcher's node goes
+            ctx.carried.node_dropped = True
         if ctx.ensembles >= MAX_RESTARTS or not hosts:
             ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "
                           "starting another")
