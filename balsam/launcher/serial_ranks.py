@@ -109,7 +109,7 @@ def _nothing(_cur: Cursor) -> None:
 
 def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
     """Rank 0 of an ensemble started before the session: the session id the launcher writes on
-    the MPI launcher's stdin (:func:`balsam.launcher.serial_mode.hand_over`); 0 on end-of-file,
+    the MPI launcher's stdin (:func:`balsam.launcher.ensemble_stdin.hand_over`); 0 on end-of-file,
     a stop, or nothing within ``timeout`` seconds (the launcher gives up on the database
     sooner). ``fd``: stdin."""
     return read_handover(stop, timeout, fd)[0]
