@@ -37,6 +37,7 @@ from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ensemble_watch
+from balsam.launcher.serial_mode import watch_dir
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -66,10 +67,10 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         stuck_before = ctx.stuck_ensembles
         status = run_once(ctx)
         stuck = ctx.stuck_ensembles > stuck_before
-        directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
+        directory = ensemble_watch.report_dir(watch_dir(ctx.db_path), ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the session's directory, once empty
+        with contextlib.suppress(OSError):  # the launcher's directory, once empty
             os.rmdir(os.path.dirname(directory))
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):

@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +87,8 @@ class SerialConfig:
     log_path: str = ""
     generation: int = 0
     """How many ensembles the session started before this one (names the watchdog reports)."""
+    watch_dir: str = ""
+    """Where the worker ranks' watchdogs report (:func:`watch_dir`; known before the session)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -104,11 +108,20 @@ class SerialConfig:
                    wf_filter=ctx.wf_filter, tags=dict(ctx.tags), persistent=ctx.persistent,
                    processing=ctx.processing,
                    deadline=None if math.isinf(left) else time.time() + left,
-                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles)
+                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles,
+                   watch_dir=watch_dir(ctx.db_path))
 
     def allocation(self) -> Allocation:
         return Allocation(tuple(self.hosts), self.cores_per_node, self.gpus_per_node,
                           self.scheduler, self.scheduler_id, self.end_time)
+
+
+def watch_dir(db_path: str) -> str:
+    """Where this launcher's worker watchdogs report, a directory per ensemble in it
+    (:mod:`balsam.launcher.ensemble_watch`): named by its host and pid, not its session, so
+    that a worker of an ensemble started before the session has its watchdog (which removes
+    its MPI shared-memory file if it dies) before it is handed the session id."""
+    return os.path.join(db_path, "log", f"serial_{socket.gethostname()}_{os.getpid()}.watch")
 
 
 def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
@@ -143,6 +156,8 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
                               ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
     name = f"serial_{ctx.session_id}.out" if ctx.session_id else f"serial_pid{os.getpid()}.out"
     out_path = os.path.join(ctx.db_path, "log", name)
+    if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
+        shutil.rmtree(config.watch_dir, ignore_errors=True)
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
                  f"{why}")
@@ -179,6 +194,7 @@ class SerialMode:
         launched, ctx.prestarted = ctx.prestarted, None
         if launched is not None:
             abandon(launched, ctx)
+            shutil.rmtree(watch_dir(ctx.db_path), ignore_errors=True)  # its ranks' reports
 
     def run(self, ctx: Context) -> int:
         """Run ensembles for the open session until one ends normally (:func:`run_launcher`)."""

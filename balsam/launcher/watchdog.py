@@ -68,11 +68,14 @@ class Watchdog:
     watchdog process is found dead (tasks are then no longer covered)."""
 
     def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
-                 python: str = sys.executable, report: str = "") -> None:
+                 python: str = sys.executable, report: str = "",
+                 segments: Optional[Mapping[str, tuple[int, int]]] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
+            if segments:  # in the pipe before the process starts (a few lines: one write)
+                os.write(self._fd, _segment_lines(segments))
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
@@ -113,8 +116,7 @@ class Watchdog:
         (end of file without :meth:`close`'s line), the watchdog unlinks those still there
         (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
         if found:
-            self._send("".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items())
-                       .encode())
+            self._send(_segment_lines(found))
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
@@ -171,6 +173,10 @@ class Watchdog:
                 self._log(f"the task watchdog exited ({exc}): tasks will not be stopped if this "
                           "process is killed")
             return False
+
+
+def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
+    return "".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()).encode()
 
 
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
