@@ -15,7 +15,16 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    events,
+    job_row,
+    launchers,
+    settings,
+    wait_for,
+)
 from once_support import (
     TICKER,
     descendants,
@@ -119,6 +128,61 @@ def test_the_launchers_own_tasks_are_carried_through_two_restarts(db, cursor):
     assert "(ensemble 3 of this session)" in log, log
     assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own + others)
     for job_id in own:  # one run each, through three ensembles
+        assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
+    assert_once_and_recorded(cursor, markers, own + others)
+    assert_nothing_held(cursor)
+
+
+def held_by_sessions(cursor, ids: list[str]) -> list[str]:
+    cursor.execute(f"SELECT job_id::text FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL "
+                   "AND job_id = ANY(%s::uuid[])", [ids])
+    return [r[0] for r in cursor.fetchall()]
+
+
+def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tasks_run(
+        db, cursor):
+    # Worker rank 2 is killed in four ensembles in a row: after the third restart the launcher
+    # gives up (status 2) and waits for its own tasks. The last ensemble's jobs are known dead
+    # (their watchdogs reported): they are timed out and released at once, so that another
+    # launcher can run them. Before, they stayed RUNNING and held by the session for as long
+    # as the launcher's own tasks ran.
+    markers = make_public_tmpdir("balsam-faults-markers-")
+    scripts = make_public_tmpdir("balsam-faults-scripts-")
+    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
+    for path in (own_hold, other_hold):
+        open(path, "w").close()
+    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
+    others = tick_jobs(cursor, markers, "o", 10, other_hold, ticks=5)
+    with settings(db, local_nodes=2, cores_per_node=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
+        since, rank2 = 0.0, 0
+        for generation in (1, 2, 3, 4):
+            wait_for(lambda t=since: started_after(markers, others, t) >= 2, 180,
+                     f"two other runs on node 2 (ensemble {generation})")
+            rank2 = wait_for(lambda old=rank2: new_rank(launcher.pid, 2, old), 30,
+                             "worker rank 2")
+            since = time.time()
+            kill(rank2)
+        try:
+            wait_for(lambda: "not starting another" in launcher_log(launcher), 120,
+                     "the launcher to give up")
+            wait_for(lambda: held_by_sessions(cursor, others) == [], 60,
+                     "the last ensemble's jobs to be freed while the launcher's tasks run")
+            assert sorted(held_by_sessions(cursor, own)) == sorted(own)
+            assert launcher.proc.poll() is None  # it waits for its own tasks
+        finally:
+            os.remove(own_hold)
+            os.remove(other_hold)
+        assert launcher.wait(120) == 2  # the ensemble failed
+        log = launcher_log(launcher)
+        assert start(*SERIAL).wait(240) == 0  # runs what the first left
+    assert "(ensemble 4 of this session)" in log, log
+    assert any(e[3].endswith("lost a rank; it is not restarted")
+               for j in others for e in events(cursor, j))
+    assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own + others)
+    for job_id in own:  # one run each, through four ensembles
         assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
     assert_once_and_recorded(cursor, markers, own + others)
     assert_nothing_held(cursor)
