@@ -105,6 +105,9 @@ class Context:
     carried: Optional[Any] = None
     """Serial mode: the launcher's own tasks (a :class:`balsam.launcher.warm_start.WarmStart`)
     still running when its ensemble failed; the next ensemble gets their shares of node 1."""
+    watch_dir: str = ""
+    """Serial mode: where its worker ranks' watchdogs report (set at its first launch:
+    :func:`balsam.launcher.serial_mode.watch_dir`; read by :mod:`.ensemble_watch`)."""
 
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""

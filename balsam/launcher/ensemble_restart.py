@@ -37,7 +37,6 @@ from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ensemble_watch
-from balsam.launcher.serial_mode import watch_dir
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -67,7 +66,7 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         stuck_before = ctx.stuck_ensembles
         status = run_once(ctx)
         stuck = ctx.stuck_ensembles > stuck_before
-        directory = ensemble_watch.report_dir(watch_dir(ctx.db_path), ctx.ensembles)
+        directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
         with contextlib.suppress(OSError):  # the launcher's directory, once empty

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 from balsam.core import leases
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher.serial_mode import watch_dir
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -50,7 +49,7 @@ def start_message(session_id: int) -> str:
 
 def report_dir(watch_dir: str, generation: int = 0) -> str:
     """Where the worker watchdogs of ensemble number ``generation`` report (``watch_dir``:
-    :func:`balsam.launcher.serial_mode.watch_dir`)."""
+    :func:`balsam.launcher.serial_mode.watch_dir`, ``ctx.watch_dir``)."""
     return os.path.join(watch_dir, str(generation))
 
 
@@ -117,7 +116,7 @@ def read_reports(directory: str) -> Reports:
 def settle(ctx: Context) -> Reports:
     """Wait for the reports, record lost starts, decide whether the session may be released
     (see the module docstring); returns the last reports read."""
-    directory = report_dir(watch_dir(ctx.db_path), ctx.ensembles)
+    directory = report_dir(ctx.watch_dir, ctx.ensembles)
     reports = read_reports(directory)
     if reports.running:
         ctx.log.info(f"waiting for the watchdogs of worker ranks {', '.join(reports.running)} "

@@ -158,6 +158,7 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     out_path = os.path.join(ctx.db_path, "log", name)
     if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
         shutil.rmtree(config.watch_dir, ignore_errors=True)
+    ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
                  f"{why}")
