@@ -22,6 +22,7 @@ from launcher_support import (
     events,
     job_row,
     launchers,
+    process_gone,
     settings,
     wait_for,
 )
@@ -83,12 +84,14 @@ def assert_once_and_recorded(cursor, markers: str, ids: list[str]) -> None:
     assert {j: n for j, n in recorded.items() if n[0] != n[1]} == {}
 
 
-def assert_nothing_held(cursor) -> None:
+def assert_nothing_held(cursor, sessions_ended: bool = True) -> None:
+    """No job is held by a session; every launcher session is closed (``sessions_ended``: a
+    SIGKILLed launcher's session that held nothing more stays open until a sweep)."""
     cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL")
     assert cursor.fetchone()[0] == 0
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
                    "AND job_mode <> 'processing'")
-    assert cursor.fetchone()[0] == 0
+    assert cursor.fetchone()[0] == (0 if sessions_ended else 1)
 
 
 def test_the_launchers_own_tasks_are_carried_through_two_restarts(db, cursor):
@@ -242,3 +245,47 @@ def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor):
     assert len(runs(markers, own)) == 1 and recorded_runs(cursor, own) == 1
     assert_once_and_recorded(cursor, markers, ids)
     assert_nothing_held(cursor)
+
+
+def test_a_launcher_killed_after_a_restart_has_its_carried_tasks_recorded_once(db, cursor):
+    # The launcher's own two tasks are carried to a second ensemble (worker rank 2 killed),
+    # then the launcher itself is SIGKILLed: its watchdog stops them and the new ensemble, whose
+    # master -- handed them with their CPUs -- records each RUN_TIMEOUT once it is gone. A
+    # second launcher on the same database then sweeps the dead session and runs everything.
+    markers = make_public_tmpdir("balsam-faults-markers-")
+    scripts = make_public_tmpdir("balsam-faults-scripts-")
+    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
+    for path in (own_hold, other_hold):
+        open(path, "w").close()
+    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
+    others = tick_jobs(cursor, markers, "o", 6, other_hold, ticks=5)
+    with settings(db, local_nodes=2, cores_per_node=2, launcher=dict(QUICK, lease_seconds=10)), \
+            launchers() as start:
+        first = start(*SERIAL)
+        wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
+        wait_for(lambda: started_after(markers, others, 0) >= 2, 180, "two runs on node 2")
+        rank2 = wait_for(lambda: rank_pid(first.pid, 2), 30, "worker rank 2")
+        restarted = time.time()
+        kill(rank2)
+        wait_for(lambda: started_after(markers, others, restarted) >= 2, 180,
+                 "two runs on node 2 in the second ensemble")
+        own_pids = [pid for j in own for pid in runs(markers, j)]
+        kill(first.pid)
+        first.wait(60)
+        wait_for(lambda: all(process_gone(p) for p in own_pids), 60,
+                 "the launcher's watchdog to stop its tasks")
+        wait_for(lambda: all(job_row(cursor, j)["state"] != "RUNNING" for j in own), 60,
+                 "the second ensemble's master to record them")
+        os.remove(own_hold)
+        os.remove(other_hold)
+        assert start(*SERIAL).wait(240) == 0
+        log = launcher_log(first)
+    assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
+    assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own + others)
+    for job_id in own:  # the interrupted run, then the second launcher's
+        assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
+        assert any("the launcher, which ran this task itself, died" in e[3]
+                   for e in events(cursor, job_id) if e[2] == "RUN_TIMEOUT")
+    assert_once_and_recorded(cursor, markers, own + others)
+    assert_nothing_held(cursor, sessions_ended=False)
