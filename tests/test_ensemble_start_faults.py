@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
 from once_support import cmdline, descendants, kill, rank_pid, shm_segments
 
 from balsam.core import schema
+from balsam.db import serverinfo
 from balsam.db.connect import connect
 
 pytestmark = pytest.mark.slow
@@ -67,5 +69,32 @@ def test_a_rank_killed_before_its_session_leaves_no_shared_memory_file(db, curso
         lock.rollback()
         lock.close()
     assert job_row(cursor, job_id)["session_id"] is None  # nothing was claimed
+    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE}")
+    assert cursor.fetchone()[0] == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_ensemble_abandoned_for_want_of_a_session_leaves_no_reports(db, cursor):
+    # The database does not answer: the launcher gives up on its session and its early
+    # ensemble exits unclaimed. Its workers' watchdogs (started before the session) reported;
+    # the reports go once they are written, and nothing else is left in the log directory.
+    info = serverinfo.read(db)
+    serverinfo.update(db, port=free_port())  # nothing listens there
+    try:
+        with settings(db, local_nodes=2, launcher=dict(QUICK, reconnect_max_seconds=1)), \
+                launchers() as start:
+            launcher = start(*SERIAL)
+            status = launcher.wait(120)
+            err = launcher.output()[1]
+    finally:
+        serverinfo.update(db, port=info["port"])
+    assert status != 0 and len(err.strip().splitlines()) == 1, err
+    log_dir = os.path.join(db, "log")
+    assert [n for n in os.listdir(log_dir) if n.endswith(".watch")] == []
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE}")
     assert cursor.fetchone()[0] == 0

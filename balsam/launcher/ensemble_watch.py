@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +59,18 @@ def report_path(watch_dir: str, rank: int, generation: int = 0) -> str:
     directory = report_dir(watch_dir, generation)
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, f"rank{rank}.json")
+
+
+def forget_reports(watch_dir: str, wait: float) -> None:
+    """Remove a launcher's report directory once no report in it says "running" (an ensemble
+    abandoned before its session: its workers' watchdogs report as they exit); left as it is
+    if one still does after ``wait`` seconds (its watchdog has yet to write there)."""
+    end = time.monotonic() + wait
+    while read_reports(report_dir(watch_dir)).running:
+        if time.monotonic() >= end:
+            return
+        time.sleep(POLL_SECONDS)
+    shutil.rmtree(watch_dir, ignore_errors=True)
 
 
 @dataclass

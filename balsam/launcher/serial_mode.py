@@ -194,8 +194,11 @@ class SerialMode:
         """No session: the early ensemble, if any, exits without claiming anything."""
         launched, ctx.prestarted = ctx.prestarted, None
         if launched is not None:
+            from balsam.launcher.ensemble_watch import SETTLE_SLACK_SECONDS, forget_reports
+
             abandon(launched, ctx)
-            shutil.rmtree(watch_dir(ctx.db_path), ignore_errors=True)  # its ranks' reports
+            forget_reports(watch_dir(ctx.db_path), ctx.tunables.kill_grace_seconds
+                           + SETTLE_SLACK_SECONDS)
 
     def run(self, ctx: Context) -> int:
         """Run ensembles for the open session until one ends normally (:func:`run_launcher`)."""
