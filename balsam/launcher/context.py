@@ -101,10 +101,13 @@ class Context:
 
     prestarted: Optional[Any] = None
     """Serial mode: the ensemble its ``prestart`` started before the session opened (a
-    :class:`balsam.launcher.serial_mode.Launched`), which its ``run`` adopts."""
+    :class:`balsam.launcher.ensemble_stdin.Launched`), which its ``run`` adopts."""
     carried: Optional[Any] = None
     """Serial mode: the launcher's own tasks (a :class:`balsam.launcher.warm_start.WarmStart`)
     still running when its ensemble failed; the next ensemble gets their shares of node 1."""
+    watch_dir: str = ""
+    """Serial mode: where its worker ranks' watchdogs report (set at its first launch:
+    :func:`balsam.launcher.serial_mode.watch_dir`; read by :mod:`.ensemble_watch`)."""
 
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""

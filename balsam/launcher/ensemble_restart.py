@@ -66,20 +66,22 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         stuck_before = ctx.stuck_ensembles
         status = run_once(ctx)
         stuck = ctx.stuck_ensembles > stuck_before
-        directory = ensemble_watch.report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
+        directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the session's directory, once empty
+        with contextlib.suppress(OSError):  # the launcher's directory, once empty
             os.rmdir(os.path.dirname(directory))
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):
             return status  # normal end, a stop, or an ensemble that failed to come up
         hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]
-        if ctx.ensembles >= MAX_RESTARTS or not hosts:
+        if 1 in reports.unknown and ctx.carried is not None:  # the launcher's node goes
+            ctx.carried.node_dropped = True
+        again = ctx.ensembles < MAX_RESTARTS and bool(hosts)
+        if not again:  # its jobs are freed all the same: the launcher may wait for its own
             ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "
                           "starting another")
-            return status
-        if not _recover(ctx, reports, len(hosts)):
+        if not _recover(ctx, reports, len(hosts) if again else 0) or not again:
             return status
         ctx.alloc = dataclasses.replace(ctx.alloc, hosts=tuple(hosts))
         ctx.ensembles += 1
@@ -88,11 +90,13 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
 
 
 def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
-    """Time out the jobs of ranks known dead, release the other claims; False if the database
-    could not be reached (the launcher then exits as after any failed ensemble)."""
+    """Time out the jobs of ranks known dead, release the other claims (also when no ensemble
+    follows, ``nodes`` 0: the launcher may then wait a long time for its own tasks, and these
+    jobs must not wait with it); False if the database could not be reached (the launcher
+    then exits as after any failed ensemble)."""
     dead = sorted({j for jobs in reports.stopped.values() for j in jobs})
     message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
-               f"it restarts on {nodes} node(s)")
+               + (f"it restarts on {nodes} node(s)" if nodes else "it is not restarted"))
     try:
         timed_out = ctx.db.run_before(time.monotonic() + RECOVER_SECONDS, _recover_in,
                                       ctx.session_id, dead, message)

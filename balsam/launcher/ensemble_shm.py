@@ -23,8 +23,10 @@ Only ranks that are this launcher's descendants are found that way: Hydra's ``fo
 bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
 each worker rank also gives its task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
 own on the rank's node) the segments it maps, read once from ``/proc/self/maps`` after
-``MPI_Init``; a watchdog whose rank died (its pipe closed without the rank's closing line)
-unlinks them the same way, after it stopped the rank's tasks and wrote its report. After a normal
+``MPI_Init`` and in the watchdog's pipe before it starts, which is before the rank waits for the
+session id (an ensemble started before the session may wait there for seconds); a watchdog
+whose rank died (its pipe closed without the rank's closing line) unlinks them the same way,
+after it stopped the rank's tasks and wrote its report. After a normal
 end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
 """
 from __future__ import annotations

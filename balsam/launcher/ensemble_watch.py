@@ -1,7 +1,7 @@
 """After a serial-mode ensemble ends: are its tasks known dead, and was every start recorded?
 
 Each worker rank's watchdog (:mod:`balsam.launcher.watchdog`) has a report file in
-``<db>/log/serial_<session>.watch/<ensemble number>/``: the rank writes it ("running") before it
+``<db>/log/serial_<host>_<launcher pid>.watch/<ensemble number>/``: the rank writes it ("running") before it
 can start a task, and the watchdog replaces it once the rank is gone and every task it
 registered is dead ("stopped"; "alive" if a task outlived SIGKILL), listing the jobs the rank
 started that it was not told were recorded.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,16 +48,29 @@ def start_message(session_id: int) -> str:
     return f"serial-mode session {session_id}"
 
 
-def report_dir(db_path: str, session_id: int, generation: int = 0) -> str:
-    """Where the worker watchdogs of the session's ensemble number ``generation`` report."""
-    return os.path.join(db_path, "log", f"serial_{session_id}.watch", str(generation))
+def report_dir(watch_dir: str, generation: int = 0) -> str:
+    """Where the worker watchdogs of ensemble number ``generation`` report (``watch_dir``:
+    :func:`balsam.launcher.serial_mode.watch_dir`, ``ctx.watch_dir``)."""
+    return os.path.join(watch_dir, str(generation))
 
 
-def report_path(db_path: str, session_id: int, rank: int, generation: int = 0) -> str:
+def report_path(watch_dir: str, rank: int, generation: int = 0) -> str:
     """The report file of worker rank ``rank`` (its directory is created)."""
-    directory = report_dir(db_path, session_id, generation)
+    directory = report_dir(watch_dir, generation)
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, f"rank{rank}.json")
+
+
+def forget_reports(watch_dir: str, wait: float) -> None:
+    """Remove a launcher's report directory once no report in it says "running" (an ensemble
+    abandoned before its session: its workers' watchdogs report as they exit); left as it is
+    if one still does after ``wait`` seconds (its watchdog has yet to write there)."""
+    end = time.monotonic() + wait
+    while read_reports(report_dir(watch_dir)).running:
+        if time.monotonic() >= end:
+            return
+        time.sleep(POLL_SECONDS)
+    shutil.rmtree(watch_dir, ignore_errors=True)
 
 
 @dataclass
@@ -115,7 +129,7 @@ def read_reports(directory: str) -> Reports:
 def settle(ctx: Context) -> Reports:
     """Wait for the reports, record lost starts, decide whether the session may be released
     (see the module docstring); returns the last reports read."""
-    directory = report_dir(ctx.db_path, ctx.session_id, ctx.ensembles)
+    directory = report_dir(ctx.watch_dir, ctx.ensembles)
     reports = read_reports(directory)
     if reports.running:
         ctx.log.info(f"waiting for the watchdogs of worker ranks {', '.join(reports.running)} "

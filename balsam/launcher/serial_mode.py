@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
+from balsam.launcher.ensemble_stdin import Launched, abandon, hand_over, tell_ended
 from balsam.platform.allocation import Allocation
 from balsam.platform.process import drain_fd, pidfd_open
 from balsam.platform.procgroup import signal_group
@@ -84,6 +87,8 @@ class SerialConfig:
     log_path: str = ""
     generation: int = 0
     """How many ensembles the session started before this one (names the watchdog reports)."""
+    watch_dir: str = ""
+    """Where the worker ranks' watchdogs report (:func:`watch_dir`; known before the session)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -103,11 +108,20 @@ class SerialConfig:
                    wf_filter=ctx.wf_filter, tags=dict(ctx.tags), persistent=ctx.persistent,
                    processing=ctx.processing,
                    deadline=None if math.isinf(left) else time.time() + left,
-                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles)
+                   stop_grace=ctx.stop_grace, log_path=log_path, generation=ctx.ensembles,
+                   watch_dir=watch_dir(ctx.db_path))
 
     def allocation(self) -> Allocation:
         return Allocation(tuple(self.hosts), self.cores_per_node, self.gpus_per_node,
                           self.scheduler, self.scheduler_id, self.end_time)
+
+
+def watch_dir(db_path: str) -> str:
+    """Where this launcher's worker watchdogs report, a directory per ensemble in it
+    (:mod:`balsam.launcher.ensemble_watch`): named by its host and pid, not its session, so
+    that a worker of an ensemble started before the session has its watchdog (which removes
+    its MPI shared-memory file if it dies) before it is handed the session id."""
+    return os.path.join(db_path, "log", f"serial_{socket.gethostname()}_{os.getpid()}.watch")
 
 
 def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
@@ -120,15 +134,6 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
 
     rank_argv = [sys.executable, "-m", "balsam.launcher.serial_ranks", config.to_json()]
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
-
-
-@dataclass
-class Launched:
-    """An ensemble the launcher started: its MPI launch, its output, whether rank 0 reads stdin."""
-
-    proc: subprocess.Popen[Any]
-    out_path: str
-    early: bool = False
 
 
 def launch(ctx: Context, handover: bool = False) -> Launched:
@@ -151,6 +156,9 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
                               ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
     name = f"serial_{ctx.session_id}.out" if ctx.session_id else f"serial_pid{os.getpid()}.out"
     out_path = os.path.join(ctx.db_path, "log", name)
+    if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
+        shutil.rmtree(config.watch_dir, ignore_errors=True)
+    ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
                  f"{why}")
@@ -171,55 +179,6 @@ def early_start(ctx: Context) -> bool:
                              ctx.base_env.get("PATH", os.defpath))
 
 
-def hand_over(launched: Launched, session_id: int, holds: str = "") -> None:
-    """Give the early ensemble's rank 0 the session id (it then claims work) and, after it,
-    ``holds``: what the launcher's own first tasks hold on node 1
-    (:mod:`balsam.launcher.warm_start`; stdin then stays open for :func:`tell_ended`)."""
-    assert launched.proc.stdin is not None
-    try:
-        launched.proc.stdin.write(f"{session_id} {holds}\n".encode())
-        if holds:
-            launched.proc.stdin.flush()
-        else:
-            launched.proc.stdin.close()
-    except OSError:  # the launch died: the wait sees its status
-        pass
-
-
-def tell_ended(launched: Launched, job_ids: list[str], last: bool) -> None:
-    """Tell rank 0 the launcher's own tasks ended, recorded (``-JOBID`` lines); ``last``: close stdin."""
-    stdin = launched.proc.stdin
-    if stdin is None or stdin.closed:
-        return
-    try:
-        if job_ids:
-            stdin.write("".join(f"-{j}\n" for j in job_ids).encode())
-            stdin.flush()
-        if last:
-            stdin.close()
-    except OSError:  # rank 0 is gone: the wait sees the launch's status
-        pass
-
-
-def abandon(launched: Launched, ctx: Context, wait_seconds: float = 5.0) -> None:
-    """The session could not be opened: rank 0 reads end-of-file instead of an id and tells
-    the workers to exit (nothing was claimed, no task started); kill what remains after
-    ``wait_seconds``."""
-    with_stdin = launched.proc.stdin
-    if with_stdin is not None:
-        try:
-            with_stdin.close()
-        except OSError:
-            pass
-    try:
-        launched.proc.wait(wait_seconds)
-    except subprocess.TimeoutExpired:
-        signal_group(launched.proc.pid, signal.SIGKILL)
-        launched.proc.wait()
-    if ctx.watchdog is not None:
-        ctx.watchdog.remove(launched.proc.pid)
-
-
 class SerialMode:
     """Serial mode as a :class:`balsam.launcher.modes.LauncherMode`: the ensemble starts before
     the session opens when it can (:func:`early_start`), and :meth:`run` runs it (again after a
@@ -235,7 +194,11 @@ class SerialMode:
         """No session: the early ensemble, if any, exits without claiming anything."""
         launched, ctx.prestarted = ctx.prestarted, None
         if launched is not None:
+            from balsam.launcher.ensemble_watch import SETTLE_SLACK_SECONDS, forget_reports
+
             abandon(launched, ctx)
+            forget_reports(watch_dir(ctx.db_path), ctx.tunables.kill_grace_seconds
+                           + SETTLE_SLACK_SECONDS)
 
     def run(self, ctx: Context) -> int:
         """Run ensembles for the open session until one ends normally (:func:`run_launcher`)."""

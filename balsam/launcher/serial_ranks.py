@@ -109,7 +109,7 @@ def _nothing(_cur: Cursor) -> None:
 
 def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
     """Rank 0 of an ensemble started before the session: the session id the launcher writes on
-    the MPI launcher's stdin (:func:`balsam.launcher.serial_mode.hand_over`); 0 on end-of-file,
+    the MPI launcher's stdin (:func:`balsam.launcher.ensemble_stdin.hand_over`); 0 on end-of-file,
     a stop, or nothing within ``timeout`` seconds (the launcher gives up on the database
     sooner). ``fd``: stdin."""
     return read_handover(stop, timeout, fd)[0]
@@ -338,13 +338,13 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     _on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
+    # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
+    watchdog = Watchdog(t.kill_grace_seconds, segments=mapped_segments([os.getpid()]),
+                        report=report_path(config.watch_dir, comm.Get_rank(), config.generation))
     session_id = config.session_id or _session_from_master(comm, stop)
     if not session_id:  # the launcher opened no session (or a stop came first)
+        watchdog.close()
         return 0
-    watchdog = Watchdog(t.kill_grace_seconds,
-                        report=report_path(config.db_path, session_id, comm.Get_rank(),
-                                           config.generation))
-    watchdog.segments(mapped_segments([os.getpid()]))  # MPI's /dev/shm file: gone if we die
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     os.environ, kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,

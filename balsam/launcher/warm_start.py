@@ -91,6 +91,9 @@ class WarmStart:
         """Ended and recorded, not yet told to rank 0 (:meth:`take_ended`)."""
         self.placed: dict[str, Placement] = {}
         """Where each started task runs on node 1 (a new ensemble's worker 1 places it there)."""
+        self.node_dropped = False
+        """Node 1 left the allocation (a restart after its rank was lost): the tasks run on,
+        on it, and no new ensemble is handed their shares (:meth:`carry_line`)."""
         self._stop_message = ""
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
 
@@ -169,12 +172,13 @@ class WarmStart:
         """For a new ensemble after a failed one, what follows the session id on its rank 0's
         stdin: the shares of the tasks still running, each with its CPUs and GPU (worker 1
         places them exactly there; :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`); ""
-        if none runs or the launcher's node is no longer the first. Ends not yet told went with
-        the old ensemble."""
+        if none runs or the launcher's node is no longer the first (``node_dropped``: by
+        position, as emulated nodes share one host name). Ends not yet told went with the old
+        ensemble."""
         self.ended = []
         holds = [[*h, list(self.placed[h[0]].cpus), self.placed[h[0]].gpu]
                  for h in self.holds if h[0] in self.running]
-        if not holds or not on_first_node(self.ctx.alloc.hosts):
+        if not holds or self.node_dropped or not on_first_node(self.ctx.alloc.hosts):
             return ""
         return json.dumps(holds, separators=(",", ":"))
 

@@ -68,7 +68,8 @@ class Watchdog:
     watchdog process is found dead (tasks are then no longer covered)."""
 
     def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
-                 python: str = sys.executable, report: str = "") -> None:
+                 python: str = sys.executable, report: str = "",
+                 segments: Optional[Mapping[str, tuple[int, int]]] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
         self.began_path = _new_began_file(f"{report}.began") if report else ""
@@ -76,6 +77,8 @@ class Watchdog:
         it could not be made (then every queued request counts as started)."""
         read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
+            if segments:  # in the pipe before the process starts (a few lines: one write)
+                os.write(self._fd, _segment_lines(segments))
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
                  self.began_path],
@@ -124,8 +127,7 @@ class Watchdog:
         (end of file without :meth:`close`'s line), the watchdog unlinks those still there
         (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
         if found:
-            self._send("".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items())
-                       .encode())
+            self._send(_segment_lines(found))
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
@@ -192,6 +194,10 @@ def _new_began_file(path: str) -> str:
     except OSError:
         return ""
     return path
+
+
+def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
+    return "".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()).encode()
 
 
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
