@@ -32,6 +32,7 @@ from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import BalsamError
 
 JOB, EVENT, DEP, WAKE = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
+SESSION = schema.SESSION_TABLE
 
 Messages = Union[str, Mapping[Any, str]]
 
@@ -55,6 +56,16 @@ _WAKE_SELF_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
 )"""
 
+# A user may move a job a live session holds only by killing it: any other target releases the
+# hold, and a job released while its launcher (or transition worker) runs it could be claimed and
+# run (or processed) a second time by another; the first launcher's writes would be refused and
+# its run left out of the history. Live: open and within its lease, counted as the sweep counts
+# it (:func:`balsam.core.leases.sweep`); once the lease expired the holder is gone for Balsam too.
+LIVE_HOLDER_SQL = f"""EXISTS (SELECT 1 FROM {SESSION} s WHERE s.id = j.session_id
+    AND s.ended_at IS NULL AND greatest(s.heartbeat, pg_postmaster_start_time())
+        + make_interval(secs => s.lease_seconds) > now())"""
+"""SQL: job ``j`` is held by a live session."""
+
 _RUNNING = sql_in([State.RUNNING])
 RUN_NODES_SQL = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
                  "THEN 1.0 / j.node_packing_count ELSE j.num_nodes END")
@@ -72,7 +83,7 @@ WITH req AS (
     SELECT j.job_id, j.state, req.message, coalesce(j.state_since, j.created_at) AS since,
            CASE WHEN j.state = {_RUNNING} THEN {RUN_NODES_SQL} END AS nodes
     FROM {JOB} j JOIN req ON j.job_id = req.job_id
-    WHERE j.state = ANY(%s::text[]) {{holder}}
+    WHERE j.state = ANY(%s::text[]) {{holder}}{{live}}
     ORDER BY j.job_id
     FOR UPDATE OF j
 ), upd AS (
@@ -113,7 +124,8 @@ def transition(
     mapping from job id to message. ``user`` applies the user rules (any state but RUNNING; a
     USER_KILLED job only with ``force``); ``sources`` narrows the allowed source states further;
     ``holder`` moves only jobs held by that launcher session. Moving to a state other than
-    RUNNING or USER_KILLED releases the job's session hold.
+    RUNNING or USER_KILLED releases the job's session hold; hence a ``user`` request leaves
+    alone the jobs a live session holds (:data:`LIVE_HOLDER_SQL`), unless it kills them.
     """
     target = validate_state(new_state)
     allowed = {s.value for s in allowed_sources(target, user=user, force=force)}
@@ -134,7 +146,8 @@ def transition(
         wake = _WAKE_SELF_SQL
     sql = _TRANSITION_SQL.format(
         holder="AND j.session_id = %s" if holder is not None else "",
-        release="" if target.value in HELD_STATES else ", session_id = NULL", wake=wake)
+        release="" if target.value in HELD_STATES else ", session_id = NULL", wake=wake,
+        live=f" AND NOT {LIVE_HOLDER_SQL}" if user and target is not State.USER_KILLED else "")
     params: list[Any] = [ids, msgs, sorted(allowed)]
     if holder is not None:
         params.append(holder)
@@ -150,11 +163,16 @@ def transition_one(
     moved = transition(cursor, [job_id], new_state, message, user=user, force=force)
     if moved:
         return moved[0][1]
-    cursor.execute(f"SELECT state FROM {JOB} WHERE job_id = %s", [str(job_id)])
+    cursor.execute(f"SELECT j.state, j.session_id, {LIVE_HOLDER_SQL} FROM {JOB} j "
+                   "WHERE j.job_id = %s", [str(job_id)])
     row = cursor.fetchone()
     if row is None:
         raise InvalidStateError(f"job {job_id} does not exist")
-    current, target = row[0], validate_state(new_state).value
+    (current, holder, live), target = row, validate_state(new_state).value
+    if user and live and target != State.USER_KILLED.value and target != current:
+        raise InvalidStateError(f"job {str(job_id)[:8]} is held by the live launcher session "
+                                f"{holder}: it can only be killed until that launcher releases "
+                                "it (moved, it could run twice)")
     if current == State.USER_KILLED.value and target != current:
         raise InvalidStateError(f"job {str(job_id)[:8]} was killed by a user (USER_KILLED); "
                                 "it is not changed unless forced")
