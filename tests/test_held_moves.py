@@ -82,3 +82,15 @@ def test_balsam_modify_state_of_a_held_job_is_refused_in_one_line(held, cursor):
     proc = run_balsam("modify", claimed, "state", "USER_KILLED")
     assert proc.returncode == 0, proc.stderr
     assert events(cursor, claimed)[-1][:2] == ("PREPROCESSED", "USER_KILLED")
+
+
+def test_a_handler_may_still_set_the_state_of_the_job_its_worker_holds(held, cursor):
+    """A transition worker holds a job in the state it processes (here RUN_ERROR); the job's
+    error handler script may decide its outcome itself (classic handler semantics)."""
+    _, sid, _ = held
+    (job_id,) = add_jobs(cursor, [{"name": "e", "application": "app", "state": "RUN_ERROR"}])
+    cursor.execute(f"UPDATE {schema.JOB_TABLE} SET session_id = %s WHERE job_id = %s",
+                   [sid, job_id])
+    assert lifecycle.transition_one(cursor, job_id, "RESTART_READY", "handler: try again",
+                                    user=True) == "RUN_ERROR"
+    assert job_row(cursor, job_id)["session_id"] is None

@@ -22,6 +22,7 @@ from balsam.core import schema
 from balsam.core.routing import sql_in
 from balsam.core.states import (
     END_STATES,
+    RUNNABLE_STATES,
     WAITING_STATES,
     InvalidStateError,
     State,
@@ -56,15 +57,19 @@ _WAKE_SELF_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
 )"""
 
-# A user may move a job a live session holds only by killing it: any other target releases the
-# hold, and a job released while its launcher (or transition worker) runs it could be claimed and
-# run (or processed) a second time by another; the first launcher's writes would be refused and
-# its run left out of the history. Live: open and within its lease, counted as the sweep counts
-# it (:func:`balsam.core.leases.sweep`); once the lease expired the holder is gone for Balsam too.
-LIVE_HOLDER_SQL = f"""EXISTS (SELECT 1 FROM {SESSION} s WHERE s.id = j.session_id
+# A user may move a job a live launcher holds only by killing it: any other target releases the
+# hold, and a job released while its launcher runs it (or starts it: serial mode records RUNNING
+# after the start) could be claimed and run a second time by another launcher; the first one's
+# writes would be refused and its run left out of the history. A launcher holds jobs claimed in a
+# runnable state, RUNNING or just killed (a transition worker holds jobs in the states it
+# processes, and a handler script may set its own job's state: not refused). Live: open and
+# within its lease, as the sweep counts it (balsam.core.leases.sweep); once the lease expired the
+# holder is gone for Balsam too.
+LIVE_HOLDER_SQL = f"""(j.state IN ({sql_in([*RUNNABLE_STATES, *HELD_STATES])})
+    AND EXISTS (SELECT 1 FROM {SESSION} s WHERE s.id = j.session_id
     AND s.ended_at IS NULL AND greatest(s.heartbeat, pg_postmaster_start_time())
-        + make_interval(secs => s.lease_seconds) > now())"""
-"""SQL: job ``j`` is held by a live session."""
+        + make_interval(secs => s.lease_seconds) > now()))"""
+"""SQL: job ``j`` is held by a live launcher session."""
 
 _RUNNING = sql_in([State.RUNNING])
 RUN_NODES_SQL = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
@@ -125,7 +130,7 @@ def transition(
     USER_KILLED job only with ``force``); ``sources`` narrows the allowed source states further;
     ``holder`` moves only jobs held by that launcher session. Moving to a state other than
     RUNNING or USER_KILLED releases the job's session hold; hence a ``user`` request leaves
-    alone the jobs a live session holds (:data:`LIVE_HOLDER_SQL`), unless it kills them.
+    alone the jobs a live launcher holds (:data:`LIVE_HOLDER_SQL`), unless it kills them.
     """
     target = validate_state(new_state)
     allowed = {s.value for s in allowed_sources(target, user=user, force=force)}
