@@ -11,7 +11,9 @@ CLI fast paths and the launcher share it.
 
 Also here: removing jobs without stranding their children, and adding dependency edges without
 cycles. (:mod:`balsam.core.killed_starts` writes history without changing a state: the run of a
-serial start refused because a user killed the job first.)
+serial start refused because a user killed the job first, and the mark on an MPI-mode RUNNING
+visit that was no run.) A user may move a job a live launcher holds only by killing it
+(:data:`LIVE_HOLDER_SQL`).
 """
 from __future__ import annotations
 
