@@ -38,7 +38,7 @@ def expire(cursor, sid: int) -> None:
 
 
 def test_a_user_cannot_move_a_job_a_live_session_holds_even_forced(held, cursor):
-    _, sid, (claimed, running) = held
+    database, sid, (claimed, running) = held
     for job_id, force in ((claimed, False), (claimed, True), (running, True)):
         assert lifecycle.transition(cursor, [job_id], "READY", user=True, force=force) == []
         with pytest.raises(InvalidStateError, match=f"held by the live launcher session {sid}"):
@@ -46,6 +46,10 @@ def test_a_user_cannot_move_a_job_a_live_session_holds_even_forced(held, cursor)
     assert [job_row(cursor, j)["session_id"] for j in (claimed, running)] == [sid, sid]
     assert [job_row(cursor, j)["state"] for j in (claimed, running)] == ["PREPROCESSED",
                                                                          "RUNNING"]
+    # so no other launcher can claim either job (before, a move to READY or RESTART_READY
+    # released it: runnable again, claimed and run by another launcher while the first ran it)
+    other = database.run(open_session)
+    assert database.run(leases.claim, other, 10, serial=False, max_nodes=2) == []
     # A kill is the one move allowed: the job stays held, so its launcher finds and stops it.
     assert lifecycle.transition(cursor, [claimed], "USER_KILLED", user=True) == [
         (claimed, "PREPROCESSED")]
