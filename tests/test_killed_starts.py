@@ -151,7 +151,10 @@ def test_a_run_started_after_the_kill_is_recorded_after_it(claimed, cursor):
 def test_a_start_refused_for_another_reason_records_nothing(claimed, cursor):
     database, sid, (a, _, _) = claimed
     # a user moved the claimed job back (the hold is dropped): not this launcher's any more
-    lifecycle.transition(cursor, [a], "READY", "user", user=True)
+    # (a user may move a job held by a live session only by killing it: here its lease expired)
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = heartbeat - interval '1 hour', "
+                   "lease_seconds = 0 WHERE id = %s", [sid])
+    assert lifecycle.transition(cursor, [a], "READY", "user", user=True) == [(a, "PREPROCESSED")]
     before = rows(cursor, a)
     status = StatusBuffer(database, sid, start_message="go")
     status.started([a])

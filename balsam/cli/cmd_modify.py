@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 EPILOG = """VALUE is converted to the field's type: booleans take true/false/yes/no/1/0, integers
 must be whole numbers, `data` takes a JSON object. Setting `state` records a state change (a
 USER_KILLED job only changes with --force; a RUNNING job can only be killed, unless --force;
-RUNNING cannot be set by hand). Moving a job out of a final state (FAILED, JOB_FINISHED,
-USER_KILLED), e.g. `balsam modify ID state READY`, resets its retry count: it gets its whole
-max_retries again. --quiet prints the job's id (the app's number), --format json the whole
-changed job or application."""
+RUNNING cannot be set by hand; a job a live launcher holds -- claimed, RUNNING, or killed and
+not yet let go -- can only be killed, even with --force: moved, it could run twice). Moving a
+job out of a final state (FAILED, JOB_FINISHED, USER_KILLED), e.g. `balsam modify ID state
+READY`, resets its retry count: it gets its whole max_retries again. --quiet prints the job's
+id (the app's number), --format json the whole changed job or application."""
 
 READ_ONLY_JOB = {"job_id": "the job id never changes", "created_at": "the creation time never changes",
                  "tick": "tick is managed by launchers",

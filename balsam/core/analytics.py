@@ -15,7 +15,11 @@ Definitions (the contracts the tests check):
 
 - A *run* is a visit of RUNNING: from the event entering RUNNING to the job's next event, which
   always leaves RUNNING (RUN_DONE, RUN_ERROR, RUN_TIMEOUT or USER_KILLED). A run still open is
-  running.
+  running. A visit whose leaving event's message ends with
+  :data:`balsam.core.retries.NOT_STARTED_SUFFIX` is no run (MPI mode recorded the job RUNNING
+  ahead of its launch, then a stop or a user's kill kept it from starting: ``NO_RUN_SQL``): no
+  runtime, no running task, no busy node; its time still counts as time spent in RUNNING
+  (state times are about states). A job shown RUNNING now counts as running.
 - *Busy nodes*: a running MPI job (``num_nodes > 1`` or ``ranks_per_node > 1``) counts
   ``num_nodes``; a serial job (``num_nodes == 1 and ranks_per_node == 1``) counts
   ``1 / node_packing_count`` of a node (it shares the node with that many others).
@@ -53,6 +57,7 @@ from balsam.core.analytics_scope import (
     EVENT,
     JOB,
     NICE_BUCKETS,
+    NO_RUN_SQL,
     Buckets,
     Filters,
     bucket_sql,
@@ -75,6 +80,7 @@ __all__ = ["Buckets", "ErrorGroup", "Errors", "Filters", "NICE_BUCKETS", "NotFou
 _RUNNING = sql_in([State.RUNNING])
 _RUN_DONE = sql_in([State.RUN_DONE])
 _FINISHED = sql_in([State.JOB_FINISHED])
+_RAN = f"NOT {NO_RUN_SQL.format(e='e')}"
 
 
 @dataclass
@@ -189,7 +195,7 @@ def utilization(cursor: Cursor, filters: Optional[Filters] = None, *,
         "sum(e), sum(w * e) FROM ("
         f"SELECT date_part('epoch', e.entered_at - %s) AS s, date_part('epoch', e.timestamp - %s) "
         f"AS e, coalesce(e.nodes, 0) AS w FROM {EVENT} e WHERE e.from_state = {_RUNNING} "
-        f"AND e.timestamp >= %s AND e.entered_at < %s{scope} UNION ALL "
+        f"AND {_RAN} AND e.timestamp >= %s AND e.entered_at < %s{scope} UNION ALL "
         f"SELECT date_part('epoch', coalesce(j.state_since, j.created_at) - %s), NULL, "
         f"{RUN_NODES_SQL} FROM {JOB} j WHERE j.state = {_RUNNING} "
         f"AND coalesce(j.state_since, j.created_at) < %s{jwhere}) r GROUP BY 1, 2",
@@ -231,7 +237,8 @@ def _runs_query(f: Filters) -> tuple[str, list[Any]]:
     wsql, wparams = window_sql(f)
     return (f"SELECT e.job_id, e.entered_at, e.timestamp, e.to_state, "
             f"date_part('epoch', e.timestamp - e.entered_at) AS secs FROM {EVENT} e "
-            f"WHERE e.from_state = {_RUNNING} AND e.entered_at IS NOT NULL{wsql}{scope}",
+            f"WHERE e.from_state = {_RUNNING} AND {_RAN} AND e.entered_at IS NOT NULL"
+            f"{wsql}{scope}",
             wparams + params)
 
 

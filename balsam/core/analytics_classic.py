@@ -16,6 +16,7 @@ from balsam.core.analytics_errors import errors
 from balsam.core.analytics_scope import (
     EVENT,
     JOB,
+    NO_RUN_SQL,
     Filters,
     event_scope,
     job_clauses,
@@ -83,9 +84,16 @@ def utilization_report(qs: Any = None, *, cursor: Optional[Cursor] = None, filte
     scope, sparams = event_scope(f)
     wsql, wparams = window_sql(f)
     run = sql_in([State.RUNNING])
+    # A visit that was no run (NO_RUN_SQL) counts neither at its end nor at its start (the
+    # event that ends it entered RUNNING when the one starting it was written).
+    no_run = (f"(e.from_state = {run} AND {NO_RUN_SQL.format(e='e')}) OR (e.to_state = {run} "
+              f"AND EXISTS (SELECT 1 FROM {EVENT} n WHERE n.job_id = e.job_id "
+              f"AND n.from_state = {run} AND n.entered_at = e.timestamp "
+              f"AND {NO_RUN_SQL.format(e='n')}))")
     cursor.execute(f"SELECT e.timestamp, CASE WHEN e.to_state = {run} THEN 1 ELSE -1 END "
-                   f"FROM {EVENT} e WHERE (e.to_state = {run}) <> (e.from_state = {run})"
-                   f"{wsql}{scope} ORDER BY e.timestamp, e.id", wparams + sparams)
+                   f"FROM {EVENT} e WHERE (e.to_state = {run}) <> (e.from_state = {run}) "
+                   f"AND NOT ({no_run}){wsql}{scope} ORDER BY e.timestamp, e.id",
+                   wparams + sparams)
     times, running, level = [], [], 0
     for when, sign in cursor.fetchall():
         level += sign

@@ -27,6 +27,16 @@ kill); it is not retried (final), and runs, runtimes and utilisation count the r
 harmless, as only a user's forced change, a later event, can move the job again.) Writing the
 same refusal twice changes nothing: only a job whose last event is a kill from a runnable state
 is rewritten.
+
+**No run that did not happen.** MPI mode records RUNNING *before* a launch, some jobs ahead of
+a free node (:mod:`balsam.launcher.mpi_mode`); a user's kill of such a job before its launch
+leaves ``... -> RUNNING -> USER_KILLED`` although no process ran. The launcher drops the job
+(it is not launched) and :func:`record_unlaunched`, in the transaction that drops its hold,
+marks the kill's event: its message ends with
+:data:`balsam.core.retries.NOT_STARTED_SUFFIX` (as the RUN_TIMEOUT of a job ready ahead that a
+launcher's stop kept from starting) and it carries no nodes. The analytics count no run, no
+runtime and no busy node for a RUNNING visit whose leaving event says so
+(:mod:`balsam.core.analytics`).
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from typing import Any
 
 from balsam.core import schema
 from balsam.core.lifecycle import RUN_NODES_SQL
+from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.states import RUNNABLE_STATES, State, sql_in
 from balsam.db.dbapi import Cursor
 
@@ -154,3 +165,37 @@ def _record(cursor: Cursor, session_id: int, start_ages: Mapping[str, float], st
     cursor.execute(_RECORD_SQL, params)
     return {str(job_id): mode for job_id, mode in cursor.fetchall()}
 
+
+
+# u: the jobs of ``ids`` this session still holds, killed by a user, whose last event is the kill
+# leaving RUNNING and not marked yet (so a second write finds nothing); their row locked as every
+# writer of their events locks it.
+_UNLAUNCHED_SQL = f"""
+WITH u AS (
+    SELECT j.job_id, e.id AS kill_id
+    FROM {JOB} j
+    CROSS JOIN LATERAL (SELECT * FROM {EVENT} e1 WHERE e1.job_id = j.job_id
+                        ORDER BY e1.id DESC LIMIT 1) e
+    WHERE j.job_id = ANY(%s::uuid[]) AND j.session_id = %s AND j.state = {_KILLED}
+      AND e.from_state = {_RUNNING} AND e.to_state = {_KILLED}
+      AND right(e.message, %s) <> %s
+    ORDER BY j.job_id
+    FOR UPDATE OF j
+)
+UPDATE {EVENT} e SET message = e.message || %s, nodes = NULL FROM u WHERE e.id = u.kill_id
+RETURNING e.job_id
+"""
+
+
+def record_unlaunched(cursor: Cursor, session_id: int, job_ids: Sequence[str]) -> list[str]:
+    """Mark the RUNNING visits of ``job_ids`` -- recorded RUNNING by session ``session_id``
+    ahead of their launch, killed by a user before it, never launched -- as runs that did not
+    happen (see the module docstring): the kill's event message gets
+    :data:`~balsam.core.retries.NOT_STARTED_SUFFIX`, its nodes none. Call it before the hold
+    is dropped, in that transaction; jobs in any other case are left alone. Returns the ids
+    marked."""
+    if not job_ids:
+        return []
+    cursor.execute(_UNLAUNCHED_SQL, [sorted(job_ids), session_id, len(NOT_STARTED_SUFFIX),
+                                     NOT_STARTED_SUFFIX, NOT_STARTED_SUFFIX])
+    return [str(r[0]) for r in cursor.fetchall()]

@@ -11,7 +11,9 @@ CLI fast paths and the launcher share it.
 
 Also here: removing jobs without stranding their children, and adding dependency edges without
 cycles. (:mod:`balsam.core.killed_starts` writes history without changing a state: the run of a
-serial start refused because a user killed the job first.)
+serial start refused because a user killed the job first, and the mark on an MPI-mode RUNNING
+visit that was no run.) A user may move a job a live launcher holds only by killing it
+(:data:`LIVE_HOLDER_SQL`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from balsam.core import schema
 from balsam.core.routing import sql_in
 from balsam.core.states import (
     END_STATES,
+    RUNNABLE_STATES,
     WAITING_STATES,
     InvalidStateError,
     State,
@@ -32,6 +35,7 @@ from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import BalsamError
 
 JOB, EVENT, DEP, WAKE = schema.JOB_TABLE, schema.EVENT_TABLE, schema.DEP_TABLE, schema.WAKE_TABLE
+SESSION = schema.SESSION_TABLE
 
 Messages = Union[str, Mapping[Any, str]]
 
@@ -55,6 +59,20 @@ _WAKE_SELF_SQL = f""", wk AS (
     INSERT INTO {WAKE} (job_id) SELECT job_id FROM upd ORDER BY job_id ON CONFLICT DO NOTHING
 )"""
 
+# A user may move a job a live launcher holds only by killing it: any other target releases the
+# hold, and a job released while its launcher runs it (or starts it: serial mode records RUNNING
+# after the start) could be claimed and run a second time by another launcher; the first one's
+# writes would be refused and its run left out of the history. A launcher holds jobs claimed in a
+# runnable state, RUNNING or just killed (a transition worker holds jobs in the states it
+# processes, and a handler script may set its own job's state: not refused). Live: open and
+# within its lease, as the sweep counts it (balsam.core.leases.sweep); once the lease expired the
+# holder is gone for Balsam too.
+LIVE_HOLDER_SQL = f"""(j.state IN ({sql_in([*RUNNABLE_STATES, *HELD_STATES])})
+    AND EXISTS (SELECT 1 FROM {SESSION} s WHERE s.id = j.session_id
+    AND s.ended_at IS NULL AND greatest(s.heartbeat, pg_postmaster_start_time())
+        + make_interval(secs => s.lease_seconds) > now()))"""
+"""SQL: job ``j`` is held by a live launcher session."""
+
 _RUNNING = sql_in([State.RUNNING])
 RUN_NODES_SQL = ("CASE WHEN j.num_nodes = 1 AND j.ranks_per_node = 1 "
                  "THEN 1.0 / j.node_packing_count ELSE j.num_nodes END")
@@ -72,7 +90,7 @@ WITH req AS (
     SELECT j.job_id, j.state, req.message, coalesce(j.state_since, j.created_at) AS since,
            CASE WHEN j.state = {_RUNNING} THEN {RUN_NODES_SQL} END AS nodes
     FROM {JOB} j JOIN req ON j.job_id = req.job_id
-    WHERE j.state = ANY(%s::text[]) {{holder}}
+    WHERE j.state = ANY(%s::text[]) {{holder}}{{live}}
     ORDER BY j.job_id
     FOR UPDATE OF j
 ), upd AS (
@@ -113,7 +131,8 @@ def transition(
     mapping from job id to message. ``user`` applies the user rules (any state but RUNNING; a
     USER_KILLED job only with ``force``); ``sources`` narrows the allowed source states further;
     ``holder`` moves only jobs held by that launcher session. Moving to a state other than
-    RUNNING or USER_KILLED releases the job's session hold.
+    RUNNING or USER_KILLED releases the job's session hold; hence a ``user`` request leaves
+    alone the jobs a live launcher holds (:data:`LIVE_HOLDER_SQL`), unless it kills them.
     """
     target = validate_state(new_state)
     allowed = {s.value for s in allowed_sources(target, user=user, force=force)}
@@ -134,7 +153,8 @@ def transition(
         wake = _WAKE_SELF_SQL
     sql = _TRANSITION_SQL.format(
         holder="AND j.session_id = %s" if holder is not None else "",
-        release="" if target.value in HELD_STATES else ", session_id = NULL", wake=wake)
+        release="" if target.value in HELD_STATES else ", session_id = NULL", wake=wake,
+        live=f" AND NOT {LIVE_HOLDER_SQL}" if user and target is not State.USER_KILLED else "")
     params: list[Any] = [ids, msgs, sorted(allowed)]
     if holder is not None:
         params.append(holder)
@@ -150,11 +170,16 @@ def transition_one(
     moved = transition(cursor, [job_id], new_state, message, user=user, force=force)
     if moved:
         return moved[0][1]
-    cursor.execute(f"SELECT state FROM {JOB} WHERE job_id = %s", [str(job_id)])
+    cursor.execute(f"SELECT j.state, j.session_id, {LIVE_HOLDER_SQL} FROM {JOB} j "
+                   "WHERE j.job_id = %s", [str(job_id)])
     row = cursor.fetchone()
     if row is None:
         raise InvalidStateError(f"job {job_id} does not exist")
-    current, target = row[0], validate_state(new_state).value
+    (current, holder, live), target = row, validate_state(new_state).value
+    if user and live and target != State.USER_KILLED.value and target != current:
+        raise InvalidStateError(f"job {str(job_id)[:8]} is held by the live launcher session "
+                                f"{holder}: it can only be killed until that launcher releases "
+                                "it (moved, it could run twice)")
     if current == State.USER_KILLED.value and target != current:
         raise InvalidStateError(f"job {str(job_id)[:8]} was killed by a user (USER_KILLED); "
                                 "it is not changed unless forced")

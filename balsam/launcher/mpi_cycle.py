@@ -18,7 +18,7 @@ from balsam.core.states import State
 from balsam.db.dbapi import Cursor
 from balsam.launcher.job_source import JobSource, Row
 from balsam.launcher.mpi_runs import MPIRuns
-from balsam.launcher.status import Batch
+from balsam.launcher.status import Batch, release_claims
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
@@ -93,8 +93,8 @@ class MPICycle(MPIRuns):
             started.update(leases.start(cur, ctx.session_id, list(messages), messages))
         drop = batch.release + [s.job_id for s, _ in starts + more
                                 if s.job_id not in started] + [s.job_id for s in unfit]
-        if drop:  # killed by a user, changed meanwhile, or too long for the time left
-            leases.release(cur, ctx.session_id, drop)
+        # killed by a user (a job killed ready ahead: no run), changed meanwhile, or too long
+        release_claims(cur, ctx.session_id, Batch(release=drop, unlaunched=batch.unlaunched))
         if process:
             moved_kinds = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
                                               ctx.tunables.retry_policy())

@@ -39,8 +39,9 @@ moment one frees. Such a job shows RUNNING for a few short runs (at most that ma
 launches) before its process starts; if the launcher dies meanwhile the sweep records it
 RUN_TIMEOUT (retried, like a launcher dying between a commit and its launch); if it stops
 (signal, time limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did
-not start; one a user kills is dropped at the next kill check, or, if a node freed first,
-started and stopped like any running job. With long runs nothing is ready ahead: a commit
+not start; one a user kills is dropped at the next kill check, its RUNNING visit marked as no
+run when its hold is dropped (:func:`balsam.core.killed_starts.record_unlaunched`), or, if a
+node freed first, started and stopped like any running job. With long runs nothing is ready ahead: a commit
 is nothing beside them.
 
 At steady state that is at most one statement per task start (and end), fewer when ends

@@ -192,15 +192,18 @@ class MPIRuns:
         queued = {s.job_id for s in self.queue} & set(killed)
         if queued:  # claimed, not started: drop them (the release gives up the hold)
             self.queue = [s for s in self.queue if s.job_id not in queued]
-        if self.ready:  # RUNNING, not started: likewise
+        unlaunched = {s.job_id for s, _ in self.ready} & set(killed)
+        if unlaunched:  # RUNNING, not started: likewise, their RUNNING marked as no run
             for spec, _ in self.ready:
-                if spec.job_id in killed and self.prep is not None:
+                if spec.job_id in unlaunched and self.prep is not None:
                     self.prep.take(spec.output_path)  # (forget it)
-            self.ready = [(s, n) for s, n in self.ready if s.job_id not in killed]
+            self.ready = [(s, n) for s, n in self.ready if s.job_id not in unlaunched]
         for job_id in killed:
             run = self.runs.get(job_id)
             if run is None:
-                if job_id not in pending:
+                if job_id in unlaunched:
+                    self.status.unlaunched(job_id)
+                elif job_id not in pending:
                     self.status.release(job_id)
             elif not run.killed:
                 run.killed = True
@@ -210,8 +213,9 @@ class MPIRuns:
     # ---- ending -----------------------------------------------------------------------------
     def _shutdown(self) -> None:
         ctx = self.ctx
-        for spec, _ in self.ready:
+        for spec, _ in self.ready:  # (one a user killed meanwhile: its RUNNING is no run)
             self.status.timeout(spec.job_id, STOP_MESSAGE_PREFIX + ctx.stop_reason + NOT_STARTED)
+            self.status.unlaunched(spec.job_id)
         self.ready = []
         if self.runs:
             ctx.log.info(f"stopping {len(self.runs)} task(s): {ctx.stop_reason}")

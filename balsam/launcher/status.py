@@ -47,6 +47,10 @@ class Batch:
     errors: dict[str, str] = field(default_factory=dict)
     timeouts: dict[str, str] = field(default_factory=dict)
     release: list[str] = field(default_factory=list)
+    unlaunched: list[str] = field(default_factory=list)
+    """Of ``release``: jobs recorded RUNNING ahead of their launch (MPI mode) that a user killed
+    before it: their RUNNING visit is marked as no run when the hold is dropped
+    (:func:`killed_starts.record_unlaunched`)."""
     oldest: Optional[float] = None
     start_noted: dict[str, float] = field(default_factory=dict)
     """When (``time.monotonic()``) each start was noted, and each end (``end_noted``): a start
@@ -97,6 +101,14 @@ def _record_killed_starts(cursor: Cursor, session_id: int, batch: Batch, refused
         cursor, session_id, {j: now - started.get(j, now) for j in refused},
         batch.start_message, {j: (*ends[j], now - ended.get(j, now))
                               for j in refused if j in ends})
+
+
+def release_claims(cursor: Cursor, session_id: int, batch: Batch) -> None:
+    """Drop the claims of ``batch.release`` (its ``unlaunched`` jobs' RUNNING visits marked as
+    no run first: :func:`killed_starts.record_unlaunched`)."""
+    killed_starts.record_unlaunched(cursor, session_id, batch.unlaunched)
+    if batch.release:
+        leases.release(cursor, session_id, batch.release)
 
 
 class StatusBuffer:
@@ -153,6 +165,12 @@ class StatusBuffer:
         self._batch.release.append(job_id)
         self._touch()
 
+    def unlaunched(self, job_id: str) -> None:
+        """Drop the claim on a job recorded RUNNING ahead of its launch, which a user killed
+        before it (see :class:`Batch`)."""
+        self._batch.unlaunched.append(job_id)
+        self.release(job_id)
+
     def pyfunc_outcomes(self, rows: Iterable[payloads.OutcomeRow]) -> None:
         """Function-task outcomes to write with the next batch (see :class:`Batch`)."""
         self._batch.pyfunc_outcomes.extend(rows)
@@ -191,6 +209,7 @@ class StatusBuffer:
         batch.errors.update(newer.errors)
         batch.timeouts.update(newer.timeouts)
         batch.release.extend(newer.release)
+        batch.unlaunched.extend(newer.unlaunched)
         batch.pyfunc_outcomes.extend(newer.pyfunc_outcomes)
         batch.start_noted.update(newer.start_noted)
         batch.end_noted.update(newer.end_noted)
@@ -236,8 +255,7 @@ class StatusBuffer:
                                                    {j: ends[j][1] for j in ids}))
             if out.not_started:  # the runs still happened: in the history all the same
                 _record_killed_starts(cursor, self.session_id, batch, out.not_started, ends)
-        if batch.release:
-            leases.release(cursor, self.session_id, batch.release)
+        release_claims(cursor, self.session_id, batch)
         return out
 
     def _recorded(self, cursor: Cursor, ids: list[str],
