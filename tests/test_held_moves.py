@@ -98,3 +98,31 @@ def test_a_handler_may_still_set_the_state_of_the_job_its_worker_holds(held, cur
     assert lifecycle.transition_one(cursor, job_id, "RESTART_READY", "handler: try again",
                                     user=True) == "RUN_ERROR"
     assert job_row(cursor, job_id)["session_id"] is None
+
+
+def test_a_job_a_live_session_holds_is_not_removed_until_its_launcher_lets_it_go(held, cursor):
+    """Removed while held, a job's launcher would no longer find it: a kill could not reach
+    its task, which would run on unwatched. `rm` refuses in one line and removes nothing
+    (the queryset's delete and `lifecycle.delete_jobs` too); once let go, it goes."""
+    from balsam.core.models import BalsamJob
+
+    _, sid, (claimed, running) = held
+    (free,) = add_jobs(cursor, [{"name": "free", "application": "app", "state": "READY"}])
+    before = snapshot(cursor)
+    assert_one_line_error(run_balsam("rm", "jobs", "--name", "", "--yes"),
+                          f"is held by the live launcher session {sid}", "(and 1 more)",
+                          "nothing removed")
+    assert_one_line_error(run_balsam("rm", "job", "--id", claimed, "--yes"),
+                          f"{claimed[:8]} is held by the live launcher session {sid}")
+    assert snapshot(cursor) == before  # the free job too: one transaction, nothing removed
+    with pytest.raises(InvalidStateError, match="held by the live launcher session"):
+        BalsamJob.objects.filter(pk__in=[running, free]).delete()
+    assert lifecycle.kill(cursor, [running]) == [running]  # killed, not yet let go: still held
+    with pytest.raises(InvalidStateError, match=f"{running[:8]} is held"):
+        lifecycle.delete_jobs(cursor, [running])
+    assert snapshot(cursor) != before and job_row(cursor, running)["state"] == "USER_KILLED"
+    expire(cursor, sid)  # its launcher is gone: the user's rules apply again
+    proc = run_balsam("rm", "jobs", "--name", "", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE}")
+    assert cursor.fetchone()[0] == 0

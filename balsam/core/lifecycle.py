@@ -211,10 +211,16 @@ def kill(cursor: Cursor, job_ids: Iterable[Any], recursive: bool = False,
 
 def delete_jobs(cursor: Cursor, job_ids: Iterable[Any]) -> int:
     """Delete jobs; children that were still waiting on one of them (and are not deleted too)
-    become FAILED with a message naming the removed parent, so nothing waits forever."""
+    become FAILED with a message naming the removed parent, so nothing waits forever.
+
+    A job a live launcher holds (:data:`LIVE_HOLDER_SQL`: claimed, RUNNING, or killed and not
+    yet let go) is not deleted: its launcher would no longer find it, so neither a kill nor
+    its end could reach it and its task would run on unwatched. InvalidStateError naming one
+    such job and how many there are; the caller's transaction then removes nothing."""
     ids = [str(j) for j in job_ids]
     if not ids:
         return 0
+    _refuse_live_holds(cursor, ids)
     cursor.execute(f"""
         SELECT d.child_id, string_agg(p.name || ' ' || left(p.job_id::text, 8), ', ')
         FROM {DEP} d JOIN {JOB} p ON p.job_id = d.parent_id JOIN {JOB} c ON c.job_id = d.child_id
@@ -224,8 +230,28 @@ def delete_jobs(cursor: Cursor, job_ids: Iterable[Any]) -> int:
     orphans = {str(child): f"parent job removed: {names}" for child, names in cursor.fetchall()}
     if orphans:
         transition(cursor, list(orphans), State.FAILED, orphans, sources=WAITING_STATES)
-    cursor.execute(f"DELETE FROM {JOB} WHERE job_id = ANY(%s::uuid[])", [ids])
-    return int(cursor.rowcount)
+    # Not deleted if a launcher claimed it since the check (the row is re-checked under its
+    # lock); then refused as above, and the caller's transaction rolls back.
+    cursor.execute(f"DELETE FROM {JOB} j WHERE j.job_id = ANY(%s::uuid[]) "
+                   f"AND NOT {LIVE_HOLDER_SQL}", [ids])
+    deleted = int(cursor.rowcount)
+    if deleted < len(ids):
+        _refuse_live_holds(cursor, ids)
+    return deleted
+
+
+def _refuse_live_holds(cursor: Cursor, ids: list[str]) -> None:
+    """InvalidStateError if a live launcher holds any of ``ids`` (see :func:`delete_jobs`)."""
+    cursor.execute(f"SELECT count(*) OVER (), j.job_id, j.name, j.session_id FROM {JOB} j "
+                   f"WHERE j.job_id = ANY(%s::uuid[]) AND {LIVE_HOLDER_SQL} LIMIT 1", [ids])
+    row = cursor.fetchone()
+    if row is not None:
+        count, job_id, name, session = row
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        raise InvalidStateError(
+            f"job {name} {str(job_id)[:8]}{more} is held by the live launcher session {session}: "
+            "kill it first (`balsam kill`) and remove it once that launcher lets it go; "
+            "nothing removed")
 
 
 GRAPH_LOCK_KEY = 0x6A0B_5A11
