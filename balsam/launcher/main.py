@@ -35,6 +35,7 @@ from balsam.db import dbsettings, serverinfo
 from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context
+from balsam.launcher.fence import effective_lease
 from balsam.launcher.modes import LauncherMode
 from balsam.logfile import open_log
 from balsam.platform import allocation
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     the session was lost). Raises BalsamError for bad settings or an unreachable database."""
     db_path = serverinfo.active_db_path()
     settings = dbsettings.load(db_path)
-    tunables = Tunables.from_settings(settings["launcher"])
+    tunables, raised = effective_lease(Tunables.from_settings(settings["launcher"]), args.job_mode)
     gpus = args.gpus_per_node if args.gpus_per_node is not None else int(settings["gpus_per_node"])
     alloc = allocation.detect(os.environ, cores_per_node=int(settings["cores_per_node"]),
                               gpus_per_node=gpus, local_nodes=int(settings["local_nodes"]))
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
                                    tunables.walltime_margin_seconds)
     log, handler, log_path = open_log(db_path, "launcher")
+    if raised:
+        log.warning(raised)
     stop = threading.Event()
     db = Database(db_path, "balsam-launcher", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         else tunables.shutdown_grace_seconds, tags=tags)
     mode.prestart(ctx)  # serial: the MPI start-up overlaps opening the session
     from balsam.core import leases  # after the ensemble's launch: ~40 ms of imports
+    ctx.opened_at = time.monotonic()  # (retries only make the lease start later)
     try:
         session_id = db.run_before(
             time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,
