@@ -13,6 +13,9 @@ RUNNING) and closes the session in ``finally`` -- whatever still shows RUNNING b
 RUN_TIMEOUT and every claim is released -- unless the session was lost to a sweep, or the mode
 cannot tell that its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
 
+A lease too short for a killed launcher's tasks to die within it is raised to the floor
+(:func:`balsam.launcher.fence.effective_lease`, one log line).
+
 Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
 margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
 test limit still runs jobs), with a grace that fits in the margin. Logs go to
