@@ -25,16 +25,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.core.tunables import Tunables as Tunables  # its old home: imports keep working
 from balsam.db.database import Database
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.platform.allocation import Allocation
-
-if TYPE_CHECKING:
-    from balsam.launcher.fence import LeaseFence
 
 SWEEP_EVERY_HEARTBEATS = 3
 FIRST_IDLE_CHECK_SECONDS = 0.05
@@ -43,6 +40,17 @@ FINISHED_REASON = "nothing left to run and no other launcher or service to add w
 """The exit reason of a launcher that ran its work and found nothing more could come."""
 STALE_HEARTBEATS = 1.5
 """A session whose heartbeat is this many periods old looks dead (the lease decides)."""
+
+
+class Fence(Protocol):
+    """What the :class:`Housekeeper` needs of a :class:`balsam.launcher.fence.LeaseFence`."""
+
+    after: float
+
+    @property
+    def fired(self) -> bool: ...
+
+    def renewed(self, sent_at: float) -> None: ...
 
 
 class SessionLost(BalsamError):
@@ -171,7 +179,7 @@ class Housekeeper:
         self.next_sweep: Optional[float] = None
         """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
-        self.fence: Optional[LeaseFence] = None
+        self.fence: Optional[Fence] = None
         """Told of every confirmed renewal (MPI mode: :mod:`balsam.launcher.fence`)."""
 
     def fenced(self) -> None:

@@ -34,12 +34,15 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from balsam.core.tunables import Tunables
-from balsam.launcher.serial_mode import FORCE_KILL_AFTER_SECONDS
 from balsam.launcher.watchdog import kill_groups
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
 
+FORCE_KILL_AFTER_SECONDS = 9.0
+"""After forwarding a stop, the serial-mode launcher SIGKILLs the MPI launch if it is still
+running after the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the
+signal); its watchdog does the same if it was killed (:mod:`balsam.launcher.serial_mode`)."""
 FENCE_MARGIN_SECONDS = 2.0
 """Slack for what the bounds leave out: a loaded machine's scheduling delays, the watchdog's
 read nap, the time a sweep's statement takes to reach the server."""
