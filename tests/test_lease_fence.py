@@ -21,16 +21,16 @@ MPI = ("--consume-all", "--job-mode", "mpi")
 
 def test_a_lease_too_short_for_the_kill_chain_is_raised_to_the_floor() -> None:
     quick = Tunables.from_settings(dict(QUICK, lease_seconds=6))
-    # MPI mode: 2 heartbeats + the kill grace (1 s) + 2 s margin = 5 s: 6 is kept.
-    assert lease_floor(quick, "mpi") == 5
+    # MPI mode: 3 heartbeats + the kill grace (1 s) + 2 s margin = 6 s: 6 is kept.
+    assert lease_floor(quick, "mpi") == 6
     assert effective_lease(quick, "mpi") == (quick, "")
     # Serial mode: the ensemble's shutdown grace (5) + 9 s + the workers' kill grace (1) more.
     raised, why = effective_lease(quick, "serial")
-    assert raised.lease_seconds == lease_floor(quick, "serial") == 19
-    assert why.startswith("lease_seconds 6 raised to 19: a killed serial-mode launcher's tasks")
+    assert raised.lease_seconds == lease_floor(quick, "serial") == 20
+    assert why.startswith("lease_seconds 6 raised to 20: a killed serial-mode launcher's tasks")
     assert "\n" not in why
     defaults = Tunables.from_settings({})
-    assert effective_lease(defaults, "serial") == (defaults, "")  # 60 s >= 10+10+15+2
+    assert effective_lease(defaults, "serial") == (defaults, "")  # 60 s >= 30+15+2
     assert fence_after(defaults) == 57.0  # the lease less the kill grace and the margin
 
 

@@ -7,9 +7,11 @@ Another launcher may run a job again once the session holding it was swept (its 
   lease up to one heartbeat before it died, and its watchdog then needs :func:`kill_bound` to
   stop its tasks (serial mode: the ensemble gets SIGTERM, SIGKILL after the shutdown grace plus
   ``FORCE_KILL_AFTER_SECONDS``, then the worker ranks' watchdogs their kill grace; MPI mode:
-  its tasks get the kill grace). A lease shorter than two heartbeats (one a live launcher may
-  miss) plus that bound plus :data:`FENCE_MARGIN_SECONDS` lets a task that ignores SIGTERM
-  outlive it, so the session is opened with the lease raised to that floor (one log line).
+  its tasks get the kill grace). A lease shorter than a heartbeat plus that bound plus
+  :data:`FENCE_MARGIN_SECONDS` lets a task that ignores SIGTERM outlive it; the floor adds two
+  heartbeats more, which a live launcher may miss (a long transaction in flight, a loaded
+  machine) before it fences itself. The session is opened with a shorter lease raised to that
+  floor (one log line).
 * **The self-fence** (:class:`LeaseFence`). A launcher whose connection is lost or hangs (a
   blocked socket: the statement never returns) could keep its tasks running while other
   launchers sweep its session and run their jobs again. Counted on its own monotonic clock from
@@ -57,8 +59,8 @@ def kill_bound(tunables: Tunables, job_mode: str) -> float:
 
 
 def lease_floor(tunables: Tunables, job_mode: str) -> int:
-    """The shortest safe lease (whole seconds): two heartbeats, :func:`kill_bound`, the margin."""
-    return math.ceil(2.0 * tunables.heartbeat_seconds + kill_bound(tunables, job_mode)
+    """The shortest safe lease (whole seconds): 3 heartbeats, :func:`kill_bound`, the margin."""
+    return math.ceil(3.0 * tunables.heartbeat_seconds + kill_bound(tunables, job_mode)
                      + FENCE_MARGIN_SECONDS)
 
 
@@ -69,9 +71,10 @@ def effective_lease(tunables: Tunables, job_mode: str) -> tuple[Tunables, str]:
     if tunables.lease_seconds >= floor:
         return tunables, ""
     why = (f"lease_seconds {tunables.lease_seconds} raised to {floor}: a killed {job_mode}-mode "
-           f"launcher's tasks may live {kill_bound(tunables, job_mode):g} s after it died and "
-           f"{2 * tunables.heartbeat_seconds:g} s after its last renewal (2 heartbeats), plus "
-           f"{FENCE_MARGIN_SECONDS:g} s margin: a shorter lease lets a retry run beside them")
+           f"launcher's tasks may live {kill_bound(tunables, job_mode):g} s after it died, a "
+           f"heartbeat after its last renewal, and a live one may miss 2 heartbeats before it "
+           f"stops them (heartbeat {tunables.heartbeat_seconds:g} s, margin "
+           f"{FENCE_MARGIN_SECONDS:g} s): a shorter lease lets a retry run beside them")
     return dataclasses.replace(tunables, lease_seconds=floor), why
 
 
