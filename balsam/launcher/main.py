@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     db_path = serverinfo.active_db_path()
     settings = dbsettings.load(db_path)
     tunables, raised = effective_lease(Tunables.from_settings(settings["launcher"]), args.job_mode)
+    if raised:  # the serial ranks read their tunables from the settings
+        settings = dict(settings, launcher=dict(settings["launcher"],
+                                                lease_seconds=tunables.lease_seconds))
     gpus = args.gpus_per_node if args.gpus_per_node is not None else int(settings["gpus_per_node"])
     alloc = allocation.detect(os.environ, cores_per_node=int(settings["cores_per_node"]),
                               gpus_per_node=gpus, local_nodes=int(settings["local_nodes"]))
