@@ -115,3 +115,42 @@ def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expi
     assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
     cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} WHERE id = %s", [session])
     assert "lost its lease" in cursor.fetchone()[0]  # swept by the second launcher
+
+
+@pytest.mark.slow
+def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_the_lease(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # The master's server process is SIGSTOPped: its loop hangs in a statement and renews no
+    # more. The stuck limit (the 20-s reconnection back-off + 2 heartbeats: 22 s) comes after
+    # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s) kills the ensemble in time, and the
+    # worker's watchdog its task (which ignores SIGTERM). A new ensemble runs the job again.
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    lease, limit = 20, 22
+    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=20)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: runs(markers, job), 60, "the first run to tick")
+        # Past the ensemble's start-up (the launcher does not judge it for max(limit, lease)).
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started > limit + 1, 60, "the start-up to pass", 0.5)
+        session = job_row(cursor, job)["session_id"]
+        backends = stop_idle_backends(cursor, "balsam-serial-master")
+        try:
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the first run to be stopped")
+            os.remove(os.path.join(markers, "hold"))
+            assert launcher.wait(240) == 0
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(launcher)
+    assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
+    assert "(limit 17 s)" in log, log
+    trails = runs(markers, job)
+    assert len(trails) == 2 and trails[pid][1] < expires, (trails, expires)
+    assert overlap_seconds(markers, [job]) == {}
+    assert job_row(cursor, job)["state"] == "JOB_FINISHED"
+    assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
