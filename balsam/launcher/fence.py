@@ -23,9 +23,10 @@ Another launcher may run a job again once the session holding it was swept (its 
   (:meth:`balsam.db.database.Database.sever`), so that the blocked statement fails and the
   launcher goes the way of a lost session: it records nothing and exits with status 1.
 
-MPI mode has the fence (the launcher renews its own lease); serial mode's lease is renewed by
+MPI mode has this fence (the launcher renews its own lease). Serial mode's lease is renewed by
 the ensemble's master and watched by the launcher (:mod:`balsam.launcher.ensemble_stuck`),
-which does not fence yet (docs/architecture.md, "Fencing").
+which kills a master's ensemble by :func:`fence_after` too, through its own connection; what
+that leaves uncovered is in docs/architecture.md, "Fencing".
 """
 from __future__ import annotations
 
