@@ -62,3 +62,31 @@ def test_a_lease_older_than_the_limit_is_stuck_and_a_suspension_gives_the_master
         assert first_stuck(watch, resumed + STEP, resumed + limit / 2 + 1.0) is None
     finally:
         database.close()
+
+
+def test_a_master_is_stuck_by_the_fence_rule_before_its_lease_could_expire(db):
+    # A 6-s lease whose workers' tasks need 1 s to die: stuck at an age of 3 s (the lease less
+    # the kill grace less the 2-s margin), though the reconnection back-off sets the limit at
+    # 31 s; a fresh lease is looked at again before it could reach that age, not a period on.
+    tunables = Tunables.from_settings({"lease_seconds": 6, "reconnect_max_seconds": 30,
+                                       "heartbeat_seconds": 0.5})
+    database = Database(db, "stuck-watch-test")
+    try:
+        sid = database.run(open_session)
+        database.run(lambda cur: cur.execute(
+            f"UPDATE {leases.SESSION} SET heartbeat = now() - interval '1 hour' WHERE id = %s",
+            [sid]))
+        wait_for(lambda: database.run(leases.lease_age, sid) > 3.0, 60,
+                 "the session's lease to be older than 3 s")
+        watch = StuckWatch(SimpleNamespace(  # type: ignore[arg-type]
+            tunables=tunables, db=database, session_id=sid), now=0.0)
+        assert (watch.limit, watch.fence, watch.period) == (31.0, 3.0, 7.75)
+        came_up = max(watch.limit, tunables.lease_seconds)  # (the ensemble's start-up)
+        assert first_stuck(watch, 0.0, came_up) is None
+        assert "(limit 3 s)" in str(watch.stuck(came_up))
+        database.run(leases.heartbeat, sid)
+        assert watch.stuck(came_up + watch.period) is None
+        assert watch.next_check <= came_up + watch.period + watch.fence
+        assert watch.next_check < came_up + 2 * watch.period  # not a period on: the fence's
+    finally:
+        database.close()

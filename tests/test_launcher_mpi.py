@@ -312,7 +312,8 @@ def test_a_killed_launchers_jobs_are_swept_after_the_lease_and_retried(db, curso
         assert job_row(cursor, job_id)["state"] == "RUNNING"
         # Persistent: a launcher has nothing to do until the sweep, and would exit idle.
         second = start(*MPI, "--persistent")
-        wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 60,
+        # (the lease is raised to its floor: balsam.launcher.fence.effective_lease)
+        wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 180,
                  "the sweep, the retry and the second run")
         second.signal(signal.SIGTERM)
         assert second.wait(120) == 0

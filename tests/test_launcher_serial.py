@@ -389,7 +389,8 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
         wait_for(lambda: all(process_gone(p) for p in everything), 10, "everything to die")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
         second = start(*SERIAL, "--persistent")
-        wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 60,
+        # (the lease is raised to its floor: balsam.launcher.fence.effective_lease)
+        wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 180,
                  "the sweep, the retry and the second run")
         second.signal(signal.SIGTERM)
         assert second.wait(120) == 0

@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.core.tunables import Tunables as Tunables  # its old home: imports keep working
@@ -40,6 +40,17 @@ FINISHED_REASON = "nothing left to run and no other launcher or service to add w
 """The exit reason of a launcher that ran its work and found nothing more could come."""
 STALE_HEARTBEATS = 1.5
 """A session whose heartbeat is this many periods old looks dead (the lease decides)."""
+
+
+class Fence(Protocol):
+    """What the :class:`Housekeeper` needs of a :class:`balsam.launcher.fence.LeaseFence`."""
+
+    after: float
+
+    @property
+    def fired(self) -> bool: ...
+
+    def renewed(self, sent_at: float) -> None: ...
 
 
 class SessionLost(BalsamError):
@@ -109,6 +120,10 @@ class Context:
     """Serial mode: where its worker ranks' watchdogs report (set at its first launch:
     :func:`balsam.launcher.serial_mode.watch_dir`; read by :mod:`.ensemble_watch`)."""
 
+    opened_at: float = 0.0
+    """``time.monotonic()`` when the session's opening statement was sent: its first lease
+    runs from then at the earliest (:class:`balsam.launcher.fence.LeaseFence` counts from it)."""
+
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""
         hook, self.after_start = self.after_start, None
@@ -164,6 +179,16 @@ class Housekeeper:
         self.next_sweep: Optional[float] = None
         """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
+        self.fence: Optional[Fence] = None
+        """Told of every confirmed renewal (MPI mode: :mod:`balsam.launcher.fence`)."""
+
+    def fenced(self) -> None:
+        """SessionLost if the fence stopped the tasks (no renewal confirmed in time)."""
+        fence = self.fence
+        if fence is not None and fence.fired:
+            raise SessionLost(f"no renewal of session {self.ctx.session_id}'s lease was "
+                              f"confirmed for {fence.after:g} s: its tasks were stopped before "
+                              "the lease could expire; stopping without recording anything")
 
     def due_in(self, now: float) -> float:
         """Seconds until :meth:`beat` has work."""
@@ -171,7 +196,9 @@ class Housekeeper:
         return max(0.0, due - now)
 
     def beat(self, now: Optional[float] = None) -> None:
-        """Renew the lease (and sweep) if due; SessionLost if the session was swept."""
+        """Renew the lease (and sweep) if due; SessionLost if the session was swept or the
+        fence stopped the tasks (:meth:`fenced`)."""
+        self.fenced()
         now = time.monotonic() if now is None else now
         if self.next_sweep is not None and now >= self.next_sweep:
             self.next_sweep = None
@@ -181,11 +208,16 @@ class Housekeeper:
         from balsam.core import leases  # imported late: the launcher starts its ensemble first
 
         ctx = self.ctx
+        sent = time.monotonic()
         try:
             alive = ctx.db.try_run(leases.heartbeat, ctx.session_id)
         except DatabaseUnavailable:
             self.next_beat = now + min(1.0, ctx.tunables.heartbeat_seconds)
+            self.fenced()  # (the fence may have cut a statement that hung)
             return
+        self.fenced()  # fired while the statement hung: the tasks are gone, whatever it says
+        if alive and self.fence is not None:
+            self.fence.renewed(sent)
         if not alive:
             raise SessionLost(f"session {ctx.session_id} was closed by a sweep (its lease of "
                               f"{ctx.tunables.lease_seconds} s expired): stopping without "

@@ -13,6 +13,9 @@ RUNNING) and closes the session in ``finally`` -- whatever still shows RUNNING b
 RUN_TIMEOUT and every claim is released -- unless the session was lost to a sweep, or the mode
 cannot tell that its tasks are dead (``ctx.release_session``): then the lease sweep closes it.
 
+A lease too short for a killed launcher's tasks to die within it is raised to the floor
+(:func:`balsam.launcher.fence.effective_lease`, one log line).
+
 Time: tasks are stopped at ``min(--time-limit-minutes, allocation end)`` minus the walltime
 margin (``launcher.walltime_margin_seconds``, at most a quarter of the whole time, so a short
 test limit still runs jobs), with a grace that fits in the margin. Logs go to
@@ -35,6 +38,7 @@ from balsam.db import dbsettings, serverinfo
 from balsam.db.database import Database
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context
+from balsam.launcher.fence import effective_lease
 from balsam.launcher.modes import LauncherMode
 from balsam.logfile import open_log
 from balsam.platform import allocation
@@ -68,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     the session was lost). Raises BalsamError for bad settings or an unreachable database."""
     db_path = serverinfo.active_db_path()
     settings = dbsettings.load(db_path)
-    tunables = Tunables.from_settings(settings["launcher"])
+    tunables, raised = effective_lease(Tunables.from_settings(settings["launcher"]), args.job_mode)
+    if raised:  # the serial ranks read their tunables from the settings
+        settings = dict(settings, launcher=dict(settings["launcher"],
+                                                lease_seconds=tunables.lease_seconds))
     gpus = args.gpus_per_node if args.gpus_per_node is not None else int(settings["gpus_per_node"])
     alloc = allocation.detect(os.environ, cores_per_node=int(settings["cores_per_node"]),
                               gpus_per_node=gpus, local_nodes=int(settings["local_nodes"]))
@@ -85,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     left, margin = remaining_limit(args.time_limit_minutes or 0.0, alloc.end_time, time.time(),
                                    tunables.walltime_margin_seconds)
     log, handler, log_path = open_log(db_path, "launcher")
+    if raised:
+        log.warning(raised)
     stop = threading.Event()
     db = Database(db_path, "balsam-launcher", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         else tunables.shutdown_grace_seconds, tags=tags)
     mode.prestart(ctx)  # serial: the MPI start-up overlaps opening the session
     from balsam.core import leases  # after the ensemble's launch: ~40 ms of imports
+    ctx.opened_at = time.monotonic()  # (retries only make the lease start later)
     try:
         session_id = db.run_before(
             time.monotonic() + tunables.reconnect_max_seconds, leases.open_session,

@@ -66,6 +66,7 @@ from typing import Any, Optional
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ready_ahead, spawn
 from balsam.launcher.context import Context, Housekeeper, SessionLost
+from balsam.launcher.fence import start_fence
 from balsam.launcher.flight import Flight, readable
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.mpi_cycle import MPICycle
@@ -131,6 +132,7 @@ class MPIMode(MPICycle):
         self.prep = spawn.Preparer()
         try:
             while not ctx.should_stop():
+                self.house.fenced()  # (also while a transaction in flight hangs)
                 self._reap()
                 if flight.done():
                     self._land()
@@ -326,4 +328,11 @@ class MPILauncherMode:
         """The :class:`MPIMode` loop for the open session of ``ctx``; 0, or 1 if it was lost."""
         ctx.started()
         ctx.watchdog = Watchdog(ctx.tunables.kill_grace_seconds, log=ctx.log.error)
-        return MPIMode(ctx).run()
+        mode = MPIMode(ctx)
+        # Its tasks die if the lease goes unconfirmed, also while the loop is stuck in a
+        # statement or stops them (:mod:`balsam.launcher.fence`).
+        fence = mode.house.fence = start_fence(ctx)
+        try:
+            return mode.run()
+        finally:
+            fence.close()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.launcher.ensemble_stdin import Launched, abandon, hand_over, tell_ended
+from balsam.launcher.fence import FORCE_KILL_AFTER_SECONDS as FORCE_KILL_AFTER_SECONDS
 from balsam.platform.allocation import Allocation
 from balsam.platform.process import drain_fd, pidfd_open
 from balsam.platform.procgroup import signal_group
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
     from balsam.launcher.warm_start import WarmStart
     from balsam.platform.mpi.choice import LauncherChoice
 
-FORCE_KILL_AFTER_SECONDS = 9.0
-"""After forwarding a stop, the launcher SIGKILLs the MPI launch if it is still running after
-the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the signal)."""
 START_PROCESSING_SECONDS = 2.0
 """The launcher starts its transition workers once the ensemble has changed jobs twice (its
 master's first claim, then its first tasks recorded RUNNING), or this long after starting the

@@ -1,0 +1,154 @@
+"""A launcher's tasks never outlive its lease: the lease floor and the self-fence.
+
+Another launcher may run a job again once the session holding it was swept (its lease expired,
+:func:`balsam.core.leases.sweep`). Two things keep the first run from still going then:
+
+* **The lease floor** (:func:`effective_lease`). A launcher killed outright last renewed its
+  lease up to one heartbeat before it died, and its watchdog then needs :func:`kill_bound` to
+  stop its tasks (serial mode: the ensemble gets SIGTERM, SIGKILL after the shutdown grace plus
+  ``FORCE_KILL_AFTER_SECONDS``, then the worker ranks' watchdogs their kill grace; MPI mode:
+  its tasks get the kill grace). A lease shorter than a heartbeat plus that bound plus
+  :data:`FENCE_MARGIN_SECONDS` lets a task that ignores SIGTERM outlive it; the floor adds two
+  heartbeats more, which a live launcher may miss (a long transaction in flight, a loaded
+  machine) before it fences itself. The session is opened with a shorter lease raised to that
+  floor (one log line).
+* **The self-fence** (:class:`LeaseFence`). A launcher whose connection is lost or hangs (a
+  blocked socket: the statement never returns) could keep its tasks running while other
+  launchers sweep its session and run their jobs again. Counted on its own monotonic clock from
+  the moment the last *confirmed* renewal was sent (the server's ``now()`` came later, so the
+  lease expires no sooner than that plus the lease), it stops its tasks once
+  :func:`fence_after` passed: the lease less the time its tasks need to die (SIGTERM, the kill
+  grace, SIGKILL) less the margin. A thread of its own decides, so a main loop blocked in a
+  statement cannot delay it; the thread then also shuts the connection's socket down
+  (:meth:`balsam.db.database.Database.sever`), so that the blocked statement fails and the
+  launcher goes the way of a lost session: it records nothing and exits with status 1.
+
+MPI mode has this fence (the launcher renews its own lease). Serial mode's lease is renewed by
+the ensemble's master and watched by the launcher (:mod:`balsam.launcher.ensemble_stuck`),
+which kills a master's ensemble by :func:`fence_after` too, through its own connection; what
+that leaves uncovered is in docs/architecture.md, "Fencing".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+from balsam.core.tunables import Tunables
+from balsam.launcher.watchdog import kill_groups
+
+if TYPE_CHECKING:
+    from balsam.launcher.context import Context
+
+FORCE_KILL_AFTER_SECONDS = 9.0
+"""After forwarding a stop, the serial-mode launcher SIGKILLs the MPI launch if it is still
+running after the tasks' shutdown grace plus this long (all ranks are gone within 15 s of the
+signal); its watchdog does the same if it was killed (:mod:`balsam.launcher.serial_mode`)."""
+FENCE_MARGIN_SECONDS = 2.0
+"""Slack for what the bounds leave out: a loaded machine's scheduling delays, the watchdog's
+read nap, the time a sweep's statement takes to reach the server."""
+
+
+def kill_bound(tunables: Tunables, job_mode: str) -> float:
+    """Seconds from a launcher's death until its watchdogs have stopped every task of it."""
+    if job_mode == "serial":
+        return (tunables.shutdown_grace_seconds + FORCE_KILL_AFTER_SECONDS
+                + tunables.kill_grace_seconds)
+    return tunables.kill_grace_seconds
+
+
+def lease_floor(tunables: Tunables, job_mode: str) -> int:
+    """The shortest safe lease (whole seconds): 3 heartbeats, :func:`kill_bound`, the margin."""
+    return math.ceil(3.0 * tunables.heartbeat_seconds + kill_bound(tunables, job_mode)
+                     + FENCE_MARGIN_SECONDS)
+
+
+def effective_lease(tunables: Tunables, job_mode: str) -> tuple[Tunables, str]:
+    """(``tunables`` with the lease raised to :func:`lease_floor` if it is shorter, the one
+    log line saying why -- "" when the lease is kept)."""
+    floor = lease_floor(tunables, job_mode)
+    if tunables.lease_seconds >= floor:
+        return tunables, ""
+    why = (f"lease_seconds {tunables.lease_seconds} raised to {floor}: a killed {job_mode}-mode "
+           f"launcher's tasks may live {kill_bound(tunables, job_mode):g} s after it died, a "
+           f"heartbeat after its last renewal, and a live one may miss 2 heartbeats before it "
+           f"stops them (heartbeat {tunables.heartbeat_seconds:g} s, margin "
+           f"{FENCE_MARGIN_SECONDS:g} s): a shorter lease lets a retry run beside them")
+    return dataclasses.replace(tunables, lease_seconds=floor), why
+
+
+def fence_after(tunables: Tunables) -> float:
+    """Seconds after sending its last confirmed renewal at which a launcher stops its tasks."""
+    return tunables.lease_seconds - tunables.kill_grace_seconds - FENCE_MARGIN_SECONDS
+
+
+class LeaseFence:
+    """Calls ``on_expiry`` once, on a thread of its own, if no renewal was confirmed for
+    ``after`` seconds (see the module docstring). :meth:`renewed` moves the deadline;
+    :attr:`fired` tells the main loop to stop as after a lost session."""
+
+    def __init__(self, after: float, sent_at: float, on_expiry: Callable[[float], None]) -> None:
+        self.after = after
+        self.confirmed_at = sent_at
+        self._on_expiry = on_expiry
+        self._changed = threading.Condition()
+        self._closed = False
+        self._fired = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def fired(self) -> bool:
+        """The fence stopped (or is stopping) the tasks: the session must be given up."""
+        return self._fired.is_set()
+
+    def renewed(self, sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` (``time.monotonic()``) was confirmed."""
+        with self._changed:
+            self.confirmed_at = max(self.confirmed_at, sent_at)
+
+    def start(self) -> None:
+        """Start the fence's thread (a daemon: it never keeps a launcher up)."""
+        self._thread = threading.Thread(target=self._watch, name="lease-fence", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching (the launcher is exiting); waits for ``on_expiry`` if it runs."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._closed:
+                left = self.confirmed_at + self.after - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            if self._closed:
+                return
+            self._fired.set()
+            unconfirmed = time.monotonic() - self.confirmed_at
+        self._on_expiry(unconfirmed)
+
+
+def start_fence(ctx: Context) -> LeaseFence:
+    """A started :class:`LeaseFence` for ``ctx``'s session, counting from its opening, whose
+    expiry stops every task registered with ``ctx.watchdog`` (SIGTERM, the kill grace, SIGKILL)
+    and then severs ``ctx.db``'s connection (a statement hung on it fails)."""
+
+    def stop_tasks(unconfirmed: float) -> None:
+        # On the fence's thread: the main loop may be blocked in a statement.
+        groups = list(ctx.watchdog.registered) if ctx.watchdog is not None else []
+        ctx.log.error(f"no renewal of the lease confirmed for {unconfirmed:.1f} s (lease "
+                      f"{ctx.tunables.lease_seconds} s): stopping {len(groups)} task(s) before "
+                      "it could expire and another launcher run their jobs again")
+        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        ctx.db.sever()
+
+    fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks)
+    fence.start()
+    return fence

@@ -1,0 +1,156 @@
+"""A launcher's tasks never outlive its lease (balsam.launcher.fence): the lease floor, and the
+self-fence of a launcher whose database connection hangs -- real PostgreSQL (one launcher's
+server process SIGSTOPped, the others untouched), real MPI-mode launchers, ticking tasks."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from launcher_support import QUICK, job_row, launchers, process_gone, settings, wait_for
+from once_support import kill, overlap_seconds, recorded_runs, runs, unrecorded_runs
+from test_exactly_once import launcher_log, scripts, tickers  # noqa: F401 - a fixture
+
+from balsam.core import schema
+from balsam.core.tunables import Tunables
+from balsam.launcher.fence import LeaseFence, effective_lease, fence_after, lease_floor
+
+MPI = ("--consume-all", "--job-mode", "mpi")
+
+
+def test_a_lease_too_short_for_the_kill_chain_is_raised_to_the_floor() -> None:
+    quick = Tunables.from_settings(dict(QUICK, lease_seconds=6))
+    # MPI mode: 3 heartbeats + the kill grace (1 s) + 2 s margin = 6 s: 6 is kept.
+    assert lease_floor(quick, "mpi") == 6
+    assert effective_lease(quick, "mpi") == (quick, "")
+    # Serial mode: the ensemble's shutdown grace (5) + 9 s + the workers' kill grace (1) more.
+    raised, why = effective_lease(quick, "serial")
+    assert raised.lease_seconds == lease_floor(quick, "serial") == 20
+    assert why.startswith("lease_seconds 6 raised to 20: a killed serial-mode launcher's tasks")
+    assert "\n" not in why
+    defaults = Tunables.from_settings({})
+    assert effective_lease(defaults, "serial") == (defaults, "")  # 60 s >= 30+15+2
+    assert fence_after(defaults) == 57.0  # the lease less the kill grace and the margin
+
+
+def test_the_fence_fires_once_when_no_renewal_is_confirmed() -> None:
+    calls: list[float] = []
+    fence = LeaseFence(0.2, time.monotonic(), calls.append)
+    fence.start()
+    wait_for(lambda: calls, 30, "the fence to fire")
+    fence.close()
+    assert fence.fired and len(calls) == 1 and calls[0] >= 0.2
+
+
+def test_a_closed_or_renewed_fence_does_not_fire() -> None:
+    calls: list[float] = []
+    fence = LeaseFence(3600.0, time.monotonic() - 3599.0, calls.append)
+    fence.renewed(time.monotonic())  # the deadline moves an hour on
+    assert fence.confirmed_at > time.monotonic() - 60
+    fence.start()
+    fence.close()
+    assert not fence.fired and calls == []
+
+
+def stop_idle_backends(cursor, application_name: str) -> list[int]:
+    """SIGSTOP the server processes of ``application_name`` while each is idle (between
+    transactions: it holds no lock a sweep would wait for); returns their pids."""
+    cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                   [application_name])
+    pids = [int(r[0]) for r in cursor.fetchall()]
+    assert pids, f"no server process of {application_name}"
+
+    def stopped_idle(pid: int) -> bool:
+        kill(pid, signal.SIGSTOP)
+        cursor.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
+        if cursor.fetchone()[0] == "idle":
+            return True
+        kill(pid, signal.SIGCONT)  # in a statement: let it finish, try again
+        return False
+
+    for pid in pids:
+        wait_for(lambda pid=pid: stopped_idle(pid), 60, f"server process {pid} to be idle", 0.01)
+    return pids
+
+
+@pytest.mark.slow
+def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expires(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # The task ignores SIGTERM: only the fence's SIGKILL ends it. The second launcher sweeps
+    # the hung launcher's session once its lease expired and runs the job again.
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    lease = 10  # the fence fires 7 s after the last confirmed renewal was sent
+    with settings(db, local_nodes=1, launcher=dict(QUICK, lease_seconds=lease)), \
+            launchers() as start:
+        first = start(*MPI)
+        wait_for(lambda: runs(markers, job), 60, "the first run to tick")
+        session = job_row(cursor, job)["session_id"]
+        backends = stop_idle_backends(cursor, "balsam-launcher")
+        try:
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease  # renewals stopped with its server
+            second = start(*MPI, "--persistent")
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the fence to stop the first run")
+            os.remove(os.path.join(markers, "hold"))  # the second run ticks 10 times
+            assert first.wait(120) == 1  # a lost session: nothing recorded
+            wait_for(lambda: job_row(cursor, job)["state"] == "JOB_FINISHED", 180,
+                     "the second launcher to run the job again")
+            second.signal(signal.SIGTERM)
+            assert second.wait(60) == 0
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(first)
+    assert "no renewal of the lease confirmed for" in log, log
+    trails = runs(markers, job)
+    assert len(trails) == 2
+    assert trails[pid][1] < expires, (trails, expires)  # dead before the lease could expire
+    (again,) = (span for p, span in trails.items() if p != pid)
+    print(f"first run's last tick {expires - trails[pid][1]:.1f} s before its lease expired, "
+          f"second run's first tick {again[0] - expires:.1f} s after")
+    assert overlap_seconds(markers, [job]) == {}
+    assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
+    cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} WHERE id = %s", [session])
+    assert "lost its lease" in cursor.fetchone()[0]  # swept by the second launcher
+
+
+@pytest.mark.slow
+def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_the_lease(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # The master's server process is SIGSTOPped: its loop hangs in a statement and renews no
+    # more. The stuck limit (the 20-s reconnection back-off + 2 heartbeats: 22 s) comes after
+    # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s) kills the ensemble in time, and the
+    # worker's watchdog its task (which ignores SIGTERM). A new ensemble runs the job again.
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    lease, limit = 20, 22
+    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=20)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        launcher = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: runs(markers, job), 60, "the first run to tick")
+        # Past the ensemble's start-up (the launcher does not judge it for max(limit, lease)).
+        started = time.monotonic()
+        wait_for(lambda: time.monotonic() - started > limit + 1, 60, "the start-up to pass", 0.5)
+        session = job_row(cursor, job)["session_id"]
+        backends = stop_idle_backends(cursor, "balsam-serial-master")
+        try:
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the first run to be stopped")
+            os.remove(os.path.join(markers, "hold"))
+            assert launcher.wait(240) == 0
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(launcher)
+    assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
+    assert "(limit 17 s)" in log, log
+    trails = runs(markers, job)
+    assert len(trails) == 2 and trails[pid][1] < expires, (trails, expires)
+    assert overlap_seconds(markers, [job]) == {}
+    assert job_row(cursor, job)["state"] == "JOB_FINISHED"
+    assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
