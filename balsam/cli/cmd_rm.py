@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from balsam.db.dbapi import Cursor
 
 EPILOG = """Jobs still waiting on a removed job are marked FAILED (they would wait forever).
+A job a live launcher holds (claimed, running, or killed and not yet let go) is not removed:
+kill it first, then remove it once its launcher let it go (or its lease expired).
 Working directories are left on disk. Without a terminal the answer is read from standard
 input (`echo y | balsam rm ...`). Answering no to the prompt removes nothing and exits
 with status 1; errors exit with status 2 and remove nothing."""
