@@ -122,7 +122,8 @@ def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_t
         db, cursor, scripts):  # noqa: F811 - the fixture
     # The master's server process is SIGSTOPped: its loop hangs in a statement and renews no
     # more. The stuck limit (the 20-s reconnection back-off + 2 heartbeats: 22 s) comes after
-    # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s) kills the ensemble in time, and the
+    # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s, less the 2-s read allowance: 15 s)
+    # kills the ensemble in time, and the
     # worker's watchdog its task (which ignores SIGTERM). A new ensemble runs the job again.
     (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
     lease, limit = 20, 22
@@ -148,9 +149,59 @@ def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_t
                 kill(backend, signal.SIGCONT)
         log = launcher_log(launcher)
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
-    assert "(limit 17 s)" in log, log
+    assert "(limit 15 s)" in log, log
     trails = runs(markers, job)
     assert len(trails) == 2 and trails[pid][1] < expires, (trails, expires)
     assert overlap_seconds(markers, [job]) == {}
     assert job_row(cursor, job)["state"] == "JOB_FINISHED"
     assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
+
+
+@pytest.mark.slow
+def test_a_serial_launcher_cut_off_with_its_master_kills_everything_before_the_lease(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # Both server processes stop (the launcher's first: it then judges nothing, and the master
+    # renews until its own stops): no look at the lease returns. The launcher's own fence
+    # (17 s after the lease was last renewed, by its last confirmed look) kills the ensemble and
+    # its task (which ignores SIGTERM) and exits 1; a second launcher sweeps the session once
+    # the lease expired and runs the job again.
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    lease = 20
+    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: runs(markers, job), 60, "the first run to tick")
+        wait_for(lambda: "lease fence armed" in launcher_log(first), 180,
+                 "the launcher's first confirmed look at the lease", 0.2)
+        session = job_row(cursor, job)["session_id"]
+        backends = stop_idle_backends(cursor, "balsam-launcher")
+        try:
+            backends += stop_idle_backends(cursor, "balsam-serial-master")
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease  # nothing renews it any more
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the fence to stop the first run")
+            assert first.wait(120) == 1  # as after a lost session: nothing recorded
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(first)
+        os.remove(os.path.join(markers, "hold"))  # the second run ticks 10 times
+        second = start(*MPI, "--persistent")
+        wait_for(lambda: job_row(cursor, job)["state"] == "JOB_FINISHED", 180,
+                 "the second launcher to run the job again")
+        second.signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    assert "no lease age confirmed for" in log, log
+    assert "the serial-mode ensemble is stuck" not in log, log
+    trails = runs(markers, job)
+    assert len(trails) == 2
+    assert trails[pid][1] < expires, (trails, expires)  # dead before the lease could expire
+    (again,) = (span for p, span in trails.items() if p != pid)
+    print(f"first run's last tick {expires - trails[pid][1]:.1f} s before its lease expired, "
+          f"second run's first tick {again[0] - expires:.1f} s after")
+    assert overlap_seconds(markers, [job]) == {}
+    assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
+    cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} WHERE id = %s", [session])
+    assert "lost its lease" in cursor.fetchone()[0]  # swept by the second launcher

@@ -25,12 +25,20 @@ suspended, e.g. ``scontrol suspend``, and its master with it): the master then g
 limit to renew the lease before it is judged.
 
 Once it looks, it also judges by the fence's rule (:func:`balsam.launcher.fence.fence_after`:
-the lease less the worker watchdogs' kill grace less a margin, 57 s with the defaults) and
-looks again no later than the age could reach it: with the defaults a check every 12.5 s
-against the 50-s limit could find a master stuck only at a lease age of 62.5 s, after another
-launcher could have swept the session and run its jobs again beside the ensemble's tasks. Not
-covered (docs/architecture.md, "Fencing"): the launcher's own connection hanging too, an
-ensemble's start-up and the half limit after a suspension.
+the lease less the worker watchdogs' kill grace less a margin, 57 s with the defaults, less
+:data:`READ_ALLOWANCE_SECONDS`) and looks again no later than the age could reach it: with the
+defaults a check every 12.5 s against the 50-s limit could find a master stuck only at a lease
+age of 62.5 s, after another launcher could have swept the session and run its jobs again
+beside the ensemble's tasks.
+
+If the launcher's own connection hangs too (the node cut off from the database), no look
+returns. From its first confirmed look on, the launcher has a fence of its own
+(:func:`balsam.launcher.fence.start_serial_fence`, a thread): each confirmed look moves it to
+the look's send time less the age it read (the lease runs a whole lease from then at least);
+:func:`fence_after` later with no newer confirmed look, it SIGKILLs the ensemble, stops the
+launcher's own tasks and ends the process with status 1, the session left to a sweep. Not
+covered (docs/architecture.md, "Fencing"): an ensemble's start-up (no look yet, so no fence)
+and the half limit after a suspension.
 """
 from __future__ import annotations
 
@@ -40,10 +48,15 @@ from typing import TYPE_CHECKING, Optional
 from balsam.core import leases
 from balsam.core.tunables import Tunables
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher.fence import fence_after
+from balsam.launcher.fence import LeaseFence, fence_after, start_serial_fence
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
+
+
+READ_ALLOWANCE_SECONDS = 2.0
+"""A check judges by the fence's rule this much early: its read (sent up to a loop's nap late)
+must be confirmed before the launcher's own fence (:func:`start_serial_fence`) would fire."""
 
 
 def stuck_after(tunables: Tunables) -> float:
@@ -59,10 +72,12 @@ class StuckWatch:
     may be old already (a restart after a stuck master), and MPI start-up on a loaded machine
     takes seconds."""
 
-    def __init__(self, ctx: Context, now: Optional[float] = None) -> None:
+    def __init__(self, ctx: Context, now: Optional[float] = None, pgid: int = 0) -> None:
         self.ctx = ctx
+        self.pgid = pgid
         self.limit = stuck_after(ctx.tunables)
-        self.fence = fence_after(ctx.tunables)
+        self.fence = fence_after(ctx.tunables) - READ_ALLOWANCE_SECONDS
+        self.lease_fence: Optional[LeaseFence] = None
         self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
         self.started = time.monotonic() if now is None else now
         self.next_check = self.started + max(self.limit, ctx.tunables.lease_seconds)
@@ -80,14 +95,36 @@ class StuckWatch:
         if now < self.next_check:
             return None
         self.next_check = now + self.period
+        if self.lease_fence is not None and self.lease_fence.fired:
+            return None  # the fence is killing everything and ending the process
+        sent = time.monotonic()
         try:
             age = self.ctx.db.try_run(leases.lease_age, self.ctx.session_id)
         except DatabaseUnavailable:
             return None
         if age is None:
+            self.close()
             return f"its session {self.ctx.session_id} was closed by a sweep"
         if age > min(self.limit, self.fence):
+            self.close()
             return (f"its master has not renewed the lease for {age:.0f} s "
                     f"(limit {min(self.limit, self.fence):g} s)")
         self.next_check = min(self.next_check, now + self.fence - age)
+        self._confirmed(sent - age)
         return None
+
+    def _confirmed(self, expires_after: float) -> None:
+        """The lease runs a whole lease from ``expires_after`` at least: (start and) move the
+        launcher's own fence (the module docstring, last paragraph)."""
+        if self.lease_fence is not None:
+            self.lease_fence.renewed(expires_after)
+        elif self.pgid:
+            self.lease_fence = start_serial_fence(self.ctx, self.pgid, expires_after)
+            self.ctx.log.info(f"lease fence armed for the serial-mode ensemble (it fires "
+                              f"{self.lease_fence.after:g} s after the lease was last renewed "
+                              "by the latest confirmed look)")
+
+    def close(self) -> None:
+        """Stop the launcher's own fence (the ensemble is being killed or has ended)."""
+        if self.lease_fence is not None:
+            self.lease_fence.close()

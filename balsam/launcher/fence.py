@@ -152,3 +152,43 @@ def start_fence(ctx: Context) -> LeaseFence:
     fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks)
     fence.start()
     return fence
+
+
+def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFence:
+    """A started :class:`LeaseFence` for a serial-mode launcher whose ensemble's process group
+    is ``pgid``, counting from ``expires_after`` (a ``time.monotonic()`` time no later than the
+    one from which the lease still runs a whole ``lease_seconds``: a confirmed lease-age read's
+    send time less the age it read; :class:`balsam.launcher.ensemble_stuck.StuckWatch` moves it
+    on with each). On expiry, while the ensemble has not been reaped (once it is, the launcher's
+    loop is past it: nothing is done), it SIGKILLs the ensemble (its worker ranks' watchdogs
+    then stop their tasks within the kill grace), stops the launcher's own tasks (every other
+    group registered with ``ctx.watchdog``: SIGTERM, the kill grace, SIGKILL) and ends the
+    process at once with status 1, as a killed launcher would end: nothing recorded, the
+    session left to a sweep (the loop may hang in a statement, and any statement after this
+    point could record a state or renew the lease)."""
+    import os
+    import signal
+
+    from balsam.platform.procgroup import signal_group
+
+    def stop_all(unconfirmed: float) -> None:
+        try:
+            os.kill(pgid, 0)  # a zombie counts: the loop that reaps it has not returned
+        except ProcessLookupError:
+            return
+        groups = [g for g in (ctx.watchdog.registered if ctx.watchdog is not None else ())
+                  if g != pgid]
+        ctx.log.error(f"no lease age confirmed for {unconfirmed:.1f} s (lease "
+                      f"{ctx.tunables.lease_seconds} s): killing the serial-mode ensemble and "
+                      f"stopping {len(groups)} task(s) of the launcher before the lease could "
+                      "expire and another launcher run their jobs again; exiting (status 1), "
+                      "the session is left to a sweep")
+        signal_group(pgid, signal.SIGKILL)
+        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        for handler in ctx.log.handlers:
+            handler.flush()
+        os._exit(1)
+
+    fence = LeaseFence(fence_after(ctx.tunables), expires_after, stop_all)
+    fence.start()
+    return fence

@@ -295,7 +295,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] =
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
-    watch = StuckWatch(ctx)
+    watch = StuckWatch(ctx, pgid=proc.pid)  # (its fence: ensemble_stuck.py)
     pidfd = pidfd_open(proc.pid)
     processing_at = None
     changes = 0
