@@ -55,8 +55,9 @@ if TYPE_CHECKING:
 
 
 READ_ALLOWANCE_SECONDS = 2.0
-"""A check judges by the fence's rule this much early: its read (sent up to a loop's nap late)
-must be confirmed before the launcher's own fence (:func:`start_serial_fence`) would fire."""
+"""With the launcher's own fence (:func:`start_serial_fence`; a :class:`StuckWatch` given the
+ensemble's ``pgid``) a check judges by the fence's rule this much early: its read, sent up to a
+loop's nap late, must be confirmed before that fence would fire."""
 
 
 def stuck_after(tunables: Tunables) -> float:
@@ -76,7 +77,7 @@ class StuckWatch:
         self.ctx = ctx
         self.pgid = pgid
         self.limit = stuck_after(ctx.tunables)
-        self.fence = fence_after(ctx.tunables) - READ_ALLOWANCE_SECONDS
+        self.fence = fence_after(ctx.tunables) - (READ_ALLOWANCE_SECONDS if pgid else 0.0)
         self.lease_fence: Optional[LeaseFence] = None
         self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
         self.started = time.monotonic() if now is None else now
