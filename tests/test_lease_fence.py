@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
-from launcher_support import QUICK, job_row, launchers, process_gone, settings, wait_for
+from launcher_support import QUICK, job_row, kill_group_of, launchers, process_gone, settings, wait_for
 from once_support import kill, overlap_seconds, recorded_runs, runs, unrecorded_runs
 from test_exactly_once import launcher_log, scripts, tickers  # noqa: F401 - a fixture
 
 from balsam.core import schema
 from balsam.core.tunables import Tunables
-from balsam.launcher.fence import LeaseFence, effective_lease, fence_after, lease_floor
+from balsam.launcher.fence import LeaseFence, effective_lease, fence_after, lease_floor, start_serial_fence
 
 MPI = ("--consume-all", "--job-mode", "mpi")
 
@@ -51,6 +55,61 @@ def test_a_closed_or_renewed_fence_does_not_fire() -> None:
     fence.start()
     fence.close()
     assert not fence.fired and calls == []
+
+
+SERIAL_FENCED = textwrap.dedent("""
+    import logging, subprocess, sys, time
+    from types import SimpleNamespace
+    from balsam.core.tunables import Tunables
+    from balsam.launcher.fence import start_serial_fence
+    ensemble = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    own = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 600"], start_new_session=True)
+    print(ensemble.pid, own.pid, flush=True)
+    tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
+    ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"),
+                          watchdog=SimpleNamespace(registered={ensemble.pid, own.pid}))
+    start_serial_fence(ctx, ensemble.pid, time.monotonic())  # fires 1 s on
+    time.sleep(600)
+    sys.exit(0)
+""")
+
+
+@pytest.mark.slow
+def test_the_serial_fence_kills_the_ensemble_and_the_launchers_tasks_and_exits_1() -> None:
+    # A real process running the fence over a real ensemble group and a task of its own that
+    # ignores SIGTERM, nothing confirming: after 1 s both are dead and the process ended (1).
+    proc = subprocess.Popen([sys.executable, "-c", SERIAL_FENCED], stdout=subprocess.PIPE,
+                            text=True)
+    ensemble = own = 0
+    try:
+        ensemble, own = (int(p) for p in proc.stdout.readline().split())
+        assert proc.wait(120) == 1
+        wait_for(lambda: process_gone(ensemble) and process_gone(own), 60, "both to be dead")
+    finally:
+        proc.kill()
+        for pid in (ensemble, own):
+            if pid:
+                kill_group_of(pid)
+
+
+def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
+    # The launcher's loop reaped the ensemble (it has moved on): the fence fires but neither
+    # kills the launcher's own task nor ends this process.
+    ensemble = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    own = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        ensemble.kill()
+        ensemble.wait()
+        tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
+        ctx = SimpleNamespace(tunables=tunables, log=None,
+                              watchdog=SimpleNamespace(registered={own.pid}))
+        fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)  # due at once
+        wait_for(lambda: fence.fired, 30, "the fence to fire")
+        fence.close()
+        assert own.poll() is None
+    finally:
+        own.kill()
+        own.wait()
 
 
 def stop_idle_backends(cursor, application_name: str) -> list[int]:
