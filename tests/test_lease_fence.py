@@ -1,6 +1,7 @@
 """A launcher's tasks never outlive its lease (balsam.launcher.fence): the lease floor, and the
 self-fence of a launcher whose database connection hangs -- real PostgreSQL (one launcher's
-server process SIGSTOPped, the others untouched), real MPI-mode launchers, ticking tasks."""
+server processes SIGSTOPped, the others untouched), real MPI- and serial-mode launchers,
+ticking tasks; the serial launcher's own fence also on real process groups."""
 from __future__ import annotations
 
 import os
