@@ -58,6 +58,79 @@ def test_a_closed_or_renewed_fence_does_not_fire() -> None:
     assert not fence.fired and calls == []
 
 
+SUSPENDED = textwrap.dedent("""
+    import os, sys, time
+    from balsam.launcher.fence import LeaseFence
+    out, session_open = sys.argv[1], sys.argv[2] == "open"
+    def note(name):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(repr(time.monotonic()))
+    def confirm():
+        note("confirmed")
+        return time.monotonic() if session_open else None
+    fence = LeaseFence(3.0, time.monotonic(), lambda unconfirmed: note("fired"), confirm=confirm)
+    fence.start()
+    note("ready")
+    time.sleep(600)
+""")
+
+
+def _noted(tmp_path, name: str) -> float:
+    return float((tmp_path / name).read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("session", ["open", "swept"])
+def test_a_fence_whose_time_ran_out_while_the_process_was_stopped_asks_before_it_fires(
+        tmp_path, session) -> None:
+    # A suspended job (SIGSTOP of the whole process, as `scontrol suspend` does) past its
+    # fence's time: its tasks were stopped too, so the fence first renews the lease on its own
+    # (here a callable standing for session_renewer, tested against the DB below). Renewed
+    # (the session still open): it goes on counting from the renewal, firing only a whole
+    # fence time later; not renewed (swept): it fires at once.
+    proc = subprocess.Popen([sys.executable, "-c", SUSPENDED, str(tmp_path), session])
+    try:
+        wait_for(lambda: (tmp_path / "ready").exists(), 60, "the fence to start")
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(3.0 + 5.0 + 2.0)  # the suspension: past the fence's time and the gap rule
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: (tmp_path / "fired").exists(), 120, "the fence to fire")
+        confirmed, fired = _noted(tmp_path, "confirmed"), _noted(tmp_path, "fired")
+        if session == "open":
+            assert fired - confirmed >= 3.0 - 0.5  # a whole fence time after the renewal
+        else:
+            assert fired >= confirmed  # asked first, then fired
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_session_renewer_renews_an_open_session_and_refuses_a_swept_one(db, cursor) -> None:
+    import logging
+
+    from balsam.core import leases
+    from balsam.db.database import Database
+    from balsam.launcher.fence import session_renewer
+
+    database = Database(db)
+    try:
+        sid = database.run(leases.open_session, hostname="h", pid=1, job_mode="mpi",
+                           num_nodes=1, lease_seconds=60)
+    finally:
+        database.close()
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = now() - interval '50 s' "
+                   "WHERE id = %s", [sid])
+    ctx = SimpleNamespace(db_path=db, session_id=sid, log=logging.getLogger("fence-test"))
+    before = time.monotonic()
+    sent = session_renewer(ctx)()
+    assert sent is not None and before <= sent <= time.monotonic()
+    cursor.execute(f"SELECT now() - heartbeat < interval '10 s' FROM {schema.SESSION_TABLE} "
+                   "WHERE id = %s", [sid])
+    assert cursor.fetchone()[0]  # renewed
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET ended_at = now() WHERE id = %s", [sid])
+    assert session_renewer(ctx)() is None  # swept meanwhile: its jobs may run elsewhere
+
+
 SERIAL_FENCED = textwrap.dedent("""
     import logging, subprocess, sys, time
     from types import SimpleNamespace

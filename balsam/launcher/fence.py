@@ -51,6 +51,13 @@ signal); its watchdog does the same if it was killed (:mod:`balsam.launcher.seri
 FENCE_MARGIN_SECONDS = 2.0
 """Slack for what the bounds leave out: a loaded machine's scheduling delays, the watchdog's
 read nap, the time a sweep's statement takes to reach the server."""
+POLL_SECONDS = 1.0
+"""The fence's thread looks at least this often, so that it sees when it was stopped."""
+SUSPENDED_SECONDS = 5.0
+"""A look this much later than asked for means the process was stopped (a job suspended with
+``scontrol suspend``, SIGSTOP, a paused VM), not just slow."""
+CONFIRM_SECONDS = 3.0
+"""How long the fence waits for its own renewal after such a stop (:func:`session_renewer`)."""
 
 
 def kill_bound(tunables: Tunables, job_mode: str) -> float:
@@ -91,10 +98,17 @@ class LeaseFence:
     ``after`` seconds (see the module docstring). :meth:`renewed` moves the deadline;
     :attr:`fired` tells the main loop to stop as after a lost session."""
 
-    def __init__(self, after: float, sent_at: float, on_expiry: Callable[[float], None]) -> None:
+    def __init__(self, after: float, sent_at: float, on_expiry: Callable[[float], None],
+                 confirm: Optional[Callable[[], Optional[float]]] = None) -> None:
         self.after = after
         self.confirmed_at = sent_at
         self._on_expiry = on_expiry
+        self._confirm = confirm
+        """Called (on the fence's thread) when the time ran out while the process was stopped
+        (a suspended job: its tasks were stopped too, so none ran beside a rerun): renews the
+        lease on a connection of its own, within :data:`CONFIRM_SECONDS`; the renewal's send
+        time if the session was still open -- no sweep ended it, so no job of it runs
+        elsewhere, and the fence goes on counting from there --, else None (it fires)."""
         self._changed = threading.Condition()
         self._closed = False
         self._fired = threading.Event()
@@ -124,17 +138,68 @@ class LeaseFence:
             self._thread.join()
 
     def _watch(self) -> None:
+        stopped = False  # the process was stopped since the last confirmed renewal
         with self._changed:
             while not self._closed:
-                left = self.confirmed_at + self.after - time.monotonic()
+                now = time.monotonic()
+                left = self.confirmed_at + self.after - now
                 if left <= 0:
-                    break
-                self._changed.wait(left)
+                    if not (stopped and self._confirm is not None):
+                        break
+                    self._changed.release()  # the renewal may take seconds: renewed() waits not
+                    try:
+                        sent = self._confirm()
+                    finally:
+                        self._changed.acquire()
+                    if sent is None:
+                        break
+                    self.confirmed_at, stopped = max(self.confirmed_at, sent), False
+                    continue
+                asked = min(left, POLL_SECONDS)
+                self._changed.wait(asked)
+                if time.monotonic() - now - asked > SUSPENDED_SECONDS:
+                    stopped = True
             if self._closed:
                 return
             self._fired.set()
             unconfirmed = time.monotonic() - self.confirmed_at
         self._on_expiry(unconfirmed)
+
+
+def session_renewer(ctx: Context) -> Callable[[], Optional[float]]:
+    """A :class:`LeaseFence` ``confirm`` for ``ctx``'s session: renews its lease
+    (:func:`balsam.core.leases.heartbeat`: only if no sweep closed it) on a connection of its own,
+    on a thread of its own so that a connection or statement that hangs costs at most
+    :data:`CONFIRM_SECONDS`; the monotonic time the renewal was sent if it was confirmed in
+    time, else None."""
+
+    def confirm() -> Optional[float]:
+        from balsam.core import leases
+        from balsam.db.database import Database
+
+        sent = time.monotonic()
+        answer: list[bool] = []
+
+        def renew() -> None:
+            db = Database(ctx.db_path, "balsam-lease-fence", reconnect_max_seconds=CONFIRM_SECONDS)
+            try:
+                answer.append(db.run_before(sent + CONFIRM_SECONDS, leases.heartbeat,
+                                            ctx.session_id))
+            except Exception:  # unreachable, refused, a bug: not confirmed, the fence fires
+                answer.append(False)
+            finally:
+                db.close()
+
+        thread = threading.Thread(target=renew, name="lease-fence-renewal", daemon=True)
+        thread.start()
+        thread.join(CONFIRM_SECONDS)
+        confirmed = bool(answer and answer[0]) and not thread.is_alive()
+        ctx.log.warning("the launcher was stopped (a suspended job?) past its fence's time: "
+                        + ("its lease was renewed, its session still open: going on" if confirmed
+                           else "its lease could not be renewed: stopping its tasks"))
+        return sent if confirmed else None
+
+    return confirm
 
 
 def start_fence(ctx: Context) -> LeaseFence:
@@ -151,7 +216,8 @@ def start_fence(ctx: Context) -> LeaseFence:
         kill_groups(groups, ctx.tunables.kill_grace_seconds)
         ctx.db.sever()
 
-    fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks)
+    fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks,
+                       confirm=session_renewer(ctx))
     fence.start()
     return fence
 
@@ -191,6 +257,7 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
             handler.flush()
         os._exit(1)
 
-    fence = LeaseFence(fence_after(ctx.tunables), expires_after, stop_all)
+    fence = LeaseFence(fence_after(ctx.tunables), expires_after, stop_all,
+                       confirm=session_renewer(ctx))
     fence.start()
     return fence
