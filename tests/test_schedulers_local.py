@@ -9,11 +9,12 @@ import pwd
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
 from balsam.platform import machines, schedulers
+from balsam.platform.process import start_time
 from balsam.platform.procgroup import signal_group
 from balsam.platform.schedulers import BatchJobStatus, SchedulerError
 from balsam.platform.schedulers.local import LocalScheduler, group_alive
@@ -121,6 +122,38 @@ def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failur
     assert (job.state, job.raw_state, job.exit_code) == ("failed", "VANISHED", None)
 
 
+def test_a_job_whose_group_id_names_another_process_has_ended_and_is_never_signalled(
+        sched, tmp_path):
+    """The group id is the wrapper's pid: once that number names a process started at another
+    time (reused after the job's group ended), the job is over and cancel leaves that group be."""
+    ready = tmp_path / "ready"
+    script = write_script(tmp_path / "loop.sh", f"touch {ready}\n"
+                                                "while true; do sleep 0.05; done\n")
+    job_id = sched.submit(script, str(tmp_path), "loop", str(tmp_path / "loop.out"))
+    until_exists(ready)
+    state_file = Path(sched.state_dir, "local-jobs.json")
+    state = json.loads(state_file.read_text())
+    pgid, started = state["jobs"][job_id]["pid"], state["jobs"][job_id]["started"]
+    try:
+        assert started == start_time(pgid)  # recorded by the starter (the wrapper still runs)
+        assert sched.status(USER)[job_id].state == "running"
+        # As if the job's wrapper had been an earlier process with the same pid: the live
+        # group holding the number now is another one.
+        state["jobs"][job_id]["started"] = started - 1
+        state_file.write_text(json.dumps(state))
+        job = sched.status(USER)[job_id]
+        assert (job.state, job.raw_state) == ("failed", "VANISHED")
+        sched.cancel(job_id)
+        assert json.loads(state_file.read_text())["jobs"][job_id]["cancelled_at"] is None
+        assert group_alive(pgid, started)  # not signalled: the "other" group runs on
+    finally:
+        signal_group(pgid, signal.SIGKILL, started)
+    deadline = time.monotonic() + 60
+    while group_alive(pgid, started):
+        assert time.monotonic() < deadline, "the job's group did not die of SIGKILL"
+        time.sleep(0.05)
+
+
 def test_records_are_shared_through_the_directory_and_pruned_after_keep_seconds(tmp_path):
     state_dir = str(tmp_path / "qsubmit")
     one = schedulers.get("local", state_dir=state_dir)
@@ -201,7 +234,8 @@ def test_a_job_ending_while_its_state_is_read_is_finished_not_vanished(sched, tm
     job_id = sched.submit(script, str(tmp_path), "racer", str(tmp_path / "racer.out"))
     exit_file = Path(sched.state_dir) / f"local-{job_id}.exit"
 
-    def ends_now(pgid: int) -> bool:  # the job's last moment falls between the two reads
+    def ends_now(pgid: int, leader_start: Optional[int] = None) -> bool:  # the job's last
+        # moment falls between the two reads
         exit_file.write_text("0\n")
         signal_group(pgid, signal.SIGKILL)
         return False

@@ -1,5 +1,6 @@
 """Small questions about processes on this host, stdlib only: is a pid alive (a zombie is not),
-what ``/proc/<pid>/stat`` says after the command name, and a pidfd to wait on a pid.
+what ``/proc/<pid>/stat`` says after the command name, when a process started (to tell it from
+a later one given the same pid), and a pidfd to wait on a pid.
 
 Zombies count as dead everywhere: one whose parent died may never be reaped where PID 1 does not
 reap (some containers), and it holds nothing but its process-table slot.
@@ -22,6 +23,20 @@ def stat_fields(pid: int | str) -> Optional[list[bytes]]:
             return fh.read().rpartition(b")")[2].split()
     except OSError:
         return None
+
+
+START_TIME_FIELD = 19
+"""Index in :func:`stat_fields` of the start time (field 22 of ``/proc/<pid>/stat``: clock ticks
+after boot). With the pid it names one process: a pid is reused, a (pid, start time) is not."""
+
+
+def start_time(pid: int) -> Optional[int]:
+    """When process ``pid`` started (clock ticks after boot; a zombie has one), or None if there
+    is no such process (or no ``/proc``)."""
+    fields = stat_fields(pid) if pid > 0 else None
+    if fields is None or len(fields) <= START_TIME_FIELD:
+        return None
+    return int(fields[START_TIME_FIELD])
 
 
 def is_dead_state(fields: list[bytes]) -> bool:

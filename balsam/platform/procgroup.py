@@ -3,6 +3,13 @@
 Balsam runs every task, script, transfer and local batch job in its own session, so a stop
 reaches everything it started; these two functions are the one place that signals such a
 group and asks whether anything of it is left.
+
+A group's id is its leader's pid, free for another process once the leader was reaped and the
+group has no member left: pid numbers wrap within minutes when thousands of processes start.
+Whoever keeps a group id longer than its own unreaped child lives passes the leader's
+:func:`~balsam.platform.process.start_time`, taken while the leader was known alive, as
+``leader_start``: a group whose id now names a process started at another time is not signalled
+and has no members (see :func:`reused`).
 """
 from __future__ import annotations
 
@@ -12,11 +19,26 @@ import subprocess
 import time
 from typing import Any, Callable, Optional
 
-from balsam.platform.process import is_dead_state, stat_fields
+from balsam.platform.process import is_dead_state, start_time, stat_fields
 
 
-def signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours)."""
+def reused(pgid: int, leader_start: Optional[int]) -> bool:
+    """True if ``pgid`` no longer names the group led by the process that started at
+    ``leader_start``: a process with that pid exists (alive or a zombie) but started at another
+    time. The id stays reserved while the old group has a member or an unreaped leader, so a new
+    process holding it means that group ended. False when unknown: ``leader_start`` None, no
+    ``/proc``, or the leader gone while the group lives on (its leftovers)."""
+    if leader_start is None:
+        return False
+    now = start_time(pgid)
+    return now is not None and now != leader_start
+
+
+def signal_group(pgid: int, sig: int, leader_start: Optional[int] = None) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours, or
+    :func:`reused`: nothing is sent)."""
+    if reused(pgid, leader_start):
+        return False
     try:
         os.killpg(pgid, sig)
         return True
@@ -24,10 +46,12 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def live_members(pgid: int) -> list[int]:
+def live_members(pgid: int, leader_start: Optional[int] = None) -> list[int]:
     """Pids of the group's processes that are not zombies. A zombie is harmless, and one whose
     parent died may never be reaped where PID 1 does not reap (some containers). Without
-    ``/proc`` a group that still exists is reported as ``[pgid]``."""
+    ``/proc`` a group that still exists is reported as ``[pgid]``; none if :func:`reused`."""
+    if reused(pgid, leader_start):
+        return []
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -10,7 +10,10 @@ so the wrapper is never a child (nor a zombie) of a long-running caller.
 A job's state comes from whether its process group still has a live member and from its exit
 file: running; ``finishing`` (the script ended or was cancelled but processes of its group
 remain); ``finished``/``failed`` (exit status 0 / not 0); ``cancelled``; ``failed`` with raw
-state ``VANISHED`` when the group died without an exit status (killed from outside). Cancel
+state ``VANISHED`` when the group died without an exit status (killed from outside). The group
+id is the wrapper's pid; the record keeps the wrapper's start time too, and once that number
+names a process started at another time (reused after the group ended) the job counts as ended
+and that other group is never signalled. Cancel
 sends SIGTERM to the group and SIGKILL once ``kill_grace`` seconds have passed (at the next
 :meth:`~LocalScheduler.cancel` or :meth:`~LocalScheduler.status`). Ended jobs stay listed
 ``keep_seconds``. No walltime is enforced: the launcher's own time limit applies.
@@ -53,7 +56,11 @@ try:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 except OSError as exc:
     sys.exit(f"cannot start {command[-1]}: {exc}")
-print(proc.pid)
+try:  # the wrapper's start time, read while it is our unreaped child: it names it for good
+    with open(f"/proc/{proc.pid}/stat", "rb") as fh:
+        print(proc.pid, int(fh.read().rpartition(b")")[2].split()[19]))
+except (OSError, IndexError, ValueError):
+    print(proc.pid)
 """
 
 
@@ -61,9 +68,10 @@ def _user() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def group_alive(pgid: int) -> bool:
-    """True if process group ``pgid`` has a member that is not a zombie."""
-    return bool(live_members(pgid))
+def group_alive(pgid: int, leader_start: Optional[int] = None) -> bool:
+    """True if process group ``pgid`` has a member that is not a zombie (and the id was not
+    :func:`~balsam.platform.procgroup.reused` by a process started after ``leader_start``)."""
+    return bool(live_members(pgid, leader_start))
 
 
 class LocalScheduler:
@@ -116,10 +124,12 @@ class LocalScheduler:
                 out = cmd.run(argv, timeout).stdout.strip()
             except CommandFailed as exc:
                 raise SchedulerError(f"local job {job_name}: {cmd.first_line(exc.stderr) or exc}")
-            if not out.isdigit():
+            words = out.split()
+            if not 1 <= len(words) <= 2 or not all(w.isdigit() for w in words):
                 raise SchedulerError(f"the local job starter printed no process id: {out[:200]!r}")
             data["jobs"][job_id] = {
-                "pid": int(out), "name": job_name, "owner": _user(), "script": script,
+                "pid": int(words[0]), "started": int(words[1]) if len(words) > 1 else None,
+                "name": job_name, "owner": _user(), "script": script,
                 "output": output, "exit_file": exit_file, "submitted": time.time(),
                 "cancelled_at": None, "ended_at": None}
         return job_id
@@ -129,7 +139,7 @@ class LocalScheduler:
         # Liveness first, then the exit file: the wrapper writes the file before its group ends,
         # so a group seen dead has its file already. (Read the other way round, a job ending
         # between the two reads looked VANISHED: 'failed' although it exited 0.)
-        alive = rec["ended_at"] is None and group_alive(rec["pid"])
+        alive = rec["ended_at"] is None and group_alive(rec["pid"], rec.get("started"))
         code: Optional[int] = None
         try:
             with open(rec["exit_file"]) as fh:
@@ -139,7 +149,7 @@ class LocalScheduler:
         cancelled = rec["cancelled_at"] is not None
         if alive:
             if cancelled and now >= rec["cancelled_at"] + self.kill_grace:
-                signal_group(rec["pid"], signal.SIGKILL)
+                signal_group(rec["pid"], signal.SIGKILL, rec.get("started"))
             state, raw = ("finishing", "CANCELLING" if cancelled else "EXITING") \
                 if cancelled or code is not None else ("running", "RUNNING")
         else:
@@ -177,9 +187,9 @@ class LocalScheduler:
                 return
             if rec["cancelled_at"] is None:
                 rec["cancelled_at"] = now
-                signal_group(rec["pid"], signal.SIGTERM)
+                signal_group(rec["pid"], signal.SIGTERM, rec.get("started"))
             elif now >= rec["cancelled_at"] + self.kill_grace:
-                signal_group(rec["pid"], signal.SIGKILL)
+                signal_group(rec["pid"], signal.SIGKILL, rec.get("started"))
 
     def final_status(self, scheduler_id: str,
                      timeout: float = COMMAND_TIMEOUT) -> Optional[BatchJobStatus]:
