@@ -24,6 +24,7 @@ import yaml
 
 from balsam.core import bulk, schema
 from balsam.launcher import libc_spawn
+from balsam.platform.process import start_time
 
 
 @contextmanager
@@ -353,10 +354,13 @@ def process_gone(pid: int) -> bool:
         return True
 
 
-def kill_group_of(pid: int) -> None:
-    """SIGKILL the process group of ``pid`` if it still exists (cleanup of orphaned tasks),
-    unless it is this process's own group (``pid`` gone and reused by a process this one
-    started: the tests' launchers share its group)."""
+def kill_group_of(pid: int, started: Optional[int]) -> None:
+    """SIGKILL the process group of ``pid`` (cleanup of orphaned tasks) if ``pid`` still names
+    the process that started at ``started`` (its :func:`start_time`, taken while it was known
+    to run) and that group is not this process's own. A process that ended is left alone: its
+    pid may name another test's process by now (pids wrap within minutes in a suite)."""
+    if started is None or start_time(pid) != started:
+        return
     try:
         pgid = os.getpgid(pid)
         if pgid != os.getpgrp():

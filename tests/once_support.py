@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Optional
 
 from balsam.core import schema
+from balsam.platform.process import start_time
 
 TICKER = """#!/bin/bash
 # One run of a job: every 0.1 s append "<pid> <epoch time>" to $MARKERS/<job id>; TICKS ticks,
@@ -127,7 +128,11 @@ def ensemble_pid(launcher_pid: int) -> int:
     return 0
 
 
-def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+def kill(pid: int, sig: int = signal.SIGKILL, started: Optional[int] = None) -> None:
+    """Send ``sig`` to ``pid``; with ``started`` (its start_time, taken while it was known to
+    run), only if ``pid`` still names that process: one that ended may be another's by now."""
+    if started is not None and start_time(pid) != started:
+        return
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

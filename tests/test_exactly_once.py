@@ -36,6 +36,7 @@ from once_support import (
 )
 
 from balsam.core import schema
+from balsam.platform.process import start_time
 
 pytestmark = pytest.mark.slow
 
@@ -173,12 +174,13 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
         first = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 4, 60, "four runs to be recorded")
         master = wait_for(lambda: rank_pid(first.pid, 0), 10, "the master rank")
+        master_started = start_time(master)
         kill(master, signal.SIGSTOP)
         os.remove(os.path.join(markers, "hold"))
         lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 60,
                             "an unrecorded start"))
         kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the ensemble"))
-        kill(master)
+        kill(master, started=master_started)  # (it may be gone: then its pid is not ours)
         first.wait(120)
         assert start(*SERIAL).wait(240) == 0
         log = launcher_log(first)
@@ -205,13 +207,14 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+        master_started = start_time(master)
         segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
             if os.path.isdir("/dev/shm") else []
         kill(master, signal.SIGSTOP)
         try:
             assert launcher.wait(120) == 0
         finally:
-            kill(master)  # (gone already unless the launcher failed to kill it)
+            kill(master, started=master_started)  # (gone unless the launcher failed to kill it)
         log = launcher_log(launcher)
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
     assert not any(os.path.exists(p) for p in segments), log  # the killed ranks' files
@@ -234,6 +237,7 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
         launcher = start(*SERIAL)
         wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
         worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
+        worker_started = start_time(worker)
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
         segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
             if os.path.isdir("/dev/shm") else []
@@ -243,7 +247,7 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
         try:
             assert launcher.wait(240) == 0
         finally:
-            kill(worker)  # (gone already unless the ensemble was not aborted)
+            kill(worker, started=worker_started)  # (gone unless the ensemble was not aborted)
         log = launcher_log(launcher)
     assert "sent no heartbeat for longer than 10 s" in log, log
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log

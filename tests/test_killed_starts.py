@@ -32,6 +32,7 @@ from balsam.db.connect import connect
 from balsam.db.database import Database
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.status_writers import StatusWriters
+from balsam.platform.process import start_time
 
 BACKDATE = "60 seconds"
 """The jobs are made this much older, so that a start dated ``EARLIER`` seconds before it was
@@ -257,6 +258,7 @@ def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, curso
                 launcher = start(*SERIAL)
                 pid_file = os.path.join(workdir(db, cursor, job_id), "pid")
                 pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
+                started = start_time(pid)
                 try:
                     wait_for(lambda: blocked_by(cursor, backend_pid), 60,
                              "the launcher's RUNNING write to wait for the row")
@@ -267,7 +269,7 @@ def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, curso
                     lock.commit()
                     wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
                 finally:
-                    kill_group_of(pid)
+                    kill_group_of(pid, started)
                 assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits
                 with open(launcher.log_path()) as fh:
                     log = fh.read()

@@ -31,6 +31,7 @@ from launcher_support import (
 
 from balsam.core import schema
 from balsam.launcher.context import FINISHED_REASON
+from balsam.platform.process import start_time
 
 pytestmark = pytest.mark.slow
 
@@ -217,6 +218,7 @@ def test_killing_a_running_job_stops_its_whole_process_tree(
         wait_for(lambda: os.path.exists(pids_file) and open(pids_file).read().strip(), 30,
                  "the task to start")
         wrapper, child = (int(p) for p in open(pids_file).read().split())
+        wrapper_started = start_time(wrapper)
         try:
             killed_at = time.monotonic()
             proc = run_balsam("killjob", "--id", job_id, "--yes")
@@ -228,7 +230,7 @@ def test_killing_a_running_job_stops_its_whole_process_tree(
             print(f"killed job's processes gone {time.monotonic() - killed_at:.1f} s after "
                   "balsam killjob started")
         finally:
-            kill_group_of(wrapper)
+            kill_group_of(wrapper, wrapper_started)
         assert launcher.wait(120) == 0
     assert [e[2] for e in events(cursor, job_id)][-1] == "USER_KILLED"
     assert job_row(cursor, job_id)["state"] == "USER_KILLED"

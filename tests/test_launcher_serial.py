@@ -39,6 +39,7 @@ from balsam.core import schema
 from balsam.launcher.context import FINISHED_REASON
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
+from balsam.platform.process import start_time
 
 pytestmark = pytest.mark.slow
 
@@ -311,6 +312,7 @@ def test_killing_a_running_job_stops_its_process_group(db, cursor, scripts):
     with settings(db, local_nodes=2, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         leader, child = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        leader_started = start_time(leader)
         try:
             killed_at = time.monotonic()
             proc = run_balsam("killjob", "--id", job_id, "--yes")
@@ -322,7 +324,7 @@ def test_killing_a_running_job_stops_its_process_group(db, cursor, scripts):
             print(f"killed job's processes gone {time.monotonic() - killed_at:.1f} s after "
                   "balsam killjob started")
         finally:
-            kill_group_of(leader)
+            kill_group_of(leader, leader_started)
         wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
         assert job_row(cursor, other)["state"] == "RUNNING"  # the other task goes on
         launcher.signal(signal.SIGTERM)

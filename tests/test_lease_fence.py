@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from types import SimpleNamespace
+from typing import Optional
 
 import pytest
 from launcher_support import QUICK, job_row, kill_group_of, launchers, process_gone, settings, wait_for
@@ -20,6 +21,7 @@ from test_exactly_once import launcher_log, scripts, tickers  # noqa: F401 - a f
 from balsam.core import schema
 from balsam.core.tunables import Tunables
 from balsam.launcher.fence import LeaseFence, effective_lease, fence_after, lease_floor, start_serial_fence
+from balsam.platform.process import start_time
 
 MPI = ("--consume-all", "--job-mode", "mpi")
 
@@ -155,15 +157,17 @@ def test_the_serial_fence_kills_the_ensemble_and_the_launchers_tasks_and_exits_1
     proc = subprocess.Popen([sys.executable, "-c", SERIAL_FENCED], stdout=subprocess.PIPE,
                             text=True)
     ensemble = own = 0
+    starts: dict[int, Optional[int]] = {}
     try:
         ensemble, own = (int(p) for p in proc.stdout.readline().split())
+        starts = {pid: start_time(pid) for pid in (ensemble, own)}
         assert proc.wait(120) == 1
         wait_for(lambda: process_gone(ensemble) and process_gone(own), 60, "both to be dead")
     finally:
         proc.kill()
         for pid in (ensemble, own):
             if pid:
-                kill_group_of(pid)
+                kill_group_of(pid, starts.get(pid))
 
 
 def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:

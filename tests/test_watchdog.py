@@ -7,8 +7,27 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
+from typing import Optional
 
-from launcher_support import process_gone, wait_for
+from launcher_support import kill_group_of, process_gone, wait_for
+
+from balsam.platform.process import start_time
+
+STARTS: dict[int, Optional[int]] = {}
+"""Start times of the processes the owners print, taken at once (they run): a test's cleanup
+kills one only while its pid still names it (see launcher_support.kill_group_of)."""
+
+
+def pids_in(line: str) -> list[int]:
+    pids = [int(x) for x in line.split()]
+    STARTS.update((pid, start_time(pid)) for pid in pids)
+    return pids
+
+
+def kill_groups_left(pids: Iterable[int]) -> None:
+    for pid in pids:
+        kill_group_of(pid, STARTS.get(pid))
 
 OWNER = textwrap.dedent("""
     import os, subprocess, sys, time
@@ -31,7 +50,7 @@ def start_owner(grace: str, how: str) -> tuple[subprocess.Popen, list[int]]:
     owner = subprocess.Popen([sys.executable, "-c", OWNER, grace, how], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     assert owner.stdout is not None
-    return owner, [int(x) for x in owner.stdout.readline().split()]
+    return owner, pids_in(owner.stdout.readline())
 
 
 def ignores(pid: int, sig: int) -> bool:
@@ -52,11 +71,7 @@ def test_groups_registered_by_a_killed_owner_are_stopped_and_others_left_alone()
         assert (f"balsam watchdog: process {owner.pid} exited with 1 task(s) still running: "
                 f"stopped process group(s) {kept}") in owner.stderr.read()
     finally:
-        for pid in (kept, reaped):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups_left((kept, reaped))
 
 
 def test_a_task_ignoring_sigterm_is_killed_after_the_grace():
@@ -69,6 +84,25 @@ def test_a_task_ignoring_sigterm_is_killed_after_the_grace():
     assert kill_groups([stubborn.pid, 999999], 0.5) == [stubborn.pid]
     assert stubborn.wait(30) == -signal.SIGKILL
     assert 0.4 < time.monotonic() - began < 20  # the grace, not the 30-s sleeps
+
+
+def test_a_group_whose_id_names_a_process_started_at_another_time_is_left_alone():
+    from balsam.launcher.watchdog import kill_groups, still_alive
+
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        started = start_time(other.pid)
+        assert started is not None
+        # Registered for a leader that started earlier: the task ended and its id was reused.
+        reused = {other.pid: started - 1}
+        assert kill_groups([other.pid], 0.1, starts=reused) == []  # no SIGTERM sent
+        assert still_alive([other.pid], 0.1, starts=reused) == []
+        assert other.poll() is None and still_alive([other.pid], 0) == [other.pid]
+        assert kill_groups([other.pid], 0.1, starts={other.pid: started}) == [other.pid]
+        assert other.wait(60) == -signal.SIGTERM
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_clean_close_stops_nothing_and_the_watchdog_exits():
@@ -94,11 +128,7 @@ def test_the_watchdog_ignores_sigterm_and_sigint_from_the_terminal():
         owner.wait(5)
         wait_for(lambda: process_gone(kept), 5, "the registered task to be stopped")
     finally:
-        for pid in (kept, reaped):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups_left((kept, reaped))
 
 
 REPORTING_OWNER = textwrap.dedent("""
@@ -137,7 +167,7 @@ def test_a_report_says_running_until_every_task_is_dead_and_lists_unrecorded_sta
     owner = subprocess.Popen([sys.executable, "-c", REPORTING_OWNER, report],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert owner.stdout is not None
-    stubborn, hidden = (int(p) for p in owner.stdout.readline().split())
+    stubborn, hidden = pids_in(owner.stdout.readline())
     try:
         assert read()["state"] == "running"  # written before any task could start
         owner.kill()
@@ -149,11 +179,7 @@ def test_a_report_says_running_until_every_task_is_dead_and_lists_unrecorded_sta
         assert final["state"] == "stopped" and final["alive"] == []
         assert sorted(final["started"]) == ["ended-job", "stubborn-job", "unregistered-job"]
     finally:
-        for pid in (stubborn, hidden):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups_left((stubborn, hidden))
 
 
 BATCHING_OWNER = textwrap.dedent("""
@@ -180,7 +206,7 @@ def test_batched_lines_keep_the_guarantee_registered_and_expected_tasks_are_stop
     owner = subprocess.Popen([sys.executable, "-c", BATCHING_OWNER, report],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert owner.stdout is not None
-    a, b, c = (int(p) for p in owner.stdout.readline().split())
+    a, b, c = pids_in(owner.stdout.readline())
     try:
         owner.kill()
         owner.wait(5)
@@ -195,11 +221,7 @@ def test_batched_lines_keep_the_guarantee_registered_and_expected_tasks_are_stop
         with open(report) as fh:
             assert sorted(json.load(fh)["started"]) == ["a", "b", "c"]
     finally:
-        for pid in (a, b, c):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_groups_left((a, b, c))
 
 
 SHM_OWNER = textwrap.dedent("""

@@ -237,11 +237,16 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
     import os
     import signal
 
+    from balsam.platform.process import start_time
     from balsam.platform.procgroup import signal_group
 
+    leader = start_time(pgid)  # our unreaped child now: names it even once its pid is reused
+
     def stop_all(unconfirmed: float) -> None:
+        if leader is not None and start_time(pgid) != leader:
+            return  # reaped (a zombie counts: the loop that reaps it has not returned)
         try:
-            os.kill(pgid, 0)  # a zombie counts: the loop that reaps it has not returned
+            os.kill(pgid, 0)
         except ProcessLookupError:
             return
         groups = [g for g in (ctx.watchdog.registered if ctx.watchdog is not None else ())
@@ -251,7 +256,7 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
                       f"stopping {len(groups)} task(s) of the launcher before the lease could "
                       "expire and another launcher run their jobs again; exiting (status 1), "
                       "the session is left to a sweep")
-        signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL, leader)
         kill_groups(groups, ctx.tunables.kill_grace_seconds)
         for handler in ctx.log.handlers:
             handler.flush()

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import unlink_segments
+from balsam.platform.process import start_time
 from balsam.platform.procgroup import live_members, signal_group
 
 GONE_WAIT_SECONDS = 5.0
@@ -200,27 +201,31 @@ def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
     return "".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()).encode()
 
 
-def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05) -> list[int]:
+def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
+                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
     """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
-    seconds; returns the groups that existed."""
-    alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM)]
+    seconds; returns the groups that existed. ``starts`` gives leaders' start times: a group
+    whose id names a process started at another time is left alone (its id was reused)."""
+    starts = starts or {}
+    alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM, starts.get(pgid))]
     existed = list(alive)
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         time.sleep(poll)
-        alive = [g for g in alive if live_members(g)]
+        alive = [g for g in alive if live_members(g, starts.get(g))]
     for pgid in alive:
-        signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL, starts.get(pgid))
     return existed
 
 
-def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS,
-                poll: float = 0.05) -> list[int]:
+def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS, poll: float = 0.05,
+                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
     """The groups that still have a live (non-zombie) member after up to ``timeout`` s."""
+    starts = starts or {}
     left = list(groups)
     deadline = time.monotonic() + timeout
     while True:
-        left = [g for g in left if live_members(g)]
+        left = [g for g in left if live_members(g, starts.get(g))]
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(poll)
@@ -258,8 +263,11 @@ def serve(fd: int, grace: float, began_path: str = ""
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
     after SIGKILL, job ids started since the last ``=``, one per start -- an expected start
     counts, a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
-    shared-memory files the owner left if it died: none after ``.``)."""
+    shared-memory files the owner left if it died: none after ``.``). A group's leader start
+    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
+    line), so that a group id reused after the group ended is not signalled at the end."""
     groups: dict[int, str] = {}
+    starts: dict[int, Optional[int]] = {}
     segments: dict[str, tuple[int, int]] = {}
     closing = False
     started: Counter[str] = Counter()
@@ -277,21 +285,25 @@ def serve(fd: int, grace: float, began_path: str = ""
             time.sleep(READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
+        added = []
         for line in lines:
             if line[:1] == b"?":
                 expected[line[1:].decode()] += 1
             elif line[:1] == b"+":
                 pgid, _, job = line[1:].decode().partition(" ")
                 groups[int(pgid)] = job
+                added.append(int(pgid))
                 if job:
                     started[job] += 1
                     expected[job] -= 1
             elif line[:1] == b"~":
                 pgid, _, job = line[1:].decode().partition(" ")
                 groups[int(pgid)] = job
+                added.append(int(pgid))
                 queued[job] += 1
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
+                starts.pop(int(line[1:]), None)
             elif line[:1] == b"=":
                 started.clear()
                 expected.clear()
@@ -301,11 +313,16 @@ def serve(fd: int, grace: float, began_path: str = ""
                 segments[path] = (int(dev), int(ino))
             elif line == b".":
                 closing = True
+        for pgid in added:  # (one /proc read per task still running after the batch)
+            if pgid in groups and pgid not in starts:
+                starts[pgid] = start_time(pgid)
     for job in +expected:  # the starter died between starting a task and registering it
         started[job] += 1
-        groups.update((pgid, job) for pgid in groups_of_job(job))
-    stopped = kill_groups(sorted(groups), grace) if groups else []
-    alive = still_alive(stopped)
+        for pgid in groups_of_job(job):
+            groups[pgid] = job
+            starts.setdefault(pgid, start_time(pgid))
+    stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
+    alive = still_alive(stopped, starts=starts)
     started.update(began_queued(queued, began_path, alive))
     return stopped, alive, list(started.elements()), {} if closing else segments
 
