@@ -313,14 +313,14 @@ def serve(fd: int, grace: float, began_path: str = ""
                 segments[path] = (int(dev), int(ino))
             elif line == b".":
                 closing = True
-        for pgid in added:  # (one /proc read per task still running after the batch)
-            if pgid in groups and pgid not in starts:
-                starts[pgid] = start_time(pgid)
+        for leader in added:  # (one /proc read per task still running after the batch)
+            if leader in groups and leader not in starts:
+                starts[leader] = start_time(leader)
     for job in +expected:  # the starter died between starting a task and registering it
         started[job] += 1
-        for pgid in groups_of_job(job):
-            groups[pgid] = job
-            starts.setdefault(pgid, start_time(pgid))
+        for found in groups_of_job(job):
+            groups[found] = job
+            starts.setdefault(found, start_time(found))
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
     started.update(began_queued(queued, began_path, alive))
