@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from launcher_support import wait_for
 
 from balsam.core import schema
+from balsam.platform.process import start_time
 
 
 class ServiceProcess:
@@ -96,9 +97,13 @@ def kill_local_jobs(db_path: str) -> None:
 
     A job that ended (its exit file written, or seen gone) is skipped: its group id is a pid
     that may belong to another process group by now (ids wrap within minutes when a suite
-    starts thousands of processes), and SIGKILL would hit another test's tasks or ensemble."""
+    starts thousands of processes), and SIGKILL would hit another test's tasks or ensemble.
+    So is one whose wrapper (the group's leader) is no longer the process the scheduler
+    started (its recorded start time)."""
     for rec in local_jobs(db_path).values():
         if rec.get("ended_at") is not None or os.path.exists(rec.get("exit_file", "")):
+            continue
+        if rec.get("started") is None or start_time(rec["pid"]) != rec["started"]:
             continue
         try:
             os.killpg(rec["pid"], signal.SIGKILL)

@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any, Callable
 
 import pytest
-from launcher_support import QUICK, launchers, settings
+from launcher_support import QUICK, kill_group_of, launchers, settings
 from once_support import kill, rank_pid
 from test_warm_queue import make_site
 from test_warm_queue_launcher import (
@@ -35,6 +35,7 @@ from balsam.api import Job
 from balsam.core import schema
 from balsam.launcher.warm_pool import WarmPool, WarmTask
 from balsam.launcher.watchdog import began_queued
+from balsam.platform.process import start_time
 from balsam.site import pyfunc
 
 __all__ = ["site"]  # the fixture
@@ -99,6 +100,7 @@ def test_a_dead_owner_s_watchdog_counts_a_queued_task_started_only_if_it_began(t
                              stdout=subprocess.PIPE, text=True)
     assert owner.stdout is not None
     warm_pid = int(owner.stdout.readline())
+    warm_started = start_time(warm_pid)
     try:
         owner.kill()
         owner.wait(30)
@@ -116,8 +118,7 @@ def test_a_dead_owner_s_watchdog_counts_a_queued_task_started_only_if_it_began(t
         assert (tmp_path / "second" / "out").exists()
         assert not os.path.exists(f"{report}.began")  # read, then removed
     finally:
-        if alive(warm_pid):
-            os.killpg(warm_pid, signal.SIGKILL)
+        kill_group_of(warm_pid, warm_started)  # if it is still that process
 
 
 @pytest.mark.slow
