@@ -13,11 +13,16 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any, Optional
 
+from balsam.platform.process import start_time
 from balsam.platform.procgroup import signal_group
 
 
 class Task:
     """A running task process; ``returncode`` is None until it has exited and been reaped."""
+
+    leader_start: Optional[int] = None
+    """The leader's start time, read at :meth:`terminate` while it is not reaped: the group is
+    signalled after the reap too, and by then its id may name another process."""
 
     def __init__(self, job_id: str, argv: Sequence[str], env: dict[str, str], cwd: str,
                  output_path: str, cpus: Optional[Sequence[int]] = None,
@@ -43,12 +48,15 @@ class Task:
         return self.proc.poll()
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the task's whole process group (ignored if it is already gone)."""
-        signal_group(self.pgid, sig)
+        """Send ``sig`` to the task's whole process group (ignored if it is already gone, or
+        its id names a process started since: see :attr:`leader_start`)."""
+        signal_group(self.pgid, sig, self.leader_start)
 
     def terminate(self, grace: float) -> None:
         """SIGTERM the group now; :meth:`enforce_kill` sends SIGKILL once ``grace`` has passed."""
         if self.kill_deadline is None:
+            if self.returncode is None:  # not reaped: the pid is still the leader's
+                self.leader_start = start_time(self.pgid)
             self.signal_group(signal.SIGTERM)
             self.kill_deadline = time.monotonic() + grace
 
