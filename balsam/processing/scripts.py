@@ -25,6 +25,7 @@ from typing import IO, Any, Callable, Optional
 
 from balsam.core.jobenv import task_environment, with_envscript
 from balsam.errors import BalsamError
+from balsam.platform.process import start_time
 from balsam.platform.procgroup import live_members, signal_group, wait_bounded
 from balsam.processing import warm_hooks
 from balsam.processing.warm_hooks import HookRunner
@@ -175,6 +176,7 @@ def _run(argv: list[str], workdir: str, env: dict[str, str], log: IO[bytes], tim
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     except OSError as exc:
         return None, False, False, f"cannot run {argv[0]}: {exc.strerror or exc}"
+    leader = start_time(proc.pid)  # unreaped: names the group's id after the reap too
     def ended(seconds: float) -> bool:
         try:
             proc.wait(timeout=seconds)
@@ -188,25 +190,26 @@ def _run(argv: list[str], workdir: str, env: dict[str, str], log: IO[bytes], tim
                                           should_abort)
     finally:
         # Also on an exception (KeyboardInterrupt, should_abort raising): nothing is left behind.
-        if proc.poll() is None or live_members(proc.pid):
-            stop_group(proc, grace)
+        if proc.poll() is None or live_members(proc.pid, leader):
+            stop_group(proc, grace, leader)
     return proc.returncode, timed_out, aborted, ""
 
 
-def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
+def stop_group(proc: subprocess.Popen[Any], grace: float, leader: Optional[int] = None) -> None:
     """SIGTERM the process group led by ``proc``, SIGKILL it after ``grace`` seconds if any
-    member is still alive, reap ``proc``, and wait (up to 5 s) until no member is left."""
+    member is still alive, reap ``proc``, and wait (up to 5 s) until no member is left.
+    ``leader``: ``proc``'s start time (see :func:`balsam.platform.procgroup.reused`)."""
     pgid = proc.pid
-    signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM, leader)
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        if proc.poll() is not None and not live_members(pgid):
+        if proc.poll() is not None and not live_members(pgid, leader):
             return
         time.sleep(0.02)
-    signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL, leader)
     proc.wait()
     end = time.monotonic() + 5.0
-    while live_members(pgid) and time.monotonic() < end:
+    while live_members(pgid, leader) and time.monotonic() < end:
         time.sleep(0.01)
 
 

@@ -34,7 +34,8 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any, Callable, Optional
 
-from balsam.platform.procgroup import live_members, signal_group, wait_bounded
+from balsam.platform.process import start_time
+from balsam.platform.procgroup import live_members, reused, signal_group, wait_bounded
 
 HOOKS_MODULE = "balsam.api.hooks"
 SERVER_MODULE = "balsam.api.hook_server"
@@ -232,6 +233,7 @@ class HookRunner:
             return None, False, False, (f"cannot run the hook in the warm hook runner: {exc}"
                                         f"{self._log_note()}")
         rc: Optional[int] = None
+        leader = start_time(pid)  # the runner's fork: names the group's id after its reap too
 
         def ended(seconds: float) -> bool:
             nonlocal rc
@@ -244,36 +246,36 @@ class HookRunner:
         try:
             timed_out, aborted = wait_bounded(ended, deadline, poll_seconds, should_abort)
         except (RunnerGone, KeyError, TypeError, ValueError):
-            return self._runner_died(pid, log), False, False, ""
+            return self._runner_died(pid, leader, log), False, False, ""
         if rc is None:
-            rc = self._stop_hook(pid, grace)
-        elif live_members(pid):  # it left something running in its group
-            _stop_group(pid, grace)
+            rc = self._stop_hook(pid, leader, grace)
+        elif live_members(pid, leader):  # it left something running in its group
+            _stop_group(pid, grace, leader)
         return rc, timed_out, aborted, ""
 
-    def _stop_hook(self, pid: int, grace: float) -> int:
+    def _stop_hook(self, pid: int, leader: Optional[int], grace: float) -> int:
         """SIGTERM the hook's group, SIGKILL it after ``grace``; its exit code (the runner is
         replaced if it does not report one)."""
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            _signal(pid, sig)
+            _signal(pid, sig, leader)
             try:
                 rc = int(self._recv(wait)["rc"])
             except TimeoutError:
                 continue
             except (RunnerGone, KeyError, TypeError, ValueError):
                 break
-            if live_members(pid):
-                _stop_group(pid, grace)
+            if live_members(pid, leader):
+                _stop_group(pid, grace, leader)
             return rc
         self.close()
-        _stop_group(pid, 0.0)
+        _stop_group(pid, 0.0, leader)
         return -signal.SIGKILL
 
-    def _runner_died(self, pid: int, log: IO[bytes]) -> int:
+    def _runner_died(self, pid: int, leader: Optional[int], log: IO[bytes]) -> int:
         """The runner ended while hook ``pid`` ran: the hook is stopped and fails."""
         proc, note = self.proc, self._log_note()
-        _signal(pid, signal.SIGKILL)
-        _stop_group(pid, 0.0)
+        _signal(pid, signal.SIGKILL, leader)
+        _stop_group(pid, 0.0, leader)
         code = None
         if proc is not None:
             try:
@@ -287,7 +289,9 @@ class HookRunner:
         return code if code is not None and code < 0 else -signal.SIGKILL
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, sig: int, leader: Optional[int]) -> None:
+    if reused(pid, leader):
+        return
     signal_group(pid, sig)
     try:  # before the fork's setsid its group is the runner's: signal the fork itself too
         os.kill(pid, sig)
@@ -295,13 +299,14 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _stop_group(pgid: int, grace: float) -> None:
-    """What :func:`balsam.processing.scripts.stop_group` does for a group we did not spawn."""
-    signal_group(pgid, signal.SIGTERM)
+def _stop_group(pgid: int, grace: float, leader: Optional[int]) -> None:
+    """What :func:`balsam.processing.scripts.stop_group` does for a group we did not spawn
+    (``leader``: its leader's start time, see :func:`balsam.platform.procgroup.reused`)."""
+    signal_group(pgid, signal.SIGTERM, leader)
     end = time.monotonic() + grace
-    while time.monotonic() < end and live_members(pgid):
+    while time.monotonic() < end and live_members(pgid, leader):
         time.sleep(0.02)
-    signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL, leader)
     end = time.monotonic() + 5.0
-    while live_members(pgid) and time.monotonic() < end:
+    while live_members(pgid, leader) and time.monotonic() < end:
         time.sleep(0.01)
