@@ -5,9 +5,11 @@ JOB_FINISHED -> the service records the batch job's end; killed and restarted mi
 submits nothing twice."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -199,3 +201,28 @@ def test_a_database_outage_is_survived_and_the_lock_taken_again(restart_db: str)
         status = run_balsam("service", "--status", env={"BALSAM_DB_PATH": restart_db})
         assert status.returncode == 0 and status.stdout.startswith(f"running: pid {svc.pid} ")
         assert "database" in svc.log() and svc.proc.poll() is None
+
+
+def test_with_the_database_unreachable_a_pid_file_naming_another_process_is_no_service(tmp_path):
+    """The PID file keeps the service's start time: a pid reused since a crash is not taken for
+    the service, nor sent --stop's SIGTERM."""
+    from balsam.platform.process import start_time
+    from balsam.service import control
+
+    (tmp_path / "server-info").write_text(json.dumps({"host": "", "port": ""}))  # stopped
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        rec = {"pid": proc.pid, "host": socket.gethostname(), "proc_start": start_time(proc.pid)}
+        control.write_pid_file(str(tmp_path), rec)
+        assert control.status(str(tmp_path)) == (True, rec, "database unreachable; checked the "
+                                                            "process")
+        rec["proc_start"] -= 1  # as if the service had been an earlier process with this pid
+        control.write_pid_file(str(tmp_path), rec)
+        assert control.status(str(tmp_path))[0] is False
+        stopped, message = control.stop(str(tmp_path), 1.0)
+        assert (stopped, message) == (False, "no service is running on this database (database "
+                                             "unreachable; checked the process)")
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

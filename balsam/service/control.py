@@ -25,7 +25,7 @@ from typing import Any, Optional
 from balsam.db.connect import connect
 from balsam.db.dbapi import Connection, Cursor
 from balsam.errors import BalsamError, DatabaseUnavailable
-from balsam.platform.process import process_alive
+from balsam.platform.process import process_alive, start_time
 
 LOCK_KEY = 0x42414C53414D5356
 """The service's advisory lock key (b"BALSAMSV" as a 64-bit integer), the same in every DB."""
@@ -146,8 +146,10 @@ def status(db_path: str) -> tuple[bool, Optional[dict[str, Any]], str]:
     except DatabaseUnavailable:
         if rec is None:
             return False, None, "database unreachable; no PID file"
-        if rec.get("host") == socket.gethostname():
-            return process_alive(rec["pid"]), rec, "database unreachable; checked the process"
+        if rec.get("host") == socket.gethostname():  # that pid, if it is still that process
+            same = rec.get("proc_start") in (None, start_time(rec["pid"]))
+            return same and process_alive(rec["pid"]), rec, \
+                "database unreachable; checked the process"
         return False, rec, "database unreachable; cannot check another host"
     if holder is None:
         return False, rec, "stale PID file" if rec else ""

@@ -41,6 +41,7 @@ from balsam.db import dbsettings
 from balsam.db.database import Database
 from balsam.errors import BalsamError
 from balsam.logfile import open_log
+from balsam.platform.process import start_time
 from balsam.platform.schedulers import command
 from balsam.processing import transitions
 from balsam.service import control
@@ -72,6 +73,7 @@ class Service:
         self.db = Database(db_path, "balsam-service", stop=self.stop, log=log.warning)
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.started = time.time()
+        self.proc_start = start_time(os.getpid())  # with the pid, names this process (PID file)
         self.cycles = 0
         self.totals: dict[str, int] = {}
         self.backoff: dict[str, command.Backoff] = {}
@@ -216,7 +218,7 @@ class Service:
     # ---- the loop -----------------------------------------------------------------------------
     def record(self, counts: Optional[dict[str, int]] = None) -> None:
         control.write_pid_file(self.db_path, {
-            "pid": os.getpid(), "host": socket.gethostname(),
+            "pid": os.getpid(), "proc_start": self.proc_start, "host": socket.gethostname(),
             "started": datetime.datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
             "log": self.log_path, "cycles": self.cycles,
             "last_cycle": datetime.datetime.now().isoformat(timespec="seconds") if self.cycles
