@@ -111,7 +111,9 @@ def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failur
                                               "exit 0\n")
     job_id = sched.submit(script, str(tmp_path), "bg", str(tmp_path / "bg.out"))
     job = wait_for(sched, job_id, lambda j: j.state != "running")
-    assert (job.state, job.raw_state) == ("finishing", "EXITING")
+    # (Its output says why if the leftover died early: a fork failure would show there; a kill
+    # from outside -- once a stale pid signalled by another test -- would not.)
+    assert (job.state, job.raw_state) == ("finishing", "EXITING"), (tmp_path / "bg.out").read_text()
     release.touch()
     assert wait_for(sched, job_id, lambda j: j.is_final).state == "finished"
 

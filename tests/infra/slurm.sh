@@ -292,20 +292,29 @@ start_slurm_daemons() {
     fi
 }
 
-# stop_pids NAME:PIDFILE...: SIGTERM each live one, SIGKILL whatever is left after 15 s
+# same_process PID START: true if PID is alive and started at START (field 22 of its stat)
+same_process() { [ "$(cut -d')' -f2- "/proc/$1/stat" 2>/dev/null | cut -d' ' -f21)" = "$2" ]; }
+
+# stop_pids NAME:PIDFILE...: SIGTERM each live one, SIGKILL whatever is left after 15 s (a
+# process that ended meanwhile is not looked for again: its pid may be another's by now)
 stop_pids() {
-    local arg pid pids=() left
+    local arg pid start pids=() left
     for arg in "$@"; do
-        pid=$(live_pid "${arg#*:}" "${arg%%:*}") && { kill -TERM "$pid"; pids+=("$pid"); }
+        pid=$(live_pid "${arg#*:}" "${arg%%:*}") || continue
+        start=$(cut -d')' -f2- "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f21)
+        [ -n "$start" ] && { kill -TERM "$pid"; pids+=("$pid:$start"); }
     done
     left=1
     for _ in $(seq 150); do
         left=0
-        for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && left=1; done
+        for arg in "${pids[@]}"; do same_process "${arg%%:*}" "${arg#*:}" && left=1; done
         [ "$left" = 0 ] && break
         sleep 0.1
     done
-    for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && { say "SIGKILL $pid"; kill -KILL "$pid"; }; done
+    for arg in "${pids[@]}"; do
+        pid=${arg%%:*}
+        same_process "$pid" "${arg#*:}" && { say "SIGKILL $pid"; kill -KILL "$pid"; }
+    done
     for arg in "$@"; do rm -f "${arg#*:}"; done
 }
 
