@@ -42,10 +42,24 @@ def _processes() -> dict[int, tuple[int, int, str]]:
     return found
 
 
-def family(root: int) -> dict[int, str]:
+def start_of(pid: int) -> Optional[str]:
+    """Process ``pid``'s start time (field 22 of its stat; a zombie has one), None if none."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def family(root: int, root_start: Optional[str] = None) -> dict[int, str]:
     """``root``'s live descendants (also those that started a session of their own, as
     mpiexec and its ranks do) and every live member of the session ``root`` leads (also those
-    orphaned when their parent died): pid -> start time, so a reused pid is not mistaken."""
+    orphaned when their parent died): pid -> start time, so a reused pid is not mistaken.
+    ``root_start``: ``root``'s start time, read before it was reaped. Once ``root`` names a
+    process started at another time, the session was over (its id is reserved while it has a
+    member) and that one's is another's: nothing is returned."""
+    if root_start is not None and start_of(root) not in (None, root_start):
+        return {}
     table = _processes()
     members = {pid for pid, (_, sid, _) in table.items() if sid == root}
     if root in table:
@@ -73,22 +87,23 @@ def _signal_all(pids: Iterable[int], signum: int) -> None:
             pass
 
 
-def end_session(root: int, grace: float = GRACE_SECONDS) -> int:
+def end_session(root: int, grace: float = GRACE_SECONDS,
+                root_start: Optional[str] = None) -> int:
     """End the :func:`family` of ``root`` (started with ``start_new_session``): SIGTERM to
     ``root`` if it lives (its own shutdown stops what it started), else to every member; then
     SIGKILL to whatever is still there after ``grace`` seconds. Returns how many processes
-    there were."""
-    known = family(root)
+    there were. ``root_start``: see :func:`family` (needed once ``root`` may have been reaped)."""
+    known = family(root, root_start)
     if not known:
         return 0
     _signal_all([root] if root in known else known, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        known.update(family(root))
+        known.update(family(root, root_start))
         if not _alive(known):
             return len(known)
         time.sleep(0.1)
-    known.update(family(root))
+    known.update(family(root, root_start))
     _signal_all(_alive(known), signal.SIGKILL)
     return len(known)
 
@@ -107,12 +122,13 @@ def run_in_session(argv: list[str], *, what: str, timeout: float, input: Optiona
                             stderr=subprocess.PIPE,
                             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             **popen)
+    root_start = start_of(proc.pid)  # not reaped yet: names the session after the reap too
     try:
         if on_start is not None:
             on_start(proc.pid)
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        ended = end_session(proc.pid, grace)
+        ended = end_session(proc.pid, grace, root_start)
         try:  # an escaped process may still hold its pipes: do not wait for their end forever
             proc.communicate(timeout=GRACE_SECONDS)
         except subprocess.TimeoutExpired:
@@ -121,10 +137,10 @@ def run_in_session(argv: list[str], *, what: str, timeout: float, input: Optiona
         raise RunTimeout(f"{what} did not finish in {timeout:.0f} s (load {load:.1f}); its "
                          f"{ended} process(es) were ended") from None
     except BaseException:
-        end_session(proc.pid, grace)
+        end_session(proc.pid, grace, root_start)
         proc.wait()
         raise
-    strays = end_session(proc.pid, grace)
+    strays = end_session(proc.pid, grace, root_start)
     if strays:
         print(f"# {what}: {strays} process(es) outlived it and were ended", flush=True)
     if check and proc.returncode != 0:

@@ -4,7 +4,10 @@ mpiexec's ranks) and its session's orphans are ended."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,3 +52,24 @@ def test_processes_a_finished_child_left_behind_are_ended(capsys) -> None:
     orphan = int(proc.stdout.split()[0])
     assert not alive(orphan)
     assert "# the leaver: 1 process(es) outlived it and were ended" in capsys.readouterr().out
+
+
+def test_a_session_id_naming_a_process_started_at_another_time_has_no_family() -> None:
+    # The id of a session that ended (its leader reaped) may be another's by now: given the
+    # leader's start time, a live session whose leader started at another time is left alone.
+    leader = subprocess.Popen(["bash", "-c", "sleep 1000 & wait"], start_new_session=True)
+    try:
+        started = _procs.start_of(leader.pid)
+        assert started is not None
+        deadline = time.monotonic() + 60
+        while len(_procs.family(leader.pid, started)) < 2:  # bash and its sleep
+            assert time.monotonic() < deadline, "the sleep never started"
+            time.sleep(0.05)
+        assert _procs.family(leader.pid, str(int(started) - 1)) == {}
+        assert _procs.end_session(leader.pid, 0.5, str(int(started) - 1)) == 0  # nothing sent
+        assert leader.poll() is None
+        assert _procs.end_session(leader.pid, 0.5, started) == 2
+        assert leader.wait(60) == -signal.SIGTERM
+    finally:
+        leader.kill()
+        leader.wait()
