@@ -134,8 +134,8 @@ def test_an_executable_the_kernel_cannot_exec_is_reported_as_not_started(tmp_pat
     assert result.tail == f"cannot run {garbage}: Exec format error"
     assert failure_message("preprocess", result) == \
         f"preprocess could not start: cannot run {garbage}: Exec format error"
-    assert (tmp_path / "preprocess.log").read_text().splitlines()[-1] == \
-        "# preprocess did not start after 0.0 s"
+    last = (tmp_path / "preprocess.log").read_text().splitlines()[-1]  # the time: any, under load
+    assert re.fullmatch(r"# preprocess did not start after \d+\.\d s", last), last
 
 
 def test_the_envscript_is_sourced_before_the_script_and_the_workdir_is_created(tmp_path):

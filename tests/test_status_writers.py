@@ -38,6 +38,7 @@ from balsam.launcher.status_writers import (
     shard_of,
     writer_count,
 )
+from balsam.platform.process import start_time
 from balsam.processing import transitions
 
 
@@ -203,6 +204,7 @@ def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_
             launchers() as start:
         launcher = start(*SERIAL)
         leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        leader_started = start_time(leader)
         wait_for(lambda: pids_of(other_pids), 30, "the other task to start")
         wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 10, "RUNNING")
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
@@ -213,7 +215,7 @@ def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_
             assert proc.returncode == 0, proc.stderr
             wait_for(lambda: process_gone(leader), 5, "the killed task to die")
         finally:
-            kill_group_of(leader)
+            kill_group_of(leader, leader_started)
         wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")
         launcher.signal(signal.SIGTERM)
         assert launcher.wait(120) == 0

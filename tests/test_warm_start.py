@@ -43,6 +43,7 @@ from once_support import (
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_ranks import ended_from_launcher, read_handover
 from balsam.launcher.serial_worker import Worker
+from balsam.platform.process import start_time
 
 SERIAL = ("--consume-all", "--job-mode", "serial")
 
@@ -194,13 +195,14 @@ def test_a_user_kill_stops_the_launchers_own_task_and_nothing_more_is_recorded(d
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
+        started = start_time(pid)
         try:
             wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
             proc = run_balsam("killjob", "--id", job_id, "--yes")
             assert proc.returncode == 0, proc.stderr
             wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
         finally:
-            kill_group_of(pid)
+            kill_group_of(pid, started)
         assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits by itself
         log = launcher_log(launcher)
     assert "warm start: 1 task(s)" in log and "was killed by a user" in log
@@ -214,13 +216,14 @@ def test_sigterm_stops_the_launchers_own_task_as_run_timeout(db, cursor):
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
+        started = start_time(pid)
         try:
             wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
             launcher.signal(signal.SIGTERM)
             assert launcher.wait(120) == 0, launcher.output()
             assert process_gone(pid)
         finally:
-            kill_group_of(pid)
+            kill_group_of(pid, started)
         assert "warm start: 1 task(s)" in launcher_log(launcher)
     # Recorded RUN_TIMEOUT with the stop's reason; the master's last processing pass may already
     # have made it RESTART_READY (the launcher records its own task while the ensemble stops).
@@ -238,6 +241,7 @@ def test_a_launcher_killed_with_sigkill_has_its_own_task_stopped_and_recorded(db
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
+        started = start_time(pid)
         try:
             wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
             wait_for(lambda: "warm start: 1 task(s)" in launcher_log(launcher), 60,
@@ -251,7 +255,7 @@ def test_a_launcher_killed_with_sigkill_has_its_own_task_stopped_and_recorded(db
             # the master, stopped by the same watchdog, records it once it is gone
             wait_for(lambda: job_row(cursor, job_id)["state"] != "RUNNING", 60, "the record")
         finally:
-            kill_group_of(pid)
+            kill_group_of(pid, started)
     row = job_row(cursor, job_id)
     assert row["state"] in ("RUN_TIMEOUT", "RESTART_READY") and row["session_id"] is None
     assert recorded_runs(cursor, job_id) == 1
