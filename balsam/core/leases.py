@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.core import killed_starts, launcher_moves, lifecycle, schema
+from balsam.core import killed_starts, launcher_moves, lifecycle, retries, schema
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
@@ -122,12 +122,11 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     if exclude_ids:
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
-    # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
-    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
+    # "runs": real runs so far (RUNNING visits less those that were none: retries.RUNS_SQL), so
+    # a task knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
     # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
     cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
-        f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
-        f"AND e.to_state = '{State.RUNNING.value}') AS runs"
+        f", {retries.RUNS_SQL} AS runs"
         f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
         "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
