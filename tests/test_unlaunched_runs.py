@@ -4,11 +4,15 @@ claim's ``runs``), and when the session of a launcher that died is swept (its wa
 says what it launched: :mod:`balsam.core.launch_reports`). Real PostgreSQL, no mocks."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
-from balsam.core import killed_starts, leases, lifecycle
+from balsam.core import killed_starts, launch_reports, leases, lifecycle, retries, schema
 from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.states import State
+from balsam.launcher.watchdog import Watchdog
 
 
 @pytest.fixture
@@ -66,3 +70,80 @@ def test_the_attempt_number_counts_real_runs_only(app, cursor):
     leases.close_session(cursor, sid, "test")
     lifecycle.transition(cursor, [timed_out], "RESTART_READY", "retry")
     assert runs_at_claim(cursor, {timed_out}) == {timed_out: 1}
+
+
+def write_report(db, sid, state, started):
+    with open(launch_reports.report_path(db, sid), "w") as fh:
+        json.dump({"state": state, "host": "h", "started": started, "alive": []}, fh)
+
+
+def swept_held(cursor, db, n):
+    """A dead session holding ``n`` jobs recorded RUNNING (its lease long expired)."""
+    jobs = make_jobs(n)
+    sid = session(cursor)
+    launch_reports.discard(db, sid)  # (a test DB's session ids restart)
+    leases.claim(cursor, sid, n, serial=False, max_nodes=4)
+    leases.start(cursor, sid, jobs, "launcher session, ready ahead of a free node")
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = heartbeat - interval "
+                   "'1 hour', lease_seconds = 0 WHERE id = %s", [sid])
+    return sid, jobs
+
+
+def last_event(cursor, job_id):
+    cursor.execute(f"SELECT to_state, message, nodes FROM {schema.EVENT_TABLE} "
+                   "WHERE job_id = %s ORDER BY id DESC LIMIT 1", [job_id])
+    return cursor.fetchone()
+
+
+def test_the_sweep_records_what_a_final_report_says_was_not_launched(app, cursor, db):
+    sid, (ran, waited, killed) = swept_held(cursor, db, 3)
+    lifecycle.kill(cursor, [killed])
+    write_report(db, sid, "stopped", [ran])
+    assert leases.sweep(cursor, db) == [(sid, 2)]
+    to_state, message, _ = last_event(cursor, ran)
+    assert to_state == "RUN_TIMEOUT" and message.endswith("while the job ran")
+    to_state, message, _ = last_event(cursor, waited)
+    assert to_state == "RUN_TIMEOUT" and message.endswith(NOT_STARTED_SUFFIX)
+    assert last_event(cursor, killed) == ("USER_KILLED", "Killed by user" + NOT_STARTED_SUFFIX,
+                                          None)
+    assert retries.usage(cursor, [ran, waited], 3) == {ran: (1, 3), waited: (0, 3)}
+
+
+@pytest.mark.parametrize("report", ["running", "missing", "garbled"])
+def test_without_a_final_report_every_visit_counts_as_a_run(app, cursor, db, report):
+    """The watchdog still at work or gone with its node: nothing is decided (as before)."""
+    sid, (waited, killed) = swept_held(cursor, db, 2)
+    lifecycle.kill(cursor, [killed])
+    if report == "running":
+        write_report(db, sid, "running", [])
+    elif report == "garbled":
+        with open(launch_reports.report_path(db, sid), "w") as fh:
+            fh.write("{")
+    assert leases.sweep(cursor, db) == [(sid, 1)]
+    assert last_event(cursor, waited)[1].endswith("while the job ran")
+    assert last_event(cursor, killed)[:2] == ("USER_KILLED", "Killed by user")
+
+
+def test_the_watchdog_reports_launches_not_forgotten(tmp_path):
+    """A real watchdog process: ``?`` before a launch counts (the launcher may die before
+    ``+``), ``#`` (a commit ended the hold) forgets; its owner's pipe closing ends it."""
+    path = str(tmp_path / "report.json")
+    dog = Watchdog(1.0, report=path)
+    with open(path) as fh:
+        assert json.load(fh)["state"] == "running"
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    dog.expect("a")
+    dog.add(group.pid, "a")
+    dog.expect("b")  # (its launch never came)
+    done = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    dog.expect("c")
+    dog.add(done.pid, "c")
+    done.kill()
+    done.wait()
+    dog.remove(done.pid, defer=True)
+    dog.forget(["c"])  # its end was recorded
+    dog.close()  # the owner goes: the watchdog stops "a"'s group and reports
+    assert group.wait(30) != 0
+    with open(path) as fh:
+        report = json.load(fh)
+    assert report["state"] == "stopped" and sorted(report["started"]) == ["a", "b"]

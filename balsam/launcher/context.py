@@ -229,12 +229,14 @@ class Housekeeper:
 
     def sweep(self) -> None:
         """Close the sessions of launchers whose lease expired (their RUNNING jobs time out)."""
-        from balsam.core import leases
+        from balsam.core import launch_reports, leases
 
         try:
-            swept = self.ctx.db.try_run(leases.sweep)
+            swept = self.ctx.db.try_run(leases.sweep, self.ctx.db_path)
         except DatabaseUnavailable:
             return
+        for sid, _ in swept:  # (read by the sweep: launch_reports)
+            launch_reports.discard(self.ctx.db_path, sid)
         for sid, n in swept:
             self.ctx.log.warning(f"swept launcher session {sid} (lease expired): {n} RUNNING "
                                  "job(s) recorded RUN_TIMEOUT")
