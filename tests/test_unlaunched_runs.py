@@ -5,11 +5,15 @@ says what it launched: :mod:`balsam.core.launch_reports`). Real PostgreSQL, no m
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 
 import pytest
+from launcher_support import QUICK, job_row, launchers, settings, wait_for
+from test_ready_ahead_killed import MPI, campaign, marked
 
-from balsam.core import killed_starts, launch_reports, leases, lifecycle, retries, schema
+from balsam.core import analytics, killed_starts, launch_reports, leases, lifecycle, retries, schema
 from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.states import State
 from balsam.launcher.watchdog import Watchdog
@@ -147,3 +151,52 @@ def test_the_watchdog_reports_launches_not_forgotten(tmp_path):
     with open(path) as fh:
         report = json.load(fh)
     assert report["state"] == "stopped" and sorted(report["started"]) == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_a_killed_launchers_jobs_ready_ahead_are_swept_as_no_run(db, cursor):
+    """The real MPI-mode launcher (one node) holds the gated job's run and victims recorded
+    RUNNING ahead of it; a user kills one (its kill checks an hour apart: the launcher never
+    learns) and the launcher is SIGKILLed. Once its watchdog's report is final, the sweep
+    records the victims as no run: no retry used, no run in the analytics, and a second
+    launcher's rerun sees attempt 1 (before: the killed one read as a run, the others timed
+    out "while the job ran", their reruns attempt 2)."""
+    markers, gate, quick, gated, victims = campaign(cursor)
+    tunables = dict(QUICK, kill_check_seconds=3600)
+    with settings(db, local_nodes=1, mpi="direct", launcher=tunables), launchers() as start:
+        launcher = start(*MPI)
+        wait_for(lambda: marked(markers, gated), 60, "the gated job to start")
+        wait_for(lambda: all(job_row(cursor, v)["state"] == "RUNNING" for v in victims), 60,
+                 "the victims recorded RUNNING ahead of a free node")
+        sid = job_row(cursor, gated)["session_id"]
+        assert lifecycle.kill(cursor, [victims[0]]) == [victims[0]]
+        launcher.signal(signal.SIGKILL)
+        launcher.wait(60)
+        path = launch_reports.report_path(db, sid)
+        wait_for(lambda: launch_reports.launched(db, sid) is not None, 60,
+                 "the watchdog's final report")
+        launched = launch_reports.launched(db, sid)  # (and quick ones whose end was pending)
+        assert launched is not None and gated in launched and not launched & set(victims)
+        cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = heartbeat - interval "
+                       "'1 hour', lease_seconds = 0 WHERE id = %s", [sid])
+        cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state = 'RUNNING'")
+        (running,) = cursor.fetchone()
+        assert leases.sweep(cursor, db) == [(sid, running)]
+        assert os.path.exists(path)  # (the launchers' and the service's sweeps discard it)
+        assert last_event(cursor, victims[0]) == (
+            "USER_KILLED", "Killed by user" + NOT_STARTED_SUFFIX, None)
+        for waited in victims[1:]:
+            assert last_event(cursor, waited)[1].endswith(NOT_STARTED_SUFFIX)
+        assert last_event(cursor, gated)[1].endswith("while the job ran")
+        assert retries.usage(cursor, victims[1:] + [gated], 3) == {
+            victims[1]: (0, 3), victims[2]: (0, 3), gated: (1, 3)}
+        ran = quick + [gated]
+        assert sorted(r.job_id for r in analytics.job_runtimes(cursor)) == sorted(ran)
+        open(gate, "w").close()
+        assert start(*MPI).wait(120) == 0
+    for waited in victims[1:]:  # their first real run: attempt 1
+        with open(os.path.join(markers, waited)) as fh:
+            assert fh.read().split() == ["1"]
+    with open(os.path.join(markers, gated)) as fh:
+        assert fh.read().split() == ["1", "2"]
+    assert not marked(markers, victims[0])
