@@ -37,7 +37,9 @@ and topped up by any transaction that goes anyway (the claim topping the queue u
 them: no transaction for a claim alone while the queue holds the next refill), and start the
 moment one frees. Such a job shows RUNNING for a few short runs (at most that many
 launches) before its process starts; if the launcher dies meanwhile the sweep records it
-RUN_TIMEOUT (retried, like a launcher dying between a commit and its launch); if it stops
+RUN_TIMEOUT, "did not run" (no retry used) if its watchdog reports it was never launched
+(:mod:`balsam.core.launch_reports`; so for a launcher dying between a commit and its
+launch), else as a run (retried); if it stops
 (signal, time limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did
 not start; one a user kills is dropped at the next kill check, its RUNNING visit marked as no
 run when its hold is dropped (:func:`balsam.core.killed_starts.record_unlaunched`), or, if a
