@@ -123,6 +123,9 @@ class Context:
     opened_at: float = 0.0
     """``time.monotonic()`` when the session's opening statement was sent: its first lease
     runs from then at the earliest (:class:`balsam.launcher.fence.LeaseFence` counts from it)."""
+    lease_since: float = 0.0
+    """Serial mode: the latest ``time.monotonic()`` from which the lease runs a whole lease at
+    least, as confirmed looks at it found (:mod:`balsam.launcher.ensemble_stuck`)."""
 
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""
