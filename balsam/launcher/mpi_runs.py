@@ -183,7 +183,7 @@ class MPIRuns:
             return
         self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.pid))
         if ctx.watchdog is not None:
-            ctx.watchdog.add(proc.pgid, spec.job_id)
+            ctx.watchdog.add(proc.pgid, spec.job_id, defer=True)  # (one write a launch)
         for i in nodes:
             self.node_job[i] = spec.job_id
         self.launched += 1

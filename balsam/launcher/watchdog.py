@@ -97,9 +97,13 @@ class Watchdog:
         self.registered: set[int] = set()
         self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
 
-    def add(self, pgid: int, job_id: str = "") -> None:
-        """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
-        if self._send(f"+{pgid} {job_id}\n".encode()):
+    def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
+        """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
+        (after :meth:`expect`, which finds the task meanwhile): sent with the next write."""
+        if defer and self._fd >= 0:
+            self._pending.append(f"+{pgid} {job_id}\n".encode())
+            self.registered.add(pgid)
+        elif self._send(f"+{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
     def queue(self, pgid: int, job_id: str) -> None:
