@@ -147,9 +147,14 @@ def test_the_watchdog_reports_launches_not_forgotten(tmp_path):
     dog.remove(done.pid, defer=True)
     dog.forget(["c"])  # its end was recorded
     dog.close()  # the owner goes: the watchdog stops "a"'s group and reports
-    assert group.wait(30) != 0
-    with open(path) as fh:
-        report = json.load(fh)
+    assert group.wait(60) != 0
+
+    def final():
+        with open(path) as fh:
+            report = json.load(fh)
+        return report if report["state"] != "running" else None
+
+    report = wait_for(final, 60, "the watchdog's final report")
     assert report["state"] == "stopped" and sorted(report["started"]) == ["a", "b"]
 
 
