@@ -76,9 +76,10 @@ def test_the_attempt_number_counts_real_runs_only(app, cursor):
     assert runs_at_claim(cursor, {timed_out}) == {timed_out: 1}
 
 
-def write_report(db, sid, state, started):
+def write_report(db, sid, state, started, owner="123"):
     with open(launch_reports.report_path(db, sid), "w") as fh:
-        json.dump({"state": state, "host": "h", "started": started, "alive": []}, fh)
+        json.dump({"state": state, "host": "host", "owner": owner, "started": started,
+                   "alive": []}, fh)
 
 
 def swept_held(cursor, db, n):
@@ -103,7 +104,10 @@ def test_the_sweep_records_what_a_final_report_says_was_not_launched(app, cursor
     sid, (ran, waited, killed) = swept_held(cursor, db, 3)
     lifecycle.kill(cursor, [killed])
     write_report(db, sid, "stopped", [ran])
-    assert leases.sweep(cursor, db) == [(sid, 2)]
+    try:
+        assert leases.sweep(cursor, db) == [(sid, 2)]
+    finally:
+        launch_reports.discard(db, sid)
     to_state, message, _ = last_event(cursor, ran)
     assert to_state == "RUN_TIMEOUT" and message.endswith("while the job ran")
     to_state, message, _ = last_event(cursor, waited)
@@ -113,7 +117,7 @@ def test_the_sweep_records_what_a_final_report_says_was_not_launched(app, cursor
     assert retries.usage(cursor, [ran, waited], 3) == {ran: (1, 3), waited: (0, 3)}
 
 
-@pytest.mark.parametrize("report", ["running", "missing", "garbled"])
+@pytest.mark.parametrize("report", ["running", "missing", "garbled", "another process's"])
 def test_without_a_final_report_every_visit_counts_as_a_run(app, cursor, db, report):
     """The watchdog still at work or gone with its node: nothing is decided (as before)."""
     sid, (waited, killed) = swept_held(cursor, db, 2)
@@ -123,7 +127,12 @@ def test_without_a_final_report_every_visit_counts_as_a_run(app, cursor, db, rep
     elif report == "garbled":
         with open(launch_reports.report_path(db, sid), "w") as fh:
             fh.write("{")
-    assert leases.sweep(cursor, db) == [(sid, 1)]
+    elif report == "another process's":  # (an earlier database's session of that id)
+        write_report(db, sid, "stopped", [], owner="4567")
+    try:
+        assert leases.sweep(cursor, db) == [(sid, 1)]
+    finally:
+        launch_reports.discard(db, sid)
     assert last_event(cursor, waited)[1].endswith("while the job ran")
     assert last_event(cursor, killed)[:2] == ("USER_KILLED", "Killed by user")
 
@@ -178,9 +187,12 @@ def test_a_killed_launchers_jobs_ready_ahead_are_swept_as_no_run(db, cursor):
         launcher.signal(signal.SIGKILL)
         launcher.wait(60)
         path = launch_reports.report_path(db, sid)
-        wait_for(lambda: launch_reports.launched(db, sid) is not None, 60,
+        cursor.execute(f"SELECT hostname, pid FROM {schema.SESSION_TABLE} WHERE id = %s",
+                       [sid])
+        host, pid = cursor.fetchone()
+        wait_for(lambda: launch_reports.launched(db, sid, host, pid) is not None, 60,
                  "the watchdog's final report")
-        launched = launch_reports.launched(db, sid)  # (and quick ones whose end was pending)
+        launched = launch_reports.launched(db, sid, host, pid)  # (and quick ones ended unrecorded)
         assert launched is not None and gated in launched and not launched & set(victims)
         cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = heartbeat - interval "
                        "'1 hour', lease_seconds = 0 WHERE id = %s", [sid])
@@ -188,6 +200,7 @@ def test_a_killed_launchers_jobs_ready_ahead_are_swept_as_no_run(db, cursor):
         (running,) = cursor.fetchone()
         assert leases.sweep(cursor, db) == [(sid, running)]
         assert os.path.exists(path)  # (the launchers' and the service's sweeps discard it)
+        launch_reports.discard(db, sid)
         assert last_event(cursor, victims[0]) == (
             "USER_KILLED", "Killed by user" + NOT_STARTED_SUFFIX, None)
         for waited in victims[1:]:

@@ -16,8 +16,8 @@ or release recorded), that it may forget it (``#JOBID``). When the launcher's en
 closes, however it died, the watchdog stops the tasks left and replaces the report file
 (:func:`report_path`, written "running" before any launch) with "stopped" (or "alive": a group
 outlived SIGKILL) and ``started``: every job launched -- or about to be -- whose hold no commit
-ended. The sweep (:func:`balsam.core.leases.sweep`, given the database directory) reads it
-(:func:`launched`) and, before closing the session, :func:`settle` records its held jobs that
+ended, and the launcher's host and pid. The sweep (:func:`balsam.core.leases.sweep`, given
+the database directory) reads it if they are the session's (:func:`launched`) and, before closing the session, :func:`settle` records its held jobs that
 are not in it as no run: RUNNING ones RUN_TIMEOUT "... (before its start: it did not run)" (no
 retry used, no run counted: :data:`balsam.core.retries.NO_RUN_SQL`), killed ones' visits marked
 as :func:`~balsam.core.killed_starts.record_unlaunched` does. A job in ``started`` -- also one
@@ -49,16 +49,20 @@ def report_path(db_path: str, session_id: int) -> str:
     return os.path.join(db_path, "log", f"session_{session_id}.launched.json")
 
 
-def launched(db_path: str, session_id: int) -> Optional[frozenset[str]]:
-    """The job ids session ``session_id``'s launcher launched (or was about to) and did not
-    see recorded, from its watchdog's final report; None if not known (see the module
-    docstring)."""
+def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[frozenset[str]]:
+    """The job ids session ``session_id``'s launcher (process ``pid`` on ``host``, as its
+    session row says: a report left by an earlier database's session of that id is not its)
+    launched (or was about to) and did not see recorded, from its watchdog's final report;
+    None if not known (see the module docstring)."""
     try:
         with open(report_path(db_path, session_id)) as fh:
             report = json.load(fh)
     except (OSError, ValueError):
         return None
-    started = report.get("started") if isinstance(report, dict) else None
+    if not isinstance(report, dict) or (report.get("host"), report.get("owner")) != (
+            host, str(pid)):
+        return None
+    started = report.get("started")
     if report.get("state") not in FINAL_STATES or not isinstance(started, list):
         return None
     return frozenset(str(j) for j in started)

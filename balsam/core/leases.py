@@ -352,6 +352,6 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     for sid, host, pid, beat in cursor.fetchall():
         reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
                   f"{beat} UTC (killed, or its node was lost)")
-        launched = launch_reports.launched(db_path, sid) if db_path else None
+        launched = launch_reports.launched(db_path, sid, host, pid) if db_path else None
         swept.append((sid, close_session(cursor, sid, reason, launched)))
     return swept

@@ -355,8 +355,8 @@ def main(argv: list[str]) -> int:
     stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
-                              "host": socket.gethostname(), "started": started,
-                              "alive": alive})
+                              "host": socket.gethostname(), "owner": owner,
+                              "started": started, "alive": alive})
     removed = unlink_segments(segments)  # after the report: the launcher waits for that
     if removed:
         print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
