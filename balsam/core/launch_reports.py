@@ -17,10 +17,11 @@ closes, however it died, the watchdog stops the tasks left and replaces the repo
 (:func:`report_path`, written "running" before any launch) with "stopped" (or "alive": a group
 outlived SIGKILL) and ``started``: every job launched -- or about to be -- whose hold no commit
 ended, and the launcher's host and pid. The sweep (:func:`balsam.core.leases.sweep`, given
-the database directory) reads it if they are the session's (:func:`launched`) and, before closing the session, :func:`settle` records its held jobs that
-are not in it as no run: RUNNING ones RUN_TIMEOUT "... (before its start: it did not run)" (no
-retry used, no run counted: :data:`balsam.core.retries.NO_RUN_SQL`), killed ones' visits marked
-as :func:`~balsam.core.killed_starts.record_unlaunched` does. A job in ``started`` -- also one
+the database directory) reads it if they are the session's (:func:`launched`) and, before
+closing the session, :func:`settle` records its held jobs that are not in it as no run:
+RUNNING ones RUN_TIMEOUT "... (before its start: it did not run)" (no retry used, no run
+counted: :data:`balsam.core.retries.NO_RUN_SQL`), killed ones' visits marked as
+:func:`~balsam.core.killed_starts.record_unlaunched` does. A job in ``started`` -- also one
 whose launch may not have come, as its id goes to the watchdog first -- is swept as before.
 
 Decided only when the report is final: a report still "running" (the watchdog has not finished
