@@ -190,12 +190,16 @@ def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
         own.wait()
 
 
+def backends_of(cursor, application_name: str) -> list[int]:
+    cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                   [application_name])
+    return [int(r[0]) for r in cursor.fetchall()]
+
+
 def stop_idle_backends(cursor, application_name: str) -> list[int]:
     """SIGSTOP the server processes of ``application_name`` while each is idle (between
     transactions: it holds no lock a sweep would wait for); returns their pids."""
-    cursor.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                   [application_name])
-    pids = [int(r[0]) for r in cursor.fetchall()]
+    pids = backends_of(cursor, application_name)
     assert pids, f"no server process of {application_name}"
 
     def stopped_idle(pid: int) -> bool:
@@ -342,3 +346,39 @@ def test_a_serial_launcher_cut_off_with_its_master_kills_everything_before_the_l
     assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}
     cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} WHERE id = %s", [session])
     assert "lost its lease" in cursor.fetchone()[0]  # swept by the second launcher
+
+
+@pytest.mark.slow
+def test_a_serial_ensemble_cut_off_in_its_start_up_is_fenced_before_the_lease(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # As above, but both server processes stop as soon as the first run ticks: within the
+    # ensemble's start-up, before any look at the lease (the first comes max(limit, lease) =
+    # 20 s after the start). Before, the fence was armed only by that look, which hung: the
+    # task (ignoring SIGTERM, held) ran past the lease. Now it counts from the session's
+    # opening: the run is dead before the lease could expire, the launcher exits 1.
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    lease = 20
+    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
+        first = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: runs(markers, job), 60, "the first run to tick")
+        session = job_row(cursor, job)["session_id"]
+        wait_for(lambda: backends_of(cursor, "balsam-serial-master"), 60, "the master's connection")
+        backends = stop_idle_backends(cursor, "balsam-launcher")
+        try:
+            backends += stop_idle_backends(cursor, "balsam-serial-master")
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease  # nothing renews it any more
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the fence to stop the first run")
+            assert first.wait(120) == 1  # as after a lost session: nothing recorded
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(first)
+    assert "no lease age confirmed for" in log, log
+    assert "the serial-mode ensemble is stuck" not in log, log
+    trails = runs(markers, job)
+    assert trails[pid][1] < expires, (trails, expires)  # dead before the lease could expire
+    print(f"the run's last tick {expires - trails[pid][1]:.1f} s before its lease expired")

@@ -57,7 +57,6 @@ from balsam.core.analytics_scope import (
     EVENT,
     JOB,
     NICE_BUCKETS,
-    NO_RUN_SQL,
     Buckets,
     Filters,
     bucket_sql,
@@ -68,6 +67,7 @@ from balsam.core.analytics_scope import (
     window_sql,
 )
 from balsam.core.lifecycle import RUN_NODES_SQL
+from balsam.core.retries import NO_RUN_SQL
 from balsam.core.routing import sql_in
 from balsam.core.states import STATES, State
 from balsam.db.dbapi import Cursor, fetch_one

@@ -16,13 +16,13 @@ from balsam.core.analytics_errors import errors
 from balsam.core.analytics_scope import (
     EVENT,
     JOB,
-    NO_RUN_SQL,
     Filters,
     event_scope,
     job_clauses,
     resolve,
     window_sql,
 )
+from balsam.core.retries import NO_RUN_SQL
 from balsam.core.routing import sql_in
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor

@@ -14,21 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from balsam.core import schema
-from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.routing import sql_in
 from balsam.core.sql import like_contains
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import NotFound
-
-assert "'" not in NOT_STARTED_SUFFIX and "%" not in NOT_STARTED_SUFFIX
-NO_RUN_SQL = (f"({{e}}.to_state IN ({sql_in([State.RUN_TIMEOUT, State.USER_KILLED])}) "
-              f"AND right({{e}}.message, {len(NOT_STARTED_SUFFIX)}) = '{NOT_STARTED_SUFFIX}')")
-"""SQL (format ``e``: the alias of an event leaving RUNNING): the RUNNING visit it ends was no
-run -- a job recorded RUNNING ahead of its launch (MPI mode) that a launcher's stop or a user's
-kill kept from starting (:data:`balsam.core.retries.NOT_STARTED_SUFFIX`,
-:func:`balsam.core.killed_starts.record_unlaunched`). The state first: the long messages (a
-RUN_ERROR's output tail) are not read."""
 
 JOB, EVENT, SESSION = schema.JOB_TABLE, schema.EVENT_TABLE, schema.SESSION_TABLE
 UTC = datetime.timezone.utc

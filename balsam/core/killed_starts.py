@@ -36,7 +36,8 @@ marks the kill's event: its message ends with
 :data:`balsam.core.retries.NOT_STARTED_SUFFIX` (as the RUN_TIMEOUT of a job ready ahead that a
 launcher's stop kept from starting) and it carries no nodes. The analytics count no run, no
 runtime and no busy node for a RUNNING visit whose leaving event says so
-(:mod:`balsam.core.analytics`).
+(:mod:`balsam.core.analytics`). If the launcher dies before it marks the kill, the sweep of
+its session does, from what its watchdog reports it launched (:mod:`balsam.core.launch_reports`).
 """
 from __future__ import annotations
 

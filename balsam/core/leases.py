@@ -14,10 +14,10 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from balsam.core import killed_starts, launcher_moves, lifecycle, schema
+from balsam.core import killed_starts, launch_reports, launcher_moves, lifecycle, retries, schema
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
@@ -122,12 +122,11 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     if exclude_ids:
         where.append("NOT job_id = ANY(%s::uuid[])")
         params.append([str(j) for j in exclude_ids])
-    # "runs": RUNNING events so far (a few rows each, by the event_job_id index), so a task
-    # knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
+    # "runs": real runs so far (RUNNING visits less those that were none: retries.RUNS_SQL), so
+    # a task knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
     # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
     cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
-        f", (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id "
-        f"AND e.to_state = '{State.RUNNING.value}') AS runs"
+        f", {retries.RUNS_SQL} AS runs"
         f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
         "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
     # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
@@ -313,9 +312,15 @@ def release(cursor: Cursor, session_id: int, job_ids: Optional[list[str]] = None
     return int(cursor.rowcount)
 
 
-def close_session(cursor: Cursor, session_id: int, reason: str = "launcher exited") -> int:
+def close_session(cursor: Cursor, session_id: int, reason: str = "launcher exited",
+                  launched: Optional[Collection[str]] = None) -> int:
     """End a session: any job it still shows RUNNING becomes RUN_TIMEOUT (a safety net: the
-    launcher records its runs first), every other hold is released. Returns jobs timed out."""
+    launcher records its runs first), every other hold is released. ``launched``: the jobs its
+    dead launcher is known to have launched (:mod:`balsam.core.launch_reports`): the others
+    it holds are recorded as no run first. Returns jobs timed out."""
+    never: list[str] = []
+    if launched is not None:
+        never = launch_reports.settle(cursor, session_id, launched, reason)[0]
     cursor.execute(f"SELECT job_id FROM {JOB} WHERE session_id = %s AND state = %s",
                    [session_id, State.RUNNING.value])
     running = [str(r[0]) for r in cursor.fetchall()]
@@ -324,15 +329,17 @@ def close_session(cursor: Cursor, session_id: int, reason: str = "launcher exite
     release(cursor, session_id)
     cursor.execute(f"UPDATE {SESSION} SET ended_at = now(), end_reason = %s WHERE id = %s",
                    [reason, session_id])
-    return len(timed_out)
+    return len(timed_out) + len(never)
 
 
-def sweep(cursor: Cursor) -> list[tuple[int, int]]:
+def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     """Close every session whose lease expired; returns [(session id, jobs timed out)].
 
     Sessions are swept only once the server has been up for a whole lease, so launchers cut off
     by a database restart get the chance to reconnect and renew first. Concurrent sweepers
-    skip each other's sessions (SKIP LOCKED).
+    skip each other's sessions (SKIP LOCKED). With ``db_path`` (the database directory), what
+    a dead MPI-mode launcher's watchdog reports it launched decides which of its jobs ran
+    (:mod:`balsam.core.launch_reports`).
     """
     cursor.execute(f"""
         SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
@@ -345,5 +352,6 @@ def sweep(cursor: Cursor) -> list[tuple[int, int]]:
     for sid, host, pid, beat in cursor.fetchall():
         reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
                   f"{beat} UTC (killed, or its node was lost)")
-        swept.append((sid, close_session(cursor, sid, reason)))
+        launched = launch_reports.launched(db_path, sid, host, pid) if db_path else None
+        swept.append((sid, close_session(cursor, sid, reason, launched)))
     return swept

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balsam.core import schema
-from balsam.core.states import END_STATES, State
+from balsam.core.states import END_STATES, State, sql_in
 from balsam.db.dbapi import Cursor
 from balsam.defaults import MAX_RETRIES, RETRY_BACKOFF_SECONDS
 
@@ -38,6 +38,25 @@ NOT_STARTED_SUFFIX = " (before its start: it did not run)"
 """Ends the RUN_TIMEOUT message of a job a launcher recorded RUNNING ahead of a free node (MPI
 mode's ready-ahead, :mod:`balsam.launcher.mpi_mode`) and stopped before its process started:
 it did not run, so it uses up no retry."""
+
+
+assert "'" not in NOT_STARTED_SUFFIX and "%" not in NOT_STARTED_SUFFIX
+NO_RUN_SQL = (f"({{e}}.to_state IN ({sql_in([State.RUN_TIMEOUT, State.USER_KILLED])}) "
+              f"AND right({{e}}.message, {len(NOT_STARTED_SUFFIX)}) = '{NOT_STARTED_SUFFIX}')")
+"""SQL (format ``e``: the alias of an event leaving RUNNING): the RUNNING visit it ends was no
+run -- a job recorded RUNNING ahead of its launch (MPI mode) that a launcher's stop, a user's
+kill or the sweep of its dead launcher's session found not started (:data:`NOT_STARTED_SUFFIX`,
+:func:`balsam.core.killed_starts.record_unlaunched`, :mod:`balsam.core.launch_reports`). The
+state first: the long messages (a RUN_ERROR's output tail) are not read. The analytics count no
+run for it (:mod:`balsam.core.analytics_scope`), nor does a task's attempt number
+(``BALSAM_JOB_ATTEMPT``, :data:`RUNS_SQL`)."""
+
+RUNS_SQL = f"""(SELECT count(*) FILTER (WHERE e.to_state = '{State.RUNNING.value}')
+    - count(*) FILTER (WHERE e.from_state = '{State.RUNNING.value}' AND {NO_RUN_SQL.format(e='e')})
+    FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id)"""
+"""SQL: the runs job ``j`` had -- its RUNNING visits less those that were no run
+(:data:`NO_RUN_SQL`) --, read at its claim (a few rows, by the ``event_job_id`` index) so that a
+task knows its attempt number (``BALSAM_JOB_ATTEMPT`` = this + 1)."""
 
 
 BACKOFF_MAX_FACTOR = 64

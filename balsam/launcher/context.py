@@ -123,6 +123,9 @@ class Context:
     opened_at: float = 0.0
     """``time.monotonic()`` when the session's opening statement was sent: its first lease
     runs from then at the earliest (:class:`balsam.launcher.fence.LeaseFence` counts from it)."""
+    lease_since: float = 0.0
+    """Serial mode: the latest ``time.monotonic()`` from which the lease runs a whole lease at
+    least, as confirmed looks at it found (:mod:`balsam.launcher.ensemble_stuck`)."""
 
     def started(self) -> None:
         """The mode is up: run :attr:`after_start` once."""
@@ -229,12 +232,14 @@ class Housekeeper:
 
     def sweep(self) -> None:
         """Close the sessions of launchers whose lease expired (their RUNNING jobs time out)."""
-        from balsam.core import leases
+        from balsam.core import launch_reports, leases
 
         try:
-            swept = self.ctx.db.try_run(leases.sweep)
+            swept = self.ctx.db.try_run(leases.sweep, self.ctx.db_path)
         except DatabaseUnavailable:
             return
+        for sid, _ in swept:  # (read by the sweep: launch_reports)
+            launch_reports.discard(self.ctx.db_path, sid)
         for sid, n in swept:
             self.ctx.log.warning(f"swept launcher session {sid} (lease expired): {n} RUNNING "
                                  "job(s) recorded RUN_TIMEOUT")

@@ -36,9 +36,15 @@ returns. From its first confirmed look on, the launcher has a fence of its own
 (:func:`balsam.launcher.fence.start_serial_fence`, a thread): each confirmed look moves it to
 the look's send time less the age it read (the lease runs a whole lease from then at least);
 :func:`fence_after` later with no newer confirmed look, it SIGKILLs the ensemble, stops the
-launcher's own tasks and ends the process with status 1, the session left to a sweep. Not
-covered (docs/architecture.md, "Fencing"): an ensemble's start-up (no look yet, so no fence)
-and the half limit after a suspension.
+launcher's own tasks and ends the process with status 1, the session left to a sweep. That
+fence is armed when the ensemble starts (its tasks start within a second), counting from the
+lease's last confirmed renewal (the session's opening for the first ensemble; a later one's
+launcher renews the lease first, as the old ensemble's last look may be old), and the first
+look comes before it would fire, also within the start-up (which judges by the fence's rule
+only: the master may not have renewed yet). Before, it was armed at the first confirmed look,
+``max(limit, lease)`` after the start: an ensemble starting while the node was cut off ran its
+tasks past the lease. Not covered (docs/architecture.md, "Fencing"): the half limit after a
+suspension.
 """
 from __future__ import annotations
 
@@ -81,8 +87,14 @@ class StuckWatch:
         self.lease_fence: Optional[LeaseFence] = None
         self.period = max(ctx.tunables.heartbeat_seconds, self.limit / 4.0)
         self.started = time.monotonic() if now is None else now
-        self.next_check = self.started + max(self.limit, ctx.tunables.lease_seconds)
+        self.up_by = self.started + max(self.limit, ctx.tunables.lease_seconds)
+        """The end of the ensemble's start-up: until then the master is judged by the fence's
+        rule only (it may not have renewed the lease yet)."""
+        self.next_check = self.up_by
         self.looked = self.started
+        if pgid:  # fenced from its start (tasks start within a second), not from a first look
+            since = self._arm()
+            self.next_check = min(self.next_check, since + self.fence)
 
     def stuck(self, now: float) -> Optional[str]:
         """Why the ensemble is stuck, if a check is due and finds it so; else None. A session
@@ -106,24 +118,42 @@ class StuckWatch:
         if age is None:
             self.close()
             return f"its session {self.ctx.session_id} was closed by a sweep"
-        if age > min(self.limit, self.fence):
+        limit = min(self.limit, self.fence) if now >= self.up_by else self.fence
+        if age > limit:
             self.close()
-            return (f"its master has not renewed the lease for {age:.0f} s "
-                    f"(limit {min(self.limit, self.fence):g} s)")
+            return f"its master has not renewed the lease for {age:.0f} s (limit {limit:g} s)"
         self.next_check = min(self.next_check, now + self.fence - age)
         self._confirmed(sent - age)
         return None
 
+    def _arm(self) -> float:
+        """Start the launcher's own fence (the module docstring, last paragraph) from the
+        lease's last confirmed renewal (``ctx.lease_since``: the session's opening, or the last
+        confirmed look of an earlier ensemble's watch; renewed here first if older than a
+        heartbeat -- a new ensemble after a failed one -- while the fence counts from it, so
+        that a hung statement cannot delay it). Returns the time it counts from."""
+        ctx = self.ctx
+        since = max(ctx.opened_at, ctx.lease_since)
+        self.lease_fence = start_serial_fence(ctx, self.pgid, since)
+        if time.monotonic() - since > ctx.tunables.heartbeat_seconds:
+            sent = time.monotonic()
+            try:
+                if ctx.db.try_run(leases.heartbeat, ctx.session_id):
+                    since = sent
+                    self._confirmed(sent)
+            except DatabaseUnavailable:
+                pass
+        ctx.log.info(f"lease fence armed for the serial-mode ensemble (it fires "
+                     f"{self.lease_fence.after:g} s after the lease was last renewed by the "
+                     "latest confirmed look)")
+        return since
+
     def _confirmed(self, expires_after: float) -> None:
-        """The lease runs a whole lease from ``expires_after`` at least: (start and) move the
-        launcher's own fence (the module docstring, last paragraph)."""
+        """The lease runs a whole lease from ``expires_after`` at least: move the launcher's
+        own fence (and the bound the next ensemble's starts from)."""
         if self.lease_fence is not None:
             self.lease_fence.renewed(expires_after)
-        elif self.pgid:
-            self.lease_fence = start_serial_fence(self.ctx, self.pgid, expires_after)
-            self.ctx.log.info(f"lease fence armed for the serial-mode ensemble (it fires "
-                              f"{self.lease_fence.after:g} s after the lease was last renewed "
-                              "by the latest confirmed look)")
+            self.ctx.lease_since = max(self.ctx.lease_since, expires_after)
 
     def close(self) -> None:
         """Stop the launcher's own fence (the ensemble is being killed or has ended)."""

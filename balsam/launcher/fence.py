@@ -26,9 +26,10 @@ Another launcher may run a job again once the session holding it was swept (its 
 MPI mode has this fence (the launcher renews its own lease). Serial mode's lease is renewed by
 the ensemble's master and watched by the launcher (:mod:`balsam.launcher.ensemble_stuck`),
 which kills a master's ensemble by :func:`fence_after` too, through its own connection; if
-that connection hangs too, the launcher's own fence (:func:`start_serial_fence`, fed by its
-confirmed looks at the lease) kills the ensemble and its own tasks and ends the launcher. What
-is left uncovered is in docs/architecture.md, "Fencing".
+that connection hangs too, the launcher's own fence (:func:`start_serial_fence`, armed when
+the ensemble starts and fed by its confirmed looks at the lease) kills the ensemble and its
+own tasks and ends the launcher. What is left uncovered is in docs/architecture.md,
+"Fencing".
 """
 from __future__ import annotations
 

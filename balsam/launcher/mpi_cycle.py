@@ -51,13 +51,14 @@ class MPICycle(MPIRuns):
                      known: set[str], starts: list[tuple[TaskSpec, list[int]]],
                      unfit: list[TaskSpec], claim: int, max_nodes: int, idle: list[int],
                      slots: int) -> tuple[list[str], set[str], list[TaskSpec], bool,
-                                          list[tuple[TaskSpec, list[int]]]]:
+                                          list[tuple[TaskSpec, list[int]]], list[str]]:
         """Write the ends, start ``starts`` (RUNNING before their launch) and claim up to
         ``claim`` more jobs in one statement (:func:`leases.cycle`); claimed jobs that fit
         nodes still idle are started at once (one more statement: an idle launcher starts a
         new job within one transaction); process, check kills and reconcile if asked. Returns
         (killed ids, ids started, specs claimed, whether processing made jobs runnable, the
-        claimed jobs started and their nodes)."""
+        claimed jobs started and their nodes, ids whose hold it ended: ends recorded, claims
+        dropped)."""
         ctx = self.ctx
         runnable = False
         if reconcile:
@@ -75,6 +76,7 @@ class MPICycle(MPIRuns):
                           f"launcher session {ctx.session_id}, ready ahead of a free node"))
         rows: list[Row] = []
         started: set[str] = set()
+        ended: list[str] = []
         if moves or claim:
             moved, rows = leases.cycle(cur, ctx.session_id, moves, claim, serial=False,
                                        max_nodes=max_nodes, wf_filter=ctx.wf_filter,
@@ -83,6 +85,7 @@ class MPICycle(MPIRuns):
                                        gpus_per_node=self.source.alloc.gpus_per_node,
                                        follow=self.follow)
             started = {j for j, _, to in moved if to == State.RUNNING.value}
+            ended = [j for j, _, to in moved if to != State.RUNNING.value]
         claimed = self.source.specs_in(cur, rows, self._check)
         used = {i for _, nodes in starts for i in nodes}
         more, _ = self._pick([i for i in idle if i not in used], slots - len(starts), claimed)
@@ -103,4 +106,4 @@ class MPICycle(MPIRuns):
                 ctx.log.info("processing: " + ", ".join(
                     f"{k} {v}" for k, v in moved_kinds.items() if v))
         killed = leases.killed(cur, ctx.session_id) if kill else []
-        return killed, started, claimed, runnable, more
+        return killed, started, claimed, runnable, more, ended + batch.release

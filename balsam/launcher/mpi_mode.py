@@ -37,7 +37,9 @@ and topped up by any transaction that goes anyway (the claim topping the queue u
 them: no transaction for a claim alone while the queue holds the next refill), and start the
 moment one frees. Such a job shows RUNNING for a few short runs (at most that many
 launches) before its process starts; if the launcher dies meanwhile the sweep records it
-RUN_TIMEOUT (retried, like a launcher dying between a commit and its launch); if it stops
+RUN_TIMEOUT, "did not run" (no retry used) if its watchdog reports it was never launched
+(:mod:`balsam.core.launch_reports`; so for a launcher dying between a commit and its
+launch), else as a run (retried); if it stops
 (signal, time limit) the job is recorded RUN_TIMEOUT with the stop's message saying it did
 not start; one a user kills is dropped at the next kill check, its RUNNING visit marked as no
 run when its hold is dropped (:func:`balsam.core.killed_starts.record_unlaunched`), or, if a
@@ -63,6 +65,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from balsam.core import launch_reports
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ready_ahead, spawn
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -275,7 +278,7 @@ class MPIMode(MPICycle):
         now, batch, process, kill, reconcile, claim, want, starts, unfit, free = self.landing
         self.landing = None
         try:
-            killed, started, claimed, runnable, more = self.flight.land()
+            killed, started, claimed, runnable, more, ended = self.flight.land()
         except DatabaseUnavailable as exc:
             self.status.restore(batch)
             if not self.db_down:
@@ -286,6 +289,8 @@ class MPIMode(MPICycle):
         if self.db_down:
             ctx.log.info(f"database available again; {len(batch)} pending change(s) written")
             self.db_down = False
+        if ctx.watchdog is not None:  # recorded: its report need not list them
+            ctx.watchdog.forget(ended)
         self.seen_reconnects = ctx.db.reconnects if reconcile else self.seen_reconnects
         if process:
             self.want_process = False
@@ -327,12 +332,18 @@ class MPILauncherMode:
     def run(self, ctx: Context) -> int:
         """The :class:`MPIMode` loop for the open session of ``ctx``; 0, or 1 if it was lost."""
         ctx.started()
-        ctx.watchdog = Watchdog(ctx.tunables.kill_grace_seconds, log=ctx.log.error)
+        # Its report says what was launched if the launcher dies (launch_reports).
+        ctx.watchdog = Watchdog(ctx.tunables.kill_grace_seconds, log=ctx.log.error,
+                                report=launch_reports.report_path(ctx.db_path, ctx.session_id))
         mode = MPIMode(ctx)
         # Its tasks die if the lease goes unconfirmed, also while the loop is stuck in a
         # statement or stops them (:mod:`balsam.launcher.fence`).
         fence = mode.house.fence = start_fence(ctx)
         try:
-            return mode.run()
+            status = mode.run()
         finally:
             fence.close()
+        if status == 0 and not mode.status.pending:  # everything recorded: not needed
+            ctx.watchdog.close()
+            launch_reports.discard(ctx.db_path, ctx.session_id)
+        return status

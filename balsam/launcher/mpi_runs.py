@@ -173,6 +173,8 @@ class MPIRuns:
             if not self.launched:  # posix_spawn keeps what is inheritable: nothing must be
                 spawn.forbid_inheritance()
             prepared = self.prep is not None and self.prep.take(spec.output_path)
+            if ctx.watchdog is not None:  # before the launch: its report then lists the job
+                ctx.watchdog.expect(spec.job_id)  # (:mod:`balsam.core.launch_reports`)
             proc = RunTask(spec.job_id, argv, env, spec.workdir, spec.output_path,
                            ignore_sigpipe=self.flavour.NAME == "mpich", prepared=prepared)
         except (OSError, mpi.RunSpecError) as exc:
@@ -181,7 +183,7 @@ class MPIRuns:
             return
         self.runs[spec.job_id] = Run(spec, proc, nodes, pidfd_open(proc.pid))
         if ctx.watchdog is not None:
-            ctx.watchdog.add(proc.pgid)
+            ctx.watchdog.add(proc.pgid, spec.job_id, defer=True)  # (one write a launch)
         for i in nodes:
             self.node_job[i] = spec.job_id
         self.launched += 1

@@ -43,6 +43,7 @@ from balsam.platform.procgroup import signal_group
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
+    from balsam.launcher.ensemble_stuck import StuckWatch
     from balsam.launcher.warm_start import WarmStart
     from balsam.platform.mpi.choice import LauncherChoice
 
@@ -220,20 +221,28 @@ def run_launcher(ctx: Context) -> int:
     ensemble (failed), are handed to this one. The ranks append to the launcher's log file; the
     MPI launcher's output goes to ``<db>/log/serial_<session>.out`` (``serial_pid<pid>.out``).
     """
+    from balsam.launcher.ensemble_stuck import StuckWatch
+
     launched, ctx.prestarted = ctx.prestarted, None
     warm, ctx.carried = ctx.carried, None
+    fresh, carry = launched is None, ""
     if launched is None:
         carry = "" if warm is None else warm.carry_line()
         launched = launch(ctx, handover=bool(carry))
+    # Fenced (ensemble_stuck.py) before the first task can start: the warm start's, the master's.
+    watch = StuckWatch(ctx, pgid=launched.proc.pid)
+    try:
         if carry:  # rank 0 reads the session id and these shares of node 1 on its stdin
             hand_over(launched, ctx.session_id, carry)
-    elif launched.early:
-        from balsam.launcher.warm_start import WarmStart
+        elif not fresh and launched.early:
+            from balsam.launcher.warm_start import WarmStart
 
-        warm = WarmStart.begin(ctx)
-        hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
-    proc, out_path = launched.proc, launched.out_path
-    rc = _wait_ensemble(launched, ctx, warm)
+            warm = WarmStart.begin(ctx)
+            hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
+        proc, out_path = launched.proc, launched.out_path
+        rc = _wait_ensemble(launched, ctx, watch, warm)
+    finally:
+        watch.close()  # (the ensemble was reaped: nothing for it to do)
     if warm is not None:  # the launcher's own tasks outlived the ensemble: wait, or carry them
         ctx.carried = warm.outlived(lost=rc == EXIT_SESSION_LOST, failed=rc not in EXIT_STATUSES)
         tell_ended(launched, [], last=True)
@@ -278,24 +287,24 @@ def _watch_ensemble(ctx: Context, pgid: int) -> None:
     ctx.watchdog.add(pgid)
 
 
-def _wait_ensemble(launched: Launched, ctx: Context, warm: Optional[WarmStart] = None) -> int:
+def _wait_ensemble(launched: Launched, ctx: Context, watch: StuckWatch,
+                   warm: Optional[WarmStart] = None) -> int:
     """Wait for the MPI launch; forward a signal-requested stop as one SIGTERM (the ranks see
     the time limit themselves); SIGKILL its process group if it outlives the stop too long.
     Runs ``ctx.started()`` (the transition workers) once jobs changed
     :data:`START_PROCESSING_CHANGES` times -- the master claimed, then recorded its first
     starts -- or :data:`START_PROCESSING_SECONDS` passed: their start-up (imports, two
     connections) would otherwise compete with the ranks' for the cores. ``warm``: the launcher's
-    own first tasks, served meanwhile. Kills the launch if its master stopped renewing the lease
-    (:mod:`.ensemble_stuck`); removes the /dev/shm files its ranks left (:mod:`.ensemble_shm`)."""
+    own first tasks, served meanwhile. Kills the launch if ``watch`` finds its master stopped
+    renewing the lease (:mod:`.ensemble_stuck`); removes the /dev/shm files its ranks left
+    (:mod:`.ensemble_shm`)."""
     from balsam.launcher.ensemble_shm import Segments
-    from balsam.launcher.ensemble_stuck import StuckWatch
 
     proc = launched.proc
     segments = Segments(proc.pid)
     forwarded: Optional[float] = None
     give_up_at = None if ctx.stop_at is None else (
         ctx.stop_at + ctx.stop_grace + FORCE_KILL_AFTER_SECONDS)
-    watch = StuckWatch(ctx, pgid=proc.pid)  # (its fence: ensemble_stuck.py)
     pidfd = pidfd_open(proc.pid)
     processing_at = None
     changes = 0

@@ -25,6 +25,10 @@ start this rank made, unless the rank said ``=``: "everything I started was reco
 groups still alive. The launcher reads these files after its ensemble ended
 (:mod:`balsam.launcher.ensemble_watch`): its session is released only once its tasks are known
 dead, and a start that was never recorded is recorded then.
+An MPI-mode launcher gives job ids too (``?JOBID`` before a launch, ``+PGID JOBID`` after it),
+says ``#JOBID`` once a commit ended a job's hold, and has a report file: if it dies, the file
+lists the jobs it launched and saw no end of recorded, which the sweep of its session reads
+(:mod:`balsam.core.launch_reports`).
 
 The watchdog ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal or a signal to the
 launcher's group must not take it down first). The grace must be well under the lease, so that
@@ -94,9 +98,13 @@ class Watchdog:
         self.registered: set[int] = set()
         self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
 
-    def add(self, pgid: int, job_id: str = "") -> None:
-        """A task (of ``job_id``, if given) leading process group ``pgid`` started."""
-        if self._send(f"+{pgid} {job_id}\n".encode()):
+    def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
+        """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
+        (after :meth:`expect`, which finds the task meanwhile): sent with the next write."""
+        if defer and self._fd >= 0:
+            self._pending.append(f"+{pgid} {job_id}\n".encode())
+            self.registered.add(pgid)
+        elif self._send(f"+{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
     def queue(self, pgid: int, job_id: str) -> None:
@@ -147,6 +155,13 @@ class Watchdog:
                 self._pending.append(b"-%d\n" % pgid)
             else:
                 self._send(b"-%d\n" % pgid)
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """A commit ended the hold on ``job_ids`` (their ends or releases are recorded): the
+        report need not list them (MPI mode, :mod:`balsam.core.launch_reports`); sent with
+        the next write."""
+        if self._fd >= 0:
+            self._pending.extend(f"#{job}\n".encode() for job in job_ids)
 
     def flush(self) -> None:
         """Send the deferred lines now (one write)."""
@@ -257,15 +272,16 @@ def groups_of_job(job_id: str) -> list[int]:
 
 def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
-    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``=`` /
-    ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
+    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``#JOBID`` / ``=``
+    / ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
     at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
     (and those of expected tasks that never were). Returns (groups stopped, groups still alive
-    after SIGKILL, job ids started since the last ``=``, one per start -- an expected start
-    counts, a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
-    shared-memory files the owner left if it died: none after ``.``). A group's leader start
-    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
-    line), so that a group id reused after the group ended is not signalled at the end."""
+    after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
+    ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
+    ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
+    if it died: none after ``.``). A group's leader start time is read when its line is (the
+    leader is the owner's child, not reaped before its ``-`` line), so that a group id reused
+    after the group ended is not signalled at the end."""
     groups: dict[int, str] = {}
     starts: dict[int, Optional[int]] = {}
     segments: dict[str, tuple[int, int]] = {}
@@ -304,6 +320,9 @@ def serve(fd: int, grace: float, began_path: str = ""
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
                 starts.pop(int(line[1:]), None)
+            elif line[:1] == b"#":  # recorded: forget it (the launcher's commit ended it)
+                started.pop(line[1:].decode(), None)
+                expected.pop(line[1:].decode(), None)
             elif line[:1] == b"=":
                 started.clear()
                 expected.clear()
@@ -353,8 +372,8 @@ def main(argv: list[str]) -> int:
     stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
-                              "host": socket.gethostname(), "started": started,
-                              "alive": alive})
+                              "host": socket.gethostname(), "owner": owner,
+                              "started": started, "alive": alive})
     removed = unlink_segments(segments)  # after the report: the launcher waits for that
     if removed:
         print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
