@@ -148,6 +148,7 @@ class Worker(WarmQueueing, ThreadedStarts):
         if self._spawns is not None:
             self._spawns.close()
         self.warm.close()
+        self._poller.close()
 
     def step(self) -> bool:
         """One iteration: orders, reaping, kills, starts, one report. True if anything

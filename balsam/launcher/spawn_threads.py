@@ -131,9 +131,14 @@ class SpawnThreads:
         return out
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the threads (each after the start it is making)."""
+        """Stop the threads (each after the start it is making; starts not begun are
+        dropped: the loop is gone, nothing would take them over)."""
         for q in self._queues.values():
-            q.put(None)
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                q.put(None)
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
