@@ -232,6 +232,6 @@ class ThreadedStarts:
             elif s.why:  # killed or stopped while it was starting
                 r.why = s.why
                 s.task.terminate(s.grace)
-        if added and self.watchdog is not None:
-            self.watchdog.add_all(added)
+        if added and self.watchdog is not None:  # with this iteration's next write or flush
+            self.watchdog.add_all(added, defer=True)
         return bool(done)
