@@ -48,7 +48,10 @@ def test_two_one_core_tasks_float_or_get_a_core_each(tmp_path, pin_single):
         inbox.orders.append({"work": [Work(f"t{i}", ["sh", "-c", script], None, {},
                                            os.path.dirname(out), out, 2, 1)
                                       for i, out in enumerate(outputs)]})
-        worker.step()
+        end = time.monotonic() + 60
+        while len(inbox.collected("started")) < 2:  # started by the worker's spawning threads
+            assert time.monotonic() < end, inbox.reports
+            worker.step() or worker.wait(10)
         assert sorted(inbox.collected("started")) == ["t0", "t1"]
         gate.touch()
         end = time.monotonic() + 60

@@ -80,7 +80,7 @@ def test_queued_tasks_are_prepared_while_the_first_runs_and_each_output_is_its_o
                                                      "done"]),
             work(str(tmp_path), "q1", ["sh", "-c", "echo one"]),
             work(str(tmp_path), "q2", ["sh", "-c", "echo two"])]})
-        worker.step()
+        wait_for(lambda: (worker.step(), inbox.collected("started"))[1])  # started by a thread
         assert inbox.collected("started") == ["first"]  # packing 1: the others wait
         # made ahead while "first" runs, before either starts
         wait_for(lambda: (tmp_path / "wf" / "q1" / "q1.out").exists())

@@ -98,7 +98,7 @@ def test_a_worker_keeps_the_launchers_share_of_its_node_until_it_is_given_back(t
     worker.step()
     assert inbox.started() == []  # the node is full of the launcher's two tasks
     inbox.orders.append({"unhold": ["a"]})
-    worker.step()
+    wait_for(lambda: (worker.step(), inbox.started())[1], 60, "a start (by a spawning thread)")
     assert inbox.started() == ["c"]  # one share back: one task
     wait_for(lambda: (worker.step(), not worker.running)[1], 60, "the task to be reaped")
     worker.warm.close()

@@ -49,6 +49,11 @@ _UNCHECKED = frozenset({
     "posix_spawn_file_actions_addchdir_np"})
 """Called per task with only bytes, small ints and ctypes objects (passed as pointers), so
 without ``argtypes``: ctypes' per-argument conversion was ~20% of the call's cost."""
+_HOLDING = frozenset(_UNCHECKED - {"posix_spawn"})
+"""Called holding the GIL (``ctypes.PyDLL``): each returns in microseconds, and a call through
+``CDLL`` releases and takes back the GIL, which, with the worker's other threads waiting for it
+(:mod:`balsam.launcher.spawn_threads`), cost a thread switch each; ``posix_spawn`` itself, which
+waits for the child's ``exec``, releases it."""
 _EXTRA_SLOTS = 64
 """A task's own variables that fit in its :class:`EncodedEnv`'s array (more: a new array)."""
 
@@ -147,8 +152,10 @@ class _Libc:
             "posix_spawn_file_actions_adddup2": [vp, cint, cint],
             "posix_spawn_file_actions_addchdir_np": [vp, cp],
             "sigemptyset": [vp], "sigaddset": [vp, cint]}
+        quick = ctypes.PyDLL(lib._name)  # see _HOLDING
         for name, argtypes in signatures.items():
-            function = getattr(lib, name)  # AttributeError: not this libc
+            function = getattr(quick if name in _HOLDING else lib, name)  # AttributeError: not
+            # this libc
             function.restype = cint
             if name not in _UNCHECKED:
                 function.argtypes = argtypes
@@ -247,6 +254,8 @@ def _failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
     return OSError(err, os.strerror(err), program)
 
 
+Spawner = _Libc
+"""The type :func:`private` returns (a thread's own buffers for :func:`spawn`)."""
 _loaded: list[Optional[_Libc]] = []
 _loading = threading.Lock()
 log = logging.getLogger(__name__)
@@ -284,16 +293,23 @@ def method() -> str:
     return "posix_spawn (glibc, chdir in the child)" if _libc() is not None else "Popen"
 
 
+def private() -> Optional[_Libc]:
+    """A spawner of its own (its own buffers and lock) for a thread that starts tasks at the same
+    time as others (:mod:`balsam.launcher.spawn_threads`); None where glibc's are missing."""
+    return _Libc(ctypes.CDLL(None)) if _libc() is not None else None
+
+
 def spawn(program: str, argv: Sequence[str], env: Union[EncodedEnv, Mapping[str, str]],
           cwd: str, output_path: str, setsigdef: tuple[int, ...],
-          extra: Optional[Mapping[str, str]] = None) -> int:
+          extra: Optional[Mapping[str, str]] = None, lib: Optional[_Libc] = None) -> int:
     """Start ``program`` (a path: :func:`balsam.launcher.spawn.resolve`) with ``argv``, the
     environment ``env`` (plus ``extra`` on top) in ``cwd`` (which must exist), as a session
     leader, stdin from ``/dev/null``, stdout and stderr to ``output_path`` (truncated, created
     if missing), the ``setsigdef`` signals at their default; its pid. OSError if it cannot
     start. Descriptors the caller left inheritable are inherited (glibc path): see
-    :func:`balsam.launcher.spawn.forbid_inheritance`."""
-    lib = _libc()
+    :func:`balsam.launcher.spawn.forbid_inheritance`. ``lib``: a :func:`private` spawner (with
+    an ``env`` of its own) instead of the process-wide one."""
+    lib = lib or _libc()
     if lib is not None:
         return lib.spawn(program, argv, env, extra or {}, cwd, output_path, setsigdef)
     variables = env.variables if isinstance(env, EncodedEnv) else env

@@ -1,14 +1,15 @@
 """Serial-mode worker: one per node (MPI ranks 1..N), starting the master's tasks locally.
 
 A :class:`Worker` keeps a queue of :class:`Work` items sent by the master and starts them as
-:class:`balsam.launcher.spawn.SpawnedTask` processes (own process group, ``posix_spawn``; their
-directories and output files made ahead by a :class:`balsam.launcher.spawn.Preparer` thread)
-while they fit on its node (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count``
-occupancy, own cores, pinned as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task
-with ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, reaps exited
-tasks, starts what fits and notes what happened in ONE report, sent at once if it says more than
-starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS``. When nothing
-happened it waits up to 1 ms (10 ms once quiet) for a task to exit (pidfds end the wait).
+:class:`balsam.launcher.spawn.SpawnedTask` processes (own process group, ``posix_spawn`` from a
+thread pinned to the task's CPUs: :mod:`balsam.launcher.spawn_threads`; directories and output
+files made ahead by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its node
+(:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, own cores,
+pinned as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task with
+``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, takes over started
+tasks, reaps exited ones, starts what fits and notes it all in ONE report, sent at once if it says
+more than starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS``.
+When nothing happened it waits up to 1 ms (10 ms once quiet) in ``epoll`` (pidfds end it).
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
@@ -33,8 +34,7 @@ task that is an MPI program is not part of the launcher's MPI job), plus the job
 (``Work.env``). A Python-function task (:mod:`balsam.site.pyfunc`: its command is the function
 runner, no envscript) runs in a warm Python worker (:mod:`balsam.launcher.warm_pool`) with the
 same reports; while such tasks are short, the next waits in a running one's warm process
-(:mod:`balsam.launcher.serial_warm`). The loop is transport-agnostic (:class:`Channel`), so
-tests drive it without MPI.
+(:mod:`balsam.launcher.serial_warm`). The loop is transport-agnostic (:class:`Channel`).
 """
 from __future__ import annotations
 
@@ -46,14 +46,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from balsam import defaults
-from balsam.core.payloads import TaskRow
-from balsam.launcher import libc_spawn, procs, spawn, task
+from balsam.launcher import libc_spawn, procs, spawn, spawn_threads, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
+from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
+from balsam.launcher.serial_work import Work as Work
+from balsam.launcher.spawn_threads import ThreadedStarts
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
@@ -75,33 +77,8 @@ QUIET_SECONDS = 0.05
 master's orders wait that long (task exits still end the wait at once)."""
 
 
-class Work(NamedTuple):
-    """One task, as the master sends it: ``env`` holds only the job's own variables."""
-
-    job_id: str
-    argv: list[str]
-    envscript: Optional[str]
-    env: dict[str, str]
-    workdir: str
-    output_path: str
-    packing: int
-    required_cores: int
-    row: Optional[TaskRow] = None
-    """A function task's job fields and arguments, read by the master with its claim (a warm
-    worker then needs no database; :mod:`balsam.core.payloads`), or None."""
-
-
-class Channel(Protocol):
-    """The worker's link to the master: ``send`` never blocks, ``receive`` returns None when
-    no order is waiting."""
-
-    def send(self, message: dict[str, Any]) -> None: ...
-
-    def receive(self) -> Optional[dict[str, Any]]: ...
-
-
-class Worker(WarmQueueing):
-    """The task loop of one node (see the module docstring). Single-threaded."""
+class Worker(WarmQueueing, ThreadedStarts):
+    """The task loop of one node (see the module docstring)."""
 
     def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
                  kill_grace: float = defaults.KILL_GRACE_SECONDS,
@@ -127,7 +104,11 @@ class Worker(WarmQueueing):
         self.finished = False
         self.recorded = False  # the master said every start was recorded (with ``exit``)
         self._by_fd: dict[int, str] = {}
-        self._poller = select.poll()
+        self._poller = select.epoll()  # pidfds and warm channels; the spawning threads add
+        self._ready: Optional[list[tuple[int, int]]] = None  # what the last wait saw ready
+        self._spawns = (spawn_threads.SpawnThreads(self.base_env, self._poller)
+                        if spawn_threads.usable() else None)  # else tasks start in this thread
+        self._aborting = False
         self._report: dict[str, Any] = {}
         self._next_report = 0.0
         self._drained_sent = False
@@ -161,9 +142,13 @@ class Worker(WarmQueueing):
             self.close()
 
     def close(self) -> None:
-        """Stop the directory preparer and the warm workers (:meth:`run` does at its end)."""
+        """Stop the directory preparer, the spawning threads and the warm workers (:meth:`run`
+        does at its end)."""
         self._prep.close()
+        if self._spawns is not None:
+            self._spawns.close()
         self.warm.close()
+        self._poller.close()
 
     def step(self) -> bool:
         """One iteration: orders, reaping, kills, starts, one report. True if anything
@@ -176,6 +161,7 @@ class Worker(WarmQueueing):
             self._obey(message)
             busy = True
         if self.finished:  # exit or abort: say goodbye (the master waits for it)
+            self._collect(settle=True)
             self._note("bye", True)
             self._note("beats", self.pulse.sent if self.pulse is not None else 0)  # see Silence
             self.channel.send(self._report)
@@ -189,7 +175,8 @@ class Worker(WarmQueueing):
             spawn.forbid_inheritance()
             self._next_fd_check = time.monotonic() + FD_CHECK_SECONDS
         busy = self._start_fitting() or busy
-        if self.stopping and not self.running and not self._drained_sent:
+        if self.stopping and not self.running and not self._in_flight() \
+                and not self._drained_sent:
             self._drained_sent = True
             self._note("drained", True)
         if self.watchdog is not None:
@@ -204,14 +191,12 @@ class Worker(WarmQueueing):
 
     def wait(self, timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` for a task to exit (returns at once when one does)."""
-        if self.running and self._by_fd:
-            self._poller.poll(timeout_ms)
-        else:
-            time.sleep(timeout_ms / 1000)
+        self._ready = self._poller.poll(timeout_ms / 1000)
 
     # ---- orders -----------------------------------------------------------------------------
     def _obey(self, message: Mapping[str, Any]) -> None:
         if message.get("abort"):
+            self._aborting = True  # and those still starting once they have (_collect)
             for r in self.running.values():
                 r.task.signal_group(signal.SIGKILL)
             self.finished = True
@@ -247,6 +232,8 @@ class Worker(WarmQueueing):
             self._cancel_behind(running.task)
             running.task.terminate(self.kill_grace)
             return
+        if self._spawns is not None and self._spawns.mark(job_id, "kill", self.kill_grace):
+            return  # ended once it has started (_collect)
         if self._kill_behind(job_id):  # queued in a warm process: it never begins
             return
         for work in self.queue:
@@ -269,13 +256,18 @@ class Worker(WarmQueueing):
             if r.why != "kill":
                 r.why = "stop"
             r.task.terminate(grace)
+        if self._spawns is not None:
+            self._spawns.mark_all("stop", grace)
 
     # ---- tasks ------------------------------------------------------------------------------
     def _reap(self) -> bool:
+        started = self._collect()
+        ready, self._ready = self._ready, None  # a pidfd, once ready, stays so
         if not self.running:
-            return False
-        if self._by_fd:
-            candidates = [self._by_fd[fd] for fd, _ in self._poller.poll(0)]
+            return started
+        if self._by_fd:  # ready and not yet collected: next time (epoll is level-triggered)
+            ready = self._poller.poll(0) if ready is None else ready
+            candidates = [self._by_fd[fd] for fd, _ in ready if fd in self._by_fd]
         else:
             candidates = list(self.running)
         for r in self.running.values():
@@ -288,7 +280,7 @@ class Worker(WarmQueueing):
             if rc is not None:
                 self._ended(job_id, r, rc)
                 ended = True
-        return ended
+        return ended or started
 
     def _ended(self, job_id: str, r: _Running, rc: int) -> None:
         del self.running[job_id]
@@ -329,8 +321,8 @@ class Worker(WarmQueueing):
     def _start_fitting(self) -> bool:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
         writes: the job ids before the first start (a task started by a rank that dies before
-        the second write is found by its ``BALSAM_JOB_ID``), the process groups after the
-        last."""
+        the second write is found by its ``BALSAM_JOB_ID``), the process groups after the last
+        (of tasks started by the spawning threads: when they come back, :meth:`_collect`)."""
         batch: list[tuple[Work, Placement]] = []
         while self.queue and not self.stopping:
             work = self.queue[0]
@@ -341,8 +333,9 @@ class Worker(WarmQueueing):
             batch.append((work, placement))
         if not batch:
             return self._queue_behind()
-        self._note_all("started", [work.job_id for work, _ in batch])
         cold = [(w, p, w.envscript is not None or not is_runner_argv(w.argv)) for w, p in batch]
+        threads = self._spawns  # started tasks are noted when they come back (_collect)
+        self._note_all("started", [w.job_id for w, _, cold_ in cold if not (cold_ and threads)])
         if self.watchdog is not None:
             self.watchdog.expect_all([w.job_id for w, _, spawned in cold if spawned])
         added: list[tuple[int, str]] = []
@@ -357,16 +350,18 @@ class Worker(WarmQueueing):
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = dict(work.env)  # on top of self._env (a warm task's: of the pool's environment)
-        if placement.gpu is not None:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+        env = self._task_env(work, placement)
         prepared = spawned and self._prep.take(work.output_path)
         self.prepared += prepared
+        cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+        argv = task.with_envscript(work.argv, work.envscript)
+        if spawned and self._spawns is not None:  # taken over when it comes back: _collect
+            return self._spawns.submit(work.job_id, argv, work.workdir, work.output_path,
+                                       prepared, env, cpus)
         try:
             t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
-                work.job_id, task.with_envscript(work.argv, work.envscript), self._env,
-                work.workdir, work.output_path, prepared, env) if spawned
+                work.job_id, argv, self._env, work.workdir, work.output_path, prepared, env)
+                if spawned
                 else self.warm.start(work.job_id, env, work.workdir, work.output_path,
                                      placement.cpus, work.row,
                                      (work.packing, work.required_cores)))
@@ -379,7 +374,6 @@ class Worker(WarmQueueing):
             self._tails[work.job_id] = t
         else:
             added.append((t.pgid, work.job_id))
-            cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
             if cpus:
                 spawn.pin(t.pid, cpus)
             found = pidfd_open(t.pid)
@@ -388,7 +382,15 @@ class Worker(WarmQueueing):
         self.running[work.job_id] = _Running(t, fd)
         if fd >= 0:
             self._by_fd[fd] = work.job_id
-            self._poller.register(fd, select.POLLIN)
+            self._poller.register(fd, select.EPOLLIN)
+
+    def _task_env(self, work: Work, placement: Placement) -> dict[str, str]:
+        """The job's own variables, on top of the base (a warm task's: of the pool's)."""
+        env = dict(work.env)
+        if placement.gpu is not None:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
+        return env
 
     # ---- reporting --------------------------------------------------------------------------
     def _note(self, key: str, value: Any) -> None:

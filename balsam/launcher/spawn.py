@@ -179,24 +179,26 @@ def pin(pid: int, cpus: Sequence[int]) -> None:
 
 def launch(argv: Sequence[str], env: Union[Mapping[str, str], libc_spawn.EncodedEnv],
            cwd: str, output_path: str, prepared: bool, setsigdef: tuple[int, ...],
-           extra: Optional[Mapping[str, str]] = None) -> int:
+           extra: Optional[Mapping[str, str]] = None,
+           lib: Optional[libc_spawn.Spawner] = None) -> int:
     """Start ``argv`` (its program found on the task's PATH: :func:`resolve`) with ``env`` (and
     ``extra`` on top) in ``cwd``, output to ``output_path``
     (:func:`balsam.launcher.libc_spawn.spawn`); its pid. ``cwd`` is made unless ``prepared``
     (a :class:`Preparer` made it: made again if it was removed since). OSError if it cannot
-    start: a missing program, a directory or output file that cannot be made."""
+    start: a missing program, a directory or output file that cannot be made. ``lib``: a
+    spawner of the calling thread's own (:func:`balsam.launcher.libc_spawn.private`)."""
     path = (env.get("PATH", extra or {}) if isinstance(env, libc_spawn.EncodedEnv)
             else (extra or {}).get("PATH", env.get("PATH")))
     program = resolve(argv[0], path)
     if not prepared:
         make_directory(cwd)
     try:
-        return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra)
+        return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra, lib)
     except FileNotFoundError:
         if not prepared or os.path.isdir(cwd):
             raise
     make_directory(cwd)  # made ahead, removed since
-    return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra)
+    return libc_spawn.spawn(program, argv, env, cwd, output_path, setsigdef, extra, lib)
 
 
 def make_directory(cwd: str) -> None:
@@ -238,16 +240,17 @@ class SpawnedTask(ReapedTask):
     if it cannot start. ``pid`` is also the process group id. ``prepared``: ``cwd`` exists
     (:class:`Preparer` made it). ``env`` may be encoded once for many tasks
     (:class:`balsam.launcher.libc_spawn.EncodedEnv`); ``extra``: the task's own variables on
-    top of it."""
+    top of it; ``lib``: see :func:`launch`."""
 
     def __init__(self, job_id: str, argv: Sequence[str],
                  env: Union[Mapping[str, str], libc_spawn.EncodedEnv], cwd: str,
                  output_path: str, prepared: bool = False,
-                 extra: Optional[Mapping[str, str]] = None) -> None:
+                 extra: Optional[Mapping[str, str]] = None,
+                 lib: Optional[libc_spawn.Spawner] = None) -> None:
         self.job_id = job_id
         self.output_path = output_path
         self.started = time.time()
         self.kill_deadline: Optional[float] = None
         self._returncode: Optional[int] = None
-        self.pid = launch(argv, env, cwd, output_path, prepared, RESTORED_SIGNALS, extra)
+        self.pid = launch(argv, env, cwd, output_path, prepared, RESTORED_SIGNALS, extra, lib)
         self.pgid = self.pid

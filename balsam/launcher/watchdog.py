@@ -114,10 +114,15 @@ class Watchdog:
         if self._send(f"~{pgid} {job_id}\n".encode()):
             self.registered.add(pgid)
 
-    def add_all(self, started: list[tuple[int, str]]) -> None:
-        """:meth:`add` for every (pgid, job id) in ``started``, in one write."""
-        if started and self._send("".join(f"+{pgid} {job}\n" for pgid, job in started)
-                                  .encode()):
+    def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
+        """:meth:`add` for every (pgid, job id) in ``started``, in one write; ``defer``: with
+        the next write or :meth:`flush` (as :meth:`remove`'s; the ``?JOBID`` line of each was
+        sent before its start, so the watchdog finds it by its job id meanwhile)."""
+        lines = "".join(f"+{pgid} {job}\n" for pgid, job in started).encode()
+        if started and defer and self._fd >= 0:
+            self._pending.append(lines)
+            self.registered.update(pgid for pgid, _ in started)
+        elif started and self._send(lines):
             self.registered.update(pgid for pgid, _ in started)
 
     def expect_all(self, job_ids: list[str]) -> None:

@@ -1,0 +1,33 @@
+"""What a serial-mode worker rank is sent and talks through: :class:`Work` (one task, as the
+master sends it) and :class:`Channel` (the worker's link to the master). The orders and reports
+themselves are described in :mod:`balsam.launcher.serial_worker`."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Protocol
+
+from balsam.core.payloads import TaskRow
+
+
+class Work(NamedTuple):
+    """One task, as the master sends it: ``env`` holds only the job's own variables."""
+
+    job_id: str
+    argv: list[str]
+    envscript: Optional[str]
+    env: dict[str, str]
+    workdir: str
+    output_path: str
+    packing: int
+    required_cores: int
+    row: Optional[TaskRow] = None
+    """A function task's job fields and arguments, read by the master with its claim (a warm
+    worker then needs no database; :mod:`balsam.core.payloads`), or None."""
+
+
+class Channel(Protocol):
+    """The worker's link to the master: ``send`` never blocks, ``receive`` returns None when
+    no order is waiting."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def receive(self) -> Optional[dict[str, Any]]: ...

@@ -1,0 +1,237 @@
+"""Starting a worker rank's tasks from threads pinned where the tasks will run.
+
+``posix_spawn`` (glibc: ``clone(CLONE_VM | CLONE_VFORK)``) holds its caller until the child has
+exec'd, and the caller, woken on the CPU where the new program now loads, often waits there
+behind it for the whole of a short task (``perf sched timehist``: 0.7 ms of scheduling delay for
+a ``true`` of 0.73 ms). A worker rank that started its tasks itself was blocked in the spawn
+call ~60% of its time, unable to reap or start anything meanwhile: its tasks' slots stood empty
+while cores were free (benchmarks/README.md, "Issue 16, session 15").
+
+Here a :class:`SpawnThreads` starts each task from a thread of its own for the task's CPUs,
+pinned to them (``sched_setaffinity`` of the thread): the child inherits the pinning (no
+``sched_setaffinity`` of a running task, no migration after the start), a spawning thread waits
+behind its own child on that task's CPU only, and the worker's loop thread never waits for a
+child's ``exec``. Unpinned tasks are started from a thread with the worker's own affinity.
+Each thread has its own spawn buffers and encoded environment
+(:func:`balsam.launcher.libc_spawn.private`). A started task is handed over
+(:meth:`SpawnThreads.collect`, on the loop thread, which does all the bookkeeping), then its
+pidfd registered in the worker's ``epoll`` by the thread (so its exit ends the loop's wait; the
+loop unregisters and closes a pidfd only after it was ready, hence registered). A start
+asked for a job that is then killed or stopped is marked (:meth:`SpawnThreads.mark`) and comes
+back with the mark, to be ended at once.
+
+Threads are made on first need, one per CPU set, at most :data:`MAX_THREADS` (then a thread
+serves several sets, re-pinning itself when the set changes). Where glibc's functions are
+missing (:func:`usable` is False) the worker starts tasks itself, as before.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional, Union
+
+from balsam.launcher import libc_spawn, spawn
+from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.serial_warm import Running
+from balsam.launcher.watchdog import Watchdog
+from balsam.platform.process import pidfd_open
+
+MAX_THREADS = 16
+"""Spawning threads per worker rank at most (one per CPU set in use below that)."""
+SETTLE_SECONDS = 10.0
+"""At ``exit`` or ``abort``, how long the loop waits for starts still in flight."""
+
+_Item = tuple[str, list[str], str, str, bool, dict[str, str], tuple[int, ...]]
+
+
+class Started(NamedTuple):
+    """A start that completed: the task (None if it could not start: ``error`` says why), its
+    pidfd (-1: none; registered in the epoll), and the mark set while it was in flight ("" none,
+    "kill" or "stop", with the grace to stop it in)."""
+
+    job_id: str
+    task: Optional[spawn.SpawnedTask]
+    fd: int
+    error: Optional[OSError]
+    why: str
+    grace: float
+
+
+def usable() -> bool:
+    """Whether tasks can be started from threads here (glibc's spawn functions exist)."""
+    return libc_spawn.private() is not None
+
+
+class SpawnThreads:
+    """The spawning threads of one worker (see the module docstring). ``env``: the task base
+    environment; ``poller``: the worker's epoll (each started task's pidfd is added, EPOLLIN)."""
+
+    def __init__(self, env: Mapping[str, str], poller: select.epoll) -> None:
+        self._env = dict(env)
+        self._poller = poller
+        self._all = tuple(sorted(os.sched_getaffinity(0)))
+        self._queues: dict[tuple[int, ...], queue.SimpleQueue[Optional[_Item]]] = {}
+        self._threads: list[threading.Thread] = []
+        self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError]]] = deque()
+        self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
+
+    @property
+    def in_flight(self) -> int:
+        """Starts asked for and not yet collected."""
+        return len(self._flight)
+
+    def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
+               extra: dict[str, str], cpus: Sequence[int]) -> None:
+        """Start ``argv`` for ``job_id`` (:class:`balsam.launcher.spawn.SpawnedTask`'s
+        arguments), pinned to ``cpus`` (empty: not pinned)."""
+        self._flight[job_id] = ("", 0.0)
+        self._queue(tuple(cpus)).put((job_id, argv, cwd, output_path, prepared, extra,
+                                      tuple(cpus)))
+
+    def mark(self, job_id: str, why: str, grace: float) -> bool:
+        """If ``job_id``'s start is in flight, note that it is to be ended (``why``: "kill" or
+        "stop", a kill not overridden by a stop) once started; False if it is not in flight."""
+        now = self._flight.get(job_id)
+        if now is None:
+            return False
+        if now[0] != "kill":
+            self._flight[job_id] = (why, grace)
+        return True
+
+    def mark_all(self, why: str, grace: float) -> None:
+        """:meth:`mark` every start in flight."""
+        for job_id in list(self._flight):
+            self.mark(job_id, why, grace)
+
+    def collect(self) -> list[Started]:
+        """The starts completed since the last call (loop thread only)."""
+        out: list[Started] = []
+        while self._done:
+            job_id, fd, started = self._done.popleft()
+            why, grace = self._flight.pop(job_id, ("", 0.0))
+            if isinstance(started, OSError):
+                out.append(Started(job_id, None, -1, started, why, grace))
+            else:
+                out.append(Started(job_id, started, fd, None, why, grace))
+        return out
+
+    def settle(self, timeout: float) -> list[Started]:
+        """:meth:`collect` until nothing is in flight (at most ``timeout`` seconds)."""
+        out = self.collect()
+        end = time.monotonic() + timeout
+        while self._flight and time.monotonic() < end:
+            time.sleep(0.001)
+            out += self.collect()
+        return out
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads (each after the start it is making; starts not begun are
+        dropped: the loop is gone, nothing would take them over)."""
+        for q in self._queues.values():
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                q.put(None)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+    def _queue(self, cpus: tuple[int, ...]) -> queue.SimpleQueue[Optional[_Item]]:
+        q = self._queues.get(cpus)
+        if q is None:
+            if len(self._threads) < MAX_THREADS:
+                q = queue.SimpleQueue()
+                thread = threading.Thread(target=self._serve, args=(q,), daemon=True,
+                                          name=f"spawn-{len(self._threads)}")
+                thread.start()
+                self._threads.append(thread)
+            else:  # a thread of an earlier set serves this one too
+                q = list(self._queues.values())[hash(cpus) % MAX_THREADS]
+            self._queues[cpus] = q
+        return q
+
+    def _serve(self, q: queue.SimpleQueue[Optional[_Item]]) -> None:
+        lib = libc_spawn.private()
+        env = libc_spawn.EncodedEnv(self._env)  # filled per start: one per thread
+        pinned: tuple[int, ...] = ()  # this thread's affinity (): the worker's
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            job_id, argv, cwd, output_path, prepared, extra, cpus = item
+            if (cpus or self._all) != (pinned or self._all):
+                try:
+                    os.sched_setaffinity(0, cpus or self._all)
+                    pinned = cpus
+                except OSError:  # not allowed here: the task is pinned after its start
+                    pass
+            try:
+                task = spawn.SpawnedTask(job_id, argv, env, cwd, output_path, prepared, extra,
+                                         lib)
+            except OSError as exc:
+                self._done.append((job_id, -1, exc))
+                continue
+            if cpus and pinned != cpus:
+                spawn.pin(task.pid, cpus)
+            found = pidfd_open(task.pid)
+            fd = -1 if found is None else found
+            self._done.append((job_id, fd, task))  # first: a ready pidfd is always collected
+            if fd >= 0:
+                self._poller.register(fd, select.EPOLLIN)
+
+
+class ThreadedStarts:
+    """The worker loop's side (:class:`balsam.launcher.serial_worker.Worker`, which sets these
+    attributes up): taking over what its :class:`SpawnThreads` started."""
+
+    _spawns: Optional[SpawnThreads]
+    _aborting: bool
+    """An ``abort`` came: what comes back started is SIGKILLed at once."""
+    # The loop's, touched here.
+    running: dict[str, Running]
+    _by_fd: dict[int, str]
+    node: NodeSlots
+    watchdog: Optional[Watchdog]
+    started: int
+
+    def _note_all(self, key: str, values: Sequence[Any]) -> None:
+        """Add to this iteration's report (provided by ``Worker``)."""
+        raise NotImplementedError
+
+    def _in_flight(self) -> int:
+        return 0 if self._spawns is None else self._spawns.in_flight
+
+    def _collect(self, settle: bool = False) -> bool:
+        """Take over the tasks the threads started, reported ``started`` now (and ``failed``
+        if they could not start); with ``settle``, all those in flight (an ``exit`` or
+        ``abort``). True if any came back."""
+        if not self._in_flight() or self._spawns is None:
+            return False
+        done = self._spawns.settle(SETTLE_SECONDS) if settle else self._spawns.collect()
+        added: list[tuple[int, str]] = []
+        for s in done:
+            self._note_all("started", [s.job_id])
+            if s.task is None:
+                self.node.free(s.job_id)
+                self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
+                continue
+            added.append((s.task.pgid, s.job_id))
+            self.started += 1
+            self.running[s.job_id] = r = Running(s.task, s.fd)
+            if s.fd >= 0:
+                self._by_fd[s.fd] = s.job_id
+            if self._aborting:
+                s.task.signal_group(signal.SIGKILL)
+            elif s.why:  # killed or stopped while it was starting
+                r.why = s.why
+                s.task.terminate(s.grace)
+        if added and self.watchdog is not None:  # with this iteration's next write or flush
+            self.watchdog.add_all(added, defer=True)
+        return bool(done)

@@ -1,0 +1,138 @@
+"""A serial worker starts its tasks from threads pinned to the tasks' CPUs
+(:mod:`balsam.launcher.spawn_threads`): a start is in flight until the loop takes it over, and
+a kill, a stop or an abort that comes meanwhile still ends the task; a thread serving several
+CPU sets re-pins itself, so each task gets its own. No timing: each test waits for conditions,
+and a start is in flight by construction (the loop takes starts over only at its next
+iteration, after reading the orders)."""
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+import pytest
+from launcher_support import Inbox, process_gone, wait_for
+
+from balsam.launcher import libc_spawn, spawn_threads
+from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.serial_worker import Work, Worker
+
+pytestmark = pytest.mark.skipif(not spawn_threads.usable(), reason="no glibc posix_spawn here")
+
+
+def sleeper(tmp: str, name: str) -> Work:
+    wd = os.path.join(tmp, name)
+    script = f"echo $$ > {os.path.join(tmp, name + '.pid')}; exec sleep 60"
+    return Work(name, ["sh", "-c", script], None, {}, wd, os.path.join(wd, "out"), 1, 1)
+
+
+def serve(worker: Worker, until: Any, what: str) -> None:
+    wait_for(lambda: (worker.step() or worker.wait(5), until())[1], 60, what, interval=0)
+
+
+def gone(tmp: str, name: str) -> bool:
+    """The task's process is gone, or it never got to write its pid."""
+    try:
+        with open(os.path.join(tmp, name + ".pid")) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:
+        return True
+    return not text or process_gone(int(text))
+
+
+def in_flight_worker(tmp: str) -> tuple[Inbox, Worker]:
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5)
+    inbox.orders.append({"work": [sleeper(tmp, "s0"), sleeper(tmp, "s1")]})
+    worker.step()  # s0 handed to a thread; taken over only in the next iteration
+    assert worker._in_flight() == 1 and "s0" not in worker.running
+    assert not inbox.collected("started")
+    return inbox, worker
+
+
+def test_a_task_killed_while_it_starts_is_reported_started_then_killed(tmp_path):
+    inbox, worker = in_flight_worker(str(tmp_path))
+    try:
+        inbox.orders.append({"kill": ["s0"]})
+        serve(worker, lambda: inbox.collected("killed"), "s0 killed")
+        assert inbox.collected("started")[:1] == ["s0"] and inbox.collected("killed") == ["s0"]
+        assert gone(str(tmp_path), "s0")
+        inbox.orders.append({"stop": 0.5})
+        serve(worker, lambda: inbox.flagged("drained"), "drained")
+    finally:
+        worker.close()
+    assert worker.node.occupancy == 0 and gone(str(tmp_path), "s1")
+
+
+def test_a_stop_while_a_task_starts_stops_it_and_drains(tmp_path):
+    inbox, worker = in_flight_worker(str(tmp_path))
+    try:
+        inbox.orders.append({"stop": 0.5})
+        serve(worker, lambda: inbox.flagged("drained"), "drained")
+    finally:
+        worker.close()
+    assert inbox.collected("started") == ["s0"] and inbox.collected("returned") == ["s1"]
+    assert [job for job, _ in inbox.collected("stopped")] == ["s0"]
+    assert worker.node.occupancy == 0 and gone(str(tmp_path), "s0")
+
+
+def test_an_abort_while_a_task_starts_kills_it_before_the_goodbye(tmp_path):
+    inbox, worker = in_flight_worker(str(tmp_path))
+    try:
+        inbox.orders.append({"abort": True})
+        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        assert inbox.collected("started") == ["s0"] and worker._in_flight() == 0
+        task = worker.running["s0"].task
+        wait_for(lambda: task.poll() is not None, 60, "s0 to die")
+        assert task.returncode == -9
+    finally:
+        worker.close()
+
+
+def test_a_thread_serving_several_cpu_sets_pins_each_task_to_its_own(tmp_path, monkeypatch):
+    cpus = sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(spawn_threads, "MAX_THREADS", 1)
+    poller = select.epoll()
+    threads = spawn_threads.SpawnThreads({"PATH": os.environ["PATH"]}, poller)
+    wanted = [(cpus[-1],), (cpus[0],), ()]
+    started = []
+    try:
+        for i, want in enumerate(wanted):
+            out = str(tmp_path / f"t{i}.out")
+            threads.submit(f"t{i}", ["grep", "Cpus_allowed_list", "/proc/self/status"],
+                           str(tmp_path), out, False, {}, want)
+            started += threads.settle(60)
+    finally:
+        threads.close()
+        poller.close()
+    assert [s.job_id for s in started] == ["t0", "t1", "t2"]
+    for s in started:
+        assert s.task is not None
+        wait_for(lambda t=s.task: t.poll() is not None, 60, "the task's end")
+    for i, want in enumerate(wanted):
+        with open(tmp_path / f"t{i}.out") as fh:
+            assert allowed(fh.read().split()[-1]) == set(want or cpus)
+
+
+def allowed(text: str) -> set[int]:
+    """CPUs of a ``Cpus_allowed_list`` value such as ``0-1,4``."""
+    found: set[int] = set()
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
+def test_a_start_that_fails_in_a_thread_comes_back_with_its_error(tmp_path):
+    poller = select.epoll()
+    threads = spawn_threads.SpawnThreads({"PATH": os.environ["PATH"]}, poller)
+    try:
+        threads.submit("bad", ["/no/such/program"], str(tmp_path), str(tmp_path / "o"), False,
+                       {}, ())
+        assert threads.mark("bad", "kill", 1.0) and not threads.mark("other", "kill", 1.0)
+        (back,) = threads.settle(60)
+    finally:
+        threads.close()
+        poller.close()
+    assert back.task is None and isinstance(back.error, OSError) and back.why == "kill"
+    assert threads.in_flight == 0 and libc_spawn.private() is not None
