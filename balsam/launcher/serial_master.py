@@ -52,12 +52,11 @@ BYE_SECONDS = 5.0  # how long the master waits for every worker to acknowledge e
 QUIET_SECONDS = 0.05
 """After this long without a report the loop naps ``QUIET_NAP_SECONDS`` (long tasks running)."""
 QUIET_NAP_SECONDS = 0.01
-FLOWING_NAP_SECONDS = (0.001, 0.004)
+FLOWING_NAP_SECONDS = (0.001, 0.002)
 """The nap while reports flow: while a worker's queue is below its refill mark; while every
-queue is topped up (nothing urgent: a quarter of the wake-ups; then the loop naps after an
-iteration that handled reports too). Each nap costs ~20-25 us of CPU on a VM (the timer and
-two context switches), an iteration's checks ~30 us more: at 1,000 tasks/s, 0.75 iterations
-per task with naps of 2 ms and none after a busy iteration, ~0.3 with these (issue 16)."""
+queue is topped up (nothing urgent: half the wake-ups). A nap costs ~20-25 us of CPU on this
+VM whatever its length; 4 ms while topped up, and a nap after an iteration that handled
+reports too, halved the iterations per task but lowered the rate (issue 16, session 15)."""
 NOTIFY_POLL_SECONDS = 0.02
 """While reports flow, other sessions' notifications are polled at most this often (a
 non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
@@ -148,8 +147,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
                 return sm.EXIT_FINISHED if ctx.exit_reason == FINISHED_REASON else sm.EXIT_IDLE
             if busy:
                 self._last_busy = now
-            if not busy or (self._topped and not self._claiming()):
-                self._wait(now)  # every queue topped up: nothing urgent even after reports
+            else:
+                self._wait(now)
         self.shutdown(ctx.stop_reason)
         return (sm.EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
                 else sm.EXIT_STOPPED)
@@ -164,10 +163,9 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
         return False
 
     def _wait(self, now: float) -> None:
-        """Nap after an iteration that did nothing (or, every queue topped up, anything): 1-4
-        ms while reports are flowing (``FLOWING_NAP_SECONDS``), longer when quiet; a job
-        change by another session (or a signal) ends the nap at once (while reports flow:
-        seen within ``NOTIFY_POLL_SECONDS``)."""
+        """Nap after an iteration that did nothing: 1-2 ms while reports are flowing
+        (``FLOWING_NAP_SECONDS``), longer when quiet; a job change by another session (or a
+        signal) ends the nap at once (while reports flow: seen within ``NOTIFY_POLL_SECONDS``)."""
         flowing = (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS
         if flowing or self._claiming():  # a claim's answer is taken at once too
             time.sleep(FLOWING_NAP_SECONDS[self._topped and not self._claiming()])
