@@ -57,6 +57,11 @@ FLOWING_NAP_SECONDS = (0.001, 0.002)
 queue is topped up (nothing urgent: half the wake-ups). A nap costs ~20-25 us of CPU on this
 VM whatever its length; 4 ms while topped up, and a nap after an iteration that handled
 reports too, halved the iterations per task but lowered the rate (issue 16, session 15)."""
+RECEIVE_MISSES = 2
+"""Reports are taken until this many receives in a row find none. With MPICH ch4:ucx a failed
+matched probe makes progress, which brings in one waiting message: stopping at the first
+miss took one report per loop iteration, however many waited (10 waiting: 1 per drain; with a
+second probe, all 10), and a worker whose reports wait has its sends pile up (issue 16)."""
 NOTIFY_POLL_SECONDS = 0.02
 """While reports flow, other sessions' notifications are polled at most this often (a
 non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
@@ -191,12 +196,15 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:
-        got = False
+        got, misses = False, 0
         while True:
             item = self.channel.receive()
             if item is None:
-                return got
-            got = True
+                misses += 1
+                if misses >= RECEIVE_MISSES:
+                    return got
+                continue
+            got, misses = True, 0
             self._handle(*item)
 
     def _handle(self, worker: int, report: Mapping[str, Any]) -> None:
