@@ -56,7 +56,8 @@ FLOWING_NAP_SECONDS = (0.001, 0.002)
 """The nap while reports flow: while a worker's queue is below its refill mark; while every
 queue is topped up (nothing urgent: half the wake-ups). A nap costs ~20-25 us of CPU on this
 VM whatever its length; 4 ms while topped up, and a nap after an iteration that handled
-reports too, halved the iterations per task but lowered the rate (issue 16, session 15)."""
+reports too, halved the iterations per task but lowered the rate (issue 16, session 15: one
+report per pass then, see ``RECEIVE_MISSES``)."""
 RECEIVE_MISSES = 2
 """Reports are taken until this many receives in a row find none. With MPICH ch4:ucx a failed
 matched probe makes progress, which brings in one waiting message: stopping at the first
