@@ -1,9 +1,11 @@
 """balsam.core.jobenv: job variables, the cleaned task environment and envscript wrapping."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 from balsam.core.jobenv import job_variables, task_environment, with_envscript
+from balsam.core.schema import app_command
 
 
 def test_job_variables_are_classic_get_envs_plus_launcher_variables_only_when_given():
@@ -14,6 +16,16 @@ def test_job_variables_are_classic_get_envs_plus_launcher_variables_only_when_gi
     launcher = job_variables({"job_id": "J"}, [], "/db", launcher_nodes=3, job_mode="mpi")
     assert (launcher["BALSAM_LAUNCHER_NODES"], launcher["BALSAM_JOB_MODE"]) == ("3", "mpi")
     assert "OMP_NUM_THREADS" not in launcher
+    for parents in ([], (), ["P1"]):  # no parents: "[]" without json.dumps, the same text
+        assert job_variables({"job_id": "J"}, parents, "/db")["BALSAM_PARENT_IDS"] == \
+            json.dumps(list(parents))
+
+
+def test_app_command_expands_a_tilde_only_where_there_is_one(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/u")
+    assert app_command("/bin/sim", "  -n 3   x ") == "/bin/sim -n 3 x"
+    assert app_command("~/bin/sim", "~/in.dat a~b") == "/home/u/bin/sim /home/u/in.dat a~b"
+    assert app_command("/bin/sim", "") == "/bin/sim"
 
 
 def test_task_environment_drops_launcher_only_variables_and_restores_the_users_path():

@@ -109,8 +109,11 @@ def test_the_moves_statement_allows_exactly_the_table_s_pairs_into_its_targets()
             hops = {m[1] for m in moves} | {State.RUNNING for m in moves if len(m) == 5}
             want = sorted((s.value, t.value) for t in hops for s in allowed_sources(t)
                           if s.value in launcher_moves.LAUNCHER_MOVES[t])
-            assert list(zip(params[7], params[8])) == want
-            assert params[0] == [m[0] for m in moves] and params[1] == [m[1].value for m in moves]
-            assert params[3] == [m[3].value if len(m) == 5 else "" for m in moves]
+            # (the arrays go as array literals: tests/test_moves_literals.py)
+            text = launcher_moves.array_literal
+            assert (params[7], params[8]) == (text([p[0] for p in want]), text([p[1] for p in want]))
+            assert params[0] == text([m[0] for m in moves])
+            assert params[1] == text([m[1].value for m in moves])
+            assert params[3] == text([m[3].value if len(m) == 5 else "" for m in moves])
             then = {State.RUN_DONE: State.JOB_FINISHED.value} if follow else {}
-            assert params[5] == [then.get(m[1], "") for m in moves]
+            assert params[5] == text([then.get(m[1], "") for m in moves])

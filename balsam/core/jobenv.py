@@ -54,7 +54,8 @@ def job_variables(row: Mapping[str, Any], parents: Sequence[str], db_path: str,
     processing step outside a launcher has neither).
     """
     env = schema.parse_envstring(row.get("environ_vars", ""))
-    env.update(BALSAM_JOB_ID=str(row["job_id"]), BALSAM_PARENT_IDS=json.dumps(list(parents)),
+    env.update(BALSAM_JOB_ID=str(row["job_id"]),
+               BALSAM_PARENT_IDS=json.dumps(list(parents)) if parents else "[]",
                BALSAM_DB_PATH=db_path)
     if launcher_nodes is not None:
         env["BALSAM_LAUNCHER_NODES"] = str(launcher_nodes)

@@ -334,6 +334,8 @@ def parse_envstring(text: str) -> dict[str, str]:
 def app_command(executable: str, args: str) -> str:
     """The classic ``app_cmd``: the app's executable and the job's args, ``~`` expanded."""
     words = f"{executable} {args}".split()
+    if "~" not in executable and "~" not in args:  # nothing to expand (the usual case)
+        return " ".join(words)
     return " ".join(os.path.expanduser(w) for w in words)
 
 

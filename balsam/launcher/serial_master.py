@@ -4,12 +4,13 @@
 :class:`balsam.launcher.serial_claims.MasterClaims`: claims in batches through :class:`JobSource`
 or, at scale, :class:`Claimer` threads it never waits on), sends them to the workers
 (:mod:`balsam.launcher.serial_worker`: a node's worth running on each node and some queued, more
-when tasks are short), records their reports through a :class:`StatusBuffer` or, at scale, K
-:class:`StatusWriters` threads (RUNNING once a start is reported; one statement per flush; a
-RUN_DONE goes on to JOB_FINISHED in the same update when nothing follows it), forwards user kills
-every ``kill_check_seconds``, renews the lease and sweeps dead sessions (:class:`Housekeeper`),
-runs the processing pass (:func:`transitions.advance`), and exits when idle only once
-:func:`transitions.outstanding` is 0 (a child waiting on its parent keeps it up).
+when tasks are short; :class:`balsam.launcher.serial_dispatch.MasterDispatch`, its base), records
+their reports through a :class:`StatusBuffer` or, at scale, K :class:`StatusWriters` threads
+(RUNNING once a start is reported; one statement per flush; a RUN_DONE goes on to JOB_FINISHED
+in the same update when nothing follows it), forwards user kills every ``kill_check_seconds``,
+renews the lease and sweeps dead sessions (:class:`Housekeeper`), runs the processing pass
+(:func:`transitions.advance`), and exits when idle only once :func:`transitions.outstanding` is
+0 (a child waiting on its parent keeps it up).
 
 Stopping (``ctx.stop``: SIGTERM/SIGINT, or ``ctx.stop_at``): claims not sent are released,
 workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), each task stopped is recorded
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Protocol
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
@@ -36,21 +37,15 @@ from balsam.launcher.rank_heartbeat import RankWatch
 from balsam.launcher.serial_claims import CLAIMERS as CLAIMERS  # re-exported (tests, docs)
 from balsam.launcher.serial_claims import MAX_CLAIM_BATCH as MAX_CLAIM_BATCH
 from balsam.launcher.serial_claims import RATE_WINDOW_SECONDS, MasterClaims
+from balsam.launcher.serial_dispatch import QUEUE_SECONDS as QUEUE_SECONDS  # re-exported
+from balsam.launcher.serial_dispatch import MasterChannel as MasterChannel  # re-exported
+from balsam.launcher.serial_dispatch import MasterDispatch
+from balsam.launcher.serial_dispatch import work_item as work_item  # re-exported (tests)
 from balsam.launcher.serial_holds import LauncherHolds
-from balsam.launcher.serial_worker import Work
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
 
-QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.1, 1024
-"""Work queued on a worker behind what runs, in nodes' worth: ``QUEUED_NODES`` (the first while
-tasks end slower than ``FAST_RATE``/s in all), or ``QUEUE_SECONDS`` at the worker's share of the
-end rate (up to ``MAX_QUEUED_TASKS``) if more: it never waits on the master's claims or writes."""
-REFILL_BELOW = 0.5
-"""A worker's queue is topped up once less than this fraction is left (one message, many tasks)."""
-QUEUE_ROUNDS = 8
-"""Queued work is dealt in this many rounds, least loaded workers first, so that a claim is
-spread over the workers (filled one by one, a campaign's last jobs sat in a few queues)."""
 ADVANCE_BUSY_SECONDS = 1.0
 """While tasks run, the processing pass runs at most this often (each pass is statements)."""
 BYE_SECONDS = 5.0  # how long the master waits for every worker to acknowledge exit/abort
@@ -59,29 +54,21 @@ QUIET_SECONDS = 0.05
 QUIET_NAP_SECONDS = 0.01
 FLOWING_NAP_SECONDS = (0.001, 0.002)
 """The nap while reports flow: while a worker's queue is below its refill mark; while every
-queue is topped up (nothing urgent: half the wake-ups)."""
+queue is topped up (nothing urgent: half the wake-ups). A nap costs ~20-25 us of CPU on this
+VM whatever its length; 4 ms while topped up, and a nap after an iteration that handled
+reports too, halved the iterations per task but lowered the rate (issue 16, session 15: one
+report per pass then, see ``RECEIVE_MISSES``)."""
+RECEIVE_MISSES = 2
+"""Reports are taken until this many receives in a row find none. With MPICH ch4:ucx a failed
+matched probe makes progress, which brings in one waiting message: stopping at the first
+miss took one report per loop iteration, however many waited (10 waiting: 1 per drain; with a
+second probe, all 10), and a worker whose reports wait has its sends pile up (issue 16)."""
+NOTIFY_POLL_SECONDS = 0.02
+"""While reports flow, other sessions' notifications are polled at most this often (a
+non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
 
 
-class MasterChannel(Protocol):
-    """The master's links to workers: ``receive`` returns (worker, report) or None at once."""
-
-    workers: Sequence[int]
-
-    def send(self, worker: int, message: dict[str, Any]) -> None: ...
-
-    def receive(self) -> Optional[tuple[int, dict[str, Any]]]: ...
-
-    def flush(self, timeout: float) -> None: ...
-
-
-def work_item(spec: TaskSpec) -> Work:
-    """What a worker needs to start ``spec`` (``spec.env`` holds only the job's variables:
-    the master's :class:`JobSource` is built with an empty base environment)."""
-    return Work(spec.job_id, spec.app_argv, spec.envscript, spec.env, spec.workdir,
-                spec.output_path, spec.node_packing_count, spec.required_cores, spec.pyfunc_row)
-
-
-class Master(MasterClaims, LauncherHolds, RankWatch):
+class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -109,7 +96,7 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
         self._topped = False  # every open worker's queue topped up (set by _dispatch)
         # A new ensemble runs no task a user could have killed yet: the first check can wait.
         self._next = {"kill": now + self.t.kill_check_seconds, "advance": now, "claim": now,
-                      "rate": now + RATE_WINDOW_SECONDS}
+                      "rate": now + RATE_WINDOW_SECONDS, "notify": now}
 
     # ---- main loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -184,11 +171,14 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
     def _wait(self, now: float) -> None:
         """Nap after an iteration that did nothing: 1-2 ms while reports are flowing
         (``FLOWING_NAP_SECONDS``), longer when quiet; a job change by another session (or a
-        signal) ends the nap at once."""
+        signal) ends the nap at once (while reports flow: seen within ``NOTIFY_POLL_SECONDS``)."""
         flowing = (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS
         if flowing or self._claiming():  # a claim's answer is taken at once too
             time.sleep(FLOWING_NAP_SECONDS[self._topped and not self._claiming()])
-            notified = self.ctx.db.notified()
+            notified = False
+            if now >= self._next["notify"]:
+                self._next["notify"] = now + NOTIFY_POLL_SECONDS
+                notified = self.ctx.db.notified()
         else:
             nap = QUIET_NAP_SECONDS if self.inflight or self.queue else min(
                 0.2, self.t.idle_wait_seconds,
@@ -207,12 +197,15 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:
-        got = False
+        got, misses = False, 0
         while True:
             item = self.channel.receive()
             if item is None:
-                return got
-            got = True
+                misses += 1
+                if misses >= RECEIVE_MISSES:
+                    return got
+                continue
+            got, misses = True, 0
             self._handle(*item)
 
     def _handle(self, worker: int, report: Mapping[str, Any]) -> None:
@@ -293,40 +286,6 @@ class Master(MasterClaims, LauncherHolds, RankWatch):
             self.channel.send(worker, {"kill": [job_id]})
             self.ctx.log.info(f"job {job_id[:8]} was killed by a user: stopping its task on "
                               f"worker {worker}")
-
-    def _dispatch(self) -> bool:
-        self._topped = False
-        if not self.queue:
-            return False
-        batches: dict[int, list[Work]] = {}
-        load, slots = self.load, self.slots_per_node
-        open_workers = [w for w in load if w not in self.closed]
-        queued = max(QUEUED_NODES[self.rate >= FAST_RATE], min(  # in nodes' worth
-            self.rate / max(1, len(open_workers)) * QUEUE_SECONDS, MAX_QUEUED_TASKS) / slots)
-        # fill every node first; then queue behind, evenly in rounds, on the workers whose
-        # queue is below the refill mark (so one message carries several tasks)
-        refill = 1.0 + queued * REFILL_BELOW
-        topped = {w for w in open_workers if load[w] < refill - 1e-9}
-        if not topped:  # every open node full and enough queued (most iterations)
-            self._topped = True
-            return False
-        rounds = [1.0 + queued * k / QUEUE_ROUNDS for k in range(1, QUEUE_ROUNDS + 1)]
-        for target in (1.0, *rounds):
-            if not self.queue:
-                break
-            for worker in sorted(open_workers, key=self.load.__getitem__):
-                if target > 1.0 and worker not in topped:
-                    continue
-                while self.queue and self.load[worker] < target - 1e-9:
-                    spec = self.queue.popleft()
-                    weight = 1.0 / self._slots(spec)
-                    self.load[worker] += weight
-                    self.weight[spec.job_id] = weight
-                    self.inflight[spec.job_id] = worker
-                    batches.setdefault(worker, []).append(work_item(spec))
-        for worker, items in batches.items():
-            self.channel.send(worker, {"work": items})
-        return bool(batches)
 
     def _maybe_advance(self, now: float) -> None:
         if not self.ctx.processing or now < self._next["advance"]:

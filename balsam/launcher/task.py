@@ -85,9 +85,10 @@ def from_row(row: Mapping[str, Any], app: Mapping[str, str], parents: Sequence[s
     job_vars = job_variables(row, parents, db_path, launcher_nodes, job_mode)
     job_vars["BALSAM_JOB_ATTEMPT"] = str(int(row.get("runs", 0)) + 1)  # 1 on the first run
     flags = row.get("mpi_flags", "")
+    job_id = str(row["job_id"])
     return TaskSpec(
-        job_id=str(row["job_id"]), name=row["name"],
-        workdir=schema.working_directory(db_path, row["workflow"], row["name"], row["job_id"],
+        job_id=job_id, name=row["name"],
+        workdir=schema.working_directory(db_path, row["workflow"], row["name"], job_id,
                                          row.get("user_workdir", "")),
         command=schema.app_command(app["executable"], row.get("args", "")),
         envscript=envscript, env=task_environment(base_env, job_vars),
