@@ -22,6 +22,7 @@ from typing import Any, Union
 from balsam.core import routing, schema
 from balsam.core.lifecycle import HELD_STATES, RUN_NODES_SQL, WAKE_CHILDREN_STATES
 from balsam.core.routing import sql_in
+from balsam.core.sql import array_literal
 from balsam.core.states import State, allowed_sources
 from balsam.db.dbapi import Cursor, fetch_one
 
@@ -167,6 +168,14 @@ def _pairs_into(target: State) -> frozenset[tuple[str, str]]:
                      if src.value in LAUNCHER_MOVES[target])
 
 
+def packed(params: Sequence[Any]) -> list[Any]:
+    """:func:`moves_sql`'s parameters with each list as one array literal
+    (:func:`balsam.core.sql.array_literal`): the server parses one string per array instead of
+    an ``ARRAY[...]`` expression of one literal per job, the client skips psycopg2's quoting
+    of each element; the statement and what it does are the same."""
+    return [array_literal(p) if isinstance(p, list) else p for p in params]
+
+
 def move(cursor: Cursor, moves: Sequence[Move], holder: int,
          follow: Union[FollowOn, None] = None) -> list[tuple[str, str, str]]:
     """Make ``moves`` (:func:`moves_sql`) in one statement; [(job id, from state, state now)]
@@ -177,7 +186,7 @@ def move(cursor: Cursor, moves: Sequence[Move], holder: int,
     sql = (f"WITH {ctes} SELECT job_id, from_state, "
            "coalesce(nullif(then_state, ''), target) FROM t_upd")
     execute_prepared(cursor, "balsam_move_follow" if follow is not None else "balsam_move",
-                     sql, params)
+                     sql, packed(params))
     return [(str(j), f, t) for j, f, t in cursor.fetchall()]
 
 

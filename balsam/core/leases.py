@@ -170,7 +170,7 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
         SELECT (SELECT coalesce(json_agg(json_build_array(job_id, from_state, target)), '[]')
                 FROM t_upd),
                (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)""",
-                   moves_params + claim_params)
+                   launcher_moves.packed(moves_params) + claim_params)
     moved, rows = fetch_one(cursor)
     rows.sort(key=order_key)
     return [(str(j), f, t) for j, f, t in moved], rows
