@@ -39,10 +39,14 @@ def add_finished(cur: Any, count: int) -> None:
     from balsam.core import schema
 
     job = schema.JOB_TABLE
-    cur.execute(f"INSERT INTO {job} SELECT (jsonb_populate_record(NULL::{job}, to_jsonb(j) || "
-                "jsonb_build_object('job_id', gen_random_uuid(), 'state', 'JOB_FINISHED', "
-                "'workflow', 'old' || g %% 100, "
-                "'created_at', j.created_at - make_interval(secs => g)))).* "
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                "ORDER BY ordinal_position", [job])
+    columns = [c for (c,) in cur.fetchall()]
+    changed = {"job_id": "gen_random_uuid()", "state": "'JOB_FINISHED'",
+               "workflow": "'old' || g %% 100", "created_at": "j.created_at - g * interval '1 s'",
+               "session_id": "NULL"}
+    values = ", ".join(changed.get(c, f"j.{c}") for c in columns)
+    cur.execute(f"INSERT INTO {job} ({', '.join(columns)}) SELECT {values} "
                 f"FROM (SELECT * FROM {job} LIMIT 1) j, generate_series(1, %s) g", [count])
     cur.execute(f"ANALYZE {job}")
 
