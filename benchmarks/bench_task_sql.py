@@ -14,8 +14,13 @@ that cost. Every job is checked JOB_FINISHED with its three events.
 ``--combined`` writes RUNNING and the end in one move (one row update: serial mode's runs that
 start and end within one flush period).
 
+``--setup SQL`` runs SQL once on the fresh DB before the rounds (ablations: ``--setup "DROP
+INDEX job_created"`` prices one index; a scratch DB, thrown away after). ``--finished F`` adds F
+finished jobs (JOB_FINISHED, with no events) to the table, so that the indexes are the size of a
+database that has run F jobs before (the costs of an index descent grow with its depth).
+
 Run: ``python benchmarks/bench_task_sql.py [--jobs 32768] [--batch 1024] [--hold 0]
-[--combined]``.
+[--combined] [--setup SQL] [--finished F]``.
 """
 from __future__ import annotations
 
@@ -28,7 +33,26 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False) -> None:
+def add_finished(cur: Any, count: int) -> None:
+    """``count`` JOB_FINISHED jobs (100 workflows, created before the runnable ones), copies of
+    a runnable job's row with their own ids: the history of a database that ran jobs before."""
+    from balsam.core import schema
+
+    job = schema.JOB_TABLE
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                "ORDER BY ordinal_position", [job])
+    columns = [c for (c,) in cur.fetchall()]
+    changed = {"job_id": "gen_random_uuid()", "state": "'JOB_FINISHED'",
+               "workflow": "'old' || g %% 100", "created_at": "j.created_at - g * interval '1 s'",
+               "session_id": "NULL"}
+    values = ", ".join(changed.get(c, f"j.{c}") for c in columns)
+    cur.execute(f"INSERT INTO {job} ({', '.join(columns)}) SELECT {values} "
+                f"FROM (SELECT * FROM {job} LIMIT 1) j, generate_series(1, %s) g", [count])
+    cur.execute(f"ANALYZE {job}")
+
+
+def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False,
+        finished: int = 0) -> None:
     from bench_scale import fill
 
     from balsam.core import launcher_moves, leases
@@ -39,6 +63,9 @@ def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False) 
     fill(db_path, jobs, 64)
     conn = connect(db_path)
     cur = conn.cursor()
+    if finished:
+        add_finished(cur, finished)
+        conn.commit()
     cur.execute("SELECT pg_backend_pid()")
     pid = cur.fetchone()[0]
     sid = leases.open_session(cur, hostname="bench", pid=os.getpid(), job_mode="serial",
@@ -90,17 +117,18 @@ def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False) 
             phase("end", launcher_moves.move, cur, [(j, State.RUN_DONE, "") for j in ids], sid,
                   follow)
         done += len(ids)
-    cur.execute("SELECT state, count(*) FROM core_balsamjob GROUP BY 1")
+    cur.execute("SELECT state, count(*) FROM core_balsamjob WHERE workflow = 'sim' GROUP BY 1")
     states = dict(cur.fetchall())
-    cur.execute("SELECT count(*) FROM core_jobevent "
-                "WHERE to_state IN ('RUNNING', 'RUN_DONE', 'JOB_FINISHED')")
+    cur.execute("SELECT count(*) FROM core_jobevent WHERE to_state IN "
+                "('RUNNING', 'RUN_DONE', 'JOB_FINISHED')")
     events = cur.fetchone()[0]
     conn.commit()
     conn.close()
     if states != {"JOB_FINISHED": jobs} or events != 3 * jobs:
         raise SystemExit(f"CHECK FAILED: states {states}, {events} run events for {jobs} jobs")
     server = sum(v[0] for v in totals.values())
-    print(f"{jobs} jobs, claims and moves of {batch}, hold {hold}"
+    print(f"{jobs} jobs{f' (and {finished} finished)' if finished else ''}, claims and moves "
+          f"of {batch}, hold {hold}"
           f"{', RUNNING with the end' if combined else ''}: server CPU "
           f"{1e6 * server / done:.0f} us per task ("
           + ", ".join(f"{k} {1e6 * v[0] / done:.0f}" for k, v in totals.items())
@@ -119,15 +147,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--combined", action="store_true",
                         help="RUNNING and the end in one move (runs shorter than a flush)")
+    parser.add_argument("--setup", default="", help="SQL run once on the fresh DB (ablations)")
+    parser.add_argument("--finished", type=int, default=0,
+                        help="finished jobs in the table besides the runnable ones")
     args = parser.parse_args()
-    if args.jobs < 1 or args.batch < 1 or args.hold < 0 or args.rounds < 1:
-        raise SystemExit("bench_task_sql: --jobs, --batch and --rounds must be >= 1, --hold >= 0")
+    if args.jobs < 1 or args.batch < 1 or args.hold < 0 or args.rounds < 1 or args.finished < 0:
+        raise SystemExit("bench_task_sql: --jobs, --batch and --rounds must be >= 1, "
+                         "--hold and --finished >= 0")
     from _throwaway import machine_line, throwaway_db
 
     print(machine_line(), flush=True)
     with throwaway_db() as db_path:
+        if args.setup:
+            from balsam.db.connect import connect
+
+            conn = connect(db_path)
+            with conn, conn.cursor() as cur:
+                cur.execute(args.setup)
+            conn.close()
+            print(f"# setup: {args.setup}", flush=True)
         for _ in range(args.rounds):
-            run(db_path, args.jobs, args.batch, args.hold, args.combined)
+            run(db_path, args.jobs, args.batch, args.hold, args.combined, args.finished)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
     """One task: what to run, how many nodes and ranks, how it connects to other tasks."""
 
     job_id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    workflow = models.TextField(default="")  # indexed with state (job_wf_state)
+    workflow = models.TextField(default="")  # indexed after state (job_state_wf)
     name = models.TextField(default="")
     description = models.TextField(default="", blank=True)
     lock = models.TextField(default="", blank=True)
@@ -119,7 +119,7 @@ class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
     post_error_handler = models.BooleanField(default=False)
     post_timeout_handler = models.BooleanField(default=False)
     auto_timeout_retry = models.BooleanField(default=True)
-    state = models.TextField(default=State.CREATED.value)  # indexed by job_state (Meta)
+    state = models.TextField(default=State.CREATED.value)  # indexed by job_state_wf (Meta)
     # When the job entered ``state`` (NULL: at ``created_at``); written only by lifecycle.transition.
     state_since = models.DateTimeField(null=True, blank=True)
     queued_launch = models.ForeignKey(QueuedLaunch, null=True, blank=True, on_delete=models.SET_NULL,
@@ -152,13 +152,14 @@ class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
         # Every job-row update that changes ``state`` or ``session_id`` (each a launcher makes:
         # claim, RUNNING, a run's end) writes an entry in each index the new row is in, so the
         # list is kept short: ``state`` has no ``text_pattern_ops`` twin (Django's default for
-        # an indexed text field; nothing matches states by prefix), and only jobs of a batch
-        # job are indexed by it (migration 0016).
+        # an indexed text field; nothing matches states by prefix), only jobs of a batch job
+        # are indexed by it (migration 0016), and one index on (state, workflow) serves state
+        # look-ups, state-and-workflow ones and, by a skip scan over the few states, workflow
+        # ones (migration 0019: it replaced `job_state` and `job_wf_state`).
         indexes = [
-            models.Index(fields=["state"], name="job_state"),
+            models.Index(fields=["state", "workflow"], name="job_state_wf"),
             models.Index(fields=["queued_launch"], name="job_queued_launch",
                          condition=models.Q(queued_launch__isnull=False)),
-            models.Index(fields=["workflow", "state"], name="job_wf_state"),
             # Newest-first listings (the dashboard's jobs table, keyset paging) read this.
             models.Index(fields=["created_at", "job_id"], name="job_created"),
             # Only held jobs are indexed by holder, so inserting (unheld) jobs never touches it.

@@ -46,3 +46,19 @@ def like_contains(text: str) -> str:
     escaped with the default escape character)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def array_literal(values: Sequence[str]) -> str:
+    """PostgreSQL's text form of a one-dimensional array of ``values`` (every element
+    double-quoted, ``"`` and ``\\`` escaped, so every string -- empty, ``NULL``, braces, commas
+    -- stays that string), to pass as ONE parameter cast to an array type (``%s::uuid[]``,
+    ``%s::text[]``). psycopg2 sends a Python list as ``ARRAY['a', 'b', ...]``, an expression of
+    one literal per element that the server parses and coerces element by element: for a
+    launcher's moves of 1,024 jobs (seven such arrays) ~4-6% of the server's CPU per task, and
+    ~1-3 ms of the client's Python per array (issue 16)."""
+    if not values:
+        return "{}"
+    text = '","'.join(values)
+    if '"' in text or "\\" in text:
+        text = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return '{"' + text + '"}'
