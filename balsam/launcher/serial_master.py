@@ -153,8 +153,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
                 return sm.EXIT_FINISHED if ctx.exit_reason == FINISHED_REASON else sm.EXIT_IDLE
             if busy:
                 self._last_busy = now
-            if not busy or (self._topped and not self._claiming()):
-                self._wait(now)  # every queue topped up: nothing urgent even after reports
+            else:
+                self._wait(now)
         self.shutdown(ctx.stop_reason)
         return (sm.EXIT_TIME_LIMIT if ctx.stop_reason == WALLTIME_STOP_REASON
                 else sm.EXIT_STOPPED)
@@ -169,10 +169,9 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
         return False
 
     def _wait(self, now: float) -> None:
-        """Nap after an iteration that did nothing (or, every queue topped up, anything): 1-2
-        ms while reports are flowing (``FLOWING_NAP_SECONDS``), longer when quiet; a job
-        change by another session (or a signal) ends the nap at once (while reports flow:
-        seen within ``NOTIFY_POLL_SECONDS``)."""
+        """Nap after an iteration that did nothing: 1-2 ms while reports are flowing
+        (``FLOWING_NAP_SECONDS``), longer when quiet; a job change by another session (or a
+        signal) ends the nap at once (while reports flow: seen within ``NOTIFY_POLL_SECONDS``)."""
         flowing = (self.inflight or self.queue) and now - self._last_busy < QUIET_SECONDS
         if flowing or self._claiming():  # a claim's answer is taken at once too
             time.sleep(FLOWING_NAP_SECONDS[self._topped and not self._claiming()])
