@@ -1,4 +1,5 @@
-"""The serial master takes every waiting report in one pass (``Master._receive``).
+"""The serial master takes every waiting report (``Master._receive``) and heartbeat
+(``rank_heartbeat.take_beats``) in one pass.
 
 With MPICH ch4:ucx a matched probe that finds nothing makes progress, which brings in one more
 waiting message: a pass that stopped at the first miss took one report per loop iteration
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from balsam.launcher.rank_heartbeat import BEAT_MISSES, take_beats
 from balsam.launcher.serial_master import RECEIVE_MISSES, Master
 
 
@@ -44,3 +46,24 @@ def test_a_pass_with_nothing_waiting_ends_after_its_misses():
     channel = SimpleNamespace(receive=lambda: calls.append(1))
     assert Master._receive(SimpleNamespace(channel=channel, _handle=None)) is False
     assert len(calls) == RECEIVE_MISSES
+
+
+def test_one_drain_takes_every_waiting_heartbeat():
+    """The master's heartbeat drain (``rank_heartbeat.take_beats``, a matched probe per call)
+    takes every waiting heartbeat in one pass too: a drain that stopped at the first miss took
+    one heartbeat per ``kill_check_seconds``, and the rest waited."""
+    waiting = OneAfterEachMiss([{"rank": r} for r in (1, 2, 3, 1, 2, 3, 4)])
+
+    def probe():
+        item = waiting.receive()
+        return None if item is None else item[1]["rank"]
+
+    assert BEAT_MISSES >= 2
+    assert take_beats(probe) == [1, 2, 3, 1, 2, 3, 4]
+    assert take_beats(probe) == [] and not waiting.waiting
+
+
+def test_a_drain_with_nothing_waiting_ends_after_its_misses():
+    calls = []
+    assert take_beats(lambda: calls.append(1)) == []
+    assert len(calls) == BEAT_MISSES
