@@ -136,32 +136,3 @@ def test_a_start_that_fails_in_a_thread_comes_back_with_its_error(tmp_path):
         poller.close()
     assert back.task is None and isinstance(back.error, OSError) and back.why == "kill"
     assert threads.in_flight == 0 and libc_spawn.private() is not None
-
-
-def test_the_gil_holding_pidfd_and_registration_act_as_the_os_module_does():
-    """:class:`spawn_threads.Holding` (ctypes calls holding the GIL) gives a pidfd that the
-    epoll reports once its process exits, under the fd's own number (as ``poller.register``);
-    None for a pid that does not exist; a second registration raises as ``register`` does."""
-    poller = select.epoll()
-    holding = spawn_threads.Holding.make(poller)
-    if holding is None:
-        pytest.skip("not x86-64 or aarch64 Linux with pidfd_open")
-    read, write = os.pipe()
-    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "read x"], dict(os.environ),
-                         file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)])  # waits on our pipe
-    fd = holding.pidfd_open(pid)
-    try:
-        assert fd is not None and fd > 2
-        holding.register(fd)
-        assert poller.poll(0) == []  # running
-        with pytest.raises(FileExistsError):
-            holding.register(fd)
-        os.close(write)  # its read ends: it exits
-        assert poller.poll(60) == [(fd, select.EPOLLIN)]
-        assert os.waitpid(pid, 0)[0] == pid
-        assert holding.pidfd_open(pid) is None  # reaped: gone
-    finally:
-        os.close(read)
-        if fd is not None:
-            os.close(fd)
-        poller.close()

@@ -20,22 +20,13 @@ loop unregisters and closes a pidfd only after it was ready, hence registered). 
 asked for a job that is then killed or stopped is marked (:meth:`SpawnThreads.mark`) and comes
 back with the mark, to be ended at once.
 
-A spawning thread releases the GIL once per start, around ``posix_spawn`` (which waits for the
-child's ``exec``): glibc's file actions (:mod:`balsam.launcher.libc_spawn`), ``pidfd_open`` and
-the ``epoll_ctl`` that registers the pidfd are called holding it (:class:`Holding`), where
-``os.pidfd_open`` and ``epoll.register`` each released and took it back, a thread switch each
-once the loop thread waits for it (benchmarks/README.md, "Issue 16, session 15 (branch
-s15-worker2)").
-
 Threads are made on first need, one per CPU set, at most :data:`MAX_THREADS` (then a thread
 serves several sets, re-pinning itself when the set changes). Where glibc's functions are
 missing (:func:`usable` is False) the worker starts tasks itself, as before.
 """
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import queue
 import select
 import signal
@@ -56,10 +47,6 @@ MAX_THREADS = 16
 SETTLE_SECONDS = 10.0
 """At ``exit`` or ``abort``, how long the loop waits for starts still in flight."""
 
-_PIDFD_OPEN = 434
-"""``pidfd_open``'s system call number where :class:`Holding` calls it (x86-64 and aarch64)."""
-_EPOLL_CTL_ADD = 1
-
 _Item = tuple[str, list[str], str, str, bool, dict[str, str], tuple[int, ...]]
 
 
@@ -74,63 +61,6 @@ class Started(NamedTuple):
     error: Optional[OSError]
     why: str
     grace: float
-
-
-class _Event(ctypes.Structure):
-    """``struct epoll_event`` on x86-64 (packed: 12 bytes), ``data.fd`` in its ``data``."""
-
-    _fields_ = [("events", ctypes.c_uint32), ("fd", ctypes.c_int32), ("high", ctypes.c_uint32)]
-
-
-class _AlignedEvent(ctypes.Structure):
-    """``struct epoll_event`` on aarch64 (16 bytes, ``data`` 8-aligned)."""
-
-    _fields_ = [("events", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("fd", ctypes.c_int32),
-                ("high", ctypes.c_uint32)]
-
-
-class Holding:
-    """``pidfd_open`` and the pidfd's registration in ``poller`` (EPOLLIN, as
-    ``poller.register``) called through ``ctypes.PyDLL``, holding the GIL: microseconds each.
-    :meth:`make` gives None where the C calls or their layout are not known here (then
-    ``os.pidfd_open`` and ``poller.register``, as before)."""
-
-    def __init__(self, poller: select.epoll, aligned: bool) -> None:
-        lib = ctypes.PyDLL(None, use_errno=True)
-        self._poller = poller
-        self._syscall = lib.syscall
-        self._syscall.restype = ctypes.c_long
-        self._syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
-        self._ctl = lib.epoll_ctl
-        self._ctl.restype = ctypes.c_int
-        self._ctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-        self._event = _AlignedEvent() if aligned else _Event()
-        self._event.events = select.EPOLLIN
-        self._ref = ctypes.addressof(self._event)
-
-    @staticmethod
-    def make(poller: select.epoll) -> Optional[Holding]:
-        """One for a spawning thread (its own event buffer), or None (see the class)."""
-        machine = platform.machine()
-        if machine not in ("x86_64", "aarch64") or not hasattr(os, "pidfd_open"):
-            return None
-        try:
-            return Holding(poller, machine == "aarch64")
-        except (OSError, AttributeError):
-            return None
-
-    def pidfd_open(self, pid: int) -> Optional[int]:
-        """As :func:`balsam.platform.process.pidfd_open`: the pidfd, or None."""
-        fd = int(self._syscall(_PIDFD_OPEN, pid, 0))
-        return None if fd < 0 else fd
-
-    def register(self, fd: int) -> None:
-        """``poller.register(fd, select.EPOLLIN)`` (which raises what it raises if the
-        direct call fails)."""
-        self._event.fd = fd
-        if self._poller.closed or self._ctl(self._poller.fileno(), _EPOLL_CTL_ADD, fd,
-                                            self._ref):
-            self._poller.register(fd, select.EPOLLIN)
 
 
 def usable() -> bool:
@@ -231,10 +161,6 @@ class SpawnThreads:
         lib = libc_spawn.private()
         env = libc_spawn.EncodedEnv(self._env)  # filled per start: one per thread
         pinned: tuple[int, ...] = ()  # this thread's affinity (): the worker's
-        holding = Holding.make(self._poller)
-        opener = pidfd_open if holding is None else holding.pidfd_open
-        register = ((lambda fd: self._poller.register(fd, select.EPOLLIN)) if holding is None
-                    else holding.register)
         while True:
             item = q.get()
             if item is None:
@@ -254,11 +180,11 @@ class SpawnThreads:
                 continue
             if cpus and pinned != cpus:
                 spawn.pin(task.pid, cpus)
-            found = opener(task.pid)
+            found = pidfd_open(task.pid)
             fd = -1 if found is None else found
             self._done.append((job_id, fd, task))  # first: a ready pidfd is always collected
             if fd >= 0:
-                register(fd)
+                self._poller.register(fd, select.EPOLLIN)
 
 
 class ThreadedStarts:
