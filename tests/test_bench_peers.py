@@ -73,9 +73,9 @@ def test_a_tiny_run_without_the_peers_measures_balsam_names_the_peers_and_cleans
     shell, function = out.split("\n== shell: ")[1].split("\n== function: ")
     number = r"\s+\d+\s+[\d.e+-]+\s+\d+\s+[\d.e+-]+"
     assert re.search(r"^xargs -P \d+ \(all runs\)" + number, shell, re.M), shell
-    assert re.search(r"^Balsam serial launcher" + number, shell, re.M), shell
+    assert re.search(r"^Balsam serial launcher" + number, shell, re.M), out
+    assert re.search(r"^Balsam function tasks" + number, function, re.M), out
     assert re.search(r"^multiprocessing\.Pool\(\d+\) \(all runs\)" + number, function, re.M)
-    assert re.search(r"^Balsam function tasks" + number, function, re.M), function
     for table, peers in ((shell, ("Parsl HTEX bash_app", "Parsl HTEX + monitoring DB",
                                   "HyperQueue LocalCluster")),
                          (function, ("Parsl HTEX python_app", "HyperQueue Job.function"))):
