@@ -1,7 +1,7 @@
 """Build script: the optional Cython kernels and the generated balsam(1) man page.
 
-- The kernels ``balsam.core._copyfmt`` (COPY encoder) and ``balsam.service.packing._packer`` are
-  compiled when a C compiler works. Each has a pure-Python fallback with identical results, so a
+- The kernels ``balsam.core._copyfmt`` (COPY encoder), ``balsam.service.packing._packer`` and
+  ``balsam.launcher._spawner`` (a serial worker's task starts) are compiled when a C compiler works. Each has a pure-Python fallback with identical results, so a
   machine without a compiler still installs: the build prints one note naming what was not built,
   and ``balsam -V`` says which path is in use.
 - ``balsam(1)`` is generated from the command-line parser (``balsam.cli.manpage``, with
@@ -28,12 +28,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = {
     "balsam.core._copyfmt": "balsam/core/_copyfmt.pyx",
     "balsam.service.packing._packer": "balsam/service/packing/_packer.pyx",
+    "balsam.launcher._spawner": "balsam/launcher/_spawner.pyx",
 }
 MANPAGE = os.path.join("build", "man", "balsam.1")
 """Where the build writes the generated page (relative: setuptools wants data files so; sdist
 leaves out everything under build/)."""
-FALLBACK = ("Balsam will use its pure-Python fallbacks (same results; bulk inserts and job "
-            "packing are slower). `balsam -V` says which path is in use.")
+FALLBACK = ("Balsam will use its pure-Python fallbacks (same results; bulk inserts, job packing "
+            "and a serial worker's task starts are slower). `balsam -V` says which path is in use.")
 
 
 def note(message: str) -> None:

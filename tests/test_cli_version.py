@@ -12,7 +12,8 @@ HIDE_KERNELS = """
 import sys
 class HideKernels:
     def find_spec(self, name, path=None, target=None):
-        if name in ("balsam.core._copyfmt", "balsam.service.packing._packer"):
+        if name in ("balsam.core._copyfmt", "balsam.service.packing._packer",
+                    "balsam.launcher._spawner"):
             raise ImportError("hidden by the test")
         return None
 sys.meta_path.insert(0, HideKernels())
@@ -26,7 +27,8 @@ def test_version_names_the_compiled_kernels_of_this_install() -> None:
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.splitlines() == [f"balsam {balsam.__version__}",
                                      "COPY encoder: compiled (Cython)",
-                                     "job packer:   compiled (Cython)"]
+                                     "job packer:   compiled (Cython)",
+                                     "task starter: compiled (Cython)"]
 
 
 def test_version_says_when_the_pure_python_fallbacks_are_in_use() -> None:
@@ -37,7 +39,8 @@ def test_version_says_when_the_pure_python_fallbacks_are_in_use() -> None:
     assert r.stdout.splitlines() == [
         f"balsam {balsam.__version__}",
         f"COPY encoder: pure Python (no compiled balsam.core._copyfmt: {hint}",
-        f"job packer:   pure Python (no compiled balsam.service.packing._packer: {hint}"]
+        f"job packer:   pure Python (no compiled balsam.service.packing._packer: {hint}",
+        f"task starter: pure Python (no compiled balsam.launcher._spawner: {hint}"]
 
 
 def test_long_option_is_the_same_and_help_describes_it() -> None:

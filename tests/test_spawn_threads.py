@@ -3,7 +3,8 @@
 a kill, a stop or an abort that comes meanwhile still ends the task; a thread serving several
 CPU sets re-pins itself, so each task gets its own. No timing: each test waits for conditions,
 and a start is in flight by construction (the loop takes starts over only at its next
-iteration, after reading the orders)."""
+iteration, after reading the orders). Every test runs on both start paths where both exist: the
+pure-Python threads and the native ones of the Cython kernel (:mod:`balsam.launcher.spawn_native`)."""
 from __future__ import annotations
 
 import os
@@ -13,11 +14,26 @@ from typing import Any
 import pytest
 from launcher_support import Inbox, process_gone, wait_for
 
-from balsam.launcher import libc_spawn, spawn_threads
+from balsam.launcher import libc_spawn, spawn_native, spawn_threads
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 
 pytestmark = pytest.mark.skipif(not spawn_threads.usable(), reason="no glibc posix_spawn here")
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def path(request, monkeypatch) -> str:
+    """The start path under test: the Worker's (spawn_native.make) and :func:`threads`'."""
+    if request.param == "native" and spawn_native.KERNEL != "cython":
+        pytest.skip(f"the kernel is not built here ({spawn_native.KERNEL_ERROR})")
+    monkeypatch.setattr(spawn_native, "KERNEL", "cython" if request.param == "native" else "python")
+    return str(request.param)
+
+
+def threads_for(poller: select.epoll, **env: str) -> spawn_threads.SpawnThreads:
+    threads = spawn_native.make({"PATH": os.environ["PATH"], **env}, poller)
+    assert isinstance(threads, spawn_native.NativeSpawns) == (spawn_native.KERNEL == "cython")
+    return threads
 
 
 def sleeper(tmp: str, name: str) -> Work:
@@ -43,6 +59,7 @@ def gone(tmp: str, name: str) -> bool:
 def in_flight_worker(tmp: str) -> tuple[Inbox, Worker]:
     inbox = Inbox()
     worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5)
+    assert isinstance(worker._spawns, spawn_native.NativeSpawns) == (spawn_native.KERNEL == "cython")
     inbox.orders.append({"work": [sleeper(tmp, "s0"), sleeper(tmp, "s1")]})
     worker.step()  # s0 handed to a thread; taken over only in the next iteration
     assert worker._in_flight() == 1 and "s0" not in worker.running
@@ -93,7 +110,7 @@ def test_a_thread_serving_several_cpu_sets_pins_each_task_to_its_own(tmp_path, m
     cpus = sorted(os.sched_getaffinity(0))
     monkeypatch.setattr(spawn_threads, "MAX_THREADS", 1)
     poller = select.epoll()
-    threads = spawn_threads.SpawnThreads({"PATH": os.environ["PATH"]}, poller)
+    threads = threads_for(poller)
     wanted = [(cpus[-1],), (cpus[0],), ()]
     started = []
     try:
@@ -125,7 +142,7 @@ def allowed(text: str) -> set[int]:
 
 def test_a_start_that_fails_in_a_thread_comes_back_with_its_error(tmp_path):
     poller = select.epoll()
-    threads = spawn_threads.SpawnThreads({"PATH": os.environ["PATH"]}, poller)
+    threads = threads_for(poller)
     try:
         threads.submit("bad", ["/no/such/program"], str(tmp_path), str(tmp_path / "o"), False,
                        {}, ())
@@ -135,4 +152,38 @@ def test_a_start_that_fails_in_a_thread_comes_back_with_its_error(tmp_path):
         threads.close()
         poller.close()
     assert back.task is None and isinstance(back.error, OSError) and back.why == "kill"
+    assert str(back.error) == "[Errno 2] No such file or directory: '/no/such/program'"
     assert threads.in_flight == 0 and libc_spawn.private() is not None
+
+
+def test_a_task_gets_its_new_directory_its_variables_over_the_base_and_its_output(tmp_path):
+    poller = select.epoll()
+    threads = threads_for(poller, A="base", B="kept")
+    wd = tmp_path / "x" / "y"  # not prepared: made with its parent
+    try:
+        threads.submit("t", ["sh", "-c", 'pwd; echo "$A $B $C"; echo err >&2'], str(wd),
+                       str(tmp_path / "t.out"), False, {"A": "own", "C": "new"}, ())
+        (back,) = threads.settle(60)
+        assert back.task is not None and back.fd >= 0
+        assert poller.poll(60) == [(back.fd, select.EPOLLIN)]  # the pidfd, ready at the end
+        assert back.task.poll() == 0
+        os.close(back.fd)
+    finally:
+        threads.close()
+        poller.close()
+    assert (tmp_path / "t.out").read_text() == f"{wd}\nown kept new\nerr\n"
+
+
+def test_a_program_missing_from_the_path_fails_the_job_with_the_same_message(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": str(tmp_path)})
+    wd = str(tmp_path / "w")
+    inbox.orders.append({"work": [Work("j", ["no-such-program"], None, {}, wd, wd + "/o", 1, 1)]})
+    try:
+        serve(worker, lambda: inbox.collected("failed"), "the failure")
+    finally:
+        worker.close()
+    assert inbox.collected("started") == ["j"]
+    assert inbox.collected("failed") == [
+        ("j", -1, "cannot start: [Errno 2] No such file or directory: 'no-such-program'")]
+    assert worker.node.occupancy == 0 and worker._in_flight() == 0

@@ -15,6 +15,7 @@ import balsam
 KERNELS = (
     ("COPY encoder", "balsam.core.copyfmt", "balsam.core._copyfmt"),
     ("job packer", "balsam.service.packing", "balsam.service.packing._packer"),
+    ("task starter", "balsam.launcher.spawn_native", "balsam.launcher._spawner"),
 )
 """(what it does, module that picks the implementation, the compiled kernel's module)."""
 

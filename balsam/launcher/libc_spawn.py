@@ -58,7 +58,7 @@ _EXTRA_SLOTS = 64
 """A task's own variables that fit in its :class:`EncodedEnv`'s array (more: a new array)."""
 
 
-def _check_names(variables: Mapping[str, str]) -> None:
+def check_names(variables: Mapping[str, str]) -> None:
     """OSError EINVAL (a start failure, which the worker reports as the job's error, where
     ``os.posix_spawn`` raised ValueError) for an empty name or one with ``=``."""
     for key in variables:
@@ -66,7 +66,7 @@ def _check_names(variables: Mapping[str, str]) -> None:
             raise OSError(errno.EINVAL, f"invalid environment variable name {key!r}")
 
 
-def _entry(key: str, value: str) -> bytes:
+def entry(key: str, value: str) -> bytes:
     """``key=value`` as the C environment holds it; OSError EINVAL for a NUL anywhere."""
     entry = f"{key}={value}".encode(_ENCODING, "surrogateescape")
     if b"\0" in entry:
@@ -89,8 +89,8 @@ class EncodedEnv:
 
     def __init__(self, base: Mapping[str, str]) -> None:
         self.variables = dict(base)
-        _check_names(self.variables)
-        self._base = [_entry(k, v) for k, v in self.variables.items()]
+        check_names(self.variables)
+        self._base = [entry(k, v) for k, v in self.variables.items()]
         self._array = _strings(self._base, _EXTRA_SLOTS)
         self._slot = {k: i for i, k in enumerate(self.variables)}
         self._changed: list[int] = []  # base slots the last fill replaced
@@ -108,19 +108,19 @@ class EncodedEnv:
             array[replaced] = base[replaced]
         end = len(base)
         if len(extra) > _EXTRA_SLOTS:
-            _check_names(extra)
+            check_names(extra)
             merged = {**self.variables, **extra}
-            return _strings([_entry(k, v) for k, v in merged.items()])
+            return _strings([entry(k, v) for k, v in merged.items()])
         slot = self._slot
         for key, value in extra.items():
             if not key or "=" in key:
-                _check_names({key: value})
+                check_names({key: value})
             found = slot.get(key)
             if found is None:
-                array[end] = _entry(key, value)
+                array[end] = entry(key, value)
                 end += 1
             else:
-                array[found] = _entry(key, value)
+                array[found] = entry(key, value)
                 changed.append(found)
         array[end] = None
         return array
@@ -237,10 +237,10 @@ class _Libc:
                 self.posix_spawn_file_actions_destroy(actions)
             if not err:
                 return self._pid.value
-        raise _failure(err, program, cwd, output_path)
+        raise failure(err, program, cwd, output_path)
 
 
-def _failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
+def failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
     """The OSError of a failed spawn, naming what failed: glibc returns the errno of the
     child's ``open``, ``chdir`` or ``exec`` without saying which (checked here, on the error
     path only: as ``Popen``, whose parent opens the output file and reports the child's
@@ -322,7 +322,7 @@ def spawn_popen(program: str, argv: Sequence[str], env: Mapping[str, str], cwd: 
     """:func:`spawn` through ``subprocess.Popen`` (the fallback; tests run it everywhere).
     ``Popen`` resets SIGPIPE and SIGXFSZ or none (``restore_signals``): ``setsigdef`` is one
     of those two sets here."""
-    _check_names(env)
+    check_names(env)
     if any("\0" in v for v in env.values()):
         raise OSError(errno.EINVAL, "an environment variable with a NUL byte")
     with open(output_path, "wb") as out:

@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from balsam import defaults
-from balsam.launcher import libc_spawn, procs, spawn, spawn_threads, task
+from balsam.launcher import libc_spawn, procs, spawn, spawn_native, spawn_threads, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
@@ -106,7 +106,7 @@ class Worker(WarmQueueing, ThreadedStarts):
         self._by_fd: dict[int, str] = {}
         self._poller = select.epoll()  # pidfds and warm channels; the spawning threads add
         self._ready: Optional[list[tuple[int, int]]] = None  # what the last wait saw ready
-        self._spawns = (spawn_threads.SpawnThreads(self.base_env, self._poller)
+        self._spawns = (spawn_native.make(self.base_env, self._poller)
                         if spawn_threads.usable() else None)  # else tasks start in this thread
         self._aborting = False
         self._report: dict[str, Any] = {}

@@ -1,0 +1,143 @@
+"""A worker rank's task starts with no Python in the spawning threads: the Cython kernel
+``balsam.launcher._spawner`` (native POSIX threads, one per CPU set, that never take the GIL).
+
+:class:`NativeSpawns` is a :class:`balsam.launcher.spawn_threads.SpawnThreads` (same methods,
+same marks for a kill, stop or abort that comes while a start is in flight, same
+:class:`~balsam.launcher.spawn_threads.Started` records) whose starts are made in C: a thread
+pins itself to the task's CPUs, makes the working directory unless the
+:class:`~balsam.launcher.spawn.Preparer` did, calls ``posix_spawn`` with the file actions and
+attributes of :mod:`balsam.launcher.libc_spawn`, opens the child's pidfd, notes the start for
+the loop and adds the pidfd to the loop's ``epoll``. The pure-Python path woke a Python thread
+from a queue and made it wait for the GIL for every start (~7 ``futex`` calls and ~50 us of
+its CPU: benchmarks/README.md, "Issue 16, session 15 (branch s15-worker2)"); here the loop
+pays ~5-10 us per start to build the request (on the loop thread, under the GIL it holds
+anyway) and learns of the start at its next iteration, woken by the task's end (or by the
+kernel's event fd, written only for a start without a pidfd: one that failed).
+
+What is checked in Python is checked here before the request, with the messages of the Python
+path: the program on the task's PATH (:func:`balsam.launcher.spawn.resolve`), NUL bytes and bad
+variable names (EINVAL); a failed start's error names what failed
+(:func:`balsam.launcher.libc_spawn.failure`). :data:`KERNEL` says whether the kernel is
+built (``"cython"``) or not (``"python"``: :func:`make` returns the pure-Python threads).
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import select
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from balsam.launcher import libc_spawn, spawn, spawn_threads
+from balsam.launcher.spawn_threads import SpawnThreads
+
+
+def _load_kernel() -> tuple[str, Any, Optional[str]]:
+    try:
+        kernel = importlib.import_module("balsam.launcher._spawner")
+    except ImportError as exc:
+        return "python", None, str(exc)
+    return "cython", kernel, None
+
+
+KERNEL, _kernel, KERNEL_ERROR = _load_kernel()
+"""``"cython"`` when ``balsam.launcher._spawner`` is importable (``KERNEL_ERROR``: why not)."""
+_ARGV_CACHE = 256
+"""Encoded command lines kept (cleared when full), as :mod:`libc_spawn` keeps its arrays."""
+
+
+class StartedTask(spawn.SpawnedTask):
+    """A task the kernel started: a :class:`balsam.launcher.spawn.SpawnedTask` made from its pid
+    (``started``: when its start was asked for)."""
+
+    def __init__(self, job_id: str, output_path: str, pid: int, started: float) -> None:
+        self.job_id = job_id
+        self.output_path = output_path
+        self.started = started
+        self.kill_deadline: Optional[float] = None
+        self._returncode: Optional[int] = None
+        self.pid = self.pgid = pid
+
+
+class NativeSpawns(SpawnThreads):
+    """:class:`SpawnThreads` with the starts made by the Cython kernel (see the module
+    docstring); only where :data:`KERNEL` is ``"cython"``."""
+
+    def __init__(self, env: Mapping[str, str], poller: select.epoll) -> None:
+        super().__init__(env, poller)
+        libc_spawn.check_names(self._env)
+        self._slots = {key: i for i, key in enumerate(self._env)}
+        self._spawner = _kernel.Spawner(
+            [libc_spawn.entry(k, v) for k, v in self._env.items()], poller.fileno(),
+            spawn_threads.MAX_THREADS)
+        self._which: dict[tuple[int, ...], int] = {}
+        self._argv: dict[tuple[str, ...], list[bytes]] = {}
+        self._asked: dict[int, tuple[str, str, str, str, float]] = {}  # token -> the start
+        self._token = 0
+        poller.register(self._spawner.eventfd, select.EPOLLIN)
+
+    def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
+               extra: dict[str, str], cpus: Sequence[int]) -> None:
+        """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
+        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there."""
+        self._flight[job_id] = ("", 0.0)
+        try:
+            program = spawn.resolve(argv[0], extra.get("PATH", self._env.get("PATH")))
+            libc_spawn.check_names(extra)
+            variables = [(self._slots.get(k, -1), libc_spawn.entry(k, v)) for k, v in extra.items()]
+            request = (os.fsencode(program), self._encoded(argv), variables, os.fsencode(cwd),
+                       os.fsencode(output_path), prepared, tuple(cpus), self._thread(tuple(cpus)))
+        except OSError as exc:
+            self._done.append((job_id, -1, exc))
+            return
+        self._token += 1
+        self._asked[self._token] = (job_id, program, cwd, output_path, time.time())
+        self._spawner.submit(self._token, *request)
+
+    def collect(self) -> list[Any]:
+        """As :meth:`SpawnThreads.collect` (loop thread only)."""
+        for token, pid, fd, err in self._spawner.collect():
+            job_id, program, cwd, output_path, asked = self._asked.pop(token)
+            if err:
+                self._done.append((job_id, -1,
+                                   libc_spawn.failure(err, program, cwd, output_path)))
+            else:
+                self._done.append((job_id, fd, StartedTask(job_id, output_path, pid, asked)))
+        return super().collect()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads (each after the start it is making; starts not begun are
+        dropped), close the event fd and the pidfds of starts not collected."""
+        self._spawner.close()
+
+    @property
+    def threads(self) -> int:
+        """Native threads made so far."""
+        return int(self._spawner.threads)
+
+    def _thread(self, cpus: tuple[int, ...]) -> int:
+        which = self._which.get(cpus)
+        if which is None:
+            made, most = len(set(self._which.values())), self._spawner.max_threads
+            which = self._which[cpus] = made if made < most else hash(cpus) % most
+        return which
+
+    def _encoded(self, argv: Sequence[str]) -> list[bytes]:
+        key = tuple(argv)
+        encoded = self._argv.get(key)
+        if encoded is None:
+            encoded = [os.fsencode(a) for a in key]
+            if any(b"\0" in a for a in encoded):
+                raise OSError(errno.EINVAL, f"an argument holds a NUL byte: {key!r}")
+            if len(self._argv) >= _ARGV_CACHE:
+                self._argv.clear()
+            self._argv[key] = encoded
+        return encoded
+
+
+def make(env: Mapping[str, str], poller: select.epoll) -> SpawnThreads:
+    """A worker's spawning threads: native where the kernel is built, else the pure-Python
+    ones (same behaviour)."""
+    return NativeSpawns(env, poller) if KERNEL == "cython" else SpawnThreads(env, poller)
