@@ -178,6 +178,7 @@ cdef extern from *:
     static void *bs_serve(void *arg) {
         bs_thread *t = (bs_thread *)arg;
         bs_req *r;
+        pthread_setname_np(pthread_self(), "balsam-spawn");  /* as ps -L and top -H show it */
         for (;;) {
             pthread_mutex_lock(&t->mu);
             while (t->head == NULL && !t->stop) pthread_cond_wait(&t->cv, &t->mu);
@@ -231,8 +232,8 @@ cdef extern from *:
         pthread_mutex_lock(&t->mu);
         if (t->tail) t->tail->next = r; else t->head = r;
         t->tail = r;
-        pthread_cond_signal(&t->cv);
         pthread_mutex_unlock(&t->mu);
+        pthread_cond_signal(&t->cv);  /* after the unlock: the woken thread finds it free */
         return 0;
     }
 

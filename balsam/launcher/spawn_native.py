@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from balsam.launcher import libc_spawn, spawn, spawn_threads
-from balsam.launcher.spawn_threads import SpawnThreads
+from balsam.launcher.spawn_threads import SpawnThreads, Started
 
 
 def _load_kernel() -> tuple[str, Any, Optional[str]]:
@@ -96,16 +96,20 @@ class NativeSpawns(SpawnThreads):
         self._asked[self._token] = (job_id, program, cwd, output_path, time.time())
         self._spawner.submit(self._token, *request)
 
-    def collect(self) -> list[Any]:
+    def collect(self) -> list[Started]:
         """As :meth:`SpawnThreads.collect` (loop thread only)."""
+        out = super().collect() if self._done else []  # those that could not be asked for
+        flight, asked = self._flight, self._asked
         for token, pid, fd, err in self._spawner.collect():
-            job_id, program, cwd, output_path, asked = self._asked.pop(token)
+            job_id, program, cwd, output_path, when = asked.pop(token)
+            why, grace = flight.pop(job_id, ("", 0.0))
             if err:
-                self._done.append((job_id, -1,
-                                   libc_spawn.failure(err, program, cwd, output_path)))
+                out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
+                                                                        output_path), why, grace))
             else:
-                self._done.append((job_id, fd, StartedTask(job_id, output_path, pid, asked)))
-        return super().collect()
+                out.append(Started(job_id, StartedTask(job_id, output_path, pid, when), fd, None,
+                                   why, grace))
+        return out
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the threads (each after the start it is making; starts not begun are
