@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 from typing import Any
 
 import pytest
@@ -187,3 +188,37 @@ def test_a_program_missing_from_the_path_fails_the_job_with_the_same_message(tmp
     assert inbox.collected("failed") == [
         ("j", -1, "cannot start: [Errno 2] No such file or directory: 'no-such-program'")]
     assert worker.node.occupancy == 0 and worker._in_flight() == 0
+
+
+def child_signals(threads: spawn_threads.SpawnThreads, poller: select.epoll, out: str) -> str:
+    """The SigIgn/SigBlk/SigCgt lines of a child started by ``threads``."""
+    try:
+        threads.submit("sig", ["cat", "/proc/self/status"],
+                       os.path.dirname(out), out, True, {}, ())
+        (back,) = threads.settle(60)
+        assert back.task is not None
+        wait_for(lambda: back.task.poll() is not None, 60, "the child's end")
+    finally:
+        threads.close()
+    with open(out) as fh:
+        return "".join(line for line in fh if line.startswith(("SigIgn", "SigBlk", "SigCgt")))
+
+
+def test_a_child_has_the_same_signal_dispositions_on_both_paths(tmp_path):
+    if spawn_native.KERNEL_ERROR is not None:
+        pytest.skip(f"the kernel is not built here ({spawn_native.KERNEL_ERROR})")
+    env = {"PATH": os.environ["PATH"]}
+    poller = select.epoll()
+    was = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # an ignored signal stays ignored
+    try:
+        native = child_signals(spawn_native.NativeSpawns(env, poller), poller,
+                               str(tmp_path / "native"))
+        python = child_signals(spawn_threads.SpawnThreads(env, poller), poller,
+                               str(tmp_path / "python"))
+    finally:
+        signal.signal(signal.SIGUSR1, was)
+        poller.close()
+    assert native == python and native.count("\n") == 3
+    ignored = int(native.split("SigIgn:")[1].split()[0], 16)
+    assert ignored & (1 << (signal.SIGUSR1 - 1)) and not ignored & (1 << (signal.SIGPIPE - 1))
+    assert int(native.split("SigCgt:")[1].split()[0], 16) == 0
