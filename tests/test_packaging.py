@@ -27,8 +27,8 @@ from balsam.errors import BalsamError
 ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_A_CLONE = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", "_copyfmt.c",
-    "_packer.c", ".pytest_cache", ".mypy_cache", ".ruff_cache", "test-artifacts")
-KERNELS = ("balsam/core/_copyfmt", "balsam/service/packing/_packer")
+    "_packer.c", "_spawner.c", ".pytest_cache", ".mypy_cache", ".ruff_cache", "test-artifacts")
+KERNELS = ("balsam/core/_copyfmt", "balsam/service/packing/_packer", "balsam/launcher/_spawner")
 SETUPTOOLS_WARNING = re.compile(r"\w*Warning: |^\s*!!\s*$|is absent from the `packages`", re.M)
 """A Python warning printed by the build backend (``SetuptoolsDeprecationWarning: ...``, pip's
 ``BuildBackendWarning: ...``) or setuptools' ``!!`` banner. pip's own ``WARNING:`` lines (e.g. about
@@ -171,7 +171,8 @@ def test_installed_wheel_runs_the_compiled_kernels(wheel_venv: Path) -> None:
     assert lines[0].startswith(str(wheel_venv))  # this install, not the checkout under test
     assert lines[1:] == ["cython cython", "b'1\\ta\\\\tb\\t\\\\N\\tt\\n'", "[0, 1, 0]"]
     assert run_in(wheel_venv, "balsam", "-V").splitlines()[1:] == [
-        "COPY encoder: compiled (Cython)", "job packer:   compiled (Cython)"]
+        "COPY encoder: compiled (Cython)", "job packer:   compiled (Cython)",
+        "task starter: compiled (Cython)"]
 
 
 @pytest.mark.slow
@@ -191,13 +192,15 @@ def test_without_a_compiler_install_succeeds_on_the_fallbacks(no_compiler: Build
     venv = no_compiler.path
     notes = [line.strip() for line in no_compiler.output.splitlines() if FALLBACK_NOTE in line]
     assert len(notes) == 1
-    assert ("so the kernels balsam.core._copyfmt, balsam.service.packing._packer were not built. "
+    assert ("so the kernels balsam.core._copyfmt, balsam.service.packing._packer, "
+            "balsam.launcher._spawner were not built. "
             "Balsam will use its pure-Python fallbacks") in notes[0]
     lines = run_in(venv, "python", "-c", USE_KERNELS).splitlines()
     assert lines[1:] == ["python python", "b'1\\ta\\\\tb\\t\\\\N\\tt\\n'", "[0, 1, 0]"]
     version = run_in(venv, "balsam", "-V").splitlines()
     assert version[1].startswith("COPY encoder: pure Python (no compiled balsam.core._copyfmt: ")
     assert version[2].startswith("job packer:   pure Python (no compiled balsam.service.packing.")
+    assert version[3].startswith("task starter: pure Python (no compiled balsam.launcher._spawner")
     assert (venv / "share" / "man" / "man1" / "balsam.1").is_file()  # editable installs too
 
 
