@@ -68,10 +68,10 @@ def check_names(variables: Mapping[str, str]) -> None:
 
 def entry(key: str, value: str) -> bytes:
     """``key=value`` as the C environment holds it; OSError EINVAL for a NUL anywhere."""
-    entry = f"{key}={value}".encode(_ENCODING, "surrogateescape")
-    if b"\0" in entry:
+    encoded = f"{key}={value}".encode(_ENCODING, "surrogateescape")
+    if b"\0" in encoded:
         raise OSError(errno.EINVAL, f"environment variable {key!r} holds a NUL byte")
-    return entry
+    return encoded
 
 
 _Strings = ctypes.Array[ctypes.c_char_p]

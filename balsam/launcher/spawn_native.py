@@ -10,9 +10,10 @@ attributes of :mod:`balsam.launcher.libc_spawn`, opens the child's pidfd, notes 
 the loop and adds the pidfd to the loop's ``epoll``. The pure-Python path woke a Python thread
 from a queue and made it wait for the GIL for every start (~7 ``futex`` calls and ~50 us of
 its CPU: benchmarks/README.md, "Issue 16, session 15 (branch s15-worker2)"); here the loop
-pays ~5-10 us per start to build the request (on the loop thread, under the GIL it holds
-anyway) and learns of the start at its next iteration, woken by the task's end (or by the
-kernel's event fd, written only for a start without a pidfd: one that failed).
+pays ~15 us per start instead (~3.5 us of Python to build the request, under the GIL it holds
+anyway, and the wake of the native thread) and learns of the start at its next iteration,
+woken by the task's end (or by the kernel's event fd, written only for a start without a
+pidfd: one that failed).
 
 What is checked in Python is checked here before the request, with the messages of the Python
 path: the program on the task's PATH (:func:`balsam.launcher.spawn.resolve`), NUL bytes and bad

@@ -22,7 +22,9 @@ back with the mark, to be ended at once.
 
 Threads are made on first need, one per CPU set, at most :data:`MAX_THREADS` (then a thread
 serves several sets, re-pinning itself when the set changes). Where glibc's functions are
-missing (:func:`usable` is False) the worker starts tasks itself, as before.
+missing (:func:`usable` is False) the worker starts tasks itself, as before. Where the Cython
+kernel is built, :mod:`balsam.launcher.spawn_native` makes the same starts from native threads
+(no Python, no GIL): these Python threads are its fallback, with the same behaviour.
 """
 from __future__ import annotations
 
