@@ -190,11 +190,11 @@ def move(cursor: Cursor, moves: Sequence[Move], holder: int,
     if not moves:
         return []
     ctes, params = moves_sql(moves, holder, follow)
-    sql = (f"WITH {ctes} SELECT job_id, from_state, "
+    sql = (f"WITH {ctes} SELECT job_id::text, from_state, "  # text: no uuid.UUID per row
            "coalesce(nullif(then_state, ''), target) FROM t_upd")
     execute_prepared(cursor, "balsam_move_follow" if follow is not None else "balsam_move",
                      sql, params)
-    return [(str(j), f, t) for j, f, t in cursor.fetchall()]
+    return [(j, f, t) for j, f, t in cursor.fetchall()]
 
 
 _PREPARED: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()

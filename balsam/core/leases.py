@@ -89,8 +89,6 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     cursor.execute(f"WITH {sql} SELECT * FROM c_upd", params)
     rows = fetch_dicts(cursor)
     rows.sort(key=order_key)
-    for r in rows:
-        r["job_id"] = str(r["job_id"])
     return rows
 
 
@@ -125,7 +123,9 @@ def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     # "runs": real runs so far (RUNNING visits less those that were none: retries.RUNS_SQL), so
     # a task knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
     # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
-    cols = ", ".join(f"j.{c}" for c in CLAIM_COLUMNS) + (
+    # The id as text: psycopg2 would parse each into a uuid.UUID for the caller to print back.
+    cols = ", ".join("j.job_id::text AS job_id" if c == "job_id" else f"j.{c}"
+                     for c in CLAIM_COLUMNS) + (
         f", {retries.RUNS_SQL} AS runs"
         f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
         "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
