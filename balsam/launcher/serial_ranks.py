@@ -9,12 +9,13 @@ no rank ever blocks in MPI, so none spins at 100% CPU.
 
 mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0
 under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
-in a thread (:class:`balsam.launcher.rank_boot.MasterBoot`) while the main thread loads and initialises MPI (~0.1-0.2 s,
-holding the GIL: only waits overlap, the connection's round trips and authentication, the
-launcher opening its session), instead of after. With the session id come the shares of node 1
-that the launcher's own first tasks hold (:mod:`balsam.launcher.warm_start`); the boot thread
-then reads their ends (``-JOBID`` lines) for the master until end of file. A rank whose role
-returned ends with :func:`exit_rank` (MPI finalized, no interpreter teardown).
+in a thread (:class:`balsam.launcher.rank_boot.MasterBoot`) while the main thread loads and
+initialises MPI (~0.1-0.2 s, holding the GIL: only waits overlap, the connection's round trips
+and authentication, the launcher opening its session), instead of after. With the session id
+come the shares of node 1 that the launcher's own first tasks hold
+(:mod:`balsam.launcher.warm_start`); the boot thread then reads their ends (``-JOBID`` lines)
+for the master until end of file. A rank whose role returned ends with :func:`exit_rank` (MPI
+finalized, no interpreter teardown).
 """
 from __future__ import annotations
 
