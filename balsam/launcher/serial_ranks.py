@@ -14,8 +14,7 @@ initialises MPI (~0.1-0.2 s, holding the GIL: only waits overlap, the connection
 and authentication, the launcher opening its session), instead of after. With the session id
 come the shares of node 1 that the launcher's own first tasks hold
 (:mod:`balsam.launcher.warm_start`); the boot thread then reads their ends (``-JOBID`` lines)
-for the master until end of file. A rank whose role returned ends with :func:`exit_rank` (MPI
-finalized, no interpreter teardown).
+for the master until end of file. A rank whose role returned ends with :func:`exit_rank`.
 """
 from __future__ import annotations
 
@@ -239,34 +238,41 @@ def main(argv: Sequence[str]) -> int:
 
     comm = MPI.COMM_WORLD
     if comm.Get_rank() == 0:
-        return run_master(comm, config, boot)
+        status = run_master(comm, config, boot)
+        exit_rank(status)  # (returns only while a thread of the master is alive)
+        return status
     if boot is not None:  # PMI_RANK said 0 but MPI did not: not ours
         boot.stop.set()
         boot.join()
         boot.db.close()
-    return run_worker(comm, config)
+    status = run_worker(comm, config)
+    exit_rank(status)
+    return status
 
 
 def exit_rank(status: int) -> None:
-    """End this rank with ``status`` after its role returned: logs flushed, MPI finalized, then
-    ``os._exit``: the interpreter's teardown (freeing the ~600 modules a rank imports) delayed
-    every ensemble's end, which the launcher waits for (benchmarks/README.md, session 16).
-    Returns, leaving the exit to the interpreter, while a non-daemon thread is alive."""
+    """End this rank with ``status`` once its role returned: logs flushed, MPI finalized, then
+    the C library's ``exit``, without the interpreter's teardown (freeing the ~600 modules a
+    rank imports: 40-90 ms of every ensemble's end, which the launcher waits for). Not
+    ``os._exit``: MPICH's exit handlers must run, or Hydra kills the ranks still exiting
+    (status 9) and reports that (measured, benchmarks/README.md, session 16). Returns, leaving
+    the exit to the interpreter, while a non-daemon thread is alive."""
+    import ctypes
+
+    from mpi4py import MPI
+
     here = threading.current_thread()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not here):
         return
-    from mpi4py import MPI
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to flush
             stream.flush()
     if MPI.Is_initialized() and not MPI.Is_finalized():
-        MPI.Finalize()
-    os._exit(status)
+        with contextlib.suppress(MPI.Exception):  # (e.g. an unmatched message) exit anyway
+            MPI.Finalize()
+    ctypes.CDLL(None).exit(status)
 
 
 if __name__ == "__main__":
-    _status = main(sys.argv[1:])
-    exit_rank(_status)
-    sys.exit(_status)
+    sys.exit(main(sys.argv[1:]))
