@@ -252,8 +252,8 @@ def main(argv: Sequence[str]) -> int:
 
 def exit_rank(status: int) -> None:
     """End this rank with ``status`` once its role returned: logs flushed, MPI finalized, then
-    the C library's ``exit``, without the interpreter's teardown (freeing the ~600 modules a
-    rank imports: 40-90 ms of every ensemble's end, which the launcher waits for). Not
+    the C library's ``exit``, without the interpreter's teardown (freeing every module the
+    rank imported: 40-90 ms of every ensemble's end under load; the launcher waits for it). Not
     ``os._exit``: MPICH's exit handlers must run, or Hydra kills the ranks still exiting
     (status 9) and reports that (measured, benchmarks/README.md, session 16). Returns, leaving
     the exit to the interpreter, while a non-daemon thread is alive."""
@@ -271,7 +271,7 @@ def exit_rank(status: int) -> None:
     if MPI.Is_initialized() and not MPI.Is_finalized():
         with contextlib.suppress(MPI.Exception):  # (e.g. an unmatched message) exit anyway
             MPI.Finalize()
-    ctypes.CDLL(None).exit(status)
+    ctypes.PyDLL(None).exit(status)  # (holding the GIL: no Python thread runs meanwhile)
 
 
 if __name__ == "__main__":
