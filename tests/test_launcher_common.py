@@ -189,7 +189,7 @@ def test_unlisten_drops_pending_notifications_and_stops_new_ones(db, cursor):
 def test_an_early_master_reads_the_session_id_or_gives_up():
     """Rank 0 of an ensemble started before the session reads the id from its stdin: 0 (exit)
     on end-of-file, on a stop, or when nothing comes in time."""
-    from balsam.launcher.serial_ranks import session_from_launcher
+    from balsam.launcher.rank_boot import session_from_launcher
 
     read_fd, write_fd = os.pipe()
     os.write(write_fd, b"4")

@@ -1,4 +1,4 @@
-"""balsam.platform.process: the one liveness check (zombies are dead) and pidfd opener."""
+"""balsam.platform.process: the one liveness check (zombies are dead), pidfd opener, child wait."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from balsam.platform.process import pidfd_open, process_alive, stat_fields
+from balsam.platform.process import pidfd_open, process_alive, stat_fields, wait_child
 
 
 def _exited_unreaped() -> subprocess.Popen:
@@ -50,3 +50,23 @@ def test_pidfd_becomes_readable_when_the_process_exits():
         if fd is not None:
             os.close(fd)
         proc.wait()
+
+
+def test_wait_child_returns_the_status_of_a_child_that_exits() -> None:
+    proc = subprocess.Popen([sys.executable, "-S", "-c", "raise SystemExit(3)"])
+    assert wait_child(proc, 60.0) == 3
+    assert proc.returncode == 3  # reaped
+    assert wait_child(proc, 60.0) == 3  # already reaped: the status again
+
+
+def test_wait_child_returns_none_while_the_child_runs_and_its_status_once_it_ends() -> None:
+    # The child blocks on its stdin: it cannot end before the pipe closes, whatever the load.
+    proc = subprocess.Popen([sys.executable, "-S", "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    try:
+        assert wait_child(proc, 0.05) is None
+        assert proc.returncode is None
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    assert wait_child(proc, 60.0) == 0

@@ -43,7 +43,7 @@ def test_the_wheel_mpiexec_is_the_one_importlib_metadata_finds():
 
 
 def test_the_rank_is_known_before_mpi_only_from_hydra():
-    from balsam.launcher.serial_ranks import rank_before_init
+    from balsam.launcher.rank_boot import rank_before_init
 
     assert rank_before_init({"PMI_RANK": "0"}) == 0
     assert rank_before_init({"PMI_RANK": "3"}) == 3
@@ -54,7 +54,7 @@ def test_the_rank_is_known_before_mpi_only_from_hydra():
 def test_rank_0_connects_and_reads_the_session_id_in_its_boot_thread(db):
     """:class:`MasterBoot` (run while MPI initialises): the database connection is open and the
     session id the launcher writes is read; end of file gives 0 (the master then exits)."""
-    from balsam.launcher.serial_ranks import MasterBoot
+    from balsam.launcher.rank_boot import MasterBoot
 
     config = SerialConfig(db_path=db, session_id=0, settings={"launcher": {}},
                           hosts=["h"], cores_per_node=2, gpus_per_node=0)

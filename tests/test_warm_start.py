@@ -41,7 +41,7 @@ from once_support import (
 )
 
 from balsam.launcher.nodeslots import NodeSlots
-from balsam.launcher.serial_ranks import ended_from_launcher, read_handover
+from balsam.launcher.rank_boot import ended_from_launcher, read_handover
 from balsam.launcher.serial_worker import Worker
 from balsam.platform.process import start_time
 

@@ -5,7 +5,7 @@ before the launcher's session opened (:func:`balsam.launcher.serial_mode.launch`
 the session id, then what the launcher's own first tasks hold on node 1
 (:mod:`balsam.launcher.warm_start`), then ``-JOBID`` lines as those end; end of file after the
 last (or instead of an id: no session, :func:`abandon`). Rank 0's side is
-:func:`balsam.launcher.serial_ranks.read_handover`.
+:func:`balsam.launcher.rank_boot.read_handover`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Serial-mode master: the tasks the launcher itself started on worker 1's node.
 
 :mod:`balsam.launcher.warm_start` has the launcher start the first tasks while its ensemble
-boots; rank 0 gets them with the session id (:func:`balsam.launcher.serial_ranks.read_handover`)
+boots; rank 0 gets them with the session id (:func:`balsam.launcher.rank_boot.read_handover`)
 and :class:`LauncherHolds` (a base of :class:`balsam.launcher.serial_master.Master`) counts them
 as running on worker 1 without recording anything for them, until the launcher says they ended
 (recorded by the launcher) -- or, if the launcher died, records RUN_TIMEOUT for each once its

@@ -9,40 +9,34 @@ no rank ever blocks in MPI, so none spins at 100% CPU.
 
 mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0
 under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
-in a thread (:class:`MasterBoot`) while the main thread loads and initialises MPI (~0.1-0.2 s,
-holding the GIL: only waits overlap, the connection's round trips and authentication, the
-launcher opening its session), instead of after. With the session id come the shares of node 1
-that the launcher's own first tasks hold (:mod:`balsam.launcher.warm_start`); the boot thread
-then reads their ends (``-JOBID`` lines) for the master until end of file.
+in a thread (:class:`balsam.launcher.rank_boot.MasterBoot`) while the main thread loads and
+initialises MPI (~0.1-0.2 s, holding the GIL: only waits overlap, the connection's round trips
+and authentication, the launcher opening its session), instead of after. With the session id
+come the shares of node 1 that the launcher's own first tasks hold
+(:mod:`balsam.launcher.warm_start`); the boot thread then reads their ends (``-JOBID`` lines)
+for the master until end of file. A rank whose role returned ends with :func:`exit_rank`.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import select
-import signal
 import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
-from balsam.db.dbapi import Cursor
+from balsam.launcher.rank_boot import MasterBoot, on_signals, rank_before_init, rank_logger
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
 
 ORDERS, REPORTS, SESSION = 11, 12, 13
 """MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
 id of an ensemble started before the session opened (0: exit at once)."""
-LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
 EXIT_NO_SESSION = 7
 """Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
-SESSION_WAIT_SLACK_SECONDS = 30.0
-"""Rank 0 of an early ensemble waits for the session id this long past the launcher's
-``reconnect_max_seconds`` (its limit for opening the session), then exits."""
 
 
 class WorkerLink:
@@ -103,60 +97,6 @@ class MasterLink:
         _complete(self._sends, timeout)
 
 
-def _nothing(_cur: Cursor) -> None:
-    """A transaction that only makes sure the connection is open."""
-
-
-def session_from_launcher(stop: threading.Event, timeout: float, fd: int = 0) -> int:
-    """Rank 0 of an ensemble started before the session: the session id the launcher writes on
-    the MPI launcher's stdin (:func:`balsam.launcher.ensemble_stdin.hand_over`); 0 on end-of-file,
-    a stop, or nothing within ``timeout`` seconds (the launcher gives up on the database
-    sooner). ``fd``: stdin."""
-    return read_handover(stop, timeout, fd)[0]
-
-
-def read_handover(stop: threading.Event, timeout: float, fd: int = 0
-                  ) -> tuple[int, list[list[Any]], bytes]:
-    """(the session id, the shares the launcher's own first tasks hold on node 1 -- [job id,
-    packing count, cores] each, :mod:`balsam.launcher.warm_start` --, what followed the line)
-    from the hand-over line ``SID [JSON]`` on ``fd``; (0, [], b"") as for
-    :func:`session_from_launcher`."""
-    data = b""
-    end = time.monotonic() + timeout
-    while b"\n" not in data and not stop.is_set() and time.monotonic() < end:
-        if not select.select([fd], [], [], 0.2)[0]:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    line, _, rest = data.partition(b"\n")
-    text, _, holds = line.strip().partition(b" ")
-    if not text.isdigit():
-        return 0, [], b""
-    return int(text), (json.loads(holds) if holds.strip() else []), rest
-
-
-def ended_from_launcher(stop: threading.Event, fd: int, rest: bytes,
-                        ended: deque[str]) -> None:
-    """Rank 0: append the job ids of the launcher's ``-JOBID`` lines (its own tasks that
-    ended and are recorded) to ``ended`` until ``stop`` or end-of-file, which appends ``""``
-    (the launcher closes stdin after its last task; before: it died)."""
-    data = rest
-    while True:
-        *lines, data = data.split(b"\n")
-        ended.extend(line[1:].decode() for line in lines if line[:1] == b"-")
-        if stop.is_set():
-            return
-        if not select.select([fd], [], [], 0.2)[0]:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            ended.append("")
-            return
-        data += chunk
-
-
 def _session_from_master(comm: Any, stop: threading.Event) -> int:
     """A worker of an ensemble started before the session: the id rank 0 sends (0: exit)."""
     while not stop.is_set():
@@ -176,95 +116,11 @@ def _complete(requests: list[Any], timeout: float) -> None:
             time.sleep(0.002)
 
 
-def _logger(config: SerialConfig, name: str) -> logging.Logger:
-    log = logging.getLogger(name)
-    log.setLevel(logging.INFO)
-    handler: logging.Handler = (logging.FileHandler(config.log_path) if config.log_path
-                                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    log.addHandler(handler)
-    return log
-
-
 def _cpu_seconds() -> float:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _on_signals(notify: Callable[[str], None]) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        notify(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
-class MasterBoot:
-    """Rank 0's set-up that needs no MPI: its logger, tunables and database connection, and the
-    session id of an ensemble started before the session (:func:`session_from_launcher`).
-    :meth:`start` runs :meth:`run` in a thread (while MPI initialises), :meth:`join` waits."""
-
-    def __init__(self, config: SerialConfig) -> None:
-        from balsam.core.tunables import Tunables
-        from balsam.launcher.metered import MeteredDatabase
-
-        self.config = config
-        self.log = _logger(config, "balsam.serial.master")
-        self.tunables = Tunables.from_settings(config.settings["launcher"])
-        self.stop = threading.Event()
-        self.db = MeteredDatabase(config.db_path, "balsam-serial-master", stop=self.stop,
-                                  reconnect_max_seconds=self.tunables.reconnect_max_seconds,
-                                  log=self.log.warning)
-        self.session_id = config.session_id
-        self.holds: list[list[Any]] = []
-        """What the launcher's own first tasks hold on node 1 (its warm start)."""
-        self.launcher_ended: deque[str] = deque()
-        """Those of them that ended (:func:`ended_from_launcher`, after the hand-over)."""
-        self.fd = 0  # where the launcher writes the session id (stdin)
-        self._thread: Optional[threading.Thread] = None
-        self._ready = threading.Event()
-        if not self.session_id:  # a signal before the id came: give up waiting for it
-            _on_signals(lambda _name: self.stop.set())
-
-    def run(self) -> None:
-        """Connect (a failure is left to the claim, which retries as usual); read the session
-        id if the launcher hands it over."""
-        from balsam.errors import DatabaseUnavailable
-
-        try:
-            with contextlib.suppress(DatabaseUnavailable):
-                self.db.run_before(time.monotonic() + self.tunables.reconnect_max_seconds,
-                                   _nothing)
-            if self.session_id:
-                return
-            self.session_id, self.holds, rest = read_handover(
-                self.stop, self.tunables.reconnect_max_seconds + SESSION_WAIT_SLACK_SECONDS,
-                self.fd)
-        finally:
-            self._ready.set()
-        if self.holds:  # the launcher says when they end; it closes stdin after the last
-            ended_from_launcher(self.stop, self.fd, rest, self.launcher_ended)
-
-    def start(self) -> MasterBoot:
-        self._thread = threading.Thread(target=self.run, name="master-boot", daemon=True)
-        self._thread.start()
-        return self
-
-    def join(self) -> None:
-        """Wait until the set-up is done (run it here if it was not started); the thread
-        goes on reading the launcher's ``-JOBID`` lines if its tasks hold a share of node 1."""
-        if self._thread is None:
-            self.start()
-        self._ready.wait()
-
-
-def rank_before_init(environ: Mapping[str, str]) -> Optional[int]:
-    """This process's rank as the MPI launcher announced it before MPI starts (Hydra's
-    ``PMI_RANK``), or None if it did not."""
-    value = environ.get("PMI_RANK", "")
-    return int(value) if value.isdigit() else None
 
 
 def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = None) -> int:
@@ -299,7 +155,7 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
                   mpi_executable=None,
                   stop_at=None if left is None else time.monotonic() + left,
                   stop_grace=config.stop_grace, tags=dict(config.tags))
-    _on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
+    on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
     link.launcher_ended = boot.launcher_ended
     source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
                        config.wf_filter, base_env={}, tags=config.tags)
@@ -335,7 +191,7 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
     from balsam.launcher.watchdog import Watchdog
 
     stop = threading.Event()
-    _on_signals(lambda _name: stop.set())
+    on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
     # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
@@ -357,7 +213,7 @@ def run_worker(comm: Any, config: SerialConfig) -> int:
             watchdog.all_recorded()
     finally:
         watchdog.close()
-    _logger(config, "balsam.serial.worker").info(
+    rank_logger(config, "balsam.serial.worker").info(
         f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
         f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
         f"{_cpu_seconds():.2f} s CPU, {worker.prepared} task(s) started in directories made "
@@ -382,12 +238,40 @@ def main(argv: Sequence[str]) -> int:
 
     comm = MPI.COMM_WORLD
     if comm.Get_rank() == 0:
-        return run_master(comm, config, boot)
+        status = run_master(comm, config, boot)
+        exit_rank(status)  # (returns only while a thread of the master is alive)
+        return status
     if boot is not None:  # PMI_RANK said 0 but MPI did not: not ours
         boot.stop.set()
         boot.join()
         boot.db.close()
-    return run_worker(comm, config)
+    status = run_worker(comm, config)
+    exit_rank(status)
+    return status
+
+
+def exit_rank(status: int) -> None:
+    """End this rank with ``status`` once its role returned: logs flushed, MPI finalized, then
+    the C library's ``exit``, without the interpreter's teardown (freeing every module the
+    rank imported: 40-90 ms of every ensemble's end under load; the launcher waits for it). Not
+    ``os._exit``: MPICH's exit handlers must run, or Hydra kills the ranks still exiting
+    (status 9) and reports that (measured, benchmarks/README.md, session 16). Returns, leaving
+    the exit to the interpreter, while a non-daemon thread is alive."""
+    import ctypes
+
+    from mpi4py import MPI
+
+    here = threading.current_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not here):
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to flush
+            stream.flush()
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        with contextlib.suppress(MPI.Exception):  # (e.g. an unmatched message) exit anyway
+            MPI.Finalize()
+    ctypes.PyDLL(None).exit(status)  # (holding the GIL: no Python thread runs meanwhile)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import unlink_segments
-from balsam.platform.process import start_time
+from balsam.platform.process import start_time, wait_child
 from balsam.platform.procgroup import live_members, signal_group
 
 GONE_WAIT_SECONDS = 5.0
@@ -180,11 +180,8 @@ class Watchdog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:  # still killing leftovers: let it finish alone
-                pass
+        if self.proc is not None:  # (still killing leftovers at the timeout: it finishes alone)
+            wait_child(self.proc, timeout)
             self.proc = None
 
     def _send(self, line: bytes) -> bool:

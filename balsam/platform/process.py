@@ -1,6 +1,6 @@
 """Small questions about processes on this host, stdlib only: is a pid alive (a zombie is not),
 what ``/proc/<pid>/stat`` says after the command name, when a process started (to tell it from
-a later one given the same pid), and a pidfd to wait on a pid.
+a later one given the same pid), a pidfd to wait on a pid, and a wait for a child woken by it.
 
 Zombies count as dead everywhere: one whose parent died may never be reaped where PID 1 does not
 reap (some containers), and it holds nothing but its process-table slot.
@@ -8,7 +8,9 @@ reap (some containers), and it holds nothing but its process-table slot.
 from __future__ import annotations
 
 import os
-from typing import Optional
+import select
+import subprocess
+from typing import Any, Optional
 
 DEAD_STATES = (b"Z", b"X")
 """``/proc/<pid>/stat`` states of a process that has ended: zombie, dead (proc(5))."""
@@ -84,3 +86,20 @@ def drain_fd(fd: int) -> None:
             pass
     except (BlockingIOError, OSError):
         pass
+
+
+def wait_child(proc: subprocess.Popen[Any], timeout: float) -> Optional[int]:
+    """``proc``'s exit status if it exits within ``timeout`` seconds, else None (it runs on).
+    Woken by its pidfd as it exits: ``Popen.wait(timeout)`` polls with naps doubling up to
+    50 ms, which added 10-30 ms to every launcher's exit (benchmarks/README.md, session 16)."""
+    fd = pidfd_open(proc.pid) if proc.returncode is None else None
+    if fd is None:  # already reaped, or no pidfds here
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return proc.poll()
