@@ -155,9 +155,12 @@ def settle(ctx: Context) -> Reports:
 
 
 def _heartbeat(ctx: Context) -> None:
-    """The master (which renewed the lease) is gone: renew it while the tasks die."""
+    """The master (which renewed the lease) is gone: renew it while the tasks die (a renewal
+    confirmed moves the fence of the launcher's own tasks that outlived the ensemble)."""
+    sent = time.monotonic()
     try:
-        ctx.db.try_run(leases.heartbeat, ctx.session_id)
+        if ctx.db.try_run(leases.heartbeat, ctx.session_id) and ctx.carried is not None:
+            ctx.carried.renewed(sent)
     except DatabaseUnavailable:
         pass
 
