@@ -155,6 +155,14 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
     return 0
 
 
+def watchdog_of(rank: int) -> int:
+    """The pid of worker rank ``rank``'s task watchdog (0: none yet)."""
+    for pid in descendants(rank) if rank else ():
+        if "balsam.launcher.watchdog" in cmdline(pid):
+            return pid
+    return 0
+
+
 def shm_segments(pid: int) -> list[str]:
     """The MPICH shared-memory files (``/dev/shm/mpich_shm_*``) process ``pid`` maps."""
     try:

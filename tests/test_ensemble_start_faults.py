@@ -11,7 +11,7 @@ import socket
 
 import pytest
 from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
-from once_support import cmdline, descendants, kill, rank_pid, shm_segments
+from once_support import cmdline, descendants, kill, rank_pid, shm_segments, watchdog_of
 
 from balsam.core import schema
 from balsam.db import serverinfo
@@ -20,14 +20,6 @@ from balsam.db.connect import connect
 pytestmark = pytest.mark.slow
 
 SERIAL = ("--consume-all", "--job-mode", "serial")
-
-
-def watchdog_of(rank: int) -> int:
-    """The pid of worker rank ``rank``'s task watchdog (0: none yet)."""
-    for pid in descendants(rank) if rank else ():
-        if "balsam.launcher.watchdog" in cmdline(pid):
-            return pid
-    return 0
 
 
 def test_a_rank_killed_before_its_session_leaves_no_shared_memory_file(db, cursor):

@@ -34,7 +34,9 @@ from once_support import (
     rank_pid,
     recorded_runs,
     runs,
+    shm_segments,
     unrecorded_runs,
+    watchdog_of,
     write_script,
 )
 from test_exactly_once import launcher_log, scripts, tickers  # noqa: F401 - a fixture
@@ -469,12 +471,13 @@ def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_leas
         wait_for(lambda: "warm start: 1 task(s) started by the launcher" in launcher_log(first),
                  60, "the warm start")
         rank1 = wait_for(lambda: rank_pid(first.pid, 1), 60, "worker rank 1")
-        node = [rank1] + descendants(rank1)  # its watchdog too, if up: nothing reports it dead
+        wait_for(lambda: watchdog_of(rank1), 60, "rank 1's watchdog")  # it has reported
+        files = shm_segments(rank1)
+        node = [rank1] + descendants(rank1)  # with its watchdog: nothing reports it dead
         for sig in (signal.SIGSTOP, signal.SIGKILL):
             for pid in node:
                 kill(pid, sig)
-        # No ensemble follows (its only node lost, or it died coming up): the launcher waits
-        # for its own task.
+        # Its only node lost, no ensemble follows: the launcher waits for its own task.
         wait_for(lambda: "the serial-mode ensemble failed" in launcher_log(first), 120,
                  "the launcher to give up its ensemble", 0.2)
         session = job_row(cursor, job)["session_id"]
@@ -490,6 +493,9 @@ def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_leas
             for backend in backends:
                 kill(backend, signal.SIGCONT)
         log = launcher_log(first)
+        for path in files:  # its remover, the watchdog, was killed with it: the node's file
+            if os.path.exists(path):  # goes with a lost node (here, unless the launcher saw it)
+                os.unlink(path)
         os.remove(hold)  # the second run ticks 10 times
         second = start(*MPI, "--persistent")
         wait_for(lambda: job_row(cursor, job)["state"] == "JOB_FINISHED", 180,
