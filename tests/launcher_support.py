@@ -340,7 +340,8 @@ def launchers() -> Iterator[Callable[..., Launcher]]:
         STARTED.append(launcher)
         return launcher
 
-    watch = ShmWatch(lambda: [launcher.pid for launcher in started])
+    # (only launchers not reaped yet: a reaped one's pid may name another process by now)
+    watch = ShmWatch(lambda: [ln.pid for ln in list(started) if ln.proc.returncode is None])
     try:
         yield start
     finally:
