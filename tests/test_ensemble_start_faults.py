@@ -115,6 +115,8 @@ def test_a_stop_in_the_ensembles_start_up_leaves_no_shared_memory_file(db, curso
         launcher = start(*SERIAL)
         rank = wait_for(lambda: rank_pid(launcher.pid, 1), 60, "worker rank 1")
         files = wait_for(lambda: shm_segments(rank), 60, "its MPICH shared-memory file")
+        # The launcher waits on its ensemble (a signal before its handlers would just end it).
+        wait_for(lambda: "lease fence armed" in launcher_log(launcher), 60, "the launcher's wait")
         ensemble = wait_for(lambda: ensemble_pid(launcher.pid), 60, "the ensemble's mpiexec")
         frozen = descendants(ensemble)  # Hydra's proxy, the ranks, their watchdogs
         for pid in frozen:

@@ -4,6 +4,7 @@ server processes SIGSTOPped, the others untouched), real MPI- and serial-mode la
 ticking tasks; the serial launcher's own fence also on real process groups."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -81,6 +82,25 @@ def test_a_closed_or_renewed_fence_does_not_fire() -> None:
     fence.start()
     fence.close()
     assert not fence.fired and calls == []
+
+
+@pytest.mark.parametrize("renewed", [True, False])
+def test_a_fence_armed_past_its_time_asks_before_it_fires(renewed: bool) -> None:
+    # Armed with its time run out already (a launcher busy between two ensembles, nothing
+    # confirmed meanwhile): it first asks (session_renewer, tested against the DB below).
+    # Renewed: it counts from there; not renewed: it fires.
+    events: list[str] = []
+
+    def confirm() -> Optional[float]:
+        events.append("asked")
+        return time.monotonic() if renewed else None
+
+    fence = LeaseFence(0.2, time.monotonic() - 60, lambda _: events.append("fired"),
+                       confirm=confirm)
+    fence.start()
+    wait_for(lambda: "fired" in events, 30, "the fence to fire")
+    fence.close()
+    assert events[0] == "asked" and events[-1] == "fired" and events.count("fired") == 1
 
 
 SUSPENDED = textwrap.dedent("""
@@ -241,9 +261,10 @@ def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
         ensemble.kill()
         ensemble.wait()
         tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
-        ctx = SimpleNamespace(tunables=tunables, log=None,
-                              watchdog=SimpleNamespace(registered={own.pid}))
-        fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)  # due at once
+        ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
+                              session_id=0, watchdog=SimpleNamespace(registered={own.pid}))
+        # Due at once: it asks first (no database here: not renewed), then fires.
+        fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)
         wait_for(lambda: fence.fired, 30, "the fence to fire")
         fence.close()
         assert own.poll() is None

@@ -156,11 +156,13 @@ def settle(ctx: Context) -> Reports:
 
 def _heartbeat(ctx: Context) -> None:
     """The master (which renewed the lease) is gone: renew it while the tasks die (a renewal
-    confirmed moves the fence of the launcher's own tasks that outlived the ensemble)."""
+    confirmed moves the fences: the next ensemble's, and that of the launcher's own tasks)."""
     sent = time.monotonic()
     try:
-        if ctx.db.try_run(leases.heartbeat, ctx.session_id) and ctx.carried is not None:
-            ctx.carried.renewed(sent)
+        if ctx.db.try_run(leases.heartbeat, ctx.session_id):
+            ctx.lease_since = max(ctx.lease_since, sent)
+            if ctx.carried is not None:
+                ctx.carried.renewed(sent)
     except DatabaseUnavailable:
         pass
 

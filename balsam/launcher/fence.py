@@ -141,7 +141,10 @@ class LeaseFence:
             self._thread.join()
 
     def _watch(self) -> None:
-        stopped = False  # the process was stopped since the last confirmed renewal
+        # The process was stopped since the last confirmed renewal -- or the fence was armed
+        # past its time (a launcher busy between two ensembles: a stuck one killed, its reports
+        # awaited, its jobs recovered, while nobody confirmed a renewal): ask before firing.
+        stopped = time.monotonic() >= self.confirmed_at + self.after
         with self._changed:
             while not self._closed:
                 now = time.monotonic()
