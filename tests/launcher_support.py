@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import yaml
+from shm_watch import ShmWatch
 
 from balsam.core import bulk, schema
 from balsam.launcher import libc_spawn
@@ -329,7 +330,8 @@ def failure_report() -> str:
 
 @contextmanager
 def launchers() -> Iterator[Callable[..., Launcher]]:
-    """``start(*args, env=None)`` starts launchers that are all stopped at exit."""
+    """``start(*args, env=None)`` starts launchers that are all stopped at exit; then no
+    MPICH shared-memory file their ranks mapped may be left (:mod:`shm_watch`)."""
     started: list[Launcher] = []
 
     def start(*args: str, env: Optional[dict[str, str]] = None) -> Launcher:
@@ -338,11 +340,16 @@ def launchers() -> Iterator[Callable[..., Launcher]]:
         STARTED.append(launcher)
         return launcher
 
+    # (only launchers not reaped yet: a reaped one's pid may name another process by now)
+    watch = ShmWatch(lambda: [ln.pid for ln in list(started) if ln.proc.returncode is None])
     try:
         yield start
     finally:
         for launcher in started:
             launcher.stop()
+        watch.stop()
+    left = watch.left()  # (not after a failure: that one is reported)
+    assert left == [], f"MPICH shared-memory files the launchers' ranks left: {left}"
 
 
 def process_gone(pid: int) -> bool:

@@ -14,12 +14,13 @@ from balsam.platform.process import start_time
 TICKER = """#!/bin/bash
 # One run of a job: every 0.1 s append "<pid> <epoch time>" to $MARKERS/<job id>; TICKS ticks,
 # and more while the file $HOLD exists (if HOLD is set: a test keeps runs going until it has
-# done what it must do while they run, however slow the machine is).
+# done what it must do while they run, however slow the machine is), 6000 ticks at most (ten
+# minutes or more: a run whose test was interrupted before removing $HOLD ends on its own).
 # With STUBBORN set, SIGTERM is ignored (the sleep it interrupts is simply restarted), so only
 # SIGKILL ends the run early.
 if [ -n "$STUBBORN" ]; then trap 'echo "$$ term" >> "$MARKERS/$BALSAM_JOB_ID.term"' TERM; fi
 i=0
-while ((i < ${TICKS:-20})) || [[ -n "$HOLD" && -e "$HOLD" ]]; do
+while ((i < ${TICKS:-20})) || [[ -n "$HOLD" && -e "$HOLD" ]] && ((i < 6000)); do
   echo "$$ $(date +%s.%N)" >> "$MARKERS/$BALSAM_JOB_ID"
   sleep 0.1
   i=$((i + 1))
@@ -150,6 +151,14 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
         except OSError:
             continue
         if env.get(b"PMI_RANK") == str(rank).encode():
+            return pid
+    return 0
+
+
+def watchdog_of(rank: int) -> int:
+    """The pid of worker rank ``rank``'s task watchdog (0: none yet)."""
+    for pid in descendants(rank) if rank else ():
+        if "balsam.launcher.watchdog" in cmdline(pid):
             return pid
     return 0
 

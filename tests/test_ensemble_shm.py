@@ -80,3 +80,34 @@ def test_a_file_of_the_same_name_made_since_is_not_removed(tmp_path):
         assert segments.remove() == [] and os.path.exists(path)
     finally:
         os.unlink(path)
+
+
+def test_the_suites_check_notes_what_a_launchers_tree_maps_and_finds_what_is_left(tmp_path):
+    # tests/shm_watch.py, run by every launchers() block: the files mapped below the roots
+    # (the launchers) are noted; one still there after they stopped is reported, not others.
+    from shm_watch import ShmWatch
+
+    rank_file, other_file = shm_file("watched"), shm_file("other")
+    ready = str(tmp_path / "rank")
+    launch = subprocess.Popen([sys.executable, "-c", SPAWN, SPAWN, MAP, rank_file, ready],
+                              start_new_session=True)
+    watch = ShmWatch(lambda: [launch.pid])
+    try:
+        with open(other_file, "r+b") as fh:  # mapped by this process: not below the roots
+            other = mmap.mmap(fh.fileno(), 4096)
+        wait_for(lambda: os.path.exists(ready), 60, "the rank to map its file")
+        watch.look()
+        assert list(watch.seen) == [rank_file]
+    finally:
+        os.killpg(launch.pid, signal.SIGKILL)
+        launch.wait()
+        watch.stop()
+    try:
+        assert watch.left(timeout=0) == [rank_file]
+        os.unlink(rank_file)
+        assert watch.left(timeout=0) == []
+    finally:
+        other.close()
+        for path in (rank_file, other_file):
+            if os.path.exists(path):
+                os.unlink(path)

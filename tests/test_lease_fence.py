@@ -4,6 +4,7 @@ server processes SIGSTOPped, the others untouched), real MPI- and serial-mode la
 ticking tasks; the serial launcher's own fence also on real process groups."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,8 +15,31 @@ from types import SimpleNamespace
 from typing import Optional
 
 import pytest
-from launcher_support import QUICK, job_row, kill_group_of, launchers, process_gone, settings, wait_for
-from once_support import kill, overlap_seconds, recorded_runs, runs, unrecorded_runs
+from conftest import make_public_tmpdir
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    job_row,
+    kill_group_of,
+    launchers,
+    process_gone,
+    settings,
+    wait_for,
+)
+from once_support import (
+    TICKER,
+    descendants,
+    kill,
+    overlap_seconds,
+    rank_pid,
+    recorded_runs,
+    runs,
+    shm_segments,
+    unrecorded_runs,
+    watchdog_of,
+    write_script,
+)
 from test_exactly_once import launcher_log, scripts, tickers  # noqa: F401 - a fixture
 
 from balsam.core import schema
@@ -58,6 +82,25 @@ def test_a_closed_or_renewed_fence_does_not_fire() -> None:
     fence.start()
     fence.close()
     assert not fence.fired and calls == []
+
+
+@pytest.mark.parametrize("renewed", [True, False])
+def test_a_fence_armed_past_its_time_asks_before_it_fires(renewed: bool) -> None:
+    # Armed with its time run out already (a launcher busy between two ensembles, nothing
+    # confirmed meanwhile): it first asks (session_renewer, tested against the DB below).
+    # Renewed: it counts from there; not renewed: it fires.
+    events: list[str] = []
+
+    def confirm() -> Optional[float]:
+        events.append("asked")
+        return time.monotonic() if renewed else None
+
+    fence = LeaseFence(0.2, time.monotonic() - 60, lambda _: events.append("fired"),
+                       confirm=confirm)
+    fence.start()
+    wait_for(lambda: "fired" in events, 30, "the fence to fire")
+    fence.close()
+    assert events[0] == "asked" and events[-1] == "fired" and events.count("fired") == 1
 
 
 SUSPENDED = textwrap.dedent("""
@@ -170,6 +213,45 @@ def test_the_serial_fence_kills_the_ensemble_and_the_launchers_tasks_and_exits_1
                 kill_group_of(pid, starts.get(pid))
 
 
+OWN_FENCED = textwrap.dedent("""
+    import logging, subprocess, sys, time
+    from types import SimpleNamespace
+    from balsam.core.tunables import Tunables
+    from balsam.launcher.fence import start_own_tasks_fence
+    from balsam.platform.process import start_time
+    own = [subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 600"], start_new_session=True)
+           for _ in range(2)]
+    print(*(p.pid for p in own), flush=True)
+    tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
+    ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
+                          session_id=0, opened_at=time.monotonic(), lease_since=0.0)
+    start_own_tasks_fence(ctx, {p.pid: start_time(p.pid) for p in own})  # fires 1 s on
+    time.sleep(600)
+    sys.exit(0)
+""")
+
+
+@pytest.mark.slow
+def test_the_own_tasks_fence_stops_the_launchers_tasks_and_exits_1() -> None:
+    # The launcher's own tasks after their ensemble ended (they ignore SIGTERM), nothing
+    # confirming a renewal: a second after the session's opening both are dead and the
+    # process ended with status 1 (the session left to a sweep).
+    proc = subprocess.Popen([sys.executable, "-c", OWN_FENCED], stdout=subprocess.PIPE,
+                            text=True)
+    pids: list[int] = []
+    starts: dict[int, Optional[int]] = {}
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        starts = {pid: start_time(pid) for pid in pids}
+        assert proc.wait(120) == 1
+        wait_for(lambda: all(process_gone(p) for p in pids), 60, "both to be dead")
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in pids:
+            kill_group_of(pid, starts.get(pid))
+
+
 def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
     # The launcher's loop reaped the ensemble (it has moved on): the fence fires but neither
     # kills the launcher's own task nor ends this process.
@@ -179,9 +261,10 @@ def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
         ensemble.kill()
         ensemble.wait()
         tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
-        ctx = SimpleNamespace(tunables=tunables, log=None,
-                              watchdog=SimpleNamespace(registered={own.pid}))
-        fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)  # due at once
+        ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
+                              session_id=0, watchdog=SimpleNamespace(registered={own.pid}))
+        # Due at once: it asks first (no database here: not renewed), then fires.
+        fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)
         wait_for(lambda: fence.fired, 30, "the fence to fire")
         fence.close()
         assert own.poll() is None
@@ -382,3 +465,68 @@ def test_a_serial_ensemble_cut_off_in_its_start_up_is_fenced_before_the_lease(
     trails = runs(markers, job)
     assert trails[pid][1] < expires, (trails, expires)  # dead before the lease could expire
     print(f"the run's last tick {expires - trails[pid][1]:.1f} s before its lease expired")
+
+
+@pytest.mark.slow
+def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_lease(
+        db, cursor, scripts):  # noqa: F811 - the fixture
+    # The warm start's task (ignoring SIGTERM, held) outlives its ensemble: worker rank 1
+    # vanishes with its watchdog on the only node, so no ensemble follows and the launcher
+    # waits for its own task, renewing the lease itself. Then its server process stops: the
+    # renewal hangs. Before, nothing was fenced there: the task ran past the lease (and a
+    # sweeper could run the job again beside it). Now the launcher's fence kills it before
+    # the lease could expire and ends the launcher (1); a second launcher runs the job again.
+    markers = make_public_tmpdir("balsam-once-markers-")
+    hold = os.path.join(markers, "hold")
+    open(hold, "w").close()
+    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    (job,) = add_jobs(cursor, [{"name": "own", "application": "tick", "state": "PREPROCESSED",
+                                "node_packing_count": 2, "environ_vars":
+                                f"MARKERS={markers}:TICKS=10:STUBBORN=1:HOLD={hold}"}])
+    lease = 20
+    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    with settings(db, local_nodes=1, cores_per_node=2, launcher=tunables), \
+            launchers() as start:
+        first = start("--consume-all", "--job-mode", "serial")
+        wait_for(lambda: runs(markers, job), 60, "the launcher's own task to tick")
+        wait_for(lambda: "warm start: 1 task(s) started by the launcher" in launcher_log(first),
+                 60, "the warm start")
+        rank1 = wait_for(lambda: rank_pid(first.pid, 1), 60, "worker rank 1")
+        wait_for(lambda: watchdog_of(rank1), 60, "rank 1's watchdog")  # it has reported
+        files = shm_segments(rank1)
+        node = [rank1] + descendants(rank1)  # with its watchdog: nothing reports it dead
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in node:
+                kill(pid, sig)
+        # Its only node lost, no ensemble follows: the launcher waits for its own task.
+        wait_for(lambda: "the serial-mode ensemble failed" in launcher_log(first), 120,
+                 "the launcher to give up its ensemble", 0.2)
+        session = job_row(cursor, job)["session_id"]
+        backends = stop_idle_backends(cursor, "balsam-launcher")
+        try:
+            cursor.execute(f"SELECT EXTRACT(EPOCH FROM heartbeat) FROM {schema.SESSION_TABLE} "
+                           "WHERE id = %s", [session])
+            expires = float(cursor.fetchone()[0]) + lease  # nothing renews it any more
+            (pid,) = runs(markers, job)
+            wait_for(lambda: process_gone(pid), 120, "the fence to stop the launcher's task")
+            assert first.wait(120) == 1  # as after a lost session: nothing recorded
+        finally:
+            for backend in backends:
+                kill(backend, signal.SIGCONT)
+        log = launcher_log(first)
+        for path in files:  # its remover, the watchdog, was killed with it: the node's file
+            if os.path.exists(path):  # goes with a lost node (here, unless the launcher saw it)
+                os.unlink(path)
+        os.remove(hold)  # the second run ticks 10 times
+        second = start(*MPI, "--persistent")
+        wait_for(lambda: job_row(cursor, job)["state"] == "JOB_FINISHED", 180,
+                 "the second launcher to run the job again")
+        second.signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    assert "stopping the launcher's own task(s) before the lease could expire" in log, log
+    trails = runs(markers, job)
+    assert len(trails) == 2
+    assert trails[pid][1] < expires, (trails, expires)  # dead before the lease could expire
+    print(f"the run's last tick {expires - trails[pid][1]:.1f} s before its lease expired")
+    assert overlap_seconds(markers, [job]) == {}
+    assert recorded_runs(cursor, job) == 2 and unrecorded_runs(cursor, markers, [job]) == {}

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
+from gates import gate_sh
 from launcher_support import (
     QUICK,
     add_jobs,
@@ -335,8 +336,8 @@ def test_a_postprocess_spawns_a_variable_number_of_children_and_rewires_the_redu
         "piece 0\npiece 1\npiece 2\n"
 
 
-GATE = """#!/bin/sh
-while [ ! -e "$GATE" ]; do sleep 0.05; done
+GATE = f"""#!/bin/sh
+{gate_sh('"$GATE"')}
 """
 
 

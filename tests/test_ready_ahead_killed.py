@@ -10,6 +10,7 @@ import signal
 
 import pytest
 from conftest import make_public_tmpdir
+from gates import gate_sh
 from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
 
 from balsam.core import analytics, lifecycle, retries, schema
@@ -23,8 +24,7 @@ MPI = ("--consume-all", "--job-mode", "mpi")
 MARKED = """#!/bin/sh
 echo "$BALSAM_JOB_ATTEMPT" >> "{markers}/$BALSAM_JOB_ID"
 """
-GATED = MARKED + """while [ ! -e "{gate}" ]; do sleep 0.02; done
-"""
+GATED = MARKED + gate_sh('"{gate}"', 0.02) + "\n"
 
 
 def marked(markers: str, job_id: str) -> bool:

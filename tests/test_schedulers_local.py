@@ -8,10 +8,12 @@ import os
 import pwd
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+from gates import forever_sh, gate_sh
 
 from balsam.platform import machines, schedulers
 from balsam.platform.process import start_time
@@ -52,14 +54,24 @@ def pgid_of(sched: LocalScheduler, job_id: str) -> int:
 
 
 @pytest.fixture
-def sched(tmp_path) -> LocalScheduler:
-    return LocalScheduler(str(tmp_path / "qsubmit"), kill_grace=0.5)
+def sched(tmp_path) -> Iterator[LocalScheduler]:
+    """The scheduler; at teardown, whatever its jobs left running is SIGKILLed (a test that
+    failed midway never released or cancelled them)."""
+    scheduler = LocalScheduler(str(tmp_path / "qsubmit"), kill_grace=0.5)
+    yield scheduler
+    try:
+        jobs = json.loads(Path(scheduler.state_dir, "local-jobs.json").read_text())["jobs"]
+    except FileNotFoundError:
+        return
+    for job in jobs.values():
+        if job.get("pid") and job.get("started"):  # only while the number names the wrapper
+            signal_group(job["pid"], signal.SIGKILL, job["started"])
 
 
 def test_a_job_runs_in_its_cwd_then_finishes_with_its_exit_code(sched, tmp_path):
     release = tmp_path / "release"  # the job runs until the test has seen it running
     ok = write_script(tmp_path / "ok.sh", f'echo "in $PWD"; echo oops >&2\n'
-                                          f'while [ ! -e {release} ]; do sleep 0.05; done\n')
+                                          f'{gate_sh(str(release))}\n')
     bad = write_script(tmp_path / "bad.sh", "exit 3\n", executable=False)  # run with /bin/sh
     first = sched.submit(ok, str(tmp_path), "qlaunch1", str(tmp_path / "ok.out"))
     second = sched.submit(bad, str(tmp_path), "qlaunch2", str(tmp_path / "bad.out"))
@@ -94,7 +106,7 @@ def test_cancel_terminates_the_whole_process_group(sched, tmp_path):
 def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(sched, tmp_path):
     marker, ready = tmp_path / "trapped", tmp_path / "ready"
     script = write_script(tmp_path / "stubborn.sh", f"trap 'touch {marker}' TERM\ntouch {ready}\n"
-                                                    "while true; do sleep 0.1; done\n")
+                                                    f"{forever_sh()}\n")
     job_id = sched.submit(script, str(tmp_path), "stubborn", str(tmp_path / "s.out"))
     until_exists(ready)  # bash has installed its trap
     sched.cancel(job_id)
@@ -107,7 +119,7 @@ def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(sched, tmp_path
 
 def test_leftover_processes_keep_a_job_finishing_and_an_outside_kill_is_a_failure(sched, tmp_path):
     release = tmp_path / "release"  # the leftover lives until the test has seen it finishing
-    script = write_script(tmp_path / "bg.sh", f"(while [ ! -e {release} ]; do sleep 0.05; done) &\n"
+    script = write_script(tmp_path / "bg.sh", f"({gate_sh(str(release))}) &\n"
                                               "exit 0\n")
     job_id = sched.submit(script, str(tmp_path), "bg", str(tmp_path / "bg.out"))
     job = wait_for(sched, job_id, lambda j: j.state != "running")
@@ -130,7 +142,7 @@ def test_a_job_whose_group_id_names_another_process_has_ended_and_is_never_signa
     time (reused after the job's group ended), the job is over and cancel leaves that group be."""
     ready = tmp_path / "ready"
     script = write_script(tmp_path / "loop.sh", f"touch {ready}\n"
-                                                "while true; do sleep 0.05; done\n")
+                                                f"{forever_sh(0.05)}\n")
     job_id = sched.submit(script, str(tmp_path), "loop", str(tmp_path / "loop.out"))
     until_exists(ready)
     state_file = Path(sched.state_dir, "local-jobs.json")

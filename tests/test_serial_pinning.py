@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from gates import gate_sh
 from launcher_support import Inbox
 
 from balsam.core.tunables import Tunables
@@ -38,7 +39,7 @@ def test_two_one_core_tasks_float_or_get_a_core_each(tmp_path, pin_single):
     cpus = sorted(os.sched_getaffinity(0))
     gate = tmp_path / "go"
     # reads its CPUs once the test says so (after the worker's start, pinning included, returned)
-    script = (f"while [ ! -e {gate} ]; do sleep 0.01; done; "
+    script = (f"{gate_sh(str(gate), 0.01)}; "
               "grep Cpus_allowed_list /proc/$$/status | cut -f2")
     inbox = Inbox()
     worker = Worker(inbox, NodeSlots(cpus[:2], 0), {"PATH": os.environ["PATH"]},
@@ -60,6 +61,7 @@ def test_two_one_core_tasks_float_or_get_a_core_each(tmp_path, pin_single):
             if not worker.step():
                 worker.wait(10)
     finally:
+        gate.touch()  # a test failed midway leaves no task waiting for it
         worker.close()
     seen = []
     for out in outputs:

@@ -8,6 +8,7 @@ import signal
 import time
 from typing import Any, Callable
 
+from gates import gate_sh
 from launcher_support import Inbox
 
 from balsam.launcher import spawn
@@ -76,8 +77,7 @@ def test_queued_tasks_are_prepared_while_the_first_runs_and_each_output_is_its_o
     (stale / "q2.out").write_text("output of an earlier run\n")
     try:
         inbox.orders.append({"work": [
-            work(str(tmp_path), "first", ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.01; "
-                                                     "done"]),
+            work(str(tmp_path), "first", ["sh", "-c", gate_sh(str(gate), 0.01)]),
             work(str(tmp_path), "q1", ["sh", "-c", "echo one"]),
             work(str(tmp_path), "q2", ["sh", "-c", "echo two"])]})
         wait_for(lambda: (worker.step(), inbox.collected("started"))[1])  # started by a thread
@@ -92,6 +92,7 @@ def test_queued_tasks_are_prepared_while_the_first_runs_and_each_output_is_its_o
             if not worker.step():
                 worker.wait(1)
     finally:
+        gate.touch()  # a test failed midway leaves no task waiting for it
         worker.close()
     assert sorted(inbox.collected("done")) == ["first", "q1", "q2"]
     assert (tmp_path / "wf" / "q1" / "q1.out").read_text() == "one\n"

@@ -212,7 +212,8 @@ def test_a_sender_killed_mid_batch_loses_nothing_and_no_job_moves_on(db, cursor,
         from balsam.processing.transfers.step import TransferStep
         step = TransferStep({db!r}, dbsettings.load({db!r}))
         conn = Database({db!r})
-        while True:
+        end = time.monotonic() + 600  # bounded: outlives no interrupted test by long
+        while time.monotonic() < end:
             step.run_pass(conn)
             time.sleep(0.1)
     """)

@@ -144,11 +144,12 @@ REPORTING_OWNER = textwrap.dedent("""
     ended = task("exit 0"); ended.wait()
     dog.add(ended.pid, "ended-job")
     dog.remove(ended.pid)
-    stubborn = task("trap '' TERM; while :; do sleep 0.1; done")
+    stubborn = task("trap '' TERM; i=0; while [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); done")
     dog.expect("stubborn-job")
     dog.add(stubborn.pid, "stubborn-job")
     dog.expect("unregistered-job")  # the owner dies before it can register this one
-    hidden = subprocess.Popen(["sh", "-c", "while :; do sleep 0.1; done"], start_new_session=True,
+    hidden = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); "
+                               "done"], start_new_session=True,
                               env=dict(os.environ, BALSAM_JOB_ID="unregistered-job"))
     print(stubborn.pid, hidden.pid, flush=True)
     time.sleep(60)

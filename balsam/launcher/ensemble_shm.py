@@ -14,10 +14,13 @@ are its ensemble's while it runs: :class:`Segments` reads ``/proc/<pid>/maps`` o
 MPI launch started on this node (the grandchildren of ``mpiexec``: Hydra's local proxy starts
 them; tasks are one level further down) until it has seen their segment (first after
 :data:`FIRST_LOOK_SECONDS`, then at doubling intervals: one look of ~5-10 ms once MPI is up),
-noting each file's device and inode. After the ensemble ended, however it ended,
-:meth:`Segments.remove` unlinks each of those files that still exists as the same inode and
-belongs to this user (after a normal end ``MPI_Finalize`` has unlinked it: one ``stat``).
-Unlinking a name does not disturb a rank still dying with the file mapped.
+noting each file's device and inode, and once more when it forwards a stop to the ensemble: a
+stop during the start-up (a launcher signalled within a second) killed ranks that had made
+their file before the first look and before their watchdogs were given it (a worker rank's
+imports after ``MPI_Init``: tens of milliseconds, seconds under load). After the ensemble
+ended, however it ended, :meth:`Segments.remove` unlinks each of those files that still exists
+as the same inode and belongs to this user (after a normal end ``MPI_Finalize`` has unlinked
+it: one ``stat``). Unlinking a name does not disturb a rank still dying with the file mapped.
 
 Only ranks that are this launcher's descendants are found that way: Hydra's ``fork``
 bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
@@ -92,9 +95,11 @@ class Segments:
         self.interval = FIRST_LOOK_SECONDS
         self.next_look = (time.monotonic() if now is None else now) + FIRST_LOOK_SECONDS
 
-    def look(self, now: float) -> None:
-        """Find the ranks' segment files if a look is due and none was found yet."""
-        if self.found or now < self.next_look:
+    def look(self, now: float, before_stop: bool = False) -> None:
+        """Find the ranks' segment files if a look is due, or the launcher is about to stop the
+        ensemble (``before_stop``: a rank stopped in its start-up, before the first look and
+        before its watchdog knew the file, left it), and none was found yet."""
+        if self.found or (now < self.next_look and not before_stop):
             return
         self.interval = min(2.0 * self.interval, MAX_LOOK_SECONDS)
         self.next_look = now + self.interval

@@ -155,9 +155,14 @@ def settle(ctx: Context) -> Reports:
 
 
 def _heartbeat(ctx: Context) -> None:
-    """The master (which renewed the lease) is gone: renew it while the tasks die."""
+    """The master (which renewed the lease) is gone: renew it while the tasks die (a renewal
+    confirmed moves the fences: the next ensemble's, and that of the launcher's own tasks)."""
+    sent = time.monotonic()
     try:
-        ctx.db.try_run(leases.heartbeat, ctx.session_id)
+        if ctx.db.try_run(leases.heartbeat, ctx.session_id):
+            ctx.lease_since = max(ctx.lease_since, sent)
+            if ctx.carried is not None:
+                ctx.carried.renewed(sent)
     except DatabaseUnavailable:
         pass
 

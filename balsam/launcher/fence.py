@@ -28,8 +28,9 @@ the ensemble's master and watched by the launcher (:mod:`balsam.launcher.ensembl
 which kills a master's ensemble by :func:`fence_after` too, through its own connection; if
 that connection hangs too, the launcher's own fence (:func:`start_serial_fence`, armed when
 the ensemble starts and fed by its confirmed looks at the lease) kills the ensemble and its
-own tasks and ends the launcher. What is left uncovered is in docs/architecture.md,
-"Fencing".
+own tasks and ends the launcher. Once the ensemble ended, the launcher's own (warm-start) tasks
+that outlived it are fenced while it waits for them, renewing the lease itself
+(:func:`start_own_tasks_fence`). What is left uncovered is in docs/architecture.md, "Fencing".
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Optional
 
 from balsam.core.tunables import Tunables
@@ -139,7 +141,10 @@ class LeaseFence:
             self._thread.join()
 
     def _watch(self) -> None:
-        stopped = False  # the process was stopped since the last confirmed renewal
+        # The process was stopped since the last confirmed renewal -- or the fence was armed
+        # past its time (a launcher busy between two ensembles: a stuck one killed, its reports
+        # awaited, its jobs recovered, while nobody confirmed a renewal): ask before firing.
+        stopped = time.monotonic() >= self.confirmed_at + self.after
         with self._changed:
             while not self._closed:
                 now = time.monotonic()
@@ -264,6 +269,36 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
         os._exit(1)
 
     fence = LeaseFence(fence_after(ctx.tunables), expires_after, stop_all,
+                       confirm=session_renewer(ctx))
+    fence.start()
+    return fence
+
+
+def start_own_tasks_fence(ctx: Context, starts: Mapping[int, Optional[int]]) -> LeaseFence:
+    """A started :class:`LeaseFence` for a serial-mode launcher waiting for its own tasks
+    after its ensemble ended (:meth:`balsam.launcher.warm_start.WarmStart.drain`: nobody but
+    the launcher renews the lease then, from its loop, which a hung statement blocks), counting
+    from the lease's last confirmed renewal (``ctx.lease_since``, the session's opening at the
+    earliest); the caller moves it with :meth:`LeaseFence.renewed` for each renewal confirmed.
+    ``starts`` maps the tasks' process groups to their leaders' start times (read while they
+    were the launcher's unreaped children: a group whose id was reused is left alone). On
+    expiry it stops them (SIGTERM, the kill grace, SIGKILL) and ends the process at once with
+    status 1, as :func:`start_serial_fence` does: nothing recorded, the session left to a
+    sweep."""
+    import os
+
+    def stop_own(unconfirmed: float) -> None:
+        ctx.log.error(f"no renewal of the lease confirmed for {unconfirmed:.1f} s (lease "
+                      f"{ctx.tunables.lease_seconds} s) while the launcher waits for its own "
+                      f"tasks: stopping the launcher's own task(s) before the lease could "
+                      "expire and another launcher run their jobs again; exiting (status 1), "
+                      "the session is left to a sweep")
+        kill_groups(list(starts), ctx.tunables.kill_grace_seconds, starts=starts)
+        for handler in ctx.log.handlers:
+            handler.flush()
+        os._exit(1)
+
+    fence = LeaseFence(fence_after(ctx.tunables), max(ctx.opened_at, ctx.lease_since), stop_own,
                        confirm=session_renewer(ctx))
     fence.start()
     return fence

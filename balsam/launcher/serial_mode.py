@@ -321,7 +321,7 @@ def _wait_ensemble(launched: Launched, ctx: Context, watch: StuckWatch,
         if rc is not None:
             break
         now = time.monotonic()
-        segments.look(now)
+        segments.look(now, before_stop=forwarded is None and ctx.stop.is_set())
         if forwarded is None and ctx.stop.is_set():
             ctx.log.info(f"forwarding the stop to the serial-mode ensemble ({ctx.stop_reason})")
             proc.send_signal(signal.SIGTERM)

@@ -32,7 +32,9 @@ on, and the new ensemble is started for a hand-over too (:meth:`WarmStart.carry_
 shares of those still running, each with its CPUs and GPU, which the new worker 1 takes first
 with :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`), so the other nodes work meanwhile
 and node 1 is never over-filled. Function tasks (warm workers run them) and jobs that do not
-fit are released before the hand-over.
+fit are released before the hand-over. From the ensemble's end until they ended or a new
+ensemble's fence took over, they have a lease fence of their own
+(:func:`balsam.launcher.fence.start_own_tasks_fence`).
 """
 from __future__ import annotations
 
@@ -50,12 +52,13 @@ from balsam.core.states import State
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
+from balsam.launcher.fence import LeaseFence, start_own_tasks_fence
 from balsam.launcher.job_source import JobSource
 from balsam.launcher.nodeslots import NodeSlots, Placement, node_cpus
 from balsam.launcher.spawn import pinned_cpus
 from balsam.launcher.status import StatusBuffer
 from balsam.launcher.warm_pool import is_runner_argv
-from balsam.platform.process import drain_fd, pidfd_open
+from balsam.platform.process import drain_fd, pidfd_open, start_time
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -95,6 +98,7 @@ class WarmStart:
         """Node 1 left the allocation (a restart after its rank was lost): the tasks run on,
         on it, and no new ensemble is handed their shares (:meth:`carry_line`)."""
         self._stop_message = ""
+        self._fence: Optional[LeaseFence] = None
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
 
     @classmethod
@@ -174,7 +178,9 @@ class WarmStart:
         places them exactly there; :meth:`balsam.launcher.nodeslots.NodeSlots.place_at`); ""
         if none runs or the launcher's node is no longer the first (``node_dropped``: by
         position, as emulated nodes share one host name). Ends not yet told went with the old
-        ensemble."""
+        ensemble. Their own fence ends here: the new ensemble's, armed at its start
+        (:func:`balsam.launcher.fence.start_serial_fence`), stops them too."""
+        self._disarm()
         self.ended = []
         holds = [[*h, list(self.placed[h[0]].cpus), self.placed[h[0]].gpu]
                  for h in self.holds if h[0] in self.running]
@@ -185,14 +191,23 @@ class WarmStart:
     def outlived(self, lost: bool, failed: bool) -> Optional[WarmStart]:
         """The ensemble ended: abort the tasks if the session was ``lost``; if it ``failed``
         and no stop was asked for, return self (they run on while a new ensemble starts:
-        :func:`balsam.launcher.ensemble_restart.run_serial`); else wait for them (None)."""
+        :func:`balsam.launcher.ensemble_restart.run_serial`); else wait for them (None).
+        From here until a new ensemble starts (:meth:`carry_line`) or :meth:`drain` ended,
+        they are fenced (:func:`balsam.launcher.fence.start_own_tasks_fence`)."""
         if lost:
             self.abort()
-        elif failed and self.running and not self.ctx.should_stop():
+            return None
+        self._arm()
+        if failed and self.running and not self.ctx.should_stop():
             return self
-        else:
-            self.drain()
+        self.drain()
         return None
+
+    def renewed(self, sent: float) -> None:
+        """A renewal of the lease sent at ``sent`` (``time.monotonic()``) was confirmed."""
+        self.ctx.lease_since = max(self.ctx.lease_since, sent)
+        if self._fence is not None:
+            self._fence.renewed(sent)
 
     def fds(self) -> list[int]:
         """The pidfds of the running tasks (readable once one exits)."""
@@ -245,31 +260,55 @@ class WarmStart:
 
     def drain(self, heartbeat: bool = True) -> None:
         """After the ensemble ended: wait for the tasks (stops and kills honoured), renewing the
-        lease meanwhile (nobody else does now); aborts them if the session was swept."""
+        lease meanwhile (nobody else does now), fenced (:func:`start_own_tasks_fence`: killed,
+        and the launcher ended, before the lease could expire unrenewed); aborts them if the
+        session was swept."""
+        ctx = self.ctx
+        if heartbeat:
+            self._arm()
+        try:
+            self._drain(heartbeat)
+        finally:
+            self._disarm()
+        if self.status.pending:  # the database may be away: the session's close is the net
+            self._flush(before=time.monotonic() + ctx.tunables.reconnect_max_seconds)
+
+    def _drain(self, heartbeat: bool) -> None:
         ctx = self.ctx
         next_beat = 0.0
         while self.running:
             if heartbeat and time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
+                sent = time.monotonic()
+                next_beat = sent + ctx.tunables.heartbeat_seconds
                 try:
                     alive = ctx.db.try_run(leases.heartbeat, ctx.session_id)
                 except DatabaseUnavailable:
-                    alive = True
-                if not alive:
+                    alive = None
+                if alive is False:
                     ctx.log.error(f"session {ctx.session_id} was swept: killing the warm start's "
                                   "tasks, recording nothing")
                     self.abort()
                     return
+                if alive:
+                    self.renewed(sent)
             self.serve()
             wait = self.fds() + ([ctx.wakeup_fd] if ctx.wakeup_fd is not None else [])
             ctx.db.wait(0.5 if self.running else 0.05, wait)
             if ctx.wakeup_fd is not None:
                 drain_fd(ctx.wakeup_fd)
             self.take_ended()
-        if self.status.pending:  # the database may be away: the session's close is the net
-            self._flush(before=time.monotonic() + ctx.tunables.reconnect_max_seconds)
 
     # ---- internals --------------------------------------------------------------------------
+    def _arm(self) -> None:
+        if self._fence is None and self.running:  # our unreaped children: their ids name them
+            self._fence = start_own_tasks_fence(self.ctx, {w.task.pgid: start_time(w.task.pgid)
+                                                           for w in self.running.values()})
+
+    def _disarm(self) -> None:
+        fence, self._fence = self._fence, None
+        if fence is not None:
+            fence.close()
+
     def _flush(self, before: Optional[float] = None) -> None:
         written = self.status.flush(before=before)
         for job_id in written.not_started if written is not None else ():
