@@ -1,7 +1,8 @@
 """The serial worker's loop (:meth:`balsam.launcher.serial_worker.Worker.run`): an iteration
 that leaves work queued (waiting for a slot) is followed by a wait in ``epoll``, which a task's
 end ends, never by another iteration that would find nothing to do; every task still starts
-and ends, in order, on both start paths. No timing: the calls are recorded and checked."""
+and ends, in order, on both start paths; no report carries an empty list. No timing: the calls
+and reports are recorded and checked."""
 from __future__ import annotations
 
 import os
@@ -51,20 +52,34 @@ def task(tmp: str, name: str) -> Work:
     return Work(name, ["true"], None, {}, wd, os.path.join(wd, "out"), 1, 1)
 
 
-def test_an_iteration_that_leaves_work_queued_is_followed_by_a_wait_not_an_empty_one(
-        tmp_path: Any, path: str) -> None:
+def run_tasks(tmp: str, count: int) -> tuple[Inbox, Recording]:
     inbox = Inbox()
-    names = [f"t{i}" for i in range(8)]
-    inbox.orders.append({"work": [task(str(tmp_path), n) for n in names]})  # 1 slot: 7 wait
-    worker = Recording(inbox, len(names))
+    inbox.orders.append({"work": [task(tmp, f"t{i}") for i in range(count)]})  # 1 slot
+    worker = Recording(inbox, count)
     worker.run()  # returns after the exit the recording worker asks for once all have ended
+    names = [f"t{i}" for i in range(count)]
     assert inbox.collected("done") == names
     assert inbox.collected("started") == names
     assert inbox.flagged("bye")
+    assert all(os.path.exists(os.path.join(tmp, n, "out")) for n in names)
+    return inbox, worker
+
+
+def test_an_iteration_that_leaves_work_queued_is_followed_by_a_wait_not_an_empty_one(
+        tmp_path: Any, path: str) -> None:
+    _, worker = run_tasks(str(tmp_path), 8)
     following: Optional[tuple[str, bool, bool]] = None
     for call, after in zip(worker.calls, worker.calls[1:]):
         if call[0] == "step" and call[1] and call[2]:  # busy, and work left waiting for a slot
             following = after
             assert after[0] == "wait", f"{call} followed by {after}"
     assert following is not None  # the case occurred (7 tasks waited for the one slot)
-    assert all(os.path.exists(tmp_path / n / "out") for n in names)
+
+
+def test_reports_hold_no_empty_lists(tmp_path: Any, path: str) -> None:
+    # A start made by a spawning thread is reported when it comes back, not in the iteration
+    # that asked for it: that iteration once noted an empty "started" list, which made a report
+    # of nothing, sent, and an iteration counted busy.
+    inbox, _ = run_tasks(str(tmp_path), 4)
+    empty = [r for r in inbox.reports if any(isinstance(v, list) and not v for v in r.values())]
+    assert empty == []

@@ -346,7 +346,7 @@ class Worker(WarmQueueing, ThreadedStarts):
             for work, placement, spawned in cold:
                 self._start(work, placement, spawned, added)
         finally:
-            if self.watchdog is not None:
+            if added and self.watchdog is not None:  # none on the spawning threads' path
                 self.watchdog.add_all(added)
         self._queue_behind()
         return True
@@ -392,4 +392,5 @@ class Worker(WarmQueueing, ThreadedStarts):
         self._report[key] = value
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
-        self._report.setdefault(key, []).extend(values)
+        if values:  # an empty list would make a report of nothing (sent, and busy)
+            self._report.setdefault(key, []).extend(values)
