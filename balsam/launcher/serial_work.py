@@ -24,6 +24,16 @@ class Work(NamedTuple):
     worker then needs no database; :mod:`balsam.core.payloads`), or None."""
 
 
+def task_env(work: Work, gpu: Optional[int]) -> dict[str, str]:
+    """The job's own variables, put on top of the base environment (a warm task's: of the
+    pool's), with the task's GPU if it has one."""
+    env = dict(work.env)
+    if gpu is not None:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
 class Channel(Protocol):
     """The worker's link to the master: ``send`` never blocks, ``receive`` returns None when
     no order is waiting."""

@@ -9,7 +9,8 @@ pinned as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task with
 ``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, takes over started
 tasks, reaps exited ones, starts what fits and notes it all in ONE report, sent at once if it says
 more than starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS``.
-When nothing happened it waits up to 1 ms (10 ms once quiet) in ``epoll`` (pidfds end it).
+When nothing happened, or work waits for a slot, it waits up to 1 ms (10 ms once quiet) in
+``epoll`` (a task's end ends it; no empty iteration: benchmarks/README.md, "branch s16-loop").
 
 Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop those tasks' process
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
@@ -55,6 +56,7 @@ from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
 from balsam.launcher.serial_work import Work as Work
+from balsam.launcher.serial_work import task_env
 from balsam.launcher.spawn_threads import ThreadedStarts
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
@@ -131,6 +133,8 @@ class Worker(WarmQueueing, ThreadedStarts):
             while not self.finished:
                 if self.step():
                     last_busy = now = time.monotonic()
+                    if self.queue and not (self.stopping or self.finished):
+                        self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: a task's end
                 else:
                     now = time.monotonic()
                     quiet = now - last_busy > QUIET_SECONDS
@@ -142,8 +146,7 @@ class Worker(WarmQueueing, ThreadedStarts):
             self.close()
 
     def close(self) -> None:
-        """Stop the directory preparer, the spawning threads and the warm workers (:meth:`run`
-        does at its end)."""
+        """Stop the preparer, spawning threads and warm workers (:meth:`run` does at its end)."""
         self._prep.close()
         if self._spawns is not None:
             self._spawns.close()
@@ -343,14 +346,14 @@ class Worker(WarmQueueing, ThreadedStarts):
             for work, placement, spawned in cold:
                 self._start(work, placement, spawned, added)
         finally:
-            if self.watchdog is not None:
+            if added and self.watchdog is not None:  # none on the spawning threads' path
                 self.watchdog.add_all(added)
         self._queue_behind()
         return True
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
-        env = self._task_env(work, placement)
+        env = task_env(work, placement.gpu)
         prepared = spawned and self._prep.take(work.output_path)
         self.prepared += prepared
         cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
@@ -384,17 +387,10 @@ class Worker(WarmQueueing, ThreadedStarts):
             self._by_fd[fd] = work.job_id
             self._poller.register(fd, select.EPOLLIN)
 
-    def _task_env(self, work: Work, placement: Placement) -> dict[str, str]:
-        """The job's own variables, on top of the base (a warm task's: of the pool's)."""
-        env = dict(work.env)
-        if placement.gpu is not None:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-            env["CUDA_VISIBLE_DEVICES"] = str(placement.gpu)
-        return env
-
     # ---- reporting --------------------------------------------------------------------------
     def _note(self, key: str, value: Any) -> None:
         self._report[key] = value
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
-        self._report.setdefault(key, []).extend(values)
+        if values:  # an empty list would make a report of nothing (sent, and busy)
+            self._report.setdefault(key, []).extend(values)

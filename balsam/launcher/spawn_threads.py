@@ -217,9 +217,11 @@ class ThreadedStarts:
         if not self._in_flight() or self._spawns is None:
             return False
         done = self._spawns.settle(SETTLE_SECONDS) if settle else self._spawns.collect()
+        if not done:
+            return False
         added: list[tuple[int, str]] = []
+        self._note_all("started", [s.job_id for s in done])
         for s in done:
-            self._note_all("started", [s.job_id])
             if s.task is None:
                 self.node.free(s.job_id)
                 self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
