@@ -64,3 +64,30 @@ def test_a_fractional_time_limit_is_compared_unrounded(app, db):
         assert got == fits
     finally:
         conn.close()
+
+
+def test_cycles_use_one_generic_plan(app, db):
+    from balsam.core.states import State
+
+    make_jobs(6)
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = leases.open_session(cur, hostname="h", pid=1, job_mode="mpi", num_nodes=1,
+                                  lease_seconds=60)
+        held, started, cycles = [], [], 0
+        while cycles == 0 or held or started:  # start what was claimed, end what was started
+            moves = ([(j, State.RUN_DONE, "") for j in started]
+                     + [(j, State.RUNNING, "") for j in held])
+            moved, rows = leases.cycle(cur, sid, moves, 2, serial=False, max_nodes=1)
+            conn.commit()
+            assert len(moved) == len(moves)
+            started, held = held, [r["job_id"] for r in rows]
+            cycles += 1
+        cur.execute("SELECT state, count(*) FROM core_balsamjob GROUP BY 1")
+        assert cur.fetchall() == [("RUN_DONE", 6)]
+        cur.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE name LIKE 'balsam_cycle_%'")
+        assert cur.fetchall() == [(cycles, 0)]
+    finally:
+        conn.close()
