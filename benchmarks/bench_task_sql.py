@@ -19,13 +19,21 @@ INDEX job_created"`` prices one index; a scratch DB, thrown away after). ``--fin
 finished jobs (JOB_FINISHED, with no events) to the table, so that the indexes are the size of a
 database that has run F jobs before (the costs of an index descent grow with its depth).
 
+``--compare-with SRC`` (before/after): every round also runs the same benchmark with the
+``balsam`` package of source tree SRC (first on ``PYTHONPATH``; e.g. ``git archive`` of main),
+each side in a process and on a DB of its own, the order flipping every round (ABBA), and prints
+the server CPU per task of both and their ratio per round and as a median.
+
 Run: ``python benchmarks/bench_task_sql.py [--jobs 32768] [--batch 1024] [--hold 0]
-[--combined] [--setup SQL] [--finished F]``.
+[--combined] [--setup SQL] [--finished F] [--rounds R] [--compare-with SRC]``.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -86,7 +94,8 @@ def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False,
     totals: dict[str, list[float]] = {p: [0.0, 0.0, 0.0] for p in ("claim", "running", "end")}
 
     def phase(name: str, work: Callable[..., Any], *args: Any) -> Any:
-        c0, w0, t0 = cpu(), wal(), time.perf_counter()
+        w0 = wal()  # before the CPU reading: the WAL probe's own statement is not the task's
+        c0, t0 = cpu(), time.perf_counter()
         out = work(*args)
         conn.commit()
         c1, t1 = cpu(), time.perf_counter()
@@ -139,6 +148,40 @@ def run(db_path: str, jobs: int, batch: int, hold: int, combined: bool = False,
           f"per task; load {os.getloadavg()[0]:.2f}", flush=True)
 
 
+_CPU = re.compile(r"server CPU (\d+) us per task \(([^)]*)\)")
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> None:
+    """Before/after: each round runs this benchmark once with ``--compare-with``'s tree and
+    once with this one (subprocesses, ABBA order); prints the server CPU per task and ratios."""
+    source = os.path.abspath(args.compare_with)
+    if not os.path.isdir(os.path.join(source, "balsam")):
+        raise SystemExit(f"bench_task_sql: --compare-with {args.compare_with}: no balsam/ there")
+    child = [sys.executable, os.path.abspath(__file__), *argv, "--rounds", "1"]
+    ratios: list[float] = []
+    for k in range(args.rounds):
+        costs: dict[str, float] = {}
+        for side in (("before", "after") if k % 2 == 0 else ("after", "before")):
+            env = dict(os.environ)
+            if side == "before":
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH"))
+                                                    if p)
+            out = subprocess.run(child, env=env, capture_output=True, text=True, check=False)
+            lines = [ln for ln in out.stdout.splitlines() if "server CPU" in ln]
+            found = _CPU.search(lines[-1]) if lines and out.returncode == 0 else None
+            if found is None:
+                raise SystemExit(f"bench_task_sql: the {side} run failed: "
+                                 f"{(out.stderr.strip().splitlines() or ['no output'])[-1]}")
+            costs[side] = float(found.group(1))
+            print(f"round {k + 1} {side:6s} {lines[-1]}", flush=True)
+        ratios.append(costs["after"] / costs["before"])
+        print(f"round {k + 1}: server CPU per task after/before {ratios[-1]:.2f} "
+              f"({costs['before']:.0f} -> {costs['after']:.0f} us); load "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+    print(f"median after/before {statistics.median(ratios):.2f} over {len(ratios)} rounds "
+          f"({', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=32768)
@@ -150,6 +193,9 @@ def main() -> None:
     parser.add_argument("--setup", default="", help="SQL run once on the fresh DB (ablations)")
     parser.add_argument("--finished", type=int, default=0,
                         help="finished jobs in the table besides the runnable ones")
+    parser.add_argument("--compare-with", metavar="SRC", default="",
+                        help="also run each round with the balsam package of source tree SRC "
+                             "(before/after, ratios printed)")
     args = parser.parse_args()
     if args.jobs < 1 or args.batch < 1 or args.hold < 0 or args.rounds < 1 or args.finished < 0:
         raise SystemExit("bench_task_sql: --jobs, --batch and --rounds must be >= 1, "
@@ -157,6 +203,15 @@ def main() -> None:
     from _throwaway import machine_line, throwaway_db
 
     print(machine_line(), flush=True)
+    if args.compare_with:
+        argv = sys.argv[1:]
+        for flag in ("--compare-with", "--rounds"):  # the child runs one round, this tree's
+            while flag in argv:
+                i = argv.index(flag)
+                del argv[i:i + 2]
+            argv = [a for a in argv if not a.startswith(flag + "=")]
+        compare(args, argv)
+        return
     with throwaway_db() as db_path:
         if args.setup:
             from balsam.db.connect import connect

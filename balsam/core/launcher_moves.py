@@ -215,7 +215,13 @@ def _prepared_texts(name: str, sql: str) -> tuple[str, str]:
     return run, f"PREPARE {name} AS {numbered}; {run}"
 
 
-def execute_prepared(cursor: Cursor, name: str, sql: str, params: Sequence[Any]) -> None:
+_GENERIC = "SET LOCAL plan_cache_mode = force_generic_plan; "
+"""Sent before an ``EXECUTE`` whose plan must be the generic one (:func:`execute_prepared`'s
+``generic``): it lasts until the transaction ends."""
+
+
+def execute_prepared(cursor: Cursor, name: str, sql: str, params: Sequence[Any], *,
+                     generic: bool = False) -> None:
     """Execute ``sql`` (``%s`` placeholders, each cast where its type is not clear) as the
     prepared statement ``name`` of the cursor's psycopg2 connection: planned once per
     connection, not per call (the moves statement takes ~3-12 ms to plan, as much as writing
@@ -223,7 +229,12 @@ def execute_prepared(cursor: Cursor, name: str, sql: str, params: Sequence[Any])
     call sends ``PREPARE`` and ``EXECUTE`` in one ``execute`` (still one statement's round
     trip; psycopg2 returns the last one's rows). A prepared statement outlives a rolled-back
     transaction; a new connection (after a reconnection) prepares it again. Other cursors
-    execute ``sql`` as it is (psycopg 3 prepares repeated statements by itself)."""
+    execute ``sql`` as it is (psycopg 3 prepares repeated statements by itself).
+
+    ``generic``: plan once, for every call (``plan_cache_mode = force_generic_plan`` for the
+    rest of the caller's transaction, in the same round trip). PostgreSQL otherwise keeps
+    planning a statement whose generic plan it prices above its custom ones: a ``LIMIT $n``
+    is priced as 10% of the rows, so the claim was planned at every call (issue 16)."""
     conn = getattr(cursor, "connection", None)
     if not type(conn).__module__.startswith("psycopg2"):
         cursor.execute(sql, params)
@@ -239,6 +250,8 @@ def execute_prepared(cursor: Cursor, name: str, sql: str, params: Sequence[Any])
         cursor.execute(sql, params)
         return
     run, prepare = _prepared_texts(name, sql)
+    if generic:
+        run, prepare = _GENERIC + run, _GENERIC + prepare
     if name in prepared:
         cursor.execute(run, params)
         return
