@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -317,6 +318,7 @@ def launcher_round(db_path: str, count: int, source: str = "",
     conn = connect(db_path)
     try:
         first_running, last_done = finished_run_interval(conn, count)
+        ramp = ramp_measures(conn, started)
     finally:
         conn.close()
     log_path = proc.stdout.split(", log ")[1].strip()
@@ -327,17 +329,38 @@ def launcher_round(db_path: str, count: int, source: str = "",
     workers = [float(x) for x in re.findall(r"serial worker \d+ .*exits: \d+ task\(s\) "
                                             r"started, ([\d.]+) s CPU", log)]
     assert master is not None, log
+    own = (re.search(r"the launcher started (\d+) task\(s\)", log)  # its warm start and ramp
+           or re.search(r"warm start: (\d+) task\(s\) started by the launcher", log))
     steady = samplers[0].steady(first_running, last_done, count) if samplers else {}
     return {**{f"steady: {role}": ms for role, ms in steady.items()},
             "run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
             "full": count / (ended - started),
             "startup": float(first_running) - started, "exit": ended - float(last_done),
+            **ramp, "own": float(own.group(1)) if own else 0.0,
             "statements": int(master.group(1)) / count,
             "job_updates": rows[0] / count, "job_hot": rows[1] / count,
             "events": rows[2] / count,
             "master_cpu": float(master.group(3)), "worker_cpu": sum(workers),
             "server_cpu": server, "tree_cpu": tree}
+
+
+def ramp_measures(conn: Any, started: float) -> dict[str, float]:
+    """The start's ramp: {"done_1s": tasks ended (RUN_DONE) within 1 s of the launcher's start,
+    "pause": the longest time between two consecutive RUNNING events (the launcher's warm start
+    to the ensemble's first, when node 1 idles between them)}."""
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM " + schema.EVENT_TABLE + " WHERE to_state = 'RUN_DONE' "
+                    "AND extract(epoch FROM timestamp) <= %s", [started + 1.0])
+        (done,) = cur.fetchone()
+        cur.execute("SELECT coalesce(max(gap), 0) FROM (SELECT extract(epoch FROM timestamp - "
+                    "lag(timestamp) OVER (ORDER BY timestamp)) AS gap FROM "
+                    + schema.EVENT_TABLE + " WHERE to_state = 'RUNNING') g")
+        (pause,) = cur.fetchone()
+    conn.commit()
+    return {"done_1s": float(done), "pause": float(pause)}
 
 
 def xargs_round(count: int, cores: int) -> tuple[float, float]:
@@ -394,7 +417,10 @@ def main() -> None:
                 m = results[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
-                      f"RUNNING {m['startup']:.2f} s after start, exit {m['exit']:.2f} s after "
+                      f"RUNNING {m['startup']:.2f} s after start, {m['done_1s']:.0f} done 1 s "
+                      f"after start ({m['own']:.0f} by the launcher itself), longest pause between "
+                      f"starts {m['pause']:.2f} s, exit "
+                      f"{m['exit']:.2f} s after "
                       f"the last end; {m['statements']:.3f} statements/task, job-row updates "
                       f"{m['job_updates']:.2f}/task ({m['job_hot']:.2f} HOT), events "
                       f"{m['events']:.2f}/task; CPU: launcher with "
@@ -417,6 +443,9 @@ def main() -> None:
               f"{full_rate / raw_rate:.2f}  (goal >= 0.7)")
         print(f"first RUNNING after start:  median "
               f"{statistics.median(m['startup'] for m in launcher):.2f} s  (goal <= 0.3 s)")
+        print(f"done 1 s after start:       median "
+              f"{statistics.median(m['done_1s'] for m in launcher):.0f} tasks; longest pause "
+              f"between starts {statistics.median(m['pause'] for m in launcher):.2f} s")
         print(f"exit after the last end:    median "
               f"{statistics.median(m['exit'] for m in launcher):.2f} s")
         print(f"DB statements per task:     median {statements:.3f}  (goal <= 0.1; whole run)")
