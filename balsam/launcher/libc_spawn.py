@@ -77,6 +77,14 @@ def entry(key: str, value: str) -> bytes:
 _Strings = ctypes.Array[ctypes.c_char_p]
 
 
+def encoded_argv(argv: tuple[str, ...]) -> list[bytes]:
+    """``argv`` as bytes; EINVAL (an :class:`OSError`, as a failed start) for a NUL byte."""
+    encoded = [os.fsencode(a) for a in argv]
+    if any(b"\0" in a for a in encoded):
+        raise OSError(errno.EINVAL, f"an argument holds a NUL byte: {argv!r}")
+    return encoded
+
+
 def _strings(items: Sequence[bytes], spare: int = 0) -> _Strings:
     """A NULL-terminated C array of ``items`` (and ``spare`` more NULL slots)."""
     return (ctypes.c_char_p * (len(items) + spare + 1))(*items)
@@ -205,9 +213,7 @@ class _Libc:
         key = tuple(argv)
         strings = self._argv.get(key)
         if strings is None:
-            encoded = [os.fsencode(a) for a in key]
-            if any(b"\0" in a for a in encoded):
-                raise OSError(errno.EINVAL, f"an argument holds a NUL byte: {key!r}")
+            encoded = encoded_argv(key)
             if len(self._argv) >= _ARGV_CACHE:
                 self._argv.clear()
             strings = self._argv[key] = _strings(encoded)

@@ -23,7 +23,6 @@ built (``"cython"``) or not (``"python"``: :func:`make` returns the pure-Python 
 """
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import select
@@ -133,9 +132,7 @@ class NativeSpawns(SpawnThreads):
         key = tuple(argv)
         encoded = self._argv.get(key)
         if encoded is None:
-            encoded = [os.fsencode(a) for a in key]
-            if any(b"\0" in a for a in encoded):
-                raise OSError(errno.EINVAL, f"an argument holds a NUL byte: {key!r}")
+            encoded = libc_spawn.encoded_argv(key)
             if len(self._argv) >= _ARGV_CACHE:
                 self._argv.clear()
             self._argv[key] = encoded
