@@ -39,6 +39,8 @@ import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
+from balsam.platform.hydra_tmp import held_files, unlink_same
+
 SHM_DIR = "/dev/shm"
 PREFIX = "mpich_shm_"
 FIRST_LOOK_SECONDS = 0.5
@@ -92,6 +94,8 @@ class Segments:
     def __init__(self, launch_pid: int, now: Optional[float] = None) -> None:
         self.launch_pid = launch_pid
         self.found: dict[str, tuple[int, int]] = {}
+        self.hydra: dict[str, tuple[int, int]] = {}
+        """The proxies' Hydra topology files (:mod:`balsam.platform.hydra_tmp`)."""
         self.interval = FIRST_LOOK_SECONDS
         self.next_look = (time.monotonic() if now is None else now) + FIRST_LOOK_SECONDS
 
@@ -104,30 +108,20 @@ class Segments:
         self.interval = min(2.0 * self.interval, MAX_LOOK_SECONDS)
         self.next_look = now + self.interval
         children = children_by_parent()
-        ranks = [rank for proxy in children.get(self.launch_pid, [])
-                 for rank in children.get(proxy, [])]
-        self.found = mapped_segments(ranks)
+        proxies = children.get(self.launch_pid, [])
+        self.found = mapped_segments([rank for proxy in proxies for rank in children.get(proxy, [])])
+        self.hydra.update(held_files(proxies))  # made in MPI_Init too, before the segment
 
     def remove(self, log: Optional[Callable[[str], None]] = None) -> list[str]:
-        """After the ensemble ended: unlink its segment files still there (same inode, this
-        user's); the paths removed (``log`` is told of them)."""
-        removed = unlink_segments(self.found)
+        """After the ensemble ended: unlink its segment files and its proxies' Hydra topology
+        files still there (same inode, this user's); the paths removed (``log`` is told)."""
+        removed = unlink_segments(self.found) + unlink_same(self.hydra)
         if removed and log is not None:
-            log(f"removed the shared-memory file(s) the ended ensemble left: {', '.join(removed)}")
+            log(f"removed the file(s) the ended ensemble left: {', '.join(removed)}")
         return removed
 
 
 def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
     """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
     user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
-    removed = []
-    for path, (dev, ino) in found.items():
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != os.geteuid():
-                continue
-            os.unlink(path)
-        except OSError:
-            continue
-        removed.append(path)
-    return removed
+    return unlink_same(found)
