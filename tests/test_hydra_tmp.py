@@ -50,29 +50,39 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cleanup(launch: subprocess.Popen[bytes], tree: list[int],
-            noted: dict[str, tuple[int, int]]) -> None:
-    """Whatever the run left: its processes (``tree``: proxy and rank, noted while they ran),
-    its /dev/shm segment, its topology file."""
-    segments = mapped_segments(tree)
-    for pid in [launch.pid, *tree]:
+class Run:
+    """What the run under test made, noted while it ran: its processes below ``mpiexec``
+    (proxy, rank), the rank's /dev/shm segment, the proxy's topology file."""
+
+    def __init__(self) -> None:
+        self.tree: list[int] = []
+        self.segments: dict[str, tuple[int, int]] = {}
+        self.noted: dict[str, tuple[int, int]] = {}
+
+    def note(self, launch_pid: int) -> None:
+        self.tree = descendants(launch_pid)
+        self.segments = mapped_segments(self.tree)
+
+
+def cleanup(launch: subprocess.Popen[bytes], run: Run) -> None:
+    """Whatever the run left: its processes, its /dev/shm segment, its topology file."""
+    for pid in [launch.pid, *run.tree]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     launch.wait()
-    unlink_same(segments)
-    unlink_same(noted)
+    unlink_same(run.segments)
+    unlink_same(run.noted)
 
 
 def test_balsams_sigkill_of_an_mpiexec_removes_its_proxys_topology_file(tmp_path):
     launch, ready = start(tmp_path)
-    noted: dict[str, tuple[int, int]] = {}
-    tree: list[int] = []
+    run = Run()
     try:
         wait_for(lambda: os.path.exists(ready), 120, "the rank to pass MPI_Init")
-        tree = descendants(launch.pid)
-        noted = held_by_group(launch.pid)
+        run.note(launch.pid)
+        run.noted = noted = held_by_group(launch.pid)
         assert len(noted) == 1 and next(iter(noted)).startswith(PREFIX), noted
         path = next(iter(noted))
         assert os.path.exists(path)
@@ -80,26 +90,49 @@ def test_balsams_sigkill_of_an_mpiexec_removes_its_proxys_topology_file(tmp_path
         assert launch.wait(60) == -signal.SIGKILL
         assert not os.path.exists(path)  # removed by signal_group right after the kill
     finally:
-        cleanup(launch, tree, noted)
+        cleanup(launch, run)
 
 
 def test_an_ensembles_topology_file_is_removed_after_any_kill(tmp_path):
     # The launcher's look at its ensemble notes the proxy's file too; a kill by something
     # else (here: the test's own killpg) leaves it, and Segments.remove removes it.
     launch, ready = start(tmp_path)
-    noted: dict[str, tuple[int, int]] = {}
-    tree: list[int] = []
+    run = Run()
     try:
         wait_for(lambda: os.path.exists(ready), 120, "the rank to pass MPI_Init")
-        tree = descendants(launch.pid)
+        run.note(launch.pid)
         segments = Segments(launch.pid, now=0.0)
         segments.look(1.0)
-        noted = dict(segments.hydra)
+        run.noted = noted = dict(segments.hydra)
         assert list(noted) == list(held_files(children_by_parent()[launch.pid]))
-        assert len(noted) == 1
+        assert len(noted) == 1 and list(segments.found) == list(run.segments)
         os.killpg(launch.pid, signal.SIGKILL)
         launch.wait(60)
-        segments.remove()
+        assert sorted(segments.remove()) == sorted([*noted, *run.segments])
+        assert not [p for p in [*noted, *run.segments] if os.path.exists(p)]
+    finally:
+        cleanup(launch, run)
+
+
+def test_the_suites_watch_removes_what_a_tests_own_kill_of_mpiexec_left(tmp_path):
+    # tests/shm_watch.py (every launchers() block) notes the files the launchers' trees hold
+    # and removes those left once they stopped: a test that kills an mpiexec cleans up.
+    from shm_watch import ShmWatch
+
+    launch, ready = start(tmp_path)
+    run = Run()
+    watch = ShmWatch(lambda: [launch.pid])
+    try:
+        wait_for(lambda: os.path.exists(ready), 120, "the rank to pass MPI_Init")
+        run.note(launch.pid)
+        watch.look()
+        run.noted = noted = dict(watch.hydra)
+        assert len(noted) == 1 and noted == held_by_group(launch.pid)
+        os.killpg(launch.pid, signal.SIGKILL)
+        launch.wait(60)
+        watch.stop()
+        watch.remove_hydra()
         assert not [p for p in noted if os.path.exists(p)]
     finally:
-        cleanup(launch, tree, noted)
+        watch.stop()
+        cleanup(launch, run)
