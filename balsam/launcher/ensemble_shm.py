@@ -31,6 +31,10 @@ session id (an ensemble started before the session may wait there for seconds); 
 whose rank died (its pipe closed without the rank's closing line) unlinks them the same way,
 after it stopped the rank's tasks and wrote its report. After a normal
 end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
+
+The same looks note the Hydra topology file each proxy holds open (``/tmp/hydra_hwloc_xmlfile_*``,
+made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.hydra_tmp`), and
+:meth:`Segments.remove` removes it the same way.
 """
 from __future__ import annotations
 
