@@ -11,10 +11,10 @@ watchdogs unlink after stopping tasks. Only files the test's own processes mappe
 programs on the machine (another suite, MPI experiments) may leave theirs.
 
 It also notes the MPICH Hydra topology files (``/tmp/hydra_hwloc_xmlfile_*``) those processes
-hold open (:mod:`balsam.platform.hydra_tmp`): a test that SIGKILLs a launcher's ``mpiexec``
+hold open (:mod:`balsam.platform.mpich_files`): a test that SIGKILLs a launcher's ``mpiexec``
 itself (a lost node, a killed launcher) leaves its proxy's, and :meth:`ShmWatch.remove_hydra`
 removes what is left of them once the launchers stopped (Balsam's own kills remove theirs:
-``tests/test_hydra_tmp.py``)."""
+``tests/test_mpich_files.py``)."""
 from __future__ import annotations
 
 import os
@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from balsam.launcher.ensemble_shm import children_by_parent, mapped_segments
-from balsam.platform.hydra_tmp import held_files, unlink_same
+from balsam.platform.mpich_files import held_files, unlink_same
 
 LOOK_SECONDS = 0.5
 GONE_SECONDS = 60.0

@@ -33,7 +33,7 @@ after it stopped the rank's tasks and wrote its report. After a normal
 end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
 
 The same looks note the Hydra topology file each proxy holds open (``/tmp/hydra_hwloc_xmlfile_*``,
-made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.hydra_tmp`), and
+made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.mpich_files`), and
 :meth:`Segments.remove` removes it the same way.
 """
 from __future__ import annotations
@@ -43,10 +43,9 @@ import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-from balsam.platform.hydra_tmp import held_files, unlink_same
+from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (tests read it here)
+from balsam.platform.mpich_files import held_files, mapped_segments, unlink_same
 
-SHM_DIR = "/dev/shm"
-PREFIX = "mpich_shm_"
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
 MAX_LOOK_SECONDS = 30.0
@@ -68,29 +67,6 @@ def children_by_parent() -> dict[int, list[int]]:
     return children
 
 
-def mapped_segments(pids: list[int]) -> dict[str, tuple[int, int]]:
-    """{path: (device, inode)} of the MPICH segment files ``pids`` map (files since unlinked,
-    and processes gone or not readable, are skipped)."""
-    found: dict[str, tuple[int, int]] = {}
-    marker = f" {SHM_DIR}/{PREFIX}"
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/maps") as fh:
-                lines = [line for line in fh if marker in line]
-        except OSError:
-            continue
-        for line in lines:
-            path = line[line.index(marker) + 1:].rstrip("\n")
-            if path.endswith(" (deleted)") or path in found:
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            found[path] = (st.st_dev, st.st_ino)
-    return found
-
-
 class Segments:
     """The MPICH segment files of the ensemble whose MPI launch is ``launch_pid`` (see the
     module docstring): :meth:`look` while it runs, :meth:`remove` once it ended."""
@@ -99,7 +75,7 @@ class Segments:
         self.launch_pid = launch_pid
         self.found: dict[str, tuple[int, int]] = {}
         self.hydra: dict[str, tuple[int, int]] = {}
-        """The proxies' Hydra topology files (:mod:`balsam.platform.hydra_tmp`)."""
+        """The proxies' Hydra topology files (:mod:`balsam.platform.mpich_files`)."""
         self.interval = FIRST_LOOK_SECONDS
         self.next_look = (time.monotonic() if now is None else now) + FIRST_LOOK_SECONDS
 

@@ -19,7 +19,7 @@ import subprocess
 import time
 from typing import Any, Callable, Optional
 
-from balsam.platform import hydra_tmp
+from balsam.platform import mpich_files
 from balsam.platform.process import is_dead_state, start_time, stat_fields
 
 
@@ -39,17 +39,17 @@ def signal_group(pgid: int, sig: int, leader_start: Optional[int] = None) -> boo
     """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours, or
     :func:`reused`: nothing is sent). Before a SIGKILL, the MPICH Hydra topology files the
     group's processes hold are noted, and after it those still there are removed (a killed
-    ``mpiexec`` leaves its proxy's: :mod:`balsam.platform.hydra_tmp`)."""
+    ``mpiexec`` leaves its proxy's: :mod:`balsam.platform.mpich_files`)."""
     if reused(pgid, leader_start):
         return False
-    held = hydra_tmp.held_by_group(pgid) if sig == signal.SIGKILL else {}
+    held = mpich_files.held_by_group(pgid) if sig == signal.SIGKILL else {}
     try:
         os.killpg(pgid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False
     finally:
-        hydra_tmp.unlink_same(held)
+        mpich_files.unlink_same(held)
 
 
 def live_members(pgid: int, leader_start: Optional[int] = None) -> list[int]:

@@ -1,19 +1,23 @@
 """A SIGKILLed ``mpiexec`` leaves no Hydra topology file in /tmp when Balsam kills it
-(:mod:`balsam.platform.hydra_tmp`): the real mpich wheel's Hydra with a real MPI rank. Only
+(:mod:`balsam.platform.mpich_files`): the real mpich wheel's Hydra with a real MPI rank. Only
 the files of the run under test are looked at (other programs' runs may hold theirs)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from launcher_support import wait_for
+from conftest import make_public_tmpdir, run_balsam
+from launcher_support import QUICK, add_app, add_jobs, launchers, process_gone, settings, wait_for
+from launcher_support import workdir as job_workdir
 
 from balsam.launcher.ensemble_shm import Segments, children_by_parent, mapped_segments
-from balsam.platform.hydra_tmp import PREFIX, held_by_group, held_files, unlink_same
+from balsam.platform.mpich_files import PREFIX, held_by_group, held_files, unlink_same
 from balsam.platform.procgroup import signal_group
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -76,19 +80,20 @@ def cleanup(launch: subprocess.Popen[bytes], run: Run) -> None:
     unlink_same(run.noted)
 
 
-def test_balsams_sigkill_of_an_mpiexec_removes_its_proxys_topology_file(tmp_path):
+def test_balsams_sigkill_of_an_mpiexec_removes_its_proxys_and_ranks_files(tmp_path):
     launch, ready = start(tmp_path)
     run = Run()
     try:
         wait_for(lambda: os.path.exists(ready), 120, "the rank to pass MPI_Init")
         run.note(launch.pid)
         run.noted = noted = held_by_group(launch.pid)
-        assert len(noted) == 1 and next(iter(noted)).startswith(PREFIX), noted
-        path = next(iter(noted))
-        assert os.path.exists(path)
+        topology = [p for p in noted if p.startswith(PREFIX)]
+        assert len(topology) == 1, noted
+        assert len(run.segments) == 1 and set(noted) == {*topology, *run.segments}
+        assert all(os.path.exists(p) for p in noted)
         assert signal_group(launch.pid, signal.SIGKILL)
         assert launch.wait(60) == -signal.SIGKILL
-        assert not os.path.exists(path)  # removed by signal_group right after the kill
+        assert not [p for p in noted if os.path.exists(p)]  # removed right after the kill
     finally:
         cleanup(launch, run)
 
@@ -127,7 +132,7 @@ def test_the_suites_watch_removes_what_a_tests_own_kill_of_mpiexec_left(tmp_path
         run.note(launch.pid)
         watch.look()
         run.noted = noted = dict(watch.hydra)
-        assert len(noted) == 1 and noted == held_by_group(launch.pid)
+        assert len(noted) == 1 and noted.items() <= held_by_group(launch.pid).items()
         os.killpg(launch.pid, signal.SIGKILL)
         launch.wait(60)
         watch.stop()
@@ -136,3 +141,47 @@ def test_the_suites_watch_removes_what_a_tests_own_kill_of_mpiexec_left(tmp_path
     finally:
         watch.stop()
         cleanup(launch, run)
+
+
+# An MPI task that ignores SIGTERM: only the launcher's SIGKILL of its mpiexec's group ends it.
+# It writes the topology file its proxy (its parent) holds, and its own pid, once past MPI_Init.
+IGNORING_RANK = """
+import json, os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+from mpi4py import MPI
+from balsam.platform.mpich_files import held_files
+with open("held.tmp", "w") as fh:
+    json.dump({"pid": os.getpid(), "held": held_files([os.getppid()])}, fh)
+os.rename("held.tmp", "held.json")
+for _ in range(3000):
+    time.sleep(0.1)
+"""
+
+
+def test_a_launcher_that_sigkills_its_mpi_task_leaves_no_topology_file(db, cursor):
+    scripts = make_public_tmpdir("balsam-hydra-")
+    try:
+        with open(os.path.join(scripts, "rank.py"), "w") as fh:
+            fh.write(IGNORING_RANK)
+        add_app(cursor, "ignoring", f"{sys.executable} {scripts}/rank.py")
+        (job_id,) = add_jobs(cursor, [{"name": "victim", "application": "ignoring"}])
+        held = os.path.join(job_workdir(db, cursor, job_id), "held.json")
+        with settings(db, launcher=QUICK), launchers() as start:
+            launcher = start("--consume-all", "--job-mode", "mpi")
+            wait_for(lambda: os.path.exists(held), 120, "the task to pass MPI_Init")
+            with open(held) as fh:
+                run = json.load(fh)
+            noted = {path: tuple(ident) for path, ident in run["held"].items()}
+            try:
+                assert len(noted) == 1 and all(os.path.exists(p) for p in noted), noted
+                proc = run_balsam("killjob", "--id", job_id, "--yes")
+                assert proc.returncode == 0, proc.stderr
+                wait_for(lambda: process_gone(run["pid"]), 120, "the task to die of SIGKILL")
+                assert launcher.wait(120) == 0
+                assert not [p for p in noted if os.path.exists(p)]  # removed by the launcher
+            finally:
+                if not process_gone(run["pid"]):
+                    os.kill(run["pid"], signal.SIGKILL)
+                unlink_same(noted)
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
