@@ -43,8 +43,9 @@ import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (tests read it here)
-from balsam.platform.mpich_files import held_files, mapped_segments, unlink_same
+from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
+from balsam.platform.mpich_files import held_files, unlink_same
+from balsam.platform.mpich_files import mapped_segments as mapped_segments
 
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
