@@ -26,6 +26,7 @@ from shm_watch import ShmWatch
 from balsam.core import bulk, schema
 from balsam.launcher import libc_spawn
 from balsam.platform.process import start_time
+from balsam.platform.procgroup import signal_group
 
 
 @contextmanager
@@ -373,7 +374,7 @@ def kill_group_of(pid: int, started: Optional[int]) -> None:
     try:
         pgid = os.getpgid(pid)
         if pgid != os.getpgrp():
-            os.killpg(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)  # (and the files a killed mpiexec leaves)
     except (ProcessLookupError, PermissionError):
         pass
 
