@@ -24,6 +24,7 @@ bootstraps: their ``/tmp`` and ``/dev/shm``).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 
 from balsam.platform.process import stat_fields
@@ -91,20 +92,36 @@ def held_by_group(pgid: int) -> dict[str, tuple[int, int]]:
         pass
     if not os.path.isdir("/proc/self"):
         return {}
-    parents: dict[int, int] = {}
-    members = set()
-    for name in os.listdir("/proc"):
-        fields = stat_fields(name) if name.isdigit() else None
-        if fields is None or len(fields) < 3:
-            continue
-        parents[int(name)] = int(fields[1])  # after the command name: state, ppid, pgrp
-        if int(fields[2]) == pgid:
-            members.add(int(name))
-    proxies = {p for p, pp in parents.items() if pp in members and _command(p) == PROXY}
+    table = _processes()
+    members = {pid for pid, (_, pgrp) in table.items() if pgrp == pgid}
+    proxies = {p for p, (pp, _) in table.items() if pp in members and _command(p) == PROXY}
     if not proxies:
         return {}
-    ranks = [p for p, pp in parents.items() if pp in proxies]
+    ranks = [p for p, (pp, _) in table.items() if pp in proxies]
     return {**held_files(sorted(proxies)), **mapped_segments(ranks)}
+
+
+SCAN_REUSE_SECONDS = 0.05
+"""A burst of SIGKILLs (a lost session's abort kills every task at once) shares one ``/proc``
+scan (~8 us a process): a proxy started since has no rank through ``MPI_Init`` yet, so it holds
+no file, and a group's older members are in the scan."""
+_scan: list[tuple[float, dict[int, tuple[int, int]]]] = [(-SCAN_REUSE_SECONDS, {})]
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """{pid: (ppid, pgrp)} of every process, from a scan at most :data:`SCAN_REUSE_SECONDS`
+    old."""
+    when, table = _scan[0]
+    now = time.monotonic()
+    if now - when < SCAN_REUSE_SECONDS:
+        return table
+    table = {}
+    for name in os.listdir("/proc"):
+        fields = stat_fields(name) if name.isdigit() else None
+        if fields is not None and len(fields) > 2:  # after the command name: state, ppid, pgrp
+            table[int(name)] = (int(fields[1]), int(fields[2]))
+    _scan[0] = (now, table)
+    return table
 
 
 def _command(pid: int) -> bytes:
