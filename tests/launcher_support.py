@@ -26,6 +26,7 @@ from shm_watch import ShmWatch
 from balsam.core import bulk, schema
 from balsam.launcher import libc_spawn
 from balsam.platform.process import start_time
+from balsam.platform.procgroup import signal_group
 
 
 @contextmanager
@@ -331,7 +332,8 @@ def failure_report() -> str:
 @contextmanager
 def launchers() -> Iterator[Callable[..., Launcher]]:
     """``start(*args, env=None)`` starts launchers that are all stopped at exit; then no
-    MPICH shared-memory file their ranks mapped may be left (:mod:`shm_watch`)."""
+    MPICH shared-memory file their ranks mapped may be left (:mod:`shm_watch`), and the Hydra
+    topology files their proxies held that are still there are removed."""
     started: list[Launcher] = []
 
     def start(*args: str, env: Optional[dict[str, str]] = None) -> Launcher:
@@ -348,6 +350,7 @@ def launchers() -> Iterator[Callable[..., Launcher]]:
         for launcher in started:
             launcher.stop()
         watch.stop()
+        watch.remove_hydra()  # what the test's own SIGKILL of an mpiexec left in /tmp
     left = watch.left()  # (not after a failure: that one is reported)
     assert left == [], f"MPICH shared-memory files the launchers' ranks left: {left}"
 
@@ -371,7 +374,7 @@ def kill_group_of(pid: int, started: Optional[int]) -> None:
     try:
         pgid = os.getpgid(pid)
         if pgid != os.getpgrp():
-            os.killpg(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)  # (and the files a killed mpiexec leaves)
     except (ProcessLookupError, PermissionError):
         pass
 

@@ -8,7 +8,13 @@ launchers run (:func:`launcher_support.launchers`), :class:`ShmWatch` notes ever
 their descendants map (a look every :data:`LOOK_SECONDS` on a thread, ~1 ms); once they all
 stopped, each must be gone -- the same inode, waited for up to :data:`GONE_SECONDS`, as
 watchdogs unlink after stopping tasks. Only files the test's own processes mapped count: other
-programs on the machine (another suite, MPI experiments) may leave theirs."""
+programs on the machine (another suite, MPI experiments) may leave theirs.
+
+It also notes the MPICH Hydra topology files (``/tmp/hydra_hwloc_xmlfile_*``) those processes
+hold open (:mod:`balsam.platform.mpich_files`): a test that SIGKILLs a launcher's ``mpiexec``
+itself (a lost node, a killed launcher) leaves its proxy's, and :meth:`ShmWatch.remove_hydra`
+removes what is left of them once the launchers stopped (Balsam's own kills remove theirs:
+``tests/test_mpich_files.py``)."""
 from __future__ import annotations
 
 import os
@@ -17,6 +23,7 @@ import time
 from typing import Callable
 
 from balsam.launcher.ensemble_shm import children_by_parent, mapped_segments
+from balsam.platform.mpich_files import held_files, unlink_same
 
 LOOK_SECONDS = 0.5
 GONE_SECONDS = 60.0
@@ -29,6 +36,7 @@ class ShmWatch:
     def __init__(self, roots: Callable[[], list[int]]) -> None:
         self.roots = roots
         self.seen: dict[str, tuple[int, int]] = {}
+        self.hydra: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="shm-watch", daemon=True)
         self._thread.start()
@@ -50,11 +58,18 @@ class ShmWatch:
             todo += kids
         for path, ident in mapped_segments(found).items():
             self.seen.setdefault(path, ident)
+        for path, ident in held_files(found).items():
+            self.hydra.setdefault(path, ident)
 
     def stop(self) -> None:
         """Stop looking (the launchers have stopped)."""
         self._stop.set()
         self._thread.join()
+
+    def remove_hydra(self) -> list[str]:
+        """Once the launchers stopped: unlink the noted Hydra topology files still there (same
+        inode); the paths removed."""
+        return unlink_same(self.hydra)
 
     def left(self, timeout: float = GONE_SECONDS) -> list[str]:
         """The noted files still there (same inode) after up to ``timeout`` seconds."""

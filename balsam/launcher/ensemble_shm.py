@@ -31,6 +31,10 @@ session id (an ensemble started before the session may wait there for seconds); 
 whose rank died (its pipe closed without the rank's closing line) unlinks them the same way,
 after it stopped the rank's tasks and wrote its report. After a normal
 end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
+
+The same looks note the Hydra topology file each proxy holds open (``/tmp/hydra_hwloc_xmlfile_*``,
+made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.mpich_files`), and
+:meth:`Segments.remove` removes it the same way.
 """
 from __future__ import annotations
 
@@ -39,8 +43,10 @@ import time
 from collections.abc import Mapping
 from typing import Callable, Optional
 
-SHM_DIR = "/dev/shm"
-PREFIX = "mpich_shm_"
+from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
+from balsam.platform.mpich_files import held_files, unlink_same
+from balsam.platform.mpich_files import mapped_segments as mapped_segments
+
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
 MAX_LOOK_SECONDS = 30.0
@@ -62,29 +68,6 @@ def children_by_parent() -> dict[int, list[int]]:
     return children
 
 
-def mapped_segments(pids: list[int]) -> dict[str, tuple[int, int]]:
-    """{path: (device, inode)} of the MPICH segment files ``pids`` map (files since unlinked,
-    and processes gone or not readable, are skipped)."""
-    found: dict[str, tuple[int, int]] = {}
-    marker = f" {SHM_DIR}/{PREFIX}"
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/maps") as fh:
-                lines = [line for line in fh if marker in line]
-        except OSError:
-            continue
-        for line in lines:
-            path = line[line.index(marker) + 1:].rstrip("\n")
-            if path.endswith(" (deleted)") or path in found:
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            found[path] = (st.st_dev, st.st_ino)
-    return found
-
-
 class Segments:
     """The MPICH segment files of the ensemble whose MPI launch is ``launch_pid`` (see the
     module docstring): :meth:`look` while it runs, :meth:`remove` once it ended."""
@@ -92,6 +75,8 @@ class Segments:
     def __init__(self, launch_pid: int, now: Optional[float] = None) -> None:
         self.launch_pid = launch_pid
         self.found: dict[str, tuple[int, int]] = {}
+        self.hydra: dict[str, tuple[int, int]] = {}
+        """The proxies' Hydra topology files (:mod:`balsam.platform.mpich_files`)."""
         self.interval = FIRST_LOOK_SECONDS
         self.next_look = (time.monotonic() if now is None else now) + FIRST_LOOK_SECONDS
 
@@ -104,30 +89,20 @@ class Segments:
         self.interval = min(2.0 * self.interval, MAX_LOOK_SECONDS)
         self.next_look = now + self.interval
         children = children_by_parent()
-        ranks = [rank for proxy in children.get(self.launch_pid, [])
-                 for rank in children.get(proxy, [])]
-        self.found = mapped_segments(ranks)
+        proxies = children.get(self.launch_pid, [])
+        self.found = mapped_segments([rank for proxy in proxies for rank in children.get(proxy, [])])
+        self.hydra.update(held_files(proxies))  # made in MPI_Init too, before the segment
 
     def remove(self, log: Optional[Callable[[str], None]] = None) -> list[str]:
-        """After the ensemble ended: unlink its segment files still there (same inode, this
-        user's); the paths removed (``log`` is told of them)."""
-        removed = unlink_segments(self.found)
+        """After the ensemble ended: unlink its segment files and its proxies' Hydra topology
+        files still there (same inode, this user's); the paths removed (``log`` is told)."""
+        removed = unlink_segments(self.found) + unlink_same(self.hydra)
         if removed and log is not None:
-            log(f"removed the shared-memory file(s) the ended ensemble left: {', '.join(removed)}")
+            log(f"removed the file(s) the ended ensemble left: {', '.join(removed)}")
         return removed
 
 
 def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
     """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
     user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
-    removed = []
-    for path, (dev, ino) in found.items():
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) != (dev, ino) or st.st_uid != os.geteuid():
-                continue
-            os.unlink(path)
-        except OSError:
-            continue
-        removed.append(path)
-    return removed
+    return unlink_same(found)

@@ -19,6 +19,7 @@ import subprocess
 import time
 from typing import Any, Callable, Optional
 
+from balsam.platform import mpich_files
 from balsam.platform.process import is_dead_state, start_time, stat_fields
 
 
@@ -36,14 +37,19 @@ def reused(pgid: int, leader_start: Optional[int]) -> bool:
 
 def signal_group(pgid: int, sig: int, leader_start: Optional[int] = None) -> bool:
     """Send ``sig`` to process group ``pgid``; False if the group is gone (or not ours, or
-    :func:`reused`: nothing is sent)."""
+    :func:`reused`: nothing is sent). Before a SIGKILL, the MPICH Hydra topology files the
+    group's processes hold are noted, and after it those still there are removed (a killed
+    ``mpiexec`` leaves its proxy's: :mod:`balsam.platform.mpich_files`)."""
     if reused(pgid, leader_start):
         return False
+    held = mpich_files.held_by_group(pgid) if sig == signal.SIGKILL else {}
     try:
         os.killpg(pgid, sig)
         return True
     except (ProcessLookupError, PermissionError):
         return False
+    finally:
+        mpich_files.unlink_same(held)
 
 
 def live_members(pgid: int, leader_start: Optional[int] = None) -> list[int]:
