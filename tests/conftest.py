@@ -140,12 +140,12 @@ def restart_db(test_home: str) -> Iterator[str]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """A failed test that started launchers (``launcher_support.launchers``) gets a report
+    """A failed test that started launchers (``launcher_procs.launchers``) gets a report
     section with each one's output, log tails and process tree, and the database's sessions
     and unfinished jobs (read now: the ``db`` fixture is torn down after this report)."""
     outcome = yield
     report = outcome.get_result()
-    support = sys.modules.get("launcher_support")
+    support = sys.modules.get("launcher_procs")
     if support is None:
         return
     if call.when == "setup":

@@ -4,7 +4,7 @@ MPICH's ranks share a file ``/dev/shm/mpich_shm_*`` per node, unlinked only by `
 a killed ensemble's is removed by the launcher or a worker rank's watchdog
 (:mod:`balsam.launcher.ensemble_shm`). A test that kills ranks together with those cleaners
 (a lost node) leaves it unless it removes it, and files piled up over suite runs. While a test's
-launchers run (:func:`launcher_support.launchers`), :class:`ShmWatch` notes every such file
+launchers run (:func:`launcher_procs.launchers`), :class:`ShmWatch` notes every such file
 their descendants map (a look every :data:`LOOK_SECONDS` on a thread, ~1 ms); once they all
 stopped, each must be gone -- the same inode, waited for up to :data:`GONE_SECONDS`, as
 watchdogs unlink after stopping tasks. Only files the test's own processes mapped count: other

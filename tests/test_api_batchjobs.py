@@ -8,7 +8,8 @@ import os
 import shutil
 
 import pytest
-from launcher_support import QUICK, add_app, add_jobs, launchers, settings, states, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, settings, states, wait_for
 from service_support import launches, local_jobs, services
 
 from balsam.api import BatchJob, sites

@@ -8,7 +8,8 @@ import os
 import shutil
 
 import pytest
-from launcher_support import QUICK, launchers, settings, states
+from launcher_procs import launchers
+from launcher_support import QUICK, settings, states
 
 from balsam.api import Job, sites
 from balsam.api.names import TranslationError

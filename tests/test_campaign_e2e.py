@@ -10,7 +10,8 @@ import sys
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
-from launcher_support import QUICK, add_app, add_jobs, launchers, settings, workdir
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, settings, workdir
 from test_processing_e2e import MPI, write
 
 from balsam.core import bulk

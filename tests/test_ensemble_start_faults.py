@@ -10,7 +10,8 @@ import signal
 import socket
 
 import pytest
-from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for
 from once_support import cmdline, descendants, ensemble_pid, kill, rank_pid, shm_segments, watchdog_of
 
 from balsam.core import schema

@@ -9,17 +9,8 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import (
-    QUICK,
-    add_app,
-    add_jobs,
-    events,
-    job_row,
-    launchers,
-    process_gone,
-    settings,
-    wait_for,
-)
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, events, job_row, process_gone, settings, wait_for
 from once_support import (
     TICKER,
     cmdline,

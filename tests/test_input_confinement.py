@@ -12,7 +12,8 @@ import pytest
 from cli_support import add_app as cli_add_app
 from cli_support import assert_one_line_error, snapshot
 from conftest import make_public_tmpdir, run_balsam
-from launcher_support import QUICK, add_app, add_jobs, events, launchers, settings, states, workdir
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, events, settings, states, workdir
 
 from balsam.core import lifecycle, schema
 from balsam.processing.inputs import InputFilesError, link_input_files

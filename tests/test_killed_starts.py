@@ -12,13 +12,13 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     add_app,
     add_jobs,
     job_row,
     kill_group_of,
-    launchers,
     process_gone,
     settings,
     wait_for,

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     SLOW_APPEND,
@@ -21,7 +22,6 @@ from launcher_support import (
     events,
     job_row,
     kill_group_of,
-    launchers,
     process_gone,
     settings,
     states,

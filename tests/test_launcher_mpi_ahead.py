@@ -8,7 +8,8 @@ import signal
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_app, add_jobs, events, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, events, settings, wait_for
 
 from balsam.core import retries, schema
 from balsam.core.retries import STOP_MESSAGE_PREFIX

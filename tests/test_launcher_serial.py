@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     SLOW_APPEND,
@@ -26,7 +27,6 @@ from launcher_support import (
     events,
     job_row,
     kill_group_of,
-    launchers,
     process_gone,
     settings,
     states,

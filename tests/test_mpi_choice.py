@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from launcher_support import QUICK, add_app, add_jobs, launchers, settings, states
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, settings, states
 
 from balsam.errors import BalsamError
 from balsam.platform import machines

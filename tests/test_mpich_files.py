@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
-from launcher_support import QUICK, add_app, add_jobs, launchers, process_gone, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, process_gone, settings, wait_for
 from launcher_support import workdir as job_workdir
 
 from balsam.launcher.ensemble_shm import Segments, children_by_parent, mapped_segments

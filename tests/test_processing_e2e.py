@@ -8,7 +8,8 @@ import sys
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_jobs, events, job_row, launchers, settings, workdir
+from launcher_procs import launchers
+from launcher_support import QUICK, add_jobs, events, job_row, settings, workdir
 
 from balsam.core import schema
 

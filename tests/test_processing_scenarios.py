@@ -14,12 +14,12 @@ import time
 import pytest
 from conftest import make_public_tmpdir, run_balsam
 from gates import gate_sh
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     add_jobs,
     events,
     job_row,
-    launchers,
     process_gone,
     settings,
     states,

@@ -10,7 +10,8 @@ import os
 import shutil
 
 import pytest
-from launcher_support import QUICK, launchers, process_gone, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, process_gone, settings, wait_for
 from test_api import make_site
 
 from balsam.api import FIRST_COMPLETED, Job, as_completed, sites, wait

@@ -11,7 +11,8 @@ import signal
 import pytest
 from conftest import make_public_tmpdir
 from gates import gate_sh
-from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for
 
 from balsam.core import analytics, lifecycle, retries, schema
 from balsam.core.analytics_scope import Filters

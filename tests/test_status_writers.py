@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     add_app,
@@ -19,7 +20,6 @@ from launcher_support import (
     events,
     job_row,
     kill_group_of,
-    launchers,
     process_gone,
     settings,
     states,

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_jobs, job_row, launchers, settings, states, workdir
+from launcher_procs import launchers
+from launcher_support import QUICK, add_jobs, job_row, settings, states, workdir
 
 from balsam.core import schema
 from balsam.core.jobenv import is_credential, task_environment, without_credentials

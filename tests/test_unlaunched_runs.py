@@ -10,7 +10,8 @@ import signal
 import subprocess
 
 import pytest
-from launcher_support import QUICK, job_row, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, job_row, settings, wait_for
 from test_ready_ahead_killed import MPI, campaign, marked
 
 from balsam.core import analytics, killed_starts, launch_reports, leases, lifecycle, retries, schema

@@ -19,7 +19,8 @@ import time
 from collections import Counter
 
 import pytest
-from launcher_support import QUICK, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, settings, wait_for
 from once_support import kill, rank_pid
 from test_api import make_site
 

@@ -15,7 +15,8 @@ from collections import Counter
 from typing import Any, Callable
 
 import pytest
-from launcher_support import QUICK, kill_group_of, launchers, settings
+from launcher_procs import launchers
+from launcher_support import QUICK, kill_group_of, settings
 from once_support import kill, rank_pid
 from test_warm_queue import make_site
 from test_warm_queue_launcher import (

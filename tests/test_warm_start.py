@@ -16,6 +16,7 @@ from collections import deque
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
+from launcher_procs import launchers
 from launcher_support import (
     QUICK,
     add_app,
@@ -23,7 +24,6 @@ from launcher_support import (
     events,
     job_row,
     kill_group_of,
-    launchers,
     process_gone,
     settings,
     states,
