@@ -121,6 +121,13 @@ def run_balsam(*args: str, input: Optional[str] = None, env: Optional[dict] = No
 
 
 @pytest.fixture
+def scripts() -> str:
+    """A directory for the scripts a test's tasks run (every account can read them); a test
+    module may define its own."""
+    return make_public_tmpdir("balsam-scripts-")
+
+
+@pytest.fixture
 def balsam_cli(db: str):
     """Run ``balsam ARGS`` in a subprocess against the empty test DB."""
     return run_balsam

@@ -1,7 +1,8 @@
-"""Set-ups shared by the fault tests (``test_exactly_once``, ``test_lease_fence``,
+"""Set-ups shared by the fault tests (``test_exactly_once``, ``test_lease_fence_hung``,
 ``test_warm_start_faults``, ``test_killed_starts``), so that each test reads as its scenario:
-ticker jobs held going by a file the test removes, a launcher's log, processes frozen and killed
-at once, a launcher's database server processes stopped, and the checks such tests end with.
+ticker jobs held going by a file the test removes (their script in the ``scripts`` fixture of
+``conftest.py``), a launcher's log, processes frozen and killed at once, a launcher's database
+server processes stopped, and the checks such tests end with.
 
 Every wait is for a condition (:func:`launcher_support.wait_for`), never a sleep; the trails the
 ticker leaves (:mod:`once_support`) say what ran when, after the fact."""
@@ -13,7 +14,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 from conftest import make_public_tmpdir
 from launcher_procs import Launcher
 from launcher_support import add_app, add_jobs, job_row, wait_for
@@ -32,12 +32,6 @@ from balsam.core import schema
 
 SERIAL = ("--consume-all", "--job-mode", "serial")
 MPI = ("--consume-all", "--job-mode", "mpi")
-
-
-@pytest.fixture
-def scripts() -> str:
-    """A directory for the tests' task scripts (readable by the launchers' tasks)."""
-    return make_public_tmpdir("balsam-once-scripts-")
 
 
 def add_ticker_app(cursor: Any, scripts: str) -> None:

@@ -38,6 +38,16 @@ def write_script(directory: str, name: str, text: str) -> str:
     return path
 
 
+def read_pid(path: str) -> Optional[int]:
+    """The pid a task wrote to ``path`` (None while the file is missing or not complete)."""
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def runs(markers: str, job_id: str) -> dict[int, tuple[float, float]]:
     """{pid: (first tick, last tick)} of every run of ``job_id`` that ticked at least once."""
     out: dict[int, tuple[float, float]] = {}

@@ -9,10 +9,22 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir
+from fault_support import (
+    SERIAL,
+    all_finished,
+    assert_all_ran_once_at_a_time,
+    launcher_log,
+    lose_node,
+    open_sessions,
+    running,
+    serial_sessions,
+    stop_once_finished,
+    tickers,
+    vanish,
+)
 from launcher_procs import launchers
 from launcher_support import QUICK, add_app, add_jobs, events, job_row, process_gone, settings, wait_for
 from once_support import (
-    TICKER,
     cmdline,
     descendants,
     ensemble_pid,
@@ -31,49 +43,6 @@ from balsam.platform.process import start_time
 
 pytestmark = pytest.mark.slow
 
-SERIAL = ("--consume-all", "--job-mode", "serial")
-
-
-@pytest.fixture
-def scripts() -> str:
-    return make_public_tmpdir("balsam-once-scripts-")
-
-
-def tickers(cursor, scripts: str, count: int, ticks: int, stubborn: bool = False,
-            packing: int = 4, hold: bool = False) -> tuple[list[str], str]:
-    """``count`` jobs running the ticker; (their ids, the markers directory). ``hold``: runs
-    go on past ``ticks`` while ``<markers>/hold`` exists (created here; the test removes it)."""
-    markers = make_public_tmpdir("balsam-once-markers-")
-    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
-    env = f"MARKERS={markers}:TICKS={ticks}" + (":STUBBORN=1" if stubborn else "")
-    if hold:
-        open(os.path.join(markers, "hold"), "w").close()
-        env += f":HOLD={os.path.join(markers, 'hold')}"
-    ids = add_jobs(cursor, [{"name": f"t{i}", "application": "tick", "environ_vars": env,
-                             "node_packing_count": packing} for i in range(count)])
-    return ids, markers
-
-
-def open_sessions(cursor) -> int:
-    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
-                   "AND job_mode <> 'processing'")
-    return int(cursor.fetchone()[0])
-
-
-def launcher_log(launcher) -> str:
-    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
-        return fh.read()
-
-
-def running(cursor) -> int:
-    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE state = 'RUNNING'")
-    return int(cursor.fetchone()[0])
-
-
-def all_finished(cursor, ids: list[str]) -> bool:
-    return all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in ids)
-
-
 def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, scripts):
     # Item 1: the serial ensemble's mpiexec dies; its tasks ignore SIGTERM, so the worker
     # watchdogs need their whole kill grace (2 s) to stop them. A second launcher is waiting.
@@ -88,9 +57,7 @@ def test_an_ensemble_death_lets_no_retry_run_beside_a_stubborn_task(db, cursor, 
         kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the first ensemble"))
         os.remove(os.path.join(markers, "hold"))  # the retries run 20 ticks
         first.wait(120)
-        wait_for(lambda: all_finished(cursor, ids), 180, "the retries to finish")
-        second.signal(signal.SIGTERM)
-        assert second.wait(60) == 0
+        stop_once_finished(second, cursor, ids, "the retries to finish")
     assert overlap_seconds(markers, ids) == {}
     for job_id in ids:
         assert len(runs(markers, job_id)) == 2 and recorded_runs(cursor, job_id) == 2
@@ -105,9 +72,7 @@ def kill_launcher_and_ensemble(launcher_pid: int) -> list[int]:
     tree = [launcher_pid] + descendants(launcher_pid)
     spared = ("balsam.launcher.watchdog", "tick.sh", "sleep")
     killed = [pid for pid in tree if not any(word in cmdline(pid) for word in spared)]
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in killed:
-            kill(pid, sig)
+    vanish(killed)
     return killed
 
 
@@ -187,6 +152,14 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
                 "was recorded: outcome unknown") in cursor.fetchall()
 
 
+def master_shm(master: int) -> list[str]:
+    """The MPICH shared-memory files the master rank maps, once it maps any ([] where there is
+    no /dev/shm)."""
+    if not os.path.isdir("/dev/shm"):
+        return []
+    return wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory")
+
+
 def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
     # A master that stops renewing the lease (frozen here: SIGSTOP; or blocked, or stuck in the
     # MPI start-up) no longer holds its launcher until the time limit: the launcher kills that
@@ -199,8 +172,7 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
         wait_for(lambda: running(cursor) >= 1, 60, "a run to be recorded")
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
         master_started = start_time(master)
-        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
-            if os.path.isdir("/dev/shm") else []
+        segments = master_shm(master)
         kill(master, signal.SIGSTOP)
         try:
             assert launcher.wait(120) == 0
@@ -210,10 +182,8 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
     assert not any(os.path.exists(p) for p in segments), log  # the killed ranks' files
     assert "restarting the serial-mode ensemble" in log, log
-    assert all_finished(cursor, ids)
-    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
-    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
-    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+    assert_all_ran_once_at_a_time(cursor, markers, ids)
+    assert serial_sessions(cursor) == 1  # one launcher, one session, two ensembles
 
 
 def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cursor, scripts):
@@ -230,8 +200,7 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
         worker = wait_for(lambda: rank_pid(launcher.pid, 2), 10, "worker rank 2")
         worker_started = start_time(worker)
         master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
-        segments = wait_for(lambda: shm_segments(master), 30, "the master's MPI shared memory") \
-            if os.path.isdir("/dev/shm") else []
+        segments = master_shm(master)
         kill(worker, signal.SIGSTOP)
         frozen = [j for j in ids if job_row(cursor, j)["state"] == "RUNNING"]
         os.remove(os.path.join(markers, "hold"))
@@ -243,13 +212,11 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
     assert "sent no heartbeat for longer than 10 s" in log, log
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
     assert not any(os.path.exists(p) for p in segments), log  # the aborted ranks' files
-    assert all_finished(cursor, ids)
-    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    assert_all_ran_once_at_a_time(cursor, markers, ids)
     cursor.execute(f"SELECT DISTINCT job_id::text FROM {schema.EVENT_TABLE} WHERE "
                    "to_state = 'RUN_TIMEOUT' AND message LIKE '%%lost a rank%%'")
     assert len({r[0] for r in cursor.fetchall()} & set(frozen)) >= 2  # node 2's, at least
-    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
-    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+    assert serial_sessions(cursor) == 1  # one launcher, one session, two ensembles
 
 
 def pids_in(markers: str, ids: list[str]) -> list[int]:
@@ -356,10 +323,8 @@ def test_a_dead_worker_rank_costs_a_restart_not_the_allocation(db, cursor, scrip
                       if first < died and len(runs(markers, j)) > 1) / 2
     print(f"a worker rank died: tasks ran again {resumed:.1f} s later ({2 * resumed:.1f} "
           f"node-seconds idle on 2 nodes) + {interrupted:.1f} node-seconds of interrupted runs")
-    assert all_finished(cursor, ids)
-    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
-    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
-    assert cursor.fetchone()[0] == 1  # one launcher, one session, two ensembles
+    assert_all_ran_once_at_a_time(cursor, markers, ids)
+    assert serial_sessions(cursor) == 1  # one launcher, one session, two ensembles
 
 
 def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scripts):
@@ -373,11 +338,8 @@ def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scri
         first = start(*SERIAL)
         wait_for(lambda: running(cursor) == 4, 60, "two runs on each node")
         worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
-        node = [worker] + descendants(worker)
         died = time.time()
-        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all vanish at once (the
-            for pid in node:  # watchdog must not see its rank die and report before its death)
-                kill(pid, sig)
+        lose_node(worker)
         os.remove(os.path.join(markers, "hold"))
         assert first.wait(240) == 0
         cursor.execute(f"SELECT ended_at FROM {schema.SESSION_TABLE} WHERE job_mode = 'serial'")
@@ -388,5 +350,4 @@ def test_a_lost_node_is_dropped_and_its_jobs_wait_for_the_lease(db, cursor, scri
         assert start(*SERIAL).wait(240) == 0
     print(f"a node was lost: node 1 ran tasks again {resumed:.1f} s later; its 2 jobs waited "
           f"for the lease ({tunables['lease_seconds']} s)")
-    assert all_finished(cursor, ids)
-    assert overlap_seconds(markers, ids) == {} and unrecorded_runs(cursor, markers, ids) == {}
+    assert_all_ran_once_at_a_time(cursor, markers, ids)

@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from conftest import make_public_tmpdir
+from fault_support import SERIAL, launcher_log
 from launcher_procs import launchers
 from launcher_support import (
     QUICK,
@@ -24,6 +24,7 @@ from launcher_support import (
     wait_for,
     workdir,
 )
+from once_support import read_pid, write_script
 from test_launcher_common import open_session
 
 from balsam.core import analytics, killed_starts, leases, lifecycle, retries, schema
@@ -207,16 +208,6 @@ MARKED = """#!/bin/sh
 echo $$ > pid
 exec sleep 600
 """
-SERIAL = ("--consume-all", "--job-mode", "serial")
-
-
-def read_pid(path: str):
-    try:
-        with open(path) as fh:
-            text = fh.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def blocked_by(cursor, backend_pid: int) -> int:
@@ -228,18 +219,14 @@ def blocked_by(cursor, backend_pid: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["warm start", "master", "master with 2 status writers"])
-def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, cursor, path):
+def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, cursor, scripts,
+                                                                        path):
     """The defect of session 13: a user's kill between a serial task's start and the batched
     RUNNING write left the history PREPROCESSED -> USER_KILLED although the task ran. The kill
     is made to land in that window without timing: a KEY SHARE lock on the job's row lets the
     launcher claim it (FOR NO KEY UPDATE) but holds its RUNNING write (FOR UPDATE) until the
     kill, made in the lock's transaction once the write is seen waiting, has committed."""
-    scripts = make_public_tmpdir("balsam-killed-starts-")
-    path_of = f"{scripts}/marked.sh"
-    with open(path_of, "w") as fh:
-        fh.write(MARKED)
-    os.chmod(path_of, 0o755)
-    add_app(cursor, "marked", path_of)
+    add_app(cursor, "marked", write_script(scripts, "marked.sh", MARKED))
     add_app(cursor, "quick", "true")
     if path != "warm start":  # the launcher's own first task (one a node): the master runs it
         add_jobs(cursor, [{"name": f"q{i}", "application": "quick", "state": "PREPROCESSED",
@@ -271,8 +258,7 @@ def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, curso
                 finally:
                     kill_group_of(pid, started)
                 assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits
-                with open(launcher.log_path()) as fh:
-                    log = fh.read()
+                log = launcher_log(launcher)
     finally:
         lock.close()
     stopped_by = "(warm start)" if path == "warm start" else "on worker 1"

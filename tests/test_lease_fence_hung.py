@@ -21,7 +21,6 @@ from fault_support import (
     launcher_log,
     lease_expiry,
     lose_node,
-    scripts,  # noqa: F401 - a fixture
     stop_once_finished,
     tickers,
 )
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expires(
-        db, cursor, scripts):  # noqa: F811 - the fixture
+        db, cursor, scripts):
     # The task ignores SIGTERM: only the fence's SIGKILL ends it. The second launcher sweeps
     # the hung launcher's session once its lease expired and runs the job again.
     (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
@@ -58,7 +57,7 @@ def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expi
 
 
 def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_the_lease(
-        db, cursor, scripts):  # noqa: F811 - the fixture
+        db, cursor, scripts):
     # The master's server process is SIGSTOPped: its loop hangs in a statement and renews no
     # more. The stuck limit (the 20-s reconnection back-off + 2 heartbeats: 22 s) comes after
     # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s, less the 2-s read allowance: 15 s)
@@ -88,7 +87,7 @@ def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_t
 
 
 def test_a_serial_launcher_cut_off_with_its_master_kills_everything_before_the_lease(
-        db, cursor, scripts):  # noqa: F811 - the fixture
+        db, cursor, scripts):
     # Both server processes stop (the launcher's first: it then judges nothing, and the master
     # renews until its own stops): no look at the lease returns. The launcher's own fence
     # (17 s after the lease was last renewed, by its last confirmed look) kills the ensemble and
@@ -128,7 +127,7 @@ def fenced_when_cut_off(cursor, markers: str, job: str, session: int, lease: flo
 
 
 def test_a_serial_ensemble_cut_off_in_its_start_up_is_fenced_before_the_lease(
-        db, cursor, scripts):  # noqa: F811 - the fixture
+        db, cursor, scripts):
     # As above, but both server processes stop as soon as the first run ticks: within the
     # ensemble's start-up, before any look at the lease (the first comes max(limit, lease) =
     # 20 s after the start). Before, the fence was armed only by that look, which hung: the
@@ -152,7 +151,7 @@ def test_a_serial_ensemble_cut_off_in_its_start_up_is_fenced_before_the_lease(
 
 
 def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_lease(
-        db, cursor, scripts):  # noqa: F811 - the fixture
+        db, cursor, scripts):
     # The warm start's task (ignoring SIGTERM, held) outlives its ensemble: worker rank 1
     # vanishes with its watchdog on the only node, so no ensemble follows and the launcher
     # waits for its own task, renewing the lease itself. Then its server process stops: the

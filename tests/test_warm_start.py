@@ -35,6 +35,7 @@ from once_support import (
     kill,
     overlap_seconds,
     rank_pid,
+    read_pid,
     recorded_runs,
     runs,
     unrecorded_runs,
@@ -178,15 +179,6 @@ def sleeper_job(db: str, cursor) -> tuple[str, str]:
     (job_id,) = add_jobs(cursor, [{"name": "s", "application": "sleeper",
                                    "state": "PREPROCESSED"}])  # runnable at once
     return job_id, os.path.join(workdir(db, cursor, job_id), "pid")
-
-
-def read_pid(path: str):
-    try:
-        with open(path) as fh:
-            text = fh.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 @pytest.mark.slow

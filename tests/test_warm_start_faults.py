@@ -10,35 +10,17 @@ status and that no job is left held by a session."""
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
-from conftest import make_public_tmpdir
+from fault_support import SERIAL, add_ticker_app, held_markers, launcher_log, lose_node, open_sessions
 from launcher_procs import launchers
-from launcher_support import QUICK, add_app, add_jobs, events, job_row, process_gone, settings, wait_for
-from once_support import (
-    TICKER,
-    descendants,
-    kill,
-    overlap_seconds,
-    rank_pid,
-    recorded_runs,
-    runs,
-    write_script,
-)
+from launcher_support import QUICK, add_jobs, events, job_row, process_gone, settings, wait_for
+from once_support import descendants, kill, overlap_seconds, rank_pid, recorded_runs, runs
 
 from balsam.core import schema
 
 pytestmark = pytest.mark.slow
-
-SERIAL = ("--consume-all", "--job-mode", "serial")
-
-
-def launcher_log(launcher) -> str:
-    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
-        return fh.read()
-
 
 def tick_jobs(cursor, markers: str, prefix: str, count: int, hold: str, priority: int = 0,
               ticks: int = 1) -> list[str]:
@@ -61,6 +43,20 @@ def new_rank(launcher_pid: int, rank: int, old: int) -> int:
     return pid if pid != old else 0
 
 
+def kill_worker_2_in_each_ensemble(launcher_pid: int, markers: str, others: list[str],
+                                   ensembles: int) -> float:
+    """In each of ``ensembles`` ensembles in a row, once two runs of ``others`` began in it,
+    SIGKILL its worker rank 2 (node 2); the time of the last kill (epoch seconds)."""
+    since, rank2 = 0.0, 0
+    for generation in range(1, ensembles + 1):
+        wait_for(lambda t=since: started_after(markers, others, t) >= 2, 180,
+                 f"two other runs on node 2 (ensemble {generation})")
+        rank2 = wait_for(lambda old=rank2: new_rank(launcher_pid, 2, old), 30, "worker rank 2")
+        since = time.time()
+        kill(rank2)
+    return since
+
+
 def rank1_runs(launcher_pid: int, markers: str, ids: list[str]) -> list[str]:
     """The jobs (of ``ids``) a run of which worker rank 1 started and still runs."""
     rank1 = rank_pid(launcher_pid, 1)
@@ -80,33 +76,21 @@ def assert_nothing_held(cursor, sessions_ended: bool = True) -> None:
     SIGKILLed launcher's session that held nothing more stays open until a sweep)."""
     cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id IS NOT NULL")
     assert cursor.fetchone()[0] == 0
-    cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE} WHERE ended_at IS NULL "
-                   "AND job_mode <> 'processing'")
-    assert cursor.fetchone()[0] == (0 if sessions_ended else 1)
+    assert open_sessions(cursor) == (0 if sessions_ended else 1)
 
 
-def test_the_launchers_own_tasks_are_carried_through_two_restarts(db, cursor):
+def test_the_launchers_own_tasks_are_carried_through_two_restarts(db, cursor, scripts):
     # The launcher's own two tasks fill node 1 and run until the test says so. Worker rank 2 is
     # killed while other runs tick on node 2, then the new ensemble's rank 2 too: the tasks are
     # handed to a second and to a third ensemble, each of whose worker 1 keeps their shares.
-    markers = make_public_tmpdir("balsam-faults-markers-")
-    scripts = make_public_tmpdir("balsam-faults-scripts-")
-    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
-    for path in (own_hold, other_hold):
-        open(path, "w").close()
-    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    markers, (own_hold, other_hold) = held_markers("own", "other")
+    add_ticker_app(cursor, scripts)
     own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
     others = tick_jobs(cursor, markers, "o", 8, other_hold, ticks=5)
     with settings(db, local_nodes=2, cores_per_node=2, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
-        since, rank2 = 0.0, 0
-        for generation in (1, 2):
-            wait_for(lambda t=since: started_after(markers, others, t) >= 2, 180,
-                     f"two other runs on node 2 (ensemble {generation})")
-            rank2 = wait_for(lambda old=rank2: new_rank(launcher.pid, 2, old), 30, "worker rank 2")
-            since = time.time()
-            kill(rank2)
+        kill_worker_2_in_each_ensemble(launcher.pid, markers, others, 2)
         os.remove(other_hold)
         try:
             # Worker 1 may have up to a node's worth (2) queued behind the launcher's tasks.
@@ -134,18 +118,14 @@ def held_by_sessions(cursor, ids: list[str]) -> list[str]:
 
 
 def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tasks_run(
-        db, cursor):
+        db, cursor, scripts):
     # Worker rank 2 is killed in four ensembles in a row: after the third restart the launcher
     # gives up (status 2) and waits for its own tasks. The last ensemble's jobs are known dead
     # (their watchdogs reported): they are timed out and released at once, so that another
     # launcher can run them. Before, they stayed RUNNING and held by the session for as long
     # as the launcher's own tasks ran.
-    markers = make_public_tmpdir("balsam-faults-markers-")
-    scripts = make_public_tmpdir("balsam-faults-scripts-")
-    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
-    for path in (own_hold, other_hold):
-        open(path, "w").close()
-    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    markers, (own_hold, other_hold) = held_markers("own", "other")
+    add_ticker_app(cursor, scripts)
     own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
     others = tick_jobs(cursor, markers, "o", 10, other_hold, ticks=5)
     # A job may be on node 2 in all four ensembles: four interrupted runs, none its fault.
@@ -153,14 +133,7 @@ def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tas
     with settings(db, local_nodes=2, cores_per_node=2, launcher=tunables), launchers() as start:
         launcher = start(*SERIAL)
         wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
-        since, rank2 = 0.0, 0
-        for generation in (1, 2, 3, 4):
-            wait_for(lambda t=since: started_after(markers, others, t) >= 2, 180,
-                     f"two other runs on node 2 (ensemble {generation})")
-            rank2 = wait_for(lambda old=rank2: new_rank(launcher.pid, 2, old), 30,
-                             "worker rank 2")
-            since = time.time()
-            kill(rank2)
+        kill_worker_2_in_each_ensemble(launcher.pid, markers, others, 4)
         try:
             wait_for(lambda: "not starting another" in launcher_log(launcher), 120,
                      "the launcher to give up")
@@ -184,19 +157,15 @@ def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tas
     assert_nothing_held(cursor)
 
 
-def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor):
+def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor, scripts):
     # Worker rank 1 vanishes with its watchdog and its task (an OOM kill, a node that hangs):
     # nothing reports its task dead, so node 1 is dropped and the master moves to node 2. The
     # launcher's own task runs on, on node 1, and is recorded by the launcher; node 2 has
     # both its shares for the new ensemble (before, its worker 1 was handed the launcher's
     # task as if it ran there: one share of node 2 stayed empty while it ran). The lost
     # rank's job stays held until the lease ends; a second launcher then sweeps and runs it.
-    markers = make_public_tmpdir("balsam-faults-markers-")
-    scripts = make_public_tmpdir("balsam-faults-scripts-")
-    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
-    for path in (own_hold, other_hold):
-        open(path, "w").close()
-    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    markers, (own_hold, other_hold) = held_markers("own", "other")
+    add_ticker_app(cursor, scripts)
     (own,) = tick_jobs(cursor, markers, "own", 1, own_hold, priority=10)
     (brief,) = tick_jobs(cursor, markers, "brief", 1, os.path.join(markers, "none"),
                          priority=9, ticks=2)  # the warm start's second: gives node 1 a share
@@ -214,11 +183,8 @@ def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor):
         by_rank1 = rank1_runs(first.pid, markers, others)
         wait_for(lambda: all(job_row(cursor, j)["state"] == "RUNNING" for j in by_rank1), 60,
                  "the master to record its start")
-        node = [rank1] + descendants(rank1)
         lost = time.time()
-        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all vanish at once
-            for pid in node:
-                kill(pid, sig)
+        lose_node(rank1)
         # The new ensemble on node 2 alone gets both of its shares while the launcher's task
         # runs on node 1: two runs begun after the loss tick at once (held going).
         wait_for(lambda: started_after(markers, others, lost) >= 2, 240,
@@ -240,27 +206,20 @@ def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor):
     assert_nothing_held(cursor)
 
 
-def test_a_launcher_killed_after_a_restart_has_its_carried_tasks_recorded_once(db, cursor):
+def test_a_launcher_killed_after_a_restart_has_its_carried_tasks_recorded_once(db, cursor, scripts):
     # The launcher's own two tasks are carried to a second ensemble (worker rank 2 killed),
     # then the launcher itself is SIGKILLed: its watchdog stops them and the new ensemble, whose
     # master -- handed them with their CPUs -- records each RUN_TIMEOUT once it is gone. A
     # second launcher on the same database then sweeps the dead session and runs everything.
-    markers = make_public_tmpdir("balsam-faults-markers-")
-    scripts = make_public_tmpdir("balsam-faults-scripts-")
-    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
-    for path in (own_hold, other_hold):
-        open(path, "w").close()
-    add_app(cursor, "tick", write_script(scripts, "tick.sh", TICKER))
+    markers, (own_hold, other_hold) = held_markers("own", "other")
+    add_ticker_app(cursor, scripts)
     own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
     others = tick_jobs(cursor, markers, "o", 6, other_hold, ticks=5)
     with settings(db, local_nodes=2, cores_per_node=2, launcher=dict(QUICK, lease_seconds=10)), \
             launchers() as start:
         first = start(*SERIAL)
         wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
-        wait_for(lambda: started_after(markers, others, 0) >= 2, 180, "two runs on node 2")
-        rank2 = wait_for(lambda: rank_pid(first.pid, 2), 30, "worker rank 2")
-        restarted = time.time()
-        kill(rank2)
+        restarted = kill_worker_2_in_each_ensemble(first.pid, markers, others, 1)
         wait_for(lambda: started_after(markers, others, restarted) >= 2, 180,
                  "two runs on node 2 in the second ensemble")
         own_pids = [pid for j in own for pid in runs(markers, j)]
