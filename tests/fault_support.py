@@ -1,7 +1,7 @@
 """Set-ups shared by the fault tests (``test_exactly_once``, ``test_lease_fence_hung``,
 ``test_warm_start_faults``, ``test_killed_starts``), so that each test reads as its scenario:
 ticker jobs held going by a file the test removes (their script in the ``scripts`` fixture of
-``conftest.py``), a launcher's log, processes frozen and killed at once, a launcher's database
+``conftest.py``), processes frozen and killed at once, a launcher's database
 server processes stopped, and the checks such tests end with.
 
 Every wait is for a condition (:func:`launcher_support.wait_for`), never a sleep; the trails the
@@ -16,7 +16,7 @@ from typing import Any
 
 from conftest import make_public_tmpdir
 from launcher_procs import Launcher
-from launcher_support import add_app, add_jobs, job_row, wait_for
+from launcher_support import add_app, add_jobs, job_row, wait_for, write_script
 from once_support import (
     TICKER,
     descendants,
@@ -25,7 +25,6 @@ from once_support import (
     recorded_runs,
     runs,
     unrecorded_runs,
-    write_script,
 )
 
 from balsam.core import schema
@@ -61,15 +60,6 @@ def tickers(cursor: Any, scripts: str, count: int, ticks: int, stubborn: bool = 
     ids = add_jobs(cursor, [{"name": f"t{i}", "application": "tick", "environ_vars": env,
                              "node_packing_count": packing} for i in range(count)])
     return ids, markers
-
-
-def launcher_log(launcher: Launcher) -> str:
-    """The text of the launcher's log file ("" while it has not named one yet)."""
-    path = launcher.log_path()
-    if not path:
-        return ""
-    with open(path) as fh:
-        return fh.read()
 
 
 def running(cursor: Any) -> int:

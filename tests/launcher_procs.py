@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Callable, Optional
 
+from launcher_support import terminate
 from shm_watch import ShmWatch
 
 from balsam.core import schema
@@ -105,6 +105,11 @@ class Launcher:
         found = glob.glob(os.path.join(self.db_path, "log", f"launcher_*_{self.pid}.log"))
         return found[0] if found else ""
 
+    def log(self) -> str:
+        """The text of its log file so far ("" while it has named none)."""
+        path = self.log_path()
+        return _read(path) if path else ""
+
     def session_id(self) -> Optional[int]:
         out = self.output()[0]
         if ", session " not in out:
@@ -141,13 +146,7 @@ class Launcher:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit in 20 s (test teardown); its output is
         kept for :meth:`output` and :meth:`diagnosis`."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         self._final_output = self.output()
         self.out.close()
         self.err.close()

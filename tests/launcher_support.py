@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,15 @@ def add_app(cur: Any, name: str, executable: str, envscript: str = "") -> None:
     cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                 "envscript, postprocess) VALUES (%s, '', %s, '', %s, '')",
                 [name, executable, envscript])
+
+
+def write_script(directory: str, name: str, text: str) -> str:
+    """Write an executable script (a task's program) and return its path."""
+    path = os.path.join(directory, name)
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o755)
+    return path
 
 
 def add_jobs(cur: Any, specs: list[dict[str, Any]]) -> list[str]:
@@ -101,6 +111,17 @@ def process_gone(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM ``proc`` if it still runs, then SIGKILL if it does not exit in 20 s (teardown)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def kill_group_of(pid: int, started: Optional[int]) -> None:

@@ -29,15 +29,6 @@ echo "$$ end" >> "$MARKERS/$BALSAM_JOB_ID.end"
 """
 
 
-def write_script(directory: str, name: str, text: str) -> str:
-    """Write an executable script and return its path."""
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
 def read_pid(path: str) -> Optional[int]:
     """The pid a task wrote to ``path`` (None while the file is missing or not complete)."""
     try:

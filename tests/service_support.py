@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
-from launcher_support import wait_for
+from launcher_support import terminate, wait_for
 
 from balsam.core import schema
 from balsam.platform.process import start_time
@@ -61,13 +61,7 @@ class ServiceProcess:
             return fh.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        terminate(self.proc)
         self.out.close()
 
 

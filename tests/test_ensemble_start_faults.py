@@ -66,11 +66,6 @@ def test_a_rank_killed_before_its_session_leaves_no_shared_memory_file(db, curso
     assert cursor.fetchone()[0] == 0
 
 
-def launcher_log(launcher) -> str:
-    with open(launcher.log_path()) as fh:
-        return fh.read()
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,7 +90,7 @@ def test_an_ensemble_abandoned_for_want_of_a_session_leaves_no_reports(db, curso
     # (a launcher killed outright leaves its directory: an earlier test's may be there)
     assert not os.path.exists(os.path.join(db, "log", f"serial_{socket.gethostname()}_"
                                                       f"{launcher.pid}.watch"))
-    assert "(before the session opens)" in launcher_log(launcher)
+    assert "(before the session opens)" in launcher.log()
     cursor.execute(f"SELECT count(*) FROM {schema.SESSION_TABLE}")
     assert cursor.fetchone()[0] == 0
 
@@ -117,14 +112,14 @@ def test_a_stop_in_the_ensembles_start_up_leaves_no_shared_memory_file(db, curso
         rank = wait_for(lambda: rank_pid(launcher.pid, 1), 60, "worker rank 1")
         files = wait_for(lambda: shm_segments(rank), 60, "its MPICH shared-memory file")
         # The launcher waits on its ensemble (a signal before its handlers would just end it).
-        wait_for(lambda: "lease fence armed" in launcher_log(launcher), 60, "the launcher's wait")
+        wait_for(lambda: "lease fence armed" in launcher.log(), 60, "the launcher's wait")
         ensemble = wait_for(lambda: ensemble_pid(launcher.pid), 60, "the ensemble's mpiexec")
         frozen = descendants(ensemble)  # Hydra's proxy, the ranks, their watchdogs
         for pid in frozen:
             kill(pid, signal.SIGSTOP)
         try:
             launcher.signal(signal.SIGTERM)
-            wait_for(lambda: "forwarding the stop" in launcher_log(launcher), 60,
+            wait_for(lambda: "forwarding the stop" in launcher.log(), 60,
                      "the launcher to forward its stop")
         finally:
             for pid in frozen:

@@ -13,7 +13,6 @@ from fault_support import (
     SERIAL,
     all_finished,
     assert_all_ran_once_at_a_time,
-    launcher_log,
     lose_node,
     open_sessions,
     running,
@@ -23,7 +22,17 @@ from fault_support import (
     vanish,
 )
 from launcher_procs import launchers
-from launcher_support import QUICK, add_app, add_jobs, events, job_row, process_gone, settings, wait_for
+from launcher_support import (
+    QUICK,
+    add_app,
+    add_jobs,
+    events,
+    job_row,
+    process_gone,
+    settings,
+    wait_for,
+    write_script,
+)
 from once_support import (
     cmdline,
     descendants,
@@ -35,7 +44,6 @@ from once_support import (
     runs,
     shm_segments,
     unrecorded_runs,
-    write_script,
 )
 
 from balsam.core import schema
@@ -105,7 +113,7 @@ def test_a_launcher_started_after_a_kill_waits_for_the_dead_sessions_jobs(db, cu
         second = start(*args)
         assert second.wait(240) == 0
         recovered = time.monotonic() - killed_at
-        log = launcher_log(second)
+        log = second.log()
     cursor.execute(f"SELECT end_reason, EXTRACT(EPOCH FROM ended_at - heartbeat), ended_at "
                    f"FROM {schema.SESSION_TABLE} WHERE id = %s", [dead])
     reason, unrenewed, ended_at = cursor.fetchone()
@@ -139,7 +147,7 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
         kill(master, started=master_started)  # (it may be gone: then its pid is not ours)
         first.wait(120)
         assert start(*SERIAL).wait(240) == 0
-        log = launcher_log(first)
+        log = first.log()
     print(f"{len(lost)} start(s) the master never recorded")
     assert all_finished(cursor, ids)
     unrecorded = unrecorded_runs(cursor, markers, ids)
@@ -178,7 +186,7 @@ def test_a_frozen_master_is_replaced_by_a_new_ensemble(db, cursor, scripts):
             assert launcher.wait(120) == 0
         finally:
             kill(master, started=master_started)  # (gone unless the launcher failed to kill it)
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
     assert not any(os.path.exists(p) for p in segments), log  # the killed ranks' files
     assert "restarting the serial-mode ensemble" in log, log
@@ -208,7 +216,7 @@ def test_a_frozen_worker_rank_is_lost_and_its_jobs_run_again_exactly_once(db, cu
             assert launcher.wait(240) == 0
         finally:
             kill(worker, started=worker_started)  # (gone unless the ensemble was not aborted)
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "sent no heartbeat for longer than 10 s" in log, log
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
     assert not any(os.path.exists(p) for p in segments), log  # the aborted ranks' files

@@ -11,7 +11,7 @@ import os
 import time
 
 import pytest
-from fault_support import SERIAL, launcher_log
+from fault_support import SERIAL
 from launcher_procs import launchers
 from launcher_support import (
     QUICK,
@@ -23,8 +23,9 @@ from launcher_support import (
     settings,
     wait_for,
     workdir,
+    write_script,
 )
-from once_support import read_pid, write_script
+from once_support import read_pid
 from test_launcher_common import open_session
 
 from balsam.core import analytics, killed_starts, leases, lifecycle, retries, schema
@@ -258,7 +259,7 @@ def test_a_run_killed_before_its_running_was_written_is_in_the_history(db, curso
                 finally:
                     kill_group_of(pid, started)
                 assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits
-                log = launcher_log(launcher)
+                log = launcher.log()
     finally:
         lock.close()
     stopped_by = "(warm start)" if path == "warm start" else "on worker 1"

@@ -27,6 +27,7 @@ from launcher_support import (
     states,
     wait_for,
     workdir,
+    write_script,
 )
 
 from balsam.core import schema
@@ -44,14 +45,6 @@ def scripts():
     path = make_public_tmpdir("balsam-l1-scripts-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def write_script(directory: str, name: str, text: str) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
 
 
 # A job that sleeps (recording its pids) the first time it runs and succeeds the second time.

@@ -32,6 +32,7 @@ from launcher_support import (
     states,
     wait_for,
     workdir,
+    write_script,
 )
 from once_support import descendants
 
@@ -145,27 +146,8 @@ def test_worker_reports_a_task_that_completes_within_the_stop_grace_as_done(tmp_
 
 # ---- the real launcher -----------------------------------------------------------------------
 
-@pytest.fixture
-def scripts():
-    """A 0755 directory for the programs tests run."""
-    return make_public_tmpdir("balsam-l2-scripts-")
-
-
-def write_script(directory: str, name: str, text: str) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
 def to_states(evs: list) -> list[str]:
     return [e[2] for e in evs]
-
-
-def launcher_log(launcher: Any) -> str:
-    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
-        return fh.read()
 
 
 # Records start/end times, its packing share, allowed CPUs and GPU in $RECORDS/<job id>.
@@ -211,7 +193,7 @@ def test_several_worker_ranks_run_every_job_once_with_a_clean_environment(db, cu
         launcher = start(*SERIAL)
         assert launcher.wait(60) == 0, launcher.output()
         out, err = launcher.output()
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert out.startswith("Balsam launcher: serial mode, 3 node(s) (local), session ") and not err
     host = socket.gethostname()
     for n in (1, 2, 3):
@@ -329,7 +311,7 @@ def test_killing_a_running_job_stops_its_process_group(db, cursor, scripts):
         assert job_row(cursor, other)["state"] == "RUNNING"  # the other task goes on
         launcher.signal(signal.SIGTERM)
         assert launcher.wait(120) == 0
-        assert "was killed by a user" in launcher_log(launcher)
+        assert "was killed by a user" in launcher.log()
     assert to_states(events(cursor, job_id))[-2:] == ["RUNNING", "USER_KILLED"]
 
 
@@ -463,7 +445,7 @@ def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_lo
         # Not before the limit; and at it, counted from the launcher's start (its first log
         # line: on a loaded machine its start-up alone can take seconds), give or take the
         # stop's own work.
-        started = datetime.datetime.strptime(launcher_log(first)[:23], "%Y-%m-%d %H:%M:%S,%f")
+        started = datetime.datetime.strptime(first.log()[:23], "%Y-%m-%d %H:%M:%S,%f")
         assert began + 61 < stopped[-1][0].timestamp() < started.timestamp() + 61.8 + 15
         assert to_states(events(cursor, long_)) == ["PREPROCESSED"]  # never started
         cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} "
@@ -497,7 +479,7 @@ def test_a_database_restart_during_a_run_loses_no_state_change(restart_db, scrip
             time.sleep(1.5)  # tasks end and start while the server is down
             cluster.start(restart_db)
         assert launcher.wait(90) == 0, launcher.output()
-        assert "reconnected to the database" in launcher_log(launcher)
+        assert "reconnected to the database" in launcher.log()
     conn = connect(restart_db, autocommit=True)
     cur = conn.cursor()
     try:

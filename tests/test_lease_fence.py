@@ -166,24 +166,30 @@ SERIAL_FENCED = textwrap.dedent("""
 """)
 
 
+def assert_the_fence_kills_the_tasks_and_exits_1(script: str) -> None:
+    """Run ``script``: it prints the pids of the tasks it started (each in a group of its own,
+    ignoring SIGTERM) and arms a fence that fires 1 s on, nothing confirming a renewal. The
+    process exits 1 and every one of the tasks is dead."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    starts: dict[int, Optional[int]] = {}
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        starts = {pid: start_time(pid) for pid in pids}
+        assert proc.wait(120) == 1
+        wait_for(lambda: all(process_gone(p) for p in pids), 60, "both to be dead")
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in pids:
+            kill_group_of(pid, starts.get(pid))
+
+
 @pytest.mark.slow
 def test_the_serial_fence_kills_the_ensemble_and_the_launchers_tasks_and_exits_1() -> None:
     # A real process running the fence over a real ensemble group and a task of its own that
     # ignores SIGTERM, nothing confirming: after 1 s both are dead and the process ended (1).
-    proc = subprocess.Popen([sys.executable, "-c", SERIAL_FENCED], stdout=subprocess.PIPE,
-                            text=True)
-    ensemble = own = 0
-    starts: dict[int, Optional[int]] = {}
-    try:
-        ensemble, own = (int(p) for p in proc.stdout.readline().split())
-        starts = {pid: start_time(pid) for pid in (ensemble, own)}
-        assert proc.wait(120) == 1
-        wait_for(lambda: process_gone(ensemble) and process_gone(own), 60, "both to be dead")
-    finally:
-        proc.kill()
-        for pid in (ensemble, own):
-            if pid:
-                kill_group_of(pid, starts.get(pid))
+    assert_the_fence_kills_the_tasks_and_exits_1(SERIAL_FENCED)
 
 
 OWN_FENCED = textwrap.dedent("""
@@ -209,20 +215,7 @@ def test_the_own_tasks_fence_stops_the_launchers_tasks_and_exits_1() -> None:
     # The launcher's own tasks after their ensemble ended (they ignore SIGTERM), nothing
     # confirming a renewal: a second after the session's opening both are dead and the
     # process ended with status 1 (the session left to a sweep).
-    proc = subprocess.Popen([sys.executable, "-c", OWN_FENCED], stdout=subprocess.PIPE,
-                            text=True)
-    pids: list[int] = []
-    starts: dict[int, Optional[int]] = {}
-    try:
-        pids = [int(p) for p in proc.stdout.readline().split()]
-        starts = {pid: start_time(pid) for pid in pids}
-        assert proc.wait(120) == 1
-        wait_for(lambda: all(process_gone(p) for p in pids), 60, "both to be dead")
-    finally:
-        proc.kill()
-        proc.wait()
-        for pid in pids:
-            kill_group_of(pid, starts.get(pid))
+    assert_the_fence_kills_the_tasks_and_exits_1(OWN_FENCED)
 
 
 def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:

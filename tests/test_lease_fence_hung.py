@@ -18,7 +18,6 @@ from fault_support import (
     backends_of,
     connections_hung,
     held_markers,
-    launcher_log,
     lease_expiry,
     lose_node,
     stop_once_finished,
@@ -30,12 +29,22 @@ from once_support import rank_pid, runs, shm_segments, watchdog_of
 
 pytestmark = pytest.mark.slow
 
+CUT_OFF = dict(QUICK, lease_seconds=20, reconnect_max_seconds=5)
+"""A 20-s lease; a launcher retries a lost connection for 5 s at most."""
+
+
+def stubborn_held_job(cursor, scripts: str) -> tuple[str, str]:
+    """One ticker job whose runs ignore SIGTERM and tick on while ``<markers>/hold`` exists
+    (the test removes it); (its id, the markers directory)."""
+    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    return job, markers
+
 
 def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expires(
         db, cursor, scripts):
     # The task ignores SIGTERM: only the fence's SIGKILL ends it. The second launcher sweeps
     # the hung launcher's session once its lease expired and runs the job again.
-    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    job, markers = stubborn_held_job(cursor, scripts)
     lease = 10  # the fence fires 7 s after the last confirmed renewal was sent
     with settings(db, local_nodes=1, launcher=dict(QUICK, lease_seconds=lease)), \
             launchers() as start:
@@ -50,7 +59,7 @@ def test_a_launcher_whose_connection_hangs_stops_its_tasks_before_its_lease_expi
             os.remove(os.path.join(markers, "hold"))  # the second run ticks 10 times
             assert first.wait(120) == 1  # a lost session: nothing recorded
             stop_once_finished(second, cursor, [job], "the second launcher to run the job again")
-        log = launcher_log(first)
+        log = first.log()
     assert "no renewal of the lease confirmed for" in log, log
     assert_fenced_then_run_again(cursor, markers, job, pid, expires)
     assert_swept(cursor, session)  # by the second launcher
@@ -63,7 +72,7 @@ def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_t
     # the 20-s lease; the fence's rule (20 - 1 - 2 = 17 s, less the 2-s read allowance: 15 s)
     # kills the ensemble in time, and the
     # worker's watchdog its task (which ignores SIGTERM). A new ensemble runs the job again.
-    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
+    job, markers = stubborn_held_job(cursor, scripts)
     lease, limit = 20, 22
     tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=20)
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
@@ -79,7 +88,7 @@ def test_a_serial_master_whose_connection_hangs_has_its_ensemble_killed_before_t
             wait_for(lambda: process_gone(pid), 120, "the first run to be stopped")
             os.remove(os.path.join(markers, "hold"))
             assert launcher.wait(240) == 0
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "the serial-mode ensemble is stuck (its master has not renewed the lease" in log, log
     assert "(limit 15 s)" in log, log
     assert job_row(cursor, job)["state"] == "JOB_FINISHED"
@@ -93,17 +102,16 @@ def test_a_serial_launcher_cut_off_with_its_master_kills_everything_before_the_l
     # (17 s after the lease was last renewed, by its last confirmed look) kills the ensemble and
     # its task (which ignores SIGTERM) and exits 1; a second launcher sweeps the session once
     # the lease expired and runs the job again.
-    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
-    lease = 20
-    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    job, markers = stubborn_held_job(cursor, scripts)
+    lease, tunables = CUT_OFF["lease_seconds"], CUT_OFF
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
         first = start(*SERIAL)
         wait_for(lambda: runs(markers, job), 60, "the first run to tick")
-        wait_for(lambda: "lease fence armed" in launcher_log(first), 180,
+        wait_for(lambda: "lease fence armed" in first.log(), 180,
                  "the launcher's first confirmed look at the lease", 0.2)
         session = job_row(cursor, job)["session_id"]
         pid, expires = fenced_when_cut_off(cursor, markers, job, session, lease, first)
-        log = launcher_log(first)
+        log = first.log()
         os.remove(os.path.join(markers, "hold"))  # the second run ticks 10 times
         second = start(*MPI, "--persistent")
         stop_once_finished(second, cursor, [job], "the second launcher to run the job again")
@@ -133,16 +141,15 @@ def test_a_serial_ensemble_cut_off_in_its_start_up_is_fenced_before_the_lease(
     # 20 s after the start). Before, the fence was armed only by that look, which hung: the
     # task (ignoring SIGTERM, held) ran past the lease. Now it counts from the session's
     # opening: the run is dead before the lease could expire, the launcher exits 1.
-    (job,), markers = tickers(cursor, scripts, 1, ticks=10, stubborn=True, hold=True)
-    lease = 20
-    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    job, markers = stubborn_held_job(cursor, scripts)
+    lease, tunables = CUT_OFF["lease_seconds"], CUT_OFF
     with settings(db, local_nodes=1, launcher=tunables), launchers() as start:
         first = start(*SERIAL)
         wait_for(lambda: runs(markers, job), 60, "the first run to tick")
         session = job_row(cursor, job)["session_id"]
         wait_for(lambda: backends_of(cursor, "balsam-serial-master"), 60, "the master's connection")
         pid, expires = fenced_when_cut_off(cursor, markers, job, session, lease, first)
-        log = launcher_log(first)
+        log = first.log()
     assert "no lease age confirmed for" in log, log
     assert "the serial-mode ensemble is stuck" not in log, log
     trails = runs(markers, job)
@@ -163,20 +170,19 @@ def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_leas
     (job,) = add_jobs(cursor, [{"name": "own", "application": "tick", "state": "PREPROCESSED",
                                 "node_packing_count": 2, "environ_vars":
                                 f"MARKERS={markers}:TICKS=10:STUBBORN=1:HOLD={hold}"}])
-    lease = 20
-    tunables = dict(QUICK, lease_seconds=lease, reconnect_max_seconds=5)
+    lease, tunables = CUT_OFF["lease_seconds"], CUT_OFF
     with settings(db, local_nodes=1, cores_per_node=2, launcher=tunables), \
             launchers() as start:
         first = start(*SERIAL)
         wait_for(lambda: runs(markers, job), 60, "the launcher's own task to tick")
-        wait_for(lambda: "warm start: 1 task(s) started by the launcher" in launcher_log(first),
+        wait_for(lambda: "warm start: 1 task(s) started by the launcher" in first.log(),
                  60, "the warm start")
         rank1 = wait_for(lambda: rank_pid(first.pid, 1), 60, "worker rank 1")
         wait_for(lambda: watchdog_of(rank1), 60, "rank 1's watchdog")  # it has reported
         files = shm_segments(rank1)
         lose_node(rank1)  # with its watchdog: nothing reports it dead
         # Its only node lost, no ensemble follows: the launcher waits for its own task.
-        wait_for(lambda: "the serial-mode ensemble failed" in launcher_log(first), 120,
+        wait_for(lambda: "the serial-mode ensemble failed" in first.log(), 120,
                  "the launcher to give up its ensemble", 0.2)
         session = job_row(cursor, job)["session_id"]
         with connections_hung(cursor, "balsam-launcher"):
@@ -184,7 +190,7 @@ def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_leas
             (pid,) = runs(markers, job)
             wait_for(lambda: process_gone(pid), 120, "the fence to stop the launcher's task")
             assert first.wait(120) == 1  # as after a lost session: nothing recorded
-        log = launcher_log(first)
+        log = first.log()
         for path in files:  # its remover, the watchdog, was killed with it: the node's file
             if os.path.exists(path):  # goes with a lost node (here, unless the launcher saw it)
                 os.unlink(path)

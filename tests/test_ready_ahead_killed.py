@@ -12,7 +12,7 @@ import pytest
 from conftest import make_public_tmpdir
 from gates import gate_sh
 from launcher_procs import launchers
-from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for
+from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for, write_script
 
 from balsam.core import analytics, lifecycle, retries, schema
 from balsam.core.analytics_scope import Filters
@@ -32,14 +32,6 @@ def marked(markers: str, job_id: str) -> bool:
     return os.path.exists(os.path.join(markers, job_id))
 
 
-def script(directory: str, name: str, text: str) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
 def events(cursor, job_id):
     cursor.execute(f"SELECT from_state, to_state, message, nodes FROM {schema.EVENT_TABLE} "
                    "WHERE job_id = %s ORDER BY id", [job_id])
@@ -52,9 +44,9 @@ def campaign(cursor) -> tuple[str, str, list[str], str, list[str]]:
     holds the only node until the gate file exists, then the victims, ready ahead behind it."""
     scripts, markers = make_public_tmpdir("balsam-ahead-k-"), make_public_tmpdir("balsam-ahead-m-")
     gate = os.path.join(scripts, "gate")
-    add_app(cursor, "marked", script(scripts, "marked.sh", MARKED.format(markers=markers)))
-    add_app(cursor, "gated", script(scripts, "gated.sh",
-                                    GATED.format(markers=markers, gate=gate)))
+    add_app(cursor, "marked", write_script(scripts, "marked.sh", MARKED.format(markers=markers)))
+    add_app(cursor, "gated", write_script(scripts, "gated.sh",
+                                          GATED.format(markers=markers, gate=gate)))
     quick = add_jobs(cursor, [{"name": f"q{i}", "application": "marked", "priority": 10,
                                "state": "PREPROCESSED"} for i in range(4)])
     (gated,) = add_jobs(cursor, [{"name": "gated", "application": "gated", "priority": 5,

@@ -24,9 +24,10 @@ from launcher_support import (
     settings,
     states,
     wait_for,
+    write_script,
 )
 from test_launcher_common import mirror, open_session, set_port  # noqa: F401 - a fixture
-from test_launcher_serial import APPEND, SERIAL, pids_of, sleepers, to_states, write_script
+from test_launcher_serial import APPEND, SERIAL, pids_of, sleepers, to_states
 
 from balsam.core import bulk, launcher_moves, leases, lifecycle, schema
 from balsam.db import serverinfo

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import make_public_tmpdir
 from launcher_procs import launchers
-from launcher_support import QUICK, add_jobs, job_row, settings, states, workdir
+from launcher_support import QUICK, add_jobs, job_row, settings, states, workdir, write_script
 
 from balsam.core import schema
 from balsam.core.jobenv import is_credential, task_environment, without_credentials
@@ -50,14 +50,6 @@ def scripts() -> Iterator[str]:
     path = make_public_tmpdir("balsam-cred-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def write(directory: str, name: str, text: str) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
 
 
 def owner_password(db: str) -> str:
@@ -112,7 +104,7 @@ def test_transfer_programs_do_not_see_credentials(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     dump = tmp_path / "rsync-env.txt"
-    write(str(bin_dir), "rsync", f"#!/bin/sh\nenv > {dump}\n")
+    write_script(str(bin_dir), "rsync", f"#!/bin/sh\nenv > {dump}\n")
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "BALSAM_DB_PASSWORD": "db-secret-xyz",
            "PGPASSWORD": "db-secret-xyz", "BALSAM_WEB_TOKEN": WEB_TOKEN, "KEEP": "1"}
     transfer.stage_in("rsync:somehost:/data/x", str(tmp_path / "work"), timeout=30, env=env)
@@ -127,8 +119,8 @@ def test_transfer_programs_do_not_see_credentials(tmp_path):
 @pytest.mark.slow
 def test_no_task_or_script_output_contains_the_exported_password_and_dag_still_works(
         db, cursor, scripts, mode):
-    dump = write(scripts, "dump_env.py", DUMP_ENV)
-    post = write(scripts, "post.py", POST_WITH_DAG)
+    dump = write_script(scripts, "dump_env.py", DUMP_ENV)
+    post = write_script(scripts, "post.py", POST_WITH_DAG)
     add_app(cursor, "dump", dump, preprocess=dump, postprocess=post)
     (job_id,) = add_jobs(cursor, [{"name": "leak", "application": "dump", "args": "hello"}])
     env = secret_env(db)
@@ -159,8 +151,8 @@ def test_a_script_without_a_stored_credential_is_refused_not_handed_the_password
     """The variable is really what the launcher used: with the owner's stored password file
     hidden, the launcher (given the variable) runs the job, but the postprocess script's DB access
     fails -- the script never had the secret."""
-    dump = write(scripts, "dump_env.py", DUMP_ENV)
-    post = write(scripts, "post.py", POST_WITH_DAG)
+    dump = write_script(scripts, "dump_env.py", DUMP_ENV)
+    post = write_script(scripts, "post.py", POST_WITH_DAG)
     add_app(cursor, "dump", dump, postprocess=post)
     (job_id,) = add_jobs(cursor, [{"name": "nocred", "application": "dump"}])
     env = secret_env(db)

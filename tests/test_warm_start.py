@@ -13,10 +13,13 @@ import os
 import signal
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import make_public_tmpdir, run_balsam
-from launcher_procs import launchers
+from fault_support import held_markers
+from launcher_procs import Launcher, launchers
 from launcher_support import (
     QUICK,
     add_app,
@@ -29,6 +32,7 @@ from launcher_support import (
     states,
     wait_for,
     workdir,
+    write_script,
 )
 from once_support import (
     TICKER,
@@ -133,17 +137,7 @@ exec sleep 600
 
 
 def script(name: str, text: str) -> str:
-    directory = make_public_tmpdir("balsam-warm-scripts-")
-    path = os.path.join(directory, name)
-    with open(path, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o755)
-    return path
-
-
-def launcher_log(launcher) -> str:
-    with open(launcher.output()[0].split(", log ")[1].strip()) as fh:
-        return fh.read()
+    return write_script(make_public_tmpdir("balsam-warm-scripts-"), name, text)
 
 
 @pytest.mark.slow
@@ -156,7 +150,7 @@ def test_the_launchers_own_first_tasks_run_once_and_never_overfill_the_node(db, 
     with settings(db, local_nodes=1, cores_per_node=2, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
         assert launcher.wait(120) == 0, launcher.output()
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "warm start: 2 task(s) started by the launcher" in log
     assert set(states(cursor).values()) == {"JOB_FINISHED"}
     for job_id in ids:  # runnable when the launcher started
@@ -181,8 +175,11 @@ def sleeper_job(db: str, cursor) -> tuple[str, str]:
     return job_id, os.path.join(workdir(db, cursor, job_id), "pid")
 
 
-@pytest.mark.slow
-def test_a_user_kill_stops_the_launchers_own_task_and_nothing_more_is_recorded(db, cursor):
+@contextmanager
+def own_task_running(db: str, cursor) -> Iterator[tuple[Launcher, str, int]]:
+    """A serial-mode launcher on one node whose own first task (:data:`SLEEPER`) is RUNNING:
+    (the launcher, the job's id, the task's pid). At exit the task's group is killed if that
+    task still runs (a failed test), and the launcher stopped."""
     job_id, pid_file = sleeper_job(db, cursor)
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         launcher = start(*SERIAL)
@@ -190,13 +187,19 @@ def test_a_user_kill_stops_the_launchers_own_task_and_nothing_more_is_recorded(d
         started = start_time(pid)
         try:
             wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
-            proc = run_balsam("killjob", "--id", job_id, "--yes")
-            assert proc.returncode == 0, proc.stderr
-            wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
+            yield launcher, job_id, pid
         finally:
             kill_group_of(pid, started)
+
+
+@pytest.mark.slow
+def test_a_user_kill_stops_the_launchers_own_task_and_nothing_more_is_recorded(db, cursor):
+    with own_task_running(db, cursor) as (launcher, job_id, pid):
+        proc = run_balsam("killjob", "--id", job_id, "--yes")
+        assert proc.returncode == 0, proc.stderr
+        wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
         assert launcher.wait(120) == 0, launcher.output()  # nothing left: it exits by itself
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "warm start: 1 task(s)" in log and "was killed by a user" in log
     assert [e[2] for e in events(cursor, job_id)][-2:] == ["RUNNING", "USER_KILLED"]
     assert job_row(cursor, job_id)["session_id"] is None
@@ -204,19 +207,11 @@ def test_a_user_kill_stops_the_launchers_own_task_and_nothing_more_is_recorded(d
 
 @pytest.mark.slow
 def test_sigterm_stops_the_launchers_own_task_as_run_timeout(db, cursor):
-    job_id, pid_file = sleeper_job(db, cursor)
-    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
-        launcher = start(*SERIAL)
-        pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
-        started = start_time(pid)
-        try:
-            wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
-            launcher.signal(signal.SIGTERM)
-            assert launcher.wait(120) == 0, launcher.output()
-            assert process_gone(pid)
-        finally:
-            kill_group_of(pid, started)
-        assert "warm start: 1 task(s)" in launcher_log(launcher)
+    with own_task_running(db, cursor) as (launcher, job_id, pid):
+        launcher.signal(signal.SIGTERM)
+        assert launcher.wait(120) == 0, launcher.output()
+        assert process_gone(pid)
+        assert "warm start: 1 task(s)" in launcher.log()
     # Recorded RUN_TIMEOUT with the stop's reason; the master's last processing pass may already
     # have made it RESTART_READY (the launcher records its own task while the ensemble stops).
     states = [e[2] for e in events(cursor, job_id)]
@@ -229,25 +224,17 @@ def test_sigterm_stops_the_launchers_own_task_as_run_timeout(db, cursor):
 
 @pytest.mark.slow
 def test_a_launcher_killed_with_sigkill_has_its_own_task_stopped_and_recorded(db, cursor):
-    job_id, pid_file = sleeper_job(db, cursor)
-    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
-        launcher = start(*SERIAL)
-        pid = wait_for(lambda: read_pid(pid_file), 60, "the task to start")
-        started = start_time(pid)
-        try:
-            wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 60, "RUNNING")
-            wait_for(lambda: "warm start: 1 task(s)" in launcher_log(launcher), 60,
-                     "the launcher's log line (written after RUNNING)")
-            # once the master is up (before, the ensemble dies with the launcher and the lease
-            # sweep records the run, as for any job of a dead session)
-            wait_for(lambda: "serial master on host" in launcher_log(launcher), 60, "the master")
-            kill(launcher.pid)  # its watchdog stops the task and the ensemble (SIGTERM)
-            launcher.wait(60)
-            wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
-            # the master, stopped by the same watchdog, records it once it is gone
-            wait_for(lambda: job_row(cursor, job_id)["state"] != "RUNNING", 60, "the record")
-        finally:
-            kill_group_of(pid, started)
+    with own_task_running(db, cursor) as (launcher, job_id, pid):
+        wait_for(lambda: "warm start: 1 task(s)" in launcher.log(), 60,
+                 "the launcher's log line (written after RUNNING)")
+        # once the master is up (before, the ensemble dies with the launcher and the lease
+        # sweep records the run, as for any job of a dead session)
+        wait_for(lambda: "serial master on host" in launcher.log(), 60, "the master")
+        kill(launcher.pid)  # its watchdog stops the task and the ensemble (SIGTERM)
+        launcher.wait(60)
+        wait_for(lambda: process_gone(pid), 60, "the task to be stopped")
+        # the master, stopped by the same watchdog, records it once it is gone
+        wait_for(lambda: job_row(cursor, job_id)["state"] != "RUNNING", 60, "the record")
     row = job_row(cursor, job_id)
     assert row["state"] in ("RUN_TIMEOUT", "RESTART_READY") and row["session_id"] is None
     assert recorded_runs(cursor, job_id) == 1
@@ -261,10 +248,7 @@ def test_a_restart_does_not_wait_for_the_launchers_own_tasks(db, cursor):
     # killed while two other runs tick there, and the new ensemble runs the other jobs on node 2
     # meanwhile, keeping node 1's shares for the launcher's tasks. Before, the launcher waited
     # for its tasks before it restarted anything, so no other job could finish.
-    markers = make_public_tmpdir("balsam-warm-markers-")
-    own_hold, other_hold = os.path.join(markers, "own"), os.path.join(markers, "other")
-    for path in (own_hold, other_hold):
-        open(path, "w").close()
+    markers, (own_hold, other_hold) = held_markers("own", "other")
     add_app(cursor, "tick", script("tick.sh", TICKER))
     own = add_jobs(cursor, [{"name": f"own{i}", "application": "tick", "priority": 10,
                              "node_packing_count": 2, "state": "PREPROCESSED",
@@ -294,7 +278,7 @@ def test_a_restart_does_not_wait_for_the_launchers_own_tasks(db, cursor):
         finally:
             os.remove(own_hold)
         assert launcher.wait(120) == 0, launcher.output()
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "warm start: 2 task(s) started by the launcher" in log, log
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
     assert set(states(cursor).values()) == {"JOB_FINISHED"}

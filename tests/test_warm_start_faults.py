@@ -13,7 +13,7 @@ import os
 import time
 
 import pytest
-from fault_support import SERIAL, add_ticker_app, held_markers, launcher_log, lose_node, open_sessions
+from fault_support import SERIAL, add_ticker_app, held_markers, lose_node, open_sessions
 from launcher_procs import launchers
 from launcher_support import QUICK, add_jobs, events, job_row, process_gone, settings, wait_for
 from once_support import descendants, kill, overlap_seconds, rank_pid, recorded_runs, runs
@@ -101,7 +101,7 @@ def test_the_launchers_own_tasks_are_carried_through_two_restarts(db, cursor, sc
         finally:
             os.remove(own_hold)
         assert launcher.wait(240) == 0
-        log = launcher_log(launcher)
+        log = launcher.log()
     assert "warm start: 2 task(s) started by the launcher" in log, log
     assert "(ensemble 3 of this session)" in log, log
     assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own + others)
@@ -135,7 +135,7 @@ def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tas
         wait_for(lambda: all(runs(markers, j) for j in own), 60, "the launcher's tasks to tick")
         kill_worker_2_in_each_ensemble(launcher.pid, markers, others, 4)
         try:
-            wait_for(lambda: "not starting another" in launcher_log(launcher), 120,
+            wait_for(lambda: "not starting another" in launcher.log(), 120,
                      "the launcher to give up")
             wait_for(lambda: held_by_sessions(cursor, others) == [], 60,
                      "the last ensemble's jobs to be freed while the launcher's tasks run")
@@ -145,7 +145,7 @@ def test_when_no_ensemble_follows_its_jobs_are_freed_while_the_launchers_own_tas
             os.remove(own_hold)
             os.remove(other_hold)
         assert launcher.wait(120) == 2  # the ensemble failed
-        log = launcher_log(launcher)
+        log = launcher.log()
         assert start(*SERIAL).wait(240) == 0  # runs what the first left
     assert "(ensemble 4 of this session)" in log, log
     assert any(e[3].endswith("lost a rank; it is not restarted")
@@ -193,7 +193,7 @@ def test_node_1_lost_while_the_launchers_own_task_runs(db, cursor, scripts):
         os.remove(other_hold)
         os.remove(own_hold)
         assert first.wait(240) == 0
-        log = launcher_log(first)
+        log = first.log()
         stranded = [j for j in others if job_row(cursor, j)["state"] == "RUNNING"]
         assert stranded == by_rank1, log  # held for the lease sweep, not run again
         assert start(*SERIAL).wait(240) == 0
@@ -232,7 +232,7 @@ def test_a_launcher_killed_after_a_restart_has_its_carried_tasks_recorded_once(d
         os.remove(own_hold)
         os.remove(other_hold)
         assert start(*SERIAL).wait(240) == 0
-        log = launcher_log(first)
+        log = first.log()
     assert "restarting the serial-mode ensemble on 2 node(s)" in log, log
     assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own + others)
     for job_id in own:  # the interrupted run, then the second launcher's
