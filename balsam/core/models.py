@@ -171,6 +171,12 @@ class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
             models.Index(fields=["-priority", "node_packing_count", "-wall_time_minutes"],
                          name="job_claim_serial_pri",
                          condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
+            # The same per workflow, for a launcher's workflow filter (migration 0020).
+            models.Index(fields=["workflow", "-priority", "-num_nodes", "-wall_time_minutes"],
+                         name="job_claim_wf_mpi", condition=_CLAIMABLE),
+            models.Index(fields=["workflow", "-priority", "node_packing_count",
+                                 "-wall_time_minutes"], name="job_claim_wf_serial",
+                         condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
