@@ -1,7 +1,8 @@
-"""A launcher's workflow filter claims the right jobs without reading the other workflows' jobs
-(issue 16, session 17): the claimable workflows are listed by a loose index scan and each
-matching one is read in the claim order (``balsam.core.claim_sql``, migration 0020). Real
-PostgreSQL; the claims run as the launcher runs them (prepared, generic plan)."""
+"""A launcher's workflow filter or time limit claims the right jobs without reading the other
+jobs (issue 16, session 17): the claimable workflows are listed by a loose index scan and each
+matching one is read in the claim order (migration 0020); a time limit reads the claim index
+group by group from the longest job that fits (``balsam.core.claim_sql``). Real PostgreSQL;
+the claims run as the launcher runs them (prepared, generic plan)."""
 from __future__ import annotations
 
 import json
@@ -135,26 +136,57 @@ def _job_rows_read(plan: dict) -> float:
     return total + sum(_job_rows_read(p) for p in plan.get("Plans", ()))
 
 
+def _generic_plan(cur, sid: int, limit: int, **filters) -> dict:
+    """EXPLAIN ANALYZE of a claim as ``leases.claim`` runs it (prepared, generic plan)."""
+    sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "exclude_ids": (),
+                                                      "max_wall_minutes": None, **filters})
+    text = f"WITH {sql} SELECT * FROM c_upd"
+    name = leases._prepared_name("t_claim", text)
+    run, prepare = launcher_moves._prepared_texts(name, text)
+    cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [name])
+    if not cur.fetchone()[0]:
+        cur.execute(prepare.split("; EXECUTE")[0])
+    cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
+    (doc,) = cur.fetchone()
+    return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+
+
 @pytest.mark.parametrize("serial", [True, False])
 def test_the_generic_plan_of_a_rare_workflows_claim_does_not_read_the_big_one(skewed, db,
                                                                              serial):
     conn = connect(db)
     try:
         cur = conn.cursor()
-        sid = _session(cur)
-        sql, params, _ = leases._claim_sql(sid, 125, serial=serial, max_nodes=8,
-                                           wf_filter="rare", max_wall_minutes=10.0,
-                                           exclude_ids=())
-        text = f"WITH {sql} SELECT * FROM c_upd"
-        run, prepare = launcher_moves._prepared_texts("t_claim", text)
-        cur.execute(prepare.split("; EXECUTE")[0])
-        cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
-        (doc,) = cur.fetchone()
-        plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+        plan = _generic_plan(cur, _session(cur), 125, serial=serial, max_nodes=8,
+                             wf_filter="rare", max_wall_minutes=10.0)
         assert plan["Actual Rows"] == (10 if serial else 13)
         # the loose scan's one row per claimable workflow (22) and the rare jobs, not BIG
         assert _job_rows_read(plan) <= 22 + 2 + 13, plan
         conn.rollback()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_a_time_limit_claim_reads_only_the_jobs_that_fit(skewed, db, serial):
+    # 10 minutes left: only "rare"'s 5-minute jobs fit, last in the claim order behind BIG
+    # 60-minute ones; 45 minutes: the 30-minute small workflows' jobs, 100 of them.
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = _session(cur)
+        conn.commit()
+        plan = _generic_plan(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)
+        assert plan["Actual Rows"] == (10 if serial else 13)
+        assert _job_rows_read(plan) <= 6 + 13, plan  # a few group probes and the rows taken
+        conn.rollback()
+        plan = _generic_plan(cur, sid, 20, serial=serial, max_nodes=8, max_wall_minutes=45)
+        assert plan["Actual Rows"] == 20 and _job_rows_read(plan) <= 6 + 20, plan
+        conn.rollback()
+        got = leases.claim(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)
+        assert sorted(r["wall_time_minutes"] for r in got) == [5] * (10 if serial else 13)
+        assert [r["priority"] for r in got][:5] == [1] * 5  # claim order: priority first
+        conn.commit()
     finally:
         conn.close()

@@ -5,6 +5,8 @@ Two shapes, both run with their generic plan (prepared once per connection):
 * no workflow filter: the claim index (``job_claim_serial_pri`` / ``job_claim_mpi_pri``) read
   in the claim's order under a ``LIMIT``: it reads only what it takes when most claimable jobs
   pass the other filters;
+* a time limit (``max_wall_minutes``, the time a launcher has left) without a workflow filter:
+  the claim index group by group (:func:`_by_group`);
 * a workflow filter (``--wf-filter``, "workflow contains"): the claimable workflows are listed
   by a loose scan of ``job_claim_wf_serial`` / ``job_claim_wf_mpi`` (migration 0020: the
   workflow, then the claim order; one index descent per claimable workflow), the matching
@@ -70,6 +72,8 @@ def statement(session_id: int, limit: int, *, serial: bool, max_nodes: int,
                              gpus_per_node)
     if wf_filter:
         select, params = _by_workflow(shape, where, params, order, wf_filter, limit)
+    elif max_wall_minutes is not None:
+        select, params = _by_group(shape, where, params, serial, limit)
     else:
         select = (f"c_sel AS (SELECT job_id FROM {JOB} WHERE {' AND '.join(shape + where)} "
                   f"ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED)")
@@ -110,8 +114,8 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
         params.append(json.dumps(dict(tags), sort_keys=True))
     if gpus_per_node is not None:
         where.append(gpu_condition(serial, gpus_per_node, params, ""))
-    if max_wall_minutes is not None:
-        where.append("wall_time_minutes <= %s::numeric")  # prepared: never rounded
+    if max_wall_minutes is not None:  # prepared: never rounded; an index bound (integer)
+        where.append("wall_time_minutes <= least(floor(%s::numeric), 2147483647)::integer")
         params.append(max_wall_minutes)
     if exclude_ids:
         where.append("NOT job_id = ANY(%s::uuid[])")
@@ -142,3 +146,44 @@ def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: s
             ORDER BY {outer} LIMIT %s
         )"""
     return select, [like_contains(wf_filter)] + params + [limit, limit]
+
+
+def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,
+              limit: int) -> tuple[str, list[Any]]:
+    """``c_sel`` for a time limit (``max_wall_minutes``): the claim index's groups of one
+    priority and packing (serial) or node count (MPI), in the claim order (a loose scan,
+    evaluated only as far as the claim needs), each read from its longest job that fits down
+    (an index range: the jobs that fit are the end of each group). A nested loop pulled by the
+    ``LIMIT`` in group order is the claim order, so nothing is sorted or locked beyond the
+    limit. Without it, a time limit only dropped rows of the claim index's scan: near the end of
+    an allocation with long jobs left, every claim read every claimable job."""
+    base = " AND ".join(shape)
+    k, k_next, k_dir = (("node_packing_count", ">", "") if serial
+                        else ("num_nodes", "<", " DESC"))
+    # the whole claim order, though one group has one priority and k: the group's own index
+    # is then the one that needs no sort (serial mode's jobs are in both claim indexes)
+    inner_order = ", ".join(SERIAL_ORDER if serial else MPI_ORDER)
+    select = f"""c_grp AS (
+            WITH RECURSIVE g(p, k) AS (
+                (SELECT priority, {k} FROM {JOB} WHERE {base}
+                 ORDER BY priority DESC, {k}{k_dir} LIMIT 1)
+                UNION ALL
+                SELECT n.p, n.k FROM g, LATERAL (
+                    (SELECT priority AS p, {k} AS k FROM {JOB}
+                     WHERE {base} AND priority = g.p AND {k} {k_next} g.k
+                     ORDER BY {k}{k_dir} LIMIT 1)
+                    UNION ALL
+                    (SELECT priority, {k} FROM {JOB} WHERE {base} AND priority < g.p
+                     ORDER BY priority DESC, {k}{k_dir} LIMIT 1)
+                    LIMIT 1) n)
+            SELECT p, k FROM g
+        ), c_sel AS (
+            SELECT x.job_id FROM c_grp, LATERAL (
+                SELECT job_id FROM {JOB}
+                WHERE priority = c_grp.p AND {k} = c_grp.k AND {' AND '.join(shape + where)}
+                ORDER BY {inner_order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED) x
+            LIMIT %s
+        )"""
+    # (the inner LIMIT makes the generic plan an ordered index scan, pulled row by row: without
+    # it, a bitmap scan read the whole group before the outer LIMIT could stop it)
+    return select, params + [limit, limit]
