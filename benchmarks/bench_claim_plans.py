@@ -131,6 +131,11 @@ def main() -> None:
 
     from balsam.core import leases
 
+    try:
+        from balsam.core import claim_sql
+    except ImportError:  # an older tree (--compare by PYTHONPATH): always generic
+        claim_sql = None  # type: ignore[assignment]
+
     print(machine_line())
     with throwaway_db() as path:
         from balsam.core import bulk, schema
@@ -154,17 +159,19 @@ def main() -> None:
                                   num_nodes=1, lease_seconds=3600)
         conn.commit()
         print(f"# claim of {args.limit}; ms = execution (EXPLAIN ANALYZE), buf = shared "
-              "buffers hit+read")
+              "buffers hit+read; r = the plan leases.claim runs (g generic, c custom)")
         print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'custom ms':>9} "
-              f"{'buf':>7}  job table scans: generic | custom")
+              f"{'buf':>7} r  job table scans: generic | custom")
         for label, filt in FILTERS:
             runs: dict[str, list[tuple[float, int, str, int]]] = {"g": [], "c": []}
             for _ in range(args.repeat):  # alternated: neither mode always reads cold pages
                 runs["g"].append(explain(conn, sid, args.limit, filt, "force_generic_plan"))
                 runs["c"].append(explain(conn, sid, args.limit, filt, "force_custom_plan"))
             g, c = (sorted(runs[k])[len(runs[k]) // 2] for k in "gc")  # the median run
-            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {c[0]:>9.2f} {c[1]:>7}  "
-                  f"{g[2]} | {'same' if c[2] == g[2] else c[2]}")
+            runs_as = "c" if getattr(claim_sql, "planned_per_call", lambda _: False)(
+                filt.get("tags")) else "g"  # what leases.claim runs: generic or custom
+            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {c[0]:>9.2f} {c[1]:>7} "
+                  f"{runs_as}  {g[2]} | {'same' if c[2] == g[2] else c[2]}")
         print(machine_line())
         conn.close()
 

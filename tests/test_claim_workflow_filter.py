@@ -1,8 +1,9 @@
-"""A launcher's workflow filter or time limit claims the right jobs without reading the other
-jobs (issue 16, session 17): the claimable workflows are listed by a loose index scan and each
-matching one is read in the claim order (migration 0020); a time limit reads the claim index
-group by group from the longest job that fits (``balsam.core.claim_sql``). Real PostgreSQL;
-the claims run as the launcher runs them (prepared, generic plan)."""
+"""A launcher's workflow filter, time limit or tag filter claims the right jobs without reading
+the other jobs (issue 16, session 17): the claimable workflows are listed by a loose index scan
+and each matching one is read in the claim order (migration 0020); a time limit reads the claim
+index group by group from the longest job that fits; a tag filter is planned per call, a rare
+tag read from ``job_claim_tags`` (``balsam.core.claim_sql``). Real PostgreSQL; the claims run
+as the launcher runs them (prepared with the generic plan; tag filters planned per call)."""
 from __future__ import annotations
 
 import json
@@ -26,13 +27,16 @@ def _row(name, workflow, **fields):
 @pytest.fixture
 def skewed(db, cursor):
     """A big workflow of BIG claimable jobs ahead in the claim order (60 min), 20 small ones
-    of 5 jobs, "rare": 10 claimable jobs last in the claim order (5 min, priorities 0-1;
+    of 5 jobs, "rare": 10 claimable jobs last in the claim order (5 min, priorities 0-1, tag
+    campaign=rare; the big ones' tag: site=main;
     ``rare-done`` and ``idle``: finished jobs only), four-node jobs of "rare" for MPI mode."""
     cursor.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                    "envscript, postprocess) VALUES ('app', '', 'true', '', '', '')")
-    rows = [_row(f"b{i}", "big", wall_time_minutes=60) for i in range(BIG)]
+    rows = [_row(f"b{i}", "big", wall_time_minutes=60, tags={"site": "main"})
+            for i in range(BIG)]
     rows += [_row(f"s{i}", f"small{i % 20}", wall_time_minutes=30) for i in range(100)]
-    rows += [_row(f"r{i}", "rare", wall_time_minutes=5, priority=i % 2) for i in range(10)]
+    rows += [_row(f"r{i}", "rare", wall_time_minutes=5, priority=i % 2,
+                  tags={"campaign": "rare"}) for i in range(10)]
     rows += [_row(f"m{i}", "rare", wall_time_minutes=5, num_nodes=4) for i in range(3)]
     rows += [_row(f"f{i}", wf, state="JOB_FINISHED") for i in range(50)
              for wf in ("idle", "rare-done")]
@@ -187,6 +191,44 @@ def test_a_time_limit_claim_reads_only_the_jobs_that_fit(skewed, db, serial):
         got = leases.claim(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)
         assert sorted(r["wall_time_minutes"] for r in got) == [5] * (10 if serial else 13)
         assert [r["priority"] for r in got][:5] == [1] * 5  # claim order: priority first
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _planned_per_call(cur, sid: int, limit: int, **filters) -> dict:
+    """EXPLAIN ANALYZE of a tag-filtered claim as ``leases.claim`` runs it (not prepared)."""
+    sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "exclude_ids": (),
+                                                      "max_wall_minutes": None, **filters})
+    cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) WITH {sql} SELECT * FROM c_upd", params)
+    (doc,) = cur.fetchone()
+    return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_a_rare_tags_claim_reads_its_jobs_and_a_common_tags_reads_the_claim_order(skewed, db,
+                                                                                 serial):
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = _session(cur)
+        conn.commit()
+        rare = {"campaign": "rare"}
+        plan = _planned_per_call(cur, sid, 125, serial=serial, max_nodes=8, tags=rare,
+                                 max_wall_minutes=120.0)
+        assert plan["Actual Rows"] == 10 and _job_rows_read(plan) <= 10, plan  # job_claim_tags
+        conn.rollback()
+        plan = _planned_per_call(cur, sid, 20, serial=serial, max_nodes=8,
+                                 tags={"site": "main"}, max_wall_minutes=120.0)
+        # the claim order: "rare"'s 5 jobs of priority 1 (and in MPI mode its 3 four-node
+        # ones) come first, filtered out, then BIG's
+        ahead = 5 if serial else 8
+        assert plan["Actual Rows"] == 20 and _job_rows_read(plan) <= ahead + 20, plan
+        conn.rollback()
+        got = leases.claim(cur, sid, 125, serial=serial, max_nodes=8, tags=rare,
+                           max_wall_minutes=120.0)
+        assert sorted(r["name"] for r in got) == sorted(f"r{i}" for i in range(10))
+        assert [r["priority"] for r in got] == [1] * 5 + [0] * 5
         conn.commit()
     finally:
         conn.close()

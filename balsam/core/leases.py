@@ -83,9 +83,8 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     ``wf_filter`` keeps jobs whose workflow contains it; ``tags`` those whose tags hold every
     given key and value (:func:`tags_clause`); ``max_wall_minutes`` those that can finish in
     the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
-    Without ``wf_filter`` the claim index is read in that order, the other filters dropping
-    rows of its scan; with it, each matching workflow's rows are read in that order
-    (:mod:`balsam.core.claim_sql`).
+    A workflow filter, a time limit and a tag filter each have their own index path, so a
+    selective one reads what it claims, not every claimable job (:mod:`balsam.core.claim_sql`).
     """
     sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
                                         wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
@@ -94,9 +93,12 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     text = f"WITH {sql} SELECT * FROM c_upd"
     # Prepared, with its generic plan (the same index scans as a custom plan): planning it was
     # ~0.25-0.8 ms per claim, as much as claiming ~20-50 jobs. One name per text (a filter
-    # changes the text; the values are parameters).
-    launcher_moves.execute_prepared(cursor, _prepared_name("balsam_claim", text), text, params,
-                                    generic=True)
+    # changes the text; the values are parameters). A tag filter's claim is planned per call.
+    if claim_sql.planned_per_call(tags):
+        cursor.execute(text, params)
+    else:
+        launcher_moves.execute_prepared(cursor, _prepared_name("balsam_claim", text), text,
+                                        params, generic=True)
     rows = fetch_dicts(cursor)
     rows.sort(key=order_key)
     return rows
@@ -129,8 +131,11 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
                 FROM t_upd),
                (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)"""
     # Planned once per connection, as the claim and the moves are (~0.5-0.7 ms per plan).
-    launcher_moves.execute_prepared(cursor, _prepared_name("balsam_cycle", text), text,
-                                    moves_params + claim_params, generic=True)
+    if claim_sql.planned_per_call(tags):
+        cursor.execute(text, moves_params + claim_params)
+    else:
+        launcher_moves.execute_prepared(cursor, _prepared_name("balsam_cycle", text), text,
+                                        moves_params + claim_params, generic=True)
     moved, rows = fetch_one(cursor)
     rows.sort(key=order_key)
     return [(str(j), f, t) for j, f, t in moved], rows
