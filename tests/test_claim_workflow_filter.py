@@ -123,6 +123,11 @@ def test_a_cycle_with_a_workflow_filter_claims_the_rare_jobs(skewed, db):
         moved, rows = leases.cycle(cur, sid, [(first, State.RUNNING, "")], 5, serial=False,
                                    max_nodes=8, wf_filter="rare")
         assert moved == [(first, "PREPROCESSED", "RUNNING")] and rows == []
+        moved, rows = leases.cycle(cur, sid, [(first, State.RUN_DONE, "")], 5, serial=False,
+                                   max_nodes=8, tags={"site": "main"},  # planned per call
+                                   max_wall_minutes=90.0)
+        assert moved == [(first, "RUNNING", "RUN_DONE")] and len(rows) == 5
+        assert {r["workflow"] for r in rows} == {"big"}
         conn.commit()
     finally:
         conn.close()
