@@ -16,24 +16,26 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from balsam.core import killed_starts, launch_reports, launcher_moves, lifecycle, retries, schema
+from balsam.core import (
+    claim_sql,
+    killed_starts,
+    launch_reports,
+    launcher_moves,
+    lifecycle,
+    schema,
+)
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
 
 JOB, SESSION = schema.JOB_TABLE, schema.SESSION_TABLE
 
-CLAIM_COLUMNS = (
-    "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
-    "threads_per_rank", "threads_per_core", "cpu_affinity", "node_packing_count",
-    "wall_time_minutes", "environ_vars", "mpi_flags", "user_workdir", "state", "priority",
-    "gpus_per_rank",
-)
-"""What a launcher needs to run a claimed job (:func:`claim` adds ``runs`` and ``parents``)."""
-
-_RUNNABLE_SQL = "(" + ", ".join(f"'{s}'" for s in RUNNABLE_STATES) + ")"
+CLAIM_COLUMNS = claim_sql.CLAIM_COLUMNS
+gpu_condition = claim_sql.gpu_condition
+_RUNNABLE_SQL = claim_sql.RUNNABLE_SQL
+_claim_sql = claim_sql.statement
 
 
 def open_session(cursor: Cursor, *, hostname: str, pid: int, job_mode: str, num_nodes: int,
@@ -81,18 +83,22 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     ``wf_filter`` keeps jobs whose workflow contains it; ``tags`` those whose tags hold every
     given key and value (:func:`tags_clause`); ``max_wall_minutes`` those that can finish in
     the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
-    Filters only drop rows of the index scan; the scan is the same.
+    A workflow filter, a time limit and a tag filter each have their own index path, so a
+    selective one reads what it claims, not every claimable job (:mod:`balsam.core.claim_sql`).
     """
     sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
                                         wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
                                         exclude_ids=exclude_ids, tags=tags,
                                         gpus_per_node=gpus_per_node)
     text = f"WITH {sql} SELECT * FROM c_upd"
-    # Prepared, with its generic plan (the same index scan as a custom plan): planning it was
+    # Prepared, with its generic plan (the same index scans as a custom plan): planning it was
     # ~0.25-0.8 ms per claim, as much as claiming ~20-50 jobs. One name per text (a filter
-    # changes the text; the values are parameters).
-    launcher_moves.execute_prepared(cursor, _prepared_name("balsam_claim", text), text, params,
-                                    generic=True)
+    # changes the text; the values are parameters). A tag filter's claim is planned per call.
+    if claim_sql.planned_per_call(tags):
+        cursor.execute(text, params)
+    else:
+        launcher_moves.execute_prepared(cursor, _prepared_name("balsam_claim", text), text,
+                                        params, generic=True)
     rows = fetch_dicts(cursor)
     rows.sort(key=order_key)
     return rows
@@ -101,62 +107,6 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
 def _prepared_name(prefix: str, text: str) -> str:
     """A prepared statement's name for ``text``: the same in every process (not ``hash``)."""
     return f"{prefix}_{zlib.crc32(text.encode()):08x}"
-
-
-def _claim_sql(session_id: int, limit: int, *, serial: bool, max_nodes: int,
-               wf_filter: Optional[str], max_wall_minutes: Optional[float],
-               exclude_ids: tuple[Any, ...], tags: Optional[Mapping[str, str]] = None,
-               gpus_per_node: Optional[int] = None,
-               ) -> tuple[str, list[Any], Callable[[dict[str, Any]], Any]]:
-    """(CTEs ``c_sel``, ``c_upd`` of :func:`claim`, their parameters, the claim order as a sort
-    key of the rows ``c_upd`` returns)."""
-    where = [f"state IN {_RUNNABLE_SQL}", "session_id IS NULL", "num_nodes <= %s"]
-    params: list[Any] = [max_nodes]
-    if serial:
-        where += ["num_nodes = 1", "ranks_per_node = 1"]
-        order = "priority DESC, node_packing_count, wall_time_minutes DESC"
-    else:
-        order = "priority DESC, num_nodes DESC, wall_time_minutes DESC"
-    if wf_filter:
-        where.append("workflow LIKE %s")
-        params.append(like_contains(wf_filter))
-    if tags:
-        where.append("tags @> %s::jsonb")
-        params.append(json.dumps(dict(tags), sort_keys=True))
-    if gpus_per_node is not None:
-        where.append(gpu_condition(serial, gpus_per_node, params, ""))
-    if max_wall_minutes is not None:
-        where.append("wall_time_minutes <= %s::numeric")  # prepared: never rounded
-        params.append(max_wall_minutes)
-    if exclude_ids:
-        where.append("NOT job_id = ANY(%s::uuid[])")
-        params.append([str(j) for j in exclude_ids])
-    # "runs": real runs so far (RUNNING visits less those that were none: retries.RUNS_SQL), so
-    # a task knows its attempt number (BALSAM_JOB_ATTEMPT) and can make its effects idempotent;
-    # "parents" (BALSAM_PARENT_IDS) in the same statement, by the child_id index.
-    # The id as text: psycopg2 would parse each into a uuid.UUID for the caller to print back.
-    cols = ", ".join("j.job_id::text AS job_id" if c == "job_id" else f"j.{c}"
-                     for c in CLAIM_COLUMNS) + (
-        f", {retries.RUNS_SQL} AS runs"
-        f", ARRAY(SELECT d.parent_id::text FROM {schema.DEP_TABLE} d "
-        "WHERE d.child_id = j.job_id ORDER BY d.id) AS parents")
-    # NO KEY UPDATE, not UPDATE: the key-share lock a concurrent transaction takes on a job
-    # while it inserts an event or a dependency row for it (foreign keys) must not make the
-    # claim skip the job -- no notification would come to retry it. The claimed rows are
-    # updated by primary key (= ANY of an array): joined to c_sel, a claim of a few thousand
-    # was planned as a hash join over a scan of the whole job table (its dead row versions
-    # too), a cost that grew with the table instead of the claim.
-    sql = f"""c_sel AS (
-            SELECT job_id FROM {JOB} WHERE {' AND '.join(where)}
-            ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED
-        ), c_upd AS (
-            UPDATE {JOB} j SET session_id = %s
-            WHERE j.job_id = ANY(ARRAY(SELECT job_id FROM c_sel)) RETURNING {cols}
-        )"""
-    order_key: Callable[[dict[str, Any]], Any] = (
-        (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))
-        if serial else (lambda r: (-r["priority"], -r["num_nodes"], -r["wall_time_minutes"])))
-    return sql, params + [limit, session_id], order_key
 
 
 def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str]], limit: int, *,
@@ -181,8 +131,11 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
                 FROM t_upd),
                (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)"""
     # Planned once per connection, as the claim and the moves are (~0.5-0.7 ms per plan).
-    launcher_moves.execute_prepared(cursor, _prepared_name("balsam_cycle", text), text,
-                                    moves_params + claim_params, generic=True)
+    if claim_sql.planned_per_call(tags):
+        cursor.execute(text, moves_params + claim_params)
+    else:
+        launcher_moves.execute_prepared(cursor, _prepared_name("balsam_cycle", text), text,
+                                        moves_params + claim_params, generic=True)
     moved, rows = fetch_one(cursor)
     rows.sort(key=order_key)
     return [(str(j), f, t) for j, f, t in moved], rows
@@ -196,17 +149,6 @@ def tags_clause(tags: Optional[Mapping[str, str]], params: list[Any],
         return ""
     params.append(json.dumps(dict(tags), sort_keys=True))
     return f" AND {column} @> %s::jsonb"
-
-
-def gpu_condition(serial: bool, gpus_per_node: int, params: list[Any], alias: str = "j.") -> str:
-    """SQL: the job's GPUs fit a node of a launcher whose nodes have ``gpus_per_node``,
-    appending the param: serial mode gives each task one GPU when nodes have any (so a task
-    may ask for at most one), MPI mode gives a job every GPU of its nodes."""
-    if serial:
-        params.append(min(1, gpus_per_node))
-        return f"{alias}gpus_per_rank <= %s"
-    params.append(gpus_per_node)
-    return f"{alias}gpus_per_rank * {alias}ranks_per_node <= %s"
 
 
 def holders_elsewhere(cursor: Cursor, session_id: int, *, serial: bool, max_nodes: int,

@@ -18,6 +18,7 @@ from balsam.db.django_setup import ensure_django
 
 ensure_django()
 
+from django.contrib.postgres.indexes import GinIndex  # noqa: E402
 from django.db import connection, models, transaction  # noqa: E402
 from django.db.models.base import ModelState  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -171,6 +172,15 @@ class BalsamJob(job_tables.JobRelations, JobAPI, models.Model):
             models.Index(fields=["-priority", "node_packing_count", "-wall_time_minutes"],
                          name="job_claim_serial_pri",
                          condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
+            # The same per workflow, for a launcher's workflow filter (migration 0020).
+            models.Index(fields=["workflow", "-priority", "-num_nodes", "-wall_time_minutes"],
+                         name="job_claim_wf_mpi", condition=_CLAIMABLE),
+            models.Index(fields=["workflow", "-priority", "node_packing_count",
+                                 "-wall_time_minutes"], name="job_claim_wf_serial",
+                         condition=_CLAIMABLE & models.Q(num_nodes=1, ranks_per_node=1)),
+            # A tag filter's claim (custom plan) reads a rare tag's jobs from here.
+            GinIndex(fields=["tags"], opclasses=["jsonb_path_ops"], name="job_claim_tags",
+                     condition=_CLAIMABLE),
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

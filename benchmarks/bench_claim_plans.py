@@ -1,0 +1,180 @@
+"""The claim's plan for each kind of launcher filter, generic vs custom, on a skewed database.
+
+A throwaway DB gets ``--jobs`` jobs (default 1,000,000, written server-side by ``INSERT ...
+SELECT generate_series``): 40% JOB_FINISHED history (incl. a workflow "idle" with no runnable
+job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min), 200 small
+workflows "small<k>" of 200 runnable jobs (30 min), a rare workflow "rare" of 10 runnable jobs
+(tag campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
+
+For each filter kind the claim's own statement (``leases._claim_sql``, prepared as
+``leases.claim`` prepares it) runs under ``EXPLAIN (ANALYZE, BUFFERS) EXECUTE`` two ways in a
+transaction rolled back after each: with its generic plan (what ``leases.claim`` runs) and a
+custom plan, alternated, ``--repeat`` times each. Printed: the median run's execution ms and
+shared buffers (hit+read), its scans of the job table (rows read, filtered ones included).
+Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FILTERS: list[tuple[str, dict[str, Any]]] = [
+    ("serial, no filter", dict(serial=True, max_nodes=1)),
+    ("serial, --wf big (most jobs)", dict(serial=True, max_nodes=1, wf_filter="big")),
+    ("serial, --wf small7 (200)", dict(serial=True, max_nodes=1, wf_filter="small7")),
+    ("serial, --wf rare (10)", dict(serial=True, max_nodes=1, wf_filter="rare")),
+    ("serial, --wf idle (none runnable)", dict(serial=True, max_nodes=1, wf_filter="idle")),
+    ("serial, --wf nosuch (no job)", dict(serial=True, max_nodes=1, wf_filter="nosuch")),
+    ("serial, --tag site=main (most)", dict(serial=True, max_nodes=1, tags={"site": "main"})),
+    ("serial, --tag campaign=rare (10)", dict(serial=True, max_nodes=1,
+                                             tags={"campaign": "rare"})),
+    ("serial, time left 10 min (10 fit)", dict(serial=True, max_nodes=1, max_wall_minutes=10.0)),
+    ("serial, time left 120 min (all)", dict(serial=True, max_nodes=1, max_wall_minutes=120.0)),
+    ("serial, gpus 0", dict(serial=True, max_nodes=1, gpus_per_node=0)),
+    ("serial, --wf rare + time + gpus", dict(serial=True, max_nodes=1, wf_filter="rare",
+                                             max_wall_minutes=10.0, gpus_per_node=0)),
+    ("mpi, 8 nodes, no filter", dict(serial=False, max_nodes=8)),
+    ("mpi, 8 nodes, --wf rare", dict(serial=False, max_nodes=8, wf_filter="rare")),
+    ("mpi, 8 nodes, --tag campaign=rare", dict(serial=False, max_nodes=8,
+                                               tags={"campaign": "rare"})),
+    ("mpi, 8 nodes, time left 10 min", dict(serial=False, max_nodes=8, max_wall_minutes=10.0)),
+]
+
+
+def populate(cur: Any, jobs: int) -> dict[str, int]:
+    """Write the skewed mix (see the module docstring); returns {part: rows}."""
+    from balsam.core import schema
+
+    job = schema.JOB_TABLE
+    cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                "ORDER BY ordinal_position", [job])
+    columns = [c for (c,) in cur.fetchall()]
+    finished = jobs * 4 // 10
+    small = 200 * 200
+    parts = {"finished": finished - 1000, "idle": 1000, "small": small, "rare": 10,
+             "mpi": 1000}
+    parts["big"] = jobs - sum(parts.values())
+    # part -> (state, workflow, wall minutes, tags, num_nodes)
+    shape = {
+        "finished": ("JOB_FINISHED", "'old' || g %% 100", 60, '{"site": "main"}', 1),
+        "idle": ("JOB_FINISHED", "'idle'", 60, '{}', 1),
+        "big": ("PREPROCESSED", "'big'", 60, '{"site": "main"}', 1),
+        "small": ("PREPROCESSED", "'small' || g %% 200", 30, '{"site": "main"}', 1),
+        "rare": ("PREPROCESSED", "'rare'", 5, '{"campaign": "rare"}', 1),
+        "mpi": ("PREPROCESSED", "'mpiwf'", 60, '{}', 4),
+    }
+    for part, count in parts.items():
+        state, wf, wall, tags, nodes = shape[part]
+        changed = {"job_id": "gen_random_uuid()", "state": f"'{state}'", "workflow": wf,
+                   "name": "'j' || g", "wall_time_minutes": str(wall),
+                   "tags": f"'{tags}'::jsonb", "num_nodes": str(nodes),
+                   "ranks_per_node": "1", "node_packing_count": "1", "priority": "0",
+                   "gpus_per_rank": "0", "session_id": "NULL"}
+        values = ", ".join(changed.get(c, f"j.{c}") for c in columns)
+        cur.execute(f"INSERT INTO {job} ({', '.join(columns)}) SELECT {values} "
+                    f"FROM (SELECT * FROM {job} LIMIT 1) j, generate_series(1, %s) g", [count])
+    cur.execute(f"DELETE FROM {job} WHERE name = 'template'")
+    return parts
+
+
+def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
+            ) -> tuple[float, int, str, int]:
+    """(execution ms, shared buffers, the job table's scans (rows read, filtered ones
+    included), rows claimed) of one claim under ``plan_cache_mode = mode``, rolled back."""
+    from balsam.core import launcher_moves, leases, schema
+
+    sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "max_wall_minutes": None,
+                                                         "exclude_ids": (), **filt})
+    text = f"WITH {sql} SELECT * FROM c_upd"
+    name = leases._prepared_name("bench_claim", text)
+    run, prepare = launcher_moves._prepared_texts(name, text)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s", [name])
+        if not cur.fetchone()[0]:
+            cur.execute(prepare.split("; EXECUTE")[0])
+        cur.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + run, params)
+        plan = cur.fetchone()[0][0]
+    conn.rollback()
+    scans: dict[str, float] = {}  # the job table's scans but the update's: rows read
+
+    def walk(node: dict[str, Any]) -> None:
+        if node["Node Type"] == "ModifyTable":  # the update of the claimed rows
+            return
+        if node.get("Relation Name") == schema.JOB_TABLE:
+            index = node.get("Index Name", "")
+            label = f"{node['Node Type']} {index}".strip()
+            scans[label] = scans.get(label, 0) + node["Actual Rows"] * node["Actual Loops"] + (
+                node.get("Rows Removed by Filter", 0) * node["Actual Loops"])
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(plan["Plan"])
+    buffers = plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0)
+    return plan["Execution Time"], buffers, ", ".join(
+        f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--limit", type=int, default=125)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per mode (median shown)")
+    args = parser.parse_args()
+    from _throwaway import machine_line, throwaway_db
+
+    from balsam.core import leases
+
+    try:
+        from balsam.core import claim_sql
+    except ImportError:  # an older tree (--compare by PYTHONPATH): always generic
+        claim_sql = None  # type: ignore[assignment]
+
+    print(machine_line())
+    with throwaway_db() as path:
+        from balsam.core import bulk, schema
+        from balsam.db.connect import connect
+
+        conn = connect(path)
+        cur = conn.cursor()
+        cur.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, "
+                    "preprocess, envscript, postprocess) VALUES ('noop', '', 'true', '', '', '')")
+        bulk.copy_jobs(cur, [schema.new_job_row({"name": "template", "workflow": "t",
+                                                 "application": "noop",
+                                                 "state": "PREPROCESSED"})])
+        t0 = time.perf_counter()
+        parts = populate(cur, args.jobs)
+        conn.commit()
+        conn.autocommit = True
+        cur.execute(f"VACUUM ANALYZE {schema.JOB_TABLE}")
+        conn.autocommit = False
+        print(f"# {args.jobs:,} jobs in {time.perf_counter() - t0:.0f} s: {json.dumps(parts)}")
+        sid = leases.open_session(cur, hostname="bench", pid=os.getpid(), job_mode="serial",
+                                  num_nodes=1, lease_seconds=3600)
+        conn.commit()
+        print(f"# claim of {args.limit}; ms = execution (EXPLAIN ANALYZE), buf = shared "
+              "buffers hit+read; r = the plan leases.claim runs (g generic, c custom)")
+        print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'custom ms':>9} "
+              f"{'buf':>7} r  job table scans: generic | custom")
+        for label, filt in FILTERS:
+            runs: dict[str, list[tuple[float, int, str, int]]] = {"g": [], "c": []}
+            for _ in range(args.repeat):  # alternated: neither mode always reads cold pages
+                runs["g"].append(explain(conn, sid, args.limit, filt, "force_generic_plan"))
+                runs["c"].append(explain(conn, sid, args.limit, filt, "force_custom_plan"))
+            g, c = (sorted(runs[k])[len(runs[k]) // 2] for k in "gc")  # the median run
+            runs_as = "c" if getattr(claim_sql, "planned_per_call", lambda _: False)(
+                filt.get("tags")) else "g"  # what leases.claim runs: generic or custom
+            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {c[0]:>9.2f} {c[1]:>7} "
+                  f"{runs_as}  {g[2]} | {'same' if c[2] == g[2] else c[2]}")
+        print(machine_line())
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()
