@@ -44,11 +44,14 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
-from balsam.platform.mpich_files import held_files, unlink_same
+from balsam.platform.mpich_files import held_files, mapped_anywhere, segments_since, unlink_same
 from balsam.platform.mpich_files import mapped_segments as mapped_segments
 
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
+ORPHAN_WAIT_SECONDS = 30.0
+"""How long a watchdog whose rank died before telling its segments waits for the other ranks
+mapping a file made since the rank started (Hydra kills them once one rank died) to go."""
 MAX_LOOK_SECONDS = 30.0
 """Longest interval between looks while none was found (an ensemble stuck in its start-up)."""
 
@@ -106,3 +109,22 @@ def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
     """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
     user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
     return unlink_same(found)
+
+
+def unlink_orphans(since: float, wait: float, poll: float = 0.1) -> list[str]:
+    """A worker rank died before it told its watchdog its segments (in ``MPI_Init`` or right
+    after it): unlink this user's segment files made since ``since`` (the epoch time before the
+    rank initialised MPI) once no live process maps them -- waiting up to ``wait`` seconds for
+    the ranks still mapping one (Hydra kills them after one died) --; the paths removed. A file
+    of another job made meanwhile is mapped by its live ranks (from its ``mmap`` right after
+    its creation) and left alone; one mapped by nobody is a leftover anyway."""
+    found = segments_since(since)
+    deadline = time.monotonic() + wait
+    while found:
+        mapped = mapped_anywhere(found)
+        if not mapped or time.monotonic() >= deadline:
+            return unlink_same({p: i for p, i in found.items() if p not in mapped})
+        time.sleep(poll)
+        poll = min(2 * poll, 1.0)
+    return []
+

@@ -47,7 +47,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
-from balsam.launcher.ensemble_shm import unlink_segments
+from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
 from balsam.platform.process import start_time, wait_child
 from balsam.platform.procgroup import live_members, signal_group
 
@@ -74,7 +74,8 @@ class Watchdog:
 
     def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
                  python: str = sys.executable, report: str = "",
-                 segments: Optional[Mapping[str, tuple[int, int]]] = None) -> None:
+                 segments: Optional[Mapping[str, tuple[int, int]]] = None,
+                 since: Optional[float] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
         self.began_path = _new_began_file(f"{report}.began") if report else ""
@@ -86,7 +87,7 @@ class Watchdog:
                 os.write(self._fd, _segment_lines(segments))
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
-                 self.began_path],
+                 self.began_path, "" if since is None else repr(since)],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
@@ -137,11 +138,10 @@ class Watchdog:
         self._send(f"?{job_id}\n".encode())
 
     def segments(self, found: Mapping[str, tuple[int, int]]) -> None:
-        """MPI shared-memory files ({path: (device, inode)}) this process maps: if it dies
-        (end of file without :meth:`close`'s line), the watchdog unlinks those still there
-        (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
-        if found:
-            self._send(_segment_lines(found))
+        """MPI shared-memory files ({path: (device, inode)}) this process maps (all of them,
+        even none): if it dies (end of file without :meth:`close`'s line), the watchdog unlinks
+        those still there (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
+        self._send(_segment_lines(found))
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
@@ -215,7 +215,8 @@ def _new_began_file(path: str) -> str:
 
 
 def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
-    return "".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()).encode()
+    return "".join([f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()] + ["!\n"]
+                   ).encode()  # (a bare "!": the owner told them all)
 
 
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
@@ -273,7 +274,7 @@ def groups_of_job(job_id: str) -> list[int]:
 
 
 def serve(fd: int, grace: float, began_path: str = ""
-          ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
+          ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]]]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``#JOBID`` / ``=``
     / ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
     at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
@@ -281,12 +282,12 @@ def serve(fd: int, grace: float, began_path: str = ""
     after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
     ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
     ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
-    if it died: none after ``.``). A group's leader start time is read when its line is (the
-    leader is the owner's child, not reaped before its ``-`` line), so that a group id reused
-    after the group ended is not signalled at the end."""
+    if it died: none after ``.``, None if it told none (no ``!`` line)). A group's leader start
+    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
+    line), so that a group id reused after the group ended is not signalled at the end."""
     groups: dict[int, str] = {}
     starts: dict[int, Optional[int]] = {}
-    segments: dict[str, tuple[int, int]] = {}
+    segments: Optional[dict[str, tuple[int, int]]] = None
     closing = False
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
@@ -330,8 +331,10 @@ def serve(fd: int, grace: float, began_path: str = ""
                 expected.clear()
                 queued.clear()
             elif line[:1] == b"!":
-                dev, ino, path = line[1:].decode().split(" ", 2)
-                segments[path] = (int(dev), int(ino))
+                segments = {} if segments is None else segments
+                if line != b"!":
+                    dev, ino, path = line[1:].decode().split(" ", 2)
+                    segments[path] = (int(dev), int(ino))
             elif line == b".":
                 closing = True
         for leader in added:  # (one /proc read per task still running after the batch)
@@ -376,7 +379,9 @@ def main(argv: list[str]) -> int:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "owner": owner,
                               "started": started, "alive": alive})
-    removed = unlink_segments(segments)  # after the report: the launcher waits for that
+    since = float(argv[5]) if len(argv) > 5 and argv[5] else None  # after the report (waited for)
+    removed = (unlink_segments(segments) if segments is not None
+               else [] if since is None else unlink_orphans(since, ORPHAN_WAIT_SECONDS))
     if removed:
         print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
               f"{', '.join(removed)}", file=sys.stderr, flush=True)

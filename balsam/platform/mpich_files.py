@@ -146,3 +146,46 @@ def unlink_same(found: Mapping[str, tuple[int, int]]) -> list[str]:
             continue
         removed.append(path)
     return removed
+
+
+CTIME_SLACK_SECONDS = 0.05
+"""A file's ``ctime`` comes from the kernel's coarse clock (a tick, up to 10 ms, behind the
+precise one a process reads): a file made right after ``since`` may seem made before it."""
+
+
+def segments_since(since: float) -> dict[str, tuple[int, int]]:
+    """{path: (device, inode)} of this user's MPICH segment files changed (made) at or after
+    the epoch time ``since``."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        entries = list(os.scandir(SHM_DIR))
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.startswith(SHM_PREFIX):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid == os.geteuid() and st.st_ctime >= since - CTIME_SLACK_SECONDS:
+            found[entry.path] = (st.st_dev, st.st_ino)
+    return found
+
+
+def mapped_anywhere(paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` a live process (one whose ``/proc/<pid>/maps`` this user can read)
+    maps."""
+    wanted = {f" {path}\n" for path in paths}
+    mapped: set[str] = set()
+    for name in os.listdir("/proc") if wanted else ():
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/maps") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        mapped.update(w[1:-1] for w in wanted if w in text)
+    return mapped
+
