@@ -48,11 +48,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
+from balsam.launcher.group_stop import groups_of_job, kill_groups, still_alive
 from balsam.platform.process import start_time, wait_child
-from balsam.platform.procgroup import live_members, signal_group
 
-GONE_WAIT_SECONDS = 5.0
-"""After SIGKILL, how long the watchdog waits for a group's last live member to go."""
 READ_NAP_SECONDS = 0.02
 """After reading lines, the watchdog sleeps this long before reading again: the pipe holds
 what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
@@ -219,58 +217,12 @@ def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
                    ).encode()  # (a bare "!": the owner told them all)
 
 
-def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
-    """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
-    seconds; returns the groups that existed. ``starts`` gives leaders' start times: a group
-    whose id names a process started at another time is left alone (its id was reused)."""
-    starts = starts or {}
-    alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM, starts.get(pgid))]
-    existed = list(alive)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        time.sleep(poll)
-        alive = [g for g in alive if live_members(g, starts.get(g))]
-    for pgid in alive:
-        signal_group(pgid, signal.SIGKILL, starts.get(pgid))
-    return existed
-
-
-def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
-    """The groups that still have a live (non-zombie) member after up to ``timeout`` s."""
-    starts = starts or {}
-    left = list(groups)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [g for g in left if live_members(g, starts.get(g))]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(poll)
-
-
 def write_report(path: str, report: dict[str, Any]) -> None:
     """Replace the report file at ``path`` at once (write a temporary file, rename it)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump(report, fh)
     os.replace(tmp, path)
-
-
-def groups_of_job(job_id: str) -> list[int]:
-    """Process groups of this user's processes whose environment has ``BALSAM_JOB_ID=job_id``
-    (a task whose starter died before it could register it)."""
-    needle = f"BALSAM_JOB_ID={job_id}".encode()
-    found = set()
-    for name in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        found.add(os.getpgid(int(name)))
-            except OSError:
-                continue
-    return sorted(found)
 
 
 def serve(fd: int, grace: float, began_path: str = ""
