@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
-from balsam.platform.mpich_files import held_files, mapped_anywhere, segments_since, unlink_same
+from balsam.platform.mpich_files import held_files, mapped_anywhere, segments_made, unlink_same
 from balsam.platform.mpich_files import mapped_segments as mapped_segments
 
 FIRST_LOOK_SECONDS = 0.5
@@ -111,20 +111,24 @@ def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
     return unlink_same(found)
 
 
-def unlink_orphans(since: float, wait: float, poll: float = 0.1) -> list[str]:
+def unlink_orphans(since: float, until: float, wait: float, poll: float = 0.1,
+                   directory: str = SHM_DIR) -> list[str]:
     """A worker rank died before it told its watchdog its segments (in ``MPI_Init`` or right
-    after it): unlink this user's segment files made since ``since`` (the epoch time before the
-    rank initialised MPI) once no live process maps them -- waiting up to ``wait`` seconds for
+    after it): unlink this user's segment files made while it lived, from ``since`` (the epoch
+    time before it initialised MPI) to ``until`` (when its watchdog saw it gone), once no live
+    process maps them -- waiting up to ``wait`` seconds for
     the ranks still mapping one (Hydra kills them after one died) --; the paths removed. A file
     of another job made meanwhile is mapped by its live ranks (from its ``mmap`` right after
-    its creation) and left alone; one mapped by nobody is a leftover anyway."""
-    found = segments_since(since)
+    its creation) and left alone (once the wait is over); one mapped by nobody is a leftover
+    anyway."""
+    found, removed = segments_made(since, until, directory), []
     deadline = time.monotonic() + wait
     while found:
         mapped = mapped_anywhere(found)
-        if not mapped or time.monotonic() >= deadline:
-            return unlink_same({p: i for p, i in found.items() if p not in mapped})
+        removed += unlink_same({p: i for p, i in found.items() if p not in mapped})
+        found = {p: i for p, i in found.items() if p in mapped}
+        if not found or time.monotonic() >= deadline:
+            break
         time.sleep(poll)
         poll = min(2 * poll, 1.0)
-    return []
-
+    return removed

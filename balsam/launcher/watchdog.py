@@ -48,7 +48,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
-from balsam.launcher.group_stop import groups_of_job, kill_groups, still_alive
+from balsam.launcher.group_stop import groups_of_job
+from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
+from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.platform.process import start_time, wait_child
 
 READ_NAP_SECONDS = 0.02
@@ -226,7 +228,7 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 
 
 def serve(fd: int, grace: float, began_path: str = ""
-          ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]]]:
+          ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]], float]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``#JOBID`` / ``=``
     / ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
     at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
@@ -251,6 +253,7 @@ def serve(fd: int, grace: float, began_path: str = ""
         except InterruptedError:  # pragma: no cover - PEP 475 retries reads
             continue
         if not data:
+            ended = time.time()
             break
         if not data.endswith((b".\n", b"=\n")):  # "." (or "="): end of file comes next
             time.sleep(READ_NAP_SECONDS)
@@ -300,7 +303,7 @@ def serve(fd: int, grace: float, began_path: str = ""
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
     started.update(began_queued(queued, began_path, alive))
-    return stopped, alive, list(started.elements()), {} if closing else segments
+    return stopped, alive, list(started.elements()), {} if closing else segments, ended
 
 
 def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Counter[str]:
@@ -326,14 +329,14 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
+    stopped, alive, started, segments, ended = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "owner": owner,
                               "started": started, "alive": alive})
     since = float(argv[5]) if len(argv) > 5 and argv[5] else None  # after the report (waited for)
     removed = (unlink_segments(segments) if segments is not None
-               else [] if since is None else unlink_orphans(since, ORPHAN_WAIT_SECONDS))
+               else [] if since is None else unlink_orphans(since, ended, ORPHAN_WAIT_SECONDS))
     if removed:
         print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
               f"{', '.join(removed)}", file=sys.stderr, flush=True)

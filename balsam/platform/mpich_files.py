@@ -153,12 +153,14 @@ CTIME_SLACK_SECONDS = 0.05
 precise one a process reads): a file made right after ``since`` may seem made before it."""
 
 
-def segments_since(since: float) -> dict[str, tuple[int, int]]:
-    """{path: (device, inode)} of this user's MPICH segment files changed (made) at or after
-    the epoch time ``since``."""
+def segments_made(since: float, until: float, directory: str = SHM_DIR
+                  ) -> dict[str, tuple[int, int]]:
+    """{path: (device, inode)} of this user's MPICH segment files in ``directory`` last
+    changed (made: MPICH sizes it once, then only maps it) between the epoch times ``since``
+    and ``until``."""
     found: dict[str, tuple[int, int]] = {}
     try:
-        entries = list(os.scandir(SHM_DIR))
+        entries = list(os.scandir(directory))
     except OSError:
         return found
     for entry in entries:
@@ -168,7 +170,8 @@ def segments_since(since: float) -> dict[str, tuple[int, int]]:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if st.st_uid == os.geteuid() and st.st_ctime >= since - CTIME_SLACK_SECONDS:
+        if (st.st_uid == os.geteuid()
+                and since - CTIME_SLACK_SECONDS <= st.st_ctime <= until + CTIME_SLACK_SECONDS):
             found[entry.path] = (st.st_dev, st.st_ino)
     return found
 
