@@ -24,13 +24,14 @@ it: one ``stat``). Unlinking a name does not disturb a rank still dying with the
 
 Only ranks that are this launcher's descendants are found that way: Hydra's ``fork``
 bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
-each worker rank also gives its task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
-own on the rank's node) the segments it maps, read once from ``/proc/self/maps`` after
-``MPI_Init`` and in the watchdog's pipe before it starts, which is before the rank waits for the
-session id (an ensemble started before the session may wait there for seconds); a watchdog
-whose rank died (its pipe closed without the rank's closing line) unlinks them the same way,
-after it stopped the rank's tasks and wrote its report. After a normal
-end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
+each worker rank also has a task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
+own on the rank's node), started before ``MPI_Init`` (Hydra's ``PMI_RANK`` names the rank), and
+gives it the segments it maps, read once from ``/proc/self/maps`` right after ``MPI_Init``;
+a watchdog whose rank died (its pipe closed without the rank's closing line) unlinks them the
+same way, after it stopped the rank's tasks and wrote its report; if the rank died before
+telling them (in ``MPI_Init`` or right after), it unlinks this user's segment files made while
+the rank lived once no live process maps them (:func:`unlink_orphans`). After a normal end the
+rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
 
 The same looks note the Hydra topology file each proxy holds open (``/tmp/hydra_hwloc_xmlfile_*``,
 made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.mpich_files`), and

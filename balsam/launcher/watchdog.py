@@ -29,6 +29,11 @@ An MPI-mode launcher gives job ids too (``?JOBID`` before a launch, ``+PGID JOBI
 says ``#JOBID`` once a commit ended a job's hold, and has a report file: if it dies, the file
 lists the jobs it launched and saw no end of recorded, which the sweep of its session reads
 (:mod:`balsam.core.launch_reports`).
+A worker rank's watchdog starts before ``MPI_Init`` and is given the epoch time just before
+(``since``); the rank then sends its MPI shared-memory files (``!DEV INO PATH`` lines, a bare
+``!`` ends them). A watchdog whose owner died without ``.`` removes them; if no ``!`` came, the
+files made while the owner lived once no live process maps them
+(:func:`balsam.launcher.ensemble_shm.unlink_orphans`).
 
 The watchdog ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal or a signal to the
 launcher's group must not take it down first). The grace must be well under the lease, so that
