@@ -110,16 +110,19 @@ def report_state(config: SerialConfig, rank: int) -> str:
         return ""
 
 
-def test_a_worker_rank_killed_right_after_mpi_init_leaves_no_shared_memory_file(db, tmp_path):
-    # The rank is SIGKILLed before it can tell its watchdog the segment (or, before, start it):
-    # its watchdog, started before MPI_Init, finds the file made since, mapped by no one once
-    # Hydra killed the master too, and removes it. Nothing else cleans up here (no launcher).
-    proc, config, marks = start_ensemble(db, tmp_path, BALSAM_TEST_KILL_RANK="1")
+@pytest.mark.parametrize("killed", ["1", "0"])
+def test_a_rank_killed_right_after_mpi_init_leaves_no_shared_memory_file(db, tmp_path, killed):
+    # The rank is SIGKILLed before it can tell anyone the segment (worker 1: its watchdog;
+    # before, it had not even started it). Worker 1's watchdog, started before MPI_Init, finds
+    # the file made while its rank lived, mapped by no one once Hydra killed the other rank
+    # too, and removes it (or the one its rank told it, if it got that far before Hydra's
+    # kill). Nothing else cleans up here (no launcher; the master has no watchdog).
+    proc, config, marks = start_ensemble(db, tmp_path, BALSAM_TEST_KILL_RANK=killed)
     watch = ShmWatch(lambda: [proc.pid] if proc.returncode is None else [])
     segments: dict[str, tuple[int, int]] = {}
     try:
         wait_for(lambda: os.path.exists(os.path.join(marks, "segments")) or proc.poll() is not None,
-                 120, "worker rank 1 to map its segment")
+                 120, f"rank {killed} to map its segment")
         with open(os.path.join(marks, "segments")) as fh:
             for line in fh.read().splitlines():
                 dev, ino, path = line.split(" ", 2)
