@@ -123,8 +123,8 @@ def test_a_dead_ranks_watchdog_removes_only_unmapped_files_made_while_it_lived(t
     from balsam.launcher.ensemble_shm import unlink_orphans
     from balsam.platform.mpich_files import SHM_PREFIX
 
-    def made(name: str) -> str:
-        path = str(tmp_path / f"{SHM_PREFIX}{name}_0")
+    def made(name: str) -> str:  # (an MPICH name: hex)
+        path = str(tmp_path / f"{SHM_PREFIX}{name.encode().hex()}_0")
         with open(path, "wb") as fh:
             fh.write(b"\0" * 4096)
         return path

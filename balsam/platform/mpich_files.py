@@ -24,6 +24,7 @@ bootstraps: their ``/tmp`` and ``/dev/shm``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -34,6 +35,8 @@ PROXY = b"hydra_pmi_proxy"
 """Hydra's node proxy's command name (``/proc/<pid>/comm``)."""
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "mpich_shm_"
+SHM_NAME = re.compile(r"mpich_shm_[0-9a-f]+_[0-9]+")
+"""MPICH's segment names (``mpich_shm_<random hex>_<n>``, the wheel's 4.x/5.x)."""
 
 
 def held_files(pids: Iterable[int]) -> dict[str, tuple[int, int]]:
@@ -164,7 +167,7 @@ def segments_made(since: float, until: float, directory: str = SHM_DIR
     except OSError:
         return found
     for entry in entries:
-        if not entry.name.startswith(SHM_PREFIX):
+        if not SHM_NAME.fullmatch(entry.name):  # (not another program's file of the prefix)
             continue
         try:
             st = entry.stat(follow_symlinks=False)
