@@ -27,12 +27,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.launcher.ensemble_shm import mapped_segments
 from balsam.launcher.rank_boot import MasterBoot, on_signals, rank_before_init, rank_logger, worker_watchdog
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
-from balsam.launcher.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from balsam.launcher.watchdog import Watchdog
 
 ORDERS, REPORTS, SESSION = 11, 12, 13
 """MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
