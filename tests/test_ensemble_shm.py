@@ -111,3 +111,38 @@ def test_the_suites_check_notes_what_a_launchers_tree_maps_and_finds_what_is_lef
         for path in (rank_file, other_file):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_a_dead_ranks_watchdog_removes_only_unmapped_files_made_while_it_lived(tmp_path):
+    # ensemble_shm.unlink_orphans (a worker rank died before telling its watchdog its segment),
+    # in a directory of the test's own (in /dev/shm, another test's files would count): a file
+    # made while the rank lived and mapped by nobody goes; another job's file made meanwhile
+    # and mapped by its live rank stays, and so do files made before or after.
+    import time
+
+    from balsam.launcher.ensemble_shm import unlink_orphans
+    from balsam.platform.mpich_files import SHM_PREFIX
+
+    def made(name: str) -> str:  # (an MPICH name: hex)
+        path = str(tmp_path / f"{SHM_PREFIX}{name.encode().hex()}_0")
+        with open(path, "wb") as fh:
+            fh.write(b"\0" * 4096)
+        return path
+
+    def clock_past(path: str) -> float:  # (ctime's coarse clock: a margin well past its slack)
+        return wait_for(lambda: time.time() > os.stat(path).st_ctime + 0.2 and time.time(),
+                        10, "the clock to move on")
+
+    old = made("old")
+    since = clock_past(old)
+    orphan, live = made("orphan"), made("livejob")
+    until = clock_past(live)
+    wait_for(lambda: time.time() > until + 0.2, 10, "the clock to move on")
+    young = made("young")
+    with open(live, "r+b") as fh:
+        mapped = mmap.mmap(fh.fileno(), 4096)
+    try:
+        assert unlink_orphans(since, until, wait=0.0, directory=str(tmp_path)) == [orphan]
+        assert [os.path.exists(p) for p in (orphan, live, old, young)] == [False, True, True, True]
+    finally:
+        mapped.close()

@@ -24,13 +24,14 @@ it: one ``stat``). Unlinking a name does not disturb a rank still dying with the
 
 Only ranks that are this launcher's descendants are found that way: Hydra's ``fork``
 bootstrap (the ``local`` profile, where containers run). On every node, whatever the bootstrap,
-each worker rank also gives its task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
-own on the rank's node) the segments it maps, read once from ``/proc/self/maps`` after
-``MPI_Init`` and in the watchdog's pipe before it starts, which is before the rank waits for the
-session id (an ensemble started before the session may wait there for seconds); a watchdog
-whose rank died (its pipe closed without the rank's closing line) unlinks them the same way,
-after it stopped the rank's tasks and wrote its report. After a normal
-end the rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
+each worker rank also has a task watchdog (:mod:`balsam.launcher.watchdog`, a process of its
+own on the rank's node), started before ``MPI_Init`` (Hydra's ``PMI_RANK`` names the rank), and
+gives it the segments it maps, read once from ``/proc/self/maps`` right after ``MPI_Init``;
+a watchdog whose rank died (its pipe closed without the rank's closing line) unlinks them the
+same way, after it stopped the rank's tasks and wrote its report; if the rank died before
+telling them (in ``MPI_Init`` or right after), it unlinks this user's segment files made while
+the rank lived once no live process maps them (:func:`unlink_orphans`). After a normal end the
+rank closed its watchdog first, and ``MPI_Finalize`` removes the file.
 
 The same looks note the Hydra topology file each proxy holds open (``/tmp/hydra_hwloc_xmlfile_*``,
 made in ``MPI_Init`` too, left by a killed ``mpiexec``: :mod:`balsam.platform.mpich_files`), and
@@ -44,11 +45,14 @@ from collections.abc import Mapping
 from typing import Callable, Optional
 
 from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
-from balsam.platform.mpich_files import held_files, unlink_same
+from balsam.platform.mpich_files import held_files, mapped_anywhere, segments_made, unlink_same
 from balsam.platform.mpich_files import mapped_segments as mapped_segments
 
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""
+ORPHAN_WAIT_SECONDS = 30.0
+"""How long a watchdog whose rank died before telling its segments waits for the other ranks
+mapping a file made since the rank started (Hydra kills them once one rank died) to go."""
 MAX_LOOK_SECONDS = 30.0
 """Longest interval between looks while none was found (an ensemble stuck in its start-up)."""
 
@@ -106,3 +110,28 @@ def unlink_segments(found: Mapping[str, tuple[int, int]]) -> list[str]:
     """Unlink each of ``found`` ({path: (device, inode)}) that is still that inode and this
     user's file; the paths removed (one gone already was unlinked by ``MPI_Finalize``)."""
     return unlink_same(found)
+
+
+def unlink_orphans(since: float, until: float, wait: float, poll: float = 0.1,
+                   directory: str = SHM_DIR) -> list[str]:
+    """A worker rank died before it told its watchdog its segments (in ``MPI_Init`` or right
+    after it): unlink this user's segment files made while it lived, from ``since`` (the epoch
+    time before it initialised MPI) to ``until`` (when its watchdog saw it gone), once no live
+    process maps them -- waiting up to ``wait`` seconds for
+    the ranks still mapping one (Hydra kills them after one died) --; the paths removed. A file
+    of another job made meanwhile is mapped by its live ranks (from its ``mmap`` right after
+    its creation) and left alone (once the wait is over); one mapped by nobody is a leftover
+    anyway. A node's file is made after every local rank entered ``MPI_Init`` (MPICH's PMI
+    barrier comes first: measured, the master made it 0.09 s after a worker held back 2 s
+    began its ``MPI_Init``), so one another rank made is in the window too."""
+    found, removed = segments_made(since, until, directory), []
+    deadline = time.monotonic() + wait
+    while found:
+        mapped = mapped_anywhere(found)
+        removed += unlink_same({p: i for p, i in found.items() if p not in mapped})
+        found = {p: i for p, i in found.items() if p in mapped}
+        if not found or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+        poll = min(2 * poll, 1.0)
+    return removed

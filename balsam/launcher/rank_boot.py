@@ -20,10 +20,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from balsam.core.tunables import Tunables
 from balsam.db.dbapi import Cursor
 from balsam.launcher.serial_mode import SerialConfig
+
+if TYPE_CHECKING:
+    from balsam.launcher.watchdog import Watchdog
 
 LOG_FORMAT = "%(asctime)s|%(process)d|%(levelname)s|%(message)s"
 SESSION_WAIT_SLACK_SECONDS = 30.0
@@ -111,7 +115,6 @@ class MasterBoot:
     :meth:`start` runs :meth:`run` in a thread (while MPI initialises), :meth:`join` waits."""
 
     def __init__(self, config: SerialConfig) -> None:
-        from balsam.core.tunables import Tunables
         from balsam.launcher.metered import MeteredDatabase
 
         self.config = config
@@ -169,3 +172,21 @@ def rank_before_init(environ: Mapping[str, str]) -> Optional[int]:
     ``PMI_RANK``), or None if it did not."""
     value = environ.get("PMI_RANK", "")
     return int(value) if value.isdigit() else None
+
+
+def worker_watchdog(config: SerialConfig, rank: int,
+                    segments: Optional[Mapping[str, tuple[int, int]]] = None) -> Watchdog:
+    """The task watchdog of worker rank ``rank`` (:mod:`balsam.launcher.watchdog`), reporting
+    to :func:`balsam.launcher.ensemble_watch.report_path`. Started before ``MPI_Init`` (then
+    ``segments`` is None, the rank tells them with :meth:`Watchdog.segments` after it): if the
+    rank dies first, the watchdog removes this user's MPICH segment files made since, once no
+    live process maps them (:func:`balsam.launcher.ensemble_shm.unlink_orphans`)."""
+    # (here, not at the top: rank 0 imports this module before its boot thread starts, and
+    # ensemble_watch brings the lease code, ~5-8 ms, which rank 0 imports after MPI_Init)
+    from balsam.launcher.ensemble_watch import report_path
+    from balsam.launcher.watchdog import Watchdog
+
+    grace = Tunables.from_settings(config.settings["launcher"]).kill_grace_seconds
+    return Watchdog(grace, segments=segments, since=None if segments is not None else time.time(),
+                    report=report_path(config.watch_dir, rank, config.generation))
+

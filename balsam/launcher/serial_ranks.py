@@ -27,10 +27,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from balsam.launcher.rank_boot import MasterBoot, on_signals, rank_before_init, rank_logger
+from balsam.launcher.ensemble_shm import mapped_segments
+from balsam.launcher.rank_boot import MasterBoot, on_signals, rank_before_init, rank_logger, worker_watchdog
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
+
+if TYPE_CHECKING:
+    from balsam.launcher.watchdog import Watchdog
 
 ORDERS, REPORTS, SESSION = 11, 12, 13
 """MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
@@ -179,24 +183,22 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
         db.close()
 
 
-def run_worker(comm: Any, config: SerialConfig) -> int:
-    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. The rank's watchdog
-    reports to :func:`balsam.launcher.ensemble_watch.report_path`."""
+def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = None) -> int:
+    """Ranks 1..N: serve node ``rank - 1`` until the master says exit. ``watchdog``: the
+    rank's (:func:`balsam.launcher.rank_boot.worker_watchdog`), started before MPI and told
+    the segments; None: one is started now."""
     from balsam.core.tunables import Tunables
-    from balsam.launcher.ensemble_shm import mapped_segments
-    from balsam.launcher.ensemble_watch import report_path
     from balsam.launcher.nodeslots import NodeSlots, node_cpus
     from balsam.launcher.rank_heartbeat import mpi_pulse
     from balsam.launcher.serial_worker import Worker
-    from balsam.launcher.watchdog import Watchdog
 
     stop = threading.Event()
     on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
     # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
-    watchdog = Watchdog(t.kill_grace_seconds, segments=mapped_segments([os.getpid()]),
-                        report=report_path(config.watch_dir, comm.Get_rank(), config.generation))
+    watchdog = watchdog or worker_watchdog(config, comm.Get_rank(),
+                                           mapped_segments([os.getpid()]))
     session_id = config.session_id or _session_from_master(comm, stop)
     if not session_id:  # the launcher opened no session (or a stop came first)
         watchdog.close()
@@ -233,10 +235,18 @@ def main(argv: Sequence[str]) -> int:
     # struct's module lock and waited for the global one: both threads hung for good (seen
     # under load). ctypes imported here first, the finder imports nothing.
     config = SerialConfig.from_json(argv[0])
-    boot = MasterBoot(config).start() if rank_before_init(os.environ) == 0 else None
+    rank = rank_before_init(os.environ)
+    boot = MasterBoot(config).start() if rank == 0 else None
+    # A worker's watchdog before MPI_Init makes its /dev/shm file: a kill from then on leaves none
+    watchdog = worker_watchdog(config, rank) if rank else None
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    if watchdog is not None:
+        watchdog.segments(mapped_segments([os.getpid()]))
+        if comm.Get_rank() != rank:  # PMI_RANK named another rank than MPI: not ours
+            watchdog.close()
+            watchdog = None
     if comm.Get_rank() == 0:
         status = run_master(comm, config, boot)
         exit_rank(status)  # (returns only while a thread of the master is alive)
@@ -245,18 +255,21 @@ def main(argv: Sequence[str]) -> int:
         boot.stop.set()
         boot.join()
         boot.db.close()
-    status = run_worker(comm, config)
+    status = run_worker(comm, config, watchdog)
     exit_rank(status)
     return status
 
 
 def exit_rank(status: int) -> None:
-    """End this rank with ``status`` once its role returned: logs flushed, MPI finalized, then
+    """End this rank with ``status`` once its role returned: its ``atexit`` handlers run (a
+    user's, a function task's module's: a normal exit would run them; before ``MPI_Finalize``,
+    as that one may still use MPI), logs flushed, MPI finalized, then
     the C library's ``exit``, without the interpreter's teardown (freeing every module the
     rank imported: 40-90 ms of every ensemble's end under load; the launcher waits for it). Not
     ``os._exit``: MPICH's exit handlers must run, or Hydra kills the ranks still exiting
     (status 9) and reports that (measured, benchmarks/README.md, session 16). Returns, leaving
     the exit to the interpreter, while a non-daemon thread is alive."""
+    import atexit
     import ctypes
 
     from mpi4py import MPI
@@ -264,6 +277,7 @@ def exit_rank(status: int) -> None:
     here = threading.current_thread()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not here):
         return
+    atexit._run_exitfuncs()  # (prints a handler's exception and goes on, as at a normal exit)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to flush

@@ -29,6 +29,11 @@ An MPI-mode launcher gives job ids too (``?JOBID`` before a launch, ``+PGID JOBI
 says ``#JOBID`` once a commit ended a job's hold, and has a report file: if it dies, the file
 lists the jobs it launched and saw no end of recorded, which the sweep of its session reads
 (:mod:`balsam.core.launch_reports`).
+A worker rank's watchdog starts before ``MPI_Init`` and is given the epoch time just before
+(``since``); the rank then sends its MPI shared-memory files (``!DEV INO PATH`` lines, a bare
+``!`` ends them). A watchdog whose owner died without ``.`` removes them; if no ``!`` came, the
+files made while the owner lived once no live process maps them
+(:func:`balsam.launcher.ensemble_shm.unlink_orphans`).
 
 The watchdog ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the terminal or a signal to the
 launcher's group must not take it down first). The grace must be well under the lease, so that
@@ -47,12 +52,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
-from balsam.launcher.ensemble_shm import unlink_segments
+from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
+from balsam.launcher.group_stop import groups_of_job
+from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
+from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.platform.process import start_time, wait_child
-from balsam.platform.procgroup import live_members, signal_group
 
-GONE_WAIT_SECONDS = 5.0
-"""After SIGKILL, how long the watchdog waits for a group's last live member to go."""
 READ_NAP_SECONDS = 0.02
 """After reading lines, the watchdog sleeps this long before reading again: the pipe holds
 what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
@@ -74,7 +79,8 @@ class Watchdog:
 
     def __init__(self, grace: float, *, log: Optional[Callable[[str], None]] = None,
                  python: str = sys.executable, report: str = "",
-                 segments: Optional[Mapping[str, tuple[int, int]]] = None) -> None:
+                 segments: Optional[Mapping[str, tuple[int, int]]] = None,
+                 since: Optional[float] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
             write_report(report, {"state": "running", "host": socket.gethostname()})
         self.began_path = _new_began_file(f"{report}.began") if report else ""
@@ -86,7 +92,7 @@ class Watchdog:
                 os.write(self._fd, _segment_lines(segments))
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
-                 self.began_path],
+                 self.began_path, "" if since is None else repr(since)],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
@@ -137,11 +143,10 @@ class Watchdog:
         self._send(f"?{job_id}\n".encode())
 
     def segments(self, found: Mapping[str, tuple[int, int]]) -> None:
-        """MPI shared-memory files ({path: (device, inode)}) this process maps: if it dies
-        (end of file without :meth:`close`'s line), the watchdog unlinks those still there
-        (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
-        if found:
-            self._send(_segment_lines(found))
+        """MPI shared-memory files ({path: (device, inode)}) this process maps (all of them,
+        even none): if it dies (end of file without :meth:`close`'s line), the watchdog unlinks
+        those still there (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
+        self._send(_segment_lines(found))
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
@@ -215,37 +220,8 @@ def _new_began_file(path: str) -> str:
 
 
 def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
-    return "".join(f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()).encode()
-
-
-def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
-    """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
-    seconds; returns the groups that existed. ``starts`` gives leaders' start times: a group
-    whose id names a process started at another time is left alone (its id was reused)."""
-    starts = starts or {}
-    alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM, starts.get(pgid))]
-    existed = list(alive)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        time.sleep(poll)
-        alive = [g for g in alive if live_members(g, starts.get(g))]
-    for pgid in alive:
-        signal_group(pgid, signal.SIGKILL, starts.get(pgid))
-    return existed
-
-
-def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
-    """The groups that still have a live (non-zombie) member after up to ``timeout`` s."""
-    starts = starts or {}
-    left = list(groups)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [g for g in left if live_members(g, starts.get(g))]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(poll)
+    return "".join([f"!{dev} {ino} {path}\n" for path, (dev, ino) in found.items()] + ["!\n"]
+                   ).encode()  # (a bare "!": the owner told them all)
 
 
 def write_report(path: str, report: dict[str, Any]) -> None:
@@ -256,24 +232,8 @@ def write_report(path: str, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def groups_of_job(job_id: str) -> list[int]:
-    """Process groups of this user's processes whose environment has ``BALSAM_JOB_ID=job_id``
-    (a task whose starter died before it could register it)."""
-    needle = f"BALSAM_JOB_ID={job_id}".encode()
-    found = set()
-    for name in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        found.add(os.getpgid(int(name)))
-            except OSError:
-                continue
-    return sorted(found)
-
-
 def serve(fd: int, grace: float, began_path: str = ""
-          ) -> tuple[list[int], list[int], list[str], dict[str, tuple[int, int]]]:
+          ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]], float]:
     """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``#JOBID`` / ``=``
     / ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
     at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
@@ -281,12 +241,12 @@ def serve(fd: int, grace: float, began_path: str = ""
     after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
     ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
     ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
-    if it died: none after ``.``). A group's leader start time is read when its line is (the
-    leader is the owner's child, not reaped before its ``-`` line), so that a group id reused
-    after the group ended is not signalled at the end."""
+    if it died: none after ``.``, None if it told none (no ``!`` line)). A group's leader start
+    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
+    line), so that a group id reused after the group ended is not signalled at the end."""
     groups: dict[int, str] = {}
     starts: dict[int, Optional[int]] = {}
-    segments: dict[str, tuple[int, int]] = {}
+    segments: Optional[dict[str, tuple[int, int]]] = None
     closing = False
     started: Counter[str] = Counter()
     expected: Counter[str] = Counter()
@@ -298,6 +258,7 @@ def serve(fd: int, grace: float, began_path: str = ""
         except InterruptedError:  # pragma: no cover - PEP 475 retries reads
             continue
         if not data:
+            ended = time.time()
             break
         if not data.endswith((b".\n", b"=\n")):  # "." (or "="): end of file comes next
             time.sleep(READ_NAP_SECONDS)
@@ -330,8 +291,10 @@ def serve(fd: int, grace: float, began_path: str = ""
                 expected.clear()
                 queued.clear()
             elif line[:1] == b"!":
-                dev, ino, path = line[1:].decode().split(" ", 2)
-                segments[path] = (int(dev), int(ino))
+                segments = {} if segments is None else segments
+                if line != b"!":
+                    dev, ino, path = line[1:].decode().split(" ", 2)
+                    segments[path] = (int(dev), int(ino))
             elif line == b".":
                 closing = True
         for leader in added:  # (one /proc read per task still running after the batch)
@@ -345,7 +308,7 @@ def serve(fd: int, grace: float, began_path: str = ""
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
     started.update(began_queued(queued, began_path, alive))
-    return stopped, alive, list(started.elements()), {} if closing else segments
+    return stopped, alive, list(started.elements()), {} if closing else segments, ended
 
 
 def began_queued(queued: Counter[str], began_path: str, alive: list[int]) -> Counter[str]:
@@ -371,12 +334,14 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     grace, owner = float(argv[1]), argv[2] if len(argv) > 2 else "?"
     report = argv[3] if len(argv) > 3 else ""
-    stopped, alive, started, segments = serve(0, grace, argv[4] if len(argv) > 4 else "")
+    stopped, alive, started, segments, ended = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
         write_report(report, {"state": "alive" if alive else "stopped",
                               "host": socket.gethostname(), "owner": owner,
                               "started": started, "alive": alive})
-    removed = unlink_segments(segments)  # after the report: the launcher waits for that
+    since = float(argv[5]) if len(argv) > 5 and argv[5] else None  # after the report (waited for)
+    removed = (unlink_segments(segments) if segments is not None
+               else [] if since is None else unlink_orphans(since, ended, ORPHAN_WAIT_SECONDS))
     if removed:
         print(f"balsam watchdog: process {owner} died: removed its shared-memory file(s) "
               f"{', '.join(removed)}", file=sys.stderr, flush=True)

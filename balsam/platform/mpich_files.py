@@ -24,6 +24,7 @@ bootstraps: their ``/tmp`` and ``/dev/shm``).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -34,6 +35,8 @@ PROXY = b"hydra_pmi_proxy"
 """Hydra's node proxy's command name (``/proc/<pid>/comm``)."""
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "mpich_shm_"
+SHM_NAME = re.compile(r"mpich_shm_[0-9a-f]+_[0-9]+")
+"""MPICH's segment names (``mpich_shm_<random hex>_<n>``, the wheel's 4.x/5.x)."""
 
 
 def held_files(pids: Iterable[int]) -> dict[str, tuple[int, int]]:
@@ -146,3 +149,49 @@ def unlink_same(found: Mapping[str, tuple[int, int]]) -> list[str]:
             continue
         removed.append(path)
     return removed
+
+
+CTIME_SLACK_SECONDS = 0.05
+"""A file's ``ctime`` comes from the kernel's coarse clock (a tick, up to 10 ms, behind the
+precise one a process reads): a file made right after ``since`` may seem made before it."""
+
+
+def segments_made(since: float, until: float, directory: str = SHM_DIR
+                  ) -> dict[str, tuple[int, int]]:
+    """{path: (device, inode)} of this user's MPICH segment files in ``directory`` last
+    changed (made: MPICH sizes it once, then only maps it) between the epoch times ``since``
+    and ``until``."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return found
+    for entry in entries:
+        if not SHM_NAME.fullmatch(entry.name):  # (not another program's file of the prefix)
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (st.st_uid == os.geteuid()
+                and since - CTIME_SLACK_SECONDS <= st.st_ctime <= until + CTIME_SLACK_SECONDS):
+            found[entry.path] = (st.st_dev, st.st_ino)
+    return found
+
+
+def mapped_anywhere(paths: Iterable[str]) -> set[str]:
+    """Those of ``paths`` a live process (one whose ``/proc/<pid>/maps`` this user can read)
+    maps."""
+    wanted = {f" {path}\n" for path in paths}
+    mapped: set[str] = set()
+    for name in os.listdir("/proc") if wanted else ():
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/maps") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        mapped.update(w[1:-1] for w in wanted if w in text)
+    return mapped
+
