@@ -12,7 +12,8 @@ import time
 
 import pytest
 from conftest import make_public_tmpdir
-from launcher_support import QUICK, add_app, add_jobs, job_row, launchers, settings, wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for, write_script
 from once_support import (
     TICKER,
     descendants,
@@ -21,7 +22,6 @@ from once_support import (
     rank_pid,
     runs,
     unrecorded_runs,
-    write_script,
 )
 
 from balsam.core import retries, schema
