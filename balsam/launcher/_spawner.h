@@ -14,11 +14,13 @@
 #include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -31,17 +33,20 @@ typedef struct bs_req {
     char *program, *cwd, *out;
     char **argv, **envp, **owned;  /* owned: argv's and the task's own strings */
     int nowned, prepared, pin;
+    int after;      /* a chained start: the pidfd (owned) of the task to wait for, else -1 */
+    int cancelled;  /* a chained start cancelled before it began: freed, never started */
     cpu_set_t cpus;
 } bs_req;
 
-typedef struct { long token; int pid, fd, err; } bs_done;
+typedef struct { long token; int pid, fd, err; double when; } bs_done;
 
 struct bs_spawner;
 typedef struct {
     pthread_t tid;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bs_req *head, *tail;
+    bs_req *head, *tail;  /* starts to make now, in order */
+    bs_req *waiting;      /* chained starts whose predecessor may still run (unordered) */
+    int nwaiting, evfd, sleeping;  /* evfd: written to wake the thread while it sleeps */
     int stop, started;
     cpu_set_t now;  /* this thread's affinity */
     struct bs_spawner *sp;
@@ -59,6 +64,7 @@ typedef struct bs_spawner {
 
 static void bs_free_req(bs_req *r) {
     int i;
+    if (r->after >= 0) close(r->after);
     for (i = 0; i < r->nowned; i++) free(r->owned[i]);
     free(r->owned); free(r->argv); free(r->envp);
     free(r->program); free(r->cwd); free(r->out); free(r);
@@ -104,7 +110,8 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     return err;
 }
 
-static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
+static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double when,
+                    int chained) {
     uint64_t one = 1;
     pthread_mutex_lock(&sp->dmu);
     if (sp->ndone == sp->cap) {
@@ -112,7 +119,7 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
         bs_done *grown = realloc(sp->done, cap * sizeof(bs_done));
         if (grown == NULL) {  /* cannot note it: end it rather than lose it */
             pthread_mutex_unlock(&sp->dmu);
-            if (pid > 0) kill(-pid, SIGKILL);
+            if (pid > 0) kill(-pid, SIGKILL);  /* left a zombie: the loop never knew it */
             if (fd >= 0) close(fd);
             return;
         }
@@ -120,8 +127,9 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
     }
     sp->done[sp->ndone].token = token; sp->done[sp->ndone].pid = pid;
     sp->done[sp->ndone].fd = fd; sp->done[sp->ndone].err = err;
+    sp->done[sp->ndone].when = when;
     sp->ndone++;
-    if (fd < 0 && !sp->signalled) {  /* no pidfd will wake the loop: this does */
+    if ((fd < 0 || chained) && !sp->signalled) {  /* no pidfd will wake the loop: this does */
         sp->signalled = 1;
         if (write(sp->evfd, &one, sizeof one) < 0) {}
     }
@@ -133,9 +141,11 @@ static void bs_start(bs_thread *t, bs_req *r) {
     cpu_set_t *want = r->pin ? &r->cpus : &sp->all;
     pid_t pid = -1;
     int err = 0, fd = -1;
+    struct timespec now;
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
     if (!r->prepared) err = bs_mkdirs(r->cwd);
+    clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
         err = bs_mkdirs(r->cwd);
@@ -147,7 +157,10 @@ static void bs_start(bs_thread *t, bs_req *r) {
         fd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (fd < 0) fd = -1;
     }
-    bs_push(sp, r->token, err ? -1 : (int)pid, fd, err);  /* first: a ready pidfd is noted */
+    /* first: a ready pidfd is noted; a chained start wakes the loop (event fd) so that it
+       can queue the next one behind this task at once */
+    bs_push(sp, r->token, err ? -1 : (int)pid, fd, err,
+            (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, r->after >= 0);
     if (fd >= 0) {
         struct epoll_event ev;
         memset(&ev, 0, sizeof ev);
@@ -157,20 +170,66 @@ static void bs_start(bs_thread *t, bs_req *r) {
     }
 }
 
+/* Move the waiting starts whose predecessor has exited (or that were cancelled) out of the
+   waiting list: the first to the end of the queue, the others to *gone (t->mu held). */
+static void bs_sort_waiting(bs_thread *t, struct pollfd *fds, int n, bs_req **gone) {
+    bs_req **at = &t->waiting, *r;
+    while ((r = *at) != NULL) {
+        int i, ready = r->cancelled;
+        for (i = 0; i < n && !ready; i++)
+            ready = fds[i].fd == r->after && (fds[i].revents & (POLLIN | POLLHUP | POLLERR));
+        if (!ready) { at = &r->next; continue; }
+        *at = r->next;
+        t->nwaiting--;
+        if (r->cancelled) { r->next = *gone; *gone = r; continue; }
+        r->next = NULL;
+        if (t->tail) t->tail->next = r; else t->head = r;
+        t->tail = r;
+    }
+}
+
+/* Sleep until a request comes or a waiting start's predecessor exits (t->mu held on entry
+   and on return). The predecessor is never reaped here (its pidfd is only polled): the loop
+   reaps it, so its pid cannot be reused while the loop may still signal it. */
+static void bs_sleep(bs_thread *t) {
+    struct pollfd fds[1 + 64];
+    bs_req *r, *gone = NULL;
+    uint64_t value;
+    int n = 0;
+    for (r = t->waiting; r != NULL && n < 64; r = r->next) {
+        fds[1 + n].fd = r->after; fds[1 + n].events = POLLIN; n++;
+    }
+    fds[0].fd = t->evfd; fds[0].events = POLLIN;
+    t->sleeping = 1;
+    pthread_mutex_unlock(&t->mu);
+    /* the fds stay open meanwhile: a cancelled request is freed by this thread only */
+    if (poll(fds, 1 + n, -1) < 0) { int i; for (i = 0; i <= n; i++) fds[i].revents = 0; }
+    if (fds[0].revents & POLLIN) { if (read(t->evfd, &value, sizeof value) < 0) {} }
+    pthread_mutex_lock(&t->mu);
+    t->sleeping = 0;
+    bs_sort_waiting(t, fds + 1, n, &gone);
+    if (gone != NULL) {
+        pthread_mutex_unlock(&t->mu);
+        while ((r = gone) != NULL) { gone = r->next; bs_free_req(r); }
+        pthread_mutex_lock(&t->mu);
+    }
+}
+
 static void *bs_serve(void *arg) {
     bs_thread *t = (bs_thread *)arg;
     bs_req *r;
     pthread_setname_np(pthread_self(), "balsam-spawn");  /* as ps -L and top -H show it */
+    pthread_mutex_lock(&t->mu);
     for (;;) {
-        pthread_mutex_lock(&t->mu);
-        while (t->head == NULL && !t->stop) pthread_cond_wait(&t->cv, &t->mu);
         if (t->stop) { pthread_mutex_unlock(&t->mu); return NULL; }
+        if (t->head == NULL) { bs_sleep(t); continue; }
         r = t->head;
         t->head = r->next;
         if (t->head == NULL) t->tail = NULL;
         pthread_mutex_unlock(&t->mu);
-        bs_start(t, r);
+        if (!r->cancelled) bs_start(t, r);  /* cancelled under t->mu: never begun */
         bs_free_req(r);
+        pthread_mutex_lock(&t->mu);
     }
 }
 
@@ -213,39 +272,77 @@ static void bs_not_ignored(sigset_t *sigs) {
             sigaddset(sigs, sig);
 }
 
-/* Queue r on thread `which` (made on first use); 0, or the error of pthread_create. */
+static void bs_wake(bs_thread *t) {  /* t->mu held */
+    uint64_t one = 1;
+    if (t->sleeping) {
+        t->sleeping = 0;
+        if (write(t->evfd, &one, sizeof one) < 0) {}
+    }
+}
+
+/* Queue r on thread `which` (made on first use); 0, or the error of pthread_create. A
+   request with r->after >= 0 (a chained start) waits until that pidfd is readable. */
 static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
     bs_thread *t = &sp->threads[which];
     if (!t->started) {
         int err;
+        t->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (t->evfd < 0) return errno;
         pthread_mutex_init(&t->mu, NULL);
-        pthread_cond_init(&t->cv, NULL);
         t->sp = sp;
         t->now = sp->all;
         err = pthread_create(&t->tid, NULL, bs_serve, t);
-        if (err) return err;
+        if (err) { close(t->evfd); return err; }
         t->started = 1;
         sp->nthreads++;
     }
     r->next = NULL;
+    r->cancelled = 0;
     pthread_mutex_lock(&t->mu);
-    if (t->tail) t->tail->next = r; else t->head = r;
-    t->tail = r;
+    if (r->after >= 0 && t->nwaiting >= 64) {
+        pthread_mutex_unlock(&t->mu);
+        return EAGAIN;
+    }
+    if (r->after >= 0) {
+        r->next = t->waiting; t->waiting = r; t->nwaiting++;
+    } else {
+        if (t->tail) t->tail->next = r; else t->head = r;
+        t->tail = r;
+    }
+    bs_wake(t);
     pthread_mutex_unlock(&t->mu);
-    pthread_cond_signal(&t->cv);  /* after the unlock: the woken thread finds it free */
     return 0;
 }
 
-/* Stop the threads (each after the start it is making; queued starts are dropped). */
+/* Cancel the chained start `token` on thread `which` if it has not begun: 1 (it never will;
+   the thread frees it), else 0 (it has begun or ended: it comes back through bs_collect). */
+static int bs_cancel(bs_spawner *sp, int which, long token) {
+    bs_thread *t = &sp->threads[which];
+    bs_req *r;
+    int found = 0;
+    if (!t->started) return 0;
+    pthread_mutex_lock(&t->mu);
+    for (r = t->waiting; r != NULL && !found; r = r->next)
+        if (r->token == token && !r->cancelled) found = r->cancelled = 1;
+    for (r = t->head; r != NULL && !found; r = r->next)
+        if (r->token == token && !r->cancelled) found = r->cancelled = 1;
+    if (found) bs_wake(t);  /* it frees the request and closes its pidfd */
+    pthread_mutex_unlock(&t->mu);
+    return found;
+}
+
+/* Stop the threads (each after the start it is making; queued and waiting starts are
+   dropped). */
 static void bs_stop(bs_spawner *sp) {
     int i;
     bs_req *r;
+    uint64_t one = 1;
     for (i = 0; i < sp->maxthreads; i++) {
         bs_thread *t = &sp->threads[i];
         if (!t->started) continue;
         pthread_mutex_lock(&t->mu);
         t->stop = 1;
-        pthread_cond_signal(&t->cv);
+        if (write(t->evfd, &one, sizeof one) < 0) {}
         pthread_mutex_unlock(&t->mu);
     }
     for (i = 0; i < sp->maxthreads; i++) {
@@ -253,6 +350,8 @@ static void bs_stop(bs_spawner *sp) {
         if (!t->started) continue;
         pthread_join(t->tid, NULL);
         while ((r = t->head) != NULL) { t->head = r->next; bs_free_req(r); }
+        while ((r = t->waiting) != NULL) { t->waiting = r->next; bs_free_req(r); }
+        close(t->evfd);
         t->started = 0;
     }
 }

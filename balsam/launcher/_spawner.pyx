@@ -14,10 +14,20 @@ calls per child, see ``bs_not_ignored``), opens the child's pidfd, notes the sta
 when the task ends, not when it starts. A start that yields no pidfd (it failed, or pidfds are
 missing) also writes the event fd, so that the loop wakes to learn of it.
 
+A *chained* start (``submit(..., after=pidfd)``) waits in its thread until the running task it
+follows has exited: the thread polls a dup of that task's pidfd (with its own event fd, which a
+new request or a cancel writes) and never reaps it, so the task stays a zombie until the loop
+reaps it (its pid is never reused while the loop may still signal it); then it starts the
+follow-on at once, without waiting for Python, and writes the event fd so the loop learns of
+the start (and can chain the next one behind it). :meth:`Spawner.cancel` withdraws a chained
+start that has not begun. Every start comes back with its real wall-clock start time.
+
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
 messages) is done by the caller before :meth:`Spawner.submit` or after :meth:`collect`.
 """
+import os
+
 from libc.stdlib cimport free, malloc
 from libc.string cimport strdup
 
@@ -33,12 +43,14 @@ cdef extern from "_spawner.h":
         int nowned
         int prepared
         int pin
+        int after
 
     ctypedef struct bs_done:
         long token
         int pid
         int fd
         int err
+        double when
 
     ctypedef struct bs_spawner:
         int evfd
@@ -47,6 +59,7 @@ cdef extern from "_spawner.h":
 
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
+    int bs_cancel(bs_spawner *sp, int which, long token)
     void bs_stop(bs_spawner *sp) nogil
     void bs_free(bs_spawner *sp)
     size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap)
@@ -102,19 +115,28 @@ cdef class Spawner:
         return self.sp.nthreads
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
-               bint prepared, tuple cpus, int which):
+               bint prepared, tuple cpus, int which, int after=-1):
         """Queue a start on thread ``which`` (< ``max_threads``): ``argv`` byte strings,
         ``extra`` (base slot or -1, ``NAME=value``) pairs for the task's own variables,
-        ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL)."""
+        ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL).
+        ``after`` >= 0: a chained start, made once that pidfd (the running task it follows)
+        is readable; the request owns it from this call on (closed also if this raises)."""
         cdef bs_req *r
         cdef int i, slot, end, nargv = len(argv), nextra = len(extra)
         if self.sp == NULL:
+            if after >= 0:
+                os.close(after)
             raise ValueError("the spawner is closed")
         if not 0 <= which < self.max_threads:
+            if after >= 0:
+                os.close(after)
             raise ValueError(f"no spawning thread {which}")
         r = <bs_req *>malloc(sizeof(bs_req))
         if r == NULL:
+            if after >= 0:
+                os.close(after)
             raise MemoryError()
+        r.after = after
         r.nowned = 0
         r.program = r.cwd = r.out = NULL
         r.argv = <char **>malloc((nargv + 1) * sizeof(char *))
@@ -151,15 +173,23 @@ cdef class Spawner:
             bs_free_req(r)
             raise
 
+    def cancel(self, int which, long token) -> bool:
+        """Cancel the chained start ``token`` queued on thread ``which``: True if it had not
+        begun (it never will), False if it has (it comes back through :meth:`collect`)."""
+        if self.sp == NULL or not 0 <= which < self.max_threads:
+            return False
+        return bs_cancel(self.sp, which, token) == 1
+
     def collect(self) -> list:
-        """The starts done since the last call: (token, pid, pidfd or -1, errno or 0)."""
+        """The starts done since the last call: (token, pid, pidfd or -1, errno or 0, the
+        wall-clock time of the start)."""
         cdef bs_done out[_BATCH]
         cdef size_t n, i
         found = []
         while self.sp != NULL:
             n = bs_collect(self.sp, out, _BATCH)
             for i in range(n):
-                found.append((out[i].token, out[i].pid, out[i].fd, out[i].err))
+                found.append((out[i].token, out[i].pid, out[i].fd, out[i].err, out[i].when))
             if n < _BATCH:
                 break
         return found

@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import os
 import select
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -46,11 +45,13 @@ KERNEL, _kernel, KERNEL_ERROR = _load_kernel()
 """``"cython"`` when ``balsam.launcher._spawner`` is importable (``KERNEL_ERROR``: why not)."""
 _ARGV_CACHE = 256
 """Encoded command lines kept (cleared when full), as :mod:`libc_spawn` keeps its arrays."""
+CHAINED_PER_THREAD = 64
+"""Chained starts waiting on one native thread at most (the kernel polls that many pidfds)."""
 
 
 class StartedTask(spawn.SpawnedTask):
     """A task the kernel started: a :class:`balsam.launcher.spawn.SpawnedTask` made from its pid
-    (``started``: when its start was asked for)."""
+    (``started``: when the kernel started it, wall clock)."""
 
     def __init__(self, job_id: str, output_path: str, pid: int, started: float) -> None:
         self.job_id = job_id
@@ -74,35 +75,68 @@ class NativeSpawns(SpawnThreads):
             spawn_threads.MAX_THREADS)
         self._which: dict[tuple[int, ...], int] = {}
         self._argv: dict[tuple[str, ...], list[bytes]] = {}
-        self._asked: dict[int, tuple[str, str, str, str, float]] = {}  # token -> the start
+        self._asked: dict[int, tuple[str, str, str, str]] = {}  # token -> the start
+        self._chained: dict[str, tuple[int, int]] = {}  # job id -> (thread, token) not back yet
         self._token = 0
         poller.register(self._spawner.eventfd, select.EPOLLIN)
 
+    chains = True
+
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int]) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1) -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
-        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there."""
+        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
+        ``after`` >= 0: a chained start, made by the kernel as soon as the task whose pidfd
+        that is has exited (the call owns the descriptor: a dup made for it); it can be
+        withdrawn with :meth:`cancel` until it begins."""
         self._flight[job_id] = ("", 0.0)
         try:
             program = spawn.resolve(argv[0], extra.get("PATH", self._env.get("PATH")))
             libc_spawn.check_names(extra)
             variables = [(self._slots.get(k, -1), libc_spawn.entry(k, v)) for k, v in extra.items()]
+            which = self._thread(tuple(cpus))
             request = (os.fsencode(program), self._encoded(argv), variables, os.fsencode(cwd),
-                       os.fsencode(output_path), prepared, tuple(cpus), self._thread(tuple(cpus)))
+                       os.fsencode(output_path), prepared, tuple(cpus), which)
         except OSError as exc:
+            if after >= 0:
+                os.close(after)
             self._done.append((job_id, -1, exc))
             return
         self._token += 1
-        self._asked[self._token] = (job_id, program, cwd, output_path, time.time())
-        self._spawner.submit(self._token, *request)
+        self._asked[self._token] = (job_id, program, cwd, output_path)
+        if after >= 0:
+            self._chained[job_id] = (which, self._token)
+        self._spawner.submit(self._token, *request, after)
+
+    def can_chain(self, cpus: Sequence[int]) -> bool:
+        """Whether one more chained start may wait on the thread of ``cpus`` (at most
+        :data:`CHAINED_PER_THREAD`)."""
+        which = self._thread(tuple(cpus))
+        return sum(w == which for w, _ in self._chained.values()) < CHAINED_PER_THREAD
+
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw ``job_id``'s chained start if it has not begun: True if so (it never
+        starts and never comes back), False if it is no chained start or has begun."""
+        chained = self._chained.get(job_id)
+        if chained is None or not self._spawner.cancel(*chained):
+            return False
+        del self._chained[job_id], self._asked[chained[1]], self._flight[job_id]
+        return True
+
+    def chained_ids(self) -> list[str]:
+        """The jobs whose chained start has not come back yet."""
+        return list(self._chained)
 
     def collect(self) -> list[Started]:
-        """As :meth:`SpawnThreads.collect` (loop thread only)."""
+        """As :meth:`SpawnThreads.collect` (loop thread only); a task's ``started`` is the
+        time the kernel started it."""
         out = super().collect() if self._done else []  # those that could not be asked for
-        flight, asked = self._flight, self._asked
-        for token, pid, fd, err in self._spawner.collect():
-            job_id, program, cwd, output_path, when = asked.pop(token)
+        flight, asked, chained = self._flight, self._asked, self._chained
+        for token, pid, fd, err, when in self._spawner.collect():
+            job_id, program, cwd, output_path = asked.pop(token)
             why, grace = flight.pop(job_id, ("", 0.0))
+            if chained:
+                chained.pop(job_id, None)
             if err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))

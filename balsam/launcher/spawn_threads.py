@@ -83,18 +83,40 @@ class SpawnThreads:
         self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError]]] = deque()
         self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
 
+    chains = False
+    """Whether :meth:`submit` takes ``after`` (a chained start: only the native kernel's)."""
+
+    def can_chain(self, cpus: Sequence[int]) -> bool:
+        """Whether one more chained start may be asked for on ``cpus`` (never here)."""
+        return False
+
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw a chained start not begun (there are none here): False."""
+        return False
+
+    def chained_ids(self) -> list[str]:
+        """The jobs whose chained start has not come back yet (none here)."""
+        return []
+
     @property
     def in_flight(self) -> int:
         """Starts asked for and not yet collected."""
         return len(self._flight)
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int]) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1) -> None:
         """Start ``argv`` for ``job_id`` (:class:`balsam.launcher.spawn.SpawnedTask`'s
-        arguments), pinned to ``cpus`` (empty: not pinned)."""
+        arguments), pinned to ``cpus`` (empty: not pinned). ``after``: no chained starts here
+        (:attr:`chains` is False), so always -1."""
+        if after >= 0:
+            raise ValueError("the Python spawning threads make no chained starts")
         self._flight[job_id] = ("", 0.0)
         self._queue(tuple(cpus)).put((job_id, argv, cwd, output_path, prepared, extra,
                                       tuple(cpus)))
+
+    def pending(self, job_id: str) -> bool:
+        """Whether ``job_id``'s start is in flight (asked for, not yet collected)."""
+        return job_id in self._flight
 
     def mark(self, job_id: str, why: str, grace: float) -> bool:
         """If ``job_id``'s start is in flight, note that it is to be ended (``why``: "kill" or

@@ -1,0 +1,216 @@
+"""A serial worker's task starts (:class:`Starts`, a part of
+:class:`balsam.launcher.serial_worker.Worker`): queued tasks placed on free slots and started
+(shell tasks by the spawning threads, function tasks in warm Python workers), and *chained*
+starts: the next task of a slot queued behind the task running there, started by the native
+spawning thread the moment that task exits, without waiting for the worker's Python loop
+(issue 16; benchmarks/README.md, "Issue 16, session 17 (branch s17-chain)").
+
+While work is queued and a slot's task runs, :meth:`Starts._chain_behind` takes the
+queue's head if it would take exactly that task's place (same share, as many CPUs:
+:meth:`balsam.launcher.nodeslots.NodeSlots.placement_for`) and asks the spawning threads for a
+start after it (:meth:`balsam.launcher.spawn_native.NativeSpawns.submit` with ``after``: a dup
+of the running task's pidfd). One follow-on per running task; a task is followed only while it
+runs normally (not killed or stopped), is a shell task (a function task's successor waits in
+its warm process instead: :mod:`balsam.launcher.serial_warm`) and holds its place itself.
+
+Accounting: the follow-on holds the share of the task it follows from the moment it is asked
+for (nothing else is placed there), and takes it over when that task is reaped
+(:meth:`Starts._release`: ``hand_over``), or the task's share is freed if the follow-on
+already ended, failed or was withdrawn. A kill, stop, exit or abort withdraws a follow-on that
+has not begun (:meth:`Starts._cancel_chained`): it never starts, and is reported as a
+queued task would be (``killed`` for a kill, ``returned`` otherwise); one that has begun comes
+back started, with the mark of the order, as any start in flight
+(:class:`balsam.launcher.spawn_threads.SpawnThreads`). Where the spawning threads cannot chain
+(the pure-Python ones) nothing is chained: the worker behaves as before.
+"""
+from __future__ import annotations
+
+import os
+import select
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+from balsam.launcher import libc_spawn, spawn, task
+from balsam.launcher.nodeslots import NodeSlots, Placement
+from balsam.launcher.serial_warm import Running
+from balsam.launcher.serial_work import Work, task_env
+from balsam.launcher.spawn_threads import SpawnThreads
+from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
+from balsam.launcher.watchdog import Watchdog
+from balsam.platform.process import pidfd_open
+
+
+def is_shell(work: Work) -> bool:
+    """Whether ``work`` is started as a process of its own (not in a warm Python worker)."""
+    return work.envscript is not None or not is_runner_argv(work.argv)
+
+
+class Starts:
+    """The worker loop's task starts (:class:`balsam.launcher.serial_worker.Worker` sets these
+    attributes up; see the module docstring)."""
+
+    _spawns: Optional[SpawnThreads]
+    queue: deque[Work]
+    running: dict[str, Running]
+    node: NodeSlots
+    stopping: bool
+    watchdog: Optional[Watchdog]
+    pin_single_core: bool
+    started: int
+    prepared: int
+    warm: WarmPool
+    _prep: spawn.Preparer
+    _env: libc_spawn.EncodedEnv
+    _tails: dict[str, WarmTask]
+    _by_fd: dict[int, str]
+    _poller: select.epoll
+    _follower: dict[str, str]
+    """A running task's job id -> its follow-on's (not yet handed its place)."""
+    _leader: dict[str, str]
+    """The reverse of ``_follower``."""
+    chained = 0
+    """Chained starts asked for so far (the benchmark's breakdown, tests)."""
+
+    def _note_all(self, key: str, values: Sequence[Any]) -> None:
+        """Add to this iteration's report (provided by ``Worker``)."""
+        raise NotImplementedError
+
+    def _queue_behind(self) -> bool:
+        """Queue function tasks in warm processes (provided by ``WarmQueueing``)."""
+        raise NotImplementedError
+
+    def _start_fitting(self) -> bool:
+        """Start every queued task that fits. The watchdog hears of the whole batch in two
+        writes: the job ids before the first start (a task started by a rank that dies before
+        the second write is found by its ``BALSAM_JOB_ID``), the process groups after the last
+        (of tasks started by the spawning threads: when they come back, :meth:`_collect`)."""
+        batch: list[tuple[Work, Placement]] = []
+        while self.queue and not self.stopping:
+            work = self.queue[0]
+            placement = self.node.place(work.job_id, work.packing, work.required_cores)
+            if placement is None:
+                break
+            self.queue.popleft()
+            batch.append((work, placement))
+        if not batch:
+            return self._chain_behind() or self._queue_behind()
+        cold = [(w, p, is_shell(w)) for w, p in batch]
+        threads = self._spawns  # started tasks are noted when they come back (_collect)
+        self._note_all("started", [w.job_id for w, _, cold_ in cold if not (cold_ and threads)])
+        if self.watchdog is not None:
+            self.watchdog.expect_all([w.job_id for w, _, spawned in cold if spawned])
+        added: list[tuple[int, str]] = []
+        try:
+            for work, placement, spawned in cold:
+                self._start(work, placement, spawned, added)
+        finally:
+            if added and self.watchdog is not None:  # none on the spawning threads' path
+                self.watchdog.add_all(added)
+        self._chain_behind() or self._queue_behind()
+        return True
+
+    def _start(self, work: Work, placement: Placement, spawned: bool,
+               added: list[tuple[int, str]]) -> None:
+        if spawned and self._spawns is not None:  # taken over when it comes back: _collect
+            return self._submit(work, placement)
+        env = task_env(work, placement.gpu)
+        prepared = spawned and self._prep.take(work.output_path)
+        self.prepared += prepared
+        cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+        argv = task.with_envscript(work.argv, work.envscript)
+        try:
+            t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
+                work.job_id, argv, self._env, work.workdir, work.output_path, prepared, env)
+                if spawned
+                else self.warm.start(work.job_id, env, work.workdir, work.output_path,
+                                     placement.cpus, work.row,
+                                     (work.packing, work.required_cores)))
+        except OSError as exc:
+            self.node.free(work.job_id)
+            self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
+            return
+        if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
+            fd = t.fd
+            self._tails[work.job_id] = t
+        else:
+            added.append((t.pgid, work.job_id))
+            if cpus:
+                spawn.pin(t.pid, cpus)
+            found = pidfd_open(t.pid)
+            fd = -1 if found is None else found
+        self.started += 1
+        self.running[work.job_id] = Running(t, fd)
+        if fd >= 0:
+            self._by_fd[fd] = work.job_id
+            self._poller.register(fd, select.EPOLLIN)
+
+    def _submit(self, work: Work, placement: Placement, after: int = -1) -> None:
+        """Ask the spawning threads for ``work``'s start at ``placement`` (``after``: a pidfd
+        the request owns, for a chained start)."""
+        assert self._spawns is not None
+        env = task_env(work, placement.gpu)
+        prepared = self._prep.take(work.output_path)
+        self.prepared += prepared
+        cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
+        self._spawns.submit(work.job_id, task.with_envscript(work.argv, work.envscript),
+                            work.workdir, work.output_path, prepared, env, cpus, after)
+
+    def _chain_behind(self) -> bool:
+        """Queue the head of the queue behind each running task it can follow (see the module
+        docstring); True if any was."""
+        spawns = self._spawns
+        if spawns is None or not spawns.chains or self.stopping or not self.queue:
+            return False
+        chained: list[tuple[Work, Placement, int]] = []
+        for job_id, r in self.running.items():
+            work = self.queue[0]
+            if job_id in self._follower or r.why or r.fd < 0 or isinstance(r.task, WarmTask):
+                continue
+            placement = self.node.placement_for(job_id, work.packing, work.required_cores)
+            if placement is None or not is_shell(work) or not spawns.can_chain(placement.cpus):
+                continue
+            self.queue.popleft()
+            self._follower[job_id], self._leader[work.job_id] = work.job_id, job_id
+            chained.append((work, placement, r.fd))
+            if not self.queue:
+                break
+        self.chained += len(chained)
+        if self.watchdog is not None:
+            self.watchdog.expect_all([w.job_id for w, _, _ in chained])
+        for work, placement, fd in chained:
+            self._submit(work, placement, os.dup(fd))
+        return bool(chained)
+
+    def _release(self, job_id: str) -> None:
+        """``job_id`` was reaped: its follow-on, if still to run or running, takes its place;
+        else its place is freed."""
+        follower = self._follower.pop(job_id, None)
+        if follower is None:
+            self.node.free(job_id)
+            return
+        del self._leader[follower]
+        spawns = self._spawns
+        if follower in self.running or (spawns is not None and spawns.pending(follower)):
+            self.node.hand_over(job_id, follower)
+        else:
+            self.node.free(job_id)
+
+    def _cancel_chained(self, job_id: str, key: str) -> bool:
+        """Withdraw ``job_id``'s follow-on if it has not begun, reported under ``key``; False
+        if it is none or has begun."""
+        if self._spawns is None or not self._spawns.cancel(job_id):
+            return False
+        leader = self._leader.pop(job_id, None)
+        if leader is not None:  # the task it followed keeps its place until it is reaped
+            del self._follower[leader]
+        else:  # handed its place already
+            self.node.free(job_id)
+        self._note_all(key, [job_id])
+        return True
+
+    def _cancel_all_chained(self, key: str) -> None:
+        """:meth:`_cancel_chained` every follow-on not begun (a stop, exit or abort)."""
+        if self._spawns is not None:
+            for job_id in self._spawns.chained_ids():
+                self._cancel_chained(job_id, key)
