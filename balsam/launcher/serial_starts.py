@@ -167,7 +167,9 @@ class Starts:
             work = self.queue[0]
             if job_id in self._follower or r.why or r.fd < 0 or isinstance(r.task, WarmTask):
                 continue
-            placement = self.node.placement_for(job_id, work.packing, work.required_cores)
+            holder = self._holder(job_id)  # itself, or the ended task whose place it takes
+            placement = None if holder is None else self.node.placement_for(
+                holder, work.packing, work.required_cores)
             if placement is None or not is_shell(work) or not spawns.can_chain(placement.cpus):
                 continue
             self.queue.popleft()
@@ -182,19 +184,44 @@ class Starts:
             self._submit(work, placement, os.dup(fd))
         return bool(chained)
 
+    def _holder(self, job_id: str) -> Optional[str]:
+        """The task whose place ``job_id`` has or will have: itself once placed, else the
+        first of the tasks it follows (ended, not yet reaped) that holds one."""
+        while job_id not in self.node:
+            leader = self._leader.get(job_id)
+            if leader is None:
+                return None
+            job_id = leader
+        return job_id
+
     def _release(self, job_id: str) -> None:
-        """``job_id`` was reaped: its follow-on, if still to run or running, takes its place;
-        else its place is freed."""
+        """``job_id`` was reaped: the next task of its chain still to run or running takes its
+        place (those that already ended are skipped); if there is none, its place is freed. A
+        task without a place of its own (the task it followed is not reaped yet) leaves the
+        chain: its follower follows that task instead."""
         follower = self._follower.pop(job_id, None)
+        leader = self._leader.pop(job_id, None)
+        if job_id not in self.node:
+            if leader is not None:
+                if follower is None:
+                    self._follower.pop(leader, None)
+                else:
+                    self._follower[leader], self._leader[follower] = follower, leader
+            elif follower is not None:  # no place anywhere up the chain (never: defensive)
+                del self._leader[follower]
+            return
+        while follower is not None and not self._live(follower):
+            del self._leader[follower]
+            follower = self._follower.pop(follower, None)
         if follower is None:
             self.node.free(job_id)
-            return
-        del self._leader[follower]
-        spawns = self._spawns
-        if follower in self.running or (spawns is not None and spawns.pending(follower)):
-            self.node.hand_over(job_id, follower)
         else:
-            self.node.free(job_id)
+            del self._leader[follower]
+            self.node.hand_over(job_id, follower)
+
+    def _live(self, job_id: str) -> bool:
+        spawns = self._spawns
+        return job_id in self.running or (spawns is not None and spawns.pending(job_id))
 
     def _cancel_chained(self, job_id: str, key: str) -> bool:
         """Withdraw ``job_id``'s follow-on if it has not begun, reported under ``key``; False

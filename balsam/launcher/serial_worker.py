@@ -274,6 +274,8 @@ class Worker(WarmQueueing, ThreadedStarts, Starts):
     # ---- tasks ------------------------------------------------------------------------------
     def _reap(self) -> bool:
         started = self._collect()
+        if started and self.queue:  # before the reaps: the chain goes on while Python reaps
+            self._chain_behind()
         ready, self._ready = self._ready, None  # a pidfd, once ready, stays so
         if not self.running:
             return started
