@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define BS_MAX_WAITING 64  /* chained starts waiting on one thread at most (polled fds) */
+
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -34,18 +36,24 @@ typedef struct bs_req {
     char **argv, **envp, **owned;  /* owned: argv's and the task's own strings */
     int nowned, prepared, pin;
     int after;      /* a chained start: the pidfd (owned) of the task to wait for, else -1 */
+    long after_token;  /* ... or the start it follows, not made yet (then after is -1) */
+    int keep;       /* keep a dup of the child's pidfd with its record (a start may follow) */
+    int fail;       /* an errno to report instead of starting (a follow-on that cannot wait) */
     int cancelled;  /* a chained start cancelled before it began: freed, never started */
     cpu_set_t cpus;
 } bs_req;
 
-typedef struct { long token; int pid, fd, err; double when; } bs_done;
+/* kept: a dup of fd while the record waits to be collected (a start asked for after this one
+   takes it: bs_submit), closed by bs_collect */
+typedef struct { long token; int pid, fd, err, kept; double when; } bs_done;
 
 struct bs_spawner;
 typedef struct {
     pthread_t tid;
     pthread_mutex_t mu;
     bs_req *head, *tail;  /* starts to make now, in order */
-    bs_req *waiting;      /* chained starts whose predecessor may still run (unordered) */
+    bs_req *waiting;      /* chained starts whose predecessor may still run (unordered;
+                             after_token > 0: the predecessor is not started yet) */
     int nwaiting, evfd, sleeping;  /* evfd: written to wake the thread while it sleeps */
     int stop, started;
     cpu_set_t now;  /* this thread's affinity */
@@ -111,7 +119,7 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
 }
 
 static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double when,
-                    int chained) {
+                    int kept) {
     uint64_t one = 1;
     pthread_mutex_lock(&sp->dmu);
     if (sp->ndone == sp->cap) {
@@ -121,30 +129,59 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double
             pthread_mutex_unlock(&sp->dmu);
             if (pid > 0) kill(-pid, SIGKILL);  /* left a zombie: the loop never knew it */
             if (fd >= 0) close(fd);
+            if (kept >= 0) close(kept);
             return;
         }
         sp->done = grown; sp->cap = cap;
     }
     sp->done[sp->ndone].token = token; sp->done[sp->ndone].pid = pid;
     sp->done[sp->ndone].fd = fd; sp->done[sp->ndone].err = err;
-    sp->done[sp->ndone].when = when;
+    sp->done[sp->ndone].when = when; sp->done[sp->ndone].kept = kept;
     sp->ndone++;
-    if ((fd < 0 || chained) && !sp->signalled) {  /* no pidfd will wake the loop: this does */
+    if (fd < 0 && !sp->signalled) {  /* no pidfd will wake the loop: this does */
         sp->signalled = 1;
         if (write(sp->evfd, &one, sizeof one) < 0) {}
     }
     pthread_mutex_unlock(&sp->dmu);
 }
 
+/* Append r to the queue of starts to make now (t->mu held). */
+static void bs_ready(bs_thread *t, bs_req *r) {
+    r->next = NULL;
+    if (t->tail) t->tail->next = r; else t->head = r;
+    t->tail = r;
+}
+
+/* The starts waiting for start `token` now wait for its child's pidfd `fd` (a dup of it), or
+   for `after`/`after_token` (the wait of a cancelled start: they take it over); with none
+   (the start failed, or follows a task that exited), they are made now (t->mu held). */
+static void bs_pass_on(bs_thread *t, long token, int fd, long after_token) {
+    bs_req **at = &t->waiting, *r;
+    while ((r = *at) != NULL) {
+        if (r->after >= 0 || r->after_token != token) { at = &r->next; continue; }
+        r->after_token = after_token;
+        if (fd >= 0 && (r->after = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) r->fail = errno;
+        if (r->after >= 0 || r->after_token > 0) { at = &r->next; continue; }
+        *at = r->next;
+        t->nwaiting--;
+        bs_ready(t, r);
+    }
+}
+
+static void bs_resolve(bs_thread *t, long token, int fd, int err) {
+    bs_pass_on(t, token, err ? -1 : fd, 0);
+}
+
 static void bs_start(bs_thread *t, bs_req *r) {
     bs_spawner *sp = t->sp;
     cpu_set_t *want = r->pin ? &r->cpus : &sp->all;
     pid_t pid = -1;
-    int err = 0, fd = -1;
+    int err = 0, fd = -1, kept;
     struct timespec now;
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
-    if (!r->prepared) err = bs_mkdirs(r->cwd);
+    err = r->fail;
+    if (!err && !r->prepared) err = bs_mkdirs(r->cwd);
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
@@ -157,10 +194,15 @@ static void bs_start(bs_thread *t, bs_req *r) {
         fd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (fd < 0) fd = -1;
     }
-    /* first: a ready pidfd is noted; a chained start wakes the loop (event fd) so that it
-       can queue the next one behind this task at once */
+    /* under t->mu: a start asked for after this one finds it either waiting (resolved
+       here) or with its record (bs_submit takes the kept dup), never in between */
+    pthread_mutex_lock(&t->mu);
+    bs_resolve(t, r->token, fd, err);
+    kept = r->keep && fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    /* first: a ready pidfd is noted */
     bs_push(sp, r->token, err ? -1 : (int)pid, fd, err,
-            (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, r->after >= 0);
+            (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, kept);
+    pthread_mutex_unlock(&t->mu);
     if (fd >= 0) {
         struct epoll_event ev;
         memset(&ev, 0, sizeof ev);
@@ -177,14 +219,13 @@ static void bs_sort_waiting(bs_thread *t, struct pollfd *fds, int n, bs_req **go
     while ((r = *at) != NULL) {
         int i, ready = r->cancelled;
         for (i = 0; i < n && !ready; i++)
-            ready = fds[i].fd == r->after && (fds[i].revents & (POLLIN | POLLHUP | POLLERR));
+            ready = r->after >= 0 && fds[i].fd == r->after
+                    && (fds[i].revents & (POLLIN | POLLHUP | POLLERR));
         if (!ready) { at = &r->next; continue; }
         *at = r->next;
         t->nwaiting--;
         if (r->cancelled) { r->next = *gone; *gone = r; continue; }
-        r->next = NULL;
-        if (t->tail) t->tail->next = r; else t->head = r;
-        t->tail = r;
+        bs_ready(t, r);
     }
 }
 
@@ -192,13 +233,12 @@ static void bs_sort_waiting(bs_thread *t, struct pollfd *fds, int n, bs_req **go
    and on return). The predecessor is never reaped here (its pidfd is only polled): the loop
    reaps it, so its pid cannot be reused while the loop may still signal it. */
 static void bs_sleep(bs_thread *t) {
-    struct pollfd fds[1 + 64];
+    struct pollfd fds[1 + BS_MAX_WAITING];
     bs_req *r, *gone = NULL;
     uint64_t value;
     int n = 0;
-    for (r = t->waiting; r != NULL && n < 64; r = r->next) {
-        fds[1 + n].fd = r->after; fds[1 + n].events = POLLIN; n++;
-    }
+    for (r = t->waiting; r != NULL && n < BS_MAX_WAITING; r = r->next)
+        if (r->after >= 0) { fds[1 + n].fd = r->after; fds[1 + n].events = POLLIN; n++; }
     fds[0].fd = t->evfd; fds[0].events = POLLIN;
     t->sleeping = 1;
     pthread_mutex_unlock(&t->mu);
@@ -297,17 +337,28 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
         sp->nthreads++;
     }
     r->next = NULL;
-    r->cancelled = 0;
+    r->cancelled = r->fail = 0;
     pthread_mutex_lock(&t->mu);
-    if (r->after >= 0 && t->nwaiting >= 64) {
+    if ((r->after >= 0 || r->after_token > 0) && t->nwaiting >= BS_MAX_WAITING) {
         pthread_mutex_unlock(&t->mu);
         return EAGAIN;
     }
-    if (r->after >= 0) {
+    if (r->after_token > 0) {  /* made already? its record (not collected yet) has its pidfd */
+        size_t i;
+        pthread_mutex_lock(&sp->dmu);
+        for (i = 0; i < sp->ndone; i++) {
+            if (sp->done[i].token != r->after_token) continue;
+            r->after = sp->done[i].kept;  /* -1: it failed, nothing to wait for */
+            sp->done[i].kept = -1;
+            r->after_token = 0;
+            break;
+        }
+        pthread_mutex_unlock(&sp->dmu);
+    }
+    if (r->after >= 0 || r->after_token > 0) {
         r->next = t->waiting; t->waiting = r; t->nwaiting++;
     } else {
-        if (t->tail) t->tail->next = r; else t->head = r;
-        t->tail = r;
+        bs_ready(t, r);
     }
     bs_wake(t);
     pthread_mutex_unlock(&t->mu);
@@ -318,15 +369,20 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
    the thread frees it), else 0 (it has begun or ended: it comes back through bs_collect). */
 static int bs_cancel(bs_spawner *sp, int which, long token) {
     bs_thread *t = &sp->threads[which];
-    bs_req *r;
+    bs_req *r, *it = NULL;
     int found = 0;
     if (!t->started) return 0;
     pthread_mutex_lock(&t->mu);
-    for (r = t->waiting; r != NULL && !found; r = r->next)
-        if (r->token == token && !r->cancelled) found = r->cancelled = 1;
-    for (r = t->head; r != NULL && !found; r = r->next)
-        if (r->token == token && !r->cancelled) found = r->cancelled = 1;
-    if (found) bs_wake(t);  /* it frees the request and closes its pidfd */
+    for (r = t->waiting; r != NULL && it == NULL; r = r->next)
+        if (r->token == token && !r->cancelled) it = r;
+    for (r = t->head; r != NULL && it == NULL; r = r->next)
+        if (r->token == token && !r->cancelled) it = r;
+    if (it != NULL) {
+        found = it->cancelled = 1;
+        /* a start asked for after it now waits for what it waited for */
+        bs_pass_on(t, token, it->after, it->after >= 0 ? 0 : it->after_token);
+        bs_wake(t);  /* it frees the request and closes its pidfd */
+    }
     pthread_mutex_unlock(&t->mu);
     return found;
 }
@@ -358,7 +414,10 @@ static void bs_stop(bs_spawner *sp) {
 
 static void bs_free(bs_spawner *sp) {
     size_t i;
-    for (i = 0; i < sp->ndone; i++) if (sp->done[i].fd >= 0) close(sp->done[i].fd);
+    for (i = 0; i < sp->ndone; i++) {
+        if (sp->done[i].fd >= 0) close(sp->done[i].fd);
+        if (sp->done[i].kept >= 0) close(sp->done[i].kept);
+    }
     close(sp->evfd);
     posix_spawnattr_destroy(&sp->attr);
     free(sp->done); free(sp->threads); free(sp);
@@ -371,6 +430,7 @@ static size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap) {
     pthread_mutex_lock(&sp->dmu);
     n = sp->ndone < cap ? sp->ndone : cap;
     memcpy(out, sp->done, n * sizeof(bs_done));
+    for (i = 0; i < n; i++) if (out[i].kept >= 0) { close(out[i].kept); out[i].kept = -1; }
     for (i = n; i < sp->ndone; i++) sp->done[i - n] = sp->done[i];
     sp->ndone -= n;
     if (sp->signalled && sp->ndone == 0) {

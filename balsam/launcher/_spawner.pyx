@@ -14,8 +14,9 @@ calls per child, see ``bs_not_ignored``), opens the child's pidfd, notes the sta
 when the task ends, not when it starts. A start that yields no pidfd (it failed, or pidfds are
 missing) also writes the event fd, so that the loop wakes to learn of it.
 
-A *chained* start (``submit(..., after=pidfd)``) waits in its thread until the running task it
-follows has exited: the thread polls a dup of that task's pidfd (with its own event fd, which a
+A *chained* start (``submit(..., after=pidfd)``, or ``after_token``: after a start asked for
+earlier and not collected yet, whose pidfd the thread passes on) waits in its thread until the
+task it follows has exited: the thread polls a dup of that task's pidfd (with its own event fd, which a
 new request or a cancel writes) and never reaps it, so the task stays a zombie until the loop
 reaps it (its pid is never reused while the loop may still signal it); then it starts the
 follow-on at once, without waiting for Python, and writes the event fd so the loop learns of
@@ -44,6 +45,8 @@ cdef extern from "_spawner.h":
         int prepared
         int pin
         int after
+        long after_token
+        int keep
 
     ctypedef struct bs_done:
         long token
@@ -115,12 +118,17 @@ cdef class Spawner:
         return self.sp.nthreads
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
-               bint prepared, tuple cpus, int which, int after=-1):
+               bint prepared, tuple cpus, int which, int after=-1, long after_token=0,
+               bint keep=False):
         """Queue a start on thread ``which`` (< ``max_threads``): ``argv`` byte strings,
         ``extra`` (base slot or -1, ``NAME=value``) pairs for the task's own variables,
         ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL).
         ``after`` >= 0: a chained start, made once that pidfd (the running task it follows)
-        is readable; the request owns it from this call on (closed also if this raises)."""
+        is readable; the request owns it from this call on (closed also if this raises).
+        ``after_token`` > 0 (with ``after`` -1): a chained start after the start of that token,
+        asked for earlier on the same thread and not collected yet (made at once if that one
+        failed). ``keep``: a start may be asked for after this one (its record keeps a dup of
+        the child's pidfd until :meth:`collect`)."""
         cdef bs_req *r
         cdef int i, slot, end, nargv = len(argv), nextra = len(extra)
         if self.sp == NULL:
@@ -137,6 +145,8 @@ cdef class Spawner:
                 os.close(after)
             raise MemoryError()
         r.after = after
+        r.after_token = after_token
+        r.keep = keep
         r.nowned = 0
         r.program = r.cwd = r.out = NULL
         r.argv = <char **>malloc((nargv + 1) * sizeof(char *))
@@ -168,7 +178,7 @@ cdef class Spawner:
                 bs_cpu_set(r, i)
             err = bs_submit(self.sp, which, r)
             if err:
-                raise OSError(err, "cannot start a spawning thread")
+                raise OSError(err, "cannot queue the start")
         except BaseException:
             bs_free_req(r)
             raise

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -39,6 +40,12 @@ from balsam.launcher.spawn_threads import SpawnThreads
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
+
+CHAIN_AHEAD = 4
+"""Starts in flight (asked for, not yet taken over by the loop) in one chain at most."""
+PACE_SECONDS = 0.002
+"""How long the loop sleeps while every chain has starts in flight (:meth:`Starts._paced`):
+ends are reaped, and starts taken over and reported, in batches."""
 
 
 def is_shell(work: Work) -> bool:
@@ -145,27 +152,29 @@ class Starts:
             self._by_fd[fd] = work.job_id
             self._poller.register(fd, select.EPOLLIN)
 
-    def _submit(self, work: Work, placement: Placement, after: int = -1) -> None:
-        """Ask the spawning threads for ``work``'s start at ``placement`` (``after``: a pidfd
-        the request owns, for a chained start)."""
+    def _submit(self, work: Work, placement: Placement, after: int = -1,
+                after_job: str = "") -> None:
+        """Ask the spawning threads for ``work``'s start at ``placement`` (a chained start:
+        ``after``, a pidfd the request owns, or ``after_job``, a start in flight)."""
         assert self._spawns is not None
         env = task_env(work, placement.gpu)
         prepared = self._prep.take(work.output_path)
         self.prepared += prepared
         cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
         self._spawns.submit(work.job_id, task.with_envscript(work.argv, work.envscript),
-                            work.workdir, work.output_path, prepared, env, cpus, after)
+                            work.workdir, work.output_path, prepared, env, cpus, after,
+                            after_job)
 
     def _chain_behind(self) -> bool:
-        """Queue the head of the queue behind each running task it can follow (see the module
-        docstring); True if any was."""
+        """Queue the head of the queue behind each running task, or start in flight, it can
+        follow (see the module docstring); True if any was."""
         spawns = self._spawns
         if spawns is None or not spawns.chains or self.stopping or not self.queue:
             return False
-        chained: list[tuple[Work, Placement, int]] = []
-        for job_id, r in self.running.items():
+        chained: list[tuple[Work, Placement, int, str]] = []
+        for job_id in [*self.running, *spawns.pending_ids()]:
             work = self.queue[0]
-            if job_id in self._follower or r.why or r.fd < 0 or isinstance(r.task, WarmTask):
+            if job_id in self._follower or not self._followable(job_id, spawns):
                 continue
             holder = self._holder(job_id)  # itself, or the ended task whose place it takes
             placement = None if holder is None else self.node.placement_for(
@@ -174,15 +183,46 @@ class Starts:
                 continue
             self.queue.popleft()
             self._follower[job_id], self._leader[work.job_id] = work.job_id, job_id
-            chained.append((work, placement, r.fd))
+            r = self.running.get(job_id)
+            chained.append((work, placement, -1 if r is None else r.fd, job_id))
             if not self.queue:
                 break
         self.chained += len(chained)
         if self.watchdog is not None:
-            self.watchdog.expect_all([w.job_id for w, _, _ in chained])
-        for work, placement, fd in chained:
-            self._submit(work, placement, os.dup(fd))
+            self.watchdog.expect_all([w.job_id for w, _, _, _ in chained])
+        for work, placement, fd, leader in chained:
+            if fd >= 0:
+                self._submit(work, placement, os.dup(fd))
+            else:
+                self._submit(work, placement, after_job=leader)
         return bool(chained)
+
+    def _followable(self, job_id: str, spawns: SpawnThreads) -> bool:
+        """Whether a start may be chained behind ``job_id``: a shell task running normally, or
+        a start in flight (unmarked) that is not itself behind another start in flight."""
+        r = self.running.get(job_id)
+        if r is not None:
+            return not r.why and r.fd >= 0 and not isinstance(r.task, WarmTask)
+        if not spawns.can_follow(job_id):
+            return False
+        ahead = 1
+        while ahead < CHAIN_AHEAD and job_id in self._leader:
+            job_id = self._leader[job_id]
+            if not spawns.pending(job_id):
+                break
+            ahead += 1
+        return ahead < CHAIN_AHEAD
+
+    def pace(self) -> None:
+        """The loop's wait while :meth:`_paced`: a sleep, unwoken by task ends."""
+        time.sleep(PACE_SECONDS)
+
+    def _paced(self) -> bool:
+        """Whether the loop may sleep :data:`PACE_SECONDS` (ends unseen): every chain on the
+        node has at least two starts in flight behind its running task, no function task runs."""
+        return (self._spawns is not None and self._spawns.chains
+                and len(self._leader) >= 2 * len(self.node) > 0
+                and not any(isinstance(r.task, WarmTask) for r in self.running.values()))
 
     def _holder(self, job_id: str) -> Optional[str]:
         """The task whose place ``job_id`` has or will have: itself once placed, else the
@@ -224,14 +264,22 @@ class Starts:
         return job_id in self.running or (spawns is not None and spawns.pending(job_id))
 
     def _cancel_chained(self, job_id: str, key: str) -> bool:
-        """Withdraw ``job_id``'s follow-on if it has not begun, reported under ``key``; False
-        if it is none or has begun."""
+        """Withdraw ``job_id``'s chained start if it has not begun, reported under ``key``;
+        False if it is none or has begun. A start chained behind it now follows what it
+        followed (the kernel passes the wait on), or takes its place."""
         if self._spawns is None or not self._spawns.cancel(job_id):
             return False
         leader = self._leader.pop(job_id, None)
+        follower = self._follower.pop(job_id, None)
         if leader is not None:  # the task it followed keeps its place until it is reaped
-            del self._follower[leader]
-        else:  # handed its place already
+            if follower is None:
+                del self._follower[leader]
+            else:
+                self._follower[leader], self._leader[follower] = follower, leader
+        elif follower is not None:  # it held the place already: its follower takes it
+            del self._leader[follower]
+            self.node.hand_over(job_id, follower)
+        else:
             self.node.free(job_id)
         self._note_all(key, [job_id])
         return True

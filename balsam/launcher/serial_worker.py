@@ -81,7 +81,7 @@ QUIET_SECONDS = 0.05
 master's orders wait that long (task exits still end the wait at once)."""
 
 
-class Worker(WarmQueueing, ThreadedStarts, Starts):
+class Worker(WarmQueueing, Starts, ThreadedStarts):
     """The task loop of one node (see the module docstring)."""
 
     def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
@@ -138,7 +138,10 @@ class Worker(WarmQueueing, ThreadedStarts, Starts):
                 if self.step():
                     last_busy = now = time.monotonic()
                     if self.queue and not (self.stopping or self.finished):
-                        self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: a task's end
+                        if self._paced():  # the chains run on: reap and report in batches
+                            self.pace()
+                        else:
+                            self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: an end
                 else:
                     now = time.monotonic()
                     quiet = now - last_busy > QUIET_SECONDS

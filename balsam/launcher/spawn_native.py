@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 from balsam.launcher import libc_spawn, spawn, spawn_threads
 from balsam.launcher.spawn_threads import SpawnThreads, Started
+from balsam.platform.process import pidfd_open
 
 
 def _load_kernel() -> tuple[str, Any, Optional[str]]:
@@ -76,19 +77,21 @@ class NativeSpawns(SpawnThreads):
         self._which: dict[tuple[int, ...], int] = {}
         self._argv: dict[tuple[str, ...], list[bytes]] = {}
         self._asked: dict[int, tuple[str, str, str, str]] = {}  # token -> the start
-        self._chained: dict[str, tuple[int, int]] = {}  # job id -> (thread, token) not back yet
+        self._tokens: dict[str, tuple[int, int]] = {}  # job id -> (thread, token) not back yet
+        self._chained: set[str] = set()  # of those, the chained starts
+        self.chains = pidfds_work()
         self._token = 0
         poller.register(self._spawner.eventfd, select.EPOLLIN)
 
-    chains = True
-
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int], after: int = -1) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1,
+               after_job: str = "") -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
         the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
-        ``after`` >= 0: a chained start, made by the kernel as soon as the task whose pidfd
-        that is has exited (the call owns the descriptor: a dup made for it); it can be
-        withdrawn with :meth:`cancel` until it begins."""
+        A chained start, made by the kernel as soon as the task it follows has exited:
+        ``after`` >= 0, that task's pidfd (the call owns the descriptor: a dup made for it), or
+        ``after_job``, a start on the same CPUs still in flight (:meth:`can_follow`). It can
+        be withdrawn with :meth:`cancel` until it begins."""
         self._flight[job_id] = ("", 0.0)
         try:
             program = spawn.resolve(argv[0], extra.get("PATH", self._env.get("PATH")))
@@ -104,23 +107,30 @@ class NativeSpawns(SpawnThreads):
             return
         self._token += 1
         self._asked[self._token] = (job_id, program, cwd, output_path)
-        if after >= 0:
-            self._chained[job_id] = (which, self._token)
-        self._spawner.submit(self._token, *request, after)
+        after_token = self._tokens[after_job][1] if after_job else 0
+        self._tokens[job_id] = (which, self._token)
+        if after >= 0 or after_token:
+            self._chained.add(job_id)
+        self._spawner.submit(self._token, *request, after, after_token, self.chains)
+
+    def can_follow(self, job_id: str) -> bool:
+        """Whether a chained start may be asked for after ``job_id``'s start, in flight (the
+        kernel has it, unmarked by a kill or stop)."""
+        return job_id in self._tokens and not self._flight[job_id][0]
 
     def can_chain(self, cpus: Sequence[int]) -> bool:
         """Whether one more chained start may wait on the thread of ``cpus`` (at most
         :data:`CHAINED_PER_THREAD`)."""
         which = self._thread(tuple(cpus))
-        return sum(w == which for w, _ in self._chained.values()) < CHAINED_PER_THREAD
+        return sum(self._tokens[j][0] == which for j in self._chained) < CHAINED_PER_THREAD
 
     def cancel(self, job_id: str) -> bool:
         """Withdraw ``job_id``'s chained start if it has not begun: True if so (it never
         starts and never comes back), False if it is no chained start or has begun."""
-        chained = self._chained.get(job_id)
-        if chained is None or not self._spawner.cancel(*chained):
+        if job_id not in self._chained or not self._spawner.cancel(*self._tokens[job_id]):
             return False
-        del self._chained[job_id], self._asked[chained[1]], self._flight[job_id]
+        self._chained.discard(job_id)
+        del self._asked[self._tokens.pop(job_id)[1]], self._flight[job_id]
         return True
 
     def chained_ids(self) -> list[str]:
@@ -131,12 +141,13 @@ class NativeSpawns(SpawnThreads):
         """As :meth:`SpawnThreads.collect` (loop thread only); a task's ``started`` is the
         time the kernel started it."""
         out = super().collect() if self._done else []  # those that could not be asked for
-        flight, asked, chained = self._flight, self._asked, self._chained
+        flight, asked, chained, tokens = self._flight, self._asked, self._chained, self._tokens
         for token, pid, fd, err, when in self._spawner.collect():
             job_id, program, cwd, output_path = asked.pop(token)
             why, grace = flight.pop(job_id, ("", 0.0))
+            del tokens[job_id]
             if chained:
-                chained.pop(job_id, None)
+                chained.discard(job_id)
             if err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))
@@ -171,6 +182,15 @@ class NativeSpawns(SpawnThreads):
                 self._argv.clear()
             self._argv[key] = encoded
         return encoded
+
+
+def pidfds_work() -> bool:
+    """Whether this kernel has pidfds (Linux 5.3): a chained start waits on one."""
+    fd = pidfd_open(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def make(env: Mapping[str, str], poller: select.epoll) -> SpawnThreads:

@@ -84,10 +84,15 @@ class SpawnThreads:
         self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
 
     chains = False
-    """Whether :meth:`submit` takes ``after`` (a chained start: only the native kernel's)."""
+    """Whether :meth:`submit` takes ``after`` and ``after_job`` (a chained start: only the
+    native kernel's, where pidfds work)."""
 
     def can_chain(self, cpus: Sequence[int]) -> bool:
         """Whether one more chained start may be asked for on ``cpus`` (never here)."""
+        return False
+
+    def can_follow(self, job_id: str) -> bool:
+        """Whether a chained start may be asked for after ``job_id``'s start (never here)."""
         return False
 
     def cancel(self, job_id: str) -> bool:
@@ -104,15 +109,20 @@ class SpawnThreads:
         return len(self._flight)
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int], after: int = -1) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1,
+               after_job: str = "") -> None:
         """Start ``argv`` for ``job_id`` (:class:`balsam.launcher.spawn.SpawnedTask`'s
         arguments), pinned to ``cpus`` (empty: not pinned). ``after``: no chained starts here
-        (:attr:`chains` is False), so always -1."""
-        if after >= 0:
+        (:attr:`chains` is False), so always -1, and ``after_job`` ""."""
+        if after >= 0 or after_job:
             raise ValueError("the Python spawning threads make no chained starts")
         self._flight[job_id] = ("", 0.0)
         self._queue(tuple(cpus)).put((job_id, argv, cwd, output_path, prepared, extra,
                                       tuple(cpus)))
+
+    def pending_ids(self) -> list[str]:
+        """The jobs whose start is in flight."""
+        return list(self._flight)
 
     def pending(self, job_id: str) -> bool:
         """Whether ``job_id``'s start is in flight (asked for, not yet collected)."""
@@ -229,6 +239,10 @@ class ThreadedStarts:
         """Add to this iteration's report (provided by ``Worker``)."""
         raise NotImplementedError
 
+    def _release(self, job_id: str) -> None:
+        """Free ``job_id``'s place (provided by ``serial_starts.Starts``)."""
+        raise NotImplementedError
+
     def _in_flight(self) -> int:
         return 0 if self._spawns is None else self._spawns.in_flight
 
@@ -245,7 +259,7 @@ class ThreadedStarts:
         self._note_all("started", [s.job_id for s in done])
         for s in done:
             if s.task is None:
-                self.node.free(s.job_id)
+                self._release(s.job_id)  # its place: to a start chained behind it, if any
                 self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
                 continue
             added.append((s.task.pgid, s.job_id))
