@@ -212,3 +212,48 @@ def test_the_python_spawning_threads_chain_nothing(tmp_path, monkeypatch):
     finally:
         worker.close()
     assert worker.chained == 0 and inbox.collected("done") == ["g0", "f1"]
+
+
+@native
+def test_a_kill_inside_a_chain_passes_the_wait_on_to_the_next_start(tmp_path):
+    tmp = str(tmp_path)
+    gate = os.path.join(tmp, "gate")
+    end0 = shlex.quote(os.path.join(tmp, "g0.end"))
+    seen = shlex.quote(os.path.join(tmp, "f2.seen"))
+    inbox, worker = worker_for([0])
+    follow = shell(tmp, "f2", f"if [ -e {end0} ]; then echo after; else echo before; fi >> {seen}")
+    inbox.orders.append({"work": [gated(tmp, "g0", gate), marking(tmp, "f1"), follow]})
+    try:  # f1 behind g0's start, f2 behind f1's: both asked for before either began
+        serve(worker, lambda: worker._leader == {"f1": "g0", "f2": "f1"}, "a chain of three")
+        inbox.orders.append({"kill": ["f1"]})
+        serve(worker, lambda: inbox.collected("killed"), "f1 killed")
+        assert worker._leader == {"f2": "g0"} and worker._follower == {"g0": "f2"}
+        open(gate, "w").close()
+        serve(worker, lambda: len(inbox.collected("done")) == 2, "g0 and f2 done")
+    finally:
+        worker.close()
+    assert inbox.collected("killed") == ["f1"] and inbox.collected("done") == ["g0", "f2"]
+    assert not os.path.exists(os.path.join(tmp, "f1.ran"))
+    with open(os.path.join(tmp, "f2.seen")) as fh:
+        assert fh.read() == "after\n"
+    assert worker.node.occupancy == 0 and worker._leader == {} and worker._follower == {}
+
+
+@native
+def test_a_start_chained_behind_a_start_that_fails_runs_in_its_place(tmp_path):
+    tmp = str(tmp_path)
+    blocker = os.path.join(tmp, "file")
+    open(blocker, "w").close()
+    inbox, worker = worker_for([0])
+    bad = shell(tmp, "b0", "true", workdir=os.path.join(blocker, "sub"))
+    inbox.orders.append({"work": [bad, marking(tmp, "f1")]})
+    try:
+        serve(worker, lambda: inbox.collected("done") and inbox.collected("failed"), "the ends")
+    finally:
+        worker.close()
+    assert worker.chained == 1 and inbox.collected("started") == ["b0", "f1"]
+    assert [job for job, *_ in inbox.collected("failed")] == ["b0"]
+    assert inbox.collected("done") == ["f1"]
+    with open(os.path.join(tmp, "f1.ran")) as fh:
+        assert fh.read() == "ran\n"
+    assert worker.node.occupancy == 0 and worker._leader == {} and worker._follower == {}
