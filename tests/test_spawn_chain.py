@@ -257,3 +257,27 @@ def test_a_start_chained_behind_a_start_that_fails_runs_in_its_place(tmp_path):
     with open(os.path.join(tmp, "f1.ran")) as fh:
         assert fh.read() == "ran\n"
     assert worker.node.occupancy == 0 and worker._leader == {} and worker._follower == {}
+
+
+@native
+def test_a_chained_start_goes_back_to_run_beside_the_others_when_room_frees(tmp_path):
+    tmp = str(tmp_path)
+    gate_half, gate_quarters = os.path.join(tmp, "gate_half"), os.path.join(tmp, "gate_q")
+    inbox, worker = worker_for([0, 1])
+    half = gated(tmp, "h0", gate_half)._replace(packing=2)
+    quarters = [gated(tmp, f"q{i}", gate_quarters)._replace(packing=4) for i in range(4)]
+    inbox.orders.append({"work": [half, *quarters]})
+    try:  # h0, q0, q1 fill the node; q2 and q3 wait in chains behind q0 and q1
+        serve(worker, lambda: len(worker._leader) == 2 and {"h0", "q0", "q1"} <= set(
+            worker.running), "h0, q0, q1 running, two chained starts")
+        open(gate_half, "w").close()  # h0 ends: its half of the node is free
+        serve(worker, lambda: {f"q{i}" for i in range(4)} <= set(worker.running),
+              "four quarters running at once")
+        assert worker._leader == {} and worker.node.full
+        open(gate_quarters, "w").close()
+        serve(worker, lambda: len(inbox.collected("done")) == 5, "all done")
+    finally:
+        worker.close()
+    assert sorted(inbox.collected("started")) == ["h0", "q0", "q1", "q2", "q3"]
+    assert inbox.collected("killed") == [] and inbox.collected("returned") == []
+    assert worker.node.occupancy == 0

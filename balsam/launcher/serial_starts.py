@@ -76,6 +76,8 @@ class Starts:
     """A running task's job id -> its follow-on's (not yet handed its place)."""
     _leader: dict[str, str]
     """The reverse of ``_follower``."""
+    _chained_work: dict[str, Work]
+    """The chained starts not yet taken over (in the order they were asked for)."""
     chained = 0
     """Chained starts asked for so far (the benchmark's breakdown, tests)."""
 
@@ -93,7 +95,7 @@ class Starts:
         the second write is found by its ``BALSAM_JOB_ID``), the process groups after the last
         (of tasks started by the spawning threads: when they come back, :meth:`_collect`)."""
         batch: list[tuple[Work, Placement]] = []
-        while self.queue and not self.stopping:
+        while (self.queue or self._unchain()) and not self.stopping:
             work = self.queue[0]
             placement = self.node.place(work.job_id, work.packing, work.required_cores)
             if placement is None:
@@ -169,7 +171,8 @@ class Starts:
         """Queue the head of the queue behind each running task, or start in flight, it can
         follow (see the module docstring); True if any was."""
         spawns = self._spawns
-        if spawns is None or not spawns.chains or self.stopping or not self.queue:
+        if spawns is None or not spawns.chains or self.stopping or not self.queue \
+                or self.node.fits(self.queue[0].packing):  # it starts now, beside the others
             return False
         chained: list[tuple[Work, Placement, int, str]] = []
         for job_id in [*self.running, *spawns.pending_ids()]:
@@ -183,6 +186,7 @@ class Starts:
                 continue
             self.queue.popleft()
             self._follower[job_id], self._leader[work.job_id] = work.job_id, job_id
+            self._chained_work[work.job_id] = work
             r = self.running.get(job_id)
             chained.append((work, placement, -1 if r is None else r.fd, job_id))
             if not self.queue:
@@ -263,12 +267,28 @@ class Starts:
         spawns = self._spawns
         return job_id in self.running or (spawns is not None and spawns.pending(job_id))
 
+    def _unchain(self) -> bool:
+        """Nothing queued and room on the node: the last start of a chain, not begun, whose
+        task fits goes back to the queue's head, to run beside the others rather than after
+        them (a chain takes work greedily; room frees when a chain of another shape ends).
+        True if one did."""
+        if self.node.full or self.stopping or not self._chained_work:
+            return False
+        for job_id, work in reversed(list(self._chained_work.items())):
+            if job_id not in self._follower and self.node.fits(work.packing) \
+                    and self._cancel_chained(job_id, ""):
+                self.queue.appendleft(work)
+                return True
+        return False
+
     def _cancel_chained(self, job_id: str, key: str) -> bool:
-        """Withdraw ``job_id``'s chained start if it has not begun, reported under ``key``;
-        False if it is none or has begun. A start chained behind it now follows what it
-        followed (the kernel passes the wait on), or takes its place."""
+        """Withdraw ``job_id``'s chained start if it has not begun, reported under ``key``
+        ("": not reported, it goes back to the queue); False if it is none or has begun. A
+        start chained behind it now follows what it followed (the kernel passes the wait on),
+        or takes its place."""
         if self._spawns is None or not self._spawns.cancel(job_id):
             return False
+        del self._chained_work[job_id]
         leader = self._leader.pop(job_id, None)
         follower = self._follower.pop(job_id, None)
         if leader is not None:  # the task it followed keeps its place until it is reaped
@@ -281,7 +301,8 @@ class Starts:
             self.node.hand_over(job_id, follower)
         else:
             self.node.free(job_id)
-        self._note_all(key, [job_id])
+        if key:
+            self._note_all(key, [job_id])
         return True
 
     def _cancel_all_chained(self, key: str) -> None:

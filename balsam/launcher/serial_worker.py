@@ -124,6 +124,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self._prep = spawn.Preparer()  # makes queued tasks' directories and output files
         self._follower: dict[str, str] = {}  # Starts
         self._leader: dict[str, str] = {}
+        self._chained_work: dict[str, Work] = {}
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead
 

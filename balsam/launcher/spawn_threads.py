@@ -234,6 +234,8 @@ class ThreadedStarts:
     node: NodeSlots
     watchdog: Optional[Watchdog]
     started: int
+    _chained_work: dict[str, Any]
+    """Chained starts not yet taken over (``serial_starts.Starts``)."""
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
@@ -258,6 +260,8 @@ class ThreadedStarts:
         added: list[tuple[int, str]] = []
         self._note_all("started", [s.job_id for s in done])
         for s in done:
+            if self._chained_work:
+                self._chained_work.pop(s.job_id, None)
             if s.task is None:
                 self._release(s.job_id)  # its place: to a start chained behind it, if any
                 self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
