@@ -181,10 +181,10 @@ static void bs_start(bs_thread *t, bs_req *r) {
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
     err = r->fail;
-    if (!err && !r->prepared) err = bs_mkdirs(r->cwd);
+    if (!err && r->prepared != 1) err = bs_mkdirs(r->cwd);
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
-    if (err == ENOENT && r->prepared && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
+    if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
         err = bs_mkdirs(r->cwd);
         if (!err) err = bs_posix_spawn(sp, r, &pid);
     }
@@ -255,6 +255,26 @@ static void bs_sleep(bs_thread *t) {
     }
 }
 
+/* Make the directory and output file (spawn.prepare) of the chained starts waiting here that
+   have none yet, while the tasks they follow run (t->mu held on entry and on return; the
+   requests stay valid unlocked: only this thread frees them). */
+static void bs_prepare_waiting(bs_thread *t) {
+    bs_req *todo[BS_MAX_WAITING], *r;
+    int n = 0, i, fd;
+    for (r = t->waiting; r != NULL && n < BS_MAX_WAITING; r = r->next)
+        if (!r->prepared && !r->cancelled) todo[n++] = r;
+    if (n == 0) return;
+    pthread_mutex_unlock(&t->mu);
+    for (i = 0; i < n; i++) {
+        r = todo[i];
+        if (bs_mkdirs(r->cwd) != 0) { r->prepared = -1; continue; }  /* tried: at its start */
+        fd = open(r->out, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);  /* truncated at the start */
+        if (fd >= 0) close(fd);
+        r->prepared = 1;
+    }
+    pthread_mutex_lock(&t->mu);
+}
+
 static void *bs_serve(void *arg) {
     bs_thread *t = (bs_thread *)arg;
     bs_req *r;
@@ -262,7 +282,7 @@ static void *bs_serve(void *arg) {
     pthread_mutex_lock(&t->mu);
     for (;;) {
         if (t->stop) { pthread_mutex_unlock(&t->mu); return NULL; }
-        if (t->head == NULL) { bs_sleep(t); continue; }
+        if (t->head == NULL) { bs_prepare_waiting(t); bs_sleep(t); continue; }
         r = t->head;
         t->head = r->next;
         if (t->head == NULL) t->tail = NULL;
