@@ -33,6 +33,7 @@ typedef struct bs_req {
     struct bs_req *next;
     long token;
     char *program, *cwd, *out;
+    char *note;  /* written to sp->watch_fd just before the start (a chained one's ?JOBID line) */
     char **argv, **envp, **owned;  /* owned: argv's and the task's own strings */
     int nowned, prepared, pin;
     int after;      /* a chained start: the pidfd (owned) of the task to wait for, else -1 */
@@ -62,6 +63,7 @@ typedef struct {
 
 typedef struct bs_spawner {
     int epfd, evfd, nthreads, maxthreads, signalled;
+    int watch_fd;  /* the task watchdog's pipe (a dup, owned), or -1 */
     posix_spawnattr_t attr;
     cpu_set_t all;
     pthread_mutex_t dmu;
@@ -75,7 +77,7 @@ static void bs_free_req(bs_req *r) {
     if (r->after >= 0) close(r->after);
     for (i = 0; i < r->nowned; i++) free(r->owned[i]);
     free(r->owned); free(r->argv); free(r->envp);
-    free(r->program); free(r->cwd); free(r->out); free(r);
+    free(r->program); free(r->cwd); free(r->out); free(r->note); free(r);
 }
 
 static int bs_is_dir(const char *path) {
@@ -182,6 +184,11 @@ static void bs_start(bs_thread *t, bs_req *r) {
         t->now = *want;
     err = r->fail;
     if (!err && r->prepared != 1) err = bs_mkdirs(r->cwd);
+    /* one write of one short line: atomic in the pipe (the loop's writes are whole lines of
+       at most PIPE_BUF bytes: pipe_lines.py); the watchdog then finds the task by its job id
+       if this process dies before the loop registers it */
+    if (!err && r->note != NULL && sp->watch_fd >= 0)
+        if (write(sp->watch_fd, r->note, strlen(r->note)) < 0) {}
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
@@ -305,7 +312,7 @@ static bs_spawner *bs_new(int epfd, int maxthreads) {
         if (sp->evfd >= 0) close(sp->evfd);
         free(sp->threads); free(sp); return NULL;
     }
-    sp->epfd = epfd; sp->maxthreads = maxthreads;
+    sp->epfd = epfd; sp->maxthreads = maxthreads; sp->watch_fd = -1;
     pthread_mutex_init(&sp->dmu, NULL);
     sched_getaffinity(0, sizeof(cpu_set_t), &sp->all);
     posix_spawnattr_init(&sp->attr);
@@ -439,6 +446,7 @@ static void bs_free(bs_spawner *sp) {
         if (sp->done[i].kept >= 0) close(sp->done[i].kept);
     }
     close(sp->evfd);
+    if (sp->watch_fd >= 0) close(sp->watch_fd);
     posix_spawnattr_destroy(&sp->attr);
     free(sp->done); free(sp->threads); free(sp);
 }

@@ -38,6 +38,7 @@ cdef extern from "_spawner.h":
         char *program
         char *cwd
         char *out
+        char *note
         char **argv
         char **envp
         char **owned
@@ -59,6 +60,7 @@ cdef extern from "_spawner.h":
         int evfd
         int nthreads
         int maxthreads
+        int watch_fd
 
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
@@ -119,7 +121,7 @@ cdef class Spawner:
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
                bint prepared, tuple cpus, int which, int after=-1, long after_token=0,
-               bint keep=False):
+               bint keep=False, bytes note=b""):
         """Queue a start on thread ``which`` (< ``max_threads``): ``argv`` byte strings,
         ``extra`` (base slot or -1, ``NAME=value``) pairs for the task's own variables,
         ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL).
@@ -128,7 +130,8 @@ cdef class Spawner:
         ``after_token`` > 0 (with ``after`` -1): a chained start after the start of that token,
         asked for earlier on the same thread and not collected yet (made at once if that one
         failed). ``keep``: a start may be asked for after this one (its record keeps a dup of
-        the child's pidfd until :meth:`collect`)."""
+        the child's pidfd until :meth:`collect`). ``note``: a line written to the watch fd
+        (:meth:`watch`) just before the start (not if making its directory failed)."""
         cdef bs_req *r
         cdef int i, slot, end, nargv = len(argv), nextra = len(extra)
         if self.sp == NULL:
@@ -148,7 +151,7 @@ cdef class Spawner:
         r.after_token = after_token
         r.keep = keep
         r.nowned = 0
-        r.program = r.cwd = r.out = NULL
+        r.program = r.cwd = r.out = r.note = NULL
         r.argv = <char **>malloc((nargv + 1) * sizeof(char *))
         r.envp = <char **>malloc((self.nbase + nextra + 1) * sizeof(char *))
         r.owned = <char **>malloc((nargv + nextra + 1) * sizeof(char *))
@@ -157,6 +160,8 @@ cdef class Spawner:
                 raise MemoryError()
             r.token, r.prepared, r.pin = token, prepared, len(cpus) > 0
             r.program, r.cwd, r.out = _dup(program), _dup(cwd), _dup(out)
+            if note:
+                r.note = _dup(note)
             for i in range(nargv):
                 r.argv[i] = r.owned[r.nowned] = _dup(argv[i])
                 r.nowned += 1
@@ -182,6 +187,16 @@ cdef class Spawner:
         except BaseException:
             bs_free_req(r)
             raise
+
+    def watch(self, int fd) -> None:
+        """Write the starts' notes to ``fd`` (the spawner owns it from now: a dup of the task
+        watchdog's pipe, closed by :meth:`close`)."""
+        if self.sp == NULL:
+            os.close(fd)
+            raise ValueError("the spawner is closed")
+        if self.sp.watch_fd >= 0:
+            os.close(self.sp.watch_fd)
+        self.sp.watch_fd = fd
 
     def cancel(self, int which, long token) -> bool:
         """Cancel the chained start ``token`` queued on thread ``which``: True if it had not

@@ -155,7 +155,7 @@ class Starts:
             self._poller.register(fd, select.EPOLLIN)
 
     def _submit(self, work: Work, placement: Placement, after: int = -1,
-                after_job: str = "") -> None:
+                after_job: str = "", note: bytes = b"") -> None:
         """Ask the spawning threads for ``work``'s start at ``placement`` (a chained start:
         ``after``, a pidfd the request owns, or ``after_job``, a start in flight)."""
         assert self._spawns is not None
@@ -165,13 +165,13 @@ class Starts:
         cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
         self._spawns.submit(work.job_id, task.with_envscript(work.argv, work.envscript),
                             work.workdir, work.output_path, prepared, env, cpus, after,
-                            after_job)
+                            after_job, note)
 
     def _chain_behind(self) -> bool:
         """Queue the head of the queue behind each running task, or start in flight, it can
         follow (see the module docstring); True if any was."""
         spawns = self._spawns
-        if spawns is None or not spawns.chains or self.stopping or not self.queue \
+        if spawns is None or not self._can_chain(spawns) or self.stopping or not self.queue \
                 or self.node.fits(self.queue[0].packing):  # it starts now, beside the others
             return False
         chained: list[tuple[Work, Placement, int, str]] = []
@@ -192,14 +192,27 @@ class Starts:
             if not self.queue:
                 break
         self.chained += len(chained)
-        if self.watchdog is not None:
-            self.watchdog.expect_all([w.job_id for w, _, _, _ in chained])
-        for work, placement, fd, leader in chained:
+        for work, placement, fd, leader in chained:  # the watchdog hears of each as it starts
+            note = f"?{work.job_id}\n".encode() if self.watchdog is not None else b""
             if fd >= 0:
-                self._submit(work, placement, os.dup(fd))
+                self._submit(work, placement, os.dup(fd), note=note)
             else:
-                self._submit(work, placement, after_job=leader)
+                self._submit(work, placement, after_job=leader, note=note)
         return bool(chained)
+
+    def _can_chain(self, spawns: SpawnThreads) -> bool:
+        """Whether starts may be chained: the spawning threads can, and the task watchdog (if
+        any) hears of each chained start from the kernel, just before it (``?JOBID``: found by
+        its job id if this process dies before the loop registers it; a start that never began
+        is never counted started)."""
+        if not spawns.chains:
+            return False
+        if self.watchdog is None or spawns.watched:
+            return True
+        fd = self.watchdog._fd  # its pipe's write end (-1: it died); watchdog.py is full
+        if fd >= 0:
+            spawns.watch(fd)
+        return spawns.watched
 
     def _followable(self, job_id: str, spawns: SpawnThreads) -> bool:
         """Whether a start may be chained behind ``job_id``: a shell task running normally, or

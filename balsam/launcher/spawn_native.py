@@ -80,18 +80,20 @@ class NativeSpawns(SpawnThreads):
         self._tokens: dict[str, tuple[int, int]] = {}  # job id -> (thread, token) not back yet
         self._chained: set[str] = set()  # of those, the chained starts
         self.chains = pidfds_work()
+        self.watched = False
         self._token = 0
         poller.register(self._spawner.eventfd, select.EPOLLIN)
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
                extra: dict[str, str], cpus: Sequence[int], after: int = -1,
-               after_job: str = "") -> None:
+               after_job: str = "", note: bytes = b"") -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
         the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
         A chained start, made by the kernel as soon as the task it follows has exited:
         ``after`` >= 0, that task's pidfd (the call owns the descriptor: a dup made for it), or
         ``after_job``, a start on the same CPUs still in flight (:meth:`can_follow`). It can
-        be withdrawn with :meth:`cancel` until it begins."""
+        be withdrawn with :meth:`cancel` until it begins. ``note``: a line the kernel writes
+        to the watch fd (:meth:`watch`) just before the start."""
         self._flight[job_id] = ("", 0.0)
         try:
             program = spawn.resolve(argv[0], extra.get("PATH", self._env.get("PATH")))
@@ -111,7 +113,13 @@ class NativeSpawns(SpawnThreads):
         self._tokens[job_id] = (which, self._token)
         if after >= 0 or after_token:
             self._chained.add(job_id)
-        self._spawner.submit(self._token, *request, after, after_token, self.chains)
+        self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+
+    def watch(self, fd: int) -> None:
+        """The kernel writes the starts' notes to ``fd`` (a dup is kept: the task watchdog's
+        pipe, written in whole lines by both: :mod:`balsam.launcher.pipe_lines`)."""
+        self._spawner.watch(os.dup(fd))
+        self.watched = True
 
     def can_follow(self, job_id: str) -> bool:
         """Whether a chained start may be asked for after ``job_id``'s start, in flight (the

@@ -91,6 +91,13 @@ class SpawnThreads:
         """Whether one more chained start may be asked for on ``cpus`` (never here)."""
         return False
 
+    watched = False
+    """Whether the starts' notes go to the task watchdog (:meth:`watch`: native only)."""
+
+    def watch(self, fd: int) -> None:
+        """Write the starts' notes to ``fd`` (the native kernel only: never called here)."""
+        raise ValueError("the Python spawning threads write no notes")
+
     def can_follow(self, job_id: str) -> bool:
         """Whether a chained start may be asked for after ``job_id``'s start (never here)."""
         return False
@@ -110,7 +117,7 @@ class SpawnThreads:
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
                extra: dict[str, str], cpus: Sequence[int], after: int = -1,
-               after_job: str = "") -> None:
+               after_job: str = "", note: bytes = b"") -> None:
         """Start ``argv`` for ``job_id`` (:class:`balsam.launcher.spawn.SpawnedTask`'s
         arguments), pinned to ``cpus`` (empty: not pinned). ``after``: no chained starts here
         (:attr:`chains` is False), so always -1, and ``after_job`` ""."""

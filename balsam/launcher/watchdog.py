@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import unlink_segments
+from balsam.launcher.pipe_lines import write_lines
 from balsam.platform.process import start_time, wait_child
 from balsam.platform.procgroup import live_members, signal_group
 
@@ -191,9 +192,7 @@ class Watchdog:
             line = b"".join(self._pending) + line
             self._pending = []
         try:
-            view = memoryview(line)
-            while view:  # a pipe write of more than PIPE_BUF bytes may be partial
-                view = view[os.write(self._fd, view):]
+            write_lines(self._fd, line)  # whole lines: the spawning threads write too
             return True
         except OSError as exc:  # the watchdog died (EPIPE): tasks are no longer covered
             os.close(self._fd)
