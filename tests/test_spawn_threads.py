@@ -63,7 +63,9 @@ def in_flight_worker(tmp: str) -> tuple[Inbox, Worker]:
     assert isinstance(worker._spawns, spawn_native.NativeSpawns) == (spawn_native.KERNEL == "cython")
     inbox.orders.append({"work": [sleeper(tmp, "s0"), sleeper(tmp, "s1")]})
     worker.step()  # s0 handed to a thread; taken over only in the next iteration
-    assert worker._in_flight() == 1 and "s0" not in worker.running
+    chained = ["s1"] if worker._spawns.chains else []  # native: s1 chained behind s0's start
+    assert worker._leader == dict.fromkeys(chained, "s0")
+    assert worker._in_flight() == 1 + len(chained) and "s0" not in worker.running
     assert not inbox.collected("started")
     return inbox, worker
 

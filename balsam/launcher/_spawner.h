@@ -14,12 +14,16 @@
 #include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+
+#define BS_MAX_WAITING 64  /* chained starts waiting on one thread at most (polled fds) */
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -29,19 +33,29 @@ typedef struct bs_req {
     struct bs_req *next;
     long token;
     char *program, *cwd, *out;
+    char *note;  /* written to sp->watch_fd just before the start (a chained one's ?JOBID line) */
     char **argv, **envp, **owned;  /* owned: argv's and the task's own strings */
     int nowned, prepared, pin;
+    int after;      /* a chained start: the pidfd (owned) of the task to wait for, else -1 */
+    long after_token;  /* ... or the start it follows, not made yet (then after is -1) */
+    int keep;       /* keep a dup of the child's pidfd with its record (a start may follow) */
+    int fail;       /* an errno to report instead of starting (a follow-on that cannot wait) */
+    int cancelled;  /* a chained start cancelled before it began: freed, never started */
     cpu_set_t cpus;
 } bs_req;
 
-typedef struct { long token; int pid, fd, err; } bs_done;
+/* kept: a dup of fd while the record waits to be collected (a start asked for after this one
+   takes it: bs_submit), closed by bs_collect */
+typedef struct { long token; int pid, fd, err, kept; double when; } bs_done;
 
 struct bs_spawner;
 typedef struct {
     pthread_t tid;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bs_req *head, *tail;
+    bs_req *head, *tail;  /* starts to make now, in order */
+    bs_req *waiting;      /* chained starts whose predecessor may still run (unordered;
+                             after_token > 0: the predecessor is not started yet) */
+    int nwaiting, evfd, sleeping;  /* evfd: written to wake the thread while it sleeps */
     int stop, started;
     cpu_set_t now;  /* this thread's affinity */
     struct bs_spawner *sp;
@@ -49,6 +63,7 @@ typedef struct {
 
 typedef struct bs_spawner {
     int epfd, evfd, nthreads, maxthreads, signalled;
+    int watch_fd;  /* the task watchdog's pipe (a dup, owned), or -1 */
     posix_spawnattr_t attr;
     cpu_set_t all;
     pthread_mutex_t dmu;
@@ -59,9 +74,10 @@ typedef struct bs_spawner {
 
 static void bs_free_req(bs_req *r) {
     int i;
+    if (r->after >= 0) close(r->after);
     for (i = 0; i < r->nowned; i++) free(r->owned[i]);
     free(r->owned); free(r->argv); free(r->envp);
-    free(r->program); free(r->cwd); free(r->out); free(r);
+    free(r->program); free(r->cwd); free(r->out); free(r->note); free(r);
 }
 
 static int bs_is_dir(const char *path) {
@@ -104,7 +120,8 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     return err;
 }
 
-static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
+static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double when,
+                    int kept) {
     uint64_t one = 1;
     pthread_mutex_lock(&sp->dmu);
     if (sp->ndone == sp->cap) {
@@ -112,14 +129,16 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
         bs_done *grown = realloc(sp->done, cap * sizeof(bs_done));
         if (grown == NULL) {  /* cannot note it: end it rather than lose it */
             pthread_mutex_unlock(&sp->dmu);
-            if (pid > 0) kill(-pid, SIGKILL);
+            if (pid > 0) kill(-pid, SIGKILL);  /* left a zombie: the loop never knew it */
             if (fd >= 0) close(fd);
+            if (kept >= 0) close(kept);
             return;
         }
         sp->done = grown; sp->cap = cap;
     }
     sp->done[sp->ndone].token = token; sp->done[sp->ndone].pid = pid;
     sp->done[sp->ndone].fd = fd; sp->done[sp->ndone].err = err;
+    sp->done[sp->ndone].when = when; sp->done[sp->ndone].kept = kept;
     sp->ndone++;
     if (fd < 0 && !sp->signalled) {  /* no pidfd will wake the loop: this does */
         sp->signalled = 1;
@@ -128,16 +147,26 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err) {
     pthread_mutex_unlock(&sp->dmu);
 }
 
+#include "_spawner_chain.h"
+
 static void bs_start(bs_thread *t, bs_req *r) {
     bs_spawner *sp = t->sp;
     cpu_set_t *want = r->pin ? &r->cpus : &sp->all;
     pid_t pid = -1;
-    int err = 0, fd = -1;
+    int err = 0, fd = -1, kept;
+    struct timespec now;
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
-    if (!r->prepared) err = bs_mkdirs(r->cwd);
+    err = r->fail;
+    if (!err && r->prepared != 1) err = bs_mkdirs(r->cwd);
+    /* one write of one short line: atomic in the pipe (the loop's writes are whole lines of
+       at most PIPE_BUF bytes: pipe_lines.py); the watchdog then finds the task by its job id
+       if this process dies before the loop registers it */
+    if (!err && r->note != NULL && sp->watch_fd >= 0)
+        if (write(sp->watch_fd, r->note, strlen(r->note)) < 0) {}
+    clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
-    if (err == ENOENT && r->prepared && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
+    if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
         err = bs_mkdirs(r->cwd);
         if (!err) err = bs_posix_spawn(sp, r, &pid);
     }
@@ -147,7 +176,15 @@ static void bs_start(bs_thread *t, bs_req *r) {
         fd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (fd < 0) fd = -1;
     }
-    bs_push(sp, r->token, err ? -1 : (int)pid, fd, err);  /* first: a ready pidfd is noted */
+    /* under t->mu: a start asked for after this one finds it either waiting (resolved
+       here) or with its record (bs_submit takes the kept dup), never in between */
+    pthread_mutex_lock(&t->mu);
+    bs_resolve(t, r->token, fd, err);
+    kept = r->keep && fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    /* first: a ready pidfd is noted */
+    bs_push(sp, r->token, err ? -1 : (int)pid, fd, err,
+            (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, kept);
+    pthread_mutex_unlock(&t->mu);
     if (fd >= 0) {
         struct epoll_event ev;
         memset(&ev, 0, sizeof ev);
@@ -161,16 +198,17 @@ static void *bs_serve(void *arg) {
     bs_thread *t = (bs_thread *)arg;
     bs_req *r;
     pthread_setname_np(pthread_self(), "balsam-spawn");  /* as ps -L and top -H show it */
+    pthread_mutex_lock(&t->mu);
     for (;;) {
-        pthread_mutex_lock(&t->mu);
-        while (t->head == NULL && !t->stop) pthread_cond_wait(&t->cv, &t->mu);
         if (t->stop) { pthread_mutex_unlock(&t->mu); return NULL; }
+        if (t->head == NULL) { bs_prepare_waiting(t); bs_sleep(t); continue; }
         r = t->head;
         t->head = r->next;
         if (t->head == NULL) t->tail = NULL;
         pthread_mutex_unlock(&t->mu);
-        bs_start(t, r);
+        if (!r->cancelled) bs_start(t, r);  /* cancelled under t->mu: never begun */
         bs_free_req(r);
+        pthread_mutex_lock(&t->mu);
     }
 }
 
@@ -186,7 +224,7 @@ static bs_spawner *bs_new(int epfd, int maxthreads) {
         if (sp->evfd >= 0) close(sp->evfd);
         free(sp->threads); free(sp); return NULL;
     }
-    sp->epfd = epfd; sp->maxthreads = maxthreads;
+    sp->epfd = epfd; sp->maxthreads = maxthreads; sp->watch_fd = -1;
     pthread_mutex_init(&sp->dmu, NULL);
     sched_getaffinity(0, sizeof(cpu_set_t), &sp->all);
     posix_spawnattr_init(&sp->attr);
@@ -213,39 +251,63 @@ static void bs_not_ignored(sigset_t *sigs) {
             sigaddset(sigs, sig);
 }
 
-/* Queue r on thread `which` (made on first use); 0, or the error of pthread_create. */
+/* Queue r on thread `which` (made on first use); 0, or the error of pthread_create. A
+   request with r->after >= 0 (a chained start) waits until that pidfd is readable. */
 static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
     bs_thread *t = &sp->threads[which];
     if (!t->started) {
         int err;
+        t->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (t->evfd < 0) return errno;
         pthread_mutex_init(&t->mu, NULL);
-        pthread_cond_init(&t->cv, NULL);
         t->sp = sp;
         t->now = sp->all;
         err = pthread_create(&t->tid, NULL, bs_serve, t);
-        if (err) return err;
+        if (err) { close(t->evfd); return err; }
         t->started = 1;
         sp->nthreads++;
     }
     r->next = NULL;
+    r->cancelled = r->fail = 0;
     pthread_mutex_lock(&t->mu);
-    if (t->tail) t->tail->next = r; else t->head = r;
-    t->tail = r;
+    if ((r->after >= 0 || r->after_token > 0) && t->nwaiting >= BS_MAX_WAITING) {
+        pthread_mutex_unlock(&t->mu);
+        return EAGAIN;
+    }
+    if (r->after_token > 0) {  /* made already? its record (not collected yet) has its pidfd */
+        size_t i;
+        pthread_mutex_lock(&sp->dmu);
+        for (i = 0; i < sp->ndone; i++) {
+            if (sp->done[i].token != r->after_token) continue;
+            r->after = sp->done[i].kept;  /* -1: it failed, nothing to wait for */
+            sp->done[i].kept = -1;
+            r->after_token = 0;
+            break;
+        }
+        pthread_mutex_unlock(&sp->dmu);
+    }
+    if (r->after >= 0 || r->after_token > 0) {
+        r->next = t->waiting; t->waiting = r; t->nwaiting++;
+    } else {
+        bs_ready(t, r);
+    }
+    bs_wake(t);
     pthread_mutex_unlock(&t->mu);
-    pthread_cond_signal(&t->cv);  /* after the unlock: the woken thread finds it free */
     return 0;
 }
 
-/* Stop the threads (each after the start it is making; queued starts are dropped). */
+/* Stop the threads (each after the start it is making; queued and waiting starts are
+   dropped). */
 static void bs_stop(bs_spawner *sp) {
     int i;
     bs_req *r;
+    uint64_t one = 1;
     for (i = 0; i < sp->maxthreads; i++) {
         bs_thread *t = &sp->threads[i];
         if (!t->started) continue;
         pthread_mutex_lock(&t->mu);
         t->stop = 1;
-        pthread_cond_signal(&t->cv);
+        if (write(t->evfd, &one, sizeof one) < 0) {}
         pthread_mutex_unlock(&t->mu);
     }
     for (i = 0; i < sp->maxthreads; i++) {
@@ -253,14 +315,20 @@ static void bs_stop(bs_spawner *sp) {
         if (!t->started) continue;
         pthread_join(t->tid, NULL);
         while ((r = t->head) != NULL) { t->head = r->next; bs_free_req(r); }
+        while ((r = t->waiting) != NULL) { t->waiting = r->next; bs_free_req(r); }
+        close(t->evfd);
         t->started = 0;
     }
 }
 
 static void bs_free(bs_spawner *sp) {
     size_t i;
-    for (i = 0; i < sp->ndone; i++) if (sp->done[i].fd >= 0) close(sp->done[i].fd);
+    for (i = 0; i < sp->ndone; i++) {
+        if (sp->done[i].fd >= 0) close(sp->done[i].fd);
+        if (sp->done[i].kept >= 0) close(sp->done[i].kept);
+    }
     close(sp->evfd);
+    if (sp->watch_fd >= 0) close(sp->watch_fd);
     posix_spawnattr_destroy(&sp->attr);
     free(sp->done); free(sp->threads); free(sp);
 }
@@ -272,6 +340,7 @@ static size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap) {
     pthread_mutex_lock(&sp->dmu);
     n = sp->ndone < cap ? sp->ndone : cap;
     memcpy(out, sp->done, n * sizeof(bs_done));
+    for (i = 0; i < n; i++) if (out[i].kept >= 0) { close(out[i].kept); out[i].kept = -1; }
     for (i = n; i < sp->ndone; i++) sp->done[i - n] = sp->done[i];
     sp->ndone -= n;
     if (sp->signalled && sp->ndone == 0) {

@@ -14,10 +14,21 @@ calls per child, see ``bs_not_ignored``), opens the child's pidfd, notes the sta
 when the task ends, not when it starts. A start that yields no pidfd (it failed, or pidfds are
 missing) also writes the event fd, so that the loop wakes to learn of it.
 
+A *chained* start (``submit(..., after=pidfd)``, or ``after_token``: after a start asked for
+earlier and not collected yet, whose pidfd the thread passes on) waits in its thread until the
+task it follows has exited: the thread polls a dup of that task's pidfd (with its own event fd, which a
+new request or a cancel writes) and never reaps it, so the task stays a zombie until the loop
+reaps it (its pid is never reused while the loop may still signal it); then it starts the
+follow-on at once, without waiting for Python, and writes the event fd so the loop learns of
+the start (and can chain the next one behind it). :meth:`Spawner.cancel` withdraws a chained
+start that has not begun. Every start comes back with its real wall-clock start time.
+
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
 messages) is done by the caller before :meth:`Spawner.submit` or after :meth:`collect`.
 """
+import os
+
 from libc.stdlib cimport free, malloc
 from libc.string cimport strdup
 
@@ -27,26 +38,33 @@ cdef extern from "_spawner.h":
         char *program
         char *cwd
         char *out
+        char *note
         char **argv
         char **envp
         char **owned
         int nowned
         int prepared
         int pin
+        int after
+        long after_token
+        int keep
 
     ctypedef struct bs_done:
         long token
         int pid
         int fd
         int err
+        double when
 
     ctypedef struct bs_spawner:
         int evfd
         int nthreads
         int maxthreads
+        int watch_fd
 
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
+    int bs_cancel(bs_spawner *sp, int which, long token)
     void bs_stop(bs_spawner *sp) nogil
     void bs_free(bs_spawner *sp)
     size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap)
@@ -102,21 +120,38 @@ cdef class Spawner:
         return self.sp.nthreads
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
-               bint prepared, tuple cpus, int which):
+               bint prepared, tuple cpus, int which, int after=-1, long after_token=0,
+               bint keep=False, bytes note=b""):
         """Queue a start on thread ``which`` (< ``max_threads``): ``argv`` byte strings,
         ``extra`` (base slot or -1, ``NAME=value``) pairs for the task's own variables,
-        ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL)."""
+        ``cpus`` to pin it to (empty: not pinned). The caller checked them all (no NUL).
+        ``after`` >= 0: a chained start, made once that pidfd (the running task it follows)
+        is readable; the request owns it from this call on (closed also if this raises).
+        ``after_token`` > 0 (with ``after`` -1): a chained start after the start of that token,
+        asked for earlier on the same thread and not collected yet (made at once if that one
+        failed). ``keep``: a start may be asked for after this one (its record keeps a dup of
+        the child's pidfd until :meth:`collect`). ``note``: a line written to the watch fd
+        (:meth:`watch`) just before the start (not if making its directory failed)."""
         cdef bs_req *r
         cdef int i, slot, end, nargv = len(argv), nextra = len(extra)
         if self.sp == NULL:
+            if after >= 0:
+                os.close(after)
             raise ValueError("the spawner is closed")
         if not 0 <= which < self.max_threads:
+            if after >= 0:
+                os.close(after)
             raise ValueError(f"no spawning thread {which}")
         r = <bs_req *>malloc(sizeof(bs_req))
         if r == NULL:
+            if after >= 0:
+                os.close(after)
             raise MemoryError()
+        r.after = after
+        r.after_token = after_token
+        r.keep = keep
         r.nowned = 0
-        r.program = r.cwd = r.out = NULL
+        r.program = r.cwd = r.out = r.note = NULL
         r.argv = <char **>malloc((nargv + 1) * sizeof(char *))
         r.envp = <char **>malloc((self.nbase + nextra + 1) * sizeof(char *))
         r.owned = <char **>malloc((nargv + nextra + 1) * sizeof(char *))
@@ -125,6 +160,8 @@ cdef class Spawner:
                 raise MemoryError()
             r.token, r.prepared, r.pin = token, prepared, len(cpus) > 0
             r.program, r.cwd, r.out = _dup(program), _dup(cwd), _dup(out)
+            if note:
+                r.note = _dup(note)
             for i in range(nargv):
                 r.argv[i] = r.owned[r.nowned] = _dup(argv[i])
                 r.nowned += 1
@@ -146,20 +183,38 @@ cdef class Spawner:
                 bs_cpu_set(r, i)
             err = bs_submit(self.sp, which, r)
             if err:
-                raise OSError(err, "cannot start a spawning thread")
+                raise OSError(err, "cannot queue the start")
         except BaseException:
             bs_free_req(r)
             raise
 
+    def watch(self, int fd) -> None:
+        """Write the starts' notes to ``fd`` (the spawner owns it from now: a dup of the task
+        watchdog's pipe, closed by :meth:`close`)."""
+        if self.sp == NULL:
+            os.close(fd)
+            raise ValueError("the spawner is closed")
+        if self.sp.watch_fd >= 0:
+            os.close(self.sp.watch_fd)
+        self.sp.watch_fd = fd
+
+    def cancel(self, int which, long token) -> bool:
+        """Cancel the chained start ``token`` queued on thread ``which``: True if it had not
+        begun (it never will), False if it has (it comes back through :meth:`collect`)."""
+        if self.sp == NULL or not 0 <= which < self.max_threads:
+            return False
+        return bs_cancel(self.sp, which, token) == 1
+
     def collect(self) -> list:
-        """The starts done since the last call: (token, pid, pidfd or -1, errno or 0)."""
+        """The starts done since the last call: (token, pid, pidfd or -1, errno or 0, the
+        wall-clock time of the start)."""
         cdef bs_done out[_BATCH]
         cdef size_t n, i
         found = []
         while self.sp != NULL:
             n = bs_collect(self.sp, out, _BATCH)
             for i in range(n):
-                found.append((out[i].token, out[i].pid, out[i].fd, out[i].err))
+                found.append((out[i].token, out[i].pid, out[i].fd, out[i].err, out[i].when))
             if n < _BATCH:
                 break
         return found

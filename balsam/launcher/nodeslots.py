@@ -147,6 +147,20 @@ class NodeSlots:
         if gpu is not None:
             self._gpu_owner[gpu] = None
 
+    def placement_for(self, key: str, packing_count: int,
+                      required_cores: int = 1) -> Optional[Placement]:
+        """The :class:`Placement` of task ``key`` if a task of ``packing_count`` and
+        ``required_cores`` would take exactly its place (same share, as many CPUs) when ``key``
+        leaves (:meth:`hand_over`); None if not, or ``key`` is not placed."""
+        entry = self._placed.get(key)
+        if entry is None:
+            return None
+        k, indexes, gpu = entry
+        if self._count(int(packing_count)) != k or len(indexes) != min(
+                len(self.cpus), max(1, int(required_cores), len(self.cpus) // k)):
+            return None
+        return Placement(tuple(self.cpus[i] for i in indexes), gpu)
+
     def hand_over(self, key: str, new_key: str) -> None:
         """Task ``new_key`` takes the place of ``key`` (its share, CPUs and GPU) as ``key``
         leaves (a function task that begins in the warm process of the one that ended)."""

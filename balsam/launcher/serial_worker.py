@@ -6,7 +6,10 @@ thread pinned to the task's CPUs: :mod:`balsam.launcher.spawn_threads`; director
 files made ahead by a :class:`balsam.launcher.spawn.Preparer` thread) while they fit on its node
 (:class:`balsam.launcher.nodeslots.NodeSlots`: ``node_packing_count`` occupancy, own cores,
 pinned as :func:`balsam.launcher.spawn.pinned_cpus` says, one GPU per task with
-``CUDA_VISIBLE_DEVICES``). Each loop iteration it reads the master's orders, takes over started
+``CUDA_VISIBLE_DEVICES``; the starts: :mod:`balsam.launcher.serial_starts`, where a slot's next
+shell task may be *chained* behind its running one, started by the native spawning thread as
+soon as that one exits; a kill, stop, exit or abort withdraws a chained start not begun,
+reported ``killed`` or ``returned``). Each loop iteration it reads the master's orders, takes over started
 tasks, reaps exited ones, starts what fits and notes it all in ONE report, sent at once if it says
 more than starts and clean ends or the queue is empty, else at most every ``REPORT_SECONDS``.
 When nothing happened, or work waits for a slot, it waits up to 1 ms (10 ms once quiet) in
@@ -47,20 +50,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 from balsam import defaults
 from balsam.launcher import libc_spawn, procs, spawn, spawn_native, spawn_threads, task
-from balsam.launcher.nodeslots import NodeSlots, Placement
+from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.serial_starts import Starts, is_shell
 from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
 from balsam.launcher.serial_work import Work as Work
-from balsam.launcher.serial_work import task_env
 from balsam.launcher.spawn_threads import ThreadedStarts
-from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
+from balsam.launcher.warm_pool import WarmPool, WarmTask
 from balsam.launcher.watchdog import Watchdog
-from balsam.platform.process import pidfd_open
 
 if TYPE_CHECKING:
     from balsam.launcher.rank_heartbeat import Pulse
@@ -79,7 +81,7 @@ QUIET_SECONDS = 0.05
 master's orders wait that long (task exits still end the wait at once)."""
 
 
-class Worker(WarmQueueing, ThreadedStarts):
+class Worker(WarmQueueing, Starts, ThreadedStarts):
     """The task loop of one node (see the module docstring)."""
 
     def __init__(self, channel: Channel, node: NodeSlots, base_env: Mapping[str, str], *,
@@ -120,6 +122,9 @@ class Worker(WarmQueueing, ThreadedStarts):
         self._tails, self._behind, self._stop_grace = {}, {}, shutdown_grace  # WarmQueueing
         self._next_fd_check = 0.0
         self._prep = spawn.Preparer()  # makes queued tasks' directories and output files
+        self._follower: dict[str, str] = {}  # Starts
+        self._leader: dict[str, str] = {}
+        self._chained_work: dict[str, Work] = {}
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead
 
@@ -134,7 +139,10 @@ class Worker(WarmQueueing, ThreadedStarts):
                 if self.step():
                     last_busy = now = time.monotonic()
                     if self.queue and not (self.stopping or self.finished):
-                        self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: a task's end
+                        if self._paced():  # the chains run on: reap and report in batches
+                            self.pace()
+                        else:
+                            self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: an end
                 else:
                     now = time.monotonic()
                     quiet = now - last_busy > QUIET_SECONDS
@@ -164,6 +172,7 @@ class Worker(WarmQueueing, ThreadedStarts):
             self._obey(message)
             busy = True
         if self.finished:  # exit or abort: say goodbye (the master waits for it)
+            self._cancel_all_chained("returned")  # never begun: they never will
             self._collect(settle=True)
             self._note("bye", True)
             self._note("beats", self.pulse.sent if self.pulse is not None else 0)  # see Silence
@@ -200,6 +209,7 @@ class Worker(WarmQueueing, ThreadedStarts):
     def _obey(self, message: Mapping[str, Any]) -> None:
         if message.get("abort"):
             self._aborting = True  # and those still starting once they have (_collect)
+            self._cancel_all_chained("returned")  # before their predecessors die
             for r in self.running.values():
                 r.task.signal_group(signal.SIGKILL)
             self.finished = True
@@ -218,7 +228,7 @@ class Worker(WarmQueueing, ThreadedStarts):
                         w = w._replace(workdir=os.path.join(self._home, w.workdir),
                                        output_path=os.path.join(self._home, w.output_path))
                     self.queue.append(w)
-                    if w.envscript is not None or not is_runner_argv(w.argv):
+                    if is_shell(w):
                         self._prep.ahead(w.workdir, w.output_path)
         for job_id in message.get("kill", ()):
             self._kill(job_id)
@@ -234,6 +244,8 @@ class Worker(WarmQueueing, ThreadedStarts):
             running.why = running.why or "kill"
             self._cancel_behind(running.task)
             running.task.terminate(self.kill_grace)
+            return
+        if self._cancel_chained(job_id, "killed"):  # chained, not begun: it never will
             return
         if self._spawns is not None and self._spawns.mark(job_id, "kill", self.kill_grace):
             return  # ended once it has started (_collect)
@@ -259,12 +271,15 @@ class Worker(WarmQueueing, ThreadedStarts):
             if r.why != "kill":
                 r.why = "stop"
             r.task.terminate(grace)
+        self._cancel_all_chained("returned")
         if self._spawns is not None:
             self._spawns.mark_all("stop", grace)
 
     # ---- tasks ------------------------------------------------------------------------------
     def _reap(self) -> bool:
         started = self._collect()
+        if started and self.queue:  # before the reaps: the chain goes on while Python reaps
+            self._chain_behind()
         ready, self._ready = self._ready, None  # a pidfd, once ready, stays so
         if not self.running:
             return started
@@ -302,7 +317,7 @@ class Worker(WarmQueueing, ThreadedStarts):
             self.node.hand_over(job_id, successor.job_id)
             self._by_fd[r.fd] = successor.job_id
         else:
-            self.node.free(job_id)
+            self._release(job_id)  # or hand it to the task chained behind it
             if r.fd >= 0:
                 self._poller.unregister(r.fd)
                 del self._by_fd[r.fd]
@@ -320,72 +335,6 @@ class Worker(WarmQueueing, ThreadedStarts):
                                                               self.tail_lines))])
         if successor is not None:
             self._follow(successor, collateral=bool(r.why))
-
-    def _start_fitting(self) -> bool:
-        """Start every queued task that fits. The watchdog hears of the whole batch in two
-        writes: the job ids before the first start (a task started by a rank that dies before
-        the second write is found by its ``BALSAM_JOB_ID``), the process groups after the last
-        (of tasks started by the spawning threads: when they come back, :meth:`_collect`)."""
-        batch: list[tuple[Work, Placement]] = []
-        while self.queue and not self.stopping:
-            work = self.queue[0]
-            placement = self.node.place(work.job_id, work.packing, work.required_cores)
-            if placement is None:
-                break
-            self.queue.popleft()
-            batch.append((work, placement))
-        if not batch:
-            return self._queue_behind()
-        cold = [(w, p, w.envscript is not None or not is_runner_argv(w.argv)) for w, p in batch]
-        threads = self._spawns  # started tasks are noted when they come back (_collect)
-        self._note_all("started", [w.job_id for w, _, cold_ in cold if not (cold_ and threads)])
-        if self.watchdog is not None:
-            self.watchdog.expect_all([w.job_id for w, _, spawned in cold if spawned])
-        added: list[tuple[int, str]] = []
-        try:
-            for work, placement, spawned in cold:
-                self._start(work, placement, spawned, added)
-        finally:
-            if added and self.watchdog is not None:  # none on the spawning threads' path
-                self.watchdog.add_all(added)
-        self._queue_behind()
-        return True
-
-    def _start(self, work: Work, placement: Placement, spawned: bool,
-               added: list[tuple[int, str]]) -> None:
-        env = task_env(work, placement.gpu)
-        prepared = spawned and self._prep.take(work.output_path)
-        self.prepared += prepared
-        cpus = spawn.pinned_cpus(placement.cpus, len(self.node.cpus), self.pin_single_core)
-        argv = task.with_envscript(work.argv, work.envscript)
-        if spawned and self._spawns is not None:  # taken over when it comes back: _collect
-            return self._spawns.submit(work.job_id, argv, work.workdir, work.output_path,
-                                       prepared, env, cpus)
-        try:
-            t: Union[WarmTask, spawn.SpawnedTask] = (spawn.SpawnedTask(
-                work.job_id, argv, self._env, work.workdir, work.output_path, prepared, env)
-                if spawned
-                else self.warm.start(work.job_id, env, work.workdir, work.output_path,
-                                     placement.cpus, work.row,
-                                     (work.packing, work.required_cores)))
-        except OSError as exc:
-            self.node.free(work.job_id)
-            self._note_all("failed", [(work.job_id, -1, f"cannot start: {exc}")])
-            return
-        if isinstance(t, WarmTask):  # pinned by the pool; its reply (or death) ends the wait
-            fd = t.fd
-            self._tails[work.job_id] = t
-        else:
-            added.append((t.pgid, work.job_id))
-            if cpus:
-                spawn.pin(t.pid, cpus)
-            found = pidfd_open(t.pid)
-            fd = -1 if found is None else found
-        self.started += 1
-        self.running[work.job_id] = _Running(t, fd)
-        if fd >= 0:
-            self._by_fd[fd] = work.job_id
-            self._poller.register(fd, select.EPOLLIN)
 
     # ---- reporting --------------------------------------------------------------------------
     def _note(self, key: str, value: Any) -> None:

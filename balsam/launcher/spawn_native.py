@@ -26,12 +26,12 @@ from __future__ import annotations
 import importlib
 import os
 import select
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from balsam.launcher import libc_spawn, spawn, spawn_threads
 from balsam.launcher.spawn_threads import SpawnThreads, Started
+from balsam.platform.process import pidfd_open
 
 
 def _load_kernel() -> tuple[str, Any, Optional[str]]:
@@ -46,11 +46,13 @@ KERNEL, _kernel, KERNEL_ERROR = _load_kernel()
 """``"cython"`` when ``balsam.launcher._spawner`` is importable (``KERNEL_ERROR``: why not)."""
 _ARGV_CACHE = 256
 """Encoded command lines kept (cleared when full), as :mod:`libc_spawn` keeps its arrays."""
+CHAINED_PER_THREAD = 64
+"""Chained starts waiting on one native thread at most (the kernel polls that many pidfds)."""
 
 
 class StartedTask(spawn.SpawnedTask):
     """A task the kernel started: a :class:`balsam.launcher.spawn.SpawnedTask` made from its pid
-    (``started``: when its start was asked for)."""
+    (``started``: when the kernel started it, wall clock)."""
 
     def __init__(self, job_id: str, output_path: str, pid: int, started: float) -> None:
         self.job_id = job_id
@@ -74,35 +76,86 @@ class NativeSpawns(SpawnThreads):
             spawn_threads.MAX_THREADS)
         self._which: dict[tuple[int, ...], int] = {}
         self._argv: dict[tuple[str, ...], list[bytes]] = {}
-        self._asked: dict[int, tuple[str, str, str, str, float]] = {}  # token -> the start
+        self._asked: dict[int, tuple[str, str, str, str]] = {}  # token -> the start
+        self._tokens: dict[str, tuple[int, int]] = {}  # job id -> (thread, token) not back yet
+        self._chained: set[str] = set()  # of those, the chained starts
+        self.chains = pidfds_work()
+        self.watched = False
         self._token = 0
         poller.register(self._spawner.eventfd, select.EPOLLIN)
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int]) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1,
+               after_job: str = "", note: bytes = b"") -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
-        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there."""
+        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
+        A chained start, made by the kernel as soon as the task it follows has exited:
+        ``after`` >= 0, that task's pidfd (the call owns the descriptor: a dup made for it), or
+        ``after_job``, a start on the same CPUs still in flight (:meth:`can_follow`). It can
+        be withdrawn with :meth:`cancel` until it begins. ``note``: a line the kernel writes
+        to the watch fd (:meth:`watch`) just before the start."""
         self._flight[job_id] = ("", 0.0)
         try:
             program = spawn.resolve(argv[0], extra.get("PATH", self._env.get("PATH")))
             libc_spawn.check_names(extra)
             variables = [(self._slots.get(k, -1), libc_spawn.entry(k, v)) for k, v in extra.items()]
+            which = self._thread(tuple(cpus))
             request = (os.fsencode(program), self._encoded(argv), variables, os.fsencode(cwd),
-                       os.fsencode(output_path), prepared, tuple(cpus), self._thread(tuple(cpus)))
+                       os.fsencode(output_path), prepared, tuple(cpus), which)
         except OSError as exc:
+            if after >= 0:
+                os.close(after)
             self._done.append((job_id, -1, exc))
             return
         self._token += 1
-        self._asked[self._token] = (job_id, program, cwd, output_path, time.time())
-        self._spawner.submit(self._token, *request)
+        self._asked[self._token] = (job_id, program, cwd, output_path)
+        after_token = self._tokens[after_job][1] if after_job else 0
+        self._tokens[job_id] = (which, self._token)
+        if after >= 0 or after_token:
+            self._chained.add(job_id)
+        self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+
+    def watch(self, fd: int) -> None:
+        """The kernel writes the starts' notes to ``fd`` (a dup is kept: the task watchdog's
+        pipe, written in whole lines by both: :mod:`balsam.launcher.pipe_lines`)."""
+        self._spawner.watch(os.dup(fd))
+        self.watched = True
+
+    def can_follow(self, job_id: str) -> bool:
+        """Whether a chained start may be asked for after ``job_id``'s start, in flight (the
+        kernel has it, unmarked by a kill or stop)."""
+        return job_id in self._tokens and not self._flight[job_id][0]
+
+    def can_chain(self, cpus: Sequence[int]) -> bool:
+        """Whether one more chained start may wait on the thread of ``cpus`` (at most
+        :data:`CHAINED_PER_THREAD`)."""
+        which = self._thread(tuple(cpus))
+        return sum(self._tokens[j][0] == which for j in self._chained) < CHAINED_PER_THREAD
+
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw ``job_id``'s chained start if it has not begun: True if so (it never
+        starts and never comes back), False if it is no chained start or has begun."""
+        if job_id not in self._chained or not self._spawner.cancel(*self._tokens[job_id]):
+            return False
+        self._chained.discard(job_id)
+        del self._asked[self._tokens.pop(job_id)[1]], self._flight[job_id]
+        return True
+
+    def chained_ids(self) -> list[str]:
+        """The jobs whose chained start has not come back yet."""
+        return list(self._chained)
 
     def collect(self) -> list[Started]:
-        """As :meth:`SpawnThreads.collect` (loop thread only)."""
+        """As :meth:`SpawnThreads.collect` (loop thread only); a task's ``started`` is the
+        time the kernel started it."""
         out = super().collect() if self._done else []  # those that could not be asked for
-        flight, asked = self._flight, self._asked
-        for token, pid, fd, err in self._spawner.collect():
-            job_id, program, cwd, output_path, when = asked.pop(token)
+        flight, asked, chained, tokens = self._flight, self._asked, self._chained, self._tokens
+        for token, pid, fd, err, when in self._spawner.collect():
+            job_id, program, cwd, output_path = asked.pop(token)
             why, grace = flight.pop(job_id, ("", 0.0))
+            del tokens[job_id]
+            if chained:
+                chained.discard(job_id)
             if err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))
@@ -137,6 +190,15 @@ class NativeSpawns(SpawnThreads):
                 self._argv.clear()
             self._argv[key] = encoded
         return encoded
+
+
+def pidfds_work() -> bool:
+    """Whether this kernel has pidfds (Linux 5.3): a chained start waits on one."""
+    fd = pidfd_open(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def make(env: Mapping[str, str], poller: select.epoll) -> SpawnThreads:

@@ -83,18 +83,57 @@ class SpawnThreads:
         self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError]]] = deque()
         self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
 
+    chains = False
+    """Whether :meth:`submit` takes ``after`` and ``after_job`` (a chained start: only the
+    native kernel's, where pidfds work)."""
+
+    def can_chain(self, cpus: Sequence[int]) -> bool:
+        """Whether one more chained start may be asked for on ``cpus`` (never here)."""
+        return False
+
+    watched = False
+    """Whether the starts' notes go to the task watchdog (:meth:`watch`: native only)."""
+
+    def watch(self, fd: int) -> None:
+        """Write the starts' notes to ``fd`` (the native kernel only: never called here)."""
+        raise ValueError("the Python spawning threads write no notes")
+
+    def can_follow(self, job_id: str) -> bool:
+        """Whether a chained start may be asked for after ``job_id``'s start (never here)."""
+        return False
+
+    def cancel(self, job_id: str) -> bool:
+        """Withdraw a chained start not begun (there are none here): False."""
+        return False
+
+    def chained_ids(self) -> list[str]:
+        """The jobs whose chained start has not come back yet (none here)."""
+        return []
+
     @property
     def in_flight(self) -> int:
         """Starts asked for and not yet collected."""
         return len(self._flight)
 
     def submit(self, job_id: str, argv: list[str], cwd: str, output_path: str, prepared: bool,
-               extra: dict[str, str], cpus: Sequence[int]) -> None:
+               extra: dict[str, str], cpus: Sequence[int], after: int = -1,
+               after_job: str = "", note: bytes = b"") -> None:
         """Start ``argv`` for ``job_id`` (:class:`balsam.launcher.spawn.SpawnedTask`'s
-        arguments), pinned to ``cpus`` (empty: not pinned)."""
+        arguments), pinned to ``cpus`` (empty: not pinned). ``after``: no chained starts here
+        (:attr:`chains` is False), so always -1, and ``after_job`` ""."""
+        if after >= 0 or after_job:
+            raise ValueError("the Python spawning threads make no chained starts")
         self._flight[job_id] = ("", 0.0)
         self._queue(tuple(cpus)).put((job_id, argv, cwd, output_path, prepared, extra,
                                       tuple(cpus)))
+
+    def pending_ids(self) -> list[str]:
+        """The jobs whose start is in flight."""
+        return list(self._flight)
+
+    def pending(self, job_id: str) -> bool:
+        """Whether ``job_id``'s start is in flight (asked for, not yet collected)."""
+        return job_id in self._flight
 
     def mark(self, job_id: str, why: str, grace: float) -> bool:
         """If ``job_id``'s start is in flight, note that it is to be ended (``why``: "kill" or
@@ -202,9 +241,15 @@ class ThreadedStarts:
     node: NodeSlots
     watchdog: Optional[Watchdog]
     started: int
+    _chained_work: dict[str, Any]
+    """Chained starts not yet taken over (``serial_starts.Starts``)."""
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
+        raise NotImplementedError
+
+    def _release(self, job_id: str) -> None:
+        """Free ``job_id``'s place (provided by ``serial_starts.Starts``)."""
         raise NotImplementedError
 
     def _in_flight(self) -> int:
@@ -222,8 +267,10 @@ class ThreadedStarts:
         added: list[tuple[int, str]] = []
         self._note_all("started", [s.job_id for s in done])
         for s in done:
+            if self._chained_work:
+                self._chained_work.pop(s.job_id, None)
             if s.task is None:
-                self.node.free(s.job_id)
+                self._release(s.job_id)  # its place: to a start chained behind it, if any
                 self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
                 continue
             added.append((s.task.pgid, s.job_id))

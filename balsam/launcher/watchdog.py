@@ -56,6 +56,7 @@ from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, un
 from balsam.launcher.group_stop import groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
+from balsam.launcher.pipe_lines import write_lines
 from balsam.platform.process import start_time, wait_child
 
 READ_NAP_SECONDS = 0.02
@@ -196,9 +197,7 @@ class Watchdog:
             line = b"".join(self._pending) + line
             self._pending = []
         try:
-            view = memoryview(line)
-            while view:  # a pipe write of more than PIPE_BUF bytes may be partial
-                view = view[os.write(self._fd, view):]
+            write_lines(self._fd, line)  # whole lines: the spawning threads write too
             return True
         except OSError as exc:  # the watchdog died (EPIPE): tasks are no longer covered
             os.close(self._fd)
