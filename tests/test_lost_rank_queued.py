@@ -7,16 +7,15 @@ RUN_TIMEOUT."""
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
 from conftest import make_public_tmpdir
+from fault_support import lose_node
 from launcher_procs import launchers
 from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for, write_script
 from once_support import (
     TICKER,
-    descendants,
     kill,
     overlap_seconds,
     rank_pid,
@@ -133,10 +132,7 @@ def test_a_lost_nodes_queued_jobs_come_back_with_no_run_counted(db, cursor):
         before = {j for j in ids if _attempts(markers, j)}
         wait_for(lambda: _dealt(cursor) == 8, 60, "the other eight claimed")
         worker = wait_for(lambda: rank_pid(first.pid, 2), 10, "worker rank 2")
-        node = [worker] + descendants(worker)
-        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: all vanish at once
-            for pid in node:
-                kill(pid, sig)
+        lose_node(worker)  # frozen first: rank, watchdog and tasks vanish at once
         wait_for(lambda: _count(cursor, f"SELECT count(*) FROM {schema.EVENT_TABLE} WHERE "
                                 "message LIKE %s", ["%lost a rank%"]) > 0, 120,
                  "the failed ensemble's jobs to be recovered")
