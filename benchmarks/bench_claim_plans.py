@@ -2,8 +2,10 @@
 
 A throwaway DB gets ``--jobs`` jobs (default 1,000,000, written server-side by ``INSERT ...
 SELECT generate_series``): 40% JOB_FINISHED history (incl. a workflow "idle" with no runnable
-job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min), 200 small
-workflows "small<k>" of 200 runnable jobs (30 min), a rare workflow "rare" of 10 runnable jobs
+job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min),
+``--small-workflows`` (default 200) small workflows "small<k>" sharing max(40,000, that many)
+runnable jobs (30 min; campaigns of one workflow per parameter point), a rare workflow "rare" of
+10 runnable jobs
 (tag campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
 
 For each filter kind the claim's own statement (``leases._claim_sql``, prepared as
@@ -11,13 +13,17 @@ For each filter kind the claim's own statement (``leases._claim_sql``, prepared 
 transaction rolled back after each: with its generic plan (what ``leases.claim`` runs) and a
 custom plan, alternated, ``--repeat`` times each. Printed: the median run's execution ms and
 shared buffers (hit+read), its scans of the job table (rows read, filtered ones included).
-Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125]``.
+``--compare-with SRC`` runs the same first with the balsam package of source tree SRC (a
+``git archive`` export of main: before/after in one run, each on its own throwaway DB).
+Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125] [--small-workflows W]
+[--compare-with SRC]``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -28,6 +34,7 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
     ("serial, no filter", dict(serial=True, max_nodes=1)),
     ("serial, --wf big (most jobs)", dict(serial=True, max_nodes=1, wf_filter="big")),
     ("serial, --wf small7 (200)", dict(serial=True, max_nodes=1, wf_filter="small7")),
+    ("serial, --wf small (all small)", dict(serial=True, max_nodes=1, wf_filter="small")),
     ("serial, --wf rare (10)", dict(serial=True, max_nodes=1, wf_filter="rare")),
     ("serial, --wf idle (none runnable)", dict(serial=True, max_nodes=1, wf_filter="idle")),
     ("serial, --wf nosuch (no job)", dict(serial=True, max_nodes=1, wf_filter="nosuch")),
@@ -36,6 +43,8 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
                                              tags={"campaign": "rare"})),
     ("serial, time left 10 min (10 fit)", dict(serial=True, max_nodes=1, max_wall_minutes=10.0)),
     ("serial, time left 120 min (all)", dict(serial=True, max_nodes=1, max_wall_minutes=120.0)),
+    ("serial, --wf big + time 10 (0 fit)", dict(serial=True, max_nodes=1, wf_filter="big",
+                                                max_wall_minutes=10.0)),
     ("serial, gpus 0", dict(serial=True, max_nodes=1, gpus_per_node=0)),
     ("serial, --wf rare + time + gpus", dict(serial=True, max_nodes=1, wf_filter="rare",
                                              max_wall_minutes=10.0, gpus_per_node=0)),
@@ -47,7 +56,7 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def populate(cur: Any, jobs: int) -> dict[str, int]:
+def populate(cur: Any, jobs: int, workflows: int = 200) -> dict[str, int]:
     """Write the skewed mix (see the module docstring); returns {part: rows}."""
     from balsam.core import schema
 
@@ -56,7 +65,7 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
                 "ORDER BY ordinal_position", [job])
     columns = [c for (c,) in cur.fetchall()]
     finished = jobs * 4 // 10
-    small = 200 * 200
+    small = max(200 * 200, workflows)
     parts = {"finished": finished - 1000, "idle": 1000, "small": small, "rare": 10,
              "mpi": 1000}
     parts["big"] = jobs - sum(parts.values())
@@ -65,7 +74,7 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
         "finished": ("JOB_FINISHED", "'old' || g %% 100", 60, '{"site": "main"}', 1),
         "idle": ("JOB_FINISHED", "'idle'", 60, '{}', 1),
         "big": ("PREPROCESSED", "'big'", 60, '{"site": "main"}', 1),
-        "small": ("PREPROCESSED", "'small' || g %% 200", 30, '{"site": "main"}', 1),
+        "small": ("PREPROCESSED", f"'small' || g %% {workflows}", 30, '{"site": "main"}', 1),
         "rare": ("PREPROCESSED", "'rare'", 5, '{"campaign": "rare"}', 1),
         "mpi": ("PREPROCESSED", "'mpiwf'", 60, '{}', 4),
     }
@@ -121,12 +130,33 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
         f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"]
 
 
+def compare(source: str) -> None:
+    """Run this benchmark (same arguments) with the balsam package of tree ``source``."""
+    if not os.path.isdir(os.path.join(source, "balsam")):
+        raise SystemExit(f"bench_claim_plans: --compare-with {source}: no balsam/ there")
+    argv = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--compare-with")
+            and not (i and sys.argv[i] == "--compare-with")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (os.path.abspath(source), os.environ.get("PYTHONPATH")) if p))
+    print(f"## before: {source}", flush=True)
+    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, check=True)
+    print("## after: this tree", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--limit", type=int, default=125)
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode (median shown)")
+    parser.add_argument("--small-workflows", type=int, default=200,
+                        help="small workflows (one per parameter point)")
+    parser.add_argument("--compare-with", metavar="SRC", default="",
+                        help="first run the same with the balsam package of source tree SRC")
     args = parser.parse_args()
+    if args.small_workflows < 1 or args.limit < 1 or args.repeat < 1:
+        raise SystemExit("bench_claim_plans: --small-workflows, --limit and --repeat must be >= 1")
+    if args.compare_with:
+        compare(args.compare_with)
     from _throwaway import machine_line, throwaway_db
 
     from balsam.core import leases
@@ -149,7 +179,7 @@ def main() -> None:
                                                  "application": "noop",
                                                  "state": "PREPROCESSED"})])
         t0 = time.perf_counter()
-        parts = populate(cur, args.jobs)
+        parts = populate(cur, args.jobs, args.small_workflows)
         conn.commit()
         conn.autocommit = True
         cur.execute(f"VACUUM ANALYZE {schema.JOB_TABLE}")

@@ -33,8 +33,17 @@ from typing import Any, Callable, Optional
 from balsam.core import retries, schema
 from balsam.core.sql import like_contains
 from balsam.core.states import RUNNABLE_STATES
+from balsam.db.dbapi import Cursor, fetch_one
 
 JOB = schema.JOB_TABLE
+WORKFLOWS_TABLE = "core_claimworkflow"
+"""The names of the workflows with claimable jobs, and some whose jobs were claimed since
+(migration 0021: kept by triggers, pruned by :func:`prune_workflows`)."""
+WORKFLOWS_LOCK_KEY = 0x434C4D57
+"""Advisory lock between the triggers adding names (shared) and the pruner (exclusive): a
+fixed number, b"CLMW", the one migration 0021's trigger uses."""
+PRUNE_BATCH = 1000
+"""Names checked per :func:`prune_workflows` (one index descent each, ~4 us)."""
 
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
@@ -137,27 +146,44 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
 
 def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: str,
                  wf_filter: str, limit: int) -> tuple[str, list[Any]]:
-    """``c_wf`` (the claimable workflows containing ``wf_filter``: a loose index scan) and
-    ``c_sel`` (each one's first rows in claim order, locked as read, merged and cut)."""
-    base = " AND ".join(shape)
+    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (each one's first
+    rows in claim order, read without a lock, merged and cut to the limit), ``c_n`` (how many
+    of the cut each workflow has) and ``c_sel`` (that many of each, locked as read)."""
+    conds = " AND ".join(shape + where)
     outer = ", ".join(f"x.{term}" for term in order.split(", "))
     keys = ", ".join(term.split()[0] for term in order.split(", "))
     select = f"""c_wf AS (
-            WITH RECURSIVE w(wf) AS (
-                (SELECT workflow FROM {JOB} WHERE {base} ORDER BY workflow LIMIT 1)
-                UNION ALL
-                SELECT (SELECT workflow FROM {JOB} WHERE {base} AND workflow > w.wf
-                        ORDER BY workflow LIMIT 1)
-                FROM w WHERE w.wf IS NOT NULL)
-            SELECT wf FROM w WHERE wf LIKE %s
-        ), c_sel AS (
-            SELECT x.job_id FROM c_wf, LATERAL (
-                SELECT job_id, {keys} FROM {JOB}
-                WHERE workflow = c_wf.wf AND {' AND '.join(shape + where)}
-                ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED) x
+            SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
+        ), c_top AS (
+            SELECT x.workflow FROM c_wf, LATERAL (
+                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
+                ORDER BY {order} LIMIT %s) x
             ORDER BY {outer} LIMIT %s
+        ), c_n AS (
+            SELECT workflow AS wf, count(*) AS n FROM c_top GROUP BY workflow
+        ), c_sel AS (
+            SELECT x.job_id FROM c_n, LATERAL (
+                SELECT job_id FROM {JOB} WHERE workflow = c_n.wf AND {conds}
+                ORDER BY {order} LIMIT c_n.n FOR NO KEY UPDATE SKIP LOCKED) x
         )"""
-    return select, [like_contains(wf_filter)] + params + [limit, limit]
+    return select, [like_contains(wf_filter)] + params + [limit, limit] + params
+
+
+def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
+    """Drop up to ``batch`` names of :data:`WORKFLOWS_TABLE` (a random sample of that many is
+    checked) whose workflow has no claimable job left; the number dropped. Does nothing (0)
+    while a writer that may add a name is in flight: the advisory lock its trigger holds shared
+    is taken here exclusive, try only (never waits), and the jobs are checked by the next
+    statement, whose snapshot sees every such writer committed. Held to the caller's commit."""
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WORKFLOWS_LOCK_KEY])
+    if not fetch_one(cursor)[0]:
+        return 0
+    cursor.execute(f"""
+        DELETE FROM {WORKFLOWS_TABLE} w WHERE w.workflow IN (
+            SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY random() LIMIT %s)
+          AND NOT EXISTS (SELECT 1 FROM {JOB} j WHERE j.workflow = w.workflow
+                          AND j.state IN {RUNNABLE_SQL} AND j.session_id IS NULL)""", [batch])
+    return int(cursor.rowcount)
 
 
 def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,
