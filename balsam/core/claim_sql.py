@@ -11,18 +11,23 @@ given (:func:`planned_per_call`):
 * a tag filter without a workflow filter: the first shape, planned per call with the tag's
   value, so a rare tag's jobs are read from ``job_claim_tags`` (a partial GIN index of the
   claimable jobs' tags, migration 0020) and a common tag's from the claim index in order;
-* a workflow filter (``--wf-filter``, "workflow contains"): the claimable workflows are listed
-  by a loose scan of ``job_claim_wf_serial`` / ``job_claim_wf_mpi`` (migration 0020: the
-  workflow, then the claim order; one index descent per claimable workflow), the matching
-  ones kept, and each read in the claim order up to the limit; the merged rows are sorted and
-  cut to the limit. Before, the filter only dropped rows of the claim index's scan, so a
-  launcher of a rare workflow (or of one with no runnable job left) read every claimable job
-  of the others at every claim: ~130 ms at 600,000 claimable jobs, generic or custom plan
-  alike (benchmarks/bench_claim_plans.py; benchmarks/README.md, "Issue 16, session 17").
+* a workflow filter (``--wf-filter``, "workflow contains"): the matching names are read from
+  :data:`WORKFLOWS_TABLE` (migration 0021: every workflow with a claimable job, kept by
+  triggers, and some whose jobs were claimed since, until :func:`prune_workflows`), each
+  matching workflow's first rows read in the claim order from ``job_claim_wf_serial`` /
+  ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and cut to the limit; then each
+  workflow's share of the cut is read again and locked (``SKIP LOCKED``: rows another claimer
+  holds are passed for the workflow's next ones). Before session 17 the filter only dropped
+  rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a rare workflow); the
+  first fix listed the workflows by a loose index scan (one descent per claimable workflow:
+  ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the limit per matching
+  workflow (benchmarks/README.md, "Issue 16, session 17").
 
-Each workflow's rows are locked as they are read (``SKIP LOCKED`` inside its own scan), so
-concurrent claimers still pass each other; with several matching workflows, rows beyond the
-limit may be locked by the claim's transaction and are let go at its commit, unclaimed.
+The claim locks only the rows it claims. Under contention the order is the claim order within
+each workflow, and across workflows the claim order of the unlocked read: a claimer whose
+workflow share was taken by another gets that workflow's next rows, not another workflow's
+(fewer than its share if that workflow has no more: a claim may then return fewer than the
+limit while other matching workflows have jobs; the next claim gets them).
 """
 from __future__ import annotations
 
