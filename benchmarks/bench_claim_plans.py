@@ -93,9 +93,10 @@ def populate(cur: Any, jobs: int, workflows: int = 200) -> dict[str, int]:
 
 
 def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
-            ) -> tuple[float, int, str, int]:
+            ) -> tuple[float, int, str, int, int]:
     """(execution ms, shared buffers, the job table's scans (rows read, filtered ones
-    included), rows claimed) of one claim under ``plan_cache_mode = mode``, rolled back."""
+    included), rows claimed, WAL records: row locks and the update) of one claim under
+    ``plan_cache_mode = mode``, rolled back."""
     from balsam.core import launcher_moves, leases, schema
 
     sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "max_wall_minutes": None,
@@ -108,7 +109,7 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
         if not cur.fetchone()[0]:
             cur.execute(prepare.split("; EXECUTE")[0])
         cur.execute(f"SET LOCAL plan_cache_mode = {mode}")
-        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + run, params)
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + run, params)
         plan = cur.fetchone()[0][0]
     conn.rollback()
     scans: dict[str, float] = {}  # the job table's scans but the update's: rows read
@@ -127,7 +128,8 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
     walk(plan["Plan"])
     buffers = plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0)
     return plan["Execution Time"], buffers, ", ".join(
-        f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"]
+        f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"], int(
+        plan["Plan"].get("WAL Records", 0))
 
 
 def compare(source: str) -> None:
@@ -189,18 +191,19 @@ def main() -> None:
                                   num_nodes=1, lease_seconds=3600)
         conn.commit()
         print(f"# claim of {args.limit}; ms = execution (EXPLAIN ANALYZE), buf = shared "
-              "buffers hit+read; r = the plan leases.claim runs (g generic, c custom)")
-        print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'custom ms':>9} "
-              f"{'buf':>7} r  job table scans: generic | custom")
+              "buffers hit+read; wal = WAL records (row locks, the update); r = the plan "
+              "leases.claim runs (g generic, c custom)")
+        print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'wal':>6} "
+              f"{'custom ms':>9} {'buf':>7} r  job table scans: generic | custom")
         for label, filt in FILTERS:
-            runs: dict[str, list[tuple[float, int, str, int]]] = {"g": [], "c": []}
+            runs: dict[str, list[tuple[float, int, str, int, int]]] = {"g": [], "c": []}
             for _ in range(args.repeat):  # alternated: neither mode always reads cold pages
                 runs["g"].append(explain(conn, sid, args.limit, filt, "force_generic_plan"))
                 runs["c"].append(explain(conn, sid, args.limit, filt, "force_custom_plan"))
             g, c = (sorted(runs[k])[len(runs[k]) // 2] for k in "gc")  # the median run
             runs_as = "c" if getattr(claim_sql, "planned_per_call", lambda _: False)(
                 filt.get("tags")) else "g"  # what leases.claim runs: generic or custom
-            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {c[0]:>9.2f} {c[1]:>7} "
+            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {g[4]:>6} {c[0]:>9.2f} {c[1]:>7} "
                   f"{runs_as}  {g[2]} | {'same' if c[2] == g[2] else c[2]}")
         print(machine_line())
         conn.close()
