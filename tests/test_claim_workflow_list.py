@@ -3,7 +3,9 @@ triggers, migration 0021) and locks only what it claims (issue 16, session 17: s
 Real PostgreSQL; the claims run as the launcher runs them (``leases.claim``)."""
 from __future__ import annotations
 
-from balsam.core import bulk, claim_sql, leases, schema
+import json
+
+from balsam.core import bulk, claim_sql, launcher_moves, leases, schema
 from balsam.db.connect import connect
 
 JOB = schema.JOB_TABLE
@@ -116,3 +118,49 @@ def test_pruning_waits_for_no_writer_and_never_drops_a_workflow_it_makes_claimab
     finally:
         writer.close()
         pruner.close()
+
+
+def _plan_rows(plan: dict) -> tuple[float, float]:
+    """(rows the plan's scans of the job table read, filtered ones too; rows they locked) --
+    the update's excepted; a per-loop average times the loops."""
+    if plan["Node Type"] == "ModifyTable":
+        return 0.0, 0.0
+    read = locked = 0.0
+    if plan.get("Relation Name") == JOB:
+        read = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * plan["Actual Loops"]
+    if plan["Node Type"] == "LockRows":
+        locked = plan["Actual Rows"] * plan["Actual Loops"]
+    for child in plan.get("Plans", ()):
+        r, lk = _plan_rows(child)
+        read, locked = read + r, locked + lk
+    return read, locked
+
+
+def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable_one(db, cursor):
+    # 2,000 claimable workflows of one job each besides "p0".."p29": the claim of "p1" (p1,
+    # p10..p19: 11 workflows of 10) reads each matching workflow's rows, locks what it claims
+    _setup(cursor)
+    bulk.copy_jobs(cursor, [schema.new_job_row({"name": f"x{i}", "workflow": f"x{i}",
+                                                "application": "app", "state": "PREPROCESSED"})
+                            for i in range(2000)])
+    cursor.execute(f"ANALYZE {JOB}")
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = _session(cur)
+        sql, params, _ = leases._claim_sql(sid, 25, serial=True, max_nodes=1, wf_filter="p1",
+                                           max_wall_minutes=None, exclude_ids=())
+        text = f"WITH {sql} SELECT * FROM c_upd"  # prepared, generic: as leases.claim runs it
+        run, prepare = launcher_moves._prepared_texts(leases._prepared_name("t_wf", text), text)
+        cur.execute(prepare.split("; EXECUTE")[0])
+        cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
+        (doc,) = cur.fetchone()
+        plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+        read, locked = _plan_rows(plan)
+        assert plan["Actual Rows"] == 25
+        assert read <= 110 + 25, plan  # 11 workflows' 10 rows unlocked, then the 25 claimed
+        assert round(locked) == 25, plan  # (per-loop averages, rounded by EXPLAIN)
+        conn.rollback()
+    finally:
+        conn.close()
