@@ -179,7 +179,8 @@ def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
     checked) whose workflow has no claimable job left; the number dropped. Does nothing (0)
     while a writer that may add a name is in flight: the advisory lock its trigger holds shared
     is taken here exclusive, try only (never waits), and the jobs are checked by the next
-    statement, whose snapshot sees every such writer committed. Held to the caller's commit."""
+    statement, whose snapshot sees every such writer committed. Held to the caller's commit:
+    call it in a transaction (not autocommit, where the lock would end with its statement)."""
     cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WORKFLOWS_LOCK_KEY])
     if not fetch_one(cursor)[0]:
         return 0
