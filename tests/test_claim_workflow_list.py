@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from balsam.core import bulk, claim_sql, launcher_moves, leases, schema
 from balsam.db.connect import connect
 
@@ -141,6 +143,23 @@ def _plan_rows(plan: dict) -> tuple[float, float]:
     return read, locked
 
 
+def _generic_plan(cur, sid: int, limit: int, wf: str) -> dict:
+    """EXPLAIN ANALYZE of a serial claim with ``wf`` as ``leases.claim`` runs it (prepared,
+    generic plan)."""
+    sql, params, _ = leases._claim_sql(sid, limit, serial=True, max_nodes=1, wf_filter=wf,
+                                       max_wall_minutes=None, exclude_ids=())
+    text = f"WITH {sql} SELECT * FROM c_upd"
+    run, prepare = launcher_moves._prepared_texts(leases._prepared_name("t_wf", text), text)
+    cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s",
+                [leases._prepared_name("t_wf", text)])
+    if not cur.fetchone()[0]:
+        cur.execute(prepare.split("; EXECUTE")[0])
+    cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
+    (doc,) = cur.fetchone()
+    return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+
+
 def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable_one(db, cursor):
     # 2,000 claimable workflows of one job each besides "p0".."p29": the claim of "p1" (p1,
     # p10..p19: 11 workflows of 10) reads each matching workflow's rows, locks what it claims
@@ -153,19 +172,51 @@ def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable
     try:
         cur = conn.cursor()
         sid = _session(cur)
-        sql, params, _ = leases._claim_sql(sid, 25, serial=True, max_nodes=1, wf_filter="p1",
-                                           max_wall_minutes=None, exclude_ids=())
-        text = f"WITH {sql} SELECT * FROM c_upd"  # prepared, generic: as leases.claim runs it
-        run, prepare = launcher_moves._prepared_texts(leases._prepared_name("t_wf", text), text)
-        cur.execute(prepare.split("; EXECUTE")[0])
-        cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
-        (doc,) = cur.fetchone()
-        plan = (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+        plan = _generic_plan(cur, sid, 25, "p1")
         read, locked = _plan_rows(plan)
         assert plan["Actual Rows"] == 25
         assert read <= 110 + 25, plan  # 11 workflows' 10 rows unlocked, then the 25 claimed
         assert round(locked) == 25, plan  # (per-loop averages, rounded by EXPLAIN)
         conn.rollback()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, cursor, head):
+    # 100 workflows "c<k>" of 3 jobs ahead in the claim order (priority 5), 2,000 "x<k>" of one
+    # job behind them: "c" fills the claim index's head (read there, not per workflow); "x"
+    # matches 2,000 workflows but none is in the head (read per workflow, as before)
+    cursor.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
+                   "envscript, postprocess) VALUES ('app', '', 'true', '', '', '')")
+    rows = [schema.new_job_row({"name": f"c{k}-{i}", "workflow": f"c{k}", "application": "app",
+                                "state": "PREPROCESSED", "priority": 5,
+                                "wall_time_minutes": 1 + k + 100 * i})
+            for k in range(100) for i in range(3)]
+    rows += [schema.new_job_row({"name": f"x{k}", "workflow": f"x{k}", "application": "app",
+                                 "state": "PREPROCESSED", "wall_time_minutes": 1 + k})
+             for k in range(2000)]
+    bulk.copy_jobs(cursor, rows)
+    cursor.execute(f"ANALYZE {JOB}")
+    wf, key = ("c", lambda r: (-r["priority"], -r["wall_time_minutes"])) if head else (
+        "x", lambda r: -r["wall_time_minutes"])
+    cursor.execute(f"SELECT job_id::text, priority, wall_time_minutes FROM {JOB} "
+                   "WHERE workflow LIKE %s", [wf + "%"])
+    expected = [j for j, *_ in sorted(cursor.fetchall(), key=lambda r: (-r[1], -r[2]))][:25]
+    conn = connect(db)
+    try:
+        cur = conn.cursor()
+        sid = _session(cur)
+        conn.commit()
+        plan = _generic_plan(cur, sid, 25, wf)
+        read, locked = _plan_rows(plan)
+        assert plan["Actual Rows"] == 25 and round(locked) == 25, plan
+        # the head (25 + 32 rows) and the claimed rows; or every "x" workflow's one row too
+        assert read <= (25 + 32 + 25 if head else 25 + 32 + 2000 + 25), plan
+        conn.rollback()
+        got = leases.claim(cur, sid, 25, serial=True, max_nodes=1, wf_filter=wf)
+        assert [r["job_id"] for r in got] == expected
+        assert got == sorted(got, key=key)
+        conn.commit()
     finally:
         conn.close()

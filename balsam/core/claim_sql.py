@@ -47,6 +47,12 @@ WORKFLOWS_TABLE = "core_claimworkflow"
 WORKFLOWS_LOCK_KEY = 0x434C4D57
 """Advisory lock between the triggers adding names (shared) and the pruner (exclusive): a
 fixed number, b"CLMW", the one migration 0021's trigger uses."""
+HEAD_WORKFLOWS = 64
+"""Above this many matching workflows a filtered claim first tries the claim index's head
+(:func:`_top_rows`): reading ``limit`` + :data:`HEAD_SLACK` rows costs about what that many
+workflows' descents do."""
+HEAD_SLACK = 32
+"""Rows of the head read beyond the limit (other workflows' or unfitting jobs among them)."""
 PRUNE_BATCH = 1000
 """Names checked per :func:`prune_workflows` (one index descent each, ~4 us)."""
 
@@ -151,27 +157,54 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
 
 def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: str,
                  wf_filter: str, limit: int) -> tuple[str, list[Any]]:
-    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (each one's first
-    rows in claim order, read without a lock, merged and cut to the limit), ``c_n`` (how many
-    of the cut each workflow has) and ``c_sel`` (that many of each, locked as read)."""
+    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (the claim's rows,
+    read without a lock: :func:`_top_rows`), ``c_n`` (how many of them each workflow has) and
+    ``c_sel`` (that many of each, locked as read)."""
     conds = " AND ".join(shape + where)
-    outer = ", ".join(f"x.{term}" for term in order.split(", "))
-    keys = ", ".join(term.split()[0] for term in order.split(", "))
+    top, top_params = _top_rows(shape, where, params, order, limit)
     select = f"""c_wf AS (
             SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
-        ), c_top AS (
-            SELECT x.workflow FROM c_wf, LATERAL (
-                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
-                ORDER BY {order} LIMIT %s) x
-            ORDER BY {outer} LIMIT %s
-        ), c_n AS (
+        ), {top}, c_n AS (
             SELECT workflow AS wf, count(*) AS n FROM c_top GROUP BY workflow
         ), c_sel AS (
             SELECT x.job_id FROM c_n, LATERAL (
                 SELECT job_id FROM {JOB} WHERE workflow = c_n.wf AND {conds}
                 ORDER BY {order} LIMIT c_n.n FOR NO KEY UPDATE SKIP LOCKED) x
         )"""
-    return select, [like_contains(wf_filter)] + params + [limit, limit] + params
+    return select, [like_contains(wf_filter)] + top_params + params
+
+
+def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
+              limit: int) -> tuple[str, list[Any]]:
+    """``c_head`` and ``c_top``: the first ``limit`` rows of the matching workflows in claim
+    order (their workflows), unlocked. Each matching workflow's first rows are read from its
+    own index range, merged and cut (one descent per matching workflow). When more than
+    :data:`HEAD_WORKFLOWS` workflows match, the claim index's first ``limit`` +
+    :data:`HEAD_SLACK` rows are read first (``c_head``); if ``limit`` of them match and pass
+    the filters, they are the answer (every later row comes after them in the claim order) and
+    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head)."""
+    conds = " AND ".join(shape + where)
+    outer = ", ".join(f"x.{term}" for term in order.split(", "))
+    keys = ", ".join(term.split()[0] for term in order.split(", "))
+    sql = f"""c_head AS (
+            SELECT h.workflow, {", ".join(f"h.{k}" for k in keys.split(", "))} FROM (
+                SELECT * FROM {JOB} WHERE {" AND ".join(shape)}
+                ORDER BY {order} LIMIT %s) h
+            WHERE (SELECT count(*) FROM c_wf) > {HEAD_WORKFLOWS}
+              AND h.workflow IN (SELECT wf FROM c_wf) AND {" AND ".join(where)}
+        ), c_top AS (
+            (SELECT x.workflow FROM c_head x WHERE (SELECT count(*) FROM c_head) >= %s
+             ORDER BY {outer} LIMIT %s)
+            UNION ALL
+            (SELECT x.workflow FROM c_wf, LATERAL (
+                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
+                ORDER BY {order} LIMIT %s) x
+             WHERE (SELECT count(*) FROM c_head) < %s
+             ORDER BY {outer} LIMIT %s)
+        )"""
+    # (the gates are one-time filters: the branch not taken is not run)
+    return sql, ([limit + HEAD_SLACK] + params + [limit, limit] + params
+                 + [limit, limit, limit])
 
 
 def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
