@@ -4,9 +4,9 @@ A throwaway DB gets ``--jobs`` jobs (default 1,000,000, written server-side by `
 SELECT generate_series``): 40% JOB_FINISHED history (incl. a workflow "idle" with no runnable
 job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min),
 ``--small-workflows`` (default 200) small workflows "small<k>" sharing max(40,000, that many)
-runnable jobs (30 min; campaigns of one workflow per parameter point), a rare workflow "rare" of
-10 runnable jobs
-(tag campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
+runnable jobs (30 min; campaigns of one workflow per parameter point; ``--small-first``:
+priority 1, ahead in the claim order), a rare workflow "rare" of 10 runnable jobs (tag
+campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
 
 For each filter kind the claim's own statement (``leases._claim_sql``, prepared as
 ``leases.claim`` prepares it) runs under ``EXPLAIN (ANALYZE, BUFFERS) EXECUTE`` two ways in a
@@ -56,7 +56,8 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def populate(cur: Any, jobs: int, workflows: int = 200) -> dict[str, int]:
+def populate(cur: Any, jobs: int, workflows: int = 200, small_first: bool = False
+             ) -> dict[str, int]:
     """Write the skewed mix (see the module docstring); returns {part: rows}."""
     from balsam.core import schema
 
@@ -83,7 +84,8 @@ def populate(cur: Any, jobs: int, workflows: int = 200) -> dict[str, int]:
         changed = {"job_id": "gen_random_uuid()", "state": f"'{state}'", "workflow": wf,
                    "name": "'j' || g", "wall_time_minutes": str(wall),
                    "tags": f"'{tags}'::jsonb", "num_nodes": str(nodes),
-                   "ranks_per_node": "1", "node_packing_count": "1", "priority": "0",
+                   "ranks_per_node": "1", "node_packing_count": "1",
+                   "priority": "1" if small_first and part == "small" else "0",
                    "gpus_per_rank": "0", "session_id": "NULL"}
         values = ", ".join(changed.get(c, f"j.{c}") for c in columns)
         cur.execute(f"INSERT INTO {job} ({', '.join(columns)}) SELECT {values} "
@@ -152,6 +154,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode (median shown)")
     parser.add_argument("--small-workflows", type=int, default=200,
                         help="small workflows (one per parameter point)")
+    parser.add_argument("--small-first", action="store_true",
+                        help="the small workflows ahead in the claim order (priority 1)")
     parser.add_argument("--compare-with", metavar="SRC", default="",
                         help="first run the same with the balsam package of source tree SRC")
     args = parser.parse_args()
@@ -181,7 +185,7 @@ def main() -> None:
                                                  "application": "noop",
                                                  "state": "PREPROCESSED"})])
         t0 = time.perf_counter()
-        parts = populate(cur, args.jobs, args.small_workflows)
+        parts = populate(cur, args.jobs, args.small_workflows, args.small_first)
         conn.commit()
         conn.autocommit = True
         cur.execute(f"VACUUM ANALYZE {schema.JOB_TABLE}")

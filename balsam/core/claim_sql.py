@@ -17,11 +17,12 @@ given (:func:`planned_per_call`):
   matching workflow's first rows read in the claim order from ``job_claim_wf_serial`` /
   ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and cut to the limit; then each
   workflow's share of the cut is read again and locked (``SKIP LOCKED``: rows another claimer
-  holds are passed for the workflow's next ones). Before session 17 the filter only dropped
-  rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a rare workflow); the
-  first fix listed the workflows by a loose index scan (one descent per claimable workflow:
-  ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the limit per matching
-  workflow (benchmarks/README.md, "Issue 16, session 17").
+  holds are passed for the workflow's next ones). With more than :data:`HEAD_WORKFLOWS` matching
+  workflows the claim index's head is tried first (:func:`_top_rows`). Before session 17 the
+  filter only dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a
+  rare workflow); the first fix listed the workflows by a loose index scan (one descent per
+  claimable workflow: ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the
+  limit per matching workflow (benchmarks/README.md, "Issue 16, session 17").
 
 The claim locks only the rows it claims. Under contention the order is the claim order within
 each workflow, and across workflows the claim order of the unlocked read: a claimer whose
