@@ -162,7 +162,7 @@ def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: s
     read without a lock: :func:`_top_rows`), ``c_n`` (how many of them each workflow has) and
     ``c_sel`` (that many of each, locked as read)."""
     conds = " AND ".join(shape + where)
-    top, top_params = _top_rows(shape, where, params, order, limit)
+    top, top_params = _top_rows(shape, where, params, order, limit, like_contains(wf_filter))
     select = f"""c_wf AS (
             SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
         ), {top}, c_n AS (
@@ -176,14 +176,15 @@ def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: s
 
 
 def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
-              limit: int) -> tuple[str, list[Any]]:
+              limit: int, pattern: str) -> tuple[str, list[Any]]:
     """``c_head`` and ``c_top``: the first ``limit`` rows of the matching workflows in claim
     order (their workflows), unlocked. Each matching workflow's first rows are read from its
     own index range, merged and cut (one descent per matching workflow). When more than
     :data:`HEAD_WORKFLOWS` workflows match, the claim index's first ``limit`` +
     :data:`HEAD_SLACK` rows are read first (``c_head``); if ``limit`` of them match and pass
     the filters, they are the answer (every later row comes after them in the claim order) and
-    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head)."""
+    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head).
+    The head's rows are matched by ``pattern`` itself: a claimable job's workflow is listed."""
     conds = " AND ".join(shape + where)
     outer = ", ".join(f"x.{term}" for term in order.split(", "))
     keys = ", ".join(term.split()[0] for term in order.split(", "))
@@ -191,8 +192,9 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
             SELECT h.workflow, {", ".join(f"h.{k}" for k in keys.split(", "))} FROM (
                 SELECT * FROM {JOB} WHERE {" AND ".join(shape)}
                 ORDER BY {order} LIMIT %s) h
-            WHERE (SELECT count(*) FROM c_wf) > {HEAD_WORKFLOWS}
-              AND h.workflow IN (SELECT wf FROM c_wf) AND {" AND ".join(where)}
+            WHERE (SELECT count(*) FROM (SELECT FROM c_wf LIMIT {HEAD_WORKFLOWS + 1}) w)
+                  > {HEAD_WORKFLOWS}
+              AND h.workflow LIKE %s AND {" AND ".join(where)}
         ), c_top AS (
             (SELECT x.workflow FROM c_head x WHERE (SELECT count(*) FROM c_head) >= %s
              ORDER BY {outer} LIMIT %s)
@@ -204,7 +206,7 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
              ORDER BY {outer} LIMIT %s)
         )"""
     # (the gates are one-time filters: the branch not taken is not run)
-    return sql, ([limit + HEAD_SLACK] + params + [limit, limit] + params
+    return sql, ([limit + HEAD_SLACK, pattern] + params + [limit, limit] + params
                  + [limit, limit, limit])
 
 
