@@ -2,22 +2,28 @@
 
 A throwaway DB gets ``--jobs`` jobs (default 1,000,000, written server-side by ``INSERT ...
 SELECT generate_series``): 40% JOB_FINISHED history (incl. a workflow "idle" with no runnable
-job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min), 200 small
-workflows "small<k>" of 200 runnable jobs (30 min), a rare workflow "rare" of 10 runnable jobs
-(tag campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
+job), one big workflow "big" of runnable single-node jobs (tag site=main, 60 min),
+``--small-workflows`` (default 200) small workflows "small<k>" sharing max(40,000, that many)
+runnable jobs (30 min; campaigns of one workflow per parameter point; ``--small-first``:
+priority 1, ahead in the claim order), a rare workflow "rare" of 10 runnable jobs (tag
+campaign=rare, 5 min: last in the claim order) and 1,000 four-node MPI jobs. ``ANALYZE``.
 
 For each filter kind the claim's own statement (``leases._claim_sql``, prepared as
 ``leases.claim`` prepares it) runs under ``EXPLAIN (ANALYZE, BUFFERS) EXECUTE`` two ways in a
 transaction rolled back after each: with its generic plan (what ``leases.claim`` runs) and a
 custom plan, alternated, ``--repeat`` times each. Printed: the median run's execution ms and
 shared buffers (hit+read), its scans of the job table (rows read, filtered ones included).
-Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125]``.
+``--compare-with SRC`` runs the same first with the balsam package of source tree SRC (a
+``git archive`` export of main: before/after in one run, each on its own throwaway DB).
+Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125] [--small-workflows W]
+[--compare-with SRC]``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -28,6 +34,7 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
     ("serial, no filter", dict(serial=True, max_nodes=1)),
     ("serial, --wf big (most jobs)", dict(serial=True, max_nodes=1, wf_filter="big")),
     ("serial, --wf small7 (200)", dict(serial=True, max_nodes=1, wf_filter="small7")),
+    ("serial, --wf small (all small)", dict(serial=True, max_nodes=1, wf_filter="small")),
     ("serial, --wf rare (10)", dict(serial=True, max_nodes=1, wf_filter="rare")),
     ("serial, --wf idle (none runnable)", dict(serial=True, max_nodes=1, wf_filter="idle")),
     ("serial, --wf nosuch (no job)", dict(serial=True, max_nodes=1, wf_filter="nosuch")),
@@ -36,6 +43,8 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
                                              tags={"campaign": "rare"})),
     ("serial, time left 10 min (10 fit)", dict(serial=True, max_nodes=1, max_wall_minutes=10.0)),
     ("serial, time left 120 min (all)", dict(serial=True, max_nodes=1, max_wall_minutes=120.0)),
+    ("serial, --wf big + time 10 (0 fit)", dict(serial=True, max_nodes=1, wf_filter="big",
+                                                max_wall_minutes=10.0)),
     ("serial, gpus 0", dict(serial=True, max_nodes=1, gpus_per_node=0)),
     ("serial, --wf rare + time + gpus", dict(serial=True, max_nodes=1, wf_filter="rare",
                                              max_wall_minutes=10.0, gpus_per_node=0)),
@@ -47,7 +56,8 @@ FILTERS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def populate(cur: Any, jobs: int) -> dict[str, int]:
+def populate(cur: Any, jobs: int, workflows: int = 200, small_first: bool = False
+             ) -> dict[str, int]:
     """Write the skewed mix (see the module docstring); returns {part: rows}."""
     from balsam.core import schema
 
@@ -56,7 +66,7 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
                 "ORDER BY ordinal_position", [job])
     columns = [c for (c,) in cur.fetchall()]
     finished = jobs * 4 // 10
-    small = 200 * 200
+    small = max(200 * 200, workflows)
     parts = {"finished": finished - 1000, "idle": 1000, "small": small, "rare": 10,
              "mpi": 1000}
     parts["big"] = jobs - sum(parts.values())
@@ -65,7 +75,7 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
         "finished": ("JOB_FINISHED", "'old' || g %% 100", 60, '{"site": "main"}', 1),
         "idle": ("JOB_FINISHED", "'idle'", 60, '{}', 1),
         "big": ("PREPROCESSED", "'big'", 60, '{"site": "main"}', 1),
-        "small": ("PREPROCESSED", "'small' || g %% 200", 30, '{"site": "main"}', 1),
+        "small": ("PREPROCESSED", f"'small' || g %% {workflows}", 30, '{"site": "main"}', 1),
         "rare": ("PREPROCESSED", "'rare'", 5, '{"campaign": "rare"}', 1),
         "mpi": ("PREPROCESSED", "'mpiwf'", 60, '{}', 4),
     }
@@ -74,7 +84,8 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
         changed = {"job_id": "gen_random_uuid()", "state": f"'{state}'", "workflow": wf,
                    "name": "'j' || g", "wall_time_minutes": str(wall),
                    "tags": f"'{tags}'::jsonb", "num_nodes": str(nodes),
-                   "ranks_per_node": "1", "node_packing_count": "1", "priority": "0",
+                   "ranks_per_node": "1", "node_packing_count": "1",
+                   "priority": "1" if small_first and part == "small" else "0",
                    "gpus_per_rank": "0", "session_id": "NULL"}
         values = ", ".join(changed.get(c, f"j.{c}") for c in columns)
         cur.execute(f"INSERT INTO {job} ({', '.join(columns)}) SELECT {values} "
@@ -84,9 +95,10 @@ def populate(cur: Any, jobs: int) -> dict[str, int]:
 
 
 def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
-            ) -> tuple[float, int, str, int]:
+            ) -> tuple[float, int, str, int, int]:
     """(execution ms, shared buffers, the job table's scans (rows read, filtered ones
-    included), rows claimed) of one claim under ``plan_cache_mode = mode``, rolled back."""
+    included), rows claimed, WAL records: row locks and the update) of one claim under
+    ``plan_cache_mode = mode``, rolled back."""
     from balsam.core import launcher_moves, leases, schema
 
     sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "max_wall_minutes": None,
@@ -99,7 +111,7 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
         if not cur.fetchone()[0]:
             cur.execute(prepare.split("; EXECUTE")[0])
         cur.execute(f"SET LOCAL plan_cache_mode = {mode}")
-        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + run, params)
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) " + run, params)
         plan = cur.fetchone()[0][0]
     conn.rollback()
     scans: dict[str, float] = {}  # the job table's scans but the update's: rows read
@@ -118,7 +130,21 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
     walk(plan["Plan"])
     buffers = plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0)
     return plan["Execution Time"], buffers, ", ".join(
-        f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"]
+        f"{k} ({v:,.0f} rows)" for k, v in scans.items()), plan["Plan"]["Actual Rows"], int(
+        plan["Plan"].get("WAL Records", 0))
+
+
+def compare(source: str) -> None:
+    """Run this benchmark (same arguments) with the balsam package of tree ``source``."""
+    if not os.path.isdir(os.path.join(source, "balsam")):
+        raise SystemExit(f"bench_claim_plans: --compare-with {source}: no balsam/ there")
+    argv = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--compare-with")
+            and not (i and sys.argv[i] == "--compare-with")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (os.path.abspath(source), os.environ.get("PYTHONPATH")) if p))
+    print(f"## before: {source}", flush=True)
+    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, check=True)
+    print("## after: this tree", flush=True)
 
 
 def main() -> None:
@@ -126,7 +152,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--limit", type=int, default=125)
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode (median shown)")
+    parser.add_argument("--small-workflows", type=int, default=200,
+                        help="small workflows (one per parameter point)")
+    parser.add_argument("--small-first", action="store_true",
+                        help="the small workflows ahead in the claim order (priority 1)")
+    parser.add_argument("--compare-with", metavar="SRC", default="",
+                        help="first run the same with the balsam package of source tree SRC")
     args = parser.parse_args()
+    if args.small_workflows < 1 or args.limit < 1 or args.repeat < 1:
+        raise SystemExit("bench_claim_plans: --small-workflows, --limit and --repeat must be >= 1")
+    if args.compare_with:
+        compare(args.compare_with)
     from _throwaway import machine_line, throwaway_db
 
     from balsam.core import leases
@@ -149,7 +185,7 @@ def main() -> None:
                                                  "application": "noop",
                                                  "state": "PREPROCESSED"})])
         t0 = time.perf_counter()
-        parts = populate(cur, args.jobs)
+        parts = populate(cur, args.jobs, args.small_workflows, args.small_first)
         conn.commit()
         conn.autocommit = True
         cur.execute(f"VACUUM ANALYZE {schema.JOB_TABLE}")
@@ -159,18 +195,19 @@ def main() -> None:
                                   num_nodes=1, lease_seconds=3600)
         conn.commit()
         print(f"# claim of {args.limit}; ms = execution (EXPLAIN ANALYZE), buf = shared "
-              "buffers hit+read; r = the plan leases.claim runs (g generic, c custom)")
-        print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'custom ms':>9} "
-              f"{'buf':>7} r  job table scans: generic | custom")
+              "buffers hit+read; wal = WAL records (row locks, the update); r = the plan "
+              "leases.claim runs (g generic, c custom)")
+        print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'wal':>6} "
+              f"{'custom ms':>9} {'buf':>7} r  job table scans: generic | custom")
         for label, filt in FILTERS:
-            runs: dict[str, list[tuple[float, int, str, int]]] = {"g": [], "c": []}
+            runs: dict[str, list[tuple[float, int, str, int, int]]] = {"g": [], "c": []}
             for _ in range(args.repeat):  # alternated: neither mode always reads cold pages
                 runs["g"].append(explain(conn, sid, args.limit, filt, "force_generic_plan"))
                 runs["c"].append(explain(conn, sid, args.limit, filt, "force_custom_plan"))
             g, c = (sorted(runs[k])[len(runs[k]) // 2] for k in "gc")  # the median run
             runs_as = "c" if getattr(claim_sql, "planned_per_call", lambda _: False)(
                 filt.get("tags")) else "g"  # what leases.claim runs: generic or custom
-            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {c[0]:>9.2f} {c[1]:>7} "
+            print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {g[4]:>6} {c[0]:>9.2f} {c[1]:>7} "
                   f"{runs_as}  {g[2]} | {'same' if c[2] == g[2] else c[2]}")
         print(machine_line())
         conn.close()

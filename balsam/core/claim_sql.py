@@ -11,18 +11,24 @@ given (:func:`planned_per_call`):
 * a tag filter without a workflow filter: the first shape, planned per call with the tag's
   value, so a rare tag's jobs are read from ``job_claim_tags`` (a partial GIN index of the
   claimable jobs' tags, migration 0020) and a common tag's from the claim index in order;
-* a workflow filter (``--wf-filter``, "workflow contains"): the claimable workflows are listed
-  by a loose scan of ``job_claim_wf_serial`` / ``job_claim_wf_mpi`` (migration 0020: the
-  workflow, then the claim order; one index descent per claimable workflow), the matching
-  ones kept, and each read in the claim order up to the limit; the merged rows are sorted and
-  cut to the limit. Before, the filter only dropped rows of the claim index's scan, so a
-  launcher of a rare workflow (or of one with no runnable job left) read every claimable job
-  of the others at every claim: ~130 ms at 600,000 claimable jobs, generic or custom plan
-  alike (benchmarks/bench_claim_plans.py; benchmarks/README.md, "Issue 16, session 17").
+* a workflow filter (``--wf-filter``, "workflow contains"): the matching names are read from
+  :data:`WORKFLOWS_TABLE` (migration 0021: every workflow with a claimable job, kept by
+  triggers, and some whose jobs were claimed since, until :func:`prune_workflows`), each
+  matching workflow's first rows read in the claim order from ``job_claim_wf_serial`` /
+  ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and cut to the limit; then each
+  workflow's share of the cut is read again and locked (``SKIP LOCKED``: rows another claimer
+  holds are passed for the workflow's next ones). With more than :data:`HEAD_WORKFLOWS` matching
+  workflows the claim index's head is tried first (:func:`_top_rows`). Before session 17 the
+  filter only dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a
+  rare workflow); the first fix listed the workflows by a loose index scan (one descent per
+  claimable workflow: ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the
+  limit per matching workflow (benchmarks/README.md, "Issue 16, session 17").
 
-Each workflow's rows are locked as they are read (``SKIP LOCKED`` inside its own scan), so
-concurrent claimers still pass each other; with several matching workflows, rows beyond the
-limit may be locked by the claim's transaction and are let go at its commit, unclaimed.
+The claim locks only the rows it claims. Under contention the order is the claim order within
+each workflow, and across workflows the claim order of the unlocked read: a claimer whose
+workflow share was taken by another gets that workflow's next rows, not another workflow's
+(fewer than its share if that workflow has no more: a claim may then return fewer than the
+limit while other matching workflows have jobs; the next claim gets them).
 """
 from __future__ import annotations
 
@@ -33,8 +39,23 @@ from typing import Any, Callable, Optional
 from balsam.core import retries, schema
 from balsam.core.sql import like_contains
 from balsam.core.states import RUNNABLE_STATES
+from balsam.db.dbapi import Cursor, fetch_one
 
 JOB = schema.JOB_TABLE
+WORKFLOWS_TABLE = "core_claimworkflow"
+"""The names of the workflows with claimable jobs, and some whose jobs were claimed since
+(migration 0021: kept by triggers, pruned by :func:`prune_workflows`)."""
+WORKFLOWS_LOCK_KEY = 0x434C4D57
+"""Advisory lock between the triggers adding names (shared) and the pruner (exclusive): a
+fixed number, b"CLMW", the one migration 0021's trigger uses."""
+HEAD_WORKFLOWS = 64
+"""Above this many matching workflows a filtered claim first tries the claim index's head
+(:func:`_top_rows`): reading ``limit`` + :data:`HEAD_SLACK` rows costs about what that many
+workflows' descents do."""
+HEAD_SLACK = 32
+"""Rows of the head read beyond the limit (other workflows' or unfitting jobs among them)."""
+PRUNE_BATCH = 1000
+"""Names checked per :func:`prune_workflows` (one index descent each, ~4 us)."""
 
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
@@ -137,27 +158,74 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
 
 def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: str,
                  wf_filter: str, limit: int) -> tuple[str, list[Any]]:
-    """``c_wf`` (the claimable workflows containing ``wf_filter``: a loose index scan) and
-    ``c_sel`` (each one's first rows in claim order, locked as read, merged and cut)."""
-    base = " AND ".join(shape)
+    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (the claim's rows,
+    read without a lock: :func:`_top_rows`), ``c_n`` (how many of them each workflow has) and
+    ``c_sel`` (that many of each, locked as read)."""
+    conds = " AND ".join(shape + where)
+    top, top_params = _top_rows(shape, where, params, order, limit, like_contains(wf_filter))
+    select = f"""c_wf AS (
+            SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
+        ), {top}, c_n AS (
+            SELECT workflow AS wf, count(*) AS n FROM c_top GROUP BY workflow
+        ), c_sel AS (
+            SELECT x.job_id FROM c_n, LATERAL (
+                SELECT job_id FROM {JOB} WHERE workflow = c_n.wf AND {conds}
+                ORDER BY {order} LIMIT c_n.n FOR NO KEY UPDATE SKIP LOCKED) x
+        )"""
+    return select, [like_contains(wf_filter)] + top_params + params
+
+
+def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
+              limit: int, pattern: str) -> tuple[str, list[Any]]:
+    """``c_head`` and ``c_top``: the first ``limit`` rows of the matching workflows in claim
+    order (their workflows), unlocked. Each matching workflow's first rows are read from its
+    own index range, merged and cut (one descent per matching workflow). When more than
+    :data:`HEAD_WORKFLOWS` workflows match, the claim index's first ``limit`` +
+    :data:`HEAD_SLACK` rows are read first (``c_head``); if ``limit`` of them match and pass
+    the filters, they are the answer (every later row comes after them in the claim order) and
+    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head).
+    The head's rows are matched by ``pattern`` itself: a claimable job's workflow is listed."""
+    conds = " AND ".join(shape + where)
     outer = ", ".join(f"x.{term}" for term in order.split(", "))
     keys = ", ".join(term.split()[0] for term in order.split(", "))
-    select = f"""c_wf AS (
-            WITH RECURSIVE w(wf) AS (
-                (SELECT workflow FROM {JOB} WHERE {base} ORDER BY workflow LIMIT 1)
-                UNION ALL
-                SELECT (SELECT workflow FROM {JOB} WHERE {base} AND workflow > w.wf
-                        ORDER BY workflow LIMIT 1)
-                FROM w WHERE w.wf IS NOT NULL)
-            SELECT wf FROM w WHERE wf LIKE %s
-        ), c_sel AS (
-            SELECT x.job_id FROM c_wf, LATERAL (
-                SELECT job_id, {keys} FROM {JOB}
-                WHERE workflow = c_wf.wf AND {' AND '.join(shape + where)}
-                ORDER BY {order} LIMIT %s FOR NO KEY UPDATE SKIP LOCKED) x
-            ORDER BY {outer} LIMIT %s
+    sql = f"""c_head AS (
+            SELECT h.workflow, {", ".join(f"h.{k}" for k in keys.split(", "))} FROM (
+                SELECT * FROM {JOB} WHERE {" AND ".join(shape)}
+                ORDER BY {order} LIMIT %s) h
+            WHERE (SELECT count(*) FROM (SELECT FROM c_wf LIMIT {HEAD_WORKFLOWS + 1}) w)
+                  > {HEAD_WORKFLOWS}
+              AND h.workflow LIKE %s AND {" AND ".join(where)}
+        ), c_top AS (
+            (SELECT x.workflow FROM c_head x WHERE (SELECT count(*) FROM c_head) >= %s
+             ORDER BY {outer} LIMIT %s)
+            UNION ALL
+            (SELECT x.workflow FROM c_wf, LATERAL (
+                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
+                ORDER BY {order} LIMIT %s) x
+             WHERE (SELECT count(*) FROM c_head) < %s
+             ORDER BY {outer} LIMIT %s)
         )"""
-    return select, [like_contains(wf_filter)] + params + [limit, limit]
+    # (the gates are one-time filters: the branch not taken is not run)
+    return sql, ([limit + HEAD_SLACK, pattern] + params + [limit, limit] + params
+                 + [limit, limit, limit])
+
+
+def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
+    """Drop up to ``batch`` names of :data:`WORKFLOWS_TABLE` (a random sample of that many is
+    checked) whose workflow has no claimable job left; the number dropped. Does nothing (0)
+    while a writer that may add a name is in flight: the advisory lock its trigger holds shared
+    is taken here exclusive, try only (never waits), and the jobs are checked by the next
+    statement, whose snapshot sees every such writer committed. Held to the caller's commit:
+    call it in a transaction (not autocommit, where the lock would end with its statement)."""
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WORKFLOWS_LOCK_KEY])
+    if not fetch_one(cursor)[0]:
+        return 0
+    cursor.execute(f"""
+        DELETE FROM {WORKFLOWS_TABLE} w WHERE w.workflow IN (
+            SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY random() LIMIT %s)
+          AND NOT EXISTS (SELECT 1 FROM {JOB} j WHERE j.workflow = w.workflow
+                          AND j.state IN {RUNNABLE_SQL} AND j.session_id IS NULL)""", [batch])
+    return int(cursor.rowcount)
 
 
 def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,

@@ -294,7 +294,8 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     by a database restart get the chance to reconnect and renew first. Concurrent sweepers
     skip each other's sessions (SKIP LOCKED). With ``db_path`` (the database directory), what
     a dead MPI-mode launcher's watchdog reports it launched decides which of its jobs ran
-    (:mod:`balsam.core.launch_reports`).
+    (:mod:`balsam.core.launch_reports`). Also prunes the list of claimable workflows
+    (:func:`claim_sql.prune_workflows`).
     """
     cursor.execute(f"""
         SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
@@ -309,4 +310,5 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
                   f"{beat} UTC (killed, or its node was lost)")
         launched = launch_reports.launched(db_path, sid, host, pid) if db_path else None
         swept.append((sid, close_session(cursor, sid, reason, launched)))
+    claim_sql.prune_workflows(cursor)
     return swept
