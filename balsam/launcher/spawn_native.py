@@ -113,7 +113,12 @@ class NativeSpawns(SpawnThreads):
         self._tokens[job_id] = (which, self._token)
         if after >= 0 or after_token:
             self._chained.add(job_id)
-        self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+        try:  # (the kernel closed ``after``)
+            self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+        except OSError as exc:  # no thread, or no room to wait: failed, as above, not raised
+            self._chained.discard(job_id)
+            del self._asked[self._tokens.pop(job_id)[1]]
+            self._done.append((job_id, -1, exc))
 
     def watch(self, fd: int) -> None:
         """The kernel writes the starts' notes to ``fd`` (a dup is kept: the task watchdog's
