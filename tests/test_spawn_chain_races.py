@@ -16,8 +16,7 @@ import shlex
 import threading
 from typing import Any
 
-import pytest
-from gates import forever_sh, gate_sh
+from gates import forever_sh
 from launcher_support import wait_for
 from test_spawn_chain import chained_behind, gated, marking, native, serve, shell, worker_for
 
