@@ -88,7 +88,8 @@ class NativeSpawns(SpawnThreads):
                extra: dict[str, str], cpus: Sequence[int], after: int = -1,
                after_job: str = "", note: bytes = b"") -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
-        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
+        the task's PATH, a NUL byte, a bad variable name; no thread, or no room to wait in the
+        kernel) comes back failed, as there.
         A chained start, made by the kernel as soon as the task it follows has exited:
         ``after`` >= 0, that task's pidfd (the call owns the descriptor: a dup made for it), or
         ``after_job``, a start on the same CPUs still in flight (:meth:`can_follow`). It can
