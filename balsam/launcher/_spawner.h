@@ -201,7 +201,10 @@ static void *bs_serve(void *arg) {
     pthread_mutex_lock(&t->mu);
     for (;;) {
         if (t->stop) { pthread_mutex_unlock(&t->mu); return NULL; }
-        if (t->head == NULL) { bs_prepare_waiting(t); bs_sleep(t); continue; }
+        if (t->head == NULL) {  /* a request that came while it prepared: not slept on */
+            if (!bs_prepare_waiting(t)) bs_sleep(t);
+            continue;
+        }
         r = t->head;
         t->head = r->next;
         if (t->head == NULL) t->tail = NULL;
@@ -279,9 +282,12 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
         pthread_mutex_lock(&sp->dmu);
         for (i = 0; i < sp->ndone; i++) {
             if (sp->done[i].token != r->after_token) continue;
-            r->after = sp->done[i].kept;  /* -1: it failed, nothing to wait for */
-            sp->done[i].kept = -1;
-            r->after_token = 0;
+            /* a dup, not the kept fd itself: a start asked for after this one is withdrawn
+               (bs_cancel) and the next one asked for after the same start waits too */
+            if (sp->done[i].kept >= 0
+                    && (r->after = fcntl(sp->done[i].kept, F_DUPFD_CLOEXEC, 0)) < 0)
+                r->fail = errno;  /* cannot wait: reported failed, never started early */
+            r->after_token = 0;  /* kept -1: it failed, nothing to wait for */
             break;
         }
         pthread_mutex_unlock(&sp->dmu);

@@ -19,7 +19,10 @@ static void bs_ready(bs_thread *t, bs_req *r) {
 static void bs_pass_on(bs_thread *t, long token, int fd, long after_token) {
     bs_req **at = &t->waiting, *r;
     while ((r = *at) != NULL) {
-        if (r->after >= 0 || r->after_token != token) { at = &r->next; continue; }
+        if (r->cancelled || r->after >= 0 || r->after_token != token) {  /* swept: bs_sleep */
+            at = &r->next;
+            continue;
+        }
         r->after_token = after_token;
         if (fd >= 0 && (r->after = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) r->fail = errno;
         if (r->after >= 0 || r->after_token > 0) { at = &r->next; continue; }
@@ -52,8 +55,8 @@ static void bs_sort_waiting(bs_thread *t, struct pollfd *fds, int n, bs_req **go
                     && (fds[i].revents & (POLLIN | POLLHUP | POLLERR));
         if (!ready) { at = &r->next; continue; }
         *at = r->next;
+        if (r->cancelled) { r->next = *gone; *gone = r; continue; }  /* uncounted: bs_cancel */
         t->nwaiting--;
-        if (r->cancelled) { r->next = *gone; *gone = r; continue; }
         bs_ready(t, r);
     }
 }
@@ -67,7 +70,9 @@ static void bs_sleep(bs_thread *t) {
     uint64_t value;
     int n = 0;
     for (r = t->waiting; r != NULL && n < BS_MAX_WAITING; r = r->next)
-        if (r->after >= 0) { fds[1 + n].fd = r->after; fds[1 + n].events = POLLIN; n++; }
+        if (r->after >= 0 && !r->cancelled) {
+            fds[1 + n].fd = r->after; fds[1 + n].events = POLLIN; n++;
+        }
     fds[0].fd = t->evfd; fds[0].events = POLLIN;
     t->sleeping = 1;
     pthread_mutex_unlock(&t->mu);
@@ -86,13 +91,15 @@ static void bs_sleep(bs_thread *t) {
 
 /* Make the directory and output file (spawn.prepare) of the chained starts waiting here that
    have none yet, while the tasks they follow run (t->mu held on entry and on return; the
-   requests stay valid unlocked: only this thread frees them). */
-static void bs_prepare_waiting(bs_thread *t) {
+   requests stay valid unlocked: only this thread frees them). Returns how many it made:
+   if any, t->mu was let go and a request may have come meanwhile (the caller looks again
+   before it sleeps: no write of the event fd woke it, it was not sleeping). */
+static int bs_prepare_waiting(bs_thread *t) {
     bs_req *todo[BS_MAX_WAITING], *r;
     int n = 0, i, fd;
     for (r = t->waiting; r != NULL && n < BS_MAX_WAITING; r = r->next)
         if (!r->prepared && !r->cancelled) todo[n++] = r;
-    if (n == 0) return;
+    if (n == 0) return 0;
     pthread_mutex_unlock(&t->mu);
     for (i = 0; i < n; i++) {
         r = todo[i];
@@ -102,6 +109,7 @@ static void bs_prepare_waiting(bs_thread *t) {
         r->prepared = 1;
     }
     pthread_mutex_lock(&t->mu);
+    return n;
 }
 
 /* Cancel the chained start `token` on thread `which` if it has not begun: 1 (it never will;
@@ -109,18 +117,24 @@ static void bs_prepare_waiting(bs_thread *t) {
 static int bs_cancel(bs_spawner *sp, int which, long token) {
     bs_thread *t = &sp->threads[which];
     bs_req *r, *it = NULL;
-    int found = 0;
+    int found = 0, waiting;
     if (!t->started) return 0;
     pthread_mutex_lock(&t->mu);
     for (r = t->waiting; r != NULL && it == NULL; r = r->next)
         if (r->token == token && !r->cancelled) it = r;
+    waiting = it != NULL;
     for (r = t->head; r != NULL && it == NULL; r = r->next)
         if (r->token == token && !r->cancelled) it = r;
     if (it != NULL) {
+        uint64_t one = 1;
         found = it->cancelled = 1;
+        if (waiting) t->nwaiting--;  /* its room is free now, not once the thread frees it */
         /* a start asked for after it now waits for what it waited for */
         bs_pass_on(t, token, it->after, it->after >= 0 ? 0 : it->after_token);
-        bs_wake(t);  /* it frees the request and closes its pidfd */
+        /* even if it is not sleeping yet: its next poll returns at once and frees the
+           request and its pidfd, rather than when the task it followed ends */
+        t->sleeping = 0;
+        if (write(t->evfd, &one, sizeof one) < 0) {}
     }
     pthread_mutex_unlock(&t->mu);
     return found;

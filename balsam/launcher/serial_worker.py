@@ -267,11 +267,11 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
             for work in self.queue:
                 self._prep.take(work.output_path)
             self.queue.clear()
+        self._cancel_all_chained("returned")  # before their predecessors die (and they start)
         for r in self.running.values():
             if r.why != "kill":
                 r.why = "stop"
             r.task.terminate(grace)
-        self._cancel_all_chained("returned")
         if self._spawns is not None:
             self._spawns.mark_all("stop", grace)
 

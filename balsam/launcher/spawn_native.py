@@ -88,7 +88,8 @@ class NativeSpawns(SpawnThreads):
                extra: dict[str, str], cpus: Sequence[int], after: int = -1,
                after_job: str = "", note: bytes = b"") -> None:
         """As :meth:`SpawnThreads.submit`; a start that cannot be asked for (a program not on
-        the task's PATH, a NUL byte, a bad variable name) comes back failed, as there.
+        the task's PATH, a NUL byte, a bad variable name; no thread, or no room to wait in the
+        kernel) comes back failed, as there.
         A chained start, made by the kernel as soon as the task it follows has exited:
         ``after`` >= 0, that task's pidfd (the call owns the descriptor: a dup made for it), or
         ``after_job``, a start on the same CPUs still in flight (:meth:`can_follow`). It can
@@ -113,7 +114,12 @@ class NativeSpawns(SpawnThreads):
         self._tokens[job_id] = (which, self._token)
         if after >= 0 or after_token:
             self._chained.add(job_id)
-        self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+        try:  # (the kernel closed ``after``)
+            self._spawner.submit(self._token, *request, after, after_token, self.chains, note)
+        except OSError as exc:  # no thread, or no room to wait: failed, as above, not raised
+            self._chained.discard(job_id)
+            del self._asked[self._tokens.pop(job_id)[1]]
+            self._done.append((job_id, -1, exc))
 
     def watch(self, fd: int) -> None:
         """The kernel writes the starts' notes to ``fd`` (a dup is kept: the task watchdog's
