@@ -94,21 +94,29 @@ def test_a_filter_matching_several_workflows_merges_them_in_claim_order(skewed, 
         conn.close()
 
 
-def test_concurrent_claims_of_one_workflow_pass_each_other(skewed, db):
+def concurrent_claims(db, limit: int, wf_filter: str) -> tuple[list, list]:
+    """Two launchers' sessions (connections of their own) claim ``limit`` jobs of
+    ``wf_filter`` one after the other, the first's transaction still open during the second's
+    claim; both committed. Their claims."""
     first, second = connect(db), connect(db)
     try:
         c1, c2 = first.cursor(), second.cursor()
         s1, s2 = _session(c1), _session(c2)
         first.commit()
         second.commit()
-        a = leases.claim(c1, s1, 4, serial=True, max_nodes=1, wf_filter="rare")
-        b = leases.claim(c2, s2, 4, serial=True, max_nodes=1, wf_filter="rare")  # a: open
-        assert len(a) == len(b) == 4 and not {r["job_id"] for r in a} & {r["job_id"] for r in b}
+        a = leases.claim(c1, s1, limit, serial=True, max_nodes=1, wf_filter=wf_filter)
+        b = leases.claim(c2, s2, limit, serial=True, max_nodes=1, wf_filter=wf_filter)
         first.commit()
         second.commit()
+        return a, b
     finally:
         first.close()
         second.close()
+
+
+def test_concurrent_claims_of_one_workflow_pass_each_other(skewed, db):
+    a, b = concurrent_claims(db, 4, "rare")
+    assert len(a) == len(b) == 4 and not {r["job_id"] for r in a} & {r["job_id"] for r in b}
 
 
 def test_a_cycle_with_a_workflow_filter_claims_the_rare_jobs(skewed, db):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_claim_workflow_filter import concurrent_claims
 
 from balsam.core import bulk, claim_sql, launcher_moves, leases, schema
 from balsam.db.connect import connect
@@ -66,23 +67,11 @@ def test_a_claim_over_many_workflows_takes_the_top_in_order_and_locks_only_those
 
 def test_concurrent_claims_over_many_workflows_get_disjoint_full_claims(db, cursor):
     _setup(cursor)
-    first, second = connect(db), connect(db)
-    try:
-        c1, c2 = first.cursor(), second.cursor()
-        s1, s2 = _session(c1), _session(c2)
-        first.commit()
-        second.commit()
-        a = leases.claim(c1, s1, 40, serial=True, max_nodes=1, wf_filter="p")
-        b = leases.claim(c2, s2, 40, serial=True, max_nodes=1, wf_filter="p")  # a: open
-        assert len(a) == len(b) == 40
-        assert not {r["job_id"] for r in a} & {r["job_id"] for r in b}
-        first.commit()
-        second.commit()
-        cursor.execute(f"SELECT count(*) FROM {JOB} WHERE session_id IS NOT NULL")
-        assert cursor.fetchone()[0] == 80
-    finally:
-        first.close()
-        second.close()
+    a, b = concurrent_claims(db, 40, "p")
+    assert len(a) == len(b) == 40
+    assert not {r["job_id"] for r in a} & {r["job_id"] for r in b}
+    cursor.execute(f"SELECT count(*) FROM {JOB} WHERE session_id IS NOT NULL")
+    assert cursor.fetchone()[0] == 80
 
 
 def test_the_workflow_list_follows_inserts_and_releases_and_the_sweep_prunes_it(db, cursor):

@@ -51,6 +51,15 @@ def serve(worker: Worker, until, what: str):  # type: ignore[no-untyped-def]
     return wait_for(lambda: (worker.step() or worker.wait(5), until())[1], 60, what, interval=0)
 
 
+def stop_and_exit(inbox: Inbox, worker: Worker) -> None:
+    """The master's stop (grace 0.5 s) until the worker says it drained, then its exit until
+    the goodbye."""
+    inbox.orders.append({"stop": 0.5})
+    serve(worker, lambda: inbox.flagged("drained"), "drained")
+    inbox.orders.append({"exit": True})
+    serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+
+
 def chained_behind(tmp: str, follow: Work) -> tuple[Inbox, Worker, str]:
     """A one-slot worker running g0 (until the gate) with ``follow`` chained behind it."""
     gate = os.path.join(tmp, "gate")
@@ -129,10 +138,7 @@ def test_a_stop_returns_a_chained_job_that_never_starts(tmp_path):
     tmp = str(tmp_path)
     inbox, worker, gate = chained_behind(tmp, marking(tmp, "f1"))
     try:
-        inbox.orders.append({"stop": 0.5})
-        serve(worker, lambda: inbox.flagged("drained"), "drained")
-        inbox.orders.append({"exit": True})
-        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        stop_and_exit(inbox, worker)
     finally:
         worker.close()
         open(gate, "w").close()

@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 from gates import forever_sh
 from launcher_support import wait_for
-from test_spawn_chain import chained_behind, gated, marking, native, serve, shell, worker_for
+from test_spawn_chain import (
+    chained_behind,
+    gated,
+    marking,
+    native,
+    serve,
+    shell,
+    stop_and_exit,
+    worker_for,
+)
 
 from balsam.launcher import spawn_native
 from balsam.launcher.serial_worker import Work, Worker
@@ -90,10 +99,7 @@ def test_a_stop_withdraws_a_chained_start_before_the_task_it_follows_is_signalle
     monkeypatch.setattr(Worker, "_cancel_all_chained", withdraw_late)
     inbox, worker, gate = chained_behind(tmp, marking(tmp, "f1"))
     try:
-        inbox.orders.append({"stop": 0.5})
-        serve(worker, lambda: inbox.flagged("drained"), "drained")
-        inbox.orders.append({"exit": True})
-        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        stop_and_exit(inbox, worker)
     finally:
         worker.close()
         open(gate, "w").close()
