@@ -44,8 +44,9 @@ def test_a_rank_killed_before_its_session_leaves_no_shared_memory_file(db, curso
                      for r in (1, 2)]
             dogs = [wait_for(lambda r=r: watchdog_of(r), 60, f"rank {r}'s watchdog before "
                              "the session") for r in ranks]
-            files = sorted({f for r in ranks for f in shm_segments(r)})
-            assert files, "the ranks map no MPICH shared-memory file"
+            # (the watchdogs start before MPI_Init: the ranks map their file a moment later)
+            files = wait_for(lambda: sorted({f for r in ranks for f in shm_segments(r)}), 60,
+                             "the ranks to map their MPICH shared-memory file")
             assert launcher.session_id() is None  # still waiting for the session table
             tree = [launcher.pid] + descendants(launcher.pid)
             doomed = [p for p in tree if "balsam.launcher.watchdog" not in cmdline(p)]

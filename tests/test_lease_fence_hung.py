@@ -178,8 +178,9 @@ def test_the_launchers_own_task_outliving_its_ensemble_is_fenced_before_the_leas
         wait_for(lambda: "warm start: 1 task(s) started by the launcher" in first.log(),
                  60, "the warm start")
         rank1 = wait_for(lambda: rank_pid(first.pid, 1), 60, "worker rank 1")
-        wait_for(lambda: watchdog_of(rank1), 60, "rank 1's watchdog")  # it has reported
-        files = shm_segments(rank1)
+        wait_for(lambda: watchdog_of(rank1), 60, "rank 1's watchdog")
+        # (its watchdog starts before MPI_Init: the rank maps its file a moment later)
+        files = wait_for(lambda: shm_segments(rank1), 60, "rank 1's MPICH shared-memory file")
         lose_node(rank1)  # with its watchdog: nothing reports it dead
         # Its only node lost, no ensemble follows: the launcher waits for its own task.
         wait_for(lambda: "the serial-mode ensemble failed" in first.log(), 120,
