@@ -78,6 +78,12 @@ balsam ls --wf service-demo
 balsam ls queues || true
 balsam service --status
 balsam service --stop
+for _ in $(seq 1 30); do  # its batch job's launcher exits once no work can come (no service)
+    queues=$(balsam ls queues)
+    grep -qE '[|] (queued|running) +[|]' <<<"$queues" || break
+    sleep 1
+done
+balsam ls queues
 
 step "balsam server --status"
 balsam server --status
