@@ -37,8 +37,9 @@ def send(items: Sequence[Item], ctx: Context) -> dict[int, Result]:
     opts = ["-F", ctx.ssh_config_file] if ctx.ssh_config_file else []
     endpoint = items[0].endpoint
     results: dict[int, Result] = {}
-    control = tempfile.mkdtemp(prefix="balsam-ssh-")  # short: a socket path has ~100 bytes
+    control = ""  # scp's shared connection socket (rsync needs none: a kill leaves no directory)
     if ctx.protocol == "scp":
+        control = tempfile.mkdtemp(prefix="balsam-ssh-")  # short: a socket path has ~100 bytes
         opts += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/cm",
                  "-o", "ControlPersist=120"]
     ssh = ["ssh", *opts]
@@ -53,12 +54,13 @@ def send(items: Sequence[Item], ctx: Context) -> dict[int, Result]:
             for item in plain:
                 results[item.id] = _single(item, ctx, opts)
     finally:
-        if ctx.protocol == "scp" and endpoint and os.path.exists(f"{control}/cm"):
+        if control and endpoint and os.path.exists(f"{control}/cm"):
             try:
                 transfer.run_argv([*ssh, "-O", "exit", endpoint], 30, None, "closing scp's link")
             except transfer.TransferError:
                 pass
-        shutil.rmtree(control, ignore_errors=True)
+        if control:
+            shutil.rmtree(control, ignore_errors=True)
     return results
 
 
