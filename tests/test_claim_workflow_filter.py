@@ -153,7 +153,7 @@ def _job_rows_read(plan: dict) -> float:
     return total + sum(_job_rows_read(p) for p in plan.get("Plans", ()))
 
 
-def _generic_plan(cur, sid: int, limit: int, **filters) -> dict:
+def generic_claim_plan(cur, sid: int, limit: int, **filters) -> dict:
     """EXPLAIN ANALYZE of a claim as ``leases.claim`` runs it (prepared, generic plan)."""
     sql, params, _ = leases._claim_sql(sid, limit, **{"wf_filter": None, "exclude_ids": (),
                                                       "max_wall_minutes": None, **filters})
@@ -175,7 +175,7 @@ def test_the_generic_plan_of_a_rare_workflows_claim_does_not_read_the_big_one(sk
     conn = connect(db)
     try:
         cur = conn.cursor()
-        plan = _generic_plan(cur, _session(cur), 125, serial=serial, max_nodes=8,
+        plan = generic_claim_plan(cur, _session(cur), 125, serial=serial, max_nodes=8,
                              wf_filter="rare", max_wall_minutes=10.0)
         assert plan["Actual Rows"] == (10 if serial else 13)
         # the loose scan's one row per claimable workflow (22) and the rare jobs, not BIG
@@ -194,11 +194,11 @@ def test_a_time_limit_claim_reads_only_the_jobs_that_fit(skewed, db, serial):
         cur = conn.cursor()
         sid = _session(cur)
         conn.commit()
-        plan = _generic_plan(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)
+        plan = generic_claim_plan(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)
         assert plan["Actual Rows"] == (10 if serial else 13)
         assert _job_rows_read(plan) <= 6 + 13, plan  # a few group probes and the rows taken
         conn.rollback()
-        plan = _generic_plan(cur, sid, 20, serial=serial, max_nodes=8, max_wall_minutes=45)
+        plan = generic_claim_plan(cur, sid, 20, serial=serial, max_nodes=8, max_wall_minutes=45)
         assert plan["Actual Rows"] == 20 and _job_rows_read(plan) <= 6 + 20, plan
         conn.rollback()
         got = leases.claim(cur, sid, 125, serial=serial, max_nodes=8, max_wall_minutes=10.5)

@@ -3,12 +3,10 @@ triggers, migration 0021) and locks only what it claims (issue 16, session 17: s
 Real PostgreSQL; the claims run as the launcher runs them (``leases.claim``)."""
 from __future__ import annotations
 
-import json
-
 import pytest
-from test_claim_workflow_filter import concurrent_claims
+from test_claim_workflow_filter import concurrent_claims, generic_claim_plan
 
-from balsam.core import bulk, claim_sql, launcher_moves, leases, schema
+from balsam.core import bulk, claim_sql, leases, schema
 from balsam.db.connect import connect
 
 JOB = schema.JOB_TABLE
@@ -135,18 +133,7 @@ def _plan_rows(plan: dict) -> tuple[float, float]:
 def _generic_plan(cur, sid: int, limit: int, wf: str) -> dict:
     """EXPLAIN ANALYZE of a serial claim with ``wf`` as ``leases.claim`` runs it (prepared,
     generic plan)."""
-    sql, params, _ = leases._claim_sql(sid, limit, serial=True, max_nodes=1, wf_filter=wf,
-                                       max_wall_minutes=None, exclude_ids=())
-    text = f"WITH {sql} SELECT * FROM c_upd"
-    run, prepare = launcher_moves._prepared_texts(leases._prepared_name("t_wf", text), text)
-    cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = %s",
-                [leases._prepared_name("t_wf", text)])
-    if not cur.fetchone()[0]:
-        cur.execute(prepare.split("; EXECUTE")[0])
-    cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-    cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + run, params)
-    (doc,) = cur.fetchone()
-    return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+    return generic_claim_plan(cur, sid, limit, serial=True, max_nodes=1, wf_filter=wf)
 
 
 def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable_one(db, cursor):
