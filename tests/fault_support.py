@@ -48,6 +48,17 @@ def held_markers(*holds: str) -> tuple[str, list[str]]:
     return markers, paths
 
 
+def tick_jobs(cursor: Any, markers: str, prefix: str, count: int, hold: str, priority: int = 0,
+              ticks: int = 1) -> list[str]:
+    """``count`` ticker jobs, two per node, that run ``ticks`` ticks and on while ``hold``
+    exists (runnable at once: PREPROCESSED, as the warm start needs)."""
+    return add_jobs(cursor, [{"name": f"{prefix}{i}", "application": "tick",
+                              "priority": priority, "node_packing_count": 2,
+                              "state": "PREPROCESSED",
+                              "environ_vars": f"MARKERS={markers}:TICKS={ticks}:HOLD={hold}"}
+                             for i in range(count)])
+
+
 def tickers(cursor: Any, scripts: str, count: int, ticks: int, stubborn: bool = False,
             packing: int = 4, hold: bool = False) -> tuple[list[str], str]:
     """``count`` jobs running the ticker; (their ids, the markers directory). ``hold``: runs

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from balsam.core import leases
@@ -42,6 +42,7 @@ from balsam.launcher.serial_dispatch import MasterChannel as MasterChannel  # re
 from balsam.launcher.serial_dispatch import MasterDispatch
 from balsam.launcher.serial_dispatch import work_item as work_item  # re-exported (tests)
 from balsam.launcher.serial_holds import LauncherHolds
+from balsam.launcher.serial_rebalance import MasterRebalance
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
@@ -68,7 +69,7 @@ NOTIFY_POLL_SECONDS = 0.02
 non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
 
 
-class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
+class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterRebalance):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -136,6 +137,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
             self._check_reconnect()
             busy = self._claim(now) or busy
             busy = self._dispatch() or busy
+            self._rebalance(now)  # work waiting behind long tasks while a node idles
             if self.closed and self.closed | self.drained >= set(self.load):
                 ctx.request_stop("every worker received a signal")
                 break
@@ -234,6 +236,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
         for job_id in list(report.get("killed", ())) + list(report.get("returned", ())):
             status.release(job_id)
             self._gone(job_id)
+        if "recalled" in report:
+            self._recalled(worker, report)
         if report.get("stopping"):
             self.ctx.log.info(f"worker {worker} received a signal and stops its tasks")
             self.closed.add(worker)
@@ -242,6 +246,12 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch):
         if report.get("bye"):
             self.gone.add(worker)
             self._said_bye(worker, report)  # how many heartbeats it sent (RankWatch)
+
+    def _release_recalled(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:  # never started: claimable again, here first
+            self.status.release(job_id)
+        self._flush()
+        self._next["claim"] = 0.0
 
     def _gone(self, job_id: str) -> None:
         worker = self.inflight.pop(job_id, None)

@@ -19,18 +19,21 @@ Orders (master -> worker, dicts): ``work`` [Work], ``kill`` [job ids] (stop thos
 groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` grace seconds (the
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
 (SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
-says every start was written to the database (the watchdog's report need not list them).
-``hold`` [(id, packing count, cores, ...)] / ``unhold`` [ids]: a task the launcher itself runs on
-this node (its warm start, :mod:`balsam.launcher.warm_start`) takes / gives back its share.
+says every start was written to the database (the watchdog's report need not list them). ``recall``
+worth (give back queued work worth up to that many nodes, to run elsewhere:
+:mod:`balsam.launcher.serial_rebalance`). ``hold`` [(id, packing count, cores, ...)] / ``unhold``
+[ids]: a task the launcher itself runs on this node (its warm start,
+:mod:`balsam.launcher.warm_start`) takes / gives back its share.
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
 tail)], ``killed`` [ids] (a kill order completed: the group is gone or it never started),
 ``stopped`` [(id, rc)] (ended by a stop; exit 0 within the grace is ``done``), ``returned`` [ids]
-(never started, given back), ``outcomes`` [:data:`balsam.core.payloads.OutcomeRow`] (function
-tasks' outcomes, always in the report of the task's end, to be written with it), ``drained``
-True (stopping, nothing left running), ``bye`` True (the last report, after ``exit`` or
-``abort``). A SIGTERM/SIGINT to the worker acts as a ``stop`` and is announced with ``stopping``.
+(never started, given back), ``recalled`` [ids] (the answer to a ``recall``: never started),
+``outcomes`` [:data:`balsam.core.payloads.OutcomeRow`] (function tasks' outcomes, always in the
+report of the task's end, to be written with it), ``drained`` True (stopping, nothing left running),
+``bye`` True (the last report, after ``exit`` or ``abort``). A SIGTERM/SIGINT to the worker acts as
+a ``stop`` and is announced with ``stopping``.
 
 The task environment is the worker's own, passed once through
 :func:`balsam.launcher.task.task_environment` (without the ensemble's ``PMI_*``/``HYDRA_*``: a
@@ -232,6 +235,8 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
                         self._prep.ahead(w.workdir, w.output_path)
         for job_id in message.get("kill", ()):
             self._kill(job_id)
+        if "recall" in message:
+            self._hand_back(float(message["recall"]))
         if "stop" in message:
             self._stop(float(message["stop"]))
         if message.get("exit"):
@@ -257,6 +262,23 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
                 self._prep.take(work.output_path)
                 self._note_all("killed", [job_id])
                 return
+
+    def _hand_back(self, worth: float) -> None:
+        """The master takes back queued work worth up to ``worth`` nodes, to run it on idle
+        nodes (:mod:`balsam.launcher.serial_rebalance`): from the queue's tail, then chained
+        starts not begun; always answered (``recalled``, maybe empty)."""
+        given: list[str] = []
+        room = worth + 1e-9
+        while self.queue and not self.stopping and room >= 1.0 / max(1, self.queue[-1].packing):
+            work = self.queue.pop()
+            self._prep.take(work.output_path)
+            given.append(work.job_id)
+            room -= 1.0 / max(1, work.packing)
+        for job_id, work in reversed(list(self._chained_work.items())):
+            if room >= 1.0 / max(1, work.packing) and self._cancel_chained(job_id, ""):
+                given.append(job_id)
+                room -= 1.0 / max(1, work.packing)
+        self._note("recalled", self._report.get("recalled", []) + given)
 
     def _stop(self, grace: float) -> None:
         self._reap()  # what already ended is reported as it ended, not as stopped

@@ -1,0 +1,91 @@
+"""Serial-mode master: work taken back from a node whose queue does not move, for a node that
+idles (:class:`MasterRebalance`, a base of :class:`balsam.launcher.serial_master.Master`).
+
+The master queues work on a worker behind what runs there (:mod:`balsam.launcher.serial_dispatch`:
+a node's worth, more while tasks end fast), so that a worker never waits for the master. When the
+tasks running there are long -- the launcher's own warm-start tasks, a campaign's hour-long jobs
+beside short ones -- that queue waits behind them while another node, its own work done, idles:
+at a campaign's end its last jobs sat for as long as the longest task ran (a test saw 3 jobs wait
+4 minutes behind the launcher's own tasks on node 1 while node 2 had nothing to run).
+
+Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in flight, it
+compares the workers' loads (running + queued, in nodes' worth): a worker with more than a
+node's worth has work waiting; an open worker with less than a node's worth has room. A worker
+seen with work waiting at two checks in a row, while room was seen both times, is asked to give
+back queued work worth up to the room (``recall``: from its queue's tail, then starts chained
+behind running tasks that have not begun; a task that has begun runs on where it is). It answers
+with ``recalled`` [ids] (possibly none): the master releases their claims and claims at once,
+and the work goes to the least loaded workers first -- the idle ones. Nothing is run twice: only
+a task the worker reports as never started is released, and a release drops the claim only of a
+job that is not RUNNING (:func:`balsam.core.leases.release`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+REBALANCE_SECONDS = 0.5
+"""How often the master compares its workers' loads (O(workers) each time)."""
+EPSILON = 1e-9
+
+
+class MasterRebalance:
+    """The master's recalls of waiting work (see the module docstring); the loop
+    (:class:`balsam.launcher.serial_master.Master`) sets the attributes it reads up."""
+
+    channel: Any  # the master's MasterChannel
+    queue: Sequence[Any]
+    inflight: dict[str, int]
+    weight: dict[str, float]
+    load: dict[int, float]
+    closed: set[int]
+    kill_sent: set[str]
+    _next: dict[str, float]
+
+    _waiting: frozenset[int] = frozenset()
+    """Workers seen with work waiting (more than a node's worth) while room was seen elsewhere."""
+    _recalling: frozenset[int] = frozenset()
+    """Workers asked to give work back, not yet answered."""
+
+    def _claiming(self) -> bool:
+        raise NotImplementedError  # provided by MasterClaims
+
+    def _release_recalled(self, job_ids: Sequence[str]) -> None:
+        raise NotImplementedError  # provided by Master: release, write, claim at once
+
+    def _rebalance(self, now: float) -> None:
+        """Ask workers whose queued work has waited behind their running tasks for it back,
+        when other workers have room and the master has nothing else to give them."""
+        if now < self._next.get("rebalance", 0.0):
+            return
+        self._next["rebalance"] = now + REBALANCE_SECONDS
+        if self.queue or self._claiming() or self._recalling:
+            self._waiting = frozenset()
+            return
+        open_workers = [w for w in self.load if w not in self.closed]
+        room = sum(1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0 - EPSILON)
+        over = {w: self.load[w] - 1.0 for w in open_workers if self.load[w] > 1.0 + EPSILON}
+        if room <= EPSILON or not over:
+            self._waiting = frozenset()
+            return
+        asked = set()
+        for worker in sorted(self._waiting & over.keys(), key=over.__getitem__, reverse=True):
+            if room <= EPSILON:
+                break
+            worth = min(room, over[worker])
+            self.channel.send(worker, {"recall": worth})
+            asked.add(worker)
+            room -= worth
+        self._recalling = frozenset(asked)
+        self._waiting = frozenset(over.keys() - asked)
+
+    def _recalled(self, worker: int, report: Mapping[str, Any]) -> None:
+        """A worker's answer to ``recall``: the queued tasks it gave back (never started)."""
+        self._recalling = self._recalling - {worker}
+        job_ids = list(report["recalled"])
+        for job_id in job_ids:  # its share, as an end would (not counted as one: no rate)
+            if self.inflight.pop(job_id, None) is not None:
+                self.load[worker] -= self.weight.pop(job_id, 0.0)
+            self.kill_sent.discard(job_id)
+        if job_ids:
+            self._release_recalled(job_ids)

@@ -1,0 +1,85 @@
+"""Work queued on a node behind long tasks goes to a node that idles
+(:mod:`balsam.launcher.serial_rebalance`): the worker's answer to ``recall`` in-process, then a
+real serial-mode launcher (real ``mpiexec``, real PostgreSQL) whose node 1 is held by the
+launcher's own long tasks while node 2 runs out of work."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+from fault_support import SERIAL, add_ticker_app, held_markers, tick_jobs
+from launcher_procs import launchers
+from launcher_support import QUICK, Inbox, events, job_row, settings, wait_for
+from once_support import overlap_seconds, recorded_runs, runs
+
+from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.serial_worker import Work, Worker
+
+
+def sleeper(tmp: str, name: str) -> Work:
+    wd = os.path.join(tmp, name)
+    return Work(name, ["sleep", "30"], None, {}, wd, os.path.join(wd, f"{name}.out"), 1, 1)
+
+
+def serve(worker: Worker, inbox: Inbox, until: Any, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < end, inbox.reports
+        if not worker.step():
+            worker.wait(1)
+
+
+def test_a_worker_gives_back_queued_work_never_what_began(tmp_path):
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5)
+    try:
+        inbox.orders.append({"work": [sleeper(str(tmp_path), f"s{i}") for i in range(4)]})
+        serve(worker, inbox, lambda: inbox.collected("started"))
+        assert inbox.collected("started") == ["s0"]  # one slot: s1 queued or chained behind
+        inbox.orders.append({"recall": 2.0})  # two tasks' worth: the queue's tail
+        serve(worker, inbox, lambda: any("recalled" in r for r in inbox.reports))
+        assert inbox.collected("recalled") == ["s3", "s2"]
+        inbox.orders.append({"recall": 1.0})  # s1, queued or chained behind s0, not begun
+        serve(worker, inbox, lambda: len([r for r in inbox.reports if "recalled" in r]) == 2)
+        assert inbox.collected("recalled") == ["s3", "s2", "s1"]
+        inbox.orders.append({"recall": 5.0})  # nothing waits: answered all the same
+        serve(worker, inbox, lambda: len([r for r in inbox.reports if "recalled" in r]) == 3)
+        assert inbox.collected("recalled") == ["s3", "s2", "s1"]
+        assert list(worker.running) == ["s0"]  # what began runs on
+        inbox.orders.append({"kill": ["s0"]})
+        serve(worker, inbox, lambda: inbox.collected("killed") == ["s0"])
+        assert worker.node.occupancy == 0 and not worker.running
+        assert inbox.collected("started") == ["s0"]  # nothing given back ever started
+    finally:
+        inbox.orders.append({"exit": True})
+        serve(worker, inbox, lambda: worker.finished)
+
+
+@pytest.mark.slow
+def test_work_waiting_behind_the_launchers_own_tasks_runs_on_the_node_that_idles(
+        db, cursor, scripts):
+    # The launcher's own two tasks fill node 1 until the test says so; the master queues some
+    # of the other jobs behind them (a node's worth, as behind any running task) and runs the
+    # rest on node 2. Once node 2 has run out of work, node 1's queue is taken back and run
+    # there. Before, those jobs waited for the launcher's tasks, however long they ran.
+    markers, (own_hold,) = held_markers("own")
+    add_ticker_app(cursor, scripts)
+    own = tick_jobs(cursor, markers, "own", 2, own_hold, priority=10)  # the warm start's
+    others = tick_jobs(cursor, markers, "o", 6, os.path.join(markers, "never"), ticks=3)
+    with settings(db, local_nodes=2, cores_per_node=2, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        try:
+            wait_for(lambda: all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in others),
+                     180, "every other job to finish while the launcher's own tasks run")
+            assert all(job_row(cursor, j)["state"] == "RUNNING" for j in own)
+        finally:
+            os.remove(own_hold)
+        assert launcher.wait(120) == 0, launcher.output()
+    assert all(job_row(cursor, j)["state"] == "JOB_FINISHED" for j in own)
+    for job_id in own + others:  # once each, recorded once
+        assert len(runs(markers, job_id)) == 1 and recorded_runs(cursor, job_id) == 1
+    assert overlap_seconds(markers, own + others) == {}
+    # no job given back shows a run that was not one
+    assert all(sum(e[2] == "RUNNING" for e in events(cursor, j)) == 1 for j in others)
