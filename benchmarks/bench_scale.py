@@ -4,8 +4,9 @@ The REAL :class:`balsam.launcher.serial_master.Master` runs against the real dat
 real claim and status code (:class:`JobSource`, :class:`StatusBuffer`, the session lease, the
 processing pass), in one process; the workers are simulated: :class:`SimWorkers` implements the
 master's :class:`MasterChannel` and answers as ``N`` workers of ``S`` slots each would
-(:mod:`balsam.launcher.serial_worker`'s protocol: ``work``/``kill``/``stop``/``exit``/``abort``
-orders; ``started``/``done``/``killed``/``stopped``/``returned``/``drained``/``bye`` reports).
+(:mod:`balsam.launcher.serial_worker`'s protocol: ``work``/``kill``/``recall``/``stop``/``exit``/
+``abort`` orders; ``started``/``done``/``killed``/``stopped``/``returned``/``recalled``/``drained``/
+``bye`` reports).
 A simulated worker starts queued work the moment a slot frees (as a real one does, without
 waiting for the master), on a simulated clock that follows the real one; each task runs a
 duration drawn uniformly from 1-10 s times ``--time-scale``; ends within the same
@@ -151,6 +152,10 @@ class SimWorkers:
             else:
                 self._drop_running(worker, now, [job_id])
             report.setdefault("killed", []).append(job_id)
+        if "recall" in message:  # queued work taken back for idle nodes (serial_rebalance)
+            queue = self.queued[worker]
+            count = min(len(queue), int(message["recall"] * self.slots + 1e-6))
+            report["recalled"] = [queue.pop() for _ in range(count)]
         if "stop" in message:
             self.stopping.add(worker)
             if self.queued[worker]:
