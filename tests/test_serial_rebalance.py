@@ -83,3 +83,28 @@ def test_work_waiting_behind_the_launchers_own_tasks_runs_on_the_node_that_idles
     assert overlap_seconds(markers, own + others) == {}
     # no job given back shows a run that was not one
     assert all(sum(e[2] == "RUNNING" for e in events(cursor, j)) == 1 for j in others)
+
+
+def test_a_worker_with_gpus_gives_back_work_in_the_masters_measure(tmp_path):
+    # One GPU: a task of packing 4 takes the whole node's GPU, so the master counts it as a
+    # node's worth (MasterClaims._slots: min(packing, gpus)). A recall of one node's worth
+    # is one such task, not four (the quarter of the node its packing count says).
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0, 1, 2, 3], 1), {"PATH": os.environ["PATH"]},
+                    kill_grace=0.5)
+    try:
+        work = [sleeper(str(tmp_path), f"s{i}")._replace(packing=4) for i in range(4)]
+        inbox.orders.append({"work": work})
+        serve(worker, inbox, lambda: inbox.collected("started"))
+        assert inbox.collected("started") == ["s0"]  # one GPU: one task at a time
+        inbox.orders.append({"recall": 1.0})
+        serve(worker, inbox, lambda: any("recalled" in r for r in inbox.reports))
+        assert inbox.collected("recalled") == ["s3"]
+        inbox.orders.append({"kill": ["s0"]})
+        serve(worker, inbox, lambda: "s0" in inbox.collected("killed"))
+    finally:
+        inbox.orders.append({"stop": 0.5})
+        serve(worker, inbox, lambda: worker.stopping and not worker.running)
+        inbox.orders.append({"exit": True})
+        serve(worker, inbox, lambda: worker.finished)
+    assert "s3" not in inbox.collected("started")

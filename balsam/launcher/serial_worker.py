@@ -63,6 +63,7 @@ from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
 from balsam.launcher.serial_work import Work as Work
+from balsam.launcher.serial_work import node_share
 from balsam.launcher.spawn_threads import ThreadedStarts
 from balsam.launcher.warm_pool import WarmPool, WarmTask
 from balsam.launcher.watchdog import Watchdog
@@ -268,16 +269,16 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         nodes (:mod:`balsam.launcher.serial_rebalance`): from the queue's tail, then chained
         starts not begun; always answered (``recalled``, maybe empty)."""
         given: list[str] = []
-        room = worth + 1e-9
-        while self.queue and not self.stopping and room >= 1.0 / max(1, self.queue[-1].packing):
+        room, gpus = worth + 1e-9, self.node.gpus  # in the master's measure (GPUs count)
+        while self.queue and not self.stopping and room >= node_share(self.queue[-1].packing, gpus):
             work = self.queue.pop()
             self._prep.take(work.output_path)
             given.append(work.job_id)
-            room -= 1.0 / max(1, work.packing)
+            room -= node_share(work.packing, gpus)
         for job_id, work in reversed(list(self._chained_work.items())):
-            if room >= 1.0 / max(1, work.packing) and self._cancel_chained(job_id, ""):
+            if room >= node_share(work.packing, gpus) and self._cancel_chained(job_id, ""):
                 given.append(job_id)
-                room -= 1.0 / max(1, work.packing)
+                room -= node_share(work.packing, gpus)
         self._note("recalled", self._report.get("recalled", []) + given)
 
     def _stop(self, grace: float) -> None:
