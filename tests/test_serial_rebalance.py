@@ -108,3 +108,77 @@ def test_a_worker_with_gpus_gives_back_work_in_the_masters_measure(tmp_path):
         inbox.orders.append({"exit": True})
         serve(worker, inbox, lambda: worker.finished)
     assert "s3" not in inbox.collected("started")
+
+
+def test_recalled_work_is_claimed_again_once_its_release_is_committed_by_a_writer_thread(
+        db, cursor):
+    # At scale the master's releases are written by status writer threads and its claims made
+    # by claimer threads, each on a connection of its own: the claim asked at once after a
+    # recall cannot see jobs whose release is not committed yet. Here the release waits on a
+    # row lock the test holds until that claim was answered; the jobs must still be claimed
+    # again and sent to the node that idles (not after ``idle_wait_seconds``: 600 here).
+    import dataclasses
+
+    from launcher_support import add_app, add_jobs
+    from test_claimer import master_with_claimers
+
+    from balsam.core import schema
+    from balsam.db.connect import connect
+    from balsam.launcher.status_writers import close_status
+
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(2)])
+    master, sid = master_with_claimers(db)
+    master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
+    lock = connect(db)  # a transaction of its own
+    try:
+        master.closed.add(2)  # the claim all goes to worker 1: one running, one queued
+        end = time.monotonic() + 30
+        while len(master.inflight) < 2 or master._claiming():  # then nothing more to claim
+            assert time.monotonic() < end, "the jobs were not claimed and sent"
+            master._claim(time.monotonic())
+            master._dispatch()
+            time.sleep(0.005)
+        master.closed.clear()
+        assert set(master.inflight) == set(ids) and set(master.inflight.values()) == {1}
+        now = time.monotonic()
+        master._rebalance(now)
+        master._rebalance(now + 1.0)  # worker 1 over, worker 2 idle, at two checks in a row
+        assert master.channel.sent[-1] == (1, {"recall": 1.0})
+        queued = ids[1]  # worker 1's answer: its queued task, never started
+        with lock.cursor() as held:
+            held.execute(f"SELECT 1 FROM {schema.JOB_TABLE} WHERE job_id = %s FOR UPDATE",
+                         [queued])
+        master._handle(1, {"recalled": [queued]})
+        assert master.load[1] == 1.0 and queued not in master.inflight
+        end = time.monotonic() + 30
+        while master._claiming() or not writer_waits_on_a_lock(cursor):
+            assert time.monotonic() < end, "the release did not wait on the lock"
+            master._claim(time.monotonic())
+            master._rebalance(time.monotonic())
+            time.sleep(0.005)
+        lock.commit()  # the release commits now, after the claim that could not see it
+        end = time.monotonic() + 30
+        while queued not in sent_to(master, 2):
+            assert time.monotonic() < end, "the recalled job was not claimed again"
+            master._claim(time.monotonic())
+            master._rebalance(time.monotonic())
+            master._dispatch()
+            time.sleep(0.005)
+        cursor.execute(f"SELECT session_id FROM {schema.JOB_TABLE} WHERE job_id = %s", [queued])
+        assert cursor.fetchone()[0] == sid and master.inflight[queued] == 2
+    finally:
+        lock.close()
+        master._close_claimers()
+        close_status(master.status)
+
+
+def writer_waits_on_a_lock(cursor: Any) -> bool:
+    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                   "'%%writer%%' AND wait_event_type = 'Lock'")
+    return bool(cursor.fetchone()[0])
+
+
+def sent_to(master: Any, worker: int) -> list[str]:
+    return [w.job_id for k, m in master.channel.sent if k == worker for w in m.get("work", ())]

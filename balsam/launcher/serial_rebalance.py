@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from balsam.launcher.status_writers import StatusSink
+
 REBALANCE_SECONDS = 0.5
 """How often the master compares its workers' loads (O(workers) each time)."""
 EPSILON = 1e-9
@@ -40,12 +42,16 @@ class MasterRebalance:
     load: dict[int, float]
     closed: set[int]
     kill_sent: set[str]
+    status: StatusSink
     _next: dict[str, float]
 
     _waiting: frozenset[int] = frozenset()
     """Workers seen with work waiting (more than a node's worth) while room was seen elsewhere."""
     _recalling: frozenset[int] = frozenset()
     """Workers asked to give work back, not yet answered."""
+    _releasing: frozenset[str] = frozenset()
+    """Recalled jobs whose release a status writer thread has not committed yet: a claim made
+    before the commit (on a claimer's connection) cannot see them, so one follows it."""
 
     def _claiming(self) -> bool:
         raise NotImplementedError  # provided by MasterClaims
@@ -56,10 +62,14 @@ class MasterRebalance:
     def _rebalance(self, now: float) -> None:
         """Ask workers whose queued work has waited behind their running tasks for it back,
         when other workers have room and the master has nothing else to give them."""
+        if self._releasing and not self._claiming() \
+                and self._releasing.isdisjoint(self.status.pending_ids()):
+            self._releasing = frozenset()  # committed, and no claim from before it in flight
+            self._next["claim"] = 0.0
         if now < self._next.get("rebalance", 0.0):
             return
         self._next["rebalance"] = now + REBALANCE_SECONDS
-        if self.queue or self._claiming() or self._recalling:
+        if self.queue or self._claiming() or self._recalling or self._releasing:
             self._waiting = frozenset()
             return
         open_workers = [w for w in self.load if w not in self.closed]
