@@ -14,6 +14,7 @@ from launcher_procs import launchers
 from launcher_support import QUICK, Inbox, events, job_row, settings, wait_for
 from once_support import overlap_seconds, recorded_runs, runs
 
+from balsam.core import schema
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 
@@ -122,7 +123,6 @@ def test_recalled_work_is_claimed_again_once_its_release_is_committed_by_a_write
     from launcher_support import add_app, add_jobs
     from test_claimer import master_with_claimers
 
-    from balsam.core import schema
     from balsam.db.connect import connect
     from balsam.launcher.status_writers import close_status
 
@@ -182,3 +182,56 @@ def writer_waits_on_a_lock(cursor: Any) -> bool:
 
 def sent_to(master: Any, worker: int) -> list[str]:
     return [w.job_id for k, m in master.channel.sent if k == worker for w in m.get("work", ())]
+
+
+def test_recalled_work_is_claimed_again_though_the_master_holds_more_than_half_its_target(
+        db, cursor):
+    # Tasks that ended fast had the master queue 4 nodes' worth on each worker; then they
+    # turned long. The master claims only once it holds half a batch less than its target
+    # (4 tasks per slot: 12 here), and it holds 10: worker 3, its work done, idles. Worker 1
+    # gives a task back: it must be claimed again and sent to worker 3 (it was released and
+    # left unclaimed, worker 3 idle, until more recalls had brought the hold down to 6).
+    import dataclasses
+
+    from launcher_support import add_app, add_jobs
+    from test_claimer import Silent, master_with_claimers
+
+    from balsam.launcher.status_writers import close_status, open_status
+
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i:02}", "application": "app", "state": "PREPROCESSED"}
+                      for i in range(10)])
+    master, sid = master_with_claimers(db)
+    master._close_claimers()  # one connection (no writer threads): releases commit at once
+    close_status(master.status)
+    master.status = open_status(master.ctx.db, sid, writers=1, flush_seconds=0.01,
+                                start_message="", processing=False)
+    master.channel = Silent(3)
+    master.load = {1: 0.0, 2: 0.0, 3: 0.0}
+    master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
+    master._claim(time.monotonic())
+    assert len(master.queue) == 10
+    master.closed.add(3)
+    master.rate = 100.0  # fast: 4 nodes' worth queued behind what runs
+    master._dispatch()
+    assert not master.queue and master.load == {1: 5.0, 2: 5.0, 3: 0.0}
+    master.closed.clear()
+    master.rate = 0.0  # then long
+    now = time.monotonic()
+    master._rebalance(now)
+    master._rebalance(now + 1.0)
+    (worker, recall), = [(w, m) for w, m in master.channel.sent if "recall" in m]
+    assert recall == {"recall": 1.0}
+    given = sent_to(master, worker)[-1]  # its queue's tail
+    master._handle(worker, {"recalled": [given]})
+    end = time.monotonic() + 30
+    while given not in sent_to(master, 3):
+        assert time.monotonic() < end, "the recalled job was not claimed again"
+        master._claim(time.monotonic())
+        master._rebalance(time.monotonic())
+        master._dispatch()
+        time.sleep(0.005)
+    assert master.inflight[given] == 3 and master.load[3] == 1.0
+    cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id = %s", [sid])
+    assert cursor.fetchone()[0] == 10  # all held again
+    master._release_all()

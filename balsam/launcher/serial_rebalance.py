@@ -50,8 +50,11 @@ class MasterRebalance:
     _recalling: frozenset[int] = frozenset()
     """Workers asked to give work back, not yet answered."""
     _releasing: frozenset[str] = frozenset()
-    """Recalled jobs whose release a status writer thread has not committed yet: a claim made
-    before the commit (on a claimer's connection) cannot see them, so one follows it."""
+    """Recalled jobs whose release is not committed yet (a status writer thread's): a claim
+    made before the commit (a claimer thread's) cannot see them; one follows it."""
+    _reclaim = 0
+    """How many jobs the next claim takes at least (those given back: claimed again at once,
+    whatever the master holds, :meth:`balsam.launcher.serial_claims.MasterClaims._claim`)."""
 
     def _claiming(self) -> bool:
         raise NotImplementedError  # provided by MasterClaims
@@ -64,7 +67,8 @@ class MasterRebalance:
         when other workers have room and the master has nothing else to give them."""
         if self._releasing and not self._claiming() \
                 and self._releasing.isdisjoint(self.status.pending_ids()):
-            self._releasing = frozenset()  # committed, and no claim from before it in flight
+            self._reclaim += len(self._releasing)  # committed, and no claim from before
+            self._releasing = frozenset()          # the commit is in flight: claim now
             self._next["claim"] = 0.0
         if now < self._next.get("rebalance", 0.0):
             return
