@@ -14,10 +14,12 @@ node's worth has work waiting; an open worker with less than a node's worth has 
 seen with work waiting at two checks in a row, while room was seen both times, is asked to give
 back queued work worth up to the room (``recall``: from its queue's tail, then starts chained
 behind running tasks that have not begun; a task that has begun runs on where it is). It answers
-with ``recalled`` [ids] (possibly none): the master releases their claims and claims at once,
-and the work goes to the least loaded workers first -- the idle ones. Nothing is run twice: only
-a task the worker reports as never started is released, and a release drops the claim only of a
-job that is not RUNNING (:func:`balsam.core.leases.release`).
+with ``recalled`` [ids] (possibly none; a GPU task counts as the master counts it): the master
+releases their claims and claims once the release is committed (at scale a writer thread's
+commit, which a claimer's claim must follow to see the jobs), at least as many jobs as came
+back whatever it holds, and the work goes to the least loaded workers first -- the idle ones.
+Nothing is run twice: only a task the worker reports as never started is released, and a
+release drops the claim only of a job that is not RUNNING (:func:`balsam.core.leases.release`).
 """
 from __future__ import annotations
 
