@@ -145,7 +145,7 @@ def test_recalled_work_is_claimed_again_once_its_release_is_committed_by_a_write
         now = time.monotonic()
         master._rebalance(now)
         master._rebalance(now + 1.0)  # worker 1 over, worker 2 idle, at two checks in a row
-        assert master.channel.sent[-1] == (1, {"recall": 1.0})
+        assert master.channel.sent[-1] == (1, {"recall": 1.0, "fits": 1.0})
         queued = ids[1]  # worker 1's answer: its queued task, never started
         with lock.cursor() as held:
             held.execute(f"SELECT 1 FROM {schema.JOB_TABLE} WHERE job_id = %s FOR UPDATE",
@@ -222,7 +222,7 @@ def test_recalled_work_is_claimed_again_though_the_master_holds_more_than_half_i
     master._rebalance(now)
     master._rebalance(now + 1.0)
     (worker, recall), = [(w, m) for w, m in master.channel.sent if "recall" in m]
-    assert recall == {"recall": 1.0}
+    assert recall == {"recall": 1.0, "fits": 1.0}
     given = sent_to(master, worker)[-1]  # its queue's tail
     master._handle(worker, {"recalled": [given]})
     end = time.monotonic() + 30
@@ -236,3 +236,61 @@ def test_recalled_work_is_claimed_again_though_the_master_holds_more_than_half_i
     cursor.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE session_id = %s", [sid])
     assert cursor.fetchone()[0] == 10  # all held again
     master._release_all()
+
+
+def test_a_whole_node_task_is_not_taken_back_when_no_single_node_has_room_for_it(
+        db, cursor, tmp_path):
+    # Worker 1 runs a whole-node task with another queued behind it; workers 2 and 3 each run
+    # a half-node task: half a node free on each, a node's worth in all, but no node where the
+    # queued task can start. Taken back, it went to worker 2 and waited there behind that
+    # worker's task instead (a release, a claim and a dispatch for nothing).
+    from launcher_support import add_app, add_jobs
+    from test_claimer import Silent, master_with_claimers
+
+    from balsam.launcher.serial_dispatch import work_item
+    from balsam.launcher.status_writers import close_status, open_status
+
+    add_app(cursor, "app", "sleep 30")
+    add_jobs(cursor, [{"name": n, "application": "app", "state": "PREPROCESSED",
+                       "node_packing_count": k, "priority": p}
+                      for n, k, p in (("long", 1, 9), ("whole", 1, 8), ("h2", 2, 0),
+                                      ("h3", 2, 0))])
+    master, sid = master_with_claimers(db)
+    master._close_claimers()
+    close_status(master.status)
+    master.status = open_status(master.ctx.db, sid, writers=1, flush_seconds=0.01,
+                                start_message="", processing=False)
+    master.channel = Silent(3)
+    master.load = {1: 0.0, 2: 0.0, 3: 0.0}
+    specs = {s.job_id: s for s in master.source.claim(10, serial=True, max_nodes=1)}
+    by_name = {s.workdir.rsplit("/", 1)[-1].split("_")[0]: s for s in specs.values()}
+    for worker, name in ((1, "long"), (1, "whole"), (2, "h2"), (3, "h3")):
+        spec = by_name[name]  # as the dispatch left them
+        master.inflight[spec.job_id] = worker
+        master.weight[spec.job_id] = 1.0 / spec.node_packing_count
+        master.load[worker] += 1.0 / spec.node_packing_count
+    inbox = Inbox()
+    node1 = Worker(inbox, NodeSlots([0, 1], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5)
+    try:
+        inbox.orders.append({"work": [work_item(by_name[n])._replace(
+            argv=["sleep", "30"], workdir=str(tmp_path / n),
+            output_path=str(tmp_path / n / "out")) for n in ("long", "whole")]})
+        serve(node1, inbox, lambda: inbox.collected("started"))
+        now = time.monotonic()
+        master._rebalance(now)
+        master._rebalance(now + 1.0)
+        recalls = [m for w, m in master.channel.sent if w == 1 and "recall" in m]
+        if recalls:  # asked: the worker's answer
+            inbox.orders.append(recalls[0])
+            serve(node1, inbox, lambda: any("recalled" in r for r in inbox.reports))
+            master._handle(1, {"recalled": inbox.collected("recalled")})
+        assert inbox.collected("recalled") == []
+        assert [w.job_id for w in node1.queue] + list(node1._chained_work) == [
+            by_name["whole"].job_id]  # still behind the long task, queued or chained
+        assert master.inflight[by_name["whole"].job_id] == 1 and master.load[1] == 2.0
+    finally:
+        inbox.orders.append({"stop": 0.5})
+        serve(node1, inbox, lambda: node1.stopping and not node1.running)
+        inbox.orders.append({"exit": True})
+        serve(node1, inbox, lambda: node1.finished)
+        master._release_all()

@@ -12,8 +12,9 @@ Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in 
 compares the workers' loads (running + queued, in nodes' worth): a worker with more than a
 node's worth has work waiting; an open worker with less than a node's worth has room. A worker
 seen with work waiting at two checks in a row, while room was seen both times, is asked to give
-back queued work worth up to the room (``recall``: from its queue's tail, then starts chained
-behind running tasks that have not begun; a task that has begun runs on where it is). It answers
+back queued work worth up to the room, each task no bigger than the most one node has free
+(``recall``, ``fits``: from its queue's tail, then starts chained behind running tasks that have
+not begun; a task that has begun runs on where it is). It answers
 with ``recalled`` [ids] (possibly none; a GPU task counts as the master counts it): the master
 releases their claims and claims once the release is committed (at scale a writer thread's
 commit, which a claimer's claim must follow to see the jobs), at least as many jobs as came
@@ -79,7 +80,8 @@ class MasterRebalance:
             self._waiting = frozenset()
             return
         open_workers = [w for w in self.load if w not in self.closed]
-        room = sum(1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0 - EPSILON)
+        rooms = [1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0 - EPSILON]
+        room = sum(rooms)
         over = {w: self.load[w] - 1.0 for w in open_workers if self.load[w] > 1.0 + EPSILON}
         if room <= EPSILON or not over:
             self._waiting = frozenset()
@@ -89,7 +91,7 @@ class MasterRebalance:
             if room <= EPSILON:
                 break
             worth = min(room, over[worker])
-            self.channel.send(worker, {"recall": worth})
+            self.channel.send(worker, {"recall": worth, "fits": max(rooms)})  # on one node
             asked.add(worker)
             room -= worth
         self._recalling = frozenset(asked)
