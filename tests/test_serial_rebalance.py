@@ -105,9 +105,10 @@ def test_a_worker_with_gpus_gives_back_work_in_the_masters_measure(tmp_path):
         serve(worker, inbox, lambda: "s0" in inbox.collected("killed"))
     finally:
         inbox.orders.append({"stop": 0.5})
-        serve(worker, inbox, lambda: worker.stopping and not worker.running)
+        serve(worker, inbox, lambda: inbox.flagged("drained"))  # every task reaped
         inbox.orders.append({"exit": True})
         serve(worker, inbox, lambda: worker.finished)
+        worker.close()
     assert "s3" not in inbox.collected("started")
 
 
@@ -290,7 +291,8 @@ def test_a_whole_node_task_is_not_taken_back_when_no_single_node_has_room_for_it
         assert master.inflight[by_name["whole"].job_id] == 1 and master.load[1] == 2.0
     finally:
         inbox.orders.append({"stop": 0.5})
-        serve(node1, inbox, lambda: node1.stopping and not node1.running)
+        serve(node1, inbox, lambda: inbox.flagged("drained"))  # every task reaped
         inbox.orders.append({"exit": True})
         serve(node1, inbox, lambda: node1.finished)
+        node1.close()
         master._release_all()
