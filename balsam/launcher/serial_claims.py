@@ -53,6 +53,7 @@ class MasterClaims:
     _reconnects: int
     _lost_claim: bool                    # a claim's commit reply may have been lost
     _dropped: set[str]                   # released by a kill check while a claim ran
+    _reclaim: int                        # recalled jobs to claim again (serial_rebalance)
     # The loop's, read or touched here: what is held (queued, on workers), the open workers,
     # the ends counted since the last rate tick, and when to claim next (``_next["claim"]``).
     ctx: Context
@@ -112,12 +113,15 @@ class MasterClaims:
         # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
         room = target - held
         batch = self._claim_batch(open_nodes)
-        if (open_nodes <= 0 or room < min(batch, target) // 2
-                or now < self._next["claim"]):
+        least = min(batch, target) // 2
+        if self._reclaim:  # work a worker gave back, released: claimed again at once
+            room, least = max(room, self._reclaim), 1  # (serial_rebalance)
+        if open_nodes <= 0 or room < least or now < self._next["claim"]:
             return took
+        self._reclaim = 0
         if self.claimers:  # answered to a later :meth:`_take_claims`
             for claimer in free:
-                if room < min(batch, target) // 2:
+                if room < least:
                     break
                 claimer.ask(min(batch, room), self.ctx.max_wall_minutes())
                 room -= min(batch, room)

@@ -251,7 +251,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterRebal
         for job_id in job_ids:  # never started: claimable again, here first
             self.status.release(job_id)
         self._flush()
-        self._next["claim"] = 0.0
+        self._releasing |= frozenset(job_ids)  # claimed again once committed (rebalance)
 
     def _gone(self, job_id: str) -> None:
         worker = self.inflight.pop(job_id, None)

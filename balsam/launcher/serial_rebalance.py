@@ -12,17 +12,22 @@ Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in 
 compares the workers' loads (running + queued, in nodes' worth): a worker with more than a
 node's worth has work waiting; an open worker with less than a node's worth has room. A worker
 seen with work waiting at two checks in a row, while room was seen both times, is asked to give
-back queued work worth up to the room (``recall``: from its queue's tail, then starts chained
-behind running tasks that have not begun; a task that has begun runs on where it is). It answers
-with ``recalled`` [ids] (possibly none): the master releases their claims and claims at once,
-and the work goes to the least loaded workers first -- the idle ones. Nothing is run twice: only
-a task the worker reports as never started is released, and a release drops the claim only of a
-job that is not RUNNING (:func:`balsam.core.leases.release`).
+back queued work worth up to the room, each task no bigger than the most one node has free
+(``recall``, ``fits``: from its queue's tail, then starts chained behind running tasks that have
+not begun; a task that has begun runs on where it is). It answers
+with ``recalled`` [ids] (possibly none; a GPU task counts as the master counts it): the master
+releases their claims and claims once the release is committed (at scale a writer thread's
+commit, which a claimer's claim must follow to see the jobs), at least as many jobs as came
+back whatever it holds, and the work goes to the least loaded workers first -- the idle ones.
+Nothing is run twice: only a task the worker reports as never started is released, and a
+release drops the claim only of a job that is not RUNNING (:func:`balsam.core.leases.release`).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from balsam.launcher.status_writers import StatusSink
 
 REBALANCE_SECONDS = 0.5
 """How often the master compares its workers' loads (O(workers) each time)."""
@@ -40,12 +45,19 @@ class MasterRebalance:
     load: dict[int, float]
     closed: set[int]
     kill_sent: set[str]
+    status: StatusSink
     _next: dict[str, float]
 
     _waiting: frozenset[int] = frozenset()
     """Workers seen with work waiting (more than a node's worth) while room was seen elsewhere."""
     _recalling: frozenset[int] = frozenset()
     """Workers asked to give work back, not yet answered."""
+    _releasing: frozenset[str] = frozenset()
+    """Recalled jobs whose release is not committed yet (a status writer thread's): a claim
+    made before the commit (a claimer thread's) cannot see them; one follows it."""
+    _reclaim = 0
+    """How many jobs the next claim takes at least (those given back: claimed again at once,
+    whatever the master holds, :meth:`balsam.launcher.serial_claims.MasterClaims._claim`)."""
 
     def _claiming(self) -> bool:
         raise NotImplementedError  # provided by MasterClaims
@@ -56,14 +68,20 @@ class MasterRebalance:
     def _rebalance(self, now: float) -> None:
         """Ask workers whose queued work has waited behind their running tasks for it back,
         when other workers have room and the master has nothing else to give them."""
+        if self._releasing and not self._claiming() \
+                and self._releasing.isdisjoint(self.status.pending_ids()):
+            self._reclaim += len(self._releasing)  # committed, and no claim from before
+            self._releasing = frozenset()          # the commit is in flight: claim now
+            self._next["claim"] = 0.0
         if now < self._next.get("rebalance", 0.0):
             return
         self._next["rebalance"] = now + REBALANCE_SECONDS
-        if self.queue or self._claiming() or self._recalling:
+        if self.queue or self._claiming() or self._recalling or self._releasing:
             self._waiting = frozenset()
             return
         open_workers = [w for w in self.load if w not in self.closed]
-        room = sum(1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0 - EPSILON)
+        rooms = [1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0 - EPSILON]
+        room = sum(rooms)
         over = {w: self.load[w] - 1.0 for w in open_workers if self.load[w] > 1.0 + EPSILON}
         if room <= EPSILON or not over:
             self._waiting = frozenset()
@@ -73,7 +91,7 @@ class MasterRebalance:
             if room <= EPSILON:
                 break
             worth = min(room, over[worker])
-            self.channel.send(worker, {"recall": worth})
+            self.channel.send(worker, {"recall": worth, "fits": max(rooms)})  # on one node
             asked.add(worker)
             room -= worth
         self._recalling = frozenset(asked)

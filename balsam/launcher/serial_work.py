@@ -24,6 +24,14 @@ class Work(NamedTuple):
     worker then needs no database; :mod:`balsam.core.payloads`), or None."""
 
 
+def node_share(packing: int, gpus: int) -> float:
+    """The part of a node one task of packing count ``packing`` takes in the master's measure
+    (its loads, a ``recall``'s worth): 1/packing, or with ``gpus`` (one GPU per task) at least
+    1/gpus (:meth:`balsam.launcher.serial_claims.MasterClaims._slots`)."""
+    per_node = max(1, int(packing))
+    return 1.0 / (min(per_node, gpus) if gpus else per_node)
+
+
 def task_env(work: Work, gpu: Optional[int]) -> dict[str, str]:
     """The job's own variables, put on top of the base environment (a warm task's: of the
     pool's), with the task's GPU if it has one."""

@@ -20,10 +20,10 @@ groups: SIGTERM, ``kill_grace``, SIGKILL; drop them if still queued), ``stop`` g
 launcher is stopping: drop the queue, stop every task), ``exit`` (leave the loop), ``abort``
 (SIGKILL every task at once and leave: the session was lost). An ``exit`` with ``recorded`` True
 says every start was written to the database (the watchdog's report need not list them). ``recall``
-worth (give back queued work worth up to that many nodes, to run elsewhere:
-:mod:`balsam.launcher.serial_rebalance`). ``hold`` [(id, packing count, cores, ...)] / ``unhold``
-[ids]: a task the launcher itself runs on this node (its warm start,
-:mod:`balsam.launcher.warm_start`) takes / gives back its share.
+worth, ``fits`` (give back queued work worth up to that many nodes, each task at most ``fits``
+of a node, to run elsewhere: :mod:`balsam.launcher.serial_rebalance`). ``hold`` [(id, packing
+count, cores, ...)] / ``unhold`` [ids]: a task the launcher itself runs on this node (its warm
+start, :mod:`balsam.launcher.warm_start`) takes / gives back its share.
 
 Reports (worker -> master, dicts, only non-empty keys): ``started`` [ids] (a task that failed to
 start is reported started, then failed), ``done`` [ids] (exit 0), ``failed`` [(id, rc, output
@@ -63,6 +63,7 @@ from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
 from balsam.launcher.serial_work import Work as Work
+from balsam.launcher.serial_work import node_share
 from balsam.launcher.spawn_threads import ThreadedStarts
 from balsam.launcher.warm_pool import WarmPool, WarmTask
 from balsam.launcher.watchdog import Watchdog
@@ -236,7 +237,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         for job_id in message.get("kill", ()):
             self._kill(job_id)
         if "recall" in message:
-            self._hand_back(float(message["recall"]))
+            self._hand_back(float(message["recall"]), float(message.get("fits", 1.0)))
         if "stop" in message:
             self._stop(float(message["stop"]))
         if message.get("exit"):
@@ -263,21 +264,25 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
                 self._note_all("killed", [job_id])
                 return
 
-    def _hand_back(self, worth: float) -> None:
-        """The master takes back queued work worth up to ``worth`` nodes, to run it on idle
-        nodes (:mod:`balsam.launcher.serial_rebalance`): from the queue's tail, then chained
-        starts not begun; always answered (``recalled``, maybe empty)."""
+    def _hand_back(self, worth: float, fits: float) -> None:
+        """The master takes back queued work worth up to ``worth`` nodes, each task at most
+        ``fits`` of a node (the most one idle node has free), to run it on idle nodes
+        (:mod:`balsam.launcher.serial_rebalance`): from the queue's tail, then chained starts
+        not begun; always answered (``recalled``, maybe empty)."""
         given: list[str] = []
-        room = worth + 1e-9
-        while self.queue and not self.stopping and room >= 1.0 / max(1, self.queue[-1].packing):
+        room, gpus = worth + 1e-9, self.node.gpus  # in the master's measure (GPUs count)
+
+        def fit(work: Work) -> bool:
+            return node_share(work.packing, gpus) <= min(room, fits + 1e-9)
+        while self.queue and not self.stopping and fit(self.queue[-1]):
             work = self.queue.pop()
             self._prep.take(work.output_path)
             given.append(work.job_id)
-            room -= 1.0 / max(1, work.packing)
+            room -= node_share(work.packing, gpus)
         for job_id, work in reversed(list(self._chained_work.items())):
-            if room >= 1.0 / max(1, work.packing) and self._cancel_chained(job_id, ""):
+            if fit(work) and self._cancel_chained(job_id, ""):
                 given.append(job_id)
-                room -= 1.0 / max(1, work.packing)
+                room -= node_share(work.packing, gpus)
         self._note("recalled", self._report.get("recalled", []) + given)
 
     def _stop(self, grace: float) -> None:
