@@ -434,7 +434,10 @@ def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_lo
                                   "wall_time_minutes": 2}])
     with settings(db, local_nodes=2, launcher=dict(QUICK, walltime_margin_seconds=3)), \
             launchers() as start:
-        first = start(*SERIAL, "--time-limit-minutes", "1.08")  # tasks stop at 61.8 s
+        # Tasks stop at 69 s; the 1-minute job fits while the launcher has more than a minute
+        # left: if claimed within 9 s of its start (1.08 minutes left only 1.8 s: a start-up
+        # slower than that under load left it unclaimed, and the test waited in vain).
+        first = start(*SERIAL, "--time-limit-minutes", "1.2")
         began = time.time()
         leader, child = wait_for(lambda: pids_of(pid_file), 120, "the task to start")
         assert first.wait(240) == 0
@@ -446,7 +449,7 @@ def test_the_time_limit_stops_running_tasks_as_run_timeout_and_skips_jobs_too_lo
         # line: on a loaded machine its start-up alone can take seconds), give or take the
         # stop's own work.
         started = datetime.datetime.strptime(first.log()[:23], "%Y-%m-%d %H:%M:%S,%f")
-        assert began + 61 < stopped[-1][0].timestamp() < started.timestamp() + 61.8 + 15
+        assert began + 68 < stopped[-1][0].timestamp() < started.timestamp() + 69 + 15
         assert to_states(events(cursor, long_)) == ["PREPROCESSED"]  # never started
         cursor.execute(f"SELECT end_reason FROM {schema.SESSION_TABLE} "
                    "WHERE job_mode <> 'processing'")
