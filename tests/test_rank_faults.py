@@ -19,6 +19,7 @@ from shm_watch import ShmWatch
 from balsam.launcher.ensemble_shm import SHM_DIR
 from balsam.launcher.ensemble_watch import report_path
 from balsam.launcher.serial_mode import SerialConfig, ensemble_argv
+from balsam.platform.early_rank import ensemble_environ
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 from balsam.platform.mpich_files import unlink_same
 
@@ -64,8 +65,8 @@ SITE = textwrap.dedent('''
 def start_ensemble(db: str, tmp_path: Any, **env: str) -> tuple[subprocess.Popen[bytes],
                                                                 SerialConfig, str]:
     """1 master + 1 worker started before a session (rank 0 reads its id on stdin), with
-    :data:`SITE` as the ranks' ``sitecustomize``; (the MPI launch, the config, the marks
-    directory)."""
+    :data:`SITE` as the ranks' ``sitecustomize`` and the environment the launcher gives it;
+    (the MPI launch, the config, the marks directory)."""
     site, marks = tmp_path / "site", tmp_path / "marks"
     site.mkdir()
     marks.mkdir()
@@ -80,8 +81,9 @@ def start_ensemble(db: str, tmp_path: Any, **env: str) -> tuple[subprocess.Popen
     with out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": path,
-                                     "BALSAM_TEST_MARKS": str(marks), **env})
+                                env=ensemble_environ({**os.environ, "PYTHONPATH": path,
+                                                      "BALSAM_TEST_MARKS": str(marks), **env},
+                                                     config.rank_evidence))
     return proc, config, str(marks)
 
 

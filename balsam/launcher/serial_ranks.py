@@ -7,8 +7,10 @@ ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serv
 Messages are pickled dicts sent with ``isend`` and received with matched probes (``improbe``):
 no rank ever blocks in MPI, so none spins at 100% CPU.
 
-mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0
-under Hydra (``PMI_RANK`` 0 before MPI starts) connects to the database and reads the session id
+mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0,
+when the program that started the ensemble said so before MPI starts (``PMI_RANK`` 0 under
+Hydra, ``SLURM_PROCID`` 0 under ``srun``..., only from this launch:
+:mod:`balsam.platform.early_rank`), connects to the database and reads the session id
 in a thread (:class:`balsam.launcher.rank_boot.MasterBoot`) while the main thread loads and
 initialises MPI (~0.1-0.2 s, holding the GIL: only waits overlap, the connection's round trips
 and authentication, the launcher opening its session), instead of after. With the session id
@@ -137,6 +139,7 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
     from balsam.launcher.serial_master import Master
     from balsam.launcher.status_writers import close_status, open_status, writer_count
 
+    early = boot is not None
     boot = boot or MasterBoot(config)
     boot.join()
     log, tunables, stop, db = boot.log, boot.tunables, boot.stop, boot.db
@@ -167,7 +170,9 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
                          writers=writer_count(tunables.status_writers, ctx.alloc.num_nodes),
                          start_message=start_message(session_id), processing=config.processing)
     log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
-             f"{comm.Get_size() - 1} worker(s)")
+             f"{comm.Get_size() - 1} worker(s); rank 0 known "
+             + (f"before MPI_Init ({config.rank_evidence['rank']})" if early else
+                "from MPI_Init"))
     try:
         master = Master(ctx, source, status, link)
         master.hold(link.workers[0], boot.holds)
@@ -235,29 +240,39 @@ def main(argv: Sequence[str]) -> int:
     # struct's module lock and waited for the global one: both threads hung for good (seen
     # under load). ctypes imported here first, the finder imports nothing.
     config = SerialConfig.from_json(argv[0])
-    rank = rank_before_init(os.environ)
+    rank = rank_before_init(os.environ, config)
     boot = MasterBoot(config).start() if rank == 0 else None
     # A worker's watchdog before MPI_Init makes its /dev/shm file: a kill from then on leaves none
     watchdog = worker_watchdog(config, rank) if rank else None
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    if watchdog is not None:
+    if watchdog is not None and rank:
         watchdog.segments(mapped_segments([os.getpid()]))
-        if comm.Get_rank() != rank:  # PMI_RANK named another rank than MPI: not ours
+        if comm.Get_rank() != rank:  # the launcher's variable named another rank than MPI
             watchdog.close()
             watchdog = None
+            _wrong_guess(config, rank, comm.Get_rank())
     if comm.Get_rank() == 0:
         status = run_master(comm, config, boot)
         exit_rank(status)  # (returns only while a thread of the master is alive)
         return status
-    if boot is not None:  # PMI_RANK said 0 but MPI did not: not ours
+    if boot is not None:  # the launcher's variable said 0 but MPI did not
         boot.stop.set()
         boot.join()
         boot.db.close()
+        _wrong_guess(config, 0, comm.Get_rank())
     status = run_worker(comm, config, watchdog)
     exit_rank(status)
     return status
+
+
+def _wrong_guess(config: SerialConfig, guess: int, rank: int) -> None:
+    """Log that the rank variable named ``guess`` but MPI says ``rank`` (the rank took the role
+    MPI gives; never seen: the variable is removed from the launch's environment)."""
+    rank_logger(config, "balsam.serial.rank").warning(
+        f"rank {rank}: {config.rank_evidence.get('rank')} said rank {guess} before MPI_Init; "
+        "MPI's rank decides")
 
 
 def exit_rank(status: int) -> None:
