@@ -42,6 +42,12 @@ SITE = textwrap.dedent('''
 
     if MARKS and RANK and os.environ.get("BALSAM_TEST_ATEXIT"):
         atexit.register(mark)
+    if MARKS and RANK and os.environ.get("BALSAM_TEST_UNFLUSHED"):
+        # files a user's module leaves open, their writes still in Python's buffers at exit
+        LEFT_OPEN = [open(os.path.join(MARKS, f"text{RANK}"), "w"),
+                     open(os.path.join(MARKS, f"binary{RANK}"), "wb")]
+        LEFT_OPEN[0].write(f"rank {RANK} text")
+        LEFT_OPEN[1].write(f"rank {RANK} binary".encode())
     if MARKS and RANK and RANK == os.environ.get("BALSAM_TEST_KILL_RANK"):
         real_import = builtins.__import__
 
@@ -152,4 +158,17 @@ def test_an_atexit_handler_registered_in_a_rank_runs_at_its_exit(db, tmp_path):
     assert sorted(marked) == ["atexit0", "atexit1"], output(tmp_path)
     assert all(pid.isdigit() for pid in marked.values())
     assert report_state(config, 1) == "stopped", output(tmp_path)
+    assert "Traceback" not in output(tmp_path)
+
+
+def test_what_a_rank_left_in_an_open_files_buffer_reaches_the_file_at_its_exit(db, tmp_path):
+    # exit_rank skips the interpreter's teardown, whose finalizers would flush files left
+    # open; it flushes open file objects itself (before: both files stayed empty)
+    proc, config, marks = start_ensemble(db, tmp_path, BALSAM_TEST_UNFLUSHED="1")
+    stop_launch(proc)
+    for rank in ("0", "1"):
+        with open(os.path.join(marks, f"text{rank}")) as fh:
+            assert fh.read() == f"rank {rank} text", output(tmp_path)
+        with open(os.path.join(marks, f"binary{rank}"), "rb") as fb:
+            assert fb.read() == f"rank {rank} binary".encode(), output(tmp_path)
     assert "Traceback" not in output(tmp_path)
