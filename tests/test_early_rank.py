@@ -71,6 +71,14 @@ def test_the_launch_environment_drops_the_stale_rank_and_carries_this_launchs_id
     assert ensemble_environ({"PATH": "/bin"}, {}) == {"PATH": "/bin"}
 
 
+def test_a_task_never_sees_the_launch_id():
+    # (A task that is itself a serial-mode launcher starts its own launch with its own id.)
+    from balsam.core.jobenv import task_environment
+
+    env = task_environment({LAUNCH_ID: "feed", "PATH": "/bin"}, {"BALSAM_JOB_ID": "j"})
+    assert LAUNCH_ID not in env and env["PATH"] == "/bin"
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({LAUNCH_ID: "feed", "SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, 2),
     ({LAUNCH_ID: "feed", "SLURM_PROCID": "0", "SLURM_NTASKS": "3"}, 0),
