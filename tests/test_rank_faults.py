@@ -19,6 +19,7 @@ from shm_watch import ShmWatch
 from balsam.launcher.ensemble_shm import SHM_DIR
 from balsam.launcher.ensemble_watch import report_path
 from balsam.launcher.serial_mode import SerialConfig, ensemble_argv
+from balsam.platform.early_rank import ensemble_environ
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 from balsam.platform.mpich_files import unlink_same
 
@@ -41,6 +42,12 @@ SITE = textwrap.dedent('''
 
     if MARKS and RANK and os.environ.get("BALSAM_TEST_ATEXIT"):
         atexit.register(mark)
+    if MARKS and RANK and os.environ.get("BALSAM_TEST_UNFLUSHED"):
+        # files a user's module leaves open, their writes still in Python's buffers at exit
+        LEFT_OPEN = [open(os.path.join(MARKS, f"text{RANK}"), "w"),
+                     open(os.path.join(MARKS, f"binary{RANK}"), "wb")]
+        LEFT_OPEN[0].write(f"rank {RANK} text")
+        LEFT_OPEN[1].write(f"rank {RANK} binary".encode())
     if MARKS and RANK and RANK == os.environ.get("BALSAM_TEST_KILL_RANK"):
         real_import = builtins.__import__
 
@@ -64,8 +71,8 @@ SITE = textwrap.dedent('''
 def start_ensemble(db: str, tmp_path: Any, **env: str) -> tuple[subprocess.Popen[bytes],
                                                                 SerialConfig, str]:
     """1 master + 1 worker started before a session (rank 0 reads its id on stdin), with
-    :data:`SITE` as the ranks' ``sitecustomize``; (the MPI launch, the config, the marks
-    directory)."""
+    :data:`SITE` as the ranks' ``sitecustomize`` and the environment the launcher gives it;
+    (the MPI launch, the config, the marks directory)."""
     site, marks = tmp_path / "site", tmp_path / "marks"
     site.mkdir()
     marks.mkdir()
@@ -80,8 +87,9 @@ def start_ensemble(db: str, tmp_path: Any, **env: str) -> tuple[subprocess.Popen
     with out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": path,
-                                     "BALSAM_TEST_MARKS": str(marks), **env})
+                                env=ensemble_environ({**os.environ, "PYTHONPATH": path,
+                                                      "BALSAM_TEST_MARKS": str(marks), **env},
+                                                     config.rank_evidence))
     return proc, config, str(marks)
 
 
@@ -150,4 +158,17 @@ def test_an_atexit_handler_registered_in_a_rank_runs_at_its_exit(db, tmp_path):
     assert sorted(marked) == ["atexit0", "atexit1"], output(tmp_path)
     assert all(pid.isdigit() for pid in marked.values())
     assert report_state(config, 1) == "stopped", output(tmp_path)
+    assert "Traceback" not in output(tmp_path)
+
+
+def test_what_a_rank_left_in_an_open_files_buffer_reaches_the_file_at_its_exit(db, tmp_path):
+    # exit_rank skips the interpreter's teardown, whose finalizers would flush files left
+    # open; it flushes open file objects itself (before: both files stayed empty)
+    proc, config, marks = start_ensemble(db, tmp_path, BALSAM_TEST_UNFLUSHED="1")
+    stop_launch(proc)
+    for rank in ("0", "1"):
+        with open(os.path.join(marks, f"text{rank}")) as fh:
+            assert fh.read() == f"rank {rank} text", output(tmp_path)
+        with open(os.path.join(marks, f"binary{rank}"), "rb") as fb:
+            assert fb.read() == f"rank {rank} binary".encode(), output(tmp_path)
     assert "Traceback" not in output(tmp_path)

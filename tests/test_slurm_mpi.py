@@ -105,6 +105,9 @@ def test_a_serial_ensemble_starts_across_four_nodes_with_each_worker_on_its_own_
             "the mpich wheel's Hydra") in started  # early: rank 0 gets the session id on stdin
     master = next(line for line in log if "serial master on host" in line)
     assert f"serial master on host {info.nodes[0]}:" in master
+    # Its rank from Hydra's PMI_RANK before MPI_Init, though the batch step's environment and
+    # Hydra's srun-started proxies give the ranks SLURM_* variables too (ignored under Hydra)
+    assert master.endswith("rank 0 known before MPI_Init (PMI_RANK)"), master
     workers = dict(re.findall(r"serial worker (\d) \(node (\S+), host", "\n".join(log)))
     hosts = dict(re.findall(r"serial worker (\d) \(node \S+, host (\S+)\)", "\n".join(log)))
     # Worker i serves node i-1 and runs there (the old -ppn 1 layout put them round-robin).

@@ -42,13 +42,22 @@ def test_the_wheel_mpiexec_is_the_one_importlib_metadata_finds():
     assert os.access(wheel_mpiexec(), os.X_OK)
 
 
-def test_the_rank_is_known_before_mpi_only_from_hydra():
+def test_the_rank_is_known_before_mpi_only_from_this_launchs_variable():
+    """(More in tests/test_early_rank.py.) The variable the config names counts only with the
+    launch id the launcher put in the environment; a stale ``PMI_RANK`` alone counts for
+    nothing."""
     from balsam.launcher.rank_boot import rank_before_init
+    from balsam.platform.early_rank import LAUNCH_ID
 
-    assert rank_before_init({"PMI_RANK": "0"}) == 0
-    assert rank_before_init({"PMI_RANK": "3"}) == 3
-    assert rank_before_init({}) is None
-    assert rank_before_init({"PMI_RANK": "x"}) is None
+    config = SerialConfig(db_path="/nowhere", session_id=0, settings={"launcher": {}},
+                          hosts=["h", "h", "h"], cores_per_node=2, gpus_per_node=0,
+                          rank_evidence={"rank": "PMI_RANK", "size": "PMI_SIZE", "id": "ab12"})
+    ours = {LAUNCH_ID: "ab12", "PMI_SIZE": "4"}
+    assert rank_before_init({**ours, "PMI_RANK": "0"}, config) == 0
+    assert rank_before_init({**ours, "PMI_RANK": "3"}, config) == 3
+    assert rank_before_init(ours, config) is None
+    assert rank_before_init({**ours, "PMI_RANK": "x"}, config) is None
+    assert rank_before_init({"PMI_RANK": "0", "PMI_SIZE": "4"}, config) is None
 
 
 def test_rank_0_connects_and_reads_the_session_id_in_its_boot_thread(db):

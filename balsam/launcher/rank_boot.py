@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from balsam.core.tunables import Tunables
 from balsam.db.dbapi import Cursor
 from balsam.launcher.serial_mode import SerialConfig
+from balsam.platform.early_rank import rank_announced
 
 if TYPE_CHECKING:
     from balsam.launcher.watchdog import Watchdog
@@ -167,11 +168,12 @@ class MasterBoot:
         self._ready.wait()
 
 
-def rank_before_init(environ: Mapping[str, str]) -> Optional[int]:
-    """This process's rank as the MPI launcher announced it before MPI starts (Hydra's
-    ``PMI_RANK``), or None if it did not."""
-    value = environ.get("PMI_RANK", "")
-    return int(value) if value.isdigit() else None
+def rank_before_init(environ: Mapping[str, str], config: SerialConfig) -> Optional[int]:
+    """This process's rank as the program that started the ensemble announced it before MPI
+    starts (``PMI_RANK`` under Hydra, ``SLURM_PROCID`` under ``srun``...: the one variable
+    ``config.rank_evidence`` names), or None when it did not, or not provably for this launch
+    (:func:`balsam.platform.early_rank.rank_announced`: then MPI tells the rank)."""
+    return rank_announced(environ, config.rank_evidence, len(config.hosts) + 1)
 
 
 def worker_watchdog(config: SerialConfig, rank: int,

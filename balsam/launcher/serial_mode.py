@@ -88,6 +88,8 @@ class SerialConfig:
     """How many ensembles the session started before this one (names the watchdog reports)."""
     watch_dir: str = ""
     """Where the worker ranks' watchdogs report (:func:`watch_dir`; known before the session)."""
+    rank_evidence: dict[str, str] = field(default_factory=dict)
+    """What tells a rank its rank before MPI_Init (:func:`balsam.platform.mpi.ensemble.rank_evidence`)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -128,9 +130,11 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
     """(the MPI command running the ensemble: ``1 + len(config.hosts)`` ranks, the master and
     worker 1 on the first node, worker i on node i-1; why it starts that way). The bootstrap
     per scheduler is :mod:`balsam.platform.mpi.ensemble`'s; ``task`` is the tasks' launcher,
-    ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search."""
-    from balsam.platform.mpi.ensemble import ensemble_command  # not in the ranks: slow imports
+    ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search. Sets
+    ``config.rank_evidence``: start the command with ``early_rank.ensemble_environ``."""
+    from balsam.platform.mpi.ensemble import ensemble_command, rank_evidence  # (slow imports)
 
+    config.rank_evidence = rank_evidence(config.scheduler, task, wheel, path)
     rank_argv = [sys.executable, "-m", "balsam.launcher.serial_ranks", config.to_json()]
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
@@ -143,6 +147,7 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     the launcher opens its session -- the MPI start-up and the ranks' imports and database
     connection overlap the launcher's own -- and rank 0 waits for the id on the MPI launcher's
     stdin, which Hydra forwards to it: :func:`hand_over` writes it, :func:`abandon` gives up."""
+    from balsam.platform.early_rank import ensemble_environ
     from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 
     log_path = next((h.baseFilename for h in ctx.log.handlers
@@ -163,7 +168,8 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
                  f"{why}")
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=ensemble_environ(os.environ, config.rank_evidence))
     _watch_ensemble(ctx, proc.pid)
     return Launched(proc, out_path, early)
 

@@ -13,6 +13,9 @@ from balsam.platform.mpi.base import RunSpec, RunSpecError
 
 NAME = "aprun"
 EXECUTABLE = "aprun"
+RANK_VARIABLE, SIZE_VARIABLE = "ALPS_APP_PE", ""
+"""The PE number, set by ALPS in each PE's environment (ALPS exports no PE count):
+:mod:`balsam.platform.mpi.ensemble` reads it (the rank known before ``MPI_Init``)."""
 CPU_BINDING = {"none": "none", "core": "cpu", "depth": "depth"}
 
 

@@ -75,6 +75,10 @@ class Flavour(Protocol):
 
     NAME: str
     EXECUTABLE: str
+    RANK_VARIABLE: str
+    """The variable where the launcher puts each rank's number before MPI starts ("": none)."""
+    SIZE_VARIABLE: str
+    """The one holding the launch's rank count ("": none that is reliable)."""
 
     def argv(self, spec: RunSpec, executable: Optional[str] = None) -> list[str]:
         """The full command line running ``spec``; ``executable`` replaces ``EXECUTABLE``."""

@@ -13,6 +13,8 @@ from balsam.platform.mpi.base import RunSpec, RunSpecError
 NAME = "direct"
 EXECUTABLE = ""
 """No launcher program; ``executable`` is ignored."""
+RANK_VARIABLE, SIZE_VARIABLE = "", ""
+"""None: no launcher, no ranks."""
 
 
 def argv(spec: RunSpec, executable: Optional[str] = None) -> list[str]:

@@ -20,9 +20,21 @@ lsf       no other way, so mpi4py must be built against the site's MPI there
 Without the wheel, the profile's task launcher starts the ensemble (``srun -m arbitrary`` on
 Slurm). Hydra's ``-hosts h1:2,h2:1`` puts ranks 0 and 1 on the first node and rank i on node
 i-1; the flavours' ``-ppn 1`` with a repeated host would not (Hydra wraps round-robin).
+
+Each rank learns its rank from the program that started it before ``MPI_Init``
+(:func:`rank_evidence`: rank 0 then connects to the database while MPI initialises, a worker's
+watchdog is up before MPI makes its shared-memory file), but only from the one variable that
+program sets (``PMI_RANK`` under Hydra, ``SLURM_PROCID`` under ``srun``, ``ALPS_APP_PE``,
+``JSM_NAMESPACE_RANK``, ``OMPI_COMM_WORLD_RANK``, ``PALS_RANKID``), and only when it provably
+comes from this launch: the launcher removes that variable and its count variable from the
+environment it starts the program with and adds a random launch id, which the ranks compare
+with the one in their command line (:mod:`balsam.platform.early_rank`). A value inherited
+from an enclosing job step (``SLURM_PROCID=0`` in a batch script, an outer ``mpiexec``'s
+``PMI_RANK``) never reaches a rank, so it cannot make every rank rank 0.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from itertools import groupby
 from typing import Optional
@@ -77,6 +89,28 @@ def starts_with_hydra(scheduler: str, wheel: Optional[str], path: str) -> bool:
     return bool(wheel) and hydra_bootstrap(scheduler, path) is not None
 
 
+def starter(scheduler: str, task: LauncherChoice, wheel: Optional[str], path: str) -> str:
+    """The flavour of the program :func:`ensemble_command` starts the ensemble with (``mpich``
+    for the wheel's Hydra)."""
+    if wheel and hydra_bootstrap(scheduler, path) is not None:
+        return "mpich"
+    return "srun" if task.flavour == "srun" and task.executable else task.flavour
+
+
+def rank_evidence(scheduler: str, task: LauncherChoice, wheel: Optional[str],
+                  path: str) -> dict[str, str]:
+    """What tells a rank its rank before ``MPI_Init`` in the ensemble :func:`ensemble_command`
+    starts (the ranks get it in their command line): ``rank`` and ``size``, the variables the
+    starting program sets (``RANK_VARIABLE``, ``SIZE_VARIABLE`` of its flavour), and ``id``,
+    this launch's random id, which :func:`balsam.platform.early_rank.ensemble_environ`
+    puts in the program's environment. Empty when that program sets no rank variable."""
+    flavour = mpi.get(starter(scheduler, task, wheel, path))
+    if not flavour.RANK_VARIABLE:
+        return {}
+    return {"rank": flavour.RANK_VARIABLE, "size": flavour.SIZE_VARIABLE,
+            "id": os.urandom(8).hex()}
+
+
 def ensemble_command(scheduler: str, hosts: list[str], rank_argv: list[str],
                      task: LauncherChoice, wheel: Optional[str],
                      path: str) -> tuple[list[str], str]:
@@ -87,7 +121,7 @@ def ensemble_command(scheduler: str, hosts: list[str], rank_argv: list[str],
         return (hydra_argv(wheel, bootstrap, hosts, rank_argv),
                 f"the mpich wheel's Hydra (matches this Python's mpi4py) with "
                 f"{' '.join(bootstrap[1:])} under {scheduler}")
-    if task.flavour == "srun" and task.executable:
+    if task.executable and starter(scheduler, task, wheel, path) == "srun":
         return (srun_argv(task.executable, hosts, rank_argv),
                 f"the tasks' srun ({task.reason}), no mpich wheel beside this Python")
     spec = mpi.RunSpec(argv=rank_argv, ranks=len(hosts) + 1, ranks_per_node=1,

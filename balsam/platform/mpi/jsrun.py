@@ -14,6 +14,9 @@ from balsam.platform.mpi.base import RunSpec
 
 NAME = "jsrun"
 EXECUTABLE = "jsrun"
+RANK_VARIABLE, SIZE_VARIABLE = "JSM_NAMESPACE_RANK", "JSM_NAMESPACE_SIZE"
+"""Rank and size in jsrun's namespace (the launch), set in each rank's environment:
+:mod:`balsam.platform.mpi.ensemble` reads them (the rank known before ``MPI_Init``)."""
 
 
 def bind(spec: RunSpec) -> str:

@@ -12,6 +12,9 @@ from balsam.platform.mpi.base import RunSpec
 
 NAME = "mpich"
 EXECUTABLE = "mpiexec"
+RANK_VARIABLE, SIZE_VARIABLE = "PMI_RANK", "PMI_SIZE"
+"""Hydra (also Intel MPI's) sets ``PMI_RANK`` and ``PMI_SIZE`` in each rank's environment before
+it runs: :mod:`balsam.platform.mpi.ensemble` reads them (the rank known before ``MPI_Init``)."""
 
 
 def bind_to(spec: RunSpec) -> str:

@@ -14,6 +14,9 @@ from balsam.platform.mpi.base import RunSpec
 
 NAME = "openmpi"
 EXECUTABLE = "mpirun"
+RANK_VARIABLE, SIZE_VARIABLE = "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"
+"""``mpirun`` sets them in each rank's environment before it runs:
+:mod:`balsam.platform.mpi.ensemble` reads them (the rank known before ``MPI_Init``)."""
 
 
 def argv(spec: RunSpec, executable: Optional[str] = None) -> list[str]:

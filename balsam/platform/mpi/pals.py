@@ -14,6 +14,9 @@ from balsam.platform.mpi.base import RunSpec
 
 NAME = "pals"
 EXECUTABLE = "mpiexec"
+RANK_VARIABLE, SIZE_VARIABLE = "PALS_RANKID", ""
+"""PALS's rank id in each rank's environment (no count: only the rank is read):
+:mod:`balsam.platform.mpi.ensemble` reads it (the rank known before ``MPI_Init``)."""
 CPU_BINDING = {"none": "none", "core": "core", "depth": "depth"}
 
 

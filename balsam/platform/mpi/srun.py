@@ -13,6 +13,9 @@ from balsam.platform.mpi.base import RunSpec, RunSpecError
 
 NAME = "srun"
 EXECUTABLE = "srun"
+RANK_VARIABLE, SIZE_VARIABLE = "SLURM_PROCID", "SLURM_NTASKS"
+"""The step's task number and task count, set by ``srun`` in each task's environment:
+:mod:`balsam.platform.mpi.ensemble` reads them (the rank known before ``MPI_Init``)."""
 
 
 def argv(spec: RunSpec, executable: Optional[str] = None) -> list[str]:
