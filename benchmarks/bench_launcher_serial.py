@@ -28,8 +28,9 @@ RUNNING, RUN_DONE and (processing) JOB_FINISHED for every job. Times come from t
 * ``start CPU`` (with ``--breakdown``): CPU by the same parts from the launcher's start until the
   ensemble's first RUNNING (:mod:`_startup_cpu`): the boot competing with the warm start.
 
-Both trees' bytecode is compiled first, as an installed Balsam has it (``--as-found``: not;
-with ``PYTHONDONTWRITEBYTECODE`` set every process then compiles its modules at every start).
+Both trees' bytecode is compiled first, as an installed Balsam has it (``--compile this``: only
+this tree's, ``none``: neither; with ``PYTHONDONTWRITEBYTECODE`` set, a tree without bytecode
+has every process compile the modules it imports at every start).
 
 xargs runs ``seq 2000 | xargs -P <cores> -n 1 /usr/bin/true``. Rounds alternate; medians.
 With ``--compare-with`` the two launchers' order flips every round (ABBA: on the shared VM the
@@ -399,8 +400,10 @@ def main() -> None:
     parser.add_argument("--compare-with", metavar="SRC", default="",
                         help="also run, in every round, the Balsam of this source tree (e.g. "
                              "`git archive` of an older commit), for a same-run before/after")
-    parser.add_argument("--as-found", action="store_true",
-                        help="do not compile the trees' bytecode first (see _startup_cpu.py)")
+    parser.add_argument("--compile", choices=("both", "this", "none"), default="both",
+                        help="compile the bytecode of both trees first (default; as installed), "
+                             "of this tree only (a same-run measure of bytecode against a copy "
+                             "without it), or of none (see _startup_cpu.py)")
     args = parser.parse_args()
     print(machine_line())
     print(f"# {args.n} x {TRUE}; launcher: {args.nodes} worker rank(s), node_packing_count "
@@ -408,11 +411,14 @@ def main() -> None:
     sides = {"launcher": ""}
     if args.compare_with:
         sides = {"other": os.path.abspath(args.compare_with), "launcher": ""}
-    if not args.as_found:
+    if args.compile != "none":
         import balsam
 
         here = os.path.dirname(os.path.dirname(os.path.abspath(balsam.__file__)))
-        print(compile_bytecode([here] + [t for t in sides.values() if t]))
+        print(compile_bytecode([here] + [t for t in sides.values() if t and args.compile == "both"]))
+    else:
+        print(f"# bytecode as found (PYTHONDONTWRITEBYTECODE="
+              f"{os.environ.get('PYTHONDONTWRITEBYTECODE') or '(unset)'})")
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     raw = []
     from bench_scale import base_db
