@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Optional
 from balsam.core import leases
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.fence import LeaseFence, fence_after, start_serial_fence
-from balsam.launcher.fence import stuck_after as stuck_after  # (read by tests)
+from balsam.launcher.fence import stuck_after as stuck_after  # (moved there; tests read it here)
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
