@@ -25,6 +25,12 @@ RUNNING, RUN_DONE and (processing) JOB_FINISHED for every job. Times come from t
   worker ranks), the worker ranks, the master rank, the launcher process (with its transition
   threads), the watchdogs, mpiexec and its proxy; the server by connection
   (``application_name``: the master's, the launcher's transition workers', others).
+* ``start CPU`` (with ``--breakdown``): CPU by the same parts from the launcher's start until the
+  ensemble's first RUNNING (:mod:`_startup_cpu`): the boot competing with the warm start.
+
+Both trees' bytecode is compiled first, as an installed Balsam has it (``--compile this``: only
+this tree's, ``none``: neither; with ``PYTHONDONTWRITEBYTECODE`` set, a tree without bytecode
+has every process compile the modules it imports at every start).
 
 xargs runs ``seq 2000 | xargs -P <cores> -n 1 /usr/bin/true``. Rounds alternate; medians.
 With ``--compare-with`` the two launchers' order flips every round (ABBA: on the shared VM the
@@ -54,6 +60,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _procs import run_in_session  # noqa: E402
+from _startup_cpu import compile_bytecode, ensemble_first_running, print_start_cpu, start_cpu  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
@@ -315,24 +322,29 @@ def launcher_round(db_path: str, count: int, source: str = "",
     rows = [b - a for a, b in zip(rows0, _settled_counters(db_path, earlier))]
     if proc.returncode != 0:
         raise SystemExit(f"launcher failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    log_path = proc.stdout.split(", log ")[1].strip()
+    with open(log_path) as fh:
+        log = fh.read()
     conn = connect(db_path)
     try:
         first_running, last_done = finished_run_interval(conn, count)
         ramp = ramp_measures(conn, started)
+        own = (re.search(r"the launcher started (\d+) task\(s\)", log)  # its warm start, ramp
+               or re.search(r"warm start: (\d+) task\(s\) started by the launcher", log))
+        ensemble = ensemble_first_running(conn, int(own.group(1)) if own else 0)
     finally:
         conn.close()
-    log_path = proc.stdout.split(", log ")[1].strip()
-    with open(log_path) as fh:
-        log = fh.read()
     master = re.search(r"serial master exits: (\d+) statements in (\d+) transactions, "
                        r"([\d.]+) s CPU", log)
     workers = [float(x) for x in re.findall(r"serial worker \d+ .*exits: \d+ task\(s\) "
                                             r"started, ([\d.]+) s CPU", log)]
     assert master is not None, log
-    own = (re.search(r"the launcher started (\d+) task\(s\)", log)  # its warm start and ramp
-           or re.search(r"warm start: (\d+) task\(s\) started by the launcher", log))
     steady = samplers[0].steady(first_running, last_done, count) if samplers else {}
+    boot = (start_cpu(samplers[0].samples, samplers[0].roles, samplers[0].server, ensemble)
+            if samplers else {})
     return {**{f"steady: {role}": ms for role, ms in steady.items()},
+            **{f"start: {role}": ms for role, ms in boot.items()},
+            "ensemble_first": ensemble - started,
             "run": count / (float(last_done) - float(first_running)),
             "e2e": count / (float(last_done) - started),
             "full": count / (ended - started),
@@ -388,6 +400,10 @@ def main() -> None:
     parser.add_argument("--compare-with", metavar="SRC", default="",
                         help="also run, in every round, the Balsam of this source tree (e.g. "
                              "`git archive` of an older commit), for a same-run before/after")
+    parser.add_argument("--compile", choices=("both", "this", "none"), default="both",
+                        help="compile the bytecode of both trees first (default; as installed), "
+                             "of this tree only (a same-run measure of bytecode against a copy "
+                             "without it), or of none (see _startup_cpu.py)")
     args = parser.parse_args()
     print(machine_line())
     print(f"# {args.n} x {TRUE}; launcher: {args.nodes} worker rank(s), node_packing_count "
@@ -395,6 +411,14 @@ def main() -> None:
     sides = {"launcher": ""}
     if args.compare_with:
         sides = {"other": os.path.abspath(args.compare_with), "launcher": ""}
+    if args.compile != "none":
+        import balsam
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(balsam.__file__)))
+        print(compile_bytecode([here] + [t for t in sides.values() if t and args.compile == "both"]))
+    else:
+        print(f"# bytecode as found (PYTHONDONTWRITEBYTECODE="
+              f"{os.environ.get('PYTHONDONTWRITEBYTECODE') or '(unset)'})")
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     raw = []
     from bench_scale import base_db
@@ -417,7 +441,8 @@ def main() -> None:
                 m = results[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
-                      f"RUNNING {m['startup']:.2f} s after start, {m['done_1s']:.0f} done 1 s "
+                      f"RUNNING {m['startup']:.2f} s after start (the ensemble's "
+                      f"{m['ensemble_first']:.2f} s), {m['done_1s']:.0f} done 1 s "
                       f"after start ({m['own']:.0f} by the launcher itself), longest pause between "
                       f"starts {m['pause']:.2f} s, exit "
                       f"{m['exit']:.2f} s after "
@@ -467,6 +492,7 @@ def main() -> None:
             for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
                 if ms >= 0.0005:
                     print(f"    {part:34s} {ms:6.3f}")
+        print_start_cpu(launcher)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, TypeVar
 
 from balsam import defaults
-from balsam.db.connect import connect
+from balsam.db.connect import connect, driver
 from balsam.errors import BalsamError, DatabaseUnavailable
 
 T = TypeVar("T")
@@ -210,7 +210,7 @@ class Database:
 
     def _call(self, deadline: float, stop: Optional[threading.Event], fn: Callable[..., T],
               args: tuple[Any, ...], kw: dict[str, Any]) -> T:
-        import psycopg2
+        psycopg2 = driver()  # (the first call's import, before connecting: without ssl if it can)
         from psycopg2 import errors
 
         rollbacks = 0

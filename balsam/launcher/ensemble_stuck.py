@@ -52,9 +52,9 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from balsam.core import leases
-from balsam.core.tunables import Tunables
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.fence import LeaseFence, fence_after, start_serial_fence
+from balsam.launcher.fence import stuck_after as stuck_after  # (moved there; tests read it here)
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context
@@ -64,12 +64,6 @@ READ_ALLOWANCE_SECONDS = 2.0
 """With the launcher's own fence (:func:`start_serial_fence`; a :class:`StuckWatch` given the
 ensemble's ``pgid``) a check judges by the fence's rule this much early: its read, sent up to a
 loop's nap late, must be confirmed before that fence would fire."""
-
-
-def stuck_after(tunables: Tunables) -> float:
-    """Seconds without a lease renewal after which an ensemble's master is stuck."""
-    return max(tunables.lease_seconds / 2.0,
-               tunables.reconnect_max_seconds + 2.0 * tunables.heartbeat_seconds)
 
 
 class StuckWatch:

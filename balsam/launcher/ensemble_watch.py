@@ -29,7 +29,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from balsam.core import leases
 from balsam.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -157,6 +156,8 @@ def settle(ctx: Context) -> Reports:
 def _heartbeat(ctx: Context) -> None:
     """The master (which renewed the lease) is gone: renew it while the tasks die (a renewal
     confirmed moves the fences: the next ensemble's, and that of the launcher's own tasks)."""
+    from balsam.core import leases  # here: worker ranks import this module, never the lease SQL
+
     sent = time.monotonic()
     try:
         if ctx.db.try_run(leases.heartbeat, ctx.session_id):
@@ -170,6 +171,8 @@ def _heartbeat(ctx: Context) -> None:
 def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -> None:
     """Record the starts the database lacks: ended (RUN_TIMEOUT) for tasks known dead, left
     RUNNING (still held: the sweep ends them) for tasks that may be alive."""
+    from balsam.core import leases
+
     message = ("started by the serial-mode ensemble, which died before the start was "
                "recorded: outcome unknown")
     lost: list[str] = []

@@ -96,6 +96,14 @@ def fence_after(tunables: Tunables) -> float:
     return tunables.lease_seconds - tunables.kill_grace_seconds - FENCE_MARGIN_SECONDS
 
 
+def stuck_after(tunables: Tunables) -> float:
+    """Seconds without a lease renewal after which an ensemble's master is stuck
+    (:mod:`balsam.launcher.ensemble_stuck`; here, beside the fence's rule, because worker ranks
+    read it too, :mod:`balsam.launcher.rank_heartbeat`, and need none of the lease SQL)."""
+    return max(tunables.lease_seconds / 2.0,
+               tunables.reconnect_max_seconds + 2.0 * tunables.heartbeat_seconds)
+
+
 class LeaseFence:
     """Calls ``on_expiry`` once, on a thread of its own, if no renewal was confirmed for
     ``after`` seconds (see the module docstring). :meth:`renewed` moves the deadline;

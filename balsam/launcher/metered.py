@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from balsam.db.connect import driver
 from balsam.db.database import Database
 
 
@@ -13,6 +14,9 @@ class MeteredDatabase(Database):
     for the master's exit log line (the benchmark's statements-per-task breakdown)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
+        # Rank 0 makes this in its main thread before its boot thread starts: psycopg2 loads
+        # now, without ``ssl`` (:func:`driver`; ~5 ms of CPU), and the thread only connects.
+        driver()
         super().__init__(*args, **kw)
         self.by_work: dict[str, int] = {}
         self.seconds_by_work: dict[str, float] = {}

@@ -12,7 +12,7 @@ Now every worker rank sends the master a heartbeat every ``heartbeat_seconds``
 the worker's cost is one comparison per loop iteration, the master's nothing per report). The
 master drains those heartbeats every ``kill_check_seconds`` (:class:`RankWatch`); a worker unheard
 for :func:`silence_limit` -- at least :data:`SILENT_BEATS` heartbeats and the stuck-master limit
-(:func:`balsam.launcher.ensemble_stuck.stuck_after`, 50 s with the default tunables) -- is lost.
+(:func:`balsam.launcher.fence.stuck_after`, 50 s with the default tunables) -- is lost.
 The master then writes the state changes it has (the ends reported so far) and aborts the MPI
 job (``MPI_Abort``, status :data:`balsam.launcher.serial_mode.EXIT_RANK_LOST`): MPICH's Hydra
 SIGKILLs every rank, the frozen one too, and from there it is the path of a lost rank -- each
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core.tunables import Tunables
-from balsam.launcher.ensemble_stuck import stuck_after
+from balsam.launcher.fence import stuck_after
 
 if TYPE_CHECKING:
     from balsam.launcher.context import Context

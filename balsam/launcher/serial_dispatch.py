@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
-from balsam.launcher.serial_worker import Work
+from balsam.launcher.serial_work import Work
 from balsam.launcher.task import TaskSpec
 
 QUEUED_NODES, FAST_RATE, QUEUE_SECONDS, MAX_QUEUED_TASKS = (1.0, 4.0), 50.0, 0.1, 1024
