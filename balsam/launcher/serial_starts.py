@@ -274,6 +274,8 @@ class Starts:
         place (those that already ended are skipped); if there is none, its place is freed. A
         task without a place of its own (the task it followed is not reaped yet) leaves the
         chain: its follower follows that task instead."""
+        if self._unwatched:
+            self._unwatched.discard(job_id)
         follower = self._follower.pop(job_id, None)
         leader = self._leader.pop(job_id, None)
         if job_id not in self.node:
@@ -342,9 +344,9 @@ class Starts:
 
     def _polled(self) -> list[str]:
         """The running tasks without a pidfd (``pidfd_open`` failed): the loop polls them each
-        iteration, since no descriptor in its ``epoll`` says when they end."""
-        self._unwatched.intersection_update(self.running)
-        return list(self._unwatched)
+        iteration, since no descriptor in its ``epoll`` says when they end (:meth:`_release`
+        forgets them)."""
+        return [job_id for job_id in self._unwatched if job_id in self.running]
 
     def _unlink(self, job_id: str) -> None:
         """Take ``job_id``, a chained start that will not begin, out of its chain."""
