@@ -5,8 +5,9 @@
 launcher used to ``chdir`` itself around every spawn: for those microseconds any other thread of
 the process (MPI mode's transaction and preparer threads, a worker's preparer) resolving a
 relative path resolved it in a task's directory. Here the child enters its directory, after
-opening its output file (a relative output path is the caller's, as with ``Popen``), and the
-caller's directory never changes.
+getting its output file, which the caller opens (a relative output path is the caller's, as
+with ``Popen``; ``O_NONBLOCK`` for the open: :func:`open_output`), and the caller's directory
+never changes.
 
 What is the same for every task is encoded once: an :class:`EncodedEnv` holds a base
 environment as a C array of ``NAME=value`` strings with spare slots, and a task's own variables
