@@ -248,6 +248,8 @@ class ThreadedStarts:
     _unwatched: set[str]
     """Running tasks without a pidfd: their end is polled (``serial_starts.Starts``)."""
     queue: deque[Any]
+    _requeued: frozenset[str] = frozenset()
+    """Handed-back starts put at the queue's head (later ones go behind those still there)."""
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
@@ -302,5 +304,17 @@ class ThreadedStarts:
                 s.task.terminate(s.grace)
         if added and self.watchdog is not None:  # with this iteration's next write or flush
             self.watchdog.add_all(added, defer=True)
-        self.queue.extendleft(reversed(back))
+        if back:
+            self._requeue(back)
         return bool(done)
+
+    def _requeue(self, back: list[Any]) -> None:
+        """Put handed-back Work at the queue's head, in the order it came back: behind what
+        came back earlier and still waits there (a chain comes back over several collects)."""
+        at, queue = 0, self.queue
+        while at < len(queue) and queue[at].job_id in self._requeued:
+            at += 1
+        for work in back:
+            queue.insert(at, work)
+            at += 1
+        self._requeued = frozenset(queue[i].job_id for i in range(at))
