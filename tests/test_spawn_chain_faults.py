@@ -4,7 +4,7 @@ hook ``Spawner.fail_pidfds``) is never followed by a start beside it (the follow
 start chained behind it, comes back *returned* and starts once that task is reaped), and a FIFO
 at a task's output path fails that task with a message naming it instead of blocking a spawning
 thread and the worker's ``close`` (on every start path: native, Python threads, the loop itself,
-the Popen fallback).
+the Popen fallback; and through a real serial launcher, where the job fails with the reason).
 
 No timing: each task notes its own start and end (wall clock, ``date +%s.%N``) and takes a
 directory as a lock (``mkdir``, atomic) while it runs, so two tasks of one slot running at once
@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from gates import gate_sh
-from launcher_support import wait_for
+from launcher_procs import launchers
+from launcher_support import QUICK, add_app, add_jobs, events, settings, states, wait_for, workdir
+from test_launcher_serial import SERIAL
 from test_spawn_chain import native, serve, shell, stop_and_exit, worker_for
 from test_spawn_chain_races import Kernel
 
@@ -288,3 +290,27 @@ def test_a_fifo_as_output_is_refused_by_each_python_start(tmp_path, fifos, metho
     assert exc.filename == work.output_path
     if method != "prepare":
         assert "FIFO with no reader" in str(exc)
+
+
+@pytest.mark.slow
+def test_a_launchers_job_with_a_fifo_as_output_fails_with_the_reason_and_the_rest_run(
+        db, cursor, scripts, fifos):
+    add_app(cursor, "hello", "/bin/echo hello")
+    ids = add_jobs(cursor, [{"name": f"h{i}", "application": "hello", "node_packing_count": 2,
+                             "num_nodes": 1} for i in range(12)])
+    fifo_id = ids[5]
+    directory = workdir(db, cursor, fifo_id)
+    os.makedirs(directory, exist_ok=True)
+    os.mkfifo(os.path.join(directory, "h5.out"))
+    fifos.append(os.path.join(directory, "h5.out"))
+    with settings(db, launcher=QUICK), launchers() as start:
+        launcher = start(*SERIAL)
+        assert launcher.wait(120) == 0, launcher.output()  # the worker and ensemble exit
+    final = states(cursor)  # by name
+    assert final.pop("h5") == "FAILED" and set(final.values()) == {"JOB_FINISHED"}, final
+    messages = [e[3] for e in events(cursor, fifo_id) if e[2] == "RUN_ERROR"]
+    assert messages and all("the output file is a FIFO with no reader" in m for m in messages)
+    for i, job_id in enumerate(ids):
+        if job_id != fifo_id:
+            with open(os.path.join(workdir(db, cursor, job_id), f"h{i}.out")) as fh:
+                assert fh.read() == "hello\n"
