@@ -97,6 +97,36 @@ def test_starts_chained_behind_a_task_without_a_pidfd_wait_until_it_was_reaped(t
 
 
 @native
+@pytest.mark.parametrize("order", ["kill", "stop"])
+def test_a_kill_or_stop_of_a_start_being_handed_back_reports_it_once_unstarted(tmp_path, order):
+    tmp = str(tmp_path)
+    gate = os.path.join(tmp, "gate")
+    inbox, worker = worker_for([0])
+    without_pidfds(worker, 1)
+    inbox.orders.append({"work": [timed(tmp, "g0", gate), timed(tmp, "f1")]})
+    try:
+        worker.step()  # g0 asked for, f1 chained behind it; both still in the kernel's hands
+        assert worker._leader == {"f1": "g0"}
+        # withdrawn before the kernel reached it, or marked and handed back with the mark:
+        # either way reported once, never started, never queued again
+        inbox.orders.append({"kill": ["f1"]} if order == "kill" else {"stop": 0.5})
+        key = "killed" if order == "kill" else "returned"
+        serve(worker, lambda: inbox.collected(key) and not worker._spawns.in_flight,  # type: ignore
+              f"f1 {key}")
+        assert inbox.collected(key) == ["f1"] and not worker.queue
+        if order == "kill":
+            open(gate, "w").close()
+            serve(worker, lambda: inbox.collected("done"), "g0 done")
+        stop_and_exit(inbox, worker)
+    finally:
+        worker.close()
+        open(gate, "w").close()
+    assert inbox.collected("started") == ["g0"] and inbox.collected(key) == ["f1"]
+    assert not os.path.exists(os.path.join(tmp, "f1.start"))
+    assert worker._leader == {} and worker._follower == {} and worker.node.occupancy == 0
+
+
+@native
 @pytest.mark.parametrize("every", [2, 3])
 def test_every_task_runs_once_and_alone_when_some_pidfds_fail(tmp_path, every):
     tmp = str(tmp_path)
