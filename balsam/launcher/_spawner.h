@@ -24,6 +24,10 @@
 #include <unistd.h>
 
 #define BS_MAX_WAITING 64  /* chained starts waiting on one thread at most (polled fds) */
+/* a chained start's err when it is handed back unstarted: the task it follows runs but cannot
+   be watched (no pidfd, or no dup of it), so nothing here can know when it exits; the loop
+   starts it once that task is reaped (never beside it) */
+#define BS_RETURNED (-1)
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -39,7 +43,7 @@ typedef struct bs_req {
     int after;      /* a chained start: the pidfd (owned) of the task to wait for, else -1 */
     long after_token;  /* ... or the start it follows, not made yet (then after is -1) */
     int keep;       /* keep a dup of the child's pidfd with its record (a start may follow) */
-    int fail;       /* an errno to report instead of starting (a follow-on that cannot wait) */
+    int fail;       /* BS_RETURNED: handed back instead of started (it cannot wait) */
     int cancelled;  /* a chained start cancelled before it began: freed, never started */
     cpu_set_t cpus;
 } bs_req;
@@ -64,6 +68,8 @@ typedef struct {
 typedef struct bs_spawner {
     int epfd, evfd, nthreads, maxthreads, signalled;
     int watch_fd;  /* the task watchdog's pipe (a dup, owned), or -1 */
+    int no_pidfd_every;  /* tests: every Nth child's pidfd_open fails (EMFILE); 0: none */
+    unsigned long nspawned;  /* children started (with no_pidfd_every) */
     posix_spawnattr_t attr;
     cpu_set_t all;
     pthread_mutex_t dmu;
@@ -104,19 +110,26 @@ static int bs_mkdirs(const char *path) {
     return errno;
 }
 
+/* The output file is opened here, not in the child, and O_NONBLOCK: a FIFO (or a device) at
+   its path must never block this thread in open(), nor the worker's close, which joins it. A
+   FIFO without a reader fails ENXIO (the task fails: libc_spawn.failure names the file); any
+   other opens at once, and the flag is cleared before the task gets it (libc_spawn does the
+   same). */
 static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     posix_spawn_file_actions_t fa;
-    int err;
-    if (posix_spawn_file_actions_init(&fa)) return ENOMEM;
+    int err, out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+    if (out < 0) return errno;
+    if (fcntl(out, F_SETFL, 0) < 0) { err = errno; close(out); return err; }
+    if (posix_spawn_file_actions_init(&fa)) { close(out); return ENOMEM; }
     if (posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-            || posix_spawn_file_actions_addopen(&fa, 1, r->out,
-                                                O_WRONLY | O_CREAT | O_TRUNC, 0666)
+            || posix_spawn_file_actions_adddup2(&fa, out, 1)
             || posix_spawn_file_actions_adddup2(&fa, 1, 2)
             || posix_spawn_file_actions_addchdir_np(&fa, r->cwd))
         err = ENOMEM;
     else
         err = posix_spawn(pid, r->program, &fa, &sp->attr, r->argv, r->envp);
     posix_spawn_file_actions_destroy(&fa);
+    close(out);
     return err;
 }
 
@@ -174,10 +187,14 @@ static void bs_start(bs_thread *t, bs_req *r) {
         if (r->pin && !CPU_EQUAL(&r->cpus, &t->now))  /* not allowed here: pin the task */
             sched_setaffinity(pid, sizeof(cpu_set_t), &r->cpus);
         fd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (sp->no_pidfd_every > 0 && fd >= 0  /* the tests' stand-in for EMFILE or ENOSYS */
+                && __atomic_add_fetch(&sp->nspawned, 1, __ATOMIC_RELAXED)
+                   % (unsigned long)sp->no_pidfd_every == 0) { close(fd); fd = -1; }
         if (fd < 0) fd = -1;
     }
     /* under t->mu: a start asked for after this one finds it either waiting (resolved
-       here) or with its record (bs_submit takes the kept dup), never in between */
+       here) or with its record (bs_submit takes the kept dup), never in between. Started
+       without a pidfd (or handed back): those waiting for it are handed back (bs_resolve) */
     pthread_mutex_lock(&t->mu);
     bs_resolve(t, r->token, fd, err);
     kept = r->keep && fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
@@ -281,13 +298,15 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
         size_t i;
         pthread_mutex_lock(&sp->dmu);
         for (i = 0; i < sp->ndone; i++) {
-            if (sp->done[i].token != r->after_token) continue;
+            bs_done *d = &sp->done[i];
+            if (d->token != r->after_token) continue;
             /* a dup, not the kept fd itself: a start asked for after this one is withdrawn
                (bs_cancel) and the next one asked for after the same start waits too */
-            if (sp->done[i].kept >= 0
-                    && (r->after = fcntl(sp->done[i].kept, F_DUPFD_CLOEXEC, 0)) < 0)
-                r->fail = errno;  /* cannot wait: reported failed, never started early */
-            r->after_token = 0;  /* kept -1: it failed, nothing to wait for */
+            if (d->kept >= 0) r->after = fcntl(d->kept, F_DUPFD_CLOEXEC, 0);
+            /* it failed (err > 0): nothing runs, made now; it runs unwatched (no pidfd, no
+               dup) or was handed back: handed back too, never started beside it */
+            if (r->after < 0 && d->err <= 0) r->fail = BS_RETURNED;
+            r->after_token = 0;
             break;
         }
         pthread_mutex_unlock(&sp->dmu);

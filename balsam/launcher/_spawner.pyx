@@ -21,7 +21,12 @@ new request or a cancel writes) and never reaps it, so the task stays a zombie u
 reaps it (its pid is never reused while the loop may still signal it); then it starts the
 follow-on at once, without waiting for Python, and writes the event fd so the loop learns of
 the start (and can chain the next one behind it). :meth:`Spawner.cancel` withdraws a chained
-start that has not begun. Every start comes back with its real wall-clock start time.
+start that has not begun. Every start comes back with its real wall-clock start time. A
+chained start whose predecessor cannot be watched (it started without a pidfd: ``pidfd_open``
+failed, or no dup of it could be made) is never made: it comes back *returned* (errno
+``RETURNED``), and so do the starts chained behind it, for the loop to start once that task is
+reaped. The thread opens the task's output file itself, ``O_NONBLOCK`` (then cleared): a FIFO
+at its path fails the start (ENXIO) instead of blocking the thread and :meth:`Spawner.close`.
 
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
@@ -61,6 +66,7 @@ cdef extern from "_spawner.h":
         int nthreads
         int maxthreads
         int watch_fd
+        int no_pidfd_every
 
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
@@ -74,6 +80,10 @@ cdef extern from "_spawner.h":
 
 cdef enum:
     _BATCH = 256
+
+RETURNED = -1
+"""A start's errno in :meth:`Spawner.collect` when it was handed back unstarted (``BS_RETURNED``:
+the task it follows cannot be watched)."""
 
 
 cdef char *_dup(bytes value) except NULL:
@@ -198,6 +208,12 @@ cdef class Spawner:
             os.close(self.sp.watch_fd)
         self.sp.watch_fd = fd
 
+    def fail_pidfds(self, int every) -> None:
+        """Tests: the pidfd of every ``every``-th child started from now on is closed at once,
+        as if ``pidfd_open`` had failed (EMFILE, or ENOSYS in a container); 0: none."""
+        if self.sp != NULL:
+            self.sp.no_pidfd_every = every
+
     def cancel(self, int which, long token) -> bool:
         """Cancel the chained start ``token`` queued on thread ``which``: True if it had not
         begun (it never will), False if it has (it comes back through :meth:`collect`)."""
@@ -207,7 +223,7 @@ cdef class Spawner:
 
     def collect(self) -> list:
         """The starts done since the last call: (token, pid, pidfd or -1, errno or 0, the
-        wall-clock time of the start)."""
+        wall-clock time of the start); errno :data:`RETURNED`: handed back, never started."""
         cdef bs_done out[_BATCH]
         cdef size_t n, i
         found = []

@@ -14,17 +14,21 @@ static void bs_ready(bs_thread *t, bs_req *r) {
 }
 
 /* The starts waiting for start `token` now wait for its child's pidfd `fd` (a dup of it), or
-   for `after`/`after_token` (the wait of a cancelled start: they take it over); with none
-   (the start failed, or follows a task that exited), they are made now (t->mu held). */
-static void bs_pass_on(bs_thread *t, long token, int fd, long after_token) {
+   for `after_token` (the wait of a cancelled start: they take it over); with `back` (what
+   they follow runs unwatched, or was handed back itself) or no dup of `fd`, they are handed
+   back (BS_RETURNED: queued to be reported, never started, and those behind them too); with
+   none of these (the start failed, or follows a task that exited), they are made now (t->mu
+   held). */
+static void bs_pass_on(bs_thread *t, long token, int fd, long after_token, int back) {
     bs_req **at = &t->waiting, *r;
     while ((r = *at) != NULL) {
         if (r->cancelled || r->after >= 0 || r->after_token != token) {  /* swept: bs_sleep */
             at = &r->next;
             continue;
         }
-        r->after_token = after_token;
-        if (fd >= 0 && (r->after = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) r->fail = errno;
+        r->after_token = back ? 0 : after_token;
+        if (!back && fd >= 0 && (r->after = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) back = 1;
+        if (back) r->fail = BS_RETURNED;
         if (r->after >= 0 || r->after_token > 0) { at = &r->next; continue; }
         *at = r->next;
         t->nwaiting--;
@@ -32,8 +36,10 @@ static void bs_pass_on(bs_thread *t, long token, int fd, long after_token) {
     }
 }
 
+/* Start `token` is made (err 0, pidfd fd: -1 if it has none), failed (err > 0) or was
+   handed back (err BS_RETURNED): what waits for it follows (t->mu held). */
 static void bs_resolve(bs_thread *t, long token, int fd, int err) {
-    bs_pass_on(t, token, err ? -1 : fd, 0);
+    bs_pass_on(t, token, err ? -1 : fd, 0, err < 0 || (err == 0 && fd < 0));
 }
 
 static void bs_wake(bs_thread *t) {  /* t->mu held */
@@ -104,7 +110,8 @@ static int bs_prepare_waiting(bs_thread *t) {
     for (i = 0; i < n; i++) {
         r = todo[i];
         if (bs_mkdirs(r->cwd) != 0) { r->prepared = -1; continue; }  /* tried: at its start */
-        fd = open(r->out, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);  /* truncated at the start */
+        /* truncated at the start; O_NONBLOCK: a FIFO there must not block (bs_posix_spawn) */
+        fd = open(r->out, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0666);
         if (fd >= 0) close(fd);
         r->prepared = 1;
     }
@@ -130,7 +137,8 @@ static int bs_cancel(bs_spawner *sp, int which, long token) {
         found = it->cancelled = 1;
         if (waiting) t->nwaiting--;  /* its room is free now, not once the thread frees it */
         /* a start asked for after it now waits for what it waited for */
-        bs_pass_on(t, token, it->after, it->after >= 0 ? 0 : it->after_token);
+        bs_pass_on(t, token, it->after, it->after >= 0 ? 0 : it->after_token,
+                   it->fail == BS_RETURNED);
         /* even if it is not sleeping yet: its next poll returns at once and frees the
            request and its pidfd, rather than when the task it followed ends */
         t->sleeping = 0;

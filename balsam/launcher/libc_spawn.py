@@ -5,8 +5,9 @@
 launcher used to ``chdir`` itself around every spawn: for those microseconds any other thread of
 the process (MPI mode's transaction and preparer threads, a worker's preparer) resolving a
 relative path resolved it in a task's directory. Here the child enters its directory, after
-opening its output file (a relative output path is the caller's, as with ``Popen``), and the
-caller's directory never changes.
+getting its output file, which the caller opens (a relative output path is the caller's, as
+with ``Popen``; ``O_NONBLOCK`` for the open: :func:`open_output`), and the caller's directory
+never changes.
 
 What is the same for every task is encoded once: an :class:`EncodedEnv` holds a base
 environment as a C array of ``NAME=value`` strings with spare slots, and a task's own variables
@@ -28,6 +29,7 @@ import ctypes
 import errno
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -41,7 +43,8 @@ _OPAQUE_BYTES = 1024
 (80) and ``sigset_t`` (128): the C types are opaque to us, so more than enough is allocated."""
 _ARGV_CACHE = 256
 """argv blocks kept (most serial campaigns repeat a few command lines); cleared when full."""
-_O_OUT = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_O_OUT = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC
+"""The output file, opened by the caller (:func:`open_output`): never blocking in ``open``."""
 _ENCODING = sys.getfilesystemencoding()
 _UNCHECKED = frozenset({
     "posix_spawn", "posix_spawn_file_actions_init", "posix_spawn_file_actions_destroy",
@@ -224,6 +227,7 @@ class _Libc:
               setsigdef: tuple[int, ...]) -> int:
         """Start the task (see :func:`spawn`); its pid, or the error number as OSError."""
         actions = self._actions
+        out = open_output(program, cwd, output_path)
         with self._lock:  # one spawn at a time: the arrays and buffers are reused
             if not isinstance(env, EncodedEnv):
                 env, extra = self._difference(env, extra)
@@ -232,8 +236,7 @@ class _Libc:
             try:
                 if (self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY,
                                                           0)
-                        or self.posix_spawn_file_actions_addopen(
-                            actions, 1, os.fsencode(output_path), _O_OUT, 0o666)
+                        or self.posix_spawn_file_actions_adddup2(actions, out, 1)
                         or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
                         or self.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))):
                     raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
@@ -241,9 +244,24 @@ class _Libc:
                                        self.attributes(setsigdef), self.argv(argv), envp)
             finally:
                 self.posix_spawn_file_actions_destroy(actions)
+                os.close(out)
             if not err:
                 return self._pid.value
         raise failure(err, program, cwd, output_path)
+
+
+def open_output(program: str, cwd: str, output_path: str) -> int:
+    """The task's output file opened for its stdout (truncated, created if missing), as a
+    close-on-exec descriptor the caller closes; :func:`failure`'s OSError if it cannot be.
+    ``O_NONBLOCK`` for the ``open`` (then cleared): a FIFO at the path must never block the
+    starting thread (a worker's spawning thread, and its ``close``, which joins it); one
+    without a reader fails the start (ENXIO, named by :func:`failure`)."""
+    try:
+        fd = os.open(output_path, _O_OUT, 0o666)
+    except OSError as exc:
+        raise failure(exc.errno or errno.EIO, program, cwd, output_path) from None
+    os.set_blocking(fd, True)
+    return fd
 
 
 def failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
@@ -253,6 +271,13 @@ def failure(err: int, program: str, cwd: str, output_path: str) -> OSError:
     ``chdir`` and ``exec`` separately)."""
     if not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
         return OSError(err, os.strerror(err), cwd)
+    try:
+        kind = os.stat(output_path).st_mode
+    except OSError:
+        kind = stat.S_IFREG
+    if not stat.S_ISREG(kind) and not stat.S_ISDIR(kind):  # a FIFO, a device, a socket
+        what = "a FIFO with no reader" if stat.S_ISFIFO(kind) else "not a regular file"
+        return OSError(err, f"{os.strerror(err)} (the output file is {what})", output_path)
     parent = os.path.dirname(os.path.abspath(output_path))
     if (os.path.isdir(output_path) or not os.path.isdir(parent)
             or not os.access(output_path if os.path.exists(output_path) else parent, os.W_OK)):
@@ -331,11 +356,14 @@ def spawn_popen(program: str, argv: Sequence[str], env: Mapping[str, str], cwd: 
     check_names(env)
     if any("\0" in v for v in env.values()):
         raise OSError(errno.EINVAL, "an environment variable with a NUL byte")
-    with open(output_path, "wb") as out:
+    out = open_output(program, cwd, output_path)
+    try:
         proc = subprocess.Popen(list(argv), executable=program, env=dict(env), cwd=cwd,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True,
                                 restore_signals=bool(setsigdef))
+    finally:
+        os.close(out)
     # The caller reaps it by pid (ReapedTask.poll). A Popen dropped with no return code is
     # kept by subprocess and waited for by the next Popen anywhere in the process: it could
     # steal the status of the task, or of a later process that got its pid.

@@ -22,6 +22,12 @@ queued task would be (``killed`` for a kill, ``returned`` otherwise); one that h
 back started, with the mark of the order, as any start in flight
 (:class:`balsam.launcher.spawn_threads.SpawnThreads`). Where the spawning threads cannot chain
 (the pure-Python ones) nothing is chained: the worker behaves as before.
+
+Nothing is chained behind a task without a pidfd (``pidfd_open`` failed: EMFILE, ENOSYS), and a
+start chained behind a start in flight whose task then gets none comes back *returned*
+(:meth:`Starts._returned`), with every start chained behind it: never started beside that
+task, it goes back to the queue's head and starts once that task is reaped (polled:
+:meth:`Starts._polled`), as without chains.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from balsam.launcher import libc_spawn, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
 from balsam.launcher.serial_warm import Running
 from balsam.launcher.serial_work import Work, task_env
-from balsam.launcher.spawn_threads import SpawnThreads
+from balsam.launcher.spawn_threads import SpawnThreads, Started
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
@@ -78,6 +84,9 @@ class Starts:
     """The reverse of ``_follower``."""
     _chained_work: dict[str, Work]
     """The chained starts not yet taken over (in the order they were asked for)."""
+    _unwatched: set[str]
+    """Running tasks without a pidfd (their end is polled: :meth:`_polled`)."""
+    finished: bool
     chained = 0
     """Chained starts asked for so far (the benchmark's breakdown, tests)."""
 
@@ -148,6 +157,8 @@ class Starts:
                 spawn.pin(t.pid, cpus)
             found = pidfd_open(t.pid)
             fd = -1 if found is None else found
+            if fd < 0:
+                self._unwatched.add(work.job_id)
         self.started += 1
         self.running[work.job_id] = Running(t, fd)
         if fd >= 0:
@@ -194,10 +205,17 @@ class Starts:
         self.chained += len(chained)
         for work, placement, fd, leader in chained:  # the watchdog hears of each as it starts
             note = f"?{work.job_id}\n".encode() if self.watchdog is not None else b""
-            if fd >= 0:
-                self._submit(work, placement, os.dup(fd), note=note)
-            else:
+            if fd < 0:
                 self._submit(work, placement, after_job=leader, note=note)
+                continue
+            try:
+                after = os.dup(fd)
+            except OSError:  # no descriptor to spare (EMFILE): it waits in the queue
+                del self._chained_work[work.job_id]
+                self._unlink(work.job_id)
+                self.queue.appendleft(work)
+                continue
+            self._submit(work, placement, after, note=note)
         return bool(chained)
 
     def _can_chain(self, spawns: SpawnThreads) -> bool:
@@ -256,6 +274,8 @@ class Starts:
         place (those that already ended are skipped); if there is none, its place is freed. A
         task without a place of its own (the task it followed is not reaped yet) leaves the
         chain: its follower follows that task instead."""
+        if self._unwatched:
+            self._unwatched.discard(job_id)
         follower = self._follower.pop(job_id, None)
         leader = self._leader.pop(job_id, None)
         if job_id not in self.node:
@@ -302,6 +322,34 @@ class Starts:
         if self._spawns is None or not self._spawns.cancel(job_id):
             return False
         del self._chained_work[job_id]
+        self._unlink(job_id)
+        if key:
+            self._note_all(key, [job_id])
+        return True
+
+    def _returned(self, s: Started, work: Optional[Work]) -> Optional[Work]:
+        """``s``, a chained start, came back unstarted: the task it followed runs without a
+        pidfd (the kernel cannot know when it exits). Out of its chain (that task keeps its
+        place until it is reaped); its Work to queue again at the head, or None: reported
+        ``killed`` or ``returned`` as a queued task would be if a kill, stop, exit or abort
+        came meanwhile."""
+        self._unlink(s.job_id)
+        if s.why == "kill":
+            self._note_all("killed", [s.job_id])
+        elif s.why or work is None or self.stopping or self.finished:
+            self._note_all("returned", [s.job_id])
+        else:
+            return work
+        return None
+
+    def _polled(self) -> list[str]:
+        """The running tasks without a pidfd (``pidfd_open`` failed): the loop polls them each
+        iteration, since no descriptor in its ``epoll`` says when they end (:meth:`_release`
+        forgets them)."""
+        return [job_id for job_id in self._unwatched if job_id in self.running]
+
+    def _unlink(self, job_id: str) -> None:
+        """Take ``job_id``, a chained start that will not begin, out of its chain."""
         leader = self._leader.pop(job_id, None)
         follower = self._follower.pop(job_id, None)
         if leader is not None:  # the task it followed keeps its place until it is reaped
@@ -314,9 +362,6 @@ class Starts:
             self.node.hand_over(job_id, follower)
         else:
             self.node.free(job_id)
-        if key:
-            self._note_all(key, [job_id])
-        return True
 
     def _cancel_all_chained(self, key: str) -> None:
         """:meth:`_cancel_chained` every follow-on not begun (a stop, exit or abort)."""

@@ -129,6 +129,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self._follower: dict[str, str] = {}  # Starts
         self._leader: dict[str, str] = {}
         self._chained_work: dict[str, Work] = {}
+        self._unwatched: set[str] = set()  # Starts: running tasks without a pidfd
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead
 
@@ -313,6 +314,8 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         if self._by_fd:  # ready and not yet collected: next time (epoll is level-triggered)
             ready = self._poller.poll(0) if ready is None else ready
             candidates = [self._by_fd[fd] for fd, _ in ready if fd in self._by_fd]
+            if self._unwatched:  # no pidfd (pidfd_open failed): polled
+                candidates += self._polled()
         else:
             candidates = list(self.running)
         for r in self.running.values():

@@ -78,9 +78,9 @@ def forbid_inheritance() -> int:
 
 def prepare(cwd: str, output_path: str) -> None:
     """Make ``cwd`` (and its parents) and ``output_path`` if missing (an existing output file is
-    left as it is: the task's start truncates it); OSError if that fails."""
+    left as it is: the task's start truncates it); OSError if that fails (a FIFO: never blocks)."""
     make_directory(cwd)
-    os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+    os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666))
 
 
 class Preparer:

@@ -153,7 +153,8 @@ class NativeSpawns(SpawnThreads):
 
     def collect(self) -> list[Started]:
         """As :meth:`SpawnThreads.collect` (loop thread only); a task's ``started`` is the
-        time the kernel started it."""
+        time the kernel started it. A chained start whose predecessor runs without a pidfd
+        comes back ``returned`` (never started; nor are those chained behind it)."""
         out = super().collect() if self._done else []  # those that could not be asked for
         flight, asked, chained, tokens = self._flight, self._asked, self._chained, self._tokens
         for token, pid, fd, err, when in self._spawner.collect():
@@ -162,7 +163,9 @@ class NativeSpawns(SpawnThreads):
             del tokens[job_id]
             if chained:
                 chained.discard(job_id)
-            if err:
+            if err == _kernel.RETURNED:  # it would have run beside a task nothing watches
+                out.append(Started(job_id, None, -1, None, why, grace, True))
+            elif err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))
             else:

@@ -55,7 +55,8 @@ _Item = tuple[str, list[str], str, str, bool, dict[str, str], tuple[int, ...]]
 class Started(NamedTuple):
     """A start that completed: the task (None if it could not start: ``error`` says why), its
     pidfd (-1: none; registered in the epoll), and the mark set while it was in flight ("" none,
-    "kill" or "stop", with the grace to stop it in)."""
+    "kill" or "stop", with the grace to stop it in). ``returned``: a chained start handed back
+    unstarted (task and error None): the task it followed cannot be watched (native only)."""
 
     job_id: str
     task: Optional[spawn.SpawnedTask]
@@ -63,6 +64,7 @@ class Started(NamedTuple):
     error: Optional[OSError]
     why: str
     grace: float
+    returned: bool = False
 
 
 def usable() -> bool:
@@ -243,6 +245,11 @@ class ThreadedStarts:
     started: int
     _chained_work: dict[str, Any]
     """Chained starts not yet taken over (``serial_starts.Starts``)."""
+    _unwatched: set[str]
+    """Running tasks without a pidfd: their end is polled (``serial_starts.Starts``)."""
+    queue: deque[Any]
+    _requeued: frozenset[str] = frozenset()
+    """Handed-back starts put at the queue's head (later ones go behind those still there)."""
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
@@ -250,6 +257,11 @@ class ThreadedStarts:
 
     def _release(self, job_id: str) -> None:
         """Free ``job_id``'s place (provided by ``serial_starts.Starts``)."""
+        raise NotImplementedError
+
+    def _returned(self, s: Started, work: Any) -> Any:
+        """A chained start handed back unstarted: its Work to queue again, or None (provided
+        by ``serial_starts.Starts``)."""
         raise NotImplementedError
 
     def _in_flight(self) -> int:
@@ -265,10 +277,15 @@ class ThreadedStarts:
         if not done:
             return False
         added: list[tuple[int, str]] = []
-        self._note_all("started", [s.job_id for s in done])
+        back: list[Any] = []  # handed back unstarted: queued again at the head, in order
+        self._note_all("started", [s.job_id for s in done if not s.returned])
         for s in done:
-            if self._chained_work:
-                self._chained_work.pop(s.job_id, None)
+            work = self._chained_work.pop(s.job_id, None) if self._chained_work else None
+            if s.returned:
+                again = self._returned(s, work)
+                if again is not None:
+                    back.append(again)
+                continue
             if s.task is None:
                 self._release(s.job_id)  # its place: to a start chained behind it, if any
                 self._note_all("failed", [(s.job_id, -1, f"cannot start: {s.error}")])
@@ -278,6 +295,8 @@ class ThreadedStarts:
             self.running[s.job_id] = r = Running(s.task, s.fd)
             if s.fd >= 0:
                 self._by_fd[s.fd] = s.job_id
+            else:  # pidfd_open failed: its end is polled
+                self._unwatched.add(s.job_id)
             if self._aborting:
                 s.task.signal_group(signal.SIGKILL)
             elif s.why:  # killed or stopped while it was starting
@@ -285,4 +304,17 @@ class ThreadedStarts:
                 s.task.terminate(s.grace)
         if added and self.watchdog is not None:  # with this iteration's next write or flush
             self.watchdog.add_all(added, defer=True)
+        if back:
+            self._requeue(back)
         return bool(done)
+
+    def _requeue(self, back: list[Any]) -> None:
+        """Put handed-back Work at the queue's head, in the order it came back: behind what
+        came back earlier and still waits there (a chain comes back over several collects)."""
+        at, queue = 0, self.queue
+        while at < len(queue) and queue[at].job_id in self._requeued:
+            at += 1
+        for work in back:
+            queue.insert(at, work)
+            at += 1
+        self._requeued = frozenset(queue[i].job_id for i in range(at))
