@@ -166,6 +166,16 @@ class Inbox:
         return any(r.get(key) for r in self.reports)
 
 
+def serve(worker: Any, inbox: Inbox, until: Callable[[], Any], timeout: float = 60.0) -> None:
+    """Run an in-process serial ``worker`` (its orders and reports through ``inbox``) until
+    ``until()`` is true; fail (with the reports so far) after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < end, inbox.reports
+        if not worker.step():
+            worker.wait(1)
+
+
 @pytest.fixture(params=["glibc", "popen"])
 def spawn_method(request: Any, monkeypatch: Any) -> str:
     """Run a test with tasks started by glibc's posix_spawn (skipped where it is missing) and

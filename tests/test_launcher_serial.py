@@ -28,6 +28,7 @@ from launcher_support import (
     job_row,
     kill_group_of,
     process_gone,
+    serve,
     settings,
     states,
     wait_for,
@@ -53,14 +54,6 @@ def work(tmp: str, name: str, argv: list[str], packing: int = 1, env: Optional[d
          ) -> Work:
     wd = os.path.join(tmp, name)
     return Work(name, argv, None, env or {}, wd, os.path.join(wd, f"{name}.out"), packing, 1)
-
-
-def serve(worker: Worker, inbox: Inbox, until: Any, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < end, inbox.reports
-        if not worker.step():
-            worker.wait(1)
 
 
 def test_worker_reports_done_failed_and_unstartable_tasks(tmp_path):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fault_support import SERIAL, add_ticker_app, held_markers, tick_jobs
 from launcher_procs import launchers
-from launcher_support import QUICK, Inbox, events, job_row, settings, wait_for
+from launcher_support import QUICK, Inbox, events, job_row, serve, settings, wait_for
 from once_support import overlap_seconds, recorded_runs, runs
 
 from balsam.core import schema
@@ -22,14 +22,6 @@ from balsam.launcher.serial_worker import Work, Worker
 def sleeper(tmp: str, name: str) -> Work:
     wd = os.path.join(tmp, name)
     return Work(name, ["sleep", "30"], None, {}, wd, os.path.join(wd, f"{name}.out"), 1, 1)
-
-
-def serve(worker: Worker, inbox: Inbox, until: Any, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < end, inbox.reports
-        if not worker.step():
-            worker.wait(1)
 
 
 def test_a_worker_gives_back_queued_work_never_what_began(tmp_path):

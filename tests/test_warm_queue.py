@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from launcher_support import Inbox
+from launcher_support import Inbox, serve
 
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
@@ -223,15 +223,6 @@ def fn_work(tmp: Any, site: str, name: str, task_row: Any) -> Work:
     wd = str(tmp / name)
     return Work(name, RUNNER, None, {"BALSAM_DB_PATH": site, "BALSAM_JOB_ID": name}, wd,
                 os.path.join(wd, f"{name}.out"), 1, 1, task_row)
-
-
-def serve(worker: Worker, inbox: Inbox, until: Callable[[], bool], timeout: float = 60.0
-          ) -> None:
-    end = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < end, inbox.reports
-        if not worker.step():
-            worker.wait(1)
 
 
 def one_core_worker(tmp_path: Any, site: str, gate: Any) -> tuple[Worker, Inbox]:
