@@ -234,11 +234,11 @@ class _Libc:
                     env, extra = self._difference(env, extra)
                 envp = env.fill(extra)
                 self.posix_spawn_file_actions_init(actions)
-                try:
-                    if (self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null",
-                                                              os.O_RDONLY, 0)
-                            or self.posix_spawn_file_actions_adddup2(actions, out, 1)
+                try:  # stdout first: ``out`` may be 0 (no stdin here), replaced by /dev/null
+                    if (self.posix_spawn_file_actions_adddup2(actions, out, 1)
                             or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
+                            or self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null",
+                                                                     os.O_RDONLY, 0)
                             or self.posix_spawn_file_actions_addchdir_np(actions,
                                                                          os.fsencode(cwd))):
                         raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
