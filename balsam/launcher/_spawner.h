@@ -121,9 +121,10 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     if (out < 0) return errno;
     if (fcntl(out, F_SETFL, 0) < 0) { err = errno; close(out); return err; }
     if (posix_spawn_file_actions_init(&fa)) { close(out); return ENOMEM; }
-    if (posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-            || posix_spawn_file_actions_adddup2(&fa, out, 1)
+    /* stdout first: out may be 0 (this process has no stdin), which /dev/null replaces */
+    if (posix_spawn_file_actions_adddup2(&fa, out, 1)
             || posix_spawn_file_actions_adddup2(&fa, 1, 2)
+            || posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
             || posix_spawn_file_actions_addchdir_np(&fa, r->cwd))
         err = ENOMEM;
     else

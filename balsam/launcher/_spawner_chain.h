@@ -110,8 +110,9 @@ static int bs_prepare_waiting(bs_thread *t) {
     for (i = 0; i < n; i++) {
         r = todo[i];
         if (bs_mkdirs(r->cwd) != 0) { r->prepared = -1; continue; }  /* tried: at its start */
-        /* truncated at the start; O_NONBLOCK: a FIFO there must not block (bs_posix_spawn) */
-        fd = open(r->out, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0666);
+        /* truncated at the start; O_EXCL: made if missing, an existing one never opened (a
+           FIFO's reader would take this open's close as its end); O_NONBLOCK (bs_posix_spawn) */
+        fd = open(r->out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NONBLOCK, 0666);
         if (fd >= 0) close(fd);
         r->prepared = 1;
     }

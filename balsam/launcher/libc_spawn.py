@@ -228,25 +228,28 @@ class _Libc:
         """Start the task (see :func:`spawn`); its pid, or the error number as OSError."""
         actions = self._actions
         out = open_output(program, cwd, output_path)
-        with self._lock:  # one spawn at a time: the arrays and buffers are reused
-            if not isinstance(env, EncodedEnv):
-                env, extra = self._difference(env, extra)
-            envp = env.fill(extra)
-            self.posix_spawn_file_actions_init(actions)
-            try:
-                if (self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null", os.O_RDONLY,
-                                                          0)
-                        or self.posix_spawn_file_actions_adddup2(actions, out, 1)
-                        or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
-                        or self.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))):
-                    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
-                err = self.posix_spawn(self._pid_ref, os.fsencode(program), actions,
-                                       self.attributes(setsigdef), self.argv(argv), envp)
-            finally:
-                self.posix_spawn_file_actions_destroy(actions)
-                os.close(out)
-            if not err:
-                return self._pid.value
+        try:  # closed on every path: a refused environment (EINVAL) raises before the spawn
+            with self._lock:  # one spawn at a time: the arrays and buffers are reused
+                if not isinstance(env, EncodedEnv):
+                    env, extra = self._difference(env, extra)
+                envp = env.fill(extra)
+                self.posix_spawn_file_actions_init(actions)
+                try:  # stdout first: ``out`` may be 0 (no stdin here), replaced by /dev/null
+                    if (self.posix_spawn_file_actions_adddup2(actions, out, 1)
+                            or self.posix_spawn_file_actions_adddup2(actions, 1, 2)
+                            or self.posix_spawn_file_actions_addopen(actions, 0, b"/dev/null",
+                                                                     os.O_RDONLY, 0)
+                            or self.posix_spawn_file_actions_addchdir_np(actions,
+                                                                         os.fsencode(cwd))):
+                        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+                    err = self.posix_spawn(self._pid_ref, os.fsencode(program), actions,
+                                           self.attributes(setsigdef), self.argv(argv), envp)
+                finally:
+                    self.posix_spawn_file_actions_destroy(actions)
+                if not err:
+                    return self._pid.value
+        finally:
+            os.close(out)
         raise failure(err, program, cwd, output_path)
 
 
@@ -260,7 +263,11 @@ def open_output(program: str, cwd: str, output_path: str) -> int:
         fd = os.open(output_path, _O_OUT, 0o666)
     except OSError as exc:
         raise failure(exc.errno or errno.EIO, program, cwd, output_path) from None
-    os.set_blocking(fd, True)
+    try:
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -78,9 +79,16 @@ def forbid_inheritance() -> int:
 
 def prepare(cwd: str, output_path: str) -> None:
     """Make ``cwd`` (and its parents) and ``output_path`` if missing (an existing output file is
-    left as it is: the task's start truncates it); OSError if that fails (a FIFO: never blocks)."""
+    left as it is, unopened: the task's start truncates it); OSError if that fails, or if
+    ``output_path`` is no regular file (a FIFO: never opened here, a reader reading until EOF
+    would see this open's close as its end)."""
     make_directory(cwd)
-    os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o666))
+    try:
+        os.close(os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o666))
+    except FileExistsError:
+        if not stat.S_ISREG(os.stat(output_path).st_mode):
+            raise
 
 
 class Preparer:
