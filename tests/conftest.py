@@ -20,6 +20,8 @@ import pytest
 
 from balsam.core import schema
 
+HYDRA_BEFORE = pytest.StashKey[set[str]]()
+"""The Hydra topology files in /tmp when the run started (:func:`pytest_sessionfinish`)."""
 TABLES = [schema.EVENT_TABLE, schema.DEP_TABLE, schema.JOB_TABLE, schema.APP_TABLE,
           schema.QLAUNCH_TABLE, schema.SESSION_TABLE, schema.TRANSFER_ITEM_TABLE,
           schema.TRANSFER_BATCH_TABLE]
@@ -143,6 +145,22 @@ def restart_db(test_home: str) -> Iterator[str]:
     yield path
     cluster.stop(path)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from shm_watch import hydra_files
+
+    session.config.stash[HYDRA_BEFORE] = hydra_files()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the Hydra topology files the run's own SIGKILLs of ``mpiexec`` left in /tmp (once,
+    in the controlling process: xdist's workers have ``workerinput``)."""
+    from shm_watch import remove_unheld_hydra
+
+    before = session.config.stash.get(HYDRA_BEFORE, None)
+    if before is not None and not hasattr(session.config, "workerinput"):
+        remove_unheld_hydra(before)
 
 
 @pytest.hookimpl(hookwrapper=True)

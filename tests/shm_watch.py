@@ -17,13 +17,14 @@ removes what is left of them once the launchers stopped (Balsam's own kills remo
 ``tests/test_mpich_files.py``)."""
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
 from typing import Callable
 
 from balsam.launcher.ensemble_shm import children_by_parent, mapped_segments
-from balsam.platform.mpich_files import held_files, unlink_same
+from balsam.platform.mpich_files import PREFIX, held_files, unlink_same
 
 LOOK_SECONDS = 0.5
 GONE_SECONDS = 60.0
@@ -79,6 +80,30 @@ class ShmWatch:
             if not left or time.monotonic() >= deadline:
                 return sorted(left)
             time.sleep(0.1)
+
+
+def hydra_files() -> set[str]:
+    """The Hydra topology files in /tmp now."""
+    return set(glob.glob(PREFIX + "*"))
+
+
+def remove_unheld_hydra(before: set[str]) -> list[str]:
+    """At the end of a test run: unlink the Hydra topology files made since ``before`` was
+    listed that no process holds open (a proxy holds its file for its whole life and unlinks it
+    when it ends, unless SIGKILLed): those a test's own SIGKILL of an ``mpiexec`` left outside
+    :func:`launcher_procs.launchers` (``remove_hydra`` covers those inside). The paths removed."""
+    new = hydra_files() - before
+    if not new:
+        return []
+    held = held_files(int(p) for p in os.listdir("/proc") if p.isdigit())
+    removed = []
+    for path in sorted(new - held.keys()):
+        try:
+            os.unlink(path)
+        except OSError:  # gone meanwhile, or another account's
+            continue
+        removed.append(path)
+    return removed
 
 
 def _same(path: str, ident: tuple[int, int]) -> bool:
