@@ -342,12 +342,14 @@ def flush_open_files() -> int:
     walk of the collector's objects (~19,000 in a rank: 1-3 ms quiet, 7-9 ms at load 8, against
     the teardown's 60-80 ms), done only when the process holds a descriptor of a file outside
     ``/dev`` and ``/proc`` (:func:`_files_open`, ~0.2 ms; a rank holds none once its logs are
-    closed). Not flushed
-    without such a file: a writer left open on a pipe or socket; never: other finalizers (a
-    ``GzipFile``'s trailer, a database's commit). Errors (a closed or broken descriptor) are
-    ignored, as the finalizers ignore them. benchmarks/bench_rank_exit.py measures it."""
+    closed). Only writers on regular files are flushed: never a writer left open on a pipe,
+    socket or device (a reader that never reads would block the flush, and the rank's exit,
+    for good), nor other finalizers (a ``GzipFile``'s trailer, a database's commit). Errors (a
+    closed or broken descriptor) are ignored, as the finalizers ignore them.
+    benchmarks/bench_rank_exit.py measures it."""
     import gc
     import io
+    import stat
 
     if not _files_open():
         return 0
@@ -362,7 +364,8 @@ def flush_open_files() -> int:
     flushed = 0
     for stream in texts + buffers:
         with contextlib.suppress(Exception):
-            if not stream.closed and stream.writable():
+            if (not stream.closed and stream.writable()
+                    and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)):
                 stream.flush()
                 flushed += 1
     return flushed
