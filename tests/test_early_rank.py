@@ -254,3 +254,17 @@ def test_ranks_whose_mpi_makes_worlds_of_one_take_no_role(db, tmp_path):
     assert output.count("not one MPI job of 3 ranks") == 3, output
     assert status == EXIT_WRONG_WORLD, output
     assert "Traceback" not in output, output
+
+
+@pytestmark_ensembles
+@pytest.mark.slow
+def test_ranks_of_a_launch_with_another_rank_count_take_no_role(db, tmp_path):
+    # srun started 4 ranks for an ensemble of 3 (its task count changed on the way): its
+    # SLURM_NTASKS gives no rank an early role, and a world of 4 is not the ensemble either
+    # (before: a 4th worker rank with no node of its own). Every rank exits without a role.
+    notes, _, output, status = launch_ensemble(db, tmp_path, "slurm", "srun", "srun",
+                                               BALSAM_FAKE_RANKS="4")
+    assert notes == [{"rank": r, "watchdog": False, "boot": False} for r in range(3)], output
+    assert "serial master" not in output and "serial worker" not in output, output
+    assert output.count("not one MPI job of 3 ranks") == 4, output
+    assert status == EXIT_WRONG_WORLD, output

@@ -10,7 +10,9 @@ Appends ``{"launcher", "argv", "env"}`` (its own environment) to ``$BALSAM_FAKE_
 ``$BALSAM_FAKE_SILENT`` set it sets no variable of its own (a launcher Balsam misjudges); with
 ``$BALSAM_FAKE_SINGLETONS`` set it starts each rank as a process of its own, outside any MPI
 job (a site launcher whose process manager the ranks' MPI library does not speak: each rank's
-``MPI_Init`` makes a world of one), and exits with the highest status of the ranks.
+``MPI_Init`` makes a world of one), and exits with the highest status of the ranks. With
+``$BALSAM_FAKE_RANKS`` it starts that many ranks instead of ``-n``'s (a site launcher or
+environment that changes the task count).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ manuals: srun's OUTPUT ENVIRONMENT VARIABLES, ALPS, IBM JSM, Open MPI's mpirun).
 def main() -> None:
     name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
     start = next(i for i, arg in enumerate(args) if os.path.isabs(arg))
-    size = int(args[args.index("-n") + 1])
+    size = int(os.environ.get("BALSAM_FAKE_RANKS") or args[args.index("-n") + 1])
     with open(os.environ["BALSAM_FAKE_LOG"], "a") as log:
         log.write(json.dumps({"launcher": name, "argv": args, "env": dict(os.environ)}) + "\n")
     if os.environ.get("BALSAM_FAKE_SINGLETONS"):
