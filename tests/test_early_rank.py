@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from balsam.launcher.serial_mode import SerialConfig, ensemble_argv
+from balsam.launcher.serial_ranks import EXIT_WRONG_WORLD
 from balsam.platform.early_rank import LAUNCH_ID, ensemble_environ, rank_announced
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
 from balsam.platform.mpi.ensemble import rank_evidence
@@ -149,6 +150,17 @@ def run_ensemble(db: str, tmp_path: Any, scheduler: str, flavour: str, launcher:
     environment holding :data:`STALE` (passed through ``ensemble_environ`` as the launcher
     does, unless ``through_launcher`` is False); (each rank's note, the fake's records, the
     output)."""
+    notes, records, output, _ = launch_ensemble(db, tmp_path, scheduler, flavour, launcher,
+                                                through_launcher, **env)
+    assert len(notes) == 3, output
+    assert "Traceback" not in output, output
+    return notes, records, output
+
+
+def launch_ensemble(db: str, tmp_path: Any, scheduler: str, flavour: str, launcher: str,
+                    through_launcher: bool = True, **env: str
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str, int]:
+    """:func:`run_ensemble` without its checks; also the launch's exit status."""
     wheel = wheel_mpiexec()
     site, marks = tmp_path / "site", tmp_path / "marks"
     site.mkdir()
@@ -183,9 +195,7 @@ def run_ensemble(db: str, tmp_path: Any, scheduler: str, flavour: str, launcher:
     notes = [json.loads((marks / str(rank)).read_text()) for rank in range(3)
              if (marks / str(rank)).exists()]
     records = [json.loads(line) for line in (tmp_path / "fake.jsonl").read_text().splitlines()]
-    assert len(notes) == 3, output
-    assert "Traceback" not in output, output
-    return notes, records, output
+    return notes, records, output, proc.returncode
 
 
 pytestmark_ensembles = pytest.mark.skipif(wheel_mpiexec() is None,
@@ -226,3 +236,35 @@ def test_a_stale_rank_variable_alone_gives_no_rank_an_early_role(db, tmp_path, t
     assert notes == [{"rank": r, "watchdog": False, "boot": False} for r in range(3)], output
     (record,) = records
     assert ("SLURM_PROCID" in record["env"]) is not through_launcher
+
+
+@pytestmark_ensembles
+@pytest.mark.slow
+def test_ranks_whose_mpi_makes_worlds_of_one_take_no_role(db, tmp_path):
+    # The launcher started 3 ranks (aprun: ALPS_APP_PE 0, 1, 2), but each rank's MPI_Init made
+    # a world of its own (mpi4py's MPI does not speak the site launcher's process manager:
+    # the mpich wheel under aprun or jsrun, ensemble.py warns). MPI then said "rank 0" to
+    # every rank: before, each ran the master (a database connection each, at scale thousands;
+    # 3 masters here, each reading the session on stdin). Now a rank whose world is not the
+    # ensemble's size says so and exits without a role; the launch fails.
+    notes, _, output, status = launch_ensemble(db, tmp_path, "cobalt", "aprun", "aprun",
+                                               BALSAM_FAKE_SINGLETONS="1")
+    assert [note["rank"] for note in notes] == [0], output  # (each world's only rank)
+    assert "serial master" not in output, output
+    assert output.count("not one MPI job of 3 ranks") == 3, output
+    assert status == EXIT_WRONG_WORLD, output
+    assert "Traceback" not in output, output
+
+
+@pytestmark_ensembles
+@pytest.mark.slow
+def test_ranks_of_a_launch_with_another_rank_count_take_no_role(db, tmp_path):
+    # srun started 4 ranks for an ensemble of 3 (its task count changed on the way): its
+    # SLURM_NTASKS gives no rank an early role, and a world of 4 is not the ensemble either
+    # (before: a 4th worker rank with no node of its own). Every rank exits without a role.
+    notes, _, output, status = launch_ensemble(db, tmp_path, "slurm", "srun", "srun",
+                                               BALSAM_FAKE_RANKS="4")
+    assert notes == [{"rank": r, "watchdog": False, "boot": False} for r in range(3)], output
+    assert "serial master" not in output and "serial worker" not in output, output
+    assert output.count("not one MPI job of 3 ranks") == 4, output
+    assert status == EXIT_WRONG_WORLD, output

@@ -48,6 +48,19 @@ SITE = textwrap.dedent('''
                      open(os.path.join(MARKS, f"binary{RANK}"), "wb")]
         LEFT_OPEN[0].write(f"rank {RANK} text")
         LEFT_OPEN[1].write(f"rank {RANK} binary".encode())
+    if MARKS and RANK and os.environ.get("BALSAM_TEST_STALLED_PIPE"):
+        # a writer left open on a pipe nobody reads (here: its read end is this rank's and
+        # never read), full, one byte in Python's buffer: flushing it would block for good
+        READ_END, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        try:
+            while True:
+                os.write(write_end, b"x" * 65536)
+        except BlockingIOError:
+            pass
+        os.set_blocking(write_end, True)
+        STALLED = open(write_end, "wb")
+        STALLED.write(b"x")
     if MARKS and RANK and RANK == os.environ.get("BALSAM_TEST_KILL_RANK"):
         real_import = builtins.__import__
 
@@ -171,4 +184,20 @@ def test_what_a_rank_left_in_an_open_files_buffer_reaches_the_file_at_its_exit(d
             assert fh.read() == f"rank {rank} text", output(tmp_path)
         with open(os.path.join(marks, f"binary{rank}"), "rb") as fb:
             assert fb.read() == f"rank {rank} binary".encode(), output(tmp_path)
+    assert "Traceback" not in output(tmp_path)
+
+
+def test_a_full_pipe_left_open_in_a_rank_does_not_hold_its_exit(db, tmp_path):
+    # exit_rank flushes the files a rank left open (a regular file is open here, so it looks);
+    # a writer on a pipe whose reader never reads would block that flush for good -- the rank,
+    # then the whole MPI launch and the launcher waiting for it (before this change the rank
+    # just exited). Only writers on regular files are flushed: the launch ends by itself (the
+    # helper SIGKILLs it after 120 s) and the regular files still get their data.
+    proc, _, marks = start_ensemble(db, tmp_path, BALSAM_TEST_UNFLUSHED="1",
+                                    BALSAM_TEST_STALLED_PIPE="1")
+    stop_launch(proc)
+    assert proc.returncode >= 0, f"the launch was killed after 120 s\n{output(tmp_path)}"
+    for rank in ("0", "1"):
+        with open(os.path.join(marks, f"text{rank}")) as fh:
+            assert fh.read() == f"rank {rank} text", output(tmp_path)
     assert "Traceback" not in output(tmp_path)

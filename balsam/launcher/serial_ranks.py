@@ -43,6 +43,8 @@ ORDERS, REPORTS, SESSION = 11, 12, 13
 id of an ensemble started before the session opened (0: exit at once)."""
 EXIT_NO_SESSION = 7
 """Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
+EXIT_WRONG_WORLD = 10
+"""Exit status of a rank whose MPI world is not the ensemble (:func:`_not_one_job`)."""
 
 
 class WorkerLink:
@@ -247,6 +249,10 @@ def main(argv: Sequence[str]) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    if comm.Get_size() != len(config.hosts) + 1:  # (each rank would be rank 0: a master each)
+        status = _not_one_job(config, comm.Get_size(), boot, watchdog)
+        exit_rank(status)
+        return status
     if watchdog is not None and rank:
         watchdog.segments(mapped_segments([os.getpid()]))
         if comm.Get_rank() != rank:  # the launcher's variable named another rank than MPI
@@ -258,13 +264,36 @@ def main(argv: Sequence[str]) -> int:
         exit_rank(status)  # (returns only while a thread of the master is alive)
         return status
     if boot is not None:  # the launcher's variable said 0 but MPI did not
-        boot.stop.set()
-        boot.join()
-        boot.db.close()
+        _drop_boot(boot)
         _wrong_guess(config, 0, comm.Get_rank())
     status = run_worker(comm, config, watchdog)
     exit_rank(status)
     return status
+
+
+def _drop_boot(boot: MasterBoot) -> None:
+    """Stop rank 0's early boot of a rank that is not rank 0 (its connection closed)."""
+    boot.stop.set()
+    boot.join()
+    boot.db.close()
+
+
+def _not_one_job(config: SerialConfig, size: int, boot: Optional[MasterBoot],
+                 watchdog: Optional[Watchdog]) -> int:
+    """A rank whose MPI world has ``size`` ranks, not the ensemble's: the ranks did not start
+    as one MPI job (each ``MPI_Init`` made a world of one when mpi4py's MPI does not speak the
+    process manager of the program that started them). MPI says rank 0 to each: it takes no
+    role (a master each: as many database connections), stops what it began before
+    ``MPI_Init``, says why; returns :data:`EXIT_WRONG_WORLD`."""
+    if watchdog is not None:
+        watchdog.close()
+    if boot is not None:
+        _drop_boot(boot)
+    rank_logger(config, "balsam.serial.rank").error(
+        f"this rank's MPI world has {size} rank(s), not one MPI job of {len(config.hosts) + 1} "
+        "ranks: mpi4py's MPI library does not serve the program that started the ranks "
+        f"({config.rank_evidence.get('rank') or 'no rank variable'}); the rank exits")
+    return EXIT_WRONG_WORLD
 
 
 def _wrong_guess(config: SerialConfig, guess: int, rank: int) -> None:
@@ -313,12 +342,14 @@ def flush_open_files() -> int:
     walk of the collector's objects (~19,000 in a rank: 1-3 ms quiet, 7-9 ms at load 8, against
     the teardown's 60-80 ms), done only when the process holds a descriptor of a file outside
     ``/dev`` and ``/proc`` (:func:`_files_open`, ~0.2 ms; a rank holds none once its logs are
-    closed). Not flushed
-    without such a file: a writer left open on a pipe or socket; never: other finalizers (a
-    ``GzipFile``'s trailer, a database's commit). Errors (a closed or broken descriptor) are
-    ignored, as the finalizers ignore them. benchmarks/bench_rank_exit.py measures it."""
+    closed). Only writers on regular files are flushed: never a writer left open on a pipe,
+    socket or device (a reader that never reads would block the flush, and the rank's exit,
+    for good), nor other finalizers (a ``GzipFile``'s trailer, a database's commit). Errors (a
+    closed or broken descriptor) are ignored, as the finalizers ignore them.
+    benchmarks/bench_rank_exit.py measures it."""
     import gc
     import io
+    import stat
 
     if not _files_open():
         return 0
@@ -333,7 +364,8 @@ def flush_open_files() -> int:
     flushed = 0
     for stream in texts + buffers:
         with contextlib.suppress(Exception):
-            if not stream.closed and stream.writable():
+            if (not stream.closed and stream.writable()
+                    and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)):
                 stream.flush()
                 flushed += 1
     return flushed
