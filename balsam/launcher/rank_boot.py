@@ -168,6 +168,21 @@ class MasterBoot:
         self._ready.wait()
 
 
+BOOT_DURING_INIT = frozenset({"PMI_RANK"})
+"""The rank variables (so: the programs starting the ensemble) under which rank 0's boot thread
+runs while ``MPI_Init`` does: Hydra's, whose ranks run the MPICH this is tested with (the wheel's,
+here and on the real test Slurm). Under ``srun``, ``aprun``, ``jsrun``, Open MPI or PALS the
+ranks may run a site's MPI, which can install memory hooks or progress threads in ``MPI_Init``
+(requested with thread level "single"); a second thread doing socket I/O meanwhile is untested
+there, so rank 0 boots after ``MPI_Init`` as before (a worker's watchdog, a process of its own,
+still starts before)."""
+
+
+def boots_during_init(config: SerialConfig) -> bool:
+    """Whether rank 0, knowing its rank before ``MPI_Init``, boots in a thread meanwhile."""
+    return config.rank_evidence.get("rank") in BOOT_DURING_INIT
+
+
 def rank_before_init(environ: Mapping[str, str], config: SerialConfig) -> Optional[int]:
     """This process's rank as the program that started the ensemble announced it before MPI
     starts (``PMI_RANK`` under Hydra, ``SLURM_PROCID`` under ``srun``...: the one variable

@@ -32,7 +32,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam.launcher.ensemble_shm import mapped_segments
-from balsam.launcher.rank_boot import MasterBoot, on_signals, rank_before_init, rank_logger, worker_watchdog
+from balsam.launcher.rank_boot import (
+    MasterBoot,
+    boots_during_init,
+    on_signals,
+    rank_before_init,
+    rank_logger,
+    worker_watchdog,
+)
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
 
 if TYPE_CHECKING:
@@ -172,9 +179,9 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
                          writers=writer_count(tunables.status_writers, ctx.alloc.num_nodes),
                          start_message=start_message(session_id), processing=config.processing)
     log.info(f"serial master on host {socket.gethostname()}: session {session_id}, "
-             f"{comm.Get_size() - 1} worker(s); rank 0 known "
-             + (f"before MPI_Init ({config.rank_evidence['rank']})" if early else
-                "from MPI_Init"))
+             f"{comm.Get_size() - 1} worker(s); rank 0 "
+             + (f"known before MPI_Init ({config.rank_evidence['rank']})" if early else
+                "booted after MPI_Init"))
     try:
         master = Master(ctx, source, status, link)
         master.hold(link.workers[0], boot.holds)
@@ -243,7 +250,7 @@ def main(argv: Sequence[str]) -> int:
     # under load). ctypes imported here first, the finder imports nothing.
     config = SerialConfig.from_json(argv[0])
     rank = rank_before_init(os.environ, config)
-    boot = MasterBoot(config).start() if rank == 0 else None
+    boot = MasterBoot(config).start() if rank == 0 and boots_during_init(config) else None
     # A worker's watchdog before MPI_Init makes its /dev/shm file: a kill from then on leaves none
     watchdog = worker_watchdog(config, rank) if rank else None
     from mpi4py import MPI
