@@ -77,17 +77,21 @@ def test_the_workflow_list_follows_inserts_and_releases_and_the_sweep_prunes_it(
     assert _names(cursor) >= {"p0", "p1", "p2", "other"}
     sid = _session(cursor)
     assert len(leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1")) == 2
-    assert "p1" in _names(cursor)  # a claim writes nothing there
+    assert "p1" not in _names(cursor)  # a filtered claim drops the names it empties
+    assert len(leases.claim(cursor, sid, 2, serial=True, max_nodes=1)) == 2  # "other"'s first
+    assert "other" in _names(cursor)  # an unfiltered claim writes nothing there
+    leases.claim(cursor, sid, 3, serial=True, max_nodes=1)  # "other" emptied, still listed
+    assert "other" in _names(cursor)
     conn = connect(db)  # the sweep prunes, in a transaction as launchers and the service run it
     try:
         assert leases.sweep(conn.cursor()) == []
         conn.commit()
     finally:
         conn.close()
-    assert "p1" not in _names(cursor) and {"p0", "p2", "other"} <= _names(cursor)
+    assert "other" not in _names(cursor) and {"p0", "p2"} <= _names(cursor)
     assert leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1") == []
     leases.release(cursor, sid)  # claimable again: listed again, claimed again
-    assert "p1" in _names(cursor)
+    assert {"p1", "other"} <= _names(cursor)
     assert len(leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1")) == 2
 
 
@@ -158,11 +162,11 @@ def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable
         conn.close()
 
 
-@pytest.mark.parametrize("head", [True, False])
-def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, cursor, head):
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_filter_matching_many_workflows_reads_the_first_ones_by_key(db, cursor, ahead):
     # 100 workflows "c<k>" of 3 jobs ahead in the claim order (priority 5), 2,000 "x<k>" of one
-    # job behind them: "c" fills the claim index's head (read there, not per workflow); "x"
-    # matches 2,000 workflows but none is in the head (read per workflow, as before)
+    # job behind them: either filter reads the first workflows by stored key (limit + 32 at
+    # most, the r-th at most limit - r + 1 rows), not one descent per matching workflow
     cursor.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                    "envscript, postprocess) VALUES ('app', '', 'true', '', '', '')")
     rows = [schema.new_job_row({"name": f"c{k}-{i}", "workflow": f"c{k}", "application": "app",
@@ -174,7 +178,7 @@ def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, c
              for k in range(2000)]
     bulk.copy_jobs(cursor, rows)
     cursor.execute(f"ANALYZE {JOB}")
-    wf, key = ("c", lambda r: (-r["priority"], -r["wall_time_minutes"])) if head else (
+    wf, key = ("c", lambda r: (-r["priority"], -r["wall_time_minutes"])) if ahead else (
         "x", lambda r: -r["wall_time_minutes"])
     cursor.execute(f"SELECT job_id::text, priority, wall_time_minutes FROM {JOB} "
                    "WHERE workflow LIKE %s", [wf + "%"])
@@ -187,8 +191,8 @@ def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, c
         plan = _generic_plan(cur, sid, 25, wf)
         read, locked = _plan_rows(plan)
         assert plan["Actual Rows"] == 25 and round(locked) == 25, plan
-        # the head (25 + 32 rows) and the claimed rows; or every "x" workflow's one row too
-        assert read <= (25 + 32 + 25 if head else 25 + 32 + 2000 + 25), plan
+        # "c": 23 workflows' 3 rows, 2 of the 24th, 1 of the next 33; "x": 57 workflows' one
+        assert read <= (23 * 3 + 2 + 33 + 25 if ahead else 57 + 25), plan
         conn.rollback()
         got = leases.claim(cur, sid, 25, serial=True, max_nodes=1, wf_filter=wf)
         assert [r["job_id"] for r in got] == expected

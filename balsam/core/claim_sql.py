@@ -33,7 +33,7 @@ limit while other matching workflows have jobs; the next claim gets them).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.core import retries, schema
@@ -46,16 +46,21 @@ WORKFLOWS_TABLE = "core_claimworkflow"
 """The names of the workflows with claimable jobs, and some whose jobs were claimed since
 (migration 0021: kept by triggers, pruned by :func:`prune_workflows`)."""
 WORKFLOWS_LOCK_KEY = 0x434C4D57
-"""Advisory lock between the triggers adding names (shared) and the pruner (exclusive): a
-fixed number, b"CLMW", the one migration 0021's trigger uses."""
-HEAD_WORKFLOWS = 64
-"""Above this many matching workflows a filtered claim first tries the claim index's head
-(:func:`_top_rows`): reading ``limit`` + :data:`HEAD_SLACK` rows costs about what that many
-workflows' descents do."""
-HEAD_SLACK = 32
-"""Rows of the head read beyond the limit (other workflows' or unfitting jobs among them)."""
+"""The advisory locks between writers adding names or lowering keys (shared) and
+:func:`refresh_workflows` (exclusive): ``(WORKFLOWS_LOCK_KEY, hashtext(workflow) & 127)``, the
+key migrations 0021 and 0022 use (b"CLMW"), one of :data:`LOCK_BUCKETS` per workflow."""
+LOCK_BUCKETS = 128
+"""Lock buckets of workflows: a writer takes one per bucket its statement touches (at most
+this many locks however many workflows a bulk insert has); a refresh skips a bucket a writer
+holds."""
+CANDIDATE_SLACK = 32
+"""Workflows read by a filtered claim beyond its limit (in stored-key order): room for
+workflows emptied since their keys were stored (:func:`_top_rows`)."""
+SERIAL_KEY = "ARRAY[-priority::bigint, node_packing_count, -wall_time_minutes::bigint]"
+MPI_KEY = "ARRAY[-priority::bigint, -num_nodes::bigint, -wall_time_minutes::bigint]"
+"""A job's claim key in each mode: arrays compare in the claim order (migration 0022's)."""
 PRUNE_BATCH = 1000
-"""Names checked per :func:`prune_workflows` (one index descent each, ~4 us)."""
+"""Names refreshed per :func:`prune_workflows` (two index descents each, ~5 us)."""
 
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
@@ -104,7 +109,7 @@ def statement(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     where, params = _filters(serial, max_nodes, max_wall_minutes, exclude_ids, tags,
                              gpus_per_node)
     if wf_filter:
-        select, params = _by_workflow(shape, where, params, order, wf_filter, limit)
+        select, params = _by_workflow(shape, where, params, serial, order, wf_filter, limit)
     elif max_wall_minutes is not None and not tags:
         select, params = _by_group(shape, where, params, serial, limit)
     else:
@@ -156,76 +161,109 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
     return where, params
 
 
-def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: str,
-                 wf_filter: str, limit: int) -> tuple[str, list[Any]]:
-    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (the claim's rows,
-    read without a lock: :func:`_top_rows`), ``c_n`` (how many of them each workflow has) and
-    ``c_sel`` (that many of each, locked as read)."""
+def _by_workflow(shape: list[str], where: list[str], params: list[Any], serial: bool,
+                 order: str, wf_filter: str, limit: int) -> tuple[str, list[Any]]:
+    """``c_cand`` .. ``c_top`` (the claim's rows' workflows, read without a lock:
+    :func:`_top_rows`), ``c_n`` (how many rows each workflow has there) and ``c_sel`` (that
+    many of each, locked as read)."""
     conds = " AND ".join(shape + where)
-    top, top_params = _top_rows(shape, where, params, order, limit, like_contains(wf_filter))
-    select = f"""c_wf AS (
-            SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
-        ), {top}, c_n AS (
-            SELECT workflow AS wf, count(*) AS n FROM c_top GROUP BY workflow
+    top, top_params = _top_rows(shape, where, params, serial, order, limit,
+                                like_contains(wf_filter))
+    select = f"""{top}, c_n AS (
+            SELECT wf, count(*) AS n FROM c_top GROUP BY wf
         ), c_sel AS (
             SELECT x.job_id FROM c_n, LATERAL (
                 SELECT job_id FROM {JOB} WHERE workflow = c_n.wf AND {conds}
                 ORDER BY {order} LIMIT c_n.n FOR NO KEY UPDATE SKIP LOCKED) x
         )"""
-    return select, [like_contains(wf_filter)] + top_params + params
+    return select, top_params + params
 
 
-def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
+def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: bool, order: str,
               limit: int, pattern: str) -> tuple[str, list[Any]]:
-    """``c_head`` and ``c_top``: the first ``limit`` rows of the matching workflows in claim
-    order (their workflows), unlocked. Each matching workflow's first rows are read from its
-    own index range, merged and cut (one descent per matching workflow). When more than
-    :data:`HEAD_WORKFLOWS` workflows match, the claim index's first ``limit`` +
-    :data:`HEAD_SLACK` rows are read first (``c_head``); if ``limit`` of them match and pass
-    the filters, they are the answer (every later row comes after them in the claim order) and
-    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head).
-    The head's rows are matched by ``pattern`` itself: a claimable job's workflow is listed."""
+    """``c_top``: the workflows of the first ``limit`` rows of the matching workflows in claim
+    order, read without a lock.
+
+    The first ``limit`` + :data:`CANDIDATE_SLACK` matching workflows by stored key
+    (``c_cand``, read from ``claimworkflow_skey`` / ``_mkey``) are read in the claim order, the
+    ``r``-th at most ``max(1, limit - r + 1)`` rows (``c_rows``: the ``r - 1`` before it
+    usually hold a row ahead of all of its), merged and cut (``c_cut``). A stored key is never
+    later than its workflow's best claimable row, so the cut is the claim's answer when
+    (``c_ok``) no workflow left unread has a key before the cut's last row, and no workflow that
+    gave its whole cap (it may have more) ends before that row (or the cut fell short of the
+    limit). Otherwise (keys gone stale since jobs were claimed, or rows the other filters drop)
+    every matching workflow is read (``c_all``: one descent each, the path before session 18)."""
     conds = " AND ".join(shape + where)
-    outer = ", ".join(f"x.{term}" for term in order.split(", "))
-    keys = ", ".join(term.split()[0] for term in order.split(", "))
-    sql = f"""c_head AS (
-            SELECT h.workflow, {", ".join(f"h.{k}" for k in keys.split(", "))} FROM (
-                SELECT * FROM {JOB} WHERE {" AND ".join(shape)}
-                ORDER BY {order} LIMIT %s) h
-            WHERE (SELECT count(*) FROM (SELECT FROM c_wf LIMIT {HEAD_WORKFLOWS + 1}) w)
-                  > {HEAD_WORKFLOWS}
-              AND h.workflow LIKE %s AND {" AND ".join(where)}
-        ), c_top AS (
-            (SELECT x.workflow FROM c_head x WHERE (SELECT count(*) FROM c_head) >= %s
-             ORDER BY {outer} LIMIT %s)
-            UNION ALL
-            (SELECT x.workflow FROM c_wf, LATERAL (
-                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
+    key, col = (SERIAL_KEY, "skey") if serial else (MPI_KEY, "mkey")
+    cands = limit + CANDIDATE_SLACK
+    sql = f"""c_cand AS (
+            SELECT wf, k, row_number() OVER (ORDER BY k, wf) AS r FROM (
+                SELECT workflow AS wf, {col} AS k FROM {WORKFLOWS_TABLE}
+                WHERE workflow LIKE %s AND {col} IS NOT NULL
+                ORDER BY {col}, workflow LIMIT %s) c
+        ), c_rows AS (
+            SELECT c.wf, c.r, x.k FROM c_cand c, LATERAL (
+                SELECT {key} AS k FROM {JOB} WHERE workflow = c.wf AND {conds}
+                ORDER BY {order} LIMIT greatest(1, %s - c.r + 1)) x
+            WHERE c.r <= %s
+        ), c_cut AS (
+            SELECT wf, k FROM c_rows ORDER BY k LIMIT %s
+        ), c_ok AS (
+            SELECT NOT EXISTS (
+                    SELECT 1 FROM c_rows GROUP BY wf, r
+                    HAVING count(*) >= greatest(1, %s - r + 1)
+                       AND (t.n < %s OR max(k) < t.last))
+               AND (t.next IS NULL OR (t.n = %s AND t.last <= t.next)) AS ok
+            FROM (SELECT (SELECT count(*) FROM c_cut) AS n, (SELECT max(k) FROM c_cut) AS last,
+                         (SELECT k FROM c_cand WHERE r = %s) AS next) t
+        ), c_all AS (
+            SELECT x.workflow AS wf FROM (
+                SELECT workflow FROM {WORKFLOWS_TABLE}
+                WHERE workflow LIKE %s AND {col} IS NOT NULL) w, LATERAL (
+                SELECT workflow, {key} AS k FROM {JOB} WHERE workflow = w.workflow AND {conds}
                 ORDER BY {order} LIMIT %s) x
-             WHERE (SELECT count(*) FROM c_head) < %s
-             ORDER BY {outer} LIMIT %s)
+            WHERE NOT (SELECT ok FROM c_ok)
+            ORDER BY x.k LIMIT %s
+        ), c_top AS (
+            SELECT wf FROM c_cut WHERE (SELECT ok FROM c_ok)
+            UNION ALL
+            SELECT wf FROM c_all
         )"""
-    # (the gates are one-time filters: the branch not taken is not run)
-    return sql, ([limit + HEAD_SLACK, pattern] + params + [limit, limit] + params
-                 + [limit, limit, limit])
+    # (the gates are one-time filters: the fallback is not run when the candidates answer)
+    return sql, ([pattern, cands + 1] + params + [limit, cands, limit, limit, limit, limit,
+                                                  cands + 1, pattern] + params + [limit, limit])
+
+
+def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
+    """Bring the stored claim keys of ``names`` up to date, dropping those with no claimable
+    job left: after a filtered claim, in its transaction (so the next one does not read the
+    workflows it emptied first), and by the sweep (:func:`prune_workflows`). A workflow whose
+    lock bucket a writer holds (it may be making jobs of it claimable) is skipped: its key
+    stays early, which costs a later claim a descent, never a job. The buckets taken are held
+    exclusive to the caller's commit (writers of those buckets wait until then): call it in a
+    transaction. Returns how many keys were changed or dropped."""
+    if not names:
+        return 0
+    cursor.execute("SELECT core_claimworkflow_refresh(%s::text[])", [sorted(set(names))])
+    return int(fetch_one(cursor)[0])
 
 
 def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
-    """Drop up to ``batch`` names of :data:`WORKFLOWS_TABLE` (a random sample of that many is
-    checked) whose workflow has no claimable job left; the number dropped. Does nothing (0)
-    while a writer that may add a name is in flight: the advisory lock its trigger holds shared
-    is taken here exclusive, try only (never waits), and the jobs are checked by the next
-    statement, whose snapshot sees every such writer committed. Held to the caller's commit:
-    call it in a transaction (not autocommit, where the lock would end with its statement)."""
-    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WORKFLOWS_LOCK_KEY])
-    if not fetch_one(cursor)[0]:
-        return 0
-    cursor.execute(f"""
-        DELETE FROM {WORKFLOWS_TABLE} w WHERE w.workflow IN (
-            SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY random() LIMIT %s)
-          AND NOT EXISTS (SELECT 1 FROM {JOB} j WHERE j.workflow = w.workflow
-                          AND j.state IN {RUNNABLE_SQL} AND j.session_id IS NULL)""", [batch])
-    return int(cursor.rowcount)
+    """Refresh (:func:`refresh_workflows`) up to ``batch`` listed workflows: the first
+    ``batch`` // 8 in each claim order (what filtered claims read first; unfiltered claims
+    leave their keys early) and a sample of the others (``TABLESAMPLE SYSTEM``: some pages, not
+    a scan of the table); the number changed or dropped."""
+    head = max(1, batch // 8)
+    cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [WORKFLOWS_TABLE])
+    sample = max(0, batch - 2 * head)
+    percent = min(100.0, 100.0 * sample / max(float(fetch_one(cursor)[0]), 1.0))
+    cursor.execute(f"""SELECT ARRAY(
+        (SELECT workflow FROM {WORKFLOWS_TABLE} WHERE skey IS NOT NULL
+         ORDER BY skey, workflow LIMIT %s)
+        UNION (SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY mkey, workflow LIMIT %s)
+        UNION (SELECT workflow FROM {WORKFLOWS_TABLE} TABLESAMPLE SYSTEM (%s) LIMIT %s))""",
+                   [head, head, percent, sample])
+    return refresh_workflows(cursor, list(fetch_one(cursor)[0]))
 
 
 def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,

@@ -1,0 +1,120 @@
+# Written by hand: each listed workflow's best claim key, and per-workflow locks (issue 16,
+# session 18, s18-wfhead).
+#
+# A workflow filter matching many workflows that are not at the claim index's head made one
+# index descent per matching workflow (~130 ms a claim at 50,000). `core_claimworkflow` now keeps
+# per workflow the claim key of its best claimable job in each claim order: `skey` (serial:
+# -priority, packing, -wall; over its single-node, single-rank jobs; NULL if none) and `mkey`
+# (MPI: -priority, -num_nodes, -wall; over all of them), as arrays so that their order is the
+# claim order; the claim reads the first matching workflows by key from the new indexes and
+# descends only into those (balsam/core/claim_sql.py). A stored key is never later in the claim
+# order than the workflow's best claimable job ("optimistic"): writers lower it (`least`), and
+# only `core_claimworkflow_refresh` raises it or drops the name, from a snapshot taken after it
+# holds the workflow's lock.
+#
+# The lock: one global advisory lock before (migration 0021: writers shared, the pruner
+# exclusive for its whole statement, ~25 ms at 50,000 names); now 128 buckets of workflows
+# (`hashtext(workflow) & 127` under the same key): a writer holds its statements' buckets shared
+# to its commit, a refresh (the claimer after its claim, the sweep's prune) tries them exclusive
+# (never waits; a bucket with a writer in flight is skipped) and reads the jobs in its next
+# statement, whose snapshot sees every such writer committed. Writers never wait for each other.
+
+from django.db import migrations
+
+CLAIMABLE = "state IN ('PREPROCESSED', 'RESTART_READY') AND session_id IS NULL"
+SERIAL = "num_nodes = 1 AND ranks_per_node = 1"
+LOCK_KEY = 0x434C4D57  # b"CLMW": balsam.core.claim_sql.WORKFLOWS_LOCK_KEY
+BUCKETS = 127  # balsam.core.claim_sql.LOCK_BUCKETS - 1: the mask
+SKEY = "ARRAY[-priority::bigint, node_packing_count, -wall_time_minutes::bigint]"
+MKEY = "ARRAY[-priority::bigint, -num_nodes::bigint, -wall_time_minutes::bigint]"
+
+_SQL = f"""
+ALTER TABLE core_claimworkflow ADD COLUMN skey bigint[], ADD COLUMN mkey bigint[];
+UPDATE core_claimworkflow w SET
+  skey = (SELECT min({SKEY}) FROM core_balsamjob j
+          WHERE j.workflow = w.workflow AND {CLAIMABLE} AND {SERIAL}),
+  mkey = (SELECT min({MKEY}) FROM core_balsamjob j WHERE j.workflow = w.workflow AND {CLAIMABLE});
+DELETE FROM core_claimworkflow WHERE mkey IS NULL;
+CREATE INDEX claimworkflow_skey ON core_claimworkflow (skey, workflow) WHERE skey IS NOT NULL;
+CREATE INDEX claimworkflow_mkey ON core_claimworkflow (mkey, workflow);
+
+CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM new_rows WHERE {CLAIMABLE}) THEN
+    PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}, b) FROM (
+      SELECT DISTINCT hashtext(workflow) & {BUCKETS} AS b FROM new_rows WHERE {CLAIMABLE}
+      ORDER BY 1) x;
+    -- a new statement: its snapshot sees every refresh of these buckets committed
+    INSERT INTO core_claimworkflow AS w (workflow, skey, mkey)
+    SELECT n.workflow, n.skey, n.mkey FROM (
+        SELECT workflow, min({SKEY}) FILTER (WHERE {SERIAL}) AS skey, min({MKEY}) AS mkey
+        FROM new_rows WHERE {CLAIMABLE} GROUP BY workflow) n
+    WHERE NOT EXISTS (SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
+                      AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey))
+    ORDER BY n.workflow
+    ON CONFLICT (workflow) DO UPDATE
+      SET skey = least(w.skey, excluded.skey), mkey = least(w.mkey, excluded.mkey);
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION core_claimworkflow_refresh(names text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  held text[];
+  changed integer;
+BEGIN
+  SELECT array_agg(w ORDER BY w) INTO held FROM (SELECT DISTINCT w FROM unnest(names) w) x
+  WHERE pg_try_advisory_xact_lock({LOCK_KEY}, hashtext(w) & {BUCKETS});
+  IF held IS NULL THEN
+    RETURN 0;
+  END IF;
+  -- a new statement: its snapshot sees every writer of the held buckets committed
+  WITH k AS MATERIALIZED (
+    SELECT h.w,
+      (SELECT {SKEY} FROM core_balsamjob WHERE workflow = h.w AND {CLAIMABLE} AND {SERIAL}
+       ORDER BY priority DESC, node_packing_count, wall_time_minutes DESC LIMIT 1) AS s,
+      (SELECT {MKEY} FROM core_balsamjob WHERE workflow = h.w AND {CLAIMABLE}
+       ORDER BY priority DESC, num_nodes DESC, wall_time_minutes DESC LIMIT 1) AS m
+    FROM unnest(held) h(w)
+  ), d AS (
+    DELETE FROM core_claimworkflow c USING k WHERE c.workflow = k.w AND k.m IS NULL
+    RETURNING 1
+  ), u AS (
+    UPDATE core_claimworkflow c SET skey = k.s, mkey = k.m FROM k
+    WHERE c.workflow = k.w AND k.m IS NOT NULL
+      AND (c.skey IS DISTINCT FROM k.s OR c.mkey IS DISTINCT FROM k.m)
+    RETURNING 1
+  )
+  SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM u) INTO changed;
+  RETURN changed;
+END $$;
+"""
+
+_REVERSE_SQL = f"""
+DROP FUNCTION core_claimworkflow_refresh(text[]);
+CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM new_rows WHERE {CLAIMABLE}) THEN
+    PERFORM pg_advisory_xact_lock_shared({LOCK_KEY});
+    INSERT INTO core_claimworkflow (workflow)
+    SELECT DISTINCT workflow FROM new_rows WHERE {CLAIMABLE}
+    ON CONFLICT DO NOTHING;
+  END IF;
+  RETURN NULL;
+END $$;
+DROP INDEX claimworkflow_skey;
+DROP INDEX claimworkflow_mkey;
+ALTER TABLE core_claimworkflow DROP COLUMN skey, DROP COLUMN mkey;
+"""
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("core", "0021_claimable_workflows"),
+    ]
+
+    operations = [
+        migrations.RunSQL(_SQL, _REVERSE_SQL),
+    ]
