@@ -228,10 +228,38 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
             SELECT wf FROM c_cut WHERE (SELECT ok FROM c_ok)
             UNION ALL
             SELECT wf FROM c_all
+        ), c_stale AS (
+            SELECT c.wf FROM c_cand c LEFT JOIN (SELECT wf, min(k) AS k FROM c_rows GROUP BY wf) f
+                ON f.wf = c.wf
+            WHERE NOT (SELECT ok FROM c_ok) AND c.r <= %s AND (f.k IS NULL OR f.k > c.k)
         )"""
-    # (the gates are one-time filters: the fallback is not run when the candidates answer)
+    # (the gates are one-time filters: the fallback is not run when the candidates answer;
+    # c_stale: the candidates whose key was early when it was, for the caller to refresh)
     return sql, ([pattern, cands + 1] + params + [limit, cands, limit, limit, limit, limit,
-                                                  cands + 1, pattern] + params + [limit, limit])
+                                                  cands + 1, pattern] + params
+                 + [limit, limit, cands])
+
+
+STALE_COLUMN = "claim_stale_workflows"
+"""A filtered claim's extra column (:func:`claimed_and_stale`): the candidate workflows whose
+stored key was early, when the claim had to read every matching workflow."""
+
+
+def with_stale(select_rows: str) -> str:
+    """A filtered claim's final select: ``select_rows``' rows (``c_upd``'s columns) each with
+    :data:`STALE_COLUMN`, and one row of NULLs with it when nothing was claimed."""
+    return (f"SELECT u.*, s.stale AS {STALE_COLUMN} FROM "
+            f"(SELECT ARRAY(SELECT wf FROM c_stale) AS stale) s LEFT JOIN ({select_rows}) u ON true")
+
+
+def claimed_and_stale(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the claimed rows, without :data:`STALE_COLUMN`; the workflows to refresh: those the
+    rows came from and the stale candidates) of a filtered claim's :func:`with_stale` rows."""
+    stale = list(rows[0][STALE_COLUMN] or []) if rows else []
+    claimed = [r for r in rows if r["job_id"] is not None]
+    for r in claimed:
+        del r[STALE_COLUMN]
+    return claimed, stale + [r["workflow"] for r in claimed]
 
 
 def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
