@@ -82,9 +82,13 @@ def test_the_workflow_list_follows_inserts_and_releases_and_the_sweep_prunes_it(
     assert "other" in _names(cursor)  # an unfiltered claim writes nothing there
     leases.claim(cursor, sid, 3, serial=True, max_nodes=1)  # "other" emptied, still listed
     assert "other" in _names(cursor)
-    conn = connect(db)  # the sweep prunes, in a transaction as launchers and the service run it
-    try:
+    conn = connect(db)  # the sweep prunes a bucket, in a transaction as launchers and the
+    try:  # service run it; here the bucket of "other"
         assert leases.sweep(conn.cursor()) == []
+        conn.commit()
+        cur = conn.cursor()
+        cur.execute(f"SELECT hashtext('other') & {claim_sql.LOCK_BUCKETS - 1}")
+        assert claim_sql.prune_workflows(cur, bucket=cur.fetchone()[0]) >= 1
         conn.commit()
     finally:
         conn.close()

@@ -33,6 +33,7 @@ limit while other matching workflows have jobs; the next claim gets them).
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -60,7 +61,8 @@ SERIAL_KEY = "ARRAY[-priority::bigint, node_packing_count, -wall_time_minutes::b
 MPI_KEY = "ARRAY[-priority::bigint, -num_nodes::bigint, -wall_time_minutes::bigint]"
 """A job's claim key in each mode: arrays compare in the claim order (migration 0022's)."""
 PRUNE_BATCH = 1000
-"""Names refreshed per :func:`prune_workflows` (two index descents each, ~5 us)."""
+"""Names refreshed at most per :func:`prune_workflows` (one bucket's: ~400 at 50,000 names;
+two index descents each, ~5 us)."""
 
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
@@ -185,7 +187,8 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
     order, read without a lock.
 
     The first ``limit`` + :data:`CANDIDATE_SLACK` matching workflows by stored key
-    (``c_cand``, read from ``claimworkflow_skey`` / ``_mkey``) are read in the claim order, the
+    (``c_cand``: all of them when a scan of the names finds no more, ``c_some``; else read in
+    key order from ``claimworkflow_skey`` / ``_mkey``) are read in the claim order, the
     ``r``-th at most ``max(1, limit - r + 1)`` rows (``c_rows``: the ``r - 1`` before it
     usually hold a row ahead of all of its), merged and cut (``c_cut``). A stored key is never
     later than its workflow's best claimable row, so the cut is the claim's answer when
@@ -196,11 +199,17 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
     conds = " AND ".join(shape + where)
     key, col = (SERIAL_KEY, "skey") if serial else (MPI_KEY, "mkey")
     cands = limit + CANDIDATE_SLACK
-    sql = f"""c_cand AS (
+    sql = f"""c_some AS (
+            SELECT workflow AS wf, {col} AS k FROM {WORKFLOWS_TABLE}
+            WHERE workflow LIKE %s AND {col} IS NOT NULL LIMIT %s
+        ), c_cand AS (
             SELECT wf, k, row_number() OVER (ORDER BY k, wf) AS r FROM (
-                SELECT workflow AS wf, {col} AS k FROM {WORKFLOWS_TABLE}
-                WHERE workflow LIKE %s AND {col} IS NOT NULL
-                ORDER BY {col}, workflow LIMIT %s) c
+                SELECT wf, k FROM c_some WHERE (SELECT count(*) FROM c_some) <= %s
+                UNION ALL
+                (SELECT workflow, {col} FROM {WORKFLOWS_TABLE}
+                 WHERE (SELECT count(*) FROM c_some) > %s
+                   AND workflow LIKE %s AND {col} IS NOT NULL
+                 ORDER BY {col}, workflow LIMIT %s)) c
         ), c_rows AS (
             SELECT c.wf, c.r, x.k FROM c_cand c, LATERAL (
                 SELECT {key} AS k FROM {JOB} WHERE workflow = c.wf AND {conds}
@@ -235,7 +244,8 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
         )"""
     # (the gates are one-time filters: the fallback is not run when the candidates answer;
     # c_stale: the candidates whose key was early when it was, for the caller to refresh)
-    return sql, ([pattern, cands + 1] + params + [limit, cands, limit, limit, limit, limit,
+    return sql, ([pattern, cands + 1, cands, cands, pattern, cands + 1] + params
+                 + [limit, cands, limit, limit, limit, limit,
                                                   cands + 1, pattern] + params
                  + [limit, limit, cands])
 
@@ -276,21 +286,18 @@ def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
     return int(fetch_one(cursor)[0])
 
 
-def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
-    """Refresh (:func:`refresh_workflows`) up to ``batch`` listed workflows: the first
-    ``batch`` // 8 in each claim order (what filtered claims read first; unfiltered claims
-    leave their keys early) and a sample of the others (``TABLESAMPLE SYSTEM``: some pages, not
-    a scan of the table); the number changed or dropped."""
-    head = max(1, batch // 8)
-    cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [WORKFLOWS_TABLE])
-    sample = max(0, batch - 2 * head)
-    percent = min(100.0, 100.0 * sample / max(float(fetch_one(cursor)[0]), 1.0))
-    cursor.execute(f"""SELECT ARRAY(
-        (SELECT workflow FROM {WORKFLOWS_TABLE} WHERE skey IS NOT NULL
-         ORDER BY skey, workflow LIMIT %s)
-        UNION (SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY mkey, workflow LIMIT %s)
-        UNION (SELECT workflow FROM {WORKFLOWS_TABLE} TABLESAMPLE SYSTEM (%s) LIMIT %s))""",
-                   [head, head, percent, sample])
+def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH,
+                    bucket: Optional[int] = None) -> int:
+    """Refresh (:func:`refresh_workflows`: new keys, names with no claimable job dropped) up to
+    ``batch`` listed workflows of one lock bucket (``bucket``, or one at random: read by the
+    index ``claimworkflow_bucket``), so that only that bucket's writers wait for the caller's
+    commit (before session 18: one lock for every writer, a scan of every name). Returns the
+    number changed or dropped. The filtered claims refresh what they read; this catches the
+    rest (workflows emptied by unfiltered claims, and names no claim reads), a bucket a sweep."""
+    which = random.randrange(LOCK_BUCKETS) if bucket is None else bucket % LOCK_BUCKETS
+    cursor.execute(f"SELECT ARRAY(SELECT workflow FROM {WORKFLOWS_TABLE} "
+                   f"WHERE hashtext(workflow) & {LOCK_BUCKETS - 1} = %s LIMIT %s)",
+                   [which, batch])
     return refresh_workflows(cursor, list(fetch_one(cursor)[0]))
 
 

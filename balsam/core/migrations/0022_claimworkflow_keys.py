@@ -18,6 +18,8 @@
 # to its commit, a refresh (the claimer after its claim, the sweep's prune) tries them exclusive
 # (never waits; a bucket with a writer in flight is skipped) and reads the jobs in its next
 # statement, whose snapshot sees every such writer committed. Writers never wait for each other.
+# The sweep's prune refreshes one bucket's names at a time (`claimworkflow_bucket`), so it
+# holds one bucket, not every writer.
 
 from django.db import migrations
 
@@ -37,6 +39,7 @@ UPDATE core_claimworkflow w SET
 DELETE FROM core_claimworkflow WHERE mkey IS NULL;
 CREATE INDEX claimworkflow_skey ON core_claimworkflow (skey, workflow) WHERE skey IS NOT NULL;
 CREATE INDEX claimworkflow_mkey ON core_claimworkflow (mkey, workflow);
+CREATE INDEX claimworkflow_bucket ON core_claimworkflow ((hashtext(workflow) & {BUCKETS}));
 
 CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -105,6 +108,7 @@ BEGIN
 END $$;
 DROP INDEX claimworkflow_skey;
 DROP INDEX claimworkflow_mkey;
+DROP INDEX claimworkflow_bucket;
 ALTER TABLE core_claimworkflow DROP COLUMN skey, DROP COLUMN mkey;
 """
 
