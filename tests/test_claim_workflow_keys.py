@@ -183,3 +183,29 @@ def test_a_refresh_skips_a_workflow_a_writer_is_making_claimable(db, cursor):
     finally:
         writer.close()
         refresher.close()
+
+
+def test_claimers_releasing_each_others_workflows_neither_wait_nor_leave_a_late_key(db, cursor):
+    # each claim's refresh runs at its commit, so neither holds a lock bucket while the other
+    # releases jobs of the same workflows (in the claim's transaction, that was a deadlock)
+    _app(cursor)
+    _jobs(cursor, 60, 3)
+    first, second = connect(db), connect(db)
+    try:
+        c1, c2 = first.cursor(), second.cursor()
+        s1, s2 = _session(c1), _session(c2)
+        first.commit()
+        second.commit()
+        a = leases.claim(c1, s1, 40, serial=True, max_nodes=1, wf_filter="p")
+        b = leases.claim(c2, s2, 40, serial=True, max_nodes=1, wf_filter="p")
+        assert a and b
+        leases.release(c1, s1, [r["job_id"] for r in a[::2]])
+        leases.release(c2, s2, [r["job_id"] for r in b[::2]])
+        first.commit()
+        second.commit()
+    finally:
+        first.close()
+        second.close()
+    stored, true = _stored(cursor), _true_keys(cursor)
+    assert set(true) <= set(stored)  # every workflow with a claimable job is listed
+    assert all(stored[w] <= k for w, k in true.items())  # never later than its best job

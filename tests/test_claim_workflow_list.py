@@ -102,17 +102,20 @@ def test_the_workflow_list_follows_inserts_and_releases_and_the_sweep_prunes_it(
 def test_pruning_waits_for_no_writer_and_never_drops_a_workflow_it_makes_claimable(db, cursor):
     _setup(cursor, workflows=1, per=2)
     sid = _session(cursor)
-    leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p0")  # p0: stale name
+    leases.claim(cursor, sid, 10, serial=True, max_nodes=1)  # unfiltered: p0 a stale name
+    cursor.execute(f"SELECT hashtext('p0') & {claim_sql.LOCK_BUCKETS - 1}")
+    bucket = cursor.fetchone()[0]
     writer, pruner = connect(db), connect(db)
     try:
         wcur, pcur = writer.cursor(), pruner.cursor()
         bulk.copy_jobs(wcur, [schema.new_job_row({"name": "late", "workflow": "p0",
                                                   "application": "app",
                                                   "state": "PREPROCESSED"})])  # not committed
-        assert claim_sql.prune_workflows(pcur) == 0  # the writer holds the lock: no waiting
-        pruner.commit()
+        assert claim_sql.prune_workflows(pcur, bucket=bucket) >= 1  # queued, run at commit:
+        pruner.commit()  # the writer holds p0's bucket, so p0 is skipped, not waited for
+        assert "p0" in _names(cursor)
         writer.commit()
-        claim_sql.prune_workflows(pcur)  # now sees the writer's job
+        claim_sql.prune_workflows(pcur, bucket=bucket)  # now sees the writer's job
         pruner.commit()
         assert "p0" in _names(cursor)
         got = leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p0")

@@ -54,6 +54,9 @@ LOCK_BUCKETS = 128
 """Lock buckets of workflows: a writer takes one per bucket its statement touches (at most
 this many locks however many workflows a bulk insert has); a refresh skips a bucket a writer
 holds."""
+REFRESH_TABLE = "core_claimworkflow_refresh"
+"""Names queued for :func:`refresh_workflows` at the transaction's commit (migration 0022: an
+unlogged table, a deferred constraint trigger): by a filtered claim and by the prune."""
 CANDIDATE_SLACK = 32
 """Workflows read by a filtered claim beyond its limit (in stored-key order): room for
 workflows emptied since their keys were stored (:func:`_top_rows`)."""
@@ -136,6 +139,12 @@ def statement(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     sql = f"""{select}, c_upd AS (
             UPDATE {JOB} j SET session_id = %s
             WHERE j.job_id = ANY(ARRAY(SELECT job_id FROM c_sel)) RETURNING {cols}
+        )"""
+    if wf_filter:  # the workflows claimed from and the stale candidates: refreshed at commit
+        sql += f""", c_refresh AS (
+            INSERT INTO {REFRESH_TABLE} (names)
+            SELECT n FROM (SELECT ARRAY(SELECT workflow FROM c_upd UNION SELECT wf FROM c_stale)
+                           AS n) a WHERE cardinality(n) > 0
         )"""
     order_key: Callable[[dict[str, Any]], Any] = (
         (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))
@@ -250,36 +259,13 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
                  + [limit, limit, cands])
 
 
-STALE_COLUMN = "claim_stale_workflows"
-"""A filtered claim's extra column (:func:`claimed_and_stale`): the candidate workflows whose
-stored key was early, when the claim had to read every matching workflow."""
-
-
-def with_stale(select_rows: str) -> str:
-    """A filtered claim's final select: ``select_rows``' rows (``c_upd``'s columns) each with
-    :data:`STALE_COLUMN`, and one row of NULLs with it when nothing was claimed."""
-    return (f"SELECT u.*, s.stale AS {STALE_COLUMN} FROM "
-            f"(SELECT ARRAY(SELECT wf FROM c_stale) AS stale) s LEFT JOIN ({select_rows}) u ON true")
-
-
-def claimed_and_stale(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """(the claimed rows, without :data:`STALE_COLUMN`; the workflows to refresh: those the
-    rows came from and the stale candidates) of a filtered claim's :func:`with_stale` rows."""
-    stale = list(rows[0][STALE_COLUMN] or []) if rows else []
-    claimed = [r for r in rows if r["job_id"] is not None]
-    for r in claimed:
-        del r[STALE_COLUMN]
-    return claimed, stale + [r["workflow"] for r in claimed]
-
-
 def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
     """Bring the stored claim keys of ``names`` up to date, dropping those with no claimable
-    job left: after a filtered claim, in its transaction (so the next one does not read the
-    workflows it emptied first), and by the sweep (:func:`prune_workflows`). A workflow whose
-    lock bucket a writer holds (it may be making jobs of it claimable) is skipped: its key
-    stays early, which costs a later claim a descent, never a job. The buckets taken are held
-    exclusive to the caller's commit (writers of those buckets wait until then): call it in a
-    transaction. Returns how many keys were changed or dropped."""
+    job left; how many were changed or dropped. A workflow whose lock bucket a writer holds (it
+    may be making jobs of it claimable) is skipped: its key stays early, which costs a later
+    claim a descent, never a job. The buckets taken are held exclusive to the caller's commit
+    (that bucket's writers wait until then): call it last before a commit. Claims and the prune
+    queue theirs (:data:`REFRESH_TABLE`), run at their commit."""
     if not names:
         return 0
     cursor.execute("SELECT core_claimworkflow_refresh(%s::text[])", [sorted(set(names))])
@@ -288,17 +274,20 @@ def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
 
 def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH,
                     bucket: Optional[int] = None) -> int:
-    """Refresh (:func:`refresh_workflows`: new keys, names with no claimable job dropped) up to
-    ``batch`` listed workflows of one lock bucket (``bucket``, or one at random: read by the
-    index ``claimworkflow_bucket``), so that only that bucket's writers wait for the caller's
-    commit (before session 18: one lock for every writer, a scan of every name). Returns the
-    number changed or dropped. The filtered claims refresh what they read; this catches the
-    rest (workflows emptied by unfiltered claims, and names no claim reads), a bucket a sweep."""
+    """Queue a refresh (:func:`refresh_workflows`: new keys, names with no claimable job
+    dropped), run at the caller's commit, of up to ``batch`` listed workflows of one lock
+    bucket (``bucket``, or one at random; read by the index ``claimworkflow_bucket``), so that
+    only that bucket's writers wait, and only for the commit (before session 18: one lock for
+    every writer from the prune to the sweep's commit, after a scan of every name). Returns the
+    number queued. Filtered claims refresh what they read; this catches the rest (workflows
+    emptied by unfiltered claims, names no claim reads), a bucket a sweep."""
     which = random.randrange(LOCK_BUCKETS) if bucket is None else bucket % LOCK_BUCKETS
-    cursor.execute(f"SELECT ARRAY(SELECT workflow FROM {WORKFLOWS_TABLE} "
-                   f"WHERE hashtext(workflow) & {LOCK_BUCKETS - 1} = %s LIMIT %s)",
+    cursor.execute(f"""INSERT INTO {REFRESH_TABLE} (names) SELECT n FROM (SELECT ARRAY(
+        SELECT workflow FROM {WORKFLOWS_TABLE} WHERE hashtext(workflow) & {LOCK_BUCKETS - 1} = %s
+        LIMIT %s) AS n) a WHERE cardinality(n) > 0 RETURNING cardinality(names)""",
                    [which, batch])
-    return refresh_workflows(cursor, list(fetch_one(cursor)[0]))
+    row = cursor.fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,

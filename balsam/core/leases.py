@@ -85,16 +85,15 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
     A workflow filter, a time limit and a tag filter each have their own index path, so a
     selective one reads what it claims, not every claimable job (:mod:`balsam.core.claim_sql`).
-    A filtered claim then refreshes the stored claim keys of the workflows it claimed from,
-    and of those it found stale (:func:`claim_sql.refresh_workflows`: a second statement,
-    their lock buckets held to the caller's commit).
+    A filtered claim also queues a refresh of the stored claim keys of the workflows it claimed
+    from, and of those it found stale, run at the caller's commit
+    (:func:`claim_sql.refresh_workflows`).
     """
     sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
                                         wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
                                         exclude_ids=exclude_ids, tags=tags,
                                         gpus_per_node=gpus_per_node)
-    text = f"WITH {sql} " + (claim_sql.with_stale("SELECT * FROM c_upd") if wf_filter
-                             else "SELECT * FROM c_upd")
+    text = f"WITH {sql} SELECT * FROM c_upd"
     # Prepared, with its generic plan (the same index scans as a custom plan): planning it was
     # ~0.25-0.8 ms per claim, as much as claiming ~20-50 jobs. One name per text (a filter
     # changes the text; the values are parameters). A tag filter's claim is planned per call.
@@ -104,9 +103,6 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
         launcher_moves.execute_prepared(cursor, _prepared_name("balsam_claim", text), text,
                                         params, generic=True)
     rows = fetch_dicts(cursor)
-    if wf_filter:
-        rows, refresh = claim_sql.claimed_and_stale(rows)
-        claim_sql.refresh_workflows(cursor, refresh)
     rows.sort(key=order_key)
     return rows
 
@@ -136,18 +132,15 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
     text = f"""WITH {moves_ctes}, {claim_ctes}
         SELECT (SELECT coalesce(json_agg(json_build_array(job_id, from_state, target)), '[]')
                 FROM t_upd),
-               (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)
-               {", ARRAY(SELECT wf FROM c_stale)" if wf_filter else ""}"""
+               (SELECT coalesce(json_agg(row_to_json(c_upd)), '[]') FROM c_upd)"""
     # Planned once per connection, as the claim and the moves are (~0.5-0.7 ms per plan).
     if claim_sql.planned_per_call(tags):
         cursor.execute(text, moves_params + claim_params)
     else:
         launcher_moves.execute_prepared(cursor, _prepared_name("balsam_cycle", text), text,
                                         moves_params + claim_params, generic=True)
-    moved, rows, *stale = fetch_one(cursor)
+    moved, rows = fetch_one(cursor)
     rows.sort(key=order_key)
-    if wf_filter:  # the workflows claimed from, and the stale candidates: c_stale
-        claim_sql.refresh_workflows(cursor, list(stale[0] or []) + [r["workflow"] for r in rows])
     return [(str(j), f, t) for j, f, t in moved], rows
 
 

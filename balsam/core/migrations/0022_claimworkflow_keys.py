@@ -20,6 +20,12 @@
 # statement, whose snapshot sees every such writer committed. Writers never wait for each other.
 # The sweep's prune refreshes one bucket's names at a time (`claimworkflow_bucket`), so it
 # holds one bucket, not every writer.
+#
+# A claim (and the prune) queue their refresh in `core_claimworkflow_refresh` (unlogged); a
+# deferred constraint trigger runs it at the transaction's commit: the buckets are then held
+# only for the commit, and nothing after it in that transaction can wait for another
+# refresher's bucket (two claimers that each refreshed, then released a job of a workflow in
+# the other's bucket, would deadlock).
 
 from django.db import migrations
 
@@ -92,9 +98,25 @@ BEGIN
   SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM u) INTO changed;
   RETURN changed;
 END $$;
+
+CREATE UNLOGGED TABLE core_claimworkflow_refresh (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, names text[] NOT NULL);
+
+CREATE FUNCTION core_claimworkflow_refresh_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM core_claimworkflow_refresh(NEW.names);
+  DELETE FROM core_claimworkflow_refresh WHERE id = NEW.id;
+  RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER claimworkflow_refresh_at_commit
+  AFTER INSERT ON core_claimworkflow_refresh DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION core_claimworkflow_refresh_at_commit();
 """
 
 _REVERSE_SQL = f"""
+DROP TABLE core_claimworkflow_refresh;
+DROP FUNCTION core_claimworkflow_refresh_at_commit();
 DROP FUNCTION core_claimworkflow_refresh(text[]);
 CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
