@@ -8,6 +8,8 @@ untimed. Printed per count: the median wall seconds and the server backend's CPU
 (``/proc/<pid>/stat``; the server is local) of each, and on/off. The rows are built once (their
 Python cost is not timed). ``--compare-with SRC`` runs the same first with the balsam package of
 source tree SRC (a ``git archive`` export of main: its triggers, before/after in one run).
+Then, per count, each trigger's own ms on an ``INSERT ... SELECT`` of the same rows
+(``EXPLAIN ANALYZE``, rolled back): the trigger's share without the swing of whole loads.
 
 Run: ``python benchmarks/bench_claim_triggers.py [-n 100000] [--workflows 50 50000]
 [--rounds 5] [--compare-with SRC]``
@@ -42,6 +44,23 @@ def load(conn: Any, rows: list[Any], pid: int) -> tuple[float, float]:
         bulk.copy_jobs(cur, rows)
         conn.commit()
         return time.perf_counter() - t0, backend_cpu(pid) - cpu0
+
+
+def trigger_times(conn: Any) -> str:
+    """The job table's triggers' own ms on one ``INSERT ... SELECT`` of the rows just loaded
+    (``EXPLAIN ANALYZE`` reports each trigger's time), into the emptied table, rolled back."""
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE TEMP TABLE staged ON COMMIT DROP AS SELECT * FROM {schema.JOB_TABLE}")
+        cur.execute(f"TRUNCATE {schema.JOB_TABLE} CASCADE")
+        cur.execute("TRUNCATE core_claimworkflow")
+        cur.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO {schema.JOB_TABLE} "
+                    "SELECT * FROM staged")
+        (doc,) = cur.fetchone()
+    conn.rollback()
+    plan = doc[0] if isinstance(doc, list) else __import__("json").loads(doc)[0]
+    return ", ".join(f"{t['Trigger Name']} {t['Time']:.1f}" for t in plan.get("Triggers", []))
 
 
 def compare(source: str) -> None:
@@ -105,6 +124,8 @@ def main() -> None:
                     if k:
                         runs[on].append((wall, cpu))
             set_triggers(conn, True)
+            print(f"# {workflows:,} workflows, INSERT ... SELECT of the same rows, the triggers' "
+                  f"own ms (EXPLAIN ANALYZE): {trigger_times(conn)}", flush=True)
             on_w, off_w = (statistics.median(w for w, _ in runs[m]) for m in (True, False))
             on_c, off_c = (statistics.median(c for _, c in runs[m]) for m in (True, False))
             print(f"{workflows:>7,} workflows: on {on_w:.2f} s / {on_c:.2f} s CPU, off "

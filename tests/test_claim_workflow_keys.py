@@ -52,22 +52,35 @@ def _remaining_top(cursor, wf: str, limit: int) -> list[str]:
     return [j for (j,) in cursor.fetchall()]
 
 
+def _early(cursor) -> bool:
+    """Every workflow with a claimable job is listed, its key no later than its best job's."""
+    stored, true = _stored(cursor), _true_keys(cursor)
+    return set(true) <= set(stored) and all(stored[w] <= k for w, k in true.items())
+
+
+def _prune_all(cursor) -> None:
+    for b in range(claim_sql.LOCK_BUCKETS):  # a sweep prunes one bucket; here every one
+        claim_sql.prune_workflows(cursor, bucket=b)
+
+
 def test_keys_are_lowered_by_writers_and_raised_by_claims_and_the_sweep(db, cursor):
     _app(cursor)
     _jobs(cursor, 4, 3)
-    assert _stored(cursor) == _true_keys(cursor)  # the insert's trigger: each one's best
+    # the insert's trigger: each component's best apart (cheap), no later than the best job's
+    assert _early(cursor) and _stored(cursor) != _true_keys(cursor)
+    _prune_all(cursor)
+    assert _stored(cursor) == _true_keys(cursor)
     sid = _session(cursor)
     got = leases.claim(cursor, sid, 2, serial=True, max_nodes=1, wf_filter="p1")
     assert len(got) == 2
-    assert _stored(cursor) == _true_keys(cursor)  # the filtered claim refreshed p1
+    assert _stored(cursor) == _true_keys(cursor)  # the filtered claim refreshed p1 at commit
     leases.release(cursor, sid)  # p1's best is claimable again: its key lowered back
+    assert _early(cursor)
+    _prune_all(cursor)
     assert _stored(cursor) == _true_keys(cursor)
     leases.claim(cursor, sid, 5, serial=True, max_nodes=1)  # unfiltered: keys left early
-    stale = _stored(cursor)
-    true = _true_keys(cursor)
-    assert all(stale[w] <= true.get(w, stale[w]) for w in stale) and stale != true
-    assert sum(claim_sql.prune_workflows(cursor, bucket=b)  # a sweep prunes one bucket
-               for b in range(claim_sql.LOCK_BUCKETS)) > 0
+    assert _early(cursor) and _stored(cursor) != _true_keys(cursor)
+    _prune_all(cursor)
     assert _stored(cursor) == _true_keys(cursor)
 
 
@@ -206,6 +219,4 @@ def test_claimers_releasing_each_others_workflows_neither_wait_nor_leave_a_late_
     finally:
         first.close()
         second.close()
-    stored, true = _stored(cursor), _true_keys(cursor)
-    assert set(true) <= set(stored)  # every workflow with a claimable job is listed
-    assert all(stored[w] <= k for w, k in true.items())  # never later than its best job
+    assert _early(cursor)

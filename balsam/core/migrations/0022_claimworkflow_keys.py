@@ -18,8 +18,8 @@
 # to its commit, a refresh (the claimer after its claim, the sweep's prune) tries them exclusive
 # (never waits; a bucket with a writer in flight is skipped) and reads the jobs in its next
 # statement, whose snapshot sees every such writer committed. Writers never wait for each other.
-# The sweep's prune refreshes one bucket's names at a time (`claimworkflow_bucket`), so it
-# holds one bucket, not every writer.
+# The sweep's prune refreshes one bucket's names at a time, so it holds one bucket, not every
+# writer.
 #
 # A claim (and the prune) queue their refresh in `core_claimworkflow_refresh` (unlogged); a
 # deferred constraint trigger runs it at the transaction's commit: the buckets are then held
@@ -45,18 +45,25 @@ UPDATE core_claimworkflow w SET
 DELETE FROM core_claimworkflow WHERE mkey IS NULL;
 CREATE INDEX claimworkflow_skey ON core_claimworkflow (skey, workflow) WHERE skey IS NOT NULL;
 CREATE INDEX claimworkflow_mkey ON core_claimworkflow (mkey, workflow);
-CREATE INDEX claimworkflow_bucket ON core_claimworkflow ((hashtext(workflow) & {BUCKETS}));
 
 CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF EXISTS (SELECT 1 FROM new_rows WHERE {CLAIMABLE}) THEN
     PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}, b) FROM (
-      SELECT DISTINCT hashtext(workflow) & {BUCKETS} AS b FROM new_rows WHERE {CLAIMABLE}
-      ORDER BY 1) x;
-    -- a new statement: its snapshot sees every refresh of these buckets committed
+      SELECT DISTINCT hashtext(workflow) & {BUCKETS} AS b
+      FROM (SELECT DISTINCT workflow FROM new_rows WHERE {CLAIMABLE}) w ORDER BY 1) x;
+    -- a new statement: its snapshot sees every refresh of these buckets committed. The key of
+    -- each workflow's rows is the best of each component apart (scalar aggregates: building an
+    -- array per row cost ~2 us a row on a 100,000-job COPY): never later than the best row's
     INSERT INTO core_claimworkflow AS w (workflow, skey, mkey)
     SELECT n.workflow, n.skey, n.mkey FROM (
-        SELECT workflow, min({SKEY}) FILTER (WHERE {SERIAL}) AS skey, min({MKEY}) AS mkey
+        SELECT workflow,
+               CASE WHEN max(priority) FILTER (WHERE {SERIAL}) IS NOT NULL THEN ARRAY[
+                 -max(priority) FILTER (WHERE {SERIAL})::bigint,
+                 min(node_packing_count) FILTER (WHERE {SERIAL}),
+                 -max(wall_time_minutes) FILTER (WHERE {SERIAL})::bigint] END AS skey,
+               ARRAY[-max(priority)::bigint, -max(num_nodes)::bigint,
+                     -max(wall_time_minutes)::bigint] AS mkey
         FROM new_rows WHERE {CLAIMABLE} GROUP BY workflow) n
     WHERE NOT EXISTS (SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
                       AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey))
@@ -130,7 +137,6 @@ BEGIN
 END $$;
 DROP INDEX claimworkflow_skey;
 DROP INDEX claimworkflow_mkey;
-DROP INDEX claimworkflow_bucket;
 ALTER TABLE core_claimworkflow DROP COLUMN skey, DROP COLUMN mkey;
 """
 
