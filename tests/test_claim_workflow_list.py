@@ -1,5 +1,6 @@
 """A workflow filter's claim lists the matching workflows from ``core_claimworkflow`` (kept by
-triggers, migration 0021) and locks only what it claims (issue 16, session 17: s17-wfclaim).
+triggers, migration 0021; read by claim key, 0022) and locks only what it claims (issue 16,
+sessions 17 and 18).
 Real PostgreSQL; the claims run as the launcher runs them (``leases.claim``)."""
 from __future__ import annotations
 

@@ -12,17 +12,19 @@ given (:func:`planned_per_call`):
   value, so a rare tag's jobs are read from ``job_claim_tags`` (a partial GIN index of the
   claimable jobs' tags, migration 0020) and a common tag's from the claim index in order;
 * a workflow filter (``--wf-filter``, "workflow contains"): the matching names are read from
-  :data:`WORKFLOWS_TABLE` (migration 0021: every workflow with a claimable job, kept by
-  triggers, and some whose jobs were claimed since, until :func:`prune_workflows`), each
-  matching workflow's first rows read in the claim order from ``job_claim_wf_serial`` /
-  ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and cut to the limit; then each
-  workflow's share of the cut is read again and locked (``SKIP LOCKED``: rows another claimer
-  holds are passed for the workflow's next ones). With more than :data:`HEAD_WORKFLOWS` matching
-  workflows the claim index's head is tried first (:func:`_top_rows`). Before session 17 the
-  filter only dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a
-  rare workflow); the first fix listed the workflows by a loose index scan (one descent per
-  claimable workflow: ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the
-  limit per matching workflow (benchmarks/README.md, "Issue 16, session 17").
+  :data:`WORKFLOWS_TABLE` (migrations 0021-0022: every workflow with a claimable job, and some
+  whose jobs were claimed since, with the claim key of its best claimable job in each claim
+  order, never later than the truth: kept by triggers and :func:`refresh_workflows`); the first
+  ``limit`` + :data:`CANDIDATE_SLACK` by key are read in the claim order from
+  ``job_claim_wf_serial`` / ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and
+  cut to the limit (:func:`_top_rows`; every matching workflow only when stale keys could
+  change the answer); then each workflow's share of the cut is read again and locked (``SKIP
+  LOCKED``: rows another claimer holds are passed for the workflow's next ones), and the
+  workflows claimed from are queued for a refresh at commit. Before session 17 the filter only
+  dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a rare
+  workflow); then one descent per claimable workflow (~170 ms with 50,000), then one per
+  matching workflow (~130 ms with 50,000 behind another workflow; benchmarks/README.md, "Issue
+  16, session 17" and "session 18").
 
 The claim locks only the rows it claims. Under contention the order is the claim order within
 each workflow, and across workflows the claim order of the unlocked read: a claimer whose
