@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from balsam.core import bulk, claim_sql, leases, schema
 from balsam.db.connect import connect
 
@@ -84,10 +86,14 @@ def test_keys_are_lowered_by_writers_and_raised_by_claims_and_the_sweep(db, curs
     assert _stored(cursor) == _true_keys(cursor)
 
 
-def test_claims_stay_in_order_when_the_first_keys_are_stale(db, cursor):
+@pytest.mark.parametrize("scan_names", [claim_sql.SCAN_NAMES, 20])
+def test_claims_stay_in_order_when_the_first_keys_are_stale(db, cursor, scan_names,
+                                                            monkeypatch):
     # 200 workflows of 2 jobs; an unfiltered claim empties the 100 best ones' first job and
     # most of the head entirely, so a filtered claim's first candidates by key are stale:
-    # it must still return the top of what is left, in claim order
+    # it must still return the top of what is left, in claim order (candidates from a scan of
+    # the names, or from the key index)
+    monkeypatch.setattr(claim_sql, "SCAN_NAMES", scan_names)
     _app(cursor)
     _jobs(cursor, 200, 2)
     conn = connect(db)

@@ -170,11 +170,15 @@ def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable
         conn.close()
 
 
+@pytest.mark.parametrize("scan_names", [claim_sql.SCAN_NAMES, 50])
 @pytest.mark.parametrize("ahead", [True, False])
-def test_a_filter_matching_many_workflows_reads_the_first_ones_by_key(db, cursor, ahead):
+def test_a_filter_matching_many_workflows_reads_the_first_ones_by_key(db, cursor, ahead,
+                                                                       scan_names, monkeypatch):
     # 100 workflows "c<k>" of 3 jobs ahead in the claim order (priority 5), 2,000 "x<k>" of one
     # job behind them: either filter reads the first workflows by stored key (limit + 32 at
-    # most, the r-th at most limit - r + 1 rows), not one descent per matching workflow
+    # most, the r-th at most limit - r + 1 rows), not one descent per matching workflow; their
+    # names from a scan of the names (fewer than SCAN_NAMES match) or from the key index
+    monkeypatch.setattr(claim_sql, "SCAN_NAMES", scan_names)
     cursor.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                    "envscript, postprocess) VALUES ('app', '', 'true', '', '', '')")
     rows = [schema.new_job_row({"name": f"c{k}-{i}", "workflow": f"c{k}", "application": "app",
