@@ -288,8 +288,9 @@ def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH,
     dropped), run at the caller's commit, of up to ``batch`` listed workflows of one lock
     bucket (``bucket``, or one at random; found by a scan of the names, no lock held), so that
     only that bucket's writers wait, and only for the commit (before session 18: one lock for
-    every writer from the prune to the sweep's commit). Returns the number queued. Filtered claims refresh what they read; this catches the rest (workflows
-    emptied by unfiltered claims, names no claim reads), a bucket a sweep."""
+    every writer from the prune to the sweep's commit). Returns the number queued. Filtered
+    claims refresh what they read; this catches the rest (workflows emptied by unfiltered
+    claims, names no claim reads), a bucket a sweep."""
     which = random.randrange(LOCK_BUCKETS) if bucket is None else bucket % LOCK_BUCKETS
     cursor.execute(f"""INSERT INTO {REFRESH_TABLE} (names) SELECT n FROM (SELECT ARRAY(
         SELECT workflow FROM {WORKFLOWS_TABLE} WHERE hashtext(workflow) & {LOCK_BUCKETS - 1} = %s
