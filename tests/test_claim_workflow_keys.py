@@ -226,3 +226,19 @@ def test_claimers_releasing_each_others_workflows_neither_wait_nor_leave_a_late_
         first.close()
         second.close()
     assert _early(cursor)
+
+
+def test_a_filtered_claim_drops_the_emptied_workflows_it_read(db, cursor):
+    # an unfiltered claim empties the 10 best workflows (their names stay, keys early); the
+    # next filtered claim reads them among its candidates, finds no row, and drops them at its
+    # commit, so they stop taking candidates' places
+    _app(cursor)
+    _jobs(cursor, 100, 1)
+    sid = _session(cursor)
+    emptied = {r["workflow"] for r in leases.claim(cursor, sid, 10, serial=True, max_nodes=1)}
+    assert len(emptied) == 10 and emptied <= set(_stored(cursor))
+    expected = _remaining_top(cursor, "p", 5)
+    got = leases.claim(cursor, sid, 5, serial=True, max_nodes=1, wf_filter="p")
+    assert [r["job_id"] for r in got] == expected
+    assert not emptied & set(_stored(cursor))
+    assert _early(cursor)

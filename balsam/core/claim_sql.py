@@ -258,10 +258,12 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
         ), c_stale AS (
             SELECT c.wf FROM c_cand c LEFT JOIN (SELECT wf, min(k) AS k FROM c_rows GROUP BY wf) f
                 ON f.wf = c.wf
-            WHERE NOT (SELECT ok FROM c_ok) AND c.r <= %s AND (f.k IS NULL OR f.k > c.k)
+            WHERE c.r <= %s AND (f.k IS NULL OR (NOT (SELECT ok FROM c_ok) AND f.k > c.k))
         )"""
     # (the gates are one-time filters: the fallback is not run when the candidates answer;
-    # c_stale: the candidates whose key was early when it was, for the caller to refresh)
+    # c_stale, refreshed at commit: the candidates read that had no row -- most likely emptied,
+    # each one left would take a candidate's place at every claim until the prune found it --
+    # and, when the fallback ran, those whose first row came after their key)
     return sql, ([pattern, SCAN_NAMES + 1, SCAN_NAMES, cands + 1, SCAN_NAMES, pattern, cands + 1]
                  + params
                  + [limit, cands, limit, limit, limit, limit,
