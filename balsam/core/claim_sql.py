@@ -265,10 +265,8 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
     # each one left would take a candidate's place at every claim until the prune found it --
     # and, when the fallback ran, those whose first row came after their key)
     return sql, ([pattern, SCAN_NAMES + 1, SCAN_NAMES, cands + 1, SCAN_NAMES, pattern, cands + 1]
-                 + params
-                 + [limit, cands, limit, limit, limit, limit,
-                                                  cands + 1, pattern] + params
-                 + [limit, limit, cands])
+                 + params + [limit, cands, limit, limit, limit, limit, cands + 1, pattern]
+                 + params + [limit, limit, cands])
 
 
 def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:

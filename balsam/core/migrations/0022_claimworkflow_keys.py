@@ -85,13 +85,16 @@ BEGIN
   IF held IS NULL THEN
     RETURN 0;
   END IF;
-  -- a new statement: its snapshot sees every writer of the held buckets committed
+  -- a new statement: its snapshot sees every writer of the held buckets committed. (ORDER BY
+  -- workflow first: the order of job_claim_wf_*, so the generic plan cannot prefer the claim
+  -- index and walk it from the head to the workflow's first row)
   WITH k AS MATERIALIZED (
     SELECT h.w,
       (SELECT {SKEY} FROM core_balsamjob WHERE workflow = h.w AND {CLAIMABLE} AND {SERIAL}
-       ORDER BY priority DESC, node_packing_count, wall_time_minutes DESC LIMIT 1) AS s,
+       ORDER BY workflow, priority DESC, node_packing_count, wall_time_minutes DESC
+       LIMIT 1) AS s,
       (SELECT {MKEY} FROM core_balsamjob WHERE workflow = h.w AND {CLAIMABLE}
-       ORDER BY priority DESC, num_nodes DESC, wall_time_minutes DESC LIMIT 1) AS m
+       ORDER BY workflow, priority DESC, num_nodes DESC, wall_time_minutes DESC LIMIT 1) AS m
     FROM unnest(held) h(w)
   ), d AS (
     DELETE FROM core_claimworkflow c USING k WHERE c.workflow = k.w AND k.m IS NULL
