@@ -219,13 +219,15 @@ def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: boo
     sql = f"""c_some AS (
             SELECT workflow AS wf, {col} AS k FROM {WORKFLOWS_TABLE}
             WHERE workflow LIKE %s AND {col} IS NOT NULL LIMIT %s
+        ), c_some_n AS (
+            SELECT count(*) AS n FROM c_some
         ), c_cand AS (
             SELECT wf, k, row_number() OVER (ORDER BY k, wf) AS r FROM (
-                (SELECT wf, k FROM c_some WHERE (SELECT count(*) FROM c_some) <= %s
+                (SELECT wf, k FROM c_some WHERE (SELECT n FROM c_some_n) <= %s
                  ORDER BY k, wf LIMIT %s)
                 UNION ALL
                 (SELECT workflow, {col} FROM {WORKFLOWS_TABLE}
-                 WHERE (SELECT count(*) FROM c_some) > %s
+                 WHERE (SELECT n FROM c_some_n) > %s
                    AND workflow LIKE %s AND {col} IS NOT NULL
                  ORDER BY {col}, workflow LIMIT %s)) c
         ), c_rows AS (
