@@ -25,7 +25,6 @@ def _emptied_p0(cursor) -> int:
     return sid
 
 
-@pytest.mark.xfail(strict=True, reason="the refresh and the trigger trust a READ COMMITTED snapshot")
 def test_a_repeatable_read_claim_never_drops_a_workflow_released_after_its_snapshot(db, cursor):
     sid = _emptied_p0(cursor)
     claimer = connect(db)
@@ -43,7 +42,6 @@ def test_a_repeatable_read_claim_never_drops_a_workflow_released_after_its_snaps
     assert [r["name"] for r in got] == ["p0-0"]
 
 
-@pytest.mark.xfail(strict=True, reason="the refresh and the trigger trust a READ COMMITTED snapshot")
 def test_a_repeatable_read_writer_relists_a_workflow_dropped_after_its_snapshot(db, cursor):
     sid = _emptied_p0(cursor)
     writer = connect(db)

@@ -47,6 +47,8 @@ CREATE INDEX claimworkflow_skey ON core_claimworkflow (skey, workflow) WHERE ske
 CREATE INDEX claimworkflow_mkey ON core_claimworkflow (mkey, workflow);
 
 CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  fresh boolean := current_setting('transaction_isolation') = 'read committed';
 BEGIN
   IF EXISTS (SELECT 1 FROM new_rows WHERE {CLAIMABLE}) THEN
     PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}, b) FROM (
@@ -54,7 +56,10 @@ BEGIN
       FROM (SELECT DISTINCT workflow FROM new_rows WHERE {CLAIMABLE}) w ORDER BY 1) x;
     -- a new statement: its snapshot sees every refresh of these buckets committed. The key of
     -- each workflow's rows is the best of each component apart (scalar aggregates: building an
-    -- array per row cost ~2 us a row on a 100,000-job COPY): never later than the best row's
+    -- array per row cost ~2 us a row on a 100,000-job COPY): never later than the best row's.
+    -- Skipped when the stored key is already as early only if this statement's snapshot is
+    -- fresh (READ COMMITTED): an older one (REPEATABLE READ) may miss a refresh that raised
+    -- or dropped it; the upsert then fails to serialize (retried) or re-adds the dropped name
     INSERT INTO core_claimworkflow AS w (workflow, skey, mkey)
     SELECT n.workflow, n.skey, n.mkey FROM (
         SELECT workflow,
@@ -65,8 +70,9 @@ BEGIN
                ARRAY[-max(priority)::bigint, -max(num_nodes)::bigint,
                      -max(wall_time_minutes)::bigint] AS mkey
         FROM new_rows WHERE {CLAIMABLE} GROUP BY workflow) n
-    WHERE NOT EXISTS (SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
-                      AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey))
+    WHERE NOT (fresh AND EXISTS (
+        SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
+        AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey)))
     ORDER BY n.workflow
     ON CONFLICT (workflow) DO UPDATE
       SET skey = least(w.skey, excluded.skey), mkey = least(w.mkey, excluded.mkey);
@@ -80,6 +86,11 @@ DECLARE
   held text[];
   changed integer;
 BEGIN
+  -- the jobs are read with a snapshot taken after the locks only in READ COMMITTED: an older
+  -- one (REPEATABLE READ) misses writers committed before the locks; the keys stay early
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RETURN 0;
+  END IF;
   SELECT array_agg(w ORDER BY w) INTO held FROM (SELECT DISTINCT w FROM unnest(names) w) x
   WHERE pg_try_advisory_xact_lock({LOCK_KEY}, hashtext(w) & {BUCKETS});
   IF held IS NULL THEN
