@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from test_claim_workflow_keys import _app, _early, _jobs, _session, _stored
 
 from balsam.core import claim_sql, leases, schema
@@ -66,10 +65,6 @@ def _waiting(cursor, pid: int) -> bool:
     return bool(row and row[0])
 
 
-@pytest.mark.xfail(strict=True, reason="writers lowering keys lock core_claimworkflow rows "
-                   "to their commit: two transactions raising jobs of two workflows in "
-                   "opposite orders deadlock (migration 0022; the launcher retries, the CLI "
-                   "and Django code do not)")
 def test_writers_raising_jobs_of_two_workflows_in_opposite_orders_do_not_deadlock(db, cursor):
     _app(cursor)
     _jobs(cursor, 2, 2)
@@ -104,8 +99,35 @@ def test_writers_raising_jobs_of_two_workflows_in_opposite_orders_do_not_deadloc
         t.join(timeout=120)
         assert not t.is_alive()
         assert not errors, errors
+        first.commit()
+        second.commit()
     finally:
         first.rollback()
         second.rollback()
         first.close()
         second.close()
+    assert _early(cursor)
+    assert {w: k[0] for w, k in _stored(cursor).items()} == {"p0": -91, "p1": -91}
+
+
+def test_a_long_transaction_lowering_a_key_makes_no_writer_wait(db, cursor):
+    # the key is written at commit: a transaction that lowered it and goes on holds no key row
+    _app(cursor)
+    _jobs(cursor, 1, 2)
+    for b in range(claim_sql.LOCK_BUCKETS):
+        claim_sql.prune_workflows(cursor, bucket=b)
+    cursor.execute("SET lock_timeout = '60s'")  # a regression fails, not hangs
+    long = connect(db)
+    try:
+        lcur = long.cursor()
+        lcur.execute(f"UPDATE {JOB} SET priority = 90 WHERE name = 'p0-1'")
+        cursor.execute(f"UPDATE {JOB} SET priority = 80 WHERE name = 'p0-0'")  # autocommit
+        assert _stored(cursor)["p0"][0] == -80
+        long.commit()
+    finally:
+        long.close()
+    assert _stored(cursor)["p0"][0] == -90
+    assert _early(cursor)
+    cursor.execute(f"SELECT (SELECT count(*) FROM {claim_sql.WORKFLOWS_TABLE}_lower) + "
+                   f"(SELECT count(*) FROM {claim_sql.WORKFLOWS_TABLE}_lower_at)")
+    assert cursor.fetchone()[0] == 0  # nothing queued outlives its transaction

@@ -46,39 +46,66 @@ DELETE FROM core_claimworkflow WHERE mkey IS NULL;
 CREATE INDEX claimworkflow_skey ON core_claimworkflow (skey, workflow) WHERE skey IS NOT NULL;
 CREATE INDEX claimworkflow_mkey ON core_claimworkflow (mkey, workflow);
 
+CREATE UNLOGGED TABLE core_claimworkflow_lower (
+  workflow text NOT NULL, skey bigint[], mkey bigint[] NOT NULL);
+CREATE UNLOGGED TABLE core_claimworkflow_lower_at (id integer NOT NULL);
+
 CREATE OR REPLACE FUNCTION core_claimworkflow_add() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-  fresh boolean := current_setting('transaction_isolation') = 'read committed';
 BEGIN
   IF EXISTS (SELECT 1 FROM new_rows WHERE {CLAIMABLE}) THEN
     PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}, b) FROM (
       SELECT DISTINCT hashtext(workflow) & {BUCKETS} AS b
       FROM (SELECT DISTINCT workflow FROM new_rows WHERE {CLAIMABLE}) w ORDER BY 1) x;
-    -- a new statement: its snapshot sees every refresh of these buckets committed. The key of
-    -- each workflow's rows is the best of each component apart (scalar aggregates: building an
-    -- array per row cost ~2 us a row on a 100,000-job COPY): never later than the best row's.
-    -- Skipped when the stored key is already as early only if this statement's snapshot is
-    -- fresh (READ COMMITTED): an older one (REPEATABLE READ) may miss a refresh that raised
-    -- or dropped it; the upsert then fails to serialize (retried) or re-adds the dropped name
-    INSERT INTO core_claimworkflow AS w (workflow, skey, mkey)
-    SELECT n.workflow, n.skey, n.mkey FROM (
-        SELECT workflow,
-               CASE WHEN max(priority) FILTER (WHERE {SERIAL}) IS NOT NULL THEN ARRAY[
-                 -max(priority) FILTER (WHERE {SERIAL})::bigint,
-                 min(node_packing_count) FILTER (WHERE {SERIAL}),
-                 -max(wall_time_minutes) FILTER (WHERE {SERIAL})::bigint] END AS skey,
-               ARRAY[-max(priority)::bigint, -max(num_nodes)::bigint,
-                     -max(wall_time_minutes)::bigint] AS mkey
-        FROM new_rows WHERE {CLAIMABLE} GROUP BY workflow) n
-    WHERE NOT (fresh AND EXISTS (
-        SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
-        AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey)))
-    ORDER BY n.workflow
-    ON CONFLICT (workflow) DO UPDATE
-      SET skey = least(w.skey, excluded.skey), mkey = least(w.mkey, excluded.mkey);
+    -- The key of each workflow's rows is the best of each component apart (scalar aggregates:
+    -- building an array per row cost ~2 us a row on a 100,000-job COPY): never later than the
+    -- best row's. Queued (an append: no writer waits for another here), applied at commit by
+    -- one sorted upsert (core_claimworkflow_lower_at_commit): an upsert here held the key
+    -- rows to the commit, so two transactions lowering keys of two workflows in opposite
+    -- orders deadlocked
+    INSERT INTO core_claimworkflow_lower (workflow, skey, mkey)
+    SELECT workflow,
+           CASE WHEN max(priority) FILTER (WHERE {SERIAL}) IS NOT NULL THEN ARRAY[
+             -max(priority) FILTER (WHERE {SERIAL})::bigint,
+             min(node_packing_count) FILTER (WHERE {SERIAL}),
+             -max(wall_time_minutes) FILTER (WHERE {SERIAL})::bigint] END,
+           ARRAY[-max(priority)::bigint, -max(num_nodes)::bigint,
+                 -max(wall_time_minutes)::bigint]
+    FROM new_rows WHERE {CLAIMABLE} GROUP BY workflow;
+    -- one per transaction (committed ones are gone: their trigger deletes them)
+    INSERT INTO core_claimworkflow_lower_at (id)
+    SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM core_claimworkflow_lower_at);
   END IF;
   RETURN NULL;
 END $$;
+
+CREATE FUNCTION core_claimworkflow_lower_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  fresh boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+  DELETE FROM core_claimworkflow_lower_at;
+  -- the transaction's queued keys (others' are not visible: uncommitted), in one statement
+  -- in workflow order: key rows are locked in one order, only while transactions commit.
+  -- Its snapshot is new, after the triggers' bucket locks (held to the commit): it sees every
+  -- refresh of these buckets committed. Skipped when the stored key is already as early only
+  -- if the snapshot is fresh (READ COMMITTED): an older one (REPEATABLE READ) may miss a
+  -- refresh that raised or dropped it; the upsert then fails to serialize (retried) or
+  -- re-adds the dropped name
+  WITH q AS (DELETE FROM core_claimworkflow_lower RETURNING workflow, skey, mkey)
+  INSERT INTO core_claimworkflow AS w (workflow, skey, mkey)
+  SELECT n.workflow, n.skey, n.mkey FROM (
+      SELECT workflow, min(skey) AS skey, min(mkey) AS mkey FROM q GROUP BY workflow) n
+  WHERE NOT (fresh AND EXISTS (
+      SELECT 1 FROM core_claimworkflow o WHERE o.workflow = n.workflow
+      AND o.mkey <= n.mkey AND (n.skey IS NULL OR o.skey <= n.skey)))
+  ORDER BY n.workflow
+  ON CONFLICT (workflow) DO UPDATE
+    SET skey = least(w.skey, excluded.skey), mkey = least(w.mkey, excluded.mkey);
+  RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER claimworkflow_lower_at_commit
+  AFTER INSERT ON core_claimworkflow_lower_at DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION core_claimworkflow_lower_at_commit();
 
 CREATE FUNCTION core_claimworkflow_refresh(names text[]) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -136,6 +163,9 @@ CREATE CONSTRAINT TRIGGER claimworkflow_refresh_at_commit
 """
 
 _REVERSE_SQL = f"""
+DROP TABLE core_claimworkflow_lower_at;
+DROP TABLE core_claimworkflow_lower;
+DROP FUNCTION core_claimworkflow_lower_at_commit();
 DROP TABLE core_claimworkflow_refresh;
 DROP FUNCTION core_claimworkflow_refresh_at_commit();
 DROP FUNCTION core_claimworkflow_refresh(text[]);
