@@ -3,8 +3,10 @@ level a writer or a claimer runs in (a server's or PGOPTIONS' ``default_transact
 and writers of keys never wait for each other. Real PostgreSQL, explicit interleavings."""
 from __future__ import annotations
 
+import random
 import threading
 
+import pytest
 from test_claim_workflow_keys import _app, _early, _jobs, _session, _stored
 
 from balsam.core import claim_sql, leases, schema
@@ -131,3 +133,73 @@ def test_a_long_transaction_lowering_a_key_makes_no_writer_wait(db, cursor):
     cursor.execute(f"SELECT (SELECT count(*) FROM {claim_sql.WORKFLOWS_TABLE}_lower) + "
                    f"(SELECT count(*) FROM {claim_sql.WORKFLOWS_TABLE}_lower_at)")
     assert cursor.fetchone()[0] == 0  # nothing queued outlives its transaction
+
+
+@pytest.mark.slow
+def test_claimers_and_multi_statement_writers_in_threads_never_deadlock_or_lose_a_job(db, cursor):
+    # claimers (filtered claims, releases in two statements, prunes) and writers (three
+    # priority raises of random workflows per transaction) in threads: before keys were
+    # lowered at commit this deadlocked within a few hundred transactions
+    _app(cursor)
+    _jobs(cursor, 40, 8)
+    errors: list[BaseException] = []
+    claimed: dict[str, int] = {}
+    guard = threading.Lock()
+
+    def claimer(k: int) -> None:
+        rnd = random.Random(k)
+        conn = connect(db)
+        try:
+            cur = conn.cursor()
+            cur.execute("SET lock_timeout = '300s'")  # an error, never a hang
+            sid = _session(cur)
+            conn.commit()
+            for _ in range(150):
+                rows = leases.claim(cur, sid, rnd.randint(1, 8), serial=True, max_nodes=1,
+                                    wf_filter=rnd.choice(["p", "p1", "2"]))
+                conn.commit()
+                with guard:
+                    assert not {r["job_id"] for r in rows} & set(claimed), "claimed twice"
+                    claimed.update((r["job_id"], sid) for r in rows)
+                back = [r["job_id"] for r in rows if rnd.random() < 0.6]
+                with guard:
+                    for j in back:
+                        claimed.pop(j)
+                for part in (back[:len(back) // 2], back[len(back) // 2:]):
+                    if part:
+                        leases.release(cur, sid, part)
+                claim_sql.prune_workflows(cur, bucket=rnd.randrange(claim_sql.LOCK_BUCKETS))
+                conn.commit()
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    def writer(k: int) -> None:
+        rnd = random.Random(100 + k)
+        conn = connect(db)
+        try:
+            cur = conn.cursor()
+            cur.execute("SET lock_timeout = '300s'")
+            for _ in range(150):
+                for w in rnd.sample(range(40), 3):
+                    cur.execute(f"UPDATE {JOB} SET priority = %s WHERE name = %s",
+                                [rnd.randint(0, 30), f"p{w}-{rnd.randrange(8)}"])
+                conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = ([threading.Thread(target=claimer, args=(k,)) for k in range(2)]
+               + [threading.Thread(target=writer, args=(k,)) for k in range(2)])
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    assert _early(cursor)
+    cursor.execute(f"SELECT count(*) FROM {JOB} WHERE session_id IS NULL")
+    left = cursor.fetchone()[0]
+    got = leases.claim(cursor, _session(cursor), 1000, serial=True, max_nodes=1, wf_filter="p")
+    assert len(got) == left == 320 - len(claimed)  # every claimable job is reachable

@@ -17,7 +17,10 @@
 # (`hashtext(workflow) & 127` under the same key): a writer holds its statements' buckets shared
 # to its commit, a refresh (the claimer after its claim, the sweep's prune) tries them exclusive
 # (never waits; a bucket with a writer in flight is skipped) and reads the jobs in its next
-# statement, whose snapshot sees every such writer committed. Writers never wait for each other.
+# statement, whose snapshot sees every such writer committed. Writers lower keys at their commit
+# (queued in the unlogged `core_claimworkflow_lower`, applied by one deferred trigger in workflow
+# order): an upsert per statement held key rows to the commit, and transactions lowering keys of
+# two workflows in opposite orders deadlocked.
 # The sweep's prune refreshes one bucket's names at a time, so it holds one bucket, not every
 # writer.
 #
