@@ -12,11 +12,14 @@ For each filter kind the claim's own statement (``leases._claim_sql``, prepared 
 ``leases.claim`` prepares it) runs under ``EXPLAIN (ANALYZE, BUFFERS) EXECUTE`` two ways in a
 transaction rolled back after each: with its generic plan (what ``leases.claim`` runs) and a
 custom plan, alternated, ``--repeat`` times each. Printed: the median run's execution ms and
-shared buffers (hit+read), its scans of the job table (rows read, filtered ones included).
+shared buffers (hit+read), its scans of the job table (rows read, filtered ones included), and
+the wall ms of ``leases.claim`` itself (its refresh of the workflows' keys included). Then the
+sweep's ``prune_workflows`` (ms) and, with ``--stale N``, three ``--wf small`` claims after an
+unfiltered claim of N jobs left the stored keys of the workflows it emptied early.
 ``--compare-with SRC`` runs the same first with the balsam package of source tree SRC (a
 ``git archive`` export of main: before/after in one run, each on its own throwaway DB).
 Usage: ``python benchmarks/bench_claim_plans.py [--jobs N] [--limit 125] [--small-workflows W]
-[--compare-with SRC]``.
+[--stale N] [--compare-with SRC]``.
 """
 from __future__ import annotations
 
@@ -134,6 +137,64 @@ def explain(conn: Any, sid: int, limit: int, filt: dict[str, Any], mode: str
         plan["Plan"].get("WAL Records", 0))
 
 
+def timed_claim(conn: Any, sid: int, limit: int, filt: dict[str, Any]) -> float:
+    """Wall ms of one ``leases.claim`` as a launcher calls it (its refresh of the workflows'
+    keys included, after the claim statement), rolled back."""
+    from balsam.core import leases
+
+    with conn.cursor() as cur:
+        t0 = time.perf_counter()
+        leases.claim(cur, sid, limit, **filt)
+        ms = (time.perf_counter() - t0) * 1e3
+    conn.rollback()
+    return ms
+
+
+def stale_then_claims(conn: Any, sid: int, limit: int, stale: int) -> None:
+    """An unfiltered claim of ``stale`` jobs (committed: the stored keys of the workflows it
+    emptied or thinned are now early), then three committed ``--wf small`` claims: their
+    wall ms (the first may read every matching workflow; it refreshes what it found stale)."""
+    from balsam.core import leases
+
+    with conn.cursor() as cur:
+        leases.claim(cur, sid, stale, serial=True, max_nodes=1)
+        conn.commit()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            got = leases.claim(cur, sid, limit, serial=True, max_nodes=1, wf_filter="small")
+            times.append((time.perf_counter() - t0) * 1e3)
+            conn.commit()
+    print(f"# after an unfiltered claim of {stale:,}: three --wf small claims (leases.claim, "
+          f"committed): {', '.join(f'{t:.1f}' for t in times)} ms (last got {len(got)})")
+
+
+def timed_prune(conn: Any) -> None:
+    """Wall ms of ``claim_sql.prune_workflows`` (what each sweep runs; before session 18 its
+    lock was held from there to the sweep's commit; since, its refresh runs at the commit and is
+    timed here directly), rolled back, median of 3."""
+    try:
+        from balsam.core import claim_sql
+    except ImportError:
+        return
+    runs = []
+    refresh = getattr(claim_sql, "refresh_workflows", None)
+    for bucket in range(3):
+        with conn.cursor() as cur:
+            t0 = time.perf_counter()
+            if refresh is None:  # before session 18: the prune's own statements
+                claim_sql.prune_workflows(cur)
+            else:  # its scan of the names and the refresh it queues for the commit, run here
+                cur.execute(f"SELECT ARRAY(SELECT workflow FROM {claim_sql.WORKFLOWS_TABLE} "
+                            f"WHERE hashtext(workflow) & {claim_sql.LOCK_BUCKETS - 1} = %s "
+                            "LIMIT %s)", [bucket, claim_sql.PRUNE_BATCH])
+                refresh(cur, cur.fetchone()[0])
+            runs.append((time.perf_counter() - t0) * 1e3)
+        conn.rollback()
+    print(f"# prune_workflows: {sorted(runs)[1]:.1f} ms (median of 3: "
+          f"{', '.join(f'{r:.1f}' for r in runs)})")
+
+
 def compare(source: str) -> None:
     """Run this benchmark (same arguments) with the balsam package of tree ``source``."""
     if not os.path.isdir(os.path.join(source, "balsam")):
@@ -156,11 +217,14 @@ def main() -> None:
                         help="small workflows (one per parameter point)")
     parser.add_argument("--small-first", action="store_true",
                         help="the small workflows ahead in the claim order (priority 1)")
+    parser.add_argument("--stale", type=int, default=0, metavar="N",
+                        help="at the end, an unfiltered claim of N jobs, then three filtered")
     parser.add_argument("--compare-with", metavar="SRC", default="",
                         help="first run the same with the balsam package of source tree SRC")
     args = parser.parse_args()
-    if args.small_workflows < 1 or args.limit < 1 or args.repeat < 1:
-        raise SystemExit("bench_claim_plans: --small-workflows, --limit and --repeat must be >= 1")
+    if args.small_workflows < 1 or args.limit < 1 or args.repeat < 1 or args.stale < 0:
+        raise SystemExit("bench_claim_plans: --small-workflows, --limit and --repeat must be >= 1"
+                         ", --stale >= 0")
     if args.compare_with:
         compare(args.compare_with)
     from _throwaway import machine_line, throwaway_db
@@ -198,17 +262,23 @@ def main() -> None:
               "buffers hit+read; wal = WAL records (row locks, the update); r = the plan "
               "leases.claim runs (g generic, c custom)")
         print(f"{'filter':36} {'rows':>4} {'generic ms':>10} {'buf':>7} {'wal':>6} "
-              f"{'custom ms':>9} {'buf':>7} r  job table scans: generic | custom")
+              f"{'custom ms':>9} {'buf':>7} {'claim()':>7} r  job table scans: generic | "
+              "custom")
         for label, filt in FILTERS:
             runs: dict[str, list[tuple[float, int, str, int, int]]] = {"g": [], "c": []}
             for _ in range(args.repeat):  # alternated: neither mode always reads cold pages
                 runs["g"].append(explain(conn, sid, args.limit, filt, "force_generic_plan"))
                 runs["c"].append(explain(conn, sid, args.limit, filt, "force_custom_plan"))
             g, c = (sorted(runs[k])[len(runs[k]) // 2] for k in "gc")  # the median run
+            calls = sorted(timed_claim(conn, sid, args.limit, filt) for _ in range(args.repeat))
             runs_as = "c" if getattr(claim_sql, "planned_per_call", lambda _: False)(
                 filt.get("tags")) else "g"  # what leases.claim runs: generic or custom
             print(f"{label:36} {g[3]:>4} {g[0]:>10.2f} {g[1]:>7} {g[4]:>6} {c[0]:>9.2f} {c[1]:>7} "
-                  f"{runs_as}  {g[2]} | {'same' if c[2] == g[2] else c[2]}")
+                  f"{calls[len(calls) // 2]:>7.2f} {runs_as}  {g[2]} | "
+                  f"{'same' if c[2] == g[2] else c[2]}")
+        timed_prune(conn)
+        if args.stale:
+            stale_then_claims(conn, sid, args.limit, args.stale)
         print(machine_line())
         conn.close()
 

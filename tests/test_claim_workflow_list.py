@@ -1,5 +1,6 @@
 """A workflow filter's claim lists the matching workflows from ``core_claimworkflow`` (kept by
-triggers, migration 0021) and locks only what it claims (issue 16, session 17: s17-wfclaim).
+triggers, migration 0021; read by claim key, 0022) and locks only what it claims (issue 16,
+sessions 17 and 18).
 Real PostgreSQL; the claims run as the launcher runs them (``leases.claim``)."""
 from __future__ import annotations
 
@@ -77,34 +78,45 @@ def test_the_workflow_list_follows_inserts_and_releases_and_the_sweep_prunes_it(
     assert _names(cursor) >= {"p0", "p1", "p2", "other"}
     sid = _session(cursor)
     assert len(leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1")) == 2
-    assert "p1" in _names(cursor)  # a claim writes nothing there
-    conn = connect(db)  # the sweep prunes, in a transaction as launchers and the service run it
-    try:
+    assert "p1" not in _names(cursor)  # a filtered claim drops the names it empties
+    assert len(leases.claim(cursor, sid, 2, serial=True, max_nodes=1)) == 2  # "other"'s first
+    assert "other" in _names(cursor)  # an unfiltered claim writes nothing there
+    leases.claim(cursor, sid, 3, serial=True, max_nodes=1)  # "other" emptied, still listed
+    assert "other" in _names(cursor)
+    conn = connect(db)  # the sweep prunes a bucket, in a transaction as launchers and the
+    try:  # service run it; here the bucket of "other"
         assert leases.sweep(conn.cursor()) == []
+        conn.commit()
+        cur = conn.cursor()
+        cur.execute(f"SELECT hashtext('other') & {claim_sql.LOCK_BUCKETS - 1}")
+        assert claim_sql.prune_workflows(cur, bucket=cur.fetchone()[0]) >= 1
         conn.commit()
     finally:
         conn.close()
-    assert "p1" not in _names(cursor) and {"p0", "p2", "other"} <= _names(cursor)
+    assert "other" not in _names(cursor) and {"p0", "p2"} <= _names(cursor)
     assert leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1") == []
     leases.release(cursor, sid)  # claimable again: listed again, claimed again
-    assert "p1" in _names(cursor)
+    assert {"p1", "other"} <= _names(cursor)
     assert len(leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p1")) == 2
 
 
 def test_pruning_waits_for_no_writer_and_never_drops_a_workflow_it_makes_claimable(db, cursor):
     _setup(cursor, workflows=1, per=2)
     sid = _session(cursor)
-    leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p0")  # p0: stale name
+    leases.claim(cursor, sid, 10, serial=True, max_nodes=1)  # unfiltered: p0 a stale name
+    cursor.execute(f"SELECT hashtext('p0') & {claim_sql.LOCK_BUCKETS - 1}")
+    bucket = cursor.fetchone()[0]
     writer, pruner = connect(db), connect(db)
     try:
         wcur, pcur = writer.cursor(), pruner.cursor()
         bulk.copy_jobs(wcur, [schema.new_job_row({"name": "late", "workflow": "p0",
                                                   "application": "app",
                                                   "state": "PREPROCESSED"})])  # not committed
-        assert claim_sql.prune_workflows(pcur) == 0  # the writer holds the lock: no waiting
-        pruner.commit()
+        assert claim_sql.prune_workflows(pcur, bucket=bucket) >= 1  # queued, run at commit:
+        pruner.commit()  # the writer holds p0's bucket, so p0 is skipped, not waited for
+        assert "p0" in _names(cursor)
         writer.commit()
-        claim_sql.prune_workflows(pcur)  # now sees the writer's job
+        claim_sql.prune_workflows(pcur, bucket=bucket)  # now sees the writer's job
         pruner.commit()
         assert "p0" in _names(cursor)
         got = leases.claim(cursor, sid, 10, serial=True, max_nodes=1, wf_filter="p0")
@@ -158,11 +170,15 @@ def test_a_filtered_claims_plan_reads_the_matching_workflows_not_every_claimable
         conn.close()
 
 
-@pytest.mark.parametrize("head", [True, False])
-def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, cursor, head):
+@pytest.mark.parametrize("scan_names", [claim_sql.SCAN_NAMES, 50])
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_filter_matching_many_workflows_reads_the_first_ones_by_key(db, cursor, ahead,
+                                                                       scan_names, monkeypatch):
     # 100 workflows "c<k>" of 3 jobs ahead in the claim order (priority 5), 2,000 "x<k>" of one
-    # job behind them: "c" fills the claim index's head (read there, not per workflow); "x"
-    # matches 2,000 workflows but none is in the head (read per workflow, as before)
+    # job behind them: either filter reads the first workflows by stored key (limit + 32 at
+    # most, the r-th at most limit - r + 1 rows), not one descent per matching workflow; their
+    # names from a scan of the names (fewer than SCAN_NAMES match) or from the key index
+    monkeypatch.setattr(claim_sql, "SCAN_NAMES", scan_names)
     cursor.execute(f"INSERT INTO {schema.APP_TABLE} (name, description, executable, preprocess, "
                    "envscript, postprocess) VALUES ('app', '', 'true', '', '', '')")
     rows = [schema.new_job_row({"name": f"c{k}-{i}", "workflow": f"c{k}", "application": "app",
@@ -174,7 +190,7 @@ def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, c
              for k in range(2000)]
     bulk.copy_jobs(cursor, rows)
     cursor.execute(f"ANALYZE {JOB}")
-    wf, key = ("c", lambda r: (-r["priority"], -r["wall_time_minutes"])) if head else (
+    wf, key = ("c", lambda r: (-r["priority"], -r["wall_time_minutes"])) if ahead else (
         "x", lambda r: -r["wall_time_minutes"])
     cursor.execute(f"SELECT job_id::text, priority, wall_time_minutes FROM {JOB} "
                    "WHERE workflow LIKE %s", [wf + "%"])
@@ -187,8 +203,8 @@ def test_a_filter_matching_many_workflows_reads_the_head_when_they_fill_it(db, c
         plan = _generic_plan(cur, sid, 25, wf)
         read, locked = _plan_rows(plan)
         assert plan["Actual Rows"] == 25 and round(locked) == 25, plan
-        # the head (25 + 32 rows) and the claimed rows; or every "x" workflow's one row too
-        assert read <= (25 + 32 + 25 if head else 25 + 32 + 2000 + 25), plan
+        # "c": 23 workflows' 3 rows, 2 of the 24th, 1 of the next 33; "x": 57 workflows' one
+        assert read <= (23 * 3 + 2 + 33 + 25 if ahead else 57 + 25), plan
         conn.rollback()
         got = leases.claim(cur, sid, 25, serial=True, max_nodes=1, wf_filter=wf)
         assert [r["job_id"] for r in got] == expected

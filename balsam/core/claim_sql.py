@@ -12,17 +12,19 @@ given (:func:`planned_per_call`):
   value, so a rare tag's jobs are read from ``job_claim_tags`` (a partial GIN index of the
   claimable jobs' tags, migration 0020) and a common tag's from the claim index in order;
 * a workflow filter (``--wf-filter``, "workflow contains"): the matching names are read from
-  :data:`WORKFLOWS_TABLE` (migration 0021: every workflow with a claimable job, kept by
-  triggers, and some whose jobs were claimed since, until :func:`prune_workflows`), each
-  matching workflow's first rows read in the claim order from ``job_claim_wf_serial`` /
-  ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and cut to the limit; then each
-  workflow's share of the cut is read again and locked (``SKIP LOCKED``: rows another claimer
-  holds are passed for the workflow's next ones). With more than :data:`HEAD_WORKFLOWS` matching
-  workflows the claim index's head is tried first (:func:`_top_rows`). Before session 17 the
-  filter only dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a
-  rare workflow); the first fix listed the workflows by a loose index scan (one descent per
-  claimable workflow: ~30 ms with 10,000 workflows, ~170 ms with 50,000) and locked up to the
-  limit per matching workflow (benchmarks/README.md, "Issue 16, session 17").
+  :data:`WORKFLOWS_TABLE` (migrations 0021-0022: every workflow with a claimable job, and some
+  whose jobs were claimed since, with the claim key of its best claimable job in each claim
+  order, never later than the truth: kept by triggers and :func:`refresh_workflows`); the first
+  ``limit`` + :data:`CANDIDATE_SLACK` by key are read in the claim order from
+  ``job_claim_wf_serial`` / ``job_claim_wf_mpi`` (migration 0020) without a lock, merged and
+  cut to the limit (:func:`_top_rows`; every matching workflow only when stale keys could
+  change the answer); then each workflow's share of the cut is read again and locked (``SKIP
+  LOCKED``: rows another claimer holds are passed for the workflow's next ones), and the
+  workflows claimed from are queued for a refresh at commit. Before session 17 the filter only
+  dropped rows of the claim index's scan (~130 ms at 600,000 claimable jobs for a rare
+  workflow); then one descent per claimable workflow (~170 ms with 50,000), then one per
+  matching workflow (~130 ms with 50,000 behind another workflow; benchmarks/README.md, "Issue
+  16, session 17" and "session 18").
 
 The claim locks only the rows it claims. Under contention the order is the claim order within
 each workflow, and across workflows the claim order of the unlocked read: a claimer whose
@@ -33,7 +35,8 @@ limit while other matching workflows have jobs; the next claim gets them).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from balsam.core import retries, schema
@@ -46,16 +49,30 @@ WORKFLOWS_TABLE = "core_claimworkflow"
 """The names of the workflows with claimable jobs, and some whose jobs were claimed since
 (migration 0021: kept by triggers, pruned by :func:`prune_workflows`)."""
 WORKFLOWS_LOCK_KEY = 0x434C4D57
-"""Advisory lock between the triggers adding names (shared) and the pruner (exclusive): a
-fixed number, b"CLMW", the one migration 0021's trigger uses."""
-HEAD_WORKFLOWS = 64
-"""Above this many matching workflows a filtered claim first tries the claim index's head
-(:func:`_top_rows`): reading ``limit`` + :data:`HEAD_SLACK` rows costs about what that many
-workflows' descents do."""
-HEAD_SLACK = 32
-"""Rows of the head read beyond the limit (other workflows' or unfitting jobs among them)."""
+"""The advisory locks between writers adding names or lowering keys (shared) and
+:func:`refresh_workflows` (exclusive): ``(WORKFLOWS_LOCK_KEY, hashtext(workflow) & 127)``, the
+key migrations 0021 and 0022 use (b"CLMW"), one of :data:`LOCK_BUCKETS` per workflow."""
+LOCK_BUCKETS = 128
+"""Lock buckets of workflows: a writer takes one per bucket its statement touches (at most
+this many locks however many workflows a bulk insert has); a refresh skips a bucket a writer
+holds."""
+SCAN_NAMES = 4096
+"""A filter matching at most this many names takes its candidates from a scan of the names
+(then sorted by key); more (a broad filter) from the key index in order, where they come early.
+Reading the key index for a filter matching 2% of 50,000 names with equal keys went through
+~35,000 entries (the names in alphabetical order): ~15 ms, against ~5 for the scan."""
+REFRESH_TABLE = "core_claimworkflow_refresh"
+"""Names queued for :func:`refresh_workflows` at the transaction's commit (migration 0022: an
+unlogged table, a deferred constraint trigger): by a filtered claim and by the prune."""
+CANDIDATE_SLACK = 32
+"""Workflows read by a filtered claim beyond its limit (in stored-key order): room for
+workflows emptied since their keys were stored (:func:`_top_rows`)."""
+SERIAL_KEY = "ARRAY[-priority::bigint, node_packing_count, -wall_time_minutes::bigint]"
+MPI_KEY = "ARRAY[-priority::bigint, -num_nodes::bigint, -wall_time_minutes::bigint]"
+"""A job's claim key in each mode: arrays compare in the claim order (migration 0022's)."""
 PRUNE_BATCH = 1000
-"""Names checked per :func:`prune_workflows` (one index descent each, ~4 us)."""
+"""Names refreshed at most per :func:`prune_workflows` (one bucket's: ~400 at 50,000 names;
+two index descents each, ~5 us)."""
 
 CLAIM_COLUMNS = (
     "job_id", "name", "workflow", "application", "args", "num_nodes", "ranks_per_node",
@@ -104,7 +121,7 @@ def statement(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     where, params = _filters(serial, max_nodes, max_wall_minutes, exclude_ids, tags,
                              gpus_per_node)
     if wf_filter:
-        select, params = _by_workflow(shape, where, params, order, wf_filter, limit)
+        select, params = _by_workflow(shape, where, params, serial, order, wf_filter, limit)
     elif max_wall_minutes is not None and not tags:
         select, params = _by_group(shape, where, params, serial, limit)
     else:
@@ -129,6 +146,12 @@ def statement(session_id: int, limit: int, *, serial: bool, max_nodes: int,
     sql = f"""{select}, c_upd AS (
             UPDATE {JOB} j SET session_id = %s
             WHERE j.job_id = ANY(ARRAY(SELECT job_id FROM c_sel)) RETURNING {cols}
+        )"""
+    if wf_filter:  # the workflows claimed from and the stale candidates: refreshed at commit
+        sql += f""", c_refresh AS (
+            INSERT INTO {REFRESH_TABLE} (names)
+            SELECT n FROM (SELECT ARRAY(SELECT workflow FROM c_upd UNION SELECT wf FROM c_stale)
+                           AS n) a WHERE cardinality(n) > 0
         )"""
     order_key: Callable[[dict[str, Any]], Any] = (
         (lambda r: (-r["priority"], r["node_packing_count"], -r["wall_time_minutes"]))
@@ -156,76 +179,127 @@ def _filters(serial: bool, max_nodes: int, max_wall_minutes: Optional[float],
     return where, params
 
 
-def _by_workflow(shape: list[str], where: list[str], params: list[Any], order: str,
-                 wf_filter: str, limit: int) -> tuple[str, list[Any]]:
-    """``c_wf`` (the listed workflows containing ``wf_filter``), ``c_top`` (the claim's rows,
-    read without a lock: :func:`_top_rows`), ``c_n`` (how many of them each workflow has) and
-    ``c_sel`` (that many of each, locked as read)."""
+def _by_workflow(shape: list[str], where: list[str], params: list[Any], serial: bool,
+                 order: str, wf_filter: str, limit: int) -> tuple[str, list[Any]]:
+    """``c_cand`` .. ``c_top`` (the claim's rows' workflows, read without a lock:
+    :func:`_top_rows`), ``c_n`` (how many rows each workflow has there) and ``c_sel`` (that
+    many of each, locked as read)."""
     conds = " AND ".join(shape + where)
-    top, top_params = _top_rows(shape, where, params, order, limit, like_contains(wf_filter))
-    select = f"""c_wf AS (
-            SELECT workflow AS wf FROM {WORKFLOWS_TABLE} WHERE workflow LIKE %s
-        ), {top}, c_n AS (
-            SELECT workflow AS wf, count(*) AS n FROM c_top GROUP BY workflow
+    top, top_params = _top_rows(shape, where, params, serial, order, limit,
+                                like_contains(wf_filter))
+    select = f"""{top}, c_n AS (
+            SELECT wf, count(*) AS n FROM c_top GROUP BY wf
         ), c_sel AS (
             SELECT x.job_id FROM c_n, LATERAL (
                 SELECT job_id FROM {JOB} WHERE workflow = c_n.wf AND {conds}
                 ORDER BY {order} LIMIT c_n.n FOR NO KEY UPDATE SKIP LOCKED) x
         )"""
-    return select, [like_contains(wf_filter)] + top_params + params
+    return select, top_params + params
 
 
-def _top_rows(shape: list[str], where: list[str], params: list[Any], order: str,
+def _top_rows(shape: list[str], where: list[str], params: list[Any], serial: bool, order: str,
               limit: int, pattern: str) -> tuple[str, list[Any]]:
-    """``c_head`` and ``c_top``: the first ``limit`` rows of the matching workflows in claim
-    order (their workflows), unlocked. Each matching workflow's first rows are read from its
-    own index range, merged and cut (one descent per matching workflow). When more than
-    :data:`HEAD_WORKFLOWS` workflows match, the claim index's first ``limit`` +
-    :data:`HEAD_SLACK` rows are read first (``c_head``); if ``limit`` of them match and pass
-    the filters, they are the answer (every later row comes after them in the claim order) and
-    the per-workflow reads are skipped (a campaign's launcher whose workflows fill the head).
-    The head's rows are matched by ``pattern`` itself: a claimable job's workflow is listed."""
+    """``c_top``: the workflows of the first ``limit`` rows of the matching workflows in claim
+    order, read without a lock.
+
+    The first ``limit`` + :data:`CANDIDATE_SLACK` matching workflows by stored key
+    (``c_cand``: from the matching names themselves when a scan finds at most
+    :data:`SCAN_NAMES`, ``c_some``; else read in key order from ``claimworkflow_skey`` /
+    ``_mkey``, which a broad filter matches early) are read in the claim order, the
+    ``r``-th at most ``max(1, limit - r + 1)`` rows (``c_rows``: the ``r - 1`` before it
+    usually hold a row ahead of all of its), merged and cut (``c_cut``). A stored key is never
+    later than its workflow's best claimable row, so the cut is the claim's answer when
+    (``c_ok``) no workflow left unread has a key before the cut's last row, and no workflow that
+    gave its whole cap (it may have more) ends before that row (or the cut fell short of the
+    limit). Otherwise (keys gone stale since jobs were claimed, or rows the other filters drop)
+    every matching workflow is read (``c_all``: one descent each, the path before session 18)."""
     conds = " AND ".join(shape + where)
-    outer = ", ".join(f"x.{term}" for term in order.split(", "))
-    keys = ", ".join(term.split()[0] for term in order.split(", "))
-    sql = f"""c_head AS (
-            SELECT h.workflow, {", ".join(f"h.{k}" for k in keys.split(", "))} FROM (
-                SELECT * FROM {JOB} WHERE {" AND ".join(shape)}
-                ORDER BY {order} LIMIT %s) h
-            WHERE (SELECT count(*) FROM (SELECT FROM c_wf LIMIT {HEAD_WORKFLOWS + 1}) w)
-                  > {HEAD_WORKFLOWS}
-              AND h.workflow LIKE %s AND {" AND ".join(where)}
-        ), c_top AS (
-            (SELECT x.workflow FROM c_head x WHERE (SELECT count(*) FROM c_head) >= %s
-             ORDER BY {outer} LIMIT %s)
-            UNION ALL
-            (SELECT x.workflow FROM c_wf, LATERAL (
-                SELECT workflow, {keys} FROM {JOB} WHERE workflow = c_wf.wf AND {conds}
+    key, col = (SERIAL_KEY, "skey") if serial else (MPI_KEY, "mkey")
+    cands = limit + CANDIDATE_SLACK
+    sql = f"""c_some AS (
+            SELECT workflow AS wf, {col} AS k FROM {WORKFLOWS_TABLE}
+            WHERE workflow LIKE %s AND {col} IS NOT NULL LIMIT %s
+        ), c_some_n AS (
+            SELECT count(*) AS n FROM c_some
+        ), c_cand AS (
+            SELECT wf, k, row_number() OVER (ORDER BY k, wf) AS r FROM (
+                (SELECT wf, k FROM c_some WHERE (SELECT n FROM c_some_n) <= %s
+                 ORDER BY k, wf LIMIT %s)
+                UNION ALL
+                (SELECT workflow, {col} FROM {WORKFLOWS_TABLE}
+                 WHERE (SELECT n FROM c_some_n) > %s
+                   AND workflow LIKE %s AND {col} IS NOT NULL
+                 ORDER BY {col}, workflow LIMIT %s)) c
+        ), c_rows AS (
+            SELECT c.wf, c.r, x.k FROM c_cand c, LATERAL (
+                SELECT {key} AS k FROM {JOB} WHERE workflow = c.wf AND {conds}
+                ORDER BY {order} LIMIT greatest(1, %s - c.r + 1)) x
+            WHERE c.r <= %s
+        ), c_cut AS (
+            SELECT wf, k FROM c_rows ORDER BY k LIMIT %s
+        ), c_ok AS (
+            SELECT NOT EXISTS (
+                    SELECT 1 FROM c_rows GROUP BY wf, r
+                    HAVING count(*) >= greatest(1, %s - r + 1)
+                       AND (t.n < %s OR max(k) < t.last))
+               AND (t.next IS NULL OR (t.n = %s AND t.last <= t.next)) AS ok
+            FROM (SELECT (SELECT count(*) FROM c_cut) AS n, (SELECT max(k) FROM c_cut) AS last,
+                         (SELECT k FROM c_cand WHERE r = %s) AS next) t
+        ), c_all AS (
+            SELECT x.workflow AS wf FROM (
+                SELECT workflow FROM {WORKFLOWS_TABLE}
+                WHERE workflow LIKE %s AND {col} IS NOT NULL) w, LATERAL (
+                SELECT workflow, {key} AS k FROM {JOB} WHERE workflow = w.workflow AND {conds}
                 ORDER BY {order} LIMIT %s) x
-             WHERE (SELECT count(*) FROM c_head) < %s
-             ORDER BY {outer} LIMIT %s)
+            WHERE NOT (SELECT ok FROM c_ok)
+            ORDER BY x.k LIMIT %s
+        ), c_top AS (
+            SELECT wf FROM c_cut WHERE (SELECT ok FROM c_ok)
+            UNION ALL
+            SELECT wf FROM c_all
+        ), c_stale AS (
+            SELECT c.wf FROM c_cand c LEFT JOIN (SELECT wf, min(k) AS k FROM c_rows GROUP BY wf) f
+                ON f.wf = c.wf
+            WHERE c.r <= %s AND (f.k IS NULL OR (NOT (SELECT ok FROM c_ok) AND f.k > c.k))
         )"""
-    # (the gates are one-time filters: the branch not taken is not run)
-    return sql, ([limit + HEAD_SLACK, pattern] + params + [limit, limit] + params
-                 + [limit, limit, limit])
+    # (the gates are one-time filters: the fallback is not run when the candidates answer;
+    # c_stale, refreshed at commit: the candidates read that had no row -- most likely emptied,
+    # each one left would take a candidate's place at every claim until the prune found it --
+    # and, when the fallback ran, those whose first row came after their key)
+    return sql, ([pattern, SCAN_NAMES + 1, SCAN_NAMES, cands + 1, SCAN_NAMES, pattern, cands + 1]
+                 + params + [limit, cands, limit, limit, limit, limit, cands + 1, pattern]
+                 + params + [limit, limit, cands])
 
 
-def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH) -> int:
-    """Drop up to ``batch`` names of :data:`WORKFLOWS_TABLE` (a random sample of that many is
-    checked) whose workflow has no claimable job left; the number dropped. Does nothing (0)
-    while a writer that may add a name is in flight: the advisory lock its trigger holds shared
-    is taken here exclusive, try only (never waits), and the jobs are checked by the next
-    statement, whose snapshot sees every such writer committed. Held to the caller's commit:
-    call it in a transaction (not autocommit, where the lock would end with its statement)."""
-    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [WORKFLOWS_LOCK_KEY])
-    if not fetch_one(cursor)[0]:
+def refresh_workflows(cursor: Cursor, names: Sequence[str]) -> int:
+    """Bring the stored claim keys of ``names`` up to date, dropping those with no claimable
+    job left; how many were changed or dropped. A workflow whose lock bucket a writer holds (it
+    may be making jobs of it claimable) is skipped: its key stays early, which costs a later
+    claim a descent, never a job. The buckets taken are held exclusive to the caller's commit
+    (that bucket's writers wait until then): call it last before a commit. Claims and the prune
+    queue theirs (:data:`REFRESH_TABLE`), run at their commit."""
+    if not names:
         return 0
-    cursor.execute(f"""
-        DELETE FROM {WORKFLOWS_TABLE} w WHERE w.workflow IN (
-            SELECT workflow FROM {WORKFLOWS_TABLE} ORDER BY random() LIMIT %s)
-          AND NOT EXISTS (SELECT 1 FROM {JOB} j WHERE j.workflow = w.workflow
-                          AND j.state IN {RUNNABLE_SQL} AND j.session_id IS NULL)""", [batch])
-    return int(cursor.rowcount)
+    cursor.execute("SELECT core_claimworkflow_refresh(%s::text[])", [sorted(set(names))])
+    return int(fetch_one(cursor)[0])
+
+
+def prune_workflows(cursor: Cursor, batch: int = PRUNE_BATCH,
+                    bucket: Optional[int] = None) -> int:
+    """Queue a refresh (:func:`refresh_workflows`: new keys, names with no claimable job
+    dropped), run at the caller's commit, of up to ``batch`` listed workflows of one lock
+    bucket (``bucket``, or one at random; found by a scan of the names, no lock held), so that
+    only that bucket's writers wait, and only for the commit (before session 18: one lock for
+    every writer from the prune to the sweep's commit). Returns the number queued. Filtered
+    claims refresh what they read; this catches the rest (workflows emptied by unfiltered
+    claims, names no claim reads), a bucket a sweep."""
+    which = random.randrange(LOCK_BUCKETS) if bucket is None else bucket % LOCK_BUCKETS
+    cursor.execute(f"""INSERT INTO {REFRESH_TABLE} (names) SELECT n FROM (SELECT ARRAY(
+        SELECT workflow FROM {WORKFLOWS_TABLE} WHERE hashtext(workflow) & {LOCK_BUCKETS - 1} = %s
+        LIMIT %s) AS n) a WHERE cardinality(n) > 0 RETURNING cardinality(names)""",
+                   [which, batch])
+    row = cursor.fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def _by_group(shape: list[str], where: list[str], params: list[Any], serial: bool,

@@ -85,6 +85,9 @@ def claim(cursor: Cursor, session_id: int, limit: int, *, serial: bool, max_node
     the time left; ``gpus_per_node`` (None: no check) those whose GPUs fit (:func:`gpu_condition`).
     A workflow filter, a time limit and a tag filter each have their own index path, so a
     selective one reads what it claims, not every claimable job (:mod:`balsam.core.claim_sql`).
+    A filtered claim also queues a refresh of the stored claim keys of the workflows it claimed
+    from, and of those it found stale, run at the caller's commit
+    (:func:`claim_sql.refresh_workflows`).
     """
     sql, params, order_key = _claim_sql(session_id, limit, serial=serial, max_nodes=max_nodes,
                                         wf_filter=wf_filter, max_wall_minutes=max_wall_minutes,
@@ -294,8 +297,8 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     by a database restart get the chance to reconnect and renew first. Concurrent sweepers
     skip each other's sessions (SKIP LOCKED). With ``db_path`` (the database directory), what
     a dead MPI-mode launcher's watchdog reports it launched decides which of its jobs ran
-    (:mod:`balsam.core.launch_reports`). Also prunes the list of claimable workflows
-    (:func:`claim_sql.prune_workflows`).
+    (:mod:`balsam.core.launch_reports`). Also prunes the list of claimable workflows and
+    refreshes their claim keys (:func:`claim_sql.prune_workflows`).
     """
     cursor.execute(f"""
         SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
