@@ -135,10 +135,12 @@ def site(db):
 @pytest.mark.slow
 def test_a_launchers_function_job_with_a_fifo_as_output_fails_with_the_reason_and_the_rest_run(
         site, cursor, fifos):
-    jobs = [Job(site_path=site, app_name="fn.Add", workdir=f"add/{n}", parameters={"a": n},
+    data = os.path.join(site, "data", "fifo-out")  # the session's database: its own workdirs
+    shutil.rmtree(data, ignore_errors=True)
+    jobs = [Job(site_path=site, app_name="fn.Add", workdir=f"fifo-out/{n}", parameters={"a": n},
                 node_packing_count=2) for n in range(8)]
     Job.objects.bulk_create(jobs)
-    fifo = os.path.join(site, "data", "add", "5", "job.out")
+    fifo = os.path.join(data, "5", "job.out")
     os.makedirs(os.path.dirname(fifo), exist_ok=True)
     os.mkfifo(fifo)
     fifos.append(fifo)
@@ -152,5 +154,5 @@ def test_a_launchers_function_job_with_a_fifo_as_output_fails_with_the_reason_an
     assert all(fifo in m for m in messages), messages
     for n in final:
         assert jobs[n].result() == n + 1
-        with open(os.path.join(site, "data", "add", str(n), "job.out")) as fh:
+        with open(os.path.join(data, str(n), "job.out")) as fh:
             assert fh.read() == f"adding {n}\n"
