@@ -35,8 +35,9 @@ Either way a :class:`Runner` holds the site's app classes, loaded once per sourc
 at the first task that needs it. It reads the job and its arguments (unless given), calls
 ``run()`` with ``self.job`` bound, writes the outcome (or returns it, see above), and prints a
 failing task's traceback to stderr (so the launcher's RUN_ERROR message tail shows it). Exit
-statuses: 0 returned, 1 raised, 2 the task could not be loaded (no such job, app file error,
-database unreachable), 3 the outcome could not be written.
+statuses: 0 returned, 1 raised, 2 the task could not be loaded or started (no such job, app
+file error, database unreachable; a warm worker: its directory or output file), 3 the outcome
+could not be written.
 """
 from __future__ import annotations
 
