@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from balsam.platform.procgroup import signal_group
 class Task:
     """A running task process; ``returncode`` is None until it has exited and been reaped."""
 
+    message: str = ""
+    """Why the task failed, when it said so itself (a function task that could not start:
+    :mod:`balsam.launcher.warm_pool`); else its failure is reported with its output's tail."""
     leader_start: Optional[int] = None
     """The leader's start time, read at :meth:`terminate` while it is not reaped: the group is
     signalled after the reap too, and by then its id may name another process."""
@@ -107,13 +111,21 @@ def stopped_from_outside(returncode: int) -> Optional[str]:
 
 
 def tail(path: str, lines: int) -> str:
-    """The last ``lines`` lines of a text file (reads at most the last 64 KiB)."""
+    """The last ``lines`` lines of a text file (reads at most the last 64 KiB); "" if it is
+    not a regular file (opened ``O_NONBLOCK``: a FIFO at the path with no writer would block
+    the caller in ``open``)."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with open(fd, "rb") as fh:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - 65536))
             data = fh.read()
-    except OSError:
-        return ""
+        except OSError:
+            return ""
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

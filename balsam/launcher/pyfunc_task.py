@@ -13,7 +13,8 @@ Two ways to run:
   output_path, row, queued)`` read from the channel
   (:class:`balsam.launcher.warm_channel.Channel`) on descriptor FD, one at a time: the job's
   environment set, the workdir made current, stdout and stderr sent to the output file for
-  the task's duration; it replies ``(job_id, exit status, outcome, next, cancelled)``.
+  the task's duration; it replies ``(job_id, exit status, outcome, next, cancelled)``
+  (``outcome``: a str, the reason, when the task could not start: exit status 2).
   Requests may wait in the channel behind the running one (the launcher queues up to two
   behind a short task, so that the worker never waits for it between tasks); right after a
   task, before its reply, the worker takes what is waiting: a ``(CANCEL, [job ids])``
@@ -34,8 +35,9 @@ Either way a :class:`Runner` holds the site's app classes, loaded once per sourc
 at the first task that needs it. It reads the job and its arguments (unless given), calls
 ``run()`` with ``self.job`` bound, writes the outcome (or returns it, see above), and prints a
 failing task's traceback to stderr (so the launcher's RUN_ERROR message tail shows it). Exit
-statuses: 0 returned, 1 raised, 2 the task could not be loaded (no such job, app file error,
-database unreachable), 3 the outcome could not be written.
+statuses: 0 returned, 1 raised, 2 the task could not be loaded or started (no such job, app
+file error, database unreachable; a warm worker: its directory or output file), 3 the outcome
+could not be written.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import cloudpickle  # noqa: F401  (imported once, at the warm worker's start, not at its first task)
 import psycopg2
@@ -53,6 +55,7 @@ from balsam import defaults
 from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.db.connect import connect
 from balsam.errors import BalsamError, DatabaseUnavailable
+from balsam.launcher.libc_spawn import open_output
 from balsam.launcher.warm_channel import Channel, Inbox
 from balsam.site import loader, pyfunc
 
@@ -207,14 +210,17 @@ class _Environment:
 
 
 def _redirect(path: Optional[str], saved: tuple[int, int]) -> None:
-    """Point descriptors 1 and 2 at ``path`` (truncated), or back to ``saved`` (None)."""
+    """Point descriptors 1 and 2 at ``path`` (truncated), or back to ``saved`` (None). The
+    output file is opened as a shell task's (:func:`balsam.launcher.libc_spawn.open_output`):
+    a FIFO at the path without a reader is an OSError naming it, never a process blocked in
+    ``open`` with its task's place held."""
     sys.stdout.flush()
     sys.stderr.flush()
     if path is None:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    fd = open_output(path, os.getcwd(), path)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -248,8 +254,10 @@ def serve(conn: Channel, began_path: str = "") -> int:
 
 def _run_one(runners: dict[str, Runner], environment: _Environment, saved: tuple[int, int],
              job_id: str, env: Mapping[str, Optional[str]], workdir: str, output_path: str,
-             row: Optional[TaskRow]) -> tuple[int, Optional[OutcomeRow]]:
-    """One request: environment, directory, output redirected, the task run."""
+             row: Optional[TaskRow]) -> tuple[int, Union[OutcomeRow, str, None]]:
+    """One request: environment, directory, output redirected, the task run; its exit status
+    and outcome, or 2 and why it could not start (the output file cannot hold that: the
+    rank reports it as the task's failure)."""
     environment.apply(env)
     try:
         try:
@@ -260,7 +268,7 @@ def _run_one(runners: dict[str, Runner], environment: _Environment, saved: tuple
         _redirect(output_path, saved)
     except OSError as exc:
         print(f"balsam: cannot start function task {job_id}: {exc}", file=sys.stderr)
-        return 2, None
+        return 2, f"cannot start: {exc}"
     try:
         db_path = os.environ.get("BALSAM_DB_PATH", "")
         runner = runners.get(db_path) or runners.setdefault(db_path, Runner(db_path))

@@ -180,7 +180,8 @@ class Starts:
 
     def _chain_behind(self) -> bool:
         """Queue the head of the queue behind each running task, or start in flight, it can
-        follow (see the module docstring); True if any was."""
+        follow (see the module docstring); True if any was. One whose running task's pidfd
+        cannot be dup'ed (EMFILE) stays queued, as does each after it, in order."""
         spawns = self._spawns
         if spawns is None or not self._can_chain(spawns) or self.stopping or not self.queue \
                 or self.node.fits(self.queue[0].packing):  # it starts now, beside the others
@@ -202,21 +203,25 @@ class Starts:
             chained.append((work, placement, -1 if r is None else r.fd, job_id))
             if not self.queue:
                 break
-        self.chained += len(chained)
+        back: list[Work] = []  # not chained after all: back to the queue's head, in order
         for work, placement, fd, leader in chained:  # the watchdog hears of each as it starts
             note = f"?{work.job_id}\n".encode() if self.watchdog is not None else b""
-            if fd < 0:
+            if fd < 0 and not back:
                 self._submit(work, placement, after_job=leader, note=note)
                 continue
             try:
-                after = os.dup(fd)
-            except OSError:  # no descriptor to spare (EMFILE): it waits in the queue
+                after = -1 if back else os.dup(fd)
+            except OSError:  # no descriptor to spare (EMFILE)
+                after = -1
+            if after < 0:  # it waits in the queue, and so does each after it: none overtakes
                 del self._chained_work[work.job_id]
                 self._unlink(work.job_id)
-                self.queue.appendleft(work)
+                back.append(work)
                 continue
             self._submit(work, placement, after, note=note)
-        return bool(chained)
+        self.queue.extendleft(reversed(back))
+        self.chained += len(chained) - len(back)
+        return len(chained) > len(back)
 
     def _can_chain(self, spawns: SpawnThreads) -> bool:
         """Whether starts may be chained: the spawning threads can, and the task watchdog (if

@@ -361,8 +361,8 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         elif procs.stopped_from_outside(rc):
             self._note_all("terminated", [(job_id, rc)])
         else:
-            self._note_all("failed", [(job_id, rc, procs.tail(r.task.output_path,
-                                                              self.tail_lines))])
+            self._note_all("failed", [(job_id, rc, r.task.message or procs.tail(
+                r.task.output_path, self.tail_lines))])
         if successor is not None:
             self._follow(successor, collateral=bool(r.why))
 

@@ -126,7 +126,8 @@ class WarmProcess:
                 task = self.sent.pop(job_id, None)
                 if task is not None:
                     self.tasks += 1
-                    task.outcome = outcome
+                    task.outcome, task.message = (None, outcome) if isinstance(outcome, str) \
+                        else (outcome, "")  # a str: why it could not start
                     task.ended(int(rc))
                 if self.queued:
                     self.queued.popleft().begin()
