@@ -35,7 +35,7 @@ import os
 import select
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 from balsam.launcher import libc_spawn, spawn, task
@@ -83,6 +83,8 @@ class Starts:
     _leader: dict[str, str]
     """The reverse of ``_follower``."""
     _chained_work: dict[str, Work]
+    _chain_seq: dict[str, int]
+    _chain_ticket: Iterator[int]
     """The chained starts not yet taken over (in the order they were asked for)."""
     _unwatched: set[str]
     """Running tasks without a pidfd (their end is polled: :meth:`_polled`)."""
@@ -199,6 +201,7 @@ class Starts:
             self.queue.popleft()
             self._follower[job_id], self._leader[work.job_id] = work.job_id, job_id
             self._chained_work[work.job_id] = work
+            self._chain_seq[work.job_id] = next(self._chain_ticket)
             r = self.running.get(job_id)
             chained.append((work, placement, -1 if r is None else r.fd, job_id))
             if not self.queue:
@@ -215,6 +218,7 @@ class Starts:
                 after = -1
             if after < 0:  # it waits in the queue, and so does each after it: none overtakes
                 del self._chained_work[work.job_id]
+                self._chain_seq.pop(work.job_id, None)
                 self._unlink(work.job_id)
                 back.append(work)
                 continue
@@ -327,6 +331,7 @@ class Starts:
         if self._spawns is None or not self._spawns.cancel(job_id):
             return False
         del self._chained_work[job_id]
+        self._chain_seq.pop(job_id, None)
         self._unlink(job_id)
         if key:
             self._note_all(key, [job_id])

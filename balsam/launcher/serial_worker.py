@@ -45,6 +45,7 @@ same reports; while such tasks are short, the next waits in a running one's warm
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import select
@@ -129,6 +130,8 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self._follower: dict[str, str] = {}  # Starts
         self._leader: dict[str, str] = {}
         self._chained_work: dict[str, Work] = {}
+        self._chain_seq: dict[str, int] = {}  # chained starts' order (hand-backs keep it)
+        self._chain_ticket = itertools.count()
         self._unwatched: set[str] = set()  # Starts: running tasks without a pidfd
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead

@@ -248,8 +248,10 @@ class ThreadedStarts:
     _unwatched: set[str]
     """Running tasks without a pidfd: their end is polled (``serial_starts.Starts``)."""
     queue: deque[Any]
+    _chain_seq: dict[str, int]
+    """The order in which chained starts were asked for (``serial_starts.Starts``)."""
     _requeued: frozenset[str] = frozenset()
-    """Handed-back starts put at the queue's head (later ones go behind those still there)."""
+    """Handed-back starts put at the queue's head, still waiting there."""
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
@@ -281,6 +283,8 @@ class ThreadedStarts:
         self._note_all("started", [s.job_id for s in done if not s.returned])
         for s in done:
             work = self._chained_work.pop(s.job_id, None) if self._chained_work else None
+            if work is not None and not s.returned:
+                self._chain_seq.pop(s.job_id, None)
             if s.returned:
                 again = self._returned(s, work)
                 if again is not None:
@@ -309,12 +313,16 @@ class ThreadedStarts:
         return bool(done)
 
     def _requeue(self, back: list[Any]) -> None:
-        """Put handed-back Work at the queue's head, in the order it came back: behind what
-        came back earlier and still waits there (a chain comes back over several collects)."""
-        at, queue = 0, self.queue
-        while at < len(queue) and queue[at].job_id in self._requeued:
-            at += 1
-        for work in back:
-            queue.insert(at, work)
-            at += 1
-        self._requeued = frozenset(queue[i].job_id for i in range(at))
+        """Put handed-back Work at the queue's head, with what came back earlier and still
+        waits there, in the order the starts were chained (the queue's): a chain comes back
+        over several collects, and its starts, waiting in several spawning threads, in any
+        order (a test saw f1, f3, f2)."""
+        queue, head = self.queue, list(back)
+        while queue and queue[0].job_id in self._requeued:
+            head.append(queue.popleft())
+        head.sort(key=lambda w: self._chain_seq.get(w.job_id, -1))
+        queue.extendleft(reversed(head))
+        self._requeued = frozenset(w.job_id for w in head)
+        for job_id in [j for j in self._chain_seq  # (started from the queue since: forgotten)
+                       if j not in self._requeued and j not in self._chained_work]:
+            del self._chain_seq[job_id]
