@@ -353,6 +353,10 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
     with settings(db, launcher=dict(QUICK, lease_seconds=3)), launchers() as start:
         first = start(*SERIAL)
         leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
+        # The start written first: a run whose RUNNING is still in the master's buffer when the
+        # launcher and every rank die at once is in no history (its watchdog's report names it,
+        # but only the killed launcher reads that report; a known gap: docs/architecture.md).
+        wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 30, "RUNNING written")
         everything = [first.pid] + descendants(first.pid)  # mpiexec, ranks, watchdogs, task
         launcher_side = [p for p in everything if not in_group(p, leader) and not is_watchdog(p)]
         assert any(is_watchdog(p) for p in everything)
