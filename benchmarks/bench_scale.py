@@ -93,7 +93,9 @@ class SimWorkers:
         self.reports = 0
         self.sim_cpu = 0.0
         self.last_work = 0.0
-        """When the master last sent work (after it, it had no more to hand out)."""
+        """When the master last sent new work (after it, it had no more to hand out; work given
+        back by a ``recall`` and sent again is not new: the tail's rebalancing)."""
+        self.recalled: set[str] = set()
 
     # ---- the master's side ------------------------------------------------------------------
     def send(self, worker: int, message: dict[str, Any]) -> None:
@@ -140,8 +142,9 @@ class SimWorkers:
             self._report(worker, {"bye": True})
             return
         if message.get("work"):
-            self.last_work = now
             ids = [w.job_id for w in message["work"]]
+            if any(job_id not in self.recalled for job_id in ids):  # new work, not a recall's
+                self.last_work = now
             if worker in self.stopping:
                 report["returned"] = ids
             else:
@@ -156,6 +159,7 @@ class SimWorkers:
             queue = self.queued[worker]
             count = min(len(queue), int(message["recall"] * self.slots + 1e-6))
             report["recalled"] = [queue.pop() for _ in range(count)]
+            self.recalled.update(report["recalled"])
         if "stop" in message:
             self.stopping.add(worker)
             if self.queued[worker]:
