@@ -147,3 +147,21 @@ def run_in_session(argv: list[str], *, what: str, timeout: float, input: Optiona
         tail = (err.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"{what} exited {proc.returncode}: {tail}")
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def rerun_with_source(source: str, script: str) -> None:
+    """``--compare-with SOURCE``: run ``script`` again with this process's other arguments and
+    the balsam package of tree ``source`` first on ``PYTHONPATH`` (the "before" of a same-run
+    before/after), then return (the caller runs this tree: the "after")."""
+    import sys
+
+    name = os.path.basename(script).removesuffix(".py")
+    if not os.path.isdir(os.path.join(source, "balsam")):
+        raise SystemExit(f"{name}: --compare-with {source}: no balsam/ there")
+    argv = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--compare-with")
+            and not (i and sys.argv[i] == "--compare-with")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (os.path.abspath(source), os.environ.get("PYTHONPATH")) if p))
+    print(f"## before: {source}", flush=True)
+    subprocess.run([sys.executable, os.path.abspath(script), *argv], env=env, check=True)
+    print("## after: this tree", flush=True)

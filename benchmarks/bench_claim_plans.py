@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -195,19 +194,6 @@ def timed_prune(conn: Any) -> None:
           f"{', '.join(f'{r:.1f}' for r in runs)})")
 
 
-def compare(source: str) -> None:
-    """Run this benchmark (same arguments) with the balsam package of tree ``source``."""
-    if not os.path.isdir(os.path.join(source, "balsam")):
-        raise SystemExit(f"bench_claim_plans: --compare-with {source}: no balsam/ there")
-    argv = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--compare-with")
-            and not (i and sys.argv[i] == "--compare-with")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (os.path.abspath(source), os.environ.get("PYTHONPATH")) if p))
-    print(f"## before: {source}", flush=True)
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, check=True)
-    print("## after: this tree", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
@@ -226,7 +212,9 @@ def main() -> None:
         raise SystemExit("bench_claim_plans: --small-workflows, --limit and --repeat must be >= 1"
                          ", --stale >= 0")
     if args.compare_with:
-        compare(args.compare_with)
+        from _procs import rerun_with_source
+
+        rerun_with_source(args.compare_with, __file__)
     from _throwaway import machine_line, throwaway_db
 
     from balsam.core import leases

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _procs import rerun_with_source  # noqa: E402
 from _throwaway import machine_line, throwaway_db  # noqa: E402
 from bench_bulk_insert import backend_cpu, backend_pid  # noqa: E402
 
@@ -63,19 +63,6 @@ def trigger_times(conn: Any) -> str:
     return ", ".join(f"{t['Trigger Name']} {t['Time']:.1f}" for t in plan.get("Triggers", []))
 
 
-def compare(source: str) -> None:
-    """Run this benchmark (same arguments) with the balsam package of tree ``source``."""
-    if not os.path.isdir(os.path.join(source, "balsam")):
-        raise SystemExit(f"bench_claim_triggers: --compare-with {source}: no balsam/ there")
-    argv = [a for i, a in enumerate(sys.argv[1:]) if not a.startswith("--compare-with")
-            and not (i and sys.argv[i] == "--compare-with")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (os.path.abspath(source), os.environ.get("PYTHONPATH")) if p))
-    print(f"## before: {source}", flush=True)
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, check=True)
-    print("## after: this tree", flush=True)
-
-
 def set_triggers(conn: Any, on: bool) -> None:
     from balsam.core import schema
 
@@ -97,7 +84,7 @@ def main() -> None:
     if args.n < 1 or args.rounds < 1 or min(args.workflows) < 1:
         raise SystemExit("bench_claim_triggers: -n, --rounds and --workflows must be >= 1")
     if args.compare_with:
-        compare(args.compare_with)
+        rerun_with_source(args.compare_with, __file__)
     print(machine_line())
     with throwaway_db() as path:
         from balsam.core import schema

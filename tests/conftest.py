@@ -147,6 +147,19 @@ def restart_db(test_home: str) -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def fifos() -> Iterator[list[str]]:
+    """FIFOs a test makes (it appends their paths); any writer still blocked in open() at the
+    end is let go (a non-blocking reader opens and closes each)."""
+    made: list[str] = []
+    yield made
+    for path in made:
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     from shm_watch import hydra_files
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,18 +23,6 @@ from balsam.launcher import procs
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
 from balsam.site import pyfunc
-
-
-@pytest.fixture
-def fifos() -> Iterator[list[str]]:
-    """FIFOs the test makes; a writer still blocked in open() at the end is let go."""
-    made: list[str] = []
-    yield made
-    for path in made:
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
 
 
 def fifo_work(tmp: Any, site: str, name: str, fifos: list[str]) -> Work:

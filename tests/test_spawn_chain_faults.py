@@ -16,7 +16,7 @@ import os
 import select
 import shlex
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from gates import gate_sh
@@ -208,18 +208,6 @@ def start_path(request, monkeypatch) -> str:
     if request.param == "loop":
         monkeypatch.setattr(spawn_threads, "usable", lambda: False)
     return str(request.param)
-
-
-@pytest.fixture
-def fifos() -> Iterator[list[str]]:
-    """FIFOs the test makes; any writer still blocked in open() at the end is let go."""
-    made: list[str] = []
-    yield made
-    for path in made:
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
 
 
 def fifo_job(tmp: str, name: str, fifos: list[str]) -> Work:
