@@ -14,12 +14,16 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any, Optional
 
+from balsam.launcher.libc_spawn import open_output
 from balsam.platform.process import start_time
 from balsam.platform.procgroup import signal_group
 
 
 class Task:
-    """A running task process; ``returncode`` is None until it has exited and been reaped."""
+    """A running task process; ``returncode`` is None until it has exited and been reaped.
+    OSError if it cannot start: its output file is opened as a shell task's
+    (:func:`balsam.launcher.libc_spawn.open_output`: a FIFO with no reader fails the start
+    and names it)."""
 
     message: str = ""
     """Why the task failed, when it said so itself (a function task that could not start:
@@ -36,7 +40,8 @@ class Task:
         self.started = time.time()
         self.kill_deadline: Optional[float] = None
         os.makedirs(cwd, exist_ok=True)
-        out: IO[bytes] = open(output_path, "wb")
+        # never a blocking open (a FIFO at the path would hang the launcher's warm start)
+        out: IO[bytes] = open(open_output(argv[0], cwd, output_path), "wb")
         try:
             self.proc = _spawn(argv, env, cwd, out, cpus, ignore_sigpipe)
         finally:
