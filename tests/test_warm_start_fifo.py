@@ -8,24 +8,11 @@ jobs and exits 0. Through a real serial launcher; no timing: every wait is for a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
+from fault_support import SERIAL
 from launcher_procs import launchers
 from launcher_support import QUICK, add_app, add_jobs, events, settings, states, workdir
-from test_launcher_serial import SERIAL
-
-
-@pytest.fixture
-def fifos() -> Iterator[list[str]]:
-    """FIFOs the test makes; a writer still blocked in open() at the end is let go."""
-    made: list[str] = []
-    yield made
-    for path in made:
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
 
 
 @pytest.mark.slow
