@@ -7,6 +7,7 @@ of the ensemble's MPI variables. The first tests drive one worker in-process (no
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from launcher_support import (
 from once_support import descendants
 
 from balsam.core import schema
+from balsam.db.connect import connect
 from balsam.launcher.context import FINISHED_REASON
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_worker import Work, Worker
@@ -274,10 +276,10 @@ def pids_of(path: str) -> Optional[list[int]]:
     return [int(p) for p in text] if len(text) == 2 else None
 
 
-def sleepers(db: str, cursor: Any, scripts: str, count: int, nap: int = 60
-             ) -> tuple[list[str], list[str]]:
+def sleepers(db: str, cursor: Any, scripts: str, count: int, nap: int = 60,
+             state: str = "CREATED") -> tuple[list[str], list[str]]:
     add_app(cursor, "sleeper", write_script(scripts, "sleep_once.sh", SLEEP_ONCE))
-    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "sleeper",
+    ids = add_jobs(cursor, [{"name": f"s{i}", "application": "sleeper", "state": state,
                              "environ_vars": f"NAP={nap}"} for i in range(count)])
     return ids, [os.path.join(workdir(db, cursor, j), "pids") for j in ids]
 
@@ -353,18 +355,9 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
     with settings(db, launcher=dict(QUICK, lease_seconds=3)), launchers() as start:
         first = start(*SERIAL)
         leader, _ = wait_for(lambda: pids_of(pid_file), 30, "the task to start")
-        # The start written first: a run whose RUNNING is still in the master's buffer when the
-        # launcher and every rank die at once is in no history (its watchdog's report names it,
-        # but only the killed launcher reads that report; a known gap: docs/architecture.md).
+        # The start written first (a start not written yet: the next test).
         wait_for(lambda: job_row(cursor, job_id)["state"] == "RUNNING", 30, "RUNNING written")
-        everything = [first.pid] + descendants(first.pid)  # mpiexec, ranks, watchdogs, task
-        launcher_side = [p for p in everything if not in_group(p, leader) and not is_watchdog(p)]
-        assert any(is_watchdog(p) for p in everything)
-        for pid in launcher_side:  # SIGKILL the launcher, mpiexec and every rank
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        everything = kill_launcher_side(first.pid, leader)
         first.wait(120)
         # Each worker rank's watchdog stops the tasks its rank started.
         wait_for(lambda: all(process_gone(p) for p in everything), 10, "everything to die")
@@ -380,6 +373,76 @@ def test_a_killed_launcher_and_its_ranks_are_swept_after_the_lease_and_retried(d
                                    "RUN_DONE", "JOB_FINISHED"]
     assert "lost its lease: no heartbeat since" in evs[-5][3]
 
+
+def kill_launcher_side(launcher_pid: int, leader: int) -> list[int]:
+    """SIGKILL the launcher, mpiexec and every rank (not the watchdogs, not the task group);
+    returns every process that was there."""
+    everything = [launcher_pid] + descendants(launcher_pid)  # mpiexec, ranks, watchdogs, task
+    assert any(is_watchdog(p) for p in everything)
+    for pid in [p for p in everything if not in_group(p, leader) and not is_watchdog(p)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return everything
+
+
+def reported_starts(directory: str) -> Optional[list[str]]:
+    """The starts the worker ranks' reports in ``directory`` name, once every one is final."""
+    started: list[str] = []
+    try:
+        for name in os.listdir(directory):
+            with open(os.path.join(directory, name)) as fh:
+                report = json.load(fh)
+            if report.get("state") not in ("stopped", "alive"):
+                return None
+            started += report["started"]
+    except (OSError, ValueError):
+        return None
+    return started
+
+
+def test_a_start_never_written_by_a_launcher_killed_with_its_ranks_is_recorded_by_the_sweep(
+        db, cursor, scripts):
+    (job_id,), (pid_file,) = sleepers(db, cursor, scripts, 1, state="PREPROCESSED")
+    # The launcher's own first tasks (warm_start.py) take node 1: this job, not fitting beside
+    # the filler, goes to a worker rank (rank 2, or rank 1 once the filler ended).
+    add_app(cursor, "hello", "/bin/echo hi")
+    add_jobs(cursor, [{"name": "filler", "application": "hello", "priority": 1,
+                       "state": "PREPROCESSED"}])
+    # The test holds the job row (KEY SHARE: the claim's NO KEY UPDATE passes, a state move's
+    # FOR UPDATE waits), so the master's RUNNING write waits until everything is killed.
+    lock = connect(db)
+    with lock.cursor() as held:
+        held.execute(f"SELECT 1 FROM {schema.JOB_TABLE} WHERE job_id = %s FOR KEY SHARE",
+                     [job_id])
+    try:
+        with settings(db, local_nodes=2, launcher=dict(QUICK, lease_seconds=3)), \
+                launchers() as start:
+            first = start(*SERIAL)
+            leader, _ = wait_for(lambda: pids_of(pid_file), 60, "the task to start")
+            everything = kill_launcher_side(first.pid, leader)
+            first.wait(120)
+            wait_for(lambda: all(process_gone(p) for p in everything), 60, "everything to die")
+            reports = os.path.join(db, "log", f"serial_{socket.gethostname()}_{first.pid}.watch",
+                                   "0")
+            assert wait_for(lambda: reported_starts(reports), 60, "the watchdogs' reports"
+                            ) == [job_id]
+            lock.rollback()  # the master's blocked write goes on, to a closed connection
+            assert job_row(cursor, job_id)["state"] == "PREPROCESSED"
+            second = start(*SERIAL, "--persistent")
+            wait_for(lambda: job_row(cursor, job_id)["state"] == "JOB_FINISHED", 180,
+                     "the sweep, the retry and the second run")
+            second.signal(signal.SIGTERM)
+            assert second.wait(120) == 0
+    finally:
+        lock.close()
+    evs = events(cursor, job_id)
+    assert to_states(evs) == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT", "RESTART_READY",
+                              "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+    assert evs[1][3].endswith("(recorded after the run)")
+    assert "read by the lease sweep): outcome unknown" in evs[2][3]
+    assert evs[1][3].split(" (")[0] != evs[4][3]  # the retry: the second launcher's session
 
 APPEND = """#!/bin/sh
 echo "$BALSAM_JOB_ID" >> "$MARKERS/$BALSAM_JOB_ID"

@@ -25,6 +25,7 @@ from balsam.core import (
     launcher_moves,
     lifecycle,
     schema,
+    serial_reports,
 )
 from balsam.core.sql import fetch_dicts, like_contains
 from balsam.core.states import RUNNABLE_STATES, State
@@ -297,20 +298,26 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     by a database restart get the chance to reconnect and renew first. Concurrent sweepers
     skip each other's sessions (SKIP LOCKED). With ``db_path`` (the database directory), what
     a dead MPI-mode launcher's watchdog reports it launched decides which of its jobs ran
-    (:mod:`balsam.core.launch_reports`). Also prunes the list of claimable workflows and
-    refreshes their claim keys (:func:`claim_sql.prune_workflows`).
+    (:mod:`balsam.core.launch_reports`), and the starts a dead serial-mode session's worker
+    watchdogs report and its history lacks are recorded (:mod:`balsam.core.serial_reports`).
+    Also prunes the list of claimable workflows and refreshes their claim keys
+    (:func:`claim_sql.prune_workflows`).
     """
     cursor.execute(f"""
-        SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+        SELECT id, hostname, pid, job_mode, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
         FROM {SESSION}
         WHERE ended_at IS NULL
           AND heartbeat < now() - make_interval(secs => lease_seconds)
           AND pg_postmaster_start_time() < now() - make_interval(secs => lease_seconds)
         FOR UPDATE SKIP LOCKED""")
     swept = []
-    for sid, host, pid, beat in cursor.fetchall():
+    for sid, host, pid, mode, beat in cursor.fetchall():
         reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
                   f"{beat} UTC (killed, or its node was lost)")
+        reported = serial_reports.unrecorded_starts(db_path, sid, host, pid) if (
+            db_path and mode == "serial") else None
+        for started, end in zip(reported or (), (serial_reports.LOST_MESSAGE, None)):
+            record_lost_starts(cursor, sid, started, serial_reports.start_message(sid), end)
         launched = launch_reports.launched(db_path, sid, host, pid) if db_path else None
         swept.append((sid, close_session(cursor, sid, reason, launched)))
     claim_sql.prune_workflows(cursor)

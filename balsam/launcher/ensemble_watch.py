@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from balsam.core import serial_reports
 from balsam.errors import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ POLL_SECONDS = 0.1
 
 def start_message(session_id: int) -> str:
     """The message of the RUNNING events a serial-mode session records."""
-    return f"serial-mode session {session_id}"
+    return serial_reports.start_message(session_id)
 
 
 def report_dir(watch_dir: str, generation: int = 0) -> str:

@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from balsam.core import serial_reports
 from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.launcher.ensemble_stdin import Launched, abandon, hand_over, tell_ended
 from balsam.launcher.fence import FORCE_KILL_AFTER_SECONDS as FORCE_KILL_AFTER_SECONDS
@@ -122,7 +123,7 @@ def watch_dir(db_path: str) -> str:
     (:mod:`balsam.launcher.ensemble_watch`): named by its host and pid, not its session, so
     that a worker of an ensemble started before the session has its watchdog (which removes
     its MPI shared-memory file if it dies) before it is handed the session id."""
-    return os.path.join(db_path, "log", f"serial_{socket.gethostname()}_{os.getpid()}.watch")
+    return serial_reports.watch_dir(db_path, socket.gethostname(), os.getpid())
 
 
 def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
@@ -162,6 +163,8 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     out_path = os.path.join(ctx.db_path, "log", name)
     if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
         shutil.rmtree(config.watch_dir, ignore_errors=True)
+    if ctx.session_id:  # before a task can start: the lease sweep trusts these reports then
+        serial_reports.mark_session(config.watch_dir, ctx.session_id)
     ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
@@ -243,6 +246,7 @@ def run_launcher(ctx: Context) -> int:
         elif not fresh and launched.early:
             from balsam.launcher.warm_start import WarmStart
 
+            serial_reports.mark_session(ctx.watch_dir, ctx.session_id)  # (see launch)
             warm = WarmStart.begin(ctx)
             hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
         proc, out_path = launched.proc, launched.out_path
