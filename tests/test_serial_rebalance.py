@@ -281,6 +281,15 @@ def test_a_whole_node_task_is_not_taken_back_when_no_single_node_has_room_for_it
         assert [w.job_id for w in node1.queue] + list(node1._chained_work) == [
             by_name["whole"].job_id]  # still behind the long task, queued or chained
         assert master.inflight[by_name["whole"].job_id] == 1 and master.load[1] == 2.0
+        # Nothing changed: not asked again at every later check (it was, once a second).
+        asked = len([m for w, m in master.channel.sent if "recall" in m])
+        for later in range(2, 8):
+            master._rebalance(now + later)
+        assert len([m for w, m in master.channel.sent if "recall" in m]) == asked
+        master.load[3] = 0.0  # h3 ended: a whole node free, where "whole" fits
+        master._rebalance(now + 8)
+        master._rebalance(now + 9)
+        assert master.channel.sent[-1] == (1, {"recall": 1.0, "fits": 1.0})
     finally:
         inbox.orders.append({"stop": 0.5})
         serve(node1, inbox, lambda: inbox.flagged("drained"))  # every task reaped

@@ -85,6 +85,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterRebal
         self.drained: set[int] = set()
         self.gone: set[int] = set()          # workers that said bye
         self.kill_sent: set[str] = set()
+        self._asked: dict[int, float] = {}  # recalls (serial_rebalance)
+        self._fruitless: dict[int, tuple[float, float]] = {}
         self.held, self._orphans = {}, False  # the launcher's own tasks (LauncherHolds)
         self._ended, self._ended_since_advance = 0, False
         self._timeout_message = ""

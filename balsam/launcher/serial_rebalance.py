@@ -58,6 +58,12 @@ class MasterRebalance:
     _reclaim = 0
     """How many jobs the next claim takes at least (those given back: claimed again at once,
     whatever the master holds, :meth:`balsam.launcher.serial_claims.MasterClaims._claim`)."""
+    _asked: dict[int, float]
+    """The ``fits`` each worker was last asked with."""
+    _fruitless: dict[int, tuple[float, float]]
+    """Workers that gave nothing back: their load then and the ``fits`` they were asked for.
+    Not asked again until their load changes or more room opens on one node (a task no idle
+    node fits was asked for again every second, a release and a claim for nothing)."""
 
     def _claiming(self) -> bool:
         raise NotImplementedError  # provided by MasterClaims
@@ -87,11 +93,15 @@ class MasterRebalance:
             self._waiting = frozenset()
             return
         asked = set()
+        fits = max(rooms)  # the most one node has free
         for worker in sorted(self._waiting & over.keys(), key=over.__getitem__, reverse=True):
             if room <= EPSILON:
                 break
+            if self._answered_nothing(worker, fits):
+                continue
             worth = min(room, over[worker])
-            self.channel.send(worker, {"recall": worth, "fits": max(rooms)})  # on one node
+            self.channel.send(worker, {"recall": worth, "fits": fits})
+            self._asked[worker] = fits
             asked.add(worker)
             room -= worth
         self._recalling = frozenset(asked)
@@ -101,9 +111,25 @@ class MasterRebalance:
         """A worker's answer to ``recall``: the queued tasks it gave back (never started)."""
         self._recalling = self._recalling - {worker}
         job_ids = list(report["recalled"])
+        if job_ids:
+            self._fruitless.pop(worker, None)
+        elif worker in self._asked:
+            self._fruitless[worker] = (self.load[worker], self._asked[worker])
         for job_id in job_ids:  # its share, as an end would (not counted as one: no rate)
             if self.inflight.pop(job_id, None) is not None:
                 self.load[worker] -= self.weight.pop(job_id, 0.0)
             self.kill_sent.discard(job_id)
         if job_ids:
             self._release_recalled(job_ids)
+
+    def _answered_nothing(self, worker: int, fits: float) -> bool:
+        """Whether ``worker`` gave nothing back when last asked, and nothing has changed that
+        could make its answer different (its load, or a node with more room than then)."""
+        last = self._fruitless.get(worker)
+        if last is None:
+            return False
+        load, asked_fits = last
+        if abs(self.load[worker] - load) > EPSILON or fits > asked_fits + EPSILON:
+            del self._fruitless[worker]
+            return False
+        return True
