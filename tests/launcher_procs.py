@@ -48,16 +48,18 @@ def _read(path: str) -> str:
 
 
 class Launcher:
-    """A ``python -m balsam launcher ...`` subprocess with its output in temporary files."""
+    """A ``python -m balsam launcher ...`` subprocess with its output in temporary files
+    (started by ``prefix``, e.g. ``mpiexec -n 1``, when given)."""
 
-    def __init__(self, *args: str, env: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, *args: str, env: Optional[dict[str, str]] = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.args = args
         self.db_path = full_env.get("BALSAM_DB_PATH", "")
         self.out = tempfile.TemporaryFile(mode="w+")
         self.err = tempfile.TemporaryFile(mode="w+")
-        argv = [sys.executable, "-m", "balsam", "launcher", *args]
+        argv = [*prefix, sys.executable, "-m", "balsam", "launcher", *args]
         self.proc = subprocess.Popen(argv, env=full_env, stdout=self.out, stderr=self.err,
                                      stdin=subprocess.DEVNULL, text=True)
         self.started = time.monotonic()
@@ -254,8 +256,9 @@ def launchers() -> Iterator[Callable[..., Launcher]]:
     topology files their proxies held that are still there are removed."""
     started: list[Launcher] = []
 
-    def start(*args: str, env: Optional[dict[str, str]] = None) -> Launcher:
-        launcher = Launcher(*args, env=env)
+    def start(*args: str, env: Optional[dict[str, str]] = None,
+              prefix: tuple[str, ...] = ()) -> Launcher:
+        launcher = Launcher(*args, env=env, prefix=prefix)
         started.append(launcher)
         STARTED.append(launcher)
         return launcher

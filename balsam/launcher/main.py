@@ -30,18 +30,19 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam import defaults
 from balsam.core.tunables import Tunables
 from balsam.db import dbsettings, serverinfo
 from balsam.db.database import Database
-from balsam.errors import DatabaseUnavailable
+from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher.context import Context
 from balsam.launcher.fence import effective_lease
 from balsam.launcher.modes import LauncherMode
 from balsam.logfile import open_log
-from balsam.platform import allocation
+from balsam.platform import allocation, outer_launch
 from balsam.platform.mpi import choice
 
 if TYPE_CHECKING:
@@ -67,10 +68,22 @@ def remaining_limit(time_limit_minutes: float, alloc_end: Optional[float], now_e
     return total - margin, margin
 
 
+def refuse_shared_launch(environ: Mapping[str, str]) -> None:
+    """Raise BalsamError when the launcher is one of several processes of an enclosing launch
+    (``srun -n 4 balsam launcher``): each would run tasks on every node of the allocation."""
+    shared = outer_launch.outer_tasks(environ)
+    if shared:
+        tasks, name = shared
+        raise BalsamError(f"this launcher is one of {tasks} processes of an enclosing launch "
+                          f"({name}={tasks}); start one launcher per allocation (srun -n 1, "
+                          "mpiexec -n 1)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a launcher as the CLI arguments say; the exit status (0 after a normal stop, 1 if
     the session was lost). Raises BalsamError for bad settings or an unreachable database."""
     db_path = serverinfo.active_db_path()
+    refuse_shared_launch(os.environ)
     settings = dbsettings.load(db_path)
     tunables, raised = effective_lease(Tunables.from_settings(settings["launcher"]), args.job_mode)
     if raised:  # the serial ranks read their tunables from the settings
@@ -94,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     log, handler, log_path = open_log(db_path, "launcher")
     if raised:
         log.warning(raised)
+    step = outer_launch.slurm_step(os.environ)
+    if step:
+        log.info(f"running inside Slurm step {step}: the steps it starts get SLURM_OVERLAP=1 "
+                 "and none of that step's SLURM_* variables")
     stop = threading.Event()
     db = Database(db_path, "balsam-launcher", stop=stop,
                   reconnect_max_seconds=tunables.reconnect_max_seconds, log=log.warning)
@@ -103,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         db_path=db_path, settings=settings, tunables=tunables, alloc=alloc, db=db,
         session_id=0, job_mode=args.job_mode, wf_filter=wf_filter,
         persistent=bool(args.persistent), processing=threads > 0, gpus_per_node=gpus, stop=stop,
-        log=log, base_env=dict(os.environ), flavour=launcher.flavour,
+        log=log, base_env=outer_launch.inner_environ(os.environ), flavour=launcher.flavour,
         mpi_executable=launcher.executable, mpi_reason=launcher.reason,
         stop_at=None if left is None else time.monotonic() + left,
         stop_grace=min(tunables.shutdown_grace_seconds, margin / 2.0) if left is not None

@@ -172,7 +172,7 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=ensemble_environ(os.environ, config.rank_evidence))
+                                env=ensemble_environ(ctx.base_env, config.rank_evidence))
     _watch_ensemble(ctx, proc.pid)
     return Launched(proc, out_path, early)
 
