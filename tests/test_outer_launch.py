@@ -43,5 +43,7 @@ def test_a_launcher_sharing_its_launch_with_others_is_named_with_the_variable_sa
     assert outer_tasks(STEP) is None
     assert outer_tasks({**STEP, "SLURM_STEP_NUM_TASKS": "4"}) == (4, "SLURM_STEP_NUM_TASKS")
     assert outer_tasks({"PMI_SIZE": "2"}) == (2, "PMI_SIZE")
+    # Hydra's proxies, a step of one task per node, started one launcher
+    assert outer_tasks({**STEP, "SLURM_STEP_NUM_TASKS": "2", "PMI_SIZE": "1"}) is None
     assert outer_tasks({"SLURM_STEP_NUM_TASKS": "4"}) is None  # no job: not a step
     assert outer_tasks(BATCH) is None

@@ -97,11 +97,17 @@ def inner_environ(environ: Mapping[str, str]) -> dict[str, str]:
 def outer_tasks(environ: Mapping[str, str]) -> Optional[tuple[int, str]]:
     """(tasks, the variable saying so) when the launcher is one of several processes of an
     enclosing launch (``srun -n 4 balsam launcher``, ``mpiexec -n 4 ...``): each would take
-    the whole allocation for itself. None for a single process or no enclosing launch."""
-    for name in ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
-        value = environ.get(name, "")
-        if name == "SLURM_STEP_NUM_TASKS" and slurm_step(environ) is None:
-            continue
-        if value.isdigit() and int(value) > 1:
-            return int(value), name
-    return None
+    the whole allocation for itself. None for a single process or no enclosing launch. An MPI
+    launcher's own count wins over the Slurm step's: Hydra under Slurm starts its proxies as
+    a step, one task per node, whatever the number of ranks."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if name in environ:
+            return _count(environ, name)
+    if slurm_step(environ) is None:
+        return None
+    return _count(environ, "SLURM_STEP_NUM_TASKS")
+
+
+def _count(environ: Mapping[str, str], name: str) -> Optional[tuple[int, str]]:
+    value = environ.get(name, "")
+    return (int(value), name) if value.isdigit() and int(value) > 1 else None
