@@ -287,3 +287,23 @@ def test_after_the_sweep_its_watch_directory_goes_and_its_log_line_counts_the_st
                for line in lines), lines
     assert not any("start(s)" in line for line in lines if f"session {sid2} " in line)
     shutil.rmtree(directory2)
+
+
+def test_a_fifo_as_an_mpi_mode_launch_report_does_not_hang_the_sweep(db, cursor):
+    import threading
+
+    from balsam.core import launch_reports
+
+    path = launch_reports.report_path(db, 987654)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkfifo(path)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(
+        launch_reports.launched(db, 987654, "nodeA", 1)), daemon=True)
+    reader.start()
+    done = wait_thread(reader)
+    if not done:
+        unblock(path)
+        reader.join(10)
+    os.unlink(path)
+    assert done and result == [None], "reading a FIFO as the launch report hung"
