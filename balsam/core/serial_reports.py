@@ -28,6 +28,12 @@ are those of the session's last ensemble. The mark also says (``since``) the las
 written before that ensemble began: only the RUNNING events after it count as its starts'
 records (a run of the job in an earlier ensemble of the session is another run). Once the sweep
 that read them committed, :func:`discard` removes the directory.
+
+The launcher's own first tasks (its warm start, :mod:`balsam.launcher.warm_start`) have no
+worker watchdog: the launcher notes them (:func:`note_own_starts`, ``launcher.json``) after it
+started them and before their RUNNING write, and clears the note once written. Its watchdog
+stops them if it dies (well within the lease), so a note left is read as a "stopped" report of
+the first ensemble (only while ``since`` is 0).
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ from collections import Counter
 from typing import NamedTuple, Optional
 
 MARK_NAME = "session.json"
+OWN_NAME = "launcher.json"
+"""The launcher's own first tasks (its warm start) started, their RUNNING not yet written."""
 LOST_MESSAGE = ("started by the serial-mode ensemble, whose launcher died before the start was "
                 "recorded (its watchdog's report, read by the lease sweep): outcome unknown")
 MAX_FILES = 4096
@@ -80,6 +88,29 @@ def mark_session(directory: str, session_id: int, since: int = 0) -> None:
     with open(tmp, "w") as fh:
         json.dump({"session": session_id, "since": since}, fh)
     os.replace(tmp, path)
+
+
+def note_own_starts(directory: str, job_ids: list[str]) -> None:
+    """The launcher started its own tasks of ``job_ids`` (its warm start, before the ensemble
+    has the session: no worker watchdog knows them) and is about to write their RUNNING;
+    :func:`clear_own_starts` once written. Its watchdog stops them if it dies, well within the
+    lease, so the sweep takes them as stopped starts."""
+    path = os.path.join(directory, OWN_NAME)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:  # (not written: those starts are not covered, as before; the launcher goes on)
+        with open(tmp, "w") as fh:
+            json.dump({"state": "stopped", "started": job_ids}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def clear_own_starts(directory: str) -> None:
+    """The starts :func:`note_own_starts` noted are written."""
+    try:
+        os.unlink(os.path.join(directory, OWN_NAME))
+    except OSError:
+        pass
 
 
 def read_report(path: str, max_bytes: int = MAX_BYTES) -> object:
@@ -135,6 +166,8 @@ def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
         paths = _report_paths(directory)
     except (OSError, ValueError):
         return None
+    if since == 0:  # the warm start's (the first ensemble's only; see note_own_starts)
+        paths.append(os.path.join(directory, OWN_NAME))
     out = Reported(Counter(), Counter(), since)
     for path in paths:
         if time.monotonic() > deadline:
