@@ -56,14 +56,23 @@ def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     try:
         return _run_serial(ctx, run_once)
     finally:
-        if ctx.watch_dir:  # every ensemble's reports were read and removed: the mark goes too
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(ctx.watch_dir, serial_reports.MARK_NAME))
-            with contextlib.suppress(OSError):
-                os.rmdir(ctx.watch_dir)
         carried, ctx.carried = ctx.carried, None
-        if carried is not None:
-            carried.drain()
+        try:
+            if carried is not None:
+                carried.drain()
+        finally:
+            _remove_watch_dir(ctx.watch_dir)
+
+
+def _remove_watch_dir(watch_dir: str) -> None:
+    """The session's runs are over and every ensemble's reports were read and removed: the
+    warm start's note, the mark and the directory go too (nothing of it is read any more)."""
+    if watch_dir:
+        serial_reports.clear_own_starts(watch_dir)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(watch_dir, serial_reports.MARK_NAME))
+        with contextlib.suppress(OSError):
+            os.rmdir(watch_dir)
 
 
 def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
