@@ -254,6 +254,30 @@ def test_a_second_sweeper_records_nothing_while_the_first_holds_the_session(app,
     assert [s for s, _ in history(cursor, job_id)].count("RUNNING") == 1
 
 
+def test_a_sweep_rolled_back_and_retried_records_each_start_once(app, db, cursor):
+    from balsam.db.connect import connect
+
+    (job_id,) = make_jobs(1)
+    sid, directory = dead_session(cursor, db, 5555)
+    serial_reports.mark_session(directory, sid)
+    report(directory, 0, 1, "stopped", [job_id])
+    sweeper = connect(db)
+    try:
+        with sweeper.cursor() as cur:
+            assert [s.lost_starts for s in leases.sweep_sessions(cur, db)] == [1]
+            sweeper.rollback()  # the commit failed: nothing removed, nothing recorded
+            assert os.path.exists(directory) and "RUNNING" not in [
+                s for s, _ in history(cursor, job_id)]
+            swept = leases.sweep_sessions(cur, db)
+            sweeper.commit()
+    finally:
+        sweeper.close()
+    assert [s.lost_starts for s in swept] == [1]
+    leases.after_sweep(db, swept)
+    assert [s for s, _ in history(cursor, job_id)].count("RUNNING") == 1
+    assert not os.path.exists(directory)
+
+
 def test_reported_jobs_the_session_no_longer_holds_are_left_alone(app, db, cursor):
     released, elsewhere, done = make_jobs(3)
     sid, directory = dead_session(cursor, db, 5252)
