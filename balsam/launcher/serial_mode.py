@@ -164,7 +164,7 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
         shutil.rmtree(config.watch_dir, ignore_errors=True)
     if ctx.session_id:  # before a task can start: the lease sweep trusts these reports then
-        serial_reports.mark_session(config.watch_dir, ctx.session_id)
+        serial_reports.mark_session(config.watch_dir, ctx.session_id, ctx.ensemble_since)
     ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
@@ -246,7 +246,8 @@ def run_launcher(ctx: Context) -> int:
         elif not fresh and launched.early:
             from balsam.launcher.warm_start import WarmStart
 
-            serial_reports.mark_session(ctx.watch_dir, ctx.session_id)  # (see launch)
+            serial_reports.mark_session(ctx.watch_dir, ctx.session_id,
+                                        ctx.ensemble_since)  # (see launch)
             warm = WarmStart.begin(ctx)
             hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
         proc, out_path = launched.proc, launched.out_path

@@ -335,9 +335,13 @@ def main(argv: list[str]) -> int:
     report = argv[3] if len(argv) > 3 else ""
     stopped, alive, started, segments, ended = serve(0, grace, argv[4] if len(argv) > 4 else "")
     if report:
-        write_report(report, {"state": "alive" if alive else "stopped",
-                              "host": socket.gethostname(), "owner": owner,
-                              "started": started, "alive": alive})
+        try:  # its directory may be gone (read and removed: ensemble_restart, the lease sweep)
+            write_report(report, {"state": "alive" if alive else "stopped",
+                                  "host": socket.gethostname(), "owner": owner,
+                                  "started": started, "alive": alive})
+        except OSError as exc:  # the shared-memory files below must go all the same
+            print(f"balsam watchdog: process {owner} died: its report {report} could not be "
+                  f"written ({exc})", file=sys.stderr, flush=True)
     since = float(argv[5]) if len(argv) > 5 and argv[5] else None  # after the report (waited for)
     removed = (unlink_segments(segments) if segments is not None
                else [] if since is None else unlink_orphans(since, ended, ORPHAN_WAIT_SECONDS))
