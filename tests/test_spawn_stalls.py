@@ -17,9 +17,10 @@ import time
 
 import pytest
 from launcher_support import wait_for
-from test_spawn_chain import gated, marking, native
+from test_spawn_chain import gated, marking, native, serve, worker_for
 from test_spawn_chain_races import Kernel, ran
 
+from balsam.launcher import spawn_threads
 from balsam.launcher.watchdog import Watchdog
 
 pytestmark = native
@@ -122,6 +123,37 @@ def test_the_spawner_is_closed_in_bounded_time_beside_a_thread_stuck_in_mkdir(tm
         os.close(hang_w)
         kernel.poller.close()
     assert ran(tmp, "m") == ""  # its mkdir returned after the stop: the task was not started
+
+
+def test_a_worker_exits_beside_a_spawning_thread_stuck_in_mkdir(tmp_path, monkeypatch):
+    tmp = str(tmp_path)
+    monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)  # the exit's wait for starts
+    hang_r, hang_w = os.pipe()
+    inbox, worker = worker_for([0])
+    spawns = worker._spawns
+    done = threading.Event()
+
+    def leave() -> None:  # the rank's end: the master's exit, the goodbye, close
+        inbox.orders.append({"exit": True})
+        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        worker.close()
+        done.set()
+
+    try:
+        spawns._spawner.hang_mkdirs(hang_r)  # type: ignore[union-attr]
+        inbox.orders.append({"work": [marking(tmp, "m")]})
+        serve(worker, lambda: reading(hang_r), "the spawning thread in its hung mkdir")
+        closer = threading.Thread(target=leave, daemon=True)
+        closer.start()
+        closer.join(60)
+        assert done.is_set(), "the worker's exit waited for the stuck thread"
+        assert spawns.stuck == 1 and not inbox.collected("started")  # type: ignore[union-attr]
+    finally:
+        os.write(hang_w, b"x")
+        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+        os.close(hang_r)
+        os.close(hang_w)
+    assert ran(tmp, "m") == ""
 
 
 def in_note_wait() -> bool:
