@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
-from balsam.platform.mpi.ensemble import ensemble_command, starts_with_hydra
+from balsam.platform.mpi.ensemble import ensemble_command, ensemble_mpi_environ, starts_with_hydra
 
 FAKES = Path(__file__).parent / "fakes" / "bin"
 RANK = ["python", "-m", "ranks"]
@@ -134,3 +134,15 @@ def test_only_a_hydra_started_ensemble_can_start_before_the_session(scheduler, w
     assert starts_with_hydra(scheduler, wheel, "") is early
     argv, _ = command(scheduler, ["n1", "n2"], wheel=wheel)
     assert (argv[0] == wheel) is early
+
+
+@pytest.mark.parametrize("scheduler, wheel, environ, expected", [
+    ("local", "/venv/bin/mpiexec", {}, {"MPIR_CVAR_CH4_NETMOD": "ofi"}),
+    ("local", "/venv/bin/mpiexec", {"MPIR_CVAR_CH4_NETMOD": "ucx"}, {}),  # the user's choice
+    ("local", None, {}, {}),  # not the wheel's MPICH that the ranks load
+    ("slurm", "/venv/bin/mpiexec", {}, {}),  # a site's network: the site's choice
+    ("pbs", "/venv/bin/mpiexec", {}, {}),
+])
+def test_only_a_local_ensemble_of_the_wheel_gets_the_ofi_network_module(scheduler, wheel,
+                                                                        environ, expected):
+    assert ensemble_mpi_environ(scheduler, wheel, "", environ) == expected

@@ -218,7 +218,8 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
         watchdog.close()
         return 0
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
-                    os.environ, kill_grace=t.kill_grace_seconds,
+                    {k: v for k, v in os.environ.items() if k not in config.mpi_env},
+                    kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
                     signalled=stop, watchdog=watchdog, pulse=mpi_pulse(comm, t),
                     pin_single_core=t.pin_single_core_tasks)
