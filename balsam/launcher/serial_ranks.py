@@ -201,13 +201,13 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
     """Ranks 1..N: serve node ``rank - 1`` until the master says exit. ``watchdog``: the
     rank's (:func:`balsam.launcher.rank_boot.worker_watchdog`), started before MPI and told
     the segments; None: one is started now."""
+    stop = threading.Event()  # before the imports below: a SIGTERM meanwhile is a stop, too
+    on_signals(lambda _name: stop.set())
     from balsam.core.tunables import Tunables
     from balsam.launcher.nodeslots import NodeSlots, node_cpus
     from balsam.launcher.rank_heartbeat import mpi_pulse
     from balsam.launcher.serial_worker import Worker
 
-    stop = threading.Event()
-    on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
     # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
