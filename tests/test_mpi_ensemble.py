@@ -136,13 +136,23 @@ def test_only_a_hydra_started_ensemble_can_start_before_the_session(scheduler, w
     assert (argv[0] == wheel) is early
 
 
-@pytest.mark.parametrize("scheduler, wheel, environ, expected", [
-    ("local", "/venv/bin/mpiexec", {}, {"MPIR_CVAR_CH4_NETMOD": "ofi"}),
-    ("local", "/venv/bin/mpiexec", {"MPIR_CVAR_CH4_NETMOD": "ucx"}, {}),  # the user's choice
-    ("local", None, {}, {}),  # not the wheel's MPICH that the ranks load
-    ("slurm", "/venv/bin/mpiexec", {}, {}),  # a site's network: the site's choice
-    ("pbs", "/venv/bin/mpiexec", {}, {}),
+@pytest.mark.parametrize("scheduler, environ, expected", [
+    ("local", {}, {"MPIR_CVAR_CH4_NETMOD": "ofi"}),
+    ("local", {"MPIR_CVAR_CH4_NETMOD": "ucx"}, {}),  # the user's choice
+    ("slurm", {}, {}),  # a site's network: the site's choice
+    ("pbs", {}, {}),
 ])
-def test_only_a_local_ensemble_of_the_wheel_gets_the_ofi_network_module(scheduler, wheel,
+def test_only_a_local_ensemble_of_the_wheel_gets_the_ofi_network_module(tmp_path, scheduler,
                                                                         environ, expected):
-    assert ensemble_mpi_environ(scheduler, wheel, "", environ) == expected
+    wheel = tmp_path / "bin" / "mpiexec"  # the wheel's layout: <prefix>/lib/mpich/libfabric.so.1
+    (tmp_path / "lib" / "mpich").mkdir(parents=True)
+    (tmp_path / "lib" / "mpich" / "libfabric.so.1").touch()
+    assert ensemble_mpi_environ(scheduler, str(wheel), "", environ) == expected
+    assert ensemble_mpi_environ(scheduler, None, "", environ) == {}  # not the wheel's MPICH
+
+
+def test_no_ofi_module_is_asked_of_an_mpich_without_libfabric(tmp_path):
+    assert ensemble_mpi_environ("local", str(tmp_path / "bin" / "mpiexec"), "", {}) == {}
+    real = wheel_mpiexec()
+    if real:  # this environment's wheel ships it (the serial tests run with it)
+        assert ensemble_mpi_environ("local", real, "", {}) == {"MPIR_CVAR_CH4_NETMOD": "ofi"}

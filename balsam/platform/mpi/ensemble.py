@@ -101,11 +101,24 @@ def starts_with_hydra(scheduler: str, wheel: Optional[str], path: str) -> bool:
 def ensemble_mpi_environ(scheduler: str, wheel: Optional[str], path: str,
                          environ: Mapping[str, str]) -> dict[str, str]:
     """The variables to add to the ensemble's environment for its own MPI library
-    (:data:`LOCAL_MPI_ENV` when the wheel's Hydra starts every rank on this host), without
-    those ``environ`` already sets (the user's choice wins)."""
+    (:data:`LOCAL_MPI_ENV` when the wheel's Hydra starts every rank on this host and the wheel
+    ships libfabric), without those ``environ`` already sets (the user's choice wins)."""
     if scheduler != "local" or not starts_with_hydra(scheduler, wheel, path):
         return {}
+    if not wheel or not _ships_libfabric(wheel):  # (MPICH without OFI crashes on "ofi")
+        return {}
     return {name: value for name, value in LOCAL_MPI_ENV.items() if name not in environ}
+
+
+def _ships_libfabric(wheel: str) -> bool:
+    """Whether the MPICH beside the wheel's ``mpiexec`` (``<prefix>/bin``) has libfabric
+    (``<prefix>/lib/mpich/libfabric.so*``): an MPICH built without the OFI module segfaults
+    in ``MPI_Init`` when asked for it (measured with an unknown module name)."""
+    lib = os.path.join(os.path.dirname(os.path.dirname(wheel)), "lib", "mpich")
+    try:
+        return any(name.startswith("libfabric.so") for name in os.listdir(lib))
+    except OSError:
+        return False
 
 
 def starter(scheduler: str, task: LauncherChoice, wheel: Optional[str], path: str) -> str:
