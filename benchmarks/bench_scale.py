@@ -193,7 +193,8 @@ def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_s
     """``launchers`` masters in their own processes on one DB, N/K nodes each."""
     count = int(nodes * slots * tasks_per_slot)
     fill_apart(db_path, count, slots)
-    label = f"before ({code})" if code else f"after, {writers} writer(s) each"
+    count_each = str(writers) if writers else "the launcher's number of"
+    label = f"before ({code})" if code else f"after, {count_each} writer(s) each"
     print(f"# {label}: {count} jobs; {launchers} launchers of {nodes // launchers} nodes each, "
           f"tasks 1-10 s x {args.time_scale:.3g}; load {os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.time()
@@ -204,7 +205,8 @@ def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_s
     check(db_path, count, sum(r["started"] for r in results))
     total = 2 * count
     for k, r in enumerate(results):
-        print(f"    launcher {k + 1}: {r['started']} tasks, demand {r['demand']:.0f} ev/s, "
+        print(f"    launcher {k + 1} ({r['writers']} writer(s)): {r['started']} tasks, "
+              f"demand {r['demand']:.0f} ev/s, "
               f"sustained {r['rate']:.0f} ev/s, occupancy {r['occ_all']:.1%} from start, "
               f"master CPU {r['master_cpu']:.1f} s "
               f"({1e6 * r['master_cpu'] / (2 * r['started']):.0f} us per event), "
