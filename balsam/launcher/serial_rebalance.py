@@ -9,19 +9,19 @@ at a campaign's end its last jobs sat for as long as the longest task ran (a tes
 4 minutes behind the launcher's own tasks on node 1 while node 2 had nothing to run).
 
 Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in flight that
-could bring work (a re-check after an empty answer does not count: other launchers' writes
-notify one every few ms, and the check then seldom ran), it compares the workers' loads (running
-+ queued, in nodes' worth): a worker with more than a node's worth has work waiting; an open
-worker with less than a node's worth has room. A worker seen with work waiting at two checks in
-a row, while room was seen both times, is asked to give back queued work worth up to the room,
-each task no bigger than the most one node has free (``recall``, ``fits``: from its queue's
-tail, then starts chained behind running tasks that have not begun; a task that has begun runs
-on where it is). It answers with ``recalled`` [ids] (possibly none; a GPU task counts as the
-master counts it): the master releases their claims and claims once the release is committed (at
-scale a writer thread's commit, which a claimer's claim must follow to see the jobs), at least
-as many jobs as came back whatever it holds, and the work goes to the least loaded workers first
--- the idle ones. Nothing is run twice: only a task the worker reports as never started is
-released, and a release drops the claim only of a job that is not RUNNING
+could bring work (a re-check after an empty answer does not count: beside other launchers each
+of their writes starts one, and the check ran only between them), it compares the workers' loads
+(running + queued, in nodes' worth): a worker with more than a node's worth has work waiting; an
+open worker with less than a node's worth has room. A worker seen with work waiting at two
+checks in a row, while room was seen both times, is asked to give back queued work worth up to
+the room, each task no bigger than the most one node has free (``recall``, ``fits``: from its
+queue's tail, then starts chained behind running tasks that have not begun; a task that has
+begun runs on where it is). It answers with ``recalled`` [ids] (possibly none; a GPU task counts
+as the master counts it): the master releases their claims and claims once the release is
+committed (at scale a writer thread's commit, which a claimer's claim must follow to see the
+jobs), at least as many jobs as came back whatever it holds, and the work goes to the least
+loaded workers first -- the idle ones. Nothing is run twice: only a task the worker reports as
+never started is released, and a release drops the claim only of a job that is not RUNNING
 (:func:`balsam.core.leases.release`).
 """
 from __future__ import annotations
