@@ -38,7 +38,7 @@ from launcher_support import (
 )
 from once_support import descendants
 
-from balsam.core import schema
+from balsam.core import schema, serial_reports
 from balsam.db.connect import connect
 from balsam.launcher.context import FINISHED_REASON
 from balsam.launcher.nodeslots import NodeSlots
@@ -191,6 +191,7 @@ def test_several_worker_ranks_run_every_job_once_with_a_clean_environment(db, cu
         log = launcher.log()
     assert out.startswith("Balsam launcher: serial mode, 3 node(s) (local), session ") and not err
     host = socket.gethostname()
+    assert not os.path.exists(serial_reports.watch_dir(db, host, launcher.pid))  # nothing left
     for n in (1, 2, 3):
         assert f"serial worker {n} (node {host}, host {host}) exits: " in log
     assert sum(int(line.split("exits: ")[1].split()[0]) for line in log.splitlines()
@@ -435,8 +436,11 @@ def test_a_start_never_written_by_a_launcher_killed_with_its_ranks_is_recorded_b
                      "the sweep, the retry and the second run")
             second.signal(signal.SIGTERM)
             assert second.wait(120) == 0
+            log = second.log()
     finally:
         lock.close()
+    assert "1 start(s) its watchdogs reported and its history lacked recorded" in log, log
+    assert not os.path.exists(os.path.dirname(reports))  # removed after the sweep's commit
     evs = events(cursor, job_id)
     assert to_states(evs) == ["PREPROCESSED", "RUNNING", "RUN_TIMEOUT", "RESTART_READY",
                               "RUNNING", "RUN_DONE", "JOB_FINISHED"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from balsam.platform.mpi.choice import LauncherChoice, wheel_mpiexec
-from balsam.platform.mpi.ensemble import ensemble_command, starts_with_hydra
+from balsam.platform.mpi.ensemble import ensemble_command, ensemble_mpi_environ, starts_with_hydra
 
 FAKES = Path(__file__).parent / "fakes" / "bin"
 RANK = ["python", "-m", "ranks"]
@@ -134,3 +134,25 @@ def test_only_a_hydra_started_ensemble_can_start_before_the_session(scheduler, w
     assert starts_with_hydra(scheduler, wheel, "") is early
     argv, _ = command(scheduler, ["n1", "n2"], wheel=wheel)
     assert (argv[0] == wheel) is early
+
+
+@pytest.mark.parametrize("scheduler, environ, expected", [
+    ("local", {}, {"MPIR_CVAR_CH4_NETMOD": "ofi"}),
+    ("local", {"MPIR_CVAR_CH4_NETMOD": "ucx"}, {}),  # the user's choice
+    ("slurm", {}, {}),  # a site's network: the site's choice
+    ("pbs", {}, {}),
+])
+def test_only_a_local_ensemble_of_the_wheel_gets_the_ofi_network_module(tmp_path, scheduler,
+                                                                        environ, expected):
+    wheel = tmp_path / "bin" / "mpiexec"  # the wheel's layout: <prefix>/lib/mpich/libfabric.so.1
+    (tmp_path / "lib" / "mpich").mkdir(parents=True)
+    (tmp_path / "lib" / "mpich" / "libfabric.so.1").touch()
+    assert ensemble_mpi_environ(scheduler, str(wheel), "", environ) == expected
+    assert ensemble_mpi_environ(scheduler, None, "", environ) == {}  # not the wheel's MPICH
+
+
+def test_no_ofi_module_is_asked_of_an_mpich_without_libfabric(tmp_path):
+    assert ensemble_mpi_environ("local", str(tmp_path / "bin" / "mpiexec"), "", {}) == {}
+    real = wheel_mpiexec()
+    if real:  # this environment's wheel ships it (the serial tests run with it)
+        assert ensemble_mpi_environ("local", real, "", {}) == {"MPIR_CVAR_CH4_NETMOD": "ofi"}

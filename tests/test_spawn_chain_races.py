@@ -16,7 +16,6 @@ import shlex
 import threading
 from typing import Any
 
-import pytest
 from gates import forever_sh
 from launcher_support import wait_for
 from test_spawn_chain import (
@@ -340,62 +339,3 @@ def test_many_chains_leave_no_descriptors_zombies_or_threads(tmp_path):
     assert all(ran(tmp, n) == "ran\n" for n in names if n not in ("t0", "t3", "t7"))
     assert worker.chained >= 4 and worker.node.occupancy == 0
     assert descriptors() == before and threads() == threads_before and zombies() == []
-
-
-def spawning_wchan() -> str:
-    """The kernel function the kernel's spawning thread sleeps in ("" if none or running;
-    "0" where the kernel does not say). Its name varies with the kernel's version
-    (``pipe_write``, ``anon_pipe_write``)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as fh:
-                if fh.read().strip() != "balsam-spawn":
-                    continue
-            with open(f"/proc/self/task/{tid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] != "S":
-                    return ""
-            with open(f"/proc/self/task/{tid}/wchan") as fh:
-                return fh.read().strip()
-        except OSError:
-            continue
-    return ""
-
-
-def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_path):
-    # The thread has taken f1 (its predecessor ended) and is between its ?f1 line and
-    # posix_spawn, held in the write of that line to a full pipe: too late to withdraw it;
-    # it comes back started with the kill's mark (the loop ends it at once: spawn_threads).
-    tmp = str(tmp_path)
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)  # (the flag is the pipe's: the kernel's dup shares it)
-    try:
-        while True:
-            os.write(write_end, b"=" * 4096)
-    except BlockingIOError:
-        pass
-    os.set_blocking(write_end, True)
-    k = Kernel()
-    try:
-        k.spawns.watch(write_end)
-        k.submit(marking(tmp, "g0"))
-        g0 = k.wait("g0")
-        if wait_for(spawning_wchan, 60, "the thread asleep") == "0":
-            pytest.skip("this kernel does not name a thread's wait channel")
-        k.submit(marking(tmp, "f1"), after=os.dup(g0.fd), note=b"?f1\n")
-        wait_for(lambda: "pipe_write" in spawning_wchan(), 60, "the thread in the ?f1 write")
-        assert not k.spawns.cancel("f1") and k.spawns.mark("f1", "kill", 0.5)
-        lines = b""
-        while not lines.endswith(b"?f1\n"):  # drained: the line goes in, the start is made
-            lines += os.read(read_end, 65536)
-        f1 = k.wait("f1")
-    finally:
-        os.set_blocking(read_end, False)  # room for a line the thread may still be writing
-        try:
-            while os.read(read_end, 65536):
-                pass
-        except BlockingIOError:
-            pass
-        k.ended()
-        os.close(write_end)
-        os.close(read_end)
-    assert f1.task is not None and f1.why == "kill"

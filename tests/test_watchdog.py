@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,7 +230,7 @@ SHM_OWNER = textwrap.dedent("""
     import mmap, os, sys, time
     from balsam.launcher.ensemble_shm import mapped_segments
     from balsam.launcher.watchdog import Watchdog
-    dog = Watchdog(0.5)
+    dog = Watchdog(0.5, report=sys.argv[3] if len(sys.argv) > 3 else "")
     with open(sys.argv[1], "r+b") as fh:  # as MPI_Init maps the node's segment
         mapped = mmap.mmap(fh.fileno(), 4096)
     dog.segments(mapped_segments([os.getpid()]))
@@ -264,3 +265,28 @@ def test_the_shared_memory_file_of_a_rank_that_died_is_removed_and_not_after_a_c
         for path in files.values():
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_the_shared_memory_file_goes_even_if_the_report_directory_was_removed(tmp_path):
+    """A swept session's watch directory is removed (a worker's watchdog may report later):
+    the report cannot be written, the rank's shared-memory file is removed all the same."""
+    path = f"/dev/shm/mpich_shm_balsamtestgone{os.getpid()}_0"
+    with open(path, "wb") as fh:
+        fh.write(b"\0" * 4096)
+    reports = tmp_path / "watch"
+    reports.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", SHM_OWNER, path, "die",
+                              str(reports / "rank1.json")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        dog = int(owner.stdout.readline())
+        shutil.rmtree(reports)
+        owner.kill()
+        owner.wait(5)
+        wait_for(lambda: process_gone(dog), 30, "the watchdog to exit")
+        assert not os.path.exists(path)
+    finally:
+        owner.kill()
+        owner.wait(5)
+        if os.path.exists(path):
+            os.unlink(path)

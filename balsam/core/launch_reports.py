@@ -31,12 +31,11 @@ that did not happen may be counted, never a run that did happen left out.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Collection
 from typing import Optional
 
-from balsam.core import killed_starts, lifecycle, schema
+from balsam.core import killed_starts, lifecycle, schema, serial_reports
 from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor
@@ -55,9 +54,8 @@ def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[fro
     session row says: a report left by an earlier database's session of that id is not its)
     launched (or was about to) and did not see recorded, from its watchdog's final report;
     None if not known (see the module docstring)."""
-    try:
-        with open(report_path(db_path, session_id)) as fh:
-            report = json.load(fh)
+    try:  # (a regular file only: a FIFO there must not hang the sweep)
+        report = serial_reports.read_report(report_path(db_path, session_id))
     except (OSError, ValueError):
         return None
     if not isinstance(report, dict) or (report.get("host"), report.get("owner")) != (

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from balsam.core import (
     claim_sql,
@@ -226,23 +226,24 @@ def finish(cursor: Cursor, session_id: int, job_ids: list[str], state: State,
 
 
 def record_lost_starts(cursor: Cursor, session_id: int, started: Mapping[str, int],
-                       start_message: str, message: Optional[str]) -> list[str]:
+                       start_message: str, message: Optional[str], since: int = 0) -> list[str]:
     """Record runs this session started but never recorded (its launcher died in between).
 
-    ``started`` maps job ids to how many times the session started them; a job the session
-    still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` gets one
-    run recorded: RUNNING (``start_message``, marked late), then RUN_TIMEOUT with ``message``,
-    which releases it so the retry rules apply (``message`` None: the task may still run, the
-    job stays RUNNING and held until the session is closed or swept). A job a user killed
-    meanwhile gets its run recorded after the kill (:func:`killed_starts.record_lost`; not
-    with ``message`` None). Returns the ids."""
+    ``started`` maps job ids to how many times the session started them since job event
+    ``since`` (its current ensemble's, :mod:`balsam.core.serial_reports`); a job the session
+    still holds outside RUNNING with fewer RUNNING events carrying ``start_message`` after
+    ``since`` gets one run recorded: RUNNING (``start_message``, marked late), then
+    RUN_TIMEOUT with ``message``, which releases it so the retry rules apply (``message``
+    None: the task may still run, the job stays RUNNING and held until the session is closed
+    or swept). A job a user killed meanwhile gets its run recorded after the kill
+    (:func:`killed_starts.record_lost`; not with ``message`` None). Returns the ids."""
     if not started:
         return []
     cursor.execute(f"""
         SELECT j.job_id, (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
-                          AND e.to_state = %s AND e.message = %s)
+                          AND e.to_state = %s AND e.message = %s AND e.id > %s)
         FROM {JOB} j WHERE j.job_id = ANY(%s::uuid[]) AND j.session_id = %s AND j.state <> %s""",
-                   [State.RUNNING.value, start_message, list(started), session_id,
+                   [State.RUNNING.value, start_message, since, list(started), session_id,
                     State.RUNNING.value])
     lost = [str(job_id) for job_id, runs in cursor.fetchall() if started[str(job_id)] > runs]
     moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
@@ -291,8 +292,29 @@ def close_session(cursor: Cursor, session_id: int, reason: str = "launcher exite
     return len(timed_out) + len(never)
 
 
+class Swept(NamedTuple):
+    """A session :func:`sweep_sessions` closed."""
+
+    session: int
+    timed_out: int
+    """Jobs recorded RUN_TIMEOUT (or as no run) by the close."""
+    lost_starts: int
+    """Starts its worker watchdogs reported and its history lacked, recorded before the close."""
+    host: str
+    pid: int
+
+
 def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
-    """Close every session whose lease expired; returns [(session id, jobs timed out)].
+    """:func:`sweep_sessions`, as [(session id, jobs timed out)]."""
+    return [(s.session, s.timed_out) for s in sweep_sessions(cursor, db_path)]
+
+
+_EXPIRED_SQL = ("ended_at IS NULL AND heartbeat < now() - make_interval(secs => lease_seconds) "
+                "AND pg_postmaster_start_time() < now() - make_interval(secs => lease_seconds)")
+
+
+def sweep_sessions(cursor: Cursor, db_path: str = "") -> list[Swept]:
+    """Close every session whose lease expired; returns what was swept.
 
     Sessions are swept only once the server has been up for a whole lease, so launchers cut off
     by a database restart get the chance to reconnect and renew first. Concurrent sweepers
@@ -300,25 +322,62 @@ def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
     a dead MPI-mode launcher's watchdog reports it launched decides which of its jobs ran
     (:mod:`balsam.core.launch_reports`), and the starts a dead serial-mode session's worker
     watchdogs report and its history lacks are recorded (:mod:`balsam.core.serial_reports`).
-    Also prunes the list of claimable workflows and refreshes their claim keys
-    (:func:`claim_sql.prune_workflows`).
+    The report files are read before any session is locked (a slow file system holds no lock);
+    once the caller committed, :func:`serial_reports.discard` and
+    :func:`launch_reports.discard` may remove them. Also prunes the list of claimable workflows
+    and refreshes their claim keys (:func:`claim_sql.prune_workflows`).
     """
-    cursor.execute(f"""
-        SELECT id, hostname, pid, job_mode, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
-        FROM {SESSION}
-        WHERE ended_at IS NULL
-          AND heartbeat < now() - make_interval(secs => lease_seconds)
-          AND pg_postmaster_start_time() < now() - make_interval(secs => lease_seconds)
-        FOR UPDATE SKIP LOCKED""")
+    cursor.execute(f"SELECT id, hostname, pid, job_mode FROM {SESSION} WHERE {_EXPIRED_SQL}")
+    found = cursor.fetchall()
     swept = []
-    for sid, host, pid, mode, beat in cursor.fetchall():
-        reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
-                  f"{beat} UTC (killed, or its node was lost)")
-        reported = serial_reports.unrecorded_starts(db_path, sid, host, pid) if (
-            db_path and mode == "serial") else None
-        for started, end in zip(reported or (), (serial_reports.LOST_MESSAGE, None)):
-            record_lost_starts(cursor, sid, started, serial_reports.start_message(sid), end)
-        launched = launch_reports.launched(db_path, sid, host, pid) if db_path else None
-        swept.append((sid, close_session(cursor, sid, reason, launched)))
+    if found:
+        reports = {sid: _reports(db_path, sid, host, pid, mode) for sid, host, pid, mode in found}
+        cursor.execute(f"""
+            SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+            FROM {SESSION} WHERE id = ANY(%s) AND {_EXPIRED_SQL}
+            ORDER BY id FOR UPDATE SKIP LOCKED""", [sorted(reports)])
+        for sid, host, pid, beat in cursor.fetchall():
+            swept.append(_close_dead(cursor, sid, host, pid, beat, *reports[sid]))
     claim_sql.prune_workflows(cursor)
     return swept
+
+
+def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
+    """Once the sweep's transaction committed: remove the swept sessions' report files (read
+    by it) and return a log line for each session."""
+    lines = []
+    for s in swept:
+        launch_reports.discard(db_path, s.session)
+        serial_reports.discard(db_path, s.session, s.host, s.pid)
+        lost = (f", {s.lost_starts} start(s) its watchdogs reported and its history lacked "
+                "recorded (RUNNING, then RUN_TIMEOUT: outcome unknown)" if s.lost_starts else "")
+        lines.append(f"swept launcher session {s.session} (lease expired): {s.timed_out} "
+                     f"job(s) recorded RUN_TIMEOUT{lost}")
+    return lines
+
+
+def _reports(db_path: str, sid: int, host: str, pid: int, mode: str
+             ) -> tuple[Optional[serial_reports.Reported], Optional[frozenset[str]]]:
+    """What dead session ``sid``'s watchdogs reported (serial mode's starts, MPI mode's
+    launches; None where not known)."""
+    if not db_path:
+        return None, None
+    started = serial_reports.unrecorded_starts(db_path, sid, host, pid) if (
+        mode == "serial") else None
+    return started, launch_reports.launched(db_path, sid, host, pid)
+
+
+def _close_dead(cursor: Cursor, sid: int, host: str, pid: int, beat: str,
+                reported: Optional[serial_reports.Reported],
+                launched: Optional[frozenset[str]]) -> Swept:
+    """Record dead session ``sid``'s reported lost starts, then close it."""
+    reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
+              f"{beat} UTC (killed, or its node was lost)")
+    lost = 0
+    if reported is not None:
+        for started, end in ((reported.dead, serial_reports.LOST_MESSAGE),
+                             (reported.alive, None)):
+            lost += len(record_lost_starts(cursor, sid, started,
+                                           serial_reports.start_message(sid), end,
+                                           since=reported.since))
+    return Swept(sid, close_session(cursor, sid, reason, launched), lost, host, pid)

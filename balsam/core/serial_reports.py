@@ -18,17 +18,36 @@ can start; a directory of another session (an earlier launcher of that host and 
 database) is ignored. Only final reports ("stopped", "alive") count; one still "running" (its
 watchdog died with its node), unreadable or missing leaves that rank's jobs to the sweep, as
 before. Reads are bounded (:data:`MAX_FILES`, :data:`MAX_BYTES`, :data:`MAX_SECONDS`): past a
-bound nothing is read and the sweep goes on as before.
+bound nothing is read and the sweep goes on as before. Only regular files are read (opened
+without blocking and without following a last symlink: a FIFO or a device named like a report
+must not hang the sweep), and the sweep reads them before it locks anything.
+
+A session's ensembles run one after the other (:mod:`balsam.launcher.ensemble_restart`); each
+one's reports are removed once it ended and its lost starts were recorded, so the reports read
+are those of the session's last ensemble. The mark also says (``since``) the last job event
+written before that ensemble began: only the RUNNING events after it count as its starts'
+records (a run of the job in an earlier ensemble of the session is another run). Once the sweep
+that read them committed, :func:`discard` removes the directory.
+
+The launcher's own first tasks (its warm start, :mod:`balsam.launcher.warm_start`) have no
+worker watchdog: the launcher notes them (:func:`note_own_starts`, ``launcher.json``) after it
+started them and before their RUNNING write, and clears the note once written. Its watchdog
+stops them if it dies (well within the lease), so a note left is read as a "stopped" report of
+the first ensemble (only while ``since`` is 0).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import time
 from collections import Counter
-from typing import Optional
+from typing import NamedTuple, Optional
 
 MARK_NAME = "session.json"
+OWN_NAME = "launcher.json"
+"""The launcher's own first tasks (its warm start) started, their RUNNING not yet written."""
 LOST_MESSAGE = ("started by the serial-mode ensemble, whose launcher died before the start was "
                 "recorded (its watchdog's report, read by the lease sweep): outcome unknown")
 MAX_FILES = 4096
@@ -49,56 +68,131 @@ def watch_dir(db_path: str, host: str, pid: int) -> str:
     return os.path.join(db_path, "log", f"serial_{host}_{pid}.watch")
 
 
-def mark_session(directory: str, session_id: int) -> None:
-    """Say that the reports in ``directory`` are session ``session_id``'s (atomic replace)."""
+class Reported(NamedTuple):
+    """What a dead session's worker watchdogs reported (:func:`unrecorded_starts`)."""
+
+    dead: Counter[str]
+    """Starts (job id -> count) named by final reports whose tasks are dead."""
+    alive: Counter[str]
+    """Those named by reports saying a task outlived SIGKILL."""
+    since: int
+    """The last job event id before the reporting ensemble began (the mark's ``since``)."""
+
+
+def mark_session(directory: str, session_id: int, since: int = 0) -> None:
+    """Say that the reports in ``directory`` are session ``session_id``'s, of an ensemble that
+    began after job event ``since`` (atomic replace)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, MARK_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
-        json.dump({"session": session_id}, fh)
+        json.dump({"session": session_id, "since": since}, fh)
     os.replace(tmp, path)
 
 
-def _read(path: str) -> object:
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_BYTES} bytes")
+def note_own_starts(directory: str, job_ids: list[str]) -> None:
+    """The launcher started its own tasks of ``job_ids`` (its warm start, before the ensemble
+    has the session: no worker watchdog knows them) and is about to write their RUNNING;
+    :func:`clear_own_starts` once written. Its watchdog stops them if it dies, well within the
+    lease, so the sweep takes them as stopped starts."""
+    path = os.path.join(directory, OWN_NAME)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:  # (not written: those starts are not covered, as before; the launcher goes on)
+        with open(tmp, "w") as fh:
+            json.dump({"state": "stopped", "started": job_ids}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def clear_own_starts(directory: str) -> None:
+    """The starts :func:`note_own_starts` noted are written."""
+    try:
+        os.unlink(os.path.join(directory, OWN_NAME))
+    except OSError:
+        pass
+
+
+def read_report(path: str, max_bytes: int = MAX_BYTES) -> object:
+    """The JSON in the regular file ``path`` (ValueError if it is something else -- a FIFO, a
+    device, a directory, a symlink --, larger than ``max_bytes`` or not JSON; OSError if it
+    cannot be opened). Never blocks on what it opens."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: larger than {max_bytes} bytes")
     return json.loads(data)
 
 
+def _report_paths(directory: str) -> list[str]:
+    """The report files in ``directory``'s ensemble directories (ValueError past MAX_FILES)."""
+    paths: list[str] = []
+    with os.scandir(directory) as generations:
+        for g in generations:
+            if not (g.name.isdigit() and g.is_dir(follow_symlinks=False)):
+                continue
+            with os.scandir(g.path) as names:
+                for entry in names:
+                    if entry.name.startswith("rank") and entry.name.endswith(".json"):
+                        paths.append(entry.path)
+                        if len(paths) > MAX_FILES:
+                            raise ValueError(f"{directory}: more than {MAX_FILES} reports")
+    return sorted(paths)
+
+
+def _marked_since(directory: str, session_id: int) -> Optional[int]:
+    """The mark's ``since`` if ``directory`` is marked as session ``session_id``'s, else None."""
+    mark = read_report(os.path.join(directory, MARK_NAME))
+    if not isinstance(mark, dict) or mark.get("session") != session_id:
+        return None
+    since = mark.get("since", 0)
+    return since if isinstance(since, int) and since >= 0 else None
+
+
 def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
-                      ) -> Optional[tuple[Counter[str], Counter[str]]]:
-    """(starts -- job id -> count -- named by final reports whose tasks are dead, those named
-    by reports saying a task outlived SIGKILL) of session ``session_id`` (launcher ``pid`` on
-    ``host``, as its session row says), over all its ensembles; None if its directory is not
-    readable, not marked as this session's, or past a bound (see the module docstring)."""
+                      ) -> Optional[Reported]:
+    """What the final reports of session ``session_id`` (launcher ``pid`` on ``host``, as its
+    session row says) name; None if its directory is not readable, not marked as this
+    session's, or past a bound (see the module docstring)."""
     directory = watch_dir(db_path, host, pid)
     deadline = time.monotonic() + MAX_SECONDS
     try:
-        mark = _read(os.path.join(directory, MARK_NAME))
-        if not isinstance(mark, dict) or mark.get("session") != session_id:
+        since = _marked_since(directory, session_id)
+        if since is None:
             return None
-        paths = [os.path.join(directory, g, name)
-                 for g in sorted(os.listdir(directory)) if g.isdigit()
-                 for name in sorted(os.listdir(os.path.join(directory, g)))
-                 if name.startswith("rank") and name.endswith(".json")]
+        paths = _report_paths(directory)
     except (OSError, ValueError):
         return None
-    if len(paths) > MAX_FILES:
-        return None
-    dead: Counter[str] = Counter()
-    alive: Counter[str] = Counter()
+    if since == 0:  # the warm start's (the first ensemble's only; see note_own_starts)
+        paths.append(os.path.join(directory, OWN_NAME))
+    out = Reported(Counter(), Counter(), since)
     for path in paths:
         if time.monotonic() > deadline:
             return None
         try:
-            report = _read(path)
+            report = read_report(path)
         except (OSError, ValueError):
-            continue  # being replaced or gone: its rank's jobs are swept as before
+            continue  # being replaced, gone or not a report: its rank's jobs are swept as before
         if not isinstance(report, dict) or not isinstance(report.get("started"), list):
             continue
         if report.get("state") in ("stopped", "alive"):
-            (dead if report["state"] == "stopped" else alive).update(
+            (out.dead if report["state"] == "stopped" else out.alive).update(
                 str(j) for j in report["started"])
-    return dead, alive
+    return out
+
+
+def discard(db_path: str, session_id: int, host: str, pid: int) -> bool:
+    """Remove the watch directory of swept session ``session_id`` (launcher ``pid`` on
+    ``host``) once the sweep that read it committed; left alone unless marked as that
+    session's (a later launcher of that host and pid may own it). Returns whether removed."""
+    directory = watch_dir(db_path, host, pid)
+    try:
+        if _marked_since(directory, session_id) is None:
+            return False
+    except (OSError, ValueError):
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return not os.path.exists(directory)

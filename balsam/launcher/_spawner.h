@@ -28,6 +28,13 @@
    be watched (no pidfd, or no dup of it), so nothing here can know when it exits; the loop
    starts it once that task is reaped (never beside it) */
 #define BS_RETURNED (-1)
+/* a chained start's err when its watchdog notice (r->note) could not be written within
+   BS_NOTE_WAIT_MS: the watchdog lives but reads nothing (its pipe is full). Handed back as
+   BS_RETURNED is: a task the watchdog was not told of is never started here (if this process
+   died, the watchdog could neither stop it nor count its start), and the thread never waits
+   for good; the loop starts it itself (its own writes wait for the pipe) */
+#define BS_UNNOTED (-2)
+#define BS_NOTE_WAIT_MS 1000
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -67,9 +74,13 @@ typedef struct {
 
 typedef struct bs_spawner {
     int epfd, evfd, nthreads, maxthreads, signalled;
-    int watch_fd;  /* the task watchdog's pipe (a dup, owned), or -1 */
+    int watch_fd;  /* the task watchdog's pipe (opened anew, O_NONBLOCK, owned), or -1 */
     int no_pidfd_every;  /* tests: every Nth child's pidfd_open fails (EMFILE); 0: none */
+    int hang_fd;  /* tests: a start reads a byte from it before its mkdir (a hung file system) */
+    int stopping;  /* bs_stop began: nothing is started from now on (atomic) */
     unsigned long nspawned;  /* children started (with no_pidfd_every) */
+    unsigned long unnoted;  /* chained starts handed back BS_UNNOTED (atomic) */
+    int note_wait_ms;  /* how long a note waits for room in the pipe (BS_NOTE_WAIT_MS) */
     posix_spawnattr_t attr;
     cpu_set_t all;
     pthread_mutex_t dmu;
@@ -162,6 +173,7 @@ static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double
 }
 
 #include "_spawner_chain.h"
+#include "_spawner_bounds.h"
 
 static void bs_start(bs_thread *t, bs_req *r) {
     bs_spawner *sp = t->sp;
@@ -172,12 +184,17 @@ static void bs_start(bs_thread *t, bs_req *r) {
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
     err = r->fail;
-    if (!err && r->prepared != 1) err = bs_mkdirs(r->cwd);
-    /* one write of one short line: atomic in the pipe (the loop's writes are whole lines of
-       at most PIPE_BUF bytes: pipe_lines.py); the watchdog then finds the task by its job id
-       if this process dies before the loop registers it */
-    if (!err && r->note != NULL && sp->watch_fd >= 0)
-        if (write(sp->watch_fd, r->note, strlen(r->note)) < 0) {}
+    if (!err && r->prepared != 1) {
+        char byte;
+        if (sp->hang_fd >= 0 && read(sp->hang_fd, &byte, 1) < 0) {}
+        err = bs_mkdirs(r->cwd);
+    }
+    /* a stop that gave up waiting for this thread (stuck in mkdir: bs_stop) may have come
+       meanwhile: nothing would take the task over, so it is not started (nor noted) */
+    if (__atomic_load_n(&sp->stopping, __ATOMIC_ACQUIRE)) return;
+    /* the watchdog then finds the task by its job id if this process dies before the loop
+       registers it; if it cannot be told, the start is handed back (bs_note) */
+    if (!err && r->note != NULL && sp->watch_fd >= 0) err = bs_note(sp, r->note);
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
@@ -245,7 +262,8 @@ static bs_spawner *bs_new(int epfd, int maxthreads) {
         if (sp->evfd >= 0) close(sp->evfd);
         free(sp->threads); free(sp); return NULL;
     }
-    sp->epfd = epfd; sp->maxthreads = maxthreads; sp->watch_fd = -1;
+    sp->epfd = epfd; sp->maxthreads = maxthreads; sp->watch_fd = sp->hang_fd = -1;
+    sp->note_wait_ms = BS_NOTE_WAIT_MS;
     pthread_mutex_init(&sp->dmu, NULL);
     sched_getaffinity(0, sizeof(cpu_set_t), &sp->all);
     posix_spawnattr_init(&sp->attr);
@@ -320,31 +338,6 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
     bs_wake(t);
     pthread_mutex_unlock(&t->mu);
     return 0;
-}
-
-/* Stop the threads (each after the start it is making; queued and waiting starts are
-   dropped). */
-static void bs_stop(bs_spawner *sp) {
-    int i;
-    bs_req *r;
-    uint64_t one = 1;
-    for (i = 0; i < sp->maxthreads; i++) {
-        bs_thread *t = &sp->threads[i];
-        if (!t->started) continue;
-        pthread_mutex_lock(&t->mu);
-        t->stop = 1;
-        if (write(t->evfd, &one, sizeof one) < 0) {}
-        pthread_mutex_unlock(&t->mu);
-    }
-    for (i = 0; i < sp->maxthreads; i++) {
-        bs_thread *t = &sp->threads[i];
-        if (!t->started) continue;
-        pthread_join(t->tid, NULL);
-        while ((r = t->head) != NULL) { t->head = r->next; bs_free_req(r); }
-        while ((r = t->waiting) != NULL) { t->waiting = r->next; bs_free_req(r); }
-        close(t->evfd);
-        t->started = 0;
-    }
 }
 
 static void bs_free(bs_spawner *sp) {

@@ -27,6 +27,11 @@ failed, or no dup of it could be made) is never made: it comes back *returned* (
 ``RETURNED``), and so do the starts chained behind it, for the loop to start once that task is
 reaped. The thread opens the task's output file itself, ``O_NONBLOCK`` (then cleared): a FIFO
 at its path fails the start (ENXIO) instead of blocking the thread and :meth:`Spawner.close`.
+A chained start's note to the task watchdog (``?JOBID``) is written without blocking, retried
+for at most a second while the pipe is full (a watchdog alive but stuck): then the start comes
+back *returned* too (errno ``UNNOTED``), never made unannounced. :meth:`Spawner.close` waits
+for the threads a bounded time: one stuck in a system call (a ``mkdir`` on a hung file system)
+is left, makes no start once it returns, and ends with the process.
 
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
@@ -67,11 +72,14 @@ cdef extern from "_spawner.h":
         int maxthreads
         int watch_fd
         int no_pidfd_every
+        int hang_fd
+        unsigned long unnoted
+        int note_wait_ms
 
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
     int bs_cancel(bs_spawner *sp, int which, long token)
-    void bs_stop(bs_spawner *sp) nogil
+    int bs_stop(bs_spawner *sp, double seconds) nogil
     void bs_free(bs_spawner *sp)
     size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap)
     void bs_free_req(bs_req *r)
@@ -84,6 +92,12 @@ cdef enum:
 RETURNED = -1
 """A start's errno in :meth:`Spawner.collect` when it was handed back unstarted (``BS_RETURNED``:
 the task it follows cannot be watched)."""
+UNNOTED = -2
+"""... handed back unstarted because its note could not be written to the watch fd within a
+second (``BS_UNNOTED``: the task watchdog lives but reads nothing; counted in
+:attr:`Spawner.unnoted`)."""
+STOP_SECONDS = 5.0
+"""How long :meth:`Spawner.close` waits for the threads by default."""
 
 
 cdef char *_dup(bytes value) except NULL:
@@ -102,6 +116,7 @@ cdef class Spawner:
     cdef char **base
     cdef int nbase
     cdef readonly int max_threads
+    cdef readonly int stuck  # threads close() left running (stuck in a system call)
 
     def __cinit__(self, list environ, int epfd, int max_threads):
         cdef int i
@@ -128,6 +143,12 @@ cdef class Spawner:
     def threads(self) -> int:
         """Threads made so far."""
         return self.sp.nthreads
+
+    @property
+    def unnoted(self) -> int:
+        """Chained starts handed back so far because their note could not be written
+        (:data:`UNNOTED`)."""
+        return 0 if self.sp == NULL else self.sp.unnoted
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
                bint prepared, tuple cpus, int which, int after=-1, long after_token=0,
@@ -199,14 +220,29 @@ cdef class Spawner:
             raise
 
     def watch(self, int fd) -> None:
-        """Write the starts' notes to ``fd`` (the spawner owns it from now: a dup of the task
-        watchdog's pipe, closed by :meth:`close`)."""
+        """Write the starts' notes to ``fd`` (the spawner owns it from now, closed by
+        :meth:`close`): the task watchdog's pipe, opened anew (an open file description of
+        its own: it is made non-blocking here, so that a thread waits at most a second for a
+        full pipe, and the loop's own writes stay blocking)."""
         if self.sp == NULL:
             os.close(fd)
             raise ValueError("the spawner is closed")
+        os.set_blocking(fd, False)
         if self.sp.watch_fd >= 0:
             os.close(self.sp.watch_fd)
         self.sp.watch_fd = fd
+
+    def note_wait(self, double seconds) -> None:
+        """How long a start's note waits for room in a full pipe before the start is handed
+        back (:data:`UNNOTED`; default one second: the task watchdog reads every 20 ms)."""
+        if self.sp != NULL:
+            self.sp.note_wait_ms = max(0, <int>(seconds * 1000))
+
+    def hang_mkdirs(self, int fd) -> None:
+        """Tests: a start that makes its directory first reads one byte from ``fd`` (not
+        owned), blocking as a ``mkdir`` on a hung file system would; -1: none."""
+        if self.sp != NULL:
+            self.sp.hang_fd = fd
 
     def fail_pidfds(self, int every) -> None:
         """Tests: the pidfd of every ``every``-th child started from now on is closed at once,
@@ -221,37 +257,45 @@ cdef class Spawner:
             return False
         return bs_cancel(self.sp, which, token) == 1
 
-    def collect(self) -> list:
+    def collect(self, size_t most=0) -> list:
         """The starts done since the last call: (token, pid, pidfd or -1, errno or 0, the
-        wall-clock time of the start); errno :data:`RETURNED`: handed back, never started."""
+        wall-clock time of the start); errno :data:`RETURNED`: handed back, never started.
+        ``most`` > 0: the first ``most`` only (tests: the others stay noted for the next)."""
         cdef bs_done out[_BATCH]
-        cdef size_t n, i
+        cdef size_t n, i, cap
         found = []
         while self.sp != NULL:
-            n = bs_collect(self.sp, out, _BATCH)
+            cap = _BATCH if most == 0 or most - len(found) > _BATCH else most - len(found)
+            n = bs_collect(self.sp, out, cap)
             for i in range(n):
                 found.append((out[i].token, out[i].pid, out[i].fd, out[i].err, out[i].when))
-            if n < _BATCH:
+            if n < cap or len(found) == most:
                 break
         return found
 
-    def close(self) -> None:
-        """Stop the threads (each after the start it is making; queued ones are dropped).
-        Pidfds of starts not collected are closed."""
+    def close(self, double timeout=STOP_SECONDS) -> int:
+        """Stop the threads (a start not made yet is dropped, queued ones too), waiting at most
+        ``timeout`` seconds for them; pidfds of starts not collected are closed. Returns how
+        many threads were left running (:attr:`stuck`: a mkdir on a hung file system; each
+        ends when its system call returns, starting nothing, or with the process)."""
         if self.sp != NULL:
             with nogil:
-                bs_stop(self.sp)
-            bs_free(self.sp)
-            self.sp = NULL
+                self.stuck = bs_stop(self.sp, timeout)
+            if self.stuck == 0:
+                bs_free(self.sp)
+            self.sp = NULL  # (with threads left, never freed: they may still touch it)
+        return self.stuck
 
     def __dealloc__(self):
         cdef int i
+        cdef double seconds = STOP_SECONDS
         if self.sp != NULL:
             with nogil:
-                bs_stop(self.sp)
-            bs_free(self.sp)
+                self.stuck = bs_stop(self.sp, seconds)
+            if self.stuck == 0:
+                bs_free(self.sp)
             self.sp = NULL
-        if self.base != NULL:
+        if self.base != NULL and self.stuck == 0:  # (a stuck thread's request points here)
             for i in range(self.nbase):
                 free(self.base[i])
             free(self.base)

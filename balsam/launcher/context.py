@@ -92,6 +92,9 @@ class Context:
     with, so they die if the launcher is killed (None: not covered)."""
     ensembles: int = 0
     """Serial mode: how many ensembles this session started before the current one."""
+    ensemble_since: int = 0
+    """Serial mode: the last job event id written before the current ensemble began (the
+    RUNNING events of its starts come after it: :mod:`balsam.core.serial_reports`)."""
     stuck_ensembles: int = 0
     """Serial mode: how many ensembles the launcher killed because their master stopped
     renewing the lease (:mod:`balsam.launcher.ensemble_stuck`); such a one is restarted."""
@@ -232,18 +235,15 @@ class Housekeeper:
 
     def sweep(self) -> None:
         """Close the sessions of launchers whose lease expired (their RUNNING jobs time out)."""
-        from balsam.core import launch_reports, leases
+        from balsam.core import leases
 
         try:
-            swept = self.ctx.db.try_run(leases.sweep, self.ctx.db_path)
+            swept = self.ctx.db.try_run(leases.sweep_sessions, self.ctx.db_path)
         except DatabaseUnavailable:
             return
-        for sid, _ in swept:  # (read by the sweep: launch_reports)
-            launch_reports.discard(self.ctx.db_path, sid)
-        for sid, n in swept:
-            self.ctx.log.warning(f"swept launcher session {sid} (lease expired): {n} RUNNING "
-                                 "job(s) recorded RUN_TIMEOUT")
-        self.swept += swept
+        for line in leases.after_sweep(self.ctx.db_path, swept):
+            self.ctx.log.warning(line)
+        self.swept += [(s.session, s.timed_out) for s in swept]
 
     def busy(self) -> None:
         """The launcher runs something: not idle. The next idle iteration looks at once

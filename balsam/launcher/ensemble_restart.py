@@ -32,9 +32,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Callable
 
-from balsam.core import leases
+from balsam.core import leases, schema, serial_reports
 from balsam.core.states import State
-from balsam.db.dbapi import Cursor
+from balsam.db.dbapi import Cursor, fetch_one
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ensemble_watch
 
@@ -57,8 +57,22 @@ def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         return _run_serial(ctx, run_once)
     finally:
         carried, ctx.carried = ctx.carried, None
-        if carried is not None:
-            carried.drain()
+        try:
+            if carried is not None:
+                carried.drain()
+        finally:
+            _remove_watch_dir(ctx.watch_dir)
+
+
+def _remove_watch_dir(watch_dir: str) -> None:
+    """The session's runs are over and every ensemble's reports were read and removed: the
+    warm start's note, the mark and the directory go too (nothing of it is read any more)."""
+    if watch_dir:
+        serial_reports.clear_own_starts(watch_dir)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(watch_dir, serial_reports.MARK_NAME))
+        with contextlib.suppress(OSError):
+            os.rmdir(watch_dir)
 
 
 def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
@@ -69,8 +83,6 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
         shutil.rmtree(directory, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the launcher's directory, once empty
-            os.rmdir(os.path.dirname(directory))
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):
             return status  # normal end, a stop, or an ensemble that failed to come up
@@ -98,8 +110,8 @@ def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
     message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
                + (f"it restarts on {nodes} node(s)" if nodes else "it is not restarted"))
     try:
-        timed_out = ctx.db.run_before(time.monotonic() + RECOVER_SECONDS, _recover_in,
-                                      ctx.session_id, dead, message)
+        timed_out, ctx.ensemble_since = ctx.db.run_before(
+            time.monotonic() + RECOVER_SECONDS, _recover_in, ctx.session_id, dead, message)
     except DatabaseUnavailable as exc:
         ctx.log.error(f"could not recover the failed ensemble's jobs ({exc})")
         return False
@@ -108,7 +120,11 @@ def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
     return True
 
 
-def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str) -> int:
+def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str
+                ) -> tuple[int, int]:
+    """(jobs timed out, the last job event id): every event of the failed ensemble's runs is
+    written by now, and the next ensemble's get higher ids (ensemble_watch counts from it)."""
     timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
     leases.release(cursor, session_id)
-    return len(timed_out)
+    cursor.execute(f"SELECT coalesce(max(id), 0) FROM {schema.EVENT_TABLE}")
+    return len(timed_out), int(fetch_one(cursor)[0])

@@ -182,7 +182,8 @@ def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -
             if started:
                 lost += ctx.db.run_before(time.monotonic() + RECORD_SECONDS,
                                           leases.record_lost_starts, ctx.session_id,
-                                          dict(started), start_message(ctx.session_id), end)
+                                          dict(started), start_message(ctx.session_id), end,
+                                          since=ctx.ensemble_since)
     except DatabaseUnavailable as exc:
         ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc})")
     if lost:

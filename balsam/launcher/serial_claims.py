@@ -54,6 +54,9 @@ class MasterClaims:
     _lost_claim: bool                    # a claim's commit reply may have been lost
     _dropped: set[str]                   # released by a kill check while a claim ran
     _reclaim: int                        # recalled jobs to claim again (serial_rebalance)
+    _drained: bool
+    """The last claim's answer was empty: nothing was claimable for this launcher then (a claim
+    in flight is a re-check, after ``idle_wait_seconds`` or another session's notification)."""
     # The loop's, read or touched here: what is held (queued, on workers), the open workers,
     # the ends counted since the last rate tick, and when to claim next (``_next["claim"]``).
     ctx: Context
@@ -74,6 +77,7 @@ class MasterClaims:
         self._reconnects = self.ctx.db.reconnects
         self._lost_claim = False
         self._dropped = set()
+        self._drained = False
         self.claimers = []
         if getattr(self.status, "databases", None):  # at scale (writer threads): claims too
             db = self.ctx.db
@@ -162,6 +166,7 @@ class MasterClaims:
         if isinstance(specs, DatabaseUnavailable):
             self._next["claim"] = now + 0.5
             return False
+        self._drained = not specs
         if not specs:  # nothing runnable: ask again when notified, after processing, or later
             self._next["claim"] = now + self.t.idle_wait_seconds
             return False

@@ -91,6 +91,9 @@ class SerialConfig:
     """Where the worker ranks' watchdogs report (:func:`watch_dir`; known before the session)."""
     rank_evidence: dict[str, str] = field(default_factory=dict)
     """What tells a rank its rank before MPI_Init (:func:`balsam.platform.mpi.ensemble.rank_evidence`)."""
+    mpi_env: dict[str, str] = field(default_factory=dict)
+    """Variables the launcher added for the ensemble's own MPI library
+    (:func:`balsam.platform.mpi.ensemble.ensemble_mpi_environ`): kept from the tasks."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -132,10 +135,16 @@ def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
     worker 1 on the first node, worker i on node i-1; why it starts that way). The bootstrap
     per scheduler is :mod:`balsam.platform.mpi.ensemble`'s; ``task`` is the tasks' launcher,
     ``wheel`` the mpich wheel's mpiexec (or None), ``path`` the PATH to search. Sets
-    ``config.rank_evidence``: start the command with ``early_rank.ensemble_environ``."""
-    from balsam.platform.mpi.ensemble import ensemble_command, rank_evidence  # (slow imports)
+    ``config.rank_evidence`` and ``config.mpi_env``: start the command with
+    ``early_rank.ensemble_environ``."""
+    from balsam.platform.mpi.ensemble import (  # (slow imports)
+        ensemble_command,
+        ensemble_mpi_environ,
+        rank_evidence,
+    )
 
     config.rank_evidence = rank_evidence(config.scheduler, task, wheel, path)
+    config.mpi_env = ensemble_mpi_environ(config.scheduler, wheel, path, os.environ)
     rank_argv = [sys.executable, "-m", "balsam.launcher.serial_ranks", config.to_json()]
     return ensemble_command(config.scheduler, config.hosts, rank_argv, task, wheel, path)
 
@@ -164,7 +173,7 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
         shutil.rmtree(config.watch_dir, ignore_errors=True)
     if ctx.session_id:  # before a task can start: the lease sweep trusts these reports then
-        serial_reports.mark_session(config.watch_dir, ctx.session_id)
+        serial_reports.mark_session(config.watch_dir, ctx.session_id, ctx.ensemble_since)
     ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
@@ -172,7 +181,8 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if early else subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=ensemble_environ(ctx.base_env, config.rank_evidence))
+                                env=ensemble_environ(ctx.base_env, config.rank_evidence,
+                                                     config.mpi_env))
     _watch_ensemble(ctx, proc.pid)
     return Launched(proc, out_path, early)
 
@@ -246,7 +256,8 @@ def run_launcher(ctx: Context) -> int:
         elif not fresh and launched.early:
             from balsam.launcher.warm_start import WarmStart
 
-            serial_reports.mark_session(ctx.watch_dir, ctx.session_id)  # (see launch)
+            serial_reports.mark_session(ctx.watch_dir, ctx.session_id,
+                                        ctx.ensemble_since)  # (see launch)
             warm = WarmStart.begin(ctx)
             hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
         proc, out_path = launched.proc, launched.out_path

@@ -201,13 +201,13 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
     """Ranks 1..N: serve node ``rank - 1`` until the master says exit. ``watchdog``: the
     rank's (:func:`balsam.launcher.rank_boot.worker_watchdog`), started before MPI and told
     the segments; None: one is started now."""
+    stop = threading.Event()  # before the imports below: a SIGTERM meanwhile is a stop, too
+    on_signals(lambda _name: stop.set())
     from balsam.core.tunables import Tunables
     from balsam.launcher.nodeslots import NodeSlots, node_cpus
     from balsam.launcher.rank_heartbeat import mpi_pulse
     from balsam.launcher.serial_worker import Worker
 
-    stop = threading.Event()
-    on_signals(lambda _name: stop.set())
     t = Tunables.from_settings(config.settings["launcher"])
     link = WorkerLink(comm)
     # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
@@ -218,7 +218,8 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
         watchdog.close()
         return 0
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
-                    os.environ, kill_grace=t.kill_grace_seconds,
+                    {k: v for k, v in os.environ.items() if k not in config.mpi_env},
+                    kill_grace=t.kill_grace_seconds,
                     shutdown_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines,
                     signalled=stop, watchdog=watchdog, pulse=mpi_pulse(comm, t),
                     pin_single_core=t.pin_single_core_tasks)

@@ -8,19 +8,21 @@ beside short ones -- that queue waits behind them while another node, its own wo
 at a campaign's end its last jobs sat for as long as the longest task ran (a test saw 3 jobs wait
 4 minutes behind the launcher's own tasks on node 1 while node 2 had nothing to run).
 
-Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in flight, it
-compares the workers' loads (running + queued, in nodes' worth): a worker with more than a
-node's worth has work waiting; an open worker with less than a node's worth has room. A worker
-seen with work waiting at two checks in a row, while room was seen both times, is asked to give
-back queued work worth up to the room, each task no bigger than the most one node has free
-(``recall``, ``fits``: from its queue's tail, then starts chained behind running tasks that have
-not begun; a task that has begun runs on where it is). It answers
-with ``recalled`` [ids] (possibly none; a GPU task counts as the master counts it): the master
-releases their claims and claims once the release is committed (at scale a writer thread's
-commit, which a claimer's claim must follow to see the jobs), at least as many jobs as came
-back whatever it holds, and the work goes to the least loaded workers first -- the idle ones.
-Nothing is run twice: only a task the worker reports as never started is released, and a
-release drops the claim only of a job that is not RUNNING (:func:`balsam.core.leases.release`).
+Every ``REBALANCE_SECONDS``, when the master has nothing queued and no claim in flight that
+could bring work (a re-check after an empty answer does not count: beside other launchers each
+of their writes starts one, and the check ran only between them), it compares the workers' loads
+(running + queued, in nodes' worth): a worker with more than a node's worth has work waiting; an
+open worker with less than a node's worth has room. A worker seen with work waiting at two
+checks in a row, while room was seen both times, is asked to give back queued work worth up to
+the room, each task no bigger than the most one node has free (``recall``, ``fits``: from its
+queue's tail, then starts chained behind running tasks that have not begun; a task that has
+begun runs on where it is). It answers with ``recalled`` [ids] (possibly none; a GPU task counts
+as the master counts it): the master releases their claims and claims once the release is
+committed (at scale a writer thread's commit, which a claimer's claim must follow to see the
+jobs), at least as many jobs as came back whatever it holds, and the work goes to the least
+loaded workers first -- the idle ones. Nothing is run twice: only a task the worker reports as
+never started is released, and a release drops the claim only of a job that is not RUNNING
+(:func:`balsam.core.leases.release`).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class MasterRebalance:
     _reclaim = 0
     """How many jobs the next claim takes at least (those given back: claimed again at once,
     whatever the master holds, :meth:`balsam.launcher.serial_claims.MasterClaims._claim`)."""
+    _drained = False
+    """The last claim came back empty (:class:`balsam.launcher.serial_claims.MasterClaims`)."""
     _asked: dict[int, float]
     """The ``fits`` each worker was last asked with."""
     _fruitless: dict[int, tuple[float, float]]
@@ -82,7 +86,8 @@ class MasterRebalance:
         if now < self._next.get("rebalance", 0.0):
             return
         self._next["rebalance"] = now + REBALANCE_SECONDS
-        if self.queue or self._claiming() or self._recalling or self._releasing:
+        claiming = self._claiming() and not self._drained  # (a re-check brings nothing new)
+        if self.queue or claiming or self._recalling or self._releasing:
             self._waiting = frozenset()
             return
         open_workers = [w for w in self.load if w not in self.closed]

@@ -85,7 +85,11 @@ class Starts:
     _chained_work: dict[str, Work]
     _chain_seq: dict[str, int]
     _chain_ticket: Iterator[int]
-    """The chained starts not yet taken over (in the order they were asked for)."""
+    """Chained starts' places in the queue's order (the first ticket each got: a start handed
+    back and chained again keeps it), while chained or handed back and queued again."""
+    _doomed: set[str]
+    """Chained starts in flight that the kernel hands back (they wait behind a start that came
+    back handed back): nothing is chained behind them (:meth:`_followable`)."""
     _unwatched: set[str]
     """Running tasks without a pidfd (their end is polled: :meth:`_polled`)."""
     finished: bool
@@ -112,6 +116,8 @@ class Starts:
             if placement is None:
                 break
             self.queue.popleft()
+            if self._chain_seq:  # handed back once, started from the queue now: forgotten
+                self._chain_seq.pop(work.job_id, None)
             batch.append((work, placement))
         if not batch:
             return self._chain_behind() or self._queue_behind()
@@ -201,7 +207,8 @@ class Starts:
             self.queue.popleft()
             self._follower[job_id], self._leader[work.job_id] = work.job_id, job_id
             self._chained_work[work.job_id] = work
-            self._chain_seq[work.job_id] = next(self._chain_ticket)
+            if work.job_id not in self._chain_seq:  # handed back before: its place is kept
+                self._chain_seq[work.job_id] = next(self._chain_ticket)
             r = self.running.get(job_id)
             chained.append((work, placement, -1 if r is None else r.fd, job_id))
             if not self.queue:
@@ -247,7 +254,7 @@ class Starts:
         r = self.running.get(job_id)
         if r is not None:
             return not r.why and r.fd >= 0 and not isinstance(r.task, WarmTask)
-        if not spawns.can_follow(job_id):
+        if not spawns.can_follow(job_id) or job_id in self._doomed:
             return False
         ahead = 1
         while ahead < CHAIN_AHEAD and job_id in self._leader:
@@ -332,6 +339,7 @@ class Starts:
             return False
         del self._chained_work[job_id]
         self._chain_seq.pop(job_id, None)
+        self._doomed.discard(job_id)
         self._unlink(job_id)
         if key:
             self._note_all(key, [job_id])
@@ -339,10 +347,19 @@ class Starts:
 
     def _returned(self, s: Started, work: Optional[Work]) -> Optional[Work]:
         """``s``, a chained start, came back unstarted: the task it followed runs without a
-        pidfd (the kernel cannot know when it exits). Out of its chain (that task keeps its
+        pidfd (the kernel cannot know when it exits), or a stuck task watchdog could not be
+        told of it (``_spawner.UNNOTED``). Out of its chain (that task keeps its
         place until it is reaped); its Work to queue again at the head, or None: reported
         ``killed`` or ``returned`` as a queued task would be if a kill, stop, exit or abort
-        came meanwhile."""
+        came meanwhile. The starts chained behind it are handed back too (the kernel hands
+        back what waits behind a hand-back): until they are back, nothing is chained behind
+        them, or ``s`` queued again would wait behind a start it was ahead of (its own
+        follower: a CI run saw f3 start before f2; a loop that collected one start at a time
+        chained them behind each other for good)."""
+        behind = self._follower.get(s.job_id)
+        while behind is not None:
+            self._doomed.add(behind)
+            behind = self._follower.get(behind)
         self._unlink(s.job_id)
         if s.why == "kill":
             self._note_all("killed", [s.job_id])

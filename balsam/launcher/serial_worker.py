@@ -132,6 +132,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self._chained_work: dict[str, Work] = {}
         self._chain_seq: dict[str, int] = {}  # chained starts' order (hand-backs keep it)
         self._chain_ticket = itertools.count()
+        self._doomed: set[str] = set()  # Starts: chained starts the kernel hands back
         self._unwatched: set[str] = set()  # Starts: running tasks without a pidfd
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead

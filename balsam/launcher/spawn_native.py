@@ -81,6 +81,8 @@ class NativeSpawns(SpawnThreads):
         self._chained: set[str] = set()  # of those, the chained starts
         self.chains = pidfds_work()
         self.watched = False
+        self.stuck = 0
+        """Native threads :meth:`close` left running (stuck in a system call)."""
         self._token = 0
         poller.register(self._spawner.eventfd, select.EPOLLIN)
 
@@ -122,10 +124,24 @@ class NativeSpawns(SpawnThreads):
             self._done.append((job_id, -1, exc))
 
     def watch(self, fd: int) -> None:
-        """The kernel writes the starts' notes to ``fd`` (a dup is kept: the task watchdog's
-        pipe, written in whole lines by both: :mod:`balsam.launcher.pipe_lines`)."""
-        self._spawner.watch(os.dup(fd))
+        """The kernel writes the starts' notes to ``fd`` (the task watchdog's pipe, written in
+        whole lines by both: :mod:`balsam.launcher.pipe_lines`), through a non-blocking open
+        of its own (``/proc/self/fd``: a dup would share the loop's blocking flag), so that a
+        stuck watchdog never holds a spawning thread (a start it cannot announce comes back
+        returned: :attr:`unnoted`). If the pipe cannot be opened so (no ``/proc``, or the
+        watchdog is gone), nothing is watched and nothing is chained from then on."""
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self.chains = False
+            return
+        self._spawner.watch(own)
         self.watched = True
+
+    @property
+    def unnoted(self) -> int:
+        """Chained starts handed back because the watchdog could not be told of them."""
+        return int(self._spawner.unnoted)
 
     def can_follow(self, job_id: str) -> bool:
         """Whether a chained start may be asked for after ``job_id``'s start, in flight (the
@@ -163,7 +179,8 @@ class NativeSpawns(SpawnThreads):
             del tokens[job_id]
             if chained:
                 chained.discard(job_id)
-            if err == _kernel.RETURNED:  # it would have run beside a task nothing watches
+            if err in (_kernel.RETURNED, _kernel.UNNOTED):  # beside a task nothing watches,
+                # or a stuck watchdog would not have known it
                 out.append(Started(job_id, None, -1, None, why, grace, True))
             elif err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
@@ -174,9 +191,11 @@ class NativeSpawns(SpawnThreads):
         return out
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the threads (each after the start it is making; starts not begun are
-        dropped), close the event fd and the pidfds of starts not collected."""
-        self._spawner.close()
+        """Stop the threads (starts not made yet are dropped), close the event fd and the
+        pidfds of starts not collected. Waits at most ``timeout`` seconds: a thread stuck in
+        a system call (a ``mkdir`` on a hung file system) is left (:attr:`stuck`), starts
+        nothing once it returns, and ends with the process."""
+        self.stuck = self._spawner.close(timeout)
 
     @property
     def threads(self) -> int:

@@ -250,6 +250,8 @@ class ThreadedStarts:
     queue: deque[Any]
     _chain_seq: dict[str, int]
     """The order in which chained starts were asked for (``serial_starts.Starts``)."""
+    _doomed: set[str]
+    """Chained starts in flight the kernel hands back (``serial_starts.Starts``)."""
     _requeued: frozenset[str] = frozenset()
     """Handed-back starts put at the queue's head, still waiting there."""
 
@@ -282,6 +284,8 @@ class ThreadedStarts:
         back: list[Any] = []  # handed back unstarted: queued again at the head, in order
         self._note_all("started", [s.job_id for s in done if not s.returned])
         for s in done:
+            if self._doomed:
+                self._doomed.discard(s.job_id)
             work = self._chained_work.pop(s.job_id, None) if self._chained_work else None
             if work is not None and not s.returned:
                 self._chain_seq.pop(s.job_id, None)

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from balsam.core import leases, schema
+from balsam.core import leases, schema, serial_reports
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.core.states import State
 from balsam.errors import DatabaseUnavailable
@@ -98,6 +98,7 @@ class WarmStart:
         """Node 1 left the allocation (a restart after its rank was lost): the tasks run on,
         on it, and no new ensemble is handed their shares (:meth:`carry_line`)."""
         self._stop_message = ""
+        self._noted = False  # serial_reports.note_own_starts: to clear once they are written
         self._fence: Optional[LeaseFence] = None
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
 
@@ -123,6 +124,9 @@ class WarmStart:
         others = [s.job_id for s in specs if not warm._start(s)]
         if others:
             warm._release(others)
+        if warm.running:  # the lease sweep reads it if the launcher dies before they are written
+            serial_reports.note_own_starts(ctx.watch_dir, list(warm.running))
+            warm._noted = True
         warm._flush(before=time.monotonic() + RELEASE_SECONDS)
         if not warm.holds:
             return None
@@ -313,6 +317,9 @@ class WarmStart:
         written = self.status.flush(before=before)
         for job_id in written.not_started if written is not None else ():
             self._kill(job_id)  # a user killed (or changed) the job before its start was recorded
+        if self._noted and written is not None:  # (the starts are the first moves written)
+            self._noted = False
+            serial_reports.clear_own_starts(self.ctx.watch_dir)
 
     def _ended(self, job_id: str, warm: _Warm, rc: int) -> None:
         if self.status.follow is None and self.ctx.processing:

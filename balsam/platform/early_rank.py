@@ -12,6 +12,7 @@ Imported by every rank before MPI: standard library only, and outside :mod:`bals
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Optional
 
 LAUNCH_ID = "BALSAM_LAUNCHER_INTERNAL_ENSEMBLE"
@@ -19,14 +20,19 @@ LAUNCH_ID = "BALSAM_LAUNCHER_INTERNAL_ENSEMBLE"
 ``BALSAM_LAUNCHER_INTERNAL_`` variables, :data:`balsam.core.jobenv.LAUNCHER_ONLY_PREFIXES`)."""
 
 
-def ensemble_environ(environ: Mapping[str, str], evidence: Mapping[str, str]) -> dict[str, str]:
+def ensemble_environ(environ: Mapping[str, str], evidence: Mapping[str, str],
+                     mpi_env: Mapping[str, str] = MappingProxyType({})) -> dict[str, str]:
     """The environment to start the ensemble's program with: ``environ`` without the rank and
     size variables of ``evidence`` (:func:`balsam.platform.mpi.ensemble.rank_evidence`) -- a
-    value a rank then sees was set by that program -- and with this launch's id."""
+    value a rank then sees was set by that program -- and with this launch's id, plus
+    ``mpi_env``, the ensemble's own MPI settings
+    (:func:`balsam.platform.mpi.ensemble.ensemble_mpi_environ`; its worker ranks keep them from
+    their tasks)."""
     dropped = (evidence.get("rank"), evidence.get("size"))
     env = {name: value for name, value in environ.items() if name not in dropped}
     if evidence:
         env[LAUNCH_ID] = evidence["id"]
+    env.update(mpi_env)
     return env
 
 

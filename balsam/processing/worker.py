@@ -307,6 +307,11 @@ class TransitionPool:
         for w in self.workers:
             w.start()
 
+    def begin_stop(self) -> None:
+        """Tell every worker to stop, without waiting (:meth:`stop` waits): they close their
+        sessions and connections meanwhile."""
+        self.stop_event.set()
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop every worker: running scripts are stopped, holds released, sessions closed."""
         self.stop_event.set()

@@ -35,7 +35,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from balsam.core import launch_reports, leases
+from balsam.core import leases
 from balsam.core.tunables import Tunables
 from balsam.db import dbsettings
 from balsam.db.database import Database
@@ -156,12 +156,10 @@ class Service:
         return cancel_requested(self.db, scheduler, self.log)
 
     def _sweep(self) -> int:
-        swept = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, leases.sweep,
+        swept = self.db.run_before(time.monotonic() + DB_STEP_SECONDS, leases.sweep_sessions,
                                    self.db_path)
-        for sid, timed_out in swept:
-            launch_reports.discard(self.db_path, sid)  # (read by the sweep)
-            self.log.warning(f"swept launcher session {sid} (lease expired): {timed_out} "
-                             "job(s) recorded RUN_TIMEOUT")
+        for line in leases.after_sweep(self.db_path, swept):
+            self.log.warning(line)
         return len(swept)
 
     def _advance(self) -> int:

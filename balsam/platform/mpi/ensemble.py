@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from itertools import groupby
 from typing import Optional
 
@@ -46,6 +47,14 @@ HYDRA_BOOTSTRAP = {"local": "fork", "slurm": "slurm", "pbs": "ssh"}
 """Hydra's ``-launcher`` per scheduler; schedulers absent here use the task launcher."""
 PBS_RSH = "pbs_tmrsh"
 """PBS's rsh-compatible task spawner (TM interface), used as Hydra's rsh under PBS."""
+LOCAL_MPI_ENV = {"MPIR_CVAR_CH4_NETMOD": "ofi"}
+"""The ensemble's own MPI settings when every rank runs on this one host (``local``, Hydra's
+fork bootstrap), each unless the environment sets it: the wheel's MPICH (``ch4:ucx,ofi``)
+loads and initialises its OFI network module (libfabric) in ~15 ms less CPU per rank than its
+default UCX one, and finalizes ~5 ms sooner (benchmarks/README.md, "Issue 16, session 19");
+ranks on one host exchange their messages through MPICH's shared memory whichever module is
+loaded. Not under a scheduler: which module serves a site's network is the site's question.
+The tasks never see these (:func:`balsam.launcher.serial_mode.SerialConfig` lists them)."""
 
 
 def layout(hosts: list[str]) -> list[str]:
@@ -87,6 +96,29 @@ def starts_with_hydra(scheduler: str, wheel: Optional[str], path: str) -> bool:
     (Hydra forwards its stdin to rank 0, which the launcher relies on to start the ensemble
     before its session is open)."""
     return bool(wheel) and hydra_bootstrap(scheduler, path) is not None
+
+
+def ensemble_mpi_environ(scheduler: str, wheel: Optional[str], path: str,
+                         environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to add to the ensemble's environment for its own MPI library
+    (:data:`LOCAL_MPI_ENV` when the wheel's Hydra starts every rank on this host and the wheel
+    ships libfabric), without those ``environ`` already sets (the user's choice wins)."""
+    if scheduler != "local" or not starts_with_hydra(scheduler, wheel, path):
+        return {}
+    if not wheel or not _ships_libfabric(wheel):  # (MPICH without OFI crashes on "ofi")
+        return {}
+    return {name: value for name, value in LOCAL_MPI_ENV.items() if name not in environ}
+
+
+def _ships_libfabric(wheel: str) -> bool:
+    """Whether the MPICH beside the wheel's ``mpiexec`` (``<prefix>/bin``) has libfabric
+    (``<prefix>/lib/mpich/libfabric.so*``): an MPICH built without the OFI module segfaults
+    in ``MPI_Init`` when asked for it (measured with an unknown module name)."""
+    lib = os.path.join(os.path.dirname(os.path.dirname(wheel)), "lib", "mpich")
+    try:
+        return any(name.startswith("libfabric.so") for name in os.listdir(lib))
+    except OSError:
+        return False
 
 
 def starter(scheduler: str, task: LauncherChoice, wheel: Optional[str], path: str) -> str:

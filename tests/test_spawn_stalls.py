@@ -1,0 +1,236 @@
+"""A native spawning thread never waits for good (the kernel ``_spawner.h``): a chained start
+whose ``?JOBID`` note cannot be written because the task watchdog lives but reads nothing (its
+pipe full: here a real watchdog stopped with SIGSTOP, its pipe shrunk to one page and filled)
+comes back *returned*, unstarted, within about a second, and the spawner counts it; and
+``close`` gives up waiting for a thread stuck in a system call (a ``mkdir`` on a hung file
+system: here the kernel's test hook ``Spawner.hang_mkdirs``, a blocking read before the
+``mkdir``), which then starts nothing once it returns; a kill that comes while a chained start
+waits to write its note is too late to withdraw it (moved here from test_spawn_chain_races.py).
+Conditions are waited for, bounded."""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+
+import pytest
+from launcher_support import wait_for
+from test_spawn_chain import gated, marking, native, serve, worker_for
+from test_spawn_chain_races import Kernel, ran
+
+from balsam.launcher import spawn_threads
+from balsam.launcher.watchdog import Watchdog
+
+pytestmark = native
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def fill(pipe_fd: int) -> int:
+    """Fill the pipe behind ``pipe_fd`` with harmless whole lines (``#x``: "forget job x"),
+    through a non-blocking open of its own; the bytes written."""
+    own = os.open(f"/proc/self/fd/{pipe_fd}", os.O_WRONLY | os.O_NONBLOCK)
+    written = 0
+    try:
+        while True:
+            written += os.write(own, b"#x\n")
+    except BlockingIOError:
+        return written
+    finally:
+        os.close(own)
+
+
+def spawning_threads() -> list[str]:
+    """This process's threads named ``balsam-spawn`` (their ids)."""
+    found = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                if fh.read().strip() == "balsam-spawn":
+                    found.append(tid)
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+    return found
+
+
+def reading(fd: int) -> bool:
+    """Whether a spawning thread is blocked in ``read(fd)`` (system call 0 on x86-64 and
+    63 on arm64; its first argument is the descriptor)."""
+    for tid in spawning_threads():
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as fh:
+                fields = fh.read().split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[0] in ("0", "63") and int(fields[1], 16) == fd:
+            return True
+    return False
+
+
+def test_a_chained_start_the_stuck_watchdog_cannot_hear_of_comes_back_unstarted(tmp_path):
+    tmp = str(tmp_path)
+    gate = os.path.join(tmp, "gate")
+    dog = Watchdog(5.0)
+    assert dog.proc is not None
+    kernel = Kernel()
+    try:
+        fcntl.fcntl(dog._fd, F_SETPIPE_SZ, 4096)
+        os.kill(dog.proc.pid, signal.SIGSTOP)  # alive, reading nothing
+        assert fill(dog._fd) > 0
+        kernel.spawns.watch(dog._fd)
+        assert kernel.spawns.watched
+        kernel.submit(gated(tmp, "h", gate))
+        h = kernel.wait("h")
+        kernel.submit(marking(tmp, "f"), after=os.dup(h.fd), note=b"?f\n")
+        open(gate, "w").close()  # h ends: f's thread cannot write its note
+        began = time.monotonic()
+        f = kernel.wait("f")  # (15 s: without the bound the thread waits for the watchdog)
+        assert f.returned and f.task is None and f.error is None
+        assert time.monotonic() - began < 10
+        assert kernel.spawns.unnoted == 1 and kernel.spawns.in_flight == 0
+        assert ran(tmp, "f") == ""
+    finally:
+        open(gate, "w").close()
+        os.kill(dog.proc.pid, signal.SIGCONT)
+        kernel.ended()
+        dog.close()
+    assert ran(tmp, "f") == ""  # handed back: never started, even once the watchdog read on
+
+
+def test_the_spawner_is_closed_in_bounded_time_beside_a_thread_stuck_in_mkdir(tmp_path):
+    tmp = str(tmp_path)
+    hang_r, hang_w = os.pipe()
+    kernel = Kernel()
+    spawns = kernel.spawns
+    closed = threading.Event()
+    try:
+        spawns._spawner.hang_mkdirs(hang_r)
+        kernel.submit(marking(tmp, "m"))  # its directory is made by the thread: it hangs
+        wait_for(lambda: reading(hang_r), 30, "the spawning thread in its hung mkdir")
+        closer = threading.Thread(target=lambda: (spawns.close(1.0), closed.set()), daemon=True)
+        began = time.monotonic()
+        closer.start()
+        closer.join(30)
+        assert closed.is_set(), "close waited for the stuck thread"
+        assert time.monotonic() - began < 10 and spawns.stuck == 1
+        assert len(spawning_threads()) == 1  # left, detached
+    finally:
+        os.write(hang_w, b"x")  # the file system answers: the thread goes on, then ends
+        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+        os.close(hang_r)
+        os.close(hang_w)
+        kernel.poller.close()
+    assert ran(tmp, "m") == ""  # its mkdir returned after the stop: the task was not started
+
+
+def test_a_worker_exits_beside_a_spawning_thread_stuck_in_mkdir(tmp_path, monkeypatch):
+    tmp = str(tmp_path)
+    monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)  # the exit's wait for starts
+    hang_r, hang_w = os.pipe()
+    inbox, worker = worker_for([0])
+    spawns = worker._spawns
+    done = threading.Event()
+
+    def leave() -> None:  # the rank's end: the master's exit, the goodbye, close
+        inbox.orders.append({"exit": True})
+        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        worker.close()
+        done.set()
+
+    try:
+        spawns._spawner.hang_mkdirs(hang_r)  # type: ignore[union-attr]
+        inbox.orders.append({"work": [marking(tmp, "m")]})
+        serve(worker, lambda: reading(hang_r), "the spawning thread in its hung mkdir")
+        closer = threading.Thread(target=leave, daemon=True)
+        closer.start()
+        closer.join(60)
+        assert done.is_set(), "the worker's exit waited for the stuck thread"
+        assert spawns.stuck == 1 and not inbox.collected("started")  # type: ignore[union-attr]
+    finally:
+        os.write(hang_w, b"x")
+        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+        os.close(hang_r)
+        os.close(hang_w)
+    assert ran(tmp, "m") == ""
+
+
+def in_note_wait() -> bool:
+    """Whether the spawning thread waits for room for a note (``bs_note``): in ``poll`` (7,
+    x86-64) or ``ppoll`` (271 x86-64, 73 arm64) on one descriptor with a finite timeout (its
+    sleep between starts polls with none)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                if fh.read().strip() != "balsam-spawn":
+                    continue
+            with open(f"/proc/self/task/{tid}/syscall") as fh:
+                fields = fh.read().split()
+        except OSError:
+            continue
+        if len(fields) > 3 and fields[0] in ("7", "271", "73") and int(fields[2], 16) == 1:
+            timeout = int(fields[3], 16)
+            return timeout != 0 and timeout & 0xFFFFFFFF != 0xFFFFFFFF
+    return False
+
+
+def spawning_wchan() -> str:
+    """The kernel function the kernel's spawning thread sleeps in ("" if none or running;
+    "0" where the kernel does not say). Its name varies with the kernel's version
+    (``pipe_write``, ``anon_pipe_write``)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                if fh.read().strip() != "balsam-spawn":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "S":
+                    return ""
+            with open(f"/proc/self/task/{tid}/wchan") as fh:
+                return fh.read().strip()
+        except OSError:
+            continue
+    return ""
+
+
+def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_path):
+    # The thread has taken f1 (its predecessor ended) and is between its ?f1 line and
+    # posix_spawn, waiting for room for that line in a full pipe (bounded: 60 s here): too
+    # late to withdraw it; it comes back started with the kill's mark (the loop ends it at
+    # once: spawn_threads).
+    tmp = str(tmp_path)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # (the kernel opens the pipe anew: its own flag)
+    try:
+        while True:
+            os.write(write_end, b"=" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    k = Kernel()
+    try:
+        k.spawns.watch(write_end)
+        k.spawns._spawner.note_wait(60)
+        k.submit(marking(tmp, "g0"))
+        g0 = k.wait("g0")
+        if wait_for(spawning_wchan, 60, "the thread asleep") == "0":
+            pytest.skip("this kernel does not name a thread's wait channel")
+        k.submit(marking(tmp, "f1"), after=os.dup(g0.fd), note=b"?f1\n")
+        wait_for(in_note_wait, 60, "the thread waiting to write ?f1")
+        assert not k.spawns.cancel("f1") and k.spawns.mark("f1", "kill", 0.5)
+        lines = b""
+        while not lines.endswith(b"?f1\n"):  # drained: the line goes in, the start is made
+            lines += os.read(read_end, 65536)
+        f1 = k.wait("f1")
+    finally:
+        os.set_blocking(read_end, False)  # room for a line the thread may still be writing
+        try:
+            while os.read(read_end, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        k.ended()
+        os.close(write_end)
+        os.close(read_end)
+    assert f1.task is not None and f1.why == "kill"
