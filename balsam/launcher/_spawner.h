@@ -105,6 +105,9 @@ static int bs_is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* tests (Spawner.hang_mkdirs): a start's mkdir first reads a byte, as on a hung file system */
+static void bs_hang(bs_spawner *sp) { char b; if (sp->hang_fd >= 0 && read(sp->hang_fd, &b, 1) < 0) {} }
+
 /* spawn.make_directory: the directory, else its missing parents first. */
 static int bs_mkdirs(const char *path) {
     char *copy, *p;
@@ -191,8 +194,7 @@ static void bs_start(bs_thread *t, bs_req *r) {
         t->now = *want;
     err = r->fail;
     if (!err && r->prepared != 1) {
-        char byte;
-        if (sp->hang_fd >= 0 && read(sp->hang_fd, &byte, 1) < 0) {}
+        bs_hang(sp);
         err = bs_mkdirs(r->cwd);
     }
     /* a stop that gave up waiting for this thread (stuck in mkdir: bs_stop) may have come
@@ -208,6 +210,7 @@ static void bs_start(bs_thread *t, bs_req *r) {
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
+        bs_hang(sp);
         err = bs_mkdirs(r->cwd);
         if (!err) err = bs_posix_spawn(sp, r, &pid);
     }

@@ -248,8 +248,9 @@ cdef class Spawner:
             self.sp.note_wait_ms = max(0, <int>(seconds * 1000))
 
     def hang_mkdirs(self, int fd) -> None:
-        """Tests: a start that makes its directory first reads one byte from ``fd`` (not
-        owned), blocking as a ``mkdir`` on a hung file system would; -1: none."""
+        """Tests: a start that makes its directory (first, or again: made ahead, removed
+        since) first reads one byte from ``fd`` (not owned), blocking as a ``mkdir`` on a hung
+        file system would; -1: none."""
         if self.sp != NULL:
             self.sp.hang_fd = fd
 
