@@ -78,7 +78,7 @@ def children() -> set[int]:
         try:
             with open(f"/proc/self/task/{tid}/children") as fh:
                 found.update(int(pid) for pid in fh.read().split())
-        except FileNotFoundError:  # that thread ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # that thread ended meanwhile
             continue
     return found
 
