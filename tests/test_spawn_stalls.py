@@ -10,7 +10,9 @@ Conditions are waited for, bounded."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import select
 import signal
 import threading
 import time
@@ -20,7 +22,7 @@ from launcher_support import wait_for
 from test_spawn_chain import gated, marking, native, serve, worker_for
 from test_spawn_chain_races import Kernel, ran
 
-from balsam.launcher import spawn_threads
+from balsam.launcher import spawn_native, spawn_threads
 from balsam.launcher.watchdog import Watchdog
 
 pytestmark = native
@@ -67,6 +69,26 @@ def reading(fd: int) -> bool:
         if len(fields) > 1 and fields[0] in ("0", "63") and int(fields[1], 16) == fd:
             return True
     return False
+
+
+def children() -> set[int]:
+    """This process's child processes (zombies too: a task made and never reaped is one)."""
+    found: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                found.update(int(pid) for pid in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):  # that thread ended meanwhile
+            continue
+    return found
+
+
+def made_since(before: set[int]) -> list[int]:
+    """The children made since ``before`` (reaped here: none is left behind)."""
+    new = sorted(children() - before)
+    for pid in new:
+        os.waitpid(pid, 0)
+    return new
 
 
 def test_a_chained_start_the_stuck_watchdog_cannot_hear_of_comes_back_unstarted(tmp_path):
@@ -139,6 +161,9 @@ def test_a_worker_exits_beside_a_spawning_thread_stuck_in_mkdir(tmp_path, monkey
         worker.close()
         done.set()
 
+    # made by the spawning thread, never by the preparer ahead (a race the preparer won under
+    # load, seen under xdist: the start skipped its mkdir and so the hang)
+    monkeypatch.setattr(worker._prep, "ahead", lambda cwd, output_path: None)
     try:
         spawns._spawner.hang_mkdirs(hang_r)  # type: ignore[union-attr]
         inbox.orders.append({"work": [marking(tmp, "m")]})
@@ -170,8 +195,9 @@ def in_note_wait() -> bool:
         except OSError:
             continue
         if len(fields) > 3 and fields[0] in ("7", "271", "73") and int(fields[2], 16) == 1:
-            timeout = int(fields[3], 16)
-            return timeout != 0 and timeout & 0xFFFFFFFF != 0xFFFFFFFF
+            timeout = int(fields[3], 16)  # (another spawning thread may sleep: look on)
+            if timeout != 0 and timeout & 0xFFFFFFFF != 0xFFFFFFFF:
+                return True
     return False
 
 
@@ -234,3 +260,71 @@ def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_
         os.close(write_end)
         os.close(read_end)
     assert f1.task is not None and f1.why == "kill"
+
+
+def test_a_chained_start_whose_note_goes_in_after_the_stop_began_is_dropped_and_unnoted(
+        tmp_path):
+    # The thread waits to write ?f's note (the watchdog stopped, its pipe full) when close()
+    # begins; the watchdog then reads on and the note goes in. The start must not be made
+    # (nobody takes it over: its task would run unwatched, its job released to run
+    # elsewhere), and the watchdog must not count a start that never happened (^f undoes ?f).
+    tmp = str(tmp_path)
+    gate = os.path.join(tmp, "gate")
+    report = os.path.join(tmp, "dog.json")
+    dog = Watchdog(5.0, report=report)
+    assert dog.proc is not None
+    k = Kernel()
+    spawner = k.spawns._spawner
+    closer = threading.Thread(target=lambda: k.spawns.close(60.0), daemon=True)
+    before = children()  # (the watchdog)
+    try:
+        fcntl.fcntl(dog._fd, F_SETPIPE_SZ, 4096)
+        os.kill(dog.proc.pid, signal.SIGSTOP)
+        assert fill(dog._fd) > 0
+        k.spawns.watch(dog._fd)
+        spawner.note_wait(60)
+        k.submit(gated(tmp, "h", gate))
+        h = k.wait("h")
+        k.submit(marking(tmp, "f"), after=os.dup(h.fd), note=b"?f\n")
+        open(gate, "w").close()
+        wait_for(in_note_wait, 60, "the thread waiting to write ?f")
+        closer.start()
+        wait_for(lambda: spawner.stopping, 30, "the stop to begin")
+        os.kill(dog.proc.pid, signal.SIGCONT)  # room: ?f goes in after the stop began
+        closer.join(60)
+        assert not closer.is_alive() and k.spawns.stuck == 0
+    finally:
+        open(gate, "w").close()
+        os.kill(dog.proc.pid, signal.SIGCONT)
+        closer.join(60)
+        k.ended()
+        dog.close()
+    assert made_since(before) == [] and ran(tmp, "f") == ""  # (h was reaped: ended())
+    with open(report) as fh:
+        assert json.load(fh)["started"] == []  # ?f was undone: no lost run recorded for f
+
+
+def test_a_start_whose_second_mkdir_returns_after_the_stop_is_not_made(tmp_path):
+    # Its directory was made ahead and removed since: the thread makes it again after the
+    # first spawn failed (ENOENT), past the first check for the stop. It hangs there, the
+    # stop gives up on it; once the mkdir returns the task must not start.
+    tmp = str(tmp_path)
+    hang_r, hang_w = os.pipe()
+    poller = select.epoll()
+    spawns = spawn_native.make({"PATH": os.environ["PATH"]}, poller)
+    assert isinstance(spawns, spawn_native.NativeSpawns)
+    work = marking(tmp, "p")  # (its directory does not exist)
+    before = children()
+    try:
+        spawns._spawner.hang_mkdirs(hang_r)
+        spawns.submit(work.job_id, work.argv, work.workdir, work.output_path, True, {}, (0,))
+        wait_for(lambda: reading(hang_r), 30, "the spawning thread in its second mkdir")
+        spawns.close(1.0)
+        assert spawns.stuck == 1
+    finally:
+        os.write(hang_w, b"x")
+        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+        os.close(hang_r)
+        os.close(hang_w)
+        poller.close()
+    assert made_since(before) == [] and ran(tmp, "p") == ""

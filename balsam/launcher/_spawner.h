@@ -35,6 +35,7 @@
    for good; the loop starts it itself (its own writes wait for the pipe) */
 #define BS_UNNOTED (-2)
 #define BS_NOTE_WAIT_MS 1000
+#define BS_DROPPED (-3)  /* a stop (bs_stop) began before its posix_spawn: never made */
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -77,7 +78,7 @@ typedef struct bs_spawner {
     int watch_fd;  /* the task watchdog's pipe (opened anew, O_NONBLOCK, owned), or -1 */
     int no_pidfd_every;  /* tests: every Nth child's pidfd_open fails (EMFILE); 0: none */
     int hang_fd;  /* tests: a start reads a byte from it before its mkdir (a hung file system) */
-    int stopping;  /* bs_stop began: nothing is started from now on (atomic) */
+    int stopping;  /* bs_stop began: nothing is started from now on (atomic: bs_stopping) */
     unsigned long nspawned;  /* children started (with no_pidfd_every) */
     unsigned long unnoted;  /* chained starts handed back BS_UNNOTED (atomic) */
     int note_wait_ms;  /* how long a note waits for room in the pipe (BS_NOTE_WAIT_MS) */
@@ -88,6 +89,8 @@ typedef struct bs_spawner {
     size_t ndone, cap;
     bs_thread *threads;
 } bs_spawner;
+
+#define bs_stopping(sp) __atomic_load_n(&(sp)->stopping, __ATOMIC_ACQUIRE)
 
 static void bs_free_req(bs_req *r) {
     int i;
@@ -101,6 +104,9 @@ static int bs_is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
+
+/* tests (Spawner.hang_mkdirs): a start's mkdir first reads a byte, as on a hung file system */
+static void bs_hang(bs_spawner *sp) { char b; if (sp->hang_fd >= 0 && read(sp->hang_fd, &b, 1) < 0) {} }
 
 /* spawn.make_directory: the directory, else its missing parents first. */
 static int bs_mkdirs(const char *path) {
@@ -125,11 +131,14 @@ static int bs_mkdirs(const char *path) {
    its path must never block this thread in open(), nor the worker's close, which joins it. A
    FIFO without a reader fails ENXIO (the task fails: libc_spawn.failure names the file); any
    other opens at once, and the flag is cleared before the task gets it (libc_spawn does the
-   same). */
+   same). A stop that began before the spawn drops the start (BS_DROPPED). */
 static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     posix_spawn_file_actions_t fa;
-    int err, out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+    int err, out;
+    if (bs_stopping(sp)) return BS_DROPPED;  /* (and after the open: one may hang) */
+    out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
     if (out < 0) return errno;
+    if (bs_stopping(sp)) { close(out); return BS_DROPPED; }
     if (fcntl(out, F_SETFL, 0) < 0) { err = errno; close(out); return err; }
     if (posix_spawn_file_actions_init(&fa)) { close(out); return ENOMEM; }
     /* stdout first: out may be 0 (this process has no stdin), which /dev/null replaces */
@@ -179,28 +188,37 @@ static void bs_start(bs_thread *t, bs_req *r) {
     bs_spawner *sp = t->sp;
     cpu_set_t *want = r->pin ? &r->cpus : &sp->all;
     pid_t pid = -1;
-    int err = 0, fd = -1, kept;
+    int err = 0, fd = -1, kept, noted = 0;
     struct timespec now;
     if (!CPU_EQUAL(want, &t->now) && sched_setaffinity(0, sizeof(cpu_set_t), want) == 0)
         t->now = *want;
     err = r->fail;
     if (!err && r->prepared != 1) {
-        char byte;
-        if (sp->hang_fd >= 0 && read(sp->hang_fd, &byte, 1) < 0) {}
+        bs_hang(sp);
         err = bs_mkdirs(r->cwd);
     }
     /* a stop that gave up waiting for this thread (stuck in mkdir: bs_stop) may have come
        meanwhile: nothing would take the task over, so it is not started (nor noted) */
-    if (__atomic_load_n(&sp->stopping, __ATOMIC_ACQUIRE)) return;
+    if (bs_stopping(sp)) return;
     /* the watchdog then finds the task by its job id if this process dies before the loop
        registers it; if it cannot be told, the start is handed back (bs_note) */
-    if (!err && r->note != NULL && sp->watch_fd >= 0) err = bs_note(sp, r->note);
+    if (!err && r->note != NULL && sp->watch_fd >= 0) {
+        err = bs_note(sp, r->note);
+        if (err) __atomic_add_fetch(&sp->unnoted, 1, __ATOMIC_RELAXED);
+        noted = !err;
+    }
     clock_gettime(CLOCK_REALTIME, &now);  /* the task's real start (a chained one's too) */
     if (!err) err = bs_posix_spawn(sp, r, &pid);
     if (err == ENOENT && r->prepared == 1 && !bs_is_dir(r->cwd)) {  /* made ahead, removed since */
+        bs_hang(sp);
         err = bs_mkdirs(r->cwd);
         if (!err) err = bs_posix_spawn(sp, r, &pid);
     }
+    /* the stop came while the note waited for room, or the open or mkdir hung: not made, and
+       the watchdog told so (^JOBID: no start of it to count); or it came during the spawn
+       (a child hung in chdir): the task is ended at once, nobody would reap or report it */
+    if (err == BS_DROPPED) { if (noted) bs_unnote(sp, r->note); return; }
+    if (!err && bs_stopping(sp)) { kill(-pid, SIGKILL); return; }
     if (!err) {
         if (r->pin && !CPU_EQUAL(&r->cpus, &t->now))  /* not allowed here: pin the task */
             sched_setaffinity(pid, sizeof(cpu_set_t), &r->cpus);

@@ -31,7 +31,10 @@ A chained start's note to the task watchdog (``?JOBID``) is written without bloc
 for at most a second while the pipe is full (a watchdog alive but stuck): then the start comes
 back *returned* too (errno ``UNNOTED``), never made unannounced. :meth:`Spawner.close` waits
 for the threads a bounded time: one stuck in a system call (a ``mkdir`` on a hung file system)
-is left, makes no start once it returns, and ends with the process.
+is left, makes no start once it returns, and ends with the process. A start whose
+``posix_spawn`` has not begun when the stop comes is dropped (its note, if written, undone:
+``^JOBID``); one whose ``posix_spawn`` the stop overtook is killed at once (nobody would reap,
+report or stop it).
 
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
@@ -73,6 +76,7 @@ cdef extern from "_spawner.h":
         int watch_fd
         int no_pidfd_every
         int hang_fd
+        int stopping
         unsigned long unnoted
         int note_wait_ms
 
@@ -149,6 +153,11 @@ cdef class Spawner:
         """Chained starts handed back so far because their note could not be written
         (:data:`UNNOTED`)."""
         return 0 if self.sp == NULL else self.sp.unnoted
+
+    @property
+    def stopping(self) -> bool:
+        """Tests: whether :meth:`close` began (seen from another thread while it waits)."""
+        return self.sp == NULL or self.sp.stopping != 0
 
     def submit(self, long token, bytes program, list argv, list extra, bytes cwd, bytes out,
                bint prepared, tuple cpus, int which, int after=-1, long after_token=0,
@@ -239,8 +248,9 @@ cdef class Spawner:
             self.sp.note_wait_ms = max(0, <int>(seconds * 1000))
 
     def hang_mkdirs(self, int fd) -> None:
-        """Tests: a start that makes its directory first reads one byte from ``fd`` (not
-        owned), blocking as a ``mkdir`` on a hung file system would; -1: none."""
+        """Tests: a start that makes its directory (first, or again: made ahead, removed
+        since) first reads one byte from ``fd`` (not owned), blocking as a ``mkdir`` on a hung
+        file system would; -1: none."""
         if self.sp != NULL:
             self.sp.hang_fd = fd
 
@@ -274,10 +284,11 @@ cdef class Spawner:
         return found
 
     def close(self, double timeout=STOP_SECONDS) -> int:
-        """Stop the threads (a start not made yet is dropped, queued ones too), waiting at most
-        ``timeout`` seconds for them; pidfds of starts not collected are closed. Returns how
-        many threads were left running (:attr:`stuck`: a mkdir on a hung file system; each
-        ends when its system call returns, starting nothing, or with the process)."""
+        """Stop the threads (a start not made yet is dropped, queued ones too; one made as the
+        stop came is killed: see the module docstring), waiting at most ``timeout`` seconds
+        for them; pidfds of starts not collected are closed. Returns how many threads were
+        left running (:attr:`stuck`: a mkdir on a hung file system; each ends when its system
+        call returns, starting nothing, or with the process)."""
         if self.sp != NULL:
             with nogil:
                 self.stuck = bs_stop(self.sp, timeout)

@@ -12,7 +12,7 @@
    20 ms: a full pipe
    that long means it is stuck). 0: written, or the watchdog is gone (EPIPE: nothing covers
    the tasks any more, the loop's writes fail too, and the start is made as before);
-   BS_UNNOTED: not written in time (counted in sp->unnoted). */
+   BS_UNNOTED: not written in time (the caller counts it in sp->unnoted). */
 static int bs_note(bs_spawner *sp, const char *note) {
     size_t len = strlen(note);
     struct timespec at, now;
@@ -25,13 +25,18 @@ static int bs_note(bs_spawner *sp, const char *note) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         left = sp->note_wait_ms - (now.tv_sec - at.tv_sec) * 1000
                - (now.tv_nsec - at.tv_nsec) / 1000000;
-        if (left <= 0) {
-            __atomic_add_fetch(&sp->unnoted, 1, __ATOMIC_RELAXED);
-            return BS_UNNOTED;
-        }
+        if (left <= 0) return BS_UNNOTED;
         p.fd = sp->watch_fd; p.events = POLLOUT; p.revents = 0;
         if (poll(&p, 1, (int)left) < 0 && errno != EINTR) return 0;
     }
+}
+
+/* A start whose note (?JOBID) went in was dropped after all (a stop began: bs_start): tell
+   the watchdog (^JOBID: expected once less), or at its end it would count a start that never
+   happened (a lost run recorded: ensemble_watch). The same bounded write; best effort. */
+static void bs_unnote(bs_spawner *sp, char *note) {
+    note[0] = '^';
+    if (bs_note(sp, note) != 0) {}
 }
 
 /* Stop the threads (a start not made yet is dropped, queued and waiting starts too), waiting

@@ -244,10 +244,11 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 
 def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]], float]:
-    """Read ``?JOBID`` / ``+PGID [JOBID]`` / ``~PGID JOBID`` / ``-PGID`` / ``#JOBID`` / ``=``
-    / ``!DEV INO PATH`` lines from ``fd`` until end of file (one read every ``READ_NAP_SECONDS``
-    at most; ``.``, the owner closing, skips the nap), then stop the groups still registered
-    (and those of expected tasks that never were). Returns (groups stopped, groups still alive
+    """Read ``?JOBID`` (``^JOBID``: one less) / ``+PGID [JOBID]`` / ``~PGID JOBID`` /
+    ``-PGID`` / ``#JOBID`` / ``=`` / ``!DEV INO PATH`` lines from ``fd`` until end of file
+    (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the nap),
+    then stop the groups still registered (and those of expected tasks that never were).
+    Returns (groups stopped, groups still alive
     after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
     ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
     ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
@@ -278,6 +279,8 @@ def serve(fd: int, grace: float, began_path: str = ""
         for line in lines:
             if line[:1] == b"?":
                 expected[line[1:].decode()] += 1
+            elif line[:1] == b"^":  # an expected start dropped after all (_spawner_bounds.h)
+                expected[line[1:].decode()] -= 1
             elif line[:1] == b"+":
                 pgid, _, job = line[1:].decode().partition(" ")
                 groups[int(pgid)] = job
