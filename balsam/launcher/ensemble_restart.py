@@ -61,7 +61,8 @@ def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
             if carried is not None:
                 carried.drain()
         finally:
-            _remove_watch_dir(ctx.watch_dir)
+            if ctx.release_session:  # (else the lease sweep reads them: left as they are)
+                _remove_watch_dir(ctx.watch_dir)
 
 
 def _remove_watch_dir(watch_dir: str) -> None:
@@ -82,7 +83,8 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         stuck = ctx.stuck_ensembles > stuck_before
         directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+        if ctx.release_session:  # its lost starts are recorded (else the sweep reads them)
+            shutil.rmtree(directory, ignore_errors=True)
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):
             return status  # normal end, a stop, or an ensemble that failed to come up
@@ -104,27 +106,33 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
 def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
     """Time out the jobs of ranks known dead, release the other claims (also when no ensemble
     follows, ``nodes`` 0: the launcher may then wait a long time for its own tasks, and these
-    jobs must not wait with it); False if the database could not be reached (the launcher
-    then exits as after any failed ensemble)."""
+    jobs must not wait with it) -- unless the session is left to the lease sweep
+    (``ctx.release_session`` False: a claim may then be a start not recorded of a task not
+    known dead, which the sweep records once its watchdog reported); False if the database
+    could not be reached (the launcher then exits as after any failed ensemble)."""
     dead = sorted({j for jobs in reports.stopped.values() for j in jobs})
+    keep = not ctx.release_session
     message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
                + (f"it restarts on {nodes} node(s)" if nodes else "it is not restarted"))
     try:
         timed_out, ctx.ensemble_since = ctx.db.run_before(
-            time.monotonic() + RECOVER_SECONDS, _recover_in, ctx.session_id, dead, message)
+            time.monotonic() + RECOVER_SECONDS, _recover_in, ctx.session_id, dead, message, keep)
     except DatabaseUnavailable as exc:
         ctx.log.error(f"could not recover the failed ensemble's jobs ({exc})")
         return False
     ctx.log.warning(f"the serial-mode ensemble failed: {timed_out} running job(s) recorded "
-                    "RUN_TIMEOUT, claims released")
+                    "RUN_TIMEOUT, " + ("claims kept for the lease sweep" if keep else
+                                       "claims released"))
     return True
 
 
-def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str
-                ) -> tuple[int, int]:
+def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str,
+                keep: bool = False) -> tuple[int, int]:
     """(jobs timed out, the last job event id): every event of the failed ensemble's runs is
-    written by now, and the next ensemble's get higher ids (ensemble_watch counts from it)."""
+    written by now, and the next ensemble's get higher ids (ensemble_watch counts from it).
+    ``keep``: the other claims stay (the lease sweep settles them with the reports)."""
     timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
-    leases.release(cursor, session_id)
+    if not keep:
+        leases.release(cursor, session_id)
     cursor.execute(f"SELECT coalesce(max(id), 0) FROM {schema.EVENT_TABLE}")
     return len(timed_out), int(fetch_one(cursor)[0])

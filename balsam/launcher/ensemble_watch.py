@@ -184,8 +184,10 @@ def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -
                                           leases.record_lost_starts, ctx.session_id,
                                           dict(started), start_message(ctx.session_id), end,
                                           since=ctx.ensemble_since)
-    except DatabaseUnavailable as exc:
-        ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc})")
+    except DatabaseUnavailable as exc:  # the lease sweep records them from the reports
+        ctx.release_session = False
+        ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc}): session "
+                      f"{ctx.session_id} is left to the lease sweep")
     if lost:
         ctx.log.warning(f"recorded {len(lost)} run(s) the ensemble started but never recorded "
                         "(RUNNING, then RUN_TIMEOUT: outcome unknown)")
