@@ -11,7 +11,8 @@ stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the s
 1. :func:`balsam.launcher.ensemble_watch.settle` has waited for the worker watchdogs' reports
    and recorded the starts the master never did;
 2. jobs RUNNING on ranks whose tasks are known dead become RUN_TIMEOUT (retried as usual), and
-   every other claim of the session is released; jobs of ranks whose tasks are NOT known dead
+   every other claim of the session is released (kept for the lease sweep, with the reports
+   and the mark, when the session is left to it); jobs of ranks whose tasks are NOT known dead
    (the node is gone or a task outlived SIGKILL) stay RUNNING and held, so nothing runs them
    again before the session is closed or swept;
 3. the nodes of those ranks are dropped from the allocation (the master moves to the first node
