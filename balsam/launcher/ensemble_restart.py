@@ -77,15 +77,25 @@ def _remove_watch_dir(watch_dir: str) -> None:
             os.rmdir(watch_dir)
 
 
+def _forget(directory: str, names: list[str]) -> None:
+    """Remove the final reports ``names`` of ``directory``: their starts are recorded (read again
+    by the sweep after a restart, with the next ensemble's ``since``, they would count twice)."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
 def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     while True:
-        stuck_before = ctx.stuck_ensembles
+        stuck_before, ctx.settled_reports = ctx.stuck_ensembles, []
         status = run_once(ctx)
         stuck = ctx.stuck_ensembles > stuck_before
         directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
-        if ctx.release_session:  # its lost starts are recorded (else the sweep reads them)
+        if ctx.release_session:  # its lost starts are recorded
             shutil.rmtree(directory, ignore_errors=True)
+        else:  # those its settle found final and recorded go; the others are the sweep's
+            _forget(directory, ctx.settled_reports)
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):
             return status  # normal end, a stop, or an ensemble that failed to come up
