@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 
 from launcher_procs import launchers
 from launcher_support import (
@@ -23,7 +22,7 @@ from launcher_support import (
     workdir,
     write_script,
 )
-from once_support import cmdline
+from once_support import cmdline, descendants
 
 from balsam.core import leases, schema
 from balsam.db.connect import connect
@@ -36,21 +35,27 @@ exec sleep 120
 """
 
 
-def rank_watchdog() -> int:
-    """The pid of the watchdog of worker rank 1 (it reports to ``.../0/rank1.json``), or 0."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and "balsam.launcher.watchdog" in cmdline(int(entry)) and \
-                "rank1.json" in cmdline(int(entry)):
-            return int(entry)
+def rank_watchdog(launcher: int) -> int:
+    """The pid of the watchdog of ``launcher``'s worker rank 1 (it reports to
+    ``.../0/rank1.json``), or 0."""
+    for pid in descendants(launcher):
+        if "balsam.launcher.watchdog" in cmdline(pid) and "rank1.json" in cmdline(pid):
+            return pid
     return 0
 
 
-def ranks() -> list[int]:
-    """The serial-mode ranks still running."""
-    return [int(e) for e in os.listdir("/proc") if e.isdigit()
-            and cmdline(int(e)).startswith(sys.executable)
-            and " -m balsam.launcher.serial_ranks " in cmdline(int(e))
-            and not process_gone(int(e))]
+def ranks(launcher: int) -> list[int]:
+    """The serial-mode ranks of ``launcher`` still running."""
+    return [p for p in descendants(launcher)
+            if " -m balsam.launcher.serial_ranks " in cmdline(p) and not process_gone(p)]
+
+
+def state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
 
 
 def watched(watchdog: int) -> tuple[int, str]:
@@ -88,17 +93,17 @@ def test_a_start_whose_watchdog_reports_after_the_launcher_gave_up_is_recorded_b
             first = start(*SERIAL)
             wait_for(lambda: os.path.exists(pid_file), 90, "the worker to start the task")
             task = int(open(pid_file).read())
-            watchdog = wait_for(rank_watchdog, 30, "worker 1's watchdog")
+            watchdog = wait_for(lambda: rank_watchdog(first.pid), 30, "worker 1's watchdog")
             worker, report = watched(watchdog)
             os.kill(worker, signal.SIGKILL)  # the ensemble fails
             wait_for(lambda: process_gone(worker), 30, "worker 1 to die")
-            # Its watchdog stops the task (which ignores SIGTERM: a grace of 5 s): stopped
-            # meanwhile (after the kernel's SIGCONT to the group its owner's death orphaned),
-            # its report still says "running" when the launcher gives up waiting.
+            # Its watchdog stops the task (which ignores SIGTERM: a grace of 5 s); stopped
+            # meanwhile, its report still says "running" when the launcher gives up waiting.
             os.kill(watchdog, signal.SIGSTOP)
             stopped = watchdog
+            wait_for(lambda: state(watchdog) == "T", 10, "the watchdog to stop")
             assert json.load(open(report))["state"] == "running"
-            wait_for(lambda: not ranks(), 60, "the ranks to die")
+            wait_for(lambda: not ranks(first.pid), 60, "the ranks to die")
             lock.rollback()  # (the master's blocked write goes on, to a closed connection)
             first.wait(120)
             log = first.log()
