@@ -200,3 +200,10 @@ def record_unlaunched(cursor: Cursor, session_id: int, job_ids: Sequence[str]) -
     cursor.execute(_UNLAUNCHED_SQL, [sorted(job_ids), session_id, len(NOT_STARTED_SUFFIX),
                                      NOT_STARTED_SUFFIX, NOT_STARTED_SUFFIX])
     return [str(r[0]) for r in cursor.fetchall()]
+
+
+def killed_among(cursor: Cursor, job_ids: Sequence[str]) -> list[str]:
+    """The jobs of ``job_ids`` a user killed (USER_KILLED): their tasks must be stopped."""
+    cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE job_id = ANY(%s::uuid[]) "
+                   "AND state = %s", [list(job_ids), State.USER_KILLED.value])
+    return [str(r[0]) for r in cursor.fetchall()]

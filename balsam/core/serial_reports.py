@@ -30,8 +30,8 @@ records (a run of the job in an earlier ensemble of the session is another run).
 that read them committed, :func:`discard` removes the directory.
 
 The launcher's own first tasks (its warm start, :mod:`balsam.launcher.warm_start`) have no
-worker watchdog: the launcher notes them (:func:`note_own_starts`, ``launcher.json``) after it
-started them and before their RUNNING write, and clears the note once written. Its watchdog
+worker watchdog: the launcher notes them (:func:`note_own_starts`, ``launcher.json``) before it
+starts them (then those that started) and clears the note once their RUNNING is written. Its watchdog
 stops them if it dies (well within the lease), so a note left is read as a "stopped" report of
 the first ensemble (only while ``since`` is 0).
 """
@@ -91,8 +91,8 @@ def mark_session(directory: str, session_id: int, since: int = 0) -> None:
 
 
 def note_own_starts(directory: str, job_ids: list[str]) -> None:
-    """The launcher started its own tasks of ``job_ids`` (its warm start, before the ensemble
-    has the session: no worker watchdog knows them) and is about to write their RUNNING;
+    """The launcher starts (or started) its own tasks of ``job_ids`` (its warm start, before the
+    ensemble has the session: no worker watchdog knows them) and will write their RUNNING;
     :func:`clear_own_starts` once written. Its watchdog stops them if it dies, well within the
     lease, so the sweep takes them as stopped starts."""
     path = os.path.join(directory, OWN_NAME)

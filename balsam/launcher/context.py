@@ -101,6 +101,9 @@ class Context:
     release_session: bool = True
     """False when tasks of this session may still run (a serial ensemble died and its worker
     watchdogs did not report them dead): the session is then left to the lease sweep."""
+    settled_reports: list[str] = field(default_factory=list)
+    """Serial mode: the file names of the last ensemble's final reports whose starts its
+    settle recorded (:func:`balsam.launcher.ensemble_watch.settle`)."""
     wakeup_fd: Optional[int] = None
     """Readable when a signal arrived (``signal.set_wakeup_fd``): add it to what a loop waits
     on, so SIGTERM/SIGINT wake it at once (drain it if the loop goes on waiting)."""

@@ -11,9 +11,10 @@ stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the s
 1. :func:`balsam.launcher.ensemble_watch.settle` has waited for the worker watchdogs' reports
    and recorded the starts the master never did;
 2. jobs RUNNING on ranks whose tasks are known dead become RUN_TIMEOUT (retried as usual), and
-   every other claim of the session is released; jobs of ranks whose tasks are NOT known dead
-   (the node is gone or a task outlived SIGKILL) stay RUNNING and held, so nothing runs them
-   again before the session is closed or swept;
+   every other claim of the session is released (kept for the lease sweep, with the reports
+   and the mark, when the session is left to it and the launcher exits at once); jobs of
+   ranks whose tasks are NOT known dead (the node is gone or a task outlived SIGKILL) stay
+   RUNNING and held, so nothing runs them again before the session is closed or swept;
 3. the nodes of those ranks are dropped from the allocation (the master moves to the first node
    left), and the next ensemble starts on the others.
 
@@ -61,7 +62,8 @@ def run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
             if carried is not None:
                 carried.drain()
         finally:
-            _remove_watch_dir(ctx.watch_dir)
+            if ctx.release_session:  # (else the lease sweep reads them: left as they are)
+                _remove_watch_dir(ctx.watch_dir)
 
 
 def _remove_watch_dir(watch_dir: str) -> None:
@@ -75,16 +77,28 @@ def _remove_watch_dir(watch_dir: str) -> None:
             os.rmdir(watch_dir)
 
 
+def _tidy(ctx: Context, directory: str, kept: bool) -> None:
+    """Remove the ended ensemble's reports (``directory``) -- but, of a session left to the
+    lease sweep whose claims are ``kept``, only the final ones its settle recorded: the sweep
+    records the starts of the others, once their watchdogs reported."""
+    if ctx.release_session or not kept:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for name in ctx.settled_reports:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
 def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
     while True:
-        stuck_before = ctx.stuck_ensembles
+        stuck_before, ctx.settled_reports = ctx.stuck_ensembles, []
         status = run_once(ctx)
         stuck = ctx.stuck_ensembles > stuck_before
         directory = ensemble_watch.report_dir(ctx.watch_dir, ctx.ensembles)
         reports = ensemble_watch.read_reports(directory)
-        shutil.rmtree(directory, ignore_errors=True)
         if (status != FAILED or ctx.should_stop()
                 or not (reports.stopped or reports.unknown or stuck)):
+            _tidy(ctx, directory, kept=True)  # (no recovery: the claims stay)
             return status  # normal end, a stop, or an ensemble that failed to come up
         hosts = [h for i, h in enumerate(ctx.alloc.hosts, start=1) if i not in reports.unknown]
         if 1 in reports.unknown and ctx.carried is not None:  # the launcher's node goes
@@ -93,7 +107,10 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         if not again:  # its jobs are freed all the same: the launcher may wait for its own
             ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "
                           "starting another")
-        if not _recover(ctx, reports, len(hosts) if again else 0) or not again:
+        kept = not (ctx.release_session or again or ctx.carried is not None)  # (see _recover)
+        recovered = _recover(ctx, reports, len(hosts) if again else 0, kept)
+        _tidy(ctx, directory, kept or not recovered)
+        if not recovered or not again:
             return status
         ctx.alloc = dataclasses.replace(ctx.alloc, hosts=tuple(hosts))
         ctx.ensembles += 1
@@ -101,30 +118,36 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
                         f"(ensemble {ctx.ensembles + 1} of this session)")
 
 
-def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int) -> bool:
+def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int, keep: bool) -> bool:
     """Time out the jobs of ranks known dead, release the other claims (also when no ensemble
     follows, ``nodes`` 0: the launcher may then wait a long time for its own tasks, and these
-    jobs must not wait with it); False if the database could not be reached (the launcher
-    then exits as after any failed ensemble)."""
+    jobs must not wait with it) -- unless ``keep``: no ensemble follows, the launcher has none
+    of its own tasks to wait for, and the session is left to the lease sweep (a claim may be a
+    start not recorded of a task not known dead, which the sweep records once its watchdog
+    reported); False if the database could not be reached (the launcher then exits as after
+    any failed ensemble)."""
     dead = sorted({j for jobs in reports.stopped.values() for j in jobs})
     message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
                + (f"it restarts on {nodes} node(s)" if nodes else "it is not restarted"))
     try:
         timed_out, ctx.ensemble_since = ctx.db.run_before(
-            time.monotonic() + RECOVER_SECONDS, _recover_in, ctx.session_id, dead, message)
+            time.monotonic() + RECOVER_SECONDS, _recover_in, ctx.session_id, dead, message, keep)
     except DatabaseUnavailable as exc:
         ctx.log.error(f"could not recover the failed ensemble's jobs ({exc})")
         return False
     ctx.log.warning(f"the serial-mode ensemble failed: {timed_out} running job(s) recorded "
-                    "RUN_TIMEOUT, claims released")
+                    "RUN_TIMEOUT, " + ("claims kept for the lease sweep" if keep else
+                                       "claims released"))
     return True
 
 
-def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str
-                ) -> tuple[int, int]:
+def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str,
+                keep: bool = False) -> tuple[int, int]:
     """(jobs timed out, the last job event id): every event of the failed ensemble's runs is
-    written by now, and the next ensemble's get higher ids (ensemble_watch counts from it)."""
+    written by now, and the next ensemble's get higher ids (ensemble_watch counts from it).
+    ``keep``: the other claims stay (the lease sweep settles them with the reports)."""
     timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
-    leases.release(cursor, session_id)
+    if not keep:
+        leases.release(cursor, session_id)
     cursor.execute(f"SELECT coalesce(max(id), 0) FROM {schema.EVENT_TABLE}")
     return len(timed_out), int(fetch_one(cursor)[0])

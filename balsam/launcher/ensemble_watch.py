@@ -89,6 +89,8 @@ class Reports:
     """Rank -> the jobs it started, for ranks whose tasks are known dead."""
     unknown: list[int] = field(default_factory=list)
     """Ranks whose tasks are not known dead (their nodes must not be used again)."""
+    final: list[str] = field(default_factory=list)
+    """The file names of the final reports ("stopped", "alive")."""
 
     @property
     def known_dead(self) -> bool:
@@ -111,6 +113,8 @@ def read_reports(directory: str) -> Reports:
         except (OSError, ValueError):
             report = {"state": "running"}  # being replaced: look again
         state = report.get("state")
+        if state != "running":
+            out.final.append(name)
         if state == "running":
             out.running.append(rank)
         elif state == "alive":
@@ -142,8 +146,9 @@ def settle(ctx: Context) -> Reports:
                 next_beat = time.monotonic() + ctx.tunables.heartbeat_seconds
             time.sleep(POLL_SECONDS)
             reports = read_reports(directory)
-    if reports.started or reports.started_alive:
-        _record_lost_starts(ctx, reports.started, reports.started_alive)
+    recorded = not (reports.started or reports.started_alive) or _record_lost_starts(
+        ctx, reports.started, reports.started_alive)
+    ctx.settled_reports = list(reports.final) if recorded else []
     if reports.known_dead:
         return reports
     ctx.release_session = False
@@ -169,9 +174,10 @@ def _heartbeat(ctx: Context) -> None:
         pass
 
 
-def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -> None:
+def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -> bool:
     """Record the starts the database lacks: ended (RUN_TIMEOUT) for tasks known dead, left
-    RUNNING (still held: the sweep ends them) for tasks that may be alive."""
+    RUNNING (still held: the sweep ends them) for tasks that may be alive; False if the
+    database could not be reached (the session is then left to the lease sweep)."""
     from balsam.core import leases
 
     message = ("started by the serial-mode ensemble, which died before the start was "
@@ -184,8 +190,12 @@ def _record_lost_starts(ctx: Context, dead: Counter[str], alive: Counter[str]) -
                                           leases.record_lost_starts, ctx.session_id,
                                           dict(started), start_message(ctx.session_id), end,
                                           since=ctx.ensemble_since)
-    except DatabaseUnavailable as exc:
-        ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc})")
+    except DatabaseUnavailable as exc:  # the lease sweep records them from the reports
+        ctx.release_session = False
+        ctx.log.error(f"could not record the ensemble's unrecorded starts ({exc}): session "
+                      f"{ctx.session_id} is left to the lease sweep")
+        return False
     if lost:
         ctx.log.warning(f"recorded {len(lost)} run(s) the ensemble started but never recorded "
                         "(RUNNING, then RUN_TIMEOUT: outcome unknown)")
+    return True

@@ -46,9 +46,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from balsam.core import leases, schema, serial_reports
+from balsam.core import killed_starts, leases, serial_reports
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
-from balsam.core.states import State
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs, task
 from balsam.launcher.ensemble_watch import start_message
@@ -98,7 +97,7 @@ class WarmStart:
         """Node 1 left the allocation (a restart after its rank was lost): the tasks run on,
         on it, and no new ensemble is handed their shares (:meth:`carry_line`)."""
         self._stop_message = ""
-        self._noted = False  # serial_reports.note_own_starts: to clear once they are written
+        self._noted: list[str] = []  # serial_reports.note_own_starts: cleared once written
         self._fence: Optional[LeaseFence] = None
         self._next_kill_check = time.monotonic() + ctx.tunables.kill_check_seconds
 
@@ -121,12 +120,12 @@ class WarmStart:
             ctx.log.warning(f"warm start: no claim ({exc})")
             warm._release(None)
             return None
+        warm._note([s.job_id for s in specs  # before they start (not function tasks)
+                    if s.envscript is not None or not is_runner_argv(s.app_argv)])
         others = [s.job_id for s in specs if not warm._start(s)]
         if others:
             warm._release(others)
-        if warm.running:  # the lease sweep reads it if the launcher dies before they are written
-            serial_reports.note_own_starts(ctx.watch_dir, list(warm.running))
-            warm._noted = True
+        warm._note(list(warm.running))  # those that started (none: the note goes)
         warm._flush(before=time.monotonic() + RELEASE_SECONDS)
         if not warm.holds:
             return None
@@ -152,11 +151,15 @@ class WarmStart:
         self.status.started([spec.job_id])
         hold: list[Any] = [spec.job_id, spec.node_packing_count, spec.required_cores, 0]
         self.holds.append(hold)
+        if self.ctx.watchdog is not None:  # it finds the task by its job id if we die now
+            self.ctx.watchdog.expect(spec.job_id)
         try:
             started = procs.Task(spec.job_id, task.with_envscript(spec.app_argv, spec.envscript),
                                  env, os.path.abspath(spec.workdir),
                                  os.path.abspath(spec.output_path))
         except OSError as exc:
+            if self.ctx.watchdog is not None:
+                self.ctx.watchdog.forget([spec.job_id])
             self.node.free(spec.job_id)
             self.status.error(spec.job_id, f"cannot start: {exc}")
             self.ended.append(spec.job_id)
@@ -313,12 +316,21 @@ class WarmStart:
         if fence is not None:
             fence.close()
 
+    def _note(self, job_ids: list[str]) -> None:
+        """:func:`serial_reports.note_own_starts` (before the starts: one that does not come
+        may be counted as a run, a run is never left out); an empty list removes the note."""
+        if job_ids and sorted(job_ids) != sorted(self._noted):
+            serial_reports.note_own_starts(self.ctx.watch_dir, job_ids)
+        elif not job_ids and self._noted:
+            serial_reports.clear_own_starts(self.ctx.watch_dir)
+        self._noted = job_ids
+
     def _flush(self, before: Optional[float] = None) -> None:
         written = self.status.flush(before=before)
         for job_id in written.not_started if written is not None else ():
             self._kill(job_id)  # a user killed (or changed) the job before its start was recorded
         if self._noted and written is not None:  # (the starts are the first moves written)
-            self._noted = False
+            self._noted = []
             serial_reports.clear_own_starts(self.ctx.watch_dir)
 
     def _ended(self, job_id: str, warm: _Warm, rc: int) -> None:
@@ -361,7 +373,7 @@ class WarmStart:
     def _check_kills(self) -> None:
         ids = list(self.running)
         try:
-            killed = self.ctx.db.try_run(_killed, ids)
+            killed = self.ctx.db.try_run(killed_starts.killed_among, ids)
         except DatabaseUnavailable:
             return
         for job_id in killed:
@@ -377,12 +389,6 @@ class WarmStart:
         except DatabaseUnavailable as exc:
             ctx.log.warning(f"warm start: claims not given back ({exc}); the session's close "
                             "will")
-
-
-def _killed(cursor: Any, job_ids: list[str]) -> list[str]:
-    cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE job_id = ANY(%s::uuid[]) "
-                   "AND state = %s", [job_ids, State.USER_KILLED.value])
-    return [str(r[0]) for r in cursor.fetchall()]
 
 
 def _follow() -> Any:
