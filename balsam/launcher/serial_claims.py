@@ -115,9 +115,12 @@ class MasterClaims:
         # Claim once the hold is half a batch below the target, at most a batch at a time.
         # (Capping the target at one batch beyond what is in flight, as before, stopped claims
         # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
-        room = target - held
         batch = self._claim_batch(open_nodes)
         least = min(batch, target) // 2
+        if self._drained:  # nothing was claimable: only for its slots, so that work another
+            # launcher gives back goes to one with free slots (serial_share), not to a hoard
+            target, least = min(target, self.slots_per_node * open_nodes), 1
+        room = target - held
         if self._reclaim:  # work a worker gave back, released: claimed again at once
             room, least = max(room, self._reclaim), 1  # (serial_rebalance)
         if open_nodes <= 0 or room < least or now < self._next["claim"]:
