@@ -118,3 +118,39 @@ def test_a_master_whose_claims_found_nothing_claims_only_for_its_free_slots(db, 
         master._close_claimers()
         master._release_all()
         close_status(master.status)
+
+
+def test_work_nobody_takes_is_not_given_again_and_again(db, cursor):
+    from balsam.core import idle_slots as idle_rows
+    from balsam.core import leases
+
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(4)])
+    master, sid = master_with_claimers(db)
+    # a launcher that idles but takes none of this work (another workflow filter, say)
+    other = leases.open_session(cursor, hostname="h", pid=2, job_mode="serial", num_nodes=2,
+                                lease_seconds=60)
+    idle_rows.publish(cursor, other, 2)
+    try:
+        settle(master, 4)
+        sent = {w: [item.job_id for item in m["work"]] for w, m in master.channel.sent}
+        now = time.monotonic()
+        master._share(now)
+        assert len([m for _, m in master.channel.sent if "recall" in m]) == 2
+        master._handle(1, {"recalled": [sent[1][1]]})
+        master._handle(2, {"recalled": [sent[2][1]]})
+        master._handle(1, {"returned": [sent[1][0]]})  # its slots free (their tasks given
+        master._handle(2, {"returned": [sent[2][0]]})  # back too, say)
+        master._flush()
+        settle(master, 4)  # nobody else claimed the given work: its own claims take it back
+        assert set(master.inflight) == set(ids) and master._drained
+        for later in (0.5, 1.0, 1.5, 2.0, 5.0, 10.0):
+            master._dispatch()
+            master._share(now + later)
+        assert len([m for _, m in master.channel.sent if "recall" in m]) == 2  # not again
+        assert master._next["give"] >= now + 30.0
+    finally:
+        master._close_claimers()
+        master._release_all()
+        close_status(master.status)

@@ -43,6 +43,10 @@ GIVE_SECONDS = 1.0
 """A master with surplus reads the others' idle slots at most this often (one small SELECT):
 a taker clears its number within ``SHARE_SECONDS`` of claiming, so a give is not repeated for
 a want already met."""
+UNTAKEN_SECONDS = 30.0
+"""A master that claimed back work it gave (no idle launcher took it: their filters or tags
+did not match it, or they ended) gives nothing for this long: else it released and claimed
+its queued work again every second, one slot at a time."""
 
 
 class MasterShare(MasterRebalance):
@@ -59,6 +63,8 @@ class MasterShare(MasterRebalance):
     """The idle slots last written on the session row."""
     given = 0
     """Jobs given back for other launchers so far."""
+    _handed: frozenset[str] = frozenset()
+    """The jobs of the last give (claimed back here: nobody took them)."""
 
     def _flush(self) -> None:
         raise NotImplementedError  # provided by Master: write the pending changes
@@ -68,6 +74,11 @@ class MasterShare(MasterRebalance):
         if now < self._next.get("share", 0.0):
             return
         self._next["share"] = now + SHARE_SECONDS
+        if self._handed and self._took_back():
+            self.ctx.log.info("no other launcher took the work given back: giving none for "
+                              f"{UNTAKEN_SECONDS:.0f} s")
+            self._handed = frozenset()
+            self._next["give"] = now + UNTAKEN_SECONDS
         idle, surplus = self._spare()
         quiet = self._drained and not (self._recalling or self._releasing or self._giving)
         seen, self._idle_seen = self._idle_seen, idle if quiet and not self.queue else 0
@@ -75,6 +86,11 @@ class MasterShare(MasterRebalance):
         if quiet and surplus >= 1 and now >= self._next.get("give", 0.0):
             self._next["give"] = now + GIVE_SECONDS
             self._offer(surplus)
+
+    def _took_back(self) -> bool:
+        """Whether this master claimed again some of the work it last gave."""
+        held = self._handed & (self.inflight.keys() | {spec.job_id for spec in self.queue})
+        return bool(held)
 
     def _spare(self) -> tuple[int, int]:
         """(free slots beyond the work queued on this master's open workers, work queued on
@@ -103,6 +119,7 @@ class MasterShare(MasterRebalance):
         if idle < 1:
             return
         count = min(surplus, -(-idle // holders))
+        self._handed = frozenset()
         in_hand = [self.queue.pop().job_id for _ in range(min(count, len(self.queue)))]
         if in_hand:
             self._hand_over(in_hand)
@@ -146,3 +163,4 @@ class MasterShare(MasterRebalance):
             self.status.release(job_id)
         self._flush()
         self.given += len(job_ids)
+        self._handed = self._handed | frozenset(job_ids)
