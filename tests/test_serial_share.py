@@ -154,3 +154,22 @@ def test_work_nobody_takes_is_not_given_again_and_again(db, cursor):
         master._close_claimers()
         master._release_all()
         close_status(master.status)
+
+
+def test_a_node_half_held_by_the_launchers_own_task_gets_work_after_a_drought(db, cursor):
+    # The launcher's own (warm-start) task holds half of node 1; its packing count was never
+    # seen in a claim. A master whose claim found nothing still claims for the free half.
+    add_app(cursor, "app", "true")
+    master, sid = master_with_claimers(db)
+    try:
+        master.closed.add(2)
+        master.hold(1, [["own", 2, [0], 0]])
+        settle(master, 1)  # the own task only: the claim found nothing
+        (job,) = add_jobs(cursor, [{"name": "j", "application": "app", "state": "PREPROCESSED",
+                                    "node_packing_count": 2}])
+        settle(master, 2, drained=False)
+        assert job in master.inflight and holders(cursor)[job] == sid
+    finally:
+        master._close_claimers()
+        master._release_all()
+        close_status(master.status)
