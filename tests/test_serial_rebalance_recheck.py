@@ -16,14 +16,16 @@ from balsam.launcher.status_writers import close_status
 
 def test_work_is_taken_back_while_a_claim_rechecks_a_database_that_had_nothing(db, cursor):
     add_app(cursor, "app", "true")
-    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
-                            for i in range(2)])
+    # two per node: a master whose claims found nothing re-checks only while it holds fewer
+    # jobs than it has slots (serial_share), here 3 of 4
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED",
+                             "node_packing_count": 2} for i in range(3)])
     master, _ = master_with_claimers(db)
     master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
     try:
-        master.closed.add(2)  # the claim all goes to worker 1: one running, one queued
+        master.closed.add(2)  # the claim all goes to worker 1: two running, one queued
         end = time.monotonic() + 30
-        while len(master.inflight) < 2 or master._claiming():  # and an empty answer after
+        while len(master.inflight) < 3 or master._claiming():  # and an empty answer after
             assert time.monotonic() < end, "the jobs were not claimed and sent"
             master._claim(time.monotonic())
             master._dispatch()
@@ -37,9 +39,9 @@ def test_work_is_taken_back_while_a_claim_rechecks_a_database_that_had_nothing(d
         now = time.monotonic()
         master._rebalance(now)
         master._rebalance(now + 1.0)  # worker 1 over, worker 2 idle, at two checks in a row
-        assert master.channel.sent[-1] == (1, {"recall": 1.0, "fits": 1.0})
+        assert master.channel.sent[-1] == (1, {"recall": 0.5, "fits": 1.0})
         end = time.monotonic() + 30
-        while master._claiming():  # the re-check's answer: nothing (both jobs are held)
+        while master._claiming():  # the re-check's answer: nothing (all three are held)
             assert time.monotonic() < end, "the claim was not answered"
             master._claim(time.monotonic())
             time.sleep(0.005)

@@ -118,6 +118,9 @@ class LauncherSession(models.Model):
     lease_seconds = models.IntegerField()
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.TextField(default="", blank=True)
+    idle_slots = models.IntegerField(default=0, db_default=0)
+    """Slots of this serial launcher that idle while its claims find nothing (0: none), for
+    launchers holding queued work to give back (:mod:`balsam.core.idle_slots`)."""
 
     class Meta:
         app_label = "core"

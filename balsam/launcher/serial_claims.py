@@ -13,6 +13,7 @@ Claimers are closed at the end, their answers queued so that they are released w
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Union
 
@@ -115,9 +116,12 @@ class MasterClaims:
         # Claim once the hold is half a batch below the target, at most a batch at a time.
         # (Capping the target at one batch beyond what is in flight, as before, stopped claims
         # for good once ~claim_batch tasks were in flight: 4,096 nodes ran 256 tasks.)
-        room = target - held
         batch = self._claim_batch(open_nodes)
         least = min(batch, target) // 2
+        room = target - held
+        if self._drained:  # nothing was claimable: only for its free slots, so that work
+            # another launcher gives back goes to one with room (serial_share), not to a hoard
+            room, least = self._free_slots() - sum(c.asked for c in self.claimers), 1
         if self._reclaim:  # work a worker gave back, released: claimed again at once
             room, least = max(room, self._reclaim), 1  # (serial_rebalance)
         if open_nodes <= 0 or room < least or now < self._next["claim"]:
@@ -137,6 +141,14 @@ class MasterClaims:
         except DatabaseUnavailable as exc:
             specs = exc
         return self._claimed(specs, now)
+
+    def _free_slots(self) -> int:
+        """Slots free on the open workers beyond the work queued on them and in hand (the
+        loads count every task by its share of a node, the launcher's own ones too)."""
+        loads = [self.load[w] for w in self.load if w not in self.closed]
+        net = sum(1.0 - x for x in loads if x < 1.0) - sum(x - 1.0 for x in loads if x > 1.0)
+        net = net * self.slots_per_node - len(self.queue)
+        return max(0, math.ceil(net - 1e-9))
 
     def _claiming(self) -> bool:
         """Whether a claimer's claim is in flight (or answered and not taken)."""

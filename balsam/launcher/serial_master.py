@@ -42,7 +42,7 @@ from balsam.launcher.serial_dispatch import MasterChannel as MasterChannel  # re
 from balsam.launcher.serial_dispatch import MasterDispatch
 from balsam.launcher.serial_dispatch import work_item as work_item  # re-exported (tests)
 from balsam.launcher.serial_holds import LauncherHolds
-from balsam.launcher.serial_rebalance import MasterRebalance
+from balsam.launcher.serial_share import MasterShare
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
 from balsam.processing import transitions
@@ -69,7 +69,7 @@ NOTIFY_POLL_SECONDS = 0.02
 non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
 
 
-class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterRebalance):
+class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -140,6 +140,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterRebal
             busy = self._claim(now) or busy
             busy = self._dispatch() or busy
             self._rebalance(now)  # work waiting behind long tasks while a node idles
+            self._share(now)  # idle slots published; surplus given to other launchers' idle
             if self.closed and self.closed | self.drained >= set(self.load):
                 ctx.request_stop("every worker received a signal")
                 break

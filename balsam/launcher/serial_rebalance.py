@@ -120,12 +120,16 @@ class MasterRebalance:
             self._fruitless.pop(worker, None)
         elif worker in self._asked:
             self._fruitless[worker] = (self.load[worker], self._asked[worker])
-        for job_id in job_ids:  # its share, as an end would (not counted as one: no rate)
+        self._forget(worker, job_ids)
+        if job_ids:
+            self._release_recalled(job_ids)
+
+    def _forget(self, worker: int, job_ids: Sequence[str]) -> None:
+        """Jobs ``worker`` gave back: its share, as an end would (not counted as one: no rate)."""
+        for job_id in job_ids:
             if self.inflight.pop(job_id, None) is not None:
                 self.load[worker] -= self.weight.pop(job_id, 0.0)
             self.kill_sent.discard(job_id)
-        if job_ids:
-            self._release_recalled(job_ids)
 
     def _answered_nothing(self, worker: int, fits: float) -> bool:
         """Whether ``worker`` gave nothing back when last asked, and nothing has changed that

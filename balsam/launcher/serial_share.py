@@ -1,0 +1,166 @@
+"""Serial-mode master: queued work given to other launchers whose slots idle
+(:class:`MasterShare`, a base of :class:`balsam.launcher.serial_master.Master`).
+
+Several launchers on one campaign split its jobs by their first claims (each holds up to
+``serial_prefetch_per_slot`` per slot), unequally; the recalls of
+:mod:`balsam.launcher.serial_rebalance` move work only among one launcher's own workers. Near
+the end a launcher whose own work ran out idled while another held work queued behind its
+running tasks (issue 16, session 19: 4 x 256 nodes, the launchers holding the fewest jobs were
+80-87% busy while work remained).
+
+Every ``SHARE_SECONDS`` the master compares its open workers' room with the work queued on them
+(in slots: nodes' worth x the slots of one node). **Idle**: its last claim found nothing, it has
+nothing in hand and no recall out, and more slots are free than work is queued on its own
+workers at two checks in a row: it writes that number on its session row
+(:func:`balsam.core.idle_slots.publish`, only when it changes; 0 once it is no longer idle).
+**Surplus**: its last claim found nothing and more work is queued on its workers (or in its
+hand) than its free slots take: at most every ``GIVE_SECONDS`` it reads the other live
+sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
+divided among the launchers that are not idle, never more than its surplus: work in its hand
+is released at once, queued work is recalled from the workers with the most queued (the
+``recall`` of :mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker
+gives back has never started; it is released and *not* claimed again here: a master whose last
+claim found nothing claims only for its own free slots (:meth:`MasterClaims._claim`), so only a
+launcher with room takes it -- the idle one, woken by the release's notification. Nothing runs
+twice (a release never drops a RUNNING job's claim, :func:`balsam.core.leases.release`); work
+moves only from queued behind running tasks to free slots, so it cannot come back until the
+giver itself idles while the taker holds work queued. No statement while claims find work.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from balsam.core import idle_slots
+from balsam.errors import DatabaseUnavailable
+from balsam.launcher.context import Context
+from balsam.launcher.serial_rebalance import EPSILON, MasterRebalance
+
+SHARE_SECONDS = 0.5
+"""How often the master compares its room with its queued work (O(workers) each time)."""
+GIVE_SECONDS = 1.0
+"""A master with surplus reads the others' idle slots at most this often (one small SELECT):
+a taker clears its number within ``SHARE_SECONDS`` of claiming, so a give is not repeated for
+a want already met."""
+UNTAKEN_SECONDS = 30.0
+"""A master that claimed back work it gave (no idle launcher took it: their filters or tags
+did not match it, or they ended) gives nothing for this long: else it released and claimed
+its queued work again every second, one slot at a time."""
+
+
+class MasterShare(MasterRebalance):
+    """The master's idle slots and surplus across launchers (see the module docstring)."""
+
+    ctx: Context
+    queue: deque[Any]  # the master's claimed work not yet sent (TaskSpec)
+    slots_per_node: int
+    _giving: frozenset[int] = frozenset()
+    """Workers asked to give work back for other launchers, not yet answered."""
+    _idle_seen = 0
+    """The idle slots counted at the last check (published once seen at two in a row)."""
+    _published = 0
+    """The idle slots last written on the session row."""
+    given = 0
+    """Jobs given back for other launchers so far."""
+    _handed: frozenset[str] = frozenset()
+    """The jobs of the last give (claimed back here: nobody took them)."""
+
+    def _flush(self) -> None:
+        raise NotImplementedError  # provided by Master: write the pending changes
+
+    def _share(self, now: float) -> None:
+        """Publish this launcher's idle slots, or give its surplus to idle launchers."""
+        if now < self._next.get("share", 0.0):
+            return
+        self._next["share"] = now + SHARE_SECONDS
+        if self._handed and self._took_back():
+            self.ctx.log.info("no other launcher took the work given back: giving none for "
+                              f"{UNTAKEN_SECONDS:.0f} s")
+            self._handed = frozenset()
+            self._next["give"] = now + UNTAKEN_SECONDS
+        idle, surplus = self._spare()
+        quiet = self._drained and not (self._recalling or self._releasing or self._giving)
+        seen, self._idle_seen = self._idle_seen, idle if quiet and not self.queue else 0
+        self._publish(min(seen, self._idle_seen))
+        if quiet and surplus >= 1 and now >= self._next.get("give", 0.0):
+            self._next["give"] = now + GIVE_SECONDS
+            self._offer(surplus)
+
+    def _took_back(self) -> bool:
+        """Whether this master claimed again some of the work it last gave."""
+        held = self._handed & (self.inflight.keys() | {spec.job_id for spec in self.queue})
+        return bool(held)
+
+    def _spare(self) -> tuple[int, int]:
+        """(free slots beyond the work queued on this master's open workers, work queued on
+        them beyond their free slots plus the work in its hand), in slots."""
+        open_workers = [w for w in self.load if w not in self.closed]
+        room = sum(1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0)
+        over = sum(self.load[w] - 1.0 for w in open_workers if self.load[w] > 1.0)
+        net = (room - over) * self.slots_per_node
+        return max(0, int(net + EPSILON)), max(0, int(-net + EPSILON)) + len(self.queue)
+
+    def _publish(self, idle: int) -> None:
+        if idle == self._published:
+            return
+        try:
+            self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle)
+        except DatabaseUnavailable:
+            return
+        self._published = idle
+
+    def _offer(self, surplus: int) -> None:
+        """Give up to ``surplus`` queued jobs to the other launchers' idle slots."""
+        try:
+            idle, holders = self.ctx.db.try_run(idle_slots.wanted, self.ctx.session_id)
+        except DatabaseUnavailable:
+            return
+        if idle < 1:
+            return
+        count = min(surplus, -(-idle // holders))
+        self._handed = frozenset()
+        in_hand = [self.queue.pop().job_id for _ in range(min(count, len(self.queue)))]
+        if in_hand:
+            self._hand_over(in_hand)
+        self._ask_back(count - len(in_hand))
+        self.ctx.log.info(f"giving back up to {count} queued job(s): other launchers have "
+                          f"{idle} idle slot(s)")
+
+    def _ask_back(self, count: int) -> None:
+        """Recall ``count`` slots' worth of queued work, from the workers with the most queued."""
+        slots = self.slots_per_node
+        over = sorted(((self.load[w] - 1.0, w) for w in self.load
+                       if w not in self.closed and self.load[w] > 1.0 + EPSILON), reverse=True)
+        asked = set()
+        for worth, worker in over:
+            take = min(count, int(worth * slots + EPSILON))
+            if count < 1:
+                break
+            if take >= 1:
+                self.channel.send(worker, {"recall": take / slots, "fits": 1.0})
+                asked.add(worker)
+                count -= take
+        self._giving = frozenset(asked)
+        self._recalling = self._recalling | self._giving
+
+    def _recalled(self, worker: int, report: Mapping[str, Any]) -> None:
+        """A worker's answer to a recall: for another launcher (released, not claimed again
+        here), or for this one's idle workers (:class:`MasterRebalance`)."""
+        if worker not in self._giving:
+            super()._recalled(worker, report)
+            return
+        self._giving = self._giving - {worker}
+        self._recalling = self._recalling - {worker}
+        job_ids = list(report["recalled"])
+        self._forget(worker, job_ids)
+        if job_ids:
+            self._hand_over(job_ids)
+
+    def _hand_over(self, job_ids: Sequence[str]) -> None:
+        """Release jobs never started, for another launcher's claim (written at once)."""
+        for job_id in job_ids:
+            self.status.release(job_id)
+        self._flush()
+        self.given += len(job_ids)
+        self._handed = self._handed | frozenset(job_ids)

@@ -1,0 +1,175 @@
+"""Two serial masters on one database (real PostgreSQL, claimer and writer threads, workers
+that never report: ``Silent``): one holds the whole campaign, two jobs running and two queued
+behind them; the other's claims find nothing and its slots idle. The idle one says so on its
+session row, the full one gives its queued work back, does not claim it again, and the idle
+one claims it (:mod:`balsam.launcher.serial_share`). Before, the queued work waited behind the
+running tasks while the other launcher idled (issue 16, session 19, 4 launchers)."""
+from __future__ import annotations
+
+import time
+
+from launcher_support import add_app, add_jobs
+from test_claimer import master_with_claimers
+
+from balsam.core import schema
+from balsam.launcher.status_writers import close_status
+
+
+def settle(master, holds: int, drained: bool = True) -> None:
+    """Claim and deal until ``master`` holds ``holds`` jobs and (``drained``) a claim found
+    nothing."""
+    end = time.monotonic() + 30
+    while len(master.inflight) + len(master.queue) < holds or master._claiming() \
+            or (drained and not master._drained):
+        assert time.monotonic() < end, f"the master did not settle at {holds} job(s)"
+        master._next["claim"] = 0.0  # as another session's notification would
+        master._claim(time.monotonic())
+        master._dispatch()
+        time.sleep(0.005)
+
+
+def idle_slots(cursor, sid: int) -> int:
+    cursor.execute(f"SELECT idle_slots FROM {schema.SESSION_TABLE} WHERE id = %s", [sid])
+    return cursor.fetchone()[0]
+
+
+def holders(cursor) -> dict[str, object]:
+    cursor.execute(f"SELECT job_id::text, session_id FROM {schema.JOB_TABLE}")
+    return dict(cursor.fetchall())
+
+
+def test_queued_work_goes_to_a_launcher_whose_slots_idle_and_is_not_claimed_back(db, cursor):
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(4)])
+    full, sid_full = master_with_claimers(db)
+    idle, sid_idle = master_with_claimers(db)
+    try:
+        settle(full, 4)  # two nodes of one slot: one running and one queued on each
+        assert full.load == {1: 2.0, 2: 2.0} and not full.queue
+        settle(idle, 0)
+        sent = {w: [item.job_id for item in m["work"]] for w, m in full.channel.sent}
+        queued = [sent[1][1], sent[2][1]]
+        now = time.monotonic()
+        full._share(now)
+        assert not any("recall" in m for _, m in full.channel.sent)  # nobody idles yet
+        idle._share(now)
+        assert idle_slots(cursor, sid_idle) == 0  # one check: not yet
+        idle._share(now + 0.6)
+        assert idle_slots(cursor, sid_idle) == 2  # two checks in a row: published
+        assert idle_slots(cursor, sid_full) == 0
+        full._share(now + 1.0)  # (it read the others' idle slots at most once a second)
+        recalls = sorted(((w, m) for w, m in full.channel.sent if "recall" in m),
+                         key=lambda sent: sent[0])
+        assert recalls == [(1, {"recall": 1.0, "fits": 1.0}), (2, {"recall": 1.0, "fits": 1.0})]
+        full._handle(1, {"recalled": [queued[0]]})  # what the workers give back never started
+        full._handle(2, {"recalled": [queued[1]]})
+        assert full.load == {1: 1.0, 2: 1.0} and set(full.inflight) == set(ids) - set(queued)
+        end = time.monotonic() + 30
+        while any(holders(cursor)[j] == sid_full for j in queued):
+            assert time.monotonic() < end, "the given work was not released"
+            time.sleep(0.01)
+        full._next["claim"] = 0.0  # its own release notified it: it does not claim it back
+        full._claim(time.monotonic())
+        assert not full._claiming()
+        settle(idle, 2)
+        idle._dispatch()
+        assert sorted(s for s in idle.inflight) == sorted(queued)
+        idle._share(now + 1.5)
+        assert idle_slots(cursor, sid_idle) == 0  # no longer idle: cleared at once
+        full._share(now + 2.0)  # nothing queued beyond its slots: gives nothing more
+        assert len([m for _, m in full.channel.sent if "recall" in m]) == 2
+        rows = holders(cursor)
+        assert {j for j in ids if rows[j] == sid_idle} == set(queued)
+        assert {j for j in ids if rows[j] == sid_full} == set(ids) - set(queued)
+        assert full.given == 2
+    finally:
+        for master in (full, idle):
+            master._close_claimers()
+            master._release_all()
+            close_status(master.status)
+
+
+def test_a_master_whose_claims_found_nothing_claims_only_for_its_free_slots(db, cursor):
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(2)])
+    master, sid = master_with_claimers(db)
+    try:
+        master.closed.add(2)  # one open node of one slot: one job running, one queued
+        settle(master, 2)
+        assert set(master.inflight) == set(ids) and master._drained
+        late = add_jobs(cursor, [{"name": "late", "application": "app", "state": "PREPROCESSED"}])
+        master._next["claim"] = 0.0  # its insert notified: the master's hold fills its slot
+        master._claim(time.monotonic())
+        assert not master._claiming()  # left for a launcher with a free slot (before: claimed)
+        master._handle(1, {"returned": ids})  # its node's work given back: the slot is free
+        master._flush()
+        end = time.monotonic() + 30
+        while any(holders(cursor)[j] == sid for j in ids):
+            assert time.monotonic() < end, "the returned work was not released"
+            time.sleep(0.01)
+        master._next["claim"] = 0.0
+        master._claim(time.monotonic())
+        assert sorted(c.asked for c in master.claimers) == [0, 1]  # a claim for that slot
+        settle(master, 3, drained=False)  # then, its claims finding work, it fills its prefetch again
+        assert {j for j, s in holders(cursor).items() if s == sid} == {*ids, *late}
+    finally:
+        master._close_claimers()
+        master._release_all()
+        close_status(master.status)
+
+
+def test_work_nobody_takes_is_not_given_again_and_again(db, cursor):
+    from balsam.core import idle_slots as idle_rows
+    from balsam.core import leases
+
+    add_app(cursor, "app", "true")
+    ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                            for i in range(4)])
+    master, sid = master_with_claimers(db)
+    # a launcher that idles but takes none of this work (another workflow filter, say)
+    other = leases.open_session(cursor, hostname="h", pid=2, job_mode="serial", num_nodes=2,
+                                lease_seconds=60)
+    idle_rows.publish(cursor, other, 2)
+    try:
+        settle(master, 4)
+        sent = {w: [item.job_id for item in m["work"]] for w, m in master.channel.sent}
+        now = time.monotonic()
+        master._share(now)
+        assert len([m for _, m in master.channel.sent if "recall" in m]) == 2
+        master._handle(1, {"recalled": [sent[1][1]]})
+        master._handle(2, {"recalled": [sent[2][1]]})
+        master._handle(1, {"returned": [sent[1][0]]})  # its slots free (their tasks given
+        master._handle(2, {"returned": [sent[2][0]]})  # back too, say)
+        master._flush()
+        settle(master, 4)  # nobody else claimed the given work: its own claims take it back
+        assert set(master.inflight) == set(ids) and master._drained
+        for later in (0.5, 1.0, 1.5, 2.0, 5.0, 10.0):
+            master._dispatch()
+            master._share(now + later)
+        assert len([m for _, m in master.channel.sent if "recall" in m]) == 2  # not again
+        assert master._next["give"] >= now + 30.0
+    finally:
+        master._close_claimers()
+        master._release_all()
+        close_status(master.status)
+
+
+def test_a_node_half_held_by_the_launchers_own_task_gets_work_after_a_drought(db, cursor):
+    # The launcher's own (warm-start) task holds half of node 1; its packing count was never
+    # seen in a claim. A master whose claim found nothing still claims for the free half.
+    add_app(cursor, "app", "true")
+    master, sid = master_with_claimers(db)
+    try:
+        master.closed.add(2)
+        master.hold(1, [["own", 2, [0], 0]])
+        settle(master, 1)  # the own task only: the claim found nothing
+        (job,) = add_jobs(cursor, [{"name": "j", "application": "app", "state": "PREPROCESSED",
+                                    "node_packing_count": 2}])
+        settle(master, 2, drained=False)
+        assert job in master.inflight and holders(cursor)[job] == sid
+    finally:
+        master._close_claimers()
+        master._release_all()
+        close_status(master.status)
