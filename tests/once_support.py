@@ -172,3 +172,39 @@ def shm_segments(pid: int) -> list[str]:
     except OSError:
         return []
     return sorted(p for p in paths if p.startswith("/dev/shm/"))
+
+
+def outputs_made(db_path: str, cursor: Any, job_ids: Iterable[str]) -> int:
+    """How many of ``job_ids`` have their output file: a serial worker makes it (with the
+    working directory) ahead as soon as the task reaches its queue, so a job counts once a
+    worker holds it, queued or started."""
+    from launcher_support import job_row, workdir
+
+    return sum(os.path.exists(os.path.join(workdir(db_path, cursor, j),
+                                            f"{job_row(cursor, j)['name']}.out"))
+               for j in job_ids)
+
+
+def thread_states(root: int) -> str:
+    """One line per thread of ``root``'s process tree (pid, thread id and name, state, kernel
+    wait channel, command): what each waits in when a fault test times out."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as fh:
+                return fh.read().strip()
+        except OSError:
+            return "?"
+
+    lines = []
+    for pid in [root, *descendants(root)]:
+        lines.append(f"{pid}: {cmdline(pid)[:120]}")
+        try:
+            tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+        except OSError:
+            continue
+        for tid in tids:
+            stat = read(f"/proc/{pid}/task/{tid}/stat")
+            state = stat.rsplit(")", 1)[1].split()[0] if ")" in stat else "?"
+            lines.append(f"  {tid} {read(f'/proc/{pid}/task/{tid}/comm')} {state} "
+                         f"wchan={read(f'/proc/{pid}/task/{tid}/wchan')}")
+    return "\n".join(lines)

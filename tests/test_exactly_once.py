@@ -38,11 +38,13 @@ from once_support import (
     descendants,
     ensemble_pid,
     kill,
+    outputs_made,
     overlap_seconds,
     rank_pid,
     recorded_runs,
     runs,
     shm_segments,
+    thread_states,
     unrecorded_runs,
 )
 
@@ -132,17 +134,24 @@ def test_starts_the_master_never_recorded_are_in_the_history_after_an_ensemble_d
     # Item 2: the master is frozen (SIGSTOP) while its worker goes on starting queued tasks,
     # then the ensemble is killed: those starts reached no database record.
     # The first four runs tick until the master is frozen (then the worker starts the four
-    # queued behind them), however slow the machine is.
+    # queued behind them), however slow the machine is. The four queued come with the master's
+    # second claim (its first, sized before it knows the packing, holds four): the master is
+    # frozen once the worker holds them (it made their output files ahead), so that a start
+    # missing afterwards is the worker's, never a dispatch the freeze came before.
     ids, markers = tickers(cursor, scripts, 16, ticks=4, packing=4, hold=True)
     with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
         first = start(*SERIAL)
         wait_for(lambda: running(cursor) >= 4, 60, "four runs to be recorded")
+        wait_for(lambda: outputs_made(db, cursor, ids) >= 8, 60, "four tasks queued behind")
         master = wait_for(lambda: rank_pid(first.pid, 0), 10, "the master rank")
         master_started = start_time(master)
         kill(master, signal.SIGSTOP)
         os.remove(os.path.join(markers, "hold"))
-        lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 60,
-                            "an unrecorded start"))
+        try:
+            lost = set(wait_for(lambda: unrecorded_runs(cursor, markers, ids), 60,
+                                "an unrecorded start"))
+        except AssertionError as exc:  # where the worker, its spawning threads, its watchdog wait
+            raise AssertionError(f"{exc}; threads:\n{thread_states(first.pid)}") from exc
         kill(wait_for(lambda: ensemble_pid(first.pid), 10, "the ensemble"))
         kill(master, started=master_started)  # (it may be gone: then its pid is not ours)
         first.wait(120)
