@@ -87,6 +87,20 @@ def _signal_all(pids: Iterable[int], signum: int) -> None:
             pass
 
 
+def _wait_stopped(pid: int, timeout: float = 1.0) -> None:
+    """Wait (bounded: a process that cannot stop is ended all the same) until ``pid`` is
+    stopped or gone: a signal is delivered after ``kill`` returns."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("T", "Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.002)
+
+
 def end_session(root: int, grace: float = GRACE_SECONDS,
                 root_start: Optional[str] = None) -> int:
     """End the :func:`family` of ``root`` (started with ``start_new_session``): SIGTERM to
@@ -96,7 +110,14 @@ def end_session(root: int, grace: float = GRACE_SECONDS,
     known = family(root, root_start)
     if not known:
         return 0
-    _signal_all([root] if root in known else known, signal.SIGTERM)
+    if root in known:  # stopped, it starts nothing more: a child it forked after the first
+        _signal_all([root], signal.SIGSTOP)  # look (and that left the session) is seen now,
+        _wait_stopped(root)                  # before the root's end orphans it
+        known.update(family(root, root_start))
+        _signal_all([root], signal.SIGTERM)
+        _signal_all([root], signal.SIGCONT)
+    else:
+        _signal_all(known, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         known.update(family(root, root_start))
