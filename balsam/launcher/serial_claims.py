@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Union
+from typing import Callable, Union
 
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
@@ -56,6 +56,7 @@ class MasterClaims:
     _dropped: set[str]                   # released by a kill check while a claim ran
     _reclaim: int                        # recalled jobs to claim again (serial_rebalance)
     _drained: bool
+    _answered_nothing: Callable[[int, float], bool]  # MasterRebalance: a worker kept its queue
     """The last claim's answer was empty: nothing was claimable for this launcher then (a claim
     in flight is a re-check, after ``idle_wait_seconds`` or another session's notification)."""
     # The loop's, read or touched here: what is held (queued, on workers), the open workers,
@@ -143,11 +144,16 @@ class MasterClaims:
         return self._claimed(specs, now)
 
     def _free_slots(self) -> int:
-        """Slots free on the open workers beyond the work queued on them and in hand (the
-        loads count every task by its share of a node, the launcher's own ones too)."""
-        loads = [self.load[w] for w in self.load if w not in self.closed]
-        net = sum(1.0 - x for x in loads if x < 1.0) - sum(x - 1.0 for x in loads if x > 1.0)
-        net = net * self.slots_per_node - len(self.queue)
+        """Slots free on the open workers beyond the work in hand and the work queued on them
+        that a recall could still move (the loads count every task by its share of a node,
+        the launcher's own ones too; queued work its worker kept when asked, as not fitting
+        the room there is, does not take that room: :meth:`_answered_nothing`)."""
+        open_workers = [w for w in self.load if w not in self.closed]
+        rooms = [1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0]
+        fits = max(rooms, default=0.0)
+        over = sum(self.load[w] - 1.0 for w in open_workers
+                   if self.load[w] > 1.0 and not self._answered_nothing(w, fits))
+        net = (sum(rooms) - over) * self.slots_per_node - len(self.queue)
         return max(0, math.ceil(net - 1e-9))
 
     def _claiming(self) -> bool:
