@@ -40,6 +40,9 @@ CLAIM_SLOTS_DIVISOR = 16
 """A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
 with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
 bench_scale.py: claims of 4,096 doubled the rate at N >= 1,024)."""
+FREE_SLOTS_SECONDS = 0.02
+"""A master whose claims found nothing and whose slots are full counts its free slots (over
+every worker) at most this often: at 4,096 nodes one count took ~1 ms, at every loop turn."""
 
 
 class MasterClaims:
@@ -120,9 +123,14 @@ class MasterClaims:
         batch = self._claim_batch(open_nodes)
         least = min(batch, target) // 2
         room = target - held
+        if now < self._next["claim"]:
+            return took
         if self._drained:  # nothing was claimable: only for its free slots, so that work
             # another launcher gives back goes to one with room (serial_share), not to a hoard
             room, least = self._free_slots() - sum(c.asked for c in self.claimers), 1
+            if room < least and not self._reclaim:  # counted again soon, not at every
+                # turn (O(workers) each)
+                self._next["claim"] = max(self._next["claim"], now + FREE_SLOTS_SECONDS)
         if self._reclaim:  # work a worker gave back, released: claimed again at once
             room, least = max(room, self._reclaim), 1  # (serial_rebalance)
         if open_nodes <= 0 or room < least or now < self._next["claim"]:
