@@ -25,12 +25,14 @@ def publish(cursor: Cursor, session_id: int, slots: int) -> None:
 
 
 def wanted(cursor: Cursor, session_id: int) -> tuple[int, int]:
-    """(idle slots of the other live sessions, live sessions with none idle, this one
-    included): how much work the others could start now, and among how many it may come from."""
+    """(idle slots of the other live serial sessions, live serial sessions with none idle,
+    this one included): how much work the others could start now, and among how many it may
+    come from (transition workers' and MPI-mode sessions never give work back)."""
     cursor.execute(
         f"SELECT coalesce(sum(idle_slots) FILTER (WHERE id <> %s), 0), "
         f"count(*) FILTER (WHERE idle_slots = 0 OR id = %s) FROM {SESSION} "
-        "WHERE ended_at IS NULL AND heartbeat > now() - lease_seconds * interval '1 second'",
+        "WHERE job_mode = 'serial' AND ended_at IS NULL "
+        "AND heartbeat > now() - lease_seconds * interval '1 second'",
         [session_id, session_id])
     idle, holders = fetch_one(cursor)
     return int(idle), max(1, int(holders))

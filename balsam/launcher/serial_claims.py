@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Union
+from typing import Callable, Union
 
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
@@ -40,6 +40,9 @@ CLAIM_SLOTS_DIVISOR = 16
 """A big allocation claims up to 1/16 of its slots at once (at most ``MAX_CLAIM_BATCH``):
 with claims of 256, 1,024 nodes x 64 slots needed ~1,000 claim transactions to fill (measured,
 bench_scale.py: claims of 4,096 doubled the rate at N >= 1,024)."""
+FREE_SLOTS_SECONDS = 0.02
+"""A master whose claims found nothing and whose slots are full counts its free slots (over
+every worker) at most this often: at 4,096 nodes one count took ~1 ms, at every loop turn."""
 
 
 class MasterClaims:
@@ -56,6 +59,7 @@ class MasterClaims:
     _dropped: set[str]                   # released by a kill check while a claim ran
     _reclaim: int                        # recalled jobs to claim again (serial_rebalance)
     _drained: bool
+    _answered_nothing: Callable[[int, float], bool]  # MasterRebalance: a worker kept its queue
     """The last claim's answer was empty: nothing was claimable for this launcher then (a claim
     in flight is a re-check, after ``idle_wait_seconds`` or another session's notification)."""
     # The loop's, read or touched here: what is held (queued, on workers), the open workers,
@@ -119,9 +123,14 @@ class MasterClaims:
         batch = self._claim_batch(open_nodes)
         least = min(batch, target) // 2
         room = target - held
+        if now < self._next["claim"]:
+            return took
         if self._drained:  # nothing was claimable: only for its free slots, so that work
             # another launcher gives back goes to one with room (serial_share), not to a hoard
             room, least = self._free_slots() - sum(c.asked for c in self.claimers), 1
+            if room < least and not self._reclaim:  # counted again soon, not at every
+                # turn (O(workers) each)
+                self._next["claim"] = max(self._next["claim"], now + FREE_SLOTS_SECONDS)
         if self._reclaim:  # work a worker gave back, released: claimed again at once
             room, least = max(room, self._reclaim), 1  # (serial_rebalance)
         if open_nodes <= 0 or room < least or now < self._next["claim"]:
@@ -143,11 +152,16 @@ class MasterClaims:
         return self._claimed(specs, now)
 
     def _free_slots(self) -> int:
-        """Slots free on the open workers beyond the work queued on them and in hand (the
-        loads count every task by its share of a node, the launcher's own ones too)."""
-        loads = [self.load[w] for w in self.load if w not in self.closed]
-        net = sum(1.0 - x for x in loads if x < 1.0) - sum(x - 1.0 for x in loads if x > 1.0)
-        net = net * self.slots_per_node - len(self.queue)
+        """Slots free on the open workers beyond the work in hand and the work queued on them
+        that a recall could still move (the loads count every task by its share of a node,
+        the launcher's own ones too; queued work its worker kept when asked, as not fitting
+        the room there is, does not take that room: :meth:`_answered_nothing`)."""
+        open_workers = [w for w in self.load if w not in self.closed]
+        rooms = [1.0 - self.load[w] for w in open_workers if self.load[w] < 1.0]
+        fits = max(rooms, default=0.0)
+        over = sum(self.load[w] - 1.0 for w in open_workers
+                   if self.load[w] > 1.0 and not self._answered_nothing(w, fits))
+        net = (sum(rooms) - over) * self.slots_per_node - len(self.queue)
         return max(0, math.ceil(net - 1e-9))
 
     def _claiming(self) -> bool:
