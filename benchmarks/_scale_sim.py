@@ -60,7 +60,8 @@ class SimWorkers:
         return worker, pickle.loads(data)  # the master's recv unpickles
 
     def flush(self, timeout: float) -> None:
-        pass
+        """Nothing to flush: :meth:`send` hands each message to the simulated worker at once
+        (the real channel waits here for its pending MPI sends)."""
 
     # ---- the workers' side ------------------------------------------------------------------
     def _report(self, worker: int, report: dict[str, Any]) -> None:

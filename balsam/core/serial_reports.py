@@ -109,7 +109,7 @@ def clear_own_starts(directory: str) -> None:
     """The starts :func:`note_own_starts` noted are written."""
     try:
         os.unlink(os.path.join(directory, OWN_NAME))
-    except OSError:
+    except OSError:  # a note left behind records nothing twice (their RUNNING is written)
         pass
 
 
