@@ -339,6 +339,7 @@ def launcher_round(db_path: str, count: int, source: str = "",
     workers = [float(x) for x in re.findall(r"serial worker \d+ .*exits: \d+ task\(s\) "
                                             r"started, ([\d.]+) s CPU", log)]
     assert master is not None, log
+    loop = worker_loop(log)
     steady = samplers[0].steady(first_running, last_done, count) if samplers else {}
     boot = (start_cpu(samplers[0].samples, samplers[0].roles, samplers[0].server, ensemble)
             if samplers else {})
@@ -354,7 +355,23 @@ def launcher_round(db_path: str, count: int, source: str = "",
             "job_updates": rows[0] / count, "job_hot": rows[1] / count,
             "events": rows[2] / count,
             "master_cpu": float(master.group(3)), "worker_cpu": sum(workers),
-            "server_cpu": server, "tree_cpu": tree}
+            "server_cpu": server, "tree_cpu": tree, **loop}
+
+
+def worker_loop(log: str) -> dict[str, float]:
+    """The worker ranks' loop counts and CPU by thread, from their exit lines (summed over
+    the ranks; keys ``loop: ...``; none from a tree whose ranks do not log them)."""
+    found: Counter[str] = Counter()
+    for line in re.findall(r"serial worker \d+ .*exits: .*; loop: (.*)", log):
+        counts, _, rest = line.partition("; threads: ")
+        for n, key in re.findall(r"(\d+) (\w+)", counts):
+            found[f"loop: {key}"] += int(n)
+        threads, _, switches = rest.partition("; ")
+        for name, cpu in re.findall(r"([^,]+?) ([\d.]+) s", threads):
+            found[f"loop: {name.strip()} CPU"] += float(cpu)
+        for n, key in re.findall(r"(\d+) (voluntary|involuntary|minor)", switches):
+            found[f"loop: {key}"] += int(n)
+    return dict(found)
 
 
 def ramp_measures(conn: Any, started: float) -> dict[str, float]:
@@ -451,6 +468,10 @@ def main() -> None:
                       f"{m['events']:.2f}/task; CPU: launcher with "
                       f"its tasks {m['tree_cpu']:.2f} s (master {m['master_cpu']:.2f} s, "
                       f"workers {m['worker_cpu']:.2f} s), DB server {m['server_cpu']:.2f} s")
+                if "loop: iterations" in m:
+                    print(f"round {r} {side:8s}: worker loop " + ", ".join(
+                        f"{k[6:]} {v:.2f}" if k.endswith("CPU") else f"{k[6:]} {v:.0f}"
+                        for k, v in m.items() if k.startswith("loop: ")))
     raw_rate = statistics.median(raw)
     print(f"xargs -P {cores}:               median {raw_rate:7.0f} processes/s")
     for side, launcher in results.items():

@@ -40,6 +40,7 @@ from balsam.launcher.rank_boot import (
     rank_logger,
     worker_watchdog,
 )
+from balsam.launcher.rank_usage import usage_summary
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
 
 if TYPE_CHECKING:
@@ -234,7 +235,8 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
         f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
         f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
         f"{_cpu_seconds():.2f} s CPU, {worker.prepared} task(s) started in directories made "
-        "ahead")
+        f"ahead; loop: {', '.join(f'{n} {k}' for k, n in worker.loops.items())}; "
+        f"{usage_summary(worker.threads)}")
     return 0
 
 

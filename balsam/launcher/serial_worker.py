@@ -57,7 +57,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam import defaults
-from balsam.launcher import libc_spawn, procs, spawn, spawn_native, spawn_threads, task
+from balsam.launcher import (
+    libc_spawn,
+    procs,
+    rank_usage,
+    spawn,
+    spawn_native,
+    spawn_threads,
+    task,
+)
 from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_starts import Starts, is_shell
 from balsam.launcher.serial_warm import Running as _Running
@@ -136,6 +144,9 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self._unwatched: set[str] = set()  # Starts: running tasks without a pidfd
         self.started = 0  # tasks started so far
         self.prepared = 0  # of those, tasks whose directory and output file were made ahead
+        self.loops = {"iterations": 0, "waits": 0, "paces": 0, "reports": 0}
+        """The loop's counts (its exit log line says them: benchmarks read them)."""
+        self.threads: dict[str, float] = {}  # CPU seconds by thread at the loop's end
 
     # ---- loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -143,23 +154,29 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         last_busy = now = time.monotonic()
         pulse = self.pulse
         beat_due = math.inf if pulse is None else pulse.due
+        loops = self.loops
         try:
             while not self.finished:
+                loops["iterations"] += 1
                 if self.step():
                     last_busy = now = time.monotonic()
                     if self.queue and not (self.stopping or self.finished):
                         if self._paced():  # the chains run on: reap and report in batches
+                            loops["paces"] += 1
                             self.pace()
                         else:
+                            loops["waits"] += 1
                             self.wait(IDLE_WAIT_MS)  # queued work waits for a slot: an end
                 else:
                     now = time.monotonic()
                     quiet = now - last_busy > QUIET_SECONDS
+                    loops["waits"] += 1
                     self.wait(QUIET_WAIT_MS if quiet else IDLE_WAIT_MS)
                 if now >= beat_due and pulse is not None:  # one comparison an iteration
                     pulse.beat(now)
                     beat_due = pulse.due
         finally:
+            self.threads = rank_usage.thread_cpu()  # before close(): the spawning threads end
             self.close()
 
     def close(self) -> None:
@@ -206,6 +223,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
                              or time.monotonic() >= self._next_report):
             report, self._report = self._report, {}
             self.channel.send(report)
+            self.loops["reports"] += 1
             self._next_report = time.monotonic() + REPORT_SECONDS
             busy = True
         return busy
