@@ -62,6 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _procs import run_in_session  # noqa: E402
 from _startup_cpu import compile_bytecode, ensemble_first_running, print_start_cpu, start_cpu  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
+from _worker_cpu import dir_cost, worker_line, worker_loop  # noqa: E402
 
 TRUE = "/usr/bin/true" if os.path.exists("/usr/bin/true") else "/bin/true"
 
@@ -358,22 +359,6 @@ def launcher_round(db_path: str, count: int, source: str = "",
             "server_cpu": server, "tree_cpu": tree, **loop}
 
 
-def worker_loop(log: str) -> dict[str, float]:
-    """The worker ranks' loop counts and CPU by thread, from their exit lines (summed over
-    the ranks; keys ``loop: ...``; none from a tree whose ranks do not log them)."""
-    found: Counter[str] = Counter()
-    for line in re.findall(r"serial worker \d+ .*exits: .*; loop: (.*)", log):
-        counts, _, rest = line.partition("; threads: ")
-        for n, key in re.findall(r"(\d+) (\w+)", counts):
-            found[f"loop: {key}"] += int(n)
-        threads, _, switches = rest.partition("; ")
-        for name, cpu in re.findall(r"([^,]+?) ([\d.]+) s", threads):
-            found[f"loop: {name.strip()} CPU"] += float(cpu)
-        for n, key in re.findall(r"(\d+) (voluntary|involuntary|minor)", switches):
-            found[f"loop: {key}"] += int(n)
-    return dict(found)
-
-
 def ramp_measures(conn: Any, started: float) -> dict[str, float]:
     """The start's ramp: {"done_1s": tasks ended (RUN_DONE) within 1 s of the launcher's start,
     "pause": the longest time between two consecutive RUNNING events (the launcher's warm start
@@ -453,9 +438,11 @@ def main() -> None:
                 order.reverse()
             for side, source in order:
                 fill(paths[side], args.n, args.packing)
+                fs_us = dir_cost(paths[side], f"{r}")
                 results[side].append(launcher_round(paths[side], args.n, source,
                                                     args.breakdown))
                 m = results[side][-1]
+                m["fs_us"] = fs_us
                 print(f"round {r} {side:8s}: {m['run']:7.0f} tasks/s run, {m['e2e']:7.0f} "
                       f"tasks/s to the last end, {m['full']:7.0f} tasks/s start to exit; first "
                       f"RUNNING {m['startup']:.2f} s after start (the ensemble's "
@@ -468,10 +455,7 @@ def main() -> None:
                       f"{m['events']:.2f}/task; CPU: launcher with "
                       f"its tasks {m['tree_cpu']:.2f} s (master {m['master_cpu']:.2f} s, "
                       f"workers {m['worker_cpu']:.2f} s), DB server {m['server_cpu']:.2f} s")
-                if "loop: iterations" in m:
-                    print(f"round {r} {side:8s}: worker loop " + ", ".join(
-                        f"{k[6:]} {v:.2f}" if k.endswith("CPU") else f"{k[6:]} {v:.0f}"
-                        for k, v in m.items() if k.startswith("loop: ")))
+                print(f"round {r} {side:8s}: {worker_line(m)}")
     raw_rate = statistics.median(raw)
     print(f"xargs -P {cores}:               median {raw_rate:7.0f} processes/s")
     for side, launcher in results.items():
@@ -513,6 +497,8 @@ def main() -> None:
             for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
                 if ms >= 0.0005:
                     print(f"    {part:34s} {ms:6.3f}")
+        print(f"a directory and output file:  median "
+              f"{statistics.median(m['fs_us'] for m in launcher):.0f} us of CPU before a round")
         print_start_cpu(launcher)
 
 

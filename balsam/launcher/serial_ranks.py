@@ -5,7 +5,7 @@
 the :class:`balsam.launcher.serial_master.Master` (the only rank that touches the database),
 ranks 1..N run a :class:`balsam.launcher.serial_worker.Worker` each (rank i serves node i-1).
 Messages are pickled dicts sent with ``isend`` and received with matched probes (``improbe``):
-no rank ever blocks in MPI, so none spins at 100% CPU.
+no rank ever blocks in MPI, so none spins at 100% CPU (:mod:`balsam.launcher.serial_links`).
 
 mpi4py is imported only inside :func:`main` (importing this module does no MPI work). Rank 0,
 when the program that started the ensemble said so before MPI starts (``PMI_RANK`` 0 under
@@ -27,7 +27,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -41,95 +40,16 @@ from balsam.launcher.rank_boot import (
     worker_watchdog,
 )
 from balsam.launcher.rank_usage import usage_summary
+from balsam.launcher.serial_links import SESSION, MasterLink, WorkerLink, session_from_master
 from balsam.launcher.serial_mode import EXIT_RANK_LOST, SerialConfig
 
 if TYPE_CHECKING:
     from balsam.launcher.watchdog import Watchdog
 
-ORDERS, REPORTS, SESSION = 11, 12, 13
-"""MPI tags: master -> worker orders, worker -> master reports, master -> worker the session
-id of an ensemble started before the session opened (0: exit at once)."""
 EXIT_NO_SESSION = 7
 """Exit status of rank 0 of an early ensemble that got no session id (a failed launch)."""
 EXIT_WRONG_WORLD = 10
 """Exit status of a rank whose MPI world is not the ensemble (:func:`_not_one_job`)."""
-
-
-class WorkerLink:
-    """A worker's channel to rank 0 (:class:`balsam.launcher.serial_worker.Channel`)."""
-
-    def __init__(self, comm: Any) -> None:
-        self.comm = comm
-        self._sends: list[Any] = []
-
-    def send(self, message: dict[str, Any]) -> None:
-        self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.comm.isend(message, dest=0, tag=REPORTS))
-
-    def receive(self) -> Optional[dict[str, Any]]:
-        matched = self.comm.improbe(source=0, tag=ORDERS)
-        return None if matched is None else matched.recv()
-
-    def flush(self, timeout: float) -> None:
-        _complete(self._sends, timeout)
-
-
-class MasterLink:
-    """Rank 0's channels to workers 1..N (:class:`balsam.launcher.serial_master.MasterChannel`)."""
-
-    def __init__(self, comm: Any) -> None:
-        from mpi4py import MPI
-
-        self.comm = comm
-        self.workers: Sequence[int] = range(1, comm.Get_size())
-        self._any = MPI.ANY_SOURCE
-        self._status = MPI.Status()
-        self._sends: list[Any] = []
-        self.launcher_ended: deque[str] = deque()
-        """Job ids of the launcher's own tasks on worker 1's node that ended (filled by
-        :func:`ended_from_launcher`): given to the master as worker 1's ``unheld`` report."""
-
-    def send(self, worker: int, message: dict[str, Any]) -> None:
-        self.send_tagged(worker, message, ORDERS)
-
-    def send_tagged(self, worker: int, message: Any, tag: int) -> None:
-        if len(self._sends) > 64:
-            self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.comm.isend(message, dest=worker, tag=tag))
-
-    def receive(self) -> Optional[tuple[int, dict[str, Any]]]:
-        if self.launcher_ended:
-            ended = [self.launcher_ended.popleft() for _ in range(len(self.launcher_ended))]
-            report: dict[str, Any] = {"unheld": [j for j in ended if j]}
-            if "" in ended:  # its stdin closed
-                report["launcher_gone"] = True
-            return self.workers[0], report
-        matched = self.comm.improbe(source=self._any, tag=REPORTS, status=self._status)
-        if matched is None:
-            return None
-        return self._status.Get_source(), matched.recv()
-
-    def flush(self, timeout: float) -> None:
-        _complete(self._sends, timeout)
-
-
-def _session_from_master(comm: Any, stop: threading.Event) -> int:
-    """A worker of an ensemble started before the session: the id rank 0 sends (0: exit)."""
-    while not stop.is_set():
-        matched = comm.improbe(source=0, tag=SESSION)
-        if matched is not None:
-            return int(matched.recv())
-        time.sleep(0.002)
-    return 0
-
-
-def _complete(requests: list[Any], timeout: float) -> None:
-    """Wait (without spinning hard) until ``requests`` complete or ``timeout`` passes."""
-    end = time.monotonic() + timeout
-    while requests and time.monotonic() < end:
-        requests[:] = [r for r in requests if not r.Test()]
-        if requests:
-            time.sleep(0.002)
 
 
 def _cpu_seconds() -> float:
@@ -214,7 +134,7 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
     # Before the wait for the session: MPI's /dev/shm file is removed if this rank dies in it
     watchdog = watchdog or worker_watchdog(config, comm.Get_rank(),
                                            mapped_segments([os.getpid()]))
-    session_id = config.session_id or _session_from_master(comm, stop)
+    session_id = config.session_id or session_from_master(comm, stop)
     if not session_id:  # the launcher opened no session (or a stop came first)
         watchdog.close()
         return 0

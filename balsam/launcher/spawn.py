@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
-from balsam.launcher import libc_spawn, procs
+from balsam.launcher import libc_spawn, procs, rank_usage
 
 _FOUND: dict[tuple[str, str], str] = {}
 RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -143,6 +143,7 @@ class Preparer:
             self._ready.clear()
 
     def _serve(self) -> None:
+        rank_usage.name_thread("task-dirs")  # its CPU is the kernel's: benchmarks/README.md
         while True:
             item = self._todo.get()
             if item is None:
