@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import resource
-from collections import Counter
 from typing import Optional
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -33,7 +32,7 @@ def name_thread(name: str) -> None:
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of this process's live threads, by name (``main`` for the main thread;
     threads of one name added up). Threads already ended are not listed."""
-    found: Counter[str] = Counter()
+    found: dict[str, float] = {}
     me = os.getpid()
     try:
         tids = os.listdir("/proc/self/task")
@@ -47,8 +46,9 @@ def thread_cpu() -> dict[str, float]:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
-        found["main" if int(tid) == me else name] += (int(fields[11]) + int(fields[12])) / _TICK
-    return dict(found)
+        key = "main" if int(tid) == me else name
+        found[key] = found.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+    return found
 
 
 def usage_summary(threads: Optional[dict[str, float]] = None) -> str:
