@@ -57,16 +57,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from balsam import defaults
-from balsam.launcher import (
-    libc_spawn,
-    procs,
-    rank_usage,
-    spawn,
-    spawn_native,
-    spawn_threads,
-    task,
-)
+from balsam.launcher import libc_spawn, procs, spawn, spawn_native, spawn_threads, task
 from balsam.launcher.nodeslots import NodeSlots
+from balsam.launcher.rank_usage import thread_cpu
 from balsam.launcher.serial_starts import Starts, is_shell
 from balsam.launcher.serial_warm import Running as _Running
 from balsam.launcher.serial_warm import WarmQueueing
@@ -176,7 +169,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
                     pulse.beat(now)
                     beat_due = pulse.due
         finally:
-            self.threads = rank_usage.thread_cpu()  # before close(): the spawning threads end
+            self.threads = thread_cpu()  # before close(): the spawning threads end
             self.close()
 
     def close(self) -> None:
