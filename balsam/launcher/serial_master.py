@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from balsam.core import leases
+from balsam.core import idle_slots, leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
@@ -195,10 +195,15 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
             self._next["claim"] = 0.0
 
     def _outstanding(self) -> int:
-        return self.ctx.db.try_run(transitions.outstanding, self.ctx.session_id,
-                                   self.ctx.wf_filter, serial=True, max_nodes=1,
-                                   processing=self.ctx.processing, tags=self.ctx.tags,
-                                   gpus_per_node=self.ctx.gpus_per_node)
+        """Work this launcher could still run: outstanding in its filter, or else queued (not
+        started) in another live serial session, which gives it back to idle slots
+        (:func:`idle_slots.givable`): the launcher stays, publishing its idle slots."""
+        ctx = self.ctx
+        return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
+                              serial=True, max_nodes=1, processing=ctx.processing,
+                              tags=ctx.tags, gpus_per_node=ctx.gpus_per_node) or \
+            ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
+                           tags=ctx.tags, gpus_per_node=ctx.gpus_per_node)
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:
