@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from balsam import defaults
 from balsam.core import claim_sql, leases, schema
 from balsam.core.sql import like_contains
 from balsam.db.dbapi import Cursor, fetch_one
@@ -27,9 +28,13 @@ LIVE = ("{s}ended_at IS NULL AND {s}heartbeat > now() - {s}lease_seconds * inter
 
 
 def publish(cursor: Cursor, session_id: int, slots: int) -> None:
-    """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none)."""
+    """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none); a new
+    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit)."""
+    slots = max(0, int(slots))
     cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s AND idle_slots <> %s",
-                   [max(0, int(slots)), session_id, max(0, int(slots))])
+                   [slots, session_id, slots])
+    if slots and cursor.rowcount:
+        cursor.execute(f"NOTIFY {defaults.IDLE_SLOTS_NOTIFY_CHANNEL}")
 
 
 def wanted(cursor: Cursor, session_id: int) -> tuple[int, int]:

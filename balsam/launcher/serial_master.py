@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from balsam.core import idle_slots, leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
+from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher import serial_mode as sm  # the master's exit statuses
@@ -114,6 +115,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
     def _run(self) -> int:
         ctx = self.ctx
         ctx.db.listen()
+        ctx.db.listen_also(IDLE_CHANNEL)  # other launchers' idle slots (serial_share)
         self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
         self._dispatch()
         while not ctx.should_stop():

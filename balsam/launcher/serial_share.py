@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from balsam.core import idle_slots
+from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context
 from balsam.launcher.serial_rebalance import EPSILON, MasterRebalance
@@ -57,8 +58,8 @@ class MasterShare(MasterRebalance):
     slots_per_node: int
     _giving: frozenset[int] = frozenset()
     """Workers asked to give work back for other launchers, not yet answered."""
-    _idle_seen = 0
-    """The idle slots counted at the last check (published once seen at two in a row)."""
+    _heard = False
+    """Another launcher published idle slots (notified) since this master last gave."""
     _published = 0
     """The idle slots last written on the session row."""
     given = 0
@@ -69,8 +70,14 @@ class MasterShare(MasterRebalance):
     def _flush(self) -> None:
         raise NotImplementedError  # provided by Master: write the pending changes
 
+    def _claiming(self) -> bool:
+        raise NotImplementedError  # provided by MasterClaims: a claim in flight
+
     def _share(self, now: float) -> None:
         """Publish this launcher's idle slots, or give its surplus to idle launchers."""
+        if self.ctx.db.heard(IDLE_CHANNEL):  # (a flag: the loop's naps collect notifications)
+            self._heard = True
+            self._next["share"] = 0.0
         if now < self._next.get("share", 0.0):
             return
         self._next["share"] = now + SHARE_SECONDS
@@ -78,12 +85,16 @@ class MasterShare(MasterRebalance):
             self.ctx.log.info("no other launcher took the work given back: giving none for "
                               f"{UNTAKEN_SECONDS:.0f} s")
             self._handed = frozenset()
-            self._next["give"] = now + UNTAKEN_SECONDS
+            self._next["untaken"] = now + UNTAKEN_SECONDS
         idle, surplus = self._spare()
-        quiet = self._drained and not (self._recalling or self._releasing or self._giving)
-        seen, self._idle_seen = self._idle_seen, idle if quiet and not self.queue else 0
-        self._publish(min(seen, self._idle_seen))
-        if quiet and surplus >= 1 and now >= self._next.get("give", 0.0):
+        quiet = not (self._recalling or self._releasing or self._giving or self._claiming())
+        self._publish(idle if quiet and self._drained and not self.queue else 0)
+        if not quiet or now < self._next.get("untaken", 0.0):
+            return
+        if surplus < 1:
+            self._heard = False
+        elif self._heard or (self._drained and now >= self._next.get("give", 0.0)):
+            self._heard = False
             self._next["give"] = now + GIVE_SECONDS
             self._offer(surplus)
 
@@ -119,7 +130,8 @@ class MasterShare(MasterRebalance):
         if idle < 1:
             return
         count = min(surplus, -(-idle // holders))
-        self._handed = frozenset()
+        self._drained = True  # an idle launcher's claims found nothing: from now on this one
+        self._handed = frozenset()  # claims only for its free slots, never the work it gives
         in_hand = [self.queue.pop().job_id for _ in range(min(count, len(self.queue)))]
         if in_hand:
             self._hand_over(in_hand)
