@@ -241,3 +241,38 @@ def test_a_full_master_after_a_drought_counts_its_free_slots_not_at_every_turn(d
         master._close_claimers()
         master._release_all()
         close_status(master.status)
+
+
+def test_a_master_whose_hold_is_full_gives_at_once_when_another_launcher_idles(db, cursor):
+    # The full master holds exactly its prefetch (4 a slot, 2 nodes of one slot): it never
+    # claims again, so it never saw an empty claim. Before, it gave only after one (its next
+    # task end: an hour with hour-long tasks) while the other launcher idled; now the other's
+    # publish is notified and the full one gives at its next loop turn.
+    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL
+
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                      for i in range(8)])
+    full, _ = master_with_claimers(db)
+    idle, sid_idle = master_with_claimers(db)
+    full.ctx.db.listen()
+    getattr(full.ctx.db, "listen_also", lambda channel: None)(IDLE_SLOTS_NOTIFY_CHANNEL)
+    try:
+        settle(full, 8, drained=False)
+        full._claim(time.monotonic())
+        assert not full._drained and not full._claiming()  # full: no claim, none empty
+        settle(idle, 0)
+        idle._share(time.monotonic())
+        assert idle_slots(cursor, sid_idle) == 2
+        end = time.monotonic() + 10
+        while not any("recall" in m for _, m in full.channel.sent) and full.given == 0:
+            assert time.monotonic() < end, "the full master gave nothing to the idle launcher"
+            full.ctx.db.notified()  # (the loop's nap collects notifications)
+            full._share(time.monotonic())
+            time.sleep(0.01)
+        assert full._drained  # from now on it claims only for its free slots
+    finally:
+        for master in (full, idle):
+            master._close_claimers()
+            master._release_all()
+            close_status(master.status)
