@@ -262,7 +262,9 @@ def test_a_master_whose_hold_is_full_gives_at_once_when_another_launcher_idles(d
         full._claim(time.monotonic())
         assert not full._drained and not full._claiming()  # full: no claim, none empty
         settle(idle, 0)
-        idle._share(time.monotonic())
+        now = time.monotonic()
+        for later in (0.0, 0.6):  # (before: published at the second check)
+            idle._share(now + later)
         assert idle_slots(cursor, sid_idle) == 2
         end = time.monotonic() + 10
         while not any("recall" in m for _, m in full.channel.sent) and full.given == 0:
