@@ -44,3 +44,24 @@ def test_givable_counts_only_work_queued_in_other_live_serial_sessions(db, curso
     leases.claim(cursor, other, 2, serial=True, max_nodes=1, wf_filter="other")
     assert idle_slots.givable(cursor, me) == 3
     assert idle_slots.givable(cursor, me, wf_filter="wf") == 1
+
+
+def test_a_new_idle_count_is_heard_on_its_own_channel_and_wakes_no_job_wait(db, cursor):
+    from balsam.db.database import Database
+    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as CHANNEL
+
+    listener = Database(db)
+    listener.listen()
+    listener.listen_also(CHANNEL)
+    listener.run(lambda cur: cur.execute("SELECT 1"))  # connected: listening on both channels
+    sid = session(cursor, "serial")
+    idle_slots.publish(cursor, sid, 2)
+    assert listener.wait(0.3) is False  # not a job change: no wake-up, no claim
+    assert listener.heard(CHANNEL) and not listener.heard(CHANNEL)
+    idle_slots.publish(cursor, sid, 2)  # unchanged: not notified again
+    idle_slots.publish(cursor, sid, 0)  # none idle: nothing to give, not notified
+    assert listener.wait(0.3) is False and not listener.heard(CHANNEL)
+    idle_slots.publish(cursor, sid, 3)
+    listener.wait(0.3)
+    assert listener.heard(CHANNEL)
+    listener.close()
