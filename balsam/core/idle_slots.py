@@ -7,7 +7,8 @@ another held work queued behind its running tasks (issue 16, session 19: 80-87% 
 remained). A master whose claims find nothing and whose slots idle writes how many
 (:func:`publish`, only when the number changes); a master holding queued work beyond its slots
 reads the others' (:func:`wanted`) and gives some back (:mod:`balsam.launcher.serial_share`).
-Only live sessions count (not ended, lease fresh). A serial launcher with nothing left of its
+A new non-zero number is notified (:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`), so that
+holders give at once. Only live sessions count (not ended, lease fresh). A serial launcher with nothing left of its
 own does not exit while such a session holds work it could be given (:func:`givable`). Every
 function takes a DB-API cursor and works in the caller's transaction.
 """

@@ -10,7 +10,8 @@ their reports through a :class:`StatusBuffer` or, at scale, K :class:`StatusWrit
 in the same update when nothing follows it), forwards user kills every ``kill_check_seconds``,
 renews the lease and sweeps dead sessions (:class:`Housekeeper`), runs the processing pass
 (:func:`transitions.advance`), and exits when idle only once :func:`transitions.outstanding` is
-0 (a child waiting on its parent keeps it up).
+0 (a child waiting on its parent keeps it up) and no other live serial session holds work queued
+that it could be given (:func:`idle_slots.givable`).
 
 Stopping (``ctx.stop``: SIGTERM/SIGINT, or ``ctx.stop_at``): claims not sent are released,
 workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), each task stopped is recorded

@@ -8,23 +8,27 @@ the end a launcher whose own work ran out idled while another held work queued b
 running tasks (issue 16, session 19: 4 x 256 nodes, the launchers holding the fewest jobs were
 80-87% busy while work remained).
 
-Every ``SHARE_SECONDS`` the master compares its open workers' room with the work queued on them
-(in slots: nodes' worth x the slots of one node). **Idle**: its last claim found nothing, it has
-nothing in hand and no recall out, and more slots are free than work is queued on its own
-workers at two checks in a row: it writes that number on its session row
-(:func:`balsam.core.idle_slots.publish`, only when it changes; 0 once it is no longer idle).
-**Surplus**: its last claim found nothing and more work is queued on its workers (or in its
-hand) than its free slots take: at most every ``GIVE_SECONDS`` it reads the other live
-sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
+Every ``SHARE_SECONDS``, and at once after an empty claim, the master compares its open
+workers' room with the work queued on them (in slots: nodes' worth x the slots of one node).
+**Idle**: its last claim found nothing, it has nothing in hand, no claim in flight and no
+recall out, and more slots are free than work is queued on its own workers: it writes that
+number on its session row (:func:`balsam.core.idle_slots.publish`: at once from or to 0, a
+changed non-zero number at most every ``SHARE_SECONDS``; a new non-zero number is notified).
+**Surplus**: more work is queued on its workers (or in its hand) than its free slots take, and
+either another launcher's publish was notified (heard on
+:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20) or
+its last claim found nothing (then polled at most every ``GIVE_SECONDS``): it reads the other
+live sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
 divided among the launchers that are not idle, never more than its surplus: work in its hand
 is released at once, queued work is recalled from the workers with the most queued (the
 ``recall`` of :mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker
-gives back has never started; it is released and *not* claimed again here: a master whose last
-claim found nothing claims only for its own free slots (:meth:`MasterClaims._claim`), so only a
-launcher with room takes it -- the idle one, woken by the release's notification. Nothing runs
-twice (a release never drops a RUNNING job's claim, :func:`balsam.core.leases.release`); work
-moves only from queued behind running tasks to free slots, so it cannot come back until the
-giver itself idles while the taker holds work queued. No statement while claims find work.
+gives back has never started; it is released and *not* claimed again here: a master that gave
+counts as one whose last claim found nothing, and such a master claims only for its own free
+slots (:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one,
+woken by the release's notification. Nothing runs twice (a release never drops a RUNNING job's
+claim, :func:`balsam.core.leases.release`); work moves only from queued behind running tasks to
+free slots, so it cannot come back until the giver itself idles while the taker holds work
+queued. No statement while claims find work and no launcher idles.
 """
 from __future__ import annotations
 
