@@ -8,9 +8,9 @@ remained). A master whose claims find nothing and whose slots idle writes how ma
 (:func:`publish`, only when the number changes); a master holding queued work beyond its slots
 reads the others' (:func:`wanted`) and gives some back (:mod:`balsam.launcher.serial_share`).
 A new non-zero number is notified (:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`), so that
-holders give at once. Only live sessions count (not ended, lease fresh). A serial launcher with nothing left of its
-own does not exit while such a session holds work it could be given (:func:`givable`). Every
-function takes a DB-API cursor and works in the caller's transaction.
+holders give at once. Only live sessions count (not ended, lease fresh). A serial launcher with
+nothing left of its own does not exit while such a session holds work it could be given
+(:func:`givable`). Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ Every ``SHARE_SECONDS``, and at once after an empty claim, the master compares i
 workers' room with the work queued on them (in slots: nodes' worth x the slots of one node).
 **Idle**: its last claim found nothing, it has nothing in hand, no claim in flight and no
 recall out, and more slots are free than work is queued on its own workers: it writes that
-number on its session row (:func:`balsam.core.idle_slots.publish`: at once from or to 0, a
-changed non-zero number at most every ``SHARE_SECONDS``; a new non-zero number is notified).
+number on its session row (:func:`balsam.core.idle_slots.publish`: 0 at once, a non-zero
+number at most ``SHARE_SECONDS`` after the last write; a new non-zero number is notified).
 **Surplus**: more work is queued on its workers (or in its hand) than its free slots take, and
 either another launcher's publish was notified (heard on
 :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20) or
@@ -117,12 +117,13 @@ class MasterShare(MasterRebalance):
         return max(0, int(net + EPSILON)), max(0, int(-net + EPSILON)) + len(self.queue)
 
     def _publish(self, idle: int, now: float) -> None:
-        """Write ``idle`` on the session row: at once from or to 0, from one number to another
-        at most every ``SHARE_SECONDS`` (near the end every task end frees a slot: each was a
-        write and a notification, ~2,000 a launcher in bench_scale's 4 x 64 nodes)."""
+        """Write ``idle`` on the session row: 0 at once, a non-zero number at most
+        ``SHARE_SECONDS`` after the last write (near the end every task end frees a slot, and an
+        idle launcher given work runs out again: each was a write and a notification, ~2,000 a
+        launcher in bench_scale's 4 x 64 nodes). A launcher's first publish is at once."""
         if idle == self._published:
             return
-        if idle and self._published and now < self._next.get("publish", 0.0):
+        if idle and now < self._next.get("publish", 0.0):
             return
         try:
             self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle)
