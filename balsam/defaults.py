@@ -119,6 +119,11 @@ PROCESSING_NOTIFY_CHANNEL = "balsam_processing"
 transition worker has a step for (:data:`balsam.core.routing.WORKER_STATES`; migration
 0017_processing_notify): the transition workers listen here, not on :data:`NOTIFY_CHANNEL`."""
 
+IDLE_SLOTS_NOTIFY_CHANNEL = "balsam_idle_slots"
+"""PostgreSQL channel notified when a serial launcher publishes idle slots (a number above 0
+that changed: :func:`balsam.core.idle_slots.publish`): masters holding queued work listen and
+give some back at once instead of at their next poll (session 20, s20-tail)."""
+
 SERVICE_CYCLE_SECONDS = 10.0
 """Period of the service's cycle (sync, sweep, process, plan, submit); classic: 10 s."""
 

@@ -213,6 +213,9 @@ def concurrent(db_path: str, launchers: int, nodes: int, slots: int, tasks_per_s
               f"server processes {r['server_cpu']:.1f} s "
               f"({1e6 * r['server_cpu'] / r['started']:.0f} us per task), "
               f"{r['statements']} statements, RSS {r['rss_mb']:.0f} MB")
+        kinds = sorted(r.get("by_work", {}).items(), key=lambda kv: -kv[1])[:6]
+        print("    statements by work (the master's connection): "
+              + ", ".join(f"{name} {n}" for name, n in kinds))
         print(remains(r))
     print(f"{launchers} launchers x N={nodes // launchers} x S={slots}: {count} tasks, every "
           f"job run once; demand {sum(r['demand'] for r in results):.0f} ev/s in all; total "

@@ -23,3 +23,45 @@ def test_only_serial_launchers_share_the_idle_slots(db, cursor):
     assert idle_slots.wanted(cursor, me) == (3, 2)
     idle_slots.publish(cursor, other, 1)
     assert idle_slots.wanted(cursor, me) == (4, 1)
+
+
+def test_givable_counts_only_work_queued_in_other_live_serial_sessions(db, cursor):
+    from launcher_support import add_app, add_jobs
+
+    from balsam.core import schema
+
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED",
+                       "workflow": "wf" if i < 6 else "other"} for i in range(8)])
+    me, other, dead, mpi = (session(cursor, m) for m in ("serial", "serial", "serial", "mpi"))
+    claimed = {sid: [str(r["job_id"]) for r in leases.claim(cursor, sid, 2, serial=True,
+                                                            max_nodes=1, wf_filter="wf")]
+               for sid in (me, other, dead, mpi)}
+    leases.start(cursor, other, claimed[other][:1])  # running: never given back
+    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET heartbeat = now() - interval '1 hour' "
+                   "WHERE id = %s", [dead])
+    assert idle_slots.givable(cursor, me) == 1  # not its own, the MPI one's or the dead one's
+    leases.claim(cursor, other, 2, serial=True, max_nodes=1, wf_filter="other")
+    assert idle_slots.givable(cursor, me) == 3
+    assert idle_slots.givable(cursor, me, wf_filter="wf") == 1
+
+
+def test_a_new_idle_count_is_heard_on_its_own_channel_and_wakes_no_job_wait(db, cursor):
+    from balsam.db.database import Database
+    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as CHANNEL
+
+    listener = Database(db)
+    listener.listen()
+    listener.listen_also(CHANNEL)
+    listener.run(lambda cur: cur.execute("SELECT 1"))  # connected: listening on both channels
+    sid = session(cursor, "serial")
+    idle_slots.publish(cursor, sid, 2)
+    assert listener.wait(0.3) is False  # not a job change: no wake-up, no claim
+    assert listener.heard(CHANNEL) and not listener.heard(CHANNEL)
+    idle_slots.publish(cursor, sid, 2)  # unchanged: not notified again
+    idle_slots.publish(cursor, sid, 0)  # none idle: nothing to give, not notified
+    assert listener.wait(0.3) is False and not listener.heard(CHANNEL)
+    idle_slots.publish(cursor, sid, 3)
+    listener.wait(0.3)
+    assert listener.heard(CHANNEL)
+    listener.close()

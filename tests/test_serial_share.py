@@ -54,9 +54,7 @@ def test_queued_work_goes_to_a_launcher_whose_slots_idle_and_is_not_claimed_back
         full._share(now)
         assert not any("recall" in m for _, m in full.channel.sent)  # nobody idles yet
         idle._share(now)
-        assert idle_slots(cursor, sid_idle) == 0  # one check: not yet
-        idle._share(now + 0.6)
-        assert idle_slots(cursor, sid_idle) == 2  # two checks in a row: published
+        assert idle_slots(cursor, sid_idle) == 2  # its claim found nothing: published at once
         assert idle_slots(cursor, sid_full) == 0
         full._share(now + 1.0)  # (it read the others' idle slots at most once a second)
         recalls = sorted(((w, m) for w, m in full.channel.sent if "recall" in m),
@@ -155,7 +153,7 @@ def test_work_nobody_takes_is_not_given_again_and_again(db, cursor):
             master._dispatch()
             master._share(now + later)
         assert len([m for _, m in master.channel.sent if "recall" in m]) == 2  # not again
-        assert master._next["give"] >= now + 30.0
+        assert master._next["untaken"] >= now + 30.0
     finally:
         master._close_claimers()
         master._release_all()
@@ -243,3 +241,40 @@ def test_a_full_master_after_a_drought_counts_its_free_slots_not_at_every_turn(d
         master._close_claimers()
         master._release_all()
         close_status(master.status)
+
+
+def test_a_master_whose_hold_is_full_gives_at_once_when_another_launcher_idles(db, cursor):
+    # The full master holds exactly its prefetch (4 a slot, 2 nodes of one slot): it never
+    # claims again, so it never saw an empty claim. Before, it gave only after one (its next
+    # task end: an hour with hour-long tasks) while the other launcher idled; now the other's
+    # publish is notified and the full one gives at its next loop turn.
+    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL
+
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                      for i in range(8)])
+    full, _ = master_with_claimers(db)
+    idle, sid_idle = master_with_claimers(db)
+    full.ctx.db.listen()
+    getattr(full.ctx.db, "listen_also", lambda channel: None)(IDLE_SLOTS_NOTIFY_CHANNEL)
+    try:
+        settle(full, 8, drained=False)
+        full._claim(time.monotonic())
+        assert not full._drained and not full._claiming()  # full: no claim, none empty
+        settle(idle, 0)
+        now = time.monotonic()
+        for later in (0.0, 0.6):  # (before: published at the second check)
+            idle._share(now + later)
+        assert idle_slots(cursor, sid_idle) == 2
+        end = time.monotonic() + 10
+        while not any("recall" in m for _, m in full.channel.sent) and full.given == 0:
+            assert time.monotonic() < end, "the full master gave nothing to the idle launcher"
+            full.ctx.db.notified()  # (the loop's nap collects notifications)
+            full._share(time.monotonic())
+            time.sleep(0.01)
+        assert full._drained  # from now on it claims only for its free slots
+    finally:
+        for master in (full, idle):
+            master._close_claimers()
+            master._release_all()
+            close_status(master.status)

@@ -7,21 +7,35 @@ another held work queued behind its running tasks (issue 16, session 19: 80-87% 
 remained). A master whose claims find nothing and whose slots idle writes how many
 (:func:`publish`, only when the number changes); a master holding queued work beyond its slots
 reads the others' (:func:`wanted`) and gives some back (:mod:`balsam.launcher.serial_share`).
-Only live sessions count (not ended, lease fresh). Every function takes a DB-API cursor and
-works in the caller's transaction.
+A new non-zero number is notified (:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`), so that
+holders give at once. Only live sessions count (not ended, lease fresh). A serial launcher with
+nothing left of its own does not exit while such a session holds work it could be given
+(:func:`givable`). Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
-from balsam.core import schema
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from balsam import defaults
+from balsam.core import claim_sql, leases, schema
+from balsam.core.sql import like_contains
 from balsam.db.dbapi import Cursor, fetch_one
 
 SESSION = schema.SESSION_TABLE
+JOB = schema.JOB_TABLE
+LIVE = ("{s}ended_at IS NULL AND {s}heartbeat > now() - {s}lease_seconds * interval '1 second'")
+"""A session is live while it is open and its lease is fresh (``{s}``: the table's alias)."""
 
 
 def publish(cursor: Cursor, session_id: int, slots: int) -> None:
-    """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none)."""
+    """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none); a new
+    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit)."""
+    slots = max(0, int(slots))
     cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s AND idle_slots <> %s",
-                   [max(0, int(slots)), session_id, max(0, int(slots))])
+                   [slots, session_id, slots])
+    if slots and cursor.rowcount:
+        cursor.execute(f"NOTIFY {defaults.IDLE_SLOTS_NOTIFY_CHANNEL}")
 
 
 def wanted(cursor: Cursor, session_id: int) -> tuple[int, int]:
@@ -31,8 +45,32 @@ def wanted(cursor: Cursor, session_id: int) -> tuple[int, int]:
     cursor.execute(
         f"SELECT coalesce(sum(idle_slots) FILTER (WHERE id <> %s), 0), "
         f"count(*) FILTER (WHERE idle_slots = 0 OR id = %s) FROM {SESSION} "
-        "WHERE job_mode = 'serial' AND ended_at IS NULL "
-        "AND heartbeat > now() - lease_seconds * interval '1 second'",
+        f"WHERE job_mode = 'serial' AND {LIVE.format(s='')}",
         [session_id, session_id])
     idle, holders = fetch_one(cursor)
     return int(idle), max(1, int(holders))
+
+
+def givable(cursor: Cursor, session_id: int, *, wf_filter: Optional[str] = None,
+            tags: Optional[Mapping[str, str]] = None,
+            gpus_per_node: Optional[int] = None) -> int:
+    """How many jobs other live serial sessions hold claimed and not started (a runnable
+    state, not RUNNING) that ``session_id``'s serial launcher could run (one node, one rank;
+    ``wf_filter``, ``tags`` and GPUs as it claims). Such work is queued behind their running
+    tasks (or in hand for a moment) and is given back to a launcher whose slots idle
+    (:mod:`balsam.launcher.serial_share`): it is work this launcher can still receive. RUNNING
+    work is never given back and is not counted; neither are dead sessions' holds (lease
+    expired: a sweep releases them, :func:`balsam.core.leases.holders_elsewhere`)."""
+    params: list[Any] = [session_id]
+    where = "j.num_nodes = 1 AND j.ranks_per_node = 1"
+    if wf_filter:
+        where += " AND j.workflow LIKE %s"
+        params.append(like_contains(wf_filter))
+    where += leases.tags_clause(tags, params)
+    if gpus_per_node is not None:
+        where += " AND " + claim_sql.gpu_condition(True, gpus_per_node, params)
+    cursor.execute(f"""
+        SELECT count(*) FROM {JOB} j JOIN {SESSION} s ON s.id = j.session_id
+        WHERE s.id <> %s AND s.job_mode = 'serial' AND {LIVE.format(s='s.')}
+          AND j.state IN {claim_sql.RUNNABLE_SQL} AND {where}""", params)
+    return int(fetch_one(cursor)[0])

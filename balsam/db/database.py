@@ -113,6 +113,8 @@ class Database:
         self._backoff = FIRST_BACKOFF_SECONDS
         self._next_attempt = 0.0
         self._notified = False
+        self._also: dict[str, bool] = {}
+        """Channels listened to besides the job changes' (:meth:`listen_also`): heard yet?"""
 
     # ---- connection -------------------------------------------------------------------------
     @property
@@ -265,6 +267,26 @@ class Database:
         if self.connected:
             self._subscribe()
 
+    def listen_also(self, channel: str) -> None:
+        """Also subscribe to ``channel`` (with :meth:`listen`, kept across reconnections): its
+        notifications wake no :meth:`wait` and set no :meth:`notified`; :meth:`heard` says
+        whether one came from another session since the last call."""
+        if channel in self._also:
+            return
+        self._also[channel] = False
+        if self.connected and self._listening:
+            with self._conn.cursor() as cur:
+                cur.execute(f"LISTEN {channel}")
+            self._conn.commit()
+
+    def heard(self, channel: str) -> bool:
+        """Whether another session notified ``channel`` (:meth:`listen_also`) since the last
+        call; notifications are collected by :meth:`notified` and :meth:`wait`."""
+        hit = self._also.get(channel, False)
+        if hit:
+            self._also[channel] = False
+        return hit
+
     def unlisten(self) -> None:
         """Stop the notifications :meth:`listen` subscribed to (pending ones are dropped), so
         a connection that no longer waits does not let them pile up."""
@@ -272,13 +294,15 @@ class Database:
         self._notified = False
         if self.connected:
             with self._conn.cursor() as cur:
-                cur.execute(f"UNLISTEN {self._channel}")
+                for channel in (self._channel, *self._also):
+                    cur.execute(f"UNLISTEN {channel}")
             self._conn.commit()
             self._conn.notifies.clear()
 
     def _subscribe(self) -> None:
         with self._conn.cursor() as cur:
-            cur.execute(f"LISTEN {self._channel}")
+            for channel in (self._channel, *self._also):
+                cur.execute(f"LISTEN {channel}")
         self._conn.commit()
 
     def _collect(self) -> None:
@@ -287,8 +311,13 @@ class Database:
         if conn is None or not conn.notifies:
             return
         own = self.peer_pids | {self._backend_pid}
-        if any(n.pid not in own for n in conn.notifies):
-            self._notified = True
+        for note in conn.notifies:
+            if note.pid in own:
+                continue
+            if note.channel in self._also:
+                self._also[note.channel] = True
+            else:
+                self._notified = True
         conn.notifies.clear()
 
     def notified(self) -> bool:

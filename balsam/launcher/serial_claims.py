@@ -195,6 +195,7 @@ class MasterClaims:
         self._drained = not specs
         if not specs:  # nothing runnable: ask again when notified, after processing, or later
             self._next["claim"] = now + self.t.idle_wait_seconds
+            self._next["share"] = 0.0  # idle slots published now (serial_share)
             return False
         self._next["claim"] = 0.0
         self.queue.extend(specs)

@@ -10,7 +10,8 @@ their reports through a :class:`StatusBuffer` or, at scale, K :class:`StatusWrit
 in the same update when nothing follows it), forwards user kills every ``kill_check_seconds``,
 renews the lease and sweeps dead sessions (:class:`Housekeeper`), runs the processing pass
 (:func:`transitions.advance`), and exits when idle only once :func:`transitions.outstanding` is
-0 (a child waiting on its parent keeps it up).
+0 (a child waiting on its parent keeps it up) and no other live serial session holds work queued
+that it could be given (:func:`idle_slots.givable`).
 
 Stopping (``ctx.stop``: SIGTERM/SIGINT, or ``ctx.stop_at``): claims not sent are released,
 workers stop their tasks (SIGTERM, ``ctx.grace()``, SIGKILL), each task stopped is recorded
@@ -26,8 +27,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from balsam.core import leases
+from balsam.core import idle_slots, leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
+from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import procs
 from balsam.launcher import serial_mode as sm  # the master's exit statuses
@@ -114,6 +116,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
     def _run(self) -> int:
         ctx = self.ctx
         ctx.db.listen()
+        ctx.db.listen_also(IDLE_CHANNEL)  # other launchers' idle slots (serial_share)
         self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
         self._dispatch()
         while not ctx.should_stop():
@@ -195,10 +198,15 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
             self._next["claim"] = 0.0
 
     def _outstanding(self) -> int:
-        return self.ctx.db.try_run(transitions.outstanding, self.ctx.session_id,
-                                   self.ctx.wf_filter, serial=True, max_nodes=1,
-                                   processing=self.ctx.processing, tags=self.ctx.tags,
-                                   gpus_per_node=self.ctx.gpus_per_node)
+        """Work this launcher could still run: outstanding in its filter, or else queued (not
+        started) in another live serial session, which gives it back to idle slots
+        (:func:`idle_slots.givable`): the launcher stays, publishing its idle slots."""
+        ctx = self.ctx
+        return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
+                              serial=True, max_nodes=1, processing=ctx.processing,
+                              tags=ctx.tags, gpus_per_node=ctx.gpus_per_node) or \
+            ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
+                           tags=ctx.tags, gpus_per_node=ctx.gpus_per_node)
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:

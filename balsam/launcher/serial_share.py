@@ -8,23 +8,27 @@ the end a launcher whose own work ran out idled while another held work queued b
 running tasks (issue 16, session 19: 4 x 256 nodes, the launchers holding the fewest jobs were
 80-87% busy while work remained).
 
-Every ``SHARE_SECONDS`` the master compares its open workers' room with the work queued on them
-(in slots: nodes' worth x the slots of one node). **Idle**: its last claim found nothing, it has
-nothing in hand and no recall out, and more slots are free than work is queued on its own
-workers at two checks in a row: it writes that number on its session row
-(:func:`balsam.core.idle_slots.publish`, only when it changes; 0 once it is no longer idle).
-**Surplus**: its last claim found nothing and more work is queued on its workers (or in its
-hand) than its free slots take: at most every ``GIVE_SECONDS`` it reads the other live
-sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
+Every ``SHARE_SECONDS``, and at once after an empty claim, the master compares its open
+workers' room with the work queued on them (in slots: nodes' worth x the slots of one node).
+**Idle**: its last claim found nothing, it has nothing in hand, no claim in flight and no
+recall out, and more slots are free than work is queued on its own workers: it writes that
+number on its session row (:func:`balsam.core.idle_slots.publish`: 0 at once, a non-zero
+number at most ``SHARE_SECONDS`` after the last write; a new non-zero number is notified).
+**Surplus**: more work is queued on its workers (or in its hand) than its free slots take, and
+either another launcher's publish was notified (heard on
+:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20) or
+its last claim found nothing (then polled at most every ``GIVE_SECONDS``): it reads the other
+live sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
 divided among the launchers that are not idle, never more than its surplus: work in its hand
 is released at once, queued work is recalled from the workers with the most queued (the
 ``recall`` of :mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker
-gives back has never started; it is released and *not* claimed again here: a master whose last
-claim found nothing claims only for its own free slots (:meth:`MasterClaims._claim`), so only a
-launcher with room takes it -- the idle one, woken by the release's notification. Nothing runs
-twice (a release never drops a RUNNING job's claim, :func:`balsam.core.leases.release`); work
-moves only from queued behind running tasks to free slots, so it cannot come back until the
-giver itself idles while the taker holds work queued. No statement while claims find work.
+gives back has never started; it is released and *not* claimed again here: a master that gave
+counts as one whose last claim found nothing, and such a master claims only for its own free
+slots (:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one,
+woken by the release's notification. Nothing runs twice (a release never drops a RUNNING job's
+claim, :func:`balsam.core.leases.release`); work moves only from queued behind running tasks to
+free slots, so it cannot come back until the giver itself idles while the taker holds work
+queued. No statement while claims find work and no launcher idles.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from balsam.core import idle_slots
+from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context
 from balsam.launcher.serial_rebalance import EPSILON, MasterRebalance
@@ -57,8 +62,8 @@ class MasterShare(MasterRebalance):
     slots_per_node: int
     _giving: frozenset[int] = frozenset()
     """Workers asked to give work back for other launchers, not yet answered."""
-    _idle_seen = 0
-    """The idle slots counted at the last check (published once seen at two in a row)."""
+    _heard = False
+    """Another launcher published idle slots (notified) since this master last gave."""
     _published = 0
     """The idle slots last written on the session row."""
     given = 0
@@ -69,8 +74,14 @@ class MasterShare(MasterRebalance):
     def _flush(self) -> None:
         raise NotImplementedError  # provided by Master: write the pending changes
 
+    def _claiming(self) -> bool:
+        raise NotImplementedError  # provided by MasterClaims: a claim in flight
+
     def _share(self, now: float) -> None:
         """Publish this launcher's idle slots, or give its surplus to idle launchers."""
+        if self.ctx.db.heard(IDLE_CHANNEL):  # (a flag: the loop's naps collect notifications)
+            self._heard = True
+            self._next["share"] = 0.0
         if now < self._next.get("share", 0.0):
             return
         self._next["share"] = now + SHARE_SECONDS
@@ -78,12 +89,16 @@ class MasterShare(MasterRebalance):
             self.ctx.log.info("no other launcher took the work given back: giving none for "
                               f"{UNTAKEN_SECONDS:.0f} s")
             self._handed = frozenset()
-            self._next["give"] = now + UNTAKEN_SECONDS
+            self._next["untaken"] = now + UNTAKEN_SECONDS
         idle, surplus = self._spare()
-        quiet = self._drained and not (self._recalling or self._releasing or self._giving)
-        seen, self._idle_seen = self._idle_seen, idle if quiet and not self.queue else 0
-        self._publish(min(seen, self._idle_seen))
-        if quiet and surplus >= 1 and now >= self._next.get("give", 0.0):
+        quiet = not (self._recalling or self._releasing or self._giving or self._claiming())
+        self._publish(idle if quiet and self._drained and not self.queue else 0, now)
+        if not quiet or now < self._next.get("untaken", 0.0):
+            return
+        if surplus < 1:
+            self._heard = False
+        elif self._heard or (self._drained and now >= self._next.get("give", 0.0)):
+            self._heard = False
             self._next["give"] = now + GIVE_SECONDS
             self._offer(surplus)
 
@@ -101,14 +116,21 @@ class MasterShare(MasterRebalance):
         net = (room - over) * self.slots_per_node
         return max(0, int(net + EPSILON)), max(0, int(-net + EPSILON)) + len(self.queue)
 
-    def _publish(self, idle: int) -> None:
+    def _publish(self, idle: int, now: float) -> None:
+        """Write ``idle`` on the session row: 0 at once, a non-zero number at most
+        ``SHARE_SECONDS`` after the last write (near the end every task end frees a slot, and an
+        idle launcher given work runs out again: each was a write and a notification, ~2,000 a
+        launcher in bench_scale's 4 x 64 nodes). A launcher's first publish is at once."""
         if idle == self._published:
+            return
+        if idle and now < self._next.get("publish", 0.0):
             return
         try:
             self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle)
         except DatabaseUnavailable:
             return
         self._published = idle
+        self._next["publish"] = now + SHARE_SECONDS
 
     def _offer(self, surplus: int) -> None:
         """Give up to ``surplus`` queued jobs to the other launchers' idle slots."""
@@ -119,7 +141,8 @@ class MasterShare(MasterRebalance):
         if idle < 1:
             return
         count = min(surplus, -(-idle // holders))
-        self._handed = frozenset()
+        self._drained = True  # an idle launcher's claims found nothing: from now on this one
+        self._handed = frozenset()  # claims only for its free slots, never the work it gives
         in_hand = [self.queue.pop().job_id for _ in range(min(count, len(self.queue)))]
         if in_hand:
             self._hand_over(in_hand)
