@@ -11,10 +11,14 @@ stop was asked for, starts a new one, up to :data:`MAX_RESTARTS` times, in the s
 1. :func:`balsam.launcher.ensemble_watch.settle` has waited for the worker watchdogs' reports
    and recorded the starts the master never did;
 2. jobs RUNNING on ranks whose tasks are known dead become RUN_TIMEOUT (retried as usual), and
-   every other claim of the session is released (kept for the lease sweep, with the reports
-   and the mark, when the session is left to it and the launcher exits at once); jobs of
-   ranks whose tasks are NOT known dead (the node is gone or a task outlived SIGKILL) stay
-   RUNNING and held, so nothing runs them again before the session is closed or swept;
+   every other claim of the session is released -- unless the session is left to the lease
+   sweep (a rank's tasks are NOT known dead: its node is gone, its watchdog has not reported,
+   or a task outlived SIGKILL): then every claim stays held, with that rank's report and the
+   mark, also when a new ensemble follows. Such a rank may have started a job whose start the
+   dead master never wrote, and which one only its watchdog can tell: released, the job could
+   run again beside its task and its run would never be recorded; held, nothing runs it before
+   the session is swept, and the sweep records the start once the watchdog reported
+   (:mod:`balsam.core.serial_reports`). The jobs RUNNING on such ranks stay RUNNING and held;
 3. the nodes of those ranks are dropped from the allocation (the master moves to the first node
    left), and the next ensemble starts on the others.
 
@@ -75,12 +79,14 @@ def _remove_watch_dir(watch_dir: str) -> None:
             os.unlink(os.path.join(watch_dir, serial_reports.MARK_NAME))
         with contextlib.suppress(OSError):
             os.rmdir(watch_dir)
+            os.rmdir(os.path.dirname(watch_dir))  # (unless another launcher's is there)
 
 
 def _tidy(ctx: Context, directory: str, kept: bool) -> None:
     """Remove the ended ensemble's reports (``directory``) -- but, of a session left to the
     lease sweep whose claims are ``kept``, only the final ones its settle recorded: the sweep
-    records the starts of the others, once their watchdogs reported."""
+    records the starts of the others, once their watchdogs reported (also of an ensemble
+    followed by others: the mark keeps each one's ``since``)."""
     if ctx.release_session or not kept:
         shutil.rmtree(directory, ignore_errors=True)
         return
@@ -107,7 +113,7 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
         if not again:  # its jobs are freed all the same: the launcher may wait for its own
             ctx.log.error(f"the serial-mode ensemble failed {ctx.ensembles + 1} time(s): not "
                           "starting another")
-        kept = not (ctx.release_session or again or ctx.carried is not None)  # (see _recover)
+        kept = not ctx.release_session  # (see _recover)
         recovered = _recover(ctx, reports, len(hosts) if again else 0, kept)
         _tidy(ctx, directory, kept or not recovered)
         if not recovered or not again:
@@ -119,13 +125,12 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int]) -> int:
 
 
 def _recover(ctx: Context, reports: ensemble_watch.Reports, nodes: int, keep: bool) -> bool:
-    """Time out the jobs of ranks known dead, release the other claims (also when no ensemble
-    follows, ``nodes`` 0: the launcher may then wait a long time for its own tasks, and these
-    jobs must not wait with it) -- unless ``keep``: no ensemble follows, the launcher has none
-    of its own tasks to wait for, and the session is left to the lease sweep (a claim may be a
-    start not recorded of a task not known dead, which the sweep records once its watchdog
-    reported); False if the database could not be reached (the launcher then exits as after
-    any failed ensemble)."""
+    """Time out the jobs of ranks known dead, release the other claims -- unless ``keep``: the
+    session is left to the lease sweep (a claim may be a start not recorded of a task not known
+    dead, which the sweep records once its watchdog reported; those claims then wait for the
+    sweep, a lease after the launcher's end, whether or not ``nodes`` run a new ensemble);
+    False if the database could not be reached (the launcher then exits as after any failed
+    ensemble)."""
     dead = sorted({j for jobs in reports.stopped.values() for j in jobs})
     message = (f"interrupted: the serial-mode ensemble of session {ctx.session_id} lost a rank; "
                + (f"it restarts on {nodes} node(s)" if nodes else "it is not restarted"))
