@@ -170,7 +170,7 @@ def test_a_start_committed_while_the_restart_reads_its_since_is_counted_before_i
     finally:
         writer.close()
         restart.close()
-    (_, since), = result
+    (_, since, _), = result
     assert since >= event
     assert leases.record_lost_starts(cursor, sid, {job_id: 1}, start_message(sid),
                                      "lost", since=since) == []

@@ -84,6 +84,15 @@ def launcher_dir(db_path: str, host: str, pid: int, name: str) -> str:
     return os.path.join(watch_dir(db_path, host, pid), name)
 
 
+def launcher_dirs(db_path: str, host: str, pid: int) -> list[str]:
+    """The directories of the launchers of ``pid`` on ``host`` (none if there are none)."""
+    parent = watch_dir(db_path, host, pid)
+    try:
+        return sorted(os.path.join(parent, name) for name in os.listdir(parent))
+    except OSError:
+        return []
+
+
 def instance() -> str:
     """This process beyond its host and pid: the kernel's boot id, the PID namespace's inode
     and the process's start time (clock ticks after boot). Parts that cannot be read are

@@ -163,8 +163,9 @@ def _recover_in(cursor: Cursor, session_id: int, dead: list[str], message: str,
     timed_out = leases.finish(cursor, session_id, dead, State.RUN_TIMEOUT, message)
     held: list[str] = []
     if keep:
-        cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE session_id = %s "
-                       "AND state <> %s", [session_id, State.RUNNING.value])
+        cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE session_id = %s "  # (locks
+                       "AND state <> %s FOR NO KEY UPDATE",  # as the release: see the since)
+                       [session_id, State.RUNNING.value])
         held = [str(r[0]) for r in cursor.fetchall()]
     else:
         leases.release(cursor, session_id)
