@@ -28,12 +28,15 @@ LIVE = ("{s}ended_at IS NULL AND {s}heartbeat > now() - {s}lease_seconds * inter
 """A session is live while it is open and its lease is fresh (``{s}``: the table's alias)."""
 
 
-def publish(cursor: Cursor, session_id: int, slots: int) -> None:
+def publish(cursor: Cursor, session_id: int, slots: int, fresh: bool = False) -> None:
     """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none); a new
-    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit)."""
+    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit).
+    ``fresh``: the caller's first word on the row (a new master: an earlier ensemble's number
+    may be there), written and notified even if the row already says it."""
     slots = max(0, int(slots))
-    cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s AND idle_slots <> %s",
-                   [slots, session_id, slots])
+    same = "" if fresh else " AND idle_slots <> %s"
+    cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s{same}",
+                   [slots, session_id] + ([] if fresh else [slots]))
     if slots and cursor.rowcount:
         cursor.execute(f"NOTIFY {defaults.IDLE_SLOTS_NOTIFY_CHANNEL}")
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from balsam.core import idle_slots
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
@@ -64,8 +64,9 @@ class MasterShare(MasterRebalance):
     """Workers asked to give work back for other launchers, not yet answered."""
     _heard = False
     """Another launcher published idle slots (notified) since this master last gave."""
-    _published = 0
-    """The idle slots last written on the session row."""
+    _published: Optional[int] = None
+    """The idle slots last written on the session row (None: nothing yet; the row may hold
+    what the master of an earlier ensemble of the session wrote before it died)."""
     given = 0
     """Jobs given back for other launchers so far."""
     _handed: frozenset[str] = frozenset()
@@ -120,13 +121,17 @@ class MasterShare(MasterRebalance):
         """Write ``idle`` on the session row: 0 at once, a non-zero number at most
         ``SHARE_SECONDS`` after the last write (near the end every task end frees a slot, and an
         idle launcher given work runs out again: each was a write and a notification, ~2,000 a
-        launcher in bench_scale's 4 x 64 nodes). A launcher's first publish is at once."""
+        launcher in bench_scale's 4 x 64 nodes). A master's first publish is at once, and
+        written even if the row says it already (0 too): the session's row outlives an ensemble
+        that died (:mod:`balsam.launcher.ensemble_restart`), and a new master that took it for
+        0 never cleared the dead one's number while busy (others gave it work every second)."""
         if idle == self._published:
             return
         if idle and now < self._next.get("publish", 0.0):
             return
         try:
-            self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle)
+            self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle,
+                                fresh=self._published is None)
         except DatabaseUnavailable:
             return
         self._published = idle
