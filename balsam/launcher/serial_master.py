@@ -206,7 +206,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                               serial=True, max_nodes=1, processing=ctx.processing,
                               tags=ctx.tags, gpus_per_node=ctx.gpus_per_node) or \
             ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
-                           tags=ctx.tags, gpus_per_node=ctx.gpus_per_node)
+                           tags=ctx.tags, gpus_per_node=ctx.gpus_per_node,
+                           max_wall_minutes=ctx.max_wall_minutes())
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:
