@@ -11,7 +11,6 @@ import time
 from launcher_support import add_app, add_jobs
 from test_claimer import master_with_claimers
 
-from balsam.core import idle_slots as idle_slots_core
 from balsam.core import schema
 from balsam.launcher.status_writers import close_status
 
@@ -279,58 +278,3 @@ def test_a_master_whose_hold_is_full_gives_at_once_when_another_launcher_idles(d
             master._close_claimers()
             master._release_all()
             close_status(master.status)
-
-
-def stale(cursor, sid: int, slots: int) -> None:
-    """The session row as the master of an earlier ensemble of the same session (restarted
-    after a dead rank: :mod:`balsam.launcher.ensemble_restart`) left it when it died idle."""
-    cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET idle_slots = %s WHERE id = %s",
-                   [slots, sid])
-
-
-def test_a_new_master_clears_the_idle_slots_an_earlier_ensemble_left_on_its_session(db, cursor):
-    # Before, the new master took the row for 0 and never wrote it while busy: the others kept
-    # reading 2 idle slots there and gave it work it had no room for (every second, drained).
-    add_app(cursor, "app", "true")
-    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
-                      for i in range(4)])
-    master, sid = master_with_claimers(db)
-    other, sid_other = master_with_claimers(db)
-    try:
-        stale(cursor, sid, 2)
-        settle(master, 4)  # one running and one queued on each node: nothing idles
-        master._share(time.monotonic())
-        assert idle_slots(cursor, sid) == 0
-        assert idle_slots_core.wanted(cursor, sid_other)[0] == 0
-    finally:
-        for each in (master, other):
-            each._close_claimers()
-            each._release_all()
-            close_status(each.status)
-
-
-def test_a_new_master_idle_as_the_earlier_one_was_notifies_its_idle_slots(db, cursor):
-    # Before, its publish of the number already on the row changed no row: nothing notified,
-    # and a master whose hold is full (it never polls) did not give.
-    from balsam.db.database import Database
-    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as CHANNEL
-
-    master, sid = master_with_claimers(db)
-    listener = Database(db)
-    listener.listen()
-    listener.listen_also(CHANNEL)
-    try:
-        listener.run(lambda cur: cur.execute("SELECT 1"))  # connected: listening
-        stale(cursor, sid, 2)
-        settle(master, 0)  # its claim found nothing: its two slots idle
-        master._share(time.monotonic())
-        assert idle_slots(cursor, sid) == 2
-        end = time.monotonic() + 10
-        while not listener.heard(CHANNEL):
-            assert time.monotonic() < end, "the new master's idle slots were not notified"
-            listener.wait(0.05)
-    finally:
-        listener.close()
-        master._close_claimers()
-        master._release_all()
-        close_status(master.status)

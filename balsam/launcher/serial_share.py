@@ -16,19 +16,21 @@ number on its session row (:func:`balsam.core.idle_slots.publish`: 0 at once, a 
 number at most ``SHARE_SECONDS`` after the last write; a new non-zero number is notified).
 **Surplus**: more work is queued on its workers (or in its hand) than its free slots take, and
 either another launcher's publish was notified (heard on
-:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20) or
-its last claim found nothing (then polled at most every ``GIVE_SECONDS``): it reads the other
-live sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
-divided among the launchers that are not idle, never more than its surplus: work in its hand
-is released at once, queued work is recalled from the workers with the most queued (the
-``recall`` of :mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker
-gives back has never started; it is released and *not* claimed again here: a master that gave
-counts as one whose last claim found nothing, and such a master claims only for its own free
-slots (:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one,
-woken by the release's notification. Nothing runs twice (a release never drops a RUNNING job's
-claim, :func:`balsam.core.leases.release`); work moves only from queued behind running tasks to
-free slots, so it cannot come back until the giver itself idles while the taker holds work
-queued. No statement while claims find work and no launcher idles.
+:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20; a
+reconnection counts as one, as one sent meanwhile was lost) or its last claim found nothing
+(then polled at most every ``GIVE_SECONDS``): it reads the other live sessions' idle slots
+(:func:`balsam.core.idle_slots.wanted`) and gives back up to that many divided among the
+launchers that are not idle, never more than its surplus: work in its hand is released at once,
+queued work is recalled from the workers with the most queued (the ``recall`` of
+:mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker gives back has
+never started; it is released and *not* claimed again here: a master that gave counts as one
+whose last claim found nothing, and such a master claims only for its own free slots
+(:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one, woken by
+the release's notification. Nothing runs twice (a release never drops a RUNNING job's claim,
+:func:`balsam.core.leases.release`); work moves only from queued behind running tasks to free
+slots, so it cannot come back until the giver itself idles while the taker holds work queued. No
+statement while claims find work and no launcher idles, but a master's first publish (0 too: the
+row may hold a dead ensemble's number; session 20, s20-revtail).
 """
 from __future__ import annotations
 
@@ -64,6 +66,9 @@ class MasterShare(MasterRebalance):
     """Workers asked to give work back for other launchers, not yet answered."""
     _heard = False
     """Another launcher published idle slots (notified) since this master last gave."""
+    _reconnected = 0
+    """The connection's reconnections seen: one is taken for a notification heard (one sent
+    while the connection was away is lost, and the same number is never notified again)."""
     _published: Optional[int] = None
     """The idle slots last written on the session row (None: nothing yet; the row may hold
     what the master of an earlier ensemble of the session wrote before it died)."""
@@ -80,8 +85,10 @@ class MasterShare(MasterRebalance):
 
     def _share(self, now: float) -> None:
         """Publish this launcher's idle slots, or give its surplus to idle launchers."""
-        if self.ctx.db.heard(IDLE_CHANNEL):  # (a flag: the loop's naps collect notifications)
-            self._heard = True
+        db = self.ctx.db
+        if db.heard(IDLE_CHANNEL) or db.reconnects != self._reconnected:
+            self._heard = True  # (a flag: the loop's naps collect notifications)
+            self._reconnected = db.reconnects
             self._next["share"] = 0.0
         if now < self._next.get("share", 0.0):
             return
