@@ -34,6 +34,7 @@ row may hold a dead ensemble's number; session 20, s20-revtail).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -54,6 +55,12 @@ UNTAKEN_SECONDS = 30.0
 """A master that claimed back work it gave (no idle launcher took it: their filters or tags
 did not match it, or they ended) gives nothing for this long: else it released and claimed
 its queued work again every second, one slot at a time."""
+GIVEN_WITHIN_SECONDS = UNTAKEN_SECONDS + 2 * GIVE_SECONDS
+"""A launcher whose own work ran out stays for work other launchers hold queued
+(:func:`balsam.core.idle_slots.givable`) at most this long without being given any: a holder
+that gives does so at once, or every ``GIVE_SECONDS``, or after ``UNTAKEN_SECONDS``; one that
+does not (older code, a recall asking less room than its queued job takes, a master that stopped
+looking) kept it idle until that work started there (s20-revtail)."""
 
 
 class MasterShare(MasterRebalance):
@@ -74,6 +81,11 @@ class MasterShare(MasterRebalance):
     what the master of an earlier ensemble of the session wrote before it died)."""
     given = 0
     """Jobs given back for other launchers so far."""
+    _idle_from: Optional[float] = None
+    """When this launcher's own work ran out and it began to wait to be given some (None: it
+    ran something since; reset by the loop)."""
+    _waited = False
+    """The last look found such work (the give-up is logged once)."""
     _handed: frozenset[str] = frozenset()
     """The jobs of the last give (claimed back here: nobody took them)."""
 
@@ -109,6 +121,26 @@ class MasterShare(MasterRebalance):
             self._heard = False
             self._next["give"] = now + GIVE_SECONDS
             self._offer(surplus)
+
+    def _givable(self) -> int:
+        """Work other live serial sessions hold queued that this launcher could be given
+        (:func:`balsam.core.idle_slots.givable`, by its filters and the time it has left): it
+        keeps the launcher from exiting for ``GIVEN_WITHIN_SECONDS`` after its work ran out, then
+        no more (0)."""
+        ctx, now = self.ctx, time.monotonic()
+        if self._idle_from is None:
+            self._idle_from = now
+        if now - self._idle_from > GIVEN_WITHIN_SECONDS:
+            if self._waited:  # (once)
+                ctx.log.info("work queued in other launchers was not given in "
+                             f"{GIVEN_WITHIN_SECONDS:g} s: not waiting for it")
+                self._waited = False
+            return 0
+        count = ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
+                               tags=ctx.tags, gpus_per_node=ctx.gpus_per_node,
+                               max_wall_minutes=ctx.max_wall_minutes())
+        self._waited = count > 0
+        return count
 
     def _took_back(self) -> bool:
         """Whether this master claimed again some of the work it last gave."""
