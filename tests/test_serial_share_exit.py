@@ -110,8 +110,8 @@ def test_an_idle_launcher_exits_while_the_work_queued_elsewhere_is_too_long_for_
 
 
 def test_an_idle_launcher_stops_waiting_for_queued_work_its_holder_never_gives(db, cursor):
-    # The holder renews its lease and never gives (older code; or a recall asking less room
-    # than its queued job takes, which no worker answers with that job). Before, the idle
+    # The holder renews its lease and never gives (older code; or a job queued behind a partly
+    # used node, which its surplus counts only as the node's overflow). Before, the idle
     # launcher stayed until that work started there (hours behind hour-long tasks).
     add_app(cursor, "app", "true")
     add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}

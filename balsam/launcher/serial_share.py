@@ -59,8 +59,9 @@ GIVEN_WITHIN_SECONDS = UNTAKEN_SECONDS + 2 * GIVE_SECONDS
 """A launcher whose own work ran out stays for work other launchers hold queued
 (:func:`balsam.core.idle_slots.givable`) at most this long without being given any: a holder
 that gives does so at once, or every ``GIVE_SECONDS``, or after ``UNTAKEN_SECONDS``; one that
-does not (older code, a recall asking less room than its queued job takes, a master that stopped
-looking) kept it idle until that work started there (s20-revtail)."""
+does not (older code; a job queued behind a partly used node, which :meth:`_spare` counts only as
+the node's overflow, e.g. 0.25 for a packing-1 job behind a packing-4 task) kept it idle until
+that work started there (s20-revtail)."""
 
 
 class MasterShare(MasterRebalance):
