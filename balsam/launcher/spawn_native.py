@@ -46,6 +46,9 @@ KERNEL, _kernel, KERNEL_ERROR = _load_kernel()
 """``"cython"`` when ``balsam.launcher._spawner`` is importable (``KERNEL_ERROR``: why not)."""
 _ARGV_CACHE = 256
 """Encoded command lines kept (cleared when full), as :mod:`libc_spawn` keeps its arrays."""
+PROC_FDS = "/proc/self/fd"
+"""Where this process's descriptors can be opened anew (tests point it at an empty directory:
+a container without ``/proc``)."""
 CHAINED_PER_THREAD = 64
 """Chained starts waiting on one native thread at most (the kernel polls that many pidfds)."""
 
@@ -125,13 +128,16 @@ class NativeSpawns(SpawnThreads):
 
     def watch(self, fd: int) -> None:
         """The kernel writes the starts' notes to ``fd`` (the task watchdog's pipe, written in
-        whole lines by both: :mod:`balsam.launcher.pipe_lines`), through a non-blocking open
-        of its own (``/proc/self/fd``: a dup would share the loop's blocking flag), so that a
+        whole lines by both: :mod:`balsam.launcher.pipe_lines`) without blocking, so that a
         stuck watchdog never holds a spawning thread (a start it cannot announce comes back
-        returned: :attr:`unnoted`). If the pipe cannot be opened so (no ``/proc``, or the
-        watchdog is gone), nothing is watched and nothing is chained from then on."""
+        returned: :attr:`unnoted`): through a dup if ``fd`` is non-blocking already (the
+        worker loop's: :meth:`balsam.launcher.watchdog.Watchdog.never_wait`; no ``/proc``
+        needed), else an open of its own (:data:`PROC_FDS`: a dup would make the loop's
+        writes non-blocking too). If neither can be made (no ``/proc``, or the watchdog is
+        gone), nothing is watched and nothing is chained from then on."""
         try:
-            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            own = (os.dup(fd) if not os.get_blocking(fd) else
+                   os.open(f"{PROC_FDS}/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         except OSError:
             self.chains = False
             return
