@@ -67,6 +67,22 @@ class Outbox:
         """Whether the pipe refused the last write (bounded: it was full)."""
         return self._full_since is not None
 
+    def ready(self) -> bool:
+        """Whether every line so far is in the pipe and it has room for more (a page at least:
+        ``poll``), writing what is held first; always True unless bounded."""
+        if not self.bounded or self.fd < 0:
+            return True
+        if self.held:
+            self.send(b"")
+        if self.held or self.fd < 0:
+            return self.fd < 0
+        if self._full_since is not None:
+            if not select.select([], [self.fd], [], 0)[1]:
+                self._watch(True)
+                return False
+            self._watch(False)
+        return True
+
     def send(self, lines: bytes, keep: bool = True) -> int:
         """Write the held and deferred lines, then ``lines``. Returns the bytes of ``lines``
         written now (whole lines: a prefix). Bounded, the rest is held (``keep``) or dropped:

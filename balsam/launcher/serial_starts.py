@@ -112,11 +112,8 @@ class Starts(Chains):
         (of tasks started by the spawning threads: when they come back, :meth:`_collect`).
         Those writes never wait (:meth:`balsam.launcher.watchdog.Watchdog.never_wait`): a task
         the watchdog could not be told of waits in the queue (:meth:`_told`)."""
-        dog = self.watchdog
-        if dog is not None and dog.out.held:  # lines a full pipe refused go first
-            dog.flush()
-            if dog.out.held:
-                return False
+        if self.watchdog is not None and not self.watchdog.out.ready():
+            return False  # a full pipe: lines it refused go first, nothing starts meanwhile
         batch: list[tuple[Work, Placement]] = []
         while (self.queue or self._unchain()) and not self.stopping:
             work = self.queue[0]
