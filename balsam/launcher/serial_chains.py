@@ -15,6 +15,7 @@ from balsam.launcher.nodeslots import NodeSlots
 from balsam.launcher.serial_warm import Running
 from balsam.launcher.serial_work import Work
 from balsam.launcher.spawn_threads import SpawnThreads, Started
+from balsam.launcher.watchdog import Watchdog
 
 
 class Chains:
@@ -33,6 +34,7 @@ class Chains:
     _chain_seq: dict[str, int]
     _doomed: set[str]
     _unwatched: set[str]
+    watchdog: Optional[Watchdog]
 
     def _note_all(self, key: str, values: Sequence[Any]) -> None:
         """Add to this iteration's report (provided by ``Worker``)."""
@@ -124,6 +126,9 @@ class Chains:
             self._doomed.add(behind)
             behind = self._follower.get(behind)
         self._unlink(s.job_id)
+        if s.withdrawn and work is None and self.watchdog is not None:  # the loop's "?JOBID"
+            self.watchdog.out.deferred.append(f"^{s.job_id}\n".encode())  # (a chained one's
+            # note is the kernel's: undone there) undone: no start of it to count
         if s.why == "kill":
             self._note_all("killed", [s.job_id])
         elif s.why or work is None or self.stopping or self.finished:

@@ -149,6 +149,17 @@ class NativeSpawns(SpawnThreads):
         """Chained starts handed back because the watchdog could not be told of them."""
         return int(self._spawner.unnoted)
 
+    def mark(self, job_id: str, why: str, grace: float) -> bool:
+        """As :meth:`SpawnThreads.mark`; the kernel also withdraws the start: if its
+        ``posix_spawn`` has not begun (its thread stuck in a directory's lookup on a hung file
+        system, a note's wait, a queue), it is never made and comes back ``withdrawn``."""
+        if not super().mark(job_id, why, grace):
+            return False
+        token = self._tokens.get(job_id)
+        if token is not None:
+            self._spawner.withdraw(*token)
+        return True
+
     def can_follow(self, job_id: str) -> bool:
         """Whether a chained start may be asked for after ``job_id``'s start, in flight (the
         kernel has it, unmarked by a kill or stop)."""
@@ -185,9 +196,10 @@ class NativeSpawns(SpawnThreads):
             del tokens[job_id]
             if chained:
                 chained.discard(job_id)
-            if err in (_kernel.RETURNED, _kernel.UNNOTED):  # beside a task nothing watches,
-                # or a stuck watchdog would not have known it
-                out.append(Started(job_id, None, -1, None, why, grace, True))
+            if err in (_kernel.RETURNED, _kernel.UNNOTED, _kernel.WITHDRAWN):  # beside a task
+                # nothing watches, a stuck watchdog would not have known it, or withdrawn
+                out.append(Started(job_id, None, -1, None, why, grace, True,
+                                   err == _kernel.WITHDRAWN))
             elif err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))
