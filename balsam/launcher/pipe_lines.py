@@ -77,7 +77,9 @@ class Outbox:
         if self.held or self.fd < 0:
             return self.fd < 0
         if self._full_since is not None:
-            if not select.select([], [self.fd], [], 0)[1]:
+            poller = select.poll()  # (a select() would refuse a descriptor above 1023)
+            poller.register(self.fd, select.POLLOUT)
+            if not poller.poll(0):
                 self._watch(True)
                 return False
             self._watch(False)

@@ -209,7 +209,9 @@ class Watchdog:
         out, end = self.out, time.monotonic() + wait
         out.send(b".\n")  # "closing": the watchdog reads end of file without its nap
         while out.held and out.fd >= 0 and time.monotonic() < end:
-            select.select([], [out.fd], [], max(0.0, end - time.monotonic()))
+            poller = select.poll()  # (a select() would refuse a descriptor above 1023)
+            poller.register(out.fd, select.POLLOUT)
+            poller.poll(max(0.0, end - time.monotonic()) * 1000.0)
             out.send(b"")
         out.close()
 
