@@ -41,17 +41,13 @@ orphans are gone before the sweep can make their jobs runnable again.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
 from balsam.launcher.group_stop import groups_of_job
@@ -59,6 +55,11 @@ from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fe
 from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.launcher.pipe_lines import write_lines
 from balsam.platform.process import start_time, wait_child
+
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Callable, Optional
 
 READ_NAP_SECONDS = 0.02
 """After reading lines, the watchdog naps this long before reading again: the pipe holds
@@ -85,7 +86,7 @@ class Watchdog:
                  segments: Optional[Mapping[str, tuple[int, int]]] = None,
                  since: Optional[float] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
-            write_report(report, {"state": "running", "host": socket.gethostname()})
+            write_report(report, {"state": "running", "host": os.uname().nodename})
         self.began_path = _new_began_file(f"{report}.began") if report else ""
         """Where warm processes note the queued requests they begin (:meth:`queue`); "" if
         it could not be made (then every queued request counts as started)."""
@@ -93,6 +94,8 @@ class Watchdog:
         try:
             if segments:  # in the pipe before the process starts (a few lines: one write)
                 os.write(self._fd, _segment_lines(segments))
+            import subprocess  # (the watchdog process itself never needs it)
+
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
                  self.began_path, "" if since is None else repr(since)],
@@ -236,6 +239,8 @@ def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
 
 def write_report(path: str, report: dict[str, Any]) -> None:
     """Replace the report file at ``path`` at once (write a temporary file, rename it)."""
+    import json  # (with re: ~5 ms of each watchdog's start; a report is written at its end)
+
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump(report, fh)
@@ -361,7 +366,7 @@ def main(argv: list[str]) -> int:
     if report:
         try:  # its directory may be gone (read and removed: ensemble_restart, the lease sweep)
             write_report(report, {"state": "alive" if alive else "stopped",
-                                  "host": socket.gethostname(), "owner": owner,
+                                  "host": os.uname().nodename, "owner": owner,
                                   "started": started, "alive": alive})
         except OSError as exc:  # the shared-memory files below must go all the same
             print(f"balsam watchdog: process {owner} died: its report {report} could not be "
