@@ -8,7 +8,8 @@ are not among them.
 
 Session 20: what every process on the ensemble's boot imports before its first task and does
 not need then stays out: ``dataclasses`` (with ``inspect``) and ``core.retries`` (with the
-schema) in :mod:`balsam.core.tunables`, ``core.retries`` in a worker rank, and in the watchdog
+schema) in :mod:`balsam.core.tunables`, ``core.retries`` in a worker rank, the process and
+warm-pool modules (with ``ctypes``) in the master, and in the watchdog
 process (``python -S``) ``json``, ``re`` (also through ``typing``), ``subprocess`` and ``socket``.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def loaded_after_importing(modules: list[str], candidates: list[str],
 
 @pytest.mark.parametrize("role, modules, absent", [
     ("worker", WORKER, LEASE_SQL + ["balsam.core.retries"]),
-    ("master", MASTER, TASK_STARTS + ["uuid"]),
+    ("master", MASTER, TASK_STARTS + ["uuid", "balsam.launcher.warm_pool",
+                                      "balsam.launcher.procs", "ctypes"]),
 ])
 def test_a_rank_does_not_import_what_only_other_roles_run(role, modules, absent):
     assert loaded_after_importing(modules, absent) == [], role
