@@ -5,14 +5,24 @@ task. Each test imports, in a fresh interpreter, the modules a role's entry poin
 (``serial_ranks`` and what :func:`balsam.launcher.serial_ranks.run_worker` or ``run_master``
 imports, with their helpers in ``rank_boot``) and checks that the modules only other roles need
 are not among them.
+
+Session 20: what every process on the ensemble's boot imports before its first task and does
+not need then stays out: ``dataclasses`` (with ``inspect``) and ``core.retries`` (with the
+schema) in :mod:`balsam.core.tunables`, ``core.retries`` in a worker rank, the process and
+warm-pool modules (with ``ctypes``) in the master, and in the watchdog
+process (``python -S``) ``json``, ``re`` (also through ``typing``), ``subprocess`` and ``socket``.
 """
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+import balsam
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(balsam.__file__)))
 
 RANK = ["balsam.launcher.serial_ranks", "balsam.launcher.rank_boot"]
 WORKER = RANK + ["balsam.core.tunables", "balsam.launcher.nodeslots",
@@ -28,20 +38,23 @@ TASK_STARTS = ["balsam.launcher.serial_worker", "balsam.launcher.spawn_native",
                "balsam.launcher.spawn_threads", "balsam.launcher.nodeslots"]
 
 
-def loaded_after_importing(modules: list[str], candidates: list[str]) -> list[str]:
-    """Which of ``candidates`` a fresh interpreter has loaded after importing ``modules``."""
-    code = ("import importlib, json, sys\n"
+def loaded_after_importing(modules: list[str], candidates: list[str],
+                           flags: tuple[str, ...] = ()) -> list[str]:
+    """Which of ``candidates`` a fresh interpreter (started with ``flags``) has loaded after
+    importing ``modules``. Printed without ``json``, which the check must not load itself."""
+    code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
             f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            f"print(json.dumps([m for m in {candidates!r} if m in sys.modules]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+            "    __import__(name)\n"
+            f"print(' '.join(m for m in {candidates!r} if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
-    return json.loads(proc.stdout.splitlines()[-1])
+    return proc.stdout.splitlines()[-1].split()
 
 
 @pytest.mark.parametrize("role, modules, absent", [
-    ("worker", WORKER, LEASE_SQL),
-    ("master", MASTER, TASK_STARTS + ["uuid"]),
+    ("worker", WORKER, LEASE_SQL + ["balsam.core.retries"]),
+    ("master", MASTER, TASK_STARTS + ["uuid", "balsam.launcher.warm_pool",
+                                      "balsam.launcher.procs", "ctypes"]),
 ])
 def test_a_rank_does_not_import_what_only_other_roles_run(role, modules, absent):
     assert loaded_after_importing(modules, absent) == [], role
@@ -50,3 +63,19 @@ def test_a_rank_does_not_import_what_only_other_roles_run(role, modules, absent)
 def test_the_check_sees_a_module_that_is_imported():
     assert loaded_after_importing(MASTER, ["balsam.core.leases", "balsam.launcher.serial_master"]
                                   ) == ["balsam.core.leases", "balsam.launcher.serial_master"]
+
+
+def test_the_tunables_are_read_without_dataclasses_or_the_schema():
+    assert loaded_after_importing(["balsam.core.tunables"], [
+        "dataclasses", "inspect", "balsam.core.retries", "balsam.core.schema"]) == []
+
+
+def test_the_watchdog_process_loads_no_json_re_subprocess_socket_or_typing():
+    # As the watchdog process starts (Watchdog's command line: python -S, this tree first)
+    assert loaded_after_importing(["balsam.launcher.watchdog"], [
+        "json", "re", "subprocess", "socket", "typing", "dataclasses"], ("-S",)) == []
+
+
+def test_the_check_sees_what_python_s_loads():
+    assert loaded_after_importing(["balsam.launcher.watchdog", "json"], ["json", "re"],
+                                  ("-S",)) == ["json", "re"]

@@ -42,11 +42,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Callable, Optional
 
 from balsam.platform.mpich_files import SHM_DIR as SHM_DIR  # (read here by tests and ranks)
 from balsam.platform.mpich_files import held_files, mapped_anywhere, segments_made, unlink_same
 from balsam.platform.mpich_files import mapped_segments as mapped_segments
+
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 FIRST_LOOK_SECONDS = 0.5
 """MPI's start-up takes ~0.3-0.4 s on a quiet machine: no segment exists before."""

@@ -34,7 +34,6 @@ that outlived it are fenced while it waits for them, renewing the lease itself
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -88,7 +87,7 @@ def effective_lease(tunables: Tunables, job_mode: str) -> tuple[Tunables, str]:
            f"heartbeat after its last renewal, and a live one may miss 2 heartbeats before it "
            f"stops them (heartbeat {tunables.heartbeat_seconds:g} s, margin "
            f"{FENCE_MARGIN_SECONDS:g} s): a shorter lease lets a retry run beside them")
-    return dataclasses.replace(tunables, lease_seconds=floor), why
+    return tunables.replace(lease_seconds=floor), why
 
 
 def fence_after(tunables: Tunables) -> float:

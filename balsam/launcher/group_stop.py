@@ -8,9 +8,12 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Mapping
-from typing import Optional
 
 from balsam.platform.procgroup import live_members, signal_group
+
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    from typing import Optional
 
 GONE_WAIT_SECONDS = 5.0
 """After SIGKILL, how long the watchdog waits for a group's last live member to go."""

@@ -32,7 +32,7 @@ from balsam.db.database import Database
 from balsam.db.dbapi import Cursor
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.launcher import task
-from balsam.launcher.warm_pool import is_runner_argv
+from balsam.launcher.runner_argv import is_runner_argv
 from balsam.platform.allocation import Allocation
 
 Row = dict[str, Any]

@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Callable, Optional
+
+TYPE_CHECKING = False  # (not typing's: it imports re; the watchdog process loads this module)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 STUCK_SECONDS = 1.0

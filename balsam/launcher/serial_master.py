@@ -31,7 +31,6 @@ from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
-from balsam.launcher import procs
 from balsam.launcher import serial_mode as sm  # the master's exit statuses
 from balsam.launcher.context import FINISHED_REASON, Context, Housekeeper, SessionLost
 from balsam.launcher.job_source import JobSource
@@ -240,7 +239,9 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                            f"stopped by the launcher's worker {worker} (exit code {rc})")
             self._gone(job_id)
         for job_id, rc in report.get("terminated", ()):
-            name = procs.stopped_from_outside(rc)
+            from balsam.launcher.procs import stopped_from_outside  # (rare; ~10 ms at import)
+
+            name = stopped_from_outside(rc)
             status.timeout(job_id, f"terminated by {name} from outside the launcher (exit code "
                                    f"{rc}): the batch job ending?")
             self._gone(job_id)

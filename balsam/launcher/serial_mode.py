@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from balsam.core import serial_reports
-from balsam.core.retries import WALLTIME_STOP_REASON
 from balsam.launcher.ensemble_stdin import Launched, abandon, hand_over, tell_ended
 from balsam.launcher.fence import FORCE_KILL_AFTER_SECONDS as FORCE_KILL_AFTER_SECONDS
 from balsam.platform.allocation import Allocation
@@ -287,7 +286,9 @@ def run_launcher(ctx: Context) -> int:
         ctx.exit_reason = f"idle for {ctx.tunables.idle_exit_seconds:g} s with nothing to run"
     elif rc == EXIT_FINISHED:
         ctx.exit_reason = FINISHED_REASON
-    elif rc == EXIT_TIME_LIMIT:
+    elif rc == EXIT_TIME_LIMIT:  # (retries: ~5 ms a rank would import with this module)
+        from balsam.core.retries import WALLTIME_STOP_REASON
+
         ctx.stop_reason = ctx.stop_reason or WALLTIME_STOP_REASON
     elif rc == EXIT_STOPPED:
         ctx.stop_reason = ctx.stop_reason or "the serial-mode ranks received a signal"

@@ -37,12 +37,10 @@ from typing import Optional, Protocol
 
 from balsam.core.payloads import OutcomeRow, TaskRow
 from balsam.launcher import procs
+from balsam.launcher.runner_argv import RUNNER_MODULE as RUNNER_MODULE
+from balsam.launcher.runner_argv import is_runner_argv as is_runner_argv
 from balsam.launcher.warm_channel import CANCEL, Channel
 from balsam.platform.procgroup import signal_group
-
-RUNNER_MODULE = "balsam.launcher.pyfunc_task"
-"""The function-task runner (:data:`balsam.site.pyfunc.RUNNER_MODULE`, spelled again here so
-that a serial worker rank does not import the site package, Jinja2 and cloudpickle)."""
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a warm process whose connection ended may take to exit before it is killed."""
@@ -55,11 +53,6 @@ the worker) and it is younger: its successor waits microseconds (if the task tur
 worker takes it back when a place frees: :mod:`balsam.launcher.serial_warm`)."""
 SHORT_WEIGHT = 0.1
 """Weight of each end in that average (exponential)."""
-
-
-def is_runner_argv(argv: Sequence[str]) -> bool:
-    """True if ``argv`` is a function task's runner command (``python -m RUNNER_MODULE``)."""
-    return len(argv) == 3 and argv[1] == "-m" and argv[2] == RUNNER_MODULE
 
 
 class Guard(Protocol):

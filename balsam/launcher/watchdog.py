@@ -7,14 +7,14 @@ and the retry would run while the orphan still runs.
 
 :class:`Watchdog` prevents that. It starts ``python -S`` running ``balsam.launcher.watchdog``
 (:data:`_BOOT`) in its own session, holding the read end of a pipe whose write end only the
-launcher has (the descriptor is not inherited by anything the launcher starts). The launcher
-writes ``+PGID`` when it starts a task and ``-PGID`` when it has reaped it: one ``write`` of a
-few bytes each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per
-loop iteration carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,
-``remove(defer=True)`` then :meth:`Watchdog.flush`): each write wakes the watchdog process. When the pipe
-reaches end of file -- the launcher exited, however it died -- the watchdog sends SIGTERM to every
-process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and exits.
-After a normal exit nothing is registered, so it exits at once and silently.
+launcher has (the descriptor is not inherited by anything the launcher starts). The launcher writes
+``+PGID`` when it starts a task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
+each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per loop iteration
+carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,
+``remove(defer=True)`` then :meth:`Watchdog.flush`): each write wakes the watchdog process. When
+the pipe reaches end of file -- the launcher exited, however it died -- the watchdog sends SIGTERM
+to every process group still registered, SIGKILL to those still alive ``GRACE`` seconds later, and
+exits. After a normal exit nothing is registered, so it exits at once and silently.
 
 A serial-mode worker rank also gives each task's job id (``+PGID JOBID``) and a report file.
 The rank writes the file (``{"state": "running"}``) before the watchdog exists, so the file is
@@ -26,9 +26,8 @@ groups still alive. The launcher reads these files after its ensemble ended
 (:mod:`balsam.launcher.ensemble_watch`): its session is released only once its tasks are known
 dead, and a start that was never recorded is recorded then.
 An MPI-mode launcher gives job ids too (``?JOBID`` before a launch, ``+PGID JOBID`` after it),
-says ``#JOBID`` once a commit ended a job's hold, and has a report file: if it dies, the file
-lists the jobs it launched and saw no end of recorded, which the sweep of its session reads
-(:mod:`balsam.core.launch_reports`).
+says ``#JOBID`` once a commit ended a job's hold, and has a report file listing, if it dies, the
+jobs it launched without a recorded end: its sweep reads it (:mod:`balsam.core.launch_reports`).
 A worker rank's watchdog starts before ``MPI_Init`` and is given the epoch time just before
 (``since``); the rank then sends its MPI shared-memory files (``!DEV INO PATH`` lines, a bare
 ``!`` ends them). A watchdog whose owner died without ``.`` removes them; if no ``!`` came, the
@@ -41,17 +40,13 @@ orphans are gone before the sweep can make their jobs runnable again.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
 from balsam.launcher.group_stop import groups_of_job
@@ -61,6 +56,11 @@ from balsam.launcher.pipe_lines import Outbox
 from balsam.platform.process import start_time, wait_child
 
 HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Callable, Optional
+
 READ_NAP_SECONDS = 0.02
 """After reading lines, the watchdog naps this long before reading again: the pipe holds
 what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
@@ -86,14 +86,15 @@ class Watchdog:
                  segments: Optional[Mapping[str, tuple[int, int]]] = None,
                  since: Optional[float] = None) -> None:
         if report:  # before any task can start: the launcher then knows this watchdog exists
-            write_report(report, {"state": "running", "host": socket.gethostname()})
+            write_report(report, {"state": "running", "host": os.uname().nodename})
         self.began_path = _new_began_file(f"{report}.began") if report else ""
         """Where warm processes note the queued requests they begin (:meth:`queue`); "" if
-        it could not be made (then every queued request counts as started)."""
+        not made (then every queued request counts as started)."""
         read_fd, fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             if segments:  # in the pipe before the process starts (a few lines: one write)
                 os.write(fd, _segment_lines(segments))
+            import subprocess  # (the watchdog process itself never needs it)
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
                  self.began_path, "" if since is None else repr(since)],
@@ -238,6 +239,8 @@ def _segment_lines(found: Mapping[str, tuple[int, int]]) -> bytes:
 
 def write_report(path: str, report: dict[str, Any]) -> None:
     """Replace the report file at ``path`` at once (write a temporary file, rename it)."""
+    import json  # (with re: ~5 ms of each watchdog's start; a report is written at its end)
+
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump(report, fh)
@@ -363,7 +366,7 @@ def main(argv: list[str]) -> int:
     if report:
         try:  # its directory may be gone (read and removed: ensemble_restart, the lease sweep)
             write_report(report, {"state": "alive" if alive else "stopped",
-                                  "host": socket.gethostname(), "owner": owner,
+                                  "host": os.uname().nodename, "owner": owner,
                                   "started": started, "alive": alive})
         except OSError as exc:  # the shared-memory files below must go all the same
             print(f"balsam watchdog: process {owner} died: its report {report} could not be "

@@ -24,7 +24,6 @@ bootstraps: their ``/tmp`` and ``/dev/shm``).
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -35,8 +34,17 @@ PROXY = b"hydra_pmi_proxy"
 """Hydra's node proxy's command name (``/proc/<pid>/comm``)."""
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "mpich_shm_"
-SHM_NAME = re.compile(r"mpich_shm_[0-9a-f]+_[0-9]+")
-"""MPICH's segment names (``mpich_shm_<random hex>_<n>``, the wheel's 4.x/5.x)."""
+_HEX = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+
+
+def is_segment_name(name: str) -> bool:
+    """Whether ``name`` is an MPICH segment's (``mpich_shm_<random hex>_<n>``, the wheel's
+    4.x/5.x). Without ``re``: a worker rank's watchdog imports this module, and ``re`` is
+    most of its imports' cost (issue 16, session 20)."""
+    hexpart, sep, number = name[len(SHM_PREFIX):].partition("_")
+    return (name.startswith(SHM_PREFIX) and sep == "_" and bool(hexpart) and bool(number)
+            and _HEX.issuperset(hexpart) and _DIGITS.issuperset(number))
 
 
 def held_files(pids: Iterable[int]) -> dict[str, tuple[int, int]]:
@@ -167,7 +175,7 @@ def segments_made(since: float, until: float, directory: str = SHM_DIR
     except OSError:
         return found
     for entry in entries:
-        if not SHM_NAME.fullmatch(entry.name):  # (not another program's file of the prefix)
+        if not is_segment_name(entry.name):  # (not another program's file of the prefix)
             continue
         try:
             st = entry.stat(follow_symlinks=False)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Optional
 
 DEAD_STATES = (b"Z", b"X")
 """``/proc/<pid>/stat`` states of a process that has ended: zombie, dead (proc(5))."""
@@ -94,6 +97,8 @@ def wait_child(proc: subprocess.Popen[Any], timeout: float) -> Optional[int]:
     50 ms, which added 10-30 ms to every launcher's exit (benchmarks/README.md, session 16)."""
     fd = pidfd_open(proc.pid) if proc.returncode is None else None
     if fd is None:  # already reaped, or no pidfds here
+        import subprocess  # (not at import: the watchdog processes import this module, never this)
+
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:

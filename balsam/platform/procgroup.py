@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from typing import Any, Callable, Optional
 
 from balsam.platform import mpich_files
 from balsam.platform.process import is_dead_state, start_time, stat_fields
+
+TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Callable, Optional
 
 
 def reused(pgid: int, leader_start: Optional[int]) -> bool:
@@ -82,6 +85,8 @@ def kill_and_reap(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     """SIGKILL the process group ``proc`` leads and reap ``proc``, reading what is left of its
     pipes; if a process that escaped the group still holds them after ``timeout`` seconds, close
     our ends and just wait for ``proc``."""
+    import subprocess  # (the watchdog processes import this module, never this function)
+
     signal_group(proc.pid, signal.SIGKILL)
     try:
         proc.communicate(timeout=timeout)
