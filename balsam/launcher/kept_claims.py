@@ -52,6 +52,10 @@ class KeptClaims:
         self.thread = threading.Thread(target=self._run, name="balsam-kept-claims", daemon=True)
         self.thread.start()
 
+    def settled(self) -> bool:
+        """Whether it is done (settled, or given up: its claims then stay for the sweep)."""
+        return not self.thread.is_alive()
+
     def close(self) -> None:
         """The launcher ends: stop waiting (a settle under way finishes first)."""
         self.closing.set()
