@@ -249,9 +249,12 @@ class _Walk:
                 self.sinces = {str(g): s for g, s in mark["since"].items()
                                if isinstance(s, int) and s >= 0}
                 break
+        legacy = None if self.directory else self._legacy(parent)
         if not self.directory:
             return
         paths = _report_paths(self.directory)
+        if legacy is not None:  # (its reports are its last ensemble's: one since for all)
+            self.sinces = {g: legacy for g in ["0"] + [g for g, _ in paths]}
         if self.sinces.get("0") == 0:  # the warm start's (the first ensemble's only)
             paths.append(("0", os.path.join(self.directory, OWN_NAME)))
         for generation, path in paths:
@@ -259,6 +262,18 @@ class _Walk:
             with self.lock:
                 if not self.cancelled:
                     self.read.append((generation, report))
+
+    def _legacy(self, parent: str) -> Optional[int]:
+        """A launcher of before session 20 marked ``parent`` itself (``since`` a number, no
+        database): its ``since`` if as this session's (its directory is then ``parent``)."""
+        mark = self._look_quietly(os.path.join(parent, MARK_NAME))
+        if not isinstance(mark, dict) or mark.get("session") != self.session_id:
+            return None
+        since = mark.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            return None
+        self.directory = parent
+        return since
 
     def _look_quietly(self, path: str) -> object:
         try:
@@ -333,5 +348,29 @@ def discard(directory: str) -> bool:
 
 
 def _removed(directory: str) -> bool:
+    if directory.endswith(".watch"):  # an older launcher's (:meth:`_Walk._legacy`): its files
+        return _remove_legacy(directory)  # only, not the newer launchers' directories in it
     remove_launcher_dir(directory)
     return not os.path.exists(directory)
+
+
+def _remove_legacy(directory: str) -> bool:
+    """Remove what a launcher of before session 20 left in its host-and-pid directory (its
+    mark, its note, its ensembles' directories), then the directory if nothing else is in it."""
+    for name in (MARK_NAME, OWN_NAME):
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    try:
+        with os.scandir(directory) as entries:
+            numbered = [e.path for e in entries if e.name.isdigit()]
+    except OSError:  # (gone already)
+        numbered = []
+    for path in numbered:
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(directory)
+    except OSError:  # a newer launcher's directory is there
+        pass
+    return not any(os.path.exists(p) for p in numbered + [os.path.join(directory, MARK_NAME)])

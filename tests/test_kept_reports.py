@@ -1,0 +1,65 @@
+"""Reports a launcher's settle already used, read again by the lease sweep (the launcher died
+before removing them), and a mark left by a launcher of before session 20 (one ``since``, its
+reports beside it): each start is recorded once, and none is lost (balsam.core.serial_reports,
+balsam.launcher.kept_claims). Real PostgreSQL, real report files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from test_serial_reports import app, dead_session, history, make_jobs, report  # noqa: F401
+
+from balsam.core import leases, lifecycle, serial_reports
+from balsam.core.states import State
+from balsam.launcher.kept_claims import settle_in
+
+
+def test_a_start_the_settle_recorded_is_not_recorded_again_by_the_sweep(
+        app, db, cursor):  # noqa: F811
+    """The launcher settled the kept claims (the start recorded late, the job released,
+    retried and claimed again by the session's next ensemble), then died before removing the
+    reports: the sweep read them and recorded the same start again (it counted only RUNNING
+    events with the master's message, not the late one's)."""
+    (job_id,) = make_jobs(1)
+    sid, directory = dead_session(cursor, db, 6161)
+    serial_reports.mark_session(directory, sid, database=db)
+    report(directory, 0, 1, "stopped", [job_id])
+    lost, released = settle_in(cursor, sid, {job_id: 1}, {}, 0, [job_id])
+    assert lost == [job_id]
+    lifecycle.transition(cursor, [job_id], State.RESTART_READY, "retry")
+    assert leases.claim(cursor, sid, 10, serial=True, max_nodes=1)  # the next ensemble's
+    swept = leases.sweep_sessions(cursor, db)
+    assert [(s.session, s.lost_starts) for s in swept] == [(sid, 0)]
+    states = [s for s, _ in history(cursor, job_id)]
+    assert states.count("RUNNING") == 1, states
+
+
+def old_mark(parent: str, session: int, since: int) -> None:
+    """What a launcher of before session 20 wrote: the mark in its host-and-pid directory."""
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, serial_reports.MARK_NAME), "w") as fh:
+        json.dump({"session": session, "since": since}, fh)
+
+
+def test_a_mark_of_an_older_launcher_is_read_and_its_directory_removed(
+        app, db, cursor):  # noqa: F811
+    """An older launcher (one ``since``, reports in ``serial_<host>_<pid>.watch/<ensemble>``)
+    died; a launcher of this version sweeps it: its reported start is recorded, its files
+    removed, and a newer launcher's directory of that host and pid is left alone."""
+    lost, other = make_jobs(2)
+    sid, _ = dead_session(cursor, db, 6262)
+    parent = serial_reports.watch_dir(db, "nodeA", 6262)
+    old_mark(parent, sid, 0)
+    report(parent, 0, 1, "stopped", [lost])
+    newer = serial_reports.launcher_dir(db, "nodeA", 6262, "b-newer")
+    serial_reports.mark_session(newer, sid + 1000, database=db)
+    report(newer, 0, 1, "running", [other])
+    swept = leases.sweep_sessions(cursor, db)
+    assert [(s.session, s.lost_starts) for s in swept] == [(sid, 1)]
+    leases.after_sweep(db, swept)
+    assert [s for s, _ in history(cursor, lost)][-2:] == ["RUNNING", "RUN_TIMEOUT"]
+    assert not os.path.exists(os.path.join(parent, serial_reports.MARK_NAME))
+    assert not os.path.exists(os.path.join(parent, "0"))
+    assert os.path.exists(os.path.join(newer, "0", "rank1.json"))
+    shutil.rmtree(parent)
