@@ -63,3 +63,34 @@ def test_a_mark_of_an_older_launcher_is_read_and_its_directory_removed(
     assert not os.path.exists(os.path.join(parent, "0"))
     assert os.path.exists(os.path.join(newer, "0", "rank1.json"))
     shutil.rmtree(parent)
+
+
+INSTANCE = ("from balsam.core import serial_reports as s; "
+            "print(s.instance() == s.instance(), s.instance())")
+
+
+def test_two_launchers_without_proc_get_different_instances():
+    """Two processes, both pid 1 of a PID namespace of their own, with no ``/proc`` (an empty
+    file system over it): before, both were ``noboot-nons-nostart`` -- the later launcher's
+    directory was the dead one's, and its first launch removed the dead one's reports."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    script = 'mount -t tmpfs none /proc && exec "$0" -c "$1"'
+    names = []
+    for _ in range(2):
+        argv = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork",
+                "sh", "-c", script, sys.executable, INSTANCE]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            pytest.skip("no unshare(1) here")
+        if done.returncode != 0 and "Operation not permitted" in done.stderr:
+            pytest.skip(f"user namespaces are not allowed here: {done.stderr.strip()}")
+        assert done.returncode == 0, done.stderr
+        same, name = done.stdout.split()
+        assert same == "True"  # (one name for the life of the process)
+        names.append(name)
+    assert names[0] != names[1], names
