@@ -94,3 +94,68 @@ def test_two_launchers_without_proc_get_different_instances():
         assert same == "True"  # (one name for the life of the process)
         names.append(name)
     assert names[0] != names[1], names
+
+
+def test_reads_that_hang_cost_one_sweep_the_bound_once_not_once_per_session(
+        app, db, cursor, monkeypatch):  # noqa: F811
+    """A hung mount under three dead sessions' reports (each one's read blocks until the test
+    ends: this machine has no such mount): the sweep's reads were bounded per session (and
+    the MPI-mode report's read again), 15 s and more in the sweeper's loop, which renews its
+    own lease there. Now they share one bound: the sweep ends within about MAX_SECONDS, the
+    sessions unread named, their reports left in place."""
+    import threading
+    import time
+
+    from test_sweep_owners import expire
+
+    from balsam.db.connect import connect
+
+    directories = []
+    for pid in (6363, 6464, 6565):
+        (job_id,) = make_jobs(1)
+        sid = leases.open_session(cursor, hostname="nodeA", pid=pid, job_mode="serial",
+                                  num_nodes=1, lease_seconds=1)
+        leases.claim(cursor, sid, 10, serial=True, max_nodes=1)
+        shutil.rmtree(serial_reports.watch_dir(db, "nodeA", pid), ignore_errors=True)
+        directory = serial_reports.launcher_dir(db, "nodeA", pid, "dead")
+        serial_reports.mark_session(directory, sid, database=db)
+        report(directory, 0, 1, "stopped", [job_id])
+        directories.append(directory)
+        expire(cursor, sid)
+    answer = threading.Event()
+    real = serial_reports.read_report
+
+    def hanging(path, *args):
+        if path.endswith("rank1.json") or path.endswith(".launched.json"):
+            answer.wait(120)
+        return real(path, *args)
+
+    monkeypatch.setattr(serial_reports, "read_report", hanging)
+    out: list = []
+
+    def sweep() -> None:
+        sweeper = connect(db)
+        try:
+            with sweeper.cursor() as cur:
+                swept = leases.sweep_sessions(cur, db)
+            sweeper.commit()
+            out.append((swept, leases.after_sweep(db, swept)))
+        finally:
+            sweeper.close()
+
+    began = time.monotonic()
+    thread = threading.Thread(target=sweep, daemon=True)
+    thread.start()
+    try:
+        thread.join(6 * serial_reports.MAX_SECONDS + 10)
+        took = time.monotonic() - began
+        assert not thread.is_alive(), "the sweep hung on the report reads"
+    finally:
+        answer.set()
+    ((swept, lines),) = out
+    assert len(swept) == 3 and all(s.unread for s in swept), swept
+    assert took < 2 * serial_reports.MAX_SECONDS, took  # (before: 15 s and more)
+    assert sum("not read within" in line for line in lines) == 3, lines
+    for directory in directories:
+        assert os.path.exists(os.path.join(directory, "0", "rank1.json"))
+        shutil.rmtree(os.path.dirname(directory))

@@ -13,6 +13,7 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple, Optional
@@ -276,7 +277,9 @@ def sweep_sessions(cursor: Cursor, db_path: str = "") -> list[Swept]:
     found = cursor.fetchall()
     swept = []
     if found:
-        reports = {sid: _reports(db_path, sid, host, pid, mode) for sid, host, pid, mode in found}
+        until = time.monotonic() + serial_reports.MAX_SECONDS  # (all of them: a hung mount)
+        reports = {sid: _reports(db_path, sid, host, pid, mode, until)
+                   for sid, host, pid, mode in found}
         cursor.execute(f"""
             SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
             FROM {SESSION} WHERE id = ANY(%s) AND {_EXPIRED_SQL}
@@ -291,10 +294,11 @@ def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
     """Once the sweep's transaction committed: remove the swept sessions' report files (read
     by it; a serial session's only if every one was read) and return a log line for each
     session."""
-    lines = []
+    lines, until = [], time.monotonic() + serial_reports.MAX_SECONDS  # (all: a hung mount)
     for s in swept:
-        launch_reports.discard(db_path, s.session)
-        if s.watch and not s.unread and not serial_reports.discard(s.watch):
+        launch_reports.discard(db_path, s.session, until - time.monotonic())
+        if s.watch and not s.unread and not serial_reports.discard(
+                s.watch, until - time.monotonic()):
             lines.append(f"swept launcher session {s.session}: its report directory {s.watch} "
                          f"was not removed within {serial_reports.MAX_SECONDS:g} s")
         lost = (f", {s.lost_starts} start(s) its watchdogs reported and its history lacked "
@@ -307,15 +311,16 @@ def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
     return lines
 
 
-def _reports(db_path: str, sid: int, host: str, pid: int, mode: str
+def _reports(db_path: str, sid: int, host: str, pid: int, mode: str, until: float
              ) -> tuple[Optional[serial_reports.Reported], Optional[frozenset[str]]]:
     """What dead session ``sid``'s watchdogs reported (serial mode's starts, MPI mode's
-    launches; None where not known)."""
+    launches; None where not known), read before ``until`` (the sweep's bound, shared by its
+    sessions: past it nothing more is read)."""
     if not db_path:
         return None, None
-    started = serial_reports.unrecorded_starts(db_path, sid, host, pid) if (
-        mode == "serial") else None
-    return started, launch_reports.launched(db_path, sid, host, pid)
+    started = serial_reports.unrecorded_starts(db_path, sid, host, pid, until - time.monotonic(
+        )) if mode == "serial" else None
+    return started, launch_reports.launched(db_path, sid, host, pid, until - time.monotonic())
 
 
 def _close_dead(cursor: Cursor, sid: int, host: str, pid: int, beat: str,

@@ -320,15 +320,18 @@ def _report_paths(directory: str) -> list[tuple[str, str]]:
     return sorted(paths)
 
 
-def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
-                      ) -> Optional[Reported]:
+def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int,
+                      seconds: float = MAX_SECONDS) -> Optional[Reported]:
     """What the final reports of session ``session_id`` (launcher ``pid`` on ``host``, as its
     session row says) of the database in ``db_path`` name, by ensemble; None if no directory
     is marked as this session's or it cannot be listed (past :data:`MAX_FILES`). Reads for
-    :data:`MAX_SECONDS` at most: the files not read by then are in ``unread``."""
+    ``seconds`` at most (what is left of the sweep's :data:`MAX_SECONDS`): the files not read
+    by then are in ``unread`` (with no time left, none is read: its host-and-pid directory)."""
+    if seconds <= 0:
+        return Reported([], "", [watch_dir(db_path, host, pid)])
     walk = _Walk(db_path, session_id, host, pid)
     try:
-        within(MAX_SECONDS, walk.run, "balsam-sweep-read")
+        within(seconds, walk.run, "balsam-sweep-read")
         unread: list[str] = []
     except Late:
         unread = [walk.stop()]
@@ -350,14 +353,14 @@ def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
     return Reported([groups[g] for g in sorted(groups, key=int)], walk.directory, unread)
 
 
-def discard(directory: str) -> bool:
+def discard(directory: str, seconds: float = MAX_SECONDS) -> bool:
     """Remove the launcher directory ``directory`` of a swept session (read wholly by the sweep
-    that committed, :func:`unrecorded_starts`), within :data:`MAX_SECONDS`. Returns whether it
-    is gone."""
-    if not directory:
+    that committed, :func:`unrecorded_starts`), within ``seconds``. Returns whether it is
+    gone."""
+    if not directory or seconds <= 0:
         return False
     try:
-        return within(MAX_SECONDS, lambda: _removed(directory), "balsam-sweep-remove")
+        return within(seconds, lambda: _removed(directory), "balsam-sweep-remove")
     except Late:
         return False
 
