@@ -119,7 +119,8 @@ class JobSource:
         if not rows:
             return []
         if self.inherited:  # released by their keeper since, and claimed anew: this source's
-            self.inherited.difference_update(r["job_id"] for r in rows)
+            self.inherited = self.inherited - {r["job_id"] for r in rows}  # (a new set: a
+            # Claimer thread's claim never changes one another thread is reading)
         self._load_apps(cursor, {r["application"] for r in rows})
         specs: list[task.TaskSpec] = []
         failures: dict[str, str] = {}
