@@ -159,3 +159,17 @@ def test_reads_that_hang_cost_one_sweep_the_bound_once_not_once_per_session(
     for directory in directories:
         assert os.path.exists(os.path.join(directory, "0", "rank1.json"))
         shutil.rmtree(os.path.dirname(directory))
+
+
+def test_a_mark_whose_read_back_fails_keeps_the_earlier_ensembles_since(
+        app, db, cursor, tmp_path):  # noqa: F811
+    """The launcher marks its second ensemble while its mark cannot be read back (here: not
+    JSON; a transient error of a shared file system): the first ensemble's ``since`` was
+    dropped, and the sweep then ignored that ensemble's reports (its kept start lost)."""
+    directory = str(tmp_path / "launcher")
+    serial_reports.mark_session(directory, 7, database=db, since=0, generation=0)
+    with open(os.path.join(directory, serial_reports.MARK_NAME), "w") as fh:
+        fh.write("{")  # not readable as a mark
+    serial_reports.mark_session(directory, 7, database=db, since=42, generation=1)
+    with open(os.path.join(directory, serial_reports.MARK_NAME)) as fh:
+        assert json.load(fh)["since"] == {"0": 0, "1": 42}

@@ -172,6 +172,10 @@ def same_database(recorded: object, db_path: str) -> bool:
         return False
 
 
+_MARKED: dict[tuple[str, int, str], dict[str, int]] = {}
+"""The ``since`` of each ensemble this process marked, by directory, session and database."""
+
+
 def mark_session(directory: str, session_id: int, *, database: str, since: int = 0,
                  generation: int = 0) -> None:
     """Say that the reports in ``directory`` are session ``session_id``'s of the database in
@@ -180,15 +184,17 @@ def mark_session(directory: str, session_id: int, *, database: str, since: int =
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, MARK_NAME)
     database = os.path.realpath(database)
-    sinces: dict[str, int] = {}
+    key = (directory, session_id, database)  # (what this process marked: a read-back that
+    sinces = dict(_MARKED.get(key, {}))  # fails must not drop an earlier ensemble's since)
     try:
         old = read_report(path)
         if isinstance(old, dict) and (old.get("session"), old.get("database")) == (
                 session_id, database) and isinstance(old.get("since"), dict):
-            sinces = {str(k): v for k, v in old["since"].items() if isinstance(v, int)}
+            sinces.update({str(k): v for k, v in old["since"].items() if isinstance(v, int)})
     except (OSError, ValueError):
         pass
     sinces[str(generation)] = since
+    _MARKED[key] = dict(sinces)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump({"session": session_id, "database": database, "since": sinces}, fh)
