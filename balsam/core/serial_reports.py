@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import stat
 import threading
@@ -55,6 +54,7 @@ from collections import Counter
 from typing import NamedTuple, Optional
 
 from balsam.core.bounded_io import Late, within
+from balsam.core.process_instance import instance as instance
 
 MARK_NAME = "session.json"
 OWN_NAME = "launcher.json"
@@ -92,40 +92,6 @@ def launcher_dirs(db_path: str, host: str, pid: int) -> list[str]:
         return sorted(os.path.join(parent, name) for name in os.listdir(parent))
     except OSError:
         return []
-
-
-_INSTANCES: dict[int, str] = {}
-
-
-def instance() -> str:
-    """This process beyond its host and pid: the kernel's boot id, the PID namespace's inode
-    and the process's start time (clock ticks after boot). A part that cannot be read (no
-    ``/proc``: some containers) makes the name end with a random one, drawn once per process:
-    the name never matches another process's (a later launcher of that host and pid would
-    otherwise take a dead one's directory and remove its unswept reports)."""
-    pid = os.getpid()
-    if pid not in _INSTANCES:
-        _INSTANCES[pid] = _read_instance()
-    return _INSTANCES[pid]
-
-
-def _read_instance() -> str:
-    def read(path: str) -> str:
-        try:
-            with open(path) as fh:
-                return fh.read().strip()
-        except OSError:
-            return ""
-
-    boot = read("/proc/sys/kernel/random/boot_id").replace("-", "")[:12]
-    try:
-        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        pidns = ""
-    ticks = read("/proc/self/stat").rpartition(")")[2].split()[19:20]
-    start = ticks[0] if ticks and ticks[0].isdigit() else ""
-    name = f"{boot or 'noboot'}-{pidns or 'nons'}-{start or 'nostart'}"
-    return name if boot and pidns and start else f"{name}-{secrets.token_hex(8)}"
 
 
 def remove_launcher_dir(directory: str) -> None:
