@@ -54,14 +54,17 @@ def report_path(db_path: str, session_id: int) -> str:
     return os.path.join(db_path, "log", f"session_{session_id}.{tag:08x}.launched.json")
 
 
-def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[frozenset[str]]:
+def launched(db_path: str, session_id: int, host: str, pid: int,
+             seconds: float = serial_reports.MAX_SECONDS) -> Optional[frozenset[str]]:
     """The job ids session ``session_id``'s launcher (process ``pid`` on ``host``, as its
     session row says: a report left by an earlier database's session of that id is not its)
     launched (or was about to) and did not see recorded, from its watchdog's final report;
-    None if not known (see the module docstring)."""
+    None if not known (see the module docstring), or not read within ``seconds``."""
     path = report_path(db_path, session_id)
+    if seconds <= 0:
+        return None
     try:  # (a regular file only, read within a bound: a FIFO, a hung mount must not hang it)
-        report = within(serial_reports.MAX_SECONDS, lambda: serial_reports.read_report(path))
+        report = within(seconds, lambda: serial_reports.read_report(path))
     except (OSError, ValueError, Late):
         return None
     if not isinstance(report, dict) or (report.get("host"), report.get("owner")) != (
@@ -73,11 +76,15 @@ def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[fro
     return frozenset(str(j) for j in started)
 
 
-def discard(db_path: str, session_id: int) -> None:
-    """Remove the report of ``session_id`` (used, or not needed: its launcher ended cleanly)."""
+def discard(db_path: str, session_id: int, seconds: float = serial_reports.MAX_SECONDS
+            ) -> None:
+    """Remove the report of ``session_id`` (used, or not needed: its launcher ended cleanly),
+    within ``seconds`` (none: left in place)."""
     path = report_path(db_path, session_id)
+    if seconds <= 0:
+        return
     try:  # (bounded: a hung mount must not hang the sweeper after its commit)
-        within(serial_reports.MAX_SECONDS, lambda: os.unlink(path))
+        within(seconds, lambda: os.unlink(path))
     except (OSError, Late):
         pass
 

@@ -13,7 +13,7 @@ Every function takes a DB-API cursor and works in the caller's transaction.
 """
 from __future__ import annotations
 
-import json
+import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple, Optional
@@ -27,7 +27,11 @@ from balsam.core import (
     schema,
     serial_reports,
 )
-from balsam.core.sql import fetch_dicts, like_contains
+from balsam.core.session_peers import SERVICE_LOCK_KEY as SERVICE_LOCK_KEY
+from balsam.core.session_peers import holders_elsewhere as holders_elsewhere
+from balsam.core.session_peers import others_alive as others_alive
+from balsam.core.session_peers import tags_clause as tags_clause
+from balsam.core.sql import fetch_dicts
 from balsam.core.states import RUNNABLE_STATES, State
 from balsam.db.dbapi import Cursor, fetch_one
 
@@ -145,69 +149,6 @@ def cycle(cursor: Cursor, session_id: int, moves: Sequence[tuple[str, State, str
     return [(str(j), f, t) for j, f, t in moved], rows
 
 
-def tags_clause(tags: Optional[Mapping[str, str]], params: list[Any],
-                column: str = "j.tags") -> str:
-    """`` AND <column> @> %s::jsonb`` for a tag filter (every key with its value), appending the
-    param; "" for none. Containment is what ``Job.objects.filter(tags=...)`` means too."""
-    if not tags:
-        return ""
-    params.append(json.dumps(dict(tags), sort_keys=True))
-    return f" AND {column} @> %s::jsonb"
-
-
-def holders_elsewhere(cursor: Cursor, session_id: int, *, serial: bool, max_nodes: int,
-                      wf_filter: Optional[str] = None,
-                      tags: Optional[Mapping[str, str]] = None,
-                      gpus_per_node: Optional[int] = None) -> list[tuple[float, float]]:
-    """[(seconds since its heartbeat, seconds until it can be swept)] for every open session
-    other than ``session_id`` that holds jobs this launcher could run (RUNNING, or claimed in a
-    runnable state; fitting ``serial``/``max_nodes``/``gpus_per_node``; matching ``wf_filter``
-    and ``tags``). The second value follows :func:`sweep`'s rule (a whole lease after the
-    heartbeat and after the server started; <= 0: now). An idle launcher uses it to tell a
-    holder that stopped renewing its lease (wait for it, sweep it, run its jobs) from a live one
-    (leave them to it)."""
-    fit = "j.num_nodes <= %s" + (" AND j.num_nodes = 1 AND j.ranks_per_node = 1" if serial
-                                  else "")
-    params: list[Any] = [session_id, State.RUNNING.value, max_nodes]
-    wf = ""
-    if wf_filter:
-        wf = " AND j.workflow LIKE %s"
-        params.append(like_contains(wf_filter))
-    wf += tags_clause(tags, params)
-    if gpus_per_node is not None:
-        wf += " AND " + gpu_condition(serial, gpus_per_node, params)
-    cursor.execute(f"""
-        SELECT EXTRACT(EPOCH FROM now() - s.heartbeat),
-               EXTRACT(EPOCH FROM GREATEST(s.heartbeat, pg_postmaster_start_time())
-                       + make_interval(secs => s.lease_seconds) - now())
-        FROM {SESSION} s
-        WHERE s.ended_at IS NULL AND s.id <> %s
-          AND EXISTS (SELECT 1 FROM {JOB} j WHERE j.session_id = s.id
-                      AND (j.state = %s OR j.state IN {_RUNNABLE_SQL}) AND {fit}{wf})""", params)
-    return [(float(age), float(expires)) for age, expires in cursor.fetchall()]
-
-
-SERVICE_LOCK_KEY = 0x42414C53414D5356
-"""The advisory lock a running ``balsam service`` holds (``balsam.service.control.LOCK_KEY``,
-repeated here: the launcher does not import the service; a test checks they agree)."""
-
-
-def others_alive(cursor: Cursor, session_id: int) -> bool:
-    """Whether anything besides ``session_id``'s launcher could still add work: another open
-    session (a launcher, or the transition workers of another launcher or of a service; the
-    launcher's own transition workers, same host and pid, do not count) or a running service
-    (its advisory lock is held). A launcher with nothing left to run exits at once only when
-    this is False."""
-    cursor.execute(f"""
-        SELECT EXISTS (SELECT 1 FROM {SESSION} s JOIN {SESSION} me ON me.id = %s
-                       WHERE s.ended_at IS NULL AND s.id <> me.id
-                         AND NOT (s.hostname = me.hostname AND s.pid = me.pid))
-            OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                       AND objsubid = 1 AND classid::bigint = %s AND objid::bigint = %s)""",
-                   [session_id, SERVICE_LOCK_KEY >> 32, SERVICE_LOCK_KEY & 0xFFFFFFFF])
-    return bool(fetch_one(cursor)[0])
-
-
 def start(cursor: Cursor, session_id: int, job_ids: list[str], message: Any = "") -> list[str]:
     """Mark held, runnable jobs RUNNING; return the ids that moved (others were killed or
     changed by a user meanwhile and must not be started)."""
@@ -239,18 +180,19 @@ def record_lost_starts(cursor: Cursor, session_id: int, started: Mapping[str, in
     (:func:`killed_starts.record_lost`; not with ``message`` None). Returns the ids."""
     if not started:
         return []
+    late = f"{start_message} (recorded after the run)"  # (a settle's: also one of these)
     cursor.execute(f"""
         SELECT j.job_id, (SELECT count(*) FROM {schema.EVENT_TABLE} e WHERE e.job_id = j.job_id
-                          AND e.to_state = %s AND e.message = %s AND e.id > %s)
+                          AND e.to_state = %s AND e.message IN (%s, %s) AND e.id > %s)
         FROM {JOB} j WHERE j.job_id = ANY(%s::uuid[]) AND j.session_id = %s AND j.state <> %s""",
-                   [State.RUNNING.value, start_message, since, list(started), session_id,
+                   [State.RUNNING.value, start_message, late, since, list(started), session_id,
                     State.RUNNING.value])
     lost = [str(job_id) for job_id, runs in cursor.fetchall() if started[str(job_id)] > runs]
-    moved = start(cursor, session_id, lost, f"{start_message} (recorded after the run)")
+    moved = start(cursor, session_id, lost, late)
     if message is None:
         return moved
     killed = killed_starts.record_lost(cursor, session_id, [j for j in lost if j not in moved],
-                                       f"{start_message} (recorded after the run)", message)
+                                       late, message)
     return finish(cursor, session_id, moved, State.RUN_TIMEOUT, message) + killed
 
 
@@ -335,7 +277,9 @@ def sweep_sessions(cursor: Cursor, db_path: str = "") -> list[Swept]:
     found = cursor.fetchall()
     swept = []
     if found:
-        reports = {sid: _reports(db_path, sid, host, pid, mode) for sid, host, pid, mode in found}
+        until = time.monotonic() + serial_reports.MAX_SECONDS  # (all of them: a hung mount)
+        reports = {sid: _reports(db_path, sid, host, pid, mode, until)
+                   for sid, host, pid, mode in found}
         cursor.execute(f"""
             SELECT id, hostname, pid, to_char(heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
             FROM {SESSION} WHERE id = ANY(%s) AND {_EXPIRED_SQL}
@@ -350,10 +294,11 @@ def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
     """Once the sweep's transaction committed: remove the swept sessions' report files (read
     by it; a serial session's only if every one was read) and return a log line for each
     session."""
-    lines = []
+    lines, until = [], time.monotonic() + serial_reports.MAX_SECONDS  # (all: a hung mount)
     for s in swept:
-        launch_reports.discard(db_path, s.session)
-        if s.watch and not s.unread and not serial_reports.discard(s.watch):
+        launch_reports.discard(db_path, s.session, until - time.monotonic())
+        if s.watch and not s.unread and not serial_reports.discard(
+                s.watch, until - time.monotonic()):
             lines.append(f"swept launcher session {s.session}: its report directory {s.watch} "
                          f"was not removed within {serial_reports.MAX_SECONDS:g} s")
         lost = (f", {s.lost_starts} start(s) its watchdogs reported and its history lacked "
@@ -366,15 +311,16 @@ def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
     return lines
 
 
-def _reports(db_path: str, sid: int, host: str, pid: int, mode: str
+def _reports(db_path: str, sid: int, host: str, pid: int, mode: str, until: float
              ) -> tuple[Optional[serial_reports.Reported], Optional[frozenset[str]]]:
     """What dead session ``sid``'s watchdogs reported (serial mode's starts, MPI mode's
-    launches; None where not known)."""
+    launches; None where not known), read before ``until`` (the sweep's bound, shared by its
+    sessions: past it nothing more is read)."""
     if not db_path:
         return None, None
-    started = serial_reports.unrecorded_starts(db_path, sid, host, pid) if (
-        mode == "serial") else None
-    return started, launch_reports.launched(db_path, sid, host, pid)
+    started = serial_reports.unrecorded_starts(db_path, sid, host, pid, until - time.monotonic(
+        )) if mode == "serial" else None
+    return started, launch_reports.launched(db_path, sid, host, pid, until - time.monotonic())
 
 
 def _close_dead(cursor: Cursor, sid: int, host: str, pid: int, beat: str,

@@ -54,6 +54,7 @@ from collections import Counter
 from typing import NamedTuple, Optional
 
 from balsam.core.bounded_io import Late, within
+from balsam.core.process_instance import instance as instance
 
 MARK_NAME = "session.json"
 OWN_NAME = "launcher.json"
@@ -91,26 +92,6 @@ def launcher_dirs(db_path: str, host: str, pid: int) -> list[str]:
         return sorted(os.path.join(parent, name) for name in os.listdir(parent))
     except OSError:
         return []
-
-
-def instance() -> str:
-    """This process beyond its host and pid: the kernel's boot id, the PID namespace's inode
-    and the process's start time (clock ticks after boot). Parts that cannot be read are
-    empty: the name is then less unique, never wrong for this process."""
-    def read(path: str) -> str:
-        try:
-            with open(path) as fh:
-                return fh.read().strip()
-        except OSError:
-            return ""
-
-    boot = read("/proc/sys/kernel/random/boot_id").replace("-", "")[:12]
-    try:
-        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        pidns = ""
-    ticks = read("/proc/self/stat").rpartition(")")[2].split()[19:20]
-    return f"{boot or 'noboot'}-{pidns or 'nons'}-{ticks[0] if ticks else 'nostart'}"
 
 
 def remove_launcher_dir(directory: str) -> None:
@@ -157,6 +138,10 @@ def same_database(recorded: object, db_path: str) -> bool:
         return False
 
 
+_MARKED: dict[tuple[str, int, str], dict[str, int]] = {}
+"""The ``since`` of each ensemble this process marked, by directory, session and database."""
+
+
 def mark_session(directory: str, session_id: int, *, database: str, since: int = 0,
                  generation: int = 0) -> None:
     """Say that the reports in ``directory`` are session ``session_id``'s of the database in
@@ -165,15 +150,17 @@ def mark_session(directory: str, session_id: int, *, database: str, since: int =
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, MARK_NAME)
     database = os.path.realpath(database)
-    sinces: dict[str, int] = {}
+    key = (directory, session_id, database)  # (what this process marked: a read-back that
+    sinces = dict(_MARKED.get(key, {}))  # fails must not drop an earlier ensemble's since)
     try:
         old = read_report(path)
         if isinstance(old, dict) and (old.get("session"), old.get("database")) == (
                 session_id, database) and isinstance(old.get("since"), dict):
-            sinces = {str(k): v for k, v in old["since"].items() if isinstance(v, int)}
+            sinces.update({str(k): v for k, v in old["since"].items() if isinstance(v, int)})
     except (OSError, ValueError):
         pass
     sinces[str(generation)] = since
+    _MARKED[key] = dict(sinces)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump({"session": session_id, "database": database, "since": sinces}, fh)
@@ -249,9 +236,12 @@ class _Walk:
                 self.sinces = {str(g): s for g, s in mark["since"].items()
                                if isinstance(s, int) and s >= 0}
                 break
+        legacy = None if self.directory else self._legacy(parent)
         if not self.directory:
             return
         paths = _report_paths(self.directory)
+        if legacy is not None:  # (its reports are its last ensemble's: one since for all)
+            self.sinces = {g: legacy for g in ["0"] + [g for g, _ in paths]}
         if self.sinces.get("0") == 0:  # the warm start's (the first ensemble's only)
             paths.append(("0", os.path.join(self.directory, OWN_NAME)))
         for generation, path in paths:
@@ -259,6 +249,18 @@ class _Walk:
             with self.lock:
                 if not self.cancelled:
                     self.read.append((generation, report))
+
+    def _legacy(self, parent: str) -> Optional[int]:
+        """A launcher of before session 20 marked ``parent`` itself (``since`` a number, no
+        database): its ``since`` if as this session's (its directory is then ``parent``)."""
+        mark = self._look_quietly(os.path.join(parent, MARK_NAME))
+        if not isinstance(mark, dict) or mark.get("session") != self.session_id:
+            return None
+        since = mark.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            return None
+        self.directory = parent
+        return since
 
     def _look_quietly(self, path: str) -> object:
         try:
@@ -290,15 +292,18 @@ def _report_paths(directory: str) -> list[tuple[str, str]]:
     return sorted(paths)
 
 
-def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
-                      ) -> Optional[Reported]:
+def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int,
+                      seconds: float = MAX_SECONDS) -> Optional[Reported]:
     """What the final reports of session ``session_id`` (launcher ``pid`` on ``host``, as its
     session row says) of the database in ``db_path`` name, by ensemble; None if no directory
     is marked as this session's or it cannot be listed (past :data:`MAX_FILES`). Reads for
-    :data:`MAX_SECONDS` at most: the files not read by then are in ``unread``."""
+    ``seconds`` at most (what is left of the sweep's :data:`MAX_SECONDS`): the files not read
+    by then are in ``unread`` (with no time left, none is read: its host-and-pid directory)."""
+    if seconds <= 0:
+        return Reported([], "", [watch_dir(db_path, host, pid)])
     walk = _Walk(db_path, session_id, host, pid)
     try:
-        within(MAX_SECONDS, walk.run, "balsam-sweep-read")
+        within(seconds, walk.run, "balsam-sweep-read")
         unread: list[str] = []
     except Late:
         unread = [walk.stop()]
@@ -320,18 +325,42 @@ def unrecorded_starts(db_path: str, session_id: int, host: str, pid: int
     return Reported([groups[g] for g in sorted(groups, key=int)], walk.directory, unread)
 
 
-def discard(directory: str) -> bool:
+def discard(directory: str, seconds: float = MAX_SECONDS) -> bool:
     """Remove the launcher directory ``directory`` of a swept session (read wholly by the sweep
-    that committed, :func:`unrecorded_starts`), within :data:`MAX_SECONDS`. Returns whether it
-    is gone."""
-    if not directory:
+    that committed, :func:`unrecorded_starts`), within ``seconds``. Returns whether it is
+    gone."""
+    if not directory or seconds <= 0:
         return False
     try:
-        return within(MAX_SECONDS, lambda: _removed(directory), "balsam-sweep-remove")
+        return within(seconds, lambda: _removed(directory), "balsam-sweep-remove")
     except Late:
         return False
 
 
 def _removed(directory: str) -> bool:
+    if directory.endswith(".watch"):  # an older launcher's (:meth:`_Walk._legacy`): its files
+        return _remove_legacy(directory)  # only, not the newer launchers' directories in it
     remove_launcher_dir(directory)
     return not os.path.exists(directory)
+
+
+def _remove_legacy(directory: str) -> bool:
+    """Remove what a launcher of before session 20 left in its host-and-pid directory (its
+    mark, its note, its ensembles' directories), then the directory if nothing else is in it."""
+    for name in (MARK_NAME, OWN_NAME):
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    try:
+        with os.scandir(directory) as entries:
+            numbered = [e.path for e in entries if e.name.isdigit()]
+    except OSError:  # (gone already)
+        numbered = []
+    for path in numbered:
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(directory)
+    except OSError:  # a newer launcher's directory is there
+        pass
+    return not any(os.path.exists(p) for p in numbered + [os.path.join(directory, MARK_NAME)])

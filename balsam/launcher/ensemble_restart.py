@@ -124,7 +124,8 @@ def _run_serial(ctx: Context, run_once: Callable[[Context], int], kept: list[Kep
         held = _recover(ctx, reports, len(hosts) if again else 0, keep)
         _tidy(ctx, directory, keep or held is None)
         if keep and held is not None:  # settled once the watchdogs reported, or a lease on
-            kept.append(KeptClaims(ctx, directory, since, held))
+            earlier = {j for k in kept if not k.settled() for j in k.job_ids}  # (theirs)
+            kept.append(KeptClaims(ctx, directory, since, [j for j in held if j not in earlier]))
         if held is None or not again:
             return status
         ctx.alloc = dataclasses.replace(ctx.alloc, hosts=tuple(hosts))

@@ -22,6 +22,7 @@ closes. Methods ending in ``_in`` work in the caller's transaction (a cursor fro
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 
@@ -35,6 +36,8 @@ from balsam.launcher import task
 from balsam.launcher.runner_argv import is_runner_argv
 from balsam.platform.allocation import Allocation
 
+INHERIT_SECONDS = 5.0
+"""Longest :meth:`JobSource.inherit` tries to reach the database."""
 Row = dict[str, Any]
 Placer = Callable[[list[Row]], list[Row]]
 """Chooses which claimed rows (largest first) to keep; the rest are released at once."""
@@ -65,6 +68,10 @@ class JobSource:
         self.apps: dict[str, dict[str, str]] = {}
         self.failed = 0
         """Jobs this source moved to FAILED because no task could be built for them."""
+        self.inherited: Optional[set[str]] = set()
+        """Jobs the session held before this source's first claim (:meth:`inherit_in`): a
+        failed earlier ensemble's, kept (:mod:`balsam.launcher.kept_claims`); None if not
+        known. :meth:`release_all_in` and :meth:`reconcile_in` leave them alone."""
 
     # ---- own transactions -------------------------------------------------------------------
     def claim(self, limit: int, serial: bool, max_nodes: int,
@@ -111,6 +118,9 @@ class JobSource:
         in their order; jobs that cannot run are moved to FAILED with the reason."""
         if not rows:
             return []
+        if self.inherited:  # released by their keeper since, and claimed anew: this source's
+            self.inherited = self.inherited - {r["job_id"] for r in rows}  # (a new set: a
+            # Claimer thread's claim never changes one another thread is reading)
         self._load_apps(cursor, {r["application"] for r in rows})
         specs: list[task.TaskSpec] = []
         failures: dict[str, str] = {}
@@ -163,16 +173,47 @@ class JobSource:
         """After a reconnection: jobs this session holds that the launcher does not know
         (``known_ids``: running, pending or prefetched) come from a commit whose outcome was
         lost. RUNNING ones become RUN_TIMEOUT (so the retry rules apply), others are
-        released. Returns (timed out, released)."""
+        released -- but not the :attr:`inherited` ones (nothing, if those are not known).
+        Returns (timed out, released)."""
+        if self.inherited is None:  # (not known which claims are this source's: none touched)
+            return 0, 0
         cursor.execute(f"SELECT job_id, state FROM {schema.JOB_TABLE} WHERE session_id = %s",
                        [self.session_id])
-        known = set(known_ids)
+        known = set(known_ids) | self.inherited
         stray = [(str(j), s) for j, s in cursor.fetchall() if str(j) not in known]
         running = [j for j, s in stray if s == State.RUNNING.value]
         others = [j for j, s in stray if s != State.RUNNING.value]
         timed_out = leases.finish(cursor, self.session_id, running, State.RUN_TIMEOUT, message)
         released = leases.release(cursor, self.session_id, others) if others else 0
         return len(timed_out), released
+
+    def inherit(self, log: Callable[[str], None]) -> None:
+        """:meth:`inherit_in` in its own transaction; if the database cannot be reached, the
+        inherited claims are not known (None): none is given back by this source."""
+        try:
+            self.db.run_before(time.monotonic() + INHERIT_SECONDS, self.inherit_in)
+        except DatabaseUnavailable as exc:
+            self.inherited = None
+            log(f"the session's earlier claims are not known ({exc}): none of its claims is "
+                "given back before its close (or the lease sweep)")
+
+    def inherit_in(self, cursor: Cursor) -> None:
+        """Note the jobs the session holds now, before this source's first claim: a later
+        ensemble's master inherits the failed ones' kept claims (and RUNNING jobs of their
+        ranks whose tasks are not known dead), which are not its to release."""
+        cursor.execute(f"SELECT job_id FROM {schema.JOB_TABLE} WHERE session_id = %s",
+                       [self.session_id])
+        self.inherited = {str(r[0]) for r in cursor.fetchall()}
+
+    def release_all_in(self, cursor: Cursor) -> int:
+        """Drop every claim of the session outside RUNNING but the inherited ones (all of
+        them if those are not known: none); returns how many."""
+        if self.inherited is None:
+            return 0
+        cursor.execute(f"UPDATE {schema.JOB_TABLE} SET session_id = NULL WHERE session_id = %s "
+                       "AND state <> %s AND NOT job_id = ANY(%s::uuid[])",
+                       [self.session_id, State.RUNNING.value, sorted(self.inherited)])
+        return int(cursor.rowcount)
 
     def _load_apps(self, cursor: Cursor, names: set[str]) -> None:
         missing = sorted(n for n in names if n not in self.apps)

@@ -13,7 +13,11 @@ a lease after the failure at the latest (the sweep's own rule: a rank's watchdog
 within the kill grace, well within the lease), it records the starts the reports name that the
 history lacks (:func:`balsam.core.leases.record_lost_starts`, counting from that ensemble's
 ``since``), releases the other kept claims and removes the reports. Meanwhile the next ensemble
-runs other work; the kept claims count as the launcher's, so it does not exit idle before.
+runs other work; the kept claims count as the launcher's, so it does not exit idle before,
+and its master gives back only the claims it made itself
+(:meth:`balsam.launcher.job_source.JobSource.inherit`). A second failed ensemble's
+:class:`KeptClaims` keeps only the claims no earlier unsettled one keeps (its settle must not
+release them before their own watchdogs reported).
 
 If the launcher ends first (:meth:`KeptClaims.close`), the claims, the reports and the mark
 (with that ensemble's ``since``) stay for the lease sweep (:mod:`balsam.core.serial_reports`).
@@ -51,6 +55,10 @@ class KeptClaims:
         self.closing = threading.Event()
         self.thread = threading.Thread(target=self._run, name="balsam-kept-claims", daemon=True)
         self.thread.start()
+
+    def settled(self) -> bool:
+        """Whether it is done (settled, or given up: its claims then stay for the sweep)."""
+        return not self.thread.is_alive()
 
     def close(self) -> None:
         """The launcher ends: stop waiting (a settle under way finishes first)."""

@@ -116,6 +116,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         ctx = self.ctx
         ctx.db.listen()
         ctx.db.listen_also(IDLE_CHANNEL)  # other launchers' idle slots (serial_share)
+        if ctx.ensembles:  # a failed ensemble's kept claims are not this one's to give back
+            self.source.inherit(ctx.log.warning)
         self._claim(time.monotonic())  # work first: the heartbeat and the sweep can wait 1 ms
         self._dispatch()
         while not ctx.should_stop():
@@ -364,7 +366,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
     def _release_all(self) -> None:
         self._close_claimers()
         try:
-            self.ctx.db.run_before(time.monotonic() + 3.0, leases.release, self.ctx.session_id)
+            self.ctx.db.run_before(time.monotonic() + 3.0, self.source.release_all_in)
         except DatabaseUnavailable as exc:
             self.ctx.log.warning(f"could not release the claims ({exc}): closing the session will")
 

@@ -92,7 +92,8 @@ def run_master(comm: Any, config: SerialConfig, boot: Optional[MasterBoot] = Non
                   log=log, base_env={}, flavour=str(config.settings.get("mpi", "")),
                   mpi_executable=None,
                   stop_at=None if left is None else time.monotonic() + left,
-                  stop_grace=config.stop_grace, tags=dict(config.tags))
+                  stop_grace=config.stop_grace, tags=dict(config.tags),
+                  ensembles=config.generation)
     on_signals(lambda name: ctx.request_stop(f"the launcher received {name}"))
     link.launcher_ended = boot.launcher_ended
     source = JobSource(db, session_id, ctx.alloc, config.db_path, "serial",
