@@ -10,7 +10,9 @@ transition and transfer workers), with the statements that made them. Then its r
 (``--tries`` times, ``--settle`` seconds of idling before each, medians):
 
 * ``new job``: a runnable job (PREPROCESSED, ``/bin/true``) inserted -> its RUNNING event;
-  (with ``--launchers N``, N idle launchers at once, their transactions added up);
+  (with ``--launchers N``, N idle launchers at once, their transactions added up; with
+  ``--held N``, a session of the script holds N runnable jobs claimed and never started and
+  the launchers are not persistent: they stay, idle, for work they could be given);
 * ``child``: a parent (runnable) and its child (CREATED, one dependency) inserted; the
   launcher runs the parent -> from the parent's JOB_FINISHED event to the child's RUNNING
   (processing checks the parent, the child is claimed and started).
@@ -65,14 +67,28 @@ def prepare(db_path: str) -> None:
     conn.close()
 
 
-def start_launcher(db_path: str, mode: str, source: str) -> subprocess.Popen:
+def hold(conn: Any, count: int) -> None:
+    """A session of this script's holds ``count`` runnable jobs claimed and never started (as a
+    busy launcher holds work queued behind its running tasks)."""
+    from balsam.core import leases
+
+    insert(conn, [{"name": f"held{i}", "state": "PREPROCESSED"} for i in range(count)])
+    with conn.cursor() as cur:
+        holder = leases.open_session(cur, hostname="bench", pid=1, job_mode="serial",
+                                     num_nodes=1, lease_seconds=3600)
+        leases.claim(cur, holder, count, serial=True, max_nodes=1)
+    conn.commit()
+
+
+def start_launcher(db_path: str, mode: str, source: str, persistent: bool) -> subprocess.Popen:
     env = dict(os.environ, BALSAM_DB_PATH=db_path)
     if source:
         env["PYTHONPATH"] = source
     return subprocess.Popen(
-        [sys.executable, "-m", "balsam", "launcher", "--consume-all", "--persistent",
-         "--job-mode", mode], env=env, cwd=source or None, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+        [sys.executable, "-m", "balsam", "launcher", "--consume-all"]
+        + (["--persistent"] if persistent else []) + ["--job-mode", mode], env=env,
+        cwd=source or None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
 
 
 def stop_launcher(proc: subprocess.Popen) -> None:
@@ -162,7 +178,10 @@ def one_side(db_path: str, mode: str, source: str, args: argparse.Namespace) -> 
     prepare(db_path)
     conn = connect(db_path, "bench-idle")
     with StatementLog(db_path) as log:
-        procs = [start_launcher(db_path, mode, source) for _ in range(args.launchers)]
+        if args.held:
+            hold(conn, args.held)
+        procs = [start_launcher(db_path, mode, source, not args.held)
+                 for _ in range(args.launchers)]
         try:
             wait_until(f"the {mode} launcher's connections", lambda: apps_up(conn, mode), 60.0)
             time.sleep(SETTLE_UP_SECONDS)
@@ -177,11 +196,13 @@ def one_side(db_path: str, mode: str, source: str, args: argparse.Namespace) -> 
     return {"window": window, "react": react}
 
 
-def report(name: str, mode: str, launchers: int, result: dict[str, Any]) -> None:
+def report(name: str, mode: str, launchers: int, held: int, result: dict[str, Any]) -> None:
     window = result["window"]
+    held = f", {held} jobs held elsewhere" if held else ""
     apps = [a for a in window.apps() if a.startswith("balsam-")]
     total = sum(window.per_second(a) for a in apps)
-    print(f"== {name}, {mode} mode, {launchers} launcher(s): idle {total:.2f} transactions/s "
+    print(f"== {name}, {mode} mode, {launchers} launcher(s){held}: idle {total:.2f} "
+          f"transactions/s "
           f"({window.seconds:.0f} s window)")
     for app in apps:
         print(f"   {app:24s} {window.per_second(app):6.2f} tx/s")
@@ -198,6 +219,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=("serial", "mpi"), default=["serial", "mpi"])
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--tries", type=int, default=5, help="reactions of each kind")
+    parser.add_argument("--held", type=int, default=0,
+                        help="a session of this script holds this many runnable jobs claimed and "
+                             "not started; the launchers run without --persistent (they stay "
+                             "for work they could be given: a campaign's tail; serial mode)")
     parser.add_argument("--launchers", type=int, default=1,
                         help="idle launchers at once on the DB (default 1; counted together)")
     parser.add_argument("--settle", type=float, default=3.0,
@@ -216,7 +241,7 @@ def main() -> None:
         for mode in args.modes:
             for name, source in sides.items():
                 result = one_side(paths[source], mode, source, args)
-                report(name, mode, args.launchers, result)
+                report(name, mode, args.launchers, args.held, result)
             print(machine_line())
 
 
