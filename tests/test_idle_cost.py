@@ -15,6 +15,7 @@ start within a bounded wait, and a kill still stops its task.
 from __future__ import annotations
 
 import os
+import re
 import select
 import sys
 import time
@@ -26,7 +27,7 @@ from launcher_procs import launchers
 from launcher_support import add_app, add_jobs, settings, wait_for
 
 from balsam import defaults
-from balsam.core import schema
+from balsam.core import leases, routing, schema
 from balsam.db.connect import connection_params
 from balsam.db.idle_poll import IdlePoll
 
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from _statement_log import StatementLog  # noqa: E402
 
+JOB = schema.JOB_TABLE
 PERSISTENT_SERIAL = ("--consume-all", "--persistent", "--job-mode", "serial")
 PERSISTENT_MPI = ("--consume-all", "--persistent", "--job-mode", "mpi")
 SETTLE_SECONDS = 3.0
@@ -88,6 +90,29 @@ def test_two_idle_serial_launchers_do_not_wake_each_other(db, cursor):
     assert total <= 40, detail
 
 
+@pytest.mark.slow
+def test_an_idle_launcher_does_not_claim_at_changes_that_leave_nothing_claimable(db, cursor):
+    """A busy neighbour's writes (here: 60 updates of a job another session holds, 50 ms
+    apart) wake the idle master, which claimed at every one before the notifications said
+    whether jobs were left claimable (one claim per notification)."""
+    (job,) = add_jobs(cursor, [{"name": "held", "state": "PREPROCESSED"}])
+    holder = leases.open_session(cursor, hostname="h", pid=1, job_mode="serial", num_nodes=1,
+                                 lease_seconds=600)
+    cursor.execute(f"UPDATE {JOB} SET session_id = %s WHERE job_id = %s", [holder, job])
+    with StatementLog(db) as log, launchers() as start:
+        start(*PERSISTENT_SERIAL)
+        wait_for(lambda: PARTS["serial"] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(SETTLE_SECONDS)  # idle (a window of time is what is measured)
+        begin = time.time()
+        for i in range(60):
+            cursor.execute(f"UPDATE {JOB} SET priority = %s WHERE job_id = %s", [i, job])
+            time.sleep(0.05)  # the neighbour's pace
+        window = log.between(begin, time.time())
+    claims = sum(n for k, n in window.statements.get("balsam-serial-master", {}).items()
+                 if "balsam_claim" in k)
+    assert claims <= 5, dict(window.statements.get("balsam-serial-master", {}))
+
+
 def _running(cursor: Any, name: str) -> bool:
     cursor.execute(f"SELECT count(*) FROM {schema.EVENT_TABLE} e JOIN {schema.JOB_TABLE} j "
                    "USING (job_id) WHERE j.name = %s AND e.to_state = 'RUNNING'", [name])
@@ -129,9 +154,10 @@ def _released(cursor: Any, job_id: str) -> bool:
     return bool(cursor.fetchone()[0])
 
 
-def _notified_between(db: str, statement: str) -> bool:
-    """Whether ``statement`` (run on a second connection) notified ``balsam_jobs``; a marker
-    notification sent after it on the same connection says when to stop looking."""
+def _notified_between(db: str, statement: str, payloads: bool = False) -> Any:
+    """Whether ``statement`` (run on a second connection) notified ``balsam_jobs`` (with
+    ``payloads``: the payloads it sent); a marker notification sent after it on the same
+    connection says when to stop looking."""
     listen = psycopg2.connect(**connection_params(db))
     talk = psycopg2.connect(**connection_params(db))
     listen.autocommit = talk.autocommit = True
@@ -149,7 +175,7 @@ def _notified_between(db: str, statement: str) -> bool:
             listen.poll()
             seen += [n.payload for n in listen.notifies]
             listen.notifies.clear()
-        return seen.index("marker") > 0
+        return seen[:seen.index("marker")] if payloads else seen.index("marker") > 0
     finally:
         listen.close()
         talk.close()
@@ -163,6 +189,34 @@ def test_a_job_update_that_changes_no_row_notifies_no_one(db, cursor):
                                  f"WHERE job_id = '{job}'")
     assert _notified_between(db, f"INSERT INTO {schema.JOB_TABLE} SELECT * FROM "
                                  f"{schema.JOB_TABLE} WHERE false") is False
+
+
+def _payloads(db: str, statement: str) -> list[str]:
+    """The ``balsam_jobs`` payloads ``statement`` sent (see :func:`_notified_between`)."""
+    return _notified_between(db, statement, payloads=True)
+
+
+def test_a_job_change_says_whether_it_left_jobs_claimable(db, cursor):
+    (job,) = add_jobs(cursor, [{"name": "j", "state": "CREATED"}])
+    assert _payloads(db, f"UPDATE {JOB} SET state = 'PREPROCESSED' WHERE job_id = '{job}'") \
+        == ["UPDATE runnable"]
+    assert _payloads(db, f"UPDATE {JOB} SET session_id = NULL, priority = 2 "
+                         f"WHERE job_id = '{job}'") == ["UPDATE runnable"]
+    session = leases.open_session(cursor, hostname="h", pid=1, job_mode="serial", num_nodes=1,
+                                  lease_seconds=60)
+    # a claim (held) and a start announce no claimable job
+    assert _payloads(db, f"UPDATE {JOB} SET session_id = {session} WHERE job_id = '{job}'") \
+        == ["UPDATE"]
+    assert _payloads(db, f"UPDATE {JOB} SET state = 'RUNNING' WHERE job_id = '{job}'") \
+        == ["UPDATE"]
+
+
+def test_the_trigger_lists_the_claimable_states(cursor):
+    cursor.execute("SELECT pg_get_functiondef('balsam_notify_jobs()'::regprocedure)")
+    listed = re.search(r"state IN \(([^)]*)\)", cursor.fetchone()[0])
+    assert listed is not None
+    assert [s.strip(" '") for s in listed.group(1).split(",")] == \
+        [s.value for s in routing.CLAIMABLE_STATES]
 
 
 def test_the_idle_poll_backs_off_and_comes_back():

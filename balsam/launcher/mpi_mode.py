@@ -209,10 +209,11 @@ class MPIMode(MPICycle):
             if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
                 timeout = SHUTDOWN_FLUSH_SECONDS
             readable(fds + [self.flight.fd], timeout)
-        elif self.ctx.db.wait(timeout, fds):
-            self.want_claim = True
+        elif self.ctx.db.wait(timeout, fds):  # claims only for jobs left claimable (0024)
             self.want_process = self.ctx.processing
-            self.poll.reset()
+            if self.ctx.db.runnable():
+                self.want_claim = True
+                self.poll.reset()
 
     # ---- the one transaction per iteration --------------------------------------------------
     def _cycle(self) -> bool:

@@ -3,12 +3,12 @@
 :class:`MasterKills` (a base of :class:`balsam.launcher.serial_master.Master`) asks every
 ``kill_check_seconds`` which of its jobs a user killed (one statement) while it holds anything
 -- tasks on workers, queued work, the launcher's own tasks, a claim in flight, state changes
-not written yet -- and, holding nothing, only once another session changed jobs since the last
-check (a kill is a job-row change: it notifies ``balsam_jobs``, which wakes the master). An
-idle master asked two times a second before (issue 16, session 20: a third of its idle
-transactions), always for nothing: a kill can only touch a job it holds, and one it released
-cannot be killed into its hands. A killed task is stopped on its worker; killed work not
-started is dropped from the queue and released.
+not written yet -- and once more after it stopped holding (a job killed after its task ended
+but before its end was written is still held: that check releases it). An idle master asked
+two times a second before (issue 16, session 20: a third of its idle transactions), always for
+nothing: a kill can only touch a job the session holds, and holding nothing it gets no new
+holds but by claiming. A killed task is stopped on its worker; killed work not started is
+dropped from the queue and released.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ class MasterKills:
     held: dict[str, int]
     kill_sent: set[str]
     _dropped: set[str]
-    _changed_elsewhere: bool
-    """Another session changed jobs since the last kill check (set by the loop's waits)."""
+    _held_at_check = True
+    """The master held something at the last kill check (or that check failed)."""
 
     def _claiming(self) -> bool:
         raise NotImplementedError  # provided by MasterClaims
@@ -52,16 +52,15 @@ class MasterKills:
 
     def _kill_check_due(self) -> bool:
         """A kill check is worth a statement now (see the module docstring)."""
-        if self._holding() or self._changed_elsewhere:
-            self._changed_elsewhere = False
-            return True
-        return False
+        holding = self._holding()
+        due, self._held_at_check = holding or self._held_at_check, holding
+        return due
 
     def _check_kills(self) -> None:
         try:
             killed = self.ctx.db.try_run(leases.killed, self.ctx.session_id)
         except DatabaseUnavailable:
-            self._changed_elsewhere = True  # asked again at the next check
+            self._held_at_check = True  # asked again at the next check
             return
         if killed:
             self._take_claims(time.monotonic())

@@ -98,7 +98,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         now = time.monotonic()
         self._last_flush = 0.0
         self._last_busy = now
-        self._notified = self._changed_elsewhere = False
+        self._notified = False
         # Idle, the claim and the processing pass look on their own ever more rarely (a
         # notification brings them forward: :mod:`balsam.db.idle_poll`).
         self.claim_poll = IdlePoll(self.t.idle_wait_seconds, self.t.idle_poll_max_seconds)
@@ -143,7 +143,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                 return sm.EXIT_SESSION_LOST
             if now >= self._next["kill"]:
                 self._next["kill"] = now + self.t.kill_check_seconds
-                if self._kill_check_due():  # (holding nothing: only after a notification)
+                if self._kill_check_due():  # (holding nothing: none, see serial_kills)
                     self._check_kills()
                 if self._ranks_lost(now):  # a worker sends no heartbeat: MPI_Abort
                     return sm.EXIT_RANK_LOST
@@ -203,13 +203,14 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                 max(0.001, self.house.next_outstanding_check - now))
             fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
             notified = self.ctx.db.wait(nap, fds)
-        if notified:  # jobs changed elsewhere: look for work and process now (the pass at
-            self._notified = self._changed_elsewhere = True  # most every idle_wait_seconds)
-            self._next["claim"] = 0.0
+        if notified:  # jobs changed elsewhere: process (at most every idle_wait_seconds), and
+            self._notified = True  # claim at once if jobs were left claimable (migration 0024)
             self._next["advance"] = min(self._next["advance"],
                                         self._advanced_at + self.t.idle_wait_seconds)
-            self.claim_poll.reset()
             self.advance_poll.reset()
+            if self.ctx.db.runnable():
+                self._next["claim"] = 0.0
+                self.claim_poll.reset()
 
     def _outstanding(self) -> int:
         """Work this launcher could still run: outstanding in its filter, or else queued (not

@@ -9,6 +9,13 @@
 # changed nothing has nothing to tell its listeners (launchers' idle waits, `balsam wait`, the
 # service, the dashboard, api futures). The transition table costs nothing new: the processing
 # (0017) and transfer (0015) triggers of the same statements already capture it.
+#
+# The payload also says whether the statement left a job claimable by any launcher (a claimable
+# state, held by no session): `INSERT runnable` / `UPDATE runnable`, else `INSERT` / `UPDATE`.
+# An idle launcher claims at once only for those (balsam.db.database.Database.runnable); every
+# other change (a busy neighbour's RUNNING batches and ends, its claims) still wakes its
+# processing pass and kill check, at their own pace. The state list is
+# balsam.core.routing.CLAIMABLE_STATES (tests/test_idle_cost.py compares them).
 
 from django.db import migrations
 
@@ -16,7 +23,9 @@ _SQL = """
 CREATE OR REPLACE FUNCTION balsam_notify_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF EXISTS (SELECT 1 FROM new_rows) THEN
-    PERFORM pg_notify('balsam_jobs', TG_OP);
+    PERFORM pg_notify('balsam_jobs', TG_OP || CASE WHEN EXISTS (
+      SELECT 1 FROM new_rows WHERE session_id IS NULL AND state IN ('PREPROCESSED', 'RESTART_READY')
+    ) THEN ' runnable' ELSE '' END);
   END IF;
   RETURN NULL;
 END $$;
