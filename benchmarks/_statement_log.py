@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 PREFIX = "%n [%p] %a| "
 _LINE = re.compile(r"^(\d+\.\d+) \[(\d+)\] (.*?)\| \w+:  (statement|execute [^:]*): (.*)$")
@@ -101,9 +101,9 @@ class StatementLog:
                 found[-1] = (t, pid, app, stmt + " " + line.strip())
         return found
 
-    def between(self, start: float, end: float) -> Window:
+    def between(self, start: float, end: float, pids: Optional[set[int]] = None) -> Window:
         """The statements and transactions logged from ``start`` to ``end`` (epoch seconds),
-        by application."""
+        by application (``pids``: of these server processes only)."""
         window = Window(end - start)
         open_tx: dict[int, bool] = {}
         for t, pid, app, stmt in self.lines():
@@ -114,7 +114,7 @@ class StatementLog:
             in_tx = open_tx.get(pid, False)
             if upper.startswith(("COMMIT", "ROLLBACK")):
                 open_tx[pid] = False
-            if not start <= t <= end:
+            if not start <= t <= end or (pids is not None and pid not in pids):
                 continue
             window.statements.setdefault(app, Counter())[name] += 1
             if upper.startswith("BEGIN") or not in_tx:

@@ -12,7 +12,9 @@ transition and transfer workers), with the statements that made them. Then its r
 * ``new job``: a runnable job (PREPROCESSED, ``/bin/true``) inserted -> its RUNNING event;
   (with ``--launchers N``, N idle launchers at once, their transactions added up; with
   ``--held N``, a session of the script holds N runnable jobs claimed and never started and
-  the launchers are not persistent: they stay, idle, for work they could be given);
+  the launchers are not persistent: they stay, idle, for work they could be given; with
+  ``--busy-neighbour N``, they take only workflow ``idle`` and, once up, a neighbour launcher
+  runs N ``true`` jobs of another workflow: only the idle launchers' connections are counted);
 * ``child``: a parent (runnable) and its child (CREATED, one dependency) inserted; the
   launcher runs the parent -> from the parent's JOB_FINISHED event to the child's RUNNING
   (processing checks the parent, the child is claimed and started).
@@ -80,12 +82,14 @@ def hold(conn: Any, count: int) -> None:
     conn.commit()
 
 
-def start_launcher(db_path: str, mode: str, source: str, persistent: bool) -> subprocess.Popen:
+def start_launcher(db_path: str, mode: str, source: str, persistent: bool,
+                   wf: str = "") -> subprocess.Popen:
     env = dict(os.environ, BALSAM_DB_PATH=db_path)
     if source:
         env["PYTHONPATH"] = source
     return subprocess.Popen(
-        [sys.executable, "-m", "balsam", "launcher", "--consume-all"]
+        [sys.executable, "-m", "balsam", "launcher"]
+        + (["--wf-filter", wf] if wf else ["--consume-all"])
         + (["--persistent"] if persistent else []) + ["--job-mode", mode], env=env,
         cwd=source or None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -113,6 +117,15 @@ def stop_launcher(proc: subprocess.Popen) -> None:
             pass
 
 
+def backends(conn: Any) -> set[int]:
+    """The server processes of every Balsam connection now."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'balsam-%'")
+        pids = {int(r[0]) for r in cur.fetchall()}
+    conn.commit()
+    return pids
+
+
 def apps_up(conn: Any, mode: str) -> bool:
     wanted = {"balsam-transitions", "balsam-transfers"} | (
         {"balsam-serial-master"} if mode == "serial" else {"balsam-launcher"})
@@ -134,6 +147,17 @@ def insert(conn: Any, specs: list[dict[str, Any]], edges: list[tuple[int, int]] 
                         [str(rows[parent]["job_id"]), str(rows[child]["job_id"])])
     conn.commit()
     return [str(r["job_id"]) for r in rows]
+
+
+def busy_started(conn: Any) -> bool:
+    from balsam.core import schema
+
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {schema.JOB_TABLE} WHERE workflow = 'busy' "
+                    "AND state <> 'PREPROCESSED'")
+        started = cur.fetchone()[0] > 0
+    conn.commit()
+    return started
 
 
 def event_time(conn: Any, job_id: str, state: str) -> Any:
@@ -180,14 +204,21 @@ def one_side(db_path: str, mode: str, source: str, args: argparse.Namespace) -> 
     with StatementLog(db_path) as log:
         if args.held:
             hold(conn, args.held)
-        procs = [start_launcher(db_path, mode, source, not args.held)
+        wf = "idle" if args.busy_neighbour else ""
+        procs = [start_launcher(db_path, mode, source, not args.held, wf)
                  for _ in range(args.launchers)]
         try:
             wait_until(f"the {mode} launcher's connections", lambda: apps_up(conn, mode), 60.0)
             time.sleep(SETTLE_UP_SECONDS)
+            ours = backends(conn) if args.busy_neighbour else None
+            if args.busy_neighbour:
+                insert(conn, [{"name": f"b{i}", "workflow": "busy", "state": "PREPROCESSED"}
+                              for i in range(args.busy_neighbour)])
+                procs.append(start_launcher(db_path, mode, source, False, "busy"))
+                wait_until("the neighbour's first RUNNING", lambda: busy_started(conn), 60.0)
             start = time.time()
             time.sleep(args.idle_seconds)
-            window = log.between(start, time.time())
+            window = log.between(start, time.time(), ours)
             react = reactions(conn, args.tries, args.settle)
         finally:
             for proc in procs:
@@ -196,9 +227,9 @@ def one_side(db_path: str, mode: str, source: str, args: argparse.Namespace) -> 
     return {"window": window, "react": react}
 
 
-def report(name: str, mode: str, launchers: int, held: int, result: dict[str, Any]) -> None:
+def report(name: str, mode: str, launchers: int, held: str, result: dict[str, Any]) -> None:
     window = result["window"]
-    held = f", {held} jobs held elsewhere" if held else ""
+    held = f", {held}" if held else ""
     apps = [a for a in window.apps() if a.startswith("balsam-")]
     total = sum(window.per_second(a) for a in apps)
     print(f"== {name}, {mode} mode, {launchers} launcher(s){held}: idle {total:.2f} "
@@ -223,6 +254,10 @@ def main() -> None:
                         help="a session of this script holds this many runnable jobs claimed and "
                              "not started; the launchers run without --persistent (they stay "
                              "for work they could be given: a campaign's tail; serial mode)")
+    parser.add_argument("--busy-neighbour", type=int, default=0, metavar="N",
+                        help="once the launchers idle (--wf-filter idle), a neighbour launcher "
+                             "runs N `true` jobs of another workflow; only the idle launchers' "
+                             "connections are counted (make the window shorter than its run)")
     parser.add_argument("--launchers", type=int, default=1,
                         help="idle launchers at once on the DB (default 1; counted together)")
     parser.add_argument("--settle", type=float, default=3.0,
@@ -241,7 +276,10 @@ def main() -> None:
         for mode in args.modes:
             for name, source in sides.items():
                 result = one_side(paths[source], mode, source, args)
-                report(name, mode, args.launchers, args.held, result)
+                extra = (f"{args.held} jobs held elsewhere" if args.held else
+                         f"a neighbour running {args.busy_neighbour} jobs"
+                         if args.busy_neighbour else "")
+                report(name, mode, args.launchers, extra, result)
             print(machine_line())
 
 
