@@ -90,3 +90,57 @@ def test_a_master_is_stuck_by_the_fence_rule_before_its_lease_could_expire(db):
         assert watch.next_check < came_up + 2 * watch.period  # not a period on: the fence's
     finally:
         database.close()
+
+
+STUBBORN = """#!/bin/sh
+trap '' TERM
+echo $$ > pid
+exec sleep 120
+"""
+
+
+def test_a_stop_after_the_launchers_stuck_kill_is_not_called_the_forwarded_stops_end(
+        db, cursor, scripts):
+    """The launcher kills a stuck ensemble; a SIGTERM reaches the launcher while it waits for
+    the worker watchdogs (a task ignoring SIGTERM: the kill grace). The ensemble ended by the
+    launcher's kill, not by a forwarded stop while it started: no such label."""
+    import os
+    import signal
+
+    from launcher_procs import launchers
+    from launcher_support import QUICK, add_app, add_jobs, settings, workdir, write_script
+    from once_support import kill, rank_pid
+
+    from balsam.platform.process import start_time
+
+    add_app(cursor, "quick", "true")
+    add_app(cursor, "stubborn", write_script(scripts, "stubborn.sh", STUBBORN))
+    add_jobs(cursor, [{"name": "warm", "application": "quick", "state": "PREPROCESSED",
+                       "priority": 10}])  # (the launcher's own first task: s goes to worker 1)
+    (job_id,) = add_jobs(cursor, [{"name": "s", "application": "stubborn",
+                                   "state": "PREPROCESSED"}])
+    pid_file = os.path.join(workdir(db, cursor, job_id), "pid")
+    tunables = dict(QUICK, lease_seconds=30, reconnect_max_seconds=1, kill_grace_seconds=8)
+    task = task_started = 0
+    try:
+        with settings(db, local_nodes=1, cores_per_node=1, launcher=tunables), \
+                launchers() as start:
+            launcher = start("--consume-all", "--job-mode", "serial")
+            wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(), 90,
+                     "the task to start")
+            task = int(open(pid_file).read())
+            task_started = start_time(task) or 0
+            master = wait_for(lambda: rank_pid(launcher.pid, 0), 10, "the master rank")
+            kill(master, signal.SIGSTOP)
+            wait_for(lambda: "waiting for the watchdogs of worker ranks" in launcher.log(), 120,
+                     "the launcher to kill the stuck ensemble and wait for worker 1's watchdog")
+            assert "ensemble is stuck" in launcher.log()
+            launcher.signal(signal.SIGTERM)  # while its worker's watchdog waits out the grace
+            launcher.wait(120)
+            log = launcher.log()
+    finally:
+        if task:
+            kill(task, started=task_started)
+    assert "forwarding the stop" not in log, log
+    assert "still starting" not in log, log
+    assert "(killed by the launcher: stuck)" in log, log

@@ -5,6 +5,8 @@ transition workers (and MPI-mode launchers) have session rows too, but never giv
 workers per launcher: a third of the idle slots per give)."""
 from __future__ import annotations
 
+import time
+
 from balsam.core import idle_slots, leases
 
 
@@ -64,4 +66,31 @@ def test_a_new_idle_count_is_heard_on_its_own_channel_and_wakes_no_job_wait(db, 
     idle_slots.publish(cursor, sid, 3)
     listener.wait(0.3)
     assert listener.heard(CHANNEL)
+    listener.close()
+
+
+def test_job_changes_and_idle_counts_heard_together_are_both_kept_across_a_reconnection(
+        db, cursor):
+    # Guards the split of one batch of notifications (s20-revtail review: found sound): a job
+    # change read with an idle count still wakes the job wait, neither consumes the other, and
+    # after a reconnection both channels are listened to again.
+    from balsam.db.database import Database
+    from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as CHANNEL
+    from balsam.defaults import NOTIFY_CHANNEL
+
+    listener = Database(db)
+    listener.listen()
+    listener.listen_also(CHANNEL)
+    sid = session(cursor, "serial")
+    for count, reconnects in ((2, 0), (3, 1)):
+        listener.run(lambda cur: cur.execute("SELECT 1"))  # (re)connected: listening
+        assert listener.reconnects == reconnects
+        idle_slots.publish(cursor, sid, count)
+        cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+        end, woke = time.monotonic() + 10, False
+        while not listener.heard(CHANNEL):
+            assert time.monotonic() < end, "the idle count was not heard"
+            woke = listener.wait(0.05) or woke
+        assert woke or listener.notified() or listener.wait(5.0), "the job change was lost"
+        listener.sever()  # the next statement reconnects
     listener.close()

@@ -425,8 +425,8 @@ def test_a_start_never_written_by_a_launcher_killed_with_its_ranks_is_recorded_b
             everything = kill_launcher_side(first.pid, leader)
             first.wait(120)
             wait_for(lambda: all(process_gone(p) for p in everything), 60, "everything to die")
-            reports = os.path.join(db, "log", f"serial_{socket.gethostname()}_{first.pid}.watch",
-                                   "0")
+            (mine,) = serial_reports.launcher_dirs(db, socket.gethostname(), first.pid)
+            reports = os.path.join(mine, "0")
             assert wait_for(lambda: reported_starts(reports), 60, "the watchdogs' reports"
                             ) == [job_id]
             lock.rollback()  # the master's blocked write goes on, to a closed connection

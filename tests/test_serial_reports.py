@@ -41,7 +41,7 @@ def dead_session(cursor, db, pid):
         if cursor.fetchone()[0]:
             break
         time.sleep(0.05)
-    return sid, serial_reports.watch_dir(db, "nodeA", pid)
+    return sid, serial_reports.launcher_dir(db, "nodeA", pid, "dead")
 
 
 def report(directory, generation, rank, state, started):
@@ -59,7 +59,8 @@ def history(cursor, job_id):
 def test_the_sweep_records_reported_starts_the_history_lacks_once(app, db, cursor):
     lost, recorded, again, unknown, idle, outlived = make_jobs(6)
     sid, directory = dead_session(cursor, db, 4242)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
+    serial_reports.mark_session(directory, sid, database=db, generation=1)
     leases.start(cursor, sid, [recorded], start_message(sid))  # the master wrote this one
     report(directory, 0, 1, "stopped", [lost, recorded])
     report(directory, 1, 1, "stopped", [again])
@@ -82,7 +83,7 @@ def test_the_sweep_records_reported_starts_the_history_lacks_once(app, db, curso
 def test_a_start_the_dead_launcher_recorded_itself_is_not_recorded_again(app, db, cursor):
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 4343)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     assert leases.record_lost_starts(cursor, sid, {job_id: 1}, start_message(sid),
                                      "outcome unknown") == [job_id]  # the launcher's settle
@@ -93,7 +94,7 @@ def test_a_start_the_dead_launcher_recorded_itself_is_not_recorded_again(app, db
 def test_reports_of_another_session_or_unreadable_ones_are_ignored(app, db, cursor):
     other, unmarked, huge = make_jobs(3)
     sid, directory = dead_session(cursor, db, 4444)
-    serial_reports.mark_session(directory, sid + 1000)  # an earlier launcher of that host and pid
+    serial_reports.mark_session(directory, sid + 1000, database=db)  # another session's
     report(directory, 0, 1, "stopped", [other])
     sid2, directory2 = dead_session(cursor, db, 4545)
     report(directory2, 0, 1, "stopped", [unmarked])  # no mark: not known to be its
@@ -103,12 +104,12 @@ def test_reports_of_another_session_or_unreadable_ones_are_ignored(app, db, curs
     assert serial_reports.unrecorded_starts(db, sid, "nodeA", 4444) is None
     assert serial_reports.unrecorded_starts(db, sid2, "nodeA", 4545) is None
     sid3, directory3 = dead_session(cursor, db, 4646)
-    serial_reports.mark_session(directory3, sid3)
+    serial_reports.mark_session(directory3, sid3, database=db)
     os.makedirs(os.path.join(directory3, "0"))
     with open(os.path.join(directory3, "0", "rank1.json"), "w") as fh:
         fh.write(" " * (serial_reports.MAX_BYTES + 1))  # past the bound: skipped
     report(directory3, 0, 2, "stopped", [huge])
-    dead, alive, since = serial_reports.unrecorded_starts(db, sid3, "nodeA", 4646)
+    ((since, dead, alive),) = serial_reports.unrecorded_starts(db, sid3, "nodeA", 4646)[0]
     assert dict(dead) == {huge: 1} and not alive and since == 0
 
 
@@ -132,7 +133,7 @@ def test_a_fifo_in_the_watch_directory_does_not_hang_the_sweep(app, db, cursor, 
 
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 4747)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     fifo = os.path.join(db, "log", "fifo") if where == "report symlink" else os.path.join(
         directory, *(("session.json",) if where == "mark" else ("0", "rank2.json")))
@@ -155,17 +156,17 @@ def test_a_fifo_in_the_watch_directory_does_not_hang_the_sweep(app, db, cursor, 
     if where == "mark":
         assert result == [None]  # not a regular file: not known to be the session's
     else:
-        assert dict(result[0][0]) == {job_id: 1}  # the FIFO skipped, the real report read
+        assert dict(result[0].generations[0].dead) == {job_id: 1}  # the FIFO skipped
 
 
 def test_a_symlink_to_dev_zero_or_a_device_is_skipped(app, db, cursor):
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 4848)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     os.symlink("/dev/zero", os.path.join(directory, "0", "rank2.json"))
     os.symlink("/dev/null", os.path.join(directory, "0", "rank3.json"))
-    dead, alive, _ = serial_reports.unrecorded_starts(db, sid, "nodeA", 4848)
+    ((_, dead, alive),) = serial_reports.unrecorded_starts(db, sid, "nodeA", 4848)[0]
     assert dict(dead) == {job_id: 1} and not alive
 
 
@@ -187,7 +188,8 @@ def test_a_start_after_an_ensemble_restart_is_recorded_though_the_first_ensemble
     assert leases.claim(cursor, sid, 10, serial=True, max_nodes=1)
     cursor.execute("UPDATE core_launchersession SET heartbeat = now() - interval '1 hour' "
                    "WHERE id = %s", [sid])
-    serial_reports.mark_session(directory, sid, since)  # the second ensemble's launch
+    serial_reports.mark_session(directory, sid, database=db, since=since,
+                                generation=1)  # the second ensemble's launch
     report(directory, 1, 1, "stopped", [job_id])
     assert leases.sweep(cursor, db)[0][0] == sid
     states = [s for s, _ in history(cursor, job_id)]
@@ -203,7 +205,7 @@ def test_the_reports_are_read_before_the_session_is_locked(app, db, cursor, monk
 
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 5050)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     read = serial_reports.unrecorded_starts
     probes = []
@@ -237,7 +239,7 @@ def test_a_second_sweeper_records_nothing_while_the_first_holds_the_session(app,
 
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 5151)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     first, second = connect(db), connect(db)
     try:
@@ -259,7 +261,7 @@ def test_a_sweep_rolled_back_and_retried_records_each_start_once(app, db, cursor
 
     (job_id,) = make_jobs(1)
     sid, directory = dead_session(cursor, db, 5555)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [job_id])
     sweeper = connect(db)
     try:
@@ -289,7 +291,7 @@ def test_reported_jobs_the_session_no_longer_holds_are_left_alone(app, db, curso
     leases.start(cursor, sid, [done], start_message(sid))
     leases.finish(cursor, sid, [done], State.RUN_DONE)
     before = {j: history(cursor, j) for j in (released, elsewhere, done)}
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [released, elsewhere, done, done])
     assert leases.sweep(cursor, db) == [(sid, 0)]
     assert {j: history(cursor, j) for j in (released, elsewhere, done)} == before
@@ -299,10 +301,10 @@ def test_after_the_sweep_its_watch_directory_goes_and_its_log_line_counts_the_st
         app, db, cursor):
     lost, _ = make_jobs(2)
     sid, directory = dead_session(cursor, db, 5353)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, 0, 1, "stopped", [lost])
     sid2, directory2 = dead_session(cursor, db, 5454)
-    serial_reports.mark_session(directory2, sid2 + 1000)  # a later launcher's: not ours
+    serial_reports.mark_session(directory2, sid2 + 1000, database=db)  # not ours
     swept = leases.sweep_sessions(cursor, db)
     assert sorted((s.session, s.lost_starts) for s in swept) == [(sid, 1), (sid2, 0)]
     lines = leases.after_sweep(db, swept)

@@ -14,6 +14,7 @@ from launcher_procs import launchers
 from launcher_support import QUICK, add_app, add_jobs, job_row, settings, wait_for
 
 from balsam.core import idle_slots, leases, schema
+from balsam.launcher.serial_share import GIVEN_WITHIN_SECONDS
 
 HOLDER = {"hostname": "elsewhere", "pid": 1, "job_mode": "serial", "num_nodes": 1,
           "lease_seconds": 60}
@@ -73,13 +74,56 @@ def test_an_idle_launcher_exits_while_another_session_only_runs_its_work(db, cur
         idle = start(*SERIAL)
         sid = wait_for(idle.session_id, 60, "the launcher's session")
         assert idle_slots.givable(cursor, sid) == 0  # RUNNING work is never given back
-        began = time.monotonic()
-        end = began + 60
-        while idle.proc.poll() is None:  # the holder stays live the whole time
-            assert time.monotonic() < end, "the launcher did not exit\n" + idle.diagnosis()
-            assert leases.heartbeat(cursor, holder)
-            time.sleep(0.05)
-        assert idle.proc.returncode == 0
-        assert "exiting: idle for" in idle.log()
+        exits_idle(cursor, idle, holder)
     assert all(job_row(cursor, j)["state"] == "RUNNING" for j in held)
+    leases.close_session(cursor, holder)
+
+
+def exits_idle(cursor, idle, holder: int, within: float = 60) -> None:
+    """Wait (renewing ``holder``'s lease: it stays live) until ``idle`` exits for idling."""
+    end = time.monotonic() + within
+    while idle.proc.poll() is None:
+        assert time.monotonic() < end, "the launcher did not exit\n" + idle.diagnosis()
+        assert leases.heartbeat(cursor, holder)
+        time.sleep(0.05)
+    assert idle.proc.returncode == 0
+    assert "exiting: idle for" in idle.log()
+
+
+def test_an_idle_launcher_exits_while_the_work_queued_elsewhere_is_too_long_for_its_time(
+        db, cursor):
+    # Its claims take only jobs that can end before its time limit: such work given back would
+    # never be its own. Before, it counted it (idle_slots.givable had no time limit) and stayed
+    # idle until its time limit (here 3 minutes; in a batch job, the rest of the allocation).
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED",
+                       "wall_time_minutes": 60} for i in range(2)])
+    holder, held = hold(cursor, 2, run=False)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        idle = start(*SERIAL, "--time-limit-minutes", "3")
+        sid = wait_for(idle.session_id, 60, "the launcher's session")
+        assert idle_slots.givable(cursor, sid) == 2  # (no limit: it could run them)
+        assert idle_slots.givable(cursor, sid, max_wall_minutes=2.9) == 0
+        exits_idle(cursor, idle, holder)
+    assert all(job_row(cursor, j)["session_id"] == holder for j in held)
+    leases.close_session(cursor, holder)
+
+
+def test_an_idle_launcher_stops_waiting_for_queued_work_its_holder_never_gives(db, cursor):
+    # The holder renews its lease and never gives (older code; or a job queued behind a partly
+    # used node, which its surplus counts only as the node's overflow). Before, the idle
+    # launcher stayed until that work started there (hours behind hour-long tasks).
+    add_app(cursor, "app", "true")
+    add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
+                      for i in range(2)])
+    holder, held = hold(cursor, 2, run=False)
+    with settings(db, local_nodes=1, launcher=QUICK), launchers() as start:
+        idle = start(*SERIAL)
+        sid = wait_for(idle.session_id, 60, "the launcher's session")
+        wait_for(lambda: published(cursor, sid) > 0, 60, "the launcher to publish idle slots")
+        began = time.monotonic()
+        exits_idle(cursor, idle, holder, GIVEN_WITHIN_SECONDS + 30)
+        assert time.monotonic() - began >= GIVEN_WITHIN_SECONDS - 1  # it waited to be given
+        assert "not given in" in idle.log()
+    assert all(job_row(cursor, j)["session_id"] == holder for j in held)
     leases.close_session(cursor, holder)

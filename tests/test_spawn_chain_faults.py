@@ -151,9 +151,12 @@ def test_a_kill_or_stop_of_a_start_being_handed_back_reports_it_once_unstarted(t
         # either way reported once, never started, never queued again
         inbox.orders.append({"kill": ["f1"]} if order == "kill" else {"stop": 0.5})
         key = "killed" if order == "kill" else "returned"
-        serve(worker, lambda: inbox.collected(key) and not worker._spawns.in_flight,  # type: ignore
-              f"f1 {key}")
-        assert inbox.collected(key) == ["f1"] and not worker.queue
+        serve(worker, lambda: "f1" in inbox.collected(key)
+              and not worker._spawns.in_flight, f"f1 {key}")  # type: ignore[union-attr]
+        # (a stop also withdraws g0 if its posix_spawn had not begun: returned, never made)
+        g0_back = inbox.collected(key) == ["f1", "g0"] or inbox.collected(key) == ["g0", "f1"]
+        assert (inbox.collected(key) == ["f1"] or order == "stop" and g0_back)
+        assert not worker.queue
         if order == "kill":
             open(gate, "w").close()
             serve(worker, lambda: inbox.collected("done"), "g0 done")
@@ -161,7 +164,8 @@ def test_a_kill_or_stop_of_a_start_being_handed_back_reports_it_once_unstarted(t
     finally:
         worker.close()
         open(gate, "w").close()
-    assert inbox.collected("started") == ["g0"] and inbox.collected(key) == ["f1"]
+    assert inbox.collected("started") == ([] if g0_back else ["g0"])
+    assert sorted(inbox.collected(key)) == (["f1", "g0"] if g0_back else ["f1"])
     assert not os.path.exists(os.path.join(tmp, "f1.start"))
     assert worker._leader == {} and worker._follower == {} and worker.node.occupancy == 0
 

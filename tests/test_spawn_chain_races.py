@@ -292,8 +292,7 @@ def test_a_rank_dying_before_it_collects_a_chained_start_leaves_it_killed_and_co
         dog.remove(g0.task.pgid)
         f1 = k.wait("f1")  # taken here only to reap it at the end: the watchdog never hears
         # the rank dies: no "+PGID f1" line, no "." (every write end closes)
-        os.close(dog._fd)
-        dog._fd = -1
+        dog.out.close()
         k.spawns.close()
 
         def written() -> Any:

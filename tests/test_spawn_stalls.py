@@ -220,11 +220,12 @@ def spawning_wchan() -> str:
     return ""
 
 
-def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_path):
+def test_a_kill_that_comes_after_a_chained_start_began_withdraws_it_before_its_spawn(tmp_path):
     # The thread has taken f1 (its predecessor ended) and is between its ?f1 line and
     # posix_spawn, waiting for room for that line in a full pipe (bounded: 60 s here): too
-    # late to withdraw it; it comes back started with the kill's mark (the loop ends it at
-    # once: spawn_threads).
+    # late to cancel it, but the kill's mark withdraws it (session 20: ``Spawner.withdraw``):
+    # once the line goes in, the start is not made, the line is undone (^f1) and it comes
+    # back withdrawn (the loop reports it killed). Before, it was made, then ended.
     tmp = str(tmp_path)
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # (the kernel opens the pipe anew: its own flag)
@@ -246,7 +247,7 @@ def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_
         wait_for(in_note_wait, 60, "the thread waiting to write ?f1")
         assert not k.spawns.cancel("f1") and k.spawns.mark("f1", "kill", 0.5)
         lines = b""
-        while not lines.endswith(b"?f1\n"):  # drained: the line goes in, the start is made
+        while not lines.endswith(b"^f1\n"):  # drained: the line goes in, then its undoing
             lines += os.read(read_end, 65536)
         f1 = k.wait("f1")
     finally:
@@ -259,7 +260,8 @@ def test_a_kill_that_comes_after_a_chained_start_began_marks_it_to_be_ended(tmp_
         k.ended()
         os.close(write_end)
         os.close(read_end)
-    assert f1.task is not None and f1.why == "kill"
+    assert f1.task is None and f1.returned and f1.withdrawn and f1.why == "kill"
+    assert lines.endswith(b"?f1\n^f1\n") and ran(tmp, "f1") == ""
 
 
 def test_a_chained_start_whose_note_goes_in_after_the_stop_began_is_dropped_and_unnoted(

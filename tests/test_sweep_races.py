@@ -43,7 +43,7 @@ def expired_session(cursor, db, pid):
                    "WHERE id = %s", [sid])
     cursor.execute("SELECT pg_sleep(greatest(0, 1.1 - extract(epoch FROM now() - "
                    "pg_postmaster_start_time())))")  # (sweeps wait a lease after a start)
-    return sid, serial_reports.watch_dir(db, "nodeA", pid)
+    return sid, serial_reports.launcher_dir(db, "nodeA", pid, "dead")
 
 
 def report(directory, job_id):
@@ -96,7 +96,7 @@ def test_a_session_renewed_after_the_sweep_found_it_is_left_alone(app, db, curso
     renewal committed, or still in flight: its row lock makes the sweep skip the session)."""
     (job_id,) = make_jobs(1)
     sid, directory = expired_session(cursor, db, 6060 + committed)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, job_id)
     renewal = connect(db)
     try:
@@ -123,7 +123,7 @@ def test_a_second_sweep_between_the_find_and_the_lock_records_each_start_once(
         app, db, cursor, monkeypatch):
     (job_id,) = make_jobs(1)
     sid, directory = expired_session(cursor, db, 6161)
-    serial_reports.mark_session(directory, sid)
+    serial_reports.mark_session(directory, sid, database=db)
     report(directory, job_id)
     inner = []
 
@@ -170,7 +170,7 @@ def test_a_start_committed_while_the_restart_reads_its_since_is_counted_before_i
     finally:
         writer.close()
         restart.close()
-    (_, since), = result
+    (_, since, _), = result
     assert since >= event
     assert leases.record_lost_starts(cursor, sid, {job_id: 1}, start_message(sid),
                                      "lost", since=since) == []

@@ -63,8 +63,8 @@ def test_a_warm_start_task_whose_launcher_died_before_its_start_was_written_is_r
         with settings(db, local_nodes=1, launcher=dict(QUICK, lease_seconds=3)), \
                 launchers() as start:
             first = start(*SERIAL)
-            watch = serial_reports.watch_dir(db, socket.gethostname(), first.pid)
             wait_for(lambda: os.path.exists(pid_file), 60, "the warm start's task to start")
+            (watch,) = serial_reports.launcher_dirs(db, socket.gethostname(), first.pid)
             assert wait_for(lambda: noted(os.path.join(watch, "launcher.json")), 30,
                             "the launcher's note") == [job_id]
             everything = [first.pid] + descendants(first.pid)

@@ -28,12 +28,15 @@ LIVE = ("{s}ended_at IS NULL AND {s}heartbeat > now() - {s}lease_seconds * inter
 """A session is live while it is open and its lease is fresh (``{s}``: the table's alias)."""
 
 
-def publish(cursor: Cursor, session_id: int, slots: int) -> None:
+def publish(cursor: Cursor, session_id: int, slots: int, fresh: bool = False) -> None:
     """Say that ``session_id`` has ``slots`` idle slots and nothing to claim (0: none); a new
-    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit)."""
+    number above 0 is notified on :data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL` (at commit).
+    ``fresh``: the caller's first word on the row (a new master: an earlier ensemble's number
+    may be there), written and notified even if the row already says it."""
     slots = max(0, int(slots))
-    cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s AND idle_slots <> %s",
-                   [slots, session_id, slots])
+    same = "" if fresh else " AND idle_slots <> %s"
+    cursor.execute(f"UPDATE {SESSION} SET idle_slots = %s WHERE id = %s{same}",
+                   [slots, session_id] + ([] if fresh else [slots]))
     if slots and cursor.rowcount:
         cursor.execute(f"NOTIFY {defaults.IDLE_SLOTS_NOTIFY_CHANNEL}")
 
@@ -53,10 +56,13 @@ def wanted(cursor: Cursor, session_id: int) -> tuple[int, int]:
 
 def givable(cursor: Cursor, session_id: int, *, wf_filter: Optional[str] = None,
             tags: Optional[Mapping[str, str]] = None,
-            gpus_per_node: Optional[int] = None) -> int:
+            gpus_per_node: Optional[int] = None,
+            max_wall_minutes: Optional[float] = None) -> int:
     """How many jobs other live serial sessions hold claimed and not started (a runnable
     state, not RUNNING) that ``session_id``'s serial launcher could run (one node, one rank;
-    ``wf_filter``, ``tags`` and GPUs as it claims). Such work is queued behind their running
+    ``wf_filter``, ``tags``, GPUs and the time it has left, ``max_wall_minutes``, as it
+    claims: :func:`balsam.core.claim_sql.statement`; work given back that its claims would not
+    take never becomes its own). Such work is queued behind their running
     tasks (or in hand for a moment) and is given back to a launcher whose slots idle
     (:mod:`balsam.launcher.serial_share`): it is work this launcher can still receive. RUNNING
     work is never given back and is not counted; neither are dead sessions' holds (lease
@@ -69,6 +75,9 @@ def givable(cursor: Cursor, session_id: int, *, wf_filter: Optional[str] = None,
     where += leases.tags_clause(tags, params)
     if gpus_per_node is not None:
         where += " AND " + claim_sql.gpu_condition(True, gpus_per_node, params)
+    if max_wall_minutes is not None:  # the claim's own bound (claim_sql._filters)
+        where += " AND j.wall_time_minutes <= least(floor(%s::numeric), 2147483647)::integer"
+        params.append(max_wall_minutes)
     cursor.execute(f"""
         SELECT count(*) FROM {JOB} j JOIN {SESSION} s ON s.id = j.session_id
         WHERE s.id <> %s AND s.job_mode = 'serial' AND {LIVE.format(s='s.')}

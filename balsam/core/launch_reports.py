@@ -32,10 +32,12 @@ that did not happen may be counted, never a run that did happen left out.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Collection
 from typing import Optional
 
 from balsam.core import killed_starts, lifecycle, schema, serial_reports
+from balsam.core.bounded_io import Late, within
 from balsam.core.retries import NOT_STARTED_SUFFIX
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor
@@ -45,8 +47,11 @@ FINAL_STATES = ("stopped", "alive")
 
 
 def report_path(db_path: str, session_id: int) -> str:
-    """Where the watchdog of MPI-mode session ``session_id`` reports (the log directory)."""
-    return os.path.join(db_path, "log", f"session_{session_id}.launched.json")
+    """Where the watchdog of MPI-mode session ``session_id`` reports (the log directory, which
+    several databases may share: the name carries a tag of the database's real path, so that a
+    sweep never reads or removes another database's session of that id)."""
+    tag = zlib.crc32(os.path.realpath(db_path).encode())
+    return os.path.join(db_path, "log", f"session_{session_id}.{tag:08x}.launched.json")
 
 
 def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[frozenset[str]]:
@@ -54,9 +59,10 @@ def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[fro
     session row says: a report left by an earlier database's session of that id is not its)
     launched (or was about to) and did not see recorded, from its watchdog's final report;
     None if not known (see the module docstring)."""
-    try:  # (a regular file only: a FIFO there must not hang the sweep)
-        report = serial_reports.read_report(report_path(db_path, session_id))
-    except (OSError, ValueError):
+    path = report_path(db_path, session_id)
+    try:  # (a regular file only, read within a bound: a FIFO, a hung mount must not hang it)
+        report = within(serial_reports.MAX_SECONDS, lambda: serial_reports.read_report(path))
+    except (OSError, ValueError, Late):
         return None
     if not isinstance(report, dict) or (report.get("host"), report.get("owner")) != (
             host, str(pid)):
@@ -69,9 +75,10 @@ def launched(db_path: str, session_id: int, host: str, pid: int) -> Optional[fro
 
 def discard(db_path: str, session_id: int) -> None:
     """Remove the report of ``session_id`` (used, or not needed: its launcher ended cleanly)."""
-    try:
-        os.unlink(report_path(db_path, session_id))
-    except OSError:
+    path = report_path(db_path, session_id)
+    try:  # (bounded: a hung mount must not hang the sweeper after its commit)
+        within(serial_reports.MAX_SECONDS, lambda: os.unlink(path))
+    except (OSError, Late):
         pass
 
 

@@ -302,6 +302,10 @@ class Swept(NamedTuple):
     """Starts its worker watchdogs reported and its history lacked, recorded before the close."""
     host: str
     pid: int
+    watch: str = ""
+    """Its serial-mode launcher's directory, read wholly: removed after the commit."""
+    unread: tuple[str, ...] = ()
+    """Report files of it not read within the bound (a hung file system): left in place."""
 
 
 def sweep(cursor: Cursor, db_path: str = "") -> list[tuple[int, int]]:
@@ -344,15 +348,21 @@ def sweep_sessions(cursor: Cursor, db_path: str = "") -> list[Swept]:
 
 def after_sweep(db_path: str, swept: Sequence[Swept]) -> list[str]:
     """Once the sweep's transaction committed: remove the swept sessions' report files (read
-    by it) and return a log line for each session."""
+    by it; a serial session's only if every one was read) and return a log line for each
+    session."""
     lines = []
     for s in swept:
         launch_reports.discard(db_path, s.session)
-        serial_reports.discard(db_path, s.session, s.host, s.pid)
+        if s.watch and not s.unread and not serial_reports.discard(s.watch):
+            lines.append(f"swept launcher session {s.session}: its report directory {s.watch} "
+                         f"was not removed within {serial_reports.MAX_SECONDS:g} s")
         lost = (f", {s.lost_starts} start(s) its watchdogs reported and its history lacked "
                 "recorded (RUNNING, then RUN_TIMEOUT: outcome unknown)" if s.lost_starts else "")
+        unread = (f"; its report(s) {', '.join(s.unread)} not read within "
+                  f"{serial_reports.MAX_SECONDS:g} s (a hung file system?): skipped, left in "
+                  "place" if s.unread else "")
         lines.append(f"swept launcher session {s.session} (lease expired): {s.timed_out} "
-                     f"job(s) recorded RUN_TIMEOUT{lost}")
+                     f"job(s) recorded RUN_TIMEOUT{lost}{unread}")
     return lines
 
 
@@ -374,10 +384,12 @@ def _close_dead(cursor: Cursor, sid: int, host: str, pid: int, beat: str,
     reason = (f"launcher session {sid} ({host}:{pid}) lost its lease: no heartbeat since "
               f"{beat} UTC (killed, or its node was lost)")
     lost = 0
-    if reported is not None:
-        for started, end in ((reported.dead, serial_reports.LOST_MESSAGE),
-                             (reported.alive, None)):
+    for group in reported.generations if reported is not None else ():
+        for started, end in ((group.dead, serial_reports.LOST_MESSAGE), (group.alive, None)):
             lost += len(record_lost_starts(cursor, sid, started,
                                            serial_reports.start_message(sid), end,
-                                           since=reported.since))
-    return Swept(sid, close_session(cursor, sid, reason, launched), lost, host, pid)
+                                           since=group.since))
+    closed = close_session(cursor, sid, reason, launched)
+    if reported is None:
+        return Swept(sid, closed, lost, host, pid)
+    return Swept(sid, closed, lost, host, pid, reported.directory, tuple(reported.unread))

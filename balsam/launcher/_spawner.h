@@ -36,6 +36,8 @@
 #define BS_UNNOTED (-2)
 #define BS_NOTE_WAIT_MS 1000
 #define BS_DROPPED (-3)  /* a stop (bs_stop) began before its posix_spawn: never made */
+#define BS_WITHDRAWN (-4)  /* withdrawn (bs_withdraw) before its posix_spawn: never made, handed
+                              back (and those behind it) for the loop to report killed/returned */
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -53,6 +55,8 @@ typedef struct bs_req {
     int keep;       /* keep a dup of the child's pidfd with its record (a start may follow) */
     int fail;       /* BS_RETURNED: handed back instead of started (it cannot wait) */
     int cancelled;  /* a chained start cancelled before it began: freed, never started */
+    int dropped;    /* withdrawn (bs_withdraw: a kill or stop) while queued or being made:
+                       not made unless its posix_spawn had begun (atomic) */
     cpu_set_t cpus;
 } bs_req;
 
@@ -69,6 +73,7 @@ typedef struct {
                              after_token > 0: the predecessor is not started yet) */
     int nwaiting, evfd, sleeping;  /* evfd: written to wake the thread while it sleeps */
     int stop, started;
+    bs_req *current;  /* the start being made (t->mu): bs_withdraw finds it */
     cpu_set_t now;  /* this thread's affinity */
     struct bs_spawner *sp;
 } bs_thread;
@@ -78,6 +83,7 @@ typedef struct bs_spawner {
     int watch_fd;  /* the task watchdog's pipe (opened anew, O_NONBLOCK, owned), or -1 */
     int no_pidfd_every;  /* tests: every Nth child's pidfd_open fails (EMFILE); 0: none */
     int hang_fd;  /* tests: a start reads a byte from it before its mkdir (a hung file system) */
+    char *hang_dir;  /* tests: a FIFO opened (blocking) before a task's directory is (bs_hang_dir) */
     int stopping;  /* bs_stop began: nothing is started from now on (atomic: bs_stopping) */
     unsigned long nspawned;  /* children started (with no_pidfd_every) */
     unsigned long unnoted;  /* chained starts handed back BS_UNNOTED (atomic) */
@@ -127,33 +133,6 @@ static int bs_mkdirs(const char *path) {
     return errno;
 }
 
-/* The output file is opened here, not in the child, and O_NONBLOCK: a FIFO (or a device) at
-   its path must never block this thread in open(), nor the worker's close, which joins it. A
-   FIFO without a reader fails ENXIO (the task fails: libc_spawn.failure names the file); any
-   other opens at once, and the flag is cleared before the task gets it (libc_spawn does the
-   same). A stop that began before the spawn drops the start (BS_DROPPED). */
-static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
-    posix_spawn_file_actions_t fa;
-    int err, out;
-    if (bs_stopping(sp)) return BS_DROPPED;  /* (and after the open: one may hang) */
-    out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
-    if (out < 0) return errno;
-    if (bs_stopping(sp)) { close(out); return BS_DROPPED; }
-    if (fcntl(out, F_SETFL, 0) < 0) { err = errno; close(out); return err; }
-    if (posix_spawn_file_actions_init(&fa)) { close(out); return ENOMEM; }
-    /* stdout first: out may be 0 (this process has no stdin), which /dev/null replaces */
-    if (posix_spawn_file_actions_adddup2(&fa, out, 1)
-            || posix_spawn_file_actions_adddup2(&fa, 1, 2)
-            || posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-            || posix_spawn_file_actions_addchdir_np(&fa, r->cwd))
-        err = ENOMEM;
-    else
-        err = posix_spawn(pid, r->program, &fa, &sp->attr, r->argv, r->envp);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out);
-    return err;
-}
-
 static void bs_push(bs_spawner *sp, long token, int pid, int fd, int err, double when,
                     int kept) {
     uint64_t one = 1;
@@ -198,8 +177,10 @@ static void bs_start(bs_thread *t, bs_req *r) {
         err = bs_mkdirs(r->cwd);
     }
     /* a stop that gave up waiting for this thread (stuck in mkdir: bs_stop) may have come
-       meanwhile: nothing would take the task over, so it is not started (nor noted) */
+       meanwhile: nothing would take the task over, so it is not started (nor noted); a kill
+       or stop of this job (bs_withdraw): not started, handed back */
     if (bs_stopping(sp)) return;
+    if (!err && bs_dropped(sp, r)) err = BS_DROPPED;
     /* the watchdog then finds the task by its job id if this process dies before the loop
        registers it; if it cannot be told, the start is handed back (bs_note) */
     if (!err && r->note != NULL && sp->watch_fd >= 0) {
@@ -217,7 +198,11 @@ static void bs_start(bs_thread *t, bs_req *r) {
     /* the stop came while the note waited for room, or the open or mkdir hung: not made, and
        the watchdog told so (^JOBID: no start of it to count); or it came during the spawn
        (a child hung in chdir): the task is ended at once, nobody would reap or report it */
-    if (err == BS_DROPPED) { if (noted) bs_unnote(sp, r->note); return; }
+    if (err == BS_DROPPED) {
+        if (noted) bs_unnote(sp, r->note);
+        if (bs_stopping(sp)) return;
+        err = BS_WITHDRAWN;  /* (r->dropped) */
+    }
     if (!err && bs_stopping(sp)) { kill(-pid, SIGKILL); return; }
     if (!err) {
         if (r->pin && !CPU_EQUAL(&r->cpus, &t->now))  /* not allowed here: pin the task */
@@ -261,10 +246,12 @@ static void *bs_serve(void *arg) {
         r = t->head;
         t->head = r->next;
         if (t->head == NULL) t->tail = NULL;
+        t->current = r;
         pthread_mutex_unlock(&t->mu);
         if (!r->cancelled) bs_start(t, r);  /* cancelled under t->mu: never begun */
-        bs_free_req(r);
         pthread_mutex_lock(&t->mu);
+        t->current = NULL;  /* (before the free: bs_withdraw reads it under t->mu) */
+        bs_free_req(r);
     }
 }
 
@@ -325,7 +312,7 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
         sp->nthreads++;
     }
     r->next = NULL;
-    r->cancelled = r->fail = 0;
+    r->cancelled = r->fail = r->dropped = 0;
     pthread_mutex_lock(&t->mu);
     if ((r->after >= 0 || r->after_token > 0) && t->nwaiting >= BS_MAX_WAITING) {
         pthread_mutex_unlock(&t->mu);
@@ -366,6 +353,7 @@ static void bs_free(bs_spawner *sp) {
     }
     close(sp->evfd);
     if (sp->watch_fd >= 0) close(sp->watch_fd);
+    free(sp->hang_dir);
     posix_spawnattr_destroy(&sp->attr);
     free(sp->done); free(sp->threads); free(sp);
 }

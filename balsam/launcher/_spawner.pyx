@@ -34,7 +34,11 @@ for the threads a bounded time: one stuck in a system call (a ``mkdir`` on a hun
 is left, makes no start once it returns, and ends with the process. A start whose
 ``posix_spawn`` has not begun when the stop comes is dropped (its note, if written, undone:
 ``^JOBID``); one whose ``posix_spawn`` the stop overtook is killed at once (nobody would reap,
-report or stop it).
+report or stop it). :meth:`Spawner.withdraw` (a kill or stop of a job whose start is in
+flight) drops a start whose ``posix_spawn`` has not begun (``WITHDRAWN``). The task's
+directory is looked up by the thread (opened, then ``fchdir`` in the child): a hung file
+system holds the thread before ``posix_spawn``, where a stop or withdrawal is seen, never the
+``vfork`` child, which would run the task once it answered.
 
 What the pure-Python path (:mod:`balsam.launcher.spawn_threads`) does in Python, this does in
 C; what stays in Python (program look-up on PATH, argument and environment checks, error
@@ -76,6 +80,7 @@ cdef extern from "_spawner.h":
         int watch_fd
         int no_pidfd_every
         int hang_fd
+        char *hang_dir
         int stopping
         unsigned long unnoted
         int note_wait_ms
@@ -83,6 +88,7 @@ cdef extern from "_spawner.h":
     bs_spawner *bs_new(int epfd, int maxthreads)
     int bs_submit(bs_spawner *sp, int which, bs_req *r)
     int bs_cancel(bs_spawner *sp, int which, long token)
+    int bs_withdraw(bs_spawner *sp, int which, long token)
     int bs_stop(bs_spawner *sp, double seconds) nogil
     void bs_free(bs_spawner *sp)
     size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap)
@@ -100,6 +106,9 @@ UNNOTED = -2
 """... handed back unstarted because its note could not be written to the watch fd within a
 second (``BS_UNNOTED``: the task watchdog lives but reads nothing; counted in
 :attr:`Spawner.unnoted`)."""
+WITHDRAWN = -4
+"""... handed back unstarted because :meth:`Spawner.withdraw` came before its ``posix_spawn``
+(``BS_WITHDRAWN``: a kill or stop of its job)."""
 STOP_SECONDS = 5.0
 """How long :meth:`Spawner.close` waits for the threads by default."""
 
@@ -253,6 +262,22 @@ cdef class Spawner:
         file system would; -1: none."""
         if self.sp != NULL:
             self.sp.hang_fd = fd
+
+    def hang_dirs(self, bytes fifo) -> None:
+        """Tests: a start's lookup of its task's directory first opens ``fifo`` (a FIFO) for
+        reading, blocking until the test opens it for writing, as a lookup on a hung file
+        system would (b"": none)."""
+        if self.sp != NULL:
+            free(self.sp.hang_dir)
+            self.sp.hang_dir = _dup(fifo) if fifo else NULL
+
+    def withdraw(self, int which, long token) -> bool:
+        """Withdraw start ``token`` on thread ``which`` (its job was killed or stopped): if its
+        ``posix_spawn`` has not begun it is never made and comes back :data:`WITHDRAWN`; True
+        if it was found in flight (False: it is done, or unknown)."""
+        if self.sp == NULL or not 0 <= which < self.max_threads:
+            return False
+        return bs_withdraw(self.sp, which, token) == 1
 
     def fail_pidfds(self, int every) -> None:
         """Tests: the pidfd of every ``every``-th child started from now on is closed at once,

@@ -39,6 +39,76 @@ static void bs_unnote(bs_spawner *sp, char *note) {
     if (bs_note(sp, note) != 0) {}
 }
 
+/* Whether start r is not to be made: a stop began (bs_stop), or it was withdrawn. */
+static int bs_dropped(bs_spawner *sp, bs_req *r) {
+    return bs_stopping(sp) || __atomic_load_n(&r->dropped, __ATOMIC_ACQUIRE);
+}
+
+/* tests (Spawner.hang_dirs): a lookup of a task's directory first opens a FIFO for reading,
+   which blocks until the test opens it for writing, as a lookup on a hung file system would */
+static void bs_hang_dir(bs_spawner *sp) {
+    int fd;
+    if (sp->hang_dir != NULL && (fd = open(sp->hang_dir, O_RDONLY | O_CLOEXEC)) >= 0) close(fd);
+}
+
+/* The task's directory is looked up here, in this thread, not by the child's chdir: opened
+   (O_PATH) and checked for search permission, then the child only fchdir()s to the open
+   descriptor. A directory on a hung file system (NFS) then hangs this thread before
+   posix_spawn, where a stop or a withdrawal is seen once it returns (the start is dropped),
+   never the vfork child, which would exec the task once the file system answered -- after the
+   loop gave up on it, or after the rank exited (the child outlives it: a task nobody watches).
+   The output file is opened here too, O_NONBLOCK: a FIFO (or a device) at its path must never
+   block this thread in open(), nor the worker's close, which joins it. A FIFO without a reader
+   fails ENXIO (the task fails: libc_spawn.failure names the file); any other opens at once,
+   and the flag is cleared before the task gets it (libc_spawn does the same). A stop or a
+   withdrawal that came before the spawn drops the start (BS_DROPPED). */
+static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
+    posix_spawn_file_actions_t fa;
+    int err, out, dir;
+    if (bs_dropped(sp, r)) return BS_DROPPED;  /* (and after each open: one may hang) */
+    bs_hang_dir(sp);
+    dir = open(r->cwd, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return errno;
+    if (faccessat(dir, ".", X_OK, AT_EACCESS) != 0) { err = errno; close(dir); return err; }
+    if (bs_dropped(sp, r)) { close(dir); return BS_DROPPED; }
+    out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
+    if (out < 0) { err = errno; close(dir); return err; }
+    err = bs_dropped(sp, r) ? BS_DROPPED : fcntl(out, F_SETFL, 0) < 0 ? errno : 0;
+    if (!err && posix_spawn_file_actions_init(&fa)) err = ENOMEM;
+    if (err) { close(out); close(dir); return err; }
+    /* the fchdir first (dir may be 0, 1 or 2 if this process lacks them), then stdout: out
+       may be 0 (this process has no stdin), which /dev/null replaces */
+    if (posix_spawn_file_actions_addfchdir_np(&fa, dir)
+            || posix_spawn_file_actions_adddup2(&fa, out, 1)
+            || posix_spawn_file_actions_adddup2(&fa, 1, 2)
+            || posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0))
+        err = ENOMEM;
+    else
+        err = posix_spawn(pid, r->program, &fa, &sp->attr, r->argv, r->envp);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out);
+    close(dir);
+    return err;
+}
+
+/* Withdraw start `token` on thread `which` (a kill or stop of its job while it is in flight):
+   queued, or being made with its posix_spawn not begun, it is not made and comes back
+   BS_WITHDRAWN (a chained one waiting for its predecessor once that one ends: bs_cancel
+   withdraws those at once); 1 if found, 0 if it is done already. Its posix_spawn begun, the
+   task is made and comes back with the loop's mark, to be ended. */
+static int bs_withdraw(bs_spawner *sp, int which, long token) {
+    bs_thread *t = &sp->threads[which];
+    bs_req *r, *it = NULL;
+    if (!t->started) return 0;
+    pthread_mutex_lock(&t->mu);
+    if (t->current != NULL && t->current->token == token) it = t->current;
+    for (r = t->head; r != NULL && it == NULL; r = r->next) if (r->token == token) it = r;
+    for (r = t->waiting; r != NULL && it == NULL; r = r->next) if (r->token == token) it = r;
+    if (it != NULL) __atomic_store_n(&it->dropped, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&t->mu);
+    return it != NULL;
+}
+
 /* Stop the threads (a start not made yet is dropped, queued and waiting starts too), waiting
    for them until `seconds` have passed. Returns how many threads did not end by then (stuck
    in a system call: a mkdir on a hung file system): each is detached and left; it makes no

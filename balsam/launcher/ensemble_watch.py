@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ def forget_reports(watch_dir: str, wait: float) -> None:
         if time.monotonic() >= end:
             return
         time.sleep(POLL_SECONDS)
-    shutil.rmtree(watch_dir, ignore_errors=True)
+    serial_reports.remove_launcher_dir(watch_dir)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from balsam.core import idle_slots, leases
+from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.db.idle_poll import IdlePoll
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
@@ -182,6 +182,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         nothing outstanding: the launcher exits without idling). Always False (then ``idle_exit``)."""
         if self._was_busy:
             self._was_busy = False
+            self._idle_from = None  # (waits anew to be given work: serial_share)
             self._next["advance"] = 0.0
             self._maybe_advance(now)
         return False
@@ -215,13 +216,12 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
     def _outstanding(self) -> int:
         """Work this launcher could still run: outstanding in its filter, or else queued (not
         started) in another live serial session, which gives it back to idle slots
-        (:func:`idle_slots.givable`): the launcher stays, publishing its idle slots."""
+        (:func:`idle_slots.givable`): the launcher stays, publishing its idle slots, for at
+        most ``serial_share.GIVEN_WITHIN_SECONDS`` without being given any."""
         ctx = self.ctx
         return ctx.db.try_run(transitions.outstanding, ctx.session_id, ctx.wf_filter,
                               serial=True, max_nodes=1, processing=ctx.processing,
-                              tags=ctx.tags, gpus_per_node=ctx.gpus_per_node) or \
-            ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
-                           tags=ctx.tags, gpus_per_node=ctx.gpus_per_node)
+                              tags=ctx.tags, gpus_per_node=ctx.gpus_per_node) or self._givable()
 
     # ---- worker reports ---------------------------------------------------------------------
     def _receive(self) -> bool:

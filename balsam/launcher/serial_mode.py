@@ -125,8 +125,10 @@ def watch_dir(db_path: str) -> str:
     """Where this launcher's worker watchdogs report, a directory per ensemble in it
     (:mod:`balsam.launcher.ensemble_watch`): named by its host and pid, not its session, so
     that a worker of an ensemble started before the session has its watchdog (which removes
-    its MPI shared-memory file if it dies) before it is handed the session id."""
-    return serial_reports.watch_dir(db_path, socket.gethostname(), os.getpid())
+    its MPI shared-memory file if it dies) before it is handed the session id; and by this
+    process's start (:func:`serial_reports.instance`: pid 1 in every container)."""
+    return serial_reports.launcher_dir(db_path, socket.gethostname(), os.getpid(),
+                                       serial_reports.instance())
 
 
 def ensemble_argv(config: SerialConfig, task: LauncherChoice, path: str,
@@ -170,10 +172,11 @@ def launch(ctx: Context, handover: bool = False) -> Launched:
                               ctx.base_env.get("PATH", os.defpath), wheel_mpiexec())
     name = f"serial_{ctx.session_id}.out" if ctx.session_id else f"serial_pid{os.getpid()}.out"
     out_path = os.path.join(ctx.db_path, "log", name)
-    if not ctx.ensembles:  # an earlier launcher of this host and pid left its reports
+    if not ctx.ensembles:  # (its own instance's: never another launcher's, see watch_dir)
         shutil.rmtree(config.watch_dir, ignore_errors=True)
     if ctx.session_id:  # before a task can start: the lease sweep trusts these reports then
-        serial_reports.mark_session(config.watch_dir, ctx.session_id, ctx.ensemble_since)
+        serial_reports.mark_session(config.watch_dir, ctx.session_id, database=ctx.db_path,
+                                    since=ctx.ensemble_since, generation=ctx.ensembles)
     ctx.watch_dir = config.watch_dir
     ctx.log.info(f"serial mode: 1 master + {ctx.alloc.num_nodes} worker rank(s) started by "
                  f"{' '.join(argv[:3])} ...{' (before the session opens)' if not ctx.session_id else ''}: "
@@ -249,15 +252,15 @@ def run_launcher(ctx: Context) -> int:
         carry = "" if warm is None else warm.carry_line()
         launched = launch(ctx, handover=bool(carry))
     # Fenced (ensemble_stuck.py) before the first task can start: the warm start's, the master's.
-    watch = StuckWatch(ctx, pgid=launched.proc.pid)
+    watch, stuck_before = StuckWatch(ctx, pgid=launched.proc.pid), ctx.stuck_ensembles
     try:
         if carry:  # rank 0 reads the session id and these shares of node 1 on its stdin
             hand_over(launched, ctx.session_id, carry)
         elif not fresh and launched.early:
             from balsam.launcher.warm_start import WarmStart
 
-            serial_reports.mark_session(ctx.watch_dir, ctx.session_id,
-                                        ctx.ensemble_since)  # (see launch)
+            serial_reports.mark_session(ctx.watch_dir, ctx.session_id, database=ctx.db_path,
+                                        since=ctx.ensemble_since)  # (see launch)
             warm = WarmStart.begin(ctx)
             hand_over(launched, ctx.session_id, warm.handover_line() if warm is not None else "")
         proc, out_path = launched.proc, launched.out_path
@@ -275,7 +278,8 @@ def run_launcher(ctx: Context) -> int:
     if ctx.watchdog is not None:
         ctx.watchdog.remove(proc.pid)
 
-    if rc not in EXIT_STATUSES and ctx.stop.is_set():  # the stop came while it started
+    stuck = ctx.stuck_ensembles > stuck_before  # (killed by the launcher: not the stop's end)
+    if rc not in EXIT_STATUSES and ctx.stop.is_set() and not stuck:  # stopped while starting
         ctx.log.info(f"the serial-mode ensemble, still starting, ended with status {rc} on the "
                      "forwarded stop")
         rc = EXIT_STOPPED
@@ -291,7 +295,8 @@ def run_launcher(ctx: Context) -> int:
         ctx.exit_reason = "session lost"
         return 1
     else:
-        why = " (its master aborted it: a worker rank went silent)" if rc == EXIT_RANK_LOST else ""
+        why = (" (its master aborted it: a worker rank went silent)" if rc == EXIT_RANK_LOST
+               else " (killed by the launcher: stuck)" if stuck else "")
         ctx.log.error(f"the serial-mode ensemble failed with status {rc}{why} (see {out_path})")
         return 2
     return 0

@@ -21,6 +21,7 @@ for the master until end of file. A rank whose role returned ends with :func:`ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -138,6 +139,8 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
     if not session_id:  # the launcher opened no session (or a stop came first)
         watchdog.close()
         return 0
+    log = functools.cache(lambda: rank_logger(config, "balsam.serial.worker"))  # (one handler)
+    watchdog.out.log = lambda message: log().warning(f"serial worker {comm.Get_rank()}: {message}")
     worker = Worker(link, NodeSlots(node_cpus(config.cores_per_node), config.gpus_per_node),
                     {k: v for k, v in os.environ.items() if k not in config.mpi_env},
                     kill_grace=t.kill_grace_seconds,
@@ -151,7 +154,7 @@ def run_worker(comm: Any, config: SerialConfig, watchdog: Optional[Watchdog] = N
             watchdog.all_recorded()
     finally:
         watchdog.close()
-    rank_logger(config, "balsam.serial.worker").info(
+    log().info(
         f"serial worker {comm.Get_rank()} (node {config.hosts[comm.Get_rank() - 1]}, host "
         f"{socket.gethostname()}) exits: {worker.started} task(s) started, "
         f"{_cpu_seconds():.2f} s CPU, {worker.prepared} task(s) started in directories made "

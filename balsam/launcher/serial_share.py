@@ -16,25 +16,28 @@ number on its session row (:func:`balsam.core.idle_slots.publish`: 0 at once, a 
 number at most ``SHARE_SECONDS`` after the last write; a new non-zero number is notified).
 **Surplus**: more work is queued on its workers (or in its hand) than its free slots take, and
 either another launcher's publish was notified (heard on
-:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20) or
-its last claim found nothing (then polled at most every ``GIVE_SECONDS``): it reads the other
-live sessions' idle slots (:func:`balsam.core.idle_slots.wanted`) and gives back up to that many
-divided among the launchers that are not idle, never more than its surplus: work in its hand
-is released at once, queued work is recalled from the workers with the most queued (the
-``recall`` of :mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker
-gives back has never started; it is released and *not* claimed again here: a master that gave
-counts as one whose last claim found nothing, and such a master claims only for its own free
-slots (:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one,
-woken by the release's notification. Nothing runs twice (a release never drops a RUNNING job's
-claim, :func:`balsam.core.leases.release`); work moves only from queued behind running tasks to
-free slots, so it cannot come back until the giver itself idles while the taker holds work
-queued. No statement while claims find work and no launcher idles.
+:data:`balsam.defaults.IDLE_SLOTS_NOTIFY_CHANNEL`: given at the next loop turn, session 20; a
+reconnection counts as one, as one sent meanwhile was lost) or its last claim found nothing
+(then polled at most every ``GIVE_SECONDS``): it reads the other live sessions' idle slots
+(:func:`balsam.core.idle_slots.wanted`) and gives back up to that many divided among the
+launchers that are not idle, never more than its surplus: work in its hand is released at once,
+queued work is recalled from the workers with the most queued (the ``recall`` of
+:mod:`balsam.launcher.serial_rebalance`, ``fits`` a whole node). What a worker gives back has
+never started; it is released and *not* claimed again here: a master that gave counts as one
+whose last claim found nothing, and such a master claims only for its own free slots
+(:meth:`MasterClaims._claim`), so only a launcher with room takes it -- the idle one, woken by
+the release's notification. Nothing runs twice (a release never drops a RUNNING job's claim,
+:func:`balsam.core.leases.release`); work moves only from queued behind running tasks to free
+slots, so it cannot come back until the giver itself idles while the taker holds work queued. No
+statement while claims find work and no launcher idles, but a master's first publish (0 too: the
+row may hold a dead ensemble's number; session 20, s20-revtail).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from balsam.core import idle_slots
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
@@ -52,6 +55,13 @@ UNTAKEN_SECONDS = 30.0
 """A master that claimed back work it gave (no idle launcher took it: their filters or tags
 did not match it, or they ended) gives nothing for this long: else it released and claimed
 its queued work again every second, one slot at a time."""
+GIVEN_WITHIN_SECONDS = UNTAKEN_SECONDS + 2 * GIVE_SECONDS
+"""A launcher whose own work ran out stays for work other launchers hold queued
+(:func:`balsam.core.idle_slots.givable`) at most this long without being given any: a holder
+that gives does so at once, or every ``GIVE_SECONDS``, or after ``UNTAKEN_SECONDS``; one that
+does not (older code; a job queued behind a partly used node, which :meth:`_spare` counts only as
+the node's overflow, e.g. 0.25 for a packing-1 job behind a packing-4 task) kept it idle until
+that work started there (s20-revtail)."""
 
 
 class MasterShare(MasterRebalance):
@@ -64,10 +74,19 @@ class MasterShare(MasterRebalance):
     """Workers asked to give work back for other launchers, not yet answered."""
     _heard = False
     """Another launcher published idle slots (notified) since this master last gave."""
-    _published = 0
-    """The idle slots last written on the session row."""
+    _reconnected = 0
+    """The connection's reconnections seen: one is taken for a notification heard (one sent
+    while the connection was away is lost, and the same number is never notified again)."""
+    _published: Optional[int] = None
+    """The idle slots last written on the session row (None: nothing yet; the row may hold
+    what the master of an earlier ensemble of the session wrote before it died)."""
     given = 0
     """Jobs given back for other launchers so far."""
+    _idle_from: Optional[float] = None
+    """When this launcher's own work ran out and it began to wait to be given some (None: it
+    ran something since; reset by the loop)."""
+    _waited = False
+    """The last look found such work (the give-up is logged once)."""
     _handed: frozenset[str] = frozenset()
     """The jobs of the last give (claimed back here: nobody took them)."""
 
@@ -79,8 +98,10 @@ class MasterShare(MasterRebalance):
 
     def _share(self, now: float) -> None:
         """Publish this launcher's idle slots, or give its surplus to idle launchers."""
-        if self.ctx.db.heard(IDLE_CHANNEL):  # (a flag: the loop's naps collect notifications)
-            self._heard = True
+        db = self.ctx.db
+        if db.heard(IDLE_CHANNEL) or db.reconnects != self._reconnected:
+            self._heard = True  # (a flag: the loop's naps collect notifications)
+            self._reconnected = db.reconnects
             self._next["share"] = 0.0
         if now < self._next.get("share", 0.0):
             return
@@ -102,6 +123,26 @@ class MasterShare(MasterRebalance):
             self._next["give"] = now + GIVE_SECONDS
             self._offer(surplus)
 
+    def _givable(self) -> int:
+        """Work other live serial sessions hold queued that this launcher could be given
+        (:func:`balsam.core.idle_slots.givable`, by its filters and the time it has left): it
+        keeps the launcher from exiting for ``GIVEN_WITHIN_SECONDS`` after its work ran out, then
+        no more (0)."""
+        ctx, now = self.ctx, time.monotonic()
+        if self._idle_from is None:
+            self._idle_from = now
+        if now - self._idle_from > GIVEN_WITHIN_SECONDS:
+            if self._waited:  # (once)
+                ctx.log.info("work queued in other launchers was not given in "
+                             f"{GIVEN_WITHIN_SECONDS:g} s: not waiting for it")
+                self._waited = False
+            return 0
+        count = ctx.db.try_run(idle_slots.givable, ctx.session_id, wf_filter=ctx.wf_filter,
+                               tags=ctx.tags, gpus_per_node=ctx.gpus_per_node,
+                               max_wall_minutes=ctx.max_wall_minutes())
+        self._waited = count > 0
+        return count
+
     def _took_back(self) -> bool:
         """Whether this master claimed again some of the work it last gave."""
         held = self._handed & (self.inflight.keys() | {spec.job_id for spec in self.queue})
@@ -120,13 +161,17 @@ class MasterShare(MasterRebalance):
         """Write ``idle`` on the session row: 0 at once, a non-zero number at most
         ``SHARE_SECONDS`` after the last write (near the end every task end frees a slot, and an
         idle launcher given work runs out again: each was a write and a notification, ~2,000 a
-        launcher in bench_scale's 4 x 64 nodes). A launcher's first publish is at once."""
+        launcher in bench_scale's 4 x 64 nodes). A master's first publish is at once, and
+        written even if the row says it already (0 too): the session's row outlives an ensemble
+        that died (:mod:`balsam.launcher.ensemble_restart`), and a new master that took it for
+        0 never cleared the dead one's number while busy (others gave it work every second)."""
         if idle == self._published:
             return
         if idle and now < self._next.get("publish", 0.0):
             return
         try:
-            self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle)
+            self.ctx.db.try_run(idle_slots.publish, self.ctx.session_id, idle,
+                                fresh=self._published is None)
         except DatabaseUnavailable:
             return
         self._published = idle

@@ -40,9 +40,10 @@ from typing import Any, Optional, Union
 
 from balsam.launcher import libc_spawn, spawn, task
 from balsam.launcher.nodeslots import NodeSlots, Placement
+from balsam.launcher.serial_chains import Chains
 from balsam.launcher.serial_warm import Running
 from balsam.launcher.serial_work import Work, task_env
-from balsam.launcher.spawn_threads import SpawnThreads, Started
+from balsam.launcher.spawn_threads import SpawnThreads
 from balsam.launcher.warm_pool import WarmPool, WarmTask, is_runner_argv
 from balsam.launcher.watchdog import Watchdog
 from balsam.platform.process import pidfd_open
@@ -59,7 +60,7 @@ def is_shell(work: Work) -> bool:
     return work.envscript is not None or not is_runner_argv(work.argv)
 
 
-class Starts:
+class Starts(Chains):
     """The worker loop's task starts (:class:`balsam.launcher.serial_worker.Worker` sets these
     attributes up; see the module docstring)."""
 
@@ -108,7 +109,11 @@ class Starts:
         """Start every queued task that fits. The watchdog hears of the whole batch in two
         writes: the job ids before the first start (a task started by a rank that dies before
         the second write is found by its ``BALSAM_JOB_ID``), the process groups after the last
-        (of tasks started by the spawning threads: when they come back, :meth:`_collect`)."""
+        (of tasks started by the spawning threads: when they come back, :meth:`_collect`).
+        Those writes never wait (:meth:`balsam.launcher.watchdog.Watchdog.never_wait`): a task
+        the watchdog could not be told of waits in the queue (:meth:`_told`)."""
+        if self.watchdog is not None and not self.watchdog.out.ready():
+            return False  # a full pipe: lines it refused go first, nothing starts meanwhile
         batch: list[tuple[Work, Placement]] = []
         while (self.queue or self._unchain()) and not self.stopping:
             work = self.queue[0]
@@ -116,16 +121,17 @@ class Starts:
             if placement is None:
                 break
             self.queue.popleft()
-            if self._chain_seq:  # handed back once, started from the queue now: forgotten
-                self._chain_seq.pop(work.job_id, None)
             batch.append((work, placement))
         if not batch:
             return self._chain_behind() or self._queue_behind()
-        cold = [(w, p, is_shell(w)) for w, p in batch]
+        cold = [(w, p, is_shell(w)) for w, p in self._told(batch)]
+        if not cold:
+            return False
+        if self._chain_seq:  # handed back once, started from the queue now: forgotten
+            for work, _, _ in cold:
+                self._chain_seq.pop(work.job_id, None)
         threads = self._spawns  # started tasks are noted when they come back (_collect)
         self._note_all("started", [w.job_id for w, _, cold_ in cold if not (cold_ and threads)])
-        if self.watchdog is not None:
-            self.watchdog.expect_all([w.job_id for w, _, spawned in cold if spawned])
         added: list[tuple[int, str]] = []
         try:
             for work, placement, spawned in cold:
@@ -135,6 +141,29 @@ class Starts:
                 self.watchdog.add_all(added)
         self._chain_behind() or self._queue_behind()
         return True
+
+    def _told(self, batch: list[tuple[Work, Placement]]) -> list[tuple[Work, Placement]]:
+        """The tasks of ``batch`` (placed, in queue order) the task watchdog was told of: the
+        shell tasks' ``?JOBID`` lines, one write that never waits. If the pipe refused some
+        (the watchdog stopped or stuck: its pipe full), the first task not told, the first
+        function task (its ``+PGID JOBID`` line, written after its start, would be held
+        back) and every task after it go back to the queue's head, their places freed: a
+        task the watchdog was not told of is never started (if this rank then died, nothing
+        would stop it or count its start). The next iteration tries again; the pipe's writer
+        says once in the rank's log that the watchdog reads nothing."""
+        dog = self.watchdog
+        if dog is None:
+            return batch
+        shells = [w.job_id for w, _ in batch if is_shell(w)]
+        told = dog.expect_all(shells)
+        if told == len(shells):
+            return batch
+        cut = next(i for i, (w, _) in enumerate(batch)
+                   if not is_shell(w) or w.job_id not in shells[:told])
+        for work, _ in batch[cut:]:
+            self.node.free(work.job_id)
+        self.queue.extendleft(reversed([w for w, _ in batch[cut:]]))
+        return batch[:cut]
 
     def _start(self, work: Work, placement: Placement, spawned: bool,
                added: list[tuple[int, str]]) -> None:
@@ -239,8 +268,8 @@ class Starts:
         any) hears of each chained start from the kernel, just before it (``?JOBID``: found by
         its job id if this process dies before the loop registers it; a start that never began
         is never counted started)."""
-        if not spawns.chains:
-            return False
+        if not spawns.chains or (self.watchdog is not None and self.watchdog.out.refusing):
+            return False  # (a stuck watchdog: each note would wait a second, then come back)
         if self.watchdog is None or spawns.watched:
             return True
         fd = self.watchdog._fd  # its pipe's write end (-1: it died); watchdog.py is full
@@ -274,124 +303,3 @@ class Starts:
         return (self._spawns is not None and self._spawns.chains
                 and len(self._leader) >= 2 * len(self.node) > 0
                 and not any(isinstance(r.task, WarmTask) for r in self.running.values()))
-
-    def _holder(self, job_id: str) -> Optional[str]:
-        """The task whose place ``job_id`` has or will have: itself once placed, else the
-        first of the tasks it follows (ended, not yet reaped) that holds one."""
-        while job_id not in self.node:
-            leader = self._leader.get(job_id)
-            if leader is None:
-                return None
-            job_id = leader
-        return job_id
-
-    def _release(self, job_id: str) -> None:
-        """``job_id`` was reaped: the next task of its chain still to run or running takes its
-        place (those that already ended are skipped); if there is none, its place is freed. A
-        task without a place of its own (the task it followed is not reaped yet) leaves the
-        chain: its follower follows that task instead."""
-        if self._unwatched:
-            self._unwatched.discard(job_id)
-        follower = self._follower.pop(job_id, None)
-        leader = self._leader.pop(job_id, None)
-        if job_id not in self.node:
-            if leader is not None:
-                if follower is None:
-                    self._follower.pop(leader, None)
-                else:
-                    self._follower[leader], self._leader[follower] = follower, leader
-            elif follower is not None:  # no place anywhere up the chain (never: defensive)
-                del self._leader[follower]
-            return
-        while follower is not None and not self._live(follower):
-            del self._leader[follower]
-            follower = self._follower.pop(follower, None)
-        if follower is None:
-            self.node.free(job_id)
-        else:
-            del self._leader[follower]
-            self.node.hand_over(job_id, follower)
-
-    def _live(self, job_id: str) -> bool:
-        spawns = self._spawns
-        return job_id in self.running or (spawns is not None and spawns.pending(job_id))
-
-    def _unchain(self) -> bool:
-        """Nothing queued and room on the node: the last start of a chain, not begun, whose
-        task fits goes back to the queue's head, to run beside the others rather than after
-        them (a chain takes work greedily; room frees when a chain of another shape ends).
-        True if one did."""
-        if self.node.full or self.stopping or not self._chained_work:
-            return False
-        for job_id, work in reversed(list(self._chained_work.items())):
-            if job_id not in self._follower and self.node.fits(work.packing) \
-                    and self._cancel_chained(job_id, ""):
-                self.queue.appendleft(work)
-                return True
-        return False
-
-    def _cancel_chained(self, job_id: str, key: str) -> bool:
-        """Withdraw ``job_id``'s chained start if it has not begun, reported under ``key``
-        ("": not reported, it goes back to the queue); False if it is none or has begun. A
-        start chained behind it now follows what it followed (the kernel passes the wait on),
-        or takes its place."""
-        if self._spawns is None or not self._spawns.cancel(job_id):
-            return False
-        del self._chained_work[job_id]
-        self._chain_seq.pop(job_id, None)
-        self._doomed.discard(job_id)
-        self._unlink(job_id)
-        if key:
-            self._note_all(key, [job_id])
-        return True
-
-    def _returned(self, s: Started, work: Optional[Work]) -> Optional[Work]:
-        """``s``, a chained start, came back unstarted: the task it followed runs without a
-        pidfd (the kernel cannot know when it exits), or a stuck task watchdog could not be
-        told of it (``_spawner.UNNOTED``). Out of its chain (that task keeps its
-        place until it is reaped); its Work to queue again at the head, or None: reported
-        ``killed`` or ``returned`` as a queued task would be if a kill, stop, exit or abort
-        came meanwhile. The starts chained behind it are handed back too (the kernel hands
-        back what waits behind a hand-back): until they are back, nothing is chained behind
-        them, or ``s`` queued again would wait behind a start it was ahead of (its own
-        follower: a CI run saw f3 start before f2; a loop that collected one start at a time
-        chained them behind each other for good)."""
-        behind = self._follower.get(s.job_id)
-        while behind is not None:
-            self._doomed.add(behind)
-            behind = self._follower.get(behind)
-        self._unlink(s.job_id)
-        if s.why == "kill":
-            self._note_all("killed", [s.job_id])
-        elif s.why or work is None or self.stopping or self.finished:
-            self._note_all("returned", [s.job_id])
-        else:
-            return work
-        return None
-
-    def _polled(self) -> list[str]:
-        """The running tasks without a pidfd (``pidfd_open`` failed): the loop polls them each
-        iteration, since no descriptor in its ``epoll`` says when they end (:meth:`_release`
-        forgets them)."""
-        return [job_id for job_id in self._unwatched if job_id in self.running]
-
-    def _unlink(self, job_id: str) -> None:
-        """Take ``job_id``, a chained start that will not begin, out of its chain."""
-        leader = self._leader.pop(job_id, None)
-        follower = self._follower.pop(job_id, None)
-        if leader is not None:  # the task it followed keeps its place until it is reaped
-            if follower is None:
-                del self._follower[leader]
-            else:
-                self._follower[leader], self._leader[follower] = follower, leader
-        elif follower is not None:  # it held the place already: its follower takes it
-            del self._leader[follower]
-            self.node.hand_over(job_id, follower)
-        else:
-            self.node.free(job_id)
-
-    def _cancel_all_chained(self, key: str) -> None:
-        """:meth:`_cancel_chained` every follow-on not begun (a stop, exit or abort)."""
-        if self._spawns is not None:
-            for job_id in self._spawns.chained_ids():
-                self._cancel_chained(job_id, key)

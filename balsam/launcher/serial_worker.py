@@ -100,6 +100,8 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
         self.channel = channel
         self.pin_single_core = pin_single_core
         self.watchdog = watchdog
+        if watchdog is not None:  # the loop never waits for it (serial_starts.Starts._told)
+            watchdog.never_wait()
         self.pulse = pulse  # heartbeats to the master (balsam.launcher.rank_heartbeat)
         self.node = node
         self.base_env = task.task_environment(base_env, {})

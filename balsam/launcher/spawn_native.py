@@ -46,6 +46,9 @@ KERNEL, _kernel, KERNEL_ERROR = _load_kernel()
 """``"cython"`` when ``balsam.launcher._spawner`` is importable (``KERNEL_ERROR``: why not)."""
 _ARGV_CACHE = 256
 """Encoded command lines kept (cleared when full), as :mod:`libc_spawn` keeps its arrays."""
+PROC_FDS = "/proc/self/fd"
+"""Where this process's descriptors can be opened anew (tests point it at an empty directory:
+a container without ``/proc``)."""
 CHAINED_PER_THREAD = 64
 """Chained starts waiting on one native thread at most (the kernel polls that many pidfds)."""
 
@@ -125,13 +128,16 @@ class NativeSpawns(SpawnThreads):
 
     def watch(self, fd: int) -> None:
         """The kernel writes the starts' notes to ``fd`` (the task watchdog's pipe, written in
-        whole lines by both: :mod:`balsam.launcher.pipe_lines`), through a non-blocking open
-        of its own (``/proc/self/fd``: a dup would share the loop's blocking flag), so that a
+        whole lines by both: :mod:`balsam.launcher.pipe_lines`) without blocking, so that a
         stuck watchdog never holds a spawning thread (a start it cannot announce comes back
-        returned: :attr:`unnoted`). If the pipe cannot be opened so (no ``/proc``, or the
-        watchdog is gone), nothing is watched and nothing is chained from then on."""
+        returned: :attr:`unnoted`): through a dup if ``fd`` is non-blocking already (the
+        worker loop's: :meth:`balsam.launcher.watchdog.Watchdog.never_wait`; no ``/proc``
+        needed), else an open of its own (:data:`PROC_FDS`: a dup would make the loop's
+        writes non-blocking too). If neither can be made (no ``/proc``, or the watchdog is
+        gone), nothing is watched and nothing is chained from then on."""
         try:
-            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            own = (os.dup(fd) if not os.get_blocking(fd) else
+                   os.open(f"{PROC_FDS}/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         except OSError:
             self.chains = False
             return
@@ -142,6 +148,17 @@ class NativeSpawns(SpawnThreads):
     def unnoted(self) -> int:
         """Chained starts handed back because the watchdog could not be told of them."""
         return int(self._spawner.unnoted)
+
+    def mark(self, job_id: str, why: str, grace: float) -> bool:
+        """As :meth:`SpawnThreads.mark`; the kernel also withdraws the start: if its
+        ``posix_spawn`` has not begun (its thread stuck in a directory's lookup on a hung file
+        system, a note's wait, a queue), it is never made and comes back ``withdrawn``."""
+        if not super().mark(job_id, why, grace):
+            return False
+        token = self._tokens.get(job_id)
+        if token is not None:
+            self._spawner.withdraw(*token)
+        return True
 
     def can_follow(self, job_id: str) -> bool:
         """Whether a chained start may be asked for after ``job_id``'s start, in flight (the
@@ -179,9 +196,10 @@ class NativeSpawns(SpawnThreads):
             del tokens[job_id]
             if chained:
                 chained.discard(job_id)
-            if err in (_kernel.RETURNED, _kernel.UNNOTED):  # beside a task nothing watches,
-                # or a stuck watchdog would not have known it
-                out.append(Started(job_id, None, -1, None, why, grace, True))
+            if err in (_kernel.RETURNED, _kernel.UNNOTED, _kernel.WITHDRAWN):  # beside a task
+                # nothing watches, a stuck watchdog would not have known it, or withdrawn
+                out.append(Started(job_id, None, -1, None, why, grace, True,
+                                   err == _kernel.WITHDRAWN))
             elif err:
                 out.append(Started(job_id, None, -1, libc_spawn.failure(err, program, cwd,
                                                                         output_path), why, grace))

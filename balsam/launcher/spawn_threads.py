@@ -65,6 +65,9 @@ class Started(NamedTuple):
     why: str
     grace: float
     returned: bool = False
+    withdrawn: bool = False
+    """(with ``returned``) not made because its job was killed or stopped while it was in
+    flight, before its ``posix_spawn`` (native only: :meth:`NativeSpawns.mark`)."""
 
 
 def usable() -> bool:

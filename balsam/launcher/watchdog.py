@@ -57,9 +57,10 @@ from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, un
 from balsam.launcher.group_stop import groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
-from balsam.launcher.pipe_lines import write_lines
+from balsam.launcher.pipe_lines import Outbox
 from balsam.platform.process import start_time, wait_child
 
+HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
 READ_NAP_SECONDS = 0.02
 """After reading lines, the watchdog naps this long before reading again: the pipe holds
 what the launcher writes meanwhile (a write never waits: 64 KiB is ~1,400 lines, 70,000 a
@@ -89,38 +90,44 @@ class Watchdog:
         self.began_path = _new_began_file(f"{report}.began") if report else ""
         """Where warm processes note the queued requests they begin (:meth:`queue`); "" if
         it could not be made (then every queued request counts as started)."""
-        read_fd, self._fd = os.pipe()  # both close-on-exec: no task inherits the write end
+        read_fd, fd = os.pipe()  # both close-on-exec: no task inherits the write end
         try:
             if segments:  # in the pipe before the process starts (a few lines: one write)
-                os.write(self._fd, _segment_lines(segments))
+                os.write(fd, _segment_lines(segments))
             self.proc: Optional[subprocess.Popen[Any]] = subprocess.Popen(
                 [python, "-S", "-c", _BOOT, f"{grace:g}", str(os.getpid()), report,
                  self.began_path, "" if since is None else repr(since)],
                 stdin=read_fd, stdout=subprocess.DEVNULL, start_new_session=True,
                 close_fds=True)
         except OSError:
-            os.close(self._fd)
+            os.close(fd)
             raise
         finally:
             os.close(read_fd)
-        self._log = log
+        self.out = Outbox(fd, log, "tasks will not be stopped if this process is killed")
+        """The pipe's writer (bounded: what it holds back, whether the pipe refuses lines)."""
         self.registered: set[int] = set()
-        self._pending: list[bytes] = []  # deferred "-PGID" lines, sent with the next write
+
+    @property
+    def _fd(self) -> int:
+        """The pipe's write end (-1 once closed, or the watchdog found dead)."""
+        return self.out.fd
+
+    def never_wait(self) -> None:
+        """No write waits for the watchdog from now on (a serial worker rank's loop; see
+        :mod:`.pipe_lines` and :meth:`expect_all`)."""
+        self.out.never_wait()
 
     def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
         (after :meth:`expect`, which finds the task meanwhile): sent with the next write."""
-        if defer and self._fd >= 0:
-            self._pending.append(f"+{pgid} {job_id}\n".encode())
-            self.registered.add(pgid)
-        elif self._send(f"+{pgid} {job_id}\n".encode()):
-            self.registered.add(pgid)
+        self.add_all([(pgid, job_id)], defer=defer)
 
     def queue(self, pgid: int, job_id: str) -> None:
         """A request of ``job_id`` was queued in the warm process leading group ``pgid``
         behind its running task: it counts as started only if that process noted in
         :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
-        if self._send(f"~{pgid} {job_id}\n".encode()):
+        if self.out.send(f"~{pgid} {job_id}\n".encode()) >= 0:
             self.registered.add(pgid)
 
     def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
@@ -129,32 +136,39 @@ class Watchdog:
         sent before its start, so the watchdog finds it by its job id meanwhile)."""
         lines = "".join(f"+{pgid} {job}\n" for pgid, job in started).encode()
         if started and defer and self._fd >= 0:
-            self._pending.append(lines)
+            self.out.deferred.append(lines)
             self.registered.update(pgid for pgid, _ in started)
-        elif started and self._send(lines):
+        elif started and self.out.send(lines) >= 0:
             self.registered.update(pgid for pgid, _ in started)
 
-    def expect_all(self, job_ids: list[str]) -> None:
-        """:meth:`expect` for every job id in ``job_ids``, in one write."""
-        if job_ids:
-            self._send("".join(f"?{job}\n" for job in job_ids).encode())
+    def expect_all(self, job_ids: list[str]) -> int:
+        """:meth:`expect` for every job id in ``job_ids``, in one write. Returns how many of
+        them (the first ones) the watchdog will read: all unless bounded (:meth:`never_wait`)
+        and the pipe was full, then the others' lines are dropped, never written (their
+        tasks must not start: the watchdog could neither stop them nor count them started
+        if this process died). A dead watchdog counts as told (nothing covers tasks then)."""
+        if not job_ids:
+            return 0
+        lines = "".join(f"?{job}\n" for job in job_ids).encode()
+        written = self.out.send(lines, keep=False)
+        return len(job_ids) if written < 0 else lines[:written].count(b"\n")
 
     def expect(self, job_id: str) -> None:
         """A task of ``job_id`` is about to be started (:meth:`add` follows once it has its
         process group): if this process dies in between, the watchdog finds the task by its
         ``BALSAM_JOB_ID`` and stops it too."""
-        self._send(f"?{job_id}\n".encode())
+        self.out.send(f"?{job_id}\n".encode())
 
     def segments(self, found: Mapping[str, tuple[int, int]]) -> None:
         """MPI shared-memory files ({path: (device, inode)}) this process maps (all of them,
         even none): if it dies (end of file without :meth:`close`'s line), the watchdog unlinks
         those still there (:func:`balsam.launcher.ensemble_shm.unlink_segments`)."""
-        self._send(_segment_lines(found))
+        self.out.send(_segment_lines(found))
 
     def all_recorded(self) -> None:
         """Every start so far is recorded in the database: the report need not list them.
         Sent right before :meth:`close`."""
-        self._send(b"=\n")
+        self.out.send(b"=\n")
 
     def remove(self, pgid: int, *, defer: bool = False) -> None:
         """The task leading ``pgid`` has been reaped (and its group stopped if need be).
@@ -165,21 +179,21 @@ class Watchdog:
         if pgid in self.registered:
             self.registered.discard(pgid)
             if defer and self._fd >= 0:
-                self._pending.append(b"-%d\n" % pgid)
+                self.out.deferred.append(b"-%d\n" % pgid)
             else:
-                self._send(b"-%d\n" % pgid)
+                self.out.send(b"-%d\n" % pgid)
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """A commit ended the hold on ``job_ids`` (their ends or releases are recorded): the
         report need not list them (MPI mode, :mod:`balsam.core.launch_reports`); sent with
         the next write."""
         if self._fd >= 0:
-            self._pending.extend(f"#{job}\n".encode() for job in job_ids)
+            self.out.deferred.extend(f"#{job}\n".encode() for job in job_ids)
 
     def flush(self) -> None:
-        """Send the deferred lines now (one write)."""
-        if self._pending:
-            self._send(b"")
+        """Send the deferred (and held) lines now (one write)."""
+        if self.out.deferred or self.out.held:
+            self.out.send(b"")
 
     def close(self, timeout: float = 5.0) -> None:
         """Normal exit: close the pipe and reap the watchdog (which kills whatever is still
@@ -187,37 +201,25 @@ class Watchdog:
         self.hang_up()
         self.reap(timeout)
 
-    def hang_up(self) -> None:
+    def hang_up(self, wait: float = HANG_UP_WAIT_SECONDS) -> None:
         """The first half of :meth:`close`: close the pipe (the watchdog then stops what is
-        still registered and exits) without waiting for it; :meth:`reap` waits."""
-        self._send(b".\n")  # "closing": the watchdog reads end of file without its nap
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        still registered and exits) without waiting for it; :meth:`reap` waits. Bounded
+        (:meth:`never_wait`), lines still held wait at most ``wait`` seconds for room (a
+        watchdog stuck for good: they are dropped, and the closing line with them)."""
+        out, end = self.out, time.monotonic() + wait
+        out.send(b".\n")  # "closing": the watchdog reads end of file without its nap
+        while out.held and out.fd >= 0 and time.monotonic() < end:
+            poller = select.poll()  # (a select() would refuse a descriptor above 1023)
+            poller.register(out.fd, select.POLLOUT)
+            poller.poll(max(0.0, end - time.monotonic()) * 1000.0)
+            out.send(b"")
+        out.close()
 
     def reap(self, timeout: float = 5.0) -> None:
         """Wait up to ``timeout`` for the watchdog to exit after :meth:`hang_up`."""
         if self.proc is not None:  # (still killing leftovers at the timeout: it finishes alone)
             wait_child(self.proc, timeout)
             self.proc = None
-
-    def _send(self, line: bytes) -> bool:
-        if self._fd < 0:
-            return False
-        if self._pending:  # deferred removals first: the order of lines is kept
-            line = b"".join(self._pending) + line
-            self._pending = []
-        try:
-            write_lines(self._fd, line)  # whole lines: the spawning threads write too
-            return True
-        except OSError as exc:  # the watchdog died (EPIPE): tasks are no longer covered
-            os.close(self._fd)
-            self._fd = -1
-            if self._log is not None:
-                self._log(f"the task watchdog exited ({exc}): tasks will not be stopped if this "
-                          "process is killed")
-            return False
-
 
 def _new_began_file(path: str) -> str:
     """Create the (empty) began file at ``path`` before any task can start: ``path``, or ""
