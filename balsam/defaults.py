@@ -44,7 +44,16 @@ IDLE_EXIT_SECONDS = 10.0
 ever run (runnable, or waiting on processing it can do)."""
 
 IDLE_WAIT_SECONDS = 1.0
-"""Longest an idle launcher sleeps between checks; a database notification wakes it at once."""
+"""How soon an idle launcher (its master, its transition and transfer workers) first looks again
+for work on its own after a look found none; a database notification wakes it at once."""
+
+IDLE_POLL_MAX_SECONDS = 10.0
+"""While nothing comes, that fallback look backs off, its gap doubling from
+``idle_wait_seconds`` up to this (:class:`balsam.db.idle_poll.IdlePoll`): new runnable jobs,
+kills, parents finishing and transfers to do are notified, so the look only catches what no
+statement on a job row announces (an app's script added, a retry's back-off over). Ten idle
+launchers then cost the shared server a few transactions a second, not ~80 (issue 16, session
+20). Heartbeats keep their period."""
 
 PROCESSING_BATCH = 5000
 """Most jobs one processing pass moves per kind of transition."""

@@ -42,6 +42,7 @@ class Tunables:
     walltime_margin_seconds: float
     idle_exit_seconds: float
     idle_wait_seconds: float
+    idle_poll_max_seconds: float
     processing_batch: int
     max_retries: int
     retry_backoff_seconds: float

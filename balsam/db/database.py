@@ -22,9 +22,11 @@ rolled back and retried at once. Any other error rolls back and propagates.
 :meth:`listen` subscribes to :data:`balsam.defaults.NOTIFY_CHANNEL` (re-subscribed after every
 reconnection); :meth:`wait` blocks on the connection's socket until another session changes
 jobs or the timeout passes. Notifications caused by this connection's own statements are
-ignored. ``statements`` counts executed statements and ``transactions`` committed
-transactions (for benchmarks); ``reconnects`` counts re-opened connections (a caller compares
-it to learn that a commit outcome may have been lost).
+ignored; :meth:`runnable` says whether another session's announced jobs left claimable
+(payload ``... runnable``, migration 0024; an unknown payload counts as such). ``statements``
+counts executed statements and ``transactions`` committed transactions (for benchmarks);
+``reconnects`` counts re-opened connections (a caller compares it to learn that a commit
+outcome may have been lost).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 3
 """A launcher waits at most this long for a connection: its tasks need watching meanwhile."""
 FIRST_BACKOFF_SECONDS = 0.05
+_NOT_RUNNABLE = frozenset({"INSERT", "UPDATE"})
+"""Job-change payloads that announce no claimable job (migration 0024)."""
 ROLLBACK_RETRIES = 20
 """Deadlock/serialization failures retried at once before the error propagates."""
 
@@ -113,6 +117,7 @@ class Database:
         self._backoff = FIRST_BACKOFF_SECONDS
         self._next_attempt = 0.0
         self._notified = False
+        self._runnable = False
         self._also: dict[str, bool] = {}
         """Channels listened to besides the job changes' (:meth:`listen_also`): heard yet?"""
 
@@ -291,7 +296,7 @@ class Database:
         """Stop the notifications :meth:`listen` subscribed to (pending ones are dropped), so
         a connection that no longer waits does not let them pile up."""
         self._listening = False
-        self._notified = False
+        self._notified = self._runnable = False
         if self.connected:
             with self._conn.cursor() as cur:
                 for channel in (self._channel, *self._also):
@@ -318,7 +323,14 @@ class Database:
                 self._also[note.channel] = True
             else:
                 self._notified = True
+                self._runnable = self._runnable or note.payload not in _NOT_RUNNABLE
         conn.notifies.clear()
+
+    def runnable(self) -> bool:
+        """Whether a notification collected since the last call (by :meth:`notified` or
+        :meth:`wait`) announced jobs left claimable by another session."""
+        hit, self._runnable = self._runnable, False
+        return hit
 
     def notified(self) -> bool:
         """Whether another session changed jobs since the last call (non-blocking)."""

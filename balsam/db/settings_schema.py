@@ -71,6 +71,7 @@ class LauncherSection(BaseModel):
     walltime_margin_seconds: float = Field(default=defaults.WALLTIME_MARGIN_SECONDS, gt=0)
     idle_exit_seconds: float = Field(default=defaults.IDLE_EXIT_SECONDS, gt=0)
     idle_wait_seconds: float = Field(default=defaults.IDLE_WAIT_SECONDS, gt=0)
+    idle_poll_max_seconds: float = Field(default=defaults.IDLE_POLL_MAX_SECONDS, gt=0)
     processing_batch: int = Field(default=defaults.PROCESSING_BATCH, gt=0)
     max_retries: int = Field(default=defaults.MAX_RETRIES, ge=0)
     retry_backoff_seconds: float = Field(default=defaults.RETRY_BACKOFF_SECONDS, ge=0)

@@ -259,7 +259,8 @@ class Housekeeper:
     def idle_exit(self, outstanding: Any, now: Optional[float] = None) -> bool:
         """Whether a launcher running nothing should exit now. ``outstanding`` is a callable
         returning :func:`balsam.processing.transitions.outstanding`, called 50 ms after the
-        launcher went idle, then at doubling intervals up to ``idle_wait_seconds``. With
+        launcher went idle, then at doubling intervals up to ``idle_poll_max_seconds`` (it was
+        ``idle_wait_seconds`` before session 20), and when the idle time is up. With
         nothing outstanding, a launcher that has run or processed something exits at once
         when no other session or service could add work (:func:`leases.others_alive`;
         ``ctx.exit_reason`` is :data:`FINISHED_REASON`); otherwise after ``idle_exit_seconds``
@@ -269,10 +270,11 @@ class Housekeeper:
         if ctx.persistent:
             return False
         now = time.monotonic() if now is None else now
+        t = ctx.tunables
         if now >= self.next_outstanding_check:
             from balsam.core import leases
 
-            gap = min(self._check_gap, ctx.tunables.idle_wait_seconds)
+            gap = min(self._check_gap, t.idle_poll_max_seconds)
             self._check_gap = gap * 2
             self.next_outstanding_check = now + gap
             try:
@@ -289,6 +291,9 @@ class Housekeeper:
                 return True
             if self.idle_since is None:
                 self.idle_since = now
+            # Looked at again when the idle time is up: the exit goes by a fresh count.
+            self.next_outstanding_check = min(self.next_outstanding_check, self.idle_since
+                                              + max(t.idle_exit_seconds, self.min_idle))
         if self.idle_since is None:
             return False
         if now - self.idle_since >= max(ctx.tunables.idle_exit_seconds, self.min_idle):

@@ -24,7 +24,9 @@ iteration:
 4. when its result lands, start the jobs it marked RUNNING (:mod:`balsam.launcher.mpi_runs`);
 5. wait for a task to exit (pidfds), the transaction to land, a notification from another
    session (a job became runnable, a user killed a job), or the next timer -- never a fixed
-   sleep.
+   sleep. Idle, its own periodic look (claim and processing pass, one transaction) backs off
+   from ``idle_wait_seconds`` to ``idle_poll_max_seconds`` (:mod:`balsam.db.idle_poll`); a
+   notification, or work found, brings it back.
 
 **Ready ahead.** RUNNING is always committed before a task starts (so a launcher that dies
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
@@ -66,6 +68,7 @@ import time
 from typing import Any, Optional
 
 from balsam.core import launch_reports
+from balsam.db.idle_poll import IdlePoll
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import ready_ahead, spawn
 from balsam.launcher.context import Context, Housekeeper, SessionLost
@@ -121,6 +124,7 @@ class MPIMode(MPICycle):
         self.next_process = now
         self.next_kill_check = now
         self.next_periodic = now + t.idle_wait_seconds
+        self.poll = IdlePoll(t.idle_wait_seconds, t.idle_poll_max_seconds)
         self.seen_reconnects = ctx.db.reconnects
         self.launched = 0
         self.deferred = False
@@ -151,6 +155,7 @@ class MPIMode(MPICycle):
                         break
                 if self.runs or self.queue or self.ready:
                     self.house.busy()
+                    self.poll.reset()
                 elif (not flight.busy and not self.status.pending
                       and self.house.idle_exit(self._outstanding)):
                     break
@@ -204,9 +209,11 @@ class MPIMode(MPICycle):
             if len(fds) - (self.ctx.wakeup_fd is not None) == len(self.runs):
                 timeout = SHUTDOWN_FLUSH_SECONDS
             readable(fds + [self.flight.fd], timeout)
-        elif self.ctx.db.wait(timeout, fds):
-            self.want_claim = True
+        elif self.ctx.db.wait(timeout, fds):  # claims only for jobs left claimable (0024)
             self.want_process = self.ctx.processing
+            if self.ctx.db.runnable():
+                self.want_claim = True
+                self.poll.reset()
 
     # ---- the one transaction per iteration --------------------------------------------------
     def _cycle(self) -> bool:
@@ -215,8 +222,9 @@ class MPIMode(MPICycle):
         ctx, t = self.ctx, self.ctx.tunables
         now = time.monotonic()
         self.again = False
-        if now >= self.next_periodic:
-            self.next_periodic = now + t.idle_wait_seconds
+        if now >= self.next_periodic:  # idle: backing off (work or a notification resets it)
+            busy = self.runs or self.queue or self.ready
+            self.next_periodic = now + (t.idle_wait_seconds if busy else self.poll.empty())
             self.want_claim = True
             self.want_process = ctx.processing
         idle = [i for i, j in enumerate(self.node_job) if j is None]
@@ -308,6 +316,8 @@ class MPIMode(MPICycle):
             self._kill(killed)
         if runnable:  # the pass runs after the transaction's claim, which could not see them
             self.want_claim = True
+        if runnable or claimed:
+            self.poll.reset()
         self.again = ((bool(claimed) or runnable) and free > len(more)
                       and len(self.runs) < t.max_concurrent_runs)
         return self.again

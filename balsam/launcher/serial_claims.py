@@ -19,6 +19,7 @@ from typing import Callable, Union
 
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
+from balsam.db.idle_poll import IdlePoll
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher.context import Context
 from balsam.launcher.job_source import Claimer, JobSource
@@ -74,6 +75,7 @@ class MasterClaims:
     closed: set[int]
     _ended: int
     _next: dict[str, float]
+    claim_poll: IdlePoll  # the gap after an empty claim, backing off while idle
 
     def _open_claimers(self) -> None:
         """Start the claim state; at scale (writer threads), the :class:`Claimer` threads."""
@@ -194,7 +196,7 @@ class MasterClaims:
             return False
         self._drained = not specs
         if not specs:  # nothing runnable: ask again when notified, after processing, or later
-            self._next["claim"] = now + self.t.idle_wait_seconds
+            self._next["claim"] = now + self.claim_poll.empty()
             self._next["share"] = 0.0  # idle slots published now (serial_share)
             return False
         self._next["claim"] = 0.0

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
+from balsam.db.idle_poll import IdlePoll
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
 from balsam.errors import DatabaseUnavailable
 from balsam.launcher import serial_mode as sm  # the master's exit statuses
@@ -43,6 +44,7 @@ from balsam.launcher.serial_dispatch import MasterChannel as MasterChannel  # re
 from balsam.launcher.serial_dispatch import MasterDispatch
 from balsam.launcher.serial_dispatch import work_item as work_item  # re-exported (tests)
 from balsam.launcher.serial_holds import LauncherHolds
+from balsam.launcher.serial_kills import MasterKills
 from balsam.launcher.serial_share import MasterShare
 from balsam.launcher.status_writers import StatusSink
 from balsam.launcher.task import TaskSpec
@@ -70,7 +72,7 @@ NOTIFY_POLL_SECONDS = 0.02
 non-blocking read of the connection, ~10 us: it only brings a claim forward)."""
 
 
-class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare):
+class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare, MasterKills):
     """The master loop of one serial-mode launcher (see the module docstring)."""
 
     def __init__(self, ctx: Context, source: JobSource, status: StatusSink,
@@ -96,6 +98,11 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         self._last_flush = 0.0
         self._last_busy = now
         self._notified = False
+        # Idle, the claim and the processing pass look on their own ever more rarely (a
+        # notification brings them forward: :mod:`balsam.db.idle_poll`).
+        self.claim_poll = IdlePoll(self.t.idle_wait_seconds, self.t.idle_poll_max_seconds)
+        self.advance_poll = IdlePoll(self.t.idle_wait_seconds, self.t.idle_poll_max_seconds)
+        self._advanced_at = now
         self._was_busy = False
         self._topped = False  # every open worker's queue topped up (set by _dispatch)
         # A new ensemble runs no task a user could have killed yet: the first check can wait.
@@ -137,7 +144,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                 return sm.EXIT_SESSION_LOST
             if now >= self._next["kill"]:
                 self._next["kill"] = now + self.t.kill_check_seconds
-                self._check_kills()
+                if self._kill_check_due():  # (holding nothing: none, see serial_kills)
+                    self._check_kills()
                 if self._ranks_lost(now):  # a worker sends no heartbeat: MPI_Abort
                     return sm.EXIT_RANK_LOST
             self._check_reconnect()
@@ -153,6 +161,8 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
             if self.inflight or self.queue or self.status.pending:
                 self.house.busy()
                 self._was_busy = True
+                self.claim_poll.reset()
+                self.advance_poll.reset()
             elif self._claiming():
                 pass  # the claim's answer decides whether the master is idle
             elif self._went_idle(now) or self.house.idle_exit(self._outstanding, now):
@@ -195,9 +205,14 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                 max(0.001, self.house.next_outstanding_check - now))
             fds = [self.ctx.wakeup_fd] if self.ctx.wakeup_fd is not None else []
             notified = self.ctx.db.wait(nap, fds)
-        if notified:  # jobs changed elsewhere: look for work and process now
-            self._notified = True
-            self._next["claim"] = 0.0
+        if notified:  # jobs changed elsewhere: process (at most every idle_wait_seconds), and
+            self._notified = True  # claim at once if jobs were left claimable (migration 0024)
+            self._next["advance"] = min(self._next["advance"],
+                                        self._advanced_at + self.t.idle_wait_seconds)
+            self.advance_poll.reset()
+            if self.ctx.db.runnable():
+                self._next["claim"] = 0.0
+                self.claim_poll.reset()
 
     def _outstanding(self) -> int:
         """Work this launcher could still run: outstanding in its filter, or else queued (not
@@ -284,33 +299,6 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         for job_id in written.not_started:  # killed/changed by a user before RUNNING was written
             self._forward_kill(job_id)
 
-    def _check_kills(self) -> None:
-        try:
-            killed = self.ctx.db.try_run(leases.killed, self.ctx.session_id)
-        except DatabaseUnavailable:
-            return
-        if killed:
-            self._take_claims(time.monotonic())
-        queued = {s.job_id for s in self.queue} if killed else set()
-        for job_id in killed:
-            if job_id in self.inflight:
-                self._forward_kill(job_id)
-            elif job_id in queued:
-                self.queue = deque(s for s in self.queue if s.job_id != job_id)
-                self.status.release(job_id)
-            else:  # its task already ended: its end was not recorded over USER_KILLED
-                self.status.release(job_id)  # (or a claim in flight holds it: dropped)
-                if self._claiming():
-                    self._dropped.add(job_id)
-
-    def _forward_kill(self, job_id: str) -> None:
-        worker = self.inflight.get(job_id)
-        if worker is not None and job_id not in self.kill_sent:
-            self.kill_sent.add(job_id)
-            self.channel.send(worker, {"kill": [job_id]})
-            self.ctx.log.info(f"job {job_id[:8]} was killed by a user: stopping its task on "
-                              f"worker {worker}")
-
     def _maybe_advance(self, now: float) -> None:
         if not self.ctx.processing or now < self._next["advance"]:
             return
@@ -327,12 +315,14 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         except DatabaseUnavailable:
             moved = {}
         self._ended_since_advance = False
+        self._advanced_at = now
         if not idle:
             self._next["advance"] = now + ADVANCE_BUSY_SECONDS
         elif any(moved.values()):  # a cascade (parent finished -> child ready) may go on
             self._next["advance"] = now + 0.05
-        else:
-            self._next["advance"] = now + self.t.idle_wait_seconds
+            self.advance_poll.reset()
+        else:  # idle and nothing moved: backing off (a notification brings it forward)
+            self._next["advance"] = now + self.advance_poll.empty()
         if any(moved.values()):
             self._next["claim"] = 0.0
             self.house.busy()

@@ -34,7 +34,8 @@ def start_transition_pool(threads: int, db_path: str, tunables: Tunables, *,
         limits=Limits(t.script_timeout_seconds,
                       kill_grace=t.shutdown_grace_seconds, tail_lines=t.output_tail_lines),
         log=log, heartbeat_seconds=t.heartbeat_seconds, lease_seconds=t.lease_seconds,
-        idle_wait_seconds=t.idle_wait_seconds, reconnect_max_seconds=t.reconnect_max_seconds,
+        idle_wait_seconds=t.idle_wait_seconds, idle_poll_max_seconds=t.idle_poll_max_seconds,
+        reconnect_max_seconds=t.reconnect_max_seconds,
         draining=draining, max_retries=t.max_retries, warm_hooks=t.warm_hooks)
     pool.start()
     return pool

@@ -16,10 +16,12 @@ While a script runs the worker renews its lease and checks every second whether 
 killed (then the script's process group is stopped at once and nothing is written) or the
 worker is stopping. An idle worker sleeps until a statement leaves a job in one of its states
 (its own channel, :data:`balsam.defaults.PROCESSING_NOTIFY_CHANNEL`, migration
-0017_processing_notify: a launcher's RUNNING batches and plain run ends wake no worker) or
-``idle_wait_seconds`` pass (jobs made claimable without a job-row change: an app's script added,
-stage-in items done). If the worker dies, its session expires and any sweep releases the job for
-another worker, which runs the step again.
+0017_processing_notify: a launcher's RUNNING batches and plain run ends wake no worker) or its
+fallback look is due (jobs made claimable without a job-row change: an app's script added,
+stage-in items done): ``idle_wait_seconds`` after an empty claim, backing off to
+``idle_poll_max_seconds`` while nothing comes (:class:`balsam.db.idle_poll.IdlePoll`; session
+20), waking for its heartbeat on time. If the worker dies, its session expires and any sweep
+releases the job for another worker, which runs the step again.
 
 :class:`TransitionPool` starts N workers and stops them (``--num-transition-threads``).
 """
@@ -39,6 +41,7 @@ from balsam.core.routing import Actor, Step, sql_in
 from balsam.core.states import State
 from balsam.db.database import Database, WakeEvent
 from balsam.db.dbapi import Cursor
+from balsam.db.idle_poll import IdlePoll
 from balsam.defaults import MAX_RETRIES
 from balsam.errors import DatabaseUnavailable
 from balsam.processing import steps
@@ -161,6 +164,7 @@ class TransitionWorker(threading.Thread):
                  base_env: Mapping[str, str], limits: steps.Limits, stop: threading.Event,
                  log: logging.Logger, heartbeat_seconds: float, lease_seconds: int,
                  idle_wait_seconds: float, reconnect_max_seconds: float,
+                 idle_poll_max_seconds: float = defaults.IDLE_POLL_MAX_SECONDS,
                  draining: Optional[threading.Event] = None,
                  max_retries: int = MAX_RETRIES, warm_hooks: bool = True) -> None:
         super().__init__(name=f"balsam-transitions-{index}", daemon=True)
@@ -180,6 +184,7 @@ class TransitionWorker(threading.Thread):
         self.heartbeat_seconds = heartbeat_seconds
         self.lease_seconds = lease_seconds
         self.idle_wait_seconds = idle_wait_seconds
+        self.poll = IdlePoll(idle_wait_seconds, idle_poll_max_seconds)
         self.db = Database(db_path, "balsam-transitions", stop=stop,
                            reconnect_max_seconds=reconnect_max_seconds, log=log.warning)
         self.session_id: Optional[int] = None
@@ -196,19 +201,31 @@ class TransitionWorker(threading.Thread):
                 label=f"{self.name} " + (f"--wf-filter {self.wf_filter}" if self.wf_filter
                                          else "--consume-all"))
             self.db.listen(defaults.PROCESSING_NOTIFY_CHANNEL)
-            while not self.stop.is_set() and not self._lost:
-                self._beat()
-                if not self._one():
-                    # Woken by a statement leaving jobs in WORKER_STATES (not by every job
-                    # change) or by the timer; at most one empty claim per EMPTY_CLAIM_GAP.
-                    self.stop.wait(EMPTY_CLAIM_GAP_SECONDS)
-                    self.db.wait(self.idle_wait_seconds)
+            self._loop()
         except DatabaseUnavailable:
             pass  # stopping while the database is away: the lease sweep releases our hold
         except Exception:  # a worker must not die silently: log, and let the sweep clean up
             self.log.exception(f"{self.name} failed")
         finally:
             self._close()
+
+    def _loop(self) -> None:
+        """Claim and process jobs until stopped. Idle, the worker is woken by a statement
+        leaving jobs in WORKER_STATES (not by every job change), by its heartbeat (which claims
+        nothing) or by its fallback look (:attr:`poll`); at most one empty claim per
+        EMPTY_CLAIM_GAP_SECONDS."""
+        next_look = 0.0
+        while not self.stop.is_set() and not self._lost:
+            self._beat()
+            if time.monotonic() >= next_look:
+                if self._one():
+                    self.poll.reset()
+                    continue
+                next_look = time.monotonic() + self.poll.empty()
+                self.stop.wait(EMPTY_CLAIM_GAP_SECONDS)
+            if self.db.wait(max(0.0, min(next_look, self._next_beat) - time.monotonic())):
+                self.poll.reset()
+                next_look = 0.0
 
     def _one(self) -> bool:
         """Claim and process one job; False if there was none (or the database is away)."""
@@ -301,6 +318,8 @@ class TransitionPool:
                 db_path, stop=self.stop_event, log=worker_args["log"],
                 wf_filter=worker_args.get("wf_filter"),
                 idle_wait_seconds=worker_args.get("idle_wait_seconds", 1.0),
+                idle_poll_max_seconds=worker_args.get("idle_poll_max_seconds",
+                                                      defaults.IDLE_POLL_MAX_SECONDS),
                 reconnect_max_seconds=worker_args.get("reconnect_max_seconds", 30.0)))
 
     def start(self) -> None:

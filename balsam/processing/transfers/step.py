@@ -31,6 +31,7 @@ from typing import Any, Optional
 from balsam import defaults
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
+from balsam.db.idle_poll import IdlePoll
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
 from balsam.processing.transfers.completion import complete_jobs
@@ -204,17 +205,21 @@ class TransferWorker(threading.Thread):
     It wakes when a statement leaves jobs in READY or POSTPROCESSED (its own channel,
     :data:`balsam.defaults.TRANSFER_NOTIFY_CHANNEL`, not every job change: an MPI-mode run of
     short tasks commits hundreds of changes a second, each of which cost the server a
-    transaction per listener) and every ``idle_wait_seconds`` (retries after their back-off,
-    asynchronous tasks, senders that died). It then runs a pass (four transactions or more) only
+    transaction per listener) and on a fallback look (retries after their back-off, asynchronous
+    tasks, senders that died): ``idle_wait_seconds`` after a look that found nothing, backing
+    off to ``idle_poll_max_seconds`` while nothing comes (:class:`balsam.db.idle_poll.IdlePoll`,
+    session 20: it looked every second). It then runs a pass (four transactions or more) only
     when a batch of its own is in flight or :func:`.items.may_have_work` (one statement) finds
     something, and at least every :data:`SAFETY_PASS_SECONDS`."""
 
     def __init__(self, db_path: str, *, stop: threading.Event, log: logging.Logger,
                  wf_filter: Optional[str] = None, idle_wait_seconds: float = 1.0,
-                 reconnect_max_seconds: float = 30.0) -> None:
+                 reconnect_max_seconds: float = 30.0,
+                 idle_poll_max_seconds: float = defaults.IDLE_POLL_MAX_SECONDS) -> None:
         super().__init__(name="balsam-transfers", daemon=True)
         self.db_path, self.stop, self.log = db_path, stop, log
         self.wf_filter, self.idle_wait_seconds = wf_filter, idle_wait_seconds
+        self.poll = IdlePoll(idle_wait_seconds, idle_poll_max_seconds)
         self.db = Database(db_path, "balsam-transfers", stop=stop,
                            reconnect_max_seconds=reconnect_max_seconds, log=log.warning)
 
@@ -226,19 +231,7 @@ class TransferWorker(threading.Thread):
             step = TransferStep(self.db_path, dbsettings.load(self.db_path),
                                 wf_filter=self.wf_filter, log=self.log)
             self.db.listen(defaults.TRANSFER_NOTIFY_CHANNEL)
-            next_full = 0.0
-            while not self.stop.is_set():
-                now = time.monotonic()
-                if step.busy() or now >= next_full or self.db.run(items.may_have_work):
-                    if now >= next_full:
-                        next_full = now + SAFETY_PASS_SECONDS
-                    counts = step.run_pass(self.db)
-                    if any(counts.values()):
-                        continue
-                if step.busy():
-                    step.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
-                else:
-                    self.db.wait(min(self.idle_wait_seconds, float(step.t["poll_seconds"])))
+            self._loop(step)
         except DatabaseUnavailable:
             pass  # stopping while the database is away: lost batches are recovered later
         except Exception:  # a worker must not die silently
@@ -247,3 +240,26 @@ class TransferWorker(threading.Thread):
             if step is not None:
                 step.close()
             self.db.close()
+
+    def _loop(self, step: TransferStep) -> None:
+        """Passes until stopped: at once while they do something, on a notification, on the
+        fallback look (:attr:`poll`) or every :data:`SAFETY_PASS_SECONDS`."""
+        next_full = next_look = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            look = now >= next_look
+            if step.busy() or now >= next_full or (look and self.db.run(items.may_have_work)):
+                if now >= next_full:
+                    next_full = now + SAFETY_PASS_SECONDS
+                if any(step.run_pass(self.db).values()):
+                    self.poll.reset()
+                    next_look = 0.0
+                    continue
+            if look:
+                next_look = now + self.poll.empty()
+            gap = min(self.idle_wait_seconds, float(step.t["poll_seconds"]))
+            if step.busy():
+                step.wait(gap)
+            elif self.db.wait(max(0.0, min(next_look, next_full) - time.monotonic())):
+                self.poll.reset()
+                next_look = 0.0
