@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from balsam.core import leases
 from balsam.core.retries import STOP_MESSAGE_PREFIX, WALLTIME_STOP_REASON
 from balsam.db.idle_poll import IdlePoll
 from balsam.defaults import IDLE_SLOTS_NOTIFY_CHANNEL as IDLE_CHANNEL
