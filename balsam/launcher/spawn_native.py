@@ -212,8 +212,11 @@ class NativeSpawns(SpawnThreads):
         """Stop the threads (starts not made yet are dropped), close the event fd and the
         pidfds of starts not collected. Waits at most ``timeout`` seconds: a thread stuck in
         a system call (a ``mkdir`` on a hung file system) is left (:attr:`stuck`), starts
-        nothing once it returns, and ends with the process."""
+        nothing once it returns, and ends with the process. :attr:`dropped`: the starts not
+        collected whose ``posix_spawn`` never began (the kernel says which began)."""
         self.stuck = self._spawner.close(timeout)
+        late = set(self._spawner.late)  # begun: they may have run (their notes stand)
+        self.dropped = [job for token, (job, *_) in self._asked.items() if token not in late]
 
     @property
     def threads(self) -> int:
