@@ -11,11 +11,12 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from launcher_support import Inbox, wait_for
-from test_spawn_chain import native, serve
-from test_spawn_chain_races import ran
-from test_spawn_hung_dir import answer, hung_worker
+from test_spawn_chain import marking, native, serve
+from test_spawn_chain_races import Kernel, ran
+from test_spawn_hung_dir import answer, hung_worker, lookup_hangs
 from test_spawn_stalls import F_SETPIPE_SZ, children, made_since, spawning_threads
 
 from balsam.launcher import spawn_threads
@@ -107,3 +108,73 @@ def test_a_task_requeued_behind_a_function_task_after_a_refused_write_is_counted
     with open(report) as fh:
         found = json.load(fh)
     assert sorted(job[:1] for job in found["started"]) == ["a", "b", "c"]  # (b twice: bug)
+
+
+def test_a_thread_left_stuck_does_not_keep_the_watchdogs_pipe_open(tmp_path):
+    # The kernel writes its notes through a dup of the loop's end of the pipe (watch). A
+    # thread left stuck by close() (its lookup hangs) keeps the spawner, and so that dup:
+    # the watchdog would read no end of file while this process lives (the owner's close
+    # waits for it in vain; its report comes only after the rank's exit).
+    tmp = str(tmp_path)
+    fifo = os.path.join(tmp, "hang")
+    os.mkfifo(fifo)
+    report = os.path.join(tmp, "rank1.json")
+    dog = Watchdog(5.0, report=report)
+    dog.never_wait()
+    kernel = Kernel()
+    released = False
+    try:
+        kernel.spawns.watch(dog._fd)
+        assert kernel.spawns.watched
+        kernel.spawns._spawner.hang_dirs(os.fsencode(fifo))
+        kernel.submit(marking(tmp, "m"))
+        wait_for(lookup_hangs, 30, "the lookup to hang")
+        kernel.spawns.close(0.2)
+        assert kernel.spawns.stuck == 1 and kernel.spawns.dropped == ["m"]
+        dog.hang_up()  # the loop's end closed: the dup is the last writer, if any
+        proc = dog.proc
+        assert proc is not None
+        wait_for(lambda: proc.poll() is not None, 30, "the watchdog to read end of file")
+        dog.reap()
+        with open(report) as fh:
+            assert json.load(fh)["state"] == "stopped"
+        answer(fifo)
+        released = True
+    finally:
+        if not released:
+            answer(fifo)
+        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+        kernel.poller.close()
+        dog.close()
+    assert ran(tmp, "m") == ""
+
+
+def test_a_kill_racing_the_start_is_reported_once_as_made_or_withdrawn(tmp_path):
+    # Withdraw (a kill of a start in flight) at every point of the thread's start, many
+    # times: each start comes back exactly once, withdrawn (never made: it never ran) or made
+    # (then ended by the loop's mark), never both, never neither.
+    tmp = str(tmp_path)
+    kernel = Kernel()
+    made = withdrawn = 0
+    try:
+        for i in range(300):
+            work = marking(tmp, f"t{i}")
+            kernel.submit(work)
+            if i % 3:
+                time.sleep(i % 7 * 0.00005)  # (a spread of moments, not a wait for anything)
+            assert kernel.spawns.mark(work.job_id, "kill", 0.1)
+            s = kernel.wait(work.job_id)
+            assert s.why == "kill" and (s.withdrawn == (s.task is None))
+            if s.task is not None:
+                made += 1
+                s.task.terminate(0.1)
+                wait_for(lambda t=s.task: t.poll() is not None or t.enforce_kill(), 30,
+                         f"t{i} to end")
+            else:
+                withdrawn += 1
+                assert s.returned and ran(tmp, f"t{i}") == ""  # (its output file may be made)
+        assert len(kernel.order) == len(set(kernel.order)) == 300
+        assert kernel.collected("none") is None and kernel.spawns.in_flight == 0
+    finally:
+        kernel.ended()
+    assert made + withdrawn == 300 and withdrawn > 0
