@@ -154,6 +154,7 @@ def test_a_kill_racing_the_start_is_reported_once_as_made_or_withdrawn(tmp_path)
     # times: each start comes back exactly once, withdrawn (never made: it never ran) or made
     # (then ended by the loop's mark), never both, never neither.
     tmp = str(tmp_path)
+    fds = len(os.listdir("/proc/self/fd"))
     kernel = Kernel()
     made = withdrawn = 0
     try:
@@ -178,3 +179,4 @@ def test_a_kill_racing_the_start_is_reported_once_as_made_or_withdrawn(tmp_path)
     finally:
         kernel.ended()
     assert made + withdrawn == 300 and withdrawn > 0
+    assert len(os.listdir("/proc/self/fd")) == fds  # no directory (O_PATH) or pidfd left open

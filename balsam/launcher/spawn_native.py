@@ -216,7 +216,8 @@ class NativeSpawns(SpawnThreads):
         collected whose ``posix_spawn`` never began (the kernel says which began)."""
         self.stuck = self._spawner.close(timeout)
         late = set(self._spawner.late)  # begun: they may have run (their notes stand)
-        self.dropped = [job for token, (job, *_) in self._asked.items() if token not in late]
+        for token in [t for t in self._asked if t not in late]:  # never to come back
+            self.dropped.append(self._asked.pop(token)[0])
 
     @property
     def threads(self) -> int:

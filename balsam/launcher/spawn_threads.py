@@ -282,8 +282,9 @@ class ThreadedStarts:
         if self._spawns is None:
             return
         self._spawns.close()
-        if self._spawns.dropped and self.watchdog is not None:
-            self.watchdog.out.deferred.extend(f"^{j}\n".encode() for j in self._spawns.dropped)
+        dropped, self._spawns.dropped = self._spawns.dropped, []  # (told once)
+        if dropped and self.watchdog is not None:
+            self.watchdog.out.deferred.extend(f"^{j}\n".encode() for j in dropped)
             self.watchdog.flush()
 
     def _in_flight(self) -> int:
