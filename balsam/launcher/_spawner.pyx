@@ -244,9 +244,9 @@ cdef class Spawner:
 
     def watch(self, int fd) -> None:
         """Write the starts' notes to ``fd`` (the spawner owns it from now, closed by
-        :meth:`close`): the task watchdog's pipe, opened anew (an open file description of
-        its own: it is made non-blocking here, so that a thread waits at most a second for a
-        full pipe, and the loop's own writes stay blocking)."""
+        :meth:`close`, or pointed at ``/dev/null`` if a thread is left stuck): the task
+        watchdog's pipe, a dup of the loop's non-blocking end or opened anew (made
+        non-blocking here, so that a thread waits at most a second for a full pipe)."""
         if self.sp == NULL:
             os.close(fd)
             raise ValueError("the spawner is closed")
