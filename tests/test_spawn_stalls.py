@@ -52,7 +52,7 @@ def spawning_threads() -> list[str]:
             with open(f"/proc/self/task/{tid}/comm") as fh:
                 if fh.read().strip() == "balsam-spawn":
                     found.append(tid)
-        except FileNotFoundError:  # it ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
             continue
     return found
 

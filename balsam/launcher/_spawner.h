@@ -57,6 +57,7 @@ typedef struct bs_req {
     int cancelled;  /* a chained start cancelled before it began: freed, never started */
     int dropped;    /* withdrawn (bs_withdraw: a kill or stop) while queued or being made:
                        not made unless its posix_spawn had begun (atomic) */
+    int begun;      /* its posix_spawn is about to be called (atomic; bs_stop reads it) */
     cpu_set_t cpus;
 } bs_req;
 
@@ -74,6 +75,8 @@ typedef struct {
     int nwaiting, evfd, sleeping;  /* evfd: written to wake the thread while it sleeps */
     int stop, started;
     bs_req *current;  /* the start being made (t->mu): bs_withdraw finds it */
+    long late;  /* a start whose posix_spawn began but that was never noted (a stop came:
+                   killed, or the thread was left in posix_spawn): its note stands (bs_late) */
     cpu_set_t now;  /* this thread's affinity */
     struct bs_spawner *sp;
 } bs_thread;
@@ -203,7 +206,11 @@ static void bs_start(bs_thread *t, bs_req *r) {
         if (bs_stopping(sp)) return;
         err = BS_WITHDRAWN;  /* (r->dropped) */
     }
-    if (!err && bs_stopping(sp)) { kill(-pid, SIGKILL); return; }
+    if (!err && bs_stopping(sp)) {  /* made: it ran, if only for a moment (bs_late) */
+        __atomic_store_n(&t->late, r->token, __ATOMIC_RELEASE);
+        kill(-pid, SIGKILL);
+        return;
+    }
     if (!err) {
         if (r->pin && !CPU_EQUAL(&r->cpus, &t->now))  /* not allowed here: pin the task */
             sched_setaffinity(pid, sizeof(cpu_set_t), &r->cpus);
@@ -312,7 +319,7 @@ static int bs_submit(bs_spawner *sp, int which, bs_req *r) {
         sp->nthreads++;
     }
     r->next = NULL;
-    r->cancelled = r->fail = r->dropped = 0;
+    r->cancelled = r->fail = r->dropped = r->begun = 0;
     pthread_mutex_lock(&t->mu);
     if ((r->after >= 0 || r->after_token > 0) && t->nwaiting >= BS_MAX_WAITING) {
         pthread_mutex_unlock(&t->mu);

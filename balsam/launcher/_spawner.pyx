@@ -90,6 +90,7 @@ cdef extern from "_spawner.h":
     int bs_cancel(bs_spawner *sp, int which, long token)
     int bs_withdraw(bs_spawner *sp, int which, long token)
     int bs_stop(bs_spawner *sp, double seconds) nogil
+    int bs_late(bs_spawner *sp, long *out)
     void bs_free(bs_spawner *sp)
     size_t bs_collect(bs_spawner *sp, bs_done *out, size_t cap)
     void bs_free_req(bs_req *r)
@@ -130,9 +131,13 @@ cdef class Spawner:
     cdef int nbase
     cdef readonly int max_threads
     cdef readonly int stuck  # threads close() left running (stuck in a system call)
+    cdef readonly list late
+    """After :meth:`close`: the starts (tokens) begun but never collected (made, or left
+    in ``posix_spawn``: they may have run); any other start not collected was never made."""
 
     def __cinit__(self, list environ, int epfd, int max_threads):
         cdef int i
+        self.late = []
         self.sp = bs_new(epfd, max_threads)
         if self.sp == NULL:
             raise MemoryError("no room for the spawning threads or their event fd")
@@ -239,9 +244,9 @@ cdef class Spawner:
 
     def watch(self, int fd) -> None:
         """Write the starts' notes to ``fd`` (the spawner owns it from now, closed by
-        :meth:`close`): the task watchdog's pipe, opened anew (an open file description of
-        its own: it is made non-blocking here, so that a thread waits at most a second for a
-        full pipe, and the loop's own writes stay blocking)."""
+        :meth:`close`, or pointed at ``/dev/null`` if a thread is left stuck): the task
+        watchdog's pipe, a dup of the loop's non-blocking end or opened anew (made
+        non-blocking here, so that a thread waits at most a second for a full pipe)."""
         if self.sp == NULL:
             os.close(fd)
             raise ValueError("the spawner is closed")
@@ -317,10 +322,27 @@ cdef class Spawner:
         if self.sp != NULL:
             with nogil:
                 self.stuck = bs_stop(self.sp, timeout)
+            self.late = self._leftovers()
             if self.stuck == 0:
                 bs_free(self.sp)
             self.sp = NULL  # (with threads left, never freed: they may still touch it)
         return self.stuck
+
+    cdef list _leftovers(self):
+        """After ``bs_stop``: the tokens of starts begun and never collected (their pidfds,
+        if any, closed now)."""
+        cdef long *found = <long *>malloc(self.max_threads * sizeof(long))
+        cdef int n = 0
+        if found != NULL:
+            n = bs_late(self.sp, found)
+        late = [found[i] for i in range(n)]
+        free(found)
+        for token, _, fd, err, _ in self.collect():
+            if err == 0:
+                late.append(token)
+            if fd >= 0:
+                os.close(fd)
+        return late
 
     def __dealloc__(self):
         cdef int i

@@ -73,7 +73,7 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
     if (bs_dropped(sp, r)) { close(dir); return BS_DROPPED; }
     out = open(r->out, O_WRONLY | O_CREAT | O_TRUNC | O_NONBLOCK | O_CLOEXEC, 0666);
     if (out < 0) { err = errno; close(dir); return err; }
-    err = bs_dropped(sp, r) ? BS_DROPPED : fcntl(out, F_SETFL, 0) < 0 ? errno : 0;
+    err = fcntl(out, F_SETFL, 0) < 0 ? errno : 0;
     if (!err && posix_spawn_file_actions_init(&fa)) err = ENOMEM;
     if (err) { close(out); close(dir); return err; }
     /* the fchdir first (dir may be 0, 1 or 2 if this process lacks them), then stdout: out
@@ -83,8 +83,12 @@ static int bs_posix_spawn(bs_spawner *sp, bs_req *r, pid_t *pid) {
             || posix_spawn_file_actions_adddup2(&fa, 1, 2)
             || posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0))
         err = ENOMEM;
-    else
-        err = posix_spawn(pid, r->program, &fa, &sp->attr, r->argv, r->envp);
+    else {  /* begun, then the last look (a fence between: bs_stop sees one or the other) */
+        __atomic_store_n(&r->begun, 1, __ATOMIC_RELEASE);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        err = bs_dropped(sp, r) ? BS_DROPPED
+              : posix_spawn(pid, r->program, &fa, &sp->attr, r->argv, r->envp);
+    }
     posix_spawn_file_actions_destroy(&fa);
     close(out);
     close(dir);
@@ -109,6 +113,34 @@ static int bs_withdraw(bs_spawner *sp, int which, long token) {
     return it != NULL;
 }
 
+/* Thread t was left running by bs_stop: a start it has begun to make (posix_spawn called: a
+   child stuck in its exec) may still run, and is noted late (bs_late); one it has not begun
+   never will be. Its later writes of notes go to /dev/null: the watch fd, a writer of the
+   watchdog's pipe, must not keep it open (the watchdog would never read end of file while
+   this process lives, and the owner's close would wait for it in vain). */
+static void bs_stuck(bs_spawner *sp, bs_thread *t) {
+    int null;
+    pthread_mutex_lock(&t->mu);
+    if (t->current != NULL && __atomic_load_n(&t->current->begun, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&t->late, t->current->token, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&t->mu);
+    if (sp->watch_fd >= 0 && (null = open("/dev/null", O_WRONLY | O_CLOEXEC)) >= 0) {
+        dup2(null, sp->watch_fd);  /* (atomic: the thread's fd stays valid) */
+        close(null);
+    }
+}
+
+/* After bs_stop: the starts begun but never noted (bs_thread.late), into out (room for
+   sp->maxthreads); how many. */
+static int bs_late(bs_spawner *sp, long *out) {
+    int i, n = 0;
+    for (i = 0; i < sp->maxthreads; i++) {
+        long token = __atomic_load_n(&sp->threads[i].late, __ATOMIC_ACQUIRE);
+        if (token > 0) out[n++] = token;
+    }
+    return n;
+}
+
 /* Stop the threads (a start not made yet is dropped, queued and waiting starts too), waiting
    for them until `seconds` have passed. Returns how many threads did not end by then (stuck
    in a system call: a mkdir on a hung file system): each is detached and left; it makes no
@@ -123,6 +155,7 @@ static int bs_stop(bs_spawner *sp, double seconds) {
     deadline.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
     if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
     __atomic_store_n(&sp->stopping, 1, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* (bs_posix_spawn's begun: see bs_stuck) */
     for (i = 0; i < sp->maxthreads; i++) {
         bs_thread *t = &sp->threads[i];
         if (!t->started) continue;
@@ -136,6 +169,7 @@ static int bs_stop(bs_spawner *sp, double seconds) {
         if (!t->started) continue;
         if (pthread_timedjoin_np(t->tid, NULL, &deadline) != 0) {
             pthread_detach(t->tid);  /* its requests, mutex and event fd stay: it may use them */
+            bs_stuck(sp, t);
             stuck++;
             continue;
         }

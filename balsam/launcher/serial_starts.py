@@ -150,7 +150,9 @@ class Starts(Chains):
         back) and every task after it go back to the queue's head, their places freed: a
         task the watchdog was not told of is never started (if this rank then died, nothing
         would stop it or count its start). The next iteration tries again; the pipe's writer
-        says once in the rank's log that the watchdog reads nothing."""
+        says once in the rank's log that the watchdog reads nothing. A shell task sent back
+        whose line went in (behind the function task) has it undone (``^JOBID``, ahead of
+        its next ``?JOBID``): otherwise the watchdog's report would count a start more."""
         dog = self.watchdog
         if dog is None:
             return batch
@@ -160,8 +162,11 @@ class Starts(Chains):
             return batch
         cut = next(i for i, (w, _) in enumerate(batch)
                    if not is_shell(w) or w.job_id not in shells[:told])
+        told_ids = set(shells[:told])
         for work, _ in batch[cut:]:
             self.node.free(work.job_id)
+            if work.job_id in told_ids:  # its "?JOBID" went in (behind a function task):
+                dog.out.deferred.append(f"^{work.job_id}\n".encode())  # undone, or counted
         self.queue.extendleft(reversed([w for w, _ in batch[cut:]]))
         return batch[:cut]
 

@@ -177,8 +177,7 @@ class Worker(WarmQueueing, Starts, ThreadedStarts):
     def close(self) -> None:
         """Stop the preparer, spawning threads and warm workers (:meth:`run` does at its end)."""
         self._prep.close()
-        if self._spawns is not None:
-            self._spawns.close()
+        self._close_spawns()  # (what they dropped is undone in the watchdog's pipe)
         self.warm.close()
         self._poller.close()
 

@@ -212,8 +212,12 @@ class NativeSpawns(SpawnThreads):
         """Stop the threads (starts not made yet are dropped), close the event fd and the
         pidfds of starts not collected. Waits at most ``timeout`` seconds: a thread stuck in
         a system call (a ``mkdir`` on a hung file system) is left (:attr:`stuck`), starts
-        nothing once it returns, and ends with the process."""
+        nothing once it returns, and ends with the process. :attr:`dropped`: the starts not
+        collected whose ``posix_spawn`` never began (the kernel says which began)."""
         self.stuck = self._spawner.close(timeout)
+        late = set(self._spawner.late)  # begun: they may have run (their notes stand)
+        for token in [t for t in self._asked if t not in late]:  # never to come back
+            self.dropped.append(self._asked.pop(token)[0])
 
     @property
     def threads(self) -> int:

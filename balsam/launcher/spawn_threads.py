@@ -87,6 +87,8 @@ class SpawnThreads:
         self._threads: list[threading.Thread] = []
         self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError]]] = deque()
         self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
+        self.dropped: list[str] = []
+        """After :meth:`close`: the starts asked for that were never made (dropped)."""
 
     chains = False
     """Whether :meth:`submit` takes ``after`` and ``after_job`` (a chained start: only the
@@ -182,7 +184,9 @@ class SpawnThreads:
         for q in self._queues.values():
             try:
                 while True:
-                    q.get_nowait()
+                    item = q.get_nowait()
+                    if item is not None:
+                        self.dropped.append(item[0])
             except queue.Empty:
                 q.put(None)
         end = time.monotonic() + timeout
@@ -270,6 +274,18 @@ class ThreadedStarts:
         """A chained start handed back unstarted: its Work to queue again, or None (provided
         by ``serial_starts.Starts``)."""
         raise NotImplementedError
+
+    def _close_spawns(self) -> None:
+        """Stop the spawning threads. The starts they dropped were never made: their
+        ``?JOBID`` lines (the loop's, or the kernel's) are undone (``^JOBID``), or the
+        watchdog's report, without ``=``, would count runs that never were."""
+        if self._spawns is None:
+            return
+        self._spawns.close()
+        dropped, self._spawns.dropped = self._spawns.dropped, []  # (told once)
+        if dropped and self.watchdog is not None:
+            self.watchdog.out.deferred.extend(f"^{j}\n".encode() for j in dropped)
+            self.watchdog.flush()
 
     def _in_flight(self) -> int:
         return 0 if self._spawns is None else self._spawns.in_flight
