@@ -225,3 +225,29 @@ def test_the_idle_poll_backs_off_and_comes_back():
     assert poll.backed_off
     poll.reset()
     assert poll.empty() == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [PERSISTENT_SERIAL, PERSISTENT_MPI], ids=["serial", "mpi"])
+def test_jobs_released_by_the_launchers_own_sweep_start_promptly(db, cursor, args):
+    """A dead session's claimed job, released by the idle launcher's own lease sweep: the
+    sweep's notification is the launcher's own (not heard), so its backed-off claim used to
+    start the job only at its next look (here ~15 s later), not at once."""
+    add_app(cursor, "quick", "/bin/true")
+    mode = args[-1]
+    dead = leases.open_session(cursor, hostname="elsewhere", pid=1, job_mode="serial",
+                               num_nodes=1, lease_seconds=600)
+    (job,) = add_jobs(cursor, [{"name": "orphan", "application": "quick",
+                                "state": "PREPROCESSED"}])
+    cursor.execute(f"UPDATE {JOB} SET session_id = %s WHERE job_id = %s", [dead, job])
+    with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
+            launchers() as start:
+        start(*args)
+        wait_for(lambda: PARTS[mode] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
+        # The holder dies: its lease runs out in 3 s (a session row: no job notification).
+        cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET lease_seconds = 3, heartbeat = now() "
+                       "WHERE id = %s", [dead])
+        wait_for(lambda: _released(cursor, job), 20, "the dead session's sweep")
+        wait_for(lambda: _running(cursor, "orphan"), 4,
+                 "the RUNNING of a job the launcher's own sweep released")

@@ -146,6 +146,9 @@ class MPIMode(MPICycle):
                 self._launch_ready()
                 if not flight.busy:  # (after landing: a busy launcher has one in flight often)
                     self.house.beat()
+                    if self.house.take_released():  # our own sweep's notification is unheard
+                        self.want_claim, self.want_process = True, ctx.processing
+                        self.poll.reset()
                 while not flight.busy and self._cycle():
                     if self.runs:  # tasks run: it commits while they do, lands when done
                         break
