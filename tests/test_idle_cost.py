@@ -256,20 +256,23 @@ def test_jobs_released_by_the_launchers_own_sweep_start_promptly(db, cursor, arg
 
 
 @pytest.mark.slow
-def test_work_notified_while_the_masters_connection_was_down_starts_promptly(db, cursor):
+@pytest.mark.parametrize("args, app", [(PERSISTENT_SERIAL, "balsam-serial-master"),
+                                       (PERSISTENT_MPI, "balsam-launcher")], ids=["serial", "mpi"])
+def test_work_notified_while_the_masters_connection_was_down_starts_promptly(db, cursor, args,
+                                                                               app):
     """A job submitted as the idle master's connection drops: its notification is lost (the
     connection listens again only once reconnected), so the master must claim on reconnecting;
     its backed-off claim started the job only at its next look (here ~15 s later)."""
     add_app(cursor, "quick", "/bin/true")
     with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
             launchers() as start:
-        start(*PERSISTENT_SERIAL)
-        wait_for(lambda: PARTS["serial"] <= _apps(cursor), 60, "the launcher's parts to connect")
+        start(*args)
+        wait_for(lambda: PARTS[args[-1]] <= _apps(cursor), 60, "the launcher's parts to connect")
         time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
         cursor.execute("BEGIN")  # the job is committed (notified) right after the drop
         add_jobs(cursor, [{"name": "new", "application": "quick", "state": "PREPROCESSED"}])
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE application_name = 'balsam-serial-master'")
+                       "WHERE application_name = %s", [app])
         assert cursor.fetchone()[0]
         cursor.execute("COMMIT")
         wait_for(lambda: _running(cursor, "new"), 5,
