@@ -277,3 +277,24 @@ def test_work_notified_while_the_masters_connection_was_down_starts_promptly(db,
         cursor.execute("COMMIT")
         wait_for(lambda: _running(cursor, "new"), 5,
                  "the RUNNING of a job notified while the master's connection was down")
+
+
+@pytest.mark.slow
+def test_a_step_notified_while_the_workers_connections_were_down_runs_promptly(db, cursor):
+    """The transition workers' lost notifications (sent while their connections were down):
+    each looks at once on reconnecting, not at its backed-off next look (~15 s here)."""
+    add_app(cursor, "quick", "/bin/true")
+    cursor.execute(f"UPDATE {schema.APP_TABLE} SET preprocess = '/bin/true' WHERE name = 'quick'")
+    with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
+            launchers() as start:
+        start(*PERSISTENT_SERIAL)
+        wait_for(lambda: PARTS["serial"] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
+        cursor.execute("BEGIN")  # the job is committed (notified) right after the drops
+        add_jobs(cursor, [{"name": "pre", "application": "quick", "state": "STAGED_IN"}])
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE application_name = 'balsam-transitions'")
+        assert cursor.fetchone()[0]
+        cursor.execute("COMMIT")
+        wait_for(lambda: _running(cursor, "pre"), 6,
+                 "the preprocessing and RUNNING of a job notified while the workers were cut off")
