@@ -225,3 +225,76 @@ def test_the_idle_poll_backs_off_and_comes_back():
     assert poll.backed_off
     poll.reset()
     assert poll.empty() == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [PERSISTENT_SERIAL, PERSISTENT_MPI], ids=["serial", "mpi"])
+def test_jobs_released_by_the_launchers_own_sweep_start_promptly(db, cursor, args):
+    """A dead session's claimed job, released by the idle launcher's own lease sweep: the
+    sweep's notification is the launcher's own (not heard), so the serial master's backed-off
+    claim started the job only at its next look (here ~15 s later), not at once (fails before
+    the fix). MPI mode has the same fix but passed before it too here (its look came soon
+    after the sweep by phase): a guard, not proof."""
+    add_app(cursor, "quick", "/bin/true")
+    mode = args[-1]
+    dead = leases.open_session(cursor, hostname="elsewhere", pid=1, job_mode="serial",
+                               num_nodes=1, lease_seconds=600)
+    (job,) = add_jobs(cursor, [{"name": "orphan", "application": "quick",
+                                "state": "PREPROCESSED"}])
+    cursor.execute(f"UPDATE {JOB} SET session_id = %s WHERE job_id = %s", [dead, job])
+    with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
+            launchers() as start:
+        start(*args)
+        wait_for(lambda: PARTS[mode] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
+        # The holder dies: its lease runs out in 3 s (a session row: no job notification).
+        cursor.execute(f"UPDATE {schema.SESSION_TABLE} SET lease_seconds = 3, heartbeat = now() "
+                       "WHERE id = %s", [dead])
+        wait_for(lambda: _released(cursor, job), 20, "the dead session's sweep")
+        wait_for(lambda: _running(cursor, "orphan"), 4,
+                 "the RUNNING of a job the launcher's own sweep released")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, app", [(PERSISTENT_SERIAL, "balsam-serial-master"),
+                                       (PERSISTENT_MPI, "balsam-launcher")], ids=["serial", "mpi"])
+def test_work_notified_while_the_masters_connection_was_down_starts_promptly(db, cursor, args,
+                                                                               app):
+    """A job submitted as the idle master's connection drops: its notification is lost (the
+    connection listens again only once reconnected), so the master must claim on reconnecting;
+    its backed-off claim started the job only at its next look (here ~15 s later)."""
+    add_app(cursor, "quick", "/bin/true")
+    with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
+            launchers() as start:
+        start(*args)
+        wait_for(lambda: PARTS[args[-1]] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
+        cursor.execute("BEGIN")  # the job is committed (notified) right after the drop
+        add_jobs(cursor, [{"name": "new", "application": "quick", "state": "PREPROCESSED"}])
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = %s", [app])
+        assert cursor.fetchone()[0]
+        cursor.execute("COMMIT")
+        wait_for(lambda: _running(cursor, "new"), 5,
+                 "the RUNNING of a job notified while the master's connection was down")
+
+
+@pytest.mark.slow
+def test_a_step_notified_while_the_workers_connections_were_down_runs_promptly(db, cursor):
+    """The transition workers' lost notifications (sent while their connections were down):
+    each looks at once on reconnecting, not at its backed-off next look (~15 s here)."""
+    add_app(cursor, "quick", "/bin/true")
+    cursor.execute(f"UPDATE {schema.APP_TABLE} SET preprocess = '/bin/true' WHERE name = 'quick'")
+    with settings(db, launcher={"idle_poll_max_seconds": 600, "heartbeat_seconds": 1}), \
+            launchers() as start:
+        start(*PERSISTENT_SERIAL)
+        wait_for(lambda: PARTS["serial"] <= _apps(cursor), 60, "the launcher's parts to connect")
+        time.sleep(8.0)  # idle, its looks backing off to 8 s and 16 s (a window, not a wait)
+        cursor.execute("BEGIN")  # the job is committed (notified) right after the drops
+        add_jobs(cursor, [{"name": "pre", "application": "quick", "state": "STAGED_IN"}])
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE application_name = 'balsam-transitions'")
+        assert cursor.fetchone()[0]
+        cursor.execute("COMMIT")
+        wait_for(lambda: _running(cursor, "pre"), 6,
+                 "the preprocessing and RUNNING of a job notified while the workers were cut off")

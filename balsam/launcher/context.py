@@ -188,6 +188,9 @@ class Housekeeper:
         self.next_sweep: Optional[float] = None
         """When a session holding jobs this launcher could run expires (None: none known)."""
         self.swept: list[tuple[int, int]] = []
+        self.released = False
+        """A sweep of ours closed sessions since :meth:`take_released` (their jobs were
+        released by our own statement, whose notification this launcher does not hear)."""
         self.fence: Optional[Fence] = None
         """Told of every confirmed renewal (MPI mode: :mod:`balsam.launcher.fence`)."""
 
@@ -247,6 +250,13 @@ class Housekeeper:
         for line in leases.after_sweep(self.ctx.db_path, swept):
             self.ctx.log.warning(line)
         self.swept += [(s.session, s.timed_out) for s in swept]
+        self.released = self.released or bool(swept)
+
+    def take_released(self) -> bool:
+        """Whether a sweep of ours released jobs since the last call: the loop then claims
+        and processes at once (its own notification wakes no look of its own)."""
+        hit, self.released = self.released, False
+        return hit
 
     def busy(self) -> None:
         """The launcher runs something: not idle. The next idle iteration looks at once

@@ -146,6 +146,9 @@ class MPIMode(MPICycle):
                 self._launch_ready()
                 if not flight.busy:  # (after landing: a busy launcher has one in flight often)
                     self.house.beat()
+                    if self.house.take_released():  # our own sweep's notification is unheard
+                        self.want_claim, self.want_process = True, ctx.processing
+                        self.poll.reset()
                 while not flight.busy and self._cycle():
                     if self.runs:  # tasks run: it commits while they do, lands when done
                         break
@@ -299,7 +302,10 @@ class MPIMode(MPICycle):
             self.db_down = False
         if ctx.watchdog is not None:  # recorded: its report need not list them
             ctx.watchdog.forget(ended)
-        self.seen_reconnects = ctx.db.reconnects if reconcile else self.seen_reconnects
+        if reconcile:  # notifications sent while the connection was down are lost: look now
+            self.seen_reconnects = ctx.db.reconnects
+            self.poll.reset()
+            self.next_periodic = 0.0
         if process:
             self.want_process = False
             self.next_process = now + (PROCESSING_MIN_INTERVAL if runnable or not self.runs

@@ -106,6 +106,10 @@ class MasterClaims:
             return
         self._reconnects = db.reconnects
         self._lost_claim = False
+        # Notifications sent while the connection was down are lost (and the released claims'
+        # are our own): claim and process now, not at the backed-off next look.
+        self._next["claim"] = self._next["advance"] = 0.0
+        self.claim_poll.reset()
         if timed_out or released:
             self.ctx.log.warning(f"after reconnecting: {timed_out} unknown running job(s) timed "
                                  f"out, {released} unknown claim(s) released")

@@ -141,6 +141,10 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
                 ctx.exit_reason = "session lost"
                 self._tell_all({"abort": True})
                 return sm.EXIT_SESSION_LOST
+            if self.house.take_released():  # our sweep's jobs: our own notification is unheard
+                self._next["claim"] = self._next["advance"] = 0.0
+                self.claim_poll.reset()
+                self.advance_poll.reset()
             if now >= self._next["kill"]:
                 self._next["kill"] = now + self.t.kill_check_seconds
                 if self._kill_check_due():  # (holding nothing: none, see serial_kills)

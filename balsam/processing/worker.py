@@ -212,11 +212,16 @@ class TransitionWorker(threading.Thread):
     def _loop(self) -> None:
         """Claim and process jobs until stopped. Idle, the worker is woken by a statement
         leaving jobs in WORKER_STATES (not by every job change), by its heartbeat (which claims
-        nothing) or by its fallback look (:attr:`poll`); at most one empty claim per
+        nothing) or by its fallback look (:attr:`poll`; at once after a reconnection, as the
+        notifications sent meanwhile were lost); at most one empty claim per
         EMPTY_CLAIM_GAP_SECONDS."""
         next_look = 0.0
+        reconnects = self.db.reconnects
         while not self.stop.is_set() and not self._lost:
             self._beat()
+            if self.db.reconnects != reconnects:  # notifications sent meanwhile were lost
+                reconnects, next_look = self.db.reconnects, 0.0
+                self.poll.reset()
             if time.monotonic() >= next_look:
                 if self._one():
                     self.poll.reset()
