@@ -227,7 +227,7 @@ def test_a_job_change_notifies_listeners_once_per_statement(app, db, cursor):
         select.select([listener], [], [], 0.3)  # and nothing more comes
         listener.poll()
         ops = [n.payload for n in listener.notifies]
-        assert ops == ["INSERT", "UPDATE"]
+        assert ops == ["INSERT runnable", "UPDATE runnable"]  # PREPROCESSED, no session: claimable
     finally:
         listener.close()
 

@@ -111,7 +111,6 @@ def test_recalled_work_is_claimed_again_once_its_release_is_committed_by_a_write
     # recall cannot see jobs whose release is not committed yet. Here the release waits on a
     # row lock the test holds until that claim was answered; the jobs must still be claimed
     # again and sent to the node that idles (not after ``idle_wait_seconds``: 600 here).
-    import dataclasses
 
     from launcher_support import add_app, add_jobs
     from test_claimer import master_with_claimers
@@ -123,7 +122,7 @@ def test_recalled_work_is_claimed_again_once_its_release_is_committed_by_a_write
     ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED"}
                             for i in range(2)])
     master, sid = master_with_claimers(db)
-    master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
+    master.t = master.t.replace(idle_wait_seconds=600.0)
     lock = connect(db)  # a transaction of its own
     try:
         master.closed.add(2)  # the claim all goes to worker 1: one running, one queued
@@ -185,7 +184,6 @@ def test_recalled_work_is_claimed_again_though_the_master_holds_more_than_half_i
     # (4 tasks per slot: 12 here), and it holds 10: worker 3, its work done, idles. Worker 1
     # gives a task back: it must be claimed again and sent to worker 3 (it was released and
     # left unclaimed, worker 3 idle, until more recalls had brought the hold down to 6).
-    import dataclasses
 
     from launcher_support import add_app, add_jobs
     from test_claimer import Silent, master_with_claimers
@@ -202,7 +200,7 @@ def test_recalled_work_is_claimed_again_though_the_master_holds_more_than_half_i
                                 start_message="", processing=False)
     master.channel = Silent(3)
     master.load = {1: 0.0, 2: 0.0, 3: 0.0}
-    master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
+    master.t = master.t.replace(idle_wait_seconds=600.0)
     master._claim(time.monotonic())
     assert len(master.queue) == 10
     master.closed.add(3)

@@ -5,7 +5,6 @@ few ms, so a rule "no claim in flight" let the check run only by chance (bench_s
 4 launchers: their last tenth of the run 78-91% busy while work remained)."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from launcher_support import add_app, add_jobs
@@ -21,7 +20,7 @@ def test_work_is_taken_back_while_a_claim_rechecks_a_database_that_had_nothing(d
     ids = add_jobs(cursor, [{"name": f"j{i}", "application": "app", "state": "PREPROCESSED",
                              "node_packing_count": 2} for i in range(3)])
     master, _ = master_with_claimers(db)
-    master.t = dataclasses.replace(master.t, idle_wait_seconds=600.0)
+    master.t = master.t.replace(idle_wait_seconds=600.0)
     try:
         master.closed.add(2)  # the claim all goes to worker 1: two running, one queued
         end = time.monotonic() + 30
