@@ -38,7 +38,8 @@ before its `mpiexec` and has at most `nodes` tasks per batch). Printed, not asse
 
 Run: ``python benchmarks/bench_launcher_mpi.py [-n 200] [--rounds 3] [--latency-jobs 20]
 [--compare-with SRC]`` (``--compare-with``: also the rate rounds of another source tree's
-launcher, e.g. ``git archive OLD | tar -x -C /tmp/old``: before/after from the same run).
+launcher, e.g. ``git archive OLD | tar -x -C /tmp/old``: before/after from the same run, that
+tree on a DB made by its own migrations and settings).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _scale_run import base_db  # noqa: E402
 from _throwaway import finished_run_interval, machine_line, throwaway_db  # noqa: E402
 from bench_launcher_serial import children_cpu, server_cpu  # noqa: E402
 
@@ -119,7 +121,9 @@ def fill(db_path: str, count: int, state: str = "PREPROCESSED", truncate: bool =
 def launcher_round(db_path: str, count: int, source: str = "") -> dict[str, float]:
     """One launcher run; ``source``: the Balsam of that source tree instead (its working
     directory and first on ``PYTHONPATH``)."""
-    env = dict(os.environ, PYTHONPATH=source) if source else None
+    env = dict(os.environ, BALSAM_DB_PATH=db_path)
+    if source:
+        env["PYTHONPATH"] = source
     commits = server_commits(db_path)
     server0, tree0 = server_cpu(db_path), children_cpu()
     started = time.time()
@@ -263,8 +267,10 @@ def main() -> None:
     half: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     raw: list[float] = []
     raw_cpu: list[tuple[float, float]] = []
-    with throwaway_db() as db_path:
-        settings(db_path, cores, idle_wait=0.5)
+    with throwaway_db() as db_path, base_db(sides.get("other", "")) as other_db:
+        dbs = {"launcher": db_path, "other": other_db}  # each tree on a DB of its migrations
+        for path in filter(None, set(dbs.values())):
+            settings(path, cores, idle_wait=0.5)
         for r in range(1, args.rounds + 1):
             rate, own, tree = raw_round(args.n, cores)
             raw.append(rate)
@@ -275,8 +281,8 @@ def main() -> None:
             if r % 2 == 0:  # ABBA over pairs of rounds: neither tree always runs first
                 order.reverse()
             for side, source in order:
-                fill(db_path, args.n)
-                full[side].append(launcher_round(db_path, args.n, source))
+                fill(dbs[side], args.n)
+                full[side].append(launcher_round(dbs[side], args.n, source))
                 m = full[side][-1]
                 print(f"round {r} {side:8s}: {m['run']:6.1f} tasks/s run, {m['e2e']:6.1f} "
                       f"tasks/s end-to-end, {m['statements']} statements in "
@@ -284,8 +290,8 @@ def main() -> None:
                       f"per task: launcher {m['launcher_cpu'] / args.n * 1e3:.2f} ms, tasks "
                       f"{m['tasks_cpu'] / args.n * 1e3:.2f} ms, server "
                       f"{m['server_cpu'] / args.n * 1e3:.2f} ms")
-                fill(db_path, args.n // 2)
-                half[side].append(launcher_round(db_path, args.n // 2, source))
+                fill(dbs[side], args.n // 2)
+                half[side].append(launcher_round(dbs[side], args.n // 2, source))
             print(f"round {r} ratios: " + ", ".join(
                 f"{side} {full[side][-1]['run'] / rate:.2f} of the raw loop" for side in sides)
                 + (f"; launcher / other {full['launcher'][-1]['run'] / full['other'][-1]['run']:.2f}"
