@@ -87,7 +87,7 @@ def _signal_all(pids: Iterable[int], signum: int) -> None:
             pass
 
 
-def _wait_stopped(pid: int, timeout: float = 1.0) -> None:
+def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
     """Wait (bounded: a process that cannot stop is ended all the same) until ``pid`` is
     stopped or gone: a signal is delivered after ``kill`` returns."""
     end = time.monotonic() + timeout
@@ -126,7 +126,16 @@ def end_session(root: int, grace: float = GRACE_SECONDS,
         time.sleep(0.1)
     known.update(family(root, root_start))
     _signal_all(_alive(known), signal.SIGKILL)
+    _wait_gone(known)
     return len(known)
+
+
+def _wait_gone(known: dict[int, str], timeout: float = 10.0) -> None:
+    """Wait (bounded) until every process in ``known`` is gone or a zombie: SIGKILL returns
+    before its target has run its exit, which on a loaded machine may take a while."""
+    end = time.monotonic() + timeout
+    while _alive(known) and time.monotonic() < end:
+        time.sleep(0.002)
 
 
 def run_in_session(argv: list[str], *, what: str, timeout: float, input: Optional[str] = None,
