@@ -50,10 +50,12 @@ for work on its own after a look found none; a database notification wakes it at
 IDLE_POLL_MAX_SECONDS = 10.0
 """While nothing comes, that fallback look backs off, its gap doubling from
 ``idle_wait_seconds`` up to this (:class:`balsam.db.idle_poll.IdlePoll`): new runnable jobs,
-kills, parents finishing and transfers to do are notified, so the look only catches what no
-statement on a job row announces (an app's script added, a retry's back-off over). Ten idle
-launchers then cost the shared server a few transactions a second, not ~80 (issue 16, session
-20). Heartbeats keep their period."""
+kills, parents finishing and transfers to do are notified, and so are, since session 21, an
+app's scripts changed (migration 0025) and stage-in items done for a job a worker finishes;
+a retry's back-off (of a job or a transfer item) running out caps the wait at its moment. The
+look only catches what nothing announces (a lost notification). Ten idle launchers then cost
+the shared server a few transactions a second, not ~80 (issue 16, session 20). Heartbeats keep
+their period."""
 
 PROCESSING_BATCH = 5000
 """Most jobs one processing pass moves per kind of transition."""

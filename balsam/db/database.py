@@ -23,7 +23,8 @@ rolled back and retried at once. Any other error rolls back and propagates.
 reconnection); :meth:`wait` blocks on the connection's socket until another session changes
 jobs or the timeout passes. Notifications caused by this connection's own statements are
 ignored; :meth:`runnable` says whether another session's announced jobs left claimable
-(payload ``... runnable``, migration 0024; an unknown payload counts as such). ``statements``
+(payload ``... runnable``, migration 0024; an unknown payload counts as such; an app change,
+``APP``, migration 0025, does not). ``statements``
 counts executed statements and ``transactions`` committed transactions (for benchmarks);
 ``reconnects`` counts re-opened connections (a caller compares it to learn that a commit
 outcome may have been lost).
@@ -46,8 +47,10 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 3
 """A launcher waits at most this long for a connection: its tasks need watching meanwhile."""
 FIRST_BACKOFF_SECONDS = 0.05
-_NOT_RUNNABLE = frozenset({"INSERT", "UPDATE"})
-"""Job-change payloads that announce no claimable job (migration 0024)."""
+_NOT_RUNNABLE = frozenset({"INSERT", "UPDATE", "APP"})
+"""Payloads that announce no claimable job: job changes (migration 0024) and app changes
+(``APP``, migration 0025: what a processing pass or a worker may do changed, not what a
+launcher may claim)."""
 ROLLBACK_RETRIES = 20
 """Deadlock/serialization failures retried at once before the error propagates."""
 

@@ -2,9 +2,12 @@
 
 A launcher's master, its MPI-mode loop, its transition workers and its transfer worker sleep
 until another session notifies them (:meth:`balsam.db.database.Database.wait`): new runnable
-jobs, kills, parents finishing and transfers to do change job rows, which notify. They also look
-on their own now and then, for what no job-row change announces (an app's script added, a
-retry's back-off over, a lost notification). :class:`IdlePoll` spaces those looks: the first
+jobs, kills, parents finishing and transfers to do change job rows, which notify; an app's
+scripts changed (migration 0025) and stage-in items done for a worker's step notify too, and a
+retry's back-off running out (of a job: ``transitions.PassResult.retry_in``; of a transfer
+item: ``TransferStep.retry_due``) caps the wait at its moment (session 21). They also look on
+their own now and then, for what nothing announces (a lost notification, a bug's safety
+net). :class:`IdlePoll` spaces those looks: the first
 ``first`` seconds after a look that found nothing, then twice as long after each further empty
 look, up to ``longest``; a notification or work found brings it back to ``first``. An idle
 launcher then costs the shared server a transaction every few seconds per part, not several a

@@ -51,16 +51,18 @@ class MPICycle(MPIRuns):
                      known: set[str], starts: list[tuple[TaskSpec, list[int]]],
                      unfit: list[TaskSpec], claim: int, max_nodes: int, idle: list[int],
                      slots: int) -> tuple[list[str], set[str], list[TaskSpec], bool,
-                                          list[tuple[TaskSpec, list[int]]], list[str]]:
+                                          list[tuple[TaskSpec, list[int]]], list[str],
+                                          Optional[float]]:
         """Write the ends, start ``starts`` (RUNNING before their launch) and claim up to
         ``claim`` more jobs in one statement (:func:`leases.cycle`); claimed jobs that fit
         nodes still idle are started at once (one more statement: an idle launcher starts a
         new job within one transaction); process, check kills and reconcile if asked. Returns
         (killed ids, ids started, specs claimed, whether processing made jobs runnable, the
         claimed jobs started and their nodes, ids whose hold it ended: ends recorded, claims
-        dropped)."""
+        dropped, seconds until a job the pass left backing off may be retried or None)."""
         ctx = self.ctx
         runnable = False
+        retry_in: Optional[float] = None
         if reconcile:
             lost, released = self.source.reconcile_in(cur, known)
             if lost or released:
@@ -99,11 +101,12 @@ class MPICycle(MPIRuns):
         # killed by a user (a job killed ready ahead: no run), changed meanwhile, or too long
         release_claims(cur, ctx.session_id, Batch(release=drop, unlaunched=batch.unlaunched))
         if process:
-            moved_kinds = transitions.advance(cur, ctx.wf_filter, ctx.tunables.processing_batch,
-                                              ctx.tunables.retry_policy())
+            done = transitions.advance_pass(cur, ctx.wf_filter, ctx.tunables.processing_batch,
+                                            ctx.tunables.retry_policy())
+            moved_kinds, retry_in = done.moved, done.retry_in
             runnable = bool(moved_kinds.get("ready") or moved_kinds.get("retry"))
             if any(moved_kinds.values()):
                 ctx.log.info("processing: " + ", ".join(
                     f"{k} {v}" for k, v in moved_kinds.items() if v))
         killed = leases.killed(cur, ctx.session_id) if kill else []
-        return killed, started, claimed, runnable, more, ended + batch.release
+        return killed, started, claimed, runnable, more, ended + batch.release, retry_in

@@ -26,7 +26,8 @@ iteration:
    session (a job became runnable, a user killed a job), or the next timer -- never a fixed
    sleep. Idle, its own periodic look (claim and processing pass, one transaction) backs off
    from ``idle_wait_seconds`` to ``idle_poll_max_seconds`` (:mod:`balsam.db.idle_poll`); a
-   notification, or work found, brings it back.
+   notification, or work found, brings it back, and it comes no later than the moment a job
+   the last pass left backing off may be retried (``PassResult.retry_in``).
 
 **Ready ahead.** RUNNING is always committed before a task starts (so a launcher that dies
 never leaves a started job unrecorded), but a commit waits for the WAL flush: with short tasks
@@ -289,7 +290,7 @@ class MPIMode(MPICycle):
         now, batch, process, kill, reconcile, claim, want, starts, unfit, free = self.landing
         self.landing = None
         try:
-            killed, started, claimed, runnable, more, ended = self.flight.land()
+            killed, started, claimed, runnable, more, ended, retry_in = self.flight.land()
         except DatabaseUnavailable as exc:
             self.status.restore(batch)
             if not self.db_down:
@@ -310,6 +311,8 @@ class MPIMode(MPICycle):
             self.want_process = False
             self.next_process = now + (PROCESSING_MIN_INTERVAL if runnable or not self.runs
                                        else PROCESSING_BUSY_INTERVAL)
+            if retry_in is not None:  # a retry's back-off ends: no statement announces it
+                self.next_periodic = min(self.next_periodic, now + retry_in)
         if batch.done or batch.errors or batch.timeouts:
             self.want_process = ctx.processing
         gone = {s.job_id for s, _ in starts + more} | {s.job_id for s in unfit}

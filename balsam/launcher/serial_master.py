@@ -22,6 +22,7 @@ reconnection, holds it does not know of (a claim whose commit reply was lost) ar
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         self.claim_poll = IdlePoll(self.t.idle_wait_seconds, self.t.idle_poll_max_seconds)
         self.advance_poll = IdlePoll(self.t.idle_wait_seconds, self.t.idle_poll_max_seconds)
         self._advanced_at = now
+        self._retry_due = math.inf  # when a job left backing off may be retried (a pass then)
         self._was_busy = False
         self._topped = False  # every open worker's queue topped up (set by _dispatch)
         # A new ensemble runs no task a user could have killed yet: the first check can wait.
@@ -306,17 +308,19 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
         if not self.ctx.processing or now < self._next["advance"]:
             return
         idle = not (self.inflight or self.queue)
-        if not (self._ended_since_advance or idle or self._notified):
+        if not (self._ended_since_advance or idle or self._notified or now >= self._retry_due):
             return
         self._notified = False
         if self.status.pending:
             self._flush()
         try:
-            moved = self.ctx.db.try_run(transitions.advance, self.ctx.wf_filter,
-                                        self.t.processing_batch,
-                                        self.t.retry_policy())
+            done = self.ctx.db.try_run(transitions.advance_pass, self.ctx.wf_filter,
+                                       self.t.processing_batch, self.t.retry_policy())
+            moved, retry_in = done.moved, done.retry_in
         except DatabaseUnavailable:
-            moved = {}
+            moved, retry_in = {}, None
+        # A retry whose back-off runs out is announced by no statement: pass again then.
+        self._retry_due = math.inf if retry_in is None else now + retry_in
         self._ended_since_advance = False
         self._advanced_at = now
         if not idle:
@@ -326,6 +330,7 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
             self.advance_poll.reset()
         else:  # idle and nothing moved: backing off (a notification brings it forward)
             self._next["advance"] = now + self.advance_poll.empty()
+        self._next["advance"] = min(self._next["advance"], self._retry_due)
         if any(moved.values()):
             self._next["claim"] = 0.0
             self.house.busy()

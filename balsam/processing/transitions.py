@@ -24,7 +24,10 @@ of the queries are generated from that table and each pure row's condition is de
   RESTART_READY (``auto_timeout_retry``) or FAILED. A RUN_ERROR or RUN_TIMEOUT job whose failed
   runs exceed its retry limit (:mod:`balsam.core.retries`) -> FAILED saying so, handler or not
   (the transition workers leave such jobs alone). With a back-off (``launcher:
-  retry_backoff_seconds``) a timed-out job stays RUN_TIMEOUT until it has waited its turn.
+  retry_backoff_seconds``) a timed-out job stays RUN_TIMEOUT until it has waited its turn;
+  nothing writes a job row when that turn comes, so a pass says when the first job it left
+  waiting may move (:attr:`PassResult.retry_in`) and the loops that wait for notifications
+  run a pass then (issue 16, session 21).
 
 Jobs held by a session (a transition worker running their step) are left alone. Several
 processes may run :func:`advance` at once: candidates are locked with SKIP LOCKED and every move
@@ -205,9 +208,20 @@ _PURE_ROUTES: dict[str, list[routing.Route]] = {
     s.value: [r for r in routing.routes_from(s) if r.actor is Actor.PURE] for s in State}
 
 
+RETRY_MARGIN_SECONDS = 0.05
+"""Added to :attr:`PassResult.retry_in`: the database's clock decides, and the back-off must
+have passed by it when the pass comes (else the job waits one more short look)."""
+
+
+def _retry_in(f: _Facts, policy: RetryPolicy) -> float:
+    """Seconds until a job left backing off (:func:`_timeout_retry`) has waited its turn."""
+    return max(0.0, policy.backoff(f.failures or 0) - float(f.waited))
+
+
 def _pure_moves(cursor: Cursor, wf_filter: Optional[str], limit: int,
-                policy: RetryPolicy) -> dict[str, int]:
-    """Every other scriptless move, classified in one query and written per target state."""
+                policy: RetryPolicy) -> tuple[dict[str, int], Optional[float]]:
+    """Every other scriptless move, classified in one query and written per target state;
+    (how many moved by kind, seconds until the first job left backing off may move)."""
     params: list[Any] = []
     wf = wf_clause(wf_filter, params)
     stage_in = NEEDS_STAGE_IN.format(has_parents=HAS_PARENTS)
@@ -223,6 +237,7 @@ def _pure_moves(cursor: Cursor, wf_filter: Optional[str], limit: int,
         LIMIT %s""", params + [limit])
     moves: dict[tuple[str, State], list[str]] = {}
     failed: dict[str, str] = {}
+    waits: list[float] = []
     for job_id, *facts in cursor.fetchall():
         job_id = str(job_id)
         f = _Facts(*facts)
@@ -235,6 +250,8 @@ def _pure_moves(cursor: Cursor, wf_filter: Optional[str], limit: int,
                 moves.setdefault((f.state, target), []).append(job_id)
             elif message:
                 failed[job_id] = message
+            else:  # staying: backing off before its retry
+                waits.append(_retry_in(f, policy))
             break
     counts = {"finished": 0, "retry": 0, "failed_runs": 0, "other": 0}
     for (source, target), ids in sorted(moves.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
@@ -243,7 +260,7 @@ def _pure_moves(cursor: Cursor, wf_filter: Optional[str], limit: int,
         key = {State.JOB_FINISHED: "finished", State.RESTART_READY: "retry"}.get(target, "other")
         counts[key] += moved
     counts["failed_runs"] = len(lifecycle.transition(cursor, list(failed), State.FAILED, failed))
-    return counts
+    return counts, (min(waits) + RETRY_MARGIN_SECONDS if waits else None)
 
 
 DEFAULT_POLICY = RetryPolicy()
@@ -267,13 +284,35 @@ out (:data:`PURE_DECIDERS` ``NO_POSTPROCESS`` then ``NO_STAGE_OUT``), as a launc
 recording the run's end (:func:`balsam.core.launcher_moves.move`); the same message as this pass."""
 
 
+@dataclass(frozen=True)
+class PassResult:
+    """What one processing pass did (:func:`advance_pass`)."""
+
+    moved: dict[str, int]
+    """How many jobs moved, by kind (:func:`advance`)."""
+    retry_in: Optional[float]
+    """Seconds until the first job the pass left backing off (RUN_TIMEOUT, waiting for its
+    retry's back-off) may move -- no statement announces that moment, so a loop waiting for
+    notifications runs a pass then --; None: no job waits."""
+
+
+def advance_pass(cursor: Cursor, wf_filter: Optional[str] = None,
+                 limit: int = PROCESSING_BATCH, policy: RetryPolicy = DEFAULT_POLICY
+                 ) -> PassResult:
+    """One processing pass in the caller's transaction: what moved, and when a job left
+    backing off may move. ``policy``: the DB's retry settings (the limit of jobs that have
+    none, the back-off)."""
+    counts = _check_parents(cursor, wf_filter, limit)
+    pure, retry_in = _pure_moves(cursor, wf_filter, limit, policy)
+    counts.update(pure)
+    return PassResult(counts, retry_in)
+
+
 def advance(cursor: Cursor, wf_filter: Optional[str] = None, limit: int = PROCESSING_BATCH,
             policy: RetryPolicy = DEFAULT_POLICY) -> dict[str, int]:
-    """One processing pass in the caller's transaction; returns how many jobs moved, by kind.
-    ``policy``: the DB's retry settings (the limit of jobs that have none, the back-off)."""
-    counts = _check_parents(cursor, wf_filter, limit)
-    counts.update(_pure_moves(cursor, wf_filter, limit, policy))
-    return counts
+    """One processing pass in the caller's transaction (:func:`advance_pass`); returns how
+    many jobs moved, by kind."""
+    return advance_pass(cursor, wf_filter, limit, policy).moved
 
 
 PROCESSABLE = sql_in(routing.PROCESSING_STATES)

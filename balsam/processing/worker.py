@@ -16,12 +16,14 @@ While a script runs the worker renews its lease and checks every second whether 
 killed (then the script's process group is stopped at once and nothing is written) or the
 worker is stopping. An idle worker sleeps until a statement leaves a job in one of its states
 (its own channel, :data:`balsam.defaults.PROCESSING_NOTIFY_CHANNEL`, migration
-0017_processing_notify: a launcher's RUNNING batches and plain run ends wake no worker) or its
-fallback look is due (jobs made claimable without a job-row change: an app's script added,
-stage-in items done): ``idle_wait_seconds`` after an empty claim, backing off to
-``idle_poll_max_seconds`` while nothing comes (:class:`balsam.db.idle_poll.IdlePoll`; session
-20), waking for its heartbeat on time. If the worker dies, its session expires and any sweep
-releases the job for another worker, which runs the step again.
+0017_processing_notify: a launcher's RUNNING batches and plain run ends wake no worker; since
+session 21 also an app's scripts changed, migration 0025, and stage-in items done for a job
+whose ``input_files`` a worker links, :mod:`balsam.processing.transfers.completion`) or its
+fallback look is due (a lost notification): ``idle_wait_seconds`` after an empty claim,
+backing off to ``idle_poll_max_seconds`` while nothing comes
+(:class:`balsam.db.idle_poll.IdlePoll`; session 20), waking for its heartbeat on time. If the
+worker dies, its session expires and any sweep releases the job for another worker, which runs
+the step again.
 
 :class:`TransitionPool` starts N workers and stops them (``--num-transition-threads``).
 """

@@ -12,11 +12,19 @@ a stage-in item failed                    READY -> FAILED "stage-in failed: <err
 stage-out items all done                  POSTPROCESSED -> JOB_FINISHED
 a stage-out item failed                   POSTPROCESSED -> FAILED "stage-out failed: ..."
 ========================================  ==============================================
+
+Two things no job-row change announces are said here, at the end of a pass (issue 16,
+session 21): a READY job whose stage-in items are done but whose ``input_files`` are still to
+be linked waits for a transition worker, so :func:`complete_jobs` notifies the workers'
+channel (:data:`balsam.defaults.PROCESSING_NOTIFY_CHANNEL`; the items' rows are not job rows);
+and :func:`retry_in` says when the first item waiting out a failed attempt's back-off may be
+sent, so the transfer worker looks then, not at its backed-off next look.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from balsam import defaults
 from balsam.core import lifecycle, schema
 from balsam.core.states import State
 from balsam.db.dbapi import Cursor
@@ -49,6 +57,7 @@ def complete_jobs(cursor: Cursor, wf_filter: Optional[str], limit: int) -> dict[
     to_preprocess: list[str] = []
     finished: dict[str, str] = {}
     failed: dict[State, dict[str, str]] = {State.READY: {}, State.POSTPROCESSED: {}}
+    to_link = False
     for (job_id, direction, in_url, out_url, error, bad_slot, slots, files, count, pre,
          links) in cursor.fetchall():
         job_id = str(job_id)
@@ -61,6 +70,8 @@ def complete_jobs(cursor: Cursor, wf_filter: Optional[str], limit: int) -> dict[
                 staged[job_id] = f"staged in {files} item(s){_origin('from', in_url, slots)}"
                 if not pre:
                     to_preprocess.append(job_id)
+            else:  # a transition worker links its input files (worker.STEP_CONDITIONS)
+                to_link = True
         elif error is not None:
             failed[State.POSTPROCESSED][job_id] = f"stage-out failed: {error}"
         else:
@@ -74,7 +85,32 @@ def complete_jobs(cursor: Cursor, wf_filter: Optional[str], limit: int) -> dict[
              sources=[State.POSTPROCESSED.value])
     bad = sum(len(t(cursor, list(msgs), State.FAILED, msgs, sources=[source.value]))
               for source, msgs in failed.items())
+    if to_link:  # claimable by a transition worker now: wake the workers
+        cursor.execute("SELECT pg_notify(%s, '')", [defaults.PROCESSING_NOTIFY_CHANNEL])
     return {"staged_in": len(moved_in), "staged_out": len(done), "failed": bad}
+
+
+RETRY_MARGIN_SECONDS = 0.05
+"""Added to :func:`retry_in`: the claim's clock (the transaction's start) must have passed
+the item's ``not_before`` when the worker looks."""
+
+
+def retry_in(cursor: Cursor, wf_filter: Optional[str]) -> Optional[float]:
+    """Seconds until the first pending item waiting out its back-off (``not_before``) may be
+    claimed (:func:`.items.claim_batches`' conditions: its job in the state it serves, in the
+    workflow filter); None: no item waits. One statement over the pending items."""
+    params: list[Any] = []
+    wf = wf_clause(wf_filter, params)
+    cursor.execute(f"""
+        SELECT EXTRACT(EPOCH FROM min(i.not_before) - clock_timestamp())
+        FROM {ITEM} i JOIN {JOB} j ON j.job_id = i.job_id
+        WHERE i.state = 'pending' AND i.not_before > clock_timestamp()
+          AND j.state = CASE i.direction WHEN 'in' THEN {STAGE_IN_SQL}
+                                         ELSE {STAGE_OUT_SQL} END{wf}""", params)
+    row = cursor.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return max(0.0, float(row[0])) + RETRY_MARGIN_SECONDS
 
 
 def _origin(word: str, url: str, slots: Optional[str]) -> str:

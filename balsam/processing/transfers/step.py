@@ -31,10 +31,11 @@ from typing import Any, Optional
 from balsam import defaults
 from balsam.core.tunables import Tunables
 from balsam.db.database import Database
+from balsam.db.dbapi import Cursor
 from balsam.db.idle_poll import IdlePoll
 from balsam.errors import BalsamError, DatabaseUnavailable
 from balsam.processing.transfers import PROTOCOLS, Context, Item, Result, items
-from balsam.processing.transfers.completion import complete_jobs
+from balsam.processing.transfers.completion import complete_jobs, retry_in
 
 LEASE_MARGIN_SECONDS = 60.0
 SAFETY_PASS_SECONDS = 60.0
@@ -74,6 +75,9 @@ class TransferStep:
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="balsam-xfer")
         self.inflight: dict[cf.Future[Any], int] = {}
         self._next_poll = 0.0
+        self.retry_due: Optional[float] = None
+        """When (``time.monotonic()``) the first item the last pass left waiting out its
+        back-off may be sent (None: none waits): no statement announces that moment."""
 
     def context(self, batch_id: int, protocol: str) -> Context:
         staging = os.path.join(self.db_path, "transfers", f"batch-{batch_id}")
@@ -101,7 +105,9 @@ class TransferStep:
                 self.inflight[self.pool.submit(self._send, batch_id, protocol, batch)] = batch_id
         counts["started"] = len(claimed)
         counts["polled"] = self._poll(db)
-        counts.update(db.run(complete_jobs, self.wf_filter, self.limit))
+        completed, wait = db.run(_complete, self.wf_filter, self.limit)
+        counts.update(completed)
+        self.retry_due = None if wait is None else time.monotonic() + wait
         return counts
 
     def busy(self) -> bool:
@@ -199,18 +205,27 @@ class TransferStep:
                       "(no job waits for it)")
 
 
+def _complete(cursor: Cursor, wf_filter: Optional[str], limit: int
+              ) -> tuple[dict[str, int], Optional[float]]:
+    """The pass's last transaction: the jobs whose items ended move on; and seconds until
+    the first item waiting out its back-off may be sent (:mod:`.completion`)."""
+    return complete_jobs(cursor, wf_filter, limit), retry_in(cursor, wf_filter)
+
+
 class TransferWorker(threading.Thread):
     """A thread running transfer passes until ``stop`` is set (settings read from the DB).
 
     It wakes when a statement leaves jobs in READY or POSTPROCESSED (its own channel,
     :data:`balsam.defaults.TRANSFER_NOTIFY_CHANNEL`, not every job change: an MPI-mode run of
     short tasks commits hundreds of changes a second, each of which cost the server a
-    transaction per listener) and on a fallback look (retries after their back-off, asynchronous
-    tasks, senders that died): ``idle_wait_seconds`` after a look that found nothing, backing
-    off to ``idle_poll_max_seconds`` while nothing comes (:class:`balsam.db.idle_poll.IdlePoll`,
-    session 20: it looked every second). It then runs a pass (four transactions or more) only
-    when a batch of its own is in flight or :func:`.items.may_have_work` (one statement) finds
-    something, and at least every :data:`SAFETY_PASS_SECONDS`."""
+    transaction per listener) and on a fallback look (asynchronous tasks, senders that died):
+    ``idle_wait_seconds`` after a look that found nothing, backing off to
+    ``idle_poll_max_seconds`` while nothing comes (:class:`balsam.db.idle_poll.IdlePoll`,
+    session 20: it looked every second). It also looks when an item's retry back-off ends
+    (:attr:`TransferStep.retry_due`) and at once after its connection was re-established
+    (session 21). It then runs a pass (four transactions or more) only when a batch of its own
+    is in flight or :func:`.items.may_have_work` (one statement) finds something, and at least
+    every :data:`SAFETY_PASS_SECONDS`."""
 
     def __init__(self, db_path: str, *, stop: threading.Event, log: logging.Logger,
                  wf_filter: Optional[str] = None, idle_wait_seconds: float = 1.0,
@@ -243,11 +258,21 @@ class TransferWorker(threading.Thread):
 
     def _loop(self, step: TransferStep) -> None:
         """Passes until stopped: at once while they do something, on a notification, on the
-        fallback look (:attr:`poll`) or every :data:`SAFETY_PASS_SECONDS`."""
+        fallback look (:attr:`poll`), when an item's retry back-off ends
+        (:attr:`TransferStep.retry_due`), at once after the connection was lost (the
+        notifications sent meanwhile are lost: the look reconnects), or every
+        :data:`SAFETY_PASS_SECONDS`."""
         next_full = next_look = 0.0
+        reconnects = self.db.reconnects
         while not self.stop.is_set():
+            if self.db.reconnects != reconnects or not self.db.connected:
+                reconnects, next_look = self.db.reconnects, 0.0
+                self.poll.reset()
             now = time.monotonic()
-            look = now >= next_look
+            due = step.retry_due is not None and now >= step.retry_due
+            if due:
+                step.retry_due = None  # (a pass sets the next one)
+            look = now >= next_look or due
             if step.busy() or now >= next_full or (look and self.db.run(items.may_have_work)):
                 if now >= next_full:
                     next_full = now + SAFETY_PASS_SECONDS
@@ -258,8 +283,10 @@ class TransferWorker(threading.Thread):
             if look:
                 next_look = now + self.poll.empty()
             gap = min(self.idle_wait_seconds, float(step.t["poll_seconds"]))
+            wake = min(next_look, next_full,
+                       next_full if step.retry_due is None else step.retry_due)
             if step.busy():
                 step.wait(gap)
-            elif self.db.wait(max(0.0, min(next_look, next_full) - time.monotonic())):
+            elif self.db.wait(max(0.0, wake - time.monotonic())):
                 self.poll.reset()
                 next_look = 0.0
