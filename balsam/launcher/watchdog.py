@@ -53,6 +53,7 @@ from balsam.launcher.group_stop import groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.launcher.pipe_lines import Outbox
+from balsam.launcher.watchdog_lines import Heard
 from balsam.platform.process import start_time, wait_child
 
 HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
@@ -249,24 +250,15 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 
 def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]], float]:
-    """Read ``?JOBID`` (``^JOBID``: one less) / ``+PGID [JOBID]`` / ``~PGID JOBID`` /
-    ``-PGID`` / ``#JOBID`` / ``=`` / ``!DEV INO PATH`` lines from ``fd`` until end of file
-    (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the nap),
-    then stop the groups still registered (and those of expected tasks that never were).
-    Returns (groups stopped, groups still alive
-    after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
-    ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
-    ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
-    if it died: none after ``.``, None if it told none (no ``!`` line)). A group's leader start
-    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
-    line), so that a group id reused after the group ended is not signalled at the end."""
-    groups: dict[int, str] = {}
-    starts: dict[int, Optional[int]] = {}
-    segments: Optional[dict[str, tuple[int, int]]] = None
-    closing = False
-    started: Counter[str] = Counter()
-    expected: Counter[str] = Counter()
-    queued: Counter[str] = Counter()
+    """Read the owner's lines (:mod:`.watchdog_lines`) from ``fd`` until end of file (one read
+    every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the nap), then stop the
+    groups still registered (and those of expected tasks that never were). Returns (groups
+    stopped, groups still alive after SIGKILL, job ids started since the last ``=``, one per
+    start (none of a job once ``#JOBID`` said its hold was ended) -- an expected start counts,
+    a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
+    shared-memory files the owner left if it died: none after ``.``, None if it told none (no
+    ``!`` line), the time end of file was read)."""
+    heard = Heard()
     pending = b""
     while True:
         try:
@@ -280,53 +272,18 @@ def serve(fd: int, grace: float, began_path: str = ""
             _nap(fd, READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
-        added = []
-        for line in lines:
-            if line[:1] == b"?":
-                expected[line[1:].decode()] += 1
-            elif line[:1] == b"^":  # an expected start dropped after all (_spawner_bounds.h)
-                expected[line[1:].decode()] -= 1
-            elif line[:1] == b"+":
-                pgid, _, job = line[1:].decode().partition(" ")
-                groups[int(pgid)] = job
-                added.append(int(pgid))
-                if job:
-                    started[job] += 1
-                    expected[job] -= 1
-            elif line[:1] == b"~":
-                pgid, _, job = line[1:].decode().partition(" ")
-                groups[int(pgid)] = job
-                added.append(int(pgid))
-                queued[job] += 1
-            elif line[:1] == b"-":
-                groups.pop(int(line[1:]), None)
-                starts.pop(int(line[1:]), None)
-            elif line[:1] == b"#":  # recorded: forget it (the launcher's commit ended it)
-                started.pop(line[1:].decode(), None)
-                expected.pop(line[1:].decode(), None)
-            elif line[:1] == b"=":
-                started.clear()
-                expected.clear()
-                queued.clear()
-            elif line[:1] == b"!":
-                segments = {} if segments is None else segments
-                if line != b"!":
-                    dev, ino, path = line[1:].decode().split(" ", 2)
-                    segments[path] = (int(dev), int(ino))
-            elif line == b".":
-                closing = True
-        for leader in added:  # (one /proc read per task still running after the batch)
-            if leader in groups and leader not in starts:
-                starts[leader] = start_time(leader)
-    for job in +expected:  # the starter died between starting a task and registering it
+        heard.feed(lines)
+    groups, starts, started = heard.groups, heard.starts, heard.started
+    for job in +heard.expected:  # the starter died between starting a task and registering it
         started[job] += 1
         for found in groups_of_job(job):
             groups[found] = job
             starts.setdefault(found, start_time(found))
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
-    started.update(began_queued(queued, began_path, alive))
-    return stopped, alive, list(started.elements()), {} if closing else segments, ended
+    started.update(began_queued(heard.queued, began_path, alive))
+    return (stopped, alive, list(started.elements()), {} if heard.closing else heard.segments,
+            ended)
 
 
 def _nap(fd: int, seconds: float) -> None:
