@@ -222,11 +222,13 @@ def start_fence(ctx: Context) -> LeaseFence:
 
     def stop_tasks(unconfirmed: float) -> None:
         # On the fence's thread: the main loop may be blocked in a statement.
-        groups = list(ctx.watchdog.registered) if ctx.watchdog is not None else []
+        # (a copy: the loop thread may reap and remove meanwhile; their start times keep a
+        # group reaped meanwhile, its id taken by another process, from being signalled)
+        starts = dict(ctx.watchdog.registered) if ctx.watchdog is not None else {}
         ctx.log.error(f"no renewal of the lease confirmed for {unconfirmed:.1f} s (lease "
-                      f"{ctx.tunables.lease_seconds} s): stopping {len(groups)} task(s) before "
+                      f"{ctx.tunables.lease_seconds} s): stopping {len(starts)} task(s) before "
                       "it could expire and another launcher run their jobs again")
-        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        kill_groups(list(starts), ctx.tunables.kill_grace_seconds, starts=starts)
         ctx.db.sever()
 
     fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks,
@@ -262,15 +264,15 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
             os.kill(pgid, 0)
         except ProcessLookupError:
             return
-        groups = [g for g in (ctx.watchdog.registered if ctx.watchdog is not None else ())
-                  if g != pgid]
+        starts = {g: s for g, s in (dict(ctx.watchdog.registered) if ctx.watchdog is not None
+                                    else {}).items() if g != pgid}
         ctx.log.error(f"no lease age confirmed for {unconfirmed:.1f} s (lease "
                       f"{ctx.tunables.lease_seconds} s): killing the serial-mode ensemble and "
-                      f"stopping {len(groups)} task(s) of the launcher before the lease could "
+                      f"stopping {len(starts)} task(s) of the launcher before the lease could "
                       "expire and another launcher run their jobs again; exiting (status 1), "
                       "the session is left to a sweep")
         signal_group(pgid, signal.SIGKILL, leader)
-        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        kill_groups(list(starts), ctx.tunables.kill_grace_seconds, starts=starts)
         for handler in ctx.log.handlers:
             handler.flush()
         os._exit(1)

@@ -8,7 +8,8 @@ and the retry would run while the orphan still runs.
 :class:`Watchdog` prevents that. It starts ``python -S`` running ``balsam.launcher.watchdog``
 (:data:`_BOOT`) in its own session, holding the read end of a pipe whose write end only the
 launcher has (the descriptor is not inherited by anything the launcher starts). The launcher writes
-``+PGID`` when it starts a task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
+``+PGID`` when it starts a task (with its leader's start time, read before the reap:
+:mod:`.watchdog_lines`) and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
 each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per loop iteration
 carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,
 ``remove(defer=True)`` then :meth:`Watchdog.flush`): each write wakes the watchdog process. When
@@ -53,7 +54,7 @@ from balsam.launcher.group_stop import groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.launcher.pipe_lines import Outbox
-from balsam.launcher.watchdog_lines import Heard
+from balsam.launcher.watchdog_lines import Heard, group_line
 from balsam.platform.process import start_time, wait_child
 
 HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
@@ -108,7 +109,9 @@ class Watchdog:
             os.close(read_fd)
         self.out = Outbox(fd, log, "tasks will not be stopped if this process is killed")
         """The pipe's writer (bounded: what it holds back, whether the pipe refuses lines)."""
-        self.registered: set[int] = set()
+        self.registered: dict[int, Optional[int]] = {}
+        """The groups registered and not yet removed: pgid -> their leader's start time (read
+        when registered, the leader being this process's unreaped child; None: unreadable)."""
 
     @property
     def _fd(self) -> int:
@@ -122,26 +125,31 @@ class Watchdog:
 
     def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
-        (after :meth:`expect`, which finds the task meanwhile): sent with the next write."""
+        (after :meth:`expect`, which finds the task meanwhile): sent with the next write.
+        Called before this process reaps the leader (its child): the leader's start time is
+        read here and sent with the line (:func:`.watchdog_lines.group_line`), so the watchdog
+        never takes another process that got the pid later for it, however late it reads."""
         self.add_all([(pgid, job_id)], defer=defer)
 
     def queue(self, pgid: int, job_id: str) -> None:
         """A request of ``job_id`` was queued in the warm process leading group ``pgid``
         behind its running task: it counts as started only if that process noted in
         :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
-        if self.out.send(f"~{pgid} {job_id}\n".encode()) >= 0:
-            self.registered.add(pgid)
+        start = start_time(pgid)
+        if self.out.send(group_line("~", pgid, job_id, start).encode()) >= 0:
+            self.registered[pgid] = start
 
     def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
         """:meth:`add` for every (pgid, job id) in ``started``, in one write; ``defer``: with
         the next write or :meth:`flush` (as :meth:`remove`'s; the ``?JOBID`` line of each was
         sent before its start, so the watchdog finds it by its job id meanwhile)."""
-        lines = "".join(f"+{pgid} {job}\n" for pgid, job in started).encode()
+        starts = {pgid: start_time(pgid) for pgid, _ in started}
+        lines = "".join(group_line("+", pgid, job, starts[pgid]) for pgid, job in started)
         if started and defer and self._fd >= 0:
-            self.out.deferred.append(lines)
-            self.registered.update(pgid for pgid, _ in started)
-        elif started and self.out.send(lines) >= 0:
-            self.registered.update(pgid for pgid, _ in started)
+            self.out.deferred.append(lines.encode())
+            self.registered.update(starts)
+        elif started and self.out.send(lines.encode()) >= 0:
+            self.registered.update(starts)
 
     def expect_all(self, job_ids: list[str]) -> int:
         """:meth:`expect` for every job id in ``job_ids``, in one write. Returns how many of
@@ -179,7 +187,7 @@ class Watchdog:
         reused by a process that starts a new session with the same id: the caller flushes
         within its loop iteration, microseconds later)."""
         if pgid in self.registered:
-            self.registered.discard(pgid)
+            del self.registered[pgid]
             if defer and self._fd >= 0:
                 self.out.deferred.append(b"-%d\n" % pgid)
             else:
@@ -276,9 +284,9 @@ def serve(fd: int, grace: float, began_path: str = ""
     groups, starts, started = heard.groups, heard.starts, heard.started
     for job in +heard.expected:  # the starter died between starting a task and registering it
         started[job] += 1
-        for found in groups_of_job(job):
+        for found, leader in groups_of_job(job).items():
             groups[found] = job
-            starts.setdefault(found, start_time(found))
+            starts.setdefault(found, leader)
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
     started.update(began_queued(heard.queued, began_path, alive))

@@ -7,17 +7,37 @@ One line each (the owner batches many into one ``write``):
 ``?JOBID``             a task of JOBID is about to start (found by its ``BALSAM_JOB_ID``
                        if the owner dies before its ``+`` line)
 ``^JOBID``             one ``?JOBID`` undone: that start was dropped after all
-``+PGID [JOBID]``      a task (of JOBID) started, leading process group PGID
-``~PGID JOBID``        a request of JOBID queued in the warm process leading PGID
+``+PGID:START [JOBID]``  a task (of JOBID) started, leading process group PGID; START: the
+                       leader's start time (:func:`~balsam.platform.process.start_time`)
+``~PGID:START JOBID``  a request of JOBID queued in the warm process leading PGID
 ``-PGID``              the owner reaped PGID's leader (and stopped the group if need be)
 ``#JOBID``             a commit ended JOBID's hold: the report need not list it
 ``=``                  every start so far is recorded: the report need not list them
 ``!DEV INO PATH``      an MPI shared-memory file the owner maps; a bare ``!`` ends them
 ``.``                  the owner closes (end of file follows; its segments are its own)
 =====================  ====================================================================
+
+*A group's leader start time comes from the owner* (:func:`group_line`), read while the leader
+is its unreaped child: with the pid it names that process and no other, however late the
+watchdog reads the line. Read by the watchdog instead (before session 21), a line read late --
+the watchdog stopped or starved while the owner reaped the task -- gave no start time (the
+leader gone: the group id was then signalled unchecked at the end) or the start time of an
+unrelated process that took the pid meanwhile (signalled as if it were the task), whenever the
+owner then died before its ``-PGID`` line. ``:START`` is left out only when the owner could
+not read it (no ``/proc``, or no descriptor to spare): the watchdog then reads it itself.
+
+*A line without* ``:START`` is still read (the old format): the watchdog runs the package
+directory its owner imported (``watchdog._BOOT``), but a launcher running while that tree was
+updated (``git pull`` on an editable install) writes its old lines to a new watchdog; the
+reverse cannot happen (the watchdog starts after its owner imported this module). Such a group's
+leader start time is read with its line, as before, and a group whose leader is already gone
+then is never signalled (the owner reaped it, so stopping its group was the owner's business;
+its id proves nothing any more). Only a line read late *and* a pid taken by another process in
+between (no ``-`` line following) is still mistaken, as before, in that mixed case alone.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from balsam.platform.process import start_time
@@ -25,6 +45,12 @@ from balsam.platform.process import start_time
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
 if TYPE_CHECKING:
     from typing import Optional
+
+
+def group_line(kind: str, pgid: int, job: str, start: Optional[int]) -> str:
+    """The ``+`` (``kind``) or ``~`` line of a group ``pgid`` (of ``job``, "" if none) whose
+    leader started at ``start`` (None: unknown, the watchdog reads it itself)."""
+    return f"{kind}{pgid} {job}\n" if start is None else f"{kind}{pgid}:{start} {job}\n"
 
 
 class Heard:
@@ -42,14 +68,14 @@ class Heard:
         self.queued: Counter[str] = Counter()
 
     def feed(self, lines: list[bytes]) -> None:
-        """Take in whole ``lines`` (without their newlines). A group's leader start time is
-        read when its line is (the leader is the owner's child, not reaped before its ``-``
-        line), so that a group id reused after the group ended is not signalled at the end."""
-        added = []
+        """Take in whole ``lines`` (without their newlines)."""
+        unknown = []
         for line in lines:
             kind = line[:1]
             if kind == b"+" or kind == b"~":
-                added.append(self._register(kind, line[1:].decode()))
+                pgid = self._register(kind, line[1:].decode())
+                if pgid not in self.starts:
+                    unknown.append(pgid)
             elif kind == b"-":
                 self.groups.pop(int(line[1:]), None)
                 self.starts.pop(int(line[1:]), None)
@@ -59,13 +85,28 @@ class Heard:
                 self.closing = True
             else:
                 self._count(kind, line[1:].decode())
-        for leader in added:  # (one /proc read per task still running after the batch)
+        for leader in unknown:  # (old lines: one /proc read per task still running)
             if leader in self.groups and leader not in self.starts:
-                self.starts[leader] = start_time(leader)
+                self._read_start(leader)
+
+    def _read_start(self, pgid: int) -> None:
+        """A line without the leader's start time: read it now. A leader already gone was
+        reaped by the owner (its child), so that group is never signalled (module docstring);
+        without ``/proc`` there is nothing to check (it is signalled by its id)."""
+        found = start_time(pgid)
+        if found is None and proc_mounted():
+            del self.groups[pgid]
+        else:
+            self.starts[pgid] = found
 
     def _register(self, kind: bytes, rest: str) -> int:
-        pgid, _, job = rest.partition(" ")
+        head, _, job = rest.partition(" ")
+        pgid, colon, start = head.partition(":")
         self.groups[int(pgid)] = job
+        if colon:
+            self.starts[int(pgid)] = int(start)
+        else:  # an old line, or the owner could not read it: read after the batch
+            self.starts.pop(int(pgid), None)
         if kind == b"~":
             self.queued[job] += 1
         elif job:
@@ -91,3 +132,8 @@ class Heard:
         if line != b"!":
             dev, ino, path = line[1:].decode().split(" ", 2)
             self.segments[path] = (int(dev), int(ino))
+
+
+def proc_mounted() -> bool:
+    """Whether this host has ``/proc`` (start times can be read at all)."""
+    return os.path.isdir("/proc/self")
