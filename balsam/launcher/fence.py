@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Optional
 
 from balsam.core.tunables import Tunables
+from balsam.launcher.group_stop import confirm_starts
 from balsam.launcher.watchdog import kill_groups
 
 if TYPE_CHECKING:
@@ -222,9 +223,9 @@ def start_fence(ctx: Context) -> LeaseFence:
 
     def stop_tasks(unconfirmed: float) -> None:
         # On the fence's thread: the main loop may be blocked in a statement.
-        # (a copy: the loop thread may reap and remove meanwhile; their start times keep a
-        # group reaped meanwhile, its id taken by another process, from being signalled)
-        starts = dict(ctx.watchdog.registered) if ctx.watchdog is not None else {}
+        # (a copy: the loop thread may reap and remove meanwhile; the bounds of the leaders'
+        # start times keep a group reaped meanwhile, its id taken since, from being signalled)
+        starts = confirm_starts(dict(ctx.watchdog.registered) if ctx.watchdog else {})
         ctx.log.error(f"no renewal of the lease confirmed for {unconfirmed:.1f} s (lease "
                       f"{ctx.tunables.lease_seconds} s): stopping {len(starts)} task(s) before "
                       "it could expire and another launcher run their jobs again")
@@ -264,8 +265,8 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
             os.kill(pgid, 0)
         except ProcessLookupError:
             return
-        starts = {g: s for g, s in (dict(ctx.watchdog.registered) if ctx.watchdog is not None
-                                    else {}).items() if g != pgid}
+        bounds = dict(ctx.watchdog.registered) if ctx.watchdog is not None else {}
+        starts = confirm_starts({g: b for g, b in bounds.items() if g != pgid})
         ctx.log.error(f"no lease age confirmed for {unconfirmed:.1f} s (lease "
                       f"{ctx.tunables.lease_seconds} s): killing the serial-mode ensemble and "
                       f"stopping {len(starts)} task(s) of the launcher before the lease could "

@@ -26,6 +26,23 @@ any process holding it later is another one (:func:`balsam.platform.procgroup.re
 the group is signalled only while no process has its id (its leader's leftovers)."""
 
 
+def confirm_starts(bounds: Mapping[int, Optional[int]]) -> dict[int, Optional[int]]:
+    """The leaders' start times of the groups in ``bounds`` (pgid -> a
+    :func:`~balsam.platform.process.boot_ticks` read after the leader started and before its
+    starter could reap it, or None: unknown), for :func:`kill_groups`: a process holding the id
+    that started no later than its bound is the leader (it held the pid then, unreaped: any
+    other took it after), one started later means the group ended (left out), none means the
+    leader is gone (:data:`LEADER_GONE`: its leftovers only). A None bound stays None."""
+    found: dict[int, Optional[int]] = {}
+    for pgid, bound in bounds.items():
+        now = start_time(pgid) if bound is not None else None
+        if bound is None or now is None:
+            found[pgid] = None if bound is None else LEADER_GONE
+        elif now <= bound:
+            found[pgid] = now
+    return found
+
+
 def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05, *,
                 starts: Mapping[int, Optional[int]]) -> list[int]:
     """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``

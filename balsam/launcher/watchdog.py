@@ -50,12 +50,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
-from balsam.launcher.group_stop import groups_of_job
+from balsam.launcher.group_stop import confirm_starts, groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.launcher.pipe_lines import Outbox
 from balsam.launcher.watchdog_lines import Heard, group_line
-from balsam.platform.process import start_time, wait_child
+from balsam.platform.process import boot_ticks, wait_child
 
 HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
@@ -110,8 +110,9 @@ class Watchdog:
         self.out = Outbox(fd, log, "tasks will not be stopped if this process is killed")
         """The pipe's writer (bounded: what it holds back, whether the pipe refuses lines)."""
         self.registered: dict[int, Optional[int]] = {}
-        """The groups registered and not yet removed: pgid -> their leader's start time (read
-        when registered, the leader being this process's unreaped child; None: unreadable)."""
+        """The groups registered and not yet removed: pgid -> a bound of their leader's start
+        time (:func:`~balsam.platform.process.boot_ticks` when registered, the leader being this
+        process's unreaped child: :func:`.group_stop.confirm_starts` makes it start times)."""
 
     @property
     def _fd(self) -> int:
@@ -126,30 +127,30 @@ class Watchdog:
     def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
         (after :meth:`expect`, which finds the task meanwhile): sent with the next write.
-        Called before this process reaps the leader (its child): the leader's start time is
-        read here and sent with the line (:func:`.watchdog_lines.group_line`), so the watchdog
-        never takes another process that got the pid later for it, however late it reads."""
+        Called before this process reaps the leader (its child): the line says the leader
+        started no later than now (:func:`.watchdog_lines.group_line`), so the watchdog never
+        takes a process that got the pid after the reap for it, however late it reads."""
         self.add_all([(pgid, job_id)], defer=defer)
 
     def queue(self, pgid: int, job_id: str) -> None:
         """A request of ``job_id`` was queued in the warm process leading group ``pgid``
         behind its running task: it counts as started only if that process noted in
         :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
-        start = start_time(pgid)
-        if self.out.send(group_line("~", pgid, job_id, start).encode()) >= 0:
-            self.registered[pgid] = start
+        by = boot_ticks()
+        if self.out.send(group_line("~", pgid, job_id, by).encode()) >= 0:
+            self.registered[pgid] = by
 
     def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
         """:meth:`add` for every (pgid, job id) in ``started``, in one write; ``defer``: with
         the next write or :meth:`flush` (as :meth:`remove`'s; the ``?JOBID`` line of each was
         sent before its start, so the watchdog finds it by its job id meanwhile)."""
-        starts = {pgid: start_time(pgid) for pgid, _ in started}
-        lines = "".join(group_line("+", pgid, job, starts[pgid]) for pgid, job in started)
+        by = boot_ticks()  # (every one of them started before now)
+        lines = "".join(group_line("+", pgid, job, by) for pgid, job in started).encode()
         if started and defer and self._fd >= 0:
-            self.out.deferred.append(lines.encode())
-            self.registered.update(starts)
-        elif started and self.out.send(lines.encode()) >= 0:
-            self.registered.update(starts)
+            self.out.deferred.append(lines)
+            self.registered.update((pgid, by) for pgid, _ in started)
+        elif started and self.out.send(lines) >= 0:
+            self.registered.update((pgid, by) for pgid, _ in started)
 
     def expect_all(self, job_ids: list[str]) -> int:
         """:meth:`expect` for every job id in ``job_ids``, in one write. Returns how many of
@@ -282,6 +283,10 @@ def serve(fd: int, grace: float, began_path: str = ""
         *lines, pending = pending.split(b"\n")
         heard.feed(lines)
     groups, starts, started = heard.groups, heard.starts, heard.started
+    confirmed = confirm_starts(heard.bounds)
+    for pgid in heard.bounds.keys() - confirmed.keys():  # its id names a later process:
+        del groups[pgid]  # the group ended (its "-" line never came)
+    starts.update(confirmed)
     for job in +heard.expected:  # the starter died between starting a task and registering it
         started[job] += 1
         for found, leader in groups_of_job(job).items():
