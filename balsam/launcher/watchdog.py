@@ -8,7 +8,7 @@ and the retry would run while the orphan still runs.
 :class:`Watchdog` prevents that. It starts ``python -S`` running ``balsam.launcher.watchdog``
 (:data:`_BOOT`) in its own session, holding the read end of a pipe whose write end only the
 launcher has (the descriptor is not inherited by anything the launcher starts). The launcher writes
-``+PGID`` when it starts a task (with its leader's start time, read before the reap:
+``+PGID`` when it starts a task (with a bound of its leader's start time, read before the reap:
 :mod:`.watchdog_lines`) and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
 each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per loop iteration
 carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,

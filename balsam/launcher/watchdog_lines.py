@@ -7,7 +7,7 @@ One line each (the owner batches many into one ``write``):
 ``?JOBID``             a task of JOBID is about to start (found by its ``BALSAM_JOB_ID``
                        if the owner dies before its ``+`` line)
 ``^JOBID``             one ``?JOBID`` undone: that start was dropped after all
-``+PGID:BY [JOBID]``    a task (of JOBID) started, leading process group PGID; BY: a time no
+``+PGID:BY [JOBID]``   a task (of JOBID) started, leading process group PGID; BY: a time no
                        earlier than its leader's start (:func:`group_line`)
 ``~PGID:BY JOBID``     a request of JOBID queued in the warm process leading PGID
 ``-PGID``              the owner reaped PGID's leader (and stopped the group if need be)
@@ -28,7 +28,7 @@ when it read the line: read late -- the watchdog stopped or starved while the ow
 task -- it found no leader (the group id was then signalled unchecked at the end) or the start
 time of an unrelated process that took the pid meanwhile (stopped as if it were the task),
 whenever the owner then died before its ``-PGID`` line. (A bound, not the start time itself:
-the owner reads a clock, ~0.1 us, where a ``/proc/<pid>/stat`` read of a child that has just
+the owner reads a clock, ~0.5 us, where a ``/proc/<pid>/stat`` read of a child that has just
 exec'd costs 13-50 us of CPU in the serial worker's loop; two processes given the same pid
 within one clock tick, 10 ms, would need the pids to wrap within it.)
 
