@@ -154,12 +154,14 @@ SERIAL_FENCED = textwrap.dedent("""
     from types import SimpleNamespace
     from balsam.core.tunables import Tunables
     from balsam.launcher.fence import start_serial_fence
+    from balsam.platform.process import start_time
     ensemble = subprocess.Popen(["sleep", "600"], start_new_session=True)
     own = subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 600"], start_new_session=True)
     print(ensemble.pid, own.pid, flush=True)
     tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
     ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"),
-                          watchdog=SimpleNamespace(registered={ensemble.pid, own.pid}))
+                          watchdog=SimpleNamespace(registered={p: start_time(p)
+                                                           for p in (ensemble.pid, own.pid)}))
     start_serial_fence(ctx, ensemble.pid, time.monotonic())  # fires 1 s on
     time.sleep(600)
     sys.exit(0)
@@ -228,7 +230,8 @@ def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
         ensemble.wait()
         tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
         ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
-                              session_id=0, watchdog=SimpleNamespace(registered={own.pid}))
+                              session_id=0,
+                              watchdog=SimpleNamespace(registered={own.pid: start_time(own.pid)}))
         # Due at once: it asks first (no database here: not renewed), then fires.
         fence = start_serial_fence(ctx, ensemble.pid, time.monotonic() - 60)
         wait_for(lambda: fence.fired, 30, "the fence to fire")
@@ -237,3 +240,35 @@ def test_the_serial_fence_does_nothing_once_the_ensemble_was_reaped() -> None:
     finally:
         own.kill()
         own.wait()
+
+
+def test_the_fence_leaves_alone_a_group_whose_id_now_names_another_process() -> None:
+    """The loop reaped a task but had not yet removed it from the watchdog when the fence
+    fired, and another process took its id meanwhile (session 21): the fence signals groups
+    with their leaders' start times, read when registered, so that one is left alone."""
+    import threading
+
+    from balsam.launcher.fence import start_fence
+
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    own = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        took = start_time(other.pid)
+        assert took is not None
+        # "other" stands for the process that took the id of a task started one tick earlier.
+        registered = {other.pid: took - 1, own.pid: start_time(own.pid)}
+        severed = threading.Event()
+        tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
+        ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
+                              session_id=0, opened_at=time.monotonic() - 60,
+                              db=SimpleNamespace(sever=severed.set),
+                              watchdog=SimpleNamespace(registered=registered))
+        fence = start_fence(ctx)  # due at once: asks (no database: not renewed), then fires
+        wait_for(severed.is_set, 30, "the fence to stop the tasks and sever the connection")
+        fence.close()
+        assert own.wait(10) == -signal.SIGTERM
+        assert other.poll() is None
+    finally:
+        for proc in (other, own):
+            proc.kill()
+            proc.wait()

@@ -71,14 +71,14 @@ def in_flight_worker(tmp: str) -> tuple[Inbox, Worker]:
 
 
 def test_a_task_killed_while_it_starts_is_reported_started_then_killed(tmp_path, path):
-    # (native: withdrawn instead if its posix_spawn had not begun -- never made, reported
-    # killed only, session 20: Spawner.withdraw)
+    # (withdrawn instead if its posix_spawn had not begun -- never made, reported killed
+    # only: native since session 20, Spawner.withdraw; the Python threads since session 21)
     inbox, worker = in_flight_worker(str(tmp_path))
     try:
         inbox.orders.append({"kill": ["s0"]})
         serve(worker, lambda: inbox.collected("killed"), "s0 killed")
         started = inbox.collected("started")
-        assert started[:1] == ["s0"] or path == "native" and "s0" not in started
+        assert started[:1] == ["s0"] or "s0" not in started
         assert inbox.collected("killed") == ["s0"]
         assert gone(str(tmp_path), "s0")
         inbox.orders.append({"stop": 0.5})
@@ -95,7 +95,7 @@ def test_a_stop_while_a_task_starts_stops_it_and_drains(tmp_path, path):
         serve(worker, lambda: inbox.flagged("drained"), "drained")
     finally:
         worker.close()
-    if path == "native" and not inbox.collected("started"):  # withdrawn before its spawn
+    if not inbox.collected("started"):  # withdrawn before its spawn
         assert sorted(inbox.collected("returned")) == ["s0", "s1"]
         assert inbox.collected("stopped") == []
     else:

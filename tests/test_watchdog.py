@@ -82,7 +82,8 @@ def test_a_task_ignoring_sigterm_is_killed_after_the_grace():
                                 start_new_session=True)
     wait_for(lambda: ignores(stubborn.pid, signal.SIGTERM), 60, "sh to ignore SIGTERM")
     began = time.monotonic()
-    assert kill_groups([stubborn.pid, 999999], 0.5) == [stubborn.pid]
+    starts = {stubborn.pid: start_time(stubborn.pid), 999999: None}
+    assert kill_groups([stubborn.pid, 999999], 0.5, starts=starts) == [stubborn.pid]
     assert stubborn.wait(30) == -signal.SIGKILL
     assert 0.4 < time.monotonic() - began < 20  # the grace, not the 30-s sleeps
 
@@ -98,12 +99,38 @@ def test_a_group_whose_id_names_a_process_started_at_another_time_is_left_alone(
         reused = {other.pid: started - 1}
         assert kill_groups([other.pid], 0.1, starts=reused) == []  # no SIGTERM sent
         assert still_alive([other.pid], 0.1, starts=reused) == []
-        assert other.poll() is None and still_alive([other.pid], 0) == [other.pid]
+        assert other.poll() is None
+        assert still_alive([other.pid], 0, starts={other.pid: started}) == [other.pid]
         assert kill_groups([other.pid], 0.1, starts={other.pid: started}) == [other.pid]
         assert other.wait(60) == -signal.SIGTERM
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_group_found_by_its_job_id_names_its_leaders_start_or_that_it_was_gone():
+    """A task whose starter died before registering it is found by its ``BALSAM_JOB_ID``
+    with its leader's start time, or LEADER_GONE if the leader had ended (its child lives on
+    in the group): a process taking that id later is then never taken for it, and the
+    leftover group is still stopped."""
+    from balsam.launcher.group_stop import LEADER_GONE, groups_of_job, kill_groups
+
+    env = dict(os.environ, BALSAM_JOB_ID=f"found-{os.getpid()}")
+    ended = subprocess.Popen(["sh", "-c", "sleep 600 & echo $!"], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True, env=env)
+    assert ended.stdout is not None
+    (left,) = pids_in(ended.stdout.readline())
+    ended.wait(30)  # reaped: its group lives on in the sleep it left
+    live = subprocess.Popen(["sleep", "600"], start_new_session=True, env=env)
+    STARTS[live.pid] = start_time(live.pid)
+    try:
+        found = groups_of_job(env["BALSAM_JOB_ID"])
+        assert found == {ended.pid: LEADER_GONE, live.pid: STARTS[live.pid]}
+        assert kill_groups(sorted(found), 0.5, starts=found) == sorted(found)
+        wait_for(lambda: process_gone(left), 10, "the leftover to be stopped")
+        assert live.wait(10) == -signal.SIGTERM
+    finally:
+        kill_groups_left((left, live.pid))
 
 
 def test_a_clean_close_stops_nothing_and_the_watchdog_exits():

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Optional
 
 from balsam.core.tunables import Tunables
+from balsam.launcher.group_stop import confirm_starts
 from balsam.launcher.watchdog import kill_groups
 
 if TYPE_CHECKING:
@@ -222,11 +223,13 @@ def start_fence(ctx: Context) -> LeaseFence:
 
     def stop_tasks(unconfirmed: float) -> None:
         # On the fence's thread: the main loop may be blocked in a statement.
-        groups = list(ctx.watchdog.registered) if ctx.watchdog is not None else []
+        # (a copy: the loop thread may reap and remove meanwhile; the bounds of the leaders'
+        # start times keep a group reaped meanwhile, its id taken since, from being signalled)
+        starts = confirm_starts(dict(ctx.watchdog.registered) if ctx.watchdog else {})
         ctx.log.error(f"no renewal of the lease confirmed for {unconfirmed:.1f} s (lease "
-                      f"{ctx.tunables.lease_seconds} s): stopping {len(groups)} task(s) before "
+                      f"{ctx.tunables.lease_seconds} s): stopping {len(starts)} task(s) before "
                       "it could expire and another launcher run their jobs again")
-        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        kill_groups(list(starts), ctx.tunables.kill_grace_seconds, starts=starts)
         ctx.db.sever()
 
     fence = LeaseFence(fence_after(ctx.tunables), ctx.opened_at, stop_tasks,
@@ -262,15 +265,15 @@ def start_serial_fence(ctx: Context, pgid: int, expires_after: float) -> LeaseFe
             os.kill(pgid, 0)
         except ProcessLookupError:
             return
-        groups = [g for g in (ctx.watchdog.registered if ctx.watchdog is not None else ())
-                  if g != pgid]
+        bounds = dict(ctx.watchdog.registered) if ctx.watchdog is not None else {}
+        starts = confirm_starts({g: b for g, b in bounds.items() if g != pgid})
         ctx.log.error(f"no lease age confirmed for {unconfirmed:.1f} s (lease "
                       f"{ctx.tunables.lease_seconds} s): killing the serial-mode ensemble and "
-                      f"stopping {len(groups)} task(s) of the launcher before the lease could "
+                      f"stopping {len(starts)} task(s) of the launcher before the lease could "
                       "expire and another launcher run their jobs again; exiting (status 1), "
                       "the session is left to a sweep")
         signal_group(pgid, signal.SIGKILL, leader)
-        kill_groups(groups, ctx.tunables.kill_grace_seconds)
+        kill_groups(list(starts), ctx.tunables.kill_grace_seconds, starts=starts)
         for handler in ctx.log.handlers:
             handler.flush()
         os._exit(1)

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 
+from balsam.platform.process import START_TIME_FIELD, start_time, stat_fields
 from balsam.platform.procgroup import live_members, signal_group
 
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
@@ -19,12 +20,36 @@ GONE_WAIT_SECONDS = 5.0
 """After SIGKILL, how long the watchdog waits for a group's last live member to go."""
 
 
-def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
+LEADER_GONE = -1
+"""A group's leader start time meaning "no process held its id when the group was seen alive":
+any process holding it later is another one (:func:`balsam.platform.procgroup.reused`), and
+the group is signalled only while no process has its id (its leader's leftovers)."""
+
+
+def confirm_starts(bounds: Mapping[int, Optional[int]]) -> dict[int, Optional[int]]:
+    """The leaders' start times of the groups in ``bounds`` (pgid -> a
+    :func:`~balsam.platform.process.boot_ticks` read after the leader started and before its
+    starter could reap it, or None: unknown), for :func:`kill_groups`: a process holding the id
+    that started no later than its bound is the leader (it held the pid then, unreaped: any
+    other took it after), one started later means the group ended (left out), none means the
+    leader is gone (:data:`LEADER_GONE`: its leftovers only). A None bound stays None."""
+    found: dict[int, Optional[int]] = {}
+    for pgid, bound in bounds.items():
+        now = start_time(pgid) if bound is not None else None
+        if bound is None or now is None:
+            found[pgid] = None if bound is None else LEADER_GONE
+        elif now <= bound:
+            found[pgid] = now
+    return found
+
+
+def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05, *,
+                starts: Mapping[int, Optional[int]]) -> list[int]:
     """SIGTERM every process group in ``groups``, SIGKILL those still alive after ``grace``
-    seconds; returns the groups that existed. ``starts`` gives leaders' start times: a group
-    whose id names a process started at another time is left alone (its id was reused)."""
-    starts = starts or {}
+    seconds; returns the groups that existed. ``starts`` gives leaders' start times, read while
+    the leader was known to lead that group: a group whose id names a process started at
+    another time is left alone (its id was reused). A group missing from ``starts`` (or None)
+    is signalled by its id alone: only where start times cannot be read (no ``/proc``)."""
     alive = [pgid for pgid in groups if signal_group(pgid, signal.SIGTERM, starts.get(pgid))]
     existed = list(alive)
     deadline = time.monotonic() + grace
@@ -37,9 +62,9 @@ def kill_groups(groups: Iterable[int], grace: float, poll: float = 0.05,
 
 
 def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS, poll: float = 0.05,
-                starts: Optional[Mapping[int, Optional[int]]] = None) -> list[int]:
-    """The groups that still have a live (non-zombie) member after up to ``timeout`` s."""
-    starts = starts or {}
+                *, starts: Mapping[int, Optional[int]]) -> list[int]:
+    """The groups that still have a live (non-zombie) member after up to ``timeout`` s (a group
+    whose id names a process other than the leader ``starts`` gives has none)."""
     left = list(groups)
     deadline = time.monotonic() + timeout
     while True:
@@ -49,17 +74,34 @@ def still_alive(groups: Iterable[int], timeout: float = GONE_WAIT_SECONDS, poll:
         time.sleep(poll)
 
 
-def groups_of_job(job_id: str) -> list[int]:
+def groups_of_job(job_id: str) -> dict[int, int]:
     """Process groups of this user's processes whose environment has ``BALSAM_JOB_ID=job_id``
-    (a task whose starter died before it could register it)."""
+    (a task whose starter died before it could register it): pgid -> its leader's start time,
+    or :data:`LEADER_GONE`. A process counts only if ``/proc/<pid>/stat`` names the same
+    process (start time) and group before and after its environment is read, and the leader's
+    start time is read in between: the group existed all along, so its id named its leader
+    (or nobody), not a process that took a pid freed meanwhile."""
     needle = f"BALSAM_JOB_ID={job_id}".encode()
-    found = set()
+    found: dict[int, int] = {}
     for name in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read().split(b"\0"):
-                        found.add(os.getpgid(int(name)))
-            except OSError:
-                continue
-    return sorted(found)
+        if not name.isdigit():
+            continue
+        before = _start_and_group(name)
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if before is None or needle not in fh.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue
+        pgid = before[1]
+        leader = start_time(pgid) if pgid not in found else found[pgid]
+        if _start_and_group(name) == before:
+            found[pgid] = LEADER_GONE if leader is None else leader
+    return found
+
+
+def _start_and_group(pid: str) -> Optional[tuple[int, int]]:
+    fields = stat_fields(pid)  # after the command name: state, ppid, pgrp (proc(5))
+    if fields is None or len(fields) <= START_TIME_FIELD:
+        return None
+    return int(fields[START_TIME_FIELD]), int(fields[2])

@@ -17,8 +17,11 @@ Each thread has its own spawn buffers and encoded environment
 (:meth:`SpawnThreads.collect`, on the loop thread, which does all the bookkeeping), then its
 pidfd registered in the worker's ``epoll`` by the thread (so its exit ends the loop's wait; the
 loop unregisters and closes a pidfd only after it was ready, hence registered). A start
-asked for a job that is then killed or stopped is marked (:meth:`SpawnThreads.mark`) and comes
-back with the mark, to be ended at once.
+asked for a job that is then killed or stopped is marked (:meth:`SpawnThreads.mark`): if its
+thread had not yet begun it (it waited in the queue, or behind a directory made on a hung file
+system), it is never made and comes back ``withdrawn``, as the native kernel's
+(``Spawner.withdraw``); else it comes back with the mark, to be ended at once. A start not
+begun when the threads are closed is never made either (:attr:`SpawnThreads.dropped`).
 
 Threads are made on first need, one per CPU set, at most :data:`MAX_THREADS` (then a thread
 serves several sets, re-pinning itself when the set changes). Where glibc's functions are
@@ -85,8 +88,12 @@ class SpawnThreads:
         self._all = tuple(sorted(os.sched_getaffinity(0)))
         self._queues: dict[tuple[int, ...], queue.SimpleQueue[Optional[_Item]]] = {}
         self._threads: list[threading.Thread] = []
-        self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError]]] = deque()
+        self._done: deque[tuple[str, int, Union[spawn.SpawnedTask, OSError, None]]] = deque()
         self._flight: dict[str, tuple[str, float]] = {}  # job id -> (mark, grace)
+        self._begun: set[str] = set()  # in flight, past the last check (:meth:`_begin`)
+        self._lock = threading.Lock()  # :meth:`_begin` against :meth:`close`
+        self._closed = False
+        self._hang = ""  # (:meth:`hang_before_starts`)
         self.dropped: list[str] = []
         """After :meth:`close`: the starts asked for that were never made (dropped)."""
 
@@ -163,7 +170,10 @@ class SpawnThreads:
         while self._done:
             job_id, fd, started = self._done.popleft()
             why, grace = self._flight.pop(job_id, ("", 0.0))
-            if isinstance(started, OSError):
+            self._begun.discard(job_id)
+            if started is None:  # withdrawn: never made
+                out.append(Started(job_id, None, -1, None, why, grace, True, True))
+            elif isinstance(started, OSError):
                 out.append(Started(job_id, None, -1, started, why, grace))
             else:
                 out.append(Started(job_id, started, fd, None, why, grace))
@@ -180,13 +190,16 @@ class SpawnThreads:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the threads (each after the start it is making; starts not begun are
-        dropped: the loop is gone, nothing would take them over)."""
+        dropped: the loop is gone, nothing would take them over). Waits at most ``timeout``
+        seconds: a thread held before a start (a hung file system) is left, and makes nothing
+        once it goes on."""
+        with self._lock:
+            self._closed = True
+            self.dropped.extend(j for j in self._flight if j not in self._begun)
         for q in self._queues.values():
             try:
                 while True:
-                    item = q.get_nowait()
-                    if item is not None:
-                        self.dropped.append(item[0])
+                    q.get_nowait()
             except queue.Empty:
                 q.put(None)
         end = time.monotonic() + timeout
@@ -223,8 +236,14 @@ class SpawnThreads:
                 except OSError:  # not allowed here: the task is pinned after its start
                     pass
             try:
-                task = spawn.SpawnedTask(job_id, argv, env, cwd, output_path, prepared, extra,
-                                         lib)
+                if self._hang:  # (the test hook: a lookup on a hung file system)
+                    os.close(os.open(self._hang, os.O_RDONLY))
+                if not prepared:  # (where a hung file system holds the thread, before the
+                    spawn.make_directory(cwd)  # check; made again at the start if removed)
+                if not self._begin(job_id):
+                    self._done.append((job_id, -1, None))
+                    continue
+                task = spawn.SpawnedTask(job_id, argv, env, cwd, output_path, True, extra, lib)
             except OSError as exc:
                 self._done.append((job_id, -1, exc))
                 continue
@@ -235,6 +254,22 @@ class SpawnThreads:
             self._done.append((job_id, fd, task))  # first: a ready pidfd is always collected
             if fd >= 0:
                 self._poller.register(fd, select.EPOLLIN)
+
+
+    def _begin(self, job_id: str) -> bool:
+        """Whether the thread makes ``job_id``'s start now: not if a kill or stop marked it
+        (withdrawn) or the threads were closed (dropped). Past this, the start is made."""
+        with self._lock:
+            if self._closed or self._flight.get(job_id, ("", 0.0))[0]:
+                return False
+            self._begun.add(job_id)
+            return True
+
+    def hang_before_starts(self, fifo: str) -> None:
+        """Test hook: each start first opens ``fifo`` for reading, which blocks until it is
+        opened for writing, as a directory lookup on a hung file system would (the native
+        kernel's ``hang_dirs``)."""
+        self._hang = fifo
 
 
 class ThreadedStarts:

@@ -8,7 +8,8 @@ and the retry would run while the orphan still runs.
 :class:`Watchdog` prevents that. It starts ``python -S`` running ``balsam.launcher.watchdog``
 (:data:`_BOOT`) in its own session, holding the read end of a pipe whose write end only the
 launcher has (the descriptor is not inherited by anything the launcher starts). The launcher writes
-``+PGID`` when it starts a task and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
+``+PGID`` when it starts a task (with a bound of its leader's start time, read before the reap:
+:mod:`.watchdog_lines`) and ``-PGID`` when it has reaped it: one ``write`` of a few bytes
 each, or, for a serial-mode worker rank starting many short tasks, one ``write`` per loop iteration
 carrying all its lines (:meth:`Watchdog.expect_all`, :meth:`Watchdog.add_all`,
 ``remove(defer=True)`` then :meth:`Watchdog.flush`): each write wakes the watchdog process. When
@@ -49,11 +50,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from balsam.launcher.ensemble_shm import ORPHAN_WAIT_SECONDS, unlink_orphans, unlink_segments
-from balsam.launcher.group_stop import groups_of_job
+from balsam.launcher.group_stop import confirm_starts, groups_of_job
 from balsam.launcher.group_stop import kill_groups as kill_groups  # (read by fence, tests)
 from balsam.launcher.group_stop import still_alive as still_alive
 from balsam.launcher.pipe_lines import Outbox
-from balsam.platform.process import start_time, wait_child
+from balsam.launcher.watchdog_lines import Heard, group_line
+from balsam.platform.process import boot_ticks, wait_child
 
 HANG_UP_WAIT_SECONDS = 1.0  # a bounded owner's hang_up: the most it waits for room
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
@@ -107,7 +109,10 @@ class Watchdog:
             os.close(read_fd)
         self.out = Outbox(fd, log, "tasks will not be stopped if this process is killed")
         """The pipe's writer (bounded: what it holds back, whether the pipe refuses lines)."""
-        self.registered: set[int] = set()
+        self.registered: dict[int, Optional[int]] = {}
+        """The groups registered and not yet removed: pgid -> a bound of their leader's start
+        time (:func:`~balsam.platform.process.boot_ticks` when registered, the leader being this
+        process's unreaped child: :func:`.group_stop.confirm_starts` makes it start times)."""
 
     @property
     def _fd(self) -> int:
@@ -121,26 +126,31 @@ class Watchdog:
 
     def add(self, pgid: int, job_id: str = "", *, defer: bool = False) -> None:
         """A task (of ``job_id``, if given) leading process group ``pgid`` started. ``defer``
-        (after :meth:`expect`, which finds the task meanwhile): sent with the next write."""
+        (after :meth:`expect`, which finds the task meanwhile): sent with the next write.
+        Called before this process reaps the leader (its child): the line says the leader
+        started no later than now (:func:`.watchdog_lines.group_line`), so the watchdog never
+        takes a process that got the pid after the reap for it, however late it reads."""
         self.add_all([(pgid, job_id)], defer=defer)
 
     def queue(self, pgid: int, job_id: str) -> None:
         """A request of ``job_id`` was queued in the warm process leading group ``pgid``
         behind its running task: it counts as started only if that process noted in
         :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
-        if self.out.send(f"~{pgid} {job_id}\n".encode()) >= 0:
-            self.registered.add(pgid)
+        by = boot_ticks()
+        if self.out.send(group_line("~", pgid, job_id, by).encode()) >= 0:
+            self.registered[pgid] = by
 
     def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
         """:meth:`add` for every (pgid, job id) in ``started``, in one write; ``defer``: with
         the next write or :meth:`flush` (as :meth:`remove`'s; the ``?JOBID`` line of each was
         sent before its start, so the watchdog finds it by its job id meanwhile)."""
-        lines = "".join(f"+{pgid} {job}\n" for pgid, job in started).encode()
+        by = boot_ticks()  # (every one of them started before now)
+        lines = "".join(group_line("+", pgid, job, by) for pgid, job in started).encode()
         if started and defer and self._fd >= 0:
             self.out.deferred.append(lines)
-            self.registered.update(pgid for pgid, _ in started)
+            self.registered.update((pgid, by) for pgid, _ in started)
         elif started and self.out.send(lines) >= 0:
-            self.registered.update(pgid for pgid, _ in started)
+            self.registered.update((pgid, by) for pgid, _ in started)
 
     def expect_all(self, job_ids: list[str]) -> int:
         """:meth:`expect` for every job id in ``job_ids``, in one write. Returns how many of
@@ -178,7 +188,7 @@ class Watchdog:
         reused by a process that starts a new session with the same id: the caller flushes
         within its loop iteration, microseconds later)."""
         if pgid in self.registered:
-            self.registered.discard(pgid)
+            del self.registered[pgid]
             if defer and self._fd >= 0:
                 self.out.deferred.append(b"-%d\n" % pgid)
             else:
@@ -249,24 +259,15 @@ def write_report(path: str, report: dict[str, Any]) -> None:
 
 def serve(fd: int, grace: float, began_path: str = ""
           ) -> tuple[list[int], list[int], list[str], Optional[dict[str, tuple[int, int]]], float]:
-    """Read ``?JOBID`` (``^JOBID``: one less) / ``+PGID [JOBID]`` / ``~PGID JOBID`` /
-    ``-PGID`` / ``#JOBID`` / ``=`` / ``!DEV INO PATH`` lines from ``fd`` until end of file
-    (one read every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the nap),
-    then stop the groups still registered (and those of expected tasks that never were).
-    Returns (groups stopped, groups still alive
-    after SIGKILL, job ids started since the last ``=``, one per start (none of a job once
-    ``#JOBID`` said its hold was ended) -- an expected start counts, a queued one (``~``) if
-    ``began_path`` names it (:func:`began_queued`) --, the shared-memory files the owner left
-    if it died: none after ``.``, None if it told none (no ``!`` line)). A group's leader start
-    time is read when its line is (the leader is the owner's child, not reaped before its ``-``
-    line), so that a group id reused after the group ended is not signalled at the end."""
-    groups: dict[int, str] = {}
-    starts: dict[int, Optional[int]] = {}
-    segments: Optional[dict[str, tuple[int, int]]] = None
-    closing = False
-    started: Counter[str] = Counter()
-    expected: Counter[str] = Counter()
-    queued: Counter[str] = Counter()
+    """Read the owner's lines (:mod:`.watchdog_lines`) from ``fd`` until end of file (one read
+    every ``READ_NAP_SECONDS`` at most; ``.``, the owner closing, skips the nap), then stop the
+    groups still registered (and those of expected tasks that never were). Returns (groups
+    stopped, groups still alive after SIGKILL, job ids started since the last ``=``, one per
+    start (none of a job once ``#JOBID`` said its hold was ended) -- an expected start counts,
+    a queued one (``~``) if ``began_path`` names it (:func:`began_queued`) --, the
+    shared-memory files the owner left if it died: none after ``.``, None if it told none (no
+    ``!`` line), the time end of file was read)."""
+    heard = Heard()
     pending = b""
     while True:
         try:
@@ -280,53 +281,22 @@ def serve(fd: int, grace: float, began_path: str = ""
             _nap(fd, READ_NAP_SECONDS)
         pending += data
         *lines, pending = pending.split(b"\n")
-        added = []
-        for line in lines:
-            if line[:1] == b"?":
-                expected[line[1:].decode()] += 1
-            elif line[:1] == b"^":  # an expected start dropped after all (_spawner_bounds.h)
-                expected[line[1:].decode()] -= 1
-            elif line[:1] == b"+":
-                pgid, _, job = line[1:].decode().partition(" ")
-                groups[int(pgid)] = job
-                added.append(int(pgid))
-                if job:
-                    started[job] += 1
-                    expected[job] -= 1
-            elif line[:1] == b"~":
-                pgid, _, job = line[1:].decode().partition(" ")
-                groups[int(pgid)] = job
-                added.append(int(pgid))
-                queued[job] += 1
-            elif line[:1] == b"-":
-                groups.pop(int(line[1:]), None)
-                starts.pop(int(line[1:]), None)
-            elif line[:1] == b"#":  # recorded: forget it (the launcher's commit ended it)
-                started.pop(line[1:].decode(), None)
-                expected.pop(line[1:].decode(), None)
-            elif line[:1] == b"=":
-                started.clear()
-                expected.clear()
-                queued.clear()
-            elif line[:1] == b"!":
-                segments = {} if segments is None else segments
-                if line != b"!":
-                    dev, ino, path = line[1:].decode().split(" ", 2)
-                    segments[path] = (int(dev), int(ino))
-            elif line == b".":
-                closing = True
-        for leader in added:  # (one /proc read per task still running after the batch)
-            if leader in groups and leader not in starts:
-                starts[leader] = start_time(leader)
-    for job in +expected:  # the starter died between starting a task and registering it
+        heard.feed(lines)
+    groups, starts, started = heard.groups, heard.starts, heard.started
+    confirmed = confirm_starts(heard.bounds)
+    for pgid in heard.bounds.keys() - confirmed.keys():  # its id names a later process:
+        del groups[pgid]  # the group ended (its "-" line never came)
+    starts.update(confirmed)
+    for job in +heard.expected:  # the starter died between starting a task and registering it
         started[job] += 1
-        for found in groups_of_job(job):
+        for found, leader in groups_of_job(job).items():
             groups[found] = job
-            starts.setdefault(found, start_time(found))
+            starts.setdefault(found, leader)
     stopped = kill_groups(sorted(groups), grace, starts=starts) if groups else []
     alive = still_alive(stopped, starts=starts)
-    started.update(began_queued(queued, began_path, alive))
-    return stopped, alive, list(started.elements()), {} if closing else segments, ended
+    started.update(began_queued(heard.queued, began_path, alive))
+    return (stopped, alive, list(started.elements()), {} if heard.closing else heard.segments,
+            ended)
 
 
 def _nap(fd: int, seconds: float) -> None:
