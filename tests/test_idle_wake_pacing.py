@@ -4,11 +4,13 @@
 A processing pass says when the first job it left backing off may be retried
 (``transitions.PassResult.retry_in``) and the serial master and the MPI loop pass then. With many
 jobs whose back-offs end a few milliseconds apart (jobs that timed out one after another), each
-pass moved one or two of them and asked for the next pass a few milliseconds later: the serial
-master passed about every 0.2 s while idle (its nap) and every 50 ms while busy, bypassing
-``ADVANCE_BUSY_SECONDS``; the MPI loop every 0.1 s (``PROCESSING_MIN_INTERVAL``). Each pass reads
-every backing-off job with its failure count. A pass for a retry now comes at most once per
-``idle_wait_seconds`` (the spacing a notification gets), so a retry is at most that late.
+pass moved one or two of them and the next came a few tens of milliseconds later: the idle
+serial master ran a pass 50 ms after one that moved jobs (a rule for cascades, which retries
+are not), the busy one at ``retry_in``, bypassing ``ADVANCE_BUSY_SECONDS``; the MPI loop every
+0.1 s (``PROCESSING_MIN_INTERVAL``). Each pass reads every backing-off job with its failure
+count. A pass for a retry now comes at most once per ``idle_wait_seconds`` (the spacing a
+notification gets), so a retry is at most that late. The transfer worker likewise looked once
+per item whose back-off ended; now at most once per ``RETRY_LOOK_SECONDS``.
 """
 from __future__ import annotations
 

@@ -40,12 +40,12 @@ from balsam.processing.transfers.completion import complete_jobs, retry_in
 
 LEASE_MARGIN_SECONDS = 60.0
 SAFETY_PASS_SECONDS = 60.0
+"""A worker runs a pass at least this often even when :func:`.items.may_have_work` says there
+is nothing to do (a safety net: that check is meant to be a superset of what a pass does)."""
 RETRY_LOOK_SECONDS = 1.0
 """An item's retry back-off running out brings a look, at most once in this many seconds after
 the last pass (items failing one batch after another fall due a few milliseconds apart: one
 look for them all, not a pass of four transactions or more each)."""
-"""A worker runs a pass at least this often even when :func:`.items.may_have_work` says there
-is nothing to do (a safety net: that check is meant to be a superset of what a pass does)."""
 ASYNC = [p for p, (_, kind) in PROTOCOLS.items() if kind == "async"]
 
 
@@ -273,9 +273,9 @@ class TransferWorker(threading.Thread):
     def _loop(self, step: TransferStep) -> None:
         """Passes until stopped: at once while they do something, on a notification, on the
         fallback look (:attr:`poll`), when an item's retry back-off ends
-        (:attr:`TransferStep.retry_due`), at once after the connection was lost (the
-        notifications sent meanwhile are lost: the look reconnects), or every
-        :data:`SAFETY_PASS_SECONDS`."""
+        (:attr:`TransferStep.retry_due`; at most every :data:`RETRY_LOOK_SECONDS`), at once
+        after the connection was lost (the notifications sent meanwhile are lost: the look
+        reconnects), or every :data:`SAFETY_PASS_SECONDS`."""
         next_full = next_look = passed = 0.0
         reconnects = self.db.reconnects
         while not self.stop.is_set():
