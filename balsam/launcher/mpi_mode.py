@@ -312,7 +312,9 @@ class MPIMode(MPICycle):
             self.next_process = now + (PROCESSING_MIN_INTERVAL if runnable or not self.runs
                                        else PROCESSING_BUSY_INTERVAL)
             if retry_in is not None:  # a retry's back-off ends: no statement announces it
-                self.next_periodic = min(self.next_periodic, now + retry_in)
+                # (spaced as the idle look: staggered back-offs, a pass per spacing, not per job)
+                self.next_periodic = min(self.next_periodic,
+                                         now + max(retry_in, t.idle_wait_seconds))
         if batch.done or batch.errors or batch.timeouts:
             self.want_process = ctx.processing
         gone = {s.job_id for s, _ in starts + more} | {s.job_id for s in unfit}

@@ -319,13 +319,17 @@ class Master(MasterClaims, MasterDispatch, LauncherHolds, RankWatch, MasterShare
             moved, retry_in = done.moved, done.retry_in
         except DatabaseUnavailable:
             moved, retry_in = {}, None
-        # A retry whose back-off runs out is announced by no statement: pass again then.
-        self._retry_due = math.inf if retry_in is None else now + retry_in
+        # A retry whose back-off runs out is announced by no statement: pass again then, but
+        # spaced as after a notification (staggered back-offs: a pass per spacing, not per job).
+        spacing = self.t.idle_wait_seconds if idle else ADVANCE_BUSY_SECONDS
+        self._retry_due = math.inf if retry_in is None else now + max(retry_in, spacing)
         self._ended_since_advance = False
         self._advanced_at = now
         if not idle:
             self._next["advance"] = now + ADVANCE_BUSY_SECONDS
-        elif any(moved.values()):  # a cascade (parent finished -> child ready) may go on
+        elif any(n for kind, n in moved.items() if kind != "retry"):
+            # a cascade (parent finished -> child ready) may go on; a retry (RESTART_READY,
+            # claimed) leaves the next pass nothing: staggered ones come at ``_retry_due``
             self._next["advance"] = now + 0.05
             self.advance_poll.reset()
         else:  # idle and nothing moved: backing off (a notification brings it forward)

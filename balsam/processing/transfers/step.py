@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import importlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -41,6 +42,10 @@ LEASE_MARGIN_SECONDS = 60.0
 SAFETY_PASS_SECONDS = 60.0
 """A worker runs a pass at least this often even when :func:`.items.may_have_work` says there
 is nothing to do (a safety net: that check is meant to be a superset of what a pass does)."""
+RETRY_LOOK_SECONDS = 1.0
+"""An item's retry back-off running out brings a look, at most once in this many seconds after
+the last pass (items failing one batch after another fall due a few milliseconds apart: one
+look for them all, not a pass of four transactions or more each)."""
 ASYNC = [p for p, (_, kind) in PROTOCOLS.items() if kind == "async"]
 
 
@@ -256,26 +261,36 @@ class TransferWorker(threading.Thread):
                 step.close()
             self.db.close()
 
+    @staticmethod
+    def _retry_at(step: TransferStep, passed: float) -> float:
+        """When an item's retry back-off running out brings a look (``time.monotonic()``; inf:
+        none waits): at ``step.retry_due``, but not sooner than :data:`RETRY_LOOK_SECONDS`
+        after the last pass (``passed``)."""
+        if step.retry_due is None:
+            return math.inf
+        return max(step.retry_due, passed + RETRY_LOOK_SECONDS)
+
     def _loop(self, step: TransferStep) -> None:
         """Passes until stopped: at once while they do something, on a notification, on the
         fallback look (:attr:`poll`), when an item's retry back-off ends
-        (:attr:`TransferStep.retry_due`), at once after the connection was lost (the
-        notifications sent meanwhile are lost: the look reconnects), or every
-        :data:`SAFETY_PASS_SECONDS`."""
-        next_full = next_look = 0.0
+        (:attr:`TransferStep.retry_due`; at most every :data:`RETRY_LOOK_SECONDS`), at once
+        after the connection was lost (the notifications sent meanwhile are lost: the look
+        reconnects), or every :data:`SAFETY_PASS_SECONDS`."""
+        next_full = next_look = passed = 0.0
         reconnects = self.db.reconnects
         while not self.stop.is_set():
             if self.db.reconnects != reconnects or not self.db.connected:
                 reconnects, next_look = self.db.reconnects, 0.0
                 self.poll.reset()
             now = time.monotonic()
-            due = step.retry_due is not None and now >= step.retry_due
+            due = now >= self._retry_at(step, passed)
             if due:
                 step.retry_due = None  # (a pass sets the next one)
             look = now >= next_look or due
             if step.busy() or now >= next_full or (look and self.db.run(items.may_have_work)):
                 if now >= next_full:
                     next_full = now + SAFETY_PASS_SECONDS
+                passed = now
                 if any(step.run_pass(self.db).values()):
                     self.poll.reset()
                     next_look = 0.0
@@ -283,8 +298,7 @@ class TransferWorker(threading.Thread):
             if look:
                 next_look = now + self.poll.empty()
             gap = min(self.idle_wait_seconds, float(step.t["poll_seconds"]))
-            wake = min(next_look, next_full,
-                       next_full if step.retry_due is None else step.retry_due)
+            wake = min(next_look, next_full, self._retry_at(step, passed))
             if step.busy():
                 step.wait(gap)
             elif self.db.wait(max(0.0, wake - time.monotonic())):
