@@ -51,11 +51,13 @@ else
 fi
 # As an activated environment would: its programs (balsam, mpiexec from the mpich wheel) first.
 export PATH="$PWD/.venv/bin:$PATH"
-# Two pytest processes (pytest-xdist), each taking a whole file at a time (so a file's module
-# fixtures are set up once): much of the suite waits on launchers, services, Slurm and time
-# limits rather than computing. Each process has its own throwaway database. BALSAM_TEST_WORKERS
-# sets the count (0: one process, no xdist); an explicit -n/--numprocesses wins.
-workers="${BALSAM_TEST_WORKERS:-2}"
+# Three pytest processes (pytest-xdist), each taking a whole file at a time (so a file's module
+# fixtures are set up once): most of the suite waits on launchers, services, Slurm, leases and
+# time limits rather than computing (two processes' trees used ~0.45 of a core on average), so
+# a third on 2 cores ends the suite sooner (docs/architecture.md, "The test suite's time").
+# Each process has its own throwaway database. BALSAM_TEST_WORKERS sets the count (0: one
+# process, no xdist); an explicit -n/--numprocesses wins.
+workers="${BALSAM_TEST_WORKERS:-3}"
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
 for arg in "$@"; do
