@@ -78,8 +78,29 @@ def known(cursor: Any) -> dict[str, Any]:
     return {"live": live, "serial": serial, "failed": failed, "queued": queued, "runs": runs}
 
 
-def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns(known):
+def session_ages(cursor: Any, session_id: int) -> tuple[float, float]:
+    """(seconds since the session's heartbeat, since its start), by the database's clock."""
+    cursor.execute(f"SELECT EXTRACT(EPOCH FROM now() - heartbeat), "
+                   f"EXTRACT(EPOCH FROM now() - started_at) FROM {schema.SESSION_TABLE} "
+                   "WHERE id = %s", [session_id])
+    beat, start = cursor.fetchone()
+    return float(beat), float(start)
+
+
+def assert_ages_shown(row: str, before: tuple[float, float], after: tuple[float, float]) -> None:
+    """The row's heartbeat age ("6s") and uptime ("2m05s") lie between the ages read just
+    before and just after ``balsam top`` ran (however long a loaded machine took to start it)."""
+    found = re.search(r"\s(\d+)s\s+(\d+)m(\d\d)s ", row)
+    assert found, row
+    beat, start = int(found[1]), int(found[2]) * 60 + int(found[3])
+    assert int(before[0]) <= beat <= after[0] + 1 and int(before[1]) <= start <= after[1] + 1, (
+        row, before, after)
+
+
+def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns(known, cursor):
+    before = session_ages(cursor, known["live"])
     proc = run_balsam("top", "--once")
+    after = session_ages(cursor, known["live"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
@@ -95,12 +116,15 @@ def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns
     assert "CREATED" not in text and "RUN_ERROR    " not in text
     # Live launcher sessions (not the ended one); the worker session only as a count.
     assert "Launchers: 2 live; 1 transition-worker session" in text
+    # (Both sessions were written together: the same ages.)
     row = next(ln for ln in lines if "login-node" in ln)
-    assert re.fullmatch(rf"\s*{known['live']} a-very-long-login-node-~ mpi\s+4\s+2\s+[56]s\s+2m0[56]s 4242",
+    assert re.fullmatch(rf"\s*{known['live']} a-very-long-login-node-~ mpi\s+4\s+2\s+\d+s\s+\d+m\d\ds 4242",
                         row), row
+    assert_ages_shown(row, before, after)
     row = next(ln for ln in lines if "nid00007" in ln)
-    assert re.fullmatch(rf"\s*{known['serial']} nid00007 \(ens\)\s+serial\s+2\s+0\s+[56]s\s+2m0[56]s -",
+    assert re.fullmatch(rf"\s*{known['serial']} nid00007 \(ens\)\s+serial\s+2\s+0\s+\d+s\s+\d+m\d\ds -",
                         row), row
+    assert_ages_shown(row, before, after)
     assert "gone-host" not in text and "worker-host" not in text
     # Unfinished batch jobs only.
     assert "Batch jobs: 2 queued or running" in text
