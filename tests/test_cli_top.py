@@ -78,8 +78,29 @@ def known(cursor: Any) -> dict[str, Any]:
     return {"live": live, "serial": serial, "failed": failed, "queued": queued, "runs": runs}
 
 
-def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns(known):
+def session_ages(cursor: Any, session_id: int) -> tuple[float, float]:
+    """(seconds since the session's heartbeat, since its start), by the database's clock."""
+    cursor.execute(f"SELECT EXTRACT(EPOCH FROM now() - heartbeat), "
+                   f"EXTRACT(EPOCH FROM now() - started_at) FROM {schema.SESSION_TABLE} "
+                   "WHERE id = %s", [session_id])
+    beat, start = cursor.fetchone()
+    return float(beat), float(start)
+
+
+def assert_ages_shown(row: str, before: tuple[float, float], after: tuple[float, float]) -> None:
+    """The row's heartbeat age ("6s") and uptime ("2m05s") lie between the ages read just
+    before and just after ``balsam top`` ran (however long a loaded machine took to start it)."""
+    found = re.search(r"\s(\d+)s\s+(\d+)m(\d\d)s ", row)
+    assert found, row
+    beat, start = int(found[1]), int(found[2]) * 60 + int(found[3])
+    assert int(before[0]) <= beat <= after[0] + 1 and int(before[1]) <= start <= after[1] + 1, (
+        row, before, after)
+
+
+def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns(known, cursor):
+    before = session_ages(cursor, known["live"])
     proc = run_balsam("top", "--once")
+    after = session_ages(cursor, known["live"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
@@ -95,12 +116,15 @@ def test_once_prints_counts_rates_sessions_batch_jobs_and_failures_in_80_columns
     assert "CREATED" not in text and "RUN_ERROR    " not in text
     # Live launcher sessions (not the ended one); the worker session only as a count.
     assert "Launchers: 2 live; 1 transition-worker session" in text
+    # (Both sessions were written together: the same ages.)
     row = next(ln for ln in lines if "login-node" in ln)
-    assert re.fullmatch(rf"\s*{known['live']} a-very-long-login-node-~ mpi\s+4\s+2\s+[56]s\s+2m0[56]s 4242",
+    assert re.fullmatch(rf"\s*{known['live']} a-very-long-login-node-~ mpi\s+4\s+2\s+\d+s\s+\d+m\d\ds 4242",
                         row), row
+    assert_ages_shown(row, before, after)
     row = next(ln for ln in lines if "nid00007" in ln)
-    assert re.fullmatch(rf"\s*{known['serial']} nid00007 \(ens\)\s+serial\s+2\s+0\s+[56]s\s+2m0[56]s -",
+    assert re.fullmatch(rf"\s*{known['serial']} nid00007 \(ens\)\s+serial\s+2\s+0\s+\d+s\s+\d+m\d\ds -",
                         row), row
+    assert_ages_shown(row, before, after)
     assert "gone-host" not in text and "worker-host" not in text
     # Unfinished batch jobs only.
     assert "Batch jobs: 2 queued or running" in text
@@ -181,7 +205,7 @@ class Pty:
     def frames(self) -> list[str]:
         return self.output.decode(errors="replace").split("\x1b[H")[1:]
 
-    def send_and_wait(self, data: bytes, timeout: float = 2.0) -> int:
+    def send_and_wait(self, data: bytes, timeout: float = 30.0) -> int:
         os.write(self.master, data)
         start = time.monotonic()
         while self.proc.poll() is None and time.monotonic() - start < timeout:
@@ -259,13 +283,14 @@ def test_live_view_follows_a_terminal_resize_and_a_short_terminal(db, cursor, pt
     add_jobs(cursor, 1, name="x")
     for i in range(16):
         add_batch_job(cursor, str(1000 + i), "debug", 1, 10, "queued")
-    top = pty_top("--interval", "5", cols=80, rows=24)
+    top = pty_top("--interval", "60", cols=80, rows=24)
     top.read_until(lambda t: "\x1b[J" in t)
     frame = frame_lines(top.frames()[0])
     # 11 lines of titles and counts leave 13 of the 16 batch jobs room.
     assert len(frame) == 24 and "Batch jobs: 16 queued or running (+3 not shown)" in frame, frame
     top.resize(60, 16)  # the kernel sends SIGWINCH to the terminal's foreground process group
-    top.read_until(lambda t: t.count("\x1b[J") >= 2, timeout=4)  # redrawn well before 5 s
+    # Redrawn by the resize: the next refresh is 60 s away (a bound far from the work's time).
+    top.read_until(lambda t: t.count("\x1b[J") >= 2, timeout=30)
     frame = frame_lines(top.frames()[1])
     assert len(frame) == 16 and all(len(ln) <= 60 for ln in frame), frame
     assert "Batch jobs: 16 queued or running (+11 not shown)" in frame, frame

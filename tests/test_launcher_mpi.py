@@ -305,7 +305,7 @@ def test_a_killed_launchers_jobs_are_swept_after_the_lease_and_retried(db, curso
         first.signal(signal.SIGKILL)
         first.wait(120)
         # The task dies with its launcher (the watchdog), long before the lease could expire.
-        wait_for(lambda: process_gone(task_pid), 5, "the orphaned task to be stopped")
+        wait_for(lambda: process_gone(task_pid), 30, "the orphaned task to be stopped")
         assert job_row(cursor, job_id)["state"] == "RUNNING"
         # Persistent: a launcher has nothing to do until the sweep, and would exit idle.
         second = start(*MPI, "--persistent")
@@ -361,10 +361,11 @@ def test_a_persistent_launcher_stays_and_starts_a_new_job_on_notification(db, cu
         time.sleep(2.5)  # longer than idle_exit_seconds: a non-persistent one would be gone
         assert launcher.proc.poll() is None
         (job_id,) = add_jobs(cursor, [{"name": "late", "application": "hello"}])
-        wait_for(lambda: states(cursor)["late"] == "JOB_FINISHED", 10, "the job to finish")
+        wait_for(lambda: states(cursor)["late"] == "JOB_FINISHED", 60, "the job to finish")
         evs = {e[2]: e[0] for e in events(cursor, job_id)}
         created = job_row(cursor, job_id)["created_at"]
-        assert (evs["RUNNING"] - created).total_seconds() < 1.0
+        # Started by the notification, not by the next look 30 s on (however loaded the machine)
+        assert (evs["RUNNING"] - created).total_seconds() < slow_poll["idle_wait_seconds"] / 3
         launcher.signal(signal.SIGTERM)
         assert launcher.wait(120) == 0
 

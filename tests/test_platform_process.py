@@ -39,14 +39,20 @@ def test_a_zombie_counts_as_dead_and_a_reaped_pid_is_gone():
 
 
 def test_pidfd_becomes_readable_when_the_process_exits():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    # The child blocks on its stdin: it cannot end before the first look, whatever the load
+    # (a 0.2-s sleep could end first when the machine paused this process that long).
+    proc = subprocess.Popen([sys.executable, "-S", "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    assert proc.stdin is not None
     fd = pidfd_open(proc.pid)
     try:
         if fd is None:
             pytest.skip("no pidfd_open on this kernel or Python (callers poll instead)")
         assert select.select([fd], [], [], 0)[0] == []
-        assert select.select([fd], [], [], 10)[0] == [fd]
+        proc.stdin.close()
+        assert select.select([fd], [], [], 60)[0] == [fd]
     finally:
+        proc.stdin.close()
         if fd is not None:
             os.close(fd)
         proc.wait()

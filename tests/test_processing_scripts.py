@@ -159,7 +159,7 @@ def test_a_timeout_kills_the_whole_group_even_a_child_ignoring_sigterm(tmp_path)
                         kill_grace=0.5)
     elapsed = time.monotonic() - start
     assert result.timed_out and not result.aborted and result.returncode == -15
-    assert 0.9 <= elapsed < 3
+    assert 0.9 <= elapsed < 20  # the time-out and the grace, not the 60-s sleeps
     assert result.tail == "started"
     assert [alive(int(p)) for p in pids.read_text().split()] == [False, False]
     assert failure_message("preprocess", result) == (

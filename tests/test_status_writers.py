@@ -224,7 +224,7 @@ def test_with_two_writers_a_killed_job_stops_and_sigterm_records_the_others_run_
         try:
             proc = run_balsam("killjob", "--id", job_id, "--yes")
             assert proc.returncode == 0, proc.stderr
-            wait_for(lambda: process_gone(leader), 5, "the killed task to die")
+            wait_for(lambda: process_gone(leader), 30, "the killed task to die")
         finally:
             kill_group_of(leader, leader_started)
         wait_for(lambda: job_row(cursor, job_id)["session_id"] is None, 10, "the release")

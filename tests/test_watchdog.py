@@ -65,8 +65,8 @@ def test_groups_registered_by_a_killed_owner_are_stopped_and_others_left_alone()
     try:
         owner.send_signal(signal.SIGKILL)
         owner.wait(5)
-        wait_for(lambda: process_gone(kept), 5, "the registered task to be stopped")
-        wait_for(lambda: process_gone(dog), 5, "the watchdog to exit")
+        wait_for(lambda: process_gone(kept), 30, "the registered task to be stopped")
+        wait_for(lambda: process_gone(dog), 30, "the watchdog to exit")
         assert not process_gone(reaped)
         assert owner.stderr is not None
         assert (f"balsam watchdog: process {owner.pid} exited with 1 task(s) still running: "
@@ -137,7 +137,7 @@ def test_a_clean_close_stops_nothing_and_the_watchdog_exits():
     owner, (kept, reaped, dog) = start_owner("0.5", "close")
     try:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "closed"
-        wait_for(lambda: process_gone(dog), 5, "the watchdog to exit")
+        wait_for(lambda: process_gone(dog), 30, "the watchdog to exit")
     finally:
         owner.kill()
         owner.wait(5)
@@ -154,7 +154,7 @@ def test_the_watchdog_ignores_sigterm_and_sigint_from_the_terminal():
         assert not process_gone(dog) and not process_gone(kept)
         owner.kill()
         owner.wait(5)
-        wait_for(lambda: process_gone(kept), 5, "the registered task to be stopped")
+        wait_for(lambda: process_gone(kept), 30, "the registered task to be stopped")
     finally:
         kill_groups_left((kept, reaped))
 

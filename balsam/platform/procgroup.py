@@ -18,7 +18,7 @@ import signal
 import time
 
 from balsam.platform import mpich_files
-from balsam.platform.process import is_dead_state, start_time, stat_fields
+from balsam.platform.process import START_TIME_FIELD, is_dead_state, start_time, stat_fields
 
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
 if TYPE_CHECKING:
@@ -55,30 +55,72 @@ def signal_group(pgid: int, sig: int, leader_start: Optional[int] = None) -> boo
         mpich_files.unlink_same(held)
 
 
+SCAN_ROUNDS = 5
+"""Most looks through ``/proc`` :func:`live_members` takes before it calls a group whose members
+keep being replaced alive (a relay of forks that never settles is not an ended group)."""
+
+
 def live_members(pgid: int, leader_start: Optional[int] = None) -> list[int]:
     """Pids of the group's processes that are not zombies. A zombie is harmless, and one whose
     parent died may never be reaped where PID 1 does not reap (some containers). Without
-    ``/proc`` a group that still exists is reported as ``[pgid]``; none if :func:`reused`."""
+    ``/proc`` a group that still exists is reported as ``[pgid]``; none if :func:`reused`.
+
+    A look through ``/proc`` is not atomic: a member that forks and exits while it runs (a
+    script leaving a process in the background, a daemon's double fork) hands the group to a
+    child the listing predates. So "no live member" is believed only from a second look that
+    found no member the look before it had not already seen (nor a process listed since that
+    vanished before its read): every member it lists was already dead at the earlier look."""
     if reused(pgid, leader_start):
         return []
+    if not os.path.isdir("/proc/self"):
+        return [] if _group_gone(pgid) else [pgid]
+    previous: Optional[_Look] = None
+    for _ in range(SCAN_ROUNDS):
+        if _group_gone(pgid):
+            return []
+        look = _Look(pgid)
+        if look.live:
+            return look.live
+        if previous is not None and look.members <= previous.members \
+                and look.vanished <= previous.listed:
+            return []
+        previous = look
+    return [pgid]
+
+
+def _group_gone(pgid: int) -> bool:
+    """True when no process (not even a zombie) is left in group ``pgid`` (the kernel's word)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
-        return []
+        return True
     except PermissionError:
         pass
-    if not os.path.isdir("/proc/self"):
-        return [pgid]
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = stat_fields(name)
-        # After the command name: state, ppid, pgrp (proc(5)).
-        if fields is not None and len(fields) > 2 and int(fields[2]) == pgid \
-                and not is_dead_state(fields):
-            members.append(int(name))
-    return members
+    return False
+
+
+class _Look:
+    """One pass through ``/proc`` for group ``pgid``: its live members, every member seen as
+    (pid, start time), the pids listed, and those listed that vanished before their read."""
+
+    def __init__(self, pgid: int) -> None:
+        self.live: list[int] = []
+        self.members: set[tuple[int, int]] = set()
+        self.listed: set[int] = set()
+        self.vanished: set[int] = set()
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            self.listed.add(pid)
+            fields = stat_fields(pid)
+            # After the command name: state, ppid, pgrp, ..., start time (proc(5)).
+            if fields is None or len(fields) <= START_TIME_FIELD:
+                self.vanished.add(pid)
+            elif int(fields[2]) == pgid:
+                self.members.add((pid, int(fields[START_TIME_FIELD])))
+                if not is_dead_state(fields):
+                    self.live.append(pid)
 
 
 def kill_and_reap(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
