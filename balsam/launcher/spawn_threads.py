@@ -191,8 +191,8 @@ class SpawnThreads:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the threads (each after the start it is making; starts not begun are
         dropped: the loop is gone, nothing would take them over). Waits at most ``timeout``
-        seconds: a thread held before a start (a hung file system) is left, and makes nothing
-        once it goes on."""
+        seconds: a thread held (a hung file system) is left; it makes nothing once it goes
+        on, and kills what it was making then (:func:`_late`)."""
         with self._lock:
             self._closed = True
             self.dropped.extend(j for j in self._flight if j not in self._begun)
@@ -251,10 +251,14 @@ class SpawnThreads:
                 spawn.pin(task.pid, cpus)
             found = pidfd_open(task.pid)
             fd = -1 if found is None else found
-            self._done.append((job_id, fd, task))  # first: a ready pidfd is always collected
-            if fd >= 0:
+            with self._lock:  # (a close meanwhile: nothing takes the task over, see _late)
+                late = self._closed
+                if not late:
+                    self._done.append((job_id, fd, task))  # first: a ready pidfd is collected
+            if late:
+                _late(task, fd)
+            elif fd >= 0:
                 self._poller.register(fd, select.EPOLLIN)
-
 
     def _begin(self, job_id: str) -> bool:
         """Whether the thread makes ``job_id``'s start now: not if a kill or stop marked it
@@ -270,6 +274,16 @@ class SpawnThreads:
         opened for writing, as a directory lookup on a hung file system would (the native
         kernel's ``hang_dirs``)."""
         self._hang = fifo
+
+
+def _late(task: spawn.SpawnedTask, fd: int) -> None:
+    """``task`` was made after :meth:`SpawnThreads.close` (its thread held past its last check,
+    in the start itself: an open on a hung file system): nothing would reap, report or stop
+    it, so it is killed at once, as the native kernel kills a start made as its stop came (it
+    ran, if only for a moment: its ``?JOBID`` stands)."""
+    os.killpg(task.pid, signal.SIGKILL)  # (our child, unreaped: its id names its group)
+    if fd >= 0:
+        os.close(fd)
 
 
 class ThreadedStarts:
