@@ -343,7 +343,10 @@ cdef class Spawner:
         for token, pid, fd, err, _ in self.collect():
             if err == 0:
                 late.append(token)
-                os.killpg(pid, signal.SIGKILL)  # (our child, unreaped: its id is its group's)
+                try:
+                    os.killpg(pid, signal.SIGKILL)  # (our child, unreaped: its group's id)
+                except ProcessLookupError:  # (not while it is unreaped)
+                    pass
             if fd >= 0:
                 os.close(fd)
         return late

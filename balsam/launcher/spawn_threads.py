@@ -285,6 +285,9 @@ def _late(task: spawn.SpawnedTask, fd: int) -> None:
     itself: an open on a hung file system) and :meth:`SpawnThreads.close` came: nothing would
     reap, report or stop it, so it is killed at once, as the native kernel kills a start made
     as its stop came (it ran, if only for a moment: its ``?JOBID`` stands)."""
-    os.killpg(task.pid, signal.SIGKILL)  # (our child, unreaped: its id names its group)
+    try:
+        os.killpg(task.pid, signal.SIGKILL)  # (our child, unreaped: its id names its group)
+    except ProcessLookupError:  # (not while it is unreaped: a zombie is still a member)
+        pass
     if fd >= 0:
         os.close(fd)
