@@ -272,3 +272,34 @@ def test_the_fence_leaves_alone_a_group_whose_id_now_names_another_process() -> 
         for proc in (other, own):
             proc.kill()
             proc.wait()
+
+
+def test_a_task_started_after_the_watchdog_died_is_still_stopped_by_the_fence() -> None:
+    """The fence stops the groups the launcher registered with its watchdog; a group whose
+    line the watchdog could not take (its process was killed: the pipe has no reader) was not
+    kept, so the fence left that task running past the lease (review of session 21)."""
+    import threading
+
+    from balsam.launcher.fence import start_fence
+    from balsam.launcher.watchdog import Watchdog
+
+    dog = Watchdog(1.0)
+    assert dog.proc is not None
+    dog.proc.kill()  # (the test's own watchdog process)
+    dog.proc.wait()
+    own = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        dog.add(own.pid, "j")  # the pipe's reader is gone: the line is refused
+        severed = threading.Event()
+        tunables = Tunables.from_settings({"lease_seconds": 4, "kill_grace_seconds": 1})
+        ctx = SimpleNamespace(tunables=tunables, log=logging.getLogger("fence"), db_path="",
+                              session_id=0, opened_at=time.monotonic() - 60,
+                              db=SimpleNamespace(sever=severed.set), watchdog=dog)
+        fence = start_fence(ctx)  # due at once: asks (no database: not renewed), then fires
+        wait_for(severed.is_set, 30, "the fence to stop the tasks and sever the connection")
+        fence.close()
+        assert own.wait(10) == -signal.SIGTERM
+    finally:
+        own.kill()
+        own.wait()
+        dog.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 
 import pytest
 from launcher_support import Inbox, wait_for
-from test_spawn_chain import marking, serve
+from test_spawn_chain import marking, serve, shell
 from test_spawn_chain_races import ran
 from test_spawn_stalls import children, made_since
 
@@ -129,3 +130,61 @@ def test_a_start_held_past_the_workers_exit_is_dropped_and_never_made(tmp_path, 
     assert made_since(before) == [] and ran(tmp, "m") == ""
     assert inbox.collected("started") == []
     assert reported_starts(report) == []  # dropped: its "?m" was undone
+
+
+def test_a_start_its_thread_made_after_the_workers_exit_is_killed_at_once(tmp_path, monkeypatch):
+    # Held past its last check (the output file's open on a hung file system: here a FIFO
+    # opened first), the start is made once the file system answers -- after the rank gave up
+    # on it and closed its threads: nothing would reap, report or stop it, so it is killed at
+    # once, as the native kernel kills one made as its stop came (its "?m" stands: it ran).
+    # Before, the task ran on unwatched (and the thread died on the closed epoll).
+    tmp = str(tmp_path)
+    fifo = os.path.join(tmp, "hang")
+    os.mkfifo(fifo)
+    real_open = spawn_threads.libc_spawn.open_output
+
+    def hung_open(program: str, cwd: str, output_path: str) -> int:
+        os.close(os.open(fifo, os.O_RDONLY))
+        return real_open(program, cwd, output_path)
+
+    monkeypatch.setattr(spawn_threads.libc_spawn, "open_output", hung_open)
+    monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)
+    report = os.path.join(tmp, "rank1.json")
+    dog = Watchdog(5.0, report=report)
+    before = children()  # (the watchdog)
+    inbox = Inbox()
+    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5,
+                    watchdog=dog)
+    inbox.orders.append({"work": [shell(tmp, "m", "sleep 600")]})
+    released, made = False, []
+    try:
+        serve(worker, held, "the start to be held in its thread")
+        inbox.orders.append({"exit": True})
+        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
+        closer = threading.Thread(target=worker.close, daemon=True)
+        closer.start()
+        closer.join(60)
+        assert not closer.is_alive()
+        answer(fifo)  # the file system answers after the rank gave up on the start
+        released = True
+        wait_for(lambda: not spawning_threads(), 30, "the held thread to end")
+        made = sorted(children() - before)
+        assert len(made) == 1
+        status = wait_for(lambda: reaped(made[0]), 10, "the task made late to be killed") - 1
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        made = []
+    finally:
+        if not released:
+            answer(fifo)
+        for pid in made:  # (the task ran on: stopped here)
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        dog.close()
+    assert inbox.collected("started") == []
+    assert reported_starts(report) == ["m"]  # begun: it ran, if only for a moment
+
+
+def reaped(pid: int) -> int:
+    """``pid``'s wait status (+1, so that 0 counts) once it ended (reaped now), else 0."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return status + 1 if done == pid else 0

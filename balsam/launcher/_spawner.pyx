@@ -45,6 +45,7 @@ C; what stays in Python (program look-up on PATH, argument and environment check
 messages) is done by the caller before :meth:`Spawner.submit` or after :meth:`collect`.
 """
 import os
+import signal
 
 from libc.stdlib cimport free, malloc
 from libc.string cimport strdup
@@ -330,16 +331,22 @@ cdef class Spawner:
 
     cdef list _leftovers(self):
         """After ``bs_stop``: the tokens of starts begun and never collected (their pidfds,
-        if any, closed now)."""
+        if any, closed now). A task made and never collected (made after the loop's last
+        wait for starts: its thread held by a hung file system) is killed, as one the stop
+        overtook is: nothing would reap, report or stop it."""
         cdef long *found = <long *>malloc(self.max_threads * sizeof(long))
         cdef int n = 0
         if found != NULL:
             n = bs_late(self.sp, found)
         late = [found[i] for i in range(n)]
         free(found)
-        for token, _, fd, err, _ in self.collect():
+        for token, pid, fd, err, _ in self.collect():
             if err == 0:
                 late.append(token)
+                try:
+                    os.killpg(pid, signal.SIGKILL)  # (our child, unreaped: its group's id)
+                except ProcessLookupError:  # (not while it is unreaped)
+                    pass
             if fd >= 0:
                 os.close(fd)
         return late

@@ -66,7 +66,7 @@ from balsam.launcher.serial_warm import WarmQueueing
 from balsam.launcher.serial_work import Channel as Channel  # re-exported: the master, tests
 from balsam.launcher.serial_work import Work as Work
 from balsam.launcher.serial_work import node_share
-from balsam.launcher.spawn_threads import ThreadedStarts
+from balsam.launcher.spawn_takeover import ThreadedStarts
 from balsam.launcher.warm_pool import WarmPool, WarmTask
 from balsam.launcher.watchdog import Watchdog
 

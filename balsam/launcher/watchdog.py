@@ -112,7 +112,8 @@ class Watchdog:
         self.registered: dict[int, Optional[int]] = {}
         """The groups registered and not yet removed: pgid -> a bound of their leader's start
         time (:func:`~balsam.platform.process.boot_ticks` when registered, the leader being this
-        process's unreaped child: :func:`.group_stop.confirm_starts` makes it start times)."""
+        process's unreaped child: :func:`.group_stop.confirm_starts` makes it start times).
+        Whether or not the watchdog took their lines (it may be gone): the fences' list."""
 
     @property
     def _fd(self) -> int:
@@ -137,8 +138,8 @@ class Watchdog:
         behind its running task: it counts as started only if that process noted in
         :attr:`began_path` that it began it (:mod:`balsam.launcher.warm_channel`)."""
         by = boot_ticks()
-        if self.out.send(group_line("~", pgid, job_id, by).encode()) >= 0:
-            self.registered[pgid] = by
+        self.out.send(group_line("~", pgid, job_id, by).encode())
+        self.registered[pgid] = by  # (kept if the watchdog is gone: the fences stop it)
 
     def add_all(self, started: list[tuple[int, str]], *, defer: bool = False) -> None:
         """:meth:`add` for every (pgid, job id) in ``started``, in one write; ``defer``: with
@@ -148,9 +149,11 @@ class Watchdog:
         lines = "".join(group_line("+", pgid, job, by) for pgid, job in started).encode()
         if started and defer and self._fd >= 0:
             self.out.deferred.append(lines)
-            self.registered.update((pgid, by) for pgid, _ in started)
-        elif started and self.out.send(lines) >= 0:
-            self.registered.update((pgid, by) for pgid, _ in started)
+        elif started:
+            self.out.send(lines)
+        # Kept even if the watchdog is gone (the pipe refused them): the lease fences stop
+        # what is registered, and must stop these tasks too.
+        self.registered.update((pgid, by) for pgid, _ in started)
 
     def expect_all(self, job_ids: list[str]) -> int:
         """:meth:`expect` for every job id in ``job_ids``, in one write. Returns how many of
