@@ -10,14 +10,14 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 from launcher_support import Inbox, wait_for
+from spawn_support import answer, exit_and_close, held_rank
 from test_spawn_chain import marking, native, serve
 from test_spawn_chain_races import Kernel, ran
-from test_spawn_hung_dir import answer, hung_worker, lookup_hangs
-from test_spawn_stalls import F_SETPIPE_SZ, children, made_since, spawning_threads
+from test_spawn_hung_dir import hung_start, lookup_hangs
+from test_spawn_stalls import F_SETPIPE_SZ, made_since, spawning_threads
 
 from balsam.launcher import spawn_threads
 from balsam.launcher.nodeslots import NodeSlots
@@ -34,29 +34,14 @@ def test_a_start_dropped_at_the_workers_exit_is_not_reported_started(tmp_path, m
     # (no "=": an exit the master could not say was recorded) lists a run that never was.
     tmp = str(tmp_path)
     monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox, worker, fifo = hung_worker(tmp, dog)
-    released = False
-    try:
-        inbox.orders.append({"exit": True})
-        wait_for(lambda: (worker.step(), inbox.flagged("bye"))[1], 60, "the goodbye",
-                 interval=0)
-        closer = threading.Thread(target=worker.close, daemon=True)
-        closer.start()
-        closer.join(60)
-        assert not closer.is_alive() and worker._spawns.stuck == 1  # type: ignore[union-attr]
-        answer(fifo)
-        released = True
-    finally:
-        if not released:
-            answer(fifo)
-        wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
-        dog.close()
-    assert made_since(before) == [] and ran(tmp, "m") == ""
-    assert inbox.collected("started") == []
-    with open(report) as fh:
+    with held_rank(tmp) as rank:
+        hung_start(rank)
+        assert exit_and_close(rank) and rank.worker._spawns.stuck == 1  # type: ignore[union-attr]
+        rank.answer()
+    wait_for(lambda: not spawning_threads(), 30, "the stuck thread to end")
+    assert made_since(rank.before) == [] and ran(tmp, "m") == ""
+    assert rank.inbox.collected("started") == []
+    with open(rank.report) as fh:
         found = json.load(fh)
     assert found["started"] == [], found
 

@@ -13,31 +13,19 @@ import os
 import signal
 
 import pytest
-from launcher_support import Inbox, wait_for
+from launcher_support import wait_for
+from spawn_support import held, held_rank, reaped, reported_starts
 from test_spawn_chain import serve, shell
 from test_spawn_stalls import children
-from test_spawn_threads_withdraw import answer, held, reaped, reported_starts
 
 from balsam.launcher import spawn_native, spawn_threads
-from balsam.launcher.nodeslots import NodeSlots
-from balsam.launcher.serial_worker import Work, Worker
-from balsam.launcher.watchdog import Watchdog
+from balsam.launcher.serial_worker import Work
 
 
 def watched(epfd: int) -> int:
     """How many descriptors the epoll ``epfd`` watches (``tfd:`` lines of its fdinfo)."""
     with open(f"/proc/self/fdinfo/{epfd}") as fh:
         return sum(line.startswith("tfd:") for line in fh)
-
-
-def hold(worker: Worker, fifo: str) -> None:
-    """Each start of ``worker`` first opens ``fifo`` (blocks until it is opened for writing), as
-    a lookup on a hung file system would: the kernels' test hooks, before the last check."""
-    spawns = worker._spawns
-    if type(spawns) is spawn_threads.SpawnThreads:
-        spawns.hang_before_starts(fifo)
-    else:
-        spawns._spawner.hang_dirs(os.fsencode(fifo))  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("kernel", ["python", "cython"])
@@ -48,41 +36,24 @@ def test_a_start_made_after_the_exits_wait_and_never_taken_over_is_killed_at_the
     monkeypatch.setattr(spawn_native, "KERNEL", kernel)
     monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)  # the exit's wait for starts
     tmp = str(tmp_path)
-    fifo = os.path.join(tmp, "hang")
-    os.mkfifo(fifo)
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox = Inbox()
-    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5,
-                    watchdog=dog)
-    hold(worker, fifo)
-    inbox.orders.append({"work": [shell(tmp, "m", "sleep 600")]})
-    epfd, made, released = worker._poller.fileno(), [], False
-    try:
+    with held_rank(tmp) as rank:
+        inbox, worker = rank.inbox, rank.worker
+        inbox.orders.append({"work": [shell(tmp, "m", "sleep 600")]})
+        epfd = worker._poller.fileno()
         serve(worker, held, "the start to be held in its thread")
         count = watched(epfd)
         inbox.orders.append({"exit": True})
         serve(worker, lambda: inbox.flagged("bye"), "the goodbye")  # it gave up on the start
-        answer(fifo)  # the file system answers before the threads are closed
-        released = True
+        rank.answer()  # the file system answers before the threads are closed
         wait_for(lambda: watched(epfd) > count, 30, "the start made (its pidfd watched)")
-        made = sorted(children() - before)
-        assert len(made) == 1
+        rank.made = sorted(children() - rank.before)
+        assert len(rank.made) == 1
         worker.close()
-        status = wait_for(lambda: reaped(made[0]), 10, "the task never taken over killed") - 1
+        status = wait_for(lambda: reaped(rank.made[0]), 10, "the task never taken over killed") - 1
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        made = []
-    finally:
-        if not released:
-            answer(fifo)
-        for pid in made:  # (the task ran on: stopped here)
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        worker.close()
-        dog.close()
+        rank.made = []
     assert inbox.collected("started") == []
-    assert reported_starts(report) == ["m"]  # made: it ran, if only for a moment
+    assert reported_starts(rank.report) == ["m"]  # made: it ran, if only for a moment
 
 
 def test_a_start_that_failed_after_the_exits_wait_is_not_reported_started(tmp_path, monkeypatch):
@@ -93,32 +64,17 @@ def test_a_start_that_failed_after_the_exits_wait_is_not_reported_started(tmp_pa
     monkeypatch.setattr(spawn_native, "KERNEL", "python")
     monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)
     tmp = str(tmp_path)
-    fifo = os.path.join(tmp, "hang")
-    os.mkfifo(fifo)
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox = Inbox()
-    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5,
-                    watchdog=dog)
-    hold(worker, fifo)
-    missing = Work("m", ["no-such-program-here"], None, {}, os.path.join(tmp, "m"),
-                   os.path.join(tmp, "m.out"), 1, 1)
-    inbox.orders.append({"work": [missing]})
-    released = False
-    try:
+    with held_rank(tmp) as rank:
+        inbox, worker = rank.inbox, rank.worker
+        missing = Work("m", ["no-such-program-here"], None, {}, os.path.join(tmp, "m"),
+                       os.path.join(tmp, "m.out"), 1, 1)
+        inbox.orders.append({"work": [missing]})
         serve(worker, held, "the start to be held in its thread")
         inbox.orders.append({"exit": True})
         serve(worker, lambda: inbox.flagged("bye"), "the goodbye")  # it gave up on the start
-        answer(fifo)
-        released = True
+        rank.answer()
         wait_for(lambda: worker._spawns._done, 30, "the start to fail")  # type: ignore[union-attr]
         worker.close()
-    finally:
-        if not released:
-            answer(fifo)
-        worker.close()
-        dog.close()
-    assert children() - before == set()
+    assert children() - rank.before == set()
     assert inbox.collected("started") == [] and inbox.collected("failed") == []
-    assert reported_starts(report) == []  # its "?m" was undone ("^m"): no lost run
+    assert reported_starts(rank.report) == []  # its "?m" was undone ("^m"): no lost run

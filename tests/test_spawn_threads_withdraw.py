@@ -9,25 +9,20 @@ on: after the kill (the task ran, then was signalled), or after the worker had e
 ran unwatched, and the report counted it). Real threads, real processes, a real watchdog."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 
 import pytest
-from launcher_support import Inbox, wait_for
+from launcher_support import wait_for
+from spawn_support import HeldRank, exit_and_close, held, held_rank, kill_or_stop, reaped, reported_starts
 from test_spawn_chain import marking, serve, shell
 from test_spawn_chain_races import ran
 from test_spawn_stalls import children, made_since
 
 from balsam.launcher import spawn_native, spawn_threads
-from balsam.launcher.nodeslots import NodeSlots
-from balsam.launcher.serial_worker import Worker
-from balsam.launcher.watchdog import Watchdog
 
 pytestmark = pytest.mark.skipif(not spawn_threads.usable(), reason="no glibc posix_spawn here")
-
-OPEN_CALLS = ("2", "257", "56")  # open (x86-64), openat (x86-64, arm64)
 
 
 @pytest.fixture(autouse=True)
@@ -35,101 +30,41 @@ def python_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spawn_native, "KERNEL", "python")
 
 
-def held() -> bool:
-    """Whether a thread of this process is blocked opening a file (the hook's FIFO: nothing
-    else here opens a file meanwhile)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/syscall") as fh:
-                if fh.read().split()[0] in OPEN_CALLS:
-                    return True
-        except (OSError, IndexError):  # it ended meanwhile
-            continue
-    return False
-
-
 def spawning_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("spawn-")]
 
 
-def held_worker(tmp: str, dog: Watchdog) -> tuple[Inbox, Worker, str]:
-    fifo = os.path.join(tmp, "hang")
-    os.mkfifo(fifo)
-    inbox = Inbox()
-    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5,
-                    watchdog=dog)
-    spawns = worker._spawns
-    assert type(spawns) is spawn_threads.SpawnThreads
-    spawns.hang_before_starts(fifo)
-    inbox.orders.append({"work": [marking(tmp, "m")]})
-    serve(worker, held, "the start to be held in its thread")
-    return inbox, worker, fifo
-
-
-def answer(fifo: str) -> None:
-    """The file system answers: the blocked open of the FIFO returns."""
-    os.close(os.open(fifo, os.O_WRONLY))
-
-
-def reported_starts(path: str) -> list[str]:
-    with open(path) as fh:
-        found = json.load(fh)
-    assert found["state"] == "stopped"
-    return list(found["started"])
+def held_start(rank: HeldRank) -> None:
+    """``m`` asked for, its start held in its Python spawning thread."""
+    assert type(rank.worker._spawns) is spawn_threads.SpawnThreads
+    rank.inbox.orders.append({"work": [marking(rank.tmp, "m")]})
+    serve(rank.worker, held, "the start to be held in its thread")
 
 
 @pytest.mark.parametrize("order, key", [({"kill": ["m"]}, "killed"), ({"stop": 0.5}, "returned")])
 def test_a_kill_or_stop_of_a_start_its_thread_has_not_begun_never_makes_the_task(
         tmp_path, order, key):
     tmp = str(tmp_path)
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox, worker, fifo = held_worker(tmp, dog)
-    released = False
-    try:
-        inbox.orders.append(dict(order))
-        serve(worker, lambda: not inbox.orders, "the order obeyed")
-        answer(fifo)
-        released = True
-        serve(worker, lambda: inbox.collected(key), f"m {key}")
-        inbox.orders.append({"exit": True})
-        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
-    finally:
-        if not released:
-            answer(fifo)
-        worker.close()
-        dog.close()  # no "=": the report lists every start the watchdog was told of
+    with held_rank(tmp) as rank:
+        held_start(rank)
+        kill_or_stop(rank, order, key)
+    inbox = rank.inbox
     assert inbox.collected(key) == ["m"] and inbox.collected("started") == []
-    assert made_since(before) == [] and ran(tmp, "m") == ""
-    assert reported_starts(report) == []  # its "?m" was undone ("^m"): no lost run
+    assert made_since(rank.before) == [] and ran(tmp, "m") == ""
+    assert reported_starts(rank.report) == []  # its "?m" was undone ("^m"): no lost run
 
 
 def test_a_start_held_past_the_workers_exit_is_dropped_and_never_made(tmp_path, monkeypatch):
     tmp = str(tmp_path)
     monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)  # the exit's wait for starts
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox, worker, fifo = held_worker(tmp, dog)
-    released = False
-    try:
-        inbox.orders.append({"exit": True})
-        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
-        closer = threading.Thread(target=worker.close, daemon=True)
-        closer.start()
-        closer.join(60)
-        assert not closer.is_alive()
-        answer(fifo)  # the file system answers after the rank gave up on the start
-        released = True
+    with held_rank(tmp) as rank:
+        held_start(rank)
+        assert exit_and_close(rank)
+        rank.answer()  # the file system answers after the rank gave up on the start
         wait_for(lambda: not spawning_threads(), 30, "the held thread to end")
-    finally:
-        if not released:
-            answer(fifo)
-        dog.close()
-    assert made_since(before) == [] and ran(tmp, "m") == ""
-    assert inbox.collected("started") == []
-    assert reported_starts(report) == []  # dropped: its "?m" was undone
+    assert made_since(rank.before) == [] and ran(tmp, "m") == ""
+    assert rank.inbox.collected("started") == []
+    assert reported_starts(rank.report) == []  # dropped: its "?m" was undone
 
 
 def test_a_start_its_thread_made_after_the_workers_exit_is_killed_at_once(tmp_path, monkeypatch):
@@ -139,9 +74,8 @@ def test_a_start_its_thread_made_after_the_workers_exit_is_killed_at_once(tmp_pa
     # once, as the native kernel kills one made as its stop came (its "?m" stands: it ran).
     # Before, the task ran on unwatched (and the thread died on the closed epoll).
     tmp = str(tmp_path)
-    fifo = os.path.join(tmp, "hang")
-    os.mkfifo(fifo)
     real_open = spawn_threads.libc_spawn.open_output
+    fifo = os.path.join(tmp, "hang")
 
     def hung_open(program: str, cwd: str, output_path: str) -> int:
         os.close(os.open(fifo, os.O_RDONLY))
@@ -149,42 +83,17 @@ def test_a_start_its_thread_made_after_the_workers_exit_is_killed_at_once(tmp_pa
 
     monkeypatch.setattr(spawn_threads.libc_spawn, "open_output", hung_open)
     monkeypatch.setattr(spawn_threads, "SETTLE_SECONDS", 1.0)
-    report = os.path.join(tmp, "rank1.json")
-    dog = Watchdog(5.0, report=report)
-    before = children()  # (the watchdog)
-    inbox = Inbox()
-    worker = Worker(inbox, NodeSlots([0], 0), {"PATH": os.environ["PATH"]}, kill_grace=0.5,
-                    watchdog=dog)
-    inbox.orders.append({"work": [shell(tmp, "m", "sleep 600")]})
-    released, made = False, []
-    try:
+    with held_rank(tmp, hook=False) as rank:
+        inbox, worker = rank.inbox, rank.worker
+        inbox.orders.append({"work": [shell(tmp, "m", "sleep 600")]})
         serve(worker, held, "the start to be held in its thread")
-        inbox.orders.append({"exit": True})
-        serve(worker, lambda: inbox.flagged("bye"), "the goodbye")
-        closer = threading.Thread(target=worker.close, daemon=True)
-        closer.start()
-        closer.join(60)
-        assert not closer.is_alive()
-        answer(fifo)  # the file system answers after the rank gave up on the start
-        released = True
+        assert exit_and_close(rank)
+        rank.answer()  # the file system answers after the rank gave up on the start
         wait_for(lambda: not spawning_threads(), 30, "the held thread to end")
-        made = sorted(children() - before)
-        assert len(made) == 1
-        status = wait_for(lambda: reaped(made[0]), 10, "the task made late to be killed") - 1
+        rank.made = sorted(children() - rank.before)
+        assert len(rank.made) == 1
+        status = wait_for(lambda: reaped(rank.made[0]), 10, "the task made late to be killed") - 1
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        made = []
-    finally:
-        if not released:
-            answer(fifo)
-        for pid in made:  # (the task ran on: stopped here)
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        dog.close()
+        rank.made = []
     assert inbox.collected("started") == []
-    assert reported_starts(report) == ["m"]  # begun: it ran, if only for a moment
-
-
-def reaped(pid: int) -> int:
-    """``pid``'s wait status (+1, so that 0 counts) once it ended (reaped now), else 0."""
-    done, status = os.waitpid(pid, os.WNOHANG)
-    return status + 1 if done == pid else 0
+    assert reported_starts(rank.report) == ["m"]  # begun: it ran, if only for a moment
